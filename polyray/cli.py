@@ -1,0 +1,71 @@
+"""The ``polyray`` command line. Heavy imports live inside the commands so ``--help`` is instant."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train LLMs for k-candidate deployment on Ray.")
+model_app = typer.Typer(no_args_is_help=True, help="Base models.")
+app.add_typer(model_app, name="model")
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+def _load(config: Optional[Path], overrides: List[str]):
+    from polyray.config import ConfigError, load_config
+
+    try:
+        return load_config(config, overrides)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def run(
+    config: Path = typer.Argument(..., help="Run config YAML, e.g. configs/quickstart.yaml."),
+    set_: List[str] = typer.Option([], "--set", help="Override a field: --set learner.lora.r=16 (repeatable)."),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Where outputs go (default runs/<name>/)."),
+):
+    """Build/resolve the base model, train every phase on Ray, evaluate pass@k after each."""
+    run_config = _load(config, set_)
+    from polyray.models.source import ModelSourceError
+    from polyray.pipeline import run_pipeline
+
+    try:
+        run_pipeline(run_config, output_dir)
+    except ModelSourceError as exc:
+        _fail(str(exc))
+
+
+@model_app.command("build-tiny")
+def build_tiny(
+    config: Optional[Path] = typer.Option(None, "--config", help="Run config whose model.tiny and task to build for."),
+    set_: List[str] = typer.Option([], "--set", help="Override a field (repeatable)."),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Write here instead of the cache."),
+):
+    """Train the tokenizer, build and pretrain the embedded tiny Qwen3 model (cached by content hash)."""
+    run_config = _load(config, set_)
+    from rich.progress import Progress
+
+    from polyray.models.tiny import build_tiny_model
+
+    with Progress() as bar:
+        task_id = bar.add_task("pretraining", total=run_config.model.tiny.pretrain_steps)
+        path = build_tiny_model(
+            run_config.model.tiny, run_config.task, output_dir, progress=lambda s, n, loss: bar.update(task_id, completed=s)
+        )
+    typer.echo(str(path))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

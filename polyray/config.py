@@ -1,0 +1,275 @@
+"""Experiment configuration: one pydantic model tree that mirrors the YAML files.
+
+Unknown keys and bad values fail at load time with the dotted field path in the
+message (:class:`ConfigError`); ``--set a.b=c`` overrides are applied to the raw
+mapping before validation so they get the same checks. Phases form a discriminated
+union on ``type`` so a new training phase is a new model, not a new ``if``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the field and the reason."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TinyModelConfig(_Model):
+    """The embedded base model polyray builds and pretrains itself (Qwen3 architecture)."""
+
+    vocab_size: int = Field(384, ge=300, le=65536, description="BPE vocabulary size (byte-level, 256 base symbols).")
+    hidden_size: int = Field(128, ge=32, description="Transformer width.")
+    num_layers: int = Field(4, ge=1, le=48, description="Decoder layers.")
+    num_heads: int = Field(4, ge=1, description="Query heads.")
+    num_kv_heads: int = Field(2, ge=1, description="Key/value heads (grouped-query attention).")
+    head_dim: int = Field(32, ge=32, description="Per-head width; vLLM's CPU attention needs >= 32.")
+    intermediate_size: int = Field(384, ge=16, description="MLP inner width.")
+    max_positions: int = Field(128, ge=32, description="Maximum sequence length.")
+    pretrain_steps: int = Field(1500, ge=0, description="Full fine-tuning steps on the task's pretrain split.")
+    pretrain_batch_size: int = Field(64, ge=1, description="Sequences per pretraining step.")
+    pretrain_lr: float = Field(3e-3, gt=0, description="Peak AdamW learning rate for pretraining.")
+    pretrain_prompts: int = Field(5000, ge=100, description="Distinct prompts in the pretraining corpus.")
+    seed: int = Field(0, description="Seed for tokenizer corpus, init and pretraining order.")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "TinyModelConfig":
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError("num_heads must be a multiple of num_kv_heads")
+        return self
+
+
+class ModelConfig(_Model):
+    """Which base model to fine-tune."""
+
+    source: str = Field(
+        "embedded",
+        description="'embedded' (build/cached tiny model), a local HF model directory, or a Hugging Face id.",
+    )
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="Build settings when source is 'embedded'.")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Weights dtype for learner and rollouts.")
+
+
+class CountdownTaskConfig(_Model):
+    """Countdown-style arithmetic: numbers + target -> an expression using the numbers."""
+
+    type: Literal["countdown"] = "countdown"
+    num_numbers: int = Field(3, ge=2, le=6, description="Numbers given per prompt.")
+    max_number: int = Field(16, ge=2, le=100, description="Numbers are drawn from 1..max_number.")
+    min_operands: int = Field(2, ge=1, description="Fewest numbers the generating expression uses.")
+    max_target: int = Field(99, ge=1, description="Largest target.")
+    seed: int = Field(0, description="Prompt generator seed (splits stay disjoint for any seed).")
+    n_train: int = Field(512, ge=1, description="Training prompts (SFT references, GRPO prompts).")
+    n_val: int = Field(32, ge=1, description="Validation prompts.")
+    n_test: int = Field(64, ge=1, description="Held-out test prompts for evaluation.")
+
+
+TaskConfig = Annotated[Union[CountdownTaskConfig], Field(discriminator="type")]
+
+
+class SamplingConfig(_Model):
+    temperature: float = Field(1.0, ge=0, description="Softmax temperature (0 = greedy).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    max_tokens: int = Field(24, ge=1, description="Maximum new tokens per completion.")
+
+
+class RolloutConfig(_Model):
+    """vLLM rollout workers (one ``vllm.LLM`` each, LoRA enabled)."""
+
+    num_workers: int = Field(1, ge=1, description="RolloutWorker actors in the pool.")
+    cpus_per_worker: float = Field(1, gt=0, description="Ray CPUs reserved per rollout worker.")
+    gpus_per_worker: float = Field(0, ge=0, description="Ray GPUs per rollout worker (0 on CPU).")
+    max_lora_rank: int = Field(16, ge=1, description="Largest LoRA rank vLLM reserves for.")
+    max_loras: int = Field(2, ge=1, description="Adapters resident at once in vLLM.")
+    max_model_len: int = Field(128, ge=16, description="Prompt + completion token budget.")
+    kv_cache_gib: int = Field(1, ge=1, description="KV cache GiB on CPU (VLLM_CPU_KVCACHE_SPACE).")
+    threads: int = Field(1, ge=1, description="Torch/OpenMP threads per worker (cap: cores are shared).")
+    seed: int = Field(0, description="vLLM sampling seed.")
+
+
+class LoraConfig(_Model):
+    r: int = Field(8, ge=1, description="LoRA rank.")
+    alpha: float = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Module names that get adapters.",
+    )
+
+
+class LearnerConfig(_Model):
+    """Ray Train learner (TorchTrainer, DDP over gloo on CPU / NCCL on GPU)."""
+
+    num_workers: int = Field(2, ge=1, description="Ray Train workers (data-parallel ranks).")
+    cpus_per_worker: float = Field(1, gt=0, description="Ray CPUs per learner worker.")
+    use_gpu: bool = Field(False, description="Train on GPUs (NCCL).")
+    threads: int = Field(1, ge=1, description="Torch threads per learner worker.")
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    grad_clip: float = Field(1.0, gt=0, description="Global gradient-norm clip.")
+
+
+class SFTPhaseConfig(_Model):
+    """Supervised fine-tuning: NLL of the canonical references."""
+
+    type: Literal["sft"] = "sft"
+    name: str = Field("sft", description="Phase name (output folder, results key).")
+    steps: int = Field(60, ge=1, description="Optimizer steps.")
+    batch_size: int = Field(32, ge=1, description="Sequences per step (split over learner ranks).")
+    lr: float = Field(2e-3, gt=0, description="AdamW learning rate.")
+    checkpoint_every: int = Field(20, ge=1, description="Steps between checkpoints.")
+
+
+class GRPOPhaseConfig(_Model):
+    """GRPO on rollouts from the pool (ALGORITHMS.md section 2)."""
+
+    type: Literal["grpo"] = "grpo"
+    name: str = Field("grpo", description="Phase name (output folder, results key).")
+    steps: int = Field(40, ge=1, description="Optimizer steps (one rollout batch each).")
+    prompts_per_step: int = Field(16, ge=1, description="Prompts per rollout batch.")
+    group_size: int = Field(8, ge=2, description="Samples per prompt (G).")
+    lr: float = Field(2e-3, gt=0, description="AdamW learning rate.")
+    clip_eps_low: float = Field(0.2, ge=0, description="Lower ratio clip epsilon.")
+    clip_eps_high: float = Field(0.2, ge=0, description="Upper ratio clip epsilon (DAPO clip-higher: 0.28).")
+    kl_beta: float = Field(0.04, ge=0, description="Weight of the k3 KL to the adapter-disabled base.")
+    scale_by_std: bool = Field(True, description="Divide group advantages by the group std (off = Dr. GRPO).")
+    max_lag: int = Field(0, ge=0, description="Allowed adapter-version lag of samples behind the learner.")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    checkpoint_every: int = Field(20, ge=1, description="Steps between checkpoints.")
+
+
+PhaseConfig = Annotated[Union[SFTPhaseConfig, GRPOPhaseConfig], Field(discriminator="type")]
+
+
+class EvalConfig(_Model):
+    """Evaluation after each phase: unbiased pass@k on the test prompts."""
+
+    n_samples: int = Field(10, ge=1, description="Samples per prompt (n >= max k).")
+    ks: list[int] = Field(default_factory=lambda: [1, 5, 10], description="k values for pass@k.")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+
+    @model_validator(mode="after")
+    def _n_covers_k(self) -> "EvalConfig":
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError("ks must be a non-empty list of positive integers")
+        if max(self.ks) > self.n_samples:
+            raise ValueError(f"n_samples ({self.n_samples}) must be >= max(ks) ({max(self.ks)})")
+        return self
+
+
+class ClusterConfig(_Model):
+    """Where to run. ``address`` None starts a local Ray cluster."""
+
+    address: str | None = Field(None, description="Ray address ('auto' to join a running cluster).")
+    num_cpus: int | None = Field(
+        None, ge=1, description="Logical CPUs for a local cluster (default: enough for all actors)."
+    )
+    dashboard: bool = Field(False, description="Start the Ray dashboard with a local cluster.")
+    worker_logs: bool = Field(False, description="Forward worker stdout/stderr (vLLM, Ray Train) to the driver.")
+
+
+class RunConfig(_Model):
+    """A full ``polyray run``: base model, task, rollouts, learner, phases, evaluation."""
+
+    name: str = Field("quickstart", pattern=r"^[A-Za-z0-9_.-]+$", description="Run name (runs/<name>/).")
+    seed: int = Field(0, description="Seed for LoRA init, data order and sampling.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    task: TaskConfig = Field(default_factory=CountdownTaskConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    phases: list[PhaseConfig] = Field(
+        default_factory=lambda: [SFTPhaseConfig(), GRPOPhaseConfig()], description="Training phases, in order."
+    )
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+
+    @model_validator(mode="after")
+    def _unique_phase_names(self) -> "RunConfig":
+        names = [p.name for p in self.phases]
+        if len(set(names)) != len(names) or "base" in names:
+            raise ValueError(f"phase names must be unique and not 'base': {names}")
+        if self.learner.lora.r > self.rollout.max_lora_rank:
+            raise ValueError(f"learner.lora.r ({self.learner.lora.r}) exceeds rollout.max_lora_rank")
+        return self
+
+
+def _format_error(exc: ValidationError, source: str) -> str:
+    parts = []
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"]) or "<root>"
+        reason = err["msg"].removeprefix("Value error, ")
+        got = err.get("input")
+        shown = f" (got {got!r})" if got is not None and not isinstance(got, (dict, list)) else ""
+        parts.append(f"{path}: {reason}{shown}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``a.b=c`` -> (["a", "b"], yaml-parsed c)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. learner.lr=1e-4")
+    key, raw = item.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"--set {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        path, value = parse_override(item)
+        node: Any = data
+        for i, part in enumerate(path[:-1]):
+            if isinstance(node, list):
+                try:
+                    node = node[int(part)]
+                except (ValueError, IndexError):
+                    raise ConfigError(f"--set {item}: {'.'.join(path[: i + 1])} is not a valid list index") from None
+            else:
+                node = node.setdefault(part, {})
+                if not isinstance(node, (dict, list)):
+                    raise ConfigError(f"--set {item}: {'.'.join(path[: i + 1])} is not a section")
+        if isinstance(node, list):
+            try:
+                node[int(path[-1])] = value
+            except (ValueError, IndexError):
+                raise ConfigError(f"--set {item}: {'.'.join(path)} is not a valid list index") from None
+        else:
+            node[path[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    """Read YAML (or defaults when ``path`` is None), apply overrides, validate."""
+    source = str(path) if path else "<defaults>"
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{source}: config file not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: invalid YAML: {exc}".replace("\n", " ")) from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: top level must be a mapping")
+    data = apply_overrides(data, list(overrides))
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc, source)) from None
+
+
+def dump_config(config: BaseModel) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,195 @@
+"""The Ray Train learner: one ``TorchTrainer`` fit per phase, peft LoRA under DDP.
+
+``train_loop_per_worker`` runs on every rank: build the LoRA model (same init on every
+rank), resume from the latest Ray Train checkpoint if there is one, then repeat
+``phase.step`` -> backward -> clip -> optimizer step. Rank 0 publishes each new adapter
+version to the rollout pool (every step for phases that sample, at the end otherwise),
+reports progress, and writes checkpoints (adapter + optimizer + step + version) through
+``ray.train.report``. The final adapter is saved in standard peft format.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from polyray.config import RunConfig
+
+
+@ray.remote(num_cpus=0)
+class ProgressTracker:
+    """Rank 0 posts (step, total, metrics); the driver polls it to draw a progress bar."""
+
+    def __init__(self):
+        self.state: dict[str, Any] = {"step": 0, "total": 0, "metrics": {}}
+
+    def update(self, step: int, total: int, metrics: dict[str, float]) -> None:
+        self.state = {"step": step, "total": total, "metrics": metrics}
+
+    def get(self) -> dict[str, Any]:
+        return self.state
+
+
+def _save_checkpoint_dir(model, optimizer, step: int, version: int) -> str:
+    import torch
+
+    from polyray.learner.lora import save_adapter
+
+    d = tempfile.mkdtemp(prefix="polyray-ckpt-")
+    save_adapter(model, Path(d) / "adapter")
+    torch.save(optimizer.state_dict(), Path(d) / "optimizer.pt")
+    (Path(d) / "state.json").write_text(json.dumps({"step": step, "version": version}))
+    return d
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    import torch
+    import ray.train
+    import ray.train.torch
+
+    from polyray.learner.lora import build_peft_model, extract_adapter, save_adapter
+    from polyray.learner.phases import PHASES, StepContext
+    from polyray.tasks import build_task
+
+    run = RunConfig.model_validate(loop_config["run"])
+    phase_cfg = run.phases[loop_config["phase_index"]]
+    pool, tracker = loop_config.get("pool"), loop_config.get("tracker")
+    ctx_train = ray.train.get_context()
+    rank, world = ctx_train.get_world_rank(), ctx_train.get_world_size()
+    torch.set_num_threads(run.learner.threads)
+
+    # Resume from this phase's latest checkpoint, else start from the previous phase's adapter.
+    adapter_dir, start_step, version = loop_config.get("init_adapter"), 0, loop_config["start_version"]
+    checkpoint = ray.train.get_checkpoint()
+    resume_dir = None
+    if checkpoint is not None:
+        resume_dir = checkpoint.to_directory()
+        state = json.loads((Path(resume_dir) / "state.json").read_text())
+        adapter_dir, start_step, version = str(Path(resume_dir) / "adapter"), state["step"], state["version"]
+
+    torch.manual_seed(run.seed)  # identical LoRA init on every rank
+    model, tokenizer = build_peft_model(loop_config["model_dir"], run.learner.lora, run.model.dtype, adapter_dir)
+    model = ray.train.torch.prepare_model(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=phase_cfg.lr, weight_decay=run.learner.weight_decay)
+    if resume_dir is not None:
+        optimizer.load_state_dict(torch.load(Path(resume_dir) / "optimizer.pt"))
+    torch.manual_seed(run.seed + 1000 * rank + start_step)
+
+    ctx = StepContext(model, tokenizer, rank, world, run.seed)
+    phase = PHASES[phase_cfg.type](phase_cfg, build_task(run.task), run.task.n_train, ctx, pool)
+
+    def publish(v: int) -> float:
+        return pool.publish(v, extract_adapter(model)) if (pool is not None and rank == 0) else 0.0
+
+    if phase.publishes_every_step and start_step == 0 and version == 0:
+        version = 1  # a sampling phase on a fresh adapter: publish its initial weights as v1
+        publish(version)
+    elif phase.publishes_every_step and rank == 0 and pool is not None and pool.version != version:
+        publish(version)  # resumed, or a pool that has not seen this version yet
+    phase.version = version
+
+    for step in range(start_step, phase_cfg.steps):
+        t0 = time.perf_counter()
+        model.train()
+        loss, metrics = phase.step(step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, run.learner.grad_clip)
+        optimizer.step()
+        last = step + 1 == phase_cfg.steps
+        sync_s = 0.0
+        if phase.publishes_every_step or last:
+            version += 1
+            sync_s = publish(version)
+            phase.version = version
+        metrics.update(
+            loss=float(loss.detach()), grad_norm=float(grad_norm), step=step + 1, version=version,
+            step_s=time.perf_counter() - t0, sync_s=sync_s,
+        )
+        checkpoint_dir = None
+        if rank == 0:
+            if tracker is not None:
+                tracker.update.remote(step + 1, phase_cfg.steps, metrics)
+            if last or (step + 1) % phase_cfg.checkpoint_every == 0:
+                checkpoint_dir = _save_checkpoint_dir(model, optimizer, step + 1, version)
+        ray.train.report(
+            metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        )
+    if rank == 0:
+        out = Path(loop_config["output_dir"]) / "adapters" / phase_cfg.name
+        save_adapter(model, out)
+        (out / "polyray_version.json").write_text(json.dumps({"version": version, "phase": phase_cfg.name}))
+
+
+def run_phase(
+    run: RunConfig,
+    phase_index: int,
+    model_dir: str,
+    output_dir: Path,
+    pool,
+    start_version: int,
+    init_adapter: str | None,
+    on_progress=None,
+) -> dict[str, Any]:
+    """Fit one phase with a ``TorchTrainer``; returns {"adapter_dir", "version", "metrics"}."""
+    import threading
+
+    from ray.train import RunConfig as TrainRunConfig
+    from ray.train import ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    phase = run.phases[phase_index]
+    tracker = ProgressTracker.remote()
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "run": run.model_dump(mode="json"),
+            "phase_index": phase_index,
+            "model_dir": str(model_dir),
+            "output_dir": str(output_dir),
+            "pool": pool,
+            "tracker": tracker,
+            "start_version": start_version,
+            "init_adapter": init_adapter,
+        },
+        torch_config=TorchConfig(backend="nccl" if run.learner.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=run.learner.num_workers,
+            use_gpu=run.learner.use_gpu,
+            resources_per_worker={"CPU": run.learner.cpus_per_worker},
+        ),
+        run_config=TrainRunConfig(
+            name=phase.name,
+            storage_path=str((output_dir / "checkpoints").resolve()),
+            worker_runtime_env={"env_vars": {"OMP_NUM_THREADS": str(run.learner.threads), "TOKENIZERS_PARALLELISM": "false"}},
+        ),
+    )
+    box: dict[str, Any] = {}
+
+    def fit():
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as exc:  # surfaced in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=fit, daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(timeout=1.0)
+        if on_progress is not None:
+            on_progress(ray.get(tracker.get.remote()))
+    if on_progress is not None:
+        on_progress(ray.get(tracker.get.remote()))
+    ray.kill(tracker)
+    if "error" in box:
+        raise box["error"]
+    adapter_dir = output_dir / "adapters" / phase.name
+    version = json.loads((adapter_dir / "polyray_version.json").read_text())["version"]
+    return {"adapter_dir": str(adapter_dir), "version": version, "metrics": box["result"].metrics}

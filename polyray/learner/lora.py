@@ -1,0 +1,56 @@
+"""peft LoRA on the base model: build, extract the adapter (A/B only), save, load.
+
+The reference policy for KL is the same model with the adapter disabled
+(``model.disable_adapter()``): no second copy of the weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from polyray.config import LoraConfig
+
+
+def load_base(model_dir: str, dtype: str = "float32"):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
+    return model, tokenizer
+
+
+def build_peft_model(model_dir: str, lora: LoraConfig, dtype: str = "float32", adapter_dir: str | None = None):
+    """Base model + a fresh LoRA adapter, or the trainable adapter saved in ``adapter_dir``."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import PeftModel, get_peft_model
+
+    base, tokenizer = load_base(model_dir, dtype)
+    if adapter_dir:
+        model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=True)
+    else:
+        cfg = PeftLoraConfig(
+            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules), bias="none"
+        )
+        model = get_peft_model(base, cfg)
+    return model, tokenizer
+
+
+def extract_adapter(model) -> dict[str, Any]:
+    """{"config": adapter_config.json dict, "tensors": A/B tensors keyed as in adapter_model.safetensors}."""
+    from peft import get_peft_model_state_dict
+
+    model = getattr(model, "module", model)  # unwrap DDP
+    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in get_peft_model_state_dict(model).items()}
+    config = model.peft_config["default"].to_dict()
+    config["base_model_name_or_path"] = None
+    config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
+    return {"config": config, "tensors": tensors}
+
+
+def save_adapter(model, path: str | Path) -> Path:
+    path = Path(path)
+    getattr(model, "module", model).save_pretrained(str(path))
+    return path

@@ -1,0 +1,193 @@
+"""The embedded base model: a tiny Qwen3 that polyray builds, pretrains and caches itself.
+
+No hub access anywhere: the tokenizer is a byte-level BPE trained with ``tokenizers``
+on the task's own text, the weights are initialised from a ``Qwen3Config`` and fully
+fine-tuned on random *valid* solutions of the task's ``pretrain`` split (disjoint from
+train/val/test). Pretraining on many different valid answers, and stopping early,
+leaves a base that is right some of the time and spread over many answers: the regime
+where sampling k candidates pays off and where SFT and GRPO have something to do.
+
+The result is a normal Hugging Face model directory (``config.json``, safetensors,
+tokenizer files) that transformers, peft and vLLM all load. It is cached under a
+content hash of everything that determines it, and written atomically (a build killed
+half-way leaves no half-written cache entry).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+from polyray.config import CountdownTaskConfig, TinyModelConfig
+from polyray.tasks import countdown
+
+log = logging.getLogger(__name__)
+
+BUILD_VERSION = 1  # bump when the recipe changes so old caches are not reused
+EOS, PAD = "<|endoftext|>", "<|pad|>"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("POLYRAY_CACHE_DIR", Path.home() / ".cache" / "polyray"))
+
+
+def build_key(tiny: TinyModelConfig, task: CountdownTaskConfig) -> str:
+    spec = {
+        "version": BUILD_VERSION,
+        "model": tiny.model_dump(mode="json"),
+        "task": task.model_dump(mode="json", include={"type", "num_numbers", "max_number", "min_operands", "max_target", "seed"}),
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cached_model_dir(tiny: TinyModelConfig, task: CountdownTaskConfig) -> Path:
+    return cache_root() / "models" / f"tiny-qwen3-{build_key(tiny, task)}"
+
+
+def _pretrain_corpus(task: CountdownTaskConfig, tiny: TinyModelConfig) -> list[tuple[str, str]]:
+    """(prompt, completion) pairs; completions are random valid solutions, not the references."""
+    spec = countdown.CountdownSpec(task.num_numbers, task.max_number, task.min_operands, task.max_target)
+    prompts = countdown.generate_prompts("pretrain", tiny.pretrain_prompts, task.seed, spec)
+    rng = random.Random(tiny.seed)
+    pairs = []
+    for p in prompts:
+        for _ in range(2):
+            sol = countdown.sample_solution(rng, tuple(p.meta["numbers"]), p.meta["target"]) or p.reference.strip()
+            pairs.append((p.text, " " + sol))
+    return pairs
+
+
+def _train_tokenizer(texts: list[str], vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS, PAD],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD, model_max_length=10_000)
+
+
+def _qwen3_config(tiny: TinyModelConfig, tokenizer):
+    from transformers import Qwen3Config
+
+    return Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=tiny.hidden_size,
+        intermediate_size=tiny.intermediate_size,
+        num_hidden_layers=tiny.num_layers,
+        num_attention_heads=tiny.num_heads,
+        num_key_value_heads=tiny.num_kv_heads,
+        head_dim=tiny.head_dim,
+        max_position_embeddings=tiny.max_positions,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        rope_theta=10000.0,
+        torch_dtype="float32",
+    )
+
+
+def _pretrain(model, tokenizer, pairs, tiny: TinyModelConfig, progress: Callable[[int, int, float], None] | None):
+    import torch
+
+    from polyray.learner.batching import pack_sequences
+
+    encoded = [
+        (tokenizer(p, add_special_tokens=False)["input_ids"], tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
+        for p, c in pairs
+    ]
+    gen = torch.Generator().manual_seed(tiny.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=tiny.pretrain_lr, weight_decay=0.01, betas=(0.9, 0.95))
+    warmup = max(1, tiny.pretrain_steps // 20)
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, tiny.pretrain_steps - warmup)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    model.train()
+    loss_value = float("nan")
+    for step in range(tiny.pretrain_steps):
+        idx = torch.randint(len(encoded), (tiny.pretrain_batch_size,), generator=gen).tolist()
+        batch = pack_sequences([encoded[i][0] for i in idx], [encoded[i][1] for i in idx], tokenizer.pad_token_id)
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+        targets = batch.input_ids[:, 1:]
+        mask = batch.completion_mask[:, 1:]
+        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
+        loss = (nll * mask.reshape(-1)).sum() / mask.sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        loss_value = loss.item()
+        if progress:
+            progress(step + 1, tiny.pretrain_steps, loss_value)
+    model.eval()
+    return loss_value
+
+
+def build_tiny_model(
+    tiny: TinyModelConfig,
+    task: CountdownTaskConfig,
+    out_dir: Path | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> Path:
+    """Build (or reuse from cache) the embedded model; returns its directory."""
+    out_dir = Path(out_dir) if out_dir else cached_model_dir(tiny, task)
+    if (out_dir / "build_info.json").is_file():
+        return out_dir
+    import torch
+    from transformers import GenerationConfig, Qwen3ForCausalLM
+
+    started = time.perf_counter()
+    torch.manual_seed(tiny.seed)
+    pairs = _pretrain_corpus(task, tiny)
+    tokenizer = _train_tokenizer([p + c for p, c in pairs], tiny.vocab_size)
+    model = Qwen3ForCausalLM(_qwen3_config(tiny, tokenizer))
+    final_loss = _pretrain(model, tokenizer, pairs, tiny, progress)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
+    try:
+        model.generation_config = GenerationConfig(
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=True
+        )
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        info = {
+            "build_key": build_key(tiny, task),
+            "tiny": tiny.model_dump(mode="json"),
+            "task": task.model_dump(mode="json"),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "final_pretrain_loss": final_loss,
+            "build_seconds": round(time.perf_counter() - started, 1),
+        }
+        (staging / "build_info.json").write_text(json.dumps(info, indent=2))
+        if out_dir.exists():  # a concurrent build won the race: keep theirs
+            shutil.rmtree(staging)
+        else:
+            os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("built tiny model in %.1fs -> %s", time.perf_counter() - started, out_dir)
+    return out_dir

@@ -1,0 +1,89 @@
+"""GRPO: group-relative advantages, clipped policy-ratio loss, k3 KL to the base model.
+
+ALGORITHMS.md section 2. Pure functions over tensors; no distributed state. Shapes:
+B prompts, G samples per prompt, N = B*G sequences, T token positions.
+
+References: DeepSeekMath (arXiv 2402.03300) for GRPO and the k3 KL estimator,
+DAPO (arXiv 2503.14476) for clip-higher and token-mean aggregation,
+Dr. GRPO (arXiv 2503.20783) for dropping the std normaliser and the L_max norm.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+Aggregation = Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"]
+
+
+def compute_group_advantages(rewards: torch.Tensor, scale_by_std: bool = True, eps: float = 1e-6) -> torch.Tensor:
+    """A_i = (r_i - mean_g r) / (std_g r + eps); without the division when ``scale_by_std`` is off.
+
+    rewards: (B, G) -> advantages (B, G). std is the unbiased sample std (torch default),
+    as in DeepSeekMath's reference implementation.
+    """
+    centered = rewards - rewards.mean(dim=-1, keepdim=True)
+    if not scale_by_std:
+        return centered
+    return centered / (rewards.std(dim=-1, keepdim=True) + eps)
+
+
+def compute_k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimator of KL(pi_theta || pi_ref): exp(d) - d - 1 with d = ref - theta. (N, T)."""
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1
+
+
+def aggregate_token_loss(per_token: torch.Tensor, mask: torch.Tensor, mode: Aggregation, max_len: int | None = None):
+    """Reduce a (N, T) per-token loss over the completion ``mask`` to a scalar.
+
+    - ``seq_mean_token_mean``: mean over each sequence's tokens, then over sequences;
+    - ``token_mean``: sum over all tokens / number of tokens;
+    - ``seq_mean_token_sum_norm``: sum over tokens / (N * L_max), L_max = ``max_len`` or T.
+    """
+    masked = per_token * mask
+    if mode == "seq_mean_token_mean":
+        return (masked.sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+    if mode == "token_mean":
+        return masked.sum() / mask.sum().clamp(min=1)
+    if mode == "seq_mean_token_sum_norm":
+        L = max_len if max_len is not None else per_token.shape[-1]
+        return masked.sum() / (per_token.shape[0] * L)
+    raise ValueError(f"unknown aggregation {mode!r}")
+
+
+def compute_grpo_loss(
+    logp: torch.Tensor,  # (N, T) log pi_theta of the sampled tokens (carries grad)
+    old_logp: torch.Tensor,  # (N, T) log pi_old (the sampling policy), no grad
+    ref_logp: torch.Tensor | None,  # (N, T) log pi_ref (adapter disabled), no grad; None when beta == 0
+    advantages: torch.Tensor,  # (N,) one advantage per sequence
+    mask: torch.Tensor,  # (N, T) 1 on completion tokens
+    clip_eps_low: float = 0.2,
+    clip_eps_high: float = 0.2,
+    kl_beta: float = 0.0,
+    aggregation: Aggregation = "seq_mean_token_mean",
+    max_len: int | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Clipped-ratio policy loss plus beta * k3 KL, aggregated per ``aggregation``.
+
+    l_{i,t} = -min(rho A_i, clip(rho, 1 - eps_low, 1 + eps_high) A_i) + beta KL_{i,t}.
+    Returns (loss, metrics) where metrics are floats for logging.
+    """
+    ratio = torch.exp(logp - old_logp)
+    adv = advantages.unsqueeze(-1)
+    unclipped = ratio * adv
+    clipped = torch.clamp(ratio, 1 - clip_eps_low, 1 + clip_eps_high) * adv
+    per_token = -torch.minimum(unclipped, clipped)
+    kl = compute_k3_kl(logp, ref_logp) if ref_logp is not None else torch.zeros_like(logp)
+    if kl_beta:
+        per_token = per_token + kl_beta * kl
+    loss = aggregate_token_loss(per_token, mask, aggregation, max_len)
+    with torch.no_grad():
+        n_tok = mask.sum().clamp(min=1)
+        metrics = {
+            "kl": float((kl * mask).sum() / n_tok),
+            "clip_frac": float(((clipped != unclipped).float() * mask).sum() / n_tok),
+            "ratio_mean": float((ratio * mask).sum() / n_tok),
+        }
+    return loss, metrics

@@ -1,0 +1,110 @@
+"""RolloutPool: N RolloutWorker actors behind one generate/publish interface.
+
+Prompts are split into contiguous chunks, one per worker, and generated in parallel.
+Adapter versions are ``ray.put`` once and every worker loads that same object. The
+pool remembers the newest version, so a worker that died (Ray restarts it, running
+``__init__`` again with no adapters) is brought up to date and its chunk retried.
+
+The pool object itself is a small picklable value (actor handles + latest version),
+so the learner's rank 0 can receive it and drive rollouts and syncs.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import ray
+
+from polyray.config import RolloutConfig, SamplingConfig
+from polyray.rollout.worker import RolloutWorker, Sample, rollout_env
+
+
+class RolloutPool:
+    def __init__(self, workers: list, latest: tuple[int, Any] | None = None):
+        self.workers = workers
+        self.latest = latest  # (version, ObjectRef of adapter) or None
+
+    @classmethod
+    def launch(cls, model_dir: str, config: RolloutConfig, dtype: str = "float32") -> "RolloutPool":
+        actor_cls = ray.remote(RolloutWorker).options(
+            num_cpus=config.cpus_per_worker,
+            num_gpus=config.gpus_per_worker,
+            max_restarts=2,
+            max_task_retries=0,
+            runtime_env={"env_vars": rollout_env(config)},
+        )
+        workers = [actor_cls.remote(model_dir, config, dtype) for _ in range(config.num_workers)]
+        pool = cls(workers)
+        pool.wait_ready()
+        return pool
+
+    def wait_ready(self) -> None:
+        ray.get([w.versions.remote() for w in self.workers])
+
+    @property
+    def version(self) -> int:
+        return self.latest[0] if self.latest else 0
+
+    # ---- weight sync ------------------------------------------------------------------------
+    def publish(self, version: int, adapter: dict[str, Any]) -> float:
+        """Put ``adapter`` in the object store once and load it on every worker; returns seconds taken."""
+        started = time.perf_counter()
+        ref = ray.put(adapter)
+        self.latest = (version, ref)
+        ray.get([w.load_adapter.remote(version, ref) for w in self.workers])
+        return time.perf_counter() - started
+
+    def add_named_adapter(self, name: str, path: str) -> None:
+        ray.get([w.add_named_adapter.remote(name, path) for w in self.workers])
+
+    def _resync(self, worker) -> None:
+        if self.latest:
+            ray.get(worker.load_adapter.remote(self.latest[0], self.latest[1]))
+
+    # ---- generation -------------------------------------------------------------------------
+    def generate(
+        self,
+        prompts: list[str],
+        n: int,
+        sampling: SamplingConfig,
+        version: int | None = None,
+        adapter_name: str | None = None,
+        seed: int | None = None,
+        retries: int = 1,
+    ) -> list[list[Sample]]:
+        """``n`` samples per prompt, spread over the workers; result order follows ``prompts``."""
+        if not prompts:
+            return []
+        k = len(self.workers)
+        size = -(-len(prompts) // k)
+        chunks = [(i, prompts[i : i + size]) for i in range(0, len(prompts), size)]
+        futures = {
+            start: (self.workers[j], self.workers[j].generate.remote(chunk, n, sampling, version, adapter_name, seed))
+            for j, (start, chunk) in enumerate(chunks)
+        }
+        results: list[list[Sample]] = []
+        for start, chunk in chunks:
+            worker, future = futures[start]
+            for attempt in range(retries + 1):
+                try:
+                    groups = ray.get(future)
+                    break
+                except ray.exceptions.RayActorError:
+                    if attempt == retries:
+                        raise
+                    self._resync(worker)
+                    future = worker.generate.remote(chunk, n, sampling, version, adapter_name, seed)
+            for group in groups:
+                for sample in group:
+                    sample.prompt_index += start
+            results.extend(groups)
+        return results
+
+    def shutdown(self) -> None:
+        for w in self.workers:
+            try:
+                ray.get(w.close.remote(), timeout=30)
+            except Exception:
+                pass
+            ray.kill(w)

@@ -1,0 +1,160 @@
+"""RolloutWorker: one ``vllm.LLM`` with LoRA enabled, generating groups of samples.
+
+A plain class: usable in-process, and wrapped with ``ray.remote`` by :class:`RolloutPool`.
+The base model is loaded once. Adapter versions arrive as tensors (A/B only), are
+materialised on tmpfs and registered as ``LoRARequest(f"policy-v{t}", t, path)``; every
+generate names the adapter explicitly and every sample carries the version it used.
+Only the newest ``keep_versions`` adapters are kept; older ones are removed from vLLM
+and from disk (generate is synchronous inside the worker, so none is in use then).
+
+Log-probs are vLLM's raw (pre-temperature) log-probs of the sampled tokens: the
+policy's own distribution, the same quantity the learner computes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from polyray.config import RolloutConfig, SamplingConfig
+
+
+@dataclass
+class Sample:
+    prompt_index: int  # index into the prompts passed to generate
+    text: str
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    logprobs: list[float]  # log pi_old of each sampled token
+    version: int  # adapter version that produced it (0 = base model)
+    finished: bool  # ended on EOS/stop rather than max_tokens
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def rollout_env(config: RolloutConfig) -> dict[str, str]:
+    """Environment a rollout process needs before vLLM/torch import: capped threads, KV cache size."""
+    return {
+        "VLLM_CPU_KVCACHE_SPACE": str(config.kv_cache_gib),
+        "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+        "OMP_NUM_THREADS": str(config.threads),
+        "MKL_NUM_THREADS": str(config.threads),
+        # The engine runs inside this process: no extra engine-core process per worker.
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+        "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+
+
+class RolloutWorker:
+    def __init__(self, model_dir: str, config: RolloutConfig, dtype: str = "float32", keep_versions: int | None = None):
+        for key, value in rollout_env(config).items():
+            os.environ.setdefault(key, value)
+        from vllm import LLM
+
+        self.config = config
+        self.keep_versions = keep_versions or config.max_loras
+        self.llm = LLM(
+            model=str(model_dir),
+            enable_lora=True,
+            max_lora_rank=config.max_lora_rank,
+            max_loras=config.max_loras,
+            dtype=dtype,
+            max_model_len=config.max_model_len,
+            seed=config.seed,
+            enforce_eager=True,
+        )
+        shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
+        self.adapter_root = Path(tempfile.mkdtemp(prefix="polyray-adapters-", dir=shm))
+        self.adapters: dict[int, Path] = {}  # version -> directory
+        self.named: dict[str, tuple[int, Path]] = {}  # name -> (lora id, path) for saved adapters
+
+    # ---- adapters ---------------------------------------------------------------------------
+    def load_adapter(self, version: int, adapter: dict[str, Any]) -> int:
+        """Register ``adapter`` ({"config": peft config dict, "tensors": {name: tensor}}) as version."""
+        from safetensors.torch import save_file
+
+        if version < 1:
+            raise ValueError(f"adapter versions start at 1, got {version}")
+        if version in self.adapters:
+            return version
+        path = self.adapter_root / f"policy-v{version}"
+        path.mkdir(parents=True)
+        (path / "adapter_config.json").write_text(json.dumps(adapter["config"]))
+        save_file({k: v.contiguous() for k, v in adapter["tensors"].items()}, str(path / "adapter_model.safetensors"))
+        self.adapters[version] = path
+        self._evict_old()
+        return version
+
+    def add_named_adapter(self, name: str, path: str) -> None:
+        """Register a saved peft adapter directory under ``name`` (ids above any policy version)."""
+        if name not in self.named:
+            self.named[name] = (1_000_000 + len(self.named), Path(path))
+
+    def _evict_old(self) -> None:
+        for version in sorted(self.adapters)[: -self.keep_versions]:
+            try:
+                self.llm.llm_engine.remove_lora(version)
+            except Exception:  # never loaded into vLLM (no request used it): nothing to remove
+                pass
+            shutil.rmtree(self.adapters.pop(version), ignore_errors=True)
+
+    def versions(self) -> list[int]:
+        return sorted(self.adapters)
+
+    def _lora_request(self, version: int | None, adapter_name: str | None):
+        from vllm.lora.request import LoRARequest
+
+        if adapter_name is not None:
+            lora_id, path = self.named[adapter_name]
+            return LoRARequest(adapter_name, lora_id, str(path))
+        if not version:
+            return None
+        if version not in self.adapters:
+            raise KeyError(f"adapter version {version} not loaded (have {self.versions()})")
+        return LoRARequest(f"policy-v{version}", version, str(self.adapters[version]))
+
+    # ---- generation -------------------------------------------------------------------------
+    def generate(
+        self,
+        prompts: list[str],
+        n: int,
+        sampling: SamplingConfig,
+        version: int | None = None,
+        adapter_name: str | None = None,
+        seed: int | None = None,
+    ) -> list[list[Sample]]:
+        """``n`` samples for each prompt under adapter ``version`` (None/0 = base model)."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(
+            n=n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens,
+            logprobs=0,
+            seed=seed,
+        )
+        lora = self._lora_request(version, adapter_name)
+        outputs = self.llm.generate(prompts, params, lora_request=lora, use_tqdm=False)
+        used = 0 if adapter_name is not None else (version or 0)
+        groups = []
+        for index, out in enumerate(outputs):
+            group = []
+            for comp in out.outputs:
+                token_ids = list(comp.token_ids)
+                logprobs = [step[tok].logprob for step, tok in zip(comp.logprobs, token_ids)]
+                group.append(
+                    Sample(index, comp.text, list(out.prompt_token_ids), token_ids, logprobs, used, comp.finish_reason == "stop")
+                )
+            groups.append(group)
+        return groups
+
+    def close(self) -> None:
+        shutil.rmtree(self.adapter_root, ignore_errors=True)

@@ -1,0 +1,167 @@
+"""Countdown-style synthetic arithmetic: the embedded default task.
+
+A prompt gives a few small numbers and a target; a completion is an arithmetic
+expression that uses each given number at most once and evaluates to the target.
+Most prompts have many valid answers (``3+9`` and ``9+3`` already differ), and every
+prompt carries one canonical reference: the expression the target was generated from,
+which is what SFT imitates.
+
+Splits are disjoint by construction: a prompt's split is a pure function of a hash of
+its numbers and target, so the same prompt can never appear in two splits whatever
+the seed. The verifier parses with :mod:`ast` and walks a whitelist of nodes over
+exact :class:`fractions.Fraction` arithmetic; nothing is ever ``eval``-ed.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import random
+from collections import Counter
+from dataclasses import dataclass
+from fractions import Fraction
+
+from polyray.tasks.base import Judgement, Prompt
+
+SPLITS = ("pretrain", "train", "val", "test")
+# Share of the prompt space given to each split (hash buckets out of 100).
+_SPLIT_BUCKETS = {"pretrain": range(0, 70), "train": range(70, 85), "val": range(85, 90), "test": range(90, 100)}
+_OPS = ("+", "-", "*")
+_MAX_COMPLETION_CHARS = 64
+
+
+@dataclass(frozen=True)
+class CountdownSpec:
+    """Shape of the generated problems (mirrors ``CountdownTaskConfig``)."""
+
+    num_numbers: int = 3
+    max_number: int = 16
+    min_operands: int = 2
+    max_target: int = 99
+
+
+def format_prompt(numbers: tuple[int, ...], target: int) -> str:
+    return f"nums {' '.join(map(str, numbers))} target {target}\nexpr:"
+
+
+def _split_of(numbers: tuple[int, ...], target: int) -> str:
+    key = f"{sorted(numbers)}|{target}".encode()
+    bucket = int.from_bytes(hashlib.blake2b(key, digest_size=4).digest(), "big") % 100
+    return next(name for name, rng in _SPLIT_BUCKETS.items() if bucket in rng)
+
+
+def _random_expression(rng: random.Random, operands: list[int]) -> str:
+    """Left-to-right chain ``a op b op c`` (standard precedence applies when judged)."""
+    expr = str(operands[0])
+    for value in operands[1:]:
+        expr += rng.choice(_OPS) + str(value)
+    return expr
+
+
+def _sample_problem(rng: random.Random, spec: CountdownSpec) -> tuple[tuple[int, ...], int, str] | None:
+    numbers = tuple(rng.randint(1, spec.max_number) for _ in range(spec.num_numbers))
+    n_operands = rng.randint(spec.min_operands, spec.num_numbers)
+    operands = rng.sample(list(numbers), n_operands)
+    expr = _random_expression(rng, operands)
+    value = evaluate_expression(expr)
+    if value.denominator != 1 or not 0 < value <= spec.max_target:
+        return None
+    return numbers, int(value), expr
+
+
+def generate_prompts(split: str, count: int, seed: int, spec: CountdownSpec = CountdownSpec()) -> list[Prompt]:
+    """``count`` distinct prompts of ``split``; deterministic in (split, count, seed, spec)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    rng = random.Random(f"countdown:{split}:{seed}")
+    seen: set[tuple[tuple[int, ...], int]] = set()
+    prompts: list[Prompt] = []
+    attempts = 0
+    while len(prompts) < count:
+        attempts += 1
+        if attempts > 200 * count + 10_000:
+            raise ValueError(f"could not generate {count} distinct {split!r} prompts for {spec}; widen the number range")
+        problem = _sample_problem(rng, spec)
+        if problem is None:
+            continue
+        numbers, target, expr = problem
+        key = (tuple(sorted(numbers)), target)
+        if key in seen or _split_of(numbers, target) != split:
+            continue
+        seen.add(key)
+        prompts.append(
+            Prompt(
+                text=format_prompt(numbers, target),
+                reference=" " + expr,
+                meta={"numbers": list(numbers), "target": target},
+            )
+        )
+    return prompts
+
+
+def sample_solution(rng: random.Random, numbers: tuple[int, ...], target: int, tries: int = 200) -> str | None:
+    """A random valid expression for (numbers, target), used to pretrain the base model."""
+    for _ in range(tries):
+        k = rng.randint(2, len(numbers))
+        operands = rng.sample(list(numbers), k)
+        expr = _random_expression(rng, operands)
+        if evaluate_expression(expr) == target:
+            return expr
+    return None
+
+
+class UnsafeExpression(ValueError):
+    """The text is not a plain arithmetic expression over integer literals."""
+
+
+def _walk(node: ast.AST, literals: list[int]) -> Fraction:
+    if isinstance(node, ast.Expression):
+        return _walk(node.body, literals)
+    if isinstance(node, ast.Constant) and type(node.value) is int:
+        literals.append(node.value)
+        return Fraction(node.value)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub, ast.Mult, ast.Div)):
+        left, right = _walk(node.left, literals), _walk(node.right, literals)
+        if isinstance(node.op, ast.Add):
+            return left + right
+        if isinstance(node.op, ast.Sub):
+            return left - right
+        if isinstance(node.op, ast.Mult):
+            return left * right
+        if right == 0:
+            raise UnsafeExpression("division by zero")
+        return left / right
+    raise UnsafeExpression(f"disallowed syntax: {type(node).__name__}")
+
+
+def parse_expression(text: str) -> tuple[Fraction, list[int]]:
+    """Value and integer literals of an arithmetic expression (``+ - * /``, parentheses)."""
+    if len(text) > _MAX_COMPLETION_CHARS:
+        raise UnsafeExpression(f"longer than {_MAX_COMPLETION_CHARS} characters")
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as exc:
+        raise UnsafeExpression(f"syntax error: {exc.msg}") from None
+    literals: list[int] = []
+    return _walk(tree, literals), literals
+
+
+def evaluate_expression(text: str) -> Fraction:
+    return parse_expression(text)[0]
+
+
+def judge(completion: str, numbers: list[int] | tuple[int, ...], target: int) -> Judgement:
+    """Reward 1.0 for a valid expression equal to ``target`` using each number at most once."""
+    expr = completion.strip().split("\n", 1)[0].strip()
+    if not expr:
+        return Judgement(0.0, "empty completion")
+    try:
+        value, literals = parse_expression(expr)
+    except UnsafeExpression as exc:
+        return Judgement(0.0, f"not an expression ({exc})")
+    missing = Counter(literals) - Counter(numbers)
+    if missing:
+        return Judgement(0.0, f"uses numbers not given: {sorted(missing.elements())}")
+    if value != target:
+        return Judgement(0.0, f"evaluates to {value}, target {target}")
+    return Judgement(1.0, "correct")
