@@ -37,6 +37,7 @@ class TinyModelConfig(_Model):
     pretrain_steps: int = Field(1500, ge=0, description="Full fine-tuning steps on the task's pretrain split.")
     pretrain_batch_size: int = Field(64, ge=1, description="Sequences per pretraining step.")
     pretrain_lr: float = Field(3e-3, gt=0, description="Peak AdamW learning rate for pretraining.")
+    pretrain_noise: float = Field(0.5, ge=0, lt=1, description="Share of pretraining completions that miss the target.")
     pretrain_prompts: int = Field(5000, ge=100, description="Distinct prompts in the pretraining corpus.")
     seed: int = Field(0, description="Seed for tokenizer corpus, init and pretraining order.")
 

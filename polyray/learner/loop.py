@@ -115,6 +115,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         )
         checkpoint_dir = None
         if rank == 0:
+            with open(Path(loop_config["output_dir"]) / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({"phase": phase_cfg.name, **metrics}) + "\n")
             if tracker is not None:
                 tracker.update.remote(step + 1, phase_cfg.steps, metrics)
             if last or (step + 1) % phase_cfg.checkpoint_every == 0:

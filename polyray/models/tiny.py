@@ -54,14 +54,24 @@ def cached_model_dir(tiny: TinyModelConfig, task: CountdownTaskConfig) -> Path:
 
 
 def _pretrain_corpus(task: CountdownTaskConfig, tiny: TinyModelConfig) -> list[tuple[str, str]]:
-    """(prompt, completion) pairs; completions are random valid solutions, not the references."""
+    """(prompt, completion) pairs: random valid solutions (never the references), plus noise.
+
+    A share ``pretrain_noise`` of completions are random expressions over the prompt's
+    numbers that miss the target, as a web corpus holds wrong answers beside right ones.
+    The base then samples a mixture of a right mode and a wrong one: decent pass@k, low
+    pass@1, and a gap that SFT and RL can close.
+    """
     spec = countdown.CountdownSpec(task.num_numbers, task.max_number, task.min_operands, task.max_target)
     prompts = countdown.generate_prompts("pretrain", tiny.pretrain_prompts, task.seed, spec)
     rng = random.Random(tiny.seed)
     pairs = []
     for p in prompts:
+        numbers, target = tuple(p.meta["numbers"]), p.meta["target"]
         for _ in range(2):
-            sol = countdown.sample_solution(rng, tuple(p.meta["numbers"]), p.meta["target"]) or p.reference.strip()
+            if rng.random() < tiny.pretrain_noise:
+                sol = countdown.sample_wrong_expression(rng, numbers, target)
+            else:
+                sol = countdown.sample_solution(rng, numbers, target) or p.reference.strip()
             pairs.append((p.text, " " + sol))
     return pairs
 

@@ -156,5 +156,15 @@ class RolloutWorker:
             groups.append(group)
         return groups
 
+    def score(self, prompt_ids: list[int], completion_ids: list[int], version: int | None = None) -> list[float]:
+        """Log-probs of a fixed completion's tokens under adapter ``version`` (vLLM prompt log-probs)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0)
+        ids = list(prompt_ids) + list(completion_ids)
+        out = self.llm.generate(TokensPrompt(prompt_token_ids=ids), params, lora_request=self._lora_request(version, None), use_tqdm=False)[0]
+        return [out.prompt_logprobs[i][ids[i]].logprob for i in range(len(prompt_ids), len(ids))]
+
     def close(self) -> None:
         shutil.rmtree(self.adapter_root, ignore_errors=True)

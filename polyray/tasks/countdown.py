@@ -110,6 +110,14 @@ def sample_solution(rng: random.Random, numbers: tuple[int, ...], target: int, t
     return None
 
 
+def sample_wrong_expression(rng: random.Random, numbers: tuple[int, ...], target: int) -> str:
+    """A random expression over ``numbers`` whose value is not ``target``."""
+    while True:
+        expr = _random_expression(rng, rng.sample(list(numbers), rng.randint(2, len(numbers))))
+        if evaluate_expression(expr) != target:
+            return expr
+
+
 class UnsafeExpression(ValueError):
     """The text is not a plain arithmetic expression over integer literals."""
 

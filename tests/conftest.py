@@ -1,0 +1,45 @@
+"""Shared fixtures: one local Ray cluster and one vLLM rollout pool per test session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def run_config():
+    from pathlib import Path
+
+    from polyray.config import load_config
+
+    return load_config(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml")
+
+
+@pytest.fixture(scope="session")
+def model_dir(run_config):
+    """The embedded default model (built once into the user cache, reused afterwards)."""
+    from polyray.models.source import resolve_model_dir
+
+    return resolve_model_dir(run_config.model, run_config.task)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def pool(ray_cluster, model_dir, run_config):
+    from polyray.rollout.pool import RolloutPool
+
+    p = RolloutPool.launch(str(model_dir), run_config.rollout, run_config.model.dtype)
+    yield p
+    p.shutdown()

@@ -1,0 +1,69 @@
+"""The weight sync is real: vLLM under policy-v{t} scores a completion as the learner does."""
+
+from __future__ import annotations
+
+import pytest
+import ray
+import torch
+
+pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.slow]
+
+# Both sides run the same float32 weights; they differ only in kernels (vLLM's CPU attention and
+# fused LoRA ops vs eager PyTorch), i.e. in float32 summation order: ~1e-6 relative per op, a few
+# 1e-5 absolute after four layers and a log-softmax over ~400 logits. 1e-3 leaves room for that and
+# is still 30x below the gap between two adjacent versions that this test requires.
+TOL = 1e-3
+
+
+def learner_logprobs(model, prompt_ids, completion_ids, pad_id):
+    from polyray.learner.batching import pack_sequences, token_logprobs
+
+    batch = pack_sequences([prompt_ids], [completion_ids], pad_id)
+    with torch.no_grad():
+        logp, mask = token_logprobs(model, batch)
+    return logp[0][mask[0].bool()]
+
+
+def test_rollout_logprobs_track_published_adapter(pool, model_dir, run_config):
+    from polyray.config import SamplingConfig
+    from polyray.learner.lora import build_peft_model, extract_adapter
+    from polyray.objectives.grpo import compute_grpo_loss
+    from polyray.learner.batching import pack_sequences, token_logprobs
+    from polyray.tasks import build_task
+
+    torch.manual_seed(0)
+    model, tok = build_peft_model(str(model_dir), run_config.learner.lora)
+    with torch.no_grad():  # a non-trivial adapter (peft initialises B = 0)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    base_version = pool.version
+    v1 = base_version + 1
+    pool.publish(v1, extract_adapter(model))
+
+    prompt = build_task(run_config.task).prompts("val", 1)[0]
+    sample = pool.generate([prompt.text], 1, SamplingConfig(max_tokens=12), version=v1)[0][0]
+    assert sample.version == v1 and len(sample.token_ids) >= 2
+    P, C = sample.prompt_token_ids, sample.token_ids
+
+    learner_v1 = learner_logprobs(model, P, C, tok.pad_token_id)
+    rollout_v1 = torch.tensor(ray.get(pool.workers[0].score.remote(P, C, v1)))
+    assert torch.allclose(rollout_v1, learner_v1, atol=TOL), (rollout_v1, learner_v1)
+    assert torch.allclose(torch.tensor(sample.logprobs), learner_v1, atol=TOL)  # sampling-time logprobs too
+
+    # One real optimizer step on this sample, then publish v2.
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-2)
+    logp, mask = token_logprobs(model, pack_sequences([P], [C], tok.pad_token_id))
+    loss, _ = compute_grpo_loss(logp, logp.detach(), None, torch.tensor([-1.0]), mask)
+    loss.backward()
+    opt.step()
+    v2 = v1 + 1
+    pool.publish(v2, extract_adapter(model))
+
+    learner_v2 = learner_logprobs(model, P, C, tok.pad_token_id)
+    rollout_v2 = torch.tensor(ray.get(pool.workers[0].score.remote(P, C, v2)))
+    assert torch.allclose(rollout_v2, learner_v2, atol=TOL)
+    gap = (rollout_v2 - rollout_v1).abs().max().item()
+    assert gap > 30 * TOL, f"v2 should score the completion differently from v1 (max gap {gap})"
+    # the older version is still served as it was
+    assert torch.allclose(torch.tensor(ray.get(pool.workers[0].score.remote(P, C, v1))), rollout_v1, atol=1e-6)

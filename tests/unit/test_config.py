@@ -1,0 +1,75 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from polyray.config import ConfigError, GRPOPhaseConfig, RunConfig, dump_config, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_quickstart_config_loads_and_round_trips(tmp_path):
+    cfg = load_config(ROOT / "configs" / "quickstart.yaml")
+    assert [p.type for p in cfg.phases] == ["sft", "grpo"]
+    (tmp_path / "resolved.yaml").write_text(dump_config(cfg))
+    assert load_config(tmp_path / "resolved.yaml") == cfg
+
+
+def test_overrides_apply_with_types():
+    cfg = load_config(ROOT / "configs" / "quickstart.yaml", ["learner.lora.r=4", "phases.1.kl_beta=0", "name=x"])
+    assert cfg.learner.lora.r == 4 and cfg.name == "x"
+    assert isinstance(cfg.phases[1], GRPOPhaseConfig) and cfg.phases[1].kl_beta == 0
+
+
+@pytest.mark.parametrize(
+    "overrides,needle",
+    [
+        (["learner.lr=1"], "learner.lr: Extra inputs are not permitted"),
+        (["phases.0.steps=0"], "phases.0.sft.steps: Input should be greater than or equal to 1"),
+        (["phases.1.group_size=abc"], "phases.1.grpo.group_size: Input should be a valid integer"),
+        (["task.type=poetry"], "task: Input tag 'poetry'"),
+        (["eval.ks=[1,50]"], "n_samples (10) must be >= max(ks) (50)"),
+        (["learner.lora.r=64"], "exceeds rollout.max_lora_rank"),
+        (["learnerlr"], "expected KEY=VALUE"),
+        (["phases.7.steps=1"], "not a valid list index"),
+    ],
+)
+def test_bad_values_name_the_field(overrides, needle):
+    with pytest.raises(ConfigError) as info:
+        load_config(ROOT / "configs" / "quickstart.yaml", overrides)
+    assert needle in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(bad)
+
+
+def test_defaults_are_valid():
+    RunConfig()
+
+
+def _cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "polyray.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--set", "learner.bogus=1"], "learner.bogus: Extra inputs are not permitted"),
+        (["--set", "task.type=nope"], "task: Input tag 'nope'"),
+        (["--set", "model.source=/nonexistent/model"], "model directory not found: /nonexistent/model"),
+    ],
+)
+def test_cli_errors_are_one_clear_line(args, needle, tmp_path):
+    proc = _cli("run", "configs/quickstart.yaml", "--output-dir", str(tmp_path / "out"), *args)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr
