@@ -170,7 +170,6 @@ def run_phase(
         run_config=TrainRunConfig(
             name=phase.name,
             storage_path=str((output_dir / "checkpoints").resolve()),
-            worker_runtime_env={"env_vars": {"OMP_NUM_THREADS": str(run.learner.threads), "TOKENIZERS_PARALLELISM": "false"}},
         ),
     )
     box: dict[str, Any] = {}
