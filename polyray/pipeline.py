@@ -45,7 +45,8 @@ class Timer:
             self.timings[name] = round(time.perf_counter() - start, 2)
 
 
-def init_ray(cluster: ClusterConfig, needed_cpus: float) -> None:
+def init_ray(cluster: ClusterConfig, needed_cpus: float, resources: dict[str, float] | None = None) -> None:
+    """Join ``cluster.address`` (or $RAY_ADDRESS), else start a local cluster; no-op inside a Ray task."""
     import ray
 
     if ray.is_initialized():
@@ -55,7 +56,9 @@ def init_ray(cluster: ClusterConfig, needed_cpus: float) -> None:
         ray.init(address=cluster.address, log_to_driver=cluster.worker_logs)
         return
     num_cpus = cluster.num_cpus or max(int(needed_cpus + 0.999), os.cpu_count() or 1)
-    ray.init(num_cpus=num_cpus, include_dashboard=cluster.dashboard, log_to_driver=cluster.worker_logs)
+    ray.init(
+        num_cpus=num_cpus, resources=resources, include_dashboard=cluster.dashboard, log_to_driver=cluster.worker_logs
+    )
 
 
 def needed_cpus(run: RunConfig) -> float:

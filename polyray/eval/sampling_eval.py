@@ -1,4 +1,9 @@
-"""Sample n completions per held-out prompt through the rollout pool and score pass@k."""
+"""Sample n completions per held-out prompt through the rollout pool; score pass@k, reward and diversity.
+
+Few-shot evaluation (``few_shot`` > 0) prepends that many training prompts with their
+references, one per line, and stops each completion at the end of its line, so a base
+model is judged on the answer it gives to the last prompt only.
+"""
 
 from __future__ import annotations
 
@@ -11,19 +16,37 @@ from polyray.eval.passk import mean_pass_at_k
 from polyray.tasks.base import Prompt, Task
 
 
+def few_shot_prefix(task: Task, k: int) -> str:
+    """``k`` training examples, one per line (a fixed draw: every model sees the same examples)."""
+    return "".join(f"{p.text}{p.reference}\n" for p in task.prompts("train", k)) if k else ""
+
+
 def evaluate_policy(
     pool, task: Task, prompts: list[Prompt], cfg: EvalConfig, version: int | None = None, seed: int | None = None
 ) -> dict[str, Any]:
-    """{"pass@k": ..., "reward_mean", "n_prompts", "n_samples", "per_prompt": [...]} for one adapter version."""
-    groups = pool.generate([p.text for p in prompts], cfg.n_samples, cfg.sampling, version=version, seed=seed)
-    rewards = [[task.judge(p, s.text).reward for s in group] for p, group in zip(prompts, groups)]
+    """{"pass@k", "reward_mean", "n_prompts", "n_samples", "diversity/<name>", "per_prompt"} for one adapter version."""
+    from polyray.diversity import compute_diversity_batch
+
+    prefix = few_shot_prefix(task, cfg.few_shot)
+    sampling = cfg.sampling
+    if cfg.few_shot and "\n" not in sampling.stop:
+        sampling = sampling.model_copy(update={"stop": [*sampling.stop, "\n"]})
+    groups = pool.generate([prefix + p.text for p in prompts], cfg.n_samples, sampling, version=version, seed=seed)
+    texts = [[s.text for s in g] for g in groups]
+    rewards = [[task.judge(p, t).reward for t in g] for p, g in zip(prompts, texts)]
     counts = [(len(r), sum(1 for x in r if x >= 1.0)) for r in rewards]
     result: dict[str, Any] = {f"pass@{k}": mean_pass_at_k(counts, k) for k in cfg.ks}
+    diversity = {name: compute_diversity_batch(name, texts) for name in cfg.diversity}
     result.update(
         reward_mean=float(np.mean([np.mean(r) for r in rewards])),
         n_prompts=len(prompts),
         n_samples=cfg.n_samples,
-        distinct_frac=float(np.mean([len({s.text.strip() for s in g}) / len(g) for g in groups])),
-        per_prompt=[{"prompt": p.text, "n": n, "c": c} for p, (n, c) in zip(prompts, counts)],
+        few_shot=cfg.few_shot,
+        distinct_frac=float(np.mean([len({t.strip() for t in g}) / len(g) for g in texts])),
+        **{f"diversity/{name}": float(np.mean(v)) for name, v in diversity.items()},
+        per_prompt=[
+            {"prompt": p.text, "n": n, "c": c, "rewards": r, **{f"diversity/{k}": v[i] for k, v in diversity.items()}}
+            for i, (p, (n, c), r) in enumerate(zip(prompts, counts, rewards))
+        ],
     )
     return result

@@ -4,8 +4,8 @@
 rank), resume from the latest Ray Train checkpoint if there is one, then repeat
 ``phase.step`` -> backward -> clip -> optimizer step. Rank 0 publishes each new adapter
 version to the rollout pool (every step for phases that sample, at the end otherwise),
-reports progress, and writes checkpoints (adapter + optimizer + step + version) through
-``ray.train.report``. The final adapter is saved in standard peft format.
+reports progress, and every ``checkpoint_every`` steps writes a checkpoint (adapter +
+optimizer + step + version) through ``ray.train.report``. The final adapter is saved in standard peft format.
 """
 
 from __future__ import annotations
@@ -46,6 +46,37 @@ def _save_checkpoint_dir(model, optimizer, step: int, version: int) -> str:
     torch.save(optimizer.state_dict(), Path(d) / "optimizer.pt")
     (Path(d) / "state.json").write_text(json.dumps({"step": step, "version": version}))
     return d
+
+
+class _DynamicsProbe:
+    """Rank 0's diversity-dynamics measurement (see :mod:`polyray.eval.dynamics`); a no-op elsewhere."""
+
+    def __init__(self, run: RunConfig, phase_index: int, output_dir: str, pool):
+        self.cfg, self.pool = run.dynamics, pool
+        self.phase = run.phases[phase_index].name
+        self.offset = sum(p.steps for p in run.phases[:phase_index])  # global step of this phase's step 0
+        self.path = Path(output_dir) / "dynamics.jsonl"
+        if self.enabled:
+            from polyray.tasks import build_task
+
+            self.task = build_task(run.task)
+            self.prompts = self.task.prompts("val", self.cfg.n_prompts)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cfg.every) and self.pool is not None
+
+    def due(self, step: int, last: bool) -> bool:
+        return bool(self.cfg.every) and (last or step % self.cfg.every == 0)
+
+    def __call__(self, step: int, version: int) -> None:
+        if not self.enabled:
+            return
+        from polyray.eval.dynamics import append_record, measure_dynamics
+
+        record = measure_dynamics(self.pool, self.task, self.prompts, self.cfg, version)
+        append_record(self.path, {"phase": self.phase, "step": step, "global_step": self.offset + step,
+                                  "version": version, **record})
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -95,6 +126,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         publish(version)  # resumed, or a pool that has not seen this version yet
     phase.version = version
 
+    dynamics = _DynamicsProbe(run, loop_config["phase_index"], loop_config["output_dir"], pool if rank == 0 else None)
+    if start_step == 0:
+        dynamics(0, version)
+
     for step in range(start_step, phase_cfg.steps):
         t0 = time.perf_counter()
         model.train()
@@ -105,25 +140,30 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         optimizer.step()
         last = step + 1 == phase_cfg.steps
         sync_s = 0.0
-        if phase.publishes_every_step or last:
+        measure = dynamics.due(step + 1, last)
+        if phase.publishes_every_step or last or measure:
             version += 1
             sync_s = publish(version)
             phase.version = version
+        if measure:
+            dynamics(step + 1, version)
         metrics.update(
             loss=float(loss.detach()), grad_norm=float(grad_norm), step=step + 1, version=version,
-            step_s=time.perf_counter() - t0, sync_s=sync_s,
+            step_s=time.perf_counter() - t0, sync_s=sync_s, time=time.time(),
         )
-        checkpoint_dir = None
+        checkpoint_due = last or (step + 1) % phase_cfg.checkpoint_every == 0
         if rank == 0:
             with open(Path(loop_config["output_dir"]) / "metrics.jsonl", "a") as f:
                 f.write(json.dumps({"phase": phase_cfg.name, **metrics}) + "\n")
             if tracker is not None:
                 tracker.update.remote(step + 1, phase_cfg.steps, metrics)
-            if last or (step + 1) % phase_cfg.checkpoint_every == 0:
-                checkpoint_dir = _save_checkpoint_dir(model, optimizer, step + 1, version)
-        ray.train.report(
-            metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        )
+        # ray.train.report is a barrier through the Train controller (~2 s on this machine), so it
+        # runs with checkpoints only; per-step metrics go to metrics.jsonl and the progress tracker.
+        if checkpoint_due:
+            checkpoint_dir = _save_checkpoint_dir(model, optimizer, step + 1, version) if rank == 0 else None
+            ray.train.report(
+                metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+            )
     if rank == 0:
         out = Path(loop_config["output_dir"]) / "adapters" / phase_cfg.name
         save_adapter(model, out)

@@ -18,9 +18,17 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from polyray.config import GRPOPhaseConfig, SFTPhaseConfig
+from polyray.config import GRPOPhaseConfig, PolychromicSFTPhaseConfig, SFTPhaseConfig
 from polyray.learner.batching import pack_sequences, token_logprobs
-from polyray.objectives.grpo import compute_grpo_loss, compute_group_advantages
+from polyray.objectives.advantages import compute_advantages, dynamic_sampling_mask
+from polyray.objectives.grpo import compute_grpo_loss
+from polyray.objectives.polychromic import (
+    compute_loo_advantages,
+    compute_polychromic_sft_loss,
+    compute_subset_advantage_scale,
+    compute_subset_advantages,
+    enumerate_subsets,
+)
 from polyray.objectives.sft import compute_sft_loss
 from polyray.tasks.base import Prompt, Task
 
@@ -60,13 +68,92 @@ class SFTPhase:
         self.cfg, self.ctx = cfg, ctx
         self.data = encode_references(task.prompts("train", n_train), ctx.tokenizer)
 
-    def step(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        rng = random.Random(f"sft:{self.ctx.seed}:{step}")  # same draw on every rank
+    def reference_batch(self, step: int) -> list[tuple[list[int], list[int]]]:
+        """This rank's shard of the step's reference (prompt, completion) pairs; the same draw on every rank."""
+        rng = random.Random(f"sft:{self.ctx.seed}:{step}")
         batch_idx = [rng.randrange(len(self.data)) for _ in range(self.cfg.batch_size)]
-        mine = batch_idx[self.ctx.rank :: self.ctx.world]
-        batch = pack_sequences([self.data[i][0] for i in mine], [self.data[i][1] for i in mine], self.ctx.tokenizer.pad_token_id)
+        return [self.data[i] for i in batch_idx[self.ctx.rank :: self.ctx.world]]
+
+    def step(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        refs = self.reference_batch(step)
+        batch = pack_sequences([r[0] for r in refs], [r[1] for r in refs], self.ctx.tokenizer.pad_token_id)
         logp, mask = token_logprobs(self.ctx.model, batch)
         return compute_sft_loss(logp, mask)
+
+
+def compute_diversity_advantages(name: str, groups: list[list[str]], estimator: str, k: int) -> torch.Tensor:
+    """(B, n) per-sample diversity marginals of each group (ALGORITHMS.md 1): leave-one-out or k-subset.
+
+    All the sets of all groups go through one ``compute_diversity_batch`` call, so an
+    embedding-based diversity embeds every text once.
+    """
+    from polyray.diversity import compute_diversity_batch
+
+    n = len(groups[0])
+    if estimator == "loo":
+        subsets = [tuple(range(n))] + [tuple(j for j in range(n) if j != i) for i in range(n)]
+    else:
+        subsets = enumerate_subsets(n, k)
+    values = compute_diversity_batch(name, [[g[i] for i in s] for g in groups for s in subsets])
+    table = torch.tensor(values, dtype=torch.float64).view(len(groups), len(subsets))  # (B, S)
+    if estimator == "loo":
+        return compute_loo_advantages(table[:, 0], table[:, 1:])
+    scale, index = compute_subset_advantage_scale(n, k), {s: j for j, s in enumerate(subsets)}
+    return torch.stack(
+        [scale * compute_subset_advantages(n, k, lambda s, row=row: float(row[index[s]])) for row in table]
+    )
+
+
+class PolychromicSFTPhase(SFTPhase):
+    """NLL of the references minus lambda times the score-function diversity surrogate of fresh samples.
+
+    Rank 0 samples ``n_samples`` completions for ``prompts_per_step`` training prompts under
+    the adapter the learner holds, scores each set's diversity and computes per-sample
+    marginals; every rank then trains on its share of references and sample groups in one
+    forward pass. The samples' vLLM logprobs are pi_old for the (clipped) importance weight.
+    """
+
+    publishes_every_step = True
+
+    def __init__(self, cfg: PolychromicSFTPhaseConfig, task: Task, n_train: int, ctx: StepContext, pool=None):
+        super().__init__(cfg, task, n_train, ctx, pool)
+        self.pool, self.prompts = pool, task.prompts("train", n_train)
+        self.version = 0
+
+    def _rollout(self, step: int) -> dict[str, Any]:
+        cfg = self.cfg
+        rng = random.Random(f"polychromic:{self.ctx.seed}:{step}")
+        prompts = rng.sample(self.prompts, min(cfg.prompts_per_step, len(self.prompts)))
+        groups = self.pool.generate([p.text for p in prompts], cfg.n_samples, cfg.sampling, version=self.version)
+        lag = check_lag(groups, self.version, cfg.max_lag)
+        adv = compute_diversity_advantages(cfg.diversity, [[s.text for s in g] for g in groups], cfg.estimator, cfg.subset_k)
+        full = [[(s.prompt_token_ids, s.token_ids, sum(s.logprobs)) for s in g] for g in groups]
+        return {"groups": full, "adv": adv.tolist(), "adv_abs_mean": float(adv.abs().mean()), "max_lag": lag}
+
+    def step(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        data = broadcast_from_rank0(self._rollout(step) if self.ctx.rank == 0 else None, self.ctx)
+        refs = self.reference_batch(step)
+        groups = data["groups"][self.ctx.rank :: self.ctx.world]  # whole groups per rank: (B_r, n)
+        samples = [s for g in groups for s in g]
+        prompts = [r[0] for r in refs] + [s[0] for s in samples]
+        completions = [r[1] for r in refs] + [s[1] for s in samples]
+        logp, mask = token_logprobs(self.ctx.model, pack_sequences(prompts, completions, self.ctx.tokenizer.pad_token_id))
+        nll, _ = compute_sft_loss(logp[: len(refs)], mask[: len(refs)])
+        n = self.cfg.n_samples
+        sample_logp = (logp[len(refs) :] * mask[len(refs) :]).sum(-1).view(len(groups), n)  # (B_r, n)
+        old_logp = torch.tensor([[s[2] for s in g] for g in groups], dtype=logp.dtype).view(len(groups), n)
+        adv = torch.tensor(data["adv"], dtype=logp.dtype)[self.ctx.rank :: self.ctx.world]
+        loss, metrics = compute_polychromic_sft_loss(nll, sample_logp, adv, self.cfg.lam, old_logp, self.cfg.ratio_clip)
+        metrics.update(adv_abs_mean=data["adv_abs_mean"], max_lag=data["max_lag"])
+        return loss, metrics
+
+
+def check_lag(groups, version: int, max_lag: int) -> int:
+    """The largest version lag of the samples; error past ``max_lag``."""
+    lag = max(version - s.version for g in groups for s in g)
+    if lag > max_lag:
+        raise RuntimeError(f"rollout samples lag {lag} versions behind the learner (max_lag={max_lag})")
+    return lag
 
 
 def score_groups(task: Task, prompts: list[Prompt], groups) -> torch.Tensor:
@@ -74,6 +161,20 @@ def score_groups(task: Task, prompts: list[Prompt], groups) -> torch.Tensor:
     return torch.tensor(
         [[task.judge(p, s.text).reward for s in group] for p, group in zip(prompts, groups)], dtype=torch.float64
     )
+
+
+def advantage_params(cfg: GRPOPhaseConfig, texts: list[list[str]]) -> dict[str, Any]:
+    """Keyword arguments of the configured estimator in ``ADVANTAGE_ESTIMATORS`` (texts: (B, G) completions)."""
+    if cfg.advantage == "group":
+        return {"scale_by_std": cfg.scale_by_std}
+    if cfg.advantage == "passk":
+        return {"k": cfg.advantage_k}
+    if cfg.advantage == "polychromic":
+        from polyray.diversity import compute_diversity
+
+        return {"k": cfg.advantage_k,
+                "diversity": lambda b, S: compute_diversity(cfg.advantage_diversity, [texts[b][i] for i in S])}
+    return {}
 
 
 class GRPOPhase:
@@ -91,14 +192,17 @@ class GRPOPhase:
         rng = random.Random(f"grpo:{self.ctx.seed}:{step}")
         prompts = rng.sample(self.prompts, min(self.cfg.prompts_per_step, len(self.prompts)))
         groups = self.pool.generate([p.text for p in prompts], self.cfg.group_size, self.cfg.sampling, version=self.version)
-        lags = [self.version - s.version for g in groups for s in g]
-        if max(lags) > self.cfg.max_lag:
-            raise RuntimeError(f"rollout samples lag {max(lags)} versions behind the learner (max_lag={self.cfg.max_lag})")
+        lag = check_lag(groups, self.version, self.cfg.max_lag)
         rewards = score_groups(self.task, prompts, groups)
-        adv = compute_group_advantages(rewards, scale_by_std=self.cfg.scale_by_std)
+        keep = dynamic_sampling_mask(rewards) if self.cfg.dynamic_sampling else torch.ones(len(groups), dtype=torch.bool)
+        if not keep.any():  # every group uniform: nothing to learn from but the KL term; keep them all
+            keep[:] = True
+        texts = [[s.text for s in g] for g in groups]
+        adv = compute_advantages(self.cfg.advantage, rewards, **advantage_params(self.cfg, texts))
         seqs = [
             (s.prompt_token_ids, s.token_ids, s.logprobs, float(adv[b, g]))
             for b, group in enumerate(groups)
+            if keep[b]
             for g, s in enumerate(group)
         ]
         return {
@@ -106,7 +210,8 @@ class GRPOPhase:
             "reward_mean": float(rewards.mean()),
             "solved_frac": float((rewards.max(dim=1).values > 0).double().mean()),
             "completion_len": sum(len(s[1]) for s in seqs) / len(seqs),
-            "max_lag": max(lags),
+            "max_lag": lag,
+            "kept_groups": int(keep.sum()),
         }
 
     def step(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -132,9 +237,11 @@ class GRPOPhase:
             clip_eps_low=self.cfg.clip_eps_low,
             clip_eps_high=self.cfg.clip_eps_high,
             kl_beta=self.cfg.kl_beta,
+            aggregation=self.cfg.aggregation,
+            max_len=self.cfg.sampling.max_tokens,
         )
         metrics.update({k: v for k, v in data.items() if k != "seqs"})
         return loss, metrics
 
 
-PHASES = {"sft": SFTPhase, "grpo": GRPOPhase}
+PHASES = {"sft": SFTPhase, "polychromic_sft": PolychromicSFTPhase, "grpo": GRPOPhase}

@@ -14,19 +14,10 @@ from typing import Literal
 
 import torch
 
+# The advantage estimators live in one registry; re-exported here for existing imports.
+from polyray.objectives.advantages import compute_group_advantages  # noqa: F401
+
 Aggregation = Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"]
-
-
-def compute_group_advantages(rewards: torch.Tensor, scale_by_std: bool = True, eps: float = 1e-6) -> torch.Tensor:
-    """A_i = (r_i - mean_g r) / (std_g r + eps); without the division when ``scale_by_std`` is off.
-
-    rewards: (B, G) -> advantages (B, G). std is the unbiased sample std (torch default),
-    as in DeepSeekMath's reference implementation.
-    """
-    centered = rewards - rewards.mean(dim=-1, keepdim=True)
-    if not scale_by_std:
-        return centered
-    return centered / (rewards.std(dim=-1, keepdim=True) + eps)
 
 
 def compute_k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:

@@ -140,6 +140,7 @@ class RolloutWorker:
             max_tokens=sampling.max_tokens,
             logprobs=0,
             seed=seed,
+            stop=list(sampling.stop) or None,
         )
         lora = self._lora_request(version, adapter_name)
         outputs = self.llm.generate(prompts, params, lora_request=lora, use_tqdm=False)

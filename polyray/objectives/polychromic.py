@@ -1,0 +1,133 @@
+"""Polychromic SFT: NLL of the reference minus λ times a score-function diversity surrogate.
+
+ALGORITHMS.md section 1. The objective is L(θ) = E_x[NLL_θ(y*|x) − λ·E_{Y~π_θ}[D(Y)]],
+with D a set-level diversity of n sampled completions. Sampling is discrete, so D(Y)
+has no pathwise gradient; the score-function identity gives
+
+    ∇E[D(Y)] = E[D(Y) Σ_i ∇log π_θ(y_i|x)],
+
+and subtracting from D(Y), in the term of sample i, any baseline that does not depend
+on y_i keeps it unbiased. The leave-one-out marginal a_i = D(Y) − D(Y∖{i}) is such a
+choice, so the surrogate
+
+    D̂_θ = Σ_i sg(a_i) · log π_θ(y_i|x)       (gradient: an unbiased estimate of ∇E[D(Y)])
+
+is what the loss differentiates. Note the sum over i: ALGORITHMS.md writes
+(1/n) Σ_i, whose expected gradient is ∇E[D]/n (it would silently divide λ by n); the
+sum is what makes the estimate unbiased for ∇E[D], as ``tests/unit/test_polychromic.py``
+checks against the exact gradient of a toy categorical policy.
+
+The k-subset form a_i = mean_{S∋i,|S|=k} D(S) − mean_{|S|=k} D(S) has lower variance.
+It estimates the gradient of the expected diversity of *k* samples, E[D(Y_k)], with a
+known scale: E[Σ_i a_i ∇log π(y_i)] = ((n − k)/k) · ∇E[D(Y_k)] (the baseline
+mean_S D(S) contains the subsets with i; mean_{S∋i} − mean_S = (1 − k/n)(mean_{S∋i} −
+mean_{S∌i}) and the latter has an independent baseline). The factor is 1 for n = 2k
+(e.g. n = 8, k = 4); :func:`compute_subset_advantage_scale` returns k/(n − k).
+
+Why the seeds' code trained plain SFT: it computed D on decoded text under no_grad
+and subtracted λ·D from the loss. Such a D is a constant of θ — it sits outside the
+autograd graph — so ∇(NLL − λ·D) = ∇NLL exactly; the diversity term changed the
+logged loss and nothing else. Here the gradient flows through log π_θ(y_i|x), and the
+diversity values enter only as (stop-gradient) weights.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+
+import torch
+
+MAX_SUBSETS = 5000
+
+
+def enumerate_subsets(n: int, k: int, max_subsets: int = MAX_SUBSETS) -> list[tuple[int, ...]]:
+    """All C(n, k) index subsets of size k (itertools order); ValueError past ``max_subsets``."""
+    if not 1 <= k <= n:
+        raise ValueError(f"subset size k must satisfy 1 <= k <= n, got k={k}, n={n}")
+    count = math.comb(n, k)
+    if count > max_subsets:
+        raise ValueError(f"C({n}, {k}) = {count} subsets exceeds the limit {max_subsets}; use a smaller k or n")
+    return list(itertools.combinations(range(n), k))
+
+
+def compute_loo_advantages(full: torch.Tensor, loo: torch.Tensor) -> torch.Tensor:
+    """Leave-one-out marginals a_{b,i} = D(Y_b) − D(Y_b ∖ {i}).
+
+    full: (B,) diversity of each set; loo: (B, n) diversity of each set without sample i.
+    Returns (B, n), detached.
+    """
+    if full.dim() != 1 or loo.dim() != 2 or loo.shape[0] != full.shape[0]:
+        raise ValueError(f"expected full (B,) and loo (B, n), got {tuple(full.shape)} and {tuple(loo.shape)}")
+    return (full.unsqueeze(-1) - loo).detach()
+
+
+def compute_subset_advantages(
+    n: int, k: int, subset_score: Callable[[tuple[int, ...]], float], max_subsets: int = MAX_SUBSETS
+) -> torch.Tensor:
+    """a_i = mean_{S∋i, |S|=k} f(S) − mean_{|S|=k} f(S) over all k-subsets of range(n).
+
+    ``subset_score`` maps a sorted index tuple to f(S) (e.g. the diversity of those
+    samples); it is called once per subset. Returns (n,) float64. All zeros when k = n.
+    See the module docstring for the expected gradient: ((n − k)/k) · ∇E[D(Y_k)].
+    """
+    subsets = enumerate_subsets(n, k, max_subsets)
+    scores = torch.tensor([float(subset_score(s)) for s in subsets], dtype=torch.float64)  # (S,)
+    member = torch.zeros(len(subsets), n, dtype=torch.float64)  # (S, n) incidence
+    for row, s in enumerate(subsets):
+        member[row, list(s)] = 1.0
+    per_sample = scores @ member / math.comb(n - 1, k - 1)  # (n,) mean over subsets containing i
+    return per_sample - scores.mean()
+
+
+def compute_subset_advantage_scale(n: int, k: int) -> float:
+    """k / (n − k): multiply k-subset advantages by it for an unbiased estimate of ∇E[D(Y_k)]."""
+    if not 1 <= k < n:
+        raise ValueError(f"the k-subset estimator needs 1 <= k < n, got k={k}, n={n}")
+    return k / (n - k)
+
+
+def compute_polychromic_sft_loss(
+    nll: torch.Tensor,  # () NLL of the reference completions (carries grad)
+    sample_logp: torch.Tensor,  # (B, n) sequence log π_θ(y_i|x) of the sampled completions (carries grad)
+    advantages: torch.Tensor,  # (B, n) diversity marginals a_{b,i}; treated as constants
+    lam: float,
+    old_logp: torch.Tensor | None = None,  # (B, n) sequence log π_old of the samples, when they are off-policy
+    ratio_clip: float = 2.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """loss = nll − λ · mean_b Σ_i sg(a_{b,i}) · w_{b,i} · log π_θ(y_{b,i}|x_b).
+
+    w = sg(min(exp(log π_θ − log π_old), ratio_clip)) when ``old_logp`` is given (samples
+    drawn by an older adapter version; a truncated per-sample ratio, which trades a
+    little bias for bounded variance), else 1. Summing over i (not averaging) makes the
+    gradient an unbiased estimate of ∇E[D] (module docstring; ALGORITHMS.md section 1).
+    With λ = 0 the returned loss *is* ``nll``, so gradients equal plain SFT's exactly.
+
+    Metrics (floats): ``nll``, ``diversity_surrogate`` (mean_b Σ_i a w log π, the term λ
+    multiplies), ``adv_mean``, ``adv_abs_mean``, ``weight_mean``.
+    """
+    if sample_logp.shape != advantages.shape or sample_logp.dim() != 2:
+        raise ValueError(
+            f"sample_logp and advantages must both be (B, n), got {tuple(sample_logp.shape)}"
+            f" and {tuple(advantages.shape)}"
+        )
+    if old_logp is not None and old_logp.shape != sample_logp.shape:
+        raise ValueError(f"old_logp must match sample_logp {tuple(sample_logp.shape)}, got {tuple(old_logp.shape)}")
+    if ratio_clip <= 0:
+        raise ValueError(f"ratio_clip must be > 0, got {ratio_clip}")
+    adv = advantages.detach().to(sample_logp.dtype)
+    if old_logp is None:
+        weights = torch.ones_like(adv)
+    else:
+        weights = torch.exp(sample_logp.detach() - old_logp.detach()).clamp(max=ratio_clip)
+    surrogate = (adv * weights * sample_logp).sum(dim=-1).mean()  # () D̂_θ, averaged over prompts
+    loss = nll if lam == 0 else nll - lam * surrogate
+    metrics = {
+        "nll": float(nll.detach()),
+        "diversity_surrogate": float(surrogate.detach()),
+        "adv_mean": float(adv.mean()),
+        "adv_abs_mean": float(adv.abs().mean()),
+        "weight_mean": float(weights.mean()),
+    }
+    return loss, metrics

@@ -1,0 +1,147 @@
+"""The HTML report renders every figure in headless Chromium, offline, with no network request.
+
+Needs Debian's chromium (``apt-get install -y chromium``) and the ``playwright`` Python
+package (driving the system browser; playwright's own browser download is not used).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from polyray.eval.report import FIGURE_IDS, render_latex_table, write_report, write_samples_jsonl
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/lib/chromium/chromium", "chromium", "chromium-browser")
+
+
+def _chromium() -> str | None:
+    for c in CHROMIUM_CANDIDATES:
+        found = shutil.which(c) if not c.startswith("/") else (c if Path(c).exists() else None)
+        if found:
+            return found
+    return None
+
+
+def _ci(m: float, h: float) -> dict:
+    return {"mean": m, "low": m - h, "high": m + h}
+
+
+def _lora_rows(scale: float, seed: int) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    return [
+        {"layer": layer, "module": mod, "module_path": f"self_attn.{mod}",
+         "frobenius_norm": float(scale * rng.random()), "effective_rank": float(1 + 3 * rng.random())}
+        for layer in range(4) for mod in ("q_proj", "k_proj", "v_proj", "o_proj")
+    ]  # fmt: skip
+
+
+def synthetic_results() -> dict:
+    ks = [1, 2, 5, 10]
+    models = {}
+    for i, name in enumerate(["base", "lora", "polychromic"]):
+        p1 = 0.2 + 0.1 * i
+        models[name] = {
+            "pass_at_k": {str(k): _ci(1 - (1 - p1) ** (k ** (0.6 + 0.1 * i)), 0.02) for k in ks},
+            "usq": {str(k): _ci(p1 + 0.4 * (1 - (1 - p1) ** k - p1), 0.015) for k in ks},
+            "usq_selector": "reward_model",
+            "diversity": {"semantic": _ci(0.3 + 0.1 * i - 0.05 * (i == 1), 0.01), "distinct_2": 0.5 + 0.05 * i},
+        }
+    dynamics = []
+    for run, sign in (("lora", -1), ("polychromic", 1)):
+        for phase, steps in (("sft", range(0, 50, 10)), ("grpo", range(0, 40, 10))):
+            for s in steps:
+                dynamics.append({"run": run, "phase": phase, "step": s,
+                                 "diversity/semantic": 0.4 + sign * 0.002 * s - (0.1 if phase == "grpo" else 0),
+                                 "diversity/distinct_2": 0.6 + sign * 0.001 * s})  # fmt: skip
+    return {
+        "title": "synthetic report",
+        "ks": ks,
+        "models": models,
+        "pareto": {"diversity": "semantic", "points": [{"name": "λ=0.5", "quality": 0.35, "diversity": 0.6}]},
+        "dynamics": dynamics,
+        "lora": {"baseline": _lora_rows(1.0, 0), "polychromic": _lora_rows(1.5, 1)},
+        "stats": {
+            "polychromic vs lora (pass@10)": {
+                "mean_diff": 0.05, "bootstrap_ci": {"low": 0.01, "high": 0.09},
+                "mann_whitney": {"pvalue": 0.04}, "wilcoxon": {"pvalue": 0.01}, "paired_t": {"pvalue": 0.02},
+                "pvalue_holm": 0.03, "cohens_d": 0.4, "cohens_dz": 0.5, "cliffs_delta": 0.2,
+            }
+        },
+    }  # fmt: skip
+
+
+def test_report_files_without_browser(tmp_path):
+    res = synthetic_results()
+    json.dumps(res)  # the schema is JSON-serialisable
+    paths = write_report(tmp_path, res)
+    html = paths["html"].read_text()
+    for fid in FIGURE_IDS:
+        assert f'id="{fid}"' in html
+    assert 'class="skipped"' not in html
+    # nothing loaded from elsewhere (URLs inside the inlined plotly.js are strings, not requests)
+    assert re.search(r"<(script|link|img|iframe)[^>]*(src|href)=[\"']?(https?:)?//", html) is None
+    tex = paths["tex"].read_text()
+    assert r"\toprule" in tex and r"\bottomrule" in tex and "polychromic" in tex
+    assert r"$\pm$ 0.020" in tex and r"\textbf{" in tex
+    # missing inputs: figures skipped with a note, not an error
+    minimal = {"models": {"a_b": {"pass_at_k": {"1": 0.2, "5": 0.5}}}}
+    html = write_report(tmp_path / "min", minimal)["html"].read_text()
+    for fid in ("fig-usq", "fig-pareto", "fig-dynamics", "fig-lora"):
+        assert f'<div id="{fid}" class="skipped">' in html
+    assert r"a\_b" in render_latex_table(minimal)
+    rows = [{"prompt_id": "p0", "rewards": np.array([1.0, 0.0]), "c": np.int64(1)}]
+    p = write_samples_jsonl(tmp_path / "samples.jsonl", rows)
+    assert json.loads(p.read_text().splitlines()[0]) == {"prompt_id": "p0", "rewards": [1.0, 0.0], "c": 1}
+
+
+def test_report_renders_in_headless_chromium(tmp_path):
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("chromium not found (install with: apt-get install -y chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (uses the system chromium)")
+    from PIL import Image
+
+    paths = write_report(tmp_path, synthetic_results())
+    url = paths["html"].resolve().as_uri()
+    requests: list[str] = []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=exe, headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("request", lambda r: requests.append(r.url))
+            page.on("pageerror", lambda e: requests.append(f"pageerror: {e}"))
+            page.goto(url, wait_until="load")
+            for fid in FIGURE_IDS:
+                page.wait_for_function(
+                    "id => { const d = document.getElementById(id);"
+                    " return d && d._fullLayout && d.querySelector('.main-svg'); }",
+                    arg=fid,
+                    timeout=30_000,
+                )
+            drawn = page.evaluate(
+                "ids => ids.map(id => document.getElementById(id)"
+                ".querySelectorAll('.scatterlayer .trace, .heatmaplayer .hm').length)",
+                list(FIGURE_IDS),
+            )
+            page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+            variances = {}
+            for fid in FIGURE_IDS:
+                el = page.locator(f"#{fid}")
+                el.scroll_into_view_if_needed()
+                img = np.asarray(Image.open(io.BytesIO(el.screenshot())).convert("L"), dtype=np.float64)
+                variances[fid] = float(img.var())
+                # a drawn plot has ink (axes, lines, markers, heatmap cells), not a blank canvas
+                assert (img < 200).mean() > 0.003, f"{fid} looks blank"
+        finally:
+            browser.close()
+    assert all(n > 0 for n in drawn), dict(zip(FIGURE_IDS, drawn))
+    assert all(v > 50.0 for v in variances.values()), variances
+    assert requests == [url], f"unexpected requests or page errors: {[r for r in requests if r != url]}"

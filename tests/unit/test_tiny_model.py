@@ -1,0 +1,50 @@
+"""The embedded model builder is deterministic for a seed and writes a normal HF model directory."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from polyray.config import CountdownTaskConfig, TinyModelConfig
+
+pytestmark = pytest.mark.slow
+
+# Small enough to build twice in a few seconds; same code path as the default build.
+SMALL = dict(hidden_size=64, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64,
+             pretrain_steps=6, pretrain_batch_size=8, pretrain_prompts=200, vocab_size=320)
+
+
+def _digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_build_is_deterministic_and_loadable(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from polyray.models.tiny import build_tiny_model
+
+    torch.set_num_threads(1)
+    task = CountdownTaskConfig()
+    a = build_tiny_model(TinyModelConfig(**SMALL), task, out_dir=tmp_path / "a")
+    b = build_tiny_model(TinyModelConfig(**SMALL), task, out_dir=tmp_path / "b")
+    for name in ("model.safetensors", "tokenizer.json", "config.json"):
+        assert _digest(a / name) == _digest(b / name), f"{name} differs between two builds with one seed"
+
+    c = build_tiny_model(TinyModelConfig(**SMALL, seed=1), task, out_dir=tmp_path / "c")
+    assert _digest(a / "model.safetensors") != _digest(c / "model.safetensors")
+
+    model = AutoModelForCausalLM.from_pretrained(a)
+    tok = AutoTokenizer.from_pretrained(a)
+    assert model.config.model_type == "qwen3" and model.config.head_dim >= 32
+    ids = tok("3 5 7 -> 22:", return_tensors="pt").input_ids
+    assert model(ids).logits.shape[-1] == model.config.vocab_size
+
+
+def test_cache_key_tracks_config():
+    from polyray.models.tiny import build_key
+
+    task = CountdownTaskConfig()
+    assert build_key(TinyModelConfig(), task) == build_key(TinyModelConfig(), task)
+    assert build_key(TinyModelConfig(), task) != build_key(TinyModelConfig(pretrain_steps=10), task)
