@@ -119,8 +119,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     def publish(v: int) -> float:
         return pool.publish(v, extract_adapter(model)) if (pool is not None and rank == 0) else 0.0
 
-    if phase.publishes_every_step and start_step == 0 and version == 0:
-        version = 1  # a sampling phase on a fresh adapter: publish its initial weights as v1
+    if phase.publishes_every_step and resume_dir is None and adapter_dir is None:
+        version += 1  # a sampling phase on a fresh adapter: publish its initial weights first
         publish(version)
     elif phase.publishes_every_step and rank == 0 and pool is not None and pool.version != version:
         publish(version)  # resumed, or a pool that has not seen this version yet
@@ -145,11 +145,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             version += 1
             sync_s = publish(version)
             phase.version = version
+        step_s = time.perf_counter() - t0  # rollout + update + sync; dynamics measurements excluded
         if measure:
             dynamics(step + 1, version)
         metrics.update(
             loss=float(loss.detach()), grad_norm=float(grad_norm), step=step + 1, version=version,
-            step_s=time.perf_counter() - t0, sync_s=sync_s, time=time.time(),
+            step_s=step_s, sync_s=sync_s, time=time.time(),
         )
         checkpoint_due = last or (step + 1) % phase_cfg.checkpoint_every == 0
         if rank == 0:

@@ -12,6 +12,7 @@ and DDP averages the gradients.
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,11 +125,14 @@ class PolychromicSFTPhase(SFTPhase):
         cfg = self.cfg
         rng = random.Random(f"polychromic:{self.ctx.seed}:{step}")
         prompts = rng.sample(self.prompts, min(cfg.prompts_per_step, len(self.prompts)))
+        t0 = time.perf_counter()
         groups = self.pool.generate([p.text for p in prompts], cfg.n_samples, cfg.sampling, version=self.version)
+        t1 = time.perf_counter()
         lag = check_lag(groups, self.version, cfg.max_lag)
         adv = compute_diversity_advantages(cfg.diversity, [[s.text for s in g] for g in groups], cfg.estimator, cfg.subset_k)
         full = [[(s.prompt_token_ids, s.token_ids, sum(s.logprobs)) for s in g] for g in groups]
-        return {"groups": full, "adv": adv.tolist(), "adv_abs_mean": float(adv.abs().mean()), "max_lag": lag}
+        return {"groups": full, "adv": adv.tolist(), "adv_abs_mean": float(adv.abs().mean()), "max_lag": lag,
+                "rollout_s": t1 - t0, "diversity_s": time.perf_counter() - t1}
 
     def step(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         data = broadcast_from_rank0(self._rollout(step) if self.ctx.rank == 0 else None, self.ctx)
@@ -144,7 +148,7 @@ class PolychromicSFTPhase(SFTPhase):
         old_logp = torch.tensor([[s[2] for s in g] for g in groups], dtype=logp.dtype).view(len(groups), n)
         adv = torch.tensor(data["adv"], dtype=logp.dtype)[self.ctx.rank :: self.ctx.world]
         loss, metrics = compute_polychromic_sft_loss(nll, sample_logp, adv, self.cfg.lam, old_logp, self.cfg.ratio_clip)
-        metrics.update(adv_abs_mean=data["adv_abs_mean"], max_lag=data["max_lag"])
+        metrics.update({k: v for k, v in data.items() if k not in ("groups", "adv")})
         return loss, metrics
 
 
@@ -191,7 +195,9 @@ class GRPOPhase:
         """Rank 0: sample prompts, generate G each under the current adapter, score, compute advantages."""
         rng = random.Random(f"grpo:{self.ctx.seed}:{step}")
         prompts = rng.sample(self.prompts, min(self.cfg.prompts_per_step, len(self.prompts)))
+        t0 = time.perf_counter()
         groups = self.pool.generate([p.text for p in prompts], self.cfg.group_size, self.cfg.sampling, version=self.version)
+        rollout_s = time.perf_counter() - t0
         lag = check_lag(groups, self.version, self.cfg.max_lag)
         rewards = score_groups(self.task, prompts, groups)
         keep = dynamic_sampling_mask(rewards) if self.cfg.dynamic_sampling else torch.ones(len(groups), dtype=torch.bool)
@@ -212,6 +218,7 @@ class GRPOPhase:
             "completion_len": sum(len(s[1]) for s in seqs) / len(seqs),
             "max_lag": lag,
             "kept_groups": int(keep.sum()),
+            "rollout_s": rollout_s,
         }
 
     def step(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
