@@ -7,9 +7,14 @@ from typing import List, Optional
 
 import typer
 
+from polyray.eval.cli import eval_command
+from polyray.reward.cli import serve_app
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train LLMs for k-candidate deployment on Ray.")
 model_app = typer.Typer(no_args_is_help=True, help="Base models.")
 app.add_typer(model_app, name="model")
+app.add_typer(serve_app, name="serve", help="Ray Serve endpoints (reward service).")
+app.command("eval")(eval_command)
 
 
 def _fail(message: str) -> None:

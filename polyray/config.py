@@ -92,6 +92,13 @@ class RolloutConfig(_Model):
     max_lora_rank: int = Field(16, ge=1, description="Largest LoRA rank vLLM reserves for.")
     max_loras: int = Field(2, ge=1, description="Adapters resident at once in vLLM.")
     max_model_len: int = Field(128, ge=16, description="Prompt + completion token budget.")
+    max_num_seqs: int = Field(128, ge=1, description="Sequences vLLM schedules at once.")
+    max_num_batched_tokens: int | None = Field(
+        None,
+        ge=16,
+        description="Tokens per vLLM step (default max_num_seqs x max_model_len, so no prefill is split: "
+        "vLLM on CPU cannot rewind the per-request sampling seed of a split prefill).",
+    )
     kv_cache_gib: int = Field(1, ge=1, description="KV cache GiB on CPU (VLLM_CPU_KVCACHE_SPACE).")
     threads: int = Field(1, ge=1, description="Torch/OpenMP threads per worker (cap: cores are shared).")
     seed: int = Field(0, description="vLLM sampling seed.")
@@ -246,6 +253,20 @@ class DynamicsConfig(_Model):
         return self
 
 
+class RewardConfig(_Model):
+    """Where GRPO rewards come from: the Ray Serve reward service, or the task's judge in-process."""
+
+    endpoint: bool = Field(
+        False, description="Score through the reward service's DeploymentHandle (started with the run if absent)."
+    )
+    name: str = Field("countdown", description="Reward function of the service (GET /v1/rewards lists them).")
+    app_name: str = Field("reward", description="Serve application name of the reward service.")
+    http_port: int | None = Field(
+        None, ge=1, le=65535, description="Also serve HTTP on this port (None: in-cluster handle only)."
+    )
+    num_cpus: float = Field(0.5, ge=0, description="Ray CPUs per reward replica.")
+
+
 class ClusterConfig(_Model):
     """Where to run. ``address`` None starts a local Ray cluster."""
 
@@ -271,6 +292,7 @@ class RunConfig(_Model):
     )
     eval: EvalConfig = Field(default_factory=EvalConfig)
     dynamics: DynamicsConfig = Field(default_factory=DynamicsConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
     @model_validator(mode="after")
@@ -338,8 +360,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
-    """Read YAML (or defaults when ``path`` is None), apply overrides, validate."""
+def load_yaml_model(path: str | Path | None, overrides: list[str], model: type[BaseModel]) -> Any:
+    """Read YAML (or ``{}`` when ``path`` is None), apply ``--set`` overrides, validate as ``model``."""
     source = str(path) if path else "<defaults>"
     data: dict = {}
     if path is not None:
@@ -354,9 +376,14 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
             raise ConfigError(f"{source}: top level must be a mapping")
     data = apply_overrides(data, list(overrides))
     try:
-        return RunConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_error(exc, source)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    """The run config at ``path`` (defaults when None) with overrides applied."""
+    return load_yaml_model(path, list(overrides), RunConfig)
 
 
 def dump_config(config: BaseModel) -> str:

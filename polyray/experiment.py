@@ -116,7 +116,7 @@ def run_experiment(path: str | Path, seeds: int, output_dir: Path | None = None)
 
     from polyray.pipeline import build_model, init_ray, needed_cpus
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, width=max(Console(stderr=True).width, 160))
     exp, configs = load_experiment(path, seeds)
     out = Path(output_dir or Path("runs") / exp.name).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -232,10 +232,10 @@ def summary_table(summary: dict[str, Any]):
 
     models = summary["models"]
     div = sorted({m for v in models.values() for m in v if m.startswith("diversity/")})
-    table = Table(title=f"experiment {summary['name']}: mean ± 95% CI over {summary['seeds']} seeds (test prompts)")
-    table.add_column("model")
+    table = Table(title=f"experiment {summary['name']}: mean ±95% CI over {summary['seeds']} seeds (test prompts)")
+    table.add_column("model", no_wrap=True)
     for m in [*METRICS, *div]:
-        table.add_column(m.replace("diversity/", "div/"), justify="right")
+        table.add_column(m.replace("diversity/", "").replace("reward_mean", "reward"), justify="right", no_wrap=True)
     for label, v in models.items():
         cells = []
         for m in [*METRICS, *div]:
@@ -243,7 +243,7 @@ def summary_table(summary: dict[str, Any]):
             if cell is None:
                 cells.append("-")
             elif "half_width" in cell:
-                cells.append(f"{cell['mean']:.3f} ± {cell['half_width']:.3f}")
+                cells.append(f"{cell['mean']:.3f}±{cell['half_width']:.3f}")
             else:
                 cells.append(f"{cell['mean']:.3f}")
         table.add_row(label, *cells)

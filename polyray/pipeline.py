@@ -62,7 +62,11 @@ def init_ray(cluster: ClusterConfig, needed_cpus: float, resources: dict[str, fl
 
 
 def needed_cpus(run: RunConfig) -> float:
-    return run.rollout.num_workers * run.rollout.cpus_per_worker + run.learner.num_workers * run.learner.cpus_per_worker
+    reward = run.reward.num_cpus if run.reward.endpoint else 0.0
+    return (
+        run.rollout.num_workers * run.rollout.cpus_per_worker + run.learner.num_workers * run.learner.cpus_per_worker
+        + reward
+    )
 
 
 def build_model(run: RunConfig) -> Path:
@@ -120,8 +124,8 @@ def write_results(out: Path, results: dict[str, Any]) -> None:
 
 
 def run_pipeline(run: RunConfig, output_dir: Path | None = None) -> dict[str, Any]:
-    import ray
 
+    from polyray.learner.phases import PHASES
     from polyray.rollout.pool import RolloutPool
     from polyray.tasks import build_task
 
@@ -138,6 +142,11 @@ def run_pipeline(run: RunConfig, output_dir: Path | None = None) -> dict[str, An
     results["model_dir"] = str(model_dir)
     with timer("ray_init"):
         init_ray(run.cluster, needed_cpus(run))
+    if run.reward.endpoint and any(PHASES[p.type].uses_rewards for p in run.phases):
+        from polyray.reward.service import ensure_reward_service
+
+        with timer("reward_service_start"), console.status("starting the reward service (Ray Serve)"):
+            ensure_reward_service(run.reward)
     pool = None
     try:
         with timer("rollout_pool_start"), console.status(f"starting {run.rollout.num_workers} vLLM rollout worker(s)"):

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from polyray.jsonl import iter_jsonl_objects
+
 __all__ = [
     "DYNAMICS_RESERVED_KEYS",
     "compute_effective_rank",
@@ -75,7 +77,7 @@ DYNAMICS_RESERVED_KEYS = frozenset(
 
 
 def load_dynamics(path: str | Path) -> list[dict[str, Any]]:
-    """Read a ``dynamics.jsonl`` file into a list of records.
+    """Read a ``dynamics.jsonl`` file into a list of records (errors name ``path:line``).
 
     Each non-blank line is a JSON object with at least ``phase`` (e.g. "sft", "grpo")
     and ``step``, plus metric keys such as ``diversity/semantic`` or ``pass@1``; a run
@@ -89,25 +91,16 @@ def load_dynamics(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     records: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {lineno} is not valid JSON: {e.msg}") from e
-            if not isinstance(rec, dict):
-                raise ValueError(f"{path}: line {lineno} is a JSON {type(rec).__name__}, expected an object")
-            phase = str(rec.get("phase", "unknown"))
-            rec["phase"] = phase
-            if rec.get("step") is None:
-                rec["step"] = seen.get(phase, 0)
-            elif not isinstance(rec["step"], (int, float)):
-                raise ValueError(f"{path}: line {lineno} has a non-numeric step {rec['step']!r}")
-            seen[phase] = seen.get(phase, 0) + 1
-            rec.setdefault("run", path.stem)
-            records.append(rec)
+    for where, rec in iter_jsonl_objects(path, ValueError):
+        phase = str(rec.get("phase", "unknown"))
+        rec["phase"] = phase
+        if rec.get("step") is None:
+            rec["step"] = seen.get(phase, 0)
+        elif not isinstance(rec["step"], (int, float)):
+            raise ValueError(f"{where}: non-numeric step {rec['step']!r}")
+        seen[phase] = seen.get(phase, 0) + 1
+        rec.setdefault("run", path.stem)
+        records.append(rec)
     return records
 
 

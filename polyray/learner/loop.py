@@ -11,7 +11,6 @@ optimizer + step + version) through ``ray.train.report``. The final adapter is s
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -86,6 +85,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     from polyray.learner.lora import build_peft_model, extract_adapter, save_adapter
     from polyray.learner.phases import PHASES, StepContext
+    from polyray.reward.service import build_reward_fn
     from polyray.tasks import build_task
 
     run = RunConfig.model_validate(loop_config["run"])
@@ -113,8 +113,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         optimizer.load_state_dict(torch.load(Path(resume_dir) / "optimizer.pt"))
     torch.manual_seed(run.seed + 1000 * rank + start_step)
 
-    ctx = StepContext(model, tokenizer, rank, world, run.seed)
-    phase = PHASES[phase_cfg.type](phase_cfg, build_task(run.task), run.task.n_train, ctx, pool)
+    task = build_task(run.task)
+    reward_fn = build_reward_fn(run.reward, task) if rank == 0 and PHASES[phase_cfg.type].uses_rewards else None
+    ctx = StepContext(model, tokenizer, rank, world, run.seed, reward_fn)
+    phase = PHASES[phase_cfg.type](phase_cfg, task, run.task.n_train, ctx, pool)
 
     def publish(v: int) -> float:
         return pool.publish(v, extract_adapter(model)) if (pool is not None and rank == 0) else 0.0

@@ -41,6 +41,7 @@ class StepContext:
     rank: int
     world: int
     seed: int
+    reward_fn: Any = None  # (prompts, (B, G) texts) -> (B, G) rewards; rank 0 only (it scores rollouts)
 
     @property
     def peft_model(self):
@@ -64,6 +65,7 @@ class SFTPhase:
     """NLL of the canonical references; publishes its adapter only at the end (nothing samples mid-phase)."""
 
     publishes_every_step = False
+    uses_rewards = False  # whether rank 0 needs ctx.reward_fn
 
     def __init__(self, cfg: SFTPhaseConfig, task: Task, n_train: int, ctx: StepContext, pool=None):
         self.cfg, self.ctx = cfg, ctx
@@ -160,13 +162,6 @@ def check_lag(groups, version: int, max_lag: int) -> int:
     return lag
 
 
-def score_groups(task: Task, prompts: list[Prompt], groups) -> torch.Tensor:
-    """(B, G) rewards from the task's judge."""
-    return torch.tensor(
-        [[task.judge(p, s.text).reward for s in group] for p, group in zip(prompts, groups)], dtype=torch.float64
-    )
-
-
 def advantage_params(cfg: GRPOPhaseConfig, texts: list[list[str]]) -> dict[str, Any]:
     """Keyword arguments of the configured estimator in ``ADVANTAGE_ESTIMATORS`` (texts: (B, G) completions)."""
     if cfg.advantage == "group":
@@ -185,6 +180,7 @@ class GRPOPhase:
     """Group-relative policy optimisation on fresh rollouts from the pool (lag 0 by default)."""
 
     publishes_every_step = True
+    uses_rewards = True
 
     def __init__(self, cfg: GRPOPhaseConfig, task: Task, n_train: int, ctx: StepContext, pool=None):
         self.cfg, self.ctx, self.task, self.pool = cfg, ctx, task, pool
@@ -199,11 +195,11 @@ class GRPOPhase:
         groups = self.pool.generate([p.text for p in prompts], self.cfg.group_size, self.cfg.sampling, version=self.version)
         rollout_s = time.perf_counter() - t0
         lag = check_lag(groups, self.version, self.cfg.max_lag)
-        rewards = score_groups(self.task, prompts, groups)
+        texts = [[s.text for s in g] for g in groups]
+        rewards = self.ctx.reward_fn(prompts, texts)  # (B, G): reward service handle or in-process judge
         keep = dynamic_sampling_mask(rewards) if self.cfg.dynamic_sampling else torch.ones(len(groups), dtype=torch.bool)
         if not keep.any():  # every group uniform: nothing to learn from but the KL term; keep them all
             keep[:] = True
-        texts = [[s.text for s in g] for g in groups]
         adv = compute_advantages(self.cfg.advantage, rewards, **advantage_params(self.cfg, texts))
         seqs = [
             (s.prompt_token_ids, s.token_ids, s.logprobs, float(adv[b, g]))

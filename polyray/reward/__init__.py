@@ -1,0 +1,30 @@
+"""Reward functions behind one registry, the sandbox they use, and the scorer the service wraps.
+
+Importing this package registers the built-in reward functions: ``countdown`` (task
+verifier), ``code_exec`` (sandboxed unit tests), ``engagement`` (learned reward model)
+and ``length`` (heuristic). Heavy dependencies (torch, sentence-transformers) load only
+when an engagement model is built.
+"""
+
+from polyray.reward import code_exec, countdown, engagement, heuristic  # noqa: F401  (register)
+from polyray.reward.base import (
+    REWARD_FUNCTIONS,
+    RewardError,
+    RewardFunction,
+    RewardItem,
+    RewardResult,
+    UnknownRewardError,
+    build_reward,
+    known_rewards,
+)
+
+__all__ = [
+    "REWARD_FUNCTIONS",
+    "RewardError",
+    "RewardFunction",
+    "RewardItem",
+    "RewardResult",
+    "UnknownRewardError",
+    "build_reward",
+    "known_rewards",
+]

@@ -67,6 +67,8 @@ class RolloutWorker:
             max_loras=config.max_loras,
             dtype=dtype,
             max_model_len=config.max_model_len,
+            max_num_seqs=config.max_num_seqs,
+            max_num_batched_tokens=config.max_num_batched_tokens or config.max_num_seqs * config.max_model_len,
             seed=config.seed,
             enforce_eager=True,
         )

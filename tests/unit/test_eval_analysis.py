@@ -64,7 +64,7 @@ def test_trajectories_use_global_step_when_present():
     assert t["metric"] == "diversity/semantic" and t["x"] == [5.0, 20.0] and t["step"] == [5, 0]
 
 
-@pytest.mark.parametrize("bad, match", [("{not json", "line 2"), ("[1, 2]", "line 2 is a JSON list")])
+@pytest.mark.parametrize("bad, match", [("{not json", r"d\.jsonl:2: not valid JSON"), ("[1, 2]", r"d\.jsonl:2: expected a JSON object, got list")])
 def test_load_dynamics_bad_line(tmp_path, bad, match):
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps({"phase": "sft", "step": 0}) + "\n" + bad + "\n")

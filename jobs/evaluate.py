@@ -1,0 +1,33 @@
+"""Ray job entrypoint for the evaluation job.
+
+    ray job submit --working-dir . -- python -m jobs.evaluate --config configs/eval/quickstart.yaml
+
+Samples every configured model on every task through the rollout pool and writes
+results.json, samples.jsonl, report.html and tables.tex (see polyray/eval/job.py).
+"""
+
+import argparse
+import sys
+
+from polyray.config import ConfigError
+from polyray.eval.job import load_eval_config, run_eval
+from polyray.models.source import ModelSourceError
+from polyray.tasks.jsonl import JsonlDataError
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="Eval config YAML.")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="KEY=VALUE override.")
+    parser.add_argument("--output-dir", default=None, help="Output directory (default runs/<name>/).")
+    args = parser.parse_args(argv)
+    try:
+        run_eval(load_eval_config(args.config, args.overrides), args.output_dir)
+    except (ConfigError, ModelSourceError, JsonlDataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

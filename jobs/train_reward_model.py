@@ -1,0 +1,57 @@
+"""Ray job entrypoint: ``python -m jobs.train_reward_model --data X.jsonl --out DIR [--seed 0]``.
+
+Trains the engagement reward model (frozen MiniLM + ridge head, see
+polyray/reward/engagement.py), prints validation/test metrics next to a constant
+predictor, and writes the model plus ``metrics.json`` to ``--out``.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from polyray.reward.engagement import EngagementDataError, train_engagement_model
+
+
+def metrics_table(metrics: dict) -> Table:
+    table = Table(title=f"engagement model ({metrics['rows']} rows, ridge penalty {metrics['ridge_penalty']:g})")
+    for column in ("split", "predictor", "Spearman", "Pearson", "MSE", "MAE", "n"):
+        table.add_column(column, justify="left" if column in ("split", "predictor") else "right")
+    for split in ("val", "test"):
+        for label, m in (("model", metrics[split]), ("constant", metrics[f"{split}_constant_baseline"])):
+            table.add_row(
+                split,
+                label,
+                f"{m['spearman']:.3f}",
+                f"{m['pearson']:.3f}",
+                f"{m['mse']:.3f}",
+                f"{m['mae']:.3f}",
+                str(m["n"]),
+            )
+    return table
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="JSONL with {prompt, response, engagement} per line.")
+    parser.add_argument("--out", required=True, help="Output directory for the model and metrics.json.")
+    parser.add_argument("--seed", type=int, default=0, help="Split seed.")
+    args = parser.parse_args(argv)
+    console = Console()
+    try:
+        with console.status("embedding and fitting"):
+            metrics = train_engagement_model(args.data, args.out, seed=args.seed)
+    except EngagementDataError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+    (Path(args.out) / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    console.print(metrics_table(metrics))
+    console.print(f"model and metrics.json written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

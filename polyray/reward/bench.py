@@ -1,0 +1,112 @@
+"""Benchmarks of the reward service: HTTP throughput/latency and what batching buys the encoder.
+
+- :func:`bench_reward_http` fires ``n_requests`` identical ``POST /v1/rewards`` at a
+  running service with ``concurrency`` in flight (asyncio + one pooled httpx client),
+  stopping early after ``max_seconds``; it reports requests/s and latency percentiles.
+  The client shares the machine with the service on loopback, so at high concurrency
+  on few cores the numbers include the client's own CPU use.
+- :func:`bench_engagement_batching` times the engagement model on ``n`` distinct pairs
+  scored in one batched call versus one call per pair (same model, same texts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import numpy as np
+
+
+def _percentile_ms(latencies_s: list[float], q: float) -> float:
+    return float(np.percentile(np.array(latencies_s) * 1000.0, q)) if latencies_s else float("nan")
+
+
+async def _fire(
+    url: str, body: dict[str, Any], concurrency: int, n_requests: int, max_seconds: float
+) -> dict[str, Any]:
+    import httpx
+
+    latencies: list[float] = []
+    errors: dict[int, int] = {}
+    issued = 0
+    deadline = time.perf_counter() + max_seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async with httpx.AsyncClient(base_url=url.rstrip("/"), timeout=60.0, limits=limits) as client:
+
+        async def worker() -> None:
+            nonlocal issued
+            while issued < n_requests and time.perf_counter() < deadline:
+                issued += 1
+                t0 = time.perf_counter()
+                try:
+                    status = (await client.post("/v1/rewards", json=body)).status_code
+                except Exception:  # noqa: BLE001 - counted, not fatal to the benchmark
+                    status = -1
+                if status == 200:
+                    latencies.append(time.perf_counter() - t0)
+                else:
+                    errors[status] = errors.get(status, 0) + 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    return {"latencies": latencies, "errors": errors, "elapsed": elapsed}
+
+
+def bench_reward_http(
+    url: str,
+    reward: str,
+    items: list[dict[str, Any]],
+    concurrency: int = 1,
+    n_requests: int = 200,
+    max_seconds: float = 30.0,
+    params: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Throughput and latency of ``POST /v1/rewards`` at ``concurrency`` requests in flight."""
+    body = {"reward": reward, "items": items, "params": params or {}}
+    run = asyncio.run(_fire(url, body, concurrency, n_requests, max_seconds))
+    ok = len(run["latencies"])
+    return {
+        "reward": reward,
+        "items_per_request": len(items),
+        "concurrency": concurrency,
+        "requests": ok,
+        "errors": run["errors"],
+        "seconds": round(run["elapsed"], 3),
+        "rps": ok / run["elapsed"] if run["elapsed"] > 0 else 0.0,
+        "p50_ms": _percentile_ms(run["latencies"], 50),
+        "p99_ms": _percentile_ms(run["latencies"], 99),
+    }
+
+
+def synthetic_pairs(n: int) -> tuple[list[str], list[str]]:
+    """``n`` distinct (prompt, response) pairs, so the encoder's de-duplication cannot help."""
+    topics = ["running", "baking", "chess", "gardening", "travel", "guitar", "climbing", "photography"]
+    prompts = [f"I just tried {topics[i % len(topics)]} for the {i}th time this year." for i in range(n)]
+    responses = [f"Great job! How long did session {i} of {topics[(i * 3) % len(topics)]} take you?" for i in range(n)]
+    return prompts, responses
+
+
+def bench_engagement_batching(model_path: str, n: int = 256, batch_size: int = 64) -> dict[str, float]:
+    """Items/s of the engagement model: one batched ``predict`` over ``n`` pairs vs ``n`` single-pair calls."""
+    from polyray.reward.engagement import load
+
+    model = load(model_path)
+    prompts, responses = synthetic_pairs(n)
+    model.predict(prompts[:8], responses[:8])  # load the encoder and warm up before timing
+    t0 = time.perf_counter()
+    batched = model.predict(prompts, responses, batch_size=batch_size)
+    t_batched = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    single = np.concatenate([model.predict([p], [r]) for p, r in zip(prompts, responses)])
+    t_single = time.perf_counter() - t0
+    if not np.allclose(batched, single, atol=1e-3):  # padding must not change the prediction
+        raise AssertionError(f"batched and single predictions differ (max {np.abs(batched - single).max():.2e})")
+    return {
+        "n": n,
+        "batched_items_per_s": n / t_batched,
+        "unbatched_items_per_s": n / t_single,
+        "ratio": t_single / t_batched,
+    }

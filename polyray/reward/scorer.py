@@ -1,0 +1,176 @@
+"""RewardScorer: owns reward-function instances and scores batches; a plain class, usable in-process.
+
+The Serve deployment (``services/reward_app.py``) is a thin shell around it; the learner
+can also use it directly without Ray. Instances are built lazily from the registry and
+cached per (name, parameters), so a served model (the engagement head) loads once.
+
+Parameters come from two places: the scorer's ``defaults`` (set by whoever runs it: the
+Serve config's ``args.rewards``) and per-call ``params``. Calls marked as coming from an
+untrusted request may not override a function's ``server_only_params`` (e.g. the
+engagement ``model_path``, or how many sandboxes ``code_exec`` runs at once): a user of
+the HTTP API must not make the server load arbitrary paths or fork without bound.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+import polyray.reward  # noqa: F401  (registers the built-in reward functions)
+from polyray.reward.base import (
+    REWARD_FUNCTIONS,
+    RewardError,
+    RewardFunction,
+    RewardItem,
+    RewardResult,
+    UnknownRewardError,
+    build_reward,
+    describe_params,
+    format_validation_error,
+    known_rewards,
+)
+
+_MAX_CACHED_INSTANCES = 32
+
+
+def as_items(items: Iterable[RewardItem | dict[str, Any]]) -> list[RewardItem]:
+    """Validate dicts into :class:`RewardItem` (``RewardError`` naming the bad item and field)."""
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, RewardItem):
+            out.append(item)
+            continue
+        try:
+            out.append(RewardItem.model_validate(item))
+        except ValidationError as exc:
+            raise RewardError(f"items[{i}]: {format_validation_error(exc)}") from None
+    return out
+
+
+class RewardScorer:
+    """Scores batches with named reward functions; ``defaults`` maps a name to its base parameters."""
+
+    def __init__(self, defaults: dict[str, dict[str, Any]] | None = None):
+        self.defaults = {name: dict(params) for name, params in (defaults or {}).items()}
+        unknown = sorted(set(self.defaults) - set(REWARD_FUNCTIONS))
+        if unknown:
+            raise UnknownRewardError(
+                f"unknown reward function(s) {unknown} in defaults; known: {', '.join(known_rewards())}"
+            )
+        for name, params in self.defaults.items():  # cheap check now; models load on first use
+            try:
+                REWARD_FUNCTIONS[name].Params.model_validate(params)
+            except ValidationError as exc:
+                raise RewardError(f"defaults for reward {name!r}: {format_validation_error(exc)}") from None
+        self._instances: OrderedDict[str, RewardFunction] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def names(self) -> list[str]:
+        return known_rewards()
+
+    def resolve_params(self, reward: str, params: dict[str, Any] | None, from_request: bool = False) -> dict[str, Any]:
+        """Defaults overlaid with ``params``; refuses server-only keys from untrusted requests."""
+        cls = REWARD_FUNCTIONS.get(reward)
+        if cls is None:
+            raise UnknownRewardError(f"unknown reward function {reward!r}; known: {', '.join(known_rewards())}")
+        params = params or {}
+        if from_request:
+            fixed = sorted(set(params) & set(getattr(cls, "server_only_params", ())))
+            if fixed:
+                raise RewardError(f"parameter(s) {fixed} of reward {reward!r} are set by the server, not per request")
+        return {**self.defaults.get(reward, {}), **params}
+
+    def get(self, reward: str, params: dict[str, Any] | None = None, from_request: bool = False) -> RewardFunction:
+        """The (cached) instance for ``reward`` with resolved parameters; builds and validates it on first use."""
+        resolved = self.resolve_params(reward, params, from_request)
+        key = reward + json.dumps(resolved, sort_keys=True, default=str)
+        with self._lock:
+            if key in self._instances:
+                self._instances.move_to_end(key)
+                return self._instances[key]
+        fn = build_reward(reward, **resolved)  # outside the lock: loading a model can take seconds
+        with self._lock:
+            self._instances[key] = fn
+            while len(self._instances) > _MAX_CACHED_INSTANCES:
+                self._instances.popitem(last=False)
+        return fn
+
+    def score(
+        self,
+        reward: str,
+        items: Iterable[RewardItem | dict[str, Any]],
+        params: dict[str, Any] | None = None,
+        from_request: bool = False,
+    ) -> list[RewardResult]:
+        """One :class:`RewardResult` per item, in order."""
+        batch = as_items(items)
+        fn = self.get(reward, params, from_request)
+        if not batch:
+            return []
+        results = fn.score_batch(batch)
+        if len(results) != len(batch):
+            raise RewardError(f"reward {reward!r} returned {len(results)} results for {len(batch)} items")
+        return results
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Every registered reward: name, what it does, its parameters, and this scorer's defaults."""
+        out = []
+        for name in known_rewards():
+            cls = REWARD_FUNCTIONS[name]
+            out.append(
+                {
+                    "name": name,
+                    "description": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "",
+                    "params": describe_params(cls),
+                    "defaults": self.defaults.get(name, {}),
+                    "server_only_params": list(getattr(cls, "server_only_params", ())),
+                }
+            )
+        return out
+
+
+@dataclass
+class ScoreJob:
+    """One caller's request inside a server-side batch."""
+
+    reward: str
+    items: list[RewardItem]
+    params: dict[str, Any] = field(default_factory=dict)
+    from_request: bool = False
+
+
+def score_jobs(scorer: RewardScorer, jobs: list[ScoreJob]) -> list[list[RewardResult] | Exception]:
+    """Score several callers' jobs at once: items of jobs with the same reward and parameters
+    are merged into one ``score_batch`` call and split back in order.
+
+    Each result's detail records ``batch_size`` (items in the merged call) and
+    ``batch_requests`` (jobs merged). A group that fails yields its exception for each of
+    its jobs, so one bad request cannot fail the others.
+    """
+    groups: dict[str, list[int]] = {}
+    for i, job in enumerate(jobs):
+        key = json.dumps([job.reward, job.params, job.from_request], sort_keys=True, default=str)
+        groups.setdefault(key, []).append(i)
+    out: list[list[RewardResult] | Exception] = [[] for _ in jobs]
+    for members in groups.values():
+        first = jobs[members[0]]
+        merged = [item for i in members for item in jobs[i].items]
+        try:
+            results = scorer.score(first.reward, merged, first.params, first.from_request)
+        except Exception as exc:  # noqa: BLE001 - handed back to each caller of this group
+            for i in members:
+                out[i] = exc
+            continue
+        stamp = {"batch_size": len(merged), "batch_requests": len(members)}
+        start = 0
+        for i in members:
+            n = len(jobs[i].items)
+            out[i] = [RewardResult(score=r.score, detail={**r.detail, **stamp}) for r in results[start : start + n]]
+            start += n
+    return out

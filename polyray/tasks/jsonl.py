@@ -1,0 +1,235 @@
+"""Open-ended tasks from JSONL: ``replies`` (social-media replies, the seeds' first domain) and ``creative``.
+
+Data: one JSON object per line, ``{"prompt": str, "response"?: str, "engagement"?: number}``
+(other keys are ignored). Rows sharing a prompt are one evaluation prompt; its
+reference is the response with the highest engagement (the first one when there is
+no engagement). A line that is not such an object raises :class:`JsonlDataError`
+naming the file and the 1-based line number.
+
+Splits are per prompt, so a prompt never appears in two splits: when every prompt has
+an engagement value they are stratified by engagement quantile (70/15/15 within each
+bin, seeded; :func:`polyray.reward.engagement.stratified_split`, the reward model's
+own splitter, with a prompt's best engagement as its value), otherwise a seeded
+70/15/15 shuffle. ``split: all`` uses every prompt (small files).
+
+Quality of a completion (``quality``): ROUGE-1/2/L F against the reference, cosine
+similarity of MiniLM embeddings (``embedding``), or the learned engagement model's
+prediction (``engagement``; needs a model). A completion counts as a success, for
+pass@k, when its quality is >= ``success_threshold``. The model sees
+``template.format(prompt=...)``; a few-shot prefix is ``text + reference + "\\n"`` per
+example, so replies are expected on one line.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from polyray.config import _Model
+from polyray.jsonl import iter_jsonl_objects
+from polyray.tasks.base import Judgement, Prompt
+
+QUALITY_METRICS = ("rouge1", "rouge2", "rougeL", "embedding", "engagement")
+SPLIT_SHARES = (0.70, 0.15, 0.15)
+
+
+class JsonlDataError(ValueError):
+    """A JSONL file that cannot be used; the message names the file and line."""
+
+
+class JsonlTaskConfig(_Model):
+    """Prompts (and reference responses) from a JSONL file."""
+
+    type: Literal["replies", "creative"] = Field(
+        "replies", description="Domain label: social replies or creative writing."
+    )
+    path: str = Field(..., description="JSONL file of {prompt, response?, engagement?} rows.")
+    template: str = Field("{prompt}\n", description="What the model sees; must contain {prompt}.")
+    quality: Literal["rouge1", "rouge2", "rougeL", "embedding", "engagement"] = Field(
+        "rougeL",
+        description="Per-completion quality (the reward): ROUGE F / embedding cosine vs the reference, or engagement.",
+    )
+    success_threshold: float = Field(
+        0.3, description="Quality at or above which a completion counts as a success (pass@k)."
+    )
+    seed: int = Field(0, description="Seed of the per-prompt train/val/test split.")
+
+    @field_validator("template")
+    @classmethod
+    def _has_prompt(cls, v: str) -> str:
+        if "{prompt}" not in v:
+            raise ValueError("template must contain {prompt}")
+        try:
+            v.format(prompt="")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"template is not a valid format string with only {{prompt}}: {exc}") from None
+        return v
+
+
+@dataclass(frozen=True)
+class JsonlRow:
+    prompt: str
+    response: str | None
+    engagement: float | None
+    line: int
+
+
+def read_jsonl_rows(path: str | Path) -> list[JsonlRow]:
+    """Every non-blank line as a row; the first bad line raises with its number."""
+    rows = [_parse_row(obj, where) for where, obj in iter_jsonl_objects(path, JsonlDataError)]
+    if not rows:
+        raise JsonlDataError(f"{path}: no rows")
+    return rows
+
+
+def _parse_row(obj: dict, where: str) -> JsonlRow:
+    if not isinstance(obj.get("prompt"), str) or not obj["prompt"].strip():
+        raise JsonlDataError(f"{where}: 'prompt' must be a non-empty string")
+    response = obj.get("response")
+    if response is not None and not isinstance(response, str):
+        raise JsonlDataError(f"{where}: 'response' must be a string, got {type(response).__name__}")
+    value = obj.get("engagement")
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+    ):
+        raise JsonlDataError(f"{where}: 'engagement' must be a finite number, got {value!r}")
+    lineno = int(where.rsplit(":", 1)[1])
+    return JsonlRow(obj["prompt"], response, None if value is None else float(value), lineno)
+
+
+def group_rows(rows: Sequence[JsonlRow]) -> list[dict[str, Any]]:
+    """One record per distinct prompt (file order): responses, best engagement, reference."""
+    groups: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        g = groups.setdefault(r.prompt, {"prompt": r.prompt, "line": r.line, "responses": [], "engagements": []})
+        if r.response is not None:
+            g["responses"].append(r.response)
+            g["engagements"].append(r.engagement)
+    for g in groups.values():
+        scored = [(e, i) for i, e in enumerate(g["engagements"]) if e is not None]
+        best = max(scored, key=lambda t: (t[0], -t[1]))[1] if scored else (0 if g["responses"] else None)
+        g["reference"] = g["responses"][best] if best is not None else None
+        g["engagement"] = max(e for e, _ in scored) if scored else None
+    return list(groups.values())
+
+
+def split_prompts(groups: Sequence[dict[str, Any]], seed: int, source: str = "data") -> dict[str, list[int]]:
+    """Indices of train/val/test prompts: engagement-stratified when every prompt has engagement."""
+    values = [g["engagement"] for g in groups]
+    n = len(groups)
+    if n < 10:
+        raise JsonlDataError(f"{source}: {n} distinct prompts are too few for train/val/test splits; use split: all")
+    if all(v is not None for v in values):
+        from polyray.reward.engagement import EngagementDataError, stratified_split
+
+        try:
+            return stratified_split(values, seed)
+        except EngagementDataError as exc:
+            raise JsonlDataError(f"{source}: {exc}; use split: all") from None
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    n_val, n_test = round(n * SPLIT_SHARES[1]), round(n * SPLIT_SHARES[2])
+    return {
+        "val": sorted(order[:n_val]),
+        "test": sorted(order[n_val : n_val + n_test]),
+        "train": sorted(order[n_val + n_test :]),
+    }
+
+
+class JsonlTask:
+    """Task protocol over a JSONL file; ``engagement_model`` (optional) scores (prompt, completion)."""
+
+    supports_few_shot = True
+    stop_sequences: tuple[str, ...] = ()
+
+    def __init__(self, config: JsonlTaskConfig, engagement_model=None):
+        self.config = config
+        self.name = config.type
+        self.engagement_model = engagement_model
+        rows = read_jsonl_rows(config.path)
+        if config.quality != "engagement":
+            missing = next((r for r in rows if r.response is None), None)
+            if missing is not None:
+                raise JsonlDataError(
+                    f"{config.path}:{missing.line}: no 'response', but quality {config.quality!r} needs a reference"
+                )
+        self.groups = group_rows(rows)
+        self._splits: dict[str, list[int]] | None = None
+
+    def _split(self, split: str) -> list[int]:
+        if split == "all":
+            return list(range(len(self.groups)))
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"unknown split {split!r}; expected train, val, test or all")
+        if self._splits is None:
+            self._splits = split_prompts(self.groups, self.config.seed, self.config.path)
+        return self._splits[split]
+
+    def prompts(self, split: str, count: int) -> list[Prompt]:
+        """The first ``count`` prompts of ``split`` in file order (fewer when the split is smaller)."""
+        out = []
+        for i in self._split(split)[:count]:
+            g = self.groups[i]
+            out.append(
+                Prompt(
+                    text=self.config.template.format(prompt=g["prompt"]),
+                    reference=g["reference"] or "",
+                    meta={"prompt_id": f"line{g['line']}", "raw_prompt": g["prompt"], "engagement": g["engagement"]},
+                )
+            )
+        return out
+
+    # ---- judging ----------------------------------------------------------------------------
+    def score_groups(
+        self, prompts: Sequence[Prompt], groups: Sequence[Sequence[str]], metrics: Sequence[str] = QUALITY_METRICS
+    ) -> dict[str, list[np.ndarray]]:
+        """Per-completion ``metrics``, batched: rouge1/2/L and embedding vs the reference; engagement if a model is set.
+
+        Returns {metric: P arrays (n_p,)}; reference metrics are absent when a prompt has no
+        reference, engagement when there is no model.
+        """
+        from polyray.eval.metrics import compute_embedding_similarity, compute_rouge
+
+        sizes = [len(g) for g in groups]
+        flat = [c for g in groups for c in g]
+        raw = [p.meta["raw_prompt"] for p, g in zip(prompts, groups) for _ in g]
+        refs = [p.reference for p, g in zip(prompts, groups) for _ in g]
+        per: dict[str, np.ndarray] = {}
+        if flat and all(refs):
+            if {"rouge1", "rouge2", "rougeL"} & set(metrics):
+                per.update(compute_rouge(flat, refs, aggregate=False))
+            if "embedding" in metrics:
+                per["embedding"] = _cosines(flat, refs, compute_embedding_similarity)
+        if flat and self.engagement_model is not None and "engagement" in metrics:
+            per["engagement"] = np.asarray(self.engagement_model.predict(raw, flat), dtype=np.float64)
+        bounds = np.cumsum([0, *sizes])
+        return {name: [v[a:b] for a, b in zip(bounds[:-1], bounds[1:])] for name, v in per.items()}
+
+    def judge(self, prompt: Prompt, completion: str) -> Judgement:
+        metric = self.config.quality
+        if metric == "engagement" and self.engagement_model is None:
+            raise ValueError("quality 'engagement' needs an engagement model (the eval job's reward_model)")
+        value = float(self.score_groups([prompt], [[completion]], [metric])[metric][0][0])
+        return Judgement(value, f"{metric}={value:.3f}")
+
+
+def _cosines(preds: list[str], refs: list[str], similarity) -> np.ndarray:
+    """Embedding cosine per pair; an empty text has no direction, so its similarity is 0."""
+    from polyray.diversity import embed_texts
+
+    unique = list(dict.fromkeys(preds + refs))
+    emb = np.asarray(embed_texts(unique), dtype=np.float64)
+    row = {t: i for i, t in enumerate(unique)}
+    a, b = emb[[row[t] for t in preds]], emb[[row[t] for t in refs]]
+    ok = (np.linalg.norm(a, axis=1) > 0) & (np.linalg.norm(b, axis=1) > 0)
+    out = np.zeros(len(preds))
+    if ok.any():
+        out[ok] = similarity(pred_embeddings=a[ok], ref_embeddings=b[ok], aggregate=False)
+    return out

@@ -1,0 +1,140 @@
+"""`polyray eval` end to end on the embedded model: base zero-/few-shot and two LoRA adapters of a
+fake run directory, on countdown and a JSONL replies task scored by an engagement model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.ray, pytest.mark.vllm]
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURE = ROOT / "tests" / "fixtures" / "engagement.jsonl"
+N, KS = 4, [1, 2, 4]
+
+
+def _eval_command() -> list[str]:
+    """`polyray eval` once it is registered in polyray/cli.py, else the command module itself."""
+    from polyray.cli import app
+
+    registered = any(
+        (c.name or getattr(c.callback, "__name__", "")) in ("eval", "eval_command") for c in app.registered_commands
+    )
+    return [sys.executable, "-m", "polyray.cli", "eval"] if registered else [sys.executable, "-m", "polyray.eval.cli"]
+
+
+def _fake_run(run: Path, model_dir: Path, run_config) -> None:
+    """adapters/{sft,grpo}: random-init LoRA (B perturbed so the adapters differ from the base and each other)."""
+    import torch
+
+    from polyray.learner.lora import build_peft_model, save_adapter
+
+    for seed, phase in enumerate(("sft", "grpo")):
+        torch.manual_seed(seed)
+        model, _ = build_peft_model(str(model_dir), run_config.learner.lora)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0.0, 0.02)
+        save_adapter(model, run / "adapters" / phase)
+    (run / "config.resolved.yaml").write_text(
+        yaml.safe_dump(
+            {"model": run_config.model.model_dump(mode="json"), "phases": [{"name": "sft"}, {"name": "grpo"}]}
+        )
+    )
+    lines = [{"phase": p, "step": s, "diversity/distinct_1": 0.5 + 0.01 * s} for p in ("sft", "grpo") for s in (0, 10)]
+    (run / "dynamics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+
+@pytest.fixture(scope="module")
+def eval_run(tmp_path_factory, model_dir, run_config):
+    from polyray.reward.engagement import train_engagement_model
+
+    tmp = tmp_path_factory.mktemp("eval")
+    _fake_run(tmp / "run", model_dir, run_config)
+    train_engagement_model(FIXTURE, tmp / "engagement")
+    config = {
+        "name": "e2e_eval",
+        "models": [
+            {"name": "base", "kind": "base"},
+            {"name": "fs", "kind": "few_shot", "few_shot": 2},
+            {"name": "run", "kind": "adapter", "path": str(tmp / "run")},
+        ],
+        "tasks": [
+            {"type": "countdown", "n_prompts": 6},
+            {
+                "type": "replies",
+                "path": str(FIXTURE),
+                "split": "all",
+                "n_prompts": 3,
+                "sampling": {"max_tokens": 16, "stop": ["\n"]},
+            },
+        ],
+        "reward_model": str(tmp / "engagement"),
+        "n_samples": N,
+        "ks": KS,
+        "diversity": ["distinct_1", "semantic", "countdown_expr"],
+        "compare": [["run/sft", "base"], ["run/grpo", "run/sft"]],
+        "lora": [["run/sft", "run/grpo"]],
+        "bootstrap_resamples": 1000,
+    }
+    (tmp / "eval.yaml").write_text(yaml.safe_dump(config))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = tmp / "out"
+    proc = subprocess.run(
+        [*_eval_command(), str(tmp / "eval.yaml"), "--output-dir", str(out), "--set", "seed=1"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out, proc
+
+
+def test_results_cover_every_model_and_task(eval_run):
+    out, proc = eval_run
+    results = json.loads((out / "results.json").read_text())  # strict JSON: NaN would fail here
+    assert {"models", "tasks", "skipped", "stats", "pareto_frontier", "dynamics", "lora", "lora_differences",
+            "timings_s", "ks", "usq_k", "usq_selector"} <= set(results)  # fmt: skip
+    expected = {f"{m} [countdown]" for m in ("base", "fs", "run/sft", "run/grpo")}
+    expected |= {f"{m} [replies]" for m in ("base", "run/sft", "run/grpo")}
+    assert set(results["models"]) == expected
+    # the tiny model's 128 tokens cannot hold 2 English few-shot examples: skipped and counted, not a crash
+    assert results["tasks"]["replies"]["skipped_too_long"]["fs"] == 3
+    assert {(s["task"], s["model"]) for s in results["skipped"]} == {("replies", "fs")}
+    assert "fs on replies: skipped" in proc.stderr
+    assert results["usq_selector"] == "reward_model"
+    for label, m in results["models"].items():
+        curve = [m["pass_at_k"][str(k)]["mean"] for k in KS]
+        assert curve == sorted(curve), label
+        for k in KS:
+            u = m["usq_by_selector"]["reward_model"][str(k)]
+            assert u["random"] - 1e-9 <= m["usq_by_selector"]["oracle"][str(k)]["usq"] <= 1 + 1e-9
+            assert u["random"] - 1e-9 <= u["oracle"], label
+        assert set(m["diversity"]) >= {"distinct_1", "semantic"}
+        assert ("countdown_expr" in m["diversity"]) == (m["task"] == "countdown")
+    replies = results["models"]["base [replies]"]
+    assert set(replies["reference_quality"]) == {"rouge1", "rouge2", "rougeL", "embedding", "engagement"}
+    assert len(results["stats"]) == 2 * 2 * 3  # 2 pairs x 2 tasks x (pass@1, pass@4, usq)
+    assert all("pvalue_holm" in s for s in results["stats"].values())
+    assert set(results["lora"]) == {"run/sft", "run/grpo"} and results["lora"]["run/sft"][0]["frobenius_norm"] > 0
+    assert {r["run"] for r in results["dynamics"]} == {"run"} and len(results["dynamics"]) == 4
+
+
+def test_samples_and_report_written(eval_run):
+    out, _ = eval_run
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 * 6 + 3 * 3  # evaluated (model, prompt) pairs
+    for row in rows:
+        assert row["n"] == N and len(row["completions"]) == N and len(row["rewards"]) == N
+        assert set(row["selector_scores"]) == {"logprob", "reward_model"}
+    html = (out / "report.html").read_text()
+    for div in ("table-main", "table-stats", "fig-passk", "fig-usq", "fig-pareto", "fig-dynamics", "fig-lora"):
+        assert f'id="{div}"' in html
+    assert 'class="skipped"' not in html  # every figure had its inputs
+    assert "\\begin{tabular}" in (out / "tables.tex").read_text()
+    assert (out / "config.resolved.yaml").is_file()

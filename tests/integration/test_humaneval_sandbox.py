@@ -1,0 +1,45 @@
+"""All 164 HumanEval problems through the real sandbox: every canonical solution passes and,
+for every problem, broken completions fail (so a pass means the tests ran and held).
+
+492 sandboxed programs (164 x canonical, 2 broken variants), 4 at a time (each is a process that
+mostly waits on the kernel): about 15-25 s on 2 shared cores.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from polyray.tasks.humaneval import HumanEvalTask, HumanEvalTaskConfig
+
+pytestmark = pytest.mark.slow
+
+BROKEN = {
+    "raise": "    raise NotImplementedError\n",  # body replaced: the function cannot return
+    "none": "    return None\n",  # returns the wrong type for every problem
+}
+
+
+@pytest.fixture(scope="module")
+def task():
+    return HumanEvalTask(HumanEvalTaskConfig(max_workers=4, timeout_s=20))
+
+
+@pytest.fixture(scope="module")
+def prompts(task):
+    prompts = task.prompts("test", 164)
+    assert len(prompts) == 164
+    return prompts
+
+
+def test_all_canonical_solutions_pass(task, prompts):
+    judgements = task.judge_batch([(p, p.reference) for p in prompts])
+    failed = {p.meta["task_id"]: j.reason for p, j in zip(prompts, judgements) if j.reward != 1.0}
+    assert not failed, failed
+
+
+@pytest.mark.parametrize("variant", sorted(BROKEN))
+def test_every_broken_completion_fails(task, prompts, variant):
+    judgements = task.judge_batch([(p, BROKEN[variant]) for p in prompts])
+    passed = [p.meta["task_id"] for p, j in zip(prompts, judgements) if j.reward != 0.0]
+    assert not passed, f"{variant!r} body passed the tests of {passed}"
+    assert all(j.reason.startswith("failed") for j in judgements), {j.reason for j in judgements}

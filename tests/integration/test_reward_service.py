@@ -1,0 +1,259 @@
+"""The reward service on a local Ray cluster: scores, batching, errors, overload, handle.
+
+One Serve application per module (``build_app`` with small limits so the 413/503 paths
+are cheap to reach) on a free loopback port; every error case also checks that
+``/healthz`` still answers 200 afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+MAX_ITEMS = 50
+MAX_BODY = 64 * 1024
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def engagement_model(tmp_path_factory):
+    from polyray.reward.engagement import train_engagement_model
+
+    out = tmp_path_factory.mktemp("engagement")
+    train_engagement_model(ROOT / "tests" / "fixtures" / "engagement.jsonl", out, seed=0)
+    return out
+
+
+@pytest.fixture(scope="module")
+def service(engagement_model):
+    import ray
+    from ray import serve
+
+    from services.reward_app import build_app
+
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    args = {
+        "num_cpus": 0.5,
+        "max_items": MAX_ITEMS,
+        "max_body_bytes": MAX_BODY,
+        "max_batch_size": 32,
+        "batch_wait_timeout_s": 0.05,
+        "slow_down_s": 0.05,  # each batch takes a moment, so concurrent requests pile up into the next one
+        "rewards": {"engagement": {"model_path": str(engagement_model)}},
+    }
+    serve.run(build_app(args), name="reward", route_prefix="/")
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+    if started_ray:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def http(service):
+    import httpx
+
+    with httpx.Client(base_url=service, timeout=60.0) as client:
+        yield client
+
+
+def countdown_item(numbers, target, completion):
+    return {"prompt": f"nums {' '.join(map(str, numbers))} target {target}\nexpr:", "completion": completion}
+
+
+def assert_healthy(http):
+    assert http.get("/healthz").status_code == 200
+
+
+def test_scores_come_back_in_order(http):
+    items = [
+        countdown_item([3, 4, 9], 12, " 3*4"),
+        countdown_item([3, 4, 9], 12, " 9+4"),
+        {"prompt": "x", "completion": " 2+5", "metadata": {"numbers": [2, 5], "target": 7}},
+        countdown_item([1, 2, 3], 6, " 1+2+3"),
+        countdown_item([1, 2, 3], 6, " nonsense"),
+    ]
+    r = http.post("/v1/rewards", json={"reward": "countdown", "items": items})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["scores"] == [1.0, 0.0, 1.0, 1.0, 0.0]
+    assert len(body["details"]) == 5 and body["details"][1]["reason"].startswith("evaluates to")
+
+
+def test_engagement_and_per_request_params(http):
+    post = "Won my first rated chess tournament game today."
+    items = [
+        {"prompt": post, "completion": "What a great achievement! Any tips for someone new to chess?"},
+        {"prompt": post, "completion": "Honestly, who asked?"},
+    ]
+    good, rude = http.post("/v1/rewards", json={"reward": "engagement", "items": items}).json()["scores"]
+    assert good > rude
+    r = http.post("/v1/rewards", json={"reward": "engagement", "items": items, "params": {"model_path": "/etc"}})
+    assert r.status_code == 422 and "set by the server" in r.json()["detail"]
+    r = http.post(
+        "/v1/rewards",
+        json={
+            "reward": "length",
+            "items": [{"prompt": "", "completion": "a b c"}],
+            "params": {"min_length": 1, "max_length": 3},
+        },
+    )
+    assert r.json()["scores"] == [1.0]
+    assert_healthy(http)
+
+
+def test_concurrent_requests_are_batched(http):
+    def one(i):
+        items = [countdown_item([i % 9 + 1, 2, 3], (i % 9 + 1) * 2, f" {i % 9 + 1}*2")]
+        r = http.post("/v1/rewards", json={"reward": "countdown", "items": items})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    with ThreadPoolExecutor(16) as pool:
+        bodies = list(pool.map(one, range(32)))
+    assert all(b["scores"] == [1.0] for b in bodies)
+    merged = [b["details"][0]["batch_requests"] for b in bodies]
+    assert max(merged) > 1, merged
+    assert max(b["details"][0]["batch_size"] for b in bodies) > 1
+
+
+@pytest.mark.parametrize(
+    "content,status,needle",
+    [
+        (b'{"reward": "countdown", "items": [', 400, "malformed JSON"),
+        (b'{"reward": "countdown"}', 422, "body.items"),
+        (b'{"items": []}', 422, "body.reward"),
+        (b'{"reward": "countdown", "items": [{"prompt": "p"}]}', 422, "body.items.0.completion"),
+        (b'{"reward": "countdown", "items": [{"prompt": 3, "completion": "x"}]}', 422, "body.items.0.prompt"),
+        (b'{"reward": ["countdown"], "items": []}', 422, "body.reward"),
+        (b'{"reward": "countdown", "items": [], "bogus": 1}', 422, "bogus"),
+        (b'{"reward": "nope", "items": []}', 404, "known: code_exec, countdown"),
+        (b'{"reward": "length", "items": [], "params": {"min_length": -1}}', 422, "min_length"),
+    ],
+)
+def test_bad_requests_get_4xx_with_a_message(http, content, status, needle):
+    r = http.post("/v1/rewards", content=content, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    assert needle in json.dumps(r.json()), r.text
+    assert_healthy(http)
+
+
+def test_oversized_requests_get_413(http):
+    big = {"reward": "length", "items": [{"prompt": "p", "completion": "x" * (MAX_BODY + 10)}]}
+    r = http.post("/v1/rewards", json=big)
+    assert r.status_code == 413 and str(MAX_BODY) in r.text
+    chunks = iter([b'{"reward": "length", "items": [{"prompt": "', b"x" * MAX_BODY, b'", "completion": "y"}]}'])
+    r = http.post("/v1/rewards", content=chunks, headers={"content-type": "application/json"})  # chunked, no length
+    assert r.status_code == 413
+    many = {"reward": "length", "items": [{"prompt": "", "completion": "a"}] * (MAX_ITEMS + 1)}
+    r = http.post("/v1/rewards", json=many)
+    assert r.status_code == 413 and str(MAX_ITEMS) in r.text
+    assert_healthy(http)
+
+
+def test_listing_health_and_openapi(http):
+    listing = {r["name"]: r for r in http.get("/v1/rewards").json()["rewards"]}
+    assert {"countdown", "code_exec", "engagement", "length"} <= set(listing)
+    assert listing["length"]["params"]["max_length"]["default"] == 60
+    assert listing["engagement"]["server_only_params"] == ["model_path"]
+    assert http.get("/healthz").json() == {"status": "ok"}
+    spec = http.get("/openapi.json").json()
+    assert "/v1/rewards" in spec["paths"] and "post" in spec["paths"]["/v1/rewards"]
+    assert "RewardRequest" in json.dumps(spec["components"])
+
+
+def test_code_exec_over_http(http):
+    items = [
+        {
+            "prompt": "def inc(x):\n",
+            "completion": "    return x + 1\n",
+            "metadata": {"test": "def check(f):\n    assert f(1) == 2\n", "entry_point": "inc"},
+        },
+        {
+            "prompt": "def inc(x):\n",
+            "completion": "    import os\n    os.kill(os.getppid(), 9)\n",
+            "metadata": {"test": "def check(f):\n    assert f(1) == 2\n", "entry_point": "inc"},
+        },
+    ]
+    body = http.post("/v1/rewards", json={"reward": "code_exec", "items": items}).json()
+    assert body["scores"] == [1.0, 0.0]
+    assert body["details"][0]["isolation"] in ("uid+namespaces", "userns", "rlimits")
+    assert_healthy(http)
+
+
+def test_score_via_handle(service):
+    from polyray.reward.client import get_reward_handle, score_via_handle
+
+    handle = get_reward_handle()
+    results = score_via_handle(
+        handle, "countdown", [countdown_item([2, 3], 6, " 2*3"), countdown_item([2, 3], 6, " 2+3")], timeout_s=60
+    )
+    assert [r.score for r in results] == [1.0, 0.0]
+    # trusted in-cluster callers may set server-only parameters
+    results = score_via_handle(
+        handle,
+        "code_exec",
+        [{"prompt": "", "completion": "", "metadata": {"task_id": "HumanEval/0"}}],
+        params={"max_workers": 1},
+        timeout_s=60,
+    )
+    assert results[0].score == 0.0 and results[0].detail["status"] == "failed"
+
+
+def test_http_client_helper(service):
+    from polyray.reward.client import RewardClient, RewardServiceError
+
+    with RewardClient(service) as client:
+        assert client.healthy()
+        assert [r.score for r in client.score("countdown", [countdown_item([5, 6], 11, " 5+6")])] == [1.0]
+        with pytest.raises(RewardServiceError) as info:
+            client.score("nope", [])
+        assert info.value.status == 404 and "countdown" in info.value.message
+
+
+def test_overload_returns_503(service):
+    """A second app with one slot and a queue of one: a burst must be partly refused with 503."""
+    import httpx
+    from ray import serve
+
+    from services.reward_app import build_app
+
+    args = {
+        "num_cpus": 0.25,
+        "max_ongoing_requests": 1,
+        "max_queued_requests": 1,
+        "max_batch_size": 1,
+        "slow_down_s": 1.0,
+    }
+    serve.run(build_app(args), name="slow", route_prefix="/slow")
+    try:
+        body = {"reward": "length", "items": [{"prompt": "", "completion": "a b c d e"}]}
+        barrier = threading.Barrier(8)
+
+        def one(_):
+            barrier.wait()
+            return httpx.post(f"{service}/slow/v1/rewards", json=body, timeout=60).status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(one, range(8)))
+        assert 503 in statuses and 200 in statuses, statuses
+        assert set(statuses) <= {200, 503}
+        assert httpx.get(f"{service}/healthz").status_code == 200
+    finally:
+        serve.delete("slow")
