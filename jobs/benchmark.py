@@ -34,8 +34,11 @@ def _step_stats(metrics_path: Path, phase: str, warmup: int) -> dict[str, float]
     return out
 
 
-def bench_polychromic(steps: int, config: str, diversity: list[str], warmup: int = 3) -> dict[str, dict[str, float]]:
-    """Run SFT, then polychromic SFT (per diversity function) for ``steps`` steps each from a fresh adapter."""
+def bench_polychromic(
+    steps: int, config: str, diversity: list[str], warmup: int = 3, with_async: bool = True
+) -> dict[str, dict[str, float]]:
+    """Run SFT, then polychromic SFT (per diversity function, and with rollouts one step ahead) for
+    ``steps`` steps each from a fresh adapter, on one pool."""
     from polyray.config import load_config
     from polyray.learner.loop import run_phase
     from polyray.pipeline import build_model, init_ray, needed_cpus
@@ -53,12 +56,16 @@ def bench_polychromic(steps: int, config: str, diversity: list[str], warmup: int
             with console.status(f"standard SFT, {steps} steps"):
                 version = run_phase(sft, 0, str(model_dir), out, pool, 0, None)["version"]
             results["sft"] = _step_stats(out / "metrics.jsonl", "sft", warmup)
-            for name in diversity:
-                poly = load_config(config, [*phases, "phases.0.type=polychromic_sft", f"phases.0.name=poly_{name}",
-                                            f"phases.0.diversity={name}"])
-                with console.status(f"polychromic SFT ({name}), {steps} steps"):
+            variants = [(name, []) for name in diversity]
+            if with_async:
+                variants.append((diversity[0], ["phases.0.async_rollouts=true", "phases.0.max_lag=1"]))
+            for i, (name, extra) in enumerate(variants):
+                label = f"polychromic_sft[{name}{', async' if extra else ''}]"
+                poly = load_config(config, [*phases, "phases.0.type=polychromic_sft", f"phases.0.name=poly{i}",
+                                            f"phases.0.diversity={name}", *extra])
+                with console.status(f"{label}, {steps} steps"):
                     version = run_phase(poly, 0, str(model_dir), out, pool, version, None)["version"]
-                results[f"polychromic_sft[{name}]"] = _step_stats(out / "metrics.jsonl", f"poly_{name}", warmup)
+                results[label] = _step_stats(out / "metrics.jsonl", f"poly{i}", warmup)
     finally:
         pool.shutdown()
     return results
@@ -67,6 +74,7 @@ def bench_polychromic(steps: int, config: str, diversity: list[str], warmup: int
 def print_polychromic(results: dict[str, dict[str, float]]) -> None:
     base = results["sft"]["step_s"]
     table = Table(title="polychromic SFT vs standard SFT: median step time (rank 0, after warm-up)")
+    table.caption = "rollout s = generation the step waits for; update s = the rest (forward/backward, optimizer, broadcast)"
     for col in ("phase", "step s", "÷ SFT", "rollout s", "diversity s", "sync s", "update s"):
         table.add_column(col, justify="right" if col != "phase" else "left")
     for name, r in results.items():

@@ -126,6 +126,11 @@ class LearnerConfig(_Model):
     grad_clip: float = Field(1.0, gt=0, description="Global gradient-norm clip.")
 
 
+def _check_async(phase) -> None:
+    if phase.async_rollouts and phase.max_lag < 1:
+        raise ValueError("async_rollouts samples one adapter version behind the learner: set max_lag >= 1")
+
+
 class SFTPhaseConfig(_Model):
     """Supervised fine-tuning: NLL of the canonical references."""
 
@@ -163,12 +168,16 @@ class PolychromicSFTPhaseConfig(_Model):
     subset_k: int = Field(2, ge=1, description="Subset size for estimator=subset (must be < n_samples).")
     ratio_clip: float = Field(2.0, ge=1, description="Clip of the importance weight pi/pi_old of the samples.")
     max_lag: int = Field(0, ge=0, description="Allowed adapter-version lag of samples behind the learner.")
+    async_rollouts: bool = Field(
+        False, description="Generate step t+1's samples during step t's update (one version stale; needs max_lag >= 1)."
+    )
     sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig())
 
     @model_validator(mode="after")
     def _subset_smaller_than_n(self) -> "PolychromicSFTPhaseConfig":
         if self.estimator == "subset" and self.subset_k >= self.n_samples:
             raise ValueError(f"subset_k ({self.subset_k}) must be < n_samples ({self.n_samples})")
+        _check_async(self)
         return self
 
 
@@ -197,6 +206,9 @@ class GRPOPhaseConfig(_Model):
     )
     dynamic_sampling: bool = Field(False, description="DAPO: drop groups whose rewards are all equal.")
     max_lag: int = Field(0, ge=0, description="Allowed adapter-version lag of samples behind the learner.")
+    async_rollouts: bool = Field(
+        False, description="Generate step t+1's rollouts during step t's update (one version stale; needs max_lag >= 1)."
+    )
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     checkpoint_every: int = Field(20, ge=1, description="Steps between checkpoints.")
 
@@ -204,6 +216,7 @@ class GRPOPhaseConfig(_Model):
     def _k_fits_group(self) -> "GRPOPhaseConfig":
         if self.advantage in ("passk", "polychromic") and self.advantage_k > self.group_size:
             raise ValueError(f"advantage_k ({self.advantage_k}) must be <= group_size ({self.group_size})")
+        _check_async(self)
         return self
 
 

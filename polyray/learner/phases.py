@@ -122,13 +122,17 @@ class PolychromicSFTPhase(SFTPhase):
         super().__init__(cfg, task, n_train, ctx, pool)
         self.pool, self.prompts = pool, task.prompts("train", n_train)
         self.version = 0
+        self.rollouts = RolloutPrefetch(self._submit, cfg.async_rollouts, cfg.steps)
+
+    def _submit(self, step: int):
+        rng = random.Random(f"polychromic:{self.ctx.seed}:{step}")
+        prompts = rng.sample(self.prompts, min(self.cfg.prompts_per_step, len(self.prompts)))
+        return prompts, self.pool.submit([p.text for p in prompts], self.cfg.n_samples, self.cfg.sampling, self.version)
 
     def _rollout(self, step: int) -> dict[str, Any]:
         cfg = self.cfg
-        rng = random.Random(f"polychromic:{self.ctx.seed}:{step}")
-        prompts = rng.sample(self.prompts, min(cfg.prompts_per_step, len(self.prompts)))
         t0 = time.perf_counter()
-        groups = self.pool.generate([p.text for p in prompts], cfg.n_samples, cfg.sampling, version=self.version)
+        prompts, groups = self.rollouts.get(step)  # rollout_s: the generation time the step waits for
         t1 = time.perf_counter()
         lag = check_lag(groups, self.version, cfg.max_lag)
         adv = compute_diversity_advantages(cfg.diversity, [[s.text for s in g] for g in groups], cfg.estimator, cfg.subset_k)
@@ -152,6 +156,26 @@ class PolychromicSFTPhase(SFTPhase):
         loss, metrics = compute_polychromic_sft_loss(nll, sample_logp, adv, self.cfg.lam, old_logp, self.cfg.ratio_clip)
         metrics.update({k: v for k, v in data.items() if k not in ("groups", "adv")})
         return loss, metrics
+
+
+class RolloutPrefetch:
+    """Rank 0's rollouts, step by step. ``submit(step)`` starts a step's generation under the
+    adapter version the learner holds at that moment and returns (prompts, pending).
+
+    Synchronous (``ahead=False``): submit and wait at the step itself (samples lag 0).
+    Ahead: step t+1 is submitted when step t starts, so its generation overlaps step t's
+    update and its samples are one version stale (lag 1; importance ratios correct for it).
+    """
+
+    def __init__(self, submit, ahead: bool, steps: int):
+        self.submit, self.ahead, self.steps = submit, ahead, steps
+        self.pending: dict[int, tuple[list[Prompt], Any]] = {}
+
+    def get(self, step: int) -> tuple[list[Prompt], list]:
+        prompts, pending = self.pending.pop(step, None) or self.submit(step)
+        if self.ahead and step + 1 < self.steps:
+            self.pending[step + 1] = self.submit(step + 1)
+        return prompts, pending.result()
 
 
 def check_lag(groups, version: int, max_lag: int) -> int:
@@ -186,13 +210,17 @@ class GRPOPhase:
         self.cfg, self.ctx, self.task, self.pool = cfg, ctx, task, pool
         self.prompts = task.prompts("train", n_train)
         self.version = 0  # set by the loop: the adapter version the learner currently holds
+        self.rollouts = RolloutPrefetch(self._submit, cfg.async_rollouts, cfg.steps)
+
+    def _submit(self, step: int):
+        rng = random.Random(f"grpo:{self.ctx.seed}:{step}")
+        prompts = rng.sample(self.prompts, min(self.cfg.prompts_per_step, len(self.prompts)))
+        return prompts, self.pool.submit([p.text for p in prompts], self.cfg.group_size, self.cfg.sampling, self.version)
 
     def _rollout(self, step: int) -> dict[str, Any]:
         """Rank 0: sample prompts, generate G each under the current adapter, score, compute advantages."""
-        rng = random.Random(f"grpo:{self.ctx.seed}:{step}")
-        prompts = rng.sample(self.prompts, min(self.cfg.prompts_per_step, len(self.prompts)))
         t0 = time.perf_counter()
-        groups = self.pool.generate([p.text for p in prompts], self.cfg.group_size, self.cfg.sampling, version=self.version)
+        prompts, groups = self.rollouts.get(step)
         rollout_s = time.perf_counter() - t0
         lag = check_lag(groups, self.version, self.cfg.max_lag)
         texts = [[s.text for s in g] for g in groups]

@@ -63,6 +63,22 @@ class RolloutPool:
             ray.get(worker.load_adapter.remote(self.latest[0], self.latest[1]))
 
     # ---- generation -------------------------------------------------------------------------
+    def submit(
+        self,
+        prompts: list[str],
+        n: int,
+        sampling: SamplingConfig,
+        version: int | None = None,
+        adapter_name: str | None = None,
+        seed: int | None = None,
+    ) -> "PendingGeneration":
+        """Start generating ``n`` samples per prompt on the workers; ``.result()`` collects them."""
+        k = len(self.workers)
+        size = max(1, -(-len(prompts) // k))
+        args = (n, sampling, version, adapter_name, seed)
+        chunks = [(start, prompts[start : start + size], self.workers[j]) for j, start in enumerate(range(0, len(prompts), size))]
+        return PendingGeneration(self, [(start, chunk, w, w.generate.remote(chunk, *args)) for start, chunk, w in chunks], args)
+
     def generate(
         self,
         prompts: list[str],
@@ -74,32 +90,7 @@ class RolloutPool:
         retries: int = 1,
     ) -> list[list[Sample]]:
         """``n`` samples per prompt, spread over the workers; result order follows ``prompts``."""
-        if not prompts:
-            return []
-        k = len(self.workers)
-        size = -(-len(prompts) // k)
-        chunks = [(i, prompts[i : i + size]) for i in range(0, len(prompts), size)]
-        futures = {
-            start: (self.workers[j], self.workers[j].generate.remote(chunk, n, sampling, version, adapter_name, seed))
-            for j, (start, chunk) in enumerate(chunks)
-        }
-        results: list[list[Sample]] = []
-        for start, chunk in chunks:
-            worker, future = futures[start]
-            for attempt in range(retries + 1):
-                try:
-                    groups = ray.get(future)
-                    break
-                except ray.exceptions.RayActorError:
-                    if attempt == retries:
-                        raise
-                    self._resync(worker)
-                    future = worker.generate.remote(chunk, n, sampling, version, adapter_name, seed)
-            for group in groups:
-                for sample in group:
-                    sample.prompt_index += start
-            results.extend(groups)
-        return results
+        return self.submit(prompts, n, sampling, version, adapter_name, seed).result(retries)
 
     def shutdown(self) -> None:
         for w in self.workers:
@@ -108,3 +99,29 @@ class RolloutPool:
             except Exception:
                 pass
             ray.kill(w)
+
+
+class PendingGeneration:
+    """Chunks in flight on the workers. ``result()`` gathers them in prompt order, retrying a
+    chunk whose worker died once Ray has restarted it and the pool has re-synced its adapter."""
+
+    def __init__(self, pool: RolloutPool, chunks: list[tuple[int, list[str], Any, Any]], args: tuple):
+        self.pool, self.chunks, self.args = pool, chunks, args
+
+    def result(self, retries: int = 1) -> list[list[Sample]]:
+        results: list[list[Sample]] = []
+        for start, chunk, worker, future in self.chunks:
+            for attempt in range(retries + 1):
+                try:
+                    groups = ray.get(future)
+                    break
+                except ray.exceptions.RayActorError:
+                    if attempt == retries:
+                        raise
+                    self.pool._resync(worker)
+                    future = worker.generate.remote(chunk, *self.args)
+            for group in groups:
+                for sample in group:
+                    sample.prompt_index += start
+            results.extend(groups)
+        return results

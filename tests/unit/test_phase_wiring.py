@@ -53,3 +53,44 @@ def test_polychromic_phase_needs_a_group_per_rank():
 
     with pytest.raises(ConfigError, match="prompts_per_step"):
         load_config(Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml", ["phases.0.type=polychromic_sft", "phases.0.prompts_per_step=1"])
+
+
+class _Pending:
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value
+
+
+def test_rollout_prefetch_overlaps_one_step_ahead():
+    from polyray.learner.phases import RolloutPrefetch
+
+    state = {"version": 0}
+    submitted = []
+
+    def submit(step):
+        submitted.append((step, state["version"]))
+        return [f"p{step}"], _Pending(f"samples{step}@v{state['version']}")
+
+    sync = RolloutPrefetch(submit, ahead=False, steps=3)
+    assert sync.get(0) == (["p0"], "samples0@v0") and submitted == [(0, 0)]
+
+    submitted.clear()
+    ahead = RolloutPrefetch(submit, ahead=True, steps=3)
+    for step in range(3):
+        prompts, samples = ahead.get(step)
+        assert prompts == [f"p{step}"]
+        # step 0 waits for its own samples; later steps use samples started one update earlier
+        assert samples == f"samples{step}@v{max(step - 1, 0)}"
+        state["version"] += 1  # the update publishes a new version
+    assert submitted == [(0, 0), (1, 0), (2, 1)]  # nothing submitted past the last step
+
+
+def test_async_rollouts_need_a_lag_budget():
+    from polyray.config import ConfigError
+
+    cfg = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
+    with pytest.raises(ConfigError, match="max_lag >= 1"):
+        load_config(cfg, ["phases.1.async_rollouts=true"])
+    assert load_config(cfg, ["phases.1.async_rollouts=true", "phases.1.max_lag=1"]).phases[1].async_rollouts
