@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
-console = Console()
+console = Console(width=140)
 
 
 def _step_stats(metrics_path: Path, phase: str, warmup: int) -> dict[str, float]:
