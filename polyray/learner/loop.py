@@ -85,6 +85,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     from polyray.learner.lora import build_peft_model, extract_adapter, save_adapter
     from polyray.learner.phases import PHASES, StepContext
+    from polyray.learner.telemetry import LearnerTelemetry
     from polyray.reward.service import build_reward_fn
     from polyray.tasks import build_task
 
@@ -128,6 +129,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         publish(version)  # resumed, or a pool that has not seen this version yet
     phase.version = version
 
+    telemetry = LearnerTelemetry(run.name, phase_cfg.name) if rank == 0 else None
     dynamics = _DynamicsProbe(run, loop_config["phase_index"], loop_config["output_dir"], pool if rank == 0 else None)
     if start_step == 0:
         dynamics(0, version)
@@ -160,6 +162,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 f.write(json.dumps({"phase": phase_cfg.name, **metrics}) + "\n")
             if tracker is not None:
                 tracker.update.remote(step + 1, phase_cfg.steps, metrics)
+            telemetry.record(metrics)
         # ray.train.report is a barrier through the Train controller (~2 s on this machine), so it
         # runs with checkpoints only; per-step metrics go to metrics.jsonl and the progress tracker.
         if checkpoint_due:

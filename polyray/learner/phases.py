@@ -138,7 +138,8 @@ class PolychromicSFTPhase(SFTPhase):
         adv = compute_diversity_advantages(cfg.diversity, [[s.text for s in g] for g in groups], cfg.estimator, cfg.subset_k)
         full = [[(s.prompt_token_ids, s.token_ids, sum(s.logprobs)) for s in g] for g in groups]
         return {"groups": full, "adv": adv.tolist(), "adv_abs_mean": float(adv.abs().mean()), "max_lag": lag,
-                "rollout_s": t1 - t0, "diversity_s": time.perf_counter() - t1}
+                "rollout_s": t1 - t0, "diversity_s": time.perf_counter() - t1,
+                "rollout_tokens_per_s": sum(len(s.token_ids) for g in groups for s in g) / max(t1 - t0, 1e-6)}
 
     def step(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         data = broadcast_from_rank0(self._rollout(step) if self.ctx.rank == 0 else None, self.ctx)
@@ -243,6 +244,7 @@ class GRPOPhase:
             "max_lag": lag,
             "kept_groups": int(keep.sum()),
             "rollout_s": rollout_s,
+            "rollout_tokens_per_s": sum(len(s.token_ids) for g in groups for s in g) / max(rollout_s, 1e-6),
         }
 
     def step(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:

@@ -1,0 +1,46 @@
+"""Learner metrics exported through ``ray.util.metrics``: the Ray dashboard's Metrics view (and any
+Prometheus/Grafana scraping the cluster) shows them live, tagged by run and phase.
+
+Rank 0 records one sample per optimizer step from the same dict that goes to metrics.jsonl;
+keys a phase does not produce (e.g. ``reward_mean`` in SFT) are skipped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# metric name -> (key in the step metrics, description)
+GAUGES = {
+    "polyray_loss": ("loss", "Training loss of the last step."),
+    "polyray_reward_mean": ("reward_mean", "Mean reward of the last rollout batch."),
+    "polyray_kl": ("kl", "Mean k3 KL to the adapter-disabled base."),
+    "polyray_diversity_advantage": ("adv_abs_mean", "Mean |diversity marginal| of polychromic samples."),
+    "polyray_policy_version": ("version", "Adapter version the learner holds."),
+    "polyray_policy_lag": ("max_lag", "Largest adapter-version lag of the step's samples."),
+    "polyray_rollout_tokens_per_s": ("rollout_tokens_per_s", "Completion tokens per second the step waited for."),
+}
+HISTOGRAMS = {
+    "polyray_step_seconds": ("step_s", "Wall time of one optimizer step on rank 0.", [0.05, 0.1, 0.25, 0.5, 1, 2, 5]),
+    "polyray_sync_seconds": ("sync_s", "Adapter publish + load on every rollout worker.", [0.005, 0.01, 0.025, 0.05, 0.1, 0.5]),
+}
+
+
+class LearnerTelemetry:
+    def __init__(self, run: str, phase: str):
+        from ray.util.metrics import Gauge, Histogram
+
+        self.tags = {"run": run, "phase": phase}
+        keys = tuple(self.tags)
+        self.gauges = {key: Gauge(name, description=desc, tag_keys=keys) for name, (key, desc) in GAUGES.items()}
+        self.histograms = {
+            key: Histogram(name, description=desc, boundaries=bounds, tag_keys=keys)
+            for name, (key, desc, bounds) in HISTOGRAMS.items()
+        }
+
+    def record(self, metrics: dict[str, Any]) -> None:
+        for key, gauge in self.gauges.items():
+            if key in metrics:
+                gauge.set(float(metrics[key]), tags=self.tags)
+        for key, histogram in self.histograms.items():
+            if key in metrics:
+                histogram.observe(float(metrics[key]), tags=self.tags)
