@@ -16,6 +16,7 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -84,6 +85,64 @@ def print_polychromic(results: dict[str, dict[str, float]]) -> None:
     console.print(table)
 
 
+def bench_reward(n_requests: int = 300, max_seconds: float = 20.0) -> dict[str, Any]:
+    """Serve the reward app on loopback (with an engagement model trained on the test fixture) and measure it."""
+    import httpx
+    import ray
+    from ray import serve
+
+    from polyray.reward.bench import bench_engagement_batching, bench_reward_http
+    from polyray.reward.engagement import train_engagement_model
+    from services.reward_app import build_app
+
+    results: dict[str, Any] = {"http": []}
+    with tempfile.TemporaryDirectory(prefix="polyray-bench-rm-") as tmp:
+        with console.status("training the engagement model on tests/fixtures/engagement.jsonl"):
+            train_engagement_model(ROOT / "tests" / "fixtures" / "engagement.jsonl", tmp, seed=0)
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        port = _free_port()
+        try:
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            serve.run(build_app({"rewards": {"engagement": {"model_path": tmp}}}), name="reward", route_prefix="/")
+            url = f"http://127.0.0.1:{port}"
+            countdown = [{"prompt": "nums 3 4 9 target 12\nexpr:", "completion": c} for c in
+                         (" 3+9", " 4*3", " 9+4-1", " 3*4", " 12", " 9+3", " 4+9-1", " 3+4")]
+            engagement = [{"prompt": "I ran my first 10k today!", "completion": f"Congrats! What was your pace, {i}?"}
+                          for i in range(8)]
+            for reward, items in (("countdown", countdown), ("engagement", engagement)):
+                httpx.post(f"{url}/v1/rewards", json={"reward": reward, "items": items}, timeout=120).raise_for_status()
+                for concurrency in (1, 32):  # measured after one warm-up request (encoder load)
+                    with console.status(f"{reward}: {concurrency} concurrent client(s)"):
+                        results["http"].append(bench_reward_http(url, reward, items, concurrency, n_requests, max_seconds))
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+        with console.status("engagement model: batched vs one pair per call"):
+            results["engagement_batching"] = bench_engagement_batching(tmp)
+    return results
+
+
+def print_reward(results: dict[str, Any]) -> None:
+    table = Table(title="reward service on loopback (8 items per request, 2 shared cores)")
+    for col in ("reward", "clients", "requests", "errors", "req/s", "p50 ms", "p99 ms"):
+        table.add_column(col, justify="left" if col == "reward" else "right")
+    for r in results["http"]:
+        table.add_row(r["reward"], str(r["concurrency"]), str(r["requests"]), str(r["errors"]), f"{r['rps']:.1f}",
+                      f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}")
+    console.print(table)
+    b = results["engagement_batching"]
+    console.print(f"engagement model, {b['n']} pairs: batched {b['batched_items_per_s']:.0f} items/s, "
+                  f"unbatched {b['unbatched_items_per_s']:.0f} items/s, ratio {b['ratio']:.2f}x")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="which", required=True)
@@ -93,15 +152,16 @@ def main(argv=None) -> int:
     p.add_argument("--diversity", nargs="+", default=["semantic", "countdown_expr"])
     p.add_argument("--json", default=None, help="Also write the figures here.")
     r = sub.add_parser("reward", help="reward service throughput and latency")
+    r.add_argument("--requests", type=int, default=300, help="Requests per (reward, concurrency) cell.")
+    r.add_argument("--max-seconds", type=float, default=20.0, help="Time cap per cell.")
     r.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     if args.which == "polychromic":
         results = bench_polychromic(args.steps, args.config, args.diversity)
         print_polychromic(results)
     else:
-        from polyray.reward.bench import run_reward_benchmarks
-
-        results = run_reward_benchmarks(console)
+        results = bench_reward(args.requests, args.max_seconds)
+        print_reward(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
