@@ -124,6 +124,9 @@ class LearnerConfig(_Model):
     lora: LoraConfig = Field(default_factory=LoraConfig)
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     grad_clip: float = Field(1.0, gt=0, description="Global gradient-norm clip.")
+    max_failures: int = Field(
+        2, ge=0, description="Worker-group restarts per phase after a learner failure (resumes from the last checkpoint)."
+    )
 
 
 def _check_async(phase) -> None:

@@ -124,7 +124,6 @@ def write_results(out: Path, results: dict[str, Any]) -> None:
 
 
 def run_pipeline(run: RunConfig, output_dir: Path | None = None) -> dict[str, Any]:
-
     from polyray.learner.phases import PHASES
     from polyray.rollout.pool import RolloutPool
     from polyray.tasks import build_task

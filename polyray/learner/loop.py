@@ -189,6 +189,7 @@ def run_phase(
     """Fit one phase with a ``TorchTrainer``; returns {"adapter_dir", "version", "metrics"}."""
     import threading
 
+    from ray.train import FailureConfig
     from ray.train import RunConfig as TrainRunConfig
     from ray.train import ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -216,6 +217,8 @@ def run_phase(
         run_config=TrainRunConfig(
             name=phase.name,
             storage_path=str((output_dir / "checkpoints").resolve()),
+            # a dead learner worker restarts the group from the latest checkpoint (see resume above)
+            failure_config=FailureConfig(max_failures=run.learner.max_failures),
         ),
     )
     box: dict[str, Any] = {}
