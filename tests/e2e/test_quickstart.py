@@ -50,6 +50,17 @@ def test_outputs_written(quickstart_run):
         assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
     assert any((out / "checkpoints").rglob("checkpoint_*")), "no Ray Train checkpoint written"
     assert (out / "metrics.jsonl").read_text().count("\n") >= 10
+    check_dynamics(out / "dynamics.jsonl")
+
+
+def check_dynamics(path):
+    """Diversity dynamics through both phases: step 0 and every 20 steps, on one global step axis."""
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert {r["phase"] for r in records} == {"sft", "grpo"}
+    steps = [r["global_step"] for r in records]
+    assert steps == sorted(steps) and steps[0] == 0 and steps[-1] == 160
+    for r in records:
+        assert {"pass@1", "diversity/countdown_expr", "diversity/self_bleu"} <= set(r)
 
 
 def test_grpo_improves_on_sft(quickstart_run):
