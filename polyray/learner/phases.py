@@ -125,9 +125,7 @@ class PolychromicSFTPhase(SFTPhase):
         self.rollouts = RolloutPrefetch(self._submit, cfg.async_rollouts, cfg.steps)
 
     def _submit(self, step: int):
-        rng = random.Random(f"polychromic:{self.ctx.seed}:{step}")
-        prompts = rng.sample(self.prompts, min(self.cfg.prompts_per_step, len(self.prompts)))
-        return prompts, self.pool.submit([p.text for p in prompts], self.cfg.n_samples, self.cfg.sampling, self.version)
+        return submit_rollouts(self, "polychromic", step, self.cfg.n_samples)
 
     def _rollout(self, step: int) -> dict[str, Any]:
         cfg = self.cfg
@@ -157,6 +155,14 @@ class PolychromicSFTPhase(SFTPhase):
         loss, metrics = compute_polychromic_sft_loss(nll, sample_logp, adv, self.cfg.lam, old_logp, self.cfg.ratio_clip)
         metrics.update({k: v for k, v in data.items() if k not in ("groups", "adv")})
         return loss, metrics
+
+
+def submit_rollouts(phase, tag: str, step: int, n: int):
+    """Draw the step's training prompts (same draw for a given seed and step) and start generating
+    ``n`` samples each under the adapter version the phase holds now; returns (prompts, pending)."""
+    rng = random.Random(f"{tag}:{phase.ctx.seed}:{step}")
+    prompts = rng.sample(phase.prompts, min(phase.cfg.prompts_per_step, len(phase.prompts)))
+    return prompts, phase.pool.submit([p.text for p in prompts], n, phase.cfg.sampling, phase.version)
 
 
 class RolloutPrefetch:
@@ -214,9 +220,7 @@ class GRPOPhase:
         self.rollouts = RolloutPrefetch(self._submit, cfg.async_rollouts, cfg.steps)
 
     def _submit(self, step: int):
-        rng = random.Random(f"grpo:{self.ctx.seed}:{step}")
-        prompts = rng.sample(self.prompts, min(self.cfg.prompts_per_step, len(self.prompts)))
-        return prompts, self.pool.submit([p.text for p in prompts], self.cfg.group_size, self.cfg.sampling, self.version)
+        return submit_rollouts(self, "grpo", step, self.cfg.group_size)
 
     def _rollout(self, step: int) -> dict[str, Any]:
         """Rank 0: sample prompts, generate G each under the current adapter, score, compute advantages."""

