@@ -42,12 +42,13 @@ def bench_polychromic(
     ``steps`` steps each from a fresh adapter, on one pool."""
     from polyray.config import load_config
     from polyray.learner.loop import run_phase
-    from polyray.pipeline import build_model, init_ray, needed_cpus
+    from polyray.cluster import init_ray, needed_cpus
+    from polyray.models.source import prepare_model_dir
     from polyray.rollout.pool import RolloutPool
 
     phases = [f"phases.0.steps={steps}", "phases.0.checkpoint_every=1000"]
     sft = load_config(config, phases)
-    model_dir = build_model(sft)
+    model_dir = prepare_model_dir(sft.model, sft.task)
     init_ray(sft.cluster, needed_cpus(sft))
     pool = RolloutPool.launch(str(model_dir), sft.rollout, sft.model.dtype)
     results = {}
@@ -93,7 +94,7 @@ def bench_reward(n_requests: int = 300, max_seconds: float = 20.0) -> dict[str, 
 
     from polyray.reward.bench import bench_engagement_batching, bench_reward_http
     from polyray.reward.engagement import train_engagement_model
-    from services.reward_app import build_app
+    from polyray.reward.deployment import build_reward_app as build_app
 
     results: dict[str, Any] = {"http": []}
     with tempfile.TemporaryDirectory(prefix="polyray-bench-rm-") as tmp:

@@ -9,7 +9,7 @@ results.json, samples.jsonl, report.html and tables.tex (see polyray/eval/job.py
 import argparse
 import sys
 
-from polyray.config import ConfigError
+from polyray.io import ConfigError
 from polyray.eval.job import load_eval_config, run_eval
 from polyray.models.source import ModelSourceError
 from polyray.tasks.jsonl import JsonlDataError

@@ -3,7 +3,8 @@
 import argparse
 import sys
 
-from polyray.config import ConfigError, load_config
+from polyray.config import load_config
+from polyray.io import ConfigError
 from polyray.models.source import ModelSourceError
 from polyray.pipeline import run_pipeline
 

@@ -10,9 +10,9 @@ import json
 import sys
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
+from polyray.io import make_console
 from polyray.reward.engagement import EngagementDataError, train_engagement_model
 
 
@@ -40,12 +40,12 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="Output directory for the model and metrics.json.")
     parser.add_argument("--seed", type=int, default=0, help="Split seed.")
     args = parser.parse_args(argv)
-    console = Console()
+    console = make_console(stderr=False, min_width=120)
     try:
         with console.status("embedding and fitting"):
             metrics = train_engagement_model(args.data, args.out, seed=args.seed)
     except EngagementDataError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        make_console().print(f"[red]error:[/red] {exc}", markup=True, highlight=False)  # one line, never folded
         return 2
     (Path(args.out) / "metrics.json").write_text(json.dumps(metrics, indent=2))
     console.print(metrics_table(metrics))

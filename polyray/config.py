@@ -1,78 +1,30 @@
-"""Experiment configuration: one pydantic model tree that mirrors the YAML files.
+"""Run configuration: one pydantic model tree that mirrors the YAML files.
 
-Unknown keys and bad values fail at load time with the dotted field path in the
-message (:class:`ConfigError`); ``--set a.b=c`` overrides are applied to the raw
+Built from the config models of the pieces it configures (tasks, models, advantage
+estimators; names such as diversity functions come from their registries). Unknown keys
+and bad values fail at load time with the dotted field path in the message
+(:class:`~polyray.io.ConfigError`); ``--set a.b=c`` overrides are applied to the raw
 mapping before validation so they get the same checks. Phases form a discriminated
 union on ``type`` so a new training phase is a new model, not a new ``if``.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
+from polyray.diversity import DiversityName
+from polyray.io import StrictModel as _Model
+from polyray.io import load_yaml_model
+from polyray.models.source import ModelConfig
+from polyray.objectives.advantages import AdvantageConfig, GroupAdvantageConfig
+from polyray.objectives.polychromic import MAX_SUBSETS
+from polyray.tasks.countdown import CountdownTaskConfig
 
-class ConfigError(ValueError):
-    """A config that cannot be used; the message names the field and the reason."""
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class TinyModelConfig(_Model):
-    """The embedded base model polyray builds and pretrains itself (Qwen3 architecture)."""
-
-    vocab_size: int = Field(384, ge=300, le=65536, description="BPE vocabulary size (byte-level, 256 base symbols).")
-    hidden_size: int = Field(128, ge=32, description="Transformer width.")
-    num_layers: int = Field(4, ge=1, le=48, description="Decoder layers.")
-    num_heads: int = Field(4, ge=1, description="Query heads.")
-    num_kv_heads: int = Field(2, ge=1, description="Key/value heads (grouped-query attention).")
-    head_dim: int = Field(32, ge=32, description="Per-head width; vLLM's CPU attention needs >= 32.")
-    intermediate_size: int = Field(384, ge=16, description="MLP inner width.")
-    max_positions: int = Field(128, ge=32, description="Maximum sequence length.")
-    pretrain_steps: int = Field(1500, ge=0, description="Full fine-tuning steps on the task's pretrain split.")
-    pretrain_batch_size: int = Field(64, ge=1, description="Sequences per pretraining step.")
-    pretrain_lr: float = Field(3e-3, gt=0, description="Peak AdamW learning rate for pretraining.")
-    pretrain_noise: float = Field(0.5, ge=0, lt=1, description="Share of pretraining completions that miss the target.")
-    pretrain_prompts: int = Field(5000, ge=100, description="Distinct prompts in the pretraining corpus.")
-    seed: int = Field(0, description="Seed for tokenizer corpus, init and pretraining order.")
-
-    @model_validator(mode="after")
-    def _heads_divide(self) -> "TinyModelConfig":
-        if self.num_heads % self.num_kv_heads:
-            raise ValueError("num_heads must be a multiple of num_kv_heads")
-        return self
-
-
-class ModelConfig(_Model):
-    """Which base model to fine-tune."""
-
-    source: str = Field(
-        "embedded",
-        description="'embedded' (build/cached tiny model), a local HF model directory, or a Hugging Face id.",
-    )
-    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="Build settings when source is 'embedded'.")
-    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Weights dtype for learner and rollouts.")
-
-
-class CountdownTaskConfig(_Model):
-    """Countdown-style arithmetic: numbers + target -> an expression using the numbers."""
-
-    type: Literal["countdown"] = "countdown"
-    num_numbers: int = Field(3, ge=2, le=6, description="Numbers given per prompt.")
-    max_number: int = Field(16, ge=2, le=100, description="Numbers are drawn from 1..max_number.")
-    min_operands: int = Field(2, ge=1, description="Fewest numbers the generating expression uses.")
-    max_target: int = Field(99, ge=1, description="Largest target.")
-    seed: int = Field(0, description="Prompt generator seed (splits stay disjoint for any seed).")
-    n_train: int = Field(512, ge=1, description="Training prompts (SFT references, GRPO prompts).")
-    n_val: int = Field(32, ge=1, description="Validation prompts.")
-    n_test: int = Field(64, ge=1, description="Held-out test prompts for evaluation.")
-
-
+# Tasks that train today (the registry in polyray.tasks also evaluates humaneval and JSONL tasks).
 TaskConfig = Annotated[Union[CountdownTaskConfig], Field(discriminator="type")]
 
 
@@ -145,11 +97,10 @@ class SFTPhaseConfig(_Model):
     checkpoint_every: int = Field(20, ge=1, description="Steps between checkpoints.")
 
 
-DiversityName = Literal["semantic", "distinct_1", "distinct_2", "self_bleu", "vendi", "countdown_expr"]
-
-
 class PolychromicSFTPhaseConfig(SFTPhaseConfig):
-    """Polychromic SFT: NLL of the references minus lambda times a score-function diversity term (ALGORITHMS.md 1).
+    """Polychromic SFT: NLL of the references minus lambda times a score-function diversity term.
+
+    docs/algorithms.md §1.
 
     Each step also samples ``n_samples`` completions for ``prompts_per_step`` training prompts under
     the current adapter; their set diversity drives the leave-one-out (or k-subset) advantages.
@@ -176,12 +127,20 @@ class PolychromicSFTPhaseConfig(SFTPhaseConfig):
     def _subset_smaller_than_n(self) -> "PolychromicSFTPhaseConfig":
         if self.estimator == "subset" and self.subset_k >= self.n_samples:
             raise ValueError(f"subset_k ({self.subset_k}) must be < n_samples ({self.n_samples})")
+        if self.estimator == "subset" and math.comb(self.n_samples, self.subset_k) > MAX_SUBSETS:
+            raise ValueError(
+                f"C(n_samples, subset_k) = {math.comb(self.n_samples, self.subset_k)} subsets exceeds {MAX_SUBSETS}"
+            )
         _check_async(self)
         return self
 
 
+_MOVED_ADVANTAGE_KEYS = {"advantage_k": "advantage.k", "advantage_diversity": "advantage.diversity",
+                         "scale_by_std": "advantage.scale_by_std"}
+
+
 class GRPOPhaseConfig(_Model):
-    """GRPO on rollouts from the pool (ALGORITHMS.md section 2)."""
+    """GRPO on rollouts from the pool (docs/algorithms.md §2-3)."""
 
     type: Literal["grpo"] = "grpo"
     name: str = Field("grpo", description="Phase name (output folder, results key).")
@@ -192,13 +151,9 @@ class GRPOPhaseConfig(_Model):
     clip_eps_low: float = Field(0.2, ge=0, description="Lower ratio clip epsilon.")
     clip_eps_high: float = Field(0.2, ge=0, description="Upper ratio clip epsilon (DAPO clip-higher: 0.28).")
     kl_beta: float = Field(0.04, ge=0, description="Weight of the k3 KL to the adapter-disabled base.")
-    scale_by_std: bool = Field(True, description="Divide group advantages by the group std (off = Dr. GRPO).")
-    advantage: Literal["group", "rloo", "passk", "polychromic"] = Field(
-        "group", description="Advantage estimator (ALGORITHMS.md 2)."
-    )
-    advantage_k: int = Field(4, ge=1, description="k of the passk / polychromic estimators (<= group_size).")
-    advantage_diversity: DiversityName = Field(
-        "countdown_expr", description="Diversity d(S) inside the polychromic set advantage."
+    advantage: AdvantageConfig = Field(
+        default_factory=GroupAdvantageConfig,
+        description="Advantage estimator and its parameters, e.g. {type: passk, k: 4} (docs/algorithms.md §3).",
     )
     aggregation: Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"] = Field(
         "seq_mean_token_mean", description="Token-loss aggregation: GRPO, DAPO token mean, Dr. GRPO."
@@ -211,10 +166,24 @@ class GRPOPhaseConfig(_Model):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     checkpoint_every: int = Field(20, ge=1, description="Steps between checkpoints.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            if isinstance(data.get("advantage"), str):
+                raise ValueError(f"advantage is a section now: advantage: {{type: {data['advantage']}}}")
+            for old, new in _MOVED_ADVANTAGE_KEYS.items():
+                if old in data:
+                    raise ValueError(f"{old} moved to {new} (e.g. advantage: {{type: passk, k: 4}})")
+        return data
+
     @model_validator(mode="after")
     def _k_fits_group(self) -> "GRPOPhaseConfig":
-        if self.advantage in ("passk", "polychromic") and self.advantage_k > self.group_size:
-            raise ValueError(f"advantage_k ({self.advantage_k}) must be <= group_size ({self.group_size})")
+        k = getattr(self.advantage, "k", None)
+        if k is not None and k > self.group_size:
+            raise ValueError(f"advantage.k ({k}) must be <= group_size ({self.group_size})")
+        if self.advantage.type == "polychromic" and math.comb(self.group_size, k) > MAX_SUBSETS:
+            raise ValueError(f"C(group_size, advantage.k) = {math.comb(self.group_size, k)} subsets exceeds {MAX_SUBSETS}")
         _check_async(self)
         return self
 
@@ -323,80 +292,6 @@ class RunConfig(_Model):
         return self
 
 
-def _format_error(exc: ValidationError, source: str) -> str:
-    parts = []
-    for err in exc.errors():
-        path = ".".join(str(p) for p in err["loc"]) or "<root>"
-        reason = err["msg"].removeprefix("Value error, ")
-        got = err.get("input")
-        shown = f" (got {got!r})" if got is not None and not isinstance(got, (dict, list)) else ""
-        parts.append(f"{path}: {reason}{shown}")
-    return f"{source}: " + "; ".join(parts)
-
-
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """``a.b=c`` -> (["a", "b"], yaml-parsed c)."""
-    if "=" not in item:
-        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. learner.lr=1e-4")
-    key, raw = item.split("=", 1)
-    if not key.strip():
-        raise ConfigError(f"--set {item!r}: empty key")
-    try:
-        value = yaml.safe_load(raw) if raw else ""
-    except yaml.YAMLError:
-        value = raw
-    return key.strip().split("."), value
-
-
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    for item in overrides:
-        path, value = parse_override(item)
-        node: Any = data
-        for i, part in enumerate(path[:-1]):
-            if isinstance(node, list):
-                try:
-                    node = node[int(part)]
-                except (ValueError, IndexError):
-                    raise ConfigError(f"--set {item}: {'.'.join(path[: i + 1])} is not a valid list index") from None
-            else:
-                node = node.setdefault(part, {})
-                if not isinstance(node, (dict, list)):
-                    raise ConfigError(f"--set {item}: {'.'.join(path[: i + 1])} is not a section")
-        if isinstance(node, list):
-            try:
-                node[int(path[-1])] = value
-            except (ValueError, IndexError):
-                raise ConfigError(f"--set {item}: {'.'.join(path)} is not a valid list index") from None
-        else:
-            node[path[-1]] = value
-    return data
-
-
-def load_yaml_model(path: str | Path | None, overrides: list[str], model: type[BaseModel]) -> Any:
-    """Read YAML (or ``{}`` when ``path`` is None), apply ``--set`` overrides, validate as ``model``."""
-    source = str(path) if path else "<defaults>"
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{source}: config file not found")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{source}: invalid YAML: {exc}".replace("\n", " ")) from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{source}: top level must be a mapping")
-    data = apply_overrides(data, list(overrides))
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_format_error(exc, source)) from None
-
-
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
     """The run config at ``path`` (defaults when None) with overrides applied."""
     return load_yaml_model(path, list(overrides), RunConfig)
-
-
-def dump_config(config: BaseModel) -> str:
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

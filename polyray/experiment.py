@@ -24,12 +24,13 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from polyray.config import ConfigError, RunConfig, _format_error, _Model
+from polyray.config import RunConfig
+from polyray.io import ConfigError, StrictModel, format_validation_error, make_console
 
 METRICS = ("pass@1", "pass@5", "pass@10", "reward_mean")
 
 
-class ExperimentConfig(_Model):
+class ExperimentConfig(StrictModel):
     """Runs x seeds and the models reported from them."""
 
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="Experiment name (runs/<name>/).")
@@ -68,7 +69,7 @@ def load_experiment(path: str | Path, seeds: int) -> tuple[ExperimentConfig, dic
     try:
         exp = ExperimentConfig.model_validate(yaml.safe_load(path.read_text()) or {})
     except ValidationError as exc:
-        raise ConfigError(_format_error(exc, str(path))) from None
+        raise ConfigError(format_validation_error(exc, str(path))) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}".replace("\n", " ")) from None
     base_path = (path.parent / exp.base).resolve()
@@ -82,7 +83,7 @@ def load_experiment(path: str | Path, seeds: int) -> tuple[ExperimentConfig, dic
             try:
                 configs[run_name, seed] = RunConfig.model_validate(data)
             except ValidationError as exc:
-                raise ConfigError(_format_error(exc, f"{path}: runs.{run_name}")) from None
+                raise ConfigError(format_validation_error(exc, f"{path}: runs.{run_name}")) from None
         phases = {"base"} | {p.name for p in configs[run_name, 0].phases}
         for label, ref in exp.models.items():
             run, _, phase = ref.partition("/")
@@ -111,17 +112,17 @@ def _run_one(config: dict[str, Any], out: str) -> dict[str, Any]:
 
 def run_experiment(path: str | Path, seeds: int, output_dir: Path | None = None) -> dict[str, Any]:
     import ray
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from polyray.pipeline import build_model, init_ray, needed_cpus
+    from polyray.cluster import init_ray, needed_cpus
+    from polyray.models.source import prepare_model_dir
 
-    console = Console(stderr=True, width=max(Console(stderr=True).width, 160))
+    console = make_console(min_width=160)
     exp, configs = load_experiment(path, seeds)
     out = Path(output_dir or Path("runs") / exp.name).resolve()
     out.mkdir(parents=True, exist_ok=True)
     first = next(iter(configs.values()))
-    build_model(first)  # once, before runs race to build it
+    prepare_model_dir(first.model, first.task)  # once, before runs race to build it
     init_ray(first.cluster, needed_cpus(first), resources={"polyray_run_slot": exp.max_concurrent})
 
     # A joined cluster without run slots schedules runs by their actors' CPU/GPU needs alone.

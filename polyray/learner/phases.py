@@ -1,8 +1,10 @@
 """Training phases as stage functions: each step is generate -> score -> advantages -> update.
 
-A phase object owns what a step needs (data, the pool handle on rank 0) and exposes
-``step(step_index) -> metrics``. The optimizer step, DDP and checkpointing live in
-:mod:`polyray.learner.loop`; the math lives in :mod:`polyray.objectives`.
+A phase object owns what a step needs (data; for sampling phases, its rollouts on rank 0)
+and exposes ``step(step_index, version) -> (loss, metrics)``, where ``version`` is the
+adapter version the learner holds, the one fresh samples are drawn under. The optimizer
+step, DDP, publishing and checkpointing live in :mod:`polyray.learner.loop`; the math
+lives in :mod:`polyray.objectives`.
 
 Every rank sees the same step data: rank 0 draws it (for GRPO, rolls out and scores)
 and broadcasts it; each rank then trains on its shard of sequences (shard ``rank::world``)
@@ -20,14 +22,14 @@ import torch
 import torch.distributed as dist
 
 from polyray.config import GRPOPhaseConfig, PolychromicSFTPhaseConfig, SFTPhaseConfig
-from polyray.learner.batching import pack_sequences, token_logprobs
+from polyray.models.batching import pack_sequences, token_logprobs
 from polyray.objectives.advantages import compute_advantages, dynamic_sampling_mask
 from polyray.objectives.grpo import compute_grpo_loss
 from polyray.objectives.polychromic import (
     compute_loo_advantages,
     compute_polychromic_sft_loss,
     compute_subset_advantage_scale,
-    compute_subset_advantages,
+    compute_subset_marginals,
     enumerate_subsets,
 )
 from polyray.objectives.sft import compute_sft_loss
@@ -77,7 +79,7 @@ class SFTPhase:
         batch_idx = [rng.randrange(len(self.data)) for _ in range(self.cfg.batch_size)]
         return [self.data[i] for i in batch_idx[self.ctx.rank :: self.ctx.world]]
 
-    def step(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def step(self, step: int, version: int) -> tuple[torch.Tensor, dict[str, float]]:
         refs = self.reference_batch(step)
         batch = pack_sequences([r[0] for r in refs], [r[1] for r in refs], self.ctx.tokenizer.pad_token_id)
         logp, mask = token_logprobs(self.ctx.model, batch)
@@ -85,7 +87,7 @@ class SFTPhase:
 
 
 def compute_diversity_advantages(name: str, groups: list[list[str]], estimator: str, k: int) -> torch.Tensor:
-    """(B, n) per-sample diversity marginals of each group (ALGORITHMS.md 1): leave-one-out or k-subset.
+    """(B, n) per-sample diversity marginals of each group (docs/algorithms.md §1): leave-one-out or k-subset.
 
     All the sets of all groups go through one ``compute_diversity_batch`` call, so an
     embedding-based diversity embeds every text once.
@@ -101,13 +103,64 @@ def compute_diversity_advantages(name: str, groups: list[list[str]], estimator: 
     table = torch.tensor(values, dtype=torch.float64).view(len(groups), len(subsets))  # (B, S)
     if estimator == "loo":
         return compute_loo_advantages(table[:, 0], table[:, 1:])
-    scale, index = compute_subset_advantage_scale(n, k), {s: j for j, s in enumerate(subsets)}
-    return torch.stack(
-        [scale * compute_subset_advantages(n, k, lambda s, row=row: float(row[index[s]])) for row in table]
-    )
+    return compute_subset_advantage_scale(n, k) * compute_subset_marginals(table, n, subsets)
 
 
-class PolychromicSFTPhase(SFTPhase):
+class RolloutPrefetch:
+    """Rank 0's rollouts, step by step. ``submit(step, version)`` starts a step's generation under
+    adapter ``version`` and returns (prompts, pending).
+
+    Synchronous (``ahead=False``): submit and wait at the step itself (samples lag 0).
+    Ahead: step t+1 is submitted when step t starts, so its generation overlaps step t's
+    update and its samples are one version stale (lag 1; importance ratios correct for it).
+    """
+
+    def __init__(self, submit, ahead: bool, steps: int):
+        self.submit, self.ahead, self.steps = submit, ahead, steps
+        self.pending: dict[int, tuple[list[Prompt], Any]] = {}
+
+    def get(self, step: int, version: int) -> tuple[list[Prompt], list]:
+        prompts, pending = self.pending.pop(step, None) or self.submit(step, version)
+        if self.ahead and step + 1 < self.steps:
+            self.pending[step + 1] = self.submit(step + 1, version)
+        return prompts, pending.result()
+
+
+def check_lag(groups, version: int, max_lag: int) -> int:
+    """The largest version lag of the samples; error past ``max_lag``."""
+    lag = max(version - s.version for g in groups for s in g)
+    if lag > max_lag:
+        raise RuntimeError(f"rollout samples lag {lag} versions behind the learner (max_lag={max_lag})")
+    return lag
+
+
+class SamplingPhase:
+    """Base of the phases that sample from the pool: owns the training prompts and rank 0's rollouts.
+
+    Subclasses set ``rollout_tag`` (the prompt-draw stream) and ``samples_per_prompt``.
+    """
+
+    publishes_every_step = True
+    uses_rewards = False
+    rollout_tag = "sampling"
+
+    def _init_rollouts(self, cfg, task: Task, n_train: int, pool) -> None:
+        self.pool, self.prompts = pool, task.prompts("train", n_train)
+        self.rollouts = RolloutPrefetch(self._submit, cfg.async_rollouts, cfg.steps)
+
+    @property
+    def samples_per_prompt(self) -> int:
+        raise NotImplementedError
+
+    def _submit(self, step: int, version: int):
+        """Draw the step's training prompts (same draw for a given seed and step) and start generating
+        ``samples_per_prompt`` samples each under adapter ``version``; returns (prompts, pending)."""
+        rng = random.Random(f"{self.rollout_tag}:{self.ctx.seed}:{step}")
+        prompts = rng.sample(self.prompts, min(self.cfg.prompts_per_step, len(self.prompts)))
+        return prompts, self.pool.submit([p.text for p in prompts], self.samples_per_prompt, self.cfg.sampling, version)
+
+
+class PolychromicSFTPhase(SamplingPhase, SFTPhase):
     """NLL of the references minus lambda times the score-function diversity surrogate of fresh samples.
 
     Rank 0 samples ``n_samples`` completions for ``prompts_per_step`` training prompts under
@@ -116,31 +169,30 @@ class PolychromicSFTPhase(SFTPhase):
     forward pass. The samples' vLLM logprobs are pi_old for the (clipped) importance weight.
     """
 
-    publishes_every_step = True
+    rollout_tag = "polychromic"
 
     def __init__(self, cfg: PolychromicSFTPhaseConfig, task: Task, n_train: int, ctx: StepContext, pool=None):
-        super().__init__(cfg, task, n_train, ctx, pool)
-        self.pool, self.prompts = pool, task.prompts("train", n_train)
-        self.version = 0
-        self.rollouts = RolloutPrefetch(self._submit, cfg.async_rollouts, cfg.steps)
+        SFTPhase.__init__(self, cfg, task, n_train, ctx, pool)
+        self._init_rollouts(cfg, task, n_train, pool)
 
-    def _submit(self, step: int):
-        return submit_rollouts(self, "polychromic", step, self.cfg.n_samples)
+    @property
+    def samples_per_prompt(self) -> int:
+        return self.cfg.n_samples
 
-    def _rollout(self, step: int) -> dict[str, Any]:
+    def _rollout(self, step: int, version: int) -> dict[str, Any]:
         cfg = self.cfg
         t0 = time.perf_counter()
-        prompts, groups = self.rollouts.get(step)  # rollout_s: the generation time the step waits for
+        prompts, groups = self.rollouts.get(step, version)  # rollout_s: the generation time the step waits for
         t1 = time.perf_counter()
-        lag = check_lag(groups, self.version, cfg.max_lag)
+        lag = check_lag(groups, version, cfg.max_lag)
         adv = compute_diversity_advantages(cfg.diversity, [[s.text for s in g] for g in groups], cfg.estimator, cfg.subset_k)
         full = [[(s.prompt_token_ids, s.token_ids, sum(s.logprobs)) for s in g] for g in groups]
         return {"groups": full, "adv": adv.tolist(), "adv_abs_mean": float(adv.abs().mean()), "max_lag": lag,
                 "rollout_s": t1 - t0, "diversity_s": time.perf_counter() - t1,
                 "rollout_tokens_per_s": sum(len(s.token_ids) for g in groups for s in g) / max(t1 - t0, 1e-6)}
 
-    def step(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        data = broadcast_from_rank0(self._rollout(step) if self.ctx.rank == 0 else None, self.ctx)
+    def step(self, step: int, version: int) -> tuple[torch.Tensor, dict[str, float]]:
+        data = broadcast_from_rank0(self._rollout(step, version) if self.ctx.rank == 0 else None, self.ctx)
         refs = self.reference_batch(step)
         groups = data["groups"][self.ctx.rank :: self.ctx.world]  # whole groups per rank: (B_r, n)
         samples = [s for g in groups for s in g]
@@ -157,83 +209,32 @@ class PolychromicSFTPhase(SFTPhase):
         return loss, metrics
 
 
-def submit_rollouts(phase, tag: str, step: int, n: int):
-    """Draw the step's training prompts (same draw for a given seed and step) and start generating
-    ``n`` samples each under the adapter version the phase holds now; returns (prompts, pending)."""
-    rng = random.Random(f"{tag}:{phase.ctx.seed}:{step}")
-    prompts = rng.sample(phase.prompts, min(phase.cfg.prompts_per_step, len(phase.prompts)))
-    return prompts, phase.pool.submit([p.text for p in prompts], n, phase.cfg.sampling, phase.version)
-
-
-class RolloutPrefetch:
-    """Rank 0's rollouts, step by step. ``submit(step)`` starts a step's generation under the
-    adapter version the learner holds at that moment and returns (prompts, pending).
-
-    Synchronous (``ahead=False``): submit and wait at the step itself (samples lag 0).
-    Ahead: step t+1 is submitted when step t starts, so its generation overlaps step t's
-    update and its samples are one version stale (lag 1; importance ratios correct for it).
-    """
-
-    def __init__(self, submit, ahead: bool, steps: int):
-        self.submit, self.ahead, self.steps = submit, ahead, steps
-        self.pending: dict[int, tuple[list[Prompt], Any]] = {}
-
-    def get(self, step: int) -> tuple[list[Prompt], list]:
-        prompts, pending = self.pending.pop(step, None) or self.submit(step)
-        if self.ahead and step + 1 < self.steps:
-            self.pending[step + 1] = self.submit(step + 1)
-        return prompts, pending.result()
-
-
-def check_lag(groups, version: int, max_lag: int) -> int:
-    """The largest version lag of the samples; error past ``max_lag``."""
-    lag = max(version - s.version for g in groups for s in g)
-    if lag > max_lag:
-        raise RuntimeError(f"rollout samples lag {lag} versions behind the learner (max_lag={max_lag})")
-    return lag
-
-
-def advantage_params(cfg: GRPOPhaseConfig, texts: list[list[str]]) -> dict[str, Any]:
-    """Keyword arguments of the configured estimator in ``ADVANTAGE_ESTIMATORS`` (texts: (B, G) completions)."""
-    if cfg.advantage == "group":
-        return {"scale_by_std": cfg.scale_by_std}
-    if cfg.advantage == "passk":
-        return {"k": cfg.advantage_k}
-    if cfg.advantage == "polychromic":
-        from polyray.diversity import compute_diversity
-
-        return {"k": cfg.advantage_k,
-                "diversity": lambda b, S: compute_diversity(cfg.advantage_diversity, [texts[b][i] for i in S])}
-    return {}
-
-
-class GRPOPhase:
+class GRPOPhase(SamplingPhase):
     """Group-relative policy optimisation on fresh rollouts from the pool (lag 0 by default)."""
 
-    publishes_every_step = True
     uses_rewards = True
+    rollout_tag = "grpo"
 
     def __init__(self, cfg: GRPOPhaseConfig, task: Task, n_train: int, ctx: StepContext, pool=None):
-        self.cfg, self.ctx, self.task, self.pool = cfg, ctx, task, pool
-        self.prompts = task.prompts("train", n_train)
-        self.version = 0  # set by the loop: the adapter version the learner currently holds
-        self.rollouts = RolloutPrefetch(self._submit, cfg.async_rollouts, cfg.steps)
+        self.cfg, self.ctx, self.task = cfg, ctx, task
+        self._init_rollouts(cfg, task, n_train, pool)
 
-    def _submit(self, step: int):
-        return submit_rollouts(self, "grpo", step, self.cfg.group_size)
+    @property
+    def samples_per_prompt(self) -> int:
+        return self.cfg.group_size
 
-    def _rollout(self, step: int) -> dict[str, Any]:
-        """Rank 0: sample prompts, generate G each under the current adapter, score, compute advantages."""
+    def _rollout(self, step: int, version: int) -> dict[str, Any]:
+        """Rank 0: sample prompts, generate G each under adapter ``version``, score, compute advantages."""
         t0 = time.perf_counter()
-        prompts, groups = self.rollouts.get(step)
+        prompts, groups = self.rollouts.get(step, version)
         rollout_s = time.perf_counter() - t0
-        lag = check_lag(groups, self.version, self.cfg.max_lag)
+        lag = check_lag(groups, version, self.cfg.max_lag)
         texts = [[s.text for s in g] for g in groups]
         rewards = self.ctx.reward_fn(prompts, texts)  # (B, G): reward service handle or in-process judge
         keep = dynamic_sampling_mask(rewards) if self.cfg.dynamic_sampling else torch.ones(len(groups), dtype=torch.bool)
         if not keep.any():  # every group uniform: nothing to learn from but the KL term; keep them all
             keep[:] = True
-        adv = compute_advantages(self.cfg.advantage, rewards, **advantage_params(self.cfg, texts))
+        adv = compute_advantages(self.cfg.advantage, rewards, texts)
         seqs = [
             (s.prompt_token_ids, s.token_ids, s.logprobs, float(adv[b, g]))
             for b, group in enumerate(groups)
@@ -251,8 +252,8 @@ class GRPOPhase:
             "rollout_tokens_per_s": sum(len(s.token_ids) for g in groups for s in g) / max(rollout_s, 1e-6),
         }
 
-    def step(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        data = broadcast_from_rank0(self._rollout(step) if self.ctx.rank == 0 else None, self.ctx)
+    def step(self, step: int, version: int) -> tuple[torch.Tensor, dict[str, float]]:
+        data = broadcast_from_rank0(self._rollout(step, version) if self.ctx.rank == 0 else None, self.ctx)
         mine = data["seqs"][self.ctx.rank :: self.ctx.world]
         batch = pack_sequences([s[0] for s in mine], [s[1] for s in mine], self.ctx.tokenizer.pad_token_id)
         logp, mask = token_logprobs(self.ctx.model, batch)

@@ -1,8 +1,11 @@
 """Advantage estimators for GRPO-family updates: one registry of pure functions.
 
-ALGORITHMS.md section 2. Every estimator maps rewards (B, G) — B prompts, G samples
-each — to advantages (B, G), with its parameters as keywords; the learner looks one up
-by the config's ``type`` through :func:`compute_advantages`.
+docs/algorithms.md §3. Every estimator is a pure function from rewards (B, G) — B
+prompts, G samples each — to advantages (B, G). Each has its own config model (a member
+of the :data:`AdvantageConfig` union, keyed by ``type``), and :data:`ADVANTAGE_ESTIMATORS`
+maps the type to its config model and to a function ``(config, rewards, texts) -> (B, G)``
+that passes the config's parameters on: the learner calls :func:`compute_advantages`
+and never looks at the type itself.
 
 - ``group``: (r − mean) / (std + eps) (DeepSeekMath GRPO, arXiv 2402.03300);
   ``scale_by_std=False`` is Dr. GRPO (arXiv 2503.20783).
@@ -21,11 +24,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import Annotated, Literal, Union
 
 import torch
+from pydantic import Field
 
-from polyray.objectives.polychromic import MAX_SUBSETS, enumerate_subsets
+from polyray.diversity import DiversityName
+from polyray.io import StrictModel
+from polyray.objectives.polychromic import MAX_SUBSETS, compute_subset_marginals, enumerate_subsets
 
 SubsetDiversity = Callable[[int, tuple[int, ...]], float]  # (prompt index b, sorted sample indices) -> d(S)
 
@@ -92,13 +98,6 @@ def compute_passk_advantages(rewards: torch.Tensor, k: int, eps: float = 1e-6) -
     return table.to(rewards.device)[c, correct].to(rewards.dtype)
 
 
-def _subset_incidence(n: int, subsets: list[tuple[int, ...]], device) -> torch.Tensor:
-    member = torch.zeros(len(subsets), n, dtype=torch.float64, device=device)  # (S, G)
-    for row, s in enumerate(subsets):
-        member[row, list(s)] = 1.0
-    return member
-
-
 def compute_polychromic_advantages(
     rewards: torch.Tensor,
     k: int,
@@ -145,9 +144,7 @@ def compute_polychromic_advantages(
         f = in_set.mean(dim=-1) * d  # (B, S)
     else:
         raise ValueError(f"unknown set_fn {set_fn!r}; expected 'mean_diversity' or 'max'")
-    member = _subset_incidence(G, subsets, rewards.device)  # (S, G)
-    per_sample = f @ member / math.comb(G - 1, k - 1)  # (B, G) mean over subsets containing i
-    return (per_sample - f.mean(dim=-1, keepdim=True)).to(rewards.dtype)
+    return compute_subset_marginals(f, G, subsets).to(rewards.dtype)
 
 
 def dynamic_sampling_mask(rewards: torch.Tensor) -> torch.Tensor:
@@ -160,21 +157,70 @@ def dynamic_sampling_mask(rewards: torch.Tensor) -> torch.Tensor:
     return rewards.amax(dim=-1) != rewards.amin(dim=-1)
 
 
-AdvantageFn = Callable[..., torch.Tensor]  # (rewards (B, G), **params) -> (B, G)
+# ----------------------------------------------------------------------------- registry
 
-ADVANTAGE_ESTIMATORS: dict[str, AdvantageFn] = {
-    "group": compute_group_advantages,
-    "rloo": compute_rloo_advantages,
-    "passk": compute_passk_advantages,
-    "polychromic": compute_polychromic_advantages,
+
+class GroupAdvantageConfig(StrictModel):
+    """(r − mean) / (std + eps) per group; ``scale_by_std: false`` is Dr. GRPO."""
+
+    type: Literal["group"] = "group"
+    scale_by_std: bool = Field(True, description="Divide by the group std (off = Dr. GRPO).")
+
+
+class RlooAdvantageConfig(StrictModel):
+    """r_i − mean of the other samples' rewards."""
+
+    type: Literal["rloo"] = "rloo"
+
+
+class PassKAdvantageConfig(StrictModel):
+    """The analytic pass@k advantage for binary rewards."""
+
+    type: Literal["passk"] = "passk"
+    k: int = Field(4, ge=1, description="k of pass@k (<= group_size).")
+
+
+class PolychromicAdvantageConfig(StrictModel):
+    """Set-marginal advantage of f(S) = mean reward × diversity over k-subsets."""
+
+    type: Literal["polychromic"] = "polychromic"
+    k: int = Field(4, ge=2, description="Subset size (2 <= k <= group_size; a single sample has no diversity).")
+    diversity: DiversityName = Field("countdown_expr", description="Set diversity d(S).")
+
+
+def _group(cfg: GroupAdvantageConfig, rewards: torch.Tensor, texts: list[list[str]]) -> torch.Tensor:
+    return compute_group_advantages(rewards, scale_by_std=cfg.scale_by_std)
+
+
+def _rloo(cfg: RlooAdvantageConfig, rewards: torch.Tensor, texts: list[list[str]]) -> torch.Tensor:
+    return compute_rloo_advantages(rewards)
+
+
+def _passk(cfg: PassKAdvantageConfig, rewards: torch.Tensor, texts: list[list[str]]) -> torch.Tensor:
+    return compute_passk_advantages(rewards, cfg.k)
+
+
+def _polychromic(cfg: PolychromicAdvantageConfig, rewards: torch.Tensor, texts: list[list[str]]) -> torch.Tensor:
+    from polyray.diversity import compute_diversity
+
+    return compute_polychromic_advantages(
+        rewards, cfg.k, diversity=lambda b, S: compute_diversity(cfg.diversity, [texts[b][i] for i in S])
+    )
+
+
+ADVANTAGE_ESTIMATORS: dict[str, tuple[type[StrictModel], Callable[..., torch.Tensor]]] = {
+    "group": (GroupAdvantageConfig, _group),
+    "rloo": (RlooAdvantageConfig, _rloo),
+    "passk": (PassKAdvantageConfig, _passk),
+    "polychromic": (PolychromicAdvantageConfig, _polychromic),
 }
+"""type -> (config model, function (config, rewards (B, G), texts (B, G)) -> advantages (B, G))."""
+
+AdvantageConfig = Annotated[
+    Union[tuple(model for model, _ in ADVANTAGE_ESTIMATORS.values())], Field(discriminator="type")
+]
 
 
-def compute_advantages(name: str, rewards: torch.Tensor, **params) -> torch.Tensor:
-    """Look up estimator ``name`` in :data:`ADVANTAGE_ESTIMATORS` and apply it: (B, G) -> (B, G)."""
-    try:
-        fn = ADVANTAGE_ESTIMATORS[name]
-    except KeyError:
-        known = sorted(ADVANTAGE_ESTIMATORS)
-        raise ValueError(f"unknown advantage estimator {name!r}; expected one of {known}") from None
-    return fn(rewards, **params)
+def compute_advantages(cfg, rewards: torch.Tensor, texts: list[list[str]]) -> torch.Tensor:
+    """Advantages (B, G) of ``rewards`` (B, G) by the estimator ``cfg`` configures; ``texts`` are the completions."""
+    return ADVANTAGE_ESTIMATORS[cfg.type][1](cfg, rewards, texts)

@@ -1,6 +1,6 @@
 """GRPO: group-relative advantages, clipped policy-ratio loss, k3 KL to the base model.
 
-ALGORITHMS.md section 2. Pure functions over tensors; no distributed state. Shapes:
+docs/algorithms.md §2. Pure functions over tensors; no distributed state. Shapes:
 B prompts, G samples per prompt, N = B*G sequences, T token positions.
 
 References: DeepSeekMath (arXiv 2402.03300) for GRPO and the k3 KL estimator,
@@ -13,9 +13,6 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-
-# The advantage estimators live in one registry; re-exported here for existing imports.
-from polyray.objectives.advantages import compute_group_advantages  # noqa: F401
 
 Aggregation = Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"]
 

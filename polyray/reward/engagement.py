@@ -26,8 +26,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,11 +33,11 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from polyray.jsonl import iter_jsonl_objects
+from polyray.embeddings import BUNDLED_ENCODER, embed_texts
+from polyray.io import iter_jsonl_objects
 from polyray.reward.base import ParameterisedReward, ParamsModel, RewardError, RewardItem, RewardResult, register
+from polyray.tasks.splits import SplitError, stratified_split
 
-BUNDLED_ENCODER = "bundled:all-MiniLM-L6-v2"
-SPLIT_SHARES = (0.70, 0.15, 0.15)  # train, val, test within each engagement bin
 RIDGE_PENALTIES = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
 _META_FILE = "engagement_model.json"
 _HEAD_FILE = "head.safetensors"
@@ -74,52 +72,10 @@ def _parse_row(obj: dict, where: str) -> EngagementRow:
     return EngagementRow(obj["prompt"], obj["response"], float(value))
 
 
-def stratified_split(values: list[float], seed: int, n_bins: int = 10) -> dict[str, list[int]]:
-    """Row indices of train/val/test, 70/15/15 within each engagement quantile bin."""
-    n = len(values)
-    n_bins = max(1, min(n_bins, n // 20))
-    order = sorted(range(n), key=lambda i: (values[i], i))
-    rng = random.Random(seed)
-    splits: dict[str, list[int]] = {"train": [], "val": [], "test": []}
-    for b in range(n_bins):
-        members = order[b * n // n_bins : (b + 1) * n // n_bins]
-        rng.shuffle(members)
-        n_val = round(len(members) * SPLIT_SHARES[1])
-        n_test = round(len(members) * SPLIT_SHARES[2])
-        splits["val"] += members[:n_val]
-        splits["test"] += members[n_val : n_val + n_test]
-        splits["train"] += members[n_val + n_test :]
-    if min(len(s) for s in splits.values()) < 2:
-        raise EngagementDataError(f"{n} rows are too few for train/val/test splits (need about 20)")
-    return {k: sorted(v) for k, v in splits.items()}
-
-
 # ----------------------------------------------------------------------------- encoder
-@functools.lru_cache(maxsize=4)
-def get_encoder(name: str = BUNDLED_ENCODER):
-    """A frozen SentenceTransformer: the bundled MiniLM, or a local model directory."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub at serving time
-    from sentence_transformers import SentenceTransformer
-
-    if name == BUNDLED_ENCODER:
-        from polyray.diversity.semantic import bundled_minilm_dir
-
-        name = str(bundled_minilm_dir())
-    model = SentenceTransformer(name, device="cpu")
-    model.eval()
-    return model
-
-
 def embed(texts: list[str], encoder: str = BUNDLED_ENCODER, batch_size: int = 64) -> np.ndarray:
-    """Unit-norm embeddings ``(len(texts), d)``; each distinct text is encoded once, all in one call."""
-    unique = list(dict.fromkeys(texts))
-    if not unique:
-        return np.zeros((0, 384), dtype=np.float32)
-    vectors = get_encoder(encoder).encode(
-        unique, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
-    )
-    index = {t: i for i, t in enumerate(unique)}
-    return vectors[[index[t] for t in texts]]
+    """Unit-norm embeddings ``(len(texts), d)`` from :mod:`polyray.embeddings` (one cached encoder)."""
+    return embed_texts(texts, encoder, batch_size)
 
 
 def compute_pair_features(u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -260,7 +216,10 @@ def train_engagement_model(
     """Train, evaluate against a constant predictor, save the model to ``out_dir``; returns the metrics."""
     rows = read_engagement_jsonl(jsonl_path)
     targets = np.array([r.engagement for r in rows], dtype=np.float64)
-    splits = stratified_split(targets.tolist(), seed)
+    try:
+        splits = stratified_split(targets.tolist(), seed)
+    except SplitError as exc:
+        raise EngagementDataError(str(exc)) from None
     vectors = embed([r.prompt for r in rows] + [r.response for r in rows], encoder)
     features = compute_pair_features(vectors[: len(rows)], vectors[len(rows) :])
     model, penalty = _fit_head(features, targets, splits)

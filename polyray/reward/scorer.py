@@ -1,6 +1,6 @@
 """RewardScorer: owns reward-function instances and scores batches; a plain class, usable in-process.
 
-The Serve deployment (``services/reward_app.py``) is a thin shell around it; the learner
+The Serve deployment (:mod:`polyray.reward.deployment`) is a thin shell around it; the learner
 can also use it directly without Ray. Instances are built lazily from the registry and
 cached per (name, parameters), so a served model (the engagement head) loads once.
 

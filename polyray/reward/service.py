@@ -22,7 +22,7 @@ def ensure_reward_service(cfg: RewardConfig) -> None:
     """Deploy the reward application on the connected cluster if it is not running yet."""
     from ray import serve
 
-    from services.reward_app import build_app
+    from polyray.reward.deployment import build_reward_app as build_app
 
     if cfg.app_name in serve.status().applications:
         return

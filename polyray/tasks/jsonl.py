@@ -8,14 +8,15 @@ naming the file and the 1-based line number.
 
 Splits are per prompt, so a prompt never appears in two splits: when every prompt has
 an engagement value they are stratified by engagement quantile (70/15/15 within each
-bin, seeded; :func:`polyray.reward.engagement.stratified_split`, the reward model's
-own splitter, with a prompt's best engagement as its value), otherwise a seeded
+bin, seeded; :func:`polyray.tasks.splits.stratified_split`, the engagement reward
+model's splitter too, with a prompt's best engagement as its value), otherwise a seeded
 70/15/15 shuffle. ``split: all`` uses every prompt (small files).
 
 Quality of a completion (``quality``): ROUGE-1/2/L F against the reference, cosine
 similarity of MiniLM embeddings (``embedding``), or the learned engagement model's
 prediction (``engagement``; needs a model). A completion counts as a success, for
-pass@k, when its quality is >= ``success_threshold``. The model sees
+pass@k, when its quality is >= ``success_threshold``; every computable metric is kept
+in the judgement's ``metrics``. The model sees
 ``template.format(prompt=...)``; a few-shot prefix is ``text + reference + "\\n"`` per
 example, so replies are expected on one line.
 """
@@ -23,8 +24,7 @@ example, so replies are expected on one line.
 from __future__ import annotations
 
 import math
-import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -32,19 +32,19 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from polyray.config import _Model
-from polyray.jsonl import iter_jsonl_objects
-from polyray.tasks.base import Judgement, Prompt
+from polyray.io import StrictModel, iter_jsonl_objects
+from polyray.tasks.base import Judgement, Prompt, Task
+from polyray.tasks.quality import compute_embedding_cosines, compute_rouge
+from polyray.tasks.splits import SplitError, shuffled_split, stratified_split
 
 QUALITY_METRICS = ("rouge1", "rouge2", "rougeL", "embedding", "engagement")
-SPLIT_SHARES = (0.70, 0.15, 0.15)
 
 
 class JsonlDataError(ValueError):
     """A JSONL file that cannot be used; the message names the file and line."""
 
 
-class JsonlTaskConfig(_Model):
+class JsonlTaskConfig(StrictModel):
     """Prompts (and reference responses) from a JSONL file."""
 
     type: Literal["replies", "creative"] = Field(
@@ -127,32 +127,23 @@ def split_prompts(groups: Sequence[dict[str, Any]], seed: int, source: str = "da
     if n < 10:
         raise JsonlDataError(f"{source}: {n} distinct prompts are too few for train/val/test splits; use split: all")
     if all(v is not None for v in values):
-        from polyray.reward.engagement import EngagementDataError, stratified_split
-
         try:
             return stratified_split(values, seed)
-        except EngagementDataError as exc:
+        except SplitError as exc:
             raise JsonlDataError(f"{source}: {exc}; use split: all") from None
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    n_val, n_test = round(n * SPLIT_SHARES[1]), round(n * SPLIT_SHARES[2])
-    return {
-        "val": sorted(order[:n_val]),
-        "test": sorted(order[n_val : n_val + n_test]),
-        "train": sorted(order[n_val + n_test :]),
-    }
+    return shuffled_split(n, seed)
 
 
-class JsonlTask:
-    """Task protocol over a JSONL file; ``engagement_model`` (optional) scores (prompt, completion)."""
+class JsonlTask(Task):
+    """A task over a JSONL file; ``reward_model`` (an engagement model, optional) scores (prompt, completion)."""
 
-    supports_few_shot = True
-    stop_sequences: tuple[str, ...] = ()
+    graded = True
 
-    def __init__(self, config: JsonlTaskConfig, engagement_model=None):
+    def __init__(self, config: JsonlTaskConfig, reward_model=None):
         self.config = config
         self.name = config.type
-        self.engagement_model = engagement_model
+        self.success_threshold = config.success_threshold
+        self.engagement_model = reward_model
         rows = read_jsonl_rows(config.path)
         if config.quality != "engagement":
             missing = next((r for r in rows if r.response is None), None)
@@ -195,8 +186,6 @@ class JsonlTask:
         Returns {metric: P arrays (n_p,)}; reference metrics are absent when a prompt has no
         reference, engagement when there is no model.
         """
-        from polyray.eval.metrics import compute_embedding_similarity, compute_rouge
-
         sizes = [len(g) for g in groups]
         flat = [c for g in groups for c in g]
         raw = [p.meta["raw_prompt"] for p, g in zip(prompts, groups) for _ in g]
@@ -206,30 +195,33 @@ class JsonlTask:
             if {"rouge1", "rouge2", "rougeL"} & set(metrics):
                 per.update(compute_rouge(flat, refs, aggregate=False))
             if "embedding" in metrics:
-                per["embedding"] = _cosines(flat, refs, compute_embedding_similarity)
+                per["embedding"] = compute_embedding_cosines(flat, refs)
         if flat and self.engagement_model is not None and "engagement" in metrics:
             per["engagement"] = np.asarray(self.engagement_model.predict(raw, flat), dtype=np.float64)
         bounds = np.cumsum([0, *sizes])
         return {name: [v[a:b] for a, b in zip(bounds[:-1], bounds[1:])] for name, v in per.items()}
 
-    def judge(self, prompt: Prompt, completion: str) -> Judgement:
-        metric = self.config.quality
-        if metric == "engagement" and self.engagement_model is None:
+    def judge_groups(
+        self,
+        prompts: Sequence[Prompt],
+        groups: Sequence[Sequence[str]],
+        on_done: Callable[[int], None] | None = None,
+    ) -> list[list[Judgement]]:
+        """Batched: reward = the configured ``quality``; ``metrics`` holds every computable metric."""
+        quality = self.config.quality
+        if quality == "engagement" and self.engagement_model is None:
             raise ValueError("quality 'engagement' needs an engagement model (the eval job's reward_model)")
-        value = float(self.score_groups([prompt], [[completion]], [metric])[metric][0][0])
-        return Judgement(value, f"{metric}={value:.3f}")
+        scores = self.score_groups(prompts, groups)
+        out = []
+        for i, g in enumerate(groups):
+            out.append([
+                Judgement(float(scores[quality][i][j]), f"{quality}={float(scores[quality][i][j]):.3f}",
+                          {name: float(v[i][j]) for name, v in scores.items()})
+                for j in range(len(g))
+            ])  # fmt: skip
+        if on_done:
+            on_done(sum(len(g) for g in groups))
+        return out
 
-
-def _cosines(preds: list[str], refs: list[str], similarity) -> np.ndarray:
-    """Embedding cosine per pair; an empty text has no direction, so its similarity is 0."""
-    from polyray.diversity import embed_texts
-
-    unique = list(dict.fromkeys(preds + refs))
-    emb = np.asarray(embed_texts(unique), dtype=np.float64)
-    row = {t: i for i, t in enumerate(unique)}
-    a, b = emb[[row[t] for t in preds]], emb[[row[t] for t in refs]]
-    ok = (np.linalg.norm(a, axis=1) > 0) & (np.linalg.norm(b, axis=1) > 0)
-    out = np.zeros(len(preds))
-    if ok.any():
-        out[ok] = similarity(pred_embeddings=a[ok], ref_embeddings=b[ok], aggregate=False)
-    return out
+    def judge(self, prompt: Prompt, completion: str) -> Judgement:
+        return self.judge_groups([prompt], [[completion]])[0][0]

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from polyray.config import ConfigError, GRPOPhaseConfig, RunConfig, dump_config, load_config
+from polyray.config import GRPOPhaseConfig, RunConfig, load_config
+from polyray.io import ConfigError, dump_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

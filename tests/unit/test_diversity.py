@@ -1,4 +1,4 @@
-"""Diversity functions (ALGORITHMS.md section 3) against hand-computed values.
+"""Diversity functions (docs/algorithms.md §4) against hand-computed values.
 
 The MiniLM-backed checks load the real encoder once (module fixture, ~6 s on CPU) and
 are marked slow; the batching logic is also checked fast with a stand-in encoder.
@@ -9,18 +9,17 @@ import math
 import numpy as np
 import pytest
 
-import polyray.diversity.semantic as semantic_mod
+import polyray.embeddings as embeddings_mod
 from polyray.diversity import (
     DIVERSITY_FUNCTIONS,
     compute_distinct_n,
     compute_diversity,
     compute_diversity_batch,
-    compute_loo_diversity,
     compute_pairwise_cosine_distance,
-    normalise_expression,
     semantic_from_embeddings,
     vendi_from_embeddings,
 )
+from polyray.tasks.countdown import normalise_expression
 
 ALL_NAMES = {"semantic", "vendi", "distinct_1", "distinct_2", "self_bleu", "countdown_expr"}
 LEXICAL = sorted(ALL_NAMES - {"semantic", "vendi"})
@@ -69,7 +68,7 @@ def test_countdown_expr_normalisation():
 
 @pytest.mark.parametrize("name", sorted(ALL_NAMES))
 def test_small_sets(name, monkeypatch):
-    monkeypatch.setattr(semantic_mod, "get_encoder", lambda device="cpu": FakeEncoder())
+    monkeypatch.setattr(embeddings_mod, "get_encoder", lambda name=None: FakeEncoder())
     expected_single = 1.0 if name == "vendi" else 0.0  # Vendi is an effective item count, in [1, n]
     assert compute_diversity(name, ["just one"]) == expected_single
     assert compute_diversity(name, []) == 0.0
@@ -121,7 +120,7 @@ GROUPS = [
 @pytest.mark.parametrize("name", sorted(ALL_NAMES))
 def test_batched_equals_unbatched_one_encode_call(name, monkeypatch):
     fake = FakeEncoder()
-    monkeypatch.setattr(semantic_mod, "get_encoder", lambda device="cpu": fake)
+    monkeypatch.setattr(embeddings_mod, "get_encoder", lambda name=None: fake)
     singles = [compute_diversity(name, g) for g in GROUPS]
     fake.calls.clear()
     batched = compute_diversity_batch(name, GROUPS)
@@ -133,21 +132,23 @@ def test_batched_equals_unbatched_one_encode_call(name, monkeypatch):
         assert fake.calls == []
 
 
-def test_loo_diversity_matches_direct_values(monkeypatch):
+def test_loo_marginals_match_direct_values_in_one_encode_call(monkeypatch):
+    from polyray.learner.phases import compute_diversity_advantages
+
     fake = FakeEncoder()
-    monkeypatch.setattr(semantic_mod, "get_encoder", lambda device="cpu": fake)
-    groups = [["the cat sat", "a dog ran", "cats sit"], ["x", "y"]]
-    full, loo = compute_loo_diversity("semantic", groups)
+    monkeypatch.setattr(embeddings_mod, "get_encoder", lambda name=None: fake)
+    groups = [["the cat sat", "a dog ran", "cats sit"], ["x", "y", "x"]]
+    adv = compute_diversity_advantages("semantic", groups, "loo", 2)
     assert len(fake.calls) == 1
-    for g, f, l in zip(groups, full, loo):
-        assert f == pytest.approx(compute_diversity("semantic", g))
-        assert l == pytest.approx([compute_diversity("semantic", g[:i] + g[i + 1 :]) for i in range(len(g))])
-    assert loo[1] == [0.0, 0.0]  # singletons carry no diversity
+    for b, g in enumerate(groups):
+        full = compute_diversity("semantic", g)
+        direct = [full - compute_diversity("semantic", g[:i] + g[i + 1 :]) for i in range(len(g))]
+        assert adv[b].tolist() == pytest.approx(direct, abs=1e-9)
 
 
 @pytest.fixture(scope="module")
 def minilm():
-    return semantic_mod.get_encoder()
+    return embeddings_mod.get_encoder()
 
 
 @pytest.mark.slow
@@ -165,5 +166,5 @@ def test_minilm_semantic_and_vendi(minilm):
         assert batched == pytest.approx([compute_diversity(name, g) for g in groups], abs=1e-5)
         low, high = (1.0, len(groups[2])) if name == "vendi" else (0.0, 2.0)
         assert low < batched[2] <= high  # four mostly unrelated texts, one empty
-    E = semantic_mod.embed_texts(["", "x"])
+    E = embeddings_mod.embed_texts(["", "x"])
     assert E.shape == (2, 384) and np.all(np.isfinite(E))

@@ -10,21 +10,17 @@ import numpy as np
 import pytest
 import yaml
 
-from polyray.config import ConfigError
-from polyray.eval.job import (
-    EvalJobConfig,
-    EvalUnit,
-    ResolvedModel,
-    compute_statistics,
-    compute_unit_metrics,
-    fit_prompts,
-    load_eval_config,
-    resolve_adapter_dirs,
-    resolve_models,
-)
+from polyray.io import ConfigError
+from polyray.eval.job import EvalJobConfig, load_eval_config
+from polyray.eval.job.analyses import compute_statistics
+from polyray.eval.job.models import ResolvedModel, resolve_adapter_dirs, resolve_models
+from polyray.eval.job.plan import EvalUnit, fit_prompts
+from polyray.eval.job.units import compute_unit_metrics
+from polyray.rollout.sampling import JudgedGroups
+from polyray.tasks import build_task
 from polyray.eval.metrics import compute_pass_at_k
 from polyray.rollout.worker import Sample
-from polyray.tasks.base import Prompt
+from polyray.tasks.base import Judgement, Prompt
 from polyray.tasks.humaneval import HUMANEVAL_STOPS, HumanEvalTask, truncate_at_stops
 from polyray.tasks.jsonl import JsonlDataError, JsonlTask, JsonlTaskConfig, read_jsonl_rows
 
@@ -186,8 +182,9 @@ def test_fit_prompts_skips_and_truncates_from_the_left():
 # ------------------------------------------------------------------------------ metrics
 
 
-def _unit(name: str, rewards: list[list[float]], ids: list[str]) -> EvalUnit:
+def _unit(name: str, rewards: list[list[float]], ids: list[str], task) -> EvalUnit:
     unit = EvalUnit("countdown", "countdown", ResolvedModel(name, "base"), n_requested=len(rewards))
+    judgements = []
     for i, (pid, r) in enumerate(zip(ids, rewards)):
         unit.prompts.append(Prompt(f"p{pid}", " 1+1", {}))
         unit.prompt_ids.append(pid)
@@ -195,15 +192,17 @@ def _unit(name: str, rewards: list[list[float]], ids: list[str]) -> EvalUnit:
         unit.truncated.append(False)
         # correct samples get the higher log-prob, so the logprob selector is an oracle here
         unit.samples.append([Sample(i, f"x{j}", [1], [1, 2], [-(1.0 - x)] * 2, 0, True) for j, x in enumerate(r)])
-        unit.rewards.append(np.asarray(r, dtype=float))
-        unit.reasons.append(["ok" if x else "wrong" for x in r])
+        judgements.append([Judgement(float(x), "ok" if x else "wrong") for x in r])
+    unit.judged = JudgedGroups(unit.prompts, unit.samples, judgements, task)
     return unit
 
 
 def test_unit_metrics_match_definitions():
     cfg = EvalJobConfig.model_validate({**BASE, "n_samples": 4, "ks": [1, 2, 4], "diversity": ["distinct_1"]})
     rewards = [[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]]
-    metrics, records, series = compute_unit_metrics(_unit("m", rewards, ["a", "b", "c", "d"]), cfg.tasks[0], cfg, None)
+    task = build_task(cfg.tasks[0])
+    unit = _unit("m", rewards, ["a", "b", "c", "d"], task)
+    metrics, records, series = compute_unit_metrics(unit, task, cfg.tasks[0], cfg, None)
     for k in (1, 2, 4):
         expected = np.mean([compute_pass_at_k(4, int(sum(r)), k) for r in rewards])
         assert metrics["pass_at_k"][k]["mean"] == pytest.approx(expected)
@@ -329,7 +328,9 @@ def test_humaneval_judging_through_the_sandbox():
     for p in prompts:
         items += [(p, p.reference), (p, "    raise NotImplementedError\n"), (p, p.reference + "\ndef junk(:\n")]
     done = []
-    judgements = task.judge_batch(items, on_done=done.append)
+    groups = task.judge_groups(prompts, [[c for q, c in items if q is p] for p in prompts], on_done=done.append)
+    judgements = [j for g in groups for j in g]
+    assert [len(g) for g in groups] == [3, 3, 3]
     assert [j.reward for j in judgements] == [1.0, 0.0, 1.0] * 3, [j.reason for j in judgements]
     assert "failed" in judgements[1].reason and len(done) == len(items)
 
@@ -343,7 +344,7 @@ def test_cli_config_error_is_one_line_and_exit_2(tmp_path):
 
     path = _write(tmp_path, BASE)
     proc = subprocess.run(
-        [sys.executable, "-m", "polyray.eval.cli", str(path), "--set", "n_samples=2"],
+        [sys.executable, "-m", "polyray.cli", "eval", str(path), "--set", "n_samples=2"],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 2

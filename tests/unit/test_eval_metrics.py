@@ -8,16 +8,14 @@ import math
 import numpy as np
 import pytest
 
+from polyray.tasks.quality import compute_embedding_similarity, compute_rouge
 from polyray.eval.metrics import (
     PromptResult,
-    aggregate_prompt_results,
     compute_collapse_point,
     compute_der_at_k,
-    compute_embedding_similarity,
     compute_pass_at_k_curve,
     compute_pass_at_k_matrix,
     compute_pick_probabilities,
-    compute_rouge,
     compute_usq_at_k,
 )
 
@@ -217,18 +215,13 @@ def test_embedding_similarity_precomputed_and_encoder():
     assert sim == pytest.approx(0.5)
 
 
-def test_prompt_result_and_aggregate():
+def test_prompt_result_round_trip_and_checks():
     rows = [
         PromptResult("p0", n=4, c=2, rewards=[1, 0, 1, 0], diversity={"semantic": 0.4},
                      selector_scores={"reward_model": [0.9, 0.1, 0.2, 0.3]}),
         PromptResult("p1", n=4, c=0, rewards=[0, 0, 0, 0], diversity={"semantic": 0.2},
                      selector_scores={"reward_model": [0.5, 0.5, 0.5, 0.5]}).to_dict(),
     ]  # fmt: skip
-    agg = aggregate_prompt_results(rows, [1, 2, 4])
-    assert agg["n_prompts"] == 2
-    assert agg["pass_at_k"][1] == pytest.approx(0.25)
-    assert agg["diversity"]["semantic"] == pytest.approx(0.3)
-    assert agg["usq"]["reward_model"]["k"] == 4
-    assert agg["usq"]["reward_model"]["usq"] == pytest.approx(0.5)  # k = n: the top score (correct) in p0
+    assert PromptResult.from_dict(rows[1]).selector_scores == {"reward_model": [0.5, 0.5, 0.5, 0.5]}
     with pytest.raises(ValueError, match="rewards"):
         PromptResult("bad", n=3, c=1, rewards=[1.0])

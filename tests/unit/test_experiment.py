@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from polyray.config import ConfigError
+from polyray.io import ConfigError
 from polyray.experiment import aggregate, load_experiment
 
 ROOT = Path(__file__).resolve().parents[2]

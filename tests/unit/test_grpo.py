@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
+from polyray.objectives.advantages import compute_group_advantages
 from polyray.objectives.grpo import (
     aggregate_token_loss,
     compute_grpo_loss,
-    compute_group_advantages,
     compute_k3_kl,
 )
 

@@ -1,7 +1,8 @@
-"""The learner's glue between rollouts and the pure math: diversity marginals and estimator params."""
+"""The learner's glue between rollouts and the pure math: diversity marginals, the estimator registry, prefetch."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 from polyray.config import GRPOPhaseConfig, load_config
 from polyray.diversity import compute_diversity
-from polyray.learner.phases import advantage_params, compute_diversity_advantages
+from polyray.learner.phases import compute_diversity_advantages
 from polyray.objectives.advantages import compute_advantages
 
 GROUPS = [["1+2", "(1 + 2)", "3*1"], ["4-1", "4-1", "4-1"], ["2*3", "3+3", "9-3"]]
@@ -39,17 +40,86 @@ def test_subset_marginals_match_enumeration():
             assert adv[b, i].item() == pytest.approx(expected, abs=1e-12)
 
 
-@pytest.mark.parametrize("name", ["group", "rloo", "passk", "polychromic"])
+ESTIMATOR_CONFIGS = {
+    "group": {"type": "group"},
+    "rloo": {"type": "rloo"},
+    "passk": {"type": "passk", "k": 2},
+    "polychromic": {"type": "polychromic", "k": 2, "diversity": "countdown_expr"},
+}
+
+
+def test_every_registered_estimator_has_a_config_case():
+    from polyray.objectives.advantages import ADVANTAGE_ESTIMATORS
+
+    assert set(ESTIMATOR_CONFIGS) == set(ADVANTAGE_ESTIMATORS)
+
+
+@pytest.mark.parametrize("name", sorted(ESTIMATOR_CONFIGS))
 def test_every_estimator_runs_from_config(name):
-    cfg = GRPOPhaseConfig(advantage=name, advantage_k=2, group_size=3)
+    cfg = GRPOPhaseConfig(advantage=ESTIMATOR_CONFIGS[name], group_size=3)
+    assert cfg.advantage.type == name
     rewards = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
-    adv = compute_advantages(cfg.advantage, rewards, **advantage_params(cfg, GROUPS))
+    adv = compute_advantages(cfg.advantage, rewards, GROUPS)
     assert adv.shape == rewards.shape and torch.isfinite(adv).all()
     assert torch.all(adv[2] == 0)  # a group with no signal gets no advantage
 
 
+def test_polychromic_registry_entry_passes_its_parameters():
+    """The registry forwards k and the diversity name: equal to calling the pure function directly."""
+    from polyray.objectives.advantages import compute_polychromic_advantages
+
+    cfg = GRPOPhaseConfig(advantage={"type": "polychromic", "k": 2, "diversity": "distinct_1"}, group_size=3)
+    rewards = torch.tensor([[1.0, 0.0, 1.0], [1.0, 1.0, 0.0], [0.0, 1.0, 1.0]], dtype=torch.float64)
+    direct = compute_polychromic_advantages(
+        rewards, 2, diversity=lambda b, S: compute_diversity("distinct_1", [GROUPS[b][i] for i in S])
+    )
+    assert torch.equal(compute_advantages(cfg.advantage, rewards, GROUPS), direct)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("phases.1.advantage_k=4", "advantage_k moved to advantage.k"),
+        ("phases.1.advantage_diversity=semantic", "advantage_diversity moved to advantage.diversity"),
+        ("phases.1.scale_by_std=false", "scale_by_std moved to advantage.scale_by_std"),
+        ("phases.1.advantage=passk", "advantage is a section now: advantage: {type: passk}"),
+    ],
+)
+def test_old_flat_advantage_keys_fail_naming_the_new_path(override, message):
+    from polyray.io import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)) as info:
+        load_config(Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml", [override])
+    assert "phases.1" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "advantage, message",
+    [
+        ({"type": "passk", "k": 9}, "advantage.k (9) must be <= group_size (8)"),
+        ({"type": "polychromic", "k": 1}, "greater than or equal to 2"),
+        ({"type": "polychromic", "k": 8}, None),  # C(8, 8) = 1 is fine
+    ],
+)
+def test_advantage_parameters_checked_at_load(advantage, message):
+    from pydantic import ValidationError
+
+    if message is None:
+        assert GRPOPhaseConfig(group_size=8, advantage=advantage).advantage.k == 8
+        return
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        GRPOPhaseConfig(group_size=8, advantage=advantage)
+
+
+def test_polychromic_subset_count_checked_at_load():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="12870 subsets exceeds 5000"):
+        GRPOPhaseConfig(group_size=16, advantage={"type": "polychromic", "k": 8})
+
+
 def test_polychromic_phase_needs_a_group_per_rank():
-    from polyray.config import ConfigError
+    from polyray.io import ConfigError
 
     with pytest.raises(ConfigError, match="prompts_per_step"):
         load_config(Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml", ["phases.0.type=polychromic_sft", "phases.0.prompts_per_step=1"])
@@ -69,17 +139,17 @@ def test_rollout_prefetch_overlaps_one_step_ahead():
     state = {"version": 0}
     submitted = []
 
-    def submit(step):
-        submitted.append((step, state["version"]))
-        return [f"p{step}"], _Pending(f"samples{step}@v{state['version']}")
+    def submit(step, version):
+        submitted.append((step, version))
+        return [f"p{step}"], _Pending(f"samples{step}@v{version}")
 
     sync = RolloutPrefetch(submit, ahead=False, steps=3)
-    assert sync.get(0) == (["p0"], "samples0@v0") and submitted == [(0, 0)]
+    assert sync.get(0, 0) == (["p0"], "samples0@v0") and submitted == [(0, 0)]
 
     submitted.clear()
     ahead = RolloutPrefetch(submit, ahead=True, steps=3)
     for step in range(3):
-        prompts, samples = ahead.get(step)
+        prompts, samples = ahead.get(step, state["version"])
         assert prompts == [f"p{step}"]
         # step 0 waits for its own samples; later steps use samples started one update earlier
         assert samples == f"samples{step}@v{max(step - 1, 0)}"
@@ -88,7 +158,7 @@ def test_rollout_prefetch_overlaps_one_step_ahead():
 
 
 def test_async_rollouts_need_a_lag_budget():
-    from polyray.config import ConfigError
+    from polyray.io import ConfigError
 
     cfg = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
     with pytest.raises(ConfigError, match="max_lag >= 1"):

@@ -208,7 +208,7 @@ def test_cli_reads_the_reward_app_args_from_the_serve_config():
     import typer
     from typer.testing import CliRunner
 
-    from polyray.reward.cli import _reward_args, serve_app
+    from polyray.cli.serve import _reward_args, serve_app
 
     assert _reward_args(ROOT / "services" / "serve_config.yaml")["max_batch_size"] >= 1
     app = typer.Typer()  # registered the way polyray/cli.py does it
@@ -239,16 +239,22 @@ def test_engagement_jsonl_errors_name_the_line(tmp_path):
 
 
 def test_job_reports_bad_jsonl_line_without_traceback(tmp_path, capsys):
+    """One error line naming file:line, unfolded whatever the path length (here a 200-character path)."""
     from jobs.train_reward_model import main
 
-    path = tmp_path / "bad.jsonl"
+    deep = tmp_path / ("d" * (200 - len(str(tmp_path)) - len("/bad.jsonl") - 1))
+    deep.mkdir()
+    path = deep / "bad.jsonl"
+    assert len(str(path)) == 200
     path.write_text('{"prompt": "a", "response": "b", "engagement": 1}\nnot json\n')
     assert main(["--data", str(path), "--out", str(tmp_path / "out")]) == 2
-    assert f"{path}:2: not valid JSON" in capsys.readouterr().out.replace("\n", "")
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"error: {path}:2: not valid JSON (Expecting value at column 1)"]
 
 
 def test_stratified_split_is_disjoint_deterministic_and_covers_every_bin():
-    from polyray.reward.engagement import read_engagement_jsonl, stratified_split
+    from polyray.reward.engagement import read_engagement_jsonl
+    from polyray.tasks.splits import stratified_split
 
     values = [r.engagement for r in read_engagement_jsonl(FIXTURE)]
     splits = stratified_split(values, seed=0)

@@ -15,7 +15,7 @@ import textwrap
 
 import pytest
 
-from polyray.reward import sandbox as sb
+from polyray import sandbox as sb
 from polyray.reward.code_exec import humaneval_problems, run_humaneval_check
 
 pytestmark = pytest.mark.slow  # ~25 s: every hostile case runs in each isolation mode

@@ -6,7 +6,8 @@ import hashlib
 
 import pytest
 
-from polyray.config import CountdownTaskConfig, TinyModelConfig
+from polyray.tasks.countdown import CountdownTaskConfig
+from polyray.models.tiny import TinyModelConfig
 
 pytestmark = pytest.mark.slow
 

@@ -1,8 +1,8 @@
-"""Sample n completions per held-out prompt through the rollout pool; score pass@k, reward and diversity.
+"""Evaluate one policy on held-out prompts: pass@k, mean reward and set diversity.
 
-Few-shot evaluation (``few_shot`` > 0) prepends that many training prompts with their
-references, one per line, and stops each completion at the end of its line, so a base
-model is judged on the answer it gives to the last prompt only.
+Used after every training phase. Few-shot evaluation (``few_shot`` > 0) prepends that
+many training prompts with their references, one per line, and stops each completion
+at the end of its line, so a base model is judged on its answer to the last prompt only.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import numpy as np
 
 from polyray.config import EvalConfig
 from polyray.eval.passk import mean_pass_at_k
+from polyray.rollout.sampling import sample_and_judge
 from polyray.tasks.base import Prompt, Task
 
 
@@ -27,14 +28,13 @@ def evaluate_policy(
     """{"pass@k", "reward_mean", "n_prompts", "n_samples", "diversity/<name>", "per_prompt"} for one adapter version."""
     from polyray.diversity import compute_diversity_batch
 
-    prefix = few_shot_prefix(task, cfg.few_shot)
     sampling = cfg.sampling
     if cfg.few_shot and "\n" not in sampling.stop:
         sampling = sampling.model_copy(update={"stop": [*sampling.stop, "\n"]})
-    groups = pool.generate([prefix + p.text for p in prompts], cfg.n_samples, sampling, version=version, seed=seed)
-    texts = [[s.text for s in g] for g in groups]
-    rewards = [[task.judge(p, t).reward for t in g] for p, g in zip(prompts, texts)]
-    counts = [(len(r), sum(1 for x in r if x >= 1.0)) for r in rewards]
+    judged = sample_and_judge(
+        pool, task, prompts, cfg.n_samples, sampling, prefix=few_shot_prefix(task, cfg.few_shot), version=version, seed=seed
+    )
+    texts, rewards, counts = judged.texts, judged.rewards, judged.counts
     result: dict[str, Any] = {f"pass@{k}": mean_pass_at_k(counts, k) for k in cfg.ks}
     diversity = {name: compute_diversity_batch(name, texts) for name in cfg.diversity}
     result.update(
@@ -45,7 +45,7 @@ def evaluate_policy(
         distinct_frac=float(np.mean([len({t.strip() for t in g}) / len(g) for g in texts])),
         **{f"diversity/{name}": float(np.mean(v)) for name, v in diversity.items()},
         per_prompt=[
-            {"prompt": p.text, "n": n, "c": c, "rewards": r, **{f"diversity/{k}": v[i] for k, v in diversity.items()}}
+            {"prompt": p.text, "n": n, "c": c, "rewards": r.tolist(), **{f"diversity/{k}": v[i] for k, v in diversity.items()}}
             for i, (p, (n, c), r) in enumerate(zip(prompts, counts, rewards))
         ],
     )

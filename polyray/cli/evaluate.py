@@ -2,7 +2,7 @@
 
 Heavy imports (Ray, vLLM, torch) happen inside the command so ``polyray --help`` stays
 instant. A config that cannot be used ends with one ``error: ...`` line and exit code 2.
-Also runnable on its own: ``python -m polyray.eval.cli CONFIG [--set K=V] [--output-dir DIR]``.
+Also runnable on its own: ``python -m polyray.cli.evaluate CONFIG [--set K=V] [--output-dir DIR]``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def eval_command(
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Where outputs go (default runs/<name>/)."),
 ):
     """Sample n candidates per prompt for every model; write pass@k, USQ, diversity, statistics and a report."""
-    from polyray.config import ConfigError
+    from polyray.io import ConfigError
     from polyray.eval.job import load_eval_config, run_eval
     from polyray.models.source import ModelSourceError
     from polyray.tasks.jsonl import JsonlDataError

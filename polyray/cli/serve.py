@@ -60,8 +60,8 @@ def reward(
     import ray
     from ray import serve
 
-    from polyray.config import ConfigError
-    from services.reward_app import build_app
+    from polyray.io import ConfigError
+    from polyray.reward.deployment import build_reward_app as build_app
 
     try:
         application = build_app(args)

@@ -7,8 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from polyray.eval.cli import eval_command
-from polyray.reward.cli import serve_app
+from polyray.cli.evaluate import eval_command
+from polyray.cli.serve import serve_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train LLMs for k-candidate deployment on Ray.")
 model_app = typer.Typer(no_args_is_help=True, help="Base models.")
@@ -23,7 +23,8 @@ def _fail(message: str) -> None:
 
 
 def _load(config: Optional[Path], overrides: List[str]):
-    from polyray.config import ConfigError, load_config
+    from polyray.config import load_config
+    from polyray.io import ConfigError
 
     try:
         return load_config(config, overrides)
@@ -55,7 +56,7 @@ def experiment(
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Where outputs go (default runs/<name>/)."),
 ):
     """Run every run x seed of an experiment on Ray; write experiment.json and print mean ± CI and tests."""
-    from polyray.config import ConfigError
+    from polyray.io import ConfigError
     from polyray.experiment import run_experiment
     from polyray.models.source import ModelSourceError
 
@@ -87,7 +88,3 @@ def build_tiny(
 
 def main() -> None:
     app()
-
-
-if __name__ == "__main__":
-    main()

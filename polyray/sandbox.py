@@ -586,7 +586,6 @@ _PROBE = (
 )
 _detected: Isolation | None = None
 _detect_lock = threading.Lock()
-_detect_notes: dict[str, str] = {}
 
 
 def detect_isolation() -> Isolation:
@@ -600,12 +599,6 @@ def detect_isolation() -> Isolation:
                 if result.passed and result.stdout.startswith("ok"):
                     _detected = mode
                     break
-                _detect_notes[mode] = result.reason + (" " + result.stderr[-300:] if result.stderr else "")
             else:
                 _detected = "rlimits"
         return _detected
-
-
-def isolation_notes() -> dict[str, str]:
-    """Why stronger modes were rejected by :func:`detect_isolation` (empty if the first worked)."""
-    return dict(_detect_notes)

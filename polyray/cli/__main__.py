@@ -1,0 +1,5 @@
+"""``python -m polyray.cli`` runs the ``polyray`` command."""
+
+from polyray.cli import main
+
+main()

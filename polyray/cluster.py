@@ -1,0 +1,32 @@
+"""Joining or starting the Ray cluster a driver runs on."""
+
+from __future__ import annotations
+
+import os
+
+from polyray.config import ClusterConfig, RunConfig
+
+
+def init_ray(cluster: ClusterConfig, needed_cpus: float, resources: dict[str, float] | None = None) -> None:
+    """Join ``cluster.address`` (or $RAY_ADDRESS), else start a local cluster; no-op inside a Ray task."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if cluster.address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=cluster.address, log_to_driver=cluster.worker_logs)
+        return
+    num_cpus = cluster.num_cpus or max(int(needed_cpus + 0.999), os.cpu_count() or 1)
+    ray.init(
+        num_cpus=num_cpus, resources=resources, include_dashboard=cluster.dashboard, log_to_driver=cluster.worker_logs
+    )
+
+
+def needed_cpus(run: RunConfig) -> float:
+    """Ray CPUs a run's actors reserve at once: rollout workers, learner ranks, reward replica."""
+    reward = run.reward.num_cpus if run.reward.endpoint else 0.0
+    return (
+        run.rollout.num_workers * run.rollout.cpus_per_worker + run.learner.num_workers * run.learner.cpus_per_worker
+        + reward
+    )

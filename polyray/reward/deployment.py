@@ -1,0 +1,137 @@
+"""The reward service's Serve deployment (HTTP for users, a DeploymentHandle for the learner).
+
+``RewardDeployment`` is a thin shell around :class:`polyray.reward.scorer.RewardScorer`:
+
+- ``POST /v1/rewards`` ``{reward, items, params?}`` -> ``{reward, scores, details}`` in item order;
+- ``GET /v1/rewards`` lists reward functions and their parameters; ``GET /healthz``;
+- the OpenAPI schema at ``/openapi.json`` (docs at ``/docs``).
+
+Concurrent requests are merged by ``@serve.batch`` and scored per (reward, params) in one
+``score_batch`` call (see :func:`polyray.reward.scorer.score_jobs`); scoring runs in a
+worker thread so the event loop keeps answering (``/healthz`` stays fast while the
+sandbox or the encoder works). Limits: bodies over ``max_body_bytes`` and requests with
+more than ``max_items`` get 413; a full queue (``max_ongoing_requests`` +
+``max_queued_requests``) gets 503 from Serve's proxy. Errors: schema 422 naming the field,
+malformed JSON 400, unknown reward 404 listing the known ones, bad parameters 422.
+
+:func:`build_reward_app` builds the application; ``services/reward_app.py`` exposes it
+to ``serve run services.reward_app:build_app`` / ``serve deploy services/serve_config.yaml``,
+and ``polyray serve reward`` and runs with ``reward.endpoint: true`` call it directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from ray import serve
+from ray.serve import Application
+
+from polyray.io import ConfigError
+from polyray.reward.api import BodySizeLimit, RewardRequest, RewardResponse, RewardServiceConfig
+from polyray.reward.base import RewardError, RewardResult, UnknownRewardError, format_validation_error
+from polyray.reward.scorer import RewardScorer, ScoreJob, as_items, score_jobs
+
+app = FastAPI(
+    title="polyray reward service",
+    version="1",
+    description="Batched rewards for LLM completions: task verifiers, sandboxed unit tests, a learned "
+    "engagement model and heuristics.",
+)
+# The body limit lives on app.state so each replica's __init__ can set it from its config.
+app.state.max_body_bytes = RewardServiceConfig().max_body_bytes
+app.add_middleware(BodySizeLimit, limit=lambda: app.state.max_body_bytes)
+
+_ERRORS = {
+    400: {"description": "Malformed JSON."},
+    404: {"description": "Unknown reward function (the message lists the known ones)."},
+    413: {"description": "Body larger than max_body_bytes or more than max_items items."},
+    422: {"description": "Body or parameters fail validation (the message names the field)."},
+    503: {"description": "Overloaded: the request queue is full; retry later."},
+}
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    if any(err.get("type") == "json_invalid" for err in errors):
+        where = next(err for err in errors if err.get("type") == "json_invalid")
+        message = f"malformed JSON body: {where.get('ctx', {}).get('error', 'cannot be parsed')}"
+        return JSONResponse(status_code=400, content={"detail": message})
+    parts = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in errors]
+    return JSONResponse(status_code=422, content={"detail": "; ".join(parts), "errors": jsonable_encoder(errors)})
+
+
+def _response(reward: str, results: list[RewardResult]) -> RewardResponse:
+    return RewardResponse(reward=reward, scores=[r.score for r in results], details=[r.detail for r in results])
+
+
+@serve.deployment
+@serve.ingress(app)
+class RewardDeployment:
+    def __init__(self, config: dict[str, Any] | None = None):
+        self.config = RewardServiceConfig.model_validate(config or {})
+        self.scorer = RewardScorer(self.config.rewards)
+        app.state.max_body_bytes = self.config.max_body_bytes
+        self._score_batched.set_max_batch_size(self.config.max_batch_size)
+        self._score_batched.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
+
+    @app.get("/healthz")
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/rewards")
+    async def list_rewards(self) -> dict[str, Any]:
+        return {"rewards": self.scorer.describe()}
+
+    @app.post("/v1/rewards", response_model=RewardResponse, responses=_ERRORS)
+    async def score_http(self, body: RewardRequest) -> RewardResponse:
+        if len(body.items) > self.config.max_items:
+            raise HTTPException(413, f"{len(body.items)} items in one request; the limit is {self.config.max_items}")
+        try:
+            results = await self._score(ScoreJob(body.reward, body.items, body.params, from_request=True))
+        except UnknownRewardError as exc:
+            raise HTTPException(404, str(exc)) from None  # the message lists the known names
+        except RewardError as exc:
+            raise HTTPException(422, str(exc)) from None
+        return _response(body.reward, results)
+
+    async def score(self, reward: str, items: list[Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """DeploymentHandle entry point (the learner): same batching, trusted parameters."""
+        job = ScoreJob(reward, as_items(items), params or {}, from_request=False)
+        return _response(reward, await self._score(job)).model_dump()
+
+    async def _score(self, job: ScoreJob) -> list[RewardResult]:
+        # Build/validate the reward function first, so a bad name or parameter fails this
+        # request alone and at once instead of inside someone else's batch.
+        await asyncio.to_thread(self.scorer.get, job.reward, job.params, job.from_request)
+        result = await self._score_batched(job)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    async def _score_batched(self, jobs: list[ScoreJob]) -> list[list[RewardResult] | Exception]:
+        if self.config.slow_down_s:
+            await asyncio.sleep(self.config.slow_down_s)
+        return await asyncio.to_thread(score_jobs, self.scorer, jobs)
+
+
+def build_reward_app(args: dict[str, Any] | None = None) -> Application:
+    """Application builder for ``serve run`` / ``serve deploy``: ``args`` is a :class:`RewardServiceConfig`."""
+    try:
+        config = RewardServiceConfig.model_validate(args or {})
+    except ValidationError as exc:
+        raise ConfigError(f"reward service args: {format_validation_error(exc)}") from None
+    RewardScorer(config.rewards)  # unknown reward names fail here, not in a replica
+    return RewardDeployment.options(
+        num_replicas=config.num_replicas,
+        max_ongoing_requests=config.max_ongoing_requests,
+        max_queued_requests=config.max_queued_requests,
+        ray_actor_options={"num_cpus": config.num_cpus},
+    ).bind(config.model_dump())
