@@ -21,6 +21,7 @@ from polyray.io import StrictModel as _Model
 from polyray.io import load_yaml_model
 from polyray.models.source import ModelConfig
 from polyray.objectives.advantages import AdvantageConfig, GroupAdvantageConfig
+from polyray.objectives.grpo import Aggregation
 from polyray.objectives.polychromic import MAX_SUBSETS
 from polyray.tasks.countdown import CountdownTaskConfig
 
@@ -155,7 +156,7 @@ class GRPOPhaseConfig(_Model):
         default_factory=GroupAdvantageConfig,
         description="Advantage estimator and its parameters, e.g. {type: passk, k: 4} (docs/algorithms.md §3).",
     )
-    aggregation: Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"] = Field(
+    aggregation: Aggregation = Field(
         "seq_mean_token_mean", description="Token-loss aggregation: GRPO, DAPO token mean, Dr. GRPO."
     )
     dynamic_sampling: bool = Field(False, description="DAPO: drop groups whose rewards are all equal.")

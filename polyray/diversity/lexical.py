@@ -1,6 +1,6 @@
 """Lexical diversity of a set of completions: distinct-n and self-BLEU.
 
-ALGORITHMS.md section 3. Tokens are whitespace-separated words for distinct-n (no
+docs/algorithms.md §4. Tokens are whitespace-separated words for distinct-n (no
 normalisation: case and punctuation count, as in Li et al. 2016, arXiv 1510.03055);
 self-BLEU (Zhu et al. 2018, Texygen, arXiv 1802.01886) uses sacrebleu's sentence BLEU
 with its own ``13a`` tokeniser, exponential smoothing and effective order, so short

@@ -1,4 +1,4 @@
-"""Analyses behind the report (ALGORITHMS.md §4).
+"""Analyses behind the report (docs/algorithms.md §6).
 
 - ``pareto_frontier``: non-dominated models in the (quality, diversity) plane, both maximised.
 - ``load_dynamics`` / ``dynamics_trajectories``: the diversity-dynamics log

@@ -1,4 +1,4 @@
-"""Self-contained HTML report and LaTeX tables of an evaluation (ARCHITECTURE.md "Evaluation").
+"""Self-contained HTML report and LaTeX tables of an evaluation (docs/design.md "Evaluation").
 
 ``write_report(out_dir, results)`` writes
 

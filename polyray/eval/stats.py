@@ -1,4 +1,4 @@
-"""Statistics for comparing two models over prompts or seeds (ALGORITHMS.md §3).
+"""Statistics for comparing two models over prompts or seeds (docs/algorithms.md §5).
 
 Tests come from scipy.stats (Mann–Whitney U, paired t, Wilcoxon signed-rank, bootstrap,
 t-intervals); only the effect sizes (Cohen's d / d_z, Cliff's δ) and Holm's step-down

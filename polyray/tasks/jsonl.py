@@ -143,6 +143,7 @@ class JsonlTask(Task):
         self.config = config
         self.name = config.type
         self.success_threshold = config.success_threshold
+        self.quality_name = config.quality
         self.engagement_model = reward_model
         rows = read_jsonl_rows(config.path)
         if config.quality != "engagement":

@@ -202,7 +202,7 @@ def test_unit_metrics_match_definitions():
     rewards = [[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]]
     task = build_task(cfg.tasks[0])
     unit = _unit("m", rewards, ["a", "b", "c", "d"], task)
-    metrics, records, series = compute_unit_metrics(unit, task, cfg.tasks[0], cfg, None)
+    metrics, records, series = compute_unit_metrics(unit, task, cfg, None)
     for k in (1, 2, 4):
         expected = np.mean([compute_pass_at_k(4, int(sum(r)), k) for r in rewards])
         assert metrics["pass_at_k"][k]["mean"] == pytest.approx(expected)

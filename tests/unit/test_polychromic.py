@@ -1,4 +1,4 @@
-"""Polychromic SFT estimator (ALGORITHMS.md section 1) on a toy categorical policy.
+"""Polychromic SFT estimator (docs/algorithms.md §1) on a toy categorical policy.
 
 The policy is softmax(θ) over 4 outcomes; a "set" is n iid draws. Everything is small
 enough to enumerate, so the exact gradient of E[D(Y)] comes from autograd on the exact

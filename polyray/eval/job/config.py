@@ -14,11 +14,13 @@ from pydantic import Field, model_validator
 
 from polyray.config import ClusterConfig, RolloutConfig, SamplingConfig
 from polyray.diversity import DiversityName
+from polyray.eval.metrics import SELECTORS
 from polyray.io import StrictModel, load_yaml_model
 from polyray.models.source import ModelConfig
 from polyray.tasks import CountdownTaskConfig, HumanEvalTaskConfig, JsonlTaskConfig
 
-SelectorName = Literal["oracle", "random", "logprob", "length", "reward_model"]
+# The USQ selectors a config may name: the metric registry's, less its generic "scores" entry.
+SelectorName = Literal[tuple(name for name in SELECTORS if name != "scores")]
 _NAME = r"^[A-Za-z0-9_.@+-]+$"
 
 

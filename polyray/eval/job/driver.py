@@ -117,8 +117,7 @@ def measure_all(cfg: EvalJobConfig, units: list[EvalUnit], tasks: dict, reward_m
     rows: list[dict] = []
     for u in units:
         started = time.perf_counter()
-        task_cfg, task = tasks[u.task_name]
-        metrics, records, by_id = compute_unit_metrics(u, task, task_cfg, cfg, reward_model)
+        metrics, records, by_id = compute_unit_metrics(u, tasks[u.task_name][1], cfg, reward_model)
         metrics["timings_s"]["metrics"] = round(time.perf_counter() - started, 2)
         model_metrics[labels[(u.task_name, u.model.name)]] = metrics
         series[(u.task_name, u.model.name)] = by_id

@@ -84,7 +84,7 @@ def _ci(values, confidence: float) -> dict[str, Any]:
 
 
 def compute_unit_metrics(
-    unit: EvalUnit, task: Task, task_cfg, cfg: EvalJobConfig, reward_model
+    unit: EvalUnit, task: Task, cfg: EvalJobConfig, reward_model
 ) -> tuple[dict[str, Any], list, dict]:
     """(per-model metrics, PromptResult records, per-prompt series for statistics)."""
     judged = unit.judged
@@ -165,7 +165,7 @@ def compute_unit_metrics(
         "usq_k": cfg.headline_k,
         "usq_by_selector": usq_all,
         "quality": pass_ci[min(cfg.ks)] if binary else _ci(series["reward"], conf),
-        "quality_label": f"pass@{min(cfg.ks)}" if binary else f"mean {getattr(task_cfg, 'quality', 'reward')}",
+        "quality_label": f"pass@{min(cfg.ks)}" if binary else f"mean {task.quality_name}",
         "diversity": {name: _ci(v, conf) for name, v in diversity.items()},
         "completion_tokens_mean": float(np.mean([len(s.token_ids) for g in unit.samples for s in g])),
         "finished_frac": float(np.mean([bool(s.finished) for g in unit.samples for s in g])),
