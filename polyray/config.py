@@ -54,7 +54,7 @@ class RolloutConfig(_Model):
     )
     kv_cache_gib: int = Field(1, ge=1, description="KV cache GiB on CPU (VLLM_CPU_KVCACHE_SPACE).")
     threads: int = Field(1, ge=1, description="Torch/OpenMP threads per worker (cap: cores are shared).")
-    seed: int = Field(0, description="vLLM sampling seed.")
+    seed: int = Field(0, description="Mixed with the run seed and the worker index into each vLLM engine's seed.")
 
 
 class LoraConfig(_Model):
@@ -82,9 +82,16 @@ class LearnerConfig(_Model):
     )
 
 
-def _check_async(phase) -> None:
+def _check_sampling_phase(phase) -> None:
     if phase.async_rollouts and phase.max_lag < 1:
         raise ValueError("async_rollouts samples one adapter version behind the learner: set max_lag >= 1")
+    if phase.sampling.temperature <= 0:
+        raise ValueError("sampling.temperature must be > 0 in a training phase: its estimators need sampling log-probs")
+    if phase.sampling.top_p < 1:
+        raise ValueError(
+            "sampling.top_p must be 1 in a training phase: the importance ratio and the score-function"
+            " estimate need the full distribution softmax(logits / temperature)"
+        )
 
 
 class SFTPhaseConfig(_Model):
@@ -132,7 +139,7 @@ class PolychromicSFTPhaseConfig(SFTPhaseConfig):
             raise ValueError(
                 f"C(n_samples, subset_k) = {math.comb(self.n_samples, self.subset_k)} subsets exceeds {MAX_SUBSETS}"
             )
-        _check_async(self)
+        _check_sampling_phase(self)
         return self
 
 
@@ -151,7 +158,12 @@ class GRPOPhaseConfig(_Model):
     lr: float = Field(2e-3, gt=0, description="AdamW learning rate.")
     clip_eps_low: float = Field(0.2, ge=0, description="Lower ratio clip epsilon.")
     clip_eps_high: float = Field(0.2, ge=0, description="Upper ratio clip epsilon (DAPO clip-higher: 0.28).")
-    kl_beta: float = Field(0.04, ge=0, description="Weight of the k3 KL to the adapter-disabled base.")
+    kl_beta: float = Field(0.04, ge=0, description="Weight of the k3 KL to the reference policy.")
+    kl_reference: Literal["phase_start", "base"] = Field(
+        "phase_start",
+        description="KL reference: the policy at the start of this phase (a frozen copy of the incoming adapter),"
+        " or the adapter-disabled base model.",
+    )
     advantage: AdvantageConfig = Field(
         default_factory=GroupAdvantageConfig,
         description="Advantage estimator and its parameters, e.g. {type: passk, k: 4} (docs/algorithms.md §3).",
@@ -185,7 +197,7 @@ class GRPOPhaseConfig(_Model):
             raise ValueError(f"advantage.k ({k}) must be <= group_size ({self.group_size})")
         if self.advantage.type == "polychromic" and math.comb(self.group_size, k) > MAX_SUBSETS:
             raise ValueError(f"C(group_size, advantage.k) = {math.comb(self.group_size, k)} subsets exceeds {MAX_SUBSETS}")
-        _check_async(self)
+        _check_sampling_phase(self)
         return self
 
 
@@ -230,6 +242,8 @@ class DynamicsConfig(_Model):
 
     @model_validator(mode="after")
     def _n_covers_k(self) -> "DynamicsConfig":
+        if any(k < 1 for k in self.ks):
+            raise ValueError(f"ks must be positive integers, got {self.ks}")
         if max(self.ks, default=1) > self.n_samples:
             raise ValueError(f"n_samples ({self.n_samples}) must be >= max(ks) ({max(self.ks)})")
         return self
@@ -283,6 +297,11 @@ class RunConfig(_Model):
         if len(set(names)) != len(names) or "base" in names:
             raise ValueError(f"phase names must be unique and not 'base': {names}")
         for i, phase in enumerate(self.phases):
+            if phase.type in ("sft", "polychromic_sft") and phase.batch_size < self.learner.num_workers:
+                raise ValueError(
+                    f"phases.{i}.batch_size ({phase.batch_size}) must be >= learner.num_workers"
+                    f" ({self.learner.num_workers}): every rank trains on at least one reference"
+                )
             if phase.type == "polychromic_sft" and phase.prompts_per_step < self.learner.num_workers:
                 raise ValueError(
                     f"phases.{i}.prompts_per_step ({phase.prompts_per_step}) must be >= learner.num_workers"

@@ -102,11 +102,13 @@ def load_yaml_model(path: str | Path | None, overrides: list[str], model: type[B
         if not path.is_file():
             raise ConfigError(f"{source}: config file not found")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
             raise ConfigError(f"{source}: invalid YAML: {exc}".replace("\n", " ")) from None
+        if data is None:
+            raise ConfigError(f"{source}: the file is empty; write at least one field (e.g. name: my-run)")
         if not isinstance(data, dict):
-            raise ConfigError(f"{source}: top level must be a mapping")
+            raise ConfigError(f"{source}: top level must be a mapping of fields, got {type(data).__name__} {data!r}")
     data = apply_overrides(data, list(overrides))
     try:
         return model.model_validate(data)

@@ -87,7 +87,7 @@ def run_pipeline(run: RunConfig, output_dir: Path | None = None) -> dict[str, An
     pool = None
     try:
         with timer("rollout_pool_start"), console.status(f"starting {run.rollout.num_workers} vLLM rollout worker(s)"):
-            pool = RolloutPool.launch(str(model_dir), run.rollout, run.model.dtype)
+            pool = RolloutPool.launch(str(model_dir), run.rollout, run.model.dtype, run.seed)
         with timer("eval_base"):
             results["phases"]["base"] = evaluate_stage("base", pool, task, test_prompts, run, None)
         write_results(out, results)

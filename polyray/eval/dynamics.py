@@ -22,11 +22,17 @@ from polyray.rollout.sampling import sample_and_judge
 from polyray.tasks import Prompt, Task, build_task
 
 
-def measure_dynamics(pool, task: Task, prompts: list[Prompt], cfg: DynamicsConfig, version: int | None) -> dict[str, Any]:
-    """{"pass@k", "reward_mean", "diversity/<name>"...} of ``n_samples`` samples per prompt under ``version``."""
+def measure_dynamics(
+    pool, task: Task, prompts: list[Prompt], cfg: DynamicsConfig, version: int | None, run_seed: int = 0
+) -> dict[str, Any]:
+    """{"pass@k", "reward_mean", "diversity/<name>"...} of ``n_samples`` samples per prompt under ``version``.
+
+    Request seeds depend on (run seed, prompt) only, so consecutive measurements share them."""
     from polyray.diversity import compute_diversity_batch
 
-    judged = sample_and_judge(pool, task, prompts, cfg.n_samples, SamplingConfig(), version=version, seed=0)
+    judged = sample_and_judge(
+        pool, task, prompts, cfg.n_samples, SamplingConfig(), version=version, seed=(run_seed, "dynamics")
+    )
     record: dict[str, Any] = {f"pass@{k}": mean_pass_at_k(judged.counts, k) for k in cfg.ks}
     record["reward_mean"] = float(np.mean(judged.rewards))
     for name in cfg.metrics:
@@ -53,6 +59,6 @@ class DynamicsProbe:
         if self._task is None:
             self._task = build_task(self.run.task)
             self._prompts = self._task.prompts("val", self.cfg.n_prompts)
-        record = measure_dynamics(self.pool, self._task, self._prompts, self.cfg, version)
+        record = measure_dynamics(self.pool, self._task, self._prompts, self.cfg, version, self.run.seed)
         append_jsonl(self.path, {"phase": self.phase, "step": step, "global_step": self.offset + step,
                                  "version": version, **record})

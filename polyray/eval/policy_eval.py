@@ -23,16 +23,19 @@ def few_shot_prefix(task: Task, k: int) -> str:
 
 
 def evaluate_policy(
-    pool, task: Task, prompts: list[Prompt], cfg: EvalConfig, version: int | None = None, seed: int | None = None
+    pool, task: Task, prompts: list[Prompt], cfg: EvalConfig, version: int | None = None, seed: int = 0
 ) -> dict[str, Any]:
-    """{"pass@k", "reward_mean", "n_prompts", "n_samples", "diversity/<name>", "per_prompt"} for one adapter version."""
+    """{"pass@k", "reward_mean", "n_prompts", "n_samples", "diversity/<name>", "per_prompt"} for one adapter version.
+
+    Each prompt's samples come from its own request seed, derived from (``seed``, "eval", prompt): the
+    same for every model evaluated in a run (paired comparisons), independent across prompts."""
     from polyray.diversity import compute_diversity_batch
 
     sampling = cfg.sampling
     if cfg.few_shot and "\n" not in sampling.stop:
         sampling = sampling.model_copy(update={"stop": [*sampling.stop, "\n"]})
     judged = sample_and_judge(
-        pool, task, prompts, cfg.n_samples, sampling, prefix=few_shot_prefix(task, cfg.few_shot), version=version, seed=seed
+        pool, task, prompts, cfg.n_samples, sampling, prefix=few_shot_prefix(task, cfg.few_shot), version=version, seed=(seed, "eval")
     )
     texts, rewards, counts = judged.texts, judged.rewards, judged.counts
     result: dict[str, Any] = {f"pass@{k}": mean_pass_at_k(counts, k) for k in cfg.ks}

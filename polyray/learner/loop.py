@@ -52,7 +52,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from polyray.learner.lora import build_peft_model, extract_adapter, save_adapter
+    from polyray.learner.lora import add_reference_adapter, build_peft_model, extract_adapter, save_adapter
     from polyray.learner.phases import PHASES, StepContext
     from polyray.learner.telemetry import LearnerTelemetry
     from polyray.reward.service import build_reward_fn
@@ -76,6 +76,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     torch.manual_seed(run.seed)  # identical LoRA init on every rank
     model, tokenizer = build_peft_model(loop_config["model_dir"], run.learner.lora, run.model.dtype, adapter_dir)
+    # The KL reference is the phase's *incoming* adapter, also when resuming from a checkpoint.
+    reference_dir = PHASES[phase_cfg.type].reference_adapter_dir(phase_cfg, loop_config.get("init_adapter"))
+    reference = add_reference_adapter(model, reference_dir) if reference_dir else None
     model = ray.train.torch.prepare_model(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=phase_cfg.lr, weight_decay=run.learner.weight_decay)
@@ -85,7 +88,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     task = build_task(run.task)
     reward_fn = build_reward_fn(run.reward, task) if rank == 0 and PHASES[phase_cfg.type].uses_rewards else None
-    ctx = StepContext(model, tokenizer, rank, world, run.seed, reward_fn)
+    ctx = StepContext(model, tokenizer, rank, world, run.seed, reward_fn, reference)
     phase = PHASES[phase_cfg.type](phase_cfg, task, run.task.n_train, ctx, pool)
 
     def publish(v: int) -> float:
@@ -121,9 +124,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         step_s = time.perf_counter() - t0  # rollout + update + sync; dynamics measurements excluded
         if measure and rank == 0:
             dynamics(step + 1, version)
-        metrics.update(
-            loss=float(loss.detach()), grad_norm=float(grad_norm), step=step + 1, version=version,
-            step_s=step_s, sync_s=sync_s, time=time.time(),
+        metrics.update(  # the phase's "loss" is the whole batch's, summed over ranks
+            grad_norm=float(grad_norm), step=step + 1, version=version, step_s=step_s, sync_s=sync_s, time=time.time(),
         )
         checkpoint_due = last or (step + 1) % phase_cfg.checkpoint_every == 0
         if rank == 0:

@@ -1,7 +1,8 @@
 """peft LoRA on the base model: build, extract the adapter (A/B only), save, load.
 
-The reference policy for KL is the same model with the adapter disabled
-(``model.disable_adapter()``): no second copy of the weights.
+The KL reference of an RL phase is a second, frozen peft adapter on the same base
+(:func:`add_reference_adapter`: the policy at the start of the phase), or the base with
+the adapter disabled: no second copy of the base weights either way.
 """
 
 from __future__ import annotations
@@ -38,6 +39,16 @@ def build_peft_model(model_dir: str, lora: LoraConfig, dtype: str = "float32", a
     return model, tokenizer
 
 
+REFERENCE_ADAPTER = "reference"
+
+
+def add_reference_adapter(model, adapter_dir: str) -> str:
+    """Load ``adapter_dir`` as a frozen second adapter (the KL reference); the trainable one stays active."""
+    model.load_adapter(adapter_dir, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
+    model.set_adapter("default")
+    return REFERENCE_ADAPTER
+
+
 def extract_adapter(model) -> dict[str, Any]:
     """{"config": adapter_config.json dict, "tensors": A/B tensors keyed as in adapter_model.safetensors}."""
     from peft import get_peft_model_state_dict
@@ -51,6 +62,7 @@ def extract_adapter(model) -> dict[str, Any]:
 
 
 def save_adapter(model, path: str | Path) -> Path:
+    """The trainable adapter in standard peft format (never the frozen reference)."""
     path = Path(path)
-    getattr(model, "module", model).save_pretrained(str(path))
+    getattr(model, "module", model).save_pretrained(str(path), selected_adapters=["default"])
     return path

@@ -18,9 +18,14 @@ class PackedBatch:
     completion_mask: torch.Tensor  # (B, T) float, 1 on completion tokens
 
 
-def pack_sequences(prompts: list[list[int]], completions: list[list[int]], pad_id: int) -> PackedBatch:
+def pack_sequences(
+    prompts: list[list[int]], completions: list[list[int]], pad_id: int, device: torch.device | str | None = None
+) -> PackedBatch:
+    """Right-padded (B, T) tensors, built on the CPU and moved to ``device`` (the model's) in one copy each."""
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+    if not prompts:
+        raise ValueError("no sequences to pack")
     lengths = [len(p) + len(c) for p, c in zip(prompts, completions)]
     T = max(lengths)
     B = len(prompts)
@@ -32,12 +37,29 @@ def pack_sequences(prompts: list[list[int]], completions: list[list[int]], pad_i
         input_ids[i, :n] = torch.tensor(list(p) + list(c), dtype=torch.long)
         attention_mask[i, :n] = 1
         completion_mask[i, len(p) : n] = 1.0
+    if device is not None:
+        input_ids, attention_mask, completion_mask = (t.to(device) for t in (input_ids, attention_mask, completion_mask))
     return PackedBatch(input_ids, attention_mask, completion_mask)
 
 
-def token_logprobs(model, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-prob of each next token: returns (logp (B, T-1), mask (B, T-1)) aligned to targets."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1].float()
+def next_token_logits(model, batch: PackedBatch) -> torch.Tensor:
+    """(B, T-1, V) float32 logits predicting tokens 1..T-1."""
+    return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1].float()
+
+
+def gather_logprobs(logits: torch.Tensor, batch: PackedBatch, temperature: float = 1.0) -> torch.Tensor:
+    """(B, T-1) log-prob of each target token under softmax(logits / temperature)."""
+    if temperature <= 0:
+        raise ValueError(f"log-probs need a temperature > 0, got {temperature}")
+    scaled = logits if temperature == 1.0 else logits / temperature
     targets = batch.input_ids[:, 1:]
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return logp, batch.completion_mask[:, 1:]
+    return torch.log_softmax(scaled, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def token_logprobs(model, batch: PackedBatch, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-prob of each next token: returns (logp (B, T-1), mask (B, T-1)) aligned to targets.
+
+    ``temperature``: the log-probs of the sampling distribution softmax(logits / T), as the
+    sampler (vLLM in ``processed_logprobs`` mode) reports them for the tokens it drew.
+    """
+    return gather_logprobs(next_token_logits(model, batch), batch, temperature), batch.completion_mask[:, 1:]

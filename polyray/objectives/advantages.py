@@ -147,14 +147,16 @@ def compute_polychromic_advantages(
     return compute_subset_marginals(f, G, subsets).to(rewards.dtype)
 
 
-def dynamic_sampling_mask(rewards: torch.Tensor) -> torch.Tensor:
-    """DAPO dynamic sampling (arXiv 2503.14476): True for groups whose rewards are not all equal.
+def dynamic_sampling_mask(advantages: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """DAPO dynamic sampling (arXiv 2503.14476): True for groups that carry a non-zero advantage.
 
-    rewards (B, G) -> bool (B,). Groups with identical rewards have zero group advantage
-    and only dilute the batch, so the learner drops (and may resample) them.
+    advantages (B, G) -> bool (B,). Filtering on the advantages, not the rewards: for the
+    group/rloo/passk estimators a group of equal rewards has zero advantages either way, but the
+    polychromic estimator gives an all-correct group non-zero diversity marginals, which a
+    reward test would throw away.
     """
-    _check_2d(rewards, "dynamic sampling")
-    return rewards.amax(dim=-1) != rewards.amin(dim=-1)
+    _check_2d(advantages, "dynamic sampling")
+    return advantages.abs().amax(dim=-1) > eps
 
 
 # ----------------------------------------------------------------------------- registry

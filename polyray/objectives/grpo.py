@@ -17,27 +17,46 @@ import torch
 Aggregation = Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"]
 
 
-def compute_k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """Per-token k3 estimator of KL(pi_theta || pi_ref): exp(d) - d - 1 with d = ref - theta. (N, T)."""
+def compute_k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-token k3 estimator of KL(pi_theta || pi_ref): exp(d) - d - 1 with d = ref - theta. (N, T).
+
+    With ``mask``, d is zeroed outside it *before* the exponential, so prompt and padding
+    positions (whose log-probs may be extreme) give exactly 0 instead of inf * 0 = NaN.
+    """
     d = ref_logp - logp
+    if mask is not None:
+        d = torch.where(mask > 0, d, torch.zeros_like(d))
     return torch.exp(d) - d - 1
 
 
-def aggregate_token_loss(per_token: torch.Tensor, mask: torch.Tensor, mode: Aggregation, max_len: int | None = None):
+def aggregate_token_loss(
+    per_token: torch.Tensor,
+    mask: torch.Tensor,
+    mode: Aggregation,
+    max_len: int | None = None,
+    num_sequences: float | None = None,
+    num_tokens: float | None = None,
+):
     """Reduce a (N, T) per-token loss over the completion ``mask`` to a scalar.
 
     - ``seq_mean_token_mean``: mean over each sequence's tokens, then over sequences;
-    - ``token_mean``: sum over all tokens / number of tokens;
+    - ``token_mean``: sum over all tokens / number of tokens (DAPO's global token mean);
     - ``seq_mean_token_sum_norm``: sum over tokens / (N * L_max), L_max = ``max_len`` or T.
+
+    When ``per_token`` is one shard of a larger batch, ``num_sequences`` / ``num_tokens`` are the
+    whole batch's counts: the shards' results then *sum* to the whole batch's loss, whatever the
+    split (default: this shard's own counts). Values outside ``mask`` never enter (``where``, not a product).
     """
-    masked = per_token * mask
+    masked = torch.where(mask > 0, per_token, torch.zeros_like(per_token))
+    n_seq = num_sequences if num_sequences is not None else per_token.shape[0]
     if mode == "seq_mean_token_mean":
-        return (masked.sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+        return (masked.sum(-1) / mask.sum(-1).clamp(min=1)).sum() / max(n_seq, 1)
     if mode == "token_mean":
-        return masked.sum() / mask.sum().clamp(min=1)
+        n_tok = num_tokens if num_tokens is not None else mask.sum()
+        return masked.sum() / (n_tok.clamp(min=1) if torch.is_tensor(n_tok) else max(n_tok, 1))
     if mode == "seq_mean_token_sum_norm":
         L = max_len if max_len is not None else per_token.shape[-1]
-        return masked.sum() / (per_token.shape[0] * L)
+        return masked.sum() / (max(n_seq, 1) * L)
     raise ValueError(f"unknown aggregation {mode!r}")
 
 
@@ -52,21 +71,26 @@ def compute_grpo_loss(
     kl_beta: float = 0.0,
     aggregation: Aggregation = "seq_mean_token_mean",
     max_len: int | None = None,
+    num_sequences: float | None = None,
+    num_tokens: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped-ratio policy loss plus beta * k3 KL, aggregated per ``aggregation``.
 
     l_{i,t} = -min(rho A_i, clip(rho, 1 - eps_low, 1 + eps_high) A_i) + beta KL_{i,t}.
-    Returns (loss, metrics) where metrics are floats for logging.
+    ``num_sequences`` / ``num_tokens``: whole-batch counts when this is one shard (see
+    :func:`aggregate_token_loss`). Exponents are masked before ``exp`` (finite outside the
+    completion whatever the logits). Returns (loss, metrics) where metrics are floats for logging.
     """
-    ratio = torch.exp(logp - old_logp)
+    log_ratio = torch.where(mask > 0, logp - old_logp, torch.zeros_like(logp))
+    ratio = torch.exp(log_ratio)
     adv = advantages.unsqueeze(-1)
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1 - clip_eps_low, 1 + clip_eps_high) * adv
     per_token = -torch.minimum(unclipped, clipped)
-    kl = compute_k3_kl(logp, ref_logp) if ref_logp is not None else torch.zeros_like(logp)
+    kl = compute_k3_kl(logp, ref_logp, mask) if ref_logp is not None else torch.zeros_like(logp)
     if kl_beta:
         per_token = per_token + kl_beta * kl
-    loss = aggregate_token_loss(per_token, mask, aggregation, max_len)
+    loss = aggregate_token_loss(per_token, mask, aggregation, max_len, num_sequences, num_tokens)
     with torch.no_grad():
         n_tok = mask.sum().clamp(min=1)
         metrics = {

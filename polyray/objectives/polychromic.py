@@ -105,8 +105,9 @@ def compute_polychromic_sft_loss(
     lam: float,
     old_logp: torch.Tensor | None = None,  # (B, n) sequence log π_old of the samples, when they are off-policy
     ratio_clip: float = 2.0,
+    num_groups: int | None = None,  # the whole batch's B when these are one shard's groups (default B)
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """loss = nll − λ · mean_b Σ_i sg(a_{b,i}) · w_{b,i} · log π_θ(y_{b,i}|x_b).
+    """loss = nll − λ · (1/B) Σ_b Σ_i sg(a_{b,i}) · w_{b,i} · log π_θ(y_{b,i}|x_b).
 
     w = sg(min(exp(log π_θ − log π_old), ratio_clip)) when ``old_logp`` is given (samples
     drawn by an older adapter version; a truncated per-sample ratio, which trades a
@@ -131,7 +132,8 @@ def compute_polychromic_sft_loss(
         weights = torch.ones_like(adv)
     else:
         weights = torch.exp(sample_logp.detach() - old_logp.detach()).clamp(max=ratio_clip)
-    surrogate = (adv * weights * sample_logp).sum(dim=-1).mean()  # () D̂_θ, averaged over prompts
+    B = num_groups if num_groups is not None else sample_logp.shape[0]
+    surrogate = (adv * weights * sample_logp).sum() / max(B, 1)  # () D̂_θ, averaged over prompts
     loss = nll if lam == 0 else nll - lam * surrogate
     metrics = {
         "nll": float(nll.detach()),

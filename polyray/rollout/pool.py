@@ -11,6 +11,7 @@ so the learner's rank 0 can receive it and drive rollouts and syncs.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any
 
@@ -20,13 +21,20 @@ from polyray.config import RolloutConfig, SamplingConfig
 from polyray.rollout.worker import RolloutWorker, Sample, rollout_env
 
 
+def engine_seed(rollout_seed: int, run_seed: int, worker_index: int) -> int:
+    """A vLLM engine seed per (rollout seed, run seed, worker): workers and runs draw different streams."""
+    digest = hashlib.blake2b(f"engine:{rollout_seed}:{run_seed}:{worker_index}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") & 0x7FFFFFFF
+
+
 class RolloutPool:
     def __init__(self, workers: list, latest: tuple[int, Any] | None = None):
         self.workers = workers
         self.latest = latest  # (version, ObjectRef of adapter) or None
 
     @classmethod
-    def launch(cls, model_dir: str, config: RolloutConfig, dtype: str = "float32") -> "RolloutPool":
+    def launch(cls, model_dir: str, config: RolloutConfig, dtype: str = "float32", run_seed: int = 0) -> "RolloutPool":
+        """Start ``config.num_workers`` workers; worker i's engine seed mixes (rollout.seed, run seed, i)."""
         actor_cls = ray.remote(RolloutWorker).options(
             num_cpus=config.cpus_per_worker,
             num_gpus=config.gpus_per_worker,
@@ -34,7 +42,10 @@ class RolloutPool:
             max_task_retries=0,
             runtime_env={"env_vars": rollout_env(config)},
         )
-        workers = [actor_cls.remote(model_dir, config, dtype) for _ in range(config.num_workers)]
+        workers = [
+            actor_cls.remote(model_dir, config.model_copy(update={"seed": engine_seed(config.seed, run_seed, i)}), dtype)
+            for i in range(config.num_workers)
+        ]
         pool = cls(workers)
         pool.wait_ready()
         return pool
@@ -70,14 +81,20 @@ class RolloutPool:
         sampling: SamplingConfig,
         version: int | None = None,
         adapter_name: str | None = None,
-        seed: int | None = None,
+        seeds: list[int] | None = None,
     ) -> "PendingGeneration":
-        """Start generating ``n`` samples per prompt on the workers; ``.result()`` collects them."""
+        """Start generating ``n`` samples per prompt on the workers; ``.result()`` collects them.
+
+        ``seeds``: one sampling seed per prompt (see :func:`polyray.rollout.sampling.request_seeds`)."""
         k = len(self.workers)
         size = max(1, -(-len(prompts) // k))
-        args = (n, sampling, version, adapter_name, seed)
-        chunks = [(start, prompts[start : start + size], self.workers[j]) for j, start in enumerate(range(0, len(prompts), size))]
-        return PendingGeneration(self, [(start, chunk, w, w.generate.remote(chunk, *args)) for start, chunk, w in chunks], args)
+        args = (n, sampling, version, adapter_name)
+        chunks = []
+        for j, start in enumerate(range(0, len(prompts), size)):
+            chunk_seeds = None if seeds is None else list(seeds[start : start + size])
+            chunk = (prompts[start : start + size], chunk_seeds)
+            chunks.append((start, chunk, self.workers[j], self.workers[j].generate.remote(chunk[0], *args, chunk_seeds)))
+        return PendingGeneration(self, chunks, args)
 
     def generate(
         self,
@@ -86,11 +103,11 @@ class RolloutPool:
         sampling: SamplingConfig,
         version: int | None = None,
         adapter_name: str | None = None,
-        seed: int | None = None,
+        seeds: list[int] | None = None,
         retries: int = 1,
     ) -> list[list[Sample]]:
         """``n`` samples per prompt, spread over the workers; result order follows ``prompts``."""
-        return self.submit(prompts, n, sampling, version, adapter_name, seed).result(retries)
+        return self.submit(prompts, n, sampling, version, adapter_name, seeds).result(retries)
 
     def shutdown(self) -> None:
         for w in self.workers:
@@ -105,7 +122,7 @@ class PendingGeneration:
     """Chunks in flight on the workers. ``result()`` gathers them in prompt order, retrying a
     chunk whose worker died once Ray has restarted it and the pool has re-synced its adapter."""
 
-    def __init__(self, pool: RolloutPool, chunks: list[tuple[int, list[str], Any, Any]], args: tuple):
+    def __init__(self, pool: RolloutPool, chunks: list[tuple[int, tuple[list[str], list[int] | None], Any, Any]], args: tuple):
         self.pool, self.chunks, self.args = pool, chunks, args
 
     def result(self, retries: int = 1) -> list[list[Sample]]:
@@ -119,7 +136,7 @@ class PendingGeneration:
                     if attempt == retries:
                         raise
                     self.pool._resync(worker)
-                    future = worker.generate.remote(chunk, *self.args)
+                    future = worker.generate.remote(chunk[0], *self.args, chunk[1])
             for group in groups:
                 for sample in group:
                     sample.prompt_index += start

@@ -9,6 +9,7 @@ whose ``counts`` apply the task's one correctness rule (:meth:`polyray.tasks.Tas
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -43,6 +44,16 @@ class JudgedGroups:
         return [(len(g), sum(1 for j in g if self.task.is_correct(j.reward))) for g in self.judgements]
 
 
+def request_seeds(run_seed: int, purpose: str, keys: Sequence[str]) -> list[int]:
+    """One sampling seed per request, from (run seed, purpose, key): independent across prompts and
+    purposes (evaluation, dynamics, each training step), identical for the same run seed."""
+    out = []
+    for key in keys:
+        digest = hashlib.blake2b(f"{run_seed}:{purpose}:{key}".encode(), digest_size=4).digest()
+        out.append(int.from_bytes(digest, "big") & 0x7FFFFFFF)
+    return out
+
+
 def sample_groups(
     pool,
     inputs: Sequence[str],
@@ -51,16 +62,18 @@ def sample_groups(
     *,
     version: int | None = None,
     adapter_name: str | None = None,
-    seed: int | None = None,
+    seeds: Sequence[int] | None = None,
     chunk_size: int | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> list[list[Sample]]:
-    """``n`` samples per input text; ``chunk_size`` inputs per pool call (progress granularity), all at once when None."""
+    """``n`` samples per input text (``seeds``: one per input, or None for the engine's stream);
+    ``chunk_size`` inputs per pool call (progress granularity), all at once when None."""
     size = chunk_size or max(len(inputs), 1)
     samples: list[list[Sample]] = []
     for start in range(0, len(inputs), size):
         chunk = list(inputs[start : start + size])
-        samples.extend(pool.generate(chunk, n, sampling, version=version, adapter_name=adapter_name, seed=seed))
+        chunk_seeds = None if seeds is None else list(seeds[start : start + size])
+        samples.extend(pool.generate(chunk, n, sampling, version=version, adapter_name=adapter_name, seeds=chunk_seeds))
         if on_progress:
             on_progress(len(chunk))
     return samples
@@ -74,8 +87,14 @@ def judge_groups(
 
 
 def sample_and_judge(
-    pool, task: Task, prompts: Sequence[Prompt], n: int, sampling: SamplingConfig, prefix: str = "", **kwargs
+    pool, task: Task, prompts: Sequence[Prompt], n: int, sampling: SamplingConfig, prefix: str = "",
+    seed: tuple[int, str] | None = None, **kwargs,
 ) -> JudgedGroups:
-    """Sample ``n`` completions of ``prefix + prompt.text`` per prompt and judge them (kwargs: :func:`sample_groups`)."""
+    """Sample ``n`` completions of ``prefix + prompt.text`` per prompt and judge them (kwargs: :func:`sample_groups`).
+
+    ``seed``: (run seed, purpose) -> per-prompt request seeds keyed by position and prompt text.
+    """
+    if seed is not None:
+        kwargs["seeds"] = request_seeds(seed[0], seed[1], [f"{i}:{p.text}" for i, p in enumerate(prompts)])
     samples = sample_groups(pool, [prefix + p.text for p in prompts], n, sampling, **kwargs)
     return judge_groups(task, prompts, samples)

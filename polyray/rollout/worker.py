@@ -7,8 +7,13 @@ generate names the adapter explicitly and every sample carries the version it us
 Only the newest ``keep_versions`` adapters are kept; older ones are removed from vLLM
 and from disk (generate is synchronous inside the worker, so none is in use then).
 
-Log-probs are vLLM's raw (pre-temperature) log-probs of the sampled tokens: the
-policy's own distribution, the same quantity the learner computes.
+Log-probs are vLLM's *processed* log-probs of the sampled tokens (``logprobs_mode=
+"processed_logprobs"``): those of the distribution it sampled from, softmax(logits / T),
+the same quantity the learner computes at the sampling temperature (training phases
+require top_p = 1, so no truncation enters).
+
+Seeds: each request may carry its own sampling seed (``seeds``, one per prompt), so
+samples are independent across prompts and reproducible; the engine seed covers the rest.
 """
 
 from __future__ import annotations
@@ -71,6 +76,7 @@ class RolloutWorker:
             max_num_batched_tokens=config.max_num_batched_tokens or config.max_num_seqs * config.max_model_len,
             seed=config.seed,
             enforce_eager=True,
+            logprobs_mode="processed_logprobs",
         )
         shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
         self.adapter_root = Path(tempfile.mkdtemp(prefix="polyray-adapters-", dir=shm))
@@ -130,20 +136,26 @@ class RolloutWorker:
         sampling: SamplingConfig,
         version: int | None = None,
         adapter_name: str | None = None,
-        seed: int | None = None,
+        seeds: list[int] | None = None,
     ) -> list[list[Sample]]:
-        """``n`` samples for each prompt under adapter ``version`` (None/0 = base model)."""
+        """``n`` samples for each prompt under adapter ``version`` (None/0 = base model); ``seeds``: one per prompt."""
         from vllm import SamplingParams
 
-        params = SamplingParams(
-            n=n,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            max_tokens=sampling.max_tokens,
-            logprobs=0,
-            seed=seed,
-            stop=list(sampling.stop) or None,
-        )
+        if seeds is not None and len(seeds) != len(prompts):
+            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+
+        def params_for(seed: int | None):
+            return SamplingParams(
+                n=n,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                max_tokens=sampling.max_tokens,
+                logprobs=0,
+                seed=seed,
+                stop=list(sampling.stop) or None,
+            )
+
+        params = params_for(None) if seeds is None else [params_for(s) for s in seeds]
         lora = self._lora_request(version, adapter_name)
         outputs = self.llm.generate(prompts, params, lora_request=lora, use_tqdm=False)
         used = 0 if adapter_name is not None else (version or 0)

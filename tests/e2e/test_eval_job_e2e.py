@@ -20,13 +20,7 @@ N, KS = 4, [1, 2, 4]
 
 
 def _eval_command() -> list[str]:
-    """`polyray eval` once it is registered in polyray/cli.py, else the command module itself."""
-    from polyray.cli import app
-
-    registered = any(
-        (c.name or getattr(c.callback, "__name__", "")) in ("eval", "eval_command") for c in app.registered_commands
-    )
-    return [sys.executable, "-m", "polyray.cli", "eval"] if registered else [sys.executable, "-m", "polyray.eval.cli"]
+    return [sys.executable, "-m", "polyray.cli", "eval"]
 
 
 def _fake_run(run: Path, model_dir: Path, run_config) -> None:

@@ -9,7 +9,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.slow]
 
 def test_base_model_passk_on_held_out_prompts(pool, run_config):
     from polyray.config import EvalConfig
-    from polyray.eval.sampling_eval import evaluate_policy
+    from polyray.eval.policy_eval import evaluate_policy
     from polyray.tasks import build_task
 
     task = build_task(run_config.task)

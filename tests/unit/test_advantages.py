@@ -162,10 +162,23 @@ def test_polychromic_argument_errors():
         compute_polychromic_advantages(torch.rand(1, 30), 15, set_fn="max")
 
 
-def test_dynamic_sampling_mask():
-    r = torch.tensor([[1.0, 1.0, 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.2, 0.2, 0.3]])
-    assert dynamic_sampling_mask(r).tolist() == [False, True, False, True]
-    assert dynamic_sampling_mask(r).dtype == torch.bool
+def test_dynamic_sampling_mask_filters_on_advantages():
+    r = torch.tensor([[1.0, 1.0, 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.2, 0.2, 0.3]], dtype=torch.float64)
+    adv = compute_group_advantages(r)
+    assert dynamic_sampling_mask(adv).tolist() == [False, True, False, True]
+    assert dynamic_sampling_mask(adv).dtype == torch.bool
+
+
+def test_all_correct_group_keeps_its_polychromic_advantages():
+    """All four correct, two distinct answers: the diversity marginals are non-zero, so the group stays."""
+    rewards = torch.ones(1, 4, dtype=torch.float64)
+    texts = [["1+2", "1+2", "2+1", "3*1"]]
+    from polyray.objectives.advantages import PolychromicAdvantageConfig
+
+    adv = compute_advantages(PolychromicAdvantageConfig(k=2, diversity="countdown_expr"), rewards, texts)
+    assert adv.abs().max() > 0.05
+    assert dynamic_sampling_mask(adv).tolist() == [True]
+    assert dynamic_sampling_mask(compute_group_advantages(rewards)).tolist() == [False]
 
 
 # ---- GRPO loss pieces not already covered by test_grpo.py ---------------------------------

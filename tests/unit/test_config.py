@@ -74,3 +74,48 @@ def test_cli_errors_are_one_clear_line(args, needle, tmp_path):
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr
+
+
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+
+
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        (["phases.1.advantage={type: polychromic, k: 1}"], "phases.1.grpo.advantage.polychromic.k"),
+        (["phases.1.group_size=16", "phases.1.advantage={type: polychromic, k: 8}"], "12870 subsets exceeds 5000"),
+        (["phases.0.type=polychromic_sft", "phases.0.n_samples=16", "phases.0.estimator=subset", "phases.0.subset_k=8"],
+         "12870 subsets exceeds 5000"),
+        (["phases.0.batch_size=1"], "phases.0.batch_size (1) must be >= learner.num_workers (2)"),
+        (["dynamics.ks=[0, 2]"], "dynamics: ks must be positive integers"),
+        (["dynamics.ks=[-1]"], "dynamics: ks must be positive integers"),
+        (["phases.1.sampling.temperature=0"], "phases.1.grpo: sampling.temperature must be > 0"),
+        (["phases.1.sampling.top_p=0.9"], "phases.1.grpo: sampling.top_p must be 1 in a training phase"),
+        (["phases.1.kl_reference=start"], "phases.1.grpo.kl_reference"),
+    ],
+)
+def test_configs_that_used_to_crash_late_fail_at_load(overrides, needle):
+    with pytest.raises(ConfigError) as info:
+        load_config(QUICKSTART, overrides)
+    assert needle in str(info.value), str(info.value)
+    assert str(info.value).startswith(str(QUICKSTART))
+
+
+@pytest.mark.parametrize("content, needle", [("", "the file is empty"), ("# only a comment\n", "the file is empty"),
+                                             ("0\n", "top level must be a mapping of fields, got int 0"),
+                                             ("false\n", "top level must be a mapping of fields, got bool False")])
+def test_empty_or_scalar_yaml_names_the_file(tmp_path, content, needle):
+    path = tmp_path / "run.yaml"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=f"^{path}: {needle}"):
+        load_config(path)
+
+
+def test_set_without_equals_suggests_a_real_field():
+    with pytest.raises(ConfigError, match=r"e\.g\. phases\.0\.lr=1e-4"):
+        load_config(QUICKSTART, ["phases.0.lr"])
+    assert load_config(QUICKSTART, ["phases.0.lr=1e-4"]).phases[0].lr == 1e-4
+
+
+def test_kl_reference_defaults_to_the_phase_start():
+    assert load_config(QUICKSTART).phases[1].kl_reference == "phase_start"

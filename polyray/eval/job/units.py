@@ -23,7 +23,7 @@ from polyray.eval.metrics import (
     compute_usq_at_k,
 )
 from polyray.eval.stats import mean_ci
-from polyray.rollout.sampling import JudgedGroups, judge_groups, sample_groups
+from polyray.rollout.sampling import JudgedGroups, judge_groups, request_seeds, sample_groups
 from polyray.tasks import Task
 
 _EMPTY_LOGPROB = -1e9  # score of a completion without tokens for the logprob selector (never preferred)
@@ -38,7 +38,8 @@ def generate_unit(unit: EvalUnit, pool, cfg: EvalJobConfig, on_progress) -> None
     unit.samples = sample_groups(
         pool, unit.inputs, cfg.n_samples, unit.sampling,
         adapter_name=unit.model.name if unit.model.adapter is not None else None,
-        seed=cfg.seed if cfg.rollout.gpus_per_worker > 0 else None,
+        seeds=request_seeds(cfg.seed, "eval", [f"{i}:{t}" for i, t in enumerate(unit.inputs)])
+        if cfg.rollout.gpus_per_worker > 0 else None,
         chunk_size=GEN_CHUNK_PER_WORKER * len(pool.workers), on_progress=on_progress,
     )  # fmt: skip
 

@@ -1,0 +1,51 @@
+"""GRPO's KL reference is the policy at the start of the phase: a frozen second adapter, not the base model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from phase_harness import FixedPool, build_policy, make_phase, tiny_model_dir
+
+pytestmark = [pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return tiny_model_dir(tmp_path_factory.mktemp("kl"))
+
+
+def _grpo(reference: str):
+    from polyray.config import GRPOPhaseConfig
+
+    return GRPOPhaseConfig(steps=1, prompts_per_step=2, group_size=3, kl_beta=0.5, kl_reference=reference,
+                           sampling={"max_tokens": 5})
+
+
+def test_phase_start_reference_starts_at_zero_kl(model_dir, tmp_path):
+    from polyray.learner.lora import add_reference_adapter, save_adapter
+    from polyray.learner.phases import GRPOPhase
+
+    torch.set_num_threads(1)
+    model, tok = build_policy(model_dir)  # stands for the adapter SFT handed over
+    incoming = save_adapter(model, tmp_path / "sft")
+    cfg = _grpo("phase_start")
+    assert GRPOPhase.reference_adapter_dir(cfg, str(incoming)) == str(incoming)
+    assert GRPOPhase.reference_adapter_dir(_grpo("base"), str(incoming)) is None
+    assert GRPOPhase.reference_adapter_dir(cfg, None) is None  # a fresh adapter starts at the base itself
+
+    reference = add_reference_adapter(model, str(incoming))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".default." in n for n in trainable)
+    loss, metrics = make_phase(cfg, model, tok, 0, 1, FixedPool(tok), reference_adapter=reference).step(0, 1)
+    assert metrics["kl"] == pytest.approx(0.0, abs=1e-6)  # the policy *is* the phase-start policy
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == trainable  # still the same trainables
+    loss.backward()
+    assert all(p.grad is None for n, p in model.named_parameters() if ".reference." in n)
+
+    base_model, _ = build_policy(model_dir)
+    _, base_metrics = make_phase(_grpo("base"), base_model, tok, 0, 1, FixedPool(tok)).step(0, 1)
+    assert base_metrics["kl"] > 1e-4  # against the adapter-disabled base the same policy is far away
+
+    saved = save_adapter(model, tmp_path / "out")
+    assert not (saved / reference).exists()  # only the trainable adapter is saved
