@@ -25,7 +25,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from polyray.config import RunConfig
-from polyray.io import ConfigError, StrictModel, format_validation_error, make_console
+from polyray.io import ConfigError, StrictModel, console, format_validation_error, make_progress
 
 METRICS = ("pass@1", "pass@5", "pass@10", "reward_mean")
 
@@ -112,12 +112,10 @@ def _run_one(config: dict[str, Any], out: str) -> dict[str, Any]:
 
 def run_experiment(path: str | Path, seeds: int, output_dir: Path | None = None) -> dict[str, Any]:
     import ray
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from polyray.cluster import init_ray, needed_cpus
     from polyray.models.source import prepare_model_dir
 
-    console = make_console(min_width=160)
     exp, configs = load_experiment(path, seeds)
     out = Path(output_dir or Path("runs") / exp.name).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -134,8 +132,7 @@ def run_experiment(path: str | Path, seeds: int, output_dir: Path | None = None)
         if _finished(run_dir, cfg):
             continue
         pending[task.remote(cfg.model_dump(mode="json"), str(run_dir))] = (run_name, seed)
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.fields[info]}"), console=console) as bar:
+    with make_progress() as bar:
         bar_id = bar.add_task(f"experiment {exp.name}", total=len(configs), completed=len(configs) - len(pending), info="")
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)

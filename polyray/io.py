@@ -172,8 +172,9 @@ def make_console(stderr: bool = True, min_width: int | None = None):
     return console
 
 
-console = make_console()
-"""The drivers' stderr console (progress bars, status lines, warnings)."""
+console = make_console(min_width=160)
+"""The drivers' stderr console (progress bars, status lines, warnings); 160 columns in a log file, so a
+progress bar's info is not cut at 80."""
 
 
 def make_progress():

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from polyray.cluster import init_ray, needed_cpus
 from polyray.config import RunConfig
-from polyray.io import Timer, console, dump_config, make_console, make_progress, write_json_atomic
+from polyray.io import Timer, console, dump_config, make_progress, write_json_atomic
 from polyray.models.source import prepare_model_dir
 
 
@@ -105,6 +105,6 @@ def run_pipeline(run: RunConfig, output_dir: Path | None = None) -> dict[str, An
             pool.shutdown()
     results["timings_s"]["total"] = round(sum(v for k, v in timer.timings.items() if k != "total"), 2)
     write_results(out, results)
-    make_console(min_width=120).print(results_table(results, run.eval.ks))
+    console.print(results_table(results, run.eval.ks))
     console.print(f"outputs in {out}")
     return results

@@ -10,7 +10,7 @@ import numpy as np
 
 from polyray.eval.job.config import EvalJobConfig
 from polyray.eval.job.plan import EvalUnit
-from polyray.io import console, make_console, warn, write_json_atomic
+from polyray.io import console, warn, write_json_atomic
 
 
 def json_safe(o: Any) -> Any:
@@ -89,7 +89,7 @@ def write_outputs(out: Path, results: dict[str, Any], rows: list[dict]) -> None:
 
 def show_results(results: dict[str, Any], out: Path) -> None:
     if results["models"]:
-        make_console(min_width=160).print(results_table(results))
+        console.print(results_table(results))
     else:
         warn("no model was evaluated on any prompt (see results.json 'skipped')")
     console.print(f"outputs in {out}")
