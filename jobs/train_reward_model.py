@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from polyray.io import make_console
+from polyray.io import JsonlReport, make_console
 from polyray.reward.engagement import EngagementDataError, train_engagement_model
 
 
@@ -39,14 +39,23 @@ def main(argv=None) -> int:
     parser.add_argument("--data", required=True, help="JSONL with {prompt, response, engagement} per line.")
     parser.add_argument("--out", required=True, help="Output directory for the model and metrics.json.")
     parser.add_argument("--seed", type=int, default=0, help="Split seed.")
+    parser.add_argument(
+        "--skip-bad-lines", action="store_true", help="Leave out bad lines (counted and reported) instead of stopping."
+    )
     args = parser.parse_args(argv)
-    console = make_console(stderr=False, min_width=120)
+    console, errors = make_console(stderr=False, min_width=120), make_console()
+    report = JsonlReport()
     try:
         with console.status("embedding and fitting"):
-            metrics = train_engagement_model(args.data, args.out, seed=args.seed)
+            metrics = train_engagement_model(
+                args.data, args.out, seed=args.seed, skip_bad_lines=args.skip_bad_lines, report=report
+            )
     except EngagementDataError as exc:
-        make_console().print(f"[red]error:[/red] {exc}", markup=True, highlight=False)  # one line, never folded
+        errors.print(f"[red]error:[/red] {exc}", highlight=False)  # one line, never folded
         return 2
+    if report.skipped:
+        errors.print(f"[yellow]warning:[/yellow] {report.summary(args.data)}", highlight=False)
+        metrics["skipped_lines"] = report.skipped
     (Path(args.out) / "metrics.json").write_text(json.dumps(metrics, indent=2))
     console.print(metrics_table(metrics))
     console.print(f"model and metrics.json written to {args.out}")

@@ -5,8 +5,10 @@ Everything above imports from here; this module imports nothing of polyray's.
 - :class:`StrictModel`: the pydantic base of every config (unknown keys fail, assignment
   is validated); :func:`load_yaml_model` reads YAML, applies ``--set a.b=c`` overrides to
   the raw mapping and validates, raising :class:`ConfigError` with the dotted field path.
-- :func:`iter_jsonl_objects`: JSONL whose every line must be an object; errors name
-  ``file:line``. :func:`write_json_atomic`: a reader never sees half a file.
+- :func:`read_jsonl_rows` / :func:`iter_jsonl_objects`: JSONL whose every line must be an
+  object; a bad line (not UTF-8, too long, not JSON, wrong fields) is one message naming
+  ``file:line`` and the field, or is skipped and counted. :func:`write_json_atomic`: a reader
+  never sees half a file.
 - :func:`make_console`: rich consoles for progress and errors that never fold a line,
   whatever the terminal width or path length (a one-line error stays one line);
   :func:`make_progress` the progress bars of long work, :class:`Timer` stage timings.
@@ -17,13 +19,17 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
+
+
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -123,23 +129,92 @@ def dump_config(config: BaseModel) -> str:
 # ----------------------------------------------------------------------------- JSONL / JSON
 
 
-def iter_jsonl_objects(path: str | Path, error: type[Exception] = ValueError) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield ``("path:line", object)`` for each non-blank line; the first bad line raises ``error``."""
+MAX_JSONL_LINE_BYTES = 1 << 20  # 1 MiB: longer lines are reported, not parsed
+
+
+def iter_jsonl_objects(
+    path: str | Path, error: type[Exception] = ValueError, max_line_bytes: int = MAX_JSONL_LINE_BYTES
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield ``("path:line", object)`` for each non-blank line; the first bad line raises ``error``.
+
+    Bad lines: not UTF-8, longer than ``max_line_bytes``, not JSON, not an object. Each message
+    names ``path:line``. Reading is by bytes, so a bad line never stops the file being read
+    (see :func:`read_jsonl_rows` for skipping them).
+    """
+    for where, obj in _iter_jsonl(path, error, max_line_bytes):
+        if isinstance(obj, Exception):
+            raise obj
+        yield where, obj
+
+
+def _iter_jsonl(path: str | Path, error: type[Exception], max_line_bytes: int):
     path = Path(path)
     if not path.is_file():
         raise error(f"{path}: no such file")
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            where = f"{path}:{lineno}"
+            if len(raw) > max_line_bytes:
+                yield where, error(f"{where}: line of {len(raw)} bytes exceeds the {max_line_bytes}-byte limit")
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield where, error(f"{where}: not UTF-8 (byte {exc.start + 1}: {raw[exc.start:exc.start + 1]!r})")
+                continue
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise error(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+                yield where, error(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})")
+                continue
             if not isinstance(obj, dict):
-                raise error(f"{where}: expected a JSON object, got {type(obj).__name__}")
+                yield where, error(f"{where}: expected a JSON object, got {type(obj).__name__}")
+                continue
             yield where, obj
+
+
+@dataclass
+class JsonlReport:
+    """What :func:`read_jsonl_rows` skipped: ``skipped`` messages, each naming file:line and field."""
+
+    rows: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+    def summary(self, path: str | Path) -> str:
+        if not self.skipped:
+            return f"{path}: {self.rows} rows"
+        return f"{path}: {self.rows} rows, {len(self.skipped)} bad lines skipped (first: {self.skipped[0]})"
+
+
+def read_jsonl_rows(
+    path: str | Path,
+    parse_row: Callable[[dict[str, Any], str], T],
+    error: type[Exception] = ValueError,
+    skip_bad_lines: bool = False,
+    report: JsonlReport | None = None,
+) -> list[T]:
+    """``parse_row(obj, "path:line")`` of every line; it raises ``error`` naming the field of a bad row.
+
+    The first bad line raises, unless ``skip_bad_lines``: then bad lines are left out and
+    counted in ``report``. A file with no usable row raises either way.
+    """
+    report = report if report is not None else JsonlReport()
+    rows: list[T] = []
+    for where, obj in _iter_jsonl(path, error, MAX_JSONL_LINE_BYTES):
+        try:
+            if isinstance(obj, Exception):
+                raise obj
+            rows.append(parse_row(obj, where))
+        except error as exc:
+            if not skip_bad_lines:
+                raise
+            report.skipped.append(str(exc))
+    report.rows = len(rows)
+    if not rows:
+        raise error(f"{path}: no rows" + (f" ({len(report.skipped)} bad lines skipped)" if report.skipped else ""))
+    return rows
 
 
 def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:

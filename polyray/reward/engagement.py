@@ -34,7 +34,7 @@ import numpy as np
 from pydantic import Field
 
 from polyray.embeddings import BUNDLED_ENCODER, embed_texts
-from polyray.io import iter_jsonl_objects
+from polyray.io import JsonlReport, read_jsonl_rows
 from polyray.reward.base import ParameterisedReward, ParamsModel, RewardError, RewardItem, RewardResult, register
 from polyray.tasks.splits import SplitError, stratified_split
 
@@ -54,18 +54,21 @@ class EngagementRow:
     engagement: float
 
 
-def read_engagement_jsonl(path: str | Path) -> list[EngagementRow]:
-    """Rows of ``{prompt, response, engagement}``; the first bad line raises with its number."""
-    rows = [_parse_row(obj, where) for where, obj in iter_jsonl_objects(path, EngagementDataError)]
-    if not rows:
-        raise EngagementDataError(f"{path}: no rows")
-    return rows
+def read_engagement_jsonl(
+    path: str | Path, skip_bad_lines: bool = False, report: JsonlReport | None = None
+) -> list[EngagementRow]:
+    """Rows of ``{prompt, response, engagement}``; the first bad line raises naming file:line and field
+    (or, with ``skip_bad_lines``, is skipped and counted in ``report``)."""
+    return read_jsonl_rows(path, _parse_row, EngagementDataError, skip_bad_lines, report)
 
 
 def _parse_row(obj: dict, where: str) -> EngagementRow:
     for key in ("prompt", "response"):
         if not isinstance(obj.get(key), str):
-            raise EngagementDataError(f"{where}: {key!r} must be a string")
+            got = "missing" if key not in obj else f"got {type(obj[key]).__name__}"
+            raise EngagementDataError(f"{where}: {key!r} must be a string ({got})")
+        if not obj[key].strip():
+            raise EngagementDataError(f"{where}: {key!r} is empty")
     value = obj.get("engagement")
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise EngagementDataError(f"{where}: 'engagement' must be a finite number, got {value!r}")
@@ -211,10 +214,15 @@ def _fit_head(features: np.ndarray, targets: np.ndarray, splits: dict[str, list[
 
 
 def train_engagement_model(
-    jsonl_path: str | Path, out_dir: str | Path, seed: int = 0, encoder: str = BUNDLED_ENCODER
+    jsonl_path: str | Path,
+    out_dir: str | Path,
+    seed: int = 0,
+    encoder: str = BUNDLED_ENCODER,
+    skip_bad_lines: bool = False,
+    report: JsonlReport | None = None,
 ) -> dict[str, Any]:
     """Train, evaluate against a constant predictor, save the model to ``out_dir``; returns the metrics."""
-    rows = read_engagement_jsonl(jsonl_path)
+    rows = read_engagement_jsonl(jsonl_path, skip_bad_lines, report)
     targets = np.array([r.engagement for r in rows], dtype=np.float64)
     try:
         splits = stratified_split(targets.tolist(), seed)

@@ -42,6 +42,7 @@ class Task:
     success_threshold: float = 1.0
     graded: bool = False  # reward is a quality score (pass@k counts rewards >= threshold), not pass/fail
     quality_name: str = "reward"  # what the reward measures, for tables
+    data_warning: str | None = None  # e.g. bad lines of the user's file that were skipped
     supports_few_shot: bool = True  # has a train split to draw in-context examples from
     stop_sequences: tuple[str, ...] = ()
 

@@ -32,7 +32,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from polyray.io import StrictModel, iter_jsonl_objects
+from polyray.io import JsonlReport, StrictModel, read_jsonl_rows
 from polyray.tasks.base import Judgement, Prompt, Task
 from polyray.tasks.quality import compute_embedding_cosines, compute_rouge
 from polyray.tasks.splits import SplitError, shuffled_split, stratified_split
@@ -60,6 +60,9 @@ class JsonlTaskConfig(StrictModel):
         0.3, description="Quality at or above which a completion counts as a success (pass@k)."
     )
     seed: int = Field(0, description="Seed of the per-prompt train/val/test split.")
+    skip_bad_lines: bool = Field(
+        False, description="Leave out bad lines (counted and reported) instead of stopping at the first."
+    )
 
     @field_validator("template")
     @classmethod
@@ -81,12 +84,10 @@ class JsonlRow:
     line: int
 
 
-def read_jsonl_rows(path: str | Path) -> list[JsonlRow]:
-    """Every non-blank line as a row; the first bad line raises with its number."""
-    rows = [_parse_row(obj, where) for where, obj in iter_jsonl_objects(path, JsonlDataError)]
-    if not rows:
-        raise JsonlDataError(f"{path}: no rows")
-    return rows
+def read_task_rows(path: str | Path, skip_bad_lines: bool = False, report: JsonlReport | None = None) -> list[JsonlRow]:
+    """Every non-blank line as a row; the first bad line raises naming file:line and field
+    (or, with ``skip_bad_lines``, is skipped and counted in ``report``)."""
+    return read_jsonl_rows(path, _parse_row, JsonlDataError, skip_bad_lines, report)
 
 
 def _parse_row(obj: dict, where: str) -> JsonlRow:
@@ -95,6 +96,8 @@ def _parse_row(obj: dict, where: str) -> JsonlRow:
     response = obj.get("response")
     if response is not None and not isinstance(response, str):
         raise JsonlDataError(f"{where}: 'response' must be a string, got {type(response).__name__}")
+    if response is not None and not response.strip():
+        raise JsonlDataError(f"{where}: 'response' is empty (leave the key out for a prompt without a reference)")
     value = obj.get("engagement")
     if value is not None and (
         isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
@@ -145,7 +148,9 @@ class JsonlTask(Task):
         self.success_threshold = config.success_threshold
         self.quality_name = config.quality
         self.engagement_model = reward_model
-        rows = read_jsonl_rows(config.path)
+        report = JsonlReport()
+        rows = read_task_rows(config.path, config.skip_bad_lines, report)
+        self.data_warning = report.summary(config.path) if report.skipped else None
         if config.quality != "engagement":
             missing = next((r for r in rows if r.response is None), None)
             if missing is not None:

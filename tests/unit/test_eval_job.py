@@ -22,7 +22,7 @@ from polyray.eval.metrics import compute_pass_at_k
 from polyray.rollout.worker import Sample
 from polyray.tasks.base import Judgement, Prompt
 from polyray.tasks.humaneval import HUMANEVAL_STOPS, HumanEvalTask, truncate_at_stops
-from polyray.tasks.jsonl import JsonlDataError, JsonlTask, JsonlTaskConfig, read_jsonl_rows
+from polyray.tasks.jsonl import JsonlDataError, JsonlTask, JsonlTaskConfig, read_task_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = {"models": [{"name": "base", "kind": "base"}], "tasks": [{"type": "countdown"}]}
@@ -255,7 +255,7 @@ def _jsonl(tmp_path: Path, rows: list, name: str = "d.jsonl") -> Path:
 def test_jsonl_bad_line_names_its_number(tmp_path, bad, needle):
     path = _jsonl(tmp_path, [{"prompt": "a", "response": "b"}, "", bad])
     with pytest.raises(JsonlDataError) as info:
-        read_jsonl_rows(path)
+        read_task_rows(path)
     assert f"{path}:3: " in str(info.value) and needle in str(info.value)
 
 

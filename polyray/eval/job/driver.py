@@ -24,7 +24,7 @@ from polyray.eval.job.models import (
 from polyray.eval.job.output import assemble_results, show_results, write_outputs
 from polyray.eval.job.plan import EvalUnit, plan_units, warn_skips
 from polyray.eval.job.units import compute_unit_metrics, generate_unit, judge_unit
-from polyray.io import Timer, console, dump_config, make_progress
+from polyray.io import Timer, console, dump_config, make_progress, warn
 from polyray.tasks import build_task
 
 
@@ -40,6 +40,9 @@ def run_eval(cfg: EvalJobConfig, output_dir: str | Path | None = None) -> dict[s
     with timer("model_build"):
         model_dir = prepare_base_model(cfg)
     tasks = {task_name(t): (t, build_task(t, reward_model)) for t in cfg.tasks}
+    for _, task in tasks.values():
+        if task.data_warning:
+            warn(task.data_warning)
     with timer("plan"):
         units = plan_units(cfg, models, list(tasks.values()), load_tokenizer(model_dir))
     warn_skips(units)
