@@ -257,3 +257,48 @@ def test_overload_returns_503(service):
         assert httpx.get(f"{service}/healthz").status_code == 200
     finally:
         serve.delete("slow")
+
+
+# ---------------------------------------------------------------------------- fuzzing
+# Property-based requests generated from the service's own OpenAPI schema, sent over loopback only.
+# Bounded: FUZZ_EXAMPLES cases per operation, no deadline per case. The only check is that the
+# service never answers 5xx (a 413/422/400/404 is the service working as documented).
+FUZZ_EXAMPLES = 60
+
+
+@pytest.fixture(scope="module")
+def reward_schema(service):
+    import schemathesis
+
+    return schemathesis.openapi.from_url(f"{service}/openapi.json")
+
+
+def test_fuzz_never_5xx(reward_schema, service):
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis import GenerationMode
+
+    tried: dict[str, int] = {}
+    server_errors: list[str] = []
+    for result, mode in [(r, m) for r in reward_schema.get_all_operations() for m in GenerationMode]:
+        operation = result.ok()
+        if mode is GenerationMode.NEGATIVE and operation.method.upper() == "GET":
+            continue  # the GET endpoints take no input to violate
+
+        @given(case=operation.as_strategy(generation_mode=mode))
+        @settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        def check(case):
+            response = case.call(base_url=service, timeout=30)
+            key = f"{operation.label} ({mode.value})"
+            tried[key] = tried.get(key, 0) + 1
+            if response.status_code >= 500:
+                server_errors.append(f"{operation.label} -> {response.status_code}: {response.text[:200]}")
+
+        check()
+    print(f"\nfuzzed {sum(tried.values())} requests {tried}; 5xx: {len(server_errors)}")
+    assert tried and server_errors == []
+
+
+def test_service_healthy_after_fuzzing(http):
+    assert http.get("/healthz").json() == {"status": "ok"}
+    r = http.post("/v1/rewards", json={"reward": "countdown", "items": [{"prompt": "nums 3 4 9 target 12\nexpr:", "completion": " 3+9"}]})
+    assert r.status_code == 200 and r.json()["scores"] == [1.0]
