@@ -80,6 +80,9 @@ class LearnerConfig(_Model):
     max_failures: int = Field(
         2, ge=0, description="Worker-group restarts per phase after a learner failure (resumes from the last checkpoint)."
     )
+    sync_check_every: int = Field(
+        50, ge=0, description="Sync canary: check the first and every N-th adapter publish on a rollout worker (0 = off)."
+    )
 
 
 def _check_sampling_phase(phase) -> None:

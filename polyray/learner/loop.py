@@ -53,7 +53,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
 
     from polyray.learner.lora import add_reference_adapter, build_peft_model, extract_adapter, save_adapter
-    from polyray.learner.phases import PHASES, StepContext
+    from polyray.learner.phases import PHASES, StepContext, encode_references
+    from polyray.learner.sync import SyncCanary
     from polyray.learner.telemetry import LearnerTelemetry
     from polyray.reward.service import build_reward_fn
     from polyray.tasks import build_task
@@ -91,8 +92,20 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     ctx = StepContext(model, tokenizer, rank, world, run.seed, reward_fn, reference)
     phase = PHASES[phase_cfg.type](phase_cfg, task, run.task.n_train, ctx, pool)
 
+    canary = None
+    if pool is not None and rank == 0 and run.learner.sync_check_every:
+        probe = task.prompts("val", 1)[0]
+        canary = SyncCanary(run.learner.sync_check_every, encode_references([probe], tokenizer)[0],
+                            tokenizer.pad_token_id, run.model.dtype)
+    canary_metrics: dict[str, float] = {}
+
     def publish(v: int) -> float:
-        return pool.publish(v, extract_adapter(model)) if (pool is not None and rank == 0) else 0.0
+        if pool is None or rank != 0:
+            return 0.0
+        seconds = pool.publish(v, extract_adapter(model))
+        if canary is not None:
+            canary_metrics.update(canary.after_publish(model, pool, v))
+        return seconds
 
     if phase.publishes_every_step and resume_dir is None and adapter_dir is None:
         version += 1  # a sampling phase on a fresh adapter: publish its initial weights first
@@ -126,7 +139,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             dynamics(step + 1, version)
         metrics.update(  # the phase's "loss" is the whole batch's, summed over ranks
             grad_norm=float(grad_norm), step=step + 1, version=version, step_s=step_s, sync_s=sync_s, time=time.time(),
+            **canary_metrics,
         )
+        canary_metrics.clear()
         checkpoint_due = last or (step + 1) % phase_cfg.checkpoint_every == 0
         if rank == 0:
             with open(Path(loop_config["output_dir"]) / "metrics.jsonl", "a") as f:

@@ -121,3 +121,33 @@ def test_request_seeds_make_samples_independent_and_reproducible(pool, run_confi
     assert first[0] != first[1], first  # identical prompts, independent samples
     assert draw(0) == first  # reproducible
     assert draw(1) != first  # another run seed, other samples
+
+
+def test_sync_canary_catches_a_worker_that_kept_old_weights(pool, model_dir, run_config):
+    """Re-publishing a version id with new weights is ignored by the worker (it already holds that id):
+    the rollouts would silently sample stale weights. The canary sees it and stops the run."""
+    from polyray.learner.lora import build_peft_model, extract_adapter
+    from polyray.learner.phases import encode_references
+    from polyray.learner.sync import SyncCanary, SyncCanaryError
+    from polyray.tasks import build_task
+
+    torch.manual_seed(2)
+    model, tok = build_peft_model(str(model_dir), run_config.learner.lora)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    probe = encode_references(build_task(run_config.task).prompts("val", 1), tok)[0]
+    canary = SyncCanary(every=1, probe=probe, pad_id=tok.pad_token_id)
+    version = pool.version + 1
+    pool.publish(version, extract_adapter(model))
+    assert canary.after_publish(model, pool, version)["canary_gap"] < canary.tolerance
+
+    with torch.no_grad():  # the learner moves on ...
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.add_(torch.randn_like(p) * 0.05)
+    pool.publish(version, extract_adapter(model))  # ... but publishes under the same id: the worker keeps v's old weights
+    with pytest.raises(SyncCanaryError, match=f"serves policy-v{version} with log-probs"):
+        canary.after_publish(model, pool, version)
+
