@@ -32,6 +32,9 @@ def _step_stats(metrics_path: Path, phase: str, warmup: int) -> dict[str, float]
     for key in ("rollout_s", "diversity_s", "sync_s"):
         if key in rows[0]:
             out[key] = statistics.median(r[key] for r in rows)
+    canary = [r["canary_s"] for r in rows if "canary_s" in r]
+    if canary:
+        out["canary_s"] = statistics.median(canary)
     return out
 
 
@@ -61,8 +64,11 @@ def bench_polychromic(
             variants = [(name, []) for name in diversity]
             if with_async:
                 variants.append((diversity[0], ["phases.0.async_rollouts=true", "phases.0.max_lag=1"]))
+            # the sync canary on every publish (default: every 50th): its cost per check
+            variants.append((diversity[0], ["learner.sync_check_every=1"]))
             for i, (name, extra) in enumerate(variants):
-                label = f"polychromic_sft[{name}{', async' if extra else ''}]"
+                tag = {"phases.0.async_rollouts=true": ", async", "learner.sync_check_every=1": ", canary every step"}
+                label = f"polychromic_sft[{name}{''.join(tag.get(e, '') for e in extra)}]"
                 poly = load_config(config, [*phases, "phases.0.type=polychromic_sft", f"phases.0.name=poly{i}",
                                             f"phases.0.diversity={name}", *extra])
                 with console.status(f"{label}, {steps} steps"):
@@ -76,13 +82,15 @@ def bench_polychromic(
 def print_polychromic(results: dict[str, dict[str, float]]) -> None:
     base = results["sft"]["step_s"]
     table = Table(title="polychromic SFT vs standard SFT: median step time (rank 0, after warm-up)")
-    table.caption = "rollout s = generation the step waits for; update s = the rest (forward/backward, optimizer, broadcast)"
-    for col in ("phase", "step s", "÷ SFT", "rollout s", "diversity s", "sync s", "update s"):
+    table.caption = ("rollout s = generation the step waits for; canary s = the sync check after publishing;"
+                     " update s = the rest (forward/backward, optimizer, broadcast)")
+    for col in ("phase", "step s", "÷ SFT", "rollout s", "diversity s", "sync s", "canary s", "update s"):
         table.add_column(col, justify="right" if col != "phase" else "left")
     for name, r in results.items():
         parts = [r.get(k, 0.0) for k in ("rollout_s", "diversity_s", "sync_s")]
-        table.add_row(name, f"{r['step_s']:.3f}", f"{r['step_s'] / base:.2f}x",
-                      *(f"{v:.3f}" for v in parts), f"{r['step_s'] - sum(parts):.3f}")
+        canary = r.get("canary_s", 0.0)
+        table.add_row(name, f"{r['step_s']:.3f}", f"{r['step_s'] / base:.2f}x", *(f"{v:.3f}" for v in parts),
+                      f"{canary:.3f}" if "canary_s" in r else "–", f"{r['step_s'] - sum(parts) - canary:.3f}")
     console.print(table)
 
 
