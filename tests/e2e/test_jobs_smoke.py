@@ -25,8 +25,10 @@ def test_polychromic_benchmark_prints_side_by_side_ratios(tmp_path):
     out = tmp_path / "bench.json"
     proc = _run(["jobs.benchmark", "polychromic", "--steps", "5", "--diversity", "countdown_expr", "--json", str(out)])
     results = json.loads(out.read_text())
-    assert set(results) == {"sft", "polychromic_sft[countdown_expr]", "polychromic_sft[countdown_expr, async]"}
+    canary = "polychromic_sft[countdown_expr, canary every step]"
+    assert set(results) == {"sft", "polychromic_sft[countdown_expr]", "polychromic_sft[countdown_expr, async]", canary}
     assert all(r["step_s"] > 0 and r["steps"] == 2 for r in results.values())  # 5 steps - 3 warm-up
+    assert results[canary]["canary_s"] > 0 and "canary_s" not in results["polychromic_sft[countdown_expr]"]
     assert "÷ SFT" in proc.stdout
 
 
