@@ -21,13 +21,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from polyray.io import read_log_jsonl
+
 ROOT = Path(__file__).resolve().parents[1]
 console = Console(width=140)
 
 
 def _step_stats(metrics_path: Path, phase: str, warmup: int) -> dict[str, float]:
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines()]
-    rows = [r for r in rows if r["phase"] == phase][warmup:]
+    rows = [r for r in read_log_jsonl(metrics_path) if r["phase"] == phase][warmup:]
     out = {"steps": len(rows), "step_s": statistics.median(r["step_s"] for r in rows)}
     for key in ("rollout_s", "diversity_s", "sync_s"):
         if key in rows[0]:

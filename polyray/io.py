@@ -222,6 +222,52 @@ def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+RESUME_EVENT = "resume"
+
+
+def read_log_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The current rows of a training log (``metrics.jsonl``, ``dynamics.jsonl``).
+
+    - A torn last line (a process killed mid-write: no final newline, not valid JSON) is
+      dropped; any other bad line raises naming ``file:line``.
+    - A resumed learner writes ``{"event": "resume", "phase": p, "step": s}`` before it goes on;
+      rows of phase p with step > s written before that marker were superseded by the resume
+      and are dropped, so each (phase, step) appears once. Markers are not returned.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    raw = path.read_bytes()
+    lines = raw.split(b"\n")
+    torn = lines[-1] if lines[-1].strip() else None  # bytes after the last newline
+    rows: list[dict[str, Any]] = []
+    for lineno, line in enumerate(lines[:-1], start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}:{lineno}: not valid JSON ({exc})") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        rows.append(obj)
+    if torn is not None:
+        try:
+            obj = json.loads(torn.decode("utf-8"))
+            if isinstance(obj, dict):
+                rows.append(obj)  # complete record, only the newline is missing
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            pass  # torn write: the row was never completed
+    current: list[dict[str, Any]] = []
+    for row in rows:
+        if row.get("event") == RESUME_EVENT:
+            phase, step = row.get("phase"), row.get("step", 0)
+            current = [r for r in current if not (r.get("phase") == phase and r.get("step", 0) > step)]
+        else:
+            current.append(row)
+    return current
+
+
 def write_json_atomic(path: str | Path, data: Any) -> None:
     """Write ``data`` as indented JSON through a temporary file and a rename."""
     path = Path(path)

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from polyray.io import iter_jsonl_objects
+from polyray.io import read_log_jsonl
 
 __all__ = [
     "DYNAMICS_RESERVED_KEYS",
@@ -91,13 +91,13 @@ def load_dynamics(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     records: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
-    for where, rec in iter_jsonl_objects(path, ValueError):
+    for rec in read_log_jsonl(path):  # a torn last line and rows superseded by a resume are left out
         phase = str(rec.get("phase", "unknown"))
         rec["phase"] = phase
         if rec.get("step") is None:
             rec["step"] = seen.get(phase, 0)
         elif not isinstance(rec["step"], (int, float)):
-            raise ValueError(f"{where}: non-numeric step {rec['step']!r}")
+            raise ValueError(f"{path}: non-numeric step {rec['step']!r} in phase {phase!r}")
         seen[phase] = seen.get(phase, 0) + 1
         rec.setdefault("run", path.stem)
         records.append(rec)

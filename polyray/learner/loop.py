@@ -54,6 +54,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     from polyray.learner.lora import add_reference_adapter, build_peft_model, extract_adapter, save_adapter
     from polyray.learner.phases import PHASES, StepContext, encode_references
+    from polyray.io import RESUME_EVENT, append_jsonl
     from polyray.learner.sync import SyncCanary
     from polyray.learner.telemetry import LearnerTelemetry
     from polyray.reward.service import build_reward_fn
@@ -113,6 +114,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     elif phase.publishes_every_step and rank == 0 and pool is not None and pool.version != version:
         publish(version)  # resumed, or a pool that has not seen this version yet
 
+    if resume_dir is not None and rank == 0:  # rows past the checkpoint are superseded by what follows
+        marker = {"event": RESUME_EVENT, "phase": phase_cfg.name, "step": start_step, "time": time.time()}
+        for log in ("metrics.jsonl", "dynamics.jsonl"):
+            if (Path(loop_config["output_dir"]) / log).exists():
+                append_jsonl(Path(loop_config["output_dir"]) / log, marker)
     telemetry = LearnerTelemetry(run.name, phase_cfg.name) if rank == 0 else None
     # The driver's diversity-dynamics probe (polyray.eval.dynamics): every rank publishes when it is
     # due (versions stay equal across ranks); rank 0 measures.
@@ -144,8 +150,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         canary_metrics.clear()
         checkpoint_due = last or (step + 1) % phase_cfg.checkpoint_every == 0
         if rank == 0:
-            with open(Path(loop_config["output_dir"]) / "metrics.jsonl", "a") as f:
-                f.write(json.dumps({"phase": phase_cfg.name, **metrics}) + "\n")
+            append_jsonl(Path(loop_config["output_dir"]) / "metrics.jsonl", {"phase": phase_cfg.name, **metrics})
             if tracker is not None:
                 tracker.update.remote(step + 1, phase_cfg.steps, metrics)
             telemetry.record(metrics)

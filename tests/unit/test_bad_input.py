@@ -95,3 +95,34 @@ def test_reward_model_job_skips_bad_lines_on_request(tmp_path, capsys):
     assert err == [f"warning: {path}: {len(lines)} rows, 2 bad lines skipped (first: {path}:11: not UTF-8 (byte 1: b'\\xff'))"]
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["rows"] == len(lines) and len(metrics["skipped_lines"]) == 2
+
+
+# ---------------------------------------------------------------------------- training logs
+
+
+def test_log_reader_drops_a_torn_last_line_only(tmp_path):
+    from polyray.io import read_log_jsonl
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"phase": "sft", "step": 1}\n{"phase": "sft", "step": 2}\n{"phase": "sft", "st')
+    assert [r["step"] for r in read_log_jsonl(path)] == [1, 2]
+    path.write_text('{"phase": "sft", "step": 1}\n{"phase": "sft", "step": 2}')  # complete, newline missing
+    assert [r["step"] for r in read_log_jsonl(path)] == [1, 2]
+    path.write_text('{"phase": "sft", "step": 1}\n{"phase": "sft", "st\n{"phase": "sft", "step": 3}\n')
+    with pytest.raises(ValueError, match=f"{path}:2: "):
+        read_log_jsonl(path)  # a bad line in the middle is damage, not a torn write
+    assert read_log_jsonl(tmp_path / "missing.jsonl") == []
+
+
+def test_rows_superseded_by_a_resume_are_dropped(tmp_path):
+    from polyray.io import RESUME_EVENT, read_log_jsonl
+
+    rows = [{"phase": "sft", "step": s} for s in range(1, 8)]
+    rows += [{"event": RESUME_EVENT, "phase": "sft", "step": 5}]  # killed after step 7, resumed from the step-5 checkpoint
+    rows += [{"phase": "sft", "step": s, "again": True} for s in range(6, 9)]
+    rows += [{"phase": "grpo", "step": 1}]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    current = read_log_jsonl(path)
+    assert [(r["phase"], r["step"]) for r in current] == [("sft", s) for s in range(1, 9)] + [("grpo", 1)]
+    assert all(r.get("again") for r in current if r["phase"] == "sft" and r["step"] > 5)
