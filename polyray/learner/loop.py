@@ -163,8 +163,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             )
     if rank == 0:
         out = Path(loop_config["output_dir"]) / "adapters" / phase_cfg.name
-        save_adapter(model, out)
-        (out / "polyray_version.json").write_text(json.dumps({"version": version, "phase": phase_cfg.name}))
+        save_adapter(model, out, extra={"polyray_version.json": {"version": version, "phase": phase_cfg.name}})
 
 
 def run_phase(

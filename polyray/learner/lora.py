@@ -61,8 +61,28 @@ def extract_adapter(model) -> dict[str, Any]:
     return {"config": config, "tensors": tensors}
 
 
-def save_adapter(model, path: str | Path) -> Path:
-    """The trainable adapter in standard peft format (never the frozen reference)."""
+def save_adapter(model, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """The trainable adapter in standard peft format (never the frozen reference), written atomically.
+
+    The files go to a sibling directory first (with ``extra``: file name -> JSON-able content),
+    which then replaces ``path``: a process killed mid-save leaves the previous adapter whole.
+    """
+    import json
+    import os
+    import shutil
+    import tempfile
+
     path = Path(path)
-    getattr(model, "module", model).save_pretrained(str(path), selected_adapters=["default"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    getattr(model, "module", model).save_pretrained(str(staging), selected_adapters=["default"])
+    for name, content in (extra or {}).items():
+        (staging / name).write_text(json.dumps(content))
+    old = None
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)
+    os.replace(staging, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return path

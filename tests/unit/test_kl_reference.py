@@ -49,3 +49,18 @@ def test_phase_start_reference_starts_at_zero_kl(model_dir, tmp_path):
 
     saved = save_adapter(model, tmp_path / "out")
     assert not (saved / reference).exists()  # only the trainable adapter is saved
+
+
+def test_adapter_save_is_atomic_and_replaces(model_dir, tmp_path):
+    from peft import PeftModel
+
+    from polyray.learner.lora import load_base, save_adapter
+
+    model, _ = build_policy(model_dir)
+    out = save_adapter(model, tmp_path / "adapters" / "sft", extra={"polyray_version.json": {"version": 3}})
+    assert (out / "adapter_model.safetensors").is_file() and (out / "polyray_version.json").read_text() == '{"version": 3}'
+    save_adapter(model, out, extra={"polyray_version.json": {"version": 4}})  # replaces in one rename
+    assert (out / "polyray_version.json").read_text() == '{"version": 4}'
+    assert sorted(p.name for p in out.parent.iterdir()) == ["sft"]  # no staging or old directory left behind
+    base, _ = load_base(str(model_dir))
+    assert isinstance(PeftModel.from_pretrained(base, str(out)), PeftModel)
