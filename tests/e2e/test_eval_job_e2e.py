@@ -132,3 +132,23 @@ def test_samples_and_report_written(eval_run):
     assert 'class="skipped"' not in html  # every figure had its inputs
     assert "\\begin{tabular}" in (out / "tables.tex").read_text()
     assert (out / "config.resolved.yaml").is_file()
+
+
+def test_rerun_resumes_from_the_saved_units(eval_run):
+    """Every unit was saved as it finished; the same job again restores them all, starts no rollout
+    pool, and reports the same numbers."""
+    out, proc = eval_run
+    stages = [json.loads(line)["stage"] for line in (out / "units.jsonl").read_text().splitlines()]
+    assert stages.count("generated") == stages.count("judged") == 7  # 4 countdown + 3 replies units
+    first = json.loads((out / "results.json").read_text())
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    again = subprocess.run(
+        [*_eval_command(), str(out.parent / "eval.yaml"), "--output-dir", str(out), "--set", "seed=1"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert "resuming: 7 of 7 units found" in again.stderr
+    second = json.loads((out / "results.json").read_text())
+    assert "rollout_pool_start" not in second["timings_s"]
+    for label, m in first["models"].items():
+        assert second["models"][label]["pass_at_k"] == m["pass_at_k"], label

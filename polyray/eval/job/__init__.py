@@ -11,6 +11,7 @@ rollout pool, judge them with the task, and report what k-candidate deployment n
 | ``models``  | resolving model specs and run directories; the base model; reward model   |
 | ``plan``    | one :class:`~polyray.eval.job.plan.EvalUnit` per (task, model); context fit |
 | ``units``   | generate, judge (through :mod:`polyray.rollout.sampling`), unit metrics   |
+| ``store``   | ``units.jsonl``: each unit saved when generated and when judged; resume    |
 | ``analyses``| paired statistics (Holm), Pareto frontier, dynamics, LoRA analyses        |
 | ``output``  | ``results.json``, ``samples.jsonl``, report, the terminal table           |
 | ``driver``  | :func:`run_eval`, top to bottom                                           |

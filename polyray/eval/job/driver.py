@@ -1,8 +1,10 @@
 """The evaluation job (``polyray eval CONFIG``, ``python -m jobs.evaluate --config CONFIG``), top to bottom.
 
 resolve models -> prepare the base model -> build tasks -> plan units (context check) ->
-generate (rollout pool) -> judge -> per-unit metrics -> statistics / Pareto / dynamics /
-LoRA -> write ``results.json``, ``samples.jsonl``, ``report.html``, ``tables.tex``.
+restore finished units (``units.jsonl``) -> generate (rollout pool) -> judge -> per-unit
+metrics -> statistics / Pareto / dynamics / LoRA -> write ``results.json``, ``samples.jsonl``,
+``report.html``, ``tables.tex``. Each unit is saved as soon as it is generated and again when
+judged (:mod:`polyray.eval.job.store`), so a crash loses nothing and a rerun resumes.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from polyray.eval.job.models import (
 )
 from polyray.eval.job.output import assemble_results, show_results, write_outputs
 from polyray.eval.job.plan import EvalUnit, plan_units, warn_skips
+from polyray.eval.job.store import UnitStore, unit_key
 from polyray.eval.job.units import compute_unit_metrics, generate_unit, judge_unit
 from polyray.io import Timer, console, dump_config, make_progress, warn
 from polyray.tasks import build_task
@@ -47,10 +50,15 @@ def run_eval(cfg: EvalJobConfig, output_dir: str | Path | None = None) -> dict[s
         units = plan_units(cfg, models, list(tasks.values()), load_tokenizer(model_dir))
     warn_skips(units)
     runnable = [u for u in units if u.skip_reason is None]
+    store, keys = UnitStore(out), {id(u): unit_key(u, tasks[u.task_name][0], cfg) for u in runnable}
+    stage = {id(u): store.restore(u, keys[id(u)], tasks[u.task_name][1]) for u in runnable}
+    if any(stage.values()):
+        console.print(f"resuming: {sum(1 for s in stage.values() if s)} of {len(runnable)} units found in {store.path}")
 
-    generate_all(cfg, model_dir, models, runnable, timer)
+    to_generate = [u for u in runnable if stage[id(u)] is None]
+    generate_all(cfg, model_dir, models, to_generate, timer, lambda u: store.save_generated(u, keys[id(u)]))
     with timer("judge"):
-        judge_all(runnable, tasks)
+        judge_all([u for u in runnable if stage[id(u)] != "judged"], tasks, lambda u: store.save_judged(u, keys[id(u)]))
     labels = unit_labels(cfg, units)
     with timer("metrics"), console.status("metrics: pass@k, USQ, DER, diversity"):
         model_metrics, series, rows = measure_all(cfg, runnable, tasks, reward_model, labels)
@@ -69,8 +77,10 @@ def load_tokenizer(model_dir: Path):
     return AutoTokenizer.from_pretrained(str(model_dir))
 
 
-def generate_all(cfg: EvalJobConfig, model_dir: Path, models: list[ResolvedModel], units: list[EvalUnit], timer) -> None:
-    """Start Ray and the rollout pool (with the units' adapters), sample every unit, stop the pool."""
+def generate_all(
+    cfg: EvalJobConfig, model_dir: Path, models: list[ResolvedModel], units: list[EvalUnit], timer, on_unit
+) -> None:
+    """Start Ray and the rollout pool (with the units' adapters), sample every unit (``on_unit`` after each), stop."""
     if not units:
         return
     from polyray.rollout.pool import RolloutPool
@@ -90,12 +100,13 @@ def generate_all(cfg: EvalJobConfig, model_dir: Path, models: list[ResolvedModel
                 started = time.perf_counter()
                 generate_unit(u, pool, cfg, lambda n, t=task_id: bar.advance(t, n))
                 u.timings["generate"] = round(time.perf_counter() - started, 2)
+                on_unit(u)
     finally:
         pool.shutdown()
     timer.timings["generate"] = round(sum(u.timings.get("generate", 0.0) for u in units), 2)
 
 
-def judge_all(units: list[EvalUnit], tasks: dict) -> None:
+def judge_all(units: list[EvalUnit], tasks: dict, on_unit) -> None:
     with make_progress() as bar:
         for u in units:
             total = sum(len(g) for g in u.samples)
@@ -103,6 +114,7 @@ def judge_all(units: list[EvalUnit], tasks: dict) -> None:
             started = time.perf_counter()
             judge_unit(u, tasks[u.task_name][1], lambda n, t=task_id: bar.advance(t, n))
             u.timings["judge"] = round(time.perf_counter() - started, 2)
+            on_unit(u)
 
 
 def unit_labels(cfg: EvalJobConfig, units: list[EvalUnit]) -> dict[tuple[str, str], str]:
