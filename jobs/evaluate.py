@@ -3,7 +3,7 @@
     ray job submit --working-dir . -- python -m jobs.evaluate --config configs/eval/quickstart.yaml
 
 Samples every configured model on every task through the rollout pool and writes
-results.json, samples.jsonl, report.html and tables.tex (see polyray/eval/job.py).
+results.json, samples.jsonl, report.html and tables.tex (see polyray/eval/job/).
 """
 
 import argparse

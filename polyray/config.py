@@ -55,6 +55,21 @@ class RolloutConfig(_Model):
     kv_cache_gib: int = Field(1, ge=1, description="KV cache GiB on CPU (VLLM_CPU_KVCACHE_SPACE).")
     threads: int = Field(1, ge=1, description="Torch/OpenMP threads per worker (cap: cores are shared).")
     seed: int = Field(0, description="Mixed with the run seed and the worker index into each vLLM engine's seed.")
+    logprobs_mode: Literal["processed_logprobs", "raw_logprobs"] = Field(
+        "processed_logprobs",
+        description="Sampled-token log-probs: of the sampling distribution (training needs these) or of the model"
+        " at T = 1 (what a likelihood-based selector ranks by).",
+    )
+
+    @model_validator(mode="after")
+    def _no_split_prefill_on_cpu(self) -> "RolloutConfig":
+        budget = self.max_num_seqs * self.max_model_len
+        if self.gpus_per_worker == 0 and self.max_num_batched_tokens is not None and self.max_num_batched_tokens < budget:
+            raise ValueError(
+                f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= max_num_seqs x max_model_len"
+                f" ({budget}) on CPU: vLLM on CPU cannot rewind a per-request sampling seed of a split prefill"
+            )
+        return self
 
 
 class LoraConfig(_Model):
@@ -174,7 +189,7 @@ class GRPOPhaseConfig(_Model):
     aggregation: Aggregation = Field(
         "seq_mean_token_mean", description="Token-loss aggregation: GRPO, DAPO token mean, Dr. GRPO."
     )
-    dynamic_sampling: bool = Field(False, description="DAPO: drop groups whose rewards are all equal.")
+    dynamic_sampling: bool = Field(False, description="DAPO: drop groups whose advantages are all zero.")
     max_lag: int = Field(0, ge=0, description="Allowed adapter-version lag of samples behind the learner.")
     async_rollouts: bool = Field(
         False, description="Generate step t+1's rollouts during step t's update (one version stale; needs max_lag >= 1)."

@@ -218,8 +218,21 @@ def read_jsonl_rows(
 
 
 def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    """Append one line. A torn last line (a writer killed mid-line) is cut off first, so the new
+    record starts on a line of its own instead of being glued to the fragment."""
+    with open(path, "a+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size:
+            start = max(0, size - (1 << 20))
+            f.seek(start)
+            tail = f.read()
+            if not tail.endswith(b"\n"):
+                cut = tail.rfind(b"\n")
+                if cut >= 0 or start == 0:
+                    f.truncate(start + cut + 1)  # cut == -1 and start == 0: the whole file was one torn line
+                else:
+                    f.write(b"\n")  # a torn line longer than the tail we read: close it instead
+        f.write((json.dumps(record) + "\n").encode())
 
 
 RESUME_EVENT = "resume"

@@ -52,10 +52,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from polyray.learner.lora import add_reference_adapter, build_peft_model, extract_adapter, save_adapter
-    from polyray.learner.phases import PHASES, StepContext, encode_references
     from polyray.io import RESUME_EVENT, append_jsonl
-    from polyray.learner.sync import SyncCanary
+    from polyray.learner.lora import add_reference_adapter, build_peft_model, extract_adapter, save_adapter
+    from polyray.learner.phases import PHASES, StepContext, broadcast_from_rank0, encode_references
+    from polyray.learner.sync import SyncCanary, resume_version
     from polyray.learner.telemetry import LearnerTelemetry
     from polyray.reward.service import build_reward_fn
     from polyray.tasks import build_task
@@ -110,6 +110,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     if phase.publishes_every_step and resume_dir is None and adapter_dir is None:
         version += 1  # a sampling phase on a fresh adapter: publish its initial weights first
+        publish(version)
+    elif phase.publishes_every_step and resume_dir is not None:
+        # Never reuse a version id: the workers may hold ids up to where the lost attempt got, with
+        # that attempt's weights. Continue after the newest one and publish the checkpoint's weights.
+        version = broadcast_from_rank0(resume_version(pool, version) if rank == 0 else None, ctx)
         publish(version)
     elif phase.publishes_every_step and rank == 0 and pool is not None and pool.version != version:
         publish(version)  # resumed, or a pool that has not seen this version yet

@@ -74,7 +74,10 @@ def save_adapter(model, path: str | Path, extra: dict[str, Any] | None = None) -
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in path.parent.glob(f".{path.name}.*"):  # a save killed half-way before this one
+        shutil.rmtree(leftover, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    staging.chmod(0o755)
     getattr(model, "module", model).save_pretrained(str(staging), selected_adapters=["default"])
     for name, content in (extra or {}).items():
         (staging / name).write_text(json.dumps(content))

@@ -262,6 +262,8 @@ class PolychromicSFTPhase(SamplingPhase, SFTPhase):
             nll, sample_logp, adv, cfg.lam, old_logp, cfg.ratio_clip, num_groups=len(data["groups"])
         )
         loss, metrics["loss"] = ctx.for_backward(shard)
+        # nll and the surrogate are normalised by whole-batch counts: their sums over ranks are the batch's
+        metrics["nll"], metrics["diversity_surrogate"] = ctx.global_sum(metrics["nll"], metrics["diversity_surrogate"])
         metrics.update({k: v for k, v in data.items() if k not in ("groups", "adv")})
         return loss, metrics
 

@@ -147,13 +147,14 @@ def compute_polychromic_advantages(
     return compute_subset_marginals(f, G, subsets).to(rewards.dtype)
 
 
-def dynamic_sampling_mask(advantages: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+def dynamic_sampling_mask(advantages: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """DAPO dynamic sampling (arXiv 2503.14476): True for groups that carry a non-zero advantage.
 
     advantages (B, G) -> bool (B,). Filtering on the advantages, not the rewards: for the
     group/rloo/passk estimators a group of equal rewards has zero advantages either way, but the
     polychromic estimator gives an all-correct group non-zero diversity marginals, which a
-    reward test would throw away.
+    reward test would throw away. ``eps``: equal non-binary rewards leave rounding error in the
+    mean, which the group std's 1e-6 floor can blow up to ~1e-10; real signal is far above 1e-6.
     """
     _check_2d(advantages, "dynamic sampling")
     return advantages.abs().amax(dim=-1) > eps

@@ -1,4 +1,4 @@
-"""GRPO: group-relative advantages, clipped policy-ratio loss, k3 KL to the base model.
+"""GRPO: clipped policy-ratio loss with a k3 KL to a reference policy, and its token aggregations.
 
 docs/algorithms.md §2. Pure functions over tensors; no distributed state. Shapes:
 B prompts, G samples per prompt, N = B*G sequences, T token positions.
@@ -63,7 +63,7 @@ def aggregate_token_loss(
 def compute_grpo_loss(
     logp: torch.Tensor,  # (N, T) log pi_theta of the sampled tokens (carries grad)
     old_logp: torch.Tensor,  # (N, T) log pi_old (the sampling policy), no grad
-    ref_logp: torch.Tensor | None,  # (N, T) log pi_ref (adapter disabled), no grad; None when beta == 0
+    ref_logp: torch.Tensor | None,  # (N, T) log pi_ref (phase-start adapter or base), no grad; None when beta == 0
     advantages: torch.Tensor,  # (N,) one advantage per sequence
     mask: torch.Tensor,  # (N, T) 1 on completion tokens
     clip_eps_low: float = 0.2,

@@ -66,6 +66,10 @@ class RolloutPool:
         ray.get([w.load_adapter.remote(version, ref) for w in self.workers])
         return time.perf_counter() - started
 
+    def newest_version(self) -> int:
+        """The highest adapter version any worker holds (0: none)."""
+        return max((max(v, default=0) for v in ray.get([w.versions.remote() for w in self.workers])), default=0)
+
     def score(self, prompt_ids: list[int], completion_ids: list[int], version: int | None, worker: int = 0) -> list[float]:
         """Log-probs of a fixed completion's tokens on worker ``worker`` under adapter ``version``."""
         return ray.get(self.workers[worker].score.remote(prompt_ids, completion_ids, version))

@@ -7,10 +7,11 @@ generate names the adapter explicitly and every sample carries the version it us
 Only the newest ``keep_versions`` adapters are kept; older ones are removed from vLLM
 and from disk (generate is synchronous inside the worker, so none is in use then).
 
-Log-probs are vLLM's *processed* log-probs of the sampled tokens (``logprobs_mode=
-"processed_logprobs"``): those of the distribution it sampled from, softmax(logits / T),
+Log-probs are, by default, vLLM's *processed* log-probs of the sampled tokens
+(``rollout.logprobs_mode``): those of the distribution it sampled from, softmax(logits / T),
 the same quantity the learner computes at the sampling temperature (training phases
-require top_p = 1, so no truncation enters).
+require top_p = 1, so no truncation enters). The evaluation job asks for raw (T = 1)
+log-probs instead: its ``logprob`` selector ranks candidates by the model's likelihood.
 
 Seeds: each request may carry its own sampling seed (``seeds``, one per prompt), so
 samples are independent across prompts and reproducible; the engine seed covers the rest.
@@ -76,7 +77,7 @@ class RolloutWorker:
             max_num_batched_tokens=config.max_num_batched_tokens or config.max_num_seqs * config.max_model_len,
             seed=config.seed,
             enforce_eager=True,
-            logprobs_mode="processed_logprobs",
+            logprobs_mode=config.logprobs_mode,
         )
         shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
         self.adapter_root = Path(tempfile.mkdtemp(prefix="polyray-adapters-", dir=shm))

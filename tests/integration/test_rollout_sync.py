@@ -151,3 +151,37 @@ def test_sync_canary_catches_a_worker_that_kept_old_weights(pool, model_dir, run
     with pytest.raises(SyncCanaryError, match=f"serves policy-v{version} with log-probs"):
         canary.after_publish(model, pool, version)
 
+
+
+def test_resumed_learner_never_reuses_a_version_id(pool, model_dir, run_config):
+    """A learner restarted from a checkpoint at version c, while workers hold c+1..c+2 from the lost
+    attempt: re-publishing under c+1 would serve the lost attempt's weights (the worker keeps an id it
+    has); the resume publishes under a fresh id and the workers serve the checkpoint's weights."""
+    from polyray.learner.lora import build_peft_model, extract_adapter
+    from polyray.learner.phases import encode_references
+    from polyray.learner.sync import SyncCanary, SyncCanaryError, resume_version
+    from polyray.tasks import build_task
+
+    torch.manual_seed(3)
+    model, tok = build_peft_model(str(model_dir), run_config.learner.lora)
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    snapshots = []
+    c = pool.newest_version() + 1
+    for v in (c, c + 1, c + 2):  # the lost attempt: three published versions
+        with torch.no_grad():
+            for p in lora_b:
+                p.normal_(0, 0.02)
+        snapshots.append([p.detach().clone() for p in lora_b])
+        pool.publish(v, extract_adapter(model))
+    with torch.no_grad():  # the resumed learner holds the checkpoint at version c
+        for p, saved in zip(lora_b, snapshots[0]):
+            p.copy_(saved)
+    canary = SyncCanary(every=1, probe=encode_references(build_task(run_config.task).prompts("val", 1), tok)[0],
+                        pad_id=tok.pad_token_id)
+    pool.publish(c + 1, extract_adapter(model))  # the old behaviour: numbering restarts after c
+    with pytest.raises(SyncCanaryError):
+        canary.check(model, pool, c + 1)
+    fresh = resume_version(pool, c)
+    assert fresh == c + 3
+    pool.publish(fresh, extract_adapter(model))
+    assert canary.check(model, pool, fresh) < canary.tolerance

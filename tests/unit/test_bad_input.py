@@ -126,3 +126,17 @@ def test_rows_superseded_by_a_resume_are_dropped(tmp_path):
     current = read_log_jsonl(path)
     assert [(r["phase"], r["step"]) for r in current] == [("sft", s) for s in range(1, 9)] + [("grpo", 1)]
     assert all(r.get("again") for r in current if r["phase"] == "sft" and r["step"] > 5)
+
+
+def test_appending_after_a_torn_line_keeps_the_log_readable(tmp_path):
+    from polyray.io import RESUME_EVENT, append_jsonl, read_log_jsonl
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"phase": "g", "step": 1}\n{"phase": "g", "step": 2}\n{"phase": "g", "st')
+    append_jsonl(path, {"event": RESUME_EVENT, "phase": "g", "step": 1})
+    append_jsonl(path, {"phase": "g", "step": 2, "again": True})
+    assert read_log_jsonl(path) == [{"phase": "g", "step": 1}, {"phase": "g", "step": 2, "again": True}]
+    torn_only = tmp_path / "one.jsonl"
+    torn_only.write_text('{"half')
+    append_jsonl(torn_only, {"a": 1})
+    assert torn_only.read_text() == '{"a": 1}\n'

@@ -88,7 +88,9 @@ def generate_all(
     with timer("ray_init"):
         init_ray(cfg.cluster, cfg.rollout.num_workers * cfg.rollout.cpus_per_worker)
     with timer("rollout_pool_start"), console.status(f"starting {cfg.rollout.num_workers} vLLM rollout worker(s)"):
-        pool = RolloutPool.launch(str(model_dir), cfg.rollout, cfg.model.dtype)
+        # the logprob selector ranks by the model's own likelihood, whatever the sampling temperature
+        pool = RolloutPool.launch(str(model_dir), cfg.rollout.model_copy(update={"logprobs_mode": "raw_logprobs"}),
+                                  cfg.model.dtype, cfg.seed)
     try:
         used = {u.model.name for u in units}
         for m in models:

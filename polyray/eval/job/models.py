@@ -48,7 +48,7 @@ def resolve_adapter_dirs(path: str | Path, phases: Sequence[str] | None = None) 
             raise ValueError(f"{path} is a single adapter directory; phases only apply to a run directory")
         return [(None, path.resolve())]
     root = path / "adapters"
-    found = {d.name: d for d in sorted(root.iterdir())} if root.is_dir() else {}
+    found = {d.name: d for d in sorted(root.iterdir()) if not d.name.startswith(".")} if root.is_dir() else {}
     found = {k: d for k, d in found.items() if (d / "adapter_config.json").is_file()}
     if not found:
         raise ValueError(

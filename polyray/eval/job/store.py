@@ -2,8 +2,8 @@
 
 Each unit (task x model) is appended to ``<out>/units.jsonl`` twice: once generated (its
 samples) and once judged (its judgements). A unit is keyed by a fingerprint of everything
-that determines its samples (task config, model and adapter files, sampling, inputs,
-``n_samples``, seed), so a rerun of the same job with the same output directory restores
+that determines its samples and judgements (task config, model and adapter files, sampling,
+inputs, ``n_samples``, seeds, the reward model's files), so a rerun of the same job with the same output directory restores
 the units it already has (skipping generation, and judging too when that finished) and a
 changed config recomputes. A torn last line (a kill mid-write) is ignored.
 """
@@ -24,12 +24,14 @@ from polyray.rollout.worker import Sample
 from polyray.tasks import Judgement, Task
 
 
+def _files(directory: Path) -> list:
+    """(name, size, mtime) of a directory's files: a changed adapter or reward model changes the key."""
+    return [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(directory.iterdir()) if p.is_file()]
+
+
 def unit_key(unit: EvalUnit, task_cfg, cfg: EvalJobConfig) -> str:
     """Fingerprint of what determines a unit's samples and judgements."""
-    adapter = None
-    if unit.model.adapter is not None:
-        files = sorted(p for p in Path(unit.model.adapter).iterdir() if p.is_file())
-        adapter = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    adapter = _files(Path(unit.model.adapter)) if unit.model.adapter is not None else None
     spec = {
         "task": task_cfg.model_dump(mode="json"),
         "model": [unit.model.name, unit.model.kind, unit.model.few_shot, adapter],
@@ -38,7 +40,8 @@ def unit_key(unit: EvalUnit, task_cfg, cfg: EvalJobConfig) -> str:
         "inputs": unit.inputs,
         "n_samples": cfg.n_samples,
         "seed": cfg.seed,
-        "rollout_seed": cfg.rollout.seed,
+        "rollout": cfg.rollout.model_dump(mode="json", include={"seed", "gpus_per_worker", "logprobs_mode"}),
+        "reward_model": _files(Path(cfg.reward_model)) if cfg.reward_model else None,
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
