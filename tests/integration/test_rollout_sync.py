@@ -15,6 +15,19 @@ pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.slow]
 TOL = 1e-3
 
 
+def random_policy(model_dir, run_config, seed: int):
+    """The learner's LoRA model with a non-trivial adapter (peft initialises B = 0)."""
+    from polyray.learner.lora import build_peft_model
+
+    torch.manual_seed(seed)
+    model, tok = build_peft_model(str(model_dir), run_config.learner.lora)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    return model, tok
+
+
 def learner_logprobs(model, prompt_ids, completion_ids, pad_id):
     from polyray.models.batching import pack_sequences, token_logprobs
 
@@ -26,17 +39,12 @@ def learner_logprobs(model, prompt_ids, completion_ids, pad_id):
 
 def test_rollout_logprobs_track_published_adapter(pool, model_dir, run_config):
     from polyray.config import SamplingConfig
-    from polyray.learner.lora import build_peft_model, extract_adapter
+    from polyray.learner.lora import extract_adapter
     from polyray.objectives.grpo import compute_grpo_loss
     from polyray.models.batching import pack_sequences, token_logprobs
     from polyray.tasks import build_task
 
-    torch.manual_seed(0)
-    model, tok = build_peft_model(str(model_dir), run_config.learner.lora)
-    with torch.no_grad():  # a non-trivial adapter (peft initialises B = 0)
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.02)
+    model, tok = random_policy(model_dir, run_config, seed=0)
     base_version = pool.version
     v1 = base_version + 1
     pool.publish(v1, extract_adapter(model))
@@ -73,17 +81,12 @@ def test_rollout_logprobs_track_published_adapter(pool, model_dir, run_config):
 def test_sampling_logprobs_are_the_sampling_distribution(pool, model_dir, run_config, temperature):
     """At lag 0 the GRPO ratio pi_theta / pi_old is 1: both sides are log softmax(logits / T) of the drawn tokens."""
     from polyray.config import SamplingConfig
-    from polyray.learner.lora import build_peft_model, extract_adapter
+    from polyray.learner.lora import extract_adapter
     from polyray.models.batching import pack_sequences, token_logprobs
     from polyray.objectives.grpo import compute_grpo_loss
     from polyray.tasks import build_task
 
-    torch.manual_seed(1)
-    model, tok = build_peft_model(str(model_dir), run_config.learner.lora)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.02)
+    model, tok = random_policy(model_dir, run_config, seed=1)
     version = pool.version + 1
     pool.publish(version, extract_adapter(model))
     prompts = build_task(run_config.task).prompts("val", 4)
@@ -126,17 +129,12 @@ def test_request_seeds_make_samples_independent_and_reproducible(pool, run_confi
 def test_sync_canary_catches_a_worker_that_kept_old_weights(pool, model_dir, run_config):
     """Re-publishing a version id with new weights is ignored by the worker (it already holds that id):
     the rollouts would silently sample stale weights. The canary sees it and stops the run."""
-    from polyray.learner.lora import build_peft_model, extract_adapter
+    from polyray.learner.lora import extract_adapter
     from polyray.learner.phases import encode_references
     from polyray.learner.sync import SyncCanary, SyncCanaryError
     from polyray.tasks import build_task
 
-    torch.manual_seed(2)
-    model, tok = build_peft_model(str(model_dir), run_config.learner.lora)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.02)
+    model, tok = random_policy(model_dir, run_config, seed=2)
     probe = encode_references(build_task(run_config.task).prompts("val", 1), tok)[0]
     canary = SyncCanary(every=1, probe=probe, pad_id=tok.pad_token_id)
     version = pool.version + 1
@@ -157,13 +155,12 @@ def test_resumed_learner_never_reuses_a_version_id(pool, model_dir, run_config):
     """A learner restarted from a checkpoint at version c, while workers hold c+1..c+2 from the lost
     attempt: re-publishing under c+1 would serve the lost attempt's weights (the worker keeps an id it
     has); the resume publishes under a fresh id and the workers serve the checkpoint's weights."""
-    from polyray.learner.lora import build_peft_model, extract_adapter
+    from polyray.learner.lora import extract_adapter
     from polyray.learner.phases import encode_references
     from polyray.learner.sync import SyncCanary, SyncCanaryError, resume_version
     from polyray.tasks import build_task
 
-    torch.manual_seed(3)
-    model, tok = build_peft_model(str(model_dir), run_config.learner.lora)
+    model, tok = random_policy(model_dir, run_config, seed=3)
     lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
     snapshots = []
     c = pool.newest_version() + 1
