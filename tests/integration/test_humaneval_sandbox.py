@@ -31,15 +31,20 @@ def prompts(task):
     return prompts
 
 
+def _judge(task, prompts, completions):
+    """One completion per problem through the task's parallel judge."""
+    return [g[0] for g in task.judge_groups(prompts, [[c] for c in completions])]
+
+
 def test_all_canonical_solutions_pass(task, prompts):
-    judgements = task.judge_batch([(p, p.reference) for p in prompts])
+    judgements = _judge(task, prompts, [p.reference for p in prompts])
     failed = {p.meta["task_id"]: j.reason for p, j in zip(prompts, judgements) if j.reward != 1.0}
     assert not failed, failed
 
 
 @pytest.mark.parametrize("variant", sorted(BROKEN))
 def test_every_broken_completion_fails(task, prompts, variant):
-    judgements = task.judge_batch([(p, BROKEN[variant]) for p in prompts])
+    judgements = _judge(task, prompts, [BROKEN[variant]] * len(prompts))
     passed = [p.meta["task_id"] for p, j in zip(prompts, judgements) if j.reward != 0.0]
     assert not passed, f"{variant!r} body passed the tests of {passed}"
     assert all(j.reason.startswith("failed") for j in judgements), {j.reason for j in judgements}
