@@ -96,6 +96,7 @@ def run_pipeline(run: RunConfig, output_dir: Path | None = None) -> dict[str, An
             with timer(f"train_{phase.name}"):
                 trained = train_stage(run, index, model_dir, out, pool, version, adapter)
             version, adapter = trained["version"], trained["adapter_dir"]
+            pool.register_saved(version, adapter)  # a worker restarted during evaluation reloads it from disk
             results["versions"][phase.name] = version
             with timer(f"eval_{phase.name}"):
                 results["phases"][phase.name] = evaluate_stage(phase.name, pool, task, test_prompts, run, version)

@@ -1,9 +1,12 @@
 """RolloutPool: N RolloutWorker actors behind one generate/publish interface.
 
 Prompts are split into contiguous chunks, one per worker, and generated in parallel.
-Adapter versions are ``ray.put`` once and every worker loads that same object. The
-pool remembers the newest version, so a worker that died (Ray restarts it, running
-``__init__`` again with no adapters) is brought up to date and its chunk retried.
+Adapter versions are ``ray.put`` once and every worker loads that same object. The pool
+remembers what a worker may be asked for: the newest published versions (object refs),
+saved phase adapters (directories, registered by the driver) and named adapters. A worker
+that died (Ray restarts it, running ``__init__`` again with no adapters) is caught up
+before its chunk is retried: its in-flight call failing, or a later call naming an
+adapter the restarted worker lacks (:class:`~polyray.rollout.worker.MissingAdapterError`).
 
 The pool object itself is a small picklable value (actor handles + latest version),
 so the learner's rank 0 can receive it and drive rollouts and syncs.
@@ -18,7 +21,9 @@ from typing import Any
 import ray
 
 from polyray.config import RolloutConfig, SamplingConfig
-from polyray.rollout.worker import RolloutWorker, Sample, rollout_env
+from polyray.rollout.worker import MissingAdapterError, RolloutWorker, Sample, rollout_env
+
+KEEP_REFS = 4  # published versions whose object refs the pool keeps for re-syncing a restarted worker
 
 
 def engine_seed(rollout_seed: int, run_seed: int, worker_index: int) -> int:
@@ -31,6 +36,9 @@ class RolloutPool:
     def __init__(self, workers: list, latest: tuple[int, Any] | None = None):
         self.workers = workers
         self.latest = latest  # (version, ObjectRef of adapter) or None
+        self.recent: dict[int, Any] = dict([latest]) if latest else {}  # version -> ObjectRef, newest few
+        self.saved: dict[int, str] = {}  # version -> saved peft directory (phase ends)
+        self.named: dict[str, str] = {}  # name -> saved peft directory
 
     @classmethod
     def launch(cls, model_dir: str, config: RolloutConfig, dtype: str = "float32", run_seed: int = 0) -> "RolloutPool":
@@ -63,8 +71,29 @@ class RolloutPool:
         started = time.perf_counter()
         ref = ray.put(adapter)
         self.latest = (version, ref)
+        self.recent[version] = ref
+        for old in sorted(self.recent)[:-KEEP_REFS]:
+            del self.recent[old]
         ray.get([w.load_adapter.remote(version, ref) for w in self.workers])
         return time.perf_counter() - started
+
+    def register_saved(self, version: int, path: str) -> None:
+        """Remember that ``version`` is saved at ``path`` (a phase's final adapter): a worker restarted
+        later (e.g. during the driver's evaluation) can load it from there."""
+        self.saved[version] = str(path)
+
+    def _catch_up(self, worker, version: int | None = None, name: str | None = None) -> None:
+        """Load what a (restarted) worker needs: the named adapters, the newest version, and ``version``."""
+        for n, path in self.named.items():
+            ray.get(worker.add_named_adapter.remote(n, path))
+        newest = max([*self.recent, *self.saved], default=0)
+        for v in dict.fromkeys(x for x in (newest, version) if x):
+            if v in self.recent:
+                ray.get(worker.load_adapter.remote(v, self.recent[v]))
+            elif v in self.saved:
+                ray.get(worker.load_adapter_dir.remote(v, self.saved[v]))
+            else:
+                raise RuntimeError(f"a restarted rollout worker needs adapter version {v}, which the pool no longer holds")
 
     def newest_version(self) -> int:
         """The highest adapter version any worker holds (0: none)."""
@@ -75,11 +104,8 @@ class RolloutPool:
         return ray.get(self.workers[worker].score.remote(prompt_ids, completion_ids, version))
 
     def add_named_adapter(self, name: str, path: str) -> None:
+        self.named[name] = str(path)
         ray.get([w.add_named_adapter.remote(name, path) for w in self.workers])
-
-    def _resync(self, worker) -> None:
-        if self.latest:
-            ray.get(worker.load_adapter.remote(self.latest[0], self.latest[1]))
 
     # ---- generation -------------------------------------------------------------------------
     def submit(
@@ -135,15 +161,19 @@ class PendingGeneration:
 
     def result(self, retries: int = 1) -> list[list[Sample]]:
         results: list[list[Sample]] = []
+        version, name = self.args[2], self.args[3]
         for start, chunk, worker, future in self.chunks:
             for attempt in range(retries + 1):
                 try:
                     groups = ray.get(future)
                     break
-                except ray.exceptions.RayActorError:
+                except (ray.exceptions.RayActorError, MissingAdapterError) as exc:
+                    # died in flight (RayActorError), or restarted before this call and lacks the adapter
                     if attempt == retries:
                         raise
-                    self.pool._resync(worker)
+                    if isinstance(exc, ray.exceptions.RayActorError):
+                        ray.get(worker.versions.remote())  # wait for Ray to bring the actor back
+                    self.pool._catch_up(worker, version, name)
                     future = worker.generate.remote(chunk[0], *self.args, chunk[1])
             for group in groups:
                 for sample in group:

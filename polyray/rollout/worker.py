@@ -30,6 +30,14 @@ from typing import Any
 from polyray.config import RolloutConfig, SamplingConfig
 
 
+class MissingAdapterError(KeyError):
+    """A generate named an adapter this worker does not hold (e.g. it was restarted); the pool re-syncs it."""
+
+    def __init__(self, version: int | None = None, name: str | None = None):
+        super().__init__(version if name is None else name)
+        self.version, self.name = version, name
+
+
 @dataclass
 class Sample:
     prompt_index: int  # index into the prompts passed to generate
@@ -101,6 +109,13 @@ class RolloutWorker:
         self._evict_old()
         return version
 
+    def load_adapter_dir(self, version: int, path: str) -> int:
+        """Register a saved peft adapter directory as ``version`` (a restarted worker catching up)."""
+        from safetensors.torch import load_file
+
+        config = json.loads((Path(path) / "adapter_config.json").read_text())
+        return self.load_adapter(version, {"config": config, "tensors": load_file(str(Path(path) / "adapter_model.safetensors"))})
+
     def add_named_adapter(self, name: str, path: str) -> None:
         """Register a saved peft adapter directory under ``name`` (ids above any policy version)."""
         if name not in self.named:
@@ -121,12 +136,14 @@ class RolloutWorker:
         from vllm.lora.request import LoRARequest
 
         if adapter_name is not None:
+            if adapter_name not in self.named:
+                raise MissingAdapterError(name=adapter_name)
             lora_id, path = self.named[adapter_name]
             return LoRARequest(adapter_name, lora_id, str(path))
         if not version:
             return None
         if version not in self.adapters:
-            raise KeyError(f"adapter version {version} not loaded (have {self.versions()})")
+            raise MissingAdapterError(version)
         return LoRARequest(f"policy-v{version}", version, str(self.adapters[version]))
 
     # ---- generation -------------------------------------------------------------------------

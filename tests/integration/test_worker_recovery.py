@@ -1,0 +1,99 @@
+"""A rollout worker killed for real (its process, by Ray) is restarted and caught up before it serves.
+
+Runs last among the integration tests: it kills the session's shared worker twice (its
+``max_restarts`` budget), once idle between calls and once with a generation in flight.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import ray
+
+pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.slow]
+
+
+def _policy(model_dir, run_config, seed):
+    import torch
+
+    from polyray.learner.lora import build_peft_model
+
+    torch.manual_seed(seed)
+    model, _ = build_peft_model(str(model_dir), run_config.learner.lora)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    return model
+
+
+def _kill_and_wait(worker) -> None:
+    pid = ray.get(worker.__ray_call__.remote(lambda self: __import__("os").getpid()))
+    ray.kill(worker, no_restart=False)
+    for _ in range(600):  # the restart builds a new vLLM engine
+        try:
+            assert ray.get(worker.versions.remote(), timeout=5) == []  # a new process, no adapters
+            assert ray.get(worker.__ray_call__.remote(lambda self: __import__("os").getpid())) != pid
+            return
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            time.sleep(0.5)
+    raise AssertionError("the rollout worker did not come back")
+
+
+def test_idle_kill_then_saved_version_and_named_adapter(pool, model_dir, run_config, tmp_path):
+    """The driver's view after a phase: the adapter is on disk, no object ref. A worker killed while
+    idle gets the phase's version and the eval job's named adapter back before it generates."""
+    from polyray.config import SamplingConfig
+    from polyray.learner.lora import extract_adapter, save_adapter
+    from polyray.rollout.pool import RolloutPool
+    from polyray.rollout.sampling import request_seeds
+    from polyray.tasks import build_task
+
+    model = _policy(model_dir, run_config, seed=11)
+    version = pool.newest_version() + 1
+    pool.publish(version, extract_adapter(model))
+    saved = save_adapter(model, tmp_path / "adapters" / "sft")
+    pool.add_named_adapter("run/sft", str(saved))
+    texts = [p.text for p in build_task(run_config.task).prompts("val", 3)]
+    seeds = request_seeds(0, "recovery", ["0", "1", "2"])
+    sampling = SamplingConfig(max_tokens=12)
+
+    def draw(p, **kw):
+        return [[s.text for s in g] for g in p.generate(texts, 3, sampling, seeds=seeds, **kw)]
+
+    before_version, before_named = draw(pool, version=version), draw(pool, adapter_name="run/sft")
+
+    driver = RolloutPool(pool.workers)  # the driver's copy: no refs, only what it registered
+    driver.register_saved(version, str(saved))
+    driver.named = {"run/sft": str(saved)}
+    _kill_and_wait(pool.workers[0])
+    assert draw(driver, version=version) == before_version
+    assert draw(driver, adapter_name="run/sft") == before_named
+    assert version in ray.get(pool.workers[0].versions.remote())
+
+
+def test_kill_in_flight_retries_under_the_same_version(pool, model_dir, run_config):
+    """A generation in flight when the worker dies is retried on the restarted worker, under the version
+    it asked for (an older one than the newest), with the same samples."""
+    from polyray.config import SamplingConfig
+    from polyray.learner.lora import extract_adapter
+    from polyray.rollout.sampling import request_seeds
+    from polyray.tasks import build_task
+
+    older = pool.newest_version() + 1
+    pool.publish(older, extract_adapter(_policy(model_dir, run_config, seed=12)))
+    pool.publish(older + 1, extract_adapter(_policy(model_dir, run_config, seed=13)))  # the learner moved on
+    texts = [p.text for p in build_task(run_config.task).prompts("val", 32)]
+    seeds = request_seeds(0, "in-flight", [str(i) for i in range(len(texts))])
+    sampling = SamplingConfig(max_tokens=24)
+    expected = [[s.text for s in g] for g in pool.generate(texts, 8, sampling, older, seeds=seeds)]
+
+    pending = pool.submit(texts, 8, sampling, older, seeds=seeds)
+    time.sleep(0.3)
+    ray.kill(pool.workers[0], no_restart=False)  # dies with the chunk in flight
+    got = pending.result()
+    assert [[s.text for s in g] for g in got] == expected
+    assert all(s.version == older for g in got for s in g)
+    # the restarted worker was caught up (it starts with no adapters): the newest and the asked-for version
+    assert sorted(ray.get(pool.workers[0].versions.remote())) == [older, older + 1]
