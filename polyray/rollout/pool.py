@@ -152,6 +152,19 @@ class RolloutPool:
             ray.kill(w)
 
 
+def wait_restarted(worker, timeout_s: float = 600.0) -> None:
+    """Block until Ray has brought a dead worker back (a new vLLM engine takes a while), bounded."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            ray.get(worker.versions.remote(), timeout=30)
+            return
+        except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 class PendingGeneration:
     """Chunks in flight on the workers. ``result()`` gathers them in prompt order, retrying a
     chunk whose worker died once Ray has restarted it and the pool has re-synced its adapter."""
@@ -172,7 +185,7 @@ class PendingGeneration:
                     if attempt == retries:
                         raise
                     if isinstance(exc, ray.exceptions.RayActorError):
-                        ray.get(worker.versions.remote())  # wait for Ray to bring the actor back
+                        wait_restarted(worker)
                     self.pool._catch_up(worker, version, name)
                     future = worker.generate.remote(chunk[0], *self.args, chunk[1])
             for group in groups:
