@@ -74,8 +74,21 @@ class RolloutPool:
         self.recent[version] = ref
         for old in sorted(self.recent)[:-KEEP_REFS]:
             del self.recent[old]
-        ray.get([w.load_adapter.remote(version, ref) for w in self.workers])
+        self._on_every_worker(lambda w: w.load_adapter.remote(version, ref))
         return time.perf_counter() - started
+
+    def _on_every_worker(self, call) -> list:
+        """``call(worker)`` on every worker; a worker that died meanwhile is waited for, caught up, asked again."""
+        refs = [call(w) for w in self.workers]
+        out = []
+        for worker, ref in zip(self.workers, refs):
+            try:
+                out.append(ray.get(ref))
+            except ray.exceptions.RayActorError:
+                wait_restarted(worker)
+                self._catch_up(worker)
+                out.append(ray.get(call(worker)))
+        return out
 
     def register_saved(self, version: int, path: str) -> None:
         """Remember that ``version`` is saved at ``path`` (a phase's final adapter): a worker restarted
@@ -97,7 +110,7 @@ class RolloutPool:
 
     def newest_version(self) -> int:
         """The highest adapter version any worker holds (0: none)."""
-        return max((max(v, default=0) for v in ray.get([w.versions.remote() for w in self.workers])), default=0)
+        return max((max(v, default=0) for v in self._on_every_worker(lambda w: w.versions.remote())), default=0)
 
     def score(self, prompt_ids: list[int], completion_ids: list[int], version: int | None, worker: int = 0) -> list[float]:
         """Log-probs of a fixed completion's tokens on worker ``worker`` under adapter ``version``."""
@@ -105,7 +118,7 @@ class RolloutPool:
 
     def add_named_adapter(self, name: str, path: str) -> None:
         self.named[name] = str(path)
-        ray.get([w.add_named_adapter.remote(name, path) for w in self.workers])
+        self._on_every_worker(lambda w: w.add_named_adapter.remote(name, path))
 
     # ---- generation -------------------------------------------------------------------------
     def submit(

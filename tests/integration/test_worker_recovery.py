@@ -28,16 +28,22 @@ def _policy(model_dir, run_config, seed):
     return model
 
 
+def _pid(worker) -> int:
+    return ray.get(worker.__ray_call__.remote(lambda self: __import__("os").getpid()), timeout=10)
+
+
 def _kill_and_wait(worker) -> None:
-    pid = ray.get(worker.__ray_call__.remote(lambda self: __import__("os").getpid()))
+    """SIGKILL the worker's process through Ray and wait until a new process answers."""
+    pid = _pid(worker)
     ray.kill(worker, no_restart=False)
-    for _ in range(600):  # the restart builds a new vLLM engine
+    for _ in range(1200):  # the restart builds a new vLLM engine
         try:
-            assert ray.get(worker.versions.remote(), timeout=5) == []  # a new process, no adapters
-            assert ray.get(worker.__ray_call__.remote(lambda self: __import__("os").getpid())) != pid
-            return
+            if _pid(worker) != pid:
+                assert ray.get(worker.versions.remote()) == []  # a new process holds no adapters
+                return
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-            time.sleep(0.5)
+            pass
+        time.sleep(0.5)
     raise AssertionError("the rollout worker did not come back")
 
 
@@ -78,9 +84,11 @@ def test_kill_in_flight_retries_under_the_same_version(pool, model_dir, run_conf
     it asked for (an older one than the newest), with the same samples."""
     from polyray.config import SamplingConfig
     from polyray.learner.lora import extract_adapter
+    from polyray.rollout.pool import wait_restarted
     from polyray.rollout.sampling import request_seeds
     from polyray.tasks import build_task
 
+    wait_restarted(pool.workers[0])
     older = pool.newest_version() + 1
     pool.publish(older, extract_adapter(_policy(model_dir, run_config, seed=12)))
     pool.publish(older + 1, extract_adapter(_policy(model_dir, run_config, seed=13)))  # the learner moved on
