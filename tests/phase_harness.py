@@ -48,6 +48,20 @@ def build_policy(model_dir: Path, device: str = "cpu", seed: int = 0):
     return model.to(device), tokenizer
 
 
+def random_lora_policy(model_dir, lora, seed: int, std: float = 0.02):
+    """(peft model, tokenizer) with lora_B ~ N(0, std) after ``torch.manual_seed(seed)``: a non-trivial
+    adapter (peft initialises B = 0), the same weights for the same seed."""
+    from polyray.learner.lora import build_peft_model
+
+    torch.manual_seed(seed)
+    model, tokenizer = build_peft_model(str(model_dir), lora)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, std)
+    return model, tokenizer
+
+
 class _Done:
     def __init__(self, value):
         self.value = value

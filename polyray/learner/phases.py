@@ -192,9 +192,7 @@ class SamplingPhase:
         self.pool, self.prompts = pool, task.prompts("train", n_train)
         self.rollouts = RolloutPrefetch(self._submit, cfg.async_rollouts, cfg.steps)
 
-    @property
-    def samples_per_prompt(self) -> int:
-        raise NotImplementedError
+    samples_per_prompt: int  # each subclass provides it: completions drawn per prompt
 
     def _submit(self, step: int, version: int):
         """Draw the step's training prompts (same draw for a given seed and step) and start generating

@@ -8,7 +8,7 @@ that died (Ray restarts it, running ``__init__`` again with no adapters) is caug
 before its chunk is retried: its in-flight call failing, or a later call naming an
 adapter the restarted worker lacks (:class:`~polyray.rollout.worker.MissingAdapterError`).
 
-The pool object itself is a small picklable value (actor handles + latest version),
+The pool object itself is a small picklable value (actor handles, object refs, paths),
 so the learner's rank 0 can receive it and drive rollouts and syncs.
 """
 
@@ -33,10 +33,9 @@ def engine_seed(rollout_seed: int, run_seed: int, worker_index: int) -> int:
 
 
 class RolloutPool:
-    def __init__(self, workers: list, latest: tuple[int, Any] | None = None):
+    def __init__(self, workers: list):
         self.workers = workers
-        self.latest = latest  # (version, ObjectRef of adapter) or None
-        self.recent: dict[int, Any] = dict([latest]) if latest else {}  # version -> ObjectRef, newest few
+        self.recent: dict[int, Any] = {}  # version -> ObjectRef of the adapter, the newest few published
         self.saved: dict[int, str] = {}  # version -> saved peft directory (phase ends)
         self.named: dict[str, str] = {}  # name -> saved peft directory
 
@@ -63,14 +62,14 @@ class RolloutPool:
 
     @property
     def version(self) -> int:
-        return self.latest[0] if self.latest else 0
+        """The newest version this pool handle published (0: none)."""
+        return max(self.recent, default=0)
 
     # ---- weight sync ------------------------------------------------------------------------
     def publish(self, version: int, adapter: dict[str, Any]) -> float:
         """Put ``adapter`` in the object store once and load it on every worker; returns seconds taken."""
         started = time.perf_counter()
         ref = ray.put(adapter)
-        self.latest = (version, ref)
         self.recent[version] = ref
         for old in sorted(self.recent)[:-KEEP_REFS]:
             del self.recent[old]

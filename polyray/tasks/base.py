@@ -7,6 +7,7 @@ DER and the collapse point) when its reward is >= the task's ``success_threshold
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +32,7 @@ def is_correct(reward: float, threshold: float = 1.0) -> bool:
     return reward >= threshold
 
 
-class Task:
+class Task(ABC):
     """Base of every task: ``prompts(split, count)`` and ``judge(prompt, completion)``.
 
     ``judge_groups`` judges every completion of every prompt; tasks override it to batch
@@ -46,11 +47,11 @@ class Task:
     supports_few_shot: bool = True  # has a train split to draw in-context examples from
     stop_sequences: tuple[str, ...] = ()
 
-    def prompts(self, split: str, count: int) -> list[Prompt]:
-        raise NotImplementedError
+    @abstractmethod
+    def prompts(self, split: str, count: int) -> list[Prompt]: ...
 
-    def judge(self, prompt: Prompt, completion: str) -> Judgement:
-        raise NotImplementedError
+    @abstractmethod
+    def judge(self, prompt: Prompt, completion: str) -> Judgement: ...
 
     def judge_groups(
         self,

@@ -25,17 +25,12 @@ def _eval_command() -> list[str]:
 
 def _fake_run(run: Path, model_dir: Path, run_config) -> None:
     """adapters/{sft,grpo}: random-init LoRA (B perturbed so the adapters differ from the base and each other)."""
-    import torch
+    from phase_harness import random_lora_policy
 
-    from polyray.learner.lora import build_peft_model, save_adapter
+    from polyray.learner.lora import save_adapter
 
     for seed, phase in enumerate(("sft", "grpo")):
-        torch.manual_seed(seed)
-        model, _ = build_peft_model(str(model_dir), run_config.learner.lora)
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if "lora_B" in name:
-                    param.normal_(0.0, 0.02)
+        model, _ = random_lora_policy(model_dir, run_config.learner.lora, seed)
         save_adapter(model, run / "adapters" / phase)
     (run / "config.resolved.yaml").write_text(
         yaml.safe_dump(

@@ -6,6 +6,8 @@ import pytest
 import ray
 import torch
 
+from phase_harness import random_lora_policy
+
 pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.slow]
 
 # Both sides run the same float32 weights; they differ only in kernels (vLLM's CPU attention and
@@ -16,16 +18,7 @@ TOL = 1e-3
 
 
 def random_policy(model_dir, run_config, seed: int):
-    """The learner's LoRA model with a non-trivial adapter (peft initialises B = 0)."""
-    from polyray.learner.lora import build_peft_model
-
-    torch.manual_seed(seed)
-    model, tok = build_peft_model(str(model_dir), run_config.learner.lora)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.02)
-    return model, tok
+    return random_lora_policy(model_dir, run_config.learner.lora, seed)
 
 
 def learner_logprobs(model, prompt_ids, completion_ids, pad_id):

@@ -15,17 +15,9 @@ pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.slow]
 
 
 def _policy(model_dir, run_config, seed):
-    import torch
+    from phase_harness import random_lora_policy
 
-    from polyray.learner.lora import build_peft_model
-
-    torch.manual_seed(seed)
-    model, _ = build_peft_model(str(model_dir), run_config.learner.lora)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05)
-    return model
+    return random_lora_policy(model_dir, run_config.learner.lora, seed, std=0.05)[0]
 
 
 def _pid(worker) -> int:
