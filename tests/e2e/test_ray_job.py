@@ -14,6 +14,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.ray, pytest.mark.vl
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+NO_AGENT = "No available agent to submit job"
+AGENT_WAIT_S = 120.0
 
 
 def _free_port() -> int:
@@ -44,14 +47,21 @@ def test_train_entrypoint_runs_as_ray_job(tmp_path):
     )
     assert start.returncode == 0, start.stderr[-3000:]
     out = tmp_path / "job-run"
+    submit = [
+        str(BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", ".",
+        "--", sys.executable, "-m", "jobs.train", "--config", "configs/quickstart.yaml",
+        "--set", "phases.0.steps=2", "--set", "phases.1.steps=2", "--set", "task.n_test=8",
+        "--set", "dynamics.every=0", "--output-dir", str(out),
+    ]  # fmt: skip
     try:
-        job = subprocess.run(
-            [str(BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", ".",
-             "--", sys.executable, "-m", "jobs.train", "--config", "configs/quickstart.yaml",
-             "--set", "phases.0.steps=2", "--set", "phases.1.steps=2", "--set", "task.n_test=8",
-             "--set", "dynamics.every=0", "--output-dir", str(out)],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-        )
+        # `ray start` returns before the head's dashboard agent accepts jobs; until it does, a
+        # submission is refused ("No available agent") without creating a job, so it is retried.
+        deadline = time.monotonic() + AGENT_WAIT_S
+        while True:
+            job = subprocess.run(submit, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+            if NO_AGENT not in job.stdout + job.stderr or time.monotonic() > deadline:
+                break
+            time.sleep(2.0)
     finally:
         subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
     assert job.returncode == 0, (job.stdout[-3000:], job.stderr[-3000:])
