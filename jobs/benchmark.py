@@ -49,16 +49,17 @@ def bench_polychromic(
     from polyray.cluster import init_ray, needed_cpus
     from polyray.models.source import prepare_model_dir
     from polyray.rollout.pool import RolloutPool
+    from polyray.rollout.store import open_store
 
     phases = [f"phases.0.steps={steps}", "phases.0.checkpoint_every=1000"]
     sft = load_config(config, phases)
     model_dir = prepare_model_dir(sft.model, sft.task)
     init_ray(sft.cluster, needed_cpus(sft))
-    pool = RolloutPool.launch(str(model_dir), sft.rollout, sft.model.dtype)
     results = {}
-    try:
-        with tempfile.TemporaryDirectory(prefix="polyray-bench-") as tmp:
-            out = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="polyray-bench-") as tmp:
+        out = Path(tmp)
+        pool = RolloutPool.launch(str(model_dir), sft.rollout, sft.model.dtype, store=open_store(out / "adapter_store"))
+        try:
             with console.status(f"standard SFT, {steps} steps"):
                 version = run_phase(sft, 0, str(model_dir), out, pool, 0, None)["version"]
             results["sft"] = _step_stats(out / "metrics.jsonl", "sft", warmup)
@@ -75,8 +76,8 @@ def bench_polychromic(
                 with console.status(f"{label}, {steps} steps"):
                     version = run_phase(poly, 0, str(model_dir), out, pool, version, None)["version"]
                 results[label] = _step_stats(out / "metrics.jsonl", f"poly{i}", warmup)
-    finally:
-        pool.shutdown()
+        finally:
+            pool.shutdown()
     return results
 
 

@@ -14,9 +14,10 @@ def main(argv=None) -> int:
     parser.add_argument("--config", required=True, help="Run config YAML.")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="KEY=VALUE override.")
     parser.add_argument("--output-dir", default=None, help="Output directory (default runs/<name>/).")
+    parser.add_argument("--resume", action="store_true", help="Continue the run in the output directory.")
     args = parser.parse_args(argv)
     try:
-        run_pipeline(load_config(args.config, args.overrides), args.output_dir)
+        run_pipeline(load_config(args.config, args.overrides), args.output_dir, args.resume)
     except (ConfigError, ModelSourceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -54,6 +54,9 @@ class RolloutConfig(_Model):
     )
     kv_cache_gib: int = Field(1, ge=1, description="KV cache GiB on CPU (VLLM_CPU_KVCACHE_SPACE).")
     threads: int = Field(1, ge=1, description="Torch/OpenMP threads per worker (cap: cores are shared).")
+    store_keep: int = Field(
+        8, ge=2, description="Newest published adapter versions the run's adapter store keeps on disk (phase adapters are kept regardless)."
+    )
     seed: int = Field(0, description="Mixed with the run seed and the worker index into each vLLM engine's seed.")
     logprobs_mode: Literal["processed_logprobs", "raw_logprobs"] = Field(
         "processed_logprobs",
@@ -279,6 +282,10 @@ class RewardConfig(_Model):
         None, ge=1, le=65535, description="Also serve HTTP on this port (None: in-cluster handle only)."
     )
     num_cpus: float = Field(0.5, ge=0, description="Ray CPUs per reward replica.")
+    timeout_s: float = Field(120.0, gt=0, description="Seconds the learner waits for one scoring call.")
+    retries: int = Field(
+        5, ge=0, description="Times a scoring call is retried when its replica died or timed out (Serve restarts replicas)."
+    )
 
 
 class ClusterConfig(_Model):
@@ -324,6 +331,11 @@ class RunConfig(_Model):
                 raise ValueError(
                     f"phases.{i}.prompts_per_step ({phase.prompts_per_step}) must be >= learner.num_workers"
                     f" ({self.learner.num_workers}): every rank trains on whole sample groups"
+                )
+            if getattr(phase, "async_rollouts", False) and phase.max_lag >= self.rollout.store_keep:
+                raise ValueError(
+                    f"phases.{i}.max_lag ({phase.max_lag}) must be < rollout.store_keep ({self.rollout.store_keep}):"
+                    " a lagging rollout samples a version the adapter store must still hold"
                 )
         if self.learner.lora.r > self.rollout.max_lora_rank:
             raise ValueError(f"learner.lora.r ({self.learner.lora.r}) exceeds rollout.max_lora_rank")

@@ -107,7 +107,8 @@ def _run_one(config: dict[str, Any], out: str) -> dict[str, Any]:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from polyray.pipeline import run_pipeline
 
-    return run_pipeline(RunConfig.model_validate(config), Path(out))
+    # a run an earlier invocation left unfinished is continued, not started over
+    return run_pipeline(RunConfig.model_validate(config), Path(out), resume=(Path(out) / "config.resolved.yaml").is_file())
 
 
 def run_experiment(path: str | Path, seeds: int, output_dir: Path | None = None) -> dict[str, Any]:

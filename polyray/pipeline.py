@@ -1,22 +1,28 @@
 """``polyray run``: the driver. A sequence of stage calls, one short function each.
 
-resolve model -> start Ray -> launch rollout pool -> evaluate base ->
+resolve model -> start Ray -> open the adapter store -> launch rollout pool -> evaluate base ->
 for each phase: fit (Ray Train) -> evaluate -> write results.
 
 Results and the resolved config are written as soon as they exist, so a run that fails
-half-way keeps everything it finished.
+half-way keeps everything it finished. ``resume=True`` continues such a run in the same
+directory: finished evaluations and phases are not redone, a phase cut off mid-way continues
+from its latest Ray Train checkpoint (same storage path and name), and the adapter store is
+read back from the run directory, so version ids continue after the newest one.
 """
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 from typing import Any
 
+import ray
 from rich.table import Table
 
 from polyray.cluster import init_ray, needed_cpus
 from polyray.config import RunConfig
-from polyray.io import Timer, console, dump_config, make_progress, write_json_atomic
+from polyray.io import ConfigError, Timer, console, dump_config, make_progress, write_json_atomic
 from polyray.models.source import prepare_model_dir
 
 
@@ -61,16 +67,53 @@ def write_results(out: Path, results: dict[str, Any]) -> None:
     write_json_atomic(out / "results.json", results)
 
 
-def run_pipeline(run: RunConfig, output_dir: Path | None = None) -> dict[str, Any]:
+STORE_DIR = "adapter_store"
+
+
+def open_run_dir(run: RunConfig, out: Path, resume: bool) -> dict[str, Any]:
+    """Create ``out`` for a new run, or check it holds this run for ``resume``; returns the results so far."""
+    resolved = dump_config(run)
+    config_file, results_file = out / "config.resolved.yaml", out / "results.json"
+    started = config_file.is_file() or (out / "checkpoints").exists() or (out / STORE_DIR).exists()
+    if not resume:
+        if started:
+            raise ConfigError(f"{out} already holds a run: continue it with --resume, or choose another --output-dir")
+        out.mkdir(parents=True, exist_ok=True)
+        config_file.write_text(resolved)
+        return {"name": run.name, "phases": {}, "versions": {}}
+    if not config_file.is_file():
+        raise ConfigError(f"--resume: {out} holds no run ({config_file.name} is missing)")
+    if config_file.read_text() != resolved:
+        import yaml
+
+        old, new = yaml.safe_load(config_file.read_text()), yaml.safe_load(resolved)
+        changed = sorted(k for k in {*old, *new} if old.get(k) != new.get(k))
+        raise ConfigError(f"--resume: the config differs from the run's {config_file} in: {', '.join(changed)}")
+    if not results_file.is_file():
+        return {"name": run.name, "phases": {}, "versions": {}}
+    results = json.loads(results_file.read_text())
+    results.setdefault("versions", {})
+    results["resumed"] = results.get("resumed", 0) + 1
+    return results
+
+
+def stage_done(results: dict[str, Any], stage: str) -> None:
+    """Log a finished stage in ``results["stages"]`` with the attempt that ran it (0, then 1 per resume)."""
+    results.setdefault("stages", []).append({"stage": stage, "attempt": results.get("resumed", 0), "time": time.time()})
+
+
+def run_pipeline(run: RunConfig, output_dir: Path | None = None, resume: bool = False) -> dict[str, Any]:
     from polyray.learner.phases import PHASES
     from polyray.rollout.pool import RolloutPool
+    from polyray.rollout.store import open_store
     from polyray.tasks import build_task
 
     out = Path(output_dir or Path("runs") / run.name).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.resolved.yaml").write_text(dump_config(run))
+    results = open_run_dir(run, out, resume)
+    done = results["phases"]
     timer = Timer()
-    results: dict[str, Any] = {"name": run.name, "phases": {}, "timings_s": timer.timings, "versions": {}}
+    timer.timings.update(results.get("timings_s", {}))
+    results["timings_s"] = timer.timings
     task = build_task(run.task)
     test_prompts = task.prompts("test", run.task.n_test)
 
@@ -84,26 +127,41 @@ def run_pipeline(run: RunConfig, output_dir: Path | None = None) -> dict[str, An
 
         with timer("reward_service_start"), console.status("starting the reward service (Ray Serve)"):
             ensure_reward_service(run.reward)
+    store = open_store(out / STORE_DIR, run.rollout.store_keep)
     pool = None
     try:
         with timer("rollout_pool_start"), console.status(f"starting {run.rollout.num_workers} vLLM rollout worker(s)"):
-            pool = RolloutPool.launch(str(model_dir), run.rollout, run.model.dtype, run.seed)
-        with timer("eval_base"):
-            results["phases"]["base"] = evaluate_stage("base", pool, task, test_prompts, run, None)
-        write_results(out, results)
+            pool = RolloutPool.launch(str(model_dir), run.rollout, run.model.dtype, run.seed, store)
+        if "base" not in done:
+            with timer("eval_base"):
+                done["base"] = evaluate_stage("base", pool, task, test_prompts, run, None)
+            stage_done(results, "eval_base")
+            write_results(out, results)
         version, adapter = 0, None
         for index, phase in enumerate(run.phases):
-            with timer(f"train_{phase.name}"):
-                trained = train_stage(run, index, model_dir, out, pool, version, adapter)
-            version, adapter = trained["version"], trained["adapter_dir"]
-            pool.register_saved(version, adapter)  # a worker restarted during evaluation reloads it from disk
+            adapter_dir = out / "adapters" / phase.name
+            if phase.name in done:  # trained and evaluated before a resume
+                version, adapter = results["versions"][phase.name], str(adapter_dir)
+                continue
+            if resume and (adapter_dir / "polyray_version.json").is_file():  # trained, not yet evaluated
+                version = json.loads((adapter_dir / "polyray_version.json").read_text())["version"]
+                adapter = str(adapter_dir)
+            else:
+                with timer(f"train_{phase.name}"):
+                    trained = train_stage(run, index, model_dir, out, pool, version, adapter)
+                version, adapter = trained["version"], trained["adapter_dir"]
+                stage_done(results, f"train_{phase.name}")
+                write_results(out, results)
+            pool.pin(phase.name, version)  # evaluated below, and by anyone later: kept for good
             results["versions"][phase.name] = version
             with timer(f"eval_{phase.name}"):
-                results["phases"][phase.name] = evaluate_stage(phase.name, pool, task, test_prompts, run, version)
+                done[phase.name] = evaluate_stage(phase.name, pool, task, test_prompts, run, version)
+            stage_done(results, f"eval_{phase.name}")
             write_results(out, results)
     finally:
         if pool is not None:
             pool.shutdown()
+        ray.kill(store)  # its state is on disk; a resume opens it again
     results["timings_s"]["total"] = round(sum(v for k, v in timer.timings.items() if k != "total"), 2)
     write_results(out, results)
     console.print(results_table(results, run.eval.ks))

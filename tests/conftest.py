@@ -37,9 +37,12 @@ def ray_cluster():
 
 
 @pytest.fixture(scope="session")
-def pool(ray_cluster, model_dir, run_config):
+def pool(ray_cluster, model_dir, run_config, tmp_path_factory):
+    """The session's rollout pool, publishing through an adapter store in a temporary run directory."""
     from polyray.rollout.pool import RolloutPool
+    from polyray.rollout.store import open_store
 
-    p = RolloutPool.launch(str(model_dir), run_config.rollout, run_config.model.dtype)
+    store = open_store(tmp_path_factory.mktemp("run") / "adapter_store")
+    p = RolloutPool.launch(str(model_dir), run_config.rollout, run_config.model.dtype, store=store)
     yield p
     p.shutdown()

@@ -37,15 +37,19 @@ def run(
     config: Path = typer.Argument(..., help="Run config YAML, e.g. configs/quickstart.yaml."),
     set_: List[str] = typer.Option([], "--set", help="Override a field: --set learner.lora.r=16 (repeatable)."),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Where outputs go (default runs/<name>/)."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the run in the output directory (same config): finished phases and evaluations are kept."
+    ),
 ):
     """Build/resolve the base model, train every phase on Ray, evaluate pass@k after each."""
     run_config = _load(config, set_)
+    from polyray.io import ConfigError
     from polyray.models.source import ModelSourceError
     from polyray.pipeline import run_pipeline
 
     try:
-        run_pipeline(run_config, output_dir)
-    except ModelSourceError as exc:
+        run_pipeline(run_config, output_dir, resume)
+    except (ConfigError, ModelSourceError) as exc:
         _fail(str(exc))
 
 

@@ -55,7 +55,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from polyray.io import RESUME_EVENT, append_jsonl
     from polyray.learner.lora import add_reference_adapter, build_peft_model, extract_adapter, save_adapter
     from polyray.learner.phases import PHASES, StepContext, broadcast_from_rank0, encode_references
-    from polyray.learner.sync import SyncCanary, resume_version
+    from polyray.learner.sync import SyncCanary
     from polyray.learner.telemetry import LearnerTelemetry
     from polyray.reward.service import build_reward_fn
     from polyray.tasks import build_task
@@ -100,24 +100,24 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                             tokenizer.pad_token_id, run.model.dtype)
     canary_metrics: dict[str, float] = {}
 
-    def publish(v: int) -> float:
+    def publish(v: int, step: int) -> float:
         if pool is None or rank != 0:
             return 0.0
-        seconds = pool.publish(v, extract_adapter(model))
+        seconds = pool.publish(v, extract_adapter(model), phase_cfg.name, step)
         if canary is not None:
             canary_metrics.update(canary.after_publish(model, pool, v))
         return seconds
 
-    if phase.publishes_every_step and resume_dir is None and adapter_dir is None:
-        version += 1  # a sampling phase on a fresh adapter: publish its initial weights first
-        publish(version)
-    elif phase.publishes_every_step and resume_dir is not None:
-        # Never reuse a version id: the workers may hold ids up to where the lost attempt got, with
-        # that attempt's weights. Continue after the newest one and publish the checkpoint's weights.
-        version = broadcast_from_rank0(resume_version(pool, version) if rank == 0 else None, ctx)
-        publish(version)
-    elif phase.publishes_every_step and rank == 0 and pool is not None and pool.version != version:
-        publish(version)  # resumed, or a pool that has not seen this version yet
+    # Version ids never repeat (an id means one set of weights): every attempt at this phase, fresh
+    # or resumed, numbers its publishes after the newest id the run's adapter store handed out; a
+    # lost attempt may have published past this attempt's checkpoint.
+    newest = broadcast_from_rank0(pool.newest_version() if rank == 0 and pool is not None else None, ctx) or 0
+    incoming = version
+    version = max(version, newest)
+    if phase.publishes_every_step and (resume_dir is not None or adapter_dir is None or newest != incoming):
+        # rollouts must sample this attempt's starting weights: publish them under a fresh id
+        version += 1
+        publish(version, start_step)
 
     if resume_dir is not None and rank == 0:  # rows past the checkpoint are superseded by what follows
         marker = {"event": RESUME_EVENT, "phase": phase_cfg.name, "step": start_step, "time": time.time()}
@@ -144,7 +144,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         measure = dynamics is not None and dynamics.due(step + 1, last)
         if phase.publishes_every_step or last or measure:
             version += 1
-            sync_s = publish(version)
+            sync_s = publish(version, step + 1)
         step_s = time.perf_counter() - t0  # rollout + update + sync; dynamics measurements excluded
         if measure and rank == 0:
             dynamics(step + 1, version)

@@ -22,13 +22,6 @@ from polyray.models.batching import pack_sequences, token_logprobs
 TOLERANCE = {"float32": 1e-3, "bfloat16": 5e-2}
 
 
-def resume_version(pool, checkpoint_version: int) -> int:
-    """The version id a resumed learner publishes its checkpoint's weights under: after every id the
-    rollout workers hold, so an id always means one set of weights (a worker ignores an id it has)."""
-    newest = pool.newest_version() if pool is not None else 0
-    return max(checkpoint_version, newest) + 1
-
-
 class SyncCanaryError(RuntimeError):
     """A rollout worker's log-probs under a published version do not match the learner's weights."""
 

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -40,10 +41,28 @@ def score_via_handle(
     items: Iterable[RewardItem | dict[str, Any]],
     params: dict[str, Any] | None = None,
     timeout_s: float | None = None,
+    retries: int = 0,
 ) -> list[RewardResult]:
-    """Score ``items`` through a ``DeploymentHandle`` (blocking; one result per item, in order)."""
-    response = handle.score.remote(reward, _payload_items(items), params)
-    return _results(response.result(timeout_s=timeout_s))
+    """Score ``items`` through a ``DeploymentHandle`` (blocking; one result per item, in order).
+
+    ``retries``: how many times a call is sent again when its replica died under it or none
+    answered in ``timeout_s`` (Serve restarts a dead replica; scoring is a pure function, so
+    a retried call is safe), waiting 1, 2, 4, ... (at most 10) seconds in between."""
+    import ray
+
+    payload = _payload_items(items)
+    transient = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, TimeoutError)
+    for attempt in range(retries + 1):
+        try:
+            return _results(handle.score.remote(reward, payload, params).result(timeout_s=timeout_s))
+        except transient as exc:
+            if attempt == retries:
+                raise
+            from polyray.io import warn
+
+            warn(f"reward service call failed ({type(exc).__name__}); retry {attempt + 1}/{retries}")
+            time.sleep(min(10.0, 2.0**attempt))
+    raise AssertionError("unreachable")
 
 
 class RewardServiceError(RuntimeError):

@@ -45,7 +45,7 @@ def build_reward_fn(cfg: RewardConfig, task: Task) -> RewardFn:
 
     def via_service(prompts: list[Prompt], texts: list[list[str]]) -> torch.Tensor:
         items = [{"prompt": p.text, "completion": t, "metadata": dict(p.meta)} for p, g in zip(prompts, texts) for t in g]
-        scores = [r.score for r in score_via_handle(handle, cfg.name, items, timeout_s=120)]
+        scores = [r.score for r in score_via_handle(handle, cfg.name, items, timeout_s=cfg.timeout_s, retries=cfg.retries)]
         width = len(texts[0]) if texts else 0
         return torch.tensor(scores, dtype=torch.float64).view(len(texts), width)
 

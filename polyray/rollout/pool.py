@@ -1,15 +1,17 @@
 """RolloutPool: N RolloutWorker actors behind one generate/publish interface.
 
 Prompts are split into contiguous chunks, one per worker, and generated in parallel.
-Adapter versions are ``ray.put`` once and every worker loads that same object. The pool
-remembers what a worker may be asked for: the newest published versions (object refs),
-saved phase adapters (directories, registered by the driver) and named adapters. A worker
-that died (Ray restarts it, running ``__init__`` again with no adapters) is caught up
-before its chunk is retried: its in-flight call failing, or a later call naming an
-adapter the restarted worker lacks (:class:`~polyray.rollout.worker.MissingAdapterError`).
+Adapter versions go through the run's adapter store (:mod:`polyray.rollout.store`): a
+publish persists the version there (which hands back its content hash), ``ray.put``s it
+once and every worker loads that same object, hash-checked. A worker that lacks a version
+it is asked for pulls it from the store, so a worker Ray restarted (``__init__`` runs again
+and pulls the store's newest version) or one asked for an evicted version serves the right
+weights. Named adapters (saved directories the evaluation job registers) are re-registered
+by the pool on a restarted worker. A chunk whose worker died in flight is retried once the
+worker is back.
 
-The pool object itself is a small picklable value (actor handles, object refs, paths),
-so the learner's rank 0 can receive it and drive rollouts and syncs.
+The pool object itself is a small picklable value (actor handles), so the learner's rank 0
+can receive it and drive rollouts and syncs.
 """
 
 from __future__ import annotations
@@ -21,10 +23,8 @@ from typing import Any
 import ray
 
 from polyray.config import RolloutConfig, SamplingConfig
+from polyray.rollout.store import AdapterRecord
 from polyray.rollout.worker import MissingAdapterError, RolloutWorker, Sample, rollout_env
-
-KEEP_REFS = 4  # published versions whose object refs the pool keeps for re-syncing a restarted worker
-
 
 def engine_seed(rollout_seed: int, run_seed: int, worker_index: int) -> int:
     """A vLLM engine seed per (rollout seed, run seed, worker): workers and runs draw different streams."""
@@ -33,14 +33,15 @@ def engine_seed(rollout_seed: int, run_seed: int, worker_index: int) -> int:
 
 
 class RolloutPool:
-    def __init__(self, workers: list):
+    def __init__(self, workers: list, store=None):
         self.workers = workers
-        self.recent: dict[int, Any] = {}  # version -> ObjectRef of the adapter, the newest few published
-        self.saved: dict[int, str] = {}  # version -> saved peft directory (phase ends)
+        self.store = store  # the run's AdapterStore actor (None: no publishing, named adapters only)
         self.named: dict[str, str] = {}  # name -> saved peft directory
 
     @classmethod
-    def launch(cls, model_dir: str, config: RolloutConfig, dtype: str = "float32", run_seed: int = 0) -> "RolloutPool":
+    def launch(
+        cls, model_dir: str, config: RolloutConfig, dtype: str = "float32", run_seed: int = 0, store=None
+    ) -> "RolloutPool":
         """Start ``config.num_workers`` workers; worker i's engine seed mixes (rollout.seed, run seed, i)."""
         actor_cls = ray.remote(RolloutWorker).options(
             num_cpus=config.cpus_per_worker,
@@ -50,70 +51,64 @@ class RolloutPool:
             runtime_env={"env_vars": rollout_env(config)},
         )
         workers = [
-            actor_cls.remote(model_dir, config.model_copy(update={"seed": engine_seed(config.seed, run_seed, i)}), dtype)
+            actor_cls.remote(
+                model_dir, config.model_copy(update={"seed": engine_seed(config.seed, run_seed, i)}), dtype, None, store
+            )
             for i in range(config.num_workers)
         ]
-        pool = cls(workers)
+        pool = cls(workers, store)
         pool.wait_ready()
         return pool
 
     def wait_ready(self) -> None:
         ray.get([w.versions.remote() for w in self.workers])
 
-    @property
-    def version(self) -> int:
-        """The newest version this pool handle published (0: none)."""
-        return max(self.recent, default=0)
-
     # ---- weight sync ------------------------------------------------------------------------
-    def publish(self, version: int, adapter: dict[str, Any]) -> float:
-        """Put ``adapter`` in the object store once and load it on every worker; returns seconds taken."""
+    def newest_version(self) -> int:
+        """The newest version id the store has handed out (0: none); the next publish uses a higher one."""
+        return ray.get(self.store.newest.remote()) if self.store is not None else 0
+
+    def publish(self, version: int, adapter: dict[str, Any], phase: str = "", step: int = 0) -> float:
+        """Persist ``adapter`` as ``version`` in the store, then load it on every worker (one ``ray.put``,
+        hash-checked there); returns seconds taken."""
+        if self.store is None:
+            raise RuntimeError("this rollout pool has no adapter store to publish to")
         started = time.perf_counter()
         ref = ray.put(adapter)
-        self.recent[version] = ref
-        for old in sorted(self.recent)[:-KEEP_REFS]:
-            del self.recent[old]
-        self._on_every_worker(lambda w: w.load_adapter.remote(version, ref))
+        record: AdapterRecord = ray.get(self.store.put.remote(version, ref, phase, step))
+        self._on_every_worker(lambda w: w.load_adapter.remote(version, ref, record.sha256))
         return time.perf_counter() - started
 
+    def pin(self, name: str, version: int) -> None:
+        """Keep ``version`` in the store for good (a phase's final adapter, evaluated by the driver)."""
+        ray.get(self.store.pin.remote(name, version))
+
     def _on_every_worker(self, call) -> list:
-        """``call(worker)`` on every worker; a worker that died meanwhile is waited for, caught up, asked again."""
+        """``call(worker)`` on every worker (in parallel), each as :meth:`_on_worker` does."""
         refs = [call(w) for w in self.workers]
-        out = []
-        for worker, ref in zip(self.workers, refs):
-            try:
-                out.append(ray.get(ref))
-            except ray.exceptions.RayActorError:
-                wait_restarted(worker)
-                self._catch_up(worker)
-                out.append(ray.get(call(worker)))
-        return out
+        return [self._on_worker(worker, call, ref) for worker, ref in zip(self.workers, refs)]
 
-    def register_saved(self, version: int, path: str) -> None:
-        """Remember that ``version`` is saved at ``path`` (a phase's final adapter): a worker restarted
-        later (e.g. during the driver's evaluation) can load it from there."""
-        self.saved[version] = str(path)
+    def _on_worker(self, worker, call, ref=None):
+        """``ray.get(call(worker))``; a worker that died meanwhile is waited for, caught up, asked again."""
+        try:
+            return ray.get(ref if ref is not None else call(worker))
+        except ray.exceptions.RayActorError:
+            wait_restarted(worker)
+            self._catch_up(worker)
+            return ray.get(call(worker))
 
-    def _catch_up(self, worker, version: int | None = None, name: str | None = None) -> None:
-        """Load what a (restarted) worker needs: the named adapters, the newest version, and ``version``."""
+    def _catch_up(self, worker) -> None:
+        """Re-register the named adapters on a restarted worker (it pulled the newest version itself)."""
         for n, path in self.named.items():
             ray.get(worker.add_named_adapter.remote(n, path))
-        newest = max([*self.recent, *self.saved], default=0)
-        for v in dict.fromkeys(x for x in (newest, version) if x):
-            if v in self.recent:
-                ray.get(worker.load_adapter.remote(v, self.recent[v]))
-            elif v in self.saved:
-                ray.get(worker.load_adapter_dir.remote(v, self.saved[v]))
-            else:
-                raise RuntimeError(f"a restarted rollout worker needs adapter version {v}, which the pool no longer holds")
 
-    def newest_version(self) -> int:
-        """The highest adapter version any worker holds (0: none)."""
-        return max((max(v, default=0) for v in self._on_every_worker(lambda w: w.versions.remote())), default=0)
+    def worker_versions(self) -> list[list[int]]:
+        """The adapter versions each worker holds."""
+        return self._on_every_worker(lambda w: w.versions.remote())
 
     def score(self, prompt_ids: list[int], completion_ids: list[int], version: int | None, worker: int = 0) -> list[float]:
         """Log-probs of a fixed completion's tokens on worker ``worker`` under adapter ``version``."""
-        return ray.get(self.workers[worker].score.remote(prompt_ids, completion_ids, version))
+        return self._on_worker(self.workers[worker], lambda w: w.score.remote(prompt_ids, completion_ids, version))
 
     def add_named_adapter(self, name: str, path: str) -> None:
         self.named[name] = str(path)
@@ -186,7 +181,7 @@ class PendingGeneration:
 
     def result(self, retries: int = 1) -> list[list[Sample]]:
         results: list[list[Sample]] = []
-        version, name = self.args[2], self.args[3]
+        name = self.args[3]
         for start, chunk, worker, future in self.chunks:
             for attempt in range(retries + 1):
                 try:
@@ -198,7 +193,9 @@ class PendingGeneration:
                         raise
                     if isinstance(exc, ray.exceptions.RayActorError):
                         wait_restarted(worker)
-                    self.pool._catch_up(worker, version, name)
+                    elif name is None:
+                        raise  # a policy version the store does not hold: retrying cannot help
+                    self.pool._catch_up(worker)
                     future = worker.generate.remote(chunk[0], *self.args, chunk[1])
             for group in groups:
                 for sample in group:

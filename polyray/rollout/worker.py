@@ -1,11 +1,15 @@
 """RolloutWorker: one ``vllm.LLM`` with LoRA enabled, generating groups of samples.
 
 A plain class: usable in-process, and wrapped with ``ray.remote`` by :class:`RolloutPool`.
-The base model is loaded once. Adapter versions arrive as tensors (A/B only), are
-materialised on tmpfs and registered as ``LoRARequest(f"policy-v{t}", t, path)``; every
-generate names the adapter explicitly and every sample carries the version it used.
-Only the newest ``keep_versions`` adapters are kept; older ones are removed from vLLM
-and from disk (generate is synchronous inside the worker, so none is in use then).
+The base model is loaded once. Adapter versions arrive as tensors (A/B only) with the
+content hash the run's adapter store recorded (checked on load), are materialised on tmpfs
+and registered as ``LoRARequest(f"policy-v{t}", t, path)``; every generate names the adapter
+explicitly and every sample carries the version it used. Only the newest ``keep_versions``
+adapters are kept; older ones are removed from vLLM and from disk (generate is synchronous
+inside the worker, so none is in use then). A version asked for that the worker lacks (it
+was restarted, or evicted it) is pulled from the adapter store
+(:mod:`polyray.rollout.store`); a (re)started worker pulls the store's newest version
+before it serves.
 
 Log-probs are, by default, vLLM's *processed* log-probs of the sampled tokens
 (``rollout.logprobs_mode``): those of the distribution it sampled from, softmax(logits / T),
@@ -19,7 +23,6 @@ samples are independent across prompts and reproducible; the engine seed covers 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -28,10 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from polyray.config import RolloutConfig, SamplingConfig
+from polyray.rollout.store import AdapterHashError, adapter_hash, check_adapter, read_adapter_dir, write_adapter_dir
 
 
 class MissingAdapterError(KeyError):
-    """A generate named an adapter this worker does not hold (e.g. it was restarted); the pool re-syncs it."""
+    """A generate named an adapter this worker does not hold and cannot pull (a named adapter after a
+    restart, which the pool re-registers; or a version the adapter store does not hold)."""
 
     def __init__(self, version: int | None = None, name: str | None = None):
         super().__init__(version if name is None else name)
@@ -67,7 +72,9 @@ def rollout_env(config: RolloutConfig) -> dict[str, str]:
 
 
 class RolloutWorker:
-    def __init__(self, model_dir: str, config: RolloutConfig, dtype: str = "float32", keep_versions: int | None = None):
+    def __init__(
+        self, model_dir: str, config: RolloutConfig, dtype: str = "float32", keep_versions: int | None = None, store=None
+    ):
         for key, value in rollout_env(config).items():
             os.environ.setdefault(key, value)
         from vllm import LLM
@@ -89,45 +96,66 @@ class RolloutWorker:
         )
         shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
         self.adapter_root = Path(tempfile.mkdtemp(prefix="polyray-adapters-", dir=shm))
-        self.adapters: dict[int, Path] = {}  # version -> directory
+        self.adapters: dict[int, tuple[Path, str]] = {}  # version -> (directory, content hash)
         self.named: dict[str, tuple[int, Path]] = {}  # name -> (lora id, path) for saved adapters
+        self.store = store  # the run's AdapterStore actor, or None (the evaluation job: named adapters only)
+        if store is not None:  # (re)started: serve the newest published weights from the first call
+            import ray
+
+            newest = ray.get(store.newest_stored.remote())
+            if newest:
+                self._pull(newest)
 
     # ---- adapters ---------------------------------------------------------------------------
-    def load_adapter(self, version: int, adapter: dict[str, Any]) -> int:
-        """Register ``adapter`` ({"config": peft config dict, "tensors": {name: tensor}}) as version."""
-        from safetensors.torch import save_file
+    def load_adapter(self, version: int, adapter: dict[str, Any], sha256: str | None = None) -> int:
+        """Register ``adapter`` ({"config": peft config dict, "tensors": {name: tensor}}) as ``version``.
 
+        ``sha256``: the hash the adapter store recorded for this id; the tensors must match it. An id
+        already held is kept if the hash agrees, refused otherwise (an id means one set of weights)."""
         if version < 1:
             raise ValueError(f"adapter versions start at 1, got {version}")
+        sha = adapter_hash(adapter)
+        if sha256 is not None:
+            check_adapter(adapter, version, sha256)
         if version in self.adapters:
+            if self.adapters[version][1] != sha:
+                raise AdapterHashError(f"adapter version {version} is already loaded with other weights")
             return version
         path = self.adapter_root / f"policy-v{version}"
-        path.mkdir(parents=True)
-        (path / "adapter_config.json").write_text(json.dumps(adapter["config"]))
-        save_file({k: v.contiguous() for k, v in adapter["tensors"].items()}, str(path / "adapter_model.safetensors"))
-        self.adapters[version] = path
-        self._evict_old()
+        write_adapter_dir(path, adapter)
+        self.adapters[version] = (path, sha)
+        self._evict_old(keep=version)
         return version
 
     def load_adapter_dir(self, version: int, path: str) -> int:
-        """Register a saved peft adapter directory as ``version`` (a restarted worker catching up)."""
-        from safetensors.torch import load_file
+        """Register a saved peft adapter directory as ``version``."""
+        return self.load_adapter(version, read_adapter_dir(Path(path)))
 
-        config = json.loads((Path(path) / "adapter_config.json").read_text())
-        return self.load_adapter(version, {"config": config, "tensors": load_file(str(Path(path) / "adapter_model.safetensors"))})
+    def _pull(self, version: int) -> None:
+        """Load ``version`` from the adapter store (hash-checked); MissingAdapterError if it has none."""
+        import ray
+
+        got = ray.get(self.store.get.remote(version)) if self.store is not None else None
+        if got is None:
+            raise MissingAdapterError(version)
+        adapter, record = got
+        self.load_adapter(version, adapter, record.sha256)
 
     def add_named_adapter(self, name: str, path: str) -> None:
         """Register a saved peft adapter directory under ``name`` (ids above any policy version)."""
         if name not in self.named:
             self.named[name] = (1_000_000 + len(self.named), Path(path))
 
-    def _evict_old(self) -> None:
-        for version in sorted(self.adapters)[: -self.keep_versions]:
+    def _evict_old(self, keep: int) -> None:
+        """Drop the oldest versions past ``keep_versions``, never ``keep`` (the one just loaded: an
+        older version pulled for a request is used right after)."""
+        others = sorted(v for v in self.adapters if v != keep)
+        for version in others[: max(0, len(others) - (self.keep_versions - 1))]:
             try:
                 self.llm.llm_engine.remove_lora(version)
             except Exception:  # never loaded into vLLM (no request used it): nothing to remove
                 pass
-            shutil.rmtree(self.adapters.pop(version), ignore_errors=True)
+            shutil.rmtree(self.adapters.pop(version)[0], ignore_errors=True)
 
     def versions(self) -> list[int]:
         return sorted(self.adapters)
@@ -143,8 +171,8 @@ class RolloutWorker:
         if not version:
             return None
         if version not in self.adapters:
-            raise MissingAdapterError(version)
-        return LoRARequest(f"policy-v{version}", version, str(self.adapters[version]))
+            self._pull(version)
+        return LoRARequest(f"policy-v{version}", version, str(self.adapters[version][0]))
 
     # ---- generation -------------------------------------------------------------------------
     def generate(

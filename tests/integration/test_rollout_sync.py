@@ -38,8 +38,7 @@ def test_rollout_logprobs_track_published_adapter(pool, model_dir, run_config):
     from polyray.tasks import build_task
 
     model, tok = random_policy(model_dir, run_config, seed=0)
-    base_version = pool.version
-    v1 = base_version + 1
+    v1 = pool.newest_version() + 1
     pool.publish(v1, extract_adapter(model))
 
     prompt = build_task(run_config.task).prompts("val", 1)[0]
@@ -80,7 +79,7 @@ def test_sampling_logprobs_are_the_sampling_distribution(pool, model_dir, run_co
     from polyray.tasks import build_task
 
     model, tok = random_policy(model_dir, run_config, seed=1)
-    version = pool.version + 1
+    version = pool.newest_version() + 1
     pool.publish(version, extract_adapter(model))
     prompts = build_task(run_config.task).prompts("val", 4)
     groups = pool.generate([p.text for p in prompts], 4, SamplingConfig(temperature=temperature, max_tokens=12), version)
@@ -120,8 +119,8 @@ def test_request_seeds_make_samples_independent_and_reproducible(pool, run_confi
 
 
 def test_sync_canary_catches_a_worker_that_kept_old_weights(pool, model_dir, run_config):
-    """Re-publishing a version id with new weights is ignored by the worker (it already holds that id):
-    the rollouts would silently sample stale weights. The canary sees it and stops the run."""
+    """A sync that silently does nothing: the store records v+1's new weights, but the worker
+    serves the old ones under that id. The canary sees it and stops the run."""
     from polyray.learner.lora import extract_adapter
     from polyray.learner.phases import encode_references
     from polyray.learner.sync import SyncCanary, SyncCanaryError
@@ -130,27 +129,29 @@ def test_sync_canary_catches_a_worker_that_kept_old_weights(pool, model_dir, run
     model, tok = random_policy(model_dir, run_config, seed=2)
     probe = encode_references(build_task(run_config.task).prompts("val", 1), tok)[0]
     canary = SyncCanary(every=1, probe=probe, pad_id=tok.pad_token_id)
-    version = pool.version + 1
-    pool.publish(version, extract_adapter(model))
+    version = pool.newest_version() + 1
+    old = extract_adapter(model)
+    pool.publish(version, old)
     assert canary.after_publish(model, pool, version)["canary_gap"] < canary.tolerance
 
     with torch.no_grad():  # the learner moves on ...
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.add_(torch.randn_like(p) * 0.05)
-    pool.publish(version, extract_adapter(model))  # ... but publishes under the same id: the worker keeps v's old weights
-    with pytest.raises(SyncCanaryError, match=f"serves policy-v{version} with log-probs"):
-        canary.after_publish(model, pool, version)
+    ray.get(pool.store.put.remote(version + 1, extract_adapter(model)))  # ... the store has the new weights ...
+    ray.get(pool.workers[0].load_adapter.remote(version + 1, old))  # ... the worker kept the old ones
+    with pytest.raises(SyncCanaryError, match=f"serves policy-v{version + 1} with log-probs"):
+        canary.after_publish(model, pool, version + 1)
 
 
-
-def test_resumed_learner_never_reuses_a_version_id(pool, model_dir, run_config):
-    """A learner restarted from a checkpoint at version c, while workers hold c+1..c+2 from the lost
-    attempt: re-publishing under c+1 would serve the lost attempt's weights (the worker keeps an id it
-    has); the resume publishes under a fresh id and the workers serve the checkpoint's weights."""
+def test_version_ids_never_repeat_and_mean_one_set_of_weights(pool, model_dir, run_config):
+    """A learner restarted from a checkpoint at version c, after the lost attempt published c+1..c+2:
+    re-publishing under c+1 is refused by the store, and a worker holding c+1 refuses other weights
+    under that id; the resumed learner numbers after the store's newest and the workers serve it."""
     from polyray.learner.lora import extract_adapter
     from polyray.learner.phases import encode_references
-    from polyray.learner.sync import SyncCanary, SyncCanaryError, resume_version
+    from polyray.learner.sync import SyncCanary
+    from polyray.rollout.store import AdapterHashError, VersionReusedError
     from polyray.tasks import build_task
 
     model, tok = random_policy(model_dir, run_config, seed=3)
@@ -166,12 +167,19 @@ def test_resumed_learner_never_reuses_a_version_id(pool, model_dir, run_config):
     with torch.no_grad():  # the resumed learner holds the checkpoint at version c
         for p, saved in zip(lora_b, snapshots[0]):
             p.copy_(saved)
+    checkpoint = extract_adapter(model)
+    with pytest.raises(VersionReusedError, match=f"version {c + 1} was already handed out"):
+        pool.publish(c + 1, checkpoint)  # numbering restarted after c
+    with pytest.raises(AdapterHashError, match=f"version {c + 2} is already loaded with other weights"):
+        ray.get(pool.workers[0].load_adapter.remote(c + 2, checkpoint))
+    fresh = pool.newest_version() + 1
+    assert fresh == c + 3
+    pool.publish(fresh, checkpoint)
     canary = SyncCanary(every=1, probe=encode_references(build_task(run_config.task).prompts("val", 1), tok)[0],
                         pad_id=tok.pad_token_id)
-    pool.publish(c + 1, extract_adapter(model))  # the old behaviour: numbering restarts after c
-    with pytest.raises(SyncCanaryError):
-        canary.check(model, pool, c + 1)
-    fresh = resume_version(pool, c)
-    assert fresh == c + 3
-    pool.publish(fresh, extract_adapter(model))
     assert canary.check(model, pool, fresh) < canary.tolerance
+    from polyray.rollout.store import adapter_hash
+
+    record = lambda v: ray.get(pool.store.record.remote(v))  # noqa: E731
+    assert record(fresh).sha256 == record(c).sha256 == adapter_hash(checkpoint)  # one set of weights, two ids
+    assert record(c + 1).sha256 != record(c).sha256

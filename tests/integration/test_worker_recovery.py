@@ -1,4 +1,6 @@
-"""A rollout worker killed for real (its process, by Ray) is restarted and caught up before it serves.
+"""A rollout worker killed for real (its process, by Ray) is restarted and caught up before it serves:
+it pulls the store's newest version while it starts, any other version it is asked for on demand,
+and the pool re-registers the named adapters.
 
 Runs last among the integration tests: it kills the session's shared worker twice (its
 ``max_restarts`` budget), once idle between calls and once with a generation in flight.
@@ -24,27 +26,25 @@ def _pid(worker) -> int:
     return ray.get(worker.__ray_call__.remote(lambda self: __import__("os").getpid()), timeout=10)
 
 
-def _kill_and_wait(worker) -> None:
-    """SIGKILL the worker's process through Ray and wait until a new process answers."""
+def _kill_and_wait(worker) -> list[int]:
+    """SIGKILL the worker's process through Ray, wait until a new process answers; the versions it holds then."""
     pid = _pid(worker)
     ray.kill(worker, no_restart=False)
     for _ in range(1200):  # the restart builds a new vLLM engine
         try:
             if _pid(worker) != pid:
-                assert ray.get(worker.versions.remote()) == []  # a new process holds no adapters
-                return
+                return ray.get(worker.versions.remote())
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
             pass
         time.sleep(0.5)
     raise AssertionError("the rollout worker did not come back")
 
 
-def test_idle_kill_then_saved_version_and_named_adapter(pool, model_dir, run_config, tmp_path):
-    """The driver's view after a phase: the adapter is on disk, no object ref. A worker killed while
-    idle gets the phase's version and the eval job's named adapter back before it generates."""
+def test_idle_kill_then_newest_version_and_named_adapter(pool, model_dir, run_config, tmp_path):
+    """A worker killed while idle comes back holding the store's newest version (before any call),
+    and serves it and the evaluation job's named adapter exactly as before."""
     from polyray.config import SamplingConfig
     from polyray.learner.lora import extract_adapter, save_adapter
-    from polyray.rollout.pool import RolloutPool
     from polyray.rollout.sampling import request_seeds
     from polyray.tasks import build_task
 
@@ -57,23 +57,18 @@ def test_idle_kill_then_saved_version_and_named_adapter(pool, model_dir, run_con
     seeds = request_seeds(0, "recovery", ["0", "1", "2"])
     sampling = SamplingConfig(max_tokens=12)
 
-    def draw(p, **kw):
-        return [[s.text for s in g] for g in p.generate(texts, 3, sampling, seeds=seeds, **kw)]
+    def draw(**kw):
+        return [[s.text for s in g] for g in pool.generate(texts, 3, sampling, seeds=seeds, **kw)]
 
-    before_version, before_named = draw(pool, version=version), draw(pool, adapter_name="run/sft")
-
-    driver = RolloutPool(pool.workers)  # the driver's copy: no refs, only what it registered
-    driver.register_saved(version, str(saved))
-    driver.named = {"run/sft": str(saved)}
-    _kill_and_wait(pool.workers[0])
-    assert draw(driver, version=version) == before_version
-    assert draw(driver, adapter_name="run/sft") == before_named
-    assert version in ray.get(pool.workers[0].versions.remote())
+    before_version, before_named = draw(version=version), draw(adapter_name="run/sft")
+    assert _kill_and_wait(pool.workers[0]) == [version]  # pulled while starting, before serving
+    assert draw(version=version) == before_version
+    assert draw(adapter_name="run/sft") == before_named
 
 
 def test_kill_in_flight_retries_under_the_same_version(pool, model_dir, run_config):
     """A generation in flight when the worker dies is retried on the restarted worker, under the version
-    it asked for (an older one than the newest), with the same samples."""
+    it asked for (an older one than the newest, pulled from the store), with the same samples."""
     from polyray.config import SamplingConfig
     from polyray.learner.lora import extract_adapter
     from polyray.rollout.pool import wait_restarted
@@ -95,5 +90,5 @@ def test_kill_in_flight_retries_under_the_same_version(pool, model_dir, run_conf
     got = pending.result()
     assert [[s.text for s in g] for g in got] == expected
     assert all(s.version == older for g in got for s in g)
-    # the restarted worker was caught up (it starts with no adapters): the newest and the asked-for version
+    # the restarted worker pulled the newest version while starting and the asked-for one on demand
     assert sorted(ray.get(pool.workers[0].versions.remote())) == [older, older + 1]

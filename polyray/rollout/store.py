@@ -1,0 +1,198 @@
+"""The adapter store: one named Ray actor per run that owns every published adapter version.
+
+The learner publishes each version to it (tensors, phase, step); rollout workers pull a
+version they lack from it (a restarted worker, an older version asked for in async mode, the
+driver's evaluation after a resume). Each version is persisted in the run directory, so a
+store or driver that dies loses nothing: a new store reads the directory back.
+
+Invariants (docs/design.md, "Adapter versions"):
+
+- **Ids never repeat.** ``put`` refuses an id at or below the newest one ever handed out
+  (``reserved``, persisted before the bytes are written), so a learner resumed from a checkpoint
+  continues numbering after the store's newest (:meth:`AdapterStore.newest`).
+- **An id means one set of weights.** Each version carries the SHA-256 of its config and
+  tensors (:func:`adapter_hash`); a worker recomputes it on load and refuses a mismatch.
+- **Retention.** The newest ``keep`` versions stay on disk, and every pinned one (a phase's
+  final adapter); older ones are deleted.
+
+Layout: ``<root>/reserved.json`` and ``<root>/v000042/{adapter_config.json,
+adapter_model.safetensors, record.json}``; ``record.json`` is written last, so a version
+directory without one is a torn write and is removed on start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from polyray.io import write_json_atomic
+
+
+class AdapterHashError(RuntimeError):
+    """An adapter's bytes do not match the hash recorded for its version id."""
+
+
+class VersionReusedError(ValueError):
+    """A publish named a version id the store has already handed out."""
+
+
+@dataclass(frozen=True)
+class AdapterRecord:
+    version: int
+    sha256: str
+    phase: str
+    step: int
+    time: float
+
+
+def adapter_hash(adapter: dict[str, Any]) -> str:
+    """SHA-256 of an adapter ({"config": dict, "tensors": {name: tensor}}): its config (sorted JSON)
+    and every tensor's name, dtype, shape and bytes, in name order."""
+    import torch
+
+    h = hashlib.sha256(json.dumps(adapter["config"], sort_keys=True).encode())
+    for name in sorted(adapter["tensors"]):
+        t = adapter["tensors"][name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes())  # raw bytes, any dtype (bfloat16 too)
+    return h.hexdigest()
+
+
+def check_adapter(adapter: dict[str, Any], version: int, sha256: str) -> None:
+    """Raise :class:`AdapterHashError` unless ``adapter`` hashes to ``sha256``."""
+    got = adapter_hash(adapter)
+    if got != sha256:
+        raise AdapterHashError(f"adapter version {version}: content hash {got[:12]} != recorded {sha256[:12]}")
+
+
+def write_adapter_dir(path: Path, adapter: dict[str, Any]) -> None:
+    """Write an adapter as a peft directory (adapter_config.json + adapter_model.safetensors)."""
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "adapter_config.json").write_text(json.dumps(adapter["config"]))
+    save_file({k: v.detach().cpu().contiguous() for k, v in adapter["tensors"].items()}, str(path / "adapter_model.safetensors"))
+
+
+def read_adapter_dir(path: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    config = json.loads((Path(path) / "adapter_config.json").read_text())
+    return {"config": config, "tensors": load_file(str(Path(path) / "adapter_model.safetensors"))}
+
+
+class AdapterStore:
+    """A plain class (tested in-process); :func:`open_store` runs it as the run's named actor."""
+
+    def __init__(self, root: str, keep: int = 8):
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        self.root, self.keep = Path(root), keep
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.records: dict[int, AdapterRecord] = {}
+        for d in sorted(self.root.glob("v[0-9]*")):
+            record = d / "record.json"
+            if record.is_file():
+                r = AdapterRecord(**json.loads(record.read_text()))
+                self.records[r.version] = r
+            else:  # killed mid-write: the version never became visible
+                shutil.rmtree(d, ignore_errors=True)
+        reserved_file = self.root / "reserved.json"
+        saved = json.loads(reserved_file.read_text()) if reserved_file.is_file() else {}
+        self.reserved = max(saved.get("reserved", 0), max(self.records, default=0))
+        self.pins: dict[str, int] = saved.get("pins", {})
+        self._cache: dict[int, dict[str, Any]] = {}  # the newest few adapters, kept in memory
+
+    def _dir(self, version: int) -> Path:
+        return self.root / f"v{version:06d}"
+
+    def _save_state(self) -> None:
+        write_json_atomic(self.root / "reserved.json", {"reserved": self.reserved, "pins": self.pins})
+
+    # ---- writes -------------------------------------------------------------------------------
+    def put(self, version: int, adapter: dict[str, Any], phase: str = "", step: int = 0) -> AdapterRecord:
+        """Persist ``adapter`` as ``version`` (> every id handed out before); returns its record.
+
+        Retrying the same put (same id, same weights) returns the existing record."""
+        sha = adapter_hash(adapter)
+        existing = self.records.get(version)
+        if existing is not None and existing.sha256 == sha:
+            return existing
+        if version < 1 or version <= self.reserved and not (version == self.reserved and existing is None):
+            raise VersionReusedError(
+                f"adapter version {version} was already handed out (newest {self.reserved}): version ids never repeat"
+            )
+        self.reserved = version
+        self._save_state()  # reserve the id before writing: a torn write never frees it
+        d = self._dir(version)
+        shutil.rmtree(d, ignore_errors=True)
+        write_adapter_dir(d, adapter)
+        record = AdapterRecord(version, sha, phase, step, time.time())
+        write_json_atomic(d / "record.json", asdict(record))
+        self.records[version] = record
+        self._cache[version] = adapter
+        self._retain()
+        return record
+
+    def pin(self, name: str, version: int) -> None:
+        """Keep ``version`` regardless of age under ``name`` (e.g. a phase's final adapter)."""
+        if version not in self.records:
+            raise KeyError(f"adapter version {version} is not in the store")
+        self.pins[name] = version
+        self._save_state()
+
+    def _retain(self) -> None:
+        keep = set(sorted(self.records)[-self.keep :]) | set(self.pins.values())
+        for version in [v for v in self.records if v not in keep]:
+            del self.records[version]
+            shutil.rmtree(self._dir(version), ignore_errors=True)
+        for version in sorted(self._cache)[:-2]:
+            del self._cache[version]
+
+    # ---- reads --------------------------------------------------------------------------------
+    def newest(self) -> int:
+        """The newest id ever handed out (0: none); a new publish must use a higher one."""
+        return self.reserved
+
+    def newest_stored(self) -> int:
+        """The newest version whose weights the store holds (0: none)."""
+        return max(self.records, default=0)
+
+    def record(self, version: int) -> AdapterRecord | None:
+        return self.records.get(version)
+
+    def records_list(self) -> list[AdapterRecord]:
+        return [self.records[v] for v in sorted(self.records)]
+
+    def pinned(self) -> dict[str, int]:
+        return dict(self.pins)
+
+    def get(self, version: int) -> tuple[dict[str, Any], AdapterRecord] | None:
+        """(adapter, record) of ``version``, or None if the store does not hold it."""
+        record = self.records.get(version)
+        if record is None:
+            return None
+        adapter = self._cache.get(version) or read_adapter_dir(self._dir(version))
+        return adapter, record
+
+
+def store_actor_name(root: Path) -> str:
+    """The store's actor name: one per run directory."""
+    return "polyray-adapter-store-" + hashlib.blake2b(str(Path(root).resolve()).encode(), digest_size=6).hexdigest()
+
+
+def open_store(root: Path, keep: int = 8):
+    """The run's store actor (created, or the live one for this run directory). Ray restarts it
+    if its process dies; the new one reads the directory back, and calls in flight are retried."""
+    import ray
+
+    return (
+        ray.remote(AdapterStore)
+        .options(name=store_actor_name(root), get_if_exists=True, num_cpus=0, max_restarts=-1, max_task_retries=-1)
+        .remote(str(Path(root).resolve()), keep)
+    )

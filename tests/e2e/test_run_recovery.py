@@ -1,0 +1,166 @@
+"""A run survives any of its processes dying: each fault kills the real process (SIGKILL) at a chosen step.
+
+One run (polychromic SFT, then GRPO through the reward service) takes several kills, one after
+another: a learner worker mid-polychromic-SFT, the rollout worker, the reward replica, the
+adapter store and a learner worker mid-GRPO. A second run has its driver killed mid-GRPO and is
+continued with ``polyray run --resume``. Both check: the run finishes, every phase's adapter comes
+from exactly ``steps`` optimizer steps, version ids strictly increase and each maps to one hash,
+and the sync canary (every publish: the rollout worker's log-probs of a fixed completion under the
+newest version against the learner's, within 1e-3) held throughout, recoveries included.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.slow, pytest.mark.e2e]
+
+ROOT = Path(__file__).resolve().parents[2]
+CANARY_TOL = 1e-3  # float32 (polyray.learner.sync.TOLERANCE)
+COMMON = [
+    "--set", "task.n_test=8", "--set", "dynamics.every=0", "--set", "learner.sync_check_every=1",
+    "--set", "eval.n_samples=4", "--set", "eval.ks=[1, 4]",
+]  # fmt: skip
+GRPO = "{type: grpo, steps: %d, prompts_per_step: 8, group_size: 4, lr: 3.0e-3, kl_beta: 0.02, checkpoint_every: 2}"
+
+
+def _rows(metrics: Path) -> list[dict]:
+    """Every row as written (a row still being written left out)."""
+    rows = []
+    for line in metrics.read_text().splitlines() if metrics.is_file() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return rows
+
+
+def _progress(metrics: Path) -> tuple[str | None, int]:
+    steps = [r for r in _rows(metrics) if "event" not in r]
+    return (steps[-1]["phase"], steps[-1]["step"]) if steps else (None, 0)
+
+
+def _processes(root: int, marker: str) -> list[psutil.Process]:
+    """Processes under ``root`` (the run's driver: its local Ray cluster is its child) whose command
+    line (Ray's process title) contains ``marker``; this session's own Ray processes are not among them."""
+    found = []
+    for p in psutil.Process(root).children(recursive=True):
+        try:
+            if marker in " ".join(p.cmdline()):
+                found.append(p)
+        except psutil.Error:
+            pass
+    return found
+
+
+def _run(out: Path, phases: str, kills: list[tuple[str, int, str]], extra=(), timeout_s=900) -> tuple[int, str, list]:
+    """``polyray run`` with ``kills``: (phase, step, process marker) -> SIGKILL one such process once the
+    phase's metrics reach that step. Returns (exit code, output, kills done as (phase, step, pid))."""
+    cmd = [sys.executable, "-m", "polyray.cli", "run", str(ROOT / "configs" / "quickstart.yaml"), "--output-dir", str(out),
+           "--set", f"phases={phases}", *COMMON, *extra]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    done, pending = [], list(kills)
+    deadline = time.time() + timeout_s
+    while proc.poll() is None and time.time() < deadline and pending:
+        phase, step = _progress(out / "metrics.jsonl")
+        want_phase, want_step, marker = pending[0]
+        if phase == want_phase and step >= want_step:
+            if marker == "driver":
+                tree = psutil.Process(proc.pid).children(recursive=True)
+                os.kill(proc.pid, signal.SIGKILL)
+                # the local cluster it started goes down with it (whatever outlives a minute: killed, as a lost node)
+                for left in psutil.wait_procs(tree, timeout=60)[1]:
+                    left.kill()
+            else:
+                victims = _processes(proc.pid, marker)
+                assert victims, f"no process matching {marker!r} at {phase} step {step}"
+                os.kill(victims[-1].pid, signal.SIGKILL)
+            done.append((phase, step, marker))
+            pending.pop(0)
+        time.sleep(0.2)
+    try:
+        output = proc.communicate(timeout=max(1, deadline - time.time()))[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output = proc.communicate()[0]
+    assert not pending, f"kills not done (run ended first): {pending}\n{output[-3000:]}"
+    return proc.returncode, output, done
+
+
+def _check_run(out: Path, steps: dict[str, int]) -> dict:
+    """What every recovered run must show; returns results.json."""
+    from polyray.io import read_log_jsonl
+
+    results = json.loads((out / "results.json").read_text())
+    assert {"base", *steps} <= set(results["phases"])
+    rows = read_log_jsonl(out / "metrics.jsonl")  # superseded rows (past a resumed checkpoint) dropped
+    for phase, n in steps.items():
+        assert [r["step"] for r in rows if r["phase"] == phase] == list(range(1, n + 1)), phase
+        # the phase's adapter comes from exactly n optimizer steps: its last checkpoint says so
+        states = [json.loads(p.read_text()) for p in (out / "checkpoints" / phase).glob("checkpoint_*/state.json")]
+        assert max(s["step"] for s in states) == n
+        final = json.loads((out / "adapters" / phase / "polyray_version.json").read_text())["version"]
+        assert final == max(s["version"] for s in states) == results["versions"][phase]
+    # every publish of every attempt: canary-checked, within tolerance; ids strictly increase
+    published = [r for r in _rows(out / "metrics.jsonl") if "canary_gap" in r]
+    assert published and max(r["canary_gap"] for r in published) <= CANARY_TOL
+    versions = [r["version"] for r in published]
+    assert versions == sorted(set(versions)), versions
+    records = [json.loads(p.read_text()) for p in sorted((out / "adapter_store").glob("v*/record.json"))]
+    ids = [r["version"] for r in records]
+    assert ids == sorted(set(ids)) and all(len(r["sha256"]) == 64 for r in records)
+    assert set(results["versions"].values()) <= set(ids)  # phase adapters pinned in the store
+    return results
+
+
+def test_run_survives_learner_rollout_reward_and_store_kills(tmp_path):
+    out = tmp_path / "run"
+    poly = "{type: polychromic_sft, steps: 6, batch_size: 8, prompts_per_step: 4, n_samples: 3, checkpoint_every: 2}"
+    kills = [
+        ("polychromic_sft", 3, "RayTrainWorker"),  # learner worker mid-polychromic-SFT
+        ("grpo", 2, "RolloutWorker"),  # rollout worker (vLLM engine) mid-GRPO
+        ("grpo", 4, "ServeReplica:reward"),  # the reward replica
+        ("grpo", 5, "AdapterStore"),  # the run's adapter store
+        ("grpo", 7, "RayTrainWorker"),  # learner worker mid-GRPO
+    ]
+    code, output, done = _run(out, f"[{poly}, {GRPO % 10}]", kills)
+    assert code == 0, output[-4000:]
+    assert len(done) == len(kills)
+    _check_run(out, {"polychromic_sft": 6, "grpo": 10})
+    from polyray.io import RESUME_EVENT
+
+    markers = [r for r in _rows(out / "metrics.jsonl") if r.get("event") == RESUME_EVENT]
+    # both learner kills resumed their phase from a checkpoint past step 0
+    assert [m["phase"] for m in markers] == ["polychromic_sft", "grpo"] and all(m["step"] > 0 for m in markers), markers
+
+
+def test_driver_killed_mid_grpo_resumes_without_redoing_finished_work(tmp_path):
+    out = tmp_path / "run"
+    phases = f"[{{type: sft, steps: 4, batch_size: 16, checkpoint_every: 2}}, {GRPO % 8}]"
+    code, output, done = _run(out, phases, [("grpo", 3, "driver")])
+    assert code == -signal.SIGKILL, output[-3000:]
+    before = json.loads((out / "results.json").read_text())
+    assert set(before["phases"]) == {"base", "sft"}
+
+    code, output, _ = _run(out, phases, [], extra=["--resume"])
+    assert code == 0, output[-4000:]
+    results = _check_run(out, {"sft": 4, "grpo": 8})
+    stages = [(s["stage"], s["attempt"]) for s in results["stages"]]
+    # nothing finished is redone: base and sft are evaluated once, by the first attempt
+    assert stages == [("eval_base", 0), ("train_sft", 0), ("eval_sft", 0), ("train_grpo", 1), ("eval_grpo", 1)]
+    assert results["phases"]["sft"] == before["phases"]["sft"]
+    from polyray.io import RESUME_EVENT
+
+    markers = [r for r in _rows(out / "metrics.jsonl") if r.get("event") == RESUME_EVENT]
+    assert [(m["phase"], m["step"] > 0) for m in markers] == [("grpo", True)], markers

@@ -1,0 +1,105 @@
+"""The adapter store in-process: ids never repeat, an id means one set of weights, retention keeps
+the newest and the pinned versions, and a store reopened on its directory (a dead actor or driver)
+has everything that was written."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+
+from polyray.rollout.store import (
+    AdapterHashError,
+    AdapterStore,
+    VersionReusedError,
+    adapter_hash,
+    check_adapter,
+    read_adapter_dir,
+)
+
+
+def _adapter(seed: int, dtype=torch.float32) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    tensors = {
+        "base_model.model.layers.0.q_proj.lora_A.weight": torch.randn(4, 16, generator=g).to(dtype),
+        "base_model.model.layers.0.q_proj.lora_B.weight": torch.randn(16, 4, generator=g).to(dtype),
+    }
+    return {"config": {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}, "tensors": tensors}
+
+
+def test_hash_is_sha256_of_config_and_tensor_bytes_in_name_order():
+    a = _adapter(0)
+    h = hashlib.sha256(json.dumps(a["config"], sort_keys=True).encode())
+    for name in sorted(a["tensors"]):
+        t = a["tensors"][name]
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.numpy().tobytes())
+    assert adapter_hash(a) == h.hexdigest()
+    reordered = {"config": dict(reversed(list(a["config"].items()))), "tensors": dict(reversed(list(a["tensors"].items())))}
+    assert adapter_hash(reordered) == adapter_hash(a)
+    assert adapter_hash(_adapter(1)) != adapter_hash(a)
+    bf16 = _adapter(0, torch.bfloat16)  # no numpy dtype for bfloat16: hashed as raw bytes
+    assert adapter_hash(bf16) != adapter_hash(a) and adapter_hash(bf16) == adapter_hash(_adapter(0, torch.bfloat16))
+    one_bit = _adapter(0)
+    one_bit["tensors"]["base_model.model.layers.0.q_proj.lora_B.weight"][3, 1] += 1e-7
+    with pytest.raises(AdapterHashError, match="adapter version 5"):
+        check_adapter(one_bit, 5, adapter_hash(a))
+
+
+def test_ids_never_repeat_and_a_retried_put_is_idempotent(tmp_path):
+    store = AdapterStore(str(tmp_path), keep=3)
+    r1 = store.put(1, _adapter(1), "grpo", 0)
+    assert store.put(1, _adapter(1), "grpo", 0) == r1  # the same put retried
+    store.put(2, _adapter(2), "grpo", 1)
+    with pytest.raises(VersionReusedError, match="version 2 was already handed out"):
+        store.put(2, _adapter(3), "grpo", 1)  # same id, other weights
+    with pytest.raises(VersionReusedError, match="version 1"):
+        store.put(1, _adapter(4))
+    with pytest.raises(VersionReusedError):
+        store.put(0, _adapter(4))
+    store.put(7, _adapter(7))  # gaps are fine; ids only increase
+    assert store.newest() == 7 and store.newest_stored() == 7
+
+
+def test_retention_keeps_the_newest_and_the_pinned(tmp_path):
+    store = AdapterStore(str(tmp_path), keep=3)
+    for v in range(1, 5):
+        store.put(v, _adapter(v), "sft", v)
+    store.pin("sft", 4)
+    for v in range(5, 10):
+        store.put(v, _adapter(v), "grpo", v)
+    assert [r.version for r in store.records_list()] == [4, 7, 8, 9]
+    assert sorted(p.name for p in tmp_path.glob("v*")) == ["v000004", "v000007", "v000008", "v000009"]
+    assert store.get(3) is None
+    adapter, record = store.get(4)
+    assert record.phase == "sft" and record.sha256 == adapter_hash(_adapter(4)) == adapter_hash(adapter)
+    with pytest.raises(KeyError):
+        store.pin("gone", 2)
+
+
+def test_a_reopened_store_has_what_was_written_and_drops_a_torn_write(tmp_path):
+    store = AdapterStore(str(tmp_path), keep=4)
+    for v in (1, 2, 3):
+        store.put(v, _adapter(v), "grpo", v)
+    store.pin("sft", 1)
+    # a put killed after reserving id 4 and writing part of its directory (no record.json yet)
+    store.reserved = 4
+    store._save_state()
+    (tmp_path / "v000004").mkdir()
+    (tmp_path / "v000004" / "adapter_config.json").write_text("{")
+
+    again = AdapterStore(str(tmp_path), keep=4)
+    assert not (tmp_path / "v000004").exists()
+    assert [r.version for r in again.records_list()] == [1, 2, 3] and again.pinned() == {"sft": 1}
+    assert again.newest() == 4 and again.newest_stored() == 3  # the torn id stays handed out ...
+    again.put(4, _adapter(40))  # ... except to the put that was cut off, retried
+    with pytest.raises(VersionReusedError):
+        again.put(4, _adapter(41))
+    for v in (1, 2, 3):  # bytes read back from disk, hash-checked
+        adapter, record = again.get(v)
+        check_adapter(adapter, v, record.sha256)
+        assert torch.equal(adapter["tensors"]["base_model.model.layers.0.q_proj.lora_B.weight"],
+                           _adapter(v)["tensors"]["base_model.model.layers.0.q_proj.lora_B.weight"])
+    assert read_adapter_dir(tmp_path / "v000002")["config"] == _adapter(2)["config"]
