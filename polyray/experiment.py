@@ -6,21 +6,27 @@ onto the base: usually its ``phases``) and the *models* to report, each ``run/ph
 call executed as a Ray task; a custom resource ``polyray_run_slot`` caps how many run at
 once (1 on a laptop, more on a cluster), and Ray queues the rest.
 
-A run whose ``results.json`` already holds every phase is not run again, so an
-interrupted experiment resumes where it stopped; a failed run is recorded and the
-others go on. Aggregation: per model and metric, the mean and 95% t-interval over
-seeds; per comparison, Mann-Whitney U and Cohen's d over seeds and, because a handful of
-seeds gives little power, the same tests over prompts (per-prompt pass@k, pooled over
-seeds, paired by prompt).
+A run whose ``results.json`` already holds every phase is not run again and an unfinished
+one is continued (``run_pipeline(resume=True)``), so an interrupted experiment resumes where
+it stopped; a failed run is recorded and the others go on. Aggregation (docs/algorithms.md §5): per model and metric, the mean and 95%
+t-interval over seeds. A claim about a model is a claim about its training runs, so the seed
+is the unit: per comparison, over the seeds both models have (paired by seed id), Welch's t
+with its interval for the difference, Mann-Whitney U and Cohen's d, Holm-adjusted across all
+comparisons x metrics of the experiment. Prompts enter only within a seed: per seed a test
+paired by prompt, and a bootstrap resampling seeds, then prompts within each, for a CI of the
+mean difference. Pooling prompts across seeds into one test would count every test prompt
+once per seed and every run as more prompts.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
@@ -156,83 +162,282 @@ def run_experiment(path: str | Path, seeds: int, output_dir: Path | None = None)
     return summary
 
 
+CONFIDENCE = 0.95
+BOOTSTRAP_RESAMPLES = 2000
+EXACT_SPLITS = 20_000  # Mann-Whitney with ties: exact permutation up to this many splits of the seeds
+
+
+def _num(x: Any) -> float | None:
+    """A JSON-safe float: None for NaN/inf (an undefined statistic)."""
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
 def _per_prompt_passk(phase_result: dict[str, Any], k: int) -> list[float]:
     from polyray.eval.passk import compute_pass_at_k
 
     return [compute_pass_at_k(r["n"], r["c"], k) for r in phase_result["per_prompt"]]
 
 
-def aggregate(exp: ExperimentConfig, configs, out: Path, seeds: int) -> dict[str, Any]:
-    """experiment.json: per model mean/CI over seeds, per comparison tests over seeds and prompts."""
-    from polyray.eval.stats import compare_models, mean_ci
+def _per_prompt_values(phase_result: dict[str, Any], metric: str) -> np.ndarray | None:
+    """Per-prompt values whose mean is ``metric`` (pass@k from n/c, reward_mean from rewards); None if not recorded."""
+    if not phase_result.get("per_prompt"):
+        return None
+    try:
+        if metric.startswith("pass@"):
+            values = _per_prompt_passk(phase_result, int(metric.split("@")[1]))
+        elif metric == "reward_mean":
+            values = [float(np.mean(r["rewards"])) for r in phase_result["per_prompt"]]
+        else:
+            return None
+    except (KeyError, ValueError, TypeError):
+        return None
+    # pass@k's product carries float noise (~1e-16: equal differences of two prompts' pass@k come
+    # out unequal); rounding restores the ties that rank tests count as ties
+    arr = np.round(np.asarray(values, dtype=np.float64), 12)
+    return arr if np.all(np.isfinite(arr)) else None
 
-    per_seed: dict[str, list[dict[str, Any]]] = {}
-    for label, ref in exp.models.items():
-        run_name, _, phase = ref.partition("/")
-        per_seed[label] = []
-        for seed in range(seeds):
-            try:
-                results = json.loads((out / "runs" / f"{run_name}-s{seed}" / "results.json").read_text())
-                per_seed[label].append(results["phases"][phase])
-            except (OSError, ValueError, KeyError):
-                continue
-    models: dict[str, Any] = {}
-    for label, rows in per_seed.items():
-        if not rows:
-            models[label] = {"n_seeds": 0}
-            continue
-        metric_names = [m for m in rows[0] if m in METRICS or m.startswith("diversity/")]
-        models[label] = {"n_seeds": len(rows), "run": exp.models[label]}
-        for m in metric_names:
-            values = [r[m] for r in rows]
-            models[label][m] = {**mean_ci(values), "values": values} if len(values) > 1 else {"mean": values[0], "values": values}
-    comparisons = {}
-    for treat, ctrl in exp.compare:
-        a_rows, b_rows = per_seed[treat], per_seed[ctrl]
-        if not a_rows or not b_rows:
-            continue
-        entry: dict[str, Any] = {}
-        for m in METRICS:
-            if m not in a_rows[0]:
-                continue
-            a, b = [r[m] for r in a_rows], [r[m] for r in b_rows]
-            over_seeds = compare_models(a, b, paired=False) if min(len(a), len(b)) > 1 else {}
-            k = int(m.split("@")[1]) if m.startswith("pass@") else None
-            over_prompts = {}
-            if k is not None and len(a_rows) == len(b_rows):
-                pa = [v for r in a_rows for v in _per_prompt_passk(r, k)]
-                pb = [v for r in b_rows for v in _per_prompt_passk(r, k)]
-                over_prompts = compare_models(pa, pb, paired=True)
-            entry[m] = {
-                "difference": sum(a) / len(a) - sum(b) / len(b),
-                "over_seeds": _brief(over_seeds),
-                "over_prompts": _brief(over_prompts),
-            }
-        comparisons[f"{treat} vs {ctrl}"] = entry
-    return {"name": exp.name, "seeds": seeds, "models": models, "comparisons": comparisons}
+
+def _pair_prompts(a_rows: list[dict], b_rows: list[dict]) -> tuple[list[int], list[int], str] | None:
+    """Row indices pairing two phases' per-prompt rows of one seed, and how they were paired.
+
+    results.json rows carry the prompt text ("prompt") but no id: pair by that text where every
+    row has one and no text repeats on a side (the prompts both sides have), else by position
+    (same test prompts in the same order: both phases of a seed draw them identically).
+    """
+    ta, tb = [r.get("prompt") for r in a_rows], [r.get("prompt") for r in b_rows]
+    if None not in ta and None not in tb and len(set(ta)) == len(ta) and len(set(tb)) == len(tb):
+        where = {t: j for j, t in enumerate(tb)}
+        ia = [i for i, t in enumerate(ta) if t in where]
+        return (ia, [where[ta[i]] for i in ia], "prompt") if ia else None
+    if a_rows and len(a_rows) == len(b_rows):
+        return list(range(len(a_rows))), list(range(len(b_rows))), "position"
+    return None
+
+
+def _welch(a: np.ndarray, b: np.ndarray, confidence: float = CONFIDENCE) -> dict[str, Any]:
+    """Welch's t-test (scipy.stats.ttest_ind, equal_var=False) and its t-interval for mean(a) − mean(b)."""
+    from scipy import stats as st
+
+    diff = float(a.mean() - b.mean())
+    if np.ptp(a) == 0 and np.ptp(b) == 0:  # scipy answers float noise here (t ~ 1e15)
+        if diff == 0:
+            return {"statistic": 0.0, "pvalue": 1.0, "df": None, "low": diff, "high": diff,
+                    "note": "all values are equal"}
+        return {"statistic": None, "pvalue": None, "df": None, "low": None, "high": None,
+                "note": "no spread within either model: the t-test is undefined"}
+    res = st.ttest_ind(a, b, equal_var=False)
+    ci = res.confidence_interval(confidence_level=confidence)
+    return {"statistic": float(res.statistic), "pvalue": float(res.pvalue), "df": float(res.df),
+            "low": float(ci.low), "high": float(ci.high)}
+
+
+def _mann_whitney(a: np.ndarray, b: np.ndarray, seed: int = 0) -> dict[str, Any]:
+    """Two-sided Mann-Whitney U with a's statistic, exact where the seeds allow.
+
+    Without ties: scipy's exact U distribution (one side ≤ 8 values; asymptotic beyond).
+    With ties scipy's default is the normal approximation, which for 3 vs 3 can go below
+    the exact minimum 0.1; there we use scipy's permutation test, exact (every split of
+    the pooled values) up to EXACT_SPLITS splits, Monte-Carlo (seeded) beyond.
+    """
+    from scipy import stats as st
+
+    from polyray.eval.stats import compute_mann_whitney
+
+    res = compute_mann_whitney(a, b)
+    if "note" in res:  # all values equal: p = 1
+        return {**res, "method": "exact"}
+    pooled = np.concatenate([a, b])
+    if np.unique(pooled).size == pooled.size:
+        return {**res, "method": "exact" if min(a.size, b.size) <= 8 else "asymptotic"}
+    splits = math.comb(a.size + b.size, a.size)
+    perm = st.PermutationMethod(n_resamples=EXACT_SPLITS, rng=np.random.default_rng(seed))
+    r = st.mannwhitneyu(a, b, alternative="two-sided", method=perm)
+    return {"statistic": float(r.statistic), "pvalue": float(r.pvalue),
+            "method": "exact permutation" if splits <= EXACT_SPLITS else "Monte-Carlo permutation"}
+
+
+def _over_seeds(a, b, confidence: float = CONFIDENCE) -> dict[str, Any]:
+    """Between-run tests with the seed as the unit: Welch's t with its interval, Mann-Whitney U, Cohen's d."""
+    from polyray.eval.stats import compute_cohens_d
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    out: dict[str, Any] = {"n": [int(a.size), int(b.size)], "difference": float(a.mean() - b.mean()),
+                           "mann_whitney": _mann_whitney(a, b)}
+    if min(a.size, b.size) >= 2:
+        out["welch_t"] = _welch(a, b, confidence)
+    if a.size + b.size >= 3:
+        out["cohens_d"] = compute_cohens_d(a, b)
+    return out
 
 
 def _brief(stats: dict[str, Any]) -> dict[str, Any]:
-    """The headline numbers of a compare_models result (the full dict is long)."""
+    """The headline numbers of an :func:`_over_seeds` result, flat and JSON-safe.
+
+    ``ci95`` is Welch's t-interval for the difference of means; ``<test>_p_holm`` is added
+    by :func:`_holm` once every comparison is known.
+    """
     if not stats:
         return {}
-    keep = {}
-    for key in ("mann_whitney", "wilcoxon", "paired_t"):
-        if key in stats:
-            keep[f"{key}_p"] = stats[key]["pvalue"]
-    for key in ("cohens_d", "cohens_dz", "cliffs_delta", "bootstrap_ci"):
-        if key in stats:
-            keep[key] = stats[key]
+    welch, mw = stats.get("welch_t", {}), stats["mann_whitney"]
+    keep: dict[str, Any] = {"n_seeds": stats["n"][0],
+                            "ci95": [_num(welch.get("low")), _num(welch.get("high"))] if welch else [None, None],
+                            "welch_t": _num(welch.get("statistic")), "welch_df": _num(welch.get("df")),
+                            "welch_p": _num(welch.get("pvalue")),
+                            "mann_whitney_u": mw["statistic"], "mann_whitney_p": mw["pvalue"],
+                            "mann_whitney_method": mw["method"], "cohens_d": _num(stats.get("cohens_d"))}
+    notes = [n for n in (welch.get("note"), mw.get("note")) if n]
+    if notes:
+        keep["note"] = "; ".join(dict.fromkeys(notes))
     return keep
 
 
+def _hierarchical_bootstrap(
+    diffs: list[np.ndarray], *, n_resamples: int = BOOTSTRAP_RESAMPLES, confidence: float = CONFIDENCE, seed: int = 0
+) -> dict[str, Any]:
+    """Percentile CI of the mean paired difference, resampling seeds, then prompts within each drawn seed.
+
+    ``diffs``: per seed, treatment − control per prompt. The estimate is the mean over seeds of
+    each seed's mean over prompts (every seed weighs the same). A seed drawn twice gets two
+    independent prompt resamples.
+    """
+    rng = np.random.default_rng(seed)
+    n_seeds = len(diffs)
+    drawn = rng.integers(0, n_seeds, size=(n_resamples, n_seeds))  # seeds, with replacement
+    totals = np.zeros(n_resamples)
+    for s, d in enumerate(diffs):
+        rows = np.nonzero(drawn == s)[0]  # the resample of each draw of seed s
+        prompts = rng.integers(0, d.size, size=(rows.size, d.size))  # its prompts, with replacement
+        np.add.at(totals, rows, d[prompts].mean(axis=1))
+    means = totals / n_seeds
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    out = {"mean_diff": float(np.mean([d.mean() for d in diffs])), "low": float(low), "high": float(high),
+           "se": float(means.std(ddof=1)), "confidence": confidence, "n_resamples": n_resamples, "seed": seed,
+           "n_seeds": n_seeds}
+    if n_seeds == 1:
+        out["note"] = "one seed: prompt variation only, no run-to-run variation"
+    return out
+
+
+def _prompt_level(
+    a_phases: dict[int, dict], b_phases: dict[int, dict], seeds: list[int], metric: str
+) -> dict[str, Any]:
+    """Prompt-level view, valid only within a seed: per seed a comparison paired by prompt, and a
+    hierarchical bootstrap (seeds, then prompts) of the mean difference. Never one pooled test."""
+    from polyray.eval.stats import compute_wilcoxon
+
+    per_seed, diffs = [], []
+    for s in seeds:
+        a, b = _per_prompt_values(a_phases[s], metric), _per_prompt_values(b_phases[s], metric)
+        if a is None or b is None:
+            return {}
+        pairing = _pair_prompts(a_phases[s]["per_prompt"], b_phases[s]["per_prompt"])
+        if pairing is None:
+            return {"note": f"seed {s}: the two models' prompts cannot be paired"}
+        ia, ib, by = pairing
+        x, y = a[ia], b[ib]
+        per_seed.append({"seed": s, "n_prompts": len(ia), "paired_by": by, "mean_diff": float((x - y).mean()),
+                         "wilcoxon_p": compute_wilcoxon(x, y)["pvalue"]})
+        diffs.append(x - y)
+    return {"per_seed": per_seed, "hierarchical_bootstrap": _hierarchical_bootstrap(diffs)} if diffs else {}
+
+
+def _load_phases(exp: ExperimentConfig, out: Path, seeds: int) -> dict[str, dict[int, dict[str, Any]]]:
+    """Per model label, seed -> its phase results; a seed whose results.json lacks the phase is absent."""
+    per_seed: dict[str, dict[int, dict[str, Any]]] = {}
+    for label, ref in exp.models.items():
+        run_name, _, phase = ref.partition("/")
+        per_seed[label] = {}
+        for seed in range(seeds):
+            try:
+                results = json.loads((out / "runs" / f"{run_name}-s{seed}" / "results.json").read_text())
+                per_seed[label][seed] = results["phases"][phase]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+    return per_seed
+
+
+def _holm(comparisons: dict[str, Any]) -> dict[str, int]:
+    """Holm across the experiment: every comparison x metric's over-seeds p, one family per test.
+
+    Adds ``<test>_p_holm`` next to each ``<test>_p`` (None where the test is undefined) and
+    returns each family's size.
+    """
+    from polyray.eval.stats import compute_holm
+
+    entries = [m["over_seeds"] for c in comparisons.values() for m in c["metrics"].values()]
+    sizes = {}
+    for key in ("welch_p", "mann_whitney_p"):
+        family = [e for e in entries if e.get(key) is not None]
+        for e in entries:
+            e[f"{key}_holm"] = None
+        if family:
+            for e, p in zip(family, compute_holm([e[key] for e in family])["adjusted"]):
+                e[f"{key}_holm"] = float(p)
+        sizes[key] = len(family)
+    return sizes
+
+
+def aggregate(exp: ExperimentConfig, configs, out: Path, seeds: int) -> dict[str, Any]:
+    """experiment.json: per model mean/CI over seeds; per comparison tests over the seeds both models
+    have (paired by seed id), Holm-adjusted across the experiment, and the within-seed prompt-level view."""
+    from polyray.eval.stats import mean_ci
+
+    phases = _load_phases(exp, out, seeds)
+    models: dict[str, Any] = {}
+    for label, by_seed in phases.items():
+        have = sorted(by_seed)
+        entry: dict[str, Any] = {"run": exp.models[label], "n_seeds": len(have), "seeds": have,
+                                 "missing_seeds": [s for s in range(seeds) if s not in by_seed]}
+        models[label] = entry
+        if not have:
+            continue
+        rows = [by_seed[s] for s in have]
+        for m in rows[0]:
+            if not (m in METRICS or m.startswith("diversity/")) or not all(m in r for r in rows):
+                continue
+            values = [r[m] for r in rows]
+            entry[m] = {**mean_ci(values), "values": values} if len(values) > 1 else {"mean": values[0], "values": values}
+    comparisons: dict[str, Any] = {}
+    for treat, ctrl in exp.compare:
+        a_phases, b_phases = phases[treat], phases[ctrl]
+        common = sorted(set(a_phases) & set(b_phases))
+        entry = {"treatment": treat, "control": ctrl, "seeds": common,
+                 "missing_seeds": {lab: [s for s in range(seeds) if s not in phases[lab]] for lab in (treat, ctrl)},
+                 "metrics": {}}
+        comparisons[f"{treat} vs {ctrl}"] = entry
+        if not common:
+            entry["note"] = "no seed has results for both models"
+            continue
+        for m in METRICS:
+            if not all(m in a_phases[s] and m in b_phases[s] for s in common):
+                continue
+            a, b = [a_phases[s][m] for s in common], [b_phases[s][m] for s in common]
+            entry["metrics"][m] = {"mean_treatment": sum(a) / len(a), "mean_control": sum(b) / len(b),
+                                   "difference": sum(a) / len(a) - sum(b) / len(b),
+                                   "over_seeds": _brief(_over_seeds(a, b)),
+                                   "within_seed": _prompt_level(a_phases, b_phases, common, m)}
+    holm = _holm(comparisons)
+    return {"name": exp.name, "seeds": seeds, "confidence": CONFIDENCE, "holm_family_sizes": holm,
+            "models": models, "comparisons": comparisons}
+
+
+def _p(entry: dict[str, Any], key: str) -> str:
+    """'p (Holm p)' for the table."""
+    p, adj = entry.get(key), entry.get(f"{key}_holm")
+    return "-" if p is None else f"{p:.3g} ({adj:.3g})" if adj is not None else f"{p:.3g}"
+
+
 def summary_table(summary: dict[str, Any]):
+    """Per model mean ±95% CI over seeds; below it, per comparison the over-seeds tests (raw p, Holm p)."""
+    from rich.console import Group
     from rich.table import Table
 
     models = summary["models"]
     div = sorted({m for v in models.values() for m in v if m.startswith("diversity/")})
     table = Table(title=f"experiment {summary['name']}: mean ±95% CI over {summary['seeds']} seeds (test prompts)")
     table.add_column("model", no_wrap=True)
+    table.add_column("seeds", justify="right", no_wrap=True)
     for m in [*METRICS, *div]:
         table.add_column(m.replace("diversity/", "").replace("reward_mean", "reward"), justify="right", no_wrap=True)
     for label, v in models.items():
@@ -241,9 +446,30 @@ def summary_table(summary: dict[str, Any]):
             cell = v.get(m)
             if cell is None:
                 cells.append("-")
-            elif "half_width" in cell:
+            elif cell.get("half_width") is not None and math.isfinite(cell["half_width"]):
                 cells.append(f"{cell['mean']:.3f}±{cell['half_width']:.3f}")
             else:
                 cells.append(f"{cell['mean']:.3f}")
-        table.add_row(label, *cells)
-    return table
+        table.add_row(label, str(v.get("n_seeds", 0)), *cells)
+    comparisons = summary.get("comparisons") or {}
+    if not comparisons:
+        return table
+    tests = Table(title="treatment − control over seeds (paired by seed id): p (Holm p); "
+                        "prompt-level: hierarchical bootstrap")
+    for col in ("comparison", "metric", "seeds", "difference [95% CI]", "Welch p", "Mann-Whitney p", "Cohen's d",
+                "bootstrap 95% CI"):
+        tests.add_column(col, justify="left" if col in ("comparison", "metric") else "right", no_wrap=True)
+    for name, c in comparisons.items():
+        if not c["metrics"]:
+            tests.add_row(name, "-", ",".join(map(str, c["seeds"])) or "none", *["-"] * 5)
+        for m, e in c["metrics"].items():
+            o = e["over_seeds"]
+            lo, hi = o["ci95"]
+            ci = f" [{lo:+.3f}, {hi:+.3f}]" if lo is not None and hi is not None else ""
+            boot = e["within_seed"].get("hierarchical_bootstrap")
+            tests.add_row(
+                name, m, ",".join(map(str, c["seeds"])), f"{e['difference']:+.3f}{ci}", _p(o, "welch_p"),
+                _p(o, "mann_whitney_p"), "-" if o["cohens_d"] is None else f"{o['cohens_d']:+.2f}",
+                f"[{boot['low']:+.3f}, {boot['high']:+.3f}]" if boot else "-",
+            )
+    return Group(table, tests)

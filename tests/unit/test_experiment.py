@@ -1,14 +1,23 @@
-"""Experiment files: runs x seeds resolve to validated run configs; results aggregate over seeds."""
+"""Experiment files: runs x seeds resolve to validated run configs; results aggregate over seeds.
+
+Statistics are checked against scipy and float64 loops (exact Mann-Whitney by enumerating every
+split, Holm by hand, the hierarchical bootstrap's standard error by its closed form)."""
 
 from __future__ import annotations
 
+import io
+import itertools
 import json
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
+from rich.console import Console
+from scipy import stats as st
 
 from polyray.io import ConfigError
-from polyray.experiment import aggregate, load_experiment
+from polyray.experiment import _hierarchical_bootstrap, _pair_prompts, aggregate, load_experiment, summary_table
 
 ROOT = Path(__file__).resolve().parents[2]
 TWO_PHASE = ROOT / "configs" / "experiments" / "two_phase.yaml"
@@ -47,22 +56,209 @@ def test_bad_run_field_names_the_run(tmp_path):
         load_experiment(path, seeds=1)
 
 
-def test_aggregate_means_over_seeds_and_tests_over_prompts(tmp_path):
-    path = _write(tmp_path, "name: e\nbase: base.yaml\nruns: {a: {}}\nmodels: {x: a/sft, y: a/grpo}\ncompare: [[y, x]]\n")
-    exp, configs = load_experiment(path, seeds=3)
-    for seed in range(3):
+def _aggregate(tmp_path, phases_of_seed, seeds=3, models="{x: a/sft, y: a/grpo}", compare="[[y, x]]"):
+    """Aggregate fake runs: ``phases_of_seed(seed)`` is that seed's results.json ``phases``."""
+    path = _write(tmp_path, f"name: e\nbase: base.yaml\nruns: {{a: {{}}}}\nmodels: {models}\ncompare: {compare}\n")
+    exp, configs = load_experiment(path, seeds=seeds)
+    for seed in range(seeds):
         d = tmp_path / "out" / "runs" / f"a-s{seed}"
-        d.mkdir(parents=True)
-        phases = {}
-        for name, c in (("sft", 2), ("grpo", 6)):
-            per_prompt = [{"n": 10, "c": c + (i % 3)} for i in range(8)]
-            phases[name] = {"pass@1": (c + 1 + seed * 0.1) / 10, "reward_mean": 0.1 * seed, "per_prompt": per_prompt}
-        (d / "results.json").write_text(json.dumps({"phases": phases}))
-    summary = aggregate(exp, configs, tmp_path / "out", seeds=3)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "results.json").write_text(json.dumps({"phases": phases_of_seed(seed)}))
+    return aggregate(exp, configs, tmp_path / "out", seeds=seeds)
+
+
+def _rows(cs, n=10, order=None, **extra):
+    """Per-prompt rows as results.json holds them: prompt text, n samples, c correct."""
+    order = range(len(cs)) if order is None else order
+    return [{"prompt": f"prompt {i}", "n": n, "c": cs[i], **extra} for i in order]
+
+
+def _exact_mw_p(a, b) -> float:
+    """Two-sided exact Mann-Whitney p: every split of the pooled values, ties counted 1/2."""
+    pooled = [*a, *b]
+
+    def u(idx):
+        xs, ys = [pooled[i] for i in idx], [pooled[i] for i in range(len(pooled)) if i not in idx]
+        return sum((x > y) + 0.5 * (x == y) for x in xs for y in ys)
+
+    null = [u(idx) for idx in itertools.combinations(range(len(pooled)), len(a))]
+    obs = u(tuple(range(len(a))))
+    return min(1.0, 2 * min(sum(v <= obs for v in null), sum(v >= obs for v in null)) / len(null))
+
+
+def _holm_by_hand(p: list[float]) -> list[float]:
+    """Sorted p's times (m - i + 1), i = 1..m, cumulative max, clipped at 1, back in input order."""
+    m, adjusted, running = len(p), [0.0] * len(p), 0.0
+    for i, j in enumerate(sorted(range(m), key=lambda j: p[j]), start=1):
+        running = max(running, min(1.0, (m - i + 1) * p[j]))
+        adjusted[j] = running
+    return adjusted
+
+
+def test_over_seeds_p_values_cannot_beat_three_runs_per_side(tmp_path):
+    # 3 seeds x the same 8 prompts; grpo beats sft on every prompt of every seed. Pooling the
+    # 24 (seed, prompt) pairs into one paired test gave p < 0.01: pseudo-replication.
+    y_seed = {"pass@1": [0.70, 0.71, 0.72], "pass@5": [0.90, 0.90, 0.95], "reward_mean": [0.5, 0.5, 0.5]}
+    x_seed = {"pass@1": [0.30, 0.31, 0.32], "pass@5": [0.60, 0.90, 0.60], "reward_mean": [0.2, 0.2, 0.2]}
+
+    def phases(seed):
+        x_rows = _rows([2 + i % 3 for i in range(8)], rewards=[0.2] * 10)
+        y_rows = _rows([6 + i % 3 for i in range(8)], rewards=[0.5] * 10)
+        return {"sft": {**{m: v[seed] for m, v in x_seed.items()}, "per_prompt": x_rows},
+                "grpo": {**{m: v[seed] for m, v in y_seed.items()}, "per_prompt": y_rows}}
+
+    summary = _aggregate(tmp_path, phases)
     x = summary["models"]["x"]["pass@1"]
     assert x["values"] == pytest.approx([0.3, 0.31, 0.32]) and x["mean"] == pytest.approx(0.31)
     assert x["low"] < 0.31 < x["high"]
-    cmp = summary["comparisons"]["y vs x"]["pass@1"]
-    assert cmp["difference"] == pytest.approx(0.4)
-    assert cmp["over_prompts"]["wilcoxon_p"] < 0.01  # 24 paired prompts, all better
-    assert cmp["over_seeds"]["mann_whitney_p"] == pytest.approx(0.1)  # 3 vs 3, complete separation
+
+    min_p = st.mannwhitneyu([0, 1, 2], [3, 4, 5], method="exact").pvalue  # complete separation, 3 vs 3
+    assert min_p == pytest.approx(2 / math.comb(6, 3)) == pytest.approx(0.1)
+    # with ties scipy's default (normal approximation) goes below it: the case exactness must cover
+    assert st.mannwhitneyu(y_seed["reward_mean"], x_seed["reward_mean"]).pvalue < min_p
+
+    cmp = summary["comparisons"]["y vs x"]
+    assert cmp["seeds"] == [0, 1, 2] and set(cmp["metrics"]) == {"pass@1", "pass@5", "reward_mean"}
+    for m, e in cmp["metrics"].items():
+        a, b = y_seed[m], x_seed[m]
+        o = e["over_seeds"]
+        assert o["n_seeds"] == 3
+        assert e["difference"] == pytest.approx(np.mean(a) - np.mean(b))
+        assert o["mann_whitney_p"] == pytest.approx(_exact_mw_p(a, b))
+        assert o["mann_whitney_p"] >= min_p - 1e-12 and o["mann_whitney_p_holm"] >= o["mann_whitney_p"]
+        if np.ptp(a) == 0 and np.ptp(b) == 0:  # no spread: Welch's t is undefined, not p = 0
+            assert o["welch_p"] is None and o["welch_p_holm"] is None
+        else:
+            t = st.ttest_ind(a, b, equal_var=False)
+            assert o["welch_p"] == pytest.approx(t.pvalue) and o["welch_df"] == pytest.approx(t.df)
+            assert o["welch_df"] <= 3 + 3 - 2  # 3 vs 3 runs, not 24 vs 24 prompts
+            lo, hi = t.confidence_interval(0.95)
+            assert o["ci95"] == pytest.approx([lo, hi])
+        # prompts: one paired test per seed, 8 prompts each, never 24
+        per_seed = e["within_seed"]["per_seed"]
+        assert [s["seed"] for s in per_seed] == [0, 1, 2] and all(s["n_prompts"] == 8 for s in per_seed)
+    assert cmp["metrics"]["pass@1"]["over_seeds"]["mann_whitney_p"] == pytest.approx(min_p)
+    assert cmp["metrics"]["reward_mean"]["over_seeds"]["mann_whitney_p"] == pytest.approx(min_p)
+    assert "over_prompts" not in json.dumps(summary)
+    json.dumps(summary, allow_nan=False)  # experiment.json is strict JSON
+    out = io.StringIO()
+    Console(file=out, width=250).print(summary_table(summary))
+    assert "y vs x" in out.getvalue() and "0.1 (0.3)" in out.getvalue()
+
+
+def test_holm_across_every_comparison_and_metric(tmp_path):
+    assert _holm_by_hand([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert _holm_by_hand([0.2, 0.5]) == pytest.approx([0.4, 0.5]) and _holm_by_hand([0.6, 0.7]) == [1.0, 1.0]
+    values = {
+        "base": {"pass@1": [0.30, 0.33, 0.29, 0.35], "pass@5": [0.60, 0.64, 0.58, 0.66]},
+        "sft": {"pass@1": [0.36, 0.31, 0.40, 0.38], "pass@5": [0.61, 0.70, 0.63, 0.67]},
+        "grpo": {"pass@1": [0.52, 0.47, 0.55, 0.50], "pass@5": [0.72, 0.69, 0.75, 0.71]},
+    }
+    summary = _aggregate(
+        tmp_path,
+        lambda seed: {ph: {m: v[seed] for m, v in mv.items()} for ph, mv in values.items()},
+        seeds=4,
+        models="{x: a/base, y: a/sft, z: a/grpo}",
+        compare="[[y, x], [z, x], [z, y]]",
+    )
+    label = {"x": "base", "y": "sft", "z": "grpo"}
+    rows = [(name, m) for name in ("y vs x", "z vs x", "z vs y") for m in ("pass@1", "pass@5")]
+    raw = {"welch_p": [], "mann_whitney_p": []}
+    for name, m in rows:
+        t, c = name.split(" vs ")
+        a, b = values[label[t]][m], values[label[c]][m]
+        raw["welch_p"].append(st.ttest_ind(a, b, equal_var=False).pvalue)
+        raw["mann_whitney_p"].append(_exact_mw_p(a, b))
+    assert summary["holm_family_sizes"] == {"welch_p": 6, "mann_whitney_p": 6}
+    for key, ps in raw.items():
+        got = [summary["comparisons"][name]["metrics"][m]["over_seeds"] for name, m in rows]
+        assert [g[key] for g in got] == pytest.approx(ps)
+        assert [g[f"{key}_holm"] for g in got] == pytest.approx(_holm_by_hand(ps))
+        assert any(g[f"{key}_holm"] > g[key] * 1.5 for g in got)  # the correction did something
+
+
+def test_seeds_are_paired_by_id_not_position(tmp_path):
+    x_p1, y_p1 = [0.30, 0.90, 0.34], {0: 0.70, 2: 0.76}
+
+    def x_cs(seed):
+        return [2 + i % 3 + seed for i in range(8)]
+
+    def y_cs(seed):
+        return [c + d + seed for c, d in zip(x_cs(seed), (5, -1, 3, 1, -2, 6, 0, 2))]
+
+    def phases(seed):
+        out = {"sft": {"pass@1": x_p1[seed], "per_prompt": _rows(x_cs(seed), n=20)}}
+        if seed != 1:  # seed 1's run never got to grpo; its rows are stored in reverse order
+            out["grpo"] = {"pass@1": y_p1[seed], "per_prompt": _rows(y_cs(seed), n=20, order=range(7, -1, -1))}
+        return out
+
+    summary = _aggregate(tmp_path, phases)
+    assert summary["models"]["y"]["seeds"] == [0, 2] and summary["models"]["y"]["missing_seeds"] == [1]
+    assert summary["models"]["x"]["missing_seeds"] == []
+    cmp = summary["comparisons"]["y vs x"]
+    assert cmp["seeds"] == [0, 2] and cmp["missing_seeds"] == {"y": [1], "x": []}
+    e = cmp["metrics"]["pass@1"]
+    a, b = [0.70, 0.76], [0.30, 0.34]  # seeds 0 and 2; by position it would be [0.30, 0.90]
+    assert e["difference"] == pytest.approx(np.mean(a) - np.mean(b))
+    assert e["over_seeds"]["welch_p"] == pytest.approx(st.ttest_ind(a, b, equal_var=False).pvalue)
+    assert e["over_seeds"]["mann_whitney_p"] == pytest.approx(_exact_mw_p(a, b))
+    per_seed = e["within_seed"]["per_seed"]
+    assert [s["seed"] for s in per_seed] == [0, 2]
+    for s in per_seed:
+        ya, xa = np.array(y_cs(s["seed"])) / 20, np.array(x_cs(s["seed"])) / 20  # paired by prompt text
+        assert s["paired_by"] == "prompt" and s["n_prompts"] == 8
+        assert s["mean_diff"] == pytest.approx(float(np.mean(ya - xa)))
+        assert s["wilcoxon_p"] == pytest.approx(st.wilcoxon(ya, xa).pvalue)
+        assert s["wilcoxon_p"] != pytest.approx(st.wilcoxon(ya[::-1], xa).pvalue)  # paired by position would differ
+    assert e["within_seed"]["hierarchical_bootstrap"]["n_seeds"] == 2
+
+
+def test_prompt_pairing_falls_back_to_position_only_without_distinct_texts():
+    a = [{"prompt": "p", "n": 1, "c": 0}, {"prompt": "q", "n": 1, "c": 1}]
+    assert _pair_prompts(a, a[::-1]) == ([0, 1], [1, 0], "prompt")
+    assert _pair_prompts(a, [{"prompt": "r", "n": 1, "c": 0}]) is None
+    no_text = [{"n": 1, "c": 0}, {"n": 1, "c": 1}]
+    assert _pair_prompts(no_text, no_text) == ([0, 1], [0, 1], "position")
+    assert _pair_prompts(no_text, no_text[:1]) is None
+    dup = [{"prompt": "p", "n": 1, "c": 0}] * 2
+    assert _pair_prompts(dup, dup) == ([0, 1], [0, 1], "position")
+
+
+def test_hierarchical_bootstrap_reproducible_contains_the_mean_and_widens_with_seed_effects(tmp_path):
+    def experiment(shifts):
+        def phases(seed):
+            xc = [i % 5 for i in range(20)]
+            yc = [c + i % 3 + shifts[seed] for i, c in enumerate(xc)]
+            return {"sft": {"pass@1": 0.0, "per_prompt": _rows(xc, n=20)},
+                    "grpo": {"pass@1": 0.0, "per_prompt": _rows(yc, n=20)}}
+        return phases
+
+    def boot(d, shifts):
+        d.mkdir()
+        return _aggregate(d, experiment(shifts), seeds=4)["comparisons"]["y vs x"]["metrics"]["pass@1"]["within_seed"]
+
+    same, varied = (2, 2, 2, 2), (0, 4, 1, 3)  # equal mean shift, only the seed-to-seed spread differs
+    flat, spread = boot(tmp_path / "same", same)["hierarchical_bootstrap"], boot(tmp_path / "varied", varied)
+    again = boot(tmp_path / "again", varied)
+    assert spread == again  # fixed seed: the same numbers
+    spread = spread["hierarchical_bootstrap"]
+    for b, shifts in ((flat, same), (spread, varied)):
+        seed_means = [sum((i % 3 + s) / 20 for i in range(20)) / 20 for s in shifts]  # float64 loop
+        assert b["mean_diff"] == pytest.approx(sum(seed_means) / len(seed_means))
+        assert b["low"] <= b["mean_diff"] <= b["high"] and b["n_resamples"] == 2000
+    assert spread["high"] - spread["low"] > 2 * (flat["high"] - flat["low"]) > 0
+
+    rng = np.random.default_rng(7)
+    diffs = [rng.normal(mu, sd, size=n) for mu, sd, n in ((0.05, 0.2, 30), (0.15, 0.1, 50), (-0.02, 0.3, 40))]
+    assert _hierarchical_bootstrap(diffs, seed=3) == _hierarchical_bootstrap(diffs, seed=3)
+    assert _hierarchical_bootstrap(diffs, seed=3) != _hierarchical_bootstrap(diffs, seed=4)
+    # Closed form of the resampling: each of the S slots draws a seed s uniformly, then the mean of
+    # P_s prompts of it, so Var = [mean_s (m_s - m)^2 + mean_s var_s / P_s] / S (plug-in variances).
+    means = [float(d.mean()) for d in diffs]
+    m = sum(means) / 3
+    between = sum((ms - m) ** 2 for ms in means) / 3
+    within = sum(sum((v - ms) ** 2 for v in d) / d.size / d.size for d, ms in zip(diffs, means)) / 3
+    out = _hierarchical_bootstrap(diffs, n_resamples=20_000, seed=0)
+    assert out["se"] == pytest.approx(math.sqrt((between + within) / 3), rel=0.03)
+    one = _hierarchical_bootstrap(diffs[:1], n_resamples=20_000, seed=0)  # one seed: prompts only
+    assert one["se"] == pytest.approx(float(diffs[0].std()) / math.sqrt(30), rel=0.03) and "note" in one
