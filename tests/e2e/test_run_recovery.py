@@ -1,6 +1,7 @@
 """A run survives any of its processes dying: each fault kills the real process (SIGKILL) at a chosen step.
 
-One run (polychromic SFT, then GRPO through the reward service) takes every kill, one after
+One run (polychromic SFT with synchronous rollouts, then GRPO through the reward service with
+rollouts one step ahead) takes every kill, one after
 another, to keep CI time down: a learner worker mid-polychromic-SFT, the rollout worker, the
 reward replica, the adapter store, a learner worker mid-GRPO, and finally the driver, after which
 ``polyray run --resume`` continues it. It checks: the run finishes; nothing finished is redone;
@@ -128,7 +129,8 @@ def _check_run(out: Path, steps: dict[str, int]) -> dict:
 def test_run_survives_every_process_dying(tmp_path):
     out = tmp_path / "run"
     poly = "{type: polychromic_sft, steps: 6, batch_size: 8, prompts_per_step: 4, n_samples: 3, checkpoint_every: 2}"
-    phases = f"[{poly}, {GRPO % 10}]"
+    grpo = GRPO[:-1] % 10 + ", async_rollouts: true, max_lag: 1}"  # the rollout kill hits a prefetch too
+    phases = f"[{poly}, {grpo}]"
     kills = [
         ("polychromic_sft", 3, "RayTrainWorker"),  # learner worker mid-polychromic-SFT
         ("grpo", 2, "RolloutWorker"),  # rollout worker (vLLM engine) mid-GRPO

@@ -1,0 +1,59 @@
+"""``--resume``: which run directory a run may start in or continue, and that both entrypoints pass it on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from polyray.config import load_config
+from polyray.io import ConfigError
+from polyray.pipeline import open_run_dir
+
+ROOT = Path(__file__).resolve().parents[2]
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+
+
+def test_a_new_run_refuses_a_directory_that_holds_one(tmp_path):
+    run = load_config(QUICKSTART)
+    assert open_run_dir(run, tmp_path / "r", resume=False) == {"name": "quickstart", "phases": {}, "versions": {}}
+    assert (tmp_path / "r" / "config.resolved.yaml").is_file()
+    with pytest.raises(ConfigError, match="already holds a run: continue it with --resume"):
+        open_run_dir(run, tmp_path / "r", resume=False)
+    (tmp_path / "s" / "adapter_store").mkdir(parents=True)  # a run killed before it wrote anything else
+    with pytest.raises(ConfigError, match="already holds a run"):
+        open_run_dir(run, tmp_path / "s", resume=False)
+
+
+def test_resume_continues_the_same_config_only(tmp_path):
+    run = load_config(QUICKSTART)
+    with pytest.raises(ConfigError, match="--resume: .* holds no run"):
+        open_run_dir(run, tmp_path / "none", resume=True)
+    out = tmp_path / "r"
+    open_run_dir(run, out, resume=False)
+    other = load_config(QUICKSTART, ["seed=3", "phases.1.steps=7"])
+    with pytest.raises(ConfigError, match="config differs from the run's .* in: phases, seed"):
+        open_run_dir(other, out, resume=True)
+    assert open_run_dir(run, out, resume=True) == {"name": "quickstart", "phases": {}, "versions": {}}
+    (out / "results.json").write_text(json.dumps({"name": "quickstart", "phases": {"base": {"pass@1": 0.1}}}))
+    results = open_run_dir(run, out, resume=True)
+    assert results["phases"] == {"base": {"pass@1": 0.1}} and results["resumed"] == 1 and results["versions"] == {}
+
+
+def test_both_entrypoints_pass_resume_on(monkeypatch, tmp_path):
+    import jobs.train
+    import polyray.pipeline
+    from typer.testing import CliRunner
+
+    from polyray.cli import app
+
+    calls = []
+    fake = lambda run, out, resume=False: calls.append((run.name, str(out), resume))  # noqa: E731
+    monkeypatch.setattr(jobs.train, "run_pipeline", fake)
+    monkeypatch.setattr(polyray.pipeline, "run_pipeline", fake)
+    assert jobs.train.main(["--config", str(QUICKSTART), "--output-dir", str(tmp_path), "--resume"]) == 0
+    result = CliRunner().invoke(app, ["run", str(QUICKSTART), "--output-dir", str(tmp_path), "--resume"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, ["run", str(QUICKSTART), "--output-dir", str(tmp_path)])
+    assert calls == [("quickstart", str(tmp_path), True)] * 2 + [("quickstart", str(tmp_path), False)]
