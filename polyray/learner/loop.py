@@ -47,12 +47,27 @@ def _save_checkpoint_dir(model, optimizer, step: int, version: int) -> str:
     return d
 
 
+def _mark_superseded(output_dir: Path, phase: str, start_step: int) -> None:
+    """Append a resume marker to the step logs if an earlier attempt at ``phase`` logged steps past
+    ``start_step`` (a restart from a checkpoint, or from step 0 when the group died before its first
+    checkpoint was registered); readers then see each (phase, step) once (polyray.io.read_log_jsonl)."""
+    from polyray.io import RESUME_EVENT, append_jsonl, read_log_jsonl
+
+    logs = [output_dir / name for name in ("metrics.jsonl", "dynamics.jsonl")]
+    if not any(r.get("phase") == phase and r.get("step", 0) > start_step for r in read_log_jsonl(logs[0])):
+        return
+    marker = {"event": RESUME_EVENT, "phase": phase, "step": start_step, "time": time.time()}
+    for log in logs:
+        if log.exists():
+            append_jsonl(log, marker)
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import torch
     import ray.train
     import ray.train.torch
 
-    from polyray.io import RESUME_EVENT, append_jsonl
+    from polyray.io import append_jsonl
     from polyray.learner.lora import add_reference_adapter, build_peft_model, extract_adapter, save_adapter
     from polyray.learner.phases import PHASES, StepContext, broadcast_from_rank0, encode_references
     from polyray.learner.sync import SyncCanary
@@ -119,11 +134,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         version += 1
         publish(version, start_step)
 
-    if resume_dir is not None and rank == 0:  # rows past the checkpoint are superseded by what follows
-        marker = {"event": RESUME_EVENT, "phase": phase_cfg.name, "step": start_step, "time": time.time()}
-        for log in ("metrics.jsonl", "dynamics.jsonl"):
-            if (Path(loop_config["output_dir"]) / log).exists():
-                append_jsonl(Path(loop_config["output_dir"]) / log, marker)
+    if rank == 0:  # a restarted attempt: the rows a lost one wrote past this start are superseded
+        _mark_superseded(Path(loop_config["output_dir"]), phase_cfg.name, start_step)
     telemetry = LearnerTelemetry(run.name, phase_cfg.name) if rank == 0 else None
     # The driver's diversity-dynamics probe (polyray.eval.dynamics): every rank publishes when it is
     # due (versions stay equal across ranks); rank 0 measures.

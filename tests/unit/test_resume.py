@@ -57,3 +57,26 @@ def test_both_entrypoints_pass_resume_on(monkeypatch, tmp_path):
     assert result.exit_code == 0, result.output
     result = CliRunner().invoke(app, ["run", str(QUICKSTART), "--output-dir", str(tmp_path)])
     assert calls == [("quickstart", str(tmp_path), True)] * 2 + [("quickstart", str(tmp_path), False)]
+
+
+def test_a_restarted_phase_marks_the_lost_attempts_rows(tmp_path):
+    """A learner group restarted from step 0 (it died before its first checkpoint was registered) or
+    from a checkpoint marks what the lost attempt logged past its start; readers see each step once."""
+    from polyray.io import append_jsonl, read_log_jsonl
+    from polyray.learner.loop import _mark_superseded
+
+    log = tmp_path / "metrics.jsonl"
+    _mark_superseded(tmp_path, "poly", 0)  # nothing logged yet: no marker
+    assert not log.exists()
+    for step in (1, 2, 3):
+        append_jsonl(log, {"phase": "poly", "step": step, "loss": float(step)})
+    _mark_superseded(tmp_path, "poly", 0)  # restart from scratch
+    assert read_log_jsonl(log) == []
+    for step in (1, 2, 3, 4):
+        append_jsonl(log, {"phase": "poly", "step": step, "loss": 10.0 + step})
+    _mark_superseded(tmp_path, "poly", 4)  # nothing past step 4: no marker
+    _mark_superseded(tmp_path, "grpo", 0)  # another phase: no marker
+    _mark_superseded(tmp_path, "poly", 2)  # restart from the step-2 checkpoint
+    append_jsonl(log, {"phase": "poly", "step": 3, "loss": 20.0})
+    assert [(r["step"], r["loss"]) for r in read_log_jsonl(log)] == [(1, 11.0), (2, 12.0), (3, 20.0)]
+    assert log.read_text().count('"event"') == 2
