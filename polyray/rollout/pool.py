@@ -102,10 +102,6 @@ class RolloutPool:
         for n, path in self.named.items():
             ray.get(worker.add_named_adapter.remote(n, path))
 
-    def worker_versions(self) -> list[list[int]]:
-        """The adapter versions each worker holds."""
-        return self._on_every_worker(lambda w: w.versions.remote())
-
     def score(self, prompt_ids: list[int], completion_ids: list[int], version: int | None, worker: int = 0) -> list[float]:
         """Log-probs of a fixed completion's tokens on worker ``worker`` under adapter ``version``."""
         return self._on_worker(self.workers[worker], lambda w: w.score.remote(prompt_ids, completion_ids, version))

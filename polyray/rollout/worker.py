@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from polyray.config import RolloutConfig, SamplingConfig
-from polyray.rollout.store import AdapterHashError, adapter_hash, check_adapter, read_adapter_dir, write_adapter_dir
+from polyray.rollout.store import AdapterHashError, adapter_hash, check_adapter, write_adapter_dir
 
 
 class MissingAdapterError(KeyError):
@@ -126,10 +126,6 @@ class RolloutWorker:
         self.adapters[version] = (path, sha)
         self._evict_old(keep=version)
         return version
-
-    def load_adapter_dir(self, version: int, path: str) -> int:
-        """Register a saved peft adapter directory as ``version``."""
-        return self.load_adapter(version, read_adapter_dir(Path(path)))
 
     def _pull(self, version: int) -> None:
         """Load ``version`` from the adapter store (hash-checked); MissingAdapterError if it has none."""
