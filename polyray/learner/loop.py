@@ -62,6 +62,13 @@ def _mark_superseded(output_dir: Path, phase: str, start_step: int) -> None:
             append_jsonl(log, marker)
 
 
+def _logged(log: Path, phase: str, step: int) -> bool:
+    """Whether ``log`` holds a current row for (phase, step)."""
+    from polyray.io import read_log_jsonl
+
+    return any(r.get("phase") == phase and r.get("step") == step for r in read_log_jsonl(log))
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import torch
     import ray.train
@@ -140,8 +147,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # The driver's diversity-dynamics probe (polyray.eval.dynamics): every rank publishes when it is
     # due (versions stay equal across ranks); rank 0 measures.
     dynamics = loop_config.get("dynamics")
-    if dynamics is not None and rank == 0 and start_step == 0:
-        dynamics(0, version)
+    if dynamics is not None and rank == 0 and start_step == 0 and not _logged(dynamics.path, phase_cfg.name, 0):
+        dynamics(0, version)  # (a restart from step 0 keeps the lost attempt's step-0 row: same weights)
 
     for step in range(start_step, phase_cfg.steps):
         t0 = time.perf_counter()
@@ -196,8 +203,9 @@ def run_phase(
 ) -> dict[str, Any]:
     """Fit one phase with a ``TorchTrainer``; returns {"adapter_dir", "version", "metrics"}.
 
-    ``dynamics``: a picklable ``probe(step, version)`` with ``probe.due(step, last)`` that rank 0
-    calls after publishing (the driver passes :class:`polyray.eval.dynamics.DynamicsProbe`).
+    ``dynamics``: a picklable ``probe(step, version)`` with ``probe.due(step, last)`` and
+    ``probe.path`` (the log it appends to) that rank 0 calls after publishing (the driver passes
+    :class:`polyray.eval.dynamics.DynamicsProbe`).
     """
     import threading
 

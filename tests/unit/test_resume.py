@@ -80,3 +80,18 @@ def test_a_restarted_phase_marks_the_lost_attempts_rows(tmp_path):
     append_jsonl(log, {"phase": "poly", "step": 3, "loss": 20.0})
     assert [(r["step"], r["loss"]) for r in read_log_jsonl(log)] == [(1, 11.0), (2, 12.0), (3, 20.0)]
     assert log.read_text().count('"event"') == 2
+
+
+def test_a_step_logged_once_is_known(tmp_path):
+    """A phase restarted from step 0 does not measure its step-0 dynamics again (the lost attempt's row,
+    same weights, stays current); a superseded row does not count."""
+    from polyray.io import RESUME_EVENT, append_jsonl
+    from polyray.learner.loop import _logged
+
+    log = tmp_path / "dynamics.jsonl"
+    assert not _logged(log, "grpo", 0)
+    append_jsonl(log, {"phase": "grpo", "step": 0})
+    append_jsonl(log, {"phase": "grpo", "step": 20})
+    assert _logged(log, "grpo", 0) and _logged(log, "grpo", 20) and not _logged(log, "sft", 0)
+    append_jsonl(log, {"event": RESUME_EVENT, "phase": "grpo", "step": 0})
+    assert _logged(log, "grpo", 0) and not _logged(log, "grpo", 20)
