@@ -63,11 +63,12 @@ def adapter_hash(adapter: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
-def check_adapter(adapter: dict[str, Any], version: int, sha256: str) -> None:
-    """Raise :class:`AdapterHashError` unless ``adapter`` hashes to ``sha256``."""
+def check_adapter(adapter: dict[str, Any], version: int, sha256: str | None) -> str:
+    """``adapter``'s hash; raises :class:`AdapterHashError` unless it equals ``sha256`` (None: not checked)."""
     got = adapter_hash(adapter)
-    if got != sha256:
+    if sha256 is not None and got != sha256:
         raise AdapterHashError(f"adapter version {version}: content hash {got[:12]} != recorded {sha256[:12]}")
+    return got
 
 
 def write_adapter_dir(path: Path, adapter: dict[str, Any]) -> None:

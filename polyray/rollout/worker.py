@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from polyray.config import RolloutConfig, SamplingConfig
-from polyray.rollout.store import AdapterHashError, adapter_hash, check_adapter, write_adapter_dir
+from polyray.rollout.store import AdapterHashError, check_adapter, write_adapter_dir
 
 
 class MissingAdapterError(KeyError):
@@ -114,9 +114,7 @@ class RolloutWorker:
         already held is kept if the hash agrees, refused otherwise (an id means one set of weights)."""
         if version < 1:
             raise ValueError(f"adapter versions start at 1, got {version}")
-        sha = adapter_hash(adapter)
-        if sha256 is not None:
-            check_adapter(adapter, version, sha256)
+        sha = check_adapter(adapter, version, sha256)  # hashed once per load
         if version in self.adapters:
             if self.adapters[version][1] != sha:
                 raise AdapterHashError(f"adapter version {version} is already loaded with other weights")
