@@ -93,11 +93,15 @@ def _run(out: Path, phases: str, kills: list[tuple[str, int, str]], extra=(), ti
         want_phase, want_step, marker = pending[0]
         if phase == want_phase and step >= want_step and (marker not in RESUMES or _registered_step(out, phase) > 0):
             if marker == "driver":
+                # the driver's node goes down: the driver and the local cluster it started die together
+                # (killed one by one, a learner could finish the phase before its cluster noticed)
                 tree = psutil.Process(proc.pid).children(recursive=True)
-                os.kill(proc.pid, signal.SIGKILL)
-                # the local cluster it started goes down with it (whatever outlives a minute: killed, as a lost node)
-                for left in psutil.wait_procs(tree, timeout=60)[1]:
-                    left.kill()
+                for p in [psutil.Process(proc.pid), *tree]:
+                    try:
+                        p.kill()
+                    except psutil.Error:
+                        pass
+                psutil.wait_procs(tree, timeout=60)
             else:
                 victims = _processes(proc.pid, marker)
                 assert victims, f"no process matching {marker!r} at {phase} step {step}"
