@@ -23,10 +23,14 @@ from polyray.models.source import ModelConfig
 from polyray.objectives.advantages import AdvantageConfig, GroupAdvantageConfig
 from polyray.objectives.grpo import Aggregation
 from polyray.objectives.polychromic import MAX_SUBSETS
+from polyray.tasks.code import CodeTaskConfig, CountdownCodeTaskConfig
 from polyray.tasks.countdown import CountdownTaskConfig
+from polyray.tasks.jsonl import JsonlTaskConfig
 
-# Tasks that train today (the registry in polyray.tasks also evaluates humaneval and JSONL tasks).
-TaskConfig = Annotated[Union[CountdownTaskConfig], Field(discriminator="type")]
+# Every task of the registry trains, but HumanEval: it is a test set, kept for evaluation only.
+TaskConfig = Annotated[
+    Union[CountdownTaskConfig, CountdownCodeTaskConfig, CodeTaskConfig, JsonlTaskConfig], Field(discriminator="type")
+]
 
 
 class SamplingConfig(_Model):
@@ -98,6 +102,9 @@ class LearnerConfig(_Model):
     max_failures: int = Field(
         2, ge=0, description="Worker-group restarts per phase after a learner failure (resumes from the last checkpoint)."
     )
+    log_rollouts: bool = Field(
+        False, description="Write every GRPO rollout (the reward's item and the reward the learner used) to rollouts.jsonl."
+    )
     sync_check_every: int = Field(
         50, ge=0, description="Sync canary: check the first and every N-th adapter publish on a rollout worker (0 = off)."
     )
@@ -168,6 +175,13 @@ _MOVED_ADVANTAGE_KEYS = {"advantage_k": "advantage.k", "advantage_diversity": "a
                          "scale_by_std": "advantage.scale_by_std"}
 
 
+class PhaseRewardConfig(_Model):
+    """A phase's own reward (e.g. correctness first, then correctness plus a length term)."""
+
+    name: str = Field(..., description="Registry reward, or 'weighted_sum' with params {components: [...]}.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Its parameters, over those the task supplies.")
+
+
 class GRPOPhaseConfig(_Model):
     """GRPO on rollouts from the pool (docs/algorithms.md §2-3)."""
 
@@ -199,6 +213,9 @@ class GRPOPhaseConfig(_Model):
     )
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     checkpoint_every: int = Field(20, ge=1, description="Steps between checkpoints.")
+    reward: PhaseRewardConfig | None = Field(
+        None, description="This phase's reward, instead of the run's reward.name and reward.params."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -276,7 +293,15 @@ class RewardConfig(_Model):
     endpoint: bool = Field(
         False, description="Score through the reward service's DeploymentHandle (started with the run if absent)."
     )
-    name: str = Field("countdown", description="Reward function of the service (GET /v1/rewards lists them).")
+    name: str | None = Field(
+        None,
+        description="Registry reward that scores GRPO rollouts (GET /v1/rewards lists them; None: the task's own,"
+        " e.g. countdown, code_exec, engagement); 'weighted_sum' adds several: params {components: [{name, weight,"
+        " params}]}.",
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Parameters of the reward, over those the task supplies (checked at run start)."
+    )
     app_name: str = Field("reward", description="Serve application name of the reward service.")
     http_port: int | None = Field(
         None, ge=1, le=65535, description="Also serve HTTP on this port (None: in-cluster handle only)."
@@ -286,6 +311,12 @@ class RewardConfig(_Model):
     retries: int = Field(
         5, ge=0, description="Times a scoring call is retried when its replica died or timed out (Serve restarts replicas)."
     )
+
+
+def phase_reward(run: "RunConfig", phase) -> RewardConfig:
+    """The reward config a phase scores with: the run's, with the phase's own name and params if it sets them."""
+    own = getattr(phase, "reward", None)
+    return run.reward if own is None else run.reward.model_copy(update={"name": own.name, "params": own.params})
 
 
 class ClusterConfig(_Model):
@@ -315,6 +346,18 @@ class RunConfig(_Model):
     dynamics: DynamicsConfig = Field(default_factory=DynamicsConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _trainable_task(cls, data: Any) -> Any:
+        task = data.get("task") if isinstance(data, dict) else None
+        if isinstance(task, dict) and task.get("type") == "humaneval":
+            raise ValueError(
+                "task.type 'humaneval' is an evaluation set (its problems are HumanEval's test split) and does not"
+                " train: train on a 'code' task (a JSONL of {prompt, test, entry_point}) and evaluate HumanEval"
+                " with polyray evaluate"
+            )
+        return data
 
     @model_validator(mode="after")
     def _unique_phase_names(self) -> "RunConfig":

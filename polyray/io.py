@@ -36,6 +36,11 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message names the field and the reason."""
 
 
+class DataError(ValueError):
+    """The user's data cannot be used (a bad JSONL line, an empty file, a task that cannot train);
+    the message names the file:line and field, or the config field to change."""
+
+
 class StrictModel(BaseModel):
     """Base of every config model: unknown keys are errors, assignments are validated."""
 
@@ -279,6 +284,23 @@ def read_log_jsonl(path: str | Path) -> list[dict[str, Any]]:
         else:
             current.append(row)
     return current
+
+
+def cache_root() -> Path:
+    """Where polyray caches what it builds (embedded models, engagement models): ``$POLYRAY_CACHE_DIR``
+    or ``~/.cache/polyray``."""
+    return Path(os.environ.get("POLYRAY_CACHE_DIR", Path.home() / ".cache" / "polyray"))
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:

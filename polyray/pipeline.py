@@ -23,7 +23,9 @@ from rich.table import Table
 from polyray.cluster import init_ray, needed_cpus
 from polyray.config import RunConfig
 from polyray.io import ConfigError, Timer, console, dump_config, make_progress, write_json_atomic
+from polyray.eval.policy_eval import build_eval_task
 from polyray.models.source import prepare_model_dir
+from polyray.reward.engagement import ensure_engagement_model, read_engagement_jsonl
 
 
 def evaluate_stage(name: str, pool, task, prompts, run: RunConfig, version: int | None) -> dict[str, Any]:
@@ -38,7 +40,7 @@ def train_stage(run: RunConfig, index: int, model_dir: Path, out: Path, pool, ve
     from polyray.learner.loop import run_phase
 
     phase = run.phases[index]
-    probe = DynamicsProbe(run, index, out, pool) if run.dynamics.every else None
+    probe = DynamicsProbe(run, index, out, pool, model_dir) if run.dynamics.every else None
     with make_progress() as bar:
         task_id = bar.add_task(f"{phase.name} ({phase.type})", total=phase.steps, info="starting workers")
 
@@ -56,10 +58,16 @@ def results_table(results: dict[str, Any], ks: list[int]) -> Table:
     table.add_column("model")
     for k in ks:
         table.add_column(f"pass@{k}", justify="right")
+    usq = [k for k in ks if k > 1][-1:]  # USQ at the largest k (a selector ranking by likelihood)
+    for k in usq:
+        table.add_column(f"usq@{k}", justify="right")
     table.add_column("reward", justify="right")
     table.add_column("distinct", justify="right")
     for name, r in results["phases"].items():
-        table.add_row(name, *[f"{r[f'pass@{k}']:.3f}" for k in ks], f"{r['reward_mean']:.3f}", f"{r['distinct_frac']:.2f}")
+        table.add_row(
+            name, *[f"{r[f'pass@{k}']:.3f}" for k in ks], *[f"{r.get(f'usq@{k}', float('nan')):.3f}" for k in usq],
+            f"{r['reward_mean']:.3f}", f"{r['distinct_frac']:.2f}",
+        )  # fmt: skip
     return table
 
 
@@ -68,6 +76,49 @@ def write_results(out: Path, results: dict[str, Any]) -> None:
 
 
 STORE_DIR = "adapter_store"
+
+
+def check_run_rewards(run: RunConfig, task) -> list[tuple[str, dict[str, Any]]]:
+    """The GRPO rewards, one (name, parameters with the task's defaults) per phase that uses rewards,
+    checked before anything starts."""
+    from polyray.config import phase_reward
+    from polyray.learner.phases import PHASES
+    from polyray.reward.base import RewardError
+    from polyray.reward.scorer import check_reward
+    from polyray.reward.service import resolve_reward
+
+    rewards = []
+    for i, phase in enumerate(run.phases):
+        if not PHASES[phase.type].uses_rewards:
+            continue
+        name, params = resolve_reward(phase_reward(run, phase), task)
+        try:
+            check_reward(name, params, "reward" if getattr(phase, "reward", None) is None else f"phases.{i}.reward")
+        except RewardError as exc:
+            raise ConfigError(str(exc)) from None
+        rewards.append((name, params))
+    return rewards
+
+
+def engagement_models(run: RunConfig, task, rewards: list[tuple[str, dict[str, Any]]]) -> list[Path]:
+    """Engagement model directories the run needs (to judge quality ``engagement``, or in a reward)
+    that hold no model yet: each is trained from the task's file (its rows checked here)."""
+    from polyray.reward.scorer import reward_names
+
+    paths = []
+    if getattr(run.task, "quality", None) == "engagement":
+        paths.append(task.engagement_model_dir())
+    for name, params in rewards:
+        if "engagement" in reward_names(name, params):
+            components = params["components"] if name == "weighted_sum" else [{"name": name, "params": params}]
+            paths += [Path(c["params"]["model_path"]) for c in components
+                      if c["name"] == "engagement" and "model_path" in c.get("params", {})]  # fmt: skip
+    missing = [p for p in dict.fromkeys(paths) if not (p / "engagement_model.json").is_file()]
+    if missing and not hasattr(run.task, "path"):
+        raise ConfigError(f"reward: no engagement model in {missing[0]} (train one: python -m jobs.train_reward_model)")
+    if missing:
+        read_engagement_jsonl(run.task.path)  # every line must hold {prompt, response, engagement} to train it
+    return missing
 
 
 def open_run_dir(run: RunConfig, out: Path, resume: bool) -> dict[str, Any]:
@@ -109,17 +160,25 @@ def run_pipeline(run: RunConfig, output_dir: Path | None = None, resume: bool = 
     from polyray.tasks import build_task
 
     out = Path(output_dir or Path("runs") / run.name).resolve()
+    # the user's data is read, and a bad line reported, before anything starts
+    task = build_task(run.task)
+    if any(p.type in ("sft", "polychromic_sft") for p in run.phases):
+        task.check_references()
+    engagement = engagement_models(run, task, check_run_rewards(run, task))
     results = open_run_dir(run, out, resume)
     done = results["phases"]
     timer = Timer()
     timer.timings.update(results.get("timings_s", {}))
     results["timings_s"] = timer.timings
-    task = build_task(run.task)
-    test_prompts = task.prompts("test", run.task.n_test)
 
     with timer("model_build"):
         model_dir = prepare_model_dir(run.model, run.task)
     results["model_dir"] = str(model_dir)
+    for path in engagement:
+        with timer("reward_model_build"), console.status(f"training the engagement model into {path}"):
+            ensure_engagement_model(run.task.path, path, run.task.seed)
+    task = build_eval_task(run, model_dir)
+    test_prompts = task.prompts("test")
     with timer("ray_init"):
         init_ray(run.cluster, needed_cpus(run))
     if run.reward.endpoint and any(PHASES[p.type].uses_rewards for p in run.phases):

@@ -43,13 +43,13 @@ def run(
 ):
     """Build/resolve the base model, train every phase on Ray, evaluate pass@k after each."""
     run_config = _load(config, set_)
-    from polyray.io import ConfigError
+    from polyray.io import ConfigError, DataError
     from polyray.models.source import ModelSourceError
     from polyray.pipeline import run_pipeline
 
     try:
         run_pipeline(run_config, output_dir, resume)
-    except (ConfigError, ModelSourceError) as exc:
+    except (ConfigError, DataError, ModelSourceError) as exc:
         _fail(str(exc))
 
 
@@ -60,13 +60,13 @@ def experiment(
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Where outputs go (default runs/<name>/)."),
 ):
     """Run every run x seed of an experiment on Ray; write experiment.json and print mean ± CI and tests."""
-    from polyray.io import ConfigError
+    from polyray.io import ConfigError, DataError
     from polyray.experiment import run_experiment
     from polyray.models.source import ModelSourceError
 
     try:
         run_experiment(config, seeds, output_dir)
-    except (ConfigError, ModelSourceError) as exc:
+    except (ConfigError, DataError, ModelSourceError) as exc:
         _fail(str(exc))
 
 

@@ -19,7 +19,7 @@ from polyray.config import DynamicsConfig, RunConfig, SamplingConfig
 from polyray.eval.passk import mean_pass_at_k
 from polyray.io import append_jsonl
 from polyray.rollout.sampling import sample_and_judge
-from polyray.tasks import Prompt, Task, build_task
+from polyray.tasks import Prompt, Task
 
 
 def measure_dynamics(
@@ -43,8 +43,8 @@ def measure_dynamics(
 class DynamicsProbe:
     """One phase's dynamics measurements; ``due(step, last)`` says when, ``probe(step, version)`` measures."""
 
-    def __init__(self, run: RunConfig, phase_index: int, output_dir: str | Path, pool):
-        self.run, self.cfg, self.pool = run, run.dynamics, pool
+    def __init__(self, run: RunConfig, phase_index: int, output_dir: str | Path, pool, model_dir: str | Path):
+        self.run, self.cfg, self.pool, self.model_dir = run, run.dynamics, pool, str(model_dir)
         self.phase = run.phases[phase_index].name
         self.offset = sum(p.steps for p in run.phases[:phase_index])  # global step of this phase's step 0
         self.path = Path(output_dir) / "dynamics.jsonl"
@@ -57,7 +57,9 @@ class DynamicsProbe:
         if not self.cfg.every or self.pool is None:
             return
         if self._task is None:
-            self._task = build_task(self.run.task)
+            from polyray.eval.policy_eval import build_eval_task
+
+            self._task = build_eval_task(self.run, self.model_dir)
             self._prompts = self._task.prompts("val", self.cfg.n_prompts)
         record = measure_dynamics(self.pool, self._task, self._prompts, self.cfg, version, self.run.seed)
         append_jsonl(self.path, {"phase": self.phase, "step": step, "global_step": self.offset + step,

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from polyray.config import EvalConfig
+from polyray.eval.metrics import compute_usq_at_k
 from polyray.eval.passk import mean_pass_at_k
 from polyray.rollout.sampling import sample_and_judge
 from polyray.tasks.base import Prompt, Task
@@ -25,7 +26,7 @@ def few_shot_prefix(task: Task, k: int) -> str:
 def evaluate_policy(
     pool, task: Task, prompts: list[Prompt], cfg: EvalConfig, version: int | None = None, seed: int = 0
 ) -> dict[str, Any]:
-    """{"pass@k", "reward_mean", "n_prompts", "n_samples", "diversity/<name>", "per_prompt"} for one adapter version.
+    """{"pass@k", "usq@k", "reward_mean", "n_prompts", "n_samples", "diversity/<name>", "per_prompt"} for one adapter version.
 
     Each prompt's samples come from its own request seed, derived from (``seed``, "eval", prompt): the
     same for every model evaluated in a run (paired comparisons), independent across prompts."""
@@ -39,6 +40,9 @@ def evaluate_policy(
     )
     texts, rewards, counts = judged.texts, judged.rewards, judged.counts
     result: dict[str, Any] = {f"pass@{k}": mean_pass_at_k(counts, k) for k in cfg.ks}
+    # USQ@k: the quality of the candidate a likelihood-ranking selector picks out of k (docs/algorithms.md §5)
+    logprob = [np.array([np.mean(s.logprobs) if s.logprobs else -1e9 for s in g]) for g in judged.samples]
+    result.update({f"usq@{k}": compute_usq_at_k(rewards, logprob, k, selector="logprob").usq for k in cfg.ks if k > 1})
     diversity = {name: compute_diversity_batch(name, texts) for name in cfg.diversity}
     result.update(
         reward_mean=float(np.mean([np.mean(r) for r in rewards])),
@@ -53,3 +57,18 @@ def evaluate_policy(
         ],
     )
     return result
+
+
+def build_eval_task(run, model_dir) -> Task:
+    """The run's task as its evaluations see it: prompts formatted for the model, and for quality
+    ``engagement`` the task's engagement model (the driver trains it before anything else)."""
+    from polyray.models.source import format_for_model
+    from polyray.tasks import build_task
+
+    task = build_task(run.task)
+    if getattr(run.task, "quality", None) == "engagement":
+        from polyray.reward.engagement import EngagementModel
+
+        task.engagement_model = EngagementModel.load(task.engagement_model_dir())
+    return format_for_model(task, run.model, model_dir)
+

@@ -53,7 +53,7 @@ def _mark_superseded(output_dir: Path, phase: str, start_step: int) -> None:
     checkpoint was registered); readers then see each (phase, step) once (polyray.io.read_log_jsonl)."""
     from polyray.io import RESUME_EVENT, append_jsonl, read_log_jsonl
 
-    logs = [output_dir / name for name in ("metrics.jsonl", "dynamics.jsonl")]
+    logs = [output_dir / name for name in ("metrics.jsonl", "dynamics.jsonl", "rollouts.jsonl")]
     if not any(r.get("phase") == phase and r.get("step", 0) > start_step for r in read_log_jsonl(logs[0])):
         return
     marker = {"event": RESUME_EVENT, "phase": phase, "step": start_step, "time": time.time()}
@@ -76,7 +76,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     from polyray.io import append_jsonl
     from polyray.learner.lora import add_reference_adapter, build_peft_model, extract_adapter, save_adapter
-    from polyray.learner.phases import PHASES, StepContext, broadcast_from_rank0, encode_references
+    from polyray.learner.phases import PHASES, RolloutLog, StepContext, broadcast_from_rank0, encode_references
+    from polyray.models.source import format_for_model
     from polyray.learner.sync import SyncCanary
     from polyray.learner.telemetry import LearnerTelemetry
     from polyray.reward.service import build_reward_fn
@@ -110,9 +111,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         optimizer.load_state_dict(torch.load(Path(resume_dir) / "optimizer.pt"))
     torch.manual_seed(run.seed + 1000 * rank + start_step)
 
-    task = build_task(run.task)
-    reward_fn = build_reward_fn(run.reward, task) if rank == 0 and PHASES[phase_cfg.type].uses_rewards else None
-    ctx = StepContext(model, tokenizer, rank, world, run.seed, reward_fn, reference)
+    task = format_for_model(build_task(run.task), run.model, loop_config["model_dir"])
+    uses_rewards = rank == 0 and PHASES[phase_cfg.type].uses_rewards
+    reward_fn = build_reward_fn(phase_reward(run, phase_cfg), task) if uses_rewards else None
+    rollout_log = None
+    if rank == 0 and run.learner.log_rollouts:
+        rollout_log = RolloutLog(Path(loop_config["output_dir"]) / "rollouts.jsonl", phase_cfg.name, task)
+    ctx = StepContext(model, tokenizer, rank, world, run.seed, reward_fn, reference, rollout_log)
     phase = PHASES[phase_cfg.type](phase_cfg, task, run.task.n_train, ctx, pool)
 
     canary = None

@@ -21,6 +21,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -51,6 +52,7 @@ class StepContext:
     seed: int
     reward_fn: Any = None  # (prompts, (B, G) texts) -> (B, G) rewards; rank 0 only (it scores rollouts)
     reference_adapter: str | None = None  # peft adapter name of the frozen KL reference (None: adapter disabled)
+    rollout_log: Any = None  # RolloutLog: rank 0 writes every scored rollout (learner.log_rollouts)
 
     @property
     def peft_model(self):
@@ -79,6 +81,24 @@ class StepContext:
         """A loss of 0 through the DDP forward (a rank with nothing to train on still joins the all-reduce)."""
         token = torch.full((1, 1), self.tokenizer.pad_token_id, dtype=torch.long, device=self.device)
         return self.model(input_ids=token).logits.float().sum() * 0.0
+
+
+@dataclass
+class RolloutLog:
+    """Appends each scored rollout to ``path`` (JSONL): the reward's item as sent, and the reward the
+    learner used, so anyone can score the same items again and compare."""
+
+    path: Path
+    phase: str
+    task: Task
+
+    def __call__(self, step: int, version: int, prompts: list[Prompt], texts: list[list[str]], rewards) -> None:
+        from polyray.io import append_jsonl
+
+        for b, (prompt, group) in enumerate(zip(prompts, texts)):
+            for g, text in enumerate(group):
+                append_jsonl(self.path, {"phase": self.phase, "step": step + 1, "version": version,
+                                         "item": self.task.reward_item(prompt, text), "reward": float(rewards[b, g])})
 
 
 def broadcast_from_rank0(obj: Any, ctx: StepContext) -> Any:
@@ -295,7 +315,9 @@ class GRPOPhase(SamplingPhase):
         rollout_s = time.perf_counter() - t0
         lag = check_lag(groups, version, self.cfg.max_lag)
         texts = [[s.text for s in g] for g in groups]
-        rewards = self.ctx.reward_fn(prompts, texts)  # (B, G): reward service handle or in-process judge
+        rewards = self.ctx.reward_fn(prompts, texts)  # (B, G): reward service handle or in-process scorer
+        if self.ctx.rollout_log is not None:
+            self.ctx.rollout_log(step, version, prompts, texts, rewards)
         adv = compute_advantages(self.cfg.advantage, rewards, texts)
         keep = dynamic_sampling_mask(adv) if self.cfg.dynamic_sampling else torch.ones(len(groups), dtype=torch.bool)
         if not keep.any():  # no group carries an advantage: nothing to learn from but the KL term; keep them all

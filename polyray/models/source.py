@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -9,6 +10,7 @@ from pydantic import Field
 
 from polyray.io import StrictModel, make_progress
 from polyray.models.tiny import TinyModelConfig
+from polyray.tasks.base import Task, with_prompt_format
 
 
 class ModelConfig(StrictModel):
@@ -20,6 +22,11 @@ class ModelConfig(StrictModel):
     )
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="Build settings when source is 'embedded'.")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="Weights dtype for learner and rollouts.")
+    prompt_format: Literal["auto", "plain"] = Field(
+        "auto",
+        description="auto: prompts go through the tokenizer's chat template when it has one (instruct models);"
+        " plain: the task's own template.",
+    )
 
 
 class ModelSourceError(ValueError):
@@ -28,8 +35,6 @@ class ModelSourceError(ValueError):
 
 def resolve_model_dir(model: ModelConfig, task, progress: Callable[[int, int, float], None] | None = None) -> Path:
     if model.source == "embedded":
-        if task.type != "countdown":
-            raise ModelSourceError(f"model.source: the embedded model is pretrained on 'countdown', not {task.type!r}")
         from polyray.models.tiny import build_tiny_model  # heavy: torch, tokenizers
 
         return build_tiny_model(model.tiny, task, progress=progress)
@@ -61,3 +66,23 @@ def prepare_model_dir(model: ModelConfig, task) -> Path:
                 model, task, progress=lambda s, n, loss: bar.update(task_id, completed=s, info=f"loss {loss:.3f}")
             )
     return resolve_model_dir(model, task)
+
+
+@functools.lru_cache(maxsize=8)
+def _chat_renderer(model_dir: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    return lambda text: tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+    )
+
+
+def format_for_model(task: Task, model: ModelConfig, model_dir: str | Path) -> Task:
+    """``task`` with prompts as ``model`` expects them: through its tokenizer's chat template when
+    it has one and ``prompt_format`` is auto (instruct models), else the task's own template."""
+    render = _chat_renderer(str(model_dir)) if model.prompt_format == "auto" else None
+    return task if render is None else with_prompt_format(task, render)
+

@@ -1,11 +1,13 @@
 """The embedded base model: a tiny Qwen3 that polyray builds, pretrains and caches itself.
 
-No hub access anywhere: the tokenizer is a byte-level BPE trained with ``tokenizers``
-on the task's own text, the weights are initialised from a ``Qwen3Config`` and fully
-fine-tuned on random *valid* solutions of the task's ``pretrain`` split (disjoint from
-train/val/test). Pretraining on many different valid answers, and stopping early,
-leaves a base that is right some of the time and spread over many answers: the regime
-where sampling k candidates pays off and where SFT and GRPO have something to do.
+No hub access anywhere: the tokenizer is a byte-level BPE (it covers any text) trained
+with ``tokenizers`` on the task's own corpus, the weights are initialised from a
+``Qwen3Config`` and fully fine-tuned on that corpus (``Task.pretrain_corpus``, never the
+val or test prompts): for countdown, random valid solutions of its ``pretrain`` split mixed
+with wrong ones; for a JSONL task, every response of its train prompts, good and bad
+alike. Pretraining on many different answers, and stopping early, leaves a base that is
+right some of the time and spread over many answers: the regime where sampling k
+candidates pays off and where SFT and GRPO have something to do.
 
 The result is a normal Hugging Face model directory (``config.json``, safetensors,
 tokenizer files) that transformers, peft and vLLM all load. It is cached under a
@@ -29,9 +31,8 @@ from typing import Callable
 
 from pydantic import Field, model_validator
 
-from polyray.io import StrictModel
-from polyray.tasks import countdown
-from polyray.tasks.countdown import CountdownTaskConfig
+from polyray.io import StrictModel, cache_root
+from polyray.tasks import build_task
 
 log = logging.getLogger(__name__)
 
@@ -64,44 +65,14 @@ class TinyModelConfig(StrictModel):
         return self
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("POLYRAY_CACHE_DIR", Path.home() / ".cache" / "polyray"))
-
-
-def build_key(tiny: TinyModelConfig, task: CountdownTaskConfig) -> str:
-    spec = {
-        "version": BUILD_VERSION,
-        "model": tiny.model_dump(mode="json"),
-        "task": task.model_dump(mode="json", include={"type", "num_numbers", "max_number", "min_operands", "max_target", "seed"}),
-    }
+def build_key(tiny: TinyModelConfig, task_config) -> str:
+    """Content hash of everything that determines the model: the recipe, its settings, the task's corpus."""
+    spec = {"version": BUILD_VERSION, "model": tiny.model_dump(mode="json"), "task": build_task(task_config).corpus_key()}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def cached_model_dir(tiny: TinyModelConfig, task: CountdownTaskConfig) -> Path:
-    return cache_root() / "models" / f"tiny-qwen3-{build_key(tiny, task)}"
-
-
-def _pretrain_corpus(task: CountdownTaskConfig, tiny: TinyModelConfig) -> list[tuple[str, str]]:
-    """(prompt, completion) pairs: random valid solutions (never the references), plus noise.
-
-    A share ``pretrain_noise`` of completions are random expressions over the prompt's
-    numbers that miss the target, as a web corpus holds wrong answers beside right ones.
-    The base then samples a mixture of a right mode and a wrong one: decent pass@k, low
-    pass@1, and a gap that SFT and RL can close.
-    """
-    spec = countdown.CountdownSpec(task.num_numbers, task.max_number, task.min_operands, task.max_target)
-    prompts = countdown.generate_prompts("pretrain", tiny.pretrain_prompts, task.seed, spec)
-    rng = random.Random(tiny.seed)
-    pairs = []
-    for p in prompts:
-        numbers, target = tuple(p.meta["numbers"]), p.meta["target"]
-        for _ in range(2):
-            if rng.random() < tiny.pretrain_noise:
-                sol = countdown.sample_wrong_expression(rng, numbers, target)
-            else:
-                sol = countdown.sample_solution(rng, numbers, target) or p.reference.strip()
-            pairs.append((p.text, " " + sol))
-    return pairs
+def cached_model_dir(tiny: TinyModelConfig, task_config) -> Path:
+    return cache_root() / "models" / f"tiny-qwen3-{build_key(tiny, task_config)}"
 
 
 def _train_tokenizer(texts: list[str], vocab_size: int):
@@ -185,12 +156,12 @@ def _pretrain(model, tokenizer, pairs, tiny: TinyModelConfig, progress: Callable
 
 def build_tiny_model(
     tiny: TinyModelConfig,
-    task: CountdownTaskConfig,
+    task_config,
     out_dir: Path | None = None,
     progress: Callable[[int, int, float], None] | None = None,
 ) -> Path:
     """Build (or reuse from cache) the embedded model; returns its directory."""
-    out_dir = Path(out_dir) if out_dir else cached_model_dir(tiny, task)
+    out_dir = Path(out_dir) if out_dir else cached_model_dir(tiny, task_config)
     if (out_dir / "build_info.json").is_file():
         return out_dir
     import torch
@@ -198,7 +169,7 @@ def build_tiny_model(
 
     started = time.perf_counter()
     torch.manual_seed(tiny.seed)
-    pairs = _pretrain_corpus(task, tiny)
+    pairs = build_task(task_config).pretrain_corpus(tiny.pretrain_prompts, tiny.pretrain_noise, tiny.seed)
     tokenizer = _train_tokenizer([p + c for p, c in pairs], tiny.vocab_size)
     model = Qwen3ForCausalLM(_qwen3_config(tiny, tokenizer))
     final_loss = _pretrain(model, tokenizer, pairs, tiny, progress)
@@ -212,9 +183,9 @@ def build_tiny_model(
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         info = {
-            "build_key": build_key(tiny, task),
+            "build_key": build_key(tiny, task_config),
             "tiny": tiny.model_dump(mode="json"),
-            "task": task.model_dump(mode="json"),
+            "task": task_config.model_dump(mode="json"),
             "parameters": sum(p.numel() for p in model.parameters()),
             "final_pretrain_loss": final_loss,
             "build_seconds": round(time.perf_counter() - started, 1),

@@ -34,7 +34,7 @@ import numpy as np
 from pydantic import Field
 
 from polyray.embeddings import BUNDLED_ENCODER, embed_texts
-from polyray.io import JsonlReport, read_jsonl_rows
+from polyray.io import DataError, JsonlReport, read_jsonl_rows
 from polyray.reward.base import ParameterisedReward, ParamsModel, RewardError, RewardItem, RewardResult, register
 from polyray.tasks.splits import SplitError, stratified_split
 
@@ -43,7 +43,7 @@ _META_FILE = "engagement_model.json"
 _HEAD_FILE = "head.safetensors"
 
 
-class EngagementDataError(ValueError):
+class EngagementDataError(DataError):
     """A JSONL file that cannot be used; the message names the file and line."""
 
 
@@ -246,6 +246,33 @@ def train_engagement_model(
     model.meta = {"metrics": metrics, "data": str(jsonl_path), "features": "[u, v, u*v, |u-v|]"}
     model.save(out_dir)
     return metrics
+
+
+def ensure_engagement_model(data: str | Path, model_dir: str | Path, seed: int = 0) -> EngagementModel:
+    """The engagement model in ``model_dir``, trained from ``data`` first when the directory holds none.
+
+    Trained into a staging directory and renamed into place, so a build cut off half-way leaves
+    nothing that looks like a model."""
+    import os
+    import shutil
+    import tempfile
+
+    model_dir = Path(model_dir)
+    if not (model_dir / _HEAD_FILE).is_file() or not (model_dir / _META_FILE).is_file():
+        model_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=model_dir.name + ".", dir=model_dir.parent))
+        try:
+            train_engagement_model(data, staging, seed=seed)
+            if model_dir.exists() and not any(model_dir.iterdir()):
+                model_dir.rmdir()
+            if model_dir.exists():  # another run trained it meanwhile: keep theirs
+                shutil.rmtree(staging)
+            else:
+                os.replace(staging, model_dir)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    return EngagementModel.load(model_dir)
 
 
 # ----------------------------------------------------------------------- reward function

