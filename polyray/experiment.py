@@ -1,6 +1,7 @@
 """``polyray experiment``: several runs x seeds on one Ray cluster, then one table with statistics.
 
-An experiment file names a base run config, a set of *runs* (each a partial config merged
+An experiment file names a base run config, optionally the task every run trains on (any
+task of the registry, in place of the base's), a set of *runs* (each a partial config merged
 onto the base: usually its ``phases``) and the *models* to report, each ``run/phase``
 (``base`` = the model before any phase). Every run x seed is one :func:`run_pipeline`
 call executed as a Ray task; a custom resource ``polyray_run_slot`` caps how many run at
@@ -41,6 +42,9 @@ class ExperimentConfig(StrictModel):
 
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="Experiment name (runs/<name>/).")
     base: str = Field(..., description="Base run config, relative to the experiment file.")
+    task: dict[str, Any] | None = Field(
+        None, description="Task of every run, in place of the base's (e.g. {type: replies, path: my.jsonl})."
+    )
     runs: dict[str, dict[str, Any]] = Field(..., description="Run name -> partial run config merged onto the base.")
     models: dict[str, str] = Field(..., description="Model label -> 'run/phase' ('base' before any phase).")
     compare: list[tuple[str, str]] = Field(default_factory=list, description="(treatment, control) model labels.")
@@ -82,6 +86,8 @@ def load_experiment(path: str | Path, seeds: int) -> tuple[ExperimentConfig, dic
     if not base_path.is_file():
         raise ConfigError(f"{path}: base: {exp.base} not found")
     base = yaml.safe_load(base_path.read_text()) or {}
+    if exp.task is not None:
+        base["task"] = exp.task
     configs = {}
     for run_name, patch in exp.runs.items():
         for seed in range(seeds):

@@ -22,8 +22,8 @@ from rich.table import Table
 
 from polyray.cluster import init_ray, needed_cpus
 from polyray.config import RunConfig
-from polyray.io import ConfigError, Timer, console, dump_config, make_progress, write_json_atomic
 from polyray.eval.policy_eval import build_eval_task
+from polyray.io import ConfigError, Timer, console, dump_config, make_progress, write_json_atomic
 from polyray.models.source import prepare_model_dir
 from polyray.reward.engagement import ensure_engagement_model, read_engagement_jsonl
 

@@ -18,7 +18,7 @@ import numpy as np
 from polyray.config import DynamicsConfig, RunConfig, SamplingConfig
 from polyray.eval.passk import mean_pass_at_k
 from polyray.io import append_jsonl
-from polyray.rollout.sampling import sample_and_judge
+from polyray.rollout.sampling import sample_and_judge, task_sampling
 from polyray.tasks import Prompt, Task
 
 
@@ -31,7 +31,7 @@ def measure_dynamics(
     from polyray.diversity import compute_diversity_batch
 
     judged = sample_and_judge(
-        pool, task, prompts, cfg.n_samples, SamplingConfig(), version=version, seed=(run_seed, "dynamics")
+        pool, task, prompts, cfg.n_samples, task_sampling(SamplingConfig(), task), version=version, seed=(run_seed, "dynamics")
     )
     record: dict[str, Any] = {f"pass@{k}": mean_pass_at_k(judged.counts, k) for k in cfg.ks}
     record["reward_mean"] = float(np.mean(judged.rewards))

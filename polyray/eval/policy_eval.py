@@ -14,7 +14,7 @@ import numpy as np
 from polyray.config import EvalConfig
 from polyray.eval.metrics import compute_usq_at_k
 from polyray.eval.passk import mean_pass_at_k
-from polyray.rollout.sampling import sample_and_judge
+from polyray.rollout.sampling import sample_and_judge, task_sampling
 from polyray.tasks.base import Prompt, Task
 
 
@@ -32,7 +32,7 @@ def evaluate_policy(
     same for every model evaluated in a run (paired comparisons), independent across prompts."""
     from polyray.diversity import compute_diversity_batch
 
-    sampling = cfg.sampling
+    sampling = task_sampling(cfg.sampling, task)
     if cfg.few_shot and "\n" not in sampling.stop:
         sampling = sampling.model_copy(update={"stop": [*sampling.stop, "\n"]})
     judged = sample_and_judge(

@@ -18,7 +18,7 @@ from typing import Any
 
 import ray
 
-from polyray.config import RunConfig
+from polyray.config import RunConfig, phase_reward
 
 
 @ray.remote(num_cpus=0)

@@ -30,7 +30,6 @@ import torch.distributed as dist
 from polyray.config import GRPOPhaseConfig, PolychromicSFTPhaseConfig, SFTPhaseConfig
 from polyray.models.batching import gather_logprobs, next_token_logits, pack_sequences, token_logprobs
 from polyray.objectives.advantages import compute_advantages, dynamic_sampling_mask
-from polyray.rollout.sampling import request_seeds
 from polyray.objectives.grpo import compute_grpo_loss
 from polyray.objectives.polychromic import (
     compute_loo_advantages,
@@ -40,6 +39,7 @@ from polyray.objectives.polychromic import (
     enumerate_subsets,
 )
 from polyray.objectives.sft import compute_sft_loss
+from polyray.rollout.sampling import request_seeds, task_sampling
 from polyray.tasks.base import Prompt, Task
 
 
@@ -210,6 +210,7 @@ class SamplingPhase:
 
     def _init_rollouts(self, cfg, task: Task, n_train: int, pool) -> None:
         self.pool, self.prompts = pool, task.prompts("train", n_train)
+        self.sampling = task_sampling(cfg.sampling, task)
         self.rollouts = RolloutPrefetch(self._submit, cfg.async_rollouts, cfg.steps)
 
     samples_per_prompt: int  # each subclass provides it: completions drawn per prompt
@@ -223,7 +224,7 @@ class SamplingPhase:
         rng = random.Random(f"{self.rollout_tag}:{self.ctx.seed}:{step}")
         prompts = rng.sample(self.prompts, min(self.cfg.prompts_per_step, len(self.prompts)))
         seeds = request_seeds(self.ctx.seed, f"{self.rollout_tag}:{step}", [str(i) for i in range(len(prompts))])
-        pending = self.pool.submit([p.text for p in prompts], self.samples_per_prompt, self.cfg.sampling, version, seeds=seeds)
+        pending = self.pool.submit([p.text for p in prompts], self.samples_per_prompt, self.sampling, version, seeds=seeds)
         return prompts, pending
 
 

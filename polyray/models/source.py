@@ -1,10 +1,10 @@
-"""Resolve ``model.source`` to a local Hugging Face model directory."""
+"""Resolve ``model.source`` to a local Hugging Face model directory, and format prompts for that model."""
 
 from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 from pydantic import Field
 
@@ -26,6 +26,9 @@ class ModelConfig(StrictModel):
         "auto",
         description="auto: prompts go through the tokenizer's chat template when it has one (instruct models);"
         " plain: the task's own template.",
+    )
+    chat_template_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Extra variables for the chat template, e.g. {enable_thinking: false} (Qwen3)."
     )
 
 
@@ -69,20 +72,25 @@ def prepare_model_dir(model: ModelConfig, task) -> Path:
 
 
 @functools.lru_cache(maxsize=8)
-def _chat_renderer(model_dir: str):
+def _tokenizer(model_dir: str):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if not getattr(tokenizer, "chat_template", None):
-        return None
-    return lambda text: tokenizer.apply_chat_template(
-        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-    )
+    return AutoTokenizer.from_pretrained(model_dir)
 
 
 def format_for_model(task: Task, model: ModelConfig, model_dir: str | Path) -> Task:
     """``task`` with prompts as ``model`` expects them: through its tokenizer's chat template when
     it has one and ``prompt_format`` is auto (instruct models), else the task's own template."""
-    render = _chat_renderer(str(model_dir)) if model.prompt_format == "auto" else None
-    return task if render is None else with_prompt_format(task, render)
+    if model.prompt_format != "auto":
+        return task
+    tokenizer = _tokenizer(str(model_dir))
+    if not getattr(tokenizer, "chat_template", None):
+        return task
+    kwargs = dict(model.chat_template_kwargs)
+    return with_prompt_format(
+        task,
+        lambda text: tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True, **kwargs
+        ),
+    )
 

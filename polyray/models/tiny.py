@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import random
 import shutil
 import tempfile
 import time

@@ -54,6 +54,12 @@ def request_seeds(run_seed: int, purpose: str, keys: Sequence[str]) -> list[int]
     return out
 
 
+def task_sampling(sampling: SamplingConfig, task: Task) -> SamplingConfig:
+    """``sampling`` with the task's stop sequences added: generation ends where its answers end."""
+    extra = [s for s in task.stop_sequences if s not in sampling.stop]
+    return sampling.model_copy(update={"stop": [*sampling.stop, *extra]}) if extra else sampling
+
+
 def sample_groups(
     pool,
     inputs: Sequence[str],

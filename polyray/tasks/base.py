@@ -58,7 +58,8 @@ class Task(ABC):
     quality_name: str = "reward"  # what the reward measures, for tables
     data_warning: str | None = None  # e.g. bad lines of the user's file that were skipped
     supports_few_shot: bool = True  # has a train split to draw in-context examples from
-    stop_sequences: tuple[str, ...] = ()
+    stop_sequences: tuple[str, ...] = ()  # sampling stops where the answer ends (the judge cuts there too)
+    chat_format: bool = False  # prompts go through a chat template (with_prompt_format): answers are whole replies
 
     @abstractmethod
     def prompts(self, split: str, count: int | None = None) -> list[Prompt]:
@@ -125,7 +126,8 @@ def with_prompt_format(task: Task, render: Callable[[str], str]) -> Task:
     """``task`` whose prompts the model sees as ``render(text)`` (e.g. through a chat template).
 
     Judges and rewards keep seeing the prompt as written (``meta["raw_prompt"]``); a few-shot
-    prefix no longer applies, since every prompt is a whole conversation."""
+    prefix no longer applies, since every prompt is a whole conversation, and nor do the task's
+    stop sequences (a chat answer ends at the end of the model's turn)."""
     formatted = copy.copy(task)
     inner = task.prompts
 
@@ -137,5 +139,6 @@ def with_prompt_format(task: Task, render: Callable[[str], str]) -> Task:
 
     formatted.prompts = prompts  # type: ignore[method-assign]
     formatted.supports_few_shot = False
+    formatted.chat_format, formatted.stop_sequences = True, ()  # a chat answer ends at the model's end of turn
     return formatted
 

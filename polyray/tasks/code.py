@@ -49,6 +49,7 @@ from __future__ import annotations
 import hashlib
 import keyword
 import random
+import re
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +57,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from polyray.io import JsonlReport, StrictModel, read_jsonl_rows
+from polyray.io import DataError, JsonlReport, StrictModel, read_jsonl_rows
 from polyray.tasks import countdown
 from polyray.tasks.base import Judgement, Prompt, Task, TaskError
 from polyray.tasks.humaneval import HUMANEVAL_STOPS, SandboxJudging, sandbox_judgement, truncate_at_stops
@@ -65,8 +66,17 @@ from polyray.tasks.splits import shuffled_split
 _MIN_PROBLEMS = 10  # fewer cannot fill train, val and test
 
 
-class CodeDataError(ValueError):
+class CodeDataError(DataError):
     """A code-problem JSONL file that cannot be used; the message names the file, line and field."""
+
+
+_FENCED = re.compile(r"```[A-Za-z0-9_+-]*\n(.*?)(?:```|$)", re.DOTALL)
+
+
+def extract_code(completion: str) -> str:
+    """The program text of a chat model's answer: its first fenced code block, else the answer as is."""
+    match = _FENCED.search(completion)
+    return "\n" + match.group(1) if match else "\n" + completion
 
 
 class _SandboxTask(SandboxJudging, Task):
@@ -76,14 +86,19 @@ class _SandboxTask(SandboxJudging, Task):
     reward_name = "code_exec"
     config: Any
 
+    def answer(self, completion: str) -> str:
+        """What of a completion runs after the prompt: up to the first stop, or for a model that answers
+        in a chat (whole functions, often in a fenced block) the code it wrote, on a line of its own."""
+        return extract_code(completion) if self.chat_format else truncate_at_stops(completion, self.stop_sequences)
+
     def judge(self, prompt: Prompt, completion: str) -> Judgement:
-        problem = {"prompt": prompt.text, "test": prompt.meta["test"], "entry_point": prompt.meta["entry_point"]}
-        completion = truncate_at_stops(completion, self.stop_sequences)
-        return sandbox_judgement(problem, completion, self.config.timeout_s, self.config.memory_mb)
+        raw = prompt.meta.get("raw_prompt", prompt.text)
+        problem = {"prompt": raw, "test": prompt.meta["test"], "entry_point": prompt.meta["entry_point"]}
+        return sandbox_judgement(problem, self.answer(completion), self.config.timeout_s, self.config.memory_mb)
 
     def reward_item(self, prompt: Prompt, completion: str) -> dict[str, Any]:
-        """The base item with the completion cut at the stops, as :meth:`judge` cuts it."""
-        return super().reward_item(prompt, truncate_at_stops(completion, self.stop_sequences))
+        """The base item with the completion cut as :meth:`judge` cuts it."""
+        return super().reward_item(prompt, self.answer(completion))
 
     def reward_defaults(self) -> dict[str, dict[str, Any]]:
         # the time limit is the problem's; memory and parallelism are the serving host's (server-only)

@@ -56,6 +56,17 @@ def test_bad_run_field_names_the_run(tmp_path):
         load_experiment(path, seeds=1)
 
 
+def test_a_task_block_puts_every_run_on_that_task(tmp_path):
+    fixture = ROOT / "tests" / "fixtures" / "engagement.jsonl"
+    path = _write(tmp_path, f"name: e\nbase: base.yaml\ntask: {{type: replies, path: {fixture}, quality: engagement}}\n"
+                            "runs: {a: {}, b: {phases: []}}\nmodels: {m: a/sft}\n")
+    _, configs = load_experiment(path, seeds=2)
+    assert {(c.task.type, c.task.path, c.task.quality) for c in configs.values()} == {("replies", str(fixture), "engagement")}
+    path = _write(tmp_path, "name: e\nbase: base.yaml\ntask: {type: humaneval}\nruns: {a: {}}\nmodels: {m: a/sft}\n")
+    with pytest.raises(ConfigError, match="runs.a: .*'humaneval' is an evaluation set"):
+        load_experiment(path, seeds=1)
+
+
 def _aggregate(tmp_path, phases_of_seed, seeds=3, models="{x: a/sft, y: a/grpo}", compare="[[y, x]]"):
     """Aggregate fake runs: ``phases_of_seed(seed)`` is that seed's results.json ``phases``."""
     path = _write(tmp_path, f"name: e\nbase: base.yaml\nruns: {{a: {{}}}}\nmodels: {models}\ncompare: {compare}\n")

@@ -9,7 +9,7 @@ import pytest
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
-@pytest.mark.parametrize("path", [CONFIGS / "quickstart.yaml", *sorted((CONFIGS / "gpu").glob("*.yaml"))], ids=str)
+@pytest.mark.parametrize("path", [*sorted(CONFIGS.glob("*.yaml")), *sorted((CONFIGS / "gpu").glob("*.yaml"))], ids=str)
 def test_run_configs_validate(path):
     from polyray.config import load_config
 
@@ -30,3 +30,25 @@ def test_eval_configs_validate(path):
     from polyray.eval.job import load_eval_config
 
     assert load_eval_config(path).models
+
+
+@pytest.mark.parametrize("path", [*sorted(CONFIGS.glob("*.yaml")), *sorted((CONFIGS / "gpu").glob("*.yaml"))], ids=str)
+def test_run_config_rewards_check_out_on_its_task(path, tmp_path):
+    """Every phase's reward is a registry reward with valid parameters once the task supplies its
+    defaults; a preset's user data is stood in for by a fixture of the same format."""
+    import json
+
+    from polyray.config import load_config
+    from polyray.pipeline import check_run_rewards
+    from polyray.tasks import build_task
+
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text("".join(json.dumps({
+        "prompt": f"def f{i}():\n", "test": f"def check(c):\n    assert c() == {i}\n", "entry_point": f"f{i}",
+        "canonical_solution": f"    return {i}\n"}) + "\n" for i in range(12)))  # fmt: skip
+    stand_in = {"code": problems, "replies": CONFIGS.parent / "tests" / "fixtures" / "engagement.jsonl"}
+    run = load_config(path)
+    if run.task.type in stand_in:
+        run = load_config(path, [f"task.path={stand_in[run.task.type]}"])
+    rewards = check_run_rewards(run, build_task(run.task))
+    assert len(rewards) == sum(p.type == "grpo" for p in run.phases)

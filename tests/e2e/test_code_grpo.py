@@ -1,0 +1,91 @@
+"""GRPO on a code task, rewarded by the sandbox through the reward service, end to end.
+
+One ``polyray run`` of ``configs/code.yaml``, shortened: countdown written as a Python function,
+a GRPO phase scored by ``code_exec`` (each rollout's unit test run in the sandbox), then one scored
+by a weighted sum of ``code_exec`` and ``length``, both through the Ray Serve reward service, with
+``learner.log_rollouts`` on. Afterwards the same items go to a freshly deployed reward service over
+HTTP: every reward the learner used must equal the service's answer for its item.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.ray, pytest.mark.vllm]
+
+ROOT = Path(__file__).resolve().parents[2]
+SHORT = [
+    "--set", "model.tiny.pretrain_steps=300", "--set", "task.n_train=64", "--set", "task.n_test=8",
+    "--set", "phases.0.steps=2", "--set", "phases.1.steps=2", "--set", "phases.2.steps=2",
+    "--set", "phases.1.prompts_per_step=4", "--set", "phases.2.prompts_per_step=4",
+    "--set", "phases.1.group_size=4", "--set", "phases.2.group_size=4",
+    "--set", "eval.n_samples=4", "--set", "eval.ks=[1, 4]", "--set", "learner.log_rollouts=true",
+]  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def reward_url():
+    """The reward service (the application a run deploys) on this session's cluster, over HTTP."""
+    import ray
+    from ray import serve
+
+    from polyray.reward.deployment import build_reward_app
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_reward_app({"num_cpus": 0.5}), name="reward-check", route_prefix="/")
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+    if started:
+        ray.shutdown()
+
+
+def test_code_grpo_rewards_from_the_sandbox_equal_the_services(tmp_path, reward_url):
+    from polyray.config import load_config, phase_reward
+    from polyray.reward.client import RewardClient
+    from polyray.reward.service import resolve_reward
+    from polyray.tasks import build_task
+
+    out = tmp_path / "code"
+    cmd = [sys.executable, "-m", "polyray.cli", "run", str(ROOT / "configs" / "code.yaml"), "--output-dir", str(out), *SHORT]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["phases"]) == {"base", "sft", "grpo_tests", "grpo_tests_short"}
+
+    run = load_config(ROOT / "configs" / "code.yaml", [s for s in SHORT if s != "--set"])
+    task = build_task(run.task)
+    rows = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
+    with RewardClient(reward_url, timeout_s=300) as client:
+        for phase in run.phases[1:]:
+            logged = [r for r in rows if r["phase"] == phase.name]
+            assert len(logged) == 2 * 4 * 4, phase.name  # steps x prompts x group
+            name, params = resolve_reward(phase_reward(run, phase), task)
+            answers = client.score(name, [r["item"] for r in logged], params)
+            assert [r["reward"] for r in logged] == [a.score for a in answers], phase.name
+            if name == "weighted_sum":  # code_exec + 0.2 length, each answer's components shown
+                parts = [a.detail["components"] for a in answers]
+                assert all(p["code_exec"] + 0.2 * p["length"] == pytest.approx(a.score) for p, a in zip(parts, answers))
+                assert len({a.score for a in answers}) > 1  # the length term moves it: not a constant
+        # the sandbox path is live: the references pass, the same numbers as a literal target fail
+        prompts = task.prompts("test", 8)
+        refs = client.score("code_exec", [task.reward_item(p, p.reference) for p in prompts], {"timeout_s": 5.0})
+        cheats = client.score("code_exec", [task.reward_item(p, f" {p.meta['target']}") for p in prompts])
+        assert [r.score for r in refs] == [1.0] * 8 and [r.score for r in cheats] == [0.0] * 8
