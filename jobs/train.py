@@ -4,7 +4,7 @@ import argparse
 import sys
 
 from polyray.config import load_config
-from polyray.io import ConfigError
+from polyray.io import ConfigError, DataError
 from polyray.models.source import ModelSourceError
 from polyray.pipeline import run_pipeline
 
@@ -18,7 +18,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         run_pipeline(load_config(args.config, args.overrides), args.output_dir, args.resume)
-    except (ConfigError, ModelSourceError) as exc:
+    except (ConfigError, DataError, ModelSourceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

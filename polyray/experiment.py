@@ -3,13 +3,11 @@
 An experiment file names a base run config, optionally the task every run trains on (any
 task of the registry, in place of the base's), a set of *runs* (each a partial config merged
 onto the base: usually its ``phases``) and the *models* to report, each ``run/phase``
-(``base`` = the model before any phase). Every run x seed is one :func:`run_pipeline`
-call executed as a Ray task; a custom resource ``polyray_run_slot`` caps how many run at
-once (1 on a laptop, more on a cluster), and Ray queues the rest.
-
-A run whose ``results.json`` already holds every phase is not run again and an unfinished
-one is continued (``run_pipeline(resume=True)``), so an interrupted experiment resumes where
-it stopped; a failed run is recorded and the others go on. Aggregation (docs/algorithms.md §5): per model and metric, the mean and 95%
+(``base`` = the model before any phase). Every run x seed is one Ray Tune trial of the
+training pipeline (:mod:`polyray.sweep`: a grid over ``run`` and ``seed``), ``max_concurrent``
+at once. Running an interrupted experiment again restores its Tune experiment: finished
+trials are not run again and an unfinished one continues its run (``run_pipeline(resume=True)``);
+a failed run is recorded and the others go on. Aggregation (docs/algorithms.md §5): per model and metric, the mean and 95%
 t-interval over seeds. A claim about a model is a claim about its training runs, so the seed
 is the unit: per comparison, over the seeds both models have (paired by seed id), Welch's t
 with its interval for the difference, Mann-Whitney U and Cohen's d, Holm-adjusted across all
@@ -21,7 +19,6 @@ once per seed and every run as more prompts.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from pathlib import Path
@@ -32,7 +29,8 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from polyray.config import RunConfig
-from polyray.io import ConfigError, StrictModel, console, format_validation_error, make_progress
+from polyray.io import ConfigError, StrictModel, console, format_validation_error
+from polyray.sweep import merge
 
 METRICS = ("pass@1", "pass@5", "pass@10", "reward_mean")
 
@@ -48,7 +46,7 @@ class ExperimentConfig(StrictModel):
     runs: dict[str, dict[str, Any]] = Field(..., description="Run name -> partial run config merged onto the base.")
     models: dict[str, str] = Field(..., description="Model label -> 'run/phase' ('base' before any phase).")
     compare: list[tuple[str, str]] = Field(default_factory=list, description="(treatment, control) model labels.")
-    max_concurrent: int = Field(1, ge=1, description="Runs executing at once on the cluster.")
+    max_concurrent: int = Field(1, ge=1, description="Runs (Tune trials) executing at once on the cluster.")
 
     @model_validator(mode="after")
     def _references_resolve(self) -> "ExperimentConfig":
@@ -61,14 +59,6 @@ class ExperimentConfig(StrictModel):
                 if label not in self.models:
                     raise ValueError(f"compare: unknown model {label!r} (models: {sorted(self.models)})")
         return self
-
-
-def _merge(base: dict, patch: dict) -> dict:
-    """Deep merge of mappings; lists and scalars in ``patch`` replace."""
-    out = copy.deepcopy(base)
-    for key, value in patch.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def load_experiment(path: str | Path, seeds: int) -> tuple[ExperimentConfig, dict[tuple[str, int], RunConfig]]:
@@ -91,7 +81,7 @@ def load_experiment(path: str | Path, seeds: int) -> tuple[ExperimentConfig, dic
     configs = {}
     for run_name, patch in exp.runs.items():
         for seed in range(seeds):
-            data = _merge(base, {**patch, "name": f"{exp.name}-{run_name}-s{seed}", "seed": seed})
+            data = merge(base, {**patch, "name": f"{exp.name}-{run_name}-s{seed}", "seed": seed})
             try:
                 configs[run_name, seed] = RunConfig.model_validate(data)
             except ValidationError as exc:
@@ -104,59 +94,26 @@ def load_experiment(path: str | Path, seeds: int) -> tuple[ExperimentConfig, dic
     return exp, configs
 
 
-def _finished(out: Path, run: RunConfig) -> bool:
-    try:
-        results = json.loads((out / "results.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return {"base", *(p.name for p in run.phases)} <= set(results.get("phases", {}))
-
-
-def _run_one(config: dict[str, Any], out: str) -> dict[str, Any]:
-    """Ray task body: one pipeline on the cluster the task runs in."""
-    import os
-
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from polyray.pipeline import run_pipeline
-
-    # a run an earlier invocation left unfinished is continued, not started over
-    return run_pipeline(RunConfig.model_validate(config), Path(out), resume=(Path(out) / "config.resolved.yaml").is_file())
+def _experiment_run_dir(params: dict[str, Any]) -> str:
+    return f"runs/{params['run']}-s{params['seed']}"
 
 
 def run_experiment(path: str | Path, seeds: int, output_dir: Path | None = None) -> dict[str, Any]:
-    import ray
+    """Every run x seed as a Ray Tune trial (:func:`polyray.sweep.run_trials`); an experiment run again
+    in the same directory is restored: finished trials are kept, unfinished ones continued."""
+    from ray import tune
 
-    from polyray.cluster import init_ray, needed_cpus
-    from polyray.models.source import prepare_model_dir
+    from polyray.sweep import TUNE_DIR, run_trials
 
     exp, configs = load_experiment(path, seeds)
     out = Path(output_dir or Path("runs") / exp.name).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    first = next(iter(configs.values()))
-    prepare_model_dir(first.model, first.task)  # once, before runs race to build it
-    init_ray(first.cluster, needed_cpus(first), resources={"polyray_run_slot": exp.max_concurrent})
-
-    # A joined cluster without run slots schedules runs by their actors' CPU/GPU needs alone.
-    slots = {"polyray_run_slot": 1} if ray.cluster_resources().get("polyray_run_slot") else {}
-    task = ray.remote(_run_one).options(num_cpus=0, resources=slots, max_retries=0)
-    pending, errors = {}, {}
-    for (run_name, seed), cfg in configs.items():
-        run_dir = out / "runs" / f"{run_name}-s{seed}"
-        if _finished(run_dir, cfg):
-            continue
-        pending[task.remote(cfg.model_dump(mode="json"), str(run_dir))] = (run_name, seed)
-    with make_progress() as bar:
-        bar_id = bar.add_task(f"experiment {exp.name}", total=len(configs), completed=len(configs) - len(pending), info="")
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            run_name, seed = pending.pop(done[0])
-            try:
-                ray.get(done[0])
-                info = f"{run_name} seed {seed} done"
-            except Exception as exc:  # one failed run must not lose the others
-                errors[f"{run_name}-s{seed}"] = f"{type(exc).__name__}: {exc}"[-2000:]
-                info = f"[red]{run_name} seed {seed} failed"
-            bar.update(bar_id, advance=1, info=info)
+    bases = {run_name: configs[run_name, 0].model_dump(mode="json") for run_name in exp.runs}
+    space = {"run": tune.grid_search(list(exp.runs)), "seed": tune.grid_search(list(range(seeds)))}
+    resume = tune.Tuner.can_restore(str(out / TUNE_DIR / exp.name))
+    grid = run_trials(exp.name, out, space, bases, _experiment_run_dir, next(iter(configs.values())),
+                      max_concurrent=exp.max_concurrent, resume=resume)  # fmt: skip
+    errors = {f"{r.config['run']}-s{r.config['seed']}": str(r.error)[-2000:] for r in grid if r.error is not None}
 
     summary = aggregate(exp, configs, out, seeds)
     summary["errors"] = errors

@@ -70,6 +70,25 @@ def experiment(
         _fail(str(exc))
 
 
+@app.command()
+def sweep(
+    config: Path = typer.Argument(..., help="Sweep YAML, e.g. configs/sweeps/lambda_seed.yaml."),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Where outputs go (default runs/<name>/)."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Restore the interrupted sweep in the output directory: finished trials are kept."
+    ),
+):
+    """Run every trial of a search space (Ray Tune, one training run per trial); write sweep.json/csv and a report."""
+    from polyray.io import ConfigError, DataError
+    from polyray.models.source import ModelSourceError
+    from polyray.sweep import run_sweep
+
+    try:
+        run_sweep(config, output_dir, resume)
+    except (ConfigError, DataError, ModelSourceError) as exc:
+        _fail(str(exc))
+
+
 @model_app.command("build-tiny")
 def build_tiny(
     config: Optional[Path] = typer.Option(None, "--config", help="Run config whose model.tiny and task to build for."),

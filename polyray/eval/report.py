@@ -5,7 +5,7 @@
 - ``report.html``: one file that opens offline — plotly.js is inlined once in the head
   (what ``include_plotlyjs=True`` does, without repeating 4 MB per figure), no CDN, no
   fonts or favicon fetched. Figures, each in a div with a stable id:
-  ``fig-passk`` (pass@k curves with CI bands), ``fig-usq`` (USQ@k beside pass@k per k),
+  ``fig-axis`` (a sweep's pass@k against its swept value), ``fig-passk`` (pass@k curves with CI bands), ``fig-usq`` (USQ@k beside pass@k per k),
   ``fig-pareto`` (quality vs diversity, frontier marked), ``fig-dynamics`` (diversity
   dynamics through SFT and GRPO), ``fig-lora`` (‖ΔW‖_F heatmaps layer × module, the
   two first adapters and their difference); tables ``table-main`` and ``table-stats``.
@@ -37,6 +37,7 @@ for the table/curves; dict keys that are k may be ints or strings)::
       "pareto": {"diversity": "semantic",                   # default: first diversity metric
                  "quality_label": "pass@1",
                  "points": [{"name": "λ=0.1", "quality": q, "diversity": d}, ...]},  # extra points
+      "axis": {"name": "phases.0.lam", "points": [{"x": 0.3, "pass@1": V, ...}, ...]},  # a sweep's one axis
       "dynamics": [{"run": "poly", "phase": "sft", "step": 0, "diversity/semantic": 0.4, ...}, ...],
       "lora": {"baseline": rows, "polychromic": rows},       # analysis.lora_parameter_analysis rows
       "stats": {"<comparison>": stats.compare_models(...) dict, ...},
@@ -59,7 +60,7 @@ from polyray.eval.analysis import dynamics_trajectories, lora_heatmap_matrix, pa
 
 __all__ = ["FIGURE_IDS", "render_html", "render_latex_table", "write_report", "write_samples_jsonl"]
 
-FIGURE_IDS = ("fig-passk", "fig-usq", "fig-pareto", "fig-dynamics", "fig-lora")
+FIGURE_IDS = ("fig-axis", "fig-passk", "fig-usq", "fig-pareto", "fig-dynamics", "fig-lora")
 _PALETTE = (
     "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
 )  # fmt: skip
@@ -483,7 +484,30 @@ td.best { font-weight: bold; }
 .skipped { color: #777; font-style: italic; padding: 1rem; border: 1px dashed #ccc; }
 """
 
+def _fig_axis(results: dict[str, Any]):
+    """pass@k against one swept value (a sweep's axis), mean with CI error bars per k."""
+    import plotly.graph_objects as go
+
+    axis = results.get("axis")
+    if not axis or not axis.get("points"):
+        return None, "not a sweep over one axis (results['axis'] absent)"
+    points = sorted(axis["points"], key=lambda p: (not isinstance(p["x"], (int, float)), p["x"]))
+    names = sorted({k for p in points for k in p if k.startswith("pass@")}, key=lambda k: int(k[5:]))
+    fig = go.Figure()
+    xs = [p["x"] for p in points]
+    for i, name in enumerate(names):
+        vals = [_val(p.get(name)) for p in points]
+        means = [m for m, _, _ in vals]
+        plus = [(hi - m) if hi is not None else 0.0 for m, _, hi in vals]
+        minus = [(m - lo) if lo is not None else 0.0 for m, lo, _ in vals]
+        fig.add_trace(go.Scatter(x=xs, y=means, mode="lines+markers", name=name, line={"color": _color(i)},
+                                 error_y={"type": "data", "array": plus, "arrayminus": minus, "visible": True}))  # fmt: skip
+    fig.update_layout(xaxis_title=str(axis.get("name", "value")), yaxis_title="pass@k (mean, 95% CI over seeds)")
+    return fig, ""
+
+
 _FIGURES = (
+    ("fig-axis", "Pass@k against the swept value", _fig_axis),
     ("fig-passk", "Pass@k curves", _fig_passk),
     ("fig-usq", "USQ@k vs Pass@k", _fig_usq),
     ("fig-pareto", "Pareto frontier: quality vs diversity", _fig_pareto),

@@ -66,6 +66,10 @@ def synthetic_results() -> dict:
         "ks": ks,
         "models": models,
         "pareto": {"diversity": "semantic", "points": [{"name": "λ=0.5", "quality": 0.35, "diversity": 0.6}]},
+        "axis": {"name": "phases.0.lam", "points": [
+            {"x": lam, "pass@1": {"mean": 0.2 + 0.1 * lam, "low": 0.15 + 0.1 * lam, "high": 0.25 + 0.1 * lam},
+             "pass@10": {"mean": 0.5 + 0.2 * lam, "low": 0.45 + 0.2 * lam, "high": 0.55 + 0.2 * lam}}
+            for lam in (0.0, 0.1, 0.3, 1.0)]},
         "dynamics": dynamics,
         "lora": {"baseline": _lora_rows(1.0, 0), "polychromic": _lora_rows(1.5, 1)},
         "stats": {
@@ -94,7 +98,7 @@ def test_report_files_without_browser(tmp_path):
     # missing inputs: figures skipped with a note, not an error
     minimal = {"models": {"a_b": {"pass_at_k": {"1": 0.2, "5": 0.5}}}}
     html = write_report(tmp_path / "min", minimal)["html"].read_text()
-    for fid in ("fig-usq", "fig-pareto", "fig-dynamics", "fig-lora"):
+    for fid in ("fig-axis", "fig-usq", "fig-pareto", "fig-dynamics", "fig-lora"):
         assert f'<div id="{fid}" class="skipped">' in html
     assert r"a\_b" in render_latex_table(minimal)
     rows = [{"prompt_id": "p0", "rewards": np.array([1.0, 0.0]), "c": np.int64(1)}]

@@ -32,6 +32,7 @@ LAYERS: dict[str, int] = {
     "polyray.pipeline": 8,
     "polyray.eval.job": 8,
     "polyray.experiment": 9,
+    "polyray.sweep": 9,
     "polyray.cli": 10,
     "services": 11,
     "jobs": 11,

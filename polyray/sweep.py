@@ -1,0 +1,411 @@
+"""``polyray sweep``: the training pipeline as Ray Tune trials (Ray Train V2 inside), resumable.
+
+A sweep file names a base run config, optionally the task every trial trains on and a partial
+config merged onto the base (``overrides``), and a search ``space``: config fields by dotted
+path (``phases.0.lam``, ``seed``), each a ``grid``, ``choice``, ``uniform`` or ``loguniform``
+axis. Every point is one Tune trial; a trial is a function trainable that calls
+:func:`polyray.pipeline.run_pipeline`, which builds one ``TorchTrainer`` per phase (the pattern Ray
+documents for Train V2 inside Tune) and reports the final evaluation to Tune.
+
+The same machinery runs ``polyray experiment``: its runs x seeds are a grid over ``run`` (which
+partial config) and ``seed`` (:func:`run_trials`).
+
+Resources. Under Train V2 a trial's own request covers only its driver, so the trial function
+asks for no CPU; its rollout actors, Train workers and the reward replica request theirs.
+``max_concurrent_trials`` (default 1) keeps concurrent trials within what the cluster has; the
+reward service is one Serve application shared by all trials (the first trial deploys it). A
+trial that ends, fails or is stopped takes its vLLM actors with it (they are its children).
+
+Stable directories. A trial's run directory is named after its parameters
+(``trials/phases.0.lam=0.3,seed=1``), so the same point always writes to the same place: a trial
+restored by ``Tuner.restore`` (``--resume``) finds its run and continues it with
+``run_pipeline(resume=True)``: finished phases and evaluations are kept, a phase cut off mid-way
+resumes from its latest Ray Train checkpoint (same storage path and name). A trial Tune already
+recorded as finished is not run again.
+
+Outputs (``<out>/``): ``sweep.json`` and ``sweep.csv`` (every trial's parameters and metrics), the
+best trial by the objective, and ``report.html`` in the evaluation job's report format: per
+setting of the non-seed axes the mean and 95% t-interval over seeds of pass@k, USQ and
+diversity, pass@k against the swept value, and the quality x diversity Pareto frontier. Tune's
+own CSV and TensorBoard logs are under ``<out>/tune/``.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from polyray.config import RunConfig
+from polyray.io import ConfigError, StrictModel, console, format_validation_error
+
+TUNE_DIR = "tune"  # Tune's experiment directory under the sweep's output directory
+TRIALS_DIR = "trials"
+
+
+class Axis(StrictModel):
+    """One search axis: exactly one of ``grid`` (every value), ``choice`` (one, sampled), ``uniform``
+    or ``loguniform`` ([low, high], sampled)."""
+
+    grid: list[Any] | None = Field(None, description="Every value is tried (Tune grid_search).")
+    choice: list[Any] | None = Field(None, description="One value sampled per trial.")
+    uniform: tuple[float, float] | None = Field(None, description="[low, high], sampled uniformly.")
+    loguniform: tuple[float, float] | None = Field(None, description="[low, high], sampled log-uniformly (low > 0).")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Axis:
+        kinds = [k for k in ("grid", "choice", "uniform", "loguniform") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(f"an axis is exactly one of grid, choice, uniform, loguniform (got {kinds or 'none'})")
+        values = getattr(self, kinds[0])
+        if kinds[0] in ("grid", "choice") and not values:
+            raise ValueError(f"{kinds[0]} needs at least one value")
+        if kinds[0] in ("uniform", "loguniform") and not values[0] < values[1]:
+            raise ValueError(f"{kinds[0]}: low must be < high, got {list(values)}")
+        if kinds[0] == "loguniform" and values[0] <= 0:
+            raise ValueError("loguniform: low must be > 0")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("grid", "choice", "uniform", "loguniform") if getattr(self, k) is not None)
+
+    def tune_domain(self):
+        from ray import tune
+
+        kind = self.kind
+        if kind == "grid":
+            return tune.grid_search(list(self.grid))
+        if kind == "choice":
+            return tune.choice(list(self.choice))
+        low, high = getattr(self, kind)
+        return tune.uniform(low, high) if kind == "uniform" else tune.loguniform(low, high)
+
+
+class Objective(StrictModel):
+    """What "best" means: a metric of one phase, on the validation prompts by default."""
+
+    phase: str | None = Field(None, description="Phase whose evaluation counts (default: the last phase).")
+    metric: str = Field(
+        "val/pass@1",
+        description="val/<m>: the phase's last validation measurement (dynamics probe); <m>: its test evaluation"
+        " (pass@k, usq@k, reward_mean, diversity/<name>). Select on validation, report on test.",
+    )
+    mode: str = Field("max", pattern="^(max|min)$", description="max or min.")
+
+
+class SweepConfig(StrictModel):
+    """A search over run configs: base + task + overrides, and the axes of the space."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="Sweep name (runs/<name>/).")
+    base: str = Field(..., description="Base run config, relative to the sweep file.")
+    task: dict[str, Any] | None = Field(None, description="Task of every trial, in place of the base's.")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="Partial run config merged onto the base.")
+    space: dict[str, Axis] = Field(..., description="Dotted config path -> axis, e.g. phases.0.lam: {grid: [0, 0.3]}.")
+    num_samples: int = Field(1, ge=1, description="Samples of the sampled axes per grid point.")
+    objective: Objective = Field(default_factory=Objective)
+    max_concurrent_trials: int = Field(1, ge=1, description="Trials running at once.")
+
+    @model_validator(mode="after")
+    def _space_not_empty(self) -> SweepConfig:
+        if not self.space:
+            raise ValueError("space: name at least one axis, e.g. seed: {grid: [0, 1, 2]}")
+        return self
+
+
+def merge(base: dict, patch: dict) -> dict:
+    """Deep merge of mappings; lists and scalars in ``patch`` replace."""
+    out = copy.deepcopy(base)
+    for key, value in patch.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def apply_params(data: dict, params: dict[str, Any]) -> dict:
+    """``data`` with each dotted path of ``params`` set (list items by index), as ``--set`` would."""
+    from polyray.io import apply_overrides
+
+    return apply_overrides(copy.deepcopy(data), [f"{k}={json.dumps(v)}" for k, v in params.items()])
+
+
+def trial_slug(params: dict[str, Any]) -> str:
+    """A stable, readable directory name for a point of the space."""
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.6g}"
+        return json.dumps(v, separators=(",", ":")) if isinstance(v, (dict, list)) else str(v)
+
+    slug = ",".join(f"{k}={fmt(v)}" for k, v in sorted(params.items()))
+    return "".join(c if c.isalnum() or c in "=,._-" else "_" for c in slug)[:200] or "trial"
+
+
+def _load_yaml(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"{path}: {what} not found")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}".replace("\n", " ")) from None
+
+
+def load_sweep(path: str | Path) -> tuple[SweepConfig, dict[str, Any]]:
+    """The sweep and its base run mapping (base + task + overrides); every grid point is validated
+    as a :class:`RunConfig` now, so a bad axis fails before anything starts."""
+    path = Path(path)
+    try:
+        sweep = SweepConfig.model_validate(_load_yaml(path, "sweep file"))
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, str(path))) from None
+    base = _load_yaml((path.parent / sweep.base).resolve(), "base run config")
+    if sweep.task is not None:
+        base["task"] = sweep.task
+    base = merge(base, sweep.overrides)
+    for params in _points(sweep):
+        try:
+            run = RunConfig.model_validate(apply_params(base, params))
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, f"{path}: space point {params}")) from None
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: space: {exc}") from None
+    phases = [p.name for p in run.phases]
+    if sweep.objective.phase is not None and sweep.objective.phase not in ["base", *phases]:
+        raise ConfigError(f"{path}: objective.phase: no phase {sweep.objective.phase!r} (phases: {phases})")
+    if sweep.objective.metric.startswith("val/") and not run.dynamics.every:
+        raise ConfigError(
+            f"{path}: objective.metric {sweep.objective.metric!r} is measured on validation prompts by the dynamics"
+            " probe: set dynamics.every (e.g. to the phases' steps) in overrides, or choose a test metric"
+        )
+    return sweep, base
+
+
+def _points(sweep: SweepConfig) -> list[dict[str, Any]]:
+    """Grid points, with each sampled axis at its first value / lower bound (for validation)."""
+    import itertools
+
+    names = list(sweep.space)
+    values = []
+    for name in names:
+        axis = sweep.space[name]
+        values.append(axis.grid if axis.kind == "grid" else [(axis.choice or [getattr(axis, axis.kind)[0]])[0]])
+    return [dict(zip(names, combo)) for combo in itertools.product(*values)]
+
+
+# ------------------------------------------------------------------------------ the trial
+def _numbers(record: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in record.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}  # fmt: skip
+
+
+def trial_metrics(results: dict[str, Any], run_dir: Path) -> dict[str, float]:
+    """What a trial reports to Tune: ``<phase>/<metric>`` of every test evaluation, and
+    ``<phase>/val/<metric>`` of the phase's last validation measurement (the dynamics probe's
+    pass@k and diversity on the fixed validation prompts: what a sweep should select on)."""
+    from polyray.io import read_log_jsonl
+
+    out = {f"{phase}/{k}": v for phase, r in results.get("phases", {}).items() for k, v in _numbers(r).items()}
+    last: dict[str, dict] = {}
+    for row in read_log_jsonl(run_dir / "dynamics.jsonl"):
+        if row.get("step", -1) >= last.get(row.get("phase"), {}).get("step", -1):
+            last[row.get("phase")] = row
+    for phase, row in last.items():
+        out.update({f"{phase}/val/{k}": v for k, v in _numbers(row).items() if k not in ("step", "global_step", "version")})
+    return out
+
+
+def pipeline_trial(params: dict[str, Any], *, bases: dict[str, dict], out: str, run_dir: Callable[[dict], str]) -> None:
+    """Tune function trainable: one training run at ``params`` (``run`` picks a base, the rest are
+    dotted fields), continued if its directory holds an unfinished run; reports its evaluations."""
+    import os
+
+    from ray import tune
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from polyray.pipeline import run_pipeline
+
+    fields = {k: v for k, v in params.items() if k != "run"}
+    data = apply_params(bases[params.get("run", "")], fields)
+    directory = Path(out) / run_dir(params)
+    data["name"] = directory.name[:64].replace(",", "_").replace("=", "-") or "trial"
+    run = RunConfig.model_validate(data)
+    results = run_pipeline(run, directory, resume=(directory / "config.resolved.yaml").is_file())
+    tune.report({**trial_metrics(results, directory), "run_dir": str(directory)})
+
+
+def run_trials(
+    name: str,
+    out: Path,
+    param_space: dict[str, Any],
+    bases: dict[str, dict],
+    run_dir: Callable[[dict], str],
+    first: RunConfig,
+    *,
+    num_samples: int = 1,
+    max_concurrent: int = 1,
+    resume: bool = False,
+):
+    """Run (or, with ``resume``, restore) the Tune experiment of pipeline trials; returns Tune's ResultGrid."""
+    from ray import tune
+
+    from polyray.cluster import init_ray, needed_cpus
+    from polyray.models.source import prepare_model_dir
+
+    prepare_model_dir(first.model, first.task)  # once, before trials race to build it
+    init_ray(first.cluster, needed_cpus(first) * max_concurrent)
+    trainable = tune.with_resources(
+        tune.with_parameters(pipeline_trial, bases=bases, out=str(out), run_dir=run_dir), {"cpu": 0}
+    )
+    tune_dir = out / TUNE_DIR
+    if resume:
+        if not tune.Tuner.can_restore(str(tune_dir / name)):
+            raise ConfigError(f"--resume: {tune_dir / name} holds no Tune experiment to restore")
+        tuner = tune.Tuner.restore(str(tune_dir / name), trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(num_samples=num_samples, max_concurrent_trials=max_concurrent),
+            run_config=tune.RunConfig(
+                name=name, storage_path=str(tune_dir), failure_config=tune.FailureConfig(max_failures=1), verbose=1
+            ),
+        )
+    return tuner.fit()
+
+
+def _sweep_run_dir(params: dict[str, Any]) -> str:
+    return f"{TRIALS_DIR}/{trial_slug(params)}"
+
+
+def run_sweep(path: str | Path, output_dir: Path | None = None, resume: bool = False) -> dict[str, Any]:
+    """Run every trial of the sweep at ``path`` (or continue it); write and return its summary."""
+    sweep, base = load_sweep(path)
+    out = Path(output_dir or Path("runs") / sweep.name).resolve()
+    if not resume and (out / TUNE_DIR / sweep.name).exists():
+        raise ConfigError(f"{out} already holds this sweep: continue it with --resume, or choose another --output-dir")
+    out.mkdir(parents=True, exist_ok=True)
+    first = RunConfig.model_validate(apply_params(base, _points(sweep)[0]))
+    space = {k: axis.tune_domain() for k, axis in sweep.space.items()}
+    grid = run_trials(sweep.name, out, space, {"": base}, _sweep_run_dir, first,
+                      num_samples=sweep.num_samples, max_concurrent=sweep.max_concurrent_trials, resume=resume)  # fmt: skip
+    summary = summarise(sweep, first, grid)
+    write_outputs(out, summary)
+    console.print(summary_table(summary))
+    console.print(f"outputs in {out}")
+    return summary
+
+
+# ------------------------------------------------------------------------------ outputs
+def _objective_key(sweep: SweepConfig, run: RunConfig) -> str:
+    phase = sweep.objective.phase or (run.phases[-1].name if run.phases else "base")
+    return f"{phase}/{sweep.objective.metric}"
+
+
+def summarise(sweep: SweepConfig, run: RunConfig, grid) -> dict[str, Any]:
+    """Every trial (parameters, metrics, status), the best one, and per setting of the non-seed axes
+    the mean and 95% t-interval over seeds."""
+    objective = _objective_key(sweep, run)
+    trials = []
+    for result in grid:
+        params = {k: v for k, v in (result.config or {}).items()}
+        metrics = {k: v for k, v in (result.metrics or {}).items() if "/" in k and isinstance(v, (int, float))}
+        trials.append({"params": params, "metrics": metrics, "run_dir": (result.metrics or {}).get("run_dir"),
+                       "error": None if result.error is None else str(result.error).splitlines()[-1][:500]})  # fmt: skip
+    scored = [t for t in trials if objective in t["metrics"]]
+    sign = 1.0 if sweep.objective.mode == "max" else -1.0
+    best = max(scored, key=lambda t: sign * t["metrics"][objective]) if scored else None
+    return {"name": sweep.name, "objective": {"key": objective, "mode": sweep.objective.mode},
+            "axes": list(sweep.space), "trials": trials, "best": best, "settings": settings(trials)}  # fmt: skip
+
+
+def settings(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Trials grouped by every parameter but ``seed``: per metric mean, 95% t-interval over seeds, n."""
+    from polyray.eval.stats import mean_ci
+
+    groups: dict[str, list[dict]] = {}
+    for t in trials:
+        key = json.dumps({k: v for k, v in sorted(t["params"].items()) if k != "seed"}, sort_keys=True)
+        groups.setdefault(key, []).append(t)
+    out = []
+    for key, members in groups.items():
+        names = sorted({m for t in members for m in t["metrics"]})
+        stats = {}
+        for name in names:
+            values = np.array([t["metrics"][name] for t in members if name in t["metrics"]], dtype=np.float64)
+            ci = mean_ci(values)
+            finite = {k: (ci[k] if math.isfinite(ci[k]) else None) for k in ("mean", "low", "high")}
+            stats[name] = {**finite, "n": len(values)}
+        out.append({"params": json.loads(key), "seeds": sorted(t["params"].get("seed", 0) for t in members), "metrics": stats})
+    return out
+
+
+def write_outputs(out: Path, summary: dict[str, Any]) -> None:
+    """``sweep.json``, ``sweep.csv`` (a row per trial: parameters, then metrics) and ``report.html``."""
+    from polyray.eval.report import write_report
+    from polyray.io import write_json_atomic
+
+    write_json_atomic(out / "sweep.json", summary)
+    params = sorted({k for t in summary["trials"] for k in t["params"]})
+    metrics = sorted({k for t in summary["trials"] for k in t["metrics"]})
+    with (out / "sweep.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([*params, *metrics, "run_dir", "error"])
+        for t in summary["trials"]:
+            writer.writerow([*(t["params"].get(k, "") for k in params), *(t["metrics"].get(k, "") for k in metrics),
+                             t["run_dir"] or "", t["error"] or ""])  # fmt: skip
+    write_report(out, report_results(summary))
+
+
+def _label(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in params.items()) or "all"
+
+
+def report_results(summary: dict[str, Any]) -> dict[str, Any]:
+    """The sweep as the evaluation report's ``results`` (polyray.eval.report): a model per setting
+    of the non-seed axes, values mean and CI over seeds, of the objective's phase."""
+    phase = summary["objective"]["key"].split("/")[0]
+    models = {}
+    for s in summary["settings"]:
+        m = {k.split("/", 1)[1]: v for k, v in s["metrics"].items() if k.startswith(phase + "/")}
+        passk = {int(k[5:]): v for k, v in m.items() if k.startswith("pass@")}
+        usq = {int(k[4:]): v for k, v in m.items() if k.startswith("usq@")}
+        diversity = {k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("diversity/")}
+        models[_label(s["params"])] = {"pass_at_k": passk, "usq": usq, "usq_selector": "logprob", "diversity": diversity}
+    axes = [a for a in summary["axes"] if a != "seed"]
+    results: dict[str, Any] = {"title": f"polyray sweep: {summary['name']} ({phase}, mean and 95% CI over seeds)",
+                               "models": models}  # fmt: skip
+    if len(axes) == 1:
+        results["axis"] = {"name": axes[0], "points": [
+            {"x": s["params"][axes[0]], **{k.split("/", 1)[1]: v for k, v in s["metrics"].items()
+                                           if k.startswith(phase + "/pass@")}}
+            for s in summary["settings"]]}  # fmt: skip
+    return results
+
+
+def summary_table(summary: dict[str, Any]):
+    from rich.table import Table
+
+    phase = summary["objective"]["key"].split("/")[0]
+    table = Table(title=f"polyray sweep {summary['name']}: {phase} on the test prompts (mean [95% CI] over seeds)")
+    table.add_column("setting")
+    table.add_column("seeds", justify="right")
+    names = sorted({k for s in summary["settings"] for k in s["metrics"] if k.startswith(phase + "/")
+                    and k.split("/", 1)[1].startswith(("pass@", "usq@", "diversity/"))})  # fmt: skip
+    for name in names:
+        table.add_column(name.split("/", 1)[1], justify="right")
+
+    def cell(v):
+        if v is None:
+            return "-"
+        return f"{v['mean']:.3f}" + (f" [{v['low']:.3f}, {v['high']:.3f}]" if v["low"] is not None else "")
+
+    for s in summary["settings"]:
+        table.add_row(_label(s["params"]), str(len(s["seeds"])), *[cell(s["metrics"].get(n)) for n in names])
+    return table

@@ -1,0 +1,126 @@
+"""A λ × seed sweep on Ray Tune survives its driver dying: ``polyray sweep --resume`` finishes it.
+
+A 2 λ × 2 seed sweep of polychromic SFT → GRPO with a small step budget. Once one trial has
+finished and the next is mid-GRPO with a checkpoint registered, the driver's node dies (the
+driver and its local Ray cluster, SIGKILL). ``--resume`` restores the Tune experiment: a trial
+that had finished is not run again (its run was never resumed), the interrupted one continues
+its GRPO phase from a checkpoint step > 0, and the summary holds all four trials.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.ray, pytest.mark.vllm]
+
+ROOT = Path(__file__).resolve().parents[2]
+SWEEP = f"""
+name: tiny
+base: {ROOT / "configs" / "quickstart.yaml"}
+overrides:
+  task: {{n_test: 4, n_train: 64}}
+  phases:
+    - {{type: polychromic_sft, name: polychromic_sft, steps: 2, batch_size: 8, prompts_per_step: 2, n_samples: 3,
+       checkpoint_every: 2}}
+    - {{type: grpo, name: grpo, steps: 6, prompts_per_step: 4, group_size: 4, lr: 3.0e-3, checkpoint_every: 2}}
+  dynamics: {{every: 6, n_prompts: 4, n_samples: 4, ks: [1, 4]}}
+  eval: {{n_samples: 4, ks: [1, 4]}}
+  learner: {{sync_check_every: 0}}
+space:
+  phases.0.lam: {{grid: [0.0, 0.5]}}
+  seed: {{grid: [0, 1]}}
+objective: {{phase: grpo, metric: val/pass@1}}
+"""
+
+
+def _steps(run_dir: Path, phase: str) -> int:
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        return 0
+    steps = [json.loads(line).get("step", 0) for line in lines[:-1] if f'"phase": "{phase}"' in line]
+    return max(steps, default=0)
+
+
+def _registered(run_dir: Path, phase: str) -> int:
+    try:
+        snap = json.loads((run_dir / "checkpoints" / phase / "checkpoint_manager_snapshot.json").read_text())
+    except (OSError, ValueError):
+        return 0
+    return max((c["metrics"]["step"] for c in snap["checkpoint_results"]), default=0)
+
+
+def _finished(run_dir: Path) -> bool:
+    try:
+        return "grpo" in json.loads((run_dir / "results.json").read_text())["phases"]
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def _sweep(path: Path, out: Path, *extra: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    cmd = [sys.executable, "-m", "polyray.cli", "sweep", str(path), "--output-dir", str(out), *extra]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # fmt: skip
+
+
+def _kill_node(proc: subprocess.Popen) -> None:
+    """The driver and every process under it (its local Ray cluster), at once."""
+    tree = psutil.Process(proc.pid).children(recursive=True)
+    for p in [psutil.Process(proc.pid), *tree]:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(tree, timeout=60)
+    proc.communicate(timeout=60)
+
+
+def test_sweep_driver_killed_mid_trial_resumes(tmp_path):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(SWEEP)
+    out = tmp_path / "out"
+    proc = _sweep(path, out)
+    deadline, victim = time.time() + 900, None
+    while proc.poll() is None and time.time() < deadline:
+        trials = sorted((out / "trials").glob("*")) if (out / "trials").is_dir() else []
+        done = [t for t in trials if _finished(t)]
+        running = [t for t in trials if not _finished(t) and _steps(t, "grpo") >= 3 and _registered(t, "grpo") >= 2]
+        if done and running:
+            victim = running[0]
+            _kill_node(proc)
+            break
+        time.sleep(0.5)
+    assert victim is not None, f"no kill point reached (exit {proc.poll()}): {(proc.stdout.read() or '')[-3000:]}"
+    assert proc.returncode == -signal.SIGKILL
+    finished_before = {t.name: json.loads((t / "results.json").read_text()) for t in done}
+
+    proc = _sweep(path, out, "--resume")
+    output = proc.communicate(timeout=900)[0]
+    assert proc.returncode == 0, output[-4000:]
+
+    summary = json.loads((out / "sweep.json").read_text())
+    assert len(summary["trials"]) == 4 and not [t for t in summary["trials"] if t["error"]], summary["trials"]
+    assert all("grpo/pass@1" in t["metrics"] and "grpo/val/pass@1" in t["metrics"] for t in summary["trials"])
+    assert summary["best"] is not None and len(summary["settings"]) == 2
+    for name, before in finished_before.items():  # a finished trial is not run again
+        after = json.loads((out / "trials" / name / "results.json").read_text())
+        assert after.get("resumed", 0) == 0 and after["stages"] == before["stages"], name
+    # the interrupted trial continued its GRPO phase from a checkpoint, not from step 0
+    from polyray.io import RESUME_EVENT
+
+    results = json.loads((victim / "results.json").read_text())
+    assert results["resumed"] == 1 and "grpo" in results["phases"]
+    rows = [json.loads(line) for line in (victim / "metrics.jsonl").read_text().splitlines()]
+    markers = [r["step"] for r in rows if r.get("event") == RESUME_EVENT and r.get("phase") == "grpo"]
+    assert markers and all(s > 0 for s in markers), markers
+    assert (out / "sweep.csv").is_file() and (out / "report.html").is_file()

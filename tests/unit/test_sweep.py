@@ -1,0 +1,121 @@
+"""The sweep file, its trial directories and its summary, without Ray: axes, validation before
+anything starts, stable trial names, per-setting statistics over seeds (against scipy) and the outputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from polyray.io import ConfigError
+from polyray.sweep import Axis, apply_params, load_sweep, report_results, summarise, trial_slug, write_outputs
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _write(tmp_path, body: str) -> Path:
+    (tmp_path / "base.yaml").write_text((ROOT / "configs" / "quickstart.yaml").read_text())
+    path = tmp_path / "sweep.yaml"
+    path.write_text("name: s\nbase: base.yaml\n" + body)
+    return path
+
+
+def test_default_sweep_is_lambda_by_seed():
+    sweep, base = load_sweep(ROOT / "configs" / "sweeps" / "lambda_seed.yaml")
+    assert sweep.space["phases.0.lam"].grid == [0.0, 0.1, 0.3, 1.0] and sweep.space["seed"].grid == [0, 1, 2]
+    assert [p["type"] for p in base["phases"]] == ["polychromic_sft", "grpo"]
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("space: {phases.0.lam: {grid: [0, 1], choice: [1]}}\n", "exactly one of"),
+        ("space: {phases.0.lam: {uniform: [1, 0]}}\n", "low must be < high"),
+        ("space: {phases.0.lam: {loguniform: [0, 1]}}\n", "low must be > 0"),
+        ("space: {}\n", "name at least one axis"),
+        ("space: {phases.0.lam: {grid: [-1]}}\n", "space point {'phases.0.lam': -1}"),
+        ("space: {phases.7.lam: {grid: [0.1]}}\n", "phases.7"),
+        ("space: {seed: {grid: [0]}}\nobjective: {phase: nope}\n", "objective.phase: no phase 'nope'"),
+        ("space: {seed: {grid: [0]}}\nobjective: {metric: val/pass@1}\n", "dynamics probe"),
+    ],
+)
+def test_bad_sweep_files_fail_before_anything_starts(tmp_path, body, message):
+    with pytest.raises(ConfigError, match=message.replace("{", r"\{").replace("[", r"\[")):
+        load_sweep(_write(tmp_path, "overrides: {dynamics: {every: 0}}\n" + body))
+
+
+def test_params_apply_by_dotted_path_and_name_a_stable_directory():
+    data = {"seed": 0, "phases": [{"type": "sft", "lr": 0.1}, {"type": "grpo", "lr": 0.2}]}
+    out = apply_params(data, {"phases.1.lr": 0.5, "seed": 2})
+    assert out == {"seed": 2, "phases": [{"type": "sft", "lr": 0.1}, {"type": "grpo", "lr": 0.5}]}
+    assert data["seed"] == 0  # not mutated
+    assert trial_slug({"seed": 1, "phases.0.lam": 0.3}) == trial_slug({"phases.0.lam": 0.3, "seed": 1})
+    assert trial_slug({"phases.0.lam": 0.3, "seed": 1}) == "phases.0.lam=0.3,seed=1"
+    assert trial_slug({"phases.0.lam": 0.1 + 0.2}) == "phases.0.lam=0.3"
+
+
+def test_axes_become_tune_domains():
+    from ray.tune.search.sample import Float
+
+    assert Axis(grid=[1, 2]).tune_domain() == {"grid_search": [1, 2]}
+    dom = Axis(loguniform=(1e-4, 1e-2)).tune_domain()
+    assert isinstance(dom, Float) and dom.lower == 1e-4 and dom.upper == 1e-2
+
+
+def _grid(values: dict[tuple[float, int], float]):
+    """A stand-in for Tune's ResultGrid: one result per (lam, seed) with grpo/pass@1 = value."""
+    return [
+        SimpleNamespace(config={"phases.0.lam": lam, "seed": seed}, error=None,
+                        metrics={"grpo/pass@1": v, "grpo/val/pass@1": v / 2, "grpo/pass@10": min(1.0, 2 * v),
+                                 "grpo/diversity/semantic": 0.5 - v / 4, "run_dir": f"trials/{lam}-{seed}"})
+        for (lam, seed), v in values.items()
+    ]  # fmt: skip
+
+
+def test_summary_groups_seeds_with_t_intervals_and_picks_the_best_on_validation(tmp_path):
+    sweep, base = load_sweep(ROOT / "configs" / "sweeps" / "lambda_seed.yaml")
+    from polyray.config import RunConfig
+
+    rng = np.random.default_rng(0)
+    values = {(lam, s): float(0.1 + lam / 10 + rng.normal(0, 0.01)) for lam in (0.0, 0.3) for s in (0, 1, 2)}
+    summary = summarise(sweep, RunConfig.model_validate(apply_params(base, {"phases.0.lam": 0.0})), _grid(values))
+    assert summary["objective"] == {"key": "grpo/val/pass@1", "mode": "max"}
+    assert summary["best"]["params"]["phases.0.lam"] == 0.3
+    assert summary["best"]["metrics"]["grpo/val/pass@1"] == max(v / 2 for v in values.values())
+    for setting in summary["settings"]:
+        lam = setting["params"]["phases.0.lam"]
+        x = np.array([values[lam, s] for s in (0, 1, 2)])
+        low, high = stats.t.interval(0.95, df=2, loc=x.mean(), scale=stats.sem(x))
+        got = setting["metrics"]["grpo/pass@1"]
+        assert setting["seeds"] == [0, 1, 2] and got["n"] == 3
+        assert got["mean"] == pytest.approx(x.mean()) and (got["low"], got["high"]) == pytest.approx((low, high))
+
+    write_outputs(tmp_path, summary)
+    saved = json.loads((tmp_path / "sweep.json").read_text())
+    assert len(saved["trials"]) == 6
+    rows = list(csv.DictReader((tmp_path / "sweep.csv").open()))
+    assert len(rows) == 6 and {"phases.0.lam", "seed", "grpo/pass@1", "run_dir"} <= set(rows[0])
+    html = (tmp_path / "report.html").read_text()
+    assert 'id="fig-axis"' in html and 'id="fig-pareto"' in html and 'class="skipped">Skipped: not a sweep' not in html
+
+    results = report_results(summary)
+    assert set(results["models"]) == {"phases.0.lam=0.0", "phases.0.lam=0.3"}
+    assert [p["x"] for p in results["axis"]["points"]] == [0.0, 0.3]
+
+
+def test_a_single_seed_has_no_interval_and_stays_valid_json(tmp_path):
+    sweep, base = load_sweep(ROOT / "configs" / "sweeps" / "lambda_seed.yaml")
+    from polyray.config import RunConfig
+
+    summary = summarise(sweep, RunConfig.model_validate(apply_params(base, {})), _grid({(0.1, 0): 0.2}))
+    metric = summary["settings"][0]["metrics"]["grpo/pass@1"]
+    assert metric["low"] is None and metric["high"] is None and metric["n"] == 1
+    write_outputs(tmp_path, summary)
+    json.loads((tmp_path / "sweep.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
+    assert not math.isnan(summary["settings"][0]["metrics"]["grpo/pass@1"]["mean"])
