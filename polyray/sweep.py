@@ -11,7 +11,7 @@ The same machinery runs ``polyray experiment``: its runs x seeds are a grid over
 partial config) and ``seed`` (:func:`run_trials`).
 
 Resources. Under Train V2 a trial's own request covers only its driver, so the trial function
-asks for no CPU; its rollout actors, Train workers and the reward replica request theirs.
+asks for a token 0.01 CPU; its rollout actors, Train workers and the reward replica request theirs.
 ``max_concurrent_trials`` (default 1) keeps concurrent trials within what the cluster has; the
 reward service is one Serve application shared by all trials (the first trial deploys it). A
 trial that ends, fails or is stopped takes its vLLM actors with it (they are its children).
@@ -49,6 +49,7 @@ from polyray.io import ConfigError, StrictModel, console, format_validation_erro
 
 TUNE_DIR = "tune"  # Tune's experiment directory under the sweep's output directory
 TRIALS_DIR = "trials"
+TRIAL_CPUS = 0.01  # a trial's own request: its driver only (Tune refuses an empty one)
 
 
 class Axis(StrictModel):
@@ -259,9 +260,13 @@ def run_trials(
     from polyray.models.source import prepare_model_dir
 
     prepare_model_dir(first.model, first.task)  # once, before trials race to build it
-    init_ray(first.cluster, needed_cpus(first) * max_concurrent)
+    init_ray(first.cluster, (needed_cpus(first) + TRIAL_CPUS) * max_concurrent)
+    if first.reward.endpoint:  # one reward application for every trial, deployed outside their placement groups
+        from polyray.reward.service import ensure_reward_service
+
+        ensure_reward_service(first.reward)
     trainable = tune.with_resources(
-        tune.with_parameters(pipeline_trial, bases=bases, out=str(out), run_dir=run_dir), {"cpu": 0}
+        tune.with_parameters(pipeline_trial, bases=bases, out=str(out), run_dir=run_dir), {"cpu": TRIAL_CPUS}
     )
     tune_dir = out / TUNE_DIR
     if resume:

@@ -49,6 +49,9 @@ class RolloutPool:
             max_restarts=2,
             max_task_retries=0,
             runtime_env={"env_vars": rollout_env(config)},
+            # its own resources, also when launched inside a Tune trial (whose placement group
+            # holds only the trial's driver and would otherwise capture it)
+            scheduling_strategy="DEFAULT",
         )
         workers = [
             actor_cls.remote(

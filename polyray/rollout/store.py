@@ -194,6 +194,7 @@ def open_store(root: Path, keep: int = 8):
 
     return (
         ray.remote(AdapterStore)
-        .options(name=store_actor_name(root), get_if_exists=True, num_cpus=0, max_restarts=-1, max_task_retries=-1)
+        .options(name=store_actor_name(root), get_if_exists=True, num_cpus=0, max_restarts=-1, max_task_retries=-1,
+                 scheduling_strategy="DEFAULT")  # outside a Tune trial's placement group, like the workers
         .remote(str(Path(root).resolve()), keep)
     )

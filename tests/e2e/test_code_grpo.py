@@ -1,7 +1,7 @@
 """GRPO on a code task, rewarded by the sandbox through the reward service, end to end.
 
-One ``polyray run`` of ``configs/code.yaml``, shortened: countdown written as a Python function,
-a GRPO phase scored by ``code_exec`` (each rollout's unit test run in the sandbox), then one scored
+One ``polyray run`` of ``configs/code.yaml``, shortened (no SFT): countdown written as a Python
+function, a GRPO phase scored by ``code_exec`` (each rollout's unit test run in the sandbox), then one scored
 by a weighted sum of ``code_exec`` and ``length``, both through the Ray Serve reward service, with
 ``learner.log_rollouts`` on. Afterwards the same items go to a freshly deployed reward service over
 HTTP: every reward the learner used must equal the service's answer for its item.
@@ -17,15 +17,17 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.ray, pytest.mark.vllm]
 
 ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "configs" / "code.yaml"
+# configs/code.yaml's two GRPO phases (no SFT), 2 steps of 4 prompts x 4 samples each
+PHASES = [{**p, "steps": 2, "prompts_per_step": 4, "group_size": 4} for p in yaml.safe_load(CONFIG.read_text())["phases"][1:]]
 SHORT = [
     "--set", "model.tiny.pretrain_steps=300", "--set", "task.n_train=64", "--set", "task.n_test=8",
-    "--set", "phases.0.steps=2", "--set", "phases.1.steps=2", "--set", "phases.2.steps=2",
-    "--set", "phases.1.prompts_per_step=4", "--set", "phases.2.prompts_per_step=4",
-    "--set", "phases.1.group_size=4", "--set", "phases.2.group_size=4",
+    "--set", f"phases={json.dumps(PHASES)}",
     "--set", "eval.n_samples=4", "--set", "eval.ks=[1, 4]", "--set", "learner.log_rollouts=true",
 ]  # fmt: skip
 
@@ -63,18 +65,18 @@ def test_code_grpo_rewards_from_the_sandbox_equal_the_services(tmp_path, reward_
     from polyray.tasks import build_task
 
     out = tmp_path / "code"
-    cmd = [sys.executable, "-m", "polyray.cli", "run", str(ROOT / "configs" / "code.yaml"), "--output-dir", str(out), *SHORT]
+    cmd = [sys.executable, "-m", "polyray.cli", "run", str(CONFIG), "--output-dir", str(out), *SHORT]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
     results = json.loads((out / "results.json").read_text())
-    assert set(results["phases"]) == {"base", "sft", "grpo_tests", "grpo_tests_short"}
+    assert set(results["phases"]) == {"base", "grpo_tests", "grpo_tests_short"}
 
-    run = load_config(ROOT / "configs" / "code.yaml", [s for s in SHORT if s != "--set"])
+    run = load_config(CONFIG, [s for s in SHORT if s != "--set"])
     task = build_task(run.task)
     rows = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
     with RewardClient(reward_url, timeout_s=300) as client:
-        for phase in run.phases[1:]:
+        for phase in run.phases:
             logged = [r for r in rows if r["phase"] == phase.name]
             assert len(logged) == 2 * 4 * 4, phase.name  # steps x prompts x group
             name, params = resolve_reward(phase_reward(run, phase), task)
