@@ -5,9 +5,10 @@ task of the registry, in place of the base's), a set of *runs* (each a partial c
 onto the base: usually its ``phases``) and the *models* to report, each ``run/phase``
 (``base`` = the model before any phase). Every run x seed is one Ray Tune trial of the
 training pipeline (:mod:`polyray.sweep`: a grid over ``run`` and ``seed``), ``max_concurrent``
-at once. Running an interrupted experiment again restores its Tune experiment: finished
-trials are not run again and an unfinished one continues its run (``run_pipeline(resume=True)``);
-a failed run is recorded and the others go on. Aggregation (docs/algorithms.md §5): per model and metric, the mean and 95%
+at once. Running an experiment again (e.g. after an interruption, or with more seeds) reports
+the runs it finished without running them, continues an unfinished one
+(``run_pipeline(resume=True)``) and starts the new ones; a failed run is recorded and the
+others go on. Aggregation (docs/algorithms.md §5): per model and metric, the mean and 95%
 t-interval over seeds. A claim about a model is a claim about its training runs, so the seed
 is the unit: per comparison, over the seeds both models have (paired by seed id), Welch's t
 with its interval for the difference, Mann-Whitney U and Cohen's d, Holm-adjusted across all
@@ -30,7 +31,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from polyray.config import RunConfig
 from polyray.io import ConfigError, StrictModel, console, format_validation_error
-from polyray.sweep import merge
+from polyray.sweep import _load_yaml, merge
 
 METRICS = ("pass@1", "pass@5", "pass@10", "reward_mean")
 
@@ -75,7 +76,7 @@ def load_experiment(path: str | Path, seeds: int) -> tuple[ExperimentConfig, dic
     base_path = (path.parent / exp.base).resolve()
     if not base_path.is_file():
         raise ConfigError(f"{path}: base: {exp.base} not found")
-    base = yaml.safe_load(base_path.read_text()) or {}
+    base = _load_yaml(base_path, "base run config")
     if exp.task is not None:
         base["task"] = exp.task
     configs = {}
@@ -94,26 +95,32 @@ def load_experiment(path: str | Path, seeds: int) -> tuple[ExperimentConfig, dic
     return exp, configs
 
 
-def _experiment_run_dir(params: dict[str, Any]) -> str:
+def _experiment_run_dir(params: dict[str, Any], trial_id: str) -> str:
     return f"runs/{params['run']}-s{params['seed']}"
 
 
 def run_experiment(path: str | Path, seeds: int, output_dir: Path | None = None) -> dict[str, Any]:
-    """Every run x seed as a Ray Tune trial (:func:`polyray.sweep.run_trials`); an experiment run again
-    in the same directory is restored: finished trials are kept, unfinished ones continued."""
+    """Every run x seed as a Ray Tune trial (:func:`polyray.sweep.run_trials`). Each invocation is a
+    new Tune experiment over the current runs and seeds (so added seeds or runs are scheduled);
+    a run a previous invocation finished is only reported, and an unfinished one is continued."""
+    import time
+
     from ray import tune
 
-    from polyray.sweep import TUNE_DIR, run_trials
+    from polyray.sweep import error_line, run_trials, trial_params
 
     exp, configs = load_experiment(path, seeds)
     out = Path(output_dir or Path("runs") / exp.name).resolve()
     out.mkdir(parents=True, exist_ok=True)
     bases = {run_name: configs[run_name, 0].model_dump(mode="json") for run_name in exp.runs}
     space = {"run": tune.grid_search(list(exp.runs)), "seed": tune.grid_search(list(range(seeds)))}
-    resume = tune.Tuner.can_restore(str(out / TUNE_DIR / exp.name))
-    grid = run_trials(exp.name, out, space, bases, _experiment_run_dir, next(iter(configs.values())),
-                      max_concurrent=exp.max_concurrent, resume=resume)  # fmt: skip
-    errors = {f"{r.config['run']}-s{r.config['seed']}": str(r.error)[-2000:] for r in grid if r.error is not None}
+    grid = run_trials(f"{exp.name}-{time.strftime('%Y%m%d-%H%M%S')}", out, space, bases, _experiment_run_dir,
+                      [configs[r, 0] for r in exp.runs], max_concurrent=exp.max_concurrent, prefix=exp.name)  # fmt: skip
+    errors = {}
+    for result in grid:
+        if result.error is not None:
+            params = trial_params(result)
+            errors[f"{params.get('run', '?')}-s{params.get('seed', '?')}"] = error_line(result.error)
 
     summary = aggregate(exp, configs, out, seeds)
     summary["errors"] = errors

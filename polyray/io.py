@@ -85,22 +85,30 @@ def _index(node: list, part: str, item: str, path: list[str], depth: int) -> int
         raise ConfigError(f"--set {item}: {'.'.join(path[:depth])} is not a valid list index") from None
 
 
+def set_path(data: dict, path: list[str], value: Any, item: str | None = None) -> dict:
+    """Set ``data[path[0]][path[1]]... = value`` (list items by index, missing sections created);
+    errors name ``item`` (the ``--set`` text, by default the dotted path)."""
+    item = item or ".".join(path)
+    node: Any = data
+    for i, part in enumerate(path[:-1]):
+        if isinstance(node, list):
+            node = node[_index(node, part, item, path, i + 1)]
+        else:
+            node = node.setdefault(part, {})
+            if not isinstance(node, (dict, list)):
+                raise ConfigError(f"--set {item}: {'.'.join(path[: i + 1])} is not a section")
+    if isinstance(node, list):
+        node[_index(node, path[-1], item, path, len(path))] = value
+    else:
+        node[path[-1]] = value
+    return data
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply ``--set`` items to the raw mapping (lists are indexed by number)."""
     for item in overrides:
         path, value = parse_override(item)
-        node: Any = data
-        for i, part in enumerate(path[:-1]):
-            if isinstance(node, list):
-                node = node[_index(node, part, item, path, i + 1)]
-            else:
-                node = node.setdefault(part, {})
-                if not isinstance(node, (dict, list)):
-                    raise ConfigError(f"--set {item}: {'.'.join(path[: i + 1])} is not a section")
-        if isinstance(node, list):
-            node[_index(node, path[-1], item, path, len(path))] = value
-        else:
-            node[path[-1]] = value
+        set_path(data, path, value, item)
     return data
 
 

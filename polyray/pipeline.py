@@ -25,7 +25,8 @@ from polyray.config import RunConfig
 from polyray.eval.policy_eval import build_eval_task
 from polyray.io import ConfigError, Timer, console, dump_config, make_progress, write_json_atomic
 from polyray.models.source import prepare_model_dir
-from polyray.reward.engagement import ensure_engagement_model, read_engagement_jsonl
+from polyray.reward.engagement import ensure_engagement_model, is_engagement_model_dir, read_engagement_jsonl
+from polyray.tasks.jsonl import JsonlTaskConfig
 
 
 def evaluate_stage(name: str, pool, task, prompts, run: RunConfig, version: int | None) -> dict[str, Any]:
@@ -78,6 +79,22 @@ def write_results(out: Path, results: dict[str, Any]) -> None:
 STORE_DIR = "adapter_store"
 
 
+def check_inputs(run: RunConfig) -> list[Path]:
+    """Everything about ``run`` that can be checked before anything starts: the user's data is read
+    (a bad line, an empty file, a train prompt SFT has no reference for: one error naming
+    file:line), the splits are drawn, the evaluation settings fit the task, and every phase's
+    reward is checked. Returns the engagement model directories to train first."""
+    from polyray.tasks import build_task
+
+    task = build_task(run.task)
+    task.prompts("test", 1)  # draws the splits: too few prompts for them is an error now, not later
+    if any(p.type in ("sft", "polychromic_sft") for p in run.phases):
+        task.check_references()
+    if run.eval.few_shot and not task.supports_few_shot:
+        raise ConfigError(f"eval.few_shot: task {task.name!r} has no few-shot format (set eval.few_shot: 0)")
+    return engagement_models(run, task, check_run_rewards(run, task))
+
+
 def check_run_rewards(run: RunConfig, task) -> list[tuple[str, dict[str, Any]]]:
     """The GRPO rewards, one (name, parameters with the task's defaults) per phase that uses rewards,
     checked before anything starts."""
@@ -113,9 +130,12 @@ def engagement_models(run: RunConfig, task, rewards: list[tuple[str, dict[str, A
             components = params["components"] if name == "weighted_sum" else [{"name": name, "params": params}]
             paths += [Path(c["params"]["model_path"]) for c in components
                       if c["name"] == "engagement" and "model_path" in c.get("params", {})]  # fmt: skip
-    missing = [p for p in dict.fromkeys(paths) if not (p / "engagement_model.json").is_file()]
-    if missing and not hasattr(run.task, "path"):
+    missing = [p for p in dict.fromkeys(paths) if not is_engagement_model_dir(p)]
+    if missing and not isinstance(run.task, JsonlTaskConfig):
         raise ConfigError(f"reward: no engagement model in {missing[0]} (train one: python -m jobs.train_reward_model)")
+    occupied = [p for p in missing if p.is_dir() and any(p.iterdir())]
+    if occupied:
+        raise ConfigError(f"engagement model: {occupied[0]} holds files but no model; empty it or choose another directory")
     if missing:
         read_engagement_jsonl(run.task.path)  # every line must hold {prompt, response, engagement} to train it
     return missing
@@ -160,11 +180,7 @@ def run_pipeline(run: RunConfig, output_dir: Path | None = None, resume: bool = 
     from polyray.tasks import build_task
 
     out = Path(output_dir or Path("runs") / run.name).resolve()
-    # the user's data is read, and a bad line reported, before anything starts
-    task = build_task(run.task)
-    if any(p.type in ("sft", "polychromic_sft") for p in run.phases):
-        task.check_references()
-    engagement = engagement_models(run, task, check_run_rewards(run, task))
+    engagement = check_inputs(run)
     results = open_run_dir(run, out, resume)
     done = results["phases"]
     timer = Timer()

@@ -13,15 +13,19 @@ partial config) and ``seed`` (:func:`run_trials`).
 Resources. Under Train V2 a trial's own request covers only its driver, so the trial function
 asks for a token 0.01 CPU; its rollout actors, Train workers and the reward replica request theirs.
 ``max_concurrent_trials`` (default 1) keeps concurrent trials within what the cluster has; the
-reward service is one Serve application shared by all trials (the first trial deploys it). A
-trial that ends, fails or is stopped takes its vLLM actors with it (they are its children).
+reward service is one Serve application shared by all trials, deployed by the sweep's driver.
+The rollout actors and adapter store of a trial are created outside its placement group
+(``scheduling_strategy="DEFAULT"``); a trial that ends, fails or is stopped takes them with it
+(they are its children). The user's data is checked once, by the driver, before Ray starts.
 
 Stable directories. A trial's run directory is named after its parameters
-(``trials/phases.0.lam=0.3,seed=1``), so the same point always writes to the same place: a trial
-restored by ``Tuner.restore`` (``--resume``) finds its run and continues it with
-``run_pipeline(resume=True)``: finished phases and evaluations are kept, a phase cut off mid-way
-resumes from its latest Ray Train checkpoint (same storage path and name). A trial Tune already
-recorded as finished is not run again.
+(``trials/phases.0.lam=0.3,seed=1``; with sampled axes, also Tune's trial id, which a restore
+keeps), so a trial restored by ``Tuner.restore`` (``--resume``) finds its run and continues it
+with ``run_pipeline(resume=True)``: finished phases and evaluations are kept, a phase cut off
+mid-way resumes from its latest Ray Train checkpoint (same storage path and name). A trial Tune
+already recorded as finished is not run again, and a trial whose run had finished only reports it.
+Tune starts a trial in its own directory; the trial changes back to where the sweep was started,
+so relative paths in the config are the user's.
 
 Outputs (``<out>/``): ``sweep.json`` and ``sweep.csv`` (every trial's parameters and metrics), the
 best trial by the objective, and ``report.html`` in the evaluation job's report format: per
@@ -131,10 +135,13 @@ def merge(base: dict, patch: dict) -> dict:
 
 
 def apply_params(data: dict, params: dict[str, Any]) -> dict:
-    """``data`` with each dotted path of ``params`` set (list items by index), as ``--set`` would."""
-    from polyray.io import apply_overrides
+    """``data`` with each dotted path of ``params`` set to its value as is (list items by index)."""
+    from polyray.io import set_path
 
-    return apply_overrides(copy.deepcopy(data), [f"{k}={json.dumps(v)}" for k, v in params.items()])
+    out = copy.deepcopy(data)
+    for key, value in params.items():
+        set_path(out, key.split("."), value)
+    return out
 
 
 def trial_slug(params: dict[str, Any]) -> str:
@@ -177,27 +184,47 @@ def load_sweep(path: str | Path) -> tuple[SweepConfig, dict[str, Any]]:
             raise ConfigError(format_validation_error(exc, f"{path}: space point {params}")) from None
         except ConfigError as exc:
             raise ConfigError(f"{path}: space: {exc}") from None
-    phases = [p.name for p in run.phases]
-    if sweep.objective.phase is not None and sweep.objective.phase not in ["base", *phases]:
-        raise ConfigError(f"{path}: objective.phase: no phase {sweep.objective.phase!r} (phases: {phases})")
-    if sweep.objective.metric.startswith("val/") and not run.dynamics.every:
-        raise ConfigError(
-            f"{path}: objective.metric {sweep.objective.metric!r} is measured on validation prompts by the dynamics"
-            " probe: set dynamics.every (e.g. to the phases' steps) in overrides, or choose a test metric"
-        )
+    if sweep.num_samples > 1 and not sampled_axes(sweep):
+        raise ConfigError(f"{path}: num_samples: {sweep.num_samples} repeats of a grid-only space would repeat its"
+                          " trials; add a seed axis instead")  # fmt: skip
+    _check_objective(sweep.objective, run, path)
     return sweep, base
 
 
-def _points(sweep: SweepConfig) -> list[dict[str, Any]]:
-    """Grid points, with each sampled axis at its first value / lower bound (for validation)."""
-    import itertools
+def sampled_axes(sweep: SweepConfig) -> list[str]:
+    return [name for name, axis in sweep.space.items() if axis.kind != "grid"]
 
-    names = list(sweep.space)
-    values = []
-    for name in names:
-        axis = sweep.space[name]
-        values.append(axis.grid if axis.kind == "grid" else [(axis.choice or [getattr(axis, axis.kind)[0]])[0]])
-    return [dict(zip(names, combo)) for combo in itertools.product(*values)]
+
+def _check_objective(objective: Objective, run: RunConfig, path: Path) -> None:
+    phases = [p.name for p in run.phases]
+    if objective.phase is not None and objective.phase not in ["base", *phases]:
+        raise ConfigError(f"{path}: objective.phase: no phase {objective.phase!r} (phases: {phases})")
+    if not objective.metric.startswith("val/"):
+        return
+    if not run.dynamics.every or (objective.phase or (phases or ["base"])[-1]) == "base":
+        raise ConfigError(
+            f"{path}: objective.metric {objective.metric!r} is measured on validation prompts by the dynamics"
+            " probe during a phase: set dynamics.every (e.g. to the phases' steps) in overrides, or choose a test metric"
+        )
+    name = objective.metric[4:]
+    known = [f"pass@{k}" for k in run.dynamics.ks] + ["reward_mean"] + [f"diversity/{m}" for m in run.dynamics.metrics]
+    if name not in known:
+        raise ConfigError(f"{path}: objective.metric: the dynamics probe measures {known}, not {name!r}")
+
+
+def _axis_values(axis: Axis) -> list[Any]:
+    """Every value an axis can give that a config could reject: all grid and choice values, both bounds."""
+    return list(axis.grid or axis.choice or getattr(axis, axis.kind))
+
+
+def _points(sweep: SweepConfig) -> list[dict[str, Any]]:
+    """Points to validate: each value of each axis, the other axes at their first value (one axis at
+    a time, so a large space costs a few validations, not its product)."""
+    first = {name: _axis_values(axis)[0] for name, axis in sweep.space.items()}
+    points = [first]
+    for name, axis in sweep.space.items():
+        points += [{**first, name: v} for v in _axis_values(axis)[1:]]
+    return points
 
 
 # ------------------------------------------------------------------------------ the trial
@@ -222,23 +249,43 @@ def trial_metrics(results: dict[str, Any], run_dir: Path) -> dict[str, float]:
     return out
 
 
-def pipeline_trial(params: dict[str, Any], *, bases: dict[str, dict], out: str, run_dir: Callable[[dict], str]) -> None:
+def run_name(prefix: str, directory: Path) -> str:
+    """A run name (``[A-Za-z0-9_.-]``) from the experiment's name and the trial's directory."""
+    return "".join(c if c.isalnum() or c in "_.-" else "-" for c in f"{prefix}-{directory.name}")[:120]
+
+
+def pipeline_trial(
+    params: dict[str, Any], *, bases: dict[str, dict], out: str, run_dir: Callable[[dict, str], str], prefix: str
+) -> None:
     """Tune function trainable: one training run at ``params`` (``run`` picks a base, the rest are
-    dotted fields), continued if its directory holds an unfinished run; reports its evaluations."""
+    dotted fields) in ``out / run_dir(params, trial_id)``: started, continued if the directory holds an
+    unfinished run, or only reported if it holds a finished one. Reports its evaluations."""
     import os
 
     from ray import tune
 
+    # Tune runs a trial in its own directory: relative paths in the config (data files, a local
+    # model) are the user's, relative to where the sweep was started
+    os.chdir(os.environ.get("TUNE_ORIG_WORKING_DIR", os.getcwd()))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from polyray.pipeline import run_pipeline
 
     fields = {k: v for k, v in params.items() if k != "run"}
-    data = apply_params(bases[params.get("run", "")], fields)
-    directory = Path(out) / run_dir(params)
-    data["name"] = directory.name[:64].replace(",", "_").replace("=", "-") or "trial"
-    run = RunConfig.model_validate(data)
-    results = run_pipeline(run, directory, resume=(directory / "config.resolved.yaml").is_file())
+    directory = Path(out) / run_dir(params, tune.get_context().get_trial_id())
+    run = RunConfig.model_validate({**apply_params(bases[params.get("run", "")], fields), "name": run_name(prefix, directory)})
+    results = _finished_results(directory, run)
+    if results is None:
+        results = run_pipeline(run, directory, resume=(directory / "config.resolved.yaml").is_file())
     tune.report({**trial_metrics(results, directory), "run_dir": str(directory)})
+
+
+def _finished_results(directory: Path, run: RunConfig) -> dict[str, Any] | None:
+    """The results of a run in ``directory`` that evaluated every phase, else None."""
+    try:
+        results = json.loads((directory / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return results if {"base", *(p.name for p in run.phases)} <= set(results.get("phases", {})) else None
 
 
 def run_trials(
@@ -246,32 +293,39 @@ def run_trials(
     out: Path,
     param_space: dict[str, Any],
     bases: dict[str, dict],
-    run_dir: Callable[[dict], str],
-    first: RunConfig,
+    run_dir: Callable[[dict, str], str],
+    configs: list[RunConfig],
     *,
     num_samples: int = 1,
     max_concurrent: int = 1,
     resume: bool = False,
+    prefix: str | None = None,
 ):
-    """Run (or, with ``resume``, restore) the Tune experiment of pipeline trials; returns Tune's ResultGrid."""
+    """Run (or, with ``resume``, restore) the Tune experiment ``name`` of pipeline trials; returns
+    Tune's ResultGrid. ``configs``: one run config per base, checked here before anything starts;
+    ``prefix``: of every trial's run name (default ``name``)."""
     from ray import tune
 
     from polyray.cluster import init_ray, needed_cpus
     from polyray.models.source import prepare_model_dir
+    from polyray.pipeline import check_inputs
 
+    for run in configs:
+        check_inputs(run)  # the user's data, once, before Ray starts (not once per trial)
+    first = configs[0]
     prepare_model_dir(first.model, first.task)  # once, before trials race to build it
-    init_ray(first.cluster, (needed_cpus(first) + TRIAL_CPUS) * max_concurrent)
+    reward = first.reward.num_cpus if first.reward.endpoint else 0.0  # one replica, shared
+    init_ray(first.cluster, (needed_cpus(first) - reward + TRIAL_CPUS) * max_concurrent + reward)
     if first.reward.endpoint:  # one reward application for every trial, deployed outside their placement groups
         from polyray.reward.service import ensure_reward_service
 
         ensure_reward_service(first.reward)
     trainable = tune.with_resources(
-        tune.with_parameters(pipeline_trial, bases=bases, out=str(out), run_dir=run_dir), {"cpu": TRIAL_CPUS}
+        tune.with_parameters(pipeline_trial, bases=bases, out=str(out), run_dir=run_dir, prefix=prefix or name),
+        {"cpu": TRIAL_CPUS},
     )
     tune_dir = out / TUNE_DIR
     if resume:
-        if not tune.Tuner.can_restore(str(tune_dir / name)):
-            raise ConfigError(f"--resume: {tune_dir / name} holds no Tune experiment to restore")
         tuner = tune.Tuner.restore(str(tune_dir / name), trainable, resume_errored=True)
     else:
         tuner = tune.Tuner(
@@ -285,20 +339,33 @@ def run_trials(
     return tuner.fit()
 
 
-def _sweep_run_dir(params: dict[str, Any]) -> str:
+def grid_run_dir(params: dict[str, Any], trial_id: str) -> str:
+    """A grid-only sweep's trial directory: its parameters say which point it is."""
     return f"{TRIALS_DIR}/{trial_slug(params)}"
+
+
+def sampled_run_dir(params: dict[str, Any], trial_id: str) -> str:
+    """A sampled sweep's trial directory: parameters and Tune's trial id (kept by a restore), since two
+    trials may draw the same value."""
+    return f"{TRIALS_DIR}/{trial_slug(params)[:160]}-{trial_id}"
 
 
 def run_sweep(path: str | Path, output_dir: Path | None = None, resume: bool = False) -> dict[str, Any]:
     """Run every trial of the sweep at ``path`` (or continue it); write and return its summary."""
+    from ray import tune
+
     sweep, base = load_sweep(path)
     out = Path(output_dir or Path("runs") / sweep.name).resolve()
-    if not resume and (out / TUNE_DIR / sweep.name).exists():
+    restorable = tune.Tuner.can_restore(str(out / TUNE_DIR / sweep.name))
+    if resume and not restorable:
+        raise ConfigError(f"--resume: {out / TUNE_DIR / sweep.name} holds no Tune experiment to restore; run without --resume")
+    if not resume and restorable:
         raise ConfigError(f"{out} already holds this sweep: continue it with --resume, or choose another --output-dir")
     out.mkdir(parents=True, exist_ok=True)
     first = RunConfig.model_validate(apply_params(base, _points(sweep)[0]))
     space = {k: axis.tune_domain() for k, axis in sweep.space.items()}
-    grid = run_trials(sweep.name, out, space, {"": base}, _sweep_run_dir, first,
+    run_dir = sampled_run_dir if sampled_axes(sweep) else grid_run_dir
+    grid = run_trials(sweep.name, out, space, {"": base}, run_dir, [first],
                       num_samples=sweep.num_samples, max_concurrent=sweep.max_concurrent_trials, resume=resume)  # fmt: skip
     summary = summarise(sweep, first, grid)
     write_outputs(out, summary)
@@ -319,15 +386,32 @@ def summarise(sweep: SweepConfig, run: RunConfig, grid) -> dict[str, Any]:
     objective = _objective_key(sweep, run)
     trials = []
     for result in grid:
-        params = {k: v for k, v in (result.config or {}).items()}
         metrics = {k: v for k, v in (result.metrics or {}).items() if "/" in k and isinstance(v, (int, float))}
-        trials.append({"params": params, "metrics": metrics, "run_dir": (result.metrics or {}).get("run_dir"),
-                       "error": None if result.error is None else str(result.error).splitlines()[-1][:500]})  # fmt: skip
+        trials.append({"params": trial_params(result), "metrics": metrics, "run_dir": (result.metrics or {}).get("run_dir"),
+                       "error": error_line(result.error)})  # fmt: skip
     scored = [t for t in trials if objective in t["metrics"]]
     sign = 1.0 if sweep.objective.mode == "max" else -1.0
     best = max(scored, key=lambda t: sign * t["metrics"][objective]) if scored else None
     return {"name": sweep.name, "objective": {"key": objective, "mode": sweep.objective.mode},
             "axes": list(sweep.space), "trials": trials, "best": best, "settings": settings(trials)}  # fmt: skip
+
+
+def trial_params(result) -> dict[str, Any]:
+    """A Tune result's parameters: its config, or for a trial that never reported (its config then
+    is None in Ray 2.60) the ``params.json`` Tune wrote into its directory."""
+    if result.config:
+        return dict(result.config)
+    try:
+        return json.loads((Path(result.path) / "params.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return {}
+
+
+def error_line(error: BaseException | None) -> str | None:
+    if error is None:
+        return None
+    lines = str(error).strip().splitlines()
+    return (lines[-1] if lines else type(error).__name__)[:500]
 
 
 def settings(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -23,7 +23,8 @@ from polyray.tasks import Prompt, Task
 
 
 def measure_dynamics(
-    pool, task: Task, prompts: list[Prompt], cfg: DynamicsConfig, version: int | None, run_seed: int = 0
+    pool, task: Task, prompts: list[Prompt], cfg: DynamicsConfig, version: int | None, run_seed: int = 0,
+    sampling: SamplingConfig | None = None,
 ) -> dict[str, Any]:
     """{"pass@k", "reward_mean", "diversity/<name>"...} of ``n_samples`` samples per prompt under ``version``.
 
@@ -31,7 +32,8 @@ def measure_dynamics(
     from polyray.diversity import compute_diversity_batch
 
     judged = sample_and_judge(
-        pool, task, prompts, cfg.n_samples, task_sampling(SamplingConfig(), task), version=version, seed=(run_seed, "dynamics")
+        pool, task, prompts, cfg.n_samples, task_sampling(sampling or SamplingConfig(), task), version=version,
+        seed=(run_seed, "dynamics"),
     )
     record: dict[str, Any] = {f"pass@{k}": mean_pass_at_k(judged.counts, k) for k in cfg.ks}
     record["reward_mean"] = float(np.mean(judged.rewards))
@@ -61,6 +63,7 @@ class DynamicsProbe:
 
             self._task = build_eval_task(self.run, self.model_dir)
             self._prompts = self._task.prompts("val", self.cfg.n_prompts)
-        record = measure_dynamics(self.pool, self._task, self._prompts, self.cfg, version, self.run.seed)
+        # sampled as the phase evaluations sample (eval.sampling: length, temperature)
+        record = measure_dynamics(self.pool, self._task, self._prompts, self.cfg, version, self.run.seed, self.run.eval.sampling)
         append_jsonl(self.path, {"phase": self.phase, "step": step, "global_step": self.offset + step,
                                  "version": version, **record})

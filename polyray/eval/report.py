@@ -10,7 +10,7 @@
   dynamics through SFT and GRPO), ``fig-lora`` (‖ΔW‖_F heatmaps layer × module, the
   two first adapters and their difference); tables ``table-main`` and ``table-stats``.
   A figure whose input is missing is replaced by a short note in a div with the same
-  id and class ``skipped``.
+  id and class ``skipped`` (``fig-axis``, a sweep's own, is left out instead).
 - ``tables.tex``: the main table (booktabs): model × pass@k, USQ@k, diversity, mean ±
   CI half-width where given, best mean per column in bold.
 
@@ -506,6 +506,7 @@ def _fig_axis(results: dict[str, Any]):
     return fig, ""
 
 
+_ONLY_WITH_INPUT = {"fig-axis"}  # a sweep's figure: absent, not "skipped", in other reports
 _FIGURES = (
     ("fig-axis", "Pass@k against the swept value", _fig_axis),
     ("fig-passk", "Pass@k curves", _fig_passk),
@@ -534,6 +535,8 @@ def render_html(results: dict[str, Any]) -> str:
         body.append(f'<section id="section-stats"><h2>Statistics</h2>{stats}</section>')
     for div_id, heading, build in _FIGURES:
         fig, reason = build(results)
+        if fig is None and div_id in _ONLY_WITH_INPUT:
+            continue
         body.append(f'<section id="section-{div_id[4:]}"><h2>{html.escape(heading)}</h2>')
         if fig is None:
             body.append(f'<div id="{div_id}" class="skipped">Skipped: {html.escape(reason)}.</div>')

@@ -80,8 +80,9 @@ def _tokenizer(model_dir: str):
 
 def format_for_model(task: Task, model: ModelConfig, model_dir: str | Path) -> Task:
     """``task`` with prompts as ``model`` expects them: through its tokenizer's chat template when
-    it has one and ``prompt_format`` is auto (instruct models), else the task's own template."""
-    if model.prompt_format != "auto":
+    it has one, ``prompt_format`` is auto (instruct models) and the task's answers can be chat
+    replies (not countdown's, which continue the prompt's line), else the task's own template."""
+    if model.prompt_format != "auto" or not task.chat_format_ok:
         return task
     tokenizer = _tokenizer(str(model_dir))
     if not getattr(tokenizer, "chat_template", None):
@@ -93,4 +94,3 @@ def format_for_model(task: Task, model: ModelConfig, model_dir: str | Path) -> T
             [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True, **kwargs
         ),
     )
-

@@ -248,27 +248,34 @@ def train_engagement_model(
     return metrics
 
 
+def is_engagement_model_dir(path: str | Path) -> bool:
+    return (Path(path) / _HEAD_FILE).is_file() and (Path(path) / _META_FILE).is_file()
+
+
 def ensure_engagement_model(data: str | Path, model_dir: str | Path, seed: int = 0) -> EngagementModel:
-    """The engagement model in ``model_dir``, trained from ``data`` first when the directory holds none.
+    """The engagement model in ``model_dir``, trained from ``data`` first when the directory is
+    absent or empty (a directory holding something else is refused: nothing is overwritten).
 
     Trained into a staging directory and renamed into place, so a build cut off half-way leaves
-    nothing that looks like a model."""
+    nothing that looks like a model; of two runs training it at once, the first rename wins."""
     import os
     import shutil
     import tempfile
 
     model_dir = Path(model_dir)
-    if not (model_dir / _HEAD_FILE).is_file() or not (model_dir / _META_FILE).is_file():
+    if not is_engagement_model_dir(model_dir):
+        if model_dir.is_dir() and any(model_dir.iterdir()):
+            raise RewardError(f"{model_dir} holds files but no engagement model; empty it or choose another directory")
         model_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=model_dir.name + ".", dir=model_dir.parent))
         try:
             train_engagement_model(data, staging, seed=seed)
-            if model_dir.exists() and not any(model_dir.iterdir()):
+            if model_dir.is_dir() and not any(model_dir.iterdir()):
                 model_dir.rmdir()
-            if model_dir.exists():  # another run trained it meanwhile: keep theirs
-                shutil.rmtree(staging)
-            else:
+            try:
                 os.replace(staging, model_dir)
+            except OSError:  # another run renamed its model into place first: keep theirs
+                shutil.rmtree(staging)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

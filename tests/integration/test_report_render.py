@@ -98,8 +98,9 @@ def test_report_files_without_browser(tmp_path):
     # missing inputs: figures skipped with a note, not an error
     minimal = {"models": {"a_b": {"pass_at_k": {"1": 0.2, "5": 0.5}}}}
     html = write_report(tmp_path / "min", minimal)["html"].read_text()
-    for fid in ("fig-axis", "fig-usq", "fig-pareto", "fig-dynamics", "fig-lora"):
+    for fid in ("fig-usq", "fig-pareto", "fig-dynamics", "fig-lora"):
         assert f'<div id="{fid}" class="skipped">' in html
+    assert 'id="fig-axis"' not in html  # a sweep's figure only
     assert r"a\_b" in render_latex_table(minimal)
     rows = [{"prompt_id": "p0", "rewards": np.array([1.0, 0.0]), "c": np.int64(1)}]
     p = write_samples_jsonl(tmp_path / "samples.jsonl", rows)

@@ -43,17 +43,22 @@ def test_default_sweep_is_lambda_by_seed():
         ("space: {phases.7.lam: {grid: [0.1]}}\n", "phases.7"),
         ("space: {seed: {grid: [0]}}\nobjective: {phase: nope}\n", "objective.phase: no phase 'nope'"),
         ("space: {seed: {grid: [0]}}\nobjective: {metric: val/pass@1}\n", "dynamics probe"),
+        ("space: {seed: {grid: [0]}}\nnum_samples: 3\n", "num_samples: 3 repeats"),
+        ("space: {phases.0.lr: {choice: [0.1, -1]}}\n", "space point {'phases.0.lr': -1}"),
+        ("space: {phases.0.lr: {loguniform: [1e-5, 1e-3]}}\nobjective: {metric: val/pass@7}\n"
+         "overrides: {dynamics: {every: 5}}\n", "measures ['pass@1', 'pass@4'"),
     ],
 )
 def test_bad_sweep_files_fail_before_anything_starts(tmp_path, body, message):
+    head = "" if "overrides" in body else "overrides: {dynamics: {every: 0}}\n"
     with pytest.raises(ConfigError, match=message.replace("{", r"\{").replace("[", r"\[")):
-        load_sweep(_write(tmp_path, "overrides: {dynamics: {every: 0}}\n" + body))
+        load_sweep(_write(tmp_path, head + body))
 
 
 def test_params_apply_by_dotted_path_and_name_a_stable_directory():
     data = {"seed": 0, "phases": [{"type": "sft", "lr": 0.1}, {"type": "grpo", "lr": 0.2}]}
-    out = apply_params(data, {"phases.1.lr": 0.5, "seed": 2})
-    assert out == {"seed": 2, "phases": [{"type": "sft", "lr": 0.1}, {"type": "grpo", "lr": 0.5}]}
+    out = apply_params(data, {"phases.1.lr": 1e-05, "seed": 2})
+    assert out == {"seed": 2, "phases": [{"type": "sft", "lr": 0.1}, {"type": "grpo", "lr": 1e-05}]}  # a float, as drawn
     assert data["seed"] == 0  # not mutated
     assert trial_slug({"seed": 1, "phases.0.lam": 0.3}) == trial_slug({"phases.0.lam": 0.3, "seed": 1})
     assert trial_slug({"phases.0.lam": 0.3, "seed": 1}) == "phases.0.lam=0.3,seed=1"
@@ -119,3 +124,13 @@ def test_a_single_seed_has_no_interval_and_stays_valid_json(tmp_path):
     write_outputs(tmp_path, summary)
     json.loads((tmp_path / "sweep.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
     assert not math.isnan(summary["settings"][0]["metrics"]["grpo/pass@1"]["mean"])
+
+
+def test_a_trial_that_never_reported_keeps_its_parameters(tmp_path):
+    from polyray.sweep import error_line, trial_params
+
+    (tmp_path / "params.json").write_text(json.dumps({"phases.0.lam": 0.3, "seed": 2}))
+    assert trial_params(SimpleNamespace(config=None, path=str(tmp_path))) == {"phases.0.lam": 0.3, "seed": 2}
+    assert trial_params(SimpleNamespace(config={"seed": 1}, path=None)) == {"seed": 1}
+    assert error_line(RuntimeError("")) == "RuntimeError" and error_line(ValueError("a\nlast")) == "last"
+    assert error_line(None) is None

@@ -73,6 +73,16 @@ def test_train_prompt_without_a_response_is_named_by_file_line(tmp_path):
 
 
 # ------------------------------------------------------------------------------ prompt format
+def _code_task(tmp_path: Path):
+    from polyray.tasks.code import CodeTaskConfig
+
+    path = tmp_path / "problems.jsonl"
+    path.write_text("".join(json.dumps({
+        "prompt": f"def f{i}():\n    \"\"\"Return {i}.\"\"\"\n", "test": f"def check(c):\n    assert c() == {i}\n",
+        "entry_point": f"f{i}", "canonical_solution": f"    return {i}\n"}) + "\n" for i in range(12)))  # fmt: skip
+    return CodeTaskConfig(path=str(path))
+
+
 def _tokenizer_dir(tmp_path: Path, chat: bool) -> Path:
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -102,11 +112,16 @@ def test_prompts_go_through_the_chat_template_when_the_model_has_one(tmp_path):
         assert c.meta["raw_prompt"] == p.meta["raw_prompt"] and c.reference == p.reference
     # rewards and judges see the prompt as the user wrote it
     assert task.reward_item(chat[0], "x")["prompt"] == plain[0].meta["raw_prompt"]
-    countdown = build_task(RunConfig().task)
-    formatted = format_for_model(countdown, ModelConfig(), _tokenizer_dir(tmp_path, chat=True))
+    code = build_task(_code_task(tmp_path))
+    formatted = format_for_model(code, ModelConfig(), _tokenizer_dir(tmp_path, chat=True))
     p = formatted.prompts("test", 1)[0]
-    assert p.meta["raw_prompt"] == countdown.prompts("test", 1)[0].text
-    assert formatted.judge(p, " " + p.reference.strip()).reward == 1.0 and not formatted.supports_few_shot
+    assert p.meta["raw_prompt"] == code.prompts("test", 1)[0].text and formatted.stop_sequences == ()
+    # a chat answer: the function in a fenced block runs against the prompt as written
+    answer = f"Here:\n```python\ndef {p.meta['entry_point']}():\n{p.reference}```\nDone."
+    assert formatted.judge(p, answer).reward == 1.0 and formatted.judge(p, "no code").reward == 0.0
+    # countdown's answers continue the prompt's line: never chat-formatted
+    countdown = build_task(RunConfig().task)
+    assert format_for_model(countdown, ModelConfig(), tmp_path / "chat") is countdown
     # no template, or prompt_format: plain -> the task's own template
     assert format_for_model(task, ModelConfig(), _tokenizer_dir(tmp_path, chat=False)).prompts("test", 3) == plain
     assert format_for_model(task, ModelConfig(prompt_format="plain"), tmp_path / "chat").prompts("test", 3) == plain
