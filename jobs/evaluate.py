@@ -9,10 +9,8 @@ results.json, samples.jsonl, report.html and tables.tex (see polyray/eval/job/).
 import argparse
 import sys
 
-from polyray.io import ConfigError
+from jobs import exit_code
 from polyray.eval.job import load_eval_config, run_eval
-from polyray.models.source import ModelSourceError
-from polyray.tasks.jsonl import JsonlDataError
 
 
 def main(argv=None) -> int:
@@ -21,12 +19,7 @@ def main(argv=None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="KEY=VALUE override.")
     parser.add_argument("--output-dir", default=None, help="Output directory (default runs/<name>/).")
     args = parser.parse_args(argv)
-    try:
-        run_eval(load_eval_config(args.config, args.overrides), args.output_dir)
-    except (ConfigError, ModelSourceError, JsonlDataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code(lambda: run_eval(load_eval_config(args.config, args.overrides), args.output_dir))
 
 
 if __name__ == "__main__":

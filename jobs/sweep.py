@@ -3,8 +3,7 @@
 import argparse
 import sys
 
-from polyray.io import ConfigError, DataError
-from polyray.models.source import ModelSourceError
+from jobs import exit_code
 from polyray.sweep import run_sweep
 
 
@@ -14,12 +13,7 @@ def main(argv=None) -> int:
     parser.add_argument("--output-dir", default=None, help="Output directory (default runs/<name>/).")
     parser.add_argument("--resume", action="store_true", help="Restore the interrupted sweep in the output directory.")
     args = parser.parse_args(argv)
-    try:
-        run_sweep(args.config, args.output_dir, args.resume)
-    except (ConfigError, DataError, ModelSourceError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code(lambda: run_sweep(args.config, args.output_dir, args.resume))
 
 
 if __name__ == "__main__":

@@ -3,9 +3,8 @@
 import argparse
 import sys
 
+from jobs import exit_code
 from polyray.config import load_config
-from polyray.io import ConfigError, DataError
-from polyray.models.source import ModelSourceError
 from polyray.pipeline import run_pipeline
 
 
@@ -16,12 +15,7 @@ def main(argv=None) -> int:
     parser.add_argument("--output-dir", default=None, help="Output directory (default runs/<name>/).")
     parser.add_argument("--resume", action="store_true", help="Continue the run in the output directory.")
     args = parser.parse_args(argv)
-    try:
-        run_pipeline(load_config(args.config, args.overrides), args.output_dir, args.resume)
-    except (ConfigError, DataError, ModelSourceError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code(lambda: run_pipeline(load_config(args.config, args.overrides), args.output_dir, args.resume))
 
 
 if __name__ == "__main__":

@@ -86,6 +86,10 @@ class Task(ABC):
     def is_correct(self, reward: float) -> bool:
         return is_correct(reward, self.success_threshold)
 
+    def split_size(self, split: str) -> int | None:
+        """The config's ``n_<split>`` (None when the task has none, or leaves it to the data)."""
+        return getattr(getattr(self, "config", None), f"n_{split}", None)
+
     # ---- training ---------------------------------------------------------------------------
     reward_name: str = "countdown"  # registry reward (polyray.reward) that scores GRPO rollouts by default
 

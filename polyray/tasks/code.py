@@ -48,7 +48,6 @@ work: CPython folds ``3 * 4`` into the constant 12.)
 from __future__ import annotations
 
 import keyword
-import random
 import re
 import string
 from dataclasses import dataclass
@@ -216,8 +215,7 @@ class CodeTask(_SandboxTask):
             return list(range(len(self.problems)))
         if split not in ("train", "val", "test"):
             raise ValueError(f"unknown split {split!r}; expected train, val, test or all")
-        limit = {"train": self.config.n_train, "val": self.config.n_val, "test": self.config.n_test}[split]
-        return self._splits_of_all()[split][:limit]
+        return self._splits_of_all()[split][: self.split_size(split)]
 
     def prompts(self, split: str, count: int | None = None) -> list[Prompt]:
         """The first ``count`` problems (None: all) of ``split`` (at most its ``n_<split>``), in file order."""
@@ -261,18 +259,11 @@ class CodeTask(_SandboxTask):
 
 
 # --------------------------------------------------------------------------- countdown_code
-class CountdownCodeTaskConfig(StrictModel):
-    """Countdown problems written as a Python function to complete, judged in the sandbox."""
+class CountdownCodeTaskConfig(countdown.CountdownTaskConfig):
+    """Countdown problems written as a Python function to complete, judged in the sandbox
+    (countdown's generator settings, and the sandbox's)."""
 
-    type: Literal["countdown_code"] = "countdown_code"
-    num_numbers: int = Field(3, ge=2, le=6, description="Numbers given per prompt.")
-    max_number: int = Field(16, ge=2, le=100, description="Numbers are drawn from 1..max_number.")
-    min_operands: int = Field(2, ge=1, description="Fewest numbers the generating expression uses.")
-    max_target: int = Field(99, ge=1, description="Largest target.")
-    seed: int = Field(0, description="Prompt generator seed (splits stay disjoint for any seed).")
-    n_train: int = Field(512, ge=1, description="Training prompts (SFT references, GRPO prompts).")
-    n_val: int = Field(32, ge=1, description="Validation prompts.")
-    n_test: int = Field(64, ge=1, description="Held-out test prompts for evaluation.")
+    type: Literal["countdown_code"] = "countdown_code"  # type: ignore[assignment]
     timeout_s: float = Field(5.0, gt=0, le=120, description="Sandbox wall-clock limit per completion (seconds).")
     memory_mb: int = Field(512, ge=64, le=16384, description="Sandbox address-space limit per completion (MiB).")
     max_workers: int = Field(2, ge=1, le=64, description="Sandboxes run at the same time when judging a batch.")
@@ -378,34 +369,14 @@ class CountdownCodeTask(_SandboxTask):
         """``count`` prompts of ``split`` (None: its ``n_<split>``), countdown's problems in this form."""
         if split not in ("train", "val", "test"):
             raise ValueError(f"unknown split {split!r}; expected train, val or test")
-        if count is None:
-            count = {"train": self.config.n_train, "val": self.config.n_val, "test": self.config.n_test}[split]
+        count = self.split_size(split) if count is None else count
         return [as_code_prompt(p) for p in countdown.generate_prompts(split, count, self.config.seed, self.spec)]
 
     def pretrain_corpus(self, n_prompts: int, noise: float, seed: int) -> list[tuple[str, str]]:
-        """Two completions (`` expr``, no newline: the model builder appends EOS) per ``pretrain``-split
-        problem, a share ``noise`` of them wrong expressions; random valid ones otherwise, never the
-        references. The ``pretrain`` split is disjoint from train, val and test by countdown's hashing."""
-        rng = random.Random(seed)
-        pairs = []
-        for p in countdown.generate_prompts("pretrain", n_prompts, self.config.seed, self.spec):
-            numbers, target = tuple(p.meta["numbers"]), p.meta["target"]
-            text = countdown_code_prompt(numbers, target)
-            for _ in range(2):
-                if rng.random() < noise:
-                    sol = countdown.sample_wrong_expression(rng, numbers, target)
-                else:
-                    sol = countdown.sample_solution(rng, numbers, target) or p.reference.strip()
-                pairs.append((text, " " + sol))
-        return pairs
+        """Countdown's pretraining solutions (:func:`polyray.tasks.countdown.pretrain_solutions`) in this
+        form: `` expr`` after the function's ``return`` (no newline: the model builder appends EOS)."""
+        solutions = countdown.pretrain_solutions(self.spec, self.config.seed, n_prompts, noise, seed)
+        return [(countdown_code_prompt(p.meta["numbers"], p.meta["target"]), " " + sol) for p, sol in solutions]
 
     def corpus_key(self) -> dict[str, Any]:
-        c = self.config
-        return {
-            "type": "countdown_code",
-            "num_numbers": c.num_numbers,
-            "max_number": c.max_number,
-            "min_operands": c.min_operands,
-            "max_target": c.max_target,
-            "seed": c.seed,
-        }
+        return countdown.generator_key(self.config)

@@ -142,6 +142,31 @@ def sample_wrong_expression(rng: random.Random, numbers: tuple[int, ...], target
             return expr
 
 
+def generator_key(config: CountdownTaskConfig) -> dict:
+    """What determines the generated problems of ``config`` (and its type): an embedded model's corpus key."""
+    return config.model_dump(mode="json", include={"type", "num_numbers", "max_number", "min_operands", "max_target", "seed"})
+
+
+def pretrain_solutions(
+    spec: CountdownSpec, prompt_seed: int, n_prompts: int, noise: float, seed: int
+) -> list[tuple[Prompt, str]]:
+    """Two (prompt, expression) pairs per ``pretrain``-split prompt: random valid solutions (never
+    the references), or with probability ``noise`` a random expression over the prompt's numbers
+    that misses the target, as a web corpus holds wrong answers beside right ones. The
+    ``pretrain`` split is disjoint from train, val and test by construction."""
+    rng = random.Random(seed)
+    pairs = []
+    for p in generate_prompts("pretrain", n_prompts, prompt_seed, spec):
+        numbers, target = tuple(p.meta["numbers"]), p.meta["target"]
+        for _ in range(2):
+            if rng.random() < noise:
+                sol = sample_wrong_expression(rng, numbers, target)
+            else:
+                sol = sample_solution(rng, numbers, target) or p.reference.strip()
+            pairs.append((p, sol))
+    return pairs
+
+
 class UnsafeExpression(ValueError):
     """The text is not a plain arithmetic expression over integer literals."""
 
@@ -248,29 +273,13 @@ class CountdownTask(Task):
         )
 
     def prompts(self, split: str, count: int | None = None) -> list[Prompt]:
-        sizes = {"train": self.config.n_train, "val": self.config.n_val, "test": self.config.n_test}
-        return generate_prompts(split, sizes.get(split, 0) if count is None else count, self.config.seed, self.spec)
+        return generate_prompts(split, self.split_size(split) or 0 if count is None else count, self.config.seed, self.spec)
 
     def pretrain_corpus(self, n_prompts: int, noise: float, seed: int) -> list[tuple[str, str]]:
-        """Two completions per ``pretrain``-split prompt: random valid solutions (never the
-        references), or with probability ``noise`` a random expression over the prompt's numbers
-        that misses the target, as a web corpus holds wrong answers beside right ones."""
-        rng = random.Random(seed)
-        pairs = []
-        for p in generate_prompts("pretrain", n_prompts, self.config.seed, self.spec):
-            numbers, target = tuple(p.meta["numbers"]), p.meta["target"]
-            for _ in range(2):
-                if rng.random() < noise:
-                    sol = sample_wrong_expression(rng, numbers, target)
-                else:
-                    sol = sample_solution(rng, numbers, target) or p.reference.strip()
-                pairs.append((p.text, " " + sol))
-        return pairs
+        return [(p.text, " " + sol) for p, sol in pretrain_solutions(self.spec, self.config.seed, n_prompts, noise, seed)]
 
     def corpus_key(self) -> dict:
-        return self.config.model_dump(
-            mode="json", include={"type", "num_numbers", "max_number", "min_operands", "max_target", "seed"}
-        )
+        return generator_key(self.config)
 
     def judge(self, prompt: Prompt, completion: str) -> Judgement:
         return judge(completion, prompt.meta["numbers"], prompt.meta["target"])

@@ -188,7 +188,7 @@ class JsonlTask(Task):
         """The first ``count`` prompts of ``split`` in file order (fewer when the split is smaller;
         None: the config's ``n_<split>``, else the whole split)."""
         if count is None:
-            count = {"train": self.config.n_train, "val": self.config.n_val, "test": self.config.n_test}.get(split)
+            count = self.split_size(split)
         out = []
         for i in self._split(split)[:count]:
             g = self.groups[i]

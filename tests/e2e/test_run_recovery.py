@@ -23,6 +23,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from faults import kill_node, registered_step
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.slow, pytest.mark.e2e]
 
@@ -64,16 +65,6 @@ def _processes(root: int, marker: str) -> list[psutil.Process]:
     return found
 
 
-def _registered_step(out: Path, phase: str) -> int:
-    """The newest checkpoint step Ray Train has registered for ``phase`` (what a restart resumes from;
-    registration trails the step that wrote the checkpoint)."""
-    try:
-        snapshot = json.loads((out / "checkpoints" / phase / "checkpoint_manager_snapshot.json").read_text())
-    except (OSError, ValueError):
-        return 0
-    return max((c["metrics"]["step"] for c in snapshot["checkpoint_results"]), default=0)
-
-
 RESUMES = ("RayTrainWorker", "driver")  # kills that resume the phase from a checkpoint
 
 
@@ -91,17 +82,9 @@ def _run(out: Path, phases: str, kills: list[tuple[str, int, str]], extra=(), ti
     while proc.poll() is None and time.time() < deadline and pending:
         phase, step = _progress(out / "metrics.jsonl")
         want_phase, want_step, marker = pending[0]
-        if phase == want_phase and step >= want_step and (marker not in RESUMES or _registered_step(out, phase) > 0):
-            if marker == "driver":
-                # the driver's node goes down: the driver and the local cluster it started die together
-                # (killed one by one, a learner could finish the phase before its cluster noticed)
-                tree = psutil.Process(proc.pid).children(recursive=True)
-                for p in [psutil.Process(proc.pid), *tree]:
-                    try:
-                        p.kill()
-                    except psutil.Error:
-                        pass
-                psutil.wait_procs(tree, timeout=60)
+        if phase == want_phase and step >= want_step and (marker not in RESUMES or registered_step(out, phase) > 0):
+            if marker == "driver":  # the driver's node goes down: the driver and its local cluster die together
+                kill_node(proc.pid)
             else:
                 victims = _processes(proc.pid, marker)
                 assert victims, f"no process matching {marker!r} at {phase} step {step}"

@@ -17,8 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
+from faults import kill_node, registered_step
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.ray, pytest.mark.vllm]
 
@@ -51,14 +51,6 @@ def _steps(run_dir: Path, phase: str) -> int:
     return max(steps, default=0)
 
 
-def _registered(run_dir: Path, phase: str) -> int:
-    try:
-        snap = json.loads((run_dir / "checkpoints" / phase / "checkpoint_manager_snapshot.json").read_text())
-    except (OSError, ValueError):
-        return 0
-    return max((c["metrics"]["step"] for c in snap["checkpoint_results"]), default=0)
-
-
 def _finished(run_dir: Path) -> bool:
     try:
         return PHASE in json.loads((run_dir / "results.json").read_text())["phases"]
@@ -73,18 +65,6 @@ def _sweep(path: Path, out: Path, *extra: str) -> subprocess.Popen:
                             start_new_session=True)  # fmt: skip
 
 
-def _kill_node(proc: subprocess.Popen) -> None:
-    """The driver and every process under it (its local Ray cluster), at once."""
-    tree = psutil.Process(proc.pid).children(recursive=True)
-    for p in [psutil.Process(proc.pid), *tree]:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(tree, timeout=60)
-    proc.communicate(timeout=60)
-
-
 def test_sweep_driver_killed_mid_trial_resumes(tmp_path):
     path = tmp_path / "sweep.yaml"
     path.write_text(SWEEP)
@@ -94,10 +74,11 @@ def test_sweep_driver_killed_mid_trial_resumes(tmp_path):
     while proc.poll() is None and time.time() < deadline:
         trials = sorted((out / "trials").glob("*")) if (out / "trials").is_dir() else []
         done = [t for t in trials if _finished(t)]
-        running = [t for t in trials if not _finished(t) and _steps(t, PHASE) >= 3 and _registered(t, PHASE) >= 2]
+        running = [t for t in trials if not _finished(t) and _steps(t, PHASE) >= 3 and registered_step(t, PHASE) >= 2]
         if done and running:
             victim = running[0]
-            _kill_node(proc)
+            kill_node(proc.pid)  # the driver's node: driver and local cluster at once
+            proc.communicate(timeout=60)
             break
         time.sleep(0.5)
     assert victim is not None, f"no kill point reached (exit {proc.poll()}): {(proc.stdout.read() or '')[-3000:]}"
