@@ -330,6 +330,23 @@ class ClusterConfig(_Model):
     worker_logs: bool = Field(False, description="Forward worker stdout/stderr (vLLM, Ray Train) to the driver.")
 
 
+class TrackingConfig(_Model):
+    """Experiment tracking (``polyray/tracking.py``): each ``polyray run`` is one tracking run (its
+    steps, validation probes and evaluations); a sweep or experiment logs one per trial through Ray
+    Tune's logger callbacks. Needs ``pip install 'polyray[tracking]'``."""
+
+    backend: Literal["none", "mlflow", "wandb"] = Field("none", description="Where to log: none, mlflow or wandb.")
+    uri: str | None = Field(
+        None,
+        description="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/runs/mlflow.db).",
+    )
+    experiment: str = Field("polyray", min_length=1, description="MLflow experiment / W&B project.")
+    mode: Literal["online", "offline"] | None = Field(
+        None, description="W&B mode (default: $WANDB_MODE, else online); offline writes ./wandb for `wandb sync`."
+    )
+    tags: dict[str, str] = Field(default_factory=dict, description="Tags on every tracking run.")
+
+
 class RunConfig(_Model):
     """A full ``polyray run``: base model, task, rollouts, learner, phases, evaluation."""
 
@@ -346,6 +363,7 @@ class RunConfig(_Model):
     dynamics: DynamicsConfig = Field(default_factory=DynamicsConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @model_validator(mode="before")
     @classmethod

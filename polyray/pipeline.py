@@ -26,6 +26,7 @@ from polyray.eval.policy_eval import build_eval_task
 from polyray.io import ConfigError, Timer, console, dump_config, make_progress, write_json_atomic
 from polyray.models.source import prepare_model_dir
 from polyray.reward.engagement import ensure_engagement_model, is_engagement_model_dir, read_engagement_jsonl
+from polyray.tracking import check_tracking, open_tracker
 from polyray.tasks.jsonl import JsonlTaskConfig
 
 
@@ -36,7 +37,9 @@ def evaluate_stage(name: str, pool, task, prompts, run: RunConfig, version: int 
         return evaluate_policy(pool, task, prompts, run.eval, version=version, seed=run.seed)
 
 
-def train_stage(run: RunConfig, index: int, model_dir: Path, out: Path, pool, version: int, adapter: str | None):
+def train_stage(
+    run: RunConfig, index: int, model_dir: Path, out: Path, pool, version: int, adapter: str | None, tracker=None
+):
     from polyray.eval.dynamics import DynamicsProbe
     from polyray.learner.loop import run_phase
 
@@ -50,6 +53,8 @@ def train_stage(run: RunConfig, index: int, model_dir: Path, out: Path, pool, ve
             keys = ("loss", "reward_mean", "kl", "step_s")
             info = "  ".join(f"{k} {m[k]:.3f}" for k in keys if k in m)
             bar.update(task_id, completed=state.get("step", 0), info=info or "starting workers")
+            if tracker is not None:
+                tracker.log_progress()
 
         return run_phase(run, index, str(model_dir), out, pool, version, adapter, on_progress=show, dynamics=probe)
 
@@ -86,6 +91,7 @@ def check_inputs(run: RunConfig) -> list[Path]:
     reward is checked. Returns the engagement model directories to train first."""
     from polyray.tasks import build_task
 
+    check_tracking(run.tracking)
     task = build_task(run.task)
     task.prompts("test", 1)  # draws the splits: too few prompts for them is an error now, not later
     if any(p.type in ("sft", "polychromic_sft") for p in run.phases):
@@ -173,15 +179,42 @@ def stage_done(results: dict[str, Any], stage: str) -> None:
     results.setdefault("stages", []).append({"stage": stage, "attempt": results.get("resumed", 0), "time": time.time()})
 
 
-def run_pipeline(run: RunConfig, output_dir: Path | None = None, resume: bool = False) -> dict[str, Any]:
-    from polyray.learner.phases import PHASES
-    from polyray.rollout.pool import RolloutPool
-    from polyray.rollout.store import open_store
-    from polyray.tasks import build_task
-
+def run_pipeline(
+    run: RunConfig, output_dir: Path | None = None, resume: bool = False, on_stage=None
+) -> dict[str, Any]:
+    """Run (or with ``resume`` continue) ``run`` in ``output_dir`` (default ``runs/<name>``); returns
+    its results. ``on_stage(results)`` is called after each evaluation is written."""
     out = Path(output_dir or Path("runs") / run.name).resolve()
     engagement = check_inputs(run)
     results = open_run_dir(run, out, resume)
+    tracker = open_tracker(run, out)
+    try:
+        results = _run_stages(run, out, resume, results, engagement, tracker, on_stage)
+    except BaseException:
+        if tracker is not None:
+            tracker.finish(failed=True)
+        raise
+    if tracker is not None:
+        tracker.finish(failed=False)
+    console.print(results_table(results, run.eval.ks))
+    console.print(f"outputs in {out}")
+    return results
+
+
+def _run_stages(run: RunConfig, out: Path, resume: bool, results, engagement, tracker, on_stage) -> dict[str, Any]:
+    from polyray.learner.phases import PHASES
+    from polyray.rollout.pool import RolloutPool
+    from polyray.rollout.store import open_store
+
+    def evaluated(stage: str) -> None:
+        stage_done(results, f"eval_{stage}")
+        write_results(out, results)
+        if tracker is not None:
+            tracker.log_progress()
+            tracker.log_stage(stage, done[stage])
+        if on_stage is not None:
+            on_stage(results)
+
     done = results["phases"]
     timer = Timer()
     timer.timings.update(results.get("timings_s", {}))
@@ -210,8 +243,7 @@ def run_pipeline(run: RunConfig, output_dir: Path | None = None, resume: bool = 
         if "base" not in done:
             with timer("eval_base"):
                 done["base"] = evaluate_stage("base", pool, task, test_prompts, run, None)
-            stage_done(results, "eval_base")
-            write_results(out, results)
+            evaluated("base")
         version, adapter = 0, None
         for index, phase in enumerate(run.phases):
             adapter_dir = out / "adapters" / phase.name
@@ -223,7 +255,7 @@ def run_pipeline(run: RunConfig, output_dir: Path | None = None, resume: bool = 
                 adapter = str(adapter_dir)
             else:
                 with timer(f"train_{phase.name}"):
-                    trained = train_stage(run, index, model_dir, out, pool, version, adapter)
+                    trained = train_stage(run, index, model_dir, out, pool, version, adapter, tracker)
                 version, adapter = trained["version"], trained["adapter_dir"]
                 stage_done(results, f"train_{phase.name}")
                 write_results(out, results)
@@ -231,14 +263,11 @@ def run_pipeline(run: RunConfig, output_dir: Path | None = None, resume: bool = 
             results["versions"][phase.name] = version
             with timer(f"eval_{phase.name}"):
                 done[phase.name] = evaluate_stage(phase.name, pool, task, test_prompts, run, version)
-            stage_done(results, f"eval_{phase.name}")
-            write_results(out, results)
+            evaluated(phase.name)
     finally:
         if pool is not None:
             pool.shutdown()
         ray.kill(store)  # its state is on disk; a resume opens it again
     results["timings_s"]["total"] = round(sum(v for k, v in timer.timings.items() if k != "total"), 2)
     write_results(out, results)
-    console.print(results_table(results, run.eval.ks))
-    console.print(f"outputs in {out}")
     return results

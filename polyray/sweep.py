@@ -50,6 +50,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from polyray.config import RunConfig
 from polyray.io import ConfigError, StrictModel, console, format_validation_error
+from polyray.tracking import run_metrics, tune_callbacks
 
 TUNE_DIR = "tune"  # Tune's experiment directory under the sweep's output directory
 TRIALS_DIR = "trials"
@@ -228,27 +229,6 @@ def _points(sweep: SweepConfig) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------ the trial
-def _numbers(record: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in record.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}  # fmt: skip
-
-
-def trial_metrics(results: dict[str, Any], run_dir: Path) -> dict[str, float]:
-    """What a trial reports to Tune: ``<phase>/<metric>`` of every test evaluation, and
-    ``<phase>/val/<metric>`` of the phase's last validation measurement (the dynamics probe's
-    pass@k and diversity on the fixed validation prompts: what a sweep should select on)."""
-    from polyray.io import read_log_jsonl
-
-    out = {f"{phase}/{k}": v for phase, r in results.get("phases", {}).items() for k, v in _numbers(r).items()}
-    last: dict[str, dict] = {}
-    for row in read_log_jsonl(run_dir / "dynamics.jsonl"):
-        if row.get("step", -1) >= last.get(row.get("phase"), {}).get("step", -1):
-            last[row.get("phase")] = row
-    for phase, row in last.items():
-        out.update({f"{phase}/val/{k}": v for k, v in _numbers(row).items() if k not in ("step", "global_step", "version")})
-    return out
-
-
 def run_name(prefix: str, directory: Path) -> str:
     """A run name (``[A-Za-z0-9_.-]``) from the experiment's name and the trial's directory."""
     return "".join(c if c.isalnum() or c in "_.-" else "-" for c in f"{prefix}-{directory.name}")[:120]
@@ -259,7 +239,9 @@ def pipeline_trial(
 ) -> None:
     """Tune function trainable: one training run at ``params`` (``run`` picks a base, the rest are
     dotted fields) in ``out / run_dir(params, trial_id)``: started, continued if the directory holds an
-    unfinished run, or only reported if it holds a finished one. Reports its evaluations."""
+    unfinished run, or only reported if it holds a finished one. Reports after each evaluation
+    (:func:`polyray.tracking.run_metrics`); Tune's logger callbacks track trials, so the run's
+    own tracker is off."""
     import os
 
     from ray import tune
@@ -272,11 +254,17 @@ def pipeline_trial(
 
     fields = {k: v for k, v in params.items() if k != "run"}
     directory = Path(out) / run_dir(params, tune.get_context().get_trial_id())
-    run = RunConfig.model_validate({**apply_params(bases[params.get("run", "")], fields), "name": run_name(prefix, directory)})
+    run = RunConfig.model_validate({**apply_params(bases[params.get("run", "")], fields),
+                                    "name": run_name(prefix, directory), "tracking": {"backend": "none"}})  # fmt: skip
+
+    def report(results: dict[str, Any]) -> None:
+        tune.report({**run_metrics(results, directory), "run_dir": str(directory)})
+
     results = _finished_results(directory, run)
     if results is None:
-        results = run_pipeline(run, directory, resume=(directory / "config.resolved.yaml").is_file())
-    tune.report({**trial_metrics(results, directory), "run_dir": str(directory)})
+        run_pipeline(run, directory, resume=(directory / "config.resolved.yaml").is_file(), on_stage=report)
+    else:
+        report(results)
 
 
 def _finished_results(directory: Path, run: RunConfig) -> dict[str, Any] | None:
@@ -333,7 +321,8 @@ def run_trials(
             param_space=param_space,
             tune_config=tune.TuneConfig(num_samples=num_samples, max_concurrent_trials=max_concurrent),
             run_config=tune.RunConfig(
-                name=name, storage_path=str(tune_dir), failure_config=tune.FailureConfig(max_failures=1), verbose=1
+                name=name, storage_path=str(tune_dir), failure_config=tune.FailureConfig(max_failures=1), verbose=1,
+                callbacks=tune_callbacks(first.tracking, name),
             ),
         )
     return tuner.fit()

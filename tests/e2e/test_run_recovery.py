@@ -6,7 +6,8 @@ another, to keep CI time down: a learner worker mid-polychromic-SFT, the rollout
 reward replica, the adapter store, a learner worker mid-GRPO, and finally the driver, after which
 ``polyray run --resume`` continues it. It checks: the run finishes; nothing finished is redone;
 every phase's adapter comes from exactly ``steps`` optimizer steps; version ids strictly increase
-and each maps to one hash; and the sync canary (every publish: the rollout worker's log-probs of a
+and each maps to one hash; the run's MLflow tracking run (SQLite store) holds every step once,
+across both drivers; and the sync canary (every publish: the rollout worker's log-probs of a
 fixed completion under the newest version against the learner's, within 1e-3) held throughout,
 recoveries included.
 """
@@ -140,12 +141,13 @@ def test_run_survives_every_process_dying(tmp_path):
         ("grpo", 7, "RayTrainWorker"),  # learner worker mid-GRPO
         ("grpo", 9, "driver"),  # the driver, and the local cluster with it
     ]
-    code, output, done = _run(out, phases, kills)
+    tracking = ["--set", "tracking.backend=mlflow", "--set", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"]
+    code, output, done = _run(out, phases, kills, extra=tracking)
     assert code == -signal.SIGKILL and len(done) == len(kills), output[-3000:]
     before = json.loads((out / "results.json").read_text())
     assert set(before["phases"]) == {"base", "polychromic_sft"}
 
-    code, output, _ = _run(out, phases, [], extra=["--resume"])
+    code, output, _ = _run(out, phases, [], extra=["--resume", *tracking])
     assert code == 0, output[-4000:]
     results = _check_run(out, {"polychromic_sft": 6, "grpo": 10})
     stages = [(s["stage"], s["attempt"]) for s in results["stages"]]
@@ -161,3 +163,20 @@ def test_run_survives_every_process_dying(tmp_path):
     assert markers and all(s > 0 for _, s in markers), markers
     for phase in ("polychromic_sft", "grpo"):
         assert [r["step"] for r in rows if r.get("phase") == phase and "event" not in r].count(1) == 1, phase
+
+    _check_tracking(f"sqlite:///{tmp_path / 'mlflow.db'}", results, {"polychromic_sft": 6, "grpo": 10})
+
+
+def _check_tracking(uri: str, results: dict, steps: dict[str, int]) -> None:
+    """One MLflow run for the run and its resume: finished, every step of every phase sent (the
+    resumed driver sends on from where the killed one stopped), and the evaluations."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("polyray").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["phases.1.type"] == "grpo"
+    for phase, n in steps.items():
+        logged = sorted(m.step for m in client.get_metric_history(run.info.run_id, f"{phase}/train/loss"))
+        # a step is sent once; a kill landing between a send and its bookkeeping may repeat one
+        assert sorted(set(logged)) == list(range(1, n + 1)) and len(logged) <= n + 1, (phase, logged)
+        assert run.data.metrics[f"{phase}/pass_at_1"] == pytest.approx(results["phases"][phase]["pass@1"])

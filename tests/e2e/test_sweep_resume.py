@@ -4,7 +4,9 @@ A 2 λ × 2 seed sweep of polychromic SFT with a small step budget (one phase pe
 short). Once one trial has finished and the next is mid-phase with a checkpoint registered, the driver's node dies (the
 driver and its local Ray cluster, SIGKILL). ``--resume`` restores the Tune experiment: a trial
 that had finished is not run again (its run was never resumed), the interrupted one continues
-its phase from a checkpoint step > 0, and the summary holds all four trials.
+its phase from a checkpoint step > 0, and the summary holds all four trials. Trials are tracked
+in MLflow (SQLite store) through Ray Tune's logger callback: every trial ends with a finished
+MLflow run holding its parameters and reports.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ overrides:
   dynamics: {{every: 6, n_prompts: 4, n_samples: 4, ks: [1, 4]}}
   eval: {{n_samples: 4, ks: [1, 4]}}
   learner: {{sync_check_every: 0}}
+  tracking: {{backend: mlflow, uri: "sqlite:///{{db}}", experiment: tiny-sweep}}
 space:
   phases.0.lam: {{grid: [0.0, 0.5]}}
   seed: {{grid: [0, 1]}}
@@ -67,7 +70,7 @@ def _sweep(path: Path, out: Path, *extra: str) -> subprocess.Popen:
 
 def test_sweep_driver_killed_mid_trial_resumes(tmp_path):
     path = tmp_path / "sweep.yaml"
-    path.write_text(SWEEP)
+    path.write_text(SWEEP.replace("{db}", str(tmp_path / "mlflow.db")))
     out = tmp_path / "out"
     proc = _sweep(path, out)
     deadline, victim = time.time() + 900, None
@@ -105,3 +108,20 @@ def test_sweep_driver_killed_mid_trial_resumes(tmp_path):
     markers = [r["step"] for r in rows if r.get("event") == RESUME_EVENT and r.get("phase") == PHASE]
     assert markers and all(s > 0 for s in markers), markers
     assert (out / "sweep.csv").is_file() and (out / "report.html").is_file()
+    _check_tracking(f"sqlite:///{tmp_path / 'mlflow.db'}", summary)
+
+
+def _check_tracking(uri: str, summary: dict) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("tiny-sweep").experiment_id])
+    finished = {}
+    for run in runs:  # an interrupted trial's first MLflow run stays open; its restored trial logs a new one
+        if run.info.status == "FINISHED":
+            finished[(float(run.data.params["phases.0.lam"]), int(run.data.params["seed"]))] = run
+    assert set(finished) == {(lam, seed) for lam in (0.0, 0.5) for seed in (0, 1)}, [r.info for r in runs]
+    for trial in summary["trials"]:
+        run = finished[(trial["params"]["phases.0.lam"], trial["params"]["seed"])]
+        assert run.data.metrics[f"{PHASE}/val/pass_at_1"] == trial["metrics"][f"{PHASE}/val/pass@1"]
+        assert run.data.tags["polyray.sweep"] == "tiny"

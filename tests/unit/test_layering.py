@@ -27,6 +27,7 @@ LAYERS: dict[str, int] = {
     "polyray.rollout": 6,
     "polyray.reward": 6,
     "polyray.cluster": 6,
+    "polyray.tracking": 6,
     "polyray.learner": 7,
     "polyray.eval": 7,
     "polyray.pipeline": 8,
