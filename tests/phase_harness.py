@@ -62,6 +62,16 @@ def random_lora_policy(model_dir, lora, seed: int, std: float = 0.02):
     return model, tokenizer
 
 
+def learner_logprobs(model, prompt_ids, completion_ids, pad_id):
+    """The learner's log-probs of ``completion_ids`` after ``prompt_ids`` (no grad)."""
+    from polyray.models.batching import pack_sequences, token_logprobs
+
+    batch = pack_sequences([prompt_ids], [completion_ids], pad_id)
+    with torch.no_grad():
+        logp, mask = token_logprobs(model, batch)
+    return logp[0][mask[0].bool()]
+
+
 class _Done:
     def __init__(self, value):
         self.value = value

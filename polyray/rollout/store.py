@@ -182,6 +182,9 @@ class AdapterStore:
         return adapter, record
 
 
+STORE_NAMESPACE = "polyray"  # named actors are per namespace: one known to every process of a run and its services
+
+
 def store_actor_name(root: Path) -> str:
     """The store's actor name: one per run directory."""
     return "polyray-adapter-store-" + hashlib.blake2b(str(Path(root).resolve()).encode(), digest_size=6).hexdigest()
@@ -194,7 +197,8 @@ def open_store(root: Path, keep: int = 8):
 
     return (
         ray.remote(AdapterStore)
-        .options(name=store_actor_name(root), get_if_exists=True, num_cpus=0, max_restarts=-1, max_task_retries=-1,
+        .options(name=store_actor_name(root), namespace=STORE_NAMESPACE, get_if_exists=True, num_cpus=0,
+                 max_restarts=-1, max_task_retries=-1,
                  scheduling_strategy="DEFAULT")  # outside a Tune trial's placement group, like the workers
         .remote(str(Path(root).resolve()), keep)
     )

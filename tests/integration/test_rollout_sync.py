@@ -6,7 +6,7 @@ import pytest
 import ray
 import torch
 
-from phase_harness import random_lora_policy
+from phase_harness import learner_logprobs, random_lora_policy
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.slow]
 
@@ -19,15 +19,6 @@ TOL = 1e-3
 
 def random_policy(model_dir, run_config, seed: int):
     return random_lora_policy(model_dir, run_config.learner.lora, seed)
-
-
-def learner_logprobs(model, prompt_ids, completion_ids, pad_id):
-    from polyray.models.batching import pack_sequences, token_logprobs
-
-    batch = pack_sequences([prompt_ids], [completion_ids], pad_id)
-    with torch.no_grad():
-        logp, mask = token_logprobs(model, batch)
-    return logp[0][mask[0].bool()]
 
 
 def test_rollout_logprobs_track_published_adapter(pool, model_dir, run_config):

@@ -28,6 +28,8 @@ LAYERS: dict[str, int] = {
     "polyray.reward": 6,
     "polyray.cluster": 6,
     "polyray.tracking": 6,
+    "polyray.generation": 6,
+    "polyray.http": 1,
     "polyray.learner": 7,
     "polyray.eval": 7,
     "polyray.pipeline": 8,

@@ -1,0 +1,147 @@
+"""Which adapters one generation replica serves, by model id, and which requests hold them.
+
+Model ids: the base model's id; ``policy-vN`` for every version the run's adapter store holds;
+``latest`` for the newest of them; named adapters (``<run>/<phase>``). A request resolves its id
+once, at its start (``latest`` becomes the ``policy-vN`` it names then) and holds that adapter until
+it ends, streaming included: a version published meanwhile moves ``latest`` for later requests only.
+Versions are pulled from the store on first use (hash-checked, like the rollout workers') and
+the newest one as soon as it is published (:meth:`AdapterCatalog.refresh`); past
+``keep_versions`` loaded, the oldest version no request holds is unloaded (never the newest).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from polyray.rollout.store import check_adapter, write_adapter_dir
+
+LATEST = "latest"
+_POLICY = re.compile(r"^policy-v([1-9][0-9]*)$")
+
+
+class UnknownModelError(LookupError):
+    """A model id the service does not serve."""
+
+
+def policy_name(version: int) -> str:
+    return f"policy-v{version}"
+
+
+def policy_version(name: str) -> int | None:
+    match = _POLICY.match(name)
+    return int(match.group(1)) if match else None
+
+
+class AdapterCatalog:
+    """``engine``: vLLM's engine client; ``models``: its ``OpenAIServingModels`` (the LoRA names vLLM's
+    serving layer resolves); ``store``: the run's adapter store actor, or None."""
+
+    def __init__(self, engine, models, base: str, named: dict[str, str], store, root: Path, keep: int):
+        self.engine, self.models = engine, models
+        self.base, self.named = base, dict(named)
+        self.store, self.root, self.keep = store, root, keep
+        self.stored: list[int] = []  # versions the store holds, as of the last refresh
+        self.loaded: dict[int, Path] = {}  # version -> its directory here
+        self.holds: Counter[str] = Counter()
+        self._locks: dict[int, asyncio.Lock] = {}
+
+    async def start(self) -> None:
+        """Register the named adapters and pull the newest version: done before the replica serves."""
+        for name, path in self.named.items():
+            await self._register(name, Path(path))
+        await self.refresh()
+
+    async def refresh(self) -> None:
+        """Learn what the store holds; load a newly published newest version now, so ``latest`` serves it."""
+        if self.store is None:
+            return
+        self.stored = [r.version for r in await self.store.records_list.remote()]
+        if self.stored and self.stored[-1] not in self.loaded:
+            await self._ensure(self.stored[-1])
+
+    @property
+    def newest(self) -> int:
+        return self.stored[-1] if self.stored else 0
+
+    def model_ids(self) -> list[str]:
+        ids = [self.base]
+        if self.stored:
+            ids.append(LATEST)
+        return ids + [policy_name(v) for v in self.stored] + list(self.named)
+
+    def resolve(self, model: str) -> str:
+        """The adapter name ``model`` means now (``latest`` -> ``policy-vN``)."""
+        if model == LATEST:
+            if not self.newest:
+                raise UnknownModelError("no policy version has been published yet")
+            return policy_name(self.newest)
+        if model == self.base or model in self.named or policy_version(model) is not None:
+            return model
+        raise UnknownModelError(f"the model {model!r} does not exist; GET /v1/models lists the served ones")
+
+    async def acquire(self, model: str) -> str:
+        """Resolve ``model``, make sure its adapter is loaded, and hold it; returns the name to serve."""
+        name = self.resolve(model)
+        version = policy_version(name)
+        if version is not None:
+            await self._ensure(version)
+        self.holds[name] += 1  # no await between the load and the hold: eviction cannot slip in
+        return name
+
+    async def release(self, name: str) -> None:
+        self.holds[name] -= 1
+        if self.holds[name] <= 0:
+            del self.holds[name]
+            await self._evict()
+
+    # ---- loading --------------------------------------------------------------------------
+    async def _ensure(self, version: int) -> None:
+        lock = self._locks.setdefault(version, asyncio.Lock())
+        async with lock:
+            if version in self.loaded:
+                return
+            got = await self.store.get.remote(version) if self.store is not None else None
+            if got is None:
+                raise UnknownModelError(f"the model {policy_name(version)!r} does not exist (not in the adapter store)")
+            adapter, record = got
+            path = self.root / policy_name(version)
+            await asyncio.to_thread(_write_checked, path, adapter, version, record.sha256)
+            await self._register(policy_name(version), path)
+            self.loaded[version] = path
+        await self._evict()
+
+    async def _register(self, name: str, path: Path) -> None:
+        from vllm.entrypoints.serve.lora.protocol import LoadLoRAAdapterRequest
+
+        result = await self.models.load_lora_adapter(LoadLoRAAdapterRequest(lora_name=name, lora_path=str(path)))
+        error = getattr(result, "error", None)
+        if error is not None:
+            raise RuntimeError(f"loading adapter {name} from {path}: {error.message}")
+
+    async def _evict(self) -> None:
+        from vllm.entrypoints.serve.lora.protocol import UnloadLoRAAdapterRequest
+
+        while len(self.loaded) > self.keep:
+            idle = [v for v in sorted(self.loaded) if v != self.newest and not self.holds[policy_name(v)]]
+            if not idle:
+                return  # every older version is in use: they go when released
+            version = idle[0]
+            name = policy_name(version)
+            lora_id = self.models.lora_requests[name].lora_int_id
+            await self.models.unload_lora_adapter(UnloadLoRAAdapterRequest(lora_name=name))
+            await self.engine.remove_lora(lora_id)  # frees its slot in the engine's adapter cache
+            shutil.rmtree(self.loaded.pop(version), ignore_errors=True)
+
+    def describe(self) -> dict[str, Any]:
+        return {"newest": self.newest, "stored": list(self.stored), "loaded": sorted(self.loaded),
+                "held": dict(self.holds)}  # fmt: skip
+
+
+def _write_checked(path: Path, adapter: dict[str, Any], version: int, sha256: str) -> None:
+    check_adapter(adapter, version, sha256)  # an id means one set of weights
+    write_adapter_dir(path, adapter)

@@ -1,0 +1,334 @@
+"""The generation service's Serve deployment: OpenAI's API over vLLM's async engine, serving the base
+model and every adapter version of a run.
+
+- ``GET /v1/models`` (and ``/v1/models/{id}``): the base id, ``latest``, ``policy-vN`` for each
+  version the run's adapter store holds, and the named adapters (``<run>/<phase>``);
+- ``POST /v1/completions``, ``POST /v1/chat/completions``: ``n``, ``temperature``, ``top_p``,
+  ``max_tokens``, ``seed``, ``stop``, ``logprobs``, ``stream`` (SSE; ``stream_options.include_usage``
+  adds a usage chunk), usage counts. A response's ``model`` names the version that answered
+  (``latest`` resolves to a ``policy-vN`` when the request starts and holds it to its end);
+- ``GET /healthz``; the OpenAPI schema at ``/openapi.json``.
+
+The protocol itself is vLLM's serving layer (``OpenAIServingCompletion``/``OpenAIServingChat``:
+request validation, sampling, log-probs, streaming, usage); this deployment adds the model ids
+(:class:`~polyray.generation.catalog.AdapterCatalog`: versions pulled from the adapter store as
+they are published), limits (``n``, ``max_tokens``, prompt tokens: 400), an optional API key
+(401), and errors in OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``. A full
+queue (``max_ongoing_requests`` + ``max_queued_requests``) gets 503 from Serve's proxy.
+
+:func:`build_generation_app` builds the application; ``services/generation_app.py`` exposes it to
+``serve run`` / ``serve deploy``; ``polyray serve generation`` and ``polyray run --serve-generation``
+call it directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
+from ray import serve
+from ray.serve import Application
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from polyray.generation.api import ChatBody, CompletionBody, GenerationServiceConfig
+from polyray.generation.catalog import AdapterCatalog, UnknownModelError
+from polyray.http import BearerAuth, openai_error, read_api_key
+from polyray.io import ConfigError, format_validation_error
+
+logger = logging.getLogger("polyray.generation")
+
+# The embedded model's tokenizer has no chat template: this minimal one makes chat work end to end.
+EMBEDDED_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}{{ message['role'] }}: {{ message['content'] }}\n{% endfor -%}"
+    "{%- if add_generation_prompt -%}assistant: {% endif -%}"
+)
+
+app = FastAPI(
+    title="polyray generation service",
+    version="1",
+    description="OpenAI-compatible completions and chat from a base model and every adapter version of a "
+    "polyray run (policy-vN, latest, <run>/<phase>).",
+)
+app.state.api_key = None  # each replica's __init__ sets it from its config
+app.add_middleware(BearerAuth, key=lambda: app.state.api_key)
+
+_ERRORS = {
+    400: {"description": "A limit exceeded (n, max_tokens, prompt tokens) or a parameter vLLM refuses."},
+    401: {"description": "Missing or wrong API key."},
+    404: {"description": "Unknown model id."},
+    422: {"description": "The body fails the schema (the message names the field)."},
+    503: {"description": "Overloaded: the request queue is full; retry later."},
+}
+
+
+def _error(status: int, message: str, type_: str, param: str | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content=openai_error(status, message, type_, param))
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    bad_json = next((e for e in errors if e.get("type") == "json_invalid"), None)
+    if bad_json is not None:
+        return _error(400, f"malformed JSON body: {bad_json.get('ctx', {}).get('error', 'cannot be parsed')}",
+                      "BadRequestError")  # fmt: skip
+    first = errors[0] if errors else {}
+    param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+    message = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in errors)
+    return _error(422, message, "UnprocessableEntityError", param)
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return _error(exc.status_code, str(exc.detail), "NotFoundError" if exc.status_code == 404 else "BadRequestError")
+
+
+def engine_env(cfg: GenerationServiceConfig) -> dict[str, str]:
+    """Environment the engine needs before vLLM/torch import: capped threads, KV cache size."""
+    return {
+        "VLLM_CPU_KVCACHE_SPACE": str(cfg.kv_cache_gib),
+        "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+        "OMP_NUM_THREADS": str(cfg.threads),
+        "MKL_NUM_THREADS": str(cfg.threads),
+        "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+
+
+def chat_template(cfg: GenerationServiceConfig) -> str | None:
+    """The configured template file's text; else None for a model with its own template; else the
+    minimal template for the embedded model (it has a ``build_info.json``); else None (chat: 400)."""
+    if cfg.chat_template:
+        return Path(cfg.chat_template).read_text()
+    model = Path(cfg.model_dir)
+    try:
+        own = json.loads((model / "tokenizer_config.json").read_text()).get("chat_template")
+    except (OSError, ValueError):
+        own = None
+    if own or (model / "chat_template.jinja").is_file():
+        return None
+    return EMBEDDED_CHAT_TEMPLATE if (model / "build_info.json").is_file() else None
+
+
+def _model_max_len(model_dir: Path) -> int | None:
+    try:
+        return int(json.loads((model_dir / "config.json").read_text())["max_position_embeddings"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _prompt_lengths(prompt: Any, tokenizer) -> list[int]:
+    if isinstance(prompt, str):
+        return [len(tokenizer.encode(prompt))]
+    if prompt and all(isinstance(p, int) for p in prompt):
+        return [len(prompt)]
+    return [len(p) if isinstance(p, list) else len(tokenizer.encode(p)) for p in prompt]
+
+
+@serve.deployment
+@serve.ingress(app)
+class GenerationDeployment:
+    async def __init__(self, config: dict[str, Any]):
+        self.cfg = cfg = GenerationServiceConfig.model_validate(config)
+        for key, value in engine_env(cfg).items():
+            os.environ.setdefault(key, value)
+        app.state.api_key = read_api_key(cfg)
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
+        from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
+        from vllm.entrypoints.openai.models.protocol import BaseModelPath
+        from vllm.entrypoints.openai.models.serving import OpenAIServingModels
+        from vllm.renderers.online_renderer import OnlineRenderer
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        max_len = cfg.max_model_len or _model_max_len(Path(cfg.model_dir))
+        self.engine = AsyncLLM.from_engine_args(
+            AsyncEngineArgs(
+                model=cfg.model_dir, dtype=cfg.dtype, max_model_len=max_len, max_num_seqs=cfg.max_num_seqs,
+                # one scheduler step takes whole prompts (as the rollout workers do): a request's tokens
+                # do not depend on what else is in the batch, so a per-request seed reproduces
+                max_num_batched_tokens=cfg.max_num_seqs * max_len,
+                enable_lora=True, max_lora_rank=cfg.max_lora_rank, max_loras=cfg.max_loras,
+                max_cpu_loras=max(cfg.max_loras, cfg.keep_versions + len(cfg.adapters) + 1),
+                enforce_eager=True, generation_config="vllm",  # OpenAI's defaults, not the model's
+            )
+        )  # fmt: skip
+        self.max_len = self.engine.model_config.max_model_len
+        self.models = OpenAIServingModels(self.engine, [BaseModelPath(name=cfg.base_name, model_path=cfg.model_dir)])
+        await self.models.init_static_loras()
+        template = chat_template(cfg)
+        renderer = OnlineRenderer(self.engine.model_config, self.engine.renderer, request_logger=None,
+                                  chat_template=template, chat_template_content_format="auto")  # fmt: skip
+        self.tokenizer = self.engine.renderer.tokenizer
+        self.template = template
+        self.completion = OpenAIServingCompletion(self.engine, self.models, online_renderer=renderer, request_logger=None)
+        self.chat = OpenAIServingChat(self.engine, self.models, "assistant", online_renderer=renderer,
+                                      request_logger=None, chat_template=template,
+                                      chat_template_content_format="auto")  # fmt: skip
+        store = None
+        if cfg.store_root:
+            import ray
+
+            from polyray.rollout.store import STORE_NAMESPACE, store_actor_name
+
+            store = ray.get_actor(store_actor_name(Path(cfg.store_root)), namespace=STORE_NAMESPACE)
+        shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
+        self.adapter_root = Path(tempfile.mkdtemp(prefix="polyray-generation-", dir=shm))
+        self.catalog = AdapterCatalog(self.engine, self.models, cfg.base_name, cfg.adapters, store,
+                                      self.adapter_root, cfg.keep_versions)  # fmt: skip
+        await self.catalog.start()  # a (re)started replica has the newest version before it serves
+        self.created = int(time.time())
+        self._poller = asyncio.create_task(self._poll()) if store is not None else None
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.poll_s)
+            try:
+                await self.catalog.refresh()
+            except Exception as exc:  # the store restarting: try again at the next poll
+                logger.warning("adapter store refresh failed: %s", exc)
+
+    async def check_health(self) -> None:
+        """Serve's health probe: a dead engine or poller restarts the replica."""
+        await self.engine.check_health()
+        if self._poller is not None and self._poller.done():
+            raise RuntimeError(f"adapter poller stopped: {self._poller.exception()!r}")
+
+    def __del__(self):
+        shutil.rmtree(getattr(self, "adapter_root", ""), ignore_errors=True)
+
+    # ---- routes ----------------------------------------------------------------------------
+    @app.get("/healthz")
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def list_models(self) -> dict[str, Any]:
+        return {"object": "list", "data": [self._card(m) for m in self.catalog.model_ids()]}
+
+    @app.get("/v1/models/{model:path}", responses={404: _ERRORS[404]})
+    async def get_model(self, model: str):
+        if model not in self.catalog.model_ids():
+            return _error(404, f"the model {model!r} does not exist", "NotFoundError", "model")
+        return self._card(model)
+
+    @app.post("/v1/completions", responses=_ERRORS)
+    async def completions(self, body: CompletionBody, request: Request):
+        from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+
+        return await self._serve(body, request, CompletionRequest, self.completion.create_completion)
+
+    @app.post("/v1/chat/completions", responses=_ERRORS)
+    async def chat_completions(self, body: ChatBody, request: Request):
+        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+
+        return await self._serve(body, request, ChatCompletionRequest, self.chat.create_chat_completion)
+
+    def describe(self) -> dict[str, Any]:
+        """Handle entry point: what this replica holds (tests, the benchmark)."""
+        return self.catalog.describe()
+
+    # ---- serving ---------------------------------------------------------------------------
+    def _card(self, model: str) -> dict[str, Any]:
+        return {"id": model, "object": "model", "created": self.created, "owned_by": "polyray",
+                "root": model, "parent": None if model == self.cfg.base_name else self.cfg.base_name}  # fmt: skip
+
+    def _limit_error(self, body: CompletionBody | ChatBody) -> JSONResponse | None:
+        cfg = self.cfg
+        if body.n > cfg.max_n:
+            return _error(400, f"n = {body.n} exceeds this service's limit of {cfg.max_n}", "BadRequestError", "n")
+        for field in ("max_tokens", "max_completion_tokens"):
+            value = getattr(body, field, None)
+            if value is not None and value > cfg.max_tokens:
+                return _error(400, f"{field} = {value} exceeds this service's limit of {cfg.max_tokens}",
+                              "BadRequestError", field)  # fmt: skip
+        limit = cfg.max_prompt_tokens or self.max_len
+        if isinstance(body, ChatBody):
+            if self.template is None and not getattr(self.tokenizer, "chat_template", None):
+                return _error(400, f"the model {self.cfg.base_name!r} has no chat template: use /v1/completions, or"
+                              " start the service with chat_template set", "BadRequestError", "messages")  # fmt: skip
+            messages = [m.model_dump() for m in body.messages]
+            lengths = [len(self.tokenizer.apply_chat_template(messages, chat_template=self.template, tokenize=True,
+                                                              add_generation_prompt=True))]  # fmt: skip
+        else:
+            lengths = _prompt_lengths(body.prompt, self.tokenizer)
+        if max(lengths, default=0) > limit:
+            return _error(400, f"the prompt has {max(lengths)} tokens; this service's limit is {limit}",
+                          "BadRequestError", "messages" if isinstance(body, ChatBody) else "prompt")  # fmt: skip
+        return None
+
+    async def _serve(self, body, raw: Request, request_cls, create):
+        from vllm.entrypoints.serve import create_error_response
+        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+
+        refused = self._limit_error(body)
+        if refused is not None:
+            return refused
+        if isinstance(body, ChatBody) and body.max_tokens is None and body.max_completion_tokens is None:
+            body.max_tokens = self.cfg.max_tokens  # a chat without a length stops at the service's cap
+        try:
+            name = await self.catalog.acquire(body.model)
+        except UnknownModelError as exc:
+            return _error(404, str(exc), "NotFoundError", "model")
+        try:
+            request = request_cls.model_validate({**body.model_dump(exclude_unset=True), "model": name})
+            out = await create(request, raw)
+        except ValidationError as exc:
+            await self.catalog.release(name)
+            return _error(400, format_validation_error(exc), "BadRequestError")
+        except Exception as exc:  # vLLM raises some refusals (a bad template, a dead engine)
+            await self.catalog.release(name)
+            error = create_error_response(exc)
+            return JSONResponse(status_code=error.error.code, content=error.model_dump())
+        if isinstance(out, ErrorResponse):
+            await self.catalog.release(name)
+            return JSONResponse(status_code=out.error.code, content=out.model_dump())
+        if not hasattr(out, "__aiter__"):
+            await self.catalog.release(name)
+            return JSONResponse(content=out.model_dump())
+
+        async def events():
+            try:
+                async for chunk in out:
+                    yield chunk
+            finally:  # the stream ended or the client went away: the version is no longer held
+                await self.catalog.release(name)
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def build_generation_app(args: dict[str, Any] | None = None) -> Application:
+    """Application builder for ``serve run`` / ``serve deploy``: ``args`` is a :class:`GenerationServiceConfig`."""
+    try:
+        config = GenerationServiceConfig.model_validate(args or {})
+    except ValidationError as exc:
+        raise ConfigError(f"generation service args: {format_validation_error(exc)}") from None
+    if not (Path(config.model_dir) / "config.json").is_file():
+        raise ConfigError(f"generation service args: model_dir {config.model_dir} has no config.json")
+    for name, path in config.adapters.items():
+        if not (Path(path) / "adapter_config.json").is_file():
+            raise ConfigError(f"generation service args: adapters.{name}: {path} is not a saved adapter")
+    if config.chat_template and not Path(config.chat_template).is_file():
+        raise ConfigError(f"generation service args: chat_template {config.chat_template} does not exist")
+    try:
+        read_api_key(config)
+    except ValueError as exc:
+        raise ConfigError(f"generation service args: {exc}") from None
+    return GenerationDeployment.options(
+        num_replicas=config.num_replicas,
+        max_ongoing_requests=config.max_ongoing_requests,
+        max_queued_requests=config.max_queued_requests,
+        ray_actor_options={"num_cpus": config.num_cpus, "num_gpus": config.gpus,
+                           "runtime_env": {"env_vars": engine_env(config)}},
+    ).bind(config.model_dump())
