@@ -48,7 +48,7 @@ class AdapterCatalog:
         self.stored: list[int] = []  # versions the store holds, as of the last refresh
         self.loaded: dict[int, Path] = {}  # version -> its directory here
         self.holds: Counter[str] = Counter()
-        self._locks: dict[int, asyncio.Lock] = {}
+        self._lock = asyncio.Lock()  # loads and unloads one at a time: each sees the others' effects
 
     async def start(self) -> None:
         """Register the named adapters and pull the newest version: done before the replica serves."""
@@ -60,9 +60,12 @@ class AdapterCatalog:
         """Learn what the store holds; load a newly published newest version now, so ``latest`` serves it."""
         if self.store is None:
             return
-        self.stored = [r.version for r in await self.store.records_list.remote()]
-        if self.stored and self.stored[-1] not in self.loaded:
-            await self._ensure(self.stored[-1])
+        stored = [r.version for r in await self.store.records_list.remote()]
+        async with self._lock:
+            self.stored = stored
+            if stored and stored[-1] not in self.loaded:
+                await self._load(stored[-1])
+                await self._evict()
 
     @property
     def newest(self) -> int:
@@ -88,32 +91,31 @@ class AdapterCatalog:
         """Resolve ``model``, make sure its adapter is loaded, and hold it; returns the name to serve."""
         name = self.resolve(model)
         version = policy_version(name)
-        if version is not None:
-            await self._ensure(version)
-        self.holds[name] += 1  # no await between the load and the hold: eviction cannot slip in
+        async with self._lock:
+            if version is not None and version not in self.loaded:
+                await self._load(version)
+            self.holds[name] += 1
+            await self._evict()
         return name
 
     async def release(self, name: str) -> None:
         self.holds[name] -= 1
         if self.holds[name] <= 0:
             del self.holds[name]
-            await self._evict()
+            async with self._lock:
+                await self._evict()
 
     # ---- loading --------------------------------------------------------------------------
-    async def _ensure(self, version: int) -> None:
-        lock = self._locks.setdefault(version, asyncio.Lock())
-        async with lock:
-            if version in self.loaded:
-                return
-            got = await self.store.get.remote(version) if self.store is not None else None
-            if got is None:
-                raise UnknownModelError(f"the model {policy_name(version)!r} does not exist (not in the adapter store)")
-            adapter, record = got
-            path = self.root / policy_name(version)
-            await asyncio.to_thread(_write_checked, path, adapter, version, record.sha256)
-            await self._register(policy_name(version), path)
-            self.loaded[version] = path
-        await self._evict()
+    # ---- under self._lock ----
+    async def _load(self, version: int) -> None:
+        got = await self.store.get.remote(version) if self.store is not None else None
+        if got is None:
+            raise UnknownModelError(f"the model {policy_name(version)!r} does not exist (not in the adapter store)")
+        adapter, record = got
+        path = self.root / policy_name(version)
+        await asyncio.to_thread(_write_checked, path, adapter, version, record.sha256)
+        await self._register(policy_name(version), path)
+        self.loaded[version] = path
 
     async def _register(self, name: str, path: Path) -> None:
         from vllm.entrypoints.serve.lora.protocol import LoadLoRAAdapterRequest

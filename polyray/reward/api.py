@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException
 
+from polyray.http import ApiKeyConfig
 from polyray.reward.base import RewardItem
 
 
@@ -40,7 +41,7 @@ class RewardResponse(BaseModel):
     details: list[dict[str, Any]] = Field(..., description="Per-item explanation, incl. batch_size and batch_requests.")
 
 
-class RewardServiceConfig(BaseModel):
+class RewardServiceConfig(ApiKeyConfig):
     """Settings of the reward service (``args`` of the Serve application)."""
 
     model_config = ConfigDict(extra="forbid")

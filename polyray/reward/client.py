@@ -77,9 +77,12 @@ class RewardServiceError(RuntimeError):
 class RewardClient:
     """``with RewardClient("http://127.0.0.1:8000") as c: c.score("countdown", items)``."""
 
-    def __init__(self, base_url: str, timeout_s: float = 60.0, client: httpx.Client | None = None):
+    def __init__(
+        self, base_url: str, timeout_s: float = 60.0, client: httpx.Client | None = None, api_key: str | None = None
+    ):
         self.base_url = base_url.rstrip("/")
-        self._client = client or httpx.Client(base_url=self.base_url, timeout=timeout_s)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = client or httpx.Client(base_url=self.base_url, timeout=timeout_s, headers=headers)
 
     def score(
         self, reward: str, items: Iterable[RewardItem | dict[str, Any]], params: dict[str, Any] | None = None
@@ -100,7 +103,8 @@ class RewardClient:
     def _check(response: httpx.Response) -> dict[str, Any]:
         if response.status_code >= 400:
             try:
-                detail = response.json().get("detail", response.text)
+                body = response.json()
+                detail = body.get("detail") or body.get("error", {}).get("message") or response.text
             except ValueError:
                 detail = response.text
             raise RewardServiceError(response.status_code, str(detail))

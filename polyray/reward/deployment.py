@@ -10,7 +10,8 @@ Concurrent requests are merged by ``@serve.batch`` and scored per (reward, param
 ``score_batch`` call (see :func:`polyray.reward.scorer.score_jobs`); scoring runs in a
 worker thread so the event loop keeps answering (``/healthz`` stays fast while the
 sandbox or the encoder works). Limits: bodies over ``max_body_bytes`` and requests with
-more than ``max_items`` get 413; a full queue (``max_ongoing_requests`` +
+more than ``max_items`` get 413; with an API key configured (``api_key_env`` / ``api_key_file``),
+a request without ``Authorization: Bearer <key>`` gets 401 (``/healthz`` stays open); a full queue (``max_ongoing_requests`` +
 ``max_queued_requests``) gets 503 from Serve's proxy. Errors: schema 422 naming the field,
 malformed JSON 400, unknown reward 404 listing the known ones, bad parameters 422.
 
@@ -32,6 +33,7 @@ from pydantic import ValidationError
 from ray import serve
 from ray.serve import Application
 
+from polyray.http import BearerAuth, read_api_key
 from polyray.io import ConfigError
 from polyray.reward.api import BodySizeLimit, RewardRequest, RewardResponse, RewardServiceConfig
 from polyray.reward.base import RewardError, RewardResult, UnknownRewardError, format_validation_error
@@ -46,6 +48,8 @@ app = FastAPI(
 # The body limit lives on app.state so each replica's __init__ can set it from its config.
 app.state.max_body_bytes = RewardServiceConfig().max_body_bytes
 app.add_middleware(BodySizeLimit, limit=lambda: app.state.max_body_bytes)
+app.state.api_key = None  # optional: Authorization: Bearer <key> on every route but /healthz
+app.add_middleware(BearerAuth, key=lambda: app.state.api_key)
 
 _ERRORS = {
     400: {"description": "Malformed JSON."},
@@ -78,6 +82,7 @@ class RewardDeployment:
         self.config = RewardServiceConfig.model_validate(config or {})
         self.scorer = RewardScorer(self.config.rewards)
         app.state.max_body_bytes = self.config.max_body_bytes
+        app.state.api_key = read_api_key(self.config)
         self._score_batched.set_max_batch_size(self.config.max_batch_size)
         self._score_batched.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
 
@@ -129,6 +134,10 @@ def build_reward_app(args: dict[str, Any] | None = None) -> Application:
     except ValidationError as exc:
         raise ConfigError(f"reward service args: {format_validation_error(exc)}") from None
     RewardScorer(config.rewards)  # unknown reward names fail here, not in a replica
+    try:
+        read_api_key(config)
+    except ValueError as exc:
+        raise ConfigError(f"reward service args: {exc}") from None
     return RewardDeployment.options(
         num_replicas=config.num_replicas,
         max_ongoing_requests=config.max_ongoing_requests,

@@ -227,6 +227,31 @@ def test_http_client_helper(service):
         assert info.value.status == 404 and "countdown" in info.value.message
 
 
+def test_api_key(service, tmp_path):
+    """A second app with a key from a secret file: 401 in OpenAI's shape without it, /healthz open."""
+    import httpx
+    from ray import serve
+
+    from polyray.reward.client import RewardClient, RewardServiceError
+    from services.reward_app import build_app
+
+    (tmp_path / "key").write_text("sk-reward\n")
+    serve.run(build_app({"num_cpus": 0.25, "api_key_file": str(tmp_path / "key")}), name="secured",
+              route_prefix="/secured")  # fmt: skip
+    try:
+        item = [countdown_item([5, 6], 11, " 5+6")]
+        r = httpx.post(f"{service}/secured/v1/rewards", json={"reward": "countdown", "items": item}, timeout=60)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        assert httpx.get(f"{service}/secured/healthz").status_code == 200
+        with RewardClient(f"{service}/secured", api_key="wrong") as client, pytest.raises(RewardServiceError) as info:
+            client.score("countdown", item)
+        assert info.value.status == 401 and "invalid API key" in info.value.message
+        with RewardClient(f"{service}/secured", api_key="sk-reward") as client:
+            assert [r.score for r in client.score("countdown", item)] == [1.0]
+    finally:
+        serve.delete("secured")
+
+
 def test_overload_returns_503(service):
     """A second app with one slot and a queue of one: a burst must be partly refused with 503."""
     import httpx
