@@ -14,8 +14,10 @@ def main(argv=None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="KEY=VALUE override.")
     parser.add_argument("--output-dir", default=None, help="Output directory (default runs/<name>/).")
     parser.add_argument("--resume", action="store_true", help="Continue the run in the output directory.")
+    parser.add_argument("--serve-generation", action="store_true", help="Serve the live policy (OpenAI API) meanwhile.")
     args = parser.parse_args(argv)
-    return exit_code(lambda: run_pipeline(load_config(args.config, args.overrides), args.output_dir, args.resume))
+    return exit_code(lambda: run_pipeline(load_config(args.config, args.overrides), args.output_dir, args.resume,
+                                          serve_generation=args.serve_generation))  # fmt: skip
 
 
 if __name__ == "__main__":

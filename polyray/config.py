@@ -330,6 +330,22 @@ class ClusterConfig(_Model):
     worker_logs: bool = Field(False, description="Forward worker stdout/stderr (vLLM, Ray Train) to the driver.")
 
 
+class GenerationConfig(_Model):
+    """``polyray run --serve-generation``: the live policy behind an OpenAI-compatible endpoint
+    (``polyray/generation/``) at ``http://<host>:<http_port><route_prefix>/v1``."""
+
+    host: str = Field("127.0.0.1", description="HTTP host of Serve's proxy (0.0.0.0: every interface).")
+    http_port: int = Field(8000, ge=1, le=65535, description="HTTP port of Serve's proxy.")
+    route_prefix: str = Field(
+        "/generation", pattern=r"^/.", description="Where the app is mounted (the reward service has '/')."
+    )
+    args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Generation service settings (polyray.generation.api.GenerationServiceConfig: limits,"
+        " replicas, API key, ...); the model, engine settings and adapter store come from the run.",
+    )
+
+
 class TrackingConfig(_Model):
     """Experiment tracking (``polyray/tracking.py``): each ``polyray run`` is one tracking run (its
     steps, validation probes and evaluations); a sweep or experiment logs one per trial through Ray
@@ -364,6 +380,7 @@ class RunConfig(_Model):
     reward: RewardConfig = Field(default_factory=RewardConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
 
     @model_validator(mode="before")
     @classmethod

@@ -25,6 +25,7 @@ from polyray.config import RunConfig
 from polyray.eval.policy_eval import build_eval_task
 from polyray.io import ConfigError, Timer, console, dump_config, make_progress, write_json_atomic
 from polyray.models.source import prepare_model_dir
+from polyray.rollout.store import STORE_DIR
 from polyray.reward.engagement import ensure_engagement_model, is_engagement_model_dir, read_engagement_jsonl
 from polyray.tracking import check_tracking, open_tracker
 from polyray.tasks.jsonl import JsonlTaskConfig
@@ -81,7 +82,6 @@ def write_results(out: Path, results: dict[str, Any]) -> None:
     write_json_atomic(out / "results.json", results)
 
 
-STORE_DIR = "adapter_store"
 
 
 def check_inputs(run: RunConfig) -> list[Path]:
@@ -92,6 +92,7 @@ def check_inputs(run: RunConfig) -> list[Path]:
     from polyray.tasks import build_task
 
     check_tracking(run.tracking)
+    check_generation(run)
     task = build_task(run.task)
     task.prompts("test", 1)  # draws the splits: too few prompts for them is an error now, not later
     if any(p.type in ("sft", "polychromic_sft") for p in run.phases):
@@ -99,6 +100,35 @@ def check_inputs(run: RunConfig) -> list[Path]:
     if run.eval.few_shot and not task.supports_few_shot:
         raise ConfigError(f"eval.few_shot: task {task.name!r} has no few-shot format (set eval.few_shot: 0)")
     return engagement_models(run, task, check_run_rewards(run, task))
+
+
+def generation_args(run: RunConfig, out: Path, model_dir: Path) -> dict[str, Any]:
+    """The generation service's args for the live policy of ``run``: the run's model, engine settings
+    and adapter store, under ``run.generation.args``."""
+    from polyray.generation.service import run_generation_args
+
+    args = {**run_generation_args(run, out, model_dir, named=False), **run.generation.args}
+    return {**args, "route_prefix": run.generation.route_prefix}
+
+
+def generation_cpus(args: dict[str, Any]) -> float:
+    from polyray.generation.api import GenerationServiceConfig
+
+    cfg = GenerationServiceConfig.model_validate(args)
+    return cfg.num_cpus * cfg.num_replicas
+
+
+def check_generation(run: RunConfig) -> None:
+    """``generation.args`` validate as the service's settings (the run fills in the model)."""
+    from pydantic import ValidationError
+
+    from polyray.generation.api import GenerationServiceConfig
+    from polyray.io import format_validation_error
+
+    try:
+        GenerationServiceConfig.model_validate({"model_dir": ".", **run.generation.args})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, "generation.args")) from None
 
 
 def check_run_rewards(run: RunConfig, task) -> list[tuple[str, dict[str, Any]]]:
@@ -180,16 +210,17 @@ def stage_done(results: dict[str, Any], stage: str) -> None:
 
 
 def run_pipeline(
-    run: RunConfig, output_dir: Path | None = None, resume: bool = False, on_stage=None
+    run: RunConfig, output_dir: Path | None = None, resume: bool = False, on_stage=None, serve_generation: bool = False
 ) -> dict[str, Any]:
     """Run (or with ``resume`` continue) ``run`` in ``output_dir`` (default ``runs/<name>``); returns
-    its results. ``on_stage(results)`` is called after each evaluation is written."""
+    its results. ``on_stage(results)`` is called after each evaluation is written;
+    ``serve_generation`` serves the live policy over HTTP while the run lasts (``run.generation``)."""
     out = Path(output_dir or Path("runs") / run.name).resolve()
     engagement = check_inputs(run)
     results = open_run_dir(run, out, resume)
     tracker = open_tracker(run, out)
     try:
-        results = _run_stages(run, out, resume, results, engagement, tracker, on_stage)
+        results = _run_stages(run, out, resume, results, engagement, tracker, on_stage, serve_generation)
     except BaseException:
         if tracker is not None:
             tracker.finish(failed=True)
@@ -201,7 +232,9 @@ def run_pipeline(
     return results
 
 
-def _run_stages(run: RunConfig, out: Path, resume: bool, results, engagement, tracker, on_stage) -> dict[str, Any]:
+def _run_stages(
+    run: RunConfig, out: Path, resume: bool, results, engagement, tracker, on_stage, serve_generation: bool
+) -> dict[str, Any]:
     from polyray.learner.phases import PHASES
     from polyray.rollout.pool import RolloutPool
     from polyray.rollout.store import open_store
@@ -228,16 +261,23 @@ def _run_stages(run: RunConfig, out: Path, resume: bool, results, engagement, tr
             ensure_engagement_model(run.task.path, path, run.task.seed)
     task = build_eval_task(run, model_dir)
     test_prompts = task.prompts("test")
+    generation = generation_args(run, out, model_dir) if serve_generation else None
     with timer("ray_init"):
-        init_ray(run.cluster, needed_cpus(run))
-    if run.reward.endpoint and any(PHASES[p.type].uses_rewards for p in run.phases):
-        from polyray.reward.service import ensure_reward_service
-
-        with timer("reward_service_start"), console.status("starting the reward service (Ray Serve)"):
-            ensure_reward_service(run.reward)
+        init_ray(run.cluster, needed_cpus(run) + (generation_cpus(generation) if generation else 0.0))
     store = open_store(out / STORE_DIR, run.rollout.store_keep)
     pool = None
     try:
+        if generation is not None:  # first: it starts Serve's HTTP proxy, which the reward app then shares
+            from polyray.generation.service import deploy_generation
+
+            with timer("generation_service_start"), console.status("starting the generation service (Ray Serve)"):
+                url = deploy_generation(generation, run.generation.host, run.generation.http_port)
+            console.print(f"generation service: {url}  (models: base, latest, policy-vN as they are published)")
+        if run.reward.endpoint and any(PHASES[p.type].uses_rewards for p in run.phases):
+            from polyray.reward.service import ensure_reward_service
+
+            with timer("reward_service_start"), console.status("starting the reward service (Ray Serve)"):
+                ensure_reward_service(run.reward)
         with timer("rollout_pool_start"), console.status(f"starting {run.rollout.num_workers} vLLM rollout worker(s)"):
             pool = RolloutPool.launch(str(model_dir), run.rollout, run.model.dtype, run.seed, store)
         if "base" not in done:

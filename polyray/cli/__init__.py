@@ -40,6 +40,10 @@ def run(
     resume: bool = typer.Option(
         False, "--resume", help="Continue the run in the output directory (same config): finished phases and evaluations are kept."
     ),
+    serve_generation: bool = typer.Option(
+        False, "--serve-generation",
+        help="Serve the live policy over an OpenAI-compatible endpoint while the run lasts (settings: generation.*).",
+    ),
 ):
     """Build/resolve the base model, train every phase on Ray, evaluate pass@k after each."""
     run_config = _load(config, set_)
@@ -48,7 +52,7 @@ def run(
     from polyray.pipeline import run_pipeline
 
     try:
-        run_pipeline(run_config, output_dir, resume)
+        run_pipeline(run_config, output_dir, resume, serve_generation=serve_generation)
     except (ConfigError, DataError, ModelSourceError) as exc:
         _fail(str(exc))
 

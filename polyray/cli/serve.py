@@ -1,8 +1,10 @@
-"""``polyray serve reward``: run the reward service on a local Ray instance until Ctrl-C.
+"""``polyray serve reward`` / ``polyray serve generation``: run a service on Ray until Ctrl-C.
 
-The Serve config file (``services/serve_config.yaml``) supplies the application's
-``args``; ``--host``/``--port`` override its ``http_options``. Heavy imports (ray,
-fastapi) happen inside the command so ``polyray --help`` stays instant.
+A Serve config file supplies the application's ``args`` (``services/serve_config.yaml`` for the
+reward service, ``services/generation_serve_config.yaml`` for generation); ``--host``/``--port``
+override its ``http_options``; ``serve generation --run runs/<name>`` fills in a finished run's
+model, adapter store and phase adapters. Heavy imports (ray, fastapi, vllm) happen inside the
+commands so ``polyray --help`` stays instant.
 """
 
 from __future__ import annotations
@@ -11,14 +13,15 @@ from pathlib import Path
 
 import typer
 
-serve_app = typer.Typer(no_args_is_help=True, help="Ray Serve services (reward endpoint).")
+serve_app = typer.Typer(no_args_is_help=True, help="Ray Serve services (reward and generation endpoints).")
 
 DEFAULT_CONFIG = Path("services/serve_config.yaml")
+GENERATION_CONFIG = Path("services/generation_serve_config.yaml")
 
 
 @serve_app.callback()
 def _group() -> None:
-    """Ray Serve services (reward endpoint)."""  # a callback keeps `reward` a named subcommand
+    """Ray Serve services (reward and generation endpoints)."""  # a callback keeps subcommands named
 
 
 def _fail(message: str) -> None:
@@ -26,8 +29,8 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
-def _reward_args(config: Path) -> dict:
-    """The ``args`` of the application named "reward" in a Serve config file (validated by Serve's schema)."""
+def _app_args(config: Path, name: str) -> dict:
+    """The ``args`` of the application ``name`` in a Serve config file (validated by Serve's schema)."""
     import yaml
     from pydantic import ValidationError
     from ray.serve.schema import ServeDeploySchema
@@ -39,9 +42,9 @@ def _reward_args(config: Path) -> dict:
     except (ValidationError, yaml.YAMLError) as exc:
         _fail(f"{config} is not a valid Serve config: {exc}")
     for application in schema.applications:
-        if application.name == "reward":
+        if application.name == name:
             return dict(application.args or {})
-    _fail(f"{config} has no application named 'reward'")
+    _fail(f"{config} has no application named {name!r}")
 
 
 @serve_app.command("reward")
@@ -54,7 +57,7 @@ def reward(
     address: str | None = typer.Option(None, "--address", help="Ray cluster address (default: start a local one)."),
 ):
     """Start the reward service (POST /v1/rewards, GET /v1/rewards, /healthz, /docs) and block until Ctrl-C."""
-    args = _reward_args(config)
+    args = _app_args(config, "reward")
     import time
 
     import ray
@@ -73,6 +76,80 @@ def reward(
         serve.run(application, name="reward", route_prefix="/")
         url = f"http://{host}:{port}"
         typer.secho(f"reward service ready at {url}  (docs: {url}/docs, Ctrl-C to stop)", fg=typer.colors.GREEN)
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        typer.echo("shutting down")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def _finished_run(run_dir: Path):
+    """(run config, base model directory) of the run in ``run_dir``."""
+    import json
+
+    from polyray.config import load_config
+    from polyray.io import ConfigError
+
+    resolved = run_dir / "config.resolved.yaml"
+    if not resolved.is_file():
+        _fail(f"--run {run_dir}: no config.resolved.yaml (not a polyray run directory)")
+    try:
+        run = load_config(resolved)
+    except ConfigError as exc:
+        _fail(str(exc))
+    try:
+        model_dir = json.loads((run_dir / "results.json").read_text())["model_dir"]
+    except (OSError, ValueError, KeyError):
+        from polyray.models.source import resolve_model_dir
+
+        model_dir = resolve_model_dir(run.model, run.task)
+    return run, Path(model_dir)
+
+
+@serve_app.command("generation")
+def generation(
+    run_dir: Path | None = typer.Option(
+        None, "--run", help="A run directory: serve its base model, every version in its adapter store and its phases' adapters."
+    ),
+    port: int = typer.Option(8000, "--port", help="HTTP port."),
+    host: str = typer.Option("127.0.0.1", "--host", help="HTTP host (0.0.0.0 to listen on every interface)."),
+    config: Path = typer.Option(
+        GENERATION_CONFIG, "--config", help="Serve config YAML whose 'generation' application args to use."
+    ),
+    address: str | None = typer.Option(None, "--address", help="Ray cluster address (default: start a local one)."),
+):
+    """Start the OpenAI-compatible generation service (/v1/models, /v1/completions, /v1/chat/completions)."""
+    args = _app_args(config, "generation")
+    run = None
+    if run_dir is not None:
+        from polyray.generation.service import run_generation_args
+
+        run, model_dir = _finished_run(run_dir)
+        args = {**args, **run_generation_args(run, run_dir, model_dir, named=True)}
+    import time
+
+    import ray
+    from ray import serve
+
+    from polyray.generation.deployment import build_generation_app
+    from polyray.generation.service import deploy_generation
+    from polyray.io import ConfigError
+
+    try:
+        build_generation_app(args)  # a bad setting fails before Ray starts
+    except ConfigError as exc:
+        _fail(str(exc))
+    ray.init(address=address, include_dashboard=False)
+    try:  # Ctrl-C during startup must clean up too
+        if run is not None and args.get("store_root"):
+            from polyray.rollout.store import open_store
+
+            open_store(Path(args["store_root"]), run.rollout.store_keep)  # the replicas pull versions from it
+        typer.echo("starting the generation service (each replica loads the engine and the newest version)")
+        url = deploy_generation(args, host, port)
+        typer.secho(f"generation service ready: base_url={url}  (Ctrl-C to stop)", fg=typer.colors.GREEN)
         while True:
             time.sleep(1)
     except KeyboardInterrupt:

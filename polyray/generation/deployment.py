@@ -286,7 +286,7 @@ class GenerationDeployment:
             out = await create(request, raw)
         except ValidationError as exc:
             await self.catalog.release(name)
-            return _error(400, format_validation_error(exc), "BadRequestError")
+            return _error(400, format_validation_error(exc, "request"), "BadRequestError")
         except Exception as exc:  # vLLM raises some refusals (a bad template, a dead engine)
             await self.catalog.release(name)
             error = create_error_response(exc)
@@ -313,7 +313,7 @@ def build_generation_app(args: dict[str, Any] | None = None) -> Application:
     try:
         config = GenerationServiceConfig.model_validate(args or {})
     except ValidationError as exc:
-        raise ConfigError(f"generation service args: {format_validation_error(exc)}") from None
+        raise ConfigError(format_validation_error(exc, "generation service args")) from None
     if not (Path(config.model_dir) / "config.json").is_file():
         raise ConfigError(f"generation service args: model_dir {config.model_dir} has no config.json")
     for name, path in config.adapters.items():

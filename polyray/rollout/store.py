@@ -182,6 +182,7 @@ class AdapterStore:
         return adapter, record
 
 
+STORE_DIR = "adapter_store"  # a run's store, in its run directory
 STORE_NAMESPACE = "polyray"  # named actors are per namespace: one known to every process of a run and its services
 
 

@@ -221,3 +221,25 @@ def test_bearer_auth():
     assert client.get("/v1/models", headers={"Authorization": "bearer secret"}).status_code == 200
     key["value"] = None  # no key configured: open
     assert client.get("/v1/models").status_code == 200
+
+
+def test_generation_serve_config_is_valid_and_the_cli_reads_it():
+    from pathlib import Path
+
+    import typer
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+    from typer.testing import CliRunner
+
+    from polyray.cli.serve import _app_args, serve_app
+
+    path = Path(__file__).resolve().parents[2] / "services" / "generation_serve_config.yaml"
+    schema = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
+    (app,) = [a for a in schema.applications if a.name == "generation"]
+    assert app.import_path == "services.generation_app:build_app"
+    GenerationServiceConfig.model_validate(app.args)
+    assert _app_args(path, "generation") == app.args
+    cli = typer.Typer()
+    cli.add_typer(serve_app, name="serve")
+    result = CliRunner().invoke(cli, ["serve", "generation", "--run", "/nonexistent"])
+    assert result.exit_code == 2 and "not a polyray run directory" in result.output

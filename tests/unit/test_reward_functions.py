@@ -208,9 +208,9 @@ def test_cli_reads_the_reward_app_args_from_the_serve_config():
     import typer
     from typer.testing import CliRunner
 
-    from polyray.cli.serve import _reward_args, serve_app
+    from polyray.cli.serve import _app_args, serve_app
 
-    assert _reward_args(ROOT / "services" / "serve_config.yaml")["max_batch_size"] >= 1
+    assert _app_args(ROOT / "services" / "serve_config.yaml", "reward")["max_batch_size"] >= 1
     app = typer.Typer()  # registered the way polyray/cli.py does it
     app.add_typer(serve_app, name="serve")
     result = CliRunner().invoke(app, ["serve", "reward", "--help"])

@@ -1,0 +1,50 @@
+"""Serving a run's policy: the generation app's settings from a run, and deploying it.
+
+- :func:`run_generation_args`: a run's model, engine settings (as its rollout workers') and adapter
+  store; with ``named=True`` (a finished run) also each phase's saved adapter as ``<run>/<phase>``.
+- :func:`deploy_generation`: start Serve's HTTP proxy (if not running) and the application.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from polyray.config import RunConfig
+from polyray.rollout.store import STORE_DIR
+
+
+def run_generation_args(run: RunConfig, run_dir: Path, model_dir: Path, named: bool) -> dict[str, Any]:
+    """Generation service args serving ``run`` (in ``run_dir``) on its base model ``model_dir``."""
+    args: dict[str, Any] = {
+        "model_dir": str(model_dir),
+        "dtype": run.model.dtype,
+        "max_model_len": run.rollout.max_model_len,
+        "max_lora_rank": run.rollout.max_lora_rank,
+        "kv_cache_gib": run.rollout.kv_cache_gib,
+        "threads": run.rollout.threads,
+        "gpus": run.rollout.gpus_per_worker,
+    }
+    if (run_dir / STORE_DIR).is_dir() or not named:
+        args["store_root"] = str((run_dir / STORE_DIR).resolve())
+    if named:
+        args["adapters"] = {
+            f"{run.name}/{phase.name}": str((run_dir / "adapters" / phase.name).resolve())
+            for phase in run.phases
+            if (run_dir / "adapters" / phase.name / "adapter_config.json").is_file()
+        }
+    return args
+
+
+def deploy_generation(args: dict[str, Any], host: str = "127.0.0.1", port: int = 8000, name: str = "generation") -> str:
+    """Deploy the generation app on the connected cluster (non-blocking); returns its base URL."""
+    from ray import serve
+
+    from polyray.generation.api import GenerationServiceConfig
+    from polyray.generation.deployment import build_generation_app
+
+    application = build_generation_app(args)  # a bad setting fails here, naming the field
+    prefix = GenerationServiceConfig.model_validate(args).route_prefix
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(application, name=name, route_prefix=prefix, blocking=False)
+    return f"http://{host}:{port}{prefix.rstrip('/')}/v1"
