@@ -47,6 +47,11 @@ class GenerationServiceConfig(ApiKeyConfig):
         description="A Jinja chat template file for models without one (the embedded model gets polyray's minimal"
         " template); a model with neither answers chat requests with 400.",
     )
+    compact_json: bool = Field(
+        True,
+        description="Structured outputs (response_format json_schema) without free whitespace (xgrammar): a weak"
+        " model cannot fill its budget with blank lines inside the JSON.",
+    )
     max_n: int = Field(16, ge=1, description="Largest n; more gets 400.")
     max_tokens: int = Field(512, ge=1, description="Largest max_tokens; more gets 400.")
     max_prompt_tokens: int | None = Field(

@@ -144,6 +144,7 @@ class GenerationDeployment:
         for key, value in engine_env(cfg).items():
             os.environ.setdefault(key, value)
         app.state.api_key = read_api_key(cfg)
+        from vllm.config import StructuredOutputsConfig
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
         from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
@@ -162,6 +163,8 @@ class GenerationDeployment:
                 enable_lora=True, max_lora_rank=cfg.max_lora_rank, max_loras=cfg.max_loras,
                 max_cpu_loras=max(cfg.max_loras, cfg.keep_versions + len(cfg.adapters) + 1),
                 enforce_eager=True, generation_config="vllm",  # OpenAI's defaults, not the model's
+                structured_outputs_config=StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True)
+                if cfg.compact_json else StructuredOutputsConfig(),
             )
         )  # fmt: skip
         self.max_len = self.engine.model_config.max_model_len
@@ -259,8 +262,9 @@ class GenerationDeployment:
                 return _error(400, f"the model {self.cfg.base_name!r} has no chat template: use /v1/completions, or"
                               " start the service with chat_template set", "BadRequestError", "messages")  # fmt: skip
             messages = [m.model_dump() for m in body.messages]
-            lengths = [len(self.tokenizer.apply_chat_template(messages, chat_template=self.template, tokenize=True,
-                                                              add_generation_prompt=True))]  # fmt: skip
+            rendered = self.tokenizer.apply_chat_template(messages, chat_template=self.template, tokenize=False,
+                                                          add_generation_prompt=True)  # fmt: skip
+            lengths = [len(self.tokenizer.encode(rendered, add_special_tokens=False))]
         else:
             lengths = _prompt_lengths(body.prompt, self.tokenizer)
         if max(lengths, default=0) > limit:

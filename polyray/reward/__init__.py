@@ -2,12 +2,12 @@
 
 Importing this package registers the built-in reward functions: ``countdown`` (task
 verifier), ``code_exec`` (sandboxed unit tests), ``engagement`` (learned reward model),
-``length`` (heuristic) and ``weighted_sum`` (a weighted sum of the others, scored through a
+``length`` (heuristic), ``llm_judge`` (a judge model over an OpenAI-compatible endpoint) and ``weighted_sum`` (a weighted sum of the others, scored through a
 :class:`~polyray.reward.scorer.RewardScorer`). Heavy dependencies (torch,
 sentence-transformers) load only when an engagement model is built.
 """
 
-from polyray.reward import code_exec, countdown, engagement, heuristic, weighted  # noqa: F401  (register)
+from polyray.reward import code_exec, countdown, engagement, heuristic, llm_judge, weighted  # noqa: F401  (register)
 from polyray.reward.base import (
     REWARD_FUNCTIONS,
     RewardError,

@@ -30,14 +30,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from polyray.io import DataError, JsonlReport, StrictModel, cache_root, file_sha256, read_jsonl_rows
+from polyray.judge import JudgeConfig
 from polyray.tasks.base import Judgement, Prompt, Task
 from polyray.tasks.quality import compute_embedding_cosines, compute_rouge
 from polyray.tasks.splits import SplitError, shuffled_split, stratified_split
 
-QUALITY_METRICS = ("rouge1", "rouge2", "rougeL", "embedding", "engagement")
+QUALITY_METRICS = ("rouge1", "rouge2", "rougeL", "embedding", "engagement", "llm_judge")
 
 
 class JsonlDataError(DataError):
@@ -52,9 +53,13 @@ class JsonlTaskConfig(StrictModel):
     )
     path: str = Field(..., description="JSONL file of {prompt, response?, engagement?} rows.")
     template: str = Field("{prompt}\n", description="What the model sees; must contain {prompt}.")
-    quality: Literal["rouge1", "rouge2", "rougeL", "embedding", "engagement"] = Field(
+    quality: Literal["rouge1", "rouge2", "rougeL", "embedding", "engagement", "llm_judge"] = Field(
         "rougeL",
-        description="Per-completion quality (the reward): ROUGE F / embedding cosine vs the reference, or engagement.",
+        description="Per-completion quality (the reward): ROUGE F / embedding cosine vs the reference, engagement,"
+        " or a judge LLM's score (llm_judge: set judge).",
+    )
+    judge: JudgeConfig | None = Field(
+        None, description="A judge LLM over an OpenAI-compatible endpoint: quality 'llm_judge', and reported beside."
     )
     success_threshold: float = Field(
         0.3, description="Quality at or above which a completion counts as a success (pass@k)."
@@ -78,6 +83,12 @@ class JsonlTaskConfig(StrictModel):
     def _absolute(cls, v: str | None) -> str | None:
         # Ray workers may run elsewhere than the driver's working directory
         return None if v is None else str(Path(v).expanduser().resolve())
+
+    @model_validator(mode="after")
+    def _judge_set(self) -> JsonlTaskConfig:
+        if self.quality == "llm_judge" and self.judge is None:
+            raise ValueError("quality 'llm_judge' needs judge: {base_url, model, ...}")
+        return self
 
     @field_validator("template")
     @classmethod
@@ -166,7 +177,7 @@ class JsonlTask(Task):
         report = JsonlReport()
         rows = read_task_rows(config.path, config.skip_bad_lines, report)
         self.data_warning = report.summary(config.path) if report.skipped else None
-        if config.quality != "engagement":
+        if config.quality not in ("engagement", "llm_judge") or (config.judge and config.judge.mode == "pairwise"):
             missing = next((r for r in rows if r.response is None), None)
             if missing is not None:
                 raise JsonlDataError(
@@ -258,8 +269,23 @@ class JsonlTask(Task):
                 per["embedding"] = compute_embedding_cosines(flat, refs)
         if flat and self.engagement_model is not None and "engagement" in metrics:
             per["engagement"] = np.asarray(self.engagement_model.predict(raw, flat), dtype=np.float64)
+        if flat and self.config.judge is not None and "llm_judge" in metrics:
+            per["llm_judge"] = self._judge_scores(raw, flat, refs)
         bounds = np.cumsum([0, *sizes])
         return {name: [v[a:b] for a, b in zip(bounds[:-1], bounds[1:])] for name, v in per.items()}
+
+    def _judge_scores(self, prompts: list[str], completions: list[str], refs: list[str]) -> np.ndarray:
+        """The judge's score of each completion (NaN where it never answered parseably: never a success)."""
+        from polyray.judge import LLMJudge
+
+        judge = LLMJudge(self.config.judge)
+        if self.config.judge.mode == "pairwise":
+            if not all(refs):
+                raise JsonlDataError(f"{self.config.path}: judge mode 'pairwise' needs a 'response' on every prompt")
+            verdicts = judge.pairwise(prompts, completions, refs)
+        else:
+            verdicts = judge.pointwise(prompts, completions)
+        return np.asarray([np.nan if v.score is None else v.score for v in verdicts], dtype=np.float64)
 
     def judge_groups(
         self,

@@ -30,6 +30,7 @@ LAYERS: dict[str, int] = {
     "polyray.tracking": 6,
     "polyray.generation": 6,
     "polyray.http": 1,
+    "polyray.judge": 1,
     "polyray.learner": 7,
     "polyray.eval": 7,
     "polyray.pipeline": 8,

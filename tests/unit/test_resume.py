@@ -49,14 +49,17 @@ def test_both_entrypoints_pass_resume_on(monkeypatch, tmp_path):
     from polyray.cli import app
 
     calls = []
-    fake = lambda run, out, resume=False: calls.append((run.name, str(out), resume))  # noqa: E731
+    fake = lambda run, out, resume=False, serve_generation=False: calls.append(  # noqa: E731
+        (run.name, str(out), resume, serve_generation)
+    )
     monkeypatch.setattr(jobs.train, "run_pipeline", fake)
     monkeypatch.setattr(polyray.pipeline, "run_pipeline", fake)
     assert jobs.train.main(["--config", str(QUICKSTART), "--output-dir", str(tmp_path), "--resume"]) == 0
     result = CliRunner().invoke(app, ["run", str(QUICKSTART), "--output-dir", str(tmp_path), "--resume"])
     assert result.exit_code == 0, result.output
-    result = CliRunner().invoke(app, ["run", str(QUICKSTART), "--output-dir", str(tmp_path)])
-    assert calls == [("quickstart", str(tmp_path), True)] * 2 + [("quickstart", str(tmp_path), False)]
+    result = CliRunner().invoke(app, ["run", str(QUICKSTART), "--output-dir", str(tmp_path), "--serve-generation"])
+    assert jobs.train.main(["--config", str(QUICKSTART), "--output-dir", str(tmp_path), "--serve-generation"]) == 0
+    assert calls == [("quickstart", str(tmp_path), True, False)] * 2 + [("quickstart", str(tmp_path), False, True)] * 2
 
 
 def test_a_restarted_phase_marks_the_lost_attempts_rows(tmp_path):
