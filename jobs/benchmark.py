@@ -6,6 +6,10 @@
 ``python -m jobs.benchmark reward``
     the reward service: requests/s and p50/p99 latency on loopback for 1 and 32 clients,
     and the batched / unbatched throughput of the engagement model.
+``python -m jobs.benchmark generation [--requests 64]``
+    the generation service: output tokens/s through its HTTP API / the same requests straight into
+    a vLLM engine with the same settings, at 1 and 16 concurrent clients; and the time from a
+    version's publish to ``latest`` serving it.
 """
 
 from __future__ import annotations
@@ -146,6 +150,82 @@ def print_reward(results: dict[str, Any]) -> None:
                   f"unbatched {b['unbatched_items_per_s']:.0f} items/s, ratio {b['ratio']:.2f}x")
 
 
+def _random_adapter(model_dir: Path, lora, seed: int) -> dict[str, Any]:
+    """A LoRA adapter with non-zero B (peft starts B at 0), as the learner publishes it."""
+    import torch
+
+    from polyray.learner.lora import build_peft_model, extract_adapter
+
+    torch.manual_seed(seed)
+    model, _ = build_peft_model(str(model_dir), lora)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    return extract_adapter(model)
+
+
+def bench_generation(requests: int, n: int, max_tokens: int, config: str, publishes: int = 5) -> dict[str, Any]:
+    """The same requests direct into an engine, then through the service (never both at once)."""
+    import ray
+
+    from polyray.config import load_config
+    from polyray.generation.api import GenerationServiceConfig
+    from polyray.generation.bench import BenchRequest, bench_direct, bench_endpoint, publish_to_latest
+    from polyray.generation.service import deploy_generation
+    from polyray.models.source import prepare_model_dir
+    from polyray.rollout.store import open_store, write_adapter_dir
+    from polyray.tasks import build_task
+
+    run = load_config(config)
+    model_dir = prepare_model_dir(run.model, run.task)
+    prompts = [p.text for p in build_task(run.task).prompts("val", requests)]
+    batch = [BenchRequest(prompts[i % len(prompts)], n, max_tokens, seed=i) for i in range(requests)]
+    results: dict[str, Any] = {"requests": requests, "n": n, "max_tokens": max_tokens, "direct": [], "endpoint": []}
+    with tempfile.TemporaryDirectory(prefix="polyray-bench-gen-") as tmp:
+        adapter = _random_adapter(model_dir, run.learner.lora, seed=1)
+        write_adapter_dir(Path(tmp) / "policy-v1", adapter)
+        cfg = GenerationServiceConfig(model_dir=str(model_dir), max_model_len=run.rollout.max_model_len,
+                                      max_lora_rank=run.rollout.max_lora_rank, store_root=str(Path(tmp) / "store"),
+                                      num_cpus=1, max_num_seqs=64)  # fmt: skip
+        with console.status(f"direct engine: {requests} requests, 1 then 16 at a time"):
+            results["direct"] = bench_direct(cfg, batch, [1, 16], str(Path(tmp) / "policy-v1"))
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            store = open_store(Path(tmp) / "store")
+            ray.get(store.put.remote(1, adapter, "bench", 1))
+            with console.status("starting the generation service"):
+                url = deploy_generation(cfg.model_dump(), port=_free_port())
+            for concurrency in (1, 16):
+                with console.status(f"endpoint: {requests} requests, {concurrency} clients"):
+                    results["endpoint"].append(bench_endpoint(url, "policy-v1", batch, concurrency))
+            versions = [(v, _random_adapter(model_dir, run.learner.lora, seed=v)) for v in range(2, 2 + publishes)]
+            with console.status(f"publish -> latest, {publishes} versions"):
+                results["publish_to_latest"] = publish_to_latest(url, store, versions)
+        finally:
+            from ray import serve
+
+            serve.shutdown()
+            ray.shutdown()
+    results["ratio"] = {str(e["concurrency"]): e["tokens_per_s"] / d["tokens_per_s"]
+                        for d, e in zip(results["direct"], results["endpoint"])}  # fmt: skip
+    return results
+
+
+def print_generation(results: dict[str, Any]) -> None:
+    table = Table(title=f"generation service vs direct engine ({results['requests']} requests, n={results['n']},"
+                        f" max_tokens={results['max_tokens']}, 2 shared cores)")  # fmt: skip
+    for col in ("clients", "direct tok/s", "endpoint tok/s", "endpoint / direct"):
+        table.add_column(col, justify="right")
+    for d, e in zip(results["direct"], results["endpoint"]):
+        table.add_row(str(d["concurrency"]), f"{d['tokens_per_s']:.0f}", f"{e['tokens_per_s']:.0f}",
+                      f"{e['tokens_per_s'] / d['tokens_per_s']:.2f}")
+    console.print(table)
+    p = results["publish_to_latest"]
+    console.print(f"publish -> latest serving it: median {p['median_s']:.3f} s, max {p['max_s']:.3f} s"
+                  f" over {p['publishes']} publishes")
+
+
 def _free_port() -> int:
     import socket
 
@@ -166,10 +246,20 @@ def main(argv=None) -> int:
     r.add_argument("--requests", type=int, default=300, help="Requests per (reward, concurrency) cell.")
     r.add_argument("--max-seconds", type=float, default=20.0, help="Time cap per cell.")
     r.add_argument("--json", default=None)
+    g = sub.add_parser("generation", help="generation service tokens/s vs a direct engine; publish -> latest")
+    g.add_argument("--requests", type=int, default=64, help="Requests per cell.")
+    g.add_argument("--n", type=int, default=4, help="Completions per request.")
+    g.add_argument("--max-tokens", type=int, default=32)
+    g.add_argument("--publishes", type=int, default=5)
+    g.add_argument("--config", default=str(ROOT / "configs" / "quickstart.yaml"))
+    g.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     if args.which == "polychromic":
         results = bench_polychromic(args.steps, args.config, args.diversity)
         print_polychromic(results)
+    elif args.which == "generation":
+        results = bench_generation(args.requests, args.n, args.max_tokens, args.config, args.publishes)
+        print_generation(results)
     else:
         results = bench_reward(args.requests, args.max_seconds)
         print_reward(results)

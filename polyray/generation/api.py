@@ -57,7 +57,7 @@ class GenerationServiceConfig(ApiKeyConfig):
     max_prompt_tokens: int | None = Field(
         None, ge=1, description="Longest prompt in tokens (chat: the rendered conversation); default: the context."
     )
-    poll_s: float = Field(1.0, gt=0, le=60, description="How often a replica looks for newly published versions.")
+    poll_s: float = Field(0.25, gt=0, le=60, description="How often a replica looks for newly published versions.")
     route_prefix: str = Field("/", pattern=r"^/", description="Where the app is mounted (base URL <host><prefix>v1).")
     num_replicas: int = Field(1, ge=1, description="Replicas of the deployment.")
     num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per replica.")

@@ -128,6 +128,25 @@ def _model_max_len(model_dir: Path) -> int | None:
         return None
 
 
+def engine_args(cfg: GenerationServiceConfig):
+    """vLLM's ``AsyncEngineArgs`` for a replica (and for the benchmark's direct engine: the same settings)."""
+    from vllm.config import StructuredOutputsConfig
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    max_len = cfg.max_model_len or _model_max_len(Path(cfg.model_dir))
+    return AsyncEngineArgs(
+        model=cfg.model_dir, dtype=cfg.dtype, max_model_len=max_len, max_num_seqs=cfg.max_num_seqs,
+        # one scheduler step takes whole prompts (as the rollout workers do): a request's tokens
+        # do not depend on what else is in the batch, so a per-request seed reproduces
+        max_num_batched_tokens=cfg.max_num_seqs * max_len if max_len else None,
+        enable_lora=True, max_lora_rank=cfg.max_lora_rank, max_loras=cfg.max_loras,
+        max_cpu_loras=max(cfg.max_loras, cfg.keep_versions + len(cfg.adapters) + 1),
+        enforce_eager=True, generation_config="vllm",  # OpenAI's defaults, not the model's
+        structured_outputs_config=StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True)
+        if cfg.compact_json else StructuredOutputsConfig(),
+    )  # fmt: skip
+
+
 def _prompt_lengths(prompt: Any, tokenizer) -> list[int]:
     if isinstance(prompt, str):
         return [len(tokenizer.encode(prompt))]
@@ -144,8 +163,6 @@ class GenerationDeployment:
         for key, value in engine_env(cfg).items():
             os.environ.setdefault(key, value)
         app.state.api_key = read_api_key(cfg)
-        from vllm.config import StructuredOutputsConfig
-        from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
         from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
         from vllm.entrypoints.openai.models.protocol import BaseModelPath
@@ -153,20 +170,7 @@ class GenerationDeployment:
         from vllm.renderers.online_renderer import OnlineRenderer
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        max_len = cfg.max_model_len or _model_max_len(Path(cfg.model_dir))
-        self.engine = AsyncLLM.from_engine_args(
-            AsyncEngineArgs(
-                model=cfg.model_dir, dtype=cfg.dtype, max_model_len=max_len, max_num_seqs=cfg.max_num_seqs,
-                # one scheduler step takes whole prompts (as the rollout workers do): a request's tokens
-                # do not depend on what else is in the batch, so a per-request seed reproduces
-                max_num_batched_tokens=cfg.max_num_seqs * max_len,
-                enable_lora=True, max_lora_rank=cfg.max_lora_rank, max_loras=cfg.max_loras,
-                max_cpu_loras=max(cfg.max_loras, cfg.keep_versions + len(cfg.adapters) + 1),
-                enforce_eager=True, generation_config="vllm",  # OpenAI's defaults, not the model's
-                structured_outputs_config=StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True)
-                if cfg.compact_json else StructuredOutputsConfig(),
-            )
-        )  # fmt: skip
+        self.engine = AsyncLLM.from_engine_args(engine_args(cfg))
         self.max_len = self.engine.model_config.max_model_len
         self.models = OpenAIServingModels(self.engine, [BaseModelPath(name=cfg.base_name, model_path=cfg.model_dir)])
         await self.models.init_static_loras()

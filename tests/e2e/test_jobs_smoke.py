@@ -44,3 +44,16 @@ def test_reward_benchmark_and_reward_model_training(tmp_path):
           "--out", str(model_dir)])
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert metrics["test"]["spearman"] > 0.3, metrics
+
+
+@pytest.mark.vllm
+def test_generation_benchmark(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = _run(["jobs.benchmark", "generation", "--requests", "4", "--n", "2", "--max-tokens", "8", "--publishes", "2",
+                 "--json", str(out)])  # fmt: skip
+    results = json.loads(out.read_text())
+    for side in ("direct", "endpoint"):
+        assert [r["concurrency"] for r in results[side]] == [1, 16]
+        assert all(r["output_tokens"] > 0 and r["tokens_per_s"] > 0 for r in results[side])
+    assert set(results["ratio"]) == {"1", "16"} and results["publish_to_latest"]["publishes"] == 2
+    assert "endpoint / direct" in proc.stdout
