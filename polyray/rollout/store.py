@@ -191,15 +191,16 @@ def store_actor_name(root: Path) -> str:
     return "polyray-adapter-store-" + hashlib.blake2b(str(Path(root).resolve()).encode(), digest_size=6).hexdigest()
 
 
-def open_store(root: Path, keep: int = 8):
+def open_store(root: Path, keep: int = 8, detached: bool = False):
     """The run's store actor (created, or the live one for this run directory). Ray restarts it
-    if its process dies; the new one reads the directory back, and calls in flight are retried."""
+    if its process dies; the new one reads the directory back, and calls in flight are retried.
+    ``detached``: it outlives its creator (a service that opened a finished run's store)."""
     import ray
 
     return (
         ray.remote(AdapterStore)
         .options(name=store_actor_name(root), namespace=STORE_NAMESPACE, get_if_exists=True, num_cpus=0,
-                 max_restarts=-1, max_task_retries=-1,
+                 max_restarts=-1, max_task_retries=-1, lifetime="detached" if detached else None,
                  scheduling_strategy="DEFAULT")  # outside a Tune trial's placement group, like the workers
         .remote(str(Path(root).resolve()), keep)
     )

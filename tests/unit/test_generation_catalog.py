@@ -243,3 +243,26 @@ def test_generation_serve_config_is_valid_and_the_cli_reads_it():
     cli.add_typer(serve_app, name="serve")
     result = CliRunner().invoke(cli, ["serve", "generation", "--run", "/nonexistent"])
     assert result.exit_code == 2 and "not a polyray run directory" in result.output
+
+
+def test_chat_template_resolution(tmp_path):
+    import json
+
+    from polyray.generation.deployment import EMBEDDED_CHAT_TEMPLATE, chat_template
+
+    def cfg(**kw):
+        return GenerationServiceConfig(model_dir=str(tmp_path), **kw)
+
+    assert chat_template(cfg()) is None  # no template anywhere: chat requests get 400
+    (tmp_path / "build_info.json").write_text("{}")  # the embedded model: polyray's minimal template
+    assert chat_template(cfg()) == EMBEDDED_CHAT_TEMPLATE
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages }}"}))
+    assert chat_template(cfg()) is None  # the tokenizer's own wins
+    (tmp_path / "mine.jinja").write_text("{{ messages[0]['content'] }}")
+    assert chat_template(cfg(chat_template=str(tmp_path / "mine.jinja"))) == "{{ messages[0]['content'] }}"
+    from jinja2 import Template
+
+    rendered = Template(EMBEDDED_CHAT_TEMPLATE).render(
+        messages=[{"role": "user", "content": "hi"}], add_generation_prompt=True
+    )
+    assert rendered == "user: hi\nassistant: "
