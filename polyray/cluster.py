@@ -18,9 +18,21 @@ def init_ray(cluster: ClusterConfig, needed_cpus: float, resources: dict[str, fl
         ray.init(address=cluster.address, log_to_driver=cluster.worker_logs)
         return
     num_cpus = cluster.num_cpus or max(int(needed_cpus + 0.999), os.cpu_count() or 1)
-    ray.init(
-        num_cpus=num_cpus, resources=resources, include_dashboard=cluster.dashboard, log_to_driver=cluster.worker_logs
+    context = ray.init(
+        num_cpus=num_cpus, resources=resources, include_dashboard=cluster.dashboard, log_to_driver=cluster.worker_logs,
+        _metrics_export_port=cluster.metrics_export_port,
     )
+    if cluster.dashboard and context.dashboard_url:
+        from polyray.io import console
+
+        console.print(f"Ray dashboard: http://{context.dashboard_url}{dashboard_sign_in()}")
+
+
+def dashboard_sign_in() -> str:
+    """How to sign in to the dashboard of a local cluster with Ray's token auth on (else "")."""
+    if os.environ.get("RAY_AUTH_MODE", "token").lower() != "token":
+        return ""
+    return "  (sign in with the token `ray get-auth-token` prints)"
 
 
 def needed_cpus(run: RunConfig) -> float:

@@ -326,7 +326,10 @@ class ClusterConfig(_Model):
     num_cpus: int | None = Field(
         None, ge=1, description="Logical CPUs for a local cluster (default: enough for all actors)."
     )
-    dashboard: bool = Field(False, description="Start the Ray dashboard with a local cluster.")
+    dashboard: bool = Field(True, description="Start the Ray dashboard with a local cluster (its URL is printed).")
+    metrics_export_port: int | None = Field(
+        None, ge=1, le=65535, description="Prometheus endpoint of a local cluster's node (default: Ray picks one)."
+    )
     worker_logs: bool = Field(False, description="Forward worker stdout/stderr (vLLM, Ray Train) to the driver.")
 
 

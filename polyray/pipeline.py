@@ -279,7 +279,7 @@ def _run_stages(
             with timer("reward_service_start"), console.status("starting the reward service (Ray Serve)"):
                 ensure_reward_service(run.reward)
         with timer("rollout_pool_start"), console.status(f"starting {run.rollout.num_workers} vLLM rollout worker(s)"):
-            pool = RolloutPool.launch(str(model_dir), run.rollout, run.model.dtype, run.seed, store)
+            pool = RolloutPool.launch(str(model_dir), run.rollout, run.model.dtype, run.seed, store, run=run.name)
         if "base" not in done:
             with timer("eval_base"):
                 done["base"] = evaluate_stage("base", pool, task, test_prompts, run, None)

@@ -24,6 +24,7 @@ class GenerationServiceConfig(ApiKeyConfig):
 
     model_dir: str = Field(..., description="The base model's directory (Hugging Face layout).")
     base_name: str = Field("base", min_length=1, description="The base model's id in requests and /v1/models.")
+    run: str = Field("", description="The run whose versions it serves (the 'run' tag of its metrics).")
     store_root: str | None = Field(
         None,
         description="A run's adapter store directory: its versions are served as policy-vN and the newest as"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,10 @@ class AdapterCatalog:
     """``engine``: vLLM's engine client; ``models``: its ``OpenAIServingModels`` (the LoRA names vLLM's
     serving layer resolves); ``store``: the run's adapter store actor, or None."""
 
-    def __init__(self, engine, models, base: str, named: dict[str, str], store, root: Path, keep: int):
+    def __init__(self, engine, models, base: str, named: dict[str, str], store, root: Path, keep: int, metrics=None):
+        """``metrics``: a :class:`polyray.telemetry.Metrics` with the service's gauges and histograms."""
         self.engine, self.models = engine, models
+        self.metrics = metrics
         self.base, self.named = base, dict(named)
         self.store, self.root, self.keep = store, root, keep
         self.stored: list[int] = []  # versions the store holds, as of the last refresh
@@ -108,6 +111,7 @@ class AdapterCatalog:
     # ---- loading --------------------------------------------------------------------------
     # ---- under self._lock ----
     async def _load(self, version: int) -> None:
+        started = time.perf_counter()
         got = await self.store.get.remote(version) if self.store is not None else None
         if got is None:
             raise UnknownModelError(f"the model {policy_name(version)!r} does not exist (not in the adapter store)")
@@ -116,6 +120,15 @@ class AdapterCatalog:
         await asyncio.to_thread(_write_checked, path, adapter, version, record.sha256)
         await self._register(policy_name(version), path)
         self.loaded[version] = path
+        self._record(load_s=time.perf_counter() - started)
+
+    def _record(self, load_s: float | None = None) -> None:
+        if self.metrics is None:
+            return
+        if load_s is not None:
+            self.metrics.observe("polyray_generation_adapter_load_seconds", load_s)
+        self.metrics.set("polyray_generation_versions_loaded", len(self.loaded))
+        self.metrics.set("polyray_generation_latest_version", self.newest)
 
     async def _register(self, name: str, path: Path) -> None:
         from vllm.entrypoints.serve.lora.protocol import LoadLoRAAdapterRequest
@@ -138,6 +151,7 @@ class AdapterCatalog:
             await self.models.unload_lora_adapter(UnloadLoRAAdapterRequest(lora_name=name))
             await self.engine.remove_lora(lora_id)  # frees its slot in the engine's adapter cache
             shutil.rmtree(self.loaded.pop(version), ignore_errors=True)
+            self._record()
 
     def describe(self) -> dict[str, Any]:
         return {"newest": self.newest, "stored": list(self.stored), "loaded": sorted(self.loaded),

@@ -45,8 +45,19 @@ from polyray.generation.api import ChatBody, CompletionBody, GenerationServiceCo
 from polyray.generation.catalog import AdapterCatalog, UnknownModelError
 from polyray.http import BearerAuth, openai_error, read_api_key
 from polyray.io import ConfigError, format_validation_error
+from polyray.telemetry import Metrics
 
 logger = logging.getLogger("polyray.generation")
+
+# the service's own metrics (tag: run); Serve's request metrics (counts, latency, errors) come beside
+GAUGES = {
+    "polyray_generation_latest_version": "The version 'latest' names on this replica.",
+    "polyray_generation_versions_loaded": "Policy versions this replica holds loaded.",
+}
+HISTOGRAMS = {
+    "polyray_generation_adapter_load_seconds": ("Seconds from pulling a version to serving it.",
+                                                [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5]),
+}
 
 # The embedded model's tokenizer has no chat template: this minimal one makes chat work end to end.
 EMBEDDED_CHAT_TEMPLATE = (
@@ -195,8 +206,9 @@ class GenerationDeployment:
                 store = open_store(Path(cfg.store_root), keep=1 << 30, detached=True)
         shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
         self.adapter_root = Path(tempfile.mkdtemp(prefix="polyray-generation-", dir=shm))
+        metrics = Metrics({"run": cfg.run}, GAUGES, HISTOGRAMS)
         self.catalog = AdapterCatalog(self.engine, self.models, cfg.base_name, cfg.adapters, store,
-                                      self.adapter_root, cfg.keep_versions)  # fmt: skip
+                                      self.adapter_root, cfg.keep_versions, metrics)  # fmt: skip
         await self.catalog.start()  # a (re)started replica has the newest version before it serves
         self.created = int(time.time())
         self._poller = asyncio.create_task(self._poll()) if store is not None else None

@@ -18,6 +18,7 @@ def run_generation_args(run: RunConfig, run_dir: Path, model_dir: Path, named: b
     """Generation service args serving ``run`` (in ``run_dir``) on its base model ``model_dir``."""
     args: dict[str, Any] = {
         "model_dir": str(model_dir),
+        "run": run.name,
         "dtype": run.model.dtype,
         "max_model_len": run.rollout.max_model_len,
         "max_lora_rank": run.rollout.max_lora_rank,

@@ -113,7 +113,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     task = format_for_model(build_task(run.task), run.model, loop_config["model_dir"])
     uses_rewards = rank == 0 and PHASES[phase_cfg.type].uses_rewards
-    reward_fn = build_reward_fn(phase_reward(run, phase_cfg), task) if uses_rewards else None
+    reward_fn = build_reward_fn(phase_reward(run, phase_cfg), task, run=run.name) if uses_rewards else None
     rollout_log = None
     if rank == 0 and run.learner.log_rollouts:
         rollout_log = RolloutLog(Path(loop_config["output_dir"]) / "rollouts.jsonl", phase_cfg.name, task)

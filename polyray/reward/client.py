@@ -42,6 +42,7 @@ def score_via_handle(
     params: dict[str, Any] | None = None,
     timeout_s: float | None = None,
     retries: int = 0,
+    run: str = "",
 ) -> list[RewardResult]:
     """Score ``items`` through a ``DeploymentHandle`` (blocking; one result per item, in order).
 
@@ -54,7 +55,7 @@ def score_via_handle(
     transient = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, TimeoutError)
     for attempt in range(retries + 1):
         try:
-            return _results(handle.score.remote(reward, payload, params).result(timeout_s=timeout_s))
+            return _results(handle.score.remote(reward, payload, params, run).result(timeout_s=timeout_s))
         except transient as exc:
             if attempt == retries:
                 raise

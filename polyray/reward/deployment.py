@@ -35,6 +35,7 @@ from ray.serve import Application
 
 from polyray.http import BearerAuth, read_api_key
 from polyray.io import ConfigError
+from polyray.telemetry import Metrics
 from polyray.reward.api import BodySizeLimit, RewardRequest, RewardResponse, RewardServiceConfig
 from polyray.reward.base import RewardError, RewardResult, UnknownRewardError, format_validation_error
 from polyray.reward.scorer import RewardScorer, ScoreJob, as_items, score_jobs
@@ -50,6 +51,13 @@ app.state.max_body_bytes = RewardServiceConfig().max_body_bytes
 app.add_middleware(BodySizeLimit, limit=lambda: app.state.max_body_bytes)
 app.state.api_key = None  # optional: Authorization: Bearer <key> on every route but /healthz
 app.add_middleware(BearerAuth, key=lambda: app.state.api_key)
+
+# per reward function and calling run ("" over HTTP); Serve's own request metrics come beside
+HISTOGRAMS = {
+    "polyray_reward_batch_size": ("Items in one merged scoring call.", [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]),
+    "polyray_reward_batch_seconds": ("Seconds one merged scoring call took.", [0.001, 0.01, 0.05, 0.1, 0.5, 1, 5, 30]),
+}
+COUNTERS = {"polyray_reward_items": "Items scored."}
 
 _ERRORS = {
     400: {"description": "Malformed JSON."},
@@ -83,6 +91,7 @@ class RewardDeployment:
         self.scorer = RewardScorer(self.config.rewards)
         app.state.max_body_bytes = self.config.max_body_bytes
         app.state.api_key = read_api_key(self.config)
+        self.metrics = Metrics({"reward": "", "run": ""}, histograms=HISTOGRAMS, counters=COUNTERS)
         self._score_batched.set_max_batch_size(self.config.max_batch_size)
         self._score_batched.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
 
@@ -106,9 +115,11 @@ class RewardDeployment:
             raise HTTPException(422, str(exc)) from None
         return _response(body.reward, results)
 
-    async def score(self, reward: str, items: list[Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
-        """DeploymentHandle entry point (the learner): same batching, trusted parameters."""
-        job = ScoreJob(reward, as_items(items), params or {}, from_request=False)
+    async def score(
+        self, reward: str, items: list[Any], params: dict[str, Any] | None = None, run: str = ""
+    ) -> dict[str, Any]:
+        """DeploymentHandle entry point (the learner): same batching, trusted parameters; ``run`` tags metrics."""
+        job = ScoreJob(reward, as_items(items), params or {}, from_request=False, run=run)
         return _response(reward, await self._score(job)).model_dump()
 
     async def _score(self, job: ScoreJob) -> list[RewardResult]:
@@ -124,7 +135,13 @@ class RewardDeployment:
     async def _score_batched(self, jobs: list[ScoreJob]) -> list[list[RewardResult] | Exception]:
         if self.config.slow_down_s:
             await asyncio.sleep(self.config.slow_down_s)
-        return await asyncio.to_thread(score_jobs, self.scorer, jobs)
+        return await asyncio.to_thread(score_jobs, self.scorer, jobs, self._observe)
+
+    def _observe(self, job: ScoreJob, batch_size: int, seconds: float) -> None:
+        metrics = self.metrics.with_tags(reward=job.reward, run=job.run)
+        metrics.observe("polyray_reward_batch_size", batch_size)
+        metrics.observe("polyray_reward_batch_seconds", seconds)
+        metrics.inc("polyray_reward_items", len(job.items))
 
 
 def build_reward_app(args: dict[str, Any] | None = None) -> Application:

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,15 +175,19 @@ class ScoreJob:
     items: list[RewardItem]
     params: dict[str, Any] = field(default_factory=dict)
     from_request: bool = False
+    run: str = ""  # the caller's run (metrics tag); "" for HTTP callers
 
 
-def score_jobs(scorer: RewardScorer, jobs: list[ScoreJob]) -> list[list[RewardResult] | Exception]:
+def score_jobs(
+    scorer: RewardScorer, jobs: list[ScoreJob], on_batch: Callable[[ScoreJob, int, float], None] | None = None
+) -> list[list[RewardResult] | Exception]:
     """Score several callers' jobs at once: items of jobs with the same reward and parameters
     are merged into one ``score_batch`` call and split back in order.
 
     Each result's detail records ``batch_size`` (items in the merged call) and
     ``batch_requests`` (jobs merged). A group that fails yields its exception for each of
-    its jobs, so one bad request cannot fail the others.
+    its jobs, so one bad request cannot fail the others. ``on_batch(job, batch_size, seconds)`` is
+    called for each job of a scored group (the service's metrics).
     """
     groups: dict[str, list[int]] = {}
     for i, job in enumerate(jobs):
@@ -192,6 +197,7 @@ def score_jobs(scorer: RewardScorer, jobs: list[ScoreJob]) -> list[list[RewardRe
     for members in groups.values():
         first = jobs[members[0]]
         merged = [item for i in members for item in jobs[i].items]
+        started = time.perf_counter()
         try:
             results = scorer.score(first.reward, merged, first.params, first.from_request)
         except Exception as exc:  # noqa: BLE001 - handed back to each caller of this group
@@ -199,6 +205,9 @@ def score_jobs(scorer: RewardScorer, jobs: list[ScoreJob]) -> list[list[RewardRe
                 out[i] = exc
             continue
         stamp = {"batch_size": len(merged), "batch_requests": len(members)}
+        if on_batch is not None:
+            for i in members:
+                on_batch(jobs[i], len(merged), time.perf_counter() - started)
         start = 0
         for i in members:
             n = len(jobs[i].items)

@@ -51,7 +51,7 @@ def resolve_reward(cfg: RewardConfig, task: Task) -> tuple[str, dict[str, Any]]:
     return name, params
 
 
-def build_reward_fn(cfg: RewardConfig, task: Task) -> RewardFn:
+def build_reward_fn(cfg: RewardConfig, task: Task, run: str = "") -> RewardFn:
     """(B, G) float64 rewards of completions from the registry reward :func:`resolve_reward` names:
     through the reward service's handle (``endpoint``), else scored in-process by a
     :class:`~polyray.reward.scorer.RewardScorer` (same functions, same parameters)."""
@@ -62,7 +62,7 @@ def build_reward_fn(cfg: RewardConfig, task: Task) -> RewardFn:
         handle = get_reward_handle(cfg.app_name)
 
         def score(items):
-            return score_via_handle(handle, name, items, params, timeout_s=cfg.timeout_s, retries=cfg.retries)
+            return score_via_handle(handle, name, items, params, timeout_s=cfg.timeout_s, retries=cfg.retries, run=run)
     else:
         from polyray.reward.scorer import RewardScorer
 

@@ -40,9 +40,11 @@ class RolloutPool:
 
     @classmethod
     def launch(
-        cls, model_dir: str, config: RolloutConfig, dtype: str = "float32", run_seed: int = 0, store=None
+        cls, model_dir: str, config: RolloutConfig, dtype: str = "float32", run_seed: int = 0, store=None,
+        run: str = "",
     ) -> "RolloutPool":
-        """Start ``config.num_workers`` workers; worker i's engine seed mixes (rollout.seed, run seed, i)."""
+        """Start ``config.num_workers`` workers; worker i's engine seed mixes (rollout.seed, run seed, i).
+        ``run``: the tag of the workers' metrics."""
         actor_cls = ray.remote(RolloutWorker).options(
             num_cpus=config.cpus_per_worker,
             num_gpus=config.gpus_per_worker,
@@ -55,7 +57,8 @@ class RolloutPool:
         )
         workers = [
             actor_cls.remote(
-                model_dir, config.model_copy(update={"seed": engine_seed(config.seed, run_seed, i)}), dtype, None, store
+                model_dir, config.model_copy(update={"seed": engine_seed(config.seed, run_seed, i)}), dtype, None, store,
+                {"run": run, "worker": str(i)},
             )
             for i in range(config.num_workers)
         ]

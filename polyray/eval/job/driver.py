@@ -90,7 +90,7 @@ def generate_all(
     with timer("rollout_pool_start"), console.status(f"starting {cfg.rollout.num_workers} vLLM rollout worker(s)"):
         # the logprob selector ranks by the model's own likelihood, whatever the sampling temperature
         pool = RolloutPool.launch(str(model_dir), cfg.rollout.model_copy(update={"logprobs_mode": "raw_logprobs"}),
-                                  cfg.model.dtype, cfg.seed)
+                                  cfg.model.dtype, cfg.seed, run=cfg.name)
     try:
         used = {u.model.name for u in units}
         for m in models:
