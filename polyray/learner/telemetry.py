@@ -1,5 +1,6 @@
-"""Learner metrics exported through ``ray.util.metrics``: the Ray dashboard's Metrics view (and any
-Prometheus/Grafana scraping the cluster) shows them live, tagged by run and phase.
+"""Learner metrics exported through ``ray.util.metrics`` (:mod:`polyray.telemetry`): the Ray
+dashboard's Metrics view (and any Prometheus/Grafana scraping the cluster) shows them live, tagged
+by run and phase.
 
 Rank 0 records one sample per optimizer step from the same dict that goes to metrics.jsonl;
 keys a phase does not produce (e.g. ``reward_mean`` in SFT) are skipped.
@@ -27,20 +28,18 @@ HISTOGRAMS = {
 
 class LearnerTelemetry:
     def __init__(self, run: str, phase: str):
-        from ray.util.metrics import Gauge, Histogram
+        from polyray.telemetry import Metrics
 
-        self.tags = {"run": run, "phase": phase}
-        keys = tuple(self.tags)
-        self.gauges = {key: Gauge(name, description=desc, tag_keys=keys) for name, (key, desc) in GAUGES.items()}
-        self.histograms = {
-            key: Histogram(name, description=desc, boundaries=bounds, tag_keys=keys)
-            for name, (key, desc, bounds) in HISTOGRAMS.items()
-        }
+        self.metrics = Metrics(
+            {"run": run, "phase": phase},
+            gauges={name: desc for name, (_, desc) in GAUGES.items()},
+            histograms={name: (desc, bounds) for name, (_, desc, bounds) in HISTOGRAMS.items()},
+        )
 
     def record(self, metrics: dict[str, Any]) -> None:
-        for key, gauge in self.gauges.items():
+        for name, (key, _) in GAUGES.items():
             if key in metrics:
-                gauge.set(float(metrics[key]), tags=self.tags)
-        for key, histogram in self.histograms.items():
+                self.metrics.set(name, metrics[key])
+        for name, (key, _, _) in HISTOGRAMS.items():
             if key in metrics:
-                histogram.observe(float(metrics[key]), tags=self.tags)
+                self.metrics.observe(name, metrics[key])

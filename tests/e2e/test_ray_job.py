@@ -4,7 +4,9 @@ Starts a head node with `ray start --head` and metrics export on, submits a shor
 (polychromic SFT then GRPO, 3 steps each, the reward service and the generation service on, 8 test
 prompts) with the README's command, and checks the job succeeded and wrote results. While the job
 runs, the test scrapes the node's Prometheus endpoint: every polyray metric the Grafana dashboard
-(deploy/grafana-dashboard.json) queries has a sample tagged with the job's run.
+(deploy/grafana-dashboard.json) queries has a sample tagged with the job's run; and it opens the Ray
+dashboard in headless Chromium (signed in with the cluster's token) and finds the job and polyray's
+actors on its pages, saving screenshots to test-artifacts/.
 `ray stop` afterwards stops every Ray process started by `ray start` on this machine; the
 in-process test cluster (`conftest.ray_cluster`) is started with `ray.init`, which it spares.
 """
@@ -13,6 +15,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import secrets
 import socket
 import subprocess
@@ -61,7 +65,10 @@ def test_train_entrypoint_runs_as_ray_job(tmp_path):
         "--set", "task.n_test=8", "--set", "dynamics.every=0", "--set", "eval.n_samples=4", "--set", "eval.ks=[1, 4]",
         "--serve-generation", "--set", f"generation.http_port={_free_port()}", "--output-dir", str(out),
     ]  # fmt: skip
+    prometheus = _start_prometheus(tmp_path) if shutil.which("prometheus") else None
+    in_prometheus: set[str] = set()
     seen: set[str] = set()  # metric families with a sample tagged run=RUN
+    pages: dict[str, str] = {}  # dashboard page -> its text
     try:
         # `ray start` returns before the head's dashboard agent accepts jobs; until it does, a
         # submission is refused ("No available agent") without creating a job, so it is retried.
@@ -71,12 +78,18 @@ def test_train_entrypoint_runs_as_ray_job(tmp_path):
                                     text=True)  # fmt: skip
             while proc.poll() is None:  # scrape while the job runs
                 seen |= _scrape(metrics_port)
+                if not pages and "ray_polyray_rollout_adapter_versions" in seen:  # its actors are up
+                    pages = _dashboard_pages(f"http://127.0.0.1:{dashboard}", env["RAY_AUTH_TOKEN"])
+                if prometheus is not None:
+                    in_prometheus |= _prometheus_series(prometheus[1])
                 time.sleep(1.0)
             output = proc.communicate()[0]
             if NO_AGENT not in output or time.monotonic() > deadline:
                 break
             time.sleep(2.0)
     finally:
+        if prometheus is not None:
+            prometheus[0].terminate()
         subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
     assert proc.returncode == 0, output[-4000:]
     assert "succeeded" in output.lower()
@@ -86,6 +99,11 @@ def test_train_entrypoint_runs_as_ray_job(tmp_path):
     suffix = {"gauge": "", "histogram": "_bucket", "counter": "_total"}
     expected = {f"ray_{name}{suffix[kind]}" for name, kind in declared_metrics().items()}
     assert expected <= seen, f"never scraped with run={RUN}: {sorted(expected - seen)}"
+    if prometheus is not None:  # a real Prometheus, on the scrape config Ray generated, holds them too
+        assert expected <= in_prometheus, f"not in Prometheus: {sorted(expected - in_prometheus)}"
+    assert "jobs.train" in pages["jobs"] and "RUNNING" in pages["jobs"].upper(), pages.get("jobs", "")[:2000]
+    for actor in ("RolloutWorker", "AdapterStore", "RayTrainWorker", "ServeReplica"):
+        assert actor in pages["actors"], (actor, pages["actors"][:2000])
 
 
 RUN = "rayjob"
@@ -100,3 +118,64 @@ def _scrape(port: int) -> set[str]:
     except httpx.HTTPError:
         return set()
     return {line.split("{", 1)[0] for line in text.splitlines() if f'run="{RUN}"' in line and not line.startswith("#")}
+
+
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+def _start_prometheus(tmp_path: Path) -> tuple[subprocess.Popen, int]:
+    """Prometheus (Debian's package) on the scrape config the head's dashboard generated."""
+    config = Path("/tmp/ray/session_latest/metrics/prometheus/prometheus.yml")
+    deadline = time.monotonic() + 60
+    while not config.is_file():
+        assert time.monotonic() < deadline, f"the head wrote no {config}"
+        time.sleep(0.5)
+    # Ray's config scrapes every node in its service-discovery file; a shorter interval suits a short job
+    text = re.sub(r"scrape_interval:\s*\S+", "scrape_interval: 2s\n  scrape_timeout: 2s", config.read_text(), count=1)
+    (tmp_path / "prometheus.yml").write_text(text)
+    port = _free_port()
+    proc = subprocess.Popen(
+        ["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    return proc, port
+
+
+def _prometheus_series(port: int) -> set[str]:
+    """polyray series names Prometheus holds for the run (its HTTP API)."""
+    import httpx
+
+    try:
+        r = httpx.get(f"http://127.0.0.1:{port}/api/v1/series",
+                      params={"match[]": f'{{__name__=~"ray_polyray_.+", run="{RUN}"}}'}, timeout=10)  # fmt: skip
+        return {s["__name__"] for s in r.json().get("data", [])}
+    except (httpx.HTTPError, ValueError):
+        return set()
+
+
+def _dashboard_pages(url: str, token: str) -> dict[str, str]:
+    """The text of the dashboard's Jobs and Actors pages, read in headless Chromium signed in with the
+    cluster's token (Ray's cookie); screenshots in test-artifacts/."""
+    from playwright.sync_api import sync_playwright
+
+    from browser import chromium
+
+    exe = chromium()
+    assert exe, "chromium not found (make browser installs it): this test needs a real browser"
+    ARTIFACTS.mkdir(exist_ok=True)
+    texts = {}
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=exe, headless=True, args=["--no-sandbox"])
+        try:
+            context = browser.new_context(viewport={"width": 1600, "height": 1000})
+            context.add_cookies([{"name": "ray-authentication-token", "value": token, "url": url}])
+            page = context.new_page()
+            for name, marker in (("jobs", "jobs.train"), ("actors", "RolloutWorker")):
+                page.goto(f"{url}/#/{name}", wait_until="domcontentloaded")
+                page.get_by_text(marker).first.wait_for(timeout=60_000)
+                page.screenshot(path=str(ARTIFACTS / f"ray-dashboard-{name}.png"), full_page=True)
+                texts[name] = page.inner_text("body")
+        finally:
+            browser.close()
+    return texts

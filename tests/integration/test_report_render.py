@@ -9,26 +9,15 @@ from __future__ import annotations
 import io
 import json
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from browser import chromium as _chromium
 
 from polyray.eval.report import FIGURE_IDS, render_latex_table, write_report, write_samples_jsonl
 
 pytestmark = pytest.mark.slow
-
-CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/lib/chromium/chromium", "chromium", "chromium-browser")
-
-
-def _chromium() -> str | None:
-    for c in CHROMIUM_CANDIDATES:
-        found = shutil.which(c) if not c.startswith("/") else (c if Path(c).exists() else None)
-        if found:
-            return found
-    return None
-
 
 def _ci(m: float, h: float) -> dict:
     return {"mean": m, "low": m - h, "high": m + h}
