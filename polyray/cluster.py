@@ -16,6 +16,12 @@ def init_ray(cluster: ClusterConfig, needed_cpus: float, resources: dict[str, fl
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if cluster.address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=cluster.address, log_to_driver=cluster.worker_logs)
+        have = ray.cluster_resources().get("CPU", 0.0)
+        if have < needed_cpus:  # an autoscaling cluster may grow; a fixed one would wait forever
+            from polyray.io import warn
+
+            warn(f"the cluster has {have:g} CPUs, this run asks for {needed_cpus:g} at once (rollout workers,"
+                 " learner ranks, services): it waits until the cluster grows")  # fmt: skip
         return
     num_cpus = cluster.num_cpus or max(int(needed_cpus + 0.999), os.cpu_count() or 1)
     context = ray.init(

@@ -1,7 +1,7 @@
 """The training entrypoint as a Ray job: `ray job submit --working-dir . -- python -m jobs.train ...`.
 
 Starts a head node with `ray start --head` and metrics export on, submits a shortened quickstart
-(polychromic SFT then GRPO, 3 steps each, the reward service and the generation service on, 8 test
+(polychromic SFT then GRPO, 8 and 4 steps, the reward service and the generation service on, 8 test
 prompts) with the README's command, and checks the job succeeded and wrote results. While the job
 runs, the test scrapes the node's Prometheus endpoint: every polyray metric the Grafana dashboard
 (deploy/grafana-dashboard.json) queries has a sample tagged with the job's run; and it opens the Ray
@@ -21,6 +21,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def test_train_entrypoint_runs_as_ray_job(tmp_path):
     env["RAY_metrics_report_interval_ms"] = "1000"  # samples reach the endpoint within a second
     dashboard, metrics_port = _free_port(), _free_port()
     start = subprocess.run(
-        [str(BIN / "ray"), "start", "--head", "--port=0", f"--dashboard-port={dashboard}", "--num-cpus=4",
+        [str(BIN / "ray"), "start", "--head", "--port=0", f"--dashboard-port={dashboard}", "--num-cpus=6",
          "--include-dashboard=true", f"--metrics-export-port={metrics_port}", "--disable-usage-stats"],
         env=env, capture_output=True, text=True, timeout=180,
     )
@@ -59,16 +60,17 @@ def test_train_entrypoint_runs_as_ray_job(tmp_path):
     submit = [
         str(BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", ".",
         "--", sys.executable, "-m", "jobs.train", "--config", "configs/quickstart.yaml", "--set", f"name={RUN}",
-        "--set", "phases.0.type=polychromic_sft", "--set", "phases.0.name=sft", "--set", "phases.0.steps=3",
+        "--set", "phases.0.type=polychromic_sft", "--set", "phases.0.name=sft", "--set", "phases.0.steps=8",
         "--set", "phases.0.batch_size=8", "--set", "phases.0.prompts_per_step=4", "--set", "phases.0.n_samples=3",
-        "--set", "phases.1.steps=3", "--set", "phases.1.prompts_per_step=8", "--set", "phases.1.group_size=4",
+        "--set", "phases.1.steps=4", "--set", "phases.1.prompts_per_step=8", "--set", "phases.1.group_size=4",
         "--set", "task.n_test=8", "--set", "dynamics.every=0", "--set", "eval.n_samples=4", "--set", "eval.ks=[1, 4]",
         "--serve-generation", "--set", f"generation.http_port={_free_port()}", "--output-dir", str(out),
     ]  # fmt: skip
     prometheus = _start_prometheus(tmp_path) if shutil.which("prometheus") else None
     in_prometheus: set[str] = set()
     seen: set[str] = set()  # metric families with a sample tagged run=RUN
-    pages: dict[str, str] = {}  # dashboard page -> its text
+    pages: dict[str, str] = {}  # dashboard page -> its text (or "error")
+    browser = None
     try:
         # `ray start` returns before the head's dashboard agent accepts jobs; until it does, a
         # submission is refused ("No available agent") without creating a job, so it is retried.
@@ -78,11 +80,13 @@ def test_train_entrypoint_runs_as_ray_job(tmp_path):
                                     text=True)  # fmt: skip
             while proc.poll() is None:  # scrape while the job runs
                 seen |= _scrape(metrics_port)
-                if not pages and "ray_polyray_rollout_adapter_versions" in seen:  # its actors are up
-                    pages = _dashboard_pages(f"http://127.0.0.1:{dashboard}", env["RAY_AUTH_TOKEN"])
+                if browser is None and "ray_polyray_rollout_adapter_versions" in seen:  # its actors are up
+                    browser = threading.Thread(target=_read_dashboard, daemon=True,
+                                               args=(f"http://127.0.0.1:{dashboard}", env["RAY_AUTH_TOKEN"], pages))
+                    browser.start()  # beside the scraping: a phase's metrics live only as long as its processes
                 if prometheus is not None:
                     in_prometheus |= _prometheus_series(prometheus[1])
-                time.sleep(1.0)
+                time.sleep(0.5)
             output = proc.communicate()[0]
             if NO_AGENT not in output or time.monotonic() > deadline:
                 break
@@ -92,6 +96,9 @@ def test_train_entrypoint_runs_as_ray_job(tmp_path):
             prometheus[0].terminate()
         subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
     assert proc.returncode == 0, output[-4000:]
+    assert browser is not None, "the job's actors never showed in the metrics"
+    browser.join(timeout=180)
+    assert "error" not in pages, pages.get("error")
     assert "succeeded" in output.lower()
     results = json.loads((out / "results.json").read_text())
     assert set(results["phases"]) == {"base", "sft", "grpo"}
@@ -154,6 +161,13 @@ def _prometheus_series(port: int) -> set[str]:
         return set()
 
 
+def _read_dashboard(url: str, token: str, pages: dict[str, str]) -> None:
+    try:
+        pages.update(_dashboard_pages(url, token))
+    except Exception as exc:  # noqa: BLE001 - reported by the test's thread
+        pages["error"] = repr(exc)
+
+
 def _dashboard_pages(url: str, token: str) -> dict[str, str]:
     """The text of the dashboard's Jobs and Actors pages, read in headless Chromium signed in with the
     cluster's token (Ray's cookie); screenshots in test-artifacts/."""
@@ -174,6 +188,10 @@ def _dashboard_pages(url: str, token: str) -> dict[str, str]:
             for name, marker in (("jobs", "jobs.train"), ("actors", "RolloutWorker")):
                 page.goto(f"{url}/#/{name}", wait_until="domcontentloaded")
                 page.get_by_text(marker).first.wait_for(timeout=60_000)
+                if name == "actors":  # every actor on one page (10 per page by default)
+                    page.locator("input[value='10']").first.fill("100")  # (the locator no longer matches after)
+                    page.keyboard.press("Enter")
+                    page.get_by_text("AdapterStore").first.wait_for(timeout=30_000)
                 page.screenshot(path=str(ARTIFACTS / f"ray-dashboard-{name}.png"), full_page=True)
                 texts[name] = page.inner_text("body")
         finally:
