@@ -56,6 +56,7 @@ def test_train_entrypoint_runs_as_ray_job(tmp_path):
         env=env, capture_output=True, text=True, timeout=180,
     )
     assert start.returncode == 0, start.stderr[-3000:]
+    engines_before = _vllm_processes()
     out = tmp_path / "job-run"
     submit = [
         str(BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", ".",
@@ -95,6 +96,9 @@ def test_train_entrypoint_runs_as_ray_job(tmp_path):
         if prometheus is not None:
             prometheus[0].terminate()
         subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        # `ray stop --force` SIGKILLs the generation replica; its vLLM engine processes outlive it
+        for p in _vllm_processes() - engines_before:
+            p.kill()
     assert proc.returncode == 0, output[-4000:]
     assert browser is not None, "the job's actors never showed in the metrics"
     browser.join(timeout=180)
@@ -114,6 +118,16 @@ def test_train_entrypoint_runs_as_ray_job(tmp_path):
 
 
 RUN = "rayjob"
+
+
+def _vllm_processes() -> set:
+    import psutil
+
+    found = set()
+    for p in psutil.process_iter(["cmdline"]):
+        if (p.info["cmdline"] or [""])[0].startswith("VLLM::"):
+            found.add(p)
+    return found
 
 
 def _scrape(port: int) -> set[str]:

@@ -33,6 +33,7 @@ CANARY_TOL = 1e-3  # float32 (polyray.learner.sync.TOLERANCE)
 COMMON = [
     "--set", "task.n_test=8", "--set", "dynamics.every=0", "--set", "learner.sync_check_every=1",
     "--set", "eval.n_samples=4", "--set", "eval.ks=[1, 4]",
+    "--set", "cluster.dashboard=false",  # (the ray job test covers the dashboard; here it only costs time)
 ]  # fmt: skip
 GRPO = "{type: grpo, steps: %d, prompts_per_step: 8, group_size: 4, lr: 3.0e-3, kl_beta: 0.02, checkpoint_every: 2}"
 

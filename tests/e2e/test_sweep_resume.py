@@ -37,6 +37,7 @@ overrides:
   dynamics: {{every: 6, n_prompts: 4, n_samples: 4, ks: [1, 4]}}
   eval: {{n_samples: 4, ks: [1, 4]}}
   learner: {{sync_check_every: 0}}
+  cluster: {{dashboard: false}}   # (the ray job test covers the dashboard; here it only costs time)
   tracking: {{backend: mlflow, uri: "sqlite:///{{db}}", experiment: tiny-sweep}}
 space:
   phases.0.lam: {{grid: [0.0, 0.5]}}

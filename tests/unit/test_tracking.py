@@ -4,6 +4,7 @@ in a temporary directory, W&B in offline mode."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -110,7 +111,11 @@ def test_wandb_offline_run(tmp_path, monkeypatch):
     tracker.log_stage("sft", {"pass@1": 0.5})
     tracker.finish(failed=False)
     (log,) = (out / "wandb").glob("offline-run-*/run-*.wandb")  # what `wandb sync` uploads
+    keys = (b"sft/train/loss", b"sft/pass@1", b"phases.1.type", b"polyray.task:countdown")
+    deadline = time.monotonic() + 60  # W&B's service process writes the log behind the client
+    while not all(key in log.read_bytes() for key in keys) and time.monotonic() < deadline:
+        time.sleep(0.5)
     records = log.read_bytes()  # protobuf records: the keys are plain bytes in them
-    for key in (b"sft/train/loss", b"sft/pass@1", b"phases.1.type", b"polyray.task:countdown"):
-        assert key in records, key
+    for key in keys:
+        assert key in records, (key, records[:200])
     assert json.loads((out / "tracking.json").read_text())["run_id"] == log.stem.removeprefix("run-")
