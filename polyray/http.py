@@ -45,6 +45,16 @@ def read_api_key(config: ApiKeyConfig) -> str | None:
     return None
 
 
+def check_api_key(config: ApiKeyConfig, source: str) -> None:
+    """:func:`read_api_key` at build time: a configured key that cannot be read is a config error."""
+    from polyray.io import ConfigError
+
+    try:
+        read_api_key(config)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
 def openai_error(status: int, message: str, type_: str, param: str | None = None, code: str | None = None) -> dict:
     return {"error": {"message": message, "type": type_, "param": param, "code": code if code is not None else status}}
 

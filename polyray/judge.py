@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 POINTWISE = (
     "You are judging a response to a prompt. Rate the response on each criterion from 1 (worst) to {scale} (best).\n"
@@ -68,7 +68,7 @@ class JudgeConfig(BaseModel):
 
     @field_validator("pointwise_prompt", "pairwise_prompt")
     @classmethod
-    def _placeholders(cls, v: str, info) -> str:
+    def _placeholders(cls, v: str, info: ValidationInfo) -> str:
         needed = ("{prompt}", "{response}") if info.field_name == "pointwise_prompt" else ("{prompt}", "{a}", "{b}")
         missing = [p for p in needed if p not in v]
         if missing:

@@ -58,9 +58,6 @@ def reward(
 ):
     """Start the reward service (POST /v1/rewards, GET /v1/rewards, /healthz, /docs) and block until Ctrl-C."""
     args = _app_args(config, "reward")
-    import time
-
-    import ray
     from ray import serve
 
     from polyray.io import ConfigError
@@ -70,12 +67,26 @@ def reward(
         application = build_app(args)
     except (ConfigError, ValueError) as exc:
         _fail(str(exc))
-    ray.init(address=address, include_dashboard=False)
-    try:  # Ctrl-C during startup must clean up too
+
+    def start() -> str:
         serve.start(http_options={"host": host, "port": port})
         serve.run(application, name="reward", route_prefix="/")
         url = f"http://{host}:{port}"
-        typer.secho(f"reward service ready at {url}  (docs: {url}/docs, Ctrl-C to stop)", fg=typer.colors.GREEN)
+        return f"reward service ready at {url}  (docs: {url}/docs, Ctrl-C to stop)"
+
+    _serve_until_interrupted(address, start)
+
+
+def _serve_until_interrupted(address: str | None, start) -> None:
+    """Join or start Ray, ``start()`` the service (it returns the line to print), block until Ctrl-C."""
+    import time
+
+    import ray
+    from ray import serve
+
+    ray.init(address=address, include_dashboard=False)
+    try:  # Ctrl-C during startup must clean up too
+        typer.secho(start(), fg=typer.colors.GREEN)
         while True:
             time.sleep(1)
     except KeyboardInterrupt:
@@ -128,11 +139,6 @@ def generation(
 
         run, model_dir = _finished_run(run_dir)
         args = {**args, **run_generation_args(run, run_dir, model_dir, named=True)}
-    import time
-
-    import ray
-    from ray import serve
-
     from polyray.generation.deployment import build_generation_app
     from polyray.generation.service import deploy_generation
     from polyray.io import ConfigError
@@ -141,19 +147,13 @@ def generation(
         build_generation_app(args)  # a bad setting fails before Ray starts
     except ConfigError as exc:
         _fail(str(exc))
-    ray.init(address=address, include_dashboard=False)
-    try:  # Ctrl-C during startup must clean up too
+
+    def start() -> str:
         if run is not None and args.get("store_root"):
             from polyray.rollout.store import open_store
 
             open_store(Path(args["store_root"]), run.rollout.store_keep)  # the replicas pull versions from it
         typer.echo("starting the generation service (each replica loads the engine and the newest version)")
-        url = deploy_generation(args, host, port)
-        typer.secho(f"generation service ready: base_url={url}  (Ctrl-C to stop)", fg=typer.colors.GREEN)
-        while True:
-            time.sleep(1)
-    except KeyboardInterrupt:
-        typer.echo("shutting down")
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+        return f"generation service ready: base_url={deploy_generation(args, host, port)}  (Ctrl-C to stop)"
+
+    _serve_until_interrupted(address, start)

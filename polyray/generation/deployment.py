@@ -43,8 +43,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from polyray.generation.api import ChatBody, CompletionBody, GenerationServiceConfig
 from polyray.generation.catalog import AdapterCatalog, UnknownModelError
-from polyray.http import BearerAuth, openai_error, read_api_key
+from polyray.http import BearerAuth, check_api_key, openai_error, read_api_key
 from polyray.io import ConfigError, format_validation_error
+from polyray.rollout.worker import vllm_env
 from polyray.telemetry import Metrics
 
 logger = logging.getLogger("polyray.generation")
@@ -106,15 +107,8 @@ async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONRes
 
 
 def engine_env(cfg: GenerationServiceConfig) -> dict[str, str]:
-    """Environment the engine needs before vLLM/torch import: capped threads, KV cache size."""
-    return {
-        "VLLM_CPU_KVCACHE_SPACE": str(cfg.kv_cache_gib),
-        "VLLM_CPU_OMP_THREADS_BIND": "nobind",
-        "OMP_NUM_THREADS": str(cfg.threads),
-        "MKL_NUM_THREADS": str(cfg.threads),
-        "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
-        "TOKENIZERS_PARALLELISM": "false",
-    }
+    """The replica's vLLM environment (``AsyncLLM`` always runs its engine core in a child process)."""
+    return vllm_env(cfg.kv_cache_gib, cfg.threads)
 
 
 def chat_template(cfg: GenerationServiceConfig) -> str | None:
@@ -344,10 +338,7 @@ def build_generation_app(args: dict[str, Any] | None = None) -> Application:
             raise ConfigError(f"generation service args: adapters.{name}: {path} is not a saved adapter")
     if config.chat_template and not Path(config.chat_template).is_file():
         raise ConfigError(f"generation service args: chat_template {config.chat_template} does not exist")
-    try:
-        read_api_key(config)
-    except ValueError as exc:
-        raise ConfigError(f"generation service args: {exc}") from None
+    check_api_key(config, "generation service args")
     return GenerationDeployment.options(
         num_replicas=config.num_replicas,
         max_ongoing_requests=config.max_ongoing_requests,

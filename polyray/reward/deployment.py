@@ -33,7 +33,7 @@ from pydantic import ValidationError
 from ray import serve
 from ray.serve import Application
 
-from polyray.http import BearerAuth, read_api_key
+from polyray.http import BearerAuth, check_api_key, read_api_key
 from polyray.io import ConfigError
 from polyray.telemetry import Metrics
 from polyray.reward.api import BodySizeLimit, RewardRequest, RewardResponse, RewardServiceConfig
@@ -151,10 +151,7 @@ def build_reward_app(args: dict[str, Any] | None = None) -> Application:
     except ValidationError as exc:
         raise ConfigError(f"reward service args: {format_validation_error(exc)}") from None
     RewardScorer(config.rewards)  # unknown reward names fail here, not in a replica
-    try:
-        read_api_key(config)
-    except ValueError as exc:
-        raise ConfigError(f"reward service args: {exc}") from None
+    check_api_key(config, "reward service args")
     return RewardDeployment.options(
         num_replicas=config.num_replicas,
         max_ongoing_requests=config.max_ongoing_requests,

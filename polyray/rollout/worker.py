@@ -58,18 +58,21 @@ class Sample:
         return asdict(self)
 
 
-def rollout_env(config: RolloutConfig) -> dict[str, str]:
-    """Environment a rollout process needs before vLLM/torch import: capped threads, KV cache size."""
+def vllm_env(kv_cache_gib: int, threads: int) -> dict[str, str]:
+    """Environment a vLLM process needs before vLLM/torch import: capped threads, KV cache size."""
     return {
-        "VLLM_CPU_KVCACHE_SPACE": str(config.kv_cache_gib),
+        "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib),
         "VLLM_CPU_OMP_THREADS_BIND": "nobind",
-        "OMP_NUM_THREADS": str(config.threads),
-        "MKL_NUM_THREADS": str(config.threads),
-        # The engine runs inside this process: no extra engine-core process per worker.
-        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
         "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
         "TOKENIZERS_PARALLELISM": "false",
     }
+
+
+def rollout_env(config: RolloutConfig) -> dict[str, str]:
+    # The engine runs inside the worker's process: no extra engine-core process per worker.
+    return {**vllm_env(config.kv_cache_gib, config.threads), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 
 
 # metric name -> description (polyray.telemetry.Metrics; tags: run, worker)
