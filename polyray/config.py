@@ -46,6 +46,10 @@ class RolloutConfig(_Model):
     num_workers: int = Field(1, ge=1, description="RolloutWorker actors in the pool.")
     cpus_per_worker: float = Field(1, gt=0, description="Ray CPUs reserved per rollout worker.")
     gpus_per_worker: float = Field(0, ge=0, description="Ray GPUs per rollout worker (0 on CPU).")
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="GPUs one worker's vLLM engine shards the model over (a model too large for one GPU);"
+        " gpus_per_worker must equal it, so Ray places the worker on a node with that many free GPUs.",
+    )
     max_lora_rank: int = Field(16, ge=1, description="Largest LoRA rank vLLM reserves for.")
     max_loras: int = Field(2, ge=1, description="Adapters resident at once in vLLM.")
     max_model_len: int = Field(128, ge=16, description="Prompt + completion token budget.")
@@ -67,6 +71,15 @@ class RolloutConfig(_Model):
         description="Sampled-token log-probs: of the sampling distribution (training needs these) or of the model"
         " at T = 1 (what a likelihood-based selector ranks by).",
     )
+
+    @model_validator(mode="after")
+    def _tensor_parallel_gpus(self) -> "RolloutConfig":
+        if self.tensor_parallel_size > 1 and self.gpus_per_worker != self.tensor_parallel_size:
+            raise ValueError(
+                f"tensor_parallel_size {self.tensor_parallel_size} shards each worker's engine over that many GPUs:"
+                f" set gpus_per_worker to {self.tensor_parallel_size} (it is {self.gpus_per_worker:g})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _no_split_prefill_on_cpu(self) -> "RolloutConfig":
@@ -96,6 +109,9 @@ class LearnerConfig(_Model):
     cpus_per_worker: float = Field(1, gt=0, description="Ray CPUs per learner worker.")
     use_gpu: bool = Field(False, description="Train on GPUs (NCCL).")
     threads: int = Field(1, ge=1, description="Torch threads per learner worker.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass (less memory for long sequences or large models).",
+    )
     lora: LoraConfig = Field(default_factory=LoraConfig)
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     grad_clip: float = Field(1.0, gt=0, description="Global gradient-norm clip.")

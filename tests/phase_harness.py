@@ -34,12 +34,12 @@ def tiny_model_dir(root: Path) -> Path:
     return build_tiny_model(tiny, TASK, Path(root) / "tiny-model")
 
 
-def build_policy(model_dir: Path, device: str = "cpu", seed: int = 0):
+def build_policy(model_dir: Path, device: str = "cpu", seed: int = 0, gradient_checkpointing: bool = False):
     """peft LoRA model with a non-trivial adapter (peft initialises B = 0, which zeroes A's gradients)."""
     from polyray.learner.lora import build_peft_model
 
     torch.manual_seed(seed)
-    model, tokenizer = build_peft_model(str(model_dir), LoraConfig(r=4, alpha=8))
+    model, tokenizer = build_peft_model(str(model_dir), LoraConfig(r=4, alpha=8), gradient_checkpointing=gradient_checkpointing)
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, p in model.named_parameters():

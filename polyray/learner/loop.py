@@ -100,7 +100,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         adapter_dir, start_step, version = str(Path(resume_dir) / "adapter"), state["step"], state["version"]
 
     torch.manual_seed(run.seed)  # identical LoRA init on every rank
-    model, tokenizer = build_peft_model(loop_config["model_dir"], run.learner.lora, run.model.dtype, adapter_dir)
+    model, tokenizer = build_peft_model(
+        loop_config["model_dir"], run.learner.lora, run.model.dtype, adapter_dir, run.learner.gradient_checkpointing
+    )
     # The KL reference is the phase's *incoming* adapter, also when resuming from a checkpoint.
     reference_dir = PHASES[phase_cfg.type].reference_adapter_dir(phase_cfg, loop_config.get("init_adapter"))
     reference = add_reference_adapter(model, reference_dir) if reference_dir else None

@@ -23,12 +23,20 @@ def load_base(model_dir: str, dtype: str = "float32"):
     return model, tokenizer
 
 
-def build_peft_model(model_dir: str, lora: LoraConfig, dtype: str = "float32", adapter_dir: str | None = None):
-    """Base model + a fresh LoRA adapter, or the trainable adapter saved in ``adapter_dir``."""
+def build_peft_model(
+    model_dir: str, lora: LoraConfig, dtype: str = "float32", adapter_dir: str | None = None,
+    gradient_checkpointing: bool = False,
+):  # fmt: skip
+    """Base model + a fresh LoRA adapter, or the trainable adapter saved in ``adapter_dir``.
+
+    ``gradient_checkpointing``: the decoder layers recompute their activations in the backward pass
+    (non-reentrant, so the frozen embeddings need no grad; in train mode only)."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import PeftModel, get_peft_model
 
     base, tokenizer = load_base(model_dir, dtype)
+    if gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if adapter_dir:
         model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=True)
     else:

@@ -115,6 +115,9 @@ class RolloutWorker:
             seed=config.seed,
             enforce_eager=True,
             logprobs_mode=config.logprobs_mode,
+            # one engine over the worker's GPUs; its shard processes are vLLM's own (Ray placed the actor)
+            tensor_parallel_size=config.tensor_parallel_size,
+            distributed_executor_backend="mp" if config.tensor_parallel_size > 1 else None,
         )
         shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
         self.adapter_root = Path(tempfile.mkdtemp(prefix="polyray-adapters-", dir=shm))

@@ -119,3 +119,14 @@ def test_set_without_equals_suggests_a_real_field():
 
 def test_kl_reference_defaults_to_the_phase_start():
     assert load_config(QUICKSTART).phases[1].kl_reference == "phase_start"
+
+
+def test_tensor_parallel_workers_get_their_gpus():
+    from pydantic import ValidationError
+
+    from polyray.config import RolloutConfig
+
+    assert RolloutConfig(tensor_parallel_size=2, gpus_per_worker=2).tensor_parallel_size == 2
+    for gpus in (0, 1, 4):
+        with pytest.raises(ValidationError, match="set gpus_per_worker to 2"):
+            RolloutConfig(tensor_parallel_size=2, gpus_per_worker=gpus)

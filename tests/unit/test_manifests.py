@@ -47,21 +47,29 @@ def _workdirs() -> dict[str, str]:
     return out
 
 
+def _pod_gpus(template: dict) -> int:
+    return sum(int(c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0)) for c in template["spec"]["containers"])
+
+
 def _gpus_offered(cluster: dict) -> int:
-    def gpus(template):
-        return sum(int(c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0))
-                   for c in template["spec"]["containers"])  # fmt: skip
-
-    head = gpus(cluster["headGroupSpec"]["template"])
-    return head + sum(g.get("maxReplicas", g["replicas"]) * gpus(g["template"]) for g in cluster["workerGroupSpecs"])
+    head = _pod_gpus(cluster["headGroupSpec"]["template"])
+    return head + sum(g.get("maxReplicas", g["replicas"]) * _pod_gpus(g["template"]) for g in cluster["workerGroupSpecs"])
 
 
-def _run_gpus(run) -> float:
-    return run.rollout.num_workers * run.rollout.gpus_per_worker + (run.learner.num_workers if run.learner.use_gpu else 0)
+def _largest_pod_gpus(cluster: dict) -> int:
+    """The most GPUs one node (pod) has: an actor's GPUs must all be on one node."""
+    return max(_pod_gpus(t) for t in [cluster["headGroupSpec"]["template"], *(g["template"] for g in cluster["workerGroupSpecs"])])
 
 
-def _entrypoint_gpus(entrypoint: str) -> float:
-    """Load the job's module and config; the GPUs it asks for at once."""
+def _run_gpus(run) -> tuple[float, float]:
+    """(GPUs the run asks for at once, the most one of its actors asks for)."""
+    learner = 1 if run.learner.use_gpu else 0
+    total = run.rollout.num_workers * run.rollout.gpus_per_worker + run.learner.num_workers * learner
+    return total, max(run.rollout.gpus_per_worker, learner)
+
+
+def _entrypoint_gpus(entrypoint: str) -> tuple[float, float]:
+    """Load the job's module and config; the GPUs it asks for at once, and the most one actor asks for."""
     argv = shlex.split(entrypoint)
     assert argv[:2] == ["python", "-m"], entrypoint
     module = argv[2]
@@ -77,12 +85,13 @@ def _entrypoint_gpus(entrypoint: str) -> float:
         from polyray.sweep import load_sweep
 
         sweep, base = load_sweep(config)
-        return _run_gpus(RunConfig.model_validate(base)) * sweep.max_concurrent_trials
+        total, actor = _run_gpus(RunConfig.model_validate(base))
+        return total * sweep.max_concurrent_trials, actor
     if module == "jobs.evaluate":
         from polyray.eval.job import load_eval_config
 
         cfg = load_eval_config(config)
-        return cfg.rollout.num_workers * cfg.rollout.gpus_per_worker
+        return cfg.rollout.num_workers * cfg.rollout.gpus_per_worker, cfg.rollout.gpus_per_worker
     raise AssertionError(f"no check for {module}")
 
 
@@ -110,8 +119,9 @@ def test_rayjob_entrypoint_runtime_env_and_gpus(path):
 
     doc = yaml.safe_load(path.read_text())
     RuntimeEnv(**yaml.safe_load(doc["spec"].get("runtimeEnvYAML") or "{}"))
-    needed = _entrypoint_gpus(doc["spec"]["entrypoint"])
+    needed, per_actor = _entrypoint_gpus(doc["spec"]["entrypoint"])
     assert _gpus_offered(_cluster(doc)) >= needed > 0, path
+    assert _largest_pod_gpus(_cluster(doc)) >= per_actor, path  # a tensor-parallel worker's GPUs share a node
 
 
 @pytest.mark.parametrize("path", [p for p, d in _kuberay() if d["kind"] == "RayService"], ids=lambda p: p.name)
