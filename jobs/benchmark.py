@@ -1,5 +1,14 @@
 """Benchmarks, each printed as figures measured side by side in one run (never asserted in tests).
 
+``python -m jobs.benchmark all [--json out.json]``
+    every part below at its default size, then one summary table of ratios against their goals.
+``python -m jobs.benchmark rollout``
+    RolloutPool / a bare ``vllm.LLM`` and vLLM / transformers ``generate`` tokens/s on the same
+    multi-candidate batch; the adapter sync (learner weights -> generating on every worker) against a
+    full-weights reload; 1 -> 2 rollout workers.
+``python -m jobs.benchmark grpo [--steps 12]``
+    GRPO step time with rollouts one step ahead / synchronous, 1 rollout worker + 1 learner worker.
+
 ``python -m jobs.benchmark polychromic [--steps 30]``
     polychromic SFT step time / standard SFT step time on the embedded default (same model,
     batch, learner and rollout pool), with where the polychromic step's time goes.
@@ -41,6 +50,141 @@ def _step_stats(metrics_path: Path, phase: str, warmup: int) -> dict[str, float]
     if canary:
         out["canary_s"] = statistics.median(canary)
     return out
+
+
+def _grpo_batch(run, prompts: int):
+    """The batch one GRPO step of ``run`` generates: its first GRPO phase's group size and sampling."""
+    from polyray.rollout.bench import RolloutBatch
+    from polyray.rollout.sampling import request_seeds, task_sampling
+    from polyray.tasks import build_task
+
+    task = build_task(run.task)
+    grpo = next(p for p in run.phases if p.type == "grpo")
+    texts = [p.text for p in task.prompts("train", prompts)]
+    return RolloutBatch(texts, grpo.group_size, task_sampling(grpo.sampling, task),
+                        request_seeds(run.seed, "bench", [str(i) for i in range(len(texts))]))  # fmt: skip
+
+
+def bench_rollout(config: str, prompts: int = 32, repeats: int = 3, syncs: int = 5) -> dict[str, Any]:
+    """Tokens/s of one GRPO-shaped batch through a bare engine, transformers, the pool (1 and 2 workers);
+    adapter sync vs full-weights reload. One thing runs at a time."""
+    import ray
+
+    from polyray.config import load_config
+    from polyray.learner.lora import build_peft_model
+    from polyray.models.source import prepare_model_dir
+    from polyray.rollout import bench
+    from polyray.rollout.pool import RolloutPool
+    from polyray.rollout.store import open_store, write_adapter_dir
+
+    run = load_config(config)
+    model_dir = str(prepare_model_dir(run.model, run.task))
+    batch = _grpo_batch(run, prompts)
+    one = run.rollout.model_copy(update={"num_workers": 1})
+    results: dict[str, Any] = {"prompts": len(batch.prompts), "n": batch.n, "max_tokens": batch.sampling.max_tokens}
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    try:
+        with tempfile.TemporaryDirectory(prefix="polyray-bench-rollout-") as tmp:
+            adapter = _random_adapter(model_dir, run.learner.lora, seed=1)  # the policy every engine samples
+            adapter_dir = str(Path(tmp) / "policy-v1")
+            write_adapter_dir(Path(adapter_dir), adapter)
+            with console.status(f"bare vllm.LLM: {len(batch.prompts)} prompts x {batch.n}"):
+                results["raw_llm"] = bench.raw_llm_throughput(model_dir, one, run.model.dtype, batch, adapter_dir, repeats)
+            with console.status("transformers generate"):
+                results["transformers"] = bench.hf_throughput(model_dir, run.model.dtype, batch, adapter_dir, one.threads,
+                                                              repeats)  # fmt: skip
+            for workers in (1, 2):
+                cfg = run.rollout.model_copy(update={"num_workers": workers})
+                with console.status(f"RolloutPool, {workers} worker(s): starting"):
+                    pool = RolloutPool.launch(model_dir, cfg, run.model.dtype, run.seed,
+                                              store=open_store(Path(tmp) / f"store{workers}"))  # fmt: skip
+                try:
+                    pool.publish(1, adapter)
+                    with console.status(f"RolloutPool, {workers} worker(s): generating"):
+                        results[f"pool_{workers}"] = bench.pool_throughput(pool, batch, 1, repeats)
+                    if workers == 1:
+                        model, _ = build_peft_model(model_dir, run.learner.lora, run.model.dtype)
+                        with console.status(f"adapter sync x {syncs}"):
+                            results["adapter_sync"] = bench.adapter_sync_latency(pool, model, 2, syncs)
+                        with console.status(f"full-weights reload x {syncs}"):
+                            results["full_reload"] = bench.full_reload_latency(pool, model, syncs)
+                finally:
+                    pool.shutdown()
+    finally:
+        ray.shutdown()
+    tps = {k: results[k]["tokens_per_s"] for k in ("raw_llm", "transformers", "pool_1", "pool_2")}
+    results["ratios"] = {
+        "pool_vs_raw_llm": tps["pool_1"] / tps["raw_llm"],
+        "vllm_vs_transformers": tps["raw_llm"] / tps["transformers"],
+        "adapter_sync_vs_full_reload": results["adapter_sync"]["median_ms"] / results["full_reload"]["median_ms"],
+        "two_vs_one_worker": tps["pool_2"] / tps["pool_1"],
+    }
+    return results
+
+
+def print_rollout(results: dict[str, Any]) -> None:
+    table = Table(title=f"rollouts: {results['prompts']} prompts x n={results['n']}, max_tokens={results['max_tokens']}"
+                        " (the GRPO step's batch), completion tokens/s")  # fmt: skip
+    for col in ("engine", "tokens", "seconds", "tokens/s"):
+        table.add_column(col, justify="left" if col == "engine" else "right")
+    names = {"raw_llm": "bare vllm.LLM (1 engine, in process)", "transformers": "transformers generate",
+             "pool_1": "RolloutPool, 1 worker", "pool_2": "RolloutPool, 2 workers"}  # fmt: skip
+    for key, name in names.items():
+        r = results[key]
+        table.add_row(name, str(r["tokens"]), f"{r['seconds']:.2f}", f"{r['tokens_per_s']:.0f}")
+    console.print(table)
+    a, f = results["adapter_sync"], results["full_reload"]
+    console.print(f"weights -> generating on every worker: adapter {a['median_ms']:.0f} ms (max {a['max_ms']:.0f}),"
+                  f" full-weights reload {f['median_ms']:.0f} ms (max {f['max_ms']:.0f}), medians of {a['syncs']}")
+
+
+def bench_grpo(steps: int, config: str, warmup: int = 2) -> dict[str, Any]:
+    """The config's first GRPO phase, ``steps`` steps synchronous then ``steps`` with rollouts one step
+    ahead, from the same fresh adapter, on 1 rollout worker + 1 learner worker (a core each here);
+    rewards scored in the learner (no reward replica competing for the cores)."""
+    from polyray.cluster import init_ray, needed_cpus
+    from polyray.config import load_config
+    from polyray.learner.loop import run_phase
+    from polyray.models.source import prepare_model_dir
+    from polyray.rollout.pool import RolloutPool
+    from polyray.rollout.store import open_store
+
+    base = load_config(config)
+    index = next(i for i, p in enumerate(base.phases) if p.type == "grpo")
+    common = ["learner.num_workers=1", "rollout.num_workers=1", "reward.endpoint=false", "dynamics.every=0",
+              f"phases.{index}.steps={steps}", f"phases.{index}.checkpoint_every=1000", "learner.sync_check_every=0"]
+    variants = {"sync": [], "async": [f"phases.{index}.async_rollouts=true", f"phases.{index}.max_lag=1"]}
+    sync = load_config(config, common)
+    model_dir = prepare_model_dir(sync.model, sync.task)
+    init_ray(sync.cluster, needed_cpus(sync))
+    results: dict[str, Any] = {"steps": steps, "warmup": warmup}
+    with tempfile.TemporaryDirectory(prefix="polyray-bench-grpo-") as tmp:
+        out = Path(tmp)
+        pool = RolloutPool.launch(str(model_dir), sync.rollout, sync.model.dtype, store=open_store(out / "adapter_store"))
+        try:
+            version = 0
+            for name, extra in variants.items():
+                run = load_config(config, [*common, *extra, f"phases.{index}.name=grpo_{name}"])
+                with console.status(f"GRPO {name}, {steps} steps"):
+                    version = run_phase(run, index, str(model_dir), out, pool, version, None)["version"]
+                results[name] = _step_stats(out / "metrics.jsonl", f"grpo_{name}", warmup)
+        finally:
+            pool.shutdown()
+    results["ratio"] = results["async"]["step_s"] / results["sync"]["step_s"]
+    return results
+
+
+def print_grpo(results: dict[str, Any]) -> None:
+    table = Table(title="GRPO step, 1 rollout worker + 1 learner worker: median step time after warm-up")
+    table.caption = "rollout s = generation the step waits for (ahead: what is left of it); sync s = publish + load"
+    for col in ("mode", "step s", "rollout s", "sync s", "rest s"):
+        table.add_column(col, justify="left" if col == "mode" else "right")
+    for name in ("sync", "async"):
+        r = results[name]
+        table.add_row(name if name == "sync" else "one step ahead", f"{r['step_s']:.3f}", f"{r['rollout_s']:.3f}",
+                      f"{r['sync_s']:.3f}", f"{r['step_s'] - r['rollout_s'] - r['sync_s']:.3f}")
+    console.print(table)
+    console.print(f"one step ahead / synchronous: {results['ratio']:.2f}")
 
 
 def bench_polychromic(
@@ -234,12 +378,85 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def summary_rows(results: dict[str, Any]) -> list[tuple[str, float, str]]:
+    """(measure, ratio, goal) for each ratio ``results`` holds (parts that ran)."""
+    rows = []
+    if "rollout" in results:
+        r = results["rollout"]["ratios"]
+        rows += [("RolloutPool / bare vllm.LLM tokens/s", r["pool_vs_raw_llm"], ">= 0.95"),
+                 ("vLLM / transformers generate tokens/s", r["vllm_vs_transformers"], ">= 2"),
+                 ("adapter sync / full-weights reload (ms)", r["adapter_sync_vs_full_reload"], "< 1"),
+                 ("2 / 1 rollout workers tokens/s", r["two_vs_one_worker"], "-")]  # fmt: skip
+    if "grpo" in results:
+        rows.append(("GRPO step, one ahead / synchronous", results["grpo"]["ratio"], "<= 0.65"))
+    if "polychromic" in results:
+        p = results["polychromic"]
+        rows += [(f"{name} step / SFT step", r["step_s"] / p["sft"]["step_s"], "-") for name, r in p.items() if name != "sft"]
+    if "reward" in results:
+        rows.append(("reward model batched / unbatched items/s", results["reward"]["engagement_batching"]["ratio"], "-"))
+    return rows
+
+
+def print_summary(results: dict[str, Any]) -> None:
+    table = Table(title="polyray benchmark: ratios measured side by side in one run")
+    for col in ("measure", "ratio", "goal"):
+        table.add_column(col, justify="left" if col == "measure" else "right")
+    for name, value, goal in summary_rows(results):
+        table.add_row(name, f"{value:.2f}", goal)
+    console.print(table)
+
+
+PARTS = ("rollout", "grpo", "polychromic", "reward", "generation")
+
+
+def run_part(which: str, args) -> dict[str, Any]:
+    if which == "rollout":
+        results = bench_rollout(args.config, args.prompts, args.repeats, args.syncs)
+        print_rollout(results)
+    elif which == "grpo":
+        results = bench_grpo(args.grpo_steps, args.config)
+        print_grpo(results)
+    elif which == "polychromic":
+        results = bench_polychromic(args.steps, args.config, args.diversity)
+        print_polychromic(results)
+    elif which == "generation":
+        results = bench_generation(args.requests, args.n, args.max_tokens, args.config, args.publishes)
+        print_generation(results)
+    else:
+        results = bench_reward(args.requests, args.max_seconds)
+        print_reward(results)
+    return results
+
+
+def _run_in_child(which: str, argv: list[str], json_path: Path) -> dict[str, Any]:
+    """One part in its own interpreter: each starts from a clean process (Ray, an in-process engine)."""
+    import subprocess
+
+    subprocess.run([sys.executable, "-m", "jobs.benchmark", which, *argv, "--json", str(json_path)], check=True, cwd=ROOT)
+    return json.loads(json_path.read_text())
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="which", required=True)
+    config = str(ROOT / "configs" / "quickstart.yaml")
+    a = sub.add_parser("all", help="rollout, grpo, polychromic and reward, then the summary table")
+    a.add_argument("--parts", nargs="+", default=["rollout", "grpo", "polychromic", "reward"], choices=PARTS)
+    a.add_argument("--smoke", action="store_true", help="Each part at a tiny size (CI).")
+    a.add_argument("--json", default=None)
+    o = sub.add_parser("rollout", help="pool / bare engine / transformers tokens/s; adapter sync vs full reload; 1 -> 2 workers")
+    o.add_argument("--prompts", type=int, default=32, help="Prompts in the batch (n = the GRPO group size).")
+    o.add_argument("--repeats", type=int, default=3, help="Timed repeats of the batch per engine.")
+    o.add_argument("--syncs", type=int, default=5, help="Weight syncs timed per method.")
+    o.add_argument("--config", default=config)
+    o.add_argument("--json", default=None)
+    q = sub.add_parser("grpo", help="GRPO step time, rollouts one step ahead / synchronous")
+    q.add_argument("--steps", dest="grpo_steps", type=int, default=12)
+    q.add_argument("--config", default=config)
+    q.add_argument("--json", default=None)
     p = sub.add_parser("polychromic", help="polychromic SFT step time / SFT step time")
     p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--config", default=str(ROOT / "configs" / "quickstart.yaml"))
+    p.add_argument("--config", default=config)
     p.add_argument("--diversity", nargs="+", default=["semantic", "countdown_expr"])
     p.add_argument("--json", default=None, help="Also write the figures here.")
     r = sub.add_parser("reward", help="reward service throughput and latency")
@@ -251,18 +468,24 @@ def main(argv=None) -> int:
     g.add_argument("--n", type=int, default=4, help="Completions per request.")
     g.add_argument("--max-tokens", type=int, default=32)
     g.add_argument("--publishes", type=int, default=5)
-    g.add_argument("--config", default=str(ROOT / "configs" / "quickstart.yaml"))
+    g.add_argument("--config", default=config)
     g.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-    if args.which == "polychromic":
-        results = bench_polychromic(args.steps, args.config, args.diversity)
-        print_polychromic(results)
-    elif args.which == "generation":
-        results = bench_generation(args.requests, args.n, args.max_tokens, args.config, args.publishes)
-        print_generation(results)
+    if args.which == "all":
+        smoke = {"rollout": ["--prompts", "4", "--repeats", "1", "--syncs", "2"], "grpo": ["--steps", "4"],
+                 "polychromic": ["--steps", "4", "--diversity", "countdown_expr"],
+                 "reward": ["--requests", "20", "--max-seconds", "5"],
+                 "generation": ["--requests", "4", "--n", "2", "--max-tokens", "8", "--publishes", "2"]}  # fmt: skip
+        defaults = {"polychromic": ["--steps", "12"]}  # the table's budget: ~15 minutes on 2 cores
+        results = {}
+        with tempfile.TemporaryDirectory(prefix="polyray-bench-all-") as tmp:
+            for part in args.parts:
+                console.rule(part)
+                extra = smoke[part] if args.smoke else defaults.get(part, [])
+                results[part] = _run_in_child(part, extra, Path(tmp) / f"{part}.json")
+        print_summary(results)
     else:
-        results = bench_reward(args.requests, args.max_seconds)
-        print_reward(results)
+        results = run_part(args.which, args)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

@@ -75,6 +75,41 @@ def rollout_env(config: RolloutConfig) -> dict[str, str]:
     return {**vllm_env(config.kv_cache_gib, config.threads), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 
 
+def engine_kwargs(model_dir: str, config: RolloutConfig, dtype: str) -> dict[str, Any]:
+    """A rollout worker's ``vllm.LLM`` arguments (LoRA on, whole prompts per step on CPU)."""
+    return dict(
+        model=str(model_dir),
+        enable_lora=True,
+        max_lora_rank=config.max_lora_rank,
+        max_loras=config.max_loras,
+        dtype=dtype,
+        max_model_len=config.max_model_len,
+        max_num_seqs=config.max_num_seqs,
+        max_num_batched_tokens=config.max_num_batched_tokens or config.max_num_seqs * config.max_model_len,
+        seed=config.seed,
+        enforce_eager=True,
+        logprobs_mode=config.logprobs_mode,
+        # one engine over the worker's GPUs; its shard processes are vLLM's own (Ray placed the actor)
+        tensor_parallel_size=config.tensor_parallel_size,
+        distributed_executor_backend="mp" if config.tensor_parallel_size > 1 else None,
+    )
+
+
+def sampling_params(n: int, sampling: SamplingConfig, seed: int | None):
+    """vLLM ``SamplingParams`` of a rollout request: ``n`` samples with the log-prob of each sampled token."""
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        n=n,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        max_tokens=sampling.max_tokens,
+        logprobs=0,
+        seed=seed,
+        stop=list(sampling.stop) or None,
+    )
+
+
 # metric name -> description (polyray.telemetry.Metrics; tags: run, worker)
 GAUGES = {
     "polyray_rollout_worker_tokens_per_s": "Completion tokens per second of the worker's last generate call.",
@@ -103,22 +138,7 @@ class RolloutWorker:
 
         self.config = config
         self.keep_versions = keep_versions or config.max_loras
-        self.llm = LLM(
-            model=str(model_dir),
-            enable_lora=True,
-            max_lora_rank=config.max_lora_rank,
-            max_loras=config.max_loras,
-            dtype=dtype,
-            max_model_len=config.max_model_len,
-            max_num_seqs=config.max_num_seqs,
-            max_num_batched_tokens=config.max_num_batched_tokens or config.max_num_seqs * config.max_model_len,
-            seed=config.seed,
-            enforce_eager=True,
-            logprobs_mode=config.logprobs_mode,
-            # one engine over the worker's GPUs; its shard processes are vLLM's own (Ray placed the actor)
-            tensor_parallel_size=config.tensor_parallel_size,
-            distributed_executor_backend="mp" if config.tensor_parallel_size > 1 else None,
-        )
+        self.llm = LLM(**engine_kwargs(model_dir, config, dtype))
         shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
         self.adapter_root = Path(tempfile.mkdtemp(prefix="polyray-adapters-", dir=shm))
         self.adapters: dict[int, tuple[Path, str]] = {}  # version -> (directory, content hash)
@@ -207,23 +227,9 @@ class RolloutWorker:
         seeds: list[int] | None = None,
     ) -> list[list[Sample]]:
         """``n`` samples for each prompt under adapter ``version`` (None/0 = base model); ``seeds``: one per prompt."""
-        from vllm import SamplingParams
-
         if seeds is not None and len(seeds) != len(prompts):
             raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
-
-        def params_for(seed: int | None):
-            return SamplingParams(
-                n=n,
-                temperature=sampling.temperature,
-                top_p=sampling.top_p,
-                max_tokens=sampling.max_tokens,
-                logprobs=0,
-                seed=seed,
-                stop=list(sampling.stop) or None,
-            )
-
-        params = params_for(None) if seeds is None else [params_for(s) for s in seeds]
+        params = sampling_params(n, sampling, None) if seeds is None else [sampling_params(n, sampling, s) for s in seeds]
         lora = self._lora_request(version, adapter_name)
         self.metrics.set("polyray_rollout_requests_in_flight", 1)
         started = time.perf_counter()
