@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from polyray.io import read_log_jsonl
@@ -239,7 +240,7 @@ def print_polychromic(results: dict[str, dict[str, float]]) -> None:
     for name, r in results.items():
         parts = [r.get(k, 0.0) for k in ("rollout_s", "diversity_s", "sync_s")]
         canary = r.get("canary_s", 0.0)
-        table.add_row(name, f"{r['step_s']:.3f}", f"{r['step_s'] / base:.2f}x", *(f"{v:.3f}" for v in parts),
+        table.add_row(escape(name), f"{r['step_s']:.3f}", f"{r['step_s'] / base:.2f}x", *(f"{v:.3f}" for v in parts),
                       f"{canary:.3f}" if "canary_s" in r else "–", f"{r['step_s'] - sum(parts) - canary:.3f}")
     console.print(table)
 
@@ -402,7 +403,7 @@ def print_summary(results: dict[str, Any]) -> None:
     for col in ("measure", "ratio", "goal"):
         table.add_column(col, justify="left" if col == "measure" else "right")
     for name, value, goal in summary_rows(results):
-        table.add_row(name, f"{value:.2f}", goal)
+        table.add_row(escape(name), f"{value:.2f}", goal)
     console.print(table)
 
 
