@@ -21,24 +21,39 @@ def _run(args, timeout=600):
 
 
 @pytest.mark.vllm
-def test_polychromic_benchmark_prints_side_by_side_ratios(tmp_path):
+def test_benchmark_all_smoke_prints_every_ratio(tmp_path):
+    """Every part of the benchmark table at a tiny size, each in its own process, then the summary."""
     out = tmp_path / "bench.json"
-    proc = _run(["jobs.benchmark", "polychromic", "--steps", "5", "--diversity", "countdown_expr", "--json", str(out)])
+    proc = _run(["jobs.benchmark", "all", "--smoke", "--json", str(out)], timeout=900)
     results = json.loads(out.read_text())
+    assert set(results) == {"rollout", "grpo", "polychromic", "reward"}
+
+    rollout = results["rollout"]
+    for engine in ("raw_llm", "transformers", "pool_1", "pool_2"):
+        assert rollout[engine]["tokens"] > 0 and rollout[engine]["tokens_per_s"] > 0, engine
+    # the same prompts, seeds and adapter: the pool and the bare engine sample the same tokens
+    assert rollout["pool_1"]["tokens"] == rollout["raw_llm"]["tokens"] == rollout["pool_2"]["tokens"]
+    assert rollout["adapter_sync"]["syncs"] == rollout["full_reload"]["syncs"] == 2
+    assert set(rollout["ratios"]) == {"pool_vs_raw_llm", "vllm_vs_transformers", "adapter_sync_vs_full_reload",
+                                      "two_vs_one_worker"}  # fmt: skip
+
+    grpo = results["grpo"]
+    assert grpo["sync"]["steps"] == grpo["async"]["steps"] == 2  # 4 steps - 2 warm-up
+    assert grpo["ratio"] == pytest.approx(grpo["async"]["step_s"] / grpo["sync"]["step_s"])
+
+    poly = results["polychromic"]
     canary = "polychromic_sft[countdown_expr, canary every step]"
-    assert set(results) == {"sft", "polychromic_sft[countdown_expr]", "polychromic_sft[countdown_expr, async]", canary}
-    assert all(r["step_s"] > 0 and r["steps"] == 2 for r in results.values())  # 5 steps - 3 warm-up
-    assert results[canary]["canary_s"] > 0 and "canary_s" not in results["polychromic_sft[countdown_expr]"]
-    assert "÷ SFT" in proc.stdout
+    assert set(poly) == {"sft", "polychromic_sft[countdown_expr]", "polychromic_sft[countdown_expr, async]", canary}
+    assert all(r["step_s"] > 0 for r in poly.values())
+    assert poly[canary]["canary_s"] > 0 and "canary_s" not in poly["polychromic_sft[countdown_expr]"]
+
+    assert len(results["reward"]["http"]) == 4 and all(r["requests"] > 0 and not r["errors"] for r in results["reward"]["http"])
+    for needle in ("RolloutPool / bare vllm.LLM", "GRPO step, one ahead / synchronous",
+                   "polychromic_sft[countdown_expr, async] step / SFT step", "reward model batched / unbatched"):
+        assert needle in proc.stdout, needle
 
 
-def test_reward_benchmark_and_reward_model_training(tmp_path):
-    out = tmp_path / "bench.json"
-    _run(["jobs.benchmark", "reward", "--requests", "20", "--max-seconds", "5", "--json", str(out)])
-    results = json.loads(out.read_text())
-    assert len(results["http"]) == 4 and all(r["requests"] > 0 and not r["errors"] for r in results["http"])
-    assert results["engagement_batching"]["ratio"] > 0
-
+def test_reward_model_training(tmp_path):
     model_dir = tmp_path / "rm"
     _run(["jobs.train_reward_model", "--data", str(ROOT / "tests" / "fixtures" / "engagement.jsonl"),
           "--out", str(model_dir)])
