@@ -91,6 +91,10 @@ def bench_rollout(config: str, prompts: int = 32, repeats: int = 3, syncs: int =
             write_adapter_dir(Path(adapter_dir), adapter)
             with console.status(f"bare vllm.LLM: {len(batch.prompts)} prompts x {batch.n}"):
                 results["raw_llm"] = bench.raw_llm_throughput(model_dir, one, run.model.dtype, batch, adapter_dir, repeats)
+            with console.status("bare vllm.LLM with vLLM's own CPU LoRA ops"):
+                results["raw_llm_vllm_lora_ops"] = bench.raw_llm_throughput(
+                    model_dir, one, run.model.dtype, batch, adapter_dir, repeats, polyray_plugin=False
+                )
             with console.status("transformers generate"):
                 results["transformers"] = bench.hf_throughput(model_dir, run.model.dtype, batch, adapter_dir, one.threads,
                                                               repeats)  # fmt: skip
@@ -113,9 +117,10 @@ def bench_rollout(config: str, prompts: int = 32, repeats: int = 3, syncs: int =
                     pool.shutdown()
     finally:
         ray.shutdown()
-    tps = {k: results[k]["tokens_per_s"] for k in ("raw_llm", "transformers", "pool_1", "pool_2")}
+    tps = {k: results[k]["tokens_per_s"] for k in ("raw_llm", "raw_llm_vllm_lora_ops", "transformers", "pool_1", "pool_2")}
     results["ratios"] = {
         "pool_vs_raw_llm": tps["pool_1"] / tps["raw_llm"],
+        "cpu_lora_plugin_vs_vllm_ops": tps["raw_llm"] / tps["raw_llm_vllm_lora_ops"],
         "vllm_vs_transformers": tps["raw_llm"] / tps["transformers"],
         "adapter_sync_vs_full_reload": results["adapter_sync"]["median_ms"] / results["full_reload"]["median_ms"],
         "two_vs_one_worker": tps["pool_2"] / tps["pool_1"],
@@ -128,7 +133,8 @@ def print_rollout(results: dict[str, Any]) -> None:
                         " (the GRPO step's batch), completion tokens/s")  # fmt: skip
     for col in ("engine", "tokens", "seconds", "tokens/s"):
         table.add_column(col, justify="left" if col == "engine" else "right")
-    names = {"raw_llm": "bare vllm.LLM (1 engine, in process)", "transformers": "transformers generate",
+    names = {"raw_llm": "bare vllm.LLM (own process, no Ray)",
+             "raw_llm_vllm_lora_ops": "bare vllm.LLM, vLLM's own CPU LoRA ops", "transformers": "transformers generate",
              "pool_1": "RolloutPool, 1 worker", "pool_2": "RolloutPool, 2 workers"}  # fmt: skip
     for key, name in names.items():
         r = results[key]
@@ -385,6 +391,7 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, float, str]]:
     if "rollout" in results:
         r = results["rollout"]["ratios"]
         rows += [("RolloutPool / bare vllm.LLM tokens/s", r["pool_vs_raw_llm"], ">= 0.95"),
+                 ("polyray's CPU LoRA ops / vLLM's, tokens/s", r["cpu_lora_plugin_vs_vllm_ops"], "-"),
                  ("vLLM / transformers generate tokens/s", r["vllm_vs_transformers"], ">= 2"),
                  ("adapter sync / full-weights reload (ms)", r["adapter_sync_vs_full_reload"], "< 1"),
                  ("2 / 1 rollout workers tokens/s", r["two_vs_one_worker"], "-")]  # fmt: skip

@@ -70,11 +70,13 @@ def pool_throughput(pool, batch: RolloutBatch, version: int, repeats: int = 3) -
 
 
 def raw_llm_throughput(
-    model_dir: str, config: RolloutConfig, dtype: str, batch: RolloutBatch, adapter_dir: str, repeats: int = 3
+    model_dir: str, config: RolloutConfig, dtype: str, batch: RolloutBatch, adapter_dir: str, repeats: int = 3,
+    polyray_plugin: bool = True,
 ) -> dict[str, Any]:
     """The batch through a bare ``vllm.LLM`` in a fresh process with the rollout worker's environment
     (set before torch loads: thread caps), engine arguments and sampling parameters, under the peft
-    adapter saved in ``adapter_dir``."""
+    adapter saved in ``adapter_dir``. ``polyray_plugin=False``: without polyray's CPU LoRA ops
+    (:mod:`polyray.rollout.cpu_lora`), i.e. vLLM's own."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -82,6 +84,11 @@ def raw_llm_throughput(
 
     saved = dict(os.environ)
     os.environ.update(rollout_env(config))  # the child inherits the environment it is spawned with
+    if not polyray_plugin:
+        from importlib.metadata import entry_points
+
+        others = [e.name for e in entry_points(group="vllm.general_plugins") if e.name != "polyray_cpu_lora"]
+        os.environ["VLLM_PLUGINS"] = ",".join(others)
     try:
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
             return child.submit(_raw_llm, model_dir, config, dtype, batch, adapter_dir, repeats).result()

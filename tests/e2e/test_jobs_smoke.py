@@ -29,13 +29,15 @@ def test_benchmark_all_smoke_prints_every_ratio(tmp_path):
     assert set(results) == {"rollout", "grpo", "polychromic", "reward"}
 
     rollout = results["rollout"]
-    for engine in ("raw_llm", "transformers", "pool_1", "pool_2"):
+    for engine in ("raw_llm", "raw_llm_vllm_lora_ops", "transformers", "pool_1", "pool_2"):
         assert rollout[engine]["tokens"] > 0 and rollout[engine]["tokens_per_s"] > 0, engine
     # the same prompts, seeds and adapter: the pool and the bare engine sample the same tokens
     assert rollout["pool_1"]["tokens"] == rollout["raw_llm"]["tokens"] == rollout["pool_2"]["tokens"]
+    # the grouped LoRA matmuls compute the same products as vLLM's own ops: the same samples
+    assert rollout["raw_llm_vllm_lora_ops"]["tokens"] == rollout["raw_llm"]["tokens"]
     assert rollout["adapter_sync"]["syncs"] == rollout["full_reload"]["syncs"] == 2
-    assert set(rollout["ratios"]) == {"pool_vs_raw_llm", "vllm_vs_transformers", "adapter_sync_vs_full_reload",
-                                      "two_vs_one_worker"}  # fmt: skip
+    assert set(rollout["ratios"]) == {"pool_vs_raw_llm", "cpu_lora_plugin_vs_vllm_ops", "vllm_vs_transformers",
+                                      "adapter_sync_vs_full_reload", "two_vs_one_worker"}  # fmt: skip
 
     grpo = results["grpo"]
     assert grpo["sync"]["steps"] == grpo["async"]["steps"] == 2  # 4 steps - 2 warm-up
