@@ -141,8 +141,10 @@ def print_rollout(results: dict[str, Any]) -> None:
         table.add_row(name, str(r["tokens"]), f"{r['seconds']:.2f}", f"{r['tokens_per_s']:.0f}")
     console.print(table)
     a, f = results["adapter_sync"], results["full_reload"]
-    console.print(f"weights -> generating on every worker: adapter {a['median_ms']:.0f} ms (max {a['max_ms']:.0f}),"
-                  f" full-weights reload {f['median_ms']:.0f} ms (max {f['max_ms']:.0f}), medians of {a['syncs']}")
+    console.print(f"weights -> generating on every worker (medians of {a['syncs']}): adapter {a['median_ms']:.0f} ms"
+                  f" (publish {a['load_median_ms']:.0f} + first use {a['first_use_median_ms']:.0f}), full-weights reload"
+                  f" {f['median_ms']:.0f} ms (merge, write, reload {f['load_median_ms']:.0f} + first use"
+                  f" {f['first_use_median_ms']:.0f})")
 
 
 def bench_grpo(steps: int, config: str, warmup: int = 2) -> dict[str, Any]:

@@ -160,26 +160,29 @@ def _perturb(model, seed: int) -> None:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
 
 
-def _latency(seconds: list[float]) -> dict[str, Any]:
-    """The first sync warms the engines up (vLLM's first LoRA request, the first in-place reload): not counted."""
-    timed = seconds[1:]
+def _latency(seconds: list[float], loaded: list[float]) -> dict[str, Any]:
+    """``seconds``: per sync, the whole; ``loaded``: the part until every worker held the weights (the rest
+    is the first generate with them). The first sync warms the engines up: not counted."""
+    timed, load = seconds[1:], loaded[1:]
     return {"syncs": len(timed), "first_ms": 1000 * seconds[0], "median_ms": 1000 * statistics.median(timed),
-            "max_ms": 1000 * max(timed)}  # fmt: skip
+            "max_ms": 1000 * max(timed), "load_median_ms": 1000 * statistics.median(load),
+            "first_use_median_ms": 1000 * statistics.median(t - l for t, l in zip(timed, load))}  # fmt: skip
 
 
 def adapter_sync_latency(pool, model, first_version: int, syncs: int) -> dict[str, Any]:
     """Milliseconds from the learner's LoRA weights to every worker generating with them, per sync."""
     from polyray.learner.lora import extract_adapter
 
-    seconds = []
+    seconds, loaded = [], []
     for i in range(syncs + 1):
         _perturb(model, seed=i)
         started = time.perf_counter()
         version = first_version + i
         pool.publish(version, extract_adapter(model), "bench", i)
+        loaded.append(time.perf_counter() - started)
         _first_use(pool, version)
         seconds.append(time.perf_counter() - started)
-    return _latency(seconds)
+    return _latency(seconds, loaded)
 
 
 def merged_state_dict(model) -> dict[str, Any]:
@@ -204,7 +207,7 @@ def full_reload_latency(pool, model, syncs: int) -> dict[str, Any]:
     from safetensors.torch import save_file
 
     shm = "/dev/shm" if Path("/dev/shm").is_dir() else None
-    seconds = []
+    seconds, loaded = [], []
     with tempfile.TemporaryDirectory(prefix="polyray-full-", dir=shm) as tmp:
         for i in range(syncs + 1):
             _perturb(model, seed=100 + i)
@@ -213,6 +216,7 @@ def full_reload_latency(pool, model, syncs: int) -> dict[str, Any]:
             path.mkdir()
             save_file({k: v.contiguous() for k, v in merged_state_dict(model).items()}, str(path / "model.safetensors"))
             ray.get([w.__ray_call__.remote(_reload, str(path)) for w in pool.workers])
+            loaded.append(time.perf_counter() - started)
             _first_use(pool, None)
             seconds.append(time.perf_counter() - started)
-    return _latency(seconds)
+    return _latency(seconds, loaded)
