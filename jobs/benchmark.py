@@ -72,7 +72,7 @@ def bench_rollout(config: str, prompts: int = 32, repeats: int = 3, syncs: int =
     import ray
 
     from polyray.config import load_config
-    from polyray.learner.lora import build_peft_model
+    from polyray.learner.lora import build_peft_model, extract_adapter
     from polyray.models.source import prepare_model_dir
     from polyray.rollout import bench
     from polyray.rollout.pool import RolloutPool
@@ -110,7 +110,7 @@ def bench_rollout(config: str, prompts: int = 32, repeats: int = 3, syncs: int =
                     if workers == 1:
                         model, _ = build_peft_model(model_dir, run.learner.lora, run.model.dtype)
                         with console.status(f"adapter sync x {syncs}"):
-                            results["adapter_sync"] = bench.adapter_sync_latency(pool, model, 2, syncs)
+                            results["adapter_sync"] = bench.adapter_sync_latency(pool, model, extract_adapter, 2, syncs)
                         with console.status(f"full-weights reload x {syncs}"):
                             results["full_reload"] = bench.full_reload_latency(pool, model, syncs)
                 finally:

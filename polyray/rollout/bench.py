@@ -169,10 +169,9 @@ def _latency(seconds: list[float], loaded: list[float]) -> dict[str, Any]:
             "first_use_median_ms": 1000 * statistics.median(t - l for t, l in zip(timed, load))}  # fmt: skip
 
 
-def adapter_sync_latency(pool, model, first_version: int, syncs: int) -> dict[str, Any]:
-    """Milliseconds from the learner's LoRA weights to every worker generating with them, per sync."""
-    from polyray.learner.lora import extract_adapter
-
+def adapter_sync_latency(pool, model, extract_adapter, first_version: int, syncs: int) -> dict[str, Any]:
+    """Milliseconds from the learner's LoRA weights to every worker generating with them, per sync.
+    ``extract_adapter(model)``: the learner's extraction (:func:`polyray.learner.lora.extract_adapter`)."""
     seconds, loaded = [], []
     for i in range(syncs + 1):
         _perturb(model, seed=i)
