@@ -162,7 +162,8 @@ def bench_grpo(steps: int, config: str, warmup: int = 2) -> dict[str, Any]:
     index = next(i for i, p in enumerate(base.phases) if p.type == "grpo")
     common = ["learner.num_workers=1", "rollout.num_workers=1", "reward.endpoint=false", "dynamics.every=0",
               f"phases.{index}.steps={steps}", f"phases.{index}.checkpoint_every=1000", "learner.sync_check_every=0"]
-    variants = {"sync": [], "async": [f"phases.{index}.async_rollouts=true", f"phases.{index}.max_lag=1"]}
+    variants = {"sync": [f"phases.{index}.async_rollouts=false", f"phases.{index}.max_lag=0"],
+                "async": [f"phases.{index}.async_rollouts=true", f"phases.{index}.max_lag=1"]}
     sync = load_config(config, common)
     model_dir = prepare_model_dir(sync.model, sync.task)
     init_ray(sync.cluster, needed_cpus(sync))
