@@ -457,7 +457,7 @@ def main(argv=None) -> int:
     a.add_argument("--json", default=None)
     o = sub.add_parser("rollout", help="pool / bare engine / transformers tokens/s; adapter sync vs full reload; 1 -> 2 workers")
     o.add_argument("--prompts", type=int, default=32, help="Prompts in the batch (n = the GRPO group size).")
-    o.add_argument("--repeats", type=int, default=3, help="Timed repeats of the batch per engine.")
+    o.add_argument("--repeats", type=int, default=5, help="Timed repeats of the batch per engine.")
     o.add_argument("--syncs", type=int, default=5, help="Weight syncs timed per method.")
     o.add_argument("--config", default=config)
     o.add_argument("--json", default=None)
