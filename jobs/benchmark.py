@@ -6,7 +6,7 @@
     RolloutPool / a bare ``vllm.LLM`` and vLLM / transformers ``generate`` tokens/s on the same
     multi-candidate batch; the adapter sync (learner weights -> generating on every worker) against a
     full-weights reload; 1 -> 2 rollout workers.
-``python -m jobs.benchmark grpo [--steps 12]``
+``python -m jobs.benchmark grpo [--steps 20]``
     GRPO step time with rollouts one step ahead / synchronous, 1 rollout worker + 1 learner worker.
 
 ``python -m jobs.benchmark polychromic [--steps 30]``
@@ -53,20 +53,21 @@ def _step_stats(metrics_path: Path, phase: str, warmup: int) -> dict[str, float]
     return out
 
 
-def _grpo_batch(run, prompts: int):
-    """The batch one GRPO step of ``run`` generates: its first GRPO phase's group size and sampling."""
+def _grpo_batch(run, prompts: int | None = None):
+    """The batch one GRPO step of ``run`` generates: its first GRPO phase's prompts per step (or
+    ``prompts``), group size and sampling."""
     from polyray.rollout.bench import RolloutBatch
     from polyray.rollout.sampling import request_seeds, task_sampling
     from polyray.tasks import build_task
 
     task = build_task(run.task)
     grpo = next(p for p in run.phases if p.type == "grpo")
-    texts = [p.text for p in task.prompts("train", prompts)]
+    texts = [p.text for p in task.prompts("train", prompts or grpo.prompts_per_step)]
     return RolloutBatch(texts, grpo.group_size, task_sampling(grpo.sampling, task),
                         request_seeds(run.seed, "bench", [str(i) for i in range(len(texts))]))  # fmt: skip
 
 
-def bench_rollout(config: str, prompts: int = 32, repeats: int = 3, syncs: int = 5) -> dict[str, Any]:
+def bench_rollout(config: str, prompts: int | None = None, repeats: int = 5, syncs: int = 5) -> dict[str, Any]:
     """Tokens/s of one GRPO-shaped batch through a bare engine, transformers, the pool (1 and 2 workers);
     adapter sync vs full-weights reload. One thing runs at a time."""
     import ray
@@ -456,13 +457,14 @@ def main(argv=None) -> int:
     a.add_argument("--smoke", action="store_true", help="Each part at a tiny size (CI).")
     a.add_argument("--json", default=None)
     o = sub.add_parser("rollout", help="pool / bare engine / transformers tokens/s; adapter sync vs full reload; 1 -> 2 workers")
-    o.add_argument("--prompts", type=int, default=32, help="Prompts in the batch (n = the GRPO group size).")
+    o.add_argument("--prompts", type=int, default=None,
+                   help="Prompts in the batch (default: the GRPO phase's prompts per step; n = its group size).")
     o.add_argument("--repeats", type=int, default=5, help="Timed repeats of the batch per engine.")
     o.add_argument("--syncs", type=int, default=5, help="Weight syncs timed per method.")
     o.add_argument("--config", default=config)
     o.add_argument("--json", default=None)
     q = sub.add_parser("grpo", help="GRPO step time, rollouts one step ahead / synchronous")
-    q.add_argument("--steps", dest="grpo_steps", type=int, default=12)
+    q.add_argument("--steps", dest="grpo_steps", type=int, default=20)
     q.add_argument("--config", default=config)
     q.add_argument("--json", default=None)
     p = sub.add_parser("polychromic", help="polychromic SFT step time / SFT step time")
