@@ -6,7 +6,7 @@
     RolloutPool / a bare ``vllm.LLM`` and vLLM / transformers ``generate`` tokens/s on the same
     multi-candidate batch; the adapter sync (learner weights -> generating on every worker) against a
     full-weights reload; 1 -> 2 rollout workers.
-``python -m jobs.benchmark grpo [--steps 20]``
+``python -m jobs.benchmark grpo [--steps 12]``
     GRPO step time with rollouts one step ahead / synchronous, 1 rollout worker + 1 learner worker.
 
 ``python -m jobs.benchmark polychromic [--steps 30]``
@@ -41,8 +41,11 @@ ROOT = Path(__file__).resolve().parents[1]
 console = Console(width=140)
 
 
-def _step_stats(metrics_path: Path, phase: str, warmup: int) -> dict[str, float]:
-    rows = [r for r in read_log_jsonl(metrics_path) if r["phase"] == phase][warmup:]
+def _step_stats(metrics_path: Path, phase: str | list[str], warmup: int) -> dict[str, float]:
+    """Medians over the steps of ``phase`` (or of several phases pooled), each phase's first ``warmup`` dropped."""
+    phases = [phase] if isinstance(phase, str) else phase
+    logged = list(read_log_jsonl(metrics_path))
+    rows = [r for p in phases for r in [r for r in logged if r["phase"] == p][warmup:]]
     out = {"steps": len(rows), "step_s": statistics.median(r["step_s"] for r in rows)}
     for key in ("rollout_s", "diversity_s", "sync_s"):
         if key in rows[0]:
@@ -148,10 +151,11 @@ def print_rollout(results: dict[str, Any]) -> None:
                   f" {f['first_use_median_ms']:.0f})")
 
 
-def bench_grpo(steps: int, config: str, warmup: int = 2) -> dict[str, Any]:
+def bench_grpo(steps: int, config: str, warmup: int = 2, rounds: int = 2) -> dict[str, Any]:
     """The config's first GRPO phase, ``steps`` steps synchronous then ``steps`` with rollouts one step
-    ahead, from the same fresh adapter, on 1 rollout worker + 1 learner worker (a core each here);
-    rewards scored in the learner (no reward replica competing for the cores)."""
+    ahead, ``rounds`` times alternating (a slow spell of this shared machine then hits both modes),
+    continuing one adapter, on 1 rollout worker + 1 learner worker (a core each here); rewards scored
+    in the learner (no reward replica competing for the cores). Medians over the pooled steps."""
     from polyray.cluster import init_ray, needed_cpus
     from polyray.config import load_config
     from polyray.learner.loop import run_phase
@@ -168,17 +172,19 @@ def bench_grpo(steps: int, config: str, warmup: int = 2) -> dict[str, Any]:
     sync = load_config(config, common)
     model_dir = prepare_model_dir(sync.model, sync.task)
     init_ray(sync.cluster, needed_cpus(sync))
-    results: dict[str, Any] = {"steps": steps, "warmup": warmup}
+    results: dict[str, Any] = {"steps": steps, "warmup": warmup, "rounds": rounds}
     with tempfile.TemporaryDirectory(prefix="polyray-bench-grpo-") as tmp:
         out = Path(tmp)
         pool = RolloutPool.launch(str(model_dir), sync.rollout, sync.model.dtype, store=open_store(out / "adapter_store"))
         try:
             version = 0
-            for name, extra in variants.items():
-                run = load_config(config, [*common, *extra, f"phases.{index}.name=grpo_{name}"])
-                with console.status(f"GRPO {name}, {steps} steps"):
-                    version = run_phase(run, index, str(model_dir), out, pool, version, None)["version"]
-                results[name] = _step_stats(out / "metrics.jsonl", f"grpo_{name}", warmup)
+            for i in range(rounds):
+                for name, extra in variants.items():
+                    run = load_config(config, [*common, *extra, f"phases.{index}.name=grpo_{name}_{i}"])
+                    with console.status(f"GRPO {name}, {steps} steps (round {i + 1} of {rounds})"):
+                        version = run_phase(run, index, str(model_dir), out, pool, version, None)["version"]
+            for name in variants:
+                results[name] = _step_stats(out / "metrics.jsonl", [f"grpo_{name}_{i}" for i in range(rounds)], warmup)
         finally:
             pool.shutdown()
     results["ratio"] = results["async"]["step_s"] / results["sync"]["step_s"]
@@ -186,7 +192,8 @@ def bench_grpo(steps: int, config: str, warmup: int = 2) -> dict[str, Any]:
 
 
 def print_grpo(results: dict[str, Any]) -> None:
-    table = Table(title="GRPO step, 1 rollout worker + 1 learner worker: median step time after warm-up")
+    table = Table(title=f"GRPO step, 1 rollout worker + 1 learner worker: median step time after warm-up"
+                        f" ({results['rounds']} rounds of {results['steps']} steps per mode, alternating)")
     table.caption = "rollout s = generation the step waits for (ahead: what is left of it); sync s = publish + load"
     for col in ("mode", "step s", "rollout s", "sync s", "rest s"):
         table.add_column(col, justify="left" if col == "mode" else "right")
@@ -464,7 +471,7 @@ def main(argv=None) -> int:
     o.add_argument("--config", default=config)
     o.add_argument("--json", default=None)
     q = sub.add_parser("grpo", help="GRPO step time, rollouts one step ahead / synchronous")
-    q.add_argument("--steps", dest="grpo_steps", type=int, default=20)
+    q.add_argument("--steps", dest="grpo_steps", type=int, default=12, help="Steps per phase (each mode runs twice).")
     q.add_argument("--config", default=config)
     q.add_argument("--json", default=None)
     p = sub.add_parser("polychromic", help="polychromic SFT step time / SFT step time")
