@@ -433,7 +433,7 @@ def run_part(which: str, args) -> dict[str, Any]:
         results = bench_rollout(args.config, args.prompts, args.repeats, args.syncs)
         print_rollout(results)
     elif which == "grpo":
-        results = bench_grpo(args.grpo_steps, args.config)
+        results = bench_grpo(args.grpo_steps, args.config, rounds=args.rounds)
         print_grpo(results)
     elif which == "polychromic":
         results = bench_polychromic(args.steps, args.config, args.diversity)
@@ -472,6 +472,7 @@ def main(argv=None) -> int:
     o.add_argument("--json", default=None)
     q = sub.add_parser("grpo", help="GRPO step time, rollouts one step ahead / synchronous")
     q.add_argument("--steps", dest="grpo_steps", type=int, default=12, help="Steps per phase (each mode runs twice).")
+    q.add_argument("--rounds", type=int, default=2, help="Times each mode runs, alternating.")
     q.add_argument("--config", default=config)
     q.add_argument("--json", default=None)
     p = sub.add_parser("polychromic", help="polychromic SFT step time / SFT step time")
@@ -492,7 +493,7 @@ def main(argv=None) -> int:
     g.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     if args.which == "all":
-        smoke = {"rollout": ["--prompts", "4", "--repeats", "1", "--syncs", "2"], "grpo": ["--steps", "4"],
+        smoke = {"rollout": ["--prompts", "4", "--repeats", "1", "--syncs", "2"], "grpo": ["--steps", "4", "--rounds", "1"],
                  "polychromic": ["--steps", "4", "--diversity", "countdown_expr"],
                  "reward": ["--requests", "20", "--max-seconds", "5"],
                  "generation": ["--requests", "4", "--n", "2", "--max-tokens", "8", "--publishes", "2"]}  # fmt: skip

@@ -162,5 +162,6 @@ def test_async_rollouts_need_a_lag_budget():
 
     cfg = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
     with pytest.raises(ConfigError, match="max_lag >= 1"):
-        load_config(cfg, ["phases.1.async_rollouts=true"])
+        load_config(cfg, ["phases.1.async_rollouts=true", "phases.1.max_lag=0"])
     assert load_config(cfg, ["phases.1.async_rollouts=true", "phases.1.max_lag=1"]).phases[1].async_rollouts
+    assert not load_config(cfg, ["phases.1.async_rollouts=false", "phases.1.max_lag=0"]).phases[1].async_rollouts
