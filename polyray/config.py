@@ -246,11 +246,17 @@ class GRPOPhaseConfig(_Model):
 
     @model_validator(mode="after")
     def _k_fits_group(self) -> "GRPOPhaseConfig":
-        k = getattr(self.advantage, "k", None)
-        if k is not None and k > self.group_size:
-            raise ValueError(f"advantage.k ({k}) must be <= group_size ({self.group_size})")
-        if self.advantage.type == "polychromic" and math.comb(self.group_size, k) > MAX_SUBSETS:
-            raise ValueError(f"C(group_size, advantage.k) = {math.comb(self.group_size, k)} subsets exceeds {MAX_SUBSETS}")
+        estimators = [self.advantage] if self.advantage.type != "mix" else [self.advantage.early, self.advantage.late]
+        for est in estimators:
+            k = getattr(est, "k", None)
+            if k is not None and k > self.group_size:
+                raise ValueError(f"advantage.k ({k}) must be <= group_size ({self.group_size})")
+            too_many = est.type == "polychromic" and math.comb(self.group_size, k) > est.max_subsets
+            if too_many and est.sample_subsets is None:
+                raise ValueError(
+                    f"C(group_size, advantage.k) = {math.comb(self.group_size, k)} subsets exceeds max_subsets"
+                    f" ({est.max_subsets}): set advantage.sample_subsets for a Monte-Carlo estimate"
+                )
         _check_sampling_phase(self)
         return self
 

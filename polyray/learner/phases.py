@@ -29,7 +29,7 @@ import torch.distributed as dist
 
 from polyray.config import GRPOPhaseConfig, PolychromicSFTPhaseConfig, SFTPhaseConfig
 from polyray.models.batching import gather_logprobs, next_token_logits, pack_sequences, token_logprobs
-from polyray.objectives.advantages import compute_advantages, dynamic_sampling_mask
+from polyray.objectives.advantages import AdvantageInputs, compute_advantages, dynamic_sampling_mask
 from polyray.objectives.grpo import compute_grpo_loss
 from polyray.objectives.polychromic import (
     compute_loo_advantages,
@@ -319,7 +319,9 @@ class GRPOPhase(SamplingPhase):
         rewards = self.ctx.reward_fn(prompts, texts)  # (B, G): reward service handle or in-process scorer
         if self.ctx.rollout_log is not None:
             self.ctx.rollout_log(step, version, prompts, texts, rewards)
-        adv = compute_advantages(self.cfg.advantage, rewards, texts)
+        logprobs = [[s.logprobs for s in g] for g in groups]
+        inputs = AdvantageInputs(rewards, texts, logprobs, progress=step / self.cfg.steps, step=step)
+        adv = compute_advantages(self.cfg.advantage, inputs)
         keep = dynamic_sampling_mask(adv) if self.cfg.dynamic_sampling else torch.ones(len(groups), dtype=torch.bool)
         if not keep.any():  # no group carries an advantage: nothing to learn from but the KL term; keep them all
             keep[:] = True

@@ -1,11 +1,12 @@
 """Advantage estimators for GRPO-family updates: one registry of pure functions.
 
-docs/algorithms.md §3. Every estimator is a pure function from rewards (B, G) — B
-prompts, G samples each — to advantages (B, G). Each has its own config model (a member
-of the :data:`AdvantageConfig` union, keyed by ``type``), and :data:`ADVANTAGE_ESTIMATORS`
-maps the type to its config model and to a function ``(config, rewards, texts) -> (B, G)``
-that passes the config's parameters on: the learner calls :func:`compute_advantages`
-and never looks at the type itself.
+docs/algorithms.md §3. Every estimator is a pure function from what a GRPO step knows about
+its groups — rewards (B, G) of B prompts with G samples each, the completion texts, the
+sampling log-probs and how far the phase has come (:class:`AdvantageInputs`) — to advantages
+(B, G). Each has its own config model (a member of the :data:`AdvantageConfig` union, keyed by
+``type``), and :data:`ADVANTAGE_ESTIMATORS` maps the type to its config model and to a function
+``(config, inputs) -> (B, G)`` that passes the config's parameters on: the learner calls
+:func:`compute_advantages` and never looks at the type itself.
 
 - ``group``: (r − mean) / (std + eps) (DeepSeekMath GRPO, arXiv 2402.03300);
   ``scale_by_std=False`` is Dr. GRPO (arXiv 2503.20783).
@@ -14,7 +15,14 @@ and never looks at the type itself.
   arXiv 2508.10751).
 - ``polychromic``: set-marginal advantage mean_{S∋i} f(S) − mean_S f(S) over k-subsets
   with f(S) = mean reward × diversity (Hamid et al. 2025, arXiv 2509.25424); with
-  ``set_fn="max"`` it is σ times the pass@k advantage.
+  ``set_fn="max"`` it is σ times the pass@k advantage; past ``max_subsets`` subsets, a
+  Monte-Carlo estimate over that many uniformly drawn subsets.
+- ``unlikeliness``: rewards of likely samples scaled down by their likelihood rank in the group,
+  then group-normalised (He et al. 2025, arXiv 2506.02355).
+- ``repeat_penalty``: rewards minus a penalty for each other sample of the group with the same
+  answer, then group-normalised (batch exploration of Song et al. 2025, arXiv 2509.06941).
+- ``mix``: a blend of two estimators whose weight moves from the first to the second over the
+  phase (e.g. passk early, group late).
 
 Also :func:`dynamic_sampling_mask` (DAPO, arXiv 2503.14476). Clip-higher (separate
 ε_low / ε_high) lives in :func:`polyray.objectives.grpo.compute_grpo_loss`.
@@ -23,17 +31,40 @@ Also :func:`dynamic_sampling_mask` (DAPO, arXiv 2503.14476). Clip-higher (separa
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Literal, Union
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from polyray.diversity import DiversityName
 from polyray.io import StrictModel
 from polyray.objectives.polychromic import MAX_SUBSETS, compute_subset_marginals, enumerate_subsets
 
 SubsetDiversity = Callable[[int, tuple[int, ...]], float]  # (prompt index b, sorted sample indices) -> d(S)
+
+
+@dataclass(frozen=True)
+class AdvantageInputs:
+    """What a GRPO step passes every estimator about its B groups of G samples."""
+
+    rewards: torch.Tensor  # (B, G)
+    texts: list[list[str]]  # (B, G) completion texts
+    logprobs: list[list[list[float]]] | None = None  # (B, G, tokens): log π_old of each sampled token
+    progress: float = 0.0  # fraction of the phase's steps done before this one, in [0, 1]
+    step: int = 0  # the phase's step (seeds any sampling an estimator does)
+
+    def mean_logprobs(self) -> torch.Tensor:
+        """(B, G) float64: each sample's mean token log-prob under the sampling policy (0 for an empty one)."""
+        if self.logprobs is None:
+            raise ValueError("this advantage estimator needs the samples' sampling log-probs")
+        B, G = self.rewards.shape
+        if len(self.logprobs) != B or any(len(g) != G for g in self.logprobs):
+            raise ValueError(f"logprobs must be (B, G) = {(B, G)} lists of per-token log-probs")
+        return torch.tensor([[math.fsum(lp) / len(lp) if lp else 0.0 for lp in g] for g in self.logprobs],
+                            dtype=torch.float64)  # fmt: skip
 
 
 def _check_2d(rewards: torch.Tensor, name: str) -> tuple[int, int]:
@@ -105,6 +136,8 @@ def compute_polychromic_advantages(
     diversity: SubsetDiversity | None = None,
     distances: torch.Tensor | None = None,
     max_subsets: int = MAX_SUBSETS,
+    sample_subsets: int | None = None,
+    seed: int = 0,
 ) -> torch.Tensor:
     """Set-marginal advantages A_i = mean_{S∋i,|S|=k} f(S) − mean_{|S|=k} f(S) (arXiv 2509.25424).
 
@@ -115,10 +148,17 @@ def compute_polychromic_advantages(
     ``set_fn="max"``: f(S) = max_{j∈S} r_j; for 0/1 rewards this equals
       σ · ``compute_passk_advantages(rewards, k)`` with σ = sqrt(ρ(1−ρ)) + eps.
 
-    No normalisation is applied. rewards (B, G) -> (B, G), same dtype; C(G, k) <= max_subsets.
+    No normalisation is applied. rewards (B, G) -> (B, G), same dtype. All C(G, k) subsets when
+    there are at most ``max_subsets``; past that, ValueError, unless ``sample_subsets`` is given:
+    then that many subsets drawn uniformly with replacement (``seed``) stand in for all of them,
+    each sample's "mean over S∋i" being over the drawn subsets that contain it (a Monte-Carlo
+    estimate whose mean is the exact advantage's up to the drawn subsets' normalisation).
     """
     B, G = _check_2d(rewards, "polychromic")
-    subsets = enumerate_subsets(G, k, max_subsets)
+    if sample_subsets is not None and math.comb(G, k) > max_subsets:
+        subsets = sample_k_subsets(G, k, sample_subsets, seed)
+    else:
+        subsets = enumerate_subsets(G, k, max_subsets)
     idx = torch.tensor(subsets, dtype=torch.long, device=rewards.device)  # (S, k)
     r = rewards.to(torch.float64)
     in_set = r[:, idx]  # (B, S, k)
@@ -145,6 +185,67 @@ def compute_polychromic_advantages(
     else:
         raise ValueError(f"unknown set_fn {set_fn!r}; expected 'mean_diversity' or 'max'")
     return compute_subset_marginals(f, G, subsets).to(rewards.dtype)
+
+
+def sample_k_subsets(n: int, k: int, count: int, seed: int) -> list[tuple[int, ...]]:
+    """``count`` k-subsets of range(n), each uniform over all C(n, k), drawn with replacement; sorted tuples."""
+    if not 1 <= k <= n or count < 1:
+        raise ValueError(f"need 1 <= k <= n and count >= 1, got n={n}, k={k}, count={count}")
+    rng = random.Random(seed)
+    return [tuple(sorted(rng.sample(range(n), k))) for _ in range(count)]
+
+
+def compute_unlikeliness_advantages(rewards: torch.Tensor, logprobs: torch.Tensor, beta: float,
+                                    scale_by_std: bool = True) -> torch.Tensor:  # fmt: skip
+    """Unlikeliness reward (He et al. 2025, arXiv 2506.02355), then group advantages.
+
+    Per group, rank_i = the position of sample i when the G samples are sorted by sampling
+    log-prob, ascending (0 = least likely, G−1 = most likely; ties by index), and
+
+        r̃_i = r_i · (1 − β · rank_i / G)          A = group advantages of r̃
+
+    so a correct sample the policy already finds likely earns less than a rare correct one, and a
+    zero reward stays zero. ``logprobs`` (B, G) are each sample's length-normalised log-prob (the
+    mean over its tokens, as the paper's code does). rewards (B, G) -> (B, G), same dtype.
+    """
+    B, G = _check_2d(rewards, "unlikeliness")
+    if logprobs.shape != (B, G):
+        raise ValueError(f"unlikeliness needs logprobs of shape {(B, G)}, got {tuple(logprobs.shape)}")
+    order = torch.argsort(logprobs.to(torch.float64), dim=-1, stable=True)
+    ranks = torch.argsort(order, dim=-1, stable=True).to(torch.float64)  # (B, G) rank of each sample
+    shaped = rewards.to(torch.float64) * (1.0 - beta * ranks / G)
+    return compute_group_advantages(shaped, scale_by_std=scale_by_std).to(rewards.dtype)
+
+
+def compute_repeat_penalty_advantages(rewards: torch.Tensor, answers: list[list[str]], beta: float,
+                                      scale_by_std: bool = True) -> torch.Tensor:  # fmt: skip
+    """Batch repeated-answer penalty (batch exploration, Song et al. 2025, arXiv 2509.06941), then group advantages.
+
+    Per group, m_i = the number of *other* samples whose answer equals sample i's, and
+
+        r̃_i = r_i − β · m_i / (G − 1)             A = group advantages of r̃
+
+    so among equally rewarded samples, the ones repeating an answer the group already has get
+    less than one that is alone with its answer; a group of G distinct answers is left as it is.
+    ``answers`` (B, G): each sample's answer key (e.g. its canonical expression). rewards (B, G) -> (B, G).
+    """
+    B, G = _check_2d(rewards, "repeat_penalty")
+    if G < 2:
+        raise ValueError("repeat_penalty needs at least 2 samples per group")
+    if len(answers) != B or any(len(a) != G for a in answers):
+        raise ValueError(f"repeat_penalty needs (B, G) = {(B, G)} answers")
+    counts = torch.tensor([[sum(a == b for b in group) - 1 for a in group] for group in answers], dtype=torch.float64)
+    shaped = rewards.to(torch.float64) - beta * counts / (G - 1)
+    return compute_group_advantages(shaped, scale_by_std=scale_by_std).to(rewards.dtype)
+
+
+def mix_weight(progress: float, start: float, end: float) -> float:
+    """Weight of the late estimator: 0 before ``start``, 1 from ``end``, linear between (a step at start = end)."""
+    if progress < start:
+        return 0.0
+    if progress >= end:
+        return 1.0
+    return (progress - start) / (end - start)
 
 
 def dynamic_sampling_mask(advantages: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -189,41 +290,122 @@ class PolychromicAdvantageConfig(StrictModel):
     type: Literal["polychromic"] = "polychromic"
     k: int = Field(4, ge=2, description="Subset size (2 <= k <= group_size; a single sample has no diversity).")
     diversity: DiversityName = Field("countdown_expr", description="Set diversity d(S).")
-
-
-def _group(cfg: GroupAdvantageConfig, rewards: torch.Tensor, texts: list[list[str]]) -> torch.Tensor:
-    return compute_group_advantages(rewards, scale_by_std=cfg.scale_by_std)
-
-
-def _rloo(cfg: RlooAdvantageConfig, rewards: torch.Tensor, texts: list[list[str]]) -> torch.Tensor:
-    return compute_rloo_advantages(rewards)
-
-
-def _passk(cfg: PassKAdvantageConfig, rewards: torch.Tensor, texts: list[list[str]]) -> torch.Tensor:
-    return compute_passk_advantages(rewards, cfg.k)
-
-
-def _polychromic(cfg: PolychromicAdvantageConfig, rewards: torch.Tensor, texts: list[list[str]]) -> torch.Tensor:
-    from polyray.diversity import compute_diversity
-
-    return compute_polychromic_advantages(
-        rewards, cfg.k, diversity=lambda b, S: compute_diversity(cfg.diversity, [texts[b][i] for i in S])
+    max_subsets: int = Field(MAX_SUBSETS, ge=1, description="All C(G, k) subsets up to this many.")
+    sample_subsets: int | None = Field(
+        None, ge=1, description="Past max_subsets, this many uniformly drawn subsets (Monte Carlo); unset = an error."
     )
 
 
-ADVANTAGE_ESTIMATORS: dict[str, tuple[type[StrictModel], Callable[..., torch.Tensor]]] = {
+class UnlikelinessAdvantageConfig(StrictModel):
+    """Rewards scaled by 1 − β·rank/G, rank of the sample's likelihood in its group, then group-normalised."""
+
+    type: Literal["unlikeliness"] = "unlikeliness"
+    beta: float = Field(0.25, ge=0.0, le=1.0, description="β: how much the most likely sample's reward shrinks.")
+    scale_by_std: bool = Field(True, description="Divide by the group std of the shaped rewards.")
+
+
+class RepeatPenaltyAdvantageConfig(StrictModel):
+    """Rewards minus β · (other samples with the same answer)/(G − 1), then group-normalised."""
+
+    type: Literal["repeat_penalty"] = "repeat_penalty"
+    beta: float = Field(0.5, ge=0.0, description="β: the penalty when every other sample repeats the answer.")
+    answer: Literal["text", "countdown_expr"] = Field(
+        "text", description="What counts as the same answer: whitespace-normalised text, or the canonical expression."
+    )
+    scale_by_std: bool = Field(True, description="Divide by the group std of the shaped rewards.")
+
+
+def _group(cfg: GroupAdvantageConfig, inputs: AdvantageInputs) -> torch.Tensor:
+    return compute_group_advantages(inputs.rewards, scale_by_std=cfg.scale_by_std)
+
+
+def _rloo(cfg: RlooAdvantageConfig, inputs: AdvantageInputs) -> torch.Tensor:
+    return compute_rloo_advantages(inputs.rewards)
+
+
+def _passk(cfg: PassKAdvantageConfig, inputs: AdvantageInputs) -> torch.Tensor:
+    return compute_passk_advantages(inputs.rewards, cfg.k)
+
+
+def _polychromic(cfg: PolychromicAdvantageConfig, inputs: AdvantageInputs) -> torch.Tensor:
+    from polyray.diversity import compute_diversity
+
+    texts = inputs.texts
+    return compute_polychromic_advantages(
+        inputs.rewards, cfg.k, diversity=lambda b, S: compute_diversity(cfg.diversity, [texts[b][i] for i in S]),
+        max_subsets=cfg.max_subsets, sample_subsets=cfg.sample_subsets, seed=inputs.step,
+    )  # fmt: skip
+
+
+def _unlikeliness(cfg: UnlikelinessAdvantageConfig, inputs: AdvantageInputs) -> torch.Tensor:
+    return compute_unlikeliness_advantages(inputs.rewards, inputs.mean_logprobs(), cfg.beta, cfg.scale_by_std)
+
+
+def answer_key(text: str, answer: str) -> str:
+    """The answer a completion gives, as ``repeat_penalty`` compares them."""
+    if answer == "countdown_expr":
+        from polyray.tasks.countdown import normalise_expression
+
+        return normalise_expression(text)
+    return " ".join(text.split())
+
+
+def _repeat_penalty(cfg: RepeatPenaltyAdvantageConfig, inputs: AdvantageInputs) -> torch.Tensor:
+    answers = [[answer_key(t, cfg.answer) for t in group] for group in inputs.texts]
+    return compute_repeat_penalty_advantages(inputs.rewards, answers, cfg.beta, cfg.scale_by_std)
+
+
+_BASE_ESTIMATORS: dict[str, tuple[type[StrictModel], Callable[..., torch.Tensor]]] = {
     "group": (GroupAdvantageConfig, _group),
     "rloo": (RlooAdvantageConfig, _rloo),
     "passk": (PassKAdvantageConfig, _passk),
     "polychromic": (PolychromicAdvantageConfig, _polychromic),
+    "unlikeliness": (UnlikelinessAdvantageConfig, _unlikeliness),
+    "repeat_penalty": (RepeatPenaltyAdvantageConfig, _repeat_penalty),
 }
-"""type -> (config model, function (config, rewards (B, G), texts (B, G)) -> advantages (B, G))."""
+
+BaseAdvantageConfig = Annotated[
+    Union[tuple(model for model, _ in _BASE_ESTIMATORS.values())], Field(discriminator="type")
+]
+
+
+class MixAdvantageConfig(StrictModel):
+    """(1 − w)·A_early + w·A_late, w moving from 0 to 1 as the phase goes from ``start`` to ``end``."""
+
+    type: Literal["mix"] = "mix"
+    early: BaseAdvantageConfig = Field(..., description="Estimator at the phase's start (e.g. {type: passk, k: 4}).")
+    late: BaseAdvantageConfig = Field(..., description="Estimator at its end (e.g. {type: group}).")
+    start: float = Field(0.0, ge=0.0, le=1.0, description="Fraction of the phase's steps where w starts rising.")
+    end: float = Field(1.0, ge=0.0, le=1.0, description="Fraction where w reaches 1 (start = end: a switch).")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "MixAdvantageConfig":
+        if self.end < self.start:
+            raise ValueError(f"end ({self.end}) must be >= start ({self.start})")
+        return self
+
+
+def _mix(cfg: MixAdvantageConfig, inputs: AdvantageInputs) -> torch.Tensor:
+    w = mix_weight(inputs.progress, cfg.start, cfg.end)
+    if w == 0.0:
+        return compute_advantages(cfg.early, inputs)
+    if w == 1.0:
+        return compute_advantages(cfg.late, inputs)
+    return (1.0 - w) * compute_advantages(cfg.early, inputs) + w * compute_advantages(cfg.late, inputs)
+
+
+ADVANTAGE_ESTIMATORS: dict[str, tuple[type[StrictModel], Callable[..., torch.Tensor]]] = {
+    **_BASE_ESTIMATORS,
+    "mix": (MixAdvantageConfig, _mix),
+}
+"""type -> (config model, function (config, :class:`AdvantageInputs`) -> advantages (B, G))."""
 
 AdvantageConfig = Annotated[
     Union[tuple(model for model, _ in ADVANTAGE_ESTIMATORS.values())], Field(discriminator="type")
 ]
 
 
-def compute_advantages(cfg, rewards: torch.Tensor, texts: list[list[str]]) -> torch.Tensor:
-    """Advantages (B, G) of ``rewards`` (B, G) by the estimator ``cfg`` configures; ``texts`` are the completions."""
-    return ADVANTAGE_ESTIMATORS[cfg.type][1](cfg, rewards, texts)
+def compute_advantages(cfg, inputs: AdvantageInputs) -> torch.Tensor:
+    """Advantages (B, G) of ``inputs`` by the estimator ``cfg`` configures."""
+    return ADVANTAGE_ESTIMATORS[cfg.type][1](cfg, inputs)
+

@@ -66,17 +66,20 @@ def compute_loo_advantages(full: torch.Tensor, loo: torch.Tensor) -> torch.Tenso
 def compute_subset_marginals(scores: torch.Tensor, n: int, subsets: list[tuple[int, ...]]) -> torch.Tensor:
     """a_i = mean_{S∋i} f(S) − mean_S f(S) over equal-size subsets of range(n).
 
-    scores: (B, S) f of each subset in ``subsets`` (all C(n, k) of them, as from
-    :func:`enumerate_subsets`) -> (B, n) float64. Shared by the polychromic SFT k-subset
-    estimator and the polychromic GRPO advantage. All zeros when k = n.
+    scores: (B, S) f of each subset in ``subsets`` -> (B, n) float64. With all C(n, k) subsets
+    (as from :func:`enumerate_subsets`) this is exact; with drawn ones (:func:`sample_k_subsets`
+    in the advantages module) both means are over the drawn subsets, and a sample in none of them
+    gets 0. Shared by the polychromic SFT k-subset estimator and the polychromic GRPO advantage.
+    All zeros when k = n.
     """
-    k = len(subsets[0])
     member = torch.zeros(len(subsets), n, dtype=torch.float64, device=scores.device)  # (S, n) incidence
     for row, s in enumerate(subsets):
         member[row, list(s)] = 1.0
     f = scores.to(torch.float64)
-    per_sample = f @ member / math.comb(n - 1, k - 1)  # (B, n) mean over subsets containing i
-    return per_sample - f.mean(dim=-1, keepdim=True)
+    mean_all = f.mean(dim=-1, keepdim=True)
+    count = member.sum(dim=0)  # (n,) subsets containing i: C(n − 1, k − 1) for all subsets
+    per_sample = torch.where(count > 0, f @ member / count.clamp(min=1.0), mean_all)  # (B, n) mean over S∋i
+    return per_sample - mean_all
 
 
 def compute_subset_advantages(

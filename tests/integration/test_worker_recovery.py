@@ -79,13 +79,15 @@ def test_kill_in_flight_retries_under_the_same_version(pool, model_dir, run_conf
     older = pool.newest_version() + 1
     pool.publish(older, extract_adapter(_policy(model_dir, run_config, seed=12)))
     pool.publish(older + 1, extract_adapter(_policy(model_dir, run_config, seed=13)))  # the learner moved on
-    texts = [p.text for p in build_task(run_config.task).prompts("val", 32)]
+    texts = [p.text for p in build_task(run_config.task).prompts("val", 64)]
     seeds = request_seeds(0, "in-flight", [str(i) for i in range(len(texts))])
-    sampling = SamplingConfig(max_tokens=24)
+    sampling = SamplingConfig(max_tokens=48)
     expected = [[s.text for s in g] for g in pool.generate(texts, 8, sampling, older, seeds=seeds)]
 
     pending = pool.submit(texts, 8, sampling, older, seeds=seeds)
-    time.sleep(0.3)
+    time.sleep(0.1)
+    ready, _ = ray.wait([future for *_, future in pending.chunks], timeout=0)
+    assert not ready, "the generation finished before the kill: give it more work"
     ray.kill(pool.workers[0], no_restart=False)  # dies with the chunk in flight
     got = pending.result()
     assert [[s.text for s in g] for g in got] == expected

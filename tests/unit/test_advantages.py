@@ -9,6 +9,7 @@ import torch
 
 from polyray.objectives.advantages import (
     ADVANTAGE_ESTIMATORS,
+    AdvantageInputs,
     compute_advantages,
     compute_group_advantages,
     compute_passk_advantages,
@@ -21,16 +22,17 @@ from polyray.objectives.grpo import aggregate_token_loss, compute_grpo_loss
 
 
 def test_registry_names_and_config_types():
-    assert set(ADVANTAGE_ESTIMATORS) == {"group", "rloo", "passk", "polychromic"}
+    assert set(ADVANTAGE_ESTIMATORS) == {"group", "rloo", "passk", "polychromic", "unlikeliness", "repeat_penalty", "mix"}
     for name, (config_model, _) in ADVANTAGE_ESTIMATORS.items():
-        assert config_model().type == name  # each estimator's config model carries its registry key
+        fields = {"early": {"type": "group"}, "late": {"type": "group"}} if name == "mix" else {}
+        assert config_model(**fields).type == name  # each estimator's config model carries its registry key
 
 
 def test_group_hand_values():
     r = torch.tensor([[0.0, 1.0, 2.0]], dtype=torch.float64)  # mean 1, sample std 1
-    adv = compute_advantages(GroupAdvantageConfig(), r, [["a", "b", "c"]])
+    adv = compute_advantages(GroupAdvantageConfig(), AdvantageInputs(r, [["a", "b", "c"]]))
     torch.testing.assert_close(adv, torch.tensor([[-1.0, 0.0, 1.0]], dtype=torch.float64) / (1 + 1e-6))
-    dr = compute_advantages(GroupAdvantageConfig(scale_by_std=False), r, [["a", "b", "c"]])  # Dr. GRPO
+    dr = compute_advantages(GroupAdvantageConfig(scale_by_std=False), AdvantageInputs(r, [["a", "b", "c"]]))  # Dr. GRPO
     torch.testing.assert_close(dr, torch.tensor([[-1.0, 0.0, 1.0]], dtype=torch.float64))
     with pytest.raises(ValueError):
         compute_group_advantages(torch.ones(2, 1))
@@ -175,7 +177,7 @@ def test_all_correct_group_keeps_its_polychromic_advantages():
     texts = [["1+2", "1+2", "2+1", "3*1"]]
     from polyray.objectives.advantages import PolychromicAdvantageConfig
 
-    adv = compute_advantages(PolychromicAdvantageConfig(k=2, diversity="countdown_expr"), rewards, texts)
+    adv = compute_advantages(PolychromicAdvantageConfig(k=2, diversity="countdown_expr"), AdvantageInputs(rewards, texts))
     assert adv.abs().max() > 0.05
     assert dynamic_sampling_mask(adv).tolist() == [True]
     assert dynamic_sampling_mask(compute_group_advantages(rewards)).tolist() == [False]
@@ -207,3 +209,115 @@ def test_clip_higher_is_asymmetric():
     loss, _ = compute_grpo_loss(logp, old, None, adv, mask, clip_eps_low=0.2, clip_eps_high=0.28)
     (g,) = torch.autograd.grad(loss, logp)
     assert g.item() == pytest.approx(-1.25) and loss.item() == pytest.approx(-1.25)
+
+
+# ---- estimators from the diversity-collapse literature ------------------------------------
+
+
+def _group_loop(shaped: list[float]) -> list[float]:
+    mean, std = statistics.fmean(shaped), statistics.stdev(shaped)
+    return [(x - mean) / (std + 1e-6) for x in shaped]
+
+
+def test_unlikeliness_hand_values_and_direction():
+    """arXiv 2506.02355: r̃_i = r_i (1 − β rank_i/G), rank ascending in likelihood; then group advantages."""
+    from polyray.objectives.advantages import compute_unlikeliness_advantages
+
+    rewards = torch.tensor([[1.0, 1.0, 0.0, 1.0]], dtype=torch.float64)
+    logp = torch.tensor([[-0.1, -2.0, -0.5, -1.0]], dtype=torch.float64)  # ranks 3, 0, 2, 1
+    adv = compute_unlikeliness_advantages(rewards, logp, beta=0.5)
+    expected = _group_loop([1 - 0.5 * 3 / 4, 1.0, 0.0, 1 - 0.5 * 1 / 4])  # 0.625, 1, 0, 0.875
+    torch.testing.assert_close(adv, torch.tensor([expected], dtype=torch.float64))
+    # the rarest correct sample gets the most, the most likely correct one the least of the correct ones
+    assert adv[0, 1] > adv[0, 3] > adv[0, 0] > adv[0, 2]  # adv[0, 0] is 0 here: 0.625 is the mean
+    # β = 0 is plain group advantages; a group of zero rewards stays zero
+    torch.testing.assert_close(compute_unlikeliness_advantages(rewards, logp, 0.0), compute_group_advantages(rewards))
+    assert torch.all(compute_unlikeliness_advantages(torch.zeros(1, 4, dtype=torch.float64), logp, 0.5) == 0)
+
+
+def test_unlikeliness_registry_ranks_by_mean_token_logprob():
+    """The registry ranks by the per-token mean (length-normalised), not the sum: a long likely sample
+    with a low sum is still the likely one."""
+    from polyray.objectives.advantages import UnlikelinessAdvantageConfig
+
+    rewards = torch.tensor([[1.0, 1.0, 0.0]], dtype=torch.float64)
+    logprobs = [[[-0.1] * 6, [-0.3], [-3.0]]]  # means -0.1, -0.3, -3.0 (sums -0.6, -0.3, -3.0)
+    inputs = AdvantageInputs(rewards, [["a", "b", "c"]], logprobs)
+    torch.testing.assert_close(inputs.mean_logprobs(), torch.tensor([[-0.1, -0.3, -3.0]], dtype=torch.float64))
+    adv = compute_advantages(UnlikelinessAdvantageConfig(beta=0.5), inputs)
+    expected = _group_loop([1 - 0.5 * 2 / 3, 1 - 0.5 * 1 / 3, 0.0])
+    torch.testing.assert_close(adv, torch.tensor([expected], dtype=torch.float64))
+    assert adv[0, 1] > adv[0, 0]
+    with pytest.raises(ValueError, match="log-probs"):
+        compute_advantages(UnlikelinessAdvantageConfig(), AdvantageInputs(rewards, [["a", "b", "c"]]))
+
+
+def test_repeat_penalty_hand_values_and_direction():
+    """arXiv 2509.06941 (batch exploration): r̃_i = r_i − β m_i/(G − 1), m_i = others with i's answer."""
+    from polyray.objectives.advantages import compute_repeat_penalty_advantages
+
+    rewards = torch.tensor([[1.0, 1.0, 1.0, 0.0]], dtype=torch.float64)
+    adv = compute_repeat_penalty_advantages(rewards, [["a", "a", "b", "a"]], beta=0.6)  # m = 2, 2, 0, 2
+    expected = _group_loop([1 - 0.4, 1 - 0.4, 1.0, -0.4])
+    torch.testing.assert_close(adv, torch.tensor([expected], dtype=torch.float64))
+    assert adv[0, 2] > adv[0, 0] == adv[0, 1] > adv[0, 3]  # the lone correct answer gets the most
+    # all answers distinct: plain group advantages; an all-correct group with repeats now carries signal
+    distinct = compute_repeat_penalty_advantages(rewards, [["a", "b", "c", "d"]], beta=0.6)
+    torch.testing.assert_close(distinct, compute_group_advantages(rewards))
+    same = compute_repeat_penalty_advantages(torch.ones(1, 3, dtype=torch.float64), [["x", "x", "y"]], beta=0.5)
+    assert same[0, 2] > 0 > same[0, 0]
+
+
+def test_repeat_penalty_registry_compares_canonical_expressions():
+    from polyray.objectives.advantages import RepeatPenaltyAdvantageConfig
+
+    rewards = torch.tensor([[1.0, 1.0, 1.0]], dtype=torch.float64)
+    texts = [["1+2", "(1 + 2)", "2+1"]]  # the first two are the same expression
+    by_expr = compute_advantages(RepeatPenaltyAdvantageConfig(answer="countdown_expr"), AdvantageInputs(rewards, texts))
+    assert by_expr[0, 2] > 0 > by_expr[0, 0] and by_expr[0, 0] == by_expr[0, 1]
+    by_text = compute_advantages(RepeatPenaltyAdvantageConfig(answer="text"), AdvantageInputs(rewards, texts))
+    assert torch.all(by_text == 0)  # three different texts: nothing repeats
+
+
+def test_mix_moves_from_early_to_late():
+    from polyray.objectives.advantages import MixAdvantageConfig, mix_weight
+
+    assert [mix_weight(p, 0.25, 0.75) for p in (0.0, 0.25, 0.5, 0.75, 1.0)] == [0.0, 0.0, 0.5, 1.0, 1.0]
+    assert [mix_weight(p, 0.5, 0.5) for p in (0.49, 0.5)] == [0.0, 1.0]  # start = end: a switch
+    cfg = MixAdvantageConfig(early={"type": "passk", "k": 2}, late={"type": "group"}, start=0.25, end=0.75)
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]], dtype=torch.float64)
+    texts = [["a"] * 4] * 2
+    early, late = compute_passk_advantages(rewards, 2), compute_group_advantages(rewards)
+    at = lambda p: compute_advantages(cfg, AdvantageInputs(rewards, texts, progress=p))  # noqa: E731
+    torch.testing.assert_close(at(0.1), early)
+    torch.testing.assert_close(at(0.5), 0.5 * early + 0.5 * late)
+    torch.testing.assert_close(at(0.9), late)
+    with pytest.raises(ValueError, match="start"):
+        MixAdvantageConfig(early={"type": "group"}, late={"type": "group"}, start=0.8, end=0.2)
+
+
+def test_polychromic_monte_carlo_subsets_approach_the_exact_marginals():
+    """Past max_subsets, drawn subsets stand in for all: many draws agree with the enumeration,
+    the same seed draws the same subsets, and without sample_subsets it is an error."""
+    g = torch.Generator().manual_seed(3)
+    rewards = (torch.rand(2, 6, generator=g) > 0.4).to(torch.float64)
+    dist = torch.rand(2, 6, 6, generator=g, dtype=torch.float64)
+    dist = (dist + dist.transpose(1, 2)) / 2
+    exact = compute_polychromic_advantages(rewards, 3, distances=dist)  # C(6, 3) = 20 subsets
+    mc = compute_polychromic_advantages(rewards, 3, distances=dist, max_subsets=10, sample_subsets=20_000, seed=1)
+    torch.testing.assert_close(mc, exact, atol=0.01, rtol=0)
+    few = dict(distances=dist, max_subsets=10, sample_subsets=50)
+    torch.testing.assert_close(compute_polychromic_advantages(rewards, 3, seed=7, **few),
+                               compute_polychromic_advantages(rewards, 3, seed=7, **few))  # fmt: skip
+    with pytest.raises(ValueError, match="exceeds"):
+        compute_polychromic_advantages(rewards, 3, distances=dist, max_subsets=10)
+
+
+def test_grpo_config_checks_every_estimator_k():
+    from polyray.config import GRPOPhaseConfig
+
+    with pytest.raises(ValueError, match="sample_subsets"):
+        GRPOPhaseConfig(group_size=16, advantage={"type": "polychromic", "k": 8})
+    GRPOPhaseConfig(group_size=16, advantage={"type": "polychromic", "k": 8, "sample_subsets": 500})
+    with pytest.raises(ValueError, match="group_size"):
+        GRPOPhaseConfig(group_size=4, advantage={"type": "mix", "early": {"type": "passk", "k": 8}, "late": {"type": "group"}})

@@ -11,9 +11,10 @@ import torch
 from polyray.config import GRPOPhaseConfig, load_config
 from polyray.diversity import compute_diversity
 from polyray.learner.phases import compute_diversity_advantages
-from polyray.objectives.advantages import compute_advantages
+from polyray.objectives.advantages import AdvantageInputs, compute_advantages
 
 GROUPS = [["1+2", "(1 + 2)", "3*1"], ["4-1", "4-1", "4-1"], ["2*3", "3+3", "9-3"]]
+LOGPROBS = [[[-0.5, -1.0], [-2.0], [-0.1, -0.3, -0.2]], [[-1.0], [-1.5], [-0.2]], [[-0.4], [-0.9], [-0.6]]]
 
 
 def test_loo_marginals_match_direct_computation():
@@ -45,6 +46,9 @@ ESTIMATOR_CONFIGS = {
     "rloo": {"type": "rloo"},
     "passk": {"type": "passk", "k": 2},
     "polychromic": {"type": "polychromic", "k": 2, "diversity": "countdown_expr"},
+    "unlikeliness": {"type": "unlikeliness", "beta": 0.5},
+    "repeat_penalty": {"type": "repeat_penalty", "beta": 0.5, "answer": "countdown_expr"},
+    "mix": {"type": "mix", "early": {"type": "passk", "k": 2}, "late": {"type": "group"}, "start": 0.2, "end": 0.8},
 }
 
 
@@ -59,7 +63,7 @@ def test_every_estimator_runs_from_config(name):
     cfg = GRPOPhaseConfig(advantage=ESTIMATOR_CONFIGS[name], group_size=3)
     assert cfg.advantage.type == name
     rewards = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
-    adv = compute_advantages(cfg.advantage, rewards, GROUPS)
+    adv = compute_advantages(cfg.advantage, AdvantageInputs(rewards, GROUPS, LOGPROBS, progress=0.5, step=3))
     assert adv.shape == rewards.shape and torch.isfinite(adv).all()
     assert torch.all(adv[2] == 0)  # a group with no signal gets no advantage
 
@@ -73,7 +77,7 @@ def test_polychromic_registry_entry_passes_its_parameters():
     direct = compute_polychromic_advantages(
         rewards, 2, diversity=lambda b, S: compute_diversity("distinct_1", [GROUPS[b][i] for i in S])
     )
-    assert torch.equal(compute_advantages(cfg.advantage, rewards, GROUPS), direct)
+    assert torch.equal(compute_advantages(cfg.advantage, AdvantageInputs(rewards, GROUPS)), direct)
 
 
 @pytest.mark.parametrize(
@@ -114,7 +118,7 @@ def test_advantage_parameters_checked_at_load(advantage, message):
 def test_polychromic_subset_count_checked_at_load():
     from pydantic import ValidationError
 
-    with pytest.raises(ValidationError, match="12870 subsets exceeds 5000"):
+    with pytest.raises(ValidationError, match="12870 subsets exceeds max_subsets \\(5000\\)"):
         GRPOPhaseConfig(group_size=16, advantage={"type": "polychromic", "k": 8})
 
 
