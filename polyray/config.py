@@ -400,6 +400,11 @@ class RunConfig(_Model):
     phases: list[PhaseConfig] = Field(
         default_factory=lambda: [SFTPhaseConfig(), GRPOPhaseConfig()], description="Training phases, in order."
     )
+    init_adapter: str | None = Field(
+        None,
+        description="A saved LoRA adapter of the same base model (e.g. another run's adapters/sft) that the first"
+        " phase starts from instead of a fresh LoRA; 'base' then evaluates it.",
+    )
     eval: EvalConfig = Field(default_factory=EvalConfig)
     dynamics: DynamicsConfig = Field(default_factory=DynamicsConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)

@@ -3,9 +3,11 @@
 An experiment file names a base run config, optionally the task every run trains on (any
 task of the registry, in place of the base's), a set of *runs* (each a partial config merged
 onto the base: usually its ``phases``) and the *models* to report, each ``run/phase``
-(``base`` = the model before any phase). Every run x seed is one Ray Tune trial of the
+(``base`` = the model before any phase). A run may *branch*: ``from: run/phase`` starts it,
+per seed, from that run's adapter after that phase (``init_adapter``), so several recipes share
+one SFT adapter per seed and differ only in what follows. Every run x seed is one Ray Tune trial of the
 training pipeline (:mod:`polyray.sweep`: a grid over ``run`` and ``seed``), ``max_concurrent``
-at once. Running an experiment again (e.g. after an interruption, or with more seeds) reports
+at once; the runs others branch from go first, as their own Tune experiment. Running an experiment again (e.g. after an interruption, or with more seeds) reports
 the runs it finished without running them, continues an unfinished one
 (``run_pipeline(resume=True)``) and starts the new ones; a failed run is recorded and the
 others go on. Aggregation (docs/algorithms.md §5): per model and metric, the mean and 95%
@@ -20,6 +22,7 @@ once per seed and every run as more prompts.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -33,7 +36,7 @@ from polyray.config import RunConfig
 from polyray.io import ConfigError, StrictModel, console, format_validation_error
 from polyray.sweep import _load_yaml, merge
 
-METRICS = ("pass@1", "pass@5", "pass@10", "reward_mean")
+METRICS = ("pass@1", "pass@5", "pass@10", "usq@5", "reward_mean", "distinct_frac")
 
 
 class ExperimentConfig(StrictModel):
@@ -44,13 +47,22 @@ class ExperimentConfig(StrictModel):
     task: dict[str, Any] | None = Field(
         None, description="Task of every run, in place of the base's (e.g. {type: replies, path: my.jsonl})."
     )
-    runs: dict[str, dict[str, Any]] = Field(..., description="Run name -> partial run config merged onto the base.")
+    runs: dict[str, dict[str, Any]] = Field(
+        ..., description="Run name -> partial run config merged onto the base; with from: 'run/phase' the run starts"
+        " from that run's adapter after that phase, of the same seed."
+    )
     models: dict[str, str] = Field(..., description="Model label -> 'run/phase' ('base' before any phase).")
     compare: list[tuple[str, str]] = Field(default_factory=list, description="(treatment, control) model labels.")
     max_concurrent: int = Field(1, ge=1, description="Runs (Tune trials) executing at once on the cluster.")
 
     @model_validator(mode="after")
     def _references_resolve(self) -> "ExperimentConfig":
+        for name, origin in self.origins().items():
+            run, _, phase = origin.partition("/")
+            if run not in self.runs or not phase or run == name:
+                raise ValueError(f"runs.{name}.from: {origin!r} is not 'run/phase' with another run from runs")
+            if "from" in self.runs[run]:
+                raise ValueError(f"runs.{name}.from: {run!r} branches itself; branch from a run that does not")
         for label, ref in self.models.items():
             run, _, phase = ref.partition("/")
             if run not in self.runs or not phase:
@@ -62,8 +74,28 @@ class ExperimentConfig(StrictModel):
         return self
 
 
-def load_experiment(path: str | Path, seeds: int) -> tuple[ExperimentConfig, dict[tuple[str, int], RunConfig]]:
-    """The experiment and one validated :class:`RunConfig` per (run, seed)."""
+    def origins(self) -> dict[str, str]:
+        """Branch run -> the 'run/phase' it starts from."""
+        return {name: str(patch["from"]) for name, patch in self.runs.items() if "from" in patch}
+
+
+def branch_adapter(out: Path, origin: str, seed: int) -> Path:
+    """Where the run a branch starts from (``origin`` = 'run/phase') saves that phase's adapter."""
+    run, _, phase = origin.partition("/")
+    return Path(out) / "runs" / f"{run}-s{seed}" / "adapters" / phase
+
+
+def _branch_fields(params: dict[str, Any], *, out: str, origins: dict[str, str]) -> dict[str, Any]:
+    """A trial's seed-dependent fields: a branch run's starting adapter (see :func:`polyray.sweep.pipeline_trial`)."""
+    origin = origins.get(params.get("run", ""))
+    return {"init_adapter": str(branch_adapter(Path(out), origin, params["seed"]))} if origin else {}
+
+
+def load_experiment(
+    path: str | Path, seeds: int, out: Path | None = None
+) -> tuple[ExperimentConfig, dict[tuple[str, int], RunConfig]]:
+    """The experiment and one validated :class:`RunConfig` per (run, seed); a branch run's
+    ``init_adapter`` points into ``out`` (default ``runs/<name>``)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: experiment file not found")
@@ -80,9 +112,14 @@ def load_experiment(path: str | Path, seeds: int) -> tuple[ExperimentConfig, dic
     if exp.task is not None:
         base["task"] = exp.task
     configs = {}
+    origins = exp.origins()
+    out = Path(out or Path("runs") / exp.name).resolve()
     for run_name, patch in exp.runs.items():
+        patch = {k: v for k, v in patch.items() if k != "from"}
         for seed in range(seeds):
             data = merge(base, {**patch, "name": f"{exp.name}-{run_name}-s{seed}", "seed": seed})
+            if run_name in origins:
+                data["init_adapter"] = str(branch_adapter(out, origins[run_name], seed))
             try:
                 configs[run_name, seed] = RunConfig.model_validate(data)
             except ValidationError as exc:
@@ -92,6 +129,10 @@ def load_experiment(path: str | Path, seeds: int) -> tuple[ExperimentConfig, dic
             run, _, phase = ref.partition("/")
             if run == run_name and phase not in phases:
                 raise ConfigError(f"{path}: models.{label}: run {run!r} has no phase {phase!r} ({sorted(phases)})")
+    for name, origin in origins.items():
+        run, _, phase = origin.partition("/")
+        if phase not in {p.name for p in configs[run, 0].phases}:
+            raise ConfigError(f"{path}: runs.{name}.from: run {run!r} has no phase {phase!r}")
     return exp, configs
 
 
@@ -109,18 +150,33 @@ def run_experiment(path: str | Path, seeds: int, output_dir: Path | None = None)
 
     from polyray.sweep import error_line, run_trials, trial_params
 
-    exp, configs = load_experiment(path, seeds)
+    exp, _ = load_experiment(path, seeds)
     out = Path(output_dir or Path("runs") / exp.name).resolve()
+    exp, configs = load_experiment(path, seeds, out)
     out.mkdir(parents=True, exist_ok=True)
     bases = {run_name: configs[run_name, 0].model_dump(mode="json") for run_name in exp.runs}
-    space = {"run": tune.grid_search(list(exp.runs)), "seed": tune.grid_search(list(range(seeds)))}
-    grid = run_trials(f"{exp.name}-{time.strftime('%Y%m%d-%H%M%S')}", out, space, bases, _experiment_run_dir,
-                      [configs[r, 0] for r in exp.runs], max_concurrent=exp.max_concurrent, prefix=exp.name)  # fmt: skip
-    errors = {}
-    for result in grid:
-        if result.error is not None:
-            params = trial_params(result)
-            errors[f"{params.get('run', '?')}-s{params.get('seed', '?')}"] = error_line(result.error)
+    origins = exp.origins()
+    derived = functools.partial(_branch_fields, out=str(out), origins=origins)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    errors: dict[str, str] = {}
+    roots, branches = [r for r in exp.runs if r not in origins], [r for r in exp.runs if r in origins]
+    for wave, names in ((exp.name, roots), (f"{exp.name}-branches", branches)):
+        ready = list(range(seeds))
+        for seed in range(seeds):  # a branch needs its seed's starting adapter: the root run may have failed
+            missing = [r for r in names if r in origins and not branch_adapter(out, origins[r], seed).is_dir()]
+            for r in missing:
+                errors[f"{r}-s{seed}"] = f"not started: {origins[r]} of seed {seed} has no adapter (that run failed)"
+            if missing:
+                ready.remove(seed)
+        if not names or not ready:
+            continue
+        space = {"run": tune.grid_search(names), "seed": tune.grid_search(ready)}
+        grid = run_trials(f"{wave}-{stamp}", out, space, bases, _experiment_run_dir, [configs[r, ready[0]] for r in names],
+                          max_concurrent=exp.max_concurrent, prefix=exp.name, derived=derived)  # fmt: skip
+        for result in grid:
+            if result.error is not None:
+                params = trial_params(result)
+                errors[f"{params.get('run', '?')}-s{params.get('seed', '?')}"] = error_line(result.error)
 
     summary = aggregate(exp, configs, out, seeds)
     summary["errors"] = errors

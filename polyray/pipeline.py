@@ -84,6 +84,21 @@ def write_results(out: Path, results: dict[str, Any]) -> None:
 
 
 
+INIT_VERSION = 1  # the adapter version a run started from ``init_adapter`` gives it
+
+
+def publish_init_adapter(run: RunConfig, pool) -> tuple[int, str]:
+    """Publish ``run.init_adapter`` as version 1 (once: a resumed run finds it in the store) and
+    keep it; (version, adapter directory) for the first phase to start from."""
+    from polyray.learner.lora import read_adapter
+
+    path = Path(run.init_adapter).resolve()
+    if pool.newest_version() < INIT_VERSION:
+        pool.publish(INIT_VERSION, read_adapter(path), phase="init")
+    pool.pin("init", INIT_VERSION)
+    return INIT_VERSION, str(path)
+
+
 def check_inputs(run: RunConfig) -> list[Path]:
     """Everything about ``run`` that can be checked before anything starts: the user's data is read
     (a bad line, an empty file, a train prompt SFT has no reference for: one error naming
@@ -97,6 +112,8 @@ def check_inputs(run: RunConfig) -> list[Path]:
     task.prompts("test", 1)  # draws the splits: too few prompts for them is an error now, not later
     if any(p.type in ("sft", "polychromic_sft") for p in run.phases):
         task.check_references()
+    if run.init_adapter and not (Path(run.init_adapter) / "adapter_config.json").is_file():
+        raise ConfigError(f"init_adapter: {run.init_adapter} is not a saved LoRA adapter (no adapter_config.json)")
     if run.eval.few_shot and not task.supports_few_shot:
         raise ConfigError(f"eval.few_shot: task {task.name!r} has no few-shot format (set eval.few_shot: 0)")
     return engagement_models(run, task, check_run_rewards(run, task))
@@ -280,11 +297,11 @@ def _run_stages(
                 ensure_reward_service(run.reward)
         with timer("rollout_pool_start"), console.status(f"starting {run.rollout.num_workers} vLLM rollout worker(s)"):
             pool = RolloutPool.launch(str(model_dir), run.rollout, run.model.dtype, run.seed, store, run=run.name)
+        version, adapter = publish_init_adapter(run, pool) if run.init_adapter else (0, None)
         if "base" not in done:
             with timer("eval_base"):
-                done["base"] = evaluate_stage("base", pool, task, test_prompts, run, None)
+                done["base"] = evaluate_stage("base", pool, task, test_prompts, run, version or None)
             evaluated("base")
-        version, adapter = 0, None
         for index, phase in enumerate(run.phases):
             adapter_dir = out / "adapters" / phase.name
             if phase.name in done:  # trained and evaluated before a resume

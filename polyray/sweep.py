@@ -235,13 +235,15 @@ def run_name(prefix: str, directory: Path) -> str:
 
 
 def pipeline_trial(
-    params: dict[str, Any], *, bases: dict[str, dict], out: str, run_dir: Callable[[dict, str], str], prefix: str
+    params: dict[str, Any], *, bases: dict[str, dict], out: str, run_dir: Callable[[dict, str], str], prefix: str,
+    derived: Callable[[dict], dict] | None = None,
 ) -> None:
     """Tune function trainable: one training run at ``params`` (``run`` picks a base, the rest are
     dotted fields) in ``out / run_dir(params, trial_id)``: started, continued if the directory holds an
     unfinished run, or only reported if it holds a finished one. Reports after each evaluation
     (:func:`polyray.tracking.run_metrics`); Tune's logger callbacks track trials, so the run's
-    own tracker is off."""
+    own tracker is off. ``derived(params)``: more config fields that follow from the parameters
+    (an experiment's branch run gets its seed's starting adapter)."""
     import os
 
     from ray import tune
@@ -253,6 +255,7 @@ def pipeline_trial(
     from polyray.pipeline import run_pipeline
 
     fields = {k: v for k, v in params.items() if k != "run"}
+    fields.update(derived(params) if derived is not None else {})
     directory = Path(out) / run_dir(params, tune.get_context().get_trial_id())
     run = RunConfig.model_validate({**apply_params(bases[params.get("run", "")], fields),
                                     "name": run_name(prefix, directory), "tracking": {"backend": "none"}})  # fmt: skip
@@ -288,10 +291,11 @@ def run_trials(
     max_concurrent: int = 1,
     resume: bool = False,
     prefix: str | None = None,
+    derived: Callable[[dict], dict] | None = None,
 ):
     """Run (or, with ``resume``, restore) the Tune experiment ``name`` of pipeline trials; returns
     Tune's ResultGrid. ``configs``: one run config per base, checked here before anything starts;
-    ``prefix``: of every trial's run name (default ``name``)."""
+    ``prefix``: of every trial's run name (default ``name``); ``derived``: see :func:`pipeline_trial`."""
     from ray import tune
 
     from polyray.cluster import init_ray, needed_cpus
@@ -309,7 +313,8 @@ def run_trials(
 
         ensure_reward_service(first.reward)
     trainable = tune.with_resources(
-        tune.with_parameters(pipeline_trial, bases=bases, out=str(out), run_dir=run_dir, prefix=prefix or name),
+        tune.with_parameters(pipeline_trial, bases=bases, out=str(out), run_dir=run_dir, prefix=prefix or name,
+                             derived=derived),
         {"cpu": TRIAL_CPUS},
     )
     tune_dir = out / TUNE_DIR

@@ -69,6 +69,19 @@ def extract_adapter(model) -> dict[str, Any]:
     return {"config": config, "tensors": tensors}
 
 
+def read_adapter(path: str | Path) -> dict[str, Any]:
+    """A saved peft adapter directory as :func:`extract_adapter` gives it: {"config", "tensors"}."""
+    import json
+
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    config = json.loads((path / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = None
+    config = {k: (sorted(v) if k == "target_modules" and isinstance(v, list) else v) for k, v in config.items()}
+    return {"config": config, "tensors": load_file(str(path / "adapter_model.safetensors"))}
+
+
 def save_adapter(model, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """The trainable adapter in standard peft format (never the frozen reference), written atomically.
 

@@ -67,6 +67,51 @@ def test_a_task_block_puts_every_run_on_that_task(tmp_path):
         load_experiment(path, seeds=1)
 
 
+BRANCHED = """name: e
+base: base.yaml
+runs:
+  sft: {phases: [{type: sft, name: sft, steps: 5}]}
+  grpo_a: {from: sft/sft, phases: [{type: grpo, name: grpo, steps: 3, advantage: {type: unlikeliness}}]}
+  grpo_b: {from: sft/sft, phases: [{type: grpo, name: grpo, steps: 3}]}
+models: {sft: sft/sft, a: grpo_a/grpo, b: grpo_b/grpo}
+"""
+
+
+def test_a_branch_run_starts_from_its_seeds_adapter(tmp_path):
+    from polyray.experiment import _branch_fields
+
+    _, configs = load_experiment(_write(tmp_path, BRANCHED), seeds=2, out=tmp_path / "out")
+    assert configs["sft", 1].init_adapter is None
+    for run in ("grpo_a", "grpo_b"):
+        for seed in (0, 1):
+            assert configs[run, seed].init_adapter == str(tmp_path / "out" / "runs" / f"sft-s{seed}" / "adapters" / "sft")
+    assert [p.type for p in configs["grpo_a", 0].phases] == ["grpo"]
+    # a trial's seed picks its adapter (the Tune base config is seed 0's)
+    origins = {"grpo_a": "sft/sft"}
+    assert _branch_fields({"run": "grpo_a", "seed": 1}, out="/o", origins=origins) == {
+        "init_adapter": "/o/runs/sft-s1/adapters/sft"}
+    assert _branch_fields({"run": "sft", "seed": 1}, out="/o", origins=origins) == {}
+
+
+@pytest.mark.parametrize("runs, message", [
+    ("{a: {}, b: {from: a/nope}}", r"runs\.b\.from: run 'a' has no phase 'nope'"),
+    ("{a: {}, b: {from: c/sft}}", r"runs\.b\.from: 'c/sft' is not 'run/phase'"),
+    ("{a: {}, b: {from: a/sft}, c: {from: b/grpo}}", r"runs\.c\.from: 'b' branches itself"),
+])  # fmt: skip
+def test_bad_branch_names_the_field(tmp_path, runs, message):
+    path = _write(tmp_path, f"name: e\nbase: base.yaml\nruns: {runs}\nmodels: {{m: a/sft}}\n")
+    with pytest.raises(ConfigError, match=message):
+        load_experiment(path, seeds=1)
+
+
+def test_init_adapter_must_be_a_saved_adapter(tmp_path):
+    from polyray.config import RunConfig
+    from polyray.pipeline import check_inputs
+
+    with pytest.raises(ConfigError, match=f"init_adapter: {tmp_path} is not a saved LoRA adapter"):
+        check_inputs(RunConfig(init_adapter=str(tmp_path)))
+
+
 def _aggregate(tmp_path, phases_of_seed, seeds=3, models="{x: a/sft, y: a/grpo}", compare="[[y, x]]"):
     """Aggregate fake runs: ``phases_of_seed(seed)`` is that seed's results.json ``phases``."""
     path = _write(tmp_path, f"name: e\nbase: base.yaml\nruns: {{a: {{}}}}\nmodels: {models}\ncompare: {compare}\n")

@@ -64,3 +64,19 @@ def test_adapter_save_is_atomic_and_replaces(model_dir, tmp_path):
     assert sorted(p.name for p in out.parent.iterdir()) == ["sft"]  # no staging or old directory left behind
     base, _ = load_base(str(model_dir))
     assert isinstance(PeftModel.from_pretrained(base, str(out)), PeftModel)
+
+
+def test_read_adapter_gives_what_extract_adapter_publishes(model_dir, tmp_path):
+    """A saved adapter read back (a branch run's starting point) is the dict the learner publishes."""
+    from polyray.learner.lora import extract_adapter, read_adapter, save_adapter
+
+    model, _ = build_policy(model_dir)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.05)  # B = 0 at init: make the adapter non-trivial
+    published, saved = extract_adapter(model), read_adapter(save_adapter(model, tmp_path / "sft"))
+    assert sorted(saved["tensors"]) == sorted(published["tensors"])
+    assert all(torch.equal(saved["tensors"][k], published["tensors"][k]) for k in published["tensors"])
+    keys = ("r", "lora_alpha", "target_modules", "peft_type")
+    assert {k: saved["config"][k] for k in keys} == {k: published["config"][k] for k in keys}
