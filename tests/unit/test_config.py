@@ -83,7 +83,7 @@ QUICKSTART = ROOT / "configs" / "quickstart.yaml"
     "overrides, needle",
     [
         (["phases.1.advantage={type: polychromic, k: 1}"], "phases.1.grpo.advantage.polychromic.k"),
-        (["phases.1.group_size=16", "phases.1.advantage={type: polychromic, k: 8}"], "12870 subsets exceeds 5000"),
+        (["phases.1.group_size=16", "phases.1.advantage={type: polychromic, k: 8}"], "12870 subsets exceeds max_subsets (5000)"),
         (["phases.0.type=polychromic_sft", "phases.0.n_samples=16", "phases.0.estimator=subset", "phases.0.subset_k=8"],
          "12870 subsets exceeds 5000"),
         (["phases.0.batch_size=1"], "phases.0.batch_size (1) must be >= learner.num_workers (2)"),
