@@ -436,7 +436,7 @@ def run_part(which: str, args) -> dict[str, Any]:
         results = bench_grpo(args.grpo_steps, args.config, rounds=args.rounds)
         print_grpo(results)
     elif which == "polychromic":
-        results = bench_polychromic(args.steps, args.config, args.diversity)
+        results = bench_polychromic(args.steps, args.config, args.diversity, with_async=not args.no_async)
         print_polychromic(results)
     elif which == "generation":
         results = bench_generation(args.requests, args.n, args.max_tokens, args.config, args.publishes)
@@ -479,6 +479,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--config", default=config)
     p.add_argument("--diversity", nargs="+", default=["semantic", "countdown_expr"])
+    p.add_argument("--no-async", action="store_true", help="Leave out the variant with rollouts one step ahead.")
     p.add_argument("--json", default=None, help="Also write the figures here.")
     r = sub.add_parser("reward", help="reward service throughput and latency")
     r.add_argument("--requests", type=int, default=300, help="Requests per (reward, concurrency) cell.")
@@ -494,8 +495,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.which == "all":
         smoke = {"rollout": ["--prompts", "4", "--repeats", "1", "--syncs", "2"], "grpo": ["--steps", "4", "--rounds", "1"],
-                 "polychromic": ["--steps", "4", "--diversity", "countdown_expr"],
-                 "reward": ["--requests", "20", "--max-seconds", "5"],
+                 "polychromic": ["--steps", "4", "--diversity", "countdown_expr", "--no-async"],
+                 "reward": ["--requests", "20", "--max-seconds", "2"],
                  "generation": ["--requests", "4", "--n", "2", "--max-tokens", "8", "--publishes", "2"]}  # fmt: skip
         defaults = {"polychromic": ["--steps", "12"]}  # the table's budget: ~15 minutes on 2 cores
         results = {}

@@ -181,6 +181,9 @@ def run_experiment(path: str | Path, seeds: int, output_dir: Path | None = None)
     summary = aggregate(exp, configs, out, seeds)
     summary["errors"] = errors
     (out / "experiment.json").write_text(json.dumps(summary, indent=2))
+    from polyray.eval.report import write_report
+
+    write_report(out, report_results(exp, summary, out))
     console.print(summary_table(summary))
     for name, err in errors.items():
         console.print(f"[red]run {name} failed:[/red] {err.splitlines()[-1] if err else ''}")
@@ -444,8 +447,63 @@ def aggregate(exp: ExperimentConfig, configs, out: Path, seeds: int) -> dict[str
                                    "over_seeds": _brief(_over_seeds(a, b)),
                                    "within_seed": _prompt_level(a_phases, b_phases, common, m)}
     holm = _holm(comparisons)
-    return {"name": exp.name, "seeds": seeds, "confidence": CONFIDENCE, "holm_family_sizes": holm,
-            "models": models, "comparisons": comparisons}
+    summary = {"name": exp.name, "seeds": seeds, "confidence": CONFIDENCE, "holm_family_sizes": holm,
+               "models": models, "comparisons": comparisons}
+    summary["pareto_pass1_pass10"] = pareto_frontier_labels(summary)
+    return summary
+
+
+def pareto_frontier_labels(summary: dict[str, Any], x: str = "pass@1", y: str = "pass@10") -> list[str]:
+    """Models no other model beats on both mean ``x`` and mean ``y`` (ties do not dominate)."""
+    from polyray.eval.analysis import pareto_frontier
+
+    points = [(label, m[x]["mean"], m[y]["mean"]) for label, m in summary["models"].items() if x in m and y in m]
+    return [p[0] for p, on in zip(points, pareto_frontier(points)) if on]
+
+
+def _dynamics_records(exp: ExperimentConfig, out: Path, seed: int = 0) -> list[dict[str, Any]]:
+    """Seed ``seed``'s diversity dynamics per model, labelled by model; a branch run's records follow
+    those of the run it branches from (its steps after that run's), so a recipe reads SFT then GRPO."""
+    from polyray.eval.analysis import load_dynamics
+
+    def load(run: str) -> list[dict[str, Any]]:
+        path = out / "runs" / f"{run}-s{seed}" / "dynamics.jsonl"
+        return load_dynamics(path) if path.is_file() else []
+
+    origins, records = exp.origins(), []
+    for label, ref in exp.models.items():
+        run, _, phase = ref.partition("/")
+        rows = [r for r in load(run) if r["phase"] == phase or phase == "base"]
+        if run in origins:
+            root, _, root_phase = origins[run].partition("/")
+            before = [r for r in load(root) if r["phase"] == root_phase]
+            shift = 1 + max((r.get("global_step", r["step"]) for r in before), default=-1)
+            rows = [*before, *({**r, "global_step": shift + r.get("global_step", r["step"])} for r in rows)]
+        records += [{**r, "run": label} for r in rows]
+    return records
+
+
+def report_results(exp: ExperimentConfig, summary: dict[str, Any], out: Path) -> dict[str, Any]:
+    """The experiment as the evaluation report's ``results`` (polyray.eval.report): per model mean
+    and 95% CI over seeds of pass@k, USQ and diversity; the Pareto figure is pass@1 against
+    pass@10 (both maximised); the dynamics are seed 0's."""
+    models = {}
+    for label, m in summary["models"].items():
+        passk = {int(k[5:]): v for k, v in m.items() if k.startswith("pass@")}
+        usq = {int(k[4:]): v for k, v in m.items() if k.startswith("usq@")}
+        diversity = {k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("diversity/")}
+        entry = {"pass_at_k": passk, "usq": usq, "usq_selector": "logprob", "diversity": diversity}
+        if "pass@10" in m:
+            entry["diversity"] = {**diversity, "pass@10": m["pass@10"]}  # the Pareto figure's y axis
+        models[label] = entry
+    real = sorted({d for m in summary["models"].values() for d in m if d.startswith("diversity/")})
+    return {
+        "title": f"polyray experiment: {summary['name']} (mean and 95% CI over {summary['seeds']} seeds, test prompts)",
+        "models": models,
+        "table": {"diversity": [d.split("/", 1)[1] for d in real]},
+        "pareto": {"diversity": "pass@10", "quality_label": "pass@1"},
+        "dynamics": _dynamics_records(exp, out),
+    }
 
 
 def _p(entry: dict[str, Any], key: str) -> str:

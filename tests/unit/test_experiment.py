@@ -318,3 +318,38 @@ def test_hierarchical_bootstrap_reproducible_contains_the_mean_and_widens_with_s
     assert out["se"] == pytest.approx(math.sqrt((between + within) / 3), rel=0.03)
     one = _hierarchical_bootstrap(diffs[:1], n_resamples=20_000, seed=0)  # one seed: prompts only
     assert one["se"] == pytest.approx(float(diffs[0].std()) / math.sqrt(30), rel=0.03) and "note" in one
+
+
+def test_report_marks_the_pass1_pass10_frontier_and_chains_branch_dynamics(tmp_path):
+    """experiment.json names the pass@1 x pass@10 frontier; report.html holds it, the pass@k curves
+    and each recipe's dynamics: its SFT root's records, then its own after them."""
+    from polyray.eval.report import write_report
+    from polyray.experiment import report_results
+
+    path = _write(tmp_path, BRANCHED)
+    out = tmp_path / "out"
+    exp, configs = load_experiment(path, seeds=2, out=out)
+    values = {"sft": (0.10, 0.60), "grpo_a": (0.20, 0.55), "grpo_b": (0.15, 0.50)}  # b is dominated by a
+    for run, (p1, p10) in values.items():
+        phase = "sft" if run == "sft" else "grpo"
+        for seed in (0, 1):
+            d = out / "runs" / f"{run}-s{seed}"
+            d.mkdir(parents=True)
+            m = {"pass@1": p1 + 0.01 * seed, "pass@5": (p1 + p10) / 2, "pass@10": p10 + 0.01 * seed, "usq@5": p1,
+                 "reward_mean": p1, "distinct_frac": 0.5, "diversity/countdown_expr": 0.4}
+            (d / "results.json").write_text(json.dumps({"phases": {phase: m}}))
+            steps = (0, 20, 40) if run == "sft" else (0, 50)
+            (d / "dynamics.jsonl").write_text("".join(
+                json.dumps({"phase": phase, "step": s, "global_step": s, "diversity/countdown_expr": 0.5}) + "\n"
+                for s in steps))  # fmt: skip
+    summary = aggregate(exp, configs, out, seeds=2)
+    assert summary["pareto_pass1_pass10"] == ["sft", "a"]
+    assert summary["models"]["a"]["usq@5"]["mean"] == pytest.approx(0.2)
+    assert summary["models"]["b"]["distinct_frac"]["values"] == [0.5, 0.5]
+    results = report_results(exp, summary, out)
+    a_steps = [(r["phase"], r["global_step"]) for r in results["dynamics"] if r["run"] == "a"]
+    assert a_steps == [("sft", 0), ("sft", 20), ("sft", 40), ("grpo", 41), ("grpo", 91)]
+    assert results["models"]["a"]["diversity"]["pass@10"]["mean"] == pytest.approx(0.555)
+    html = write_report(out, results)["html"].read_text()
+    for fid in ("fig-passk", "fig-pareto", "fig-dynamics"):
+        assert f'id="{fid}"' in html and f'id="{fid}" class="skipped"' not in html, fid
