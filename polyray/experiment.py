@@ -5,9 +5,10 @@ task of the registry, in place of the base's), a set of *runs* (each a partial c
 onto the base: usually its ``phases``) and the *models* to report, each ``run/phase``
 (``base`` = the model before any phase). A run may *branch*: ``from: run/phase`` starts it,
 per seed, from that run's adapter after that phase (``init_adapter``), so several recipes share
-one SFT adapter per seed and differ only in what follows. Every run x seed is one Ray Tune trial of the
-training pipeline (:mod:`polyray.sweep`: a grid over ``run`` and ``seed``), ``max_concurrent``
-at once; the runs others branch from go first, as their own Tune experiment. Running an experiment again (e.g. after an interruption, or with more seeds) reports
+one SFT adapter per seed and differ only in what follows. Every run x seed is one Ray Tune
+trial of the training pipeline (:mod:`polyray.sweep`: a grid over ``run`` and ``seed``),
+``max_concurrent`` at once; the runs others branch from go first, as their own Tune experiment.
+Running an experiment again (e.g. after an interruption, or with more seeds) reports
 the runs it finished without running them, continues an unfinished one
 (``run_pipeline(resume=True)``) and starts the new ones; a failed run is recorded and the
 others go on. Aggregation (docs/algorithms.md §5): per model and metric, the mean and 95%
@@ -91,6 +92,11 @@ def _branch_fields(params: dict[str, Any], *, out: str, origins: dict[str, str])
     return {"init_adapter": str(branch_adapter(Path(out), origin, params["seed"]))} if origin else {}
 
 
+def experiment_dir(exp: ExperimentConfig, output_dir: Path | None = None) -> Path:
+    """The experiment's output directory: ``output_dir``, default ``runs/<name>``, absolute."""
+    return Path(output_dir or Path("runs") / exp.name).resolve()
+
+
 def load_experiment(
     path: str | Path, seeds: int, out: Path | None = None
 ) -> tuple[ExperimentConfig, dict[tuple[str, int], RunConfig]]:
@@ -113,7 +119,7 @@ def load_experiment(
         base["task"] = exp.task
     configs = {}
     origins = exp.origins()
-    out = Path(out or Path("runs") / exp.name).resolve()
+    out = experiment_dir(exp, out)
     for run_name, patch in exp.runs.items():
         patch = {k: v for k, v in patch.items() if k != "from"}
         for seed in range(seeds):
@@ -150,9 +156,8 @@ def run_experiment(path: str | Path, seeds: int, output_dir: Path | None = None)
 
     from polyray.sweep import error_line, run_trials, trial_params
 
-    exp, _ = load_experiment(path, seeds)
-    out = Path(output_dir or Path("runs") / exp.name).resolve()
-    exp, configs = load_experiment(path, seeds, out)
+    exp, configs = load_experiment(path, seeds, output_dir)
+    out = experiment_dir(exp, output_dir)
     out.mkdir(parents=True, exist_ok=True)
     bases = {run_name: configs[run_name, 0].model_dump(mode="json") for run_name in exp.runs}
     origins = exp.origins()
@@ -466,6 +471,7 @@ def _dynamics_records(exp: ExperimentConfig, out: Path, seed: int = 0) -> list[d
     those of the run it branches from (its steps after that run's), so a recipe reads SFT then GRPO."""
     from polyray.eval.analysis import load_dynamics
 
+    @functools.cache  # a root's records are read once, however many runs branch from it
     def load(run: str) -> list[dict[str, Any]]:
         path = out / "runs" / f"{run}-s{seed}" / "dynamics.jsonl"
         return load_dynamics(path) if path.is_file() else []
