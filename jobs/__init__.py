@@ -1,20 +1,19 @@
-"""Ray job entrypoints (``python -m jobs.<name>``): thin drivers over the library."""
+"""Ray job entrypoints (``python -m jobs.<name> ...``): each is one ``polyray`` command, with the
+same arguments, parser and exit codes (``polyray/cli/``), so a job and a terminal run alike."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 
 
-def exit_code(work: Callable[[], object]) -> int:
-    """Run ``work``; a user's mistake (bad config, bad data, a model that cannot be found) is one
-    ``error: ...`` line on stderr and exit status 2, not a traceback."""
-    from polyray.io import ConfigError, DataError
-    from polyray.models.source import ModelSourceError
+def run_command(*command: str, argv: list[str] | None = None) -> int:
+    """``polyray <command> <argv>`` (argv defaults to this process's arguments); its exit status."""
+    from polyray.cli import main
 
+    spec = sys.modules["__main__"].__spec__
     try:
-        work()
-    except (ConfigError, DataError, ModelSourceError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        main([*command, *(sys.argv[1:] if argv is None else argv)],
+             prog_name=f"python -m {spec.name}" if spec else "polyray")  # fmt: skip
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
     return 0

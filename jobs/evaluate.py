@@ -1,25 +1,12 @@
-"""Ray job entrypoint for the evaluation job.
+"""Ray job entrypoint for ``polyray eval``: ``ray job submit --working-dir . -- python -m jobs.evaluate configs/eval/quickstart.yaml``."""
 
-    ray job submit --working-dir . -- python -m jobs.evaluate --config configs/eval/quickstart.yaml
-
-Samples every configured model on every task through the rollout pool and writes
-results.json, samples.jsonl, report.html and tables.tex (see polyray/eval/job/).
-"""
-
-import argparse
 import sys
 
-from jobs import exit_code
-from polyray.eval.job import load_eval_config, run_eval
+from jobs import run_command
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="Eval config YAML.")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], help="KEY=VALUE override.")
-    parser.add_argument("--output-dir", default=None, help="Output directory (default runs/<name>/).")
-    args = parser.parse_args(argv)
-    return exit_code(lambda: run_eval(load_eval_config(args.config, args.overrides), args.output_dir))
+def main(argv: list[str] | None = None) -> int:
+    return run_command("eval", argv=argv)
 
 
 if __name__ == "__main__":

@@ -1,19 +1,12 @@
-"""Ray job entrypoint: ``ray job submit --working-dir . -- python -m jobs.sweep --config configs/sweeps/lambda_seed.yaml``."""
+"""Ray job entrypoint for ``polyray sweep``: ``ray job submit --working-dir . -- python -m jobs.sweep configs/sweeps/lambda_seed.yaml [--resume]``."""
 
-import argparse
 import sys
 
-from jobs import exit_code
-from polyray.sweep import run_sweep
+from jobs import run_command
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", required=True, help="Sweep YAML.")
-    parser.add_argument("--output-dir", default=None, help="Output directory (default runs/<name>/).")
-    parser.add_argument("--resume", action="store_true", help="Restore the interrupted sweep in the output directory.")
-    args = parser.parse_args(argv)
-    return exit_code(lambda: run_sweep(args.config, args.output_dir, args.resume))
+def main(argv: list[str] | None = None) -> int:
+    return run_command("sweep", argv=argv)
 
 
 if __name__ == "__main__":

@@ -101,8 +101,9 @@ def mlflow_uri(cfg: TrackingConfig) -> str:
 
 
 def mlflow_experiment(cfg: TrackingConfig) -> str:
-    """The id of ``cfg.experiment`` in the tracking store, created if new (with a store in
-    ``./runs/mlflow.db``, its artifacts go beside it in ``./runs/mlartifacts``)."""
+    """The id of ``cfg.experiment`` in the tracking store, created if new. With a SQLite store its
+    artifacts go beside the database file (``mlartifacts/``): MLflow's own default is ``./mlruns`` in
+    whatever directory the process runs in."""
     from mlflow.tracking import MlflowClient
 
     uri = mlflow_uri(cfg)
@@ -111,7 +112,7 @@ def mlflow_experiment(cfg: TrackingConfig) -> str:
     if experiment is not None:
         return experiment.experiment_id
     artifacts = None
-    if uri.startswith("sqlite:///") and not cfg.uri and not os.environ.get("MLFLOW_TRACKING_URI"):
+    if uri.startswith("sqlite:///"):
         artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
     return client.create_experiment(cfg.experiment, artifact_location=artifacts)
 

@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from polyray.cli.bench import bench_app
+from polyray.cli.common import fail, user_errors
 from polyray.cli.evaluate import eval_command
 from polyray.cli.serve import serve_app
 
@@ -14,22 +16,15 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train LLMs f
 model_app = typer.Typer(no_args_is_help=True, help="Base models.")
 app.add_typer(model_app, name="model")
 app.add_typer(serve_app, name="serve", help="Ray Serve endpoints (reward service).")
+app.add_typer(bench_app, name="bench")
 app.command("eval")(eval_command)
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
 
 
 def _load(config: Optional[Path], overrides: List[str]):
     from polyray.config import load_config
-    from polyray.io import ConfigError
 
-    try:
+    with user_errors():
         return load_config(config, overrides)
-    except ConfigError as exc:
-        _fail(str(exc))
 
 
 @app.command()
@@ -47,14 +42,10 @@ def run(
 ):
     """Build/resolve the base model, train every phase on Ray, evaluate pass@k after each."""
     run_config = _load(config, set_)
-    from polyray.io import ConfigError, DataError
-    from polyray.models.source import ModelSourceError
-    from polyray.pipeline import run_pipeline
+    from polyray.drivers.run import run_pipeline
 
-    try:
+    with user_errors():
         run_pipeline(run_config, output_dir, resume, serve_generation=serve_generation)
-    except (ConfigError, DataError, ModelSourceError) as exc:
-        _fail(str(exc))
 
 
 @app.command()
@@ -64,14 +55,10 @@ def experiment(
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Where outputs go (default runs/<name>/)."),
 ):
     """Run every run x seed of an experiment on Ray; write experiment.json and print mean ± CI and tests."""
-    from polyray.io import ConfigError, DataError
-    from polyray.experiment import run_experiment
-    from polyray.models.source import ModelSourceError
+    from polyray.drivers.experiment import run_experiment
 
-    try:
+    with user_errors():
         run_experiment(config, seeds, output_dir)
-    except (ConfigError, DataError, ModelSourceError) as exc:
-        _fail(str(exc))
 
 
 @app.command()
@@ -83,14 +70,10 @@ def sweep(
     ),
 ):
     """Run every trial of a search space (Ray Tune, one training run per trial); write sweep.json/csv and a report."""
-    from polyray.io import ConfigError, DataError
-    from polyray.models.source import ModelSourceError
-    from polyray.sweep import run_sweep
+    from polyray.drivers.sweep import run_sweep
 
-    try:
+    with user_errors():
         run_sweep(config, output_dir, resume)
-    except (ConfigError, DataError, ModelSourceError) as exc:
-        _fail(str(exc))
 
 
 @model_app.command("build-tiny")
@@ -113,5 +96,45 @@ def build_tiny(
     typer.echo(str(path))
 
 
-def main() -> None:
-    app()
+@model_app.command("train-reward")
+def train_reward(
+    data: Path = typer.Option(..., "--data", help="JSONL with {prompt, response, engagement} per line."),
+    out: Path = typer.Option(..., "--out", help="Output directory for the model and metrics.json."),
+    seed: int = typer.Option(0, "--seed", help="Split seed."),
+    skip_bad_lines: bool = typer.Option(
+        False, "--skip-bad-lines", help="Leave out bad lines (counted and reported) instead of stopping."
+    ),
+):
+    """Train the engagement reward model (frozen MiniLM + ridge head); print its validation and test
+    metrics beside a constant predictor; write the model and metrics.json to --out."""
+    import json
+
+    from polyray.io import JsonlReport, make_console
+    from polyray.reward.engagement import train_engagement_model
+
+    console, errors = make_console(stderr=False, min_width=120), make_console()
+    report = JsonlReport()
+    with user_errors(), console.status("embedding and fitting"):
+        metrics = train_engagement_model(data, out, seed=seed, skip_bad_lines=skip_bad_lines, report=report)
+    if report.skipped:
+        errors.print(f"[yellow]warning:[/yellow] {report.summary(data)}", highlight=False)
+        metrics["skipped_lines"] = report.skipped
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    console.print(_engagement_table(metrics))
+    console.print(f"model and metrics.json written to {out}")
+
+
+def _engagement_table(metrics: dict):
+    from rich.table import Table
+
+    table = Table(title=f"engagement model ({metrics['rows']} rows, ridge penalty {metrics['ridge_penalty']:g})")
+    for column in ("split", "predictor", "Spearman", "Pearson", "MSE", "MAE", "n"):
+        table.add_column(column, justify="left" if column in ("split", "predictor") else "right")
+    for split in ("val", "test"):
+        for label, m in (("model", metrics[split]), ("constant", metrics[f"{split}_constant_baseline"])):
+            table.add_row(split, label, *(f"{m[k]:.3f}" for k in ("spearman", "pearson", "mse", "mae")), str(m["n"]))
+    return table
+
+
+def main(args: Optional[List[str]] = None, prog_name: Optional[str] = None) -> None:
+    app(args=args, prog_name=prog_name)

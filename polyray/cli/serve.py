@@ -13,6 +13,8 @@ from pathlib import Path
 
 import typer
 
+from polyray.cli.common import fail
+
 serve_app = typer.Typer(no_args_is_help=True, help="Ray Serve services (reward and generation endpoints).")
 
 DEFAULT_CONFIG = Path("services/serve_config.yaml")
@@ -24,11 +26,6 @@ def _group() -> None:
     """Ray Serve services (reward and generation endpoints)."""  # a callback keeps subcommands named
 
 
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
-
-
 def _app_args(config: Path, name: str) -> dict:
     """The ``args`` of the application ``name`` in a Serve config file (validated by Serve's schema)."""
     import yaml
@@ -36,15 +33,15 @@ def _app_args(config: Path, name: str) -> dict:
     from ray.serve.schema import ServeDeploySchema
 
     if not config.is_file():
-        _fail(f"no Serve config at {config}")
+        fail(f"no Serve config at {config}")
     try:
         schema = ServeDeploySchema.model_validate(yaml.safe_load(config.read_text()) or {})
     except (ValidationError, yaml.YAMLError) as exc:
-        _fail(f"{config} is not a valid Serve config: {exc}")
+        fail(f"{config} is not a valid Serve config: {exc}")
     for application in schema.applications:
         if application.name == name:
             return dict(application.args or {})
-    _fail(f"{config} has no application named {name!r}")
+    fail(f"{config} has no application named {name!r}")
 
 
 @serve_app.command("reward")
@@ -66,7 +63,7 @@ def reward(
     try:
         application = build_app(args)
     except (ConfigError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
     def start() -> str:
         serve.start(http_options={"host": host, "port": port})
@@ -105,11 +102,11 @@ def _finished_run(run_dir: Path):
 
     resolved = run_dir / "config.resolved.yaml"
     if not resolved.is_file():
-        _fail(f"--run {run_dir}: no config.resolved.yaml (not a polyray run directory)")
+        fail(f"--run {run_dir}: no config.resolved.yaml (not a polyray run directory)")
     try:
         run = load_config(resolved)
     except ConfigError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     try:
         model_dir = json.loads((run_dir / "results.json").read_text())["model_dir"]
     except (OSError, ValueError, KeyError):
@@ -146,7 +143,7 @@ def generation(
     try:
         build_generation_app(args)  # a bad setting fails before Ray starts
     except ConfigError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
     def start() -> str:
         if run is not None and args.get("store_root"):

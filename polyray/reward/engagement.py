@@ -171,7 +171,7 @@ class EngagementModel:
         if not (path / _HEAD_FILE).is_file() or not (path / _META_FILE).is_file():
             raise RewardError(
                 f"{path} is not an engagement model directory (needs {_HEAD_FILE} and {_META_FILE}); "
-                "train one with: python -m jobs.train_reward_model --data X.jsonl --out DIR"
+                "train one with: polyray model train-reward --data X.jsonl --out DIR"
             )
         t = {k: v.numpy() for k, v in load_file(str(path / _HEAD_FILE)).items()}
         meta = json.loads((path / _META_FILE).read_text())
@@ -285,13 +285,13 @@ def ensure_engagement_model(data: str | Path, model_dir: str | Path, seed: int =
 # ----------------------------------------------------------------------- reward function
 @register("engagement")
 class EngagementReward(ParameterisedReward):
-    """Predicted engagement of (prompt, completion) from a model trained by jobs/train_reward_model.py."""
+    """Predicted engagement of (prompt, completion) from a model trained by polyray model train-reward."""
 
     server_only_params = ("model_path",)  # an HTTP caller must not make the server load arbitrary paths
 
     class Params(ParamsModel):
         model_path: str = Field(
-            ..., description="Directory written by train_engagement_model (jobs/train_reward_model.py)."
+            ..., description="Directory written by train_engagement_model (polyray model train-reward)."
         )
         batch_size: int = Field(64, ge=1, le=1024, description="Encoder batch size.")
 

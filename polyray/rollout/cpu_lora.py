@@ -3,7 +3,7 @@
 vLLM's CPU LoRA path (``vllm.lora.ops.torch_ops``) computes ``out[b] = W[idx[b]] @ x[b]`` by
 gathering a (tokens, out, in) copy of the adapter weights, ``W[idx]``, then an ``einsum``: on the
 embedded model that gather is ~40% of a decode step and LoRA makes generation 2.7x slower
-(``python -m jobs.benchmark rollout``, docs/benchmarks.md). A rollout batch samples one adapter
+(``polyray bench rollout``, docs/benchmarks.md). A rollout batch samples one adapter
 version, so here the rows are grouped by adapter index and each group is one ``x @ W[i].T``: the
 same products (a negative index still picks the last slot, as indexing does there), without the copy.
 

@@ -60,7 +60,7 @@ def test_train_entrypoint_runs_as_ray_job(tmp_path):
     out = tmp_path / "job-run"
     submit = [
         str(BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", ".",
-        "--", sys.executable, "-m", "jobs.train", "--config", "configs/quickstart.yaml", "--set", f"name={RUN}",
+        "--", sys.executable, "-m", "jobs.train", "configs/quickstart.yaml", "--set", f"name={RUN}",
         "--set", "phases.0.type=polychromic_sft", "--set", "phases.0.name=sft", "--set", "phases.0.steps=8",
         "--set", "phases.0.batch_size=8", "--set", "phases.0.prompts_per_step=4", "--set", "phases.0.n_samples=3",
         "--set", "phases.1.steps=4", "--set", "phases.1.prompts_per_step=8", "--set", "phases.1.group_size=4",

@@ -19,8 +19,8 @@ def test_run_from_a_saved_adapter_evaluates_it_as_base(pool, model_dir, run_conf
     from polyray.eval.policy_eval import evaluate_policy
     from polyray.learner.lora import extract_adapter, save_adapter
     from polyray.eval.policy_eval import build_eval_task
-    from polyray.pipeline import run_pipeline
-    from polyray.sweep import merge
+    from polyray.drivers.run import run_pipeline
+    from polyray.drivers.sweep import merge
 
     model = random_lora_policy(model_dir, run_config.learner.lora, seed=21, std=0.05)[0]
     saved = save_adapter(model, tmp_path / "root" / "adapters" / "sft")

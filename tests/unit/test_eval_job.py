@@ -11,11 +11,11 @@ import pytest
 import yaml
 
 from polyray.io import ConfigError
-from polyray.eval.job import EvalJobConfig, load_eval_config
-from polyray.eval.job.analyses import compute_statistics
-from polyray.eval.job.models import ResolvedModel, resolve_adapter_dirs, resolve_models
-from polyray.eval.job.plan import EvalUnit, fit_prompts
-from polyray.eval.job.units import compute_unit_metrics
+from polyray.drivers.evaluate import EvalJobConfig, load_eval_config
+from polyray.drivers.evaluate.analyses import compute_statistics
+from polyray.drivers.evaluate.models import ResolvedModel, resolve_adapter_dirs, resolve_models
+from polyray.drivers.evaluate.plan import EvalUnit, fit_prompts
+from polyray.drivers.evaluate.units import compute_unit_metrics
 from polyray.rollout.sampling import JudgedGroups
 from polyray.tasks import build_task
 from polyray.eval.metrics import compute_pass_at_k
@@ -355,5 +355,5 @@ def test_ray_job_entrypoint_reports_missing_adapter(tmp_path, capsys):
     from jobs.evaluate import main
 
     path = _write(tmp_path, {"models": [{"name": "x", "kind": "adapter", "path": str(tmp_path / "none")}]})
-    assert main(["--config", str(path), "--output-dir", str(tmp_path / "out")]) == 2
+    assert main([str(path), "--output-dir", str(tmp_path / "out")]) == 2
     assert "models.0.path:" in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from polyray.eval.job import EvalJobConfig
-from polyray.eval.job.models import ResolvedModel
-from polyray.eval.job.plan import EvalUnit
-from polyray.eval.job.store import UnitStore, unit_key
+from polyray.drivers.evaluate import EvalJobConfig
+from polyray.drivers.evaluate.models import ResolvedModel
+from polyray.drivers.evaluate.plan import EvalUnit
+from polyray.drivers.evaluate.store import UnitStore, unit_key
 from polyray.rollout.sampling import JudgedGroups
 from polyray.rollout.worker import Sample
 from polyray.tasks import Judgement, Prompt, build_task

@@ -17,7 +17,7 @@ from rich.console import Console
 from scipy import stats as st
 
 from polyray.io import ConfigError
-from polyray.experiment import _hierarchical_bootstrap, _pair_prompts, aggregate, load_experiment, summary_table
+from polyray.drivers.experiment import _hierarchical_bootstrap, _pair_prompts, aggregate, load_experiment, summary_table
 
 ROOT = Path(__file__).resolve().parents[2]
 TWO_PHASE = ROOT / "configs" / "experiments" / "two_phase.yaml"
@@ -78,7 +78,7 @@ models: {sft: sft/sft, a: grpo_a/grpo, b: grpo_b/grpo}
 
 
 def test_a_branch_run_starts_from_its_seeds_adapter(tmp_path):
-    from polyray.experiment import _branch_fields
+    from polyray.drivers.experiment import _branch_fields
 
     _, configs = load_experiment(_write(tmp_path, BRANCHED), seeds=2, out=tmp_path / "out")
     assert configs["sft", 1].init_adapter is None
@@ -106,7 +106,7 @@ def test_bad_branch_names_the_field(tmp_path, runs, message):
 
 def test_init_adapter_must_be_a_saved_adapter(tmp_path):
     from polyray.config import RunConfig
-    from polyray.pipeline import check_inputs
+    from polyray.drivers.run import check_inputs
 
     with pytest.raises(ConfigError, match=f"init_adapter: {tmp_path} is not a saved LoRA adapter"):
         check_inputs(RunConfig(init_adapter=str(tmp_path)))
@@ -324,7 +324,7 @@ def test_report_marks_the_pass1_pass10_frontier_and_chains_branch_dynamics(tmp_p
     """experiment.json names the pass@1 x pass@10 frontier; report.html holds it, the pass@k curves
     and each recipe's dynamics: its SFT root's records, then its own after them."""
     from polyray.eval.report import write_report
-    from polyray.experiment import report_results
+    from polyray.drivers.experiment import report_results
 
     path = _write(tmp_path, BRANCHED)
     out = tmp_path / "out"

@@ -3,6 +3,8 @@
 An ``ast`` walk over ``polyray/``, ``services/`` and ``jobs/`` collects every import of the
 project's own modules (top-level and inside functions alike) and fails on one that goes up.
 Within a package, modules may import each other; across packages the rank must not rise.
+The folders are the coarse floors: the library (``polyray/`` but ``drivers/`` and ``cli/``) never
+imports ``polyray/drivers/``, ``polyray/cli/``, ``services/`` or ``jobs/``.
 """
 
 from __future__ import annotations
@@ -34,10 +36,9 @@ LAYERS: dict[str, int] = {
     "polyray.telemetry": 1,
     "polyray.learner": 7,
     "polyray.eval": 7,
-    "polyray.pipeline": 8,
-    "polyray.eval.job": 8,
-    "polyray.experiment": 9,
-    "polyray.sweep": 9,
+    "polyray.drivers": 8,  # run, evaluate, bench
+    "polyray.drivers.experiment": 9,
+    "polyray.drivers.sweep": 9,
     "polyray.cli": 10,
     "services": 11,
     "jobs": 11,
@@ -80,7 +81,7 @@ def own_imports(path: Path) -> list[tuple[int, str]]:
                 mod = ".".join(base + ([node.module] if node.module else []))
             else:
                 mod = node.module or ""
-            # `from polyray.eval import job` imports the module polyray.eval.job
+            # `from polyray.drivers import run` imports the module polyray.drivers.run
             out += [(node.lineno, f"{mod}.{a.name}" if is_module(f"{mod}.{a.name}") else mod) for a in node.names]
     return [(line, m) for line, m in out if m.split(".")[0] in ("polyray", "services", "jobs")]
 
@@ -114,15 +115,34 @@ def test_the_check_catches_an_upward_import(tmp_path, monkeypatch):
     assert bad == ["polyray/tasks/_layering_probe.py:2: polyray.tasks (layer 2) imports polyray.learner.loop (layer 7)"]
 
 
-def test_services_and_jobs_are_never_imported_by_the_library():
-    library = [p for p in project_files() if p.parts[len(ROOT.parts)] == "polyray"]
-    offenders = [
-        f"{p.relative_to(ROOT)}:{line}" for p in library for line, m in own_imports(p) if m.split(".")[0] != "polyray"
-    ]
-    assert offenders == []
+# Folders above the library: what assembles it. Nothing in the library imports them.
+DRIVER_FOLDERS = ("polyray.drivers", "polyray.cli", "services", "jobs")
 
 
-@pytest.mark.parametrize("module", ["polyray.tasks.countdown", "polyray.eval.job.driver", "services.reward_app"])
+def _in(module: str, folders: tuple[str, ...]) -> bool:
+    return any(module == f or module.startswith(f + ".") for f in folders)
+
+
+def driver_imports(files: list[Path]) -> list[str]:
+    """file:line of every import of a driver folder from a library module."""
+    return [
+        f"{p.relative_to(ROOT)}:{line}: imports {m}"
+        for p in files if not _in(module_name(p), DRIVER_FOLDERS)
+        for line, m in own_imports(p) if _in(m, DRIVER_FOLDERS)
+    ]  # fmt: skip
+
+
+def test_the_library_never_imports_a_driver_folder():
+    assert driver_imports(project_files()) == []
+
+
+def test_the_folder_check_catches_a_library_module_importing_a_driver(monkeypatch):
+    fake = ROOT / "polyray" / "eval" / "_layering_probe.py"
+    monkeypatch.setattr(Path, "read_text", _read_with_probe(fake, "def f():\n    from polyray.drivers.run import run_pipeline\n"))
+    assert driver_imports([fake]) == ["polyray/eval/_layering_probe.py:2: imports polyray.drivers.run"]
+
+
+@pytest.mark.parametrize("module", ["polyray.tasks.countdown", "polyray.drivers.evaluate.driver", "services.reward_app"])
 def test_every_module_has_a_layer(module):
     assert layer_of(module) is not None
 

@@ -74,7 +74,7 @@ def _entrypoint_gpus(entrypoint: str) -> tuple[float, float]:
     assert argv[:2] == ["python", "-m"], entrypoint
     module = argv[2]
     assert importlib.util.find_spec(module) is not None, module
-    config = ROOT / argv[argv.index("--config") + 1]
+    config = ROOT / argv[3]  # the command's config argument
     assert config.is_file(), config
     if module == "jobs.train":
         from polyray.config import load_config
@@ -82,13 +82,13 @@ def _entrypoint_gpus(entrypoint: str) -> tuple[float, float]:
         return _run_gpus(load_config(config))
     if module == "jobs.sweep":
         from polyray.config import RunConfig
-        from polyray.sweep import load_sweep
+        from polyray.drivers.sweep import load_sweep
 
         sweep, base = load_sweep(config)
         total, actor = _run_gpus(RunConfig.model_validate(base))
         return total * sweep.max_concurrent_trials, actor
     if module == "jobs.evaluate":
-        from polyray.eval.job import load_eval_config
+        from polyray.drivers.evaluate import load_eval_config
 
         cfg = load_eval_config(config)
         return cfg.rollout.num_workers * cfg.rollout.gpus_per_worker, cfg.rollout.gpus_per_worker

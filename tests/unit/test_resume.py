@@ -9,7 +9,7 @@ import pytest
 
 from polyray.config import load_config
 from polyray.io import ConfigError
-from polyray.pipeline import open_run_dir
+from polyray.drivers.run import open_run_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
@@ -43,7 +43,7 @@ def test_resume_continues_the_same_config_only(tmp_path):
 
 def test_both_entrypoints_pass_resume_on(monkeypatch, tmp_path):
     import jobs.train
-    import polyray.pipeline
+    import polyray.drivers.run
     from typer.testing import CliRunner
 
     from polyray.cli import app
@@ -52,13 +52,12 @@ def test_both_entrypoints_pass_resume_on(monkeypatch, tmp_path):
     fake = lambda run, out, resume=False, serve_generation=False: calls.append(  # noqa: E731
         (run.name, str(out), resume, serve_generation)
     )
-    monkeypatch.setattr(jobs.train, "run_pipeline", fake)
-    monkeypatch.setattr(polyray.pipeline, "run_pipeline", fake)
-    assert jobs.train.main(["--config", str(QUICKSTART), "--output-dir", str(tmp_path), "--resume"]) == 0
+    monkeypatch.setattr(polyray.drivers.run, "run_pipeline", fake)
+    assert jobs.train.main([str(QUICKSTART), "--output-dir", str(tmp_path), "--resume"]) == 0
     result = CliRunner().invoke(app, ["run", str(QUICKSTART), "--output-dir", str(tmp_path), "--resume"])
     assert result.exit_code == 0, result.output
     result = CliRunner().invoke(app, ["run", str(QUICKSTART), "--output-dir", str(tmp_path), "--serve-generation"])
-    assert jobs.train.main(["--config", str(QUICKSTART), "--output-dir", str(tmp_path), "--serve-generation"]) == 0
+    assert jobs.train.main([str(QUICKSTART), "--output-dir", str(tmp_path), "--serve-generation"]) == 0
     assert calls == [("quickstart", str(tmp_path), True, False)] * 2 + [("quickstart", str(tmp_path), False, True)] * 2
 
 

@@ -19,7 +19,7 @@ def test_run_configs_validate(path):
 
 @pytest.mark.parametrize("path", sorted((CONFIGS / "experiments").glob("*.yaml")), ids=str)
 def test_experiment_configs_validate(path):
-    from polyray.experiment import load_experiment
+    from polyray.drivers.experiment import load_experiment
 
     exp, runs = load_experiment(path, seeds=1)
     assert set(runs) == {(name, 0) for name in exp.runs}
@@ -27,7 +27,7 @@ def test_experiment_configs_validate(path):
 
 @pytest.mark.parametrize("path", sorted((CONFIGS / "eval").glob("*.yaml")), ids=str)
 def test_eval_configs_validate(path):
-    from polyray.eval.job import load_eval_config
+    from polyray.drivers.evaluate import load_eval_config
 
     assert load_eval_config(path).models
 
@@ -39,7 +39,7 @@ def test_run_config_rewards_check_out_on_its_task(path, tmp_path):
     import json
 
     from polyray.config import load_config
-    from polyray.pipeline import check_run_rewards
+    from polyray.drivers.run import check_run_rewards
     from polyray.tasks import build_task
 
     problems = tmp_path / "problems.jsonl"

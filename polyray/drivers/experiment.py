@@ -1,0 +1,565 @@
+"""``polyray experiment``: several runs x seeds on one Ray cluster, then one table with statistics.
+
+An experiment file names a base run config, optionally the task every run trains on (any
+task of the registry, in place of the base's), a set of *runs* (each a partial config merged
+onto the base: usually its ``phases``) and the *models* to report, each ``run/phase``
+(``base`` = the model before any phase). A run may *branch*: ``from: run/phase`` starts it,
+per seed, from that run's adapter after that phase (``init_adapter``), so several recipes share
+one SFT adapter per seed and differ only in what follows. Every run x seed is one Ray Tune
+trial of the training pipeline (:mod:`polyray.drivers.sweep`: a grid over ``run`` and ``seed``),
+``max_concurrent`` at once; the runs others branch from go first, as their own Tune experiment.
+Running an experiment again (e.g. after an interruption, or with more seeds) reports
+the runs it finished without running them, continues an unfinished one
+(``run_pipeline(resume=True)``) and starts the new ones; a failed run is recorded and the
+others go on. Aggregation (docs/algorithms.md §5): per model and metric, the mean and 95%
+t-interval over seeds. A claim about a model is a claim about its training runs, so the seed
+is the unit: per comparison, over the seeds both models have (paired by seed id), Welch's t
+with its interval for the difference, Mann-Whitney U and Cohen's d, Holm-adjusted across all
+comparisons x metrics of the experiment. Prompts enter only within a seed: per seed a test
+paired by prompt, and a bootstrap resampling seeds, then prompts within each, for a CI of the
+mean difference. Pooling prompts across seeds into one test would count every test prompt
+once per seed and every run as more prompts.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from polyray.config import RunConfig
+from polyray.io import ConfigError, StrictModel, console, format_validation_error
+from polyray.drivers.sweep import _load_yaml, merge
+
+METRICS = ("pass@1", "pass@5", "pass@10", "usq@5", "reward_mean", "distinct_frac")
+
+
+class ExperimentConfig(StrictModel):
+    """Runs x seeds and the models reported from them."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="Experiment name (runs/<name>/).")
+    base: str = Field(..., description="Base run config, relative to the experiment file.")
+    task: dict[str, Any] | None = Field(
+        None, description="Task of every run, in place of the base's (e.g. {type: replies, path: my.jsonl})."
+    )
+    runs: dict[str, dict[str, Any]] = Field(
+        ..., description="Run name -> partial run config merged onto the base; with from: 'run/phase' the run starts"
+        " from that run's adapter after that phase, of the same seed."
+    )
+    models: dict[str, str] = Field(..., description="Model label -> 'run/phase' ('base' before any phase).")
+    compare: list[tuple[str, str]] = Field(default_factory=list, description="(treatment, control) model labels.")
+    max_concurrent: int = Field(1, ge=1, description="Runs (Tune trials) executing at once on the cluster.")
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> "ExperimentConfig":
+        for name, origin in self.origins().items():
+            run, _, phase = origin.partition("/")
+            if run not in self.runs or not phase or run == name:
+                raise ValueError(f"runs.{name}.from: {origin!r} is not 'run/phase' with another run from runs")
+            if "from" in self.runs[run]:
+                raise ValueError(f"runs.{name}.from: {run!r} branches itself; branch from a run that does not")
+        for label, ref in self.models.items():
+            run, _, phase = ref.partition("/")
+            if run not in self.runs or not phase:
+                raise ValueError(f"models.{label}: {ref!r} is not 'run/phase' with a run from runs ({sorted(self.runs)})")
+        for pair in self.compare:
+            for label in pair:
+                if label not in self.models:
+                    raise ValueError(f"compare: unknown model {label!r} (models: {sorted(self.models)})")
+        return self
+
+
+    def origins(self) -> dict[str, str]:
+        """Branch run -> the 'run/phase' it starts from."""
+        return {name: str(patch["from"]) for name, patch in self.runs.items() if "from" in patch}
+
+
+def branch_adapter(out: Path, origin: str, seed: int) -> Path:
+    """Where the run a branch starts from (``origin`` = 'run/phase') saves that phase's adapter."""
+    run, _, phase = origin.partition("/")
+    return Path(out) / "runs" / f"{run}-s{seed}" / "adapters" / phase
+
+
+def _branch_fields(params: dict[str, Any], *, out: str, origins: dict[str, str]) -> dict[str, Any]:
+    """A trial's seed-dependent fields: a branch run's starting adapter (see :func:`polyray.drivers.sweep.pipeline_trial`)."""
+    origin = origins.get(params.get("run", ""))
+    return {"init_adapter": str(branch_adapter(Path(out), origin, params["seed"]))} if origin else {}
+
+
+def experiment_dir(exp: ExperimentConfig, output_dir: Path | None = None) -> Path:
+    """The experiment's output directory: ``output_dir``, default ``runs/<name>``, absolute."""
+    return Path(output_dir or Path("runs") / exp.name).resolve()
+
+
+def load_experiment(
+    path: str | Path, seeds: int, out: Path | None = None
+) -> tuple[ExperimentConfig, dict[tuple[str, int], RunConfig]]:
+    """The experiment and one validated :class:`RunConfig` per (run, seed); a branch run's
+    ``init_adapter`` points into ``out`` (default ``runs/<name>``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: experiment file not found")
+    try:
+        exp = ExperimentConfig.model_validate(yaml.safe_load(path.read_text()) or {})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, str(path))) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}".replace("\n", " ")) from None
+    base_path = (path.parent / exp.base).resolve()
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: base: {exp.base} not found")
+    base = _load_yaml(base_path, "base run config")
+    if exp.task is not None:
+        base["task"] = exp.task
+    configs = {}
+    origins = exp.origins()
+    out = experiment_dir(exp, out)
+    for run_name, patch in exp.runs.items():
+        patch = {k: v for k, v in patch.items() if k != "from"}
+        for seed in range(seeds):
+            data = merge(base, {**patch, "name": f"{exp.name}-{run_name}-s{seed}", "seed": seed})
+            if run_name in origins:
+                data["init_adapter"] = str(branch_adapter(out, origins[run_name], seed))
+            try:
+                configs[run_name, seed] = RunConfig.model_validate(data)
+            except ValidationError as exc:
+                raise ConfigError(format_validation_error(exc, f"{path}: runs.{run_name}")) from None
+        phases = {"base"} | {p.name for p in configs[run_name, 0].phases}
+        for label, ref in exp.models.items():
+            run, _, phase = ref.partition("/")
+            if run == run_name and phase not in phases:
+                raise ConfigError(f"{path}: models.{label}: run {run!r} has no phase {phase!r} ({sorted(phases)})")
+    for name, origin in origins.items():
+        run, _, phase = origin.partition("/")
+        if phase not in {p.name for p in configs[run, 0].phases}:
+            raise ConfigError(f"{path}: runs.{name}.from: run {run!r} has no phase {phase!r}")
+    return exp, configs
+
+
+def _experiment_run_dir(params: dict[str, Any], trial_id: str) -> str:
+    return f"runs/{params['run']}-s{params['seed']}"
+
+
+def run_experiment(path: str | Path, seeds: int, output_dir: Path | None = None) -> dict[str, Any]:
+    """Every run x seed as a Ray Tune trial (:func:`polyray.drivers.sweep.run_trials`). Each invocation is a
+    new Tune experiment over the current runs and seeds (so added seeds or runs are scheduled);
+    a run a previous invocation finished is only reported, and an unfinished one is continued."""
+    import time
+
+    from ray import tune
+
+    from polyray.drivers.sweep import error_line, run_trials, trial_params
+
+    exp, configs = load_experiment(path, seeds, output_dir)
+    out = experiment_dir(exp, output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    bases = {run_name: configs[run_name, 0].model_dump(mode="json") for run_name in exp.runs}
+    origins = exp.origins()
+    derived = functools.partial(_branch_fields, out=str(out), origins=origins)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    errors: dict[str, str] = {}
+    roots, branches = [r for r in exp.runs if r not in origins], [r for r in exp.runs if r in origins]
+    for wave, names in ((exp.name, roots), (f"{exp.name}-branches", branches)):
+        ready = list(range(seeds))
+        for seed in range(seeds):  # a branch needs its seed's starting adapter: the root run may have failed
+            missing = [r for r in names if r in origins and not branch_adapter(out, origins[r], seed).is_dir()]
+            for r in missing:
+                errors[f"{r}-s{seed}"] = f"not started: {origins[r]} of seed {seed} has no adapter (that run failed)"
+            if missing:
+                ready.remove(seed)
+        if not names or not ready:
+            continue
+        space = {"run": tune.grid_search(names), "seed": tune.grid_search(ready)}
+        grid = run_trials(f"{wave}-{stamp}", out, space, bases, _experiment_run_dir, [configs[r, ready[0]] for r in names],
+                          max_concurrent=exp.max_concurrent, prefix=exp.name, derived=derived)  # fmt: skip
+        for result in grid:
+            if result.error is not None:
+                params = trial_params(result)
+                errors[f"{params.get('run', '?')}-s{params.get('seed', '?')}"] = error_line(result.error)
+
+    summary = aggregate(exp, configs, out, seeds)
+    summary["errors"] = errors
+    (out / "experiment.json").write_text(json.dumps(summary, indent=2))
+    from polyray.eval.report import write_report
+
+    write_report(out, report_results(exp, summary, out))
+    console.print(summary_table(summary))
+    for name, err in errors.items():
+        console.print(f"[red]run {name} failed:[/red] {err.splitlines()[-1] if err else ''}")
+    console.print(f"outputs in {out}")
+    return summary
+
+
+CONFIDENCE = 0.95
+BOOTSTRAP_RESAMPLES = 2000
+EXACT_SPLITS = 20_000  # Mann-Whitney with ties: exact permutation up to this many splits of the seeds
+
+
+def _num(x: Any) -> float | None:
+    """A JSON-safe float: None for NaN/inf (an undefined statistic)."""
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
+def _per_prompt_passk(phase_result: dict[str, Any], k: int) -> list[float]:
+    from polyray.eval.passk import compute_pass_at_k
+
+    return [compute_pass_at_k(r["n"], r["c"], k) for r in phase_result["per_prompt"]]
+
+
+def _per_prompt_values(phase_result: dict[str, Any], metric: str) -> np.ndarray | None:
+    """Per-prompt values whose mean is ``metric`` (pass@k from n/c, reward_mean from rewards); None if not recorded."""
+    if not phase_result.get("per_prompt"):
+        return None
+    try:
+        if metric.startswith("pass@"):
+            values = _per_prompt_passk(phase_result, int(metric.split("@")[1]))
+        elif metric == "reward_mean":
+            values = [float(np.mean(r["rewards"])) for r in phase_result["per_prompt"]]
+        else:
+            return None
+    except (KeyError, ValueError, TypeError):
+        return None
+    # pass@k's product carries float noise (~1e-16: equal differences of two prompts' pass@k come
+    # out unequal); rounding restores the ties that rank tests count as ties
+    arr = np.round(np.asarray(values, dtype=np.float64), 12)
+    return arr if np.all(np.isfinite(arr)) else None
+
+
+def _pair_prompts(a_rows: list[dict], b_rows: list[dict]) -> tuple[list[int], list[int], str] | None:
+    """Row indices pairing two phases' per-prompt rows of one seed, and how they were paired.
+
+    results.json rows carry the prompt text ("prompt") but no id: pair by that text where every
+    row has one and no text repeats on a side (the prompts both sides have), else by position
+    (same test prompts in the same order: both phases of a seed draw them identically).
+    """
+    ta, tb = [r.get("prompt") for r in a_rows], [r.get("prompt") for r in b_rows]
+    if None not in ta and None not in tb and len(set(ta)) == len(ta) and len(set(tb)) == len(tb):
+        where = {t: j for j, t in enumerate(tb)}
+        ia = [i for i, t in enumerate(ta) if t in where]
+        return (ia, [where[ta[i]] for i in ia], "prompt") if ia else None
+    if a_rows and len(a_rows) == len(b_rows):
+        return list(range(len(a_rows))), list(range(len(b_rows))), "position"
+    return None
+
+
+def _welch(a: np.ndarray, b: np.ndarray, confidence: float = CONFIDENCE) -> dict[str, Any]:
+    """Welch's t-test (scipy.stats.ttest_ind, equal_var=False) and its t-interval for mean(a) − mean(b)."""
+    from scipy import stats as st
+
+    diff = float(a.mean() - b.mean())
+    if np.ptp(a) == 0 and np.ptp(b) == 0:  # scipy answers float noise here (t ~ 1e15)
+        if diff == 0:
+            return {"statistic": 0.0, "pvalue": 1.0, "df": None, "low": diff, "high": diff,
+                    "note": "all values are equal"}
+        return {"statistic": None, "pvalue": None, "df": None, "low": None, "high": None,
+                "note": "no spread within either model: the t-test is undefined"}
+    res = st.ttest_ind(a, b, equal_var=False)
+    ci = res.confidence_interval(confidence_level=confidence)
+    return {"statistic": float(res.statistic), "pvalue": float(res.pvalue), "df": float(res.df),
+            "low": float(ci.low), "high": float(ci.high)}
+
+
+def _mann_whitney(a: np.ndarray, b: np.ndarray, seed: int = 0) -> dict[str, Any]:
+    """Two-sided Mann-Whitney U with a's statistic, exact where the seeds allow.
+
+    Without ties: scipy's exact U distribution (one side ≤ 8 values; asymptotic beyond).
+    With ties scipy's default is the normal approximation, which for 3 vs 3 can go below
+    the exact minimum 0.1; there we use scipy's permutation test, exact (every split of
+    the pooled values) up to EXACT_SPLITS splits, Monte-Carlo (seeded) beyond.
+    """
+    from scipy import stats as st
+
+    from polyray.eval.stats import compute_mann_whitney
+
+    res = compute_mann_whitney(a, b)
+    if "note" in res:  # all values equal: p = 1
+        return {**res, "method": "exact"}
+    pooled = np.concatenate([a, b])
+    if np.unique(pooled).size == pooled.size:
+        return {**res, "method": "exact" if min(a.size, b.size) <= 8 else "asymptotic"}
+    splits = math.comb(a.size + b.size, a.size)
+    perm = st.PermutationMethod(n_resamples=EXACT_SPLITS, rng=np.random.default_rng(seed))
+    r = st.mannwhitneyu(a, b, alternative="two-sided", method=perm)
+    return {"statistic": float(r.statistic), "pvalue": float(r.pvalue),
+            "method": "exact permutation" if splits <= EXACT_SPLITS else "Monte-Carlo permutation"}
+
+
+def _over_seeds(a, b, confidence: float = CONFIDENCE) -> dict[str, Any]:
+    """Between-run tests with the seed as the unit: Welch's t with its interval, Mann-Whitney U, Cohen's d."""
+    from polyray.eval.stats import compute_cohens_d
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    out: dict[str, Any] = {"n": [int(a.size), int(b.size)], "difference": float(a.mean() - b.mean()),
+                           "mann_whitney": _mann_whitney(a, b)}
+    if min(a.size, b.size) >= 2:
+        out["welch_t"] = _welch(a, b, confidence)
+    if a.size + b.size >= 3:
+        out["cohens_d"] = compute_cohens_d(a, b)
+    return out
+
+
+def _brief(stats: dict[str, Any]) -> dict[str, Any]:
+    """The headline numbers of an :func:`_over_seeds` result, flat and JSON-safe.
+
+    ``ci95`` is Welch's t-interval for the difference of means; ``<test>_p_holm`` is added
+    by :func:`_holm` once every comparison is known.
+    """
+    if not stats:
+        return {}
+    welch, mw = stats.get("welch_t", {}), stats["mann_whitney"]
+    keep: dict[str, Any] = {"n_seeds": stats["n"][0],
+                            "ci95": [_num(welch.get("low")), _num(welch.get("high"))] if welch else [None, None],
+                            "welch_t": _num(welch.get("statistic")), "welch_df": _num(welch.get("df")),
+                            "welch_p": _num(welch.get("pvalue")),
+                            "mann_whitney_u": mw["statistic"], "mann_whitney_p": mw["pvalue"],
+                            "mann_whitney_method": mw["method"], "cohens_d": _num(stats.get("cohens_d"))}
+    notes = [n for n in (welch.get("note"), mw.get("note")) if n]
+    if notes:
+        keep["note"] = "; ".join(dict.fromkeys(notes))
+    return keep
+
+
+def _hierarchical_bootstrap(
+    diffs: list[np.ndarray], *, n_resamples: int = BOOTSTRAP_RESAMPLES, confidence: float = CONFIDENCE, seed: int = 0
+) -> dict[str, Any]:
+    """Percentile CI of the mean paired difference, resampling seeds, then prompts within each drawn seed.
+
+    ``diffs``: per seed, treatment − control per prompt. The estimate is the mean over seeds of
+    each seed's mean over prompts (every seed weighs the same). A seed drawn twice gets two
+    independent prompt resamples.
+    """
+    rng = np.random.default_rng(seed)
+    n_seeds = len(diffs)
+    drawn = rng.integers(0, n_seeds, size=(n_resamples, n_seeds))  # seeds, with replacement
+    totals = np.zeros(n_resamples)
+    for s, d in enumerate(diffs):
+        rows = np.nonzero(drawn == s)[0]  # the resample of each draw of seed s
+        prompts = rng.integers(0, d.size, size=(rows.size, d.size))  # its prompts, with replacement
+        np.add.at(totals, rows, d[prompts].mean(axis=1))
+    means = totals / n_seeds
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    out = {"mean_diff": float(np.mean([d.mean() for d in diffs])), "low": float(low), "high": float(high),
+           "se": float(means.std(ddof=1)), "confidence": confidence, "n_resamples": n_resamples, "seed": seed,
+           "n_seeds": n_seeds}
+    if n_seeds == 1:
+        out["note"] = "one seed: prompt variation only, no run-to-run variation"
+    return out
+
+
+def _prompt_level(
+    a_phases: dict[int, dict], b_phases: dict[int, dict], seeds: list[int], metric: str
+) -> dict[str, Any]:
+    """Prompt-level view, valid only within a seed: per seed a comparison paired by prompt, and a
+    hierarchical bootstrap (seeds, then prompts) of the mean difference. Never one pooled test."""
+    from polyray.eval.stats import compute_wilcoxon
+
+    per_seed, diffs = [], []
+    for s in seeds:
+        a, b = _per_prompt_values(a_phases[s], metric), _per_prompt_values(b_phases[s], metric)
+        if a is None or b is None:
+            return {}
+        pairing = _pair_prompts(a_phases[s]["per_prompt"], b_phases[s]["per_prompt"])
+        if pairing is None:
+            return {"note": f"seed {s}: the two models' prompts cannot be paired"}
+        ia, ib, by = pairing
+        x, y = a[ia], b[ib]
+        per_seed.append({"seed": s, "n_prompts": len(ia), "paired_by": by, "mean_diff": float((x - y).mean()),
+                         "wilcoxon_p": compute_wilcoxon(x, y)["pvalue"]})
+        diffs.append(x - y)
+    return {"per_seed": per_seed, "hierarchical_bootstrap": _hierarchical_bootstrap(diffs)} if diffs else {}
+
+
+def _load_phases(exp: ExperimentConfig, out: Path, seeds: int) -> dict[str, dict[int, dict[str, Any]]]:
+    """Per model label, seed -> its phase results; a seed whose results.json lacks the phase is absent."""
+    per_seed: dict[str, dict[int, dict[str, Any]]] = {}
+    for label, ref in exp.models.items():
+        run_name, _, phase = ref.partition("/")
+        per_seed[label] = {}
+        for seed in range(seeds):
+            try:
+                results = json.loads((out / "runs" / f"{run_name}-s{seed}" / "results.json").read_text())
+                per_seed[label][seed] = results["phases"][phase]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+    return per_seed
+
+
+def _holm(comparisons: dict[str, Any]) -> dict[str, int]:
+    """Holm across the experiment: every comparison x metric's over-seeds p, one family per test.
+
+    Adds ``<test>_p_holm`` next to each ``<test>_p`` (None where the test is undefined) and
+    returns each family's size.
+    """
+    from polyray.eval.stats import compute_holm
+
+    entries = [m["over_seeds"] for c in comparisons.values() for m in c["metrics"].values()]
+    sizes = {}
+    for key in ("welch_p", "mann_whitney_p"):
+        family = [e for e in entries if e.get(key) is not None]
+        for e in entries:
+            e[f"{key}_holm"] = None
+        if family:
+            for e, p in zip(family, compute_holm([e[key] for e in family])["adjusted"]):
+                e[f"{key}_holm"] = float(p)
+        sizes[key] = len(family)
+    return sizes
+
+
+def aggregate(exp: ExperimentConfig, configs, out: Path, seeds: int) -> dict[str, Any]:
+    """experiment.json: per model mean/CI over seeds; per comparison tests over the seeds both models
+    have (paired by seed id), Holm-adjusted across the experiment, and the within-seed prompt-level view."""
+    from polyray.eval.stats import mean_ci
+
+    phases = _load_phases(exp, out, seeds)
+    models: dict[str, Any] = {}
+    for label, by_seed in phases.items():
+        have = sorted(by_seed)
+        entry: dict[str, Any] = {"run": exp.models[label], "n_seeds": len(have), "seeds": have,
+                                 "missing_seeds": [s for s in range(seeds) if s not in by_seed]}
+        models[label] = entry
+        if not have:
+            continue
+        rows = [by_seed[s] for s in have]
+        for m in rows[0]:
+            if not (m in METRICS or m.startswith("diversity/")) or not all(m in r for r in rows):
+                continue
+            values = [r[m] for r in rows]
+            entry[m] = {**mean_ci(values), "values": values} if len(values) > 1 else {"mean": values[0], "values": values}
+    comparisons: dict[str, Any] = {}
+    for treat, ctrl in exp.compare:
+        a_phases, b_phases = phases[treat], phases[ctrl]
+        common = sorted(set(a_phases) & set(b_phases))
+        entry = {"treatment": treat, "control": ctrl, "seeds": common,
+                 "missing_seeds": {lab: [s for s in range(seeds) if s not in phases[lab]] for lab in (treat, ctrl)},
+                 "metrics": {}}
+        comparisons[f"{treat} vs {ctrl}"] = entry
+        if not common:
+            entry["note"] = "no seed has results for both models"
+            continue
+        for m in METRICS:
+            if not all(m in a_phases[s] and m in b_phases[s] for s in common):
+                continue
+            a, b = [a_phases[s][m] for s in common], [b_phases[s][m] for s in common]
+            entry["metrics"][m] = {"mean_treatment": sum(a) / len(a), "mean_control": sum(b) / len(b),
+                                   "difference": sum(a) / len(a) - sum(b) / len(b),
+                                   "over_seeds": _brief(_over_seeds(a, b)),
+                                   "within_seed": _prompt_level(a_phases, b_phases, common, m)}
+    holm = _holm(comparisons)
+    summary = {"name": exp.name, "seeds": seeds, "confidence": CONFIDENCE, "holm_family_sizes": holm,
+               "models": models, "comparisons": comparisons}
+    summary["pareto_pass1_pass10"] = pareto_frontier_labels(summary)
+    return summary
+
+
+def pareto_frontier_labels(summary: dict[str, Any], x: str = "pass@1", y: str = "pass@10") -> list[str]:
+    """Models no other model beats on both mean ``x`` and mean ``y`` (ties do not dominate)."""
+    from polyray.eval.analysis import pareto_frontier
+
+    points = [(label, m[x]["mean"], m[y]["mean"]) for label, m in summary["models"].items() if x in m and y in m]
+    return [p[0] for p, on in zip(points, pareto_frontier(points)) if on]
+
+
+def _dynamics_records(exp: ExperimentConfig, out: Path, seed: int = 0) -> list[dict[str, Any]]:
+    """Seed ``seed``'s diversity dynamics per model, labelled by model; a branch run's records follow
+    those of the run it branches from (its steps after that run's), so a recipe reads SFT then GRPO."""
+    from polyray.eval.analysis import load_dynamics
+
+    @functools.cache  # a root's records are read once, however many runs branch from it
+    def load(run: str) -> list[dict[str, Any]]:
+        path = out / "runs" / f"{run}-s{seed}" / "dynamics.jsonl"
+        return load_dynamics(path) if path.is_file() else []
+
+    origins, records = exp.origins(), []
+    for label, ref in exp.models.items():
+        run, _, phase = ref.partition("/")
+        rows = [r for r in load(run) if r["phase"] == phase or phase == "base"]
+        if run in origins:
+            root, _, root_phase = origins[run].partition("/")
+            before = [r for r in load(root) if r["phase"] == root_phase]
+            shift = 1 + max((r.get("global_step", r["step"]) for r in before), default=-1)
+            rows = [*before, *({**r, "global_step": shift + r.get("global_step", r["step"])} for r in rows)]
+        records += [{**r, "run": label} for r in rows]
+    return records
+
+
+def report_results(exp: ExperimentConfig, summary: dict[str, Any], out: Path) -> dict[str, Any]:
+    """The experiment as the evaluation report's ``results`` (polyray.eval.report): per model mean
+    and 95% CI over seeds of pass@k, USQ and diversity; the Pareto figure is pass@1 against
+    pass@10 (both maximised); the dynamics are seed 0's."""
+    models = {}
+    for label, m in summary["models"].items():
+        passk = {int(k[5:]): v for k, v in m.items() if k.startswith("pass@")}
+        usq = {int(k[4:]): v for k, v in m.items() if k.startswith("usq@")}
+        diversity = {k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("diversity/")}
+        entry = {"pass_at_k": passk, "usq": usq, "usq_selector": "logprob", "diversity": diversity}
+        if "pass@10" in m:
+            entry["diversity"] = {**diversity, "pass@10": m["pass@10"]}  # the Pareto figure's y axis
+        models[label] = entry
+    real = sorted({d for m in summary["models"].values() for d in m if d.startswith("diversity/")})
+    return {
+        "title": f"polyray experiment: {summary['name']} (mean and 95% CI over {summary['seeds']} seeds, test prompts)",
+        "models": models,
+        "table": {"diversity": [d.split("/", 1)[1] for d in real]},
+        "pareto": {"diversity": "pass@10", "quality_label": "pass@1"},
+        "dynamics": _dynamics_records(exp, out),
+    }
+
+
+def _p(entry: dict[str, Any], key: str) -> str:
+    """'p (Holm p)' for the table."""
+    p, adj = entry.get(key), entry.get(f"{key}_holm")
+    return "-" if p is None else f"{p:.3g} ({adj:.3g})" if adj is not None else f"{p:.3g}"
+
+
+def summary_table(summary: dict[str, Any]):
+    """Per model mean ±95% CI over seeds; below it, per comparison the over-seeds tests (raw p, Holm p)."""
+    from rich.console import Group
+    from rich.table import Table
+
+    models = summary["models"]
+    div = sorted({m for v in models.values() for m in v if m.startswith("diversity/")})
+    table = Table(title=f"experiment {summary['name']}: mean ±95% CI over {summary['seeds']} seeds (test prompts)")
+    table.add_column("model", no_wrap=True)
+    table.add_column("seeds", justify="right", no_wrap=True)
+    for m in [*METRICS, *div]:
+        table.add_column(m.replace("diversity/", "").replace("reward_mean", "reward"), justify="right", no_wrap=True)
+    for label, v in models.items():
+        cells = []
+        for m in [*METRICS, *div]:
+            cell = v.get(m)
+            if cell is None:
+                cells.append("-")
+            elif cell.get("half_width") is not None and math.isfinite(cell["half_width"]):
+                cells.append(f"{cell['mean']:.3f}±{cell['half_width']:.3f}")
+            else:
+                cells.append(f"{cell['mean']:.3f}")
+        table.add_row(label, str(v.get("n_seeds", 0)), *cells)
+    comparisons = summary.get("comparisons") or {}
+    if not comparisons:
+        return table
+    tests = Table(title="treatment − control over seeds (paired by seed id): p (Holm p); "
+                        "prompt-level: hierarchical bootstrap")
+    for col in ("comparison", "metric", "seeds", "difference [95% CI]", "Welch p", "Mann-Whitney p", "Cohen's d",
+                "bootstrap 95% CI"):
+        tests.add_column(col, justify="left" if col in ("comparison", "metric") else "right", no_wrap=True)
+    for name, c in comparisons.items():
+        if not c["metrics"]:
+            tests.add_row(name, "-", ",".join(map(str, c["seeds"])) or "none", *["-"] * 5)
+        for m, e in c["metrics"].items():
+            o = e["over_seeds"]
+            lo, hi = o["ci95"]
+            ci = f" [{lo:+.3f}, {hi:+.3f}]" if lo is not None and hi is not None else ""
+            boot = e["within_seed"].get("hierarchical_bootstrap")
+            tests.add_row(
+                name, m, ",".join(map(str, c["seeds"])), f"{e['difference']:+.3f}{ci}", _p(o, "welch_p"),
+                _p(o, "mann_whitney_p"), "-" if o["cohens_d"] is None else f"{o['cohens_d']:+.2f}",
+                f"[{boot['low']:+.3f}, {boot['high']:+.3f}]" if boot else "-",
+            )
+    return Group(table, tests)

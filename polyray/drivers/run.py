@@ -1,0 +1,330 @@
+"""``polyray run``: the driver. A sequence of stage calls, one short function each.
+
+resolve model -> start Ray -> open the adapter store -> launch rollout pool -> evaluate base ->
+for each phase: fit (Ray Train) -> evaluate -> write results.
+
+Results and the resolved config are written as soon as they exist, so a run that fails
+half-way keeps everything it finished. ``resume=True`` continues such a run in the same
+directory: finished evaluations and phases are not redone, a phase cut off mid-way continues
+from its latest Ray Train checkpoint (same storage path and name), and the adapter store is
+read back from the run directory, so version ids continue after the newest one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+from rich.table import Table
+
+from polyray.cluster import init_ray, needed_cpus
+from polyray.config import RunConfig
+from polyray.eval.policy_eval import build_eval_task
+from polyray.io import ConfigError, Timer, console, dump_config, make_progress, write_json_atomic
+from polyray.models.source import prepare_model_dir
+from polyray.rollout.store import STORE_DIR
+from polyray.reward.engagement import ensure_engagement_model, is_engagement_model_dir, read_engagement_jsonl
+from polyray.tracking import check_tracking, open_tracker
+from polyray.tasks.jsonl import JsonlTaskConfig
+
+
+def evaluate_stage(name: str, pool, task, prompts, run: RunConfig, version: int | None) -> dict[str, Any]:
+    from polyray.eval.policy_eval import evaluate_policy
+
+    with console.status(f"evaluating {name} on {len(prompts)} test prompts x {run.eval.n_samples} samples"):
+        return evaluate_policy(pool, task, prompts, run.eval, version=version, seed=run.seed)
+
+
+def train_stage(
+    run: RunConfig, index: int, model_dir: Path, out: Path, pool, version: int, adapter: str | None, tracker=None
+):
+    from polyray.eval.dynamics import DynamicsProbe
+    from polyray.learner.loop import run_phase
+
+    phase = run.phases[index]
+    probe = DynamicsProbe(run, index, out, pool, model_dir) if run.dynamics.every else None
+    with make_progress() as bar:
+        task_id = bar.add_task(f"{phase.name} ({phase.type})", total=phase.steps, info="starting workers")
+
+        def show(state: dict[str, Any]) -> None:
+            m = state.get("metrics") or {}
+            keys = ("loss", "reward_mean", "kl", "step_s")
+            info = "  ".join(f"{k} {m[k]:.3f}" for k in keys if k in m)
+            bar.update(task_id, completed=state.get("step", 0), info=info or "starting workers")
+            if tracker is not None:
+                tracker.log_progress()
+
+        return run_phase(run, index, str(model_dir), out, pool, version, adapter, on_progress=show, dynamics=probe)
+
+
+def results_table(results: dict[str, Any], ks: list[int]) -> Table:
+    table = Table(title="polyray run: test-set evaluation")
+    table.add_column("model")
+    for k in ks:
+        table.add_column(f"pass@{k}", justify="right")
+    usq = [k for k in ks if k > 1][-1:]  # USQ at the largest k (a selector ranking by likelihood)
+    for k in usq:
+        table.add_column(f"usq@{k}", justify="right")
+    table.add_column("reward", justify="right")
+    table.add_column("distinct", justify="right")
+    for name, r in results["phases"].items():
+        table.add_row(
+            name, *[f"{r[f'pass@{k}']:.3f}" for k in ks], *[f"{r.get(f'usq@{k}', float('nan')):.3f}" for k in usq],
+            f"{r['reward_mean']:.3f}", f"{r['distinct_frac']:.2f}",
+        )  # fmt: skip
+    return table
+
+
+def write_results(out: Path, results: dict[str, Any]) -> None:
+    write_json_atomic(out / "results.json", results)
+
+
+
+
+INIT_VERSION = 1  # the adapter version a run started from ``init_adapter`` gives it
+
+
+def publish_init_adapter(run: RunConfig, pool) -> tuple[int, str]:
+    """Publish ``run.init_adapter`` as version 1 (once: a resumed run finds it in the store) and
+    keep it; (version, adapter directory) for the first phase to start from."""
+    from polyray.learner.lora import read_adapter
+
+    path = Path(run.init_adapter).resolve()
+    if pool.newest_version() < INIT_VERSION:
+        pool.publish(INIT_VERSION, read_adapter(path), phase="init")
+    pool.pin("init", INIT_VERSION)
+    return INIT_VERSION, str(path)
+
+
+def check_inputs(run: RunConfig) -> list[Path]:
+    """Everything about ``run`` that can be checked before anything starts: the user's data is read
+    (a bad line, an empty file, a train prompt SFT has no reference for: one error naming
+    file:line), the splits are drawn, the evaluation settings fit the task, and every phase's
+    reward is checked. Returns the engagement model directories to train first."""
+    from polyray.tasks import build_task
+
+    check_tracking(run.tracking)
+    check_generation(run)
+    task = build_task(run.task)
+    task.prompts("test", 1)  # draws the splits: too few prompts for them is an error now, not later
+    if any(p.type in ("sft", "polychromic_sft") for p in run.phases):
+        task.check_references()
+    if run.init_adapter and not (Path(run.init_adapter) / "adapter_config.json").is_file():
+        raise ConfigError(f"init_adapter: {run.init_adapter} is not a saved LoRA adapter (no adapter_config.json)")
+    if run.eval.few_shot and not task.supports_few_shot:
+        raise ConfigError(f"eval.few_shot: task {task.name!r} has no few-shot format (set eval.few_shot: 0)")
+    return engagement_models(run, task, check_run_rewards(run, task))
+
+
+def generation_args(run: RunConfig, out: Path, model_dir: Path) -> dict[str, Any]:
+    """The generation service's args for the live policy of ``run``: the run's model, engine settings
+    and adapter store, under ``run.generation.args``."""
+    from polyray.generation.service import run_generation_args
+
+    args = {**run_generation_args(run, out, model_dir, named=False), **run.generation.args}
+    return {**args, "route_prefix": run.generation.route_prefix}
+
+
+def generation_cpus(args: dict[str, Any]) -> float:
+    from polyray.generation.api import GenerationServiceConfig
+
+    cfg = GenerationServiceConfig.model_validate(args)
+    return cfg.num_cpus * cfg.num_replicas
+
+
+def check_generation(run: RunConfig) -> None:
+    """``generation.args`` validate as the service's settings (the run fills in the model)."""
+    from pydantic import ValidationError
+
+    from polyray.generation.api import GenerationServiceConfig
+    from polyray.io import format_validation_error
+
+    try:
+        GenerationServiceConfig.model_validate({"model_dir": ".", **run.generation.args})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, "generation.args")) from None
+
+
+def check_run_rewards(run: RunConfig, task) -> list[tuple[str, dict[str, Any]]]:
+    """The GRPO rewards, one (name, parameters with the task's defaults) per phase that uses rewards,
+    checked before anything starts."""
+    from polyray.config import phase_reward
+    from polyray.learner.phases import PHASES
+    from polyray.reward.base import RewardError
+    from polyray.reward.scorer import check_reward
+    from polyray.reward.service import resolve_reward
+
+    rewards = []
+    for i, phase in enumerate(run.phases):
+        if not PHASES[phase.type].uses_rewards:
+            continue
+        name, params = resolve_reward(phase_reward(run, phase), task)
+        try:
+            check_reward(name, params, "reward" if getattr(phase, "reward", None) is None else f"phases.{i}.reward")
+        except RewardError as exc:
+            raise ConfigError(str(exc)) from None
+        rewards.append((name, params))
+    return rewards
+
+
+def engagement_models(run: RunConfig, task, rewards: list[tuple[str, dict[str, Any]]]) -> list[Path]:
+    """Engagement model directories the run needs (to judge quality ``engagement``, or in a reward)
+    that hold no model yet: each is trained from the task's file (its rows checked here)."""
+    from polyray.reward.scorer import reward_names
+
+    paths = []
+    if getattr(run.task, "quality", None) == "engagement":
+        paths.append(task.engagement_model_dir())
+    for name, params in rewards:
+        if "engagement" in reward_names(name, params):
+            components = params["components"] if name == "weighted_sum" else [{"name": name, "params": params}]
+            paths += [Path(c["params"]["model_path"]) for c in components
+                      if c["name"] == "engagement" and "model_path" in c.get("params", {})]  # fmt: skip
+    missing = [p for p in dict.fromkeys(paths) if not is_engagement_model_dir(p)]
+    if missing and not isinstance(run.task, JsonlTaskConfig):
+        raise ConfigError(f"reward: no engagement model in {missing[0]} (train one: polyray model train-reward)")
+    occupied = [p for p in missing if p.is_dir() and any(p.iterdir())]
+    if occupied:
+        raise ConfigError(f"engagement model: {occupied[0]} holds files but no model; empty it or choose another directory")
+    if missing:
+        read_engagement_jsonl(run.task.path)  # every line must hold {prompt, response, engagement} to train it
+    return missing
+
+
+def open_run_dir(run: RunConfig, out: Path, resume: bool) -> dict[str, Any]:
+    """Create ``out`` for a new run, or check it holds this run for ``resume``; returns the results so far."""
+    resolved = dump_config(run)
+    config_file, results_file = out / "config.resolved.yaml", out / "results.json"
+    started = config_file.is_file() or (out / "checkpoints").exists() or (out / STORE_DIR).exists()
+    if not resume:
+        if started:
+            raise ConfigError(f"{out} already holds a run: continue it with --resume, or choose another --output-dir")
+        out.mkdir(parents=True, exist_ok=True)
+        config_file.write_text(resolved)
+        return {"name": run.name, "phases": {}, "versions": {}}
+    if not config_file.is_file():
+        raise ConfigError(f"--resume: {out} holds no run ({config_file.name} is missing)")
+    if config_file.read_text() != resolved:
+        import yaml
+
+        old, new = yaml.safe_load(config_file.read_text()), yaml.safe_load(resolved)
+        changed = sorted(k for k in {*old, *new} if old.get(k) != new.get(k))
+        raise ConfigError(f"--resume: the config differs from the run's {config_file} in: {', '.join(changed)}")
+    if not results_file.is_file():
+        return {"name": run.name, "phases": {}, "versions": {}}
+    results = json.loads(results_file.read_text())
+    results.setdefault("versions", {})
+    results["resumed"] = results.get("resumed", 0) + 1
+    return results
+
+
+def stage_done(results: dict[str, Any], stage: str) -> None:
+    """Log a finished stage in ``results["stages"]`` with the attempt that ran it (0, then 1 per resume)."""
+    results.setdefault("stages", []).append({"stage": stage, "attempt": results.get("resumed", 0), "time": time.time()})
+
+
+def run_pipeline(
+    run: RunConfig, output_dir: Path | None = None, resume: bool = False, on_stage=None, serve_generation: bool = False
+) -> dict[str, Any]:
+    """Run (or with ``resume`` continue) ``run`` in ``output_dir`` (default ``runs/<name>``); returns
+    its results. ``on_stage(results)`` is called after each evaluation is written;
+    ``serve_generation`` serves the live policy over HTTP while the run lasts (``run.generation``)."""
+    out = Path(output_dir or Path("runs") / run.name).resolve()
+    engagement = check_inputs(run)
+    results = open_run_dir(run, out, resume)
+    tracker = open_tracker(run, out)
+    try:
+        results = _run_stages(run, out, resume, results, engagement, tracker, on_stage, serve_generation)
+    except BaseException:
+        if tracker is not None:
+            tracker.finish(failed=True)
+        raise
+    if tracker is not None:
+        tracker.finish(failed=False)
+    console.print(results_table(results, run.eval.ks))
+    console.print(f"outputs in {out}")
+    return results
+
+
+def _run_stages(
+    run: RunConfig, out: Path, resume: bool, results, engagement, tracker, on_stage, serve_generation: bool
+) -> dict[str, Any]:
+    from polyray.learner.phases import PHASES
+    from polyray.rollout.pool import RolloutPool
+    from polyray.rollout.store import open_store
+
+    def evaluated(stage: str) -> None:
+        stage_done(results, f"eval_{stage}")
+        write_results(out, results)
+        if tracker is not None:
+            tracker.log_progress()
+            tracker.log_stage(stage, done[stage])
+        if on_stage is not None:
+            on_stage(results)
+
+    done = results["phases"]
+    timer = Timer()
+    timer.timings.update(results.get("timings_s", {}))
+    results["timings_s"] = timer.timings
+
+    with timer("model_build"):
+        model_dir = prepare_model_dir(run.model, run.task)
+    results["model_dir"] = str(model_dir)
+    for path in engagement:
+        with timer("reward_model_build"), console.status(f"training the engagement model into {path}"):
+            ensure_engagement_model(run.task.path, path, run.task.seed)
+    task = build_eval_task(run, model_dir)
+    test_prompts = task.prompts("test")
+    generation = generation_args(run, out, model_dir) if serve_generation else None
+    with timer("ray_init"):
+        init_ray(run.cluster, needed_cpus(run) + (generation_cpus(generation) if generation else 0.0))
+    store = open_store(out / STORE_DIR, run.rollout.store_keep)
+    pool = None
+    try:
+        if generation is not None:  # first: it starts Serve's HTTP proxy, which the reward app then shares
+            from polyray.generation.service import deploy_generation
+
+            with timer("generation_service_start"), console.status("starting the generation service (Ray Serve)"):
+                url = deploy_generation(generation, run.generation.host, run.generation.http_port)
+            console.print(f"generation service: {url}  (models: base, latest, policy-vN as they are published)")
+        if run.reward.endpoint and any(PHASES[p.type].uses_rewards for p in run.phases):
+            from polyray.reward.service import ensure_reward_service
+
+            with timer("reward_service_start"), console.status("starting the reward service (Ray Serve)"):
+                ensure_reward_service(run.reward)
+        with timer("rollout_pool_start"), console.status(f"starting {run.rollout.num_workers} vLLM rollout worker(s)"):
+            pool = RolloutPool.launch(str(model_dir), run.rollout, run.model.dtype, run.seed, store, run=run.name)
+        version, adapter = publish_init_adapter(run, pool) if run.init_adapter else (0, None)
+        if "base" not in done:
+            with timer("eval_base"):
+                done["base"] = evaluate_stage("base", pool, task, test_prompts, run, version or None)
+            evaluated("base")
+        for index, phase in enumerate(run.phases):
+            adapter_dir = out / "adapters" / phase.name
+            if phase.name in done:  # trained and evaluated before a resume
+                version, adapter = results["versions"][phase.name], str(adapter_dir)
+                continue
+            if resume and (adapter_dir / "polyray_version.json").is_file():  # trained, not yet evaluated
+                version = json.loads((adapter_dir / "polyray_version.json").read_text())["version"]
+                adapter = str(adapter_dir)
+            else:
+                with timer(f"train_{phase.name}"):
+                    trained = train_stage(run, index, model_dir, out, pool, version, adapter, tracker)
+                version, adapter = trained["version"], trained["adapter_dir"]
+                stage_done(results, f"train_{phase.name}")
+                write_results(out, results)
+            pool.pin(phase.name, version)  # evaluated below, and by anyone later: kept for good
+            results["versions"][phase.name] = version
+            with timer(f"eval_{phase.name}"):
+                done[phase.name] = evaluate_stage(phase.name, pool, task, test_prompts, run, version)
+            evaluated(phase.name)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+        ray.kill(store)  # its state is on disk; a resume opens it again
+    results["timings_s"]["total"] = round(sum(v for k, v in timer.timings.items() if k != "total"), 2)
+    write_results(out, results)
+    return results

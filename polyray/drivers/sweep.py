@@ -1,0 +1,494 @@
+"""``polyray sweep``: the training pipeline as Ray Tune trials (Ray Train V2 inside), resumable.
+
+A sweep file names a base run config, optionally the task every trial trains on and a partial
+config merged onto the base (``overrides``), and a search ``space``: config fields by dotted
+path (``phases.0.lam``, ``seed``), each a ``grid``, ``choice``, ``uniform`` or ``loguniform``
+axis. Every point is one Tune trial; a trial is a function trainable that calls
+:func:`polyray.drivers.run.run_pipeline`, which builds one ``TorchTrainer`` per phase (the pattern Ray
+documents for Train V2 inside Tune) and reports the final evaluation to Tune.
+
+The same machinery runs ``polyray experiment``: its runs x seeds are a grid over ``run`` (which
+partial config) and ``seed`` (:func:`run_trials`).
+
+Resources. Under Train V2 a trial's own request covers only its driver, so the trial function
+asks for a token 0.01 CPU; its rollout actors, Train workers and the reward replica request theirs.
+``max_concurrent_trials`` (default 1) keeps concurrent trials within what the cluster has; the
+reward service is one Serve application shared by all trials, deployed by the sweep's driver.
+The rollout actors and adapter store of a trial are created outside its placement group
+(``scheduling_strategy="DEFAULT"``); a trial that ends, fails or is stopped takes them with it
+(they are its children). The user's data is checked once, by the driver, before Ray starts.
+
+Stable directories. A trial's run directory is named after its parameters
+(``trials/phases.0.lam=0.3,seed=1``; with sampled axes, also Tune's trial id, which a restore
+keeps), so a trial restored by ``Tuner.restore`` (``--resume``) finds its run and continues it
+with ``run_pipeline(resume=True)``: finished phases and evaluations are kept, a phase cut off
+mid-way resumes from its latest Ray Train checkpoint (same storage path and name). A trial Tune
+already recorded as finished is not run again, and a trial whose run had finished only reports it.
+Tune starts a trial in its own directory; the trial changes back to where the sweep was started,
+so relative paths in the config are the user's.
+
+Outputs (``<out>/``): ``sweep.json`` and ``sweep.csv`` (every trial's parameters and metrics), the
+best trial by the objective, and ``report.html`` in the evaluation job's report format: per
+setting of the non-seed axes the mean and 95% t-interval over seeds of pass@k, USQ and
+diversity, pass@k against the swept value, and the quality x diversity Pareto frontier. Tune's
+own CSV and TensorBoard logs are under ``<out>/tune/``.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from polyray.config import RunConfig
+from polyray.io import ConfigError, StrictModel, console, format_validation_error
+from polyray.tracking import run_metrics, tune_callbacks
+
+TUNE_DIR = "tune"  # Tune's experiment directory under the sweep's output directory
+TRIALS_DIR = "trials"
+TRIAL_CPUS = 0.01  # a trial's own request: its driver only (Tune refuses an empty one)
+
+
+class Axis(StrictModel):
+    """One search axis: exactly one of ``grid`` (every value), ``choice`` (one, sampled), ``uniform``
+    or ``loguniform`` ([low, high], sampled)."""
+
+    grid: list[Any] | None = Field(None, description="Every value is tried (Tune grid_search).")
+    choice: list[Any] | None = Field(None, description="One value sampled per trial.")
+    uniform: tuple[float, float] | None = Field(None, description="[low, high], sampled uniformly.")
+    loguniform: tuple[float, float] | None = Field(None, description="[low, high], sampled log-uniformly (low > 0).")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Axis:
+        kinds = [k for k in ("grid", "choice", "uniform", "loguniform") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(f"an axis is exactly one of grid, choice, uniform, loguniform (got {kinds or 'none'})")
+        values = getattr(self, kinds[0])
+        if kinds[0] in ("grid", "choice") and not values:
+            raise ValueError(f"{kinds[0]} needs at least one value")
+        if kinds[0] in ("uniform", "loguniform") and not values[0] < values[1]:
+            raise ValueError(f"{kinds[0]}: low must be < high, got {list(values)}")
+        if kinds[0] == "loguniform" and values[0] <= 0:
+            raise ValueError("loguniform: low must be > 0")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("grid", "choice", "uniform", "loguniform") if getattr(self, k) is not None)
+
+    def tune_domain(self):
+        from ray import tune
+
+        kind = self.kind
+        if kind == "grid":
+            return tune.grid_search(list(self.grid))
+        if kind == "choice":
+            return tune.choice(list(self.choice))
+        low, high = getattr(self, kind)
+        return tune.uniform(low, high) if kind == "uniform" else tune.loguniform(low, high)
+
+
+class Objective(StrictModel):
+    """What "best" means: a metric of one phase, on the validation prompts by default."""
+
+    phase: str | None = Field(None, description="Phase whose evaluation counts (default: the last phase).")
+    metric: str = Field(
+        "val/pass@1",
+        description="val/<m>: the phase's last validation measurement (dynamics probe); <m>: its test evaluation"
+        " (pass@k, usq@k, reward_mean, diversity/<name>). Select on validation, report on test.",
+    )
+    mode: str = Field("max", pattern="^(max|min)$", description="max or min.")
+
+
+class SweepConfig(StrictModel):
+    """A search over run configs: base + task + overrides, and the axes of the space."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="Sweep name (runs/<name>/).")
+    base: str = Field(..., description="Base run config, relative to the sweep file.")
+    task: dict[str, Any] | None = Field(None, description="Task of every trial, in place of the base's.")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="Partial run config merged onto the base.")
+    space: dict[str, Axis] = Field(..., description="Dotted config path -> axis, e.g. phases.0.lam: {grid: [0, 0.3]}.")
+    num_samples: int = Field(1, ge=1, description="Samples of the sampled axes per grid point.")
+    objective: Objective = Field(default_factory=Objective)
+    max_concurrent_trials: int = Field(1, ge=1, description="Trials running at once.")
+
+    @model_validator(mode="after")
+    def _space_not_empty(self) -> SweepConfig:
+        if not self.space:
+            raise ValueError("space: name at least one axis, e.g. seed: {grid: [0, 1, 2]}")
+        return self
+
+
+def merge(base: dict, patch: dict) -> dict:
+    """Deep merge of mappings; lists and scalars in ``patch`` replace."""
+    out = copy.deepcopy(base)
+    for key, value in patch.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def apply_params(data: dict, params: dict[str, Any]) -> dict:
+    """``data`` with each dotted path of ``params`` set to its value as is (list items by index)."""
+    from polyray.io import set_path
+
+    out = copy.deepcopy(data)
+    for key, value in params.items():
+        set_path(out, key.split("."), value)
+    return out
+
+
+def trial_slug(params: dict[str, Any]) -> str:
+    """A stable, readable directory name for a point of the space."""
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.6g}"
+        return json.dumps(v, separators=(",", ":")) if isinstance(v, (dict, list)) else str(v)
+
+    slug = ",".join(f"{k}={fmt(v)}" for k, v in sorted(params.items()))
+    return "".join(c if c.isalnum() or c in "=,._-" else "_" for c in slug)[:200] or "trial"
+
+
+def _load_yaml(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"{path}: {what} not found")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}".replace("\n", " ")) from None
+
+
+def load_sweep(path: str | Path) -> tuple[SweepConfig, dict[str, Any]]:
+    """The sweep and its base run mapping (base + task + overrides); every grid point is validated
+    as a :class:`RunConfig` now, so a bad axis fails before anything starts."""
+    path = Path(path)
+    try:
+        sweep = SweepConfig.model_validate(_load_yaml(path, "sweep file"))
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, str(path))) from None
+    base = _load_yaml((path.parent / sweep.base).resolve(), "base run config")
+    if sweep.task is not None:
+        base["task"] = sweep.task
+    base = merge(base, sweep.overrides)
+    for params in _points(sweep):
+        try:
+            run = RunConfig.model_validate(apply_params(base, params))
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, f"{path}: space point {params}")) from None
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: space: {exc}") from None
+    if sweep.num_samples > 1 and not sampled_axes(sweep):
+        raise ConfigError(f"{path}: num_samples: {sweep.num_samples} repeats of a grid-only space would repeat its"
+                          " trials; add a seed axis instead")  # fmt: skip
+    _check_objective(sweep.objective, run, path)
+    return sweep, base
+
+
+def sampled_axes(sweep: SweepConfig) -> list[str]:
+    return [name for name, axis in sweep.space.items() if axis.kind != "grid"]
+
+
+def _check_objective(objective: Objective, run: RunConfig, path: Path) -> None:
+    phases = [p.name for p in run.phases]
+    if objective.phase is not None and objective.phase not in ["base", *phases]:
+        raise ConfigError(f"{path}: objective.phase: no phase {objective.phase!r} (phases: {phases})")
+    if not objective.metric.startswith("val/"):
+        return
+    if not run.dynamics.every or (objective.phase or (phases or ["base"])[-1]) == "base":
+        raise ConfigError(
+            f"{path}: objective.metric {objective.metric!r} is measured on validation prompts by the dynamics"
+            " probe during a phase: set dynamics.every (e.g. to the phases' steps) in overrides, or choose a test metric"
+        )
+    name = objective.metric[4:]
+    known = [f"pass@{k}" for k in run.dynamics.ks] + ["reward_mean"] + [f"diversity/{m}" for m in run.dynamics.metrics]
+    if name not in known:
+        raise ConfigError(f"{path}: objective.metric: the dynamics probe measures {known}, not {name!r}")
+
+
+def _axis_values(axis: Axis) -> list[Any]:
+    """Every value an axis can give that a config could reject: all grid and choice values, both bounds."""
+    return list(axis.grid or axis.choice or getattr(axis, axis.kind))
+
+
+def _points(sweep: SweepConfig) -> list[dict[str, Any]]:
+    """Points to validate: each value of each axis, the other axes at their first value (one axis at
+    a time, so a large space costs a few validations, not its product)."""
+    first = {name: _axis_values(axis)[0] for name, axis in sweep.space.items()}
+    points = [first]
+    for name, axis in sweep.space.items():
+        points += [{**first, name: v} for v in _axis_values(axis)[1:]]
+    return points
+
+
+# ------------------------------------------------------------------------------ the trial
+def run_name(prefix: str, directory: Path) -> str:
+    """A run name (``[A-Za-z0-9_.-]``) from the experiment's name and the trial's directory."""
+    return "".join(c if c.isalnum() or c in "_.-" else "-" for c in f"{prefix}-{directory.name}")[:120]
+
+
+def pipeline_trial(
+    params: dict[str, Any], *, bases: dict[str, dict], out: str, run_dir: Callable[[dict, str], str], prefix: str,
+    derived: Callable[[dict], dict] | None = None,
+) -> None:
+    """Tune function trainable: one training run at ``params`` (``run`` picks a base, the rest are
+    dotted fields) in ``out / run_dir(params, trial_id)``: started, continued if the directory holds an
+    unfinished run, or only reported if it holds a finished one. Reports after each evaluation
+    (:func:`polyray.tracking.run_metrics`); Tune's logger callbacks track trials, so the run's
+    own tracker is off. ``derived(params)``: more config fields that follow from the parameters
+    (an experiment's branch run gets its seed's starting adapter)."""
+    import os
+
+    from ray import tune
+
+    # Tune runs a trial in its own directory: relative paths in the config (data files, a local
+    # model) are the user's, relative to where the sweep was started
+    os.chdir(os.environ.get("TUNE_ORIG_WORKING_DIR", os.getcwd()))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from polyray.drivers.run import run_pipeline
+
+    fields = {k: v for k, v in params.items() if k != "run"}
+    fields.update(derived(params) if derived is not None else {})
+    directory = Path(out) / run_dir(params, tune.get_context().get_trial_id())
+    run = RunConfig.model_validate({**apply_params(bases[params.get("run", "")], fields),
+                                    "name": run_name(prefix, directory), "tracking": {"backend": "none"}})  # fmt: skip
+
+    def report(results: dict[str, Any]) -> None:
+        tune.report({**run_metrics(results, directory), "run_dir": str(directory)})
+
+    results = _finished_results(directory, run)
+    if results is None:
+        run_pipeline(run, directory, resume=(directory / "config.resolved.yaml").is_file(), on_stage=report)
+    else:
+        report(results)
+
+
+def _finished_results(directory: Path, run: RunConfig) -> dict[str, Any] | None:
+    """The results of a run in ``directory`` that evaluated every phase, else None."""
+    try:
+        results = json.loads((directory / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return results if {"base", *(p.name for p in run.phases)} <= set(results.get("phases", {})) else None
+
+
+def run_trials(
+    name: str,
+    out: Path,
+    param_space: dict[str, Any],
+    bases: dict[str, dict],
+    run_dir: Callable[[dict, str], str],
+    configs: list[RunConfig],
+    *,
+    num_samples: int = 1,
+    max_concurrent: int = 1,
+    resume: bool = False,
+    prefix: str | None = None,
+    derived: Callable[[dict], dict] | None = None,
+):
+    """Run (or, with ``resume``, restore) the Tune experiment ``name`` of pipeline trials; returns
+    Tune's ResultGrid. ``configs``: one run config per base, checked here before anything starts;
+    ``prefix``: of every trial's run name (default ``name``); ``derived``: see :func:`pipeline_trial`."""
+    from ray import tune
+
+    from polyray.cluster import init_ray, needed_cpus
+    from polyray.models.source import prepare_model_dir
+    from polyray.drivers.run import check_inputs
+
+    for run in configs:
+        check_inputs(run)  # the user's data, once, before Ray starts (not once per trial)
+    first = configs[0]
+    prepare_model_dir(first.model, first.task)  # once, before trials race to build it
+    reward = first.reward.num_cpus if first.reward.endpoint else 0.0  # one replica, shared
+    init_ray(first.cluster, (needed_cpus(first) - reward + TRIAL_CPUS) * max_concurrent + reward)
+    if first.reward.endpoint:  # one reward application for every trial, deployed outside their placement groups
+        from polyray.reward.service import ensure_reward_service
+
+        ensure_reward_service(first.reward)
+    trainable = tune.with_resources(
+        tune.with_parameters(pipeline_trial, bases=bases, out=str(out), run_dir=run_dir, prefix=prefix or name,
+                             derived=derived),
+        {"cpu": TRIAL_CPUS},
+    )
+    tune_dir = out / TUNE_DIR
+    if resume:
+        tuner = tune.Tuner.restore(str(tune_dir / name), trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(num_samples=num_samples, max_concurrent_trials=max_concurrent),
+            run_config=tune.RunConfig(
+                name=name, storage_path=str(tune_dir), failure_config=tune.FailureConfig(max_failures=1), verbose=1,
+                callbacks=tune_callbacks(first.tracking, name),
+            ),
+        )
+    return tuner.fit()
+
+
+def grid_run_dir(params: dict[str, Any], trial_id: str) -> str:
+    """A grid-only sweep's trial directory: its parameters say which point it is."""
+    return f"{TRIALS_DIR}/{trial_slug(params)}"
+
+
+def sampled_run_dir(params: dict[str, Any], trial_id: str) -> str:
+    """A sampled sweep's trial directory: parameters and Tune's trial id (kept by a restore), since two
+    trials may draw the same value."""
+    return f"{TRIALS_DIR}/{trial_slug(params)[:160]}-{trial_id}"
+
+
+def run_sweep(path: str | Path, output_dir: Path | None = None, resume: bool = False) -> dict[str, Any]:
+    """Run every trial of the sweep at ``path`` (or continue it); write and return its summary."""
+    from ray import tune
+
+    sweep, base = load_sweep(path)
+    out = Path(output_dir or Path("runs") / sweep.name).resolve()
+    restorable = tune.Tuner.can_restore(str(out / TUNE_DIR / sweep.name))
+    if resume and not restorable:
+        raise ConfigError(f"--resume: {out / TUNE_DIR / sweep.name} holds no Tune experiment to restore; run without --resume")
+    if not resume and restorable:
+        raise ConfigError(f"{out} already holds this sweep: continue it with --resume, or choose another --output-dir")
+    out.mkdir(parents=True, exist_ok=True)
+    first = RunConfig.model_validate(apply_params(base, _points(sweep)[0]))
+    space = {k: axis.tune_domain() for k, axis in sweep.space.items()}
+    run_dir = sampled_run_dir if sampled_axes(sweep) else grid_run_dir
+    grid = run_trials(sweep.name, out, space, {"": base}, run_dir, [first],
+                      num_samples=sweep.num_samples, max_concurrent=sweep.max_concurrent_trials, resume=resume)  # fmt: skip
+    summary = summarise(sweep, first, grid)
+    write_outputs(out, summary)
+    console.print(summary_table(summary))
+    console.print(f"outputs in {out}")
+    return summary
+
+
+# ------------------------------------------------------------------------------ outputs
+def _objective_key(sweep: SweepConfig, run: RunConfig) -> str:
+    phase = sweep.objective.phase or (run.phases[-1].name if run.phases else "base")
+    return f"{phase}/{sweep.objective.metric}"
+
+
+def summarise(sweep: SweepConfig, run: RunConfig, grid) -> dict[str, Any]:
+    """Every trial (parameters, metrics, status), the best one, and per setting of the non-seed axes
+    the mean and 95% t-interval over seeds."""
+    objective = _objective_key(sweep, run)
+    trials = []
+    for result in grid:
+        metrics = {k: v for k, v in (result.metrics or {}).items() if "/" in k and isinstance(v, (int, float))}
+        trials.append({"params": trial_params(result), "metrics": metrics, "run_dir": (result.metrics or {}).get("run_dir"),
+                       "error": error_line(result.error)})  # fmt: skip
+    scored = [t for t in trials if objective in t["metrics"]]
+    sign = 1.0 if sweep.objective.mode == "max" else -1.0
+    best = max(scored, key=lambda t: sign * t["metrics"][objective]) if scored else None
+    return {"name": sweep.name, "objective": {"key": objective, "mode": sweep.objective.mode},
+            "axes": list(sweep.space), "trials": trials, "best": best, "settings": settings(trials)}  # fmt: skip
+
+
+def trial_params(result) -> dict[str, Any]:
+    """A Tune result's parameters: its config, or for a trial that never reported (its config then
+    is None in Ray 2.60) the ``params.json`` Tune wrote into its directory."""
+    if result.config:
+        return dict(result.config)
+    try:
+        return json.loads((Path(result.path) / "params.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return {}
+
+
+def error_line(error: BaseException | None) -> str | None:
+    if error is None:
+        return None
+    lines = str(error).strip().splitlines()
+    return (lines[-1] if lines else type(error).__name__)[:500]
+
+
+def settings(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Trials grouped by every parameter but ``seed``: per metric mean, 95% t-interval over seeds, n."""
+    from polyray.eval.stats import mean_ci
+
+    groups: dict[str, list[dict]] = {}
+    for t in trials:
+        key = json.dumps({k: v for k, v in sorted(t["params"].items()) if k != "seed"}, sort_keys=True)
+        groups.setdefault(key, []).append(t)
+    out = []
+    for key, members in groups.items():
+        names = sorted({m for t in members for m in t["metrics"]})
+        stats = {}
+        for name in names:
+            values = np.array([t["metrics"][name] for t in members if name in t["metrics"]], dtype=np.float64)
+            ci = mean_ci(values)
+            finite = {k: (ci[k] if math.isfinite(ci[k]) else None) for k in ("mean", "low", "high")}
+            stats[name] = {**finite, "n": len(values)}
+        out.append({"params": json.loads(key), "seeds": sorted(t["params"].get("seed", 0) for t in members), "metrics": stats})
+    return out
+
+
+def write_outputs(out: Path, summary: dict[str, Any]) -> None:
+    """``sweep.json``, ``sweep.csv`` (a row per trial: parameters, then metrics) and ``report.html``."""
+    from polyray.eval.report import write_report
+    from polyray.io import write_json_atomic
+
+    write_json_atomic(out / "sweep.json", summary)
+    params = sorted({k for t in summary["trials"] for k in t["params"]})
+    metrics = sorted({k for t in summary["trials"] for k in t["metrics"]})
+    with (out / "sweep.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([*params, *metrics, "run_dir", "error"])
+        for t in summary["trials"]:
+            writer.writerow([*(t["params"].get(k, "") for k in params), *(t["metrics"].get(k, "") for k in metrics),
+                             t["run_dir"] or "", t["error"] or ""])  # fmt: skip
+    write_report(out, report_results(summary))
+
+
+def _label(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in params.items()) or "all"
+
+
+def report_results(summary: dict[str, Any]) -> dict[str, Any]:
+    """The sweep as the evaluation report's ``results`` (polyray.eval.report): a model per setting
+    of the non-seed axes, values mean and CI over seeds, of the objective's phase."""
+    phase = summary["objective"]["key"].split("/")[0]
+    models = {}
+    for s in summary["settings"]:
+        m = {k.split("/", 1)[1]: v for k, v in s["metrics"].items() if k.startswith(phase + "/")}
+        passk = {int(k[5:]): v for k, v in m.items() if k.startswith("pass@")}
+        usq = {int(k[4:]): v for k, v in m.items() if k.startswith("usq@")}
+        diversity = {k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("diversity/")}
+        models[_label(s["params"])] = {"pass_at_k": passk, "usq": usq, "usq_selector": "logprob", "diversity": diversity}
+    axes = [a for a in summary["axes"] if a != "seed"]
+    results: dict[str, Any] = {"title": f"polyray sweep: {summary['name']} ({phase}, mean and 95% CI over seeds)",
+                               "models": models}  # fmt: skip
+    if len(axes) == 1:
+        results["axis"] = {"name": axes[0], "points": [
+            {"x": s["params"][axes[0]], **{k.split("/", 1)[1]: v for k, v in s["metrics"].items()
+                                           if k.startswith(phase + "/pass@")}}
+            for s in summary["settings"]]}  # fmt: skip
+    return results
+
+
+def summary_table(summary: dict[str, Any]):
+    from rich.table import Table
+
+    phase = summary["objective"]["key"].split("/")[0]
+    table = Table(title=f"polyray sweep {summary['name']}: {phase} on the test prompts (mean [95% CI] over seeds)")
+    table.add_column("setting")
+    table.add_column("seeds", justify="right")
+    names = sorted({k for s in summary["settings"] for k in s["metrics"] if k.startswith(phase + "/")
+                    and k.split("/", 1)[1].startswith(("pass@", "usq@", "diversity/"))})  # fmt: skip
+    for name in names:
+        table.add_column(name.split("/", 1)[1], justify="right")
+
+    def cell(v):
+        if v is None:
+            return "-"
+        return f"{v['mean']:.3f}" + (f" [{v['low']:.3f}, {v['high']:.3f}]" if v["low"] is not None else "")
+
+    for s in summary["settings"]:
+        table.add_row(_label(s["params"]), str(len(s["seeds"])), *[cell(s["metrics"].get(n)) for n in names])
+    return table
