@@ -26,9 +26,10 @@ from polyray.eval.policy_eval import build_eval_task
 from polyray.io import ConfigError, Timer, console, dump_config, make_progress, write_json_atomic
 from polyray.models.source import prepare_model_dir
 from polyray.rollout.store import STORE_DIR
-from polyray.reward.engagement import ensure_engagement_model, is_engagement_model_dir, read_engagement_jsonl
+from polyray.reward.engagement import ensure_engagement_model
+from polyray.reward.plan import models_to_train, scores_rollouts
+from polyray.reward.plan import plan as plan_rewards
 from polyray.tracking import check_tracking, open_tracker
-from polyray.tasks.jsonl import JsonlTaskConfig
 
 
 def evaluate_stage(name: str, pool, task, prompts, run: RunConfig, version: int | None) -> dict[str, Any]:
@@ -116,7 +117,7 @@ def check_inputs(run: RunConfig) -> list[Path]:
         raise ConfigError(f"init_adapter: {run.init_adapter} is not a saved LoRA adapter (no adapter_config.json)")
     if run.eval.few_shot and not task.supports_few_shot:
         raise ConfigError(f"eval.few_shot: task {task.name!r} has no few-shot format (set eval.few_shot: 0)")
-    return engagement_models(run, task, check_run_rewards(run, task))
+    return models_to_train(plan_rewards(run, task), run)
 
 
 def generation_args(run: RunConfig, out: Path, model_dir: Path) -> dict[str, Any]:
@@ -146,52 +147,6 @@ def check_generation(run: RunConfig) -> None:
         GenerationServiceConfig.model_validate({"model_dir": ".", **run.generation.args})
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, "generation.args")) from None
-
-
-def check_run_rewards(run: RunConfig, task) -> list[tuple[str, dict[str, Any]]]:
-    """The GRPO rewards, one (name, parameters with the task's defaults) per phase that uses rewards,
-    checked before anything starts."""
-    from polyray.config import phase_reward
-    from polyray.learner.phases import PHASES
-    from polyray.reward.base import RewardError
-    from polyray.reward.scorer import check_reward
-    from polyray.reward.service import resolve_reward
-
-    rewards = []
-    for i, phase in enumerate(run.phases):
-        if not PHASES[phase.type].uses_rewards:
-            continue
-        name, params = resolve_reward(phase_reward(run, phase), task)
-        try:
-            check_reward(name, params, "reward" if getattr(phase, "reward", None) is None else f"phases.{i}.reward")
-        except RewardError as exc:
-            raise ConfigError(str(exc)) from None
-        rewards.append((name, params))
-    return rewards
-
-
-def engagement_models(run: RunConfig, task, rewards: list[tuple[str, dict[str, Any]]]) -> list[Path]:
-    """Engagement model directories the run needs (to judge quality ``engagement``, or in a reward)
-    that hold no model yet: each is trained from the task's file (its rows checked here)."""
-    from polyray.reward.scorer import reward_names
-
-    paths = []
-    if getattr(run.task, "quality", None) == "engagement":
-        paths.append(task.engagement_model_dir())
-    for name, params in rewards:
-        if "engagement" in reward_names(name, params):
-            components = params["components"] if name == "weighted_sum" else [{"name": name, "params": params}]
-            paths += [Path(c["params"]["model_path"]) for c in components
-                      if c["name"] == "engagement" and "model_path" in c.get("params", {})]  # fmt: skip
-    missing = [p for p in dict.fromkeys(paths) if not is_engagement_model_dir(p)]
-    if missing and not isinstance(run.task, JsonlTaskConfig):
-        raise ConfigError(f"reward: no engagement model in {missing[0]} (train one: polyray model train-reward)")
-    occupied = [p for p in missing if p.is_dir() and any(p.iterdir())]
-    if occupied:
-        raise ConfigError(f"engagement model: {occupied[0]} holds files but no model; empty it or choose another directory")
-    if missing:
-        read_engagement_jsonl(run.task.path)  # every line must hold {prompt, response, engagement} to train it
-    return missing
 
 
 def open_run_dir(run: RunConfig, out: Path, resume: bool) -> dict[str, Any]:
@@ -252,7 +207,6 @@ def run_pipeline(
 def _run_stages(
     run: RunConfig, out: Path, resume: bool, results, engagement, tracker, on_stage, serve_generation: bool
 ) -> dict[str, Any]:
-    from polyray.learner.phases import PHASES
     from polyray.rollout.pool import RolloutPool
     from polyray.rollout.store import open_store
 
@@ -290,7 +244,7 @@ def _run_stages(
             with timer("generation_service_start"), console.status("starting the generation service (Ray Serve)"):
                 url = deploy_generation(generation, run.generation.host, run.generation.http_port)
             console.print(f"generation service: {url}  (models: base, latest, policy-vN as they are published)")
-        if run.reward.endpoint and any(PHASES[p.type].uses_rewards for p in run.phases):
+        if run.reward.endpoint and any(scores_rollouts(p) for p in run.phases):
             from polyray.reward.service import ensure_reward_service
 
             with timer("reward_service_start"), console.status("starting the reward service (Ray Serve)"):

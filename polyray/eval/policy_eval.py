@@ -63,12 +63,14 @@ def build_eval_task(run, model_dir) -> Task:
     """The run's task as its evaluations see it: prompts formatted for the model, and for quality
     ``engagement`` the task's engagement model (the driver trains it before anything else)."""
     from polyray.models.source import format_for_model
+    from polyray.reward.plan import quality_model
     from polyray.tasks import build_task
 
     task = build_task(run.task)
-    if getattr(run.task, "quality", None) == "engagement":
+    judge_model = quality_model(run, task)
+    if judge_model is not None:
         from polyray.reward.engagement import EngagementModel
 
-        task.engagement_model = EngagementModel.load(task.engagement_model_dir())
+        task.engagement_model = EngagementModel.load(judge_model)
     return format_for_model(task, run.model, model_dir)
 

@@ -39,7 +39,7 @@ def test_run_config_rewards_check_out_on_its_task(path, tmp_path):
     import json
 
     from polyray.config import load_config
-    from polyray.drivers.run import check_run_rewards
+    from polyray.reward.plan import plan
     from polyray.tasks import build_task
 
     problems = tmp_path / "problems.jsonl"
@@ -50,5 +50,5 @@ def test_run_config_rewards_check_out_on_its_task(path, tmp_path):
     run = load_config(path)
     if run.task.type in stand_in:
         run = load_config(path, [f"task.path={stand_in[run.task.type]}"])
-    rewards = check_run_rewards(run, build_task(run.task))
-    assert len(rewards) == sum(p.type == "grpo" for p in run.phases)
+    rewards = plan(run, build_task(run.task)).rewards
+    assert [r.phase for r in rewards] == [p.name for p in run.phases if p.type == "grpo"]

@@ -1,0 +1,93 @@
+"""A run's rewards, decided before anything starts: what each phase scores with, and which
+engagement models the run needs (trained first if missing).
+
+One plan for the driver (its pre-flight checks, what to deploy, what to train) and the policy
+evaluation (the engagement model that judges quality), so neither reaches into the engagement
+model's or ``weighted_sum``'s internals. Nothing is loaded: a plan is names, parameters and paths.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from polyray.config import RunConfig, phase_reward
+from polyray.io import ConfigError
+from polyray.tasks.base import Task
+
+
+@dataclass(frozen=True)
+class PhaseReward:
+    """The registry reward one phase scores its rollouts with (parameters over the task's defaults)."""
+
+    index: int
+    phase: str
+    name: str
+    params: dict[str, Any]
+    field: str  # where it is set: "reward" (the run's) or "phases.<i>.reward"
+
+
+@dataclass(frozen=True)
+class RewardPlan:
+    rewards: list[PhaseReward] = field(default_factory=list)  # one per phase that scores rollouts
+    quality_model: Path | None = None  # the engagement model that judges the task's quality, if it does
+    engagement_models: list[Path] = field(default_factory=list)  # every engagement model the run reads
+
+    @property
+    def scores_rollouts(self) -> bool:
+        return bool(self.rewards)
+
+
+def scores_rollouts(phase) -> bool:
+    """Whether a phase scores its rollouts with a reward: its config names one (``reward``)."""
+    return "reward" in type(phase).model_fields
+
+
+def quality_model(run: RunConfig, task: Task) -> Path | None:
+    """The engagement model directory that judges the task's quality (quality ``engagement``), else None."""
+    return task.engagement_model_dir() if getattr(run.task, "quality", None) == "engagement" else None
+
+
+def plan(run: RunConfig, task: Task) -> RewardPlan:
+    """Every phase's reward, checked (one :class:`ConfigError` naming the field), and the
+    engagement models they and the task's quality read."""
+    from polyray.reward.base import RewardError
+    from polyray.reward.scorer import check_reward
+    from polyray.reward.service import resolve_reward
+
+    rewards = []
+    for i, phase in enumerate(run.phases):
+        if not scores_rollouts(phase):
+            continue
+        name, params = resolve_reward(phase_reward(run, phase), task)
+        where = "reward" if phase.reward is None else f"phases.{i}.reward"
+        try:
+            check_reward(name, params, where)
+        except RewardError as exc:
+            raise ConfigError(str(exc)) from None
+        rewards.append(PhaseReward(i, phase.name, name, params, where))
+    quality = quality_model(run, task)
+    models = [quality] if quality is not None else []
+    for reward in rewards:
+        components = reward.params["components"] if reward.name == "weighted_sum" else [reward.__dict__]
+        models += [Path(c["params"]["model_path"]) for c in components
+                   if c["name"] == "engagement" and "model_path" in c.get("params", {})]  # fmt: skip
+    return RewardPlan(rewards, quality, list(dict.fromkeys(models)))
+
+
+def models_to_train(reward_plan: RewardPlan, run: RunConfig) -> list[Path]:
+    """The plan's engagement model directories that hold no model yet, each to be trained from the
+    task's file first (its rows checked now). Only a JSONL task has a file to train one from."""
+    from polyray.reward.engagement import is_engagement_model_dir, read_engagement_jsonl
+    from polyray.tasks.jsonl import JsonlTaskConfig
+
+    missing = [p for p in reward_plan.engagement_models if not is_engagement_model_dir(p)]
+    if missing and not isinstance(run.task, JsonlTaskConfig):
+        raise ConfigError(f"reward: no engagement model in {missing[0]} (train one: polyray model train-reward)")
+    occupied = [p for p in missing if p.is_dir() and any(p.iterdir())]
+    if occupied:
+        raise ConfigError(f"engagement model: {occupied[0]} holds files but no model; empty it or choose another directory")
+    if missing:
+        read_engagement_jsonl(run.task.path)  # every line must hold {prompt, response, engagement} to train it
+    return missing
