@@ -83,8 +83,6 @@ def write_results(out: Path, results: dict[str, Any]) -> None:
     write_json_atomic(out / "results.json", results)
 
 
-
-
 INIT_VERSION = 1  # the adapter version a run started from ``init_adapter`` gives it
 
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
 
 import torch
 
@@ -80,18 +79,6 @@ def compute_subset_marginals(scores: torch.Tensor, n: int, subsets: list[tuple[i
     count = member.sum(dim=0)  # (n,) subsets containing i: C(n − 1, k − 1) for all subsets
     per_sample = torch.where(count > 0, f @ member / count.clamp(min=1.0), mean_all)  # (B, n) mean over S∋i
     return per_sample - mean_all
-
-
-def compute_subset_advantages(
-    n: int, k: int, subset_score: Callable[[tuple[int, ...]], float], max_subsets: int = MAX_SUBSETS
-) -> torch.Tensor:
-    """:func:`compute_subset_marginals` of one set, f(S) = ``subset_score(S)`` called once per subset.
-
-    Returns (n,) float64. See the module docstring for the expected gradient: ((n − k)/k) · ∇E[D(Y_k)].
-    """
-    subsets = enumerate_subsets(n, k, max_subsets)
-    scores = torch.tensor([[float(subset_score(s)) for s in subsets]], dtype=torch.float64)  # (1, S)
-    return compute_subset_marginals(scores, n, subsets)[0]
 
 
 def compute_subset_advantage_scale(n: int, k: int) -> float:

@@ -17,7 +17,7 @@ from polyray.objectives.polychromic import (
     compute_loo_advantages,
     compute_polychromic_sft_loss,
     compute_subset_advantage_scale,
-    compute_subset_advantages,
+    compute_subset_marginals,
     enumerate_subsets,
 )
 from polyray.objectives.sft import compute_sft_loss
@@ -58,6 +58,13 @@ def loo_advantages_of(D, ys: tuple[int, ...]) -> torch.Tensor:
     full = torch.tensor([D(ys)], dtype=torch.float64)
     loo = torch.tensor([[D(ys[:i] + ys[i + 1 :]) for i in range(n)]], dtype=torch.float64)
     return compute_loo_advantages(full, loo)[0]  # (n,)
+
+
+def compute_subset_advantages(n: int, k: int, subset_score) -> torch.Tensor:
+    """(n,) k-subset marginals of one set, f(S) = subset_score(S) over every k-subset."""
+    subsets = enumerate_subsets(n, k)
+    scores = torch.tensor([[float(subset_score(s)) for s in subsets]], dtype=torch.float64)  # (1, S)
+    return compute_subset_marginals(scores, n, subsets)[0]
 
 
 def subset_advantages_of(D, ys: tuple[int, ...], k: int) -> torch.Tensor:
