@@ -60,7 +60,9 @@ class TrainBatch(Sequences):
     group_size: int | None
 
     @classmethod
-    def from_groups(cls, groups: list[list[Sample]], advantages: torch.Tensor, keep: torch.Tensor | None = None) -> TrainBatch:
+    def from_groups(
+        cls, groups: list[list[Sample]], advantages: torch.Tensor, keep: torch.Tensor | None = None
+    ) -> TrainBatch:
         """The batch of B groups of G samples with advantages (B, G); ``keep`` (B,) bool: only those groups."""
         rows = [b for b in range(len(groups)) if keep is None or keep[b]]
         samples = [s for b in rows for s in groups[b]]
@@ -104,7 +106,8 @@ class TrainBatch(Sequences):
         Target t predicts token t + 1 of the right-padded sequence, so completion token j of
         sequence i is target ``len(prompt_ids[i]) - 1 + j``."""
         out = torch.zeros((len(self), width), dtype=dtype)
-        for i, (prompt, completion, logprobs) in enumerate(zip(self.prompt_ids, self.completion_ids, self.sample_logprobs)):
+        for i, (prompt, logprobs) in enumerate(zip(self.prompt_ids, self.sample_logprobs)):
             start = len(prompt) - 1
-            out[i, start : start + len(completion)] = torch.tensor(logprobs, dtype=dtype)
+            # sized by the completion: a log-prob list of another length fails here, not silently
+            out[i, start : start + len(self.completion_ids[i])] = torch.tensor(logprobs, dtype=dtype)
         return out

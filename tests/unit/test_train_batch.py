@@ -117,7 +117,8 @@ def _policy_logprobs(shard: TrainBatch, width: int) -> torch.Tensor:
     out = shard.target_logprobs(width, torch.float64)
     for i, (prompt, completion) in enumerate(zip(shard.prompt_ids, shard.completion_ids)):
         start = len(prompt) - 1
-        out[i, start : start + len(completion)] += torch.tensor([(t % 7 - 3) / 10 for t in completion], dtype=torch.float64)
+        shift = torch.tensor([(t % 7 - 3) / 10 for t in completion], dtype=torch.float64)
+        out[i, start : start + len(completion)] += shift
     return out
 
 
