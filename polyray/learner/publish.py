@@ -4,7 +4,9 @@ Rollout workers sample from the adapter versions the learner publishes to the po
 persists them in the run's adapter store). Only rank 0 publishes, but every rank tracks the
 version it holds: it labels the step's metrics and checkpoints, and the ranks must agree on it.
 A run's versions count up from 0 (base, no adapter) across all its phases and restarts
-(docs/design.md, "Adapter versions").
+(docs/design.md, "How an adapter version flows"). The store, not the learner, numbers them:
+each publish gets the next id the store hands out (which never repeats), and rank 0 broadcasts
+it to the other ranks.
 """
 
 from __future__ import annotations
@@ -36,26 +38,30 @@ class AdapterPublisher:
         a fresh LoRA) or when the store has moved past ``version`` (a lost attempt published
         past it), a phase whose rollouts sample the learner publishes its starting weights
         first, under a fresh id."""
-        # Version ids never repeat (an id means one set of weights): every attempt at this phase, fresh
-        # or resumed, numbers its publishes after the newest id the run's adapter store handed out; a
-        # lost attempt may have published past this attempt's checkpoint.
+        # A lost attempt may have published past this attempt's checkpoint; until this attempt
+        # publishes, it holds the newest version as far as lag and labels go.
         newest = broadcast_from_rank0(self.pool.newest_version() if self.pool is not None else None, self.ctx) or 0
         self.version = max(version, newest)
         if publishes_every_step and not (holds_published and newest == version):
             self.publish(step)
 
     def publish(self, step: int) -> float:
-        """Every rank: move to the next version. Rank 0 publishes the adapter under it (``step``:
-        the phase's steps done) and runs the canary when due. Returns the seconds the publish took."""
-        self.version += 1
-        if self.pool is None:
-            return 0.0
+        """Every rank (a collective when there are several): move to the next version. Rank 0 publishes
+        the adapter (``step``: the phase's steps done) under the id the store hands out, runs the
+        canary when due, and broadcasts the id. Returns the seconds the publish took (0 on other ranks)."""
+        version, seconds = self._publish_on_rank0(step) if self.pool is not None else (None, 0.0)
+        version = broadcast_from_rank0(version, self.ctx)
+        # no store to number them (no pool): versions count on by one, as labels of the weights
+        self.version = self.version + 1 if version is None else version
+        return seconds
+
+    def _publish_on_rank0(self, step: int) -> tuple[int, float]:
         from polyray.learner.lora import extract_adapter
 
-        seconds = self.pool.publish(self.version, extract_adapter(self.ctx.model), self.phase, step)
+        version, seconds = self.pool.publish_next(extract_adapter(self.ctx.model), self.phase, step)
         if self.canary is not None:
-            self.canary_metrics.update(self.canary.after_publish(self.ctx.model, self.pool, self.version))
-        return seconds
+            self.canary_metrics.update(self.canary.after_publish(self.ctx.model, self.pool, version))
+        return version, seconds
 
     def take_canary_metrics(self) -> dict[str, Any]:
         """The canary's measurements since the last call (empty when none was due)."""
