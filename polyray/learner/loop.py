@@ -1,11 +1,14 @@
 """The Ray Train learner: one ``TorchTrainer`` fit per phase, peft LoRA under DDP.
 
-``train_loop_per_worker`` runs on every rank: build the LoRA model (same init on every
-rank), resume from the latest Ray Train checkpoint if there is one, then repeat
-``phase.step`` -> backward -> clip -> optimizer step. Rank 0 publishes each new adapter
-version to the rollout pool (every step for phases that sample, at the end otherwise),
-reports progress, and every ``checkpoint_every`` steps writes a checkpoint (adapter +
-optimizer + step + version) through ``ray.train.report``. The final adapter is saved in standard peft format.
+``train_loop_per_worker`` runs on every rank, stage by stage: where to start
+(:func:`_resume_state`: the latest Ray Train checkpoint, else the incoming adapter), the
+model and optimizer (:func:`_setup_model`: same LoRA init on every rank), the phase
+(:func:`_setup_phase`), the adapter publisher (:class:`~polyray.learner.publish.AdapterPublisher`),
+then per step :func:`_train_step` (``phase.step`` -> backward -> clip -> optimizer step), a
+publish (every step for phases that sample, at the end otherwise), rank 0's logs
+(:func:`_log_step`) and every ``checkpoint_every`` steps :func:`_checkpoint` (adapter +
+optimizer + step + version through ``ray.train.report``). The final adapter is saved in
+standard peft format.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,49 +73,59 @@ def _logged(log: Path, phase: str, step: int) -> bool:
     return any(r.get("phase") == phase and r.get("step") == step for r in read_log_jsonl(log))
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    import torch
+@dataclass
+class _Start:
+    """Where an attempt at the phase starts: its latest checkpoint, else the incoming adapter at step 0."""
+
+    adapter_dir: str | None  # the weights to load (None: a fresh LoRA)
+    step: int
+    version: int  # the adapter version those weights were published as
+    checkpoint_dir: str | None = None  # the checkpoint resumed from (None: a fresh start)
+
+
+def _resume_state(loop_config: dict[str, Any]) -> _Start:
+    """Resume from this phase's latest Ray Train checkpoint, else start from the previous phase's adapter."""
     import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return _Start(loop_config.get("init_adapter"), 0, loop_config["start_version"])
+    resume_dir = checkpoint.to_directory()
+    state = json.loads((Path(resume_dir) / "state.json").read_text())
+    return _Start(str(Path(resume_dir) / "adapter"), state["step"], state["version"], resume_dir)
+
+
+def _setup_model(run: RunConfig, phase_cfg, loop_config: dict[str, Any], start: _Start, rank: int):
+    """(DDP model, tokenizer, KL reference adapter name, trainable params, optimizer), restored from ``start``."""
+    import torch
     import ray.train.torch
 
-    from polyray.io import append_jsonl
-    from polyray.learner.lora import add_reference_adapter, build_peft_model, extract_adapter, save_adapter
-    from polyray.learner.phases import PHASES, RolloutLog, StepContext, broadcast_from_rank0, encode_references
-    from polyray.models.source import format_for_model
-    from polyray.learner.sync import SyncCanary
-    from polyray.learner.telemetry import LearnerTelemetry
-    from polyray.reward.service import build_reward_fn
-    from polyray.tasks import build_task
-
-    run = RunConfig.model_validate(loop_config["run"])
-    phase_cfg = run.phases[loop_config["phase_index"]]
-    pool, tracker = loop_config.get("pool"), loop_config.get("tracker")
-    ctx_train = ray.train.get_context()
-    rank, world = ctx_train.get_world_rank(), ctx_train.get_world_size()
-    torch.set_num_threads(run.learner.threads)
-
-    # Resume from this phase's latest checkpoint, else start from the previous phase's adapter.
-    adapter_dir, start_step, version = loop_config.get("init_adapter"), 0, loop_config["start_version"]
-    checkpoint = ray.train.get_checkpoint()
-    resume_dir = None
-    if checkpoint is not None:
-        resume_dir = checkpoint.to_directory()
-        state = json.loads((Path(resume_dir) / "state.json").read_text())
-        adapter_dir, start_step, version = str(Path(resume_dir) / "adapter"), state["step"], state["version"]
+    from polyray.learner.lora import add_reference_adapter, build_peft_model
+    from polyray.learner.phases import PHASES
 
     torch.manual_seed(run.seed)  # identical LoRA init on every rank
     model, tokenizer = build_peft_model(
-        loop_config["model_dir"], run.learner.lora, run.model.dtype, adapter_dir, run.learner.gradient_checkpointing
-    )
+        loop_config["model_dir"], run.learner.lora, run.model.dtype, start.adapter_dir,
+        run.learner.gradient_checkpointing,
+    )  # fmt: skip
     # The KL reference is the phase's *incoming* adapter, also when resuming from a checkpoint.
     reference_dir = PHASES[phase_cfg.type].reference_adapter_dir(phase_cfg, loop_config.get("init_adapter"))
     reference = add_reference_adapter(model, reference_dir) if reference_dir else None
     model = ray.train.torch.prepare_model(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=phase_cfg.lr, weight_decay=run.learner.weight_decay)
-    if resume_dir is not None:
-        optimizer.load_state_dict(torch.load(Path(resume_dir) / "optimizer.pt"))
-    torch.manual_seed(run.seed + 1000 * rank + start_step)
+    if start.checkpoint_dir is not None:
+        optimizer.load_state_dict(torch.load(Path(start.checkpoint_dir) / "optimizer.pt"))
+    torch.manual_seed(run.seed + 1000 * rank + start.step)
+    return model, tokenizer, reference, params, optimizer
+
+
+def _setup_phase(run: RunConfig, phase_cfg, loop_config: dict[str, Any], model, tokenizer, reference, rank, world):
+    """(phase, task): the phase object with its step context; the reward function and rollout log on rank 0."""
+    from polyray.learner.phases import PHASES, RolloutLog, StepContext
+    from polyray.models.source import format_for_model
+    from polyray.reward.service import build_reward_fn
+    from polyray.tasks import build_task
 
     task = format_for_model(build_task(run.task), run.model, loop_config["model_dir"])
     uses_rewards = rank == 0 and PHASES[phase_cfg.type].uses_rewards
@@ -120,81 +134,108 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if rank == 0 and run.learner.log_rollouts:
         rollout_log = RolloutLog(Path(loop_config["output_dir"]) / "rollouts.jsonl", phase_cfg.name, task)
     ctx = StepContext(model, tokenizer, rank, world, run.seed, reward_fn, reference, rollout_log)
-    phase = PHASES[phase_cfg.type](phase_cfg, task, run.task.n_train, ctx, pool)
+    return PHASES[phase_cfg.type](phase_cfg, task, run.task.n_train, ctx, loop_config.get("pool")), task
 
-    canary = None
-    if pool is not None and rank == 0 and run.learner.sync_check_every:
-        probe = task.prompts("val", 1)[0]
-        canary = SyncCanary(run.learner.sync_check_every, encode_references([probe], tokenizer)[0],
-                            tokenizer.pad_token_id, run.model.dtype)
-    canary_metrics: dict[str, float] = {}
 
-    def publish(v: int, step: int) -> float:
-        if pool is None or rank != 0:
-            return 0.0
-        seconds = pool.publish(v, extract_adapter(model), phase_cfg.name, step)
-        if canary is not None:
-            canary_metrics.update(canary.after_publish(model, pool, v))
-        return seconds
+def _sync_canary(run: RunConfig, pool, task, tokenizer, rank: int):
+    """Rank 0's sync canary when the run asks for one and there is a pool to check (else None)."""
+    from polyray.learner.phases import encode_references
+    from polyray.learner.sync import SyncCanary
 
-    # Version ids never repeat (an id means one set of weights): every attempt at this phase, fresh
-    # or resumed, numbers its publishes after the newest id the run's adapter store handed out; a
-    # lost attempt may have published past this attempt's checkpoint.
-    newest = broadcast_from_rank0(pool.newest_version() if rank == 0 and pool is not None else None, ctx) or 0
-    incoming = version
-    version = max(version, newest)
-    if phase.publishes_every_step and (resume_dir is not None or adapter_dir is None or newest != incoming):
-        # rollouts must sample this attempt's starting weights: publish them under a fresh id
-        version += 1
-        publish(version, start_step)
+    if pool is None or rank != 0 or not run.learner.sync_check_every:
+        return None
+    probe = task.prompts("val", 1)[0]
+    return SyncCanary(run.learner.sync_check_every, encode_references([probe], tokenizer)[0],
+                      tokenizer.pad_token_id, run.model.dtype)
+
+
+def _train_step(model, phase, optimizer, params, grad_clip: float, step: int, version: int) -> tuple[dict, Any]:
+    """One update: the phase's loss, backward, gradient clipping, optimizer step; (metrics, grad norm)."""
+    import torch
+
+    model.train()
+    loss, metrics = phase.step(step, version)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    return metrics, grad_norm
+
+
+def _log_step(output_dir: Path, phase_cfg, metrics: dict[str, Any], tracker, telemetry) -> None:
+    """Rank 0: the step's row in metrics.jsonl, the driver's progress bar, the telemetry gauges."""
+    from polyray.io import append_jsonl
+
+    append_jsonl(output_dir / "metrics.jsonl", {"phase": phase_cfg.name, **metrics})
+    if tracker is not None:
+        tracker.update.remote(metrics["step"], phase_cfg.steps, metrics)
+    telemetry.record(metrics)
+
+
+def _checkpoint(metrics: dict[str, Any], model, optimizer, step: int, version: int, rank: int) -> None:
+    """Every rank reports; rank 0 attaches the checkpoint (adapter + optimizer + step + version)."""
+    import ray.train
+
+    # ray.train.report is a barrier through the Train controller (~2 s on this machine), so it
+    # runs with checkpoints only; per-step metrics go to metrics.jsonl and the progress tracker.
+    checkpoint_dir = _save_checkpoint_dir(model, optimizer, step, version) if rank == 0 else None
+    ray.train.report(
+        metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+    )
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    import torch
+    import ray.train
+
+    from polyray.learner.lora import save_adapter
+    from polyray.learner.publish import AdapterPublisher
+    from polyray.learner.telemetry import LearnerTelemetry
+
+    run = RunConfig.model_validate(loop_config["run"])
+    phase_cfg = run.phases[loop_config["phase_index"]]
+    output_dir, pool, tracker = Path(loop_config["output_dir"]), loop_config.get("pool"), loop_config.get("tracker")
+    ctx_train = ray.train.get_context()
+    rank, world = ctx_train.get_world_rank(), ctx_train.get_world_size()
+    torch.set_num_threads(run.learner.threads)
+
+    start = _resume_state(loop_config)
+    model, tokenizer, reference, params, optimizer = _setup_model(run, phase_cfg, loop_config, start, rank)
+    phase, task = _setup_phase(run, phase_cfg, loop_config, model, tokenizer, reference, rank, world)
+    publisher = AdapterPublisher(pool, phase_cfg.name, phase.ctx, _sync_canary(run, pool, task, tokenizer, rank))
+    holds_published = start.checkpoint_dir is None and start.adapter_dir is not None
+    publisher.start(start.version, start.step, holds_published, phase.publishes_every_step)
 
     if rank == 0:  # a restarted attempt: the rows a lost one wrote past this start are superseded
-        _mark_superseded(Path(loop_config["output_dir"]), phase_cfg.name, start_step)
+        _mark_superseded(output_dir, phase_cfg.name, start.step)
     telemetry = LearnerTelemetry(run.name, phase_cfg.name) if rank == 0 else None
     # The driver's diversity-dynamics probe (polyray.eval.dynamics): every rank publishes when it is
     # due (versions stay equal across ranks); rank 0 measures.
     dynamics = loop_config.get("dynamics")
-    if dynamics is not None and rank == 0 and start_step == 0 and not _logged(dynamics.path, phase_cfg.name, 0):
-        dynamics(0, version)  # (a restart from step 0 keeps the lost attempt's step-0 row: same weights)
+    if dynamics is not None and rank == 0 and start.step == 0 and not _logged(dynamics.path, phase_cfg.name, 0):
+        dynamics(0, publisher.version)  # (a restart from step 0 keeps the lost attempt's step-0 row: same weights)
 
-    for step in range(start_step, phase_cfg.steps):
+    for step in range(start.step, phase_cfg.steps):
         t0 = time.perf_counter()
-        model.train()
-        loss, metrics = phase.step(step, version)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, run.learner.grad_clip)
-        optimizer.step()
+        version = publisher.version  # the adapter the step's fresh samples are drawn under
+        metrics, grad_norm = _train_step(model, phase, optimizer, params, run.learner.grad_clip, step, version)
         last = step + 1 == phase_cfg.steps
-        sync_s = 0.0
         measure = dynamics is not None and dynamics.due(step + 1, last)
-        if phase.publishes_every_step or last or measure:
-            version += 1
-            sync_s = publish(version, step + 1)
+        sync_s = publisher.publish(step + 1) if phase.publishes_every_step or last or measure else 0.0
         step_s = time.perf_counter() - t0  # rollout + update + sync; dynamics measurements excluded
         if measure and rank == 0:
-            dynamics(step + 1, version)
+            dynamics(step + 1, publisher.version)
         metrics.update(  # the phase's "loss" is the whole batch's, summed over ranks
-            grad_norm=float(grad_norm), step=step + 1, version=version, step_s=step_s, sync_s=sync_s, time=time.time(),
-            **canary_metrics,
-        )
-        canary_metrics.clear()
-        checkpoint_due = last or (step + 1) % phase_cfg.checkpoint_every == 0
+            grad_norm=float(grad_norm), step=step + 1, version=publisher.version, step_s=step_s, sync_s=sync_s,
+            time=time.time(), **publisher.take_canary_metrics(),
+        )  # fmt: skip
         if rank == 0:
-            append_jsonl(Path(loop_config["output_dir"]) / "metrics.jsonl", {"phase": phase_cfg.name, **metrics})
-            if tracker is not None:
-                tracker.update.remote(step + 1, phase_cfg.steps, metrics)
-            telemetry.record(metrics)
-        # ray.train.report is a barrier through the Train controller (~2 s on this machine), so it
-        # runs with checkpoints only; per-step metrics go to metrics.jsonl and the progress tracker.
-        if checkpoint_due:
-            checkpoint_dir = _save_checkpoint_dir(model, optimizer, step + 1, version) if rank == 0 else None
-            ray.train.report(
-                metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-            )
+            _log_step(output_dir, phase_cfg, metrics, tracker, telemetry)
+        if last or (step + 1) % phase_cfg.checkpoint_every == 0:
+            _checkpoint(metrics, model, optimizer, step + 1, publisher.version, rank)
     if rank == 0:
-        out = Path(loop_config["output_dir"]) / "adapters" / phase_cfg.name
-        save_adapter(model, out, extra={"polyray_version.json": {"version": version, "phase": phase_cfg.name}})
+        save_adapter(model, output_dir / "adapters" / phase_cfg.name,
+                     extra={"polyray_version.json": {"version": publisher.version, "phase": phase_cfg.name}})
 
 
 def run_phase(

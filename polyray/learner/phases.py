@@ -7,7 +7,8 @@ step, DDP, publishing and checkpointing live in :mod:`polyray.learner.loop`; the
 lives in :mod:`polyray.objectives`.
 
 Every rank sees the same step data: rank 0 draws it (for GRPO, rolls out and scores)
-and broadcasts it; each rank then trains on its shard of sequences (shard ``rank::world``).
+and broadcasts it as a :class:`~polyray.learner.batch.TrainBatch`; each rank then trains on
+its shard of sequences (shard ``rank::world``).
 Each shard's loss is normalised by the *whole* batch's counts (tokens, sequences, groups)
 and multiplied by the world size, so after DDP averages the gradients the step equals the
 one-rank full-batch step, whatever the number of learner workers or an uneven split
@@ -28,6 +29,7 @@ import torch
 import torch.distributed as dist
 
 from polyray.config import GRPOPhaseConfig, PolychromicSFTPhaseConfig, SFTPhaseConfig
+from polyray.learner.batch import Sequences, TrainBatch
 from polyray.models.batching import gather_logprobs, next_token_logits, pack_sequences, token_logprobs
 from polyray.objectives.advantages import AdvantageInputs, compute_advantages, dynamic_sampling_mask
 from polyray.objectives.grpo import compute_grpo_loss
@@ -129,20 +131,20 @@ class SFTPhase:
         self.cfg, self.ctx = cfg, ctx
         self.data = encode_references(task.prompts("train", n_train), ctx.tokenizer)
 
-    def reference_batch(self, step: int) -> list[tuple[list[int], list[int]]]:
-        """This rank's shard of the step's reference (prompt, completion) pairs; the same draw on every rank."""
+    def reference_batch(self, step: int) -> Sequences:
+        """This rank's shard of the step's references; the same draw on every rank."""
         rng = random.Random(f"sft:{self.ctx.seed}:{step}")
         batch_idx = [rng.randrange(len(self.data)) for _ in range(self.cfg.batch_size)]
-        return [self.data[i] for i in batch_idx[self.ctx.rank :: self.ctx.world]]
+        pairs = [self.data[i] for i in batch_idx[self.ctx.rank :: self.ctx.world]]
+        return Sequences([prompt for prompt, _ in pairs], [completion for _, completion in pairs])
 
-    def reference_tokens(self, refs) -> float:
+    def reference_tokens(self, refs: Sequences) -> float:
         """Completion tokens of the whole step's references (every rank's shard)."""
-        return self.ctx.global_sum(sum(len(c) for _, c in refs))[0]
+        return self.ctx.global_sum(refs.num_tokens())[0]
 
     def step(self, step: int, version: int) -> tuple[torch.Tensor, dict[str, float]]:
         refs = self.reference_batch(step)
-        batch = pack_sequences([r[0] for r in refs], [r[1] for r in refs], self.ctx.tokenizer.pad_token_id, self.ctx.device)
-        logp, mask = token_logprobs(self.ctx.model, batch)
+        logp, mask = token_logprobs(self.ctx.model, refs.pack(self.ctx.tokenizer.pad_token_id, self.ctx.device))
         shard, metrics = compute_sft_loss(logp, mask, num_tokens=self.reference_tokens(refs))
         loss, metrics["loss"] = self.ctx.for_backward(shard)
         metrics["nll"] = metrics["loss"]
@@ -247,43 +249,43 @@ class PolychromicSFTPhase(SamplingPhase, SFTPhase):
     def samples_per_prompt(self) -> int:
         return self.cfg.n_samples
 
-    def _rollout(self, step: int, version: int) -> dict[str, Any]:
+    def _rollout(self, step: int, version: int) -> tuple[TrainBatch, dict[str, float]]:
+        """Rank 0: the step's (B, n) samples with their diversity marginals, and the rollout's metrics."""
         cfg = self.cfg
         t0 = time.perf_counter()
         prompts, groups = self.rollouts.get(step, version)  # rollout_s: the generation time the step waits for
         t1 = time.perf_counter()
         lag = check_lag(groups, version, cfg.max_lag)
         adv = compute_diversity_advantages(cfg.diversity, [[s.text for s in g] for g in groups], cfg.estimator, cfg.subset_k)
-        full = [[(s.prompt_token_ids, s.token_ids, sum(s.logprobs)) for s in g] for g in groups]
-        return {"groups": full, "adv": adv.tolist(), "adv_abs_mean": float(adv.abs().mean()), "max_lag": lag,
-                "rollout_s": t1 - t0, "diversity_s": time.perf_counter() - t1,
-                "rollout_tokens_per_s": sum(len(s.token_ids) for g in groups for s in g) / max(t1 - t0, 1e-6)}
+        return TrainBatch.from_groups(groups, adv), {
+            "adv_abs_mean": float(adv.abs().mean()), "max_lag": lag,
+            "rollout_s": t1 - t0, "diversity_s": time.perf_counter() - t1,
+            "rollout_tokens_per_s": sum(len(s.token_ids) for g in groups for s in g) / max(t1 - t0, 1e-6),
+        }  # fmt: skip
 
     def step(self, step: int, version: int) -> tuple[torch.Tensor, dict[str, float]]:
         ctx, cfg = self.ctx, self.cfg
-        data = broadcast_from_rank0(self._rollout(step, version) if ctx.rank == 0 else None, ctx)
+        batch, info = broadcast_from_rank0(self._rollout(step, version) if ctx.rank == 0 else None, ctx)
         refs = self.reference_batch(step)
-        groups = data["groups"][ctx.rank :: ctx.world]  # whole groups per rank: (B_r, n)
-        samples = [s for g in groups for s in g]
-        prompts = [r[0] for r in refs] + [s[0] for s in samples]
-        completions = [r[1] for r in refs] + [s[1] for s in samples]
-        batch = pack_sequences(prompts, completions, ctx.tokenizer.pad_token_id, ctx.device)
-        logits = next_token_logits(ctx.model, batch)  # one forward for references and samples
-        mask = batch.completion_mask[:, 1:]
-        ref_logp = gather_logprobs(logits[: len(refs)], _rows(batch, 0, len(refs)))  # NLL at T = 1
+        mine = batch.shard(ctx.rank, ctx.world, whole_groups=True)  # (B_r, n): a group's marginals are relative
+        packed = pack_sequences(refs.prompt_ids + mine.prompt_ids, refs.completion_ids + mine.completion_ids,
+                                ctx.tokenizer.pad_token_id, ctx.device)
+        logits = next_token_logits(ctx.model, packed)  # one forward for references and samples
+        mask = packed.completion_mask[:, 1:]
+        ref_logp = gather_logprobs(logits[: len(refs)], packed.rows(0, len(refs)))  # NLL at T = 1
         nll, _ = compute_sft_loss(ref_logp, mask[: len(refs)], num_tokens=self.reference_tokens(refs))
-        n, temperature = cfg.n_samples, cfg.sampling.temperature
-        logp = gather_logprobs(logits[len(refs) :], _rows(batch, len(refs), len(prompts)), temperature)
-        sample_logp = torch.where(mask[len(refs) :] > 0, logp, torch.zeros_like(logp)).sum(-1).view(len(groups), n)
-        old_logp = torch.tensor([[s[2] for s in g] for g in groups], dtype=logp.dtype, device=ctx.device).view(len(groups), n)
-        adv = torch.tensor(data["adv"], dtype=logp.dtype, device=ctx.device)[ctx.rank :: ctx.world]
+        shape, temperature = (mine.num_groups, mine.group_size), cfg.sampling.temperature
+        logp = gather_logprobs(logits[len(refs) :], packed.rows(len(refs), len(refs) + len(mine)), temperature)
+        sample_logp = torch.where(mask[len(refs) :] > 0, logp, torch.zeros_like(logp)).sum(-1).view(shape)
+        old_logp = torch.tensor(mine.sequence_logprobs(), dtype=logp.dtype, device=ctx.device).view(shape)
+        adv = mine.advantages.to(dtype=logp.dtype, device=ctx.device).view(shape)
         shard, metrics = compute_polychromic_sft_loss(
-            nll, sample_logp, adv, cfg.lam, old_logp, cfg.ratio_clip, num_groups=len(data["groups"])
+            nll, sample_logp, adv, cfg.lam, old_logp, cfg.ratio_clip, num_groups=batch.num_groups
         )
         loss, metrics["loss"] = ctx.for_backward(shard)
         # nll and the surrogate are normalised by whole-batch counts: their sums over ranks are the batch's
         metrics["nll"], metrics["diversity_surrogate"] = ctx.global_sum(metrics["nll"], metrics["diversity_surrogate"])
-        metrics.update({k: v for k, v in data.items() if k not in ("groups", "adv")})
+        metrics.update(info)
         return loss, metrics
 
 
@@ -309,8 +311,9 @@ class GRPOPhase(SamplingPhase):
     def samples_per_prompt(self) -> int:
         return self.cfg.group_size
 
-    def _rollout(self, step: int, version: int) -> dict[str, Any]:
-        """Rank 0: sample prompts, generate G each under adapter ``version``, score, compute advantages."""
+    def _rollout(self, step: int, version: int) -> tuple[TrainBatch, dict[str, float]]:
+        """Rank 0: sample prompts, generate G each under adapter ``version``, score, compute advantages;
+        returns the kept groups' batch and the rollout's metrics."""
         t0 = time.perf_counter()
         prompts, groups = self.rollouts.get(step, version)
         rollout_s = time.perf_counter() - t0
@@ -325,17 +328,11 @@ class GRPOPhase(SamplingPhase):
         keep = dynamic_sampling_mask(adv) if self.cfg.dynamic_sampling else torch.ones(len(groups), dtype=torch.bool)
         if not keep.any():  # no group carries an advantage: nothing to learn from but the KL term; keep them all
             keep[:] = True
-        seqs = [
-            (s.prompt_token_ids, s.token_ids, s.logprobs, float(adv[b, g]))
-            for b, group in enumerate(groups)
-            if keep[b]
-            for g, s in enumerate(group)
-        ]
-        return {
-            "seqs": seqs,
+        batch = TrainBatch.from_groups(groups, adv, keep)
+        return batch, {
             "reward_mean": float(rewards.mean()),
             "solved_frac": float((rewards.max(dim=1).values > 0).double().mean()),
-            "completion_len": sum(len(s[1]) for s in seqs) / len(seqs),
+            "completion_len": batch.num_tokens() / len(batch),
             "max_lag": lag,
             "kept_groups": int(keep.sum()),
             "rollout_s": rollout_s,
@@ -344,25 +341,20 @@ class GRPOPhase(SamplingPhase):
 
     def step(self, step: int, version: int) -> tuple[torch.Tensor, dict[str, float]]:
         ctx, cfg = self.ctx, self.cfg
-        data = broadcast_from_rank0(self._rollout(step, version) if ctx.rank == 0 else None, ctx)
-        mine = data["seqs"][ctx.rank :: ctx.world]
-        n_seq, n_tok = ctx.global_sum(len(mine), sum(len(s[1]) for s in mine))
-        info = {k: v for k, v in data.items() if k != "seqs"}
-        if not mine:  # fewer kept sequences than ranks: this rank has nothing to train on
+        batch, info = broadcast_from_rank0(self._rollout(step, version) if ctx.rank == 0 else None, ctx)
+        mine = batch.shard(ctx.rank, ctx.world)
+        n_seq, n_tok = ctx.global_sum(len(mine), mine.num_tokens())
+        if not len(mine):  # fewer kept sequences than ranks: this rank has nothing to train on
             # same collectives, in the same order, as the other ranks: DDP forward, then the loss sum
             zero = ctx.zero_loss()
             _, loss_value = ctx.for_backward(zero)
             return zero, {"loss": loss_value, **info}
-        batch = pack_sequences([s[0] for s in mine], [s[1] for s in mine], ctx.tokenizer.pad_token_id, ctx.device)
+        packed = mine.pack(ctx.tokenizer.pad_token_id, ctx.device)
         temperature = cfg.sampling.temperature
-        logp, mask = token_logprobs(ctx.model, batch, temperature)
-        old_logp = torch.zeros(logp.shape, dtype=logp.dtype)
-        for i, (p_ids, c_ids, c_logp, _) in enumerate(mine):
-            start = len(p_ids) - 1  # target index of the first completion token
-            old_logp[i, start : start + len(c_ids)] = torch.tensor(c_logp, dtype=old_logp.dtype)
-        old_logp = old_logp.to(ctx.device)
-        ref_logp = self.reference_logprobs(batch, temperature) if cfg.kl_beta else None
-        advantages = torch.tensor([s[3] for s in mine], dtype=logp.dtype, device=ctx.device)
+        logp, mask = token_logprobs(ctx.model, packed, temperature)
+        old_logp = mine.target_logprobs(logp.shape[1], logp.dtype).to(ctx.device)
+        ref_logp = self.reference_logprobs(packed, temperature) if cfg.kl_beta else None
+        advantages = mine.advantages.to(dtype=logp.dtype, device=ctx.device)
         shard, metrics = compute_grpo_loss(
             logp, old_logp, ref_logp, advantages, mask,
             clip_eps_low=cfg.clip_eps_low, clip_eps_high=cfg.clip_eps_high, kl_beta=cfg.kl_beta,
@@ -384,11 +376,6 @@ class GRPOPhase(SamplingPhase):
                 return token_logprobs(peft, batch, temperature)[0]
             finally:
                 peft.set_adapter("default")  # also makes the policy adapter trainable again
-
-
-def _rows(batch, start: int, end: int):
-    """The rows [start, end) of a packed batch."""
-    return type(batch)(batch.input_ids[start:end], batch.attention_mask[start:end], batch.completion_mask[start:end])
 
 
 PHASES = {"sft": SFTPhase, "polychromic_sft": PolychromicSFTPhase, "grpo": GRPOPhase}

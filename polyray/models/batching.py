@@ -17,6 +17,10 @@ class PackedBatch:
     attention_mask: torch.Tensor  # (B, T) long, 1 on real tokens
     completion_mask: torch.Tensor  # (B, T) float, 1 on completion tokens
 
+    def rows(self, start: int, end: int) -> PackedBatch:
+        """Sequences [start, end) of the batch (views of the same tensors)."""
+        return PackedBatch(self.input_ids[start:end], self.attention_mask[start:end], self.completion_mask[start:end])
+
 
 def pack_sequences(
     prompts: list[list[int]], completions: list[list[int]], pad_id: int, device: torch.device | str | None = None

@@ -74,16 +74,26 @@ class RolloutPool:
         """The newest version id the store has handed out (0: none); the next publish uses a higher one."""
         return ray.get(self.store.newest.remote()) if self.store is not None else 0
 
+    def publish_next(self, adapter: dict[str, Any], phase: str = "", step: int = 0) -> tuple[int, float]:
+        """Persist ``adapter`` in the store under the next version id it hands out, then load it on
+        every worker; returns (version, seconds taken)."""
+        return self._publish(adapter, lambda ref: self.store.put_next.remote(ref, phase, step))
+
     def publish(self, version: int, adapter: dict[str, Any], phase: str = "", step: int = 0) -> float:
-        """Persist ``adapter`` as ``version`` in the store, then load it on every worker (one ``ray.put``,
-        hash-checked there); returns seconds taken."""
+        """Persist ``adapter`` as ``version`` (above every id handed out before) in the store, then load
+        it on every worker; returns seconds taken."""
+        return self._publish(adapter, lambda ref: self.store.put.remote(version, ref, phase, step))[1]
+
+    def _publish(self, adapter: dict[str, Any], put) -> tuple[int, float]:
+        """``put(ref)`` the adapter into the store (one ``ray.put``), then every worker loads that same
+        object, hash-checked there; (version, seconds)."""
         if self.store is None:
             raise RuntimeError("this rollout pool has no adapter store to publish to")
         started = time.perf_counter()
         ref = ray.put(adapter)
-        record: AdapterRecord = ray.get(self.store.put.remote(version, ref, phase, step))
-        self._on_every_worker(lambda w: w.load_adapter.remote(version, ref, record.sha256))
-        return time.perf_counter() - started
+        record: AdapterRecord = ray.get(put(ref))
+        self._on_every_worker(lambda w: w.load_adapter.remote(record.version, ref, record.sha256))
+        return record.version, time.perf_counter() - started
 
     def pin(self, name: str, version: int) -> None:
         """Keep ``version`` in the store for good (a phase's final adapter, evaluated by the driver)."""

@@ -7,9 +7,11 @@ store or driver that dies loses nothing: a new store reads the directory back.
 
 Invariants (docs/design.md, "Adapter versions"):
 
-- **Ids never repeat.** ``put`` refuses an id at or below the newest one ever handed out
-  (``reserved``, persisted before the bytes are written), so a learner resumed from a checkpoint
-  continues numbering after the store's newest (:meth:`AdapterStore.newest`).
+- **Ids never repeat.** The store hands them out: :meth:`AdapterStore.put_next` persists an
+  adapter under the id after the newest one ever handed out (``reserved``, persisted before the
+  bytes are written), so a learner resumed from a checkpoint, or restarted with the store, numbers
+  its publishes after everything a lost attempt published. ``put`` with an explicit id (a run's
+  init adapter is version 1) refuses one at or below the newest.
 - **An id means one set of weights.** Each version carries the SHA-256 of its config and
   tensors (:func:`adapter_hash`); a worker recomputes it on load and refuses a mismatch.
 - **Retention.** The newest ``keep`` versions stay on disk, and every pinned one (a phase's
@@ -116,6 +118,13 @@ class AdapterStore:
         write_json_atomic(self.root / "reserved.json", {"reserved": self.reserved, "pins": self.pins})
 
     # ---- writes -------------------------------------------------------------------------------
+    def put_next(self, adapter: dict[str, Any], phase: str = "", step: int = 0) -> AdapterRecord:
+        """Persist ``adapter`` under the next id (:meth:`next_version`); returns its record.
+
+        A call the actor retries after a restart may get a later id than the lost call reserved:
+        an id is never handed out twice, and the caller learns its id from the record."""
+        return self.put(self.next_version(), adapter, phase, step)
+
     def put(self, version: int, adapter: dict[str, Any], phase: str = "", step: int = 0) -> AdapterRecord:
         """Persist ``adapter`` as ``version`` (> every id handed out before); returns its record.
 
@@ -159,6 +168,10 @@ class AdapterStore:
     def newest(self) -> int:
         """The newest id ever handed out (0: none); a new publish must use a higher one."""
         return self.reserved
+
+    def next_version(self) -> int:
+        """The id the next :meth:`put_next` hands out."""
+        return self.reserved + 1
 
     def newest_stored(self) -> int:
         """The newest version whose weights the store holds (0: none)."""

@@ -103,3 +103,33 @@ def test_a_reopened_store_has_what_was_written_and_drops_a_torn_write(tmp_path):
         assert torch.equal(adapter["tensors"]["base_model.model.layers.0.q_proj.lora_B.weight"],
                            _adapter(v)["tensors"]["base_model.model.layers.0.q_proj.lora_B.weight"])
     assert read_adapter_dir(tmp_path / "v000002")["config"] == _adapter(2)["config"]
+
+
+def test_the_store_numbers_versions_and_never_repeats_one_across_restarts(tmp_path):
+    store = AdapterStore(str(tmp_path), keep=2)
+    assert store.next_version() == 1
+    ids = [store.put_next(_adapter(i), "grpo", i).version for i in range(4)]
+    assert ids == [1, 2, 3, 4] and store.newest() == 4 and store.next_version() == 5
+    # a put reserved id 5 and was killed before its bytes were complete (a dead store actor)
+    store.reserved = 5
+    store._save_state()
+    (tmp_path / "v000005").mkdir()
+
+    again = AdapterStore(str(tmp_path), keep=2)  # the restarted actor reads the directory back
+    assert again.next_version() == 6  # the torn id 5 is never handed out again, nor any pruned one
+    more = [again.put_next(_adapter(10 + i), "grpo", i).version for i in range(3)]
+    assert more == [6, 7, 8]
+    handed_out = ids + more
+    assert handed_out == sorted(set(handed_out))  # strictly increasing: none repeats
+    assert AdapterStore(str(tmp_path), keep=2).next_version() == 9
+
+
+def test_a_stale_publish_is_refused_after_the_store_numbered_past_it(tmp_path):
+    store = AdapterStore(str(tmp_path))
+    store.put(1, _adapter(1), "init")  # the run's init adapter names its id
+    assert store.put_next(_adapter(2), "grpo", 1).version == 2
+    with pytest.raises(VersionReusedError, match="version 2 was already handed out"):
+        store.put(2, _adapter(3), "grpo", 1)  # e.g. a lost attempt's learner numbering on its own
+    with pytest.raises(VersionReusedError):
+        AdapterStore(str(tmp_path)).put(1, _adapter(4))
+    assert store.put_next(_adapter(2), "grpo", 2).version == 3  # the same weights again get a new id

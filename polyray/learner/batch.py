@@ -1,0 +1,113 @@
+"""What a learner step trains on: token sequences, and for sampled ones their sampling log-probs and advantages.
+
+Rank 0 builds a step's :class:`TrainBatch` from its rollout groups (:meth:`TrainBatch.from_groups`)
+and broadcasts it; each rank takes its :meth:`~TrainBatch.shard` and normalises the shard's loss by
+the *whole* batch's counts (docs/algorithms.md §2 "Learner ranks"), so named fields replace the
+positional tuples the phases used to pass around. Shards are strided (``rank::world``), by
+sequence or by whole group, as the docs describe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from polyray.models.batching import PackedBatch, pack_sequences
+
+if TYPE_CHECKING:
+    from polyray.rollout.worker import Sample
+
+
+@dataclass
+class Sequences:
+    """N (prompt, completion) token sequences, e.g. the SFT references of a step.
+
+    - ``prompt_ids``: list of N token-id lists, the prompt of each sequence;
+    - ``completion_ids``: list of N token-id lists, the completion (the tokens that carry loss).
+    """
+
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids)
+
+    def num_tokens(self) -> int:
+        """Completion tokens over all sequences (the token count a token mean divides by)."""
+        return sum(len(c) for c in self.completion_ids)
+
+    def pack(self, pad_id: int, device: torch.device | str | None = None) -> PackedBatch:
+        return pack_sequences(self.prompt_ids, self.completion_ids, pad_id, device)
+
+
+@dataclass
+class TrainBatch(Sequences):
+    """N sampled sequences, group by group, with what the loss needs of each.
+
+    - ``prompt_ids``, ``completion_ids``: as :class:`Sequences`; sequence i's completion has L_i tokens;
+    - ``sample_logprobs``: list of N float lists, sequence i's of length L_i: each completion token's
+      log-prob under the distribution it was sampled from (log pi_old; vLLM's processed log-probs);
+    - ``advantages``: float64 tensor (N,), sequence i's advantage (GRPO) or diversity marginal
+      (polychromic SFT);
+    - ``group_size``: G, samples per prompt: sequences [b*G, (b+1)*G) are group b, so N = B*G.
+      None on a shard taken by sequence, which need not hold whole groups.
+    """
+
+    sample_logprobs: list[list[float]]
+    advantages: torch.Tensor
+    group_size: int | None
+
+    @classmethod
+    def from_groups(
+        cls, groups: list[list[Sample]], advantages: torch.Tensor, keep: torch.Tensor | None = None
+    ) -> TrainBatch:
+        """The batch of B groups of G samples with advantages (B, G); ``keep`` (B,) bool: only those groups."""
+        rows = [b for b in range(len(groups)) if keep is None or keep[b]]
+        samples = [s for b in rows for s in groups[b]]
+        return cls(
+            prompt_ids=[s.prompt_token_ids for s in samples],
+            completion_ids=[s.token_ids for s in samples],
+            sample_logprobs=[s.logprobs for s in samples],
+            advantages=advantages[rows].reshape(-1).to(torch.float64),
+            group_size=len(groups[0]) if groups else 0,
+        )
+
+    @property
+    def num_groups(self) -> int:
+        if not self.group_size:
+            raise ValueError("this batch does not hold whole groups")
+        return len(self) // self.group_size
+
+    def shard(self, rank: int, world: int, whole_groups: bool = False) -> TrainBatch:
+        """Rank ``rank``'s share of ``world``: every ``world``-th sequence from the ``rank``-th, or with
+        ``whole_groups`` every ``world``-th group. Shards may be unequal or empty (more ranks than units)."""
+        if whole_groups:
+            size = self.group_size
+            index = [b * size + g for b in range(self.num_groups)[rank::world] for g in range(size)]
+        else:
+            size, index = None, list(range(len(self))[rank::world])
+        return TrainBatch(
+            prompt_ids=[self.prompt_ids[i] for i in index],
+            completion_ids=[self.completion_ids[i] for i in index],
+            sample_logprobs=[self.sample_logprobs[i] for i in index],
+            advantages=self.advantages[torch.tensor(index, dtype=torch.long)],
+            group_size=size,
+        )
+
+    def sequence_logprobs(self) -> list[float]:
+        """(N,) each sequence's sampling log-prob: the sum of its tokens' ``sample_logprobs``."""
+        return [sum(lp) for lp in self.sample_logprobs]
+
+    def target_logprobs(self, width: int, dtype: torch.dtype) -> torch.Tensor:
+        """(N, width) CPU tensor of ``sample_logprobs`` aligned with :meth:`pack`'s targets, 0 elsewhere.
+
+        Target t predicts token t + 1 of the right-padded sequence, so completion token j of
+        sequence i is target ``len(prompt_ids[i]) - 1 + j``."""
+        out = torch.zeros((len(self), width), dtype=dtype)
+        for i, (prompt, logprobs) in enumerate(zip(self.prompt_ids, self.sample_logprobs)):
+            start = len(prompt) - 1
+            # sized by the completion: a log-prob list of another length fails here, not silently
+            out[i, start : start + len(self.completion_ids[i])] = torch.tensor(logprobs, dtype=dtype)
+        return out

@@ -1,0 +1,69 @@
+"""The learner's adapter publisher: which adapter version every rank holds, and rank 0's publishes.
+
+Rollout workers sample from the adapter versions the learner publishes to the pool (which
+persists them in the run's adapter store). Only rank 0 publishes, but every rank tracks the
+version it holds: it labels the step's metrics and checkpoints, and the ranks must agree on it.
+A run's versions count up from 0 (base, no adapter) across all its phases and restarts
+(docs/design.md, "How an adapter version flows"). The store, not the learner, numbers them:
+each publish gets the next id the store hands out (which never repeats), and rank 0 broadcasts
+it to the other ranks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from polyray.learner.phases import StepContext, broadcast_from_rank0
+
+
+class AdapterPublisher:
+    """``version``: the adapter version the learner holds, the same on every rank.
+
+    ``pool``: the rollout pool (None: nothing to publish to; versions still count, as labels);
+    only rank 0's is used. ``canary``: rank 0's :class:`~polyray.learner.sync.SyncCanary`, whose
+    measurements :meth:`take_canary_metrics` hands to the next step's metrics.
+    """
+
+    def __init__(self, pool, phase: str, ctx: StepContext, canary=None):
+        self.pool = pool if ctx.rank == 0 else None
+        self.phase, self.ctx, self.canary = phase, ctx, canary
+        self.version = 0
+        self.canary_metrics: dict[str, float] = {}
+
+    def start(self, version: int, step: int, holds_published: bool, publishes_every_step: bool) -> None:
+        """Begin an attempt at the phase at ``step`` holding adapter ``version``.
+
+        ``holds_published``: the weights are the incoming adapter, in the store as ``version``
+        (a fresh start from a previous phase's adapter). Otherwise (a resume from a checkpoint,
+        a fresh LoRA) or when the store has moved past ``version`` (a lost attempt published
+        past it), a phase whose rollouts sample the learner publishes its starting weights
+        first, under a fresh id."""
+        # A lost attempt may have published past this attempt's checkpoint; until this attempt
+        # publishes, it holds the newest version as far as lag and labels go.
+        newest = broadcast_from_rank0(self.pool.newest_version() if self.pool is not None else None, self.ctx) or 0
+        self.version = max(version, newest)
+        if publishes_every_step and not (holds_published and newest == version):
+            self.publish(step)
+
+    def publish(self, step: int) -> float:
+        """Every rank (a collective when there are several): move to the next version. Rank 0 publishes
+        the adapter (``step``: the phase's steps done) under the id the store hands out, runs the
+        canary when due, and broadcasts the id. Returns the seconds the publish took (0 on other ranks)."""
+        version, seconds = self._publish_on_rank0(step) if self.pool is not None else (None, 0.0)
+        version = broadcast_from_rank0(version, self.ctx)
+        # no store to number them (no pool): versions count on by one, as labels of the weights
+        self.version = self.version + 1 if version is None else version
+        return seconds
+
+    def _publish_on_rank0(self, step: int) -> tuple[int, float]:
+        from polyray.learner.lora import extract_adapter
+
+        version, seconds = self.pool.publish_next(extract_adapter(self.ctx.model), self.phase, step)
+        if self.canary is not None:
+            self.canary_metrics.update(self.canary.after_publish(self.ctx.model, self.pool, version))
+        return version, seconds
+
+    def take_canary_metrics(self) -> dict[str, Any]:
+        """The canary's measurements since the last call (empty when none was due)."""
+        metrics, self.canary_metrics = self.canary_metrics, {}
+        return metrics

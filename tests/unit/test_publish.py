@@ -1,0 +1,132 @@
+"""The learner's publisher: the adapter store numbers the versions, and every rank holds the same one.
+
+An in-process :class:`AdapterStore` behind a stand-in pool (no Ray, no vLLM); the two-rank case
+runs on gloo, where only rank 0 has the pool, as in the learner.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+
+from polyray.learner.phases import StepContext
+from polyray.learner.publish import AdapterPublisher
+from polyray.rollout.store import AdapterStore
+
+
+def _adapter(seed: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {"config": {"r": 1}, "tensors": {"lora_A.weight": torch.randn(1, 4, generator=g)}}
+
+
+class StorePool:
+    """The publishing half of the rollout pool, over an in-process store."""
+
+    def __init__(self, store: AdapterStore):
+        self.store, self.published = store, []
+
+    def newest_version(self) -> int:
+        return self.store.newest()
+
+    def publish_next(self, adapter, phase: str = "", step: int = 0) -> tuple[int, float]:
+        record = self.store.put_next(adapter, phase, step)
+        self.published.append((record.version, phase, step))
+        return record.version, 0.0
+
+
+@pytest.fixture(autouse=True)
+def _adapters(monkeypatch):
+    """Each publish extracts different weights (the learner's extract_adapter needs a peft model)."""
+    calls = iter(range(10**6))
+    monkeypatch.setattr("polyray.learner.lora.extract_adapter", lambda model: _adapter(next(calls)))
+
+
+def _publisher(pool, rank: int = 0, world: int = 1) -> AdapterPublisher:
+    return AdapterPublisher(pool, "grpo", StepContext(None, None, rank, world, seed=0))
+
+
+def test_a_phase_continuing_the_incoming_adapter_publishes_after_it(tmp_path):
+    store = AdapterStore(str(tmp_path))
+    store.put(1, _adapter(100), "sft")  # the previous phase's final adapter, handed over as version 1
+    pool = StorePool(store)
+    publisher = _publisher(pool)
+    publisher.start(1, 0, holds_published=True, publishes_every_step=True)
+    assert publisher.version == 1 and pool.published == []  # rollouts sample version 1: nothing to publish
+    assert [publisher.publish(step) for step in (1, 2)] == [0.0, 0.0]
+    assert publisher.version == 3 and pool.published == [(2, "grpo", 1), (3, "grpo", 2)]
+
+
+def test_a_resumed_attempt_publishes_after_what_a_lost_one_published(tmp_path):
+    pool = StorePool(AdapterStore(str(tmp_path)))
+    lost = _publisher(pool)
+    lost.start(0, 0, holds_published=False, publishes_every_step=True)  # a fresh LoRA publishes its start
+    for step in (1, 2, 3, 4):
+        lost.publish(step)
+    assert lost.version == 5  # ... and died after its step-2 checkpoint, which holds version 3
+
+    pool = StorePool(AdapterStore(str(tmp_path)))  # the store restarted too: read back from its directory
+    resumed = _publisher(pool)
+    resumed.start(3, 2, holds_published=False, publishes_every_step=True)
+    assert pool.published == [(6, "grpo", 2)] and resumed.version == 6  # its starting weights, under a fresh id
+    resumed.publish(3)
+    assert resumed.version == 7
+
+
+def test_sft_holds_the_newest_version_until_it_publishes(tmp_path):
+    store = AdapterStore(str(tmp_path))
+    for v in (1, 2):
+        store.put_next(_adapter(v))
+    publisher = _publisher(StorePool(store))
+    publisher.start(1, 0, holds_published=True, publishes_every_step=False)
+    assert publisher.version == 2 and store.newest() == 2  # no publish at the start
+    publisher.publish(3)
+    assert publisher.version == 3 == store.newest()
+
+
+def test_without_a_pool_versions_count_on_as_labels():
+    publisher = _publisher(None)
+    publisher.start(4, 0, holds_published=True, publishes_every_step=False)
+    publisher.publish(1)
+    publisher.publish(2)
+    assert publisher.version == 6
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _two_ranks(rank: int, world: int, port: int, root: str, out: str) -> None:
+    """Rank 0 publishes through the store; an id it skips (another put in between) reaches rank 1 too."""
+    import torch.distributed as dist
+
+    import polyray.learner.lora
+
+    polyray.learner.lora.extract_adapter = lambda model: _adapter(7)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        store = AdapterStore(root) if rank == 0 else None
+        publisher = _publisher(StorePool(store) if rank == 0 else None, rank, world)
+        publisher.start(0, 0, holds_published=False, publishes_every_step=True)
+        versions = [publisher.version]
+        publisher.publish(1)
+        versions.append(publisher.version)
+        if rank == 0:
+            store.put_next(_adapter(8), "other")  # an id handed out to someone else: the learner skips it
+        publisher.publish(2)
+        versions.append(publisher.version)
+        torch.save(versions, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two gloo processes
+def test_every_rank_holds_the_id_rank_0_got_from_the_store(tmp_path):
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path / "versions")
+    mp.spawn(_two_ranks, args=(2, _free_port(), str(tmp_path / "store"), out), nprocs=2)
+    assert torch.load(f"{out}.0") == torch.load(f"{out}.1") == [1, 2, 4]
