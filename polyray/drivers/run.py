@@ -22,13 +22,13 @@ from rich.table import Table
 
 from polyray.cluster import init_ray, needed_cpus
 from polyray.config import RunConfig
+from polyray.config.tasks import JsonlTaskConfig
 from polyray.eval.policy_eval import build_eval_task
 from polyray.io import ConfigError, Timer, console, dump_config, make_progress, write_json_atomic
 from polyray.models.source import prepare_model_dir
 from polyray.rollout.store import STORE_DIR
 from polyray.reward.engagement import ensure_engagement_model, is_engagement_model_dir, read_engagement_jsonl
 from polyray.tracking import check_tracking, open_tracker
-from polyray.tasks.jsonl import JsonlTaskConfig
 
 
 def evaluate_stage(name: str, pool, task, prompts, run: RunConfig, version: int | None) -> dict[str, Any]:
@@ -176,7 +176,7 @@ def engagement_models(run: RunConfig, task, rewards: list[tuple[str, dict[str, A
     from polyray.reward.scorer import reward_names
 
     paths = []
-    if getattr(run.task, "quality", None) == "engagement":
+    if run.task.needs_engagement_model():
         paths.append(task.engagement_model_dir())
     for name, params in rewards:
         if "engagement" in reward_names(name, params):

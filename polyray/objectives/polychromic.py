@@ -39,7 +39,7 @@ from collections.abc import Callable
 
 import torch
 
-MAX_SUBSETS = 5000
+from polyray.config.advantages import MAX_SUBSETS
 
 
 def enumerate_subsets(n: int, k: int, max_subsets: int = MAX_SUBSETS) -> list[tuple[int, ...]]:
