@@ -159,3 +159,20 @@ def test_the_config_package_imports_only_io():
                 assert node.module == "polyray.io" or node.module.startswith("polyray.config"), (path.name, node.module)
             if isinstance(node, ast.Import):
                 assert not any(a.name.startswith("polyray") for a in node.names), (path.name, node.lineno)
+
+
+@pytest.mark.parametrize("loader", ["run", "eval", "sweep", "experiment"])
+def test_every_config_file_is_read_by_the_one_yaml_reader(tmp_path, loader):
+    """Runs, evaluation jobs, sweeps and experiments fail alike on a file that is not YAML or missing."""
+    from polyray.drivers.evaluate.config import load_eval_config
+    from polyray.drivers.experiment import load_experiment
+    from polyray.drivers.sweep import load_sweep
+
+    load = {"run": load_config, "eval": load_eval_config, "sweep": load_sweep,
+            "experiment": lambda p: load_experiment(p, seeds=1)}[loader]  # fmt: skip
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match=f"^{bad}: invalid YAML"):
+        load(bad)
+    with pytest.raises(ConfigError, match=f"^{tmp_path / 'missing.yaml'}: .* not found"):
+        load(tmp_path / "missing.yaml")
