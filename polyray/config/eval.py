@@ -69,7 +69,9 @@ class DynamicsConfig(StrictModel):
 class EvalTaskFields(StrictModel):
     """What an evaluation job adds to a task's own config."""
 
-    name: str | None = Field(None, pattern=EVAL_NAME_PATTERN, description="Task label (default: its type); unique per job.")
+    name: str | None = Field(
+        None, pattern=EVAL_NAME_PATTERN, description="Task label (default: its type); unique per job."
+    )
     n_prompts: int = Field(64, ge=1, description="Prompts evaluated (the first n of the split).")
     sampling: SamplingConfig | None = Field(None, description="Sampling for this task (default: the job's sampling).")
 

@@ -190,5 +190,7 @@ TASK_CONFIGS: dict[str, type[TaskConfigBase]] = {t: m for m in TASK_CONFIG_MODEL
 TaskConfig = Annotated[Union[TASK_CONFIG_MODELS], Field(discriminator="type")]
 """Any task of the registry."""
 
-TrainTaskConfig = Annotated[Union[tuple(m for m in TASK_CONFIG_MODELS if m.eval_only is None)], Field(discriminator="type")]
+TrainTaskConfig = Annotated[
+    Union[tuple(m for m in TASK_CONFIG_MODELS if m.eval_only is None)], Field(discriminator="type")
+]
 """A task a run trains on: every task but the evaluation-only ones (HumanEval)."""
