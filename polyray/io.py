@@ -3,8 +3,9 @@
 Everything above imports from here; this module imports nothing of polyray's.
 
 - :class:`StrictModel`: the pydantic base of every config (unknown keys fail, assignment
-  is validated); :func:`load_yaml_model` reads YAML, applies ``--set a.b=c`` overrides to
-  the raw mapping and validates, raising :class:`ConfigError` with the dotted field path.
+  is validated); :func:`read_yaml_mapping` reads a config file (the one YAML reader: errors
+  name the file), :func:`load_yaml_model` applies ``--set a.b=c`` overrides to the raw mapping
+  and validates, raising :class:`ConfigError` with the dotted field path.
 - :func:`read_jsonl_rows` / :func:`iter_jsonl_objects`: JSONL whose every line must be an
   object; a bad line (not UTF-8, too long, not JSON, wrong fields) is one message naming
   ``file:line`` and the field, or is skipped and counted. :func:`write_json_atomic`: a reader
@@ -112,22 +113,31 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def read_yaml_mapping(path: str | Path, what: str = "config file", allow_empty: bool = False) -> dict:
+    """The mapping at the top of the YAML file ``path``: the one reader of config files (runs, evaluation
+    jobs, sweeps, experiments). :class:`ConfigError` naming the file when it is missing (``what``
+    not found), not YAML, empty (``{}`` with ``allow_empty``) or not a mapping of fields."""
+    source = str(path)
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{source}: {what} not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: invalid YAML: {exc}".replace("\n", " ")) from None
+    if data is None:
+        if allow_empty:
+            return {}
+        raise ConfigError(f"{source}: the file is empty; write at least one field (e.g. name: my-run)")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: top level must be a mapping of fields, got {type(data).__name__} {data!r}")
+    return data
+
+
 def load_yaml_model(path: str | Path | None, overrides: list[str], model: type[BaseModel]) -> Any:
     """Read YAML (or ``{}`` when ``path`` is None), apply ``--set`` overrides, validate as ``model``."""
     source = str(path) if path else "<defaults>"
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{source}: config file not found")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{source}: invalid YAML: {exc}".replace("\n", " ")) from None
-        if data is None:
-            raise ConfigError(f"{source}: the file is empty; write at least one field (e.g. name: my-run)")
-        if not isinstance(data, dict):
-            raise ConfigError(f"{source}: top level must be a mapping of fields, got {type(data).__name__} {data!r}")
+    data = read_yaml_mapping(path) if path is not None else {}
     data = apply_overrides(data, list(overrides))
     try:
         return model.model_validate(data)

@@ -18,17 +18,17 @@ from typing import Any
 
 import torch
 
-from polyray.config import GRPOPhaseConfig, LoraConfig, PolychromicSFTPhaseConfig, SFTPhaseConfig
+from polyray.config import GRPOPhaseConfig, LoraConfig, PolychromicSFTPhaseConfig, SFTPhaseConfig, TinyModelConfig
+from polyray.config.tasks import CountdownTaskConfig
 from polyray.rollout.worker import Sample
 from polyray.tasks import build_task
-from polyray.tasks.countdown import CountdownTaskConfig
 
 TASK = CountdownTaskConfig(n_train=64)
 
 
 def tiny_model_dir(root: Path) -> Path:
     """A random-init tiny Qwen3 with its own tokenizer (no pretraining): seconds to build."""
-    from polyray.models.tiny import TinyModelConfig, build_tiny_model
+    from polyray.models.tiny import build_tiny_model
 
     tiny = TinyModelConfig(pretrain_steps=0, pretrain_prompts=200, num_layers=2, hidden_size=64, intermediate_size=128)
     return build_tiny_model(tiny, TASK, Path(root) / "tiny-model")

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from polyray.cli.bench import bench_app
-from polyray.cli.common import fail, user_errors
+from polyray.cli.common import user_errors
 from polyray.cli.evaluate import eval_command
 from polyray.cli.serve import serve_app
 

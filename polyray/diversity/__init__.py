@@ -1,6 +1,7 @@
 """Diversity of a set of completions: one registry of pure ``list[str] -> float`` functions.
 
-docs/algorithms.md §4. Names (the values a config's diversity fields accept come from this registry):
+docs/algorithms.md §4. Names (a config's diversity fields accept exactly these:
+:data:`polyray.config.names.DiversityName`, kept equal to this registry by tests/unit/test_registries.py):
 
 | name             | value                                                      | range   |
 |------------------|------------------------------------------------------------|---------|
@@ -24,7 +25,6 @@ own diversity (:mod:`polyray.tasks.countdown`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 from polyray.diversity.lexical import (
     compute_distinct_1,
@@ -55,8 +55,6 @@ DIVERSITY_FUNCTIONS: dict[str, DiversityFn] = {
     "self_bleu": compute_self_bleu_diversity,
     "countdown_expr": compute_countdown_expr_diversity,
 }
-
-DiversityName = Literal[tuple(DIVERSITY_FUNCTIONS)]  # what configs accept: the registry's keys
 
 # Names whose value depends on the texts only through their embeddings.
 EMBEDDING_DIVERSITY_FUNCTIONS: dict[str, EmbeddingDiversityFn] = {
@@ -104,7 +102,6 @@ __all__ = [
     "DIVERSITY_FUNCTIONS",
     "EMBEDDING_DIVERSITY_FUNCTIONS",
     "DiversityFn",
-    "DiversityName",
     "compute_cosine_similarity",
     "compute_countdown_expr_diversity",
     "compute_distinct_1",

@@ -30,12 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from polyray.config import RunConfig
-from polyray.io import ConfigError, StrictModel, console, format_validation_error
-from polyray.drivers.sweep import _load_yaml, merge
+from polyray.io import ConfigError, StrictModel, console, format_validation_error, read_yaml_mapping
+from polyray.drivers.sweep import merge
 
 METRICS = ("pass@1", "pass@5", "pass@10", "usq@5", "reward_mean", "distinct_frac")
 
@@ -103,18 +102,14 @@ def load_experiment(
     """The experiment and one validated :class:`RunConfig` per (run, seed); a branch run's
     ``init_adapter`` points into ``out`` (default ``runs/<name>``)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: experiment file not found")
     try:
-        exp = ExperimentConfig.model_validate(yaml.safe_load(path.read_text()) or {})
+        exp = ExperimentConfig.model_validate(read_yaml_mapping(path, "experiment file", allow_empty=True))
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, str(path))) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}".replace("\n", " ")) from None
     base_path = (path.parent / exp.base).resolve()
     if not base_path.is_file():
         raise ConfigError(f"{path}: base: {exp.base} not found")
-    base = _load_yaml(base_path, "base run config")
+    base = read_yaml_mapping(base_path, "base run config", allow_empty=True)
     if exp.task is not None:
         base["task"] = exp.task
     configs = {}

@@ -45,11 +45,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from polyray.config import RunConfig
-from polyray.io import ConfigError, StrictModel, console, format_validation_error
+from polyray.io import ConfigError, StrictModel, console, format_validation_error, read_yaml_mapping
 from polyray.tracking import run_metrics, tune_callbacks
 
 TUNE_DIR = "tune"  # Tune's experiment directory under the sweep's output directory
@@ -157,24 +156,15 @@ def trial_slug(params: dict[str, Any]) -> str:
     return "".join(c if c.isalnum() or c in "=,._-" else "_" for c in slug)[:200] or "trial"
 
 
-def _load_yaml(path: Path, what: str) -> dict:
-    if not path.is_file():
-        raise ConfigError(f"{path}: {what} not found")
-    try:
-        return yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}".replace("\n", " ")) from None
-
-
 def load_sweep(path: str | Path) -> tuple[SweepConfig, dict[str, Any]]:
     """The sweep and its base run mapping (base + task + overrides); every grid point is validated
     as a :class:`RunConfig` now, so a bad axis fails before anything starts."""
     path = Path(path)
     try:
-        sweep = SweepConfig.model_validate(_load_yaml(path, "sweep file"))
+        sweep = SweepConfig.model_validate(read_yaml_mapping(path, "sweep file", allow_empty=True))
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, str(path))) from None
-    base = _load_yaml((path.parent / sweep.base).resolve(), "base run config")
+    base = read_yaml_mapping((path.parent / sweep.base).resolve(), "base run config", allow_empty=True)
     if sweep.task is not None:
         base["task"] = sweep.task
     base = merge(base, sweep.overrides)

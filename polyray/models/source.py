@@ -1,35 +1,17 @@
-"""Resolve ``model.source`` to a local Hugging Face model directory, and format prompts for that model."""
+"""Resolve ``model.source`` to a local Hugging Face model directory, and format prompts for that model.
+
+The settings (:class:`~polyray.config.model.ModelConfig`) are in :mod:`polyray.config.model`.
+"""
 
 from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Callable
 
-from pydantic import Field
-
-from polyray.io import StrictModel, make_progress
-from polyray.models.tiny import TinyModelConfig
+from polyray.config.model import ModelConfig
+from polyray.io import make_progress
 from polyray.tasks.base import Task, with_prompt_format
-
-
-class ModelConfig(StrictModel):
-    """Which base model to fine-tune."""
-
-    source: str = Field(
-        "embedded",
-        description="'embedded' (build/cached tiny model), a local HF model directory, or a Hugging Face id.",
-    )
-    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="Build settings when source is 'embedded'.")
-    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Weights dtype for learner and rollouts.")
-    prompt_format: Literal["auto", "plain"] = Field(
-        "auto",
-        description="auto: prompts go through the tokenizer's chat template when it has one (instruct models);"
-        " plain: the task's own template.",
-    )
-    chat_template_kwargs: dict[str, Any] = Field(
-        default_factory=dict, description="Extra variables for the chat template, e.g. {enable_thinking: false} (Qwen3)."
-    )
 
 
 class ModelSourceError(ValueError):

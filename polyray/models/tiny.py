@@ -12,7 +12,8 @@ candidates pays off and where SFT and GRPO have something to do.
 The result is a normal Hugging Face model directory (``config.json``, safetensors,
 tokenizer files) that transformers, peft and vLLM all load. It is cached under a
 content hash of everything that determines it, and written atomically (a build killed
-half-way leaves no half-written cache entry).
+half-way leaves no half-written cache entry). Its settings are
+:class:`~polyray.config.model.TinyModelConfig` (``model.tiny``).
 """
 
 from __future__ import annotations
@@ -28,40 +29,14 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from pydantic import Field, model_validator
-
-from polyray.io import StrictModel, cache_root
+from polyray.config.model import TinyModelConfig
+from polyray.io import cache_root
 from polyray.tasks import build_task
 
 log = logging.getLogger(__name__)
 
 BUILD_VERSION = 1  # bump when the recipe changes so old caches are not reused
 EOS, PAD = "<|endoftext|>", "<|pad|>"
-
-
-class TinyModelConfig(StrictModel):
-    """The embedded base model polyray builds and pretrains itself (Qwen3 architecture)."""
-
-    vocab_size: int = Field(384, ge=300, le=65536, description="BPE vocabulary size (byte-level, 256 base symbols).")
-    hidden_size: int = Field(128, ge=32, description="Transformer width.")
-    num_layers: int = Field(4, ge=1, le=48, description="Decoder layers.")
-    num_heads: int = Field(4, ge=1, description="Query heads.")
-    num_kv_heads: int = Field(2, ge=1, description="Key/value heads (grouped-query attention).")
-    head_dim: int = Field(32, ge=32, description="Per-head width; vLLM's CPU attention needs >= 32.")
-    intermediate_size: int = Field(384, ge=16, description="MLP inner width.")
-    max_positions: int = Field(128, ge=32, description="Maximum sequence length.")
-    pretrain_steps: int = Field(1500, ge=0, description="Full fine-tuning steps on the task's pretrain split.")
-    pretrain_batch_size: int = Field(64, ge=1, description="Sequences per pretraining step.")
-    pretrain_lr: float = Field(3e-3, gt=0, description="Peak AdamW learning rate for pretraining.")
-    pretrain_noise: float = Field(0.5, ge=0, lt=1, description="Share of pretraining completions that miss the target.")
-    pretrain_prompts: int = Field(5000, ge=100, description="Distinct prompts in the pretraining corpus.")
-    seed: int = Field(0, description="Seed for tokenizer corpus, init and pretraining order.")
-
-    @model_validator(mode="after")
-    def _heads_divide(self) -> "TinyModelConfig":
-        if self.num_heads % self.num_kv_heads:
-            raise ValueError("num_heads must be a multiple of num_kv_heads")
-        return self
 
 
 def build_key(tiny: TinyModelConfig, task_config) -> str:

@@ -3,8 +3,9 @@
 docs/algorithms.md §3. Every estimator is a pure function from what a GRPO step knows about
 its groups — rewards (B, G) of B prompts with G samples each, the completion texts, the
 sampling log-probs and how far the phase has come (:class:`AdvantageInputs`) — to advantages
-(B, G). Each has its own config model (a member of the :data:`AdvantageConfig` union, keyed by
-``type``), and :data:`ADVANTAGE_ESTIMATORS` maps the type to its config model and to a function
+(B, G). Each has its own config model (a member of the :data:`~polyray.config.advantages.AdvantageConfig`
+union, keyed by ``type``, in :mod:`polyray.config.advantages`, where each also checks that it fits
+the group size), and :data:`ADVANTAGE_ESTIMATORS` maps the type to its config model and to a function
 ``(config, inputs) -> (B, G)`` that passes the config's parameters on: the learner calls
 :func:`compute_advantages` and never looks at the type itself.
 
@@ -34,14 +35,22 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Literal, Union
+from typing import Literal
 
 import torch
-from pydantic import Field, model_validator
 
-from polyray.diversity import DiversityName
-from polyray.io import StrictModel
-from polyray.objectives.polychromic import MAX_SUBSETS, compute_subset_marginals, enumerate_subsets
+from polyray.config.advantages import (
+    MAX_SUBSETS,
+    AdvantageConfigBase,
+    GroupAdvantageConfig,
+    MixAdvantageConfig,
+    PassKAdvantageConfig,
+    PolychromicAdvantageConfig,
+    RepeatPenaltyAdvantageConfig,
+    RlooAdvantageConfig,
+    UnlikelinessAdvantageConfig,
+)
+from polyray.objectives.polychromic import compute_subset_marginals, enumerate_subsets
 
 SubsetDiversity = Callable[[int, tuple[int, ...]], float]  # (prompt index b, sorted sample indices) -> d(S)
 
@@ -264,57 +273,6 @@ def dynamic_sampling_mask(advantages: torch.Tensor, eps: float = 1e-6) -> torch.
 # ----------------------------------------------------------------------------- registry
 
 
-class GroupAdvantageConfig(StrictModel):
-    """(r − mean) / (std + eps) per group; ``scale_by_std: false`` is Dr. GRPO."""
-
-    type: Literal["group"] = "group"
-    scale_by_std: bool = Field(True, description="Divide by the group std (off = Dr. GRPO).")
-
-
-class RlooAdvantageConfig(StrictModel):
-    """r_i − mean of the other samples' rewards."""
-
-    type: Literal["rloo"] = "rloo"
-
-
-class PassKAdvantageConfig(StrictModel):
-    """The analytic pass@k advantage for binary rewards."""
-
-    type: Literal["passk"] = "passk"
-    k: int = Field(4, ge=1, description="k of pass@k (<= group_size).")
-
-
-class PolychromicAdvantageConfig(StrictModel):
-    """Set-marginal advantage of f(S) = mean reward × diversity over k-subsets."""
-
-    type: Literal["polychromic"] = "polychromic"
-    k: int = Field(4, ge=2, description="Subset size (2 <= k <= group_size; a single sample has no diversity).")
-    diversity: DiversityName = Field("countdown_expr", description="Set diversity d(S).")
-    max_subsets: int = Field(MAX_SUBSETS, ge=1, description="All C(G, k) subsets up to this many.")
-    sample_subsets: int | None = Field(
-        None, ge=1, description="Past max_subsets, this many uniformly drawn subsets (Monte Carlo); unset = an error."
-    )
-
-
-class UnlikelinessAdvantageConfig(StrictModel):
-    """Rewards scaled by 1 − β·rank/G, rank of the sample's likelihood in its group, then group-normalised."""
-
-    type: Literal["unlikeliness"] = "unlikeliness"
-    beta: float = Field(0.25, ge=0.0, le=1.0, description="β: how much the most likely sample's reward shrinks.")
-    scale_by_std: bool = Field(True, description="Divide by the group std of the shaped rewards.")
-
-
-class RepeatPenaltyAdvantageConfig(StrictModel):
-    """Rewards minus β · (other samples with the same answer)/(G − 1), then group-normalised."""
-
-    type: Literal["repeat_penalty"] = "repeat_penalty"
-    beta: float = Field(0.5, ge=0.0, description="β: the penalty when every other sample repeats the answer.")
-    answer: Literal["text", "countdown_expr"] = Field(
-        "text", description="What counts as the same answer: whitespace-normalised text, or the canonical expression."
-    )
-    scale_by_std: bool = Field(True, description="Divide by the group std of the shaped rewards.")
-
-
 def _group(cfg: GroupAdvantageConfig, inputs: AdvantageInputs) -> torch.Tensor:
     return compute_group_advantages(inputs.rewards, scale_by_std=cfg.scale_by_std)
 
@@ -355,36 +313,6 @@ def _repeat_penalty(cfg: RepeatPenaltyAdvantageConfig, inputs: AdvantageInputs) 
     return compute_repeat_penalty_advantages(inputs.rewards, answers, cfg.beta, cfg.scale_by_std)
 
 
-_BASE_ESTIMATORS: dict[str, tuple[type[StrictModel], Callable[..., torch.Tensor]]] = {
-    "group": (GroupAdvantageConfig, _group),
-    "rloo": (RlooAdvantageConfig, _rloo),
-    "passk": (PassKAdvantageConfig, _passk),
-    "polychromic": (PolychromicAdvantageConfig, _polychromic),
-    "unlikeliness": (UnlikelinessAdvantageConfig, _unlikeliness),
-    "repeat_penalty": (RepeatPenaltyAdvantageConfig, _repeat_penalty),
-}
-
-BaseAdvantageConfig = Annotated[
-    Union[tuple(model for model, _ in _BASE_ESTIMATORS.values())], Field(discriminator="type")
-]
-
-
-class MixAdvantageConfig(StrictModel):
-    """(1 − w)·A_early + w·A_late, w moving from 0 to 1 as the phase goes from ``start`` to ``end``."""
-
-    type: Literal["mix"] = "mix"
-    early: BaseAdvantageConfig = Field(..., description="Estimator at the phase's start (e.g. {type: passk, k: 4}).")
-    late: BaseAdvantageConfig = Field(..., description="Estimator at its end (e.g. {type: group}).")
-    start: float = Field(0.0, ge=0.0, le=1.0, description="Fraction of the phase's steps where w starts rising.")
-    end: float = Field(1.0, ge=0.0, le=1.0, description="Fraction where w reaches 1 (start = end: a switch).")
-
-    @model_validator(mode="after")
-    def _ordered(self) -> "MixAdvantageConfig":
-        if self.end < self.start:
-            raise ValueError(f"end ({self.end}) must be >= start ({self.start})")
-        return self
-
-
 def _mix(cfg: MixAdvantageConfig, inputs: AdvantageInputs) -> torch.Tensor:
     w = mix_weight(inputs.progress, cfg.start, cfg.end)
     if w == 0.0:
@@ -394,15 +322,16 @@ def _mix(cfg: MixAdvantageConfig, inputs: AdvantageInputs) -> torch.Tensor:
     return (1.0 - w) * compute_advantages(cfg.early, inputs) + w * compute_advantages(cfg.late, inputs)
 
 
-ADVANTAGE_ESTIMATORS: dict[str, tuple[type[StrictModel], Callable[..., torch.Tensor]]] = {
-    **_BASE_ESTIMATORS,
+ADVANTAGE_ESTIMATORS: dict[str, tuple[type[AdvantageConfigBase], Callable[..., torch.Tensor]]] = {
+    "group": (GroupAdvantageConfig, _group),
+    "rloo": (RlooAdvantageConfig, _rloo),
+    "passk": (PassKAdvantageConfig, _passk),
+    "polychromic": (PolychromicAdvantageConfig, _polychromic),
+    "unlikeliness": (UnlikelinessAdvantageConfig, _unlikeliness),
+    "repeat_penalty": (RepeatPenaltyAdvantageConfig, _repeat_penalty),
     "mix": (MixAdvantageConfig, _mix),
 }
 """type -> (config model, function (config, :class:`AdvantageInputs`) -> advantages (B, G))."""
-
-AdvantageConfig = Annotated[
-    Union[tuple(model for model, _ in ADVANTAGE_ESTIMATORS.values())], Field(discriminator="type")
-]
 
 
 def compute_advantages(cfg, inputs: AdvantageInputs) -> torch.Tensor:

@@ -10,11 +10,9 @@ Dr. GRPO (arXiv 2503.20783) for dropping the std normaliser and the L_max norm.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
-Aggregation = Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"]
+from polyray.config.advantages import Aggregation
 
 
 def compute_k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -38,7 +38,7 @@ import math
 
 import torch
 
-MAX_SUBSETS = 5000
+from polyray.config.advantages import MAX_SUBSETS
 
 
 def enumerate_subsets(n: int, k: int, max_subsets: int = MAX_SUBSETS) -> list[tuple[int, ...]]:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from polyray.judge import JudgeConfig, LLMJudge
+from polyray.config.judge import JudgeConfig
+from polyray.judge import LLMJudge
 from polyray.reward.base import ParameterisedReward, RewardError, RewardItem, RewardResult, register
 
 

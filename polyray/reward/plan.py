@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from polyray.config import RunConfig, phase_reward
+from polyray.config.tasks import JsonlTaskConfig
 from polyray.io import ConfigError
 from polyray.tasks.base import Task
 
@@ -46,7 +47,7 @@ def scores_rollouts(phase) -> bool:
 
 def quality_model(run: RunConfig, task: Task) -> Path | None:
     """The engagement model directory that judges the task's quality (quality ``engagement``), else None."""
-    return task.engagement_model_dir() if getattr(run.task, "quality", None) == "engagement" else None
+    return task.engagement_model_dir() if run.task.needs_engagement_model() else None
 
 
 def plan(run: RunConfig, task: Task) -> RewardPlan:
@@ -80,7 +81,6 @@ def models_to_train(reward_plan: RewardPlan, run: RunConfig) -> list[Path]:
     """The plan's engagement model directories that hold no model yet, each to be trained from the
     task's file first (its rows checked now). Only a JSONL task has a file to train one from."""
     from polyray.reward.engagement import is_engagement_model_dir, read_engagement_jsonl
-    from polyray.tasks.jsonl import JsonlTaskConfig
 
     missing = [p for p in reward_plan.engagement_models if not is_engagement_model_dir(p)]
     if missing and not isinstance(run.task, JsonlTaskConfig):

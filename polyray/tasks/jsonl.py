@@ -27,79 +27,21 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, get_args
 
 import numpy as np
-from pydantic import Field, field_validator, model_validator
 
-from polyray.io import DataError, JsonlReport, StrictModel, cache_root, file_sha256, read_jsonl_rows
-from polyray.judge import JudgeConfig
+from polyray.config.tasks import JsonlTaskConfig, QualityMetric
+from polyray.io import DataError, JsonlReport, cache_root, file_sha256, read_jsonl_rows
 from polyray.tasks.base import Judgement, Prompt, Task
 from polyray.tasks.quality import compute_embedding_cosines, compute_rouge
 from polyray.tasks.splits import SplitError, shuffled_split, stratified_split
 
-QUALITY_METRICS = ("rouge1", "rouge2", "rougeL", "embedding", "engagement", "llm_judge")
+QUALITY_METRICS: tuple[str, ...] = get_args(QualityMetric)
 
 
 class JsonlDataError(DataError):
     """A JSONL file that cannot be used; the message names the file and line."""
-
-
-class JsonlTaskConfig(StrictModel):
-    """Prompts (and reference responses) from a JSONL file."""
-
-    type: Literal["replies", "creative"] = Field(
-        "replies", description="Domain label: social replies or creative writing."
-    )
-    path: str = Field(..., description="JSONL file of {prompt, response?, engagement?} rows.")
-    template: str = Field("{prompt}\n", description="What the model sees; must contain {prompt}.")
-    quality: Literal["rouge1", "rouge2", "rougeL", "embedding", "engagement", "llm_judge"] = Field(
-        "rougeL",
-        description="Per-completion quality (the reward): ROUGE F / embedding cosine vs the reference, engagement,"
-        " or a judge LLM's score (llm_judge: set judge).",
-    )
-    judge: JudgeConfig | None = Field(
-        None, description="A judge LLM over an OpenAI-compatible endpoint: quality 'llm_judge', and reported beside."
-    )
-    success_threshold: float = Field(
-        0.3, description="Quality at or above which a completion counts as a success (pass@k)."
-    )
-    seed: int = Field(0, description="Seed of the per-prompt train/val/test split.")
-    skip_bad_lines: bool = Field(
-        False, description="Leave out bad lines (counted and reported) instead of stopping at the first."
-    )
-    n_train: int | None = Field(None, ge=1, description="Training prompts used (None: the whole train split).")
-    n_val: int | None = Field(None, ge=1, description="Validation prompts used (None: the whole val split).")
-    n_test: int | None = Field(None, ge=1, description="Test prompts evaluated (None: the whole test split).")
-    engagement_model: str | None = Field(
-        None,
-        description="Engagement model directory: quality 'engagement' and the 'engagement' reward use it; a run"
-        " trains it from this file first when the directory holds none (None: cached per file under"
-        " ~/.cache/polyray/engagement).",
-    )
-
-    @field_validator("path", "engagement_model")
-    @classmethod
-    def _absolute(cls, v: str | None) -> str | None:
-        # Ray workers may run elsewhere than the driver's working directory
-        return None if v is None else str(Path(v).expanduser().resolve())
-
-    @model_validator(mode="after")
-    def _judge_set(self) -> JsonlTaskConfig:
-        if self.quality == "llm_judge" and self.judge is None:
-            raise ValueError("quality 'llm_judge' needs judge: {base_url, model, ...}")
-        return self
-
-    @field_validator("template")
-    @classmethod
-    def _has_prompt(cls, v: str) -> str:
-        if "{prompt}" not in v:
-            raise ValueError("template must contain {prompt}")
-        try:
-            v.format(prompt="")
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(f"template is not a valid format string with only {{prompt}}: {exc}") from None
-        return v
 
 
 @dataclass(frozen=True)

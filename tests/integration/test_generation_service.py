@@ -275,7 +275,7 @@ def test_llm_judge_reward_through_the_service(service, monkeypatch):
 
 def test_llm_judge_as_a_task_quality(service, monkeypatch, tmp_path):
     from polyray.tasks import build_task
-    from polyray.tasks.jsonl import JsonlTaskConfig
+    from polyray.config.tasks import JsonlTaskConfig
 
     monkeypatch.setenv("POLYRAY_TEST_JUDGE_KEY", KEY)
     data = tmp_path / "short.jsonl"  # short posts: the judge's question must fit the tiny model's context

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from polyray.tasks.humaneval import HumanEvalTask, HumanEvalTaskConfig
+from polyray.config.tasks import HumanEvalTaskConfig
+from polyray.tasks.humaneval import HumanEvalTask
 
 pytestmark = pytest.mark.slow
 

@@ -7,6 +7,7 @@ import statistics
 import pytest
 import torch
 
+from polyray.config.advantages import GroupAdvantageConfig
 from polyray.objectives.advantages import (
     ADVANTAGE_ESTIMATORS,
     AdvantageInputs,
@@ -16,7 +17,6 @@ from polyray.objectives.advantages import (
     compute_polychromic_advantages,
     compute_rloo_advantages,
     dynamic_sampling_mask,
-    GroupAdvantageConfig,
 )
 from polyray.objectives.grpo import aggregate_token_loss, compute_grpo_loss
 
@@ -175,7 +175,7 @@ def test_all_correct_group_keeps_its_polychromic_advantages():
     """All four correct, two distinct answers: the diversity marginals are non-zero, so the group stays."""
     rewards = torch.ones(1, 4, dtype=torch.float64)
     texts = [["1+2", "1+2", "2+1", "3*1"]]
-    from polyray.objectives.advantages import PolychromicAdvantageConfig
+    from polyray.config.advantages import PolychromicAdvantageConfig
 
     adv = compute_advantages(PolychromicAdvantageConfig(k=2, diversity="countdown_expr"), AdvantageInputs(rewards, texts))
     assert adv.abs().max() > 0.05
@@ -238,7 +238,7 @@ def test_unlikeliness_hand_values_and_direction():
 def test_unlikeliness_registry_ranks_by_mean_token_logprob():
     """The registry ranks by the per-token mean (length-normalised), not the sum: a long likely sample
     with a low sum is still the likely one."""
-    from polyray.objectives.advantages import UnlikelinessAdvantageConfig
+    from polyray.config.advantages import UnlikelinessAdvantageConfig
 
     rewards = torch.tensor([[1.0, 1.0, 0.0]], dtype=torch.float64)
     logprobs = [[[-0.1] * 6, [-0.3], [-3.0]]]  # means -0.1, -0.3, -3.0 (sums -0.6, -0.3, -3.0)
@@ -269,7 +269,7 @@ def test_repeat_penalty_hand_values_and_direction():
 
 
 def test_repeat_penalty_registry_compares_canonical_expressions():
-    from polyray.objectives.advantages import RepeatPenaltyAdvantageConfig
+    from polyray.config.advantages import RepeatPenaltyAdvantageConfig
 
     rewards = torch.tensor([[1.0, 1.0, 1.0]], dtype=torch.float64)
     texts = [["1+2", "(1 + 2)", "2+1"]]  # the first two are the same expression
@@ -280,7 +280,8 @@ def test_repeat_penalty_registry_compares_canonical_expressions():
 
 
 def test_mix_moves_from_early_to_late():
-    from polyray.objectives.advantages import MixAdvantageConfig, mix_weight
+    from polyray.config.advantages import MixAdvantageConfig
+    from polyray.objectives.advantages import mix_weight
 
     assert [mix_weight(p, 0.25, 0.75) for p in (0.0, 0.25, 0.5, 0.75, 1.0)] == [0.0, 0.0, 0.5, 1.0, 1.0]
     assert [mix_weight(p, 0.5, 0.5) for p in (0.49, 0.5)] == [0.0, 1.0]  # start = end: a switch

@@ -6,9 +6,10 @@ import json
 
 import pytest
 
+from polyray.config.tasks import JsonlTaskConfig
 from polyray.io import MAX_JSONL_LINE_BYTES, JsonlReport
 from polyray.reward.engagement import EngagementDataError, read_engagement_jsonl
-from polyray.tasks.jsonl import JsonlDataError, JsonlTask, JsonlTaskConfig, read_task_rows
+from polyray.tasks.jsonl import JsonlDataError, JsonlTask, read_task_rows
 
 GOOD = {"prompt": "a post", "response": "a reply", "engagement": 3}
 

@@ -13,15 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from polyray.config.tasks import CodeTaskConfig, CountdownCodeTaskConfig
 from polyray.reward import RewardItem, build_reward
 from polyray.tasks import countdown as cd
 from polyray.tasks.base import Prompt, TaskError
 from polyray.tasks.code import (
     CodeDataError,
     CodeTask,
-    CodeTaskConfig,
     CountdownCodeTask,
-    CountdownCodeTaskConfig,
     as_code_prompt,
 )
 from polyray.tasks.humaneval import HUMANEVAL_STOPS

@@ -130,3 +130,49 @@ def test_tensor_parallel_workers_get_their_gpus():
     for gpus in (0, 1, 4):
         with pytest.raises(ValidationError, match="set gpus_per_worker to 2"):
             RolloutConfig(tensor_parallel_size=2, gpus_per_worker=gpus)
+
+
+HEAVY = ("torch", "vllm", "ray", "transformers", "polyray.sandbox")
+
+
+def test_importing_the_config_loads_nothing_heavy():
+    """polyray.config sits below every piece: in a fresh interpreter it loads no torch, vLLM, Ray,
+    transformers or sandbox, so a config loads (and a bad one fails) at once."""
+    code = (
+        "import sys, polyray.config\n"
+        "from polyray.config import load_config\n"
+        f"load_config({str(ROOT / 'configs' / 'quickstart.yaml')!r})\n"
+        f"print(sorted(m for m in sys.modules if any(m == h or m.startswith(h + '.') for h in {HEAVY!r})))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
+
+
+def test_the_config_package_imports_only_io():
+    """Its own modules and polyray.io: nothing of the pieces it configures (they import it)."""
+    import ast
+
+    for path in sorted((ROOT / "polyray" / "config").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("polyray"):
+                assert node.module == "polyray.io" or node.module.startswith("polyray.config"), (path.name, node.module)
+            if isinstance(node, ast.Import):
+                assert not any(a.name.startswith("polyray") for a in node.names), (path.name, node.lineno)
+
+
+@pytest.mark.parametrize("loader", ["run", "eval", "sweep", "experiment"])
+def test_every_config_file_is_read_by_the_one_yaml_reader(tmp_path, loader):
+    """Runs, evaluation jobs, sweeps and experiments fail alike on a file that is not YAML or missing."""
+    from polyray.drivers.evaluate.config import load_eval_config
+    from polyray.drivers.experiment import load_experiment
+    from polyray.drivers.sweep import load_sweep
+
+    load = {"run": load_config, "eval": load_eval_config, "sweep": load_sweep,
+            "experiment": lambda p: load_experiment(p, seeds=1)}[loader]  # fmt: skip
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match=f"^{bad}: invalid YAML"):
+        load(bad)
+    with pytest.raises(ConfigError, match=f"^{tmp_path / 'missing.yaml'}: .* not found"):
+        load(tmp_path / "missing.yaml")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
+from polyray.config.tasks import JsonlTaskConfig
 from polyray.io import ConfigError
 from polyray.drivers.evaluate import EvalJobConfig, load_eval_config
 from polyray.drivers.evaluate.analyses import compute_statistics
@@ -22,7 +23,7 @@ from polyray.eval.metrics import compute_pass_at_k
 from polyray.rollout.worker import Sample
 from polyray.tasks.base import Judgement, Prompt
 from polyray.tasks.humaneval import HUMANEVAL_STOPS, HumanEvalTask, truncate_at_stops
-from polyray.tasks.jsonl import JsonlDataError, JsonlTask, JsonlTaskConfig, read_task_rows
+from polyray.tasks.jsonl import JsonlDataError, JsonlTask, read_task_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = {"models": [{"name": "base", "kind": "base"}], "tasks": [{"type": "countdown"}]}

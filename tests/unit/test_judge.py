@@ -11,7 +11,8 @@ import json
 import httpx
 import pytest
 
-from polyray.judge import JudgeConfig, LLMJudge, pairwise_score, parse_ratings, parse_winner, pointwise_score
+from polyray.config.judge import JudgeConfig
+from polyray.judge import LLMJudge, pairwise_score, parse_ratings, parse_winner, pointwise_score
 
 CRITERIA = ["helpfulness", "specificity"]
 

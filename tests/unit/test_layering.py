@@ -19,13 +19,13 @@ ROOT = Path(__file__).resolve().parents[2]
 # Longest matching prefix wins. Bottom to top.
 LAYERS: dict[str, int] = {
     "polyray.io": 0,
+    "polyray.config": 1,  # imports only polyray.io: every piece takes its settings from here
     "polyray.embeddings": 1,
     "polyray.sandbox": 1,
     "polyray.tasks": 2,
     "polyray.diversity": 3,
     "polyray.models": 3,
     "polyray.objectives": 4,
-    "polyray.config": 5,
     "polyray.rollout": 6,
     "polyray.reward": 6,
     "polyray.cluster": 6,

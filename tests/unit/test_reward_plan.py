@@ -3,7 +3,6 @@ the engagement models it reads, for the driver and the policy evaluation alike."
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from polyray.config import RunConfig, load_config
+from polyray.config.tasks import JsonlTaskConfig
 from polyray.io import ConfigError
 from polyray.tasks import build_task
-from polyray.tasks.jsonl import JsonlDataError, JsonlTaskConfig
+from polyray.tasks.jsonl import JsonlDataError
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "engagement.jsonl"
@@ -74,7 +75,7 @@ def test_train_prompt_without_a_response_is_named_by_file_line(tmp_path):
 
 # ------------------------------------------------------------------------------ prompt format
 def _code_task(tmp_path: Path):
-    from polyray.tasks.code import CodeTaskConfig
+    from polyray.config.tasks import CodeTaskConfig
 
     path = tmp_path / "problems.jsonl"
     path.write_text("".join(json.dumps({
@@ -102,7 +103,8 @@ def _tokenizer_dir(tmp_path: Path, chat: bool) -> Path:
 
 
 def test_prompts_go_through_the_chat_template_when_the_model_has_one(tmp_path):
-    from polyray.models.source import ModelConfig, format_for_model
+    from polyray.config.model import ModelConfig
+    from polyray.models.source import format_for_model
 
     task = build_task(_replies())
     plain = task.prompts("test", 3)

@@ -6,8 +6,8 @@ import hashlib
 
 import pytest
 
-from polyray.tasks.countdown import CountdownTaskConfig
-from polyray.models.tiny import TinyModelConfig
+from polyray.config.model import TinyModelConfig
+from polyray.config.tasks import CountdownTaskConfig
 
 pytestmark = pytest.mark.slow
 

@@ -1,27 +1,26 @@
 """The evaluation job's config: models x tasks, sampling, selectors, statistics.
 
-Task entries extend the task registry's config models (:mod:`polyray.tasks`) with the
-fields evaluation needs (``name``, ``n_prompts``, ``split``, per-task ``sampling``).
+Task entries are :data:`polyray.config.eval.EvalTaskConfig`: every task config of the registry
+(:mod:`polyray.config.tasks`) with the fields evaluation needs (``name``, ``n_prompts``,
+``split``, per-task ``sampling``), so the job evaluates any task a run trains on, and HumanEval.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Literal
 
 from pydantic import Field, model_validator
 
-from polyray.config import ClusterConfig, RolloutConfig, SamplingConfig
-from polyray.diversity import DiversityName
+from polyray.config import ClusterConfig, DiversityName, ModelConfig, RolloutConfig, SamplingConfig
+from polyray.config.eval import EVAL_NAME_PATTERN, EVAL_TASK_CONFIGS, EvalTaskConfig
 from polyray.eval.metrics import SELECTORS
 from polyray.io import StrictModel, load_yaml_model
-from polyray.models.source import ModelConfig
-from polyray.tasks import CountdownTaskConfig, HumanEvalTaskConfig, JsonlTaskConfig
 
 # The USQ selectors a config may name: the metric registry's, less its generic "scores" entry.
 SelectorName = Literal[tuple(name for name in SELECTORS if name != "scores")]
-_NAME = r"^[A-Za-z0-9_.@+-]+$"
+_NAME = EVAL_NAME_PATTERN
 
 
 class EvalModelSpec(StrictModel):
@@ -54,36 +53,6 @@ class EvalModelSpec(StrictModel):
         return (self.few_shot or 4) if self.kind == "few_shot" else 0
 
 
-class _EvalTaskFields(StrictModel):
-    name: str | None = Field(None, pattern=_NAME, description="Task label (default: its type); unique per job.")
-    n_prompts: int = Field(64, ge=1, description="Prompts evaluated (the first n of the split).")
-    sampling: SamplingConfig | None = Field(None, description="Sampling for this task (default: the job's sampling).")
-
-
-class EvalCountdownTaskConfig(CountdownTaskConfig, _EvalTaskFields):
-    """Countdown arithmetic, judged by the exact verifier."""
-
-    split: Literal["train", "val", "test"] = Field("test", description="Split the prompts come from.")
-
-
-class EvalHumanEvalTaskConfig(HumanEvalTaskConfig, _EvalTaskFields):
-    """HumanEval problems, judged by their unit tests in the sandbox."""
-
-    n_prompts: int = Field(164, ge=1, le=164, description="Problems evaluated (HumanEval/0 .. n-1).")
-    split: Literal["test", "all"] = Field("test", description="HumanEval has only a test split.")
-
-
-class EvalJsonlTaskConfig(JsonlTaskConfig, _EvalTaskFields):
-    """Replies / creative prompts from JSONL, scored against references (and engagement)."""
-
-    split: Literal["train", "val", "test", "all"] = Field("test", description="Per-prompt split ('all': no split).")
-
-
-EvalTaskConfig = Annotated[
-    Union[EvalCountdownTaskConfig, EvalHumanEvalTaskConfig, EvalJsonlTaskConfig], Field(discriminator="type")
-]
-
-
 class EvalJobConfig(StrictModel):
     """``polyray eval``: models x tasks -> pass@k, USQ, DER, diversity, statistics, report."""
 
@@ -97,7 +66,7 @@ class EvalJobConfig(StrictModel):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     models: list[EvalModelSpec] = Field(..., min_length=1, description="Models to evaluate, in table order.")
     tasks: list[EvalTaskConfig] = Field(
-        default_factory=lambda: [EvalCountdownTaskConfig()], min_length=1, description="Tasks (domains) to evaluate on."
+        default_factory=lambda: [EVAL_TASK_CONFIGS["countdown"]()], min_length=1, description="Tasks (domains) to evaluate on."
     )
     n_samples: int = Field(10, ge=1, description="Samples per prompt (n >= max k).")
     ks: list[int] = Field(default_factory=lambda: [1, 5, 10], description="k values of pass@k, USQ@k, DER@k.")
@@ -162,7 +131,7 @@ class EvalJobConfig(StrictModel):
         if len(set(tnames)) != len(tnames):
             raise ValueError(f"task names must be unique (set name: for repeated types): {tnames}")
         needs_rm = [s for s in (self.selectors or []) + [self.usq_selector] if s == "reward_model"]
-        needs_rm += [t.type for t in self.tasks if getattr(t, "quality", None) == "engagement"]
+        needs_rm += [t.type for t in self.tasks if t.needs_engagement_model()]
         if needs_rm and not self.reward_model:
             raise ValueError(
                 "the reward_model selector and JSONL quality 'engagement' need reward_model (a model directory)"

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import yaml
 
+from polyray.config.tasks import CountdownTaskConfig
 from polyray.drivers.evaluate.config import EvalJobConfig
 from polyray.io import ConfigError, warn
 from polyray.models.source import prepare_model_dir
-from polyray.tasks import CountdownTaskConfig
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,136 @@
+"""Every advantage estimator's config model, keyed by ``type`` (docs/algorithms.md §3), and GRPO's loss settings.
+
+A GRPO phase's ``advantage`` section is one of these, e.g. ``{type: passk, k: 4}``. The
+estimators themselves (pure tensor functions) and their registry ``ADVANTAGE_ESTIMATORS``
+live in :mod:`polyray.objectives.advantages`; ``tests/unit/test_registries.py`` keeps its
+keys equal to the ``type`` literals here. Each model checks its own parameters, and whether
+they fit a group of G samples (:meth:`AdvantageConfigBase.check_group`, which the phase calls
+with its ``group_size``).
+
+Also :data:`Aggregation` (the GRPO token-loss aggregations of :mod:`polyray.objectives.grpo`)
+and :data:`MAX_SUBSETS` (the most k-subsets enumerated exactly, :mod:`polyray.objectives.polychromic`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal, Union
+
+from pydantic import Field, model_validator
+
+from polyray.config.names import DiversityName
+from polyray.io import StrictModel
+
+MAX_SUBSETS = 5000
+"""Most k-subsets of a group enumerated exactly (C(n, k) past it: an error, or a Monte-Carlo estimate)."""
+
+Aggregation = Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"]
+"""GRPO token-loss aggregation: GRPO's per-sequence mean, DAPO's token mean, Dr. GRPO's sum over L_max."""
+
+
+class AdvantageConfigBase(StrictModel):
+    """What every estimator's config answers: whether its parameters fit a group."""
+
+    def check_group(self, group_size: int) -> None:
+        """Raise ValueError when this estimator cannot run on groups of ``group_size`` samples."""
+
+
+class _SubsetSize(AdvantageConfigBase):
+    def check_group(self, group_size: int) -> None:
+        if self.k > group_size:
+            raise ValueError(f"advantage.k ({self.k}) must be <= group_size ({group_size})")
+
+
+class GroupAdvantageConfig(AdvantageConfigBase):
+    """(r − mean) / (std + eps) per group; ``scale_by_std: false`` is Dr. GRPO."""
+
+    type: Literal["group"] = "group"
+    scale_by_std: bool = Field(True, description="Divide by the group std (off = Dr. GRPO).")
+
+
+class RlooAdvantageConfig(AdvantageConfigBase):
+    """r_i − mean of the other samples' rewards."""
+
+    type: Literal["rloo"] = "rloo"
+
+
+class PassKAdvantageConfig(_SubsetSize):
+    """The analytic pass@k advantage for binary rewards."""
+
+    type: Literal["passk"] = "passk"
+    k: int = Field(4, ge=1, description="k of pass@k (<= group_size).")
+
+
+class PolychromicAdvantageConfig(_SubsetSize):
+    """Set-marginal advantage of f(S) = mean reward × diversity over k-subsets."""
+
+    type: Literal["polychromic"] = "polychromic"
+    k: int = Field(4, ge=2, description="Subset size (2 <= k <= group_size; a single sample has no diversity).")
+    diversity: DiversityName = Field("countdown_expr", description="Set diversity d(S).")
+    max_subsets: int = Field(MAX_SUBSETS, ge=1, description="All C(G, k) subsets up to this many.")
+    sample_subsets: int | None = Field(
+        None, ge=1, description="Past max_subsets, this many uniformly drawn subsets (Monte Carlo); unset = an error."
+    )
+
+    def check_group(self, group_size: int) -> None:
+        super().check_group(group_size)
+        subsets = math.comb(group_size, self.k)
+        if subsets > self.max_subsets and self.sample_subsets is None:
+            raise ValueError(
+                f"C(group_size, advantage.k) = {subsets} subsets exceeds max_subsets"
+                f" ({self.max_subsets}): set advantage.sample_subsets for a Monte-Carlo estimate"
+            )
+
+
+class UnlikelinessAdvantageConfig(AdvantageConfigBase):
+    """Rewards scaled by 1 − β·rank/G, rank of the sample's likelihood in its group, then group-normalised."""
+
+    type: Literal["unlikeliness"] = "unlikeliness"
+    beta: float = Field(0.25, ge=0.0, le=1.0, description="β: how much the most likely sample's reward shrinks.")
+    scale_by_std: bool = Field(True, description="Divide by the group std of the shaped rewards.")
+
+
+class RepeatPenaltyAdvantageConfig(AdvantageConfigBase):
+    """Rewards minus β · (other samples with the same answer)/(G − 1), then group-normalised."""
+
+    type: Literal["repeat_penalty"] = "repeat_penalty"
+    beta: float = Field(0.5, ge=0.0, description="β: the penalty when every other sample repeats the answer.")
+    answer: Literal["text", "countdown_expr"] = Field(
+        "text", description="What counts as the same answer: whitespace-normalised text, or the canonical expression."
+    )
+    scale_by_std: bool = Field(True, description="Divide by the group std of the shaped rewards.")
+
+
+BASE_ADVANTAGE_CONFIGS: tuple[type[AdvantageConfigBase], ...] = (
+    GroupAdvantageConfig, RlooAdvantageConfig, PassKAdvantageConfig, PolychromicAdvantageConfig,
+    UnlikelinessAdvantageConfig, RepeatPenaltyAdvantageConfig,
+)  # fmt: skip
+
+BaseAdvantageConfig = Annotated[Union[BASE_ADVANTAGE_CONFIGS], Field(discriminator="type")]
+"""An estimator that is not a blend (what ``mix`` blends)."""
+
+
+class MixAdvantageConfig(AdvantageConfigBase):
+    """(1 − w)·A_early + w·A_late, w moving from 0 to 1 as the phase goes from ``start`` to ``end``."""
+
+    type: Literal["mix"] = "mix"
+    early: BaseAdvantageConfig = Field(..., description="Estimator at the phase's start (e.g. {type: passk, k: 4}).")
+    late: BaseAdvantageConfig = Field(..., description="Estimator at its end (e.g. {type: group}).")
+    start: float = Field(0.0, ge=0.0, le=1.0, description="Fraction of the phase's steps where w starts rising.")
+    end: float = Field(1.0, ge=0.0, le=1.0, description="Fraction where w reaches 1 (start = end: a switch).")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "MixAdvantageConfig":
+        if self.end < self.start:
+            raise ValueError(f"end ({self.end}) must be >= start ({self.start})")
+        return self
+
+    def check_group(self, group_size: int) -> None:
+        self.early.check_group(group_size)
+        self.late.check_group(group_size)
+
+
+ADVANTAGE_CONFIGS: tuple[type[AdvantageConfigBase], ...] = (*BASE_ADVANTAGE_CONFIGS, MixAdvantageConfig)
+
+AdvantageConfig = Annotated[Union[ADVANTAGE_CONFIGS], Field(discriminator="type")]
+"""Any estimator: a GRPO phase's ``advantage``."""

@@ -1,0 +1,41 @@
+"""The Ray Train learner's settings (``learner``): ranks, LoRA shape, optimizer and failure handling."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from polyray.io import StrictModel
+
+
+class LoraConfig(StrictModel):
+    r: int = Field(8, ge=1, description="LoRA rank.")
+    alpha: float = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Module names that get adapters.",
+    )
+
+
+class LearnerConfig(StrictModel):
+    """Ray Train learner (TorchTrainer, DDP over gloo on CPU / NCCL on GPU)."""
+
+    num_workers: int = Field(2, ge=1, description="Ray Train workers (data-parallel ranks).")
+    cpus_per_worker: float = Field(1, gt=0, description="Ray CPUs per learner worker.")
+    use_gpu: bool = Field(False, description="Train on GPUs (NCCL).")
+    threads: int = Field(1, ge=1, description="Torch threads per learner worker.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass (less memory for long sequences or large models).",
+    )
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    grad_clip: float = Field(1.0, gt=0, description="Global gradient-norm clip.")
+    max_failures: int = Field(
+        2, ge=0, description="Worker-group restarts per phase after a learner failure (resumes from the last checkpoint)."
+    )
+    log_rollouts: bool = Field(
+        False, description="Write every GRPO rollout (the reward's item and the reward the learner used) to rollouts.jsonl."
+    )
+    sync_check_every: int = Field(
+        50, ge=0, description="Sync canary: check the first and every N-th adapter publish on a rollout worker (0 = off)."
+    )

@@ -1,0 +1,161 @@
+"""Training phases (``phases: [...]``), a union discriminated on ``type``: a new phase is a new model.
+
+- ``sft``: NLL of the references;
+- ``polychromic_sft``: NLL minus lambda times a score-function diversity term (docs/algorithms.md §1);
+- ``grpo``: GRPO with a configurable advantage estimator (docs/algorithms.md §2-3).
+
+The phases themselves are ``polyray.learner.phases.PHASES`` (``tests/unit/test_registries.py``
+keeps its keys equal to the ``type`` literals here). Each model checks its own fields, and
+:meth:`SFTPhaseConfig.check_run` / :meth:`GRPOPhaseConfig.check_run` whether it fits the run's
+learner and adapter store (``RunConfig`` calls them).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal, Union
+
+from pydantic import Field, model_validator
+
+from polyray.config.advantages import MAX_SUBSETS, AdvantageConfig, Aggregation, GroupAdvantageConfig
+from polyray.config.names import DiversityName
+from polyray.config.reward import PhaseRewardConfig
+from polyray.config.sampling import SamplingConfig
+from polyray.io import StrictModel
+
+
+def _check_sampling_phase(phase) -> None:
+    if phase.async_rollouts and phase.max_lag < 1:
+        raise ValueError("async_rollouts samples one adapter version behind the learner: set max_lag >= 1")
+    if phase.sampling.temperature <= 0:
+        raise ValueError("sampling.temperature must be > 0 in a training phase: its estimators need sampling log-probs")
+    if phase.sampling.top_p < 1:
+        raise ValueError(
+            "sampling.top_p must be 1 in a training phase: the importance ratio and the score-function"
+            " estimate need the full distribution softmax(logits / temperature)"
+        )
+
+
+def _check_lag(phase, store_keep: int) -> None:
+    if phase.async_rollouts and phase.max_lag >= store_keep:
+        raise ValueError(
+            f"max_lag ({phase.max_lag}) must be < rollout.store_keep ({store_keep}):"
+            " a lagging rollout samples a version the adapter store must still hold"
+        )
+
+
+class SFTPhaseConfig(StrictModel):
+    """Supervised fine-tuning: NLL of the canonical references."""
+
+    type: Literal["sft"] = "sft"
+    name: str = Field("sft", description="Phase name (output folder, results key).")
+    steps: int = Field(60, ge=1, description="Optimizer steps.")
+    batch_size: int = Field(32, ge=1, description="Sequences per step (split over learner ranks).")
+    lr: float = Field(2e-3, gt=0, description="AdamW learning rate.")
+    checkpoint_every: int = Field(20, ge=1, description="Steps between checkpoints.")
+
+    def check_run(self, learner_workers: int, store_keep: int) -> None:
+        """Raise ValueError (naming this phase's field, without ``phases.N.``) when the phase does not fit
+        the run's ``learner.num_workers`` or ``rollout.store_keep``."""
+        if self.batch_size < learner_workers:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be >= learner.num_workers"
+                f" ({learner_workers}): every rank trains on at least one reference"
+            )
+
+
+class PolychromicSFTPhaseConfig(SFTPhaseConfig):
+    """Polychromic SFT: NLL of the references minus lambda times a score-function diversity term.
+
+    docs/algorithms.md §1.
+
+    Each step also samples ``n_samples`` completions for ``prompts_per_step`` training prompts under
+    the current adapter; their set diversity drives the leave-one-out (or k-subset) advantages.
+    """
+
+    type: Literal["polychromic_sft"] = "polychromic_sft"  # steps, batch_size, lr, ... as in SFTPhaseConfig
+    name: str = Field("polychromic_sft", description="Phase name (output folder, results key).")
+    lam: float = Field(0.3, ge=0, description="Weight lambda of the diversity term (0 = plain SFT).")
+    n_samples: int = Field(3, ge=2, description="Samples per prompt whose set diversity is scored (n).")
+    prompts_per_step: int = Field(8, ge=1, description="Prompts sampled per step for the diversity term.")
+    diversity: DiversityName = Field("semantic", description="Set diversity function D.")
+    estimator: Literal["loo", "subset"] = Field(
+        "loo", description="Advantage of each sample: leave-one-out marginal, or k-subset marginal."
+    )
+    subset_k: int = Field(2, ge=1, description="Subset size for estimator=subset (must be < n_samples).")
+    ratio_clip: float = Field(2.0, ge=1, description="Clip of the importance weight pi/pi_old of the samples.")
+    max_lag: int = Field(0, ge=0, description="Allowed adapter-version lag of samples behind the learner.")
+    async_rollouts: bool = Field(
+        False, description="Generate step t+1's samples during step t's update (one version stale; needs max_lag >= 1)."
+    )
+    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig())
+
+    @model_validator(mode="after")
+    def _subset_smaller_than_n(self) -> "PolychromicSFTPhaseConfig":
+        if self.estimator == "subset" and self.subset_k >= self.n_samples:
+            raise ValueError(f"subset_k ({self.subset_k}) must be < n_samples ({self.n_samples})")
+        if self.estimator == "subset" and math.comb(self.n_samples, self.subset_k) > MAX_SUBSETS:
+            raise ValueError(
+                f"C(n_samples, subset_k) = {math.comb(self.n_samples, self.subset_k)} subsets exceeds {MAX_SUBSETS}"
+            )
+        _check_sampling_phase(self)
+        return self
+
+    def check_run(self, learner_workers: int, store_keep: int) -> None:
+        super().check_run(learner_workers, store_keep)
+        if self.prompts_per_step < learner_workers:
+            raise ValueError(
+                f"prompts_per_step ({self.prompts_per_step}) must be >= learner.num_workers"
+                f" ({learner_workers}): every rank trains on whole sample groups"
+            )
+        _check_lag(self, store_keep)
+
+
+class GRPOPhaseConfig(StrictModel):
+    """GRPO on rollouts from the pool (docs/algorithms.md §2-3)."""
+
+    type: Literal["grpo"] = "grpo"
+    name: str = Field("grpo", description="Phase name (output folder, results key).")
+    steps: int = Field(40, ge=1, description="Optimizer steps (one rollout batch each).")
+    prompts_per_step: int = Field(16, ge=1, description="Prompts per rollout batch.")
+    group_size: int = Field(8, ge=2, description="Samples per prompt (G).")
+    lr: float = Field(2e-3, gt=0, description="AdamW learning rate.")
+    clip_eps_low: float = Field(0.2, ge=0, description="Lower ratio clip epsilon.")
+    clip_eps_high: float = Field(0.2, ge=0, description="Upper ratio clip epsilon (DAPO clip-higher: 0.28).")
+    kl_beta: float = Field(0.04, ge=0, description="Weight of the k3 KL to the reference policy.")
+    kl_reference: Literal["phase_start", "base"] = Field(
+        "phase_start",
+        description="KL reference: the policy at the start of this phase (a frozen copy of the incoming adapter),"
+        " or the adapter-disabled base model.",
+    )
+    advantage: AdvantageConfig = Field(
+        default_factory=GroupAdvantageConfig,
+        description="Advantage estimator and its parameters, e.g. {type: passk, k: 4} (docs/algorithms.md §3).",
+    )
+    aggregation: Aggregation = Field(
+        "seq_mean_token_mean", description="Token-loss aggregation: GRPO, DAPO token mean, Dr. GRPO."
+    )
+    dynamic_sampling: bool = Field(False, description="DAPO: drop groups whose advantages are all zero.")
+    max_lag: int = Field(0, ge=0, description="Allowed adapter-version lag of samples behind the learner.")
+    async_rollouts: bool = Field(
+        False, description="Generate step t+1's rollouts during step t's update (one version stale; needs max_lag >= 1)."
+    )
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    checkpoint_every: int = Field(20, ge=1, description="Steps between checkpoints.")
+    reward: PhaseRewardConfig | None = Field(
+        None, description="This phase's reward, instead of the run's reward.name and reward.params."
+    )
+
+    @model_validator(mode="after")
+    def _k_fits_group(self) -> "GRPOPhaseConfig":
+        self.advantage.check_group(self.group_size)
+        _check_sampling_phase(self)
+        return self
+
+    def check_run(self, learner_workers: int, store_keep: int) -> None:
+        _check_lag(self, store_keep)
+
+
+PhaseConfig = Annotated[
+    Union[SFTPhaseConfig, PolychromicSFTPhaseConfig, GRPOPhaseConfig], Field(discriminator="type")
+]

@@ -1,0 +1,65 @@
+"""The rollout workers' settings (``rollout``): one vLLM engine per worker, LoRA enabled.
+
+Also what the evaluation job's engines use. Checks that need only these fields (tensor
+parallelism needs as many GPUs; no split prefill on CPU) are validators here.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from polyray.io import StrictModel
+
+
+class RolloutConfig(StrictModel):
+    """vLLM rollout workers (one ``vllm.LLM`` each, LoRA enabled)."""
+
+    num_workers: int = Field(1, ge=1, description="RolloutWorker actors in the pool.")
+    cpus_per_worker: float = Field(1, gt=0, description="Ray CPUs reserved per rollout worker.")
+    gpus_per_worker: float = Field(0, ge=0, description="Ray GPUs per rollout worker (0 on CPU).")
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="GPUs one worker's vLLM engine shards the model over (a model too large for one GPU);"
+        " gpus_per_worker must equal it, so Ray places the worker on a node with that many free GPUs.",
+    )
+    max_lora_rank: int = Field(16, ge=1, description="Largest LoRA rank vLLM reserves for.")
+    max_loras: int = Field(2, ge=1, description="Adapters resident at once in vLLM.")
+    max_model_len: int = Field(128, ge=16, description="Prompt + completion token budget.")
+    max_num_seqs: int = Field(128, ge=1, description="Sequences vLLM schedules at once.")
+    max_num_batched_tokens: int | None = Field(
+        None,
+        ge=16,
+        description="Tokens per vLLM step (default max_num_seqs x max_model_len, so no prefill is split: "
+        "vLLM on CPU cannot rewind the per-request sampling seed of a split prefill).",
+    )
+    kv_cache_gib: int = Field(1, ge=1, description="KV cache GiB on CPU (VLLM_CPU_KVCACHE_SPACE).")
+    threads: int = Field(1, ge=1, description="Torch/OpenMP threads per worker (cap: cores are shared).")
+    store_keep: int = Field(
+        8, ge=2, description="Newest published adapter versions the run's adapter store keeps on disk (phase adapters are kept regardless)."
+    )
+    seed: int = Field(0, description="Mixed with the run seed and the worker index into each vLLM engine's seed.")
+    logprobs_mode: Literal["processed_logprobs", "raw_logprobs"] = Field(
+        "processed_logprobs",
+        description="Sampled-token log-probs: of the sampling distribution (training needs these) or of the model"
+        " at T = 1 (what a likelihood-based selector ranks by).",
+    )
+
+    @model_validator(mode="after")
+    def _tensor_parallel_gpus(self) -> "RolloutConfig":
+        if self.tensor_parallel_size > 1 and self.gpus_per_worker != self.tensor_parallel_size:
+            raise ValueError(
+                f"tensor_parallel_size {self.tensor_parallel_size} shards each worker's engine over that many GPUs:"
+                f" set gpus_per_worker to {self.tensor_parallel_size} (it is {self.gpus_per_worker:g})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _no_split_prefill_on_cpu(self) -> "RolloutConfig":
+        budget = self.max_num_seqs * self.max_model_len
+        if self.gpus_per_worker == 0 and self.max_num_batched_tokens is not None and self.max_num_batched_tokens < budget:
+            raise ValueError(
+                f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= max_num_seqs x max_model_len"
+                f" ({budget}) on CPU: vLLM on CPU cannot rewind a per-request sampling seed of a split prefill"
+            )
+        return self

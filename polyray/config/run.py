@@ -1,0 +1,88 @@
+"""A full ``polyray run``: the :class:`RunConfig` tree that mirrors the YAML file, and its loader.
+
+Assembled from the pieces' config models (one module each in this package); unknown keys
+and bad values fail at load time with the dotted field path (:class:`~polyray.io.ConfigError`),
+and ``--set a.b=c`` overrides edit the raw mapping before validation so they get the same
+checks. The rules that span sections (unique phase names, each phase's fit to the learner and
+the adapter store, LoRA rank within the rollout workers' reserve, a task that trains) are
+validators here; everything else is checked by the section it belongs to.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from polyray.config.cluster import ClusterConfig
+from polyray.config.eval import DynamicsConfig, EvalConfig
+from polyray.config.generation import GenerationConfig
+from polyray.config.learner import LearnerConfig
+from polyray.config.model import ModelConfig
+from polyray.config.phases import GRPOPhaseConfig, PhaseConfig, SFTPhaseConfig
+from polyray.config.reward import RewardConfig
+from polyray.config.rollout import RolloutConfig
+from polyray.config.tasks import TASK_CONFIGS, CountdownTaskConfig, TrainTaskConfig
+from polyray.config.tracking import TrackingConfig
+from polyray.io import StrictModel, load_yaml_model
+
+
+class RunConfig(StrictModel):
+    """A full ``polyray run``: base model, task, rollouts, learner, phases, evaluation."""
+
+    name: str = Field("quickstart", pattern=r"^[A-Za-z0-9_.-]+$", description="Run name (runs/<name>/).")
+    seed: int = Field(0, description="Seed for LoRA init, data order and sampling.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    task: TrainTaskConfig = Field(default_factory=CountdownTaskConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    phases: list[PhaseConfig] = Field(
+        default_factory=lambda: [SFTPhaseConfig(), GRPOPhaseConfig()], description="Training phases, in order."
+    )
+    init_adapter: str | None = Field(
+        None,
+        description="A saved LoRA adapter of the same base model (e.g. another run's adapters/sft) that the first"
+        " phase starts from instead of a fresh LoRA; 'base' then evaluates it.",
+    )
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    dynamics: DynamicsConfig = Field(default_factory=DynamicsConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _trainable_task(cls, data: Any) -> Any:
+        task = data.get("task") if isinstance(data, dict) else None
+        kind = task.get("type") if isinstance(task, dict) else None
+        model = TASK_CONFIGS.get(kind) if isinstance(kind, str) else None
+        if model is not None and model.eval_only:
+            raise ValueError(model.eval_only)
+        return data
+
+    @model_validator(mode="after")
+    def _unique_phase_names(self) -> "RunConfig":
+        names = [p.name for p in self.phases]
+        if len(set(names)) != len(names) or "base" in names:
+            raise ValueError(f"phase names must be unique and not 'base': {names}")
+        for i, phase in enumerate(self.phases):
+            try:
+                phase.check_run(self.learner.num_workers, self.rollout.store_keep)
+            except ValueError as exc:
+                raise ValueError(f"phases.{i}.{exc}") from None
+        if self.learner.lora.r > self.rollout.max_lora_rank:
+            raise ValueError(f"learner.lora.r ({self.learner.lora.r}) exceeds rollout.max_lora_rank")
+        return self
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    """The run config at ``path`` (defaults when None) with overrides applied."""
+    return load_yaml_model(path, list(overrides), RunConfig)
+
+
+def phase_reward(run: "RunConfig", phase) -> RewardConfig:
+    """The reward config a phase scores with: the run's, with the phase's own name and params if it sets them."""
+    own = getattr(phase, "reward", None)
+    return run.reward if own is None else run.reward.model_copy(update={"name": own.name, "params": own.params})

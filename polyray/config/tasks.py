@@ -1,0 +1,196 @@
+"""Every task's config model, keyed by ``type``: the one task registry's configs, for runs and evaluations.
+
+The tasks themselves (prompts, judges, rewards: :mod:`polyray.tasks`) are built from these
+models by ``polyray.tasks.build_task``; ``tests/unit/test_registries.py`` keeps the ``type``
+literals here equal to that registry's keys. Each model carries its own checks, and what a
+run or an evaluation job needs to know about the task without building it:
+
+- ``eval_only``: why the task cannot train (HumanEval: a test set), None when it trains;
+- ``eval_splits`` / ``eval_prompts``: the splits an evaluation may draw from, and the default
+  and largest prompt count (:mod:`polyray.config.eval` builds the job's task entries from them);
+- :meth:`TaskConfigBase.needs_engagement_model`: whether judging needs the engagement model.
+
+:data:`TaskConfig` is the union of all of them, :data:`TrainTaskConfig` of those that train
+(``RunConfig.task``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, ClassVar, Literal, Union, get_args
+
+from pydantic import Field, field_validator, model_validator
+
+from polyray.config.judge import JudgeConfig
+from polyray.io import StrictModel
+
+
+class TaskConfigBase(StrictModel):
+    """What every task config answers about itself (class attributes; no fields)."""
+
+    eval_only: ClassVar[str | None] = None
+    eval_splits: ClassVar[tuple[str, ...]] = ("train", "val", "test")
+    eval_prompts: ClassVar[tuple[int, int | None]] = (64, None)  # (default, most) prompts an evaluation takes
+
+    def needs_engagement_model(self) -> bool:
+        """Whether judging a completion needs the learned engagement model."""
+        return False
+
+
+_SANDBOX_TIMEOUT = "Sandbox wall-clock limit per completion (seconds)."
+_SANDBOX_MEMORY = "Sandbox address-space limit per completion (MiB)."
+_SANDBOX_WORKERS = "Sandboxes run at the same time when judging a batch."
+
+
+class CountdownTaskConfig(TaskConfigBase):
+    """Countdown-style arithmetic: numbers + target -> an expression using the numbers."""
+
+    type: Literal["countdown"] = "countdown"
+    num_numbers: int = Field(3, ge=2, le=6, description="Numbers given per prompt.")
+    max_number: int = Field(16, ge=2, le=100, description="Numbers are drawn from 1..max_number.")
+    min_operands: int = Field(2, ge=1, description="Fewest numbers the generating expression uses.")
+    max_target: int = Field(99, ge=1, description="Largest target.")
+    seed: int = Field(0, description="Prompt generator seed (splits stay disjoint for any seed).")
+    n_train: int = Field(512, ge=1, description="Training prompts (SFT references, GRPO prompts).")
+    n_val: int = Field(32, ge=1, description="Validation prompts.")
+    n_test: int = Field(64, ge=1, description="Held-out test prompts for evaluation.")
+
+
+class CountdownCodeTaskConfig(CountdownTaskConfig):
+    """Countdown problems written as a Python function to complete, judged in the sandbox
+    (countdown's generator settings, and the sandbox's)."""
+
+    type: Literal["countdown_code"] = "countdown_code"  # type: ignore[assignment]
+    timeout_s: float = Field(5.0, gt=0, le=120, description=_SANDBOX_TIMEOUT)
+    memory_mb: int = Field(512, ge=64, le=16384, description=_SANDBOX_MEMORY)
+    max_workers: int = Field(2, ge=1, le=64, description=_SANDBOX_WORKERS)
+
+
+class CodeTaskConfig(TaskConfigBase):
+    """Code problems (human-eval format) from a JSONL file, judged by their tests in the sandbox."""
+
+    eval_splits: ClassVar[tuple[str, ...]] = ("train", "val", "test", "all")
+
+    type: Literal["code"] = "code"
+    path: str = Field(
+        ..., description="JSONL file, one {prompt, test, entry_point, canonical_solution?, task_id?} per line."
+    )
+    seed: int = Field(0, description="Seed of the per-problem train/val/test split.")
+    n_train: int | None = Field(None, ge=1, description="Training problems used (first of the split); None: all.")
+    n_val: int | None = Field(None, ge=1, description="Validation problems used; None: the whole split.")
+    n_test: int | None = Field(None, ge=1, description="Test problems used; None: the whole split.")
+    timeout_s: float = Field(10.0, gt=0, le=120, description=_SANDBOX_TIMEOUT)
+    memory_mb: int = Field(1024, ge=64, le=16384, description=_SANDBOX_MEMORY)
+    max_workers: int = Field(2, ge=1, le=64, description=_SANDBOX_WORKERS)
+    skip_bad_lines: bool = Field(
+        False, description="Leave out bad lines (counted and reported) instead of stopping at the first."
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        return str(Path(v).expanduser().resolve())
+
+
+class HumanEvalTaskConfig(TaskConfigBase):
+    """HumanEval problems judged by their unit tests in the sandbox."""
+
+    eval_only: ClassVar[str | None] = (
+        "task.type 'humaneval' is an evaluation set (its problems are HumanEval's test split) and does not"
+        " train: train on a 'code' task (a JSONL of {prompt, test, entry_point}) and evaluate HumanEval"
+        " with polyray evaluate"
+    )
+    eval_splits: ClassVar[tuple[str, ...]] = ("test", "all")
+    eval_prompts: ClassVar[tuple[int, int | None]] = (164, 164)
+
+    type: Literal["humaneval"] = "humaneval"
+    timeout_s: float = Field(10.0, gt=0, le=120, description=_SANDBOX_TIMEOUT)
+    memory_mb: int = Field(1024, ge=64, le=16384, description=_SANDBOX_MEMORY)
+    max_workers: int = Field(2, ge=1, le=64, description=_SANDBOX_WORKERS)
+
+
+QualityMetric = Literal["rouge1", "rouge2", "rougeL", "embedding", "engagement", "llm_judge"]
+
+
+class JsonlTaskConfig(TaskConfigBase):
+    """Prompts (and reference responses) from a JSONL file."""
+
+    eval_splits: ClassVar[tuple[str, ...]] = ("train", "val", "test", "all")
+
+    type: Literal["replies", "creative"] = Field(
+        "replies", description="Domain label: social replies or creative writing."
+    )
+    path: str = Field(..., description="JSONL file of {prompt, response?, engagement?} rows.")
+    template: str = Field("{prompt}\n", description="What the model sees; must contain {prompt}.")
+    quality: QualityMetric = Field(
+        "rougeL",
+        description="Per-completion quality (the reward): ROUGE F / embedding cosine vs the reference, engagement,"
+        " or a judge LLM's score (llm_judge: set judge).",
+    )
+    judge: JudgeConfig | None = Field(
+        None, description="A judge LLM over an OpenAI-compatible endpoint: quality 'llm_judge', and reported beside."
+    )
+    success_threshold: float = Field(
+        0.3, description="Quality at or above which a completion counts as a success (pass@k)."
+    )
+    seed: int = Field(0, description="Seed of the per-prompt train/val/test split.")
+    skip_bad_lines: bool = Field(
+        False, description="Leave out bad lines (counted and reported) instead of stopping at the first."
+    )
+    n_train: int | None = Field(None, ge=1, description="Training prompts used (None: the whole train split).")
+    n_val: int | None = Field(None, ge=1, description="Validation prompts used (None: the whole val split).")
+    n_test: int | None = Field(None, ge=1, description="Test prompts evaluated (None: the whole test split).")
+    engagement_model: str | None = Field(
+        None,
+        description="Engagement model directory: quality 'engagement' and the 'engagement' reward use it; a run"
+        " trains it from this file first when the directory holds none (None: cached per file under"
+        " ~/.cache/polyray/engagement).",
+    )
+
+    @field_validator("path", "engagement_model")
+    @classmethod
+    def _absolute(cls, v: str | None) -> str | None:
+        # Ray workers may run elsewhere than the driver's working directory
+        return None if v is None else str(Path(v).expanduser().resolve())
+
+    @model_validator(mode="after")
+    def _judge_set(self) -> JsonlTaskConfig:
+        if self.quality == "llm_judge" and self.judge is None:
+            raise ValueError("quality 'llm_judge' needs judge: {base_url, model, ...}")
+        return self
+
+    @field_validator("template")
+    @classmethod
+    def _has_prompt(cls, v: str) -> str:
+        if "{prompt}" not in v:
+            raise ValueError("template must contain {prompt}")
+        try:
+            v.format(prompt="")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"template is not a valid format string with only {{prompt}}: {exc}") from None
+        return v
+
+    def needs_engagement_model(self) -> bool:
+        return self.quality == "engagement"
+
+
+TASK_CONFIG_MODELS: tuple[type[TaskConfigBase], ...] = (
+    CountdownTaskConfig, CountdownCodeTaskConfig, CodeTaskConfig, HumanEvalTaskConfig, JsonlTaskConfig,
+)  # fmt: skip
+
+
+def task_types(model: type[TaskConfigBase]) -> tuple[str, ...]:
+    """The ``type`` values ``model`` accepts (JSONL: ``replies`` and ``creative``)."""
+    return get_args(model.model_fields["type"].annotation)
+
+
+TASK_CONFIGS: dict[str, type[TaskConfigBase]] = {t: m for m in TASK_CONFIG_MODELS for t in task_types(m)}
+"""task type -> its config model."""
+
+TaskConfig = Annotated[Union[TASK_CONFIG_MODELS], Field(discriminator="type")]
+"""Any task of the registry."""
+
+TrainTaskConfig = Annotated[
+    Union[tuple(m for m in TASK_CONFIG_MODELS if m.eval_only is None)], Field(discriminator="type")
+]
+"""A task a run trains on: every task but the evaluation-only ones (HumanEval)."""

@@ -1,0 +1,87 @@
+"""Every name a config accepts is a registry's key, and every registry key is a name a config accepts.
+
+The config package (``polyray/config/``) declares the names as Literals so a config loads
+without importing the registries (torch, the sandbox, embeddings); these tests keep the two
+sides equal, so a new task, phase, estimator, reward or diversity function added to one side
+only fails here until the other side names it too.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Union, get_args, get_origin
+
+import pytest
+
+from polyray.config.advantages import AdvantageConfig
+from polyray.config.names import DiversityName, RewardName
+from polyray.config.phases import PhaseConfig
+from polyray.config.tasks import TASK_CONFIGS, TaskConfig
+
+
+def union_members(union) -> tuple[type, ...]:
+    """The models of an ``Annotated[Union[...], Field(discriminator=...)]``."""
+    if get_origin(union) is Annotated:
+        union = get_args(union)[0]
+    assert get_origin(union) is Union, union
+    return get_args(union)
+
+
+def discriminator_names(union) -> dict[str, type]:
+    """``type`` literal -> member model, over every member of ``union`` (a model may accept several)."""
+    names: dict[str, type] = {}
+    for model in union_members(union):
+        for name in get_args(model.model_fields["type"].annotation):
+            assert name not in names, f"{name!r} is the type of both {names[name].__name__} and {model.__name__}"
+            names[name] = model
+    return names
+
+
+def test_task_types_are_the_task_registry():
+    from polyray.tasks import TASKS
+
+    assert set(discriminator_names(TaskConfig)) == set(TASKS)
+    assert discriminator_names(TaskConfig) == TASK_CONFIGS
+
+
+def test_phase_types_are_the_learner_phases():
+    from polyray.learner.phases import PHASES
+
+    assert set(discriminator_names(PhaseConfig)) == set(PHASES)
+
+
+def test_advantage_types_are_the_estimator_registry():
+    from polyray.objectives.advantages import ADVANTAGE_ESTIMATORS
+
+    names = discriminator_names(AdvantageConfig)
+    assert set(names) == set(ADVANTAGE_ESTIMATORS)
+    assert {t: model for t, (model, _) in ADVANTAGE_ESTIMATORS.items()} == names  # one config model per estimator
+
+
+def test_reward_names_are_the_reward_registry():
+    from polyray.reward import REWARD_FUNCTIONS
+
+    assert set(get_args(RewardName)) == set(REWARD_FUNCTIONS)
+
+
+def test_diversity_names_are_the_diversity_registry():
+    from polyray.diversity import DIVERSITY_FUNCTIONS
+
+    assert set(get_args(DiversityName)) == set(DIVERSITY_FUNCTIONS)
+
+
+def test_evaluation_job_takes_every_task_type():
+    from polyray.config.eval import EVAL_TASK_CONFIGS, EvalTaskConfig
+    from polyray.tasks import TASKS
+
+    assert set(discriminator_names(EvalTaskConfig)) == set(EVAL_TASK_CONFIGS) == set(TASKS)
+    for name, entry in EVAL_TASK_CONFIGS.items():
+        assert issubclass(entry, TASK_CONFIGS[name])  # the task's own fields and checks
+
+
+def test_a_registry_key_without_a_config_name_fails(monkeypatch):
+    """The comparison is of both sides: a registry that gains a key no longer matches."""
+    from polyray.diversity import DIVERSITY_FUNCTIONS
+
+    monkeypatch.setitem(DIVERSITY_FUNCTIONS, "new_metric", lambda texts: 0.0)
+    with pytest.raises(AssertionError):
+        test_diversity_names_are_the_diversity_registry()
