@@ -39,12 +39,10 @@ from __future__ import annotations
 import copy
 import csv
 import json
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
@@ -409,8 +407,9 @@ def error_line(error: BaseException | None) -> str | None:
 
 
 def settings(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Trials grouped by every parameter but ``seed``: per metric mean, 95% t-interval over seeds, n."""
-    from polyray.eval.stats import mean_ci
+    """Trials grouped by every parameter but ``seed``: per metric mean, 95% t-interval over seeds, n
+    (:func:`polyray.eval.stats.interval_over_seeds`)."""
+    from polyray.eval.stats import interval_over_seeds
 
     groups: dict[str, list[dict]] = {}
     for t in trials:
@@ -419,12 +418,7 @@ def settings(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for key, members in groups.items():
         names = sorted({m for t in members for m in t["metrics"]})
-        stats = {}
-        for name in names:
-            values = np.array([t["metrics"][name] for t in members if name in t["metrics"]], dtype=np.float64)
-            ci = mean_ci(values)
-            finite = {k: (ci[k] if math.isfinite(ci[k]) else None) for k in ("mean", "low", "high")}
-            stats[name] = {**finite, "n": len(values)}
+        stats = {name: interval_over_seeds([t["metrics"][name] for t in members if name in t["metrics"]]) for name in names}
         out.append({"params": json.loads(key), "seeds": sorted(t["params"].get("seed", 0) for t in members), "metrics": stats})
     return out
 
