@@ -27,15 +27,17 @@ import functools
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from polyray.config import RunConfig
 from polyray.io import ConfigError, StrictModel, console, format_validation_error
 from polyray.drivers.sweep import _load_yaml, merge
+
+if TYPE_CHECKING:
+    from polyray.eval.record import EvalRecord
 
 METRICS = ("pass@1", "pass@5", "pass@10", "usq@5", "reward_mean", "distinct_frac")
 
@@ -196,29 +198,6 @@ def run_experiment(path: str | Path, seeds: int, output_dir: Path | None = None)
     return summary
 
 
-def _per_prompt_passk(phase_result: dict[str, Any], k: int) -> list[float]:
-    from polyray.eval.passk import compute_pass_at_k
-
-    return [compute_pass_at_k(r["n"], r["c"], k) for r in phase_result["per_prompt"]]
-
-
-def _per_prompt_values(phase_result: dict[str, Any], metric: str) -> np.ndarray | None:
-    """Per-prompt values whose mean is ``metric`` (pass@k from n/c, reward_mean from rewards); None if not recorded."""
-    if not phase_result.get("per_prompt"):
-        return None
-    try:
-        if metric.startswith("pass@"):
-            values = _per_prompt_passk(phase_result, int(metric.split("@")[1]))
-        elif metric == "reward_mean":
-            values = [float(np.mean(r["rewards"])) for r in phase_result["per_prompt"]]
-        else:
-            return None
-    except (KeyError, ValueError, TypeError):
-        return None
-    arr = np.asarray(values, dtype=np.float64)
-    return arr if np.all(np.isfinite(arr)) else None
-
-
 def _brief(stats: dict[str, Any]) -> dict[str, Any]:
     """The headline numbers of a :func:`polyray.eval.stats.compare_over_seeds` result, flat and JSON-safe.
 
@@ -243,28 +222,30 @@ def _brief(stats: dict[str, Any]) -> dict[str, Any]:
 
 
 def _prompt_level(
-    a_phases: dict[int, dict], b_phases: dict[int, dict], seeds: list[int], metric: str
+    a_phases: dict[int, EvalRecord], b_phases: dict[int, EvalRecord], seeds: list[int], metric: str
 ) -> dict[str, Any]:
     """Prompt-level view, valid only within a seed (:func:`polyray.eval.stats.compare_within_seeds`)."""
     from polyray.eval.stats import compare_within_seeds
 
-    def texts(phase: dict) -> list[str | None]:
-        return [r.get("prompt") for r in phase.get("per_prompt") or []]
+    def texts(phase: EvalRecord) -> list[str | None]:
+        return [r.prompt for r in phase.per_prompt or []]
 
     return compare_within_seeds([
-        (s, _per_prompt_values(a_phases[s], metric), _per_prompt_values(b_phases[s], metric),
+        (s, a_phases[s].per_prompt_values(metric), b_phases[s].per_prompt_values(metric),
          texts(a_phases[s]), texts(b_phases[s])) for s in seeds])  # fmt: skip
 
 
-def _load_phases(exp: ExperimentConfig, out: Path, seeds: int) -> dict[str, dict[int, dict[str, Any]]]:
-    """Per model label, seed -> its phase results; a seed whose results.json lacks the phase is absent."""
-    per_seed: dict[str, dict[int, dict[str, Any]]] = {}
+def _load_phases(exp: ExperimentConfig, out: Path, seeds: int) -> dict[str, dict[int, EvalRecord]]:
+    """Per model label, seed -> its phase's evaluation record; a seed whose results.json lacks the phase is absent."""
+    from polyray.drivers.run import read_results
+
+    per_seed: dict[str, dict[int, EvalRecord]] = {}
     for label, ref in exp.models.items():
         run_name, _, phase = ref.partition("/")
         per_seed[label] = {}
         for seed in range(seeds):
             try:
-                results = json.loads((out / "runs" / f"{run_name}-s{seed}" / "results.json").read_text())
+                results = read_results(out / "runs" / f"{run_name}-s{seed}" / "results.json")
                 per_seed[label][seed] = results["phases"][phase]
             except (OSError, ValueError, KeyError, TypeError):
                 continue
@@ -285,15 +266,17 @@ def aggregate(exp: ExperimentConfig, configs, out: Path, seeds: int) -> dict[str
         models[label] = entry
         if not have:
             continue
-        rows = [by_seed[s] for s in have]
+        rows = [by_seed[s].means() for s in have]
         for m in rows[0]:
             if not (m in METRICS or m.startswith("diversity/")) or not all(m in r for r in rows):
                 continue
             values = [r[m] for r in rows]
             entry[m] = {**mean_ci(values), "values": values} if len(values) > 1 else {"mean": values[0], "values": values}
     comparisons: dict[str, Any] = {}
+    means = {label: {s: r.means() for s, r in by_seed.items()} for label, by_seed in phases.items()}
     for treat, ctrl in exp.compare:
         a_phases, b_phases = phases[treat], phases[ctrl]
+        a_means, b_means = means[treat], means[ctrl]
         common = sorted(set(a_phases) & set(b_phases))
         entry = {"treatment": treat, "control": ctrl, "seeds": common,
                  "missing_seeds": {lab: [s for s in range(seeds) if s not in phases[lab]] for lab in (treat, ctrl)},
@@ -303,9 +286,9 @@ def aggregate(exp: ExperimentConfig, configs, out: Path, seeds: int) -> dict[str
             entry["note"] = "no seed has results for both models"
             continue
         for m in METRICS:
-            if not all(m in a_phases[s] and m in b_phases[s] for s in common):
+            if not all(m in a_means[s] and m in b_means[s] for s in common):
                 continue
-            a, b = [a_phases[s][m] for s in common], [b_phases[s][m] for s in common]
+            a, b = [a_means[s][m] for s in common], [b_means[s][m] for s in common]
             entry["metrics"][m] = {"mean_treatment": sum(a) / len(a), "mean_control": sum(b) / len(b),
                                    "difference": sum(a) / len(a) - sum(b) / len(b),
                                    "over_seeds": _brief(compare_over_seeds(a, b)),
@@ -354,20 +337,14 @@ def report_results(exp: ExperimentConfig, summary: dict[str, Any], out: Path) ->
     """The experiment as the evaluation report's ``results`` (polyray.eval.report): per model mean
     and 95% CI over seeds of pass@k, USQ and diversity; the Pareto figure is pass@1 against
     pass@10 (both maximised); the dynamics are seed 0's."""
-    models = {}
-    for label, m in summary["models"].items():
-        passk = {int(k[5:]): v for k, v in m.items() if k.startswith("pass@")}
-        usq = {int(k[4:]): v for k, v in m.items() if k.startswith("usq@")}
-        diversity = {k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("diversity/")}
-        entry = {"pass_at_k": passk, "usq": usq, "usq_selector": "logprob", "diversity": diversity}
-        if "pass@10" in m:
-            entry["diversity"] = {**diversity, "pass@10": m["pass@10"]}  # the Pareto figure's y axis
-        models[label] = entry
-    real = sorted({d for m in summary["models"].values() for d in m if d.startswith("diversity/")})
+    from polyray.eval.record import records_from_summaries
+
+    models = records_from_summaries(summary["models"])
+    real = list(dict.fromkeys(d for m in models.values() for d in sorted(m.diversity)))
     return {
         "title": f"polyray experiment: {summary['name']} (mean and 95% CI over {summary['seeds']} seeds, test prompts)",
         "models": models,
-        "table": {"diversity": [d.split("/", 1)[1] for d in real]},
+        "table": {"diversity": sorted(real)},
         "pareto": {"diversity": "pass@10", "quality_label": "pass@1"},
         "dynamics": _dynamics_records(exp, out),
     }

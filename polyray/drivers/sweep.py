@@ -270,9 +270,11 @@ def pipeline_trial(
 
 def _finished_results(directory: Path, run: RunConfig) -> dict[str, Any] | None:
     """The results of a run in ``directory`` that evaluated every phase, else None."""
+    from polyray.drivers.run import read_results
+
     try:
-        results = json.loads((directory / "results.json").read_text())
-    except (OSError, ValueError):
+        results = read_results(directory / "results.json")
+    except (OSError, ValueError, KeyError, TypeError):
         return None
     return results if {"base", *(p.name for p in run.phases)} <= set(results.get("phases", {})) else None
 
@@ -418,7 +420,8 @@ def settings(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for key, members in groups.items():
         names = sorted({m for t in members for m in t["metrics"]})
-        stats = {name: interval_over_seeds([t["metrics"][name] for t in members if name in t["metrics"]]) for name in names}
+        stats = {name: interval_over_seeds([t["metrics"][name] for t in members if name in t["metrics"]])
+                 for name in names}
         out.append({"params": json.loads(key), "seeds": sorted(t["params"].get("seed", 0) for t in members), "metrics": stats})
     return out
 
@@ -447,21 +450,17 @@ def _label(params: dict[str, Any]) -> str:
 def report_results(summary: dict[str, Any]) -> dict[str, Any]:
     """The sweep as the evaluation report's ``results`` (polyray.eval.report): a model per setting
     of the non-seed axes, values mean and CI over seeds, of the objective's phase."""
+    from polyray.eval.record import at_key, records_from_summaries
+
     phase = summary["objective"]["key"].split("/")[0]
-    models = {}
-    for s in summary["settings"]:
-        m = {k.split("/", 1)[1]: v for k, v in s["metrics"].items() if k.startswith(phase + "/")}
-        passk = {int(k[5:]): v for k, v in m.items() if k.startswith("pass@")}
-        usq = {int(k[4:]): v for k, v in m.items() if k.startswith("usq@")}
-        diversity = {k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("diversity/")}
-        models[_label(s["params"])] = {"pass_at_k": passk, "usq": usq, "usq_selector": "logprob", "diversity": diversity}
+    models = records_from_summaries({_label(s["params"]): s["metrics"] for s in summary["settings"]}, prefix=f"{phase}/")
     axes = [a for a in summary["axes"] if a != "seed"]
     results: dict[str, Any] = {"title": f"polyray sweep: {summary['name']} ({phase}, mean and 95% CI over seeds)",
                                "models": models}  # fmt: skip
     if len(axes) == 1:
         results["axis"] = {"name": axes[0], "points": [
-            {"x": s["params"][axes[0]], **{k.split("/", 1)[1]: v for k, v in s["metrics"].items()
-                                           if k.startswith(phase + "/pass@")}}
+            {"x": s["params"][axes[0]],
+             **{at_key("pass", k): v.to_json() for k, v in models[_label(s["params"])].pass_at_k.items()}}
             for s in summary["settings"]]}  # fmt: skip
     return results
 

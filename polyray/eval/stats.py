@@ -480,8 +480,8 @@ def compare_within_seeds(
     """The prompt-level view, valid only within a seed; never one pooled test over seeds x prompts.
 
     ``per_seed``: (seed, treatment values per prompt, control values per prompt, their prompt
-    texts; None values: not recorded, no prompt-level view). Per seed: the values paired by prompt (``pair_prompts``), their mean difference and
-    Wilcoxon p (descriptive, not Holm-adjusted); over seeds: ``hierarchical_bootstrap`` of the
+    texts; None values: not recorded, no prompt-level view). Per seed: the values paired by
+    prompt (``pair_prompts``), their mean difference and Wilcoxon p (descriptive, not Holm-adjusted); over seeds: ``hierarchical_bootstrap`` of the
     differences. Values are rounded to 12 decimals first: pass@k's product carries float noise
     (~1e-16: equal differences of two prompts' pass@k come out unequal), and rank tests must
     see those ties as ties.

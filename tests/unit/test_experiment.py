@@ -324,7 +324,8 @@ def test_report_marks_the_pass1_pass10_frontier_and_chains_branch_dynamics(tmp_p
     results = report_results(exp, summary, out)
     a_steps = [(r["phase"], r["global_step"]) for r in results["dynamics"] if r["run"] == "a"]
     assert a_steps == [("sft", 0), ("sft", 20), ("sft", 40), ("grpo", 41), ("grpo", 91)]
-    assert results["models"]["a"]["diversity"]["pass@10"]["mean"] == pytest.approx(0.555)
+    assert results["models"]["a"].pass_at_k[10].mean == pytest.approx(0.555)  # the Pareto figure's y axis
+    assert results["models"]["a"].get("pass@10") is results["models"]["a"].pass_at_k[10]
     html = write_report(out, results)["html"].read_text()
     for fid in ("fig-passk", "fig-pareto", "fig-dynamics"):
         assert f'id="{fid}"' in html and f'id="{fid}" class="skipped"' not in html, fid
