@@ -205,7 +205,7 @@ def _check_objective(objective: Objective, run: RunConfig, path: Path) -> None:
             f"{path}: objective.metric {objective.metric!r} is measured on validation prompts by the dynamics"
             " probe during a phase: set dynamics.every (e.g. to the phases' steps) in overrides, or choose a test metric"
         )
-    name = objective.metric[4:]
+    name = objective.metric.removeprefix("val/")
     known = [f"pass@{k}" for k in run.dynamics.ks] + ["reward_mean"] + [f"diversity/{m}" for m in run.dynamics.metrics]
     if name not in known:
         raise ConfigError(f"{path}: objective.metric: the dynamics probe measures {known}, not {name!r}")
