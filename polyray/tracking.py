@@ -6,14 +6,17 @@ Two producers, one naming scheme (docs/design.md, "Tracking"):
   Parameters: the resolved config, flattened to dotted keys (``phases.0.lam``). Metrics, read from
   the run's own logs while a phase trains: every learner step as ``<phase>/train/<key>`` (step = the
   phase's step) and every diversity-dynamics measurement as ``<phase>/val/<key>``; after each
-  evaluation, its metrics as ``<stage>/<metric>``. Artifacts at the end: ``results.json`` and the
+  evaluation, its record's numbers as ``<stage>/<metric>`` (:meth:`polyray.eval.record.EvalRecord.scalars`). Artifacts at the end: ``results.json`` and the
   resolved config. The tracking run's id and how far the logs were sent are kept in the run
   directory (``tracking.json``), so ``--resume`` continues the same tracking run without repeats.
 - Sweeps and experiments: Ray Tune's own logger callbacks (:func:`tune_callbacks`), one tracking
   run per trial with the trial's parameters, logging each report (a trial reports after every
   evaluated stage: :func:`run_metrics`).
 
-MLflow names allow ``[/\\w.\\- :]`` only, so ``pass@k`` is logged there as ``pass_at_k``.
+Metric names are the ones a user reads everywhere (``pass@k``); MLflow names allow
+``[/\\w.\\- :]`` only, so :func:`mlflow_key` logs ``pass@k`` there as ``pass_at_k``: the one
+place polyray renames a metric. Evaluation records come in as objects with ``scalars()``
+(:class:`polyray.eval.record.EvalRecord`; this layer does not import ``polyray.eval``).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from polyray.config import RunConfig, TrackingConfig
 from polyray.io import ConfigError, read_log_jsonl, write_json_atomic
@@ -36,6 +39,12 @@ _NOT_METRICS = {"step", "global_step", "time"}
 MLFLOW_PARAM_CHARS = 6000  # MLflow's limit on a parameter value
 
 
+class Record(Protocol):
+    """An evaluation record (:class:`polyray.eval.record.EvalRecord`): its finite numbers by flat key."""
+
+    def scalars(self) -> dict[str, float]: ...
+
+
 def numbers(record: dict[str, Any]) -> dict[str, float]:
     """The finite numeric entries of ``record`` (booleans excluded)."""
     return {k: float(v) for k, v in record.items()
@@ -43,10 +52,11 @@ def numbers(record: dict[str, Any]) -> dict[str, float]:
 
 
 def run_metrics(results: dict[str, Any], run_dir: Path) -> dict[str, float]:
-    """A run's results as flat metrics: ``<stage>/<metric>`` of every test evaluation, and
-    ``<phase>/val/<metric>`` of each phase's last validation measurement (the dynamics probe's
-    pass@k and diversity on the fixed validation prompts: what a sweep should select on)."""
-    out = {f"{stage}/{k}": v for stage, r in results.get("phases", {}).items() for k, v in numbers(r).items()}
+    """A run's results (``phases``: stage -> :class:`Record`) as flat metrics: ``<stage>/<metric>`` of
+    every test evaluation, and ``<phase>/val/<metric>`` of each phase's last validation measurement
+    (the dynamics probe's pass@k and diversity on the fixed validation prompts: what a sweep should
+    select on)."""
+    out = {f"{stage}/{k}": v for stage, r in results.get("phases", {}).items() for k, v in r.scalars().items()}
     last: dict[str, dict] = {}
     for row in read_log_jsonl(run_dir / "dynamics.jsonl"):
         if row.get("step", -1) >= last.get(row.get("phase"), {}).get("step", -1):
@@ -223,9 +233,9 @@ class RunTracker:
         if new:
             self._save()
 
-    def log_stage(self, stage: str, record: dict[str, Any]) -> None:
-        """One evaluation's metrics, as ``<stage>/<metric>``."""
-        self.backend.log({f"{stage}/{k}": v for k, v in numbers(record).items()}, None)
+    def log_stage(self, stage: str, record: Record) -> None:
+        """One evaluation's record, its numbers as ``<stage>/<metric>``."""
+        self.backend.log({f"{stage}/{k}": v for k, v in record.scalars().items()}, None)
 
     def finish(self, failed: bool) -> None:
         if not failed:

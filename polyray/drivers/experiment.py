@@ -27,14 +27,16 @@ import functools
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from pydantic import Field, ValidationError, model_validator
 
 from polyray.config import RunConfig
 from polyray.io import ConfigError, StrictModel, console, format_validation_error, read_yaml_mapping
 from polyray.drivers.sweep import merge
+
+if TYPE_CHECKING:
+    from polyray.eval.record import EvalRecord
 
 METRICS = ("pass@1", "pass@5", "pass@10", "usq@5", "reward_mean", "distinct_frac")
 
@@ -191,120 +193,14 @@ def run_experiment(path: str | Path, seeds: int, output_dir: Path | None = None)
     return summary
 
 
-CONFIDENCE = 0.95
-BOOTSTRAP_RESAMPLES = 2000
-EXACT_SPLITS = 20_000  # Mann-Whitney with ties: exact permutation up to this many splits of the seeds
-
-
-def _num(x: Any) -> float | None:
-    """A JSON-safe float: None for NaN/inf (an undefined statistic)."""
-    return float(x) if x is not None and math.isfinite(x) else None
-
-
-def _per_prompt_passk(phase_result: dict[str, Any], k: int) -> list[float]:
-    from polyray.eval.passk import compute_pass_at_k
-
-    return [compute_pass_at_k(r["n"], r["c"], k) for r in phase_result["per_prompt"]]
-
-
-def _per_prompt_values(phase_result: dict[str, Any], metric: str) -> np.ndarray | None:
-    """Per-prompt values whose mean is ``metric`` (pass@k from n/c, reward_mean from rewards); None if not recorded."""
-    if not phase_result.get("per_prompt"):
-        return None
-    try:
-        if metric.startswith("pass@"):
-            values = _per_prompt_passk(phase_result, int(metric.split("@")[1]))
-        elif metric == "reward_mean":
-            values = [float(np.mean(r["rewards"])) for r in phase_result["per_prompt"]]
-        else:
-            return None
-    except (KeyError, ValueError, TypeError):
-        return None
-    # pass@k's product carries float noise (~1e-16: equal differences of two prompts' pass@k come
-    # out unequal); rounding restores the ties that rank tests count as ties
-    arr = np.round(np.asarray(values, dtype=np.float64), 12)
-    return arr if np.all(np.isfinite(arr)) else None
-
-
-def _pair_prompts(a_rows: list[dict], b_rows: list[dict]) -> tuple[list[int], list[int], str] | None:
-    """Row indices pairing two phases' per-prompt rows of one seed, and how they were paired.
-
-    results.json rows carry the prompt text ("prompt") but no id: pair by that text where every
-    row has one and no text repeats on a side (the prompts both sides have), else by position
-    (same test prompts in the same order: both phases of a seed draw them identically).
-    """
-    ta, tb = [r.get("prompt") for r in a_rows], [r.get("prompt") for r in b_rows]
-    if None not in ta and None not in tb and len(set(ta)) == len(ta) and len(set(tb)) == len(tb):
-        where = {t: j for j, t in enumerate(tb)}
-        ia = [i for i, t in enumerate(ta) if t in where]
-        return (ia, [where[ta[i]] for i in ia], "prompt") if ia else None
-    if a_rows and len(a_rows) == len(b_rows):
-        return list(range(len(a_rows))), list(range(len(b_rows))), "position"
-    return None
-
-
-def _welch(a: np.ndarray, b: np.ndarray, confidence: float = CONFIDENCE) -> dict[str, Any]:
-    """Welch's t-test (scipy.stats.ttest_ind, equal_var=False) and its t-interval for mean(a) − mean(b)."""
-    from scipy import stats as st
-
-    diff = float(a.mean() - b.mean())
-    if np.ptp(a) == 0 and np.ptp(b) == 0:  # scipy answers float noise here (t ~ 1e15)
-        if diff == 0:
-            return {"statistic": 0.0, "pvalue": 1.0, "df": None, "low": diff, "high": diff,
-                    "note": "all values are equal"}
-        return {"statistic": None, "pvalue": None, "df": None, "low": None, "high": None,
-                "note": "no spread within either model: the t-test is undefined"}
-    res = st.ttest_ind(a, b, equal_var=False)
-    ci = res.confidence_interval(confidence_level=confidence)
-    return {"statistic": float(res.statistic), "pvalue": float(res.pvalue), "df": float(res.df),
-            "low": float(ci.low), "high": float(ci.high)}
-
-
-def _mann_whitney(a: np.ndarray, b: np.ndarray, seed: int = 0) -> dict[str, Any]:
-    """Two-sided Mann-Whitney U with a's statistic, exact where the seeds allow.
-
-    Without ties: scipy's exact U distribution (one side ≤ 8 values; asymptotic beyond).
-    With ties scipy's default is the normal approximation, which for 3 vs 3 can go below
-    the exact minimum 0.1; there we use scipy's permutation test, exact (every split of
-    the pooled values) up to EXACT_SPLITS splits, Monte-Carlo (seeded) beyond.
-    """
-    from scipy import stats as st
-
-    from polyray.eval.stats import compute_mann_whitney
-
-    res = compute_mann_whitney(a, b)
-    if "note" in res:  # all values equal: p = 1
-        return {**res, "method": "exact"}
-    pooled = np.concatenate([a, b])
-    if np.unique(pooled).size == pooled.size:
-        return {**res, "method": "exact" if min(a.size, b.size) <= 8 else "asymptotic"}
-    splits = math.comb(a.size + b.size, a.size)
-    perm = st.PermutationMethod(n_resamples=EXACT_SPLITS, rng=np.random.default_rng(seed))
-    r = st.mannwhitneyu(a, b, alternative="two-sided", method=perm)
-    return {"statistic": float(r.statistic), "pvalue": float(r.pvalue),
-            "method": "exact permutation" if splits <= EXACT_SPLITS else "Monte-Carlo permutation"}
-
-
-def _over_seeds(a, b, confidence: float = CONFIDENCE) -> dict[str, Any]:
-    """Between-run tests with the seed as the unit: Welch's t with its interval, Mann-Whitney U, Cohen's d."""
-    from polyray.eval.stats import compute_cohens_d
-
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    out: dict[str, Any] = {"n": [int(a.size), int(b.size)], "difference": float(a.mean() - b.mean()),
-                           "mann_whitney": _mann_whitney(a, b)}
-    if min(a.size, b.size) >= 2:
-        out["welch_t"] = _welch(a, b, confidence)
-    if a.size + b.size >= 3:
-        out["cohens_d"] = compute_cohens_d(a, b)
-    return out
-
-
 def _brief(stats: dict[str, Any]) -> dict[str, Any]:
-    """The headline numbers of an :func:`_over_seeds` result, flat and JSON-safe.
+    """The headline numbers of a :func:`polyray.eval.stats.compare_over_seeds` result, flat and JSON-safe.
 
     ``ci95`` is Welch's t-interval for the difference of means; ``<test>_p_holm`` is added
-    by :func:`_holm` once every comparison is known.
+    by :func:`polyray.eval.stats.holm_families` once every comparison is known.
     """
+    from polyray.eval.stats import finite_or_none as _num
+
     if not stats:
         return {}
     welch, mw = stats.get("welch_t", {}), stats["mann_whitney"]
@@ -320,97 +216,41 @@ def _brief(stats: dict[str, Any]) -> dict[str, Any]:
     return keep
 
 
-def _hierarchical_bootstrap(
-    diffs: list[np.ndarray], *, n_resamples: int = BOOTSTRAP_RESAMPLES, confidence: float = CONFIDENCE, seed: int = 0
-) -> dict[str, Any]:
-    """Percentile CI of the mean paired difference, resampling seeds, then prompts within each drawn seed.
-
-    ``diffs``: per seed, treatment − control per prompt. The estimate is the mean over seeds of
-    each seed's mean over prompts (every seed weighs the same). A seed drawn twice gets two
-    independent prompt resamples.
-    """
-    rng = np.random.default_rng(seed)
-    n_seeds = len(diffs)
-    drawn = rng.integers(0, n_seeds, size=(n_resamples, n_seeds))  # seeds, with replacement
-    totals = np.zeros(n_resamples)
-    for s, d in enumerate(diffs):
-        rows = np.nonzero(drawn == s)[0]  # the resample of each draw of seed s
-        prompts = rng.integers(0, d.size, size=(rows.size, d.size))  # its prompts, with replacement
-        np.add.at(totals, rows, d[prompts].mean(axis=1))
-    means = totals / n_seeds
-    tail = (1 - confidence) / 2
-    low, high = np.quantile(means, [tail, 1 - tail])
-    out = {"mean_diff": float(np.mean([d.mean() for d in diffs])), "low": float(low), "high": float(high),
-           "se": float(means.std(ddof=1)), "confidence": confidence, "n_resamples": n_resamples, "seed": seed,
-           "n_seeds": n_seeds}
-    if n_seeds == 1:
-        out["note"] = "one seed: prompt variation only, no run-to-run variation"
-    return out
-
-
 def _prompt_level(
-    a_phases: dict[int, dict], b_phases: dict[int, dict], seeds: list[int], metric: str
+    a_phases: dict[int, EvalRecord], b_phases: dict[int, EvalRecord], seeds: list[int], metric: str
 ) -> dict[str, Any]:
-    """Prompt-level view, valid only within a seed: per seed a comparison paired by prompt, and a
-    hierarchical bootstrap (seeds, then prompts) of the mean difference. Never one pooled test."""
-    from polyray.eval.stats import compute_wilcoxon
+    """Prompt-level view, valid only within a seed (:func:`polyray.eval.stats.compare_within_seeds`)."""
+    from polyray.eval.stats import compare_within_seeds
 
-    per_seed, diffs = [], []
-    for s in seeds:
-        a, b = _per_prompt_values(a_phases[s], metric), _per_prompt_values(b_phases[s], metric)
-        if a is None or b is None:
-            return {}
-        pairing = _pair_prompts(a_phases[s]["per_prompt"], b_phases[s]["per_prompt"])
-        if pairing is None:
-            return {"note": f"seed {s}: the two models' prompts cannot be paired"}
-        ia, ib, by = pairing
-        x, y = a[ia], b[ib]
-        per_seed.append({"seed": s, "n_prompts": len(ia), "paired_by": by, "mean_diff": float((x - y).mean()),
-                         "wilcoxon_p": compute_wilcoxon(x, y)["pvalue"]})
-        diffs.append(x - y)
-    return {"per_seed": per_seed, "hierarchical_bootstrap": _hierarchical_bootstrap(diffs)} if diffs else {}
+    def texts(phase: EvalRecord) -> list[str | None]:
+        return [r.prompt for r in phase.per_prompt or []]
+
+    return compare_within_seeds([
+        (s, a_phases[s].per_prompt_values(metric), b_phases[s].per_prompt_values(metric),
+         texts(a_phases[s]), texts(b_phases[s])) for s in seeds])  # fmt: skip
 
 
-def _load_phases(exp: ExperimentConfig, out: Path, seeds: int) -> dict[str, dict[int, dict[str, Any]]]:
-    """Per model label, seed -> its phase results; a seed whose results.json lacks the phase is absent."""
-    per_seed: dict[str, dict[int, dict[str, Any]]] = {}
+def _load_phases(exp: ExperimentConfig, out: Path, seeds: int) -> dict[str, dict[int, EvalRecord]]:
+    """Per model label, seed -> its phase's evaluation record; a seed whose results.json lacks the phase is absent."""
+    from polyray.drivers.run import read_results
+
+    per_seed: dict[str, dict[int, EvalRecord]] = {}
     for label, ref in exp.models.items():
         run_name, _, phase = ref.partition("/")
         per_seed[label] = {}
         for seed in range(seeds):
             try:
-                results = json.loads((out / "runs" / f"{run_name}-s{seed}" / "results.json").read_text())
+                results = read_results(out / "runs" / f"{run_name}-s{seed}" / "results.json")
                 per_seed[label][seed] = results["phases"][phase]
             except (OSError, ValueError, KeyError, TypeError):
                 continue
     return per_seed
 
 
-def _holm(comparisons: dict[str, Any]) -> dict[str, int]:
-    """Holm across the experiment: every comparison x metric's over-seeds p, one family per test.
-
-    Adds ``<test>_p_holm`` next to each ``<test>_p`` (None where the test is undefined) and
-    returns each family's size.
-    """
-    from polyray.eval.stats import compute_holm
-
-    entries = [m["over_seeds"] for c in comparisons.values() for m in c["metrics"].values()]
-    sizes = {}
-    for key in ("welch_p", "mann_whitney_p"):
-        family = [e for e in entries if e.get(key) is not None]
-        for e in entries:
-            e[f"{key}_holm"] = None
-        if family:
-            for e, p in zip(family, compute_holm([e[key] for e in family])["adjusted"]):
-                e[f"{key}_holm"] = float(p)
-        sizes[key] = len(family)
-    return sizes
-
-
 def aggregate(exp: ExperimentConfig, configs, out: Path, seeds: int) -> dict[str, Any]:
     """experiment.json: per model mean/CI over seeds; per comparison tests over the seeds both models
     have (paired by seed id), Holm-adjusted across the experiment, and the within-seed prompt-level view."""
-    from polyray.eval.stats import mean_ci
+    from polyray.eval.stats import CONFIDENCE, compare_over_seeds, holm_families, mean_ci
 
     phases = _load_phases(exp, out, seeds)
     models: dict[str, Any] = {}
@@ -421,15 +261,17 @@ def aggregate(exp: ExperimentConfig, configs, out: Path, seeds: int) -> dict[str
         models[label] = entry
         if not have:
             continue
-        rows = [by_seed[s] for s in have]
+        rows = [by_seed[s].means() for s in have]
         for m in rows[0]:
             if not (m in METRICS or m.startswith("diversity/")) or not all(m in r for r in rows):
                 continue
             values = [r[m] for r in rows]
             entry[m] = {**mean_ci(values), "values": values} if len(values) > 1 else {"mean": values[0], "values": values}
     comparisons: dict[str, Any] = {}
+    means = {label: {s: r.means() for s, r in by_seed.items()} for label, by_seed in phases.items()}
     for treat, ctrl in exp.compare:
         a_phases, b_phases = phases[treat], phases[ctrl]
+        a_means, b_means = means[treat], means[ctrl]
         common = sorted(set(a_phases) & set(b_phases))
         entry = {"treatment": treat, "control": ctrl, "seeds": common,
                  "missing_seeds": {lab: [s for s in range(seeds) if s not in phases[lab]] for lab in (treat, ctrl)},
@@ -439,14 +281,16 @@ def aggregate(exp: ExperimentConfig, configs, out: Path, seeds: int) -> dict[str
             entry["note"] = "no seed has results for both models"
             continue
         for m in METRICS:
-            if not all(m in a_phases[s] and m in b_phases[s] for s in common):
+            if not all(m in a_means[s] and m in b_means[s] for s in common):
                 continue
-            a, b = [a_phases[s][m] for s in common], [b_phases[s][m] for s in common]
+            a, b = [a_means[s][m] for s in common], [b_means[s][m] for s in common]
             entry["metrics"][m] = {"mean_treatment": sum(a) / len(a), "mean_control": sum(b) / len(b),
                                    "difference": sum(a) / len(a) - sum(b) / len(b),
-                                   "over_seeds": _brief(_over_seeds(a, b)),
+                                   "over_seeds": _brief(compare_over_seeds(a, b)),
                                    "within_seed": _prompt_level(a_phases, b_phases, common, m)}
-    holm = _holm(comparisons)
+    # Holm across the experiment: every comparison x metric's over-seeds p, one family per test
+    entries = [m["over_seeds"] for c in comparisons.values() for m in c["metrics"].values()]
+    holm = holm_families(entries, ("welch_p", "mann_whitney_p"))
     summary = {"name": exp.name, "seeds": seeds, "confidence": CONFIDENCE, "holm_family_sizes": holm,
                "models": models, "comparisons": comparisons}
     summary["pareto_pass1_pass10"] = pareto_frontier_labels(summary)
@@ -488,20 +332,14 @@ def report_results(exp: ExperimentConfig, summary: dict[str, Any], out: Path) ->
     """The experiment as the evaluation report's ``results`` (polyray.eval.report): per model mean
     and 95% CI over seeds of pass@k, USQ and diversity; the Pareto figure is pass@1 against
     pass@10 (both maximised); the dynamics are seed 0's."""
-    models = {}
-    for label, m in summary["models"].items():
-        passk = {int(k[5:]): v for k, v in m.items() if k.startswith("pass@")}
-        usq = {int(k[4:]): v for k, v in m.items() if k.startswith("usq@")}
-        diversity = {k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("diversity/")}
-        entry = {"pass_at_k": passk, "usq": usq, "usq_selector": "logprob", "diversity": diversity}
-        if "pass@10" in m:
-            entry["diversity"] = {**diversity, "pass@10": m["pass@10"]}  # the Pareto figure's y axis
-        models[label] = entry
-    real = sorted({d for m in summary["models"].values() for d in m if d.startswith("diversity/")})
+    from polyray.eval.record import records_from_summaries
+
+    models = records_from_summaries(summary["models"])
+    real = list(dict.fromkeys(d for m in models.values() for d in sorted(m.diversity)))
     return {
         "title": f"polyray experiment: {summary['name']} (mean and 95% CI over {summary['seeds']} seeds, test prompts)",
         "models": models,
-        "table": {"diversity": [d.split("/", 1)[1] for d in real]},
+        "table": {"diversity": sorted(real)},
         "pareto": {"diversity": "pass@10", "quality_label": "pass@1"},
         "dynamics": _dynamics_records(exp, out),
     }

@@ -4,7 +4,8 @@ resolve model -> start Ray -> open the adapter store -> launch rollout pool -> e
 for each phase: fit (Ray Train) -> evaluate -> write results.
 
 Results and the resolved config are written as soon as they exist, so a run that fails
-half-way keeps everything it finished. ``resume=True`` continues such a run in the same
+half-way keeps everything it finished. ``results.json`` holds per stage (``base``, each phase)
+the :class:`~polyray.eval.record.EvalRecord` of its test evaluation, in the record's JSON form. ``resume=True`` continues such a run in the same
 directory: finished evaluations and phases are not redone, a phase cut off mid-way continues
 from its latest Ray Train checkpoint (same storage path and name), and the adapter store is
 read back from the run directory, so version ids continue after the newest one.
@@ -23,6 +24,7 @@ from rich.table import Table
 from polyray.cluster import init_ray, needed_cpus
 from polyray.config import RunConfig
 from polyray.eval.policy_eval import build_eval_task
+from polyray.eval.record import EvalRecord
 from polyray.io import ConfigError, Timer, console, dump_config, make_progress, write_json_atomic
 from polyray.models.source import prepare_model_dir
 from polyray.rollout.store import STORE_DIR
@@ -32,7 +34,7 @@ from polyray.reward.plan import plan as plan_rewards
 from polyray.tracking import check_tracking, open_tracker
 
 
-def evaluate_stage(name: str, pool, task, prompts, run: RunConfig, version: int | None) -> dict[str, Any]:
+def evaluate_stage(name: str, pool, task, prompts, run: RunConfig, version: int | None) -> EvalRecord:
     from polyray.eval.policy_eval import evaluate_policy
 
     with console.status(f"evaluating {name} on {len(prompts)} test prompts x {run.eval.n_samples} samples"):
@@ -62,6 +64,7 @@ def train_stage(
 
 
 def results_table(results: dict[str, Any], ks: list[int]) -> Table:
+    """The test-set table: per stage pass@k, USQ at the largest k, mean reward, distinct fraction."""
     table = Table(title="polyray run: test-set evaluation")
     table.add_column("model")
     for k in ks:
@@ -71,16 +74,27 @@ def results_table(results: dict[str, Any], ks: list[int]) -> Table:
         table.add_column(f"usq@{k}", justify="right")
     table.add_column("reward", justify="right")
     table.add_column("distinct", justify="right")
+    nan = float("nan")
     for name, r in results["phases"].items():
         table.add_row(
-            name, *[f"{r[f'pass@{k}']:.3f}" for k in ks], *[f"{r.get(f'usq@{k}', float('nan')):.3f}" for k in usq],
-            f"{r['reward_mean']:.3f}", f"{r['distinct_frac']:.2f}",
+            name, *[f"{r.pass_at_k[k].mean:.3f}" for k in ks],
+            *[f"{r.usq_at_k[k].mean if k in r.usq_at_k else nan:.3f}" for k in usq],
+            f"{r.reward_mean.mean:.3f}", f"{r.distinct_frac.mean:.2f}",
         )  # fmt: skip
     return table
 
 
 def write_results(out: Path, results: dict[str, Any]) -> None:
-    write_json_atomic(out / "results.json", results)
+    """``results.json``: the run's results with each stage's record in its JSON form."""
+    phases = {name: record.to_json() for name, record in results["phases"].items()}
+    write_json_atomic(out / "results.json", {**results, "phases": phases})
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    """A run's ``results.json`` with each stage's record read back (:meth:`EvalRecord.from_json`)."""
+    results = json.loads(Path(path).read_text())
+    results["phases"] = {name: EvalRecord.from_json(r) for name, r in results.get("phases", {}).items()}
+    return results
 
 
 INIT_VERSION = 1  # the adapter version a run started from ``init_adapter`` gives it
@@ -168,7 +182,7 @@ def open_run_dir(run: RunConfig, out: Path, resume: bool) -> dict[str, Any]:
         raise ConfigError(f"--resume: the config differs from the run's {config_file} in: {', '.join(changed)}")
     if not results_file.is_file():
         return {"name": run.name, "phases": {}, "versions": {}}
-    results = json.loads(results_file.read_text())
+    results = read_results(results_file)
     results.setdefault("versions", {})
     results["resumed"] = results.get("resumed", 0) + 1
     return results

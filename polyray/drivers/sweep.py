@@ -39,12 +39,10 @@ from __future__ import annotations
 import copy
 import csv
 import json
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from pydantic import Field, ValidationError, model_validator
 
 from polyray.config import RunConfig
@@ -197,7 +195,7 @@ def _check_objective(objective: Objective, run: RunConfig, path: Path) -> None:
             f"{path}: objective.metric {objective.metric!r} is measured on validation prompts by the dynamics"
             " probe during a phase: set dynamics.every (e.g. to the phases' steps) in overrides, or choose a test metric"
         )
-    name = objective.metric[4:]
+    name = objective.metric.removeprefix("val/")
     known = [f"pass@{k}" for k in run.dynamics.ks] + ["reward_mean"] + [f"diversity/{m}" for m in run.dynamics.metrics]
     if name not in known:
         raise ConfigError(f"{path}: objective.metric: the dynamics probe measures {known}, not {name!r}")
@@ -262,9 +260,11 @@ def pipeline_trial(
 
 def _finished_results(directory: Path, run: RunConfig) -> dict[str, Any] | None:
     """The results of a run in ``directory`` that evaluated every phase, else None."""
+    from polyray.drivers.run import read_results
+
     try:
-        results = json.loads((directory / "results.json").read_text())
-    except (OSError, ValueError):
+        results = read_results(directory / "results.json")
+    except (OSError, ValueError, KeyError, TypeError):
         return None
     return results if {"base", *(p.name for p in run.phases)} <= set(results.get("phases", {})) else None
 
@@ -399,8 +399,9 @@ def error_line(error: BaseException | None) -> str | None:
 
 
 def settings(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Trials grouped by every parameter but ``seed``: per metric mean, 95% t-interval over seeds, n."""
-    from polyray.eval.stats import mean_ci
+    """Trials grouped by every parameter but ``seed``: per metric mean, 95% t-interval over seeds, n
+    (:func:`polyray.eval.stats.interval_over_seeds`)."""
+    from polyray.eval.stats import interval_over_seeds
 
     groups: dict[str, list[dict]] = {}
     for t in trials:
@@ -409,12 +410,8 @@ def settings(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for key, members in groups.items():
         names = sorted({m for t in members for m in t["metrics"]})
-        stats = {}
-        for name in names:
-            values = np.array([t["metrics"][name] for t in members if name in t["metrics"]], dtype=np.float64)
-            ci = mean_ci(values)
-            finite = {k: (ci[k] if math.isfinite(ci[k]) else None) for k in ("mean", "low", "high")}
-            stats[name] = {**finite, "n": len(values)}
+        stats = {name: interval_over_seeds([t["metrics"][name] for t in members if name in t["metrics"]])
+                 for name in names}
         out.append({"params": json.loads(key), "seeds": sorted(t["params"].get("seed", 0) for t in members), "metrics": stats})
     return out
 
@@ -443,21 +440,17 @@ def _label(params: dict[str, Any]) -> str:
 def report_results(summary: dict[str, Any]) -> dict[str, Any]:
     """The sweep as the evaluation report's ``results`` (polyray.eval.report): a model per setting
     of the non-seed axes, values mean and CI over seeds, of the objective's phase."""
+    from polyray.eval.record import at_key, records_from_summaries
+
     phase = summary["objective"]["key"].split("/")[0]
-    models = {}
-    for s in summary["settings"]:
-        m = {k.split("/", 1)[1]: v for k, v in s["metrics"].items() if k.startswith(phase + "/")}
-        passk = {int(k[5:]): v for k, v in m.items() if k.startswith("pass@")}
-        usq = {int(k[4:]): v for k, v in m.items() if k.startswith("usq@")}
-        diversity = {k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("diversity/")}
-        models[_label(s["params"])] = {"pass_at_k": passk, "usq": usq, "usq_selector": "logprob", "diversity": diversity}
+    models = records_from_summaries({_label(s["params"]): s["metrics"] for s in summary["settings"]}, prefix=f"{phase}/")
     axes = [a for a in summary["axes"] if a != "seed"]
     results: dict[str, Any] = {"title": f"polyray sweep: {summary['name']} ({phase}, mean and 95% CI over seeds)",
                                "models": models}  # fmt: skip
     if len(axes) == 1:
         results["axis"] = {"name": axes[0], "points": [
-            {"x": s["params"][axes[0]], **{k.split("/", 1)[1]: v for k, v in s["metrics"].items()
-                                           if k.startswith(phase + "/pass@")}}
+            {"x": s["params"][axes[0]],
+             **{at_key("pass", k): v.to_json() for k, v in models[_label(s["params"])].pass_at_k.items()}}
             for s in summary["settings"]]}  # fmt: skip
     return results
 

@@ -3,7 +3,8 @@
 Every ``dynamics.every`` steps the learner's rank 0 calls a :class:`DynamicsProbe`
 (built by the driver and handed to the learner, which never imports this module): it
 samples ``n_samples`` completions for the same ``n_prompts`` validation prompts under
-the adapter just published and appends one record to ``runs/<name>/dynamics.jsonl``.
+the adapter just published and appends one record (an :class:`~polyray.eval.record.EvalRecord`'s
+JSON: ``pass@k``, ``reward_mean``, ``diversity/<name>``) to ``runs/<name>/dynamics.jsonl``.
 Fixed prompts and a fixed sampling seed make consecutive records comparable: what
 changes is the policy.
 """
@@ -11,12 +12,12 @@ changes is the policy.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from polyray.config import DynamicsConfig, RunConfig, SamplingConfig
 from polyray.eval.passk import mean_pass_at_k
+from polyray.eval.record import Estimate, EvalRecord
 from polyray.io import append_jsonl
 from polyray.rollout.sampling import sample_and_judge, task_sampling
 from polyray.tasks import Prompt, Task
@@ -25,8 +26,8 @@ from polyray.tasks import Prompt, Task
 def measure_dynamics(
     pool, task: Task, prompts: list[Prompt], cfg: DynamicsConfig, version: int | None, run_seed: int = 0,
     sampling: SamplingConfig | None = None,
-) -> dict[str, Any]:
-    """{"pass@k", "reward_mean", "diversity/<name>"...} of ``n_samples`` samples per prompt under ``version``.
+) -> EvalRecord:
+    """pass@k, mean reward and each diversity of ``n_samples`` samples per prompt under ``version``.
 
     Request seeds depend on (run seed, prompt) only, so consecutive measurements share them."""
     from polyray.diversity import compute_diversity_batch
@@ -35,11 +36,11 @@ def measure_dynamics(
         pool, task, prompts, cfg.n_samples, task_sampling(sampling or SamplingConfig(), task), version=version,
         seed=(run_seed, "dynamics"),
     )
-    record: dict[str, Any] = {f"pass@{k}": mean_pass_at_k(judged.counts, k) for k in cfg.ks}
-    record["reward_mean"] = float(np.mean(judged.rewards))
-    for name in cfg.metrics:
-        record[f"diversity/{name}"] = float(np.mean(compute_diversity_batch(name, judged.texts)))
-    return record
+    return EvalRecord(
+        pass_at_k={k: Estimate(mean_pass_at_k(judged.counts, k)) for k in cfg.ks},
+        reward_mean=Estimate(float(np.mean(judged.rewards))),
+        diversity={name: Estimate(float(np.mean(compute_diversity_batch(name, judged.texts)))) for name in cfg.metrics},
+    )
 
 
 class DynamicsProbe:
@@ -66,4 +67,4 @@ class DynamicsProbe:
         # sampled as the phase evaluations sample (eval.sampling: length, temperature)
         record = measure_dynamics(self.pool, self._task, self._prompts, self.cfg, version, self.run.seed, self.run.eval.sampling)
         append_jsonl(self.path, {"phase": self.phase, "step": step, "global_step": self.offset + step,
-                                 "version": version, **record})
+                                 "version": version, **record.to_json()})

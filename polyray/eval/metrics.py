@@ -1,9 +1,8 @@
 """Evaluation metrics for "generate k candidates, pick one" deployment (docs/algorithms.md §5).
 
-Pure numpy functions over per-prompt samples:
+Pure numpy functions over per-prompt samples (unbiased pass@k itself, Chen et al. 2021, is
+:mod:`polyray.eval.passk`; what an evaluation measured is an :mod:`polyray.eval.record`):
 
-- ``compute_pass_at_k_curve`` / ``compute_pass_at_k_matrix``: unbiased pass@k
-  (Chen et al. 2021, arXiv 2107.03374) for several k.
 - ``compute_usq_at_k``: User Selection Quality — per prompt draw k of the n candidates
   uniformly without replacement, a selector picks the arg-max of its score among them
   (ties broken uniformly at random), the pick's ground-truth quality is scored.
@@ -17,7 +16,7 @@ Pure numpy functions over per-prompt samples:
   knowledge: :mod:`polyray.tasks.quality`.
 
 Conventions: ``counts`` is a sequence of (n, c) pairs, one per prompt (n samples, c
-correct), as in ``polyray.eval.passk``. Qualities and selector scores are either a
+correct), as in :mod:`polyray.eval.passk`. Qualities and selector scores are either a
 (P, n) array or a list of P 1-D arrays (n may vary between prompts).
 """
 
@@ -30,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from polyray.eval.passk import compute_pass_at_k
+from polyray.eval.passk import as_counts, as_ks, compute_pass_at_k_curve
 
 __all__ = [
     "SELECTORS",
@@ -38,61 +37,12 @@ __all__ = [
     "USQResult",
     "compute_collapse_point",
     "compute_der_at_k",
-    "compute_pass_at_k_curve",
-    "compute_pass_at_k_matrix",
     "compute_pick_probabilities",
     "compute_usq_at_k",
 ]
 
 
-# --------------------------------------------------------------------------- pass@k
-
-
-def _as_counts(counts: Sequence[tuple[int, int]] | np.ndarray) -> np.ndarray:
-    """Validate ``counts`` and return an int (P, 2) array of (n, c)."""
-    arr = np.asarray(counts)
-    if arr.ndim != 2 or arr.shape[1] != 2 or arr.shape[0] == 0:
-        raise ValueError(f"counts must be a non-empty sequence of (n, c) pairs, got shape {arr.shape}")
-    if not np.all(np.equal(np.mod(arr, 1), 0)):
-        raise ValueError("counts must hold integers (n, c)")
-    arr = arr.astype(np.int64)
-    n, c = arr[:, 0], arr[:, 1]
-    if np.any(c < 0) or np.any(c > n):
-        bad = int(np.flatnonzero((c < 0) | (c > n))[0])
-        raise ValueError(f"counts[{bad}] = {tuple(arr[bad])}: need 0 <= c <= n")
-    return arr
-
-
-def _as_ks(ks: Sequence[int] | int, max_n: int) -> list[int]:
-    ks_list = [int(ks)] if np.isscalar(ks) else [int(k) for k in ks]
-    if not ks_list:
-        raise ValueError("ks must not be empty")
-    for k in ks_list:
-        if k < 1 or k > max_n:
-            raise ValueError(f"k={k} out of range: need 1 <= k <= min n over prompts = {max_n}")
-    return ks_list
-
-
-def compute_pass_at_k_matrix(counts: Sequence[tuple[int, int]] | np.ndarray, ks: Sequence[int]) -> np.ndarray:
-    """Per-prompt unbiased pass@k.
-
-    Args:
-        counts: (P, 2) (n, c) per prompt.
-        ks: K values of k, each 1 <= k <= min n.
-    Returns:
-        (P, K) float64 array; column j is pass@ks[j] per prompt (feed a column to
-        ``polyray.eval.stats`` for CIs over prompts).
-    """
-    arr = _as_counts(counts)
-    ks_list = _as_ks(ks, int(arr[:, 0].min()))
-    return np.array([[compute_pass_at_k(int(n), int(c), k) for k in ks_list] for n, c in arr], dtype=np.float64)
-
-
-def compute_pass_at_k_curve(counts: Sequence[tuple[int, int]] | np.ndarray, ks: Sequence[int]) -> dict[int, float]:
-    """Mean over prompts of unbiased pass@k for each k in ``ks``: {k: pass@k}."""
-    ks_list = list(ks)
-    mat = compute_pass_at_k_matrix(counts, ks_list)
-    return {int(k): float(v) for k, v in zip(ks_list, mat.mean(axis=0))}
+# --------------------------------------------------------------------------- DER@k, collapse
 
 
 def compute_der_at_k(counts: Sequence[tuple[int, int]] | np.ndarray, k: int) -> dict[str, float]:
@@ -105,20 +55,20 @@ def compute_der_at_k(counts: Sequence[tuple[int, int]] | np.ndarray, k: int) -> 
     (with replacement). pass@k ≥ baseline because drawing without replacement can only help.
 
     Returns:
-        dict with ``pass_at_k``, ``pass_at_1``, ``der`` (NaN when pass@1 = 0),
+        dict with ``k``, ``pass@1``, ``pass@<k>``, ``der`` (NaN when pass@1 = 0),
         ``independence`` and ``ratio_to_independence`` (pass@k / independence; NaN when
         the baseline is 0).
     """
-    arr = _as_counts(counts)
-    (k,) = _as_ks(k, int(arr[:, 0].min()))
+    arr = as_counts(counts)
+    (k,) = as_ks(k, int(arr[:, 0].min()))
     pk = compute_pass_at_k_curve(arr, [1, k])
     p1, pass_k = pk[1], pk[k]
     p_hat = arr[:, 1] / arr[:, 0]
     indep = float(np.mean(1.0 - (1.0 - p_hat) ** k))
     return {
         "k": k,
-        "pass_at_k": pass_k,
-        "pass_at_1": p1,
+        "pass@1": p1,
+        f"pass@{k}": pass_k,
         "der": pass_k / (k * p1) if p1 > 0 else math.nan,
         "independence": indep,
         "ratio_to_independence": pass_k / indep if indep > 0 else math.nan,
@@ -145,7 +95,7 @@ def compute_collapse_point(
     if isinstance(curve_or_counts, dict):
         curve = {int(k): float(v) for k, v in curve_or_counts.items()}
     else:
-        arr = _as_counts(curve_or_counts)
+        arr = as_counts(curve_or_counts)
         ks_eval = list(ks) if ks is not None else list(range(1, int(arr[:, 0].min()) + 1))
         curve = compute_pass_at_k_curve(arr, ks_eval)
     pairs = [k for k in sorted(curve) if k + 1 in curve]
@@ -261,12 +211,6 @@ class USQResult:
     per_prompt: np.ndarray = field(repr=False)
     se: float = 0.0
     exact: bool = True
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-serialisable view (per-prompt values as a list)."""
-        d = asdict(self)
-        d["per_prompt"] = [float(v) for v in self.per_prompt]
-        return d
 
 
 def compute_usq_at_k(
@@ -393,7 +337,3 @@ class PromptResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PromptResult:
-        return cls(**d)

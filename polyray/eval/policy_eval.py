@@ -1,19 +1,19 @@
-"""Evaluate one policy on held-out prompts: pass@k, mean reward and set diversity.
+"""Evaluate one policy on held-out prompts: pass@k, USQ@k, mean reward and set diversity.
 
-Used after every training phase. Few-shot evaluation (``few_shot`` > 0) prepends that
+Used after every training phase; the result is an :class:`~polyray.eval.record.EvalRecord`
+(a run's ``results.json`` holds one per stage). Few-shot evaluation (``few_shot`` > 0) prepends that
 many training prompts with their references, one per line, and stops each completion
 at the end of its line, so a base model is judged on its answer to the last prompt only.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from polyray.config import EvalConfig
 from polyray.eval.metrics import compute_usq_at_k
 from polyray.eval.passk import mean_pass_at_k
+from polyray.eval.record import Estimate, EvalRecord, PromptRow
 from polyray.rollout.sampling import sample_and_judge, task_sampling
 from polyray.tasks.base import Prompt, Task
 
@@ -25,8 +25,9 @@ def few_shot_prefix(task: Task, k: int) -> str:
 
 def evaluate_policy(
     pool, task: Task, prompts: list[Prompt], cfg: EvalConfig, version: int | None = None, seed: int = 0
-) -> dict[str, Any]:
-    """{"pass@k", "usq@k", "reward_mean", "n_prompts", "n_samples", "diversity/<name>", "per_prompt"} for one adapter version.
+) -> EvalRecord:
+    """pass@k, USQ@k (k > 1), mean reward, counts, distinct fraction, diversity and per-prompt rows
+    of one adapter version.
 
     Each prompt's samples come from its own request seed, derived from (``seed``, "eval", prompt): the
     same for every model evaluated in a run (paired comparisons), independent across prompts."""
@@ -39,24 +40,23 @@ def evaluate_policy(
         pool, task, prompts, cfg.n_samples, sampling, prefix=few_shot_prefix(task, cfg.few_shot), version=version, seed=(seed, "eval")
     )
     texts, rewards, counts = judged.texts, judged.rewards, judged.counts
-    result: dict[str, Any] = {f"pass@{k}": mean_pass_at_k(counts, k) for k in cfg.ks}
     # USQ@k: the quality of the candidate a likelihood-ranking selector picks out of k (docs/algorithms.md §5)
     logprob = [np.array([np.mean(s.logprobs) if s.logprobs else -1e9 for s in g]) for g in judged.samples]
-    result.update({f"usq@{k}": compute_usq_at_k(rewards, logprob, k, selector="logprob").usq for k in cfg.ks if k > 1})
     diversity = {name: compute_diversity_batch(name, texts) for name in cfg.diversity}
-    result.update(
-        reward_mean=float(np.mean([np.mean(r) for r in rewards])),
+    return EvalRecord(
+        pass_at_k={k: Estimate(mean_pass_at_k(counts, k)) for k in cfg.ks},
+        usq_at_k={k: Estimate(compute_usq_at_k(rewards, logprob, k, selector="logprob").usq) for k in cfg.ks if k > 1},
+        reward_mean=Estimate(float(np.mean([np.mean(r) for r in rewards]))),
         n_prompts=len(prompts),
         n_samples=cfg.n_samples,
         few_shot=cfg.few_shot,
-        distinct_frac=float(np.mean([len({t.strip() for t in g}) / len(g) for g in texts])),
-        **{f"diversity/{name}": float(np.mean(v)) for name, v in diversity.items()},
+        distinct_frac=Estimate(float(np.mean([len({t.strip() for t in g}) / len(g) for g in texts]))),
+        diversity={name: Estimate(float(np.mean(v))) for name, v in diversity.items()},
         per_prompt=[
-            {"prompt": p.text, "n": n, "c": c, "rewards": r.tolist(), **{f"diversity/{k}": v[i] for k, v in diversity.items()}}
+            PromptRow(n=n, c=c, rewards=r.tolist(), prompt=p.text, diversity={k: v[i] for k, v in diversity.items()})
             for i, (p, (n, c), r) in enumerate(zip(prompts, counts, rewards))
         ],
     )
-    return result
 
 
 def build_eval_task(run, model_dir) -> Task:

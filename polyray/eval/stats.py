@@ -1,14 +1,26 @@
-"""Statistics for comparing two models over prompts or seeds (docs/algorithms.md §5).
+"""Every statistic polyray reports, as pure functions (docs/algorithms.md §5).
 
-Tests come from scipy.stats (Mann–Whitney U, paired t, Wilcoxon signed-rank, bootstrap,
-t-intervals); only the effect sizes (Cohen's d / d_z, Cliff's δ) and Holm's step-down
-correction are written here because they are one-line formulas (scipy's
-``false_discovery_control`` is Benjamini–Hochberg, not Holm).
+Two kinds of comparison live here, because a claim about a model has two possible units:
+
+- Over prompts (the evaluation job: two models on the same prompts): Mann–Whitney U, paired t,
+  Wilcoxon signed-rank, Cohen's d / d_z, Cliff's δ, a bootstrap CI of the mean difference,
+  ``compare_models`` / ``compare_many`` (Holm across the job's comparisons).
+- Over seeds (``polyray experiment``; ``polyray sweep``'s mean and t-interval per setting): the
+  training run is the unit. Welch's t with its interval (``welch_t``), Mann–Whitney U exact for
+  few seeds (``mann_whitney_seeds``), Cohen's d (``compare_over_seeds``); prompts only within a
+  seed: pairing by prompt (``pair_prompts``), a per-seed Wilcoxon and a seeds-then-prompts
+  hierarchical bootstrap (``compare_within_seeds``, ``hierarchical_bootstrap``); Holm across
+  one family per test (``holm_families``).
+
+Tests come from scipy.stats; Holm's step-down adjustment (Holm 1979) from statsmodels
+(``multipletests(method="holm")``: scipy's ``false_discovery_control`` is Benjamini–Hochberg);
+only the effect sizes (Cohen's d / d_z, Cliff's δ) are written here: one-line formulas.
 
 Degenerate inputs are answered rather than raised, with a ``note``: identical samples
 give p = 1 (there is no evidence of a difference), a constant non-zero paired
 difference gives p = 0 for the paired t-test. Samples are 1-D arrays: values per
 prompt (paired when both models saw the same prompts in the same order) or per seed.
+Results meant for JSON hold None where a statistic is undefined (``finite_or_none``).
 """
 
 from __future__ import annotations
@@ -24,6 +36,8 @@ from scipy import stats as st
 __all__ = [
     "compare_many",
     "compare_models",
+    "compare_over_seeds",
+    "compare_within_seeds",
     "compute_bootstrap_ci",
     "compute_cliffs_delta",
     "compute_cohens_d",
@@ -32,8 +46,19 @@ __all__ = [
     "compute_mann_whitney",
     "compute_paired_t",
     "compute_wilcoxon",
+    "finite_or_none",
+    "hierarchical_bootstrap",
+    "holm_families",
+    "interval_over_seeds",
+    "mann_whitney_seeds",
     "mean_ci",
+    "pair_prompts",
+    "welch_t",
 ]
+
+CONFIDENCE = 0.95
+BOOTSTRAP_RESAMPLES = 2000  # the hierarchical bootstrap's default
+EXACT_SPLITS = 20_000  # Mann-Whitney with ties: exact permutation up to this many splits of the seeds
 
 
 def _as_1d(x: Sequence[float] | np.ndarray, name: str, min_size: int = 1) -> np.ndarray:
@@ -220,26 +245,45 @@ def mean_ci(values, confidence: float = 0.95) -> dict[str, Any]:
 
 
 def compute_holm(pvalues: Sequence[float] | np.ndarray, alpha: float = 0.05) -> dict[str, np.ndarray]:
-    """Holm–Bonferroni step-down adjustment (Holm 1979).
+    """Holm–Bonferroni step-down adjustment (Holm 1979), by statsmodels' ``multipletests``.
 
     With p sorted ascending p_(1) ≤ … ≤ p_(m): p̃_(i) = max_{j ≤ i} min(1, (m − j + 1) p_(j)),
-    returned in the input order. Reject H_i iff p̃_i ≤ alpha (equivalent to the
-    step-down procedure: stop at the first p_(i) > alpha / (m − i + 1)).
+    returned in the input order. Reject H_i iff the step-down procedure does (stop at the
+    first p_(i) > alpha / (m − i + 1)), i.e. iff p̃_i ≤ alpha.
 
     Returns:
         {"adjusted": (m,) adjusted p-values, "reject": (m,) bool}.
     """
+    from statsmodels.stats.multitest import multipletests
+
     p = np.asarray(pvalues, dtype=np.float64)
     if p.ndim != 1:
         raise ValueError(f"pvalues must be 1-D, got shape {p.shape}")
     if np.any(~np.isfinite(p)) or np.any((p < 0) | (p > 1)):
         raise ValueError("pvalues must be finite and in [0, 1]")
-    m = p.size
-    order = np.argsort(p, kind="stable")
-    scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
-    adjusted = np.empty(m)
-    adjusted[order] = np.maximum.accumulate(scaled)
-    return {"adjusted": adjusted, "reject": adjusted <= alpha}
+    if p.size == 0:
+        return {"adjusted": np.empty(0), "reject": np.zeros(0, dtype=bool)}
+    reject, adjusted, _, _ = multipletests(p, alpha=alpha, method="holm")
+    return {"adjusted": np.asarray(adjusted, dtype=np.float64), "reject": np.asarray(reject, dtype=bool)}
+
+
+def holm_families(entries: list[dict[str, Any]], keys: Sequence[str]) -> dict[str, int]:
+    """Holm within one family per key: for each ``key``, the entries whose ``entry[key]`` is a p-value.
+
+    Adds ``<key>_holm`` to every entry (None where ``entry[key]`` is None: the test was undefined)
+    and returns each family's size. ``polyray experiment`` calls it with every comparison x
+    metric's over-seeds entry and keys ("welch_p", "mann_whitney_p").
+    """
+    sizes = {}
+    for key in keys:
+        family = [e for e in entries if e.get(key) is not None]
+        for e in entries:
+            e[f"{key}_holm"] = None
+        if family:
+            for e, p in zip(family, compute_holm([e[key] for e in family])["adjusted"]):
+                e[f"{key}_holm"] = float(p)
+        sizes[key] = len(family)
+    return sizes
 
 
 # --------------------------------------------------------------------------- one call
@@ -313,3 +357,145 @@ def compare_many(
             r["pvalue_holm"] = float(adj)
             r["reject_holm"] = bool(rej)
     return results
+
+
+# --------------------------------------------------------------------------- over seeds
+
+
+def finite_or_none(x: Any) -> float | None:
+    """A JSON-safe float: None for None, NaN or ±inf (an undefined statistic)."""
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
+def interval_over_seeds(values, confidence: float = CONFIDENCE) -> dict[str, Any]:
+    """{"mean", "low", "high", "n"}: ``mean_ci`` of one setting's values over seeds, JSON-safe
+    (None for an undefined end, e.g. one seed). ``polyray sweep`` reports every setting so."""
+    x = np.asarray(values, dtype=np.float64)
+    ci = mean_ci(x, confidence)
+    return {**{k: finite_or_none(ci[k]) for k in ("mean", "low", "high")}, "n": len(x)}
+
+
+def welch_t(a: np.ndarray, b: np.ndarray, confidence: float = CONFIDENCE) -> dict[str, Any]:
+    """Welch's t-test (Welch 1947; scipy.stats.ttest_ind, equal_var=False) and its t-interval for mean(a) − mean(b).
+
+    No spread within either sample: p = 1 when the means agree, else undefined (None), since
+    scipy answers float noise there (t ~ 1e15).
+    """
+    diff = float(a.mean() - b.mean())
+    if np.ptp(a) == 0 and np.ptp(b) == 0:
+        if diff == 0:
+            return {"statistic": 0.0, "pvalue": 1.0, "df": None, "low": diff, "high": diff,
+                    "note": "all values are equal"}
+        return {"statistic": None, "pvalue": None, "df": None, "low": None, "high": None,
+                "note": "no spread within either model: the t-test is undefined"}
+    res = st.ttest_ind(a, b, equal_var=False)
+    ci = res.confidence_interval(confidence_level=confidence)
+    return {"statistic": float(res.statistic), "pvalue": float(res.pvalue), "df": float(res.df),
+            "low": float(ci.low), "high": float(ci.high)}
+
+
+def mann_whitney_seeds(a: np.ndarray, b: np.ndarray, seed: int = 0) -> dict[str, Any]:
+    """Two-sided Mann-Whitney U with a's statistic, exact where the seeds allow.
+
+    Without ties: scipy's exact U distribution (one side ≤ 8 values; asymptotic beyond).
+    With ties scipy's default is the normal approximation, which for 3 vs 3 can go below
+    the exact minimum 0.1; there scipy's permutation test is used, exact (every split of
+    the pooled values) up to ``EXACT_SPLITS`` splits, Monte-Carlo (seeded) beyond.
+    """
+    res = compute_mann_whitney(a, b)
+    if "note" in res:  # all values equal: p = 1
+        return {**res, "method": "exact"}
+    pooled = np.concatenate([a, b])
+    if np.unique(pooled).size == pooled.size:
+        return {**res, "method": "exact" if min(a.size, b.size) <= 8 else "asymptotic"}
+    splits = math.comb(a.size + b.size, a.size)
+    perm = st.PermutationMethod(n_resamples=EXACT_SPLITS, rng=np.random.default_rng(seed))
+    r = st.mannwhitneyu(a, b, alternative="two-sided", method=perm)
+    return {"statistic": float(r.statistic), "pvalue": float(r.pvalue),
+            "method": "exact permutation" if splits <= EXACT_SPLITS else "Monte-Carlo permutation"}
+
+
+def compare_over_seeds(a, b, confidence: float = CONFIDENCE) -> dict[str, Any]:
+    """Between-run tests with the seed as the unit: Welch's t with its interval (≥ 2 seeds a side),
+    Mann-Whitney U (``mann_whitney_seeds``), Cohen's d (≥ 3 values in all)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    out: dict[str, Any] = {"n": [int(a.size), int(b.size)], "difference": float(a.mean() - b.mean()),
+                           "mann_whitney": mann_whitney_seeds(a, b)}
+    if min(a.size, b.size) >= 2:
+        out["welch_t"] = welch_t(a, b, confidence)
+    if a.size + b.size >= 3:
+        out["cohens_d"] = compute_cohens_d(a, b)
+    return out
+
+
+def pair_prompts(a_texts: Sequence[str | None], b_texts: Sequence[str | None]) -> tuple[list[int], list[int], str] | None:
+    """Indices pairing two models' per-prompt values of one seed, and how they were paired.
+
+    By prompt text where every row has one and no text repeats on a side (the prompts both
+    sides have), else by position (same prompts in the same order: both phases of a seed draw
+    them identically); None when neither works.
+    """
+    ta, tb = list(a_texts), list(b_texts)
+    if None not in ta and None not in tb and len(set(ta)) == len(ta) and len(set(tb)) == len(tb):
+        where = {t: j for j, t in enumerate(tb)}
+        ia = [i for i, t in enumerate(ta) if t in where]
+        return (ia, [where[ta[i]] for i in ia], "prompt") if ia else None
+    if ta and len(ta) == len(tb):
+        return list(range(len(ta))), list(range(len(tb))), "position"
+    return None
+
+
+def hierarchical_bootstrap(
+    diffs: list[np.ndarray], *, n_resamples: int = BOOTSTRAP_RESAMPLES, confidence: float = CONFIDENCE, seed: int = 0
+) -> dict[str, Any]:
+    """Percentile CI of the mean paired difference, resampling seeds, then prompts within each drawn seed.
+
+    The two-stage (cluster) bootstrap of Davison & Hinkley (1997, §3.8) / Field & Welsh (2007),
+    for prompts nested in training runs. ``diffs``: per seed, treatment − control per prompt.
+    The estimate is the mean over seeds of each seed's mean over prompts (every seed weighs the
+    same). A seed drawn twice gets two independent prompt resamples.
+    """
+    rng = np.random.default_rng(seed)
+    n_seeds = len(diffs)
+    drawn = rng.integers(0, n_seeds, size=(n_resamples, n_seeds))  # seeds, with replacement
+    totals = np.zeros(n_resamples)
+    for s, d in enumerate(diffs):
+        rows = np.nonzero(drawn == s)[0]  # the resample of each draw of seed s
+        prompts = rng.integers(0, d.size, size=(rows.size, d.size))  # its prompts, with replacement
+        np.add.at(totals, rows, d[prompts].mean(axis=1))
+    means = totals / n_seeds
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    out = {"mean_diff": float(np.mean([d.mean() for d in diffs])), "low": float(low), "high": float(high),
+           "se": float(means.std(ddof=1)), "confidence": confidence, "n_resamples": n_resamples, "seed": seed,
+           "n_seeds": n_seeds}
+    if n_seeds == 1:
+        out["note"] = "one seed: prompt variation only, no run-to-run variation"
+    return out
+
+
+def compare_within_seeds(
+    per_seed: list[tuple[int, np.ndarray | None, np.ndarray | None, Sequence[str | None], Sequence[str | None]]],
+) -> dict[str, Any]:
+    """The prompt-level view, valid only within a seed; never one pooled test over seeds x prompts.
+
+    ``per_seed``: (seed, treatment values per prompt, control values per prompt, their prompt
+    texts; None values: not recorded, no prompt-level view). Per seed: the values paired by
+    prompt (``pair_prompts``), their mean difference and Wilcoxon p (descriptive, not Holm-adjusted); over seeds: ``hierarchical_bootstrap`` of the
+    differences. Values are rounded to 12 decimals first: pass@k's product carries float noise
+    (~1e-16: equal differences of two prompts' pass@k come out unequal), and rank tests must
+    see those ties as ties.
+    """
+    rows, diffs = [], []
+    for s, a, b, a_texts, b_texts in per_seed:
+        if a is None or b is None:
+            return {}
+        pairing = pair_prompts(a_texts, b_texts)
+        if pairing is None:
+            return {"note": f"seed {s}: the two models' prompts cannot be paired"}
+        ia, ib, by = pairing
+        x, y = np.round(np.asarray(a, dtype=np.float64), 12)[ia], np.round(np.asarray(b, dtype=np.float64), 12)[ib]
+        rows.append({"seed": s, "n_prompts": len(ia), "paired_by": by, "mean_diff": float((x - y).mean()),
+                     "wilcoxon_p": compute_wilcoxon(x, y)["pvalue"]})
+        diffs.append(x - y)
+    return {"per_seed": rows, "hierarchical_bootstrap": hierarchical_bootstrap(diffs)} if diffs else {}

@@ -97,17 +97,20 @@ def test_results_cover_every_model_and_task(eval_run):
     assert {(s["task"], s["model"]) for s in results["skipped"]} == {("replies", "fs")}
     assert "fs on replies: skipped" in proc.stderr
     assert results["usq_selector"] == "reward_model"
-    for label, m in results["models"].items():
-        curve = [m["pass_at_k"][str(k)]["mean"] for k in KS]
+    for label, m in results["models"].items():  # each an evaluation record's JSON (polyray.eval.record)
+        curve = [m[f"pass@{k}"]["mean"] for k in KS]
         assert curve == sorted(curve), label
         for k in KS:
-            u = m["usq_by_selector"]["reward_model"][str(k)]
-            assert u["random"] - 1e-9 <= m["usq_by_selector"]["oracle"][str(k)]["usq"] <= 1 + 1e-9
+            u = m["usq_by_selector"]["reward_model"][f"usq@{k}"]
+            assert u["random"] - 1e-9 <= m["usq_by_selector"]["oracle"][f"usq@{k}"]["usq"] <= 1 + 1e-9
             assert u["random"] - 1e-9 <= u["oracle"], label
-        assert set(m["diversity"]) >= {"distinct_1", "semantic"}
-        assert ("countdown_expr" in m["diversity"]) == (m["task"] == "countdown")
+        diversity = {key.split("/", 1)[1] for key in m if key.startswith("diversity/")}
+        assert diversity >= {"distinct_1", "semantic"}
+        assert ("countdown_expr" in diversity) == (m["task"] == "countdown")
+        assert "pass_at_k" not in json.dumps(m)  # one spelling: pass@k
     replies = results["models"]["base [replies]"]
-    assert set(replies["reference_quality"]) == {"rouge1", "rouge2", "rougeL", "embedding", "engagement"}
+    quality = {key.split("/", 1)[1] for key in replies if key.startswith("reference_quality/")}
+    assert quality == {"rouge1", "rouge2", "rougeL", "embedding", "engagement"}
     assert len(results["stats"]) == 2 * 2 * 3  # 2 pairs x 2 tasks x (pass@1, pass@4, usq)
     assert all("pvalue_holm" in s for s in results["stats"].values())
     assert set(results["lora"]) == {"run/sft", "run/grpo"} and results["lora"]["run/sft"][0]["frobenius_norm"] > 0
@@ -146,4 +149,5 @@ def test_rerun_resumes_from_the_saved_units(eval_run):
     second = json.loads((out / "results.json").read_text())
     assert "rollout_pool_start" not in second["timings_s"]
     for label, m in first["models"].items():
-        assert second["models"][label]["pass_at_k"] == m["pass_at_k"], label
+        passk = [f"pass@{k}" for k in KS]
+        assert [second["models"][label][key] for key in passk] == [m[key] for key in passk], label

@@ -34,9 +34,9 @@ def test_run_from_a_saved_adapter_evaluates_it_as_base(pool, model_dir, run_conf
     pool.publish(version, extract_adapter(model))
     task = build_eval_task(run, model_dir)
     direct = evaluate_policy(pool, task, task.prompts("test"), run.eval, version=version, seed=run.seed)
-    assert base["per_prompt"] == direct["per_prompt"] and base["pass@1"] == direct["pass@1"]
+    assert base.per_prompt == direct.per_prompt and base.pass_at_k[1] == direct.pass_at_k[1]
     before = evaluate_policy(pool, task, task.prompts("test"), run.eval, version=None, seed=run.seed)
-    assert before["per_prompt"] != base["per_prompt"]  # the adapter, not the base model, was evaluated
+    assert before.per_prompt != base.per_prompt  # the adapter, not the base model, was evaluated
 
     store = out / "adapter_store"
     record = (store / "v000001" / "record.json").read_text()

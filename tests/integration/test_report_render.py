@@ -37,11 +37,11 @@ def synthetic_results() -> dict:
     models = {}
     for i, name in enumerate(["base", "lora", "polychromic"]):
         p1 = 0.2 + 0.1 * i
-        models[name] = {
-            "pass_at_k": {str(k): _ci(1 - (1 - p1) ** (k ** (0.6 + 0.1 * i)), 0.02) for k in ks},
-            "usq": {str(k): _ci(p1 + 0.4 * (1 - (1 - p1) ** k - p1), 0.015) for k in ks},
+        models[name] = {  # evaluation records (polyray.eval.record) in their JSON form
+            **{f"pass@{k}": _ci(1 - (1 - p1) ** (k ** (0.6 + 0.1 * i)), 0.02) for k in ks},
+            **{f"usq@{k}": _ci(p1 + 0.4 * (1 - (1 - p1) ** k - p1), 0.015) for k in ks},
             "usq_selector": "reward_model",
-            "diversity": {"semantic": _ci(0.3 + 0.1 * i - 0.05 * (i == 1), 0.01), "distinct_2": 0.5 + 0.05 * i},
+            "diversity/semantic": _ci(0.3 + 0.1 * i - 0.05 * (i == 1), 0.01), "diversity/distinct_2": 0.5 + 0.05 * i,
         }
     dynamics = []
     for run, sign in (("lora", -1), ("polychromic", 1)):
@@ -85,7 +85,7 @@ def test_report_files_without_browser(tmp_path):
     assert r"\toprule" in tex and r"\bottomrule" in tex and "polychromic" in tex
     assert r"$\pm$ 0.020" in tex and r"\textbf{" in tex
     # missing inputs: figures skipped with a note, not an error
-    minimal = {"models": {"a_b": {"pass_at_k": {"1": 0.2, "5": 0.5}}}}
+    minimal = {"models": {"a_b": {"pass@1": 0.2, "pass@5": 0.5}}}
     html = write_report(tmp_path / "min", minimal)["html"].read_text()
     for fid in ("fig-usq", "fig-pareto", "fig-dynamics", "fig-lora"):
         assert f'<div id="{fid}" class="skipped">' in html

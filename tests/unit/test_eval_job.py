@@ -3,12 +3,14 @@ prompt fitting, per-model metrics, statistics pairing, the JSONL and HumanEval t
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from rich.console import Console
 
 from polyray.config.tasks import JsonlTaskConfig
 from polyray.io import ConfigError
@@ -16,10 +18,12 @@ from polyray.drivers.evaluate import EvalJobConfig, load_eval_config
 from polyray.drivers.evaluate.analyses import compute_statistics
 from polyray.drivers.evaluate.models import ResolvedModel, resolve_adapter_dirs, resolve_models
 from polyray.drivers.evaluate.plan import EvalUnit, fit_prompts
+from polyray.drivers.evaluate.output import json_safe, results_table
 from polyray.drivers.evaluate.units import compute_unit_metrics
+from polyray.eval.record import EvalRecord
 from polyray.rollout.sampling import JudgedGroups
 from polyray.tasks import build_task
-from polyray.eval.metrics import compute_pass_at_k
+from polyray.eval.passk import compute_pass_at_k
 from polyray.rollout.worker import Sample
 from polyray.tasks.base import Judgement, Prompt
 from polyray.tasks.humaneval import HUMANEVAL_STOPS, HumanEvalTask, truncate_at_stops
@@ -203,16 +207,29 @@ def test_unit_metrics_match_definitions():
     rewards = [[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]]
     task = build_task(cfg.tasks[0])
     unit = _unit("m", rewards, ["a", "b", "c", "d"], task)
-    metrics, records, series = compute_unit_metrics(unit, task, cfg, None)
+    record, records, series = compute_unit_metrics(unit, task, cfg, None)
     for k in (1, 2, 4):
         expected = np.mean([compute_pass_at_k(4, int(sum(r)), k) for r in rewards])
-        assert metrics["pass_at_k"][k]["mean"] == pytest.approx(expected)
-        usq = metrics["usq_by_selector"]
+        assert record.pass_at_k[k].mean == pytest.approx(expected)
+        assert record.pass_at_k[k].low <= record.pass_at_k[k].mean <= record.pass_at_k[k].high
+        usq = record.usq_by_selector
         assert usq["oracle"][k]["usq"] == pytest.approx(expected)  # oracle pick = pass@k (binary)
         assert usq["random"][k]["usq"] == pytest.approx(np.mean(rewards))  # random pick = pass@1
         assert usq["logprob"][k]["usq"] == pytest.approx(expected)
-        assert metrics["usq"][k]["mean"] == pytest.approx(expected)  # the headline selector is logprob
-    assert metrics["der"][4]["independence"] <= metrics["pass_at_k"][4]["mean"] + 1e-12
+        assert record.usq_at_k[k].mean == pytest.approx(expected)  # the headline selector is logprob
+    assert record.der[4]["independence"] <= record.pass_at_k[4].mean + 1e-12
+    assert record.usq_selector == "logprob" and record.n_prompts == 4 and record.extra["task"] == "countdown"
+    # results.json's form: one spelling (pass@k), and it reads back to the same record
+    doc = record.to_json()
+    assert {"pass@1", "pass@4", "usq@4", "der@4", "reward_mean", "diversity/distinct_1"} <= set(doc)
+    assert "pass_at_k" not in json.dumps(doc) and set(doc["usq_by_selector"]["oracle"]) == {"usq@1", "usq@2", "usq@4"}
+    strict = json.loads(json.dumps(json_safe(doc), allow_nan=False))
+    assert json_safe(EvalRecord.from_json(strict).to_json()) == strict
+    table = {"name": "t", "ks": [1, 2, 4], "usq_k": 4, "usq_selector": "logprob", "diversity_metrics": ["distinct_1"],
+             "models": {"m": strict}}
+    out = io.StringIO()
+    Console(file=out, width=200).print(results_table(table))
+    assert f"{record.pass_at_k[4].mean:.3f} ±" in out.getvalue() and "0.750/0.438" in out.getvalue()
     assert [r.c for r in records] == [1, 2, 0, 4] and records[0].selector_picks["oracle"] == 0
     assert set(series) >= {"pass@1", "pass@4", "usq", "reward", "diversity/distinct_1"}
     assert series["pass@1"] == {"a": 0.25, "b": 0.5, "c": 0.0, "d": 1.0}

@@ -1,4 +1,5 @@
-"""Statistics wrappers against scipy, effect sizes against hand values and brute force, Holm by hand."""
+"""Statistics against scipy, effect sizes against hand values and brute force, Holm by hand and
+against a float64 loop, the hierarchical bootstrap's standard error against its closed form."""
 
 from __future__ import annotations
 
@@ -19,7 +20,11 @@ from polyray.eval.stats import (
     compute_mann_whitney,
     compute_paired_t,
     compute_wilcoxon,
+    hierarchical_bootstrap,
+    holm_families,
+    interval_over_seeds,
     mean_ci,
+    pair_prompts,
 )
 
 A = np.array([0.61, 0.55, 0.72, 0.48, 0.66, 0.59, 0.70, 0.52, 0.63, 0.68])
@@ -99,6 +104,73 @@ def test_holm_hand_worked_example():
     np.testing.assert_allclose(compute_holm([0.9, 0.8])["adjusted"], [1.0, 1.0])
     with pytest.raises(ValueError, match="pvalues"):
         compute_holm([0.1, 1.5])
+
+
+def _holm_loop(p: list[float]) -> list[float]:
+    """Holm's adjusted p by its definition, one float64 at a time: p~_i = max over the j sorted at or
+    before i of min(1, (m - rank_j + 1) p_j)."""
+    m = len(p)
+    order = sorted(range(m), key=lambda j: (p[j], j))
+    adjusted = [0.0] * m
+    for rank_i, i in enumerate(order, start=1):
+        best = 0.0
+        for rank_j, j in enumerate(order[:rank_i], start=1):
+            best = max(best, min(1.0, (m - rank_j + 1) * p[j]))
+        adjusted[i] = best
+    return adjusted
+
+
+def test_holm_against_a_float64_loop_on_random_pvalues():
+    rng = np.random.default_rng(11)
+    for m in (1, 2, 3, 7, 20, 50):
+        for _ in range(20):
+            p = rng.random(m) ** rng.uniform(0.5, 4)  # many small p-values, some near 1
+            if m > 3:
+                p[1] = p[2]  # a tie
+            out = compute_holm(p, alpha=0.05)
+            expected = _holm_loop(list(map(float, p)))
+            np.testing.assert_allclose(out["adjusted"], expected, rtol=0, atol=1e-15)
+            np.testing.assert_array_equal(out["reject"], np.array(expected) <= 0.05)
+    assert compute_holm([])["adjusted"].size == 0
+
+
+def test_holm_families_skip_undefined_tests():
+    entries = [{"welch_p": 0.01, "mw_p": 0.2}, {"welch_p": None, "mw_p": 0.5}, {"welch_p": 0.04, "mw_p": 0.1}]
+    sizes = holm_families(entries, ("welch_p", "mw_p"))
+    assert sizes == {"welch_p": 2, "mw_p": 3}
+    assert [e["welch_p_holm"] for e in entries] == pytest.approx([0.02, None, 0.04])
+    assert [e["mw_p_holm"] for e in entries] == pytest.approx(_holm_loop([0.2, 0.5, 0.1]))
+
+
+def test_interval_over_seeds_is_json_safe():
+    x = [0.41, 0.45, 0.39]
+    assert interval_over_seeds(x) == {**{k: pytest.approx(mean_ci(x)[k]) for k in ("mean", "low", "high")}, "n": 3}
+    assert interval_over_seeds([0.4]) == {"mean": 0.4, "low": None, "high": None, "n": 1}
+
+
+def test_prompt_pairing_falls_back_to_position_only_without_distinct_texts():
+    assert pair_prompts(["p", "q"], ["q", "p"]) == ([0, 1], [1, 0], "prompt")
+    assert pair_prompts(["p", "q"], ["r"]) is None
+    assert pair_prompts([None, None], [None, None]) == ([0, 1], [0, 1], "position")
+    assert pair_prompts([None, None], [None]) is None
+    assert pair_prompts(["p", "p"], ["p", "p"]) == ([0, 1], [0, 1], "position")
+
+
+def test_hierarchical_bootstrap_reproducible_and_its_standard_error():
+    rng = np.random.default_rng(7)
+    diffs = [rng.normal(mu, sd, size=n) for mu, sd, n in ((0.05, 0.2, 30), (0.15, 0.1, 50), (-0.02, 0.3, 40))]
+    assert hierarchical_bootstrap(diffs, seed=3) == hierarchical_bootstrap(diffs, seed=3)
+    assert hierarchical_bootstrap(diffs, seed=3) != hierarchical_bootstrap(diffs, seed=4)
+    # Closed form of the resampling: each of the S slots draws a seed s uniformly, then the mean of
+    # P_s prompts of it, so Var = [mean_s (m_s - m)^2 + mean_s var_s / P_s] / S (plug-in variances).
+    means = [float(d.mean()) for d in diffs]
+    m = sum(means) / 3
+    between = sum((ms - m) ** 2 for ms in means) / 3
+    within = sum(sum((v - ms) ** 2 for v in d) / d.size / d.size for d, ms in zip(diffs, means)) / 3
+    out = hierarchical_bootstrap(diffs, n_resamples=20_000, seed=0)
+    assert out["se"] == pytest.approx(math.sqrt((between + within) / 3), rel=0.03)
+    one = hierarchical_bootstrap(diffs[:1], n_resamples=20_000, seed=0)  # one seed: prompts only
+    assert one["se"] == pytest.approx(float(diffs[0].std()) / math.sqrt(30), rel=0.03) and "note" in one
 
 
 def test_bootstrap_ci_contains_true_difference():

@@ -11,6 +11,7 @@ import pytest
 
 from polyray.config import RunConfig
 from polyray.io import ConfigError, append_jsonl
+from polyray.eval.record import EvalRecord
 from polyray.tracking import RunTracker, check_tracking, flatten, mlflow_key, open_tracker, run_metrics
 
 
@@ -43,11 +44,13 @@ def test_flatten_nested_config():
 
 
 def test_run_metrics_test_evaluations_and_last_validation(tmp_path):
-    results = {"phases": {"base": {"pass@1": 0.1, "n": 8, "ok": True, "bad": float("nan")}, "sft": {"pass@1": 0.2}}}
+    phases = {"base": {"pass@1": 0.1, "n_prompts": 8, "ok": True, "bad": float("nan")}, "sft": {"pass@1": 0.2}}
+    results = {"phases": {stage: EvalRecord.from_json(r) for stage, r in phases.items()}}
     for step, p1 in ((0, 0.05), (4, 0.3), (2, 0.2)):  # the last measurement is the highest step, not the last row
         append_jsonl(tmp_path / "dynamics.jsonl", {"phase": "sft", "step": step, "global_step": step, "version": 1,
                                                    "pass@1": p1})  # fmt: skip
-    assert run_metrics(results, tmp_path) == {"base/pass@1": 0.1, "base/n": 8.0, "sft/pass@1": 0.2, "sft/val/pass@1": 0.3}
+    assert run_metrics(results, tmp_path) == {"base/pass@1": 0.1, "base/n_prompts": 8.0, "sft/pass@1": 0.2,
+                                              "sft/val/pass@1": 0.3}
 
 
 def test_missing_client_is_a_config_error(tmp_path, monkeypatch):
@@ -75,7 +78,7 @@ def test_mlflow_run_logs_steps_evaluations_and_resumes_without_repeats(tmp_path)
     append_jsonl(out / "dynamics.jsonl", {"phase": "sft", "step": 0, "global_step": 0, "version": 1, "pass@1": 0.25})
     tracker.log_progress()
     tracker.log_progress()  # nothing new: nothing sent twice
-    tracker.log_stage("sft", {"pass@1": 0.5, "pass@10": 0.75, "note": "text"})
+    tracker.log_stage("sft", EvalRecord.from_json({"pass@1": 0.5, "pass@10": 0.75, "note": "text"}))
     tracker.finish(failed=True)  # the driver died here
 
     _steps(out, "sft", [4])
@@ -108,7 +111,7 @@ def test_wandb_offline_run(tmp_path, monkeypatch):
     tracker = RunTracker(run, out)
     _steps(out, "sft", [1, 2])
     tracker.log_progress()
-    tracker.log_stage("sft", {"pass@1": 0.5})
+    tracker.log_stage("sft", EvalRecord.from_json({"pass@1": 0.5}))
     tracker.finish(failed=False)
     (log,) = (out / "wandb").glob("offline-run-*/run-*.wandb")  # what `wandb sync` uploads
     keys = (b"sft/train/loss", b"sft/pass@1", b"phases.1.type", b"polyray.task:countdown")

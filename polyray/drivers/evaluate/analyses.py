@@ -11,6 +11,7 @@ import numpy as np
 from polyray.eval.analysis import load_dynamics, lora_difference, lora_parameter_analysis, pareto_frontier
 from polyray.drivers.evaluate.config import EvalJobConfig
 from polyray.drivers.evaluate.models import ResolvedModel, dynamics_file
+from polyray.eval.record import EvalRecord
 from polyray.eval.stats import compare_many
 
 
@@ -49,21 +50,21 @@ def compute_statistics(
     return stats, skipped
 
 
-def compute_pareto(cfg: EvalJobConfig, model_metrics: dict[str, dict]) -> tuple[dict[str, list], str | None]:
+def compute_pareto(cfg: EvalJobConfig, model_metrics: dict[str, EvalRecord]) -> tuple[dict[str, list], str | None]:
     """Per task: models on the (quality, diversity) plane and whether each is non-dominated."""
-    by_task: dict[str, list[tuple[str, dict]]] = {}
+    by_task: dict[str, list[tuple[str, EvalRecord]]] = {}
     for label, m in model_metrics.items():
-        by_task.setdefault(m["task"], []).append((label, m))
+        by_task.setdefault(m.extra["task"], []).append((label, m))
     axis = cfg.pareto_diversity
     if axis is None:
-        names = [d for d in cfg.diversity if all(d in m["diversity"] for m in model_metrics.values())]
+        names = [d for d in cfg.diversity if all(d in m.diversity for m in model_metrics.values())]
         axis = names[0] if names else None
     out: dict[str, list] = {}
     if axis is None:
         return out, None
     for tname, items in by_task.items():
         pts = [
-            (label, m["quality"]["mean"], m["diversity"][axis]["mean"]) for label, m in items if axis in m["diversity"]
+            (label, m.quality.mean, m.diversity[axis].mean) for label, m in items if axis in m.diversity
         ]
         pts = [p for p in pts if math.isfinite(p[1]) and math.isfinite(p[2])]
         mask = pareto_frontier(pts)

@@ -27,6 +27,7 @@ from polyray.drivers.evaluate.output import assemble_results, show_results, writ
 from polyray.drivers.evaluate.plan import EvalUnit, plan_units, warn_skips
 from polyray.drivers.evaluate.store import UnitStore, unit_key
 from polyray.drivers.evaluate.units import compute_unit_metrics, generate_unit, judge_unit
+from polyray.eval.record import EvalRecord
 from polyray.io import Timer, console, dump_config, make_progress, warn
 from polyray.tasks import build_task
 
@@ -128,17 +129,17 @@ def unit_labels(cfg: EvalJobConfig, units: list[EvalUnit]) -> dict[tuple[str, st
 
 
 def measure_all(cfg: EvalJobConfig, units: list[EvalUnit], tasks: dict, reward_model, labels: dict):
-    """(metrics per label, per-prompt series per (task, model), samples.jsonl rows)."""
-    model_metrics: dict[str, dict] = {}
+    """(evaluation record per label, per-prompt series per (task, model), samples.jsonl rows)."""
+    model_metrics: dict[str, EvalRecord] = {}
     series: dict[tuple[str, str], dict] = {}
     rows: list[dict] = []
     for u in units:
         started = time.perf_counter()
-        metrics, records, by_id = compute_unit_metrics(u, tasks[u.task_name][1], cfg, reward_model)
-        metrics["timings_s"]["metrics"] = round(time.perf_counter() - started, 2)
-        model_metrics[labels[(u.task_name, u.model.name)]] = metrics
+        record, rows_of_unit, by_id = compute_unit_metrics(u, tasks[u.task_name][1], cfg, reward_model)
+        record.extra["timings_s"]["metrics"] = round(time.perf_counter() - started, 2)
+        model_metrics[labels[(u.task_name, u.model.name)]] = record
         series[(u.task_name, u.model.name)] = by_id
-        rows.extend({"task": u.task_name, "model": u.model.name, **r.to_dict()} for r in records)
+        rows.extend({"task": u.task_name, "model": u.model.name, **r.to_dict()} for r in rows_of_unit)
     return model_metrics, series, rows
 
 

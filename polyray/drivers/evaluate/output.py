@@ -1,4 +1,9 @@
-"""The evaluation job's outputs: strict JSON, the results document, the terminal table."""
+"""The evaluation job's outputs: strict JSON, the results document, the terminal table.
+
+``results.json``'s ``models`` holds per label the unit's evaluation record in its JSON form
+(:class:`polyray.eval.record.EvalRecord`: ``"pass@k": {mean, low, high}``, ``"usq@k"``,
+``"reward_mean"``, ``"diversity/<name>"``, ``"der@k"``, ``"usq_by_selector"``, ...).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import numpy as np
 
 from polyray.drivers.evaluate.config import EvalJobConfig
 from polyray.drivers.evaluate.plan import EvalUnit
+from polyray.eval.record import Estimate, EvalRecord
 from polyray.io import console, warn, write_json_atomic
 
 
@@ -33,7 +39,7 @@ def json_safe(o: Any) -> Any:
 
 
 def assemble_results(
-    cfg: EvalJobConfig, model_dir: Path, units: list[EvalUnit], tasks: dict, model_metrics: dict,
+    cfg: EvalJobConfig, model_dir: Path, units: list[EvalUnit], tasks: dict, model_metrics: dict[str, EvalRecord],
     analyses: dict[str, Any], timings: dict[str, float],
 ) -> dict[str, Any]:
     """The ``results.json`` document (JSON-safe: NaN -> null, numpy -> Python)."""
@@ -48,7 +54,7 @@ def assemble_results(
         "usq_selector": cfg.headline_selector,
         "selectors": cfg.effective_selectors,
         "diversity_metrics": list(cfg.diversity),
-        "models": model_metrics,
+        "models": {label: record.to_json() for label, record in model_metrics.items()},
         "tasks": {
             name: {
                 "type": tc.type,
@@ -111,20 +117,19 @@ def results_table(results: dict[str, Any]):
         table.add_column(d, justify="right")
     table.add_column("prompts", justify="right")
 
-    def f(v):
-        m = v.get("mean") if isinstance(v, dict) else v
-        if m is None or not math.isfinite(m):
+    def f(v: Estimate | None) -> str:
+        if v is None or not math.isfinite(v.mean):
             return "–"
-        lo, hi = (v.get("low"), v.get("high")) if isinstance(v, dict) else (None, None)
-        return f"{m:.3f}" + (f" ±{(hi - lo) / 2:.3f}" if lo is not None and hi is not None else "")
+        return f"{v.mean:.3f}" + (f" ±{(v.high - v.low) / 2:.3f}" if v.has_interval else "")
 
-    for label, m in results["models"].items():  # JSON-safe results: k keys are strings
-        key = str(m["usq_k"])
-        u = m["usq_by_selector"][m["usq_selector"]].get(key) or {}
-        head = m["usq"].get(key)
+    usq_k = results["usq_k"]
+    for label, m in results["models"].items():
+        rec = EvalRecord.from_json(m)
+        u = rec.usq_by_selector.get(rec.usq_selector, {}).get(usq_k) or {}
+        head = rec.usq_at_k.get(usq_k)
         bounds = f"{u['oracle']:.3f}/{u['random']:.3f}" if u else "–"
-        cells = [f(m["pass_at_k"][str(k)]) for k in ks] + [f(head) if head else "–", bounds]
-        cells += [f(m["diversity"][d]) if d in m["diversity"] else "–" for d in divs]
-        cells.append(f"{m['n_prompts']}/{m['n_prompts_requested']}")
+        cells = [f(rec.pass_at_k.get(k)) for k in ks] + [f(head) if head else "–", bounds]
+        cells += [f(rec.diversity[d]) if d in rec.diversity else "–" for d in divs]
+        cells.append(f"{rec.n_prompts}/{rec.extra.get('n_prompts_requested', rec.n_prompts)}")
         table.add_row(escape(label), *cells)  # "name [task]" is not rich markup
     return table

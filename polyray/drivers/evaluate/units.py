@@ -1,9 +1,9 @@
 """One evaluation unit (a task x model): generate, judge, and compute its metrics.
 
 Generation and judging go through :mod:`polyray.rollout.sampling`, the same path the
-phase evaluations use. Metrics: pass@k with CIs over prompts, USQ@k of every selector
-beside its random/oracle bounds, DER@k, the collapse point, set diversity and, for
-graded tasks, reference quality (docs/algorithms.md §5).
+phase evaluations use. Metrics, as the unit's :class:`~polyray.eval.record.EvalRecord`: pass@k
+with CIs over prompts, USQ@k of every selector beside its random/oracle bounds, DER@k, the
+collapse point, set diversity and, for graded tasks, reference quality (docs/algorithms.md §5).
 """
 
 from __future__ import annotations
@@ -15,13 +15,9 @@ import numpy as np
 from polyray.diversity import compute_diversity_batch
 from polyray.drivers.evaluate.config import EvalJobConfig
 from polyray.drivers.evaluate.plan import EvalUnit
-from polyray.eval.metrics import (
-    PromptResult,
-    compute_collapse_point,
-    compute_der_at_k,
-    compute_pass_at_k_matrix,
-    compute_usq_at_k,
-)
+from polyray.eval.metrics import PromptResult, compute_collapse_point, compute_der_at_k, compute_usq_at_k
+from polyray.eval.passk import compute_pass_at_k_matrix
+from polyray.eval.record import Estimate, EvalRecord
 from polyray.eval.stats import mean_ci
 from polyray.rollout.sampling import JudgedGroups, judge_groups, request_seeds, sample_groups
 from polyray.tasks import Task
@@ -80,14 +76,15 @@ def selector_scores(
     return out
 
 
-def _ci(values, confidence: float) -> dict[str, Any]:
-    return mean_ci(np.asarray(values, dtype=np.float64), confidence)
+def _ci(values, confidence: float) -> Estimate:
+    """Mean and t-interval over prompts (an undefined end, e.g. one prompt, is None)."""
+    return Estimate.of(mean_ci(np.asarray(values, dtype=np.float64), confidence))
 
 
 def compute_unit_metrics(
     unit: EvalUnit, task: Task, cfg: EvalJobConfig, reward_model
-) -> tuple[dict[str, Any], list, dict]:
-    """(per-model metrics, PromptResult records, per-prompt series for statistics)."""
+) -> tuple[EvalRecord, list, dict]:
+    """(the unit's evaluation record, PromptResult rows for samples.jsonl, per-prompt series for statistics)."""
     judged = unit.judged
     texts, rewards, counts = judged.texts, judged.rewards, judged.counts
     quality = reference_metrics(judged)
@@ -138,43 +135,44 @@ def compute_unit_metrics(
             ci = _ci(res.per_prompt, conf)
             usq_all[sel][k] = {
                 "usq": res.usq, "random": res.random, "oracle": res.oracle,
-                "selection_efficiency": res.selection_efficiency, "low": ci["low"], "high": ci["high"],
+                "selection_efficiency": res.selection_efficiency, "low": ci.low, "high": ci.high,
             }  # fmt: skip
             if sel == cfg.headline_selector and k == cfg.headline_k:
                 series["usq"] = res.per_prompt
     head = cfg.headline_selector
     binary = not task.graded
     pass_ci = {k: _ci(passk[:, j], conf) for j, k in enumerate(cfg.ks)}
-    metrics: dict[str, Any] = {
-        "model": unit.model.name,
-        "task": unit.task_name,
-        "kind": unit.model.kind,
-        "adapter": str(unit.model.adapter) if unit.model.adapter else None,
-        "few_shot": unit.model.few_shot,
-        "n_prompts": len(records),
-        "n_prompts_requested": unit.n_requested,
-        "n_skipped_too_long": len(unit.skipped_ids),
-        "n_truncated": int(sum(unit.truncated)),
-        "n_samples": cfg.n_samples,
-        "success_threshold": task.success_threshold,
-        "pass_at_k": pass_ci,
-        "der": {k: compute_der_at_k(counts, k) for k in cfg.ks if k > 1},
-        "collapse_point": compute_collapse_point(counts, threshold=cfg.collapse_threshold),
-        "mean_reward": _ci(series["reward"], conf),
-        "usq": {k: {"mean": v["usq"], "low": v["low"], "high": v["high"]} for k, v in usq_all[head].items()},
-        "usq_selector": head,
-        "usq_k": cfg.headline_k,
-        "usq_by_selector": usq_all,
-        "quality": pass_ci[min(cfg.ks)] if binary else _ci(series["reward"], conf),
-        "quality_label": f"pass@{min(cfg.ks)}" if binary else f"mean {task.quality_name}",
-        "diversity": {name: _ci(v, conf) for name, v in diversity.items()},
-        "completion_tokens_mean": float(np.mean([len(s.token_ids) for g in unit.samples for s in g])),
-        "finished_frac": float(np.mean([bool(s.finished) for g in unit.samples for s in g])),
-        "timings_s": dict(unit.timings),
-    }
-    if quality:
-        metrics["reference_quality"] = {name: _ci([float(np.mean(x)) for x in v], conf) for name, v in quality.items()}
+    record = EvalRecord(
+        pass_at_k=pass_ci,
+        usq_at_k={k: Estimate(v["usq"], v["low"], v["high"]) for k, v in usq_all[head].items()},
+        reward_mean=_ci(series["reward"], conf),
+        n_prompts=len(records),
+        n_samples=cfg.n_samples,
+        few_shot=unit.model.few_shot,
+        diversity={name: _ci(v, conf) for name, v in diversity.items()},
+        usq_selector=head,
+        usq_by_selector=usq_all,
+        der={k: compute_der_at_k(counts, k) for k in cfg.ks if k > 1},
+        collapse_point={"k": compute_collapse_point(counts, threshold=cfg.collapse_threshold),
+                        "threshold": cfg.collapse_threshold},
+        quality=pass_ci[min(cfg.ks)] if binary else _ci(series["reward"], conf),
+        quality_label=f"pass@{min(cfg.ks)}" if binary else f"mean {task.quality_name}",
+        reference_quality={name: _ci([float(np.mean(x)) for x in v], conf) for name, v in quality.items()},
+        extra={
+            "model": unit.model.name,
+            "task": unit.task_name,
+            "kind": unit.model.kind,
+            "adapter": str(unit.model.adapter) if unit.model.adapter else None,
+            "n_prompts_requested": unit.n_requested,
+            "n_skipped_too_long": len(unit.skipped_ids),
+            "n_truncated": int(sum(unit.truncated)),
+            "success_threshold": task.success_threshold,
+            "completion_tokens_mean": float(np.mean([len(s.token_ids) for g in unit.samples for s in g])),
+            "finished_frac": float(np.mean([bool(s.finished) for g in unit.samples for s in g])),
+            "timings_s": dict(unit.timings),
+        },
+    )
     by_id = {name: dict(zip(unit.prompt_ids, vals)) for name, vals in series.items()}
-    return metrics, records, by_id
+    return record, records, by_id
 
 
