@@ -1,7 +1,8 @@
 """``polyray run``: the driver. A sequence of stage calls, one short function each.
 
-resolve model -> start Ray -> open the adapter store -> launch rollout pool -> evaluate base ->
-for each phase: fit (Ray Train) -> evaluate -> write results.
+check inputs -> open the run directory -> prepare the model (and engagement models) -> start Ray ->
+open the adapter store -> start services -> launch the rollout pool -> evaluate base ->
+for each phase: fit (Ray Train) -> evaluate; results written after every stage.
 
 Results and the resolved config are written as soon as they exist, so a run that fails
 half-way keeps everything it finished. ``results.json`` holds per stage (``base``, each phase)
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -202,95 +204,144 @@ def run_pipeline(
     out = Path(output_dir or Path("runs") / run.name).resolve()
     engagement = check_inputs(run)
     results = open_run_dir(run, out, resume)
-    tracker = open_tracker(run, out)
+    state = RunState(run, out, resume, results, open_tracker(run, out), on_stage)
     try:
-        results = _run_stages(run, out, resume, results, engagement, tracker, on_stage, serve_generation)
+        _run_stages(state, engagement, serve_generation)
     except BaseException:
-        if tracker is not None:
-            tracker.finish(failed=True)
+        if state.tracker is not None:
+            state.tracker.finish(failed=True)
         raise
-    if tracker is not None:
-        tracker.finish(failed=False)
+    if state.tracker is not None:
+        state.tracker.finish(failed=False)
     console.print(results_table(results, run.eval.ks))
     console.print(f"outputs in {out}")
     return results
 
 
-def _run_stages(
-    run: RunConfig, out: Path, resume: bool, results, engagement, tracker, on_stage, serve_generation: bool
-) -> dict[str, Any]:
-    from polyray.rollout.pool import RolloutPool
+@dataclass
+class RunState:
+    """What the stages of one run share: its config and directory, the results so far (written after
+    every stage), the stage timer, and what the stages start (the rollout pool, the evaluation task)."""
+
+    run: RunConfig
+    out: Path
+    resume: bool
+    results: dict[str, Any]
+    tracker: Any = None
+    on_stage: Any = None
+    timer: Timer = field(default_factory=Timer)
+    pool: Any = None
+    task: Any = None  # the task as evaluations see it (build_eval_task)
+    test_prompts: list = field(default_factory=list)
+    model_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        self.timer.timings.update(self.results.get("timings_s", {}))
+        self.results["timings_s"] = self.timer.timings
+
+
+def _run_stages(state: RunState, engagement: list[Path], serve_generation: bool) -> None:
+    """The stages in order: model -> engagement models -> Ray -> adapter store -> services -> rollout
+    pool -> evaluate base -> per phase: fit, evaluate. Every finished stage is in results.json."""
     from polyray.rollout.store import open_store
 
-    def evaluated(stage: str) -> None:
-        stage_done(results, f"eval_{stage}")
-        write_results(out, results)
-        if tracker is not None:
-            tracker.log_progress()
-            tracker.log_stage(stage, done[stage])
-        if on_stage is not None:
-            on_stage(results)
-
-    done = results["phases"]
-    timer = Timer()
-    timer.timings.update(results.get("timings_s", {}))
-    results["timings_s"] = timer.timings
-
-    with timer("model_build"):
-        model_dir = prepare_model_dir(run.model, run.task)
-    results["model_dir"] = str(model_dir)
-    for path in engagement:
-        with timer("reward_model_build"), console.status(f"training the engagement model into {path}"):
-            ensure_engagement_model(run.task.path, path, run.task.seed)
-    task = build_eval_task(run, model_dir)
-    test_prompts = task.prompts("test")
-    generation = generation_args(run, out, model_dir) if serve_generation else None
-    with timer("ray_init"):
-        init_ray(run.cluster, needed_cpus(run) + (generation_cpus(generation) if generation else 0.0))
-    store = open_store(out / STORE_DIR, run.rollout.store_keep)
-    pool = None
+    prepare_inputs(state, engagement)
+    generation = generation_args(state.run, state.out, state.model_dir) if serve_generation else None
+    start_ray(state, generation)
+    store = open_store(state.out / STORE_DIR, state.run.rollout.store_keep)
     try:
-        if generation is not None:  # first: it starts Serve's HTTP proxy, which the reward app then shares
-            from polyray.generation.service import deploy_generation
-
-            with timer("generation_service_start"), console.status("starting the generation service (Ray Serve)"):
-                url = deploy_generation(generation, run.generation.host, run.generation.http_port)
-            console.print(f"generation service: {url}  (models: base, latest, policy-vN as they are published)")
-        if run.reward.endpoint and any(scores_rollouts(p) for p in run.phases):
-            from polyray.reward.service import ensure_reward_service
-
-            with timer("reward_service_start"), console.status("starting the reward service (Ray Serve)"):
-                ensure_reward_service(run.reward)
-        with timer("rollout_pool_start"), console.status(f"starting {run.rollout.num_workers} vLLM rollout worker(s)"):
-            pool = RolloutPool.launch(str(model_dir), run.rollout, run.model.dtype, run.seed, store, run=run.name)
-        version, adapter = publish_init_adapter(run, pool) if run.init_adapter else (0, None)
-        if "base" not in done:
-            with timer("eval_base"):
-                done["base"] = evaluate_stage("base", pool, task, test_prompts, run, version or None)
-            evaluated("base")
-        for index, phase in enumerate(run.phases):
-            adapter_dir = out / "adapters" / phase.name
-            if phase.name in done:  # trained and evaluated before a resume
-                version, adapter = results["versions"][phase.name], str(adapter_dir)
-                continue
-            if resume and (adapter_dir / "polyray_version.json").is_file():  # trained, not yet evaluated
-                version = json.loads((adapter_dir / "polyray_version.json").read_text())["version"]
-                adapter = str(adapter_dir)
-            else:
-                with timer(f"train_{phase.name}"):
-                    trained = train_stage(run, index, model_dir, out, pool, version, adapter, tracker)
-                version, adapter = trained["version"], trained["adapter_dir"]
-                stage_done(results, f"train_{phase.name}")
-                write_results(out, results)
-            pool.pin(phase.name, version)  # evaluated below, and by anyone later: kept for good
-            results["versions"][phase.name] = version
-            with timer(f"eval_{phase.name}"):
-                done[phase.name] = evaluate_stage(phase.name, pool, task, test_prompts, run, version)
-            evaluated(phase.name)
+        start_services(state, generation)
+        launch_pool(state, store)
+        version, adapter = publish_init_adapter(state.run, state.pool) if state.run.init_adapter else (0, None)
+        evaluate(state, "base", version or None)
+        for index, phase in enumerate(state.run.phases):
+            version, adapter = fit(state, index, version, adapter)
+            evaluate(state, phase.name, version)
     finally:
-        if pool is not None:
-            pool.shutdown()
+        if state.pool is not None:
+            state.pool.shutdown()
         ray.kill(store)  # its state is on disk; a resume opens it again
-    results["timings_s"]["total"] = round(sum(v for k, v in timer.timings.items() if k != "total"), 2)
-    write_results(out, results)
-    return results
+    timings = state.timer.timings
+    timings["total"] = round(sum(v for k, v in timings.items() if k != "total"), 2)
+    write_results(state.out, state.results)
+
+
+def prepare_inputs(state: RunState, engagement: list[Path]) -> None:
+    """The base model (built or resolved), the engagement models the run needs, the evaluation task."""
+    run = state.run
+    with state.timer("model_build"):
+        state.model_dir = prepare_model_dir(run.model, run.task)
+    state.results["model_dir"] = str(state.model_dir)
+    for path in engagement:
+        with state.timer("reward_model_build"), console.status(f"training the engagement model into {path}"):
+            ensure_engagement_model(run.task.path, path, run.task.seed)
+    state.task = build_eval_task(run, state.model_dir)
+    state.test_prompts = state.task.prompts("test")
+
+
+def start_ray(state: RunState, generation: dict[str, Any] | None) -> None:
+    with state.timer("ray_init"):
+        init_ray(state.run.cluster, needed_cpus(state.run) + (generation_cpus(generation) if generation else 0.0))
+
+
+def start_services(state: RunState, generation: dict[str, Any] | None) -> None:
+    """The generation service (``--serve-generation``) first: it starts Serve's HTTP proxy, which the
+    reward app then shares; the reward service when GRPO scores through its endpoint."""
+    run, timer = state.run, state.timer
+    if generation is not None:
+        from polyray.generation.service import deploy_generation
+
+        with timer("generation_service_start"), console.status("starting the generation service (Ray Serve)"):
+            url = deploy_generation(generation, run.generation.host, run.generation.http_port)
+        console.print(f"generation service: {url}  (models: base, latest, policy-vN as they are published)")
+    if run.reward.endpoint and any(scores_rollouts(p) for p in run.phases):
+        from polyray.reward.service import ensure_reward_service
+
+        with timer("reward_service_start"), console.status("starting the reward service (Ray Serve)"):
+            ensure_reward_service(run.reward)
+
+
+def launch_pool(state: RunState, store) -> None:
+    from polyray.rollout.pool import RolloutPool
+
+    run = state.run
+    with state.timer("rollout_pool_start"), console.status(f"starting {run.rollout.num_workers} vLLM rollout worker(s)"):
+        state.pool = RolloutPool.launch(str(state.model_dir), run.rollout, run.model.dtype, run.seed, store, run=run.name)
+
+
+def fit(state: RunState, index: int, version: int, adapter: str | None) -> tuple[int, str]:
+    """Phase ``index`` trained from (``version``, ``adapter``), unless a resumed run already holds it;
+    its final (version, adapter directory), pinned in the store for good."""
+    run, results = state.run, state.results
+    phase = run.phases[index]
+    adapter_dir = state.out / "adapters" / phase.name
+    if phase.name in results["phases"]:  # trained and evaluated before a resume
+        return results["versions"][phase.name], str(adapter_dir)
+    if state.resume and (adapter_dir / "polyray_version.json").is_file():  # trained, not yet evaluated
+        version = json.loads((adapter_dir / "polyray_version.json").read_text())["version"]
+        adapter = str(adapter_dir)
+    else:
+        with state.timer(f"train_{phase.name}"):
+            trained = train_stage(run, index, state.model_dir, state.out, state.pool, version, adapter, state.tracker)
+        version, adapter = trained["version"], trained["adapter_dir"]
+        stage_done(results, f"train_{phase.name}")
+        write_results(state.out, results)
+    state.pool.pin(phase.name, version)  # evaluated next, and by anyone later: kept for good
+    results["versions"][phase.name] = version
+    return version, adapter
+
+
+def evaluate(state: RunState, stage: str, version: int | None) -> None:
+    """The test-set evaluation of ``stage`` (unless a resumed run holds it), written and reported."""
+    results = state.results
+    if stage in results["phases"]:
+        return
+    with state.timer(f"eval_{stage}"):
+        results["phases"][stage] = evaluate_stage(stage, state.pool, state.task, state.test_prompts, state.run, version)
+    stage_done(results, f"eval_{stage}")
+    write_results(state.out, results)
+    if state.tracker is not None:
+        state.tracker.log_progress()
+        state.tracker.log_stage(stage, results["phases"][stage])
+    if state.on_stage is not None:
+        state.on_stage(results)

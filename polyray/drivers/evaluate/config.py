@@ -17,6 +17,7 @@ from polyray.config import ClusterConfig, DiversityName, ModelConfig, RolloutCon
 from polyray.config.eval import EVAL_NAME_PATTERN, EVAL_TASK_CONFIGS, EvalTaskConfig
 from polyray.eval.metrics import SELECTORS
 from polyray.io import StrictModel, load_yaml_model
+from polyray.eval.record import split_at_key
 
 # The USQ selectors a config may name: the metric registry's, less its generic "scores" entry.
 SelectorName = Literal[tuple(name for name in SELECTORS if name != "scores")]
@@ -181,9 +182,10 @@ def task_name(task) -> str:
 def _valid_compare_metric(metric: str, cfg: EvalJobConfig) -> bool:
     if metric in ("usq", "reward"):
         return True
-    if metric.startswith("pass@"):
-        return metric[5:].isdigit() and int(metric[5:]) in cfg.ks
-    return metric.startswith("diversity/") and metric[10:] in cfg.diversity
+    per_k = split_at_key(metric)
+    if per_k is not None:
+        return per_k[0] == "pass" and per_k[1] in cfg.ks
+    return metric.startswith("diversity/") and metric.removeprefix("diversity/") in cfg.diversity
 
 
 def load_eval_config(path: str | Path | None, overrides: Sequence[str] = ()) -> EvalJobConfig:
