@@ -98,7 +98,7 @@ class HumanEvalTaskConfig(TaskConfigBase):
     eval_only: ClassVar[str | None] = (
         "task.type 'humaneval' is an evaluation set (its problems are HumanEval's test split) and does not"
         " train: train on a 'code' task (a JSONL of {prompt, test, entry_point}) and evaluate HumanEval"
-        " with polyray evaluate"
+        " with polyray eval"
     )
     eval_splits: ClassVar[tuple[str, ...]] = ("test", "all")
     eval_prompts: ClassVar[tuple[int, int | None]] = (164, 164)
