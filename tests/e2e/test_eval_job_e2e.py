@@ -1,5 +1,6 @@
 """`polyray eval` end to end on the embedded model: base zero-/few-shot and two LoRA adapters of a
-fake run directory, on countdown and a JSONL replies task scored by an engagement model."""
+fake run directory, on countdown and a JSONL replies task scored by an engagement model; and the
+base model on a `code` task (human-eval-format JSONL) judged in the sandbox."""
 
 from __future__ import annotations
 
@@ -151,3 +152,28 @@ def test_rerun_resumes_from_the_saved_units(eval_run):
     for label, m in first["models"].items():
         passk = [f"pass@{k}" for k in KS]
         assert [second["models"][label][key] for key in passk] == [m[key] for key in passk], label
+
+
+def test_polyray_eval_on_a_code_task(tmp_path):
+    """`polyray eval` on a `code` task (a human-eval-format JSONL, the task runs train on): every
+    problem is sampled by the embedded model and judged by its tests in the sandbox."""
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text("".join(json.dumps({
+        "task_id": f"toy/{i}", "prompt": f"def f{i}():\n", "test": f"def check(c):\n    assert c() == {i}\n",
+        "entry_point": f"f{i}", "canonical_solution": f"    return {i}\n"}) + "\n" for i in range(4)))  # fmt: skip
+    config = {"name": "e2e_code", "models": [{"name": "base", "kind": "base"}],
+              "tasks": [{"type": "code", "path": str(problems), "split": "all", "n_prompts": 4,
+                         "sampling": {"max_tokens": 12}}],
+              "n_samples": 2, "ks": [1, 2], "diversity": ["distinct_1"]}  # fmt: skip
+    (tmp_path / "eval.yaml").write_text(yaml.safe_dump(config))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([*_eval_command(), str(tmp_path / "eval.yaml"), "--output-dir", str(tmp_path / "out")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    model = results["models"]["base [code]"]
+    assert model["task"] == "code" and model["n_prompts"] == 4
+    assert 0.0 <= model["pass@1"]["mean"] <= model["pass@2"]["mean"] <= 1.0
+    rows = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(row["n"] == 2 and len(row["rewards"]) == 2 for row in rows)
+    assert all(len(row["extra"]["judge"]) == 2 for row in rows)  # each sample judged (by the sandbox)
