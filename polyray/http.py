@@ -15,16 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from polyray.config.services import ApiKeyConfig
 
 OPEN_PATHS = ("/healthz",)
-
-
-class ApiKeyConfig(BaseModel):
-    """Where a service's API key comes from; neither set: no key, every request is served."""
-
-    api_key_env: str | None = Field(None, description="Environment variable holding the API key (e.g. POLYRAY_API_KEY).")
-    api_key_file: str | None = Field(None, description="File holding the API key (a mounted secret); wins over the variable.")
 
 
 def read_api_key(config: ApiKeyConfig) -> str | None:

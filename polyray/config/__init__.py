@@ -17,6 +17,7 @@ models, diversity, rewards, the learner, the drivers) takes its settings from he
 | :mod:`~polyray.config.eval` | ``eval``, ``dynamics``; the evaluation job's task entries |
 | :mod:`~polyray.config.reward` | ``reward`` and a phase's own reward |
 | :mod:`~polyray.config.judge` | :class:`JudgeConfig` (the LLM judge's settings) |
+| :mod:`~polyray.config.services` | the reward and generation services' settings (their Serve apps' ``args``) |
 | :mod:`~polyray.config.names` | registry names configs accept: diversity functions, rewards |
 
 Names in a config are Literals declared here; ``tests/unit/test_registries.py`` keeps them

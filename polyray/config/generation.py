@@ -25,6 +25,6 @@ class GenerationConfig(StrictModel):
     )
     args: dict[str, Any] = Field(
         default_factory=dict,
-        description="Generation service settings (polyray.generation.api.GenerationServiceConfig: limits,"
+        description="Generation service settings (polyray.config.services.GenerationServiceConfig: limits,"
         " replicas, API key, ...); the model, engine settings and adapter store come from the run.",
     )

@@ -144,7 +144,7 @@ def generation_args(run: RunConfig, out: Path, model_dir: Path) -> dict[str, Any
 
 
 def generation_cpus(args: dict[str, Any]) -> float:
-    from polyray.generation.api import GenerationServiceConfig
+    from polyray.config.services import GenerationServiceConfig
 
     cfg = GenerationServiceConfig.model_validate(args)
     return cfg.num_cpus * cfg.num_replicas
@@ -154,7 +154,7 @@ def check_generation(run: RunConfig) -> None:
     """``generation.args`` validate as the service's settings (the run fills in the model)."""
     from pydantic import ValidationError
 
-    from polyray.generation.api import GenerationServiceConfig
+    from polyray.config.services import GenerationServiceConfig
     from polyray.io import format_validation_error
 
     try:

@@ -41,7 +41,8 @@ from ray import serve
 from ray.serve import Application
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from polyray.generation.api import ChatBody, CompletionBody, GenerationServiceConfig
+from polyray.config.services import GenerationServiceConfig
+from polyray.generation.api import ChatBody, CompletionBody
 from polyray.generation.catalog import AdapterCatalog, UnknownModelError
 from polyray.http import BearerAuth, check_api_key, openai_error, read_api_key
 from polyray.io import ConfigError, format_validation_error

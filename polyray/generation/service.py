@@ -41,7 +41,7 @@ def deploy_generation(args: dict[str, Any], host: str = "127.0.0.1", port: int =
     """Deploy the generation app on the connected cluster (non-blocking); returns its base URL."""
     from ray import serve
 
-    from polyray.generation.api import GenerationServiceConfig
+    from polyray.config.services import GenerationServiceConfig
     from polyray.generation.deployment import build_generation_app
 
     application = build_generation_app(args)  # a bad setting fails here, naming the field

@@ -1,8 +1,7 @@
-"""The reward service's HTTP contract and settings, free of Ray so they can be tested alone.
+"""The reward service's HTTP contract, free of Ray so it can be tested alone (its settings:
+:class:`polyray.config.services.RewardServiceConfig`).
 
 - :class:`RewardRequest` / :class:`RewardResponse`: ``POST /v1/rewards`` bodies.
-- :class:`RewardServiceConfig`: what ``build_app(args)`` accepts (the Serve config's
-  ``args``); unknown keys fail with the field name, like every polyray config.
 - :class:`BodySizeLimit`: a plain ASGI middleware that answers 413 before a large body is
   read, from ``Content-Length`` when the client sends one and by counting the bytes as
   they arrive otherwise (chunked uploads cannot sneak past it).
@@ -14,10 +13,9 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
-from polyray.http import ApiKeyConfig
 from polyray.reward.base import RewardItem
 
 
@@ -39,37 +37,6 @@ class RewardResponse(BaseModel):
     reward: str = Field(..., description="The reward function that scored the items.")
     scores: list[float] = Field(..., description="One score per item, in request order.")
     details: list[dict[str, Any]] = Field(..., description="Per-item explanation, incl. batch_size and batch_requests.")
-
-
-class RewardServiceConfig(ApiKeyConfig):
-    """Settings of the reward service (``args`` of the Serve application)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    rewards: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="Default parameters per reward name, e.g. engagement: {model_path: ...}."
-    )
-    num_replicas: int = Field(1, ge=1, description="Replicas of the deployment.")
-    num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per replica.")
-    max_ongoing_requests: int = Field(
-        64, ge=1, description="Requests a replica works on at once (batching needs several)."
-    )
-    max_queued_requests: int = Field(
-        256, ge=-1, description="Requests waiting for a replica before new ones get 503 (-1: unbounded)."
-    )
-    max_batch_size: int = Field(32, ge=1, description="Requests merged into one server-side batch.")
-    batch_wait_timeout_s: float = Field(0.01, ge=0, le=5, description="How long a batch waits to fill up.")
-    max_items: int = Field(1024, ge=1, description="Items per request; more gets 413.")
-    max_body_bytes: int = Field(8 << 20, ge=1024, description="Request body size limit in bytes; larger gets 413.")
-    slow_down_s: float = Field(
-        0.0, ge=0, le=60, description="Test hook: sleep this long per batch (to provoke overload)."
-    )
-
-    @model_validator(mode="after")
-    def _batch_fits(self) -> RewardServiceConfig:
-        if self.max_queued_requests == 0:
-            raise ValueError("max_queued_requests must be -1 (unbounded) or >= 1")
-        return self
 
 
 class BodySizeLimit:

@@ -36,7 +36,8 @@ from ray.serve import Application
 from polyray.http import BearerAuth, check_api_key, read_api_key
 from polyray.io import ConfigError
 from polyray.telemetry import Metrics
-from polyray.reward.api import BodySizeLimit, RewardRequest, RewardResponse, RewardServiceConfig
+from polyray.config.services import RewardServiceConfig
+from polyray.reward.api import BodySizeLimit, RewardRequest, RewardResponse
 from polyray.reward.base import RewardError, RewardResult, UnknownRewardError, format_validation_error
 from polyray.reward.scorer import RewardScorer, ScoreJob, as_items, score_jobs
 

@@ -14,9 +14,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from polyray.generation.api import ChatBody, CompletionBody, GenerationServiceConfig
+from polyray.config.services import GenerationServiceConfig
+from polyray.generation.api import ChatBody, CompletionBody
 from polyray.generation.catalog import AdapterCatalog, UnknownModelError, policy_version
-from polyray.http import ApiKeyConfig, BearerAuth, read_api_key
+from polyray.config.services import ApiKeyConfig
+from polyray.http import BearerAuth, read_api_key
 from polyray.rollout.store import AdapterStore
 
 

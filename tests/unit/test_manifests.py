@@ -129,8 +129,8 @@ def test_rayservice_serve_config(path):
     from ray.runtime_env import RuntimeEnv
     from ray.serve.schema import ServeDeploySchema
 
-    from polyray.generation.api import GenerationServiceConfig
-    from polyray.reward.api import RewardServiceConfig
+    from polyray.config.services import GenerationServiceConfig
+    from polyray.config.services import RewardServiceConfig
 
     settings = {"services.reward_app:build_app": RewardServiceConfig,
                 "services.generation_app:build_app": GenerationServiceConfig}  # fmt: skip
@@ -151,7 +151,7 @@ def test_a_typo_in_a_serve_config_is_caught():
     from pydantic import ValidationError
     from ray.serve.schema import ServeDeploySchema
 
-    from polyray.generation.api import GenerationServiceConfig
+    from polyray.config.services import GenerationServiceConfig
 
     with pytest.raises(ValidationError):
         ServeDeploySchema.model_validate({"applications": [{"name": "g", "import_pth": "x:y"}]})

@@ -172,7 +172,7 @@ def test_service_config_rejects_unknown_keys_and_serve_config_is_valid():
     import yaml
     from ray.serve.schema import ServeDeploySchema
 
-    from polyray.reward.api import RewardServiceConfig
+    from polyray.config.services import RewardServiceConfig
 
     with pytest.raises(ValueError, match="max_itemz"):
         RewardServiceConfig.model_validate({"max_itemz": 3})

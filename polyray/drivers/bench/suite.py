@@ -333,7 +333,7 @@ def bench_generation(requests: int, n: int, max_tokens: int, config: str, publis
     import ray
 
     from polyray.config import load_config
-    from polyray.generation.api import GenerationServiceConfig
+    from polyray.config.services import GenerationServiceConfig
     from polyray.drivers.bench.generation import BenchRequest, bench_direct, bench_endpoint, publish_to_latest
     from polyray.generation.service import deploy_generation
     from polyray.models.source import prepare_model_dir
