@@ -19,6 +19,7 @@ from polyray.drivers.evaluate.units import judge_unit
 from polyray.rollout.worker import Sample
 from polyray.tasks import build_task
 from polyray.tasks.humaneval import HUMANEVAL_STOPS
+from char_tokenizer import CharTokenizer
 
 PROBLEMS = [  # name, signature, docstring, right body, test
     ("add", "a, b", "Return a + b.", "a + b", "candidate(2, 3) == 5"),
@@ -28,18 +29,6 @@ PROBLEMS = [  # name, signature, docstring, right body, test
     ("negate", "x", "Return -x.", "-x", "candidate(5) == -5"),
     ("first", "xs", "Return the first item of xs.", "xs[0]", "candidate([7, 8]) == 7"),
 ]
-
-
-class CharTokenizer:
-    """One token per character: what plan_units needs of a tokenizer."""
-
-    def __call__(self, texts, add_special_tokens=True):
-        if isinstance(texts, str):
-            return {"input_ids": [ord(c) for c in texts]}
-        return {"input_ids": [[ord(c) for c in t] for t in texts]}
-
-    def decode(self, ids, skip_special_tokens=False):
-        return "".join(chr(i) for i in ids)
 
 
 @pytest.fixture

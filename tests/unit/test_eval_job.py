@@ -28,6 +28,7 @@ from polyray.rollout.worker import Sample
 from polyray.tasks.base import Judgement, Prompt
 from polyray.tasks.humaneval import HUMANEVAL_STOPS, HumanEvalTask, truncate_at_stops
 from polyray.tasks.jsonl import JsonlDataError, JsonlTask, read_task_rows
+from char_tokenizer import CharTokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = {"models": [{"name": "base", "kind": "base"}], "tasks": [{"type": "countdown"}]}
@@ -158,18 +159,6 @@ def test_resolve_models_names_and_references(tmp_path):
 
 
 # ------------------------------------------------------------------------------ prompt fitting
-
-
-class CharTokenizer:
-    """One token per character: enough to test fitting and left truncation."""
-
-    def __call__(self, texts, add_special_tokens=True):
-        if isinstance(texts, str):
-            return {"input_ids": [ord(c) for c in texts]}
-        return {"input_ids": [[ord(c) for c in t] for t in texts]}
-
-    def decode(self, ids, skip_special_tokens=False):
-        return "".join(chr(i) for i in ids)
 
 
 def test_fit_prompts_skips_and_truncates_from_the_left():
