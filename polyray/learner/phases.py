@@ -132,8 +132,9 @@ class SFTPhase:
         self.data = encode_references(task.prompts("train", n_train), ctx.tokenizer)
 
     def reference_batch(self, step: int) -> Sequences:
-        """This rank's shard of the step's references; the same draw on every rank."""
-        rng = random.Random(f"sft:{self.ctx.seed}:{step}")
+        """This rank's shard of the step's references; the same draw on every rank. The draw is keyed
+        by the phase's name, so two phases of one run never replay each other's batches."""
+        rng = random.Random(f"{self.cfg.name}:{self.ctx.seed}:{step}")
         batch_idx = [rng.randrange(len(self.data)) for _ in range(self.cfg.batch_size)]
         pairs = [self.data[i] for i in batch_idx[self.ctx.rank :: self.ctx.world]]
         return Sequences([prompt for prompt, _ in pairs], [completion for _, completion in pairs])
@@ -202,12 +203,12 @@ def check_lag(groups, version: int, max_lag: int) -> int:
 class SamplingPhase:
     """Base of the phases that sample from the pool: owns the training prompts and rank 0's rollouts.
 
-    Subclasses set ``rollout_tag`` (the prompt-draw stream) and ``samples_per_prompt``.
+    Subclasses set ``samples_per_prompt``. Prompt draws and request seeds are keyed by the phase's
+    name (unique in a run), so two phases of one type draw different prompts and samples.
     """
 
     publishes_every_step = True
     uses_rewards = False
-    rollout_tag = "sampling"
     reference_adapter_dir = staticmethod(SFTPhase.reference_adapter_dir)
 
     def _init_rollouts(self, cfg, task: Task, n_train: int, pool) -> None:
@@ -217,15 +218,20 @@ class SamplingPhase:
 
     samples_per_prompt: int  # each subclass provides it: completions drawn per prompt
 
+    @property
+    def rollout_draw(self) -> str:
+        """The key of this phase's prompt draws and request seeds: the phase's name."""
+        return self.cfg.name
+
     def _submit(self, step: int, version: int):
         """Draw the step's training prompts (same draw for a given seed and step) and start generating
         ``samples_per_prompt`` samples each under adapter ``version``; returns (prompts, pending).
 
         Each prompt's request has its own sampling seed from (run seed, phase, step, position), so
         a prompt drawn twice gets different samples, and a run with the same seed the same ones."""
-        rng = random.Random(f"{self.rollout_tag}:{self.ctx.seed}:{step}")
+        rng = random.Random(f"{self.rollout_draw}:{self.ctx.seed}:{step}")
         prompts = rng.sample(self.prompts, min(self.cfg.prompts_per_step, len(self.prompts)))
-        seeds = request_seeds(self.ctx.seed, f"{self.rollout_tag}:{step}", [str(i) for i in range(len(prompts))])
+        seeds = request_seeds(self.ctx.seed, f"{self.rollout_draw}:{step}", [str(i) for i in range(len(prompts))])
         pending = self.pool.submit([p.text for p in prompts], self.samples_per_prompt, self.sampling, version, seeds=seeds)
         return prompts, pending
 
@@ -239,11 +245,13 @@ class PolychromicSFTPhase(SamplingPhase, SFTPhase):
     forward pass. The samples' vLLM logprobs are pi_old for the (clipped) importance weight.
     """
 
-    rollout_tag = "polychromic"
-
     def __init__(self, cfg: PolychromicSFTPhaseConfig, task: Task, n_train: int, ctx: StepContext, pool=None):
         SFTPhase.__init__(self, cfg, task, n_train, ctx, pool)
         self._init_rollouts(cfg, task, n_train, pool)
+
+    @property
+    def rollout_draw(self) -> str:
+        return f"{self.cfg.name}/samples"  # its reference batches are drawn under the bare name
 
     @property
     def samples_per_prompt(self) -> int:
@@ -293,7 +301,6 @@ class GRPOPhase(SamplingPhase):
     """Group-relative policy optimisation on fresh rollouts from the pool (lag 0 by default)."""
 
     uses_rewards = True
-    rollout_tag = "grpo"
 
     @staticmethod
     def reference_adapter_dir(cfg: GRPOPhaseConfig, init_adapter: str | None) -> str | None:
