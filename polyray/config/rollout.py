@@ -12,6 +12,9 @@ from pydantic import Field, model_validator
 
 from polyray.io import StrictModel
 
+MaxLoraRank = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]
+"""The LoRA sizes vLLM reserves for (vLLM's ``MaxLoRARanks``): any other value stops the engine at launch."""
+
 
 class RolloutConfig(StrictModel):
     """vLLM rollout workers (one ``vllm.LLM`` each, LoRA enabled)."""
@@ -23,7 +26,7 @@ class RolloutConfig(StrictModel):
         1, ge=1, description="GPUs one worker's vLLM engine shards the model over (a model too large for one GPU);"
         " gpus_per_worker must equal it, so Ray places the worker on a node with that many free GPUs.",
     )
-    max_lora_rank: int = Field(16, ge=1, description="Largest LoRA rank vLLM reserves for.")
+    max_lora_rank: MaxLoraRank = Field(16, description="Largest LoRA rank vLLM reserves for (one of vLLM's sizes).")
     max_loras: int = Field(2, ge=1, description="Adapters resident at once in vLLM.")
     max_model_len: int = Field(128, ge=16, description="Prompt + completion token budget.")
     max_num_seqs: int = Field(128, ge=1, description="Sequences vLLM schedules at once.")

@@ -6,9 +6,11 @@ naming the field, like every polyray config); both share :class:`ApiKeyConfig`.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from polyray.config.rollout import MaxLoraRank
 
 
 class ApiKeyConfig(BaseModel):
@@ -69,7 +71,7 @@ class GenerationServiceConfig(ApiKeyConfig):
     dtype: str = Field("float32", description="Model dtype (float32 on CPU, bfloat16 on GPU).")
     max_model_len: int | None = Field(None, ge=16, description="Context length (default: the model's).")
     max_num_seqs: int = Field(32, ge=1, description="Sequences the engine batches at once.")
-    max_lora_rank: Literal[8, 16, 32, 64, 128, 256] = Field(16, description="Largest LoRA rank served.")
+    max_lora_rank: MaxLoraRank = Field(16, description="Largest LoRA rank served (one of vLLM's sizes).")
     max_loras: int = Field(2, ge=1, description="Adapters in one engine batch.")
     keep_versions: int = Field(4, ge=1, description="Policy versions a replica keeps loaded (named adapters apart).")
     kv_cache_gib: int = Field(1, ge=1, description="vLLM CPU KV cache (GiB).")

@@ -32,6 +32,7 @@ def test_overrides_apply_with_types():
         (["task.type=poetry"], "task: Input tag 'poetry'"),
         (["eval.ks=[1,50]"], "n_samples (10) must be >= max(ks) (50)"),
         (["learner.lora.r=64"], "exceeds rollout.max_lora_rank"),
+        (["rollout.max_lora_rank=12"], "rollout.max_lora_rank: Input should be 1, 8, 16, 32, 64, 128, 256, 320 or 512"),
         (["learnerlr"], "expected KEY=VALUE"),
         (["phases.7.steps=1"], "not a valid list index"),
     ],
@@ -176,3 +177,15 @@ def test_every_config_file_is_read_by_the_one_yaml_reader(tmp_path, loader):
         load(bad)
     with pytest.raises(ConfigError, match=f"^{tmp_path / 'missing.yaml'}: .* not found"):
         load(tmp_path / "missing.yaml")
+
+
+def test_lora_rank_sizes_are_vllms():
+    """rollout.max_lora_rank (and the generation service's) accepts exactly the sizes vLLM reserves for:
+    any other value would stop the engine at pool launch, after the run started."""
+    import typing
+
+    from vllm.config.lora import MaxLoRARanks
+
+    from polyray.config.rollout import MaxLoraRank
+
+    assert typing.get_args(MaxLoraRank) == typing.get_args(MaxLoRARanks)

@@ -154,8 +154,8 @@ def test_resolve_models_names_and_references(tmp_path):
         resolve_models(
             EvalJobConfig.model_validate({**data, "models": [{"name": "q", "kind": "adapter", "path": "/nope"}]})
         )
-    with pytest.raises(ConfigError, match="rank 8 > rollout.max_lora_rank 4"):
-        resolve_models(EvalJobConfig.model_validate({**data, "rollout": {"max_lora_rank": 4}}))
+    with pytest.raises(ConfigError, match="rank 8 > rollout.max_lora_rank 1"):
+        resolve_models(EvalJobConfig.model_validate({**data, "rollout": {"max_lora_rank": 1}}))
 
 
 # ------------------------------------------------------------------------------ prompt fitting
