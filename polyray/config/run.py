@@ -76,6 +76,22 @@ class RunConfig(StrictModel):
             raise ValueError(f"learner.lora.r ({self.learner.lora.r}) exceeds rollout.max_lora_rank")
         return self
 
+    @model_validator(mode="after")
+    def _sampling_logprobs_for_training(self) -> "RunConfig":
+        # raw_logprobs are log-probs at T = 1; a training phase's importance ratios, clip fractions,
+        # unlikeliness ranks and polychromic weights need those of the tempered sampling distribution.
+        if self.rollout.logprobs_mode != "raw_logprobs":
+            return self
+        for i, phase in enumerate(self.phases):
+            sampling = getattr(phase, "sampling", None)
+            if sampling is not None and sampling.temperature != 1:
+                raise ValueError(
+                    f"rollout.logprobs_mode 'raw_logprobs' gives log-probs at temperature 1, but phases.{i}"
+                    f".sampling.temperature is {sampling.temperature:g}: its learner needs the sampling"
+                    " distribution's (set rollout.logprobs_mode: processed_logprobs)"
+                )
+        return self
+
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
     """The run config at ``path`` (defaults when None) with overrides applied."""

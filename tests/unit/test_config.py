@@ -32,6 +32,8 @@ def test_overrides_apply_with_types():
         (["task.type=poetry"], "task: Input tag 'poetry'"),
         (["eval.ks=[1,50]"], "n_samples (10) must be >= max(ks) (50)"),
         (["learner.lora.r=64"], "exceeds rollout.max_lora_rank"),
+        (["rollout.logprobs_mode=raw_logprobs", "phases.1.sampling.temperature=0.7"],
+         "phases.1.sampling.temperature is 0.7: its learner needs the sampling distribution's"),
         (["rollout.max_lora_rank=12"], "rollout.max_lora_rank: Input should be 1, 8, 16, 32, 64, 128, 256, 320 or 512"),
         (["learnerlr"], "expected KEY=VALUE"),
         (["phases.7.steps=1"], "not a valid list index"),
@@ -189,3 +191,9 @@ def test_lora_rank_sizes_are_vllms():
     from polyray.config.rollout import MaxLoraRank
 
     assert typing.get_args(MaxLoraRank) == typing.get_args(MaxLoRARanks)
+
+
+def test_raw_logprobs_are_fine_at_temperature_one():
+    """At T = 1 the raw and the processed log-probs are one distribution: nothing to refuse."""
+    run = load_config(ROOT / "configs" / "quickstart.yaml", ["rollout.logprobs_mode=raw_logprobs"])
+    assert all(p.sampling.temperature == 1 for p in run.phases if hasattr(p, "sampling"))
