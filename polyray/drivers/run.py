@@ -108,7 +108,7 @@ def publish_init_adapter(run: RunConfig, pool) -> tuple[int, str]:
     from polyray.learner.lora import read_adapter
 
     path = Path(run.init_adapter).resolve()
-    if pool.newest_version() < INIT_VERSION:
+    if not pool.holds(INIT_VERSION):  # a first start, or one killed inside this very put (id reserved, no weights)
         pool.publish(INIT_VERSION, read_adapter(path), phase="init")
     pool.pin("init", INIT_VERSION)
     return INIT_VERSION, str(path)

@@ -95,6 +95,11 @@ class RolloutPool:
         self._on_every_worker(lambda w: w.load_adapter.remote(record.version, ref, record.sha256))
         return record.version, time.perf_counter() - started
 
+    def holds(self, version: int) -> bool:
+        """Whether the store holds ``version``'s weights (an id handed out by a put that was killed
+        before its record was written is reserved, but not held)."""
+        return self.store is not None and ray.get(self.store.record.remote(version)) is not None
+
     def pin(self, name: str, version: int) -> None:
         """Keep ``version`` in the store for good (a phase's final adapter, evaluated by the driver)."""
         ray.get(self.store.pin.remote(name, version))
