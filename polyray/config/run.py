@@ -77,6 +77,19 @@ class RunConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _no_dropout_with_sampling(self) -> "RunConfig":
+        # with LoRA dropout the learner's log-probs of a sample are those of a random sub-network:
+        # ratios are not 1 and the KL not 0 at lag 0, although nothing changed
+        sampling = [i for i, p in enumerate(self.phases) if hasattr(p, "sampling")]
+        if self.learner.lora.dropout > 0 and sampling:
+            raise ValueError(
+                f"learner.lora.dropout ({self.learner.lora.dropout:g}) must be 0 with a phase that trains on its own"
+                f" samples (phases.{sampling[0]} is {self.phases[sampling[0]].type}): dropout changes the learner's"
+                " log-probs of a sample, so importance ratios and the KL would be off even at lag 0"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _sampling_logprobs_for_training(self) -> "RunConfig":
         # raw_logprobs are log-probs at T = 1; a training phase's importance ratios, clip fractions,
         # unlikeliness ranks and polychromic weights need those of the tempered sampling distribution.

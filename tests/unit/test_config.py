@@ -34,6 +34,8 @@ def test_overrides_apply_with_types():
         (["learner.lora.r=64"], "exceeds rollout.max_lora_rank"),
         (["rollout.logprobs_mode=raw_logprobs", "phases.1.sampling.temperature=0.7"],
          "phases.1.sampling.temperature is 0.7: its learner needs the sampling distribution's"),
+        (["learner.lora.dropout=0.1"], "learner.lora.dropout (0.1) must be 0 with a phase that trains on its own"
+         " samples (phases.1 is grpo)"),
         (["rollout.max_lora_rank=12"], "rollout.max_lora_rank: Input should be 1, 8, 16, 32, 64, 128, 256, 320 or 512"),
         (["learnerlr"], "expected KEY=VALUE"),
         (["phases.7.steps=1"], "not a valid list index"),
@@ -197,3 +199,8 @@ def test_raw_logprobs_are_fine_at_temperature_one():
     """At T = 1 the raw and the processed log-probs are one distribution: nothing to refuse."""
     run = load_config(ROOT / "configs" / "quickstart.yaml", ["rollout.logprobs_mode=raw_logprobs"])
     assert all(p.sampling.temperature == 1 for p in run.phases if hasattr(p, "sampling"))
+
+
+def test_lora_dropout_is_fine_for_sft_alone():
+    run = load_config(ROOT / "configs" / "quickstart.yaml", ["learner.lora.dropout=0.1", "phases=[{type: sft}]"])
+    assert run.learner.lora.dropout == 0.1
