@@ -29,10 +29,14 @@ Aggregation = Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_n
 
 
 class AdvantageConfigBase(StrictModel):
-    """What every estimator's config answers: whether its parameters fit a group."""
+    """What every estimator's config answers: whether its parameters fit a group, and whether it
+    needs binary rewards (checked against the phase's reward before a run starts)."""
 
     def check_group(self, group_size: int) -> None:
         """Raise ValueError when this estimator cannot run on groups of ``group_size`` samples."""
+
+    def needs_binary_rewards(self) -> bool:
+        return False
 
 
 class _SubsetSize(AdvantageConfigBase):
@@ -59,6 +63,9 @@ class PassKAdvantageConfig(_SubsetSize):
 
     type: Literal["passk"] = "passk"
     k: int = Field(4, ge=1, description="k of pass@k (<= group_size).")
+
+    def needs_binary_rewards(self) -> bool:
+        return True  # pass@k counts correct samples
 
 
 class PolychromicAdvantageConfig(_SubsetSize):
@@ -128,6 +135,9 @@ class MixAdvantageConfig(AdvantageConfigBase):
     def check_group(self, group_size: int) -> None:
         self.early.check_group(group_size)
         self.late.check_group(group_size)
+
+    def needs_binary_rewards(self) -> bool:
+        return self.early.needs_binary_rewards() or self.late.needs_binary_rewards()
 
 
 ADVANTAGE_CONFIGS: tuple[type[AdvantageConfigBase], ...] = (*BASE_ADVANTAGE_CONFIGS, MixAdvantageConfig)

@@ -15,7 +15,7 @@ built-in ones so the registry is complete after ``import polyray.reward``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -123,6 +123,7 @@ class ParameterisedReward:
 
     name: str = "?"
     Params: type[ParamsModel] = ParamsModel
+    binary: ClassVar[bool] = False  # every score is 0 or 1 (what pass@k advantages need); else graded
 
     def __init__(self, **params: Any):
         try:

@@ -41,6 +41,8 @@ def problem_from_item(item: RewardItem) -> dict[str, Any] | str:
 class CodeExecReward(ParameterisedReward):
     """Run each completion's unit tests in the sandbox; 1.0 if they pass, else 0.0."""
 
+    binary = True
+
     server_only_params = ("memory_mb", "max_workers")  # resources of the serving host
 
     class Params(ParamsModel):

@@ -31,6 +31,8 @@ def problem_from_item(item: RewardItem) -> tuple[list[int], int] | str:
 class CountdownReward(ParameterisedReward):
     """1.0 when the completion is an expression over the given numbers that equals the target."""
 
+    binary = True
+
     def score_batch(self, items: list[RewardItem]) -> list[RewardResult]:
         return [self._score(item) for item in items]
 

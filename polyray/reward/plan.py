@@ -53,7 +53,7 @@ def quality_model(run: RunConfig, task: Task) -> Path | None:
 def plan(run: RunConfig, task: Task) -> RewardPlan:
     """Every phase's reward, checked (one :class:`ConfigError` naming the field), and the
     engagement models they and the task's quality read."""
-    from polyray.reward.base import RewardError
+    from polyray.reward.base import REWARD_FUNCTIONS, RewardError
     from polyray.reward.scorer import check_reward
     from polyray.reward.service import resolve_reward
 
@@ -67,6 +67,11 @@ def plan(run: RunConfig, task: Task) -> RewardPlan:
             check_reward(name, params, where)
         except RewardError as exc:
             raise ConfigError(str(exc)) from None
+        if phase.advantage.needs_binary_rewards() and not REWARD_FUNCTIONS[name].binary:
+            raise ConfigError(
+                f"phases.{i}.advantage: {phase.advantage.type} needs a binary reward (each sample 0 or 1), but"
+                f" {where}.name {name!r} is graded: use another estimator (group, rloo, ...) or a binary reward"
+            )
         rewards.append(PhaseReward(i, phase.name, name, params, where))
     quality = quality_model(run, task)
     models = [quality] if quality is not None else []

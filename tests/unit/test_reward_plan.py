@@ -61,3 +61,20 @@ def test_a_directory_with_other_files_is_refused(tmp_path):
     run = load_config(REPLIES, [f"task.path={FIXTURE}", f"reward.params={{model_path: {tmp_path / 'em'}}}"])
     with pytest.raises(ConfigError, match="holds files but no model"):
         models_to_train(plan(run, build_task(run.task)), run)
+
+
+@pytest.mark.parametrize("advantage", ["{type: passk, k: 4}", "{type: mix, early: {type: passk, k: 4}, late: {type: group}}"])
+def test_passk_with_a_graded_reward_is_refused_before_the_run_starts(advantage):
+    """pass@k advantages count correct samples: with a graded reward they would fail at GRPO step 0,
+    after the earlier phases ran; the plan refuses them first, naming the field."""
+    run = load_config(QUICKSTART, [f"phases.1.advantage={advantage}", "phases.1.reward={name: length}"])
+    with pytest.raises(ConfigError, match=r"^phases\.1\.advantage: (passk|mix) needs a binary reward .* 'length' is graded"):
+        plan(run, build_task(run.task))
+    run = load_config(QUICKSTART, [f"phases.1.advantage={advantage}"])  # countdown's reward is binary
+    assert plan(run, build_task(run.task)).rewards[0].name == "countdown"
+
+
+def test_binary_rewards_are_the_pass_fail_ones():
+    from polyray.reward import REWARD_FUNCTIONS
+
+    assert {name for name, cls in REWARD_FUNCTIONS.items() if cls.binary} == {"countdown", "code_exec"}
