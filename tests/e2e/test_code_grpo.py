@@ -85,9 +85,13 @@ def test_code_grpo_rewards_from_the_sandbox_equal_the_services(tmp_path, reward_
             if name == "weighted_sum":  # code_exec + 0.2 length, each answer's components shown
                 parts = [a.detail["components"] for a in answers]
                 assert all(p["code_exec"] + 0.2 * p["length"] == pytest.approx(a.score) for p, a in zip(parts, answers))
-                assert len({a.score for a in answers}) > 1  # the length term moves it: not a constant
+                weighted = (name, params)
         # the sandbox path is live: the references pass, the target written as a literal fails
         prompts = [p for p in task.prompts("test", 16) if p.meta["target"] not in p.meta["numbers"]][:8]
         refs = client.score("code_exec", [task.reward_item(p, p.reference) for p in prompts], {"timeout_s": 5.0})
         cheats = client.score("code_exec", [task.reward_item(p, f" {p.meta['target']}") for p in prompts])
         assert [r.score for r in refs] == [1.0] * 8 and [r.score for r in cheats] == [0.0] * 8
+        # the weighted sum adds its components: a passing program scores >= 1 - 0.2 above a failing one
+        items = [task.reward_item(p, c) for p in prompts[:2] for c in (p.reference, f" {p.meta['target']}")]
+        mixed = [a.score for a in client.score(weighted[0], items, weighted[1])]
+        assert mixed[0] - mixed[1] >= 1 - 0.2 and mixed[2] - mixed[3] >= 1 - 0.2, mixed
