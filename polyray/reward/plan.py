@@ -35,10 +35,6 @@ class RewardPlan:
     quality_model: Path | None = None  # the engagement model that judges the task's quality, if it does
     engagement_models: list[Path] = field(default_factory=list)  # every engagement model the run reads
 
-    @property
-    def scores_rollouts(self) -> bool:
-        return bool(self.rewards)
-
 
 def scores_rollouts(phase) -> bool:
     """Whether a phase scores its rollouts with a reward: its config names one (``reward``)."""
@@ -76,7 +72,7 @@ def plan(run: RunConfig, task: Task) -> RewardPlan:
     quality = quality_model(run, task)
     models = [quality] if quality is not None else []
     for reward in rewards:
-        components = reward.params["components"] if reward.name == "weighted_sum" else [reward.__dict__]
+        components = reward.params["components"] if reward.name == "weighted_sum" else [{"name": reward.name, "params": reward.params}]
         models += [Path(c["params"]["model_path"]) for c in components
                    if c["name"] == "engagement" and "model_path" in c.get("params", {})]  # fmt: skip
     return RewardPlan(rewards, quality, list(dict.fromkeys(models)))
