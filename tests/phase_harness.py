@@ -172,11 +172,13 @@ PHASE_CASES: dict[str, Any] = {
 }
 
 
-def make_phase(cfg, model, tokenizer, rank: int, world: int, pool, reference_adapter: str | None = None, reward_fn=None):
+def make_phase(cfg, model, tokenizer, rank: int, world: int, pool, reference_adapter: str | None = None, reward_fn=None,
+               micro_batch_tokens: int | None = None, logits_chunk_mib: float = 256):  # fmt: skip
     from polyray.learner.phases import PHASES, StepContext
 
     ctx = StepContext(model, tokenizer, rank, world, seed=0, reward_fn=reward_fn or text_reward,
-                      reference_adapter=reference_adapter)
+                      reference_adapter=reference_adapter, micro_batch_tokens=micro_batch_tokens,
+                      logits_chunk_mib=logits_chunk_mib)  # fmt: skip
     return PHASES[cfg.type](cfg, build_task(TASK), TASK.n_train, ctx, pool if rank == 0 else None)
 
 
@@ -185,25 +187,33 @@ def lora_grads(model) -> dict[str, torch.Tensor]:
     return {n: p.grad.detach().cpu().clone() for n, p in module.named_parameters() if p.requires_grad}
 
 
-def step_grads(model_dir: Path, name: str, rank: int = 0, world: int = 1, device: str = "cpu", wrap_ddp: bool = False):
-    """(gradients of the LoRA parameters, metrics) after one ``phase.step`` and ``backward`` of case ``name``."""
+def step_grads(
+    model_dir: Path, name: str, rank: int = 0, world: int = 1, device: str = "cpu", wrap_ddp: bool = False,
+    dtype: torch.dtype = torch.float32, **step_options,
+):  # fmt: skip
+    """(gradients of the LoRA parameters, metrics) after one ``phase.step`` of case ``name`` (the step runs
+    its own backward passes). ``step_options``: ``micro_batch_tokens``, ``logits_chunk_mib``."""
     model, tokenizer = build_policy(model_dir, device)
-    if wrap_ddp:
-        model = torch.nn.parallel.DistributedDataParallel(model)
-    phase = make_phase(PHASE_CASES[name], model, tokenizer, rank, world, FixedPool(tokenizer), reward_fn=REWARDS.get(name))
-    loss, metrics = phase.step(0, 1)
-    loss.backward()
+    model = model.to(dtype)
+    if wrap_ddp:  # as the learner wraps it (polyray.learner.loop._setup_model)
+        model = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
+    phase = make_phase(PHASE_CASES[name], model, tokenizer, rank, world, FixedPool(tokenizer),
+                       reward_fn=REWARDS.get(name), **step_options)  # fmt: skip
+    metrics = phase.step(0, 1)
     return lora_grads(model), metrics
 
 
-def ddp_worker(rank: int, world: int, port: int, model_dir: str, names: list[str], out: str) -> None:
-    """``torch.multiprocessing.spawn`` target: every case's gradients on ``world`` gloo ranks; rank 0 saves them."""
+def ddp_worker(rank: int, world: int, port: int, model_dir: str, names: list[str], out: str,
+               options: dict | None = None) -> None:  # fmt: skip
+    """``torch.multiprocessing.spawn`` target: every case's gradients on ``world`` gloo ranks; rank 0 saves them.
+    ``options``: :func:`step_grads` keywords (``dtype``, ``micro_batch_tokens``, ``logits_chunk_mib``)."""
     import torch.distributed as dist
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        results = {name: step_grads(Path(model_dir), name, rank, world, wrap_ddp=True) for name in names}
+        results = {name: step_grads(Path(model_dir), name, rank, world, wrap_ddp=True, **(options or {}))
+                   for name in names}  # fmt: skip
         if rank == 0:
             torch.save(results, out)
     finally:

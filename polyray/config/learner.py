@@ -27,6 +27,16 @@ class LearnerConfig(StrictModel):
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass (less memory for long sequences or large models).",
     )
+    micro_batch_tokens: int | None = Field(
+        None, ge=1,
+        description="Padded tokens (sequences x longest) per forward/backward pass; a rank's share of a step is"
+        " split into micro-batches and their gradients accumulated (equal to the whole batch's). None: one pass.",
+    )  # fmt: skip
+    logits_chunk_mib: float = Field(
+        256, ge=0,
+        description="Float32 logits computed at once for token log-probs (MiB): bounds the logits' memory whatever"
+        " the batch. 0: the whole (sequences x tokens x vocabulary) logits tensor.",
+    )  # fmt: skip
     lora: LoraConfig = Field(default_factory=LoraConfig)
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     grad_clip: float = Field(1.0, gt=0, description="Global gradient-norm clip.")

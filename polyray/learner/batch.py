@@ -41,6 +41,32 @@ class Sequences:
     def pack(self, pad_id: int, device: torch.device | str | None = None) -> PackedBatch:
         return pack_sequences(self.prompt_ids, self.completion_ids, pad_id, device)
 
+    def lengths(self) -> list[int]:
+        """Each sequence's prompt + completion tokens (its row in :meth:`pack`)."""
+        return [len(p) + len(c) for p, c in zip(self.prompt_ids, self.completion_ids)]
+
+    def select(self, index: list[int]) -> Sequences:
+        """The sequences at ``index``, in that order."""
+        return Sequences([self.prompt_ids[i] for i in index], [self.completion_ids[i] for i in index])
+
+
+def micro_batches(lengths: list[int], budget: int | None) -> list[list[int]]:
+    """Sequence indices split into micro-batches whose padded size (sequences x longest) fits ``budget`` tokens.
+
+    Longest first, filled greedily: sequences of similar length share a micro-batch, so little
+    of the budget goes to padding. A sequence longer than the budget gets a micro-batch of its own.
+    ``budget`` None: one micro-batch with every sequence in its order (the whole-batch pass).
+    """
+    if budget is None:
+        return [list(range(len(lengths)))] if lengths else []
+    parts: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if parts and (len(parts[-1]) + 1) * lengths[parts[-1][0]] <= budget:
+            parts[-1].append(i)
+        else:
+            parts.append([i])
+    return parts
+
 
 @dataclass
 class TrainBatch(Sequences):
@@ -85,15 +111,17 @@ class TrainBatch(Sequences):
         ``whole_groups`` every ``world``-th group. Shards may be unequal or empty (more ranks than units)."""
         if whole_groups:
             size = self.group_size
-            index = [b * size + g for b in range(self.num_groups)[rank::world] for g in range(size)]
-        else:
-            size, index = None, list(range(len(self))[rank::world])
+            return self.select([b * size + g for b in range(self.num_groups)[rank::world] for g in range(size)], size)
+        return self.select(list(range(len(self))[rank::world]))
+
+    def select(self, index: list[int], group_size: int | None = None) -> TrainBatch:
+        """The sequences at ``index``, in that order; ``group_size``: when they are whole groups."""
         return TrainBatch(
             prompt_ids=[self.prompt_ids[i] for i in index],
             completion_ids=[self.completion_ids[i] for i in index],
             sample_logprobs=[self.sample_logprobs[i] for i in index],
             advantages=self.advantages[torch.tensor(index, dtype=torch.long)],
-            group_size=size,
+            group_size=group_size,
         )
 
     def sequence_logprobs(self) -> list[float]:

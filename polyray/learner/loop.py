@@ -111,7 +111,10 @@ def _setup_model(run: RunConfig, phase_cfg, loop_config: dict[str, Any], start: 
     # The KL reference is the phase's *incoming* adapter, also when resuming from a checkpoint.
     reference_dir = PHASES[phase_cfg.type].reference_adapter_dir(phase_cfg, loop_config.get("init_adapter"))
     reference = add_reference_adapter(model, reference_dir) if reference_dir else None
-    model = ray.train.torch.prepare_model(model)
+    # No buffer broadcast in DDP's forward (the model's buffers, e.g. rotary frequencies, are equal on
+    # every rank): ranks may run different numbers of micro-batches, and the only collective a
+    # step's forwards and backwards then make is the gradient all-reduce on the last backward.
+    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"broadcast_buffers": False})
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=phase_cfg.lr, weight_decay=run.learner.weight_decay)
     if start.checkpoint_dir is not None:
@@ -133,7 +136,8 @@ def _setup_phase(run: RunConfig, phase_cfg, loop_config: dict[str, Any], model, 
     rollout_log = None
     if rank == 0 and run.learner.log_rollouts:
         rollout_log = RolloutLog(Path(loop_config["output_dir"]) / "rollouts.jsonl", phase_cfg.name, task)
-    ctx = StepContext(model, tokenizer, rank, world, run.seed, reward_fn, reference, rollout_log)
+    ctx = StepContext(model, tokenizer, rank, world, run.seed, reward_fn, reference, rollout_log,
+                      run.learner.micro_batch_tokens, run.learner.logits_chunk_mib)  # fmt: skip
     return PHASES[phase_cfg.type](phase_cfg, task, run.task.n_train, ctx, loop_config.get("pool")), task
 
 
@@ -150,13 +154,13 @@ def _sync_canary(run: RunConfig, pool, task, tokenizer, rank: int):
 
 
 def _train_step(model, phase, optimizer, params, grad_clip: float, step: int, version: int) -> tuple[dict, Any]:
-    """One update: the phase's loss, backward, gradient clipping, optimizer step; (metrics, grad norm)."""
+    """One update: the phase's forwards and backwards (micro-batch by micro-batch), gradient clipping,
+    optimizer step; (metrics, grad norm before clipping)."""
     import torch
 
     model.train()
-    loss, metrics = phase.step(step, version)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    metrics = phase.step(step, version)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()
     return metrics, grad_norm

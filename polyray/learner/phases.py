@@ -1,10 +1,10 @@
 """Training phases as stage functions: each step is generate -> score -> advantages -> update.
 
 A phase object owns what a step needs (data; for sampling phases, its rollouts on rank 0)
-and exposes ``step(step_index, version) -> (loss, metrics)``, where ``version`` is the
-adapter version the learner holds, the one fresh samples are drawn under. The optimizer
-step, DDP, publishing and checkpointing live in :mod:`polyray.learner.loop`; the math
-lives in :mod:`polyray.objectives`.
+and exposes ``step(step_index, version) -> metrics``, which leaves the step's gradient in the
+parameters; ``version`` is the adapter version the learner holds, the one fresh samples are
+drawn under. The optimizer step, DDP, publishing and checkpointing live in
+:mod:`polyray.learner.loop`; the math lives in :mod:`polyray.objectives`.
 
 Every rank sees the same step data: rank 0 draws it (for GRPO, rolls out and scores)
 and broadcasts it as a :class:`~polyray.learner.batch.TrainBatch`; each rank then trains on
@@ -12,30 +12,35 @@ its shard of sequences (shard ``rank::world``).
 Each shard's loss is normalised by the *whole* batch's counts (tokens, sequences, groups)
 and multiplied by the world size, so after DDP averages the gradients the step equals the
 one-rank full-batch step, whatever the number of learner workers or an uneven split
-(docs/algorithms.md §2). A rank whose shard is empty contributes a zero loss that still
-touches every parameter, so DDP's all-reduce matches across ranks. Every tensor a phase
-builds is created on the model's device.
+(docs/algorithms.md §2). A rank's shard goes through the model in micro-batches of at most
+``learner.micro_batch_tokens`` padded tokens (:meth:`StepContext.accumulate`); every loss is a
+sum of per-sequence terms over whole-batch counts, so the accumulated gradient is the shard's,
+and DDP all-reduces once, on the last micro-batch. A rank whose shard is empty contributes a
+zero loss that still touches every parameter, so DDP's all-reduce matches across ranks. Every
+tensor a phase builds is created on the model's device.
 """
 
 from __future__ import annotations
 
 import random
 import time
+from collections import defaultdict
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 
 from polyray.config import GRPOPhaseConfig, PolychromicSFTPhaseConfig, SFTPhaseConfig
-from polyray.learner.batch import Sequences, TrainBatch
-from polyray.models.batching import gather_logprobs, next_token_logits, pack_sequences, token_logprobs
+from polyray.learner.batch import Sequences, TrainBatch, micro_batches
+from polyray.models.batching import DEFAULT_CHUNK_MIB, pack_sequences, token_logprobs
 from polyray.objectives.advantages import AdvantageInputs, compute_advantages, dynamic_sampling_mask
 from polyray.objectives.grpo import compute_grpo_loss
 from polyray.objectives.polychromic import (
+    compute_diversity_surrogate,
     compute_loo_advantages,
-    compute_polychromic_sft_loss,
     compute_subset_advantage_scale,
     compute_subset_marginals,
     enumerate_subsets,
@@ -43,6 +48,9 @@ from polyray.objectives.polychromic import (
 from polyray.objectives.sft import compute_sft_loss
 from polyray.rollout.sampling import request_seeds, task_sampling
 from polyray.tasks.base import Prompt, Task
+
+if TYPE_CHECKING:
+    from polyray.rollout.worker import Sample
 
 
 @dataclass
@@ -55,6 +63,8 @@ class StepContext:
     reward_fn: Any = None  # (prompts, (B, G) texts) -> (B, G) rewards; rank 0 only (it scores rollouts)
     reference_adapter: str | None = None  # peft adapter name of the frozen KL reference (None: adapter disabled)
     rollout_log: Any = None  # RolloutLog: rank 0 writes every scored rollout (learner.log_rollouts)
+    micro_batch_tokens: int | None = None  # padded tokens per forward/backward (None: the shard in one pass)
+    logits_chunk_mib: float = DEFAULT_CHUNK_MIB  # logits computed at once for token log-probs (0: all)
 
     @property
     def peft_model(self):
@@ -72,12 +82,36 @@ class StepContext:
         dist.all_reduce(t)
         return t.tolist()
 
-    def for_backward(self, shard_loss: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """(loss to differentiate, the whole batch's loss for logging) from a shard's share of the batch loss.
+    def logprobs(self, model, batch, temperature=1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`~polyray.models.batching.token_logprobs` with this learner's logits chunk."""
+        return token_logprobs(model, batch, temperature, self.logits_chunk_mib)
 
-        DDP averages gradients over ranks, so the shard loss is multiplied by the world size.
-        """
-        return shard_loss * self.world, self.global_sum(float(shard_loss.detach()))[0]
+    def micro_batches(self, lengths: list[int]) -> list[list[int]]:
+        """Indices of this rank's sequences (of these lengths), one list per micro-batch."""
+        return micro_batches(lengths, self.micro_batch_tokens)
+
+    def accumulate(self, parts: list, loss_of) -> dict[str, float]:
+        """Forward and backward each micro-batch in ``parts``; returns the sums over them of their
+        ``loss`` and of the metric sums ``loss_of(part) -> (loss, {name: sum})`` gives.
+
+        Each part's loss is its share of the whole batch's loss (whole-batch counts), times the
+        world size because DDP averages gradients over ranks: the gradients add up to the batch's.
+        DDP all-reduces on the last part's backward only (``no_sync`` before it). No parts: a zero
+        loss, so the rank still joins the all-reduce."""
+        sums: dict[str, float] = defaultdict(float)
+        if not parts:
+            (self.zero_loss() * self.world).backward()
+            sums["loss"] = 0.0
+            return sums
+        no_sync = getattr(self.model, "no_sync", None)
+        for i, part in enumerate(parts):
+            with no_sync() if no_sync is not None and i < len(parts) - 1 else nullcontext():
+                loss, metrics = loss_of(part)
+                (loss * self.world).backward()
+            sums["loss"] += float(loss.detach())
+            for name, value in metrics.items():
+                sums[name] += float(value)
+        return sums
 
     def zero_loss(self) -> torch.Tensor:
         """A loss of 0 through the DDP forward (a rank with nothing to train on still joins the all-reduce)."""
@@ -94,13 +128,15 @@ class RolloutLog:
     phase: str
     task: Task
 
-    def __call__(self, step: int, version: int, prompts: list[Prompt], texts: list[list[str]], rewards) -> None:
+    def __call__(self, step: int, prompts: list[Prompt], groups: list[list[Sample]], rewards) -> None:
+        """Rank 0, step ``step`` (0-based): each sample with the adapter version it was drawn under
+        (with rollouts ahead, one older than the version the learner holds at the step)."""
         from polyray.io import append_jsonl
 
-        for b, (prompt, group) in enumerate(zip(prompts, texts)):
-            for g, text in enumerate(group):
-                append_jsonl(self.path, {"phase": self.phase, "step": step + 1, "version": version,
-                                         "item": self.task.reward_item(prompt, text), "reward": float(rewards[b, g])})
+        for b, (prompt, group) in enumerate(zip(prompts, groups)):
+            for g, sample in enumerate(group):
+                append_jsonl(self.path, {"phase": self.phase, "step": step + 1, "version": sample.version,
+                                         "item": self.task.reward_item(prompt, sample.text), "reward": float(rewards[b, g])})
 
 
 def broadcast_from_rank0(obj: Any, ctx: StepContext) -> Any:
@@ -143,13 +179,17 @@ class SFTPhase:
         """Completion tokens of the whole step's references (every rank's shard)."""
         return self.ctx.global_sum(refs.num_tokens())[0]
 
-    def step(self, step: int, version: int) -> tuple[torch.Tensor, dict[str, float]]:
-        refs = self.reference_batch(step)
-        logp, mask = token_logprobs(self.ctx.model, refs.pack(self.ctx.tokenizer.pad_token_id, self.ctx.device))
-        shard, metrics = compute_sft_loss(logp, mask, num_tokens=self.reference_tokens(refs))
-        loss, metrics["loss"] = self.ctx.for_backward(shard)
-        metrics["nll"] = metrics["loss"]
-        return loss, metrics
+    def step(self, step: int, version: int) -> dict[str, float]:
+        ctx, refs = self.ctx, self.reference_batch(step)
+        num_tokens = self.reference_tokens(refs)
+
+        def loss_of(part: Sequences):
+            logp, mask = ctx.logprobs(ctx.model, part.pack(ctx.tokenizer.pad_token_id, ctx.device))
+            return compute_sft_loss(logp, mask, num_tokens=num_tokens)[0], {}
+
+        sums = ctx.accumulate([refs.select(i) for i in ctx.micro_batches(refs.lengths())], loss_of)
+        loss = ctx.global_sum(sums["loss"])[0]
+        return {"loss": loss, "nll": loss}
 
 
 def compute_diversity_advantages(name: str, groups: list[list[str]], estimator: str, k: int) -> torch.Tensor:
@@ -271,30 +311,56 @@ class PolychromicSFTPhase(SamplingPhase, SFTPhase):
             "rollout_tokens_per_s": sum(len(s.token_ids) for g in groups for s in g) / max(t1 - t0, 1e-6),
         }  # fmt: skip
 
-    def step(self, step: int, version: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def step(self, step: int, version: int) -> dict[str, float]:
+        """References and samples share micro-batches (one forward each: references at T = 1, samples
+        at the sampling temperature); the NLL divides by the whole step's reference tokens and the
+        surrogate by its number of groups, so micro-batch shares add up to the batch's loss."""
         ctx, cfg = self.ctx, self.cfg
         batch, info = broadcast_from_rank0(self._rollout(step, version) if ctx.rank == 0 else None, ctx)
         refs = self.reference_batch(step)
-        mine = batch.shard(ctx.rank, ctx.world, whole_groups=True)  # (B_r, n): a group's marginals are relative
-        packed = pack_sequences(refs.prompt_ids + mine.prompt_ids, refs.completion_ids + mine.completion_ids,
-                                ctx.tokenizer.pad_token_id, ctx.device)
-        logits = next_token_logits(ctx.model, packed)  # one forward for references and samples
-        mask = packed.completion_mask[:, 1:]
-        ref_logp = gather_logprobs(logits[: len(refs)], packed.rows(0, len(refs)))  # NLL at T = 1
-        nll, _ = compute_sft_loss(ref_logp, mask[: len(refs)], num_tokens=self.reference_tokens(refs))
-        shape, temperature = (mine.num_groups, mine.group_size), cfg.sampling.temperature
-        logp = gather_logprobs(logits[len(refs) :], packed.rows(len(refs), len(refs) + len(mine)), temperature)
-        sample_logp = torch.where(mask[len(refs) :] > 0, logp, torch.zeros_like(logp)).sum(-1).view(shape)
-        old_logp = torch.tensor(mine.sequence_logprobs(), dtype=logp.dtype, device=ctx.device).view(shape)
-        adv = mine.advantages.to(dtype=logp.dtype, device=ctx.device).view(shape)
-        shard, metrics = compute_polychromic_sft_loss(
-            nll, sample_logp, adv, cfg.lam, old_logp, cfg.ratio_clip, num_groups=batch.num_groups
-        )
-        loss, metrics["loss"] = ctx.for_backward(shard)
-        # nll and the surrogate are normalised by whole-batch counts: their sums over ranks are the batch's
-        metrics["nll"], metrics["diversity_surrogate"] = ctx.global_sum(metrics["nll"], metrics["diversity_surrogate"])
+        mine = batch.shard(ctx.rank, ctx.world, whole_groups=True)
+        num_tokens = self.reference_tokens(refs)
+        parts = [
+            (refs.select([i for i in part if i < len(refs)]), mine.select([i - len(refs) for i in part if i >= len(refs)]))
+            for part in ctx.micro_batches(refs.lengths() + mine.lengths())
+        ]
+
+        def loss_of(part: tuple[Sequences, TrainBatch]):
+            part_refs, samples = part
+            packed = pack_sequences(part_refs.prompt_ids + samples.prompt_ids,
+                                    part_refs.completion_ids + samples.completion_ids,
+                                    ctx.tokenizer.pad_token_id, ctx.device)  # fmt: skip
+            n_refs = len(part_refs)
+            temperature = torch.tensor([1.0] * n_refs + [cfg.sampling.temperature] * len(samples))
+            logp, mask = ctx.logprobs(ctx.model, packed, temperature if len(samples) else 1.0)
+            terms, sums = [], {}
+            if n_refs:
+                nll = compute_sft_loss(logp[:n_refs], mask[:n_refs], num_tokens=num_tokens)[0]
+                terms.append(nll)
+                sums["nll"] = float(nll.detach())
+            if len(samples):
+                sample_logp = torch.where(mask[n_refs:] > 0, logp[n_refs:], torch.zeros_like(logp[n_refs:])).sum(-1)
+                old_logp = torch.tensor(samples.sequence_logprobs(), dtype=logp.dtype, device=ctx.device)
+                surrogate, weights = compute_diversity_surrogate(
+                    sample_logp, samples.advantages.to(ctx.device), batch.num_groups, old_logp, cfg.ratio_clip
+                )
+                if cfg.lam or not n_refs:  # lam = 0: a part with references trains on their NLL alone (SFT's gradient)
+                    terms.append(-cfg.lam * surrogate)
+                sums.update(diversity_surrogate=float(surrogate.detach()), weight_sum=float(weights.sum()),
+                            adv_sum=float(samples.advantages.sum()), samples=len(samples))  # fmt: skip
+            return sum(terms[1:], terms[0]), sums
+
+        sums = ctx.accumulate(parts, loss_of)
+        keys = ("loss", "nll", "diversity_surrogate", "weight_sum", "adv_sum", "samples")
+        total = dict(zip(keys, ctx.global_sum(*(sums.get(k, 0.0) for k in keys))))
+        metrics = {k: total[k] for k in ("loss", "nll", "diversity_surrogate")}
+        if total["samples"]:  # means over the whole batch's samples (every rank's)
+            metrics.update(adv_mean=total["adv_sum"] / total["samples"], weight_mean=total["weight_sum"] / total["samples"])
         metrics.update(info)
-        return loss, metrics
+        return metrics
+
+
+TOKEN_MEANS = ("kl", "clip_frac", "ratio_mean")  # GRPO metrics averaged over completion tokens
 
 
 class GRPOPhase(SamplingPhase):
@@ -328,7 +394,7 @@ class GRPOPhase(SamplingPhase):
         texts = [[s.text for s in g] for g in groups]
         rewards = self.ctx.reward_fn(prompts, texts)  # (B, G): reward service handle or in-process scorer
         if self.ctx.rollout_log is not None:
-            self.ctx.rollout_log(step, version, prompts, texts, rewards)
+            self.ctx.rollout_log(step, prompts, groups, rewards)
         logprobs = [[s.logprobs for s in g] for g in groups]
         inputs = AdvantageInputs(rewards, texts, logprobs, progress=step / self.cfg.steps, step=step)
         adv = compute_advantages(self.cfg.advantage, inputs)
@@ -346,30 +412,34 @@ class GRPOPhase(SamplingPhase):
             "rollout_tokens_per_s": sum(len(s.token_ids) for g in groups for s in g) / max(rollout_s, 1e-6),
         }
 
-    def step(self, step: int, version: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def step(self, step: int, version: int) -> dict[str, float]:
         ctx, cfg = self.ctx, self.cfg
         batch, info = broadcast_from_rank0(self._rollout(step, version) if ctx.rank == 0 else None, ctx)
         mine = batch.shard(ctx.rank, ctx.world)
         n_seq, n_tok = ctx.global_sum(len(mine), mine.num_tokens())
-        if not len(mine):  # fewer kept sequences than ranks: this rank has nothing to train on
-            # same collectives, in the same order, as the other ranks: DDP forward, then the loss sum
-            zero = ctx.zero_loss()
-            _, loss_value = ctx.for_backward(zero)
-            return zero, {"loss": loss_value, **info}
-        packed = mine.pack(ctx.tokenizer.pad_token_id, ctx.device)
         temperature = cfg.sampling.temperature
-        logp, mask = token_logprobs(ctx.model, packed, temperature)
-        old_logp = mine.target_logprobs(logp.shape[1], logp.dtype).to(ctx.device)
-        ref_logp = self.reference_logprobs(packed, temperature) if cfg.kl_beta else None
-        advantages = mine.advantages.to(dtype=logp.dtype, device=ctx.device)
-        shard, metrics = compute_grpo_loss(
-            logp, old_logp, ref_logp, advantages, mask,
-            clip_eps_low=cfg.clip_eps_low, clip_eps_high=cfg.clip_eps_high, kl_beta=cfg.kl_beta,
-            aggregation=cfg.aggregation, max_len=cfg.sampling.max_tokens, num_sequences=n_seq, num_tokens=n_tok,
-        )  # fmt: skip
-        loss, metrics["loss"] = ctx.for_backward(shard)
+
+        def loss_of(part: TrainBatch):
+            packed = part.pack(ctx.tokenizer.pad_token_id, ctx.device)
+            logp, mask = ctx.logprobs(ctx.model, packed, temperature)
+            old_logp = part.target_logprobs(logp.shape[1], logp.dtype).to(ctx.device)
+            ref_logp = self.reference_logprobs(packed, temperature) if cfg.kl_beta else None
+            loss, metrics = compute_grpo_loss(
+                logp, old_logp, ref_logp, part.advantages.to(dtype=logp.dtype, device=ctx.device), mask,
+                clip_eps_low=cfg.clip_eps_low, clip_eps_high=cfg.clip_eps_high, kl_beta=cfg.kl_beta,
+                aggregation=cfg.aggregation, max_len=cfg.sampling.max_tokens, num_sequences=n_seq, num_tokens=n_tok,
+            )  # fmt: skip
+            tokens = float(mask.sum())  # the metrics are means over the part's tokens: back to sums
+            return loss, {"tokens": tokens, **{k: metrics[k] * tokens for k in TOKEN_MEANS}}
+
+        sums = ctx.accumulate([mine.select(i) for i in ctx.micro_batches(mine.lengths())], loss_of)
+        keys = ("loss", "tokens", *TOKEN_MEANS)
+        total = dict(zip(keys, ctx.global_sum(*(sums.get(k, 0.0) for k in keys))))
+        metrics = {"loss": total["loss"]}
+        if total["tokens"]:  # means over the whole batch's completion tokens (every rank's)
+            metrics.update({k: total[k] / total["tokens"] for k in TOKEN_MEANS})
         metrics.update(info)
-        return loss, metrics
+        return metrics
 
     def reference_logprobs(self, batch, temperature: float) -> torch.Tensor:
         """log pi_ref of the batch's tokens, no grad: the frozen phase-start adapter, or the adapter-disabled base."""
@@ -377,10 +447,10 @@ class GRPOPhase(SamplingPhase):
         with torch.no_grad():
             if self.ctx.reference_adapter is None:
                 with peft.disable_adapter():
-                    return token_logprobs(peft, batch, temperature)[0]
+                    return self.ctx.logprobs(peft, batch, temperature)[0]
             peft.set_adapter(self.ctx.reference_adapter, inference_mode=True)
             try:
-                return token_logprobs(peft, batch, temperature)[0]
+                return self.ctx.logprobs(peft, batch, temperature)[0]
             finally:
                 peft.set_adapter("default")  # also makes the policy adapter trainable again
 

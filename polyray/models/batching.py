@@ -1,14 +1,33 @@
 """Prompt + completion token lists -> padded tensors, and per-token log-probs under a model.
 
 Sequences are right-padded; ``completion_mask`` marks the completion tokens (the ones
-that carry loss). Shapes: B sequences, T = longest prompt+completion.
+that carry loss). Shapes: B sequences, T = longest prompt+completion, V vocabulary, H hidden size.
+
+Token log-probs never hold the ``(B, T, V)`` logits tensor (docs/algorithms.md §2, "Token log-probs"): the model
+runs with its output head switched off and returns the final hidden states; the head is then
+applied only at the completion positions, a chunk of positions at a time, each chunk
+checkpointed (its logits are recomputed in the backward pass instead of kept), so at most one
+chunk's logits are alive. A chunk holds as many positions as fit ``chunk_mib`` of float32 logits
+(``learner.logits_chunk_mib``): 256 MiB is 441 positions of a 151,936-token vocabulary, whatever
+the batch. A batch whose completion positions all fit one chunk (the embedded model's, with its
+384-token vocabulary) gets log-probs and gradients bit-identical to the full-logits path.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from torch.utils.checkpoint import checkpoint
+
+# Float32 logits computed at once (learner.logits_chunk_mib).
+DEFAULT_CHUNK_MIB = 256
+
+
+def chunk_positions(vocab_size: int, chunk_mib: float) -> int:
+    """Positions per chunk: as many rows of ``vocab_size`` float32 logits as fit ``chunk_mib`` MiB (at least 1)."""
+    return max(1, int(chunk_mib * 2**20) // (4 * vocab_size))
 
 
 @dataclass
@@ -20,6 +39,11 @@ class PackedBatch:
     def rows(self, start: int, end: int) -> PackedBatch:
         """Sequences [start, end) of the batch (views of the same tensors)."""
         return PackedBatch(self.input_ids[start:end], self.attention_mask[start:end], self.completion_mask[start:end])
+
+    @property
+    def target_mask(self) -> torch.Tensor:
+        """(B, T-1) 1 where the target (the next token) is a completion token."""
+        return self.completion_mask[:, 1:]
 
 
 def pack_sequences(
@@ -46,24 +70,104 @@ def pack_sequences(
     return PackedBatch(input_ids, attention_mask, completion_mask)
 
 
+def _logprob_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Log-softmax runs in at least float32 (bf16 logits lose the small probabilities), float64 stays."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def next_token_logits(model, batch: PackedBatch) -> torch.Tensor:
-    """(B, T-1, V) float32 logits predicting tokens 1..T-1."""
-    return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1].float()
+    """(B, T-1, V) logits predicting tokens 1..T-1, in at least float32: the whole tensor (the reference path)."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+    return logits.to(_logprob_dtype(logits.dtype))
 
 
-def gather_logprobs(logits: torch.Tensor, batch: PackedBatch, temperature: float = 1.0) -> torch.Tensor:
+Temperature = float | torch.Tensor  # one for the batch, or (B,): each sequence's own
+
+
+def gather_logprobs(logits: torch.Tensor, batch: PackedBatch, temperature: Temperature = 1.0) -> torch.Tensor:
     """(B, T-1) log-prob of each target token under softmax(logits / temperature)."""
-    if temperature <= 0:
-        raise ValueError(f"log-probs need a temperature > 0, got {temperature}")
-    scaled = logits if temperature == 1.0 else logits / temperature
+    _check_temperature(temperature)
+    if torch.is_tensor(temperature):
+        temperature = temperature.to(logits.device, logits.dtype)[:, None, None]
+    scaled = logits if _is_one(temperature) else logits / temperature
     targets = batch.input_ids[:, 1:]
     return torch.log_softmax(scaled, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
-def token_logprobs(model, batch: PackedBatch, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-prob of each next token: returns (logp (B, T-1), mask (B, T-1)) aligned to targets.
+def _check_temperature(temperature: Temperature) -> None:
+    low = float(temperature.min()) if torch.is_tensor(temperature) else temperature
+    if low <= 0:
+        raise ValueError(f"log-probs need a temperature > 0, got {low}")
+
+
+def _is_one(temperature: Temperature) -> bool:
+    """Whether no division is needed (a float 1; a tensor always divides, exactly where it holds 1)."""
+    return not torch.is_tensor(temperature) and temperature == 1.0
+
+
+def _causal_lm(model):
+    """The transformers model under DDP (``.module``) and peft (``get_base_model``)."""
+    model = getattr(model, "module", model)
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+@contextmanager
+def _hidden_states_out(model):
+    """Within the block the model's forward returns the final (normed) hidden states as ``.logits``;
+    yields the output head. The forward still goes through ``model`` itself (DDP's forward prepares
+    its gradient all-reduce), only the head is lifted out for the duration."""
+    lm = _causal_lm(model)
+    head = lm.get_output_embeddings()
+    lm.set_output_embeddings(torch.nn.Identity())
+    try:
+        yield head
+    finally:
+        lm.set_output_embeddings(head)
+
+
+def _chunk_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, temperature: Temperature) -> torch.Tensor:
+    """(n,) log-probs of ``targets`` from (n, H) hidden states through the output head (``temperature``:
+    a float, or (n,) per position)."""
+    logits = head(hidden)
+    logits = logits.to(_logprob_dtype(logits.dtype))
+    if torch.is_tensor(temperature):
+        logits = logits / temperature.to(logits.dtype)[:, None]
+    elif temperature != 1.0:
+        logits = logits / temperature
+    return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def token_logprobs(
+    model, batch: PackedBatch, temperature: Temperature = 1.0, chunk_mib: float = DEFAULT_CHUNK_MIB
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-prob of each completion token: returns (logp (B, T-1), mask (B, T-1)) aligned to targets.
 
     ``temperature``: the log-probs of the sampling distribution softmax(logits / T), as the
-    sampler (vLLM in ``processed_logprobs`` mode) reports them for the tokens it drew.
+    sampler (vLLM in ``processed_logprobs`` mode) reports them for the tokens it drew; a (B,) tensor
+    gives each sequence its own (e.g. references at 1 beside samples at T in one forward).
+    ``chunk_mib``: the size of a chunk of logits (module docstring); 0 computes the full
+    ``(B, T-1, V)`` logits tensor instead (the reference path, for tests and benchmarks).
+    ``logp`` is 0 outside ``mask``, in float32 (float64 for a float64 model).
     """
-    return gather_logprobs(next_token_logits(model, batch), batch, temperature), batch.completion_mask[:, 1:]
+    mask = batch.target_mask
+    if not chunk_mib:
+        return gather_logprobs(next_token_logits(model, batch), batch, temperature), mask
+    _check_temperature(temperature)
+    with _hidden_states_out(model) as head:
+        hidden = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+    selected = mask > 0
+    hidden, targets = hidden[selected], batch.input_ids[:, 1:][selected]  # (n, H), (n,)
+    if torch.is_tensor(temperature):  # per sequence -> per selected position
+        temperature = temperature.to(hidden.device)[:, None].expand(mask.shape)[selected]
+    grad = torch.is_grad_enabled() and hidden.requires_grad
+    size = chunk_positions(_causal_lm(model).config.vocab_size, chunk_mib)
+    chunks = []
+    for start in range(0, len(targets), size):
+        t = temperature[start : start + size] if torch.is_tensor(temperature) else temperature
+        args = (head, hidden[start : start + size], targets[start : start + size], t)
+        chunks.append(checkpoint(_chunk_logprobs, *args, use_reentrant=False) if grad else _chunk_logprobs(*args))
+    dtype = _logprob_dtype(hidden.dtype)
+    logp = torch.zeros(mask.shape, dtype=dtype, device=hidden.device)
+    if chunks:
+        logp = logp.masked_scatter(selected, torch.cat(chunks))
+    return logp, mask

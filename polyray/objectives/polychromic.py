@@ -88,6 +88,29 @@ def compute_subset_advantage_scale(n: int, k: int) -> float:
     return k / (n - k)
 
 
+def compute_diversity_surrogate(
+    sample_logp: torch.Tensor,  # any shape: sequence log π_θ(y|x) of sampled completions (carries grad)
+    advantages: torch.Tensor,  # same shape: their diversity marginals; treated as constants
+    num_groups: int,  # B, the whole batch's prompts the surrogate is averaged over
+    old_logp: torch.Tensor | None = None,  # same shape: sequence log π_old, when the samples are off-policy
+    ratio_clip: float = 2.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(D̂_θ's share from these samples, their weights w): (1/B) Σ sg(a) · w · log π_θ(y|x).
+
+    A sum over samples, so any split of a batch's samples (ranks, micro-batches, groups cut in
+    two) gives shares that add up to the batch's surrogate when each share divides by the
+    whole batch's ``num_groups``. w = sg(min(exp(log π_θ − log π_old), ratio_clip)), else 1.
+    """
+    if ratio_clip <= 0:
+        raise ValueError(f"ratio_clip must be > 0, got {ratio_clip}")
+    adv = advantages.detach().to(sample_logp.dtype)
+    if old_logp is None:
+        weights = torch.ones_like(adv)
+    else:
+        weights = torch.exp(sample_logp.detach() - old_logp.detach()).clamp(max=ratio_clip)
+    return (adv * weights * sample_logp).sum() / max(num_groups, 1), weights
+
+
 def compute_polychromic_sft_loss(
     nll: torch.Tensor,  # () NLL of the reference completions (carries grad)
     sample_logp: torch.Tensor,  # (B, n) sequence log π_θ(y_i|x) of the sampled completions (carries grad)
@@ -115,16 +138,10 @@ def compute_polychromic_sft_loss(
         )
     if old_logp is not None and old_logp.shape != sample_logp.shape:
         raise ValueError(f"old_logp must match sample_logp {tuple(sample_logp.shape)}, got {tuple(old_logp.shape)}")
-    if ratio_clip <= 0:
-        raise ValueError(f"ratio_clip must be > 0, got {ratio_clip}")
-    adv = advantages.detach().to(sample_logp.dtype)
-    if old_logp is None:
-        weights = torch.ones_like(adv)
-    else:
-        weights = torch.exp(sample_logp.detach() - old_logp.detach()).clamp(max=ratio_clip)
     B = num_groups if num_groups is not None else sample_logp.shape[0]
-    surrogate = (adv * weights * sample_logp).sum() / max(B, 1)  # () D̂_θ, averaged over prompts
+    surrogate, weights = compute_diversity_surrogate(sample_logp, advantages, B, old_logp, ratio_clip)
     loss = nll if lam == 0 else nll - lam * surrogate
+    adv = advantages.detach()
     metrics = {
         "nll": float(nll.detach()),
         "diversity_surrogate": float(surrogate.detach()),

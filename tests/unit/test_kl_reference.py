@@ -37,14 +37,13 @@ def test_phase_start_reference_starts_at_zero_kl(model_dir, tmp_path):
     reference = add_reference_adapter(model, str(incoming))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(".default." in n for n in trainable)
-    loss, metrics = make_phase(cfg, model, tok, 0, 1, FixedPool(tok), reference_adapter=reference).step(0, 1)
+    metrics = make_phase(cfg, model, tok, 0, 1, FixedPool(tok), reference_adapter=reference).step(0, 1)  # + backward
     assert metrics["kl"] == pytest.approx(0.0, abs=1e-6)  # the policy *is* the phase-start policy
     assert {n for n, p in model.named_parameters() if p.requires_grad} == trainable  # still the same trainables
-    loss.backward()
     assert all(p.grad is None for n, p in model.named_parameters() if ".reference." in n)
 
     base_model, _ = build_policy(model_dir)
-    _, base_metrics = make_phase(_grpo("base"), base_model, tok, 0, 1, FixedPool(tok)).step(0, 1)
+    base_metrics = make_phase(_grpo("base"), base_model, tok, 0, 1, FixedPool(tok)).step(0, 1)
     assert base_metrics["kl"] > 1e-4  # against the adapter-disabled base the same policy is far away
 
     saved = save_adapter(model, tmp_path / "out")
