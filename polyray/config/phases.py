@@ -5,7 +5,9 @@
 - ``grpo``: GRPO with a configurable advantage estimator (docs/algorithms.md §2-3).
 
 The phases themselves are ``polyray.learner.phases.PHASES`` (``tests/unit/test_registries.py``
-keeps its keys equal to the ``type`` literals here). Each model checks its own fields, and
+keeps its keys equal to the ``type`` literals here). Every phase has its own learning-rate schedule
+(``lr``, ``lr_schedule``, ``warmup_steps``, ``min_lr_ratio``; a fresh AdamW per phase, so a phase's
+warm-up restarts from its own start). Each model checks its own fields, and
 :meth:`SFTPhaseConfig.check_run` / :meth:`GRPOPhaseConfig.check_run` whether it fits the run's
 learner and adapter store (``RunConfig`` calls them).
 """
@@ -15,13 +17,40 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from polyray.config.advantages import MAX_SUBSETS, AdvantageConfig, Aggregation, GroupAdvantageConfig
 from polyray.config.names import DiversityName
 from polyray.config.reward import PhaseRewardConfig
 from polyray.config.sampling import SamplingConfig
 from polyray.io import StrictModel
+
+# The learning-rate schedule of a phase (docs/algorithms.md §7), built by polyray.learner.schedule. Shared
+# by the phases through these annotated types; each phase declares them right after its ``lr``.
+LRSchedule = Annotated[
+    Literal["constant", "linear", "cosine"],
+    Field(description="LR after warm-up: constant, or a linear / cosine decay to min_lr_ratio * lr at the phase end."),
+]
+WarmupSteps = Annotated[
+    int, Field(ge=0, description="Steps of linear warm-up to lr at the start of the phase (0 = none; < steps).")
+]
+MinLRRatio = Annotated[
+    float,
+    Field(ge=0, le=1, description="Floor of a linear / cosine decay (and start of its warm-up), as a fraction of lr."),
+]
+
+
+def _warmup_ends_inside_the_phase(value: int, info: ValidationInfo) -> int:
+    steps = info.data.get("steps")  # absent when steps itself failed: that error is reported instead
+    if steps is not None and value >= steps:
+        raise ValueError(f"must be < steps ({steps}): the warm-up must end inside the phase")
+    return value
+
+
+def _floor_of_a_decay(value: float, info: ValidationInfo) -> float:
+    if value > 0 and info.data.get("lr_schedule") == "constant":
+        raise ValueError("must be 0 with lr_schedule constant: it is the floor of a linear or cosine decay")
+    return value
 
 
 def _check_sampling_phase(phase) -> None:
@@ -51,8 +80,14 @@ class SFTPhaseConfig(StrictModel):
     name: str = Field("sft", description="Phase name (output folder, results key).")
     steps: int = Field(60, ge=1, description="Optimizer steps.")
     batch_size: int = Field(32, ge=1, description="Sequences per step (split over learner ranks).")
-    lr: float = Field(2e-3, gt=0, description="AdamW learning rate.")
+    lr: float = Field(2e-3, gt=0, description="AdamW learning rate (the peak, after warm-up).")
+    lr_schedule: LRSchedule = "constant"
+    warmup_steps: WarmupSteps = 0
+    min_lr_ratio: MinLRRatio = 0.0
     checkpoint_every: int = Field(20, ge=1, description="Steps between checkpoints.")
+
+    _warmup_fits = field_validator("warmup_steps")(_warmup_ends_inside_the_phase)
+    _floor_decays = field_validator("min_lr_ratio")(_floor_of_a_decay)
 
     def check_run(self, learner_workers: int, store_keep: int) -> None:
         """Raise ValueError (naming this phase's field, without ``phases.N.``) when the phase does not fit
@@ -73,7 +108,7 @@ class PolychromicSFTPhaseConfig(SFTPhaseConfig):
     the current adapter; their set diversity drives the leave-one-out (or k-subset) advantages.
     """
 
-    type: Literal["polychromic_sft"] = "polychromic_sft"  # steps, batch_size, lr, ... as in SFTPhaseConfig
+    type: Literal["polychromic_sft"] = "polychromic_sft"  # steps, batch_size, lr, lr_schedule, ... as in SFTPhaseConfig
     name: str = Field("polychromic_sft", description="Phase name (output folder, results key).")
     lam: float = Field(0.3, ge=0, description="Weight lambda of the diversity term (0 = plain SFT).")
     n_samples: int = Field(3, ge=2, description="Samples per prompt whose set diversity is scored (n).")
@@ -119,7 +154,10 @@ class GRPOPhaseConfig(StrictModel):
     steps: int = Field(40, ge=1, description="Optimizer steps (one rollout batch each).")
     prompts_per_step: int = Field(16, ge=1, description="Prompts per rollout batch.")
     group_size: int = Field(8, ge=2, description="Samples per prompt (G).")
-    lr: float = Field(2e-3, gt=0, description="AdamW learning rate.")
+    lr: float = Field(2e-3, gt=0, description="AdamW learning rate (the peak, after warm-up).")
+    lr_schedule: LRSchedule = "constant"
+    warmup_steps: WarmupSteps = 0
+    min_lr_ratio: MinLRRatio = 0.0
     clip_eps_low: float = Field(0.2, ge=0, description="Lower ratio clip epsilon.")
     clip_eps_high: float = Field(0.2, ge=0, description="Upper ratio clip epsilon (DAPO clip-higher: 0.28).")
     kl_beta: float = Field(0.04, ge=0, description="Weight of the k3 KL to the reference policy.")
@@ -145,6 +183,9 @@ class GRPOPhaseConfig(StrictModel):
     reward: PhaseRewardConfig | None = Field(
         None, description="This phase's reward, instead of the run's reward.name and reward.params."
     )
+
+    _warmup_fits = field_validator("warmup_steps")(_warmup_ends_inside_the_phase)
+    _floor_decays = field_validator("min_lr_ratio")(_floor_of_a_decay)
 
     @model_validator(mode="after")
     def _k_fits_group(self) -> "GRPOPhaseConfig":

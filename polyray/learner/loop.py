@@ -4,10 +4,11 @@
 (:func:`_resume_state`: the latest Ray Train checkpoint, else the incoming adapter), the
 model and optimizer (:func:`_setup_model`: same LoRA init on every rank), the phase
 (:func:`_setup_phase`), the adapter publisher (:class:`~polyray.learner.publish.AdapterPublisher`),
-then per step :func:`_train_step` (``phase.step`` -> backward -> clip -> optimizer step), a
+then per step :func:`_train_step` (``phase.step`` -> backward -> clip -> optimizer step) and the
+phase's LR schedule step (:mod:`polyray.learner.schedule`), a
 publish (every step for phases that sample, at the end otherwise), rank 0's logs
 (:func:`_log_step`) and every ``checkpoint_every`` steps :func:`_checkpoint` (adapter +
-optimizer + step + version through ``ray.train.report``). The final adapter is saved in
+optimizer + LR scheduler + step + version through ``ray.train.report``). The final adapter is saved in
 standard peft format.
 """
 
@@ -39,14 +40,16 @@ class ProgressTracker:
         return self.state
 
 
-def _save_checkpoint_dir(model, optimizer, step: int, version: int) -> str:
+def _save_checkpoint_dir(model, optimizer, scheduler, step: int, version: int) -> str:
     import torch
 
     from polyray.learner.lora import save_adapter
+    from polyray.learner.schedule import save_scheduler
 
     d = tempfile.mkdtemp(prefix="polyray-ckpt-")
     save_adapter(model, Path(d) / "adapter")
     torch.save(optimizer.state_dict(), Path(d) / "optimizer.pt")
+    save_scheduler(scheduler, d)
     (Path(d) / "state.json").write_text(json.dumps({"step": step, "version": version}))
     return d
 
@@ -96,12 +99,14 @@ def _resume_state(loop_config: dict[str, Any]) -> _Start:
 
 
 def _setup_model(run: RunConfig, phase_cfg, loop_config: dict[str, Any], start: _Start, rank: int):
-    """(DDP model, tokenizer, KL reference adapter name, trainable params, optimizer), restored from ``start``."""
+    """(DDP model, tokenizer, KL reference adapter name, trainable params, optimizer, LR scheduler),
+    restored from ``start``."""
     import torch
     import ray.train.torch
 
     from polyray.learner.lora import add_reference_adapter, build_peft_model
     from polyray.learner.phases import PHASES
+    from polyray.learner.schedule import build_scheduler, restore_scheduler
 
     torch.manual_seed(run.seed)  # identical LoRA init on every rank
     model, tokenizer = build_peft_model(
@@ -117,10 +122,12 @@ def _setup_model(run: RunConfig, phase_cfg, loop_config: dict[str, Any], start: 
     model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"broadcast_buffers": False})
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=phase_cfg.lr, weight_decay=run.learner.weight_decay)
+    scheduler = build_scheduler(optimizer, phase_cfg)  # sets the optimizer's lr to step 0's
     if start.checkpoint_dir is not None:
         optimizer.load_state_dict(torch.load(Path(start.checkpoint_dir) / "optimizer.pt"))
+        restore_scheduler(scheduler, start.checkpoint_dir, start.step)
     torch.manual_seed(run.seed + 1000 * rank + start.step)
-    return model, tokenizer, reference, params, optimizer
+    return model, tokenizer, reference, params, optimizer, scheduler
 
 
 def _setup_phase(run: RunConfig, phase_cfg, loop_config: dict[str, Any], model, tokenizer, reference, rank, world):
@@ -176,13 +183,13 @@ def _log_step(output_dir: Path, phase_cfg, metrics: dict[str, Any], tracker, tel
     telemetry.record(metrics)
 
 
-def _checkpoint(metrics: dict[str, Any], model, optimizer, step: int, version: int, rank: int) -> None:
-    """Every rank reports; rank 0 attaches the checkpoint (adapter + optimizer + step + version)."""
+def _checkpoint(metrics: dict[str, Any], model, optimizer, scheduler, step: int, version: int, rank: int) -> None:
+    """Every rank reports; rank 0 attaches the checkpoint (adapter + optimizer + LR scheduler + step + version)."""
     import ray.train
 
     # ray.train.report is a barrier through the Train controller (~2 s on this machine), so it
     # runs with checkpoints only; per-step metrics go to metrics.jsonl and the progress tracker.
-    checkpoint_dir = _save_checkpoint_dir(model, optimizer, step, version) if rank == 0 else None
+    checkpoint_dir = _save_checkpoint_dir(model, optimizer, scheduler, step, version) if rank == 0 else None
     ray.train.report(
         metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
     )
@@ -204,7 +211,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.set_num_threads(run.learner.threads)
 
     start = _resume_state(loop_config)
-    model, tokenizer, reference, params, optimizer = _setup_model(run, phase_cfg, loop_config, start, rank)
+    model, tokenizer, reference, params, optimizer, scheduler = _setup_model(run, phase_cfg, loop_config, start, rank)
     phase, task = _setup_phase(run, phase_cfg, loop_config, model, tokenizer, reference, rank, world)
     publisher = AdapterPublisher(pool, phase_cfg.name, phase.ctx, _sync_canary(run, pool, task, tokenizer, rank))
     holds_published = start.checkpoint_dir is None and start.adapter_dir is not None
@@ -222,7 +229,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     for step in range(start.step, phase_cfg.steps):
         t0 = time.perf_counter()
         version = publisher.version  # the adapter the step's fresh samples are drawn under
+        lr = scheduler.get_last_lr()[0]  # the LR this step trains at
         metrics, grad_norm = _train_step(model, phase, optimizer, params, run.learner.grad_clip, step, version)
+        scheduler.step()  # once per optimizer step: the next step's LR
         last = step + 1 == phase_cfg.steps
         measure = dynamics is not None and dynamics.due(step + 1, last)
         sync_s = publisher.publish(step + 1) if phase.publishes_every_step or last or measure else 0.0
@@ -230,13 +239,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if measure and rank == 0:
             dynamics(step + 1, publisher.version)
         metrics.update(  # the phase's "loss" is the whole batch's, summed over ranks
-            grad_norm=float(grad_norm), step=step + 1, version=publisher.version, step_s=step_s, sync_s=sync_s,
+            grad_norm=float(grad_norm), lr=lr, step=step + 1, version=publisher.version, step_s=step_s, sync_s=sync_s,
             time=time.time(), **publisher.take_canary_metrics(),
         )  # fmt: skip
         if rank == 0:
             _log_step(output_dir, phase_cfg, metrics, tracker, telemetry)
         if last or (step + 1) % phase_cfg.checkpoint_every == 0:
-            _checkpoint(metrics, model, optimizer, step + 1, publisher.version, rank)
+            _checkpoint(metrics, model, optimizer, scheduler, step + 1, publisher.version, rank)
     if rank == 0:
         save_adapter(model, output_dir / "adapters" / phase_cfg.name,
                      extra={"polyray_version.json": {"version": publisher.version, "phase": phase_cfg.name}})

@@ -13,6 +13,8 @@ from typing import Any
 # metric name -> (key in the step metrics, description)
 GAUGES = {
     "polyray_loss": ("loss", "Training loss of the last step."),
+    "polyray_lr": ("lr", "Learning rate the last step trained at (the phase's schedule)."),
+    "polyray_grad_norm": ("grad_norm", "Gradient norm of the last step, before clipping to learner.grad_clip."),
     "polyray_reward_mean": ("reward_mean", "Mean reward of the last rollout batch."),
     "polyray_kl": ("kl", "Mean k3 KL to the adapter-disabled base."),
     "polyray_diversity_advantage": ("adv_abs_mean", "Mean |diversity marginal| of polychromic samples."),
