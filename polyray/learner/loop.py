@@ -4,7 +4,7 @@
 (:func:`_resume_state`: the latest Ray Train checkpoint, else the incoming adapter), the
 model and optimizer (:func:`_setup_model`: same LoRA init on every rank), the phase
 (:func:`_setup_phase`), the adapter publisher (:class:`~polyray.learner.publish.AdapterPublisher`),
-then per step :func:`_train_step` (``phase.step`` -> backward -> clip -> optimizer step) and the
+then per step :func:`_train_step` (``phase.step``: forwards and backwards, micro-batch by micro-batch -> clip -> optimizer step) and the
 phase's LR schedule step (:mod:`polyray.learner.schedule`), a
 publish (every step for phases that sample, at the end otherwise), rank 0's logs
 (:func:`_log_step`) and every ``checkpoint_every`` steps :func:`_checkpoint` (adapter +
