@@ -262,7 +262,8 @@ RESUME_EVENT = "resume"
 
 
 def read_log_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """The current rows of a training log (``metrics.jsonl``, ``dynamics.jsonl``).
+    """The current rows of a training log (``metrics.jsonl``, ``dynamics.jsonl``, ``rollouts.jsonl``):
+    the one way to read them.
 
     - A torn last line (a process killed mid-write: no final newline, not valid JSON) is
       dropped; any other bad line raises naming ``file:line``.

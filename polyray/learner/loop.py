@@ -51,18 +51,26 @@ def _save_checkpoint_dir(model, optimizer, step: int, version: int) -> str:
     return d
 
 
+STEP_LOGS = ("metrics.jsonl", "dynamics.jsonl", "rollouts.jsonl")
+"""The run directory's per-step logs, each read through :func:`polyray.io.read_log_jsonl`."""
+
+
 def _mark_superseded(output_dir: Path, phase: str, start_step: int) -> None:
-    """Append a resume marker to the step logs if an earlier attempt at ``phase`` logged steps past
-    ``start_step`` (a restart from a checkpoint, or from step 0 when the group died before its first
-    checkpoint was registered); readers then see each (phase, step) once (polyray.io.read_log_jsonl)."""
+    """Append a resume marker to each step log that holds rows of ``phase`` past ``start_step``, left
+    there by an earlier attempt (a restart from a checkpoint, or from step 0 when the group died
+    before its first checkpoint was registered); readers then see each (phase, step) once
+    (polyray.io.read_log_jsonl).
+
+    Decided per log, not from ``metrics.jsonl`` alone: a step's rollouts (``rollouts.jsonl``,
+    written while it samples) and its dynamics measurement (``dynamics.jsonl``, after its publish)
+    reach their logs before its ``metrics.jsonl`` row, so a learner killed in between leaves rows
+    past the start in those logs and none in ``metrics.jsonl``."""
     from polyray.io import RESUME_EVENT, append_jsonl, read_log_jsonl
 
-    logs = [output_dir / name for name in ("metrics.jsonl", "dynamics.jsonl", "rollouts.jsonl")]
-    if not any(r.get("phase") == phase and r.get("step", 0) > start_step for r in read_log_jsonl(logs[0])):
-        return
     marker = {"event": RESUME_EVENT, "phase": phase, "step": start_step, "time": time.time()}
-    for log in logs:
-        if log.exists():
+    for name in STEP_LOGS:
+        log = output_dir / name
+        if any(r.get("phase") == phase and r.get("step", 0) > start_step for r in read_log_jsonl(log)):
             append_jsonl(log, marker)
 
 
