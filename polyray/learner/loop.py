@@ -145,16 +145,18 @@ def _setup_phase(run: RunConfig, phase_cfg, loop_config: dict[str, Any], model, 
     return PHASES[phase_cfg.type](phase_cfg, task, run.task.n_train, ctx, loop_config.get("pool")), task
 
 
-def _sync_canary(run: RunConfig, pool, task, tokenizer, rank: int):
-    """Rank 0's sync canary when the run asks for one and there is a pool to check (else None)."""
+def _sync_canary(run: RunConfig, phase_cfg, pool, task, tokenizer, rank: int):
+    """Rank 0's sync canary when the run asks for one and there is a pool to check (else None); a phase
+    that samples has it check at its sampling temperature too."""
     from polyray.learner.phases import encode_references
     from polyray.learner.sync import SyncCanary
 
     if pool is None or rank != 0 or not run.learner.sync_check_every:
         return None
     probe = task.prompts("val", 1)[0]
+    sampling = getattr(phase_cfg, "sampling", None)
     return SyncCanary(run.learner.sync_check_every, encode_references([probe], tokenizer)[0],
-                      tokenizer.pad_token_id, run.model.dtype)
+                      tokenizer.pad_token_id, run.model.dtype, sampling.temperature if sampling else 1.0)
 
 
 def _train_step(model, phase, optimizer, params, grad_clip: float, step: int, version: int) -> tuple[dict, Any]:
@@ -210,7 +212,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     start = _resume_state(loop_config)
     model, tokenizer, reference, params, optimizer = _setup_model(run, phase_cfg, loop_config, start, rank)
     phase, task = _setup_phase(run, phase_cfg, loop_config, model, tokenizer, reference, rank, world)
-    publisher = AdapterPublisher(pool, phase_cfg.name, phase.ctx, _sync_canary(run, pool, task, tokenizer, rank))
+    canary = _sync_canary(run, phase_cfg, pool, task, tokenizer, rank)
+    publisher = AdapterPublisher(pool, phase_cfg.name, phase.ctx, canary)
     holds_published = start.checkpoint_dir is None and start.adapter_dir is not None
     publisher.start(start.version, start.step, holds_published, phase.publishes_every_step)
 
