@@ -262,7 +262,8 @@ RESUME_EVENT = "resume"
 
 
 def read_log_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """The current rows of a training log (``metrics.jsonl``, ``dynamics.jsonl``).
+    """The current rows of a training log (``metrics.jsonl``, ``dynamics.jsonl``, ``rollouts.jsonl``):
+    the one way to read them.
 
     - A torn last line (a process killed mid-write: no final newline, not valid JSON) is
       dropped; any other bad line raises naming ``file:line``.
@@ -270,9 +271,16 @@ def read_log_jsonl(path: str | Path) -> list[dict[str, Any]]:
       rows of phase p with step > s written before that marker were superseded by the resume
       and are dropped, so each (phase, step) appears once. Markers are not returned.
     """
+    return read_log_and_markers(path)[0]
+
+
+def read_log_and_markers(path: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(the current rows as :func:`read_log_jsonl` returns them, the resume markers in file order),
+    from one read of the file: a reader that follows a growing log (the run's tracker) learns from
+    the markers which steps were run again, consistently with the rows it got."""
     path = Path(path)
     if not path.is_file():
-        return []
+        return [], []
     raw = path.read_bytes()
     lines = raw.split(b"\n")
     torn = lines[-1] if lines[-1].strip() else None  # bytes after the last newline
@@ -295,13 +303,15 @@ def read_log_jsonl(path: str | Path) -> list[dict[str, Any]]:
         except (UnicodeDecodeError, json.JSONDecodeError):
             pass  # torn write: the row was never completed
     current: list[dict[str, Any]] = []
+    markers: list[dict[str, Any]] = []
     for row in rows:
         if row.get("event") == RESUME_EVENT:
             phase, step = row.get("phase"), row.get("step", 0)
             current = [r for r in current if not (r.get("phase") == phase and r.get("step", 0) > step)]
+            markers.append(row)
         else:
             current.append(row)
-    return current
+    return current, markers
 
 
 def cache_root() -> Path:

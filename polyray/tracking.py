@@ -9,6 +9,9 @@ Two producers, one naming scheme (docs/design.md, "Tracking"):
   evaluation, its record's numbers as ``<stage>/<metric>`` (:meth:`polyray.eval.record.EvalRecord.scalars`). Artifacts at the end: ``results.json`` and the
   resolved config. The tracking run's id and how far the logs were sent are kept in the run
   directory (``tracking.json``), so ``--resume`` continues the same tracking run without repeats.
+  A restarted learner re-runs the steps past the one it resumed from (the resume marker it writes
+  to each log, :func:`polyray.io.read_log_jsonl`): those steps are sent again, later, so the
+  backends' current value of a step is the re-run's, as in ``metrics.jsonl`` (:meth:`RunTracker.log_progress`).
 - Sweeps and experiments: Ray Tune's own logger callbacks (:func:`tune_callbacks`), one tracking
   run per trial with the trial's parameters, logging each report (a trial reports after every
   evaluated stage: :func:`run_metrics`).
@@ -30,7 +33,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from polyray.config import RunConfig, TrackingConfig
-from polyray.io import ConfigError, read_log_jsonl, write_json_atomic
+from polyray.io import ConfigError, read_log_and_markers, read_log_jsonl, write_json_atomic
 
 STATE_FILE = "tracking.json"
 # the run's logs -> the section their rows are logged under
@@ -141,11 +144,16 @@ class _MLflowRun:
         else:
             self.client.update_run(run_id, status="RUNNING")
         self.run_id = run_id
+        self._last_ms = 0
 
     def log(self, metrics: dict[str, float], step: int | None) -> None:
+        """Log ``metrics`` at ``step``. MLflow keeps every value of a metric (its history) and reads the
+        one with the latest timestamp at a step as that step's value: a step sent again (a restarted
+        learner re-ran it) gets a timestamp strictly later than anything this run sent before, also
+        within one millisecond."""
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
+        now = self._last_ms = max(int(time.time() * 1000), self._last_ms + 1)
         items = [Metric(mlflow_key(k), v, now, step or 0) for k, v in metrics.items()]
         for i in range(0, len(items), 1000):  # MLflow's batch limit on metrics
             self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
@@ -170,6 +178,12 @@ class _WandbRun:
         self._axes: set[str] = set()
 
     def log(self, metrics: dict[str, float], step: int | None) -> None:
+        """Log ``metrics`` at the phase's ``step``. W&B's own step (``_step``) must increase in a run, so
+        it is left to count the calls; the phase's step is a metric, ``<phase>/<section>/step``, set
+        as the x axis of the phase's metrics (``define_metric``), and it may go back: a step sent
+        again (a restarted learner re-ran it) is a later row at the same x, so the run's summary
+        and the latest point at that x are the re-run's (W&B keeps the lost attempt's point too:
+        rewriting history, "rewind", is not generally available)."""
         if step is None:  # an evaluation: no training step
             self.run.log(metrics)
             return
@@ -202,6 +216,8 @@ class RunTracker:
         self.backend = _MLflowRun(*args) if cfg.backend == "mlflow" else _WandbRun(*args, out)
         # (log file, phase) -> the last step sent: a resumed run sends only what is new
         self.sent: dict[str, dict[str, int]] = state.get("sent", {})
+        # log file -> the resume markers in it already applied to ``sent``
+        self.markers: dict[str, int] = state.get("markers", {})
         self._save()
 
     def _read_state(self, cfg: TrackingConfig) -> dict[str, Any]:
@@ -214,15 +230,28 @@ class RunTracker:
     def _save(self) -> None:
         write_json_atomic(
             self.state_path, {"backend": "mlflow" if isinstance(self.backend, _MLflowRun) else "wandb",
-                              "run_id": self.backend.run_id, "sent": self.sent},
+                              "run_id": self.backend.run_id, "sent": self.sent, "markers": self.markers},
         )  # fmt: skip
 
     def log_progress(self) -> None:
-        """Send the learner-step and dynamics rows logged since the last call."""
+        """Send the learner-step and dynamics rows logged since the last call.
+
+        A resume marker (phase p, step s) new since the last call means a restarted learner runs
+        p's steps past s again, and its rows supersede those sent before: the last step sent of p
+        goes back to s, so the re-run steps are sent as they are logged. Rows the marker superseded
+        and that were never sent are never sent (the rows come from :func:`polyray.io.read_log_jsonl`)."""
         new = False
         for name, section in LOGS.items():
             sent = self.sent.setdefault(name, {})
-            for row in read_log_jsonl(self.out / name):
+            rows, markers = read_log_and_markers(self.out / name)  # one read: the two agree
+            for marker in markers[self.markers.get(name, 0) :]:
+                phase, step = marker.get("phase"), marker.get("step", 0)
+                if isinstance(phase, str) and isinstance(step, int) and sent.get(phase, -1) > step:
+                    sent[phase] = step
+            if len(markers) != self.markers.get(name, 0):
+                self.markers[name] = len(markers)
+                new = True
+            for row in rows:
                 phase, step = row.get("phase"), row.get("step")
                 if not isinstance(phase, str) or not isinstance(step, int) or step <= sent.get(phase, -1):
                     continue

@@ -47,5 +47,8 @@ class LearnerConfig(StrictModel):
         False, description="Write every GRPO rollout (the reward's item and the reward the learner used) to rollouts.jsonl."
     )
     sync_check_every: int = Field(
-        50, ge=0, description="Sync canary: check the first and every N-th adapter publish on a rollout worker (0 = off)."
+        50, ge=0,
+        description="Sync canary: check every N-th adapter publish on a rollout worker, in turn; also an attempt's"
+        " first publish (or starting version) on every worker, a restarted worker at the next publish, and"
+        " a phase's sampling temperature when it is not 1 (0 = off).",
     )

@@ -54,18 +54,26 @@ def _save_checkpoint_dir(model, optimizer, scheduler, step: int, version: int) -
     return d
 
 
+STEP_LOGS = ("metrics.jsonl", "dynamics.jsonl", "rollouts.jsonl")
+"""The run directory's per-step logs, each read through :func:`polyray.io.read_log_jsonl`."""
+
+
 def _mark_superseded(output_dir: Path, phase: str, start_step: int) -> None:
-    """Append a resume marker to the step logs if an earlier attempt at ``phase`` logged steps past
-    ``start_step`` (a restart from a checkpoint, or from step 0 when the group died before its first
-    checkpoint was registered); readers then see each (phase, step) once (polyray.io.read_log_jsonl)."""
+    """Append a resume marker to each step log that holds rows of ``phase`` past ``start_step``, left
+    there by an earlier attempt (a restart from a checkpoint, or from step 0 when the group died
+    before its first checkpoint was registered); readers then see each (phase, step) once
+    (polyray.io.read_log_jsonl).
+
+    Decided per log, not from ``metrics.jsonl`` alone: a step's rollouts (``rollouts.jsonl``,
+    written while it samples) and its dynamics measurement (``dynamics.jsonl``, after its publish)
+    reach their logs before its ``metrics.jsonl`` row, so a learner killed in between leaves rows
+    past the start in those logs and none in ``metrics.jsonl``."""
     from polyray.io import RESUME_EVENT, append_jsonl, read_log_jsonl
 
-    logs = [output_dir / name for name in ("metrics.jsonl", "dynamics.jsonl", "rollouts.jsonl")]
-    if not any(r.get("phase") == phase and r.get("step", 0) > start_step for r in read_log_jsonl(logs[0])):
-        return
     marker = {"event": RESUME_EVENT, "phase": phase, "step": start_step, "time": time.time()}
-    for log in logs:
-        if log.exists():
+    for name in STEP_LOGS:
+        log = output_dir / name
+        if any(r.get("phase") == phase and r.get("step", 0) > start_step for r in read_log_jsonl(log)):
             append_jsonl(log, marker)
 
 
@@ -148,16 +156,18 @@ def _setup_phase(run: RunConfig, phase_cfg, loop_config: dict[str, Any], model, 
     return PHASES[phase_cfg.type](phase_cfg, task, run.task.n_train, ctx, loop_config.get("pool")), task
 
 
-def _sync_canary(run: RunConfig, pool, task, tokenizer, rank: int):
-    """Rank 0's sync canary when the run asks for one and there is a pool to check (else None)."""
+def _sync_canary(run: RunConfig, phase_cfg, pool, task, tokenizer, rank: int):
+    """Rank 0's sync canary when the run asks for one and there is a pool to check (else None); a phase
+    that samples has it check at its sampling temperature too."""
     from polyray.learner.phases import encode_references
     from polyray.learner.sync import SyncCanary
 
     if pool is None or rank != 0 or not run.learner.sync_check_every:
         return None
     probe = task.prompts("val", 1)[0]
+    sampling = getattr(phase_cfg, "sampling", None)
     return SyncCanary(run.learner.sync_check_every, encode_references([probe], tokenizer)[0],
-                      tokenizer.pad_token_id, run.model.dtype)
+                      tokenizer.pad_token_id, run.model.dtype, sampling.temperature if sampling else 1.0)
 
 
 def _train_step(model, phase, optimizer, params, grad_clip: float, step: int, version: int) -> tuple[dict, Any]:
@@ -213,7 +223,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     start = _resume_state(loop_config)
     model, tokenizer, reference, params, optimizer, scheduler = _setup_model(run, phase_cfg, loop_config, start, rank)
     phase, task = _setup_phase(run, phase_cfg, loop_config, model, tokenizer, reference, rank, world)
-    publisher = AdapterPublisher(pool, phase_cfg.name, phase.ctx, _sync_canary(run, pool, task, tokenizer, rank))
+    canary = _sync_canary(run, phase_cfg, pool, task, tokenizer, rank)
+    publisher = AdapterPublisher(pool, phase_cfg.name, phase.ctx, canary)
     holds_published = start.checkpoint_dir is None and start.adapter_dir is not None
     publisher.start(start.version, start.step, holds_published, phase.publishes_every_step)
 

@@ -37,13 +37,19 @@ class AdapterPublisher:
         (a fresh start from a previous phase's adapter). Otherwise (a resume from a checkpoint,
         a fresh LoRA) or when the store has moved past ``version`` (a lost attempt published
         past it), a phase whose rollouts sample the learner publishes its starting weights
-        first, under a fresh id."""
+        first, under a fresh id, and the canary checks that publish. When nothing is published
+        because the workers already serve the weights the learner starts from, the canary checks
+        that version instead: the rollouts (and the step-0 dynamics measurement) sample it before
+        the attempt's first publish."""
         # A lost attempt may have published past this attempt's checkpoint; until this attempt
         # publishes, it holds the newest version as far as lag and labels go.
         newest = broadcast_from_rank0(self.pool.newest_version() if self.pool is not None else None, self.ctx) or 0
         self.version = max(version, newest)
-        if publishes_every_step and not (holds_published and newest == version):
+        serves_start = holds_published and newest == version  # the store's newest is the learner's weights
+        if publishes_every_step and not serves_start:
             self.publish(step)
+        elif serves_start and self.pool is not None and self.canary is not None:  # rank 0, no collective
+            self.canary_metrics.update(self.canary.after_start(self.ctx.model, self.pool, version))
 
     def publish(self, step: int) -> float:
         """Every rank (a collective when there are several): move to the next version. Rank 0 publishes

@@ -1,11 +1,25 @@
 """The adapter sync canary: proof that rollout workers sample the weights the learner published.
 
 A LoRA sync that silently does nothing (a worker keeps serving old weights under a new or
-reused version id) is the failure users of RL fine-tuning frameworks report most. Every
-``learner.sync_check_every`` publishes (the first one and every N-th after it), rank 0 scores
-a fixed probe completion on one rollout worker under the version it just published (workers
-in turn) and compares the log-probs with its own. Past the tolerance of the weights' dtype
-the run stops with :class:`SyncCanaryError`.
+reused version id) is the failure users of RL fine-tuning frameworks report most. Rank 0 scores
+a fixed probe completion on a rollout worker under a version it published and compares the
+log-probs with its own; past the tolerance of the weights' dtype the run stops with
+:class:`SyncCanaryError`. What is checked, and where:
+
+- every ``learner.sync_check_every`` publishes (the first one and every N-th after it), one
+  worker, in turn;
+- an attempt's first check covers every worker: a restarted learner knows nothing of the workers
+  it finds (one may have restarted with it). An attempt that publishes nothing at its start (it
+  holds the version the workers already serve: a phase continuing the previous one's adapter)
+  checks that version (:meth:`SyncCanary.after_start`), so the weights sampled before its first
+  publish are checked too;
+- a worker Ray restarted (its incarnation id changed, :meth:`polyray.rollout.pool.RolloutPool.incarnations`)
+  at the next publish: it serves weights it pulled from the store itself, not those the pool sent;
+- at a phase's sampling temperature T != 1, also the sampling path: the worker draws a short
+  completion as rollouts are drawn and reports its sampling-time log-probs, log softmax(logits / T)
+  (``rollout.logprobs_mode: processed_logprobs``, which a run with T != 1 requires), and the learner
+  scores the drawn tokens at T. The probe's scoring cannot do this: vLLM's prompt log-probs skip the
+  sampler, so they are at temperature 1 whatever the request asks.
 """
 
 from __future__ import annotations
@@ -14,12 +28,17 @@ import time
 
 import torch
 
+from polyray.config import SamplingConfig
 from polyray.models.batching import pack_sequences, token_logprobs
 
 # Same weights on both sides differ only in kernels (vLLM's attention and fused LoRA ops vs eager
 # PyTorch): a few 1e-5 in float32 for the embedded model, ~1e-2 in bfloat16. A stale adapter is
 # orders of magnitude further away after a handful of optimizer steps.
 TOLERANCE = {"float32": 1e-3, "bfloat16": 5e-2}
+# Tokens the worker draws for the check at the sampling temperature: enough positions to compare,
+# few enough decode steps to stay cheap; the seed makes the draw the same on every check.
+DRAW_TOKENS = 16
+DRAW_SEED = 0
 
 
 class SyncCanaryError(RuntimeError):
@@ -27,38 +46,91 @@ class SyncCanaryError(RuntimeError):
 
 
 class SyncCanary:
-    def __init__(self, every: int, probe: tuple[list[int], list[int]], pad_id: int, dtype: str = "float32"):
+    """Rank 0's canary for one attempt at a phase (a restarted learner builds a new one).
+
+    ``probe``: (prompt ids, completion ids) scored on both sides; ``temperature``: the phase's
+    sampling temperature (1 for a phase that does not sample)."""
+
+    def __init__(
+        self, every: int, probe: tuple[list[int], list[int]], pad_id: int, dtype: str = "float32",
+        temperature: float = 1.0,
+    ):  # fmt: skip
         self.every, self.probe, self.pad_id = every, probe, pad_id
         self.tolerance = TOLERANCE[dtype]
+        self.temperature = temperature
         self.publishes = 0
+        self.turn = 0  # the worker the next scheduled check goes to (modulo the workers)
+        self.incarnations: list[str] | None = None  # each worker's id at the last look (None: none yet)
+
+    def after_start(self, model, pool, version: int) -> dict[str, float]:
+        """The attempt starts holding ``version``, which the workers already serve, and publishes nothing:
+        check it on every worker. Returns the measurements (:meth:`after_publish`)."""
+        if not self.every:
+            return {}
+        self.incarnations = pool.incarnations()
+        return self._check_workers(model, pool, version, list(range(len(pool.workers))))
 
     def after_publish(self, model, pool, version: int) -> dict[str, float]:
-        """Count a publish; on the due ones, check it. Returns {"canary_gap", "canary_s"} when checked."""
+        """Count a publish; check it on the workers due. Returns {"canary_gap", "canary_s", "canary_workers"}
+        (and "canary_gap_t" at a sampling temperature != 1) when it checked, else {}."""
         self.publishes += 1
-        if not self.every or (self.publishes - 1) % self.every:
+        if not self.every:
             return {}
-        started = time.perf_counter()
-        gap = self.check(model, pool, version, worker=(self.publishes - 1) // self.every % len(pool.workers))
-        return {"canary_gap": gap, "canary_s": time.perf_counter() - started}
+        seen, self.incarnations = self.incarnations, pool.incarnations()
+        if seen is None:  # the attempt's first check
+            due = set(range(len(pool.workers)))
+        else:  # restarted since the last look, and the scheduled one in turn
+            due = {i for i, (before, now) in enumerate(zip(seen, self.incarnations)) if before != now}
+            if (self.publishes - 1) % self.every == 0:
+                due.add(self.turn % len(pool.workers))
+                self.turn += 1
+        return self._check_workers(model, pool, version, sorted(due)) if due else {}
 
-    def check(self, model, pool, version: int, worker: int = 0) -> float:
-        """Max |learner − worker| log-prob over the probe's tokens; raises past the tolerance."""
-        prompt_ids, completion_ids = self.probe
+    def _check_workers(self, model, pool, version: int, workers: list[int]) -> dict[str, float]:
+        started = time.perf_counter()
+        gaps = [self.check(model, pool, version, worker) for worker in workers]
+        metrics = {"canary_gap": max(gaps), "canary_workers": float(len(workers))}
+        if self.temperature != 1.0:
+            metrics["canary_gap_t"] = max(self.check_sampling(model, pool, version, worker) for worker in workers)
+        return {**metrics, "canary_s": time.perf_counter() - started}
+
+    def _learner_logprobs(self, model, prompt_ids, completion_ids, temperature: float) -> torch.Tensor:
         peft = getattr(model, "module", model)
         device = next(peft.parameters()).device
         was_training = peft.training
         peft.eval()  # no dropout in the probe (the loop puts the model back in train mode each step)
         try:
             with torch.no_grad():
-                logp, mask = token_logprobs(peft, pack_sequences([prompt_ids], [completion_ids], self.pad_id, device))
+                batch = pack_sequences([prompt_ids], [completion_ids], self.pad_id, device)
+                logp, mask = token_logprobs(peft, batch, temperature)
         finally:
             peft.train(was_training)
-        learner = logp[0][mask[0].bool()].double().cpu()
+        return logp[0][mask[0].bool()].double().cpu()
+
+    def check(self, model, pool, version: int, worker: int = 0) -> float:
+        """Max |learner − worker| log-prob over the probe's tokens (temperature 1); raises past the tolerance."""
+        prompt_ids, completion_ids = self.probe
+        learner = self._learner_logprobs(model, prompt_ids, completion_ids, 1.0)
         served = torch.tensor(pool.score(prompt_ids, completion_ids, version, worker), dtype=torch.float64)
+        return self._verdict(float((learner - served).abs().max()), self.tolerance, worker, version, "")
+
+    def check_sampling(self, model, pool, version: int, worker: int = 0) -> float:
+        """Max |learner − worker| log-prob at the sampling temperature over a completion the worker draws
+        after the probe's prompt; raises past the tolerance (scaled by 1/T below 1: the logits are)."""
+        prompt_ids = self.probe[0]
+        sampling = SamplingConfig(temperature=self.temperature, top_p=1.0, max_tokens=DRAW_TOKENS)
+        sample = pool.draw(prompt_ids, sampling, version, worker, DRAW_SEED)
+        learner = self._learner_logprobs(model, prompt_ids, sample.token_ids, self.temperature)
+        served = torch.tensor(sample.logprobs, dtype=torch.float64)
+        tolerance = self.tolerance * max(1.0, 1.0 / self.temperature)
         gap = float((learner - served).abs().max())
-        if gap > self.tolerance:
+        return self._verdict(gap, tolerance, worker, version, f" sampling at temperature {self.temperature:g}")
+
+    @staticmethod
+    def _verdict(gap: float, tolerance: float, worker: int, version: int, how: str) -> float:
+        if gap > tolerance:
             raise SyncCanaryError(
                 f"adapter sync canary: rollout worker {worker} serves policy-v{version} with log-probs {gap:.3g} away"
-                f" from the learner's weights (tolerance {self.tolerance:g}): it is not sampling the published adapter"
+                f" from the learner's weights{how} (tolerance {tolerance:g}): it is not sampling the published adapter"
             )
         return gap

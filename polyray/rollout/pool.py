@@ -8,7 +8,8 @@ it is asked for pulls it from the store, so a worker Ray restarted (``__init__``
 and pulls the store's newest version) or one asked for an evicted version serves the right
 weights. Named adapters (saved directories the evaluation job registers) are re-registered
 by the pool on a restarted worker. A chunk whose worker died in flight is retried once the
-worker is back.
+worker is back. Each worker reports an incarnation id, new when it restarts
+(:meth:`RolloutPool.incarnations`), so the learner's sync canary can check a restarted worker.
 
 The pool object itself is a small picklable value (actor handles), so the learner's rank 0
 can receive it and drive rollouts and syncs.
@@ -126,6 +127,17 @@ class RolloutPool:
     def score(self, prompt_ids: list[int], completion_ids: list[int], version: int | None, worker: int = 0) -> list[float]:
         """Log-probs of a fixed completion's tokens on worker ``worker`` under adapter ``version``."""
         return self._on_worker(self.workers[worker], lambda w: w.score.remote(prompt_ids, completion_ids, version))
+
+    def draw(self, prompt_ids: list[int], sampling: SamplingConfig, version: int | None, worker: int = 0,
+             seed: int = 0) -> Sample:  # fmt: skip
+        """One sample after ``prompt_ids`` on worker ``worker`` under adapter ``version``, drawn as rollouts
+        are, with its sampling-time log-probs (:meth:`RolloutWorker.draw`)."""
+        return self._on_worker(self.workers[worker], lambda w: w.draw.remote(prompt_ids, sampling, version, seed))
+
+    def incarnations(self) -> list[str]:
+        """Each worker's incarnation id (:meth:`RolloutWorker.incarnation`): an id that changed between two
+        calls means Ray restarted that worker in between."""
+        return self._on_every_worker(lambda w: w.incarnation.remote())
 
     def add_named_adapter(self, name: str, path: str) -> None:
         self.named[name] = str(path)

@@ -9,7 +9,8 @@ adapters are kept; older ones are removed from vLLM and from disk (generate is s
 inside the worker, so none is in use then). A version asked for that the worker lacks (it
 was restarted, or evicted it) is pulled from the adapter store
 (:mod:`polyray.rollout.store`); a (re)started worker pulls the store's newest version
-before it serves.
+before it serves, under a new :meth:`~RolloutWorker.incarnation` id (the learner's sync canary
+checks a worker whose id changed).
 
 Log-probs are, by default, vLLM's *processed* log-probs of the sampled tokens
 (``rollout.logprobs_mode``): those of the distribution it sampled from, softmax(logits / T),
@@ -27,6 +28,7 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -136,6 +138,8 @@ class RolloutWorker:
 
         self.metrics = Metrics({"run": "", "worker": "0", **(tags or {})}, GAUGES, HISTOGRAMS, COUNTERS)
 
+        # Ray runs __init__ again when it restarts the actor: a new id per process that serves
+        self._incarnation = uuid.uuid4().hex
         self.config = config
         self.keep_versions = keep_versions or config.max_loras
         self.llm = LLM(**engine_kwargs(model_dir, config, dtype))
@@ -202,6 +206,12 @@ class RolloutWorker:
     def versions(self) -> list[int]:
         return sorted(self.adapters)
 
+    def incarnation(self) -> str:
+        """This worker process's id, new each time the worker starts: Ray restarts a dead worker under
+        the same actor handle, so a caller compares ids to learn that it restarted (and serves
+        weights it pulled from the store, not the ones the pool sent it)."""
+        return self._incarnation
+
     def _lora_request(self, version: int | None, adapter_name: str | None):
         from vllm.lora.request import LoRARequest
 
@@ -262,6 +272,16 @@ class RolloutWorker:
         ids = list(prompt_ids) + list(completion_ids)
         out = self.llm.generate(TokensPrompt(prompt_token_ids=ids), params, lora_request=self._lora_request(version, None), use_tqdm=False)[0]
         return [out.prompt_logprobs[i][ids[i]].logprob for i in range(len(prompt_ids), len(ids))]
+
+    def draw(self, prompt_ids: list[int], sampling: SamplingConfig, version: int | None, seed: int) -> Sample:
+        """One sample after the token ids ``prompt_ids`` under adapter ``version``, drawn as rollouts
+        are (the decode path, ``sampling``'s temperature, log-probs in ``rollout.logprobs_mode``):
+        the sync canary's check at a phase's sampling temperature. :meth:`score` cannot serve it:
+        vLLM's prompt log-probs skip the sampler, so they are at temperature 1 whatever is asked."""
+        from vllm.inputs import TokensPrompt
+
+        prompt = TokensPrompt(prompt_token_ids=list(prompt_ids))
+        return self.generate([prompt], 1, sampling, version, None, [seed])[0][0]
 
     def close(self) -> None:
         shutil.rmtree(self.adapter_root, ignore_errors=True)

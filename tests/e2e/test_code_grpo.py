@@ -60,6 +60,7 @@ def reward_url():
 
 def test_code_grpo_rewards_from_the_sandbox_equal_the_services(tmp_path, reward_url):
     from polyray.config import load_config, phase_reward
+    from polyray.io import read_log_jsonl
     from polyray.reward.client import RewardClient
     from polyray.reward.service import resolve_reward
     from polyray.tasks import build_task
@@ -74,7 +75,7 @@ def test_code_grpo_rewards_from_the_sandbox_equal_the_services(tmp_path, reward_
 
     run = load_config(CONFIG, [s for s in SHORT if s != "--set"])
     task = build_task(run.task)
-    rows = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
+    rows = read_log_jsonl(out / "rollouts.jsonl")  # current rows only (a restarted learner supersedes some)
     with RewardClient(reward_url, timeout_s=300) as client:
         for phase in run.phases:
             logged = [r for r in rows if r["phase"] == phase.name]

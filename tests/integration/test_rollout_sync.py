@@ -135,6 +135,32 @@ def test_sync_canary_catches_a_worker_that_kept_old_weights(pool, model_dir, run
         canary.after_publish(model, pool, version + 1)
 
 
+
+@pytest.mark.parametrize("temperature", [0.7, 1.3])
+def test_sync_canary_checks_the_sampling_path_at_the_phase_temperature(pool, model_dir, run_config, temperature):
+    """Prompt log-probs are at T = 1 whatever a request asks, so at another sampling temperature the
+    canary has the worker draw the probe prompt's continuation as rollouts are drawn: its sampling-time
+    log-probs are the learner's log softmax(logits / T) of the drawn tokens."""
+    from polyray.config import SamplingConfig
+    from polyray.learner.lora import extract_adapter
+    from polyray.learner.phases import encode_references
+    from polyray.learner.sync import DRAW_SEED, DRAW_TOKENS, SyncCanary
+    from polyray.tasks import build_task
+
+    model, tok = random_policy(model_dir, run_config, seed=4)
+    probe = encode_references(build_task(run_config.task).prompts("val", 1), tok)[0]
+    version = pool.newest_version() + 1
+    pool.publish(version, extract_adapter(model))
+    canary = SyncCanary(every=1, probe=probe, pad_id=tok.pad_token_id, temperature=temperature)
+    metrics = canary.after_publish(model, pool, version)
+    assert metrics["canary_gap"] < canary.tolerance and metrics["canary_gap_t"] < canary.tolerance, metrics
+    sampling = SamplingConfig(temperature=temperature, max_tokens=DRAW_TOKENS)
+    sample = pool.draw(probe[0], sampling, version, 0, DRAW_SEED)
+    assert sample.version == version and sample.prompt_token_ids == probe[0]
+    assert len(sample.logprobs) == len(sample.token_ids) >= 1
+    raw = learner_logprobs(model, probe[0], sample.token_ids, tok.pad_token_id).double()
+    assert (raw - torch.tensor(sample.logprobs, dtype=torch.float64)).abs().max() > 10 * TOL  # not T = 1 log-probs
+
 def test_version_ids_never_repeat_and_mean_one_set_of_weights(pool, model_dir, run_config):
     """A learner restarted from a checkpoint at version c, after the lost attempt published c+1..c+2:
     re-publishing under c+1 is refused by the store, and a worker holding c+1 refuses other weights

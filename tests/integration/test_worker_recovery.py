@@ -61,7 +61,9 @@ def test_idle_kill_then_newest_version_and_named_adapter(pool, model_dir, run_co
         return [[s.text for s in g] for g in pool.generate(texts, 3, sampling, seeds=seeds, **kw)]
 
     before_version, before_named = draw(version=version), draw(adapter_name="run/sft")
+    incarnations = pool.incarnations()
     assert _kill_and_wait(pool.workers[0]) == [version]  # pulled while starting, before serving
+    assert pool.incarnations()[0] != incarnations[0]  # what the sync canary goes by to check it again
     assert draw(version=version) == before_version
     assert draw(adapter_name="run/sft") == before_named
 

@@ -85,6 +85,31 @@ def test_a_restarted_phase_marks_the_lost_attempts_rows(tmp_path):
     assert log.read_text().count('"event"') == 2
 
 
+def test_a_restart_marks_each_log_that_ran_ahead_of_the_metrics(tmp_path):
+    """Step 3's rollouts and its dynamics row reach their logs before its metrics.jsonl row: a learner
+    killed in between leaves step 3 in rollouts.jsonl and dynamics.jsonl only. The attempt restarted
+    from the step-2 checkpoint marks those logs too, so the re-run step 3 is read once in each."""
+    from collections import Counter
+
+    from polyray.io import append_jsonl, read_log_jsonl
+    from polyray.learner.loop import _mark_superseded
+
+    logs = {name: tmp_path / name for name in ("metrics.jsonl", "dynamics.jsonl", "rollouts.jsonl")}
+    for step in (1, 2):
+        append_jsonl(logs["metrics.jsonl"], {"phase": "grpo", "step": step, "loss": float(step)})
+    for step in (2, 3):  # the lost attempt measured and sampled step 3, then died before its metrics row
+        append_jsonl(logs["dynamics.jsonl"], {"phase": "grpo", "step": step, "pass@1": 0.1 * step})
+    for step in (1, 2, 3):
+        append_jsonl(logs["rollouts.jsonl"], {"phase": "grpo", "step": step, "reward": 0.0})
+    _mark_superseded(tmp_path, "grpo", 2)
+    for name, log in logs.items():  # the resumed attempt's step 3
+        append_jsonl(log, {"phase": "grpo", "step": 3, "loss": 30.0, "pass@1": 0.9, "reward": 1.0})
+    for name, log in logs.items():
+        rows = read_log_jsonl(log)
+        assert max(Counter((r["phase"], r["step"]) for r in rows).values()) == 1, (name, rows)
+        assert rows[-1]["step"] == 3 and rows[-1]["pass@1"] == 0.9, name  # the resumed attempt's row
+    assert '"event"' not in logs["metrics.jsonl"].read_text()  # nothing of it past step 2: no marker
+
 def test_a_step_logged_once_is_known(tmp_path):
     """A phase restarted from step 0 does not measure its step-0 dynamics again (the lost attempt's row,
     same weights, stays current); a superseded row does not count."""

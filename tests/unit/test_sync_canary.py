@@ -16,21 +16,67 @@ pytestmark = [pytest.mark.slow]
 
 
 class ScoringPool:
-    """Workers that score with a frozen copy of the weights they were last given."""
+    """Workers that score with a frozen copy of the weights they were last given (``sync``: a publish
+    reaching them); ``restart`` gives a worker a new incarnation id, as Ray's restart does."""
 
-    def __init__(self, model, tokenizer, n_workers: int = 2):
+    def __init__(self, model, tokenizer, n_workers: int = 2, newest: int = 0):
         self.workers = list(range(n_workers))
-        self.served = copy.deepcopy(model)
+        self.served = [copy.deepcopy(model)] * n_workers
+        self.ids = [f"{w}.0" for w in self.workers]
+        self.ignores_loads: set[int] = set()
         self.tokenizer = tokenizer
+        self.newest = newest
         self.calls: list[int] = []
+        self.sampling_logprobs_at_t1 = False  # a sampler that reports T = 1 log-probs whatever it samples at
+
+    def newest_version(self) -> int:
+        return self.newest
+
+    def sync(self, model) -> None:
+        served = copy.deepcopy(model)
+        self.served = [self.served[w] if w in self.ignores_loads else served for w in self.workers]
+
+    def restart(self, worker: int, ignores_loads: bool = False) -> None:
+        self.ids[worker] = f"{worker}.{int(self.ids[worker].split('.')[1]) + 1}"
+        if ignores_loads:  # the new process serves what it started with, whatever it is sent
+            self.ignores_loads.add(worker)
+
+    def incarnations(self) -> list[str]:
+        return list(self.ids)
 
     def score(self, prompt_ids, completion_ids, version, worker=0):
         from polyray.models.batching import pack_sequences, token_logprobs
 
         self.calls.append(worker)
         with torch.no_grad():
-            logp, mask = token_logprobs(self.served, pack_sequences([prompt_ids], [completion_ids], self.tokenizer.pad_token_id))
+            batch = pack_sequences([prompt_ids], [completion_ids], self.tokenizer.pad_token_id)
+            logp, mask = token_logprobs(self.served[worker], batch)
         return logp[0][mask[0].bool()].tolist()
+
+    @torch.no_grad()
+    def draw(self, prompt_ids, sampling, version, worker=0, seed=0):
+        """Tokens drawn from softmax(logits / T) with the log-prob of each under it (vLLM's processed
+        log-probs), or under softmax(logits) with ``sampling_logprobs_at_t1``."""
+        from polyray.rollout.worker import Sample
+
+        model, gen = self.served[worker], torch.Generator().manual_seed(seed)
+        ids, logprobs = list(prompt_ids), []
+        for _ in range(sampling.max_tokens):
+            logits = model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+            processed = torch.log_softmax(logits / sampling.temperature, -1)
+            token = int(torch.multinomial(processed.exp(), 1, generator=gen))
+            reported = torch.log_softmax(logits, -1) if self.sampling_logprobs_at_t1 else processed
+            ids.append(token)
+            logprobs.append(float(reported[token]))
+        return Sample(0, "", list(prompt_ids), ids[len(prompt_ids) :], logprobs, version or 0, False)
+
+
+def _move(model, by: float = 0.5) -> None:
+    """An optimizer step's worth of change to the learner's adapter."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.add_(by)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +92,7 @@ def test_checks_the_first_and_every_nth_publish_on_workers_in_turn(policy):
     canary = SyncCanary(every=3, probe=([5, 6, 7], [8, 9, 10]), pad_id=tok.pad_token_id)
     checked = [bool(canary.after_publish(model, pool, v)) for v in range(1, 8)]
     assert checked == [True, False, False, True, False, False, True]
-    assert pool.calls == [0, 1, 0]  # one worker per check, in turn
+    assert pool.calls == [0, 1, 0, 1]  # the attempt's first check on every worker, then one per check, in turn
     assert SyncCanary(every=0, probe=([5], [6]), pad_id=0).after_publish(model, pool, 1) == {}
 
 
@@ -57,9 +103,92 @@ def test_stale_worker_stops_the_run(policy):
     pool = ScoringPool(model, tok)
     canary = SyncCanary(every=1, probe=([5, 6, 7], [8, 9, 10, 11]), pad_id=tok.pad_token_id)
     assert canary.after_publish(model, pool, 1)["canary_gap"] < 1e-6  # same weights on both sides
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.add_(0.5)
-    with pytest.raises(SyncCanaryError, match="rollout worker 1 serves policy-v2"):
+    _move(model)
+    with pytest.raises(SyncCanaryError, match="rollout worker 0 serves policy-v2"):
         canary.after_publish(model, pool, 2)  # the learner moved on, the worker did not
+
+
+def test_a_restarted_learner_checks_every_worker_first(policy):
+    """A new attempt (a new canary) knows nothing of the workers it finds: its first check covers all."""
+    from polyray.learner.sync import SyncCanary, SyncCanaryError
+
+    model, tok = policy
+    pool = ScoringPool(model, tok, n_workers=3)
+    pool.restart(2, ignores_loads=True)  # went down with the lost attempt, came back broken
+    _move(model)
+    pool.sync(model)  # the new attempt's first publish reaches workers 0 and 1 only
+    canary = SyncCanary(every=50, probe=([5, 6, 7], [8, 9, 10]), pad_id=tok.pad_token_id)
+    with pytest.raises(SyncCanaryError, match="rollout worker 2 serves policy-v4"):
+        canary.after_publish(model, pool, 4)
+    _move(model, -0.5)
+
+
+def test_an_attempt_starting_from_the_served_version_checks_it(policy):
+    """A phase continuing the previous phase's adapter publishes nothing at its start (the store's newest
+    version is its weights); the canary checks that version on the workers all the same."""
+    from polyray.learner.phases import StepContext
+    from polyray.learner.publish import AdapterPublisher
+    from polyray.learner.sync import SyncCanary, SyncCanaryError
+
+    model, tok = policy
+    ctx = StepContext(model, tok, 0, 1, seed=0)
+    probe = ([5, 6, 7], [8, 9, 10])
+
+    pool = ScoringPool(model, tok, newest=1)  # the workers serve version 1: the learner's weights
+    publisher = AdapterPublisher(pool, "grpo", ctx, SyncCanary(every=50, probe=probe, pad_id=tok.pad_token_id))
+    publisher.start(1, 0, holds_published=True, publishes_every_step=True)
+    assert publisher.version == 1 and pool.calls == [0, 1]  # nothing published, version 1 checked on both
+    assert publisher.take_canary_metrics()["canary_gap"] < 1e-6
+
+    stale = ScoringPool(model, tok, newest=1)
+    stale.served[1] = copy.deepcopy(stale.served[1])
+    _move(stale.served[1])  # worker 1 serves other weights as version 1
+    publisher = AdapterPublisher(stale, "sft", ctx, SyncCanary(every=50, probe=probe, pad_id=tok.pad_token_id))
+    with pytest.raises(SyncCanaryError, match="rollout worker 1 serves policy-v1"):
+        publisher.start(1, 0, holds_published=True, publishes_every_step=False)
+
+
+def test_a_restarted_worker_is_checked_at_the_next_publish(policy):
+    """Ray restarted worker 1 between two publishes that the schedule does not check: the next publish
+    checks it (its new process serves weights it pulled itself, not those the pool sent)."""
+    from polyray.learner.sync import SyncCanary, SyncCanaryError
+
+    model, tok = policy
+    pool = ScoringPool(model, tok)
+    canary = SyncCanary(every=50, probe=([5, 6, 7], [8, 9, 10]), pad_id=tok.pad_token_id)
+    assert canary.after_publish(model, pool, 1)  # the first: checked
+    pool.calls.clear()
+    try:
+        _move(model)
+        pool.sync(model)
+        assert canary.after_publish(model, pool, 2) == {}  # not due, nothing restarted
+        pool.restart(0)  # a restart that loads what it is sent: checked once, passes
+        _move(model)
+        pool.sync(model)
+        checked = canary.after_publish(model, pool, 3)
+        assert pool.calls == [0] and checked["canary_workers"] == 1
+        assert canary.after_publish(model, pool, 4) == {}  # once
+        pool.restart(1, ignores_loads=True)
+        _move(model)
+        pool.sync(model)
+        with pytest.raises(SyncCanaryError, match="rollout worker 1 serves policy-v5"):
+            canary.after_publish(model, pool, 5)
+    finally:
+        _move(model, -1.5)
+
+
+def test_a_phase_sampling_at_another_temperature_is_checked_at_it(policy):
+    """At T != 1 the canary also has the worker draw a completion as rollouts are drawn and compares its
+    sampling-time log-probs with the learner's log softmax(logits / T) of the drawn tokens."""
+    from polyray.learner.sync import SyncCanary, SyncCanaryError
+
+    model, tok = policy
+    probe = ([5, 6, 7], [8, 9, 10])
+    pool = ScoringPool(model, tok)
+    metrics = SyncCanary(every=1, probe=probe, pad_id=tok.pad_token_id, temperature=0.5).after_publish(model, pool, 1)
+    assert metrics["canary_gap"] < 1e-6 and metrics["canary_gap_t"] < 1e-5
+    assert "canary_gap_t" not in SyncCanary(every=1, probe=probe, pad_id=tok.pad_token_id).after_publish(model, pool, 1)
+
+    pool.sampling_logprobs_at_t1 = True  # scores match, but its rollouts' log-probs are not the sampling distribution's
+    with pytest.raises(SyncCanaryError, match="rollout worker 0 .* sampling at temperature 0.5"):
+        SyncCanary(every=1, probe=probe, pad_id=tok.pad_token_id, temperature=0.5).after_publish(model, pool, 1)

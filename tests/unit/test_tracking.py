@@ -103,6 +103,47 @@ def test_mlflow_run_logs_steps_evaluations_and_resumes_without_repeats(tmp_path)
     assert json.loads((out / "tracking.json").read_text())["sent"]["metrics.jsonl"] == {"sft": 4, "grpo": 2}
 
 
+def _current(client, run_id: str, key: str) -> dict[int, float]:
+    """Each step's value as MLflow reads it: the one logged last (latest timestamp) at that step."""
+    history = sorted(client.get_metric_history(run_id, key), key=lambda m: m.timestamp)
+    return {m.step: m.value for m in history}
+
+
+def test_mlflow_gets_the_steps_a_restarted_learner_ran_again(tmp_path):
+    """A learner restarted from its step-2 checkpoint re-runs steps 3 and 4 after the lost attempt's
+    were sent: its resume marker supersedes them in metrics.jsonl and dynamics.jsonl, and the tracker
+    sends the re-run steps again, so MLflow's value at each step is the one metrics.jsonl holds."""
+    from mlflow.tracking import MlflowClient
+
+    from polyray.io import RESUME_EVENT, read_log_jsonl
+
+    run, out = _run(tmp_path), tmp_path / "run"
+    out.mkdir()
+    tracker = RunTracker(run, out)
+    _steps(out, "grpo", [1, 2, 3, 4])
+    for step in (2, 4):
+        append_jsonl(out / "dynamics.jsonl", {"phase": "grpo", "step": step, "global_step": step, "pass@1": step / 10})
+    tracker.log_progress()
+
+    for name in ("metrics.jsonl", "dynamics.jsonl"):  # the learner died; the new attempt resumes at step 2
+        append_jsonl(out / name, {"event": RESUME_EVENT, "phase": "grpo", "step": 2, "time": 2e9})
+    _steps(out, "grpo", [3], loss=lambda s: 10.0 + s)
+    tracker.log_progress()  # the driver polls mid-way through the re-run
+    _steps(out, "grpo", [4], loss=lambda s: 10.0 + s)
+    append_jsonl(out / "dynamics.jsonl", {"phase": "grpo", "step": 4, "global_step": 4, "pass@1": 0.9})
+    tracker.log_progress()
+
+    client = MlflowClient(tracking_uri=run.tracking.uri)
+    run_id = tracker.backend.run_id
+    assert _current(client, run_id, "grpo/train/loss") == {1: 1.0, 2: 0.5, 3: 13.0, 4: 14.0}
+    logged = {r["step"]: r["loss"] for r in read_log_jsonl(out / "metrics.jsonl")}
+    assert logged == {1: 1.0, 2: 0.5, 3: 13.0, 4: 14.0}
+    assert _current(client, run_id, "grpo/val/pass_at_1") == {2: 0.2, 4: 0.9}
+    assert client.get_run(run_id).data.metrics["grpo/train/loss"] == 14.0  # the run's summary value too
+
+    RunTracker(run, out).log_progress()  # --resume: the markers were applied once, nothing is sent again
+    assert len(client.get_metric_history(run_id, "grpo/train/loss")) == 6
+
 @pytest.mark.slow
 def test_wandb_offline_run(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
@@ -111,6 +152,11 @@ def test_wandb_offline_run(tmp_path, monkeypatch):
     tracker = RunTracker(run, out)
     _steps(out, "sft", [1, 2])
     tracker.log_progress()
+    # a learner restarted from step 1 re-runs step 2: W&B's own step goes on, sft/train/step goes back
+    append_jsonl(out / "metrics.jsonl", {"event": "resume", "phase": "sft", "step": 1})
+    _steps(out, "sft", [2], loss=lambda s: 7.0)
+    tracker.log_progress()
+    assert tracker.backend.run.summary["sft/train/loss"] == 7.0  # the re-run's value is the current one
     tracker.log_stage("sft", EvalRecord.from_json({"pass@1": 0.5}))
     tracker.finish(failed=False)
     (log,) = (out / "wandb").glob("offline-run-*/run-*.wandb")  # what `wandb sync` uploads
