@@ -9,7 +9,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.polyray-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup browser prometheus quickstart test test-fast clean-venv
+.PHONY: setup browser prometheus quickstart test test-fast test-gpu clean-venv
 
 setup: $(STAMP)
 
@@ -38,6 +38,11 @@ test: setup
 
 test-fast: setup
 	$(VENV)/bin/python -m pytest -m "not (slow or ray or vllm or e2e or gpu)" $(PYTEST_ARGS)
+
+# On a CUDA machine with PyTorch, transformers and peft (no Ray or vLLM needed): the phases and the
+# learner's worker function on the GPU. Uses .venv when there is one, else the machine's python3.
+test-gpu:
+	$(or $(wildcard $(VENV)/bin/python),python3) -m pytest -m gpu tests/gpu -s -q -p no:cacheprovider $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -196,7 +196,9 @@ def step_grads(
     model, tokenizer = build_policy(model_dir, device)
     model = model.to(dtype)
     if wrap_ddp:  # as the learner wraps it (polyray.learner.loop._setup_model)
-        model = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
+        from polyray.learner.loop import ddp_options
+
+        model = torch.nn.parallel.DistributedDataParallel(model, **ddp_options())
     phase = make_phase(PHASE_CASES[name], model, tokenizer, rank, world, FixedPool(tokenizer),
                        reward_fn=REWARDS.get(name), **step_options)  # fmt: skip
     metrics = phase.step(0, 1)
@@ -218,3 +220,133 @@ def ddp_worker(rank: int, world: int, port: int, model_dir: str, names: list[str
             torch.save(results, out)
     finally:
         dist.destroy_process_group()
+
+
+class AdapterPool(GeneratePool):
+    """A stand-in rollout pool with its own copy of the policy, as a rollout worker has: publishes load
+    the learner's adapter into it (versions count up), and samples come from ``generate`` on it."""
+
+    def __init__(self, model_dir: Path, adapter_dir: str | None, version: int, device: str = "cpu"):
+        from polyray.learner.lora import build_peft_model
+
+        model, tokenizer = build_peft_model(str(model_dir), LoraConfig(r=4, alpha=8), adapter_dir=adapter_dir)
+        super().__init__(model.to(device).eval(), tokenizer, version)
+
+    def newest_version(self) -> int:
+        return self.version
+
+    def publish_next(self, adapter: dict, phase: str, step: int) -> tuple[int, float]:
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(self.model, adapter["tensors"])
+        self.version += 1
+        return self.version, 0.0
+
+
+class LocalSession:
+    """The learner worker's :class:`~polyray.learner.loop.TrainSession` in a plain one-process
+    ``torch.distributed`` group (gloo on CPU, NCCL on CUDA), without Ray: checkpoints are copied to
+    ``storage`` as reported, and the latest is where the next attempt resumes. ``fail_at``: at the
+    checkpoint of that step, raise before it is stored (a worker dying after the step's logs, before
+    its checkpoint: the next attempt redoes the steps since the previous one)."""
+
+    rank, world = 0, 1
+
+    def __init__(self, storage: Path, device: str = "cpu", fail_at: int | None = None):
+        import socket
+
+        import torch.distributed as dist
+
+        self.storage, self.device, self.fail_at = Path(storage), device, fail_at
+        self.storage.mkdir(parents=True, exist_ok=True)
+        if not dist.is_initialized():
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            backend = "nccl" if device.startswith("cuda") else "gloo"
+            dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+
+    def latest_checkpoint(self) -> str | None:
+        saved = sorted(self.storage.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+        return str(saved[-1]) if saved else None
+
+    def prepare_model(self, model):
+        model = model.to(self.device)
+        device_ids = [torch.device(self.device).index or 0] if self.device.startswith("cuda") else None
+        from polyray.learner.loop import ddp_options
+
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, **ddp_options())
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        import shutil
+
+        if metrics["step"] == self.fail_at:
+            raise RuntimeError(f"learner worker killed at its step-{self.fail_at} checkpoint")
+        if checkpoint_dir is not None:
+            shutil.copytree(checkpoint_dir, self.storage / f"step-{metrics['step']}")
+
+    def telemetry(self, run: str, phase: str):
+        return None
+
+
+def run_sft_then_grpo(model_dir: Path, out: Path, device: str = "cpu", dtype: str = "float32") -> dict:
+    """The learner's worker function (polyray.learner.loop.run_worker) for an SFT phase, then a GRPO
+    phase from SFT's adapter (phase-start KL reference, micro-batches, ``AdapterPool`` rollouts) whose
+    first attempt dies at its step-4 checkpoint and whose second resumes from step 2's. Returns what the
+    checks need: the run config, the output dir, the GRPO checkpoint storage."""
+    from polyray.config import RunConfig
+    from polyray.learner.loop import run_worker
+
+    run = RunConfig(
+        model={"dtype": dtype}, task=TASK.model_dump(),
+        learner={"num_workers": 1, "use_gpu": device.startswith("cuda"), "micro_batch_tokens": 32,
+                 "sync_check_every": 0, "lora": {"r": 4, "alpha": 8}},
+        phases=[
+            {"type": "sft", "name": "sft", "steps": 3, "batch_size": 4, "checkpoint_every": 2},
+            {"type": "grpo", "name": "grpo", "steps": 4, "prompts_per_step": 2, "group_size": 3, "kl_beta": 0.05,
+             "kl_reference": "phase_start", "checkpoint_every": 2, "lr_schedule": "cosine", "warmup_steps": 1,
+             "sampling": {"max_tokens": 6}},
+        ],
+    )  # fmt: skip
+    base = {"run": run.model_dump(mode="json"), "model_dir": str(model_dir), "output_dir": str(out), "tracker": None,
+            "dynamics": None}  # fmt: skip
+    run_worker({**base, "phase_index": 0, "pool": None, "start_version": 0, "init_adapter": None},
+               LocalSession(out / "checkpoints" / "sft", device))  # fmt: skip
+    sft = out / "adapters" / "sft"
+    pool = AdapterPool(model_dir, str(sft), version=1, device=device)
+    grpo = {**base, "phase_index": 1, "pool": pool, "start_version": 1, "init_adapter": str(sft)}
+    storage = out / "checkpoints" / "grpo"
+    try:
+        run_worker(grpo, LocalSession(storage, device, fail_at=4))
+    except RuntimeError as exc:
+        assert "killed at its step-4 checkpoint" in str(exc)
+    else:
+        raise AssertionError("the first GRPO attempt should have died")
+    run_worker(grpo, LocalSession(storage, device))
+    return {"run": run, "out": out, "storage": storage, "pool": pool}
+
+
+def check_two_phase_run(result: dict) -> None:
+    """What the scenario must leave behind, on any device."""
+    from safetensors.torch import load_file
+
+    from polyray.io import read_log_jsonl
+
+    out, storage = result["out"], result["storage"]
+    rows = read_log_jsonl(out / "metrics.jsonl")
+    sft = [r for r in rows if r["phase"] == "sft"]
+    grpo = [r for r in rows if r["phase"] == "grpo"]
+    assert [r["step"] for r in sft] == [1, 2, 3] and [r["step"] for r in grpo] == [1, 2, 3, 4]
+    assert all(torch.isfinite(torch.tensor([r["loss"], r["grad_norm"]])).all() for r in rows)
+    assert abs(grpo[0]["kl"]) <= 1e-6  # the reference is the phase-start (SFT) adapter
+    assert grpo[0]["lr"] == 0.0 and grpo[1]["lr"] > 0  # a warm-up step, then the schedule
+    raw = (out / "metrics.jsonl").read_text().splitlines()
+    assert sum('"event": "resume"' in line for line in raw) == 1  # the second attempt redid steps 3 and 4
+    versions = [r["version"] for r in grpo]
+    assert versions == sorted(versions) and len(set(versions)) == 4  # one publish per step, none reused
+    assert result["pool"].version == versions[-1]  # the rollouts hold the learner's last publish
+    # the resumed attempt loaded the step-2 optimizer state: the final checkpoint has taken 4 steps
+    final = torch.load(storage / "step-4" / "optimizer.pt", map_location="cpu")
+    assert {int(s["step"]) for s in final["state"].values()} == {4}
+    tensors = load_file(str(out / "adapters" / "grpo" / "adapter_model.safetensors"))
+    assert tensors and all(t.dtype == torch.float32 for t in tensors.values())  # LoRA in fp32, whatever the base

@@ -10,6 +10,12 @@ publish (every step for phases that sample, at the end otherwise), rank 0's logs
 (:func:`_log_step`) and every ``checkpoint_every`` steps :func:`_checkpoint` (adapter +
 optimizer + LR scheduler + step + version through ``ray.train.report``). The final adapter is saved in
 standard peft format.
+
+What the worker needs of Ray Train (its rank, its latest checkpoint, DDP wrapping, reporting a
+checkpoint) goes through a :class:`TrainSession`: :class:`RayTrainSession` inside a
+``TorchTrainer``, or another implementation that runs :func:`run_worker` in a plain
+``torch.distributed`` process (the GPU test runs the worker function so on a machine without
+Ray). This module imports Ray only inside the functions that use it.
 """
 
 from __future__ import annotations
@@ -19,14 +25,11 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import ray
+from typing import Any, Protocol
 
 from polyray.config import RunConfig, phase_reward
 
 
-@ray.remote(num_cpus=0)
 class ProgressTracker:
     """Rank 0 posts (step, total, metrics); the driver polls it to draw a progress bar."""
 
@@ -40,6 +43,77 @@ class ProgressTracker:
         return self.state
 
 
+class TrainSession(Protocol):
+    """What a learner worker needs of its trainer: who it is, where to resume, DDP, checkpoints."""
+
+    rank: int
+    world: int
+
+    def latest_checkpoint(self) -> str | None:
+        """The directory of this phase's latest reported checkpoint (None: a fresh start)."""
+
+    def prepare_model(self, model):
+        """``model`` on this rank's device, wrapped for data parallelism with no buffer broadcast in the
+        forward (ranks may run different numbers of micro-batches: polyray.learner.phases)."""
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        """Every rank, at a checkpoint: rank 0 hands over ``checkpoint_dir`` (None on the others)."""
+
+    def telemetry(self, run: str, phase: str):
+        """Rank 0's live metrics sink (``record(metrics)``), or None."""
+
+
+def ddp_options() -> dict[str, Any]:
+    """DDP keywords for the learner: no buffer sync in the forward (the model's buffers, e.g. rotary
+    frequencies, are equal on every rank), so a step's forwards make no collectives and ranks may
+    run different numbers of micro-batches. PyTorch >= 2.13 names it ``forward_sync_buffers``."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    parameters = inspect.signature(DistributedDataParallel).parameters
+    name = "forward_sync_buffers" if "forward_sync_buffers" in parameters else "broadcast_buffers"
+    return {name: False}
+
+
+class RayTrainSession:
+    """:class:`TrainSession` inside a Ray Train ``TorchTrainer``."""
+
+    def __init__(self):
+        import ray.train
+
+        context = ray.train.get_context()
+        self.rank, self.world = context.get_world_rank(), context.get_world_size()
+
+    def latest_checkpoint(self) -> str | None:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        return checkpoint.to_directory() if checkpoint is not None else None
+
+    def prepare_model(self, model):
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model, parallel_strategy_kwargs=ddp_options())
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        import ray.train
+
+        # ray.train.report is a barrier through the Train controller (~2 s on this machine), so it
+        # runs with checkpoints only; per-step metrics go to metrics.jsonl and the progress tracker.
+        ray.train.report(
+            metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        )
+
+    def telemetry(self, run: str, phase: str):
+        from polyray.learner.telemetry import LearnerTelemetry
+
+        return LearnerTelemetry(run, phase)
+
+
+OPTIMIZER_FILE = "optimizer.pt"
+
+
 def _save_checkpoint_dir(model, optimizer, scheduler, step: int, version: int) -> str:
     import torch
 
@@ -48,7 +122,7 @@ def _save_checkpoint_dir(model, optimizer, scheduler, step: int, version: int) -
 
     d = tempfile.mkdtemp(prefix="polyray-ckpt-")
     save_adapter(model, Path(d) / "adapter")
-    torch.save(optimizer.state_dict(), Path(d) / "optimizer.pt")
+    torch.save(optimizer.state_dict(), Path(d) / OPTIMIZER_FILE)
     save_scheduler(scheduler, d)
     (Path(d) / "state.json").write_text(json.dumps({"step": step, "version": version}))
     return d
@@ -94,23 +168,19 @@ class _Start:
     checkpoint_dir: str | None = None  # the checkpoint resumed from (None: a fresh start)
 
 
-def _resume_state(loop_config: dict[str, Any]) -> _Start:
-    """Resume from this phase's latest Ray Train checkpoint, else start from the previous phase's adapter."""
-    import ray.train
-
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
+def _resume_state(loop_config: dict[str, Any], session: TrainSession) -> _Start:
+    """Resume from this phase's latest checkpoint, else start from the previous phase's adapter."""
+    resume_dir = session.latest_checkpoint()
+    if resume_dir is None:
         return _Start(loop_config.get("init_adapter"), 0, loop_config["start_version"])
-    resume_dir = checkpoint.to_directory()
     state = json.loads((Path(resume_dir) / "state.json").read_text())
     return _Start(str(Path(resume_dir) / "adapter"), state["step"], state["version"], resume_dir)
 
 
-def _setup_model(run: RunConfig, phase_cfg, loop_config: dict[str, Any], start: _Start, rank: int):
+def _setup_model(run: RunConfig, phase_cfg, loop_config: dict[str, Any], start: _Start, session: TrainSession):
     """(DDP model, tokenizer, KL reference adapter name, trainable params, optimizer, LR scheduler),
     restored from ``start``."""
     import torch
-    import ray.train.torch
 
     from polyray.learner.lora import add_reference_adapter, build_peft_model
     from polyray.learner.phases import PHASES
@@ -124,17 +194,15 @@ def _setup_model(run: RunConfig, phase_cfg, loop_config: dict[str, Any], start: 
     # The KL reference is the phase's *incoming* adapter, also when resuming from a checkpoint.
     reference_dir = PHASES[phase_cfg.type].reference_adapter_dir(phase_cfg, loop_config.get("init_adapter"))
     reference = add_reference_adapter(model, reference_dir) if reference_dir else None
-    # No buffer broadcast in DDP's forward (the model's buffers, e.g. rotary frequencies, are equal on
-    # every rank): ranks may run different numbers of micro-batches, and the only collective a
-    # step's forwards and backwards then make is the gradient all-reduce on the last backward.
-    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"broadcast_buffers": False})
+    model = session.prepare_model(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=phase_cfg.lr, weight_decay=run.learner.weight_decay)
     scheduler = build_scheduler(optimizer, phase_cfg)  # sets the optimizer's lr to step 0's
     if start.checkpoint_dir is not None:
-        optimizer.load_state_dict(torch.load(Path(start.checkpoint_dir) / "optimizer.pt"))
+        # on the CPU first: load_state_dict moves each state to its parameter's device, wherever it was saved
+        optimizer.load_state_dict(torch.load(Path(start.checkpoint_dir) / OPTIMIZER_FILE, map_location="cpu"))
         restore_scheduler(scheduler, start.checkpoint_dir, start.step)
-    torch.manual_seed(run.seed + 1000 * rank + start.step)
+    torch.manual_seed(run.seed + 1000 * session.rank + start.step)
     return model, tokenizer, reference, params, optimizer, scheduler
 
 
@@ -190,38 +258,36 @@ def _log_step(output_dir: Path, phase_cfg, metrics: dict[str, Any], tracker, tel
     append_jsonl(output_dir / "metrics.jsonl", {"phase": phase_cfg.name, **metrics})
     if tracker is not None:
         tracker.update.remote(metrics["step"], phase_cfg.steps, metrics)
-    telemetry.record(metrics)
+    if telemetry is not None:
+        telemetry.record(metrics)
 
 
-def _checkpoint(metrics: dict[str, Any], model, optimizer, scheduler, step: int, version: int, rank: int) -> None:
+def _checkpoint(session: TrainSession, metrics: dict[str, Any], model, optimizer, scheduler, step: int, version: int):
     """Every rank reports; rank 0 attaches the checkpoint (adapter + optimizer + LR scheduler + step + version)."""
-    import ray.train
-
-    # ray.train.report is a barrier through the Train controller (~2 s on this machine), so it
-    # runs with checkpoints only; per-step metrics go to metrics.jsonl and the progress tracker.
-    checkpoint_dir = _save_checkpoint_dir(model, optimizer, scheduler, step, version) if rank == 0 else None
-    ray.train.report(
-        metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-    )
+    checkpoint_dir = _save_checkpoint_dir(model, optimizer, scheduler, step, version) if session.rank == 0 else None
+    session.report(metrics, checkpoint_dir)
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """The ``TorchTrainer``'s worker function."""
+    run_worker(loop_config, RayTrainSession())
+
+
+def run_worker(loop_config: dict[str, Any], session: TrainSession) -> None:
+    """One learner rank's attempt at a phase (module docstring), from its latest checkpoint if any."""
     import torch
-    import ray.train
 
     from polyray.learner.lora import save_adapter
     from polyray.learner.publish import AdapterPublisher
-    from polyray.learner.telemetry import LearnerTelemetry
 
     run = RunConfig.model_validate(loop_config["run"])
     phase_cfg = run.phases[loop_config["phase_index"]]
     output_dir, pool, tracker = Path(loop_config["output_dir"]), loop_config.get("pool"), loop_config.get("tracker")
-    ctx_train = ray.train.get_context()
-    rank, world = ctx_train.get_world_rank(), ctx_train.get_world_size()
+    rank, world = session.rank, session.world
     torch.set_num_threads(run.learner.threads)
 
-    start = _resume_state(loop_config)
-    model, tokenizer, reference, params, optimizer, scheduler = _setup_model(run, phase_cfg, loop_config, start, rank)
+    start = _resume_state(loop_config, session)
+    model, tokenizer, reference, params, optimizer, scheduler = _setup_model(run, phase_cfg, loop_config, start, session)
     phase, task = _setup_phase(run, phase_cfg, loop_config, model, tokenizer, reference, rank, world)
     canary = _sync_canary(run, phase_cfg, pool, task, tokenizer, rank)
     publisher = AdapterPublisher(pool, phase_cfg.name, phase.ctx, canary)
@@ -230,7 +296,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     if rank == 0:  # a restarted attempt: the rows a lost one wrote past this start are superseded
         _mark_superseded(output_dir, phase_cfg.name, start.step)
-    telemetry = LearnerTelemetry(run.name, phase_cfg.name) if rank == 0 else None
+    telemetry = session.telemetry(run.name, phase_cfg.name) if rank == 0 else None
     # The driver's diversity-dynamics probe (polyray.eval.dynamics): every rank publishes when it is
     # due (versions stay equal across ranks); rank 0 measures.
     dynamics = loop_config.get("dynamics")
@@ -256,7 +322,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if rank == 0:
             _log_step(output_dir, phase_cfg, metrics, tracker, telemetry)
         if last or (step + 1) % phase_cfg.checkpoint_every == 0:
-            _checkpoint(metrics, model, optimizer, scheduler, step + 1, publisher.version, rank)
+            _checkpoint(session, metrics, model, optimizer, scheduler, step + 1, publisher.version)
     if rank == 0:
         save_adapter(model, output_dir / "adapters" / phase_cfg.name,
                      extra={"polyray_version.json": {"version": publisher.version, "phase": phase_cfg.name}})
@@ -281,13 +347,14 @@ def run_phase(
     """
     import threading
 
+    import ray
     from ray.train import FailureConfig
     from ray.train import RunConfig as TrainRunConfig
     from ray.train import ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     phase = run.phases[phase_index]
-    tracker = ProgressTracker.remote()
+    tracker = ray.remote(num_cpus=0)(ProgressTracker).remote()
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
