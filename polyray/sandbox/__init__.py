@@ -67,7 +67,10 @@ ISOLATION_MODES: tuple[Isolation, ...] = ("uid+namespaces", "userns", "rlimits")
 _DYNAMIC_UID_RANGE = (61184, 65519)
 _SANDBOX_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
 # What the new root contains besides the interpreter's prefix; everything else is absent.
-_SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+_SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+# Of /etc only what the loader and the standard library read: never shadow, ssh keys or the
+# service's own configuration (a sandbox under a root service could read all of /etc).
+_ETC_FILES = ("ld.so.cache", "ld.so.conf", "localtime", "nsswitch.conf", "passwd", "group", "hosts", "mime.types")
 _PIVOT_ROOT_SYSCALL = {"x86_64": 155, "aarch64": 41}  # no pivot_root wrapper in glibc
 
 
@@ -83,6 +86,7 @@ class SandboxLimits:
     processes: int = 16  # RLIMIT_NPROC: processes + threads of the sandbox user
     output_bytes: int = 1 << 20  # per stream; the program is killed past this
     tail_bytes: int = 4096  # how much of each stream the result keeps (the end)
+    disk_mb: int = 64  # namespace modes: size of each of /sandbox and /tmp (memory-backed tmpfs)
 
 
 class SandboxResult(BaseModel):
@@ -151,10 +155,13 @@ def build_root(newroot, strict):
     for src in cfg["ro_binds"]:
         dst = newroot + src
         os.makedirs(os.path.dirname(dst), exist_ok=True)
-        if os.path.islink(src):  # merged-/usr links such as /bin -> usr/bin
+        if os.path.islink(src):  # merged-/usr links such as /bin -> usr/bin, /etc/localtime
             os.symlink(os.readlink(src), dst)
             continue
-        os.makedirs(dst, exist_ok=True)
+        if os.path.isdir(src):
+            os.makedirs(dst, exist_ok=True)
+        else:  # a single /etc file: bound over an empty one
+            open(dst, "w").close()
         mount(src, dst, None, MS_BIND | MS_REC)
         try:
             mount(None, dst, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
@@ -174,8 +181,15 @@ def build_root(newroot, strict):
     except OSError:
         if strict:  # some container runtimes forbid a new proc in a user namespace
             raise
-    mount("tmpfs", newroot + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=64m,mode=1777")
-    mount(cfg["workdir"], newroot + "/sandbox", None, MS_BIND)
+    mount("tmpfs", newroot + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=%dm,mode=1777" % cfg["tmp_mb"])
+    # /sandbox is a size-capped tmpfs holding copies of the program's files, not the host
+    # directory: what the program writes never reaches the host's disk, and cleanup on the
+    # host never meets a file (or symlink) the program made.
+    owner = ",uid=%d,gid=%d" % (cfg["uid"], cfg["gid"]) if cfg["uid"] is not None else ""
+    mount("tmpfs", newroot + "/sandbox", "tmpfs", MS_NOSUID | MS_NODEV, "size=%dm,mode=0700%s" % (cfg["tmp_mb"], owner))
+    for name in os.listdir(cfg["workdir"]):
+        with open(os.path.join(cfg["workdir"], name), "rb") as src, open(newroot + "/sandbox/" + name, "wb") as dst:
+            dst.write(src.read())
     os.chdir(newroot)
     check(libc.syscall(cfg["pivot_root_syscall"], b".", b"."), "pivot_root")  # old root now stacked under "."
     check(libc.umount2(b".", 2), "detach old root")  # MNT_DETACH
@@ -200,12 +214,28 @@ def drop_privileges():
         drop_all_capabilities()
     check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")  # setuid binaries gain nothing
 
+def place_channels():
+    # The program's extra pipes (a call channel) land on fds 3, 4, ...; everything else closes.
+    import fcntl
+    high = {int(target): fcntl.fcntl(src, fcntl.F_DUPFD, 1000) for target, src in cfg["channel_fds"].items()}
+    for target, src in high.items():  # via fds >= 1000, so no target overwrites another's source
+        os.dup2(src, target)
+    os.closerange(3 + len(high), 65536)
+
+def close_channels():
+    # Only the program keeps its channel ends, so the peer sees end-of-file when it exits.
+    for src in cfg["channel_fds"].values():
+        try:
+            os.close(src)
+        except OSError:
+            pass
+
 def run_program():
     os.chdir(cfg["cwd"])
     drop_privileges()
+    place_channels()  # before RLIMIT_NOFILE, which would refuse the high fds it moves through
     for name, value in cfg["rlimits"].items():
         resource.setrlimit(getattr(resource, name), (value, value))
-    os.closerange(3, 65536)
     os.execve(cfg["python"], cfg["argv"], cfg["env"])
 
 def init():
@@ -220,6 +250,7 @@ def init():
         except BaseException as exc:
             report(error="could not start the program: %r" % (exc,))
         os._exit(127)
+    close_channels()
     while True:
         got, status = os.waitpid(-1, 0)
         if got == pid:
@@ -233,6 +264,8 @@ def main():
     except BaseException as exc:
         report(error="sandbox setup failed (%s): %r" % (MODE, exc))
         sys.exit(125)
+    if pid != 0:
+        close_channels()
     if pid == 0:
         try:
             init()
@@ -358,28 +391,34 @@ def _rlimits(limits: SandboxLimits, mode: str) -> dict[str, int]:
     }
 
 
-def _make_workdir(source: str, uid: int | None) -> str:
+def _make_workdir(source: str, uid: int | None, files: dict[str, str]) -> str:
     """``base/work/program.py`` (owned by the sandbox uid) and ``base/root`` (the new root's mountpoint)."""
     base = tempfile.mkdtemp(prefix="polyray-sandbox-")
     work = os.path.join(base, "work")
     os.mkdir(work, 0o700)
     os.mkdir(os.path.join(base, "root"), 0o755)
-    program = os.path.join(work, "program.py")
-    with open(program, "w") as f:
-        f.write(source)
-    if uid is not None:
-        os.chown(work, uid, uid)
-        os.chown(program, uid, uid)
-    return os.path.realpath(base)
+    for name, text in {**files, "program.py": source}.items():
+        if os.path.basename(name) != name or name.startswith("."):
+            raise ValueError(f"sandbox file name {name!r} must be a plain file name")
+        with open(os.path.join(work, name), "w") as f:
+            f.write(text)
+    return os.path.realpath(base)  # namespace modes copy the files into their own /sandbox
 
 
 def _rmtree(path: str) -> None:
-    """Delete the workdir even if the program chmod-ed things to 000."""
+    """Delete the workdir even if the program chmod-ed things to 000 (rlimits mode writes there).
+
+    Only real directories are ever chmod-ed back, never through a symlink: a program that
+    planted ``link -> /etc`` must not get the service to open up the link's target."""
+
+    def make_writable(p: str) -> None:
+        if stat.S_ISDIR(os.lstat(p).st_mode):  # lstat: a symlink is never followed
+            os.chmod(p, stat.S_IRWXU, follow_symlinks=False)
 
     def fix(func, p, _exc):
         try:
-            os.chmod(os.path.dirname(p), stat.S_IRWXU)
-            os.chmod(p, stat.S_IRWXU)
+            make_writable(os.path.dirname(p))
+            make_writable(p)
             func(p)
         except OSError:
             pass
@@ -390,7 +429,8 @@ def _rmtree(path: str) -> None:
 def _ro_binds() -> list[str]:
     """System directories plus the interpreter's prefix, without nested duplicates."""
     python, prefix = _interpreter()
-    wanted = [p for p in _SYSTEM_DIRS if os.path.lexists(p)] + [prefix, os.path.dirname(python)]
+    etc = [os.path.join("/etc", name) for name in _ETC_FILES]
+    wanted = [p for p in (*_SYSTEM_DIRS, *etc) if os.path.lexists(p)] + [prefix, os.path.dirname(python)]
     binds: list[str] = []
     for path in wanted:
         real = os.path.realpath(path) if not os.path.islink(path) else path
@@ -400,7 +440,9 @@ def _ro_binds() -> list[str]:
     return binds
 
 
-def _launch_config(mode: str, base: str, uid: int | None, limits: SandboxLimits, status_fd: int) -> dict:
+def _launch_config(
+    mode: str, base: str, uid: int | None, limits: SandboxLimits, status_fd: int, channel_fds: dict[int, int]
+) -> dict:
     python, _ = _interpreter()
     work = os.path.join(base, "work")
     namespaced = mode != "rlimits"
@@ -409,6 +451,8 @@ def _launch_config(mode: str, base: str, uid: int | None, limits: SandboxLimits,
     return {
         "mode": mode,
         "status_fd": status_fd,
+        "channel_fds": {str(target): src for target, src in channel_fds.items()},
+        "tmp_mb": limits.disk_mb,
         "workdir": work,
         "newroot": os.path.join(base, "root"),
         "cwd": cwd,
@@ -451,10 +495,21 @@ def _kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
-def _pump(proc: subprocess.Popen, status_r: int, deadline: float, streams: _Streams) -> tuple[bytes, str | None]:
+def _close_all(fds: dict[int, int]) -> None:
+    """Close and forget the fds (each once, whichever path gets here first)."""
+    for target in list(fds):
+        try:
+            os.close(fds.pop(target))
+        except OSError:
+            pass
+
+
+def _pump(
+    proc: subprocess.Popen, status_r: int, deadline: float, streams: _Streams, cancel: threading.Event | None = None
+) -> tuple[bytes, str | None]:
     """Read stdout, stderr and the status pipe until all close or a limit is hit.
 
-    Returns (status bytes, limit hit: None, "timeout" or "output").
+    Returns (status bytes, limit hit: None, "timeout", "output" or "cancelled").
     """
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ, "stdout")
@@ -467,7 +522,9 @@ def _pump(proc: subprocess.Popen, status_r: int, deadline: float, streams: _Stre
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return bytes(status), "timeout"
-            for key, _ in sel.select(timeout=min(remaining, 0.5)):
+            if cancel is not None and cancel.is_set():
+                return bytes(status), "cancelled"
+            for key, _ in sel.select(timeout=min(remaining, 0.1 if cancel is not None else 0.5)):
                 fd = key.fd if key.data == "status" else key.fileobj.fileno()
                 data = os.read(fd, 65536)
                 if not data:
@@ -495,6 +552,8 @@ def _decode(buf: bytearray) -> str:
 def _interpret(status_bytes: bytes, limit_hit: str | None, limits: SandboxLimits) -> dict:
     if limit_hit == "timeout":
         return {"status": "timeout", "reason": f"wall-clock timeout after {limits.timeout_s:g}s"}
+    if limit_hit == "cancelled":
+        return {"status": "killed", "reason": "stopped early by the caller"}
     if limit_hit == "output":
         return {"status": "killed", "truncated": True, "reason": f"output exceeded {limits.output_bytes} bytes"}
     try:
@@ -519,17 +578,29 @@ def _interpret(status_bytes: bytes, limit_hit: str | None, limits: SandboxLimits
 
 
 def run_python(
-    source: str, limits: SandboxLimits = SandboxLimits(), isolation: Isolation | Literal["auto"] = "auto"
+    source: str,
+    limits: SandboxLimits = SandboxLimits(),
+    isolation: Isolation | Literal["auto"] = "auto",
+    *,
+    files: dict[str, str] | None = None,
+    channel_fds: dict[int, int] | None = None,
+    cancel: threading.Event | None = None,
 ) -> SandboxResult:
-    """Run ``source`` as a Python program in the sandbox and report its fate (never raises for the program's sake)."""
+    """Run ``source`` as a Python program in the sandbox and report its fate (never raises for the program's sake).
+
+    ``files`` are more files beside ``program.py`` (name -> text). ``channel_fds`` maps the
+    program's fd 3, 4, ... to fds of this process; they are handed over (closed here once the
+    launcher has them), so the peer sees end-of-file when the program ends. ``cancel`` stops
+    the run early (status "killed"), e.g. a candidate whose tests have already finished."""
     mode = detect_isolation() if isolation == "auto" else isolation
+    channel_fds = dict(channel_fds or {})
     start = time.monotonic()
     uid = _UIDS.acquire() if mode == "uid+namespaces" else None
-    workdir = _make_workdir(source, uid)
+    workdir = _make_workdir(source, uid, files or {})
     status_r, status_w = os.pipe()
     proc = None
     try:
-        cfg = _launch_config(mode, workdir, uid, limits, status_w)
+        cfg = _launch_config(mode, workdir, uid, limits, status_w, channel_fds)
         proc = subprocess.Popen(
             [cfg["python"], "-I", "-S", "-B", "-c", _LAUNCHER, json.dumps(cfg)],
             stdin=subprocess.DEVNULL,
@@ -537,13 +608,14 @@ def run_python(
             stderr=subprocess.PIPE,
             cwd=os.path.join(workdir, "work"),
             env={},
-            pass_fds=(status_w,),
+            pass_fds=(status_w, *channel_fds.values()),
             start_new_session=True,  # its own process group, so one killpg ends all of it
         )
         os.close(status_w)
         status_w = -1
+        _close_all(channel_fds)
         streams = _Streams(limits.output_bytes, limits.tail_bytes)
-        status_bytes, limit_hit = _pump(proc, status_r, start + limits.timeout_s, streams)
+        status_bytes, limit_hit = _pump(proc, status_r, start + limits.timeout_s, streams, cancel)
         _kill_group(proc)  # ends the PID namespace (and anything left in rlimits mode)
         proc.wait()
         outcome = _interpret(status_bytes, limit_hit, limits)
@@ -570,6 +642,7 @@ def run_python(
         for fd in (status_r, status_w):
             if fd >= 0:
                 os.close(fd)
+        _close_all(channel_fds)
         if proc is not None:
             for stream in (proc.stdout, proc.stderr):
                 if stream:
@@ -602,3 +675,30 @@ def detect_isolation() -> Isolation:
             else:
                 _detected = "rlimits"
         return _detected
+
+
+class WeakSandboxError(RuntimeError):
+    """The host offers only a weaker isolation mode than the settings ask for (fail closed)."""
+
+
+def isolation_rank(mode: str) -> int:
+    """Strength of a mode: higher is stronger (``rlimits`` is 0)."""
+    return len(ISOLATION_MODES) - 1 - ISOLATION_MODES.index(mode)  # type: ignore[arg-type]
+
+
+def require_isolation(min_isolation: str = "userns", allow_weak_sandbox: bool = False, where: str = "sandbox") -> str:
+    """The mode untrusted code will run in here, or :class:`WeakSandboxError` when it is below ``min_isolation``.
+
+    ``rlimits`` (what is left without namespaces: a non-root image, a seccomp profile that
+    forbids ``unshare``) contains accidents, not an adversary, and RL optimises against its
+    reward; so judging refuses to start there unless an operator opted in. ``where`` prefixes
+    the setting's name in the message (``reward service sandbox``, ``task.sandbox``)."""
+    if min_isolation not in ISOLATION_MODES:
+        raise ValueError(f"{where}.min_isolation must be one of {', '.join(ISOLATION_MODES)}, not {min_isolation!r}")
+    mode = detect_isolation()
+    if isolation_rank(mode) < isolation_rank(min_isolation) and not allow_weak_sandbox:
+        raise WeakSandboxError(
+            f"{where}.min_isolation is {min_isolation!r} but this host offers only {mode!r} (no user or mount"
+            f" namespaces); run where namespaces work, or set {where}.allow_weak_sandbox: true to accept it"
+        )
+    return mode
