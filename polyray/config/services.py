@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from polyray.config.rollout import MaxLoraRank
+from polyray.config.sandbox import SandboxConfig
 
 
 class ApiKeyConfig(BaseModel):
@@ -40,6 +41,10 @@ class RewardServiceConfig(ApiKeyConfig):
     batch_wait_timeout_s: float = Field(0.01, ge=0, le=5, description="How long a batch waits to fill up.")
     max_items: int = Field(1024, ge=1, description="Items per request; more gets 413.")
     max_body_bytes: int = Field(8 << 20, ge=1024, description="Request body size limit in bytes; larger gets 413.")
+    sandbox: SandboxConfig = Field(
+        default_factory=SandboxConfig,
+        description="Weakest isolation code_exec judges in; below it a replica refuses to start.",
+    )
     slow_down_s: float = Field(
         0.0, ge=0, le=60, description="Test hook: sleep this long per batch (to provoke overload)."
     )

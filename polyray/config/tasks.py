@@ -22,6 +22,7 @@ from typing import Annotated, ClassVar, Literal, Union, get_args
 from pydantic import Field, field_validator, model_validator
 
 from polyray.config.judge import JudgeConfig
+from polyray.config.sandbox import SandboxConfig
 from polyray.io import StrictModel
 
 
@@ -40,6 +41,7 @@ class TaskConfigBase(StrictModel):
 _SANDBOX_TIMEOUT = "Sandbox wall-clock limit per completion (seconds)."
 _SANDBOX_MEMORY = "Sandbox address-space limit per completion (MiB)."
 _SANDBOX_WORKERS = "Sandboxes run at the same time when judging a batch."
+_SANDBOX_POLICY = "Weakest sandbox isolation the judge accepts (it refuses to start below it)."
 
 
 class CountdownTaskConfig(TaskConfigBase):
@@ -64,6 +66,7 @@ class CountdownCodeTaskConfig(CountdownTaskConfig):
     timeout_s: float = Field(5.0, gt=0, le=120, description=_SANDBOX_TIMEOUT)
     memory_mb: int = Field(512, ge=64, le=16384, description=_SANDBOX_MEMORY)
     max_workers: int = Field(2, ge=1, le=64, description=_SANDBOX_WORKERS)
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig, description=_SANDBOX_POLICY)
 
 
 class CodeTaskConfig(TaskConfigBase):
@@ -82,6 +85,7 @@ class CodeTaskConfig(TaskConfigBase):
     timeout_s: float = Field(10.0, gt=0, le=120, description=_SANDBOX_TIMEOUT)
     memory_mb: int = Field(1024, ge=64, le=16384, description=_SANDBOX_MEMORY)
     max_workers: int = Field(2, ge=1, le=64, description=_SANDBOX_WORKERS)
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig, description=_SANDBOX_POLICY)
     skip_bad_lines: bool = Field(
         False, description="Leave out bad lines (counted and reported) instead of stopping at the first."
     )
@@ -107,6 +111,7 @@ class HumanEvalTaskConfig(TaskConfigBase):
     timeout_s: float = Field(10.0, gt=0, le=120, description=_SANDBOX_TIMEOUT)
     memory_mb: int = Field(1024, ge=64, le=16384, description=_SANDBOX_MEMORY)
     max_workers: int = Field(2, ge=1, le=64, description=_SANDBOX_WORKERS)
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig, description=_SANDBOX_POLICY)
 
 
 QualityMetric = Literal["rouge1", "rouge2", "rougeL", "embedding", "engagement", "llm_judge"]

@@ -8,16 +8,23 @@ completion is the function body that continues the prompt. ``metadata`` carries
 package (its 164 problems ship with it). Items of a batch run in parallel sandboxes
 (``max_workers``), each with its own limits; a failure to start one is a 0 score with
 status "error", never an exception for the batch.
+
+The reward fails closed: building it (which the reward service does at replica start)
+raises :class:`~polyray.sandbox.WeakSandboxError` when the host's isolation is below
+``min_isolation``, unless ``allow_weak_sandbox`` (both server-only; the service sets them
+from its ``sandbox`` section). A passing score cannot be faked: see
+:func:`~polyray.tasks.humaneval.run_humaneval_check` (candidate and tests in two sandboxes).
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
 from polyray.reward.base import ParameterisedReward, ParamsModel, RewardItem, RewardResult, register
+from polyray.sandbox import require_isolation
 from polyray.tasks.humaneval import humaneval_problems, run_humaneval_check
 
 
@@ -43,12 +50,23 @@ class CodeExecReward(ParameterisedReward):
 
     binary = True
 
-    server_only_params = ("memory_mb", "max_workers")  # resources of the serving host
+    # resources and isolation policy of the serving host
+    server_only_params = ("memory_mb", "max_workers", "min_isolation", "allow_weak_sandbox")
 
     class Params(ParamsModel):
         timeout_s: float = Field(10.0, gt=0, le=120, description="Wall-clock limit per item (seconds).")
         memory_mb: int = Field(1024, ge=64, le=16384, description="Address-space limit per item (MiB).")
         max_workers: int = Field(4, ge=1, le=64, description="Sandboxes run at the same time within a batch.")
+        min_isolation: Literal["uid+namespaces", "userns", "rlimits"] = Field(
+            "userns", description="Weakest sandbox isolation accepted; below it the reward refuses to start."
+        )
+        allow_weak_sandbox: bool = Field(False, description="Judge anyway below min_isolation (operator opt-in).")
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        self.isolation = require_isolation(
+            self.config.min_isolation, self.config.allow_weak_sandbox, where="code_exec sandbox"
+        )
 
     def score_batch(self, items: list[RewardItem]) -> list[RewardResult]:
         if not items:

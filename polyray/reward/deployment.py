@@ -23,6 +23,7 @@ and ``polyray serve reward`` and runs with ``reward.endpoint: true`` call it dir
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -40,6 +41,9 @@ from polyray.config.services import RewardServiceConfig
 from polyray.reward.api import BodySizeLimit, RewardRequest, RewardResponse
 from polyray.reward.base import RewardError, RewardResult, UnknownRewardError, format_validation_error
 from polyray.reward.scorer import RewardScorer, ScoreJob, as_items, score_jobs
+from polyray.sandbox import require_isolation
+
+logger = logging.getLogger(__name__)
 
 app = FastAPI(
     title="polyray reward service",
@@ -89,7 +93,16 @@ def _response(reward: str, results: list[RewardResult]) -> RewardResponse:
 class RewardDeployment:
     def __init__(self, config: dict[str, Any] | None = None):
         self.config = RewardServiceConfig.model_validate(config or {})
-        self.scorer = RewardScorer(self.config.rewards)
+        # Fail closed: a replica whose host cannot isolate code well enough refuses to start
+        # (one line naming the setting), instead of serving code rewards a program can fake.
+        policy = self.config.sandbox
+        self.sandbox_mode = require_isolation(
+            policy.min_isolation, policy.allow_weak_sandbox, where="reward service sandbox"
+        )
+        logger.info("reward replica: sandbox isolation %s (min_isolation %s)", self.sandbox_mode, policy.min_isolation)
+        rewards = {**self.config.rewards}
+        rewards["code_exec"] = {**policy.model_dump(), **rewards.get("code_exec", {})}
+        self.scorer = RewardScorer(rewards)
         app.state.max_body_bytes = self.config.max_body_bytes
         app.state.api_key = read_api_key(self.config)
         self.metrics = Metrics({"reward": "", "run": ""}, histograms=HISTOGRAMS, counters=COUNTERS)
@@ -98,7 +111,7 @@ class RewardDeployment:
 
     @app.get("/healthz")
     async def healthz(self) -> dict[str, str]:
-        return {"status": "ok"}
+        return {"status": "ok", "sandbox": self.sandbox_mode}
 
     @app.get("/v1/rewards")
     async def list_rewards(self) -> dict[str, Any]:
