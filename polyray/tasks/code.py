@@ -92,7 +92,8 @@ class _SandboxTask(SandboxJudging, Task):
     def judge(self, prompt: Prompt, completion: str) -> Judgement:
         raw = prompt.meta.get("raw_prompt", prompt.text)
         problem = {"prompt": raw, "test": prompt.meta["test"], "entry_point": prompt.meta["entry_point"]}
-        return sandbox_judgement(problem, self.answer(completion), self.config.timeout_s, self.config.memory_mb)
+        c = self.config
+        return sandbox_judgement(problem, self.answer(completion), c.timeout_s, c.memory_mb, c.sandbox)
 
     def reward_item(self, prompt: Prompt, completion: str) -> dict[str, Any]:
         """The base item with the completion cut as :meth:`judge` cuts it."""

