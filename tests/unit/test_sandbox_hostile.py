@@ -1,0 +1,296 @@
+"""Hostile completions: each must fail (score 0) or be contained, in every mode polyray judges in.
+
+polyray judges code only in a namespace mode (``uid+namespaces``, ``userns``); ``rlimits``
+refuses without ``allow_weak_sandbox`` (checked here too). Reward attacks go through the real
+:func:`~polyray.tasks.humaneval.run_humaneval_check` (what ``code_exec`` and HumanEval's
+pass@k use); containment attacks through :func:`~polyray.sandbox.run_python`, checked from
+outside (files, sockets, processes, the host's view).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import textwrap
+
+import pytest
+
+from polyray import sandbox as sb
+from polyray.tasks.humaneval import humaneval_problems, run_humaneval_check
+
+pytestmark = pytest.mark.slow  # ~30 s: a few dozen sandboxes per mode
+
+SECRET = "polyray-hostile-secret-7c9e6679"
+
+
+def _works(mode: str) -> bool:
+    result = sb.run_python(sb._PROBE, sb.SandboxLimits(timeout_s=30), isolation=mode)
+    return result.passed and result.stdout.startswith("ok")
+
+
+NAMESPACE_MODES = [m for m in ("uid+namespaces", "userns") if (m != "uid+namespaces" or os.geteuid() == 0) and _works(m)]
+
+
+@pytest.fixture(params=NAMESPACE_MODES)
+def mode(request, monkeypatch):
+    monkeypatch.setattr(sb, "_detected", request.param)  # what "auto" picks, for the judge path
+    return request.param
+
+
+def judge(task_id: str, completion: str, timeout: float = 5.0):
+    return run_humaneval_check(humaneval_problems()[task_id], completion, timeout=timeout)
+
+
+def run(mode: str, source: str, **limits) -> sb.SandboxResult:
+    return sb.run_python(textwrap.dedent(source), sb.SandboxLimits(**limits), isolation=mode)
+
+
+def indent(body: str) -> str:
+    return textwrap.indent(textwrap.dedent(body), "    ")
+
+
+# ----------------------------------------------------------------------- faked rewards
+# HumanEval/0 is has_close_elements(numbers, threshold) -> bool.
+REWARD_ATTACKS = {
+    "file_token": indent("""
+        import os, re, sys
+        source = open(__file__).read() if "__file__" in globals() else open(sys.argv[-1]).read()
+        for token in re.findall(r"[0-9a-f]{32}", source)[-1:]:
+            sys.stdout.write(token + "\\n"); sys.stdout.flush()
+        os._exit(0)
+    """),
+    "co_consts_walk": indent("""
+        import os, sys
+        frame = sys._getframe()
+        while frame.f_back is not None:
+            frame = frame.f_back
+        tokens = [c for c in frame.f_code.co_consts if isinstance(c, str) and len(c) == 32]
+        sys.stdout.write((tokens[-1] if tokens else "") + "\\n"); sys.stdout.flush()
+        os._exit(0)
+    """),
+    "always_equal": indent("""
+        class AlwaysEqual(bool.__base__):
+            def __eq__(self, other): return True
+            def __ne__(self, other): return False
+            def __bool__(self): return True
+            __hash__ = object.__hash__
+        return AlwaysEqual()
+    """),
+    "sys_exit_0_module_level": "    return True\nimport sys\nsys.exit(0)\n",
+    "os_exit_0_in_call": "    import os\n    os._exit(0)\n",
+    "patched_assert_error": indent("""
+        import builtins, sys
+        builtins.AssertionError = type("Quiet", (Exception,), {})
+        sys.excepthook = lambda *a: None
+        import atexit, os
+        atexit.register(lambda: os._exit(0))
+        return None
+    """),
+    "status_pipe_forgery": indent("""
+        import os, json
+        for pid in {os.getppid(), 1, os.getpid()}:
+            try:
+                for fd in os.listdir("/proc/%d/fd" % pid):
+                    try:
+                        w = os.open("/proc/%d/fd/%s" % (pid, fd), os.O_WRONLY | os.O_NONBLOCK)
+                        os.write(w, json.dumps({"exit": 0}).encode())
+                    except OSError:
+                        pass
+            except OSError:
+                pass
+        os._exit(1)
+    """),
+}
+
+
+@pytest.mark.parametrize("attack", sorted(REWARD_ATTACKS))
+def test_faked_rewards_fail(mode, attack):
+    result = judge("HumanEval/0", REWARD_ATTACKS[attack])
+    assert not result.passed and result.status != "passed", result
+    assert result.isolation == mode
+
+
+def test_patched_builtins_cannot_bend_the_tests(mode):
+    # HumanEval/4 asserts `abs(candidate(xs) - mad) < 1e-6`: a patched abs would pass anything
+    completion = "    return 123.0\nimport builtins\nbuiltins.abs = lambda x: 0\n"  # before check() runs
+    assert not judge("HumanEval/4", completion).passed
+    assert judge("HumanEval/4", humaneval_problems()["HumanEval/4"]["canonical_solution"]).passed
+
+
+def test_honest_values_cross_the_boundary_but_nothing_else():
+    codec = __import__("polyray.sandbox.calls", fromlist=["plain_values"]).plain_values()
+    encode, decode = codec["encode"], codec["decode"]
+    import json
+
+    value = [1, 2.5, "x", None, True, (1, (2,)), {"a": [1]}, {1, 2}, frozenset({3}), b"\x00", {(1, 2): "t"}]
+    assert decode(json.loads(json.dumps(encode(value)))) == value
+    assert type(decode(encode((1,)))) is tuple and type(decode(encode(True))) is bool
+    with pytest.raises(TypeError):
+        encode(object())
+    for forged in ({"x": 1}, {"l": 1}, {"d": [[1]]}, {"l": [{"evil": 1}]}):
+        with pytest.raises(ValueError):
+            decode(forged)
+
+
+# ------------------------------------------------------------------------ containment
+def test_rlimits_guard_bypass_is_contained_in_namespace_modes(mode, monkeypatch):
+    """The audit-hook bypass switches off rlimits mode's guard; namespaces do not depend on it."""
+    monkeypatch.setenv("POLYRAY_HOSTILE_SECRET", SECRET)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.settimeout(0.5)
+    port = server.getsockname()[1]
+    try:
+        result = run(
+            mode,
+            f"""
+            import os, socket, sys
+            g = sys._getframe(0).f_globals
+            g["_BLOCKED"] = (); g["_inside"] = lambda p, r: True
+            for pid in range(1, 4 * 65536):
+                try:
+                    data = open("/proc/%d/environ" % pid, "rb").read()
+                except OSError:
+                    continue
+                if b"POLYRAY_HOSTILE" in data:
+                    print("LEAKED", data)
+                    break
+                if pid > 70000:
+                    break
+            try:
+                socket.create_connection(("127.0.0.1", {port}), timeout=1)
+                print("CONNECTED")
+            except OSError as exc:
+                print("refused", exc)
+            """,
+            timeout_s=20,
+        )
+        assert SECRET not in result.stdout + result.stderr and "CONNECTED" not in result.stdout, result
+        with pytest.raises(socket.timeout):
+            server.accept()
+    finally:
+        server.close()
+
+
+def test_status_pipe_forgery_cannot_turn_a_failure_into_a_pass(mode):
+    result = run(mode, "import sys\n" + "def f():\n" + REWARD_ATTACKS["status_pipe_forgery"] + "f()\n")
+    assert result.status == "failed" and result.returncode == 1, result
+
+
+def test_setsid_child_does_not_outlive_the_judge(mode):
+    marker = f"polyray-hostile-escapee-{os.getpid()}-{mode}"
+    completion = indent(f"""
+        import os, sys, time
+        if os.fork() == 0:
+            os.setsid()
+            os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(600)", {marker!r}])
+        return True
+    """)
+    judge("HumanEval/0", completion)
+    survivors = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if marker.encode() in f.read():
+                    survivors.append(entry)
+        except OSError:
+            continue
+    assert not survivors, f"processes outlived the sandbox: {survivors}"
+
+
+def test_fork_bomb_in_a_completion_is_contained(mode):
+    completion = "    import os\n    while True:\n        try:\n            os.fork()\n        except OSError:\n            pass\n"
+    result = judge("HumanEval/0", completion, timeout=2.0)
+    assert not result.passed and result.duration_s < 10, result
+    assert run(mode, "print(6 * 7)").stdout.strip() == "42"
+
+
+def test_disk_filler_is_capped(mode, monkeypatch, tmp_path):
+    monkeypatch.setattr(sb.tempfile, "tempdir", str(tmp_path))
+    result = run(
+        mode,
+        """
+        import os
+        written = 0
+        try:
+            for i in range(100):  # 100 MiB in 1 MiB files, each under RLIMIT_FSIZE
+                with open("fill%d" % i, "wb") as f:
+                    f.write(b"x" * (1 << 20))
+                written += 1
+        except OSError as exc:
+            print("stopped", exc.errno)
+        print("MiB", written)
+        """,
+        timeout_s=30,
+        **({"disk_mb": 32} if "disk_mb" in sb.SandboxLimits.__dataclass_fields__ else {}),
+    )
+    mib = int(result.stdout.split("MiB")[-1])
+    assert mib <= 32, result
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_etc_shadow_and_service_config_are_absent(mode):
+    result = run(
+        mode,
+        """
+        import os
+        for path in ("/etc/shadow", "/etc/gshadow", "/etc/ssh", "/etc/sudoers"):
+            try:
+                print(path, open(path).read()[:40] if os.path.isfile(path) else os.listdir(path))
+            except OSError as exc:
+                print(path, "absent", exc.errno)
+        import json, hashlib  # the standard library still works
+        print("ok")
+        """,
+    )
+    assert result.passed and result.stdout.count("absent") == 4, result
+
+
+def test_symlink_planted_for_cleanup_is_not_followed(mode, tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    victim.chmod(0o640)
+    result = run(
+        mode,
+        f"""
+        import os
+        os.mkdir("trap")
+        os.symlink({str(victim)!r}, "trap/link")
+        os.symlink({str(victim)!r}, "link")
+        os.chmod("trap", 0o500)
+        os.chmod(".", 0o500)
+        print("planted")
+        """,
+    )
+    assert "planted" in result.stdout, result
+    assert oct(victim.stat().st_mode)[-3:] == "640" and victim.read_text() == "keep"
+
+
+def test_rmtree_never_chmods_through_a_symlink(tmp_path):
+    """rlimits mode writes into the host directory: cleanup itself must not follow links."""
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    victim.chmod(0o640)
+    work = tmp_path / "work"
+    (work / "trap").mkdir(parents=True)
+    (work / "trap" / "link").symlink_to(victim)
+    (work / "trap").chmod(0o500)
+    work.chmod(0o500)
+    sb._rmtree(str(work))
+    assert not work.exists() and oct(victim.stat().st_mode)[-3:] == "640"
+
+
+# ---------------------------------------------------------------------- fail closed
+def test_rlimits_refuses_without_the_opt_in(monkeypatch):
+    monkeypatch.setattr(sb, "_detected", "rlimits")
+    with pytest.raises(sb.WeakSandboxError) as info:
+        sb.require_isolation("userns", False, where="task.sandbox")
+    message = str(info.value)
+    assert "\n" not in message and "task.sandbox.min_isolation" in message and "allow_weak_sandbox" in message
+    assert sb.require_isolation("userns", True) == "rlimits"
+    assert sb.require_isolation("rlimits", False) == "rlimits"
+    monkeypatch.setattr(sb, "_detected", "userns")
+    with pytest.raises(sb.WeakSandboxError):
+        sb.require_isolation("uid+namespaces")
+    assert sb.require_isolation("userns") == "userns"
