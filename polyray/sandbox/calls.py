@@ -18,7 +18,8 @@ refused), so every comparison runs builtin ``==`` on the trusted side. An except
 candidate raised comes back as a builtin ``Exception`` subclass of the same name (never
 ``SystemExit``). The verdict is the tests process's exit status; the candidate cannot
 reach that process (another PID namespace and root, in the namespace modes), and no
-secret sits in its program. ``candidate.__code__`` gives ``co_filename`` (a copy of
+secret sits in its program. The tests module's ``entry_point`` name is the proxy too (some
+HumanEval tests call the function by name, as one program would let them). ``candidate.__code__`` gives ``co_filename`` (a copy of
 ``candidate.py`` beside the tests), ``co_firstlineno`` and ``co_name``, for tests that
 read the candidate's source (countdown_code's). A prompt that does not compile on its
 own (it ends inside a statement) is left out of the tests program.
@@ -198,7 +199,8 @@ try:
         _code = compile(_tests, "tests.py", "exec")
     _globals = {"__name__": "__main__", "__builtins__": builtins}
     exec(_code, _globals)
-    _globals["check"](Candidate())
+    _globals[ENTRY_POINT] = _candidate = Candidate()  # as in one program: a test may name the function
+    _globals["check"](_candidate)
 except BaseException:
     traceback.print_exc()
     sys.stderr.flush()
