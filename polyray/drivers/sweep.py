@@ -468,8 +468,8 @@ def summary_table(summary: dict[str, Any]):
     from rich.table import Table
 
     phase = summary["objective"]["key"].split("/")[0]
-    table = Table(title=f"polyray sweep {summary['name']}: {phase} on the test prompts "
-                        "(mean [95% t-interval] over seeds, conditional on the test prompts)")
+    table = Table(title=f"polyray sweep {summary['name']}: {phase}, mean [95% t-interval] over seeds "
+                        "(conditional on the test prompts)")
     table.add_column("setting")
     table.add_column("seeds", justify="right")
     names = sorted({k for s in summary["settings"] for k in s["metrics"] if k.startswith(phase + "/")
