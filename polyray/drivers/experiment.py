@@ -12,13 +12,18 @@ Running an experiment again (e.g. after an interruption, or with more seeds) rep
 the runs it finished without running them, continues an unfinished one
 (``run_pipeline(resume=True)``) and starts the new ones; a failed run is recorded and the
 others go on. Aggregation (docs/algorithms.md §5): per model and metric, the mean and 95%
-t-interval over seeds. A claim about a model is a claim about its training runs, so the seed
-is the unit: per comparison, over the seeds both models have (paired by seed id), Welch's t
-with its interval for the difference, Mann-Whitney U and Cohen's d, Holm-adjusted across all
-comparisons x metrics of the experiment. Prompts enter only within a seed: per seed a test
-paired by prompt, and a bootstrap resampling seeds, then prompts within each, for a CI of the
-mean difference. Pooling prompts across seeds into one test would count every test prompt
-once per seed and every run as more prompts.
+t-interval over seeds, conditional on the test prompts (every seed evaluates the same test split),
+and a bootstrap interval that resamples seeds and those shared prompts jointly. A claim about a
+model is a claim about its training runs, so the seed is the unit: per comparison, over the seeds
+both models have, paired by seed id (a seed's models share the SFT start, training prompts,
+sampling seeds and test prompts): a paired t-test with the interval of the mean difference, the
+exact Wilcoxon signed-rank test (which cannot go below p = 0.0625 at 5 seeds) and d_z, and a TOST
+equivalence test at a stated margin (``equivalence_margin``), each Holm-adjusted across all
+comparisons x metrics of the experiment; an interval over seeds is labelled with what it holds
+fixed (``conditional_on``). Prompts enter only within a seed: per seed a test paired by prompt,
+and a bootstrap drawing seeds and one set of the shared prompts per resample for a CI of the
+mean difference over seeds and prompts. Pooling prompts across seeds into one test would count
+every test prompt once per seed and every run as more prompts.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from pydantic import Field, ValidationError, model_validator
 from polyray.config import RunConfig
 from polyray.io import ConfigError, StrictModel, console, format_validation_error, read_yaml_mapping
 from polyray.drivers.sweep import merge
+from polyray.eval.stats import EQUIVALENCE_MARGIN
 
 if TYPE_CHECKING:
     from polyray.eval.record import EvalRecord
@@ -56,6 +62,11 @@ class ExperimentConfig(StrictModel):
     models: dict[str, str] = Field(..., description="Model label -> 'run/phase' ('base' before any phase).")
     compare: list[tuple[str, str]] = Field(default_factory=list, description="(treatment, control) model labels.")
     max_concurrent: int = Field(1, ge=1, description="Runs (Tune trials) executing at once on the cluster.")
+    equivalence_margin: float | dict[str, float] = Field(
+        EQUIVALENCE_MARGIN, description="TOST margin per comparison (absolute difference of means): one number for"
+        " every metric, or metric -> margin (metrics not named: 0.01). Equivalent: the 90% interval of the"
+        " difference inside ±margin, Holm-adjusted."
+    )
 
     @model_validator(mode="after")
     def _references_resolve(self) -> "ExperimentConfig":
@@ -73,7 +84,20 @@ class ExperimentConfig(StrictModel):
             for label in pair:
                 if label not in self.models:
                     raise ValueError(f"compare: unknown model {label!r} (models: {sorted(self.models)})")
+        margins = self.equivalence_margin
+        margins = margins if isinstance(margins, dict) else {"*": margins}
+        for metric, margin in margins.items():
+            if metric != "*" and metric not in METRICS:
+                raise ValueError(f"equivalence_margin: unknown metric {metric!r} (compared: {list(METRICS)})")
+            if not margin > 0:
+                raise ValueError(f"equivalence_margin: {metric if metric != '*' else ''} must be > 0, got {margin}")
         return self
+
+    def margin(self, metric: str) -> float:
+        """The TOST margin of ``metric``."""
+        if isinstance(self.equivalence_margin, dict):
+            return float(self.equivalence_margin.get(metric, EQUIVALENCE_MARGIN))
+        return float(self.equivalence_margin)
 
 
     def origins(self) -> dict[str, str]:
@@ -196,21 +220,36 @@ def run_experiment(path: str | Path, seeds: int, output_dir: Path | None = None)
 def _brief(stats: dict[str, Any]) -> dict[str, Any]:
     """The headline numbers of a :func:`polyray.eval.stats.compare_over_seeds` result, flat and JSON-safe.
 
-    ``ci95`` is Welch's t-interval for the difference of means; ``<test>_p_holm`` is added
-    by :func:`polyray.eval.stats.holm_families` once every comparison is known.
+    ``ci95`` is the t-interval of the difference (paired: of the mean per-seed difference; unpaired:
+    Welch's), conditional on the test prompts; ``<test>_p_holm`` and ``equivalent`` (TOST's Holm p
+    < 0.05) are added by :func:`aggregate` once every comparison is known.
     """
     from polyray.eval.stats import finite_or_none as _num
 
     if not stats:
         return {}
-    welch, mw = stats.get("welch_t", {}), stats["mann_whitney"]
-    keep: dict[str, Any] = {"n_seeds": stats["n"][0],
-                            "ci95": [_num(welch.get("low")), _num(welch.get("high"))] if welch else [None, None],
-                            "welch_t": _num(welch.get("statistic")), "welch_df": _num(welch.get("df")),
-                            "welch_p": _num(welch.get("pvalue")),
-                            "mann_whitney_u": mw["statistic"], "mann_whitney_p": mw["pvalue"],
-                            "mann_whitney_method": mw["method"], "cohens_d": _num(stats.get("cohens_d"))}
-    notes = [n for n in (welch.get("note"), mw.get("note")) if n]
+    paired = stats["design"] == "paired"
+    t = stats.get("paired_t" if paired else "welch_t") or {}
+    keep: dict[str, Any] = {"design": stats["design"], "n_seeds": stats["n"][0]}
+    keep.update(conditional_on=stats["conditional_on"], ci95=[_num(t.get("low")), _num(t.get("high"))])
+    if paired:
+        w = stats["wilcoxon"]
+        keep.update({"paired_t": _num(t.get("statistic")), "paired_t_df": _num(t.get("df")),
+                     "paired_t_p": _num(t.get("pvalue")), "wilcoxon_w": w["statistic"], "wilcoxon_p": w["pvalue"],
+                     "wilcoxon_method": w["method"], "wilcoxon_min_p": w["min_pvalue"],
+                     "cohens_dz": _num(stats.get("cohens_dz"))})
+        rank = w
+    else:
+        rank = stats["mann_whitney"]
+        keep.update({"welch_t": _num(t.get("statistic")), "welch_df": _num(t.get("df")),
+                     "welch_p": _num(t.get("pvalue")),
+                     "mann_whitney_u": rank["statistic"], "mann_whitney_p": rank["pvalue"],
+                     "mann_whitney_method": rank["method"], "cohens_d": _num(stats.get("cohens_d"))})
+    eq = stats.get("equivalence") or {}
+    if eq:
+        keep.update({"equivalence_margin": eq["margin"], "tost_p": _num(eq.get("pvalue")),
+                     "tost_ci90": [_num(eq.get("low")), _num(eq.get("high"))]})
+    notes = [n for n in (stats.get("note"), t.get("note"), rank.get("note"), eq.get("note")) if n]
     if notes:
         keep["note"] = "; ".join(dict.fromkeys(notes))
     return keep
@@ -222,12 +261,13 @@ def _prompt_level(
     """Prompt-level view, valid only within a seed (:func:`polyray.eval.stats.compare_within_seeds`)."""
     from polyray.eval.stats import compare_within_seeds
 
-    def texts(phase: EvalRecord) -> list[str | None]:
-        return [r.prompt for r in phase.per_prompt or []]
-
     return compare_within_seeds([
         (s, a_phases[s].per_prompt_values(metric), b_phases[s].per_prompt_values(metric),
-         texts(a_phases[s]), texts(b_phases[s])) for s in seeds])  # fmt: skip
+         _texts(a_phases[s]), _texts(b_phases[s])) for s in seeds])  # fmt: skip
+
+
+def _texts(phase: EvalRecord) -> list[str | None]:
+    return [r.prompt for r in phase.per_prompt or []]
 
 
 def _load_phases(exp: ExperimentConfig, out: Path, seeds: int) -> dict[str, dict[int, EvalRecord]]:
@@ -247,10 +287,24 @@ def _load_phases(exp: ExperimentConfig, out: Path, seeds: int) -> dict[str, dict
     return per_seed
 
 
+HOLM_KEYS = ("paired_t_p", "wilcoxon_p", "tost_p", "welch_p", "mann_whitney_p")  # one Holm family per test
+
+
 def aggregate(exp: ExperimentConfig, configs, out: Path, seeds: int) -> dict[str, Any]:
-    """experiment.json: per model mean/CI over seeds; per comparison tests over the seeds both models
-    have (paired by seed id), Holm-adjusted across the experiment, and the within-seed prompt-level view."""
-    from polyray.eval.stats import CONFIDENCE, compare_over_seeds, holm_families, mean_ci
+    """experiment.json: per model the mean and t-interval over seeds (conditional on the test prompts)
+    and a bootstrap interval over seeds and prompts; per comparison tests paired by seed id over
+    the seeds both models have, a TOST equivalence test, Holm-adjusted across the experiment,
+    and the within-seed prompt-level view."""
+    from polyray.eval.stats import (
+        ALPHA,
+        CONDITIONAL_ON_NOTHING,
+        CONDITIONAL_ON_TEST_PROMPTS,
+        CONFIDENCE,
+        compare_over_seeds,
+        holm_families,
+        interval_over_seeds_and_prompts,
+        mean_ci,
+    )
 
     phases = _load_phases(exp, out, seeds)
     models: dict[str, Any] = {}
@@ -266,7 +320,12 @@ def aggregate(exp: ExperimentConfig, configs, out: Path, seeds: int) -> dict[str
             if not (m in METRICS or m.startswith("diversity/")) or not all(m in r for r in rows):
                 continue
             values = [r[m] for r in rows]
-            entry[m] = {**mean_ci(values), "values": values} if len(values) > 1 else {"mean": values[0], "values": values}
+            entry[m] = ({**mean_ci(values), "values": values, "conditional_on": CONDITIONAL_ON_TEST_PROMPTS}
+                        if len(values) > 1 else {"mean": values[0], "values": values})
+            joint = interval_over_seeds_and_prompts(
+                [(s, by_seed[s].per_prompt_values(m), _texts(by_seed[s])) for s in have])
+            if joint:
+                entry[m]["over_seeds_and_prompts"] = joint
     comparisons: dict[str, Any] = {}
     means = {label: {s: r.means() for s, r in by_seed.items()} for label, by_seed in phases.items()}
     for treat, ctrl in exp.compare:
@@ -283,16 +342,21 @@ def aggregate(exp: ExperimentConfig, configs, out: Path, seeds: int) -> dict[str
         for m in METRICS:
             if not all(m in a_means[s] and m in b_means[s] for s in common):
                 continue
-            a, b = [a_means[s][m] for s in common], [b_means[s][m] for s in common]
-            entry["metrics"][m] = {"mean_treatment": sum(a) / len(a), "mean_control": sum(b) / len(b),
-                                   "difference": sum(a) / len(a) - sum(b) / len(b),
-                                   "over_seeds": _brief(compare_over_seeds(a, b)),
+            a, b = {s: a_means[s][m] for s in common}, {s: b_means[s][m] for s in common}  # paired by seed id
+            entry["metrics"][m] = {"mean_treatment": sum(a.values()) / len(a), "mean_control": sum(b.values()) / len(b),
+                                   "difference": sum(a.values()) / len(a) - sum(b.values()) / len(b),
+                                   "over_seeds": _brief(compare_over_seeds(a, b, margin=exp.margin(m))),
                                    "within_seed": _prompt_level(a_phases, b_phases, common, m)}
     # Holm across the experiment: every comparison x metric's over-seeds p, one family per test
     entries = [m["over_seeds"] for c in comparisons.values() for m in c["metrics"].values()]
-    holm = holm_families(entries, ("welch_p", "mann_whitney_p"))
-    summary = {"name": exp.name, "seeds": seeds, "confidence": CONFIDENCE, "holm_family_sizes": holm,
-               "models": models, "comparisons": comparisons}
+    holm = holm_families(entries, [k for k in HOLM_KEYS if any(k in e for e in entries)])
+    for e in entries:
+        if "tost_p" in e:  # a claim of equivalence over the experiment's family, as a difference is
+            e["equivalent"] = None if e["tost_p_holm"] is None else bool(e["tost_p_holm"] < ALPHA)
+    summary = {"name": exp.name, "seeds": seeds, "confidence": CONFIDENCE, "alpha": ALPHA,
+               "conditional_on": {"over_seeds": CONDITIONAL_ON_TEST_PROMPTS,
+                                  "over_seeds_and_prompts": CONDITIONAL_ON_NOTHING},
+               "holm_family_sizes": holm, "models": models, "comparisons": comparisons}
     summary["pareto_pass1_pass10"] = pareto_frontier_labels(summary)
     return summary
 
@@ -330,19 +394,27 @@ def _dynamics_records(exp: ExperimentConfig, out: Path, seed: int = 0) -> list[d
 
 def report_results(exp: ExperimentConfig, summary: dict[str, Any], out: Path) -> dict[str, Any]:
     """The experiment as the evaluation report's ``results`` (polyray.eval.report): per model mean
-    and 95% CI over seeds of pass@k, USQ and diversity; the Pareto figure is pass@1 against
+    and 95% t-interval over seeds (conditional on the test prompts) of pass@k, USQ and diversity;
+    the comparisons' tests over seeds (``seed_comparisons``); the Pareto figure is pass@1 against
     pass@10 (both maximised); the dynamics are seed 0's."""
     from polyray.eval.record import records_from_summaries
 
     models = records_from_summaries(summary["models"])
     real = list(dict.fromkeys(d for m in models.values() for d in sorted(m.diversity)))
     return {
-        "title": f"polyray experiment: {summary['name']} (mean and 95% CI over {summary['seeds']} seeds, test prompts)",
+        "title": f"polyray experiment: {summary['name']} (mean and 95% t-interval over {summary['seeds']} seeds,"
+                 " conditional on the test prompts)",
         "models": models,
         "table": {"diversity": sorted(real)},
         "pareto": {"diversity": "pass@10", "quality_label": "pass@1"},
         "dynamics": _dynamics_records(exp, out),
+        "seed_comparisons": summary.get("comparisons") or {},
     }
+
+
+# display names: one name per measure (docs/algorithms.md §4-5), the same in every table
+LABELS = {"reward_mean": "reward", "distinct_frac": "distinct samples",
+          "diversity/countdown_expr": "distinct expressions"}
 
 
 def _p(entry: dict[str, Any], key: str) -> str:
@@ -351,18 +423,24 @@ def _p(entry: dict[str, Any], key: str) -> str:
     return "-" if p is None else f"{p:.3g} ({adj:.3g})" if adj is not None else f"{p:.3g}"
 
 
+def _interval(lo: float | None, hi: float | None) -> str:
+    return f"[{lo:+.3f}, {hi:+.3f}]" if lo is not None and hi is not None else "-"
+
+
 def summary_table(summary: dict[str, Any]):
-    """Per model mean ±95% CI over seeds; below it, per comparison the over-seeds tests (raw p, Holm p)."""
+    """Per model mean ±95% CI over seeds; below it, per comparison the over-seeds tests (raw p, Holm p),
+    TOST equivalence at its margin and the bootstrap interval over seeds and prompts."""
     from rich.console import Group
     from rich.table import Table
 
     models = summary["models"]
     div = sorted({m for v in models.values() for m in v if m.startswith("diversity/")})
-    table = Table(title=f"experiment {summary['name']}: mean ±95% CI over {summary['seeds']} seeds (test prompts)")
+    table = Table(title=f"experiment {summary['name']}: mean ±95% t-interval over {summary['seeds']} seeds "
+                        "(conditional on the test prompts)")
     table.add_column("model", no_wrap=True)
     table.add_column("seeds", justify="right", no_wrap=True)
     for m in [*METRICS, *div]:
-        table.add_column(m.replace("diversity/", "").replace("reward_mean", "reward"), justify="right", no_wrap=True)
+        table.add_column(LABELS.get(m, m.replace("diversity/", "")), justify="right", no_wrap=True)
     for label, v in models.items():
         cells = []
         for m in [*METRICS, *div]:
@@ -377,22 +455,35 @@ def summary_table(summary: dict[str, Any]):
     comparisons = summary.get("comparisons") or {}
     if not comparisons:
         return table
-    tests = Table(title="treatment − control over seeds (paired by seed id): p (Holm p); "
-                        "prompt-level: hierarchical bootstrap")
-    for col in ("comparison", "metric", "seeds", "difference [95% CI]", "Welch p", "Mann-Whitney p", "Cohen's d",
-                "bootstrap 95% CI"):
+    tests = Table(title="treatment − control over seeds, paired by seed id: p (Holm p); 95% t-interval given the "
+                        "test prompts; TOST equivalence within ±margin; bootstrap 95% CI over seeds and prompts")
+    for col in ("comparison", "metric", "seeds", "difference [95% CI]", "t p", "rank p", "effect",
+                "equivalent (TOST p)", "bootstrap 95% CI"):
         tests.add_column(col, justify="left" if col in ("comparison", "metric") else "right", no_wrap=True)
     for name, c in comparisons.items():
         if not c["metrics"]:
-            tests.add_row(name, "-", ",".join(map(str, c["seeds"])) or "none", *["-"] * 5)
+            tests.add_row(name, "-", ",".join(map(str, c["seeds"])) or "none", *["-"] * 6)
         for m, e in c["metrics"].items():
             o = e["over_seeds"]
-            lo, hi = o["ci95"]
-            ci = f" [{lo:+.3f}, {hi:+.3f}]" if lo is not None and hi is not None else ""
+            paired = o.get("design") == "paired"
+            t_key, rank_key, d_key = ("paired_t_p", "wilcoxon_p", "cohens_dz") if paired else \
+                ("welch_p", "mann_whitney_p", "cohens_d")
+            d = o.get(d_key)
+            eq = o.get("equivalent")
+            tost = "-" if o.get("tost_p") is None else \
+                f"{'yes' if eq else 'not shown'} ±{o['equivalence_margin']:g}, p {_p(o, 'tost_p')}"
             boot = e["within_seed"].get("hierarchical_bootstrap")
             tests.add_row(
-                name, m, ",".join(map(str, c["seeds"])), f"{e['difference']:+.3f}{ci}", _p(o, "welch_p"),
-                _p(o, "mann_whitney_p"), "-" if o["cohens_d"] is None else f"{o['cohens_d']:+.2f}",
-                f"[{boot['low']:+.3f}, {boot['high']:+.3f}]" if boot else "-",
+                name, LABELS.get(m, m), ",".join(map(str, c["seeds"])),
+                f"{e['difference']:+.3f} {_interval(*o['ci95'])}",
+                ("paired " if paired else "Welch ") + _p(o, t_key),
+                ("Wilcoxon " if paired else "M-W ") + _p(o, rank_key),
+                "-" if d is None else f"{'d_z' if paired else 'd'} {d:+.2f}", tost,
+                _interval(boot["low"], boot["high"]) if boot else "-",
             )
+    floors = {o["over_seeds"].get("wilcoxon_min_p") for c in comparisons.values() for o in c["metrics"].values()}
+    floors = sorted(f for f in floors if f is not None and f > summary.get("alpha", 0.05))
+    if floors:
+        tests.caption = (f"with these seeds the exact Wilcoxon p cannot go below {floors[0]:.3g}: "
+                         "it cannot reject at 0.05, whatever the effect")
     return Group(table, tests)

@@ -30,8 +30,10 @@ so relative paths in the config are the user's.
 Outputs (``<out>/``): ``sweep.json`` and ``sweep.csv`` (every trial's parameters and metrics), the
 best trial by the objective, and ``report.html`` in the evaluation job's report format: per
 setting of the non-seed axes the mean and 95% t-interval over seeds of pass@k, USQ and
-diversity, pass@k against the swept value, and the quality x diversity Pareto frontier. Tune's
-own CSV and TensorBoard logs are under ``<out>/tune/``.
+diversity (conditional on the evaluation prompts, which every seed shares: the interval is about
+new training runs on these prompts, ``conditional_on`` in sweep.json), pass@k against the swept
+value, and the quality x diversity Pareto frontier. Tune's own CSV and TensorBoard logs are under
+``<out>/tune/``.
 """
 
 from __future__ import annotations
@@ -359,6 +361,11 @@ def run_sweep(path: str | Path, output_dir: Path | None = None, resume: bool = F
 
 
 # ------------------------------------------------------------------------------ outputs
+# what a setting's t-interval over seeds holds fixed: each metric's prompts (test or validation set,
+# drawn from the task's seed, so the same for every run seed)
+CONDITIONAL_ON = "evaluation prompts (the same test or validation prompts for every seed)"
+
+
 def _objective_key(sweep: SweepConfig, run: RunConfig) -> str:
     phase = sweep.objective.phase or (run.phases[-1].name if run.phases else "base")
     return f"{phase}/{sweep.objective.metric}"
@@ -377,7 +384,8 @@ def summarise(sweep: SweepConfig, run: RunConfig, grid) -> dict[str, Any]:
     sign = 1.0 if sweep.objective.mode == "max" else -1.0
     best = max(scored, key=lambda t: sign * t["metrics"][objective]) if scored else None
     return {"name": sweep.name, "objective": {"key": objective, "mode": sweep.objective.mode},
-            "axes": list(sweep.space), "trials": trials, "best": best, "settings": settings(trials)}  # fmt: skip
+            "axes": list(sweep.space), "trials": trials, "best": best, "settings": settings(trials),
+            "conditional_on": CONDITIONAL_ON}  # fmt: skip
 
 
 def trial_params(result) -> dict[str, Any]:
@@ -445,7 +453,8 @@ def report_results(summary: dict[str, Any]) -> dict[str, Any]:
     phase = summary["objective"]["key"].split("/")[0]
     models = records_from_summaries({_label(s["params"]): s["metrics"] for s in summary["settings"]}, prefix=f"{phase}/")
     axes = [a for a in summary["axes"] if a != "seed"]
-    results: dict[str, Any] = {"title": f"polyray sweep: {summary['name']} ({phase}, mean and 95% CI over seeds)",
+    results: dict[str, Any] = {"title": f"polyray sweep: {summary['name']} ({phase}, mean and 95% t-interval over"
+                                        " seeds, conditional on the test prompts)",
                                "models": models}  # fmt: skip
     if len(axes) == 1:
         results["axis"] = {"name": axes[0], "points": [
@@ -459,7 +468,8 @@ def summary_table(summary: dict[str, Any]):
     from rich.table import Table
 
     phase = summary["objective"]["key"].split("/")[0]
-    table = Table(title=f"polyray sweep {summary['name']}: {phase} on the test prompts (mean [95% CI] over seeds)")
+    table = Table(title=f"polyray sweep {summary['name']}: {phase}, mean [95% t-interval] over seeds "
+                        "(conditional on the test prompts)")
     table.add_column("setting")
     table.add_column("seeds", justify="right")
     names = sorted({k for s in summary["settings"] for k in s["metrics"] if k.startswith(phase + "/")

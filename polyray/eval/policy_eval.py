@@ -26,7 +26,7 @@ def few_shot_prefix(task: Task, k: int) -> str:
 def evaluate_policy(
     pool, task: Task, prompts: list[Prompt], cfg: EvalConfig, version: int | None = None, seed: int = 0
 ) -> EvalRecord:
-    """pass@k, USQ@k (k > 1), mean reward, counts, distinct fraction, diversity and per-prompt rows
+    """pass@k, USQ@k (k > 1), mean reward, counts, distinct samples, diversity and per-prompt rows
     of one adapter version.
 
     Each prompt's samples come from its own request seed, derived from (``seed``, "eval", prompt): the

@@ -125,7 +125,7 @@ class EvalRecord:
     """What evaluating one model measured (see the module docstring for the JSON form).
 
     Every field is optional: the dynamics probe fills pass@k, reward and diversity; a run's
-    evaluation adds USQ@k (logprob selector), counts, the distinct fraction and per-prompt rows;
+    evaluation adds USQ@k (logprob selector), counts, distinct samples and per-prompt rows;
     the evaluation job intervals and its own fields.
     """
 
@@ -135,6 +135,8 @@ class EvalRecord:
     n_prompts: int | None = None
     n_samples: int | None = None
     few_shot: int | None = None
+    # "distinct samples": per prompt, distinct completions as stripped strings / n, mean over prompts; not
+    # the "distinct expressions" of diversity["countdown_expr"] (normalised answers), docs/algorithms.md §4
     distinct_frac: Estimate | None = None
     diversity: dict[str, Estimate] = field(default_factory=dict)
     # the evaluation job's

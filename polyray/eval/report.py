@@ -10,8 +10,10 @@ One report for every producer: the evaluation job, ``polyray sweep`` (a model pe
   ``fig-axis`` (a sweep's pass@k against its swept value), ``fig-passk`` (pass@k curves with CI
   bands), ``fig-usq`` (USQ@k beside pass@k per k), ``fig-pareto`` (quality vs diversity, frontier
   marked), ``fig-dynamics`` (diversity dynamics through SFT and GRPO), ``fig-lora`` (‖ΔW‖_F
-  heatmaps layer × module, the two first adapters and their difference); tables ``table-main``
-  and ``table-stats``. A figure whose input is missing is replaced by a short note in a div with
+  heatmaps layer × module, the two first adapters and their difference); tables ``table-main``,
+  ``table-stats`` (the evaluation job's tests over prompts, given the two models) and
+  ``table-seeds`` (an experiment's tests over seeds, paired by seed id, each interval labelled
+  with what it holds fixed). A figure whose input is missing is replaced by a short note in a div with
   the same id and class ``skipped`` (``fig-axis``, a sweep's own, is left out instead).
 - ``tables.tex``: the main table (booktabs): model × pass@k, USQ@k, diversity, mean ±
   CI half-width where given, best mean per column in bold.
@@ -38,6 +40,7 @@ for the table/curves)::
       "dynamics": [{"run": "poly", "phase": "sft", "step": 0, "diversity/semantic": 0.4, ...}, ...],
       "lora": {"baseline": rows, "polychromic": rows},       # analysis.lora_parameter_analysis rows
       "stats": {"<comparison>": stats.compare_models(...) dict, ...},
+      "seed_comparisons": {"<treatment> vs <control>": experiment.json's comparison, ...},
     }
 """
 
@@ -132,7 +135,8 @@ def _html_stats_table(results: dict[str, Any]) -> str | None:
         v = (d.get(key) or {}).get("pvalue")
         return "–" if v is None else f"{v:.3g}"
 
-    head = ["comparison", "mean diff", "95% bootstrap CI", "Mann–Whitney p", "Wilcoxon p", "paired t p",
+    head = ["comparison", "mean diff", "95% bootstrap CI over prompts, given the models", "Mann–Whitney p",
+            "Wilcoxon p", "paired t p",
             "Holm p", "Cohen's d", "d_z", "Cliff's δ"]  # fmt: skip
     out = ['<table id="table-stats" class="results"><thead><tr>']
     out += [f"<th>{h}</th>" for h in head]
@@ -152,6 +156,54 @@ def _html_stats_table(results: dict[str, Any]) -> str | None:
         ]
         out.append(f"<tr><th>{html.escape(name)}</th>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     out.append("</tbody></table>")
+    return "".join(out)
+
+
+def _html_seed_table(results: dict[str, Any]) -> str | None:
+    """An experiment's comparisons (``polyray experiment``'s experiment.json ``comparisons``): per
+    comparison and metric the difference with its t-interval over seeds (conditional on the test
+    prompts), the t and rank tests with Holm p, TOST equivalence at its margin, and the bootstrap
+    interval over seeds and prompts (conditional on nothing)."""
+    comparisons = results.get("seed_comparisons") or {}
+    if not any(c.get("metrics") for c in comparisons.values()):
+        return None
+
+    def iv(lo: Any, hi: Any) -> str:
+        return "–" if lo is None or hi is None else f"[{lo:+.3f}, {hi:+.3f}]"
+
+    def p(o: dict, key: str) -> str:
+        v, adj = o.get(key), o.get(f"{key}_holm")
+        return "–" if v is None else f"{v:.3g}" + (f" ({adj:.3g})" if adj is not None else "")
+
+    head = ["comparison", "metric", "seeds", "design", "difference", "95% CI over seeds (given the test prompts)",
+            "t-test p (Holm)", "rank test p (Holm)", "TOST: equivalent within ±margin (Holm p)",
+            "95% bootstrap CI over seeds and prompts"]  # fmt: skip
+    out = ['<table id="table-seeds" class="results"><thead><tr>']
+    out += [f"<th>{html.escape(h)}</th>" for h in head]
+    out.append("</tr></thead><tbody>")
+    floors = set()
+    for name, c in comparisons.items():
+        for metric, e in (c.get("metrics") or {}).items():
+            o = e.get("over_seeds") or {}
+            paired = o.get("design") == "paired"
+            boot = (e.get("within_seed") or {}).get("hierarchical_bootstrap") or {}
+            if o.get("wilcoxon_min_p") is not None and o["wilcoxon_min_p"] > 0.05:
+                floors.add(o["wilcoxon_min_p"])
+            tost = "–" if o.get("tost_p") is None else (
+                f"{'yes' if o.get('equivalent') else 'not shown'} ±{o['equivalence_margin']:g}, p {p(o, 'tost_p')}")
+            cells = [
+                metric, ",".join(map(str, c.get("seeds", []))), o.get("design", "–"),
+                f"{e.get('difference', math.nan):+.4f}", iv(*(o.get("ci95") or [None, None])),
+                ("paired t " if paired else "Welch ") + p(o, "paired_t_p" if paired else "welch_p"),
+                ("Wilcoxon " if paired else "Mann–Whitney ") + p(o, "wilcoxon_p" if paired else "mann_whitney_p"),
+                tost, iv(boot.get("low"), boot.get("high")),
+            ]
+            row = "".join(f"<td>{html.escape(x)}</td>" for x in cells)
+            out.append(f"<tr><th>{html.escape(name)}</th>{row}</tr>")
+    out.append("</tbody></table>")
+    if floors:
+        out.append(f"<p>With these seeds the exact Wilcoxon signed-rank p cannot go below {min(floors):.3g}: "
+                   "the rank test cannot reject at 0.05 whatever the effect.</p>")
     return "".join(out)
 
 
@@ -227,6 +279,9 @@ def render_html(results: dict[str, Any]) -> str:
     stats = _html_stats_table(results)
     if stats:
         body.append(f'<section id="section-stats"><h2>Statistics</h2>{stats}</section>')
+    seeds = _html_seed_table(results)
+    if seeds:
+        body.append(f'<section id="section-seeds"><h2>Comparisons over seeds</h2>{seeds}</section>')
     for div_id, heading, build in FIGURES:
         fig, reason = build(results)
         if fig is None and div_id in ONLY_WITH_INPUT:

@@ -1,8 +1,11 @@
-"""Statistics against scipy, effect sizes against hand values and brute force, Holm by hand and
-against a float64 loop, the hierarchical bootstrap's standard error against its closed form."""
+"""Statistics against scipy and statsmodels, effect sizes against hand values and brute force, Holm by
+hand and against a float64 loop, the exact signed-rank p against an enumeration of every sign flip,
+TOST against its two one-sided scipy t-tests, the seeds-and-prompts bootstrap's standard error
+against the closed form of its resampling (its coverage: test_bootstrap_coverage.py)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -10,8 +13,13 @@ import pytest
 from scipy import stats as st
 
 from polyray.eval.stats import (
+    CONDITIONAL_ON_NOTHING,
+    CONDITIONAL_ON_TEST_PROMPTS,
+    align_prompts,
     compare_many,
     compare_models,
+    compare_over_seeds,
+    compare_within_seeds,
     compute_bootstrap_ci,
     compute_cliffs_delta,
     compute_cohens_d,
@@ -20,11 +28,16 @@ from polyray.eval.stats import (
     compute_mann_whitney,
     compute_paired_t,
     compute_wilcoxon,
+    equivalence_tost,
     hierarchical_bootstrap,
     holm_families,
     interval_over_seeds,
+    interval_over_seeds_and_prompts,
     mean_ci,
     pair_prompts,
+    paired_t,
+    welch_t,
+    wilcoxon_seeds,
 )
 
 A = np.array([0.61, 0.55, 0.72, 0.48, 0.66, 0.59, 0.70, 0.52, 0.63, 0.68])
@@ -73,6 +86,7 @@ def test_cliffs_delta_against_double_loop():
 
 def test_identical_models_give_no_difference():
     out = compare_models(A, A.copy(), paired=True, n_resamples=2000)
+    assert out["conditional_on"] == "the models compared (prompts resampled)"
     assert out["mann_whitney"]["pvalue"] == pytest.approx(1.0)
     assert out["wilcoxon"]["pvalue"] == 1.0 and "zero" in out["wilcoxon"]["note"]
     assert out["paired_t"]["pvalue"] == 1.0 and "zero" in out["paired_t"]["note"]
@@ -158,19 +172,200 @@ def test_prompt_pairing_falls_back_to_position_only_without_distinct_texts():
 
 def test_hierarchical_bootstrap_reproducible_and_its_standard_error():
     rng = np.random.default_rng(7)
+    # 3 seeds x the same 40 prompts: a seed effect, a prompt effect shared by the seeds, noise
+    y = rng.normal(0, 0.05, (3, 1)) + rng.normal(0.1, 0.2, (1, 40)) + rng.normal(0, 0.1, (3, 40))
+    assert hierarchical_bootstrap(y, seed=3) == hierarchical_bootstrap(list(y), seed=3)
+    assert hierarchical_bootstrap(y, seed=3) != hierarchical_bootstrap(y, seed=4)
+    # Closed form of the joint resampling: the mean of drawn seeds x drawn prompts is
+    # m + mean r_s* + mean c_i* + mean e_s*i*, three uncorrelated terms (r, c, e: the array's seed
+    # effects, prompt effects and residuals), so Var = mean r^2 / S + mean c^2 / P + mean e^2 / (S P).
+    S, P = y.shape
+    m = sum(float(v) for v in y.ravel()) / (S * P)
+    r = [sum(float(v) for v in row) / P - m for row in y]
+    c = [sum(float(y[s, i]) for s in range(S)) / S - m for i in range(P)]
+    e = [float(y[s, i]) - m - r[s] - c[i] for s in range(S) for i in range(P)]
+    var = sum(x * x for x in r) / S / S + sum(x * x for x in c) / P / P + sum(x * x for x in e) / (S * P) / (S * P)
+    out = hierarchical_bootstrap(y, n_resamples=40_000, seed=0)
+    assert out["se"] == pytest.approx(math.sqrt(var), rel=0.02)
+    assert out["mean"] == pytest.approx(m) and out["shared_prompts"] and out["conditional_on"] == CONDITIONAL_ON_NOTHING
+    assert out["low"] < m < out["high"] and out["n_prompts"] == 40
+
+    # Prompts apart per seed (seeds on different prompts): each of the S slots draws a seed s
+    # uniformly, then the mean of P_s prompts of it, so Var = [mean_s (m_s - m)^2 + mean_s var_s / P_s] / S.
     diffs = [rng.normal(mu, sd, size=n) for mu, sd, n in ((0.05, 0.2, 30), (0.15, 0.1, 50), (-0.02, 0.3, 40))]
-    assert hierarchical_bootstrap(diffs, seed=3) == hierarchical_bootstrap(diffs, seed=3)
-    assert hierarchical_bootstrap(diffs, seed=3) != hierarchical_bootstrap(diffs, seed=4)
-    # Closed form of the resampling: each of the S slots draws a seed s uniformly, then the mean of
-    # P_s prompts of it, so Var = [mean_s (m_s - m)^2 + mean_s var_s / P_s] / S (plug-in variances).
     means = [float(d.mean()) for d in diffs]
     m = sum(means) / 3
     between = sum((ms - m) ** 2 for ms in means) / 3
     within = sum(sum((v - ms) ** 2 for v in d) / d.size / d.size for d, ms in zip(diffs, means)) / 3
-    out = hierarchical_bootstrap(diffs, n_resamples=20_000, seed=0)
+    out = hierarchical_bootstrap(diffs, shared_prompts=False, n_resamples=20_000, seed=0)
     assert out["se"] == pytest.approx(math.sqrt((between + within) / 3), rel=0.03)
     one = hierarchical_bootstrap(diffs[:1], n_resamples=20_000, seed=0)  # one seed: prompts only
     assert one["se"] == pytest.approx(float(diffs[0].std()) / math.sqrt(30), rel=0.03) and "note" in one
+    with pytest.raises(ValueError, match="same prompts"):
+        hierarchical_bootstrap(diffs)  # shared prompts need as many prompts per seed
+
+
+def test_shared_prompts_widen_the_interval_the_old_scheme_made_too_narrow():
+    # 5 seeds x the same 64 prompts whose effect dominates: drawn apart per seed, a prompt's effect
+    # averages out over the seeds as if each seed had its own prompts; drawn once, it does not.
+    rng = np.random.default_rng(1)
+    y = rng.normal(0, 0.01, (5, 1)) + rng.normal(0, 0.3, (1, 64)) + rng.normal(0, 0.05, (5, 64))
+    joint = hierarchical_bootstrap(y, n_resamples=5000)
+    apart = hierarchical_bootstrap(y, shared_prompts=False, n_resamples=5000)
+    assert joint["se"] > 1.8 * apart["se"]
+    assert joint["se"] == pytest.approx(float(y.mean(axis=0).std()) / 8, rel=0.1)  # ~ sd of prompt means / sqrt(P)
+
+
+def test_align_prompts_across_seeds():
+    assert align_prompts([["p", "q", "r"], ["r", "p", "q"], ["q", "p", "s", "r"]]) == (
+        [[0, 1, 2], [1, 2, 0], [1, 0, 3]], "prompt")
+    assert align_prompts([["p"], ["q"]]) is None
+    assert align_prompts([[None, None], [None, None]]) == ([[0, 1], [0, 1]], "position")
+    assert align_prompts([[None, None], [None]]) is None
+
+
+def test_within_seed_view_draws_one_prompt_set_for_every_seed():
+    rng = np.random.default_rng(4)
+    texts = [f"prompt {i}" for i in range(30)]
+    base = rng.random(30)
+    per_seed = []
+    for s in range(4):
+        order = rng.permutation(30)  # each seed stores its rows in its own order: matched by text
+        treat, ctrl = base + 0.1 + rng.normal(0, 0.05, 30), base
+        per_seed.append((s, treat[order], ctrl[order], [texts[i] for i in order], [texts[i] for i in order]))
+    out = compare_within_seeds(per_seed)
+    boot = out["hierarchical_bootstrap"]
+    assert boot["shared_prompts"] and boot["prompts_matched_by"] == "prompt" and boot["n_prompts"] == 30
+    # by hand: every seed's differences in seed 0's prompt order
+    first = per_seed[0][3]
+    aligned = np.stack([np.round(t, 12)[[tx.index(x) for x in first]] - np.round(c, 12)[[tx.index(x) for x in first]]
+                        for _, t, c, tx, _ in per_seed])  # fmt: skip
+    ref = hierarchical_bootstrap(aligned)
+    assert boot == {"mean_diff": pytest.approx(ref.pop("mean")), **ref, "prompts_matched_by": "prompt"}
+    # one model over seeds and prompts: the same bootstrap on its values
+    one = interval_over_seeds_and_prompts([(s, t, tx) for s, t, _, tx, _ in per_seed])
+    assert one["conditional_on"] == CONDITIONAL_ON_NOTHING and one["low"] < one["mean"] < one["high"]
+    assert interval_over_seeds_and_prompts([(0, None, [])]) == {}
+    # seeds on different prompts: drawn apart per seed, and said so
+    apart = compare_within_seeds([(0, [0.5, 0.2], [0.1, 0.1], ["a", "b"], ["a", "b"]),
+                                  (1, [0.5, 0.2, 0.3], [0.1, 0.1, 0.0], ["c", "d", "e"], ["c", "d", "e"])])
+    assert not apart["hierarchical_bootstrap"]["shared_prompts"] and "apart" in apart["hierarchical_bootstrap"]["note"]
+
+
+# --------------------------------------------------------------------------- over seeds: paired design
+
+SEED_A = np.array([0.412, 0.455, 0.391, 0.470, 0.438])  # treatment, seeds 0..4
+SEED_B = np.array([0.371, 0.430, 0.362, 0.425, 0.410])  # control, same seeds
+
+
+def test_paired_t_over_seeds_against_scipy():
+    out = paired_t(SEED_A, SEED_B)
+    ref = st.ttest_rel(SEED_A, SEED_B)
+    d = SEED_A - SEED_B
+    half = st.t.ppf(0.975, df=4) * d.std(ddof=1) / math.sqrt(5)  # mean d ± t_4 sd/sqrt(n), by hand
+    assert out["statistic"] == pytest.approx(ref.statistic) and out["pvalue"] == pytest.approx(ref.pvalue)
+    assert out["df"] == 4 and (out["low"], out["high"]) == pytest.approx((d.mean() - half, d.mean() + half))
+    # constant differences (up to float noise: 0.71 - 0.31 != 0.70 - 0.30): undefined, not p = 0
+    const = paired_t([0.70, 0.71, 0.72], [0.30, 0.31, 0.32])
+    assert const["pvalue"] is None and "constant" in const["note"]
+    assert paired_t([0.3, 0.4], [0.3, 0.4])["pvalue"] == 1.0
+    assert paired_t([0.3], [0.2])["pvalue"] is None
+
+
+def _signed_rank_p(d) -> float:
+    """Two-sided exact signed-rank p by enumerating every sign flip (zeros dropped, tied |d| given
+    their average rank): 2 x the smaller tail of T+ = sum of the positive differences' ranks."""
+    d = [x for x in d if x != 0]
+    ranks = st.rankdata([abs(x) for x in d])
+    obs = sum(r for r, x in zip(ranks, d) if x > 0)
+    null = [sum(r for r, pos in zip(ranks, signs) if pos) for signs in itertools.product((0, 1), repeat=len(d))]
+    low = sum(t <= obs + 1e-9 for t in null) / len(null)
+    high = sum(t >= obs - 1e-9 for t in null) / len(null)
+    return min(1.0, 2 * min(low, high))
+
+
+def test_wilcoxon_over_seeds_is_exact_and_states_its_floor():
+    out = wilcoxon_seeds(SEED_A, SEED_B)
+    assert out["pvalue"] == pytest.approx(st.wilcoxon(SEED_A, SEED_B).pvalue) == pytest.approx(0.0625)
+    assert out["pvalue"] == pytest.approx(_signed_rank_p(SEED_A - SEED_B)) and out["method"] == "exact"
+    # 5 seeds all one way: the smallest p the test has, 2 / 2^5, which cannot reject at 0.05
+    assert out["min_pvalue"] == 0.0625 and "cannot reject" in out["note"]
+    # ties and a zero: exact over every sign flip, not the normal approximation
+    tied = [0.02, -0.02, 0.03, 0.0, 0.05, 0.02]
+    out = wilcoxon_seeds(tied, [0.0] * 6)
+    assert out["method"] == "exact permutation" and out["min_pvalue"] == 2 / 2**5
+    assert out["pvalue"] == pytest.approx(_signed_rank_p(tied))
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        d = np.round(rng.normal(0.01, 0.02, rng.integers(3, 9)), 2)  # ties and zeros on purpose
+        if np.any(d != 0):
+            assert wilcoxon_seeds(d, np.zeros(d.size))["pvalue"] == pytest.approx(_signed_rank_p(d))
+
+
+def test_tost_against_statsmodels_and_two_one_sided_scipy_tests():
+    from statsmodels.stats.weightstats import ttost_ind, ttost_paired
+
+    for margin in (0.01, 0.03, 0.05):
+        out = equivalence_tost(SEED_A, SEED_B, margin, paired=True)
+        assert out["pvalue"] == pytest.approx(ttost_paired(SEED_A, SEED_B, -margin, margin)[0])
+        d = SEED_A - SEED_B
+        lower = st.ttest_1samp(d, -margin, alternative="greater").pvalue
+        upper = st.ttest_1samp(d, margin, alternative="less").pvalue
+        assert out["pvalue"] == pytest.approx(max(lower, upper))
+        unpaired = equivalence_tost(SEED_A, SEED_B, margin, paired=False)
+        assert unpaired["pvalue"] == pytest.approx(ttost_ind(SEED_A, SEED_B, -margin, margin, usevar="unequal")[0])
+    # equivalent iff the 90% interval lies inside the margin
+    rng = np.random.default_rng(3)
+    for _ in range(30):
+        a, b = rng.normal(0.4, 0.02, 5), rng.normal(0.4, 0.02, 5)
+        for paired in (True, False):
+            out = equivalence_tost(a, b, 0.02, paired=paired)
+            assert out["equivalent"] == (-0.02 < out["low"] and out["high"] < 0.02)
+    lo, hi = st.ttest_rel(SEED_A, SEED_B).confidence_interval(0.90)
+    assert equivalence_tost(SEED_A, SEED_B, 0.05, paired=True)["low"] == pytest.approx(lo)
+    assert equivalence_tost(SEED_A, SEED_B, 0.05, paired=True)["equivalent"] is bool(hi < 0.05)
+    assert equivalence_tost([0.4, 0.4], [0.4, 0.4], 0.01, paired=True)["pvalue"] is None
+    with pytest.raises(ValueError, match="margin"):
+        equivalence_tost(SEED_A, SEED_B, 0.0, paired=True)
+
+
+def test_compare_over_seeds_pairs_by_seed_id_and_is_unpaired_otherwise():
+    # seeds given out of order on one side: matched by id, not position
+    perm = [3, 0, 4, 1, 2]
+    out = compare_over_seeds(SEED_A[perm], SEED_B, seeds_a=perm, seeds_b=range(5))
+    assert out["design"] == "paired" and out["seeds"] == [0, 1, 2, 3, 4]
+    assert out["conditional_on"] == CONDITIONAL_ON_TEST_PROMPTS
+    assert out["paired_t"]["pvalue"] == pytest.approx(st.ttest_rel(SEED_A, SEED_B).pvalue)
+    assert out["wilcoxon"]["pvalue"] == pytest.approx(st.wilcoxon(SEED_A, SEED_B).pvalue)
+    assert out["cohens_dz"] == pytest.approx(compute_cohens_dz(SEED_A, SEED_B))
+    assert out["equivalence"]["method"] == "TOST paired t" and "welch_t" not in out
+    assert compare_over_seeds(dict(zip(perm, SEED_A[perm])), dict(enumerate(SEED_B))) == out  # {seed: value} too
+    assert st.ttest_rel(SEED_A[perm], SEED_B).pvalue != pytest.approx(out["paired_t"]["pvalue"])
+    # different seeds (or none given): Welch and Mann-Whitney
+    for kwargs in ({"seeds_a": range(5), "seeds_b": range(5, 10)}, {}):
+        out = compare_over_seeds(SEED_A, SEED_B, **kwargs)
+        assert out["design"] == "unpaired" and "paired_t" not in out and "wilcoxon" not in out
+        assert out["welch_t"]["pvalue"] == pytest.approx(st.ttest_ind(SEED_A, SEED_B, equal_var=False).pvalue)
+        assert out["mann_whitney"]["pvalue"] == pytest.approx(st.mannwhitneyu(SEED_A, SEED_B).pvalue)
+        assert out["equivalence"]["method"] == "TOST Welch t"
+    assert "different seeds" in compare_over_seeds(SEED_A, SEED_B, seeds_a=range(5), seeds_b=range(5, 10))["note"]
+    assert "equivalence" not in compare_over_seeds(SEED_A, SEED_B, margin=None)
+    with pytest.raises(ValueError, match="seed ids"):
+        compare_over_seeds(SEED_A, SEED_B, seeds_a=[0, 0, 1, 2, 3], seeds_b=range(5))
+
+
+def test_pairing_by_seed_narrows_the_interval_when_the_seed_moves_both_models():
+    # a seed's start (SFT adapter, prompts, sampling) moves both of its models: the shared part
+    # is seed-to-seed noise for Welch, and cancels in the per-seed difference
+    rng = np.random.default_rng(0)
+    ratios = []
+    for _ in range(200):
+        seed_effect = rng.normal(0, 0.02, 5)
+        a = 0.40 + seed_effect + rng.normal(0, 0.006, 5)
+        b = 0.39 + seed_effect + rng.normal(0, 0.006, 5)
+        p, w = paired_t(a, b), welch_t(a, b)
+        ratios.append((w["high"] - w["low"]) / (p["high"] - p["low"]))
+    assert np.median(ratios) > 2
 
 
 def test_bootstrap_ci_contains_true_difference():

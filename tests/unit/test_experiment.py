@@ -1,14 +1,14 @@
 """Experiment files: runs x seeds resolve to validated run configs; results aggregate over seeds.
 
-experiment.json's statistics are checked against scipy and float64 loops (exact Mann-Whitney by
-enumerating every split, Holm by hand); the statistics functions themselves in test_eval_stats.py."""
+experiment.json's statistics are checked against scipy, statsmodels and float64 loops (the exact
+signed-rank p by enumerating every sign flip, Holm by hand); the statistics functions themselves
+in test_eval_stats.py."""
 
 from __future__ import annotations
 
 import io
 import itertools
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -129,17 +129,16 @@ def _rows(cs, n=10, order=None, **extra):
     return [{"prompt": f"prompt {i}", "n": n, "c": cs[i], **extra} for i in order]
 
 
-def _exact_mw_p(a, b) -> float:
-    """Two-sided exact Mann-Whitney p: every split of the pooled values, ties counted 1/2."""
-    pooled = [*a, *b]
-
-    def u(idx):
-        xs, ys = [pooled[i] for i in idx], [pooled[i] for i in range(len(pooled)) if i not in idx]
-        return sum((x > y) + 0.5 * (x == y) for x in xs for y in ys)
-
-    null = [u(idx) for idx in itertools.combinations(range(len(pooled)), len(a))]
-    obs = u(tuple(range(len(a))))
-    return min(1.0, 2 * min(sum(v <= obs for v in null), sum(v >= obs for v in null)) / len(null))
+def _exact_signed_rank_p(a, b) -> float:
+    """Two-sided exact Wilcoxon signed-rank p of a - b: every sign flip of the non-zero differences
+    (rounded to 12 decimals, tied |d| at their average rank), 2 x the smaller tail of T+."""
+    d = [x for x in np.round(np.subtract(a, b), 12) if x != 0]
+    if not d:
+        return 1.0
+    ranks = st.rankdata(np.abs(d))
+    obs = sum(r for r, x in zip(ranks, d) if x > 0)
+    null = [sum(r for r, pos in zip(ranks, signs) if pos) for signs in itertools.product((0, 1), repeat=len(d))]
+    return min(1.0, 2 * min(sum(t <= obs + 1e-9 for t in null), sum(t >= obs - 1e-9 for t in null)) / len(null))
 
 
 def _holm_by_hand(p: list[float]) -> list[float]:
@@ -166,43 +165,51 @@ def test_over_seeds_p_values_cannot_beat_three_runs_per_side(tmp_path):
     summary = _aggregate(tmp_path, phases)
     x = summary["models"]["x"]["pass@1"]
     assert x["values"] == pytest.approx([0.3, 0.31, 0.32]) and x["mean"] == pytest.approx(0.31)
-    assert x["low"] < 0.31 < x["high"]
+    assert x["low"] < 0.31 < x["high"] and x["conditional_on"] == "test prompts"
+    # one model over seeds and the 8 prompts all seeds share
+    joint = x["over_seeds_and_prompts"]
+    assert joint["shared_prompts"] and joint["n_prompts"] == 8 and joint["prompts_matched_by"] == "prompt"
+    assert joint["conditional_on"].startswith("nothing")
+    assert joint["mean"] == pytest.approx(23 / 80)  # c = 2, 3, 4, 2, 3, 4, 2, 3 of 10
 
-    min_p = st.mannwhitneyu([0, 1, 2], [3, 4, 5], method="exact").pvalue  # complete separation, 3 vs 3
-    assert min_p == pytest.approx(2 / math.comb(6, 3)) == pytest.approx(0.1)
-    # with ties scipy's default (normal approximation) goes below it: the case exactness must cover
-    assert st.mannwhitneyu(y_seed["reward_mean"], x_seed["reward_mean"]).pvalue < min_p
-
+    # the paired design with 3 seeds: 2^3 sign flips, so the exact signed-rank p is at least 2/8
+    min_p = 2 / 2**3
     cmp = summary["comparisons"]["y vs x"]
     assert cmp["seeds"] == [0, 1, 2] and set(cmp["metrics"]) == {"pass@1", "pass@5", "reward_mean"}
     for m, e in cmp["metrics"].items():
         a, b = y_seed[m], x_seed[m]
         o = e["over_seeds"]
-        assert o["n_seeds"] == 3
+        assert o["design"] == "paired" and o["n_seeds"] == 3 and o["conditional_on"] == "test prompts"
         assert e["difference"] == pytest.approx(np.mean(a) - np.mean(b))
-        assert o["mann_whitney_p"] == pytest.approx(_exact_mw_p(a, b))
-        assert o["mann_whitney_p"] >= min_p - 1e-12 and o["mann_whitney_p_holm"] >= o["mann_whitney_p"]
-        if np.ptp(a) == 0 and np.ptp(b) == 0:  # no spread: Welch's t is undefined, not p = 0
-            assert o["welch_p"] is None and o["welch_p_holm"] is None
+        assert o["wilcoxon_p"] == pytest.approx(_exact_signed_rank_p(a, b))
+        assert o["wilcoxon_p"] >= min_p - 1e-12 and o["wilcoxon_p_holm"] >= o["wilcoxon_p"]
+        d = np.round(np.subtract(a, b), 12)
+        if np.ptp(d) == 0:  # a constant difference (0.71 - 0.31 is float noise away): t undefined, not p = 0
+            assert o["paired_t_p"] is None and o["paired_t_p_holm"] is None and o["ci95"] == [None, None]
+            assert o["tost_p"] is None and o["equivalent"] is None
         else:
-            t = st.ttest_ind(a, b, equal_var=False)
-            assert o["welch_p"] == pytest.approx(t.pvalue) and o["welch_df"] == pytest.approx(t.df)
-            assert o["welch_df"] <= 3 + 3 - 2  # 3 vs 3 runs, not 24 vs 24 prompts
-            lo, hi = t.confidence_interval(0.95)
-            assert o["ci95"] == pytest.approx([lo, hi])
+            t = st.ttest_rel(a, b)
+            assert o["paired_t_p"] == pytest.approx(t.pvalue) and o["paired_t_df"] == 2  # 3 runs, not 24 prompts
+            assert o["ci95"] == pytest.approx(list(t.confidence_interval(0.95)))
         # prompts: one paired test per seed, 8 prompts each, never 24
         per_seed = e["within_seed"]["per_seed"]
         assert [s["seed"] for s in per_seed] == [0, 1, 2] and all(s["n_prompts"] == 8 for s in per_seed)
-    assert cmp["metrics"]["pass@1"]["over_seeds"]["mann_whitney_p"] == pytest.approx(min_p)
-    assert cmp["metrics"]["reward_mean"]["over_seeds"]["mann_whitney_p"] == pytest.approx(min_p)
+        assert e["within_seed"]["hierarchical_bootstrap"]["shared_prompts"]
+    assert cmp["metrics"]["pass@1"]["over_seeds"]["wilcoxon_p"] == pytest.approx(min_p)
+    assert cmp["metrics"]["pass@1"]["over_seeds"]["wilcoxon_min_p"] == pytest.approx(min_p)
     assert "over_prompts" not in json.dumps(summary)
     json.dumps(summary, allow_nan=False)  # experiment.json is strict JSON
     out = io.StringIO()
-    Console(file=out, width=250).print(summary_table(summary))
-    assert "y vs x" in out.getvalue() and "0.1 (0.3)" in out.getvalue()
+    Console(file=out, width=300).print(summary_table(summary))
+    text = out.getvalue()
+    # p's 0.25, 0.5 (pass@5: one zero difference dropped), 0.25 -> Holm 0.75, 0.75, 0.75
+    assert "y vs x" in text and "Wilcoxon 0.25 (0.75)" in text and "cannot go below 0.25" in text
+    assert "conditional on the test prompts" in text and "distinct samples" in text and "distinct_frac" not in text
 
 
 def test_holm_across_every_comparison_and_metric(tmp_path):
+    from statsmodels.stats.weightstats import ttost_paired
+
     assert _holm_by_hand([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
     assert _holm_by_hand([0.2, 0.5]) == pytest.approx([0.4, 0.5]) and _holm_by_hand([0.6, 0.7]) == [1.0, 1.0]
     values = {
@@ -219,18 +226,56 @@ def test_holm_across_every_comparison_and_metric(tmp_path):
     )
     label = {"x": "base", "y": "sft", "z": "grpo"}
     rows = [(name, m) for name in ("y vs x", "z vs x", "z vs y") for m in ("pass@1", "pass@5")]
-    raw = {"welch_p": [], "mann_whitney_p": []}
+    raw = {"paired_t_p": [], "wilcoxon_p": [], "tost_p": []}
     for name, m in rows:
         t, c = name.split(" vs ")
-        a, b = values[label[t]][m], values[label[c]][m]
-        raw["welch_p"].append(st.ttest_ind(a, b, equal_var=False).pvalue)
-        raw["mann_whitney_p"].append(_exact_mw_p(a, b))
-    assert summary["holm_family_sizes"] == {"welch_p": 6, "mann_whitney_p": 6}
+        a, b = np.array(values[label[t]][m]), np.array(values[label[c]][m])
+        raw["paired_t_p"].append(st.ttest_rel(a, b).pvalue)
+        raw["wilcoxon_p"].append(_exact_signed_rank_p(a, b))
+        raw["tost_p"].append(ttost_paired(a, b, -0.01, 0.01)[0])  # the default margin
+    assert summary["holm_family_sizes"] == {"paired_t_p": 6, "wilcoxon_p": 6, "tost_p": 6}
+    got = [summary["comparisons"][name]["metrics"][m]["over_seeds"] for name, m in rows]
     for key, ps in raw.items():
-        got = [summary["comparisons"][name]["metrics"][m]["over_seeds"] for name, m in rows]
         assert [g[key] for g in got] == pytest.approx(ps)
         assert [g[f"{key}_holm"] for g in got] == pytest.approx(_holm_by_hand(ps))
-        assert any(g[f"{key}_holm"] > g[key] * 1.5 for g in got)  # the correction did something
+        if key != "tost_p":
+            assert any(g[f"{key}_holm"] > g[key] * 1.5 for g in got)  # the correction did something
+    assert [g["equivalent"] for g in got] == [h < 0.05 for h in _holm_by_hand(raw["tost_p"])]
+
+
+def test_equivalence_is_tested_at_the_configured_margin(tmp_path):
+    from statsmodels.stats.weightstats import ttost_paired
+
+    from polyray.eval.report import render_html
+
+    x = [0.300, 0.320, 0.290, 0.310, 0.305]
+    y = [0.301, 0.318, 0.2915, 0.310, 0.304]  # within a few thousandths of x, seed by seed
+
+    def phases(seed):
+        return {"sft": {"pass@1": x[seed], "pass@5": 0.5}, "grpo": {"pass@1": y[seed], "pass@5": 0.5 + 0.01 * seed}}
+
+    summary = _aggregate(tmp_path, phases, seeds=5)
+    o = summary["comparisons"]["y vs x"]["metrics"]["pass@1"]["over_seeds"]
+    assert o["equivalence_margin"] == 0.01
+    assert o["tost_p"] == pytest.approx(ttost_paired(np.array(y), np.array(x), -0.01, 0.01)[0])
+    assert o["equivalent"] is True and -0.01 < o["tost_ci90"][0] < o["tost_ci90"][1] < 0.01
+    assert summary["comparisons"]["y vs x"]["metrics"]["pass@5"]["over_seeds"]["equivalent"] is False
+    html = render_html({"models": {}, "seed_comparisons": summary["comparisons"]})  # the report's table
+    assert 'id="table-seeds"' in html and "yes ±0.01, p " in html and "not shown ±0.01" in html
+    assert "given the test prompts" in html and "over seeds and prompts" in html
+
+    path = _write(tmp_path, "name: e\nbase: base.yaml\nruns: {a: {}}\nmodels: {x: a/sft, y: a/grpo}\n"
+                            "compare: [[y, x]]\nequivalence_margin: {pass@1: 0.001}\n")
+    exp, configs = load_experiment(path, seeds=5)
+    assert exp.margin("pass@1") == 0.001 and exp.margin("pass@10") == 0.01
+    summary = aggregate(exp, configs, tmp_path / "out", seeds=5)  # the same runs (written above under out/)
+    o = summary["comparisons"]["y vs x"]["metrics"]["pass@1"]["over_seeds"]
+    assert o["equivalence_margin"] == 0.001 and o["equivalent"] is False
+    for bad, message in (("{pass@3: 0.01}", "unknown metric 'pass@3'"), ("-0.1", "must be > 0")):
+        path = _write(tmp_path, f"name: e\nbase: base.yaml\nruns: {{a: {{}}}}\nmodels: {{x: a/sft}}\n"
+                                f"equivalence_margin: {bad}\n")
+        with pytest.raises(ConfigError, match=message):
+            load_experiment(path, seeds=1)
 
 
 def test_seeds_are_paired_by_id_not_position(tmp_path):
@@ -256,8 +301,10 @@ def test_seeds_are_paired_by_id_not_position(tmp_path):
     e = cmp["metrics"]["pass@1"]
     a, b = [0.70, 0.76], [0.30, 0.34]  # seeds 0 and 2; by position it would be [0.30, 0.90]
     assert e["difference"] == pytest.approx(np.mean(a) - np.mean(b))
-    assert e["over_seeds"]["welch_p"] == pytest.approx(st.ttest_ind(a, b, equal_var=False).pvalue)
-    assert e["over_seeds"]["mann_whitney_p"] == pytest.approx(_exact_mw_p(a, b))
+    assert e["over_seeds"]["design"] == "paired"
+    assert e["over_seeds"]["paired_t_p"] == pytest.approx(st.ttest_rel(a, b).pvalue)
+    assert e["over_seeds"]["paired_t_p"] != pytest.approx(st.ttest_rel(a, [0.30, 0.90]).pvalue)
+    assert e["over_seeds"]["wilcoxon_p"] == pytest.approx(_exact_signed_rank_p(a, b))
     per_seed = e["within_seed"]["per_seed"]
     assert [s["seed"] for s in per_seed] == [0, 2]
     for s in per_seed:

@@ -91,6 +91,7 @@ def test_summary_groups_seeds_with_t_intervals_and_picks_the_best_on_validation(
     values = {(lam, s): float(0.1 + lam / 10 + rng.normal(0, 0.01)) for lam in (0.0, 0.3) for s in (0, 1, 2)}
     summary = summarise(sweep, RunConfig.model_validate(apply_params(base, {"phases.0.lam": 0.0})), _grid(values))
     assert summary["objective"] == {"key": "grpo/val/pass@1", "mode": "max"}
+    assert summary["conditional_on"].startswith("evaluation prompts")  # what every interval holds fixed
     assert summary["best"]["params"]["phases.0.lam"] == 0.3
     assert summary["best"]["metrics"]["grpo/val/pass@1"] == max(v / 2 for v in values.values())
     for setting in summary["settings"]:
