@@ -25,9 +25,9 @@ PAIRWISE = (
 
 
 class JudgeConfig(BaseModel):
-    """Where the judge is and how it is asked."""
+    """Where the judge is and how it is asked (NaN and infinity are refused: no bound holds against them)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     base_url: str = Field(..., description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1.")
     model: str = Field(..., description="The judge's model id at that endpoint.")
@@ -41,7 +41,7 @@ class JudgeConfig(BaseModel):
     temperature: float = Field(0.0, ge=0, le=2, description="Judge sampling temperature.")
     max_tokens: int = Field(128, ge=1, le=4096, description="Longest judge reply.")
     retries: int = Field(2, ge=0, le=10, description="Re-asks after an unparseable reply (transport retries apart).")
-    timeout_s: float = Field(60.0, gt=0, description="Per-request timeout.")
+    timeout_s: float = Field(60.0, gt=0, le=600, description="Per-request timeout (seconds).")
     max_concurrency: int = Field(8, ge=1, le=256, description="Judge requests in flight at once.")
     structured: bool = Field(False, description="Send a JSON schema as response_format (servers with structured outputs).")
     seed: int = Field(0, description="Seed of the first ask; re-asks use the next ones.")

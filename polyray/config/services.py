@@ -21,6 +21,35 @@ class ApiKeyConfig(BaseModel):
     api_key_file: str | None = Field(None, description="File holding the API key (a mounted secret); wins over the variable.")
 
 
+class RewardRequestLimits(BaseModel):
+    """What one HTTP request may cost a replica, checked before any work starts.
+
+    A replica has few sandboxes and one batch slot shared with the learner's traffic, so a request
+    that sets its own timeouts or asks for many judge calls could hold it for hours; these caps bound
+    the parameters a request may set and the work its items add up to. The learner's handle calls are
+    trusted and not checked.
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    max_components: int = Field(8, ge=1, le=64, description="Components of a weighted_sum request; more gets 422.")
+    max_code_timeout_s: float = Field(
+        30.0, gt=0, le=120, description="Largest code_exec timeout_s a request may set; more gets 422."
+    )
+    max_sandbox_s: float = Field(
+        900.0,
+        gt=0,
+        description="Worst-case sandbox seconds of one request (items x timeout_s / max_workers, summed over"
+        " components); more gets 413.",
+    )
+    max_judge_calls: int = Field(
+        2048,
+        ge=1,
+        description="Worst-case llm_judge calls of one request (items x (retries + 1), twice when pairwise,"
+        " summed over components); more gets 413.",
+    )
+
+
 class RewardServiceConfig(ApiKeyConfig):
     """Settings of the reward service (``args`` of the Serve application)."""
 
@@ -41,6 +70,9 @@ class RewardServiceConfig(ApiKeyConfig):
     batch_wait_timeout_s: float = Field(0.01, ge=0, le=5, description="How long a batch waits to fill up.")
     max_items: int = Field(1024, ge=1, description="Items per request; more gets 413.")
     max_body_bytes: int = Field(8 << 20, ge=1024, description="Request body size limit in bytes; larger gets 413.")
+    limits: RewardRequestLimits = Field(
+        default_factory=RewardRequestLimits, description="What one HTTP request may cost (parameters and work)."
+    )
     sandbox: SandboxConfig = Field(
         default_factory=SandboxConfig,
         description="Weakest isolation code_exec judges in; below it a replica refuses to start.",

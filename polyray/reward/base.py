@@ -104,9 +104,10 @@ def build_reward(name: str, **params: Any) -> RewardFunction:
 
 
 class ParamsModel(BaseModel):
-    """Base for a reward function's parameters: unknown keys fail, every field is described."""
+    """Base for a reward function's parameters: unknown keys fail, every field is described, and
+    NaN or infinity is no number (JSON bodies may carry them, and no bound holds against NaN)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 def format_validation_error(exc: ValidationError) -> str:

@@ -10,7 +10,9 @@ Concurrent requests are merged by ``@serve.batch`` and scored per (reward, param
 ``score_batch`` call (see :func:`polyray.reward.scorer.score_jobs`); scoring runs in a
 worker thread so the event loop keeps answering (``/healthz`` stays fast while the
 sandbox or the encoder works). Limits: bodies over ``max_body_bytes`` and requests with
-more than ``max_items`` get 413; with an API key configured (``api_key_env`` / ``api_key_file``),
+more than ``max_items`` get 413, and so does a request whose worst-case work (sandbox seconds,
+judge calls) exceeds ``limits``; a parameter over its cap (``limits``: a code_exec ``timeout_s``,
+weighted_sum ``components``) gets 422 naming it (:mod:`polyray.reward.budget`); with an API key configured (``api_key_env`` / ``api_key_file``),
 a request without ``Authorization: Bearer <key>`` gets 401 (``/healthz`` stays open); a full queue (``max_ongoing_requests`` +
 ``max_queued_requests``) gets 503 from Serve's proxy. Errors: schema 422 naming the field,
 malformed JSON 400, unknown reward 404 listing the known ones, bad parameters 422.
@@ -39,6 +41,7 @@ from polyray.io import ConfigError
 from polyray.telemetry import Metrics
 from polyray.config.services import RewardServiceConfig
 from polyray.reward.api import BodySizeLimit, RewardRequest, RewardResponse
+from polyray.reward.budget import RequestTooCostly, check_request
 from polyray.reward.base import RewardError, RewardResult, UnknownRewardError, format_validation_error
 from polyray.reward.scorer import RewardScorer, ScoreJob, as_items, score_jobs
 from polyray.sandbox import require_isolation
@@ -67,8 +70,9 @@ COUNTERS = {"polyray_reward_items": "Items scored."}
 _ERRORS = {
     400: {"description": "Malformed JSON."},
     404: {"description": "Unknown reward function (the message lists the known ones)."},
-    413: {"description": "Body larger than max_body_bytes or more than max_items items."},
-    422: {"description": "Body or parameters fail validation (the message names the field)."},
+    413: {"description": "Body larger than max_body_bytes, more than max_items items, or more work than the"
+          " service's limits allow (sandbox seconds, judge calls; the message says which)."},
+    422: {"description": "Body or parameters fail validation or exceed a limit (the message names the field)."},
     503: {"description": "Overloaded: the request queue is full; retry later."},
 }
 
@@ -121,6 +125,11 @@ class RewardDeployment:
     async def score_http(self, body: RewardRequest) -> RewardResponse:
         if len(body.items) > self.config.max_items:
             raise HTTPException(413, f"{len(body.items)} items in one request; the limit is {self.config.max_items}")
+        try:
+            # before any work: a request may not hold the replica (and the learner's batches) for long
+            check_request(self.scorer, body.reward, body.params, len(body.items), self.config.limits)
+        except RequestTooCostly as exc:
+            raise HTTPException(exc.status, str(exc)) from None
         try:
             results = await self._score(ScoreJob(body.reward, body.items, body.params, from_request=True))
         except UnknownRewardError as exc:

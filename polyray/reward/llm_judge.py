@@ -4,7 +4,9 @@ both orders averaged. Scores are in [0, 1]; an item the judge never answered par
 ``unparseable_score`` and says so in its detail.
 
 The endpoint, its key and the judge model are server-only parameters: an HTTP request to the reward
-service cannot point the server at another URL or read another environment variable.
+service cannot point the server at another URL or read another environment variable. So are what
+bounds the time one request takes (``retries``, ``timeout_s``, ``max_concurrency``): the service counts
+a request's judge calls against its budget (:mod:`polyray.reward.budget`) from the server's values.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from polyray.reward.base import ParameterisedReward, RewardError, RewardItem, Re
 class LLMJudgeReward(ParameterisedReward):
     """A judge LLM's rating of each completion (pointwise) or preference over the reference (pairwise)."""
 
-    server_only_params = ("base_url", "api_key_env", "model")
+    server_only_params = ("base_url", "api_key_env", "model", "retries", "timeout_s", "max_concurrency")
 
     class Params(JudgeConfig):
         unparseable_score: float = Field(0.0, description="Score of an item the judge never answered parseably.")

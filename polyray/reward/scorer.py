@@ -151,16 +151,19 @@ class RewardScorer:
         return results
 
     def describe(self) -> list[dict[str, Any]]:
-        """Every registered reward: name, what it does, its parameters, and this scorer's defaults."""
+        """Every registered reward: name, what it does, its parameters, and this scorer's defaults for
+        those a request may set (server-only values, e.g. an internal judge URL or a model path, stay
+        on the server: ``GET /v1/rewards`` shows this to any caller)."""
         out = []
         for name in known_rewards():
             cls = REWARD_FUNCTIONS[name]
+            fixed = set(getattr(cls, "server_only_params", ()))
             out.append(
                 {
                     "name": name,
                     "description": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "",
                     "params": describe_params(cls),
-                    "defaults": self.defaults.get(name, {}),
+                    "defaults": {k: v for k, v in self.defaults.get(name, {}).items() if k not in fixed},
                     "server_only_params": list(getattr(cls, "server_only_params", ())),
                 }
             )
