@@ -3,6 +3,7 @@
 - :func:`read_api_key`: a service's key from a secret file or an environment variable.
 - :class:`BearerAuth`: ASGI middleware answering 401, in OpenAI's error shape, to a request
   without ``Authorization: Bearer <key>`` (``/healthz`` stays open for probes).
+- :class:`BodySizeLimit`: ASGI middleware answering 413 to a body over the service's limit.
 - :func:`openai_error`: ``{"error": {"message", "type", "param", "code"}}``.
 """
 
@@ -15,9 +16,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from starlette.exceptions import HTTPException
+
 from polyray.config.services import ApiKeyConfig
 
-OPEN_PATHS = ("/healthz",)
+# Serve's proxy ends (and cancels) an HTTP request after this long: a caller cannot hold a replica
+# for hours. Cluster-wide (Serve's http_options), so both services' launchers and serve configs set it.
+REQUEST_TIMEOUT_S = 600.0
+
+OPEN_PATHS = ("/healthz",)  # exactly these routes (below the app's root path) answer without a key
 
 
 def read_api_key(config: ApiKeyConfig) -> str | None:
@@ -49,7 +56,15 @@ def check_api_key(config: ApiKeyConfig, source: str) -> None:
 
 
 def openai_error(status: int, message: str, type_: str, param: str | None = None, code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code if code is not None else status}}
+    """OpenAI's error body: ``code`` is a string or null (never the HTTP status), ``param`` the field
+    at fault, so OpenAI's clients and their users read polyray's errors as they read OpenAI's."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def route_path(scope) -> str:
+    """The request's path below the app's mount point (Serve's ``route_prefix`` is the root path)."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    return (path[len(root):] or "/") if root and path.startswith(root) else path
 
 
 async def send_json(send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] = ()) -> None:
@@ -69,7 +84,8 @@ class BearerAuth:
 
     async def __call__(self, scope, receive, send):
         key = self.key() if scope["type"] == "http" else None
-        if key is None or scope.get("path", "").endswith(OPEN_PATHS):
+        # exactly /healthz: a suffix match would open /v1/anything/healthz to every caller
+        if key is None or route_path(scope) in OPEN_PATHS:
             return await self.app(scope, receive, send)
         header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
         scheme, _, given = header.partition(" ")
@@ -78,3 +94,69 @@ class BearerAuth:
         message = "missing API key: send Authorization: Bearer <key>" if not header else "invalid API key"
         await send_json(send, 401, openai_error(401, message, "invalid_request_error", code="invalid_api_key"),
                         [(b"www-authenticate", b"Bearer")])  # fmt: skip
+
+
+def detail_error(status: int, message: str) -> dict[str, Any]:
+    """FastAPI's error shape, ``{"detail": message}`` (the reward service's)."""
+    return {"detail": message}
+
+
+class BodySizeLimit:
+    """ASGI middleware: 413 for request bodies over ``limit()`` bytes, before they are read.
+
+    From ``Content-Length`` when the client sends one, and by counting the bytes as they arrive
+    otherwise (chunked uploads cannot sneak past it). ``error(status, message)`` shapes the body
+    (the reward service's ``{"detail"}``, the generation service's :func:`openai_error`).
+    """
+
+    def __init__(self, app, limit: Callable[[], int], error: Callable[[int, str], dict] = detail_error):
+        self.app = app
+        self.limit = limit
+        self.error = error
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = self.limit()
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None:
+            try:
+                too_big = int(declared) > limit
+            except ValueError:
+                return await send_json(send, 400, self.error(400, "Content-Length is not a number"))
+            if too_big:
+                return await send_json(send, 413, self.error(413, _too_large(limit)))
+        received = 0
+        started = False
+
+        async def counting_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _BodyTooLarge(limit)
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await send_json(send, 413, self.error(413, _too_large(limit)))
+
+
+class _BodyTooLarge(HTTPException):
+    """Raised from ``receive``: FastAPI re-raises HTTPExceptions met while reading a body,
+    and its exception middleware turns this one into the 413 response."""
+
+    def __init__(self, limit: int):
+        super().__init__(status_code=413, detail=_too_large(limit))
+
+
+def _too_large(limit: int) -> str:
+    return f"request body larger than {limit} bytes"

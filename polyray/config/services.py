@@ -129,6 +129,17 @@ class GenerationServiceConfig(ApiKeyConfig):
     max_prompt_tokens: int | None = Field(
         None, ge=1, description="Longest prompt in tokens (chat: the rendered conversation); default: the context."
     )
+    max_prompts: int = Field(64, ge=1, description="Prompts in one completions request; more gets 400.")
+    max_request_tokens: int = Field(
+        131072,
+        ge=1,
+        description="Completion tokens one request may ask for at most (prompts x n x max_tokens); more gets 400.",
+    )
+    max_stop: int = Field(4, ge=0, le=64, description="Stop strings in one request (OpenAI's limit); more gets 400.")
+    max_stop_chars: int = Field(
+        256, ge=1, description="Longest stop string in characters (each is matched on every new token); longer gets 400."
+    )
+    max_body_bytes: int = Field(4 << 20, ge=1024, description="Request body size limit in bytes; larger gets 413.")
     poll_s: float = Field(0.25, gt=0, le=60, description="How often a replica looks for newly published versions.")
     route_prefix: str = Field("/", pattern=r"^/", description="Where the app is mounted (base URL <host><prefix>v1).")
     num_replicas: int = Field(1, ge=1, description="Replicas of the deployment.")

@@ -22,7 +22,9 @@ from typing import Any
 from polyray.rollout.store import check_adapter, write_adapter_dir
 
 LATEST = "latest"
-_POLICY = re.compile(r"^policy-v([1-9][0-9]*)$")
+# At most 18 digits: a version is an int64 in the store, and int() of thousands of digits raises
+# (Python's limit on digits) instead of naming an unknown model.
+_POLICY = re.compile(r"^policy-v([1-9][0-9]{0,17})$")
 
 
 class UnknownModelError(LookupError):
@@ -98,15 +100,29 @@ class AdapterCatalog:
             if version is not None and version not in self.loaded:
                 await self._load(version)
             self.holds[name] += 1
-            await self._evict()
+            try:
+                await self._evict()
+            except BaseException:  # cancelled or failed: the caller never gets the name to release
+                self._drop(name)
+                raise
         return name
 
+    async def hold(self, model: str) -> Hold:
+        """:meth:`acquire` as a :class:`Hold`, whose release is once-only and survives cancellation."""
+        return Hold(self, await self.acquire(model))
+
     async def release(self, name: str) -> None:
+        if self._drop(name):
+            async with self._lock:
+                await self._evict()
+
+    def _drop(self, name: str) -> bool:
+        """One hold on ``name`` less; True when it was the last."""
         self.holds[name] -= 1
         if self.holds[name] <= 0:
             del self.holds[name]
-            async with self._lock:
-                await self._evict()
+            return True
+        return False
 
     # ---- loading --------------------------------------------------------------------------
     # ---- under self._lock ----
@@ -156,6 +172,27 @@ class AdapterCatalog:
     def describe(self) -> dict[str, Any]:
         return {"newest": self.newest, "stored": list(self.stored), "loaded": sorted(self.loaded),
                 "held": dict(self.holds)}  # fmt: skip
+
+
+class Hold:
+    """A request's hold on one adapter: :meth:`release` is idempotent and shielded.
+
+    A request is cancelled when its client goes away or its time runs out, and ``CancelledError``
+    passes every ``except Exception``; a response stream whose first chunk was never sent is
+    never iterated, so its ``finally`` never runs. A version held that way would stay loaded for
+    good, so the deployment releases from ``finally`` blocks and the response itself, and the
+    release runs to its end even if the task awaiting it is cancelled again.
+    """
+
+    def __init__(self, catalog: AdapterCatalog, name: str):
+        self.catalog, self.name = catalog, name
+        self.released = False
+
+    async def release(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        await asyncio.shield(self.catalog.release(self.name))
 
 
 def _write_checked(path: Path, adapter: dict[str, Any], version: int, sha256: str) -> None:

@@ -12,8 +12,12 @@ model and every adapter version of a run.
 The protocol itself is vLLM's serving layer (``OpenAIServingCompletion``/``OpenAIServingChat``:
 request validation, sampling, log-probs, streaming, usage); this deployment adds the model ids
 (:class:`~polyray.generation.catalog.AdapterCatalog`: versions pulled from the adapter store as
-they are published), limits (``n``, ``max_tokens``, prompt tokens: 400), an optional API key
-(401), and errors in OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``. A full
+they are published), limits (body size: 413; prompts per request, ``n``, ``max_tokens``, prompts x
+``n`` x ``max_tokens``, stop strings' count and length, prompt tokens: 400, see
+:func:`~polyray.generation.api.limit_error`), an optional API key (401), and errors in OpenAI's shape
+``{"error": {"message", "type", "param", "code"}}`` (a body failing the schema is 400 with ``param``).
+Templating and tokenising for the limits run off the event loop; a held version is released however
+a request ends, cancellation included (:class:`~polyray.generation.catalog.Hold`). A full
 queue (``max_ongoing_requests`` + ``max_queued_requests``) gets 503 from Serve's proxy.
 
 :func:`build_generation_app` builds the application; ``services/generation_app.py`` exposes it to
@@ -24,6 +28,7 @@ call it directly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -42,9 +47,9 @@ from ray.serve import Application
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from polyray.config.services import GenerationServiceConfig
-from polyray.generation.api import ChatBody, CompletionBody
-from polyray.generation.catalog import AdapterCatalog, UnknownModelError
-from polyray.http import BearerAuth, check_api_key, openai_error, read_api_key
+from polyray.generation.api import ChatBody, CompletionBody, limit_error
+from polyray.generation.catalog import AdapterCatalog, Hold, UnknownModelError
+from polyray.http import BearerAuth, BodySizeLimit, check_api_key, openai_error, read_api_key
 from polyray.io import ConfigError, format_validation_error
 from polyray.rollout.worker import vllm_env
 from polyray.telemetry import Metrics
@@ -73,14 +78,19 @@ app = FastAPI(
     description="OpenAI-compatible completions and chat from a base model and every adapter version of a "
     "polyray run (policy-vN, latest, <run>/<phase>).",
 )
-app.state.api_key = None  # each replica's __init__ sets it from its config
+# each replica's __init__ sets these from its config
+app.state.max_body_bytes = GenerationServiceConfig.model_fields["max_body_bytes"].default
+app.add_middleware(BodySizeLimit, limit=lambda: app.state.max_body_bytes,
+                   error=lambda status, message: openai_error(status, message, "BadRequestError"))  # fmt: skip
+app.state.api_key = None
 app.add_middleware(BearerAuth, key=lambda: app.state.api_key)
 
 _ERRORS = {
-    400: {"description": "A limit exceeded (n, max_tokens, prompt tokens) or a parameter vLLM refuses."},
+    400: {"description": "The body fails the schema, a limit is exceeded (prompts, n, max_tokens, stop strings,"
+          " prompt tokens, tokens per request) or vLLM refuses a parameter; param names the field."},
     401: {"description": "Missing or wrong API key."},
     404: {"description": "Unknown model id."},
-    422: {"description": "The body fails the schema (the message names the field)."},
+    413: {"description": "Body larger than max_body_bytes."},
     503: {"description": "Overloaded: the request queue is full; retry later."},
 }
 
@@ -99,12 +109,18 @@ async def _validation_error(_request: Request, exc: RequestValidationError) -> J
     first = errors[0] if errors else {}
     param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
     message = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in errors)
-    return _error(422, message, "UnprocessableEntityError", param)
+    return _error(400, message, "BadRequestError", param)  # OpenAI answers a bad body 400, naming the param
 
 
 @app.exception_handler(StarletteHTTPException)
 async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
     return _error(exc.status_code, str(exc.detail), "NotFoundError" if exc.status_code == 404 else "BadRequestError")
+
+
+def _vllm_error(error) -> JSONResponse:
+    """vLLM's ``ErrorResponse`` in OpenAI's shape (vLLM puts the HTTP status in ``code``)."""
+    inner = error.error
+    return _error(inner.code, inner.message, inner.type, getattr(inner, "param", None))
 
 
 def engine_env(cfg: GenerationServiceConfig) -> dict[str, str]:
@@ -161,6 +177,29 @@ def _prompt_lengths(prompt: Any, tokenizer) -> list[int]:
     return [len(p) if isinstance(p, list) else len(tokenizer.encode(p)) for p in prompt]
 
 
+class HeldStream(StreamingResponse):
+    """Server-sent events that hold an adapter version until the response ends, however it ends.
+
+    Starlette never iterates (so never closes) a body whose response was cancelled before its first
+    chunk; releasing in the response's own ``finally`` covers that, the client going away mid-stream,
+    and the stream's normal end.
+    """
+
+    def __init__(self, chunks, hold: Hold):
+        super().__init__(chunks, media_type="text/event-stream")
+        self.hold = hold
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.hold.release()
+            close = getattr(self.body_iterator, "aclose", None)
+            if close is not None:  # a client gone mid-stream: vLLM aborts the request on close
+                with contextlib.suppress(Exception):
+                    await close()
+
+
 @serve.deployment
 @serve.ingress(app)
 class GenerationDeployment:
@@ -169,6 +208,7 @@ class GenerationDeployment:
         for key, value in engine_env(cfg).items():
             os.environ.setdefault(key, value)
         app.state.api_key = read_api_key(cfg)
+        app.state.max_body_bytes = cfg.max_body_bytes
         from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
         from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
         from vllm.entrypoints.openai.models.protocol import BaseModelPath
@@ -261,69 +301,62 @@ class GenerationDeployment:
         return {"id": model, "object": "model", "created": self.created, "owned_by": "polyray",
                 "root": model, "parent": None if model == self.cfg.base_name else self.cfg.base_name}  # fmt: skip
 
-    def _limit_error(self, body: CompletionBody | ChatBody) -> JSONResponse | None:
-        cfg = self.cfg
-        if body.n > cfg.max_n:
-            return _error(400, f"n = {body.n} exceeds this service's limit of {cfg.max_n}", "BadRequestError", "n")
-        for field in ("max_tokens", "max_completion_tokens"):
-            value = getattr(body, field, None)
-            if value is not None and value > cfg.max_tokens:
-                return _error(400, f"{field} = {value} exceeds this service's limit of {cfg.max_tokens}",
-                              "BadRequestError", field)  # fmt: skip
-        limit = cfg.max_prompt_tokens or self.max_len
+    async def _limit_error(self, body: CompletionBody | ChatBody) -> JSONResponse | None:
+        refused = limit_error(body, self.cfg)
+        if refused is not None:
+            return _error(400, refused[0], "BadRequestError", refused[1])
+        limit = self.cfg.max_prompt_tokens or self.max_len
         if isinstance(body, ChatBody):
             if self.template is None and not getattr(self.tokenizer, "chat_template", None):
                 return _error(400, f"the model {self.cfg.base_name!r} has no chat template: use /v1/completions, or"
                               " start the service with chat_template set", "BadRequestError", "messages")  # fmt: skip
-            messages = [m.model_dump() for m in body.messages]
-            rendered = self.tokenizer.apply_chat_template(messages, chat_template=self.template, tokenize=False,
-                                                          add_generation_prompt=True)  # fmt: skip
-            lengths = [len(self.tokenizer.encode(rendered, add_special_tokens=False))]
-        else:
-            lengths = _prompt_lengths(body.prompt, self.tokenizer)
+        # templating and tokenising take time proportional to the body: off the event loop, which
+        # must keep answering health checks (a blocked loop gets the replica killed)
+        lengths = await asyncio.to_thread(self._prompt_lengths, body)
         if max(lengths, default=0) > limit:
             return _error(400, f"the prompt has {max(lengths)} tokens; this service's limit is {limit}",
                           "BadRequestError", "messages" if isinstance(body, ChatBody) else "prompt")  # fmt: skip
         return None
 
+    def _prompt_lengths(self, body: CompletionBody | ChatBody) -> list[int]:
+        if isinstance(body, ChatBody):
+            messages = [m.model_dump() for m in body.messages]
+            rendered = self.tokenizer.apply_chat_template(messages, chat_template=self.template, tokenize=False,
+                                                          add_generation_prompt=True)  # fmt: skip
+            return [len(self.tokenizer.encode(rendered, add_special_tokens=False))]
+        return _prompt_lengths(body.prompt, self.tokenizer)
+
     async def _serve(self, body, raw: Request, request_cls, create):
         from vllm.entrypoints.serve import create_error_response
         from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 
-        refused = self._limit_error(body)
+        refused = await self._limit_error(body)
         if refused is not None:
             return refused
         if isinstance(body, ChatBody) and body.max_tokens is None and body.max_completion_tokens is None:
             body.max_tokens = self.cfg.max_tokens  # a chat without a length stops at the service's cap
         try:
-            name = await self.catalog.acquire(body.model)
+            hold = await self.catalog.hold(body.model)
         except UnknownModelError as exc:
             return _error(404, str(exc), "NotFoundError", "model")
-        try:
-            request = request_cls.model_validate({**body.model_dump(exclude_unset=True), "model": name})
-            out = await create(request, raw)
-        except ValidationError as exc:
-            await self.catalog.release(name)
-            return _error(400, format_validation_error(exc, "request"), "BadRequestError")
-        except Exception as exc:  # vLLM raises some refusals (a bad template, a dead engine)
-            await self.catalog.release(name)
-            error = create_error_response(exc)
-            return JSONResponse(status_code=error.error.code, content=error.model_dump())
-        if isinstance(out, ErrorResponse):
-            await self.catalog.release(name)
-            return JSONResponse(status_code=out.error.code, content=out.model_dump())
-        if not hasattr(out, "__aiter__"):
-            await self.catalog.release(name)
-            return JSONResponse(content=out.model_dump())
-
-        async def events():
+        streaming = False
+        try:  # every way out but a started stream releases the version, cancellation included
             try:
-                async for chunk in out:
-                    yield chunk
-            finally:  # the stream ended or the client went away: the version is no longer held
-                await self.catalog.release(name)
-
-        return StreamingResponse(events(), media_type="text/event-stream")
+                request = request_cls.model_validate({**body.model_dump(exclude_unset=True), "model": hold.name})
+                out = await create(request, raw)
+            except ValidationError as exc:
+                return _error(400, format_validation_error(exc, "request"), "BadRequestError")
+            except Exception as exc:  # vLLM raises some refusals (a bad template, a dead engine)
+                return _vllm_error(create_error_response(exc))
+            if isinstance(out, ErrorResponse):
+                return _vllm_error(out)
+            if not hasattr(out, "__aiter__"):
+                return JSONResponse(content=out.model_dump())
+            streaming = True
+            return HeldStream(out, hold)
+        finally:
+            if not streaming:
+                await hold.release()
 
 
 def build_generation_app(args: dict[str, Any] | None = None) -> Application:

@@ -46,6 +46,8 @@ def deploy_generation(args: dict[str, Any], host: str = "127.0.0.1", port: int =
 
     application = build_generation_app(args)  # a bad setting fails here, naming the field
     prefix = GenerationServiceConfig.model_validate(args).route_prefix
-    serve.start(http_options={"host": host, "port": port})
+    from polyray.http import REQUEST_TIMEOUT_S
+
+    serve.start(http_options={"host": host, "port": port, "request_timeout_s": REQUEST_TIMEOUT_S})
     serve.run(application, name=name, route_prefix=prefix, blocking=False)
     return f"http://{host}:{port}{prefix.rstrip('/')}/v1"

@@ -30,7 +30,9 @@ def ensure_reward_service(cfg: RewardConfig) -> None:
     if cfg.app_name in serve.status().applications:
         return
     if cfg.http_port is not None:
-        serve.start(http_options={"host": "127.0.0.1", "port": cfg.http_port})
+        from polyray.http import REQUEST_TIMEOUT_S
+
+        serve.start(http_options={"host": "127.0.0.1", "port": cfg.http_port, "request_timeout_s": REQUEST_TIMEOUT_S})
     else:
         serve.start(proxy_location="Disabled")
     serve.run(build_app({"num_cpus": cfg.num_cpus}), name=cfg.app_name, route_prefix="/", blocking=False)
