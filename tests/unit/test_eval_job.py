@@ -59,7 +59,7 @@ def test_shipped_configs_load():
         (["models.0.kind=adapter"], "models.0: kind 'adapter' needs a path"),
         (["models.0.bogus=1"], "models.0.bogus: Extra inputs are not permitted"),
         (["models.0.few_shot=2"], "models.0: few_shot is for kind 'few_shot'"),
-        (["tasks.0.n_prompts=0"], "tasks.0.countdown.n_prompts: Input should be greater than or equal to 1"),
+        (["tasks.0.n_prompts=0"], "tasks.0.n_prompts: Input should be greater than or equal to 1"),
         (["tasks.0.type=poetry"], "tasks.0: Input tag 'poetry'"),
         (["selectors=[oracle, reward_model]"], "need reward_model"),
         (["usq_selector=length"], "usq_selector 'length' is not among selectors"),
