@@ -51,11 +51,30 @@ class StrictModel(BaseModel):
 # ----------------------------------------------------------------------------- YAML configs
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
-    """One line: ``source: a.b: reason (got x); c: reason``."""
+def typed_loc(loc: tuple, data: Any) -> list:
+    """``loc`` as the user typed it: pydantic puts a discriminated union's tag into the path
+    (``phases.0.grpo.steps`` for a ``type: grpo`` item), a key the file never has; walking the
+    input alongside drops each part that is the ``type`` of the mapping it stands in."""
+    out, node = [], data
+    for part in loc:
+        if isinstance(node, dict) and part not in node and node.get("type") == part:
+            continue  # the union's tag
+        out.append(part)
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        else:
+            node = None
+    return out
+
+
+def format_validation_error(exc: ValidationError, source: str, data: Any = None) -> str:
+    """One line: ``source: a.b: reason (got x); c: reason``, paths as typed when the input ``data`` is given."""
     parts = []
     for err in exc.errors():
-        path = ".".join(str(p) for p in err["loc"]) or "<root>"
+        loc = typed_loc(err["loc"], data) if data is not None else err["loc"]
+        path = ".".join(str(p) for p in loc) or "<root>"
         reason = err["msg"].removeprefix("Value error, ")
         got = err.get("input")
         shown = f" (got {got!r})" if got is not None and not isinstance(got, (dict, list)) else ""
@@ -78,16 +97,26 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def _index(node: list, part: str, item: str, path: list[str], depth: int) -> int:
+    """A list item by number, or by name (``phases.grpo``: the item whose ``name``, else ``type``, it is)."""
     try:
         i = int(part)
         node[i]
         return i
-    except (ValueError, IndexError):
+    except IndexError:
         raise ConfigError(f"--set {item}: {'.'.join(path[:depth])} is not a valid list index") from None
+    except ValueError:
+        named = [i for i, x in enumerate(node) if isinstance(x, dict) and x.get("name", x.get("type")) == part]
+        if len(named) == 1:
+            return named[0]
+        names = [x.get("name", x.get("type")) for x in node if isinstance(x, dict)]
+        raise ConfigError(
+            f"--set {item}: {'.'.join(path[:depth])} is neither an index nor the name of one item"
+            f" (names: {', '.join(map(str, names)) or 'none'})"
+        ) from None
 
 
 def set_path(data: dict, path: list[str], value: Any, item: str | None = None) -> dict:
-    """Set ``data[path[0]][path[1]]... = value`` (list items by index, missing sections created);
+    """Set ``data[path[0]][path[1]]... = value`` (list items by index or name, missing sections created);
     errors name ``item`` (the ``--set`` text, by default the dotted path)."""
     item = item or ".".join(path)
     node: Any = data
@@ -142,7 +171,7 @@ def load_yaml_model(path: str | Path | None, overrides: list[str], model: type[B
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source)) from None
+        raise ConfigError(format_validation_error(exc, source, data)) from None
 
 
 def dump_config(config: BaseModel) -> str:

@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from polyray.cli.bench import bench_app
+from polyray.cli.check import check_command
 from polyray.cli.common import user_errors
 from polyray.cli.evaluate import eval_command
 from polyray.cli.serve import serve_app
@@ -15,9 +16,30 @@ from polyray.cli.serve import serve_app
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train LLMs for k-candidate deployment on Ray.")
 model_app = typer.Typer(no_args_is_help=True, help="Base models.")
 app.add_typer(model_app, name="model")
-app.add_typer(serve_app, name="serve", help="Ray Serve endpoints (reward service).")
+app.add_typer(serve_app, name="serve", help="Ray Serve endpoints: the reward service and the OpenAI-compatible generation service.")
 app.add_typer(bench_app, name="bench")
 app.command("eval")(eval_command)
+app.command("check")(check_command)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"polyray {version('polyray')}")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            typer.echo("polyray (not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    show_version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print polyray's version and exit."
+    ),
+) -> None:
+    """Train LLMs for k-candidate deployment on Ray."""
 
 
 def _load(config: Optional[Path], overrides: List[str]):

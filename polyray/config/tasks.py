@@ -115,6 +115,8 @@ class HumanEvalTaskConfig(TaskConfigBase):
 
 
 QualityMetric = Literal["rouge1", "rouge2", "rougeL", "embedding", "engagement", "llm_judge"]
+DataFormat = Literal["auto", "messages", "prompt_completion", "prompt_response"]
+DATA_FIELDS = ("messages", "prompt", "completion", "response", "engagement", "system")
 
 
 class JsonlTaskConfig(TaskConfigBase):
@@ -125,8 +127,30 @@ class JsonlTaskConfig(TaskConfigBase):
     type: Literal["replies", "creative"] = Field(
         "replies", description="Domain label: social replies or creative writing."
     )
-    path: str = Field(..., description="JSONL file of {prompt, response?, engagement?} rows.")
-    template: str = Field("{prompt}\n", description="What the model sees; must contain {prompt}.")
+    path: str = Field(
+        ...,
+        description="Data: a JSONL, parquet, CSV or Arrow file (or hf://datasets/owner/name[:split]) of"
+        " {messages}, {prompt, completion} or {prompt, response?, engagement?} rows.",
+    )
+    format: DataFormat = Field(
+        "auto",
+        description="Row shape: auto (detected per row: messages, else completion, else response), messages"
+        " (system + user turns, the final assistant turn the reference), prompt_completion (TRL's keys),"
+        " prompt_response.",
+    )
+    fields: dict[str, str] = Field(
+        default_factory=dict,
+        description="The file's column names for polyray's, e.g. {prompt: question, response: answer}; keys: "
+        + ", ".join(DATA_FIELDS) + ".",
+    )
+    system_prompt: str | None = Field(
+        None, description="System prompt of every row that has none of its own (None: only the rows' own)."
+    )
+    template: str = Field(
+        "{prompt}\n",
+        description="What the model sees; must contain {prompt}, may contain {system} (else a system prompt"
+        " goes before it).",
+    )
     quality: QualityMetric = Field(
         "rougeL",
         description="Per-completion quality (the reward): ROUGE F / embedding cosine vs the reference, engagement,"
@@ -155,8 +179,19 @@ class JsonlTaskConfig(TaskConfigBase):
     @field_validator("path", "engagement_model")
     @classmethod
     def _absolute(cls, v: str | None) -> str | None:
-        # Ray workers may run elsewhere than the driver's working directory
-        return None if v is None else str(Path(v).expanduser().resolve())
+        # Ray workers may run elsewhere than the driver's working directory; a hub id is no path
+        if v is None or v.startswith("hf://"):
+            return v
+        return str(Path(v).expanduser().resolve())
+
+    @field_validator("fields")
+    @classmethod
+    def _known_fields(cls, v: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(v) - set(DATA_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown field {unknown[0]!r}: the keys are polyray's names ({', '.join(DATA_FIELDS)}),"
+                             " the values the file's column names")
+        return v
 
     @model_validator(mode="after")
     def _judge_set(self) -> JsonlTaskConfig:
@@ -170,9 +205,9 @@ class JsonlTaskConfig(TaskConfigBase):
         if "{prompt}" not in v:
             raise ValueError("template must contain {prompt}")
         try:
-            v.format(prompt="")
+            v.format(prompt="", system="")
         except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(f"template is not a valid format string with only {{prompt}}: {exc}") from None
+            raise ValueError(f"template is not a valid format string with only {{prompt}} and {{system}}: {exc}") from None
         return v
 
     def needs_engagement_model(self) -> bool:

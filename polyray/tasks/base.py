@@ -8,6 +8,7 @@ DER and the collapse point) when its reward is >= the task's ``success_threshold
 from __future__ import annotations
 
 import copy
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -128,17 +129,27 @@ class Task(ABC):
 
 
 def with_prompt_format(task: Task, render: Callable[[str], str]) -> Task:
-    """``task`` whose prompts the model sees as ``render(text)`` (e.g. through a chat template).
+    """``task`` whose prompts the model sees as ``render(text)`` (e.g. through a chat template), or as
+    ``render(text, messages=...)`` when ``render`` takes ``messages`` and the prompt has a conversation
+    (a system prompt or earlier turns: ``meta["messages"]``).
 
     Judges and rewards keep seeing the prompt as written (``meta["raw_prompt"]``); a few-shot
     prefix no longer applies, since every prompt is a whole conversation, and nor do the task's
     stop sequences (a chat answer ends at the end of the model's turn)."""
     formatted = copy.copy(task)
     inner = task.prompts
+    takes_messages = "messages" in inspect.signature(render).parameters
+
+    def show(p: Prompt) -> str:
+        # a prompt with a system prompt or earlier turns carries them as meta["messages"]; a renderer that
+        # takes messages puts them in their own turns, any other sees the text (system prompt before it)
+        if takes_messages and p.meta.get("messages"):
+            return render(p.text, messages=p.meta["messages"])
+        return render(p.text)
 
     def prompts(split: str, count: int | None = None) -> list[Prompt]:
         return [
-            Prompt(render(p.text), p.reference, {**p.meta, "raw_prompt": p.meta.get("raw_prompt", p.text)})
+            Prompt(show(p), p.reference, {**p.meta, "raw_prompt": p.meta.get("raw_prompt", p.text)})
             for p in inner(split, count)
         ]
 

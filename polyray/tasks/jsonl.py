@@ -1,10 +1,15 @@
-"""Open-ended tasks from JSONL: ``replies`` (social-media replies, the seeds' first domain) and ``creative``.
+"""Open-ended tasks from the user's data: ``replies`` (social-media replies, the seeds' first domain) and ``creative``.
 
-Data: one JSON object per line, ``{"prompt": str, "response"?: str, "engagement"?: number}``
-(other keys are ignored). Rows sharing a prompt are one evaluation prompt; its
-reference is the response with the highest engagement (the first one when there is
-no engagement). A line that is not such an object raises :class:`JsonlDataError`
-naming the file and the 1-based line number.
+Data: JSONL, parquet, CSV or Arrow rows of any of the shapes :mod:`polyray.tasks.data` reads
+(conversational ``messages``, TRL's ``prompt``/``completion``, ``prompt``/``response``/``engagement``;
+other keys are ignored, ``task.fields`` renames). Rows sharing a prompt (and system prompt) are
+one evaluation prompt; its reference is the response with the highest engagement (the first one
+when there is no engagement). A row that is not such an object raises :class:`JsonlDataError`
+naming the file and the 1-based line number (row number for columnar files).
+
+A system prompt (the row's, else ``task.system_prompt``) is kept: a plain-text model sees it
+at the template's ``{system}`` or before the templated prompt; the prompt's ``meta["messages"]``
+holds the conversation for chat-templated models.
 
 Splits are per prompt, so a prompt never appears in two splits: when every prompt has
 an engagement value they are stratified by engagement quantile (70/15/15 within each
@@ -23,63 +28,41 @@ example, so replies are expected on one line.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
 
 import numpy as np
 
 from polyray.config.tasks import JsonlTaskConfig, QualityMetric
-from polyray.io import DataError, JsonlReport, cache_root, file_sha256, read_jsonl_rows
+from polyray.io import JsonlReport, cache_root
 from polyray.tasks.base import Judgement, Prompt, Task
+from polyray.tasks.data import JsonlDataError, JsonlRow, data_fingerprint, read_rows
 from polyray.tasks.quality import compute_embedding_cosines, compute_rouge
 from polyray.tasks.splits import SplitError, shuffled_split, stratified_split
 
 QUALITY_METRICS: tuple[str, ...] = get_args(QualityMetric)
 
 
-class JsonlDataError(DataError):
-    """A JSONL file that cannot be used; the message names the file and line."""
-
-
-@dataclass(frozen=True)
-class JsonlRow:
-    prompt: str
-    response: str | None
-    engagement: float | None
-    line: int
-
-
-def read_task_rows(path: str | Path, skip_bad_lines: bool = False, report: JsonlReport | None = None) -> list[JsonlRow]:
-    """Every non-blank line as a row; the first bad line raises naming file:line and field
-    (or, with ``skip_bad_lines``, is skipped and counted in ``report``)."""
-    return read_jsonl_rows(path, _parse_row, JsonlDataError, skip_bad_lines, report)
-
-
-def _parse_row(obj: dict, where: str) -> JsonlRow:
-    if not isinstance(obj.get("prompt"), str) or not obj["prompt"].strip():
-        raise JsonlDataError(f"{where}: 'prompt' must be a non-empty string")
-    response = obj.get("response")
-    if response is not None and not isinstance(response, str):
-        raise JsonlDataError(f"{where}: 'response' must be a string, got {type(response).__name__}")
-    if response is not None and not response.strip():
-        raise JsonlDataError(f"{where}: 'response' is empty (leave the key out for a prompt without a reference)")
-    value = obj.get("engagement")
-    if value is not None and (
-        isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-    ):
-        raise JsonlDataError(f"{where}: 'engagement' must be a finite number, got {value!r}")
-    lineno = int(where.rsplit(":", 1)[1])
-    return JsonlRow(obj["prompt"], response, None if value is None else float(value), lineno)
+def read_task_rows(
+    path: str | Path,
+    skip_bad_lines: bool = False,
+    report: JsonlReport | None = None,
+    fmt: str = "auto",
+    fields: dict[str, str] | None = None,
+) -> list[JsonlRow]:
+    """Every row of the data (JSONL, parquet, CSV, Arrow: :func:`polyray.tasks.data.read_rows`); the first
+    bad row raises naming file:line and what is expected (or, with ``skip_bad_lines``, is skipped and
+    counted in ``report``)."""
+    return read_rows(path, fmt, fields, skip_bad_lines, report)
 
 
 def group_rows(rows: Sequence[JsonlRow]) -> list[dict[str, Any]]:
     """One record per distinct prompt (file order): responses, best engagement, reference."""
-    groups: dict[str, dict[str, Any]] = {}
+    groups: dict[tuple, dict[str, Any]] = {}
     for r in rows:
-        g = groups.setdefault(r.prompt, {"prompt": r.prompt, "line": r.line, "responses": [], "engagements": []})
+        g = groups.setdefault(r.key, {"prompt": r.prompt, "line": r.line, "responses": [], "engagements": [],
+                                      "system": r.system, "turns": r.turns})
         if r.response is not None:
             g["responses"].append(r.response)
             g["engagements"].append(r.engagement)
@@ -96,12 +79,18 @@ def split_prompts(groups: Sequence[dict[str, Any]], seed: int, source: str = "da
     values = [g["engagement"] for g in groups]
     n = len(groups)
     if n < 10:
-        raise JsonlDataError(f"{source}: {n} distinct prompts are too few for train/val/test splits; use split: all")
+        raise JsonlDataError(
+            f"{source}: {n} distinct prompts are too few for train/val/test splits (a run needs at least 10); add"
+            " prompts, or evaluate the file alone with polyray eval, whose task entries take split: all"
+        )
     if all(v is not None for v in values):
         try:
             return stratified_split(values, seed)
         except SplitError as exc:
-            raise JsonlDataError(f"{source}: {exc}; use split: all") from None
+            raise JsonlDataError(
+                f"{source}: {exc}; add prompts, or evaluate the file alone with polyray eval, whose task entries"
+                " take split: all"
+            ) from None
     return shuffled_split(n, seed)
 
 
@@ -117,7 +106,7 @@ class JsonlTask(Task):
         self.quality_name = config.quality
         self.engagement_model = reward_model
         report = JsonlReport()
-        rows = read_task_rows(config.path, config.skip_bad_lines, report)
+        rows = read_task_rows(config.path, config.skip_bad_lines, report, config.format, config.fields)
         self.data_warning = report.summary(config.path) if report.skipped else None
         if config.quality not in ("engagement", "llm_judge") or (config.judge and config.judge.mode == "pairwise"):
             missing = next((r for r in rows if r.response is None), None)
@@ -145,14 +134,32 @@ class JsonlTask(Task):
         out = []
         for i in self._split(split)[:count]:
             g = self.groups[i]
-            out.append(
-                Prompt(
-                    text=self.config.template.format(prompt=g["prompt"]),
-                    reference=g["reference"] or "",
-                    meta={"prompt_id": f"line{g['line']}", "raw_prompt": g["prompt"], "engagement": g["engagement"]},
-                )
-            )
+            meta = {"prompt_id": f"line{g['line']}", "raw_prompt": g["prompt"], "engagement": g["engagement"]}
+            system = g["system"] or self.config.system_prompt
+            if system is not None or len(g["turns"]) > 1:
+                meta["system"] = system
+                meta["messages"] = self._messages(g, system)
+            out.append(Prompt(text=self._text(g), reference=g["reference"] or "", meta=meta))
         return out
+
+    def _text(self, g: dict[str, Any]) -> str:
+        """What a plain-text model sees: the template of the prompt, with the system prompt at ``{system}``
+        or, when the template has no such field, before it (a blank line between). Without a system
+        prompt this is ``template.format(prompt=...)``, as it always was."""
+        system = g["system"] or self.config.system_prompt
+        if "{system}" in self.config.template:
+            return self.config.template.format(prompt=g["prompt"], system=system or "")
+        text = self.config.template.format(prompt=g["prompt"])
+        return f"{system}\n\n{text}" if system else text
+
+    def _messages(self, g: dict[str, Any], system: str | None) -> list[dict[str, str]]:
+        """The prompt as a conversation (system turn, earlier turns, the templated last user turn): what a
+        chat-templated model should see, for renderers that take ``messages``
+        (:func:`polyray.tasks.base.with_prompt_format`)."""
+        turns = [{"role": r, "content": c} for r, c in (g["turns"] or (("user", g["prompt"]),))]
+        template = self.config.template.replace("{system}", "")
+        turns[-1] = {"role": "user", "content": template.format(prompt=turns[-1]["content"])}
+        return ([{"role": "system", "content": system}] if system else []) + turns
 
     # ---- training ---------------------------------------------------------------------------
     reward_name = "engagement"
@@ -161,7 +168,7 @@ class JsonlTask(Task):
         """Where this task's engagement model is (or is trained to): the config's, else a cache entry per file."""
         if self.config.engagement_model:
             return Path(self.config.engagement_model)
-        return cache_root() / "engagement" / f"{file_sha256(self.config.path)[:16]}-seed{self.config.seed}"
+        return cache_root() / "engagement" / f"{data_fingerprint(self.config.path)[:16]}-seed{self.config.seed}"
 
     def reward_defaults(self) -> dict[str, dict[str, Any]]:
         return {"engagement": {"model_path": str(self.engagement_model_dir())}}
@@ -173,7 +180,7 @@ class JsonlTask(Task):
         pairs = []
         for i in self._split("train"):
             g = self.groups[i]
-            pairs += [(self.config.template.format(prompt=g["prompt"]), r) for r in g["responses"]]
+            pairs += [(self._text(g), r) for r in g["responses"]]
         if not pairs:
             raise JsonlDataError(f"{self.config.path}: no train prompt has a 'response' to pretrain the embedded model on")
         return pairs
@@ -187,8 +194,11 @@ class JsonlTask(Task):
                 )
 
     def corpus_key(self) -> dict[str, Any]:
-        return {"type": self.name, "sha256": file_sha256(self.config.path), "seed": self.config.seed,
-                "template": self.config.template}
+        key = {"type": self.name, "sha256": data_fingerprint(self.config.path), "seed": self.config.seed,
+               "template": self.config.template}
+        # only when set, so the caches of existing runs keep their keys
+        extra = {"format": self.config.format, "fields": self.config.fields, "system_prompt": self.config.system_prompt}
+        return key | {k: v for k, v in extra.items() if v not in ("auto", {}, None)}
 
     # ---- judging ----------------------------------------------------------------------------
     def score_groups(

@@ -85,5 +85,5 @@ def test_every_task_type_is_an_evaluation_task(tmp_path):
 
     (tmp_path / "eval.yaml").write_text("models: [{name: base}]\ntasks: [{type: countdown_code, split: val}]\n")
     assert load_eval_config(tmp_path / "eval.yaml").tasks[0].type == "countdown_code"
-    with pytest.raises(ConfigError, match="tasks.0.countdown_code.split: Input should be 'train', 'val' or 'test'"):
+    with pytest.raises(ConfigError, match="tasks.0.split: Input should be 'train', 'val' or 'test'"):
         load_eval_config(tmp_path / "eval.yaml", ["tasks.0.split=all"])

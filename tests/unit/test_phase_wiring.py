@@ -84,7 +84,7 @@ def test_an_unknown_phase_key_fails_naming_it():
     """Phases forbid unknown keys like every config model (an old flat ``advantage_k`` included)."""
     from polyray.io import ConfigError
 
-    with pytest.raises(ConfigError, match=re.escape("phases.1.grpo.advantage_k: Extra inputs are not permitted")):
+    with pytest.raises(ConfigError, match=re.escape("phases.1.advantage_k: Extra inputs are not permitted")):
         load_config(Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml", ["phases.1.advantage_k=4"])
 
 

@@ -1,0 +1,201 @@
+"""``polyray check CONFIG [--set ...]``: validate a run config and show what it would do, starting nothing.
+
+A valid config given to ``polyray run`` starts training at once, so a mistake in a field
+that loads fine (too few steps, the wrong data column, a model directory that does not
+exist yet) costs a cluster start and a model build before it shows. ``check`` loads the
+config exactly as ``run`` does (same ``--set``, same errors), reads the task's data, and
+prints the resolved config and the plan: phases with their steps and batches, the actors
+and the resources they reserve, the model source and the data. It never imports Ray, vLLM
+or torch (a test holds it to that), so it answers in about a second on a laptop.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, List
+
+import typer
+
+from polyray.cli.common import user_errors
+
+
+def check_command(
+    config: Path = typer.Argument(..., help="Run config YAML, e.g. configs/quickstart.yaml."),
+    set_: List[str] = typer.Option([], "--set", help="Override a field: --set phases.grpo.lr=1e-4 (repeatable)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print the plan only, not the resolved config."),
+):
+    """Validate a run config; print it resolved and the plan (phases, actors, resources, model, data); start nothing."""
+    from polyray.cli.common import fail
+    from polyray.io import dump_config
+
+    with user_errors():
+        runs, header = _runs(config, set_)
+    problems: list[str] = []
+    for label, run in runs:
+        lines = plan_lines(run, problems)
+        if not quiet:
+            typer.echo(f"# resolved config{label}")
+            typer.echo(dump_config(run))
+        typer.echo(f"# plan{label}")
+        for line in header + lines:
+            typer.echo(line)
+    if problems:
+        fail(problems[0] + (f" (and {len(problems) - 1} more above)" if len(problems) > 1 else ""))
+
+
+def _runs(config: Path, overrides: list[str]) -> tuple[list[tuple[str, Any]], list[str]]:
+    """The run configs ``config`` stands for: itself (a run config), a sweep's base run (every point of its
+    space validated), or each run of an experiment (seed 0); ``--set`` applies to each."""
+    from polyray.config import RunConfig, load_config
+    from polyray.io import ConfigError, apply_overrides, read_yaml_mapping
+
+    top = read_yaml_mapping(config, allow_empty=True)
+    if "space" in top and "base" in top:
+        from polyray.drivers.sweep import load_sweep
+
+        sweep, base = load_sweep(config)
+        run = _validated(RunConfig, apply_overrides(base, list(overrides)), f"{config}: base + overrides")
+        axes = ", ".join(f"{name} ({len(a.grid)} values)" if a.grid else f"{name} ({a.kind})" for name, a in sweep.space.items())
+        return [("", run)], [f"sweep over {axes}, num_samples {sweep.num_samples}; each trial is this base run with its point:"]
+    if "runs" in top and "base" in top:
+        from polyray.drivers.experiment import load_experiment
+
+        _, configs = load_experiment(config, 1)
+        out = []
+        for (name, _seed), run in configs.items():
+            data = apply_overrides(run.model_dump(mode="json"), list(overrides))
+            out.append((f" (run {name})", _validated(RunConfig, data, f"{config}: runs.{name}")))
+        return out, []
+    if not isinstance(top, dict):
+        raise ConfigError(f"{config}: not a run, sweep or experiment config")
+    return [("", load_config(config, overrides))], []
+
+
+def _validated(model, data: dict, source: str):
+    from pydantic import ValidationError
+
+    from polyray.io import ConfigError, format_validation_error
+
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source, data)) from None
+
+
+def plan_lines(run, problems: list[str] | None = None) -> list[str]:
+    """The plan of ``run`` as lines of text. A model or data that cannot be used is shown in its line and
+    added to ``problems`` (raised when None), so one check shows every problem and the rest of the plan."""
+    from polyray.io import ConfigError, DataError
+
+    def shown(what: str, fn, arg) -> str:
+        try:
+            return f"{what}: {fn(arg)}"
+        except (ConfigError, DataError) as exc:
+            if problems is None:
+                raise
+            problems.append(str(exc))
+            return f"{what}: error: {exc}"
+
+    lines = [f"run {run.name} (seed {run.seed})", shown("model", _model, run.model), shown("data", _data, run.task)]
+    lines.append(f"phases ({len(run.phases)}):")
+    for i, phase in enumerate(run.phases):
+        lines.append(f"  {i} {phase.name} [{phase.type}]: {_phase(phase, run.learner.num_workers)}")
+    if not run.phases:
+        lines.append("  none: the base model is evaluated only")
+    r, lr = run.rollout, run.learner
+    lines.append("actors:")
+    lines.append(
+        f"  rollout workers: {r.num_workers} x ({r.cpus_per_worker:g} CPU, {r.gpus_per_worker:g} GPU,"
+        f" tensor parallel {r.tensor_parallel_size}) = {r.num_workers * r.cpus_per_worker:g} CPU,"
+        f" {r.num_workers * r.gpus_per_worker:g} GPU"
+    )
+    lines.append(
+        f"  learner ranks: {lr.num_workers} x ({lr.cpus_per_worker:g} CPU{', 1 GPU' if lr.use_gpu else ''})"
+        f" = {lr.num_workers * lr.cpus_per_worker:g} CPU, {lr.num_workers if lr.use_gpu else 0} GPU;"
+        f" LoRA r={lr.lora.r}, alpha={lr.lora.alpha:g}"
+    )
+    cpus = r.num_workers * r.cpus_per_worker + lr.num_workers * lr.cpus_per_worker
+    where = run.cluster.address or "a local Ray cluster" + (f" of {run.cluster.num_cpus} CPUs" if run.cluster.num_cpus else "")
+    lines.append(f"  reserved at most: {cpus:g} CPU on {where}")
+    lines.append(f"evaluation: pass@k for k in {list(run.eval.ks)}, {run.eval.n_samples} samples per prompt")
+    lines += memory_plan_lines(run)
+    return lines
+
+
+def memory_plan_lines(run) -> list[str]:
+    """The learner's memory plan, once :mod:`polyray.learner.memory` exists (it is being written); until
+    then nothing. Looked up by name so ``check`` neither fails nor imports torch without it: the module
+    is expected to offer ``plan_lines(run) -> list[str]`` (or ``memory_plan(run)`` whose ``str`` is the plan)."""
+    import importlib.util
+
+    try:
+        if importlib.util.find_spec("polyray.learner.memory") is None:
+            return []
+    except ImportError:
+        return []
+    import importlib
+
+    module = importlib.import_module("polyray.learner.memory")
+    for name in ("plan_lines", "memory_plan"):
+        fn = getattr(module, name, None)
+        if callable(fn):
+            out = fn(run)
+            return ["memory:", *(f"  {line}" for line in (out if isinstance(out, list) else str(out).splitlines()))]
+    return []
+
+
+def _model(model) -> str:
+    source = model.source
+    if source == "embedded":
+        t = model.tiny
+        return (f"embedded tiny Qwen3 (built and cached on first use: {t.num_layers} layers, width {t.hidden_size},"
+                f" {t.pretrain_steps} pretraining steps), {model.dtype}")  # fmt: skip
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return f"local directory {path.resolve()}, {model.dtype}, prompt format {model.prompt_format}"
+    if path.is_absolute() or source.startswith("."):
+        from polyray.io import ConfigError
+
+        raise ConfigError(f"model.source: {source} is not a directory")
+    return f"hub id {source} (downloaded on first use unless cached), {model.dtype}, prompt format {model.prompt_format}"
+
+
+def _data(task) -> str:
+    path = getattr(task, "path", None)
+    if path is None:
+        n = {s: getattr(task, f"n_{s}", None) for s in ("train", "val", "test")}
+        return f"{task.type} (generated): " + ", ".join(f"{v} {s}" for s, v in n.items() if v is not None) + " prompts"
+    if task.type in ("replies", "creative"):
+        from polyray.io import JsonlReport
+        from polyray.tasks.data import read_rows
+
+        report = JsonlReport()
+        rows = read_rows(path, task.format, task.fields, task.skip_bad_lines, report)
+        prompts = len({r.key for r in rows})
+        refs = sum(r.response is not None for r in rows)
+        systems = sum(r.system is not None for r in rows)
+        shown = (f"{path}: {len(rows)} rows, {prompts} distinct prompts, {refs} with a reference,"
+                 f" {systems} with a system prompt")  # fmt: skip
+        if report.skipped:
+            shown += f", {len(report.skipped)} bad rows skipped (first: {report.skipped[0]})"
+        if prompts < 10:
+            shown += "; too few for a run's train/val/test splits (at least 10)"
+        return shown
+    from polyray.io import iter_jsonl_objects
+    from polyray.tasks.data import JsonlDataError
+
+    if not task.skip_bad_lines:
+        return f"{path}: {sum(1 for _ in iter_jsonl_objects(path, JsonlDataError))} problems"
+    return f"{path}: {sum(1 for _ in Path(path).open('rb') if _.strip())} lines"
+
+
+def _phase(phase, ranks: int) -> str:
+    parts: list[Any] = [f"{phase.steps} steps", f"lr {phase.lr:g}"]
+    if phase.type == "grpo":
+        parts.insert(1, f"{phase.prompts_per_step} prompts x {phase.group_size} samples per step"
+                        f" = {phase.prompts_per_step * phase.group_size} sequences")  # fmt: skip
+    else:
+        parts.insert(1, f"batch {phase.batch_size} ({-(-phase.batch_size // ranks)} per learner rank)")
+        if phase.type == "polychromic_sft":
+            parts.insert(2, f"diversity term: {phase.prompts_per_step} prompts x {phase.n_samples} samples, lambda {phase.lam:g}")
+    return ", ".join(parts)
