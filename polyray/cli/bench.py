@@ -11,7 +11,7 @@ import typer
 
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: ratios measured side by side in one run.")
 QUICKSTART = "configs/quickstart.yaml"
-PARTS = ("rollout", "grpo", "polychromic", "reward", "generation")
+PARTS = ("rollout", "grpo", "polychromic", "reward", "generation", "learner")
 
 _json = typer.Option(None, "--json", help="Also write the figures here.")
 _config = typer.Option(QUICKSTART, "--config", help="Run config whose model, task and settings to measure.")
@@ -121,4 +121,39 @@ def generation(
 
     results = bench_generation(requests, n, max_tokens, config, publishes)
     print_generation(results)
+    _write(results, json_path)
+
+
+@bench_app.command()
+def learner(
+    sizes: List[int] = typer.Option([8, 16, 32, 64], "--sizes", help="Sequences per step, micro-batched (repeatable)."),
+    whole_batch_sizes: List[int] = typer.Option(
+        [8, 16], "--whole-batch-sizes",
+        help="Sizes also run on the whole-batch path (repeatable): its logits grow with the batch, 64 x 256 tokens"
+        " need ~20 GB for two copies alone.",
+    ),  # fmt: skip
+    length: int = typer.Option(256, "--length", help="Tokens per sequence (a prompt of 32-64, the completion the rest)."),
+    micro_batch_tokens: int = typer.Option(2048, "--micro-batch-tokens", help="The micro-batched path's learner.micro_batch_tokens."),
+    logits_chunk_mib: float = typer.Option(256, "--logits-chunk-mib", help="The micro-batched path's learner.logits_chunk_mib."),
+    layers: int = typer.Option(2, "--layers", help="Decoder layers of the benchmark model."),
+    hidden: int = typer.Option(1024, "--hidden"),
+    intermediate: int = typer.Option(3072, "--intermediate"),
+    heads: int = typer.Option(16, "--heads"),
+    kv_heads: int = typer.Option(8, "--kv-heads"),
+    head_dim: int = typer.Option(128, "--head-dim"),
+    vocab: int = typer.Option(151_936, "--vocab"),
+    threads: int = typer.Option(2, "--threads", help="Torch threads of each measured process."),
+    json_path: Optional[Path] = _json,
+):
+    """Peak memory and tokens/s of one GRPO learner step per size, micro-batched vs whole batch, beside the memory plan."""
+    from polyray.drivers.bench.learner import BenchShape, bench_learner, print_learner
+    from polyray.drivers.bench.suite import console
+
+    shape = BenchShape(layers, hidden, intermediate, heads, kv_heads, head_dim, vocab)
+    with console.status("building the benchmark model") as status:
+        results = bench_learner(
+            sizes, whole_batch_sizes, length, micro_batch_tokens, logits_chunk_mib, shape, threads,
+            on_case=lambda c: status.update(f"{c.path}, {c.sequences} sequences x {c.length} tokens"),
+        )  # fmt: skip
+    print_learner(results, console)
     _write(results, json_path)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from polyray.io import StrictModel
 
@@ -37,6 +37,11 @@ class LearnerConfig(StrictModel):
         description="Float32 logits computed at once for token log-probs (MiB): bounds the logits' memory whatever"
         " the batch. 0: the whole (sequences x tokens x vocabulary) logits tensor.",
     )  # fmt: skip
+    gpu_memory_gib: float | None = Field(
+        None, gt=0,
+        description="GPU memory of one learner rank's GPU (GiB): a config whose memory plan needs more is refused"
+        " at load, naming the field to change. None: unchecked.",
+    )  # fmt: skip
     lora: LoraConfig = Field(default_factory=LoraConfig)
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     grad_clip: float = Field(1.0, gt=0, description="Global gradient-norm clip.")
@@ -52,3 +57,9 @@ class LearnerConfig(StrictModel):
         " first publish (or starting version) on every worker, a restarted worker at the next publish, and"
         " a phase's sampling temperature when it is not 1 (0 = off).",
     )
+
+    @model_validator(mode="after")
+    def _gpu_memory_on_gpu(self) -> "LearnerConfig":
+        if self.gpu_memory_gib is not None and not self.use_gpu:
+            raise ValueError("gpu_memory_gib is a learner rank's GPU memory: set use_gpu true, or leave it unset")
+        return self

@@ -37,6 +37,11 @@ class RolloutConfig(StrictModel):
         "vLLM on CPU cannot rewind the per-request sampling seed of a split prefill).",
     )
     kv_cache_gib: int = Field(1, ge=1, description="KV cache GiB on CPU (VLLM_CPU_KVCACHE_SPACE).")
+    gpu_memory_gib: float | None = Field(
+        None, gt=0,
+        description="GPU memory of each of a worker's GPUs (GiB): a config whose engine cannot fit vLLM's share"
+        " of it (weights, LoRA slots, a step, one sequence's KV cache) is refused at load. None: unchecked.",
+    )  # fmt: skip
     threads: int = Field(1, ge=1, description="Torch/OpenMP threads per worker (cap: cores are shared).")
     store_keep: int = Field(
         8, ge=2, description="Newest published adapter versions the run's adapter store keeps on disk (phase adapters are kept regardless)."
@@ -55,6 +60,12 @@ class RolloutConfig(StrictModel):
                 f"tensor_parallel_size {self.tensor_parallel_size} shards each worker's engine over that many GPUs:"
                 f" set gpus_per_worker to {self.tensor_parallel_size} (it is {self.gpus_per_worker:g})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _gpu_memory_on_gpu(self) -> "RolloutConfig":
+        if self.gpu_memory_gib is not None and self.gpus_per_worker == 0:
+            raise ValueError("gpu_memory_gib is a rollout worker's GPU memory: set gpus_per_worker, or leave it unset")
         return self
 
     @model_validator(mode="after")

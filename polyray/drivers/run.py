@@ -1,6 +1,7 @@
 """``polyray run``: the driver. A sequence of stage calls, one short function each.
 
-check inputs -> open the run directory -> prepare the model (and engagement models) -> start Ray ->
+check inputs (and the memory plan) -> open the run directory -> prepare the model (printing its memory
+plan) and the engagement models -> start Ray ->
 open the adapter store -> start services -> launch the rollout pool -> evaluate base ->
 for each phase: fit (Ray Train) -> evaluate; results written after every stage.
 
@@ -28,7 +29,7 @@ from polyray.config import RunConfig
 from polyray.eval.policy_eval import build_eval_task
 from polyray.eval.record import EvalRecord
 from polyray.io import ConfigError, Timer, console, dump_config, make_progress, write_json_atomic
-from polyray.models.source import prepare_model_dir
+from polyray.models.source import offline_model_dir, prepare_model_dir
 from polyray.rollout.store import STORE_DIR
 from polyray.reward.engagement import ensure_engagement_model
 from polyray.reward.plan import models_to_train, scores_rollouts
@@ -131,7 +132,26 @@ def check_inputs(run: RunConfig) -> list[Path]:
         raise ConfigError(f"init_adapter: {run.init_adapter} is not a saved LoRA adapter (no adapter_config.json)")
     if run.eval.few_shot and not task.supports_few_shot:
         raise ConfigError(f"eval.few_shot: task {task.name!r} has no few-shot format (set eval.few_shot: 0)")
+    plan_memory(run, offline_model_dir(run.model, run.task))
     return models_to_train(plan_rewards(run, task), run)
+
+
+def plan_memory(run: RunConfig, model_dir: Path | None) -> list[str]:
+    """The memory plan's header lines (:mod:`polyray.learner.memory`); a config whose learner rank or
+    rollout worker cannot fit its declared GPU memory is refused (one ConfigError line naming the field).
+
+    For the model in ``model_dir`` (its config.json; its tokenizer bounds the sequence lengths by the
+    training prompts), or, before the model is at hand, the embedded model's settings with lengths
+    bounded by ``rollout.max_model_len``; nothing (an empty list) for a hub model not yet downloaded:
+    :func:`prepare_inputs` plans it once it is."""
+    from polyray.learner.memory import bound_lengths, check_run, longest_sequences
+    from polyray.models.source import model_config
+
+    config = model_config(run.model, model_dir)
+    if config is None:
+        return []
+    lengths = bound_lengths(run, *longest_sequences(run, model_dir)) if model_dir is not None else bound_lengths(run)
+    return check_run(run, config, lengths)
 
 
 def generation_args(run: RunConfig, out: Path, model_dir: Path) -> dict[str, Any]:
@@ -267,11 +287,14 @@ def _run_stages(state: RunState, engagement: list[Path], serve_generation: bool)
 
 
 def prepare_inputs(state: RunState, engagement: list[Path]) -> None:
-    """The base model (built or resolved), the engagement models the run needs, the evaluation task."""
+    """The base model (built or resolved) and its memory plan (printed; a config that cannot fit stops
+    here, before Ray starts), the engagement models the run needs, the evaluation task."""
     run = state.run
     with state.timer("model_build"):
         state.model_dir = prepare_model_dir(run.model, run.task)
     state.results["model_dir"] = str(state.model_dir)
+    for line in plan_memory(run, state.model_dir):  # before anything starts on Ray
+        console.print(line, highlight=False)
     for path in engagement:
         with state.timer("reward_model_build"), console.status(f"training the engagement model into {path}"):
             ensure_engagement_model(run.task.path, path, run.task.seed)

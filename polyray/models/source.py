@@ -40,6 +40,40 @@ def resolve_model_dir(model: ModelConfig, task, progress: Callable[[int, int, fl
         raise ModelSourceError(f"model.source: cannot fetch {model.source!r} from the hub ({reason})") from None
 
 
+def offline_model_dir(model: ModelConfig, task) -> Path | None:
+    """``model.source`` resolved without building or downloading anything: the embedded model's cache
+    entry once built, a local model directory, a hub id's snapshot in the Hugging Face cache; else None."""
+    if model.source == "embedded":
+        from polyray.models.tiny import cached_model_dir
+
+        built = cached_model_dir(model.tiny, task)
+        return built if (built / "build_info.json").is_file() else None
+    path = Path(model.source).expanduser()
+    if path.exists():
+        return path.resolve() if (path / "config.json").is_file() else None
+    try:
+        from huggingface_hub import snapshot_download
+
+        cached = Path(snapshot_download(model.source, local_files_only=True))
+    except Exception:  # not in the cache (or not a hub id): known once resolve_model_dir fetches it
+        return None
+    return cached if (cached / "config.json").is_file() else None
+
+
+def model_config(model: ModelConfig, model_dir: Path | None) -> dict | None:
+    """The model's ``config.json`` as a mapping: from ``model_dir``, else the embedded model's settings
+    (:func:`~polyray.models.tiny.tiny_model_config`); None for another model not at hand yet."""
+    import json
+
+    if model_dir is not None:
+        return json.loads((Path(model_dir) / "config.json").read_text())
+    if model.source == "embedded":
+        from polyray.models.tiny import tiny_model_config
+
+        return tiny_model_config(model.tiny)
+    return None
+
+
 def prepare_model_dir(model: ModelConfig, task) -> Path:
     """:func:`resolve_model_dir` with a progress bar while the embedded model is built (first use only)."""
     from polyray.models.tiny import cached_model_dir

@@ -87,6 +87,17 @@ def _qwen3_config(tiny: TinyModelConfig, tokenizer):
     )
 
 
+def tiny_model_config(tiny: TinyModelConfig) -> dict:
+    """The ``config.json`` fields of the model :func:`build_tiny_model` builds from ``tiny``, known before it
+    is built (what the memory plan reads; the vocabulary is at most ``vocab_size``: BPE may stop short)."""
+    return {
+        "model_type": "qwen3", "vocab_size": tiny.vocab_size, "hidden_size": tiny.hidden_size,
+        "intermediate_size": tiny.intermediate_size, "num_hidden_layers": tiny.num_layers,
+        "num_attention_heads": tiny.num_heads, "num_key_value_heads": tiny.num_kv_heads, "head_dim": tiny.head_dim,
+        "tie_word_embeddings": True,
+    }  # fmt: skip
+
+
 def _pretrain(model, tokenizer, pairs, tiny: TinyModelConfig, progress: Callable[[int, int, float], None] | None):
     import torch
 

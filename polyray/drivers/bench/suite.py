@@ -17,6 +17,10 @@ The commands are ``polyray bench <part>`` (``python -m jobs.benchmark <part>`` a
 ``polyray bench reward``
     the reward service: requests/s and p50/p99 latency on loopback for 1 and 32 clients,
     and the batched / unbatched throughput of the engagement model.
+``polyray bench learner [--sizes 8 --sizes 16 ...]``
+    peak resident memory and tokens/s of one GRPO learner step at each size, micro-batched with chunked
+    logits against the whole-batch, whole-logits path, each in a fresh process, beside the memory
+    plan's estimate (:mod:`.learner`).
 ``polyray bench generation [--requests 64]``
     the generation service: output tokens/s through its HTTP API / the same requests straight into
     a vLLM engine with the same settings, at 1 and 16 concurrent clients; and the time from a
@@ -414,6 +418,23 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, float, str]]:
         rows += [(f"{name} step / SFT step", r["step_s"] / p["sft"]["step_s"], "-") for name, r in p.items() if name != "sft"]
     if "reward" in results:
         rows.append(("reward model batched / unbatched items/s", results["reward"]["engagement_batching"]["ratio"], "-"))
+    if "learner" in results:
+        rows += learner_rows(results["learner"]["ratios"])
+    return rows
+
+
+def learner_rows(ratios: dict[str, float]) -> list[tuple[str, float, str]]:
+    """The learner part's ratios as summary rows, with their goals."""
+    goals = {"peak_": ("learner peak, largest / smallest step (micro-batched)", "<= 1.15"),
+             "whole_vs_micro_peak_": ("learner peak, whole batch / micro-batched", ">= 3"),
+             "micro_vs_whole_tokens_per_s_": ("learner tokens/s, micro-batched / whole batch", ">= 1"),
+             "micro_vs_whole_tokens_per_cpu_s_": ("learner tokens per CPU s, micro-batched / whole batch", ">= 1"),
+             "estimate_vs_measured_": ("memory plan estimate / measured peak", "0.75-1.25")}  # fmt: skip
+    rows = []
+    for key, value in ratios.items():
+        prefix = max((p for p in goals if key.startswith(p)), key=len)
+        name, goal = goals[prefix]
+        rows.append((f"{name} ({key[len(prefix):].replace('_vs_', ' vs ')})", value, goal))
     return rows
 
 
@@ -426,11 +447,14 @@ def print_summary(results: dict[str, Any]) -> None:
     console.print(table)
 
 
-PARTS = ("rollout", "grpo", "polychromic", "reward", "generation")
+PARTS = ("rollout", "grpo", "polychromic", "reward", "generation", "learner")
 SMOKE = {"rollout": ["--prompts", "4", "--repeats", "1", "--syncs", "2"], "grpo": ["--steps", "4", "--rounds", "1"],
          "polychromic": ["--steps", "4", "--diversity", "countdown_expr", "--no-async"],
          "reward": ["--requests", "20", "--max-seconds", "2"],
-         "generation": ["--requests", "4", "--n", "2", "--max-tokens", "8", "--publishes", "2"]}  # fmt: skip
+         "generation": ["--requests", "4", "--n", "2", "--max-tokens", "8", "--publishes", "2"],
+         "learner": ["--sizes", "2", "--sizes", "4", "--whole-batch-sizes", "2", "--length", "32", "--micro-batch-tokens",
+                     "64", "--layers", "1", "--hidden", "64", "--intermediate", "128", "--heads", "2", "--kv-heads", "1",
+                     "--head-dim", "32", "--vocab", "512", "--threads", "1"]}  # fmt: skip
 DEFAULTS = {"polychromic": ["--steps", "12"]}  # the table's budget: ~15 minutes on 2 cores
 
 

@@ -1,0 +1,335 @@
+"""``polyray bench learner``: peak memory and speed of one GRPO learner step, each size in a fresh process.
+
+The model has Qwen3-0.6B's width and vocabulary (hidden 1024, MLP 3072, 16 query and 8 key/value heads
+of 128, 151,936 tokens, tied embeddings) and only a few layers, built locally with random weights and
+saved once; the vocabulary is what makes the logits large, the layers only add activations. A stand-in
+pool (:class:`StandInPool`) gives every step the same samples: fixed random token ids, a prompt of 32-64
+tokens and a completion that fills the sequence to ``length``, with a fixed sampling log-prob (that of
+a uniform draw, so importance ratios are near 1). Each measured step is the real thing: a
+:class:`~polyray.learner.phases.GRPOPhase` with its :class:`~polyray.learner.phases.StepContext`
+(KL to the adapter-disabled base, so the reference forward runs), peft LoRA on every projection and the
+learner loop's update (:func:`polyray.learner.loop._train_step`: forwards and backwards, clip, AdamW).
+
+Two paths side by side: **micro-batched** (``learner.micro_batch_tokens`` fixed, logits in chunks of
+``learner.logits_chunk_mib``) at every size, and **whole batch** (no micro-batches, the whole logits
+tensor: ``micro_batch_tokens: null, logits_chunk_mib: 0``, the learner before both existed) at the
+small sizes only: its logits grow with the batch (at 64 sequences x 256 tokens two float32 copies alone
+are 20 GB). Every (path, size) runs in its own interpreter (``python -m polyray.drivers.bench.learner``),
+so one measurement's peak never carries into the next. The peak is the process's high-water resident
+memory over the step alone: the kernel's mark is reset (``/proc/self/clear_refs``) after the model
+loads, so what loading the weights touched once does not count; where the reset is refused the peak is
+the process's whole life (``resource.getrusage``), and the figures say so. Beside each measurement is the
+memory plan's estimate (:func:`polyray.learner.memory.learner_memory`) and their ratio.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class BenchShape:
+    """The benchmark model's sizes: Qwen3-0.6B's width and vocabulary with ``layers`` decoder layers."""
+
+    layers: int = 2
+    hidden: int = 1024
+    intermediate: int = 3072
+    heads: int = 16
+    kv_heads: int = 8
+    head_dim: int = 128
+    vocab: int = 151_936
+
+
+PAD, EOS, UNK = 0, 1, 2  # the stand-in tokenizer's only tokens (the model's other ids are never decoded)
+
+
+def build_bench_model(out: Path, shape: BenchShape, seed: int = 0) -> Path:
+    """A random-init Qwen3 of ``shape`` (tied embeddings, as Qwen3-0.6B) with a three-token tokenizer that
+    knows the pad and end ids, saved to ``out`` as a Hugging Face model directory."""
+    import torch
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+    config = Qwen3Config(
+        vocab_size=shape.vocab, hidden_size=shape.hidden, intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.layers, num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
+        head_dim=shape.head_dim, max_position_embeddings=4096, tie_word_embeddings=True, pad_token_id=PAD,
+        eos_token_id=EOS, bos_token_id=EOS, torch_dtype="float32",
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(config)
+    model.save_pretrained(out, safe_serialization=True)
+    del model
+    vocab = {"<pad>": PAD, "<eos>": EOS, "<unk>": UNK}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<unk>")),
+                                        pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")  # fmt: skip
+    tokenizer.save_pretrained(out)
+    return out
+
+
+class _Done:
+    def __init__(self, value):
+        self.value = value
+
+    def result(self, retries: int = 1):
+        return self.value
+
+
+class StandInPool:
+    """Rollouts without an engine: prompt ``b``'s group is the same every time. Each prompt has 32-64 random
+    token ids (``prompt_tokens``), each completion fills its sequence to ``length`` tokens, and every
+    completion token has the log-prob of a uniform draw from the vocabulary."""
+
+    def __init__(self, vocab: int, length: int, prompt_tokens: tuple[int, int] = (32, 64), seed: int = 0):
+        self.vocab, self.length, self.prompt_tokens, self.seed = vocab, length, prompt_tokens, seed
+
+    def submit(self, prompts: list[str], n: int, sampling, version=None, adapter_name=None, seeds=None):
+        from polyray.rollout.worker import Sample
+
+        groups = []
+        for b in range(len(prompts)):
+            rng = random.Random(f"{self.seed}:{b}")
+            low, high = self.prompt_tokens
+            prompt = [rng.randrange(3, self.vocab) for _ in range(min(rng.randint(low, high), self.length - 1))]
+            group = []
+            for j in range(n):
+                ids = [rng.randrange(3, self.vocab) for _ in range(self.length - len(prompt))]
+                group.append(Sample(b, f"{b}:{j}", prompt, ids, [-math.log(self.vocab)] * len(ids), version or 0, False))
+            groups.append(group)
+        return _Done(groups)
+
+
+def graded_reward(prompts, texts):
+    """(B, G) rewards that differ within every group, so every sample has an advantage."""
+    import torch
+
+    return torch.tensor([[float((b + j) % 3) for j in range(len(g))] for b, g in enumerate(texts)], dtype=torch.float64)
+
+
+def _status_bytes(key: str) -> int | None:
+    try:
+        match = re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
+    except OSError:
+        return None
+    return int(match.group(1)) * 1024 if match else None
+
+
+def rss_bytes() -> int:
+    """The process's resident memory now (0 where /proc is not readable)."""
+    return _status_bytes("VmRSS") or 0
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's high-water mark of this process's resident memory to what it holds now (Linux
+    >= 4.0); False where that is refused (the peak then covers the whole process)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_rss_bytes() -> int:
+    """The high-water resident memory since :func:`reset_peak_rss` (or since the process started)."""
+    import resource
+
+    peak = _status_bytes("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@dataclass(frozen=True)
+class StepCase:
+    """One measured step: ``sequences`` of ``length`` tokens through one path of the learner."""
+
+    sequences: int
+    length: int
+    micro_batch_tokens: int | None
+    logits_chunk_mib: float
+    group_size: int = 8
+    lora_r: int = 16
+    kl_beta: float = 0.04
+    threads: int = 2
+    warmup_steps: int = 1  # steps before the measured one (the allocator and optimizer as in a run's later steps)
+
+    @property
+    def path(self) -> str:
+        return "whole batch" if self.micro_batch_tokens is None and not self.logits_chunk_mib else "micro-batched"
+
+
+def measure_step(model_dir: str, case: StepCase) -> dict[str, Any]:
+    """One GRPO learner step of ``case`` in this process: resident memory before the model loads, after it
+    loads, and the step's peak; the step's seconds and tokens (prompt + completion) per second, by the
+    clock and per second of the process's CPU time (what other work on a shared machine disturbs less)."""
+    import gc
+
+    import peft  # noqa: F401 (imported before the baseline is read: the runtime, not the model)
+    import torch
+    import transformers.models.qwen3.modeling_qwen3  # noqa: F401
+
+    torch.set_num_threads(case.threads)
+    from polyray.config import GRPOPhaseConfig, LoraConfig
+    from polyray.config.tasks import CountdownTaskConfig
+    from polyray.learner.lora import build_peft_model
+    from polyray.learner.loop import _train_step
+    from polyray.learner.phases import GRPOPhase, StepContext
+    from polyray.tasks import build_task
+
+    before_load = rss_bytes()
+    torch.manual_seed(0)  # the same LoRA init on every path, as every learner rank seeds it
+    model, tokenizer = build_peft_model(model_dir, LoraConfig(r=case.lora_r, alpha=2 * case.lora_r))
+    group = min(case.group_size, case.sequences)
+    if case.sequences % group:
+        raise ValueError(f"sequences ({case.sequences}) must be a multiple of the group size ({group})")
+    prompts = case.sequences // group
+    cfg = GRPOPhaseConfig(steps=case.warmup_steps + 1, prompts_per_step=prompts, group_size=group, kl_beta=case.kl_beta,
+                          kl_reference="base", sampling={"max_tokens": case.length})  # fmt: skip
+    task_cfg = CountdownTaskConfig(n_train=max(prompts, 8), n_test=8)
+    ctx = StepContext(model, tokenizer, 0, 1, seed=0, reward_fn=graded_reward, micro_batch_tokens=case.micro_batch_tokens,
+                      logits_chunk_mib=case.logits_chunk_mib)  # fmt: skip
+    pool = StandInPool(model.config.vocab_size, case.length)
+    phase = GRPOPhase(cfg, build_task(task_cfg), task_cfg.n_train, ctx, pool)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    gc.collect()
+    loaded = rss_bytes()
+    for step in range(case.warmup_steps):
+        _train_step(model, phase, optimizer, params, 1.0, step, 1)
+    gc.collect()
+    step_only = reset_peak_rss()
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    metrics, _ = _train_step(model, phase, optimizer, params, 1.0, case.warmup_steps, 1)
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
+    peak = peak_rss_bytes()
+    tokens = case.sequences * case.length
+    return {**asdict(case), "path": case.path, "before_load_bytes": before_load, "loaded_bytes": loaded,
+            "peak_bytes": peak, "peak_of": "step" if step_only else "process", "step_s": seconds,
+            "cpu_s": cpu_seconds, "tokens": tokens, "tokens_per_s": tokens / seconds,
+            "tokens_per_cpu_s": tokens / cpu_seconds, "loss": metrics["loss"]}  # fmt: skip
+
+
+def estimate(model_dir: str, case: StepCase) -> dict[str, float]:
+    """The memory plan's estimate of the step of ``case`` (bytes per term and the total): its largest
+    micro-batch, equal-length sequences (no padding), the KL reference forward, CPU runtime."""
+    from polyray.config import LoraConfig
+    from polyray.learner.memory import MicroBatch, ModelShape, largest_micro_batch, learner_memory
+
+    shape = ModelShape.from_config(json.loads((Path(model_dir) / "config.json").read_text()))
+    biggest = largest_micro_batch(case.sequences, case.length, case.micro_batch_tokens)
+    plan = learner_memory(
+        shape, LoraConfig(r=case.lora_r, alpha=2 * case.lora_r), "float32", MicroBatch(biggest.sequences, case.length, False),
+        case.logits_chunk_mib, kl_reference=case.kl_beta > 0, device="cpu",
+    )  # fmt: skip
+    return {**plan.terms, "total": plan.total}
+
+
+def run_case(model_dir: str, case: StepCase, timeout: float = 1800) -> dict[str, Any]:
+    """:func:`measure_step` in a fresh interpreter; a case that dies (out of memory, say) is reported, not raised."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(case.threads), "MKL_NUM_THREADS": str(case.threads),
+           "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
+    cmd = [sys.executable, "-m", "polyray.drivers.bench.learner", model_dir, json.dumps(asdict(case))]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode or not lines:
+        tail = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        return {**asdict(case), "path": case.path, "error": f"exit status {done.returncode}: {tail}"}
+    return json.loads(lines[-1])
+
+
+def bench_learner(
+    sizes: list[int], whole_batch_sizes: list[int], length: int = 256, micro_batch_tokens: int = 2048,
+    logits_chunk_mib: float = 256, shape: BenchShape | None = None, threads: int = 2, on_case=None,
+) -> dict[str, Any]:  # fmt: skip
+    """Every size micro-batched, the ``whole_batch_sizes`` also on the whole-batch path, side by side (size
+    by size, each in its own process), with the plan's estimate beside each; then the ratios."""
+    shape = shape or BenchShape()
+    cases = []
+    for n in sorted(set(sizes) | set(whole_batch_sizes)):
+        if n in sizes:
+            cases.append(StepCase(n, length, micro_batch_tokens, logits_chunk_mib, threads=threads))
+        if n in whole_batch_sizes:
+            cases.append(StepCase(n, length, None, 0, threads=threads))
+    results: dict[str, Any] = {"shape": asdict(shape), "length": length, "micro_batch_tokens": micro_batch_tokens,
+                               "logits_chunk_mib": logits_chunk_mib, "threads": threads, "cases": []}  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="polyray-bench-learner-") as tmp:
+        model_dir = str(build_bench_model(Path(tmp) / "model", shape))
+        for case in cases:
+            if on_case is not None:
+                on_case(case)
+            row = run_case(model_dir, case)
+            row["estimate"] = estimate(model_dir, case)
+            if "peak_bytes" in row:
+                row["estimate_ratio"] = row["estimate"]["total"] / row["peak_bytes"]
+            results["cases"].append(row)
+    results["ratios"] = learner_ratios(results["cases"])
+    return results
+
+
+def learner_ratios(cases: list[dict[str, Any]]) -> dict[str, float]:
+    """Peak at the largest / smallest micro-batched size; whole batch / micro-batched peak and micro-batched /
+    whole-batch tokens/s at each size both ran; the estimate / measured range."""
+    ok = [c for c in cases if "peak_bytes" in c]
+    micro = {c["sequences"]: c for c in ok if c["path"] == "micro-batched"}
+    whole = {c["sequences"]: c for c in ok if c["path"] == "whole batch"}
+    ratios: dict[str, float] = {}
+    if len(micro) > 1:
+        small, large = min(micro), max(micro)
+        ratios[f"peak_{large}_vs_{small}"] = micro[large]["peak_bytes"] / micro[small]["peak_bytes"]
+    for n in sorted(set(micro) & set(whole)):
+        ratios[f"whole_vs_micro_peak_{n}"] = whole[n]["peak_bytes"] / micro[n]["peak_bytes"]
+        ratios[f"micro_vs_whole_tokens_per_s_{n}"] = micro[n]["tokens_per_s"] / whole[n]["tokens_per_s"]
+        ratios[f"micro_vs_whole_tokens_per_cpu_s_{n}"] = micro[n]["tokens_per_cpu_s"] / whole[n]["tokens_per_cpu_s"]
+    if ok:
+        ratios["estimate_vs_measured_min"] = min(c["estimate_ratio"] for c in ok)
+        ratios["estimate_vs_measured_max"] = max(c["estimate_ratio"] for c in ok)
+    return ratios
+
+
+def print_learner(results: dict[str, Any], console) -> None:
+    from rich.table import Table
+
+    s = results["shape"]
+    table = Table(title=f"one GRPO learner step, {s['layers']}-layer Qwen3 (hidden {s['hidden']}, vocabulary"
+                        f" {s['vocab']}), LoRA r 16, sequences of {results['length']} tokens, {results['threads']}"
+                        " threads; each in a fresh process")  # fmt: skip
+    table.caption = (f"micro-batched: learner.micro_batch_tokens {results['micro_batch_tokens']}, logits_chunk_mib"
+                     f" {results['logits_chunk_mib']:g}; whole batch: micro_batch_tokens null, logits_chunk_mib 0."
+                     " peak: high-water resident memory over the step; estimate: the memory plan")  # fmt: skip
+    for col in ("sequences", "path", "peak GiB", "estimate GiB", "est. / peak", "loaded GiB", "step s", "tokens/s",
+                "tokens/CPU s"):
+        table.add_column(col, justify="left" if col == "path" else "right")
+    for c in results["cases"]:
+        est = c["estimate"]["total"] / GIB
+        if "error" in c:
+            table.add_row(str(c["sequences"]), c["path"], "-", f"{est:.2f}", "-", "-", "-", "-", c["error"][:40])
+            continue
+        peak = c["peak_bytes"] / GIB
+        mark = "" if c["peak_of"] == "step" else " (process)"
+        table.add_row(str(c["sequences"]), c["path"], f"{peak:.2f}{mark}", f"{est:.2f}", f"{c['estimate_ratio']:.2f}",
+                      f"{c['loaded_bytes'] / GIB:.2f}", f"{c['step_s']:.1f}", f"{c['tokens_per_s']:.0f}",
+                      f"{c['tokens_per_cpu_s']:.0f}")  # fmt: skip
+    console.print(table)
+    for name, value in results["ratios"].items():
+        console.print(f"{name}: {value:.2f}")
+
+
+def main(argv: list[str]) -> None:
+    """The child process: ``python -m polyray.drivers.bench.learner MODEL_DIR CASE_JSON`` prints one JSON line."""
+    model_dir, case = argv[0], StepCase(**json.loads(argv[1]))
+    print(json.dumps(measure_step(model_dir, case)), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,84 @@
+"""``polyray bench learner`` at a toy size: the same machinery the real benchmark runs.
+
+- The stand-in pool's samples fill every sequence to the asked length, the same for the same prompt.
+- One measured step on each path, in this process: the micro-batched step and the whole-batch step
+  train on the same samples, so their losses agree; the peak covers what was loaded.
+- The ratios the benchmark reports are the quotients of its rows.
+- (slow) The whole part through ``polyray bench learner``: every case in its own process.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from polyray.drivers.bench.learner import (
+    BenchShape,
+    StandInPool,
+    StepCase,
+    build_bench_model,
+    estimate,
+    learner_ratios,
+    measure_step,
+)
+
+TOY = BenchShape(layers=1, hidden=64, intermediate=128, heads=2, kv_heads=1, head_dim=32, vocab=512)
+
+
+@pytest.fixture(scope="module")
+def toy_model(tmp_path_factory):
+    return str(build_bench_model(tmp_path_factory.mktemp("bench") / "model", TOY))
+
+
+def test_stand_in_pool_fills_each_sequence_to_its_length():
+    groups = StandInPool(vocab=512, length=40, prompt_tokens=(8, 16)).submit(["a", "b"], 3, None).result()
+    again = StandInPool(vocab=512, length=40, prompt_tokens=(8, 16)).submit(["x", "y"], 3, None).result()
+    assert [[s.token_ids for s in g] for g in groups] == [[s.token_ids for s in g] for g in again]
+    for group in groups:
+        assert len({tuple(s.prompt_token_ids) for s in group}) == 1  # a group shares its prompt
+        for s in group:
+            assert 8 <= len(s.prompt_token_ids) <= 16 and len(s.prompt_token_ids) + len(s.token_ids) == 40
+            assert len(s.logprobs) == len(s.token_ids) and all(3 <= t < 512 for t in s.token_ids)
+
+
+def test_one_step_on_each_path_trains_on_the_same_samples(toy_model):
+    micro = measure_step(toy_model, StepCase(4, 32, 64, 256, group_size=2, threads=1))
+    whole = measure_step(toy_model, StepCase(4, 32, None, 0, group_size=2, threads=1))
+    assert (micro["path"], whole["path"]) == ("micro-batched", "whole batch")
+    assert micro["loss"] == pytest.approx(whole["loss"], rel=1e-5, abs=1e-7)
+    for row in (micro, whole):
+        assert row["peak_bytes"] >= row["loaded_bytes"] > 0 and row["tokens"] == 4 * 32
+        assert row["tokens_per_s"] == pytest.approx(row["tokens"] / row["step_s"])
+    plan = estimate(toy_model, StepCase(4, 32, 64, 256, group_size=2))
+    assert plan["total"] == pytest.approx(sum(v for k, v in plan.items() if k != "total"))
+
+
+def test_ratios_are_quotients_of_the_rows():
+    def row(n, path, peak, tps, est):
+        return {"sequences": n, "path": path, "peak_bytes": peak, "tokens_per_s": tps, "tokens_per_cpu_s": tps / 2,
+                "estimate_ratio": est}  # fmt: skip
+
+    rows = [row(8, "micro-batched", 3.0, 100, 0.9), row(8, "whole batch", 6.0, 80, 1.1),
+            row(64, "micro-batched", 3.3, 120, 1.0), {"sequences": 64, "path": "whole batch", "error": "killed"}]  # fmt: skip
+    ratios = learner_ratios(rows)
+    assert ratios == pytest.approx({"peak_64_vs_8": 1.1, "whole_vs_micro_peak_8": 2.0, "micro_vs_whole_tokens_per_s_8": 1.25,
+                                    "micro_vs_whole_tokens_per_cpu_s_8": 1.25, "estimate_vs_measured_min": 0.9,
+                                    "estimate_vs_measured_max": 1.1})  # fmt: skip
+
+
+@pytest.mark.slow
+def test_bench_learner_command_at_a_toy_size(tmp_path):
+    from polyray.cli import main
+    from polyray.drivers.bench.suite import SMOKE, learner_rows
+
+    out = tmp_path / "learner.json"
+    with pytest.raises(SystemExit) as done:
+        main(["bench", "learner", *SMOKE["learner"], "--json", str(out)])
+    assert done.value.code == 0
+    results = json.loads(out.read_text())
+    paths = [(c["sequences"], c["path"]) for c in results["cases"]]
+    assert paths == [(2, "micro-batched"), (2, "whole batch"), (4, "micro-batched")]
+    assert all("error" not in c for c in results["cases"])
+    assert {"peak_4_vs_2", "whole_vs_micro_peak_2", "estimate_vs_measured_max"} <= set(results["ratios"])
+    assert len(learner_rows(results["ratios"])) == len(results["ratios"])
