@@ -123,25 +123,17 @@ def plan_lines(run, problems: list[str] | None = None) -> list[str]:
 
 
 def memory_plan_lines(run) -> list[str]:
-    """The learner's memory plan, once :mod:`polyray.learner.memory` exists (it is being written); until
-    then nothing. Looked up by name so ``check`` neither fails nor imports torch without it: the module
-    is expected to offer ``plan_lines(run) -> list[str]`` (or ``memory_plan(run)`` whose ``str`` is the plan)."""
-    import importlib.util
+    """The memory plan (:mod:`polyray.learner.memory`) for the model's ``config.json`` when it is at hand
+    without building or downloading anything (the embedded model's settings, a local directory, a hub
+    model already in the cache), sequences bounded by ``rollout.max_model_len`` (no tokenizer is
+    loaded). A config that cannot fit its declared GPU memory raises the run's own one-line error."""
+    from polyray.learner.memory import bound_lengths, check_run
+    from polyray.models.source import model_config, offline_model_dir
 
-    try:
-        if importlib.util.find_spec("polyray.learner.memory") is None:
-            return []
-    except ImportError:
-        return []
-    import importlib
-
-    module = importlib.import_module("polyray.learner.memory")
-    for name in ("plan_lines", "memory_plan"):
-        fn = getattr(module, name, None)
-        if callable(fn):
-            out = fn(run)
-            return ["memory:", *(f"  {line}" for line in (out if isinstance(out, list) else str(out).splitlines()))]
-    return []
+    config = model_config(run.model, offline_model_dir(run.model, run.task))
+    if config is None:
+        return ["memory plan: after the model is downloaded (the run plans it then)"]
+    return check_run(run, config, bound_lengths(run))
 
 
 def _model(model) -> str:

@@ -7,6 +7,16 @@ from pydantic import Field, model_validator
 from polyray.io import StrictModel
 
 
+# Float32 logits computed at once for token log-probs (learner.logits_chunk_mib; polyray.models.batching).
+DEFAULT_CHUNK_MIB = 256
+
+
+def chunk_positions(vocab_size: int, chunk_mib: float) -> int:
+    """Positions per chunk: as many rows of ``vocab_size`` float32 logits as fit ``chunk_mib`` MiB (at least 1).
+    Here, without torch, so the memory plan can size a chunk as the learner will."""
+    return max(1, int(chunk_mib * 2**20) // (4 * vocab_size))
+
+
 class LoraConfig(StrictModel):
     r: int = Field(8, ge=1, description="LoRA rank.")
     alpha: float = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
@@ -33,7 +43,7 @@ class LearnerConfig(StrictModel):
         " split into micro-batches and their gradients accumulated (equal to the whole batch's). None: one pass.",
     )  # fmt: skip
     logits_chunk_mib: float = Field(
-        256, ge=0,
+        DEFAULT_CHUNK_MIB, ge=0,
         description="Float32 logits computed at once for token log-probs (MiB): bounds the logits' memory whatever"
         " the batch. 0: the whole (sequences x tokens x vocabulary) logits tensor.",
     )  # fmt: skip

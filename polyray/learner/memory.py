@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from polyray.config import LoraConfig, RolloutConfig, RunConfig
+from polyray.config.learner import chunk_positions
 from polyray.io import ConfigError
 
 GIB = 2**30
@@ -243,8 +244,6 @@ def learner_memory(
         activations = N * shape.layers * per_layer
     activations += N * H * b  # the final hidden states of the completion positions (the head's input)
     if logits_chunk_mib:
-        from polyray.models.batching import chunk_positions
-
         rows, copies = min(chunk_positions(shape.vocab, logits_chunk_mib), N), LOGITS_COPIES["chunks"]
     else:
         rows, copies = N, LOGITS_COPIES["whole"]  # the (sequences x tokens x vocabulary) logits
@@ -432,12 +431,14 @@ def rollout_kv_note(plan: MemoryPlan, run: RunConfig) -> str:
             f" max_model_len is {rollout.max_num_seqs * rollout.max_model_len})")  # fmt: skip
 
 
-def plan_lines(learner: MemoryPlan, rollout: MemoryPlan, run: RunConfig, lengths: SequenceLengths) -> list[str]:
-    """The run header's memory plan: one line per role."""
+def plan_lines(learner: MemoryPlan | None, rollout: MemoryPlan, run: RunConfig, lengths: SequenceLengths) -> list[str]:
+    """The run header's memory plan: one line per role (no learner line for a run that trains nothing)."""
     limit = run.learner.gpu_memory_gib
     of = f" of {limit:g} GiB" if limit is not None else ""
-    lines = [f"memory plan: learner rank {learner.describe()}{of} at its largest micro-batch ({learner.what};"
-             f" sequences bounded by {lengths.source})"]  # fmt: skip
+    lines = [] if learner is None else [
+        f"memory plan: learner rank {learner.describe()}{of} at its largest micro-batch ({learner.what};"
+        f" sequences bounded by {lengths.source})"
+    ]  # fmt: skip
     limit = run.rollout.gpu_memory_gib
     of = f" of {VLLM_GPU_MEMORY_UTILIZATION:g} x {limit:g} GiB" if limit is not None and rollout.device == "gpu" else ""
     lines.append(f"memory plan: rollout worker ({rollout.device.upper()}) {rollout.describe()}{of} ({rollout.what})"
@@ -453,8 +454,9 @@ def check_run(run: RunConfig, model_config: dict[str, Any], lengths: SequenceLen
         shape = ModelShape.from_config(model_config)
     except ValueError as exc:
         raise ConfigError(f"model.source: {exc}") from None
-    learner = run_learner_memory(run, shape, lengths)
+    learner = run_learner_memory(run, shape, lengths) if run.phases else None  # none: evaluation only
     rollout = rollout_memory(shape, run.rollout, run.model.dtype)
-    check_learner(learner, run)
+    if learner is not None:
+        check_learner(learner, run)
     check_rollout(rollout, run)
     return plan_lines(learner, rollout, run, lengths)

@@ -21,13 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.checkpoint import checkpoint
 
-# Float32 logits computed at once (learner.logits_chunk_mib).
-DEFAULT_CHUNK_MIB = 256
-
-
-def chunk_positions(vocab_size: int, chunk_mib: float) -> int:
-    """Positions per chunk: as many rows of ``vocab_size`` float32 logits as fit ``chunk_mib`` MiB (at least 1)."""
-    return max(1, int(chunk_mib * 2**20) // (4 * vocab_size))
+from polyray.config.learner import DEFAULT_CHUNK_MIB, chunk_positions
 
 
 @dataclass
