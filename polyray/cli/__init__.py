@@ -75,12 +75,13 @@ def experiment(
     config: Path = typer.Argument(..., help="Experiment YAML, e.g. configs/experiments/two_phase.yaml."),
     seeds: int = typer.Option(3, "--seeds", min=1, help="Seeds per run (0..seeds-1)."),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Where outputs go (default runs/<name>/)."),
+    set_: List[str] = typer.Option([], "--set", help="Override a field of the base run: --set learner.threads=2 (repeatable)."),
 ):
     """Run every run x seed of an experiment on Ray; write experiment.json and print mean ± CI and tests."""
     from polyray.drivers.experiment import run_experiment
 
     with user_errors():
-        run_experiment(config, seeds, output_dir)
+        run_experiment(config, seeds, output_dir, set_)
 
 
 @app.command()
@@ -90,12 +91,13 @@ def sweep(
     resume: bool = typer.Option(
         False, "--resume", help="Restore the interrupted sweep in the output directory: finished trials are kept."
     ),
+    set_: List[str] = typer.Option([], "--set", help="Override a field of the base run: --set learner.threads=2 (repeatable)."),
 ):
     """Run every trial of a search space (Ray Tune, one training run per trial); write sweep.json/csv and a report."""
     from polyray.drivers.sweep import run_sweep
 
     with user_errors():
-        run_sweep(config, output_dir, resume)
+        run_sweep(config, output_dir, resume, set_)
 
 
 @model_app.command("build-tiny")

@@ -31,13 +31,14 @@ from __future__ import annotations
 import functools
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, ValidationError, model_validator
 
 from polyray.config import RunConfig
-from polyray.io import ConfigError, StrictModel, console, format_validation_error, read_yaml_mapping
+from polyray.io import ConfigError, StrictModel, apply_overrides, console, format_validation_error, read_yaml_mapping
 from polyray.drivers.sweep import merge
 from polyray.eval.stats import EQUIVALENCE_MARGIN
 
@@ -123,10 +124,11 @@ def experiment_dir(exp: ExperimentConfig, output_dir: Path | None = None) -> Pat
 
 
 def load_experiment(
-    path: str | Path, seeds: int, out: Path | None = None
+    path: str | Path, seeds: int, out: Path | None = None, overrides: Sequence[str] = ()
 ) -> tuple[ExperimentConfig, dict[tuple[str, int], RunConfig]]:
     """The experiment and one validated :class:`RunConfig` per (run, seed); a branch run's
-    ``init_adapter`` points into ``out`` (default ``runs/<name>``)."""
+    ``init_adapter`` points into ``out`` (default ``runs/<name>``). ``overrides`` (``--set`` items)
+    change the base run every run starts from."""
     path = Path(path)
     try:
         exp = ExperimentConfig.model_validate(read_yaml_mapping(path, "experiment file", allow_empty=True))
@@ -138,6 +140,7 @@ def load_experiment(
     base = read_yaml_mapping(base_path, "base run config", allow_empty=True)
     if exp.task is not None:
         base["task"] = exp.task
+    base = apply_overrides(base, list(overrides))
     configs = {}
     origins = exp.origins()
     out = experiment_dir(exp, out)
@@ -167,7 +170,9 @@ def _experiment_run_dir(params: dict[str, Any], trial_id: str) -> str:
     return f"runs/{params['run']}-s{params['seed']}"
 
 
-def run_experiment(path: str | Path, seeds: int, output_dir: Path | None = None) -> dict[str, Any]:
+def run_experiment(
+    path: str | Path, seeds: int, output_dir: Path | None = None, overrides: Sequence[str] = ()
+) -> dict[str, Any]:
     """Every run x seed as a Ray Tune trial (:func:`polyray.drivers.sweep.run_trials`). Each invocation is a
     new Tune experiment over the current runs and seeds (so added seeds or runs are scheduled);
     a run a previous invocation finished is only reported, and an unfinished one is continued."""
@@ -177,7 +182,7 @@ def run_experiment(path: str | Path, seeds: int, output_dir: Path | None = None)
 
     from polyray.drivers.sweep import error_line, run_trials, trial_params
 
-    exp, configs = load_experiment(path, seeds, output_dir)
+    exp, configs = load_experiment(path, seeds, output_dir, overrides)
     out = experiment_dir(exp, output_dir)
     out.mkdir(parents=True, exist_ok=True)
     bases = {run_name: configs[run_name, 0].model_dump(mode="json") for run_name in exp.runs}

@@ -41,14 +41,14 @@ from __future__ import annotations
 import copy
 import csv
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field, ValidationError, model_validator
 
 from polyray.config import RunConfig
-from polyray.io import ConfigError, StrictModel, console, format_validation_error, read_yaml_mapping
+from polyray.io import ConfigError, StrictModel, apply_overrides, console, format_validation_error, read_yaml_mapping
 from polyray.tracking import run_metrics, tune_callbacks
 
 TUNE_DIR = "tune"  # Tune's experiment directory under the sweep's output directory
@@ -156,9 +156,9 @@ def trial_slug(params: dict[str, Any]) -> str:
     return "".join(c if c.isalnum() or c in "=,._-" else "_" for c in slug)[:200] or "trial"
 
 
-def load_sweep(path: str | Path) -> tuple[SweepConfig, dict[str, Any]]:
-    """The sweep and its base run mapping (base + task + overrides); every grid point is validated
-    as a :class:`RunConfig` now, so a bad axis fails before anything starts."""
+def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> tuple[SweepConfig, dict[str, Any]]:
+    """The sweep and its base run mapping (base + task + the sweep's overrides + ``--set`` items);
+    every grid point is validated as a :class:`RunConfig` now, so a bad axis fails before anything starts."""
     path = Path(path)
     try:
         sweep = SweepConfig.model_validate(read_yaml_mapping(path, "sweep file", allow_empty=True))
@@ -167,7 +167,7 @@ def load_sweep(path: str | Path) -> tuple[SweepConfig, dict[str, Any]]:
     base = read_yaml_mapping((path.parent / sweep.base).resolve(), "base run config", allow_empty=True)
     if sweep.task is not None:
         base["task"] = sweep.task
-    base = merge(base, sweep.overrides)
+    base = apply_overrides(merge(base, sweep.overrides), list(overrides))
     for params in _points(sweep):
         try:
             run = RunConfig.model_validate(apply_params(base, params))
@@ -336,11 +336,14 @@ def sampled_run_dir(params: dict[str, Any], trial_id: str) -> str:
     return f"{TRIALS_DIR}/{trial_slug(params)[:160]}-{trial_id}"
 
 
-def run_sweep(path: str | Path, output_dir: Path | None = None, resume: bool = False) -> dict[str, Any]:
-    """Run every trial of the sweep at ``path`` (or continue it); write and return its summary."""
+def run_sweep(
+    path: str | Path, output_dir: Path | None = None, resume: bool = False, overrides: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Run every trial of the sweep at ``path`` (or continue it), its base run changed by ``overrides``
+    (``--set`` items); write and return its summary."""
     from ray import tune
 
-    sweep, base = load_sweep(path)
+    sweep, base = load_sweep(path, overrides)
     out = Path(output_dir or Path("runs") / sweep.name).resolve()
     restorable = tune.Tuner.can_restore(str(out / TUNE_DIR / sweep.name))
     if resume and not restorable:

@@ -52,3 +52,14 @@ def test_run_config_rewards_check_out_on_its_task(path, tmp_path):
         run = load_config(path, [f"task.path={stand_in[run.task.type]}"])
     rewards = plan(run, build_task(run.task)).rewards
     assert [r.phase for r in rewards] == [p.name for p in run.phases if p.type == "grpo"]
+
+
+def test_set_changes_every_run_of_an_experiment():
+    from polyray.drivers.experiment import load_experiment
+    from polyray.io import ConfigError
+
+    path = CONFIGS / "experiments" / "two_phase.yaml"
+    _, runs = load_experiment(path, seeds=2, overrides=["learner.threads=2"])
+    assert {run.learner.threads for run in runs.values()} == {2}
+    with pytest.raises(ConfigError, match="learner.threads"):
+        load_experiment(path, seeds=1, overrides=["learner.threads=0"])

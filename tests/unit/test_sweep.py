@@ -135,3 +135,13 @@ def test_a_trial_that_never_reported_keeps_its_parameters(tmp_path):
     assert trial_params(SimpleNamespace(config={"seed": 1}, path=None)) == {"seed": 1}
     assert error_line(RuntimeError("")) == "RuntimeError" and error_line(ValueError("a\nlast")) == "last"
     assert error_line(None) is None
+
+
+def test_set_changes_the_sweeps_base_run_and_is_validated():
+    from polyray.io import ConfigError
+
+    path = ROOT / "configs" / "sweeps" / "lambda_seed.yaml"
+    _, base = load_sweep(path, ["learner.threads=2", "phases.grpo.lr=1e-4"])
+    assert base["learner"]["threads"] == 2 and float(base["phases"][1]["lr"]) == 1e-4  # (validated per trial)
+    with pytest.raises(ConfigError, match="learner.threads"):
+        load_sweep(path, ["learner.threads=0"])
