@@ -94,6 +94,9 @@ def split_prompts(groups: Sequence[dict[str, Any]], seed: int, source: str = "da
     return shuffled_split(n, seed)
 
 
+SIMILARITY_METRICS = ("rouge1", "rouge2", "rougeL", "embedding")  # qualities the reference_similarity reward scores
+
+
 class JsonlTask(Task):
     """A task over a JSONL file; ``reward_model`` (an engagement model, optional) scores (prompt, completion)."""
 
@@ -162,7 +165,15 @@ class JsonlTask(Task):
         return ([{"role": "system", "content": system}] if system else []) + turns
 
     # ---- training ---------------------------------------------------------------------------
-    reward_name = "engagement"
+    @property
+    def reward_name(self) -> str:
+        """GRPO's default reward: the engagement model when the file has engagement values to train it on
+        (or the task's quality is engagement), else the completion's similarity to the prompt's reference
+        (``reference_similarity``, by the task's quality metric), so a plain prompt/response or chat file
+        trains every phase."""
+        if self.config.quality == "engagement" or any(g["engagement"] is not None for g in self.groups):
+            return "engagement"
+        return "reference_similarity"
 
     def engagement_model_dir(self) -> Path:
         """Where this task's engagement model is (or is trained to): the config's, else a cache entry per file."""
@@ -171,7 +182,8 @@ class JsonlTask(Task):
         return cache_root() / "engagement" / f"{data_fingerprint(self.config.path)[:16]}-seed{self.config.seed}"
 
     def reward_defaults(self) -> dict[str, dict[str, Any]]:
-        return {"engagement": {"model_path": str(self.engagement_model_dir())}}
+        metric = self.config.quality if self.config.quality in SIMILARITY_METRICS else "rougeL"
+        return {"engagement": {"model_path": str(self.engagement_model_dir())}, "reference_similarity": {"metric": metric}}
 
     def pretrain_corpus(self, n_prompts: int, noise: float, seed: int) -> list[tuple[str, str]]:
         """Every response of the train prompts (good and bad alike), each after its prompt's template.
