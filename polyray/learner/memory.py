@@ -231,10 +231,11 @@ def learner_memory(
     kl_reference: bool = False, reference_adapter: bool = False, gradient_checkpointing: bool = False,
     temperature_scaled: bool = False, device: Device = "cpu",
 ) -> MemoryPlan:  # fmt: skip
-    """One learner rank's peak memory for one micro-batch (module doc): forward and backward of ``micro``,
-    with ``kl_reference`` a no-grad reference forward between them (GRPO with ``kl_beta`` > 0), with
-    ``reference_adapter`` a frozen second adapter, with ``temperature_scaled`` the logits divided by a
-    sampling temperature other than 1 (one more copy)."""
+    """One learner rank's peak memory for one micro-batch (module doc): forward and backward of ``micro``;
+    ``kl_reference``: a no-grad reference forward between them (GRPO with ``kl_beta`` > 0; named in
+    ``what``: on top of the kept activations it holds two logits chunks and one layer's temporaries,
+    less than the backward pass's three chunks); ``reference_adapter``: a frozen second adapter;
+    ``temperature_scaled``: the logits divided by a sampling temperature other than 1 (one more copy)."""
     b = DTYPE_BYTES[dtype]
     H, N = shape.hidden, micro.tokens
     per_layer = saved_bytes_per_token(shape, b, lora, micro.padded, micro.length)

@@ -15,11 +15,13 @@ Two paths side by side: **micro-batched** (``learner.micro_batch_tokens`` fixed,
 tensor: ``micro_batch_tokens: null, logits_chunk_mib: 0``, the learner before both existed) at the
 small sizes only: its logits grow with the batch (at 64 sequences x 256 tokens two float32 copies alone
 are 20 GB). Every (path, size) runs in its own interpreter (``python -m polyray.drivers.bench.learner``),
-so one measurement's peak never carries into the next. The peak is the process's high-water resident
-memory over the step alone: the kernel's mark is reset (``/proc/self/clear_refs``) after the model
-loads, so what loading the weights touched once does not count; where the reset is refused the peak is
-the process's whole life (``resource.getrusage``), and the figures say so. Beside each measurement is the
-memory plan's estimate (:func:`polyray.learner.memory.learner_memory`) and their ratio.
+so one measurement's peak never carries into the next. A process runs one warm-up step, then the
+measured one, as a run's steps after its first (the optimizer's state exists, and the C allocator has
+settled: in a fresh process it returns large freed blocks at first, then keeps them). The peak is the
+high-water resident memory over the measured step alone: the kernel's mark is reset
+(``/proc/self/clear_refs``) after the warm-up; where the reset is refused the peak is the process's
+whole life (``resource.getrusage``), and the figures say so. Beside each measurement is the memory
+plan's estimate (:func:`polyray.learner.memory.learner_memory`) and their ratio.
 """
 
 from __future__ import annotations
@@ -306,7 +308,7 @@ def print_learner(results: dict[str, Any], console) -> None:
                         " threads; each in a fresh process")  # fmt: skip
     table.caption = (f"micro-batched: learner.micro_batch_tokens {results['micro_batch_tokens']}, logits_chunk_mib"
                      f" {results['logits_chunk_mib']:g}; whole batch: micro_batch_tokens null, logits_chunk_mib 0."
-                     " peak: high-water resident memory over the step; estimate: the memory plan")  # fmt: skip
+                     " peak: high-water resident memory over a step after a warm-up one; estimate: the memory plan")  # fmt: skip
     for col in ("sequences", "path", "peak GiB", "estimate GiB", "est. / peak", "loaded GiB", "step s", "tokens/s",
                 "tokens/CPU s"):
         table.add_column(col, justify="left" if col == "path" else "right")

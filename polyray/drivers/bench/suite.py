@@ -3,7 +3,8 @@
 The commands are ``polyray bench <part>`` (``python -m jobs.benchmark <part>`` as a Ray job):
 
 ``polyray bench all [--json out.json]``
-    every part below at its default size, then one summary table of ratios against their goals.
+    every part below at its default size (generation and learner only when named in ``--parts``), then
+    one summary table of ratios against their goals.
 ``polyray bench rollout``
     RolloutPool / a bare ``vllm.LLM`` and vLLM / transformers ``generate`` tokens/s on the same
     multi-candidate batch; the adapter sync (learner weights -> generating on every worker) against a
