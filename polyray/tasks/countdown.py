@@ -27,6 +27,7 @@ from collections import Counter
 from dataclasses import dataclass
 from fractions import Fraction
 from polyray.config.tasks import CountdownTaskConfig
+from polyray.io import ConfigError
 from polyray.tasks.base import Judgement, Prompt, Task
 
 SPLITS = ("pretrain", "train", "val", "test")
@@ -86,7 +87,11 @@ def generate_prompts(split: str, count: int, seed: int, spec: CountdownSpec = Co
     while len(prompts) < count:
         attempts += 1
         if attempts > 200 * count + 10_000:
-            raise ValueError(f"could not generate {count} distinct {split!r} prompts for {spec}; widen the number range")
+            raise ConfigError(
+                f"{'model.tiny.pretrain_prompts' if split == 'pretrain' else f'task.n_{split}'}: could not generate {count} distinct {split} prompts with numbers up to"
+                f" {spec.max_number} (task.max_number) and targets up to {spec.max_target} (task.max_target):"
+                f" ask for fewer or widen the range"
+            )
         problem = _sample_problem(rng, spec)
         if problem is None:
             continue

@@ -74,3 +74,25 @@ def test_wrong_expression_misses_target():
 def test_unknown_split():
     with pytest.raises(ValueError, match="unknown split"):
         cd.generate_prompts("dev", 1, seed=0)
+
+
+def test_too_many_prompts_for_the_number_range_is_one_line_naming_the_field():
+    from polyray.io import ConfigError
+    from polyray.tasks.countdown import CountdownSpec, generate_prompts
+
+    with pytest.raises(ConfigError, match=r"^task\.n_train: could not generate 4096 distinct train prompts .*task\.max_number"):
+        generate_prompts("train", 4096, 0, CountdownSpec(max_number=16))
+
+
+def test_every_shipped_countdown_config_draws_its_splits():
+    from pathlib import Path
+
+    from polyray.config import load_config
+    from polyray.tasks import build_task
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    for path in [*root.glob("*.yaml"), *(root / "gpu").glob("*.yaml")]:
+        run = load_config(path)
+        if run.task.type == "countdown":
+            task = build_task(run.task)
+            assert len(task.prompts("train")) == run.task.n_train and task.prompts("test"), path
