@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -252,9 +252,24 @@ def read_jsonl_rows(
     The first bad line raises, unless ``skip_bad_lines``: then bad lines are left out and
     counted in ``report``. A file with no usable row raises either way.
     """
+    return collect_rows(_iter_jsonl(path, error, MAX_JSONL_LINE_BYTES), parse_row, error, skip_bad_lines, report, path)
+
+
+def collect_rows(
+    records: Iterable[tuple[str, Any]],
+    parse_row: Callable[[Any, str], T],
+    error: type[Exception],
+    skip_bad_lines: bool,
+    report: JsonlReport | None,
+    path: str | Path,
+    unit: str = "lines",
+) -> list[T]:
+    """``parse_row(obj, where)`` of every ``(where, obj)`` record (an exception as ``obj``: a record that
+    could not be read); the first bad one raises ``error``, unless ``skip_bad_lines``: then it is left out
+    and counted in ``report``. No usable record raises either way."""
     report = report if report is not None else JsonlReport()
     rows: list[T] = []
-    for where, obj in _iter_jsonl(path, error, MAX_JSONL_LINE_BYTES):
+    for where, obj in records:
         try:
             if isinstance(obj, Exception):
                 raise obj
@@ -265,7 +280,7 @@ def read_jsonl_rows(
             report.skipped.append(str(exc))
     report.rows = len(rows)
     if not rows:
-        raise error(f"{path}: no rows" + (f" ({len(report.skipped)} bad lines skipped)" if report.skipped else ""))
+        raise error(f"{path}: no rows" + (f" ({len(report.skipped)} bad {unit} skipped)" if report.skipped else ""))
     return rows
 
 

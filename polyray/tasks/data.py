@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from polyray.io import DataError, JsonlReport, read_jsonl_rows
+from polyray.io import DataError, JsonlReport, collect_rows, read_jsonl_rows
 
 HUB_PREFIX = "hf://datasets/"
 COLUMNAR_SUFFIXES = {".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
@@ -74,19 +74,8 @@ def read_rows(
     kind = "hub" if is_hub(path_s) else COLUMNAR_SUFFIXES.get(Path(path_s).suffix.lower())
     if kind is None:
         return read_jsonl_rows(path_s, parse, JsonlDataError, skip_bad_lines, report)
-    report = report if report is not None else JsonlReport()
-    rows: list[JsonlRow] = []
-    for i, obj in enumerate(_columnar_records(path_s, kind), start=1):
-        try:
-            rows.append(parse(obj, f"{path_s} row {i}"))
-        except JsonlDataError as exc:
-            if not skip_bad_lines:
-                raise
-            report.skipped.append(str(exc))
-    report.rows = len(rows)
-    if not rows:
-        raise JsonlDataError(f"{path_s}: no rows" + (f" ({len(report.skipped)} bad rows skipped)" if report.skipped else ""))
-    return rows
+    records = ((f"{path_s} row {i}", obj) for i, obj in enumerate(_columnar_records(path_s, kind), start=1))
+    return collect_rows(records, parse, JsonlDataError, skip_bad_lines, report, path_s, unit="rows")
 
 
 def _columnar_records(path: str, kind: str):

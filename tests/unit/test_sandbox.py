@@ -17,6 +17,7 @@ import pytest
 
 from polyray import sandbox as sb
 from polyray.reward.code_exec import humaneval_problems, run_humaneval_check
+from processes import processes_with
 
 pytestmark = pytest.mark.slow  # ~25 s: every hostile case runs in each isolation mode
 
@@ -202,14 +203,7 @@ def test_escaped_background_processes_are_killed(mode):
         """,
     )
     assert result.status == "passed", result
-    survivors = []
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if marker.encode() in f.read():
-                    survivors.append(entry)
-        except OSError:
-            continue
+    survivors = processes_with(marker)
     assert not survivors, f"background processes outlived the sandbox: {survivors}"
 
 

@@ -17,6 +17,7 @@ import pytest
 
 from polyray import sandbox as sb
 from polyray.tasks.humaneval import humaneval_problems, run_humaneval_check
+from processes import processes_with
 
 pytestmark = pytest.mark.slow  # ~30 s: a few dozen sandboxes per mode
 
@@ -188,14 +189,7 @@ def test_setsid_child_does_not_outlive_the_judge(mode):
         return True
     """)
     judge("HumanEval/0", completion)
-    survivors = []
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if marker.encode() in f.read():
-                    survivors.append(entry)
-        except OSError:
-            continue
+    survivors = processes_with(marker)
     assert not survivors, f"processes outlived the sandbox: {survivors}"
 
 
