@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from polyray.sandbox import detect_isolation
+
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -172,7 +174,7 @@ def test_listing_health_and_openapi(http):
     assert {"countdown", "code_exec", "engagement", "length"} <= set(listing)
     assert listing["length"]["params"]["max_length"]["default"] == 60
     assert listing["engagement"]["server_only_params"] == ["model_path"]
-    assert http.get("/healthz").json() == {"status": "ok"}
+    assert http.get("/healthz").json() == {"status": "ok", "sandbox": detect_isolation()}  # the mode code runs in
     spec = http.get("/openapi.json").json()
     assert "/v1/rewards" in spec["paths"] and "post" in spec["paths"]["/v1/rewards"]
     assert "RewardRequest" in json.dumps(spec["components"])
@@ -324,6 +326,6 @@ def test_fuzz_never_5xx(reward_schema, service):
 
 
 def test_service_healthy_after_fuzzing(http):
-    assert http.get("/healthz").json() == {"status": "ok"}
+    assert http.get("/healthz").json() == {"status": "ok", "sandbox": detect_isolation()}  # the mode code runs in
     r = http.post("/v1/rewards", json={"reward": "countdown", "items": [{"prompt": "nums 3 4 9 target 12\nexpr:", "completion": " 3+9"}]})
     assert r.status_code == 200 and r.json()["scores"] == [1.0]
