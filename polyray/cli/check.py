@@ -118,7 +118,13 @@ def plan_lines(run, problems: list[str] | None = None) -> list[str]:
     where = run.cluster.address or "a local Ray cluster" + (f" of {run.cluster.num_cpus} CPUs" if run.cluster.num_cpus else "")
     lines.append(f"  reserved at most: {cpus:g} CPU on {where}")
     lines.append(f"evaluation: pass@k for k in {list(run.eval.ks)}, {run.eval.n_samples} samples per prompt")
-    lines += memory_plan_lines(run)
+    try:
+        lines += memory_plan_lines(run)
+    except ConfigError as exc:  # cannot fit its declared GPU memory: shown like a data problem
+        if problems is None:
+            raise
+        problems.append(str(exc))
+        lines.append(f"memory plan: error: {exc}")
     return lines
 
 

@@ -89,3 +89,12 @@ def test_version():
 def test_serve_help_names_both_services():
     result = CliRunner().invoke(app, ["--help"])
     assert "reward service" in result.output and "generation service" in result.output
+
+
+def test_a_config_that_cannot_fit_its_gpu_is_one_error_line():
+    result = CliRunner().invoke(app, ["check", "-q", str(ROOT / "configs/quickstart.yaml"), "--set", "learner.use_gpu=true",
+                                      "--set", "learner.gpu_memory_gib=0.5"])  # fmt: skip
+    assert result.exit_code == 2, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("error: model.dtype: a learner rank needs") and "learner.gpu_memory_gib 0.5" in last
+    assert "Traceback" not in result.output
