@@ -17,7 +17,7 @@ import pytest
 
 from polyray import sandbox as sb
 from polyray.reward.code_exec import humaneval_problems, run_humaneval_check
-from processes import processes_with
+from processes import listener, processes_with
 
 pytestmark = pytest.mark.slow  # ~25 s: every hostile case runs in each isolation mode
 
@@ -115,12 +115,7 @@ def test_cannot_read_service_files_or_environment(mode, tmp_path, monkeypatch):
 
 
 def test_cannot_open_a_network_connection(mode):
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(1)
-    server.settimeout(0.5)
-    port = server.getsockname()[1]
-    try:
+    with listener() as (server, port):
         result = run(
             mode,
             f"""
@@ -135,8 +130,6 @@ def test_cannot_open_a_network_connection(mode):
         assert "CONNECTED" not in result.stdout and "refused" in result.stdout, result
         with pytest.raises(socket.timeout):
             server.accept()
-    finally:
-        server.close()
     assert_service_healthy(mode)
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from polyray import sandbox as sb
 from polyray.tasks.humaneval import humaneval_problems, run_humaneval_check
-from processes import processes_with
+from processes import listener, processes_with
 
 pytestmark = pytest.mark.slow  # ~30 s: a few dozen sandboxes per mode
 
@@ -137,12 +137,7 @@ def test_honest_values_cross_the_boundary_but_nothing_else():
 def test_rlimits_guard_bypass_is_contained_in_namespace_modes(mode, monkeypatch):
     """The audit-hook bypass switches off rlimits mode's guard; namespaces do not depend on it."""
     monkeypatch.setenv("POLYRAY_HOSTILE_SECRET", SECRET)
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(1)
-    server.settimeout(0.5)
-    port = server.getsockname()[1]
-    try:
+    with listener() as (server, port):
         result = run(
             mode,
             f"""
@@ -170,8 +165,6 @@ def test_rlimits_guard_bypass_is_contained_in_namespace_modes(mode, monkeypatch)
         assert SECRET not in result.stdout + result.stderr and "CONNECTED" not in result.stdout, result
         with pytest.raises(socket.timeout):
             server.accept()
-    finally:
-        server.close()
 
 
 def test_status_pipe_forgery_cannot_turn_a_failure_into_a_pass(mode):
