@@ -45,7 +45,7 @@ from polyray.eval.stats import EQUIVALENCE_MARGIN
 if TYPE_CHECKING:
     from polyray.eval.record import EvalRecord
 
-METRICS = ("pass@1", "pass@5", "pass@10", "usq@5", "reward_mean", "distinct_frac")
+METRICS = ("pass@1", "pass@5", "pass@10", "usq@5", "reward_mean", "distinct_samples")
 
 
 class ExperimentConfig(StrictModel):
@@ -417,9 +417,6 @@ def report_results(exp: ExperimentConfig, summary: dict[str, Any], out: Path) ->
     }
 
 
-# display names: one name per measure (docs/algorithms.md §4-5), the same in every table
-LABELS = {"reward_mean": "reward", "distinct_frac": "distinct samples",
-          "diversity/countdown_expr": "distinct expressions"}
 
 
 def _p(entry: dict[str, Any], key: str) -> str:
@@ -438,6 +435,8 @@ def summary_table(summary: dict[str, Any]):
     from rich.console import Group
     from rich.table import Table
 
+    from polyray.eval.record import metric_label
+
     models = summary["models"]
     div = sorted({m for v in models.values() for m in v if m.startswith("diversity/")})
     table = Table(title=f"experiment {summary['name']}: mean ±95% t-interval over {summary['seeds']} seeds "
@@ -445,7 +444,7 @@ def summary_table(summary: dict[str, Any]):
     table.add_column("model", no_wrap=True)
     table.add_column("seeds", justify="right", no_wrap=True)
     for m in [*METRICS, *div]:
-        table.add_column(LABELS.get(m, m.replace("diversity/", "")), justify="right", no_wrap=True)
+        table.add_column(metric_label(m), justify="right", no_wrap=True)
     for label, v in models.items():
         cells = []
         for m in [*METRICS, *div]:
@@ -479,7 +478,7 @@ def summary_table(summary: dict[str, Any]):
                 f"{'yes' if eq else 'not shown'} ±{o['equivalence_margin']:g}, p {_p(o, 'tost_p')}"
             boot = e["within_seed"].get("hierarchical_bootstrap")
             tests.add_row(
-                name, LABELS.get(m, m), ",".join(map(str, c["seeds"])),
+                name, metric_label(m), ",".join(map(str, c["seeds"])),
                 f"{e['difference']:+.3f} {_interval(*o['ci95'])}",
                 ("paired " if paired else "Welch ") + _p(o, t_key),
                 ("Wilcoxon " if paired else "M-W ") + _p(o, rank_key),

@@ -88,12 +88,20 @@ def _table_columns(results: dict[str, Any]) -> tuple[list[int], int | None, list
 
 
 def _table_rows(results: dict[str, Any]) -> tuple[list[str], list[tuple[str, list[Any]]]]:
+    """Columns pass@k, USQ@k, distinct samples (where measured), each diversity; one name per measure
+    (:func:`polyray.eval.record.metric_label`: "distinct samples" is not "distinct expressions")."""
+    from polyray.eval.record import metric_label
+
     ks, usq_k, divs = _table_columns(results)
-    header = [f"pass@{k}" for k in ks] + ([f"USQ@{usq_k}"] if usq_k else []) + divs
+    models = report_models(results)
+    distinct = any(m.distinct_samples is not None for m in models.values())
+    header = ([f"pass@{k}" for k in ks] + ([f"USQ@{usq_k}"] if usq_k else [])
+              + ([metric_label("distinct_samples")] if distinct else []) + [metric_label(d) for d in divs])  # fmt: skip
     rows = []
-    for name, m in report_models(results).items():
+    for name, m in models.items():
         curve, usq, dv = m.pass_at_k, m.usq_at_k, m.diversity
-        cells = [curve.get(k) for k in ks] + ([usq.get(usq_k)] if usq_k else []) + [dv.get(d) for d in divs]
+        cells = ([curve.get(k) for k in ks] + ([usq.get(usq_k)] if usq_k else [])
+                 + ([m.distinct_samples] if distinct else []) + [dv.get(d) for d in divs])  # fmt: skip
         rows.append((name, cells))
     return header, rows
 

@@ -367,7 +367,7 @@ def test_report_marks_the_pass1_pass10_frontier_and_chains_branch_dynamics(tmp_p
     summary = aggregate(exp, configs, out, seeds=2)
     assert summary["pareto_pass1_pass10"] == ["sft", "a"]
     assert summary["models"]["a"]["usq@5"]["mean"] == pytest.approx(0.2)
-    assert summary["models"]["b"]["distinct_frac"]["values"] == [0.5, 0.5]
+    assert summary["models"]["b"]["distinct_samples"]["values"] == [0.5, 0.5]  # read from the old key
     results = report_results(exp, summary, out)
     a_steps = [(r["phase"], r["global_step"]) for r in results["dynamics"] if r["run"] == "a"]
     assert a_steps == [("sft", 0), ("sft", 20), ("sft", 40), ("grpo", 41), ("grpo", 91)]
