@@ -30,7 +30,13 @@ Aggregation = Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_n
 
 class AdvantageConfigBase(StrictModel):
     """What every estimator's config answers: whether its parameters fit a group, and whether it
-    needs binary rewards (checked against the phase's reward before a run starts)."""
+    needs binary rewards (checked against the phase's reward before a run starts); and the one
+    setting every estimator has, ``match_group_scale``."""
+
+    match_group_scale: bool = Field(
+        False, description="Rescale the advantages, per step, to the mean |A| that group (r − mean)/(std + eps)"
+        " gives the same rewards: the same step size as group, only the direction differs."
+    )
 
     def check_group(self, group_size: int) -> None:
         """Raise ValueError when this estimator cannot run on groups of ``group_size`` samples."""

@@ -24,6 +24,13 @@ fixed (``conditional_on``). Prompts enter only within a seed: per seed a test pa
 and a bootstrap drawing seeds and one set of the shared prompts per resample for a CI of the
 mean difference over seeds and prompts. Pooling prompts across seeds into one test would count
 every test prompt once per seed and every run as more prompts.
+
+Selection (``select``) is on validation only. A selection names candidate models, a validation
+metric (``val/<m>``: each candidate run's last dynamics-probe measurement of its phase, on the
+task's validation prompts) and a mode. The candidate with the best mean over seeds is reported
+under the selection's label, with ``selected_on: validation`` and every candidate's value in
+``selections``. The candidates' test evaluations are not read: the test set enters the table only
+for what was chosen, once. A test-set metric is refused when the file is read.
 """
 
 from __future__ import annotations
@@ -35,17 +42,31 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from polyray.config import RunConfig
 from polyray.io import ConfigError, StrictModel, apply_overrides, console, format_validation_error, read_yaml_mapping
-from polyray.drivers.sweep import merge
+from polyray.drivers.sweep import SELECTED_ON, check_selection_metric, merge
 from polyray.eval.stats import EQUIVALENCE_MARGIN
 
 if TYPE_CHECKING:
     from polyray.eval.record import EvalRecord
 
-METRICS = ("pass@1", "pass@5", "pass@10", "usq@5", "reward_mean", "distinct_frac")
+METRICS = ("pass@1", "pass@5", "pass@10", "usq@5", "reward_mean", "distinct_samples")
+
+
+class Selection(StrictModel):
+    """One model chosen among candidates on validation, reported under the selection's label."""
+
+    among: list[str] = Field(..., min_length=2, description="Candidate model labels (from models).")
+    metric: str = Field("val/pass@1", description="Validation metric (val/<m>, the dynamics probe's last"
+                        " measurement of the candidate's phase); mean over seeds.")
+    mode: str = Field("max", pattern="^(max|min)$", description="max or min.")
+
+    @field_validator("metric")
+    @classmethod
+    def _on_validation(cls, metric: str) -> str:
+        return check_selection_metric(metric)
 
 
 class ExperimentConfig(StrictModel):
@@ -61,6 +82,10 @@ class ExperimentConfig(StrictModel):
         " from that run's adapter after that phase, of the same seed."
     )
     models: dict[str, str] = Field(..., description="Model label -> 'run/phase' ('base' before any phase).")
+    select: dict[str, Selection] = Field(
+        default_factory=dict, description="Label -> a model chosen among candidate models on validation (never on"
+        " test); the chosen one is reported under the label, the candidates are not reported."
+    )
     compare: list[tuple[str, str]] = Field(default_factory=list, description="(treatment, control) model labels.")
     max_concurrent: int = Field(1, ge=1, description="Runs (Tune trials) executing at once on the cluster.")
     equivalence_margin: float | dict[str, float] = Field(
@@ -81,10 +106,24 @@ class ExperimentConfig(StrictModel):
             run, _, phase = ref.partition("/")
             if run not in self.runs or not phase:
                 raise ValueError(f"models.{label}: {ref!r} is not 'run/phase' with a run from runs ({sorted(self.runs)})")
+        seen: dict[str, str] = {}
+        for label, sel in self.select.items():
+            if label in self.models:
+                raise ValueError(f"select.{label}: the label is also a model's; name the selection apart")
+            for cand in sel.among:
+                if cand not in self.models:
+                    raise ValueError(f"select.{label}.among: unknown model {cand!r} (models: {sorted(self.models)})")
+                if cand in seen:
+                    raise ValueError(f"select.{label}.among: {cand!r} is already a candidate of select.{seen[cand]}")
+                seen[cand] = label
+        reported = self.reported_labels()
         for pair in self.compare:
             for label in pair:
-                if label not in self.models:
-                    raise ValueError(f"compare: unknown model {label!r} (models: {sorted(self.models)})")
+                if label in seen:
+                    raise ValueError(f"compare: {label!r} is a candidate of select.{seen[label]}, not reported;"
+                                     f" compare {seen[label]!r}")  # fmt: skip
+                if label not in reported:
+                    raise ValueError(f"compare: unknown model {label!r} (models: {sorted(reported)})")
         margins = self.equivalence_margin
         margins = margins if isinstance(margins, dict) else {"*": margins}
         for metric, margin in margins.items():
@@ -100,6 +139,11 @@ class ExperimentConfig(StrictModel):
             return float(self.equivalence_margin.get(metric, EQUIVALENCE_MARGIN))
         return float(self.equivalence_margin)
 
+
+    def reported_labels(self) -> list[str]:
+        """The labels of the table, in order: each model, a selection in place of its first candidate."""
+        owner = {cand: label for label, sel in self.select.items() for cand in sel.among}
+        return list(dict.fromkeys(owner.get(label, label) for label in self.models))
 
     def origins(self) -> dict[str, str]:
         """Branch run -> the 'run/phase' it starts from."""
@@ -163,7 +207,57 @@ def load_experiment(
         run, _, phase = origin.partition("/")
         if phase not in {p.name for p in configs[run, 0].phases}:
             raise ConfigError(f"{path}: runs.{name}.from: run {run!r} has no phase {phase!r}")
+    for label, sel in exp.select.items():
+        for cand in sel.among:
+            _check_selection(configs, exp.models[cand], sel.metric, f"{path}: select.{label}: {cand}")
     return exp, configs
+
+
+def _check_selection(configs: dict[tuple[str, int], RunConfig], ref: str, metric: str, where: str) -> None:
+    """The candidate ``ref`` (run/phase) measures ``metric`` on validation: its run's dynamics probe is on
+    and measures that metric, and the phase is a trained one (``base`` has no probe)."""
+    run_name, _, phase = ref.partition("/")
+    run = configs[run_name, 0]
+    if phase == "base" or not run.dynamics.every:
+        raise ConfigError(f"{where}: {ref} has no validation measurement (set dynamics.every in runs.{run_name}"
+                          " and select a trained phase)")  # fmt: skip
+    name = metric.removeprefix("val/")
+    known = [f"pass@{k}" for k in run.dynamics.ks] + ["reward_mean"] + [f"diversity/{m}" for m in run.dynamics.metrics]
+    if name not in known:
+        raise ConfigError(f"{where}: the dynamics probe of runs.{run_name} measures {known}, not {name!r}")
+
+
+def select_models(exp: ExperimentConfig, out: Path, seeds: int) -> dict[str, dict[str, Any]]:
+    """Per selection, its candidates' validation values per seed (the phase's last dynamics-probe
+    measurement, :func:`polyray.tracking.run_metrics`) and the one with the best mean over the seeds
+    that measured it (ties: the first listed); no test record is read."""
+    from polyray.tracking import run_metrics
+
+    selections: dict[str, dict[str, Any]] = {}
+    for label, sel in exp.select.items():
+        among: dict[str, dict[str, Any]] = {}
+        for cand in sel.among:
+            run_name, _, phase = exp.models[cand].partition("/")
+            have = {}
+            for seed in range(seeds):
+                value = run_metrics({}, out / "runs" / f"{run_name}-s{seed}").get(f"{phase}/{sel.metric}")
+                if value is not None:
+                    have[seed] = float(value)
+            among[cand] = {"run": exp.models[cand], "seeds": sorted(have), "values": [have[s] for s in sorted(have)],
+                           "mean": sum(have.values()) / len(have) if have else None}  # fmt: skip
+        scored = [c for c in sel.among if among[c]["mean"] is not None]
+        sign = 1.0 if sel.mode == "max" else -1.0
+        chosen = max(scored, key=lambda c: sign * among[c]["mean"]) if scored else None
+        selections[label] = {"chosen": chosen, "run": exp.models[chosen] if chosen else None, "metric": sel.metric,
+                             "mode": sel.mode, "selected_on": SELECTED_ON, "among": among}  # fmt: skip
+    return selections
+
+
+def reported_models(exp: ExperimentConfig, selections: dict[str, dict[str, Any]]) -> dict[str, str | None]:
+    """Label -> 'run/phase' of every model of the table: a selection's chosen candidate under its label
+    (None when no candidate was measured), the candidates themselves left out."""
+    return {label: selections[label]["run"] if label in exp.select else exp.models[label]
+            for label in exp.reported_labels()}  # fmt: skip
 
 
 def _experiment_run_dir(params: dict[str, Any], trial_id: str) -> str:
@@ -275,14 +369,17 @@ def _texts(phase: EvalRecord) -> list[str | None]:
     return [r.prompt for r in phase.per_prompt or []]
 
 
-def _load_phases(exp: ExperimentConfig, out: Path, seeds: int) -> dict[str, dict[int, EvalRecord]]:
-    """Per model label, seed -> its phase's evaluation record; a seed whose results.json lacks the phase is absent."""
+def _load_phases(refs: dict[str, str | None], out: Path, seeds: int) -> dict[str, dict[int, EvalRecord]]:
+    """Per reported model label, seed -> its phase's test evaluation record; a seed whose results.json
+    lacks the phase is absent (every seed, for a selection with nothing chosen)."""
     from polyray.drivers.run import read_results
 
     per_seed: dict[str, dict[int, EvalRecord]] = {}
-    for label, ref in exp.models.items():
-        run_name, _, phase = ref.partition("/")
+    for label, ref in refs.items():
         per_seed[label] = {}
+        if ref is None:
+            continue
+        run_name, _, phase = ref.partition("/")
         for seed in range(seeds):
             try:
                 results = read_results(out / "runs" / f"{run_name}-s{seed}" / "results.json")
@@ -311,12 +408,17 @@ def aggregate(exp: ExperimentConfig, configs, out: Path, seeds: int) -> dict[str
         mean_ci,
     )
 
-    phases = _load_phases(exp, out, seeds)
+    selections = select_models(exp, out, seeds)  # on validation, before any test record is read
+    refs = reported_models(exp, selections)
+    phases = _load_phases(refs, out, seeds)
     models: dict[str, Any] = {}
     for label, by_seed in phases.items():
         have = sorted(by_seed)
-        entry: dict[str, Any] = {"run": exp.models[label], "n_seeds": len(have), "seeds": have,
+        entry: dict[str, Any] = {"run": refs[label], "n_seeds": len(have), "seeds": have,
                                  "missing_seeds": [s for s in range(seeds) if s not in by_seed]}
+        if label in selections:
+            entry.update(selected_on=SELECTED_ON, selected=selections[label]["chosen"],
+                         among=list(selections[label]["among"]))
         models[label] = entry
         if not have:
             continue
@@ -361,7 +463,7 @@ def aggregate(exp: ExperimentConfig, configs, out: Path, seeds: int) -> dict[str
     summary = {"name": exp.name, "seeds": seeds, "confidence": CONFIDENCE, "alpha": ALPHA,
                "conditional_on": {"over_seeds": CONDITIONAL_ON_TEST_PROMPTS,
                                   "over_seeds_and_prompts": CONDITIONAL_ON_NOTHING},
-               "holm_family_sizes": holm, "models": models, "comparisons": comparisons}
+               "holm_family_sizes": holm, "models": models, "comparisons": comparisons, "selections": selections}
     summary["pareto_pass1_pass10"] = pareto_frontier_labels(summary)
     return summary
 
@@ -374,7 +476,8 @@ def pareto_frontier_labels(summary: dict[str, Any], x: str = "pass@1", y: str = 
     return [p[0] for p, on in zip(points, pareto_frontier(points)) if on]
 
 
-def _dynamics_records(exp: ExperimentConfig, out: Path, seed: int = 0) -> list[dict[str, Any]]:
+def _dynamics_records(exp: ExperimentConfig, out: Path, seed: int = 0,
+                      refs: dict[str, str | None] | None = None) -> list[dict[str, Any]]:
     """Seed ``seed``'s diversity dynamics per model, labelled by model; a branch run's records follow
     those of the run it branches from (its steps after that run's), so a recipe reads SFT then GRPO."""
     from polyray.eval.analysis import load_dynamics
@@ -385,7 +488,9 @@ def _dynamics_records(exp: ExperimentConfig, out: Path, seed: int = 0) -> list[d
         return load_dynamics(path) if path.is_file() else []
 
     origins, records = exp.origins(), []
-    for label, ref in exp.models.items():
+    for label, ref in (exp.models if refs is None else refs).items():
+        if ref is None:
+            continue
         run, _, phase = ref.partition("/")
         rows = [r for r in load(run) if r["phase"] == phase or phase == "base"]
         if run in origins:
@@ -401,25 +506,28 @@ def report_results(exp: ExperimentConfig, summary: dict[str, Any], out: Path) ->
     """The experiment as the evaluation report's ``results`` (polyray.eval.report): per model mean
     and 95% t-interval over seeds (conditional on the test prompts) of pass@k, USQ and diversity;
     the comparisons' tests over seeds (``seed_comparisons``); the Pareto figure is pass@1 against
-    pass@10 (both maximised); the dynamics are seed 0's."""
+    pass@10 (both maximised); the dynamics are seed 0's; ``selection``: what was chosen on validation."""
     from polyray.eval.record import records_from_summaries
 
     models = records_from_summaries(summary["models"])
     real = list(dict.fromkeys(d for m in models.values() for d in sorted(m.diversity)))
+    selections = summary.get("selections") or {}
+    refs = {label: m.get("run") for label, m in summary["models"].items()}
+    note = "; ".join(f"{label} = {s['chosen']} selected on {s['selected_on']}" for label, s in selections.items())
     return {
-        "title": f"polyray experiment: {summary['name']} (mean and 95% t-interval over {summary['seeds']} seeds,"
-                 " conditional on the test prompts)",
+        "title": f"polyray experiment: {summary['name']} (test set: mean and 95% t-interval over {summary['seeds']}"
+                 " seeds, conditional on the test prompts" + (f"; {note}" if note else "") + ")",
         "models": models,
         "table": {"diversity": sorted(real)},
         "pareto": {"diversity": "pass@10", "quality_label": "pass@1"},
-        "dynamics": _dynamics_records(exp, out),
+        "dynamics": _dynamics_records(exp, out, refs=refs),
         "seed_comparisons": summary.get("comparisons") or {},
+        "selection": [{"what": label, "chosen": s["chosen"] or "none measured", "metric": s["metric"],
+                       "selected_on": s["selected_on"], "among": {c: a["mean"] for c, a in s["among"].items()}}
+                      for label, s in selections.items()],
     }
 
 
-# display names: one name per measure (docs/algorithms.md §4-5), the same in every table
-LABELS = {"reward_mean": "reward", "distinct_frac": "distinct samples",
-          "diversity/countdown_expr": "distinct expressions"}
 
 
 def _p(entry: dict[str, Any], key: str) -> str:
@@ -438,6 +546,8 @@ def summary_table(summary: dict[str, Any]):
     from rich.console import Group
     from rich.table import Table
 
+    from polyray.eval.record import metric_label
+
     models = summary["models"]
     div = sorted({m for v in models.values() for m in v if m.startswith("diversity/")})
     table = Table(title=f"experiment {summary['name']}: mean ±95% t-interval over {summary['seeds']} seeds "
@@ -445,7 +555,7 @@ def summary_table(summary: dict[str, Any]):
     table.add_column("model", no_wrap=True)
     table.add_column("seeds", justify="right", no_wrap=True)
     for m in [*METRICS, *div]:
-        table.add_column(LABELS.get(m, m.replace("diversity/", "")), justify="right", no_wrap=True)
+        table.add_column(metric_label(m), justify="right", no_wrap=True)
     for label, v in models.items():
         cells = []
         for m in [*METRICS, *div]:
@@ -457,6 +567,11 @@ def summary_table(summary: dict[str, Any]):
             else:
                 cells.append(f"{cell['mean']:.3f}")
         table.add_row(label, str(v.get("n_seeds", 0)), *cells)
+    selections = summary.get("selections") or {}
+    if selections:  # what the table holds that was chosen, and on which split
+        table.caption = "; ".join(
+            f"{label} = {s['chosen'] or 'none measured'}, selected on {s['selected_on']} by mean {s['metric']} over"
+            f" seeds among {', '.join(s['among'])}" for label, s in selections.items())  # fmt: skip
     comparisons = summary.get("comparisons") or {}
     if not comparisons:
         return table
@@ -479,7 +594,7 @@ def summary_table(summary: dict[str, Any]):
                 f"{'yes' if eq else 'not shown'} ±{o['equivalence_margin']:g}, p {_p(o, 'tost_p')}"
             boot = e["within_seed"].get("hierarchical_bootstrap")
             tests.add_row(
-                name, LABELS.get(m, m), ",".join(map(str, c["seeds"])),
+                name, metric_label(m), ",".join(map(str, c["seeds"])),
                 f"{e['difference']:+.3f} {_interval(*o['ci95'])}",
                 ("paired " if paired else "Welch ") + _p(o, t_key),
                 ("Wilcoxon " if paired else "M-W ") + _p(o, rank_key),

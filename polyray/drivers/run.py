@@ -67,7 +67,10 @@ def train_stage(
 
 
 def results_table(results: dict[str, Any], ks: list[int]) -> Table:
-    """The test-set table: per stage pass@k, USQ at the largest k, mean reward, distinct fraction."""
+    """The test-set table: per stage pass@k, USQ at the largest k, mean reward, distinct samples and,
+    where measured, distinct expressions (two measures, two names: :data:`polyray.eval.record.METRIC_LABELS`)."""
+    from polyray.eval.record import metric_label
+
     table = Table(title="polyray run: test-set evaluation")
     table.add_column("model")
     for k in ks:
@@ -76,13 +79,18 @@ def results_table(results: dict[str, Any], ks: list[int]) -> Table:
     for k in usq:
         table.add_column(f"usq@{k}", justify="right")
     table.add_column("reward", justify="right")
-    table.add_column("distinct", justify="right")
+    table.add_column(metric_label("distinct_samples"), justify="right")
+    exprs = any("countdown_expr" in r.diversity for r in results["phases"].values())
+    if exprs:
+        table.add_column(metric_label("diversity/countdown_expr"), justify="right")
     nan = float("nan")
     for name, r in results["phases"].items():
+        distinct = r.distinct_samples.mean if r.distinct_samples is not None else nan
+        expr = [f"{r.diversity['countdown_expr'].mean if 'countdown_expr' in r.diversity else nan:.2f}"] if exprs else []
         table.add_row(
             name, *[f"{r.pass_at_k[k].mean:.3f}" for k in ks],
             *[f"{r.usq_at_k[k].mean if k in r.usq_at_k else nan:.3f}" for k in usq],
-            f"{r.reward_mean.mean:.3f}", f"{r.distinct_frac.mean:.2f}",
+            f"{r.reward_mean.mean:.3f}", f"{distinct:.2f}", *expr,
         )  # fmt: skip
     return table
 

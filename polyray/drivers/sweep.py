@@ -27,8 +27,14 @@ already recorded as finished is not run again, and a trial whose run had finishe
 Tune starts a trial in its own directory; the trial changes back to where the sweep was started,
 so relative paths in the config are the user's.
 
+Selection. The objective is a validation metric (``val/<m>``: the dynamics probe's last
+measurement of the phase on the task's validation prompts); a test metric is refused when the sweep
+file is read. The chosen setting (``selected``) is the setting of the non-seed axes with the best
+mean objective over its seeds, with ``selected_on: validation``; the test set only reports, in one
+table of every setting's test evaluation, where the chosen one is marked and no choice is made.
+
 Outputs (``<out>/``): ``sweep.json`` and ``sweep.csv`` (every trial's parameters and metrics), the
-best trial by the objective, and ``report.html`` in the evaluation job's report format: per
+selected setting and the best trial by the objective, and ``report.html`` in the evaluation job's report format: per
 setting of the non-seed axes the mean and 95% t-interval over seeds of pass@k, USQ and
 diversity (conditional on the evaluation prompts, which every seed shares: the interval is about
 new training runs on these prompts, ``conditional_on`` in sweep.json), pass@k against the swept
@@ -45,7 +51,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from polyray.config import RunConfig
 from polyray.io import ConfigError, StrictModel, apply_overrides, console, format_validation_error, read_yaml_mapping
@@ -95,16 +101,34 @@ class Axis(StrictModel):
         return tune.uniform(low, high) if kind == "uniform" else tune.loguniform(low, high)
 
 
+SELECTED_ON = "validation"  # the only split a sweep or an experiment selects on
+
+
 class Objective(StrictModel):
-    """What "best" means: a metric of one phase, on the validation prompts by default."""
+    """What "best" means: a metric of one phase on the validation prompts (never the test set)."""
 
     phase: str | None = Field(None, description="Phase whose evaluation counts (default: the last phase).")
     metric: str = Field(
         "val/pass@1",
-        description="val/<m>: the phase's last validation measurement (dynamics probe); <m>: its test evaluation"
-        " (pass@k, usq@k, reward_mean, diversity/<name>). Select on validation, report on test.",
+        description="val/<m>: the phase's last validation measurement (dynamics probe: pass@k, reward_mean,"
+        " diversity/<name>). Selection is on validation only; the test set reports the chosen setting.",
     )
     mode: str = Field("max", pattern="^(max|min)$", description="max or min.")
+
+    @field_validator("metric")
+    @classmethod
+    def _on_validation(cls, metric: str) -> str:
+        return check_selection_metric(metric)
+
+
+def check_selection_metric(metric: str) -> str:
+    """``metric`` when it is measured on validation (``val/<m>``); ValueError (one line) when on the test set."""
+    if not metric.startswith("val/"):
+        raise ValueError(
+            f"{metric!r} is measured on the test set; select on validation (val/{metric}),"
+            " the test set reports what was chosen"
+        )
+    return metric
 
 
 class SweepConfig(StrictModel):
@@ -190,12 +214,10 @@ def _check_objective(objective: Objective, run: RunConfig, path: Path) -> None:
     phases = [p.name for p in run.phases]
     if objective.phase is not None and objective.phase not in ["base", *phases]:
         raise ConfigError(f"{path}: objective.phase: no phase {objective.phase!r} (phases: {phases})")
-    if not objective.metric.startswith("val/"):
-        return
     if not run.dynamics.every or (objective.phase or (phases or ["base"])[-1]) == "base":
         raise ConfigError(
             f"{path}: objective.metric {objective.metric!r} is measured on validation prompts by the dynamics"
-            " probe during a phase: set dynamics.every (e.g. to the phases' steps) in overrides, or choose a test metric"
+            " probe during a phase: set dynamics.every (e.g. to the phases' steps) in overrides"
         )
     name = objective.metric.removeprefix("val/")
     known = [f"pass@{k}" for k in run.dynamics.ks] + ["reward_mean"] + [f"diversity/{m}" for m in run.dynamics.metrics]
@@ -375,8 +397,8 @@ def _objective_key(sweep: SweepConfig, run: RunConfig) -> str:
 
 
 def summarise(sweep: SweepConfig, run: RunConfig, grid) -> dict[str, Any]:
-    """Every trial (parameters, metrics, status), the best one, and per setting of the non-seed axes
-    the mean and 95% t-interval over seeds."""
+    """Every trial (parameters, metrics, status), the best one, per setting of the non-seed axes
+    the mean and 95% t-interval over seeds, and the setting selected on validation."""
     objective = _objective_key(sweep, run)
     trials = []
     for result in grid:
@@ -386,9 +408,27 @@ def summarise(sweep: SweepConfig, run: RunConfig, grid) -> dict[str, Any]:
     scored = [t for t in trials if objective in t["metrics"]]
     sign = 1.0 if sweep.objective.mode == "max" else -1.0
     best = max(scored, key=lambda t: sign * t["metrics"][objective]) if scored else None
-    return {"name": sweep.name, "objective": {"key": objective, "mode": sweep.objective.mode},
-            "axes": list(sweep.space), "trials": trials, "best": best, "settings": settings(trials),
-            "conditional_on": CONDITIONAL_ON}  # fmt: skip
+    if best is not None:
+        best = {**best, "selected_on": SELECTED_ON}
+    grouped = settings(trials)
+    return {"name": sweep.name, "objective": {"key": objective, "mode": sweep.objective.mode, "selected_on": SELECTED_ON},
+            "axes": list(sweep.space), "trials": trials, "best": best, "settings": grouped,
+            "selected": select_setting(grouped, objective, sweep.objective.mode), "conditional_on": CONDITIONAL_ON}  # fmt: skip
+
+
+def select_setting(groups: list[dict[str, Any]], objective: str, mode: str) -> dict[str, Any] | None:
+    """The setting with the best mean ``objective`` (a validation metric) over its seeds; ties: the first.
+    None when no setting measured it."""
+    if not objective.split("/", 1)[-1].startswith("val/"):
+        raise ValueError(f"a sweep selects on validation metrics only, not {objective!r}")
+    scored = [s for s in groups if objective in s["metrics"]]
+    if not scored:
+        return None
+    sign = 1.0 if mode == "max" else -1.0
+    chosen = max(scored, key=lambda s: sign * s["metrics"][objective]["mean"])
+    return {"params": chosen["params"], "seeds": chosen["seeds"], "objective": objective,
+            "value": chosen["metrics"][objective], "selected_on": SELECTED_ON,
+            "candidates": {_label(s["params"]): s["metrics"][objective]["mean"] for s in scored}}  # fmt: skip
 
 
 def trial_params(result) -> dict[str, Any]:
@@ -456,9 +496,15 @@ def report_results(summary: dict[str, Any]) -> dict[str, Any]:
     phase = summary["objective"]["key"].split("/")[0]
     models = records_from_summaries({_label(s["params"]): s["metrics"] for s in summary["settings"]}, prefix=f"{phase}/")
     axes = [a for a in summary["axes"] if a != "seed"]
-    results: dict[str, Any] = {"title": f"polyray sweep: {summary['name']} ({phase}, mean and 95% t-interval over"
-                                        " seeds, conditional on the test prompts)",
+    selected = summary.get("selected")
+    chosen = _label(selected["params"]) if selected else None
+    results: dict[str, Any] = {"title": f"polyray sweep: {summary['name']} ({phase}, test set: mean and 95% t-interval"
+                                        " over seeds, conditional on the test prompts; "
+                                        + (f"{chosen} selected on validation)" if chosen else "nothing selected)"),
                                "models": models}  # fmt: skip
+    if selected:
+        results["selection"] = [{"what": "setting", "chosen": chosen, "metric": selected["objective"],
+                                 "selected_on": selected["selected_on"], "among": selected["candidates"]}]
     if len(axes) == 1:
         results["axis"] = {"name": axes[0], "points": [
             {"x": s["params"][axes[0]],
@@ -471,8 +517,12 @@ def summary_table(summary: dict[str, Any]):
     from rich.table import Table
 
     phase = summary["objective"]["key"].split("/")[0]
-    table = Table(title=f"polyray sweep {summary['name']}: {phase}, mean [95% t-interval] over seeds "
-                        "(conditional on the test prompts)")
+    selected = summary.get("selected")
+    chosen = _label(selected["params"]) if selected else None
+    table = Table(title=f"polyray sweep {summary['name']}: {phase}, test set, mean [95% t-interval] over seeds "
+                        "(conditional on the test prompts)",
+                  caption=(f"* selected on validation by mean {summary['objective']['key']} over seeds; the test "
+                           "set chose nothing") if chosen else None)
     table.add_column("setting")
     table.add_column("seeds", justify="right")
     names = sorted({k for s in summary["settings"] for k in s["metrics"] if k.startswith(phase + "/")
@@ -486,5 +536,6 @@ def summary_table(summary: dict[str, Any]):
         return f"{v['mean']:.3f}" + (f" [{v['low']:.3f}, {v['high']:.3f}]" if v["low"] is not None else "")
 
     for s in summary["settings"]:
-        table.add_row(_label(s["params"]), str(len(s["seeds"])), *[cell(s["metrics"].get(n)) for n in names])
+        label = _label(s["params"]) + (" *" if _label(s["params"]) == chosen else "")
+        table.add_row(label, str(len(s["seeds"])), *[cell(s["metrics"].get(n)) for n in names])
     return table

@@ -160,7 +160,9 @@ def _pareto_points(results: dict[str, Any]) -> tuple[list[tuple[str, float, floa
     for p in cfg.get("points") or []:
         points.append((str(p["name"]), value(p["quality"])[0], value(p["diversity"])[0]))
     points = [p for p in points if math.isfinite(p[1]) and math.isfinite(p[2])]
-    return points, cfg.get("quality_label", f"pass@{min(ks)}" if ks else "quality"), div or "diversity"
+    from polyray.eval.record import metric_label
+
+    return points, cfg.get("quality_label", f"pass@{min(ks)}" if ks else "quality"), metric_label(div) if div else "diversity"
 
 
 def _fig_pareto(results: dict[str, Any]):
@@ -203,7 +205,10 @@ def _fig_dynamics(results: dict[str, Any]):
         return None, "no diversity-dynamics records (results['dynamics'])"
     metrics = list(dict.fromkeys(t["metric"] for t in traj))
     runs = list(dict.fromkeys(t["run"] for t in traj))
-    fig = make_subplots(rows=len(metrics), cols=1, shared_xaxes=True, subplot_titles=metrics, vertical_spacing=0.06)
+    from polyray.eval.record import metric_label
+
+    titles = [metric_label(m) for m in metrics]
+    fig = make_subplots(rows=len(metrics), cols=1, shared_xaxes=True, subplot_titles=titles, vertical_spacing=0.06)
     for t in traj:
         i = runs.index(t["run"])
         row = metrics.index(t["metric"]) + 1

@@ -50,7 +50,7 @@ def evaluate_policy(
         n_prompts=len(prompts),
         n_samples=cfg.n_samples,
         few_shot=cfg.few_shot,
-        distinct_frac=Estimate(float(np.mean([len({t.strip() for t in g}) / len(g) for g in texts]))),
+        distinct_samples=Estimate(float(np.mean([len({t.strip() for t in g}) / len(g) for g in texts]))),
         diversity={name: Estimate(float(np.mean(v))) for name, v in diversity.items()},
         per_prompt=[
             PromptRow(n=n, c=c, rewards=r.tolist(), prompt=p.text, diversity={k: v[i] for k, v in diversity.items()})

@@ -18,7 +18,7 @@ JSON form (:meth:`EvalRecord.to_json` / :meth:`EvalRecord.from_json`), flat, wit
 user reads everywhere (``pass@k``, never ``pass_at_k``)::
 
     "pass@K": V, "usq@K": V, "reward_mean": V, "n_prompts": int, "n_samples": int,
-    "few_shot": int, "distinct_frac": V, "diversity/<name>": V,
+    "few_shot": int, "distinct_samples": V, "diversity/<name>": V,
     # the evaluation job's
     "usq_selector": str, "usq_by_selector": {selector: {"usq@K": {usq, random, oracle,
     selection_efficiency, low, high}}}, "der@K": {k, pass@1, pass@K, der, independence,
@@ -28,7 +28,13 @@ user reads everywhere (``pass@k``, never ``pass_at_k``)::
 
 V is a number, or ``{"mean", "low", "high"}`` when the producer gives an interval. Any other
 key (the job's model, task and prompt counts; keys of older files) is kept as it is in
-``extra``, so reading and writing a record back changes nothing. MLflow's metric names allow
+``extra``, so reading and writing a record back changes nothing; the one renamed key,
+``distinct_frac`` (files before ``distinct_samples``), is read as ``distinct_samples``.
+
+One name per measure (:data:`METRIC_LABELS`, what every table and figure shows): *distinct
+samples* (``distinct_samples``: per prompt, the distinct completions as whitespace-stripped
+strings / n) and *distinct expressions* (``diversity/countdown_expr``: distinct normalised
+countdown expressions / n, so ``3 + 9`` and ``(3+9)`` count once) are two measures, never "distinct". MLflow's metric names allow
 no ``@``: :func:`polyray.tracking.mlflow_key` renames there, and only there.
 """
 
@@ -42,9 +48,26 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Estimate", "EvalRecord", "PromptRow", "at_key", "records_from_summaries", "split_at_key"]
+__all__ = ["METRIC_LABELS", "Estimate", "EvalRecord", "PromptRow", "at_key", "metric_label", "records_from_summaries",
+           "split_at_key"]
 
 _AT_KEY = re.compile(r"^(pass|usq|der)@(\d+)$")
+
+LEGACY_KEYS = {"distinct_frac": "distinct_samples"}
+"""Keys older files wrote -> the key they are read as."""
+
+METRIC_LABELS = {
+    "reward_mean": "reward",
+    "distinct_samples": "distinct samples",
+    "diversity/countdown_expr": "distinct expressions",
+}
+"""Display name of a record key, the same in every table and figure (docs/algorithms.md §4-5)."""
+
+
+def metric_label(key: str) -> str:
+    """What tables and figures call the record key (or diversity name) ``key``."""
+    key = LEGACY_KEYS.get(key, key)
+    return METRIC_LABELS.get(key) or METRIC_LABELS.get(f"diversity/{key}") or key.removeprefix("diversity/")
 
 
 def at_key(name: str, k: int) -> str:
@@ -137,7 +160,7 @@ class EvalRecord:
     few_shot: int | None = None
     # "distinct samples": per prompt, distinct completions as stripped strings / n, mean over prompts; not
     # the "distinct expressions" of diversity["countdown_expr"] (normalised answers), docs/algorithms.md §4
-    distinct_frac: Estimate | None = None
+    distinct_samples: Estimate | None = None
     diversity: dict[str, Estimate] = field(default_factory=dict)
     # the evaluation job's
     usq_selector: str | None = None
@@ -152,14 +175,14 @@ class EvalRecord:
 
     # ------------------------------------------------------------------ values
     def estimates(self) -> dict[str, Estimate]:
-        """Every measured value by its flat key (pass@k, usq@k, reward_mean, distinct_frac,
+        """Every measured value by its flat key (pass@k, usq@k, reward_mean, distinct_samples,
         diversity/<name>, quality, reference_quality/<name>), in JSON order."""
         out: dict[str, Estimate] = {at_key("pass", k): v for k, v in self.pass_at_k.items()}
         out.update({at_key("usq", k): v for k, v in self.usq_at_k.items()})
         if self.reward_mean is not None:
             out["reward_mean"] = self.reward_mean
-        if self.distinct_frac is not None:
-            out["distinct_frac"] = self.distinct_frac
+        if self.distinct_samples is not None:
+            out["distinct_samples"] = self.distinct_samples
         out.update({f"diversity/{k}": v for k, v in self.diversity.items()})
         if self.quality is not None:
             out["quality"] = self.quality
@@ -168,10 +191,11 @@ class EvalRecord:
 
     def get(self, key: str) -> Estimate | None:
         """One value by flat key (``"pass@10"``, ``"diversity/semantic"``), or a diversity by name."""
+        key = LEGACY_KEYS.get(key, key)
         return self.estimates().get(key) or self.diversity.get(key)
 
     def means(self) -> dict[str, float]:
-        """The headline metrics' means by flat key: pass@k, usq@k, reward_mean, distinct_frac, diversity/<name>."""
+        """The headline metrics' means by flat key: pass@k, usq@k, reward_mean, distinct_samples, diversity/<name>."""
         skip = ("quality", "reference_quality/")
         return {k: v.mean for k, v in self.estimates().items() if not k.startswith(skip)}
 
@@ -212,7 +236,7 @@ class EvalRecord:
         yield from ((at_key("pass", k), v) for k, v in self.pass_at_k.items())
         yield from ((at_key("usq", k), v) for k, v in self.usq_at_k.items())
         fields = (("reward_mean", self.reward_mean), ("n_prompts", self.n_prompts), ("n_samples", self.n_samples),
-                  ("few_shot", self.few_shot), ("distinct_frac", self.distinct_frac))  # fmt: skip
+                  ("few_shot", self.few_shot), ("distinct_samples", self.distinct_samples))  # fmt: skip
         yield from ((k, v) for k, v in fields if v is not None)
         yield from ((f"diversity/{k}", v) for k, v in self.diversity.items())
         if self.usq_selector is not None:
@@ -250,6 +274,7 @@ class EvalRecord:
                 if not key.startswith(prefix):
                     continue
                 key = key[len(prefix):]
+            key = LEGACY_KEYS.get(key, key)
             split = split_at_key(key)
             if split is not None:
                 name, k = split
@@ -259,7 +284,7 @@ class EvalRecord:
                     rec.usq_at_k[k] = Estimate.of(v)
                 else:
                     rec.der[k] = dict(v)
-            elif key in ("reward_mean", "distinct_frac", "quality"):
+            elif key in ("reward_mean", "distinct_samples", "quality"):
                 setattr(rec, key, Estimate.of(v))
             elif key in ("n_prompts", "n_samples", "few_shot") and isinstance(v, int):
                 setattr(rec, key, v)

@@ -13,7 +13,8 @@ One report for every producer: the evaluation job, ``polyray sweep`` (a model pe
   heatmaps layer × module, the two first adapters and their difference); tables ``table-main``,
   ``table-stats`` (the evaluation job's tests over prompts, given the two models) and
   ``table-seeds`` (an experiment's tests over seeds, paired by seed id, each interval labelled
-  with what it holds fixed). A figure whose input is missing is replaced by a short note in a div with
+  with what it holds fixed) and ``table-selection`` (what a sweep or an experiment chose, on which
+  split, by which metric, among what). A figure whose input is missing is replaced by a short note in a div with
   the same id and class ``skipped`` (``fig-axis``, a sweep's own, is left out instead).
 - ``tables.tex``: the main table (booktabs): model × pass@k, USQ@k, diversity, mean ±
   CI half-width where given, best mean per column in bold.
@@ -41,6 +42,8 @@ for the table/curves)::
       "lora": {"baseline": rows, "polychromic": rows},       # analysis.lora_parameter_analysis rows
       "stats": {"<comparison>": stats.compare_models(...) dict, ...},
       "seed_comparisons": {"<treatment> vs <control>": experiment.json's comparison, ...},
+      "selection": [{"what": "setting", "chosen": "λ=0.1", "metric": "grpo/val/pass@1",
+                     "selected_on": "validation", "among": {"λ=0.1": 0.21, ...}}, ...],  # what chose what
     }
 """
 
@@ -88,12 +91,20 @@ def _table_columns(results: dict[str, Any]) -> tuple[list[int], int | None, list
 
 
 def _table_rows(results: dict[str, Any]) -> tuple[list[str], list[tuple[str, list[Any]]]]:
+    """Columns pass@k, USQ@k, distinct samples (where measured), each diversity; one name per measure
+    (:func:`polyray.eval.record.metric_label`: "distinct samples" is not "distinct expressions")."""
+    from polyray.eval.record import metric_label
+
     ks, usq_k, divs = _table_columns(results)
-    header = [f"pass@{k}" for k in ks] + ([f"USQ@{usq_k}"] if usq_k else []) + divs
+    models = report_models(results)
+    distinct = any(m.distinct_samples is not None for m in models.values())
+    header = ([f"pass@{k}" for k in ks] + ([f"USQ@{usq_k}"] if usq_k else [])
+              + ([metric_label("distinct_samples")] if distinct else []) + [metric_label(d) for d in divs])  # fmt: skip
     rows = []
-    for name, m in report_models(results).items():
+    for name, m in models.items():
         curve, usq, dv = m.pass_at_k, m.usq_at_k, m.diversity
-        cells = [curve.get(k) for k in ks] + ([usq.get(usq_k)] if usq_k else []) + [dv.get(d) for d in divs]
+        cells = ([curve.get(k) for k in ks] + ([usq.get(usq_k)] if usq_k else [])
+                 + ([m.distinct_samples] if distinct else []) + [dv.get(d) for d in divs])  # fmt: skip
         rows.append((name, cells))
     return header, rows
 
@@ -122,6 +133,23 @@ def _html_main_table(results: dict[str, Any]) -> str | None:
             is_best = math.isfinite(best[j]) and value(c)[0] == best[j]
             out.append(f'<td{" class=best" if is_best else ""}>{html.escape(_fmt(c))}</td>')
         out.append("</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def _html_selection_table(results: dict[str, Any]) -> str | None:
+    """What was chosen, on which split and by which metric, with every candidate's value."""
+    rows = results.get("selection") or []
+    if not rows:
+        return None
+    out = ['<table id="table-selection" class="results"><thead><tr>']
+    out += [f"<th>{h}</th>" for h in ("selection", "chosen", "selected on", "metric", "candidates (mean over seeds)")]
+    out.append("</tr></thead><tbody>")
+    for r in rows:
+        among = ", ".join(f"{k}: {v:.4g}" if isinstance(v, (int, float)) else f"{k}: –" for k, v in r.get("among", {}).items())
+        cells = [str(r.get("chosen", "–")), str(r.get("selected_on", "–")), str(r.get("metric", "–")), among]
+        out.append(f"<tr><th>{html.escape(str(r.get('what', '')))}</th>"
+                   + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")  # fmt: skip
     out.append("</tbody></table>")
     return "".join(out)
 
@@ -276,6 +304,9 @@ def render_html(results: dict[str, Any]) -> str:
     body.append('<section id="section-table"><h2>Main table</h2>')
     body.append(table or '<div id="table-main" class="skipped">Skipped: no models in results[\'models\'].</div>')
     body.append("</section>")
+    selection = _html_selection_table(results)
+    if selection:
+        body.append(f'<section id="section-selection"><h2>Selection (validation only)</h2>{selection}</section>')
     stats = _html_stats_table(results)
     if stats:
         body.append(f'<section id="section-stats"><h2>Statistics</h2>{stats}</section>')

@@ -23,7 +23,12 @@ the group size), and :data:`ADVANTAGE_ESTIMATORS` maps the type to its config mo
 - ``repeat_penalty``: rewards minus a penalty for each other sample of the group with the same
   answer, then group-normalised (batch exploration of Song et al. 2025, arXiv 2509.06941).
 - ``mix``: a blend of two estimators whose weight moves from the first to the second over the
-  phase (e.g. passk early, group late).
+  phase (e.g. passk early, group late); :func:`mix_magnitude_shares` says how much of the blend
+  each carries by magnitude, which differs from its weight when their scales differ.
+
+Any estimator's ``match_group_scale`` rescales its advantages, per step, to the mean |A| that
+``group`` gives the same rewards (:func:`compute_scale_matched_advantages`), so estimators compared
+under one learning rate and KL weight differ in direction, not in step size.
 
 Also :func:`dynamic_sampling_mask` (DAPO, arXiv 2503.14476). Clip-higher (separate
 ε_low / ε_high) lives in :func:`polyray.objectives.grpo.compute_grpo_loss`.
@@ -94,6 +99,59 @@ def compute_group_advantages(rewards: torch.Tensor, scale_by_std: bool = True, e
     if rewards.shape[-1] < 2:
         raise ValueError("group advantages with scale_by_std need at least 2 samples per group")
     return centered / (rewards.std(dim=-1, keepdim=True) + eps)
+
+
+UNIFORM_EPS = 1e-6
+"""A group whose rewards' std is below this is a uniform-reward group (all equal)."""
+
+
+def compute_shaped_group_advantages(
+    rewards: torch.Tensor, shaped: torch.Tensor, scale_by_std: bool = True, eps: float = 1e-6
+) -> torch.Tensor:
+    """Group advantages of reward-shaped rewards ``shaped`` (``unlikeliness``, ``repeat_penalty``).
+
+    A group whose rewards differ: (r̃ − mean r̃) / (std r̃ + eps), ``group``'s advantages of r̃.
+    A uniform-reward group (std r < :data:`UNIFORM_EPS`): r̃ − mean r̃, centred and *not* divided,
+    since all of its spread is the shaping's, which is β times a fixed pattern: dividing by it would
+    give the same full-size advantages for every β > 0; undivided they are β times that pattern, in
+    reward units (docs/algorithms.md §3). Without ``scale_by_std``: r̃ − mean r̃ for every group.
+    rewards, shaped (B, G) -> (B, G) float64.
+    """
+    shaped = shaped.to(torch.float64)
+    centered = shaped - shaped.mean(dim=-1, keepdim=True)
+    if not scale_by_std:
+        return centered
+    uniform = rewards.to(torch.float64).std(dim=-1, keepdim=True) < UNIFORM_EPS  # (B, 1)
+    scale = torch.where(uniform, torch.ones_like(uniform, dtype=torch.float64),
+                        shaped.std(dim=-1, keepdim=True) + eps)  # fmt: skip
+    return centered / scale
+
+
+def compute_scale_matched_advantages(advantages: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """``advantages`` rescaled to the mean |A| of ``reference`` over the whole step (all B·G samples).
+
+    scale = mean|A_ref| / mean|A|, so both move the policy by the same mean step size under the same
+    KL weight and learning rate and differ only in direction (docs/algorithms.md §3). All-zero
+    ``advantages`` are returned as they are (nothing to scale); an all-zero reference scales to zero.
+    advantages, reference (B, G) -> (B, G), advantages' dtype.
+    """
+    if advantages.shape != reference.shape:
+        raise ValueError(f"scale matching needs equal shapes, got {tuple(advantages.shape)} and {tuple(reference.shape)}")
+    size = advantages.to(torch.float64).abs().mean()
+    if size == 0:
+        return advantages
+    scale = reference.to(torch.float64).abs().mean() / size
+    return (advantages.to(torch.float64) * scale).to(advantages.dtype)
+
+
+def compute_mix_magnitude_shares(early: torch.Tensor, late: torch.Tensor, w: float) -> tuple[float, float]:
+    """Each ``mix`` component's share of the blend by magnitude: (1 − w)·mean|A_early| and w·mean|A_late|
+    over their sum (the nominal weights 1 − w, w when both estimators have the same mean |A|).
+    early, late (B, G); (nan, nan) when both are zero."""
+    e = (1.0 - w) * float(early.to(torch.float64).abs().mean())
+    l_ = w * float(late.to(torch.float64).abs().mean())
+    total = e + l_
+    return (e / total, l_ / total) if total > 0 else (math.nan, math.nan)
 
 
 def compute_rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
@@ -214,7 +272,8 @@ def compute_unlikeliness_advantages(rewards: torch.Tensor, logprobs: torch.Tenso
         r̃_i = r_i · (1 − β · rank_i / G)          A = group advantages of r̃
 
     so a correct sample the policy already finds likely earns less than a rare correct one, and a
-    zero reward stays zero. ``logprobs`` (B, G) are each sample's length-normalised log-prob (the
+    zero reward stays zero. In an all-correct group A = r̃ − mean r̃, not divided by its std, so the
+    advantages are proportional to β (:func:`compute_shaped_group_advantages`). ``logprobs`` (B, G) are each sample's length-normalised log-prob (the
     mean over its tokens, as the paper's code does). rewards (B, G) -> (B, G), same dtype.
     """
     B, G = _check_2d(rewards, "unlikeliness")
@@ -223,7 +282,7 @@ def compute_unlikeliness_advantages(rewards: torch.Tensor, logprobs: torch.Tenso
     order = torch.argsort(logprobs.to(torch.float64), dim=-1, stable=True)
     ranks = torch.argsort(order, dim=-1, stable=True).to(torch.float64)  # (B, G) rank of each sample
     shaped = rewards.to(torch.float64) * (1.0 - beta * ranks / G)
-    return compute_group_advantages(shaped, scale_by_std=scale_by_std).to(rewards.dtype)
+    return compute_shaped_group_advantages(rewards, shaped, scale_by_std).to(rewards.dtype)
 
 
 def compute_repeat_penalty_advantages(rewards: torch.Tensor, answers: list[list[str]], beta: float,
@@ -235,7 +294,9 @@ def compute_repeat_penalty_advantages(rewards: torch.Tensor, answers: list[list[
         r̃_i = r_i − β · m_i / (G − 1)             A = group advantages of r̃
 
     so among equally rewarded samples, the ones repeating an answer the group already has get
-    less than one that is alone with its answer; a group of G distinct answers is left as it is.
+    less than one that is alone with its answer; a group of G distinct answers is left as it is. In a
+    uniform-reward group A = r̃ − mean r̃, not divided by its std, so the advantages are proportional
+    to β (:func:`compute_shaped_group_advantages`).
     ``answers`` (B, G): each sample's answer key (e.g. its canonical expression). rewards (B, G) -> (B, G).
     """
     B, G = _check_2d(rewards, "repeat_penalty")
@@ -245,7 +306,7 @@ def compute_repeat_penalty_advantages(rewards: torch.Tensor, answers: list[list[
         raise ValueError(f"repeat_penalty needs (B, G) = {(B, G)} answers")
     counts = torch.tensor([[sum(a == b for b in group) - 1 for a in group] for group in answers], dtype=torch.float64)
     shaped = rewards.to(torch.float64) - beta * counts / (G - 1)
-    return compute_group_advantages(shaped, scale_by_std=scale_by_std).to(rewards.dtype)
+    return compute_shaped_group_advantages(rewards, shaped, scale_by_std).to(rewards.dtype)
 
 
 def mix_weight(progress: float, start: float, end: float) -> float:
@@ -335,6 +396,17 @@ ADVANTAGE_ESTIMATORS: dict[str, tuple[type[AdvantageConfigBase], Callable[..., t
 
 
 def compute_advantages(cfg, inputs: AdvantageInputs) -> torch.Tensor:
-    """Advantages (B, G) of ``inputs`` by the estimator ``cfg`` configures."""
-    return ADVANTAGE_ESTIMATORS[cfg.type][1](cfg, inputs)
+    """Advantages (B, G) of ``inputs`` by the estimator ``cfg`` configures; with its
+    ``match_group_scale``, rescaled to ``group``'s mean |A| on the same rewards."""
+    adv = ADVANTAGE_ESTIMATORS[cfg.type][1](cfg, inputs)
+    if cfg.match_group_scale:
+        adv = compute_scale_matched_advantages(adv, compute_group_advantages(inputs.rewards.to(torch.float64)))
+    return adv
+
+
+def mix_magnitude_shares(cfg: MixAdvantageConfig, inputs: AdvantageInputs) -> tuple[float, float]:
+    """(early, late) share of a ``mix``'s advantages by magnitude at ``inputs.progress``
+    (:func:`compute_mix_magnitude_shares`), each component computed as the mix computes it."""
+    w = mix_weight(inputs.progress, cfg.start, cfg.end)
+    return compute_mix_magnitude_shares(compute_advantages(cfg.early, inputs), compute_advantages(cfg.late, inputs), w)
 

@@ -322,3 +322,130 @@ def test_grpo_config_checks_every_estimator_k():
     GRPOPhaseConfig(group_size=16, advantage={"type": "polychromic", "k": 8, "sample_subsets": 500})
     with pytest.raises(ValueError, match="group_size"):
         GRPOPhaseConfig(group_size=4, advantage={"type": "mix", "early": {"type": "passk", "k": 8}, "late": {"type": "group"}})
+
+
+# ----------------------------------------------------------------------------- step size: uniform groups, scale matching
+
+
+def _shaped_loop(rewards: list[float], shaped: list[float]) -> list[float]:
+    """float64 loop reference of compute_shaped_group_advantages (scale_by_std): a uniform-reward group
+    is centred, not divided; any other is group-normalised."""
+    if statistics.stdev(rewards) < 1e-6:
+        mean = statistics.fmean(shaped)
+        return [x - mean for x in shaped]
+    return _group_loop(shaped)
+
+
+@pytest.mark.parametrize("beta", [0.25, 0.5, 1.0])
+def test_unlikeliness_beta_acts_in_an_all_correct_group(beta):
+    """An all-correct group's shaped rewards spread only by β · rank/G: dividing by their std gave the
+    same advantages for every β > 0. Now they are β times one pattern (exact loop reference)."""
+    from polyray.objectives.advantages import compute_unlikeliness_advantages
+
+    G = 6
+    rewards = torch.ones(1, G, dtype=torch.float64)
+    logp = torch.tensor([[-0.3, -2.0, -0.1, -1.0, -0.7, -1.5]], dtype=torch.float64)
+    ranks = [4, 0, 5, 2, 3, 1]
+    adv = compute_unlikeliness_advantages(rewards, logp, beta)
+    expected = _shaped_loop([1.0] * G, [1.0 - beta * r / G for r in ranks])
+    torch.testing.assert_close(adv, torch.tensor([expected], dtype=torch.float64))
+    unit = compute_unlikeliness_advantages(rewards, logp, 1.0)
+    torch.testing.assert_close(adv, beta * unit)  # proportional to β
+    assert adv[0, 1] > 0 > adv[0, 2]  # the least likely correct sample gets the most
+    # a mixed group is unchanged: group advantages of the shaped rewards
+    mixed = torch.tensor([[1.0, 0.0, 1.0, 1.0, 0.0, 1.0]], dtype=torch.float64)
+    shaped = [m * (1.0 - beta * r / G) for m, r in zip(mixed[0].tolist(), ranks)]
+    torch.testing.assert_close(compute_unlikeliness_advantages(mixed, logp, beta),
+                               torch.tensor([_group_loop(shaped)], dtype=torch.float64))
+
+
+def test_repeat_penalty_beta_acts_in_a_uniform_group():
+    """In a group of equal rewards the penalty is the only spread: β = 0.25 and β = 1 differed in
+    nothing before; now the advantages scale with β, in reward units (A_i = −β(m_i − mean m)/(G − 1))."""
+    from polyray.objectives.advantages import compute_repeat_penalty_advantages
+
+    answers = [["a", "a", "b", "a", "c"]]  # m = 2, 2, 0, 2, 0
+    for value in (0.0, 1.0):  # all wrong, all right
+        rewards = torch.full((1, 5), value, dtype=torch.float64)
+        small = compute_repeat_penalty_advantages(rewards, answers, beta=0.25)
+        large = compute_repeat_penalty_advantages(rewards, answers, beta=1.0)
+        assert not torch.allclose(small, large)
+        torch.testing.assert_close(large, 4.0 * small)
+        m = [2, 2, 0, 2, 0]
+        expected = _shaped_loop([value] * 5, [value - 1.0 * x / 4 for x in m])
+        torch.testing.assert_close(large, torch.tensor([expected], dtype=torch.float64))
+        assert abs(float(large[0, 2]) - 1.0 * 1.2 / 4) < 1e-12  # −β (0 − 1.2)/(G − 1)
+
+
+def test_uniform_group_over_all_binary_groups_matches_loop():
+    """Exact enumeration: every 0/1 reward vector of G = 5 and two answer patterns, against the loop."""
+    from polyray.objectives.advantages import compute_repeat_penalty_advantages
+
+    answers = ["a", "b", "a", "c", "a"]
+    m = [sum(x == y for y in answers) - 1 for x in answers]
+    rows = [list(map(float, bits)) for bits in itertools.product((0, 1), repeat=5)]
+    rewards = torch.tensor(rows, dtype=torch.float64)
+    adv = compute_repeat_penalty_advantages(rewards, [answers] * len(rows), beta=0.5)
+    expected = [_shaped_loop(r, [x - 0.5 * mi / 4 for x, mi in zip(r, m)]) for r in rows]
+    torch.testing.assert_close(adv, torch.tensor(expected, dtype=torch.float64))
+
+
+def _mean_abs(rows: list[list[float]]) -> float:
+    return math.fsum(abs(x) for row in rows for x in row) / sum(len(row) for row in rows)
+
+
+def test_scale_matching_equals_group_mean_abs_by_loop():
+    """match_group_scale: A · mean|A_group| / mean|A| over the step, by a float64 loop, for every estimator."""
+    from polyray.config.advantages import (
+        MixAdvantageConfig,
+        PassKAdvantageConfig,
+        RepeatPenaltyAdvantageConfig,
+        UnlikelinessAdvantageConfig,
+    )
+
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 0.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+                            [0.0, 1.0, 1.0, 0.0, 1.0, 1.0], [0.0] * 6], dtype=torch.float64)  # fmt: skip
+    texts = [["1+2", "3", "1+2", "4", "5", "1+2"]] * 4
+    logprobs = [[[-0.1 * (i + 1 + b)] for i in range(6)] for b in range(4)]
+    inputs = AdvantageInputs(rewards, texts, logprobs, progress=0.4)
+    group_rows = [_group_loop(r) if statistics.stdev(r) > 0 else [0.0] * 6 for r in rewards.tolist()]
+    target = _mean_abs(group_rows)
+    for cfg in (PassKAdvantageConfig(k=4), UnlikelinessAdvantageConfig(beta=0.5),
+                RepeatPenaltyAdvantageConfig(beta=0.5, answer="countdown_expr"),
+                MixAdvantageConfig(early={"type": "passk", "k": 4}, late={"type": "group"})):  # fmt: skip
+        raw = compute_advantages(cfg, inputs)
+        matched = compute_advantages(cfg.model_copy(update={"match_group_scale": True}), inputs)
+        scale = target / _mean_abs(raw.tolist())
+        torch.testing.assert_close(matched, raw * scale)
+        assert abs(_mean_abs(matched.tolist()) - target) < 1e-12
+    # group itself is left as it is; all-zero advantages stay zero (no division by zero)
+    group = compute_advantages(GroupAdvantageConfig(match_group_scale=True), inputs)
+    torch.testing.assert_close(group, compute_group_advantages(rewards))
+    zero = AdvantageInputs(torch.zeros(2, 6, dtype=torch.float64), texts[:2])
+    assert torch.all(compute_advantages(PassKAdvantageConfig(k=4, match_group_scale=True), zero) == 0)
+
+
+def test_passk_k4_carries_less_mass_than_group():
+    """Why scale matching matters: on one group of 8 with 2 correct, passk (k = 4) moves less mass than group."""
+    rewards = torch.tensor([[1.0, 1.0, 0, 0, 0, 0, 0, 0]], dtype=torch.float64)
+    ratio = compute_passk_advantages(rewards, 4).abs().mean() / compute_group_advantages(rewards).abs().mean()
+    assert 0.1 < float(ratio) < 0.9
+
+
+def test_mix_magnitude_shares_by_loop():
+    """(1 − w) mean|A_early| and w mean|A_late| over their sum; with matched scales, the nominal weights."""
+    from polyray.config.advantages import MixAdvantageConfig
+    from polyray.objectives.advantages import compute_mix_magnitude_shares, mix_magnitude_shares
+
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]],
+                           dtype=torch.float64)  # fmt: skip
+    inputs = AdvantageInputs(rewards, [["a"] * 8] * 2, progress=0.4)
+    early, late = compute_passk_advantages(rewards, 4), compute_group_advantages(rewards)
+    e, l_ = 0.6 * _mean_abs(early.tolist()), 0.4 * _mean_abs(late.tolist())
+    cfg = MixAdvantageConfig(early={"type": "passk", "k": 4}, late={"type": "group"})
+    shares = mix_magnitude_shares(cfg, inputs)
+    assert shares == pytest.approx((e / (e + l_), l_ / (e + l_)), abs=1e-12)
+    assert shares[1] > 0.4  # group carries more than its nominal 40%
+    matched = cfg.model_copy(update={"early": cfg.early.model_copy(update={"match_group_scale": True})})
+    assert mix_magnitude_shares(matched, inputs) == pytest.approx((0.6, 0.4), abs=1e-12)
+    assert all(math.isnan(x) for x in compute_mix_magnitude_shares(torch.zeros(1, 2), torch.zeros(1, 2), 0.5))

@@ -17,20 +17,26 @@ from polyray.eval.record import Estimate, EvalRecord, PromptRow, at_key, records
 # a run's results.json phases as the code before the record wrote them
 RUN_PHASES = json.loads(r'''{"base": {"pass@1": 0.103125, "pass@5": 0.33479166666666665, "pass@10": 0.4609375, "usq@5": 0.1234567, "usq@10": 0.2222222, "reward_mean": 0.103125, "n_prompts": 64, "n_samples": 10, "few_shot": 0, "distinct_frac": 0.7859375, "diversity/countdown_expr": 0.61, "per_prompt": [{"prompt": "p", "n": 10, "c": 1, "rewards": [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], "diversity/countdown_expr": 0.5}]}, "sft": {"pass@1": 0.2546875, "pass@5": 0.6, "pass@10": 0.71875, "usq@5": 0.3, "usq@10": 0.35, "reward_mean": 0.2546875, "n_prompts": 64, "n_samples": 10, "few_shot": 0, "distinct_frac": 0.5, "diversity/countdown_expr": 0.41, "per_prompt": []}}''')
 
-# results_table of RUN_PHASES before the record (the quickstart's test-set table): byte for byte
-TABLE = """                 polyray run: test-set evaluation                 
-┏━━━━━━━┳━━━━━━━━┳━━━━━━━━┳━━━━━━━━━┳━━━━━━━━┳━━━━━━━━┳━━━━━━━━━━┓
-┃ model ┃ pass@1 ┃ pass@5 ┃ pass@10 ┃ usq@10 ┃ reward ┃ distinct ┃
-┡━━━━━━━╇━━━━━━━━╇━━━━━━━━╇━━━━━━━━━╇━━━━━━━━╇━━━━━━━━╇━━━━━━━━━━┩
-│ base  │  0.103 │  0.335 │   0.461 │  0.222 │  0.103 │     0.79 │
-│ sft   │  0.255 │  0.600 │   0.719 │  0.350 │  0.255 │     0.50 │
-└───────┴────────┴────────┴─────────┴────────┴────────┴──────────┘
+# results_table of RUN_PHASES: two measures, two names (distinct samples, distinct expressions)
+TABLE = """                                polyray run: test-set evaluation                                 
+┏━━━━━━━┳━━━━━━━━┳━━━━━━━━┳━━━━━━━━━┳━━━━━━━━┳━━━━━━━━┳━━━━━━━━━━━━━━━━━━┳━━━━━━━━━━━━━━━━━━━━━━┓
+┃ model ┃ pass@1 ┃ pass@5 ┃ pass@10 ┃ usq@10 ┃ reward ┃ distinct samples ┃ distinct expressions ┃
+┡━━━━━━━╇━━━━━━━━╇━━━━━━━━╇━━━━━━━━━╇━━━━━━━━╇━━━━━━━━╇━━━━━━━━━━━━━━━━━━╇━━━━━━━━━━━━━━━━━━━━━━┩
+│ base  │  0.103 │  0.335 │   0.461 │  0.222 │  0.103 │             0.79 │                 0.61 │
+│ sft   │  0.255 │  0.600 │   0.719 │  0.350 │  0.255 │             0.50 │                 0.41 │
+└───────┴────────┴────────┴─────────┴────────┴────────┴──────────────────┴──────────────────────┘
 """
+# what the record writes: the same, with the raw-string measure under its own name
+WRITTEN = json.loads(json.dumps(RUN_PHASES).replace('"distinct_frac"', '"distinct_samples"'))
 
 
 def test_run_results_read_and_write_back_unchanged_and_print_the_same_table(tmp_path):
+    """An old results.json (``distinct_frac``) reads back; it is written as ``distinct_samples``, else unchanged."""
     records = {name: EvalRecord.from_json(r) for name, r in RUN_PHASES.items()}
-    assert json.dumps({name: r.to_json() for name, r in records.items()}) == json.dumps(RUN_PHASES)  # order too
+    assert json.dumps({name: r.to_json() for name, r in records.items()}) == json.dumps(WRITTEN)  # order too
+    assert records["base"].distinct_samples == Estimate(0.7859375) and not records["base"].extra
+    assert records["base"].get("distinct_frac") is records["base"].get("distinct_samples")
+    assert {name: EvalRecord.from_json(r) for name, r in WRITTEN.items()} == records
     base = records["base"]
     assert base.pass_at_k[5] == Estimate(0.33479166666666665) and base.usq_at_k[10].mean == 0.2222222
     assert (base.n_prompts, base.n_samples, base.few_shot) == (64, 10, 0)
@@ -41,7 +47,7 @@ def test_run_results_read_and_write_back_unchanged_and_print_the_same_table(tmp_
     assert out.getvalue() == TABLE
     results = {"name": "r", "phases": records, "versions": {"sft": 3}}
     write_results(tmp_path, results)
-    assert json.loads((tmp_path / "results.json").read_text()) == {"name": "r", "phases": RUN_PHASES, "versions": {"sft": 3}}
+    assert json.loads((tmp_path / "results.json").read_text()) == {"name": "r", "phases": WRITTEN, "versions": {"sft": 3}}
     again = read_results(tmp_path / "results.json")
     assert again["phases"] == records and again["versions"] == {"sft": 3}
 
@@ -89,3 +95,23 @@ def test_summaries_of_sweeps_and_experiments_become_records():
     (exp,) = records_from_summaries({"a": experiment_model}).values()
     assert exp.pass_at_k[10] == Estimate(0.6, 0.5, 0.7) and exp.diversity["countdown_expr"] == Estimate(0.4)
     assert exp.usq_selector is None and exp.extra["n_seeds"] == 2
+
+
+def test_one_name_per_diversity_measure():
+    """distinct samples (raw strings) and distinct expressions (normalised) never share a label."""
+    from polyray.eval.record import metric_label
+
+    assert metric_label("distinct_samples") == metric_label("distinct_frac") == "distinct samples"
+    assert metric_label("diversity/countdown_expr") == metric_label("countdown_expr") == "distinct expressions"
+    assert metric_label("diversity/semantic") == "semantic" and metric_label("pass@1") == "pass@1"
+    swept = records_from_summaries({"a": {"grpo/distinct_frac": {"mean": 0.5, "low": 0.4, "high": 0.6}}}, prefix="grpo/")
+    assert swept["a"].distinct_samples == Estimate(0.5, 0.4, 0.6)  # an old sweep.json's setting
+
+
+def test_report_table_names_both_measures():
+    """The report's main table: a column per measure, each under its own name."""
+    from polyray.eval.report import render_latex_table
+
+    models = {name: EvalRecord.from_json(r) for name, r in RUN_PHASES.items()}  # old key: read as distinct_samples
+    header = render_latex_table({"models": models}).splitlines()[6]
+    assert "distinct samples & distinct expressions" in header and "countdown" not in header

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from rich.console import Console
 from scipy import stats as st
 
 from polyray.io import ConfigError
-from polyray.drivers.experiment import aggregate, load_experiment, summary_table
+from polyray.drivers.experiment import aggregate, load_experiment, report_results, summary_table
 
 ROOT = Path(__file__).resolve().parents[2]
 TWO_PHASE = ROOT / "configs" / "experiments" / "two_phase.yaml"
@@ -367,7 +368,7 @@ def test_report_marks_the_pass1_pass10_frontier_and_chains_branch_dynamics(tmp_p
     summary = aggregate(exp, configs, out, seeds=2)
     assert summary["pareto_pass1_pass10"] == ["sft", "a"]
     assert summary["models"]["a"]["usq@5"]["mean"] == pytest.approx(0.2)
-    assert summary["models"]["b"]["distinct_frac"]["values"] == [0.5, 0.5]
+    assert summary["models"]["b"]["distinct_samples"]["values"] == [0.5, 0.5]  # read from the old key
     results = report_results(exp, summary, out)
     a_steps = [(r["phase"], r["global_step"]) for r in results["dynamics"] if r["run"] == "a"]
     assert a_steps == [("sft", 0), ("sft", 20), ("sft", 40), ("grpo", 41), ("grpo", 91)]
@@ -376,3 +377,67 @@ def test_report_marks_the_pass1_pass10_frontier_and_chains_branch_dynamics(tmp_p
     html = write_report(out, results)["html"].read_text()
     for fid in ("fig-passk", "fig-pareto", "fig-dynamics"):
         assert f'id="{fid}"' in html and f'id="{fid}" class="skipped"' not in html, fid
+
+
+SELECTED = BRANCHED + """select:
+  grpo: {among: [a, b], metric: val/pass@1}
+compare: [[grpo, sft]]
+"""
+
+
+def test_selection_is_on_validation_and_reads_the_test_set_of_the_chosen_only(tmp_path):
+    """b has the better validation pass@1 (mean over seeds), a the better test pass@1: b is chosen and
+    reported as 'grpo', a's test record is never read (it is not even valid JSON here)."""
+    path = _write(tmp_path, SELECTED)
+    out = tmp_path / "out"
+    exp, configs = load_experiment(path, seeds=2, out=out)
+    assert exp.reported_labels() == ["sft", "grpo"]
+    test = {"sft": 0.10, "grpo_a": 0.40, "grpo_b": 0.20}
+    val = {"grpo_a": (0.30, 0.10), "grpo_b": (0.25, 0.25)}  # a: best single seed, b: best mean
+    for run, p1 in test.items():
+        phase = "sft" if run == "sft" else "grpo"
+        for seed in (0, 1):
+            d = out / "runs" / f"{run}-s{seed}"
+            d.mkdir(parents=True)
+            m = {"pass@1": p1 + 0.01 * seed, "pass@10": 0.5, "reward_mean": p1}
+            (d / "results.json").write_text("not read" if run == "grpo_a" else json.dumps({"phases": {phase: m}}))
+            rows = [{"phase": phase, "step": 0, "pass@1": 0.0}]
+            if run in val:
+                rows.append({"phase": phase, "step": 3, "pass@1": val[run][seed]})  # the phase's last measurement
+            (d / "dynamics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = aggregate(exp, configs, out, seeds=2)
+    sel = summary["selections"]["grpo"]
+    assert sel["chosen"] == "b" and sel["run"] == "grpo_b/grpo" and sel["selected_on"] == "validation"
+    assert sel["among"]["a"]["mean"] == pytest.approx(0.20) and sel["among"]["b"]["mean"] == pytest.approx(0.25)
+    assert list(summary["models"]) == ["sft", "grpo"] and summary["models"]["grpo"]["selected_on"] == "validation"
+    assert summary["models"]["grpo"]["pass@1"]["mean"] == pytest.approx(0.205)  # b's test pass@1
+    assert list(summary["comparisons"]) == ["grpo vs sft"]
+    results = report_results(exp, summary, out)
+    assert "grpo = b selected on validation" in results["title"]
+    assert results["selection"] == [{"what": "grpo", "chosen": "b", "metric": "val/pass@1", "selected_on": "validation",
+                                     "among": {"a": pytest.approx(0.20), "b": pytest.approx(0.25)}}]  # fmt: skip
+    from polyray.eval.report import render_html
+
+    assert 'id="table-selection"' in render_html(results)
+    text = io.StringIO()
+    Console(file=text, width=300).print(summary_table(summary))
+    assert "grpo = b, selected on validation by mean val/pass@1 over seeds among a, b" in text.getvalue()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ("select: {grpo: {among: [a, b], metric: pass@1}}\n", "select.grpo.metric: 'pass@1' is measured on the test set"),
+        ("select: {a: {among: [a, b]}}\n", "select.a: the label is also a model's"),
+        ("select: {grpo: {among: [a, c]}}\n", "select.grpo.among: unknown model 'c'"),
+        ("select: {grpo: {among: [a, b]}}\ncompare: [[a, sft]]\n", "compare: 'a' is a candidate of select.grpo"),
+        ("select: {grpo: {among: [sft, a]}}\n", "has no validation measurement"),
+        ("select: {grpo: {among: [a, b], metric: val/pass@3}}\n", "measures ['pass@1', 'pass@4'"),
+    ],
+)
+def test_bad_selections_fail_when_the_file_is_read(tmp_path, extra, message):
+    body = BRANCHED + extra
+    if "sft, a" in extra:  # a run without the dynamics probe
+        body = body.replace("sft: {phases:", "sft: {dynamics: {every: 0}, phases:")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_experiment(_write(tmp_path, body), seeds=1)

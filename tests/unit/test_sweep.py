@@ -43,6 +43,8 @@ def test_default_sweep_is_lambda_by_seed():
         ("space: {phases.7.lam: {grid: [0.1]}}\n", "phases.7"),
         ("space: {seed: {grid: [0]}}\nobjective: {phase: nope}\n", "objective.phase: no phase 'nope'"),
         ("space: {seed: {grid: [0]}}\nobjective: {metric: val/pass@1}\n", "dynamics probe"),
+        ("space: {seed: {grid: [0]}}\nobjective: {metric: pass@1}\n", "objective.metric: 'pass@1' is measured on the test set"),
+        ("space: {seed: {grid: [0]}}\nobjective: {metric: diversity/semantic}\n", "objective.metric: 'diversity/semantic' is measured on the test set; select on validation .val/diversity/semantic."),
         ("space: {seed: {grid: [0]}}\nnum_samples: 3\n", "num_samples: 3 repeats"),
         ("space: {phases.0.lr: {choice: [0.1, -1]}}\n", "space point {'phases.0.lr': -1}"),
         ("space: {phases.0.lr: {loguniform: [1e-5, 1e-3]}}\nobjective: {metric: val/pass@7}\n"
@@ -90,7 +92,8 @@ def test_summary_groups_seeds_with_t_intervals_and_picks_the_best_on_validation(
     rng = np.random.default_rng(0)
     values = {(lam, s): float(0.1 + lam / 10 + rng.normal(0, 0.01)) for lam in (0.0, 0.3) for s in (0, 1, 2)}
     summary = summarise(sweep, RunConfig.model_validate(apply_params(base, {"phases.0.lam": 0.0})), _grid(values))
-    assert summary["objective"] == {"key": "grpo/val/pass@1", "mode": "max"}
+    assert summary["objective"] == {"key": "grpo/val/pass@1", "mode": "max", "selected_on": "validation"}
+    assert summary["selected"]["params"] == {"phases.0.lam": 0.3} and summary["selected"]["selected_on"] == "validation"
     assert summary["conditional_on"].startswith("evaluation prompts")  # what every interval holds fixed
     assert summary["best"]["params"]["phases.0.lam"] == 0.3
     assert summary["best"]["metrics"]["grpo/val/pass@1"] == max(v / 2 for v in values.values())
@@ -145,3 +148,29 @@ def test_set_changes_the_sweeps_base_run_and_is_validated():
     assert base["learner"]["threads"] == 2 and float(base["phases"][1]["lr"]) == 1e-4  # (validated per trial)
     with pytest.raises(ConfigError, match="learner.threads"):
         load_sweep(path, ["learner.threads=0"])
+
+
+def test_the_setting_is_selected_by_its_mean_over_seeds_on_validation_never_on_test(tmp_path):
+    """λ = 0.3 has the single best validation trial and the best test pass@1; λ = 0.1 the best validation
+    mean over seeds: λ = 0.1 is selected, on validation, and the report says so."""
+    from polyray.config import RunConfig
+
+    sweep, base = load_sweep(ROOT / "configs" / "sweeps" / "lambda_seed.yaml")
+    val = {(0.1, 0): 0.30, (0.1, 1): 0.30, (0.1, 2): 0.30, (0.3, 0): 0.50, (0.3, 1): 0.10, (0.3, 2): 0.10}
+    grid = [SimpleNamespace(config={"phases.0.lam": lam, "seed": seed}, error=None,
+                            metrics={"grpo/val/pass@1": v, "grpo/pass@1": 0.9 if lam == 0.3 else 0.1, "run_dir": "d"})
+            for (lam, seed), v in val.items()]  # fmt: skip
+    summary = summarise(sweep, RunConfig.model_validate(apply_params(base, {})), grid)
+    assert summary["best"]["params"]["phases.0.lam"] == 0.3 and summary["best"]["selected_on"] == "validation"
+    sel = summary["selected"]
+    assert sel["params"] == {"phases.0.lam": 0.1} and sel["selected_on"] == "validation"
+    assert sel["value"]["mean"] == pytest.approx(0.30) and sel["objective"] == "grpo/val/pass@1"
+    assert sel["candidates"] == {"phases.0.lam=0.1": pytest.approx(0.30), "phases.0.lam=0.3": pytest.approx(0.7 / 3)}
+    write_outputs(tmp_path, summary)
+    html = (tmp_path / "report.html").read_text()
+    assert 'id="table-selection"' in html and "phases.0.lam=0.1 selected on validation" in html
+    assert json.loads((tmp_path / "sweep.json").read_text())["selected"]["selected_on"] == "validation"
+    from polyray.drivers.sweep import select_setting
+
+    with pytest.raises(ValueError, match="validation metrics only"):
+        select_setting(summary["settings"], "grpo/pass@1", "max")

@@ -105,6 +105,8 @@ def results_table(results: dict[str, Any]):
     from rich.markup import escape
     from rich.table import Table
 
+    from polyray.eval.record import metric_label
+
     ks = results["ks"]
     divs = [d for d in ("semantic", "distinct_2", "countdown_expr") if d in results["diversity_metrics"]][:2]
     table = Table(title=f"polyray eval: {results['name']}")
@@ -114,7 +116,7 @@ def results_table(results: dict[str, Any]):
     table.add_column(f"USQ@{results['usq_k']} ({results['usq_selector']})", justify="right")
     table.add_column(f"oracle/random@{results['usq_k']}", justify="right")
     for d in divs:
-        table.add_column(d, justify="right")
+        table.add_column(metric_label(d), justify="right")
     table.add_column("prompts", justify="right")
 
     def f(v: Estimate | None) -> str:
