@@ -267,7 +267,8 @@ def compute_unlikeliness_advantages(rewards: torch.Tensor, logprobs: torch.Tenso
     """Unlikeliness reward (He et al. 2025, arXiv 2506.02355), then group advantages.
 
     Per group, rank_i = the position of sample i when the G samples are sorted by sampling
-    log-prob, ascending (0 = least likely, G−1 = most likely; ties by index), and
+    log-prob, ascending (0 = least likely, G−1 = most likely; tied samples share their mean rank,
+    as ``scipy.stats.rankdata(method="average") − 1``, so identical samples are shaped alike), and
 
         r̃_i = r_i · (1 − β · rank_i / G)          A = group advantages of r̃
 
@@ -279,8 +280,10 @@ def compute_unlikeliness_advantages(rewards: torch.Tensor, logprobs: torch.Tenso
     B, G = _check_2d(rewards, "unlikeliness")
     if logprobs.shape != (B, G):
         raise ValueError(f"unlikeliness needs logprobs of shape {(B, G)}, got {tuple(logprobs.shape)}")
-    order = torch.argsort(logprobs.to(torch.float64), dim=-1, stable=True)
-    ranks = torch.argsort(order, dim=-1, stable=True).to(torch.float64)  # (B, G) rank of each sample
+    lp = logprobs.to(torch.float64)
+    below = (lp.unsqueeze(1) < lp.unsqueeze(2)).sum(-1)  # (B, G): samples less likely than sample i
+    tied = (lp.unsqueeze(1) == lp.unsqueeze(2)).sum(-1)  # (B, G): samples as likely, i included
+    ranks = below + (tied - 1) / 2.0  # (B, G) mid-rank of each sample
     shaped = rewards.to(torch.float64) * (1.0 - beta * ranks / G)
     return compute_shaped_group_advantages(rewards, shaped, scale_by_std).to(rewards.dtype)
 

@@ -449,3 +449,23 @@ def test_mix_magnitude_shares_by_loop():
     matched = cfg.model_copy(update={"early": cfg.early.model_copy(update={"match_group_scale": True})})
     assert mix_magnitude_shares(matched, inputs) == pytest.approx((0.6, 0.4), abs=1e-12)
     assert all(math.isnan(x) for x in compute_mix_magnitude_shares(torch.zeros(1, 2), torch.zeros(1, 2), 0.5))
+
+
+def test_unlikeliness_ties_share_their_mean_rank():
+    """Identical samples (equal log-probs) are shaped alike: ranks are scipy's average ranks − 1, so an
+    all-correct group of tied samples gets zero advantages instead of an order set by sample index."""
+    from scipy.stats import rankdata
+
+    from polyray.objectives.advantages import compute_unlikeliness_advantages
+
+    beta, G = 0.5, 6
+    logp = torch.tensor([[-0.4, -1.0, -0.4, -0.2, -1.0, -0.4]], dtype=torch.float64)
+    ranks = rankdata(logp[0].numpy(), method="average") - 1  # 3, 0.5, 3, 5, 0.5, 3
+    mixed = torch.tensor([[1.0, 1.0, 0.0, 1.0, 1.0, 1.0]], dtype=torch.float64)
+    shaped = [m * (1.0 - beta * r / G) for m, r in zip(mixed[0].tolist(), ranks)]
+    torch.testing.assert_close(compute_unlikeliness_advantages(mixed, logp, beta),
+                               torch.tensor([_group_loop(shaped)], dtype=torch.float64))
+    adv = compute_unlikeliness_advantages(mixed, logp, beta)
+    assert adv[0, 1] == adv[0, 4]  # the two identical correct samples are treated alike
+    tied = compute_unlikeliness_advantages(torch.ones(1, G, dtype=torch.float64), torch.full((1, G), -0.5, dtype=torch.float64), beta)
+    assert torch.all(tied == 0)
