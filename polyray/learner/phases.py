@@ -36,7 +36,12 @@ import torch.distributed as dist
 from polyray.config import GRPOPhaseConfig, PolychromicSFTPhaseConfig, SFTPhaseConfig
 from polyray.learner.batch import Sequences, TrainBatch, micro_batches
 from polyray.models.batching import DEFAULT_CHUNK_MIB, pack_sequences, token_logprobs
-from polyray.objectives.advantages import AdvantageInputs, compute_advantages, dynamic_sampling_mask
+from polyray.objectives.advantages import (
+    AdvantageInputs,
+    compute_advantages,
+    dynamic_sampling_mask,
+    mix_magnitude_shares,
+)
 from polyray.objectives.grpo import compute_grpo_loss
 from polyray.objectives.polychromic import (
     compute_diversity_surrogate,
@@ -402,8 +407,13 @@ class GRPOPhase(SamplingPhase):
         if not keep.any():  # no group carries an advantage: nothing to learn from but the KL term; keep them all
             keep[:] = True
         batch = TrainBatch.from_groups(groups, adv, keep)
+        shares = {}
+        if self.cfg.advantage.type == "mix":  # each component's weight by magnitude (docs/algorithms.md §3)
+            shares = dict(zip(("mix_early_share", "mix_late_share"), mix_magnitude_shares(self.cfg.advantage, inputs)))
         return batch, {
             "reward_mean": float(rewards.mean()),
+            "adv_abs_mean": float(adv.abs().mean()),  # the step size the estimator asks for
+            **shares,
             "solved_frac": float((rewards.max(dim=1).values > 0).double().mean()),
             "completion_len": batch.num_tokens() / len(batch),
             "max_lag": lag,
