@@ -126,7 +126,9 @@ def runtime_env(refs: Iterable[str], staging: Path | None = None) -> dict[str, A
 
     A file is copied into ``staging/<shipped_package>/`` (a package of its own, so a ``json.py``
     shadows nothing) and that folder goes to ``py_modules``; a module reference ships its
-    top-level package unless it is installed."""
+    top-level package unless it is installed. Connected to Ray, the folders are uploaded to the
+    cluster now (a Serve deployment's options take only uploaded packages, not local paths);
+    otherwise they stay local paths, for ``ray.init(runtime_env=...)``."""
     py_modules: dict[str, Any] = {}  # one entry per folder or module
     for ref in dict.fromkeys(resolve_ref(r) for r in refs):
         load_function(ref)  # fails here, on the driver, naming the reference
@@ -141,4 +143,14 @@ def runtime_env(refs: Iterable[str], staging: Path | None = None) -> dict[str, A
         elif not _is_installed(where):
             top = where.split(".")[0]
             py_modules[top] = sys.modules[top]
-    return {"py_modules": list(py_modules.values())} if py_modules else {}
+    if not py_modules:
+        return {}
+    env = {"py_modules": list(py_modules.values())}
+    import ray
+
+    if ray.is_initialized():
+        # what ray.init does with a job's py_modules (Ray pins it: ray==2.60.0); Serve itself does not
+        from ray._private.runtime_env.py_modules import upload_py_modules_if_needed
+
+        env = upload_py_modules_if_needed(env, include_gitignore=False, scratch_dir=str(staging or tempfile.gettempdir()))
+    return env
