@@ -19,8 +19,8 @@ malformed JSON 400, unknown reward 404 listing the known ones, bad parameters 42
 custom reward functions (``functions``, ``rewards.custom.function``) travels to the replicas in
 their runtime environment (:func:`polyray.reward.custom.runtime_env`).
 
-:func:`build_reward_app` builds the application; ``services/reward_app.py`` exposes it
-to ``serve run services.reward_app:build_app`` / ``serve deploy services/serve_config.yaml``,
+:func:`build_reward_app` builds the application; ``polyray/services/reward_app.py`` exposes it
+to ``serve run polyray.services.reward_app:build_app`` / ``serve deploy polyray/services/serve_config.yaml``,
 and ``polyray serve reward`` and runs with ``reward.endpoint: true`` call it directly.
 """
 

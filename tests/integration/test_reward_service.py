@@ -66,7 +66,7 @@ def service(engagement_model, user_rewards):
     import ray
     from ray import serve
 
-    from services.reward_app import build_app
+    from polyray.services.reward_app import build_app
 
     started_ray = not ray.is_initialized()
     if started_ray:
@@ -288,7 +288,7 @@ def test_api_key(service, tmp_path):
     from ray import serve
 
     from polyray.reward.client import RewardClient, RewardServiceError
-    from services.reward_app import build_app
+    from polyray.services.reward_app import build_app
 
     (tmp_path / "key").write_text("sk-reward\n")
     serve.run(build_app({"num_cpus": 0.25, "api_key_file": str(tmp_path / "key")}), name="secured",
@@ -312,7 +312,7 @@ def test_overload_returns_503(service):
     import httpx
     from ray import serve
 
-    from services.reward_app import build_app
+    from polyray.services.reward_app import build_app
 
     args = {
         "num_cpus": 0.25,
