@@ -235,6 +235,10 @@ def test_serve_finds_its_default_configs_from_any_directory(tmp_path, monkeypatc
     out = subprocess.run([sys.executable, "-m", "polyray.cli", "serve", "reward", "--help"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert out.returncode == 0 and str(DEFAULT_CONFIG) in " ".join(out.stdout.split()), out.stdout + out.stderr
+    import tomllib
+
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert "*.yaml" in package_data["polyray.services"]  # installed with the package, not only in a checkout
 
 
 # ---------------------------------------------------------------------------- engagement
