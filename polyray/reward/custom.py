@@ -40,11 +40,13 @@ from polyray.config.functions import (
     shipped_package,
     split_ref,
 )
+from polyray.io import DataError
 from polyray.reward.base import ParameterisedReward, ParamsModel, RewardError, RewardItem, RewardResult, register
 
 
-class CustomRewardError(RewardError):
-    """A custom reward function raised or returned something other than one finite number per item."""
+class CustomRewardError(RewardError, DataError):
+    """A custom reward function raised or returned something other than one finite number per item
+    (the user's to fix: the CLI shows the one line, also from inside a Ray Train worker)."""
 
 
 def shown_ref(ref: str) -> str:

@@ -212,3 +212,26 @@ def test_finite_numbers_only_at_the_boundary():
         check_scores("f.py:g", [0.0, -math.inf], 2)
     with pytest.raises(CustomRewardError, match="returned a str"):
         check_scores("f.py:g", "ab", 2)
+
+
+def test_the_command_shows_a_users_reward_error_from_inside_ray_as_one_line(capsys):
+    """Scored in a Ray Train worker (rank 0) or a reward replica, the error reaches the driver wrapped
+    by Ray; the CLI prints the user's one line (exit status 2), and keeps a bug's traceback."""
+    import typer
+    from ray.exceptions import RayTaskError
+    from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    from polyray.cli.common import user_errors
+
+    mistake = CustomRewardError("custom reward my_rewards.py:score: item 3 scored nan; each score must be finite")
+    in_task = RayTaskError("score", "Traceback (most recent call last): ...", mistake).as_instanceof_cause()
+    in_train = WorkerGroupError("rank 0 failed", {0: UserExceptionWithTraceback(in_task, "Traceback ...")})
+    for raised in (mistake, in_task, in_train):
+        with pytest.raises(typer.Exit) as info, user_errors():
+            raise raised
+        assert info.value.exit_code == 2
+        assert capsys.readouterr().err == f"error: {mistake}\n"
+    bug = WorkerGroupError("rank 0 failed", {0: UserExceptionWithTraceback(ZeroDivisionError("x"), "Traceback ...")})
+    with pytest.raises(WorkerGroupError), user_errors():
+        raise bug
