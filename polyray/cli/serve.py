@@ -1,7 +1,8 @@
 """``polyray serve reward`` / ``polyray serve generation``: run a service on Ray until Ctrl-C.
 
-A Serve config file supplies the application's ``args`` (``services/serve_config.yaml`` for the
-reward service, ``services/generation_serve_config.yaml`` for generation); ``--host``/``--port``
+A Serve config file supplies the application's ``args``: by default the one installed with polyray
+(``polyray/services/serve_config.yaml`` for the reward service, ``generation_serve_config.yaml`` for
+generation), found from any working directory; ``--config`` names another. ``--host``/``--port``
 override its ``http_options``; ``serve generation --run runs/<name>`` fills in a finished run's
 model, adapter store and phase adapters. Heavy imports (ray, fastapi, vllm) happen inside the
 commands so ``polyray --help`` stays instant.
@@ -17,8 +18,10 @@ from polyray.cli.common import fail
 
 serve_app = typer.Typer(no_args_is_help=True, help="Ray Serve services (reward and generation endpoints).")
 
-DEFAULT_CONFIG = Path("services/serve_config.yaml")
-GENERATION_CONFIG = Path("services/generation_serve_config.yaml")
+# package data beside the Serve apps (pyproject's package-data): read as files, never imported (the CLI sits below them)
+SERVICES = Path(__file__).resolve().parents[1] / "services"
+DEFAULT_CONFIG = SERVICES / "serve_config.yaml"
+GENERATION_CONFIG = SERVICES / "generation_serve_config.yaml"
 
 
 @serve_app.callback()
@@ -61,13 +64,13 @@ def reward(
     from polyray.reward.deployment import build_reward_app as build_app
 
     try:
-        application = build_app(args)
+        build_app(args)  # a bad setting fails before Ray starts
     except (ConfigError, ValueError) as exc:
         fail(str(exc))
 
     def start() -> str:
         serve.start(http_options={"host": host, "port": port})
-        serve.run(application, name="reward", route_prefix="/")
+        serve.run(build_app(args), name="reward", route_prefix="/")  # connected: custom reward code is uploaded
         url = f"http://{host}:{port}"
         return f"reward service ready at {url}  (docs: {url}/docs, Ctrl-C to stop)"
 

@@ -21,7 +21,7 @@ from polyray.config.generation import GenerationConfig
 from polyray.config.learner import LearnerConfig
 from polyray.config.model import ModelConfig
 from polyray.config.phases import GRPOPhaseConfig, PhaseConfig, SFTPhaseConfig
-from polyray.config.reward import RewardConfig
+from polyray.config.reward import RewardConfig, custom_function_params
 from polyray.config.rollout import RolloutConfig
 from polyray.config.tasks import TASK_CONFIGS, CountdownTaskConfig, TrainTaskConfig
 from polyray.config.tracking import TrackingConfig
@@ -115,3 +115,10 @@ def phase_reward(run: "RunConfig", phase) -> RewardConfig:
     """The reward config a phase scores with: the run's, with the phase's own name and params if it sets them."""
     own = getattr(phase, "reward", None)
     return run.reward if own is None else run.reward.model_copy(update={"name": own.name, "params": own.params})
+
+
+def custom_reward_functions(*runs: "RunConfig") -> list[str]:
+    """Every custom reward function (``module:function``, ``/abs/file.py:function``) the runs' phases
+    score with, a ``weighted_sum``'s components too: what the reward service's replicas must import."""
+    rewards = [phase_reward(run, phase) for run in runs for phase in run.phases if "reward" in type(phase).model_fields]
+    return list(dict.fromkeys(p["function"] for r in rewards for _, p in custom_function_params(r.name, r.params)))

@@ -58,6 +58,11 @@ class RewardServiceConfig(ApiKeyConfig):
     rewards: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Default parameters per reward name, e.g. engagement: {model_path: ...}."
     )
+    functions: list[str] = Field(
+        default_factory=list,
+        description="Custom reward functions (module:function or file.py:function) the replicas may be asked to"
+        " run besides rewards.custom.function; each is shipped to them with Ray's runtime environment.",
+    )
     num_replicas: int = Field(1, ge=1, description="Replicas of the deployment.")
     num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per replica.")
     max_ongoing_requests: int = Field(

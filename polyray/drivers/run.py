@@ -326,10 +326,11 @@ def start_services(state: RunState, generation: dict[str, Any] | None) -> None:
             url = deploy_generation(generation, run.generation.host, run.generation.http_port)
         console.print(f"generation service: {url}  (models: base, latest, policy-vN as they are published)")
     if run.reward.endpoint and any(scores_rollouts(p) for p in run.phases):
+        from polyray.config.run import custom_reward_functions
         from polyray.reward.service import ensure_reward_service
 
         with timer("reward_service_start"), console.status("starting the reward service (Ray Serve)"):
-            ensure_reward_service(run.reward)
+            ensure_reward_service(run.reward, custom_reward_functions(run))
 
 
 def launch_pool(state: RunState, store) -> None:

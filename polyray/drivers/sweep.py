@@ -323,9 +323,10 @@ def run_trials(
     reward = first.reward.num_cpus if first.reward.endpoint else 0.0  # one replica, shared
     init_ray(first.cluster, (needed_cpus(first) - reward + TRIAL_CPUS) * max_concurrent + reward)
     if first.reward.endpoint:  # one reward application for every trial, deployed outside their placement groups
+        from polyray.config.run import custom_reward_functions
         from polyray.reward.service import ensure_reward_service
 
-        ensure_reward_service(first.reward)
+        ensure_reward_service(first.reward, custom_reward_functions(*configs))
     trainable = tune.with_resources(
         tune.with_parameters(pipeline_trial, bases=bases, out=str(out), run_dir=run_dir, prefix=prefix or name,
                              derived=derived),

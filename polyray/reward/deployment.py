@@ -15,10 +15,12 @@ judge calls) exceeds ``limits``; a parameter over its cap (``limits``: a code_ex
 weighted_sum ``components``) gets 422 naming it (:mod:`polyray.reward.budget`); with an API key configured (``api_key_env`` / ``api_key_file``),
 a request without ``Authorization: Bearer <key>`` gets 401 (``/healthz`` stays open); a full queue (``max_ongoing_requests`` +
 ``max_queued_requests``) gets 503 from Serve's proxy. Errors: schema 422 naming the field,
-malformed JSON 400, unknown reward 404 listing the known ones, bad parameters 422.
+malformed JSON 400, unknown reward 404 listing the known ones, bad parameters 422. The code of
+custom reward functions (``functions``, ``rewards.custom.function``) travels to the replicas in
+their runtime environment (:func:`polyray.reward.custom.runtime_env`).
 
-:func:`build_reward_app` builds the application; ``services/reward_app.py`` exposes it
-to ``serve run services.reward_app:build_app`` / ``serve deploy services/serve_config.yaml``,
+:func:`build_reward_app` builds the application; ``polyray/services/reward_app.py`` exposes it
+to ``serve run polyray.services.reward_app:build_app`` / ``serve deploy polyray/services/serve_config.yaml``,
 and ``polyray serve reward`` and runs with ``reward.endpoint: true`` call it directly.
 """
 
@@ -39,10 +41,12 @@ from ray.serve import Application
 from polyray.http import BearerAuth, check_api_key, read_api_key
 from polyray.io import ConfigError
 from polyray.telemetry import Metrics
+from polyray.config.functions import FunctionRefError
 from polyray.config.services import RewardServiceConfig
 from polyray.reward.api import BodySizeLimit, RewardRequest, RewardResponse
 from polyray.reward.budget import RequestTooCostly, check_request
 from polyray.reward.base import RewardError, RewardResult, UnknownRewardError, format_validation_error
+from polyray.reward.custom import runtime_env
 from polyray.reward.scorer import RewardScorer, ScoreJob, as_items, score_jobs
 from polyray.sandbox import require_isolation
 
@@ -173,11 +177,21 @@ def build_reward_app(args: dict[str, Any] | None = None) -> Application:
         config = RewardServiceConfig.model_validate(args or {})
     except ValidationError as exc:
         raise ConfigError(f"reward service args: {format_validation_error(exc)}") from None
-    RewardScorer(config.rewards)  # unknown reward names fail here, not in a replica
+    try:
+        RewardScorer(config.rewards)  # unknown reward names and custom functions fail here, not in a replica
+        env = runtime_env(shipped_functions(config))
+    except (RewardError, FunctionRefError) as exc:
+        raise ConfigError(f"reward service args: {exc}") from None
     check_api_key(config, "reward service args")
     return RewardDeployment.options(
         num_replicas=config.num_replicas,
         max_ongoing_requests=config.max_ongoing_requests,
         max_queued_requests=config.max_queued_requests,
-        ray_actor_options={"num_cpus": config.num_cpus},
+        ray_actor_options={"num_cpus": config.num_cpus, **({"runtime_env": env} if env else {})},
     ).bind(config.model_dump())
+
+
+def shipped_functions(config: RewardServiceConfig) -> list[str]:
+    """The custom reward functions a service's replicas get the code of: ``functions`` and ``rewards.custom.function``."""
+    own = config.rewards.get("custom", {}).get("function")
+    return [*config.functions, *([own] if isinstance(own, str) else [])]

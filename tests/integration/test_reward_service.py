@@ -39,12 +39,34 @@ def engagement_model(tmp_path_factory):
     return out
 
 
+# A user's reward file, written outside the repository: a graded score of the completion and its metadata.
+USER_REWARD = """
+import math
+
+def score(prompts, completions, references, metadata):
+    return [math.tanh(len(c.split()) / 4) + 0.5 * m.get("bonus", 0) - 0.25 * (r is None)
+            for c, r, m in zip(completions, references, metadata)]
+
+def where(prompts, completions, **kwargs):
+    return [float(__name__.startswith("_polyray_fn_"))] * len(completions)  # 1: the copy shipped to a replica
+"""
+
+
 @pytest.fixture(scope="module")
-def service(engagement_model):
+def user_rewards(tmp_path_factory):
+    """(file named in rewards.custom, file named only in ``functions`` and deleted once deployed)."""
+    folder = tmp_path_factory.mktemp("user_rewards")
+    (folder / "my_rewards.py").write_text(USER_REWARD)
+    (folder / "other_rewards.py").write_text(USER_REWARD)
+    return folder / "my_rewards.py", folder / "other_rewards.py"
+
+
+@pytest.fixture(scope="module")
+def service(engagement_model, user_rewards):
     import ray
     from ray import serve
 
-    from services.reward_app import build_app
+    from polyray.services.reward_app import build_app
 
     started_ray = not ray.is_initialized()
     if started_ray:
@@ -58,9 +80,12 @@ def service(engagement_model):
         "max_batch_size": 32,
         "batch_wait_timeout_s": 0.05,
         "slow_down_s": 0.05,  # each batch takes a moment, so concurrent requests pile up into the next one
-        "rewards": {"engagement": {"model_path": str(engagement_model)}},
-    }
+        "rewards": {"engagement": {"model_path": str(engagement_model)},
+                    "custom": {"function": f"{user_rewards[0]}:score"}},
+        "functions": [f"{user_rewards[1]}:where"],
+    }  # fmt: skip
     serve.run(build_app(args), name="reward", route_prefix="/")
+    user_rewards[1].unlink()  # its replica reads the copy Ray shipped (as on another node), not this file
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
     if started_ray:
@@ -218,6 +243,34 @@ def test_score_via_handle(service):
     assert results[0].score == 0.0 and results[0].detail["status"] == "failed"
 
 
+CUSTOM_ITEMS = [
+    {"prompt": "p", "completion": "one two three", "reference": "x"},
+    {"prompt": "p", "completion": "", "metadata": {"bonus": 1}},
+    {"prompt": "q", "completion": "a b c d e f g h", "reference": "y", "metadata": {"bonus": -2}},
+]
+
+
+def test_a_users_reward_scores_the_same_in_process_and_over_http(http, user_rewards):
+    from polyray.reward.scorer import RewardScorer
+
+    local = [r.score for r in RewardScorer().score("custom", CUSTOM_ITEMS, {"function": f"{user_rewards[0]}:score"})]
+    r = http.post("/v1/rewards", json={"reward": "custom", "items": CUSTOM_ITEMS})
+    assert r.status_code == 200, r.text
+    assert r.json()["scores"] == local and len(set(local)) == 3
+    # an HTTP caller cannot make the server import code of its choosing
+    r = http.post("/v1/rewards", json={"reward": "custom", "items": CUSTOM_ITEMS, "params": {"function": "os:getcwd"}})
+    assert r.status_code == 422 and "set by the server" in r.json()["detail"]
+
+
+def test_a_users_reward_reaches_the_replica_through_the_runtime_env(service, user_rewards):
+    from polyray.reward.client import get_reward_handle, score_via_handle
+
+    assert not user_rewards[1].exists()  # deleted after deploying: only the shipped copy is left
+    results = score_via_handle(get_reward_handle(), "custom", CUSTOM_ITEMS, {"function": f"{user_rewards[1]}:where"},
+                               timeout_s=60)  # fmt: skip
+    assert [r.score for r in results] == [1.0, 1.0, 1.0]
+
+
 def test_http_client_helper(service):
     from polyray.reward.client import RewardClient, RewardServiceError
 
@@ -235,7 +288,7 @@ def test_api_key(service, tmp_path):
     from ray import serve
 
     from polyray.reward.client import RewardClient, RewardServiceError
-    from services.reward_app import build_app
+    from polyray.services.reward_app import build_app
 
     (tmp_path / "key").write_text("sk-reward\n")
     serve.run(build_app({"num_cpus": 0.25, "api_key_file": str(tmp_path / "key")}), name="secured",
@@ -259,7 +312,7 @@ def test_overload_returns_503(service):
     import httpx
     from ray import serve
 
-    from services.reward_app import build_app
+    from polyray.services.reward_app import build_app
 
     args = {
         "num_cpus": 0.25,

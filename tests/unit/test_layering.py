@@ -1,10 +1,10 @@
 """The layers point one way (docs/design.md "Layers"): a module imports only from its own layer or below.
 
-An ``ast`` walk over ``polyray/``, ``services/`` and ``jobs/`` collects every import of the
+An ``ast`` walk over ``polyray/`` and ``jobs/`` collects every import of the
 project's own modules (top-level and inside functions alike) and fails on one that goes up.
 Within a package, modules may import each other; across packages the rank must not rise.
-The folders are the coarse floors: the library (``polyray/`` but ``drivers/`` and ``cli/``) never
-imports ``polyray/drivers/``, ``polyray/cli/``, ``services/`` or ``jobs/``.
+The folders are the coarse floors: the library (``polyray/`` but ``drivers/``, ``cli/`` and ``services/``)
+never imports ``polyray/drivers/``, ``polyray/cli/``, ``polyray/services/`` or ``jobs/``.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ LAYERS: dict[str, int] = {
     "polyray.drivers.experiment": 9,
     "polyray.drivers.sweep": 9,
     "polyray.cli": 10,
-    "services": 11,
+    "polyray.services": 11,
     "jobs": 11,
 }
 
@@ -68,7 +68,7 @@ def is_module(name: str) -> bool:
 
 
 def own_imports(path: Path) -> list[tuple[int, str]]:
-    """(line, module) of every polyray/services/jobs import in the file, relative ones resolved."""
+    """(line, module) of every polyray/jobs import in the file, relative ones resolved."""
     tree = ast.parse(path.read_text(), filename=str(path))
     package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
     out = []
@@ -83,7 +83,7 @@ def own_imports(path: Path) -> list[tuple[int, str]]:
                 mod = node.module or ""
             # `from polyray.drivers import run` imports the module polyray.drivers.run
             out += [(node.lineno, f"{mod}.{a.name}" if is_module(f"{mod}.{a.name}") else mod) for a in node.names]
-    return [(line, m) for line, m in out if m.split(".")[0] in ("polyray", "services", "jobs")]
+    return [(line, m) for line, m in out if m.split(".")[0] in ("polyray", "jobs")]
 
 
 def upward_imports(files: list[Path]) -> list[str]:
@@ -100,7 +100,7 @@ def upward_imports(files: list[Path]) -> list[str]:
 
 
 def project_files() -> list[Path]:
-    return sorted(p for d in ("polyray", "services", "jobs") for p in (ROOT / d).rglob("*.py"))
+    return sorted(p for d in ("polyray", "jobs") for p in (ROOT / d).rglob("*.py"))
 
 
 def test_no_module_imports_a_higher_layer():
@@ -116,7 +116,7 @@ def test_the_check_catches_an_upward_import(tmp_path, monkeypatch):
 
 
 # Folders above the library: what assembles it. Nothing in the library imports them.
-DRIVER_FOLDERS = ("polyray.drivers", "polyray.cli", "services", "jobs")
+DRIVER_FOLDERS = ("polyray.drivers", "polyray.cli", "polyray.services", "jobs")
 
 
 def _in(module: str, folders: tuple[str, ...]) -> bool:
@@ -142,7 +142,7 @@ def test_the_folder_check_catches_a_library_module_importing_a_driver(monkeypatc
     assert driver_imports([fake]) == ["polyray/eval/_layering_probe.py:2: imports polyray.drivers.run"]
 
 
-@pytest.mark.parametrize("module", ["polyray.tasks.countdown", "polyray.drivers.evaluate.driver", "services.reward_app"])
+@pytest.mark.parametrize("module", ["polyray.tasks.countdown", "polyray.drivers.evaluate.driver", "polyray.services.reward_app"])
 def test_every_module_has_a_layer(module):
     assert layer_of(module) is not None
 

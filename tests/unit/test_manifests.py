@@ -132,8 +132,8 @@ def test_rayservice_serve_config(path):
     from polyray.config.services import GenerationServiceConfig
     from polyray.config.services import RewardServiceConfig
 
-    settings = {"services.reward_app:build_app": RewardServiceConfig,
-                "services.generation_app:build_app": GenerationServiceConfig}  # fmt: skip
+    settings = {"polyray.services.reward_app:build_app": RewardServiceConfig,
+                "polyray.services.generation_app:build_app": GenerationServiceConfig}  # fmt: skip
     doc = yaml.safe_load(path.read_text())
     schema = ServeDeploySchema.model_validate(yaml.safe_load(doc["spec"]["serveConfigV2"]))
     needed = 0.0
