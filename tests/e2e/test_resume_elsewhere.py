@@ -29,7 +29,7 @@ CONFIG = """
 name: elsewhere
 model:
   source: embedded
-  tiny: {pretrain_steps: 20}
+  tiny: {pretrain_steps: 0}   # an untrained model: the test is about continuing, not learning
 task: {type: replies, path: data/rows.jsonl, n_train: 64, n_test: 4}
 rollout: {num_workers: 1, threads: 1}
 learner: {num_workers: 1, threads: 1, lora: {r: 4, alpha: 8}}
