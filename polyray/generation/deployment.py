@@ -236,9 +236,9 @@ class GenerationDeployment:
             from polyray.rollout.store import STORE_NAMESPACE, open_store, store_actor_name
 
             try:  # the live run's store, or the one `polyray serve generation` opened
-                store = ray.get_actor(store_actor_name(Path(cfg.store_root)), namespace=STORE_NAMESPACE)
+                store = ray.get_actor(store_actor_name(cfg.store_root), namespace=STORE_NAMESPACE)
             except ValueError:  # none (serve deploy, a RayService): open the directory, for every replica
-                store = open_store(Path(cfg.store_root), keep=1 << 30, detached=True)
+                store = open_store(cfg.store_root, keep=1 << 30, detached=True)
         shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
         self.adapter_root = Path(tempfile.mkdtemp(prefix="polyray-generation-", dir=shm))
         metrics = Metrics({"run": cfg.run}, GAUGES, HISTOGRAMS)
