@@ -234,3 +234,55 @@ def local_dir(value: StoredDir | str | Path) -> Path:
 def local_path(value: StoredDir | str | Path | None) -> str | None:
     """:func:`local_dir` as a string (None stays None): what a worker passes on to transformers, vLLM, peft."""
     return None if value is None else str(local_dir(value))
+
+
+@dataclass(frozen=True)
+class RunStorage:
+    """A run's place in ``cluster.storage``: ``<storage>/runs/<run name>-<hash of its output directory>``
+    (the same place again when the run is resumed from that directory). Picklable: the learner's ranks
+    get it and put their outputs there."""
+
+    uri: str
+    key: str
+
+    @classmethod
+    def of(cls, storage: str | None, name: str, out: str | Path) -> "RunStorage | None":
+        """None without ``cluster.storage``: the run keeps everything in its output directory."""
+        if storage is None:
+            return None
+        digest = hashlib.blake2b(str(Path(out).resolve()).encode(), digest_size=4).hexdigest()
+        return cls(Storage(storage).uri, f"runs/{name}-{digest}")
+
+    def storage(self) -> Storage:
+        return Storage(self.uri)
+
+    def location(self, *parts: str) -> str:
+        """A path or URI under the run's key (Ray Train's ``storage_path``, the adapter store's root)."""
+        return self.storage().location("/".join((self.key, *parts)))
+
+    def put_dir(self, local: str | Path, *parts: str) -> StoredDir:
+        return self.storage().put_dir(local, "/".join((self.key, *parts)))
+
+    def get_dir(self, dest: str | Path, *parts: str) -> StoredDir:
+        """Copy the run's directory at ``parts`` into ``dest`` (replaced whole); its reference."""
+        storage = self.storage()
+        ref = storage.ref("/".join((self.key, *parts)))
+        dest = Path(dest)
+        staging = Path(tempfile.mkdtemp(prefix=dest.name + ".", dir=dest.parent if dest.parent.exists() else None))
+        try:
+            storage.get_dir(ref, staging)
+            shutil.rmtree(dest, ignore_errors=True)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(staging, dest)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return ref
+
+
+def share_model(storage: str | None, model_dir: str | Path) -> StoredDir | str:
+    """What a run hands its workers for ``model_dir``: a reference to it in ``storage`` (put there
+    once, under ``models/<name>-<manifest hash>``, shared by every run using it), else the path."""
+    if storage is None:
+        return str(model_dir)
+    return Storage(storage).put_dir(model_dir, "models", content_addressed=True)

@@ -179,5 +179,5 @@ def build_reward_app(args: dict[str, Any] | None = None) -> Application:
         num_replicas=config.num_replicas,
         max_ongoing_requests=config.max_ongoing_requests,
         max_queued_requests=config.max_queued_requests,
-        ray_actor_options={"num_cpus": config.num_cpus},
+        ray_actor_options={"num_cpus": config.num_cpus, **({"resources": config.resources} if config.resources else {})},
     ).bind(config.model_dump())

@@ -21,8 +21,9 @@ from polyray.tasks.base import Prompt, Task
 RewardFn = Callable[[list[Prompt], list[list[str]]], torch.Tensor]  # prompts, (B, G) texts -> (B, G) rewards
 
 
-def ensure_reward_service(cfg: RewardConfig) -> None:
-    """Deploy the reward application on the connected cluster if it is not running yet."""
+def ensure_reward_service(cfg: RewardConfig, resources: dict[str, float] | None = None) -> None:
+    """Deploy the reward application on the connected cluster if it is not running yet; ``resources``:
+    custom Ray resources per replica (``cluster.worker_resources``)."""
     from ray import serve
 
     from polyray.reward.deployment import build_reward_app as build_app
@@ -35,7 +36,7 @@ def ensure_reward_service(cfg: RewardConfig) -> None:
         serve.start(http_options={"host": "127.0.0.1", "port": cfg.http_port, "request_timeout_s": REQUEST_TIMEOUT_S})
     else:
         serve.start(proxy_location="Disabled")
-    serve.run(build_app({"num_cpus": cfg.num_cpus}), name=cfg.app_name, route_prefix="/", blocking=False)
+    serve.run(build_app({"num_cpus": cfg.num_cpus, "resources": resources or {}}), name=cfg.app_name, route_prefix="/", blocking=False)
 
 
 def resolve_reward(cfg: RewardConfig, task: Task) -> tuple[str, dict[str, Any]]:
