@@ -63,8 +63,8 @@ def test_short_quickstart_on_nodes_that_share_only_storage(tmp_path, monkeypatch
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     driver_cache = tmp_path / "driver" / "cache"
-    model = _seed_driver_cache(driver_cache)
-    model = shutil.copytree(model, tmp_path / "expected")  # the driver's copy goes
+    seeded = _seed_driver_cache(driver_cache)
+    model = shutil.copytree(seeded, tmp_path / "expected")  # the driver's copy goes
     storage, out = tmp_path / "shared", tmp_path / "run"
     nodes = {name: tmp_path / name for name in ("node-a", "node-b")}
     cluster = Cluster()
@@ -98,7 +98,7 @@ def test_short_quickstart_on_nodes_that_share_only_storage(tmp_path, monkeypatch
     for phase in ("sft", "grpo"):  # the driver has each phase's adapter, through storage
         assert (out / "adapters" / phase / "adapter_model.safetensors").is_file()
     # each worker node copied the model from storage once, hash-checked, and built none itself
-    copies = [p for root in nodes.values() for p in (root / "cache" / "storage").glob(f"{model.name}-*")]
+    copies = [p for root in nodes.values() for p in (root / "cache" / "storage").glob(f"{seeded.name}-*") if p.is_dir()]
     assert copies, "no worker node copied the model from storage"
     for copy in copies:
         assert (copy / "model.safetensors").read_bytes() == (model / "model.safetensors").read_bytes()
