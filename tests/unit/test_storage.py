@@ -134,3 +134,27 @@ def test_cluster_settings_refuse_bad_values():
         ClusterConfig(storage=" ")
     with pytest.raises(ValidationError, match="'CPU': a custom resource"):
         ClusterConfig(worker_resources={"CPU": 1})
+
+
+def test_a_run_has_one_key_per_output_directory_and_none_without_storage(tmp_path):
+    from polyray.storage import RunStorage, share_model
+
+    a = RunStorage.of(str(tmp_path / "shared"), "quickstart", tmp_path / "out")
+    assert a == RunStorage.of(str(tmp_path / "shared"), "quickstart", tmp_path / "x" / ".." / "out")  # a resume
+    assert a != RunStorage.of(str(tmp_path / "shared"), "quickstart", tmp_path / "out2")
+    assert a.location("checkpoints") == f"{tmp_path}/shared/{a.key}/checkpoints" and a.key.startswith("runs/quickstart-")
+    assert RunStorage.of(None, "quickstart", tmp_path / "out") is None
+    assert share_model(None, tmp_path / "model") == str(tmp_path / "model")  # one node: the path, as before
+
+
+def test_a_phase_adapter_round_trip_replaces_the_driver_copy(tmp_path, node_cache):
+    from polyray.storage import RunStorage
+
+    shared = RunStorage.of(str(tmp_path / "shared"), "q", tmp_path / "out")
+    ref = shared.put_dir(_model(tmp_path / "rank0" / "sft"), "adapters", "sft")
+    dest = tmp_path / "out" / "adapters" / "sft"
+    dest.mkdir(parents=True)
+    (dest / "stale.bin").write_bytes(b"from a lost attempt")
+    assert shared.get_dir(dest, "adapters", "sft") == ref
+    assert sorted(p.name for p in dest.iterdir()) == ["config.json", MANIFEST, "sub"]
+    assert shared.put_dir(dest, "adapters", "sft") == ref  # the driver hands the same reference on
