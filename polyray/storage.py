@@ -178,7 +178,8 @@ class Storage:
         """Copy ``ref`` into the (new or empty) directory ``dest``, checking every file's SHA-256."""
         manifest = self.read_bytes(f"{ref.key}/{MANIFEST}")
         if _sha256_bytes(manifest) != ref.sha256:
-            raise StorageError(f"{self.location(ref.key)}: manifest hash {_sha256_bytes(manifest)[:12]} != {ref.sha256[:12]}"
+            got = _sha256_bytes(manifest)[:12]
+            raise StorageError(f"{self.location(ref.key)}: manifest hash {got} != {ref.sha256[:12]}"
                                " (the directory was replaced after the reference was made)")  # fmt: skip
         dest = Path(dest)
         for rel, entry in json.loads(manifest)["files"].items():

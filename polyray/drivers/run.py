@@ -287,13 +287,17 @@ def _run_stages(state: RunState, engagement: list[Path], serve_generation: bool)
     from polyray.rollout.store import open_store
 
     prepare_inputs(state, engagement)
-    generation = generation_args(state.run, state.out, state.model_ref, state.store_root()) if serve_generation else None
+    generation = None
+    if serve_generation:
+        generation = generation_args(state.run, state.out, state.model_ref, state.store_root())
     start_ray(state, generation)
     store = open_store(state.store_root(), state.run.rollout.store_keep)
     try:
         start_services(state, generation)
         launch_pool(state, store)
-        version, adapter = publish_init_adapter(state.run, state.pool, state.shared) if state.run.init_adapter else (0, None)
+        version, adapter = (0, None)
+        if state.run.init_adapter:
+            version, adapter = publish_init_adapter(state.run, state.pool, state.shared)
         evaluate(state, "base", version or None)
         for index, phase in enumerate(state.run.phases):
             version, adapter = fit(state, index, version, adapter)

@@ -175,9 +175,10 @@ def build_reward_app(args: dict[str, Any] | None = None) -> Application:
         raise ConfigError(f"reward service args: {format_validation_error(exc)}") from None
     RewardScorer(config.rewards)  # unknown reward names fail here, not in a replica
     check_api_key(config, "reward service args")
+    options = {"num_cpus": config.num_cpus, **({"resources": config.resources} if config.resources else {})}
     return RewardDeployment.options(
         num_replicas=config.num_replicas,
         max_ongoing_requests=config.max_ongoing_requests,
         max_queued_requests=config.max_queued_requests,
-        ray_actor_options={"num_cpus": config.num_cpus, **({"resources": config.resources} if config.resources else {})},
+        ray_actor_options=options,
     ).bind(config.model_dump())

@@ -36,7 +36,8 @@ def ensure_reward_service(cfg: RewardConfig, resources: dict[str, float] | None 
         serve.start(http_options={"host": "127.0.0.1", "port": cfg.http_port, "request_timeout_s": REQUEST_TIMEOUT_S})
     else:
         serve.start(proxy_location="Disabled")
-    serve.run(build_app({"num_cpus": cfg.num_cpus, "resources": resources or {}}), name=cfg.app_name, route_prefix="/", blocking=False)
+    app = build_app({"num_cpus": cfg.num_cpus, "resources": resources or {}})
+    serve.run(app, name=cfg.app_name, route_prefix="/", blocking=False)
 
 
 def resolve_reward(cfg: RewardConfig, task: Task) -> tuple[str, dict[str, Any]]:
