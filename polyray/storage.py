@@ -39,23 +39,26 @@ class StorageError(RuntimeError):
 
 @dataclass(frozen=True)
 class StoredDir:
-    """A directory in storage: the location's URI, its key there, the SHA-256 of its manifest."""
+    """A directory in storage: the location's URI, its key there, the SHA-256 of its manifest; ``file``:
+    the reference is to that one file of the directory (a data file)."""
 
     uri: str
     key: str
     sha256: str
+    file: str = ""
 
     def __str__(self) -> str:
-        return f"{REF_PREFIX}{self.sha256}:{self.key}@{self.uri}"
+        return f"{REF_PREFIX}{self.sha256}:{self.key}@{self.uri}" + (f"#{self.file}" if self.file else "")
 
     @classmethod
     def parse(cls, value: str) -> "StoredDir":
         """The reference :meth:`__str__` wrote."""
         sha, _, rest = value[len(REF_PREFIX) :].partition(":")
         key, sep, uri = rest.partition("@")
+        uri, _, file = uri.partition("#")
         if not value.startswith(REF_PREFIX) or len(sha) != 64 or not sep or not key or not uri:
             raise StorageError(f"not a stored-directory reference: {value!r}")
-        return cls(uri, key, sha)
+        return cls(uri, key, sha, file)
 
 
 def is_stored(value) -> bool:
@@ -70,16 +73,19 @@ def _manifest_bytes(files: dict[str, dict]) -> bytes:
     return json.dumps({"files": files}, sort_keys=True, indent=1).encode()
 
 
+def _files(local: str | Path) -> dict[str, Path]:
+    """{relative path: path} of every file under directory ``local`` except a manifest (a file: itself)."""
+    local = Path(local)
+    if local.is_file():
+        return {local.name: local}
+    return {p.relative_to(local).as_posix(): p for p in sorted(local.rglob("*")) if p.is_file() and p.name != MANIFEST}
+
+
 def directory_manifest(local: str | Path) -> dict[str, dict]:
-    """{relative path: {"sha256", "size"}} of every file under ``local`` except a manifest."""
+    """{relative path: {"sha256", "size"}} of every file under ``local`` except a manifest (a file: itself)."""
     from polyray.io import file_sha256
 
-    local = Path(local)
-    return {
-        p.relative_to(local).as_posix(): {"sha256": file_sha256(p), "size": p.stat().st_size}
-        for p in sorted(local.rglob("*"))
-        if p.is_file() and p.name != MANIFEST
-    }
+    return {rel: {"sha256": file_sha256(p), "size": p.stat().st_size} for rel, p in _files(local).items()}
 
 
 class Storage:
@@ -149,23 +155,25 @@ class Storage:
         """Copy directory ``local`` to ``key`` with its manifest, written last; a ``key`` that already
         holds the same manifest is left as it is. ``content_addressed``: under
         ``<key>/<directory name>-<manifest hash>`` instead (a model shared by runs, never overwritten).
+        ``local`` may be one file: it is put as a directory holding it, and the reference names it.
         Returns the reference a worker resolves."""
         files = directory_manifest(local)
         if not files:
             raise StorageError(f"{local}: no files to put into storage")
         manifest = _manifest_bytes(files)
         sha = _sha256_bytes(manifest)
-        key = f"{key.strip('/')}/{Path(local).name}-{sha[:16]}" if content_addressed else key
-        ref = StoredDir(self.uri, key.strip("/"), sha)
+        name = Path(local).stem if Path(local).is_file() else Path(local).name
+        key = f"{key.strip('/')}/{name}-{sha[:16]}" if content_addressed else key
+        ref = StoredDir(self.uri, key.strip("/"), sha, Path(local).name if Path(local).is_file() else "")
         try:
             if self.read_bytes(f"{ref.key}/{MANIFEST}") == manifest:
                 return ref
         except StorageError:
             pass
         self.delete_dir(ref.key)
-        for rel in files:
+        for rel, path in _files(local).items():
             self.fs.create_dir(self.path(f"{ref.key}/{rel}").rsplit("/", 1)[0], recursive=True)
-            with open(Path(local) / rel, "rb") as src, self.fs.open_output_stream(self.path(f"{ref.key}/{rel}")) as dst:
+            with open(path, "rb") as src, self.fs.open_output_stream(self.path(f"{ref.key}/{rel}")) as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
         self.write_bytes(f"{ref.key}/{MANIFEST}", manifest)
         return ref
@@ -233,8 +241,12 @@ def local_dir(value: StoredDir | str | Path) -> Path:
 
 
 def local_path(value: StoredDir | str | Path | None) -> str | None:
-    """:func:`local_dir` as a string (None stays None): what a worker passes on to transformers, vLLM, peft."""
-    return None if value is None else str(local_dir(value))
+    """:func:`local_dir` as a string (None stays None): what a worker passes on to transformers, vLLM, peft;
+    a reference to one file (:attr:`StoredDir.file`): that file in this node's copy."""
+    if value is None:
+        return None
+    ref = StoredDir.parse(value) if isinstance(value, str) and is_stored(value) else value
+    return str(local_dir(ref) / ref.file) if isinstance(ref, StoredDir) and ref.file else str(local_dir(ref))
 
 
 @dataclass(frozen=True)
@@ -281,9 +293,9 @@ class RunStorage:
         return ref
 
 
-def share_model(storage: str | None, model_dir: str | Path) -> StoredDir | str:
-    """What a run hands its workers for ``model_dir``: a reference to it in ``storage`` (put there
-    once, under ``models/<name>-<manifest hash>``, shared by every run using it), else the path."""
+def share_model(storage: str | None, model_dir: str | Path, prefix: str = "models") -> StoredDir | str:
+    """What a run hands its workers for ``model_dir`` (or a data file): a reference to it in ``storage``
+    (put there once, under ``<prefix>/<name>-<manifest hash>``, shared by every run using it), else the path."""
     if storage is None:
         return str(model_dir)
-    return Storage(storage).put_dir(model_dir, "models", content_addressed=True)
+    return Storage(storage).put_dir(model_dir, prefix, content_addressed=True)

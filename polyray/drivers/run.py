@@ -267,6 +267,7 @@ class RunState:
     test_prompts: list = field(default_factory=list)
     model_dir: Path | None = None  # on the driver's node
     model_ref: Any = None  # what workers get: model_dir, or its reference in cluster.storage
+    worker_run: Any = None  # the config workers get (worker_config): input paths as storage references
     shared: Any = None  # the run's place in cluster.storage (polyray.storage.RunStorage), or None
 
     def __post_init__(self) -> None:
@@ -327,6 +328,40 @@ def prepare_inputs(state: RunState, engagement: list[Path]) -> None:
             ensure_engagement_model(run.task.path, path, run.task.seed)
     state.task = build_eval_task(run, state.model_dir)
     state.test_prompts = state.task.prompts("test")
+    with state.timer("inputs_to_storage") if run.cluster.storage else contextlib.nullcontext():
+        state.worker_run = worker_config(run)
+
+
+def worker_config(run: RunConfig) -> RunConfig:
+    """The config learner ranks (and through them reward replicas) get: ``run`` itself, or with
+    ``cluster.storage`` its data file and every engagement model it reads put into storage and named by
+    their references there (each worker copies them to its own node), in place of the driver's paths."""
+    if run.cluster.storage is None:
+        return run
+    from polyray.tasks import build_task
+    from polyray.tasks.data import is_hub
+
+    shared: dict[str, str] = {}
+    path = getattr(run.task, "path", None)
+    if path and not is_hub(path):
+        shared[path] = str(share_model(run.cluster.storage, path, "data"))
+    task = build_task(run.task)
+    for model in plan_rewards(run, task).engagement_models:
+        shared[str(model)] = str(share_model(run.cluster.storage, model, "engagement"))
+    data = _replace_strings(run.model_dump(mode="json"), shared)
+    default = str(task.engagement_model_dir()) if hasattr(task, "engagement_model_dir") else None
+    if data["task"].get("engagement_model", "") is None and default in shared:  # the per-file cache entry
+        data["task"]["engagement_model"] = shared[default]
+    return RunConfig.model_validate(data)
+
+
+def _replace_strings(value, replace: dict[str, str]):
+    """``value`` (JSON data) with every string that is a key of ``replace`` replaced by its value."""
+    if isinstance(value, dict):
+        return {k: _replace_strings(v, replace) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replace_strings(v, replace) for v in value]
+    return replace.get(value, value) if isinstance(value, str) else value
 
 
 def start_ray(state: RunState, generation: dict[str, Any] | None) -> None:
@@ -373,7 +408,8 @@ def fit(state: RunState, index: int, version: int, adapter: str | None) -> tuple
         adapter = share_adapter(state.shared, adapter_dir, phase.name)
     else:
         with state.timer(f"train_{phase.name}"):
-            trained = train_stage(run, index, state.model_ref, state.out, state.pool, version, adapter, state.tracker)
+            trained = train_stage(state.worker_run, index, state.model_ref, state.out, state.pool, version, adapter,
+                                  state.tracker)  # fmt: skip
         version, adapter = trained["version"], share_adapter(state.shared, Path(trained["adapter_dir"]), phase.name)
         stage_done(results, f"train_{phase.name}")
         write_results(state.out, results)

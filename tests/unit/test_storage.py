@@ -158,3 +158,42 @@ def test_a_phase_adapter_round_trip_replaces_the_driver_copy(tmp_path, node_cach
     assert shared.get_dir(dest, "adapters", "sft") == ref
     assert sorted(p.name for p in dest.iterdir()) == ["config.json", MANIFEST, "sub"]
     assert shared.put_dir(dest, "adapters", "sft") == ref  # the driver hands the same reference on
+
+
+def test_a_worker_reads_the_data_and_the_engagement_model_from_storage_not_the_driver(tmp_path, monkeypatch):
+    """worker_config: what the driver ships names storage, so a node without the driver's disk scores the same."""
+    import shutil
+
+    from polyray.config import load_config
+    from polyray.drivers.run import worker_config
+    from polyray.reward.engagement import ensure_engagement_model
+    from polyray.reward.scorer import RewardScorer
+    from polyray.reward.service import resolve_reward
+    from polyray.tasks import build_task
+
+    root = Path(__file__).resolve().parents[2]
+    driver = tmp_path / "driver"
+    data = driver / "replies.jsonl"
+    data.parent.mkdir()
+    shutil.copy(root / "tests" / "fixtures" / "engagement.jsonl", data)
+    monkeypatch.setenv("POLYRAY_CACHE_DIR", str(driver / "cache"))
+    run = load_config(root / "configs" / "replies.yaml", [f"task.path={data}", f"cluster.storage={tmp_path / 'shared'}"])
+    task = build_task(run.task)
+    ensure_engagement_model(data, task.engagement_model_dir(), run.task.seed)  # the driver trains it into its cache
+
+    def scores(run):
+        task = build_task(run.task)
+        name, params = resolve_reward(run.reward, task)
+        items = [task.reward_item(p, "thanks, great point") for p in task.prompts("test", 4)]
+        return params, [r.score for r in RewardScorer().score(name, items, params)]
+
+    _, expected = scores(run)
+    shipped = worker_config(run)
+    assert shipped.task.path.startswith("storage:") and shipped.task.engagement_model.startswith("storage:")
+    shutil.rmtree(driver)  # a worker's node has none of the driver's files
+    monkeypatch.setenv("POLYRAY_CACHE_DIR", str(tmp_path / "node" / "cache"))
+    params, got = scores(shipped)
+    assert params["model_path"] == shipped.task.engagement_model  # a replica on yet another node copies it too
+    assert got == expected
+    quickstart = load_config(root / "configs" / "quickstart.yaml")
+    assert worker_config(quickstart) is quickstart  # no storage: the config as it is
