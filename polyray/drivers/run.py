@@ -31,11 +31,11 @@ from polyray.eval.policy_eval import build_eval_task
 from polyray.eval.record import EvalRecord
 from polyray.io import ConfigError, Timer, console, dump_config, make_progress, write_json_atomic
 from polyray.models.source import offline_model_dir, prepare_model_dir
-from polyray.storage import share_model
 from polyray.rollout.store import STORE_DIR
 from polyray.reward.engagement import ensure_engagement_model
 from polyray.reward.plan import models_to_train, scores_rollouts
 from polyray.reward.plan import plan as plan_rewards
+from polyray.storage import share_model
 from polyray.tracking import check_tracking, open_tracker
 
 

@@ -278,7 +278,6 @@ def run_worker(loop_config: dict[str, Any], session: TrainSession) -> None:
     import torch
 
     from polyray.learner.publish import AdapterPublisher
-
     from polyray.storage import local_path
 
     run = RunConfig.model_validate(loop_config["run"])
@@ -367,8 +366,6 @@ def run_phase(
     With storage, Ray Train's checkpoints and the final adapter are there too (the adapter is copied
     into ``output_dir/adapters/<phase>`` afterwards).
     """
-    from polyray.storage import RunStorage
-
     import threading
 
     import ray
@@ -376,6 +373,8 @@ def run_phase(
     from ray.train import RunConfig as TrainRunConfig
     from ray.train import ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
+
+    from polyray.storage import RunStorage
 
     phase = run.phases[phase_index]
     shared = RunStorage.of(run.cluster.storage, run.name, output_dir)
