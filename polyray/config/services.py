@@ -65,6 +65,9 @@ class RewardServiceConfig(ApiKeyConfig):
     )
     num_replicas: int = Field(1, ge=1, description="Replicas of the deployment.")
     num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per replica.")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources per replica (a run's cluster.worker_resources)."
+    )
     max_ongoing_requests: int = Field(
         64, ge=1, description="Requests a replica works on at once (batching needs several)."
     )

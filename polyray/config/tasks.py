@@ -38,6 +38,7 @@ class TaskConfigBase(StrictModel):
         return False
 
 
+STORED = "storage:"  # polyray.storage.REF_PREFIX: a reference into cluster.storage (config imports only io)
 _SANDBOX_TIMEOUT = "Sandbox wall-clock limit per completion (seconds)."
 _SANDBOX_MEMORY = "Sandbox address-space limit per completion (MiB)."
 _SANDBOX_WORKERS = "Sandboxes run at the same time when judging a batch."
@@ -93,6 +94,8 @@ class CodeTaskConfig(TaskConfigBase):
     @field_validator("path")
     @classmethod
     def _absolute(cls, v: str) -> str:
+        if v.startswith(STORED):  # a run's data file in cluster.storage, as its workers get it
+            return v
         return str(Path(v).expanduser().resolve())
 
 
@@ -179,8 +182,9 @@ class JsonlTaskConfig(TaskConfigBase):
     @field_validator("path", "engagement_model")
     @classmethod
     def _absolute(cls, v: str | None) -> str | None:
-        # Ray workers may run elsewhere than the driver's working directory; a hub id is no path
-        if v is None or v.startswith("hf://"):
+        # Ray workers may run elsewhere than the driver's working directory; a hub id is no path, nor is
+        # a reference into cluster.storage (what a run's workers get: polyray.storage)
+        if v is None or v.startswith(("hf://", STORED)):
             return v
         return str(Path(v).expanduser().resolve())
 

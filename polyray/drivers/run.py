@@ -15,6 +15,7 @@ read back from the run directory, so version ids continue after the newest one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from polyray.rollout.store import STORE_DIR
 from polyray.reward.engagement import ensure_engagement_model
 from polyray.reward.plan import models_to_train, scores_rollouts
 from polyray.reward.plan import plan as plan_rewards
+from polyray.storage import share_model
 from polyray.tracking import check_tracking, open_tracker
 
 
@@ -45,7 +47,7 @@ def evaluate_stage(name: str, pool, task, prompts, run: RunConfig, version: int 
 
 
 def train_stage(
-    run: RunConfig, index: int, model_dir: Path, out: Path, pool, version: int, adapter: str | None, tracker=None
+    run: RunConfig, index: int, model_dir, out: Path, pool, version: int, adapter: str | None, tracker=None
 ):
     from polyray.eval.dynamics import DynamicsProbe
     from polyray.learner.loop import run_phase
@@ -63,7 +65,7 @@ def train_stage(
             if tracker is not None:
                 tracker.log_progress()
 
-        return run_phase(run, index, str(model_dir), out, pool, version, adapter, on_progress=show, dynamics=probe)
+        return run_phase(run, index, model_dir, out, pool, version, adapter, on_progress=show, dynamics=probe)
 
 
 def results_table(results: dict[str, Any], ks: list[int]) -> Table:
@@ -111,16 +113,23 @@ def read_results(path: Path) -> dict[str, Any]:
 INIT_VERSION = 1  # the adapter version a run started from ``init_adapter`` gives it
 
 
-def publish_init_adapter(run: RunConfig, pool) -> tuple[int, str]:
+def publish_init_adapter(run: RunConfig, pool, shared=None) -> tuple[int, str]:
     """Publish ``run.init_adapter`` as version 1 (once: a resumed run finds it in the store) and
-    keep it; (version, adapter directory) for the first phase to start from."""
+    keep it; (version, adapter directory, or its reference in the run's storage ``shared``) for the
+    first phase to start from."""
     from polyray.learner.lora import read_adapter
 
     path = Path(run.init_adapter).resolve()
     if not pool.holds(INIT_VERSION):  # a first start, or one killed inside this very put (id reserved, no weights)
         pool.publish(INIT_VERSION, read_adapter(path), phase="init")
     pool.pin("init", INIT_VERSION)
-    return INIT_VERSION, str(path)
+    return INIT_VERSION, share_adapter(shared, path, "init")
+
+
+def share_adapter(shared, path: Path, name: str) -> str:
+    """The adapter directory ``path`` as learner ranks get it: the path, or with the run's storage
+    ``shared`` (:class:`~polyray.storage.RunStorage`) a reference to it there (put once)."""
+    return str(path) if shared is None else str(shared.put_dir(path, "adapters", name))
 
 
 def check_inputs(run: RunConfig) -> list[Path]:
@@ -162,12 +171,15 @@ def plan_memory(run: RunConfig, model_dir: Path | None) -> list[str]:
     return check_run(run, config, lengths)
 
 
-def generation_args(run: RunConfig, out: Path, model_dir: Path) -> dict[str, Any]:
-    """The generation service's args for the live policy of ``run``: the run's model, engine settings
-    and adapter store, under ``run.generation.args``."""
+def generation_args(run: RunConfig, out: Path, model_dir, store_root: str | None = None) -> dict[str, Any]:
+    """The generation service's args for the live policy of ``run``: the run's model (a path, or its
+    reference in cluster.storage), engine settings and adapter store (``store_root``: the run's in
+    cluster.storage), under ``run.generation.args``."""
     from polyray.generation.service import run_generation_args
 
     args = {**run_generation_args(run, out, model_dir, named=False), **run.generation.args}
+    if store_root is not None:
+        args["store_root"] = store_root
     return {**args, "route_prefix": run.generation.route_prefix}
 
 
@@ -266,11 +278,21 @@ class RunState:
     pool: Any = None
     task: Any = None  # the task as evaluations see it (build_eval_task)
     test_prompts: list = field(default_factory=list)
-    model_dir: Path | None = None
+    model_dir: Path | None = None  # on the driver's node
+    model_ref: Any = None  # what workers get: model_dir, or its reference in cluster.storage
+    worker_run: Any = None  # the config workers get (worker_config): input paths as storage references
+    shared: Any = None  # the run's place in cluster.storage (polyray.storage.RunStorage), or None
 
     def __post_init__(self) -> None:
+        from polyray.storage import RunStorage
+
         self.timer.timings.update(self.results.get("timings_s", {}))
         self.results["timings_s"] = self.timer.timings
+        self.shared = RunStorage.of(self.run.cluster.storage, self.run.name, self.out)
+
+    def store_root(self) -> str:
+        """The adapter store's root: the run directory's, or the run's in cluster.storage."""
+        return self.shared.location(STORE_DIR) if self.shared else str((self.out / STORE_DIR).resolve())
 
 
 def _run_stages(state: RunState, engagement: list[Path], serve_generation: bool) -> None:
@@ -279,13 +301,17 @@ def _run_stages(state: RunState, engagement: list[Path], serve_generation: bool)
     from polyray.rollout.store import open_store
 
     prepare_inputs(state, engagement)
-    generation = generation_args(state.run, state.out, state.model_dir) if serve_generation else None
+    generation = None
+    if serve_generation:
+        generation = generation_args(state.run, state.out, state.model_ref, state.store_root())
     start_ray(state, generation)
-    store = open_store(state.out / STORE_DIR, state.run.rollout.store_keep)
+    store = open_store(state.store_root(), state.run.rollout.store_keep)
     try:
         start_services(state, generation)
         launch_pool(state, store)
-        version, adapter = publish_init_adapter(state.run, state.pool) if state.run.init_adapter else (0, None)
+        version, adapter = (0, None)
+        if state.run.init_adapter:
+            version, adapter = publish_init_adapter(state.run, state.pool, state.shared)
         evaluate(state, "base", version or None)
         for index, phase in enumerate(state.run.phases):
             version, adapter = fit(state, index, version, adapter)
@@ -306,6 +332,8 @@ def prepare_inputs(state: RunState, engagement: list[Path]) -> None:
     with state.timer("model_build"):
         state.model_dir = prepare_model_dir(run.model, run.task)
     state.results["model_dir"] = str(state.model_dir)
+    with state.timer("model_to_storage") if run.cluster.storage else contextlib.nullcontext():
+        state.model_ref = share_model(run.cluster.storage, state.model_dir)  # what crosses to the workers
     for line in plan_memory(run, state.model_dir):  # before anything starts on Ray
         console.print(line, highlight=False)
     for path in engagement:
@@ -313,6 +341,40 @@ def prepare_inputs(state: RunState, engagement: list[Path]) -> None:
             ensure_engagement_model(run.task.path, path, run.task.seed)
     state.task = build_eval_task(run, state.model_dir)
     state.test_prompts = state.task.prompts("test")
+    with state.timer("inputs_to_storage") if run.cluster.storage else contextlib.nullcontext():
+        state.worker_run = worker_config(run)
+
+
+def worker_config(run: RunConfig) -> RunConfig:
+    """The config learner ranks (and through them reward replicas) get: ``run`` itself, or with
+    ``cluster.storage`` its data file and every engagement model it reads put into storage and named by
+    their references there (each worker copies them to its own node), in place of the driver's paths."""
+    if run.cluster.storage is None:
+        return run
+    from polyray.tasks import build_task
+    from polyray.tasks.data import is_hub
+
+    shared: dict[str, str] = {}
+    path = getattr(run.task, "path", None)
+    if path and not is_hub(path):
+        shared[path] = str(share_model(run.cluster.storage, path, "data"))
+    task = build_task(run.task)
+    for model in plan_rewards(run, task).engagement_models:
+        shared[str(model)] = str(share_model(run.cluster.storage, model, "engagement"))
+    data = _replace_strings(run.model_dump(mode="json"), shared)
+    default = str(task.engagement_model_dir()) if hasattr(task, "engagement_model_dir") else None
+    if data["task"].get("engagement_model", "") is None and default in shared:  # the per-file cache entry
+        data["task"]["engagement_model"] = shared[default]
+    return RunConfig.model_validate(data)
+
+
+def _replace_strings(value, replace: dict[str, str]):
+    """``value`` (JSON data) with every string that is a key of ``replace`` replaced by its value."""
+    if isinstance(value, dict):
+        return {k: _replace_strings(v, replace) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replace_strings(v, replace) for v in value]
+    return replace.get(value, value) if isinstance(value, str) else value
 
 
 def start_ray(state: RunState, generation: dict[str, Any] | None) -> None:
@@ -335,7 +397,7 @@ def start_services(state: RunState, generation: dict[str, Any] | None) -> None:
         from polyray.reward.service import ensure_reward_service
 
         with timer("reward_service_start"), console.status("starting the reward service (Ray Serve)"):
-            ensure_reward_service(run.reward, custom_reward_functions(run))
+            ensure_reward_service(run.reward, custom_reward_functions(run), run.cluster.worker_resources)
 
 
 def launch_pool(state: RunState, store) -> None:
@@ -343,7 +405,8 @@ def launch_pool(state: RunState, store) -> None:
 
     run = state.run
     with state.timer("rollout_pool_start"), console.status(f"starting {run.rollout.num_workers} vLLM rollout worker(s)"):
-        state.pool = RolloutPool.launch(str(state.model_dir), run.rollout, run.model.dtype, run.seed, store, run=run.name)
+        state.pool = RolloutPool.launch(state.model_ref, run.rollout, run.model.dtype, run.seed, store, run=run.name,
+                                        resources=run.cluster.worker_resources)  # fmt: skip
 
 
 def fit(state: RunState, index: int, version: int, adapter: str | None) -> tuple[int, str]:
@@ -353,14 +416,15 @@ def fit(state: RunState, index: int, version: int, adapter: str | None) -> tuple
     phase = run.phases[index]
     adapter_dir = state.out / "adapters" / phase.name
     if phase.name in results["phases"]:  # trained and evaluated before a resume
-        return results["versions"][phase.name], str(adapter_dir)
+        return results["versions"][phase.name], share_adapter(state.shared, adapter_dir, phase.name)
     if state.resume and (adapter_dir / "polyray_version.json").is_file():  # trained, not yet evaluated
         version = json.loads((adapter_dir / "polyray_version.json").read_text())["version"]
-        adapter = str(adapter_dir)
+        adapter = share_adapter(state.shared, adapter_dir, phase.name)
     else:
         with state.timer(f"train_{phase.name}"):
-            trained = train_stage(run, index, state.model_dir, state.out, state.pool, version, adapter, state.tracker)
-        version, adapter = trained["version"], trained["adapter_dir"]
+            trained = train_stage(state.worker_run, index, state.model_ref, state.out, state.pool, version, adapter,
+                                  state.tracker)  # fmt: skip
+        version, adapter = trained["version"], share_adapter(state.shared, Path(trained["adapter_dir"]), phase.name)
         stage_done(results, f"train_{phase.name}")
         write_results(state.out, results)
     state.pool.pin(phase.name, version)  # evaluated next, and by anyone later: kept for good

@@ -62,7 +62,9 @@ class DynamicsProbe:
         if self._task is None:
             from polyray.eval.policy_eval import build_eval_task
 
-            self._task = build_eval_task(self.run, self.model_dir)
+            from polyray.storage import local_path
+
+            self._task = build_eval_task(self.run, local_path(self.model_dir))  # on a learner rank's node
             self._prompts = self._task.prompts("val", self.cfg.n_prompts)
         # sampled as the phase evaluations sample (eval.sampling: length, temperature)
         record = measure_dynamics(self.pool, self._task, self._prompts, self.cfg, version, self.run.seed, self.run.eval.sampling)

@@ -204,7 +204,11 @@ class HeldStream(StreamingResponse):
 @serve.ingress(app)
 class GenerationDeployment:
     async def __init__(self, config: dict[str, Any]):
-        self.cfg = cfg = GenerationServiceConfig.model_validate(config)
+        from polyray.storage import local_path
+
+        cfg = GenerationServiceConfig.model_validate(config)
+        # a run's model in cluster.storage: copied to this replica's node first (once per node)
+        self.cfg = cfg = cfg.model_copy(update={"model_dir": local_path(cfg.model_dir)})
         for key, value in engine_env(cfg).items():
             os.environ.setdefault(key, value)
         app.state.api_key = read_api_key(cfg)
@@ -236,9 +240,9 @@ class GenerationDeployment:
             from polyray.rollout.store import STORE_NAMESPACE, open_store, store_actor_name
 
             try:  # the live run's store, or the one `polyray serve generation` opened
-                store = ray.get_actor(store_actor_name(Path(cfg.store_root)), namespace=STORE_NAMESPACE)
+                store = ray.get_actor(store_actor_name(cfg.store_root), namespace=STORE_NAMESPACE)
             except ValueError:  # none (serve deploy, a RayService): open the directory, for every replica
-                store = open_store(Path(cfg.store_root), keep=1 << 30, detached=True)
+                store = open_store(cfg.store_root, keep=1 << 30, detached=True)
         shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
         self.adapter_root = Path(tempfile.mkdtemp(prefix="polyray-generation-", dir=shm))
         metrics = Metrics({"run": cfg.run}, GAUGES, HISTOGRAMS)
@@ -365,7 +369,9 @@ def build_generation_app(args: dict[str, Any] | None = None) -> Application:
         config = GenerationServiceConfig.model_validate(args or {})
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, "generation service args")) from None
-    if not (Path(config.model_dir) / "config.json").is_file():
+    from polyray.storage import is_stored
+
+    if not is_stored(config.model_dir) and not (Path(config.model_dir) / "config.json").is_file():
         raise ConfigError(f"generation service args: model_dir {config.model_dir} has no config.json")
     for name, path in config.adapters.items():
         if not (Path(path) / "adapter_config.json").is_file():

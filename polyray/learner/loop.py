@@ -277,11 +277,14 @@ def run_worker(loop_config: dict[str, Any], session: TrainSession) -> None:
     """One learner rank's attempt at a phase (module docstring), from its latest checkpoint if any."""
     import torch
 
-    from polyray.learner.lora import save_adapter
     from polyray.learner.publish import AdapterPublisher
+    from polyray.storage import local_path
 
     run = RunConfig.model_validate(loop_config["run"])
     phase_cfg = run.phases[loop_config["phase_index"]]
+    # the model and incoming adapter as the driver shared them: from storage into this node's cache
+    loop_config = {**loop_config, "model_dir": local_path(loop_config["model_dir"]),
+                   "init_adapter": local_path(loop_config.get("init_adapter"))}  # fmt: skip
     output_dir, pool, tracker = Path(loop_config["output_dir"]), loop_config.get("pool"), loop_config.get("tracker")
     rank, world = session.rank, session.world
     torch.set_num_threads(run.learner.threads)
@@ -324,18 +327,31 @@ def run_worker(loop_config: dict[str, Any], session: TrainSession) -> None:
         if last or (step + 1) % phase_cfg.checkpoint_every == 0:
             _checkpoint(session, metrics, model, optimizer, scheduler, step + 1, publisher.version)
     if rank == 0:
-        save_adapter(model, output_dir / "adapters" / phase_cfg.name,
-                     extra={"polyray_version.json": {"version": publisher.version, "phase": phase_cfg.name}})
+        _save_final_adapter(model, output_dir, phase_cfg.name, publisher.version, loop_config.get("storage"))
+
+
+def _save_final_adapter(model, output_dir: Path, phase: str, version: int, shared) -> None:
+    """The phase's adapter in peft format: in ``adapters/<phase>`` of the run directory, or of the run's
+    storage (``shared``, a :class:`~polyray.storage.RunStorage`) when the run has one."""
+    from polyray.learner.lora import save_adapter
+
+    extra = {"polyray_version.json": {"version": version, "phase": phase}}
+    if shared is None:
+        save_adapter(model, output_dir / "adapters" / phase, extra=extra)
+        return
+    with tempfile.TemporaryDirectory(prefix=f"polyray-{phase}-") as tmp:
+        save_adapter(model, Path(tmp) / phase, extra=extra)
+        shared.put_dir(Path(tmp) / phase, "adapters", phase)
 
 
 def run_phase(
     run: RunConfig,
     phase_index: int,
-    model_dir: str,
+    model_dir,
     output_dir: Path,
     pool,
     start_version: int,
-    init_adapter: str | None,
+    init_adapter,
     on_progress=None,
     dynamics=None,
 ) -> dict[str, Any]:
@@ -344,6 +360,11 @@ def run_phase(
     ``dynamics``: a picklable ``probe(step, version)`` with ``probe.due(step, last)`` and
     ``probe.path`` (the log it appends to) that rank 0 calls after publishing (the driver passes
     :class:`polyray.eval.dynamics.DynamicsProbe`).
+
+    ``model_dir`` and ``init_adapter``: paths, or with ``cluster.storage`` references into it
+    (:class:`~polyray.storage.StoredDir` or its string form) that each rank copies to its own node.
+    With storage, Ray Train's checkpoints and the final adapter are there too (the adapter is copied
+    into ``output_dir/adapters/<phase>`` afterwards).
     """
     import threading
 
@@ -353,30 +374,34 @@ def run_phase(
     from ray.train import ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from polyray.storage import RunStorage
+
     phase = run.phases[phase_index]
+    shared = RunStorage.of(run.cluster.storage, run.name, output_dir)
     tracker = ray.remote(num_cpus=0)(ProgressTracker).remote()
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "run": run.model_dump(mode="json"),
             "phase_index": phase_index,
-            "model_dir": str(model_dir),
+            "model_dir": model_dir if not isinstance(model_dir, Path) else str(model_dir),
             "output_dir": str(output_dir),
             "pool": pool,
             "tracker": tracker,
             "start_version": start_version,
             "init_adapter": init_adapter,
             "dynamics": dynamics,
+            "storage": shared,
         },
         torch_config=TorchConfig(backend="nccl" if run.learner.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=run.learner.num_workers,
             use_gpu=run.learner.use_gpu,
-            resources_per_worker={"CPU": run.learner.cpus_per_worker},
+            resources_per_worker={"CPU": run.learner.cpus_per_worker, **run.cluster.worker_resources},
         ),
         run_config=TrainRunConfig(
             name=phase.name,
-            storage_path=str((output_dir / "checkpoints").resolve()),
+            storage_path=shared.location("checkpoints") if shared else str((output_dir / "checkpoints").resolve()),
             # a dead learner worker restarts the group from the latest checkpoint (see resume above)
             failure_config=FailureConfig(max_failures=run.learner.max_failures),
         ),
@@ -401,5 +426,7 @@ def run_phase(
     if "error" in box:
         raise box["error"]
     adapter_dir = output_dir / "adapters" / phase.name
+    if shared is not None:  # rank 0 put it into storage, from whichever node it ran on
+        shared.get_dir(adapter_dir, "adapters", phase.name)
     version = json.loads((adapter_dir / "polyray_version.json").read_text())["version"]
     return {"adapter_dir": str(adapter_dir), "version": version, "metrics": box["result"].metrics}

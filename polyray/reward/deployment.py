@@ -183,11 +183,13 @@ def build_reward_app(args: dict[str, Any] | None = None) -> Application:
     except (RewardError, FunctionRefError) as exc:
         raise ConfigError(f"reward service args: {exc}") from None
     check_api_key(config, "reward service args")
+    options = {"num_cpus": config.num_cpus, **({"resources": config.resources} if config.resources else {}),
+               **({"runtime_env": env} if env else {})}  # fmt: skip
     return RewardDeployment.options(
         num_replicas=config.num_replicas,
         max_ongoing_requests=config.max_ongoing_requests,
         max_queued_requests=config.max_queued_requests,
-        ray_actor_options={"num_cpus": config.num_cpus, **({"runtime_env": env} if env else {})},
+        ray_actor_options=options,
     ).bind(config.model_dump())
 
 

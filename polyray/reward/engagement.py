@@ -165,9 +165,12 @@ class EngagementModel:
 
     @classmethod
     def load(cls, path: str | Path) -> EngagementModel:
+        """The model in directory ``path``, or, a reference into cluster.storage, in this node's copy of it."""
         from safetensors.torch import load_file
 
-        path = Path(path)
+        from polyray.storage import local_dir
+
+        path = local_dir(path)
         if not (path / _HEAD_FILE).is_file() or not (path / _META_FILE).is_file():
             raise RewardError(
                 f"{path} is not an engagement model directory (needs {_HEAD_FILE} and {_META_FILE}); "
@@ -297,7 +300,9 @@ class EngagementReward(ParameterisedReward):
 
     def __init__(self, **params: Any):
         super().__init__(**params)
-        path = Path(self.config.model_path)
+        from polyray.storage import local_dir
+
+        path = local_dir(self.config.model_path)  # a reference into cluster.storage: this node's copy
         marker = path / _HEAD_FILE
         self.model = _load_cached(str(path.resolve()), marker.stat().st_mtime if marker.exists() else 0.0)
 

@@ -21,9 +21,11 @@ from polyray.tasks.base import Prompt, Task
 RewardFn = Callable[[list[Prompt], list[list[str]]], torch.Tensor]  # prompts, (B, G) texts -> (B, G) rewards
 
 
-def ensure_reward_service(cfg: RewardConfig, functions: Iterable[str] = ()) -> None:
+def ensure_reward_service(cfg: RewardConfig, functions: Iterable[str] = (),
+                          resources: dict[str, float] | None = None) -> None:  # fmt: skip
     """Deploy the reward application on the connected cluster if it is not running yet, its replicas
-    given the code of the custom reward ``functions`` (:func:`~polyray.config.run.custom_reward_functions`)."""
+    given the code of the custom reward ``functions`` (:func:`~polyray.config.run.custom_reward_functions`);
+    ``resources``: custom Ray resources per replica (``cluster.worker_resources``)."""
     from ray import serve
 
     from polyray.reward.deployment import build_reward_app as build_app
@@ -36,7 +38,7 @@ def ensure_reward_service(cfg: RewardConfig, functions: Iterable[str] = ()) -> N
         serve.start(http_options={"host": "127.0.0.1", "port": cfg.http_port, "request_timeout_s": REQUEST_TIMEOUT_S})
     else:
         serve.start(proxy_location="Disabled")
-    args = {"num_cpus": cfg.num_cpus, "functions": list(functions)}
+    args = {"num_cpus": cfg.num_cpus, "functions": list(functions), "resources": resources or {}}
     serve.run(build_app(args), name=cfg.app_name, route_prefix="/", blocking=False)
 
 

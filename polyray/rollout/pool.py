@@ -41,14 +41,17 @@ class RolloutPool:
 
     @classmethod
     def launch(
-        cls, model_dir: str, config: RolloutConfig, dtype: str = "float32", run_seed: int = 0, store=None,
-        run: str = "",
+        cls, model_dir, config: RolloutConfig, dtype: str = "float32", run_seed: int = 0, store=None,
+        run: str = "", resources: dict[str, float] | None = None,
     ) -> "RolloutPool":
         """Start ``config.num_workers`` workers; worker i's engine seed mixes (rollout.seed, run seed, i).
-        ``run``: the tag of the workers' metrics."""
+        ``model_dir``: a path, or a reference into ``cluster.storage`` each worker copies to its node.
+        ``run``: the tag of the workers' metrics. ``resources``: custom Ray resources per worker
+        (``cluster.worker_resources``)."""
         actor_cls = ray.remote(RolloutWorker).options(
             num_cpus=config.cpus_per_worker,
             num_gpus=config.gpus_per_worker,
+            resources=resources or None,
             max_restarts=2,
             max_task_retries=0,
             runtime_env={"env_vars": rollout_env(config)},

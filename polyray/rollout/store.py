@@ -17,7 +17,9 @@ Invariants (docs/design.md, "Adapter versions"):
 - **Retention.** The newest ``keep`` versions stay on disk, and every pinned one (a phase's
   final adapter); older ones are deleted.
 
-Layout: ``<root>/reserved.json`` and ``<root>/v000042/{adapter_config.json,
+Where: the run directory's ``adapter_store``, or, with ``cluster.storage``, the run's key there (a
+shared path or a ``pyarrow.fs`` URI, :class:`~polyray.storage.Storage`): a store restarted on another
+node reads it back. Layout: ``<root>/reserved.json`` and ``<root>/v000042/{adapter_config.json,
 adapter_model.safetensors, record.json}``; ``record.json`` is written last, so a version
 directory without one is a torn write and is removed on start.
 """
@@ -26,13 +28,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from polyray.io import write_json_atomic
+from polyray.storage import Storage, StorageError
 
 
 class AdapterHashError(RuntimeError):
@@ -82,6 +83,13 @@ def write_adapter_dir(path: Path, adapter: dict[str, Any]) -> None:
     save_file({k: v.detach().cpu().contiguous() for k, v in adapter["tensors"].items()}, str(path / "adapter_model.safetensors"))
 
 
+def adapter_bytes(adapter: dict[str, Any]) -> bytes:
+    """The adapter's tensors as a safetensors file's bytes."""
+    from safetensors.torch import save
+
+    return save({k: v.detach().cpu().contiguous() for k, v in adapter["tensors"].items()})
+
+
 def read_adapter_dir(path: Path) -> dict[str, Any]:
     from safetensors.torch import load_file
 
@@ -95,27 +103,31 @@ class AdapterStore:
     def __init__(self, root: str, keep: int = 8):
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
-        self.root, self.keep = Path(root), keep
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.storage, self.keep = Storage(root), keep  # a run directory's path, or a key in cluster.storage
+        self.root = self.storage.uri
         self.records: dict[int, AdapterRecord] = {}
-        for d in sorted(self.root.glob("v[0-9]*")):
-            record = d / "record.json"
-            if record.is_file():
-                r = AdapterRecord(**json.loads(record.read_text()))
-                self.records[r.version] = r
-            else:  # killed mid-write: the version never became visible
-                shutil.rmtree(d, ignore_errors=True)
-        reserved_file = self.root / "reserved.json"
-        saved = json.loads(reserved_file.read_text()) if reserved_file.is_file() else {}
+        for name in self.storage.list_dirs(""):
+            if not (name.startswith("v") and name[1:].isdigit()):
+                continue
+            try:
+                r = AdapterRecord(**json.loads(self.storage.read_bytes(f"{name}/record.json")))
+            except StorageError:  # killed mid-write: the version never became visible
+                self.storage.delete_dir(name)
+                continue
+            self.records[r.version] = r
+        try:
+            saved = json.loads(self.storage.read_bytes("reserved.json"))
+        except StorageError:
+            saved = {}
         self.reserved = max(saved.get("reserved", 0), max(self.records, default=0))
         self.pins: dict[str, int] = saved.get("pins", {})
         self._cache: dict[int, dict[str, Any]] = {}  # the newest few adapters, kept in memory
 
-    def _dir(self, version: int) -> Path:
-        return self.root / f"v{version:06d}"
+    def _dir(self, version: int) -> str:
+        return f"v{version:06d}"
 
     def _save_state(self) -> None:
-        write_json_atomic(self.root / "reserved.json", {"reserved": self.reserved, "pins": self.pins})
+        self.storage.write_bytes("reserved.json", json.dumps({"reserved": self.reserved, "pins": self.pins}).encode())
 
     # ---- writes -------------------------------------------------------------------------------
     def put_next(self, adapter: dict[str, Any], phase: str = "", step: int = 0) -> AdapterRecord:
@@ -140,10 +152,11 @@ class AdapterStore:
         self.reserved = version
         self._save_state()  # reserve the id before writing: a torn write never frees it
         d = self._dir(version)
-        shutil.rmtree(d, ignore_errors=True)
-        write_adapter_dir(d, adapter)
+        self.storage.delete_dir(d)
+        self.storage.write_bytes(f"{d}/adapter_config.json", json.dumps(adapter["config"]).encode())
+        self.storage.write_bytes(f"{d}/adapter_model.safetensors", adapter_bytes(adapter))
         record = AdapterRecord(version, sha, phase, step, time.time())
-        write_json_atomic(d / "record.json", asdict(record))
+        self.storage.write_bytes(f"{d}/record.json", json.dumps(asdict(record)).encode())
         self.records[version] = record
         self._cache[version] = adapter
         self._retain()
@@ -160,7 +173,7 @@ class AdapterStore:
         keep = set(sorted(self.records)[-self.keep :]) | set(self.pins.values())
         for version in [v for v in self.records if v not in keep]:
             del self.records[version]
-            shutil.rmtree(self._dir(version), ignore_errors=True)
+            self.storage.delete_dir(self._dir(version))
         for version in sorted(self._cache)[:-2]:
             del self._cache[version]
 
@@ -191,7 +204,13 @@ class AdapterStore:
         record = self.records.get(version)
         if record is None:
             return None
-        adapter = self._cache.get(version) or read_adapter_dir(self._dir(version))
+        adapter = self._cache.get(version)
+        if adapter is None:
+            from safetensors.torch import load
+
+            d = self._dir(version)
+            adapter = {"config": json.loads(self.storage.read_bytes(f"{d}/adapter_config.json")),
+                       "tensors": load(self.storage.read_bytes(f"{d}/adapter_model.safetensors"))}  # fmt: skip
         return adapter, record
 
 
@@ -199,12 +218,17 @@ STORE_DIR = "adapter_store"  # a run's store, in its run directory
 STORE_NAMESPACE = "polyray"  # named actors are per namespace: one known to every process of a run and its services
 
 
-def store_actor_name(root: Path) -> str:
-    """The store's actor name: one per run directory."""
-    return "polyray-adapter-store-" + hashlib.blake2b(str(Path(root).resolve()).encode(), digest_size=6).hexdigest()
+def store_root(root: str | Path) -> str:
+    """``root`` as the store names it: a URI as it is, a path made absolute."""
+    return str(root).rstrip("/") if "://" in str(root) else str(Path(root).resolve())
 
 
-def open_store(root: Path, keep: int = 8, detached: bool = False):
+def store_actor_name(root: str | Path) -> str:
+    """The store's actor name: one per run directory (or storage location)."""
+    return "polyray-adapter-store-" + hashlib.blake2b(store_root(root).encode(), digest_size=6).hexdigest()
+
+
+def open_store(root: str | Path, keep: int = 8, detached: bool = False):
     """The run's store actor (created, or the live one for this run directory). Ray restarts it
     if its process dies; the new one reads the directory back, and calls in flight are retried.
     ``detached``: it outlives its creator (a service that opened a finished run's store)."""
@@ -215,5 +239,5 @@ def open_store(root: Path, keep: int = 8, detached: bool = False):
         .options(name=store_actor_name(root), namespace=STORE_NAMESPACE, get_if_exists=True, num_cpus=0,
                  max_restarts=-1, max_task_retries=-1, lifetime="detached" if detached else None,
                  scheduling_strategy="DEFAULT")  # outside a Tune trial's placement group, like the workers
-        .remote(str(Path(root).resolve()), keep)
+        .remote(store_root(root), keep)
     )

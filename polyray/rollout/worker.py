@@ -127,7 +127,7 @@ COUNTERS = {"polyray_rollout_completion_tokens": "Completion tokens the worker g
 
 class RolloutWorker:
     def __init__(
-        self, model_dir: str, config: RolloutConfig, dtype: str = "float32", keep_versions: int | None = None,
+        self, model_dir, config: RolloutConfig, dtype: str = "float32", keep_versions: int | None = None,
         store=None, tags: dict[str, str] | None = None,
     ):  # fmt: skip
         for key, value in rollout_env(config).items():
@@ -142,7 +142,10 @@ class RolloutWorker:
         self._incarnation = uuid.uuid4().hex
         self.config = config
         self.keep_versions = keep_versions or config.max_loras
-        self.llm = LLM(**engine_kwargs(model_dir, config, dtype))
+        from polyray.storage import local_path
+
+        # a reference into cluster.storage: copied to this node's cache first (once per node)
+        self.llm = LLM(**engine_kwargs(local_path(model_dir), config, dtype))
         shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
         self.adapter_root = Path(tempfile.mkdtemp(prefix="polyray-adapters-", dir=shm))
         self.adapters: dict[int, tuple[Path, str]] = {}  # version -> (directory, content hash)

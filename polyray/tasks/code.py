@@ -58,6 +58,7 @@ from polyray.config.tasks import CodeTaskConfig, CountdownCodeTaskConfig
 from polyray.io import DataError, JsonlReport, file_sha256, read_jsonl_rows
 from polyray.tasks import countdown
 from polyray.tasks.base import Judgement, Prompt, Task, TaskError
+from polyray.tasks.data import local_data
 from polyray.tasks.humaneval import HUMANEVAL_STOPS, SandboxJudging, sandbox_judgement, truncate_at_stops
 from polyray.tasks.splits import shuffled_split
 
@@ -168,7 +169,7 @@ class CodeTask(_SandboxTask):
     stop_sequences = HUMANEVAL_STOPS
 
     def __init__(self, config: CodeTaskConfig, reward_model=None):
-        self.config = config
+        self.config = config = local_data(config)
         report = JsonlReport()
         self.problems = read_problems(config.path, config.skip_bad_lines, report)
         self.data_warning = report.summary(config.path) if report.skipped else None

@@ -100,6 +100,16 @@ def _columnar_records(path: str, kind: str):
     return iter(data)
 
 
+def local_data(config):
+    """``config`` (a task's settings) with a data file given as a reference into cluster.storage (what a
+    run's workers get) replaced by this node's copy of it (:func:`polyray.storage.local_path`)."""
+    from polyray.storage import is_stored, local_path
+
+    if is_stored(config.path):
+        return config.model_copy(update={"path": local_path(config.path)})
+    return config
+
+
 def data_fingerprint(path: str) -> str:
     """What identifies the data's content (cache keys): the file's SHA-256, a hub data set's fingerprint."""
     if is_hub(path):

@@ -37,7 +37,8 @@ import numpy as np
 from polyray.config.tasks import JsonlTaskConfig, QualityMetric
 from polyray.io import JsonlReport, cache_root
 from polyray.tasks.base import Judgement, Prompt, Task
-from polyray.tasks.data import JsonlDataError, JsonlRow, data_fingerprint, read_rows
+from polyray.storage import is_stored, local_path
+from polyray.tasks.data import JsonlDataError, JsonlRow, data_fingerprint, local_data, read_rows
 from polyray.tasks.quality import compute_embedding_cosines, compute_rouge
 from polyray.tasks.splits import SplitError, shuffled_split, stratified_split
 
@@ -103,7 +104,7 @@ class JsonlTask(Task):
     graded = True
 
     def __init__(self, config: JsonlTaskConfig, reward_model=None):
-        self.config = config
+        self.config = config = local_data(config)
         self.name = config.type
         self.success_threshold = config.success_threshold
         self.quality_name = config.quality
@@ -178,12 +179,15 @@ class JsonlTask(Task):
     def engagement_model_dir(self) -> Path:
         """Where this task's engagement model is (or is trained to): the config's, else a cache entry per file."""
         if self.config.engagement_model:
-            return Path(self.config.engagement_model)
+            return Path(local_path(self.config.engagement_model))  # a reference: this node's copy
         return cache_root() / "engagement" / f"{data_fingerprint(self.config.path)[:16]}-seed{self.config.seed}"
 
     def reward_defaults(self) -> dict[str, dict[str, Any]]:
         metric = self.config.quality if self.config.quality in SIMILARITY_METRICS else "rougeL"
-        return {"engagement": {"model_path": str(self.engagement_model_dir())}, "reference_similarity": {"metric": metric}}
+        model = self.config.engagement_model
+        # a reference into cluster.storage goes to the reward replica as it is: it copies it to its own node
+        model_path = model if model and is_stored(model) else str(self.engagement_model_dir())
+        return {"engagement": {"model_path": model_path}, "reference_similarity": {"metric": metric}}
 
     def pretrain_corpus(self, n_prompts: int, noise: float, seed: int) -> list[tuple[str, str]]:
         """Every response of the train prompts (good and bad alike), each after its prompt's template.

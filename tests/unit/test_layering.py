@@ -21,6 +21,7 @@ LAYERS: dict[str, int] = {
     "polyray.io": 0,
     "polyray.config": 1,  # imports only polyray.io: every piece takes its settings from here
     "polyray.embeddings": 1,
+    "polyray.storage": 1,
     "polyray.sandbox": 1,
     "polyray.tasks": 2,
     "polyray.diversity": 3,
