@@ -17,52 +17,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from export_harness import PROMPTS, greedy_and_logprobs, make_run
 from typer.testing import CliRunner
 
 from polyray.cli import app
-from polyray.io import dump_config
 from polyray.models.export import ExportError, export_run, push_to_hub
 
 ROOT = Path(__file__).resolve().parents[2]
-PROMPTS = ["nums 3 4 9 target 12\nexpr:", "nums 2 7 5 target 9\nexpr:", "nums 8 1 6 target 48\nexpr:"]
-
-
-def make_run(root: Path, run_config, model_dir: Path, phases=("sft", "grpo"), seed: int = 0) -> Path:
-    """A run directory with one random, non-zero LoRA adapter per phase of ``phases``."""
-    from polyray.learner.lora import build_peft_model, save_adapter
-
-    run = root / "run"
-    run.mkdir()
-    (run / "config.resolved.yaml").write_text(dump_config(run_config))
-    (run / "results.json").write_text(json.dumps({"name": "quickstart", "model_dir": str(model_dir), "phases": {}}))
-    torch.manual_seed(seed)
-    for version, phase in enumerate(phases, start=1):
-        model, _ = build_peft_model(str(model_dir), run_config.learner.lora)
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if "lora_" in name:
-                    p.normal_(0.0, 0.3)
-        save_adapter(model, run / "adapters" / phase, extra={"polyray_version.json": {"version": version}})
-    return run
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, run_config, model_dir):
     return make_run(tmp_path_factory.mktemp("export"), run_config, model_dir)
-
-
-def _greedy_and_logprobs(model, tokenizer, prompts, max_new_tokens=12):
-    """Greedy continuations (token ids) and each prompt's summed token log-probs under ``model``."""
-    tokens, logprobs = [], []
-    for text in prompts:
-        ids = tokenizer(text, return_tensors="pt")["input_ids"]
-        with torch.no_grad():
-            out = model.generate(input_ids=ids, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-            logits = model(input_ids=ids).logits[0, :-1].log_softmax(-1)
-        tokens.append(out[0, ids.shape[1]:].tolist())
-        logprobs.append(logits.gather(-1, ids[0, 1:, None]).squeeze(-1))
-    return tokens, logprobs
 
 
 def test_merged_export_is_the_adapter_on_the_base(run_dir, model_dir, tmp_path):
@@ -77,13 +43,13 @@ def test_merged_export_is_the_adapter_on_the_base(run_dir, model_dir, tmp_path):
     base = AutoModelForCausalLM.from_pretrained(model_dir)
     reference = PeftModel.from_pretrained(base, run_dir / "adapters" / "grpo").eval()  # the last phase by default
 
-    got_tokens, got_lp = _greedy_and_logprobs(merged, tokenizer, PROMPTS)
-    want_tokens, want_lp = _greedy_and_logprobs(reference, tokenizer, PROMPTS)
+    got_tokens, got_lp = greedy_and_logprobs(merged, tokenizer, PROMPTS)
+    want_tokens, want_lp = greedy_and_logprobs(reference, tokenizer, PROMPTS)
     assert got_tokens == want_tokens
     for got, want in zip(got_lp, want_lp):
         assert torch.allclose(got, want, atol=1e-3), (got - want).abs().max()
     # the adapter changed the model: a merge that dropped it would not pass the checks above
-    plain_tokens, plain_lp = _greedy_and_logprobs(AutoModelForCausalLM.from_pretrained(model_dir).eval(), tokenizer, PROMPTS)
+    plain_tokens, plain_lp = greedy_and_logprobs(AutoModelForCausalLM.from_pretrained(model_dir).eval(), tokenizer, PROMPTS)
     assert max((a - b).abs().max().item() for a, b in zip(plain_lp, want_lp)) > 0.05
     info = json.loads((out / "polyray_export.json").read_text())
     assert info["phase"] == "grpo" and info["policy_version"] == 2 and info["merged"]
