@@ -104,6 +104,8 @@ def export_run(
                 "adapter": str(adapter), "policy_version": _policy_version(adapter)}  # fmt: skip
         (staging / EXPORT_INFO).write_text(json.dumps(info, indent=2))
         staging.chmod(0o755)
+        for f in staging.iterdir():  # readable by whoever serves it (some writers leave 0600)
+            f.chmod(0o644)
         if out.exists():
             out.rmdir()  # empty (checked above)
         os.replace(staging, out)
