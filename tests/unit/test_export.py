@@ -76,6 +76,21 @@ def test_adapter_export_loads_with_its_tokenizer(run_dir, model_dir, tmp_path):
         assert torch.equal(loaded(input_ids=ids).logits, want) and torch.equal(auto(input_ids=ids).logits, want)
 
 
+def test_adapter_config_names_a_hub_base_by_its_id(run_dir, tmp_path):
+    import shutil
+
+    import yaml
+
+    run = tmp_path / "hub_run"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("export"))
+    config = yaml.safe_load((run / "config.resolved.yaml").read_text())
+    config["model"]["source"] = "Qwen/Qwen3-0.6B"  # the weights at results.json's model_dir (a snapshot)
+    (run / "config.resolved.yaml").write_text(yaml.safe_dump(config))
+    out = export_run(run, tmp_path / "a")
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == "Qwen/Qwen3-0.6B"
+    assert all(f.stat().st_mode & 0o777 == 0o644 for f in out.iterdir())
+
+
 def test_default_out_and_an_existing_out_is_refused(run_dir):
     out = export_run(run_dir, phase="sft")
     assert out == run_dir / "export" / "sft" and (out / "adapter_config.json").is_file()
