@@ -11,6 +11,7 @@ from polyray.cli.bench import bench_app
 from polyray.cli.check import check_command
 from polyray.cli.common import user_errors
 from polyray.cli.evaluate import eval_command
+from polyray.cli.export import export_command
 from polyray.cli.serve import serve_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train LLMs for k-candidate deployment on Ray.")
@@ -20,6 +21,7 @@ app.add_typer(serve_app, name="serve", help="Ray Serve endpoints: the reward ser
 app.add_typer(bench_app, name="bench")
 app.command("eval")(eval_command)
 app.command("check")(check_command)
+app.command("export")(export_command)
 
 
 def _version(value: bool) -> None:

@@ -51,6 +51,7 @@ from polyray.generation.api import ChatBody, CompletionBody, limit_error
 from polyray.generation.catalog import AdapterCatalog, Hold, UnknownModelError
 from polyray.http import BearerAuth, BodySizeLimit, check_api_key, openai_error, read_api_key
 from polyray.io import ConfigError, format_validation_error
+from polyray.models.tiny import EMBEDDED_CHAT_TEMPLATE
 from polyray.rollout.worker import vllm_env
 from polyray.telemetry import Metrics
 
@@ -65,12 +66,6 @@ HISTOGRAMS = {
     "polyray_generation_adapter_load_seconds": ("Seconds from pulling a version to serving it.",
                                                 [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5]),
 }
-
-# The embedded model's tokenizer has no chat template: this minimal one makes chat work end to end.
-EMBEDDED_CHAT_TEMPLATE = (
-    "{%- for message in messages -%}{{ message['role'] }}: {{ message['content'] }}\n{% endfor -%}"
-    "{%- if add_generation_prompt -%}assistant: {% endif -%}"
-)
 
 app = FastAPI(
     title="polyray generation service",

@@ -97,16 +97,30 @@ def _tokenizer(model_dir: str):
 def format_for_model(task: Task, model: ModelConfig, model_dir: str | Path) -> Task:
     """``task`` with prompts as ``model`` expects them: through its tokenizer's chat template when
     it has one, ``prompt_format`` is auto (instruct models) and the task's answers can be chat
-    replies (not countdown's, which continue the prompt's line), else the task's own template."""
+    replies (not countdown's, which continue the prompt's line), else the task's own template.
+
+    A prompt with a system prompt or earlier turns (``meta["messages"]``) is rendered as that
+    conversation: the system prompt is the template's own ``system`` turn, not text glued before
+    the user's. A template that refuses a system turn (some raise on one) gets the prompt's text
+    with the system prompt before it, as a plain-text model sees it."""
     if model.prompt_format != "auto" or not task.chat_format_ok:
         return task
     tokenizer = _tokenizer(str(model_dir))
     if not getattr(tokenizer, "chat_template", None):
         return task
     kwargs = dict(model.chat_template_kwargs)
-    return with_prompt_format(
-        task,
-        lambda text: tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True, **kwargs
-        ),
-    )
+
+    def apply(turns: list[dict[str, str]]) -> str:
+        return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True, **kwargs)
+
+    def render(text: str, messages: list[dict[str, str]] | None = None) -> str:
+        if messages:
+            from jinja2 import TemplateError
+
+            try:
+                return apply(messages)
+            except TemplateError:  # e.g. "System role not supported": the system prompt goes in the text
+                pass
+        return apply([{"role": "user", "content": text}])
+
+    return with_prompt_format(task, render)

@@ -37,6 +37,12 @@ log = logging.getLogger(__name__)
 
 BUILD_VERSION = 1  # bump when the recipe changes so old caches are not reused
 EOS, PAD = "<|endoftext|>", "<|pad|>"
+# The embedded model's tokenizer has no chat template of its own: this minimal one makes chat work end to
+# end (the generation service serves it, ``polyray export`` writes it beside the model).
+EMBEDDED_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}{{ message['role'] }}: {{ message['content'] }}\n{% endfor -%}"
+    "{%- if add_generation_prompt -%}assistant: {% endif -%}"
+)
 
 
 def build_key(tiny: TinyModelConfig, task_config) -> str:

@@ -84,7 +84,7 @@ def _code_task(tmp_path: Path):
     return CodeTaskConfig(path=str(path))
 
 
-def _tokenizer_dir(tmp_path: Path, chat: bool) -> Path:
+def _tokenizer_dir(tmp_path: Path, chat: bool, template: str | None = None) -> Path:
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -93,11 +93,11 @@ def _tokenizer_dir(tmp_path: Path, chat: bool) -> Path:
     tok.train_from_iterator(["hello world"], trainers.BpeTrainer(vocab_size=300, special_tokens=["<eos>"]))
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
     if chat:
-        fast.chat_template = (
+        fast.chat_template = template or (
             "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
             "{% if add_generation_prompt %}<|assistant|>{% endif %}"
         )
-    out = tmp_path / ("chat" if chat else "plain")
+    out = tmp_path / ("plain" if not chat else "chat" if template is None else "chat-custom")
     fast.save_pretrained(out)
     return out
 
@@ -127,6 +127,32 @@ def test_prompts_go_through_the_chat_template_when_the_model_has_one(tmp_path):
     # no template, or prompt_format: plain -> the task's own template
     assert format_for_model(task, ModelConfig(), _tokenizer_dir(tmp_path, chat=False)).prompts("test", 3) == plain
     assert format_for_model(task, ModelConfig(prompt_format="plain"), tmp_path / "chat").prompts("test", 3) == plain
+
+
+def test_a_system_prompt_is_its_own_turn_of_the_chat_template(tmp_path):
+    """The row's system prompt, or ``task.system_prompt``, reaches a chat model as the template's system
+    turn; the user turn holds the prompt alone."""
+    from polyray.config.model import ModelConfig
+    from polyray.models.source import format_for_model
+
+    data = ROOT / "tests" / "fixtures" / "userdata"
+    chat_dir = _tokenizer_dir(tmp_path, chat=True)
+    system = "You are a concise assistant."
+    own = build_task(JsonlTaskConfig(type="replies", path=str(data / "chat.jsonl")))
+    p = format_for_model(own, ModelConfig(), chat_dir).prompts("all", 1)[0]
+    assert p.text == f"<|system|>{system}<|end|><|user|>Write a reply about topic 0.\n<|end|><|assistant|>"
+    assert p.meta["raw_prompt"] == "Write a reply about topic 0."
+    configured = build_task(JsonlTaskConfig(type="replies", path=str(data / "prompt_completion.jsonl"),
+                                            system_prompt="Be brief."))  # fmt: skip
+    p = format_for_model(configured, ModelConfig(), chat_dir).prompts("all", 1)[0]
+    assert p.text == "<|system|>Be brief.<|end|><|user|>Write a reply about topic 0.\n<|end|><|assistant|>"
+    # a template that refuses system turns (as some do): the system prompt goes before the user's text
+    refuses = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    )
+    p = format_for_model(own, ModelConfig(), _tokenizer_dir(tmp_path, chat=True, template=refuses)).prompts("all", 1)[0]
+    assert p.text == f"<|user|>{system}\n\nWrite a reply about topic 0.\n<|end|><|assistant|>"
 
 
 # ------------------------------------------------------------------------------------ rewards

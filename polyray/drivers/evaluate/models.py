@@ -10,7 +10,6 @@ before anything starts, and errors name the config field.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import yaml
 from polyray.config.tasks import CountdownTaskConfig
 from polyray.drivers.evaluate.config import EvalJobConfig
 from polyray.io import ConfigError, warn
+from polyray.models.run_dir import resolve_adapter_dirs
 from polyray.models.source import prepare_model_dir
 
 
@@ -32,53 +32,6 @@ class ResolvedModel:
     adapter: Path | None = None
     run_dir: Path | None = None
     spec_index: int = 0
-
-
-def resolve_adapter_dirs(path: str | Path, phases: Sequence[str] | None = None) -> list[tuple[str | None, Path]]:
-    """(phase, adapter dir) pairs: [(None, path)] for a peft adapter dir, one per phase for a run dir.
-
-    Raises ValueError (the caller adds the config field) when ``path`` is neither.
-    """
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise ValueError(f"{path} does not exist")
-    if (path / "adapter_config.json").is_file():
-        _check_adapter_weights(path)
-        if phases:
-            raise ValueError(f"{path} is a single adapter directory; phases only apply to a run directory")
-        return [(None, path.resolve())]
-    root = path / "adapters"
-    found = {d.name: d for d in sorted(root.iterdir()) if not d.name.startswith(".")} if root.is_dir() else {}
-    found = {k: d for k, d in found.items() if (d / "adapter_config.json").is_file()}
-    if not found:
-        raise ValueError(
-            f"{path} is neither a peft adapter directory (adapter_config.json) nor a run directory"
-            " (adapters/<phase>/adapter_config.json)"
-        )
-    order = _run_phase_order(path)
-    names = sorted(found, key=lambda p: (order.index(p) if p in order else len(order), p))
-    if phases:
-        missing = [p for p in phases if p not in found]
-        if missing:
-            raise ValueError(f"{path}: no adapters for phases {missing} (found {names})")
-        names = list(phases)
-    for p in names:
-        _check_adapter_weights(found[p])
-    return [(p, found[p].resolve()) for p in names]
-
-
-def _run_phase_order(run_dir: Path) -> list[str]:
-    cfg = run_dir / "config.resolved.yaml"
-    try:
-        data = yaml.safe_load(cfg.read_text()) if cfg.is_file() else {}
-        return [str(p.get("name") or p.get("type")) for p in (data or {}).get("phases", [])]
-    except (yaml.YAMLError, AttributeError, TypeError):
-        return []
-
-
-def _check_adapter_weights(adapter: Path) -> None:
-    if not any((adapter / f).is_file() for f in ("adapter_model.safetensors", "adapter_model.bin")):
-        raise ValueError(f"{adapter} has adapter_config.json but no adapter_model.safetensors/.bin")
 
 
 def _adapter_rank(adapter: Path) -> int:
