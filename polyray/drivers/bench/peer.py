@@ -28,7 +28,8 @@ Step time: median and interquartile range over the steps after ``warmup``. Token
 tokens per second of step time: for GRPO the sampled completions (each trainer's own lengths), for
 SFT the references (+ end token) of the batch (the same data for both, so the SFT tokens/s ratio is the
 inverse of the step-time ratio). End to end: from the start of the run (polyray: the driver; TRL: the
-child's start, imports included) to the trained GRPO adapter, evaluations excluded.
+child's start, its interpreter and imports included) to the trained GRPO adapter, evaluations excluded
+(polyray's driver is already imported; its Ray workers' imports are in its time).
 
 The second half (:func:`bench_large_generation`) measures vLLM / transformers ``generate`` tokens/s on a
 model of Qwen3-0.6B's width and vocabulary (:class:`~polyray.drivers.bench.learner.BenchShape`, random
@@ -386,7 +387,7 @@ def bench_peer(config: str, overrides: list[str], seeds: list[int], warmup: int,
         per_seed[seed]["trl"]["eval"] = evals[seed]
         for r in per_seed[seed].values():
             r.pop("adapters")  # temporary directories, gone
-    ks = sorted(per_seed[seeds[0]]["polyray"]["eval"]["grpo"])
+    ks = list(per_seed[seeds[0]]["polyray"]["eval"]["grpo"])  # the config's eval.ks, in order
     compared = {name: paired(per_seed, path) for name, path in COMPARED.items()}
     for key in ("sft", "grpo"):
         for k in ks:
@@ -397,6 +398,7 @@ def bench_peer(config: str, overrides: list[str], seeds: list[int], warmup: int,
     startup = {k: statistics.median(per_seed[s]["polyray"]["startup_s"][k] for s in seeds)
                for k in per_seed[seeds[0]]["polyray"]["startup_s"]}  # fmt: skip
     return {"config": config, "overrides": overrides, "seeds": seeds, "warmup": warmup, "trl_threads": threads,
+            "trl_version": per_seed[seeds[0]]["trl"]["trl_version"],
             "settings": settings, "per_seed": {str(s): r for s, r in per_seed.items()}, "compared": compared,
             "ratios": ratios, "polyray_startup_s": startup}  # fmt: skip
 
@@ -457,7 +459,7 @@ def print_peer(results: dict[str, Any], console) -> None:
 
     s = results["settings"]
     g = s["grpo"]
-    table = Table(title=f"polyray vs TRL {results.get('trl_version', '')}: {len(results['seeds'])} seed(s), SFT"
+    table = Table(title=f"polyray vs TRL {results['trl_version']}: {len(results['seeds'])} seed(s), SFT"
                         f" {s['sft']['max_steps']} steps x {s['sft']['per_device_train_batch_size']}, GRPO {g['max_steps']}"
                         f" steps x {g['per_device_train_batch_size'] // g['num_generations']} prompts x {g['num_generations']},"
                         f" {g['max_completion_length']} tokens, T {g['temperature']:g}, LoRA r {s['lora']['r']}")  # fmt: skip

@@ -22,6 +22,10 @@ The commands are ``polyray bench <part>`` (``python -m jobs.benchmark <part>`` a
     peak resident memory and tokens/s of one GRPO learner step at each size, micro-batched with chunked
     logits against the whole-batch, whole-logits path, each in a fresh process, beside the memory
     plan's estimate (:mod:`.learner`).
+``polyray bench peer [--seeds 3] [--set phases.1.steps=20 ...]``
+    polyray against TRL (``SFTTrainer``, ``GRPOTrainer``) on one config's model, task, reward and settings:
+    step times, tokens/s, end to end, test pass@k with polyray's evaluator, paired over seeds; then
+    vLLM / transformers tokens/s and learner tokens/s on a model of Qwen3-0.6B's width (:mod:`.peer`).
 ``polyray bench generation [--requests 64]``
     the generation service: output tokens/s through its HTTP API / the same requests straight into
     a vLLM engine with the same settings, at 1 and 16 concurrent clients; and the time from a
