@@ -166,13 +166,11 @@ def peer(
     warmup: int = typer.Option(2, "--warmup", min=0, help="Steps left out of each phase's step statistics."),
     threads: int = typer.Option(2, "--threads", min=1, help="Torch threads of the TRL process (the cores polyray's workers share)."),
     large: bool = typer.Option(True, "--large/--no-large", help="Also the larger-model generation and learner ratios."),
-    large_layers: int = typer.Option(2, "--large-layers", min=1, help="Decoder layers of the larger model (Qwen3-0.6B's width and vocabulary)."),
-    large_hidden: int = typer.Option(1024, "--large-hidden"),
-    large_intermediate: int = typer.Option(3072, "--large-intermediate"),
-    large_heads: int = typer.Option(16, "--large-heads"),
-    large_kv_heads: int = typer.Option(8, "--large-kv-heads"),
-    large_head_dim: int = typer.Option(128, "--large-head-dim"),
-    large_vocab: int = typer.Option(151_936, "--large-vocab"),
+    large_shape: str = typer.Option(
+        "2,1024,3072,16,8,128,151936", "--large-shape",
+        help="The larger model: layers,hidden,intermediate,heads,kv_heads,head_dim,vocab (Qwen3-0.6B's width and"
+        " vocabulary, 2 layers).",
+    ),  # fmt: skip
     large_prompts: int = typer.Option(4, "--large-prompts", min=1),
     large_n: int = typer.Option(4, "--large-n", min=1, help="Samples per prompt on the larger model."),
     large_tokens: int = typer.Option(128, "--large-tokens", min=1, help="Tokens of every completion (end token ignored)."),
@@ -196,11 +194,17 @@ def peer(
     with user_errors():
         run = load_config(config, list(overrides))
         peer_settings(run)  # a setting TRL cannot express: one line, before anything starts
+    try:
+        dims = [int(v) for v in large_shape.split(",")]
+    except ValueError:
+        dims = []
+    if len(dims) == 7 and min(dims) > 0:
+        shape = BenchShape(*dims)
+    else:
+        fail(f"--large-shape: {large_shape!r} is not 7 positive integers layers,hidden,intermediate,heads,kv_heads,head_dim,vocab")
     stage = console.rule  # no status spinner: the polyray run shows its own progress bars
     results = bench_peer(config, list(overrides), list(range(seeds)), warmup, threads, on_stage=stage)
     if large:
-        shape = BenchShape(large_layers, large_hidden, large_intermediate, large_heads, large_kv_heads, large_head_dim,
-                           large_vocab)  # fmt: skip
         results["large"] = bench_large(shape, large_prompts, large_n, large_tokens, large_repeats, threads,
                                        run.learner.lora, large_learner_sequences, on_stage=stage)  # fmt: skip
     print_peer(results, console)

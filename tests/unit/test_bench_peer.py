@@ -159,3 +159,23 @@ def test_fixed_length_generate_makes_every_completion_full_length(tmp_path):
     batch = FixedLengthBatch([[5, 6, 7], [8, 9]], n=2, tokens=6, seeds=[0, 1])
     r = fixed_length_hf(str(model_dir), "float32", batch, str(tmp_path / "a"), threads=1, repeats=1)
     assert r["tokens"] == batch.total_tokens == 24
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--large-shape", "1,64,128"], "--large-shape: '1,64,128' is not 7 positive integers"),
+        (["--set", "phases.1.dynamic_sampling=true"], "phases.1.dynamic_sampling: TRL's GRPOTrainer keeps every group"),
+    ],
+)
+@pytest.mark.timeout(120)  # a check that lets bad input through would start the whole benchmark
+def test_bad_peer_arguments_are_one_line_before_anything_starts(args, message):
+    pytest.importorskip("trl", reason="TRL is not installed (the bench extra)")
+    from typer.testing import CliRunner
+
+    from polyray.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "peer", *args])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.output

@@ -46,11 +46,11 @@ def _rate(tokens: list[int], seconds: list[float]) -> dict[str, Any]:
             "tokens_per_s": sum(tokens) / sum(seconds)}  # fmt: skip
 
 
-def _timed(run, repeats: int) -> dict[str, Any]:
-    """``run()`` -> completion tokens, twice to warm up (an engine's first calls are slower than one
+def _timed(run, repeats: int, warmups: int = 2) -> dict[str, Any]:
+    """``run()`` -> completion tokens, ``warmups`` times untimed (an engine's first calls are slower than one
     warm-up shows: kernels for new shapes), then ``repeats`` times timed."""
-    run()
-    run()
+    for _ in range(warmups):
+        run()
     tokens, seconds = [], []
     for _ in range(repeats):
         started = time.perf_counter()
@@ -77,21 +77,28 @@ def raw_llm_throughput(
     (set before torch loads: thread caps), engine arguments and sampling parameters, under the peft
     adapter saved in ``adapter_dir``. ``polyray_plugin=False``: without polyray's CPU LoRA ops
     (:mod:`polyray.rollout.cpu_lora`), i.e. vLLM's own."""
+    env = {}
+    if not polyray_plugin:
+        from importlib.metadata import entry_points
+
+        others = [e.name for e in entry_points(group="vllm.general_plugins") if e.name != "polyray_cpu_lora"]
+        env["VLLM_PLUGINS"] = ",".join(others)
+    return _in_rollout_process(config, env, _raw_llm, model_dir, config, dtype, batch, adapter_dir, repeats)
+
+
+def _in_rollout_process(config: RolloutConfig, env: dict[str, str], fn, *args):
+    """``fn(*args)`` in a fresh (spawned) process with the rollout worker's environment plus ``env``, set
+    before torch loads there (thread caps); this process's environment is put back after."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     from polyray.rollout.worker import rollout_env
 
     saved = dict(os.environ)
-    os.environ.update(rollout_env(config))  # the child inherits the environment it is spawned with
-    if not polyray_plugin:
-        from importlib.metadata import entry_points
-
-        others = [e.name for e in entry_points(group="vllm.general_plugins") if e.name != "polyray_cpu_lora"]
-        os.environ["VLLM_PLUGINS"] = ",".join(others)
+    os.environ.update({**rollout_env(config), **env})  # the child inherits the environment it is spawned with
     try:
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
-            return child.submit(_raw_llm, model_dir, config, dtype, batch, adapter_dir, repeats).result()
+            return child.submit(fn, *args).result()
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -246,19 +253,7 @@ def fixed_length_vllm(model_dir: str, config: RolloutConfig, dtype: str, batch: 
     """The batch through a bare ``vllm.LLM`` (the rollout worker's engine arguments and environment, in a
     fresh process) under the peft adapter in ``adapter_dir``; no detokenization (the model's tokenizer
     may know only its special tokens)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    from polyray.rollout.worker import rollout_env
-
-    saved = dict(os.environ)
-    os.environ.update(rollout_env(config))
-    try:
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
-            return child.submit(_fixed_length_vllm, model_dir, config, dtype, batch, adapter_dir, repeats).result()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    return _in_rollout_process(config, {}, _fixed_length_vllm, model_dir, config, dtype, batch, adapter_dir, repeats)
 
 
 def _fixed_length_vllm(model_dir, config, dtype, batch: FixedLengthBatch, adapter_dir: str, repeats: int):
@@ -273,8 +268,8 @@ def _fixed_length_vllm(model_dir, config, dtype, batch: FixedLengthBatch, adapte
     params = [SamplingParams(n=batch.n, temperature=batch.temperature, max_tokens=batch.tokens, min_tokens=batch.tokens,
                              ignore_eos=True, detokenize=False, logprobs=0, seed=seed) for seed in batch.seeds]  # fmt: skip
     lora = LoRARequest("policy-v1", 1, adapter_dir)
-    return _timed_once(lambda: sum(len(c.token_ids) for out in llm.generate(prompts, params, lora_request=lora, use_tqdm=False)
-                                   for c in out.outputs), repeats)  # fmt: skip
+    return _timed(lambda: sum(len(c.token_ids) for out in llm.generate(prompts, params, lora_request=lora, use_tqdm=False)
+                              for c in out.outputs), repeats, warmups=1)  # fmt: skip
 
 
 def fixed_length_hf(model_dir: str, dtype: str, batch: FixedLengthBatch, adapter_dir: str, threads: int,
@@ -308,18 +303,7 @@ def fixed_length_hf(model_dir: str, dtype: str, batch: FixedLengthBatch, adapter
         ended = (new == eos).int().cumsum(1) - (new == eos).int() > 0
         return int((~ended).sum())
 
-    return _timed_once(run, repeats)
-
-
-def _timed_once(run, repeats: int) -> dict[str, Any]:
-    """``run()`` once to warm up, then ``repeats`` times timed (a long batch: one warm-up settles the shapes)."""
-    run()
-    tokens, seconds = [], []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        tokens.append(run())
-        seconds.append(time.perf_counter() - started)
-    return _rate(tokens, seconds)
+    return _timed(run, repeats, warmups=1)  # a long batch: one warm-up settles the shapes
 
 
 def sync_floor(adapter: dict[str, Any], directory: str | Path, repeats: int = 5) -> dict[str, Any]:

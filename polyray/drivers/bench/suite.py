@@ -524,9 +524,7 @@ SMOKE = {"rollout": ["--prompts", "4", "--repeats", "1", "--syncs", "2"], "grpo"
                      "--head-dim", "32", "--vocab", "512", "--threads", "1"],
          "peer": ["--seeds", "1", "--warmup", "0", "--threads", "1", "--set", "phases.0.steps=2", "--set",
                   "phases.0.batch_size=4", "--set", "phases.1.steps=2", "--set", "phases.1.prompts_per_step=2", "--set",
-                  "phases.1.group_size=4", "--set", "task.n_test=8", "--large-layers", "1", "--large-hidden", "64",
-                  "--large-intermediate", "128", "--large-heads", "2", "--large-kv-heads", "1", "--large-head-dim", "32",
-                  "--large-vocab", "512", "--large-prompts", "2", "--large-n", "2", "--large-tokens", "16",
+                  "phases.1.group_size=4", "--set", "task.n_test=8", "--large-shape", "1,64,128,2,1,32,512", "--large-prompts", "2", "--large-n", "2", "--large-tokens", "16",
                   "--large-repeats", "1", "--large-learner-sequences", "8"]}  # fmt: skip
 DEFAULTS = {"polychromic": ["--steps", "12"]}  # the table's budget: ~15 minutes on 2 cores
 
