@@ -132,8 +132,11 @@ def reference_tokens(run: RunConfig, model_dir: str) -> float:
     from polyray.models.source import format_for_model
     from polyray.tasks import build_task
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     prompts = format_for_model(build_task(run.task), run.model, model_dir).prompts("train", run.task.n_train)
+    return mean_reference_tokens(AutoTokenizer.from_pretrained(model_dir), prompts)
+
+
+def mean_reference_tokens(tokenizer, prompts) -> float:
     return statistics.mean(len(tokenizer(p.reference, add_special_tokens=False)["input_ids"]) + 1 for p in prompts)
 
 
@@ -266,7 +269,7 @@ def _trl_child(spec: dict[str, Any]) -> None:
     )  # fmt: skip
     sft.train()
     sft.model.save_pretrained(str(out / "trl-sft"), selected_adapters=["default"])
-    ref_tokens = statistics.mean(len(tokenizer(p.reference, add_special_tokens=False)["input_ids"]) + 1 for p in train)
+    ref_tokens = mean_reference_tokens(tokenizer, train)
     result["sft"] = {"step_s": timer.seconds, "tokens": [ref_tokens * s["per_device_train_batch_size"]] * len(timer.seconds),
                      "adapter": str(out / "trl-sft")}  # fmt: skip
     del sft, base
