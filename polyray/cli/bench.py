@@ -11,7 +11,7 @@ import typer
 
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: ratios measured side by side in one run.")
 QUICKSTART = "configs/quickstart.yaml"
-PARTS = ("rollout", "grpo", "polychromic", "reward", "generation", "learner")
+PARTS = ("rollout", "grpo", "polychromic", "reward", "generation", "learner", "peer")
 
 _json = typer.Option(None, "--json", help="Also write the figures here.")
 _config = typer.Option(QUICKSTART, "--config", help="Run config whose model, task and settings to measure.")
@@ -156,4 +156,58 @@ def learner(
             on_case=lambda c: status.update(f"{c.path}, {c.sequences} sequences x {c.length} tokens"),
         )  # fmt: skip
     print_learner(results, console)
+    _write(results, json_path)
+
+
+@bench_app.command()
+def peer(
+    seeds: int = typer.Option(3, "--seeds", min=1, help="Seeds 0..N-1; polyray and TRL run each, then a paired comparison."),
+    overrides: List[str] = typer.Option([], "--set", help="Dotted override of the config for both trainers (repeatable)."),
+    warmup: int = typer.Option(2, "--warmup", min=0, help="Steps left out of each phase's step statistics."),
+    threads: int = typer.Option(2, "--threads", min=1, help="Torch threads of the TRL process (the cores polyray's workers share)."),
+    large: bool = typer.Option(True, "--large/--no-large", help="Also the larger-model generation and learner ratios."),
+    large_shape: str = typer.Option(
+        "2,1024,3072,16,8,128,151936", "--large-shape",
+        help="The larger model: layers,hidden,intermediate,heads,kv_heads,head_dim,vocab (Qwen3-0.6B's width and"
+        " vocabulary, 2 layers).",
+    ),  # fmt: skip
+    large_prompts: int = typer.Option(4, "--large-prompts", min=1),
+    large_n: int = typer.Option(4, "--large-n", min=1, help="Samples per prompt on the larger model."),
+    large_tokens: int = typer.Option(128, "--large-tokens", min=1, help="Tokens of every completion (end token ignored)."),
+    large_repeats: int = typer.Option(2, "--large-repeats", min=1),
+    large_learner_sequences: int = typer.Option(8, "--large-learner-sequences", min=0, help="Sequences of the learner step (0: none)."),
+    config: str = _config,
+    json_path: Optional[Path] = _json,
+):
+    """polyray vs TRL (SFTTrainer, GRPOTrainer) on one config's model, task, reward and settings; the larger-model ratios."""
+    from polyray.cli.common import fail, user_errors
+
+    try:
+        import trl  # noqa: F401
+    except ImportError:
+        fail("bench peer: TRL is not installed (pip install -e '.[bench]')")
+    from polyray.config import load_config
+    from polyray.drivers.bench.learner import BenchShape
+    from polyray.drivers.bench.peer import bench_large, bench_peer, peer_settings, print_large, print_peer
+    from polyray.drivers.bench.suite import console
+
+    with user_errors():
+        run = load_config(config, list(overrides))
+        peer_settings(run)  # a setting TRL cannot express: one line, before anything starts
+    try:
+        dims = [int(v) for v in large_shape.split(",")]
+    except ValueError:
+        dims = []
+    if len(dims) == 7 and min(dims) > 0:
+        shape = BenchShape(*dims)
+    else:
+        fail(f"--large-shape: {large_shape!r} is not 7 positive integers layers,hidden,intermediate,heads,kv_heads,head_dim,vocab")
+    stage = console.rule  # no status spinner: the polyray run shows its own progress bars
+    results = bench_peer(config, list(overrides), list(range(seeds)), warmup, threads, on_stage=stage)
+    if large:
+        results["large"] = bench_large(shape, large_prompts, large_n, large_tokens, large_repeats, threads,
+                                       run.learner.lora, large_learner_sequences, on_stage=stage)  # fmt: skip
+    print_peer(results, console)
+    if large:
+        print_large(results["large"], console)
     _write(results, json_path)

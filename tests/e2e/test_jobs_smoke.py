@@ -37,21 +37,28 @@ def test_benchmark_all_smoke_prints_every_ratio(tmp_path):
     assert rollout["raw_llm_vllm_lora_ops"]["tokens"] == rollout["raw_llm"]["tokens"]
     assert rollout["adapter_sync"]["syncs"] == rollout["full_reload"]["syncs"] == 2
     assert set(rollout["ratios"]) == {"pool_vs_raw_llm", "cpu_lora_plugin_vs_vllm_ops", "vllm_vs_transformers",
-                                      "adapter_sync_vs_full_reload", "two_vs_one_worker"}  # fmt: skip
+                                      "adapter_sync_vs_full_reload", "adapter_publish_vs_floor",
+                                      "two_vs_one_worker"}  # fmt: skip
+    floor = rollout["sync_floor"]  # the adapter's bytes copied once and written once, in the same run
+    assert floor["bytes"] > 0 and floor["floor_ms"] == pytest.approx(floor["memcpy_ms"] + floor["write_ms"])
 
     grpo = results["grpo"]
     assert grpo["rounds"] == 1 and grpo["sync"]["steps"] == grpo["async"]["steps"] == 2  # 4 steps - 2 warm-up
     assert grpo["ratio"] == pytest.approx(grpo["async"]["step_s"] / grpo["sync"]["step_s"])
+    assert grpo["async_vs_floor"] == pytest.approx(grpo["async"]["step_s"] / grpo["floor"]["floor_s"])
 
     poly = results["polychromic"]
     canary = "polychromic_sft[countdown_expr, canary every step]"
-    assert set(poly) == {"sft", "polychromic_sft[countdown_expr]", canary}  # (the one-ahead variant: not in --smoke)
+    same = "sft[56 sequences: references + samples]"  # the floor: the quickstart's 32 references + 8 prompts x 3 samples
+    assert set(poly) == {"sft", same, "polychromic_sft[countdown_expr]", canary}  # (the one-ahead variant: not in --smoke)
     assert all(r["step_s"] > 0 for r in poly.values())
     assert poly[canary]["canary_s"] > 0 and "canary_s" not in poly["polychromic_sft[countdown_expr]"]
 
     assert len(results["reward"]["http"]) == 4 and all(r["requests"] > 0 and not r["errors"] for r in results["reward"]["http"])
     for needle in ("RolloutPool / bare vllm.LLM", "GRPO step, one ahead / synchronous",
-                   "polychromic_sft[countdown_expr] step / SFT step", "reward model batched / unbatched"):
+                   "polychromic_sft[countdown_expr] step / SFT step", "reward model batched / unbatched",
+                   "GRPO step, one ahead / max(rollout, update + publish)", "step / SFT step on references + samples",
+                   "adapter publish / copy + write of its bytes"):
         assert needle in proc.stdout, needle
 
 

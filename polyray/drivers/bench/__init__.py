@@ -1,2 +1,2 @@
 """Benchmarks (``polyray bench``): the parts in :mod:`.suite`, their measurements in :mod:`.rollout`,
-:mod:`.reward` and :mod:`.generation`."""
+:mod:`.reward`, :mod:`.generation` and :mod:`.learner`; polyray against TRL in :mod:`.peer`."""

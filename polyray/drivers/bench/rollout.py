@@ -46,11 +46,11 @@ def _rate(tokens: list[int], seconds: list[float]) -> dict[str, Any]:
             "tokens_per_s": sum(tokens) / sum(seconds)}  # fmt: skip
 
 
-def _timed(run, repeats: int) -> dict[str, Any]:
-    """``run()`` -> completion tokens, twice to warm up (an engine's first calls are slower than one
+def _timed(run, repeats: int, warmups: int = 2) -> dict[str, Any]:
+    """``run()`` -> completion tokens, ``warmups`` times untimed (an engine's first calls are slower than one
     warm-up shows: kernels for new shapes), then ``repeats`` times timed."""
-    run()
-    run()
+    for _ in range(warmups):
+        run()
     tokens, seconds = [], []
     for _ in range(repeats):
         started = time.perf_counter()
@@ -77,21 +77,28 @@ def raw_llm_throughput(
     (set before torch loads: thread caps), engine arguments and sampling parameters, under the peft
     adapter saved in ``adapter_dir``. ``polyray_plugin=False``: without polyray's CPU LoRA ops
     (:mod:`polyray.rollout.cpu_lora`), i.e. vLLM's own."""
+    env = {}
+    if not polyray_plugin:
+        from importlib.metadata import entry_points
+
+        others = [e.name for e in entry_points(group="vllm.general_plugins") if e.name != "polyray_cpu_lora"]
+        env["VLLM_PLUGINS"] = ",".join(others)
+    return _in_rollout_process(config, env, _raw_llm, model_dir, config, dtype, batch, adapter_dir, repeats)
+
+
+def _in_rollout_process(config: RolloutConfig, env: dict[str, str], fn, *args):
+    """``fn(*args)`` in a fresh (spawned) process with the rollout worker's environment plus ``env``, set
+    before torch loads there (thread caps); this process's environment is put back after."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     from polyray.rollout.worker import rollout_env
 
     saved = dict(os.environ)
-    os.environ.update(rollout_env(config))  # the child inherits the environment it is spawned with
-    if not polyray_plugin:
-        from importlib.metadata import entry_points
-
-        others = [e.name for e in entry_points(group="vllm.general_plugins") if e.name != "polyray_cpu_lora"]
-        os.environ["VLLM_PLUGINS"] = ",".join(others)
+    os.environ.update({**rollout_env(config), **env})  # the child inherits the environment it is spawned with
     try:
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
-            return child.submit(_raw_llm, model_dir, config, dtype, batch, adapter_dir, repeats).result()
+            return child.submit(fn, *args).result()
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -219,3 +226,105 @@ def full_reload_latency(pool, model, syncs: int) -> dict[str, Any]:
             _first_use(pool, None)
             seconds.append(time.perf_counter() - started)
     return _latency(seconds, loaded)
+
+
+# --------------------------------------------------------------------------- fixed-length generation (larger model)
+
+
+@dataclass(frozen=True)
+class FixedLengthBatch:
+    """Prompts as token ids, ``n`` samples each, every completion exactly ``tokens`` long (the end token
+    ignored, ``min_tokens = max_tokens``): both engines then generate the same number of tokens, so
+    tokens/s compares the engines and not how soon a random model happens to stop."""
+
+    prompt_ids: list[list[int]]
+    n: int
+    tokens: int
+    seeds: list[int]
+    temperature: float = 1.0
+
+    @property
+    def total_tokens(self) -> int:
+        return len(self.prompt_ids) * self.n * self.tokens
+
+
+def fixed_length_vllm(model_dir: str, config: RolloutConfig, dtype: str, batch: FixedLengthBatch, adapter_dir: str,
+                      repeats: int = 2) -> dict[str, Any]:  # fmt: skip
+    """The batch through a bare ``vllm.LLM`` (the rollout worker's engine arguments and environment, in a
+    fresh process) under the peft adapter in ``adapter_dir``; no detokenization (the model's tokenizer
+    may know only its special tokens)."""
+    return _in_rollout_process(config, {}, _fixed_length_vllm, model_dir, config, dtype, batch, adapter_dir, repeats)
+
+
+def _fixed_length_vllm(model_dir, config, dtype, batch: FixedLengthBatch, adapter_dir: str, repeats: int):
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+    from vllm.lora.request import LoRARequest
+
+    from polyray.rollout.worker import engine_kwargs
+
+    llm = LLM(**engine_kwargs(model_dir, config, dtype), skip_tokenizer_init=True)
+    prompts = [TokensPrompt(prompt_token_ids=ids) for ids in batch.prompt_ids]
+    params = [SamplingParams(n=batch.n, temperature=batch.temperature, max_tokens=batch.tokens, min_tokens=batch.tokens,
+                             ignore_eos=True, detokenize=False, logprobs=0, seed=seed) for seed in batch.seeds]  # fmt: skip
+    lora = LoRARequest("policy-v1", 1, adapter_dir)
+    return _timed(lambda: sum(len(c.token_ids) for out in llm.generate(prompts, params, lora_request=lora, use_tqdm=False)
+                              for c in out.outputs), repeats, warmups=1)  # fmt: skip
+
+
+def fixed_length_hf(model_dir: str, dtype: str, batch: FixedLengthBatch, adapter_dir: str, threads: int,
+                    repeats: int = 2) -> dict[str, Any]:  # fmt: skip
+    """The batch through transformers ``generate`` (left-padded, ``num_return_sequences = n``, KV cache,
+    ``min_new_tokens = max_new_tokens``, the sampled tokens' log-probs) on the base with the peft adapter."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(threads)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
+    model = PeftModel.from_pretrained(base, adapter_dir).eval()
+    pad = base.config.pad_token_id or 0
+    eos = base.config.eos_token_id
+    width = max(len(ids) for ids in batch.prompt_ids)
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch.prompt_ids])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch.prompt_ids])
+
+    def run() -> int:
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=batch.temperature,
+                                 top_p=1.0, top_k=0, max_new_tokens=batch.tokens, min_new_tokens=batch.tokens,
+                                 num_return_sequences=batch.n, return_dict_in_generate=True, output_logits=True,
+                                 pad_token_id=pad)  # fmt: skip
+            new = out.sequences[:, width:]
+            logp = torch.log_softmax(torch.stack(out.logits, dim=1).float() / batch.temperature, -1)
+            logp = logp.gather(-1, new.unsqueeze(-1)).squeeze(-1)
+        assert torch.isfinite(logp).all()
+        # a sequence's tokens end at its first end token (generate pads after it): what was generated
+        ended = (new == eos).int().cumsum(1) - (new == eos).int() > 0
+        return int((~ended).sum())
+
+    return _timed(run, repeats, warmups=1)  # a long batch: one warm-up settles the shapes
+
+
+def sync_floor(adapter: dict[str, Any], directory: str | Path, repeats: int = 5) -> dict[str, Any]:
+    """What moving the adapter's bytes costs at the least, measured here: one copy in memory (``clone`` of
+    every tensor) and one write of its peft directory (:func:`polyray.rollout.store.write_adapter_dir`,
+    the store's own writer) under ``directory`` (where the store keeps its versions). Medians of
+    ``repeats`` after one warm-up. An adapter sync moves the bytes at least that far: learner -> store
+    (a copy), store -> file, file -> every worker's engine."""
+    from polyray.rollout.store import write_adapter_dir
+
+    tensors = adapter["tensors"]
+    nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
+    copy_s, write_s = [], []
+    with tempfile.TemporaryDirectory(prefix="polyray-floor-", dir=directory) as tmp:
+        for i in range(repeats + 1):
+            started = time.perf_counter()
+            copies = {k: v.clone() for k, v in tensors.items()}
+            copy_s.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            write_adapter_dir(Path(tmp) / f"v{i}", {"config": adapter["config"], "tensors": copies})
+            write_s.append(time.perf_counter() - started)
+    copy, write = statistics.median(copy_s[1:]), statistics.median(write_s[1:])
+    return {"bytes": nbytes, "memcpy_ms": 1000 * copy, "write_ms": 1000 * write, "floor_ms": 1000 * (copy + write),
+            "memcpy_bytes_per_s": nbytes / copy, "write_bytes_per_s": nbytes / write}  # fmt: skip

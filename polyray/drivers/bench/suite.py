@@ -22,6 +22,10 @@ The commands are ``polyray bench <part>`` (``python -m jobs.benchmark <part>`` a
     peak resident memory and tokens/s of one GRPO learner step at each size, micro-batched with chunked
     logits against the whole-batch, whole-logits path, each in a fresh process, beside the memory
     plan's estimate (:mod:`.learner`).
+``polyray bench peer [--seeds 3] [--set phases.1.steps=20 ...]``
+    polyray against TRL (``SFTTrainer``, ``GRPOTrainer``) on one config's model, task, reward and settings:
+    step times, tokens/s, end to end, test pass@k with polyray's evaluator, paired over seeds; then
+    vLLM / transformers tokens/s and learner tokens/s on a model of Qwen3-0.6B's width (:mod:`.peer`).
 ``polyray bench generation [--requests 64]``
     the generation service: output tokens/s through its HTTP API / the same requests straight into
     a vLLM engine with the same settings, at 1 and 16 concurrent clients; and the time from a
@@ -121,6 +125,8 @@ def bench_rollout(config: str, prompts: int | None = None, repeats: int = 5, syn
                         model, _ = build_peft_model(model_dir, run.learner.lora, run.model.dtype)
                         with console.status(f"adapter sync x {syncs}"):
                             results["adapter_sync"] = bench.adapter_sync_latency(pool, model, extract_adapter, 2, syncs)
+                        with console.status("the floor: the adapter's bytes copied once and written once"):
+                            results["sync_floor"] = bench.sync_floor(extract_adapter(model), tmp, syncs)
                         with console.status(f"full-weights reload x {syncs}"):
                             results["full_reload"] = bench.full_reload_latency(pool, model, syncs)
                 finally:
@@ -133,6 +139,7 @@ def bench_rollout(config: str, prompts: int | None = None, repeats: int = 5, syn
         "cpu_lora_plugin_vs_vllm_ops": tps["raw_llm"] / tps["raw_llm_vllm_lora_ops"],
         "vllm_vs_transformers": tps["raw_llm"] / tps["transformers"],
         "adapter_sync_vs_full_reload": results["adapter_sync"]["median_ms"] / results["full_reload"]["median_ms"],
+        "adapter_publish_vs_floor": results["adapter_sync"]["load_median_ms"] / results["sync_floor"]["floor_ms"],
         "two_vs_one_worker": tps["pool_2"] / tps["pool_1"],
     }
     return results
@@ -155,6 +162,12 @@ def print_rollout(results: dict[str, Any]) -> None:
                   f" (publish {a['load_median_ms']:.0f} + first use {a['first_use_median_ms']:.0f}), full-weights reload"
                   f" {f['median_ms']:.0f} ms (merge, write, reload {f['load_median_ms']:.0f} + first use"
                   f" {f['first_use_median_ms']:.0f})")
+    fl = results["sync_floor"]
+    mib = fl["bytes"] / 2**20
+    console.print(f"adapter publish against the bytes moved ({mib:.2f} MiB): {mib / (a['load_median_ms'] / 1000):.0f} MiB/s;"
+                  f" floor in this run: copy {fl['memcpy_ms']:.2f} ms ({fl['memcpy_bytes_per_s'] / 2**20:.0f} MiB/s) + write"
+                  f" {fl['write_ms']:.2f} ms ({fl['write_bytes_per_s'] / 2**20:.0f} MiB/s) = {fl['floor_ms']:.2f} ms;"
+                  f" publish / floor {a['load_median_ms'] / fl['floor_ms']:.1f}")  # fmt: skip
 
 
 def bench_grpo(steps: int, config: str, warmup: int = 2, rounds: int = 2) -> dict[str, Any]:
@@ -194,7 +207,17 @@ def bench_grpo(steps: int, config: str, warmup: int = 2, rounds: int = 2) -> dic
         finally:
             pool.shutdown()
     results["ratio"] = results["async"]["step_s"] / results["sync"]["step_s"]
+    results["floor"] = grpo_floor(results["sync"])
+    results["async_vs_floor"] = results["async"]["step_s"] / results["floor"]["floor_s"]
     return results
+
+
+def grpo_floor(sync: dict[str, float]) -> dict[str, float]:
+    """The shortest step rollouts one step ahead can reach, from the synchronous steps of the same run: the
+    generation (rollout s) overlaps everything else (reward, advantages, update, publish: step s − rollout s),
+    so a step is at least the longer of the two."""
+    rollout, rest = sync["rollout_s"], sync["step_s"] - sync["rollout_s"]
+    return {"rollout_s": rollout, "update_publish_s": rest, "floor_s": max(rollout, rest)}
 
 
 def print_grpo(results: dict[str, Any]) -> None:
@@ -209,6 +232,9 @@ def print_grpo(results: dict[str, Any]) -> None:
                       f"{r['sync_s']:.3f}", f"{r['step_s'] - r['rollout_s'] - r['sync_s']:.3f}")
     console.print(table)
     console.print(f"one step ahead / synchronous: {results['ratio']:.2f}")
+    f = results["floor"]
+    console.print(f"one step ahead / its floor max(rollout {f['rollout_s']:.3f}, update + publish {f['update_publish_s']:.3f})"
+                  f" = {results['async_vs_floor']:.2f}")  # fmt: skip
 
 
 def bench_polychromic(
@@ -235,6 +261,14 @@ def bench_polychromic(
             with console.status(f"standard SFT, {steps} steps"):
                 version = run_phase(sft, 0, str(model_dir), out, pool, 0, None)["version"]
             results["sft"] = _step_stats(out / "metrics.jsonl", "sft", warmup)
+            # the floor: an SFT step through as many sequences as a polychromic step trains on (references +
+            # samples), its sampling hidden behind the update (rollouts one step ahead)
+            poly0 = load_config(config, [*phases, "phases.0.type=polychromic_sft"]).phases[0]
+            same = poly0.batch_size + poly0.prompts_per_step * poly0.n_samples
+            with console.status(f"standard SFT on {same} sequences (references + samples), {steps} steps"):
+                big = load_config(config, [*phases, f"phases.0.batch_size={same}", "phases.0.name=sft_same"])
+                version = run_phase(big, 0, str(model_dir), out, pool, version, None)["version"]
+            results[floor_label(same)] = _step_stats(out / "metrics.jsonl", "sft_same", warmup)
             variants = [(name, []) for name in diversity]
             if with_async:
                 variants.append((diversity[0], ["phases.0.async_rollouts=true", "phases.0.max_lag=1"]))
@@ -253,6 +287,21 @@ def bench_polychromic(
     return results
 
 
+def floor_label(sequences: int) -> str:
+    return f"sft[{sequences} sequences: references + samples]"
+
+
+def polychromic_floor(results: dict[str, dict[str, float]]) -> tuple[str, float] | None:
+    """(variant, its step / the floor's): the one-step-ahead polychromic variant (else the first) against the
+    SFT step on as many sequences."""
+    floor = next((k for k in results if k.startswith("sft[")), None)
+    poly = [k for k in results if k.startswith("polychromic_sft[")]
+    if floor is None or not poly:
+        return None
+    name = next((k for k in poly if k.endswith(", async]")), poly[0])
+    return name, results[name]["step_s"] / results[floor]["step_s"]
+
+
 def print_polychromic(results: dict[str, dict[str, float]]) -> None:
     base = results["sft"]["step_s"]
     table = Table(title="polychromic SFT vs standard SFT: median step time (rank 0, after warm-up)")
@@ -266,6 +315,9 @@ def print_polychromic(results: dict[str, dict[str, float]]) -> None:
         table.add_row(escape(name), f"{r['step_s']:.3f}", f"{r['step_s'] / base:.2f}x", *(f"{v:.3f}" for v in parts),
                       f"{canary:.3f}" if "canary_s" in r else "–", f"{r['step_s'] - sum(parts) - canary:.3f}")
     console.print(table)
+    floor = polychromic_floor(results)
+    if floor is not None:
+        console.print(f"{escape(floor[0])} / its floor (SFT on as many sequences, sampling hidden): {floor[1]:.2f}")
 
 
 def bench_reward(n_requests: int = 300, max_seconds: float = 20.0) -> dict[str, Any]:
@@ -411,12 +463,26 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, float, str]]:
                  ("polyray's CPU LoRA ops / vLLM's, tokens/s", r["cpu_lora_plugin_vs_vllm_ops"], "-"),
                  ("vLLM / transformers generate tokens/s", r["vllm_vs_transformers"], ">= 2"),
                  ("adapter sync / full-weights reload (ms)", r["adapter_sync_vs_full_reload"], "< 1"),
+                 ("adapter publish / copy + write of its bytes (ms)", r["adapter_publish_vs_floor"], "-"),
                  ("2 / 1 rollout workers tokens/s", r["two_vs_one_worker"], "-")]  # fmt: skip
     if "grpo" in results:
         rows.append(("GRPO step, one ahead / synchronous", results["grpo"]["ratio"], "<= 0.65"))
+        rows.append(("GRPO step, one ahead / max(rollout, update + publish)", results["grpo"]["async_vs_floor"], "<= 1.1"))
     if "polychromic" in results:
         p = results["polychromic"]
-        rows += [(f"{name} step / SFT step", r["step_s"] / p["sft"]["step_s"], "-") for name, r in p.items() if name != "sft"]
+        rows += [(f"{name} step / SFT step", r["step_s"] / p["sft"]["step_s"], "-") for name, r in p.items()
+                 if not name.startswith("sft")]  # fmt: skip
+        floor = polychromic_floor(p)
+        if floor is not None:
+            rows.append((f"{floor[0]} step / SFT step on references + samples", floor[1], "<= 1.2"))
+    if "peer" in results:
+        r, large = results["peer"]["ratios"], results["peer"].get("large")
+        rows += [("GRPO step, polyray / TRL", r["grpo_step_polyray_vs_trl"], "<= 0.5"),
+                 ("SFT step, polyray / TRL", r["sft_step_polyray_vs_trl"], "<= 1.0"),
+                 ("end to end (short run), polyray / TRL", r["end_to_end_polyray_vs_trl"], "-")]  # fmt: skip
+        if large:
+            rows.append((f"vLLM / transformers generate tokens/s, larger model, {large['tokens']} tokens",
+                         large["vllm_vs_transformers"], ">= 2"))  # fmt: skip
     if "reward" in results:
         rows.append(("reward model batched / unbatched items/s", results["reward"]["engagement_batching"]["ratio"], "-"))
     if "learner" in results:
@@ -448,14 +514,18 @@ def print_summary(results: dict[str, Any]) -> None:
     console.print(table)
 
 
-PARTS = ("rollout", "grpo", "polychromic", "reward", "generation", "learner")
+PARTS = ("rollout", "grpo", "polychromic", "reward", "generation", "learner", "peer")
 SMOKE = {"rollout": ["--prompts", "4", "--repeats", "1", "--syncs", "2"], "grpo": ["--steps", "4", "--rounds", "1"],
          "polychromic": ["--steps", "4", "--diversity", "countdown_expr", "--no-async"],
          "reward": ["--requests", "20", "--max-seconds", "2"],
          "generation": ["--requests", "4", "--n", "2", "--max-tokens", "8", "--publishes", "2"],
          "learner": ["--sizes", "2", "--sizes", "4", "--whole-batch-sizes", "2", "--length", "32", "--micro-batch-tokens",
                      "64", "--layers", "1", "--hidden", "64", "--intermediate", "128", "--heads", "2", "--kv-heads", "1",
-                     "--head-dim", "32", "--vocab", "512", "--threads", "1"]}  # fmt: skip
+                     "--head-dim", "32", "--vocab", "512", "--threads", "1"],
+         "peer": ["--seeds", "1", "--warmup", "0", "--threads", "1", "--set", "phases.0.steps=2", "--set",
+                  "phases.0.batch_size=4", "--set", "phases.1.steps=2", "--set", "phases.1.prompts_per_step=2", "--set",
+                  "phases.1.group_size=4", "--set", "task.n_test=8", "--large-shape", "1,64,128,2,1,32,512", "--large-prompts", "2", "--large-n", "2", "--large-tokens", "16",
+                  "--large-repeats", "1", "--large-learner-sequences", "8"]}  # fmt: skip
 DEFAULTS = {"polychromic": ["--steps", "12"]}  # the table's budget: ~15 minutes on 2 cores
 
 

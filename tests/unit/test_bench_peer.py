@@ -1,0 +1,181 @@
+"""``polyray bench peer`` and the floors beside the benchmark's ratios, at toy sizes.
+
+- The settings both trainers use come from one polyray config (every field read from it, none drifts),
+  and TRL's own config classes accept them; a setting TRL cannot express is one line naming the field.
+- Step statistics: median and interquartile range over the steps after warm-up, against numpy's.
+- The floors: GRPO one step ahead against max(rollout, update + publish); the polychromic step against
+  SFT on as many sequences; an adapter publish against one copy and one write of its bytes.
+- transformers ``generate`` at a fixed length generates exactly that many tokens, even from a model
+  that would end every completion at once.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import numpy as np
+import pytest
+
+from polyray.config import load_config
+from polyray.drivers.bench.peer import paired, peer_settings, step_stats
+from polyray.drivers.bench.suite import grpo_floor, polychromic_floor, summary_rows
+from polyray.io import ConfigError
+
+QUICKSTART = "configs/quickstart.yaml"
+
+
+def test_settings_come_from_the_config():
+    run = load_config(QUICKSTART, ["seed=7", "learner.lora.r=4", "phases.1.lr=1e-3", "phases.1.sampling.max_tokens=20"])
+    s = peer_settings(run)
+    sft, grpo = run.phases[0], run.phases[1]
+    assert s["seed"] == s["sft"]["seed"] == s["grpo"]["seed"] == s["grpo"]["data_seed"] == 7
+    assert s["lora"] == {"r": 4, "lora_alpha": run.learner.lora.alpha, "lora_dropout": run.learner.lora.dropout,
+                         "target_modules": run.learner.lora.target_modules}  # fmt: skip
+    assert (s["sft"]["max_steps"], s["sft"]["per_device_train_batch_size"], s["sft"]["learning_rate"]) == (
+        sft.steps, sft.batch_size, sft.lr)
+    g = s["grpo"]
+    assert g["per_device_train_batch_size"] == grpo.prompts_per_step * grpo.group_size
+    assert (g["num_generations"], g["learning_rate"], g["max_completion_length"], g["beta"]) == (
+        grpo.group_size, 1e-3, 20, grpo.kl_beta)
+    assert (g["temperature"], g["top_p"], g["epsilon"], g["epsilon_high"]) == (
+        grpo.sampling.temperature, grpo.sampling.top_p, grpo.clip_eps_low, grpo.clip_eps_high)
+    # polyray's default GRPO: per-sequence token means, group std scaling, a constant LR
+    assert (g["loss_type"], g["scale_rewards"], g["lr_scheduler_type"]) == ("grpo", "group", "constant_with_warmup")
+    assert g["max_grad_norm"] == run.learner.grad_clip and g["weight_decay"] == run.learner.weight_decay
+
+
+def test_trl_accepts_the_settings(tmp_path):
+    trl = pytest.importorskip("trl", reason="TRL is not installed (the bench extra)")
+    s = peer_settings(load_config(QUICKSTART))
+    common = {"output_dir": str(tmp_path), "use_cpu": True, "report_to": []}
+    sft = trl.SFTConfig(**{k: v for k, v in s["sft"].items() if k != "name"}, **common)
+    grpo = trl.GRPOConfig(**{k: v for k, v in s["grpo"].items() if k != "name"}, **common)
+    assert sft.learning_rate == s["sft"]["learning_rate"] and grpo.num_generations == s["grpo"]["num_generations"]
+    assert grpo.beta == s["grpo"]["beta"] and grpo.loss_type == "grpo"
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("phases.1.advantage.type=rloo", "phases.1.advantage.type"),
+        ("phases.1.dynamic_sampling=true", "phases.1.dynamic_sampling"),
+        ("phases.1.kl_reference=base", "phases.1.kl_reference"),
+        ("phases.1.sampling.stop=[';']", "phases.1.sampling.stop"),
+    ],
+)
+def test_a_setting_trl_cannot_express_is_refused(override, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        peer_settings(load_config(QUICKSTART, [override]))
+
+
+def test_a_decay_floor_is_refused():
+    run = load_config(QUICKSTART, ["phases.0.lr_schedule=cosine", "phases.0.min_lr_ratio=0.1"])
+    with pytest.raises(ConfigError, match=r"phases\.0\.min_lr_ratio"):
+        peer_settings(run)
+
+
+def test_step_stats_drop_the_warm_up_and_match_numpy():
+    seconds = [5.0, 4.0, 1.0, 2.0, 3.0, 10.0]
+    tokens = [50, 40, 10, 20, 30, 100]
+    s = step_stats(seconds, tokens, warmup=2)
+    kept = np.array(seconds[2:])
+    q1, q3 = np.quantile(kept, [0.25, 0.75])
+    assert s["steps"] == 4 and s["step_s"] == statistics.median(seconds[2:]) == 2.5
+    assert s["iqr_s"] == pytest.approx(q3 - q1) and s["q1_s"] == pytest.approx(q1)
+    assert s["tokens_per_s"] == pytest.approx(160 / 16)
+    assert step_stats([1.0, 2.0], [1, 1], warmup=5)["steps"] == 1  # never fewer than the last step
+
+
+def test_paired_comparison_is_polyray_minus_trl_per_seed():
+    per_seed = {s: {"polyray": {"steps": {"grpo": {"step_s": a}}}, "trl": {"steps": {"grpo": {"step_s": b}}}}
+                for s, (a, b) in enumerate([(1.0, 0.5), (1.2, 0.5), (0.9, 0.6)])}  # fmt: skip
+    c = paired(per_seed, ("steps", "grpo", "step_s"))
+    assert c["polyray"] == [1.0, 1.2, 0.9] and c["trl"] == [0.5, 0.5, 0.6]
+    d = np.array([0.5, 0.7, 0.3])
+    assert (c["paired_t"]["low"] + c["paired_t"]["high"]) / 2 == pytest.approx(d.mean())
+
+
+def test_grpo_floor_is_the_longer_of_rollout_and_the_rest():
+    assert grpo_floor({"step_s": 1.0, "rollout_s": 0.3})["floor_s"] == pytest.approx(0.7)
+    f = grpo_floor({"step_s": 1.0, "rollout_s": 0.8})
+    assert f["floor_s"] == 0.8 and f["update_publish_s"] == pytest.approx(0.2)
+
+
+def test_polychromic_floor_prefers_the_one_ahead_variant():
+    results = {"sft": {"step_s": 1.0}, "sft[56 sequences: references + samples]": {"step_s": 2.0},
+               "polychromic_sft[countdown_expr]": {"step_s": 4.0},
+               "polychromic_sft[countdown_expr, async]": {"step_s": 3.0}}  # fmt: skip
+    assert polychromic_floor(results) == ("polychromic_sft[countdown_expr, async]", 1.5)
+    assert polychromic_floor({"sft": {"step_s": 1.0}, "polychromic_sft[x]": {"step_s": 2.0}}) is None
+
+
+def test_summary_rows_hold_the_floors_and_the_peer_ratios():
+    results = {
+        "grpo": {"ratio": 0.6, "async_vs_floor": 1.3},
+        "polychromic": {"sft": {"step_s": 1.0}, "sft[8 sequences: references + samples]": {"step_s": 2.0},
+                        "polychromic_sft[x]": {"step_s": 3.0}},
+        "peer": {"ratios": {"grpo_step_polyray_vs_trl": 1.5, "sft_step_polyray_vs_trl": 0.9, "end_to_end_polyray_vs_trl": 5.0},
+                 "large": {"tokens": 128, "vllm_vs_transformers": 2.5}},
+    }  # fmt: skip
+    rows = {name: (value, goal) for name, value, goal in summary_rows(results)}
+    assert rows["GRPO step, one ahead / max(rollout, update + publish)"] == (1.3, "<= 1.1")
+    assert rows["polychromic_sft[x] step / SFT step on references + samples"] == (1.5, "<= 1.2")
+    assert rows["polychromic_sft[x] step / SFT step"] == (3.0, "-")
+    assert not any(name.startswith("sft[") for name in rows)
+    assert rows["GRPO step, polyray / TRL"] == (1.5, "<= 0.5") and rows["SFT step, polyray / TRL"] == (0.9, "<= 1.0")
+    assert rows["vLLM / transformers generate tokens/s, larger model, 128 tokens"] == (2.5, ">= 2")
+
+
+def test_sync_floor_times_one_copy_and_one_write_of_the_adapters_bytes(tmp_path):
+    import torch
+
+    from polyray.drivers.bench.rollout import sync_floor
+
+    adapter = {"config": {"r": 2}, "tensors": {"a": torch.ones(64, 32), "b": torch.zeros(16, dtype=torch.float64)}}
+    f = sync_floor(adapter, tmp_path, repeats=2)
+    assert f["bytes"] == 64 * 32 * 4 + 16 * 8
+    assert f["memcpy_ms"] > 0 and f["write_ms"] > 0
+    assert f["floor_ms"] == pytest.approx(f["memcpy_ms"] + f["write_ms"])
+    assert f["write_bytes_per_s"] == pytest.approx(f["bytes"] / (f["write_ms"] / 1000))
+    assert not list(tmp_path.iterdir())  # its writes are cleaned up
+
+
+def test_fixed_length_generate_makes_every_completion_full_length(tmp_path):
+    """A model that puts nearly all mass on its end token still generates ``tokens`` per completion."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from polyray.drivers.bench.learner import EOS, BenchShape, build_bench_model
+    from polyray.drivers.bench.rollout import FixedLengthBatch, fixed_length_hf
+    from polyray.drivers.bench.suite import _random_adapter
+    from polyray.config import LoraConfig
+    from polyray.rollout.store import write_adapter_dir
+
+    model_dir = build_bench_model(tmp_path / "m", BenchShape(1, 64, 128, 2, 1, 32, 256))
+    weights = load_file(str(model_dir / "model.safetensors"))
+    weights["model.embed_tokens.weight"][EOS] *= 1000  # tied: the end token's logit dominates
+    save_file(weights, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
+    write_adapter_dir(tmp_path / "a", _random_adapter(model_dir, LoraConfig(r=2), seed=1))
+    batch = FixedLengthBatch([[5, 6, 7], [8, 9]], n=2, tokens=6, seeds=[0, 1])
+    r = fixed_length_hf(str(model_dir), "float32", batch, str(tmp_path / "a"), threads=1, repeats=1)
+    assert r["tokens"] == batch.total_tokens == 24
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--large-shape", "1,64,128"], "--large-shape: '1,64,128' is not 7 positive integers"),
+        (["--set", "phases.1.dynamic_sampling=true"], "phases.1.dynamic_sampling: TRL's GRPOTrainer keeps every group"),
+    ],
+)
+@pytest.mark.timeout(120)  # a check that lets bad input through would start the whole benchmark
+def test_bad_peer_arguments_are_one_line_before_anything_starts(args, message):
+    pytest.importorskip("trl", reason="TRL is not installed (the bench extra)")
+    from typer.testing import CliRunner
+
+    from polyray.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "peer", *args])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.output
