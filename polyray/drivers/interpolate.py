@@ -87,7 +87,7 @@ def eval_job(cfg: RunConfig, adapters: dict[float, Path], rank: int, split: str,
     from polyray.drivers.evaluate import EvalJobConfig
 
     n = n_samples or cfg.eval.n_samples
-    ks = [k for k in cfg.eval.ks if k <= n] or [1]
+    ks = sorted({k for k in cfg.eval.ks if k <= n} | {min(n, max(cfg.eval.ks))})  # fewer samples: pass@n the largest
     task = cfg.task.model_dump()
     default_prompts = task.get(f"n_{split}")
     entry = EVAL_TASK_CONFIGS[cfg.task.type](**task, split=split, **({"n_prompts": n_prompts or default_prompts}
@@ -172,7 +172,7 @@ def show_curve(summary: dict[str, Any], ks: Sequence[int], out: Path) -> None:
     from rich.table import Table
 
     chosen = summary["selection"]["chosen"]
-    table = Table(title=f"adapter interpolation: α chosen on validation = {chosen:g} ({summary['selection']['rule']})")
+    table = Table(title="adapter interpolation (* = chosen on validation)")
     table.add_column("α", justify="right")
     for split in ("val", "test"):
         for k in ks:
@@ -181,4 +181,5 @@ def show_curve(summary: dict[str, Any], ks: Sequence[int], out: Path) -> None:
         mark = " *" if row["alpha"] == chosen else ""
         table.add_row(f"{row['alpha']:g}{mark}", *(f"{row[s][f'pass@{k}']:.3f}" for s in ("val", "test") for k in ks))
     console.print(table)
+    console.print(f"α = {chosen:g} chosen on validation: {summary['selection']['rule']}")
     console.print(f"written to {out} (interpolation.json, adapters/, val/, test/)")

@@ -72,15 +72,14 @@ def interpolate_adapters(
     combination, saved in standard peft format (vLLM loads it like any adapter). Returns α -> directory.
     """
     from peft import PeftModel
-
-    from polyray.learner.lora import load_base
+    from transformers import AutoModelForCausalLM
 
     grid = check_alphas(alphas)
     from_dir, to_dir, out_dir = Path(from_dir), Path(to_dir), Path(out_dir)
     (_, _, modules_from), (_, _, modules_to) = _lora_settings(from_dir), _lora_settings(to_dir)
     if modules_from != modules_to:
         raise ValueError(f"{from_dir} and {to_dir} adapt different modules: {modules_from} vs {modules_to}")
-    base, _ = load_base(str(model_dir), dtype)
+    base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=getattr(torch, dtype))
     # adapter names become module attributes: "to" would clash with nn.Module.to
     model = PeftModel.from_pretrained(base, str(from_dir), adapter_name="lora_from")
     model.load_adapter(str(to_dir), adapter_name="lora_to")
@@ -102,11 +101,10 @@ def interpolate_adapters(
 
 def compute_lora_deltas(adapter_dir: str | Path) -> dict[str, torch.Tensor]:
     """ΔW = (lora_alpha / r)·B·A of every adapted module, in float64, keyed by the module's name."""
-    from polyray.learner.lora import read_adapter
+    from safetensors.torch import load_file
 
-    adapter = read_adapter(adapter_dir)
     r, lora_alpha, _ = _lora_settings(Path(adapter_dir))
-    tensors = adapter["tensors"]
+    tensors = load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
     deltas = {}
     for key, a in tensors.items():
         if ".lora_A." in key:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from phase_harness import random_lora_policy
+from phase_harness import fake_run, random_lora_policy
 
 from polyray.learner.lora import load_base, save_adapter
 from polyray.models.interpolate import (
@@ -86,18 +86,6 @@ def test_select_alpha_keeps_pass1_and_maximises_passk():
         select_alpha({0.5: 0.3}, {0.5: 0.4})
 
 
-def fake_run(run, model_dir, run_config, init_adapter=None):
-    """A run directory with adapters/{sft,grpo} (different random LoRAs) and its config.resolved.yaml."""
-    from polyray.io import dump_config
-
-    for seed, phase in enumerate(("sft", "grpo")):
-        model, _ = random_lora_policy(model_dir, run_config.learner.lora, seed, std=0.05)
-        save_adapter(model, run / "adapters" / phase)
-    cfg = run_config.model_copy(update={"init_adapter": init_adapter})
-    (run / "config.resolved.yaml").write_text(dump_config(cfg))
-    return run
-
-
 @pytest.fixture(scope="module")
 def run_dir(model_dir, run_config, tmp_path_factory):
     return fake_run(tmp_path_factory.mktemp("run"), model_dir, run_config)
@@ -130,6 +118,6 @@ def test_eval_jobs_read_validation_then_test_with_the_runs_settings(run_dir, run
     assert [m.name for m in val.models] == ["a0.5", "a1"]
     test = eval_job(run_config, adapters, 24, "test", 5, 4, "t")
     assert (test.tasks[0].split, test.tasks[0].n_prompts, test.n_samples) == ("test", 5, 4)
-    assert test.ks == [k for k in run_config.eval.ks if k <= 4] and test.rollout.max_lora_rank == 32
+    assert test.ks == [1, 4] and run_config.eval.ks == [1, 5, 10] and test.rollout.max_lora_rank == 32
     assert test.compare == [("a0.5", "a1")]  # each α against the 'to' adapter, paired over the test prompts
     assert [lora_rank_slot(r) for r in (1, 2, 16, 17, 300)] == [1, 8, 16, 32, 320]
