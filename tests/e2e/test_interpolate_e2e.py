@@ -35,5 +35,5 @@ def test_interpolate_command_chooses_on_validation_and_reports_test(tmp_path, mo
     for split in ("val", "test"):  # the evaluation job's own outputs, one job per split
         results = json.loads((tmp_path / "out" / split / "results.json").read_text())
         assert set(results["models"]) == {"a0.5", "a1"}
-    printed = " ".join(proc.stdout.split())  # rich wraps long lines
-    assert f"α = {summary['selection']['chosen']:g} chosen on validation" in printed, proc.stdout[-2000:]
+    printed = " ".join(proc.stderr.split())  # polyray's console (stderr); rich wraps long lines
+    assert f"α = {summary['selection']['chosen']:g} chosen on validation" in printed, proc.stderr[-2000:]
