@@ -62,6 +62,18 @@ def random_lora_policy(model_dir, lora, seed: int, std: float = 0.02):
     return model, tokenizer
 
 
+def fake_run(run, model_dir, run_config, init_adapter=None):
+    """A run directory with adapters/{sft,grpo} (different random LoRAs) and its config.resolved.yaml."""
+    from polyray.io import dump_config
+    from polyray.learner.lora import save_adapter
+
+    for seed, phase in enumerate(("sft", "grpo")):
+        model, _ = random_lora_policy(model_dir, run_config.learner.lora, seed, std=0.05)
+        save_adapter(model, run / "adapters" / phase)
+    (run / "config.resolved.yaml").write_text(dump_config(run_config.model_copy(update={"init_adapter": init_adapter})))
+    return run
+
+
 def learner_logprobs(model, prompt_ids, completion_ids, pad_id):
     """The learner's log-probs of ``completion_ids`` after ``prompt_ids`` (no grad)."""
     from polyray.models.batching import pack_sequences, token_logprobs

@@ -102,6 +102,32 @@ def sweep(
         run_sweep(config, output_dir, resume, set_)
 
 
+@app.command()
+def interpolate(
+    run: Path = typer.Argument(..., help="Run directory whose adapter is α = 1, e.g. runs/k_candidate/runs/grpo_group-s0."),
+    alphas: str = typer.Option("0,0.25,0.5,0.75,1", "--alphas", help="Comma-separated α in [0, 1] (1 is always added)."),
+    from_: Optional[str] = typer.Option(
+        None, "--from", help="α = 0: a phase of RUN or an adapter directory (default: the adapter RUN started from)."
+    ),
+    to: Optional[str] = typer.Option(None, "--to", help="α = 1: a phase of RUN (default: its last)."),
+    tolerance: float = typer.Option(0.01, "--tolerance", help="Chosen α keeps val pass@1 within this of α = 1's."),
+    val_prompts: Optional[int] = typer.Option(None, "--val-prompts", min=1, help="Validation prompts (default: the task's n_val)."),
+    test_prompts: Optional[int] = typer.Option(None, "--test-prompts", min=1, help="Test prompts (default: the task's n_test)."),
+    n_samples: Optional[int] = typer.Option(None, "--n-samples", min=1, help="Samples per prompt (default: the run's eval)."),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Where outputs go (default RUN/interpolate/)."),
+):
+    """Interpolate two LoRA adapters (W0 + (1-α)ΔW_from + αΔW_to, no training); choose α on validation, report test."""
+    from polyray.cli.common import fail
+    from polyray.drivers.interpolate import run_interpolation
+
+    try:
+        values = [float(a) for a in (x.strip() for x in alphas.split(",")) if a]
+    except ValueError:
+        fail(f"--alphas: {alphas!r} is not a comma-separated list of numbers")
+    with user_errors():
+        run_interpolation(run, values, from_, to, output_dir, tolerance, val_prompts, test_prompts, n_samples)
+
+
 @model_app.command("build-tiny")
 def build_tiny(
     config: Optional[Path] = typer.Option(None, "--config", help="Run config whose model.tiny and task to build for."),

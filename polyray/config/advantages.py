@@ -114,9 +114,31 @@ class RepeatPenaltyAdvantageConfig(AdvantageConfigBase):
     scale_by_std: bool = Field(True, description="Divide by the group std of the shaped rewards.")
 
 
+class PolychromicCorrectAdvantageConfig(PolychromicAdvantageConfig):
+    """Set-marginal advantage of f(S) = mean reward × diversity of S's *correct* samples over k-subsets."""
+
+    type: Literal["polychromic_correct"] = "polychromic_correct"
+    threshold: float = Field(1.0, description="A sample is correct when its reward is >= this (1.0: binary rewards).")
+    single: float = Field(
+        1.0, ge=0.0, description="d of a set with one correct sample (1.0: a lone correct answer is one distinct"
+        " answer, as countdown_expr's distinct/n counts it); no correct sample: 0."
+    )
+
+
+class WReinforceAdvantageConfig(AdvantageConfigBase):
+    """W-REINFORCE: A = λ for a correct sample, −1 for a wrong one; no baseline."""
+
+    type: Literal["w_reinforce"] = "w_reinforce"
+    lam: float = Field(0.1, ge=0.0, description="λ: weight of the correct samples' (positive) reinforcement.")
+
+    def needs_binary_rewards(self) -> bool:
+        return True  # the paper's ±1 rewards are polyray's 1/0
+
+
 BASE_ADVANTAGE_CONFIGS: tuple[type[AdvantageConfigBase], ...] = (
     GroupAdvantageConfig, RlooAdvantageConfig, PassKAdvantageConfig, PolychromicAdvantageConfig,
-    UnlikelinessAdvantageConfig, RepeatPenaltyAdvantageConfig,
+    UnlikelinessAdvantageConfig, RepeatPenaltyAdvantageConfig, PolychromicCorrectAdvantageConfig,
+    WReinforceAdvantageConfig,
 )  # fmt: skip
 
 BaseAdvantageConfig = Annotated[Union[BASE_ADVANTAGE_CONFIGS], Field(discriminator="type")]
@@ -146,7 +168,39 @@ class MixAdvantageConfig(AdvantageConfigBase):
         return self.early.needs_binary_rewards() or self.late.needs_binary_rewards()
 
 
-ADVANTAGE_CONFIGS: tuple[type[AdvantageConfigBase], ...] = (*BASE_ADVANTAGE_CONFIGS, MixAdvantageConfig)
+class AnnealAdvantageConfig(_SubsetSize):
+    """passk → group (pass@k → pass@1) at ``start``..``end`` of the phase, both scaled to group's mean |A|."""
+
+    type: Literal["anneal"] = "anneal"
+    k: int = Field(4, ge=1, description="k of the early pass@k advantage (<= group_size).")
+    start: float = Field(0.5, ge=0.0, le=1.0, description="Fraction of the phase's steps where the switch starts.")
+    end: float = Field(0.5, ge=0.0, le=1.0, description="Fraction where it is done (start = end: a switch).")
+    match_group_scale: bool = Field(
+        True, description="Also rescale the blend to group's mean |A| (while both are blended, their sum is"
+        " shorter than either when they disagree); each component is always matched."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "AnnealAdvantageConfig":
+        if self.end < self.start:
+            raise ValueError(f"end ({self.end}) must be >= start ({self.start})")
+        return self
+
+    def needs_binary_rewards(self) -> bool:
+        return True  # its early phase is pass@k
+
+    def as_mix(self) -> MixAdvantageConfig:
+        """The ``mix`` this anneal is: passk (matched) early, group (matched) late."""
+        return MixAdvantageConfig(
+            early=PassKAdvantageConfig(k=self.k, match_group_scale=True),
+            late=GroupAdvantageConfig(match_group_scale=True), start=self.start, end=self.end,
+            match_group_scale=self.match_group_scale,
+        )  # fmt: skip
+
+
+ADVANTAGE_CONFIGS: tuple[type[AdvantageConfigBase], ...] = (
+    *BASE_ADVANTAGE_CONFIGS, MixAdvantageConfig, AnnealAdvantageConfig,
+)  # fmt: skip
 
 AdvantageConfig = Annotated[Union[ADVANTAGE_CONFIGS], Field(discriminator="type")]
 """Any estimator: a GRPO phase's ``advantage``."""

@@ -22,9 +22,17 @@ the group size), and :data:`ADVANTAGE_ESTIMATORS` maps the type to its config mo
   then group-normalised (He et al. 2025, arXiv 2506.02355).
 - ``repeat_penalty``: rewards minus a penalty for each other sample of the group with the same
   answer, then group-normalised (batch exploration of Song et al. 2025, arXiv 2509.06941).
+- ``polychromic_correct``: ``polychromic`` whose diversity is that of the subset's *correct*
+  samples only, so wrong answers earn nothing by being different (the polychromic objective of
+  Hamid et al. 2025, arXiv 2509.25424, with the diversity restricted to successes).
+- ``w_reinforce``: W-REINFORCE, A = λ for a correct sample and −1 for a wrong one, no baseline
+  (Zhu et al. 2025, "The Surprising Effectiveness of Negative Reinforcement", arXiv 2506.01347).
 - ``mix``: a blend of two estimators whose weight moves from the first to the second over the
   phase (e.g. passk early, group late); :func:`mix_magnitude_shares` says how much of the blend
   each carries by magnitude, which differs from its weight when their scales differ.
+- ``anneal``: pass@k → pass@1 annealing (Walder & Karkhanis 2025, arXiv 2505.15201; Chen et al.
+  2025, arXiv 2508.10751): the ``mix`` of passk and group with both scaled to group's mean |A|,
+  so the switch changes the direction of the step, not its size.
 
 Any estimator's ``match_group_scale`` rescales its advantages, per step, to the mean |A| that
 ``group`` gives the same rewards (:func:`compute_scale_matched_advantages`), so estimators compared
@@ -47,13 +55,16 @@ import torch
 from polyray.config.advantages import (
     MAX_SUBSETS,
     AdvantageConfigBase,
+    AnnealAdvantageConfig,
     GroupAdvantageConfig,
     MixAdvantageConfig,
     PassKAdvantageConfig,
     PolychromicAdvantageConfig,
+    PolychromicCorrectAdvantageConfig,
     RepeatPenaltyAdvantageConfig,
     RlooAdvantageConfig,
     UnlikelinessAdvantageConfig,
+    WReinforceAdvantageConfig,
 )
 from polyray.objectives.polychromic import compute_subset_marginals, enumerate_subsets
 
@@ -312,6 +323,40 @@ def compute_repeat_penalty_advantages(rewards: torch.Tensor, answers: list[list[
     return compute_shaped_group_advantages(rewards, shaped, scale_by_std).to(rewards.dtype)
 
 
+def compute_correct_diversity(texts: list[str], correct: list[bool], diversity: Callable[[list[str]], float],
+                              single: float = 1.0) -> float:  # fmt: skip
+    """d_c(S): ``diversity`` of the correct texts only; ``single`` for one correct text, 0 for none.
+
+    With ``countdown_expr`` (distinct normalised expressions / n) and ``single`` = 1, it is
+    (distinct correct answers) / (correct answers), so mean reward × d_c = distinct correct answers / k
+    for binary rewards (``polychromic_correct``, docs/algorithms.md §3).
+    """
+    kept = [t for t, ok in zip(texts, correct) if ok]
+    if not kept:
+        return 0.0
+    return single if len(kept) == 1 else float(diversity(kept))
+
+
+def compute_w_reinforce_advantages(rewards: torch.Tensor, lam: float = 0.1) -> torch.Tensor:
+    """W-REINFORCE advantages (Zhu et al. 2025, arXiv 2506.01347, §5): A = λ if r = 1, −1 if r = 0.
+
+    The paper writes RLVR's objective with rewards ±1 as PSR + NSR (positive and negative sample
+    reinforcement) and weights the positive part by λ (0.1 in its experiments):
+
+        L_W-REINFORCE(θ) = λ·L_PSR(θ) + L_NSR(θ)
+                         = −E_x[ λ·Σ_{y: r=+1} log π_θ(y|x) − Σ_{y: r=−1} log π_θ(y|x) ]
+
+    i.e. a REINFORCE weight of λ on every correct sample and −1 on every wrong one, with no
+    baseline: a group of all-wrong samples still pushes them all down, an all-correct one pulls
+    them all up by λ. polyray's 0/1 rewards are the paper's ±1 (r = 1 ↔ +1, r = 0 ↔ −1).
+    rewards (B, G) of 0/1 -> (B, G), same dtype.
+    """
+    _check_2d(rewards, "w_reinforce")
+    if not bool(((rewards == 0) | (rewards == 1)).all()):
+        raise ValueError("w_reinforce advantages need binary rewards (every value 0 or 1)")
+    return torch.where(rewards == 1, torch.full_like(rewards, lam), torch.full_like(rewards, -1.0))
+
+
 def mix_weight(progress: float, start: float, end: float) -> float:
     """Weight of the late estimator: 0 before ``start``, 1 from ``end``, linear between (a step at start = end)."""
     if progress < start:
@@ -377,6 +422,32 @@ def _repeat_penalty(cfg: RepeatPenaltyAdvantageConfig, inputs: AdvantageInputs) 
     return compute_repeat_penalty_advantages(inputs.rewards, answers, cfg.beta, cfg.scale_by_std)
 
 
+def _polychromic_correct(cfg: PolychromicCorrectAdvantageConfig, inputs: AdvantageInputs) -> torch.Tensor:
+    from polyray.diversity import get_diversity_fn
+
+    fn, texts = get_diversity_fn(cfg.diversity), inputs.texts
+    correct = (inputs.rewards >= cfg.threshold).tolist()  # (B, G)
+    cache: dict[tuple[int, tuple[int, ...]], float] = {}  # many subsets share their correct members
+
+    def diversity(b: int, S: tuple[int, ...]) -> float:
+        key = (b, tuple(i for i in S if correct[b][i]))
+        if key not in cache:
+            cache[key] = compute_correct_diversity([texts[b][i] for i in S], [correct[b][i] for i in S], fn, cfg.single)
+        return cache[key]
+
+    return compute_polychromic_advantages(inputs.rewards, cfg.k, diversity=diversity, max_subsets=cfg.max_subsets,
+                                          sample_subsets=cfg.sample_subsets, seed=inputs.step)  # fmt: skip
+
+
+def _w_reinforce(cfg: WReinforceAdvantageConfig, inputs: AdvantageInputs) -> torch.Tensor:
+    return compute_w_reinforce_advantages(inputs.rewards, cfg.lam)
+
+
+def _anneal(cfg: AnnealAdvantageConfig, inputs: AdvantageInputs) -> torch.Tensor:
+    # the blend itself; compute_advantages applies cfg.match_group_scale to it
+    return _mix(cfg.as_mix(), inputs)
+
+
 def _mix(cfg: MixAdvantageConfig, inputs: AdvantageInputs) -> torch.Tensor:
     w = mix_weight(inputs.progress, cfg.start, cfg.end)
     if w == 0.0:
@@ -393,7 +464,10 @@ ADVANTAGE_ESTIMATORS: dict[str, tuple[type[AdvantageConfigBase], Callable[..., t
     "polychromic": (PolychromicAdvantageConfig, _polychromic),
     "unlikeliness": (UnlikelinessAdvantageConfig, _unlikeliness),
     "repeat_penalty": (RepeatPenaltyAdvantageConfig, _repeat_penalty),
+    "polychromic_correct": (PolychromicCorrectAdvantageConfig, _polychromic_correct),
+    "w_reinforce": (WReinforceAdvantageConfig, _w_reinforce),
     "mix": (MixAdvantageConfig, _mix),
+    "anneal": (AnnealAdvantageConfig, _anneal),
 }
 """type -> (config model, function (config, :class:`AdvantageInputs`) -> advantages (B, G))."""
 

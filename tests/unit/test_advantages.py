@@ -22,7 +22,8 @@ from polyray.objectives.grpo import aggregate_token_loss, compute_grpo_loss
 
 
 def test_registry_names_and_config_types():
-    assert set(ADVANTAGE_ESTIMATORS) == {"group", "rloo", "passk", "polychromic", "unlikeliness", "repeat_penalty", "mix"}
+    assert set(ADVANTAGE_ESTIMATORS) == {"group", "rloo", "passk", "polychromic", "unlikeliness", "repeat_penalty", "mix",
+                                         "polychromic_correct", "w_reinforce", "anneal"}  # fmt: skip
     for name, (config_model, _) in ADVANTAGE_ESTIMATORS.items():
         fields = {"early": {"type": "group"}, "late": {"type": "group"}} if name == "mix" else {}
         assert config_model(**fields).type == name  # each estimator's config model carries its registry key
@@ -469,3 +470,112 @@ def test_unlikeliness_ties_share_their_mean_rank():
     assert adv[0, 1] == adv[0, 4]  # the two identical correct samples are treated alike
     tied = compute_unlikeliness_advantages(torch.ones(1, G, dtype=torch.float64), torch.full((1, G), -0.5, dtype=torch.float64), beta)
     assert torch.all(tied == 0)
+
+
+# ----------------------------------------------------------------------------- frontier estimators
+
+
+def _passk_loop(row: list[float], k: int) -> list[float]:
+    marginal, _, sd = enumerate_passk(row, k)
+    return [m / (sd + 1e-6) for m in marginal]
+
+
+def _scaled(rows: list[list[float]], target: float) -> list[list[float]]:
+    size = _mean_abs(rows)
+    return rows if size == 0 else [[x * target / size for x in row] for row in rows]
+
+
+@pytest.mark.parametrize("progress", [0.0, 0.25, 0.5, 0.75, 0.95])
+def test_anneal_matches_float64_loop(progress):
+    """anneal (arXiv 2505.15201, 2508.10751): (1 − w)·passk·s_p + w·group, passk scaled to group's mean |A|
+    (s_p = mean|A_group| / mean|A_passk| over the step), the blend scaled again; w from 0 at 0.25 to 1 at 0.75."""
+    from polyray.config.advantages import AnnealAdvantageConfig
+    from polyray.objectives.advantages import mix_weight
+
+    rewards = [[1.0, 0.0, 0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0, 0.0, 1.0], [1.0] * 6, [0.0, 1.0, 1.0, 1.0, 0.0, 0.0]]
+    group = [_group_loop(r) if statistics.stdev(r) > 0 else [0.0] * 6 for r in rewards]
+    passk = _scaled([_passk_loop(r, 3) for r in rewards], _mean_abs(group))
+    w = {0.0: 0.0, 0.25: 0.0, 0.5: 0.5, 0.75: 1.0, 0.95: 1.0}[progress]
+    assert mix_weight(progress, 0.25, 0.75) == w
+    blend = _scaled([[(1 - w) * p + w * g for p, g in zip(pr, gr)] for pr, gr in zip(passk, group)], _mean_abs(group))
+    cfg = AnnealAdvantageConfig(k=3, start=0.25, end=0.75)
+    r = torch.tensor(rewards, dtype=torch.float64)
+    adv = compute_advantages(cfg, AdvantageInputs(r, [["x"] * 6] * 4, progress=progress))
+    torch.testing.assert_close(adv, torch.tensor(blend, dtype=torch.float64), rtol=1e-12, atol=1e-12)
+    assert abs(_mean_abs(adv.tolist()) - _mean_abs(group)) < 1e-12  # the switch keeps group's step size
+    if w == 0.0:  # before the switch: pass@k's direction at group's size, not passk's raw (smaller) size
+        assert _mean_abs(compute_passk_advantages(r, 3).tolist()) < 0.9 * _mean_abs(adv.tolist())
+
+
+def test_anneal_config_checks():
+    from polyray.config import GRPOPhaseConfig
+    from polyray.config.advantages import AnnealAdvantageConfig
+
+    cfg = AnnealAdvantageConfig()
+    assert (cfg.k, cfg.start, cfg.end, cfg.match_group_scale, cfg.needs_binary_rewards()) == (4, 0.5, 0.5, True, True)
+    assert cfg.as_mix().early.match_group_scale and cfg.as_mix().late.match_group_scale
+    with pytest.raises(ValueError, match="start"):
+        AnnealAdvantageConfig(start=0.8, end=0.2)
+    with pytest.raises(ValueError, match="advantage.k"):
+        GRPOPhaseConfig(group_size=4, advantage={"type": "anneal", "k": 8})
+
+
+def _distinct_correct_loop(texts, rewards, S):
+    correct = [texts[i] for i in S if rewards[i] == 1.0]
+    if not correct:
+        return 0.0
+    d = 1.0 if len(correct) == 1 else len(set(correct)) / len(correct)  # countdown_expr on the correct ones
+    return statistics.fmean(rewards[i] for i in S) * d
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_polychromic_correct_matches_subset_enumeration(k):
+    """polychromic_correct (arXiv 2509.25424, diversity over correct samples only): A_i = mean_{S∋i} f(S) − mean_S f(S),
+    f(S) = mean r(S) · d(correct of S), by enumerating every k-subset in float64."""
+    from polyray.config.advantages import PolychromicCorrectAdvantageConfig
+
+    texts = [["1+2", "1+2", "3*4", "5-1", "6/2", "7+7"], ["2*2", "2*2", "2*2", "8-1", "9-1", "4+4"], ["1"] * 6]
+    rewards = [[1.0, 1.0, 1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 1.0, 0.0, 0.0], [0.0] * 6]
+    cfg = PolychromicCorrectAdvantageConfig(k=k, diversity="countdown_expr")
+    adv = compute_advantages(cfg, AdvantageInputs(torch.tensor(rewards, dtype=torch.float64), texts))
+    for b in range(3):
+        subsets = list(itertools.combinations(range(6), k))
+        f = {S: _distinct_correct_loop(texts[b], rewards[b], S) for S in subsets}
+        mean_all = math.fsum(f.values()) / len(subsets)
+        for i in range(6):
+            expected = math.fsum(f[S] for S in subsets if i in S) / math.comb(5, k - 1) - mean_all
+            assert adv[b, i].item() == pytest.approx(expected, abs=1e-12)
+
+
+def test_polychromic_correct_ignores_the_wrong_answers_diversity():
+    """With binary rewards and countdown_expr, f(S) = distinct correct answers / k: making the wrong answers all
+    different changes polychromic's advantages but not polychromic_correct's; a repeated correct answer earns less."""
+    from polyray.config.advantages import PolychromicAdvantageConfig, PolychromicCorrectAdvantageConfig
+
+    r = torch.tensor([[1.0, 1.0, 1.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    same_wrong, diverse_wrong = [["1+2", "1+2", "3*4", "9", "9", "9"]], [["1+2", "1+2", "3*4", "5-1", "6/2", "7+7"]]
+    correct_cfg, plain_cfg = PolychromicCorrectAdvantageConfig(k=3), PolychromicAdvantageConfig(k=3)
+    a = compute_advantages(correct_cfg, AdvantageInputs(r, same_wrong))
+    torch.testing.assert_close(a, compute_advantages(correct_cfg, AdvantageInputs(r, diverse_wrong)), rtol=0, atol=0)
+    assert not torch.allclose(compute_advantages(plain_cfg, AdvantageInputs(r, same_wrong)),
+                              compute_advantages(plain_cfg, AdvantageInputs(r, diverse_wrong)))  # fmt: skip
+    assert a[0, 2] > a[0, 0] > 0 > a[0, 3]  # the lone correct answer > a repeated one > any wrong one
+    assert torch.all(a[0, 3:] == a[0, 3])
+
+
+def test_w_reinforce_matches_float64_loop():
+    """W-REINFORCE (arXiv 2506.01347): λ on correct samples, −1 on wrong ones, no baseline (uniform groups act)."""
+    from polyray.config.advantages import WReinforceAdvantageConfig
+    from polyray.objectives.advantages import compute_w_reinforce_advantages
+
+    gen = torch.Generator().manual_seed(3)
+    r = (torch.rand(6, 5, generator=gen, dtype=torch.float64) < 0.4).to(torch.float64)
+    r[0], r[1] = 1.0, 0.0
+    for lam in (0.0, 0.1, 0.5, 1.0):
+        adv = compute_advantages(WReinforceAdvantageConfig(lam=lam), AdvantageInputs(r, [["a"] * 5] * 6))
+        for b, row in enumerate(r.tolist()):
+            for i, x in enumerate(row):
+                assert adv[b, i].item() == (lam if x == 1.0 else -1.0)
+    assert WReinforceAdvantageConfig().lam == 0.1 and WReinforceAdvantageConfig().needs_binary_rewards()
+    with pytest.raises(ValueError, match="binary"):
+        compute_w_reinforce_advantages(torch.tensor([[0.5, 1.0]]))

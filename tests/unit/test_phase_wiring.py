@@ -49,7 +49,11 @@ ESTIMATOR_CONFIGS = {
     "unlikeliness": {"type": "unlikeliness", "beta": 0.5},
     "repeat_penalty": {"type": "repeat_penalty", "beta": 0.5, "answer": "countdown_expr"},
     "mix": {"type": "mix", "early": {"type": "passk", "k": 2}, "late": {"type": "group"}, "start": 0.2, "end": 0.8},
+    "anneal": {"type": "anneal", "k": 2, "start": 0.2, "end": 0.8},
+    "polychromic_correct": {"type": "polychromic_correct", "k": 2, "diversity": "countdown_expr"},
+    "w_reinforce": {"type": "w_reinforce", "lam": 0.1},
 }
+NO_BASELINE = {"w_reinforce"}  # a group of equal rewards still carries signal: all of its samples pushed down
 
 
 def test_every_registered_estimator_has_a_config_case():
@@ -65,7 +69,10 @@ def test_every_estimator_runs_from_config(name):
     rewards = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
     adv = compute_advantages(cfg.advantage, AdvantageInputs(rewards, GROUPS, LOGPROBS, progress=0.5, step=3))
     assert adv.shape == rewards.shape and torch.isfinite(adv).all()
-    assert torch.all(adv[2] == 0)  # a group with no signal gets no advantage
+    if name in NO_BASELINE:
+        assert torch.all(adv[2] == -1.0)  # W-REINFORCE's negative reinforcement of an all-wrong group
+    else:
+        assert torch.all(adv[2] == 0)  # a group with no signal gets no advantage
 
 
 def test_polychromic_registry_entry_passes_its_parameters():

@@ -1,0 +1,185 @@
+"""``polyray interpolate RUN``: the SFT ↔ GRPO adapter-interpolation curve, chosen on validation, read on test.
+
+No training. For each α of the grid, the adapter of W0 + (1 − α)·ΔW_from + α·ΔW_to
+(:func:`polyray.models.interpolate.interpolate_adapters`, WiSE-FT, arXiv 2504.10478; docs/algorithms.md
+§8) is written under ``<out>/adapters/a<α>/``; ``from`` defaults to the adapter the run started from
+(its ``init_adapter``: an experiment branch's SFT adapter) or else the phase before ``to``, ``to`` to
+the run's last phase. Then polyray's evaluation job (:func:`polyray.drivers.evaluate.run_eval`, the
+same sampling, pass@k and diversity as ``polyray eval``) runs twice with the run's model, rollout,
+task and eval settings:
+
+1. on the task's **validation** split (``<out>/val/``): α is chosen there
+   (:func:`~polyray.models.interpolate.select_alpha`: the best val pass@K among the α whose val pass@1
+   is within ``tolerance`` of α = 1's, the 'to' adapter, which is always evaluated);
+2. on the **test** split once (``<out>/test/``), every α in one job, for the curve's table; each α is
+   compared with α = 1 over the test prompts (paired, Holm), nothing is chosen there.
+
+``<out>/interpolation.json``: the grid, both adapters, the rule, the chosen α with ``selected_on:
+validation``, and per α its validation and test pass@k and diversity.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, get_args
+
+from polyray.config import RunConfig
+from polyray.config.eval import EVAL_TASK_CONFIGS
+from polyray.config.rollout import MaxLoraRank
+from polyray.drivers.sweep import SELECTED_ON
+from polyray.io import ConfigError, console, load_yaml_model
+from polyray.models.interpolate import alpha_label, check_alphas, interpolate_adapters, interpolated_rank, select_alpha
+
+REFERENCE = 1.0  # the 'to' adapter: the pass@1 the selection must keep
+
+
+def resolve_endpoints(run_dir: Path, cfg: RunConfig, from_: str | None, to: str | None) -> tuple[Path, Path]:
+    """(from adapter dir, to adapter dir): phases of ``run_dir`` or adapter/run directories; errors name the option."""
+    from polyray.drivers.evaluate.models import resolve_adapter_dirs
+
+    try:
+        phases = dict(resolve_adapter_dirs(run_dir))
+    except ValueError as exc:
+        raise ConfigError(f"RUN: {exc}") from None
+    names = list(phases)
+    to_name = to or names[-1]
+    if to_name not in phases:
+        raise ConfigError(f"--to: the run has no adapter for phase {to_name!r} (phases: {names})")
+
+    def other(value: str, option: str) -> Path:
+        if value in phases:
+            return phases[value]
+        try:
+            found = resolve_adapter_dirs(value)
+        except ValueError as exc:
+            raise ConfigError(f"{option}: {value!r} is not a phase of the run ({names}) and {exc}") from None
+        if len(found) != 1:
+            raise ConfigError(f"{option}: {value} holds {len(found)} adapters; name one adapter directory")
+        return found[0][1]
+
+    if from_ is not None:
+        start = other(from_, "--from")
+    elif cfg.init_adapter:
+        start = other(cfg.init_adapter, "init_adapter (the run's starting adapter)")
+    elif names.index(to_name) > 0:
+        start = phases[names[names.index(to_name) - 1]]
+    else:
+        raise ConfigError(f"--from: the run started from no adapter and {to_name!r} is its first phase: name one")
+    if start == phases[to_name]:
+        raise ConfigError("--from and --to are the same adapter")
+    return start, phases[to_name]
+
+
+def lora_rank_slot(rank: int) -> int:
+    """The smallest LoRA rank vLLM reserves for that holds ``rank``."""
+    fits = [r for r in get_args(MaxLoraRank) if r >= rank]
+    if not fits:
+        raise ConfigError(f"the interpolated adapters' rank {rank} exceeds vLLM's largest ({max(get_args(MaxLoraRank))})")
+    return min(fits)
+
+
+def eval_job(cfg: RunConfig, adapters: dict[float, Path], rank: int, split: str, n_prompts: int | None,
+             n_samples: int | None, name: str):  # fmt: skip
+    """The evaluation job of every α's adapter (of LoRA rank ``rank``) on ``split``, with the run's model, rollout,
+    task and eval settings; vLLM's max_lora_rank raised to hold ``rank``."""
+    from polyray.drivers.evaluate import EvalJobConfig
+
+    n = n_samples or cfg.eval.n_samples
+    ks = sorted({k for k in cfg.eval.ks if k <= n} | {min(n, max(cfg.eval.ks))})  # fewer samples: pass@n the largest
+    task = cfg.task.model_dump()
+    default_prompts = task.get(f"n_{split}")
+    entry = EVAL_TASK_CONFIGS[cfg.task.type](**task, split=split, **({"n_prompts": n_prompts or default_prompts}
+                                             if (n_prompts or default_prompts) else {}))  # fmt: skip
+    rank = max(cfg.rollout.max_lora_rank, lora_rank_slot(rank))
+    reference = alpha_label(REFERENCE)
+    labels = [alpha_label(a) for a in adapters]
+    return EvalJobConfig(
+        name=name, seed=cfg.seed, model=cfg.model, rollout=cfg.rollout.model_copy(update={"max_lora_rank": rank}),
+        cluster=cfg.cluster, tasks=[entry], n_samples=n, ks=ks, sampling=cfg.eval.sampling,
+        diversity=[d for d in cfg.eval.diversity if d != "countdown_expr" or cfg.task.type == "countdown"],
+        models=[{"name": label, "kind": "adapter", "path": str(p)} for label, p in zip(labels, adapters.values())],
+        compare=[(label, reference) for label in labels if label != reference] if split == "test" else [],
+        lora=[],
+    )  # fmt: skip
+
+
+def _metrics(results: dict[str, Any], label: str, ks: Sequence[int]) -> dict[str, float]:
+    record = results["models"][label]
+    out = {f"pass@{k}": record[f"pass@{k}"]["mean"] for k in ks}
+    out.update({key: (v["mean"] if isinstance(v, dict) else v) for key, v in record.items() if key.startswith("diversity/")})
+    return out
+
+
+def run_interpolation(
+    run_dir: str | Path, alphas: Sequence[float], from_: str | None = None, to: str | None = None,
+    output_dir: str | Path | None = None, tolerance: float = 0.01, val_prompts: int | None = None,
+    test_prompts: int | None = None, n_samples: int | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Write every α's adapter, evaluate them on validation, choose α there, evaluate on test once; see the module doc."""
+    from polyray.drivers.evaluate import run_eval
+    from polyray.models.source import prepare_model_dir
+
+    run_dir = Path(run_dir).resolve()
+    resolved = run_dir / "config.resolved.yaml"
+    if not resolved.is_file():
+        raise ConfigError(f"RUN: {run_dir} has no config.resolved.yaml (not a polyray run directory)")
+    cfg = load_yaml_model(resolved, [], RunConfig)
+    try:
+        grid = check_alphas(alphas)
+    except ValueError as exc:
+        raise ConfigError(f"--{exc}") from None
+    if tolerance < 0:
+        raise ConfigError(f"--tolerance: must be >= 0, got {tolerance}")
+    if REFERENCE not in grid:
+        grid.append(REFERENCE)  # the 'to' adapter's pass@1 is what the choice keeps
+    start, end = resolve_endpoints(run_dir, cfg, from_, to)
+    out = Path(output_dir or run_dir / "interpolate").resolve()
+    rank = interpolated_rank(start, end)
+    console.print(f"interpolating {start} (α = 0) -> {end} (α = 1) at α = {grid}; rank {rank}")
+    with console.status("writing the interpolated adapters"):
+        adapters = interpolate_adapters(prepare_model_dir(cfg.model, cfg.task), start, end, grid, out / "adapters",
+                                        cfg.model.dtype)  # fmt: skip
+    val_job = eval_job(cfg, adapters, rank, "val", val_prompts, n_samples, f"{cfg.name}-interpolate-val")
+    val = run_eval(val_job, out / "val")
+    ks, top = val_job.ks, max(val_job.ks)
+    val_metrics = {a: _metrics(val, alpha_label(a), ks) for a in grid}
+    chosen = select_alpha({a: m["pass@1"] for a, m in val_metrics.items()} if 1 in ks else
+                          {a: m[f"pass@{min(ks)}"] for a, m in val_metrics.items()},
+                          {a: m[f"pass@{top}"] for a, m in val_metrics.items()}, REFERENCE, tolerance)  # fmt: skip
+    test_job = eval_job(cfg, adapters, rank, "test", test_prompts, n_samples, f"{cfg.name}-interpolate-test")
+    test = run_eval(test_job, out / "test")  # read once, for the table: nothing is chosen on it
+    summary = {
+        "run": str(run_dir), "from": str(start), "to": str(end), "alphas": grid,
+        "model": "W0 + (1 - alpha) dW_from + alpha dW_to (peft cat combination, exact)",
+        "selection": {
+            "rule": f"max val pass@{top} among alpha with val pass@{1 if 1 in ks else min(ks)} >= that of alpha = 1"
+                    f" minus {tolerance}", "chosen": chosen, "selected_on": SELECTED_ON, "tolerance": tolerance,
+            "among": {alpha_label(a): m for a, m in val_metrics.items()},
+        },
+        "curve": [{"alpha": a, "adapter": str(adapters[a]), "val": val_metrics[a], "test": _metrics(test, alpha_label(a), ks)}
+                  for a in grid],  # fmt: skip
+        "test_stats": test.get("stats", {}),
+        "splits": {"val": {"n_prompts": val_job.tasks[0].n_prompts}, "test": {"n_prompts": test_job.tasks[0].n_prompts}},
+    }
+    (out / "interpolation.json").write_text(json.dumps(summary, indent=2))
+    show_curve(summary, ks, out)
+    return summary
+
+
+def show_curve(summary: dict[str, Any], ks: Sequence[int], out: Path) -> None:
+    from rich.table import Table
+
+    chosen = summary["selection"]["chosen"]
+    table = Table(title="adapter interpolation (* = chosen on validation)")
+    table.add_column("α", justify="right")
+    for split in ("val", "test"):
+        for k in ks:
+            table.add_column(f"{split} pass@{k}", justify="right")
+    for row in summary["curve"]:
+        mark = " *" if row["alpha"] == chosen else ""
+        table.add_row(f"{row['alpha']:g}{mark}", *(f"{row[s][f'pass@{k}']:.3f}" for s in ("val", "test") for k in ks))
+    console.print(table)
+    console.print(f"α = {chosen:g} chosen on validation: {summary['selection']['rule']}")
+    console.print(f"written to {out} (interpolation.json, adapters/, val/, test/)")
