@@ -408,8 +408,9 @@ class GRPOPhase(SamplingPhase):
             keep[:] = True
         batch = TrainBatch.from_groups(groups, adv, keep)
         shares = {}
-        if self.cfg.advantage.type == "mix":  # each component's weight by magnitude (docs/algorithms.md §3)
-            shares = dict(zip(("mix_early_share", "mix_late_share"), mix_magnitude_shares(self.cfg.advantage, inputs)))
+        mix = self.cfg.advantage.as_mix() if self.cfg.advantage.type == "anneal" else self.cfg.advantage
+        if mix.type == "mix":  # each component's weight by magnitude (docs/algorithms.md §3)
+            shares = dict(zip(("mix_early_share", "mix_late_share"), mix_magnitude_shares(mix, inputs)))
         return batch, {
             "reward_mean": float(rewards.mean()),
             "adv_abs_mean": float(adv.abs().mean()),  # the step size the estimator asks for

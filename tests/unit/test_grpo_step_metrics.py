@@ -49,3 +49,5 @@ def test_mix_logs_each_components_share_by_magnitude(model_dir):
     assert early + late == pytest.approx(1.0)
     assert late > 0.5  # w = 0.5 at step 2 of 4, and group's advantages are the larger
     assert "mix_early_share" not in _step(model_dir, {"type": "group"})[0]
+    annealed, _ = _step(model_dir, {"type": "anneal", "k": 2, "start": 0.0, "end": 1.0})
+    assert annealed["mix_late_share"] == pytest.approx(0.5)  # both parts scale-matched: shares are the weights
