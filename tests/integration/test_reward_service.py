@@ -132,7 +132,7 @@ def test_engagement_and_per_request_params(http):
     good, rude = http.post("/v1/rewards", json={"reward": "engagement", "items": items}).json()["scores"]
     assert good > rude
     r = http.post("/v1/rewards", json={"reward": "engagement", "items": items, "params": {"model_path": "/etc"}})
-    assert r.status_code == 422 and "set by the server" in r.json()["detail"]
+    assert r.status_code == 400 and "set by the server" in r.json()["error"]["message"]
     r = http.post(
         "/v1/rewards",
         json={
@@ -164,20 +164,23 @@ def test_concurrent_requests_are_batched(http):
     "content,status,needle",
     [
         (b'{"reward": "countdown", "items": [', 400, "malformed JSON"),
-        (b'{"reward": "countdown"}', 422, "body.items"),
-        (b'{"items": []}', 422, "body.reward"),
-        (b'{"reward": "countdown", "items": [{"prompt": "p"}]}', 422, "body.items.0.completion"),
-        (b'{"reward": "countdown", "items": [{"prompt": 3, "completion": "x"}]}', 422, "body.items.0.prompt"),
-        (b'{"reward": ["countdown"], "items": []}', 422, "body.reward"),
-        (b'{"reward": "countdown", "items": [], "bogus": 1}', 422, "bogus"),
+        (b'{"reward": "countdown"}', 400, "items"),
+        (b'{"items": []}', 400, "reward"),
+        (b'{"reward": "countdown", "items": [{"prompt": "p"}]}', 400, "items.0.completion"),
+        (b'{"reward": "countdown", "items": [{"prompt": 3, "completion": "x"}]}', 400, "items.0.prompt"),
+        (b'{"reward": ["countdown"], "items": []}', 400, "reward"),
+        (b'{"reward": "countdown", "items": [], "bogus": 1}', 400, "bogus"),
         (b'{"reward": "nope", "items": []}', 404, "known: code_exec, countdown"),
-        (b'{"reward": "length", "items": [], "params": {"min_length": -1}}', 422, "min_length"),
+        (b'{"reward": "length", "items": [], "params": {"min_length": -1}}', 400, "min_length"),
+        (b'{"reward": "countdown", "items": [{"prompt": "p", "completion": "c", "metadata": {"t": NaN}}]}', 400,
+         "items.0.metadata.t"),
     ],
 )
 def test_bad_requests_get_4xx_with_a_message(http, content, status, needle):
     r = http.post("/v1/rewards", content=content, headers={"content-type": "application/json"})
     assert r.status_code == status, r.text
-    assert needle in json.dumps(r.json()), r.text
+    assert set(r.json()) == {"error"} and set(r.json()["error"]) == {"message", "type", "param", "code"}, r.text
+    assert needle in r.json()["error"]["message"], r.text
     assert_healthy(http)
 
 
