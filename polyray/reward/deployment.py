@@ -54,6 +54,7 @@ from polyray.reward.cancel import await_job
 from polyray.reward.custom import runtime_env
 from polyray.reward.scorer import RewardScorer, ScoreJob, as_items, score_jobs
 from polyray.sandbox import require_isolation
+from polyray.sandbox.cgroups import limits_report
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +119,9 @@ class RewardDeployment:
         self.sandbox_mode = require_isolation(
             policy.min_isolation, policy.allow_weak_sandbox, where="reward service sandbox"
         )
-        logger.info("reward replica: sandbox isolation %s (min_isolation %s)", self.sandbox_mode, policy.min_isolation)
+        self.sandbox_limits = limits_report()
+        logger.info("reward replica: sandbox isolation %s (min_isolation %s), limits %s", self.sandbox_mode,
+                    policy.min_isolation, self.sandbox_limits)  # fmt: skip
         rewards = {**self.config.rewards}
         rewards["code_exec"] = {**policy.model_dump(), **rewards.get("code_exec", {})}
         self.scorer = RewardScorer(rewards)
@@ -130,7 +133,7 @@ class RewardDeployment:
 
     @app.get("/healthz")
     async def healthz(self) -> dict[str, str]:
-        return {"status": "ok", "sandbox": self.sandbox_mode}
+        return {"status": "ok", "sandbox": self.sandbox_mode, "sandbox_limits": self.sandbox_limits}
 
     @app.get("/v1/rewards")
     async def list_rewards(self) -> dict[str, Any]:

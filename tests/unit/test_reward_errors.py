@@ -126,3 +126,25 @@ def test_error_pieces():
     assert validation_error([{"type": "json_invalid", "loc": ("body", 3), "msg": "x", "ctx": {"error": "bad"}}]).status_code == 400
     assert non_finite_field({"a": [1.0, {"b": float("nan")}]}, "m") == "m.a.1.b"
     assert non_finite_field({"a": [1.0, "inf", 10**400]}, "m") is None
+
+
+def test_healthz_says_which_limits_apply(client):
+    from polyray.sandbox.cgroups import cgroup_v2_status
+
+    health = client().get("/healthz").json()
+    assert health["sandbox_limits"] == f"rlimits (cgroup v2 {cgroup_v2_status()})", health
+
+
+def test_cgroup_v2_status_reads_the_hosts_delegation(tmp_path):
+    from polyray.sandbox.cgroups import cgroup_v2_status
+
+    mountinfo, membership, fs = tmp_path / "mountinfo", tmp_path / "cgroup", tmp_path / "fs"
+    (fs / "svc").mkdir(parents=True)
+    membership.write_text("4:memory:/x\n0::/svc\n")
+    mountinfo.write_text(f"30 1 0:26 / {tmp_path}/v1 rw - cgroup cgroup rw,memory\n")
+    assert "no cgroup2" in cgroup_v2_status(str(mountinfo), str(membership))
+    mountinfo.write_text(mountinfo.read_text() + f"41 31 0:38 / {fs} rw,relatime - cgroup2 cgroup2 rw\n")
+    (fs / "svc" / "cgroup.controllers").write_text("hugetlb pids\n")
+    assert "memory controller(s) are not delegated" in cgroup_v2_status(str(mountinfo), str(membership))
+    (fs / "svc" / "cgroup.controllers").write_text("cpu memory pids\n")
+    assert cgroup_v2_status(str(mountinfo), str(membership)) == f"available ({fs}/svc)"
