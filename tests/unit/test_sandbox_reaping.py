@@ -23,28 +23,12 @@ from polyray.reward.base import RewardItem
 from polyray.reward.cancel import await_job
 from polyray.reward.scorer import RewardScorer, ScoreJob, score_jobs
 from polyray.tasks.humaneval import humaneval_problems
-from processes import processes_with
+from processes import UNGUARD, processes_with, working_modes
 
 pytestmark = pytest.mark.slow  # ~25 s
 
 PR_SET_CHILD_SUBREAPER = 36
-# rlimits mode's audit hook off (the issue's bypass, completed): what follows runs unguarded there
-UNGUARD = textwrap.dedent("""
-    import sys
-    _f = sys._getframe(0)
-    while _f is not None:
-        if "_hook" in _f.f_globals:
-            _f.f_globals["_hook"].__code__ = (lambda e, a: None).__code__
-        _f = _f.f_back
-""")
-
-
-def _works(mode: str) -> bool:
-    result = sb.run_python(sb._PROBE, sb.SandboxLimits(timeout_s=30), isolation=mode)
-    return result.passed and result.stdout.startswith("ok")
-
-
-MODES = [m for m in sb.ISOLATION_MODES if (m != "uid+namespaces" or os.geteuid() == 0) and _works(m)]
+MODES = list(working_modes())
 
 
 @pytest.fixture(params=MODES)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import json
-import os
 import platform
 import textwrap
 
@@ -20,7 +19,9 @@ import pytest
 from polyray import sandbox as sb
 from polyray.sandbox import seccomp
 from polyray.tasks.humaneval import humaneval_problems, run_humaneval_check
-from test_sandbox_reaping import MODES, UNGUARD
+from processes import UNGUARD, working_modes
+
+MODES = list(working_modes())
 
 
 @pytest.mark.parametrize("machine", sorted(seccomp.SYSCALLS))
