@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from polyray.sandbox import detect_isolation
+from polyray.sandbox.cgroups import limits_report
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -202,7 +203,8 @@ def test_listing_health_and_openapi(http):
     assert {"countdown", "code_exec", "engagement", "length"} <= set(listing)
     assert listing["length"]["params"]["max_length"]["default"] == 60
     assert listing["engagement"]["server_only_params"] == ["model_path"]
-    assert http.get("/healthz").json() == {"status": "ok", "sandbox": detect_isolation()}  # the mode code runs in
+    health = {"status": "ok", "sandbox": detect_isolation(), "sandbox_limits": limits_report()}  # the mode code runs in
+    assert http.get("/healthz").json() == health
     spec = http.get("/openapi.json").json()
     assert "/v1/rewards" in spec["paths"] and "post" in spec["paths"]["/v1/rewards"]
     assert "RewardRequest" in json.dumps(spec["components"])
@@ -382,6 +384,7 @@ def test_fuzz_never_5xx(reward_schema, service):
 
 
 def test_service_healthy_after_fuzzing(http):
-    assert http.get("/healthz").json() == {"status": "ok", "sandbox": detect_isolation()}  # the mode code runs in
+    health = {"status": "ok", "sandbox": detect_isolation(), "sandbox_limits": limits_report()}  # the mode code runs in
+    assert http.get("/healthz").json() == health
     r = http.post("/v1/rewards", json={"reward": "countdown", "items": [{"prompt": "nums 3 4 9 target 12\nexpr:", "completion": " 3+9"}]})
     assert r.status_code == 200 and r.json()["scores"] == [1.0]
