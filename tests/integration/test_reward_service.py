@@ -264,7 +264,7 @@ def test_a_users_reward_scores_the_same_in_process_and_over_http(http, user_rewa
     assert r.json()["scores"] == local and len(set(local)) == 3
     # an HTTP caller cannot make the server import code of its choosing
     r = http.post("/v1/rewards", json={"reward": "custom", "items": CUSTOM_ITEMS, "params": {"function": "os:getcwd"}})
-    assert r.status_code == 422 and "set by the server" in r.json()["detail"]
+    assert r.status_code == 400 and "set by the server" in r.json()["error"]["message"]
 
 
 def test_a_users_reward_reaches_the_replica_through_the_runtime_env(service, user_rewards):
