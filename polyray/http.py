@@ -4,7 +4,8 @@
 - :class:`BearerAuth`: ASGI middleware answering 401, in OpenAI's error shape, to a request
   without ``Authorization: Bearer <key>`` (``/healthz`` stays open for probes).
 - :class:`BodySizeLimit`: ASGI middleware answering 413 to a body over the service's limit.
-- :func:`openai_error`: ``{"error": {"message", "type", "param", "code"}}``.
+- :func:`openai_error`: ``{"error": {"message", "type", "param", "code"}}``, the one error shape of both
+  services; :func:`validation_error` turns a body failing the schema into it (400 naming the field).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
 
 from polyray.config.services import ApiKeyConfig
 
@@ -61,6 +63,23 @@ def openai_error(status: int, message: str, type_: str, param: str | None = None
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
+def error_response(status: int, message: str, type_: str, param: str | None = None, code: str | None = None):
+    """:func:`openai_error` as a JSON response."""
+    return JSONResponse(status_code=status, content=openai_error(status, message, type_, param, code))
+
+
+def validation_error(errors: list[dict[str, Any]]) -> JSONResponse:
+    """FastAPI's validation errors as OpenAI answers a bad body: 400, ``param`` the first field at fault."""
+    bad_json = next((e for e in errors if e.get("type") == "json_invalid"), None)
+    if bad_json is not None:
+        message = f"malformed JSON body: {bad_json.get('ctx', {}).get('error', 'cannot be parsed')}"
+        return error_response(400, message, "BadRequestError", code="invalid_json")
+    first = errors[0] if errors else {}
+    param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+    message = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in errors)
+    return error_response(400, message, "BadRequestError", param)
+
+
 def route_path(scope) -> str:
     """The request's path below the app's mount point (Serve's ``route_prefix`` is the root path)."""
     path, root = scope.get("path", ""), scope.get("root_path", "")
@@ -96,9 +115,8 @@ class BearerAuth:
                         [(b"www-authenticate", b"Bearer")])  # fmt: skip
 
 
-def detail_error(status: int, message: str) -> dict[str, Any]:
-    """FastAPI's error shape, ``{"detail": message}`` (the reward service's)."""
-    return {"detail": message}
+def _bad_request(status: int, message: str) -> dict[str, Any]:
+    return openai_error(status, message, "BadRequestError", code="request_too_large" if status == 413 else None)
 
 
 class BodySizeLimit:
@@ -106,10 +124,10 @@ class BodySizeLimit:
 
     From ``Content-Length`` when the client sends one, and by counting the bytes as they arrive
     otherwise (chunked uploads cannot sneak past it). ``error(status, message)`` shapes the body
-    (the reward service's ``{"detail"}``, the generation service's :func:`openai_error`).
+    (default: :func:`openai_error`).
     """
 
-    def __init__(self, app, limit: Callable[[], int], error: Callable[[int, str], dict] = detail_error):
+    def __init__(self, app, limit: Callable[[], int], error: Callable[[int, str], dict] = _bad_request):
         self.app = app
         self.limit = limit
         self.error = error

@@ -1,11 +1,36 @@
 """Test helpers for sandbox containment: the processes whose command line holds a marker (what a sandbox must
-not leave behind), and a loopback listener (what it must not reach)."""
+not leave behind), a loopback listener (what it must not reach), the isolation modes that work here, and
+the lines that switch off ``rlimits`` mode's audit hook (as an adversary would)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
+import textwrap
 from contextlib import contextmanager
+
+# rlimits mode's audit hook off (the issue's bypass, completed): what follows runs unguarded there
+UNGUARD = textwrap.dedent("""
+    import sys
+    _f = sys._getframe(0)
+    while _f is not None:
+        if "_hook" in _f.f_globals:
+            _f.f_globals["_hook"].__code__ = (lambda e, a: None).__code__
+        _f = _f.f_back
+""")
+
+
+@functools.lru_cache(maxsize=1)
+def working_modes() -> tuple[str, ...]:
+    """The isolation modes in which a program runs here and cannot reach the loopback, strongest first."""
+    from polyray import sandbox as sb
+
+    def works(mode: str) -> bool:
+        result = sb.run_python(sb._PROBE, sb.SandboxLimits(timeout_s=30), isolation=mode)
+        return result.passed and result.stdout.startswith("ok")
+
+    return tuple(m for m in sb.ISOLATION_MODES if (m != "uid+namespaces" or os.geteuid() == 0) and works(m))
 
 
 def processes_with(marker: str) -> list[str]:

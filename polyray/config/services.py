@@ -32,9 +32,9 @@ class RewardRequestLimits(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    max_components: int = Field(8, ge=1, le=64, description="Components of a weighted_sum request; more gets 422.")
+    max_components: int = Field(8, ge=1, le=64, description="Components of a weighted_sum request; more gets 400.")
     max_code_timeout_s: float = Field(
-        30.0, gt=0, le=120, description="Largest code_exec timeout_s a request may set; more gets 422."
+        30.0, gt=0, le=120, description="Largest code_exec timeout_s a request may set; more gets 400."
     )
     max_sandbox_s: float = Field(
         900.0,
@@ -47,6 +47,12 @@ class RewardRequestLimits(BaseModel):
         ge=1,
         description="Worst-case llm_judge calls of one request (items x (retries + 1), twice when pairwise,"
         " summed over components); more gets 413.",
+    )
+    max_request_s: float = Field(
+        300.0,
+        gt=0,
+        description="Wall-clock seconds one HTTP request may take (queueing included); past it 504, and its"
+        " sandboxes are killed. Below Serve's request timeout, so a caller gets this answer, not Serve's.",
     )
 
 

@@ -49,7 +49,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from polyray.config.services import GenerationServiceConfig
 from polyray.generation.api import ChatBody, CompletionBody, limit_error
 from polyray.generation.catalog import AdapterCatalog, Hold, UnknownModelError
-from polyray.http import BearerAuth, BodySizeLimit, check_api_key, openai_error, read_api_key
+from polyray.http import BearerAuth, BodySizeLimit, check_api_key, error_response, read_api_key, validation_error
 from polyray.io import ConfigError, format_validation_error
 from polyray.models.tiny import EMBEDDED_CHAT_TEMPLATE
 from polyray.rollout.worker import vllm_env
@@ -75,8 +75,7 @@ app = FastAPI(
 )
 # each replica's __init__ sets these from its config
 app.state.max_body_bytes = GenerationServiceConfig.model_fields["max_body_bytes"].default
-app.add_middleware(BodySizeLimit, limit=lambda: app.state.max_body_bytes,
-                   error=lambda status, message: openai_error(status, message, "BadRequestError"))  # fmt: skip
+app.add_middleware(BodySizeLimit, limit=lambda: app.state.max_body_bytes)
 app.state.api_key = None
 app.add_middleware(BearerAuth, key=lambda: app.state.api_key)
 
@@ -91,20 +90,12 @@ _ERRORS = {
 
 
 def _error(status: int, message: str, type_: str, param: str | None = None) -> JSONResponse:
-    return JSONResponse(status_code=status, content=openai_error(status, message, type_, param))
+    return error_response(status, message, type_, param)
 
 
 @app.exception_handler(RequestValidationError)
 async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-    errors = exc.errors()
-    bad_json = next((e for e in errors if e.get("type") == "json_invalid"), None)
-    if bad_json is not None:
-        return _error(400, f"malformed JSON body: {bad_json.get('ctx', {}).get('error', 'cannot be parsed')}",
-                      "BadRequestError")  # fmt: skip
-    first = errors[0] if errors else {}
-    param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
-    message = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in errors)
-    return _error(400, message, "BadRequestError", param)  # OpenAI answers a bad body 400, naming the param
+    return validation_error(exc.errors())  # OpenAI answers a bad body 400, naming the param
 
 
 @app.exception_handler(StarletteHTTPException)

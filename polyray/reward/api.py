@@ -3,18 +3,68 @@
 
 - :class:`RewardRequest` / :class:`RewardResponse`: ``POST /v1/rewards`` bodies.
 - :class:`BodySizeLimit` (from :mod:`polyray.http`, which both services share): 413 for a large body.
+- :class:`ApiError` and :func:`api_error`: every refusal in one shape, OpenAI's
+  ``{"error": {"message", "type", "param", "code"}}`` (as the generation service answers): 400 bad
+  input (``param`` names the field), 401 no key, 404 unknown reward, 413 too large (body, items or
+  work), 503 overloaded (Serve's proxy), 504 past the service's deadline.
+- :func:`non_finite_field`: NaN and Infinity (which JSON bodies may carry, as Python writes them)
+  are no value a reward can score; the first such field is named in a 400.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from polyray.http import BodySizeLimit
-from polyray.reward.base import RewardItem
+from polyray.http import BodySizeLimit, error_response
+from polyray.reward.base import RewardError, RewardItem, UnknownRewardError
 
-__all__ = ["BodySizeLimit", "RewardRequest", "RewardResponse"]
+__all__ = ["ApiError", "BodySizeLimit", "RewardRequest", "RewardResponse", "api_error", "non_finite_field"]
+
+_TYPES = {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError", 413: "BadRequestError",
+          503: "ServiceUnavailableError", 504: "TimeoutError"}  # fmt: skip
+
+
+class ApiError(Exception):
+    """A refusal of the reward service: HTTP ``status``, a one-line ``message``, the field at fault (``param``)
+    and a short machine-readable ``code``."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+    def response(self):
+        return error_response(self.status, self.message, _TYPES.get(self.status, "BadRequestError"), self.param,
+                              self.code)  # fmt: skip
+
+
+def api_error(exc: Exception) -> ApiError:
+    """The refusal a reward error stands for: an unknown reward 404, a cap or budget its status
+    (:class:`~polyray.reward.budget.RequestTooCostly`), other bad parameters 400."""
+    if isinstance(exc, UnknownRewardError):
+        return ApiError(404, str(exc), "reward", "unknown_reward")
+    status, field = getattr(exc, "status", None), getattr(exc, "field", None)
+    if status is not None:  # RequestTooCostly
+        return ApiError(status, str(exc), field, "over_budget" if status == 413 else "over_limit")
+    if isinstance(exc, RewardError):
+        return ApiError(400, str(exc), None, "invalid_params")
+    raise TypeError(f"not a reward error: {exc!r}")
+
+
+def non_finite_field(value: Any, path: str) -> str | None:
+    """The dotted path of the first NaN or infinite float in ``value`` (dicts and lists walked), else None."""
+    stack = [(value, path)]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            return path
+        if isinstance(value, dict):
+            stack.extend((v, f"{path}.{k}") for k, v in reversed(list(value.items())))
+        elif isinstance(value, list):
+            stack.extend((v, f"{path}.{i}") for i, v in reversed(list(enumerate(value))))
+    return None
 
 
 class RewardRequest(BaseModel):

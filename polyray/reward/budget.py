@@ -4,7 +4,7 @@ A replica runs few sandboxes, asks the judge through a bounded pool, and shares 
 with the learner's traffic; a thread it started cannot be cancelled. So a request that chose its
 own ``code_exec`` timeout, a hundred thousand ``weighted_sum`` components, or a judge that re-asks
 every item ten times could hold a replica for hours. :func:`check_request` refuses such a request
-at once, naming the field: parameters over a cap get 422, work over a budget gets 413.
+at once, naming the field: parameters over a cap get 400, work over a budget gets 413.
 
 The work is counted in worst cases a caller can compute from its own request and ``GET
 /v1/rewards``: sandbox seconds are ``items x timeout_s / max_workers``, judge calls are
@@ -22,7 +22,7 @@ from polyray.reward.base import REWARD_FUNCTIONS, RewardError
 
 
 class RequestTooCostly(RewardError):
-    """A request over a cap (``status`` 422) or a budget (413); ``field`` is the offending one."""
+    """A request over a cap (``status`` 400) or a budget (413); ``field`` is the offending one."""
 
     def __init__(self, status: int, field: str, message: str):
         super().__init__(f"{field}: {message}")
@@ -38,7 +38,7 @@ def _number(value: Any, field: str) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     if not math.isfinite(value):
-        raise RequestTooCostly(422, field, f"must be a finite number, got {value}")
+        raise RequestTooCostly(400, field, f"must be a finite number, got {value}")
     return float(value)
 
 
@@ -72,7 +72,7 @@ def _cost(scorer, reward: str, params: dict[str, Any], n: int, limits: RewardReq
         timeout = _number(resolved.get("timeout_s", _default(reward, "timeout_s")), f"{where}.timeout_s")
         if untrusted and "timeout_s" in params and timeout is not None and timeout > limits.max_code_timeout_s:
             raise RequestTooCostly(
-                422, f"{where}.timeout_s", f"{timeout:g} s exceeds this service's limit of {limits.max_code_timeout_s:g} s"
+                400, f"{where}.timeout_s", f"{timeout:g} s exceeds this service's limit of {limits.max_code_timeout_s:g} s"
             )
         workers = resolved.get("max_workers", _default(reward, "max_workers"))
         if timeout is None or not isinstance(workers, int) or workers < 1:
@@ -89,7 +89,7 @@ def _cost(scorer, reward: str, params: dict[str, Any], n: int, limits: RewardReq
             return 0.0, 0
         if untrusted and "components" in params and len(components) > limits.max_components:
             raise RequestTooCostly(
-                422, f"{where}.components", f"{len(components)} components; this service's limit is {limits.max_components}"
+                400, f"{where}.components", f"{len(components)} components; this service's limit is {limits.max_components}"
             )
         # components a request chose are untrusted, as the scorer treats them (see RewardScorer.score)
         nested_untrusted = untrusted and bool(params)

@@ -24,7 +24,8 @@ from typing import Any, Literal
 from pydantic import Field
 
 from polyray.reward.base import ParameterisedReward, ParamsModel, RewardItem, RewardResult, register
-from polyray.sandbox import require_isolation
+from polyray.reward.cancel import cancel_event, in_context
+from polyray.sandbox import cancelled_by, require_isolation
 from polyray.tasks.humaneval import humaneval_problems, run_humaneval_check
 
 
@@ -72,13 +73,14 @@ class CodeExecReward(ParameterisedReward):
         if not items:
             return []
         with ThreadPoolExecutor(max_workers=min(self.config.max_workers, len(items))) as pool:
-            return list(pool.map(self._score, items))
+            return list(pool.map(in_context(self._score), items))
 
     def _score(self, item: RewardItem) -> RewardResult:
         problem = problem_from_item(item)
         if isinstance(problem, str):
             return RewardResult(score=0.0, detail={"status": "error", "reason": problem})
-        result = run_humaneval_check(problem, item.completion, self.config.timeout_s, self.config.memory_mb)
+        with cancelled_by(cancel_event(item)):  # its caller gone: its sandboxes are killed, or never start
+            result = run_humaneval_check(problem, item.completion, self.config.timeout_s, self.config.memory_mb)
         detail = {
             "status": result.status,
             "reason": result.reason,

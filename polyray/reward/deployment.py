@@ -12,10 +12,14 @@ worker thread so the event loop keeps answering (``/healthz`` stays fast while t
 sandbox or the encoder works). Limits: bodies over ``max_body_bytes`` and requests with
 more than ``max_items`` get 413, and so does a request whose worst-case work (sandbox seconds,
 judge calls) exceeds ``limits``; a parameter over its cap (``limits``: a code_exec ``timeout_s``,
-weighted_sum ``components``) gets 422 naming it (:mod:`polyray.reward.budget`); with an API key configured (``api_key_env`` / ``api_key_file``),
+weighted_sum ``components``) gets 400 naming it (:mod:`polyray.reward.budget`); with an API key configured (``api_key_env`` / ``api_key_file``),
 a request without ``Authorization: Bearer <key>`` gets 401 (``/healthz`` stays open); a full queue (``max_ongoing_requests`` +
-``max_queued_requests``) gets 503 from Serve's proxy. Errors: schema 422 naming the field,
-malformed JSON 400, unknown reward 404 listing the known ones, bad parameters 422. The code of
+``max_queued_requests``) gets 503 from Serve's proxy. A request still running after ``limits.max_request_s`` gets
+504; a request that ends early (the client disconnects, Serve's request timeout, a cancelled handle call) or
+times out has every sandbox of its items killed (:mod:`polyray.reward.cancel`). Errors are one shape, OpenAI's
+``{"error": {"message", "type", "param", "code"}}`` (:mod:`polyray.reward.api`): schema or malformed JSON 400
+naming the field, NaN/Infinity in an item's metadata or the parameters 400 naming it, unknown reward 404 listing
+the known ones, bad parameters 400. The code of
 custom reward functions (``functions``, ``rewards.custom.function``) travels to the replicas in
 their runtime environment (:func:`polyray.reward.custom.runtime_env`).
 
@@ -30,25 +34,27 @@ import asyncio
 import logging
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.encoders import jsonable_encoder
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import ValidationError
 from ray import serve
 from ray.serve import Application
 
-from polyray.http import BearerAuth, check_api_key, read_api_key
+from polyray.http import BearerAuth, check_api_key, error_response, read_api_key, validation_error
 from polyray.io import ConfigError
 from polyray.telemetry import Metrics
 from polyray.config.functions import FunctionRefError
 from polyray.config.services import RewardServiceConfig
-from polyray.reward.api import BodySizeLimit, RewardRequest, RewardResponse
-from polyray.reward.budget import RequestTooCostly, check_request
-from polyray.reward.base import RewardError, RewardResult, UnknownRewardError, format_validation_error
+from polyray.reward.api import ApiError, BodySizeLimit, RewardRequest, RewardResponse, api_error, non_finite_field
+from polyray.reward.budget import check_request
+from polyray.reward.base import RewardError, RewardResult, format_validation_error
+from polyray.reward.cancel import await_job
 from polyray.reward.custom import runtime_env
 from polyray.reward.scorer import RewardScorer, ScoreJob, as_items, score_jobs
 from polyray.sandbox import require_isolation
+from polyray.sandbox.cgroups import limits_report
 
 logger = logging.getLogger(__name__)
 
@@ -72,24 +78,30 @@ HISTOGRAMS = {
 COUNTERS = {"polyray_reward_items": "Items scored."}
 
 _ERRORS = {
-    400: {"description": "Malformed JSON."},
+    400: {"description": "Malformed JSON, a body or parameters failing validation, NaN/Infinity, or a parameter"
+          " over this service's cap (param names the field)."},
+    401: {"description": "Missing or wrong API key."},
     404: {"description": "Unknown reward function (the message lists the known ones)."},
     413: {"description": "Body larger than max_body_bytes, more than max_items items, or more work than the"
           " service's limits allow (sandbox seconds, judge calls; the message says which)."},
-    422: {"description": "Body or parameters fail validation or exceed a limit (the message names the field)."},
     503: {"description": "Overloaded: the request queue is full; retry later."},
+    504: {"description": "The request ran past limits.max_request_s; its sandboxes were stopped."},
 }
 
 
 @app.exception_handler(RequestValidationError)
 async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-    errors = exc.errors()
-    if any(err.get("type") == "json_invalid" for err in errors):
-        where = next(err for err in errors if err.get("type") == "json_invalid")
-        message = f"malformed JSON body: {where.get('ctx', {}).get('error', 'cannot be parsed')}"
-        return JSONResponse(status_code=400, content={"detail": message})
-    parts = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in errors]
-    return JSONResponse(status_code=422, content={"detail": "; ".join(parts), "errors": jsonable_encoder(errors)})
+    return validation_error(exc.errors())
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return error_response(exc.status_code, str(exc.detail), "NotFoundError" if exc.status_code == 404 else "BadRequestError")
+
+
+@app.exception_handler(ApiError)
+async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+    return exc.response()
 
 
 def _response(reward: str, results: list[RewardResult]) -> RewardResponse:
@@ -107,7 +119,9 @@ class RewardDeployment:
         self.sandbox_mode = require_isolation(
             policy.min_isolation, policy.allow_weak_sandbox, where="reward service sandbox"
         )
-        logger.info("reward replica: sandbox isolation %s (min_isolation %s)", self.sandbox_mode, policy.min_isolation)
+        self.sandbox_limits = limits_report()
+        logger.info("reward replica: sandbox isolation %s (min_isolation %s), limits %s", self.sandbox_mode,
+                    policy.min_isolation, self.sandbox_limits)  # fmt: skip
         rewards = {**self.config.rewards}
         rewards["code_exec"] = {**policy.model_dump(), **rewards.get("code_exec", {})}
         self.scorer = RewardScorer(rewards)
@@ -119,7 +133,7 @@ class RewardDeployment:
 
     @app.get("/healthz")
     async def healthz(self) -> dict[str, str]:
-        return {"status": "ok", "sandbox": self.sandbox_mode}
+        return {"status": "ok", "sandbox": self.sandbox_mode, "sandbox_limits": self.sandbox_limits}
 
     @app.get("/v1/rewards")
     async def list_rewards(self) -> dict[str, Any]:
@@ -128,18 +142,23 @@ class RewardDeployment:
     @app.post("/v1/rewards", response_model=RewardResponse, responses=_ERRORS)
     async def score_http(self, body: RewardRequest) -> RewardResponse:
         if len(body.items) > self.config.max_items:
-            raise HTTPException(413, f"{len(body.items)} items in one request; the limit is {self.config.max_items}")
+            message = f"{len(body.items)} items in one request; the limit is {self.config.max_items}"
+            raise ApiError(413, message, "items", "too_many_items")
+        fields = [non_finite_field(item.metadata, f"items.{i}.metadata") for i, item in enumerate(body.items)]
+        bad = next((f for f in fields if f), None) or non_finite_field(body.params, "params")
+        if bad is not None:
+            raise ApiError(400, f"{bad}: NaN and Infinity are not values a reward can use", bad, "non_finite")
         try:
             # before any work: a request may not hold the replica (and the learner's batches) for long
             check_request(self.scorer, body.reward, body.params, len(body.items), self.config.limits)
-        except RequestTooCostly as exc:
-            raise HTTPException(exc.status, str(exc)) from None
-        try:
-            results = await self._score(ScoreJob(body.reward, body.items, body.params, from_request=True))
-        except UnknownRewardError as exc:
-            raise HTTPException(404, str(exc)) from None  # the message lists the known names
+            job = ScoreJob(body.reward, body.items, body.params, from_request=True)
+            results = await self._score(job, self.config.limits.max_request_s)
         except RewardError as exc:
-            raise HTTPException(422, str(exc)) from None
+            raise api_error(exc) from None  # an unknown reward's message lists the known ones
+        except asyncio.TimeoutError:
+            limit = self.config.limits.max_request_s
+            raise ApiError(504, f"the request ran past this service's limit of {limit:g} s; its work was stopped",
+                           None, "timeout") from None  # fmt: skip
         return _response(body.reward, results)
 
     async def score(
@@ -149,11 +168,12 @@ class RewardDeployment:
         job = ScoreJob(reward, as_items(items), params or {}, from_request=False, run=run)
         return _response(reward, await self._score(job)).model_dump()
 
-    async def _score(self, job: ScoreJob) -> list[RewardResult]:
+    async def _score(self, job: ScoreJob, timeout_s: float | None = None) -> list[RewardResult]:
         # Build/validate the reward function first, so a bad name or parameter fails this
         # request alone and at once instead of inside someone else's batch.
         await asyncio.to_thread(self.scorer.get, job.reward, job.params, job.from_request)
-        result = await self._score_batched(job)
+        # cancelled (client gone, Serve's timeout, a cancelled handle call) or past timeout_s: its sandboxes die
+        result = await await_job(self._score_batched(job), job.cancel, timeout_s)
         if isinstance(result, Exception):
             raise result
         return result

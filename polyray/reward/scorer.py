@@ -42,6 +42,7 @@ from polyray.reward.base import (
     format_validation_error,
     known_rewards,
 )
+from polyray.reward.cancel import items_cancelled_by
 
 _MAX_CACHED_INSTANCES = 32
 
@@ -179,6 +180,7 @@ class ScoreJob:
     params: dict[str, Any] = field(default_factory=dict)
     from_request: bool = False
     run: str = ""  # the caller's run (metrics tag); "" for HTTP callers
+    cancel: threading.Event = field(default_factory=threading.Event)  # set: the caller is gone, stop its sandboxes
 
 
 def score_jobs(
@@ -202,7 +204,8 @@ def score_jobs(
         merged = [item for i in members for item in jobs[i].items]
         started = time.perf_counter()
         try:
-            results = scorer.score(first.reward, merged, first.params, first.from_request)
+            with items_cancelled_by((item, jobs[i].cancel) for i in members for item in jobs[i].items):
+                results = scorer.score(first.reward, merged, first.params, first.from_request)
         except Exception as exc:  # noqa: BLE001 - handed back to each caller of this group
             for i in members:
                 out[i] = exc

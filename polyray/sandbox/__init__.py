@@ -40,6 +40,7 @@ site-packages, no bytecode files. Linux only (x86_64 and aarch64 for the namespa
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import platform
@@ -53,10 +54,14 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
 from pydantic import BaseModel, Field
+
+from polyray.sandbox.seccomp import build_filter
 
 Isolation = Literal["uid+namespaces", "userns", "rlimits"]
 Status = Literal["passed", "failed", "timeout", "error", "killed"]
@@ -117,7 +122,8 @@ MODE = cfg["mode"]
 NEWNS, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET = 0x20000, 0x4000000, 0x8000000, 0x10000000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
 MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
-PR_SET_NO_NEW_PRIVS, PR_CAPBSET_DROP = 38, 24
+PR_SET_NO_NEW_PRIVS, PR_CAPBSET_DROP, PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_SECCOMP = 38, 24, 1, 36, 22
+SIGKILL, SIGSTOP = 9, 19
 libc = ctypes.CDLL(None, use_errno=True)
 os.umask(0o022)
 
@@ -230,19 +236,82 @@ def close_channels():
         except OSError:
             pass
 
+def die_with_parent():
+    # SIGKILL when the parent dies: a killed service takes its sandboxes along (set after
+    # setuid, which clears it; cleared again in each child the program forks).
+    check(libc.prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0), "pdeathsig")
+
+def install_seccomp():
+    # the deny list of polyray/sandbox/seccomp.py; needs no_new_privs, cannot be undone
+    class Fprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+    prog = bytes.fromhex(cfg["seccomp"])
+    buf = ctypes.create_string_buffer(prog, len(prog))
+    fprog = Fprog(len(prog) // 8, ctypes.addressof(buf))
+    check(libc.prctl(PR_SET_SECCOMP, 2, ctypes.byref(fprog), 0, 0), "seccomp")  # SECCOMP_MODE_FILTER
+
 def run_program():
     os.chdir(cfg["cwd"])
     drop_privileges()
+    die_with_parent()
     place_channels()  # before RLIMIT_NOFILE, which would refuse the high fds it moves through
     for name, value in cfg["rlimits"].items():
         resource.setrlimit(getattr(resource, name), (value, value))
+    install_seccomp()
     os.execve(cfg["python"], cfg["argv"], cfg["env"])
+
+def descendants():
+    # PIDs below this process (a subreaper, so orphans stay below it), from /proc
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/stat" % entry) as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    found, frontier = set(), {os.getpid()}
+    while frontier:
+        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - found
+        found |= frontier
+    return found
+
+def kill_descendants():
+    # Freeze first (a stopped process cannot fork), until no new one appears; then kill all.
+    stopped = set()
+    for _ in range(1000):
+        new = descendants() - stopped
+        if not new:
+            break
+        for pid in new:
+            try:
+                os.kill(pid, SIGSTOP)
+            except OSError:
+                pass
+        stopped |= new
+    for pid in stopped:
+        try:
+            os.kill(pid, SIGKILL)
+        except OSError:
+            pass
+
+def reap_all():
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
 
 def init():
     # PID 1 of the sandbox's PID namespace (a plain child in rlimits mode): build the
     # root, start the program, reap, report the program's fate, exit (killing the rest).
+    die_with_parent()
     if MODE != "rlimits":
         build_root(cfg["newroot"], strict=MODE == "uid+namespaces")
+    else:  # no PID namespace: orphans (a double fork, setsid) are re-parented here, not to the host's init
+        check(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "subreaper")
     pid = os.fork()
     if pid == 0:
         try:
@@ -255,10 +324,17 @@ def init():
         got, status = os.waitpid(-1, 0)
         if got == pid:
             break
+    if MODE == "rlimits":  # in a PID namespace, this process exiting kills the rest
+        kill_descendants()
+        reap_all()
     report(**({"signal": os.WTERMSIG(status)} if os.WIFSIGNALED(status) else {"exit": os.WEXITSTATUS(status)}))
 
 def main():
     try:
+        die_with_parent()
+        if os.getppid() != cfg["parent_pid"]:  # the service died before the line above
+            os._exit(125)
+        check(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "subreaper")
         unshare()
         pid = os.fork()
     except BaseException as exc:
@@ -272,7 +348,7 @@ def main():
         except BaseException as exc:
             report(error="sandbox setup failed (%s): %r" % (MODE, exc))
         os._exit(0)
-    os.waitpid(pid, 0)
+    reap_all()  # init, and whatever was orphaned here when init died
 
 main()
 """
@@ -464,6 +540,8 @@ def _launch_config(
         "rlimits": _rlimits(limits, mode),
         "ro_binds": _ro_binds(),
         "pivot_root_syscall": _PIVOT_ROOT_SYSCALL.get(platform.machine(), -1),
+        "seccomp": build_filter(platform.machine()).hex(),  # ValueError on another architecture: no run
+        "parent_pid": os.getpid(),
     }
 
 
@@ -495,6 +573,95 @@ def _kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
+def _descendants(root: int) -> set[int]:
+    """PIDs below ``root`` (children, theirs, ...), from /proc."""
+    parents: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat") as f:
+                    parents[int(entry.name)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found: set[int] = set()
+    frontier = {root}
+    while frontier:
+        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - found
+        found |= frontier
+    return found
+
+
+def _signal_all(pids: set[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _children(pid: int) -> set[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return {int(child) for child in f.read().split()}
+    except OSError:  # a kernel without CONFIG_PROC_CHILDREN
+        return {child for child in _descendants(pid) if _parent(child) == pid}
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _end(proc: subprocess.Popen, namespaced: bool) -> None:
+    """Kill everything the launcher started and reap the launcher, leaving no process and no zombie.
+
+    The launcher itself is left to reap what dies and exit (it is a subreaper: orphans of a double
+    fork or ``setsid`` are re-parented to it, not to the host's init, where they would linger as
+    zombies). In a PID namespace killing its init, the launcher's child, kills every process in it.
+    Without one (``rlimits``) every descendant is frozen first (SIGSTOP: a stopped process cannot
+    fork), again until no new one appears, then killed."""
+    if proc.poll() is None and namespaced:
+        _signal_all(_children(proc.pid), signal.SIGKILL)
+    elif proc.poll() is None:
+        stopped: set[int] = set()
+        for _ in range(1000):
+            new = _descendants(proc.pid) - stopped
+            if not new:
+                break
+            _signal_all(new, signal.SIGSTOP)
+            stopped |= new
+        _signal_all(stopped, signal.SIGKILL)
+    try:
+        # A namespace of thousands (a fork bomb where RLIMIT_NPROC does not bind: a root service in
+        # userns mode) takes seconds to tear down; every process in it is already killed by then.
+        proc.wait(timeout=2)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        proc.wait()
+
+
+# Events that stop the runs started in this context (see :func:`cancelled_by`).
+_CANCEL: contextvars.ContextVar[tuple[threading.Event, ...]] = contextvars.ContextVar("polyray_sandbox_cancel", default=())
+
+
+@contextmanager
+def cancelled_by(event: threading.Event | None) -> Iterator[None]:
+    """Runs started inside (this thread, or a thread given a copy of this context) stop when ``event`` is set:
+    their processes are killed and the result is status "killed". A cancelled request or a spent budget sets
+    it, so no sandbox outlives the work it was for. Nests: any enclosing event stops them too."""
+    if event is None:
+        yield
+        return
+    token = _CANCEL.set((*_CANCEL.get(), event))
+    try:
+        yield
+    finally:
+        _CANCEL.reset(token)
+
+
 def _close_all(fds: dict[int, int]) -> None:
     """Close and forget the fds (each once, whichever path gets here first)."""
     for target in list(fds):
@@ -505,7 +672,7 @@ def _close_all(fds: dict[int, int]) -> None:
 
 
 def _pump(
-    proc: subprocess.Popen, status_r: int, deadline: float, streams: _Streams, cancel: threading.Event | None = None
+    proc: subprocess.Popen, status_r: int, deadline: float, streams: _Streams, cancel: tuple[threading.Event, ...] = ()
 ) -> tuple[bytes, str | None]:
     """Read stdout, stderr and the status pipe until all close or a limit is hit.
 
@@ -522,9 +689,9 @@ def _pump(
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return bytes(status), "timeout"
-            if cancel is not None and cancel.is_set():
+            if any(event.is_set() for event in cancel):
                 return bytes(status), "cancelled"
-            for key, _ in sel.select(timeout=min(remaining, 0.1 if cancel is not None else 0.5)):
+            for key, _ in sel.select(timeout=min(remaining, 0.1 if cancel else 0.5)):
                 fd = key.fd if key.data == "status" else key.fileobj.fileno()
                 data = os.read(fd, 65536)
                 if not data:
@@ -591,10 +758,16 @@ def run_python(
     ``files`` are more files beside ``program.py`` (name -> text). ``channel_fds`` maps the
     program's fd 3, 4, ... to fds of this process; they are handed over (closed here once the
     launcher has them), so the peer sees end-of-file when the program ends. ``cancel`` stops
-    the run early (status "killed"), e.g. a candidate whose tests have already finished."""
+    the run early (status "killed"), e.g. a candidate whose tests have already finished; so does
+    an event of an enclosing :func:`cancelled_by`. Either way no process of the run is left."""
     mode = detect_isolation() if isolation == "auto" else isolation
     channel_fds = dict(channel_fds or {})
     start = time.monotonic()
+    stops = (*_CANCEL.get(), *([cancel] if cancel is not None else []))
+    if any(event.is_set() for event in stops):  # cancelled before it started: start nothing
+        _close_all(channel_fds)
+        return SandboxResult(status="killed", passed=False, duration_s=0.0, isolation=mode,
+                             reason="stopped early by the caller")  # fmt: skip
     uid = _UIDS.acquire() if mode == "uid+namespaces" else None
     workdir = _make_workdir(source, uid, files or {})
     status_r, status_w = os.pipe()
@@ -615,9 +788,8 @@ def run_python(
         status_w = -1
         _close_all(channel_fds)
         streams = _Streams(limits.output_bytes, limits.tail_bytes)
-        status_bytes, limit_hit = _pump(proc, status_r, start + limits.timeout_s, streams, cancel)
-        _kill_group(proc)  # ends the PID namespace (and anything left in rlimits mode)
-        proc.wait()
+        status_bytes, limit_hit = _pump(proc, status_r, start + limits.timeout_s, streams, stops)
+        _end(proc, mode != "rlimits")  # ends the PID namespace (and anything left in rlimits mode)
         outcome = _interpret(status_bytes, limit_hit, limits)
         return SandboxResult(
             passed=outcome["status"] == "passed",
@@ -627,7 +799,7 @@ def run_python(
             isolation=mode,
             **outcome,
         )
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: no seccomp filter for this architecture
         return SandboxResult(
             status="error",
             passed=False,
@@ -637,8 +809,7 @@ def run_python(
         )
     finally:
         if proc is not None and proc.poll() is None:
-            _kill_group(proc)
-            proc.wait()
+            _end(proc, mode != "rlimits")
         for fd in (status_r, status_w):
             if fd >= 0:
                 os.close(fd)

@@ -27,6 +27,7 @@ own (it ends inside a statement) is left out of the tests program.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import threading
 from typing import Any
@@ -242,7 +243,9 @@ def run_candidate_tests(
             )
         )
 
-    thread = threading.Thread(target=candidate, name="sandbox-candidate", daemon=True)
+    # in this context: an enclosing cancelled_by stops the candidate's sandbox too
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(candidate,), name="sandbox-candidate",
+                              daemon=True)  # fmt: skip
     thread.start()
     try:
         result = run_python(

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from polyray.sandbox import detect_isolation
+from polyray.sandbox.cgroups import limits_report
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -132,7 +133,7 @@ def test_engagement_and_per_request_params(http):
     good, rude = http.post("/v1/rewards", json={"reward": "engagement", "items": items}).json()["scores"]
     assert good > rude
     r = http.post("/v1/rewards", json={"reward": "engagement", "items": items, "params": {"model_path": "/etc"}})
-    assert r.status_code == 422 and "set by the server" in r.json()["detail"]
+    assert r.status_code == 400 and "set by the server" in r.json()["error"]["message"]
     r = http.post(
         "/v1/rewards",
         json={
@@ -164,20 +165,23 @@ def test_concurrent_requests_are_batched(http):
     "content,status,needle",
     [
         (b'{"reward": "countdown", "items": [', 400, "malformed JSON"),
-        (b'{"reward": "countdown"}', 422, "body.items"),
-        (b'{"items": []}', 422, "body.reward"),
-        (b'{"reward": "countdown", "items": [{"prompt": "p"}]}', 422, "body.items.0.completion"),
-        (b'{"reward": "countdown", "items": [{"prompt": 3, "completion": "x"}]}', 422, "body.items.0.prompt"),
-        (b'{"reward": ["countdown"], "items": []}', 422, "body.reward"),
-        (b'{"reward": "countdown", "items": [], "bogus": 1}', 422, "bogus"),
+        (b'{"reward": "countdown"}', 400, "items"),
+        (b'{"items": []}', 400, "reward"),
+        (b'{"reward": "countdown", "items": [{"prompt": "p"}]}', 400, "items.0.completion"),
+        (b'{"reward": "countdown", "items": [{"prompt": 3, "completion": "x"}]}', 400, "items.0.prompt"),
+        (b'{"reward": ["countdown"], "items": []}', 400, "reward"),
+        (b'{"reward": "countdown", "items": [], "bogus": 1}', 400, "bogus"),
         (b'{"reward": "nope", "items": []}', 404, "known: code_exec, countdown"),
-        (b'{"reward": "length", "items": [], "params": {"min_length": -1}}', 422, "min_length"),
+        (b'{"reward": "length", "items": [], "params": {"min_length": -1}}', 400, "min_length"),
+        (b'{"reward": "countdown", "items": [{"prompt": "p", "completion": "c", "metadata": {"t": NaN}}]}', 400,
+         "items.0.metadata.t"),
     ],
 )
 def test_bad_requests_get_4xx_with_a_message(http, content, status, needle):
     r = http.post("/v1/rewards", content=content, headers={"content-type": "application/json"})
     assert r.status_code == status, r.text
-    assert needle in json.dumps(r.json()), r.text
+    assert set(r.json()) == {"error"} and set(r.json()["error"]) == {"message", "type", "param", "code"}, r.text
+    assert needle in r.json()["error"]["message"], r.text
     assert_healthy(http)
 
 
@@ -199,7 +203,8 @@ def test_listing_health_and_openapi(http):
     assert {"countdown", "code_exec", "engagement", "length"} <= set(listing)
     assert listing["length"]["params"]["max_length"]["default"] == 60
     assert listing["engagement"]["server_only_params"] == ["model_path"]
-    assert http.get("/healthz").json() == {"status": "ok", "sandbox": detect_isolation()}  # the mode code runs in
+    health = {"status": "ok", "sandbox": detect_isolation(), "sandbox_limits": limits_report()}  # the mode code runs in
+    assert http.get("/healthz").json() == health
     spec = http.get("/openapi.json").json()
     assert "/v1/rewards" in spec["paths"] and "post" in spec["paths"]["/v1/rewards"]
     assert "RewardRequest" in json.dumps(spec["components"])
@@ -259,7 +264,7 @@ def test_a_users_reward_scores_the_same_in_process_and_over_http(http, user_rewa
     assert r.json()["scores"] == local and len(set(local)) == 3
     # an HTTP caller cannot make the server import code of its choosing
     r = http.post("/v1/rewards", json={"reward": "custom", "items": CUSTOM_ITEMS, "params": {"function": "os:getcwd"}})
-    assert r.status_code == 422 and "set by the server" in r.json()["detail"]
+    assert r.status_code == 400 and "set by the server" in r.json()["error"]["message"]
 
 
 def test_a_users_reward_reaches_the_replica_through_the_runtime_env(service, user_rewards):
@@ -379,6 +384,7 @@ def test_fuzz_never_5xx(reward_schema, service):
 
 
 def test_service_healthy_after_fuzzing(http):
-    assert http.get("/healthz").json() == {"status": "ok", "sandbox": detect_isolation()}  # the mode code runs in
+    health = {"status": "ok", "sandbox": detect_isolation(), "sandbox_limits": limits_report()}  # the mode code runs in
+    assert http.get("/healthz").json() == health
     r = http.post("/v1/rewards", json={"reward": "countdown", "items": [{"prompt": "nums 3 4 9 target 12\nexpr:", "completion": " 3+9"}]})
     assert r.status_code == 200 and r.json()["scores"] == [1.0]

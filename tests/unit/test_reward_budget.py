@@ -1,6 +1,6 @@
 """The reward service's per-request budgets (polyray/reward/budget.py) and what a request may set.
 
-One request must not hold a replica for hours: caps on what it may set (422 naming the field),
+One request must not hold a replica for hours: caps on what it may set (400 naming the field),
 budgets on the work its items add up to (413), NaN and infinity refused, server-only values
 neither settable nor shown.
 """
@@ -29,23 +29,23 @@ def test_code_exec_timeout_is_capped_and_sandbox_seconds_budgeted():
     scorer = RewardScorer()
     check_request(scorer, "code_exec", {"timeout_s": 30}, 100, RewardRequestLimits())  # 100 x 30 / 4 = 750 s
     err = _refused(scorer, "code_exec", {"timeout_s": 120}, 1)
-    assert err.status == 422 and err.field == "params.timeout_s" and "30" in str(err)
+    assert err.status == 400 and err.field == "params.timeout_s" and "30" in str(err)
     err = _refused(scorer, "code_exec", {"timeout_s": 30}, 1024)  # 1024 sleepers x 30 s / 4 workers
     assert err.status == 413 and err.field == "items" and "sandbox seconds" in str(err)
     # the server's own default counts too: 1024 items x 10 s / 4 workers = 2560 s > 900
     assert _refused(scorer, "code_exec", {}, 1024).status == 413
     err = _refused(scorer, "code_exec", {"timeout_s": math.inf}, 1)
-    assert err.status == 422 and err.field == "params.timeout_s"
+    assert err.status == 400 and err.field == "params.timeout_s"
 
 
 def test_weighted_sum_components_are_capped_and_summed():
     scorer = RewardScorer()
     many = {"components": [{"name": "length", "weight": 1.0}] * 100_000}
     err = _refused(scorer, "weighted_sum", many, 1)
-    assert err.status == 422 and err.field == "params.components" and "100000" in str(err)
+    assert err.status == 400 and err.field == "params.components" and "100000" in str(err)
     slow = {"components": [{"name": "code_exec", "weight": 1.0, "params": {"timeout_s": 120}}]}
     err = _refused(scorer, "weighted_sum", slow, 1)
-    assert err.status == 422 and err.field == "params.components.0.params.timeout_s"
+    assert err.status == 400 and err.field == "params.components.0.params.timeout_s"
     # each component is within its caps; together they are over the budget
     twice = {"components": [{"name": "code_exec", "weight": 1.0, "params": {"timeout_s": 30}}] * 2}
     check_request(scorer, "weighted_sum", twice, 60, RewardRequestLimits())  # 2 x 60 x 30 / 4 = 900

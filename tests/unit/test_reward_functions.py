@@ -200,7 +200,7 @@ def test_body_size_limit_checks_declared_and_streamed_sizes():
     client = TestClient(app)
     assert client.post("/echo", content=b"x" * 1000).json() == {"n": 1000}
     declared = client.post("/echo", content=b"x" * 1001)
-    assert declared.status_code == 413 and "1000 bytes" in declared.json()["detail"]
+    assert declared.status_code == 413 and "1000 bytes" in declared.json()["error"]["message"]
     chunked = client.post("/echo", content=iter([b"x" * 600, b"x" * 600]))  # no Content-Length
     assert chunked.status_code == 413
 

@@ -17,19 +17,14 @@ import pytest
 
 from polyray import sandbox as sb
 from polyray.reward.code_exec import humaneval_problems, run_humaneval_check
-from processes import listener, processes_with
+from processes import listener, processes_with, working_modes
 
 pytestmark = pytest.mark.slow  # ~25 s: every hostile case runs in each isolation mode
 
 SECRET = "polyray-test-secret-5d41402abc4b2a76"
 
 
-def _works(mode: str) -> bool:
-    result = sb.run_python(sb._PROBE, sb.SandboxLimits(timeout_s=30), isolation=mode)
-    return result.passed and result.stdout.startswith("ok")
-
-
-MODES = [m for m in sb.ISOLATION_MODES if (m != "uid+namespaces" or os.geteuid() == 0) and _works(m)]
+MODES = list(working_modes())
 
 
 @pytest.fixture(params=MODES)

@@ -17,19 +17,14 @@ import pytest
 
 from polyray import sandbox as sb
 from polyray.tasks.humaneval import humaneval_problems, run_humaneval_check
-from processes import listener, processes_with
+from processes import listener, processes_with, working_modes
 
 pytestmark = pytest.mark.slow  # ~30 s: a few dozen sandboxes per mode
 
 SECRET = "polyray-hostile-secret-7c9e6679"
 
 
-def _works(mode: str) -> bool:
-    result = sb.run_python(sb._PROBE, sb.SandboxLimits(timeout_s=30), isolation=mode)
-    return result.passed and result.stdout.startswith("ok")
-
-
-NAMESPACE_MODES = [m for m in ("uid+namespaces", "userns") if (m != "uid+namespaces" or os.geteuid() == 0) and _works(m)]
+NAMESPACE_MODES = [m for m in working_modes() if m != "rlimits"]
 
 
 @pytest.fixture(params=NAMESPACE_MODES)
