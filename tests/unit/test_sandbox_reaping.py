@@ -40,22 +40,27 @@ def mode(request):
 def subreaper():
     """This process adopts every orphan below it while the test runs; yields a function listing them."""
     libc = ctypes.CDLL(None, use_errno=True)
+    before = set(sb._descendants(os.getpid()))  # what earlier tests of the session left running (Ray, vLLM)
+
+    def new_descendants() -> list[int]:
+        return sorted(set(sb._descendants(os.getpid())) - before)
+
     assert libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
     try:
-        yield lambda: sorted(sb._descendants(os.getpid()))
+        yield new_descendants
     finally:
         libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
-        for pid in sb._descendants(os.getpid()):  # never leave a test's leftovers behind
+        leftovers = new_descendants()
+        for pid in leftovers:  # never leave a test's leftovers behind; the session's own processes stay
             try:
                 os.kill(pid, 9)
             except OSError:
                 pass
-        while True:
+        for pid in leftovers:
             try:
-                if os.waitpid(-1, os.WNOHANG) == (0, 0):
-                    break
+                os.waitpid(pid, 0)
             except ChildProcessError:
-                break
+                pass
 
 
 def sleeper(marker: str) -> str:
