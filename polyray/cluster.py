@@ -48,3 +48,14 @@ def needed_cpus(run: RunConfig) -> float:
         run.rollout.num_workers * run.rollout.cpus_per_worker + run.learner.num_workers * run.learner.cpus_per_worker
         + reward
     )
+
+
+def on_this_node():
+    """A scheduling strategy that keeps a small actor on the caller's node (the driver's): a progress
+    tracker the driver reads then lives as long as the driver, whichever worker node is lost. Hard:
+    Ray's soft node affinity was seen to place such an actor on a worker node (with or without
+    spilling). Like ``"DEFAULT"``, it keeps the actor out of a Tune trial's placement group."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)

@@ -354,6 +354,8 @@ def check_two_phase_run(result: dict) -> None:
     assert grpo[0]["lr"] == 0.0 and grpo[1]["lr"] > 0  # a warm-up step, then the schedule
     raw = (out / "metrics.jsonl").read_text().splitlines()
     assert sum('"event": "resume"' in line for line in raw) == 1  # the second attempt redid steps 3 and 4
+    # its first row names the checkpoint it started from; no other row claims a restart
+    assert [(r["phase"], r["step"], r["resumed_from"]) for r in rows if "resumed_from" in r] == [("grpo", 3, 2)]
     versions = [r["version"] for r in grpo]
     assert versions == sorted(versions) and len(set(versions)) == 4  # one publish per step, none reused
     assert result["pool"].version == versions[-1]  # the rollouts hold the learner's last publish

@@ -322,6 +322,8 @@ def run_worker(loop_config: dict[str, Any], session: TrainSession) -> None:
             grad_norm=float(grad_norm), lr=lr, step=step + 1, version=publisher.version, step_s=step_s, sync_s=sync_s,
             time=time.time(), **publisher.take_canary_metrics(),
         )  # fmt: skip
+        if step == start.step and start.checkpoint_dir is not None:  # an attempt restarted from a checkpoint
+            metrics["resumed_from"] = start.step
         if rank == 0:
             _log_step(output_dir, phase_cfg, metrics, tracker, telemetry)
         if last or (step + 1) % phase_cfg.checkpoint_every == 0:
@@ -378,7 +380,10 @@ def run_phase(
 
     phase = run.phases[phase_index]
     shared = RunStorage.of(run.cluster.storage, run.name, output_dir)
-    tracker = ray.remote(num_cpus=0)(ProgressTracker).remote()
+    from polyray.cluster import on_this_node
+
+    # read by this process each second: on its node, so losing a worker node does not lose it
+    tracker = ray.remote(num_cpus=0)(ProgressTracker).options(scheduling_strategy=on_this_node()).remote()
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={

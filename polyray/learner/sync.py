@@ -71,8 +71,10 @@ class SyncCanary:
         return self._check_workers(model, pool, version, list(range(len(pool.workers))))
 
     def after_publish(self, model, pool, version: int) -> dict[str, float]:
-        """Count a publish; check it on the workers due. Returns {"canary_gap", "canary_s", "canary_workers"}
-        (and "canary_gap_t" at a sampling temperature != 1) when it checked, else {}."""
+        """Count a publish; check it on the workers due. Returns {"canary_gap", "canary_s", "canary_workers",
+        "canary_nodes"} (and "canary_gap_t" at a sampling temperature != 1) when it checked, else {}.
+        ``canary_nodes``: each checked worker's Ray node id, by worker index (a worker restarted on
+        another node shows up there)."""
         self.publishes += 1
         if not self.every:
             return {}
@@ -89,7 +91,9 @@ class SyncCanary:
     def _check_workers(self, model, pool, version: int, workers: list[int]) -> dict[str, float]:
         started = time.perf_counter()
         gaps = [self.check(model, pool, version, worker) for worker in workers]
-        metrics = {"canary_gap": max(gaps), "canary_workers": float(len(workers))}
+        nodes = pool.nodes()
+        metrics = {"canary_gap": max(gaps), "canary_workers": float(len(workers)),
+                   "canary_nodes": {str(i): nodes[i] for i in workers}}  # fmt: skip
         if self.temperature != 1.0:
             metrics["canary_gap_t"] = max(self.check_sampling(model, pool, version, worker) for worker in workers)
         return {**metrics, "canary_s": time.perf_counter() - started}

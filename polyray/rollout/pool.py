@@ -142,6 +142,10 @@ class RolloutPool:
         calls means Ray restarted that worker in between."""
         return self._on_every_worker(lambda w: w.incarnation.remote())
 
+    def nodes(self) -> list[str]:
+        """The Ray node id each worker runs on now."""
+        return self._on_every_worker(lambda w: w.node.remote())
+
     def add_named_adapter(self, name: str, path: str) -> None:
         self.named[name] = str(path)
         self._on_every_worker(lambda w: w.add_named_adapter.remote(name, path))

@@ -215,6 +215,13 @@ class RolloutWorker:
         weights it pulled from the store, not the ones the pool sent it)."""
         return self._incarnation
 
+    def node(self) -> str:
+        """The id of the Ray node this worker process runs on (it changes when Ray restarts the worker
+        elsewhere, e.g. after its node was lost)."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
     def _lora_request(self, version: int | None, adapter_name: str | None):
         from vllm.lora.request import LoRARequest
 

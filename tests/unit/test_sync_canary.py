@@ -23,6 +23,7 @@ class ScoringPool:
         self.workers = list(range(n_workers))
         self.served = [copy.deepcopy(model)] * n_workers
         self.ids = [f"{w}.0" for w in self.workers]
+        self.node_of = ["node-a"] * n_workers
         self.ignores_loads: set[int] = set()
         self.tokenizer = tokenizer
         self.newest = newest
@@ -36,13 +37,17 @@ class ScoringPool:
         served = copy.deepcopy(model)
         self.served = [self.served[w] if w in self.ignores_loads else served for w in self.workers]
 
-    def restart(self, worker: int, ignores_loads: bool = False) -> None:
+    def restart(self, worker: int, ignores_loads: bool = False, node: str | None = None) -> None:
         self.ids[worker] = f"{worker}.{int(self.ids[worker].split('.')[1]) + 1}"
+        self.node_of[worker] = node or self.node_of[worker]
         if ignores_loads:  # the new process serves what it started with, whatever it is sent
             self.ignores_loads.add(worker)
 
     def incarnations(self) -> list[str]:
         return list(self.ids)
+
+    def nodes(self) -> list[str]:
+        return list(self.node_of)
 
     def score(self, prompt_ids, completion_ids, version, worker=0):
         from polyray.models.batching import pack_sequences, token_logprobs
@@ -167,12 +172,16 @@ def test_a_restarted_worker_is_checked_at_the_next_publish(policy):
         pool.sync(model)
         checked = canary.after_publish(model, pool, 3)
         assert pool.calls == [0] and checked["canary_workers"] == 1
+        assert checked["canary_nodes"] == {"0": "node-a"}
         assert canary.after_publish(model, pool, 4) == {}  # once
+        pool.restart(1, node="node-b")  # its node was lost: Ray restarted it on another
+        pool.sync(model)
+        assert canary.after_publish(model, pool, 5)["canary_nodes"] == {"1": "node-b"}
         pool.restart(1, ignores_loads=True)
         _move(model)
         pool.sync(model)
-        with pytest.raises(SyncCanaryError, match="rollout worker 1 serves policy-v5"):
-            canary.after_publish(model, pool, 5)
+        with pytest.raises(SyncCanaryError, match="rollout worker 1 serves policy-v6"):
+            canary.after_publish(model, pool, 6)
     finally:
         _move(model, -1.5)
 
