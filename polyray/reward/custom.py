@@ -123,14 +123,15 @@ def _is_installed(module_name: str) -> bool:
     return module is None or any(part in ("site-packages", "dist-packages") for part in Path(origin).parts)
 
 
-def runtime_env(refs: Iterable[str], staging: Path | None = None) -> dict[str, Any]:
+def runtime_env(refs: Iterable[str], staging: Path | None = None, upload: bool | None = None) -> dict[str, Any]:
     """Ray runtime environment that brings ``refs``' code to a replica on any node (``{}``: nothing to ship).
 
     A file is copied into ``staging/<shipped_package>/`` (a package of its own, so a ``json.py``
     shadows nothing) and that folder goes to ``py_modules``; a module reference ships its
     top-level package unless it is installed. Connected to Ray, the folders are uploaded to the
     cluster now (a Serve deployment's options take only uploaded packages, not local paths);
-    otherwise they stay local paths, for ``ray.init(runtime_env=...)``."""
+    otherwise they stay local paths, for ``ray.init(runtime_env=...)``. ``upload`` overrides
+    that choice (``None``: upload when connected)."""
     py_modules: dict[str, Any] = {}  # one entry per folder or module
     for ref in dict.fromkeys(resolve_ref(r) for r in refs):
         load_function(ref)  # fails here, on the driver, naming the reference
@@ -150,7 +151,7 @@ def runtime_env(refs: Iterable[str], staging: Path | None = None) -> dict[str, A
     env = {"py_modules": list(py_modules.values())}
     import ray
 
-    if ray.is_initialized():
+    if ray.is_initialized() if upload is None else upload:
         # what ray.init does with a job's py_modules (Ray pins it: ray==2.60.0); Serve itself does not
         from ray._private.runtime_env.py_modules import upload_py_modules_if_needed
 

@@ -170,7 +170,7 @@ def test_a_request_may_not_name_the_function(rewards_file):
 
 
 def test_a_file_is_staged_as_a_package_of_its_own(rewards_file, tmp_path):
-    env = runtime_env([f"{rewards_file}:score", "my_rewards.py:loose"], staging=tmp_path / "stage")  # one file, once
+    env = runtime_env([f"{rewards_file}:score", "my_rewards.py:loose"], staging=tmp_path / "stage", upload=False)  # one file, once
     (package,) = env["py_modules"]
     assert Path(package).name == shipped_package(rewards_file)
     assert (Path(package) / "my_rewards.py").read_text() == REWARDS and (Path(package) / "__init__.py").is_file()
@@ -182,7 +182,7 @@ def test_a_local_module_ships_its_package_and_an_installed_one_does_not(tmp_path
     (tmp_path / "myteam" / "__init__.py").write_text("")
     (tmp_path / "myteam" / "scoring.py").write_text("def score(prompts, completions, **kw):\n    return [1.0] * len(completions)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    env = runtime_env(["myteam.scoring:score"])
+    env = runtime_env(["myteam.scoring:score"], upload=False)  # local, whether or not an earlier test left Ray up
     assert [m.__name__ for m in env["py_modules"]] == ["myteam"]
     assert not _is_installed("myteam.scoring") and _is_installed("numpy.linalg") and _is_installed("json")
 
