@@ -38,7 +38,7 @@ quickstart: setup
 	$(VENV)/bin/polyray run configs/quickstart.yaml
 
 test: setup test-tools
-	$(VENV)/bin/python -m pytest -m "not gpu" $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -m "not gpu" --durations=40 $(PYTEST_ARGS)
 
 test-fast: setup
 	$(VENV)/bin/python -m pytest -m "not (slow or ray or vllm or e2e or gpu)" $(PYTEST_ARGS)
