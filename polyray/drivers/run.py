@@ -53,7 +53,7 @@ def train_stage(
     from polyray.learner.loop import run_phase
 
     phase = run.phases[index]
-    probe = DynamicsProbe(run, index, out, pool, model_dir) if run.dynamics.every else None
+    probe = DynamicsProbe(run, index, pool, model_dir) if run.dynamics.every else None
     with make_progress() as bar:
         task_id = bar.add_task(f"{phase.name} ({phase.type})", total=phase.steps, info="starting workers")
 

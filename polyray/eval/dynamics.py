@@ -3,8 +3,9 @@
 Every ``dynamics.every`` steps the learner's rank 0 calls a :class:`DynamicsProbe`
 (built by the driver and handed to the learner, which never imports this module): it
 samples ``n_samples`` completions for the same ``n_prompts`` validation prompts under
-the adapter just published and appends one record (an :class:`~polyray.eval.record.EvalRecord`'s
-JSON: ``pass@k``, ``reward_mean``, ``diversity/<name>``) to ``runs/<name>/dynamics.jsonl``.
+the adapter just published and returns one row (an :class:`~polyray.eval.record.EvalRecord`'s
+JSON: ``pass@k``, ``reward_mean``, ``diversity/<name>``), which rank 0 appends to
+``runs/<name>/dynamics.jsonl``.
 Fixed prompts and a fixed sampling seed make consecutive records comparable: what
 changes is the policy.
 """
@@ -12,13 +13,13 @@ changes is the policy.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from polyray.config import DynamicsConfig, RunConfig, SamplingConfig
 from polyray.eval.passk import mean_pass_at_k
 from polyray.eval.record import Estimate, EvalRecord
-from polyray.io import append_jsonl
 from polyray.rollout.sampling import sample_and_judge, task_sampling
 from polyray.tasks import Prompt, Task
 
@@ -44,21 +45,21 @@ def measure_dynamics(
 
 
 class DynamicsProbe:
-    """One phase's dynamics measurements; ``due(step, last)`` says when, ``probe(step, version)`` measures."""
+    """One phase's dynamics measurements; ``due(step, last)`` says when, ``probe(step, version)`` measures
+    and returns the log row."""
 
-    def __init__(self, run: RunConfig, phase_index: int, output_dir: str | Path, pool, model_dir: str | Path):
+    def __init__(self, run: RunConfig, phase_index: int, pool, model_dir: str | Path):
         self.run, self.cfg, self.pool, self.model_dir = run, run.dynamics, pool, str(model_dir)
         self.phase = run.phases[phase_index].name
         self.offset = sum(p.steps for p in run.phases[:phase_index])  # global step of this phase's step 0
-        self.path = Path(output_dir) / "dynamics.jsonl"
         self._task: Task | None = None
 
     def due(self, step: int, last: bool) -> bool:
         return bool(self.cfg.every) and (last or step % self.cfg.every == 0)
 
-    def __call__(self, step: int, version: int) -> None:
+    def __call__(self, step: int, version: int) -> dict[str, Any] | None:
         if not self.cfg.every or self.pool is None:
-            return
+            return None
         if self._task is None:
             from polyray.eval.policy_eval import build_eval_task
 
@@ -68,5 +69,5 @@ class DynamicsProbe:
             self._prompts = self._task.prompts("val", self.cfg.n_prompts)
         # sampled as the phase evaluations sample (eval.sampling: length, temperature)
         record = measure_dynamics(self.pool, self._task, self._prompts, self.cfg, version, self.run.seed, self.run.eval.sampling)
-        append_jsonl(self.path, {"phase": self.phase, "step": step, "global_step": self.offset + step,
-                                 "version": version, **record.to_json()})
+        return {"phase": self.phase, "step": step, "global_step": self.offset + step, "version": version,
+                **record.to_json()}

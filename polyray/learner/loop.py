@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from polyray.config import RunConfig, phase_reward
+from polyray.learner.logs import STEP_LOGS, LogFiles, StepLogs
 
 
 class ProgressTracker:
@@ -128,11 +129,7 @@ def _save_checkpoint_dir(model, optimizer, scheduler, step: int, version: int) -
     return d
 
 
-STEP_LOGS = ("metrics.jsonl", "dynamics.jsonl", "rollouts.jsonl")
-"""The run directory's per-step logs, each read through :func:`polyray.io.read_log_jsonl`."""
-
-
-def _mark_superseded(output_dir: Path, phase: str, start_step: int) -> None:
+def _mark_superseded(logs: StepLogs, phase: str, start_step: int) -> None:
     """Append a resume marker to each step log that holds rows of ``phase`` past ``start_step``, left
     there by an earlier attempt (a restart from a checkpoint, or from step 0 when the group died
     before its first checkpoint was registered); readers then see each (phase, step) once
@@ -142,20 +139,17 @@ def _mark_superseded(output_dir: Path, phase: str, start_step: int) -> None:
     written while it samples) and its dynamics measurement (``dynamics.jsonl``, after its publish)
     reach their logs before its ``metrics.jsonl`` row, so a learner killed in between leaves rows
     past the start in those logs and none in ``metrics.jsonl``."""
-    from polyray.io import RESUME_EVENT, append_jsonl, read_log_jsonl
+    from polyray.io import RESUME_EVENT
 
     marker = {"event": RESUME_EVENT, "phase": phase, "step": start_step, "time": time.time()}
     for name in STEP_LOGS:
-        log = output_dir / name
-        if any(r.get("phase") == phase and r.get("step", 0) > start_step for r in read_log_jsonl(log)):
-            append_jsonl(log, marker)
+        if any(r.get("phase") == phase and r.get("step", 0) > start_step for r in logs.rows(name)):
+            logs.append(name, marker)
 
 
-def _logged(log: Path, phase: str, step: int) -> bool:
-    """Whether ``log`` holds a current row for (phase, step)."""
-    from polyray.io import read_log_jsonl
-
-    return any(r.get("phase") == phase and r.get("step") == step for r in read_log_jsonl(log))
+def _logged(logs: StepLogs, name: str, phase: str, step: int) -> bool:
+    """Whether log ``name`` holds a current row for (phase, step)."""
+    return any(r.get("phase") == phase and r.get("step") == step for r in logs.rows(name))
 
 
 @dataclass
@@ -206,7 +200,8 @@ def _setup_model(run: RunConfig, phase_cfg, loop_config: dict[str, Any], start: 
     return model, tokenizer, reference, params, optimizer, scheduler
 
 
-def _setup_phase(run: RunConfig, phase_cfg, loop_config: dict[str, Any], model, tokenizer, reference, rank, world):
+def _setup_phase(run: RunConfig, phase_cfg, loop_config: dict[str, Any], model, tokenizer, reference, rank, world,
+                 logs: StepLogs):
     """(phase, task): the phase object with its step context; the reward function and rollout log on rank 0."""
     from polyray.learner.phases import PHASES, RolloutLog, StepContext
     from polyray.models.source import format_for_model
@@ -218,7 +213,7 @@ def _setup_phase(run: RunConfig, phase_cfg, loop_config: dict[str, Any], model, 
     reward_fn = build_reward_fn(phase_reward(run, phase_cfg), task, run=run.name) if uses_rewards else None
     rollout_log = None
     if rank == 0 and run.learner.log_rollouts:
-        rollout_log = RolloutLog(Path(loop_config["output_dir"]) / "rollouts.jsonl", phase_cfg.name, task)
+        rollout_log = RolloutLog(logs, phase_cfg.name, task)
     ctx = StepContext(model, tokenizer, rank, world, run.seed, reward_fn, reference, rollout_log,
                       run.learner.micro_batch_tokens, run.learner.logits_chunk_mib)  # fmt: skip
     return PHASES[phase_cfg.type](phase_cfg, task, run.task.n_train, ctx, loop_config.get("pool")), task
@@ -251,11 +246,9 @@ def _train_step(model, phase, optimizer, params, grad_clip: float, step: int, ve
     return metrics, grad_norm
 
 
-def _log_step(output_dir: Path, phase_cfg, metrics: dict[str, Any], tracker, telemetry) -> None:
+def _log_step(logs: StepLogs, phase_cfg, metrics: dict[str, Any], tracker, telemetry) -> None:
     """Rank 0: the step's row in metrics.jsonl, the driver's progress bar, the telemetry gauges."""
-    from polyray.io import append_jsonl
-
-    append_jsonl(output_dir / "metrics.jsonl", {"phase": phase_cfg.name, **metrics})
+    logs.append("metrics.jsonl", {"phase": phase_cfg.name, **metrics})
     if tracker is not None:
         tracker.update.remote(metrics["step"], phase_cfg.steps, metrics)
     if telemetry is not None:
@@ -285,26 +278,28 @@ def run_worker(loop_config: dict[str, Any], session: TrainSession) -> None:
     # the model and incoming adapter as the driver shared them: from storage into this node's cache
     loop_config = {**loop_config, "model_dir": local_path(loop_config["model_dir"]),
                    "init_adapter": local_path(loop_config.get("init_adapter"))}  # fmt: skip
-    output_dir, pool, tracker = Path(loop_config["output_dir"]), loop_config.get("pool"), loop_config.get("tracker")
+    pool, tracker = loop_config.get("pool"), loop_config.get("tracker")
+    # rank 0's step logs: through the driver's actor, or (a worker run without one) into the run directory
+    logs = loop_config.get("logs") or StepLogs(LogFiles(loop_config["output_dir"]))
     rank, world = session.rank, session.world
     torch.set_num_threads(run.learner.threads)
 
     start = _resume_state(loop_config, session)
     model, tokenizer, reference, params, optimizer, scheduler = _setup_model(run, phase_cfg, loop_config, start, session)
-    phase, task = _setup_phase(run, phase_cfg, loop_config, model, tokenizer, reference, rank, world)
+    phase, task = _setup_phase(run, phase_cfg, loop_config, model, tokenizer, reference, rank, world, logs)
     canary = _sync_canary(run, phase_cfg, pool, task, tokenizer, rank)
     publisher = AdapterPublisher(pool, phase_cfg.name, phase.ctx, canary)
     holds_published = start.checkpoint_dir is None and start.adapter_dir is not None
     publisher.start(start.version, start.step, holds_published, phase.publishes_every_step)
 
     if rank == 0:  # a restarted attempt: the rows a lost one wrote past this start are superseded
-        _mark_superseded(output_dir, phase_cfg.name, start.step)
+        _mark_superseded(logs, phase_cfg.name, start.step)
     telemetry = session.telemetry(run.name, phase_cfg.name) if rank == 0 else None
     # The driver's diversity-dynamics probe (polyray.eval.dynamics): every rank publishes when it is
     # due (versions stay equal across ranks); rank 0 measures.
     dynamics = loop_config.get("dynamics")
-    if dynamics is not None and rank == 0 and start.step == 0 and not _logged(dynamics.path, phase_cfg.name, 0):
-        dynamics(0, publisher.version)  # (a restart from step 0 keeps the lost attempt's step-0 row: same weights)
+    if dynamics is not None and rank == 0 and start.step == 0 and not _logged(logs, "dynamics.jsonl", phase_cfg.name, 0):
+        logs.append("dynamics.jsonl", *filter(None, [dynamics(0, publisher.version)]))  # (a restart from step 0 keeps the lost attempt's step-0 row: same weights)
 
     for step in range(start.step, phase_cfg.steps):
         t0 = time.perf_counter()
@@ -317,7 +312,7 @@ def run_worker(loop_config: dict[str, Any], session: TrainSession) -> None:
         sync_s = publisher.publish(step + 1) if phase.publishes_every_step or last or measure else 0.0
         step_s = time.perf_counter() - t0  # rollout + update + sync; dynamics measurements excluded
         if measure and rank == 0:
-            dynamics(step + 1, publisher.version)
+            logs.append("dynamics.jsonl", *filter(None, [dynamics(step + 1, publisher.version)]))  # (None: no pool)
         metrics.update(  # the phase's "loss" is the whole batch's, summed over ranks
             grad_norm=float(grad_norm), lr=lr, step=step + 1, version=publisher.version, step_s=step_s, sync_s=sync_s,
             time=time.time(), **publisher.take_canary_metrics(),
@@ -325,21 +320,21 @@ def run_worker(loop_config: dict[str, Any], session: TrainSession) -> None:
         if step == start.step and start.checkpoint_dir is not None:  # an attempt restarted from a checkpoint
             metrics["resumed_from"] = start.step
         if rank == 0:
-            _log_step(output_dir, phase_cfg, metrics, tracker, telemetry)
+            _log_step(logs, phase_cfg, metrics, tracker, telemetry)
         if last or (step + 1) % phase_cfg.checkpoint_every == 0:
             _checkpoint(session, metrics, model, optimizer, scheduler, step + 1, publisher.version)
     if rank == 0:
-        _save_final_adapter(model, output_dir, phase_cfg.name, publisher.version, loop_config.get("storage"))
+        _save_final_adapter(model, loop_config.get("output_dir"), phase_cfg.name, publisher.version, loop_config.get("storage"))
 
 
-def _save_final_adapter(model, output_dir: Path, phase: str, version: int, shared) -> None:
+def _save_final_adapter(model, output_dir: str | None, phase: str, version: int, shared) -> None:
     """The phase's adapter in peft format: in ``adapters/<phase>`` of the run directory, or of the run's
     storage (``shared``, a :class:`~polyray.storage.RunStorage`) when the run has one."""
     from polyray.learner.lora import save_adapter
 
     extra = {"polyray_version.json": {"version": version, "phase": phase}}
     if shared is None:
-        save_adapter(model, output_dir / "adapters" / phase, extra=extra)
+        save_adapter(model, Path(output_dir) / "adapters" / phase, extra=extra)
         return
     with tempfile.TemporaryDirectory(prefix=f"polyray-{phase}-") as tmp:
         save_adapter(model, Path(tmp) / phase, extra=extra)
@@ -359,14 +354,17 @@ def run_phase(
 ) -> dict[str, Any]:
     """Fit one phase with a ``TorchTrainer``; returns {"adapter_dir", "version", "metrics"}.
 
-    ``dynamics``: a picklable ``probe(step, version)`` with ``probe.due(step, last)`` and
-    ``probe.path`` (the log it appends to) that rank 0 calls after publishing (the driver passes
+    ``dynamics``: a picklable ``probe(step, version) -> row`` with ``probe.due(step, last)`` that
+    rank 0 calls after publishing, and appends the row to ``dynamics.jsonl`` (the driver passes
     :class:`polyray.eval.dynamics.DynamicsProbe`).
+
+    Rank 0's step logs reach ``output_dir`` through an actor on this process's node
+    (:mod:`polyray.learner.logs`), so the run directory need not be on a disk the ranks share.
 
     ``model_dir`` and ``init_adapter``: paths, or with ``cluster.storage`` references into it
     (:class:`~polyray.storage.StoredDir` or its string form) that each rank copies to its own node.
     With storage, Ray Train's checkpoints and the final adapter are there too (the adapter is copied
-    into ``output_dir/adapters/<phase>`` afterwards).
+    into ``output_dir/adapters/<phase>`` afterwards) and no rank is given ``output_dir``.
     """
     import threading
 
@@ -384,13 +382,15 @@ def run_phase(
 
     # read by this process each second: on its node, so losing a worker node does not lose it
     tracker = ray.remote(num_cpus=0)(ProgressTracker).options(scheduling_strategy=on_this_node()).remote()
+    logs = StepLogs.on_driver_node(output_dir)  # likewise
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "run": run.model_dump(mode="json"),
             "phase_index": phase_index,
             "model_dir": model_dir if not isinstance(model_dir, Path) else str(model_dir),
-            "output_dir": str(output_dir),
+            "output_dir": str(output_dir) if shared is None else None,  # (None: the final adapter goes to storage)
+            "logs": logs,
             "pool": pool,
             "tracker": tracker,
             "start_version": start_version,
@@ -428,6 +428,7 @@ def run_phase(
     if on_progress is not None:
         on_progress(ray.get(tracker.get.remote()))
     ray.kill(tracker)
+    logs.close()
     if "error" in box:
         raise box["error"]
     adapter_dir = output_dir / "adapters" / phase.name

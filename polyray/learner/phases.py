@@ -126,22 +126,21 @@ class StepContext:
 
 @dataclass
 class RolloutLog:
-    """Appends each scored rollout to ``path`` (JSONL): the reward's item as sent, and the reward the
-    learner used, so anyone can score the same items again and compare."""
+    """Appends each scored rollout to ``rollouts.jsonl`` (through ``logs``, a
+    :class:`~polyray.learner.logs.StepLogs`): the reward's item as sent, and the reward the learner
+    used, so anyone can score the same items again and compare."""
 
-    path: Path
+    logs: Any
     phase: str
     task: Task
 
     def __call__(self, step: int, prompts: list[Prompt], groups: list[list[Sample]], rewards) -> None:
         """Rank 0, step ``step`` (0-based): each sample with the adapter version it was drawn under
         (with rollouts ahead, one older than the version the learner holds at the step)."""
-        from polyray.io import append_jsonl
-
-        for b, (prompt, group) in enumerate(zip(prompts, groups)):
-            for g, sample in enumerate(group):
-                append_jsonl(self.path, {"phase": self.phase, "step": step + 1, "version": sample.version,
-                                         "item": self.task.reward_item(prompt, sample.text), "reward": float(rewards[b, g])})
+        rows = [{"phase": self.phase, "step": step + 1, "version": sample.version,
+                 "item": self.task.reward_item(prompt, sample.text), "reward": float(rewards[b, g])}
+                for b, (prompt, group) in enumerate(zip(prompts, groups)) for g, sample in enumerate(group)]  # fmt: skip
+        self.logs.append("rollouts.jsonl", *rows)
 
 
 def broadcast_from_rank0(obj: Any, ctx: StepContext) -> Any:

@@ -10,6 +10,7 @@ import pytest
 
 from polyray.config import RunConfig, load_config
 from polyray.io import ConfigError, file_sha256
+from polyray.learner.logs import LogFiles, StepLogs
 from polyray.drivers.run import open_run_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -151,17 +152,17 @@ def test_a_restarted_phase_marks_the_lost_attempts_rows(tmp_path):
     from polyray.learner.loop import _mark_superseded
 
     log = tmp_path / "metrics.jsonl"
-    _mark_superseded(tmp_path, "poly", 0)  # nothing logged yet: no marker
+    _mark_superseded(StepLogs(LogFiles(tmp_path)), "poly", 0)  # nothing logged yet: no marker
     assert not log.exists()
     for step in (1, 2, 3):
         append_jsonl(log, {"phase": "poly", "step": step, "loss": float(step)})
-    _mark_superseded(tmp_path, "poly", 0)  # restart from scratch
+    _mark_superseded(StepLogs(LogFiles(tmp_path)), "poly", 0)  # restart from scratch
     assert read_log_jsonl(log) == []
     for step in (1, 2, 3, 4):
         append_jsonl(log, {"phase": "poly", "step": step, "loss": 10.0 + step})
-    _mark_superseded(tmp_path, "poly", 4)  # nothing past step 4: no marker
-    _mark_superseded(tmp_path, "grpo", 0)  # another phase: no marker
-    _mark_superseded(tmp_path, "poly", 2)  # restart from the step-2 checkpoint
+    _mark_superseded(StepLogs(LogFiles(tmp_path)), "poly", 4)  # nothing past step 4: no marker
+    _mark_superseded(StepLogs(LogFiles(tmp_path)), "grpo", 0)  # another phase: no marker
+    _mark_superseded(StepLogs(LogFiles(tmp_path)), "poly", 2)  # restart from the step-2 checkpoint
     append_jsonl(log, {"phase": "poly", "step": 3, "loss": 20.0})
     assert [(r["step"], r["loss"]) for r in read_log_jsonl(log)] == [(1, 11.0), (2, 12.0), (3, 20.0)]
     assert log.read_text().count('"event"') == 2
@@ -183,7 +184,7 @@ def test_a_restart_marks_each_log_that_ran_ahead_of_the_metrics(tmp_path):
         append_jsonl(logs["dynamics.jsonl"], {"phase": "grpo", "step": step, "pass@1": 0.1 * step})
     for step in (1, 2, 3):
         append_jsonl(logs["rollouts.jsonl"], {"phase": "grpo", "step": step, "reward": 0.0})
-    _mark_superseded(tmp_path, "grpo", 2)
+    _mark_superseded(StepLogs(LogFiles(tmp_path)), "grpo", 2)
     for name, log in logs.items():  # the resumed attempt's step 3
         append_jsonl(log, {"phase": "grpo", "step": 3, "loss": 30.0, "pass@1": 0.9, "reward": 1.0})
     for name, log in logs.items():
@@ -198,10 +199,11 @@ def test_a_step_logged_once_is_known(tmp_path):
     from polyray.io import RESUME_EVENT, append_jsonl
     from polyray.learner.loop import _logged
 
-    log = tmp_path / "dynamics.jsonl"
-    assert not _logged(log, "grpo", 0)
+    log, logs = tmp_path / "dynamics.jsonl", StepLogs(LogFiles(tmp_path))
+    assert not _logged(logs, "dynamics.jsonl", "grpo", 0)
     append_jsonl(log, {"phase": "grpo", "step": 0})
     append_jsonl(log, {"phase": "grpo", "step": 20})
-    assert _logged(log, "grpo", 0) and _logged(log, "grpo", 20) and not _logged(log, "sft", 0)
+    assert _logged(logs, "dynamics.jsonl", "grpo", 0) and _logged(logs, "dynamics.jsonl", "grpo", 20)
+    assert not _logged(logs, "dynamics.jsonl", "sft", 0) and not _logged(logs, "metrics.jsonl", "grpo", 0)
     append_jsonl(log, {"event": RESUME_EVENT, "phase": "grpo", "step": 0})
-    assert _logged(log, "grpo", 0) and not _logged(log, "grpo", 20)
+    assert _logged(logs, "dynamics.jsonl", "grpo", 0) and not _logged(logs, "dynamics.jsonl", "grpo", 20)

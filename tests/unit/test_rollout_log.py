@@ -12,6 +12,7 @@ from phase_harness import FixedPool, build_policy, make_phase, tiny_model_dir
 
 from polyray.config import GRPOPhaseConfig
 from polyray.io import read_log_jsonl
+from polyray.learner.logs import LogFiles, StepLogs
 from polyray.learner.phases import RolloutLog
 
 pytestmark = [pytest.mark.slow]  # builds a tiny random model (a few seconds)
@@ -27,7 +28,7 @@ def test_rollouts_are_logged_under_the_version_that_sampled_them(tmp_path, ahead
                           sampling={"max_tokens": 4})  # fmt: skip
     phase = make_phase(cfg, model, tokenizer, 0, 1, FixedPool(tokenizer))  # FixedPool stamps the requested version
     log = tmp_path / "rollouts.jsonl"
-    phase.ctx.rollout_log = RolloutLog(log, cfg.name, build_task(CountdownTaskConfig(n_train=64)))
+    phase.ctx.rollout_log = RolloutLog(StepLogs(LogFiles(tmp_path)), cfg.name, build_task(CountdownTaskConfig(n_train=64)))
     held = {0: 5, 1: 6, 2: 7}  # the version the learner holds at each step (one publish per step)
     for step, version in held.items():
         model.zero_grad()
