@@ -39,6 +39,24 @@ def test_every_shape_and_file_type_gives_the_same_prompts():
     assert _pairs(_task(DATA / "rows.csv", fields=mapped)) == plain
 
 
+def test_the_chat_fixture_is_its_generators_output_and_reads_the_same_as_parquet():
+    """configs/chat.yaml's data: the JSONL and the parquet file hold the same conversations (regenerate
+    both with tests/fixtures/make_chat.py), and give the same prompts, references and split."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_chat", DATA.parent / "make_chat.py")
+    make_chat = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_chat)
+    rows = make_chat.conversations()
+    jsonl, parquet = DATA.parent / "chat_replies.jsonl", DATA.parent / "chat_replies.parquet"
+    assert [json.loads(line) for line in jsonl.read_text().splitlines()] == rows
+    assert read_task_rows(str(parquet)) == read_task_rows(str(jsonl))
+    a, b = _task(jsonl, format="messages"), _task(parquet, format="messages")
+    for split in ("train", "val", "test"):
+        assert [(p.text, p.reference) for p in a.prompts(split)] == [(p.text, p.reference) for p in b.prompts(split)]
+    assert len(a.prompts("test")) >= 8 and all(p.meta["system"] == make_chat.SYSTEM for p in a.prompts("all"))
+
+
 def test_same_split_whatever_the_file_type():
     mapped = {"prompt": "question", "response": "answer"}
     a = [p.meta["raw_prompt"] for p in _task(DATA / "prompt_completion.jsonl").prompts("test")]
