@@ -191,9 +191,12 @@ class RolloutWorker:
         self.load_adapter(version, adapter, record.sha256)
 
     def add_named_adapter(self, name: str, path: str) -> None:
-        """Register a saved peft adapter directory under ``name`` (ids above any policy version)."""
+        """Register a saved peft adapter directory (or its reference in ``cluster.storage``, copied to this
+        node) under ``name`` (ids above any policy version)."""
+        from polyray.storage import local_path
+
         if name not in self.named:
-            self.named[name] = (1_000_000 + len(self.named), Path(path))
+            self.named[name] = (1_000_000 + len(self.named), Path(local_path(path)))
 
     def _evict_old(self, keep: int) -> None:
         """Drop the oldest versions past ``keep_versions``, never ``keep`` (the one just loaded: an

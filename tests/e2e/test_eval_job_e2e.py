@@ -78,7 +78,9 @@ def eval_run(tmp_path_factory, model_dir, run_config):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     out = tmp / "out"
     proc = subprocess.run(
-        [*_eval_command(), str(tmp / "eval.yaml"), "--output-dir", str(out), "--set", "seed=1"],
+        # cluster.storage: the rollout workers get the model and the adapters as references into it
+        [*_eval_command(), str(tmp / "eval.yaml"), "--output-dir", str(out), "--set", "seed=1",
+         "--set", f"cluster.storage={tmp / 'storage'}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -116,6 +118,8 @@ def test_results_cover_every_model_and_task(eval_run):
     assert all("pvalue_holm" in s for s in results["stats"].values())
     assert set(results["lora"]) == {"run/sft", "run/grpo"} and results["lora"]["run/sft"][0]["frobenius_norm"] > 0
     assert {r["run"] for r in results["dynamics"]} == {"run"} and len(results["dynamics"]) == 4
+    storage = out.parent / "storage"  # what the workers read: the base model and both adapters, put once
+    assert len(list((storage / "models").iterdir())) == 1 and len(list((storage / "adapters").iterdir())) == 2
 
 
 def test_samples_and_report_written(eval_run):

@@ -85,18 +85,20 @@ def generate_all(
     if not units:
         return
     from polyray.rollout.pool import RolloutPool
+    from polyray.storage import share_model
 
+    storage = cfg.cluster.storage  # set: workers get references into it, never this node's paths
     with timer("ray_init"):
         init_ray(cfg.cluster, cfg.rollout.num_workers * cfg.rollout.cpus_per_worker)
     with timer("rollout_pool_start"), console.status(f"starting {cfg.rollout.num_workers} vLLM rollout worker(s)"):
         # the logprob selector ranks by the model's own likelihood, whatever the sampling temperature
-        pool = RolloutPool.launch(str(model_dir), cfg.rollout.model_copy(update={"logprobs_mode": "raw_logprobs"}),
-                                  cfg.model.dtype, cfg.seed, run=cfg.name)
+        pool = RolloutPool.launch(share_model(storage, model_dir), cfg.rollout.model_copy(update={"logprobs_mode": "raw_logprobs"}),
+                                  cfg.model.dtype, cfg.seed, run=cfg.name, resources=cfg.cluster.worker_resources)  # fmt: skip
     try:
         used = {u.model.name for u in units}
         for m in models:
             if m.adapter is not None and m.name in used:
-                pool.add_named_adapter(m.name, str(m.adapter))
+                pool.add_named_adapter(m.name, str(share_model(storage, m.adapter, "adapters")))
         with make_progress() as bar:
             for u in units:
                 task_id = bar.add_task(f"generate {u.model.name} · {u.task_name}", total=len(u.inputs), info="")
