@@ -128,6 +128,10 @@ class GenerationServiceConfig(ApiKeyConfig):
     kv_cache_gib: int = Field(1, ge=1, description="vLLM CPU KV cache (GiB).")
     threads: int = Field(1, ge=1, description="Torch/OMP threads of the engine (CPU).")
     gpus: float = Field(0.0, ge=0, description="GPUs per replica (0: CPU).")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources per replica, e.g. {worker: 1} to keep replicas on"
+        " the nodes started with them (a run passes its cluster.worker_resources).",
+    )
     chat_template: str | None = Field(
         None,
         description="A Jinja chat template file for models without one (the embedded model gets polyray's minimal"

@@ -177,7 +177,8 @@ def generation_args(run: RunConfig, out: Path, model_dir, store_root: str | None
     cluster.storage), under ``run.generation.args``."""
     from polyray.generation.service import run_generation_args
 
-    args = {**run_generation_args(run, out, model_dir, named=False), **run.generation.args}
+    args = {**run_generation_args(run, out, model_dir, named=False), "resources": run.cluster.worker_resources,
+            **run.generation.args}
     if store_root is not None:
         args["store_root"] = store_root
     return {**args, "route_prefix": run.generation.route_prefix}

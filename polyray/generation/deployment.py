@@ -369,6 +369,6 @@ def build_generation_app(args: dict[str, Any] | None = None) -> Application:
         num_replicas=config.num_replicas,
         max_ongoing_requests=config.max_ongoing_requests,
         max_queued_requests=config.max_queued_requests,
-        ray_actor_options={"num_cpus": config.num_cpus, "num_gpus": config.gpus,
+        ray_actor_options={"num_cpus": config.num_cpus, "num_gpus": config.gpus, "resources": config.resources,
                            "runtime_env": {"env_vars": engine_env(config)}},
     ).bind(config.model_dump())

@@ -268,3 +268,21 @@ def test_chat_template_resolution(tmp_path):
         messages=[{"role": "user", "content": "hi"}], add_generation_prompt=True
     )
     assert rendered == "user: hi\nassistant: "
+
+
+def test_replicas_ask_for_the_runs_worker_resources(tmp_path):
+    """A run's generation service places its replicas as its rollout workers (cluster.worker_resources)."""
+    from pathlib import Path
+
+    from polyray.config import load_config
+    from polyray.drivers.run import generation_args
+    from polyray.generation.deployment import build_generation_app
+
+    (tmp_path / "config.json").write_text("{}")
+    run = load_config(Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml",
+                      ["cluster.worker_resources={worker: 1}"])  # fmt: skip
+    args = generation_args(run, tmp_path, tmp_path)
+    assert args["resources"] == {"worker": 1}
+    app = build_generation_app(args)
+    assert app._bound_deployment.ray_actor_options["resources"] == {"worker": 1}
+    assert build_generation_app({"model_dir": str(tmp_path)})._bound_deployment.ray_actor_options["resources"] == {}
