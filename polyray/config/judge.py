@@ -88,7 +88,7 @@ class JudgeConfig(JudgePrompts):
         " then twice as long each time (at most max_backoff_s); then the judge is unavailable for that item.",
     )  # fmt: skip
     backoff_s: float = Field(1.0, ge=0, le=60, description="First wait before asking again after an outage (seconds).")
-    max_backoff_s: float = Field(30.0, ge=0, le=300, description="Longest wait between asks during an outage (seconds).")
+    max_backoff_s: float = Field(30.0, ge=0, le=300, description="Longest wait between asks in an outage (seconds).")
 
     @field_validator("criteria")
     @classmethod

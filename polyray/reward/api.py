@@ -86,6 +86,6 @@ class RewardRequest(BaseModel):
 class RewardResponse(BaseModel):
     reward: str = Field(..., description="The reward function that scored the items.")
     scores: list[float | None] = Field(
-        ..., description="One score per item, in request order; null: no score (e.g. the judge never answered parseably)."
+        ..., description="One score per item, in request order; null: no score (the judge never answered parseably)."
     )
     details: list[dict[str, Any]] = Field(..., description="Per-item explanation, incl. batch_size and batch_requests.")

@@ -41,7 +41,7 @@ class RewardResult(BaseModel):
     answered parseably), which is not a judgement that it is bad. The learner leaves such an item out
     of its group's advantages (it gets advantage 0 and no part in the group's baseline)."""
 
-    score: float | None = Field(..., description="The reward; higher is better. None: no score (left out of advantages).")
+    score: float | None = Field(..., description="The reward; higher is better. None: no score (no advantage).")
     detail: dict[str, Any] = Field(default_factory=dict, description="Why this score (function-specific).")
 
 

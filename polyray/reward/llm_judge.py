@@ -54,7 +54,7 @@ class LLMJudgeReward(ParameterisedReward):
             " pairwise_prompt) or a name in templates.",
         )  # fmt: skip
         templates: dict[str, JudgePrompts] = Field(
-            default_factory=dict, description="Named question templates the server offers (a request picks one by name)."
+            default_factory=dict, description="Named question templates the server offers (a request picks by name)."
         )
         unparseable_score: float | None = Field(
             None, description="Score of an item the judge never answered parseably; None: no score (the learner"
@@ -64,7 +64,9 @@ class LLMJudgeReward(ParameterisedReward):
             "fail", description="When the endpoint stays out after the back-off: fail the request (503), skip the"
             " item (no score) or score it neutral_score.",
         )  # fmt: skip
-        neutral_score: float = Field(0.5, ge=0, le=1, description="Score of an item the judge could not be asked (on_outage: neutral).")
+        neutral_score: float = Field(
+            0.5, ge=0, le=1, description="Score of an item the judge could not be asked (on_outage: neutral)."
+        )
         debug: bool = Field(False, description="Return the judge's raw replies in each result's detail.")
 
         @model_validator(mode="after")
@@ -91,7 +93,8 @@ class LLMJudgeReward(ParameterisedReward):
             missing = [i for i, item in enumerate(items) if not item.reference]
             if missing:
                 raise RewardError(f"llm_judge pairwise compares with the item's reference; items {missing} have none")
-            verdicts = self.judge.pairwise(prompts, completions, [item.reference for item in items], on_outage="verdict")
+            references = [item.reference for item in items]
+            verdicts = self.judge.pairwise(prompts, completions, references, on_outage="verdict")
         else:
             verdicts = self.judge.pointwise(prompts, completions, on_outage="verdict")
         if self.config.on_outage == "fail":

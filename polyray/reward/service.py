@@ -19,7 +19,8 @@ import torch
 from polyray.config import RewardConfig
 from polyray.tasks.base import Prompt, Task
 
-RewardFn = Callable[[list[Prompt], list[list[str]]], torch.Tensor]  # prompts, (B, G) texts -> (B, G) rewards, NaN: no score
+# prompts, (B, G) texts -> (B, G) rewards (NaN: no score)
+RewardFn = Callable[[list[Prompt], list[list[str]]], torch.Tensor]
 
 
 def ensure_reward_service(cfg: RewardConfig, functions: Iterable[str] = (),

@@ -632,7 +632,8 @@ def test_unscored_samples_with_other_estimators_and_scale_matching():
     passk = compute_advantages(ADVANTAGE_ESTIMATORS["passk"][0](k=3), AdvantageInputs(rewards, texts))
     assert passk[2].abs().sum() == 0  # 2 scored samples < k = 3: the group carries no advantage
     torch.testing.assert_close(passk[0, [0, 1, 3]], compute_passk_advantages(rewards[0:1, [0, 1, 3]], 3)[0])
-    matched = compute_advantages(ADVANTAGE_ESTIMATORS["rloo"][0](match_group_scale=True), AdvantageInputs(rewards, texts))
+    rloo_matched = ADVANTAGE_ESTIMATORS["rloo"][0](match_group_scale=True)
+    matched = compute_advantages(rloo_matched, AdvantageInputs(rewards, texts))
     group = torch.tensor(_scored_group_loop(rewards.tolist()), dtype=torch.float64)
     assert matched.abs().mean().item() == pytest.approx(group.abs().mean().item(), rel=1e-12)
     assert matched[0, 2] == 0 and matched[2, :2].abs().sum() == 0
