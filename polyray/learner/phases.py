@@ -22,6 +22,7 @@ tensor a phase builds is created on the model's device.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections import defaultdict
@@ -138,9 +139,15 @@ class RolloutLog:
         """Rank 0, step ``step`` (0-based): each sample with the adapter version it was drawn under
         (with rollouts ahead, one older than the version the learner holds at the step)."""
         rows = [{"phase": self.phase, "step": step + 1, "version": sample.version,
-                 "item": self.task.reward_item(prompt, sample.text), "reward": float(rewards[b, g])}
+                 "item": self.task.reward_item(prompt, sample.text), "reward": _reward(rewards[b, g])}
                 for b, (prompt, group) in enumerate(zip(prompts, groups)) for g, sample in enumerate(group)]  # fmt: skip
         self.logs.append("rollouts.jsonl", *rows)
+
+
+def _reward(value) -> float | None:
+    """A reward as rollouts.jsonl records it: None where the reward had no score (NaN is no JSON)."""
+    value = float(value)
+    return None if math.isnan(value) else value
 
 
 def broadcast_from_rank0(obj: Any, ctx: StepContext) -> Any:
@@ -410,11 +417,13 @@ class GRPOPhase(SamplingPhase):
         mix = self.cfg.advantage.as_mix() if self.cfg.advantage.type == "anneal" else self.cfg.advantage
         if mix.type == "mix":  # each component's weight by magnitude (docs/algorithms.md §3)
             shares = dict(zip(("mix_early_share", "mix_late_share"), mix_magnitude_shares(mix, inputs)))
+        scored = ~rewards.isnan()  # NaN: the reward had no score for the sample (left out of the advantages)
         return batch, {
-            "reward_mean": float(rewards.mean()),
+            "reward_mean": float(rewards[scored].mean()) if scored.any() else math.nan,
+            "unscored": int((~scored).sum()),
             "adv_abs_mean": float(adv.abs().mean()),  # the step size the estimator asks for
             **shares,
-            "solved_frac": float((rewards.max(dim=1).values > 0).double().mean()),
+            "solved_frac": float((rewards.nan_to_num(-math.inf).max(dim=1).values > 0).double().mean()),
             "completion_len": batch.num_tokens() / len(batch),
             "max_lag": lag,
             "kept_groups": int(keep.sum()),

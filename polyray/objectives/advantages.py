@@ -38,6 +38,13 @@ Any estimator's ``match_group_scale`` rescales its advantages, per step, to the 
 ``group`` gives the same rewards (:func:`compute_scale_matched_advantages`), so estimators compared
 under one learning rate and KL weight differ in direction, not in step size.
 
+**Samples with no score.** A reward may have no score for a sample (the LLM judge never answered
+parseably: ``RewardResult.score`` None, NaN in the rewards). :func:`compute_advantages` leaves such a
+sample out rather than scoring it 0: its group's advantages are the estimator's over the group's
+scored samples alone (for ``group``, their mean and std), and the sample gets advantage 0. A group
+left with too few scored samples for the estimator (fewer than 2, or fewer than its ``k``) carries
+no advantage.
+
 Also :func:`dynamic_sampling_mask` (DAPO, arXiv 2503.14476). Clip-higher (separate
 ε_low / ε_high) lives in :func:`polyray.objectives.grpo.compute_grpo_loss`.
 """
@@ -80,6 +87,13 @@ class AdvantageInputs:
     logprobs: list[list[list[float]]] | None = None  # (B, G, tokens): log π_old of each sampled token
     progress: float = 0.0  # fraction of the phase's steps done before this one, in [0, 1]
     step: int = 0  # the phase's step (seeds any sampling an estimator does)
+
+    def select(self, rows: list[int], cols: list[int] | None = None) -> AdvantageInputs:
+        """The inputs of groups ``rows`` (each cut to samples ``cols`` when given)."""
+        cols_ = list(range(self.rewards.shape[1])) if cols is None else cols
+        logprobs = None if self.logprobs is None else [[self.logprobs[b][g] for g in cols_] for b in rows]
+        return AdvantageInputs(self.rewards[rows][:, cols_], [[self.texts[b][g] for g in cols_] for b in rows],
+                               logprobs, self.progress, self.step)  # fmt: skip
 
     def mean_logprobs(self) -> torch.Tensor:
         """(B, G) float64: each sample's mean token log-prob under the sampling policy (0 for an empty one)."""
@@ -474,11 +488,43 @@ ADVANTAGE_ESTIMATORS: dict[str, tuple[type[AdvantageConfigBase], Callable[..., t
 
 def compute_advantages(cfg, inputs: AdvantageInputs) -> torch.Tensor:
     """Advantages (B, G) of ``inputs`` by the estimator ``cfg`` configures; with its
-    ``match_group_scale``, rescaled to ``group``'s mean |A| on the same rewards."""
+    ``match_group_scale``, rescaled to ``group``'s mean |A| on the same rewards. NaN rewards (no
+    score) are left out of their group and get advantage 0 (:func:`compute_scored_advantages`)."""
+    scored = ~torch.isnan(inputs.rewards)
+    if not bool(scored.all()):
+        adv = compute_scored_advantages(lambda sub: ADVANTAGE_ESTIMATORS[cfg.type][1](cfg, sub), inputs, scored)
+        if cfg.match_group_scale:
+            reference = compute_scored_advantages(
+                lambda sub: compute_group_advantages(sub.rewards.to(torch.float64)), inputs, scored
+            )
+            adv = compute_scale_matched_advantages(adv, reference.to(adv.dtype))
+        return adv
     adv = ADVANTAGE_ESTIMATORS[cfg.type][1](cfg, inputs)
     if cfg.match_group_scale:
         adv = compute_scale_matched_advantages(adv, compute_group_advantages(inputs.rewards.to(torch.float64)))
     return adv
+
+
+def compute_scored_advantages(estimate: Callable[[AdvantageInputs], torch.Tensor], inputs: AdvantageInputs,
+                              scored: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """Advantages (B, G) with the unscored samples left out: ``estimate`` (inputs -> advantages) runs
+    once on the fully scored groups together and once on each other group cut to its scored samples;
+    unscored samples, and a cut group the estimator refuses (too few samples: ValueError), get 0.
+    scored (B, G) bool. Where every sample is scored this is ``estimate(inputs)``."""
+    B, _ = _check_2d(inputs.rewards, "scored")
+    out = torch.zeros_like(inputs.rewards)
+    full = [b for b in range(B) if bool(scored[b].all())]
+    if full:
+        out[full] = estimate(inputs.select(full)).to(out.dtype)
+    for b in range(B):
+        cols = scored[b].nonzero().flatten().tolist()
+        if len(cols) == scored.shape[1] or len(cols) < 2:  # one scored sample has no baseline to be compared with
+            continue
+        try:
+            out[b, cols] = estimate(inputs.select([b], cols))[0].to(out.dtype)
+        except ValueError:  # e.g. passk's k larger than the scored samples
+            continue
+    return out
 
 
 def mix_magnitude_shares(cfg: MixAdvantageConfig, inputs: AdvantageInputs) -> tuple[float, float]:

@@ -6,7 +6,8 @@
 - :class:`ApiError` and :func:`api_error`: every refusal in one shape, OpenAI's
   ``{"error": {"message", "type", "param", "code"}}`` (as the generation service answers): 400 bad
   input (``param`` names the field), 401 no key, 404 unknown reward, 413 too large (body, items or
-  work), 503 overloaded (Serve's proxy), 504 past the service's deadline.
+  work), 503 overloaded (Serve's proxy) or the judge endpoint down (``llm_judge`` with ``on_outage:
+  fail``), 504 past the service's deadline.
 - :func:`non_finite_field`: NaN and Infinity (which JSON bodies may carry, as Python writes them)
   are no value a reward can score; the first such field is named in a 400.
 """
@@ -46,8 +47,9 @@ def api_error(exc: Exception) -> ApiError:
     if isinstance(exc, UnknownRewardError):
         return ApiError(404, str(exc), "reward", "unknown_reward")
     status, field = getattr(exc, "status", None), getattr(exc, "field", None)
-    if status is not None:  # RequestTooCostly
-        return ApiError(status, str(exc), field, "over_budget" if status == 413 else "over_limit")
+    if status is not None:  # RequestTooCostly, or the judge endpoint down (JudgeOutage: 503)
+        code = getattr(exc, "code", None) or ("over_budget" if status == 413 else "over_limit")
+        return ApiError(status, str(exc), field, code)
     if isinstance(exc, RewardError):
         return ApiError(400, str(exc), None, "invalid_params")
     raise TypeError(f"not a reward error: {exc!r}")
@@ -83,5 +85,7 @@ class RewardRequest(BaseModel):
 
 class RewardResponse(BaseModel):
     reward: str = Field(..., description="The reward function that scored the items.")
-    scores: list[float] = Field(..., description="One score per item, in request order.")
+    scores: list[float | None] = Field(
+        ..., description="One score per item, in request order; null: no score (the judge never answered parseably)."
+    )
     details: list[dict[str, Any]] = Field(..., description="Per-item explanation, incl. batch_size and batch_requests.")

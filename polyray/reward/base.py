@@ -35,9 +35,13 @@ class RewardItem(BaseModel):
 
 
 class RewardResult(BaseModel):
-    """A score and a JSON-able explanation (reason, status, batch size, ...)."""
+    """A score and a JSON-able explanation (reason, status, batch size, ...).
 
-    score: float = Field(..., description="The reward; higher is better.")
+    ``score`` None is "no score": the reward could not judge the item (e.g. the LLM judge never
+    answered parseably), which is not a judgement that it is bad. The learner leaves such an item out
+    of its group's advantages (it gets advantage 0 and no part in the group's baseline)."""
+
+    score: float | None = Field(..., description="The reward; higher is better. None: no score (no advantage).")
     detail: dict[str, Any] = Field(default_factory=dict, description="Why this score (function-specific).")
 
 

@@ -84,7 +84,8 @@ _ERRORS = {
     404: {"description": "Unknown reward function (the message lists the known ones)."},
     413: {"description": "Body larger than max_body_bytes, more than max_items items, or more work than the"
           " service's limits allow (sandbox seconds, judge calls; the message says which)."},
-    503: {"description": "Overloaded: the request queue is full; retry later."},
+    503: {"description": "Overloaded: the request queue is full, or the llm_judge endpoint is unavailable"
+          " (on_outage: fail); retry later."},
     504: {"description": "The request ran past limits.max_request_s; its sandboxes were stopped."},
 }
 

@@ -10,6 +10,7 @@ in-process. Either way the reward is ``reward.name`` (default: the task's own, e
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -18,7 +19,8 @@ import torch
 from polyray.config import RewardConfig
 from polyray.tasks.base import Prompt, Task
 
-RewardFn = Callable[[list[Prompt], list[list[str]]], torch.Tensor]  # prompts, (B, G) texts -> (B, G) rewards
+# prompts, (B, G) texts -> (B, G) rewards (NaN: no score)
+RewardFn = Callable[[list[Prompt], list[list[str]]], torch.Tensor]
 
 
 def ensure_reward_service(cfg: RewardConfig, functions: Iterable[str] = (),
@@ -60,7 +62,9 @@ def resolve_reward(cfg: RewardConfig, task: Task) -> tuple[str, dict[str, Any]]:
 def build_reward_fn(cfg: RewardConfig, task: Task, run: str = "") -> RewardFn:
     """(B, G) float64 rewards of completions from the registry reward :func:`resolve_reward` names:
     through the reward service's handle (``endpoint``), else scored in-process by a
-    :class:`~polyray.reward.scorer.RewardScorer` (same functions, same parameters)."""
+    :class:`~polyray.reward.scorer.RewardScorer` (same functions, same parameters). An item with no
+    score (``RewardResult.score`` None) is NaN, which :func:`~polyray.objectives.advantages.compute_advantages`
+    leaves out of its group."""
     name, params = resolve_reward(cfg, task)
     if cfg.endpoint:
         from polyray.reward.client import get_reward_handle, score_via_handle
@@ -79,7 +83,7 @@ def build_reward_fn(cfg: RewardConfig, task: Task, run: str = "") -> RewardFn:
 
     def rewards(prompts: list[Prompt], texts: list[list[str]]) -> torch.Tensor:
         items = [task.reward_item(p, t) for p, g in zip(prompts, texts) for t in g]
-        scores = [r.score for r in score(items)]
+        scores = [math.nan if r.score is None else r.score for r in score(items)]  # NaN: no score
         width = len(texts[0]) if texts else 0
         return torch.tensor(scores, dtype=torch.float64).view(len(texts), width)
 

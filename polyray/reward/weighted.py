@@ -114,9 +114,10 @@ class WeightedSumReward(ParameterisedReward):
         weights = {key: c.weight for key, c in zip(keys, components)}
         out = []
         for i in range(len(items)):
-            scores = {key: float(results[i].score) for key, results in zip(keys, per_component)}
-            total = 0.0
-            for key in keys:
-                total += weights[key] * scores[key]
+            scores = {key: None if results[i].score is None else float(results[i].score)
+                      for key, results in zip(keys, per_component)}  # fmt: skip
+            total: float | None = 0.0
+            for key in keys:  # a component with no score leaves the sum without one (no score is not 0)
+                total = None if total is None or scores[key] is None else total + weights[key] * scores[key]
             out.append(RewardResult(score=total, detail={"components": scores, "weights": dict(weights)}))
         return out

@@ -579,3 +579,61 @@ def test_w_reinforce_matches_float64_loop():
     assert WReinforceAdvantageConfig().lam == 0.1 and WReinforceAdvantageConfig().needs_binary_rewards()
     with pytest.raises(ValueError, match="binary"):
         compute_w_reinforce_advantages(torch.tensor([[0.5, 1.0]]))
+
+
+NAN = math.nan
+
+
+def _scored_group_loop(rewards: list[list[float]], scale_by_std: bool = True, eps: float = 1e-6) -> list[list[float]]:
+    """float64 reference: per group, mean and sample std over the scored (non-NaN) rewards only; an
+    unscored sample, and every sample of a group with fewer than 2 scored, gets 0."""
+    out = []
+    for row in rewards:
+        kept = [r for r in row if not math.isnan(r)]
+        if len(kept) < 2:
+            out.append([0.0] * len(row))
+            continue
+        mean = math.fsum(kept) / len(kept)
+        scale = statistics.stdev(kept) + eps if scale_by_std else 1.0
+        out.append([0.0 if math.isnan(r) else (r - mean) / scale for r in row])
+    return out
+
+
+@pytest.mark.parametrize("scale_by_std", [True, False])
+def test_unscored_samples_are_left_out_of_their_group(scale_by_std):
+    """A reward with no score (NaN: the judge never answered parseably) is not a 0: the group's mean
+    and std are over its scored samples, the unscored sample's advantage is 0."""
+    gen = torch.Generator().manual_seed(0)
+    rewards = torch.rand(6, 5, generator=gen, dtype=torch.float64)
+    rewards[0, 1] = rewards[2, 0] = rewards[2, 4] = NAN  # one, two unscored
+    rewards[3, :4] = NAN  # one scored sample left: no baseline
+    rewards[4, :] = NAN
+    texts = [[f"{b}{g}" for g in range(5)] for b in range(6)]
+    cfg = GroupAdvantageConfig(scale_by_std=scale_by_std)
+    adv = compute_advantages(cfg, AdvantageInputs(rewards, texts))
+    expected = torch.tensor(_scored_group_loop(rewards.tolist(), scale_by_std), dtype=torch.float64)
+    torch.testing.assert_close(adv, expected, rtol=1e-12, atol=1e-12)
+    assert not adv.isnan().any()
+    full = [1, 5]  # fully scored groups: exactly what they get with no NaN anywhere
+    torch.testing.assert_close(adv[full], compute_group_advantages(rewards[full], scale_by_std))
+    zeroed = rewards.nan_to_num(0.0)  # what scoring "no score" as 0 would have taught
+    assert not torch.allclose(adv[0], compute_group_advantages(zeroed, scale_by_std)[0])
+
+
+def test_unscored_samples_with_other_estimators_and_scale_matching():
+    rewards = torch.tensor([[1.0, 0.0, NAN, 1.0], [0.0, 1.0, 1.0, 0.0], [NAN, NAN, 1.0, 0.0]], dtype=torch.float64)
+    texts = [["a", "b", "c", "d"]] * 3
+    rloo = compute_advantages(ADVANTAGE_ESTIMATORS["rloo"][0](), AdvantageInputs(rewards, texts))
+    for b, row in enumerate(rewards.tolist()):  # r_i - mean of the *other scored* samples
+        kept = [g for g, r in enumerate(row) if not math.isnan(r)]
+        for g in range(4):
+            want = 0.0 if g not in kept else row[g] - math.fsum(row[j] for j in kept if j != g) / (len(kept) - 1)
+            assert rloo[b, g].item() == pytest.approx(want, abs=1e-12)
+    passk = compute_advantages(ADVANTAGE_ESTIMATORS["passk"][0](k=3), AdvantageInputs(rewards, texts))
+    assert passk[2].abs().sum() == 0  # 2 scored samples < k = 3: the group carries no advantage
+    torch.testing.assert_close(passk[0, [0, 1, 3]], compute_passk_advantages(rewards[0:1, [0, 1, 3]], 3)[0])
+    rloo_matched = ADVANTAGE_ESTIMATORS["rloo"][0](match_group_scale=True)
+    matched = compute_advantages(rloo_matched, AdvantageInputs(rewards, texts))
+    group = torch.tensor(_scored_group_loop(rewards.tolist()), dtype=torch.float64)
+    assert matched.abs().mean().item() == pytest.approx(group.abs().mean().item(), rel=1e-12)
+    assert matched[0, 2] == 0 and matched[2, :2].abs().sum() == 0

@@ -7,7 +7,9 @@ entrypoints by loading their module and config; the GPUs a cluster offers cover 
 service asks for; the cluster-launcher YAML passes Ray's autoscaler schema. And what a cluster needs
 besides: a ReadWriteMany runs volume, a memory-backed /dev/shm sized for the adapter versions on every
 GPU pod, the volumes a Serve app's build checks on the head pod too, a deadline on every RayJob; the
-images ship no local environment or runs and pin the vLLM the code targets.
+images ship no local environment or runs and pin the vLLM the code targets. And what keeps a cluster
+closed: API keys only from Secrets, Ray's token auth on every node, the dashboard published nowhere,
+and a NetworkPolicy that lets only the cluster's own pods reach the Ray pods.
 """
 
 from __future__ import annotations
@@ -344,3 +346,98 @@ def test_grafana_dashboard_covers_every_polyray_metric():
     declared = declared_metrics()
     assert dashboard_metrics() == set(declared)
     assert len(declared) >= 15 and {"histogram", "gauge", "counter"} == set(declared.values())
+
+
+# ------------------------------------------------------------------------------ a closed cluster
+SECRET_NAMES = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.I)
+
+
+def _env(container: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def _containers(doc: dict) -> list[tuple[str, dict]]:
+    return [(group, c) for group, template in _templates(_cluster(doc)) for c in template["spec"]["containers"]]
+
+
+def _from_secret(entry: dict | None) -> bool:
+    ref = (entry or {}).get("valueFrom", {}).get("secretKeyRef", {})
+    return "value" not in (entry or {}) and bool(ref.get("name")) and bool(ref.get("key"))
+
+
+@pytest.mark.parametrize("path", sorted({p for p, _ in _kuberay()}), ids=lambda p: p.name)
+def test_ray_token_auth_on_every_node_and_no_secret_inline(path):
+    """RAY_AUTH_MODE=token on the head and every worker, the token from a Secret; every variable
+    named like a key or token comes from a Secret, none has a value in the manifest."""
+    for doc in yaml.safe_load_all(path.read_text()):
+        if not doc.get("apiVersion", "").startswith("ray.io/"):
+            continue
+        for group, container in _containers(doc):
+            env = _env(container)
+            assert env.get("RAY_AUTH_MODE", {}).get("value") == "token", f"{path.name} {group}: RAY_AUTH_MODE"
+            assert _from_secret(env.get("RAY_AUTH_TOKEN")), f"{path.name} {group}: RAY_AUTH_TOKEN from a Secret"
+            for name, entry in env.items():
+                if SECRET_NAMES.search(name) and name != "RAY_AUTH_MODE":
+                    assert _from_secret(entry), f"{path.name} {group}: {name} must come from a Secret"
+
+
+def test_the_cluster_launcher_starts_every_node_with_token_auth():
+    config = yaml.safe_load((DEPLOY / "cluster-launcher.yaml").read_text())
+    starts = [c for c in config["head_start_ray_commands"] + config["worker_start_ray_commands"] if "ray start" in c]
+    assert len(starts) == 2 and all(c.startswith("RAY_AUTH_MODE=token ray start") for c in starts), starts
+    assert config["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token"}  # the token, copied to every node
+
+
+@pytest.mark.parametrize("path", [p for p, d in _kuberay() if d["kind"] == "RayService"], ids=lambda p: p.name)
+def test_rayservice_api_keys_come_from_secrets_on_every_pod(path):
+    """Each app reads its API key (and an llm_judge its endpoint's key) from a variable every pod sets
+    from a Secret: the head builds the app, the replicas run on any pod. No key file, no key inline."""
+    doc = yaml.safe_load(path.read_text())
+    for app in _serve_apps(doc):
+        assert "api_key_file" not in app.args and app.args.get("api_key_env"), f"{path.name}: {app.name} has no key"
+        names = [app.args["api_key_env"]]
+        judge = app.args.get("rewards", {}).get("llm_judge", {})
+        names += [judge["api_key_env"]] if judge.get("api_key_env") else []
+        for group, container in _containers(doc):
+            for name in names:
+                assert _from_secret(_env(container).get(name)), f"{path.name} {group}: {name} from a Secret"
+    assert not re.search(r"sk-[A-Za-z0-9]{8,}", doc["spec"]["serveConfigV2"])
+
+
+def test_the_dashboard_is_published_nowhere():
+    """No Service, Ingress or Route of ours, no KubeRay head service but ClusterIP, no ingress, the head's
+    dashboard host left to KubeRay (the pod's address, reached through the ClusterIP service by the
+    operator and by `kubectl port-forward`); on VMs the dashboard listens on the head's localhost only."""
+    for path in MANIFESTS:
+        for doc in yaml.safe_load_all(path.read_text()):
+            assert doc.get("kind") not in ("Service", "Ingress", "Route", "Gateway"), path.name
+    for path, doc in _kuberay():
+        cluster = _cluster(doc)
+        head = cluster["headGroupSpec"]
+        assert head.get("serviceType", "ClusterIP") == "ClusterIP" and not head.get("enableIngress"), path.name
+        assert "dashboard-host" not in head.get("rayStartParams", {}), path.name
+        serve_service = doc["spec"].get("serveService", {}).get("spec", {})
+        assert serve_service.get("type", "ClusterIP") == "ClusterIP", path.name
+    launcher = (DEPLOY / "cluster-launcher.yaml").read_text()
+    assert "dashboard-host" not in launcher and "0.0.0.0" not in launcher
+
+
+def test_the_network_policy_admits_only_the_clusters_own_pods():
+    (policy,) = yaml.safe_load_all((DEPLOY / "networkpolicy.yaml").read_text())
+    assert (policy["apiVersion"], policy["kind"]) == ("networking.k8s.io/v1", "NetworkPolicy")
+    spec = policy["spec"]
+    ray_pods = {"matchExpressions": [{"key": "ray.io/node-type", "operator": "Exists"}]}  # every KubeRay pod
+    assert spec["podSelector"] == ray_pods and spec["policyTypes"] == ["Ingress"]
+    open_ports: set[int] = set()
+    for rule in spec["ingress"]:
+        assert rule.get("from"), "a rule without 'from' admits every source"
+        for source in rule["from"]:
+            assert "ipBlock" not in source, "no address outside the cluster"
+            if "namespaceSelector" in source:  # one named namespace (the operator's), never all of them
+                assert set(source["namespaceSelector"]) == {"matchLabels"}, source
+                assert list(source["namespaceSelector"]["matchLabels"]) == ["kubernetes.io/metadata.name"], source
+                assert "ports" in rule and {p["port"] for p in rule["ports"]} <= {8265, 52365}
+            elif source["podSelector"] != ray_pods:  # other pods of this namespace: the services' ports only
+                assert "ports" in rule, source
+                open_ports |= {p["port"] for p in rule["ports"]}
+    assert open_ports == {8000, 8265}

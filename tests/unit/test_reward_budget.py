@@ -7,6 +7,7 @@ neither settable nor shown.
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -73,8 +74,14 @@ def test_nan_and_infinity_are_refused_in_reward_parameters():
 
 
 def test_rewards_listing_hides_server_only_defaults():
-    scorer = RewardScorer({"llm_judge": {**JUDGE, "criteria": ["clarity"]}, "engagement": {"model_path": "/srv/m"}})
+    """GET /v1/rewards: no internal judge URL, key variable, judge model, question template, model path."""
+    secret = {"pointwise_prompt": "SERVER-ONLY {prompt} {response}", "pairwise_prompt": "SERVER-ONLY {prompt} {a} {b}"}
+    judge = {**JUDGE, "criteria": ["clarity"], "api_key_env": "PATH", "model": "judge-internal-7b", **secret,
+             "templates": {"strict": secret}, "debug": True, "template": "strict"}  # fmt: skip
+    scorer = RewardScorer({"llm_judge": judge, "engagement": {"model_path": "/srv/m"}})
     listing = {r["name"]: r for r in scorer.describe()}
-    assert listing["llm_judge"]["defaults"] == {"criteria": ["clarity"]}
+    assert listing["llm_judge"]["defaults"] == {"criteria": ["clarity"], "template": "strict"}
     assert listing["engagement"]["defaults"] == {}
-    assert "judge.internal" not in str(listing) and "/srv/m" not in str(listing)
+    text = json.dumps(listing)
+    for value in ("judge.internal", "/srv/m", '"PATH"', "judge-internal-7b", "SERVER-ONLY"):
+        assert value not in text, value

@@ -148,3 +148,23 @@ def test_cgroup_v2_status_reads_the_hosts_delegation(tmp_path):
     assert "memory controller(s) are not delegated" in cgroup_v2_status(str(mountinfo), str(membership))
     (fs / "svc" / "cgroup.controllers").write_text("cpu memory pids\n")
     assert cgroup_v2_status(str(mountinfo), str(membership)) == f"available ({fs}/svc)"
+
+
+def test_only_healthz_itself_skips_the_reward_services_key(client, monkeypatch):
+    """The reward app's own middleware: /healthz answers without the key, a path merely ending in
+    /healthz does not, and GET /v1/rewards shows no server-only value to a caller with the key."""
+    monkeypatch.setenv("POLYRAY_TEST_REWARD_KEY", "sk-reward")
+    judge = {"base_url": "http://judge.internal/v1", "model": "judge-7b", "api_key_env": "POLYRAY_TEST_REWARD_KEY"}
+    from polyray.reward import deployment
+
+    http = client(api_key_env="POLYRAY_TEST_REWARD_KEY", rewards={"llm_judge": judge})
+    # under this fixture the replica's __init__ does not reach this module's app.state: set the key it reads
+    monkeypatch.setattr(deployment.app.state, "api_key", "sk-reward")
+    assert http.get("/healthz").status_code == 200
+    for path in ("/v1/rewards/healthz", "/v1/healthz", "/x/healthz", "/healthz/", "/healthzz"):
+        assert error(http.get(path), 401)["code"] == "invalid_api_key", path
+    assert http.get("/v1/rewards").status_code == 401
+    listing = http.get("/v1/rewards", headers={"authorization": "Bearer sk-reward"})
+    assert listing.status_code == 200
+    for value in ("judge.internal", "judge-7b", "POLYRAY_TEST_REWARD_KEY", "sk-reward"):
+        assert value not in listing.text, value
