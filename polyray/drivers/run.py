@@ -33,7 +33,7 @@ from polyray.io import ConfigError, Timer, console, dump_config, make_progress, 
 from polyray.models.source import offline_model_dir, prepare_model_dir
 from polyray.rollout.store import STORE_DIR
 from polyray.reward.engagement import ensure_engagement_model
-from polyray.reward.plan import models_to_train, scores_rollouts
+from polyray.reward.plan import POSTS_LABEL, models_to_train, scores_rollouts
 from polyray.reward.plan import plan as plan_rewards
 from polyray.storage import share_model
 from polyray.tracking import check_tracking, open_tracker
@@ -132,11 +132,11 @@ def share_adapter(shared, path: Path, name: str) -> str:
     return str(path) if shared is None else str(shared.put_dir(path, "adapters", name))
 
 
-def check_inputs(run: RunConfig) -> list[Path]:
+def check_inputs(run: RunConfig) -> list:
     """Everything about ``run`` that can be checked before anything starts: the user's data is read
     (a bad line, an empty file, a train prompt SFT has no reference for: one error naming
     file:line), the splits are drawn, the evaluation settings fit the task, and every phase's
-    reward is checked. Returns the engagement model directories to train first."""
+    reward is checked. Returns the engagement models to train first (:class:`~polyray.reward.plan.EngagementTraining`)."""
     from polyray.tasks import build_task
 
     check_tracking(run.tracking)
@@ -295,7 +295,7 @@ class RunState:
         return self.shared.location(STORE_DIR) if self.shared else str((self.out / STORE_DIR).resolve())
 
 
-def _run_stages(state: RunState, engagement: list[Path], serve_generation: bool) -> None:
+def _run_stages(state: RunState, engagement: list, serve_generation: bool) -> None:
     """The stages in order: model -> engagement models -> Ray -> adapter store -> services -> rollout
     pool -> evaluate base -> per phase: fit, evaluate. Every finished stage is in results.json."""
     from polyray.rollout.store import open_store
@@ -325,7 +325,7 @@ def _run_stages(state: RunState, engagement: list[Path], serve_generation: bool)
     write_results(state.out, state.results)
 
 
-def prepare_inputs(state: RunState, engagement: list[Path]) -> None:
+def prepare_inputs(state: RunState, engagement: list) -> None:
     """The base model (built or resolved) and its memory plan (printed; a config that cannot fit stops
     here, before Ray starts), the engagement models the run needs, the evaluation task."""
     run = state.run
@@ -336,13 +336,33 @@ def prepare_inputs(state: RunState, engagement: list[Path]) -> None:
         state.model_ref = share_model(run.cluster.storage, state.model_dir)  # what crosses to the workers
     for line in plan_memory(run, state.model_dir):  # before anything starts on Ray
         console.print(line, highlight=False)
-    for path in engagement:
-        with state.timer("reward_model_build"), console.status(f"training the engagement model into {path}"):
-            ensure_engagement_model(run.task.path, path, run.task.seed)
+    for t in engagement:
+        with state.timer("reward_model_build"), console.status(f"training the engagement model into {t.path}"
+                                                               f" ({POSTS_LABEL[t.posts]})"):  # fmt: skip
+            ensure_engagement_model(run.task.path, t.path, run.task.seed, lines=t.lines, posts=t.posts)
     state.task = build_eval_task(run, state.model_dir)
+    judge = quality_judge(state.task, run)
+    if judge is not None:
+        state.results["quality_judge"] = judge
+        console.print(f"quality 'engagement' judged by {judge['model']} (trained on {judge['trained_on']}); GRPO's"
+                      f" reward model: {judge['reward_model']}", highlight=False)  # fmt: skip
     state.test_prompts = state.task.prompts("test")
     with state.timer("inputs_to_storage") if run.cluster.storage else contextlib.nullcontext():
         state.worker_run = worker_config(run)
+
+
+def quality_judge(task, run: RunConfig) -> dict[str, Any] | None:
+    """Which engagement model judged quality ``engagement`` (results.json ``quality_judge``): its directory,
+    the posts whose rows trained it (its metadata's ``trained_on``; ``unknown`` for a model this run did not
+    train), GRPO's reward model, and whether the two are one (circular); None when quality is not engagement."""
+    model = getattr(task, "engagement_model", None)
+    if model is None or not run.task.needs_engagement_model():
+        return None
+    trained = model.meta.get("trained_on") or {}
+    judge, reward = task.eval_engagement_model_dir(), task.engagement_model_dir()
+    return {"model": str(judge), "trained_on": POSTS_LABEL.get(trained.get("posts"), "unknown rows"),
+            "rows": trained.get("rows"), "reward_model": str(reward),
+            "circular": judge == reward}  # fmt: skip
 
 
 def worker_config(run: RunConfig) -> RunConfig:
@@ -362,9 +382,10 @@ def worker_config(run: RunConfig) -> RunConfig:
     for model in plan_rewards(run, task).engagement_models:
         shared[str(model)] = str(share_model(run.cluster.storage, model, "engagement"))
     data = _replace_strings(run.model_dump(mode="json"), shared)
-    default = str(task.engagement_model_dir()) if hasattr(task, "engagement_model_dir") else None
-    if data["task"].get("engagement_model", "") is None and default in shared:  # the per-file cache entry
-        data["task"]["engagement_model"] = shared[default]
+    for key, default in (("engagement_model", "engagement_model_dir"), ("eval_engagement_model", "eval_engagement_model_dir")):
+        local = str(getattr(task, default)()) if hasattr(task, default) else None
+        if data["task"].get(key, "") is None and local in shared:  # the cache entry (per file, seed and rows)
+            data["task"][key] = shared[local]
     return RunConfig.model_validate(data)
 
 
