@@ -7,7 +7,10 @@ for each phase: fit (Ray Train) -> evaluate; results written after every stage.
 
 Results and the resolved config are written as soon as they exist, so a run that fails
 half-way keeps everything it finished. ``results.json`` holds per stage (``base``, each phase)
-the :class:`~polyray.eval.record.EvalRecord` of its test evaluation, in the record's JSON form. ``resume=True`` continues such a run in the same
+the :class:`~polyray.eval.record.EvalRecord` of its evaluation on ``eval.split`` (``eval_split``: test,
+or val for a candidate of a selection), in the record's JSON form, and under ``test`` the test
+evaluations a selection asked for afterwards (:func:`evaluate_on_test`: the chosen candidate's only,
+once). ``resume=True`` continues such a run in the same
 directory: finished evaluations and phases are not redone, a phase cut off mid-way continues
 from its latest Ray Train checkpoint (same storage path and name), and the adapter store is
 read back from the run directory, so version ids continue after the newest one.
@@ -36,13 +39,18 @@ from polyray.reward.engagement import ensure_engagement_model
 from polyray.reward.plan import POSTS_LABEL, models_to_train, scores_rollouts
 from polyray.reward.plan import plan as plan_rewards
 from polyray.storage import share_model
-from polyray.tracking import check_tracking, open_tracker
+from polyray.tracking import VAL_EVAL, check_tracking, open_tracker
 
 
-def evaluate_stage(name: str, pool, task, prompts, run: RunConfig, version: int | None) -> EvalRecord:
+SPLIT_NAMES = {"test": "test", "val": "validation"}
+
+
+def evaluate_stage(
+    name: str, pool, task, prompts, run: RunConfig, version: int | None, split: str = "test"
+) -> EvalRecord:
     from polyray.eval.policy_eval import evaluate_policy
 
-    with console.status(f"evaluating {name} on {len(prompts)} test prompts x {run.eval.n_samples} samples"):
+    with console.status(f"evaluating {name} on {len(prompts)} {SPLIT_NAMES[split]} prompts x {run.eval.n_samples} samples"):
         return evaluate_policy(pool, task, prompts, run.eval, version=version, seed=run.seed)
 
 
@@ -69,11 +77,15 @@ def train_stage(
 
 
 def results_table(results: dict[str, Any], ks: list[int]) -> Table:
-    """The test-set table: per stage pass@k, USQ at the largest k, mean reward, distinct samples and,
-    where measured, distinct expressions (two measures, two names: :data:`polyray.eval.record.METRIC_LABELS`)."""
+    """The stage evaluations' table (test set, or validation for a selection's candidate): per stage
+    pass@k, USQ at the largest k, mean reward, distinct samples and, where measured, distinct
+    expressions (two measures, two names: :data:`polyray.eval.record.METRIC_LABELS`)."""
     from polyray.eval.record import metric_label
 
-    table = Table(title="polyray run: test-set evaluation")
+    split = SPLIT_NAMES[results.get("eval_split", "test")]
+    table = Table(title=f"polyray run: {split}-set evaluation"
+                  + (" (a candidate of a selection: the test set is evaluated for the chosen one only)"
+                     if split != "test" else ""))  # fmt: skip
     table.add_column("model")
     for k in ks:
         table.add_column(f"pass@{k}", justify="right")
@@ -97,17 +109,72 @@ def results_table(results: dict[str, Any], ks: list[int]) -> Table:
     return table
 
 
+RECORD_KEYS = ("phases", "test")  # results.json's stage -> record mappings: on eval.split, and on test afterwards
+
+
 def write_results(out: Path, results: dict[str, Any]) -> None:
     """``results.json``: the run's results with each stage's record in its JSON form."""
-    phases = {name: record.to_json() for name, record in results["phases"].items()}
-    write_json_atomic(out / "results.json", {**results, "phases": phases})
+    records = {key: {name: EvalRecord.from_json(r).to_json() for name, r in results[key].items()}
+               for key in RECORD_KEYS if key in results}  # fmt: skip
+    write_json_atomic(out / "results.json", {**results, **records})
 
 
 def read_results(path: Path) -> dict[str, Any]:
     """A run's ``results.json`` with each stage's record read back (:meth:`EvalRecord.from_json`)."""
     results = json.loads(Path(path).read_text())
     results["phases"] = {name: EvalRecord.from_json(r) for name, r in results.get("phases", {}).items()}
+    if "test" in results:
+        results["test"] = {name: EvalRecord.from_json(r) for name, r in results["test"].items()}
     return results
+
+
+def record_on_test(results: dict[str, Any], stage: str) -> EvalRecord:
+    """``stage``'s test-set evaluation in a run's results: the stage evaluation of a run on ``eval.split:
+    test``, else the one :func:`evaluate_on_test` added after a selection; KeyError when there is none
+    (a candidate that was not chosen: its test set was never read)."""
+    if stage in results.get("test", {}):
+        return results["test"][stage]
+    if results.get("eval_split", "test") != "test":
+        raise KeyError(f"{stage}: evaluated on {results['eval_split']} only")
+    return results["phases"][stage]
+
+
+def stages_to_test(results: dict[str, Any], stages: list[str]) -> list[str]:
+    """Of ``stages``, those whose test-set evaluation the run does not hold yet (each is evaluated once:
+    a selection re-run after an interruption evaluates only what is missing)."""
+    have = set(results.get("test", {})) | (set(results["phases"]) if results.get("eval_split", "test") == "test" else set())
+    return [s for s in stages if s not in have]
+
+
+def evaluate_on_test(run: RunConfig, out: Path, stages: list[str]) -> dict[str, EvalRecord]:
+    """The test-set evaluations of ``stages`` of the finished run in ``out`` (stage evaluations on
+    validation: a candidate that a selection chose), each its stage's adapter from the run's store,
+    added to results.json under ``test``; a stage that already has one is not evaluated again.
+    Returns every asked stage's test record. Starts (or joins) Ray and a rollout pool of its own."""
+    from polyray.rollout.store import open_store
+
+    results = read_results(out / "results.json")
+    missing = stages_to_test(results, stages)
+    if missing:
+        state = RunState(run, out, True, results)
+        prepare_inputs(state, [])  # the model and engagement models exist: the run built them
+        start_ray(state, None)
+        store = open_store(state.store_root(), run.rollout.store_keep)
+        try:
+            launch_pool(state, store)
+            prompts = state.task.prompts("test")
+            for stage in missing:
+                version = results["versions"][stage] if stage != "base" else INIT_VERSION if run.init_adapter else None
+                with state.timer(f"test_{stage}"):
+                    record = evaluate_stage(stage, state.pool, state.task, prompts, run, version)
+                results.setdefault("test", {})[stage] = record
+                stage_done(results, f"test_{stage}")
+                write_results(out, results)
+        finally:
+            if state.pool is not None:
+                state.pool.shutdown()
+            ray.kill(store)
+    return {stage: record_on_test(results, stage) for stage in stages}
 
 
 INIT_VERSION = 1  # the adapter version a run started from ``init_adapter`` gives it
@@ -215,20 +282,21 @@ def open_run_dir(run: RunConfig, out: Path, resume: bool) -> dict[str, Any]:
     resolved = dump_config(run)
     config_file, results_file = out / "config.resolved.yaml", out / "results.json"
     started = config_file.is_file() or (out / "checkpoints").exists() or (out / STORE_DIR).exists()
+    fresh = {"name": run.name, "eval_split": run.eval.split, "phases": {}, "versions": {}}
     if not resume:
         if started:
             raise ConfigError(f"{out} already holds a run: continue it with --resume, or choose another --output-dir")
         out.mkdir(parents=True, exist_ok=True)
         record_inputs(out, yaml.safe_load(resolved))
         config_file.write_text(resolved)
-        return {"name": run.name, "phases": {}, "versions": {}}
+        return fresh
     if not config_file.is_file():
         raise ConfigError(f"--resume: {out} holds no run ({config_file.name} is missing)")
     changed = resume_differences(yaml.safe_load(config_file.read_text()), yaml.safe_load(resolved), read_inputs(out))
     if changed:
         raise ConfigError(f"--resume: the config differs from the run's {config_file} in: {', '.join(changed)}")
     if not results_file.is_file():
-        return {"name": run.name, "phases": {}, "versions": {}}
+        return fresh
     results = read_results(results_file)
     results.setdefault("versions", {})
     results["resumed"] = results.get("resumed", 0) + 1
@@ -277,7 +345,7 @@ class RunState:
     timer: Timer = field(default_factory=Timer)
     pool: Any = None
     task: Any = None  # the task as evaluations see it (build_eval_task)
-    test_prompts: list = field(default_factory=list)
+    eval_prompts: list = field(default_factory=list)  # the stage evaluations' (eval.split)
     model_dir: Path | None = None  # on the driver's node
     model_ref: Any = None  # what workers get: model_dir, or its reference in cluster.storage
     worker_run: Any = None  # the config workers get (worker_config): input paths as storage references
@@ -346,7 +414,7 @@ def prepare_inputs(state: RunState, engagement: list) -> None:
         state.results["quality_judge"] = judge
         console.print(f"quality 'engagement' judged by {judge['model']} (trained on {judge['trained_on']}); GRPO's"
                       f" reward model: {judge['reward_model']}", highlight=False)  # fmt: skip
-    state.test_prompts = state.task.prompts("test")
+    state.eval_prompts = state.task.prompts(run.eval.split)
     with state.timer("inputs_to_storage") if run.cluster.storage else contextlib.nullcontext():
         state.worker_run = worker_config(run)
 
@@ -454,16 +522,17 @@ def fit(state: RunState, index: int, version: int, adapter: str | None) -> tuple
 
 
 def evaluate(state: RunState, stage: str, version: int | None) -> None:
-    """The test-set evaluation of ``stage`` (unless a resumed run holds it), written and reported."""
-    results = state.results
+    """The evaluation of ``stage`` on ``eval.split`` (unless a resumed run holds it), written and reported."""
+    results, split = state.results, state.run.eval.split
     if stage in results["phases"]:
         return
     with state.timer(f"eval_{stage}"):
-        results["phases"][stage] = evaluate_stage(stage, state.pool, state.task, state.test_prompts, state.run, version)
+        results["phases"][stage] = evaluate_stage(stage, state.pool, state.task, state.eval_prompts, state.run, version,
+                                                  split)  # fmt: skip
     stage_done(results, f"eval_{stage}")
     write_results(state.out, results)
     if state.tracker is not None:
         state.tracker.log_progress()
-        state.tracker.log_stage(stage, results["phases"][stage])
+        state.tracker.log_stage(stage if split == "test" else f"{stage}/{VAL_EVAL}", results["phases"][stage])
     if state.on_stage is not None:
         state.on_stage(results)
