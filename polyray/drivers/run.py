@@ -146,6 +146,16 @@ def stages_to_test(results: dict[str, Any], stages: list[str]) -> list[str]:
     return [s for s in stages if s not in have]
 
 
+def evaluate_dir_on_test(out: Path, stages: list[str]) -> dict[str, EvalRecord]:
+    """:func:`evaluate_on_test` of the run in ``out`` with the config it ran with (its config.resolved.yaml)."""
+    import yaml
+
+    if not stages_to_test(read_results(out / "results.json"), stages):  # nothing to evaluate: no Ray, no config
+        return {stage: record_on_test(read_results(out / "results.json"), stage) for stage in stages}
+    run = RunConfig.model_validate(yaml.safe_load((out / "config.resolved.yaml").read_text()))
+    return evaluate_on_test(run, out, stages)
+
+
 def evaluate_on_test(run: RunConfig, out: Path, stages: list[str]) -> dict[str, EvalRecord]:
     """The test-set evaluations of ``stages`` of the finished run in ``out`` (stage evaluations on
     validation: a candidate that a selection chose), each its stage's adapter from the run's store,

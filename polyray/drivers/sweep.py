@@ -451,17 +451,13 @@ def evaluate_selected_on_test(summary: dict[str, Any]) -> dict[str, dict[str, fl
     """Run directory -> the test-set numbers of the objective's phase, for each trial of the selected
     setting (:func:`polyray.drivers.run.evaluate_on_test`, once per trial: a re-run reads them back),
     or the error line of one that could not be evaluated. Needs Ray and the trials' directories."""
-    import yaml
-
-    from polyray.drivers.run import evaluate_on_test
+    from polyray.drivers.run import evaluate_dir_on_test
 
     phase = summary["objective"]["key"].split("/")[0]
     out: dict[str, dict[str, float] | str] = {}
     for trial in chosen_trials(summary):
-        directory = Path(trial["run_dir"])
         try:
-            run = RunConfig.model_validate(yaml.safe_load((directory / "config.resolved.yaml").read_text()))
-            record = evaluate_on_test(run, directory, [phase])[phase]
+            record = evaluate_dir_on_test(Path(trial["run_dir"]), [phase])[phase]
         except Exception as exc:  # one seed's failure is reported; the others are still tested
             out[trial["run_dir"]] = error_line(exc) or type(exc).__name__
             continue
