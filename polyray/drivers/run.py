@@ -50,7 +50,8 @@ def evaluate_stage(
 ) -> EvalRecord:
     from polyray.eval.policy_eval import evaluate_policy
 
-    with console.status(f"evaluating {name} on {len(prompts)} {SPLIT_NAMES[split]} prompts x {run.eval.n_samples} samples"):
+    what = f"{len(prompts)} {SPLIT_NAMES[split]} prompts x {run.eval.n_samples} samples"
+    with console.status(f"evaluating {name} on {what}"):
         return evaluate_policy(pool, task, prompts, run.eval, version=version, seed=run.seed)
 
 
@@ -142,7 +143,8 @@ def record_on_test(results: dict[str, Any], stage: str) -> EvalRecord:
 def stages_to_test(results: dict[str, Any], stages: list[str]) -> list[str]:
     """Of ``stages``, those whose test-set evaluation the run does not hold yet (each is evaluated once:
     a selection re-run after an interruption evaluates only what is missing)."""
-    have = set(results.get("test", {})) | (set(results["phases"]) if results.get("eval_split", "test") == "test" else set())
+    on_test = results.get("eval_split", "test") == "test"
+    have = set(results.get("test", {})) | (set(results["phases"]) if on_test else set())
     return [s for s in stages if s not in have]
 
 
@@ -213,7 +215,8 @@ def check_inputs(run: RunConfig) -> list:
     """Everything about ``run`` that can be checked before anything starts: the user's data is read
     (a bad line, an empty file, a train prompt SFT has no reference for: one error naming
     file:line), the splits are drawn, the evaluation settings fit the task, and every phase's
-    reward is checked. Returns the engagement models to train first (:class:`~polyray.reward.plan.EngagementTraining`)."""
+    reward is checked. Returns the engagement models to train first
+    (:class:`~polyray.reward.plan.EngagementTraining`)."""
     from polyray.tasks import build_task
 
     check_tracking(run.tracking)
@@ -460,7 +463,8 @@ def worker_config(run: RunConfig) -> RunConfig:
     for model in plan_rewards(run, task).engagement_models:
         shared[str(model)] = str(share_model(run.cluster.storage, model, "engagement"))
     data = _replace_strings(run.model_dump(mode="json"), shared)
-    for key, default in (("engagement_model", "engagement_model_dir"), ("eval_engagement_model", "eval_engagement_model_dir")):
+    for key, default in (("engagement_model", "engagement_model_dir"),
+                         ("eval_engagement_model", "eval_engagement_model_dir")):
         local = str(getattr(task, default)()) if hasattr(task, default) else None
         if data["task"].get(key, "") is None and local in shared:  # the cache entry (per file, seed and rows)
             data["task"][key] = shared[local]
