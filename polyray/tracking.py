@@ -54,12 +54,19 @@ def numbers(record: dict[str, Any]) -> dict[str, float]:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}  # fmt: skip
 
 
+VAL_EVAL = "val_eval"  # a stage evaluation on the validation split (eval.split: val), beside the probe's val/
+
+
 def run_metrics(results: dict[str, Any], run_dir: Path) -> dict[str, float]:
     """A run's results (``phases``: stage -> :class:`Record`) as flat metrics: ``<stage>/<metric>`` of
-    every test evaluation, and ``<phase>/val/<metric>`` of each phase's last validation measurement
+    every test evaluation (the stage evaluations of a run on ``eval.split: test``, and those added under
+    ``test`` after a selection), ``<stage>/val_eval/<metric>`` of a stage evaluation on validation
+    (``eval.split: val``), and ``<phase>/val/<metric>`` of each phase's last validation measurement
     (the dynamics probe's pass@k and diversity on the fixed validation prompts: what a sweep should
     select on)."""
-    out = {f"{stage}/{k}": v for stage, r in results.get("phases", {}).items() for k, v in r.scalars().items()}
+    tag = "" if results.get("eval_split", "test") == "test" else f"{VAL_EVAL}/"
+    out = {f"{stage}/{tag}{k}": v for stage, r in results.get("phases", {}).items() for k, v in r.scalars().items()}
+    out.update({f"{stage}/{k}": v for stage, r in results.get("test", {}).items() for k, v in r.scalars().items()})
     last: dict[str, dict] = {}
     for row in read_log_jsonl(run_dir / "dynamics.jsonl"):
         if row.get("step", -1) >= last.get(row.get("phase"), {}).get("step", -1):

@@ -24,8 +24,15 @@ EVAL_NAME_PATTERN = r"^[A-Za-z0-9_.@+-]+$"
 
 
 class EvalConfig(StrictModel):
-    """Evaluation after each phase: unbiased pass@k on the test prompts."""
+    """Evaluation after each phase: unbiased pass@k on the test prompts (or, for a candidate of a
+    selection, on the validation prompts)."""
 
+    split: Literal["test", "val"] = Field(
+        "test",
+        description="Prompts of the stage evaluations (base, after each phase): test, what a run reports; val"
+        " for a run that is a candidate of a selection (a sweep's trials, an experiment's select candidates set"
+        " it): the chosen one alone is evaluated on test, once, after the selection.",
+    )
     n_samples: int = Field(10, ge=1, description="Samples per prompt (n >= max k).")
     ks: list[int] = Field(default_factory=lambda: [1, 5, 10], description="k values for pass@k.")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)

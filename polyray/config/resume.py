@@ -28,10 +28,10 @@ from typing import Any
 from polyray.io import file_sha256
 
 INPUTS_FILE = "inputs.json"
-PATH_FIELDS = ("model.source", "task.path", "task.engagement_model", "init_adapter")
+PATH_FIELDS = ("model.source", "task.path", "task.engagement_model", "task.eval_engagement_model", "init_adapter")
 """Fields that may name a local path (dotted, in the resolved config)."""
 CONTENT_FIELDS = ("model.source", "task.path", "init_adapter")
-"""Path fields compared by content. Not ``task.engagement_model``: a run trains that directory itself."""
+"""Path fields compared by content. Not the engagement models: a run trains those directories itself."""
 HASHED_BYTES = 256 << 20  # files in a directory up to this size are hashed; larger ones by size
 
 

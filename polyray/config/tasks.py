@@ -174,12 +174,24 @@ class JsonlTaskConfig(TaskConfigBase):
     n_test: int | None = Field(None, ge=1, description="Test prompts evaluated (None: the whole test split).")
     engagement_model: str | None = Field(
         None,
-        description="Engagement model directory: quality 'engagement' and the 'engagement' reward use it; a run"
-        " trains it from this file first when the directory holds none (None: cached per file under"
-        " ~/.cache/polyray/engagement).",
+        description="Engagement model directory of the 'engagement' reward (GRPO's reward on this task); a run"
+        " trains it first when the directory holds none, from the rows of the train posts only (None: cached"
+        " per file, seed and rows under ~/.cache/polyray/engagement).",
+    )
+    eval_quality_model: Literal["held_out", "reward"] = Field(
+        "held_out",
+        description="The engagement model that judges quality 'engagement' (evaluations, the dynamics probe):"
+        " held_out, a second model trained on the rows of the val and test posts only, which GRPO's reward"
+        " never saw; reward: the reward model itself (circular: a policy trained on it is judged by it).",
+    )
+    eval_engagement_model: str | None = Field(
+        None,
+        description="Directory of the held-out engagement model (eval_quality_model: held_out); a run trains it"
+        " first when the directory holds none, from the rows of the val and test posts (None: cached per file,"
+        " seed and rows under ~/.cache/polyray/engagement).",
     )
 
-    @field_validator("path", "engagement_model")
+    @field_validator("path", "engagement_model", "eval_engagement_model")
     @classmethod
     def _absolute(cls, v: str | None) -> str | None:
         # Ray workers may run elsewhere than the driver's working directory; a hub id is no path, nor is

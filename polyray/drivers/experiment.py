@@ -29,8 +29,12 @@ Selection (``select``) is on validation only. A selection names candidate models
 metric (``val/<m>``: each candidate run's last dynamics-probe measurement of its phase, on the
 task's validation prompts) and a mode. The candidate with the best mean over seeds is reported
 under the selection's label, with ``selected_on: validation`` and every candidate's value in
-``selections``. The candidates' test evaluations are not read: the test set enters the table only
-for what was chosen, once. A test-set metric is refused when the file is read.
+``selections``. The test set enters the table only for what was chosen, once: a run that reports no
+model as is (every model of it a candidate, or none at all) runs with ``eval.split: val`` (its stage
+evaluations on validation; :func:`candidate_runs`), and after the selection the chosen candidate's
+phase is evaluated on test for each seed (:func:`polyray.drivers.run.evaluate_on_test`, kept in
+that run's results.json under ``test``, so a re-run does not evaluate it again). A test-set metric
+is refused when the file is read.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from polyray.config import RunConfig
 from polyray.io import ConfigError, StrictModel, apply_overrides, console, format_validation_error, read_yaml_mapping
-from polyray.drivers.sweep import SELECTED_ON, check_selection_metric, merge
+from polyray.drivers.sweep import SELECTED_ON, TRIAL_EVAL, check_selection_metric, merge
 from polyray.eval.stats import EQUIVALENCE_MARGIN
 
 if TYPE_CHECKING:
@@ -188,10 +192,13 @@ def load_experiment(
     configs = {}
     origins = exp.origins()
     out = experiment_dir(exp, out)
+    candidates = candidate_runs(exp)
     for run_name, patch in exp.runs.items():
         patch = {k: v for k, v in patch.items() if k != "from"}
         for seed in range(seeds):
             data = merge(base, {**patch, "name": f"{exp.name}-{run_name}-s{seed}", "seed": seed})
+            if run_name in candidates:  # nothing of it is reported as is: its test set is read only if chosen
+                data = merge(data, TRIAL_EVAL)
             if run_name in origins:
                 data["init_adapter"] = str(branch_adapter(out, origins[run_name], seed))
             try:
@@ -211,6 +218,38 @@ def load_experiment(
         for cand in sel.among:
             _check_selection(configs, exp.models[cand], sel.metric, f"{path}: select.{label}: {cand}")
     return exp, configs
+
+
+def candidate_runs(exp: ExperimentConfig) -> set[str]:
+    """The runs that report no model as is: each of their models is a candidate of a selection (or they
+    have none, e.g. a run others only branch from). They evaluate their stages on validation."""
+    owner = {cand for sel in exp.select.values() for cand in sel.among}
+    direct = {exp.models[label].partition("/")[0] for label in exp.models if label not in owner}
+    return set(exp.runs) - direct
+
+
+def evaluate_chosen_on_test(exp: ExperimentConfig, out: Path, seeds: int,
+                            selections: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Each selection's chosen candidate evaluated on test, per seed that has its run
+    (:func:`polyray.drivers.run.evaluate_dir_on_test`: once; a run that has it is only read). Returns
+    '<run>-s<seed>' -> the error line of one that could not be evaluated."""
+    from polyray.drivers.run import evaluate_dir_on_test
+    from polyray.drivers.sweep import error_line
+
+    errors: dict[str, str] = {}
+    for sel in selections.values():
+        if sel["run"] is None:
+            continue
+        run_name, _, phase = sel["run"].partition("/")
+        for seed in range(seeds):
+            directory = out / "runs" / f"{run_name}-s{seed}"
+            if not (directory / "results.json").is_file():
+                continue
+            try:
+                evaluate_dir_on_test(directory, [phase])
+            except Exception as exc:  # one seed's failure is reported; the others are still evaluated
+                errors[f"{run_name}-s{seed}"] = f"test evaluation: {error_line(exc)}"
+    return errors
 
 
 def _check_selection(configs: dict[tuple[str, int], RunConfig], ref: str, metric: str, where: str) -> None:
@@ -303,6 +342,7 @@ def run_experiment(
                 params = trial_params(result)
                 errors[f"{params.get('run', '?')}-s{params.get('seed', '?')}"] = error_line(result.error)
 
+    errors.update(evaluate_chosen_on_test(exp, out, seeds, select_models(exp, out, seeds)))  # on validation
     summary = aggregate(exp, configs, out, seeds)
     summary["errors"] = errors
     (out / "experiment.json").write_text(json.dumps(summary, indent=2))
@@ -371,8 +411,8 @@ def _texts(phase: EvalRecord) -> list[str | None]:
 
 def _load_phases(refs: dict[str, str | None], out: Path, seeds: int) -> dict[str, dict[int, EvalRecord]]:
     """Per reported model label, seed -> its phase's test evaluation record; a seed whose results.json
-    lacks the phase is absent (every seed, for a selection with nothing chosen)."""
-    from polyray.drivers.run import read_results
+    lacks it is absent (every seed, for a selection with nothing chosen)."""
+    from polyray.drivers.run import read_results, record_on_test
 
     per_seed: dict[str, dict[int, EvalRecord]] = {}
     for label, ref in refs.items():
@@ -383,7 +423,7 @@ def _load_phases(refs: dict[str, str | None], out: Path, seeds: int) -> dict[str
         for seed in range(seeds):
             try:
                 results = read_results(out / "runs" / f"{run_name}-s{seed}" / "results.json")
-                per_seed[label][seed] = results["phases"][phase]
+                per_seed[label][seed] = record_on_test(results, phase)
             except (OSError, ValueError, KeyError, TypeError):
                 continue
     return per_seed

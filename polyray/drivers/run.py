@@ -7,7 +7,10 @@ for each phase: fit (Ray Train) -> evaluate; results written after every stage.
 
 Results and the resolved config are written as soon as they exist, so a run that fails
 half-way keeps everything it finished. ``results.json`` holds per stage (``base``, each phase)
-the :class:`~polyray.eval.record.EvalRecord` of its test evaluation, in the record's JSON form. ``resume=True`` continues such a run in the same
+the :class:`~polyray.eval.record.EvalRecord` of its evaluation on ``eval.split`` (``eval_split``: test,
+or val for a candidate of a selection), in the record's JSON form, and under ``test`` the test
+evaluations a selection asked for afterwards (:func:`evaluate_on_test`: the chosen candidate's only,
+once). ``resume=True`` continues such a run in the same
 directory: finished evaluations and phases are not redone, a phase cut off mid-way continues
 from its latest Ray Train checkpoint (same storage path and name), and the adapter store is
 read back from the run directory, so version ids continue after the newest one.
@@ -33,16 +36,22 @@ from polyray.io import ConfigError, Timer, console, dump_config, make_progress, 
 from polyray.models.source import offline_model_dir, prepare_model_dir
 from polyray.rollout.store import STORE_DIR
 from polyray.reward.engagement import ensure_engagement_model
-from polyray.reward.plan import models_to_train, scores_rollouts
+from polyray.reward.plan import POSTS_LABEL, models_to_train, scores_rollouts
 from polyray.reward.plan import plan as plan_rewards
 from polyray.storage import share_model
-from polyray.tracking import check_tracking, open_tracker
+from polyray.tracking import VAL_EVAL, check_tracking, open_tracker
 
 
-def evaluate_stage(name: str, pool, task, prompts, run: RunConfig, version: int | None) -> EvalRecord:
+SPLIT_NAMES = {"test": "test", "val": "validation"}
+
+
+def evaluate_stage(
+    name: str, pool, task, prompts, run: RunConfig, version: int | None, split: str = "test"
+) -> EvalRecord:
     from polyray.eval.policy_eval import evaluate_policy
 
-    with console.status(f"evaluating {name} on {len(prompts)} test prompts x {run.eval.n_samples} samples"):
+    what = f"{len(prompts)} {SPLIT_NAMES[split]} prompts x {run.eval.n_samples} samples"
+    with console.status(f"evaluating {name} on {what}"):
         return evaluate_policy(pool, task, prompts, run.eval, version=version, seed=run.seed)
 
 
@@ -69,11 +78,15 @@ def train_stage(
 
 
 def results_table(results: dict[str, Any], ks: list[int]) -> Table:
-    """The test-set table: per stage pass@k, USQ at the largest k, mean reward, distinct samples and,
-    where measured, distinct expressions (two measures, two names: :data:`polyray.eval.record.METRIC_LABELS`)."""
+    """The stage evaluations' table (test set, or validation for a selection's candidate): per stage
+    pass@k, USQ at the largest k, mean reward, distinct samples and, where measured, distinct
+    expressions (two measures, two names: :data:`polyray.eval.record.METRIC_LABELS`)."""
     from polyray.eval.record import metric_label
 
-    table = Table(title="polyray run: test-set evaluation")
+    split = SPLIT_NAMES[results.get("eval_split", "test")]
+    table = Table(title=f"polyray run: {split}-set evaluation"
+                  + (" (a candidate of a selection: the test set is evaluated for the chosen one only)"
+                     if split != "test" else ""))  # fmt: skip
     table.add_column("model")
     for k in ks:
         table.add_column(f"pass@{k}", justify="right")
@@ -97,17 +110,83 @@ def results_table(results: dict[str, Any], ks: list[int]) -> Table:
     return table
 
 
+RECORD_KEYS = ("phases", "test")  # results.json's stage -> record mappings: on eval.split, and on test afterwards
+
+
 def write_results(out: Path, results: dict[str, Any]) -> None:
     """``results.json``: the run's results with each stage's record in its JSON form."""
-    phases = {name: record.to_json() for name, record in results["phases"].items()}
-    write_json_atomic(out / "results.json", {**results, "phases": phases})
+    records = {key: {name: EvalRecord.from_json(r).to_json() for name, r in results[key].items()}
+               for key in RECORD_KEYS if key in results}  # fmt: skip
+    write_json_atomic(out / "results.json", {**results, **records})
 
 
 def read_results(path: Path) -> dict[str, Any]:
     """A run's ``results.json`` with each stage's record read back (:meth:`EvalRecord.from_json`)."""
     results = json.loads(Path(path).read_text())
     results["phases"] = {name: EvalRecord.from_json(r) for name, r in results.get("phases", {}).items()}
+    if "test" in results:
+        results["test"] = {name: EvalRecord.from_json(r) for name, r in results["test"].items()}
     return results
+
+
+def record_on_test(results: dict[str, Any], stage: str) -> EvalRecord:
+    """``stage``'s test-set evaluation in a run's results: the stage evaluation of a run on ``eval.split:
+    test``, else the one :func:`evaluate_on_test` added after a selection; KeyError when there is none
+    (a candidate that was not chosen: its test set was never read)."""
+    if stage in results.get("test", {}):
+        return results["test"][stage]
+    if results.get("eval_split", "test") != "test":
+        raise KeyError(f"{stage}: evaluated on {results['eval_split']} only")
+    return results["phases"][stage]
+
+
+def stages_to_test(results: dict[str, Any], stages: list[str]) -> list[str]:
+    """Of ``stages``, those whose test-set evaluation the run does not hold yet (each is evaluated once:
+    a selection re-run after an interruption evaluates only what is missing)."""
+    on_test = results.get("eval_split", "test") == "test"
+    have = set(results.get("test", {})) | (set(results["phases"]) if on_test else set())
+    return [s for s in stages if s not in have]
+
+
+def evaluate_dir_on_test(out: Path, stages: list[str]) -> dict[str, EvalRecord]:
+    """:func:`evaluate_on_test` of the run in ``out`` with the config it ran with (its config.resolved.yaml)."""
+    import yaml
+
+    if not stages_to_test(read_results(out / "results.json"), stages):  # nothing to evaluate: no Ray, no config
+        return {stage: record_on_test(read_results(out / "results.json"), stage) for stage in stages}
+    run = RunConfig.model_validate(yaml.safe_load((out / "config.resolved.yaml").read_text()))
+    return evaluate_on_test(run, out, stages)
+
+
+def evaluate_on_test(run: RunConfig, out: Path, stages: list[str]) -> dict[str, EvalRecord]:
+    """The test-set evaluations of ``stages`` of the finished run in ``out`` (stage evaluations on
+    validation: a candidate that a selection chose), each its stage's adapter from the run's store,
+    added to results.json under ``test``; a stage that already has one is not evaluated again.
+    Returns every asked stage's test record. Starts (or joins) Ray and a rollout pool of its own."""
+    from polyray.rollout.store import open_store
+
+    results = read_results(out / "results.json")
+    missing = stages_to_test(results, stages)
+    if missing:
+        state = RunState(run, out, True, results)
+        prepare_inputs(state, [])  # the model and engagement models exist: the run built them
+        start_ray(state, None)
+        store = open_store(state.store_root(), run.rollout.store_keep)
+        try:
+            launch_pool(state, store)
+            prompts = state.task.prompts("test")
+            for stage in missing:
+                version = results["versions"][stage] if stage != "base" else INIT_VERSION if run.init_adapter else None
+                with state.timer(f"test_{stage}"):
+                    record = evaluate_stage(stage, state.pool, state.task, prompts, run, version)
+                results.setdefault("test", {})[stage] = record
+                stage_done(results, f"test_{stage}")
+                write_results(out, results)
+        finally:
+            if state.pool is not None:
+                state.pool.shutdown()
+            ray.kill(store)
+    return {stage: record_on_test(results, stage) for stage in stages}
 
 
 INIT_VERSION = 1  # the adapter version a run started from ``init_adapter`` gives it
@@ -132,11 +211,12 @@ def share_adapter(shared, path: Path, name: str) -> str:
     return str(path) if shared is None else str(shared.put_dir(path, "adapters", name))
 
 
-def check_inputs(run: RunConfig) -> list[Path]:
+def check_inputs(run: RunConfig) -> list:
     """Everything about ``run`` that can be checked before anything starts: the user's data is read
     (a bad line, an empty file, a train prompt SFT has no reference for: one error naming
     file:line), the splits are drawn, the evaluation settings fit the task, and every phase's
-    reward is checked. Returns the engagement model directories to train first."""
+    reward is checked. Returns the engagement models to train first
+    (:class:`~polyray.reward.plan.EngagementTraining`)."""
     from polyray.tasks import build_task
 
     check_tracking(run.tracking)
@@ -216,20 +296,21 @@ def open_run_dir(run: RunConfig, out: Path, resume: bool) -> dict[str, Any]:
     resolved = dump_config(run)
     config_file, results_file = out / "config.resolved.yaml", out / "results.json"
     started = config_file.is_file() or (out / "checkpoints").exists() or (out / STORE_DIR).exists()
+    fresh = {"name": run.name, "eval_split": run.eval.split, "phases": {}, "versions": {}}
     if not resume:
         if started:
             raise ConfigError(f"{out} already holds a run: continue it with --resume, or choose another --output-dir")
         out.mkdir(parents=True, exist_ok=True)
         record_inputs(out, yaml.safe_load(resolved))
         config_file.write_text(resolved)
-        return {"name": run.name, "phases": {}, "versions": {}}
+        return fresh
     if not config_file.is_file():
         raise ConfigError(f"--resume: {out} holds no run ({config_file.name} is missing)")
     changed = resume_differences(yaml.safe_load(config_file.read_text()), yaml.safe_load(resolved), read_inputs(out))
     if changed:
         raise ConfigError(f"--resume: the config differs from the run's {config_file} in: {', '.join(changed)}")
     if not results_file.is_file():
-        return {"name": run.name, "phases": {}, "versions": {}}
+        return fresh
     results = read_results(results_file)
     results.setdefault("versions", {})
     results["resumed"] = results.get("resumed", 0) + 1
@@ -278,7 +359,7 @@ class RunState:
     timer: Timer = field(default_factory=Timer)
     pool: Any = None
     task: Any = None  # the task as evaluations see it (build_eval_task)
-    test_prompts: list = field(default_factory=list)
+    eval_prompts: list = field(default_factory=list)  # the stage evaluations' (eval.split)
     model_dir: Path | None = None  # on the driver's node
     model_ref: Any = None  # what workers get: model_dir, or its reference in cluster.storage
     worker_run: Any = None  # the config workers get (worker_config): input paths as storage references
@@ -296,7 +377,7 @@ class RunState:
         return self.shared.location(STORE_DIR) if self.shared else str((self.out / STORE_DIR).resolve())
 
 
-def _run_stages(state: RunState, engagement: list[Path], serve_generation: bool) -> None:
+def _run_stages(state: RunState, engagement: list, serve_generation: bool) -> None:
     """The stages in order: model -> engagement models -> Ray -> adapter store -> services -> rollout
     pool -> evaluate base -> per phase: fit, evaluate. Every finished stage is in results.json."""
     from polyray.rollout.store import open_store
@@ -326,7 +407,7 @@ def _run_stages(state: RunState, engagement: list[Path], serve_generation: bool)
     write_results(state.out, state.results)
 
 
-def prepare_inputs(state: RunState, engagement: list[Path]) -> None:
+def prepare_inputs(state: RunState, engagement: list) -> None:
     """The base model (built or resolved) and its memory plan (printed; a config that cannot fit stops
     here, before Ray starts), the engagement models the run needs, the evaluation task."""
     run = state.run
@@ -337,13 +418,33 @@ def prepare_inputs(state: RunState, engagement: list[Path]) -> None:
         state.model_ref = share_model(run.cluster.storage, state.model_dir)  # what crosses to the workers
     for line in plan_memory(run, state.model_dir):  # before anything starts on Ray
         console.print(line, highlight=False)
-    for path in engagement:
-        with state.timer("reward_model_build"), console.status(f"training the engagement model into {path}"):
-            ensure_engagement_model(run.task.path, path, run.task.seed)
+    for t in engagement:
+        with state.timer("reward_model_build"), console.status(f"training the engagement model into {t.path}"
+                                                               f" ({POSTS_LABEL[t.posts]})"):  # fmt: skip
+            ensure_engagement_model(run.task.path, t.path, run.task.seed, lines=t.lines, posts=t.posts)
     state.task = build_eval_task(run, state.model_dir)
-    state.test_prompts = state.task.prompts("test")
+    judge = quality_judge(state.task, run)
+    if judge is not None:
+        state.results["quality_judge"] = judge
+        console.print(f"quality 'engagement' judged by {judge['model']} (trained on {judge['trained_on']}); GRPO's"
+                      f" reward model: {judge['reward_model']}", highlight=False)  # fmt: skip
+    state.eval_prompts = state.task.prompts(run.eval.split)
     with state.timer("inputs_to_storage") if run.cluster.storage else contextlib.nullcontext():
         state.worker_run = worker_config(run)
+
+
+def quality_judge(task, run: RunConfig) -> dict[str, Any] | None:
+    """Which engagement model judged quality ``engagement`` (results.json ``quality_judge``): its directory,
+    the posts whose rows trained it (its metadata's ``trained_on``; ``unknown`` for a model this run did not
+    train), GRPO's reward model, and whether the two are one (circular); None when quality is not engagement."""
+    model = getattr(task, "engagement_model", None)
+    if model is None or not run.task.needs_engagement_model():
+        return None
+    trained = model.meta.get("trained_on") or {}
+    judge, reward = task.eval_engagement_model_dir(), task.engagement_model_dir()
+    return {"model": str(judge), "trained_on": POSTS_LABEL.get(trained.get("posts"), "unknown rows"),
+            "rows": trained.get("rows"), "reward_model": str(reward),
+            "circular": judge == reward}  # fmt: skip
 
 
 def worker_config(run: RunConfig) -> RunConfig:
@@ -363,9 +464,11 @@ def worker_config(run: RunConfig) -> RunConfig:
     for model in plan_rewards(run, task).engagement_models:
         shared[str(model)] = str(share_model(run.cluster.storage, model, "engagement"))
     data = _replace_strings(run.model_dump(mode="json"), shared)
-    default = str(task.engagement_model_dir()) if hasattr(task, "engagement_model_dir") else None
-    if data["task"].get("engagement_model", "") is None and default in shared:  # the per-file cache entry
-        data["task"]["engagement_model"] = shared[default]
+    for key, default in (("engagement_model", "engagement_model_dir"),
+                         ("eval_engagement_model", "eval_engagement_model_dir")):
+        local = str(getattr(task, default)()) if hasattr(task, default) else None
+        if data["task"].get(key, "") is None and local in shared:  # the cache entry (per file, seed and rows)
+            data["task"][key] = shared[local]
     return RunConfig.model_validate(data)
 
 
@@ -434,16 +537,17 @@ def fit(state: RunState, index: int, version: int, adapter: str | None) -> tuple
 
 
 def evaluate(state: RunState, stage: str, version: int | None) -> None:
-    """The test-set evaluation of ``stage`` (unless a resumed run holds it), written and reported."""
-    results = state.results
+    """The evaluation of ``stage`` on ``eval.split`` (unless a resumed run holds it), written and reported."""
+    results, split = state.results, state.run.eval.split
     if stage in results["phases"]:
         return
     with state.timer(f"eval_{stage}"):
-        results["phases"][stage] = evaluate_stage(stage, state.pool, state.task, state.test_prompts, state.run, version)
+        results["phases"][stage] = evaluate_stage(stage, state.pool, state.task, state.eval_prompts, state.run, version,
+                                                  split)  # fmt: skip
     stage_done(results, f"eval_{stage}")
     write_results(state.out, results)
     if state.tracker is not None:
         state.tracker.log_progress()
-        state.tracker.log_stage(stage, results["phases"][stage])
+        state.tracker.log_stage(stage if split == "test" else f"{stage}/{VAL_EVAL}", results["phases"][stage])
     if state.on_stage is not None:
         state.on_stage(results)

@@ -30,16 +30,23 @@ so relative paths in the config are the user's.
 Selection. The objective is a validation metric (``val/<m>``: the dynamics probe's last
 measurement of the phase on the task's validation prompts); a test metric is refused when the sweep
 file is read. The chosen setting (``selected``) is the setting of the non-seed axes with the best
-mean objective over its seeds, with ``selected_on: validation``; the test set only reports, in one
-table of every setting's test evaluation, where the chosen one is marked and no choice is made.
+mean objective over its seeds, with ``selected_on: validation``.
+
+The test set is read once, for the chosen setting. Every trial runs with ``eval.split: val``: its
+stage evaluations are on the validation prompts (``<stage>/val_eval/<m>``), and no trial reads the
+test set. After the selection, the driver evaluates the objective's phase of each of the chosen
+setting's trials on test (:func:`polyray.drivers.run.evaluate_on_test`: that phase's adapter from the
+trial's store, recorded in the trial's results.json under ``test``; a sweep resumed after an
+interruption evaluates only what is missing), and ``selected.test`` holds those numbers: the only
+test numbers of the sweep.
 
 Outputs (``<out>/``): ``sweep.json`` and ``sweep.csv`` (every trial's parameters and metrics), the
 selected setting and the best trial by the objective, and ``report.html`` in the evaluation job's report format: per
 setting of the non-seed axes the mean and 95% t-interval over seeds of pass@k, USQ and
-diversity (conditional on the evaluation prompts, which every seed shares: the interval is about
-new training runs on these prompts, ``conditional_on`` in sweep.json), pass@k against the swept
-value, and the quality x diversity Pareto frontier. Tune's own CSV and TensorBoard logs are under
-``<out>/tune/``.
+diversity on validation, and of the chosen setting on test (conditional on the evaluation prompts,
+which every seed shares: the interval is about new training runs on these prompts,
+``conditional_on`` in sweep.json), pass@k on validation against the swept value, and the quality x
+diversity Pareto frontier. Tune's own CSV and TensorBoard logs are under ``<out>/tune/``.
 """
 
 from __future__ import annotations
@@ -60,6 +67,7 @@ from polyray.tracking import run_metrics, tune_callbacks
 TUNE_DIR = "tune"  # Tune's experiment directory under the sweep's output directory
 TRIALS_DIR = "trials"
 TRIAL_CPUS = 0.01  # a trial's own request: its driver only (Tune refuses an empty one)
+TRIAL_EVAL = {"eval": {"split": "val"}}  # what a candidate run evaluates its stages on (never the test set)
 
 
 class Axis(StrictModel):
@@ -192,6 +200,7 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> tuple[SweepCo
     if sweep.task is not None:
         base["task"] = sweep.task
     base = apply_overrides(merge(base, sweep.overrides), list(overrides))
+    base = merge(base, TRIAL_EVAL)  # trials are candidates: the test set is read for the chosen setting only
     for params in _points(sweep):
         try:
             run = RunConfig.model_validate(apply_params(base, params))
@@ -380,6 +389,7 @@ def run_sweep(
     grid = run_trials(sweep.name, out, space, {"": base}, run_dir, [first],
                       num_samples=sweep.num_samples, max_concurrent=sweep.max_concurrent_trials, resume=resume)  # fmt: skip
     summary = summarise(sweep, first, grid)
+    summary = attach_test(summary, evaluate_selected_on_test(summary))
     write_outputs(out, summary)
     console.print(summary_table(summary))
     console.print(f"outputs in {out}")
@@ -390,6 +400,14 @@ def run_sweep(
 # what a setting's t-interval over seeds holds fixed: each metric's prompts (test or validation set,
 # drawn from the task's seed, so the same for every run seed)
 CONDITIONAL_ON = "evaluation prompts (the same test or validation prompts for every seed)"
+TEST_FOR = "the selected setting only"  # which trials' test sets are read: sweep.json's splits.test
+
+
+def _on_validation(key: str) -> bool:
+    """Whether a trial metric ``<stage>/...`` was measured on validation (the probe's, or a stage evaluation's)."""
+    from polyray.tracking import VAL_EVAL
+
+    return key.split("/", 1)[-1].startswith(("val/", f"{VAL_EVAL}/"))
 
 
 def _objective_key(sweep: SweepConfig, run: RunConfig) -> str:
@@ -402,8 +420,9 @@ def summarise(sweep: SweepConfig, run: RunConfig, grid) -> dict[str, Any]:
     the mean and 95% t-interval over seeds, and the setting selected on validation."""
     objective = _objective_key(sweep, run)
     trials = []
-    for result in grid:
-        metrics = {k: v for k, v in (result.metrics or {}).items() if "/" in k and isinstance(v, (int, float))}
+    for result in grid:  # validation numbers only: the test set is evaluated for the selected setting afterwards
+        metrics = {k: v for k, v in (result.metrics or {}).items()
+                   if "/" in k and isinstance(v, (int, float)) and _on_validation(k)}  # fmt: skip
         trials.append({"params": trial_params(result), "metrics": metrics, "run_dir": (result.metrics or {}).get("run_dir"),
                        "error": error_line(result.error)})  # fmt: skip
     scored = [t for t in trials if objective in t["metrics"]]
@@ -414,7 +433,62 @@ def summarise(sweep: SweepConfig, run: RunConfig, grid) -> dict[str, Any]:
     grouped = settings(trials)
     return {"name": sweep.name, "objective": {"key": objective, "mode": sweep.objective.mode, "selected_on": SELECTED_ON},
             "axes": list(sweep.space), "trials": trials, "best": best, "settings": grouped,
-            "selected": select_setting(grouped, objective, sweep.objective.mode), "conditional_on": CONDITIONAL_ON}  # fmt: skip
+            "selected": select_setting(grouped, objective, sweep.objective.mode), "conditional_on": CONDITIONAL_ON,
+            "splits": {"trials": "validation", "selection": SELECTED_ON, "test": TEST_FOR}}  # fmt: skip
+
+
+def chosen_trials(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The trials of the selected setting (every seed) that finished with a run directory; none when
+    nothing was selected."""
+    selected = summary.get("selected")
+    if not selected:
+        return []
+    return [t for t in summary["trials"] if t["run_dir"] and not t["error"]
+            and {k: v for k, v in t["params"].items() if k != "seed"} == selected["params"]]  # fmt: skip
+
+
+def evaluate_selected_on_test(summary: dict[str, Any]) -> dict[str, dict[str, float] | str]:
+    """Run directory -> the test-set numbers of the objective's phase, for each trial of the selected
+    setting (:func:`polyray.drivers.run.evaluate_on_test`, once per trial: a re-run reads them back),
+    or the error line of one that could not be evaluated. Needs Ray and the trials' directories."""
+    from polyray.drivers.run import evaluate_dir_on_test
+
+    phase = summary["objective"]["key"].split("/")[0]
+    out: dict[str, dict[str, float] | str] = {}
+    for trial in chosen_trials(summary):
+        try:
+            record = evaluate_dir_on_test(Path(trial["run_dir"]), [phase])[phase]
+        except Exception as exc:  # one seed's failure is reported; the others are still tested
+            out[trial["run_dir"]] = error_line(exc) or type(exc).__name__
+            continue
+        out[trial["run_dir"]] = {f"{phase}/{k}": v for k, v in record.scalars().items()}
+    return out
+
+
+def attach_test(summary: dict[str, Any], tested: dict[str, dict[str, float] | str]) -> dict[str, Any]:
+    """``summary`` with the selected setting's test numbers (``tested``: run directory -> numbers or an
+    error line, of its trials only) as ``selected.test``: per metric the mean and 95% t-interval over the
+    seeds tested, each trial's own under its ``test``; no other setting gets any."""
+    from polyray.eval.stats import interval_over_seeds
+
+    selected = summary.get("selected")
+    if not selected:
+        return summary
+    chosen = {t["run_dir"]: t for t in chosen_trials(summary)}
+    unknown = sorted(set(tested) - set(chosen))
+    if unknown:
+        raise ValueError(f"test numbers for {unknown[0]}, which is no trial of the selected setting")
+    numbers = {d: v for d, v in tested.items() if isinstance(v, dict)}
+    for directory, values in numbers.items():
+        chosen[directory]["test"] = values
+    names = sorted({m for v in numbers.values() for m in v})
+    selected["test"] = {
+        "split": "test", "phase": summary["objective"]["key"].split("/")[0],
+        "seeds": sorted(chosen[d]["params"].get("seed", 0) for d in numbers),
+        "metrics": {m: interval_over_seeds([v[m] for v in numbers.values() if m in v]) for m in names},
+        "errors": {d: e for d, e in tested.items() if isinstance(e, str)},
+    }  # fmt: skip
+    return summary
 
 
 def select_setting(groups: list[dict[str, Any]], objective: str, mode: str) -> dict[str, Any] | None:
@@ -469,19 +543,21 @@ def settings(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def write_outputs(out: Path, summary: dict[str, Any]) -> None:
-    """``sweep.json``, ``sweep.csv`` (a row per trial: parameters, then metrics) and ``report.html``."""
+    """``sweep.json``, ``sweep.csv`` (a row per trial: parameters, validation metrics, then the test
+    metrics that only the selected setting's trials have, named ``test:<metric>``) and ``report.html``."""
     from polyray.eval.report import write_report
     from polyray.io import write_json_atomic
 
     write_json_atomic(out / "sweep.json", summary)
     params = sorted({k for t in summary["trials"] for k in t["params"]})
     metrics = sorted({k for t in summary["trials"] for k in t["metrics"]})
+    tests = sorted({k for t in summary["trials"] for k in t.get("test", {})})
     with (out / "sweep.csv").open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow([*params, *metrics, "run_dir", "error"])
+        writer.writerow([*params, *metrics, *(f"test:{k}" for k in tests), "run_dir", "error"])
         for t in summary["trials"]:
             writer.writerow([*(t["params"].get(k, "") for k in params), *(t["metrics"].get(k, "") for k in metrics),
-                             t["run_dir"] or "", t["error"] or ""])  # fmt: skip
+                             *(t.get("test", {}).get(k, "") for k in tests), t["run_dir"] or "", t["error"] or ""])  # fmt: skip
     write_report(out, report_results(summary))
 
 
@@ -491,16 +567,24 @@ def _label(params: dict[str, Any]) -> str:
 
 def report_results(summary: dict[str, Any]) -> dict[str, Any]:
     """The sweep as the evaluation report's ``results`` (polyray.eval.report): a model per setting
-    of the non-seed axes, values mean and CI over seeds, of the objective's phase."""
+    of the non-seed axes on validation (``<setting> (validation)``: its trials' stage evaluations),
+    and the selected setting on test (``<setting> (test)``), values mean and CI over seeds, of the
+    objective's phase."""
     from polyray.eval.record import at_key, records_from_summaries
+    from polyray.tracking import VAL_EVAL
 
     phase = summary["objective"]["key"].split("/")[0]
-    models = records_from_summaries({_label(s["params"]): s["metrics"] for s in summary["settings"]}, prefix=f"{phase}/")
+    val = {f"{_label(s['params'])} (validation)": s["metrics"] for s in summary["settings"]}
+    models = records_from_summaries(val, prefix=f"{phase}/{VAL_EVAL}/")
     axes = [a for a in summary["axes"] if a != "seed"]
     selected = summary.get("selected")
     chosen = _label(selected["params"]) if selected else None
-    results: dict[str, Any] = {"title": f"polyray sweep: {summary['name']} ({phase}, test set: mean and 95% t-interval"
-                                        " over seeds, conditional on the test prompts; "
+    tested = (selected or {}).get("test") or {}
+    if tested.get("metrics"):
+        models.update(records_from_summaries({f"{chosen} (test)": tested["metrics"]}, prefix=f"{phase}/"))
+    results: dict[str, Any] = {"title": f"polyray sweep: {summary['name']} ({phase}: every setting on validation,"
+                                        " the test set for the selected one only; mean and 95% t-interval over"
+                                        " seeds, conditional on the evaluation prompts; "
                                         + (f"{chosen} selected on validation)" if chosen else "nothing selected)"),
                                "models": models}  # fmt: skip
     if selected:
@@ -509,27 +593,39 @@ def report_results(summary: dict[str, Any]) -> dict[str, Any]:
     if len(axes) == 1:
         results["axis"] = {"name": axes[0], "points": [
             {"x": s["params"][axes[0]],
-             **{at_key("pass", k): v.to_json() for k, v in models[_label(s["params"])].pass_at_k.items()}}
+             **{at_key("pass", k): v.to_json()
+                for k, v in models[f"{_label(s['params'])} (validation)"].pass_at_k.items()}}
             for s in summary["settings"]]}  # fmt: skip
     return results
 
 
 def summary_table(summary: dict[str, Any]):
+    """A row per setting on validation (the objective and the stage evaluations), and one more for the
+    selected setting on test: the sweep's only test numbers."""
     from rich.table import Table
 
+    from polyray.tracking import VAL_EVAL
+
     phase = summary["objective"]["key"].split("/")[0]
+    objective = summary["objective"]["key"]
     selected = summary.get("selected")
     chosen = _label(selected["params"]) if selected else None
-    table = Table(title=f"polyray sweep {summary['name']}: {phase}, test set, mean [95% t-interval] over seeds "
-                        "(conditional on the test prompts)",
-                  caption=(f"* selected on validation by mean {summary['objective']['key']} over seeds; the test "
-                           "set chose nothing") if chosen else None)
+    table = Table(title=f"polyray sweep {summary['name']}: {phase}, mean [95% t-interval] over seeds (conditional on"
+                        " the evaluation prompts); every setting on validation, the test set for the selected one only",
+                  caption=(f"* selected on validation by mean {objective} over seeds; the test set chose nothing"
+                           if chosen else "nothing selected: no test set was read"))  # fmt: skip
     table.add_column("setting")
+    table.add_column("split")
     table.add_column("seeds", justify="right")
-    names = sorted({k for s in summary["settings"] for k in s["metrics"] if k.startswith(phase + "/")
-                    and k.split("/", 1)[1].startswith(("pass@", "usq@", "diversity/"))})  # fmt: skip
+    table.add_column(objective.split("/", 1)[1] + " (selects)", justify="right")
+    heads = ("pass@", "usq@", "diversity/")
+    val_prefix = f"{phase}/{VAL_EVAL}/"
+    tested = (selected or {}).get("test") or {}
+    names = sorted({k[len(val_prefix):] for s in summary["settings"] for k in s["metrics"] if k.startswith(val_prefix)}
+                   | {k.split("/", 1)[1] for k in tested.get("metrics", {})})  # fmt: skip
+    names = [n for n in names if n.startswith(heads)]
     for name in names:
-        table.add_column(name.split("/", 1)[1], justify="right")
+        table.add_column(name, justify="right")
 
     def cell(v):
         if v is None:
@@ -538,5 +634,9 @@ def summary_table(summary: dict[str, Any]):
 
     for s in summary["settings"]:
         label = _label(s["params"]) + (" *" if _label(s["params"]) == chosen else "")
-        table.add_row(label, str(len(s["seeds"])), *[cell(s["metrics"].get(n)) for n in names])
+        table.add_row(label, "validation", str(len(s["seeds"])), cell(s["metrics"].get(objective)),
+                      *[cell(s["metrics"].get(val_prefix + n)) for n in names])  # fmt: skip
+    if tested:
+        table.add_row(f"{chosen} *", "test", str(len(tested["seeds"])), "-",
+                      *[cell(tested["metrics"].get(f"{phase}/{n}")) for n in names])  # fmt: skip
     return table

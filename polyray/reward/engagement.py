@@ -9,7 +9,10 @@ picked on the validation split; it predicts engagement in the data's own units. 
 closed-form head is deterministic and trains in milliseconds, so all the cost is the
 encoder, which runs once over every distinct text in one batched ``encode`` call.
 
-Data. JSONL rows ``{prompt, response, engagement}`` (extra keys ignored). Splits are
+Data. JSONL rows ``{prompt, response, engagement}`` (extra keys ignored), all of them or
+the rows of some posts (``lines``): a run trains its reward model on the train posts' rows
+and the model that judges its evaluations on the val and test posts' (``trained_on`` in
+the model's metadata; :data:`polyray.tasks.jsonl.ENGAGEMENT_POSTS`). Splits are
 stratified by engagement quantile bins (70/15/15 within each bin, seeded), so every
 split sees the whole range. Metrics: Spearman and Pearson (scipy.stats), MSE and MAE
 on validation and test, next to a constant predictor (the training mean), which has
@@ -26,6 +29,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +40,7 @@ from pydantic import Field
 from polyray.embeddings import BUNDLED_ENCODER, embed_texts
 from polyray.io import DataError, JsonlReport, read_jsonl_rows
 from polyray.reward.base import ParameterisedReward, ParamsModel, RewardError, RewardItem, RewardResult, register
-from polyray.tasks.splits import SplitError, stratified_split
+from polyray.tasks.splits import SplitError, rows_digest, stratified_split
 
 RIDGE_PENALTIES = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
 _META_FILE = "engagement_model.json"
@@ -52,6 +56,16 @@ class EngagementRow:
     prompt: str
     response: str
     engagement: float
+    line: int = 0  # 1-based line in the file
+
+
+def select_rows(rows: list[EngagementRow], lines: Collection[int] | None) -> list[EngagementRow]:
+    """The rows at ``lines`` (every row for None): the rows of some posts, e.g. the train posts' for the
+    reward model (:meth:`polyray.tasks.jsonl.JsonlTask.engagement_lines`)."""
+    if lines is None:
+        return list(rows)
+    keep = set(lines)
+    return [r for r in rows if r.line in keep]
 
 
 def read_engagement_jsonl(
@@ -72,7 +86,7 @@ def _parse_row(obj: dict, where: str) -> EngagementRow:
     value = obj.get("engagement")
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise EngagementDataError(f"{where}: 'engagement' must be a finite number, got {value!r}")
-    return EngagementRow(obj["prompt"], obj["response"], float(value))
+    return EngagementRow(obj["prompt"], obj["response"], float(value), int(where.rsplit(":", 1)[1]))
 
 
 # ----------------------------------------------------------------------------- encoder
@@ -223,9 +237,15 @@ def train_engagement_model(
     encoder: str = BUNDLED_ENCODER,
     skip_bad_lines: bool = False,
     report: JsonlReport | None = None,
+    lines: Collection[int] | None = None,
+    posts: str = "all",
 ) -> dict[str, Any]:
-    """Train, evaluate against a constant predictor, save the model to ``out_dir``; returns the metrics."""
-    rows = read_engagement_jsonl(jsonl_path, skip_bad_lines, report)
+    """Train, evaluate against a constant predictor, save the model to ``out_dir``; returns the metrics.
+
+    ``lines``: only the rows at these lines train it (None: every row); ``posts`` names them in the
+    model's metadata (``trained_on``: ``train``, ``held_out`` or ``all``), so results can say which
+    rows the model that judged them was trained on."""
+    rows = select_rows(read_engagement_jsonl(jsonl_path, skip_bad_lines, report), lines)
     targets = np.array([r.engagement for r in rows], dtype=np.float64)
     try:
         splits = stratified_split(targets.tolist(), seed)
@@ -246,7 +266,9 @@ def train_engagement_model(
         metrics[split] = regression_metrics(model.predict_features(features[idx]), targets[idx])
         metrics[f"{split}_constant_baseline"] = regression_metrics(np.full(len(idx), constant), targets[idx])
     model.encoder = encoder
-    model.meta = {"metrics": metrics, "data": str(jsonl_path), "features": "[u, v, u*v, |u-v|]"}
+    trained_on = {"posts": posts, "rows": len(rows), "lines_sha256": rows_digest([r.line for r in rows])}
+    model.meta = {"metrics": metrics, "data": str(jsonl_path), "features": "[u, v, u*v, |u-v|]",
+                  "trained_on": trained_on}
     model.save(out_dir)
     return metrics
 
@@ -255,9 +277,12 @@ def is_engagement_model_dir(path: str | Path) -> bool:
     return (Path(path) / _HEAD_FILE).is_file() and (Path(path) / _META_FILE).is_file()
 
 
-def ensure_engagement_model(data: str | Path, model_dir: str | Path, seed: int = 0) -> EngagementModel:
-    """The engagement model in ``model_dir``, trained from ``data`` first when the directory is
-    absent or empty (a directory holding something else is refused: nothing is overwritten).
+def ensure_engagement_model(
+    data: str | Path, model_dir: str | Path, seed: int = 0, lines: Collection[int] | None = None, posts: str = "all"
+) -> EngagementModel:
+    """The engagement model in ``model_dir``, trained from ``data`` (the rows at ``lines``, named
+    ``posts``: :func:`train_engagement_model`) first when the directory is absent or empty (a
+    directory holding something else is refused: nothing is overwritten).
 
     Trained into a staging directory and renamed into place, so a build cut off half-way leaves
     nothing that looks like a model; of two runs training it at once, the first rename wins."""
@@ -272,7 +297,7 @@ def ensure_engagement_model(data: str | Path, model_dir: str | Path, seed: int =
         model_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=model_dir.name + ".", dir=model_dir.parent))
         try:
-            train_engagement_model(data, staging, seed=seed)
+            train_engagement_model(data, staging, seed=seed, lines=lines, posts=posts)
             if model_dir.is_dir() and not any(model_dir.iterdir()):
                 model_dir.rmdir()
             try:

@@ -30,10 +30,21 @@ class PhaseReward:
 
 
 @dataclass(frozen=True)
+class EngagementTraining:
+    """What an engagement model directory is trained from when it holds no model: the rows of the task
+    file at ``lines``, those of the ``posts`` (``train`` for a reward, ``held_out`` for the judge)."""
+
+    path: Path
+    posts: str
+    lines: tuple[int, ...] | None  # None: every row (a task without posts to split)
+
+
+@dataclass(frozen=True)
 class RewardPlan:
     rewards: list[PhaseReward] = field(default_factory=list)  # one per phase that scores rollouts
     quality_model: Path | None = None  # the engagement model that judges the task's quality, if it does
     engagement_models: list[Path] = field(default_factory=list)  # every engagement model the run reads
+    training: dict[Path, EngagementTraining] = field(default_factory=dict)  # per model: the rows that train it
 
 
 def scores_rollouts(phase) -> bool:
@@ -42,8 +53,9 @@ def scores_rollouts(phase) -> bool:
 
 
 def quality_model(run: RunConfig, task: Task) -> Path | None:
-    """The engagement model directory that judges the task's quality (quality ``engagement``), else None."""
-    return task.engagement_model_dir() if run.task.needs_engagement_model() else None
+    """The engagement model directory that judges the task's quality (quality ``engagement``): the
+    held-out model, trained on posts GRPO's reward never saw (``task.eval_quality_model``), else None."""
+    return task.eval_engagement_model_dir() if run.task.needs_engagement_model() else None
 
 
 def plan(run: RunConfig, task: Task) -> RewardPlan:
@@ -70,18 +82,31 @@ def plan(run: RunConfig, task: Task) -> RewardPlan:
             )
         rewards.append(PhaseReward(i, phase.name, name, params, where))
     quality = quality_model(run, task)
-    models = [quality] if quality is not None else []
+    reward_models = []
     for reward in rewards:
         components = reward.params["components"] if reward.name == "weighted_sum" else [{"name": reward.name, "params": reward.params}]
-        models += [Path(c["params"]["model_path"]) for c in components
-                   if c["name"] == "engagement" and "model_path" in c.get("params", {})]  # fmt: skip
-    return RewardPlan(rewards, quality, list(dict.fromkeys(models)))
+        reward_models += [Path(c["params"]["model_path"]) for c in components
+                          if c["name"] == "engagement" and "model_path" in c.get("params", {})]  # fmt: skip
+    models = list(dict.fromkeys(([quality] if quality is not None else []) + reward_models))
+    # a reward model learns from the train posts only; the judge from the others (unless it is a reward's too)
+    roles = {path: "train" if path in reward_models or path == _reward_dir(task) else "held_out" for path in models}
+    lines = getattr(task, "engagement_lines", None)
+    training = {path: EngagementTraining(path, role, tuple(lines(role)) if lines else None)
+                for path, role in roles.items()}  # fmt: skip
+    return RewardPlan(rewards, quality, models, training)
 
 
-def models_to_train(reward_plan: RewardPlan, run: RunConfig) -> list[Path]:
-    """The plan's engagement model directories that hold no model yet, each to be trained from the
-    task's file first (its rows checked now). Only a JSONL task has a file to train one from."""
-    from polyray.reward.engagement import is_engagement_model_dir, read_engagement_jsonl
+def _reward_dir(task: Task) -> Path | None:
+    """The task's own reward model directory (where its ``engagement`` reward reads by default), if it has one."""
+    return task.engagement_model_dir() if hasattr(task, "engagement_model_dir") else None
+
+
+def models_to_train(reward_plan: RewardPlan, run: RunConfig) -> list[EngagementTraining]:
+    """The plan's engagement model directories that hold no model yet, each with the rows of the task's
+    file it is to be trained from first (checked now: every line must be a row, and the posts' rows
+    must be enough to split). Only a JSONL task has a file to train one from."""
+    from polyray.reward.engagement import is_engagement_model_dir, read_engagement_jsonl, select_rows
+    from polyray.tasks.splits import SplitError, stratified_split
 
     missing = [p for p in reward_plan.engagement_models if not is_engagement_model_dir(p)]
     if missing and not isinstance(run.task, JsonlTaskConfig):
@@ -89,6 +114,22 @@ def models_to_train(reward_plan: RewardPlan, run: RunConfig) -> list[Path]:
     occupied = [p for p in missing if p.is_dir() and any(p.iterdir())]
     if occupied:
         raise ConfigError(f"engagement model: {occupied[0]} holds files but no model; empty it or choose another directory")
-    if missing:
-        read_engagement_jsonl(run.task.path)  # every line must hold {prompt, response, engagement} to train it
-    return missing
+    if not missing:
+        return []
+    rows = read_engagement_jsonl(run.task.path)  # every line must hold {prompt, response, engagement} to train it
+    plans = [reward_plan.training.get(p, EngagementTraining(p, "all", None)) for p in missing]
+    for t in plans:
+        chosen = select_rows(rows, t.lines)
+        try:
+            stratified_split([r.engagement for r in chosen], run.task.seed)
+        except SplitError:
+            field = "task.eval_quality_model" if t.posts == "held_out" else "task.engagement_model"
+            raise ConfigError(
+                f"{field}: the {POSTS_LABEL[t.posts]} of {run.task.path} hold {len(chosen)} rows, too few to train"
+                f" the engagement model into {t.path} (about 20 needed); add rows"
+                + (", or judge with the reward model (task.eval_quality_model: reward, circular)"
+                   if t.posts == "held_out" else "")) from None  # fmt: skip
+    return plans
+
+
+POSTS_LABEL = {"train": "train posts", "held_out": "val and test posts", "all": "rows"}

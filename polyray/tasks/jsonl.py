@@ -19,7 +19,10 @@ model's splitter too, with a prompt's best engagement as its value), otherwise a
 
 Quality of a completion (``quality``): ROUGE-1/2/L F against the reference, cosine
 similarity of MiniLM embeddings (``embedding``), or the learned engagement model's
-prediction (``engagement``; needs a model). A completion counts as a success, for
+prediction (``engagement``; needs a model). Two engagement models, split by post: GRPO's
+reward is trained on the train posts' rows only, and quality ``engagement`` is judged by a
+second model trained on the val and test posts' rows (``eval_quality_model: held_out``), so
+a policy is never judged by the model it was trained on. A completion counts as a success, for
 pass@k, when its quality is >= ``success_threshold``; every computable metric is kept
 in the judgement's ``metrics``. The model sees
 ``template.format(prompt=...)``; a few-shot prefix is ``text + reference + "\\n"`` per
@@ -40,7 +43,7 @@ from polyray.tasks.base import Judgement, Prompt, Task
 from polyray.storage import is_stored, local_path
 from polyray.tasks.data import JsonlDataError, JsonlRow, data_fingerprint, local_data, read_rows
 from polyray.tasks.quality import compute_embedding_cosines, compute_rouge
-from polyray.tasks.splits import SplitError, shuffled_split, stratified_split
+from polyray.tasks.splits import SplitError, rows_digest, shuffled_split, stratified_split
 
 QUALITY_METRICS: tuple[str, ...] = get_args(QualityMetric)
 
@@ -59,11 +62,12 @@ def read_task_rows(
 
 
 def group_rows(rows: Sequence[JsonlRow]) -> list[dict[str, Any]]:
-    """One record per distinct prompt (file order): responses, best engagement, reference."""
+    """One record per distinct prompt (file order): responses, best engagement, reference, every row's line."""
     groups: dict[tuple, dict[str, Any]] = {}
     for r in rows:
         g = groups.setdefault(r.key, {"prompt": r.prompt, "line": r.line, "responses": [], "engagements": [],
-                                      "system": r.system, "turns": r.turns})
+                                      "system": r.system, "turns": r.turns, "lines": []})
+        g["lines"].append(r.line)
         if r.response is not None:
             g["responses"].append(r.response)
             g["engagements"].append(r.engagement)
@@ -94,6 +98,10 @@ def split_prompts(groups: Sequence[dict[str, Any]], seed: int, source: str = "da
             ) from None
     return shuffled_split(n, seed)
 
+
+ENGAGEMENT_POSTS: dict[str, tuple[str, ...]] = {"train": ("train",), "held_out": ("val", "test")}
+"""An engagement model's role -> the splits whose posts' rows train it: the reward's (``train``) and the
+evaluations' judge (``held_out``), disjoint, so GRPO is never judged by the model it was rewarded by."""
 
 SIMILARITY_METRICS = ("rouge1", "rouge2", "rougeL", "embedding")  # qualities the reference_similarity reward scores
 
@@ -176,11 +184,35 @@ class JsonlTask(Task):
             return "engagement"
         return "reference_similarity"
 
+    def engagement_lines(self, posts: str) -> list[int]:
+        """Lines (1-based) of the rows whose post is one of ``posts`` (:data:`ENGAGEMENT_POSTS`): what an
+        engagement model of that role is trained on. Split by post, the task's own split, so the reward
+        model never sees a row of a val or test post and the held-out model none of a train post."""
+        return sorted(line for split in ENGAGEMENT_POSTS[posts] for i in self._split(split)
+                      for line in self.groups[i]["lines"])  # fmt: skip
+
+    def _engagement_cache(self, posts: str) -> Path:
+        """The cache entry of the ``posts`` engagement model: per file, seed, role and the exact rows that train it."""
+        rows = rows_digest(self.engagement_lines(posts))[:12]
+        name = f"{data_fingerprint(self.config.path)[:16]}-seed{self.config.seed}-{posts}-rows{rows}"
+        return cache_root() / "engagement" / name
+
     def engagement_model_dir(self) -> Path:
-        """Where this task's engagement model is (or is trained to): the config's, else a cache entry per file."""
+        """Where the reward's engagement model is (or is trained to, from the train posts' rows): the
+        config's ``engagement_model``, else a cache entry per file, seed and rows."""
         if self.config.engagement_model:
             return Path(local_path(self.config.engagement_model))  # a reference: this node's copy
-        return cache_root() / "engagement" / f"{data_fingerprint(self.config.path)[:16]}-seed{self.config.seed}"
+        return self._engagement_cache("train")
+
+    def eval_engagement_model_dir(self) -> Path:
+        """Where the engagement model that judges quality ``engagement`` is: the reward's with
+        ``eval_quality_model: reward``, else the held-out one (``eval_engagement_model``, else a cache
+        entry), trained on the val and test posts' rows."""
+        if self.config.eval_quality_model == "reward":
+            return self.engagement_model_dir()
+        if self.config.eval_engagement_model:
+            return Path(local_path(self.config.eval_engagement_model))
+        return self._engagement_cache("held_out")
 
     def reward_defaults(self) -> dict[str, dict[str, Any]]:
         metric = self.config.quality if self.config.quality in SIMILARITY_METRICS else "rougeL"

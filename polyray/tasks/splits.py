@@ -7,6 +7,7 @@ both see the whole engagement range in every split.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 
 SPLIT_SHARES = (0.70, 0.15, 0.15)  # train, val, test
 
@@ -45,3 +46,10 @@ def shuffled_split(n: int, seed: int) -> dict[str, list[int]]:
         "test": sorted(order[n_val : n_val + n_test]),
         "train": sorted(order[n_val + n_test :]),
     }
+
+
+def rows_digest(lines: Iterable[int]) -> str:
+    """SHA-256 (hex) of the sorted line numbers: which rows of a file trained a model (a cache key)."""
+    import hashlib
+
+    return hashlib.sha256(",".join(map(str, sorted(lines))).encode()).hexdigest()

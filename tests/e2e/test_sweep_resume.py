@@ -4,7 +4,9 @@ A 2 λ × 1 seed sweep of polychromic SFT with a small step budget (one phase pe
 trials keep it short). Once one trial has finished and the next is mid-phase with a checkpoint
 registered, the driver's node dies (the driver and its local Ray cluster, SIGKILL). ``--resume``
 restores the Tune experiment: a trial that had finished is not run again (its run was never resumed), the interrupted one continues
-its phase from a checkpoint step > 0, and the summary holds both trials. Trials are tracked
+its phase from a checkpoint step > 0, and the summary holds both trials. The trials evaluate on
+validation only; the selected setting's trial alone is evaluated on test, after the selection, and
+once: a second ``--resume`` reads that evaluation back instead of running it again. Trials are tracked
 in MLflow (SQLite store) through Ray Tune's logger callback: every trial ends with a finished
 MLflow run holding its parameters and reports.
 """
@@ -95,11 +97,23 @@ def test_sweep_driver_killed_mid_trial_resumes(tmp_path):
 
     summary = json.loads((out / "sweep.json").read_text())
     assert len(summary["trials"]) == 2 and not [t for t in summary["trials"] if t["error"]], summary["trials"]
-    assert all(f"{PHASE}/pass@1" in t["metrics"] and f"{PHASE}/val/pass@1" in t["metrics"] for t in summary["trials"])
+    # every trial measured on validation (its stage evaluation and the probe), none on test
+    assert all(f"{PHASE}/val_eval/pass@1" in t["metrics"] and f"{PHASE}/val/pass@1" in t["metrics"]
+               and f"{PHASE}/pass@1" not in t["metrics"] for t in summary["trials"])  # fmt: skip
     assert summary["best"] is not None and len(summary["settings"]) == 2 and summary["axes"] == ["phases.0.lam", "seed"]
-    for name, before in finished_before.items():  # a finished trial is not run again
+    # the test set: the selected setting's trial only, after the selection
+    selected = summary["selected"]
+    assert selected["selected_on"] == "validation" and selected["test"]["seeds"] == [0], selected
+    assert f"{PHASE}/pass@1" in selected["test"]["metrics"] and not selected["test"]["errors"]
+    tested = [t for t in summary["trials"] if "test" in t]
+    assert len(tested) == 1 and tested[0]["params"]["phases.0.lam"] == selected["params"]["phases.0.lam"]
+    for trial in summary["trials"]:
+        results = json.loads((Path(trial["run_dir"]) / "results.json").read_text())
+        assert results["eval_split"] == "val" and (PHASE in results.get("test", {})) == (trial is tested[0])
+    for name, before in finished_before.items():  # a finished trial is not run again (a test evaluation may follow)
         after = json.loads((out / "trials" / name / "results.json").read_text())
-        assert after.get("resumed", 0) == 0 and after["stages"] == before["stages"], name
+        trained = [s for s in after["stages"] if not s["stage"].startswith("test_")]
+        assert after.get("resumed", 0) == 0 and trained == before["stages"], name
     # the interrupted trial continued its phase from a checkpoint, not from step 0
     from polyray.io import RESUME_EVENT
 
@@ -110,6 +124,15 @@ def test_sweep_driver_killed_mid_trial_resumes(tmp_path):
     assert markers and all(s > 0 for s in markers), markers
     assert (out / "sweep.csv").is_file() and (out / "report.html").is_file()
     _check_tracking(f"sqlite:///{tmp_path / 'mlflow.db'}", summary)
+
+    chosen = Path(tested[0]["run_dir"]) / "results.json"
+    proc = _sweep(path, out, "--resume")  # once more: the test evaluation is read back, not run again
+    output = proc.communicate(timeout=900)[0]
+    assert proc.returncode == 0, output[-4000:]
+    again = json.loads((out / "sweep.json").read_text())["selected"]["test"]
+    assert again["metrics"] == selected["test"]["metrics"]
+    stages = [s["stage"] for s in json.loads(chosen.read_text())["stages"]]
+    assert stages.count(f"test_{PHASE}") == 1, stages
 
 
 def _check_tracking(uri: str, summary: dict) -> None:

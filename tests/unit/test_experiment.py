@@ -441,3 +441,33 @@ def test_bad_selections_fail_when_the_file_is_read(tmp_path, extra, message):
         body = body.replace("sft: {phases:", "sft: {dynamics: {every: 0}, phases:")
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_experiment(_write(tmp_path, body), seeds=1)
+
+
+def test_candidates_evaluate_on_validation_and_the_chosen_one_alone_on_test(tmp_path):
+    """a and b are only candidates: their runs evaluate on validation. b is chosen; its test records,
+    added after the selection (results.json's test), are the table's; a's run holds none."""
+    from polyray.drivers.experiment import candidate_runs, evaluate_chosen_on_test, select_models
+
+    path = _write(tmp_path, SELECTED)
+    out = tmp_path / "out"
+    exp, configs = load_experiment(path, seeds=2, out=out)
+    assert candidate_runs(exp) == {"grpo_a", "grpo_b"}
+    assert {name: configs[name, 1].eval.split for name in exp.runs} == {"sft": "test", "grpo_a": "val", "grpo_b": "val"}
+    val = {"grpo_a": (0.30, 0.10), "grpo_b": (0.25, 0.25)}
+    for run, phase in (("sft", "sft"), ("grpo_a", "grpo"), ("grpo_b", "grpo")):
+        for seed in (0, 1):
+            d = out / "runs" / f"{run}-s{seed}"
+            d.mkdir(parents=True)
+            split = configs[run, seed].eval.split
+            results = {"eval_split": split, "phases": {phase: {"pass@1": 0.9, "pass@10": 0.9}}, "versions": {}}
+            if run == "grpo_b":  # the chosen one, evaluated on test after the selection
+                results["test"] = {phase: {"pass@1": 0.2 + 0.01 * seed, "pass@10": 0.5}}
+            (d / "results.json").write_text(json.dumps(results))
+            rows = [{"phase": phase, "step": 3, "pass@1": val[run][seed]}] if run in val else []
+            (d / "dynamics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    selections = select_models(exp, out, seeds=2)
+    assert selections["grpo"]["run"] == "grpo_b/grpo"
+    assert evaluate_chosen_on_test(exp, out, 2, selections) == {}  # both seeds hold it: nothing evaluated again
+    summary = aggregate(exp, configs, out, seeds=2)
+    assert summary["models"]["grpo"]["pass@1"]["mean"] == pytest.approx(0.205)  # b's test, not its validation 0.9
+    assert summary["models"]["sft"]["pass@1"]["mean"] == pytest.approx(0.9)  # a run reported as is: its own test

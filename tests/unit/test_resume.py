@@ -20,7 +20,7 @@ USERDATA = ROOT / "tests" / "fixtures" / "userdata" / "prompt_completion.jsonl"
 
 def test_a_new_run_refuses_a_directory_that_holds_one(tmp_path):
     run = load_config(QUICKSTART)
-    assert open_run_dir(run, tmp_path / "r", resume=False) == {"name": "quickstart", "phases": {}, "versions": {}}
+    assert open_run_dir(run, tmp_path / "r", resume=False) == {"name": "quickstart", "eval_split": "test", "phases": {}, "versions": {}}
     assert (tmp_path / "r" / "config.resolved.yaml").is_file()
     with pytest.raises(ConfigError, match="already holds a run: continue it with --resume"):
         open_run_dir(run, tmp_path / "r", resume=False)
@@ -38,7 +38,7 @@ def test_resume_continues_the_same_config_only(tmp_path):
     other = load_config(QUICKSTART, ["seed=3", "phases.1.steps=7"])
     with pytest.raises(ConfigError, match="config differs from the run's .* in: phases.1.steps, seed$"):
         open_run_dir(other, out, resume=True)
-    assert open_run_dir(run, out, resume=True) == {"name": "quickstart", "phases": {}, "versions": {}}
+    assert open_run_dir(run, out, resume=True) == {"name": "quickstart", "eval_split": "test", "phases": {}, "versions": {}}
     (out / "results.json").write_text(json.dumps({"name": "quickstart", "phases": {"base": {"pass@1": 0.1}}}))
     results = open_run_dir(run, out, resume=True)
     assert results["phases"]["base"].pass_at_k[1].mean == 0.1 and results["resumed"] == 1 and results["versions"] == {}

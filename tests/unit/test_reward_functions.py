@@ -342,3 +342,15 @@ def test_engagement_reward_function(engagement_model_dir):
     assert good.score > rude.score and "predicted_engagement" in good.detail
     with pytest.raises(RewardError, match="not an engagement model directory"):
         build_reward("engagement", model_path=str(engagement_model_dir.parent))
+
+
+@pytest.mark.slow
+def test_an_engagement_model_trained_on_some_rows_says_which(tmp_path):
+    """Trained on the rows at given lines (a small slice), the model's metadata names those rows."""
+    from polyray.reward.engagement import load, train_engagement_model
+    from polyray.tasks.splits import rows_digest
+
+    lines = range(1, 61)
+    metrics = train_engagement_model(FIXTURE, tmp_path / "m", seed=0, lines=lines, posts="held_out")
+    assert metrics["rows"] == 60
+    assert load(tmp_path / "m").meta["trained_on"] == {"posts": "held_out", "rows": 60, "lines_sha256": rows_digest(lines)}

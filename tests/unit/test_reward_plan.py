@@ -46,7 +46,8 @@ def test_weighted_sum_components_bring_their_engagement_models(tmp_path):
                                 f"{{name: engagement, weight: 1, params: {{model_path: {model}}}}}]}}"])  # fmt: skip
     p = plan(run, build_task(run.task))
     assert model in p.engagement_models
-    assert model in models_to_train(p, run)  # missing: trained from the task's file, whose rows are checked
+    training = models_to_train(p, run)  # missing: trained from the task's file, whose rows are checked
+    assert [t.path for t in training] == [model] and training[0].posts == "train"  # a reward: train posts only
 
 
 def test_a_countdown_run_cannot_train_an_engagement_model(tmp_path):
@@ -78,3 +79,67 @@ def test_binary_rewards_are_the_pass_fail_ones():
     from polyray.reward import REWARD_FUNCTIONS
 
     assert {name for name, cls in REWARD_FUNCTIONS.items() if cls.binary} == {"countdown", "code_exec"}
+
+
+# ------------------------------------------------------------- replies: reward and judge apart
+def _posts_of(lines) -> set[str]:
+    """The posts (prompts) of the fixture's rows at ``lines``, read straight from the file."""
+    import json
+
+    rows = FIXTURE.read_text().splitlines()
+    return {json.loads(rows[line - 1])["prompt"] for line in lines}
+
+
+def _split_posts(run) -> dict[str, set[str]]:
+    task = build_task(run.task)
+    return {split: {p.meta["raw_prompt"] for p in task.prompts(split)} for split in ("train", "val", "test")}
+
+
+def test_the_reward_model_learns_from_train_posts_and_the_judge_from_the_others(tmp_path):
+    """Replies judged by engagement: GRPO's reward model is trained on the train posts' rows only, the
+    model that judges evaluations on the val and test posts' rows only, into two cache entries."""
+    from polyray.reward.engagement import read_engagement_jsonl, select_rows
+
+    run = load_config(REPLIES)
+    task = build_task(run.task)
+    p = plan(run, task)
+    reward_dir, judge_dir = task.engagement_model_dir(), task.eval_engagement_model_dir()
+    assert p.rewards[-1].params["model_path"] == str(reward_dir) and p.quality_model == judge_dir
+    assert reward_dir != judge_dir and reward_dir.parent == judge_dir.parent  # two cache keys, one cache
+    assert "-train-" in reward_dir.name and "-held_out-" in judge_dir.name
+    posts = _split_posts(run)
+    assert posts["train"] and posts["val"] and posts["test"]
+    reward_rows, judge_rows = p.training[reward_dir], p.training[judge_dir]
+    assert (reward_rows.posts, judge_rows.posts) == ("train", "held_out")
+    assert _posts_of(reward_rows.lines) == posts["train"]  # no val or test post
+    assert _posts_of(judge_rows.lines) == posts["val"] | posts["test"]  # no train post
+    assert not set(reward_rows.lines) & set(judge_rows.lines)
+    assert len(reward_rows.lines) + len(judge_rows.lines) == len(FIXTURE.read_text().splitlines())
+    chosen = select_rows(read_engagement_jsonl(FIXTURE), judge_rows.lines)  # what the trainer is given
+    assert {r.prompt for r in chosen} == posts["val"] | posts["test"] and len(chosen) == len(judge_rows.lines)
+    # another split seed draws other posts: other rows, other cache entries
+    other = build_task(load_config(REPLIES, ["task.seed=1"]).task)
+    assert other.engagement_model_dir() != reward_dir and other.eval_engagement_model_dir() != judge_dir
+
+
+def test_judging_with_the_reward_model_is_a_choice_and_the_held_out_model_may_be_named(tmp_path):
+    run = load_config(REPLIES, ["task.eval_quality_model=reward"])
+    task = build_task(run.task)
+    p = plan(run, task)
+    assert p.quality_model == task.engagement_model_dir() and p.engagement_models == [p.quality_model]
+    assert p.training[p.quality_model].posts == "train"  # one model, trained as the reward
+    run = load_config(REPLIES, [f"task.eval_engagement_model={tmp_path / 'judge'}"])
+    p = plan(run, build_task(run.task))
+    assert p.quality_model == tmp_path / "judge" and p.training[tmp_path / "judge"].posts == "held_out"
+
+
+def test_too_few_held_out_rows_are_refused_naming_the_field(tmp_path):
+    """20 posts with one row each leave 6 rows to the val and test posts: too few to train the judge."""
+    import json
+
+    data = tmp_path / "small.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"post {i}", "response": f"reply {i}", "engagement": float(i)}) + "\n"
+                            for i in range(20)))  # fmt: skip
+    run = load_config(REPLIES, [f"task.path={data}", f"task.engagement_model={tmp_path / 'rm'}"])
+    with pytest.raises(ConfigError, match=r"^task\.eval_quality_model: the val and test posts of .* hold 6 rows"):
+        models_to_train(plan(run, build_task(run.task)), run)

@@ -178,8 +178,10 @@ def test_a_worker_reads_the_data_and_the_engagement_model_from_storage_not_the_d
     shutil.copy(root / "tests" / "fixtures" / "engagement.jsonl", data)
     monkeypatch.setenv("POLYRAY_CACHE_DIR", str(driver / "cache"))
     run = load_config(root / "configs" / "replies.yaml", [f"task.path={data}", f"cluster.storage={tmp_path / 'shared'}"])
-    task = build_task(run.task)
-    ensure_engagement_model(data, task.engagement_model_dir(), run.task.seed)  # the driver trains it into its cache
+    from polyray.reward.plan import plan
+
+    for t in plan(run, build_task(run.task)).training.values():  # the driver trains both (reward, judge) into its cache
+        ensure_engagement_model(data, t.path, run.task.seed, lines=t.lines, posts=t.posts)
 
     def scores(run):
         task = build_task(run.task)
@@ -190,6 +192,8 @@ def test_a_worker_reads_the_data_and_the_engagement_model_from_storage_not_the_d
     _, expected = scores(run)
     shipped = worker_config(run)
     assert shipped.task.path.startswith("storage:") and shipped.task.engagement_model.startswith("storage:")
+    assert shipped.task.eval_engagement_model.startswith("storage:")  # the judge (dynamics probe on a learner rank)
+    assert build_task(shipped.task).eval_engagement_model_dir() != build_task(shipped.task).engagement_model_dir()
     shutil.rmtree(driver)  # a worker's node has none of the driver's files
     monkeypatch.setenv("POLYRAY_CACHE_DIR", str(tmp_path / "node" / "cache"))
     params, got = scores(shipped)

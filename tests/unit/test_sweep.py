@@ -76,11 +76,13 @@ def test_axes_become_tune_domains():
 
 
 def _grid(values: dict[tuple[float, int], float]):
-    """A stand-in for Tune's ResultGrid: one result per (lam, seed) with grpo/pass@1 = value."""
+    """A stand-in for Tune's ResultGrid: one result per (lam, seed) with grpo/val_eval/pass@1 = value (its
+    stage evaluation on validation) and the probe's grpo/val/pass@1 = value / 2."""
     return [
         SimpleNamespace(config={"phases.0.lam": lam, "seed": seed}, error=None,
-                        metrics={"grpo/pass@1": v, "grpo/val/pass@1": v / 2, "grpo/pass@10": min(1.0, 2 * v),
-                                 "grpo/diversity/semantic": 0.5 - v / 4, "run_dir": f"trials/{lam}-{seed}"})
+                        metrics={"grpo/val_eval/pass@1": v, "grpo/val/pass@1": v / 2,
+                                 "grpo/val_eval/pass@10": min(1.0, 2 * v),
+                                 "grpo/val_eval/diversity/semantic": 0.5 - v / 4, "run_dir": f"trials/{lam}-{seed}"})
         for (lam, seed), v in values.items()
     ]  # fmt: skip
 
@@ -101,7 +103,7 @@ def test_summary_groups_seeds_with_t_intervals_and_picks_the_best_on_validation(
         lam = setting["params"]["phases.0.lam"]
         x = np.array([values[lam, s] for s in (0, 1, 2)])
         low, high = stats.t.interval(0.95, df=2, loc=x.mean(), scale=stats.sem(x))
-        got = setting["metrics"]["grpo/pass@1"]
+        got = setting["metrics"]["grpo/val_eval/pass@1"]
         assert setting["seeds"] == [0, 1, 2] and got["n"] == 3
         assert got["mean"] == pytest.approx(x.mean()) and (got["low"], got["high"]) == pytest.approx((low, high))
 
@@ -109,12 +111,12 @@ def test_summary_groups_seeds_with_t_intervals_and_picks_the_best_on_validation(
     saved = json.loads((tmp_path / "sweep.json").read_text())
     assert len(saved["trials"]) == 6
     rows = list(csv.DictReader((tmp_path / "sweep.csv").open()))
-    assert len(rows) == 6 and {"phases.0.lam", "seed", "grpo/pass@1", "run_dir"} <= set(rows[0])
+    assert len(rows) == 6 and {"phases.0.lam", "seed", "grpo/val_eval/pass@1", "run_dir"} <= set(rows[0])
     html = (tmp_path / "report.html").read_text()
     assert 'id="fig-axis"' in html and 'id="fig-pareto"' in html and 'class="skipped">Skipped: not a sweep' not in html
 
     results = report_results(summary)
-    assert set(results["models"]) == {"phases.0.lam=0.0", "phases.0.lam=0.3"}
+    assert set(results["models"]) == {"phases.0.lam=0.0 (validation)", "phases.0.lam=0.3 (validation)"}
     assert [p["x"] for p in results["axis"]["points"]] == [0.0, 0.3]
 
 
@@ -123,11 +125,11 @@ def test_a_single_seed_has_no_interval_and_stays_valid_json(tmp_path):
     from polyray.config import RunConfig
 
     summary = summarise(sweep, RunConfig.model_validate(apply_params(base, {})), _grid({(0.1, 0): 0.2}))
-    metric = summary["settings"][0]["metrics"]["grpo/pass@1"]
+    metric = summary["settings"][0]["metrics"]["grpo/val_eval/pass@1"]
     assert metric["low"] is None and metric["high"] is None and metric["n"] == 1
     write_outputs(tmp_path, summary)
     json.loads((tmp_path / "sweep.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
-    assert not math.isnan(summary["settings"][0]["metrics"]["grpo/pass@1"]["mean"])
+    assert not math.isnan(summary["settings"][0]["metrics"]["grpo/val_eval/pass@1"]["mean"])
 
 
 def test_a_trial_that_never_reported_keeps_its_parameters(tmp_path):
@@ -174,3 +176,102 @@ def test_the_setting_is_selected_by_its_mean_over_seeds_on_validation_never_on_t
 
     with pytest.raises(ValueError, match="validation metrics only"):
         select_setting(summary["settings"], "grpo/pass@1", "max")
+
+
+# ---------------------------------------------------------------- the test set, once, for the chosen
+def test_a_sweeps_trials_evaluate_on_validation_never_on_test(tmp_path):
+    """Every trial config asks for stage evaluations on validation, whatever the base or --set say."""
+    from polyray.config import RunConfig
+    from polyray.drivers.sweep import _points
+
+    path = ROOT / "configs" / "sweeps" / "lambda_seed.yaml"
+    assert load_config_eval_split(ROOT / "configs" / "quickstart.yaml") == "test"  # a plain run reports test
+    for extra in ([], ["eval.split=test"]):
+        sweep, base = load_sweep(path, extra)
+        for params in _points(sweep):
+            assert RunConfig.model_validate(apply_params(base, params)).eval.split == "val", (extra, params)
+
+
+def load_config_eval_split(path) -> str:
+    from polyray.config import load_config
+
+    return load_config(path).eval.split
+
+
+def _chosen_sweep():
+    """λ = 0.1 wins on validation (mean probe pass@1 0.3 over 3 seeds); λ = 0.3 would win on test."""
+    from polyray.config import RunConfig
+
+    sweep, base = load_sweep(ROOT / "configs" / "sweeps" / "lambda_seed.yaml")
+    val = {(0.1, 0): 0.30, (0.1, 1): 0.30, (0.1, 2): 0.30, (0.3, 0): 0.50, (0.3, 1): 0.10, (0.3, 2): 0.10}
+    grid = [SimpleNamespace(config={"phases.0.lam": lam, "seed": seed}, error=None,
+                            metrics={"grpo/val/pass@1": v, "grpo/val_eval/pass@1": v, "grpo/pass@1": 0.9 if lam == 0.3 else 0.1,
+                                     "run_dir": f"trials/{lam}-{seed}"})
+            for (lam, seed), v in val.items()]  # fmt: skip
+    return summarise(sweep, RunConfig.model_validate(apply_params(base, {})), grid)
+
+
+def test_the_summary_carries_test_numbers_for_the_selected_setting_only(tmp_path):
+    from polyray.drivers.sweep import attach_test, chosen_trials, summary_table
+
+    summary = _chosen_sweep()
+    # a test number a trial reported (a run re-reported after a test evaluation) is not a trial metric
+    assert all(not k.endswith("grpo/pass@1") or "/val" in k for t in summary["trials"] for k in t["metrics"])
+    assert summary["splits"] == {"trials": "validation", "selection": "validation", "test": "the selected setting only"}
+    chosen = chosen_trials(summary)
+    assert sorted(t["run_dir"] for t in chosen) == ["trials/0.1-0", "trials/0.1-1", "trials/0.1-2"]
+    tested = {"trials/0.1-0": {"grpo/pass@1": 0.2}, "trials/0.1-1": {"grpo/pass@1": 0.4}, "trials/0.1-2": "OOM"}
+    summary = attach_test(summary, tested)
+    test = summary["selected"]["test"]
+    assert test["split"] == "test" and test["phase"] == "grpo" and test["seeds"] == [0, 1]
+    assert test["metrics"]["grpo/pass@1"]["mean"] == pytest.approx(0.3) and test["errors"] == {"trials/0.1-2": "OOM"}
+    assert [t["run_dir"] for t in summary["trials"] if "test" in t] == ["trials/0.1-0", "trials/0.1-1"]
+    assert not any(k.split("/", 1)[1].startswith("pass@") for s in summary["settings"] for k in s["metrics"])
+    with pytest.raises(ValueError, match="no trial of the selected setting"):
+        attach_test(_chosen_sweep(), {"trials/0.3-0": {"grpo/pass@1": 0.9}})
+
+    write_outputs(tmp_path, summary)
+    rows = list(csv.DictReader((tmp_path / "sweep.csv").open()))
+    assert {r["run_dir"]: r["test:grpo/pass@1"] for r in rows if r["test:grpo/pass@1"]} == {
+        "trials/0.1-0": "0.2", "trials/0.1-1": "0.4"}
+    models = report_results(summary)["models"]
+    assert set(models) == {"phases.0.lam=0.1 (validation)", "phases.0.lam=0.3 (validation)", "phases.0.lam=0.1 (test)"}
+    assert models["phases.0.lam=0.1 (test)"].pass_at_k[1].mean == pytest.approx(0.3)
+    from rich.console import Console
+
+    console = Console(width=300, record=True)
+    console.print(summary_table(summary))
+    lines = console.export_text().splitlines()
+    rows = [[c.strip() for c in line.split("│")[1:4]] for line in lines if line.startswith("│")]
+    assert rows == [["phases.0.lam=0.1 *", "validation", "3"], ["phases.0.lam=0.3", "validation", "3"],
+                    ["phases.0.lam=0.1 *", "test", "2"]]  # one test row: the selected setting's
+
+
+def test_nothing_selected_reads_no_test_set():
+    from polyray.drivers.sweep import attach_test, chosen_trials
+
+    summary = _chosen_sweep()
+    summary["selected"] = None
+    assert chosen_trials(summary) == [] and "test" not in (attach_test(summary, {})["selected"] or {})
+
+
+def test_a_resumed_selection_evaluates_test_once(tmp_path):
+    """A chosen candidate's test record is kept in its results.json: the stages still to evaluate on
+    test leave it out, so a sweep re-run after an interruption does not evaluate it again."""
+    from polyray.drivers.run import read_results, record_on_test, stages_to_test, write_results
+    from polyray.eval.record import Estimate, EvalRecord
+    from polyray.tracking import run_metrics
+
+    rec = lambda p: EvalRecord(pass_at_k={1: Estimate(p)})  # noqa: E731
+    candidate = {"name": "t", "eval_split": "val", "phases": {"base": rec(0.1), "grpo": rec(0.5)}, "versions": {"grpo": 3}}
+    assert stages_to_test(candidate, ["grpo"]) == ["grpo"]
+    with pytest.raises(KeyError):
+        record_on_test(candidate, "grpo")  # its stage evaluation is on validation: never a test number
+    assert run_metrics(candidate, tmp_path) == {"base/val_eval/pass@1": 0.1, "grpo/val_eval/pass@1": 0.5}
+    candidate["test"] = {"grpo": rec(0.4)}
+    write_results(tmp_path, candidate)
+    back = read_results(tmp_path / "results.json")
+    assert stages_to_test(back, ["grpo"]) == [] and record_on_test(back, "grpo").pass_at_k[1].mean == 0.4
+    assert run_metrics(back, tmp_path)["grpo/pass@1"] == 0.4 and run_metrics(back, tmp_path)["grpo/val_eval/pass@1"] == 0.5
+    plain = {"name": "r", "phases": {"grpo": rec(0.7)}, "versions": {}}  # a run (or an older one) on test
+    assert stages_to_test(plain, ["grpo"]) == [] and record_on_test(plain, "grpo").pass_at_k[1].mean == 0.7
