@@ -31,8 +31,14 @@ def client(monkeypatch):
 
     from polyray.reward import deployment
 
+    # What a request leaves on the module's app and class (the built middleware stack, @serve.batch's
+    # queue with its asyncio futures) goes back after the test: Serve pickles the class by value, so a
+    # later test that deploys it would fail to serialize them.
+    cls = deployment.RewardDeployment.func_or_class.__mro__[1]  # the class under Serve's ASGI wrapper
+    monkeypatch.setattr(deployment.app, "middleware_stack", None)
+    monkeypatch.setattr(cls._score_batched.set_max_batch_size.__self__, "_queue", None)
+
     def make(**config):
-        cls = deployment.RewardDeployment.func_or_class.__mro__[1]  # the class under Serve's ASGI wrapper
         context = types.SimpleNamespace(_deployment_config=types.SimpleNamespace(max_ongoing_requests=64))
         monkeypatch.setattr(serve, "get_replica_context", lambda: context)  # @serve.batch reads it too
         context.servable_object = cls(config)
