@@ -10,8 +10,8 @@ Two protocols (docs/algorithms.md, "LLM judge"):
 
 The judge is an instrument, not a proxy for whoever sends it text to grade:
 
-- **Delimited data.** Every question is asked under a fixed system message (:data:`SYSTEM
-  <polyray.config.judge.SYSTEM>`) that declares the text between ``<prompt>``, ``<candidate>``,
+- **Delimited data.** Every question is asked under the server's system message (``system_prompt``,
+  by default :data:`SYSTEM <polyray.config.judge.SYSTEM>`) that declares the text between ``<prompt>``, ``<candidate>``,
   ``<response_a>`` and ``<response_b>`` tags data to grade, not instructions. The judge puts each
   piece between its tags itself (a question template cannot leave one bare), after neutralising any
   of those tags written inside the piece (``<`` becomes ``&lt;``), so a completion cannot close its
@@ -43,14 +43,29 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from polyray.config.judge import SYSTEM, JudgeConfig
+from polyray.config.judge import JudgeConfig
 
 TAGS = ("prompt", "candidate", "response_a", "response_b")
 _TAG = re.compile(rf"<(?=\s*/?\s*(?:{'|'.join(TAGS)})\b)", re.IGNORECASE)
 
 
 class JudgeUnavailable(RuntimeError):
-    """The judge endpoint did not answer (after the bounded back-off) or refused the request."""
+    """The judge endpoint did not answer (after the bounded back-off) or refused every request (401, 403,
+    404: the judge's settings are wrong)."""
+
+
+def _server_message(exc) -> str:
+    """The error message an OpenAI-compatible server sent (its ``error.message``), else the exception's."""
+    body = getattr(exc, "body", None)
+    message = body.get("message") if isinstance(body, dict) else None
+    if message is None and isinstance(body, dict) and isinstance(body.get("error"), dict):
+        message = body["error"].get("message")
+    return str(message or exc)[:500]
+
+
+class JudgeRefusedItem(RuntimeError):
+    """The judge endpoint refused one item's question as a bad request (400: e.g. longer than the judge's
+    context): that item has no score, the others are judged."""
 
 
 @dataclass
@@ -235,7 +250,7 @@ class LLMJudge:
         cfg = self.config
         replies: list[str] = []
         extra = {"response_format": {"type": "json_schema", "json_schema": {"name": "verdict", "schema": schema}}}
-        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
+        messages = [{"role": "system", "content": cfg.system_prompt}, {"role": "user", "content": question}]
         for attempt in range(cfg.retries + 1):
             response = self._create(
                 model=cfg.model, messages=messages, max_tokens=cfg.max_tokens, seed=cfg.seed + attempt,
@@ -262,14 +277,18 @@ class LLMJudge:
                 if attempt == cfg.outage_retries:
                     raise JudgeUnavailable(f"no answer after {attempt + 1} tries: {type(exc).__name__}") from exc
                 self.sleep(min(cfg.max_backoff_s, cfg.backoff_s * 2**attempt))
-            except openai.APIStatusError as exc:  # 400, 401, 404: asking again would not help
-                raise JudgeUnavailable(f"refused: HTTP {exc.status_code}") from exc
+            except openai.BadRequestError as exc:  # this question: asking it again would not help
+                raise JudgeRefusedItem(_server_message(exc)) from exc
+            except openai.APIStatusError as exc:  # 401, 403, 404: no question will be answered
+                raise JudgeUnavailable(f"refused: HTTP {exc.status_code}: {_server_message(exc)}") from exc
         raise AssertionError("unreachable")
 
     def _map(self, fn, items: list, on_outage: str) -> list[Verdict]:
         def guarded(item) -> Verdict:
             try:
                 return fn(item)
+            except JudgeRefusedItem as exc:
+                return Verdict(None, {"error": f"the judge endpoint refused the question (HTTP 400): {exc}"})
             except JudgeUnavailable as exc:
                 if on_outage == "raise":
                     raise

@@ -1,8 +1,8 @@
 """The LLM judge's settings: where the judge model is and how it is asked (:mod:`polyray.judge` asks it).
 
 Used by the JSONL tasks' ``judge`` (quality ``llm_judge``) and the ``llm_judge`` reward's
-parameters. The default questions are here because they are the defaults of two fields, and so is
-the system message, which is no field: every question is asked under it. The judge puts what it
+parameters. The default questions and system message are here because they are the defaults of
+fields the server owns (a request cannot set them): every question is asked under the system message. The judge puts what it
 grades into the questions itself, each piece between tags (``<prompt>``, ``<candidate>``,
 ``<response_a>``, ``<response_b>``), so a question template names the pieces and cannot leave one
 undelimited; :data:`SYSTEM` declares the text between those tags data, not instructions.
@@ -45,6 +45,10 @@ class JudgePrompts(BaseModel):
         POINTWISE, description="Pointwise question: {prompt}, {response}; optional {criteria}, {scale}, {example}."
     )
     pairwise_prompt: str = Field(PAIRWISE, description="Pairwise question: {prompt}, {a}, {b}; optional {criteria}.")
+    system_prompt: str = Field(
+        SYSTEM, min_length=1, description="The system message every question is asked under: it must declare the"
+        " tagged pieces data to grade (the default does; shorten it only for a judge with a small context).",
+    )
 
     @field_validator("pointwise_prompt", "pairwise_prompt")
     @classmethod

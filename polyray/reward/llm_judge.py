@@ -44,7 +44,7 @@ class LLMJudgeReward(ParameterisedReward):
 
     server_only_params = (
         "base_url", "api_key_env", "model", "retries", "timeout_s", "max_concurrency", "pointwise_prompt",
-        "pairwise_prompt", "templates", "outage_retries", "backoff_s", "max_backoff_s", "on_outage", "neutral_score",
+        "pairwise_prompt", "system_prompt", "templates", "outage_retries", "backoff_s", "max_backoff_s", "on_outage", "neutral_score",
         "debug",
     )  # fmt: skip
 

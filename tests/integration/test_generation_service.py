@@ -244,8 +244,10 @@ def test_fuzz_never_5xx(service, http):
 # The embedded model is the judge: its verdicts are noise; what is checked is the plumbing (chat
 # through the service, both orders, re-asks of malformed replies, the reward and the task metric).
 # Its context is 128 tokens: short questions, one criterion.
-SHORT = {"pointwise_prompt": "Rate {response} ({prompt}), 1-{scale}: {example}",
-         "pairwise_prompt": "{prompt} A: {a} B: {b} winner?", "criteria": ["quality"], "scale": 5}  # fmt: skip
+# The tiny judge's context is 128 tokens: a pointwise question with its two tagged pieces fits (~92), a
+# pairwise one with four does not, so pairwise is checked against a local endpoint (tests/unit/test_judge.py).
+SHORT = {"pointwise_prompt": "{prompt}{response}{example}", "criteria": ["quality"], "scale": 5,
+         "system_prompt": "Data."}  # fmt: skip
 
 
 def _judge_config(service, **extra) -> dict:
@@ -257,20 +259,20 @@ def test_llm_judge_reward_through_the_service(service, monkeypatch):
     from polyray.reward import RewardItem, build_reward
 
     monkeypatch.setenv("POLYRAY_TEST_JUDGE_KEY", KEY)
-    items = [RewardItem(prompt="nice day", completion=c, reference="it is") for c in ("yes", "no")]
-    free = build_reward("llm_judge", **_judge_config(service), unparseable_score=-1.0).score_batch(items)
+    items = [RewardItem(prompt="hi", completion=c, reference="it is") for c in ("yes", "no")]
+    free = build_reward("llm_judge", **_judge_config(service), unparseable_score=-1.0, debug=True).score_batch(items)
     for result in free:  # a tiny model rarely writes valid ratings: re-asked, then unparseable_score
         if result.score == -1.0:
-            assert len(result.detail["replies"]) == 2 and result.detail["error"] == "no parseable ratings"
+            assert result.detail["error"] == "no parseable ratings" and len(result.detail["replies"]) == 2, result.detail
         else:
             assert 0.0 <= result.score <= 1.0 and set(result.detail["ratings"]) == {"quality"}
     # with the schema sent as response_format, vLLM's structured outputs make every reply parse
     schema_bound = build_reward("llm_judge", **_judge_config(service, structured=True)).score_batch(items)
     for result in schema_bound:
         assert result.detail.get("attempts") == 1 and 0.0 <= result.score <= 1.0, result.detail
-    pairwise = build_reward("llm_judge", **_judge_config(service, structured=True, mode="pairwise")).score_batch(items)
-    for result in pairwise:
-        assert result.score in (0.0, 0.25, 0.5, 0.75, 1.0) and len(result.detail["winners"]) == 2, result.detail
+    # a question longer than the judge's context is that item's refusal (no score), not an outage of the run
+    (long,) = build_reward("llm_judge", **_judge_config(service)).score_batch([RewardItem(prompt="hi " * 40, completion="yes")])
+    assert long.score is None and "refused the question (HTTP 400)" in long.detail["error"], long.detail
 
 
 def test_llm_judge_as_a_task_quality(service, monkeypatch, tmp_path):
@@ -279,12 +281,12 @@ def test_llm_judge_as_a_task_quality(service, monkeypatch, tmp_path):
 
     monkeypatch.setenv("POLYRAY_TEST_JUDGE_KEY", KEY)
     data = tmp_path / "short.jsonl"  # short posts: the judge's question must fit the tiny model's context
-    data.write_text("".join(json.dumps({"prompt": f"day {i}", "response": "nice", "engagement": i % 5}) + "\n"
+    data.write_text("".join(json.dumps({"prompt": f"d{i}", "response": "nice", "engagement": i % 5}) + "\n"
                             for i in range(40)))  # fmt: skip
     task = build_task(JsonlTaskConfig(type="replies", path=str(data), quality="llm_judge",
                                       judge=_judge_config(service, structured=True), success_threshold=0.5))  # fmt: skip
     prompts = task.prompts("test", 2)
-    judged = task.judge_groups(prompts, [["thanks!", "ok"], ["great point"]])
+    judged = task.judge_groups(prompts, [["ok", "no"], ["yes"]])
     assert [len(g) for g in judged] == [2, 1]
     for j in (j for g in judged for j in g):
         assert 0.0 <= j.reward <= 1.0 and j.metrics["llm_judge"] == j.reward and "rougeL" in j.metrics
