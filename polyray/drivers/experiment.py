@@ -42,6 +42,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,7 +57,21 @@ from polyray.eval.stats import EQUIVALENCE_MARGIN
 if TYPE_CHECKING:
     from polyray.eval.record import EvalRecord
 
-METRICS = ("pass@1", "pass@5", "pass@10", "usq@5", "reward_mean", "distinct_samples")
+HEADLINE = re.compile(r"^(pass@|usq@)([1-9][0-9]*)$|^reward_mean$|^distinct_samples$")
+"""The metrics an experiment reports and compares (with the diversities): pass@k and USQ@k at the
+runs' own ks, the mean reward, the share of distinct samples."""
+
+
+def headline_metrics(names) -> list[str]:
+    """The headline metrics among ``names``, in table order: pass@k by k, USQ@k by k, reward, distinct."""
+    found = [m for m in set(names) if HEADLINE.match(m)]
+    order = {"pass@": 0, "usq@": 1, "reward_mean": 2, "distinct_samples": 3}
+
+    def key(m: str) -> tuple[int, int]:
+        at = HEADLINE.match(m)
+        return (order[at.group(1)], int(at.group(2))) if at.group(1) else (order[m], 0)
+
+    return sorted(found, key=key)
 
 
 class Selection(StrictModel):
@@ -131,8 +146,9 @@ class ExperimentConfig(StrictModel):
         margins = self.equivalence_margin
         margins = margins if isinstance(margins, dict) else {"*": margins}
         for metric, margin in margins.items():
-            if metric != "*" and metric not in METRICS:
-                raise ValueError(f"equivalence_margin: unknown metric {metric!r} (compared: {list(METRICS)})")
+            if metric != "*" and not HEADLINE.match(metric):
+                raise ValueError(f"equivalence_margin: unknown metric {metric!r} (compared: pass@k, usq@k at the runs'"
+                                 " ks, reward_mean, distinct_samples)")
             if not margin > 0:
                 raise ValueError(f"equivalence_margin: {metric if metric != '*' else ''} must be > 0, got {margin}")
         return self
@@ -217,6 +233,13 @@ def load_experiment(
     for label, sel in exp.select.items():
         for cand in sel.among:
             _check_selection(configs, exp.models[cand], sel.metric, f"{path}: select.{label}: {cand}")
+    if isinstance(exp.equivalence_margin, dict):  # a margin for a k no run evaluates would compare nothing
+        ks = {k for run in configs.values() for k in run.eval.ks}
+        for metric in exp.equivalence_margin:
+            at = HEADLINE.match(metric)
+            if metric != "*" and at.group(1) and int(at.group(2)) not in ks:
+                raise ConfigError(f"{path}: equivalence_margin: unknown metric {metric!r} (the runs' eval.ks are"
+                                  f" {sorted(ks)})")
     return exp, configs
 
 
@@ -464,7 +487,7 @@ def aggregate(exp: ExperimentConfig, configs, out: Path, seeds: int) -> dict[str
             continue
         rows = [by_seed[s].means() for s in have]
         for m in rows[0]:
-            if not (m in METRICS or m.startswith("diversity/")) or not all(m in r for r in rows):
+            if not (HEADLINE.match(m) or m.startswith("diversity/")) or not all(m in r for r in rows):
                 continue
             values = [r[m] for r in rows]
             entry[m] = ({**mean_ci(values), "values": values, "conditional_on": CONDITIONAL_ON_TEST_PROMPTS}
@@ -486,7 +509,7 @@ def aggregate(exp: ExperimentConfig, configs, out: Path, seeds: int) -> dict[str
         if not common:
             entry["note"] = "no seed has results for both models"
             continue
-        for m in METRICS:
+        for m in headline_metrics(a_means[common[0]]):
             if not all(m in a_means[s] and m in b_means[s] for s in common):
                 continue
             a, b = {s: a_means[s][m] for s in common}, {s: b_means[s][m] for s in common}  # paired by seed id
@@ -590,15 +613,16 @@ def summary_table(summary: dict[str, Any]):
 
     models = summary["models"]
     div = sorted({m for v in models.values() for m in v if m.startswith("diversity/")})
+    headline = headline_metrics({m for v in models.values() for m in v})
     table = Table(title=f"experiment {summary['name']}: mean ±95% t-interval over {summary['seeds']} seeds "
                         "(conditional on the test prompts)")
     table.add_column("model", no_wrap=True)
     table.add_column("seeds", justify="right", no_wrap=True)
-    for m in [*METRICS, *div]:
+    for m in [*headline, *div]:
         table.add_column(metric_label(m), justify="right", no_wrap=True)
     for label, v in models.items():
         cells = []
-        for m in [*METRICS, *div]:
+        for m in [*headline, *div]:
             cell = v.get(m)
             if cell is None:
                 cells.append("-")
@@ -607,14 +631,17 @@ def summary_table(summary: dict[str, Any]):
             else:
                 cells.append(f"{cell['mean']:.3f}")
         table.add_row(label, str(v.get("n_seeds", 0)), *cells)
+    from rich.text import Text
+
+    parts: list[Any] = [table]
     selections = summary.get("selections") or {}
-    if selections:  # what the table holds that was chosen, and on which split
-        table.caption = "; ".join(
+    if selections:  # what the table holds that was chosen, and on which split (a line of its own: no wrap)
+        parts.append(Text("; ".join(
             f"{label} = {s['chosen'] or 'none measured'}, selected on {s['selected_on']} by mean {s['metric']} over"
-            f" seeds among {', '.join(s['among'])}" for label, s in selections.items())  # fmt: skip
+            f" seeds among {', '.join(s['among'])}" for label, s in selections.items())))  # fmt: skip
     comparisons = summary.get("comparisons") or {}
     if not comparisons:
-        return table
+        return Group(*parts)
     tests = Table(title="treatment − control over seeds, paired by seed id: p (Holm p); 95% t-interval given the "
                         "test prompts; TOST equivalence within ±margin; bootstrap 95% CI over seeds and prompts")
     for col in ("comparison", "metric", "seeds", "difference [95% CI]", "t p", "rank p", "effect",
@@ -646,4 +673,4 @@ def summary_table(summary: dict[str, Any]):
     if floors:
         tests.caption = (f"with these seeds the exact Wilcoxon p cannot go below {floors[0]:.3g}: "
                          "it cannot reject at 0.05, whatever the effect")
-    return Group(table, tests)
+    return Group(*parts, tests)
