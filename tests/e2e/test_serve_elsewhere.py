@@ -1,0 +1,84 @@
+"""`polyray serve reward` as a user runs it, from a directory that is not the checkout: the user's
+Serve config and reward file are found relative to that directory, and Ctrl-C stops the service
+and its local Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.ray]
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVE_CONFIG = """
+applications:
+  - name: reward
+    route_prefix: /
+    import_path: polyray.services.reward_app:build_app
+    args:
+      num_cpus: 0.5
+      rewards:
+        custom: {function: my_rewards.py:score}
+"""
+REWARDS = "def score(prompts, completions, **kwargs):\n    return [float(len(c)) for c in completions]\n"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 240) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[0][-4000:]
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=5) as response:
+                return json.loads(response.read())
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(1)
+    raise AssertionError(f"no /healthz at {url} within {timeout_s} s")
+
+
+def test_serve_reward_from_another_directory(tmp_path):
+    """The user's Serve config and reward file, named relative to the directory they start in (the
+    default config's resolution from any directory: tests/unit/test_reward_functions.py)."""
+    (tmp_path / "my_rewards.py").write_text(REWARDS)
+    (tmp_path / "serve.yaml").write_text(SERVE_CONFIG)
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    cmd = [sys.executable, "-m", "polyray.cli", "serve", "reward", "--port", str(port)]
+    proc = subprocess.Popen([*cmd, "--config", "serve.yaml"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert _wait_healthy(url, proc)["status"] == "ok"
+        scores = _post(f"{url}/v1/rewards", {"reward": "custom", "items": [
+            {"prompt": "p", "completion": "abc"}, {"prompt": "p", "completion": "a"}]})["scores"]  # fmt: skip
+        assert scores == [3.0, 1.0]
+        item = {"prompt": "nums 3 4 9 target 12\nexpr:", "completion": " 3+9"}  # a built-in reward beside it
+        assert _post(f"{url}/v1/rewards", {"reward": "countdown", "items": [item]})["scores"] == [1.0]
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0 and "shutting down" in out, out[-4000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
