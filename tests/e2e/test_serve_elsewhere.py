@@ -75,7 +75,9 @@ def test_serve_reward_from_another_directory(tmp_path):
         assert scores == [3.0, 1.0]
         item = {"prompt": "nums 3 4 9 target 12\nexpr:", "completion": " 3+9"}  # a built-in reward beside it
         assert _post(f"{url}/v1/rewards", {"reward": "countdown", "items": [item]})["scores"] == [1.0]
-        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
+        # Ctrl-C to the command alone: it stops Serve and the local Ray it started (Ray's own
+        # processes, in its process group here, are not sent the signal: they are shut down by it)
+        proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=120)
         assert proc.returncode == 0 and "shutting down" in out, out[-4000:]
     finally:
