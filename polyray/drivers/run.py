@@ -152,8 +152,9 @@ def evaluate_dir_on_test(out: Path, stages: list[str]) -> dict[str, EvalRecord]:
     """:func:`evaluate_on_test` of the run in ``out`` with the config it ran with (its config.resolved.yaml)."""
     import yaml
 
-    if not stages_to_test(read_results(out / "results.json"), stages):  # nothing to evaluate: no Ray, no config
-        return {stage: record_on_test(read_results(out / "results.json"), stage) for stage in stages}
+    results = read_results(out / "results.json")
+    if not stages_to_test(results, stages):  # nothing to evaluate: no Ray, no config
+        return {stage: record_on_test(results, stage) for stage in stages}
     run = RunConfig.model_validate(yaml.safe_load((out / "config.resolved.yaml").read_text()))
     return evaluate_on_test(run, out, stages)
 
