@@ -88,6 +88,26 @@ class Selection(StrictModel):
         return check_selection_metric(metric)
 
 
+class Hypothesis(StrictModel):
+    """A claim declared before the runs: ``treatment`` raises ``raise_metric`` over ``control`` (paired
+    t over seeds) while keeping ``keep_metric`` within ``keep_within`` of the control's mean (paired
+    TOST); :func:`polyray.eval.stats.raised_and_kept` gives the verdict."""
+
+    treatment: str = Field(..., description="Model label (from models or select).")
+    control: str = Field(..., description="Model label (from models or select).")
+    raise_metric: str = Field("pass@10", description="The metric the treatment must raise (paired t, p < 0.05).")
+    keep_metric: str = Field("pass@1", description="The metric the treatment must keep (paired TOST).")
+    keep_within: float = Field(0.10, gt=0, lt=1, description="Keep margin, a share of the control's mean.")
+    min_seeds: int = Field(5, ge=2, description="Fewer paired seeds: the verdict is 'undecided'.")
+
+    @field_validator("raise_metric", "keep_metric")
+    @classmethod
+    def _headline(cls, metric: str) -> str:
+        if not HEADLINE.match(metric):
+            raise ValueError(f"{metric!r} is not a reported metric (pass@k, usq@k, reward_mean, distinct_samples)")
+        return metric
+
+
 class ExperimentConfig(StrictModel):
     """Runs x seeds and the models reported from them."""
 
@@ -106,6 +126,10 @@ class ExperimentConfig(StrictModel):
         " test); the chosen one is reported under the label, the candidates are not reported."
     )
     compare: list[tuple[str, str]] = Field(default_factory=list, description="(treatment, control) model labels.")
+    hypotheses: dict[str, Hypothesis] = Field(
+        default_factory=dict, description="Name -> a claim declared in advance, answered with a verdict (Holm"
+        " across the hypotheses on their intersection-union p)."
+    )
     max_concurrent: int = Field(1, ge=1, description="Runs (Tune trials) executing at once on the cluster.")
     equivalence_margin: float | dict[str, float] = Field(
         EQUIVALENCE_MARGIN, description="TOST margin per comparison (absolute difference of means): one number for"
@@ -143,6 +167,10 @@ class ExperimentConfig(StrictModel):
                                      f" compare {seen[label]!r}")  # fmt: skip
                 if label not in reported:
                     raise ValueError(f"compare: unknown model {label!r} (models: {sorted(reported)})")
+        for name, hyp in self.hypotheses.items():
+            for label in (hyp.treatment, hyp.control):
+                if label not in reported:
+                    raise ValueError(f"hypotheses.{name}: unknown model {label!r} (reported: {sorted(reported)})")
         margins = self.equivalence_margin
         margins = margins if isinstance(margins, dict) else {"*": margins}
         for metric, margin in margins.items():
@@ -524,11 +552,35 @@ def aggregate(exp: ExperimentConfig, configs, out: Path, seeds: int) -> dict[str
         if "tost_p" in e:  # a claim of equivalence over the experiment's family, as a difference is
             e["equivalent"] = None if e["tost_p_holm"] is None else bool(e["tost_p_holm"] < ALPHA)
     summary = {"name": exp.name, "seeds": seeds, "confidence": CONFIDENCE, "alpha": ALPHA,
+               "hypotheses": hypothesis_verdicts(exp, means),
                "conditional_on": {"over_seeds": CONDITIONAL_ON_TEST_PROMPTS,
                                   "over_seeds_and_prompts": CONDITIONAL_ON_NOTHING},
                "holm_family_sizes": holm, "models": models, "comparisons": comparisons, "selections": selections}
     summary["pareto_pass1_pass10"] = pareto_frontier_labels(summary)
     return summary
+
+
+def hypothesis_verdicts(exp: ExperimentConfig, means: dict[str, dict[int, dict[str, float]]]) -> dict[str, Any]:
+    """Per declared hypothesis its verdict (:func:`polyray.eval.stats.raised_and_kept`) over the seeds
+    both models have; with several, a claim stands only if its Holm-adjusted intersection-union p
+    (``pvalue_holm``) is below alpha too."""
+    from polyray.eval.stats import ALPHA, holm_families, raised_and_kept
+
+    verdicts: dict[str, Any] = {}
+    for name, hyp in exp.hypotheses.items():
+        a, b = means.get(hyp.treatment, {}), means.get(hyp.control, {})
+        raise_a, raise_b, keep_a, keep_b = ({s: row[m] for s, row in by_seed.items() if m in row} for by_seed, m in
+                                            ((a, hyp.raise_metric), (b, hyp.raise_metric), (a, hyp.keep_metric),
+                                             (b, hyp.keep_metric)))  # fmt: skip
+        verdicts[name] = {**hyp.model_dump(), **raised_and_kept(
+            raise_a, raise_b, keep_a, keep_b, keep_within=hyp.keep_within, min_seeds=hyp.min_seeds)}
+    if len(verdicts) > 1:
+        holm_families(list(verdicts.values()), ["pvalue"])
+        for v in verdicts.values():
+            if v["verdict"] == "supported" and not (v["pvalue_holm"] is not None and v["pvalue_holm"] < ALPHA):
+                v["verdict"] = "not supported"
+                v["reasons"].append(f"not after Holm across {len(verdicts)} hypotheses (p {v['pvalue_holm']:.3g})")
+    return verdicts
 
 
 def pareto_frontier_labels(summary: dict[str, Any], x: str = "pass@1", y: str = "pass@10") -> list[str]:
@@ -585,6 +637,7 @@ def report_results(exp: ExperimentConfig, summary: dict[str, Any], out: Path) ->
         "pareto": {"diversity": "pass@10", "quality_label": "pass@1"},
         "dynamics": _dynamics_records(exp, out, refs=refs),
         "seed_comparisons": summary.get("comparisons") or {},
+        "hypotheses": summary.get("hypotheses") or {},
         "selection": [{"what": label, "chosen": s["chosen"] or "none measured", "metric": s["metric"],
                        "selected_on": s["selected_on"], "among": {c: a["mean"] for c, a in s["among"].items()}}
                       for label, s in selections.items()],
@@ -639,6 +692,15 @@ def summary_table(summary: dict[str, Any]):
         parts.append(Text("; ".join(
             f"{label} = {s['chosen'] or 'none measured'}, selected on {s['selected_on']} by mean {s['metric']} over"
             f" seeds among {', '.join(s['among'])}" for label, s in selections.items())))  # fmt: skip
+    if summary.get("hypotheses"):
+        from polyray.eval.report import HYPOTHESIS_COLUMNS, hypothesis_rows
+
+        hyp = Table(title="hypotheses declared in advance (paired over seeds, given the test prompts)")
+        for col in HYPOTHESIS_COLUMNS:
+            hyp.add_column(col, overflow="fold")
+        for name, cells in hypothesis_rows(summary["hypotheses"]):
+            hyp.add_row(name, *cells)
+        parts.append(hyp)
     comparisons = summary.get("comparisons") or {}
     if not comparisons:
         return Group(*parts)

@@ -14,7 +14,8 @@ One report for every producer: the evaluation job, ``polyray sweep`` (a model pe
   ``table-stats`` (the evaluation job's tests over prompts, given the two models) and
   ``table-seeds`` (an experiment's tests over seeds, paired by seed id, each interval labelled
   with what it holds fixed) and ``table-selection`` (what a sweep or an experiment chose, on which
-  split, by which metric, among what). A figure whose input is missing is replaced by a short note in a div with
+  split, by which metric, among what) and ``table-hypotheses`` (an experiment's declared claims, each
+  with its tests and verdict). A figure whose input is missing is replaced by a short note in a div with
   the same id and class ``skipped`` (``fig-axis``, a sweep's own, is left out instead).
 - ``tables.tex``: the main table (booktabs): model × pass@k, USQ@k, diversity, mean ±
   CI half-width where given, best mean per column in bold.
@@ -44,6 +45,7 @@ for the table/curves)::
       "seed_comparisons": {"<treatment> vs <control>": experiment.json's comparison, ...},
       "selection": [{"what": "setting", "chosen": "λ=0.1", "metric": "grpo/val/pass@1",
                      "selected_on": "validation", "among": {"λ=0.1": 0.21, ...}}, ...],  # what chose what
+      "hypotheses": {"H1": experiment.json's verdict, ...},  # declared claims and their verdicts
     }
 """
 
@@ -150,6 +152,44 @@ def _html_selection_table(results: dict[str, Any]) -> str | None:
         cells = [str(r.get("chosen", "–")), str(r.get("selected_on", "–")), str(r.get("metric", "–")), among]
         out.append(f"<tr><th>{html.escape(str(r.get('what', '')))}</th>"
                    + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")  # fmt: skip
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def hypothesis_rows(hypotheses: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """Per declared hypothesis (experiment.json's ``hypotheses``) the cells of its table row: claim,
+    seeds, raised (difference, 95% interval, p), kept (difference, 90% interval, margin, TOST p), verdict."""
+
+    def num(x: float | None, fmt: str) -> str:
+        return "–" if x is None else format(x, fmt)
+
+    rows = []
+    for name, h in hypotheses.items():
+        claim = (f"{h['treatment']} raises {h['raise_metric']} over {h['control']}, keeps {h['keep_metric']}"
+                 f" within {h['keep_within']:.0%}")
+        r, k = h.get("raise") or {}, h.get("keep") or {}
+        raised = (f"{num(r.get('difference'), '+.3f')} [{num(r.get('low'), '+.3f')}, {num(r.get('high'), '+.3f')}],"
+                  f" p {num(r.get('pvalue'), '.3g')}") if r else "–"
+        kept = (f"{num(k.get('difference'), '+.3f')} [{num(k.get('low'), '+.3f')}, {num(k.get('high'), '+.3f')}]"
+                f" vs ±{num(k.get('margin'), '.3f')}, TOST p {num(k.get('pvalue'), '.3g')}") if k else "–"
+        verdict = h["verdict"] + (f" ({'; '.join(h['reasons'])})" if h.get("reasons") else "")
+        rows.append((name, [claim, str(h.get("n_seeds", 0)), raised, kept, verdict]))
+    return rows
+
+
+HYPOTHESIS_COLUMNS = ("hypothesis", "claim", "seeds", "raised: difference [95% CI], paired t p",
+                      "kept: difference [90% CI] vs margin, TOST p", "verdict")
+
+
+def _html_hypotheses_table(results: dict[str, Any]) -> str | None:
+    rows = hypothesis_rows(results.get("hypotheses") or {})
+    if not rows:
+        return None
+    out = ['<table id="table-hypotheses" class="results"><thead><tr>']
+    out += [f"<th>{h}</th>" for h in HYPOTHESIS_COLUMNS]
+    out.append("</tr></thead><tbody>")
+    for name, cells in rows:
+        out.append(f"<tr><th>{html.escape(name)}</th>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     out.append("</tbody></table>")
     return "".join(out)
 
@@ -307,6 +347,9 @@ def render_html(results: dict[str, Any]) -> str:
     selection = _html_selection_table(results)
     if selection:
         body.append(f'<section id="section-selection"><h2>Selection (validation only)</h2>{selection}</section>')
+    hypotheses = _html_hypotheses_table(results)
+    if hypotheses:
+        body.append(f'<section id="section-hypotheses"><h2>Hypotheses (declared in advance)</h2>{hypotheses}</section>')
     stats = _html_stats_table(results)
     if stats:
         body.append(f'<section id="section-stats"><h2>Statistics</h2>{stats}</section>')

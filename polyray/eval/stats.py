@@ -72,6 +72,7 @@ __all__ = [
     "mean_ci",
     "pair_prompts",
     "paired_t",
+    "raised_and_kept",
     "welch_t",
     "wilcoxon_seeds",
 ]
@@ -623,6 +624,67 @@ def compare_over_seeds(
             out["cohens_d"] = compute_cohens_d(a, b)
     if margin is not None:
         out["equivalence"] = equivalence_tost(a, b, margin, paired=paired)
+    return out
+
+
+def raised_and_kept(
+    raise_a: Mapping[int, float],
+    raise_b: Mapping[int, float],
+    keep_a: Mapping[int, float],
+    keep_b: Mapping[int, float],
+    *,
+    keep_within: float,
+    min_seeds: int = 5,
+    alpha: float = ALPHA,
+) -> dict[str, Any]:
+    """Whether a model *raises* one metric over a control while *keeping* another within a relative
+    margin of the control's: an intersection–union test (Berger 1982) over seeds, paired by seed id.
+
+    Each argument maps seed id -> the model's value on that seed (a: treatment, b: control); the
+    seeds both sides of both metrics have are used. Raised: the paired t-test (``paired_t``) on
+    the per-seed differences of the first metric rejects at ``alpha`` and the mean difference is
+    positive. Kept: the paired TOST (``equivalence_tost``) at ±``keep_within`` × |mean control| of
+    the second metric concludes equivalence at ``alpha`` (the margin is relative, so it is taken
+    from the control's mean over the same seeds). The claim holds when both do; no multiplicity
+    adjustment is needed inside it, since each part must reject on its own at ``alpha``.
+    ``pvalue`` is the intersection–union p, max(raise p, TOST p): Holm across several such claims
+    takes it. ``verdict``: "supported", "not supported" (with ``reasons``) or "undecided" when fewer
+    than ``min_seeds`` seeds are paired or a test is undefined.
+    """
+    if not 0 < keep_within < 1:
+        raise ValueError(f"keep_within must be in (0, 1) (a share of the control's mean), got {keep_within}")
+    seeds = sorted(set(raise_a) & set(raise_b) & set(keep_a) & set(keep_b))
+    ra, rb = (np.array([x[s] for s in seeds], dtype=np.float64) for x in (raise_a, raise_b))
+    ka, kb = (np.array([x[s] for s in seeds], dtype=np.float64) for x in (keep_a, keep_b))
+    out: dict[str, Any] = {"seeds": seeds, "n_seeds": len(seeds), "min_seeds": min_seeds, "alpha": alpha,
+                           "conditional_on": CONDITIONAL_ON_TEST_PROMPTS, "pvalue": None, "reasons": []}
+    if len(seeds) < max(min_seeds, 2):
+        out.update(verdict="undecided", reasons=[f"{len(seeds)} paired seeds, at least {max(min_seeds, 2)} needed"])
+        return out
+    t = paired_t(ra, rb)
+    margin = keep_within * abs(float(kb.mean()))
+    out["raise"] = {"difference": float(ra.mean() - rb.mean()), "mean_control": float(rb.mean()),
+                    "pvalue": finite_or_none(t["pvalue"]), "low": finite_or_none(t["low"]),
+                    "high": finite_or_none(t["high"])}
+    eq = equivalence_tost(ka, kb, margin, paired=True, alpha=alpha) if margin > 0 else {
+        "pvalue": None, "equivalent": None, "low": None, "high": None, "note": "the control's mean is 0"}
+    out["keep"] = {"difference": float(ka.mean() - kb.mean()), "mean_control": float(kb.mean()),
+                   "keep_within": keep_within, "margin": margin, "pvalue": eq["pvalue"],
+                   "low": eq["low"], "high": eq["high"]}
+    p_raise, p_keep = out["raise"]["pvalue"], eq["pvalue"]
+    if p_raise is None or p_keep is None:
+        out["verdict"] = "undecided"
+        out["reasons"] = [n for n in (t.get("note"), eq.get("note")) if n]
+        return out
+    raised = p_raise < alpha and out["raise"]["difference"] > 0
+    kept = p_keep < alpha
+    if not raised:
+        out["reasons"].append(f"not raised: difference {out['raise']['difference']:+.4f}, paired t p = {p_raise:.3g}")
+    if not kept:
+        out["reasons"].append(f"not shown kept within ±{margin:.4f} ({keep_within:.0%} of the control's"
+                              f" {kb.mean():.4f}): TOST p = {p_keep:.3g}")
+    out["pvalue"] = max(p_raise, p_keep) if out["raise"]["difference"] > 0 else 1.0
+    out["verdict"] = "supported" if raised and kept else "not supported"
     return out
 
 

@@ -473,3 +473,91 @@ def test_candidates_evaluate_on_validation_and_the_chosen_one_alone_on_test(tmp_
     summary = aggregate(exp, configs, out, seeds=2)
     assert summary["models"]["grpo"]["pass@1"]["mean"] == pytest.approx(0.205)  # b's test, not its validation 0.9
     assert summary["models"]["sft"]["pass@1"]["mean"] == pytest.approx(0.9)  # a run reported as is: its own test
+
+
+def _t_sf_reference(d: np.ndarray, shift: float) -> tuple[float, float]:
+    """(mean(d) - shift) / (sd / sqrt n) by a float64 loop, and its df."""
+    n = len(d)
+    mean = sum(float(x) for x in d) / n
+    var = sum((float(x) - mean) ** 2 for x in d) / (n - 1)
+    return (mean - shift) / (var / n) ** 0.5, n - 1
+
+
+def test_hypothesis_verdict_is_an_intersection_union_of_paired_t_and_relative_tost(tmp_path):
+    # pass@10 up by about 0.04 on every seed; pass@1 within a few thousandths of the control's 0.30
+    sft = {"pass@1": [0.300, 0.310, 0.290, 0.305, 0.295], "pass@10": [0.60, 0.62, 0.59, 0.61, 0.60]}
+    poly = {"pass@1": [0.302, 0.306, 0.292, 0.300, 0.297], "pass@10": [0.645, 0.655, 0.632, 0.652, 0.641]}
+    hyp = "{H1: {treatment: y, control: x}}"
+    path = _write(tmp_path, "name: e\nbase: base.yaml\nruns: {a: {}}\nmodels: {x: a/sft, y: a/grpo}\n"
+                            f"hypotheses: {hyp}\n")  # fmt: skip
+    exp, configs = load_experiment(path, seeds=5)
+    for seed in range(5):
+        d = tmp_path / "out" / "runs" / f"a-s{seed}"
+        d.mkdir(parents=True, exist_ok=True)
+        phases = {"sft": {m: v[seed] for m, v in sft.items()}, "grpo": {m: v[seed] for m, v in poly.items()}}
+        (d / "results.json").write_text(json.dumps({"phases": phases}))
+    h = aggregate(exp, configs, tmp_path / "out", seeds=5)["hypotheses"]["H1"]
+    # raised: the two-sided paired t p from a float64 loop and the t distribution
+    d10 = np.subtract(poly["pass@10"], sft["pass@10"])
+    t, df = _t_sf_reference(d10, 0.0)
+    assert h["raise"]["pvalue"] == pytest.approx(2 * st.t.sf(abs(t), df))
+    # kept: TOST at 10% of the control's mean pass@1, the larger of the two one-sided p's
+    d1 = np.subtract(poly["pass@1"], sft["pass@1"])
+    margin = 0.1 * np.mean(sft["pass@1"])
+    lo, _ = _t_sf_reference(d1, -margin)
+    hi, _ = _t_sf_reference(d1, margin)
+    p_tost = max(st.t.sf(lo, df), st.t.cdf(hi, df))
+    assert h["keep"]["margin"] == pytest.approx(margin) and h["keep"]["pvalue"] == pytest.approx(p_tost)
+    assert h["verdict"] == "supported" and h["reasons"] == [] and h["n_seeds"] == 5
+    assert h["pvalue"] == pytest.approx(max(h["raise"]["pvalue"], p_tost))
+    assert h["conditional_on"] == "test prompts"
+    # the table and the report both show it
+    summary = aggregate(exp, configs, tmp_path / "out", seeds=5)
+    out = io.StringIO()
+    Console(file=out, width=400).print(summary_table(summary))
+    assert "H1" in out.getvalue() and "supported" in out.getvalue()
+    from polyray.eval.report import render_html
+
+    html = render_html(report_results(exp, summary, tmp_path / "out"))
+    assert 'id="table-hypotheses"' in html and "y raises pass@10 over x" in html
+
+
+def test_hypothesis_verdicts_say_why_not():
+    from polyray.eval.stats import raised_and_kept
+
+    seeds = range(5)
+    base = {s: 0.30 + 0.01 * (s % 2) for s in seeds}
+    same10 = {s: 0.6 + 0.01 * s for s in seeds}
+    # pass@10 not raised (noise around zero), pass@1 kept
+    noisy = {s: same10[s] + (0.01 if s % 2 else -0.012) for s in seeds}
+    v = raised_and_kept(noisy, same10, {s: base[s] + 0.001 * s for s in seeds}, base, keep_within=0.1)
+    assert v["verdict"] == "not supported" and len(v["reasons"]) == 1 and v["reasons"][0].startswith("not raised")
+    # raised a lot, but pass@1 fell by 20%: outside a 10% margin
+    up = {s: same10[s] + 0.05 + 0.002 * s for s in seeds}
+    fell = {s: base[s] * 0.8 + 0.001 * s for s in seeds}
+    v = raised_and_kept(up, same10, fell, base, keep_within=0.1)
+    assert v["verdict"] == "not supported" and v["reasons"][0].startswith("not shown kept")
+    # a significant *fall* is not a raise
+    down = {s: same10[s] - 0.05 - 0.002 * s for s in seeds}
+    kept = {s: base[s] + 0.001 * s for s in seeds}
+    v = raised_and_kept(down, same10, kept, base, keep_within=0.1)
+    assert v["verdict"] == "not supported" and v["pvalue"] == 1.0
+    # identical pass@1 on every seed: TOST is undefined, so no verdict
+    v = raised_and_kept(up, same10, base, base, keep_within=0.1)
+    assert v["verdict"] == "undecided" and v["pvalue"] is None
+    # too few seeds: no verdict either way
+    v = raised_and_kept({0: 0.7, 1: 0.8, 2: 0.9}, {0: 0.1, 1: 0.2, 2: 0.25}, base, base, keep_within=0.1)
+    assert v["verdict"] == "undecided" and "3 paired seeds, at least 5 needed" in v["reasons"][0]
+    with pytest.raises(ValueError, match="keep_within"):
+        raised_and_kept(up, same10, base, base, keep_within=10)
+
+
+def test_a_hypothesis_names_reported_models(tmp_path):
+    path = _write(tmp_path, "name: e\nbase: base.yaml\nruns: {a: {}}\nmodels: {x: a/sft}\n"
+                            "hypotheses: {H1: {treatment: nope, control: x}}\n")  # fmt: skip
+    with pytest.raises(ConfigError, match="hypotheses.H1: unknown model 'nope'"):
+        load_experiment(path, seeds=1)
+    path.write_text("name: e\nbase: base.yaml\nruns: {a: {}}\nmodels: {x: a/sft, y: a/grpo}\n"
+                    "hypotheses: {H1: {treatment: y, control: x, raise_metric: pass@x}}\n")
+    with pytest.raises(ConfigError, match="raise_metric"):
+        load_experiment(path, seeds=1)
