@@ -75,7 +75,8 @@ def run(
 @app.command()
 def experiment(
     config: Path = typer.Argument(..., help="Experiment YAML, e.g. configs/experiments/two_phase.yaml."),
-    seeds: int = typer.Option(3, "--seeds", min=1, help="Seeds per run (0..seeds-1)."),
+    seeds: int = typer.Option(3, "--seeds", min=1, help="Seeds per run (first-seed..first-seed+seeds-1)."),
+    first_seed: int = typer.Option(0, "--first-seed", min=0, help="The first seed id (fresh seeds for a confirmation)."),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Where outputs go (default runs/<name>/)."),
     set_: List[str] = typer.Option([], "--set", help="Override a field of the base run: --set learner.threads=2 (repeatable)."),
 ):
@@ -83,7 +84,7 @@ def experiment(
     from polyray.drivers.experiment import run_experiment
 
     with user_errors():
-        run_experiment(config, seeds, output_dir, set_)
+        run_experiment(config, seeds, output_dir, set_, first_seed=first_seed)
 
 
 @app.command()

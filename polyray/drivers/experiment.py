@@ -35,6 +35,11 @@ evaluations on validation; :func:`candidate_runs`), and after the selection the 
 phase is evaluated on test for each seed (:func:`polyray.drivers.run.evaluate_on_test`, kept in
 that run's results.json under ``test``, so a re-run does not evaluate it again). A test-set metric
 is refused when the file is read.
+
+An experiment can itself be a selection stage: ``split: val`` evaluates every run on the
+validation prompts and reports and compares them there (the test set is never read), so that a
+recipe can be chosen by the table's rule; a confirmation experiment then runs what was chosen on
+test with fresh seeds (``--first-seed``: seeds first..first+N−1, none of them the selection's).
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -126,6 +131,10 @@ class ExperimentConfig(StrictModel):
         " test); the chosen one is reported under the label, the candidates are not reported."
     )
     compare: list[tuple[str, str]] = Field(default_factory=list, description="(treatment, control) model labels.")
+    split: Literal["test", "val"] = Field(
+        "test", description="Where every model is evaluated, reported and compared: test, or val for a selection"
+        " stage (the test set is not read; confirm the choice on test with fresh seeds, --first-seed)."
+    )
     hypotheses: dict[str, Hypothesis] = Field(
         default_factory=dict, description="Name -> a claim declared in advance, answered with a verdict (Holm"
         " across the hypotheses on their intersection-union p)."
@@ -150,6 +159,8 @@ class ExperimentConfig(StrictModel):
             if run not in self.runs or not phase:
                 raise ValueError(f"models.{label}: {ref!r} is not 'run/phase' with a run from runs ({sorted(self.runs)})")
         seen: dict[str, str] = {}
+        if self.split == "val" and self.select:
+            raise ValueError("select: an experiment on split: val is itself the selection stage; leave select out")
         for label, sel in self.select.items():
             if label in self.models:
                 raise ValueError(f"select.{label}: the label is also a model's; name the selection apart")
@@ -198,6 +209,11 @@ class ExperimentConfig(StrictModel):
         return {name: str(patch["from"]) for name, patch in self.runs.items() if "from" in patch}
 
 
+def seed_ids(seeds: int | Sequence[int]) -> list[int]:
+    """The seed ids of an experiment: ``seeds`` as given, or 0..seeds−1 for a count."""
+    return list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+
+
 def branch_adapter(out: Path, origin: str, seed: int) -> Path:
     """Where the run a branch starts from (``origin`` = 'run/phase') saves that phase's adapter."""
     run, _, phase = origin.partition("/")
@@ -216,7 +232,7 @@ def experiment_dir(exp: ExperimentConfig, output_dir: Path | None = None) -> Pat
 
 
 def load_experiment(
-    path: str | Path, seeds: int, out: Path | None = None, overrides: Sequence[str] = ()
+    path: str | Path, seeds: int | Sequence[int], out: Path | None = None, overrides: Sequence[str] = ()
 ) -> tuple[ExperimentConfig, dict[tuple[str, int], RunConfig]]:
     """The experiment and one validated :class:`RunConfig` per (run, seed); a branch run's
     ``init_adapter`` points into ``out`` (default ``runs/<name>``). ``overrides`` (``--set`` items)
@@ -237,11 +253,13 @@ def load_experiment(
     origins = exp.origins()
     out = experiment_dir(exp, out)
     candidates = candidate_runs(exp)
+    ids = seed_ids(seeds)
+    first = ids[0]
     for run_name, patch in exp.runs.items():
         patch = {k: v for k, v in patch.items() if k != "from"}
-        for seed in range(seeds):
+        for seed in ids:
             data = merge(base, {**patch, "name": f"{exp.name}-{run_name}-s{seed}", "seed": seed})
-            if run_name in candidates:  # nothing of it is reported as is: its test set is read only if chosen
+            if run_name in candidates or exp.split == "val":  # nothing of it is reported as is: its test set is read only if chosen
                 data = merge(data, TRIAL_EVAL)
             if run_name in origins:
                 data["init_adapter"] = str(branch_adapter(out, origins[run_name], seed))
@@ -249,14 +267,14 @@ def load_experiment(
                 configs[run_name, seed] = RunConfig.model_validate(data)
             except ValidationError as exc:
                 raise ConfigError(format_validation_error(exc, f"{path}: runs.{run_name}")) from None
-        phases = {"base"} | {p.name for p in configs[run_name, 0].phases}
+        phases = {"base"} | {p.name for p in configs[run_name, first].phases}
         for label, ref in exp.models.items():
             run, _, phase = ref.partition("/")
             if run == run_name and phase not in phases:
                 raise ConfigError(f"{path}: models.{label}: run {run!r} has no phase {phase!r} ({sorted(phases)})")
     for name, origin in origins.items():
         run, _, phase = origin.partition("/")
-        if phase not in {p.name for p in configs[run, 0].phases}:
+        if phase not in {p.name for p in configs[run, first].phases}:
             raise ConfigError(f"{path}: runs.{name}.from: run {run!r} has no phase {phase!r}")
     for label, sel in exp.select.items():
         for cand in sel.among:
@@ -279,7 +297,7 @@ def candidate_runs(exp: ExperimentConfig) -> set[str]:
     return set(exp.runs) - direct
 
 
-def evaluate_chosen_on_test(exp: ExperimentConfig, out: Path, seeds: int,
+def evaluate_chosen_on_test(exp: ExperimentConfig, out: Path, seeds: int | Sequence[int],
                             selections: dict[str, dict[str, Any]]) -> dict[str, str]:
     """Each selection's chosen candidate evaluated on test, per seed that has its run
     (:func:`polyray.drivers.run.evaluate_dir_on_test`: once; a run that has it is only read). Returns
@@ -292,7 +310,7 @@ def evaluate_chosen_on_test(exp: ExperimentConfig, out: Path, seeds: int,
         if sel["run"] is None:
             continue
         run_name, _, phase = sel["run"].partition("/")
-        for seed in range(seeds):
+        for seed in seed_ids(seeds):
             directory = out / "runs" / f"{run_name}-s{seed}"
             if not (directory / "results.json").is_file():
                 continue
@@ -307,7 +325,7 @@ def _check_selection(configs: dict[tuple[str, int], RunConfig], ref: str, metric
     """The candidate ``ref`` (run/phase) measures ``metric`` on validation: its run's dynamics probe is on
     and measures that metric, and the phase is a trained one (``base`` has no probe)."""
     run_name, _, phase = ref.partition("/")
-    run = configs[run_name, 0]
+    run = next(cfg for (name, _), cfg in configs.items() if name == run_name)
     if phase == "base" or not run.dynamics.every:
         raise ConfigError(f"{where}: {ref} has no validation measurement (set dynamics.every in runs.{run_name}"
                           " and select a trained phase)")  # fmt: skip
@@ -317,7 +335,7 @@ def _check_selection(configs: dict[tuple[str, int], RunConfig], ref: str, metric
         raise ConfigError(f"{where}: the dynamics probe of runs.{run_name} measures {known}, not {name!r}")
 
 
-def select_models(exp: ExperimentConfig, out: Path, seeds: int) -> dict[str, dict[str, Any]]:
+def select_models(exp: ExperimentConfig, out: Path, seeds: int | Sequence[int]) -> dict[str, dict[str, Any]]:
     """Per selection, its candidates' validation values per seed (the phase's last dynamics-probe
     measurement, :func:`polyray.tracking.run_metrics`) and the one with the best mean over the seeds
     that measured it (ties: the first listed); no test record is read."""
@@ -329,7 +347,7 @@ def select_models(exp: ExperimentConfig, out: Path, seeds: int) -> dict[str, dic
         for cand in sel.among:
             run_name, _, phase = exp.models[cand].partition("/")
             have = {}
-            for seed in range(seeds):
+            for seed in seed_ids(seeds):
                 value = run_metrics({}, out / "runs" / f"{run_name}-s{seed}").get(f"{phase}/{sel.metric}")
                 if value is not None:
                     have[seed] = float(value)
@@ -355,29 +373,31 @@ def _experiment_run_dir(params: dict[str, Any], trial_id: str) -> str:
 
 
 def run_experiment(
-    path: str | Path, seeds: int, output_dir: Path | None = None, overrides: Sequence[str] = ()
+    path: str | Path, seeds: int, output_dir: Path | None = None, overrides: Sequence[str] = (), first_seed: int = 0,
 ) -> dict[str, Any]:
     """Every run x seed as a Ray Tune trial (:func:`polyray.drivers.sweep.run_trials`). Each invocation is a
     new Tune experiment over the current runs and seeds (so added seeds or runs are scheduled);
-    a run a previous invocation finished is only reported, and an unfinished one is continued."""
+    a run a previous invocation finished is only reported, and an unfinished one is continued.
+    The seeds are ``first_seed`` .. ``first_seed + seeds − 1``."""
     import time
 
     from ray import tune
 
     from polyray.drivers.sweep import error_line, run_trials, trial_params
 
-    exp, configs = load_experiment(path, seeds, output_dir, overrides)
+    ids = seed_ids(range(first_seed, first_seed + seeds))
+    exp, configs = load_experiment(path, ids, output_dir, overrides)
     out = experiment_dir(exp, output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    bases = {run_name: configs[run_name, 0].model_dump(mode="json") for run_name in exp.runs}
+    bases = {run_name: configs[run_name, ids[0]].model_dump(mode="json") for run_name in exp.runs}
     origins = exp.origins()
     derived = functools.partial(_branch_fields, out=str(out), origins=origins)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     errors: dict[str, str] = {}
     roots, branches = [r for r in exp.runs if r not in origins], [r for r in exp.runs if r in origins]
     for wave, names in ((exp.name, roots), (f"{exp.name}-branches", branches)):
-        ready = list(range(seeds))
-        for seed in range(seeds):  # a branch needs its seed's starting adapter: the root run may have failed
+        ready = list(ids)
+        for seed in ids:  # a branch needs its seed's starting adapter: the root run may have failed
             missing = [r for r in names if r in origins and not branch_adapter(out, origins[r], seed).is_dir()]
             for r in missing:
                 errors[f"{r}-s{seed}"] = f"not started: {origins[r]} of seed {seed} has no adapter (that run failed)"
@@ -393,8 +413,8 @@ def run_experiment(
                 params = trial_params(result)
                 errors[f"{params.get('run', '?')}-s{params.get('seed', '?')}"] = error_line(result.error)
 
-    errors.update(evaluate_chosen_on_test(exp, out, seeds, select_models(exp, out, seeds)))  # on validation
-    summary = aggregate(exp, configs, out, seeds)
+    errors.update(evaluate_chosen_on_test(exp, out, ids, select_models(exp, out, ids)))  # on validation
+    summary = aggregate(exp, configs, out, ids)
     summary["errors"] = errors
     (out / "experiment.json").write_text(json.dumps(summary, indent=2))
     from polyray.eval.report import write_report
@@ -460,10 +480,18 @@ def _texts(phase: EvalRecord) -> list[str | None]:
     return [r.prompt for r in phase.per_prompt or []]
 
 
-def _load_phases(refs: dict[str, str | None], out: Path, seeds: int) -> dict[str, dict[int, EvalRecord]]:
-    """Per reported model label, seed -> its phase's test evaluation record; a seed whose results.json
-    lacks it is absent (every seed, for a selection with nothing chosen)."""
+def _load_phases(refs: dict[str, str | None], out: Path, seeds: int | Sequence[int],
+                 split: str = "test") -> dict[str, dict[int, EvalRecord]]:
+    """Per reported model label, seed -> its phase's evaluation record on ``split``; a seed whose
+    results.json lacks it is absent (every seed, for a selection with nothing chosen)."""
     from polyray.drivers.run import read_results, record_on_test
+
+    def record(results: dict[str, Any], phase: str) -> EvalRecord:
+        if split == "test":
+            return record_on_test(results, phase)
+        if results.get("eval_split") != split:
+            raise KeyError(f"{phase}: not evaluated on {split}")
+        return results["phases"][phase]
 
     per_seed: dict[str, dict[int, EvalRecord]] = {}
     for label, ref in refs.items():
@@ -471,10 +499,10 @@ def _load_phases(refs: dict[str, str | None], out: Path, seeds: int) -> dict[str
         if ref is None:
             continue
         run_name, _, phase = ref.partition("/")
-        for seed in range(seeds):
+        for seed in seed_ids(seeds):
             try:
                 results = read_results(out / "runs" / f"{run_name}-s{seed}" / "results.json")
-                per_seed[label][seed] = record_on_test(results, phase)
+                per_seed[label][seed] = record(results, phase)
             except (OSError, ValueError, KeyError, TypeError):
                 continue
     return per_seed
@@ -483,7 +511,7 @@ def _load_phases(refs: dict[str, str | None], out: Path, seeds: int) -> dict[str
 HOLM_KEYS = ("paired_t_p", "wilcoxon_p", "tost_p", "welch_p", "mann_whitney_p")  # one Holm family per test
 
 
-def aggregate(exp: ExperimentConfig, configs, out: Path, seeds: int) -> dict[str, Any]:
+def aggregate(exp: ExperimentConfig, configs, out: Path, seeds: int | Sequence[int]) -> dict[str, Any]:
     """experiment.json: per model the mean and t-interval over seeds (conditional on the test prompts)
     and a bootstrap interval over seeds and prompts; per comparison tests paired by seed id over
     the seeds both models have, a TOST equivalence test, Holm-adjusted across the experiment,
@@ -499,14 +527,15 @@ def aggregate(exp: ExperimentConfig, configs, out: Path, seeds: int) -> dict[str
         mean_ci,
     )
 
-    selections = select_models(exp, out, seeds)  # on validation, before any test record is read
+    ids = seed_ids(seeds)
+    selections = select_models(exp, out, ids)  # on validation, before any test record is read
     refs = reported_models(exp, selections)
-    phases = _load_phases(refs, out, seeds)
+    phases = _load_phases(refs, out, ids, exp.split)
     models: dict[str, Any] = {}
     for label, by_seed in phases.items():
         have = sorted(by_seed)
         entry: dict[str, Any] = {"run": refs[label], "n_seeds": len(have), "seeds": have,
-                                 "missing_seeds": [s for s in range(seeds) if s not in by_seed]}
+                                 "missing_seeds": [s for s in ids if s not in by_seed]}
         if label in selections:
             entry.update(selected_on=SELECTED_ON, selected=selections[label]["chosen"],
                          among=list(selections[label]["among"]))
@@ -531,7 +560,7 @@ def aggregate(exp: ExperimentConfig, configs, out: Path, seeds: int) -> dict[str
         a_means, b_means = means[treat], means[ctrl]
         common = sorted(set(a_phases) & set(b_phases))
         entry = {"treatment": treat, "control": ctrl, "seeds": common,
-                 "missing_seeds": {lab: [s for s in range(seeds) if s not in phases[lab]] for lab in (treat, ctrl)},
+                 "missing_seeds": {lab: [s for s in ids if s not in phases[lab]] for lab in (treat, ctrl)},
                  "metrics": {}}
         comparisons[f"{treat} vs {ctrl}"] = entry
         if not common:
@@ -551,13 +580,37 @@ def aggregate(exp: ExperimentConfig, configs, out: Path, seeds: int) -> dict[str
     for e in entries:
         if "tost_p" in e:  # a claim of equivalence over the experiment's family, as a difference is
             e["equivalent"] = None if e["tost_p_holm"] is None else bool(e["tost_p_holm"] < ALPHA)
-    summary = {"name": exp.name, "seeds": seeds, "confidence": CONFIDENCE, "alpha": ALPHA,
+    summary = {"name": exp.name, "seeds": len(ids), "seed_ids": ids, "split": exp.split,
+               "confidence": CONFIDENCE, "alpha": ALPHA,
                "hypotheses": hypothesis_verdicts(exp, means),
                "conditional_on": {"over_seeds": CONDITIONAL_ON_TEST_PROMPTS,
                                   "over_seeds_and_prompts": CONDITIONAL_ON_NOTHING},
                "holm_family_sizes": holm, "models": models, "comparisons": comparisons, "selections": selections}
     summary["pareto_pass1_pass10"] = pareto_frontier_labels(summary)
-    return summary
+    return on_split(summary, exp.split)
+
+
+ON_VALIDATION_PROMPTS = "validation prompts"
+
+
+def on_split(data: Any, split: str) -> Any:
+    """``data`` with every ``conditional_on`` label that names the test prompts naming the validation
+    prompts instead, for an experiment on ``split: val`` (the statistics are the same; what they hold
+    fixed is not)."""
+    from polyray.eval.stats import CONDITIONAL_ON_TEST_PROMPTS
+
+    if split == "test":
+        return data
+    if isinstance(data, dict):
+        return {k: on_split(v, split) for k, v in data.items()}
+    if isinstance(data, list):
+        return [on_split(v, split) for v in data]
+    return ON_VALIDATION_PROMPTS if data == CONDITIONAL_ON_TEST_PROMPTS else data
+
+
+def split_words(summary: dict[str, Any]) -> tuple[str, str]:
+    """("test set", "test prompts") or the validation ones: what a table of ``summary`` is on."""
+    return ("validation set", "validation prompts") if summary.get("split") == "val" else ("test set", "test prompts")
 
 
 def hypothesis_verdicts(exp: ExperimentConfig, means: dict[str, dict[int, dict[str, float]]]) -> dict[str, Any]:
@@ -630,8 +683,9 @@ def report_results(exp: ExperimentConfig, summary: dict[str, Any], out: Path) ->
     refs = {label: m.get("run") for label, m in summary["models"].items()}
     note = "; ".join(f"{label} = {s['chosen']} selected on {s['selected_on']}" for label, s in selections.items())
     return {
-        "title": f"polyray experiment: {summary['name']} (test set: mean and 95% t-interval over {summary['seeds']}"
-                 " seeds, conditional on the test prompts" + (f"; {note}" if note else "") + ")",
+        "title": f"polyray experiment: {summary['name']} ({split_words(summary)[0]}: mean and 95% t-interval over"
+                 f" {summary['seeds']} seeds, conditional on the {split_words(summary)[1]}"
+                 + (f"; {note}" if note else "") + ")",
         "models": models,
         "table": {"diversity": sorted(real)},
         "pareto": {"diversity": "pass@10", "quality_label": "pass@1"},
@@ -667,8 +721,9 @@ def summary_table(summary: dict[str, Any]):
     models = summary["models"]
     div = sorted({m for v in models.values() for m in v if m.startswith("diversity/")})
     headline = headline_metrics({m for v in models.values() for m in v})
-    table = Table(title=f"experiment {summary['name']}: mean ±95% t-interval over {summary['seeds']} seeds "
-                        "(conditional on the test prompts)")
+    split, prompts = split_words(summary)
+    table = Table(title=f"experiment {summary['name']}, {split}: mean ±95% t-interval over {summary['seeds']} seeds "
+                        f"(conditional on the {prompts})")
     table.add_column("model", no_wrap=True)
     table.add_column("seeds", justify="right", no_wrap=True)
     for m in [*headline, *div]:
@@ -695,7 +750,7 @@ def summary_table(summary: dict[str, Any]):
     if summary.get("hypotheses"):
         from polyray.eval.report import HYPOTHESIS_COLUMNS, hypothesis_rows
 
-        hyp = Table(title="hypotheses declared in advance (paired over seeds, given the test prompts)")
+        hyp = Table(title=f"hypotheses declared in advance (paired over seeds, given the {prompts})")
         for col in HYPOTHESIS_COLUMNS:
             hyp.add_column(col, overflow="fold")
         for name, cells in hypothesis_rows(summary["hypotheses"]):
@@ -705,7 +760,7 @@ def summary_table(summary: dict[str, Any]):
     if not comparisons:
         return Group(*parts)
     tests = Table(title="treatment − control over seeds, paired by seed id: p (Holm p); 95% t-interval given the "
-                        "test prompts; TOST equivalence within ±margin; bootstrap 95% CI over seeds and prompts")
+                        f"{prompts}; TOST equivalence within ±margin; bootstrap 95% CI over seeds and prompts")
     for col in ("comparison", "metric", "seeds", "difference [95% CI]", "t p", "rank p", "effect",
                 "equivalent (TOST p)", "bootstrap 95% CI"):
         tests.add_column(col, justify="left" if col in ("comparison", "metric") else "right", no_wrap=True)

@@ -561,3 +561,43 @@ def test_a_hypothesis_names_reported_models(tmp_path):
                     "hypotheses: {H1: {treatment: y, control: x, raise_metric: pass@x}}\n")
     with pytest.raises(ConfigError, match="raise_metric"):
         load_experiment(path, seeds=1)
+
+
+def test_a_validation_stage_reports_on_validation_only_and_fresh_seeds_are_their_own(tmp_path):
+    path = _write(tmp_path, "name: e\nbase: base.yaml\nsplit: val\nruns: {a: {}}\nmodels: {x: a/sft, y: a/grpo}\n"
+                            "compare: [[y, x]]\n")  # fmt: skip
+    exp, configs = load_experiment(path, seeds=[5, 6, 7])
+    assert sorted(configs) == [("a", 5), ("a", 6), ("a", 7)]
+    assert all(c.eval.split == "val" and c.seed == s for (_, s), c in configs.items())
+    x, y = [0.30, 0.33, 0.29], [0.36, 0.35, 0.33]
+    for i, seed in enumerate((5, 6, 7)):
+        d = tmp_path / "out" / "runs" / f"a-s{seed}"
+        d.mkdir(parents=True)
+        phases = {"sft": {"pass@1": x[i]}, "grpo": {"pass@1": y[i]}}
+        (d / "results.json").write_text(json.dumps({"eval_split": "val", "phases": phases}))
+    (tmp_path / "out" / "runs" / "a-s0").mkdir()  # a seed outside the experiment's is never read
+    (tmp_path / "out" / "runs" / "a-s0" / "results.json").write_text(
+        json.dumps({"eval_split": "val", "phases": {"sft": {"pass@1": 0.9}, "grpo": {"pass@1": 0.9}}}))
+    summary = aggregate(exp, configs, tmp_path / "out", seeds=[5, 6, 7])
+    assert summary["split"] == "val" and summary["seed_ids"] == [5, 6, 7] and summary["seeds"] == 3
+    assert summary["models"]["x"]["pass@1"]["values"] == pytest.approx(x)
+    cmp = summary["comparisons"]["y vs x"]["metrics"]["pass@1"]["over_seeds"]
+    assert cmp["paired_t_p"] == pytest.approx(st.ttest_rel(y, x).pvalue)
+    text = json.dumps(summary)
+    assert "test prompts" not in text, text[max(0, text.find("test prompts") - 300):text.find("test prompts") + 50]
+    assert cmp["conditional_on"] == "validation prompts"
+    out = io.StringIO()
+    Console(file=out, width=300).print(summary_table(summary))
+    assert "validation set" in out.getvalue() and "test set" not in out.getvalue()
+    assert report_results(exp, summary, tmp_path / "out")["title"].startswith("polyray experiment: e (validation set")
+    # a run on the test split is not a validation record: that seed is missing, not misread
+    (tmp_path / "out" / "runs" / "a-s7" / "results.json").write_text(
+        json.dumps({"phases": {"sft": {"pass@1": 0.5}, "grpo": {"pass@1": 0.5}}}))
+    assert aggregate(exp, configs, tmp_path / "out", seeds=[5, 6, 7])["models"]["x"]["missing_seeds"] == [7]
+
+
+def test_a_validation_stage_takes_no_selection(tmp_path):
+    path = _write(tmp_path, "name: e\nbase: base.yaml\nsplit: val\nruns: {a: {}}\nmodels: {x: a/sft, y: a/grpo}\n"
+                            "select: {best: {among: [x, y]}}\n")  # fmt: skip
+    with pytest.raises(ConfigError, match="split: val is itself the selection stage"):
+        load_experiment(path, seeds=1)
