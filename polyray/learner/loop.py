@@ -21,6 +21,7 @@ Ray). This module imports Ray only inside the functions that use it.
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -256,9 +257,16 @@ def _log_step(logs: StepLogs, phase_cfg, metrics: dict[str, Any], tracker, telem
 
 
 def _checkpoint(session: TrainSession, metrics: dict[str, Any], model, optimizer, scheduler, step: int, version: int):
-    """Every rank reports; rank 0 attaches the checkpoint (adapter + optimizer + LR scheduler + step + version)."""
+    """Every rank reports; rank 0 attaches the checkpoint (adapter + optimizer + LR scheduler + step + version).
+    The report persists it (Ray Train uploads it to the run's storage before returning), so rank 0's
+    local copy is removed then, and also when the report fails: a run of 100 steps would otherwise
+    leave a directory per checkpoint in the node's temp folder."""
     checkpoint_dir = _save_checkpoint_dir(model, optimizer, scheduler, step, version) if session.rank == 0 else None
-    session.report(metrics, checkpoint_dir)
+    try:
+        session.report(metrics, checkpoint_dir)
+    finally:
+        if checkpoint_dir is not None:
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:

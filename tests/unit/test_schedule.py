@@ -210,3 +210,33 @@ def test_the_longest_warmup_loads():
     overrides = ["phases.1.warmup_steps=99", "phases.1.lr_schedule=linear", "phases.1.min_lr_ratio=0.1"]
     cfg = load_config(QUICKSTART, overrides)
     assert (cfg.phases[1].warmup_steps, cfg.phases[1].lr_schedule, cfg.phases[1].min_lr_ratio) == (99, "linear", 0.1)
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_reported_checkpoint_leaves_no_local_copy(tmp_path, monkeypatch, fails):
+    """Rank 0's checkpoint directory is whole when the session persists it, and gone afterwards (or
+    after a failed report): one directory per checkpoint used to pile up in the temp folder."""
+    import polyray.learner.lora
+    from polyray.learner.loop import OPTIMIZER_FILE, _checkpoint
+
+    monkeypatch.setattr(polyray.learner.lora, "save_adapter", lambda model, path: Path(path).mkdir())
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    param, optimizer, scheduler = _setup(_phase("linear", 2, 0.0))
+    seen = {}
+
+    class Session:
+        rank = 0
+
+        def report(self, metrics, checkpoint_dir):
+            seen["dir"] = Path(checkpoint_dir)
+            seen["files"] = sorted(p.name for p in seen["dir"].iterdir())
+            if fails:
+                raise RuntimeError("storage unreachable")
+
+    if fails:
+        with pytest.raises(RuntimeError, match="storage unreachable"):
+            _checkpoint(Session(), {"step": 3}, None, optimizer, scheduler, 3, 2)
+    else:
+        _checkpoint(Session(), {"step": 3}, None, optimizer, scheduler, 3, 2)
+    assert {"adapter", OPTIMIZER_FILE, SCHEDULER_FILE, "state.json"} <= set(seen["files"])
+    assert seen["dir"].parent == tmp_path and not seen["dir"].exists() and list(tmp_path.iterdir()) == []
