@@ -11,7 +11,7 @@ import typer
 
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: ratios measured side by side in one run.")
 QUICKSTART = "configs/quickstart.yaml"
-PARTS = ("rollout", "grpo", "polychromic", "reward", "generation", "learner", "peer")
+PARTS = ("rollout", "grpo", "polychromic", "reward", "generation", "learner", "peer", "chaos")
 
 _json = typer.Option(None, "--json", help="Also write the figures here.")
 _config = typer.Option(QUICKSTART, "--config", help="Run config whose model, task and settings to measure.")
@@ -121,6 +121,29 @@ def generation(
 
     results = bench_generation(requests, n, max_tokens, config, publishes)
     print_generation(results)
+    _write(results, json_path)
+
+
+@bench_app.command()
+def chaos(
+    services: List[str] = typer.Option(["reward", "generation"], "--services", help="Services to load and kill (repeatable)."),
+    clients: int = typer.Option(16, "--clients", help="Concurrent clients."),
+    seconds: float = typer.Option(30.0, "--seconds", help="Seconds of load per run (the kill run goes on until recovered)."),
+    kill_at: float = typer.Option(10.0, "--kill-at", help="Seconds into the kill run when the replica is SIGKILLed."),
+    max_recovery_s: float = typer.Option(120.0, "--max-recovery-s", help="Give up waiting for the service after this."),
+    config: str = _config,
+    json_path: Optional[Path] = _json,
+):
+    """Each service under load, then the same load with its replica SIGKILLed: latency, errors, recovery, leftovers."""
+    from polyray.cli.common import fail
+
+    unknown = [s for s in services if s not in ("reward", "generation")]
+    if unknown:
+        fail(f"--services: unknown service {unknown[0]!r} (choose from reward, generation)")
+    from polyray.drivers.bench.suite import bench_chaos, print_chaos
+
+    results = bench_chaos(list(services), clients, seconds, kill_at, config, max_recovery_s)
+    print_chaos(results)
     _write(results, json_path)
 
 

@@ -51,6 +51,7 @@ from polyray.generation.api import ChatBody, CompletionBody, limit_error
 from polyray.generation.catalog import AdapterCatalog, Hold, UnknownModelError
 from polyray.http import BearerAuth, BodySizeLimit, check_api_key, error_response, read_api_key, validation_error
 from polyray.io import ConfigError, format_validation_error
+from polyray.lifetime import process_dir
 from polyray.models.tiny import EMBEDDED_CHAT_TEMPLATE
 from polyray.rollout.worker import vllm_env
 from polyray.telemetry import Metrics
@@ -229,8 +230,9 @@ class GenerationDeployment:
                 store = ray.get_actor(store_actor_name(cfg.store_root), namespace=STORE_NAMESPACE)
             except ValueError:  # none (serve deploy, a RayService): open the directory, for every replica
                 store = open_store(cfg.store_root, keep=1 << 30, detached=True)
-        shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
-        self.adapter_root = Path(tempfile.mkdtemp(prefix="polyray-generation-", dir=shm))
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        # in this process's own directory: a SIGKILLed replica's is swept by the next to start (polyray.lifetime)
+        self.adapter_root = Path(tempfile.mkdtemp(prefix="adapters-", dir=process_dir("polyray-generation", shm)))
         metrics = Metrics({"run": cfg.run}, GAUGES, HISTOGRAMS)
         self.catalog = AdapterCatalog(self.engine, self.models, cfg.base_name, cfg.adapters, store,
                                       self.adapter_root, cfg.keep_versions, metrics)  # fmt: skip

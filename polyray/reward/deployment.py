@@ -53,7 +53,7 @@ from polyray.reward.base import RewardError, RewardResult, format_validation_err
 from polyray.reward.cancel import await_job
 from polyray.reward.custom import runtime_env
 from polyray.reward.scorer import RewardScorer, ScoreJob, as_items, score_jobs
-from polyray.sandbox import require_isolation
+from polyray.sandbox import require_isolation, sweep_workdirs
 from polyray.sandbox.cgroups import limits_report
 
 logger = logging.getLogger(__name__)
@@ -117,6 +117,11 @@ class RewardDeployment:
         # Fail closed: a replica whose host cannot isolate code well enough refuses to start
         # (one line naming the setting), instead of serving code rewards a program can fake.
         policy = self.config.sandbox
+        # a replica SIGKILLed mid-request ran no cleanup: its sandboxes died with it (PDEATHSIG),
+        # their work directories are removed here, by the replica that replaces it
+        swept = sweep_workdirs()
+        if swept:
+            logger.info("reward replica: removed %d sandbox work directories of processes that are gone", len(swept))
         self.sandbox_mode = require_isolation(
             policy.min_isolation, policy.allow_weak_sandbox, where="reward service sandbox"
         )

@@ -7,9 +7,9 @@ embedded model that gather is ~40% of a decode step and LoRA makes generation 2.
 version, so here the rows are grouped by adapter index and each group is one ``x @ W[i].T``: the
 same products (a negative index still picks the last slot, as indexing does there), without the copy.
 
-:func:`register` installs them; vLLM calls it in every process it starts (engine core, workers)
-through the ``vllm.general_plugins`` entry point in pyproject.toml. Only the CPU punica wrapper
-uses these functions, so GPU engines are untouched.
+:func:`install` installs them; polyray's vLLM plugin (:mod:`polyray.rollout.vllm_plugin`) calls it
+in every process vLLM starts (engine core, workers). Only the CPU punica wrapper uses these
+functions, so GPU engines are untouched.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def bgmv_expand_slice(inputs, lora_b_weights, output_tensor, lora_indices_tensor
         output_tensor[:, slice_offset : slice_offset + slice_size] = outputs
 
 
-def register() -> None:
+def install() -> None:
     """Swap the grouped functions into vLLM's CPU LoRA ops (its ``sgmv_*`` call the ``bgmv_*`` ones)."""
     from vllm.lora.ops import torch_ops
     from vllm.lora.ops.torch_ops import lora_ops
@@ -66,3 +66,10 @@ def register() -> None:
         for module in (lora_ops, torch_ops, punica_cpu):
             if hasattr(module, name):
                 setattr(module, name, fn)
+
+
+def register() -> None:
+    """The whole plugin, for installs whose entry point still names this module (before ``pip install -e .``)."""
+    from polyray.rollout.vllm_plugin import register as plugin
+
+    plugin()

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from polyray.config import RolloutConfig, SamplingConfig
+from polyray.lifetime import process_dir
 from polyray.rollout.store import AdapterHashError, check_adapter, write_adapter_dir
 
 
@@ -146,8 +147,9 @@ class RolloutWorker:
 
         # a reference into cluster.storage: copied to this node's cache first (once per node)
         self.llm = LLM(**engine_kwargs(local_path(model_dir), config, dtype))
-        shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
-        self.adapter_root = Path(tempfile.mkdtemp(prefix="polyray-adapters-", dir=shm))
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        # in this process's own directory: a SIGKILLed worker's is swept by the next to start (polyray.lifetime)
+        self.adapter_root = Path(tempfile.mkdtemp(prefix="adapters-", dir=process_dir("polyray-adapters", shm)))
         self.adapters: dict[int, tuple[Path, str]] = {}  # version -> (directory, content hash)
         self.named: dict[str, tuple[int, Path]] = {}  # name -> (lora id, path) for saved adapters
         self.store = store  # the run's AdapterStore actor, or None (the evaluation job: named adapters only)

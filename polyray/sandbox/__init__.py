@@ -33,7 +33,8 @@ In every mode: rlimits (CPU seconds, address space, file size, open files, proce
 no core dumps), a wall-clock timeout that kills the whole process group, an empty
 environment (a few fixed variables, nothing inherited), stdout/stderr read through
 pipes up to a cap (the program is killed past it, the result keeps the tails), and
-the temporary directory deleted afterwards. The program runs the service's base
+the temporary directory deleted afterwards (by the next process to start a sandbox, if the
+service was SIGKILLed: :func:`sweep_workdirs`). The program runs the service's base
 interpreter as ``python -I -S -B``: standard library only (enough for HumanEval), no
 site-packages, no bytecode files. Linux only (x86_64 and aarch64 for the namespaces).
 """
@@ -46,9 +47,7 @@ import os
 import platform
 import random
 import selectors
-import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
@@ -61,6 +60,11 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from polyray.lifetime import descendants as _descendants
+from polyray.lifetime import parent_of as _parent
+from polyray.lifetime import process_dir
+from polyray.lifetime import remove_tree as _rmtree
+from polyray.lifetime import shared_root, sweep_stale
 from polyray.sandbox.seccomp import build_filter
 
 Isolation = Literal["uid+namespaces", "userns", "rlimits"]
@@ -77,6 +81,7 @@ _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 # service's own configuration (a sandbox under a root service could read all of /etc).
 _ETC_FILES = ("ld.so.cache", "ld.so.conf", "localtime", "nsswitch.conf", "passwd", "group", "hosts", "mime.types")
 _PIVOT_ROOT_SYSCALL = {"x86_64": 155, "aarch64": 41}  # no pivot_root wrapper in glibc
+WORK_ROOT = "polyray-sandbox"  # work directories: <tmp>/polyray-sandbox-<uid>/<owner process>/run-*
 
 
 @dataclass(frozen=True)
@@ -469,7 +474,9 @@ def _rlimits(limits: SandboxLimits, mode: str) -> dict[str, int]:
 
 def _make_workdir(source: str, uid: int | None, files: dict[str, str]) -> str:
     """``base/work/program.py`` (owned by the sandbox uid) and ``base/root`` (the new root's mountpoint)."""
-    base = tempfile.mkdtemp(prefix="polyray-sandbox-")
+    # inside this process's own directory: if the service is SIGKILLed mid-run, the next process
+    # to start a sandbox here (a restarted replica) sweeps what it left (polyray.lifetime)
+    base = tempfile.mkdtemp(prefix="run-", dir=process_dir(WORK_ROOT))
     work = os.path.join(base, "work")
     os.mkdir(work, 0o700)
     os.mkdir(os.path.join(base, "root"), 0o755)
@@ -479,27 +486,6 @@ def _make_workdir(source: str, uid: int | None, files: dict[str, str]) -> str:
         with open(os.path.join(work, name), "w") as f:
             f.write(text)
     return os.path.realpath(base)  # namespace modes copy the files into their own /sandbox
-
-
-def _rmtree(path: str) -> None:
-    """Delete the workdir even if the program chmod-ed things to 000 (rlimits mode writes there).
-
-    Only real directories are ever chmod-ed back, never through a symlink: a program that
-    planted ``link -> /etc`` must not get the service to open up the link's target."""
-
-    def make_writable(p: str) -> None:
-        if stat.S_ISDIR(os.lstat(p).st_mode):  # lstat: a symlink is never followed
-            os.chmod(p, stat.S_IRWXU, follow_symlinks=False)
-
-    def fix(func, p, _exc):
-        try:
-            make_writable(os.path.dirname(p))
-            make_writable(p)
-            func(p)
-        except OSError:
-            pass
-
-    shutil.rmtree(path, onerror=fix)
 
 
 def _ro_binds() -> list[str]:
@@ -573,24 +559,6 @@ def _kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
-def _descendants(root: int) -> set[int]:
-    """PIDs below ``root`` (children, theirs, ...), from /proc."""
-    parents: dict[int, int] = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                with open(f"/proc/{entry.name}/stat") as f:
-                    parents[int(entry.name)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    found: set[int] = set()
-    frontier = {root}
-    while frontier:
-        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - found
-        found |= frontier
-    return found
-
-
 def _signal_all(pids: set[int], sig: int) -> None:
     for pid in pids:
         try:
@@ -605,14 +573,6 @@ def _children(pid: int) -> set[int]:
             return {int(child) for child in f.read().split()}
     except OSError:  # a kernel without CONFIG_PROC_CHILDREN
         return {child for child in _descendants(pid) if _parent(child) == pid}
-
-
-def _parent(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def _end(proc: subprocess.Popen, namespaced: bool) -> None:
@@ -821,6 +781,12 @@ def run_python(
         _rmtree(workdir)
         if uid is not None:
             _UIDS.release(uid)
+
+
+def sweep_workdirs() -> list[str]:
+    """Remove the work directories that processes now gone left behind (a service SIGKILLed mid-run
+    runs no cleanup); a reward replica calls it when it starts. Returns the removed paths."""
+    return sweep_stale(shared_root(WORK_ROOT))
 
 
 # A mode works if a program starts, runs the stdlib, and cannot reach the loopback.

@@ -43,7 +43,7 @@ def test_registered_in_vllms_cpu_lora_path():
     from vllm.lora.ops.torch_ops import lora_ops
     from vllm.lora.punica_wrapper import punica_cpu
 
-    cpu_lora.register()
+    cpu_lora.install()
     assert punica_cpu.bgmv_shrink is cpu_lora.bgmv_shrink and lora_ops.bgmv_expand is cpu_lora.bgmv_expand
     # vLLM's own prefill entry point (sgmv: per-sequence indices) now runs through the grouped matmul
     gen = torch.Generator().manual_seed(1)

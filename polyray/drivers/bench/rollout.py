@@ -76,7 +76,7 @@ def raw_llm_throughput(
     """The batch through a bare ``vllm.LLM`` in a fresh process with the rollout worker's environment
     (set before torch loads: thread caps), engine arguments and sampling parameters, under the peft
     adapter saved in ``adapter_dir``. ``polyray_plugin=False``: without polyray's CPU LoRA ops
-    (:mod:`polyray.rollout.cpu_lora`), i.e. vLLM's own."""
+    (:mod:`polyray.rollout.cpu_lora`), i.e. vLLM's own (the whole plugin is off in that process)."""
     env = {}
     if not polyray_plugin:
         from importlib.metadata import entry_points

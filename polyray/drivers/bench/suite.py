@@ -3,7 +3,7 @@
 The commands are ``polyray bench <part>`` (``python -m jobs.benchmark <part>`` as a Ray job):
 
 ``polyray bench all [--json out.json]``
-    every part below at its default size (generation and learner only when named in ``--parts``), then
+    every part below at its default size (generation, learner, peer and chaos only when named in ``--parts``), then
     one summary table of ratios against their goals.
 ``polyray bench rollout``
     RolloutPool / a bare ``vllm.LLM`` and vLLM / transformers ``generate`` tokens/s on the same
@@ -30,11 +30,16 @@ The commands are ``polyray bench <part>`` (``python -m jobs.benchmark <part>`` a
     the generation service: output tokens/s through its HTTP API / the same requests straight into
     a vLLM engine with the same settings, at 1 and 16 concurrent clients; and the time from a
     version's publish to ``latest`` serving it.
+``polyray bench chaos [--clients 16 --seconds 30 --kill-at 10]``
+    each service on loopback under a fixed load, then the same load with its replica SIGKILLed: p50/p99,
+    requests/s, back-pressure apart from errors, the time until it answers again, the learner's retrying
+    reward calls lost, and what outlived the replica (processes, directories) (:mod:`.chaos`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -514,11 +519,12 @@ def print_summary(results: dict[str, Any]) -> None:
     console.print(table)
 
 
-PARTS = ("rollout", "grpo", "polychromic", "reward", "generation", "learner", "peer")
+PARTS = ("rollout", "grpo", "polychromic", "reward", "generation", "learner", "peer", "chaos")
 SMOKE = {"rollout": ["--prompts", "4", "--repeats", "1", "--syncs", "2"], "grpo": ["--steps", "4", "--rounds", "1"],
          "polychromic": ["--steps", "4", "--diversity", "countdown_expr", "--no-async"],
          "reward": ["--requests", "20", "--max-seconds", "2"],
          "generation": ["--requests", "4", "--n", "2", "--max-tokens", "8", "--publishes", "2"],
+         "chaos": ["--clients", "2", "--seconds", "3", "--kill-at", "1"],
          "learner": ["--sizes", "2", "--sizes", "4", "--whole-batch-sizes", "2", "--length", "32", "--micro-batch-tokens",
                      "64", "--layers", "1", "--hidden", "64", "--intermediate", "128", "--heads", "2", "--kv-heads", "1",
                      "--head-dim", "32", "--vocab", "512", "--threads", "1"],
@@ -545,3 +551,145 @@ def run_all(parts: list[str], smoke: bool) -> dict[str, Any]:
             results[part] = json.loads(json_path.read_text())
     print_summary(results)
     return results
+
+
+def bench_chaos(services: list[str], clients: int, seconds: float, kill_at: float, config: str,
+                max_recovery_s: float = 120.0) -> dict[str, Any]:  # fmt: skip
+    """Each service on loopback, one replica: ``clients`` clients for ``seconds``, then the same load with the
+    replica SIGKILLed ``kill_at`` seconds in (:mod:`.chaos`). The reward service also takes the learner's own
+    retrying calls (code_exec items, so sandboxes run when the replica dies) during the kill."""
+    import ray
+    from ray import serve
+
+    results: dict[str, Any] = {"clients": clients, "seconds": seconds, "kill_at": kill_at}
+    # a cluster of its own (address="local": never one RAY_ADDRESS names): the replicas it kills are its own
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        if "reward" in services:
+            results["reward"] = _chaos_reward(url, clients, seconds, kill_at, max_recovery_s)
+        if "generation" in services:
+            results["generation"] = _chaos_generation(url, clients, seconds, kill_at, max_recovery_s, config)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return results
+
+
+CHAOS_CODE_ITEM = {"prompt": "def answer():\n", "completion": "    return 42\n",
+                   "metadata": {"test": "import time\n\ndef check(candidate):\n    time.sleep(0.5)\n"
+                                        "    assert candidate() == 42\n", "entry_point": "answer"}}  # fmt: skip
+
+
+def _chaos_reward(url: str, clients: int, seconds: float, kill_at: float, max_recovery_s: float) -> dict[str, Any]:
+    import threading
+
+    import httpx
+    from ray import serve
+
+    from polyray import lifetime
+    from polyray.config.reward import RewardConfig
+    from polyray.drivers.bench.chaos import kill_replica, leftovers, retrying_calls, run_load
+    from polyray.reward.client import get_reward_handle, score_via_handle
+    from polyray.reward.deployment import build_reward_app
+    from polyray.sandbox import WORK_ROOT
+
+    serve.run(build_reward_app({}), name="reward", route_prefix="/reward")
+    body = {"reward": "countdown", "items": [{"prompt": "nums 3 4 9 target 12\nexpr:", "completion": c}
+                                             for c in (" 3+9", " 4*3", " 9+4-1", " 3*4", " 12", " 9+3", " 4+9-1", " 3+4")]}
+    base = f"{url}/reward"
+    httpx.post(f"{base}/v1/rewards", json=body, timeout=120).raise_for_status()  # warm-up
+    learner = RewardConfig()  # the learner's own timeout and retries
+    handle = get_reward_handle("reward")
+
+    def score() -> bool:
+        results = score_via_handle(handle, "code_exec", [CHAOS_CODE_ITEM], None, learner.timeout_s, learner.retries)
+        return [r.score for r in results] == [1.0]
+
+    def load(**kill) -> dict[str, Any]:  # the HTTP clients, and beside them the learner's calls
+        stop = threading.Event()
+        join = retrying_calls(score, stop)
+        try:
+            result = run_load(base, "/v1/rewards", body, clients, seconds, max_recovery_s=max_recovery_s, **kill)
+        finally:
+            stop.set()
+            retrying = join()
+        return {**result, "retrying": retrying}
+
+    roots = [lifetime.shared_root(WORK_ROOT)]
+    out: dict[str, Any] = {}
+    with console.status(f"reward: {clients} clients + the learner's calls, {seconds:g} s"):
+        out["steady"] = load()
+    with console.status(f"reward: {clients} clients + the learner's calls, the replica SIGKILLed at {kill_at:g} s"):
+        out["kill"] = load(kill=lambda: kill_replica("reward", roots), kill_at=kill_at)
+    out["kill"].update(leftovers(out["kill"]["killed"]))
+    serve.delete("reward")
+    return out
+
+
+def _chaos_generation(url: str, clients: int, seconds: float, kill_at: float, max_recovery_s: float,
+                      config: str) -> dict[str, Any]:  # fmt: skip
+    import httpx
+    from ray import serve
+
+    from polyray import lifetime
+    from polyray.config import load_config
+    from polyray.config.services import GenerationServiceConfig
+    from polyray.drivers.bench.chaos import kill_replica, leftovers, run_load
+    from polyray.generation.deployment import build_generation_app
+    from polyray.models.source import prepare_model_dir
+
+    run = load_config(config)
+    cfg = GenerationServiceConfig(model_dir=str(prepare_model_dir(run.model, run.task)), num_cpus=1,
+                                  max_model_len=run.rollout.max_model_len, max_lora_rank=run.rollout.max_lora_rank,
+                                  max_num_seqs=max(4, clients))  # fmt: skip
+    with console.status("starting the generation service"):
+        serve.run(build_generation_app(cfg.model_dump()), name="generation", route_prefix="/generation")
+    body = {"model": cfg.base_name, "prompt": "nums 3 4 9 target 12\nexpr:", "max_tokens": 8, "temperature": 1.0}
+    base = f"{url}/generation"
+    httpx.post(f"{base}/v1/completions", json=body, timeout=300).raise_for_status()  # warm-up
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    roots = [lifetime.shared_root("polyray-generation", shm)]
+    out: dict[str, Any] = {}
+    with console.status(f"generation: {clients} clients, {seconds:g} s"):
+        out["steady"] = run_load(base, "/v1/completions", body, clients, seconds)
+    with console.status(f"generation: {clients} clients, the replica SIGKILLed at {kill_at:g} s"):
+        out["kill"] = run_load(base, "/v1/completions", body, clients, seconds,
+                               kill=lambda: kill_replica("generation", roots), kill_at=kill_at,
+                               max_recovery_s=max_recovery_s)  # fmt: skip
+    out["kill"].update(leftovers(out["kill"]["killed"]))
+    serve.delete("generation")
+    return out
+
+
+def print_chaos(results: dict[str, Any]) -> None:
+    table = Table(title=f"services on loopback, 1 replica, {results['clients']} clients, {results['seconds']:g} s of load;"
+                        f" kill: the replica SIGKILLed {results['kill_at']:g} s in")  # fmt: skip
+    table.caption = ("back-pressure = 503/429 (shed load, retry); errors = any other non-200 (-1: no answer);"
+                     " recovery = kill -> first 200 of a request sent after it; retry lost = the learner's retrying"
+                     " reward calls that failed or came back wrong")  # fmt: skip
+    for col in ("service", "run", "requests", "ok", "req/s", "p50 ms", "p99 ms", "back-pressure", "errors",
+                "recovery s", "retry lost", "orphans", "leaked dirs"):  # fmt: skip
+        table.add_column(col, justify="left" if col in ("service", "run") else "right")
+    for service in ("reward", "generation"):
+        for name in ("steady", "kill"):
+            r = results.get(service, {}).get(name)
+            if r is None:
+                continue
+            retry = r.get("retrying")
+            recovery = r.get("recovery_s")
+            table.add_row(service, name, str(r["requests"]), str(r["ok"]), f"{r['rps']:.1f}", f"{r['p50_ms']:.0f}",
+                          f"{r['p99_ms']:.0f}", str(r["back_pressure"]), str(r["errors"]),
+                          "–" if name == "steady" else ("never" if recovery is None else f"{recovery:.2f}"),
+                          f"{retry['lost']} of {retry['calls']}" if retry else "–",
+                          str(len(r["orphans"])) if "orphans" in r else "–",
+                          str(len(r["leaked_dirs"])) if "leaked_dirs" in r else "–")  # fmt: skip
+    console.print(table)
+    for service in ("reward", "generation"):
+        r = results.get(service, {}).get("kill", {})
+        for pid, title in r.get("orphans", []):
+            console.print(f"[red]{service}: process {pid} outlived its replica: {escape(title)}[/red]")
+        for path in r.get("leaked_dirs", []):
+            console.print(f"[red]{service}: {escape(path)} outlived its replica[/red]")

@@ -1,0 +1,192 @@
+"""Load and chaos on loopback: each service under a fixed load, then the same load with its replica SIGKILLed.
+
+- :func:`run_load`: ``clients`` concurrent HTTP clients (asyncio + one pooled ``httpx`` client), each
+  sending the same request again as soon as the last one ended, for ``seconds``; every request's start,
+  end and status (-1: no HTTP answer, the connection failed or timed out) is kept. Optionally a
+  ``kill`` runs ``kill_at`` seconds in; the load then goes on until the service answered a request
+  started after the kill (or ``max_recovery_s`` passed), and at least ``seconds``.
+- :func:`summarize`: requests/s, p50/p99 latency of the answered (200) requests, counts by status,
+  back-pressure (503, 429: the service shedding load, what a client should retry) apart from errors
+  (everything else that is not 200), and the recovery time: from the kill to the first 200 of a request
+  started after it.
+- :func:`kill_replica`: SIGKILLs the Serve replica process of an application in the Ray cluster this
+  process started (found among its descendants by the process title Ray gives an actor,
+  ``ray::ServeReplica:<app>:<deployment>``; never a process of another cluster), remembering every process
+  below it and the scratch directories it owned; :func:`leftovers` then lists what outlived it (an
+  engine core, a sandbox) and what it left on disk (polyray.lifetime's per-process directories).
+- :func:`retrying_calls`: the learner's own reward path (:func:`~polyray.reward.client.score_via_handle`
+  with its retries) called in a loop beside the load, checking every answer: a request it lost is one
+  that raised after its retries or came back wrong.
+
+The client shares the machine with the service, so at many clients on few cores the figures include
+the client's own CPU use. Only loopback: the services are started on 127.0.0.1 by the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from typing import Any, Callable
+
+import numpy as np
+
+from polyray import lifetime
+
+BACK_PRESSURE = (503, 429)
+
+
+def replica_pids(app: str) -> list[int]:
+    """PIDs of the live Serve replicas of ``app`` in the Ray cluster this process started (its raylet and
+    workers are this process's descendants), found by the title Ray gives an actor's process,
+    ``ray::<class>``. Only below this process: another cluster on the machine is never touched."""
+    needle = f"ServeReplica:{app}:".encode()
+    found = []
+    for pid in lifetime.descendants(os.getpid()):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if needle in f.read() and lifetime.alive(pid):
+                    found.append(pid)
+        except OSError:
+            continue
+    return sorted(found)
+
+
+def kill_replica(app: str, scratch_roots: list[str]) -> dict[str, Any]:
+    """SIGKILL one replica of ``app``; what it had running below it and the directories it owned under ``scratch_roots``."""
+    pids = replica_pids(app)
+    if not pids:
+        raise RuntimeError(f"no live replica of the Serve application {app!r} below this process (chaos kills"
+                           " replicas of a Ray cluster it started itself only)")
+    pid = pids[0]
+    below = sorted(lifetime.descendants(pid))
+    owned = [os.path.join(root, lifetime.owner_tag(pid)) for root in scratch_roots]
+    processes = [(p, lifetime.start_time(p), _title(p)) for p in below]
+    os.kill(pid, signal.SIGKILL)
+    return {"t": time.perf_counter(), "pid": pid, "processes": [p for p in processes if p[1] is not None],
+            "dirs": [d for d in owned if os.path.isdir(d)]}  # fmt: skip
+
+
+def _title(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:120]
+    except OSError:
+        return ""
+
+
+def leftovers(killed: dict[str, Any], grace_s: float = 10.0) -> dict[str, list]:
+    """What the killed replica left: processes below it still running after ``grace_s``, directories it owned."""
+    deadline = time.monotonic() + grace_s
+    while True:
+        orphans = [[p, title] for p, started, title in killed["processes"] if lifetime.alive(p, started)]
+        if not orphans or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    return {"orphans": orphans, "leaked_dirs": [d for d in killed["dirs"] if os.path.isdir(d)]}
+
+
+async def _load(
+    base_url: str, path: str, body: dict[str, Any], clients: int, seconds: float, headers: dict[str, str],
+    kill: Callable[[], dict[str, Any]] | None, kill_at: float, max_recovery_s: float, timeout_s: float,
+) -> dict[str, Any]:  # fmt: skip
+    import httpx
+
+    outcomes: list[tuple[float, float, int]] = []  # (start, end, status), perf_counter seconds
+    killed: dict[str, Any] = {}
+    stop = asyncio.Event()
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    start = time.perf_counter()
+
+    def recovered() -> bool:
+        return bool(killed) and any(s == 200 and t0 >= killed["t"] for t0, _, s in outcomes)
+
+    async def client(http) -> None:
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                status = (await http.post(path, json=body)).status_code
+            except httpx.HTTPError:
+                status = -1
+            outcomes.append((t0, time.perf_counter(), status))
+            if status != 200:
+                await asyncio.sleep(0.05)  # a refused request costs nothing: do not spin on it
+
+    async def clock() -> None:
+        if kill is not None:
+            await asyncio.sleep(kill_at)
+            killed.update(await asyncio.to_thread(kill))
+        while True:
+            now = time.perf_counter() - start
+            if now >= seconds and (kill is None or recovered() or now >= kill_at + max_recovery_s):
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+
+    async with httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout_s, limits=limits, headers=headers) as http:
+        await asyncio.gather(clock(), *(client(http) for _ in range(clients)))
+    return {"outcomes": outcomes, "start": start, "end": time.perf_counter(), "killed": killed}
+
+
+def run_load(
+    base_url: str, path: str, body: dict[str, Any], clients: int, seconds: float, headers: dict[str, str] | None = None,
+    kill: Callable[[], dict[str, Any]] | None = None, kill_at: float = 0.0, max_recovery_s: float = 120.0,
+    timeout_s: float = 60.0,
+) -> dict[str, Any]:  # fmt: skip
+    """``clients`` clients posting ``body`` to ``path`` for ``seconds`` (and through a ``kill`` at ``kill_at``)."""
+    run = asyncio.run(_load(base_url, path, body, clients, seconds, headers or {}, kill, kill_at, max_recovery_s,
+                            timeout_s))  # fmt: skip
+    return {**summarize(run["outcomes"], run["end"] - run["start"], run["killed"].get("t")), "clients": clients,
+            "killed": run["killed"]}  # fmt: skip
+
+
+def summarize(outcomes: list[tuple[float, float, int]], elapsed_s: float, t_kill: float | None = None) -> dict[str, Any]:
+    """Throughput, latency of the answered requests, counts by status; recovery from ``t_kill`` when given."""
+    statuses = Counter(s for _, _, s in outcomes)
+    latencies = np.array([t1 - t0 for t0, t1, s in outcomes if s == 200]) * 1000.0
+    out = {
+        "seconds": round(elapsed_s, 3),
+        "requests": len(outcomes),
+        "ok": statuses[200],
+        "rps": statuses[200] / elapsed_s if elapsed_s > 0 else 0.0,
+        "p50_ms": float(np.percentile(latencies, 50)) if latencies.size else float("nan"),
+        "p99_ms": float(np.percentile(latencies, 99)) if latencies.size else float("nan"),
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "back_pressure": sum(statuses[s] for s in BACK_PRESSURE),
+        "errors": sum(v for s, v in statuses.items() if s != 200 and s not in BACK_PRESSURE),
+    }
+    if t_kill is not None:
+        answered = [t1 for t0, t1, s in outcomes if s == 200 and t0 >= t_kill]
+        out["recovery_s"] = min(answered) - t_kill if answered else None
+    return out
+
+
+def retrying_calls(score: Callable[[], bool], stop: threading.Event, threads: int = 2) -> Callable[[], dict[str, int]]:
+    """Start ``threads`` threads calling ``score`` (True: a right answer) until ``stop``; returns a function
+    that joins them and gives calls, lost (raised after its retries or came back wrong) and the errors' types."""
+    tally: Counter = Counter()
+    lock = threading.Lock()
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                outcome = "ok" if score() else "wrong"
+            except Exception as exc:  # noqa: BLE001 - a lost request, counted
+                outcome = f"raised {type(exc).__name__}"
+            with lock:
+                tally[outcome] += 1
+
+    workers = [threading.Thread(target=loop, daemon=True) for _ in range(threads)]
+    for w in workers:
+        w.start()
+
+    def join() -> dict[str, Any]:
+        for w in workers:
+            w.join()
+        return {"calls": sum(tally.values()), "lost": sum(v for k, v in tally.items() if k != "ok"),
+                "outcomes": dict(tally)}  # fmt: skip
+
+    return join

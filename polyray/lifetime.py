@@ -1,0 +1,168 @@
+"""Nothing outlives its parent: child processes that die with it, and scratch directories a killed
+process cannot leak.
+
+A SIGKILLed process runs no ``finally``, ``atexit`` or ``__del__``: whatever it started or created
+must be cleaned up by someone else. Two mechanisms, both Linux:
+
+- :func:`die_with_parent` asks the kernel to SIGKILL the calling process when its parent goes
+  (``prctl(PR_SET_PDEATHSIG)``). The kernel's "parent" is the *thread* that forked the child: the
+  signal fires when that thread exits, even if the rest of the parent lives on. So it is only set
+  in children started from a thread that lives as long as its process (the caller checks that;
+  see :mod:`polyray.rollout.vllm_plugin` for vLLM's engine processes). A parent already gone by the
+  time the child asks is caught by comparing ``getppid()`` with the expected parent.
+- :func:`process_dir` gives each process its own directory, ``<base>/<name>-<uid>/<owner>``, where
+  ``<owner>`` is the process's PID namespace, PID and start time (``/proc/<pid>/stat``, clock ticks
+  since boot: a recycled PID has another). :func:`sweep_stale` removes the owners' directories whose
+  process is gone, so the next process to start (a restarted replica) removes what a killed one left.
+  A directory of another PID namespace (another container sharing the base) is never touched: its
+  owner cannot be looked up from here.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import stat
+import tempfile
+import threading
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """SIGKILL this process when the thread that started it exits; at once if ``parent_pid`` is gone already."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    if os.getppid() != parent_pid:  # reparented before the prctl: the parent died in between
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (None: no such process)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def descendants(root: int) -> set[int]:
+    """PIDs below ``root`` (children, theirs, ...), from /proc."""
+    parents: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            ppid = parent_of(int(entry.name))
+            if ppid is not None:
+                parents[int(entry.name)] = ppid
+    found: set[int] = set()
+    frontier = {root}
+    while frontier:
+        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int, started: int | None = None) -> bool:
+    """Whether ``pid`` runs (not a zombie), and is the process that started at ``started`` when given."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] != "Z" and (started is None or int(fields[19]) == started)
+
+
+def _pid_namespace() -> str:
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return "0"
+
+
+def owner_tag(pid: int | None = None) -> str:
+    """``<pid namespace>-<pid>-<start time>`` of ``pid`` (default: this process)."""
+    pid = os.getpid() if pid is None else pid
+    return f"{_pid_namespace()}-{pid}-{start_time(pid)}"
+
+
+def _stale(tag: str, namespace: str) -> bool:
+    parts = tag.split("-")
+    if len(parts) != 3 or parts[0] != namespace or not parts[1].isdigit():
+        return False  # not ours to judge: another PID namespace, or not one of these directories
+    return str(start_time(int(parts[1]))) != parts[2]
+
+
+def remove_tree(path: str) -> None:
+    """Delete ``path`` even if a program chmod-ed things in it to 000 (a sandbox in ``rlimits`` mode writes there).
+
+    Only real directories are ever chmod-ed back, never through a symlink: a program that
+    planted ``link -> /etc`` must not get the service to open up the link's target."""
+
+    def make_writable(p: str) -> None:
+        if stat.S_ISDIR(os.lstat(p).st_mode):  # lstat: a symlink is never followed
+            os.chmod(p, stat.S_IRWXU, follow_symlinks=False)
+
+    def fix(func, p, _exc):
+        try:
+            make_writable(os.path.dirname(p))
+            make_writable(p)
+            func(p)
+        except OSError:
+            pass
+
+    shutil.rmtree(path, onerror=fix)
+
+
+def shared_root(name: str, base: str | None = None) -> str:
+    """``<base>/<name>-<uid>`` (base: the temp directory), created private to this user; refused if
+    it is anything but a directory this user owns (someone else's, or a planted symlink)."""
+    root = os.path.join(base or tempfile.gettempdir(), f"{name}-{os.getuid()}")
+    try:
+        os.mkdir(root, 0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(root)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise PermissionError(f"{root} is not a directory owned by uid {os.getuid()}")
+    return root
+
+
+def sweep_stale(root: str) -> list[str]:
+    """Remove the directories under ``root`` whose owner process is gone; returns their paths."""
+    namespace = _pid_namespace()
+    removed = []
+    for entry in os.scandir(root):
+        if entry.is_dir(follow_symlinks=False) and _stale(entry.name, namespace):
+            remove_tree(entry.path)
+            removed.append(entry.path)
+    return removed
+
+
+_dirs: dict[tuple[str, str], str] = {}
+_lock = threading.Lock()
+
+
+def process_dir(name: str, base: str | None = None) -> str:
+    """This process's own directory under :func:`shared_root` (created on first use, when the
+    directories of processes that are gone are swept). Create scratch directories inside it."""
+    key = (name, base or "", os.getpid())  # a forked child gets its own
+    with _lock:
+        path = _dirs.get(key)
+        if path is None or not os.path.isdir(path):
+            root = shared_root(name, base)
+            sweep_stale(root)
+            path = os.path.join(root, owner_tag())
+            os.makedirs(path, 0o700, exist_ok=True)
+            _dirs[key] = path
+        return path

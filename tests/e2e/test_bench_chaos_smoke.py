@@ -1,0 +1,49 @@
+"""``polyray bench chaos`` at a tiny size: both services under load, each replica SIGKILLed mid-load.
+
+Structure only, no thresholds on the figures; but what the killed replicas had running below them
+(vLLM's engine core, sandboxes) and the directories they owned are checked from outside, after the
+benchmark's process and its Ray cluster are gone: nothing of them may be left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from polyray import lifetime
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.ray, pytest.mark.vllm]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bench_chaos_smoke(tmp_path):
+    out = tmp_path / "chaos.json"
+    args = ["jobs.benchmark", "chaos", "--clients", "2", "--seconds", "3", "--kill-at", "1", "--json", str(out)]
+    proc = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads(out.read_text())
+    for service in ("reward", "generation"):
+        steady, kill = results[service]["steady"], results[service]["kill"]
+        for run in (steady, kill):
+            assert run["requests"] == sum(run["statuses"].values()) and run["ok"] == run["statuses"].get("200", 0)
+            assert run["requests"] == run["ok"] + run["back_pressure"] + run["errors"]
+        assert steady["ok"] > 0 and "recovery_s" not in steady
+        assert kill["recovery_s"] is not None  # the service answered again after its replica died
+        killed = kill["killed"]
+        assert killed["pid"] > 0
+        # nothing the replica had running outlived it, nor a directory it owned
+        assert kill["orphans"] == [] and kill["leaked_dirs"] == []
+        assert not [p for p, started, _ in killed["processes"] if lifetime.alive(p, started)]
+        assert not [d for d in killed["dirs"] if os.path.isdir(d)]
+    generation = results["generation"]["kill"]["killed"]["processes"]
+    assert any("EngineCore" in title for _, _, title in generation), generation  # the check could fail
+    for run in ("steady", "kill"):
+        retrying = results["reward"][run]["retrying"]
+        assert retrying["calls"] == sum(retrying["outcomes"].values())
+    assert "services on loopback" in proc.stdout  # the table printed
