@@ -64,7 +64,7 @@ class RewardConfig(StrictModel):
         return check_custom_functions(info.data.get("name"), v)
 
     def service_cpus(self) -> float:
-        """Ray CPUs the run's reward replicas reserve: the learner app's one, and the public app's with ``http_port``."""
+        """Ray CPUs the run's reward replicas reserve: the learner app's, and the public app's with ``http_port``."""
         if not self.endpoint:
             return 0.0
         return self.num_cpus * (2 if self.http_port is not None else 1)

@@ -331,7 +331,7 @@ def run_trials(
     prepare_model_dir(first.model, first.task)  # once, before trials race to build it
     reward = first.reward.service_cpus()  # the reward apps' replicas, shared
     init_ray(first.cluster, (needed_cpus(first) - reward + TRIAL_CPUS) * max_concurrent + reward)
-    if first.reward.endpoint:  # one reward application for every trial, deployed outside their placement groups
+    if first.reward.endpoint:  # the reward apps serve every trial, deployed outside their placement groups
         from polyray.config.run import custom_reward_functions
         from polyray.reward.service import ensure_reward_service
 

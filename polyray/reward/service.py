@@ -103,7 +103,8 @@ def ensure_reward_service(cfg: RewardConfig, functions: Iterable[str] = (),
 
     running = set(serve.status().applications)
     run_args = {"num_cpus": cfg.num_cpus, "functions": list(functions), "resources": resources or {}}
-    apps, warning = plan_reward_apps(cfg, run_args, running, _config_args(cfg.app_name) if cfg.app_name in running else None)
+    public_args = _config_args(cfg.app_name) if cfg.app_name in running else None
+    apps, warning = plan_reward_apps(cfg, run_args, running, public_args)
     if not apps:
         return
     built = []
