@@ -42,8 +42,8 @@ def dashboard_sign_in() -> str:
 
 
 def needed_cpus(run: RunConfig) -> float:
-    """Ray CPUs a run's actors reserve at once: rollout workers, learner ranks, reward replica."""
-    reward = run.reward.num_cpus if run.reward.endpoint else 0.0
+    """Ray CPUs a run's actors reserve at once: rollout workers, learner ranks, reward replicas."""
+    reward = run.reward.service_cpus()
     return (
         run.rollout.num_workers * run.rollout.cpus_per_worker + run.learner.num_workers * run.learner.cpus_per_worker
         + reward

@@ -23,7 +23,9 @@ class RewardConfig(StrictModel):
     """Where GRPO rewards come from: the Ray Serve reward service, or the task's judge in-process."""
 
     endpoint: bool = Field(
-        False, description="Score through the reward service's DeploymentHandle (started with the run if absent)."
+        False,
+        description="Score through the handle of the reward service's learner app '<app_name>-learner' (no HTTP"
+        " route; deployed with the run if absent, beside a running public app too).",
     )
     name: RewardName | None = Field(
         None,
@@ -38,11 +40,19 @@ class RewardConfig(StrictModel):
         " {function: my_rewards.py:score}, a function of yours (docs/design.md, 'Custom rewards').",
     )
 
-    app_name: str = Field("reward", description="Serve application name of the reward service.")
-    http_port: int | None = Field(
-        None, ge=1, le=65535, description="Also serve HTTP on this port (None: in-cluster handle only)."
+    app_name: str = Field(
+        "reward",
+        description="Serve application name of the public (HTTP) reward service; the learner scores through"
+        " '<app_name>-learner', an app of its own that HTTP cannot reach (reused if running).",
     )
-    num_cpus: float = Field(0.5, ge=0, description="Ray CPUs per reward replica.")
+    http_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Also deploy the public app '<app_name>' at / on this port, on replicas of its own (None: the"
+        " learner's handle-only app alone).",
+    )
+    num_cpus: float = Field(0.5, ge=0, description="Ray CPUs per reward replica (one per app the run deploys).")
     timeout_s: float = Field(120.0, gt=0, description="Seconds the learner waits for one scoring call.")
     retries: int = Field(
         5, ge=0, description="Times a scoring call is retried when its replica died or timed out (Serve restarts replicas)."
@@ -52,6 +62,12 @@ class RewardConfig(StrictModel):
     @classmethod
     def _custom_functions(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         return check_custom_functions(info.data.get("name"), v)
+
+    def service_cpus(self) -> float:
+        """Ray CPUs the run's reward replicas reserve: the learner app's, and the public app's with ``http_port``."""
+        if not self.endpoint:
+            return 0.0
+        return self.num_cpus * (2 if self.http_port is not None else 1)
 
 
 class PhaseRewardConfig(StrictModel):

@@ -329,9 +329,9 @@ def run_trials(
         check_inputs(run)  # the user's data, once, before Ray starts (not once per trial)
     first = configs[0]
     prepare_model_dir(first.model, first.task)  # once, before trials race to build it
-    reward = first.reward.num_cpus if first.reward.endpoint else 0.0  # one replica, shared
+    reward = first.reward.service_cpus()  # the reward apps' replicas, shared
     init_ray(first.cluster, (needed_cpus(first) - reward + TRIAL_CPUS) * max_concurrent + reward)
-    if first.reward.endpoint:  # one reward application for every trial, deployed outside their placement groups
+    if first.reward.endpoint:  # the reward apps serve every trial, deployed outside their placement groups
         from polyray.config.run import custom_reward_functions
         from polyray.reward.service import ensure_reward_service
 

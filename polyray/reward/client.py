@@ -1,7 +1,8 @@
 """Calling the reward service: through a Serve DeploymentHandle in-cluster, or over HTTP.
 
 - :func:`score_via_handle` is what the learner uses inside the Ray cluster: no HTTP, no
-  JSON, same server-side batching; parameters are trusted (server-only ones allowed).
+  JSON, same server-side batching; parameters are trusted (server-only ones allowed). A run's
+  learner calls an app of its own that HTTP cannot reach (:func:`polyray.reward.service.learner_app_name`).
 - :class:`RewardClient` is a small ``httpx`` client for users and benchmarks; a non-2xx
   answer raises :class:`RewardServiceError` with the service's message.
 """

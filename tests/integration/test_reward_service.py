@@ -388,3 +388,65 @@ def test_service_healthy_after_fuzzing(http):
     assert http.get("/healthz").json() == health
     r = http.post("/v1/rewards", json={"reward": "countdown", "items": [{"prompt": "nums 3 4 9 target 12\nexpr:", "completion": " 3+9"}]})
     assert r.status_code == 200 and r.json()["scores"] == [1.0]
+
+
+# ---------------------------------------------------------------------------- the learner's own app
+# Last in the module: it replaces the module's app with the ones a run deploys, on the same Serve and port.
+SLOW_CODE_ITEM = {"prompt": "def answer():\n", "completion": "    return 42\n",
+                  "metadata": {"test": "import time\n\ndef check(candidate):\n    time.sleep(3)\n"
+                                       "    assert candidate() == 42\n", "entry_point": "answer"}}  # fmt: skip
+
+
+def test_http_callers_never_hold_the_learners_scoring(service, capsys):
+    """A run with http_port: slow code_exec requests fill the public app's replica (one batch at a time),
+    a countdown request over HTTP queues behind them, while the learner's scoring call comes back at once."""
+    import time
+
+    import httpx
+    from ray import serve
+    from ray.serve.context import _get_global_client
+
+    from polyray.config import RewardConfig, load_config
+    from polyray.reward.service import build_reward_fn, ensure_reward_service
+    from polyray.tasks import build_task
+
+    serve.delete("reward")  # the module's app, so the run deploys its own under the default name
+    cfg = RewardConfig(endpoint=True, http_port=int(service.rsplit(":", 1)[1]), num_cpus=0.25, retries=0, timeout_s=60)
+    ensure_reward_service(cfg)  # serve.run returns once each app is ready
+    task = build_task(load_config(ROOT / "configs" / "quickstart.yaml").task)
+    prompts = task.prompts("train", 2)
+    texts = [[p.reference, " nonsense"] for p in prompts]
+    expected = build_reward_fn(RewardConfig(), task)(prompts, texts)  # in-process, the same reward
+    learner = build_reward_fn(cfg, task)
+    assert learner(prompts, texts).tolist() == expected.tolist() == [[1.0, 0.0], [1.0, 0.0]]  # warm
+    probe = {"reward": "countdown", "items": [task.reward_item(prompts[0], prompts[0].reference)]}
+    assert httpx.post(f"{service}/v1/rewards", json=probe, timeout=60).json()["scores"] == [1.0]  # warm
+
+    flood = {"reward": "code_exec", "items": [SLOW_CODE_ITEM] * 4}  # 4 sandboxes x 3 s per request, 4 at once
+    with ThreadPoolExecutor(4) as pool:
+        slow = [pool.submit(httpx.post, f"{service}/v1/rewards", json=flood, timeout=120) for _ in range(3)]
+        time.sleep(1.0)  # the flood's first batch is running
+        waited = pool.submit(lambda: (time.monotonic(), httpx.post(f"{service}/v1/rewards", json=probe, timeout=120)))
+        start = time.monotonic()
+        scores = learner(prompts, texts)  # retries=0: back-pressure or a timeout would raise
+        learner_s = time.monotonic() - start
+        sent, answer = waited.result()
+        http_s = time.monotonic() - sent
+        assert all(f.result().json()["scores"] == [1.0] * 4 for f in slow)  # the flood was real work
+    assert scores.tolist() == expected.tolist()
+    assert answer.json()["scores"] == [1.0]
+    with capsys.disabled():
+        print(f"\nunder the HTTP flood: learner's call {learner_s:.2f} s, an HTTP countdown request {http_s:.2f} s")
+    assert http_s > 4.0, http_s  # the public app was saturated: HTTP queued behind the slow batches
+    assert learner_s < 2.0, learner_s  # the learner's app did not see them
+    apps = _get_global_client().get_serve_details()["applications"]
+    assert apps["reward"]["route_prefix"] == "/" and apps["reward-learner"].get("route_prefix") is None
+
+    # a public app deployed by serve.run (its args unknown) alone: the learner's own app comes back, with a warning
+    serve.delete("reward-learner")
+    capsys.readouterr()
+    ensure_reward_service(cfg)
+    warning = capsys.readouterr().err
+    assert "reward.app_name" in warning and "'reward-learner'" in warning, warning
+    assert set(serve.status().applications) == {"reward", "reward-learner"}
+    assert learner(prompts, texts).tolist() == expected.tolist()
