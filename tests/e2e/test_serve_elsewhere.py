@@ -63,7 +63,8 @@ def test_serve_reward_from_another_directory(tmp_path):
     (tmp_path / "my_rewards.py").write_text(REWARDS)
     (tmp_path / "serve.yaml").write_text(SERVE_CONFIG)
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # a Ray of its own: with no address, ray.init joins a cluster another test left running on this machine
+    env = {**os.environ, "RAY_ADDRESS": "local"}
     cmd = [sys.executable, "-m", "polyray.cli", "serve", "reward", "--port", str(port)]
     proc = subprocess.Popen([*cmd, "--config", "serve.yaml"], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
