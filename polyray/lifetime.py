@@ -40,21 +40,24 @@ def die_with_parent(parent_pid: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (None: no such process)."""
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (None: no such process)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
         return None
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (None: no such process)."""
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields else None
 
 
 def parent_of(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
+    fields = _stat_fields(pid)
+    return int(fields[1]) if fields else None
 
 
 def descendants(root: int) -> set[int]:
@@ -75,12 +78,8 @@ def descendants(root: int) -> set[int]:
 
 def alive(pid: int, started: int | None = None) -> bool:
     """Whether ``pid`` runs (not a zombie), and is the process that started at ``started`` when given."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return False
-    return fields[0] != "Z" and (started is None or int(fields[19]) == started)
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] != "Z" and (started is None or int(fields[19]) == started)
 
 
 def _pid_namespace() -> str:
