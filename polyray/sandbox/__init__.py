@@ -25,9 +25,10 @@ is detected once (:func:`detect_isolation`) and reported in every result:
 ``rlimits`` (fallback)
     Resource limits, a clean environment, its own session, and an audit hook that
     refuses sockets, signals, subprocesses, ``ctypes``, reads outside the temporary
-    directory and the interpreter's prefix, and writes outside the temporary directory.
-    Audit hooks are not a security boundary (CPython says so): this mode contains
-    accidents, not an adversary.
+    directory and the interpreter's prefix, and writes outside the temporary directory;
+    the seccomp filter refuses every new process (no PID namespace would take one along
+    when the service dies). Audit hooks are not a security boundary (CPython says so):
+    this mode contains accidents, not an adversary.
 
 In every mode: rlimits (CPU seconds, address space, file size, open files, processes,
 no core dumps), a wall-clock timeout that kills the whole process group, an empty
@@ -526,7 +527,9 @@ def _launch_config(
         "rlimits": _rlimits(limits, mode),
         "ro_binds": _ro_binds(),
         "pivot_root_syscall": _PIVOT_ROOT_SYSCALL.get(platform.machine(), -1),
-        "seccomp": build_filter(platform.machine()).hex(),  # ValueError on another architecture: no run
+        # ValueError on another architecture: no run. Without a PID namespace a program's processes
+        # would not die with it, so in rlimits mode it starts none.
+        "seccomp": build_filter(platform.machine(), forks=namespaced).hex(),
         "parent_pid": os.getpid(),
     }
 

@@ -13,7 +13,10 @@ is inherited by everything the program starts and cannot be removed. It denies, 
   whose root could remount what the sandbox locked); ``clone3`` answers ``ENOSYS``, because its
   flags sit in memory a filter cannot read, and libc then falls back to ``clone``;
 - ``bpf``, ``perf_event_open``, ``userfaultfd``, ``io_uring_*`` (kernel attack surface),
-  ``keyctl``, ``add_key``, ``request_key``, module loading, ``kexec``, ``reboot``, swap, ``acct``.
+  ``keyctl``, ``add_key``, ``request_key``, module loading, ``kexec``, ``reboot``, swap, ``acct``;
+- with ``forks=False`` (``rlimits`` mode, which has no PID namespace to take a program's
+  processes along when the service dies): every new process, i.e. ``fork``, ``vfork`` and
+  ``clone`` without ``CLONE_THREAD``. Threads still start.
 
 It fails closed: a system call of another ABI (i386 or x32 on x86_64) kills the process, and
 on an architecture without a table here (not x86_64 or aarch64) the sandbox refuses to run.
@@ -49,6 +52,7 @@ SYSCALLS = {
         "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "keyctl": 250, "add_key": 248,
         "request_key": 249, "init_module": 175, "finit_module": 313, "delete_module": 176, "kexec_load": 246,
         "kexec_file_load": 320, "reboot": 169, "swapon": 167, "swapoff": 168, "acct": 163,
+        "fork": 57, "vfork": 58,
     },
     "aarch64": {
         "socket": 198, "clone": 220, "clone3": 435, "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271,
@@ -61,7 +65,10 @@ SYSCALLS = {
     },
 }  # fmt: skip
 
+# what a new process is made with besides clone (aarch64 has neither: libc forks through clone)
+FORKS = ("fork", "vfork")
 AF_UNIX = 1
+CLONE_THREAD = 0x00010000
 CLONE_NEW_FLAGS = 0x7E020080  # NEWTIME | NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET
 X32_SYSCALL_BIT = 0x40000000
 EPERM, ENOSYS = 1, 38
@@ -72,9 +79,10 @@ _KILL_PROCESS, _ERRNO, _ALLOW = 0x80000000, 0x00050000, 0x7FFF0000
 _NR, _ARCH, _ARG0 = 0, 4, 16  # offsets in struct seccomp_data (arg0's low 32 bits: little-endian)
 
 
-def build_filter(machine: str) -> bytes:
+def build_filter(machine: str, forks: bool = True) -> bytes:
     """The filter for ``machine`` (``platform.machine()``) as ``struct sock_filter[]`` bytes;
-    ``ValueError`` where there is no table (the sandbox then refuses to run)."""
+    ``ValueError`` where there is no table (the sandbox then refuses to run). ``forks=False``
+    also denies every new process (threads excepted)."""
     if machine not in SYSCALLS:
         raise ValueError(f"no seccomp filter for the {machine} architecture (x86_64 and aarch64 only)")
     nr = SYSCALLS[machine]
@@ -86,7 +94,7 @@ def build_filter(machine: str) -> bytes:
     ]
     if machine == "x86_64":
         prog += [(_JGE, 0, 1, X32_SYSCALL_BIT), (_RET, 0, 0, _KILL_PROCESS)]
-    for name in DENIED:
+    for name in DENIED + (() if forks else tuple(f for f in FORKS if f in nr)):
         prog += [(_JEQ, 0, 1, nr[name]), (_RET, 0, 0, _ERRNO | EPERM)]
     prog += [(_JEQ, 0, 1, nr["clone3"]), (_RET, 0, 0, _ERRNO | ENOSYS)]
     prog += [  # socket(family, ...): AF_UNIX only
@@ -96,12 +104,22 @@ def build_filter(machine: str) -> bytes:
         (_RET, 0, 0, _ERRNO | EPERM),
         (_RET, 0, 0, _ALLOW),
     ]
-    prog += [  # clone(flags, ...): threads and forks, never new namespaces
-        (_JEQ, 0, 4, nr["clone"]),
-        (_LD_W_ABS, 0, 0, _ARG0),
-        (_JSET, 0, 1, CLONE_NEW_FLAGS),
-        (_RET, 0, 0, _ERRNO | EPERM),
-        (_RET, 0, 0, _ALLOW),
-    ]
+    if forks:
+        prog += [  # clone(flags, ...): threads and forks, never new namespaces
+            (_JEQ, 0, 4, nr["clone"]),
+            (_LD_W_ABS, 0, 0, _ARG0),
+            (_JSET, 0, 1, CLONE_NEW_FLAGS),
+            (_RET, 0, 0, _ERRNO | EPERM),
+            (_RET, 0, 0, _ALLOW),
+        ]
+    else:
+        prog += [  # clone(flags, ...): threads only
+            (_JEQ, 0, 5, nr["clone"]),
+            (_LD_W_ABS, 0, 0, _ARG0),
+            (_JSET, 1, 0, CLONE_NEW_FLAGS),
+            (_JSET, 1, 0, CLONE_THREAD),
+            (_RET, 0, 0, _ERRNO | EPERM),
+            (_RET, 0, 0, _ALLOW),
+        ]
     prog.append((_RET, 0, 0, _ALLOW))
     return b"".join(struct.pack("=HBBI", *ins) for ins in prog)

@@ -17,7 +17,7 @@ import pytest
 
 from polyray import sandbox as sb
 from polyray.tasks.humaneval import humaneval_problems, run_humaneval_check
-from processes import listener, processes_with, working_modes
+from processes import UNGUARD, listener, processes_with, working_modes
 
 pytestmark = pytest.mark.slow  # ~30 s: a few dozen sandboxes per mode
 
@@ -276,3 +276,46 @@ def test_rlimits_refuses_without_the_opt_in(monkeypatch):
     with pytest.raises(sb.WeakSandboxError):
         sb.require_isolation("uid+namespaces")
     assert sb.require_isolation("userns") == "userns"
+
+
+def test_an_opted_in_rlimits_sandbox_leaves_no_process_when_the_service_is_killed():
+    """rlimits mode has no PID namespace whose end kills a program's processes, and a child clears the
+    parent-death signal: with the audit hook off, a setsid grandchild (forked, or spawned by subprocess)
+    outlived a SIGKILLed service. The filter now refuses every new process there."""
+    import subprocess
+    import sys
+    import time
+
+    marker = f"polyray-rlimits-escapee-{os.getpid()}"
+    sleeper = f'[sys.executable, "-c", "import time; time.sleep(600)", {marker!r}]'
+    program = UNGUARD + textwrap.dedent(f"""
+        import os, subprocess, sys, time
+        try:
+            if os.fork() == 0:
+                os.setsid()
+                os.execv(sys.executable, {sleeper})
+        except OSError as exc:
+            print("fork refused", exc.errno)
+        try:
+            subprocess.Popen({sleeper}, start_new_session=True)
+        except OSError as exc:
+            print("spawn refused", exc.errno)
+        time.sleep(600)
+    """)
+    service = subprocess.Popen([sys.executable, "-c", "import sys; from polyray import sandbox as sb;"
+                                " sb.run_python(sys.stdin.read(), sb.SandboxLimits(timeout_s=120), isolation='rlimits')"],
+                               stdin=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        service.stdin.write(program)
+        service.stdin.close()
+        time.sleep(4.0)  # the program is running (a sandbox starts in well under a second)
+        assert service.poll() is None
+        service.kill()
+        service.wait()
+        time.sleep(1.0)
+        survivors = processes_with(marker)
+        assert not survivors, f"processes outlived the killed service: {survivors}"
+    finally:
+        service.kill()
+        for pid in processes_with(marker):
+            os.kill(int(pid), 9)

@@ -64,11 +64,15 @@ def subreaper():
 
 
 def sleeper(marker: str) -> str:
-    """A program that leaves a sleeping process (its own session, marked) and then sleeps itself."""
+    """A program that leaves a sleeping process (its own session, marked) and then sleeps itself; in
+    ``rlimits`` mode, which refuses new processes, it becomes the marked sleeper itself."""
     return UNGUARD + textwrap.dedent(f"""
         import os, sys, time
-        if os.fork() == 0:
-            os.setsid()
+        try:
+            if os.fork() == 0:
+                os.setsid()
+                os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(600)", {marker!r}])
+        except PermissionError:
             os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(600)", {marker!r}])
         time.sleep(600)
     """)
