@@ -211,6 +211,44 @@ def test_malformed_json_and_unknown_route(http):
     assert_healthy(http)
 
 
+def test_a_large_chat_body_never_blocks_the_replicas_event_loop(service, http):
+    """Templating and tokenising run off the replica's event loop: polyray's token count in a worker thread
+    (the tokenizer releases the GIL), and vLLM's renderer in its own pool, for prompts that passed that
+    count only. While a 1.8 MB chat body is tokenised (seconds on 2 cores) and refused for its length,
+    ``/healthz`` keeps answering: a loop blocked for as long fails Serve's health checks."""
+    import threading
+
+    import httpx
+
+    line = "nums 3 4 9 target 12 expr: 3+9 " * 6
+    messages = [{"role": ("user", "assistant")[i % 2], "content": line} for i in range(8000)]
+    lags: list[float] = []
+    done = threading.Event()
+
+    def ping():
+        with httpx.Client(base_url=service, timeout=60) as c:
+            while not done.is_set():
+                sent = time.monotonic()
+                assert c.get("/healthz").status_code == 200
+                lags.append(time.monotonic() - sent)
+                time.sleep(0.05)
+
+    pinger = threading.Thread(target=ping)
+    pinger.start()
+    try:
+        time.sleep(0.3)
+        start = time.monotonic()
+        r = http.post("/v1/chat/completions", json={"model": "base", "messages": messages, "max_tokens": 4})
+        took = time.monotonic() - start
+    finally:
+        done.set()
+        pinger.join()
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages", r.text
+    assert "tokens" in r.json()["error"]["message"]
+    assert took > 1.0, took  # the body cost seconds of work, or this would check nothing
+    assert len(lags) >= 5 and max(lags) < took / 2, (max(lags), took)
+
+
 def test_fuzz_never_5xx(service, http):
     import schemathesis
     from hypothesis import HealthCheck, given, settings

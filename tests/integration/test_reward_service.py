@@ -450,3 +450,50 @@ def test_http_callers_never_hold_the_learners_scoring(service, capsys):
     assert "reward.app_name" in warning and "'reward-learner'" in warning, warning
     assert set(serve.status().applications) == {"reward", "reward-learner"}
     assert learner(prompts, texts).tolist() == expected.tolist()
+
+
+def test_beside_an_operators_deployed_app_the_learner_scores_with_its_config(service, user_rewards, tmp_path, capsys):
+    """A public app deployed from a Serve config (as ``serve deploy`` does): the run's learner app copies
+    that config's args (here: the operator's custom reward, which the run's own args do not name) without
+    its API key and replica count, and scores through them on replicas of its own."""
+    from ray import serve
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    from polyray.config import RewardConfig
+    from polyray.reward.client import get_reward_handle, score_via_handle
+    from polyray.reward.service import ensure_reward_service
+
+    for name in ("reward", "reward-learner"):  # what earlier tests left
+        if name in serve.status().applications:
+            serve.delete(name)
+    key_file = tmp_path / "key"
+    key_file.write_text("operator-secret\n")
+    operator_args = {
+        "num_replicas": 2, "num_cpus": 0.25, "api_key_file": str(key_file), "max_items": MAX_ITEMS,
+        "rewards": {"custom": {"function": f"{user_rewards[0]}:score"}},
+    }  # fmt: skip
+    config = ServeDeploySchema.model_validate({"applications": [
+        {"name": "reward", "route_prefix": "/", "import_path": "polyray.services.reward_app:build_app",
+         "args": operator_args}]})  # fmt: skip
+    client = _get_global_client()
+    client.deploy_apps(config, _blocking=True)
+    capsys.readouterr()
+    ensure_reward_service(RewardConfig(endpoint=True, num_cpus=0.25, retries=0, timeout_s=60))
+    assert "reward.app_name" not in capsys.readouterr().err  # copied: no fallback warning
+
+    apps = client.get_serve_details()["applications"]
+    assert apps["reward-learner"].get("route_prefix") is None
+    replicas = lambda app: [d["target_num_replicas"] for d in apps[app]["deployments"].values()]
+    assert replicas("reward") == [2] and replicas("reward-learner") == [1]  # not the operator's replica count
+    items = [{"prompt": "p", "completion": "one two three", "metadata": {"bonus": 1}},
+             {"prompt": "p", "completion": "a", "reference": "b"}]  # fmt: skip
+    results = score_via_handle(get_reward_handle("reward-learner"), "custom", items, {}, timeout_s=60, retries=0)
+    import math
+
+    assert [r.score for r in results] == pytest.approx([math.tanh(3 / 4) + 0.5 - 0.25, math.tanh(1 / 4)])
+    import httpx  # the public app kept the operator's key
+
+    assert httpx.post(f"{service}/v1/rewards", json={"reward": "custom", "items": items}).status_code == 401
+    serve.delete("reward")
+    serve.delete("reward-learner")
