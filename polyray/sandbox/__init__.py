@@ -310,12 +310,24 @@ def reap_all():
         except InterruptedError:
             continue
 
+def cap_pids():
+    # userns mode: RLIMIT_NPROC does not bind a root service (the program is uid 0 on the host),
+    # so the PID namespace's own pid_max (Linux >= 6.14) bounds its tasks. Root of this user
+    # namespace has no capability outside it, so on an older kernel, where pid_max is the
+    # host's, the write is refused (EPERM) and changes nothing: best effort there.
+    try:
+        write("/proc/sys/kernel/pid_max", str(cfg["pid_max"]))
+    except OSError:
+        pass
+
 def init():
     # PID 1 of the sandbox's PID namespace (a plain child in rlimits mode): build the
     # root, start the program, reap, report the program's fate, exit (killing the rest).
     die_with_parent()
     if MODE != "rlimits":
         build_root(cfg["newroot"], strict=MODE == "uid+namespaces")
+        if MODE == "userns":
+            cap_pids()
     else:  # no PID namespace: orphans (a double fork, setsid) are re-parented here, not to the host's init
         check(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "subreaper")
     pid = os.fork()
@@ -473,6 +485,17 @@ def _rlimits(limits: SandboxLimits, mode: str) -> dict[str, int]:
     }
 
 
+# linux/threads.h RESERVED_PIDS: a PID namespace's pid_max is at least this + 1, and once its
+# numbers wrap, new PIDs come from [RESERVED_PIDS, pid_max)
+_RESERVED_PIDS = 300
+
+
+def _pid_max(limits: SandboxLimits) -> int:
+    """A ``userns`` sandbox's PID namespace pid_max: at most this - 1 tasks (processes and threads)
+    at once, and ``4 x limits.processes`` (at least 64) free numbers once they wrap."""
+    return _RESERVED_PIDS + max(64, 4 * limits.processes)
+
+
 def _make_workdir(source: str, uid: int | None, files: dict[str, str]) -> str:
     """``base/work/program.py`` (owned by the sandbox uid) and ``base/root`` (the new root's mountpoint)."""
     # inside this process's own directory: if the service is SIGKILLed mid-run, the next process
@@ -525,6 +548,7 @@ def _launch_config(
         "argv": argv,
         "env": {**_SANDBOX_ENV, "HOME": cwd, "TMPDIR": "/tmp" if namespaced else work},
         "rlimits": _rlimits(limits, mode),
+        "pid_max": _pid_max(limits),
         "ro_binds": _ro_binds(),
         "pivot_root_syscall": _PIVOT_ROOT_SYSCALL.get(platform.machine(), -1),
         # ValueError on another architecture: no run. Without a PID namespace a program's processes

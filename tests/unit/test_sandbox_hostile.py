@@ -188,6 +188,26 @@ def test_fork_bomb_in_a_completion_is_contained(mode):
     assert run(mode, "print(6 * 7)").stdout.strip() == "42"
 
 
+def test_the_processes_a_program_holds_at_once_are_bounded(mode):
+    """RLIMIT_NPROC binds per uid (a root service's uid+namespaces mode runs a throw-away uid) or per user
+    namespace, but not uid 0: in userns mode under a root service the PID namespace's pid_max bounds it."""
+    result = run(mode, """
+        import os, time
+        held = 0
+        for _ in range(3000):
+            try:
+                if os.fork() == 0:
+                    time.sleep(60)
+                    os._exit(0)
+            except OSError:
+                break
+            held += 1
+        print("held", held)
+    """, timeout_s=60)
+    held = int(result.stdout.split("held")[-1])
+    assert held < sb._pid_max(sb.SandboxLimits()), result
+
+
 def test_disk_filler_is_capped(mode, monkeypatch, tmp_path):
     monkeypatch.setattr(sb.tempfile, "tempdir", str(tmp_path))
     result = run(
