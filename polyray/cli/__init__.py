@@ -105,7 +105,8 @@ def sweep(
 
 @app.command()
 def interpolate(
-    run: Path = typer.Argument(..., help="Run directory whose adapter is α = 1, e.g. runs/k_candidate/runs/grpo_group-s0."),
+    runs: List[Path] = typer.Argument(..., help="Run directory whose adapter is α = 1, e.g. runs/k_candidate/runs/grpo_group-s0;"
+                                      " several (one per seed): each, then the curve over seeds."),
     alphas: str = typer.Option("0,0.25,0.5,0.75,1", "--alphas", help="Comma-separated α in [0, 1] (1 is always added)."),
     from_: Optional[str] = typer.Option(
         None, "--from", help="α = 0: a phase of RUN or an adapter directory (default: the adapter RUN started from)."
@@ -115,18 +116,45 @@ def interpolate(
     val_prompts: Optional[int] = typer.Option(None, "--val-prompts", min=1, help="Validation prompts (default: the task's n_val)."),
     test_prompts: Optional[int] = typer.Option(None, "--test-prompts", min=1, help="Test prompts (default: the task's n_test)."),
     n_samples: Optional[int] = typer.Option(None, "--n-samples", min=1, help="Samples per prompt (default: the run's eval)."),
-    output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Where outputs go (default RUN/interpolate/)."),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Where outputs go (default RUN/interpolate/; one RUN)."),
+    summary: Optional[Path] = typer.Option(None, "--summary", help="Several RUNs: the curve over seeds goes here (default"
+                                           " interpolation_seeds.json beside the runs)."),
 ):
-    """Interpolate two LoRA adapters (W0 + (1-α)ΔW_from + αΔW_to, no training); choose α on validation, report test."""
+    """Interpolate two LoRA adapters (W0 + (1-α)ΔW_from + αΔW_to, no training); choose α on validation, report test.
+
+    With several RUNs (one per seed) each is interpolated (a RUN whose interpolation.json has the same α grid is
+    read back, not run again), then the curve over seeds: mean and t-interval per α, paired tests against α = 1
+    and α = 0, and the α each seed chose on validation read on test."""
+    import json
+    import os
+
     from polyray.cli.common import fail
-    from polyray.drivers.interpolate import run_interpolation
+    from polyray.drivers.interpolate import run_interpolation, show_seeds, summarize_seeds
+    from polyray.io import console
 
     try:
         values = [float(a) for a in (x.strip() for x in alphas.split(",")) if a]
     except ValueError:
         fail(f"--alphas: {alphas!r} is not a comma-separated list of numbers")
+    if len(runs) > 1 and output_dir is not None:
+        fail("--output-dir: one RUN only (several write to each RUN/interpolate/)")
     with user_errors():
-        run_interpolation(run, values, from_, to, output_dir, tolerance, val_prompts, test_prompts, n_samples)
+        done = []
+        for run in runs:
+            previous = run / "interpolate" / "interpolation.json"
+            if len(runs) > 1 and previous.is_file():
+                found = json.loads(previous.read_text())
+                if sorted(found["alphas"]) == sorted({*values, 1.0}) and found["selection"]["tolerance"] == tolerance:
+                    console.print(f"{run}: read back {previous}")
+                    done.append(found)
+                    continue
+            done.append(run_interpolation(run, values, from_, to, output_dir, tolerance, val_prompts, test_prompts,
+                                          n_samples))  # fmt: skip
+        if len(runs) > 1:
+            result = summarize_seeds(done)
+            out = summary or Path(os.path.commonpath([r.resolve() for r in runs])) / "interpolation_seeds.json"
+            out.write_text(json.dumps(result, indent=2))
+            show_seeds(result, out)
 
 
 @model_app.command("build-tiny")

@@ -183,3 +183,82 @@ def show_curve(summary: dict[str, Any], ks: Sequence[int], out: Path) -> None:
     console.print(table)
     console.print(f"α = {chosen:g} chosen on validation: {summary['selection']['rule']}")
     console.print(f"written to {out} (interpolation.json, adapters/, val/, test/)")
+
+
+def summarize_seeds(summaries: Sequence[dict[str, Any]], margin: float = 0.01) -> dict[str, Any]:
+    """The curve over seeds: one :func:`run_interpolation` summary per seed (the same grid), on test.
+
+    Per α, each test pass@k's mean and 95% t-interval over seeds, conditional on the test prompts; pass@1
+    against α = 1 ('to', e.g. GRPO) by paired TOST at ±``margin`` (docs/algorithms.md §5) and the largest
+    pass@k against α = 0 ('from', e.g. SFT) by paired t. Then the α each seed chose on validation, read on
+    test as one model ("chosen"), with the same two tests and its largest pass@k against α = 1, Holm across
+    those three. Pairing: every α of a seed is evaluated in one job, on the same prompts."""
+    from polyray.eval.stats import compute_holm, equivalence_tost, interval_over_seeds, paired_t
+
+    if len(summaries) < 2:
+        raise ConfigError(f"RUN: a summary over seeds needs 2 or more runs, got {len(summaries)}")
+    grids = {tuple(s["alphas"]) for s in summaries}
+    if len(grids) != 1:
+        raise ConfigError(f"RUN: the runs were interpolated at different α grids {sorted(grids)}: use one --alphas")
+    grid = list(next(iter(grids)))
+    if 0.0 not in grid:
+        raise ConfigError("--alphas: a summary over seeds compares with α = 0 ('from'): include 0")
+    ks = sorted(int(k.split("@")[1]) for k in summaries[0]["curve"][0]["test"] if k.startswith("pass@"))
+    top = f"pass@{max(ks)}"
+
+    def values(alpha_of: Sequence[float], metric: str) -> list[float]:
+        return [next(r for r in s["curve"] if r["alpha"] == a)["test"][metric] for s, a in zip(summaries, alpha_of)]
+
+    def at(alpha: float, metric: str) -> list[float]:
+        return values([alpha] * len(summaries), metric)
+
+    def tests(alpha_of: Sequence[float]) -> dict[str, Any]:
+        p1, pk = values(alpha_of, "pass@1"), values(alpha_of, top)
+        return {
+            "pass@1_vs_to": {"difference": float(sum(p1) - sum(at(REFERENCE, "pass@1"))) / len(p1),
+                             **equivalence_tost(p1, at(REFERENCE, "pass@1"), margin, paired=True)},
+            f"{top}_vs_from": {"difference": float(sum(pk) - sum(at(0.0, top))) / len(pk), **paired_t(pk, at(0.0, top))},
+        }  # fmt: skip
+
+    curve = []
+    for alpha in grid:
+        row: dict[str, Any] = {"alpha": alpha, **{f"pass@{k}": interval_over_seeds(at(alpha, f"pass@{k}")) for k in ks}}
+        row.update({name: t for name, t in tests([alpha] * len(summaries)).items()
+                    if not (alpha == REFERENCE and name.startswith("pass@1_")) and not (alpha == 0.0 and name.endswith("_from"))})
+        curve.append(row)
+    chosen = [s["selection"]["chosen"] for s in summaries]
+    chosen_tests = tests(chosen)
+    pk = values(chosen, top)
+    chosen_tests[f"{top}_vs_to"] = {"difference": float(sum(pk) - sum(at(REFERENCE, top))) / len(pk),
+                                    **paired_t(pk, at(REFERENCE, top))}  # fmt: skip
+    holm = compute_holm([t["pvalue"] if t["pvalue"] is not None else 1.0 for t in chosen_tests.values()])["adjusted"]
+    for t, adjusted in zip(chosen_tests.values(), holm):
+        t["pvalue_holm"] = float(adjusted)
+    return {
+        "runs": [s["run"] for s in summaries], "alphas": grid, "ks": ks, "n_seeds": len(summaries),
+        "conditional_on": "test prompts", "margin": margin, "curve": curve,
+        "chosen": {"alphas": chosen, "selected_on": SELECTED_ON, "rule": summaries[0]["selection"]["rule"],
+                   **{f"pass@{k}": interval_over_seeds(values(chosen, f"pass@{k}")) for k in ks}, "tests": chosen_tests},
+    }  # fmt: skip
+
+
+def show_seeds(summary: dict[str, Any], out: Path) -> None:
+    from rich.table import Table
+
+    top = f"pass@{max(summary['ks'])}"
+    iv = lambda v: f"{v['mean']:.3f} [{v['low']:.3f}, {v['high']:.3f}]"
+    diff = lambda t: (f"{t['difference']:+.3f} [{t['low']:+.3f}, {t['high']:+.3f}] p {t['pvalue']:.3g}"
+                      if t.get("pvalue") is not None else "–")  # fmt: skip
+    table = Table(title=f"adapter interpolation over {summary['n_seeds']} seeds (test; 95% t-interval, conditional on"
+                        " the test prompts)")  # fmt: skip
+    for column in ("α", "pass@1", top, "pass@1 − α=1 (90%, TOST)", f"{top} − α=0 (95%, paired t)"):
+        table.add_column(column, justify="right")
+    rows = [(f"{r['alpha']:g}", r) for r in summary["curve"]]
+    rows.append((f"chosen {summary['chosen']['alphas']}", {**summary["chosen"], **summary["chosen"]["tests"]}))
+    for label, r in rows:
+        table.add_row(label, iv(r["pass@1"]), iv(r[top]), diff(r.get("pass@1_vs_to", {})), diff(r.get(f"{top}_vs_from", {})))
+    console.print(table)
+    t = summary["chosen"]["tests"]
+    holm = ", ".join(f"{name} {v['pvalue_holm']:.3g}" for name, v in t.items())
+    console.print(f"chosen on validation, read on test: {top} − α=1 {diff(t[top + '_vs_to'])}; Holm across its 3 tests: {holm}")
+    console.print(f"written to {out}")

@@ -121,3 +121,49 @@ def test_eval_jobs_read_validation_then_test_with_the_runs_settings(run_dir, run
     assert test.ks == [1, 4] and run_config.eval.ks == [1, 5, 10] and test.rollout.max_lora_rank == 32
     assert test.compare == [("a0.5", "a1")]  # each α against the 'to' adapter, paired over the test prompts
     assert [lora_rank_slot(r) for r in (1, 2, 16, 17, 300)] == [1, 8, 16, 32, 320]
+
+
+def _seed_summary(rng, chosen):
+    curve = []
+    for alpha in (0.0, 0.5, 1.0):
+        p1 = 0.13 + 0.05 * alpha + rng.normal(0, 0.005)
+        curve.append({"alpha": alpha, "test": {"pass@1": p1, "pass@10": 0.6 - 0.12 * alpha + rng.normal(0, 0.02)}})
+    return {"run": "r", "alphas": [0.0, 0.5, 1.0], "curve": curve, "selection": {"chosen": chosen, "rule": "x"}}
+
+
+def test_the_curve_over_seeds_is_scipys_paired_statistics():
+    """Intervals over seeds, TOST against α = 1 and paired t against α = 0, checked against scipy directly
+    (TOST: the larger of the two one-sided paired t p-values, each from scipy's t distribution)."""
+    import numpy as np
+    from scipy import stats
+
+    from polyray.drivers.interpolate import summarize_seeds
+    from polyray.io import ConfigError
+
+    rng = np.random.default_rng(0)
+    summaries = [_seed_summary(rng, c) for c in (0.5, 0.5, 1.0, 0.5, 0.0)]
+    out = summarize_seeds(summaries, margin=0.01)
+    test = lambda a, m: np.array([next(r for r in s["curve"] if r["alpha"] == a)["test"][m] for s in summaries])
+    half = out["curve"][1]
+    mean, sd = test(0.5, "pass@1").mean(), test(0.5, "pass@1").std(ddof=1)
+    assert half["pass@1"]["high"] == pytest.approx(mean + stats.t.ppf(0.975, 4) * sd / np.sqrt(5))
+    d = test(0.5, "pass@1") - test(1.0, "pass@1")
+    se = d.std(ddof=1) / np.sqrt(5)
+    tost = max(stats.t.sf((d.mean() + 0.01) / se, 4), stats.t.cdf((d.mean() - 0.01) / se, 4))
+    assert half["pass@1_vs_to"]["pvalue"] == pytest.approx(tost) and half["pass@1_vs_to"]["difference"] == pytest.approx(d.mean())
+    assert half["pass@10_vs_from"]["pvalue"] == pytest.approx(stats.ttest_rel(test(0.5, "pass@10"), test(0.0, "pass@10")).pvalue)
+    assert "pass@1_vs_to" not in out["curve"][2] and "pass@10_vs_from" not in out["curve"][0]  # no self-comparison
+    # each seed's own choice, read as one model
+    picked = np.array([next(r for r in s["curve"] if r["alpha"] == s["selection"]["chosen"])["test"]["pass@10"] for s in summaries])
+    chosen = out["chosen"]
+    assert chosen["alphas"] == [0.5, 0.5, 1.0, 0.5, 0.0] and chosen["pass@10"]["mean"] == pytest.approx(picked.mean())
+    p = [chosen["tests"][k]["pvalue"] for k in ("pass@1_vs_to", "pass@10_vs_from", "pass@10_vs_to")]
+    assert chosen["tests"]["pass@10_vs_to"]["pvalue"] == pytest.approx(stats.ttest_rel(picked, test(1.0, "pass@10")).pvalue)
+    order = np.argsort(p)
+    holm = np.maximum.accumulate([min(1.0, (3 - i) * p[j]) for i, j in enumerate(order)])
+    assert [chosen["tests"][k]["pvalue_holm"] for k in ("pass@1_vs_to", "pass@10_vs_from", "pass@10_vs_to")] == \
+        pytest.approx([holm[list(order).index(i)] for i in range(3)])
+    with pytest.raises(ConfigError, match="2 or more"):
+        summarize_seeds(summaries[:1])
+    with pytest.raises(ConfigError, match="grids"):
+        summarize_seeds([summaries[0], {**summaries[1], "alphas": [0.0, 1.0]}])
