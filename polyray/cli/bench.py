@@ -131,10 +131,11 @@ def chaos(
     seconds: float = typer.Option(30.0, "--seconds", help="Seconds of load per run (the kill run goes on until recovered)."),
     kill_at: float = typer.Option(10.0, "--kill-at", help="Seconds into the kill run when the replica is SIGKILLed."),
     max_recovery_s: float = typer.Option(120.0, "--max-recovery-s", help="Give up waiting for the service after this."),
+    replicas: int = typer.Option(1, "--replicas", min=1, help="Replicas per service (one of them is killed)."),
     config: str = _config,
     json_path: Optional[Path] = _json,
 ):
-    """Each service under load, then the same load with its replica SIGKILLed: latency, errors, recovery, leftovers."""
+    """Each service under load, then the same load with one replica SIGKILLed: latency, errors, recovery, leftovers."""
     from polyray.cli.common import fail
 
     unknown = [s for s in services if s not in ("reward", "generation")]
@@ -142,7 +143,7 @@ def chaos(
         fail(f"--services: unknown service {unknown[0]!r} (choose from reward, generation)")
     from polyray.drivers.bench.suite import bench_chaos, print_chaos
 
-    results = bench_chaos(list(services), clients, seconds, kill_at, config, max_recovery_s)
+    results = bench_chaos(list(services), clients, seconds, kill_at, config, max_recovery_s, replicas)
     print_chaos(results)
     _write(results, json_path)
 

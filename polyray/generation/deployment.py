@@ -51,12 +51,13 @@ from polyray.generation.api import ChatBody, CompletionBody, limit_error
 from polyray.generation.catalog import AdapterCatalog, Hold, UnknownModelError
 from polyray.http import BearerAuth, BodySizeLimit, check_api_key, error_response, read_api_key, validation_error
 from polyray.io import ConfigError, format_validation_error
-from polyray.lifetime import process_dir
+from polyray.lifetime import process_dir, shared_root, sweep_stale
 from polyray.models.tiny import EMBEDDED_CHAT_TEMPLATE
 from polyray.rollout.worker import vllm_env
 from polyray.telemetry import Metrics
 
 logger = logging.getLogger("polyray.generation")
+SCRATCH = "polyray-generation"  # per-process scratch directories under /dev/shm (or the temp directory)
 
 # the service's own metrics (tag: run); Serve's request metrics (counts, latency, errors) come beside
 GAUGES = {
@@ -194,6 +195,10 @@ class GenerationDeployment:
         from polyray.storage import local_path
 
         cfg = GenerationServiceConfig.model_validate(config)
+        # this process's own scratch directory, made first: making it sweeps what a SIGKILLed replica left,
+        # before this one spends its start-up on the engine (polyray.lifetime)
+        self.scratch_base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        self.adapter_root = Path(tempfile.mkdtemp(prefix="adapters-", dir=process_dir(SCRATCH, self.scratch_base)))
         # a run's model in cluster.storage: copied to this replica's node first (once per node)
         self.cfg = cfg = cfg.model_copy(update={"model_dir": local_path(cfg.model_dir)})
         for key, value in engine_env(cfg).items():
@@ -230,9 +235,6 @@ class GenerationDeployment:
                 store = ray.get_actor(store_actor_name(cfg.store_root), namespace=STORE_NAMESPACE)
             except ValueError:  # none (serve deploy, a RayService): open the directory, for every replica
                 store = open_store(cfg.store_root, keep=1 << 30, detached=True)
-        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        # in this process's own directory: a SIGKILLed replica's is swept by the next to start (polyray.lifetime)
-        self.adapter_root = Path(tempfile.mkdtemp(prefix="adapters-", dir=process_dir("polyray-generation", shm)))
         metrics = Metrics({"run": cfg.run}, GAUGES, HISTOGRAMS)
         self.catalog = AdapterCatalog(self.engine, self.models, cfg.base_name, cfg.adapters, store,
                                       self.adapter_root, cfg.keep_versions, metrics)  # fmt: skip
@@ -249,7 +251,9 @@ class GenerationDeployment:
                 logger.warning("adapter store refresh failed: %s", exc)
 
     async def check_health(self) -> None:
-        """Serve's health probe: a dead engine or poller restarts the replica."""
+        """Serve's health probe: a dead engine or poller restarts the replica. It also sweeps the scratch
+        directories of replicas that are gone (a SIGKILLed sibling's, while its replacement still starts)."""
+        await asyncio.to_thread(sweep_stale, shared_root(SCRATCH, self.scratch_base))
         await self.engine.check_health()
         if self._poller is not None and self._poller.done():
             raise RuntimeError(f"adapter poller stopped: {self._poller.exception()!r}")

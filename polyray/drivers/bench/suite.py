@@ -554,24 +554,25 @@ def run_all(parts: list[str], smoke: bool) -> dict[str, Any]:
 
 
 def bench_chaos(services: list[str], clients: int, seconds: float, kill_at: float, config: str,
-                max_recovery_s: float = 120.0) -> dict[str, Any]:  # fmt: skip
-    """Each service on loopback, one replica: ``clients`` clients for ``seconds``, then the same load with the
-    replica SIGKILLed ``kill_at`` seconds in (:mod:`.chaos`). The reward service also takes the learner's own
-    retrying calls (code_exec items, so sandboxes run when the replica dies) during the kill."""
+                max_recovery_s: float = 120.0, replicas: int = 1) -> dict[str, Any]:  # fmt: skip
+    """Each service on loopback with ``replicas`` replicas (one CPU each): ``clients`` clients for ``seconds``,
+    then the same load with one replica SIGKILLed ``kill_at`` seconds in (:mod:`.chaos`). The reward service
+    also takes the learner's own retrying calls (code_exec items, so sandboxes run when the replica dies)
+    during the kill."""
     import ray
     from ray import serve
 
-    results: dict[str, Any] = {"clients": clients, "seconds": seconds, "kill_at": kill_at}
+    results: dict[str, Any] = {"clients": clients, "seconds": seconds, "kill_at": kill_at, "replicas": replicas}
     # a cluster of its own (address="local": never one RAY_ADDRESS names): the replicas it kills are its own
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=max(2, replicas), include_dashboard=False, log_to_driver=False)
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         if "reward" in services:
-            results["reward"] = _chaos_reward(url, clients, seconds, kill_at, max_recovery_s)
+            results["reward"] = _chaos_reward(url, clients, seconds, kill_at, max_recovery_s, replicas)
         if "generation" in services:
-            results["generation"] = _chaos_generation(url, clients, seconds, kill_at, max_recovery_s, config)
+            results["generation"] = _chaos_generation(url, clients, seconds, kill_at, max_recovery_s, config, replicas)
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -583,7 +584,8 @@ CHAOS_CODE_ITEM = {"prompt": "def answer():\n", "completion": "    return 42\n",
                                         "    assert candidate() == 42\n", "entry_point": "answer"}}  # fmt: skip
 
 
-def _chaos_reward(url: str, clients: int, seconds: float, kill_at: float, max_recovery_s: float) -> dict[str, Any]:
+def _chaos_reward(url: str, clients: int, seconds: float, kill_at: float, max_recovery_s: float,
+                  replicas: int = 1) -> dict[str, Any]:  # fmt: skip
     import threading
 
     import httpx
@@ -596,7 +598,7 @@ def _chaos_reward(url: str, clients: int, seconds: float, kill_at: float, max_re
     from polyray.reward.deployment import build_reward_app
     from polyray.sandbox import WORK_ROOT
 
-    serve.run(build_reward_app({}), name="reward", route_prefix="/reward")
+    serve.run(build_reward_app({"num_replicas": replicas}), name="reward", route_prefix="/reward")
     body = {"reward": "countdown", "items": [{"prompt": "nums 3 4 9 target 12\nexpr:", "completion": c}
                                              for c in (" 3+9", " 4*3", " 9+4-1", " 3*4", " 12", " 9+3", " 4+9-1", " 3+4")]}
     base = f"{url}/reward"
@@ -630,7 +632,7 @@ def _chaos_reward(url: str, clients: int, seconds: float, kill_at: float, max_re
 
 
 def _chaos_generation(url: str, clients: int, seconds: float, kill_at: float, max_recovery_s: float,
-                      config: str) -> dict[str, Any]:  # fmt: skip
+                      config: str, replicas: int = 1) -> dict[str, Any]:  # fmt: skip
     import httpx
     from ray import serve
 
@@ -638,11 +640,11 @@ def _chaos_generation(url: str, clients: int, seconds: float, kill_at: float, ma
     from polyray.config import load_config
     from polyray.config.services import GenerationServiceConfig
     from polyray.drivers.bench.chaos import kill_replica, leftovers, run_load
-    from polyray.generation.deployment import build_generation_app
+    from polyray.generation.deployment import SCRATCH, build_generation_app
     from polyray.models.source import prepare_model_dir
 
     run = load_config(config)
-    cfg = GenerationServiceConfig(model_dir=str(prepare_model_dir(run.model, run.task)), num_cpus=1,
+    cfg = GenerationServiceConfig(model_dir=str(prepare_model_dir(run.model, run.task)), num_cpus=1, num_replicas=replicas,
                                   max_model_len=run.rollout.max_model_len, max_lora_rank=run.rollout.max_lora_rank,
                                   max_num_seqs=max(4, clients))  # fmt: skip
     with console.status("starting the generation service"):
@@ -651,7 +653,7 @@ def _chaos_generation(url: str, clients: int, seconds: float, kill_at: float, ma
     base = f"{url}/generation"
     httpx.post(f"{base}/v1/completions", json=body, timeout=300).raise_for_status()  # warm-up
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    roots = [lifetime.shared_root("polyray-generation", shm)]
+    roots = [lifetime.shared_root(SCRATCH, shm)]
     out: dict[str, Any] = {}
     with console.status(f"generation: {clients} clients, {seconds:g} s"):
         out["steady"] = run_load(base, "/v1/completions", body, clients, seconds)
@@ -665,8 +667,10 @@ def _chaos_generation(url: str, clients: int, seconds: float, kill_at: float, ma
 
 
 def print_chaos(results: dict[str, Any]) -> None:
-    table = Table(title=f"services on loopback, 1 replica, {results['clients']} clients, {results['seconds']:g} s of load;"
-                        f" kill: the replica SIGKILLed {results['kill_at']:g} s in")  # fmt: skip
+    replicas = results.get("replicas", 1)
+    table = Table(title=f"services on loopback, {replicas} replica{'s' if replicas > 1 else ''}, {results['clients']} clients,"
+                        f" {results['seconds']:g} s of load; kill: {'one' if replicas > 1 else 'the'} replica SIGKILLed"
+                        f" {results['kill_at']:g} s in")  # fmt: skip
     table.caption = ("back-pressure = 503/429 (shed load, retry); errors = any other non-200 (-1: no answer);"
                      " recovery = kill -> first 200 of a request sent after it; retry lost = the learner's retrying"
                      " reward calls that failed or came back wrong")  # fmt: skip
