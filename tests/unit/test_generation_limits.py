@@ -10,6 +10,7 @@ tests/integration/test_generation_service.py runs the real engine.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -217,3 +218,24 @@ def test_both_serve_configs_bound_request_time():
         assert schema.http_options.request_timeout_s == REQUEST_TIMEOUT_S, name
     raw = yaml.safe_load((root / "generation_serve_config.yaml").read_text())
     GenerationServiceConfig.model_validate(raw["applications"][0]["args"])
+
+
+def test_a_health_check_sweeps_the_scratch_directory_of_a_replica_that_is_gone(tmp_path):
+    """With 2 replicas, a SIGKILLed one's scratch directory outlived it until its replacement had started an
+    engine (tens of seconds on 2 CPUs); a live replica's health check now sweeps it, and keeps its own."""
+    from polyray import lifetime
+    from polyray.generation.deployment import SCRATCH
+
+    class Engine:
+        async def check_health(self):
+            return None
+
+    replica = _replica(tmp_path)
+    replica.engine, replica._poller, replica.scratch_base = Engine(), None, str(tmp_path)
+    root = Path(lifetime.shared_root(SCRATCH, str(tmp_path)))
+    own = Path(lifetime.process_dir(SCRATCH, str(tmp_path)))
+    namespace, pid, started = lifetime.owner_tag().split("-")
+    dead = root / f"{namespace}-{pid}-{int(started) + 1}"  # this pid's number, another (gone) process
+    (dead / "adapters-x").mkdir(parents=True)
+    asyncio.run(replica.check_health())
+    assert not dead.exists() and own.is_dir()
