@@ -116,7 +116,8 @@ def test_chunked_logprobs_equal_the_full_logits(model_dir, temperature):
         assert torch.equal(mask_c, mask) and chunked.dtype == torch.float32
         torch.testing.assert_close(chunked, full, rtol=0, atol=1e-6)
         for g, ref in zip(torch.autograd.grad(chunked.sum(), params), full_grads):
-            torch.testing.assert_close(g, ref, rtol=1e-5, atol=1e-6)
+            # float32 summation order: the absolute error scales with the gradient (|grad| reaches ~3 here)
+            torch.testing.assert_close(g, ref, rtol=1e-5, atol=1e-6 * max(1.0, ref.abs().max().item()))
         if positions == 10_000:  # one chunk holds every position: the same numbers exactly
             assert torch.equal(chunked, full)
 
