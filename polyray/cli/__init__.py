@@ -125,12 +125,8 @@ def interpolate(
     With several RUNs (one per seed) each is interpolated (a RUN whose interpolation.json has the same α grid is
     read back, not run again), then the curve over seeds: mean and t-interval per α, paired tests against α = 1
     and α = 0, and the α each seed chose on validation read on test."""
-    import json
-    import os
-
     from polyray.cli.common import fail
-    from polyray.drivers.interpolate import run_interpolation, show_seeds, summarize_seeds
-    from polyray.io import console
+    from polyray.drivers.interpolate import interpolate_seeds, run_interpolation
 
     try:
         values = [float(a) for a in (x.strip() for x in alphas.split(",")) if a]
@@ -138,23 +134,12 @@ def interpolate(
         fail(f"--alphas: {alphas!r} is not a comma-separated list of numbers")
     if len(runs) > 1 and output_dir is not None:
         fail("--output-dir: one RUN only (several write to each RUN/interpolate/)")
+    options = {"from_": from_, "to": to, "val_prompts": val_prompts, "test_prompts": test_prompts, "n_samples": n_samples}
     with user_errors():
-        done = []
-        for run in runs:
-            previous = run / "interpolate" / "interpolation.json"
-            if len(runs) > 1 and previous.is_file():
-                found = json.loads(previous.read_text())
-                if sorted(found["alphas"]) == sorted({*values, 1.0}) and found["selection"]["tolerance"] == tolerance:
-                    console.print(f"{run}: read back {previous}")
-                    done.append(found)
-                    continue
-            done.append(run_interpolation(run, values, from_, to, output_dir, tolerance, val_prompts, test_prompts,
-                                          n_samples))  # fmt: skip
-        if len(runs) > 1:
-            result = summarize_seeds(done)
-            out = summary or Path(os.path.commonpath([r.resolve() for r in runs])) / "interpolation_seeds.json"
-            out.write_text(json.dumps(result, indent=2))
-            show_seeds(result, out)
+        if len(runs) == 1:
+            run_interpolation(runs[0], values, output_dir=output_dir, tolerance=tolerance, **options)
+        else:
+            interpolate_seeds(runs, values, summary, tolerance, **options)
 
 
 @model_app.command("build-tiny")

@@ -197,8 +197,9 @@ class GenerationDeployment:
         cfg = GenerationServiceConfig.model_validate(config)
         # this process's own scratch directory, made first: making it sweeps what a SIGKILLed replica left,
         # before this one spends its start-up on the engine (polyray.lifetime)
-        self.scratch_base = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        self.adapter_root = Path(tempfile.mkdtemp(prefix="adapters-", dir=process_dir(SCRATCH, self.scratch_base)))
+        base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        self.scratch_root = shared_root(SCRATCH, base)
+        self.adapter_root = Path(tempfile.mkdtemp(prefix="adapters-", dir=process_dir(SCRATCH, base)))
         # a run's model in cluster.storage: copied to this replica's node first (once per node)
         self.cfg = cfg = cfg.model_copy(update={"model_dir": local_path(cfg.model_dir)})
         for key, value in engine_env(cfg).items():
@@ -253,7 +254,7 @@ class GenerationDeployment:
     async def check_health(self) -> None:
         """Serve's health probe: a dead engine or poller restarts the replica. It also sweeps the scratch
         directories of replicas that are gone (a SIGKILLed sibling's, while its replacement still starts)."""
-        await asyncio.to_thread(sweep_stale, shared_root(SCRATCH, self.scratch_base))
+        await asyncio.to_thread(sweep_stale, self.scratch_root)
         await self.engine.check_health()
         if self._poller is not None and self._poller.done():
             raise RuntimeError(f"adapter poller stopped: {self._poller.exception()!r}")

@@ -231,8 +231,8 @@ def test_a_health_check_sweeps_the_scratch_directory_of_a_replica_that_is_gone(t
             return None
 
     replica = _replica(tmp_path)
-    replica.engine, replica._poller, replica.scratch_base = Engine(), None, str(tmp_path)
     root = Path(lifetime.shared_root(SCRATCH, str(tmp_path)))
+    replica.engine, replica._poller, replica.scratch_root = Engine(), None, str(root)
     own = Path(lifetime.process_dir(SCRATCH, str(tmp_path)))
     namespace, pid, started = lifetime.owner_tag().split("-")
     dead = root / f"{namespace}-{pid}-{int(started) + 1}"  # this pid's number, another (gone) process
