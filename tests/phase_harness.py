@@ -185,12 +185,12 @@ PHASE_CASES: dict[str, Any] = {
 
 
 def make_phase(cfg, model, tokenizer, rank: int, world: int, pool, reference_adapter: str | None = None, reward_fn=None,
-               micro_batch_tokens: int | None = None, logits_chunk_mib: float = 256):  # fmt: skip
+               micro_batch_tokens: int | None = None, logits_chunk_mib: float = 256, share_prompts: bool = False):  # fmt: skip
     from polyray.learner.phases import PHASES, StepContext
 
     ctx = StepContext(model, tokenizer, rank, world, seed=0, reward_fn=reward_fn or text_reward,
                       reference_adapter=reference_adapter, micro_batch_tokens=micro_batch_tokens,
-                      logits_chunk_mib=logits_chunk_mib)  # fmt: skip
+                      logits_chunk_mib=logits_chunk_mib, share_prompts=share_prompts)  # fmt: skip
     return PHASES[cfg.type](cfg, build_task(TASK), TASK.n_train, ctx, pool if rank == 0 else None)
 
 
@@ -204,7 +204,7 @@ def step_grads(
     dtype: torch.dtype = torch.float32, **step_options,
 ):  # fmt: skip
     """(gradients of the LoRA parameters, metrics) after one ``phase.step`` of case ``name`` (the step runs
-    its own backward passes). ``step_options``: ``micro_batch_tokens``, ``logits_chunk_mib``."""
+    its own backward passes). ``step_options``: ``micro_batch_tokens``, ``logits_chunk_mib``, ``share_prompts``."""
     model, tokenizer = build_policy(model_dir, device)
     model = model.to(dtype)
     if wrap_ddp:  # as the learner wraps it (polyray.learner.loop._setup_model)
@@ -232,6 +232,19 @@ def ddp_worker(rank: int, world: int, port: int, model_dir: str, names: list[str
             torch.save(results, out)
     finally:
         dist.destroy_process_group()
+
+
+def multi_rank_grads(model_dir: Path, world: int, names: list[str], out: Path, options: dict | None = None) -> dict:
+    """Every case's :func:`step_grads` on ``world`` gloo ranks under DDP (spawned processes), as rank 0 saw them."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:  # a free port for the process group's rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(ddp_worker, args=(world, port, str(model_dir), names, str(out), options), nprocs=world)
+    return torch.load(out)
 
 
 class AdapterPool(GeneratePool):

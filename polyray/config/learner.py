@@ -42,6 +42,12 @@ class LearnerConfig(StrictModel):
         description="Padded tokens (sequences x longest) per forward/backward pass; a rank's share of a step is"
         " split into micro-batches and their gradients accumulated (equal to the whole batch's). None: one pass.",
     )  # fmt: skip
+    share_prompts: bool = Field(
+        True,
+        description="GRPO: run each prompt through the model once per group and its samples on its keys and values"
+        " (prompt + G x completion tokens instead of G x (prompt + completion); the same log-probs up to float"
+        " rounding). Not with gradient_checkpointing, which drops the key-value cache: there sequences run whole.",
+    )
     logits_chunk_mib: float = Field(
         DEFAULT_CHUNK_MIB, ge=0,
         description="Float32 logits computed at once for token log-probs (MiB): bounds the logits' memory whatever"

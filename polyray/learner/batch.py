@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from polyray.models.batching import PackedBatch, pack_sequences
+from polyray.models.batching import PackedBatch, PromptGroups, pack_prompt_groups, pack_sequences
 
 if TYPE_CHECKING:
     from polyray.rollout.worker import Sample
@@ -123,6 +123,51 @@ class TrainBatch(Sequences):
             advantages=self.advantages[torch.tensor(index, dtype=torch.long)],
             group_size=group_size,
         )
+
+    def groups(self) -> list[range]:
+        """The sequence indices of each group (the batch holds whole groups of ``group_size``)."""
+        size = self.group_size
+        return [range(b * size, (b + 1) * size) for b in range(self.num_groups)]
+
+    def group_micro_batches(self, budget: int | None) -> list[list[int]]:
+        """Sequence indices of whole groups, split into micro-batches whose padded size with each prompt
+        stored once (:meth:`pack_groups`: groups x longest prompt + sequences x longest completion) fits
+        ``budget`` tokens. Groups with the longest completions first, filled greedily; a group over the
+        budget gets a micro-batch of its own. ``budget`` None: every group in one micro-batch, in order."""
+        groups = self.groups()
+        if budget is None:
+            return [list(range(len(self)))] if len(self) else []
+        longest = [max(len(self.completion_ids[i]) for i in g) for g in groups]
+        parts: list[list[int]] = []  # group indices
+        for b in sorted(range(len(groups)), key=lambda b: -longest[b]):
+            if parts:
+                with_b = parts[-1] + [b]
+                prompt = max(len(self.prompt_ids[groups[g][0]]) for g in with_b)
+                if len(with_b) * prompt + sum(len(groups[g]) for g in with_b) * longest[parts[-1][0]] <= budget:
+                    parts[-1].append(b)
+                    continue
+            parts.append([b])
+        return [[i for b in part for i in groups[b]] for part in parts]
+
+    def pack_groups(self, pad_id: int, device: torch.device | str | None = None) -> PromptGroups:
+        """The batch with each group's prompt stored once (:func:`~polyray.models.batching.pack_prompt_groups`);
+        every sample of a group must have its group's prompt."""
+        prompts = []
+        for b, group in enumerate(self.groups()):
+            prompt = self.prompt_ids[group[0]]
+            if any(self.prompt_ids[i] != prompt for i in group):
+                raise ValueError(f"group {b}: its samples have different prompt tokens, so they cannot share one")
+            prompts.append(prompt)
+        group_of = [b for b, group in enumerate(self.groups()) for _ in group]
+        return pack_prompt_groups(prompts, self.completion_ids, group_of, pad_id, device)
+
+    def completion_logprobs(self, width: int, dtype: torch.dtype) -> torch.Tensor:
+        """(N, width) CPU tensor of ``sample_logprobs`` with column j = completion token j (the layout of
+        :meth:`pack_groups`' log-probs), 0 past each completion."""
+        out = torch.zeros((len(self), width), dtype=dtype)
+        for i, logprobs in enumerate(self.sample_logprobs):
+            out[i, : len(self.completion_ids[i])] = torch.tensor(logprobs, dtype=dtype)
+        return out
 
     def sequence_logprobs(self) -> list[float]:
         """(N,) each sequence's sampling log-prob: the sum of its tokens' ``sample_logprobs``."""

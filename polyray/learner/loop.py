@@ -215,8 +215,9 @@ def _setup_phase(run: RunConfig, phase_cfg, loop_config: dict[str, Any], model, 
     rollout_log = None
     if rank == 0 and run.learner.log_rollouts:
         rollout_log = RolloutLog(logs, phase_cfg.name, task)
+    share_prompts = run.learner.share_prompts and not run.learner.gradient_checkpointing  # (its layers drop the cache)
     ctx = StepContext(model, tokenizer, rank, world, run.seed, reward_fn, reference, rollout_log,
-                      run.learner.micro_batch_tokens, run.learner.logits_chunk_mib)  # fmt: skip
+                      run.learner.micro_batch_tokens, run.learner.logits_chunk_mib, share_prompts)  # fmt: skip
     return PHASES[phase_cfg.type](phase_cfg, task, run.task.n_train, ctx, loop_config.get("pool")), task
 
 

@@ -36,7 +36,13 @@ import torch.distributed as dist
 
 from polyray.config import GRPOPhaseConfig, PolychromicSFTPhaseConfig, SFTPhaseConfig
 from polyray.learner.batch import Sequences, TrainBatch, micro_batches
-from polyray.models.batching import DEFAULT_CHUNK_MIB, pack_sequences, token_logprobs
+from polyray.models.batching import (
+    DEFAULT_CHUNK_MIB,
+    PromptGroups,
+    pack_sequences,
+    shared_prompt_logprobs,
+    token_logprobs,
+)
 from polyray.objectives.advantages import (
     AdvantageInputs,
     compute_advantages,
@@ -71,6 +77,7 @@ class StepContext:
     rollout_log: Any = None  # RolloutLog: rank 0 writes every scored rollout (learner.log_rollouts)
     micro_batch_tokens: int | None = None  # padded tokens per forward/backward (None: the shard in one pass)
     logits_chunk_mib: float = DEFAULT_CHUNK_MIB  # logits computed at once for token log-probs (0: all)
+    share_prompts: bool = False  # GRPO: each group's prompt through the model once (learner.share_prompts)
 
     @property
     def peft_model(self):
@@ -89,7 +96,10 @@ class StepContext:
         return t.tolist()
 
     def logprobs(self, model, batch, temperature=1.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """:func:`~polyray.models.batching.token_logprobs` with this learner's logits chunk."""
+        """:func:`~polyray.models.batching.token_logprobs` (a :class:`PromptGroups` batch:
+        :func:`~polyray.models.batching.shared_prompt_logprobs`) with this learner's logits chunk."""
+        if isinstance(batch, PromptGroups):
+            return shared_prompt_logprobs(model, batch, temperature, self.logits_chunk_mib)
         return token_logprobs(model, batch, temperature, self.logits_chunk_mib)
 
     def micro_batches(self, lengths: list[int]) -> list[list[int]]:
@@ -434,14 +444,20 @@ class GRPOPhase(SamplingPhase):
     def step(self, step: int, version: int) -> dict[str, float]:
         ctx, cfg = self.ctx, self.cfg
         batch, info = broadcast_from_rank0(self._rollout(step, version) if ctx.rank == 0 else None, ctx)
-        mine = batch.shard(ctx.rank, ctx.world)
+        share = ctx.share_prompts  # whole groups per rank, each group's prompt through the model once
+        mine = batch.shard(ctx.rank, ctx.world, whole_groups=share)
         n_seq, n_tok = ctx.global_sum(len(mine), mine.num_tokens())
         temperature = cfg.sampling.temperature
 
         def loss_of(part: TrainBatch):
-            packed = part.pack(ctx.tokenizer.pad_token_id, ctx.device)
-            logp, mask = ctx.logprobs(ctx.model, packed, temperature)
-            old_logp = part.target_logprobs(logp.shape[1], logp.dtype).to(ctx.device)
+            if share:  # log-probs with column j = completion token j
+                packed = part.pack_groups(ctx.tokenizer.pad_token_id, ctx.device)
+                logp, mask = ctx.logprobs(ctx.model, packed, temperature)
+                old_logp = part.completion_logprobs(logp.shape[1], logp.dtype).to(ctx.device)
+            else:  # aligned with the whole sequence's next-token targets
+                packed = part.pack(ctx.tokenizer.pad_token_id, ctx.device)
+                logp, mask = ctx.logprobs(ctx.model, packed, temperature)
+                old_logp = part.target_logprobs(logp.shape[1], logp.dtype).to(ctx.device)
             ref_logp = self.reference_logprobs(packed, temperature) if cfg.kl_beta else None
             loss, metrics = compute_grpo_loss(
                 logp, old_logp, ref_logp, part.advantages.to(dtype=logp.dtype, device=ctx.device), mask,
@@ -451,7 +467,11 @@ class GRPOPhase(SamplingPhase):
             tokens = float(mask.sum())  # the metrics are means over the part's tokens: back to sums
             return loss, {"tokens": tokens, **{k: metrics[k] * tokens for k in TOKEN_MEANS}}
 
-        sums = ctx.accumulate([mine.select(i) for i in ctx.micro_batches(mine.lengths())], loss_of)
+        if share:
+            parts = [mine.select(i, mine.group_size) for i in mine.group_micro_batches(ctx.micro_batch_tokens)]
+        else:
+            parts = [mine.select(i) for i in ctx.micro_batches(mine.lengths())]
+        sums = ctx.accumulate(parts, loss_of)
         keys = ("loss", "tokens", *TOKEN_MEANS)
         total = dict(zip(keys, ctx.global_sum(*(sums.get(k, 0.0) for k in keys))))
         metrics = {"loss": total["loss"]}

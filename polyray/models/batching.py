@@ -149,12 +149,19 @@ def token_logprobs(
     _check_temperature(temperature)
     with _hidden_states_out(model) as head:
         hidden = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+    return _completion_logprobs(head, hidden, batch.input_ids[:, 1:], mask, temperature, _causal_lm(model), chunk_mib)
+
+
+def _completion_logprobs(head, hidden, targets, mask, temperature: Temperature, lm, chunk_mib: float):
+    """(logp, mask): the log-prob of each ``targets`` token where ``mask`` is set, from the hidden state that
+    predicts it (``hidden`` (N, T, H), ``targets`` and ``mask`` (N, T)), through the output head a chunk of
+    positions at a time (module docstring); 0 elsewhere."""
     selected = mask > 0
-    hidden, targets = hidden[selected], batch.input_ids[:, 1:][selected]  # (n, H), (n,)
+    hidden, targets = hidden[selected], targets[selected]  # (n, H), (n,)
     if torch.is_tensor(temperature):  # per sequence -> per selected position
         temperature = temperature.to(hidden.device)[:, None].expand(mask.shape)[selected]
     grad = torch.is_grad_enabled() and hidden.requires_grad
-    size = chunk_positions(_causal_lm(model).config.vocab_size, chunk_mib)
+    size = chunk_positions(lm.config.vocab_size, chunk_mib) if chunk_mib else max(len(targets), 1)
     chunks = []
     for start in range(0, len(targets), size):
         t = temperature[start : start + size] if torch.is_tensor(temperature) else temperature
@@ -165,3 +172,89 @@ def token_logprobs(
     if chunks:
         logp = logp.masked_scatter(selected, torch.cat(chunks))
     return logp, mask
+
+
+@dataclass
+class PromptGroups:
+    """Sequences in groups that share one prompt (GRPO's G samples of a prompt), each prompt stored once.
+
+    - ``prompt_ids`` (B, P) long, right-padded; ``prompt_mask`` (B, P) long, 1 on real tokens;
+      ``prompt_lengths`` (B,) long;
+    - ``completion_ids`` (N, C) long, right-padded; ``completion_mask`` (N, C) float, 1 on real tokens;
+    - ``group`` (N,) long: the prompt row of each sequence.
+
+    Column j of a completion tensor is completion token j, so :func:`shared_prompt_logprobs` returns
+    log-probs in that layout (not :class:`PackedBatch`'s prompt + completion targets).
+    """
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    prompt_lengths: torch.Tensor
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+    group: torch.Tensor
+
+
+def pack_prompt_groups(
+    prompts: list[list[int]], completions: list[list[int]], group: list[int], pad_id: int,
+    device: torch.device | str | None = None,
+) -> PromptGroups:  # fmt: skip
+    """B distinct prompts and N completions, completion i following prompt ``group[i]``, as right-padded tensors."""
+    if len(completions) != len(group):
+        raise ValueError(f"{len(completions)} completions but {len(group)} group indices")
+    if not prompts or not completions:
+        raise ValueError("no sequences to pack")
+    if min(map(len, prompts)) < 1 or min(map(len, completions)) < 1:
+        raise ValueError("every prompt and completion needs at least one token")
+
+    def padded(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.full((len(rows), max(map(len, rows))), pad_id, dtype=torch.long)
+        mask = torch.zeros(ids.shape, dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[i, : len(row)] = 1
+        return ids, mask
+
+    prompt_ids, prompt_mask = padded(prompts)
+    completion_ids, completion_mask = padded(completions)
+    tensors = (prompt_ids, prompt_mask, prompt_mask.sum(-1), completion_ids, completion_mask.float(),
+               torch.tensor(group, dtype=torch.long))  # fmt: skip
+    return PromptGroups(*(t.to(device) if device is not None else t for t in tensors))
+
+
+def shared_prompt_logprobs(
+    model, batch: PromptGroups, temperature: Temperature = 1.0, chunk_mib: float = DEFAULT_CHUNK_MIB
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-prob of each completion token, each shared prompt run through the model once: (logp (N, C),
+    mask (N, C)) where column j is completion token j.
+
+    The prompts go through the model once (B rows) and keep their keys and values; each completion then
+    runs on its prompt's copy of them, at positions after its prompt (padding between masked out), so
+    a group of G samples of a prompt costs P + G * C tokens of forward and backward instead of G * (P + C).
+    The first completion token's log-prob comes from the prompt's last hidden state, the others from the
+    completion pass. Gradients reach the prompt pass through its keys and values (summed over the group).
+    Equal to :func:`token_logprobs` of the same sequences up to float rounding (the attention sums run in
+    another order). The prompt pass runs on the module under DDP, the completion pass through ``model``
+    itself, so DDP prepares its all-reduce once. Needs the model's key-value cache in training, which
+    gradient checkpointing switches off (transformers' layers drop it).
+    """
+    _check_temperature(temperature)
+    inner = getattr(model, "module", model)
+    columns = torch.arange(batch.completion_ids.shape[1], device=batch.completion_ids.device)
+    with _hidden_states_out(model) as head:
+        out = inner(input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask, use_cache=True)
+        cache = out.past_key_values
+        if cache is None or cache.get_seq_length() != batch.prompt_ids.shape[1]:
+            raise ValueError("shared-prompt log-probs need the model's key-value cache (off under gradient checkpointing)")
+        last = out.logits[torch.arange(len(batch.prompt_ids), device=columns.device), batch.prompt_lengths - 1]
+        cache.batch_select_indices(batch.group)  # each sequence's own (differentiable) copy of its prompt's keys and values
+        hidden = model(
+            input_ids=batch.completion_ids,
+            attention_mask=torch.cat([batch.prompt_mask[batch.group], batch.completion_mask.long()], dim=1),
+            position_ids=batch.prompt_lengths[batch.group, None] + columns,
+            past_key_values=cache,
+            use_cache=True,
+        ).logits  # (N, C, H): position j predicts completion token j + 1
+    hidden = torch.cat([last[batch.group, None], hidden[:, :-1]], dim=1)  # the state predicting each completion token
+    return _completion_logprobs(head, hidden, batch.completion_ids, batch.completion_mask, temperature,
+                                _causal_lm(model), chunk_mib)  # fmt: skip

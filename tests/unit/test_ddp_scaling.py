@@ -10,12 +10,10 @@ the dynamic-sampling case gives one rank fewer sequences than the others.
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 
-from phase_harness import PHASE_CASES, ddp_worker, step_grads, tiny_model_dir
+from phase_harness import PHASE_CASES, multi_rank_grads, step_grads, tiny_model_dir
 
 pytestmark = [pytest.mark.slow]
 
@@ -33,23 +31,9 @@ def single_rank(model_dir):
     return {name: step_grads(model_dir, name) for name in PHASE_CASES}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _multi_rank(model_dir, world: int, tmp_path) -> dict:
-    import torch.multiprocessing as mp
-
-    out = tmp_path / f"grads-{world}.pt"
-    mp.spawn(ddp_worker, args=(world, _free_port(), str(model_dir), list(PHASE_CASES), str(out)), nprocs=world)
-    return torch.load(out)
-
-
 @pytest.mark.parametrize("world", [2, 3])
 def test_multi_rank_gradients_equal_single_rank(model_dir, single_rank, world, tmp_path):
-    multi = _multi_rank(model_dir, world, tmp_path)
+    multi = multi_rank_grads(model_dir, world, list(PHASE_CASES), tmp_path / f"grads-{world}.pt")
     for name, (grads_1, metrics_1) in single_rank.items():
         grads_w, metrics_w = multi[name]
         assert set(grads_w) == set(grads_1)

@@ -12,12 +12,10 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 
-from phase_harness import PHASE_CASES, build_policy, ddp_worker, step_grads, tiny_model_dir
+from phase_harness import PHASE_CASES, build_policy, multi_rank_grads, step_grads, tiny_model_dir
 from polyray.learner.batch import micro_batches
 from polyray.models.batching import chunk_positions, pack_sequences, token_logprobs
 
@@ -76,20 +74,10 @@ def test_micro_batched_chunked_step_equals_the_whole_batch_step(model_dir, whole
     _assert_same_step(whole_batch[name], micro, name)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_micro_batches_on_two_gloo_ranks_equal_the_one_rank_whole_batch(model_dir, whole_batch, tmp_path):
-    import torch.multiprocessing as mp
-
-    out = tmp_path / "grads.pt"
     options = {"dtype": torch.float64, "logits_chunk_mib": _chunk_mib(model_dir, 3), **SMALL}
-    mp.spawn(ddp_worker, args=(2, _free_port(), str(model_dir), list(PHASE_CASES), str(out), options), nprocs=2)
-    multi = torch.load(out)
+    multi = multi_rank_grads(model_dir, 2, list(PHASE_CASES), tmp_path / "grads.pt", options)
     for name in PHASE_CASES:
         _assert_same_step(whole_batch[name], multi[name], f"{name} world=2")
 

@@ -1,0 +1,144 @@
+"""Shared prompts (``learner.share_prompts``) change the work, never the step.
+
+- :func:`shared_prompt_logprobs` (each prompt through the model once, its samples on its keys and
+  values) gives the log-probs of :func:`token_logprobs` on the whole sequences, and their gradients,
+  with prompts of different lengths, groups of different sizes, one temperature or one per sequence.
+- One GRPO step with shared prompts, in micro-batches of whole groups and on 2 gloo ranks under DDP,
+  leaves the gradient and metrics of the whole-sequence step in one pass.
+
+The model's RMSNorm runs in float32 even in a float64 model, and the two paths add a group's
+gradients before or after it, so gradients agree to float32 rounding relative to their size; a
+misplaced position, mask or key moves them by O(1) of it.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from phase_harness import build_policy, multi_rank_grads, step_grads, tiny_model_dir
+from polyray.learner.batch import TrainBatch
+from polyray.models.batching import pack_prompt_groups, pack_sequences, shared_prompt_logprobs, token_logprobs
+
+GRPO_CASES = ["grpo_seq_mean_token_mean", "grpo_token_mean", "grpo_seq_mean_token_sum_norm", "grpo_dynamic_sampling"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return tiny_model_dir(tmp_path_factory.mktemp("shared"))
+
+
+def _groups(tokenizer, sizes=(3, 1, 4), seed: int = 0):
+    """Prompts of 2-9 tokens and, per group, completions of 1-11 tokens."""
+    g = torch.Generator().manual_seed(seed)
+    vocab = len(tokenizer)
+    draw = lambda lo, hi: torch.randint(2, vocab, (int(torch.randint(lo, hi, (1,), generator=g)),), generator=g).tolist()  # noqa: E731
+    prompts = [draw(2, 10) for _ in sizes]
+    group = [b for b, size in enumerate(sizes) for _ in range(size)]
+    return prompts, [draw(1, 12) for _ in group], group
+
+
+def _close(value, reference, label: str, rel: float = 1e-6) -> None:
+    scale = max(1.0, reference.abs().max().item())
+    torch.testing.assert_close(value, reference, rtol=0, atol=rel * scale, msg=label)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7, "per-sequence"])
+def test_shared_prompt_logprobs_equal_the_whole_sequences(model_dir, temperature):
+    model, tokenizer = build_policy(model_dir)
+    model = model.to(torch.float64)
+    prompts, completions, group = _groups(tokenizer)
+    if temperature == "per-sequence":
+        temperature = torch.tensor([1.0, 0.5, 1.3, 1.0, 0.9, 2.0, 0.7, 1.1])
+    params = [p for p in model.parameters() if p.requires_grad]
+    whole, mask = token_logprobs(model, pack_sequences([prompts[b] for b in group], completions, tokenizer.pad_token_id),
+                                 temperature, chunk_mib=0)  # fmt: skip
+    shared, shared_mask = shared_prompt_logprobs(
+        model, pack_prompt_groups(prompts, completions, group, tokenizer.pad_token_id), temperature
+    )
+    # the whole-sequence targets of completion token j of sequence i sit at len(prompt) - 1 + j
+    reference = torch.zeros(shared.shape, dtype=whole.dtype)
+    for i, b in enumerate(group):
+        start = len(prompts[b]) - 1
+        assert mask[i, start : start + len(completions[i])].all()
+        reference[i, : len(completions[i])] = whole[i, start : start + len(completions[i])]
+    assert shared_mask.sum() == mask.sum() == sum(map(len, completions))
+    _close(shared, reference, "log-probs", rel=1e-12)
+    weights = torch.randn(shared.shape, generator=torch.Generator().manual_seed(1), dtype=shared.dtype)
+    expected = torch.autograd.grad((reference * weights).sum(), params)
+    for g, ref in zip(torch.autograd.grad((shared * weights * shared_mask).sum(), params), expected):
+        _close(g, ref, "gradient")
+    assert any(g.abs().max() > 0 for g in expected)
+
+
+def test_shared_prompts_refuse_a_model_without_its_cache(model_dir):
+    model, tokenizer = build_policy(model_dir)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    prompts, completions, group = _groups(tokenizer)
+    with pytest.raises(ValueError, match="key-value cache"):
+        shared_prompt_logprobs(model, pack_prompt_groups(prompts, completions, group, tokenizer.pad_token_id))
+
+
+def _train_batch(prompts, completions, group_size: int) -> TrainBatch:
+    n = len(completions)
+    return TrainBatch([prompts[i // group_size] for i in range(n)], completions, [[0.0] * len(c) for c in completions],
+                      torch.zeros(n, dtype=torch.float64), group_size)  # fmt: skip
+
+
+def test_group_micro_batches_hold_whole_groups_within_the_budget():
+    prompts = [[1] * 4, [1] * 9, [1] * 2, [1] * 6]
+    lengths = [3, 1, 7, 2, 12, 5, 1, 1, 2, 8, 3, 3]
+    batch = _train_batch(prompts, [[2] * n for n in lengths], 3)
+    parts = batch.group_micro_batches(30)
+    assert sorted(i for part in parts for i in part) == list(range(12))
+    for part in parts:
+        groups = {i // 3 for i in part}
+        assert sorted(part) == [i for g in sorted(groups) for i in range(3 * g, 3 * g + 3)]  # whole groups
+        padded = len(groups) * max(len(prompts[g]) for g in groups) + len(part) * max(lengths[i] for i in part)
+        assert len(groups) == 1 or padded <= 30
+    assert parts[0] == [3, 4, 5]  # the longest completion (12) first, alone: 6 + 3 x 12 > 30
+    assert batch.group_micro_batches(None) == [list(range(12))]
+
+
+def test_pack_groups_refuses_a_group_with_two_prompts():
+    batch = _train_batch([[5, 6], [7]], [[2], [3], [4], [5]], 2)
+    batch.prompt_ids[3] = [8, 9]
+    with pytest.raises(ValueError, match="group 1"):
+        batch.pack_groups(pad_id=0)
+    packed = _train_batch([[5, 6], [7]], [[2], [3, 4], [4], [5]], 2).pack_groups(pad_id=0)
+    assert packed.prompt_ids.tolist() == [[5, 6], [7, 0]] and packed.prompt_lengths.tolist() == [2, 1]
+    assert packed.group.tolist() == [0, 0, 1, 1] and packed.completion_mask.sum() == 5
+
+
+@pytest.fixture(scope="module")
+def whole_step(model_dir):
+    """Every GRPO case in float64: whole sequences in one pass, full logits tensor."""
+    torch.set_num_threads(1)
+    return {name: step_grads(model_dir, name, dtype=torch.float64, logits_chunk_mib=0) for name in GRPO_CASES}
+
+
+def _assert_same_step(reference, other, label: str) -> None:
+    grads_ref, metrics_ref = reference
+    grads, metrics = other
+    assert set(grads) == set(grads_ref)
+    assert any(g.abs().max() > 0 for g in grads_ref.values()), f"{label}: the test needs non-zero gradients"
+    for name, g in grads_ref.items():
+        _close(grads[name], g, f"{label} {name}")
+    for key in ("loss", "kl", "clip_frac", "ratio_mean"):
+        assert metrics[key] == pytest.approx(metrics_ref[key], rel=1e-6, abs=1e-9), f"{label} {key}"
+
+
+@pytest.mark.parametrize("name", GRPO_CASES)
+@pytest.mark.parametrize("budget", [None, 12])
+def test_a_grpo_step_with_shared_prompts_equals_the_whole_sequence_step(model_dir, whole_step, name, budget):
+    shared = step_grads(model_dir, name, dtype=torch.float64, share_prompts=True, micro_batch_tokens=budget)
+    _assert_same_step(whole_step[name], shared, f"{name} budget={budget}")
+
+
+@pytest.mark.slow
+def test_shared_prompts_on_two_gloo_ranks_equal_the_one_rank_whole_step(model_dir, whole_step, tmp_path):
+    options = {"dtype": torch.float64, "share_prompts": True, "micro_batch_tokens": 12}
+    multi = multi_rank_grads(model_dir, 2, GRPO_CASES, tmp_path / "grads.pt", options)
+    for name in GRPO_CASES:
+        _assert_same_step(whole_step[name], multi[name], f"{name} world=2")
