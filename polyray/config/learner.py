@@ -46,7 +46,8 @@ class LearnerConfig(StrictModel):
         True,
         description="GRPO: run each prompt through the model once per group and its samples on its keys and values"
         " (prompt + G x completion tokens instead of G x (prompt + completion); the same log-probs up to float"
-        " rounding). Not with gradient_checkpointing, which drops the key-value cache: there sequences run whole.",
+        " rounding). Not with gradient_checkpointing, which drops the key-value cache, nor on models with"
+        " sliding-window or chunked attention or dynamic/longrope rotary scaling: there sequences run whole.",
     )
     logits_chunk_mib: float = Field(
         DEFAULT_CHUNK_MIB, ge=0,

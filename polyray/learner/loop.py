@@ -205,6 +205,7 @@ def _setup_phase(run: RunConfig, phase_cfg, loop_config: dict[str, Any], model, 
                  logs: StepLogs):
     """(phase, task): the phase object with its step context; the reward function and rollout log on rank 0."""
     from polyray.learner.phases import PHASES, RolloutLog, StepContext
+    from polyray.models.batching import prompt_sharing_blocker
     from polyray.models.source import format_for_model
     from polyray.reward.service import build_reward_fn
     from polyray.tasks import build_task
@@ -216,6 +217,11 @@ def _setup_phase(run: RunConfig, phase_cfg, loop_config: dict[str, Any], model, 
     if rank == 0 and run.learner.log_rollouts:
         rollout_log = RolloutLog(logs, phase_cfg.name, task)
     share_prompts = run.learner.share_prompts and not run.learner.gradient_checkpointing  # (its layers drop the cache)
+    blocker = prompt_sharing_blocker(model) if share_prompts else None
+    if blocker is not None:  # whole sequences: the same step, more tokens
+        share_prompts = False
+        if rank == 0:
+            print(f"learner.share_prompts: off for this model ({blocker}); sequences run whole")
     ctx = StepContext(model, tokenizer, rank, world, run.seed, reward_fn, reference, rollout_log,
                       run.learner.micro_batch_tokens, run.learner.logits_chunk_mib, share_prompts)  # fmt: skip
     return PHASES[phase_cfg.type](phase_cfg, task, run.task.n_train, ctx, loop_config.get("pool")), task

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 from torch.utils.checkpoint import checkpoint
+from transformers import PretrainedConfig
 
 from polyray.config.learner import DEFAULT_CHUNK_MIB, chunk_positions
 
@@ -222,6 +223,31 @@ def pack_prompt_groups(
     return PromptGroups(*(t.to(device) if device is not None else t for t in tensors))
 
 
+def prompt_sharing_blocker(model) -> str | None:
+    """Why :func:`shared_prompt_logprobs` would not equal whole sequences on ``model`` (a causal LM, under
+    peft and DDP or not, or its config), or None.
+
+    It needs every layer to attend to the whole cache by position (a sliding or chunked window counts
+    the prompt's padding as distance, and a windowed cache drops it), and rotary frequencies that do
+    not depend on the forward's length (dynamic and longrope scaling pick them from the longest
+    position, which differs between the prompt and the completion pass)."""
+    config = model if isinstance(model, PretrainedConfig) else _causal_lm(model).config
+    text = config.get_text_config()
+    other = sorted({t for t in getattr(text, "layer_types", None) or [] if t != "full_attention"})
+    if other:
+        return f"layers of type {', '.join(other)}"
+    if getattr(text, "sliding_window", None) and getattr(text, "use_sliding_window", True):
+        return f"sliding-window attention ({text.sliding_window} tokens)"
+    if getattr(text, "attention_chunk_size", None):
+        return f"chunked attention ({text.attention_chunk_size} tokens)"
+    rope = getattr(text, "rope_parameters", None) or getattr(text, "rope_scaling", None) or {}
+    kinds = {rope.get("rope_type", rope.get("type"))} if "rope_type" in rope or "type" in rope else {
+        r.get("rope_type") for r in rope.values() if isinstance(r, dict)}  # fmt: skip
+    if kinds & {"dynamic", "longrope"}:
+        return f"rotary scaling {', '.join(sorted(k for k in kinds if k in ('dynamic', 'longrope')))}"
+    return None
+
+
 def shared_prompt_logprobs(
     model, batch: PromptGroups, temperature: Temperature = 1.0, chunk_mib: float = DEFAULT_CHUNK_MIB
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -236,7 +262,8 @@ def shared_prompt_logprobs(
     Equal to :func:`token_logprobs` of the same sequences up to float rounding (the attention sums run in
     another order). The prompt pass runs on the module under DDP, the completion pass through ``model``
     itself, so DDP prepares its all-reduce once. Needs the model's key-value cache in training, which
-    gradient checkpointing switches off (transformers' layers drop it).
+    gradient checkpointing switches off (transformers' layers drop it), and a model
+    :func:`prompt_sharing_blocker` finds nothing against.
     """
     _check_temperature(temperature)
     inner = getattr(model, "module", model)
@@ -246,6 +273,11 @@ def shared_prompt_logprobs(
         cache = out.past_key_values
         if cache is None or cache.get_seq_length() != batch.prompt_ids.shape[1]:
             raise ValueError("shared-prompt log-probs need the model's key-value cache (off under gradient checkpointing)")
+        from transformers.cache_utils import DynamicLayer
+
+        if any(type(layer) is not DynamicLayer for layer in getattr(cache, "layers", [None])):
+            raise ValueError("shared-prompt log-probs need a plain key-value cache in every layer (full attention);"
+                             " set learner.share_prompts false for this model")  # fmt: skip
         last = out.logits[torch.arange(len(batch.prompt_ids), device=columns.device), batch.prompt_lengths - 1]
         cache.batch_select_indices(batch.group)  # each sequence's own (differentiable) copy of its prompt's keys and values
         hidden = model(

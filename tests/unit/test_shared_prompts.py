@@ -142,3 +142,27 @@ def test_shared_prompts_on_two_gloo_ranks_equal_the_one_rank_whole_step(model_di
     multi = multi_rank_grads(model_dir, 2, GRPO_CASES, tmp_path / "grads.pt", options)
     for name in GRPO_CASES:
         _assert_same_step(whole_step[name], multi[name], f"{name} world=2")
+
+
+def test_models_whose_cache_or_positions_differ_are_named():
+    from transformers import Gemma3TextConfig, MistralConfig, Qwen3Config
+
+    from polyray.models.batching import prompt_sharing_blocker
+
+    assert prompt_sharing_blocker(Qwen3Config()) is None  # its sliding_window is off (use_sliding_window false)
+    assert "sliding_attention" in prompt_sharing_blocker(Qwen3Config(use_sliding_window=True, max_window_layers=0))
+    assert "sliding-window" in prompt_sharing_blocker(MistralConfig(sliding_window=4096))
+    assert "sliding_attention" in prompt_sharing_blocker(Gemma3TextConfig())
+    assert "dynamic" in prompt_sharing_blocker(Qwen3Config(rope_scaling={"rope_type": "dynamic", "factor": 2.0}))
+
+
+def test_a_windowed_cache_is_refused_not_used(model_dir):
+    """A model the blocker would let through by mistake still fails loudly: its cache is not a plain one."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    config = Qwen3Config(vocab_size=64, hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=1, head_dim=32, use_sliding_window=True, sliding_window=4,
+                         max_window_layers=0, pad_token_id=0)  # fmt: skip
+    model = Qwen3ForCausalLM(config)
+    with pytest.raises(ValueError, match="plain key-value cache"):
+        shared_prompt_logprobs(model, pack_prompt_groups([[1, 2, 3, 4, 5]], [[6, 7], [8]], [0, 0], pad_id=0))
