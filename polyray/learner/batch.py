@@ -152,13 +152,13 @@ class TrainBatch(Sequences):
     def pack_groups(self, pad_id: int, device: torch.device | str | None = None) -> PromptGroups:
         """The batch with each group's prompt stored once (:func:`~polyray.models.batching.pack_prompt_groups`);
         every sample of a group must have its group's prompt."""
-        prompts = []
-        for b, group in enumerate(self.groups()):
+        prompts, groups = [], self.groups()
+        for b, group in enumerate(groups):
             prompt = self.prompt_ids[group[0]]
             if any(self.prompt_ids[i] != prompt for i in group):
                 raise ValueError(f"group {b}: its samples have different prompt tokens, so they cannot share one")
             prompts.append(prompt)
-        group_of = [b for b, group in enumerate(self.groups()) for _ in group]
+        group_of = [b for b, group in enumerate(groups) for _ in group]
         return pack_prompt_groups(prompts, self.completion_ids, group_of, pad_id, device)
 
     def completion_logprobs(self, width: int, dtype: torch.dtype) -> torch.Tensor:
