@@ -26,10 +26,12 @@ import math
 import random
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -233,24 +235,59 @@ def compute_diversity_advantages(name: str, groups: list[list[str]], estimator: 
     return compute_subset_advantage_scale(n, k) * compute_subset_marginals(table, n, subsets)
 
 
+@dataclass
+class Rollout:
+    """A step's samples, scored, and what the step waited for: ``rollout_s`` for the samples,
+    ``score_s`` for their scoring (0 when both were done before the step asked)."""
+
+    prompts: list[Prompt]
+    groups: list
+    scored: Any  # what the phase's ``score(prompts, groups)`` returned
+    rollout_s: float
+    score_s: float
+
+
 class RolloutPrefetch:
     """Rank 0's rollouts, step by step. ``submit(step, version)`` starts a step's generation under
-    adapter ``version`` and returns (prompts, pending).
+    adapter ``version`` and returns (prompts, pending); ``score(prompts, groups)`` scores its samples
+    (GRPO: rewards; polychromic SFT: diversity advantages).
 
-    Synchronous (``ahead=False``): submit and wait at the step itself (samples lag 0).
+    Synchronous (``ahead=False``): submit, wait and score at the step itself (samples lag 0).
     Ahead: step t+1 is submitted when step t starts, so its generation overlaps step t's
-    update and its samples are one version stale (lag 1; importance ratios correct for it).
+    update and its samples are one version stale (lag 1; importance ratios correct for it). Its
+    samples are also scored as soon as they arrive, in a background thread, so the reward calls
+    or the diversity model overlap the update as well. Scoring does not depend on when it runs:
+    the same samples get the same scores either way.
     """
 
-    def __init__(self, submit, ahead: bool, steps: int):
-        self.submit, self.ahead, self.steps = submit, ahead, steps
-        self.pending: dict[int, tuple[list[Prompt], Any]] = {}
+    def __init__(self, submit, ahead: bool, steps: int, score):
+        self.submit, self.ahead, self.steps, self.score = submit, ahead, steps, score
+        self.pending: dict[int, Callable[[], tuple]] = {}  # step -> its collection's result
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="polyray-rollout-score") if ahead else None
 
-    def get(self, step: int, version: int) -> tuple[list[Prompt], list]:
-        prompts, pending = self.pending.pop(step, None) or self.submit(step, version)
+    def get(self, step: int, version: int) -> Rollout:
+        asked = time.perf_counter()
+        job = self.pending.pop(step, None) or self._start(step, version)
         if self.ahead and step + 1 < self.steps:
-            self.pending[step + 1] = self.submit(step + 1, version)
-        return prompts, pending.result()
+            self.pending[step + 1] = self._start(step + 1, version)
+        prompts, groups, scored, sampled = job()
+        done = time.perf_counter()
+        sampled = min(max(sampled, asked), done)  # samples that arrived before the step asked: no wait for them
+        return Rollout(prompts, groups, scored, rollout_s=sampled - asked, score_s=done - sampled)
+
+    def _start(self, step: int, version: int):
+        """Submit a step's generation; its collection (wait, then score) runs in the scoring thread,
+        one at a time in step order (ahead), or when the step asks for it (synchronous)."""
+        prompts, pending = self.submit(step, version)
+        if self._thread is not None:
+            return self._thread.submit(self._collect, prompts, pending).result
+        return partial(self._collect, prompts, pending)
+
+    def _collect(self, prompts, pending):
+        """(prompts, groups, their scores, when the samples arrived)."""
+        groups = pending.result()
+        sampled = time.perf_counter()
+        return prompts, groups, self.score(prompts, groups), sampled
 
 
 def check_lag(groups, version: int, max_lag: int) -> int:
@@ -275,9 +312,13 @@ class SamplingPhase:
     def _init_rollouts(self, cfg, task: Task, n_train: int, pool) -> None:
         self.pool, self.prompts = pool, task.prompts("train", n_train)
         self.sampling = task_sampling(cfg.sampling, task)
-        self.rollouts = RolloutPrefetch(self._submit, cfg.async_rollouts, cfg.steps)
+        self.rollouts = RolloutPrefetch(self._submit, cfg.async_rollouts, cfg.steps, self._score)
 
     samples_per_prompt: int  # each subclass provides it: completions drawn per prompt
+
+    def _score(self, prompts: list[Prompt], groups: list) -> Any:
+        """Rank 0: score a step's samples (possibly in the prefetch's thread, ahead of the step)."""
+        raise NotImplementedError
 
     @property
     def rollout_draw(self) -> str:
@@ -318,18 +359,20 @@ class PolychromicSFTPhase(SamplingPhase, SFTPhase):
     def samples_per_prompt(self) -> int:
         return self.cfg.n_samples
 
+    def _score(self, prompts: list[Prompt], groups: list) -> torch.Tensor:
+        """The samples' diversity advantages (the diversity model runs here, ahead of the step when prefetched)."""
+        cfg = self.cfg
+        return compute_diversity_advantages(cfg.diversity, [[s.text for s in g] for g in groups], cfg.estimator, cfg.subset_k)
+
     def _rollout(self, step: int, version: int) -> tuple[TrainBatch, dict[str, float]]:
         """Rank 0: the step's (B, n) samples with their diversity marginals, and the rollout's metrics."""
-        cfg = self.cfg
-        t0 = time.perf_counter()
-        prompts, groups = self.rollouts.get(step, version)  # rollout_s: the generation time the step waits for
-        t1 = time.perf_counter()
-        lag = check_lag(groups, version, cfg.max_lag)
-        adv = compute_diversity_advantages(cfg.diversity, [[s.text for s in g] for g in groups], cfg.estimator, cfg.subset_k)
-        return TrainBatch.from_groups(groups, adv), {
+        got = self.rollouts.get(step, version)  # rollout_s / diversity_s: what the step waited for
+        lag = check_lag(got.groups, version, self.cfg.max_lag)
+        adv = got.scored
+        return TrainBatch.from_groups(got.groups, adv), {
             "adv_abs_mean": float(adv.abs().mean()), "max_lag": lag,
-            "rollout_s": t1 - t0, "diversity_s": time.perf_counter() - t1,
-            "rollout_tokens_per_s": sum(len(s.token_ids) for g in groups for s in g) / max(t1 - t0, 1e-6),
+            "rollout_s": got.rollout_s, "diversity_s": got.score_s,
+            "rollout_tokens_per_s": sum(len(s.token_ids) for g in got.groups for s in g) / max(got.rollout_s, 1e-6),
         }  # fmt: skip
 
     def step(self, step: int, version: int) -> dict[str, float]:
@@ -405,15 +448,17 @@ class GRPOPhase(SamplingPhase):
     def samples_per_prompt(self) -> int:
         return self.cfg.group_size
 
+    def _score(self, prompts: list[Prompt], groups: list) -> torch.Tensor:
+        """(B, G) rewards: through the reward service's handle or the in-process scorer, ahead of the step when prefetched."""
+        return self.ctx.reward_fn(prompts, [[s.text for s in g] for g in groups])
+
     def _rollout(self, step: int, version: int) -> tuple[TrainBatch, dict[str, float]]:
         """Rank 0: sample prompts, generate G each under adapter ``version``, score, compute advantages;
         returns the kept groups' batch and the rollout's metrics."""
-        t0 = time.perf_counter()
-        prompts, groups = self.rollouts.get(step, version)
-        rollout_s = time.perf_counter() - t0
+        got = self.rollouts.get(step, version)
+        prompts, groups, rewards = got.prompts, got.groups, got.scored
         lag = check_lag(groups, version, self.cfg.max_lag)
         texts = [[s.text for s in g] for g in groups]
-        rewards = self.ctx.reward_fn(prompts, texts)  # (B, G): reward service handle or in-process scorer
         if self.ctx.rollout_log is not None:
             self.ctx.rollout_log(step, prompts, groups, rewards)
         logprobs = [[s.logprobs for s in g] for g in groups]
@@ -437,8 +482,9 @@ class GRPOPhase(SamplingPhase):
             "completion_len": batch.num_tokens() / len(batch),
             "max_lag": lag,
             "kept_groups": int(keep.sum()),
-            "rollout_s": rollout_s,
-            "rollout_tokens_per_s": sum(len(s.token_ids) for g in groups for s in g) / max(rollout_s, 1e-6),
+            "rollout_s": got.rollout_s,
+            "reward_s": got.score_s,
+            "rollout_tokens_per_s": sum(len(s.token_ids) for g in groups for s in g) / max(got.rollout_s, 1e-6),
         }
 
     def step(self, step: int, version: int) -> dict[str, float]:

@@ -57,7 +57,7 @@ def test_benchmark_all_smoke_prints_every_ratio(tmp_path):
     assert len(results["reward"]["http"]) == 4 and all(r["requests"] > 0 and not r["errors"] for r in results["reward"]["http"])
     for needle in ("RolloutPool / bare vllm.LLM", "GRPO step, one ahead / synchronous",
                    "polychromic_sft[countdown_expr] step / SFT step", "reward model batched / unbatched",
-                   "GRPO step, one ahead / max(rollout, update + publish)", "step / SFT step on references + samples",
+                   "GRPO step, one ahead / max(rollout + reward, update + publish)", "step / SFT step on references + samples",
                    "adapter publish / copy + write of its bytes"):
         assert needle in proc.stdout, needle
 

@@ -3,7 +3,7 @@
 - The settings both trainers use come from one polyray config (every field read from it, none drifts),
   and TRL's own config classes accept them; a setting TRL cannot express is one line naming the field.
 - Step statistics: median and interquartile range over the steps after warm-up, against numpy's.
-- The floors: GRPO one step ahead against max(rollout, update + publish); the polychromic step against
+- The floors: GRPO one step ahead against max(rollout + reward, update + publish); the polychromic step against
   SFT on as many sequences; an adapter publish against one copy and one write of its bytes.
 - transformers ``generate`` at a fixed length generates exactly that many tokens, even from a model
   that would end every completion at once.
@@ -86,6 +86,23 @@ def test_step_stats_drop_the_warm_up_and_match_numpy():
     assert step_stats([1.0, 2.0], [1, 1], warmup=5)["steps"] == 1  # never fewer than the last step
 
 
+def test_bench_step_medians_count_a_step_without_a_canary_as_zero(tmp_path):
+    """A phase whose one canary ran at its end (SFT's publish) has a per-step canary median of 0,
+    not that one canary's time; a phase checking every step has its own median."""
+    import json
+
+    from polyray.drivers.bench.suite import _step_stats
+
+    rows = [{"phase": "sft", "step_s": s, **({"canary_s": 3.8} if i == 4 else {})} for i, s in enumerate([9, 1, 2, 3, 4])]
+    rows += [{"phase": "poly", "step_s": 1.0, "canary_s": c, "rollout_s": 0.5} for c in (5.0, 0.1, 0.3, 0.2)]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sft = _step_stats(path, "sft", warmup=1)
+    assert sft == {"steps": 4, "step_s": 2.5, "canary_s": 0.0}
+    poly = _step_stats(path, "poly", warmup=1)
+    assert poly["canary_s"] == pytest.approx(0.2) and poly["rollout_s"] == 0.5 and "sync_s" not in poly
+
+
 def test_paired_comparison_is_polyray_minus_trl_per_seed():
     per_seed = {s: {"polyray": {"steps": {"grpo": {"step_s": a}}}, "trl": {"steps": {"grpo": {"step_s": b}}}}
                 for s, (a, b) in enumerate([(1.0, 0.5), (1.2, 0.5), (0.9, 0.6)])}  # fmt: skip
@@ -99,6 +116,9 @@ def test_grpo_floor_is_the_longer_of_rollout_and_the_rest():
     assert grpo_floor({"step_s": 1.0, "rollout_s": 0.3})["floor_s"] == pytest.approx(0.7)
     f = grpo_floor({"step_s": 1.0, "rollout_s": 0.8})
     assert f["floor_s"] == 0.8 and f["update_publish_s"] == pytest.approx(0.2)
+    # ahead, the samples' scoring runs beside the update too: it sits on the rollout's side
+    f = grpo_floor({"step_s": 1.0, "rollout_s": 0.4, "reward_s": 0.2})
+    assert f["rollout_s"] == pytest.approx(0.6) and f["floor_s"] == pytest.approx(0.6)
 
 
 def test_polychromic_floor_prefers_the_one_ahead_variant():
@@ -118,7 +138,7 @@ def test_summary_rows_hold_the_floors_and_the_peer_ratios():
                  "large": {"tokens": 128, "vllm_vs_transformers": 2.5}},
     }  # fmt: skip
     rows = {name: (value, goal) for name, value, goal in summary_rows(results)}
-    assert rows["GRPO step, one ahead / max(rollout, update + publish)"] == (1.3, "<= 1.1")
+    assert rows["GRPO step, one ahead / max(rollout + reward, update + publish)"] == (1.3, "<= 1.1")
     assert rows["polychromic_sft[x] step / SFT step on references + samples"] == (1.5, "<= 1.2")
     assert rows["polychromic_sft[x] step / SFT step"] == (3.0, "-")
     assert not any(name.startswith("sft[") for name in rows)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -139,24 +141,77 @@ def test_rollout_prefetch_overlaps_one_step_ahead():
     from polyray.learner.phases import RolloutPrefetch
 
     state = {"version": 0}
-    submitted = []
+    submitted, scored = [], []
 
     def submit(step, version):
         submitted.append((step, version))
         return [f"p{step}"], _Pending(f"samples{step}@v{version}")
 
-    sync = RolloutPrefetch(submit, ahead=False, steps=3)
-    assert sync.get(0, 0) == (["p0"], "samples0@v0") and submitted == [(0, 0)]
+    def score(prompts, groups):
+        scored.append((groups, threading.current_thread() is threading.main_thread()))
+        return f"scores of {groups}"
 
-    submitted.clear()
-    ahead = RolloutPrefetch(submit, ahead=True, steps=3)
+    sync = RolloutPrefetch(submit, ahead=False, steps=3, score=score)
+    got = sync.get(0, 0)
+    assert (got.prompts, got.groups, got.scored) == (["p0"], "samples0@v0", "scores of samples0@v0")
+    assert submitted == [(0, 0)] and scored == [("samples0@v0", True)]  # scored by the step itself
+
+    submitted.clear(), scored.clear()
+    ahead = RolloutPrefetch(submit, ahead=True, steps=3, score=score)
     for step in range(3):
-        prompts, samples = ahead.get(step, state["version"])
-        assert prompts == [f"p{step}"]
+        got = ahead.get(step, state["version"])
+        assert got.prompts == [f"p{step}"]
         # step 0 waits for its own samples; later steps use samples started one update earlier
-        assert samples == f"samples{step}@v{max(step - 1, 0)}"
+        assert got.groups == f"samples{step}@v{max(step - 1, 0)}" and got.scored == f"scores of {got.groups}"
         state["version"] += 1  # the update publishes a new version
     assert submitted == [(0, 0), (1, 0), (2, 1)]  # nothing submitted past the last step
+    assert [g for g, _ in scored] == ["samples0@v0", "samples1@v0", "samples2@v1"]  # each once, in step order
+    assert not any(main for _, main in scored)  # all in the scoring thread
+
+
+def test_rollout_prefetch_scores_the_next_step_during_the_update():
+    """Ahead, step t+1's samples are scored as soon as they arrive, before step t+1 asks: its wait
+    is ~0 for both; the wait is split at the moment the samples arrived."""
+    from polyray.learner.phases import RolloutPrefetch
+
+    arrived = {step: threading.Event() for step in range(3)}
+    scored = []
+
+    class Pending:
+        def __init__(self, step):
+            self.step = step
+
+        def result(self):
+            arrived[self.step].wait(10)
+            return [f"s{self.step}"]
+
+    def score(prompts, groups):
+        time.sleep(0.05)
+        scored.append(groups[0])
+        return len(scored)
+
+    prefetch = RolloutPrefetch(lambda step, version: ([step], Pending(step)), ahead=True, steps=3, score=score)
+    threading.Timer(0.5, arrived[0].set).start()
+    first = prefetch.get(0, 0)
+    assert first.rollout_s >= 0.45 and 0.045 <= first.score_s < 0.45  # it waited for both, split where the samples came
+    arrived[1].set()  # step 1's samples arrive during step 0's "update"
+    deadline = time.monotonic() + 10
+    while "s1" not in scored and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert scored == ["s0", "s1"]  # scored before step 1 asked
+    second = prefetch.get(1, 1)
+    assert second.scored == 2 and second.rollout_s + second.score_s < 0.25  # nothing left to wait for (margin: a busy machine)
+
+
+def test_rollout_prefetch_raises_a_scoring_error_in_the_step():
+    from polyray.learner.phases import RolloutPrefetch
+
+    def score(prompts, groups):
+        raise RuntimeError("reward service unreachable")
+
+    prefetch = RolloutPrefetch(lambda step, version: ([step], _Pending([step])), ahead=True, steps=2, score=score)
+    with pytest.raises(RuntimeError, match="reward service unreachable"):
+        prefetch.get(0, 0)
 
 
 def test_async_rollouts_need_a_lag_budget():
