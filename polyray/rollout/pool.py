@@ -24,8 +24,8 @@ from typing import Any
 import ray
 
 from polyray.config import RolloutConfig, SamplingConfig
-from polyray.rollout.store import AdapterRecord
 from polyray.rollout.worker import MissingAdapterError, RolloutWorker, Sample, rollout_env
+
 
 def engine_seed(rollout_seed: int, run_seed: int, worker_index: int) -> int:
     """A vLLM engine seed per (rollout seed, run seed, worker): workers and runs draw different streams."""
@@ -79,25 +79,37 @@ class RolloutPool:
         return ray.get(self.store.newest.remote()) if self.store is not None else 0
 
     def publish_next(self, adapter: dict[str, Any], phase: str = "", step: int = 0) -> tuple[int, float]:
-        """Persist ``adapter`` in the store under the next version id it hands out, then load it on
-        every worker; returns (version, seconds taken)."""
-        return self._publish(adapter, lambda ref: self.store.put_next.remote(ref, phase, step))
+        """Persist ``adapter`` in the store under the next version id it hands out and load it on every
+        worker, both at once (the id is fresh: no worker holds other weights under it); returns
+        (version, seconds taken)."""
+        return self._publish(adapter, None, phase, step)
 
     def publish(self, version: int, adapter: dict[str, Any], phase: str = "", step: int = 0) -> float:
         """Persist ``adapter`` as ``version`` (above every id handed out before) in the store, then load
-        it on every worker; returns seconds taken."""
-        return self._publish(adapter, lambda ref: self.store.put.remote(version, ref, phase, step))[1]
+        it on every worker (only once the store took the id); returns seconds taken."""
+        return self._publish(adapter, version, phase, step)[1]
 
-    def _publish(self, adapter: dict[str, Any], put) -> tuple[int, float]:
-        """``put(ref)`` the adapter into the store (one ``ray.put``), then every worker loads that same
-        object, hash-checked there; (version, seconds)."""
+    def _publish(self, adapter: dict[str, Any], version: int | None, phase: str, step: int) -> tuple[int, float]:
+        """One ``ray.put`` of the adapter (:func:`~polyray.rollout.store.to_wire` form), which the store
+        persists and every worker loads, each checking it against the hash computed here;
+        (version, seconds)."""
+        from polyray.rollout.store import adapter_hash, to_wire
+
         if self.store is None:
             raise RuntimeError("this rollout pool has no adapter store to publish to")
         started = time.perf_counter()
-        ref = ray.put(adapter)
-        record: AdapterRecord = ray.get(put(ref))
-        self._on_every_worker(lambda w: w.load_adapter.remote(record.version, ref, record.sha256))
-        return record.version, time.perf_counter() - started
+        sha = adapter_hash(adapter)
+        ref = ray.put(to_wire(adapter))
+        stored = None
+        if version is None:
+            version = ray.get(self.store.reserve_next.remote())
+            stored = self.store.put.remote(version, ref, phase, step, sha)  # the store writes while the workers load
+        else:  # an id the caller named: the store refuses a used one before any worker loads it
+            ray.get(self.store.put.remote(version, ref, phase, step, sha))
+        self._on_every_worker(lambda w: w.load_adapter.remote(version, ref, sha))
+        if stored is not None:
+            ray.get(stored)
+        return version, time.perf_counter() - started
 
     def holds(self, version: int) -> bool:
         """Whether the store holds ``version``'s weights (an id handed out by a put that was killed

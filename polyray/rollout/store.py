@@ -9,7 +9,7 @@ Invariants (docs/design.md, "Adapter versions"):
 
 - **Ids never repeat.** The store hands them out: :meth:`AdapterStore.put_next` persists an
   adapter under the id after the newest one ever handed out (``reserved``, persisted before the
-  bytes are written), so a learner resumed from a checkpoint, or restarted with the store, numbers
+  bytes are written; :meth:`AdapterStore.reserve_next` hands out that id ahead of its bytes), so a learner resumed from a checkpoint, or restarted with the store, numbers
   its publishes after everything a lost attempt published. ``put`` with an explicit id (a run's
   init adapter is version 1) refuses one at or below the newest.
 - **An id means one set of weights.** Each version carries the SHA-256 of its config and
@@ -64,6 +64,33 @@ def adapter_hash(adapter: dict[str, Any]) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
         h.update(t.view(-1).view(torch.uint8).numpy().tobytes())  # raw bytes, any dtype (bfloat16 too)
     return h.hexdigest()
+
+
+def to_wire(adapter: dict[str, Any]) -> dict[str, Any]:
+    """An adapter as it travels between processes: its tensors as numpy arrays wherever numpy has
+    their dtype (Ray moves arrays as buffers; a torch tensor is pickled one by one, at several times
+    the cost for an adapter's dozens of small tensors: docs/benchmarks.md, "Weight sync"), others
+    (bfloat16) as they are. :func:`from_wire` turns it back."""
+    import torch
+
+    def wire(t):
+        t = t.detach().cpu().contiguous()
+        return t if t.dtype == torch.bfloat16 else t.numpy()
+
+    return {"config": adapter["config"], "tensors": {k: wire(v) for k, v in adapter["tensors"].items()}}
+
+
+def from_wire(adapter: dict[str, Any]) -> dict[str, Any]:
+    """The adapter with torch tensors again (writable copies: an array Ray hands over is a read-only
+    view of its object store); one already in torch form is returned as it is."""
+    import numpy as np
+    import torch
+
+    tensors = adapter["tensors"]
+    if not any(isinstance(v, np.ndarray) for v in tensors.values()):
+        return adapter
+    return {"config": adapter["config"],
+            "tensors": {k: torch.from_numpy(v.copy()) if isinstance(v, np.ndarray) else v for k, v in tensors.items()}}
 
 
 def check_adapter(adapter: dict[str, Any], version: int, sha256: str | None) -> str:
@@ -137,11 +164,24 @@ class AdapterStore:
         an id is never handed out twice, and the caller learns its id from the record."""
         return self.put(self.next_version(), adapter, phase, step)
 
-    def put(self, version: int, adapter: dict[str, Any], phase: str = "", step: int = 0) -> AdapterRecord:
-        """Persist ``adapter`` as ``version`` (> every id handed out before); returns its record.
+    def reserve_next(self) -> int:
+        """Hand out the next id without weights yet (persisted first, like every reservation); a
+        :meth:`put` of that id follows. The publisher reserves, then writes the store and loads the
+        workers at once: the id is fresh, so no worker can hold other weights under it. An id
+        whose put never comes stays reserved and is never held."""
+        self.reserved += 1
+        self._save_state()
+        return self.reserved
+
+    def put(self, version: int, adapter: dict[str, Any], phase: str = "", step: int = 0,
+            sha256: str | None = None) -> AdapterRecord:
+        """Persist ``adapter`` (torch or :func:`to_wire` form) as ``version`` (> every id handed out
+        before, or the one just reserved); returns its record. ``sha256``: the hash the publisher
+        computed, checked here as the workers check it (AdapterHashError on a mismatch).
 
         Retrying the same put (same id, same weights) returns the existing record."""
-        sha = adapter_hash(adapter)
+        adapter = from_wire(adapter)
+        sha = check_adapter(adapter, version, sha256)
         existing = self.records.get(version)
         if existing is not None and existing.sha256 == sha:
             return existing

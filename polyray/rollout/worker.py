@@ -35,7 +35,7 @@ from typing import Any
 
 from polyray.config import RolloutConfig, SamplingConfig
 from polyray.lifetime import process_dir
-from polyray.rollout.store import AdapterHashError, check_adapter, write_adapter_dir
+from polyray.rollout.store import AdapterHashError, check_adapter, from_wire, write_adapter_dir
 
 
 class MissingAdapterError(KeyError):
@@ -169,6 +169,7 @@ class RolloutWorker:
         if version < 1:
             raise ValueError(f"adapter versions start at 1, got {version}")
         started = time.perf_counter()
+        adapter = from_wire(adapter)  # as the pool sends it (polyray.rollout.store.to_wire)
         sha = check_adapter(adapter, version, sha256)  # hashed once per load
         if version in self.adapters:
             if self.adapters[version][1] != sha:

@@ -1,6 +1,6 @@
-"""The adapter store in-process: ids never repeat, an id means one set of weights, retention keeps
-the newest and the pinned versions, and a store reopened on its directory (a dead actor or driver)
-has everything that was written."""
+"""The adapter store in-process: ids never repeat (a reserved id included), an id means one set of
+weights, retention keeps the newest and the pinned versions, a store reopened on its directory (a
+dead actor or driver) has everything that was written, and the wire form round-trips."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from polyray.rollout.store import (
     VersionReusedError,
     adapter_hash,
     check_adapter,
+    from_wire,
     read_adapter_dir,
+    to_wire,
 )
 
 
@@ -133,3 +135,39 @@ def test_a_stale_publish_is_refused_after_the_store_numbered_past_it(tmp_path):
     with pytest.raises(VersionReusedError):
         AdapterStore(str(tmp_path)).put(1, _adapter(4))
     assert store.put_next(_adapter(2), "grpo", 2).version == 3  # the same weights again get a new id
+
+
+def test_the_wire_form_round_trips_every_dtype_and_keeps_the_hash():
+    """numpy arrays on the wire where numpy has the dtype (bfloat16 stays torch); back in torch form the
+    tensors are equal, writable, and hash as before; torch form passes through as it is."""
+    import numpy as np
+
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        a = _adapter(3, dtype)
+        wire = to_wire(a)
+        assert all(isinstance(v, np.ndarray) != (dtype == torch.bfloat16) for v in wire["tensors"].values())
+        back = from_wire(wire)
+        assert adapter_hash(back) == adapter_hash(a)
+        for name, t in back["tensors"].items():
+            assert t.dtype == dtype and torch.equal(t, a["tensors"][name])
+    read_only = to_wire(_adapter(4))
+    for v in read_only["tensors"].values():
+        v.flags.writeable = False  # as an array Ray hands over is
+    next(iter(from_wire(read_only)["tensors"].values())).add_(1.0)  # a writable copy
+    a = _adapter(5)
+    assert from_wire(a) is a
+
+
+def test_a_reserved_id_takes_its_put_once_and_is_never_handed_out_again(tmp_path):
+    store = AdapterStore(str(tmp_path))
+    store.put_next(_adapter(1))
+    v = store.reserve_next()
+    assert v == 2 and store.newest() == 2 and store.newest_stored() == 1 and store.get(2) is None
+    assert AdapterStore(str(tmp_path)).next_version() == 3  # the reservation is persisted before any bytes
+    record = store.put(v, to_wire(_adapter(2)), "grpo", 1, adapter_hash(_adapter(2)))  # the wire form, hash checked
+    assert record.version == 2 and adapter_hash(store.get(2)[0]) == adapter_hash(_adapter(2))
+    with pytest.raises(VersionReusedError):
+        store.put(v, _adapter(3))
+    with pytest.raises(AdapterHashError, match="adapter version 3"):  # the publisher's hash must match the bytes
+        store.put(store.reserve_next(), _adapter(3), sha256=adapter_hash(_adapter(4)))
+    assert store.newest_stored() == 2 and store.put_next(_adapter(5)).version == 4  # 3: reserved, never held
