@@ -235,6 +235,38 @@ def compute_diversity_advantages(name: str, groups: list[list[str]], estimator: 
     return compute_subset_advantage_scale(n, k) * compute_subset_marginals(table, n, subsets)
 
 
+class DiversityScorer:
+    """:func:`compute_diversity_advantages` in a process of its own, a Ray actor rank 0 starts for a
+    phase that samples one step ahead with an embedding diversity: the embedding model then runs
+    beside the update instead of in rank 0's process, where its Python would hold the interpreter
+    lock the update's own Python needs (docs/benchmarks.md, "Polychromic SFT"). The same function
+    on the same texts: the same advantages."""
+
+    def __init__(self, threads: int):
+        from polyray.embeddings import get_encoder
+
+        torch.set_num_threads(threads)
+        get_encoder()  # loaded while the phase starts, not at its first step
+
+    def advantages(self, name: str, groups: list[list[str]], estimator: str, k: int) -> torch.Tensor:
+        return compute_diversity_advantages(name, groups, estimator, k)
+
+
+def start_diversity_scorer(cfg: PolychromicSFTPhaseConfig, threads: int):
+    """Rank 0's :class:`DiversityScorer` actor when ``cfg`` samples one step ahead with an embedding
+    diversity (its model is the costly part); None otherwise, or without Ray: scored in-process."""
+    import ray
+
+    from polyray.diversity import EMBEDDING_DIVERSITY_FUNCTIONS
+
+    if not (cfg.async_rollouts and cfg.diversity in EMBEDDING_DIVERSITY_FUNCTIONS and ray.is_initialized()):
+        return None
+    # outside the learner's placement group, like the adapter store; scoring is idempotent, so a
+    # scorer that dies is restarted and its call retried
+    options = dict(num_cpus=0, scheduling_strategy="DEFAULT", max_restarts=3, max_task_retries=3)
+    return ray.remote(DiversityScorer).options(**options).remote(threads)
+
+
 @dataclass
 class Rollout:
     """A step's samples, scored, and what the step waited for: ``rollout_s`` for the samples,
@@ -350,6 +382,7 @@ class PolychromicSFTPhase(SamplingPhase, SFTPhase):
     def __init__(self, cfg: PolychromicSFTPhaseConfig, task: Task, n_train: int, ctx: StepContext, pool=None):
         SFTPhase.__init__(self, cfg, task, n_train, ctx, pool)
         self._init_rollouts(cfg, task, n_train, pool)
+        self.scorer = start_diversity_scorer(cfg, torch.get_num_threads()) if ctx.rank == 0 else None
 
     @property
     def rollout_draw(self) -> str:
@@ -360,9 +393,13 @@ class PolychromicSFTPhase(SamplingPhase, SFTPhase):
         return self.cfg.n_samples
 
     def _score(self, prompts: list[Prompt], groups: list) -> torch.Tensor:
-        """The samples' diversity advantages (the diversity model runs here, ahead of the step when prefetched)."""
-        cfg = self.cfg
-        return compute_diversity_advantages(cfg.diversity, [[s.text for s in g] for g in groups], cfg.estimator, cfg.subset_k)
+        """The samples' diversity advantages: in the scorer's process when there is one, else here."""
+        cfg, texts = self.cfg, [[s.text for s in g] for g in groups]
+        if self.scorer is not None:
+            import ray
+
+            return ray.get(self.scorer.advantages.remote(cfg.diversity, texts, cfg.estimator, cfg.subset_k))
+        return compute_diversity_advantages(cfg.diversity, texts, cfg.estimator, cfg.subset_k)
 
     def _rollout(self, step: int, version: int) -> tuple[TrainBatch, dict[str, float]]:
         """Rank 0: the step's (B, n) samples with their diversity marginals, and the rollout's metrics."""

@@ -1,0 +1,46 @@
+"""Rank 0's out-of-process diversity scorer on a local Ray cluster: started only where it pays (one
+step ahead, an embedding diversity), it gives exactly the in-process advantages, and a scorer whose
+process is killed is restarted and its call retried."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import torch
+
+from polyray.config import PolychromicSFTPhaseConfig
+from polyray.learner.phases import compute_diversity_advantages, start_diversity_scorer
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+GROUPS = [
+    ["3 + 4 * 2", "(3 + 4) * 2", "2 * 4 + 3", "the answer is eleven"],
+    ["10 - 1", "10 - 1", "9", "a cat sat on the mat"],
+]
+
+
+def _cfg(**kw) -> PolychromicSFTPhaseConfig:
+    return PolychromicSFTPhaseConfig(name="poly", type="polychromic_sft", **kw)
+
+
+def test_started_only_one_step_ahead_with_an_embedding_diversity(ray_cluster):
+    assert start_diversity_scorer(_cfg(diversity="semantic", async_rollouts=False), 1) is None
+    assert start_diversity_scorer(_cfg(diversity="countdown_expr", async_rollouts=True, max_lag=1), 1) is None
+
+
+def test_the_scorer_gives_the_in_process_advantages_and_survives_a_kill(ray_cluster):
+    import ray
+
+    scorer = start_diversity_scorer(_cfg(diversity="semantic", async_rollouts=True, max_lag=1), 1)
+    assert scorer is not None
+    for estimator, k in (("loo", 0), ("subset", 2)):
+        want = compute_diversity_advantages("semantic", GROUPS, estimator, k)
+        got = ray.get(scorer.advantages.remote("semantic", GROUPS, estimator, k))
+        assert got.dtype == want.dtype == torch.float64 and torch.equal(got, want)
+    pid = ray.get(scorer.__ray_call__.remote(lambda self: os.getpid()))
+    os.kill(pid, signal.SIGKILL)
+    got = ray.get(scorer.advantages.remote("semantic", GROUPS, "loo", 0), timeout=120)  # restarted, retried
+    assert torch.equal(got, compute_diversity_advantages("semantic", GROUPS, "loo", 0))
+    assert ray.get(scorer.__ray_call__.remote(lambda self: os.getpid())) != pid
