@@ -176,15 +176,15 @@ def _latency(seconds: list[float], loaded: list[float]) -> dict[str, Any]:
             "first_use_median_ms": 1000 * statistics.median(t - l for t, l in zip(timed, load))}  # fmt: skip
 
 
-def adapter_sync_latency(pool, model, extract_adapter, first_version: int, syncs: int) -> dict[str, Any]:
-    """Milliseconds from the learner's LoRA weights to every worker generating with them, per sync.
+def adapter_sync_latency(pool, model, extract_adapter, syncs: int) -> dict[str, Any]:
+    """Milliseconds from the learner's LoRA weights to every worker generating with them, per sync,
+    published as the learner publishes (:meth:`~polyray.rollout.pool.RolloutPool.publish_next`).
     ``extract_adapter(model)``: the learner's extraction (:func:`polyray.learner.lora.extract_adapter`)."""
     seconds, loaded = [], []
     for i in range(syncs + 1):
         _perturb(model, seed=i)
         started = time.perf_counter()
-        version = first_version + i
-        pool.publish(version, extract_adapter(model), "bench", i)
+        version, _ = pool.publish_next(extract_adapter(model), "bench", i)
         loaded.append(time.perf_counter() - started)
         _first_use(pool, version)
         seconds.append(time.perf_counter() - started)

@@ -128,7 +128,7 @@ def bench_rollout(config: str, prompts: int | None = None, repeats: int = 5, syn
                     if workers == 1:
                         model, _ = build_peft_model(model_dir, run.learner.lora, run.model.dtype)
                         with console.status(f"adapter sync x {syncs}"):
-                            results["adapter_sync"] = bench.adapter_sync_latency(pool, model, extract_adapter, 2, syncs)
+                            results["adapter_sync"] = bench.adapter_sync_latency(pool, model, extract_adapter, syncs)
                         with console.status("the floor: the adapter's bytes copied once and written once"):
                             results["sync_floor"] = bench.sync_floor(extract_adapter(model), tmp, syncs)
                         with console.status(f"full-weights reload x {syncs}"):
