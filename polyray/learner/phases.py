@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import math
 import random
+import threading
 import time
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, wait
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
@@ -261,9 +262,11 @@ def start_diversity_scorer(cfg: PolychromicSFTPhaseConfig, threads: int):
 
     if not (cfg.async_rollouts and cfg.diversity in EMBEDDING_DIVERSITY_FUNCTIONS and ray.is_initialized()):
         return None
-    # outside the learner's placement group, like the adapter store; scoring is idempotent, so a
-    # scorer that dies is restarted and its call retried
-    options = dict(num_cpus=0, scheduling_strategy="DEFAULT", max_restarts=3, max_task_retries=3)
+    from polyray.cluster import on_this_node
+
+    # on rank 0's node, outside the learner's placement group (like the adapter store); scoring is
+    # idempotent, so a scorer that dies is restarted and its call retried
+    options = dict(num_cpus=0, scheduling_strategy=on_this_node(), max_restarts=3, max_task_retries=3)
     return ray.remote(DiversityScorer).options(**options).remote(threads)
 
 
@@ -288,38 +291,61 @@ class RolloutPrefetch:
     Ahead: step t+1 is submitted when step t starts, so its generation overlaps step t's
     update and its samples are one version stale (lag 1; importance ratios correct for it). Its
     samples are also scored as soon as they arrive, in a background thread, so the reward calls
-    or the diversity model overlap the update as well. Scoring does not depend on when it runs:
+    or the diversity model overlap the update as well (``score`` must be safe to call from that
+    thread). Scoring does not depend on when it runs:
     the same samples get the same scores either way.
     """
 
     def __init__(self, submit, ahead: bool, steps: int, score):
         self.submit, self.ahead, self.steps, self.score = submit, ahead, steps, score
         self.pending: dict[int, Callable[[], tuple]] = {}  # step -> its collection's result
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="polyray-rollout-score") if ahead else None
+        self._last: Future | None = None  # the collection started last (ahead): the next one waits for it
 
     def get(self, step: int, version: int) -> Rollout:
-        asked = time.perf_counter()
         job = self.pending.pop(step, None) or self._start(step, version)
         if self.ahead and step + 1 < self.steps:
             self.pending[step + 1] = self._start(step + 1, version)
+        asked = time.perf_counter()
         prompts, groups, scored, sampled = job()
         done = time.perf_counter()
         sampled = min(max(sampled, asked), done)  # samples that arrived before the step asked: no wait for them
         return Rollout(prompts, groups, scored, rollout_s=sampled - asked, score_s=done - sampled)
 
-    def _start(self, step: int, version: int):
-        """Submit a step's generation; its collection (wait, then score) runs in the scoring thread,
-        one at a time in step order (ahead), or when the step asks for it (synchronous)."""
+    def _start(self, step: int, version: int) -> Callable[[], tuple]:
+        """Submit a step's generation; its collection (wait, then score) runs when the step asks for it
+        (synchronous), or ahead in a thread of its own that first waits for the previous step's, so
+        collections run one at a time, in step order. The threads are daemons: one still waiting for
+        samples when its phase fails never holds up the process's exit."""
         prompts, pending = self.submit(step, version)
-        if self._thread is not None:
-            return self._thread.submit(self._collect, prompts, pending).result
-        return partial(self._collect, prompts, pending)
+        if not self.ahead:
+            return partial(self._collect, prompts, pending)
+        job, before = Future(), self._last
+
+        def collect():
+            if before is not None:
+                wait([before])
+            try:
+                job.set_result(self._collect(prompts, pending))
+            except BaseException as e:  # raised in the step that asks for it
+                job.set_exception(e)
+
+        threading.Thread(target=collect, name=f"polyray-rollout-score-{step}", daemon=True).start()
+        self._last = job
+        return job.result
 
     def _collect(self, prompts, pending):
         """(prompts, groups, their scores, when the samples arrived)."""
         groups = pending.result()
         sampled = time.perf_counter()
         return prompts, groups, self.score(prompts, groups), sampled
+
+
+def rollout_rate(got: Rollout) -> dict[str, float]:
+    """``rollout_tokens_per_s``: the step's completion tokens per second it waited for them; left out
+    when it did not wait (samples ready one step ahead), where the rate says nothing."""
+    if got.rollout_s <= 0:
+        return {}
+    return {"rollout_tokens_per_s": sum(len(s.token_ids) for g in got.groups for s in g) / got.rollout_s}
 
 
 def check_lag(groups, version: int, max_lag: int) -> int:
@@ -408,8 +434,7 @@ class PolychromicSFTPhase(SamplingPhase, SFTPhase):
         adv = got.scored
         return TrainBatch.from_groups(got.groups, adv), {
             "adv_abs_mean": float(adv.abs().mean()), "max_lag": lag,
-            "rollout_s": got.rollout_s, "diversity_s": got.score_s,
-            "rollout_tokens_per_s": sum(len(s.token_ids) for g in got.groups for s in g) / max(got.rollout_s, 1e-6),
+            "rollout_s": got.rollout_s, "diversity_s": got.score_s, **rollout_rate(got),
         }  # fmt: skip
 
     def step(self, step: int, version: int) -> dict[str, float]:
@@ -521,7 +546,7 @@ class GRPOPhase(SamplingPhase):
             "kept_groups": int(keep.sum()),
             "rollout_s": got.rollout_s,
             "reward_s": got.score_s,
-            "rollout_tokens_per_s": sum(len(s.token_ids) for g in groups for s in g) / max(got.rollout_s, 1e-6),
+            **rollout_rate(got),
         }
 
     def step(self, step: int, version: int) -> dict[str, float]:

@@ -102,7 +102,7 @@ class RolloutPool:
         ref = ray.put(to_wire(adapter))
         stored = None
         if version is None:
-            version = ray.get(self.store.reserve_next.remote())
+            version = ray.get(self.store.reserve_next.remote(sha))
             stored = self.store.put.remote(version, ref, phase, step, sha)  # the store writes while the workers load
         else:  # an id the caller named: the store refuses a used one before any worker loads it
             ray.get(self.store.put.remote(version, ref, phase, step, sha))

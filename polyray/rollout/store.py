@@ -147,6 +147,8 @@ class AdapterStore:
         except StorageError:
             saved = {}
         self.reserved = max(saved.get("reserved", 0), max(self.records, default=0))
+        # the weights the newest id was reserved for (:meth:`reserve_next`): its put must bring them
+        self.reserved_sha256: str | None = saved.get("reserved_sha256") if self.reserved == saved.get("reserved") else None
         self.pins: dict[str, int] = saved.get("pins", {})
         self._cache: dict[int, dict[str, Any]] = {}  # the newest few adapters, kept in memory
 
@@ -154,7 +156,8 @@ class AdapterStore:
         return f"v{version:06d}"
 
     def _save_state(self) -> None:
-        self.storage.write_bytes("reserved.json", json.dumps({"reserved": self.reserved, "pins": self.pins}).encode())
+        state = {"reserved": self.reserved, "reserved_sha256": self.reserved_sha256, "pins": self.pins}
+        self.storage.write_bytes("reserved.json", json.dumps(state).encode())
 
     # ---- writes -------------------------------------------------------------------------------
     def put_next(self, adapter: dict[str, Any], phase: str = "", step: int = 0) -> AdapterRecord:
@@ -164,12 +167,14 @@ class AdapterStore:
         an id is never handed out twice, and the caller learns its id from the record."""
         return self.put(self.next_version(), adapter, phase, step)
 
-    def reserve_next(self) -> int:
-        """Hand out the next id without weights yet (persisted first, like every reservation); a
-        :meth:`put` of that id follows. The publisher reserves, then writes the store and loads the
-        workers at once: the id is fresh, so no worker can hold other weights under it. An id
-        whose put never comes stays reserved and is never held."""
-        self.reserved += 1
+    def reserve_next(self, sha256: str) -> int:
+        """Hand out the next id for the weights hashing to ``sha256``, before their bytes (persisted
+        first, like every reservation); a :meth:`put` of that id follows, and only those weights are
+        taken under it. The publisher reserves, then writes the store and loads the workers at once:
+        the id is fresh, so no worker holds other weights under it, and no later put can give it
+        other ones. An id whose put never comes stays reserved and is never stored (workers that
+        loaded it meanwhile hold it; nothing asks them for it, as the learner publishes past it)."""
+        self.reserved, self.reserved_sha256 = self.reserved + 1, sha256
         self._save_state()
         return self.reserved
 
@@ -189,7 +194,9 @@ class AdapterStore:
             raise VersionReusedError(
                 f"adapter version {version} was already handed out (newest {self.reserved}): version ids never repeat"
             )
-        self.reserved = version
+        if version == self.reserved and self.reserved_sha256 not in (None, sha):
+            raise VersionReusedError(f"adapter version {version} is reserved for other weights: version ids never repeat")
+        self.reserved, self.reserved_sha256 = version, sha
         self._save_state()  # reserve the id before writing: a torn write never frees it
         d = self._dir(version)
         self.storage.delete_dir(d)

@@ -1,6 +1,7 @@
 """Rank 0's out-of-process diversity scorer on a local Ray cluster: started only where it pays (one
 step ahead, an embedding diversity), it gives exactly the in-process advantages, and a scorer whose
-process is killed is restarted and its call retried."""
+process is killed is restarted by Ray and answers again. Here the driver starts it; started by rank 0
+of a Ray Train worker group, as phases start it, it ran in `polyray bench polychromic` only."""
 
 from __future__ import annotations
 
@@ -41,6 +42,6 @@ def test_the_scorer_gives_the_in_process_advantages_and_survives_a_kill(ray_clus
         assert got.dtype == want.dtype == torch.float64 and torch.equal(got, want)
     pid = ray.get(scorer.__ray_call__.remote(lambda self: os.getpid()))
     os.kill(pid, signal.SIGKILL)
-    got = ray.get(scorer.advantages.remote("semantic", GROUPS, "loo", 0), timeout=120)  # restarted, retried
+    got = ray.get(scorer.advantages.remote("semantic", GROUPS, "loo", 0), timeout=120)  # restarted
     assert torch.equal(got, compute_diversity_advantages("semantic", GROUPS, "loo", 0))
     assert ray.get(scorer.__ray_call__.remote(lambda self: os.getpid())) != pid

@@ -200,3 +200,30 @@ def test_version_ids_never_repeat_and_mean_one_set_of_weights(pool, model_dir, r
     record = lambda v: ray.get(pool.store.record.remote(v))  # noqa: E731
     assert record(fresh).sha256 == record(c).sha256 == adapter_hash(checkpoint)  # one set of weights, two ids
     assert record(c + 1).sha256 != record(c).sha256
+
+
+def test_publish_next_reserves_then_stores_while_the_workers_load(pool, model_dir, run_config):
+    """The learner's publish: the store hands out the next id, persists the weights under it and every
+    worker serves them (the canary agrees with the learner), the store's record carrying the learner's
+    hash; the id, now reserved for those weights, takes no others."""
+    from polyray.learner.lora import extract_adapter
+    from polyray.learner.phases import encode_references
+    from polyray.learner.sync import SyncCanary
+    from polyray.rollout.store import VersionReusedError, adapter_hash
+    from polyray.tasks import build_task
+
+    model, tok = random_policy(model_dir, run_config, seed=5)
+    adapter = extract_adapter(model)
+    newest = pool.newest_version()
+    version, seconds = pool.publish_next(adapter, "grpo", 7)
+    assert version == newest + 1 and seconds > 0 and pool.newest_version() == version
+    record = ray.get(pool.store.record.remote(version))
+    assert (record.sha256, record.phase, record.step) == (adapter_hash(adapter), "grpo", 7)
+    assert all(version in ray.get(w.versions.remote()) for w in pool.workers)
+    canary = SyncCanary(every=1, probe=encode_references(build_task(run_config.task).prompts("val", 1), tok)[0],
+                        pad_id=tok.pad_token_id)
+    assert canary.check(model, pool, version) < canary.tolerance  # the workers serve the learner's weights
+    other, _ = random_policy(model_dir, run_config, seed=6)
+    with pytest.raises(VersionReusedError):
+        pool.publish(version, extract_adapter(other))
+    assert pool.publish_next(extract_adapter(other))[0] == version + 1

@@ -86,8 +86,8 @@ def test_a_reopened_store_has_what_was_written_and_drops_a_torn_write(tmp_path):
     for v in (1, 2, 3):
         store.put(v, _adapter(v), "grpo", v)
     store.pin("sft", 1)
-    # a put killed after reserving id 4 and writing part of its directory (no record.json yet)
-    store.reserved = 4
+    # a put killed after reserving id 4 for its weights and writing part of its directory (no record.json yet)
+    store.reserved, store.reserved_sha256 = 4, adapter_hash(_adapter(40))
     store._save_state()
     (tmp_path / "v000004").mkdir()
     (tmp_path / "v000004" / "adapter_config.json").write_text("{")
@@ -158,16 +158,21 @@ def test_the_wire_form_round_trips_every_dtype_and_keeps_the_hash():
     assert from_wire(a) is a
 
 
-def test_a_reserved_id_takes_its_put_once_and_is_never_handed_out_again(tmp_path):
+def test_a_reserved_id_takes_only_its_own_weights_once_and_is_never_handed_out_again(tmp_path):
     store = AdapterStore(str(tmp_path))
     store.put_next(_adapter(1))
-    v = store.reserve_next()
+    v = store.reserve_next(adapter_hash(_adapter(2)))
     assert v == 2 and store.newest() == 2 and store.newest_stored() == 1 and store.get(2) is None
-    assert AdapterStore(str(tmp_path)).next_version() == 3  # the reservation is persisted before any bytes
+    reopened = AdapterStore(str(tmp_path))  # the reservation is persisted before any bytes, with its hash
+    assert reopened.next_version() == 3
+    for s in (store, reopened):  # other weights under a reserved id: refused, live or after a restart
+        with pytest.raises(VersionReusedError, match="version 2 is reserved for other weights"):
+            s.put(v, _adapter(3))
     record = store.put(v, to_wire(_adapter(2)), "grpo", 1, adapter_hash(_adapter(2)))  # the wire form, hash checked
     assert record.version == 2 and adapter_hash(store.get(2)[0]) == adapter_hash(_adapter(2))
+    assert store.put(v, _adapter(2), "grpo", 1) == record  # the same put retried
     with pytest.raises(VersionReusedError):
         store.put(v, _adapter(3))
     with pytest.raises(AdapterHashError, match="adapter version 3"):  # the publisher's hash must match the bytes
-        store.put(store.reserve_next(), _adapter(3), sha256=adapter_hash(_adapter(4)))
-    assert store.newest_stored() == 2 and store.put_next(_adapter(5)).version == 4  # 3: reserved, never held
+        store.put(store.reserve_next(adapter_hash(_adapter(3))), _adapter(3), sha256=adapter_hash(_adapter(4)))
+    assert store.newest_stored() == 2 and store.put_next(_adapter(5)).version == 4  # 3: reserved, never stored

@@ -11,7 +11,8 @@ import torch
 
 from polyray.config import RunConfig
 from polyray.drivers.run import INIT_VERSION, publish_init_adapter
-from polyray.rollout.store import AdapterStore, open_store, write_adapter_dir
+from polyray.learner.lora import read_adapter
+from polyray.rollout.store import AdapterStore, adapter_hash, open_store, write_adapter_dir
 
 pytestmark = [pytest.mark.ray]
 
@@ -30,8 +31,8 @@ def test_resume_after_a_kill_inside_the_init_put(ray_cluster, tmp_path):
     write_adapter_dir(saved, _adapter())
     root = tmp_path / "run" / "adapter_store"
     torn = AdapterStore(str(root))
-    torn.reserved = INIT_VERSION
-    torn._save_state()  # the id was reserved, then the driver died before the weights were written
+    torn.reserved, torn.reserved_sha256 = INIT_VERSION, adapter_hash(read_adapter(saved))
+    torn._save_state()  # the id was reserved for these weights, then the driver died before they were written
     store = open_store(root)
     try:
         pool = RolloutPool([], store)

@@ -201,6 +201,9 @@ def test_rollout_prefetch_scores_the_next_step_during_the_update():
     assert scored == ["s0", "s1"]  # scored before step 1 asked
     second = prefetch.get(1, 1)
     assert second.scored == 2 and second.rollout_s + second.score_s < 0.25  # nothing left to wait for (margin: a busy machine)
+    assert prefetch.pending[2] and "s2" not in scored  # step 2's collection waits for its samples in a daemon thread
+    assert all(t.daemon for t in threading.enumerate() if t.name.startswith("polyray-rollout-score"))
+    arrived[2].set()
 
 
 def test_rollout_prefetch_raises_a_scoring_error_in_the_step():
