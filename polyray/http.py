@@ -6,6 +6,7 @@
 - :class:`BodySizeLimit`: ASGI middleware answering 413 to a body over the service's limit.
 - :func:`openai_error`: ``{"error": {"message", "type", "param", "code"}}``, the one error shape of both
   services; :func:`validation_error` turns a body failing the schema into it (400 naming the field).
+- :func:`free_port`: a port for a service about to start on this machine, one Ray's own processes do not take.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import hmac
 import json
 import os
+import random
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,40 @@ from polyray.config.services import ApiKeyConfig
 REQUEST_TIMEOUT_S = 600.0
 
 OPEN_PATHS = ("/healthz",)  # exactly these routes (below the app's root path) answer without a key
+
+
+RAY_WORKER_PORTS = (10002, 19999)  # Ray's default min/max_worker_port
+
+
+def _ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range for ports bound to 0 (Linux's default where it cannot be read)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_port(host: str = "127.0.0.1", tries: int = 200) -> int:
+    """A TCP port free on ``host`` now, for a server that binds it seconds later (Serve's proxy after
+    Ray starts). Outside the kernel's ephemeral range and Ray's worker ports: a port bound to 0 is
+    ephemeral, and Ray's own processes (gRPC servers, workers) bind ephemeral ports while it starts,
+    so one could take it first, and an HTTP client would then talk to a gRPC server. Picked at random,
+    so concurrent callers rarely pick the same one; the ephemeral way only if no other port is free."""
+    low, high = _ephemeral_ports()
+    taken = lambda p: low <= p <= high or RAY_WORKER_PORTS[0] <= p <= RAY_WORKER_PORTS[1]  # noqa: E731
+    candidates = [p for p in range(20000, 65536) if not taken(p)] or [p for p in range(1024, 65536) if not taken(p)]
+    rng = random.SystemRandom()
+    for port in rng.sample(candidates, min(tries, len(candidates))):
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
 
 
 def read_api_key(config: ApiKeyConfig) -> str | None:

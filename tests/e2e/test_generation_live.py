@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,8 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from phase_harness import learner_logprobs
+
+from polyray.http import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.ray, pytest.mark.vllm]
 
@@ -25,11 +25,6 @@ TOL = 1e-3
 GRPO = "[{type: grpo, steps: 8, prompts_per_step: 4, group_size: 4, lr: 3.0e-3, kl_beta: 0.02, checkpoint_every: 4}]"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_live_policy_served_during_training(tmp_path, model_dir, run_config):
     from openai import OpenAI
@@ -37,7 +32,7 @@ def test_live_policy_served_during_training(tmp_path, model_dir, run_config):
     from polyray.learner.lora import build_peft_model
     from polyray.tasks import build_task
 
-    out, port = tmp_path / "run", _free_port()
+    out, port = tmp_path / "run", free_port()
     cmd = [sys.executable, "-m", "polyray.cli", "run", str(ROOT / "configs" / "quickstart.yaml"), "--output-dir", str(out),
            "--serve-generation", "--set", f"generation.http_port={port}", "--set", "generation.args.poll_s=0.2",
            "--set", f"phases={GRPO}", "--set", "task.n_test=4", "--set", "eval.n_samples=2", "--set", "eval.ks=[1, 2]",

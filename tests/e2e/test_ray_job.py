@@ -16,9 +16,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import secrets
-import socket
+import shutil
 import subprocess
 import sys
 import threading
@@ -28,6 +27,8 @@ from pathlib import Path
 import pytest
 from dashboard import declared_metrics
 
+from polyray.http import free_port
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.ray, pytest.mark.vllm]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,11 +36,6 @@ BIN = Path(sys.executable).parent
 NO_AGENT = "No available agent to submit job"
 AGENT_WAIT_S = 120.0
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_train_entrypoint_runs_as_ray_job(tmp_path):
@@ -49,7 +45,7 @@ def test_train_entrypoint_runs_as_ray_job(tmp_path):
     # with a token file in ~/.ray, `ray start` turns token auth on and the client must use it too).
     env["RAY_AUTH_MODE"], env["RAY_AUTH_TOKEN"] = "token", secrets.token_hex(16)
     env["RAY_metrics_report_interval_ms"] = "1000"  # samples reach the endpoint within a second
-    dashboard, metrics_port = _free_port(), _free_port()
+    dashboard, metrics_port = free_port(), free_port()
     start = subprocess.run(
         [str(BIN / "ray"), "start", "--head", "--port=0", f"--dashboard-port={dashboard}", "--num-cpus=6",
          "--include-dashboard=true", f"--metrics-export-port={metrics_port}", "--disable-usage-stats"],
@@ -65,7 +61,7 @@ def test_train_entrypoint_runs_as_ray_job(tmp_path):
         "--set", "phases.0.batch_size=8", "--set", "phases.0.prompts_per_step=4", "--set", "phases.0.n_samples=3",
         "--set", "phases.1.steps=4", "--set", "phases.1.prompts_per_step=8", "--set", "phases.1.group_size=4",
         "--set", "task.n_test=8", "--set", "dynamics.every=0", "--set", "eval.n_samples=4", "--set", "eval.ks=[1, 4]",
-        "--serve-generation", "--set", f"generation.http_port={_free_port()}", "--output-dir", str(out),
+        "--serve-generation", "--set", f"generation.http_port={free_port()}", "--output-dir", str(out),
     ]  # fmt: skip
     prometheus = _start_prometheus(tmp_path) if shutil.which("prometheus") else None
     in_prometheus: set[str] = set()
@@ -154,7 +150,7 @@ def _start_prometheus(tmp_path: Path) -> tuple[subprocess.Popen, int]:
     # Ray's config scrapes every node in its service-discovery file; a shorter interval suits a short job
     text = re.sub(r"scrape_interval:\s*\S+", "scrape_interval: 2s\n  scrape_timeout: 2s", config.read_text(), count=1)
     (tmp_path / "prometheus.yml").write_text(text)
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         ["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
          f"--web.listen-address=127.0.0.1:{port}"],
@@ -185,9 +181,8 @@ def _read_dashboard(url: str, token: str, pages: dict[str, str]) -> None:
 def _dashboard_pages(url: str, token: str) -> dict[str, str]:
     """The text of the dashboard's Jobs and Actors pages, read in headless Chromium signed in with the
     cluster's token (Ray's cookie); screenshots in test-artifacts/."""
-    from playwright.sync_api import sync_playwright
-
     from browser import chromium
+    from playwright.sync_api import sync_playwright
 
     exe = chromium()
     assert exe, "chromium not found (make browser installs it): this test needs a real browser"

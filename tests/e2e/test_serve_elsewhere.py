@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from polyray.http import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.ray]
 
@@ -32,11 +33,6 @@ applications:
 """
 REWARDS = "def score(prompts, completions, **kwargs):\n    return [float(len(c)) for c in completions]\n"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _post(url: str, body: dict) -> dict:
@@ -62,7 +58,7 @@ def test_serve_reward_from_another_directory(tmp_path):
     default config's resolution from any directory: tests/unit/test_reward_functions.py)."""
     (tmp_path / "my_rewards.py").write_text(REWARDS)
     (tmp_path / "serve.yaml").write_text(SERVE_CONFIG)
-    port = _free_port()
+    port = free_port()
     # a Ray of its own: with no address, ray.init joins a cluster another test left running on this machine
     env = {**os.environ, "RAY_ADDRESS": "local"}
     cmd = [sys.executable, "-m", "polyray.cli", "serve", "reward", "--port", str(port)]

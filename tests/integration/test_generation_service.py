@@ -9,13 +9,13 @@ float32) for the same weights.
 from __future__ import annotations
 
 import json
-import socket
 import time
 
 import pytest
 import torch
-
 from phase_harness import learner_logprobs, random_lora_policy
+
+from polyray.http import free_port
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.slow]
 
@@ -24,11 +24,6 @@ MAX_N, MAX_TOKENS, MAX_PROMPT = 4, 32, 96
 TOL = 1e-3  # as the rollout sync test: float32 kernels differ only in summation order
 FUZZ_EXAMPLES = 25
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +51,7 @@ def service(store_and_policies, model_dir, tmp_path_factory):
     _, root, _, _, named_dir = store_and_policies
     key_file = tmp_path_factory.mktemp("secret") / "key"
     key_file.write_text(KEY + "\n")
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = {"model_dir": str(model_dir), "store_root": str(root), "adapters": {"run/sft": str(named_dir)},
             "api_key_file": str(key_file), "max_n": MAX_N, "max_tokens": MAX_TOKENS, "max_prompt_tokens": MAX_PROMPT,
@@ -314,8 +309,8 @@ def test_llm_judge_reward_through_the_service(service, monkeypatch):
 
 
 def test_llm_judge_as_a_task_quality(service, monkeypatch, tmp_path):
-    from polyray.tasks import build_task
     from polyray.config.tasks import JsonlTaskConfig
+    from polyray.tasks import build_task
 
     monkeypatch.setenv("POLYRAY_TEST_JUDGE_KEY", KEY)
     data = tmp_path / "short.jsonl"  # short posts: the judge's question must fit the tiny model's context

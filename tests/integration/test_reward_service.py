@@ -8,13 +8,13 @@ are cheap to reach) on a free loopback port; every error case also checks that
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from polyray.http import free_port
 from polyray.sandbox import detect_isolation
 from polyray.sandbox.cgroups import limits_report
 
@@ -24,11 +24,6 @@ ROOT = Path(__file__).resolve().parents[2]
 MAX_ITEMS = 50
 MAX_BODY = 64 * 1024
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +67,7 @@ def service(engagement_model, user_rewards):
     started_ray = not ray.is_initialized()
     if started_ray:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = {
         "num_cpus": 0.5,

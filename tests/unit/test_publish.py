@@ -6,11 +6,10 @@ runs on gloo, where only rank 0 has the pool, as in the learner.
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 
+from polyray.http import free_port
 from polyray.learner.phases import StepContext
 from polyray.learner.publish import AdapterPublisher
 from polyray.rollout.store import AdapterStore
@@ -93,11 +92,6 @@ def test_without_a_pool_versions_count_on_as_labels():
     assert publisher.version == 6
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _two_ranks(rank: int, world: int, port: int, root: str, out: str) -> None:
     """Rank 0 publishes through the store; an id it skips (another put in between) reaches rank 1 too."""
@@ -128,5 +122,6 @@ def test_every_rank_holds_the_id_rank_0_got_from_the_store(tmp_path):
     import torch.multiprocessing as mp
 
     out = str(tmp_path / "versions")
-    mp.spawn(_two_ranks, args=(2, _free_port(), str(tmp_path / "store"), out), nprocs=2)
+    mp.spawn(_two_ranks, args=(2, free_port(), str(tmp_path / "store"), out), nprocs=2)
     assert torch.load(f"{out}.0") == torch.load(f"{out}.1") == [1, 2, 4]
+

@@ -50,6 +50,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from polyray.http import free_port
 from polyray.io import read_log_jsonl
 
 ROOT = Path(__file__).resolve().parents[3]  # the repository (configs/, tests/fixtures/)
@@ -90,9 +91,9 @@ def bench_rollout(config: str, prompts: int | None = None, repeats: int = 5, syn
     import ray
 
     from polyray.config import load_config
+    from polyray.drivers.bench import rollout as bench
     from polyray.learner.lora import build_peft_model, extract_adapter
     from polyray.models.source import prepare_model_dir
-    from polyray.drivers.bench import rollout as bench
     from polyray.rollout.pool import RolloutPool
     from polyray.rollout.store import open_store, write_adapter_dir
 
@@ -251,9 +252,9 @@ def bench_polychromic(
     ``steps`` steps each from a fresh adapter, on one pool of 1 rollout worker + 1 learner worker (a
     core each here, as in :func:`bench_grpo`: the floor hides the sampling behind the update, which
     needs a core for the sampler)."""
+    from polyray.cluster import init_ray, needed_cpus
     from polyray.config import load_config
     from polyray.learner.loop import run_phase
-    from polyray.cluster import init_ray, needed_cpus
     from polyray.models.source import prepare_model_dir
     from polyray.rollout.pool import RolloutPool
     from polyray.rollout.store import open_store
@@ -336,15 +337,15 @@ def bench_reward(n_requests: int = 300, max_seconds: float = 20.0) -> dict[str, 
     from ray import serve
 
     from polyray.drivers.bench.reward import bench_engagement_batching, bench_reward_http
-    from polyray.reward.engagement import train_engagement_model
     from polyray.reward.deployment import build_reward_app as build_app
+    from polyray.reward.engagement import train_engagement_model
 
     results: dict[str, Any] = {"http": []}
     with tempfile.TemporaryDirectory(prefix="polyray-bench-rm-") as tmp:
         with console.status("training the engagement model on tests/fixtures/engagement.jsonl"):
             train_engagement_model(ROOT / "tests" / "fixtures" / "engagement.jsonl", tmp, seed=0)
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        port = _free_port()
+        port = free_port()
         try:
             serve.start(http_options={"host": "127.0.0.1", "port": port})
             serve.run(build_app({"rewards": {"engagement": {"model_path": tmp}}}), name="reward", route_prefix="/")
@@ -424,7 +425,7 @@ def bench_generation(requests: int, n: int, max_tokens: int, config: str, publis
             store = open_store(Path(tmp) / "store")
             ray.get(store.put.remote(1, adapter, "bench", 1))
             with console.status("starting the generation service"):
-                url = deploy_generation(cfg.model_dump(), port=_free_port())
+                url = deploy_generation(cfg.model_dump(), port=free_port())
             for concurrency in (1, 16):
                 with console.status(f"endpoint: {requests} requests, {concurrency} clients"):
                     results["endpoint"].append(bench_endpoint(url, "policy-v1", batch, concurrency))
@@ -453,14 +454,6 @@ def print_generation(results: dict[str, Any]) -> None:
     p = results["publish_to_latest"]
     console.print(f"publish -> latest serving it: median {p['median_s']:.3f} s, max {p['max_s']:.3f} s"
                   f" over {p['publishes']} publishes")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def summary_rows(results: dict[str, Any]) -> list[tuple[str, float, str]]:
@@ -569,7 +562,7 @@ def bench_chaos(services: list[str], clients: int, seconds: float, kill_at: floa
     results: dict[str, Any] = {"clients": clients, "seconds": seconds, "kill_at": kill_at, "replicas": replicas}
     # a cluster of its own (address="local": never one RAY_ADDRESS names): the replicas it kills are its own
     ray.init(address="local", num_cpus=max(2, replicas), include_dashboard=False, log_to_driver=False)
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
