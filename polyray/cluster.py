@@ -45,7 +45,7 @@ def needed_cpus(run: RunConfig) -> float:
     """Ray CPUs a run's actors reserve at once: rollout workers, learner ranks, reward replicas."""
     reward = run.reward.service_cpus()
     return (
-        run.rollout.num_workers * run.rollout.cpus_per_worker + run.learner.num_workers * run.learner.cpus_per_worker
+        run.rollout.num_workers * run.rollout.cpus_per_worker + run.most_learner_workers * run.learner.cpus_per_worker
         + reward
     )
 

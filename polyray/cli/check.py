@@ -99,7 +99,7 @@ def plan_lines(run, problems: list[str] | None = None) -> list[str]:
     lines = [f"run {run.name} (seed {run.seed})", shown("model", _model, run.model), shown("data", _data, run.task)]
     lines.append(f"phases ({len(run.phases)}):")
     for i, phase in enumerate(run.phases):
-        lines.append(f"  {i} {phase.name} [{phase.type}]: {_phase(phase, run.learner.num_workers)}")
+        lines.append(f"  {i} {phase.name} [{phase.type}]: {_phase(phase, run.phase_workers(i))}")
     if not run.phases:
         lines.append("  none: the base model is evaluated only")
     r, lr = run.rollout, run.learner
@@ -109,12 +109,16 @@ def plan_lines(run, problems: list[str] | None = None) -> list[str]:
         f" tensor parallel {r.tensor_parallel_size}) = {r.num_workers * r.cpus_per_worker:g} CPU,"
         f" {r.num_workers * r.gpus_per_worker:g} GPU"
     )
+    ranks = run.most_learner_workers
+    per_phase = {run.phase_workers(i) for i in range(len(run.phases))}
     lines.append(
-        f"  learner ranks: {lr.num_workers} x ({lr.cpus_per_worker:g} CPU{', 1 GPU' if lr.use_gpu else ''})"
-        f" = {lr.num_workers * lr.cpus_per_worker:g} CPU, {lr.num_workers if lr.use_gpu else 0} GPU;"
-        f" LoRA r={lr.lora.r}, alpha={lr.lora.alpha:g}"
-    )
-    cpus = r.num_workers * r.cpus_per_worker + lr.num_workers * lr.cpus_per_worker
+        f"  learner ranks: {ranks} x ({lr.cpus_per_worker:g} CPU{', 1 GPU' if lr.use_gpu else ''})"
+        f" = {ranks * lr.cpus_per_worker:g} CPU, {ranks if lr.use_gpu else 0} GPU"
+        + (f" at most (per phase: {', '.join(str(run.phase_workers(i)) for i in range(len(run.phases)))})"
+           if len(per_phase) > 1 else "")
+        + f"; LoRA r={lr.lora.r}, alpha={lr.lora.alpha:g}"
+    )  # fmt: skip
+    cpus = r.num_workers * r.cpus_per_worker + ranks * lr.cpus_per_worker
     where = run.cluster.address or "a local Ray cluster" + (f" of {run.cluster.num_cpus} CPUs" if run.cluster.num_cpus else "")
     lines.append(f"  reserved at most: {cpus:g} CPU on {where}")
     lines.append(f"evaluation: pass@k for k in {list(run.eval.ks)}, {run.eval.n_samples} samples per prompt")
@@ -189,6 +193,8 @@ def _data(task) -> str:
 
 def _phase(phase, ranks: int) -> str:
     parts: list[Any] = [f"{phase.steps} steps", f"lr {phase.lr:g}"]
+    if phase.learner_workers is not None:
+        parts.append(f"{ranks} learner rank{'s' if ranks > 1 else ''}")
     if phase.type == "grpo":
         parts.insert(1, f"{phase.prompts_per_step} prompts x {phase.group_size} samples per step"
                         f" = {phase.prompts_per_step * phase.group_size} sequences")  # fmt: skip

@@ -38,6 +38,15 @@ MinLRRatio = Annotated[
     float,
     Field(ge=0, le=1, description="Floor of a linear / cosine decay (and start of its warm-up), as a fraction of lr."),
 ]
+# The learner ranks of a phase (each phase runs a Ray Train worker group of its own), declared by every phase.
+LearnerWorkers = Annotated[
+    Union[int, None],
+    Field(
+        ge=1,
+        description="Ray Train workers (data-parallel ranks) of this phase; None: learner.num_workers. E.g. SFT on"
+        " every core, and a phase that samples on fewer ranks, beside the rollout workers generating while it trains.",
+    ),
+]
 
 
 def _warmup_ends_inside_the_phase(value: int, info: ValidationInfo) -> int:
@@ -65,6 +74,11 @@ def _check_sampling_phase(phase) -> None:
         )
 
 
+def _ranks_named(phase) -> str:
+    """The setting a phase's learner ranks come from, for an error message."""
+    return "learner.num_workers" if phase.learner_workers is None else "learner_workers"
+
+
 def _check_lag(phase, store_keep: int) -> None:
     if phase.async_rollouts and phase.max_lag >= store_keep:
         raise ValueError(
@@ -85,17 +99,18 @@ class SFTPhaseConfig(StrictModel):
     warmup_steps: WarmupSteps = 0
     min_lr_ratio: MinLRRatio = 0.0
     checkpoint_every: int = Field(20, ge=1, description="Steps between checkpoints.")
+    learner_workers: LearnerWorkers = None
 
     _warmup_fits = field_validator("warmup_steps")(_warmup_ends_inside_the_phase)
     _floor_decays = field_validator("min_lr_ratio")(_floor_of_a_decay)
 
     def check_run(self, learner_workers: int, store_keep: int) -> None:
         """Raise ValueError (naming this phase's field, without ``phases.N.``) when the phase does not fit
-        the run's ``learner.num_workers`` or ``rollout.store_keep``."""
+        its learner ranks (``learner_workers``, else the run's ``learner.num_workers``) or ``rollout.store_keep``."""
         if self.batch_size < learner_workers:
             raise ValueError(
-                f"batch_size ({self.batch_size}) must be >= learner.num_workers"
-                f" ({learner_workers}): every rank trains on at least one reference"
+                f"batch_size ({self.batch_size}) must be >= {_ranks_named(self)} ({learner_workers}): every rank"
+                " trains on at least one reference"
             )
 
 
@@ -140,8 +155,8 @@ class PolychromicSFTPhaseConfig(SFTPhaseConfig):
         super().check_run(learner_workers, store_keep)
         if self.prompts_per_step < learner_workers:
             raise ValueError(
-                f"prompts_per_step ({self.prompts_per_step}) must be >= learner.num_workers"
-                f" ({learner_workers}): every rank trains on whole sample groups"
+                f"prompts_per_step ({self.prompts_per_step}) must be >= {_ranks_named(self)} ({learner_workers}):"
+                " every rank trains on whole sample groups"
             )
         _check_lag(self, store_keep)
 
@@ -180,6 +195,7 @@ class GRPOPhaseConfig(StrictModel):
     )
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     checkpoint_every: int = Field(20, ge=1, description="Steps between checkpoints.")
+    learner_workers: LearnerWorkers = None
     reward: PhaseRewardConfig | None = Field(
         None, description="This phase's reward, instead of the run's reward.name and reward.params."
     )

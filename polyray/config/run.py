@@ -52,6 +52,16 @@ class RunConfig(StrictModel):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
 
+    def phase_workers(self, index: int) -> int:
+        """Learner ranks of phase ``index``: its ``learner_workers``, else ``learner.num_workers``."""
+        workers = self.phases[index].learner_workers
+        return self.learner.num_workers if workers is None else workers
+
+    @property
+    def most_learner_workers(self) -> int:
+        """The most learner ranks any phase runs at once (phases run one after another); no phase: the default."""
+        return max([self.phase_workers(i) for i in range(len(self.phases))], default=self.learner.num_workers)
+
     @model_validator(mode="before")
     @classmethod
     def _trainable_task(cls, data: Any) -> Any:
@@ -69,7 +79,7 @@ class RunConfig(StrictModel):
             raise ValueError(f"phase names must be unique and not 'base': {names}")
         for i, phase in enumerate(self.phases):
             try:
-                phase.check_run(self.learner.num_workers, self.rollout.store_keep)
+                phase.check_run(self.phase_workers(i), self.rollout.store_keep)
             except ValueError as exc:
                 raise ValueError(f"phases.{i}.{exc}") from None
         if self.learner.lora.r > self.rollout.max_lora_rank:

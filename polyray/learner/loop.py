@@ -415,7 +415,7 @@ def run_phase(
         },
         torch_config=TorchConfig(backend="nccl" if run.learner.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
-            num_workers=run.learner.num_workers,
+            num_workers=run.phase_workers(phase_index),
             use_gpu=run.learner.use_gpu,
             resources_per_worker={"CPU": run.learner.cpus_per_worker, **run.cluster.worker_resources},
         ),

@@ -341,8 +341,8 @@ def longest_sequences(run: RunConfig, model_dir) -> tuple[int, int]:
 
 def phase_micro_batch(run: RunConfig, index: int, lengths: SequenceLengths) -> MicroBatch:
     """The largest micro-batch of phase ``index`` on one learner rank: its step's sequences split over
-    ``learner.num_workers`` (GRPO by sequence, polychromic SFT by whole groups), ``micro_batch_tokens`` each."""
-    phase, world = run.phases[index], run.learner.num_workers
+    the phase's learner ranks (GRPO by sequence, polychromic SFT by whole groups), ``micro_batch_tokens`` each."""
+    phase, world = run.phases[index], run.phase_workers(index)
     share = lambda n: math.ceil(n / world)  # noqa: E731 (the largest rank's share)
     if phase.type == "grpo":
         shard, length = share(phase.prompts_per_step * phase.group_size), lengths.sampled[phase.name]

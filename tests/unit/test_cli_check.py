@@ -81,6 +81,13 @@ def test_set_by_phase_name_and_its_errors(tmp_path):
         load_config(ROOT / "configs/quickstart.yaml", ["phases.nope.lr=1"])
 
 
+def test_check_shows_a_phase_with_its_own_learner_ranks():
+    result = CliRunner().invoke(app, ["check", "-q", str(ROOT / "configs/quickstart.yaml"), "--set", "phases.grpo.learner_workers=1"])
+    assert result.exit_code == 0, result.output
+    assert "= 128 sequences, lr 0.003, 1 learner rank\n" in result.output
+    assert "learner ranks: 2 x (1 CPU) = 2 CPU, 0 GPU at most (per phase: 2, 1)" in result.output
+
+
 def test_version():
     result = CliRunner().invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.startswith("polyray ")

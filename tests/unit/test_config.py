@@ -92,6 +92,8 @@ QUICKSTART = ROOT / "configs" / "quickstart.yaml"
         (["phases.0.type=polychromic_sft", "phases.0.n_samples=16", "phases.0.estimator=subset", "phases.0.subset_k=8"],
          "12870 subsets exceeds 5000"),
         (["phases.0.batch_size=1"], "phases.0.batch_size (1) must be >= learner.num_workers (2)"),
+        (["phases.0.learner_workers=4", "phases.0.batch_size=3"], "phases.0.batch_size (3) must be >= learner_workers (4)"),
+        (["phases.1.learner_workers=0"], "phases.1.learner_workers"),
         (["dynamics.ks=[0, 2]"], "dynamics: ks must be positive integers"),
         (["dynamics.ks=[-1]"], "dynamics: ks must be positive integers"),
         (["phases.1.sampling.temperature=0"], "phases.1: sampling.temperature must be > 0"),

@@ -160,6 +160,18 @@ def test_phase_micro_batches_split_the_step_over_ranks():
     assert phase_micro_batch(run, 2, capped).length == run.rollout.max_model_len
 
 
+def test_a_phase_with_its_own_ranks_splits_its_step_over_them():
+    run = RunConfig.model_validate({
+        "learner": {"num_workers": 2},
+        "phases": [{"type": "sft", "batch_size": 32},
+                   {"type": "grpo", "prompts_per_step": 16, "group_size": 8, "learner_workers": 1}],
+    })  # fmt: skip
+    lengths = bound_lengths(run, longest_prompt=30, longest_reference=50)
+    assert [run.phase_workers(i) for i in range(2)] == [2, 1] and run.most_learner_workers == 2
+    assert phase_micro_batch(run, 0, lengths).sequences == 16  # 32 over 2 ranks
+    assert phase_micro_batch(run, 1, lengths).sequences == 128  # the whole step on its one rank
+
+
 QWEN3 = {  # the published config.json values of the presets' models
     "Qwen/Qwen3-0.6B": _config(num_hidden_layers=28, hidden_size=1024, intermediate_size=3072, num_attention_heads=16,
                                num_key_value_heads=8, head_dim=128, vocab_size=151_936),
