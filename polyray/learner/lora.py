@@ -7,6 +7,7 @@ the adapter disabled: no second copy of the base weights either way.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -66,12 +67,13 @@ def extract_adapter(model) -> dict[str, Any]:
     config = model.peft_config["default"].to_dict()
     config["base_model_name_or_path"] = None
     config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
-    return {"config": config, "tensors": tensors}
+    # plain JSON values (peft_type is peft's enum): unpickling the adapter then imports nothing, where a
+    # peft enum made the adapter store import peft and transformers in the run's first publish (3.4 s)
+    return {"config": json.loads(json.dumps(config)), "tensors": tensors}
 
 
 def read_adapter(path: str | Path) -> dict[str, Any]:
     """A saved peft adapter directory as :func:`extract_adapter` gives it: {"config", "tensors"}."""
-    import json
 
     from safetensors.torch import load_file
 
@@ -88,7 +90,6 @@ def save_adapter(model, path: str | Path, extra: dict[str, Any] | None = None) -
     The files go to a sibling directory first (with ``extra``: file name -> JSON-able content),
     which then replaces ``path``: a process killed mid-save leaves the previous adapter whole.
     """
-    import json
     import os
     import shutil
     import tempfile

@@ -176,3 +176,29 @@ def test_a_reserved_id_takes_only_its_own_weights_once_and_is_never_handed_out_a
     with pytest.raises(AdapterHashError, match="adapter version 3"):  # the publisher's hash must match the bytes
         store.put(store.reserve_next(adapter_hash(_adapter(3))), _adapter(3), sha256=adapter_hash(_adapter(4)))
     assert store.newest_stored() == 2 and store.put_next(_adapter(5)).version == 4  # 3: reserved, never stored
+
+
+def test_a_published_adapter_unpickles_without_importing_peft(tmp_path):
+    """What the learner publishes is plain data: its receivers (the adapter store, rollout workers,
+    generation replicas) unpickle it without importing peft and transformers, which took seconds in
+    the store's first put (the run's first publish) when the config held peft's PeftType enum."""
+    import pickle
+    import subprocess
+    import sys
+
+    from phase_harness import build_policy, tiny_model_dir
+
+    from polyray.learner.lora import extract_adapter
+    from polyray.rollout.store import to_wire
+
+    model, _ = build_policy(tiny_model_dir(tmp_path))
+    blob = tmp_path / "adapter.pkl"
+    blob.write_bytes(pickle.dumps(to_wire(extract_adapter(model))))
+    script = (
+        "import pickle, sys; a = pickle.load(open(sys.argv[1], 'rb'));"
+        " assert a['config']['peft_type'] == 'LORA' and a['config']['r'] == 4, a['config'];"
+        " print(sorted(m for m in ('peft', 'transformers', 'torch') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(blob)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["[]"], done.stdout  # numpy arrays and JSON values only
