@@ -25,7 +25,6 @@ TOL = 1e-3
 GRPO = "[{type: grpo, steps: 8, prompts_per_step: 4, group_size: 4, lr: 3.0e-3, kl_beta: 0.02, checkpoint_every: 4}]"
 
 
-
 def test_live_policy_served_during_training(tmp_path, model_dir, run_config):
     from openai import OpenAI
 

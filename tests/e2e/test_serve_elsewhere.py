@@ -34,7 +34,6 @@ applications:
 REWARDS = "def score(prompts, completions, **kwargs):\n    return [float(len(c)) for c in completions]\n"
 
 
-
 def _post(url: str, body: dict) -> dict:
     request = urllib.request.Request(url, json.dumps(body).encode(), {"content-type": "application/json"})
     with urllib.request.urlopen(request, timeout=60) as response:

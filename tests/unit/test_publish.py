@@ -92,7 +92,6 @@ def test_without_a_pool_versions_count_on_as_labels():
     assert publisher.version == 6
 
 
-
 def _two_ranks(rank: int, world: int, port: int, root: str, out: str) -> None:
     """Rank 0 publishes through the store; an id it skips (another put in between) reaches rank 1 too."""
     import torch.distributed as dist
@@ -124,4 +123,3 @@ def test_every_rank_holds_the_id_rank_0_got_from_the_store(tmp_path):
     out = str(tmp_path / "versions")
     mp.spawn(_two_ranks, args=(2, free_port(), str(tmp_path / "store"), out), nprocs=2)
     assert torch.load(f"{out}.0") == torch.load(f"{out}.1") == [1, 2, 4]
-
