@@ -109,13 +109,11 @@ def plan_lines(run, problems: list[str] | None = None) -> list[str]:
         f" tensor parallel {r.tensor_parallel_size}) = {r.num_workers * r.cpus_per_worker:g} CPU,"
         f" {r.num_workers * r.gpus_per_worker:g} GPU"
     )
-    ranks = run.most_learner_workers
-    per_phase = {run.phase_workers(i) for i in range(len(run.phases))}
+    ranks, per_phase = run.most_learner_workers, [run.phase_workers(i) for i in range(len(run.phases))]
     lines.append(
         f"  learner ranks: {ranks} x ({lr.cpus_per_worker:g} CPU{', 1 GPU' if lr.use_gpu else ''})"
         f" = {ranks * lr.cpus_per_worker:g} CPU, {ranks if lr.use_gpu else 0} GPU"
-        + (f" at most (per phase: {', '.join(str(run.phase_workers(i)) for i in range(len(run.phases)))})"
-           if len(per_phase) > 1 else "")
+        + (f" at most (per phase: {', '.join(map(str, per_phase))})" if len(set(per_phase)) > 1 else "")
         + f"; LoRA r={lr.lora.r}, alpha={lr.lora.alpha:g}"
     )  # fmt: skip
     cpus = r.num_workers * r.cpus_per_worker + ranks * lr.cpus_per_worker

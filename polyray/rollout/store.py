@@ -127,7 +127,7 @@ def read_adapter_dir(path: Path) -> dict[str, Any]:
 
 def _import_tensor_libraries() -> None:
     """Import what a put hashes and writes with (torch, safetensors): their first import takes seconds
-    on a busy machine, and the run's first publish waited for it (4.6 s of a 5 s SFT step here)."""
+    on a busy machine, which the run's first publish would otherwise wait for."""
     import safetensors.torch  # noqa: F401
     import torch  # noqa: F401
 
