@@ -32,7 +32,7 @@ from polyray.cluster import init_ray, needed_cpus
 from polyray.config import RunConfig
 from polyray.eval.policy_eval import build_eval_task
 from polyray.eval.record import EvalRecord
-from polyray.io import ConfigError, Timer, console, dump_config, make_progress, write_json_atomic
+from polyray.io import ConfigError, Timer, console, dump_config, make_progress, warn, write_json_atomic
 from polyray.models.source import offline_model_dir, prepare_model_dir
 from polyray.rollout.store import STORE_DIR
 from polyray.reward.engagement import ensure_engagement_model
@@ -365,6 +365,7 @@ class RunState:
     model_ref: Any = None  # what workers get: model_dir, or its reference in cluster.storage
     worker_run: Any = None  # the config workers get (worker_config): input paths as storage references
     shared: Any = None  # the run's place in cluster.storage (polyray.storage.RunStorage), or None
+    serving: bool = False  # the generation service is deployed (--serve-generation)
 
     def __post_init__(self) -> None:
         from polyray.storage import RunStorage
@@ -400,6 +401,8 @@ def _run_stages(state: RunState, engagement: list, serve_generation: bool) -> No
             version, adapter = fit(state, index, version, adapter)
             evaluate(state, phase.name, version)
     finally:
+        if state.serving:  # the service lasts as long as the run, also on a cluster that outlives it
+            stop_services(state)
         if state.pool is not None:
             state.pool.shutdown()
         ray.kill(store)  # its state is on disk; a resume opens it again
@@ -496,6 +499,7 @@ def start_services(state: RunState, generation: dict[str, Any] | None) -> None:
 
         with timer("generation_service_start"), console.status("starting the generation service (Ray Serve)"):
             url = deploy_generation(generation, run.generation.host, run.generation.http_port)
+        state.serving = True
         console.print(f"generation service: {url}  (models: base, latest, policy-vN as they are published)")
     if run.reward.endpoint and any(scores_rollouts(p) for p in run.phases):
         from polyray.config.run import custom_reward_functions
@@ -503,6 +507,19 @@ def start_services(state: RunState, generation: dict[str, Any] | None) -> None:
 
         with timer("reward_service_start"), console.status("starting the reward service (Ray Serve)"):
             ensure_reward_service(run.reward, custom_reward_functions(run), run.cluster.worker_resources)
+
+
+def stop_services(state: RunState) -> None:
+    """End the generation service with the run: its replicas answer what they hold, then stop. A failure
+    here (the cluster going down with a failed run) is a warning, never what the run reports."""
+    from polyray.generation.service import stop_generation
+
+    try:
+        with state.timer("generation_service_stop"), console.status("stopping the generation service"):
+            stop_generation()
+    except Exception as exc:  # noqa: BLE001 - the run's own outcome (or its error) is what counts
+        warn(f"the generation service did not stop cleanly: {exc!r}")
+    state.serving = False
 
 
 def launch_pool(state: RunState, store) -> None:

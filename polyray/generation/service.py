@@ -3,6 +3,7 @@
 - :func:`run_generation_args`: a run's model, engine settings (as its rollout workers') and adapter
   store; with ``named=True`` (a finished run) also each phase's saved adapter as ``<run>/<phase>``.
 - :func:`deploy_generation`: start Serve's HTTP proxy (if not running) and the application.
+- :func:`stop_generation`: delete it, letting replicas answer the requests they hold.
 """
 
 from __future__ import annotations
@@ -51,3 +52,11 @@ def deploy_generation(args: dict[str, Any], host: str = "127.0.0.1", port: int =
     serve.start(http_options={"host": host, "port": port, "request_timeout_s": REQUEST_TIMEOUT_S})
     serve.run(application, name=name, route_prefix=prefix, blocking=False)
     return f"http://{host}:{port}{prefix.rstrip('/')}/v1"
+
+
+def stop_generation(name: str = "generation") -> None:
+    """Delete the app ``name`` and wait until it is gone: Serve stops routing to its replicas, and each
+    answers the requests it holds before it stops (the deployment's graceful shutdown)."""
+    from ray import serve
+
+    serve.delete(name)

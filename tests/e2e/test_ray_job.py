@@ -88,11 +88,13 @@ def test_train_entrypoint_runs_as_ray_job(tmp_path):
             if NO_AGENT not in output or time.monotonic() > deadline:
                 break
             time.sleep(2.0)
+        apps = _serve_apps(f"http://127.0.0.1:{dashboard}", env)  # on the cluster, which outlives the job
     finally:
         if prometheus is not None:
             prometheus[0].terminate()
         subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
-        # `ray stop --force` SIGKILLs the generation replica; its vLLM engine processes outlive it
+        # a failed job may leave the generation replica to `ray stop --force`, whose SIGKILL its vLLM engine
+        # processes outlive
         for p in _vllm_processes() - engines_before:
             p.kill()
     assert proc.returncode == 0, output[-4000:]
@@ -100,6 +102,7 @@ def test_train_entrypoint_runs_as_ray_job(tmp_path):
     browser.join(timeout=180)
     assert "error" not in pages, pages.get("error")
     assert "succeeded" in output.lower()
+    assert "generation" not in apps, apps  # the run's live-policy service ended with the run
     results = json.loads((out / "results.json").read_text())
     assert set(results["phases"]) == {"base", "sft", "grpo"}
     assert (out / "adapters" / "grpo" / "adapter_model.safetensors").is_file()
@@ -124,6 +127,16 @@ def _vllm_processes() -> set:
         if (p.info["cmdline"] or [""])[0].startswith("VLLM::"):
             found.add(p)
     return found
+
+
+def _serve_apps(address: str, env: dict[str, str]) -> dict:
+    """The Serve applications on the cluster at ``address`` (``serve status``), by name."""
+    import yaml
+
+    status = subprocess.run([str(BIN / "serve"), "status", "--address", address], env=env, capture_output=True,
+                            text=True, timeout=60)  # fmt: skip
+    assert status.returncode == 0, status.stderr[-2000:]
+    return yaml.safe_load(status.stdout).get("applications") or {}
 
 
 def _scrape(port: int) -> set[str]:
