@@ -267,6 +267,20 @@ class AdapterPool(GeneratePool):
         self.version += 1
         return self.version, 0.0
 
+    def start_publish(self, adapter: dict, phase: str, step: int) -> LoadedPublish:
+        """The publish, loaded at once (this stand-in samples in the caller's process)."""
+        return LoadedPublish(self.publish_next(adapter, phase, step)[0])
+
+
+class LoadedPublish:
+    """:class:`~polyray.rollout.pool.PendingPublish` of a publish already loaded: one worker, never restarted."""
+
+    def __init__(self, version: int):
+        self.version = version
+
+    def result(self) -> list[str]:
+        return ["0"]
+
 
 class LocalSession:
     """The learner worker's :class:`~polyray.learner.loop.TrainSession` in a plain one-process

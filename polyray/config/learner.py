@@ -68,6 +68,13 @@ class LearnerConfig(StrictModel):
     log_rollouts: bool = Field(
         False, description="Write every GRPO rollout (the reward's item and the reward the learner used) to rollouts.jsonl."
     )
+    publish_behind_step: bool = Field(
+        True,
+        description="Rollouts one step ahead: the learner goes on once an adapter publish has its version id; the"
+        " rollout workers' loads and the store's write finish behind the next step, and the next publish waits"
+        " for them (a phase's last publish, and one the sync canary checks, wait at once). False: every publish"
+        " waits for them, as with synchronous rollouts.",
+    )  # fmt: skip
     sync_check_every: int = Field(
         50, ge=0,
         description="Sync canary: check every N-th adapter publish on a rollout worker, in turn; also an attempt's"

@@ -325,8 +325,11 @@ def run_worker(loop_config: dict[str, Any], session: TrainSession) -> None:
         scheduler.step()  # once per optimizer step: the next step's LR
         last = step + 1 == phase_cfg.steps
         measure = dynamics is not None and dynamics.due(step + 1, last)
-        sync_s = publisher.publish(step + 1) if phase.publishes_every_step or last or measure else 0.0
-        step_s = time.perf_counter() - t0  # rollout + update + sync; dynamics measurements excluded
+        # one step ahead, the workers' loads finish behind the next step; the phase's last publish and one
+        # the dynamics probe samples next are complete before the step ends
+        wait = not (phase.samples_ahead and run.learner.publish_behind_step) or last or measure
+        sync_s = publisher.publish(step + 1, wait) if phase.publishes_every_step or last or measure else 0.0
+        step_s = time.perf_counter() - t0  # rollout + update + the publish's time on the step's path; dynamics excluded
         if measure and rank == 0:
             logs.append("dynamics.jsonl", *filter(None, [dynamics(step + 1, publisher.version)]))  # (None: no pool)
         metrics.update(  # the phase's "loss" is the whole batch's, summed over ranks

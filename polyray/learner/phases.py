@@ -180,6 +180,7 @@ class SFTPhase:
     """NLL of the canonical references; publishes its adapter only at the end (nothing samples mid-phase)."""
 
     publishes_every_step = False
+    samples_ahead = False  # no rollouts: nothing samples a publish behind the next step
     uses_rewards = False  # whether rank 0 needs ctx.reward_fn
 
     @staticmethod
@@ -365,6 +366,12 @@ class SamplingPhase:
 
     publishes_every_step = True
     uses_rewards = False
+
+    @property
+    def samples_ahead(self) -> bool:
+        """Rollouts one step ahead: the next step's samples are drawn under the version a step publishes
+        only once that step is over, so its publish need not wait for the workers' loads."""
+        return self.cfg.async_rollouts
     reference_adapter_dir = staticmethod(SFTPhase.reference_adapter_dir)
 
     def _init_rollouts(self, cfg, task: Task, n_train: int, pool) -> None:

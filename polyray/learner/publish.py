@@ -11,6 +11,7 @@ it to the other ranks.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from polyray.learner.phases import StepContext, broadcast_from_rank0
@@ -29,6 +30,7 @@ class AdapterPublisher:
         self.phase, self.ctx, self.canary = phase, ctx, canary
         self.version = 0
         self.canary_metrics: dict[str, float] = {}
+        self.pending = None  # rank 0: the last publish, while its loads may still be running (publish(wait=False))
 
     def start(self, version: int, step: int, holds_published: bool, publishes_every_step: bool) -> None:
         """Begin an attempt at the phase at ``step`` holding adapter ``version``.
@@ -51,23 +53,44 @@ class AdapterPublisher:
         elif serves_start and self.pool is not None and self.canary is not None:  # rank 0, no collective
             self.canary_metrics.update(self.canary.after_start(self.ctx.model, self.pool, version))
 
-    def publish(self, step: int) -> float:
+    def publish(self, step: int, wait: bool = True) -> float:
         """Every rank (a collective when there are several): move to the next version. Rank 0 publishes
         the adapter (``step``: the phase's steps done) under the id the store hands out, runs the
-        canary when due, and broadcasts the id. Returns the seconds the publish took (0 on other ranks)."""
-        version, seconds = self._publish_on_rank0(step) if self.pool is not None else (None, 0.0)
+        canary when due, and broadcasts the id. Returns the seconds the step spent on it (0 on other
+        ranks).
+
+        ``wait=False`` (rollouts one step ahead): rank 0 returns once the id is handed out and the
+        workers' loads are queued; the loads finish behind the next step (a worker samples the
+        version it is asked for only after loading it: its calls run in order), and the next
+        publish first waits for them, raising their errors. A publish the canary is due to check
+        waits all the same: the check compares the workers with the learner's weights as published."""
+        version, seconds = self._publish_on_rank0(step, wait) if self.pool is not None else (None, 0.0)
         version = broadcast_from_rank0(version, self.ctx)
         # no store to number them (no pool): versions count on by one, as labels of the weights
         self.version = self.version + 1 if version is None else version
         return seconds
 
-    def _publish_on_rank0(self, step: int) -> tuple[int, float]:
+    def _publish_on_rank0(self, step: int, wait: bool) -> tuple[int, float]:
         from polyray.learner.lora import extract_adapter
 
-        version, seconds = self.pool.publish_next(extract_adapter(self.ctx.model), self.phase, step)
-        if self.canary is not None:
-            self.canary_metrics.update(self.canary.after_publish(self.ctx.model, self.pool, version))
-        return version, seconds
+        started = time.perf_counter()
+        self.settle()
+        pending = self.pool.start_publish(extract_adapter(self.ctx.model), self.phase, step)
+        if wait or (self.canary is not None and self.canary.checks_next()):
+            incarnations = pending.result()
+            if self.canary is not None:
+                self.canary_metrics.update(self.canary.after_publish(self.ctx.model, self.pool, pending.version, incarnations))
+        else:
+            self.pending = pending
+        return pending.version, time.perf_counter() - started
+
+    def settle(self) -> None:
+        """Rank 0: wait for a publish that returned before its loads finished (none: nothing to do)."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            incarnations = pending.result()
+            if self.canary is not None:
+                self.canary.after_unchecked(incarnations)
 
     def take_canary_metrics(self) -> dict[str, Any]:
         """The canary's measurements since the last call (empty when none was due)."""

@@ -14,7 +14,9 @@ log-probs with its own; past the tolerance of the weights' dtype the run stops w
   checks that version (:meth:`SyncCanary.after_start`), so the weights sampled before its first
   publish are checked too;
 - a worker Ray restarted (its incarnation id changed, :meth:`polyray.rollout.pool.RolloutPool.incarnations`)
-  at the next publish: it serves weights it pulled from the store itself, not those the pool sent;
+  at the next publish: it serves weights it pulled from the store itself, not those the pool sent
+  (with rollouts one step ahead, a publish's loads finish behind the next step, when the learner's
+  weights have moved on: a restart they reveal is checked at the publish after);
 - at a phase's sampling temperature T != 1, also the sampling path: the worker draws a short
   completion as rollouts are drawn and reports its sampling-time log-probs, log softmax(logits / T)
   (``rollout.logprobs_mode: processed_logprobs``, which a run with T != 1 requires), and the learner
@@ -61,6 +63,7 @@ class SyncCanary:
         self.publishes = 0
         self.turn = 0  # the worker the next scheduled check goes to (modulo the workers)
         self.incarnations: list[str] | None = None  # each worker's id at the last look (None: none yet)
+        self.pending_restarts: set[int] = set()  # restarted workers an unchecked publish saw: due next
 
     def after_start(self, model, pool, version: int) -> dict[str, float]:
         """The attempt starts holding ``version``, which the workers already serve, and publishes nothing:
@@ -70,23 +73,47 @@ class SyncCanary:
         self.incarnations = pool.incarnations()
         return self._check_workers(model, pool, version, list(range(len(pool.workers))))
 
-    def after_publish(self, model, pool, version: int) -> dict[str, float]:
+    def after_publish(self, model, pool, version: int, incarnations: list[str] | None = None) -> dict[str, float]:
         """Count a publish; check it on the workers due. Returns {"canary_gap", "canary_s", "canary_workers",
         "canary_nodes"} (and "canary_gap_t" at a sampling temperature != 1) when it checked, else {}.
         ``canary_nodes``: each checked worker's Ray node id, by worker index (a worker restarted on
-        another node shows up there)."""
+        another node shows up there). ``incarnations``: the workers' ids as the publish's loads left
+        them (:meth:`polyray.rollout.pool.PendingPublish.result`; None: asked here)."""
         self.publishes += 1
         if not self.every:
             return {}
-        seen, self.incarnations = self.incarnations, pool.incarnations()
-        if seen is None:  # the attempt's first check
+        due = self._restarted(incarnations or pool.incarnations())
+        if due is None:  # the attempt's first check
             due = set(range(len(pool.workers)))
-        else:  # restarted since the last look, and the scheduled one in turn
-            due = {i for i, (before, now) in enumerate(zip(seen, self.incarnations)) if before != now}
-            if (self.publishes - 1) % self.every == 0:
-                due.add(self.turn % len(pool.workers))
-                self.turn += 1
+        elif (self.publishes - 1) % self.every == 0:  # and the scheduled one in turn
+            due.add(self.turn % len(pool.workers))
+            self.turn += 1
         return self._check_workers(model, pool, version, sorted(due)) if due else {}
+
+    def checks_next(self) -> bool:
+        """Whether the next publish is due a check whatever the workers did: the attempt's first, the
+        scheduled one, or a restarted worker seen by :meth:`after_unchecked` since the last check."""
+        if not self.every:
+            return False
+        return self.incarnations is None or self.publishes % self.every == 0 or bool(self.pending_restarts)
+
+    def after_unchecked(self, incarnations: list[str]) -> None:
+        """Count a publish that no check could follow (its loads finished after the learner's weights
+        moved on: rollouts one step ahead), with the workers' ids its loads left: a worker restarted
+        since the last look is checked at the next publish, which :meth:`checks_next` then names."""
+        self.publishes += 1
+        if self.every and self.incarnations is not None:
+            self.pending_restarts = self._restarted(incarnations)
+
+    def _restarted(self, incarnations: list[str]) -> set[int] | None:
+        """The workers restarted since the last look (and those seen restarted by an unchecked publish
+        since the last check), or None before the first look; remembers ``incarnations``."""
+        seen, self.incarnations = self.incarnations, incarnations
+        if seen is None:
+            return None
+        restarted = {i for i, (before, now) in enumerate(zip(seen, incarnations)) if before != now}
+        restarted, self.pending_restarts = restarted | self.pending_restarts, set()
+        return restarted
 
     def _check_workers(self, model, pool, version: int, workers: list[int]) -> dict[str, float]:
         started = time.perf_counter()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from functools import partial
 from typing import Any
 
 import ray
@@ -82,17 +83,15 @@ class RolloutPool:
         """Persist ``adapter`` in the store under the next version id it hands out and load it on every
         worker, both at once (the id is fresh: no worker holds other weights under it); returns
         (version, seconds taken)."""
-        return self._publish(adapter, None, phase, step)
+        pending = self.start_publish(adapter, phase, step)
+        pending.result()
+        return pending.version, time.perf_counter() - pending.started
 
-    def publish(self, version: int, adapter: dict[str, Any], phase: str = "", step: int = 0) -> float:
-        """Persist ``adapter`` as ``version`` (above every id handed out before) in the store, then load
-        it on every worker (only once the store took the id); returns seconds taken."""
-        return self._publish(adapter, version, phase, step)[1]
-
-    def _publish(self, adapter: dict[str, Any], version: int | None, phase: str, step: int) -> tuple[int, float]:
-        """One ``ray.put`` of the adapter (:func:`~polyray.rollout.store.to_wire` form), which the store
-        persists and every worker loads, each checking it against the hash computed here;
-        (version, seconds)."""
+    def start_publish(self, adapter: dict[str, Any], phase: str = "", step: int = 0) -> "PendingPublish":
+        """:meth:`publish_next` without waiting for the store's write and the workers' loads: returns as
+        soon as the store has handed out the version id, with the loads queued on every worker. A
+        worker runs its calls in the order this process sent them, so a generation asked for the
+        version after this call samples it. ``.result()`` waits for the rest and raises its errors."""
         from polyray.rollout.store import adapter_hash, to_wire
 
         if self.store is None:
@@ -100,15 +99,28 @@ class RolloutPool:
         started = time.perf_counter()
         sha = adapter_hash(adapter)
         ref = ray.put(to_wire(adapter))
-        stored = None
-        if version is None:
-            version = ray.get(self.store.reserve_next.remote(sha))
-            stored = self.store.put.remote(version, ref, phase, step, sha)  # the store writes while the workers load
-        else:  # an id the caller named: the store refuses a used one before any worker loads it
-            ray.get(self.store.put.remote(version, ref, phase, step, sha))
-        self._on_every_worker(lambda w: w.load_adapter.remote(version, ref, sha))
-        if stored is not None:
-            ray.get(stored)
+        version = ray.get(self.store.reserve_next.remote(sha))
+        stored = self.store.put.remote(version, ref, phase, step, sha)  # the store writes while the workers load
+        return PendingPublish(self, version, started, stored, partial(_load, version, ref, sha))
+
+    def publish(self, version: int, adapter: dict[str, Any], phase: str = "", step: int = 0) -> float:
+        """Persist ``adapter`` as ``version`` (above every id handed out before) in the store, then load
+        it on every worker (only once the store took the id); returns seconds taken."""
+        return self._publish(adapter, version, phase, step)[1]
+
+    def _publish(self, adapter: dict[str, Any], version: int, phase: str, step: int) -> tuple[int, float]:
+        """One ``ray.put`` of the adapter (:func:`~polyray.rollout.store.to_wire` form), which the store
+        persists under the id the caller named (it refuses a used one before any worker loads it) and
+        every worker loads, each checking it against the hash computed here; (version, seconds)."""
+        from polyray.rollout.store import adapter_hash, to_wire
+
+        if self.store is None:
+            raise RuntimeError("this rollout pool has no adapter store to publish to")
+        started = time.perf_counter()
+        sha = adapter_hash(adapter)
+        ref = ray.put(to_wire(adapter))
+        ray.get(self.store.put.remote(version, ref, phase, step, sha))
+        self._on_every_worker(partial(_load, version, ref, sha))
         return version, time.perf_counter() - started
 
     def holds(self, version: int) -> bool:
@@ -218,6 +230,38 @@ def wait_restarted(worker, timeout_s: float = 600.0) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+
+
+def _load(version: int, ref, sha: str, worker):
+    """``worker``'s call that loads the adapter object ``ref`` as ``version`` (hash ``sha``)."""
+    return worker.load_adapter.remote(version, ref, sha)
+
+
+def _incarnation(worker):
+    return worker.incarnation.remote()
+
+
+class PendingPublish:
+    """A publish whose version id is handed out and whose store write and worker loads are in
+    flight (:meth:`RolloutPool.start_publish`). Each worker's load is followed by a call for its
+    incarnation id, so :meth:`result` also tells which process took the load (a worker restarted
+    since the caller last looked serves weights it pulled from the store itself until then)."""
+
+    def __init__(self, pool: RolloutPool, version: int, started: float, stored, load):
+        self.pool, self.version, self.started, self.stored, self.load = pool, version, started, stored, load
+        self.loads = [load(w) for w in pool.workers]
+        self.asked = [_incarnation(w) for w in pool.workers]  # queued after each worker's load
+        self._incarnations: list[str] | None = None
+
+    def result(self) -> list[str]:
+        """Wait for the store's write and every worker's load (a worker that died meanwhile is waited
+        for, caught up and loaded again); returns each worker's incarnation id after its load."""
+        if self._incarnations is None:
+            for worker, ref in zip(self.pool.workers, self.loads):
+                self.pool._on_worker(worker, self.load, ref)
+            self._incarnations = [self.pool._on_worker(w, _incarnation, ref) for w, ref in zip(self.pool.workers, self.asked)]
+            ray.get(self.stored)
+        return self._incarnations
 
 
 class PendingGeneration:

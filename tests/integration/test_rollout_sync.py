@@ -227,3 +227,26 @@ def test_publish_next_reserves_then_stores_while_the_workers_load(pool, model_di
     with pytest.raises(VersionReusedError):
         pool.publish(version, extract_adapter(other))
     assert pool.publish_next(extract_adapter(other))[0] == version + 1
+
+
+def test_a_publish_not_waited_for_is_what_the_next_request_samples(pool, model_dir, run_config):
+    """Rollouts one step ahead: the learner asks for samples under a version whose publish it did not wait
+    for, while the workers still generate the step before; the samples come from the new weights, and
+    the publish completes with each worker's incarnation id and the store's record."""
+    from polyray.config import SamplingConfig
+    from polyray.learner.lora import extract_adapter
+    from polyray.rollout.store import adapter_hash
+    from polyray.tasks import build_task
+
+    prompts = build_task(run_config.task).prompts("val", 8)
+    model, tok = random_policy(model_dir, run_config, seed=7)
+    adapter = extract_adapter(model)
+    busy = pool.submit([p.text for p in prompts], 8, SamplingConfig(max_tokens=24), None)  # the step before's
+    pending = pool.start_publish(adapter, "grpo", 3)
+    sample = pool.generate([prompts[0].text], 1, SamplingConfig(max_tokens=12), version=pending.version)[0][0]
+    assert len(busy.result()) == len(prompts)
+    assert sample.version == pending.version and len(sample.token_ids) >= 2
+    learner = learner_logprobs(model, sample.prompt_token_ids, sample.token_ids, tok.pad_token_id)
+    assert torch.allclose(torch.tensor(sample.logprobs), learner, atol=TOL), (sample.logprobs, learner)
+    assert pending.result() == pool.incarnations()
+    assert ray.get(pool.store.record.remote(pending.version)).sha256 == adapter_hash(adapter)

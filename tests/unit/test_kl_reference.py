@@ -79,3 +79,32 @@ def test_read_adapter_gives_what_extract_adapter_publishes(model_dir, tmp_path):
     assert all(torch.equal(saved["tensors"][k], published["tensors"][k]) for k in published["tensors"])
     keys = ("r", "lora_alpha", "target_modules", "peft_type")
     assert {k: saved["config"][k] for k in keys} == {k: published["config"][k] for k in keys}
+
+
+def test_extract_adapter_follows_every_write_into_the_adapter(model_dir, tmp_path):
+    """The extraction finds the adapter's parameters once per model; every later extraction equals peft's own
+    state dict: after optimizer steps, after an adapter loaded into the model, and with the KL reference added."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    from polyray.learner.lora import add_reference_adapter, extract_adapter, save_adapter
+
+    model, _ = build_policy(model_dir)
+
+    def same() -> bool:
+        mine, peft = extract_adapter(model)["tensors"], get_peft_model_state_dict(model)
+        return sorted(mine) == sorted(peft) and all(torch.equal(mine[k], peft[k]) for k in peft)
+
+    first = extract_adapter(model)["tensors"]
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    for _ in range(2):
+        model(input_ids=torch.tensor([[5, 6, 7, 8]]), labels=torch.tensor([[5, 6, 7, 8]])).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        assert same()
+    assert not all(torch.equal(first[k], v) for k, v in extract_adapter(model)["tensors"].items())  # it moved
+    saved = save_adapter(model, tmp_path / "moved")
+    with torch.no_grad():
+        set_peft_model_state_dict(model, first)  # a checkpoint's adapter loaded back
+    assert same() and all(torch.equal(first[k], v) for k, v in extract_adapter(model)["tensors"].items())
+    add_reference_adapter(model, str(saved))
+    assert same()

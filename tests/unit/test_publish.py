@@ -24,15 +24,29 @@ class StorePool:
     """The publishing half of the rollout pool, over an in-process store."""
 
     def __init__(self, store: AdapterStore):
-        self.store, self.published = store, []
+        self.store, self.published, self.waited, self.pending = store, [], [], None
 
     def newest_version(self) -> int:
         return self.store.newest()
 
-    def publish_next(self, adapter, phase: str = "", step: int = 0) -> tuple[int, float]:
+    def start_publish(self, adapter, phase: str = "", step: int = 0) -> Pending:
         record = self.store.put_next(adapter, phase, step)
         self.published.append((record.version, phase, step))
-        return record.version, 0.0
+        return Pending(self, record.version)
+
+
+class Pending:
+    """A publish whose loads the test finishes (``result``), recording the order it is waited for in."""
+
+    def __init__(self, pool: StorePool, version: int, error: Exception | None = None):
+        self.pool, self.version, self.error = pool, version, error
+        pool.pending = self
+
+    def result(self) -> list[str]:
+        self.pool.waited.append(self.version)
+        if self.error is not None:
+            raise self.error
+        return ["w0.0"]
 
 
 @pytest.fixture(autouse=True)
@@ -53,8 +67,67 @@ def test_a_phase_continuing_the_incoming_adapter_publishes_after_it(tmp_path):
     publisher = _publisher(pool)
     publisher.start(1, 0, holds_published=True, publishes_every_step=True)
     assert publisher.version == 1 and pool.published == []  # rollouts sample version 1: nothing to publish
-    assert [publisher.publish(step) for step in (1, 2)] == [0.0, 0.0]
+    for step in (1, 2):
+        publisher.publish(step)
     assert publisher.version == 3 and pool.published == [(2, "grpo", 1), (3, "grpo", 2)]
+    assert pool.waited == [2, 3]  # each waited for before the step goes on
+
+
+def test_one_step_ahead_a_publish_is_waited_for_by_the_next(tmp_path):
+    """``wait=False``: the version is handed out at once and its loads are waited for at the next
+    publish, before that one starts; a publish that waits settles the one before it first."""
+    pool = StorePool(AdapterStore(str(tmp_path)))
+    publisher = _publisher(pool)
+    publisher.start(0, 0, holds_published=False, publishes_every_step=True)
+    assert pool.waited == [1]  # the starting weights: waited for
+    publisher.publish(1, wait=False)
+    assert publisher.version == 2 and pool.waited == [1]  # the step goes on while version 2 loads
+    publisher.publish(2, wait=False)
+    assert publisher.version == 3 and pool.waited == [1, 2]
+    publisher.publish(3, wait=True)  # the phase's last: complete before the phase ends
+    assert publisher.version == 4 and pool.waited == [1, 2, 3, 4]
+    publisher.settle()  # nothing left in flight
+    assert pool.waited == [1, 2, 3, 4]
+
+
+def test_a_failed_load_behind_the_step_fails_the_next_publish(tmp_path):
+    pool = StorePool(AdapterStore(str(tmp_path)))
+    publisher = _publisher(pool)
+    publisher.publish(1, wait=False)
+    pool.pending.error = RuntimeError("adapter version 1 is already loaded with other weights")
+    with pytest.raises(RuntimeError, match="already loaded with other weights"):
+        publisher.publish(2, wait=False)
+    assert pool.published == [(1, "grpo", 1)]  # nothing published past the failure
+
+
+class DueCanary:
+    """A canary due on the publishes it names, recording how each publish reached it."""
+
+    def __init__(self, due: set[int]):
+        self.due, self.publishes, self.seen = due, 0, []
+
+    def checks_next(self) -> bool:
+        return self.publishes + 1 in self.due
+
+    def after_publish(self, model, pool, version, incarnations=None):
+        self.publishes += 1
+        self.seen.append(("checked", version, incarnations))
+        return {"canary_gap": 0.0}
+
+    def after_unchecked(self, incarnations):
+        self.publishes += 1
+        self.seen.append(("unchecked", incarnations))
+
+
+def test_a_publish_the_canary_checks_waits_even_one_step_ahead(tmp_path):
+    pool = StorePool(AdapterStore(str(tmp_path)))
+    canary = DueCanary(due={2})
+    publisher = AdapterPublisher(pool, "grpo", StepContext(None, None, 0, 1, seed=0), canary)
+    publisher.publish(1, wait=False)
+    publisher.publish(2, wait=False)  # due: its loads are waited for and the check follows at once
+    assert pool.waited == [1, 2] and publisher.pending is None
+    assert canary.seen == [("unchecked", ["w0.0"]), ("checked", 2, ["w0.0"])]
+    assert publisher.take_canary_metrics() == {"canary_gap": 0.0}
 
 
 def test_a_resumed_attempt_publishes_after_what_a_lost_one_published(tmp_path):

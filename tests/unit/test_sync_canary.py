@@ -186,6 +186,36 @@ def test_a_restarted_worker_is_checked_at_the_next_publish(policy):
         _move(model, -1.5)
 
 
+def test_a_restart_an_unchecked_publish_reveals_is_checked_at_the_next(policy):
+    """One step ahead, a publish's loads finish after the learner moved on: it is counted unchecked, and
+    a restart its loads reveal makes the next publish due a check of that worker (before the schedule's)."""
+    from polyray.learner.sync import SyncCanary, SyncCanaryError
+
+    model, tok = policy
+    pool = ScoringPool(model, tok)
+    canary = SyncCanary(every=4, probe=([5, 6, 7], [8, 9, 10]), pad_id=tok.pad_token_id)
+    assert canary.checks_next()  # the attempt's first publish
+    assert canary.after_publish(model, pool, 1)["canary_workers"] == 2
+    try:
+        for _ in range(3):  # publishes 2 to 4: unchecked, nothing restarted
+            assert not canary.checks_next()
+            canary.after_unchecked(pool.incarnations())
+        assert canary.checks_next()  # publish 5 = the schedule's (every 4th after the first)
+        pool.calls.clear()
+        assert canary.after_publish(model, pool, 5)["canary_workers"] == 1 and pool.calls == [0]
+        pool.restart(1, ignores_loads=True)  # a new process that serves what it pulled itself
+        assert not canary.checks_next()
+        canary.after_unchecked(pool.incarnations())  # publish 6's loads reveal it
+        assert canary.checks_next()  # publish 7 is checked, off the schedule
+        _move(model)
+        pool.sync(model)
+        with pytest.raises(SyncCanaryError, match="rollout worker 1 serves policy-v7"):
+            canary.after_publish(model, pool, 7, pool.incarnations())
+        assert not canary.checks_next()  # seen once: the restart is no longer pending
+    finally:
+        _move(model, -0.5)
+
+
 def test_a_phase_sampling_at_another_temperature_is_checked_at_it(policy):
     """At T != 1 the canary also has the worker draw a completion as rollouts are drawn and compares its
     sampling-time log-probs with the learner's log softmax(logits / T) of the drawn tokens."""

@@ -191,8 +191,9 @@ def bench_grpo(steps: int, config: str, warmup: int = 2, rounds: int = 2) -> dic
     index = next(i for i, p in enumerate(base.phases) if p.type == "grpo")
     common = ["learner.num_workers=1", "rollout.num_workers=1", "reward.endpoint=false", "dynamics.every=0",
               f"phases.{index}.steps={steps}", f"phases.{index}.checkpoint_every=1000", "learner.sync_check_every=0"]
-    variants = {"sync": [f"phases.{index}.async_rollouts=false", f"phases.{index}.max_lag=0"],
-                "async": [f"phases.{index}.async_rollouts=true", f"phases.{index}.max_lag=1"]}
+    ahead = [f"phases.{index}.async_rollouts=true", f"phases.{index}.max_lag=1"]
+    variants = {"sync": [f"phases.{index}.async_rollouts=false", f"phases.{index}.max_lag=0"], "async": ahead,
+                "async_waits": [*ahead, "learner.publish_behind_step=false"]}  # each publish waits for the loads
     sync = load_config(config, common)
     model_dir = prepare_model_dir(sync.model, sync.task)
     init_ray(sync.cluster, needed_cpus(sync))
@@ -212,6 +213,7 @@ def bench_grpo(steps: int, config: str, warmup: int = 2, rounds: int = 2) -> dic
         finally:
             pool.shutdown()
     results["ratio"] = results["async"]["step_s"] / results["sync"]["step_s"]
+    results["publish_behind_vs_waits"] = results["async"]["step_s"] / results["async_waits"]["step_s"]
     results["floor"] = grpo_floor(results["sync"])
     results["async_vs_floor"] = results["async"]["step_s"] / results["floor"]["floor_s"]
     return results
@@ -233,13 +235,17 @@ def print_grpo(results: dict[str, Any]) -> None:
                      " sync s = publish + load")
     for col in ("mode", "step s", "rollout s", "reward s", "sync s", "rest s"):
         table.add_column(col, justify="left" if col == "mode" else "right")
-    for name in ("sync", "async"):
+    labels = {"sync": "sync", "async": "one step ahead", "async_waits": "one ahead, each publish waits for its loads"}
+    for name, label in labels.items():
+        if name not in results:  # (a run before the third mode)
+            continue
         r = results[name]
         waits = [r["rollout_s"], r.get("reward_s", 0.0), r["sync_s"]]
-        table.add_row(name if name == "sync" else "one step ahead", f"{r['step_s']:.3f}", *(f"{w:.3f}" for w in waits),
-                      f"{r['step_s'] - sum(waits):.3f}")
+        table.add_row(label, f"{r['step_s']:.3f}", *(f"{w:.3f}" for w in waits), f"{r['step_s'] - sum(waits):.3f}")
     console.print(table)
     console.print(f"one step ahead / synchronous: {results['ratio']:.2f}")
+    if "publish_behind_vs_waits" in results:
+        console.print(f"one step ahead, publish behind the step / each publish waiting: {results['publish_behind_vs_waits']:.2f}")
     f = results["floor"]
     console.print(f"one step ahead / its floor max(rollout + reward {f['rollout_s']:.3f}, update + publish {f['update_publish_s']:.3f})"
                   f" = {results['async_vs_floor']:.2f}")  # fmt: skip
@@ -281,11 +287,14 @@ def bench_polychromic(
             results[floor_label(same)] = _step_stats(out / "metrics.jsonl", "sft_same", warmup)
             variants = [(name, []) for name in diversity]
             if with_async:
-                variants.append((diversity[0], ["phases.0.async_rollouts=true", "phases.0.max_lag=1"]))
+                ahead = ["phases.0.async_rollouts=true", "phases.0.max_lag=1"]
+                variants.append((diversity[0], ahead))
+                variants.append((diversity[0], [*ahead, "learner.publish_behind_step=false"]))
             # the sync canary on every publish (default: every 50th): its cost per check
             variants.append((diversity[0], ["learner.sync_check_every=1"]))
             for i, (name, extra) in enumerate(variants):
-                tag = {"phases.0.async_rollouts=true": ", async", "learner.sync_check_every=1": ", canary every step"}
+                tag = {"phases.0.async_rollouts=true": ", async", "learner.sync_check_every=1": ", canary every step",
+                       "learner.publish_behind_step=false": ", publish waits"}
                 label = f"polychromic_sft[{name}{''.join(tag.get(e, '') for e in extra)}]"
                 poly = load_config(config, [*phases, "phases.0.type=polychromic_sft", f"phases.0.name=poly{i}",
                                             f"phases.0.diversity={name}", *extra])
@@ -470,6 +479,8 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, float, str]]:
     if "grpo" in results:
         rows.append(("GRPO step, one ahead / synchronous", results["grpo"]["ratio"], "<= 0.65"))
         rows.append(("GRPO step, one ahead / max(rollout + reward, update + publish)", results["grpo"]["async_vs_floor"], "<= 1.1"))
+        if "publish_behind_vs_waits" in results["grpo"]:
+            rows.append(("GRPO step, one ahead: publish behind the step / waited for", results["grpo"]["publish_behind_vs_waits"], "-"))
     if "polychromic" in results:
         p = results["polychromic"]
         rows += [(f"{name} step / SFT step", r["step_s"] / p["sft"]["step_s"], "-") for name, r in p.items()
