@@ -75,11 +75,14 @@ def compute_diversity(name: str, texts: list[str]) -> float:
     return get_diversity_fn(name)(list(texts))
 
 
-def compute_diversity_batch(name: str, groups: list[list[str]], batch_size: int = DEFAULT_BATCH_SIZE) -> list[float]:
+def compute_diversity_batch(
+    name: str, groups: list[list[str]], batch_size: int = DEFAULT_BATCH_SIZE, embedding_dtype: str = "float32"
+) -> list[float]:
     """Diversity of each group; equal to ``[compute_diversity(name, g) for g in groups]``.
 
     For embedding-based names the distinct texts of *all* groups are embedded in one
-    batched ``encode`` call and each group's value is computed from its rows.
+    batched ``encode`` call (the encoder's weights in ``embedding_dtype``) and each group's
+    value is computed from its rows.
     """
     fn = get_diversity_fn(name)
     from_embeddings = EMBEDDING_DIVERSITY_FUNCTIONS.get(name)
@@ -87,7 +90,7 @@ def compute_diversity_batch(name: str, groups: list[list[str]], batch_size: int 
         return [fn(list(g)) for g in groups]
     unique = list(dict.fromkeys(t for g in groups for t in g))
     row = {t: i for i, t in enumerate(unique)}
-    E = embed_texts(unique, batch_size=batch_size)  # (U, d), computed once
+    E = embed_texts(unique, batch_size=batch_size, dtype=embedding_dtype)  # (U, d), computed once
     out = []
     for g in groups:
         if len(g) < 2:  # same small-set convention as the text form

@@ -217,11 +217,13 @@ class SFTPhase:
         return {"loss": loss, "nll": loss}
 
 
-def compute_diversity_advantages(name: str, groups: list[list[str]], estimator: str, k: int) -> torch.Tensor:
+def compute_diversity_advantages(
+    name: str, groups: list[list[str]], estimator: str, k: int, embedding_dtype: str = "float32"
+) -> torch.Tensor:
     """(B, n) per-sample diversity marginals of each group (docs/algorithms.md §1): leave-one-out or k-subset.
 
     All the sets of all groups go through one ``compute_diversity_batch`` call, so an
-    embedding-based diversity embeds every text once.
+    embedding-based diversity embeds every text once (its encoder's weights in ``embedding_dtype``).
     """
     from polyray.diversity import compute_diversity_batch
 
@@ -230,7 +232,7 @@ def compute_diversity_advantages(name: str, groups: list[list[str]], estimator: 
         subsets = [tuple(range(n))] + [tuple(j for j in range(n) if j != i) for i in range(n)]
     else:
         subsets = enumerate_subsets(n, k)
-    values = compute_diversity_batch(name, [[g[i] for i in s] for g in groups for s in subsets])
+    values = compute_diversity_batch(name, [[g[i] for i in s] for g in groups for s in subsets], embedding_dtype=embedding_dtype)
     table = torch.tensor(values, dtype=torch.float64).view(len(groups), len(subsets))  # (B, S)
     if estimator == "loo":
         return compute_loo_advantages(table[:, 0], table[:, 1:])
@@ -244,14 +246,14 @@ class DiversityScorer:
     lock the update's own Python needs (docs/benchmarks.md, "Polychromic SFT"). The same function
     on the same texts: the same advantages."""
 
-    def __init__(self, threads: int):
-        from polyray.embeddings import get_encoder
+    def __init__(self, threads: int, embedding_dtype: str = "float32"):
+        from polyray.embeddings import BUNDLED_ENCODER, get_encoder
 
         torch.set_num_threads(threads)
-        get_encoder()  # loaded while the phase starts, not at its first step
+        get_encoder(BUNDLED_ENCODER, embedding_dtype)  # loaded while the phase starts, not at its first step
 
-    def advantages(self, name: str, groups: list[list[str]], estimator: str, k: int) -> torch.Tensor:
-        return compute_diversity_advantages(name, groups, estimator, k)
+    def advantages(self, name: str, groups: list[list[str]], estimator: str, k: int, embedding_dtype: str = "float32") -> torch.Tensor:
+        return compute_diversity_advantages(name, groups, estimator, k, embedding_dtype)
 
 
 def start_diversity_scorer(cfg: PolychromicSFTPhaseConfig, threads: int):
@@ -268,7 +270,7 @@ def start_diversity_scorer(cfg: PolychromicSFTPhaseConfig, threads: int):
     # on rank 0's node, outside the learner's placement group (like the adapter store); scoring is
     # idempotent, so a scorer that dies is restarted and its call retried
     options = dict(num_cpus=0, scheduling_strategy=on_this_node(), max_restarts=3, max_task_retries=3)
-    return ray.remote(DiversityScorer).options(**options).remote(threads)
+    return ray.remote(DiversityScorer).options(**options).remote(threads, cfg.embedding_dtype)
 
 
 @dataclass
@@ -431,8 +433,8 @@ class PolychromicSFTPhase(SamplingPhase, SFTPhase):
         if self.scorer is not None:
             import ray
 
-            return ray.get(self.scorer.advantages.remote(cfg.diversity, texts, cfg.estimator, cfg.subset_k))
-        return compute_diversity_advantages(cfg.diversity, texts, cfg.estimator, cfg.subset_k)
+            return ray.get(self.scorer.advantages.remote(cfg.diversity, texts, cfg.estimator, cfg.subset_k, cfg.embedding_dtype))
+        return compute_diversity_advantages(cfg.diversity, texts, cfg.estimator, cfg.subset_k, cfg.embedding_dtype)
 
     def _rollout(self, step: int, version: int) -> tuple[TrainBatch, dict[str, float]]:
         """Rank 0: the step's (B, n) samples with their diversity marginals, and the rollout's metrics."""

@@ -45,3 +45,15 @@ def test_the_scorer_gives_the_in_process_advantages_and_survives_a_kill(ray_clus
     got = ray.get(scorer.advantages.remote("semantic", GROUPS, "loo", 0), timeout=120)  # restarted
     assert torch.equal(got, compute_diversity_advantages("semantic", GROUPS, "loo", 0))
     assert ray.get(scorer.__ray_call__.remote(lambda self: os.getpid())) != pid
+
+
+def test_a_scorer_with_the_bfloat16_encoder_gives_its_in_process_advantages(ray_cluster):
+    """``embedding_dtype: bfloat16``: the scorer loads that encoder at start and scores with it, exactly as
+    the in-process function does with the same option (and not as float32 does)."""
+    import ray
+
+    cfg = _cfg(diversity="semantic", async_rollouts=True, max_lag=1, embedding_dtype="bfloat16")
+    scorer = start_diversity_scorer(cfg, 1)
+    got = ray.get(scorer.advantages.remote("semantic", GROUPS, "loo", 0, "bfloat16"))
+    assert torch.equal(got, compute_diversity_advantages("semantic", GROUPS, "loo", 0, "bfloat16"))
+    assert not torch.equal(got, compute_diversity_advantages("semantic", GROUPS, "loo", 0))

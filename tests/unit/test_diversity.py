@@ -68,7 +68,7 @@ def test_countdown_expr_normalisation():
 
 @pytest.mark.parametrize("name", sorted(ALL_NAMES))
 def test_small_sets(name, monkeypatch):
-    monkeypatch.setattr(embeddings_mod, "get_encoder", lambda name=None: FakeEncoder())
+    monkeypatch.setattr(embeddings_mod, "get_encoder", lambda name=None, dtype="float32": FakeEncoder())
     expected_single = 1.0 if name == "vendi" else 0.0  # Vendi is an effective item count, in [1, n]
     assert compute_diversity(name, ["just one"]) == expected_single
     assert compute_diversity(name, []) == 0.0
@@ -120,7 +120,7 @@ GROUPS = [
 @pytest.mark.parametrize("name", sorted(ALL_NAMES))
 def test_batched_equals_unbatched_one_encode_call(name, monkeypatch):
     fake = FakeEncoder()
-    monkeypatch.setattr(embeddings_mod, "get_encoder", lambda name=None: fake)
+    monkeypatch.setattr(embeddings_mod, "get_encoder", lambda name=None, dtype="float32": fake)
     singles = [compute_diversity(name, g) for g in GROUPS]
     fake.calls.clear()
     batched = compute_diversity_batch(name, GROUPS)
@@ -136,7 +136,7 @@ def test_loo_marginals_match_direct_values_in_one_encode_call(monkeypatch):
     from polyray.learner.phases import compute_diversity_advantages
 
     fake = FakeEncoder()
-    monkeypatch.setattr(embeddings_mod, "get_encoder", lambda name=None: fake)
+    monkeypatch.setattr(embeddings_mod, "get_encoder", lambda name=None, dtype="float32": fake)
     groups = [["the cat sat", "a dog ran", "cats sit"], ["x", "y", "x"]]
     adv = compute_diversity_advantages("semantic", groups, "loo", 2)
     assert len(fake.calls) == 1
@@ -168,3 +168,22 @@ def test_minilm_semantic_and_vendi(minilm):
         assert low < batched[2] <= high  # four mostly unrelated texts, one empty
     E = embeddings_mod.embed_texts(["", "x"])
     assert E.shape == (2, 384) and np.all(np.isfinite(E))
+
+
+@pytest.mark.slow
+def test_a_bfloat16_encoder_scores_as_float32_does_within_its_tolerance(minilm):
+    """The training option ``embedding_dtype: bfloat16``: its own cached encoder, unit-norm float32 rows whose
+    cosines are within 0.01 of float32's, and leave-one-out advantages that rank the samples alike."""
+    from polyray.learner.phases import compute_diversity_advantages
+
+    texts = ["(3 + 5) * 2", "3 * 5 + 2", "5 * (3 + 2)", "The cat sat on the mat.", "2 * 8", "16 - 0", "(8 * 2) - 0"]
+    full, half = embeddings_mod.embed_texts(texts), embeddings_mod.embed_texts(texts, dtype="bfloat16")
+    assert embeddings_mod.get_encoder(embeddings_mod.BUNDLED_ENCODER, "bfloat16") is not minilm
+    assert half.dtype == np.float32 and np.allclose(np.linalg.norm(half, axis=1), 1.0, atol=1e-5)
+    gap = np.abs(half @ half.T - full @ full.T).max()
+    assert 0 < gap < 0.01  # rounded (not the float32 encoder), within the stated tolerance
+    groups = [texts[:3], texts[3:6], [texts[0], texts[6], texts[4]]]
+    a32 = compute_diversity_advantages("semantic", groups, "loo", 2)
+    a16 = compute_diversity_advantages("semantic", groups, "loo", 2, "bfloat16")
+    assert (a16 - a32).abs().max() < 0.01
+    assert all(a16[b].argsort().tolist() == a32[b].argsort().tolist() for b in range(len(groups)))

@@ -265,6 +265,8 @@ def bench_polychromic(
     from polyray.rollout.pool import RolloutPool
     from polyray.rollout.store import open_store
 
+    from polyray.diversity import EMBEDDING_DIVERSITY_FUNCTIONS
+
     phases = [f"phases.0.steps={steps}", "phases.0.checkpoint_every=1000", "learner.num_workers=1", "rollout.num_workers=1"]
     sft = load_config(config, phases)
     model_dir = prepare_model_dir(sft.model, sft.task)
@@ -290,11 +292,13 @@ def bench_polychromic(
                 ahead = ["phases.0.async_rollouts=true", "phases.0.max_lag=1"]
                 variants.append((diversity[0], ahead))
                 variants.append((diversity[0], [*ahead, "learner.publish_behind_step=false"]))
+                if diversity[0] in EMBEDDING_DIVERSITY_FUNCTIONS:
+                    variants.append((diversity[0], [*ahead, "phases.0.embedding_dtype=bfloat16"]))
             # the sync canary on every publish (default: every 50th): its cost per check
             variants.append((diversity[0], ["learner.sync_check_every=1"]))
             for i, (name, extra) in enumerate(variants):
                 tag = {"phases.0.async_rollouts=true": ", async", "learner.sync_check_every=1": ", canary every step",
-                       "learner.publish_behind_step=false": ", publish waits"}
+                       "learner.publish_behind_step=false": ", publish waits", "phases.0.embedding_dtype=bfloat16": ", bf16 encoder"}
                 label = f"polychromic_sft[{name}{''.join(tag.get(e, '') for e in extra)}]"
                 poly = load_config(config, [*phases, "phases.0.type=polychromic_sft", f"phases.0.name=poly{i}",
                                             f"phases.0.diversity={name}", *extra])
@@ -310,15 +314,23 @@ def floor_label(sequences: int) -> str:
     return f"sft[{sequences} sequences: references + samples]"
 
 
-def polychromic_floor(results: dict[str, dict[str, float]]) -> tuple[str, float] | None:
-    """(variant, its step / the floor's): the one-step-ahead polychromic variant (else the first) against the
-    SFT step on as many sequences."""
+def polychromic_floor(results: dict[str, dict[str, float]], variant: str = ", async]") -> tuple[str, float] | None:
+    """(variant, its step / the floor's): the polychromic variant whose name ends with ``variant`` (default:
+    one step ahead; else the first) against the SFT step on as many sequences."""
     floor = next((k for k in results if k.startswith("sft[")), None)
     poly = [k for k in results if k.startswith("polychromic_sft[")]
     if floor is None or not poly:
         return None
-    name = next((k for k in poly if k.endswith(", async]")), poly[0])
+    name = next((k for k in poly if k.endswith(variant)), poly[0])
     return name, results[name]["step_s"] / results[floor]["step_s"]
+
+
+def polychromic_floors(results: dict[str, dict[str, float]]) -> list[tuple[str, float]]:
+    """:func:`polychromic_floor` of the one-step-ahead variant and, when it ran, of the one with the bfloat16 encoder."""
+    floors = [polychromic_floor(results)]
+    if any(k.endswith(", async, bf16 encoder]") for k in results):
+        floors.append(polychromic_floor(results, ", async, bf16 encoder]"))
+    return [f for f in floors if f is not None]
 
 
 def print_polychromic(results: dict[str, dict[str, float]]) -> None:
@@ -334,9 +346,8 @@ def print_polychromic(results: dict[str, dict[str, float]]) -> None:
         table.add_row(escape(name), f"{r['step_s']:.3f}", f"{r['step_s'] / base:.2f}x", *(f"{v:.3f}" for v in parts),
                       f"{canary:.3f}" if "canary_s" in r else "–", f"{r['step_s'] - sum(parts) - canary:.3f}")
     console.print(table)
-    floor = polychromic_floor(results)
-    if floor is not None:
-        console.print(f"{escape(floor[0])} / its floor (SFT on as many sequences, sampling hidden): {floor[1]:.2f}")
+    for name, ratio in polychromic_floors(results):
+        console.print(f"{escape(name)} / its floor (SFT on as many sequences, sampling hidden): {ratio:.2f}")
 
 
 def bench_reward(n_requests: int = 300, max_seconds: float = 20.0) -> dict[str, Any]:
@@ -485,9 +496,7 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, float, str]]:
         p = results["polychromic"]
         rows += [(f"{name} step / SFT step", r["step_s"] / p["sft"]["step_s"], "-") for name, r in p.items()
                  if not name.startswith("sft")]  # fmt: skip
-        floor = polychromic_floor(p)
-        if floor is not None:
-            rows.append((f"{floor[0]} step / SFT step on references + samples", floor[1], "<= 1.2"))
+        rows += [(f"{name} step / SFT step on references + samples", ratio, "<= 1.2") for name, ratio in polychromic_floors(p)]
     if "peer" in results:
         r, large = results["peer"]["ratios"], results["peer"].get("large")
         rows += [("GRPO step, polyray / TRL", r["grpo_step_polyray_vs_trl"], "<= 0.5"),
