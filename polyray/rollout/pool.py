@@ -92,13 +92,8 @@ class RolloutPool:
         soon as the store has handed out the version id, with the loads queued on every worker. A
         worker runs its calls in the order this process sent them, so a generation asked for the
         version after this call samples it. ``.result()`` waits for the rest and raises its errors."""
-        from polyray.rollout.store import adapter_hash, to_wire
-
-        if self.store is None:
-            raise RuntimeError("this rollout pool has no adapter store to publish to")
         started = time.perf_counter()
-        sha = adapter_hash(adapter)
-        ref = ray.put(to_wire(adapter))
+        sha, ref = self._put_object(adapter)
         version = ray.get(self.store.reserve_next.remote(sha))
         stored = self.store.put.remote(version, ref, phase, step, sha)  # the store writes while the workers load
         return PendingPublish(self, version, started, stored, partial(_load, version, ref, sha))
@@ -109,19 +104,22 @@ class RolloutPool:
         return self._publish(adapter, version, phase, step)[1]
 
     def _publish(self, adapter: dict[str, Any], version: int, phase: str, step: int) -> tuple[int, float]:
-        """One ``ray.put`` of the adapter (:func:`~polyray.rollout.store.to_wire` form), which the store
-        persists under the id the caller named (it refuses a used one before any worker loads it) and
-        every worker loads, each checking it against the hash computed here; (version, seconds)."""
+        """The adapter's object (:meth:`_put_object`), persisted by the store under the id the caller named
+        (it refuses a used one before any worker loads it), then loaded on every worker; (version, seconds)."""
+        started = time.perf_counter()
+        sha, ref = self._put_object(adapter)
+        ray.get(self.store.put.remote(version, ref, phase, step, sha))
+        self._on_every_worker(partial(_load, version, ref, sha))
+        return version, time.perf_counter() - started
+
+    def _put_object(self, adapter: dict[str, Any]) -> tuple[str, Any]:
+        """(the adapter's hash, one ``ray.put`` of it in :func:`~polyray.rollout.store.to_wire` form), which
+        the store persists and every worker loads, each checking it against the hash."""
         from polyray.rollout.store import adapter_hash, to_wire
 
         if self.store is None:
             raise RuntimeError("this rollout pool has no adapter store to publish to")
-        started = time.perf_counter()
-        sha = adapter_hash(adapter)
-        ref = ray.put(to_wire(adapter))
-        ray.get(self.store.put.remote(version, ref, phase, step, sha))
-        self._on_every_worker(partial(_load, version, ref, sha))
-        return version, time.perf_counter() - started
+        return adapter_hash(adapter), ray.put(to_wire(adapter))
 
     def holds(self, version: int) -> bool:
         """Whether the store holds ``version``'s weights (an id handed out by a put that was killed
