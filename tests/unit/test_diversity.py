@@ -187,3 +187,19 @@ def test_a_bfloat16_encoder_scores_as_float32_does_within_its_tolerance(minilm):
     a16 = compute_diversity_advantages("semantic", groups, "loo", 2, "bfloat16")
     assert (a16 - a32).abs().max() < 0.01
     assert all(a16[b].argsort().tolist() == a32[b].argsort().tolist() for b in range(len(groups)))
+
+
+def test_auto_encoder_dtype_is_bfloat16_only_where_the_cpu_has_it(monkeypatch, capsys):
+    from polyray.config import PolychromicSFTPhaseConfig
+    from polyray.learner.phases import embedding_dtype_of
+
+    cfg = PolychromicSFTPhaseConfig(name="poly", type="polychromic_sft")
+    assert cfg.embedding_dtype == "auto"
+    for native, want in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(embeddings_mod, "native_bfloat16", lambda native=native: native)
+        assert embeddings_mod.resolve_dtype("auto") == want
+        assert embeddings_mod.resolve_dtype("float32") == "float32" and embeddings_mod.resolve_dtype("bfloat16") == "bfloat16"
+        assert embedding_dtype_of(cfg) == want
+        assert f"sentence encoder runs in {want} (embedding_dtype: auto)" in capsys.readouterr().out
+    assert embedding_dtype_of(cfg.model_copy(update={"diversity": "countdown_expr"})) == "float32"
+    assert capsys.readouterr().out == ""  # no encoder: nothing to say

@@ -293,12 +293,12 @@ def bench_polychromic(
                 variants.append((diversity[0], ahead))
                 variants.append((diversity[0], [*ahead, "learner.publish_behind_step=false"]))
                 if diversity[0] in EMBEDDING_DIVERSITY_FUNCTIONS:
-                    variants.append((diversity[0], [*ahead, "phases.0.embedding_dtype=bfloat16"]))
+                    variants.append((diversity[0], [*ahead, "phases.0.embedding_dtype=float32"]))
             # the sync canary on every publish (default: every 50th): its cost per check
             variants.append((diversity[0], ["learner.sync_check_every=1"]))
             for i, (name, extra) in enumerate(variants):
                 tag = {"phases.0.async_rollouts=true": ", async", "learner.sync_check_every=1": ", canary every step",
-                       "learner.publish_behind_step=false": ", publish waits", "phases.0.embedding_dtype=bfloat16": ", bf16 encoder"}
+                       "learner.publish_behind_step=false": ", publish waits", "phases.0.embedding_dtype=float32": ", float32 encoder"}
                 label = f"polychromic_sft[{name}{''.join(tag.get(e, '') for e in extra)}]"
                 poly = load_config(config, [*phases, "phases.0.type=polychromic_sft", f"phases.0.name=poly{i}",
                                             f"phases.0.diversity={name}", *extra])
@@ -326,10 +326,11 @@ def polychromic_floor(results: dict[str, dict[str, float]], variant: str = ", as
 
 
 def polychromic_floors(results: dict[str, dict[str, float]]) -> list[tuple[str, float]]:
-    """:func:`polychromic_floor` of the one-step-ahead variant and, when it ran, of the one with the bfloat16 encoder."""
+    """:func:`polychromic_floor` of the one-step-ahead variant (its encoder's dtype ``auto``) and, when it ran,
+    of the one with the float32 encoder."""
     floors = [polychromic_floor(results)]
-    if any(k.endswith(", async, bf16 encoder]") for k in results):
-        floors.append(polychromic_floor(results, ", async, bf16 encoder]"))
+    if any(k.endswith(", async, float32 encoder]") for k in results):
+        floors.append(polychromic_floor(results, ", async, float32 encoder]"))
     return [f for f in floors if f is not None]
 
 
