@@ -431,8 +431,10 @@ class PolychromicSFTPhase(SamplingPhase, SFTPhase):
     def __init__(self, cfg: PolychromicSFTPhaseConfig, task: Task, n_train: int, ctx: StepContext, pool=None):
         SFTPhase.__init__(self, cfg, task, n_train, ctx, pool)
         self._init_rollouts(cfg, task, n_train, pool)
-        self.embedding_dtype = embedding_dtype_of(cfg) if ctx.rank == 0 else cfg.embedding_dtype
-        self.scorer = start_diversity_scorer(cfg, torch.get_num_threads(), self.embedding_dtype) if ctx.rank == 0 else None
+        self.embedding_dtype = self.scorer = None  # rank 0 alone scores the samples
+        if ctx.rank == 0:
+            self.embedding_dtype = embedding_dtype_of(cfg)  # "auto" resolved on this machine
+            self.scorer = start_diversity_scorer(cfg, torch.get_num_threads(), self.embedding_dtype)
 
     @property
     def rollout_draw(self) -> str:
