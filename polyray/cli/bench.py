@@ -189,6 +189,7 @@ def peer(
     overrides: List[str] = typer.Option([], "--set", help="Dotted override of the config for both trainers (repeatable)."),
     warmup: int = typer.Option(2, "--warmup", min=0, help="Steps left out of each phase's step statistics."),
     threads: int = typer.Option(2, "--threads", min=1, help="Torch threads of the TRL process (the cores polyray's workers share)."),
+    margin: float = typer.Option(0.02, "--margin", help="Non-inferiority margin (> 0) of test pass@k: polyray at least TRL's minus this."),
     large: bool = typer.Option(True, "--large/--no-large", help="Also the larger-model generation and learner ratios."),
     large_shape: str = typer.Option(
         "2,1024,3072,16,8,128,151936", "--large-shape",
@@ -215,6 +216,8 @@ def peer(
     from polyray.drivers.bench.peer import bench_large, bench_peer, peer_settings, print_large, print_peer
     from polyray.drivers.bench.suite import console
 
+    if not margin > 0:
+        fail(f"--margin: must be > 0, got {margin}")
     with user_errors():
         run = load_config(config, list(overrides))
         peer_settings(run)  # a setting TRL cannot express: one line, before anything starts
@@ -227,7 +230,7 @@ def peer(
     else:
         fail(f"--large-shape: {large_shape!r} is not 7 positive integers layers,hidden,intermediate,heads,kv_heads,head_dim,vocab")
     stage = console.rule  # no status spinner: the polyray run shows its own progress bars
-    results = bench_peer(config, list(overrides), list(range(seeds)), warmup, threads, on_stage=stage)
+    results = bench_peer(config, list(overrides), list(range(seeds)), warmup, threads, on_stage=stage, margin=margin)
     if large:
         results["large"] = bench_large(shape, large_prompts, large_n, large_tokens, large_repeats, threads,
                                        run.learner.lora, large_learner_sequences, on_stage=stage)  # fmt: skip

@@ -70,6 +70,7 @@ __all__ = [
     "interval_over_seeds_and_prompts",
     "mann_whitney_seeds",
     "mean_ci",
+    "noninferiority_paired",
     "pair_prompts",
     "paired_t",
     "raised_and_kept",
@@ -540,6 +541,30 @@ def equivalence_tost(
         ci = st.ttest_ind(x, y, equal_var=False).confidence_interval(confidence_level=1 - 2 * alpha)
     p = float(p)
     return {**out, "pvalue": p, "equivalent": bool(p < alpha), "low": float(ci.low), "high": float(ci.high)}
+
+
+def noninferiority_paired(a, b, margin: float, alpha: float = ALPHA) -> dict[str, Any]:
+    """Non-inferiority of a to b by ``margin``, paired by seed: one one-sided paired t-test.
+
+    H0: mean(a − b) ≤ −margin against H1: mean(a − b) > −margin (``scipy.stats.ttest_1samp`` of the
+    per-seed differences against −margin, ``alternative="greater"``). ``noninferior`` iff p < alpha,
+    the same as the one-sided (1 − α) lower bound ``low`` of the mean difference lying above
+    −margin. The claim "a is at least as good as b" with no difference detected is this test: a
+    two-sided interval that holds 0 says nothing about a being no worse. No spread (or one seed):
+    undefined (None).
+    """
+    if not margin > 0:
+        raise ValueError(f"margin must be > 0, got {margin}")
+    d = _seed_differences(a, b)
+    out: dict[str, Any] = {"margin": float(margin), "alpha": alpha, "method": "one-sided paired t",
+                           "mean": float(d.mean()) if d.size else None}
+    if d.size < 2 or np.ptp(d) == 0:
+        return {**out, "pvalue": None, "noninferior": None, "low": None,
+                "note": "no spread (or one seed): the non-inferiority test is undefined"}
+    res = st.ttest_1samp(d, -margin, alternative="greater")
+    low = float(d.mean() - st.t.ppf(1 - alpha, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size))
+    p = float(res.pvalue)
+    return {**out, "pvalue": p, "noninferior": bool(p < alpha), "low": low}
 
 
 def mann_whitney_seeds(a: np.ndarray, b: np.ndarray, seed: int = 0) -> dict[str, Any]:

@@ -38,6 +38,7 @@ def test_peer_smoke_compares_both_trainers_and_the_larger_model(tmp_path):
     # one seed: means, no paired test
     c = r["compared"]["grpo_step_s"]
     assert c["paired_t"]["pvalue"] is None and c["polyray"] == [seed["polyray"]["steps"]["grpo"]["step_s"]]
+    assert r["compared"]["grpo_pass@1"]["noninferiority"]["pvalue"] is None  # nor a non-inferiority test
     assert set(r["ratios"]) == {"grpo_step_polyray_vs_trl", "sft_step_polyray_vs_trl", "end_to_end_polyray_vs_trl"}
     large = r["large"]
     assert large["vllm"]["tokens"] == large["transformers"]["tokens"] == 2 * 2 * 16  # fixed length: equal counts

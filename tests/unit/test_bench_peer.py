@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from polyray.config import load_config
-from polyray.drivers.bench.peer import paired, peer_settings, step_stats
+from polyray.drivers.bench.peer import compare_engines, paired, peer_settings, print_peer, step_stats
 from polyray.drivers.bench.suite import grpo_floor, polychromic_floor, summary_rows
 from polyray.io import ConfigError
 
@@ -112,6 +112,46 @@ def test_paired_comparison_is_polyray_minus_trl_per_seed():
     assert (c["paired_t"]["low"] + c["paired_t"]["high"]) / 2 == pytest.approx(d.mean())
 
 
+def _engine(step: float, pass1: float) -> dict:
+    steps = {p: {"step_s": step, "tokens_per_s": 10 / step} for p in ("sft", "grpo")}
+    return {"steps": steps, "end_to_end_s": 60 * step, "eval": {p: {"pass@1": pass1, "pass@10": 2 * pass1} for p in ("sft", "grpo")}}
+
+
+def test_compare_engines_tests_pass_at_k_non_inferiority_at_the_margin():
+    from statsmodels.stats.weightstats import DescrStatsW
+
+    poly = [0.19, 0.17, 0.21, 0.18, 0.20]
+    trl = [0.18, 0.18, 0.20, 0.19, 0.19]
+    per_seed = {s: {"polyray": _engine(0.2, a), "trl": _engine(0.25, b)} for s, (a, b) in enumerate(zip(poly, trl))}
+    compared, ratios = compare_engines(per_seed, margin=0.02)
+    assert set(compared) >= {"grpo_step_s", "grpo_pass@1", "grpo_pass@10", "sft_pass@1"}
+    ni = compared["grpo_pass@1"]["noninferiority"]
+    d = np.array(poly) - np.array(trl)
+    assert ni["pvalue"] == pytest.approx(DescrStatsW(d).ttest_mean(-0.02, alternative="larger")[1])
+    assert ni["noninferior"] is (ni["pvalue"] < 0.05) and "noninferiority" not in compared["grpo_step_s"]
+    assert ratios["grpo_step_polyray_vs_trl"] == pytest.approx(0.8) and ratios["end_to_end_polyray_vs_trl"] == pytest.approx(0.8)
+    # a margin far inside the spread: not shown
+    assert compare_engines(per_seed, margin=0.001)[0]["grpo_pass@1"]["noninferiority"]["noninferior"] is False
+
+
+def test_print_peer_shows_the_non_inferiority_test():
+    from rich.console import Console
+
+    per_seed = {s: {"polyray": _engine(0.2, 0.19 + 0.01 * s), "trl": _engine(0.25, 0.185 + 0.005 * s)} for s in range(3)}
+    compared, ratios = compare_engines(per_seed, margin=0.02)
+    settings = {"sft": {"max_steps": 4, "per_device_train_batch_size": 8},
+                "grpo": {"max_steps": 4, "per_device_train_batch_size": 16, "num_generations": 8,
+                         "max_completion_length": 24, "temperature": 1.0}, "lora": {"r": 8}}  # fmt: skip
+    results = {"settings": settings, "trl_version": "1.x", "seeds": [0, 1, 2], "compared": compared, "ratios": ratios,
+               "per_seed": {str(s): {e: {"steps": {"grpo": {"iqr_s": 0.01}}} for e in ("polyray", "trl")} for s in range(3)},
+               "polyray_startup_s": {"ray_start": 5.0}}  # fmt: skip
+    console = Console(record=True, width=250)
+    print_peer(results, console)
+    text = console.export_text()
+    ni = compared["grpo_pass@1"]["noninferiority"]
+    assert f"m 0.02: p {ni['pvalue']:.3f}, > {ni['low']:+.3f}" in text
+
+
 def test_grpo_floor_is_the_longer_of_rollout_and_the_rest():
     assert grpo_floor({"step_s": 1.0, "rollout_s": 0.3})["floor_s"] == pytest.approx(0.7)
     f = grpo_floor({"step_s": 1.0, "rollout_s": 0.8})
@@ -186,6 +226,7 @@ def test_fixed_length_generate_makes_every_completion_full_length(tmp_path):
     [
         (["--large-shape", "1,64,128"], "--large-shape: '1,64,128' is not 7 positive integers"),
         (["--set", "phases.1.dynamic_sampling=true"], "phases.1.dynamic_sampling: TRL's GRPOTrainer keeps every group"),
+        (["--margin", "0"], "--margin: must be > 0, got 0.0"),
     ],
 )
 @pytest.mark.timeout(120)  # a check that lets bad input through would start the whole benchmark

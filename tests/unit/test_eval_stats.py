@@ -34,6 +34,7 @@ from polyray.eval.stats import (
     interval_over_seeds,
     interval_over_seeds_and_prompts,
     mean_ci,
+    noninferiority_paired,
     pair_prompts,
     paired_t,
     welch_t,
@@ -327,6 +328,31 @@ def test_tost_against_statsmodels_and_two_one_sided_scipy_tests():
     assert equivalence_tost([0.4, 0.4], [0.4, 0.4], 0.01, paired=True)["pvalue"] is None
     with pytest.raises(ValueError, match="margin"):
         equivalence_tost(SEED_A, SEED_B, 0.0, paired=True)
+
+
+def test_noninferiority_against_statsmodels_and_its_one_sided_bound():
+    from statsmodels.stats.weightstats import DescrStatsW
+
+    d = SEED_A - SEED_B
+    for margin in (0.005, 0.02, 0.05):
+        out = noninferiority_paired(SEED_A, SEED_B, margin)
+        assert out["pvalue"] == pytest.approx(DescrStatsW(d).ttest_mean(-margin, alternative="larger")[1])
+        assert out["mean"] == pytest.approx(d.mean())
+    # a float64 loop for the one-sided 95% lower bound: mean - t_{0.95, n-1} * sd / sqrt(n)
+    n = len(d)
+    mean = sum(float(x) for x in d) / n
+    sd = (sum((float(x) - mean) ** 2 for x in d) / (n - 1)) ** 0.5
+    assert noninferiority_paired(SEED_A, SEED_B, 0.02)["low"] == pytest.approx(mean - st.t.ppf(0.95, n - 1) * sd / n**0.5)
+    # non-inferior iff the lower bound clears -margin; a worse a is not non-inferior at a small margin
+    rng = np.random.default_rng(4)
+    for _ in range(30):
+        a, b = rng.normal(0.4, 0.02, 6), rng.normal(0.4, 0.02, 6)
+        out = noninferiority_paired(a, b, 0.02)
+        assert out["noninferior"] == (out["low"] > -0.02)
+    assert noninferiority_paired(B, A, 0.01)["noninferior"] is False  # B is below A by ~0.07
+    assert noninferiority_paired([0.4, 0.5], [0.4, 0.5], 0.01)["pvalue"] is None
+    with pytest.raises(ValueError, match="margin"):
+        noninferiority_paired(SEED_A, SEED_B, 0.0)
 
 
 def test_compare_over_seeds_pairs_by_seed_id_and_is_unpaired_otherwise():

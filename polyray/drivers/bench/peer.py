@@ -356,6 +356,8 @@ def paired(per_seed: dict[int, dict[str, Any]], path: tuple[str, ...]) -> dict[s
             "paired_t": paired_t(a, b)}  # fmt: skip
 
 
+# pass@k "at least TRL's": polyray's mean over seeds no more than this below TRL's, by a one-sided paired test
+NONINFERIORITY_MARGIN = 0.02
 COMPARED = {  # name -> path under each engine's per-seed results
     "sft_step_s": ("steps", "sft", "step_s"), "grpo_step_s": ("steps", "grpo", "step_s"),
     "sft_tokens_per_s": ("steps", "sft", "tokens_per_s"), "grpo_tokens_per_s": ("steps", "grpo", "tokens_per_s"),
@@ -363,8 +365,26 @@ COMPARED = {  # name -> path under each engine's per-seed results
 }  # fmt: skip
 
 
-def bench_peer(config: str, overrides: list[str], seeds: list[int], warmup: int, threads: int, on_stage=None) -> dict[str, Any]:
-    """polyray then TRL per seed (never at once), then TRL's adapters evaluated on one pool; the paired comparison."""
+def compare_engines(per_seed: dict[int, dict[str, Any]], margin: float = NONINFERIORITY_MARGIN) -> tuple[dict, dict]:
+    """(compared, ratios): each measure's paired comparison over seeds (``COMPARED``, then test pass@k after each
+    phase), each pass@k with its non-inferiority test at ``margin``; polyray / TRL of the step and end-to-end means."""
+    from polyray.eval.stats import noninferiority_paired
+
+    first = per_seed[min(per_seed)]
+    compared = {name: paired(per_seed, path) for name, path in COMPARED.items()}
+    for key in ("sft", "grpo"):
+        for k in first["polyray"]["eval"][key]:  # the config's eval.ks, in order
+            c = compared[f"{key}_{k}"] = paired(per_seed, ("eval", key, k))
+            c["noninferiority"] = noninferiority_paired(c["polyray"], c["trl"], margin)
+    ratios = {f"{name[:-2]}_polyray_vs_trl": compared[name]["polyray_mean"] / compared[name]["trl_mean"]
+              for name in ("grpo_step_s", "sft_step_s", "end_to_end_s")}  # fmt: skip
+    return compared, ratios
+
+
+def bench_peer(config: str, overrides: list[str], seeds: list[int], warmup: int, threads: int, on_stage=None,
+               margin: float = NONINFERIORITY_MARGIN) -> dict[str, Any]:  # fmt: skip
+    """polyray then TRL per seed (never at once), then TRL's adapters evaluated on one pool; the paired comparison,
+    and for each test pass@k the paired non-inferiority test of polyray against TRL at ``margin``."""
     from polyray.config import load_config
 
     say = on_stage or (lambda text: None)
@@ -390,14 +410,7 @@ def bench_peer(config: str, overrides: list[str], seeds: list[int], warmup: int,
         per_seed[seed]["trl"]["eval"] = evals[seed]
         for r in per_seed[seed].values():
             r.pop("adapters")  # temporary directories, gone
-    ks = list(per_seed[seeds[0]]["polyray"]["eval"]["grpo"])  # the config's eval.ks, in order
-    compared = {name: paired(per_seed, path) for name, path in COMPARED.items()}
-    for key in ("sft", "grpo"):
-        for k in ks:
-            compared[f"{key}_{k}"] = paired(per_seed, ("eval", key, k))
-    ratios = {"grpo_step_polyray_vs_trl": compared["grpo_step_s"]["polyray_mean"] / compared["grpo_step_s"]["trl_mean"],
-              "sft_step_polyray_vs_trl": compared["sft_step_s"]["polyray_mean"] / compared["sft_step_s"]["trl_mean"],
-              "end_to_end_polyray_vs_trl": compared["end_to_end_s"]["polyray_mean"] / compared["end_to_end_s"]["trl_mean"]}  # fmt: skip
+    compared, ratios = compare_engines(per_seed, margin)
     startup = {k: statistics.median(per_seed[s]["polyray"]["startup_s"][k] for s in seeds)
                for k in per_seed[seeds[0]]["polyray"]["startup_s"]}  # fmt: skip
     return {"config": config, "overrides": overrides, "seeds": seeds, "warmup": warmup, "trl_threads": threads,
@@ -468,15 +481,18 @@ def print_peer(results: dict[str, Any], console) -> None:
                         f" {g['max_completion_length']} tokens, T {g['temperature']:g}, LoRA r {s['lora']['r']}")  # fmt: skip
     table.caption = ("step s: median over the steps after warm-up (per seed, then the mean over seeds); tokens/s:"
                      " completion tokens per second of step; end to end: start to trained GRPO adapter, evaluations"
-                     " excluded; p: paired t-test over seeds of polyray − TRL")  # fmt: skip
-    for col in ("measure", "polyray", "TRL", "polyray / TRL", "polyray − TRL (95% CI)", "p"):
+                     " excluded; p: paired t-test over seeds of polyray − TRL; ≥ TRL − m: one-sided paired"
+                     " non-inferiority test of pass@k at margin m (p, and the one-sided 95% lower bound)")  # fmt: skip
+    for col in ("measure", "polyray", "TRL", "polyray / TRL", "polyray − TRL (95% CI)", "p", "≥ TRL − m"):
         table.add_column(col, justify="left" if col == "measure" else "right")
     for name, c in results["compared"].items():
         t = c["paired_t"]
         ci = f"[{t['low']:+.3f}, {t['high']:+.3f}]" if t.get("low") is not None else "-"
         ratio = c["polyray_mean"] / c["trl_mean"] if c["trl_mean"] else float("nan")
+        ni = c.get("noninferiority")
+        shown = "-" if not ni or ni["pvalue"] is None else f"m {ni['margin']:g}: p {ni['pvalue']:.3f}, > {ni['low']:+.3f}"
         table.add_row(name.replace("_", " "), f"{c['polyray_mean']:.3f}", f"{c['trl_mean']:.3f}", f"{ratio:.2f}", ci,
-                      _cell(t, "pvalue", "{:.3f}"))  # fmt: skip
+                      _cell(t, "pvalue", "{:.3f}"), shown)  # fmt: skip
     console.print(table)
     per = results["per_seed"]
     iqr = "; ".join(f"seed {seed}: GRPO IQR polyray {r['polyray']['steps']['grpo']['iqr_s']:.3f} s,"
