@@ -98,10 +98,12 @@ class FixedPool:
     def __init__(self, tokenizer, max_tokens: int = 5, logprob: float = -1.5, version: int = 1):
         self.tokenizer, self.max_tokens, self.logprob, self.version = tokenizer, max_tokens, logprob, version
 
-    def submit(self, prompts: list[str], n: int, sampling, version=None, adapter_name=None, seeds=None):
-        return _Done(self.generate(prompts, n, sampling, version))
+    def submit(self, prompts: list[str], n: int, sampling, version=None, adapter_name=None, seeds=None, reference=None):
+        return _Done(self.generate(prompts, n, sampling, version, reference=reference))
 
-    def generate(self, prompts: list[str], n: int, sampling, version=None, adapter_name=None, seeds=None):
+    def generate(self, prompts: list[str], n: int, sampling, version=None, adapter_name=None, seeds=None, reference=None):
+        if reference is not None:
+            raise NotImplementedError("FixedPool scores no KL reference (tests/unit/test_kl_reference.py has one that does)")
         vocab = len(self.tokenizer)
         groups = []
         for i, text in enumerate(prompts):
@@ -123,11 +125,13 @@ class GeneratePool:
     def __init__(self, model, tokenizer, version: int = 1):
         self.model, self.tokenizer, self.version = model, tokenizer, version
 
-    def submit(self, prompts: list[str], n: int, sampling, version=None, adapter_name=None, seeds=None):
-        return _Done(self.generate(prompts, n, sampling, version))
+    def submit(self, prompts: list[str], n: int, sampling, version=None, adapter_name=None, seeds=None, reference=None):
+        return _Done(self.generate(prompts, n, sampling, version, reference=reference))
 
     @torch.no_grad()
-    def generate(self, prompts: list[str], n: int, sampling, version=None, adapter_name=None, seeds=None):
+    def generate(self, prompts: list[str], n: int, sampling, version=None, adapter_name=None, seeds=None, reference=None):
+        if reference is not None:
+            raise NotImplementedError("GeneratePool scores no KL reference")
         model = getattr(self.model, "module", self.model)
         device = next(model.parameters()).device
         groups = []

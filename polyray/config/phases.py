@@ -189,6 +189,12 @@ class GRPOPhaseConfig(StrictModel):
         description="KL reference: the policy at the start of this phase (a frozen copy of the incoming adapter),"
         " or the adapter-disabled base model.",
     )
+    kl_reference_logprobs: Literal["learner", "rollouts"] = Field(
+        "learner",
+        description="Where the KL reference's log-probs come from: a no-grad forward on each learner rank, or the"
+        " rollout workers, which score each sample under the reference right after drawing it (vLLM prompt"
+        " log-probs; with async_rollouts off the learner's path). 'rollouts' needs sampling.temperature 1.",
+    )
     advantage: AdvantageConfig = Field(
         default_factory=GroupAdvantageConfig,
         description="Advantage estimator and its parameters, e.g. {type: passk, k: 4} (docs/algorithms.md §3).",
@@ -215,6 +221,11 @@ class GRPOPhaseConfig(StrictModel):
     def _k_fits_group(self) -> "GRPOPhaseConfig":
         self.advantage.check_group(self.group_size)
         _check_sampling_phase(self)
+        if self.kl_reference_logprobs == "rollouts" and self.sampling.temperature != 1:
+            raise ValueError(
+                f"kl_reference_logprobs 'rollouts' needs sampling.temperature 1 (got {self.sampling.temperature:g}):"
+                " vLLM scores a given sequence at temperature 1 only; use 'learner'"
+            )
         return self
 
     def check_run(self, learner_workers: int, store_keep: int) -> None:

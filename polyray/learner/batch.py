@@ -79,11 +79,14 @@ class TrainBatch(Sequences):
       (polychromic SFT);
     - ``group_size``: G, samples per prompt: sequences [b*G, (b+1)*G) are group b, so N = B*G.
       None on a shard taken by sequence, which need not hold whole groups.
+    - ``reference_logprobs``: None, or N entries: sequence i's completion log-probs under the KL
+      reference as the rollout workers scored them (``Sample.ref_logprobs``), None where they could not.
     """
 
     sample_logprobs: list[list[float]]
     advantages: torch.Tensor
     group_size: int | None
+    reference_logprobs: list[list[float] | None] | None = None
 
     @classmethod
     def from_groups(
@@ -98,6 +101,7 @@ class TrainBatch(Sequences):
             sample_logprobs=[s.logprobs for s in samples],
             advantages=advantages[rows].reshape(-1).to(torch.float64),
             group_size=len(groups[0]) if groups else 0,
+            reference_logprobs=[s.ref_logprobs for s in samples] if any(s.ref_logprobs is not None for s in samples) else None,
         )
 
     @property
@@ -122,6 +126,7 @@ class TrainBatch(Sequences):
             sample_logprobs=[self.sample_logprobs[i] for i in index],
             advantages=self.advantages[torch.tensor(index, dtype=torch.long)],
             group_size=group_size,
+            reference_logprobs=None if self.reference_logprobs is None else [self.reference_logprobs[i] for i in index],
         )
 
     def groups(self) -> list[range]:
@@ -164,9 +169,22 @@ class TrainBatch(Sequences):
     def completion_logprobs(self, width: int, dtype: torch.dtype) -> torch.Tensor:
         """(N, width) CPU tensor of ``sample_logprobs`` with column j = completion token j (the layout of
         :meth:`pack_groups`' log-probs), 0 past each completion."""
+        return self._columns(self.sample_logprobs, width, dtype, [0] * len(self))
+
+    def reference_columns(self, width: int, dtype: torch.dtype, targets: bool) -> torch.Tensor | None:
+        """``reference_logprobs`` laid out as :meth:`target_logprobs` (``targets``) or :meth:`completion_logprobs`
+        lay out the sampling log-probs; None unless every sequence has them (the learner then computes them)."""
+        if self.reference_logprobs is None or any(r is None for r in self.reference_logprobs):
+            return None
+        starts = [len(p) - 1 for p in self.prompt_ids] if targets else [0] * len(self)
+        return self._columns(self.reference_logprobs, width, dtype, starts)
+
+    def _columns(self, values: list[list[float]], width: int, dtype: torch.dtype, starts: list[int]) -> torch.Tensor:
+        """(N, width) CPU tensor: row i holds ``values[i]`` (one per completion token) from column ``starts[i]``, 0 elsewhere."""
         out = torch.zeros((len(self), width), dtype=dtype)
-        for i, logprobs in enumerate(self.sample_logprobs):
-            out[i, : len(self.completion_ids[i])] = torch.tensor(logprobs, dtype=dtype)
+        for i, (start, row) in enumerate(zip(starts, values)):
+            # sized by the completion: a log-prob list of another length fails here, not silently
+            out[i, start : start + len(self.completion_ids[i])] = torch.tensor(row, dtype=dtype)
         return out
 
     def sequence_logprobs(self) -> list[float]:
@@ -178,9 +196,4 @@ class TrainBatch(Sequences):
 
         Target t predicts token t + 1 of the right-padded sequence, so completion token j of
         sequence i is target ``len(prompt_ids[i]) - 1 + j``."""
-        out = torch.zeros((len(self), width), dtype=dtype)
-        for i, (prompt, logprobs) in enumerate(zip(self.prompt_ids, self.sample_logprobs)):
-            start = len(prompt) - 1
-            # sized by the completion: a log-prob list of another length fails here, not silently
-            out[i, start : start + len(self.completion_ids[i])] = torch.tensor(logprobs, dtype=dtype)
-        return out
+        return self._columns(self.sample_logprobs, width, dtype, [len(p) - 1 for p in self.prompt_ids])

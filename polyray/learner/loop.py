@@ -223,8 +223,10 @@ def _setup_phase(run: RunConfig, phase_cfg, loop_config: dict[str, Any], model, 
         share_prompts = False
         if rank == 0:
             print(f"learner.share_prompts: off for this model ({blocker}); sequences run whole")
+    reference_source = PHASES[phase_cfg.type].reference_adapter_dir(phase_cfg, loop_config.get("given_init_adapter"))
     ctx = StepContext(model, tokenizer, rank, world, run.seed, reward_fn, reference, rollout_log,
-                      run.learner.micro_batch_tokens, run.learner.logits_chunk_mib, share_prompts)  # fmt: skip
+                      run.learner.micro_batch_tokens, run.learner.logits_chunk_mib, share_prompts,
+                      reference_source)  # fmt: skip
     return PHASES[phase_cfg.type](phase_cfg, task, run.task.n_train, ctx, loop_config.get("pool")), task
 
 
@@ -293,7 +295,8 @@ def run_worker(loop_config: dict[str, Any], session: TrainSession) -> None:
     phase_cfg = run.phases[loop_config["phase_index"]]
     # the model and incoming adapter as the driver shared them: from storage into this node's cache
     loop_config = {**loop_config, "model_dir": local_path(loop_config["model_dir"]),
-                   "init_adapter": local_path(loop_config.get("init_adapter"))}  # fmt: skip
+                   "init_adapter": local_path(loop_config.get("init_adapter")),
+                   "given_init_adapter": loop_config.get("init_adapter")}  # (a rollout worker takes it from storage itself)  # fmt: skip
     pool, tracker = loop_config.get("pool"), loop_config.get("tracker")
     # rank 0's step logs: through the driver's actor, or (a worker run without one) into the run directory
     logs = loop_config.get("logs") or StepLogs(LogFiles(loop_config["output_dir"]))

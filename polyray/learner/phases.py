@@ -81,6 +81,8 @@ class StepContext:
     micro_batch_tokens: int | None = None  # padded tokens per forward/backward (None: the shard in one pass)
     logits_chunk_mib: float = DEFAULT_CHUNK_MIB  # logits computed at once for token log-probs (0: all)
     share_prompts: bool = False  # GRPO: each group's prompt through the model once (learner.share_prompts)
+    # the KL reference adapter as a rollout worker loads it (a path, or a cluster.storage reference; None: the base)
+    reference_source: str | None = None
 
     @property
     def peft_model(self):
@@ -415,8 +417,11 @@ class SamplingPhase:
         rng = random.Random(f"{self.rollout_draw}:{self.ctx.seed}:{step}")
         prompts = rng.sample(self.prompts, min(self.cfg.prompts_per_step, len(self.prompts)))
         seeds = request_seeds(self.ctx.seed, f"{self.rollout_draw}:{step}", [str(i) for i in range(len(prompts))])
-        pending = self.pool.submit([p.text for p in prompts], self.samples_per_prompt, self.sampling, version, seeds=seeds)
+        pending = self.pool.submit([p.text for p in prompts], self.samples_per_prompt, self.sampling, version, seeds=seeds,
+                                   reference=self.rollout_reference)  # fmt: skip
         return prompts, pending
+
+    rollout_reference: str | None = None  # what the rollout workers score the samples' KL reference log-probs under
 
 
 class PolychromicSFTPhase(SamplingPhase, SFTPhase):
@@ -531,6 +536,19 @@ class GRPOPhase(SamplingPhase):
     def __init__(self, cfg: GRPOPhaseConfig, task: Task, n_train: int, ctx: StepContext, pool=None):
         self.cfg, self.ctx, self.task = cfg, ctx, task
         self._init_rollouts(cfg, task, n_train, pool)
+        if cfg.kl_beta and cfg.kl_reference_logprobs == "rollouts" and ctx.rank == 0 and pool is not None:
+            self.rollout_reference = self.reference_on_rollouts(pool)
+
+    def reference_on_rollouts(self, pool) -> str:
+        """Register the KL reference on the rollout workers (the base model needs none); returns what a
+        request names it by. The workers then score each sample under it right after drawing it."""
+        from polyray.rollout.worker import BASE_MODEL
+
+        if self.ctx.reference_adapter is None:
+            return BASE_MODEL
+        name = f"{self.cfg.name}/kl-reference"
+        pool.add_named_adapter(name, self.ctx.reference_source)
+        return name
 
     @property
     def samples_per_prompt(self) -> int:
@@ -592,7 +610,10 @@ class GRPOPhase(SamplingPhase):
                 packed = part.pack(ctx.tokenizer.pad_token_id, ctx.device)
                 logp, mask = ctx.logprobs(ctx.model, packed, temperature)
                 old_logp = part.target_logprobs(logp.shape[1], logp.dtype).to(ctx.device)
-            ref_logp = self.reference_logprobs(packed, temperature) if cfg.kl_beta else None
+            ref_logp = None
+            if cfg.kl_beta:  # as the rollout workers scored them, else a forward here
+                ref_logp = part.reference_columns(logp.shape[1], logp.dtype, targets=not share)
+                ref_logp = self.reference_logprobs(packed, temperature) if ref_logp is None else ref_logp.to(ctx.device)
             loss, metrics = compute_grpo_loss(
                 logp, old_logp, ref_logp, part.advantages.to(dtype=logp.dtype, device=ctx.device), mask,
                 clip_eps_low=cfg.clip_eps_low, clip_eps_high=cfg.clip_eps_high, kl_beta=cfg.kl_beta,

@@ -181,10 +181,12 @@ class RolloutPool:
         version: int | None = None,
         adapter_name: str | None = None,
         seeds: list[int] | None = None,
+        reference: str | None = None,
     ) -> "PendingGeneration":
         """Start generating ``n`` samples per prompt on the workers; ``.result()`` collects them.
 
-        ``seeds``: one sampling seed per prompt (see :func:`polyray.rollout.sampling.request_seeds`)."""
+        ``seeds``: one sampling seed per prompt (see :func:`polyray.rollout.sampling.request_seeds`);
+        ``reference``: the KL reference each worker scores its samples under (:meth:`RolloutWorker.generate`)."""
         k = len(self.workers)
         size = max(1, -(-len(prompts) // k))
         args = (n, sampling, version, adapter_name)
@@ -192,8 +194,9 @@ class RolloutPool:
         for j, start in enumerate(range(0, len(prompts), size)):
             chunk_seeds = None if seeds is None else list(seeds[start : start + size])
             chunk = (prompts[start : start + size], chunk_seeds)
-            chunks.append((start, chunk, self.workers[j], self.workers[j].generate.remote(chunk[0], *args, chunk_seeds)))
-        return PendingGeneration(self, chunks, args)
+            future = self.workers[j].generate.remote(chunk[0], *args, chunk_seeds, reference)
+            chunks.append((start, chunk, self.workers[j], future))
+        return PendingGeneration(self, chunks, args, reference)
 
     def generate(
         self,
@@ -204,9 +207,10 @@ class RolloutPool:
         adapter_name: str | None = None,
         seeds: list[int] | None = None,
         retries: int = 1,
+        reference: str | None = None,
     ) -> list[list[Sample]]:
         """``n`` samples per prompt, spread over the workers; result order follows ``prompts``."""
-        return self.submit(prompts, n, sampling, version, adapter_name, seeds).result(retries)
+        return self.submit(prompts, n, sampling, version, adapter_name, seeds, reference).result(retries)
 
     def shutdown(self) -> None:
         for w in self.workers:
@@ -266,12 +270,12 @@ class PendingGeneration:
     """Chunks in flight on the workers. ``result()`` gathers them in prompt order, retrying a
     chunk whose worker died once Ray has restarted it and the pool has re-synced its adapter."""
 
-    def __init__(self, pool: RolloutPool, chunks: list[tuple[int, tuple[list[str], list[int] | None], Any, Any]], args: tuple):
-        self.pool, self.chunks, self.args = pool, chunks, args
+    def __init__(self, pool: RolloutPool, chunks: list[tuple[int, tuple[list[str], list[int] | None], Any, Any]], args: tuple,
+                 reference: str | None = None):  # fmt: skip
+        self.pool, self.chunks, self.args, self.reference = pool, chunks, args, reference
 
     def result(self, retries: int = 1) -> list[list[Sample]]:
         results: list[list[Sample]] = []
-        name = self.args[3]
         for start, chunk, worker, future in self.chunks:
             for attempt in range(retries + 1):
                 try:
@@ -283,10 +287,10 @@ class PendingGeneration:
                         raise
                     if isinstance(exc, ray.exceptions.RayActorError):
                         wait_restarted(worker)
-                    elif name is None:
+                    elif exc.name is None:
                         raise  # a policy version the store does not hold: retrying cannot help
                     self.pool._catch_up(worker)
-                    future = worker.generate.remote(chunk[0], *self.args, chunk[1])
+                    future = worker.generate.remote(chunk[0], *self.args, chunk[1], self.reference)
             for group in groups:
                 for sample in group:
                     sample.prompt_index += start

@@ -43,7 +43,9 @@ def test_benchmark_all_smoke_prints_every_ratio(tmp_path):
     assert floor["bytes"] > 0 and floor["floor_ms"] == pytest.approx(floor["memcpy_ms"] + floor["write_ms"])
 
     grpo = results["grpo"]
-    assert grpo["rounds"] == 1 and grpo["sync"]["steps"] == grpo["async"]["steps"] == grpo["async_waits"]["steps"] == 2  # 4 steps - 2 warm-up
+    modes = ("sync", "async", "async_waits", "async_rollout_reference")
+    assert grpo["rounds"] == 1 and [grpo[m]["steps"] for m in modes] == [2] * 4  # 4 steps - 2 warm-up
+    assert grpo["rollout_reference_vs_learner"] == pytest.approx(grpo["async_rollout_reference"]["step_s"] / grpo["async"]["step_s"])
     assert grpo["publish_behind_vs_waits"] == pytest.approx(grpo["async"]["step_s"] / grpo["async_waits"]["step_s"])
     assert grpo["ratio"] == pytest.approx(grpo["async"]["step_s"] / grpo["sync"]["step_s"])
     assert grpo["async_vs_floor"] == pytest.approx(grpo["async"]["step_s"] / grpo["floor"]["floor_s"])
@@ -59,7 +61,8 @@ def test_benchmark_all_smoke_prints_every_ratio(tmp_path):
     for needle in ("RolloutPool / bare vllm.LLM", "GRPO step, one ahead / synchronous",
                    "polychromic_sft[countdown_expr] step / SFT step", "reward model batched / unbatched",
                    "GRPO step, one ahead / max(rollout + reward, update + publish)", "step / SFT step on references + samples",
-                   "adapter publish / copy + write of its bytes", "one ahead: publish behind the step / waited for"):
+                   "adapter publish / copy + write of its bytes", "one ahead: publish behind the step / waited for",
+                   "KL reference on the rollout worker / on the learner"):
         assert needle in proc.stdout, needle
 
 

@@ -250,3 +250,42 @@ def test_a_publish_not_waited_for_is_what_the_next_request_samples(pool, model_d
     assert torch.allclose(torch.tensor(sample.logprobs), learner, atol=TOL), (sample.logprobs, learner)
     assert pending.result() == pool.incarnations()
     assert ray.get(pool.store.record.remote(pending.version)).sha256 == adapter_hash(adapter)
+
+
+def test_samples_carry_their_kl_reference_log_probs(pool, model_dir, run_config, tmp_path):
+    """A request that names a KL reference gets each sample scored under it right after it is drawn (vLLM
+    prompt log-probs, kl_reference_logprobs 'rollouts'): under a named adapter (the phase-start reference)
+    or the base model, as the learner computes them. A sequence that fills the model length is left unscored."""
+    from polyray.config import SamplingConfig
+    from polyray.learner.lora import extract_adapter, save_adapter
+    from polyray.rollout.worker import BASE_MODEL
+    from polyray.tasks import build_task
+
+    policy, tok = random_policy(model_dir, run_config, seed=5)
+    version = pool.newest_version() + 1
+    pool.publish(version, extract_adapter(policy))
+    reference, _ = random_policy(model_dir, run_config, seed=6)
+    pool.add_named_adapter("test/kl-reference", str(save_adapter(reference, tmp_path / "reference")))
+    prompts = [p.text for p in build_task(run_config.task).prompts("val", 3)]
+    sampling = SamplingConfig(max_tokens=12)
+
+    groups = pool.generate(prompts, 2, sampling, version, reference="test/kl-reference")
+    gap = 0.0
+    for sample in (s for g in groups for s in g):
+        P, C = sample.prompt_token_ids, sample.token_ids
+        expected = learner_logprobs(reference, P, C, tok.pad_token_id)
+        assert torch.allclose(torch.tensor(sample.ref_logprobs), expected, atol=TOL), (sample.ref_logprobs, expected)
+        assert torch.allclose(torch.tensor(sample.logprobs), learner_logprobs(policy, P, C, tok.pad_token_id), atol=TOL)
+        gap = max(gap, (torch.tensor(sample.ref_logprobs) - torch.tensor(sample.logprobs)).abs().max().item())
+    assert gap > 30 * TOL  # the reference is not the policy: the check could tell them apart
+
+    for sample in (s for g in pool.generate(prompts, 2, sampling, version, reference=BASE_MODEL) for s in g):
+        with policy.disable_adapter():
+            expected = learner_logprobs(policy, sample.prompt_token_ids, sample.token_ids, tok.pad_token_id)
+        assert torch.allclose(torch.tensor(sample.ref_logprobs), expected, atol=TOL)
+    assert all(s.ref_logprobs is None for g in pool.generate(prompts[:1], 2, sampling, version) for s in g)
+
+    P = groups[0][0].prompt_token_ids
+    full = [P + [5] * (run_config.rollout.max_model_len - len(P)), P + [5] * (run_config.rollout.max_model_len - len(P) - 1)]
+    scored = ray.get(pool.workers[0].score_sequences.remote([(P, c[len(P):]) for c in full], reference=BASE_MODEL))
+    assert scored[0] is None and len(scored[1]) == run_config.rollout.max_model_len - len(P) - 1

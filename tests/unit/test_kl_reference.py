@@ -108,3 +108,100 @@ def test_extract_adapter_follows_every_write_into_the_adapter(model_dir, tmp_pat
     assert same() and all(torch.equal(first[k], v) for k, v in extract_adapter(model)["tensors"].items())
     add_reference_adapter(model, str(saved))
     assert same()
+
+
+class ScoringPool(FixedPool):
+    """FixedPool whose samples carry KL-reference log-probs as the rollout workers attach them, here from
+    ``scorer(prompt_ids, completion_ids)`` plus ``shift``; ``missing``: sample indices left unscored."""
+
+    def __init__(self, tokenizer, scorer, shift: float = 0.0, missing=()):
+        super().__init__(tokenizer)
+        self.scorer, self.shift, self.missing = scorer, shift, set(missing)
+        self.references, self.named = [], {}
+
+    def add_named_adapter(self, name, path):
+        self.named[name] = str(path)
+
+    def submit(self, prompts, n, sampling, version=None, adapter_name=None, seeds=None, reference=None):
+        from phase_harness import _Done
+
+        self.references.append(reference)
+        groups = self.generate(prompts, n, sampling, version)
+        for i, sample in enumerate(s for g in groups for s in g):
+            if i not in self.missing:
+                sample.ref_logprobs = [x + self.shift for x in self.scorer(sample.prompt_token_ids, sample.token_ids)]
+        return _Done(groups)
+
+
+def _moved_policy(model_dir, tmp_path):
+    """(policy, tokenizer, reference adapter name, incoming adapter dir, a frozen copy of the reference
+    policy): the policy has moved away from the incoming adapter it holds as its reference."""
+    import copy
+
+    from polyray.learner.lora import add_reference_adapter, save_adapter
+
+    model, tok = build_policy(model_dir)
+    incoming = save_adapter(model, tmp_path / "sft")
+    frozen = copy.deepcopy(model).eval()
+    reference = add_reference_adapter(model, str(incoming))
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".default." in name and "lora_B" in name:
+                p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+    return model, tok, reference, incoming, frozen
+
+
+@pytest.mark.parametrize("share_prompts", [False, True])
+def test_reference_log_probs_from_the_rollouts_give_the_learners_step(model_dir, tmp_path, share_prompts):
+    """kl_reference_logprobs 'rollouts': the step takes the samples' reference log-probs instead of its own
+    reference forward. Scored by a frozen copy of the reference, the step's KL and gradients are the
+    learner's own; shifted, they move the KL (so they are what the step used); with one sample
+    unscored the step falls back to its own forward."""
+    from phase_harness import learner_logprobs, lora_grads
+
+    torch.set_num_threads(1)
+    cfg = _grpo("phase_start")
+
+    def step(mode: str, **pool_options):
+        model, tok, reference, incoming, frozen = _moved_policy(model_dir, tmp_path / mode / str(len(pool_options)))
+        pool = ScoringPool(tok, lambda p, c: learner_logprobs(frozen, p, c, tok.pad_token_id).tolist(), **pool_options)
+        phase = make_phase(cfg.model_copy(update={"kl_reference_logprobs": mode}), model, tok, 0, 1, pool,
+                           reference_adapter=reference, share_prompts=share_prompts)  # fmt: skip
+        phase.ctx.reference_source = str(incoming)
+        if mode == "rollouts":  # as the phase's constructor does on rank 0 with a real pool
+            phase.rollout_reference = phase.reference_on_rollouts(pool)
+        metrics = phase.step(0, 1)
+        return metrics, lora_grads(model), pool, incoming
+
+    learner, learner_grads, pool, _ = step("learner")
+    assert pool.references == [None] and learner["kl"] > 1e-4  # the policy moved: a KL to measure
+    rollouts, grads, pool, incoming = step("rollouts")
+    assert pool.references == ["grpo/kl-reference"] and pool.named == {"grpo/kl-reference": str(incoming)}
+    assert rollouts["kl"] == pytest.approx(learner["kl"], rel=1e-5, abs=1e-7)
+    for name, grad in learner_grads.items():
+        assert torch.allclose(grads[name], grad, atol=1e-6), name
+    shifted, *_ = step("rollouts", shift=0.3)
+    assert abs(shifted["kl"] - learner["kl"]) > 1e-3
+    fallback, *_ = step("rollouts", shift=0.3, missing=[0])
+    assert fallback["kl"] == pytest.approx(learner["kl"], rel=1e-6)
+
+
+def test_a_base_reference_on_the_rollouts_is_the_base_model(model_dir):
+    from polyray.rollout.worker import BASE_MODEL
+
+    model, tok = build_policy(model_dir)
+    cfg = _grpo("base").model_copy(update={"kl_reference_logprobs": "rollouts"})
+    pool = ScoringPool(tok, lambda p, c: [0.0] * len(c))
+    phase = make_phase(cfg, model, tok, 0, 1, pool)
+    assert phase.reference_on_rollouts(pool) == BASE_MODEL and pool.named == {}
+
+
+def test_rollouts_reference_needs_temperature_one():
+    from pydantic import ValidationError
+
+    from polyray.config import GRPOPhaseConfig
+
+    with pytest.raises(ValidationError, match="kl_reference_logprobs 'rollouts' needs sampling.temperature 1"):
+        GRPOPhaseConfig(kl_reference_logprobs="rollouts", sampling={"temperature": 0.7})
+    GRPOPhaseConfig(kl_reference_logprobs="rollouts", sampling={"temperature": 1.0})

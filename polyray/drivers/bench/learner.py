@@ -98,9 +98,11 @@ class StandInPool:
     def __init__(self, vocab: int, length: int, prompt_tokens: tuple[int, int] = (32, 64), seed: int = 0):
         self.vocab, self.length, self.prompt_tokens, self.seed = vocab, length, prompt_tokens, seed
 
-    def submit(self, prompts: list[str], n: int, sampling, version=None, adapter_name=None, seeds=None):
+    def submit(self, prompts: list[str], n: int, sampling, version=None, adapter_name=None, seeds=None, reference=None):
         from polyray.rollout.worker import Sample
 
+        if reference is not None:
+            raise ValueError("the stand-in pool scores no KL reference: bench learner keeps kl_reference_logprobs 'learner'")
         groups = []
         for b in range(len(prompts)):
             rng = random.Random(f"{self.seed}:{b}")

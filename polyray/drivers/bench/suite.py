@@ -193,7 +193,10 @@ def bench_grpo(steps: int, config: str, warmup: int = 2, rounds: int = 2) -> dic
               f"phases.{index}.steps={steps}", f"phases.{index}.checkpoint_every=1000", "learner.sync_check_every=0"]
     ahead = [f"phases.{index}.async_rollouts=true", f"phases.{index}.max_lag=1"]
     variants = {"sync": [f"phases.{index}.async_rollouts=false", f"phases.{index}.max_lag=0"], "async": ahead,
-                "async_waits": [*ahead, "learner.publish_behind_step=false"]}  # each publish waits for the loads
+                "async_waits": [*ahead, "learner.publish_behind_step=false"],  # each publish waits for the loads
+                "async_rollout_reference": [*ahead, f"phases.{index}.kl_reference_logprobs=rollouts"]}
+    if not base.phases[index].kl_beta:  # no KL term: nothing to score under a reference
+        variants.pop("async_rollout_reference")
     sync = load_config(config, common)
     model_dir = prepare_model_dir(sync.model, sync.task)
     init_ray(sync.cluster, needed_cpus(sync))
@@ -214,6 +217,8 @@ def bench_grpo(steps: int, config: str, warmup: int = 2, rounds: int = 2) -> dic
             pool.shutdown()
     results["ratio"] = results["async"]["step_s"] / results["sync"]["step_s"]
     results["publish_behind_vs_waits"] = results["async"]["step_s"] / results["async_waits"]["step_s"]
+    if "async_rollout_reference" in results:
+        results["rollout_reference_vs_learner"] = results["async_rollout_reference"]["step_s"] / results["async"]["step_s"]
     results["floor"] = grpo_floor(results["sync"])
     results["async_vs_floor"] = results["async"]["step_s"] / results["floor"]["floor_s"]
     return results
@@ -235,7 +240,8 @@ def print_grpo(results: dict[str, Any]) -> None:
                      " sync s = publish + load")
     for col in ("mode", "step s", "rollout s", "reward s", "sync s", "rest s"):
         table.add_column(col, justify="left" if col == "mode" else "right")
-    labels = {"sync": "sync", "async": "one step ahead", "async_waits": "one ahead, each publish waits for its loads"}
+    labels = {"sync": "sync", "async": "one step ahead", "async_waits": "one ahead, each publish waits for its loads",
+              "async_rollout_reference": "one ahead, KL reference scored by the rollout worker"}
     for name, label in labels.items():
         if name not in results:  # (a run before the third mode)
             continue
@@ -246,6 +252,9 @@ def print_grpo(results: dict[str, Any]) -> None:
     console.print(f"one step ahead / synchronous: {results['ratio']:.2f}")
     if "publish_behind_vs_waits" in results:
         console.print(f"one step ahead, publish behind the step / each publish waiting: {results['publish_behind_vs_waits']:.2f}")
+    if "rollout_reference_vs_learner" in results:
+        console.print(f"one step ahead, KL reference scored by the rollout worker / by the learner:"
+                      f" {results['rollout_reference_vs_learner']:.2f}")  # fmt: skip
     f = results["floor"]
     console.print(f"one step ahead / its floor max(rollout + reward {f['rollout_s']:.3f}, update + publish {f['update_publish_s']:.3f})"
                   f" = {results['async_vs_floor']:.2f}")  # fmt: skip
@@ -493,6 +502,9 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, float, str]]:
         rows.append(("GRPO step, one ahead / max(rollout + reward, update + publish)", results["grpo"]["async_vs_floor"], "<= 1.1"))
         if "publish_behind_vs_waits" in results["grpo"]:
             rows.append(("GRPO step, one ahead: publish behind the step / waited for", results["grpo"]["publish_behind_vs_waits"], "-"))
+        if "rollout_reference_vs_learner" in results["grpo"]:
+            rows.append(("GRPO step, one ahead: KL reference on the rollout worker / on the learner",
+                         results["grpo"]["rollout_reference_vs_learner"], "-"))  # fmt: skip
     if "polychromic" in results:
         p = results["polychromic"]
         rows += [(f"{name} step / SFT step", r["step_s"] / p["sft"]["step_s"], "-") for name, r in p.items()
