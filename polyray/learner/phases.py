@@ -398,6 +398,7 @@ class SamplingPhase:
         self.rollouts = RolloutPrefetch(self._submit, cfg.async_rollouts, cfg.steps, self._score)
 
     samples_per_prompt: int  # each subclass provides it: completions drawn per prompt
+    rollout_reference: str | None = None  # what the rollout workers score the samples' KL reference log-probs under
 
     def _score(self, prompts: list[Prompt], groups: list) -> Any:
         """Rank 0: score a step's samples (possibly in the prefetch's thread, ahead of the step)."""
@@ -420,8 +421,6 @@ class SamplingPhase:
         pending = self.pool.submit([p.text for p in prompts], self.samples_per_prompt, self.sampling, version, seeds=seeds,
                                    reference=self.rollout_reference)  # fmt: skip
         return prompts, pending
-
-    rollout_reference: str | None = None  # what the rollout workers score the samples' KL reference log-probs under
 
 
 class PolychromicSFTPhase(SamplingPhase, SFTPhase):
