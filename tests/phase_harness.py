@@ -189,12 +189,13 @@ PHASE_CASES: dict[str, Any] = {
 
 
 def make_phase(cfg, model, tokenizer, rank: int, world: int, pool, reference_adapter: str | None = None, reward_fn=None,
-               micro_batch_tokens: int | None = None, logits_chunk_mib: float = 256, share_prompts: bool = False):  # fmt: skip
+               micro_batch_tokens: int | None = None, logits_chunk_mib: float = 256, share_prompts: bool = False,
+               pack_samples: bool = True):  # fmt: skip
     from polyray.learner.phases import PHASES, StepContext
 
     ctx = StepContext(model, tokenizer, rank, world, seed=0, reward_fn=reward_fn or text_reward,
                       reference_adapter=reference_adapter, micro_batch_tokens=micro_batch_tokens,
-                      logits_chunk_mib=logits_chunk_mib, share_prompts=share_prompts)  # fmt: skip
+                      logits_chunk_mib=logits_chunk_mib, share_prompts=share_prompts, pack_samples=pack_samples)  # fmt: skip
     return PHASES[cfg.type](cfg, build_task(TASK), TASK.n_train, ctx, pool if rank == 0 else None)
 
 
@@ -208,7 +209,8 @@ def step_grads(
     dtype: torch.dtype = torch.float32, **step_options,
 ):  # fmt: skip
     """(gradients of the LoRA parameters, metrics) after one ``phase.step`` of case ``name`` (the step runs
-    its own backward passes). ``step_options``: ``micro_batch_tokens``, ``logits_chunk_mib``, ``share_prompts``."""
+    its own backward passes). ``step_options``: ``micro_batch_tokens``, ``logits_chunk_mib``, ``share_prompts``,
+    ``pack_samples``."""
     model, tokenizer = build_policy(model_dir, device)
     model = model.to(dtype)
     if wrap_ddp:  # as the learner wraps it (polyray.learner.loop._setup_model)

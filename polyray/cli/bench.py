@@ -167,9 +167,15 @@ def learner(
     head_dim: int = typer.Option(128, "--head-dim"),
     vocab: int = typer.Option(151_936, "--vocab"),
     threads: int = typer.Option(2, "--threads", help="Torch threads of each measured process."),
+    packing_sizes: List[int] = typer.Option(
+        [], "--packing-sizes",
+        help="Sizes also run with samples of varied lengths on shared prompts, packed and one a row (repeatable;"
+        " default: the smallest --sizes).",
+    ),  # fmt: skip
     json_path: Optional[Path] = _json,
 ):
-    """Peak memory and tokens/s of one GRPO learner step per size, micro-batched vs whole batch, beside the memory plan."""
+    """Peak memory and tokens/s of one GRPO learner step per size, micro-batched vs whole batch, beside the memory
+    plan; varied-length samples packed vs one a row."""
     from polyray.drivers.bench.learner import BenchShape, bench_learner, print_learner
     from polyray.drivers.bench.suite import console
 
@@ -178,6 +184,7 @@ def learner(
         results = bench_learner(
             sizes, whole_batch_sizes, length, micro_batch_tokens, logits_chunk_mib, shape, threads,
             on_case=lambda c: status.update(f"{c.path}, {c.sequences} sequences x {c.length} tokens"),
+            packing_sizes=packing_sizes or None,
         )  # fmt: skip
     print_learner(results, console)
     _write(results, json_path)

@@ -49,6 +49,13 @@ class LearnerConfig(StrictModel):
         " rounding). Not with gradient_checkpointing, which drops the key-value cache, nor on models with"
         " sliding-window or chunked attention or dynamic/longrope rotary scaling: there sequences run whole.",
     )
+    pack_samples: bool = Field(
+        True,
+        description="GRPO with share_prompts: a prompt's samples run back to back in one row of the completion pass"
+        " (a token attending to its prompt and its own sample alone), so no sample is padded to the longest one;"
+        " the same log-probs up to float rounding. Under sdpa attention (transformers' default); other attention"
+        " implementations run one sample a row.",
+    )
     logits_chunk_mib: float = Field(
         DEFAULT_CHUNK_MIB, ge=0,
         description="Float32 logits computed at once for token log-probs (MiB): bounds the logits' memory whatever"

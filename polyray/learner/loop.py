@@ -226,7 +226,7 @@ def _setup_phase(run: RunConfig, phase_cfg, loop_config: dict[str, Any], model, 
     reference_source = PHASES[phase_cfg.type].reference_adapter_dir(phase_cfg, loop_config.get("given_init_adapter"))
     ctx = StepContext(model, tokenizer, rank, world, run.seed, reward_fn, reference, rollout_log,
                       run.learner.micro_batch_tokens, run.learner.logits_chunk_mib, share_prompts,
-                      reference_source)  # fmt: skip
+                      run.learner.pack_samples, reference_source)  # fmt: skip
     return PHASES[phase_cfg.type](phase_cfg, task, run.task.n_train, ctx, loop_config.get("pool")), task
 
 

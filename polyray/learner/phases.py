@@ -81,6 +81,7 @@ class StepContext:
     micro_batch_tokens: int | None = None  # padded tokens per forward/backward (None: the shard in one pass)
     logits_chunk_mib: float = DEFAULT_CHUNK_MIB  # logits computed at once for token log-probs (0: all)
     share_prompts: bool = False  # GRPO: each group's prompt through the model once (learner.share_prompts)
+    pack_samples: bool = True  # with share_prompts: a prompt's samples share rows (learner.pack_samples)
     # the KL reference adapter as a rollout worker loads it (a path, or a cluster.storage reference; None: the base)
     reference_source: str | None = None
 
@@ -104,7 +105,7 @@ class StepContext:
         """:func:`~polyray.models.batching.token_logprobs` (a :class:`PromptGroups` batch:
         :func:`~polyray.models.batching.shared_prompt_logprobs`) with this learner's logits chunk."""
         if isinstance(batch, PromptGroups):
-            return shared_prompt_logprobs(model, batch, temperature, self.logits_chunk_mib)
+            return shared_prompt_logprobs(model, batch, temperature, self.logits_chunk_mib, self.pack_samples)
         return token_logprobs(model, batch, temperature, self.logits_chunk_mib)
 
     def micro_batches(self, lengths: list[int]) -> list[list[int]]:

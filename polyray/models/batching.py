@@ -248,26 +248,75 @@ def prompt_sharing_blocker(model) -> str | None:
     return None
 
 
+@dataclass
+class _CompletionRows:
+    """Where :func:`shared_prompt_logprobs`' completion pass puts each completion token: ``ids``,
+    ``positions`` (R, W); ``prompt`` (R,) the prompt of each row (None: row b is prompt b's); ``row``,
+    ``column`` (N, C) the row and column of completion token j of sequence i (past its end: a column of
+    its row, unused); ``mask``: the attention mask over the prompt's keys then the row's (2-D when each
+    row holds one completion, else (R, 1, W, P + W) boolean: a token sees its prompt and its own
+    completion's earlier tokens)."""
+
+    ids: torch.Tensor
+    positions: torch.Tensor
+    prompt: torch.Tensor | None
+    row: torch.Tensor
+    column: torch.Tensor
+    mask: torch.Tensor
+
+
+def _completion_rows(batch: PromptGroups, pack: bool) -> _CompletionRows:
+    n, width = batch.completion_ids.shape
+    device = batch.completion_ids.device
+    columns = torch.arange(width, device=device)
+    if not pack:  # one completion a row
+        row = torch.arange(n, device=device)[:, None].expand(n, width)
+        mask = torch.cat([batch.prompt_mask[batch.group], batch.completion_mask.long()], dim=1)
+        return _CompletionRows(batch.completion_ids, batch.prompt_lengths[batch.group, None] + columns, batch.group,
+                               row, columns.expand(n, width), mask)  # fmt: skip
+    lengths = batch.completion_mask.sum(-1).long()
+    prompts = len(batch.prompt_ids)
+    own = torch.nn.functional.one_hot(batch.group, prompts) * lengths[:, None]  # (N, B): each completion's tokens in its row
+    start = (own.cumsum(0) - own).gather(1, batch.group[:, None]).squeeze(1)  # its first column: the ones before it
+    w = max(int(own.sum(0).max()), 1)
+    real = columns[None] < lengths[:, None]  # (N, C)
+    rows, cols = batch.group[:, None].expand(n, width), (start[:, None] + columns).clamp(max=w - 1)
+    ids = torch.zeros((prompts, w), dtype=torch.long, device=device)
+    ids[rows[real], cols[real]] = batch.completion_ids[real]
+    sequence = torch.full((prompts, w), -1, dtype=torch.long, device=device)  # -1: padding
+    sequence[rows[real], cols[real]] = torch.arange(n, device=device)[:, None].expand(n, width)[real]
+    positions = batch.prompt_lengths[:, None].expand(prompts, w).clone()
+    positions[rows[real], cols[real]] = (batch.prompt_lengths[batch.group, None] + columns)[real]
+    q = torch.arange(w, device=device)
+    sees_own = (sequence[:, :, None] == sequence[:, None, :]) & (sequence[:, None, :] >= 0) & (q[:, None] >= q[None, :])
+    sees_prompt = (batch.prompt_mask > 0)[:, None, :].expand(prompts, w, -1)  # padding too: its rows stay finite
+    return _CompletionRows(ids, positions, None, rows, cols, torch.cat([sees_prompt, sees_own], dim=-1)[:, None])
+
+
 def shared_prompt_logprobs(
-    model, batch: PromptGroups, temperature: Temperature = 1.0, chunk_mib: float = DEFAULT_CHUNK_MIB
-) -> tuple[torch.Tensor, torch.Tensor]:
+    model, batch: PromptGroups, temperature: Temperature = 1.0, chunk_mib: float = DEFAULT_CHUNK_MIB,
+    pack: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Log-prob of each completion token, each shared prompt run through the model once: (logp (N, C),
     mask (N, C)) where column j is completion token j.
 
-    The prompts go through the model once (B rows) and keep their keys and values; each completion then
-    runs on its prompt's copy of them, at positions after its prompt (padding between masked out), so
-    a group of G samples of a prompt costs P + G * C tokens of forward and backward instead of G * (P + C).
-    The first completion token's log-prob comes from the prompt's last hidden state, the others from the
-    completion pass. Gradients reach the prompt pass through its keys and values (summed over the group).
-    Equal to :func:`token_logprobs` of the same sequences up to float rounding (the attention sums run in
-    another order). The prompt pass runs on the module under DDP, the completion pass through ``model``
-    itself, so DDP prepares its all-reduce once. Needs the model's key-value cache in training, which
-    gradient checkpointing switches off (transformers' layers drop it), and a model
-    :func:`prompt_sharing_blocker` finds nothing against.
+    The prompts go through the model once (B rows) and keep their keys and values; the completions then
+    run on copies of them, at positions after their prompt (padding between masked out), so a group of
+    G samples of a prompt costs P + G * C tokens of forward and backward instead of G * (P + C).
+    ``pack`` (``learner.pack_samples``; under sdpa attention only): a prompt's completions share one row,
+    back to back, a token attending to its prompt and its own completion's earlier tokens alone, so no
+    completion is padded to the longest one and the prompt's keys are not copied; otherwise one
+    completion a row, on its own copy of its prompt's keys. The first completion token's log-prob comes from the prompt's last hidden state,
+    the others from the completion pass. Gradients reach the prompt pass through its keys and values
+    (summed over the group). Equal to :func:`token_logprobs` of the same sequences up to float rounding
+    (the attention sums run in another order). The prompt pass runs on the module under DDP, the
+    completion pass through ``model`` itself, so DDP prepares its all-reduce once. Needs the model's
+    key-value cache in training, which gradient checkpointing switches off (transformers' layers drop
+    it), and a model :func:`prompt_sharing_blocker` finds nothing against.
     """
     _check_temperature(temperature)
     inner = getattr(model, "module", model)
-    columns = torch.arange(batch.completion_ids.shape[1], device=batch.completion_ids.device)
+    rows = _completion_rows(batch, pack and _causal_lm(model).config._attn_implementation == "sdpa")
     with _hidden_states_out(model) as head:
         out = inner(input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask, use_cache=True)
         cache = out.past_key_values
@@ -278,15 +327,13 @@ def shared_prompt_logprobs(
         if any(type(layer) is not DynamicLayer for layer in getattr(cache, "layers", [None])):
             raise ValueError("shared-prompt log-probs need a plain key-value cache in every layer (full attention);"
                              " set learner.share_prompts false for this model")  # fmt: skip
-        last = out.logits[torch.arange(len(batch.prompt_ids), device=columns.device), batch.prompt_lengths - 1]
-        cache.batch_select_indices(batch.group)  # each sequence's own (differentiable) copy of its prompt's keys and values
+        last = out.logits[torch.arange(len(batch.prompt_ids), device=rows.ids.device), batch.prompt_lengths - 1]
+        if rows.prompt is not None:  # each row's own (differentiable) copy of its prompt's keys and values
+            cache.batch_select_indices(rows.prompt)
         hidden = model(
-            input_ids=batch.completion_ids,
-            attention_mask=torch.cat([batch.prompt_mask[batch.group], batch.completion_mask.long()], dim=1),
-            position_ids=batch.prompt_lengths[batch.group, None] + columns,
-            past_key_values=cache,
-            use_cache=True,
-        ).logits  # (N, C, H): position j predicts completion token j + 1
+            input_ids=rows.ids, attention_mask=rows.mask, position_ids=rows.positions, past_key_values=cache, use_cache=True
+        ).logits  # (R, W, H): a completion's column j predicts its token j + 1
+    hidden = hidden[rows.row, rows.column]  # (N, C, H)
     hidden = torch.cat([last[batch.group, None], hidden[:, :-1]], dim=1)  # the state predicting each completion token
     return _completion_logprobs(head, hidden, batch.completion_ids, batch.completion_mask, temperature,
                                 _causal_lm(model), chunk_mib)  # fmt: skip

@@ -43,8 +43,9 @@ def test_benchmark_all_smoke_prints_every_ratio(tmp_path):
     assert floor["bytes"] > 0 and floor["floor_ms"] == pytest.approx(floor["memcpy_ms"] + floor["write_ms"])
 
     grpo = results["grpo"]
-    modes = ("sync", "async", "async_waits", "async_rollout_reference")
-    assert grpo["rounds"] == 1 and [grpo[m]["steps"] for m in modes] == [2] * 4  # 4 steps - 2 warm-up
+    modes = ("sync", "async", "async_waits", "async_unpacked", "async_rollout_reference")
+    assert grpo["rounds"] == 1 and [grpo[m]["steps"] for m in modes] == [2] * 5  # 4 steps - 2 warm-up
+    assert grpo["packed_vs_unpacked"] == pytest.approx(grpo["async"]["step_s"] / grpo["async_unpacked"]["step_s"])
     assert grpo["rollout_reference_vs_learner"] == pytest.approx(grpo["async_rollout_reference"]["step_s"] / grpo["async"]["step_s"])
     assert grpo["publish_behind_vs_waits"] == pytest.approx(grpo["async"]["step_s"] / grpo["async_waits"]["step_s"])
     assert grpo["ratio"] == pytest.approx(grpo["async"]["step_s"] / grpo["sync"]["step_s"])

@@ -1,8 +1,10 @@
 """``polyray bench learner`` at a toy size: the same machinery the real benchmark runs.
 
-- The stand-in pool's samples fill every sequence to the asked length, the same for the same prompt.
+- The stand-in pool's samples fill every sequence to the asked length, the same for the same prompt
+  (varied: each to a length of its own, at most that).
 - One measured step on each path, in this process: the micro-batched step and the whole-batch step
-  train on the same samples, so their losses agree; the peak covers what was loaded.
+  train on the same samples, so their losses agree, and so do varied-length samples packed and one a
+  row; the peak covers what was loaded.
 - The ratios the benchmark reports are the quotients of its rows.
 - (slow) The whole part through ``polyray bench learner``: every case in its own process.
 """
@@ -42,6 +44,15 @@ def test_stand_in_pool_fills_each_sequence_to_its_length():
             assert len(s.logprobs) == len(s.token_ids) and all(3 <= t < 512 for t in s.token_ids)
 
 
+def test_stand_in_pool_varies_the_lengths_and_counts_the_tokens():
+    pool = StandInPool(vocab=512, length=40, prompt_tokens=(8, 16), varied=True)
+    groups = pool.submit(["a", "b", "c"], 4, None).result()
+    lengths = [len(s.token_ids) for g in groups for s in g]
+    assert len(set(lengths)) > 3 and all(1 <= n and len(s.prompt_token_ids) + n <= 40
+                                         for g in groups for s, n in zip(g, (len(s.token_ids) for s in g)))  # fmt: skip
+    assert pool.tokens == sum(len(s.prompt_token_ids) + len(s.token_ids) for g in groups for s in g)
+
+
 def test_one_step_on_each_path_trains_on_the_same_samples(toy_model):
     micro = measure_step(toy_model, StepCase(4, 32, 64, 256, group_size=2, threads=1))
     whole = measure_step(toy_model, StepCase(4, 32, None, 0, group_size=2, threads=1))
@@ -50,6 +61,11 @@ def test_one_step_on_each_path_trains_on_the_same_samples(toy_model):
     for row in (micro, whole):
         assert row["peak_bytes"] >= row["loaded_bytes"] > 0 and row["tokens"] == 4 * 32
         assert row["tokens_per_s"] == pytest.approx(row["tokens"] / row["step_s"])
+    packed = measure_step(toy_model, StepCase(8, 96, 512, 256, group_size=4, threads=1, packing="packed"))
+    one_a_row = measure_step(toy_model, StepCase(8, 96, 512, 256, group_size=4, threads=1, packing="one a row"))
+    assert (packed["path"], one_a_row["path"]) == ("varied lengths, packed", "varied lengths, one a row")
+    assert packed["loss"] == pytest.approx(one_a_row["loss"], rel=1e-5, abs=1e-7)
+    assert packed["tokens"] == one_a_row["tokens"] < 8 * 96
     plan = estimate(toy_model, StepCase(4, 32, 64, 256, group_size=2))
     assert plan["total"] == pytest.approx(sum(v for k, v in plan.items() if k != "total"))
 
@@ -60,11 +76,13 @@ def test_ratios_are_quotients_of_the_rows():
                 "estimate_ratio": est}  # fmt: skip
 
     rows = [row(8, "micro-batched", 3.0, 100, 0.9), row(8, "whole batch", 6.0, 80, 1.1),
-            row(64, "micro-batched", 3.3, 120, 1.0), {"sequences": 64, "path": "whole batch", "error": "killed"}]  # fmt: skip
+            row(64, "micro-batched", 3.3, 120, 1.0), {"sequences": 64, "path": "whole batch", "error": "killed"},
+            {"sequences": 8, "path": "varied lengths, packed", "peak_bytes": 2.0, "step_s": 0.6},
+            {"sequences": 8, "path": "varied lengths, one a row", "peak_bytes": 2.5, "step_s": 1.0}]  # fmt: skip
     ratios = learner_ratios(rows)
     assert ratios == pytest.approx({"peak_64_vs_8": 1.1, "whole_vs_micro_peak_8": 2.0, "micro_vs_whole_tokens_per_s_8": 1.25,
-                                    "micro_vs_whole_tokens_per_cpu_s_8": 1.25, "estimate_vs_measured_min": 0.9,
-                                    "estimate_vs_measured_max": 1.1})  # fmt: skip
+                                    "micro_vs_whole_tokens_per_cpu_s_8": 1.25, "packed_vs_one_a_row_step_s_8": 0.6,
+                                    "estimate_vs_measured_min": 0.9, "estimate_vs_measured_max": 1.1})  # fmt: skip
 
 
 @pytest.mark.slow
@@ -78,7 +96,8 @@ def test_bench_learner_command_at_a_toy_size(tmp_path):
     assert done.value.code == 0
     results = json.loads(out.read_text())
     paths = [(c["sequences"], c["path"]) for c in results["cases"]]
-    assert paths == [(2, "micro-batched"), (2, "whole batch"), (4, "micro-batched")]
+    assert paths == [(2, "micro-batched"), (2, "whole batch"), (2, "varied lengths, packed"),
+                     (2, "varied lengths, one a row"), (4, "micro-batched")]  # fmt: skip
     assert all("error" not in c for c in results["cases"])
-    assert {"peak_4_vs_2", "whole_vs_micro_peak_2", "estimate_vs_measured_max"} <= set(results["ratios"])
+    assert {"peak_4_vs_2", "whole_vs_micro_peak_2", "packed_vs_one_a_row_step_s_2", "estimate_vs_measured_max"} <= set(results["ratios"])
     assert len(learner_rows(results["ratios"])) == len(results["ratios"])

@@ -171,7 +171,7 @@ def test_polychromic_floor_prefers_the_one_ahead_variant():
 
 def test_summary_rows_hold_the_floors_and_the_peer_ratios():
     results = {
-        "grpo": {"ratio": 0.6, "async_vs_floor": 1.3, "rollout_reference_vs_learner": 1.1},
+        "grpo": {"ratio": 0.6, "async_vs_floor": 1.3, "rollout_reference_vs_learner": 1.1, "packed_vs_unpacked": 0.8},
         "polychromic": {"sft": {"step_s": 1.0}, "sft[8 sequences: references + samples]": {"step_s": 2.0},
                         "polychromic_sft[x]": {"step_s": 3.0}},
         "peer": {"ratios": {"grpo_step_polyray_vs_trl": 1.5, "sft_step_polyray_vs_trl": 0.9, "end_to_end_polyray_vs_trl": 5.0},
@@ -180,6 +180,7 @@ def test_summary_rows_hold_the_floors_and_the_peer_ratios():
     rows = {name: (value, goal) for name, value, goal in summary_rows(results)}
     assert rows["GRPO step, one ahead / max(rollout + reward, update + publish)"] == (1.3, "<= 1.1")
     assert rows["GRPO step, one ahead: KL reference on the rollout worker / on the learner"] == (1.1, "-")
+    assert rows["GRPO step, one ahead: samples packed / one a row"] == (0.8, "-")
     assert rows["polychromic_sft[x] step / SFT step on references + samples"] == (1.5, "<= 1.2")
     assert rows["polychromic_sft[x] step / SFT step"] == (3.0, "-")
     assert not any(name.startswith("sft[") for name in rows)
@@ -187,17 +188,18 @@ def test_summary_rows_hold_the_floors_and_the_peer_ratios():
     assert rows["vLLM / transformers generate tokens/s, larger model, 128 tokens"] == (2.5, ">= 2")
 
 
-def test_print_grpo_shows_the_rollout_reference_mode(capsys):
+def test_print_grpo_shows_the_rollout_reference_and_unpacked_modes(capsys):
     from polyray.drivers.bench.suite import print_grpo
 
     mode = {"step_s": 0.2, "rollout_s": 0.0, "reward_s": 0.0, "sync_s": 0.01}
     results = {"steps": 12, "rounds": 3, "sync": {**mode, "step_s": 0.3, "rollout_s": 0.1}, "async": mode,
                "async_rollout_reference": {**mode, "step_s": 0.22, "rollout_s": 0.05}, "ratio": 0.67,
-               "rollout_reference_vs_learner": 1.1, "floor": {"rollout_s": 0.1, "update_publish_s": 0.19, "floor_s": 0.19},
+               "async_unpacked": {**mode, "step_s": 0.25}, "packed_vs_unpacked": 0.8, "rollout_reference_vs_learner": 1.1, "floor": {"rollout_s": 0.1, "update_publish_s": 0.19, "floor_s": 0.19},
                "async_vs_floor": 1.05}  # fmt: skip
     print_grpo(results)
     out = capsys.readouterr().out
     assert "KL reference scored by the rollout worker" in out and "/ by the learner: 1.10" in out
+    assert "one sample a row in the update" in out and "/ one sample a row: 0.80" in out
 
 
 def test_sync_floor_times_one_copy_and_one_write_of_the_adapters_bytes(tmp_path):

@@ -1,8 +1,12 @@
-"""Shared prompts (``learner.share_prompts``) change the work, never the step.
+"""Shared prompts (``learner.share_prompts``) and packed samples (``learner.pack_samples``) change the
+work, never the step.
 
 - :func:`shared_prompt_logprobs` (each prompt through the model once, its samples on its keys and
-  values) gives the log-probs of :func:`token_logprobs` on the whole sequences, and their gradients,
-  with prompts of different lengths, groups of different sizes, one temperature or one per sequence.
+  values; packed: a prompt's samples sharing rows) gives the log-probs of :func:`token_logprobs` on the
+  whole sequences, and their gradients, with prompts of different lengths, groups of different sizes,
+  one temperature or one per sequence.
+- Packed, a prompt's samples sit back to back in its row, each at its own positions, seeing its prompt
+  and its own earlier tokens.
 - One GRPO step with shared prompts, in micro-batches of whole groups and on 2 gloo ranks under DDP,
   leaves the gradient and metrics of the whole-sequence step in one pass.
 
@@ -18,7 +22,13 @@ import torch
 
 from phase_harness import build_policy, multi_rank_grads, step_grads, tiny_model_dir
 from polyray.learner.batch import TrainBatch
-from polyray.models.batching import pack_prompt_groups, pack_sequences, shared_prompt_logprobs, token_logprobs
+from polyray.models.batching import (
+    _completion_rows,
+    pack_prompt_groups,
+    pack_sequences,
+    shared_prompt_logprobs,
+    token_logprobs,
+)
 
 GRPO_CASES = ["grpo_seq_mean_token_mean", "grpo_token_mean", "grpo_seq_mean_token_sum_norm", "grpo_dynamic_sampling"]
 
@@ -43,8 +53,9 @@ def _close(value, reference, label: str, rel: float = 1e-6) -> None:
     torch.testing.assert_close(value, reference, rtol=0, atol=rel * scale, msg=label)
 
 
+@pytest.mark.parametrize("pack", [True, False])
 @pytest.mark.parametrize("temperature", [1.0, 0.7, "per-sequence"])
-def test_shared_prompt_logprobs_equal_the_whole_sequences(model_dir, temperature):
+def test_shared_prompt_logprobs_equal_the_whole_sequences(model_dir, temperature, pack):
     model, tokenizer = build_policy(model_dir)
     model = model.to(torch.float64)
     prompts, completions, group = _groups(tokenizer)
@@ -53,9 +64,10 @@ def test_shared_prompt_logprobs_equal_the_whole_sequences(model_dir, temperature
     params = [p for p in model.parameters() if p.requires_grad]
     whole, mask = token_logprobs(model, pack_sequences([prompts[b] for b in group], completions, tokenizer.pad_token_id),
                                  temperature, chunk_mib=0)  # fmt: skip
-    shared, shared_mask = shared_prompt_logprobs(
-        model, pack_prompt_groups(prompts, completions, group, tokenizer.pad_token_id), temperature
-    )
+    groups = pack_prompt_groups(prompts, completions, group, tokenizer.pad_token_id)
+    rows = len(_completion_rows(groups, pack).ids)
+    assert rows == len(prompts) if pack else rows == len(completions)
+    shared, shared_mask = shared_prompt_logprobs(model, groups, temperature, pack=pack)
     # the whole-sequence targets of completion token j of sequence i sit at len(prompt) - 1 + j
     reference = torch.zeros(shared.shape, dtype=whole.dtype)
     for i, b in enumerate(group):
@@ -69,6 +81,19 @@ def test_shared_prompt_logprobs_equal_the_whole_sequences(model_dir, temperature
     for g, ref in zip(torch.autograd.grad((shared * weights * shared_mask).sum(), params), expected):
         _close(g, ref, "gradient")
     assert any(g.abs().max() > 0 for g in expected)
+
+
+def test_packed_rows_hold_each_prompts_samples_back_to_back():
+    groups = pack_prompt_groups([[5, 6, 7], [8]], [[1, 2], [3], [4, 4, 4], [9, 9]], [0, 1, 0, 1], pad_id=0)
+    rows = _completion_rows(groups, pack=True)
+    assert rows.prompt is None and rows.ids.tolist() == [[1, 2, 4, 4, 4], [3, 9, 9, 0, 0]]
+    assert rows.positions.tolist() == [[3, 4, 3, 4, 5], [1, 1, 2, 1, 1]]  # after its prompt, from its own start
+    assert rows.ids[rows.row, rows.column][groups.completion_mask > 0].tolist() == [1, 2, 3, 4, 4, 4, 9, 9]
+    sees = rows.mask[1, 0].int().tolist()  # prompt 1's row: its 1-token prompt (of 3 columns), then its own tokens
+    assert sees[:3] == [[1, 0, 0, 1, 0, 0, 0, 0]] + [[1, 0, 0, 0, 1, 0, 0, 0], [1, 0, 0, 0, 1, 1, 0, 0]]
+    assert sees[3:] == [[1, 0, 0, 0, 0, 0, 0, 0]] * 2  # padding sees the prompt alone (finite, never read)
+    unpacked = _completion_rows(groups, pack=False)
+    assert unpacked.prompt.tolist() == [0, 1, 0, 1] and unpacked.mask.shape == (4, 3 + 3)
 
 
 def test_shared_prompts_refuse_a_model_without_its_cache(model_dir):
@@ -131,9 +156,11 @@ def _assert_same_step(reference, other, label: str) -> None:
 
 @pytest.mark.parametrize("name", GRPO_CASES)
 @pytest.mark.parametrize("budget", [None, 12])
-def test_a_grpo_step_with_shared_prompts_equals_the_whole_sequence_step(model_dir, whole_step, name, budget):
-    shared = step_grads(model_dir, name, dtype=torch.float64, share_prompts=True, micro_batch_tokens=budget)
-    _assert_same_step(whole_step[name], shared, f"{name} budget={budget}")
+@pytest.mark.parametrize("pack", [True, False])
+def test_a_grpo_step_with_shared_prompts_equals_the_whole_sequence_step(model_dir, whole_step, name, budget, pack):
+    shared = step_grads(model_dir, name, dtype=torch.float64, share_prompts=True, micro_batch_tokens=budget,
+                        pack_samples=pack)  # fmt: skip
+    _assert_same_step(whole_step[name], shared, f"{name} budget={budget} pack={pack}")
 
 
 @pytest.mark.slow

@@ -92,11 +92,14 @@ class _Done:
 
 class StandInPool:
     """Rollouts without an engine: prompt ``b``'s group is the same every time. Each prompt has 32-64 random
-    token ids (``prompt_tokens``), each completion fills its sequence to ``length`` tokens, and every
-    completion token has the log-prob of a uniform draw from the vocabulary."""
+    token ids (``prompt_tokens``), each completion fills its sequence to ``length`` tokens (``varied``: a
+    length drawn uniformly from 1 to that), and every completion token has the log-prob of a uniform
+    draw from the vocabulary. ``tokens``: the prompt and completion tokens of the last rollout's sequences."""
 
-    def __init__(self, vocab: int, length: int, prompt_tokens: tuple[int, int] = (32, 64), seed: int = 0):
-        self.vocab, self.length, self.prompt_tokens, self.seed = vocab, length, prompt_tokens, seed
+    def __init__(self, vocab: int, length: int, prompt_tokens: tuple[int, int] = (32, 64), seed: int = 0,
+                 varied: bool = False):  # fmt: skip
+        self.vocab, self.length, self.prompt_tokens, self.seed, self.varied = vocab, length, prompt_tokens, seed, varied
+        self.tokens = 0
 
     def submit(self, prompts: list[str], n: int, sampling, version=None, adapter_name=None, seeds=None, reference=None):
         from polyray.rollout.worker import Sample
@@ -110,9 +113,11 @@ class StandInPool:
             prompt = [rng.randrange(3, self.vocab) for _ in range(min(rng.randint(low, high), self.length - 1))]
             group = []
             for j in range(n):
-                ids = [rng.randrange(3, self.vocab) for _ in range(self.length - len(prompt))]
+                fill = self.length - len(prompt)
+                ids = [rng.randrange(3, self.vocab) for _ in range(rng.randint(1, fill) if self.varied else fill)]
                 group.append(Sample(b, f"{b}:{j}", prompt, ids, [-math.log(self.vocab)] * len(ids), version or 0, False))
             groups.append(group)
+        self.tokens = sum(len(s.prompt_token_ids) + len(s.token_ids) for g in groups for s in g)
         return _Done(groups)
 
 
@@ -167,16 +172,22 @@ class StepCase:
     kl_beta: float = 0.04
     threads: int = 2
     warmup_steps: int = 1  # steps before the measured one (the allocator and optimizer as in a run's later steps)
+    # None: whole sequences of ``length`` tokens; "packed" / "one a row": samples of varied lengths on shared
+    # prompts (learner.share_prompts), learner.pack_samples on / off
+    packing: str | None = None
 
     @property
     def path(self) -> str:
+        if self.packing is not None:
+            return f"varied lengths, {self.packing}"
         return "whole batch" if self.micro_batch_tokens is None and not self.logits_chunk_mib else "micro-batched"
 
 
 def measure_step(model_dir: str, case: StepCase) -> dict[str, Any]:
     """One GRPO learner step of ``case`` in this process: resident memory before the model loads, after it
-    loads, and the step's peak; the step's seconds and tokens (prompt + completion) per second, by the
-    clock and per second of the process's CPU time (what other work on a shared machine disturbs less)."""
+    loads, and the step's peak; the step's seconds and tokens (prompt + completion, each sequence's own)
+    per second, by the clock and per second of the process's CPU time (what other work on a shared machine
+    disturbs less)."""
     import gc
 
     import peft  # noqa: F401 (imported before the baseline is read: the runtime, not the model)
@@ -202,8 +213,9 @@ def measure_step(model_dir: str, case: StepCase) -> dict[str, Any]:
                           kl_reference="base", sampling={"max_tokens": case.length})  # fmt: skip
     task_cfg = CountdownTaskConfig(n_train=max(prompts, 8), n_test=8)
     ctx = StepContext(model, tokenizer, 0, 1, seed=0, reward_fn=graded_reward, micro_batch_tokens=case.micro_batch_tokens,
-                      logits_chunk_mib=case.logits_chunk_mib)  # fmt: skip
-    pool = StandInPool(model.config.vocab_size, case.length)
+                      logits_chunk_mib=case.logits_chunk_mib, share_prompts=case.packing is not None,
+                      pack_samples=case.packing == "packed")  # fmt: skip
+    pool = StandInPool(model.config.vocab_size, case.length, varied=case.packing is not None)
     phase = GRPOPhase(cfg, build_task(task_cfg), task_cfg.n_train, ctx, pool)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
@@ -217,7 +229,7 @@ def measure_step(model_dir: str, case: StepCase) -> dict[str, Any]:
     metrics, _ = _train_step(model, phase, optimizer, params, 1.0, case.warmup_steps, 1)
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
     peak = peak_rss_bytes()
-    tokens = case.sequences * case.length
+    tokens = pool.tokens
     return {**asdict(case), "path": case.path, "before_load_bytes": before_load, "loaded_bytes": loaded,
             "peak_bytes": peak, "peak_of": "step" if step_only else "process", "step_s": seconds,
             "cpu_s": cpu_seconds, "tokens": tokens, "tokens_per_s": tokens / seconds,
@@ -255,16 +267,23 @@ def run_case(model_dir: str, case: StepCase, timeout: float = 1800) -> dict[str,
 def bench_learner(
     sizes: list[int], whole_batch_sizes: list[int], length: int = 256, micro_batch_tokens: int = 2048,
     logits_chunk_mib: float = 256, shape: BenchShape | None = None, threads: int = 2, on_case=None,
+    packing_sizes: list[int] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Every size micro-batched, the ``whole_batch_sizes`` also on the whole-batch path, side by side (size
-    by size, each in its own process), with the plan's estimate beside each; then the ratios."""
+    by size, each in its own process), with the plan's estimate beside each; then, at ``packing_sizes``
+    (default: the smallest size), samples of varied lengths on shared prompts, packed and one a row
+    (micro-batched); then the ratios."""
     shape = shape or BenchShape()
+    packing_sizes = [min(sizes)] if packing_sizes is None else packing_sizes
     cases = []
-    for n in sorted(set(sizes) | set(whole_batch_sizes)):
+    for n in sorted(set(sizes) | set(whole_batch_sizes) | set(packing_sizes)):
         if n in sizes:
             cases.append(StepCase(n, length, micro_batch_tokens, logits_chunk_mib, threads=threads))
         if n in whole_batch_sizes:
             cases.append(StepCase(n, length, None, 0, threads=threads))
+        if n in packing_sizes:
+            cases += [StepCase(n, length, micro_batch_tokens, logits_chunk_mib, threads=threads, packing=p)
+                      for p in ("packed", "one a row")]  # fmt: skip
     results: dict[str, Any] = {"shape": asdict(shape), "length": length, "micro_batch_tokens": micro_batch_tokens,
                                "logits_chunk_mib": logits_chunk_mib, "threads": threads, "cases": []}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="polyray-bench-learner-") as tmp:
@@ -274,7 +293,7 @@ def bench_learner(
                 on_case(case)
             row = run_case(model_dir, case)
             row["estimate"] = estimate(model_dir, case)
-            if "peak_bytes" in row:
+            if "peak_bytes" in row and case.packing is None:  # (the plan's sequences are all ``length`` long)
                 row["estimate_ratio"] = row["estimate"]["total"] / row["peak_bytes"]
             results["cases"].append(row)
     results["ratios"] = learner_ratios(results["cases"])
@@ -283,10 +302,13 @@ def bench_learner(
 
 def learner_ratios(cases: list[dict[str, Any]]) -> dict[str, float]:
     """Peak at the largest / smallest micro-batched size; whole batch / micro-batched peak and micro-batched /
-    whole-batch tokens/s at each size both ran; the estimate / measured range."""
+    whole-batch tokens/s at each size both ran; varied-length samples, packed / one a row step time where
+    both ran; the estimate / measured range."""
     ok = [c for c in cases if "peak_bytes" in c]
     micro = {c["sequences"]: c for c in ok if c["path"] == "micro-batched"}
     whole = {c["sequences"]: c for c in ok if c["path"] == "whole batch"}
+    packed = {c["sequences"]: c for c in ok if c["path"] == "varied lengths, packed"}
+    one_a_row = {c["sequences"]: c for c in ok if c["path"] == "varied lengths, one a row"}
     ratios: dict[str, float] = {}
     if len(micro) > 1:
         small, large = min(micro), max(micro)
@@ -295,9 +317,12 @@ def learner_ratios(cases: list[dict[str, Any]]) -> dict[str, float]:
         ratios[f"whole_vs_micro_peak_{n}"] = whole[n]["peak_bytes"] / micro[n]["peak_bytes"]
         ratios[f"micro_vs_whole_tokens_per_s_{n}"] = micro[n]["tokens_per_s"] / whole[n]["tokens_per_s"]
         ratios[f"micro_vs_whole_tokens_per_cpu_s_{n}"] = micro[n]["tokens_per_cpu_s"] / whole[n]["tokens_per_cpu_s"]
-    if ok:
-        ratios["estimate_vs_measured_min"] = min(c["estimate_ratio"] for c in ok)
-        ratios["estimate_vs_measured_max"] = max(c["estimate_ratio"] for c in ok)
+    for n in sorted(set(packed) & set(one_a_row)):
+        ratios[f"packed_vs_one_a_row_step_s_{n}"] = packed[n]["step_s"] / one_a_row[n]["step_s"]
+    estimated = [c for c in ok if "estimate_ratio" in c]
+    if estimated:
+        ratios["estimate_vs_measured_min"] = min(c["estimate_ratio"] for c in estimated)
+        ratios["estimate_vs_measured_max"] = max(c["estimate_ratio"] for c in estimated)
     return ratios
 
 
@@ -321,7 +346,8 @@ def print_learner(results: dict[str, Any], console) -> None:
             continue
         peak = c["peak_bytes"] / GIB
         mark = "" if c["peak_of"] == "step" else " (process)"
-        table.add_row(str(c["sequences"]), c["path"], f"{peak:.2f}{mark}", f"{est:.2f}", f"{c['estimate_ratio']:.2f}",
+        ratio = f"{c['estimate_ratio']:.2f}" if "estimate_ratio" in c else "-"
+        table.add_row(str(c["sequences"]), c["path"], f"{peak:.2f}{mark}", f"{est:.2f}", ratio,
                       f"{c['loaded_bytes'] / GIB:.2f}", f"{c['step_s']:.1f}", f"{c['tokens_per_s']:.0f}",
                       f"{c['tokens_per_cpu_s']:.0f}")  # fmt: skip
     console.print(table)

@@ -194,6 +194,7 @@ def bench_grpo(steps: int, config: str, warmup: int = 2, rounds: int = 2) -> dic
     ahead = [f"phases.{index}.async_rollouts=true", f"phases.{index}.max_lag=1"]
     variants = {"sync": [f"phases.{index}.async_rollouts=false", f"phases.{index}.max_lag=0"], "async": ahead,
                 "async_waits": [*ahead, "learner.publish_behind_step=false"],  # each publish waits for the loads
+                "async_unpacked": [*ahead, "learner.pack_samples=false"],  # one sample a row in the update
                 "async_rollout_reference": [*ahead, f"phases.{index}.kl_reference_logprobs=rollouts"]}
     if not base.phases[index].kl_beta:  # no KL term: nothing to score under a reference
         variants.pop("async_rollout_reference")
@@ -217,6 +218,7 @@ def bench_grpo(steps: int, config: str, warmup: int = 2, rounds: int = 2) -> dic
             pool.shutdown()
     results["ratio"] = results["async"]["step_s"] / results["sync"]["step_s"]
     results["publish_behind_vs_waits"] = results["async"]["step_s"] / results["async_waits"]["step_s"]
+    results["packed_vs_unpacked"] = results["async"]["step_s"] / results["async_unpacked"]["step_s"]
     if "async_rollout_reference" in results:
         results["rollout_reference_vs_learner"] = results["async_rollout_reference"]["step_s"] / results["async"]["step_s"]
     results["floor"] = grpo_floor(results["sync"])
@@ -241,6 +243,7 @@ def print_grpo(results: dict[str, Any]) -> None:
     for col in ("mode", "step s", "rollout s", "reward s", "sync s", "rest s"):
         table.add_column(col, justify="left" if col == "mode" else "right")
     labels = {"sync": "sync", "async": "one step ahead", "async_waits": "one ahead, each publish waits for its loads",
+              "async_unpacked": "one ahead, one sample a row in the update (learner.pack_samples false)",
               "async_rollout_reference": "one ahead, KL reference scored by the rollout worker"}
     for name, label in labels.items():
         if name not in results:  # (a run before the third mode)
@@ -252,6 +255,8 @@ def print_grpo(results: dict[str, Any]) -> None:
     console.print(f"one step ahead / synchronous: {results['ratio']:.2f}")
     if "publish_behind_vs_waits" in results:
         console.print(f"one step ahead, publish behind the step / each publish waiting: {results['publish_behind_vs_waits']:.2f}")
+    if "packed_vs_unpacked" in results:
+        console.print(f"one step ahead, samples packed into shared rows / one sample a row: {results['packed_vs_unpacked']:.2f}")
     if "rollout_reference_vs_learner" in results:
         console.print(f"one step ahead, KL reference scored by the rollout worker / by the learner:"
                       f" {results['rollout_reference_vs_learner']:.2f}")  # fmt: skip
@@ -502,6 +507,8 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, float, str]]:
         rows.append(("GRPO step, one ahead / max(rollout + reward, update + publish)", results["grpo"]["async_vs_floor"], "<= 1.1"))
         if "publish_behind_vs_waits" in results["grpo"]:
             rows.append(("GRPO step, one ahead: publish behind the step / waited for", results["grpo"]["publish_behind_vs_waits"], "-"))
+        if "packed_vs_unpacked" in results["grpo"]:
+            rows.append(("GRPO step, one ahead: samples packed / one a row", results["grpo"]["packed_vs_unpacked"], "-"))
         if "rollout_reference_vs_learner" in results["grpo"]:
             rows.append(("GRPO step, one ahead: KL reference on the rollout worker / on the learner",
                          results["grpo"]["rollout_reference_vs_learner"], "-"))  # fmt: skip
@@ -531,6 +538,7 @@ def learner_rows(ratios: dict[str, float]) -> list[tuple[str, float, str]]:
              "whole_vs_micro_peak_": ("learner peak, whole batch / micro-batched", ">= 3"),
              "micro_vs_whole_tokens_per_s_": ("learner tokens/s, micro-batched / whole batch", ">= 1"),
              "micro_vs_whole_tokens_per_cpu_s_": ("learner tokens per CPU s, micro-batched / whole batch", ">= 1"),
+             "packed_vs_one_a_row_step_s_": ("learner step, varied-length samples packed / one a row", "-"),
              "estimate_vs_measured_": ("memory plan estimate / measured peak", "0.75-1.25")}  # fmt: skip
     rows = []
     for key, value in ratios.items():
