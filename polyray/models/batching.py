@@ -248,6 +248,32 @@ def prompt_sharing_blocker(model) -> str | None:
     return None
 
 
+ROW_TOKENS = 1024  # a packed row's length when every sample is shorter (shared_prompt_logprobs)
+
+
+def pack_rows(lengths: list[int], group: list[int], capacity: int) -> tuple[list[int], list[int], list[int]]:
+    """Samples in rows of at most ``capacity`` tokens, each row holding samples of one prompt: (the row of
+    each sample, its first column there, the prompt of each row). First fit, longest first, within each
+    prompt's samples (a sample longer than ``capacity`` gets a row of its own)."""
+    if len(lengths) != len(group):
+        raise ValueError(f"{len(lengths)} lengths but {len(group)} group indices")
+    row_of, start = [0] * len(lengths), [0] * len(lengths)
+    fill: list[int] = []
+    row_prompt: list[int] = []
+    rows_of_prompt: dict[int, list[int]] = {}
+    for i in sorted(range(len(lengths)), key=lambda i: (group[i], -lengths[i], i)):
+        rows = rows_of_prompt.setdefault(group[i], [])
+        r = next((r for r in rows if fill[r] + lengths[i] <= capacity), None)
+        if r is None:
+            r = len(fill)
+            fill.append(0)
+            row_prompt.append(group[i])
+            rows.append(r)
+        row_of[i], start[i] = r, fill[r]
+        fill[r] += lengths[i]
+    return row_of, start, row_prompt
+
+
 @dataclass
 class _CompletionRows:
     """Where :func:`shared_prompt_logprobs`' completion pass puts each completion token: ``ids``,
@@ -275,22 +301,24 @@ def _completion_rows(batch: PromptGroups, pack: bool) -> _CompletionRows:
         return _CompletionRows(batch.completion_ids, batch.prompt_lengths[batch.group, None] + columns, batch.group,
                                row, columns.expand(n, width), mask)  # fmt: skip
     lengths = batch.completion_mask.sum(-1).long()
-    prompts = len(batch.prompt_ids)
-    own = torch.nn.functional.one_hot(batch.group, prompts) * lengths[:, None]  # (N, B): each completion's tokens in its row
-    start = (own.cumsum(0) - own).gather(1, batch.group[:, None]).squeeze(1)  # its first column: the ones before it
-    w = max(int(own.sum(0).max()), 1)
+    row_of, start, row_prompt = pack_rows(lengths.tolist(), batch.group.tolist(), max(width, ROW_TOKENS))
+    row_of, start = torch.tensor(row_of, device=device), torch.tensor(start, device=device)
+    prompt = torch.tensor(row_prompt, device=device)
+    r, w = len(row_prompt), int((start + lengths).max())
     real = columns[None] < lengths[:, None]  # (N, C)
-    rows, cols = batch.group[:, None].expand(n, width), (start[:, None] + columns).clamp(max=w - 1)
-    ids = torch.zeros((prompts, w), dtype=torch.long, device=device)
+    rows, cols = row_of[:, None].expand(n, width), (start[:, None] + columns).clamp(max=w - 1)
+    ids = torch.zeros((r, w), dtype=torch.long, device=device)
     ids[rows[real], cols[real]] = batch.completion_ids[real]
-    sequence = torch.full((prompts, w), -1, dtype=torch.long, device=device)  # -1: padding
+    sequence = torch.full((r, w), -1, dtype=torch.long, device=device)  # -1: padding
     sequence[rows[real], cols[real]] = torch.arange(n, device=device)[:, None].expand(n, width)[real]
-    positions = batch.prompt_lengths[:, None].expand(prompts, w).clone()
+    positions = batch.prompt_lengths[prompt, None].expand(r, w).clone()
     positions[rows[real], cols[real]] = (batch.prompt_lengths[batch.group, None] + columns)[real]
     q = torch.arange(w, device=device)
     sees_own = (sequence[:, :, None] == sequence[:, None, :]) & (sequence[:, None, :] >= 0) & (q[:, None] >= q[None, :])
-    sees_prompt = (batch.prompt_mask > 0)[:, None, :].expand(prompts, w, -1)  # padding too: its rows stay finite
-    return _CompletionRows(ids, positions, None, rows, cols, torch.cat([sees_prompt, sees_own], dim=-1)[:, None])
+    sees_prompt = (batch.prompt_mask[prompt] > 0)[:, None, :].expand(r, w, -1)  # padding too: its rows stay finite
+    mask = torch.cat([sees_prompt, sees_own], dim=-1)[:, None]
+    same = r == len(batch.prompt_ids) and row_prompt == list(range(r))  # row b is prompt b's: no copy of its keys
+    return _CompletionRows(ids, positions, None if same else prompt, rows, cols, mask)
 
 
 def shared_prompt_logprobs(
@@ -303,10 +331,12 @@ def shared_prompt_logprobs(
     The prompts go through the model once (B rows) and keep their keys and values; the completions then
     run on copies of them, at positions after their prompt (padding between masked out), so a group of
     G samples of a prompt costs P + G * C tokens of forward and backward instead of G * (P + C).
-    ``pack`` (``learner.pack_samples``; under sdpa attention only): a prompt's completions share one row,
-    back to back, a token attending to its prompt and its own completion's earlier tokens alone, so no
-    completion is padded to the longest one and the prompt's keys are not copied; otherwise one
-    completion a row, on its own copy of its prompt's keys. The first completion token's log-prob comes from the prompt's last hidden state,
+    ``pack`` (``learner.pack_samples``; under sdpa attention only): a prompt's completions share rows,
+    back to back (:func:`pack_rows`), a token attending to its prompt and its own completion's earlier
+    tokens alone, so no completion is padded to the longest one; a row holds up to ``ROW_TOKENS`` (1024)
+    tokens, or the longest completion where that is longer, so a token attends to at most that many
+    completion keys (short completions: one row a prompt, on the prompt's own keys; long ones fill each
+    other's padding). Otherwise one completion a row, on its own copy of its prompt's keys. The first completion token's log-prob comes from the prompt's last hidden state,
     the others from the completion pass. Gradients reach the prompt pass through its keys and values
     (summed over the group). Equal to :func:`token_logprobs` of the same sequences up to float rounding
     (the attention sums run in another order). The prompt pass runs on the module under DDP, the

@@ -6,7 +6,7 @@ work, never the step.
   whole sequences, and their gradients, with prompts of different lengths, groups of different sizes,
   one temperature or one per sequence.
 - Packed, a prompt's samples sit back to back in its row, each at its own positions, seeing its prompt
-  and its own earlier tokens.
+  and its own earlier tokens; :func:`pack_rows` splits them into rows within a row's capacity.
 - One GRPO step with shared prompts, in micro-batches of whole groups and on 2 gloo ranks under DDP,
   leaves the gradient and metrics of the whole-sequence step in one pass.
 
@@ -25,6 +25,7 @@ from polyray.learner.batch import TrainBatch
 from polyray.models.batching import (
     _completion_rows,
     pack_prompt_groups,
+    pack_rows,
     pack_sequences,
     shared_prompt_logprobs,
     token_logprobs,
@@ -53,9 +54,11 @@ def _close(value, reference, label: str, rel: float = 1e-6) -> None:
     torch.testing.assert_close(value, reference, rtol=0, atol=rel * scale, msg=label)
 
 
-@pytest.mark.parametrize("pack", [True, False])
+@pytest.mark.parametrize("pack", ["one row a prompt", "rows of 12 tokens", "one a row"])
 @pytest.mark.parametrize("temperature", [1.0, 0.7, "per-sequence"])
-def test_shared_prompt_logprobs_equal_the_whole_sequences(model_dir, temperature, pack):
+def test_shared_prompt_logprobs_equal_the_whole_sequences(model_dir, temperature, pack, monkeypatch):
+    if pack == "rows of 12 tokens":  # the longest completion is 11 tokens: a prompt's samples in several rows
+        monkeypatch.setattr("polyray.models.batching.ROW_TOKENS", 12)
     model, tokenizer = build_policy(model_dir)
     model = model.to(torch.float64)
     prompts, completions, group = _groups(tokenizer)
@@ -65,9 +68,10 @@ def test_shared_prompt_logprobs_equal_the_whole_sequences(model_dir, temperature
     whole, mask = token_logprobs(model, pack_sequences([prompts[b] for b in group], completions, tokenizer.pad_token_id),
                                  temperature, chunk_mib=0)  # fmt: skip
     groups = pack_prompt_groups(prompts, completions, group, tokenizer.pad_token_id)
-    rows = len(_completion_rows(groups, pack).ids)
-    assert rows == len(prompts) if pack else rows == len(completions)
-    shared, shared_mask = shared_prompt_logprobs(model, groups, temperature, pack=pack)
+    rows = len(_completion_rows(groups, pack != "one a row").ids)
+    assert rows == {"one row a prompt": len(prompts), "one a row": len(completions)}.get(pack, rows)
+    assert len(prompts) < rows < len(completions) or pack != "rows of 12 tokens"
+    shared, shared_mask = shared_prompt_logprobs(model, groups, temperature, pack=pack != "one a row")
     # the whole-sequence targets of completion token j of sequence i sit at len(prompt) - 1 + j
     reference = torch.zeros(shared.shape, dtype=whole.dtype)
     for i, b in enumerate(group):
@@ -86,14 +90,34 @@ def test_shared_prompt_logprobs_equal_the_whole_sequences(model_dir, temperature
 def test_packed_rows_hold_each_prompts_samples_back_to_back():
     groups = pack_prompt_groups([[5, 6, 7], [8]], [[1, 2], [3], [4, 4, 4], [9, 9]], [0, 1, 0, 1], pad_id=0)
     rows = _completion_rows(groups, pack=True)
-    assert rows.prompt is None and rows.ids.tolist() == [[1, 2, 4, 4, 4], [3, 9, 9, 0, 0]]
-    assert rows.positions.tolist() == [[3, 4, 3, 4, 5], [1, 1, 2, 1, 1]]  # after its prompt, from its own start
+    assert rows.prompt is None and rows.ids.tolist() == [[4, 4, 4, 1, 2], [9, 9, 3, 0, 0]]  # longest first
+    assert rows.positions.tolist() == [[3, 4, 5, 3, 4], [1, 2, 1, 1, 1]]  # after its prompt, from its own start
     assert rows.ids[rows.row, rows.column][groups.completion_mask > 0].tolist() == [1, 2, 3, 4, 4, 4, 9, 9]
     sees = rows.mask[1, 0].int().tolist()  # prompt 1's row: its 1-token prompt (of 3 columns), then its own tokens
-    assert sees[:3] == [[1, 0, 0, 1, 0, 0, 0, 0]] + [[1, 0, 0, 0, 1, 0, 0, 0], [1, 0, 0, 0, 1, 1, 0, 0]]
+    assert sees[:3] == [[1, 0, 0, 1, 0, 0, 0, 0], [1, 0, 0, 1, 1, 0, 0, 0], [1, 0, 0, 0, 0, 1, 0, 0]]
     assert sees[3:] == [[1, 0, 0, 0, 0, 0, 0, 0]] * 2  # padding sees the prompt alone (finite, never read)
     unpacked = _completion_rows(groups, pack=False)
     assert unpacked.prompt.tolist() == [0, 1, 0, 1] and unpacked.mask.shape == (4, 3 + 3)
+
+
+def test_pack_rows_keep_each_sample_whole_in_a_row_of_its_own_prompt():
+    g = torch.Generator().manual_seed(3)
+    lengths = torch.randint(1, 13, (40,), generator=g).tolist()
+    group = sorted(torch.randint(0, 6, (40,), generator=g).tolist())
+    row_of, start, row_prompt = pack_rows(lengths, group, capacity=12)
+    cells = set()
+    for i, (r, s) in enumerate(zip(row_of, start)):
+        assert row_prompt[r] == group[i] and 0 <= s and s + lengths[i] <= 12
+        span = {(r, c) for c in range(s, s + lengths[i])}
+        assert not span & cells, f"sample {i} overlaps another"
+        cells |= span
+    assert len(row_prompt) < len(lengths)
+    fill = [sum(n for n, r in zip(lengths, row_of) if r == k) for k in range(len(row_prompt))]
+    assert all(fill[a] + fill[b] > 12 for a in range(len(fill)) for b in range(a) if row_prompt[a] == row_prompt[b])
+    assert pack_rows([5, 20, 3], [0, 0, 0], capacity=8) == ([1, 0, 1], [0, 0, 5], [0, 0])  # 20 alone, then 5 + 3
+    assert pack_rows([2, 3, 1], [1, 0, 1], capacity=256) == ([1, 0, 1], [0, 0, 2], [0, 1])  # one row a prompt
+    with pytest.raises(ValueError, match="2 lengths but 1 group"):
+        pack_rows([1, 2], [0], capacity=4)
 
 
 def test_shared_prompts_refuse_a_model_without_its_cache(model_dir):
