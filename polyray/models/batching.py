@@ -248,7 +248,7 @@ def prompt_sharing_blocker(model) -> str | None:
     return None
 
 
-ROW_TOKENS = 1024  # a packed row's length when every sample is shorter (shared_prompt_logprobs)
+ROW_TOKENS = 128  # a packed row's length when every sample is shorter (shared_prompt_logprobs)
 
 
 def pack_rows(lengths: list[int], group: list[int], capacity: int) -> tuple[list[int], list[int], list[int]]:
@@ -333,11 +333,12 @@ def shared_prompt_logprobs(
     G samples of a prompt costs P + G * C tokens of forward and backward instead of G * (P + C).
     ``pack`` (``learner.pack_samples``; under sdpa attention only): a prompt's completions share rows,
     back to back (:func:`pack_rows`), a token attending to its prompt and its own completion's earlier
-    tokens alone, so no completion is padded to the longest one; a row holds up to ``ROW_TOKENS`` (1024)
+    tokens alone, so no completion is padded to the longest one; a row holds up to ``ROW_TOKENS`` (128)
     tokens, or the longest completion where that is longer, so a token attends to at most that many
     completion keys (short completions: one row a prompt, on the prompt's own keys; long ones fill each
-    other's padding). Otherwise one completion a row, on its own copy of its prompt's keys. The first completion token's log-prob comes from the prompt's last hidden state,
-    the others from the completion pass. Gradients reach the prompt pass through its keys and values
+    other's padding, so a row is never longer than an unpacked one). Otherwise one completion a row, on
+    its own copy of its prompt's keys. The first completion token's log-prob comes from the prompt's
+    last hidden state, the others from the completion pass. Gradients reach the prompt pass through its keys and values
     (summed over the group). Equal to :func:`token_logprobs` of the same sequences up to float rounding
     (the attention sums run in another order). The prompt pass runs on the module under DDP, the
     completion pass through ``model`` itself, so DDP prepares its all-reduce once. Needs the model's
