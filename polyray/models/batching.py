@@ -338,9 +338,9 @@ def shared_prompt_logprobs(
     completion keys (short completions: one row a prompt, on the prompt's own keys; long ones fill each
     other's padding, so a row is never longer than an unpacked one). Otherwise one completion a row, on
     its own copy of its prompt's keys. The first completion token's log-prob comes from the prompt's
-    last hidden state, the others from the completion pass. Gradients reach the prompt pass through its keys and values
-    (summed over the group). Equal to :func:`token_logprobs` of the same sequences up to float rounding
-    (the attention sums run in another order). The prompt pass runs on the module under DDP, the
+    last hidden state, the others from the completion pass. Gradients reach the prompt pass through its
+    keys and values (summed over the group). Equal to :func:`token_logprobs` of the same sequences up to
+    float rounding (the attention sums run in another order). The prompt pass runs on the module under DDP, the
     completion pass through ``model`` itself, so DDP prepares its all-reduce once. Needs the model's
     key-value cache in training, which gradient checkpointing switches off (transformers' layers drop
     it), and a model :func:`prompt_sharing_blocker` finds nothing against.
@@ -362,7 +362,8 @@ def shared_prompt_logprobs(
         if rows.prompt is not None:  # each row's own (differentiable) copy of its prompt's keys and values
             cache.batch_select_indices(rows.prompt)
         hidden = model(
-            input_ids=rows.ids, attention_mask=rows.mask, position_ids=rows.positions, past_key_values=cache, use_cache=True
+            input_ids=rows.ids, attention_mask=rows.mask, position_ids=rows.positions, past_key_values=cache,
+            use_cache=True,
         ).logits  # (R, W, H): a completion's column j predicts its token j + 1
     hidden = hidden[rows.row, rows.column]  # (N, C, H)
     hidden = torch.cat([last[batch.group, None], hidden[:, :-1]], dim=1)  # the state predicting each completion token
