@@ -52,8 +52,8 @@ class LearnerConfig(StrictModel):
     pack_samples: bool = Field(
         True,
         description="GRPO with share_prompts: a prompt's samples run back to back in rows of the completion pass"
-        " (up to 128 tokens, or the longest sample; a token attends to its prompt and its own sample alone), so"
-        " no sample is padded to the longest one;"
+        " (up to 128 tokens, or the longest sample; a token attends to its prompt and its own sample alone)"
+        " where those rows hold fewer padded tokens than one sample a row;"
         " the same log-probs up to float rounding. Under sdpa attention (transformers' default); other attention"
         " implementations run one sample a row.",
     )

@@ -279,32 +279,34 @@ class _CompletionRows:
     """Where :func:`shared_prompt_logprobs`' completion pass puts each completion token: ``ids``,
     ``positions`` (R, W); ``prompt`` (R,) the prompt of each row (None: row b is prompt b's); ``row``,
     ``column`` (N, C) the row and column of completion token j of sequence i (past its end: a column of
-    its row, unused); ``mask``: the attention mask over the prompt's keys then the row's (2-D when each
-    row holds one completion, else (R, 1, W, P + W) boolean: a token sees its prompt and its own
-    completion's earlier tokens)."""
+    its row, unused; both None: row i is completion i); ``mask``: the attention mask over the prompt's
+    keys then the row's (2-D when each row holds one completion, else (R, 1, W, P + W) boolean: a token
+    sees its prompt and its own completion's earlier tokens)."""
 
     ids: torch.Tensor
     positions: torch.Tensor
     prompt: torch.Tensor | None
-    row: torch.Tensor
-    column: torch.Tensor
+    row: torch.Tensor | None
+    column: torch.Tensor | None
     mask: torch.Tensor
 
 
 def _completion_rows(batch: PromptGroups, pack: bool) -> _CompletionRows:
+    """The completion pass's rows: packed (:func:`pack_rows`) when ``pack`` and that holds fewer padded
+    tokens than one completion a row (it may not: rows are padded to the longest row), else one a row."""
     n, width = batch.completion_ids.shape
     device = batch.completion_ids.device
     columns = torch.arange(width, device=device)
-    if not pack:  # one completion a row
-        row = torch.arange(n, device=device)[:, None].expand(n, width)
+    lengths = batch.completion_mask.sum(-1).long()
+    if pack:
+        row_of, start, row_prompt = pack_rows(lengths.tolist(), batch.group.tolist(), max(width, ROW_TOKENS))
+        r, w = len(row_prompt), max(s + k for s, k in zip(start, lengths.tolist()))
+    if not pack or r * w >= n * width:  # one completion a row
         mask = torch.cat([batch.prompt_mask[batch.group], batch.completion_mask.long()], dim=1)
         return _CompletionRows(batch.completion_ids, batch.prompt_lengths[batch.group, None] + columns, batch.group,
-                               row, columns.expand(n, width), mask)  # fmt: skip
-    lengths = batch.completion_mask.sum(-1).long()
-    row_of, start, row_prompt = pack_rows(lengths.tolist(), batch.group.tolist(), max(width, ROW_TOKENS))
+                               None, None, mask)  # fmt: skip
     row_of, start = torch.tensor(row_of, device=device), torch.tensor(start, device=device)
     prompt = torch.tensor(row_prompt, device=device)
-    r, w = len(row_prompt), int((start + lengths).max())
     real = columns[None] < lengths[:, None]  # (N, C)
     rows, cols = row_of[:, None].expand(n, width), (start[:, None] + columns).clamp(max=w - 1)
     ids = torch.zeros((r, w), dtype=torch.long, device=device)
@@ -333,11 +335,12 @@ def shared_prompt_logprobs(
     G samples of a prompt costs P + G * C tokens of forward and backward instead of G * (P + C).
     ``pack`` (``learner.pack_samples``; under sdpa attention only): a prompt's completions share rows,
     back to back (:func:`pack_rows`), a token attending to its prompt and its own completion's earlier
-    tokens alone, so no completion is padded to the longest one; a row holds up to ``ROW_TOKENS`` (128)
-    tokens, or the longest completion where that is longer, so a token attends to at most that many
-    completion keys (short completions: one row a prompt, on the prompt's own keys; long ones fill each
-    other's padding, so a row is never longer than an unpacked one). Otherwise one completion a row, on
-    its own copy of its prompt's keys. The first completion token's log-prob comes from the prompt's
+    tokens alone; a row holds up to ``ROW_TOKENS`` (128) tokens, or the longest completion where that is
+    longer, so a token attends to at most that many completion keys (short completions: one row a
+    prompt; long ones fill each other's padding, so a row is never longer than an unpacked one). Rows
+    are padded to the longest row, so packing is used only where its rows hold fewer tokens than one
+    completion a row; when every prompt has one row, the rows run on the prompts' own keys (no copy).
+    Otherwise one completion a row, on its own copy of its prompt's keys. The first completion token's log-prob comes from the prompt's
     last hidden state, the others from the completion pass. Gradients reach the prompt pass through its
     keys and values (summed over the group). Equal to :func:`token_logprobs` of the same sequences up to
     float rounding (the attention sums run in another order). The prompt pass runs on the module under DDP, the
@@ -365,7 +368,8 @@ def shared_prompt_logprobs(
             input_ids=rows.ids, attention_mask=rows.mask, position_ids=rows.positions, past_key_values=cache,
             use_cache=True,
         ).logits  # (R, W, H): a completion's column j predicts its token j + 1
-    hidden = hidden[rows.row, rows.column]  # (N, C, H)
+    if rows.row is not None:
+        hidden = hidden[rows.row, rows.column]  # (N, C, H)
     hidden = torch.cat([last[batch.group, None], hidden[:, :-1]], dim=1)  # the state predicting each completion token
     return _completion_logprobs(head, hidden, batch.completion_ids, batch.completion_mask, temperature,
                                 _causal_lm(model), chunk_mib)  # fmt: skip

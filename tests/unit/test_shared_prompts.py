@@ -61,6 +61,7 @@ def test_shared_prompt_logprobs_equal_the_whole_sequences(model_dir, temperature
         monkeypatch.setattr("polyray.models.batching.ROW_TOKENS", 12)
     model, tokenizer = build_policy(model_dir)
     model = model.to(torch.float64)
+    assert model.config._attn_implementation == "sdpa"  # packing runs under sdpa only
     prompts, completions, group = _groups(tokenizer)
     if temperature == "per-sequence":
         temperature = torch.tensor([1.0, 0.5, 1.3, 1.0, 0.9, 2.0, 0.7, 1.1])
@@ -97,7 +98,11 @@ def test_packed_rows_hold_each_prompts_samples_back_to_back():
     assert sees[:3] == [[1, 0, 0, 1, 0, 0, 0, 0], [1, 0, 0, 1, 1, 0, 0, 0], [1, 0, 0, 0, 0, 1, 0, 0]]
     assert sees[3:] == [[1, 0, 0, 0, 0, 0, 0, 0]] * 2  # padding sees the prompt alone (finite, never read)
     unpacked = _completion_rows(groups, pack=False)
-    assert unpacked.prompt.tolist() == [0, 1, 0, 1] and unpacked.mask.shape == (4, 3 + 3)
+    assert unpacked.prompt.tolist() == [0, 1, 0, 1] and unpacked.mask.shape == (4, 3 + 3) and unpacked.row is None
+    # rows are padded to the longest: 8 samples of 17 tokens fill a row of 7 (119 tokens) and one of 1, so
+    # 2 x 119 packed tokens against 8 x 17 one a row: one a row it is
+    alike = pack_prompt_groups([[5, 6]], [[1] * 17] * 8, [0] * 8, pad_id=0)
+    assert _completion_rows(alike, pack=True).row is None
 
 
 def test_pack_rows_keep_each_sample_whole_in_a_row_of_its_own_prompt():
