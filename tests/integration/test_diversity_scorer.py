@@ -22,6 +22,16 @@ GROUPS = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The in-process advantages on the scorer's one thread (``start_diversity_scorer(cfg, 1)``): the
+    encoder's float sums follow the thread count on some CPUs (oneDNN with AMX), so "exactly" holds per count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _cfg(**kw) -> PolychromicSFTPhaseConfig:
     return PolychromicSFTPhaseConfig(name="poly", type="polychromic_sft", **kw)
 

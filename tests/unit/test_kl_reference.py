@@ -184,7 +184,9 @@ def test_reference_log_probs_from_the_rollouts_give_the_learners_step(model_dir,
     shifted, *_ = step("rollouts", shift=0.3)
     assert abs(shifted["kl"] - learner["kl"]) > 1e-3
     fallback, *_ = step("rollouts", shift=0.3, missing=[0])
-    assert fallback["kl"] == pytest.approx(learner["kl"], rel=1e-6)
+    # its own forward again: float32 rounding apart (packed rows' attention sums may round otherwise in
+    # another run), not the shifted values (> 1e-3 away)
+    assert fallback["kl"] == pytest.approx(learner["kl"], rel=1e-5, abs=1e-7)
 
 
 def test_a_base_reference_on_the_rollouts_is_the_base_model(model_dir):
