@@ -297,10 +297,10 @@ def _completion_rows(batch: PromptGroups, pack: bool) -> _CompletionRows:
     n, width = batch.completion_ids.shape
     device = batch.completion_ids.device
     columns = torch.arange(width, device=device)
-    lengths = batch.completion_mask.sum(-1).long()
     if pack:
-        row_of, start, row_prompt = pack_rows(lengths.tolist(), batch.group.tolist(), max(width, ROW_TOKENS))
-        r, w = len(row_prompt), max(s + k for s, k in zip(start, lengths.tolist()))
+        lengths = batch.completion_mask.sum(-1).long()
+        row_of, start, row_prompt = pack_rows(sizes := lengths.tolist(), batch.group.tolist(), max(width, ROW_TOKENS))
+        r, w = len(row_prompt), max(s + k for s, k in zip(start, sizes))
     if not pack or r * w >= n * width:  # one completion a row
         mask = torch.cat([batch.prompt_mask[batch.group], batch.completion_mask.long()], dim=1)
         return _CompletionRows(batch.completion_ids, batch.prompt_lengths[batch.group, None] + columns, batch.group,
