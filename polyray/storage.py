@@ -88,6 +88,11 @@ def directory_manifest(local: str | Path) -> dict[str, dict]:
     return {rel: {"sha256": file_sha256(p), "size": p.stat().st_size} for rel, p in _files(local).items()}
 
 
+def write_manifest(local: str | Path) -> None:
+    """Write directory ``local``'s manifest into it (last, so a copy cut off before it is told from a whole one)."""
+    (Path(local) / MANIFEST).write_bytes(_manifest_bytes(directory_manifest(local)))
+
+
 class Storage:
     """One storage location (a path or a ``pyarrow.fs`` URI); keys are ``/``-separated relative paths."""
 

@@ -1,7 +1,9 @@
 """The Ray Train learner: one ``TorchTrainer`` fit per phase, peft LoRA under DDP.
 
 ``train_loop_per_worker`` runs on every rank, stage by stage: where to start
-(:func:`_resume_state`: the latest Ray Train checkpoint, else the incoming adapter), the
+(:func:`_resume_state`: the latest Ray Train checkpoint, or the one
+:mod:`polyray.learner.checkpoints` recovered when Ray Train's record of them was cut off, else the
+incoming adapter), the
 model and optimizer (:func:`_setup_model`: same LoRA init on every rank), the phase
 (:func:`_setup_phase`), the adapter publisher (:class:`~polyray.learner.publish.AdapterPublisher`),
 then per step :func:`_train_step` (``phase.step``: forwards and backwards, micro-batch by micro-batch -> clip -> optimizer step) and the
@@ -31,6 +33,7 @@ from typing import Any, Protocol
 
 from polyray.config import RunConfig, phase_reward
 from polyray.learner.logs import STEP_LOGS, LogFiles, StepLogs
+from polyray.learner.checkpoints import STATE_FILE, recover_run_dir, seal
 
 
 class ProgressTracker:
@@ -82,16 +85,21 @@ def ddp_options() -> dict[str, Any]:
 class RayTrainSession:
     """:class:`TrainSession` inside a Ray Train ``TorchTrainer``."""
 
-    def __init__(self):
+    def __init__(self, recovered: str | None = None):
+        """``recovered``: the checkpoint to resume from when Ray Train has none to hand over (its record
+        of them was set aside: :func:`polyray.learner.checkpoints.recover_run_dir`)."""
         import ray.train
 
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
+        self.recovered = recovered
 
     def latest_checkpoint(self) -> str | None:
         import ray.train
 
-        checkpoint = ray.train.get_checkpoint()
+        checkpoint = ray.train.get_checkpoint()  # one reported in this fit() is newer than the recovered one
+        if checkpoint is None and self.recovered is not None:
+            checkpoint = ray.train.Checkpoint(self.recovered)
         return checkpoint.to_directory() if checkpoint is not None else None
 
     def prepare_model(self, model):
@@ -127,7 +135,7 @@ def _save_checkpoint_dir(model, optimizer, scheduler, step: int, version: int) -
     save_adapter(model, Path(d) / "adapter")
     torch.save(optimizer.state_dict(), Path(d) / OPTIMIZER_FILE)
     save_scheduler(scheduler, d)
-    (Path(d) / "state.json").write_text(json.dumps({"step": step, "version": version}))
+    seal(d, step, version)  # its state, then its manifest: a checkpoint cut off in upload is told apart
     return d
 
 
@@ -169,7 +177,7 @@ def _resume_state(loop_config: dict[str, Any], session: TrainSession) -> _Start:
     resume_dir = session.latest_checkpoint()
     if resume_dir is None:
         return _Start(loop_config.get("init_adapter"), 0, loop_config["start_version"])
-    state = json.loads((Path(resume_dir) / "state.json").read_text())
+    state = json.loads((Path(resume_dir) / STATE_FILE).read_text())
     return _Start(str(Path(resume_dir) / "adapter"), state["step"], state["version"], resume_dir)
 
 
@@ -281,7 +289,7 @@ def _checkpoint(session: TrainSession, metrics: dict[str, Any], model, optimizer
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """The ``TorchTrainer``'s worker function."""
-    run_worker(loop_config, RayTrainSession())
+    run_worker(loop_config, RayTrainSession(loop_config.get("recovered_checkpoint")))
 
 
 def run_worker(loop_config: dict[str, Any], session: TrainSession) -> None:
@@ -412,6 +420,8 @@ def run_phase(
     # read by this process each second: on its node, so losing a worker node does not lose it
     tracker = ray.remote(num_cpus=0)(ProgressTracker).options(scheduling_strategy=on_this_node()).remote()
     logs = StepLogs.on_driver_node(output_dir)  # likewise
+    storage_path = shared.location("checkpoints") if shared else str((output_dir / "checkpoints").resolve())
+    recovered = recover_run_dir(storage_path, phase.name)  # Ray Train's record of the checkpoints, if unreadable
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -426,6 +436,7 @@ def run_phase(
             "init_adapter": init_adapter,
             "dynamics": dynamics,
             "storage": shared,
+            "recovered_checkpoint": recovered.location if recovered else None,
         },
         torch_config=TorchConfig(backend="nccl" if run.learner.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
@@ -435,7 +446,7 @@ def run_phase(
         ),
         run_config=TrainRunConfig(
             name=phase.name,
-            storage_path=shared.location("checkpoints") if shared else str((output_dir / "checkpoints").resolve()),
+            storage_path=storage_path,
             # a dead learner worker restarts the group from the latest checkpoint (see resume above)
             failure_config=FailureConfig(max_failures=run.learner.max_failures),
         ),
