@@ -1,17 +1,15 @@
 """The Ray Train learner: one ``TorchTrainer`` fit per phase, peft LoRA under DDP.
 
-``train_loop_per_worker`` runs on every rank, stage by stage: where to start
-(:func:`_resume_state`: the latest Ray Train checkpoint, or the one
-:mod:`polyray.learner.checkpoints` recovered when Ray Train's record of them was cut off, else the
-incoming adapter), the
-model and optimizer (:func:`_setup_model`: same LoRA init on every rank), the phase
-(:func:`_setup_phase`), the adapter publisher (:class:`~polyray.learner.publish.AdapterPublisher`),
-then per step :func:`_train_step` (``phase.step``: forwards and backwards, micro-batch by micro-batch -> clip -> optimizer step) and the
-phase's LR schedule step (:mod:`polyray.learner.schedule`), a
-publish (every step for phases that sample, at the end otherwise), rank 0's logs
-(:func:`_log_step`) and every ``checkpoint_every`` steps :func:`_checkpoint` (adapter +
-optimizer + LR scheduler + step + version through ``ray.train.report``). The final adapter is saved in
-standard peft format.
+``train_loop_per_worker`` runs on every rank, stage by stage: where to start (:func:`_resume_state`:
+the latest Ray Train checkpoint, or the one :mod:`polyray.learner.checkpoints` recovered when Ray
+Train's record of them was cut off, else the incoming adapter), the model and optimizer
+(:func:`_setup_model`: same LoRA init on every rank), the phase (:func:`_setup_phase`), the adapter
+publisher (:class:`~polyray.learner.publish.AdapterPublisher`), then per step :func:`_train_step`
+(``phase.step``: forwards and backwards, micro-batch by micro-batch -> clip -> optimizer step) and
+the phase's LR schedule step (:mod:`polyray.learner.schedule`), a publish (every step for phases
+that sample, at the end otherwise), rank 0's logs (:func:`_log_step`) and every ``checkpoint_every``
+steps :func:`_checkpoint` (adapter + optimizer + LR scheduler + step + version through
+``ray.train.report``). The final adapter is saved in standard peft format.
 
 What the worker needs of Ray Train (its rank, its latest checkpoint, DDP wrapping, reporting a
 checkpoint) goes through a :class:`TrainSession`: :class:`RayTrainSession` inside a
@@ -32,8 +30,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from polyray.config import RunConfig, phase_reward
-from polyray.learner.logs import STEP_LOGS, LogFiles, StepLogs
 from polyray.learner.checkpoints import STATE_FILE, recover_run_dir, seal
+from polyray.learner.logs import STEP_LOGS, LogFiles, StepLogs
 
 
 class ProgressTracker:

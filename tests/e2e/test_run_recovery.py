@@ -1,15 +1,15 @@
 """A run survives any of its processes dying: each fault kills the real process (SIGKILL) at a chosen step.
 
-One run (polychromic SFT with synchronous rollouts, then GRPO through the reward service with
-rollouts one step ahead) takes every kill, one after
-another, to keep CI time down: a learner worker mid-polychromic-SFT, the rollout worker, the
-reward replica, the adapter store, a learner worker mid-GRPO, and finally the driver, after which
-``polyray run --resume`` continues it. It checks: the run finishes; nothing finished is redone;
-every phase's adapter comes from exactly ``steps`` optimizer steps; version ids strictly increase
-and each maps to one hash; the run's MLflow tracking run (SQLite store) holds every step, its
-latest value metrics.jsonl's, across both drivers; and the sync canary (every publish: the rollout worker's log-probs of a
-fixed completion under the newest version against the learner's, within 1e-3) held throughout,
-recoveries included.
+One run (polychromic SFT with synchronous rollouts, then GRPO through the reward service with rollouts one
+step ahead) takes every kill, one after another, to keep CI time down: a learner worker mid-polychromic-SFT,
+the rollout worker, the reward replica, the adapter store, a learner worker mid-GRPO, and finally the driver,
+after which ``polyray run --resume`` continues it, after the GRPO phase's Ray Train checkpoint record is cut
+in half (as a driver killed while Ray Train rewrites it leaves it). It checks: the run finishes; nothing
+finished is redone; every phase's adapter comes from exactly ``steps`` optimizer steps; version ids strictly
+increase and each maps to one hash; the run's MLflow tracking run (SQLite store) holds every step, its latest
+value metrics.jsonl's, across both drivers; and the sync canary (every publish: the rollout worker's log-probs
+of a fixed completion under the newest version against the learner's, within 1e-3) held throughout, recoveries
+included.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from pathlib import Path
 import psutil
 import pytest
 from faults import kill_node, registered_step
+
+from polyray.learner.checkpoints import snapshot_name
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.slow, pytest.mark.e2e]
 
@@ -147,9 +149,13 @@ def test_run_survives_every_process_dying(tmp_path):
     assert code == -signal.SIGKILL and len(done) == len(kills), output[-3000:]
     before = json.loads((out / "results.json").read_text())
     assert set(before["phases"]) == {"base", "polychromic_sft"}
+    # the driver died as Ray Train rewrote its record of GRPO's checkpoints (in place): left cut off
+    record = out / "checkpoints" / "grpo" / snapshot_name()
+    record.write_bytes(record.read_bytes()[: len(record.read_bytes()) // 2])
 
     code, output, _ = _run(out, phases, [], extra=["--resume", *tracking])
     assert code == 0, output[-4000:]
+    assert list(record.parent.glob(f"{record.name}.unreadable-*")), "the cut-off record was not set aside"
     results = _check_run(out, {"polychromic_sft": 6, "grpo": 10})
     stages = [(s["stage"], s["attempt"]) for s in results["stages"]]
     # nothing finished is redone: base and polychromic SFT trained and evaluated once, by the first attempt

@@ -3,7 +3,7 @@
 Ray Train's controller rewrites ``checkpoint_manager_snapshot.json`` in place; a driver killed during
 that write leaves it empty or cut off, and the phase's next ``fit()`` stopped in the controller
 (``CheckpointManagerInitializationError``). :func:`recover_run_dir` sets such a file aside and hands
-the ranks the phase's latest *whole* checkpoint (every file its manifest lists, at its size)."""
+the ranks the phase's newest *whole* checkpoint (every file its manifest lists, at its size and hash)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from polyray.learner.checkpoints import latest_whole_checkpoint, recover_run_dir, seal, snapshot_name
+from polyray.learner.checkpoints import newest_whole_checkpoint, recover_run_dir, seal, snapshot_name
+from polyray.storage import Storage
 
 
 def _checkpoint(run_dir: Path, name: str, step: int, size: int = 64) -> Path:
@@ -24,21 +25,24 @@ def _checkpoint(run_dir: Path, name: str, step: int, size: int = 64) -> Path:
     return d
 
 
-def test_whole_checkpoints_only(tmp_path):
+def test_newest_whole_checkpoint(tmp_path):
     run_dir = tmp_path / "sft"
-    _checkpoint(run_dir, "a", 2)
-    cut = _checkpoint(run_dir, "b", 6)  # the newest, cut off in upload: one file short
+    _checkpoint(run_dir, "2026-01-01_00-00-01.000000", 2)
+    whole = _checkpoint(run_dir, "2026-01-01_00-00-03.000000", 4)
+    _checkpoint(run_dir, "2026-01-01_00-00-02.000000", 8)  # more steps, but older: a lost attempt's
+    cut = _checkpoint(run_dir, "2026-01-01_00-00-04.000000", 6)  # cut off in upload: one file short
     (cut / "adapter" / "weights.bin").write_bytes(b"short")
-    lost = _checkpoint(run_dir, "c", 8)  # a file missing
+    lost = _checkpoint(run_dir, "2026-01-01_00-00-05.000000", 6)  # a file missing
     (lost / "optimizer.pt").unlink()
-    unsealed = run_dir / "checkpoint_d"  # no manifest: its upload stopped before the manifest came
+    zeros = _checkpoint(run_dir, "2026-01-01_00-00-06.000000", 6)  # right sizes, wrong bytes
+    (zeros / "optimizer.pt").write_bytes(bytes(len((zeros / "optimizer.pt").read_bytes())))
+    unsealed = run_dir / "checkpoint_2026-01-01_00-00-07.000000"  # no manifest yet
     unsealed.mkdir()
     (unsealed / "state.json").write_text(json.dumps({"step": 9, "version": 109}))
-    whole = _checkpoint(run_dir, "e", 4)
-    (run_dir / "not_a_checkpoint").mkdir()
-    found = latest_whole_checkpoint(str(tmp_path), "sft")
+    (run_dir / "zz_not_a_checkpoint").mkdir()
+    found = newest_whole_checkpoint(Storage(tmp_path), "sft")
     assert (found.step, found.version, Path(found.location)) == (4, 104, whole)
-    assert latest_whole_checkpoint(str(tmp_path), "grpo") is None  # no such phase directory
+    assert newest_whole_checkpoint(Storage(tmp_path), "grpo") is None  # no such phase directory
 
 
 def test_readable_record_stays_ray_trains(tmp_path):
@@ -61,6 +65,9 @@ def test_unreadable_record_set_aside(tmp_path, written):
     (aside,) = run_dir.glob(f"{snapshot_name()}.unreadable-*")
     assert aside.read_bytes() == written  # kept, not deleted
     assert recover_run_dir(str(tmp_path), "sft") == found  # again (no record now): the same checkpoint
+    (run_dir / snapshot_name()).write_bytes(written)  # cut off again: set aside beside the first
+    assert recover_run_dir(str(tmp_path), "sft") == found
+    assert len(list(run_dir.glob(f"{snapshot_name()}.unreadable-*"))) == 2
 
 
 def test_no_record_no_checkpoint_is_a_fresh_start(tmp_path):
@@ -70,6 +77,7 @@ def test_no_record_no_checkpoint_is_a_fresh_start(tmp_path):
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_ray_train_resumes_past_a_cut_off_record(ray_cluster, tmp_path, monkeypatch):
     """Real Ray Train: a phase whose record was cut off does not start again without the recovery,
     and with it resumes from its latest whole checkpoint; the fit after that uses Ray Train's record."""
