@@ -13,6 +13,8 @@ machine. Two stand-ins for the rollout pool:
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -311,9 +313,10 @@ class LocalSession:
             backend = "nccl" if device.startswith("cuda") else "gloo"
             dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
 
-    def latest_checkpoint(self) -> str | None:
+    @contextmanager
+    def latest_checkpoint(self) -> Iterator[str | None]:
         saved = sorted(self.storage.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-        return str(saved[-1]) if saved else None
+        yield str(saved[-1]) if saved else None
 
     def prepare_model(self, model):
         model = model.to(self.device)

@@ -25,6 +25,8 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -53,8 +55,9 @@ class TrainSession(Protocol):
     rank: int
     world: int
 
-    def latest_checkpoint(self) -> str | None:
-        """The directory of this phase's latest reported checkpoint (None: a fresh start)."""
+    def latest_checkpoint(self) -> AbstractContextManager[str | None]:
+        """The directory of this phase's latest reported checkpoint (None: a fresh start), readable
+        while the context lasts (a copy made to read it is removed when it ends)."""
 
     def prepare_model(self, model):
         """``model`` on this rank's device, wrapped for data parallelism with no buffer broadcast in the
@@ -92,13 +95,20 @@ class RayTrainSession:
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
         self.recovered = recovered
 
-    def latest_checkpoint(self) -> str | None:
+    @contextmanager
+    def latest_checkpoint(self) -> Iterator[str | None]:
         import ray.train
 
         checkpoint = ray.train.get_checkpoint()  # one reported in this fit() is newer than the recovered one
         if checkpoint is None and self.recovered is not None:
             checkpoint = ray.train.Checkpoint(self.recovered)
-        return checkpoint.to_directory() if checkpoint is not None else None
+        if checkpoint is None:
+            yield None
+            return
+        # read in place on a local or shared disk; a download (cloud storage) is removed when the set-up
+        # has read it, so restarts leave no copies in the node's temp folder
+        with checkpoint.as_directory() as directory:
+            yield directory
 
     def prepare_model(self, model):
         import ray.train.torch
@@ -170,9 +180,8 @@ class _Start:
     checkpoint_dir: str | None = None  # the checkpoint resumed from (None: a fresh start)
 
 
-def _resume_state(loop_config: dict[str, Any], session: TrainSession) -> _Start:
-    """Resume from this phase's latest checkpoint, else start from the previous phase's adapter."""
-    resume_dir = session.latest_checkpoint()
+def _resume_state(loop_config: dict[str, Any], resume_dir: str | None) -> _Start:
+    """Resume from this phase's latest checkpoint ``resume_dir``, else start from the previous phase's adapter."""
     if resume_dir is None:
         return _Start(loop_config.get("init_adapter"), 0, loop_config["start_version"])
     state = json.loads((Path(resume_dir) / STATE_FILE).read_text())
@@ -309,8 +318,9 @@ def run_worker(loop_config: dict[str, Any], session: TrainSession) -> None:
     rank, world = session.rank, session.world
     torch.set_num_threads(run.learner.threads)
 
-    start = _resume_state(loop_config, session)
-    model, tokenizer, reference, params, optimizer, scheduler = _setup_model(run, phase_cfg, loop_config, start, session)
+    with session.latest_checkpoint() as resume_dir:  # read whole by the set-up
+        start = _resume_state(loop_config, resume_dir)
+        model, tokenizer, reference, params, optimizer, scheduler = _setup_model(run, phase_cfg, loop_config, start, session)
     phase, task = _setup_phase(run, phase_cfg, loop_config, model, tokenizer, reference, rank, world, logs)
     canary = _sync_canary(run, phase_cfg, pool, task, tokenizer, rank)
     publisher = AdapterPublisher(pool, phase_cfg.name, phase.ctx, canary)
@@ -400,9 +410,8 @@ def run_phase(
     import threading
 
     import ray
-    from ray.train import FailureConfig
+    from ray.train import FailureConfig, ScalingConfig
     from ray.train import RunConfig as TrainRunConfig
-    from ray.train import ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from polyray.storage import RunStorage
