@@ -105,7 +105,12 @@ def engine_kwargs(model_dir: str, config: RolloutConfig, dtype: str) -> dict[str
 
 
 def sampling_params(n: int, sampling: SamplingConfig, seed: int | None):
-    """vLLM ``SamplingParams`` of a rollout request: ``n`` samples with the log-prob of each sampled token."""
+    """vLLM ``SamplingParams`` of a rollout request: ``n`` samples with the log-prob of each sampled token.
+
+    Token ids only, unless a stop string needs vLLM's text to match against: its detokenizer runs at
+    every engine step, and turns every log-prob's token into a string too, which the rollouts never
+    read (6-8% of a quickstart batch's time: docs/benchmarks.md); :func:`decode_completions` then
+    writes each completion's text once."""
     from vllm import SamplingParams
 
     return SamplingParams(
@@ -116,7 +121,24 @@ def sampling_params(n: int, sampling: SamplingConfig, seed: int | None):
         logprobs=0,
         seed=seed,
         stop=list(sampling.stop) or None,
+        detokenize=bool(sampling.stop),
     )
+
+
+DECODE_CONTEXT_TOKENS = 4  # prompt tokens a completion is decoded after
+
+
+def decode_completions(tokenizer, prompt_ids: list[int], completions: list[list[int]]) -> list[str]:
+    """Each completion's text as vLLM's detokenizer writes it: decoded after the prompt's last tokens
+    (a tokenizer that drops the leading space of a text, as SentencePiece's do, keeps the completion's),
+    special tokens skipped, no clean-up of spaces. A completion whose decode in context does not start
+    with the context's own (a character cut between prompt and completion) is decoded alone."""
+    context = list(prompt_ids[-DECODE_CONTEXT_TOKENS:])
+    options = {"skip_special_tokens": True, "clean_up_tokenization_spaces": False}
+    prefix = tokenizer.decode(context, **options)
+    texts = tokenizer.batch_decode([context + list(ids) for ids in completions], **options)
+    return [text[len(prefix):] if text.startswith(prefix) else tokenizer.decode(list(ids), **options)
+            for text, ids in zip(texts, completions)]  # fmt: skip
 
 
 # metric name -> description (polyray.telemetry.Metrics; tags: run, worker)
@@ -153,6 +175,7 @@ class RolloutWorker:
 
         # a reference into cluster.storage: copied to this node's cache first (once per node)
         self.llm = LLM(**engine_kwargs(local_path(model_dir), config, dtype))
+        self.tokenizer = self.llm.get_tokenizer()  # the completions' texts (decode_completions)
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
         # in this process's own directory: a SIGKILLed worker's is swept by the next to start (polyray.lifetime)
         self.adapter_root = Path(tempfile.mkdtemp(prefix="adapters-", dir=process_dir("polyray-adapters", shm)))
@@ -280,12 +303,14 @@ class RolloutWorker:
         used = 0 if adapter_name is not None else (version or 0)
         groups = []
         for index, out in enumerate(outputs):
+            completions = [list(comp.token_ids) for comp in out.outputs]
+            texts = ([comp.text for comp in out.outputs] if sampling.stop else
+                     decode_completions(self.tokenizer, out.prompt_token_ids, completions))  # fmt: skip
             group = []
-            for comp in out.outputs:
-                token_ids = list(comp.token_ids)
+            for comp, token_ids, text in zip(out.outputs, completions, texts):
                 logprobs = [step[tok].logprob for step, tok in zip(comp.logprobs, token_ids)]
                 group.append(
-                    Sample(index, comp.text, list(out.prompt_token_ids), token_ids, logprobs, used, comp.finish_reason == "stop")
+                    Sample(index, text, list(out.prompt_token_ids), token_ids, logprobs, used, comp.finish_reason == "stop")
                 )
             groups.append(group)
         if reference is not None:

@@ -35,10 +35,13 @@ def test_benchmark_all_smoke_prints_every_ratio(tmp_path):
     assert rollout["pool_1"]["tokens"] == rollout["raw_llm"]["tokens"] == rollout["pool_2"]["tokens"]
     # the grouped LoRA matmuls compute the same products as vLLM's own ops: the same samples
     assert rollout["raw_llm_vllm_lora_ops"]["tokens"] == rollout["raw_llm"]["tokens"]
+    # with vLLM's detokenizer or without, the same samples
+    ways = rollout["detokenizer"]
+    assert ways["ids_then_decode"]["tokens"] == ways["vllm_detokenizer"]["tokens"] == rollout["raw_llm"]["tokens"]
     assert rollout["adapter_sync"]["syncs"] == rollout["full_reload"]["syncs"] == 2
     assert set(rollout["ratios"]) == {"pool_vs_raw_llm", "cpu_lora_plugin_vs_vllm_ops", "vllm_vs_transformers",
-                                      "adapter_sync_vs_full_reload", "adapter_publish_vs_floor",
-                                      "two_vs_one_worker"}  # fmt: skip
+                                      "ids_then_decode_vs_vllm_detokenizer", "adapter_sync_vs_full_reload",
+                                      "adapter_publish_vs_floor", "two_vs_one_worker"}  # fmt: skip
     floor = rollout["sync_floor"]  # the adapter's bytes copied once and written once, in the same run
     assert floor["bytes"] > 0 and floor["floor_ms"] == pytest.approx(floor["memcpy_ms"] + floor["write_ms"])
 

@@ -109,6 +109,28 @@ def test_request_seeds_make_samples_independent_and_reproducible(pool, run_confi
     assert draw(1) != first  # another run seed, other samples
 
 
+def test_completion_texts_are_vllms_own(pool, run_config):
+    """Rollouts ask vLLM for token ids only and decode each completion once (decode_completions); a stop
+    string that never matches turns vLLM's own detokenizer on without changing a sampled token: the
+    texts must be the same, EOS-ended and cut-off samples alike."""
+    from polyray.config import SamplingConfig
+    from polyray.rollout.sampling import request_seeds
+    from polyray.tasks import build_task
+
+    texts = [p.text for p in build_task(run_config.task).prompts("val", 4)]
+    seeds = request_seeds(0, "texts", [str(i) for i in range(len(texts))])
+
+    def draw(stop: list[str]):
+        groups = pool.generate(texts, 8, SamplingConfig(max_tokens=5, stop=stop), seeds=seeds)
+        return [[(s.token_ids, s.text, s.finished) for s in g] for g in groups]
+
+    ours, vllms = draw([]), draw(["<never in a completion>"])
+    assert ours == vllms
+    samples = [s for g in ours for s in g]
+    assert any(finished for *_, finished in samples) and not all(finished for *_, finished in samples)
+    assert any(text.strip() for _, text, _ in samples)
+
+
 def test_sync_canary_catches_a_worker_that_kept_old_weights(pool, model_dir, run_config):
     """A sync that silently does nothing: the store records v+1's new weights, but the worker
     serves the old ones under that id. The canary sees it and stops the run."""

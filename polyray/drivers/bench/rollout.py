@@ -117,6 +117,51 @@ def _raw_llm(model_dir: str, config: RolloutConfig, dtype: str, batch: RolloutBa
                                                                        use_tqdm=False) for c in out.outputs), repeats)  # fmt: skip
 
 
+def detokenizer_throughput(model_dir: str, config: RolloutConfig, dtype: str, batch: RolloutBatch, adapter_dir: str,
+                           repeats: int = 3) -> dict[str, Any]:  # fmt: skip
+    """The batch through one bare ``vllm.LLM`` (as :func:`raw_llm_throughput`) two ways, alternating
+    repeat by repeat: token ids with each completion decoded once after the engine returns, as the
+    rollout workers do (:func:`~polyray.rollout.worker.decode_completions`), and with vLLM's own
+    detokenizer (a completion's text at every engine step, and a string for every log-prob's token)."""
+    return _in_rollout_process(config, {}, _detokenizer, model_dir, config, dtype, batch, adapter_dir, repeats)
+
+
+def _detokenizer(model_dir: str, config: RolloutConfig, dtype: str, batch: RolloutBatch, adapter_dir: str, repeats: int):
+    from vllm import LLM
+    from vllm.lora.request import LoRARequest
+
+    from polyray.rollout.worker import decode_completions, engine_kwargs, sampling_params
+
+    llm = LLM(**engine_kwargs(model_dir, config, dtype))
+    tokenizer = llm.get_tokenizer()
+    lora = LoRARequest("policy-v1", 1, adapter_dir)
+    ids_only = [sampling_params(batch.n, batch.sampling, seed) for seed in batch.seeds]
+    with_text = [p.clone() for p in ids_only]
+    for p in with_text:
+        p.detokenize = True
+
+    def run(params, decode: bool) -> int:
+        outs = llm.generate(batch.prompts, params, lora_request=lora, use_tqdm=False)
+        completions = [[list(c.token_ids) for c in out.outputs] for out in outs]
+        if decode:
+            for out, ids in zip(outs, completions):
+                decode_completions(tokenizer, out.prompt_token_ids, ids)
+        return sum(len(ids) for group in completions for ids in group)
+
+    ways = {"ids_then_decode": (ids_only, True), "vllm_detokenizer": (with_text, False)}
+    for _ in range(2):  # warm-up (kernels for new shapes)
+        for params, decode in ways.values():
+            run(params, decode)
+    tokens: dict[str, list[int]] = {key: [] for key in ways}
+    seconds: dict[str, list[float]] = {key: [] for key in ways}
+    for _ in range(repeats):
+        for key, (params, decode) in ways.items():
+            started = time.perf_counter()
+            tokens[key].append(run(params, decode))
+            seconds[key].append(time.perf_counter() - started)
+    return {key: _rate(tokens[key], seconds[key]) for key in ways}
+
+
 def hf_throughput(model_dir: str, dtype: str, batch: RolloutBatch, adapter_dir: str, threads: int, repeats: int = 3):
     """The batch through transformers ``generate`` on the base with the peft adapter in ``adapter_dir``
     (left-padded, ``num_return_sequences = n``, the task's stop strings, the sampled tokens' log-probs

@@ -114,6 +114,9 @@ def bench_rollout(config: str, prompts: int | None = None, repeats: int = 5, syn
                 results["raw_llm_vllm_lora_ops"] = bench.raw_llm_throughput(
                     model_dir, one, run.model.dtype, batch, adapter_dir, repeats, polyray_plugin=False
                 )
+            with console.status("bare vllm.LLM: token ids then one decode, against vLLM's detokenizer"):
+                results["detokenizer"] = bench.detokenizer_throughput(model_dir, one, run.model.dtype, batch, adapter_dir,
+                                                                      repeats)  # fmt: skip
             with console.status("transformers generate"):
                 results["transformers"] = bench.hf_throughput(model_dir, run.model.dtype, batch, adapter_dir, one.threads,
                                                               repeats)  # fmt: skip
@@ -142,6 +145,8 @@ def bench_rollout(config: str, prompts: int | None = None, repeats: int = 5, syn
     results["ratios"] = {
         "pool_vs_raw_llm": tps["pool_1"] / tps["raw_llm"],
         "cpu_lora_plugin_vs_vllm_ops": tps["raw_llm"] / tps["raw_llm_vllm_lora_ops"],
+        "ids_then_decode_vs_vllm_detokenizer": (results["detokenizer"]["ids_then_decode"]["tokens_per_s"]
+                                                / results["detokenizer"]["vllm_detokenizer"]["tokens_per_s"]),
         "vllm_vs_transformers": tps["raw_llm"] / tps["transformers"],
         "adapter_sync_vs_full_reload": results["adapter_sync"]["median_ms"] / results["full_reload"]["median_ms"],
         "adapter_publish_vs_floor": results["adapter_sync"]["load_median_ms"] / results["sync_floor"]["floor_ms"],
@@ -162,6 +167,10 @@ def print_rollout(results: dict[str, Any]) -> None:
         r = results[key]
         table.add_row(name, str(r["tokens"]), f"{r['seconds']:.2f}", f"{r['tokens_per_s']:.0f}")
     console.print(table)
+    d = results["detokenizer"]
+    console.print(f"bare vllm.LLM, token ids then one decode (the rollout workers): {d['ids_then_decode']['tokens_per_s']:.0f}"
+                  f" tokens/s; with vLLM's detokenizer: {d['vllm_detokenizer']['tokens_per_s']:.0f} tokens/s"
+                  f" ({results['ratios']['ids_then_decode_vs_vllm_detokenizer']:.2f}x)")
     a, f = results["adapter_sync"], results["full_reload"]
     console.print(f"weights -> generating on every worker (medians of {a['syncs']}): adapter {a['median_ms']:.0f} ms"
                   f" (publish {a['load_median_ms']:.0f} + first use {a['first_use_median_ms']:.0f}), full-weights reload"
@@ -498,6 +507,7 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, float, str]]:
         r = results["rollout"]["ratios"]
         rows += [("RolloutPool / bare vllm.LLM tokens/s", r["pool_vs_raw_llm"], ">= 0.95"),
                  ("polyray's CPU LoRA ops / vLLM's, tokens/s", r["cpu_lora_plugin_vs_vllm_ops"], "-"),
+                 ("token ids + one decode / vLLM's detokenizer, tokens/s", r["ids_then_decode_vs_vllm_detokenizer"], "-"),
                  ("vLLM / transformers generate tokens/s", r["vllm_vs_transformers"], ">= 2"),
                  ("adapter sync / full-weights reload (ms)", r["adapter_sync_vs_full_reload"], "< 1"),
                  ("adapter publish / copy + write of its bytes (ms)", r["adapter_publish_vs_floor"], "-"),
