@@ -24,8 +24,10 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from polyray.io import cache_root
 
@@ -198,15 +200,22 @@ class Storage:
         for rel, entry in json.loads(manifest)["files"].items():
             target = dest / rel
             target.parent.mkdir(parents=True, exist_ok=True)
-            digest = hashlib.sha256()
-            with self.fs.open_input_stream(self.path(f"{ref.key}/{rel}")) as src, target.open("wb") as dst:
-                for block in iter(lambda: src.read(1 << 20), b""):
-                    digest.update(block)
-                    dst.write(block)
-            if digest.hexdigest() != entry["sha256"]:
-                raise StorageError(f"{self.location(ref.key)}/{rel}: content hash {digest.hexdigest()[:12]} != "
+            with target.open("wb") as dst:
+                digest = self.file_sha256(f"{ref.key}/{rel}", dst.write)
+            if digest != entry["sha256"]:
+                raise StorageError(f"{self.location(ref.key)}/{rel}: content hash {digest[:12]} != "
                                    f"manifest {entry['sha256'][:12]}")  # fmt: skip
         (dest / MANIFEST).write_bytes(manifest)
+
+    def file_sha256(self, key: str, write: Callable[[bytes], Any] | None = None) -> str:
+        """The SHA-256 of the file at ``key``, read in blocks, each also handed to ``write`` when given."""
+        digest = hashlib.sha256()
+        with self.fs.open_input_stream(self.path(key)) as src:
+            for block in iter(lambda: src.read(1 << 20), b""):
+                digest.update(block)
+                if write is not None:
+                    write(block)
+        return digest.hexdigest()
 
 
 def node_copy_dir(ref: StoredDir) -> Path:

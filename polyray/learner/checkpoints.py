@@ -27,7 +27,6 @@ Train's ``storage_path``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 import uuid
@@ -81,14 +80,7 @@ def _listed_files(storage: Storage, key: str) -> dict[str, dict] | None:
 def _hashes_match(storage: Storage, key: str, files: dict[str, dict]) -> bool:
     """Every listed file's bytes at its SHA-256 (a file of the right size can still hold zeros after a
     machine, not a process, went down)."""
-    for rel, entry in files.items():
-        digest = hashlib.sha256()
-        with storage.fs.open_input_stream(storage.path(f"{key}/{rel}")) as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        if digest.hexdigest() != entry["sha256"]:
-            return False
-    return True
+    return all(storage.file_sha256(f"{key}/{rel}") == entry["sha256"] for rel, entry in files.items())
 
 
 def newest_whole_checkpoint(storage: Storage, phase: str) -> FoundCheckpoint | None:
