@@ -3,6 +3,7 @@ side by side (and written with ``--json``), never asserted."""
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any, List, Optional
@@ -17,6 +18,23 @@ _json = typer.Option(None, "--json", help="Also write the figures here.")
 _config = typer.Option(QUICKSTART, "--config", help="Run config whose model, task and settings to measure.")
 
 
+def _command(name: Optional[str] = None):
+    """``bench_app.command``, with a user's mistake (a config that is not there or not valid, bad data)
+    reported in one line, as every other command reports it."""
+
+    def register(fn):
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            from polyray.cli.common import user_errors
+
+            with user_errors():
+                return fn(*args, **kwargs)
+
+        return bench_app.command(name)(run)
+
+    return register
+
+
 @bench_app.callback()
 def _group() -> None:
     """Benchmarks: ratios measured side by side in one run."""  # a callback keeps subcommands named
@@ -27,7 +45,7 @@ def _write(results: dict[str, Any], path: Optional[Path]) -> None:
         path.write_text(json.dumps(results, indent=2))
 
 
-@bench_app.command("all")
+@_command("all")
 def all_parts(
     parts: List[str] = typer.Option(["rollout", "grpo", "polychromic", "reward"], "--parts", help="Parts to run (repeatable)."),
     smoke: bool = typer.Option(False, "--smoke", help="Each part at a tiny size (CI)."),
@@ -44,7 +62,7 @@ def all_parts(
     _write(run_all(parts, smoke), json_path)
 
 
-@bench_app.command()
+@_command()
 def rollout(
     prompts: Optional[int] = typer.Option(
         None, "--prompts", help="Prompts in the batch (default: the GRPO phase's prompts per step; n = its group size)."
@@ -62,7 +80,7 @@ def rollout(
     _write(results, json_path)
 
 
-@bench_app.command()
+@_command()
 def grpo(
     steps: int = typer.Option(12, "--steps", help="Steps per phase (each mode runs --rounds times)."),
     rounds: int = typer.Option(2, "--rounds", help="Times each mode runs, alternating."),
@@ -77,7 +95,7 @@ def grpo(
     _write(results, json_path)
 
 
-@bench_app.command()
+@_command()
 def polychromic(
     steps: int = typer.Option(30, "--steps"),
     diversity: List[str] = typer.Option(["semantic", "countdown_expr"], "--diversity", help="Diversity functions (repeatable)."),
@@ -93,7 +111,7 @@ def polychromic(
     _write(results, json_path)
 
 
-@bench_app.command()
+@_command()
 def reward(
     requests: int = typer.Option(300, "--requests", help="Requests per (reward, concurrency) cell."),
     max_seconds: float = typer.Option(20.0, "--max-seconds", help="Time cap per cell."),
@@ -107,7 +125,7 @@ def reward(
     _write(results, json_path)
 
 
-@bench_app.command()
+@_command()
 def generation(
     requests: int = typer.Option(64, "--requests", help="Requests per cell."),
     n: int = typer.Option(4, "--n", help="Completions per request."),
@@ -124,7 +142,7 @@ def generation(
     _write(results, json_path)
 
 
-@bench_app.command()
+@_command()
 def chaos(
     services: List[str] = typer.Option(["reward", "generation"], "--services", help="Services to load and kill (repeatable)."),
     clients: int = typer.Option(16, "--clients", help="Concurrent clients."),
@@ -148,7 +166,7 @@ def chaos(
     _write(results, json_path)
 
 
-@bench_app.command()
+@_command()
 def learner(
     sizes: List[int] = typer.Option([8, 16, 32, 64], "--sizes", help="Sequences per step, micro-batched (repeatable)."),
     whole_batch_sizes: List[int] = typer.Option(
@@ -190,7 +208,7 @@ def learner(
     _write(results, json_path)
 
 
-@bench_app.command()
+@_command()
 def peer(
     seeds: int = typer.Option(3, "--seeds", min=1, help="Seeds 0..N-1; polyray and TRL run each, then a paired comparison."),
     overrides: List[str] = typer.Option([], "--set", help="Dotted override of the config for both trainers (repeatable)."),

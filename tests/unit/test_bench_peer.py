@@ -256,3 +256,17 @@ def test_bad_peer_arguments_are_one_line_before_anything_starts(args, message):
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.output
+
+
+@pytest.mark.parametrize("part", ["rollout", "grpo", "polychromic", "generation"])
+@pytest.mark.timeout(120)
+def test_a_missing_config_is_one_line_for_every_part(part, tmp_path):
+    from typer.testing import CliRunner
+
+    from polyray.cli import app
+
+    missing = tmp_path / "missing.yaml"
+    result = CliRunner().invoke(app, ["bench", part, "--config", str(missing)])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert lines == [f"error: {missing}: config file not found"], result.output
