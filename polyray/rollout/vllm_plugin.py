@@ -2,7 +2,8 @@
 process that builds the engine), through the ``vllm.general_plugins`` entry point in pyproject.toml.
 
 - **vLLM's child processes die with their parent.** vLLM 0.32 starts the engine core in a child
-  process (``EngineCore``, always for ``AsyncLLM`` and on CPU, where it also starts a ``VllmWorker``
+  process (``EngineCore``, always for ``AsyncLLM``; with vLLM's multiprocessing executor, on CPU
+  unless ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` as polyray's replicas set it, also a ``VllmWorker``
   child of its own); nothing in vLLM, Ray or Serve reaps them when the process that built the engine
   is SIGKILLed (a replica Serve kills, an OOM kill): the worker follows a dead engine core through
   its death pipe, but the engine core outlives the replica, holding its memory and threads. So in

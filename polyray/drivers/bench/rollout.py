@@ -71,19 +71,21 @@ def pool_throughput(pool, batch: RolloutBatch, version: int, repeats: int = 3) -
 
 def raw_llm_throughput(
     model_dir: str, config: RolloutConfig, dtype: str, batch: RolloutBatch, adapter_dir: str, repeats: int = 3,
-    polyray_plugin: bool = True,
+    polyray_plugin: bool = True, detokenizer: bool = False,
 ) -> dict[str, Any]:
     """The batch through a bare ``vllm.LLM`` in a fresh process with the rollout worker's environment
     (set before torch loads: thread caps), engine arguments and sampling parameters, under the peft
     adapter saved in ``adapter_dir``. ``polyray_plugin=False``: without polyray's CPU LoRA ops
-    (:mod:`polyray.rollout.cpu_lora`), i.e. vLLM's own (the whole plugin is off in that process)."""
+    (:mod:`polyray.rollout.cpu_lora`), i.e. vLLM's own (the whole plugin is off in that process).
+    ``detokenizer``: then, on the same engine, :func:`detokenizer_ways` (under ``"detokenizer"``)."""
     env = {}
     if not polyray_plugin:
         from importlib.metadata import entry_points
 
         others = [e.name for e in entry_points(group="vllm.general_plugins") if e.name != "polyray_cpu_lora"]
         env["VLLM_PLUGINS"] = ",".join(others)
-    return _in_rollout_process(config, env, _raw_llm, model_dir, config, dtype, batch, adapter_dir, repeats)
+    args = (model_dir, config, dtype, batch, adapter_dir, repeats, detokenizer)
+    return _in_rollout_process(config, env, _raw_llm, *args)
 
 
 def _in_rollout_process(config: RolloutConfig, env: dict[str, str], fn, *args):
@@ -104,7 +106,8 @@ def _in_rollout_process(config: RolloutConfig, env: dict[str, str], fn, *args):
         os.environ.update(saved)
 
 
-def _raw_llm(model_dir: str, config: RolloutConfig, dtype: str, batch: RolloutBatch, adapter_dir: str, repeats: int):
+def _raw_llm(model_dir: str, config: RolloutConfig, dtype: str, batch: RolloutBatch, adapter_dir: str, repeats: int,
+             detokenizer: bool = False):  # fmt: skip
     from vllm import LLM
     from vllm.lora.request import LoRARequest
 
@@ -113,28 +116,21 @@ def _raw_llm(model_dir: str, config: RolloutConfig, dtype: str, batch: RolloutBa
     llm = LLM(**engine_kwargs(model_dir, config, dtype))
     params = [sampling_params(batch.n, batch.sampling, seed) for seed in batch.seeds]
     lora = LoRARequest("policy-v1", 1, adapter_dir)
-    return _timed(lambda: sum(len(c.token_ids) for out in llm.generate(batch.prompts, params, lora_request=lora,
-                                                                       use_tqdm=False) for c in out.outputs), repeats)  # fmt: skip
+    result = _timed(lambda: sum(len(c.token_ids) for out in llm.generate(batch.prompts, params, lora_request=lora,
+                                                                         use_tqdm=False) for c in out.outputs), repeats)  # fmt: skip
+    if detokenizer:
+        result["detokenizer"] = detokenizer_ways(llm, batch, lora, repeats)
+    return result
 
 
-def detokenizer_throughput(model_dir: str, config: RolloutConfig, dtype: str, batch: RolloutBatch, adapter_dir: str,
-                           repeats: int = 3) -> dict[str, Any]:  # fmt: skip
-    """The batch through one bare ``vllm.LLM`` (as :func:`raw_llm_throughput`) two ways, alternating
-    repeat by repeat: token ids with each completion decoded once after the engine returns, as the
-    rollout workers do (:func:`~polyray.rollout.worker.decode_completions`), and with vLLM's own
-    detokenizer (a completion's text at every engine step, and a string for every log-prob's token)."""
-    return _in_rollout_process(config, {}, _detokenizer, model_dir, config, dtype, batch, adapter_dir, repeats)
+def detokenizer_ways(llm, batch: RolloutBatch, lora, repeats: int = 3) -> dict[str, Any]:
+    """The batch through ``llm`` two ways, alternating repeat by repeat: token ids with each completion
+    decoded once after the engine returns, as the rollout workers do
+    (:func:`~polyray.rollout.worker.decode_completions`), and with vLLM's own detokenizer (a
+    completion's text at every engine step, and a string for every log-prob's token)."""
+    from polyray.rollout.worker import decode_completions, sampling_params
 
-
-def _detokenizer(model_dir: str, config: RolloutConfig, dtype: str, batch: RolloutBatch, adapter_dir: str, repeats: int):
-    from vllm import LLM
-    from vllm.lora.request import LoRARequest
-
-    from polyray.rollout.worker import decode_completions, engine_kwargs, sampling_params
-
-    llm = LLM(**engine_kwargs(model_dir, config, dtype))
     tokenizer = llm.get_tokenizer()
-    lora = LoRARequest("policy-v1", 1, adapter_dir)
     ids_only = [sampling_params(batch.n, batch.sampling, seed) for seed in batch.seeds]
     with_text = [p.clone() for p in ids_only]
     for p in with_text:

@@ -108,15 +108,15 @@ def bench_rollout(config: str, prompts: int | None = None, repeats: int = 5, syn
             adapter = _random_adapter(model_dir, run.learner.lora, seed=1)  # the policy every engine samples
             adapter_dir = str(Path(tmp) / "policy-v1")
             write_adapter_dir(Path(adapter_dir), adapter)
-            with console.status(f"bare vllm.LLM: {len(batch.prompts)} prompts x {batch.n}"):
-                results["raw_llm"] = bench.raw_llm_throughput(model_dir, one, run.model.dtype, batch, adapter_dir, repeats)
+            with console.status(f"bare vllm.LLM: {len(batch.prompts)} prompts x {batch.n}; then token ids and one"
+                                " decode against vLLM's detokenizer, on the same engine"):
+                results["raw_llm"] = bench.raw_llm_throughput(model_dir, one, run.model.dtype, batch, adapter_dir, repeats,
+                                                              detokenizer=True)  # fmt: skip
+                results["detokenizer"] = results["raw_llm"].pop("detokenizer")
             with console.status("bare vllm.LLM with vLLM's own CPU LoRA ops"):
                 results["raw_llm_vllm_lora_ops"] = bench.raw_llm_throughput(
                     model_dir, one, run.model.dtype, batch, adapter_dir, repeats, polyray_plugin=False
                 )
-            with console.status("bare vllm.LLM: token ids then one decode, against vLLM's detokenizer"):
-                results["detokenizer"] = bench.detokenizer_throughput(model_dir, one, run.model.dtype, batch, adapter_dir,
-                                                                      repeats)  # fmt: skip
             with console.status("transformers generate"):
                 results["transformers"] = bench.hf_throughput(model_dir, run.model.dtype, batch, adapter_dir, one.threads,
                                                               repeats)  # fmt: skip
