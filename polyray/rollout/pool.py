@@ -43,9 +43,11 @@ class RolloutPool:
     @classmethod
     def launch(
         cls, model_dir, config: RolloutConfig, dtype: str = "float32", run_seed: int = 0, store=None,
-        run: str = "", resources: dict[str, float] | None = None,
+        run: str = "", resources: dict[str, float] | None = None, wait: bool = True,
     ) -> "RolloutPool":
         """Start ``config.num_workers`` workers; worker i's engine seed mixes (rollout.seed, run seed, i).
+        ``wait``: return once every engine is ready; False returns at once (the engines start meanwhile,
+        :meth:`wait_ready` waits for them).
         ``model_dir``: a path, or a reference into ``cluster.storage`` each worker copies to its node.
         ``run``: the tag of the workers' metrics. ``resources``: custom Ray resources per worker
         (``cluster.worker_resources``)."""
@@ -68,7 +70,8 @@ class RolloutPool:
             for i in range(config.num_workers)
         ]
         pool = cls(workers, store)
-        pool.wait_ready()
+        if wait:
+            pool.wait_ready()
         return pool
 
     def wait_ready(self) -> None:
