@@ -380,8 +380,9 @@ class RunState:
 
 
 def _run_stages(state: RunState, engagement: list, serve_generation: bool) -> None:
-    """The stages in order: model -> engagement models -> Ray -> adapter store -> services -> rollout
-    pool -> evaluate base -> per phase: fit, evaluate. Every finished stage is in results.json."""
+    """The stages in order: model -> engagement models -> Ray -> adapter store -> rollout pool launched ->
+    services -> rollout pool ready -> evaluate base -> per phase: fit, evaluate. Every finished stage is in
+    results.json."""
     from polyray.rollout.store import open_store
 
     prepare_inputs(state, engagement)
