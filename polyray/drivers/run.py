@@ -174,7 +174,7 @@ def evaluate_on_test(run: RunConfig, out: Path, stages: list[str]) -> dict[str, 
         start_ray(state, None)
         store = open_store(state.store_root(), run.rollout.store_keep)
         try:
-            wait_for_pool(state, launch_pool(state, store, wait=False))
+            wait_for_pool(state, launch_pool(state, store))
             prompts = state.task.prompts("test")
             for stage in missing:
                 version = results["versions"][stage] if stage != "base" else INIT_VERSION if run.init_adapter else None
@@ -525,15 +525,15 @@ def stop_services(state: RunState) -> None:
     state.serving = False
 
 
-def launch_pool(state: RunState, store, wait: bool = False) -> float:
-    """The rollout pool in ``state.pool``, its engines starting (ready once :func:`wait_for_pool` returns,
-    or with ``wait``); returns the seconds spent here."""
+def launch_pool(state: RunState, store) -> float:
+    """The rollout pool in ``state.pool``, its engines starting (ready once :func:`wait_for_pool` returns);
+    returns the seconds spent here."""
     from polyray.rollout.pool import RolloutPool
 
     run, start = state.run, time.perf_counter()
     with console.status(f"starting {run.rollout.num_workers} vLLM rollout worker(s)"):
         state.pool = RolloutPool.launch(state.model_ref, run.rollout, run.model.dtype, run.seed, store, run=run.name,
-                                        resources=run.cluster.worker_resources, wait=wait)  # fmt: skip
+                                        resources=run.cluster.worker_resources, wait=False)  # fmt: skip
     return time.perf_counter() - start
 
 
