@@ -151,10 +151,21 @@ def build_tiny_model(
     out_dir: Path | None = None,
     progress: Callable[[int, int, float], None] | None = None,
 ) -> Path:
-    """Build (or reuse from cache) the embedded model; returns its directory."""
+    """Build (or reuse from cache) the embedded model; returns its directory. Processes that ask for
+    the same model at once build it once: the others wait on a lock beside it, then reuse it."""
+    from filelock import FileLock
+
     out_dir = Path(out_dir) if out_dir else cached_model_dir(tiny, task_config)
     if (out_dir / "build_info.json").is_file():
         return out_dir
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out_dir) + ".lock"):
+        if (out_dir / "build_info.json").is_file():  # built while this process waited
+            return out_dir
+        return _build(tiny, task_config, out_dir, progress)
+
+
+def _build(tiny: TinyModelConfig, task_config, out_dir: Path, progress) -> Path:
     import torch
     from transformers import GenerationConfig, Qwen3ForCausalLM
 
@@ -165,7 +176,6 @@ def build_tiny_model(
     model = Qwen3ForCausalLM(_qwen3_config(tiny, tokenizer))
     final_loss = _pretrain(model, tokenizer, pairs, tiny, progress)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
     try:
         model.generation_config = GenerationConfig(

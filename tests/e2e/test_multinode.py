@@ -32,7 +32,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.ray, pytest.mark.vllm]
+# serial: a node's loss must be seen within Ray's health-check timeouts
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.ray, pytest.mark.vllm, pytest.mark.serial]
 
 ROOT = Path(__file__).resolve().parents[2]
 SHORT = [

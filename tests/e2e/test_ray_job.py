@@ -29,7 +29,8 @@ from dashboard import declared_metrics
 
 from polyray.http import free_port
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.ray, pytest.mark.vllm]
+# serial: `ray start` and `ray stop --force` act on every Ray process of the machine, and it counts every vLLM process
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.ray, pytest.mark.vllm, pytest.mark.serial]
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

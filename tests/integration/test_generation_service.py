@@ -206,6 +206,7 @@ def test_malformed_json_and_unknown_route(http):
     assert_healthy(http)
 
 
+@pytest.mark.serial  # compares the replica's latencies under load
 def test_a_large_chat_body_never_blocks_the_replicas_event_loop(service, http):
     """Templating and tokenising run off the replica's event loop: polyray's token count in a worker thread
     (the tokenizer releases the GIL), and vLLM's renderer in its own pool, for prompts that passed that

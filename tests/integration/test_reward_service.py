@@ -392,6 +392,7 @@ SLOW_CODE_ITEM = {"prompt": "def answer():\n", "completion": "    return 42\n",
                                        "    assert candidate() == 42\n", "entry_point": "answer"}}  # fmt: skip
 
 
+@pytest.mark.serial  # compares wall times under load
 def test_http_callers_never_hold_the_learners_scoring(service, capsys):
     """A run with http_port: slow code_exec requests fill the public app's replica (one batch at a time),
     a countdown request over HTTP queues behind them, while the learner's scoring call comes back at once."""

@@ -169,6 +169,7 @@ def test_rollout_prefetch_overlaps_one_step_ahead():
     assert not any(main for _, main in scored)  # all in the scoring thread
 
 
+@pytest.mark.serial  # waits timed to tens of milliseconds
 def test_rollout_prefetch_scores_the_next_step_during_the_update():
     """Ahead, step t+1's samples are scored as soon as they arrive, before step t+1 asks: its wait
     is ~0 for both; the wait is split at the moment the samples arrived."""

@@ -19,7 +19,8 @@ from polyray import sandbox as sb
 from polyray.reward.code_exec import humaneval_problems, run_humaneval_check
 from processes import listener, processes_with, working_modes
 
-pytestmark = pytest.mark.slow  # ~25 s: every hostile case runs in each isolation mode
+# ~25 s: every hostile case runs in each isolation mode; serial: its wall-clock bounds (a timeout enforced in seconds) are for a machine it has to itself
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 SECRET = "polyray-test-secret-5d41402abc4b2a76"
 

@@ -19,7 +19,8 @@ from polyray import sandbox as sb
 from polyray.tasks.humaneval import humaneval_problems, run_humaneval_check
 from processes import UNGUARD, listener, processes_with, working_modes
 
-pytestmark = pytest.mark.slow  # ~30 s: a few dozen sandboxes per mode
+# ~30 s: a few dozen sandboxes per mode; serial: its wall-clock bounds (a timeout enforced in seconds) are for a machine it has to itself
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 SECRET = "polyray-hostile-secret-7c9e6679"
 

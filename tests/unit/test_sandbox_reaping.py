@@ -25,7 +25,8 @@ from polyray.reward.scorer import RewardScorer, ScoreJob, score_jobs
 from polyray.tasks.humaneval import humaneval_problems
 from processes import UNGUARD, processes_with, working_modes
 
-pytestmark = pytest.mark.slow  # ~25 s
+# ~25 s; serial: its wall-clock bounds (a timeout enforced in seconds) are for a machine it has to itself
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 PR_SET_CHILD_SUBREAPER = 36
 MODES = list(working_modes())

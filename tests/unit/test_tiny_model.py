@@ -49,3 +49,30 @@ def test_cache_key_tracks_config():
     task = CountdownTaskConfig()
     assert build_key(TinyModelConfig(), task) == build_key(TinyModelConfig(), task)
     assert build_key(TinyModelConfig(), task) != build_key(TinyModelConfig(pretrain_steps=10), task)
+
+
+BUILD_AND_SAY = """
+import sys
+from pathlib import Path
+from polyray.config.model import TinyModelConfig
+from polyray.config.tasks import CountdownTaskConfig
+from polyray.models.tiny import build_tiny_model
+steps = []
+build_tiny_model(TinyModelConfig(**{small!r}), CountdownTaskConfig(), Path(sys.argv[1]), lambda s, n, loss: steps.append(s))
+print("built" if steps else "reused")
+"""
+
+
+def test_concurrent_builds_of_one_model_build_it_once(tmp_path):
+    """Two processes that ask for the same model at once: one builds it, the other waits and reuses it."""
+    import os
+    import subprocess
+    import sys
+
+    script, env = BUILD_AND_SAY.format(small=SMALL), {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "m")], stdout=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]  # fmt: skip
+    said = sorted(p.communicate(timeout=300)[0].strip().splitlines()[-1] for p in procs)
+    assert [p.returncode for p in procs] == [0, 0]
+    assert said == ["built", "reused"], said
+    assert (tmp_path / "m" / "build_info.json").is_file()
