@@ -275,12 +275,15 @@ def embedding_dtype_of(cfg: PolychromicSFTPhaseConfig) -> str:
 def start_diversity_scorer(cfg: PolychromicSFTPhaseConfig, threads: int, embedding_dtype: str | None = None):
     """Rank 0's :class:`DiversityScorer` actor when ``cfg`` samples one step ahead with an embedding
     diversity (its model is the costly part); None otherwise, or without Ray: scored in-process.
-    ``embedding_dtype``: its encoder's (default: :func:`embedding_dtype_of`)."""
-    import ray
-
+    ``embedding_dtype``: its encoder's (default: :func:`embedding_dtype_of`). Imports Ray only when
+    it would start one, so the phase runs where Ray is not installed (a bare CUDA machine)."""
     from polyray.diversity import EMBEDDING_DIVERSITY_FUNCTIONS
 
-    if not (cfg.async_rollouts and cfg.diversity in EMBEDDING_DIVERSITY_FUNCTIONS and ray.is_initialized()):
+    if not (cfg.async_rollouts and cfg.diversity in EMBEDDING_DIVERSITY_FUNCTIONS):
+        return None
+    import ray
+
+    if not ray.is_initialized():
         return None
     from polyray.cluster import on_this_node
 
