@@ -10,6 +10,21 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def pytest_sessionstart(session):
+    """With test workers (``make test``: pytest-xdist), build the embedded model here, in the controller,
+    before any worker starts a test: otherwise the first test that needs it builds it (~3 minutes on
+    2 cores, more beside another test) inside its own time limit, while the other worker waits."""
+    if getattr(session.config.option, "numprocesses", None) and not hasattr(session.config, "workerinput"):
+        from pathlib import Path
+
+        from polyray.config import load_config
+        from polyray.models.source import resolve_model_dir
+
+        run = load_config(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml")
+        print("\nbuilding the embedded model before the workers start (once per cache)", flush=True)
+        resolve_model_dir(run.model, run.task)
+
+
 @pytest.fixture(scope="session")
 def run_config():
     from pathlib import Path
