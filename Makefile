@@ -40,7 +40,8 @@ quickstart: setup
 
 # Two tests at a time (pytest-xdist, a file per worker, in collection order: e2e first, the longest, so
 # the last files handed out are short): an e2e test spends most of its time starting processes that
-# wait on their imports, so two share the 2 cores well (README, "Tests"); then the `serial` tests, alone. Exit status 5 (nothing selected, e.g. PYTEST_ARGS naming one file) is not a failure.
+# wait on their imports, so two share the 2 cores well (README, "Tests"); then the `serial` tests, alone.
+# Exit status 5 (nothing selected, e.g. PYTEST_ARGS naming one file) is not a failure.
 test: setup test-tools
 	$(VENV)/bin/python -m pytest -m "not gpu and not serial" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=40 $(PYTEST_ARGS) || test $$? -eq 5
 	$(VENV)/bin/python -m pytest -m "serial and not gpu" --durations=10 $(PYTEST_ARGS) || test $$? -eq 5
