@@ -15,23 +15,24 @@ def pytest_sessionstart(session):
     before any worker starts a test: otherwise the first test that needs it builds it (~3 minutes on
     2 cores, more beside another test) inside its own time limit, while the other worker waits."""
     if getattr(session.config.option, "numprocesses", None) and not hasattr(session.config, "workerinput"):
-        from pathlib import Path
-
-        from polyray.config import load_config
         from polyray.models.source import resolve_model_dir
 
-        run = load_config(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml")
+        run = _quickstart()
         print("\nbuilding the embedded model before the workers start (once per cache)", flush=True)
         resolve_model_dir(run.model, run.task)
 
 
-@pytest.fixture(scope="session")
-def run_config():
+def _quickstart():
     from pathlib import Path
 
     from polyray.config import load_config
 
     return load_config(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml")
+
+
+@pytest.fixture(scope="session")
+def run_config():
+    return _quickstart()
 
 
 @pytest.fixture(scope="session")
