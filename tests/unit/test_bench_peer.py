@@ -42,6 +42,10 @@ def test_settings_come_from_the_config():
     # polyray's default GRPO: per-sequence token means, group std scaling, a constant LR
     assert (g["loss_type"], g["scale_rewards"], g["lr_scheduler_type"]) == ("grpo", "group", "constant_with_warmup")
     assert g["max_grad_norm"] == run.learner.grad_clip and g["weight_decay"] == run.learner.weight_decay
+    # the same arithmetic: no autocast, activations kept unless the learner checkpoints (TRL defaults to both)
+    for phase in (s["sft"], g):
+        assert (phase["bf16"], phase["fp16"], phase["gradient_checkpointing"]) == (False, False, False)
+    assert peer_settings(load_config(QUICKSTART, ["learner.gradient_checkpointing=true"]))["grpo"]["gradient_checkpointing"]
 
 
 def test_trl_accepts_the_settings(tmp_path):
@@ -52,6 +56,8 @@ def test_trl_accepts_the_settings(tmp_path):
     grpo = trl.GRPOConfig(**{k: v for k, v in s["grpo"].items() if k != "name"}, **common)
     assert sft.learning_rate == s["sft"]["learning_rate"] and grpo.num_generations == s["grpo"]["num_generations"]
     assert grpo.beta == s["grpo"]["beta"] and grpo.loss_type == "grpo"
+    assert not (sft.bf16 or sft.gradient_checkpointing or grpo.bf16 or grpo.gradient_checkpointing)
+    assert trl.GRPOConfig(**common).gradient_checkpointing and trl.SFTConfig(**common).bf16  # TRL's own defaults differ
 
 
 @pytest.mark.parametrize(

@@ -94,8 +94,11 @@ def peer_settings(run: RunConfig) -> dict[str, Any]:
     if grpo.sampling.stop:
         raise ConfigError(f"{where}.sampling.stop: TRL's transformers generation has no stop strings here; leave it empty")
     lora = run.learner.lora
+    # TRL's configs default to bfloat16 autocast and gradient checkpointing; polyray's learner computes in the
+    # model's dtype and checkpoints only when asked: TRL does the same here (both load the model in run.model.dtype)
     common = {"weight_decay": run.learner.weight_decay, "max_grad_norm": run.learner.grad_clip, "seed": run.seed,
-              "data_seed": run.seed}  # fmt: skip
+              "data_seed": run.seed, "bf16": False, "fp16": False,
+              "gradient_checkpointing": run.learner.gradient_checkpointing}  # fmt: skip
     return {
         "seed": run.seed, "dtype": run.model.dtype, "n_train": run.task.n_train,
         "lora": {"r": lora.r, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout,
