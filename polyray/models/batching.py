@@ -70,9 +70,22 @@ def _logprob_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def causal_forward(model, batch: PackedBatch):
+    """The model's forward over ``batch``, for training and scoring (no key-value cache kept).
+
+    In a right-padded row every pad comes after every real token, so the causal mask alone keeps the
+    pads from the real tokens: such a batch runs without its padding mask (sdpa's causal kernel, no
+    (B, 1, T, T) mask built), and each real token's output is the masked forward's up to float rounding
+    (positions are 0..T-1 either way). Pad positions' outputs differ and are never read. A batch padded
+    otherwise keeps its mask."""
+    mask = batch.attention_mask
+    right_padded = bool((mask[:, 1:] <= mask[:, :-1]).all())
+    return model(input_ids=batch.input_ids, use_cache=False, **({} if right_padded else {"attention_mask": mask}))
+
+
 def next_token_logits(model, batch: PackedBatch) -> torch.Tensor:
     """(B, T-1, V) logits predicting tokens 1..T-1, in at least float32: the whole tensor (the reference path)."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+    logits = causal_forward(model, batch).logits[:, :-1]
     return logits.to(_logprob_dtype(logits.dtype))
 
 
@@ -149,7 +162,7 @@ def token_logprobs(
         return gather_logprobs(next_token_logits(model, batch), batch, temperature), mask
     _check_temperature(temperature)
     with _hidden_states_out(model) as head:
-        hidden = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+        hidden = causal_forward(model, batch).logits[:, :-1]
     return _completion_logprobs(head, hidden, batch.input_ids[:, 1:], mask, temperature, _causal_lm(model), chunk_mib)
 
 

@@ -114,3 +114,30 @@ def test_chunked_logprobs_check_the_temperature(model_dir):
     model, tokenizer = build_policy(model_dir)
     with pytest.raises(ValueError, match="temperature > 0"):
         token_logprobs(model, _batch(tokenizer), torch.tensor([1.0, 0.0, 1, 1, 1, 1, 1]))
+
+
+def test_a_right_padded_batch_runs_without_its_padding_mask_and_keeps_every_real_tokens_output(model_dir):
+    """causal_forward leaves a right-padded batch's mask out (the causal mask already hides the pads) and
+    passes any other padding's: real tokens' hidden states equal the masked forward's (float64, 1e-10),
+    and the model saw no mask, then the left-padded batch's own."""
+    from polyray.models.batching import PackedBatch, causal_forward
+
+    model, _ = build_policy(model_dir)
+    model = model.double().eval()
+    right = pack_sequences([[5, 6, 7], [8], [9, 10]], [[11, 12], [13, 14, 15, 16], [17]], pad_id=0)
+    seen = []
+    hook = model.get_base_model().model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw.get("attention_mask")), with_kwargs=True)
+    with torch.no_grad():
+        masked = model(input_ids=right.input_ids, attention_mask=right.attention_mask).logits
+        unmasked = causal_forward(model, right).logits
+        flip = lambda t: torch.stack([torch.roll(r, int((r == 0).sum())) for r in t])  # noqa: E731 (the pads to the front)
+        ids, mask = flip(right.input_ids * right.attention_mask), flip(right.attention_mask)
+        left = PackedBatch(ids, mask, flip(right.completion_mask))
+        left_out = causal_forward(model, left).logits
+        left_masked = model(input_ids=ids, attention_mask=mask).logits
+    hook.remove()
+    real = right.attention_mask.bool()
+    torch.testing.assert_close(unmasked[real], masked[real], rtol=0, atol=1e-10)
+    assert seen[1] is None and seen[2] is mask  # the right-padded batch's mask left out, the left-padded one's passed
+    torch.testing.assert_close(left_out[mask.bool()], left_masked[mask.bool()], rtol=0, atol=1e-10)
+    assert not torch.allclose(unmasked[~real], masked[~real])  # pads' outputs differ: the masks really differ
