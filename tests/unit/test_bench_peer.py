@@ -147,7 +147,7 @@ def test_print_peer_shows_the_non_inferiority_test():
     compared, ratios = compare_engines(per_seed, margin=0.02)
     settings = {"sft": {"max_steps": 4, "per_device_train_batch_size": 8},
                 "grpo": {"max_steps": 4, "per_device_train_batch_size": 16, "num_generations": 8,
-                         "max_completion_length": 24, "temperature": 1.0}, "lora": {"r": 8}}  # fmt: skip
+                         "max_completion_length": 24, "temperature": 1.0}, "lora": {"r": 8}, "dtype": "float32"}  # fmt: skip
     results = {"settings": settings, "trl_version": "1.x", "seeds": [0, 1, 2], "compared": compared, "ratios": ratios,
                "per_seed": {str(s): {e: {"steps": {"grpo": {"iqr_s": 0.01}}} for e in ("polyray", "trl")} for s in range(3)},
                "polyray_startup_s": {"ray_start": 5.0}}  # fmt: skip
@@ -156,6 +156,8 @@ def test_print_peer_shows_the_non_inferiority_test():
     text = console.export_text()
     ni = compared["grpo_pass@1"]["noninferiority"]
     assert f"m 0.02: p {ni['pvalue']:.3f}, > {ni['low']:+.3f}" in text
+    flat = " ".join(text.split())  # (the title wraps)
+    assert "LoRA r 8, both in float32" in flat and "checkpointing" not in flat  # the arithmetic both ran
 
 
 def test_grpo_floor_is_the_longer_of_rollout_and_the_rest():

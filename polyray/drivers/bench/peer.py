@@ -481,7 +481,8 @@ def print_peer(results: dict[str, Any], console) -> None:
     table = Table(title=f"polyray vs TRL {results['trl_version']}: {len(results['seeds'])} seed(s), SFT"
                         f" {s['sft']['max_steps']} steps x {s['sft']['per_device_train_batch_size']}, GRPO {g['max_steps']}"
                         f" steps x {g['per_device_train_batch_size'] // g['num_generations']} prompts x {g['num_generations']},"
-                        f" {g['max_completion_length']} tokens, T {g['temperature']:g}, LoRA r {s['lora']['r']}")  # fmt: skip
+                        f" {g['max_completion_length']} tokens, T {g['temperature']:g}, LoRA r {s['lora']['r']}, both in {s['dtype']}"
+                        f"{', gradient checkpointing' if g.get('gradient_checkpointing') else ''}")  # fmt: skip
     table.caption = ("step s: median over the steps after warm-up (per seed, then the mean over seeds); tokens/s:"
                      " completion tokens per second of step; end to end: start to trained GRPO adapter, evaluations"
                      " excluded; p: paired t-test over seeds of polyray − TRL; ≥ TRL − m: one-sided paired"
