@@ -130,7 +130,8 @@ def test_a_right_padded_batch_runs_without_its_padding_mask_and_keeps_every_real
     with torch.no_grad():
         masked = model(input_ids=right.input_ids, attention_mask=right.attention_mask).logits
         unmasked = causal_forward(model, right).logits
-        flip = lambda t: torch.stack([torch.roll(r, int((r == 0).sum())) for r in t])  # noqa: E731 (the pads to the front)
+        pads = (right.attention_mask == 0).sum(1).tolist()
+        flip = lambda t: torch.stack([torch.roll(r, n) for r, n in zip(t, pads)])  # noqa: E731 (each row's pads to the front)
         ids, mask = flip(right.input_ids * right.attention_mask), flip(right.attention_mask)
         left = PackedBatch(ids, mask, flip(right.completion_mask))
         left_out = causal_forward(model, left).logits
