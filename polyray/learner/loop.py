@@ -188,6 +188,16 @@ def _resume_state(loop_config: dict[str, Any], resume_dir: str | None) -> _Start
     return _Start(str(Path(resume_dir) / "adapter"), state["step"], state["version"], resume_dir)
 
 
+def build_optimizer(params: list, lr: float, weight_decay: float):
+    """AdamW over the trainable (LoRA) parameters, with PyTorch's fused kernel where it has one (CPU and CUDA):
+    one kernel over all tensors instead of a dozen ops per tensor. On the embedded model's 56 LoRA tensors the
+    update takes ~1 ms against ~7.5 ms for the per-tensor loop (docs/benchmarks.md, "Peer")."""
+    import torch
+
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
 def _setup_model(run: RunConfig, phase_cfg, loop_config: dict[str, Any], start: _Start, session: TrainSession):
     """(DDP model, tokenizer, KL reference adapter name, trainable params, optimizer, LR scheduler),
     restored from ``start``."""
@@ -207,7 +217,7 @@ def _setup_model(run: RunConfig, phase_cfg, loop_config: dict[str, Any], start: 
     reference = add_reference_adapter(model, reference_dir) if reference_dir else None
     model = session.prepare_model(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=phase_cfg.lr, weight_decay=run.learner.weight_decay)
+    optimizer = build_optimizer(params, phase_cfg.lr, run.learner.weight_decay)
     scheduler = build_scheduler(optimizer, phase_cfg)  # sets the optimizer's lr to step 0's
     if start.checkpoint_dir is not None:
         # on the CPU first: load_state_dict moves each state to its parameter's device, wherever it was saved
@@ -264,7 +274,8 @@ def _train_step(model, phase, optimizer, params, grad_clip: float, step: int, ve
     optimizer step; (metrics, grad norm before clipping)."""
     import torch
 
-    model.train()
+    if not model.training:  # (train() walks every module: ~1% of a step on the embedded model)
+        model.train()
     optimizer.zero_grad(set_to_none=True)
     metrics = phase.step(step, version)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)

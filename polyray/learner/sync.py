@@ -129,7 +129,7 @@ class SyncCanary:
         peft = getattr(model, "module", model)
         device = next(peft.parameters()).device
         was_training = peft.training
-        peft.eval()  # no dropout in the probe (the loop puts the model back in train mode each step)
+        peft.eval()  # no dropout in the probe (its mode is restored after)
         try:
             with torch.no_grad():
                 batch = pack_sequences([prompt_ids], [completion_ids], self.pad_id, device)

@@ -240,3 +240,53 @@ def test_a_reported_checkpoint_leaves_no_local_copy(tmp_path, monkeypatch, fails
         _checkpoint(Session(), {"step": 3}, None, optimizer, scheduler, 3, 2)
     assert {"adapter", OPTIMIZER_FILE, SCHEDULER_FILE, "state.json"} <= set(seen["files"])
     assert seen["dir"].parent == tmp_path and not seen["dir"].exists() and list(tmp_path.iterdir()) == []
+
+
+def _adamw_float64(params, grads, lr, weight_decay, betas=(0.9, 0.999), eps=1e-8):
+    """Decoupled-decay Adam written out in float64, step by step: the reference for the learner's optimizer."""
+    p = [x.double().clone() for x in params]
+    m, v = [torch.zeros_like(x) for x in p], [torch.zeros_like(x) for x in p]
+    for t, step_grads in enumerate(grads, start=1):
+        for i, g in enumerate(step_grads):
+            g = g.double()
+            m[i] = betas[0] * m[i] + (1 - betas[0]) * g
+            v[i] = betas[1] * v[i] + (1 - betas[1]) * g * g
+            p[i] = p[i] * (1 - lr * weight_decay)
+            m_hat, v_hat = m[i] / (1 - betas[0] ** t), v[i] / (1 - betas[1] ** t)
+            p[i] = p[i] - lr * m_hat / (v_hat.sqrt() + eps)
+    return p
+
+
+def test_the_learners_optimizer_is_fused_adamw_and_resumes_a_per_tensor_checkpoint(tmp_path):
+    """build_optimizer: PyTorch's fused AdamW on the CPU; its updates equal AdamW's in float64, and an
+    optimizer state saved by the per-tensor AdamW (checkpoints written before it) continues the same."""
+    from polyray.learner.loop import build_optimizer
+
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(8, 16), (16, 8), (8,)]
+    start = [torch.randn(s, generator=gen) for s in shapes]
+    grads = [[torch.randn(s, generator=gen) for s in shapes] for _ in range(6)]
+    lr, wd = 3e-3, 0.01
+
+    def run(optimizer_of, steps, params=None, state=None):
+        params = params or [torch.nn.Parameter(x.clone()) for x in start]
+        optimizer = optimizer_of(params)
+        if state is not None:
+            optimizer.load_state_dict(state)
+        for step_grads in steps:
+            for p, g in zip(params, step_grads, strict=True):
+                p.grad = g.clone()
+            optimizer.step()
+        return params, optimizer
+
+    fused, optimizer = run(lambda ps: build_optimizer(ps, lr, wd), grads)
+    assert optimizer.defaults["fused"] is True
+    for got, want in zip(fused, _adamw_float64(start, grads, lr, wd), strict=True):
+        torch.testing.assert_close(got.detach().double(), want, rtol=1e-5, atol=1e-6)
+
+    per_tensor = lambda ps: torch.optim.AdamW(ps, lr=lr, weight_decay=wd, foreach=False)  # noqa: E731
+    params, old = run(per_tensor, grads[:3])
+    torch.save(old.state_dict(), tmp_path / "optimizer.pt")
+    resumed, _ = run(lambda ps: build_optimizer(ps, lr, wd), grads[3:], params, torch.load(tmp_path / "optimizer.pt"))
+    for got, want in zip(resumed, fused, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

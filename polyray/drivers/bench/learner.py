@@ -197,8 +197,8 @@ def measure_step(model_dir: str, case: StepCase) -> dict[str, Any]:
     torch.set_num_threads(case.threads)
     from polyray.config import GRPOPhaseConfig, LoraConfig
     from polyray.config.tasks import CountdownTaskConfig
+    from polyray.learner.loop import _train_step, build_optimizer
     from polyray.learner.lora import build_peft_model
-    from polyray.learner.loop import _train_step
     from polyray.learner.phases import GRPOPhase, StepContext
     from polyray.tasks import build_task
 
@@ -218,7 +218,7 @@ def measure_step(model_dir: str, case: StepCase) -> dict[str, Any]:
     pool = StandInPool(model.config.vocab_size, case.length, varied=case.packing is not None)
     phase = GRPOPhase(cfg, build_task(task_cfg), task_cfg.n_train, ctx, pool)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    optimizer = build_optimizer(params, 1e-5, 0.0)
     gc.collect()
     loaded = rss_bytes()
     for step in range(case.warmup_steps):
