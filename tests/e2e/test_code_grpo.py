@@ -36,7 +36,9 @@ SHORT = [
 
 @pytest.fixture(scope="module")
 def reward_url():
-    """The reward service (the application a run deploys) on this session's cluster, over HTTP."""
+    """The reward service (the application a run deploys) on this session's cluster, over HTTP. Asked for
+    once the run has ended (``request.getfixturevalue``): a second cluster idling beside the run's would
+    take CPU from it and from the test beside it."""
     import ray
     from ray import serve
 
@@ -54,7 +56,7 @@ def reward_url():
         ray.shutdown()
 
 
-def test_code_grpo_rewards_from_the_sandbox_equal_the_services(tmp_path, reward_url):
+def test_code_grpo_rewards_from_the_sandbox_equal_the_services(tmp_path, request):
     from polyray.config import load_config, phase_reward
     from polyray.io import read_log_jsonl
     from polyray.reward.client import RewardClient
@@ -72,7 +74,7 @@ def test_code_grpo_rewards_from_the_sandbox_equal_the_services(tmp_path, reward_
     run = load_config(CONFIG, [s for s in SHORT if s != "--set"])
     task = build_task(run.task)
     rows = read_log_jsonl(out / "rollouts.jsonl")  # current rows only (a restarted learner supersedes some)
-    with RewardClient(reward_url, timeout_s=300) as client:
+    with RewardClient(request.getfixturevalue("reward_url"), timeout_s=300) as client:
         for phase in run.phases:
             logged = [r for r in rows if r["phase"] == phase.name]
             assert len(logged) == 2 * 4 * 4, phase.name  # steps x prompts x group
