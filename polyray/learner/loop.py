@@ -274,8 +274,7 @@ def _train_step(model, phase, optimizer, params, grad_clip: float, step: int, ve
     optimizer step; (metrics, grad norm before clipping)."""
     import torch
 
-    if not model.training:  # (train() walks every module: ~1% of a step on the embedded model)
-        model.train()
+    model.train()  # every module: from_pretrained leaves the base's in eval mode under a training root
     optimizer.zero_grad(set_to_none=True)
     metrics = phase.step(step, version)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
