@@ -11,8 +11,8 @@ def test_every_module_trains_in_a_step(tmp_path):
     """from_pretrained leaves the base model's modules in eval mode under a peft root that says it is training;
     a step must put them all in train mode (LoRA dropout is live only there), also after a probe set them to
     eval (the sync canary) and on a model whose root is already in train mode."""
-    from polyray.learner.lora import build_peft_model
     from polyray.learner.loop import _train_step, build_optimizer
+    from polyray.learner.lora import build_peft_model
 
     model, _ = build_peft_model(str(tiny_model_dir(tmp_path)), LoraConfig(r=4, alpha=8, dropout=0.1))
     assert model.training and not all(m.training for m in model.modules())  # the state the step starts from
