@@ -59,7 +59,7 @@ def test_serve_reward_from_another_directory(tmp_path):
     (tmp_path / "serve.yaml").write_text(SERVE_CONFIG)
     port = free_port()
     # a Ray of its own: with no address, ray.init joins a cluster another test left running on this machine
-    env = {**os.environ, "RAY_ADDRESS": "local"}
+    env = {**os.environ, "RAY_ADDRESS": "local", "PYTHONUNBUFFERED": "1"}  # (its output as it goes, for a failure)
     cmd = [sys.executable, "-m", "polyray.cli", "serve", "reward", "--port", str(port)]
     proc = subprocess.Popen([*cmd, "--config", "serve.yaml"], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
@@ -74,7 +74,8 @@ def test_serve_reward_from_another_directory(tmp_path):
         # Ctrl-C to the command alone: it stops Serve and the local Ray it started (Ray's own
         # processes, in its process group here, are not sent the signal: they are shut down by it)
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=120)
+        # Serve's and Ray's shutdown took over 120 s once beside `bench all --smoke` on the other test worker
+        out, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0 and "shutting down" in out, out[-4000:]
     finally:
         if proc.poll() is None:
