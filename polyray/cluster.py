@@ -23,6 +23,10 @@ def init_ray(cluster: ClusterConfig, needed_cpus: float, resources: dict[str, fl
             warn(f"the cluster has {have:g} CPUs, this run asks for {needed_cpus:g} at once (rollout workers,"
                  " learner ranks, services): it waits until the cluster grows")  # fmt: skip
         return
+    # Ray Train starts a preemption watcher with every worker group, to see nodes drained (spot
+    # instances): a local cluster is this one node, which nothing drains without the run going with it.
+    # One process a phase less (docs/benchmarks.md, "Where a run's fixed time goes"); a user's setting stays.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     num_cpus = cluster.num_cpus or max(int(needed_cpus + 0.999), os.cpu_count() or 1)
     context = ray.init(
         num_cpus=num_cpus, resources=resources, include_dashboard=cluster.dashboard, log_to_driver=cluster.worker_logs,

@@ -356,7 +356,7 @@ def run_sft_then_grpo(model_dir: Path, out: Path, device: str = "cpu", dtype: st
              "sampling": {"max_tokens": 6}},
         ],
     )  # fmt: skip
-    base = {"run": run.model_dump(mode="json"), "model_dir": str(model_dir), "output_dir": str(out), "tracker": None,
+    base = {"run": run.model_dump(mode="json"), "model_dir": str(model_dir), "output_dir": str(out),
             "dynamics": None}  # fmt: skip
     run_worker({**base, "phase_index": 0, "pool": None, "start_version": 0, "init_adapter": None},
                LocalSession(out / "checkpoints" / "sft", device))  # fmt: skip

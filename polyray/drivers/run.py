@@ -33,14 +33,14 @@ from polyray.config import RunConfig
 from polyray.eval.policy_eval import build_eval_task
 from polyray.eval.record import EvalRecord
 from polyray.io import ConfigError, Timer, console, dump_config, make_progress, warn, write_json_atomic
+from polyray.learner.logs import StepLogs
 from polyray.models.source import offline_model_dir, prepare_model_dir
-from polyray.rollout.store import STORE_DIR
 from polyray.reward.engagement import ensure_engagement_model
 from polyray.reward.plan import POSTS_LABEL, models_to_train, scores_rollouts
 from polyray.reward.plan import plan as plan_rewards
+from polyray.rollout.store import STORE_DIR
 from polyray.storage import share_model
 from polyray.tracking import VAL_EVAL, check_tracking, open_tracker
-
 
 SPLIT_NAMES = {"test": "test", "val": "validation"}
 
@@ -56,7 +56,8 @@ def evaluate_stage(
 
 
 def train_stage(
-    run: RunConfig, index: int, model_dir, out: Path, pool, version: int, adapter: str | None, tracker=None
+    run: RunConfig, index: int, model_dir, out: Path, pool, version: int, adapter: str | None, tracker=None,
+    logs=None,
 ):
     from polyray.eval.dynamics import DynamicsProbe
     from polyray.learner.loop import run_phase
@@ -74,7 +75,7 @@ def train_stage(
             if tracker is not None:
                 tracker.log_progress()
 
-        return run_phase(run, index, model_dir, out, pool, version, adapter, on_progress=show, dynamics=probe)
+        return run_phase(run, index, model_dir, out, pool, version, adapter, on_progress=show, dynamics=probe, logs=logs)
 
 
 def results_table(results: dict[str, Any], ks: list[int]) -> Table:
@@ -366,6 +367,7 @@ class RunState:
     worker_run: Any = None  # the config workers get (worker_config): input paths as storage references
     shared: Any = None  # the run's place in cluster.storage (polyray.storage.RunStorage), or None
     serving: bool = False  # the generation service is deployed (--serve-generation)
+    logs: Any = None  # the learner's step logs, one actor for every phase (polyray.learner.logs.StepLogs)
 
     def __post_init__(self) -> None:
         from polyray.storage import RunStorage
@@ -391,6 +393,7 @@ def _run_stages(state: RunState, engagement: list, serve_generation: bool) -> No
         generation = generation_args(state.run, state.out, state.model_ref, state.store_root())
     start_ray(state, generation)
     store = open_store(state.store_root(), state.run.rollout.store_keep)
+    state.logs = StepLogs.on_driver_node(state.out)  # starts beside the engines and services
     try:
         # the rollout engines start while the services do (each waits mostly on its own imports)
         launched_s = launch_pool(state, store)
@@ -408,6 +411,7 @@ def _run_stages(state: RunState, engagement: list, serve_generation: bool) -> No
             stop_services(state)
         if state.pool is not None:
             state.pool.shutdown()
+        state.logs.close()  # the rows are on disk
         ray.kill(store)  # its state is on disk; a resume opens it again
     timings = state.timer.timings
     timings["total"] = round(sum(v for k, v in timings.items() if k != "total"), 2)
@@ -561,7 +565,7 @@ def fit(state: RunState, index: int, version: int, adapter: str | None) -> tuple
     else:
         with state.timer(f"train_{phase.name}"):
             trained = train_stage(state.worker_run, index, state.model_ref, state.out, state.pool, version, adapter,
-                                  state.tracker)  # fmt: skip
+                                  state.tracker, state.logs)  # fmt: skip
         version, adapter = trained["version"], share_adapter(state.shared, Path(trained["adapter_dir"]), phase.name)
         stage_done(results, f"train_{phase.name}")
         write_results(state.out, results)

@@ -9,6 +9,8 @@ past is on the driver's disk, even if rank 0's node is lost a moment later. With
 
 Rows are read back with :func:`polyray.io.read_log_jsonl`, whichever way they were written
 (a resumed attempt marks what it supersedes: :func:`polyray.learner.loop._mark_superseded`).
+The same object keeps each phase's latest ``metrics.jsonl`` row, which the driver polls for its
+progress bar (:meth:`StepLogs.latest`): one actor and one call per step serve both.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class LogFiles:
 
     def __init__(self, output_dir: str | Path):
         self.dir = Path(output_dir)
+        self._latest: dict[str, dict[str, Any]] = {}  # phase -> its last metrics.jsonl row appended here
 
     def _path(self, name: str) -> Path:
         if name not in STEP_LOGS:
@@ -38,6 +41,12 @@ class LogFiles:
         path.parent.mkdir(parents=True, exist_ok=True)
         for record in records:
             append_jsonl(path, record)
+        if name == "metrics.jsonl":
+            self._latest.update((r["phase"], r) for r in records if "phase" in r)
+
+    def latest(self, phase: str) -> dict[str, Any] | None:
+        """The last ``metrics.jsonl`` row of ``phase`` appended through this object (None: none yet)."""
+        return self._latest.get(phase)
 
     def rows(self, name: str) -> list[dict[str, Any]]:
         from polyray.io import read_log_jsonl
@@ -61,7 +70,10 @@ class StepLogs:
 
         from polyray.cluster import on_this_node
 
-        actor = ray.remote(num_cpus=0)(LogFiles).options(scheduling_strategy=on_this_node()).remote(str(output_dir))
+        # restarted if it dies (it keeps nothing the files do not hold): an append in flight then fails, and
+        # Ray Train restarts the ranks from their checkpoint, whose rows reach the new actor
+        actor = (ray.remote(num_cpus=0, max_restarts=-1)(LogFiles).options(scheduling_strategy=on_this_node())
+                 .remote(str(output_dir)))  # fmt: skip
         return cls(actor=actor)
 
     def append(self, name: str, *records: dict[str, Any]) -> None:
@@ -82,6 +94,14 @@ class StepLogs:
         import ray
 
         return ray.get(self.actor.rows.remote(name))
+
+    def latest(self, phase: str) -> dict[str, Any] | None:
+        """:meth:`LogFiles.latest`: the phase's last step row written through these logs."""
+        if self.files is not None:
+            return self.files.latest(phase)
+        import ray
+
+        return ray.get(self.actor.latest.remote(phase))
 
     def close(self) -> None:
         """Stop the actor (the files stay)."""

@@ -36,19 +36,6 @@ from polyray.learner.checkpoints import STATE_FILE, recover_run_dir, seal
 from polyray.learner.logs import STEP_LOGS, LogFiles, StepLogs
 
 
-class ProgressTracker:
-    """Rank 0 posts (step, total, metrics); the driver polls it to draw a progress bar."""
-
-    def __init__(self):
-        self.state: dict[str, Any] = {"step": 0, "total": 0, "metrics": {}}
-
-    def update(self, step: int, total: int, metrics: dict[str, float]) -> None:
-        self.state = {"step": step, "total": total, "metrics": metrics}
-
-    def get(self) -> dict[str, Any]:
-        return self.state
-
-
 class TrainSession(Protocol):
     """What a learner worker needs of its trainer: who it is, where to resume, DDP, checkpoints."""
 
@@ -119,7 +106,7 @@ class RayTrainSession:
         import ray.train
 
         # ray.train.report is a barrier through the Train controller (~2 s on this machine), so it
-        # runs with checkpoints only; per-step metrics go to metrics.jsonl and the progress tracker.
+        # runs with checkpoints only; per-step metrics go to metrics.jsonl, which the driver's progress bar follows.
         ray.train.report(
             metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         )
@@ -282,11 +269,9 @@ def _train_step(model, phase, optimizer, params, grad_clip: float, step: int, ve
     return metrics, grad_norm
 
 
-def _log_step(logs: StepLogs, phase_cfg, metrics: dict[str, Any], tracker, telemetry) -> None:
-    """Rank 0: the step's row in metrics.jsonl, the driver's progress bar, the telemetry gauges."""
+def _log_step(logs: StepLogs, phase_cfg, metrics: dict[str, Any], telemetry) -> None:
+    """Rank 0: the step's row in metrics.jsonl (which the driver's progress bar reads), the telemetry gauges."""
     logs.append("metrics.jsonl", {"phase": phase_cfg.name, **metrics})
-    if tracker is not None:
-        tracker.update.remote(metrics["step"], phase_cfg.steps, metrics)
     if telemetry is not None:
         telemetry.record(metrics)
 
@@ -322,7 +307,7 @@ def run_worker(loop_config: dict[str, Any], session: TrainSession) -> None:
     loop_config = {**loop_config, "model_dir": local_path(loop_config["model_dir"]),
                    "init_adapter": local_path(loop_config.get("init_adapter")),
                    "given_init_adapter": loop_config.get("init_adapter")}  # (a rollout worker takes it from storage itself)  # fmt: skip
-    pool, tracker = loop_config.get("pool"), loop_config.get("tracker")
+    pool = loop_config.get("pool")
     # rank 0's step logs: through the driver's actor, or (a worker run without one) into the run directory
     logs = loop_config.get("logs") or StepLogs(LogFiles(loop_config["output_dir"]))
     rank, world = session.rank, session.world
@@ -368,7 +353,7 @@ def run_worker(loop_config: dict[str, Any], session: TrainSession) -> None:
         if step == start.step and start.checkpoint_dir is not None:  # an attempt restarted from a checkpoint
             metrics["resumed_from"] = start.step
         if rank == 0:
-            _log_step(logs, phase_cfg, metrics, tracker, telemetry)
+            _log_step(logs, phase_cfg, metrics, telemetry)
         if last or (step + 1) % phase_cfg.checkpoint_every == 0:
             _checkpoint(session, metrics, model, optimizer, scheduler, step + 1, publisher.version)
     if rank == 0:
@@ -402,6 +387,7 @@ def run_phase(
     init_adapter,
     on_progress=None,
     dynamics=None,
+    logs: StepLogs | None = None,
 ) -> dict[str, Any]:
     """Fit one phase with a ``TorchTrainer``; returns {"adapter_dir", "version", "metrics"}.
 
@@ -410,7 +396,10 @@ def run_phase(
     :class:`polyray.eval.dynamics.DynamicsProbe`).
 
     Rank 0's step logs reach ``output_dir`` through an actor on this process's node
-    (:mod:`polyray.learner.logs`), so the run directory need not be on a disk the ranks share.
+    (:mod:`polyray.learner.logs`), so the run directory need not be on a disk the ranks share:
+    ``logs`` when the caller holds one for the whole run (``StepLogs.on_driver_node(output_dir)``;
+    it stays open), else one made for this phase. ``on_progress({"step", "total", "metrics"})``
+    is called about once a second with the phase's latest step row.
 
     ``model_dir`` and ``init_adapter``: paths, or with ``cluster.storage`` references into it
     (:class:`~polyray.storage.StoredDir` or its string form) that each rank copies to its own node.
@@ -432,11 +421,11 @@ def run_phase(
     # at a poll: 4.1-4.3 s per phase from the workers' return to fit()'s here, 0.6-1.4 s at 0.25 s
     # (docs/benchmarks.md). Ray Train hands the variable from this process to its controller; a user's stays.
     os.environ.setdefault(TRAIN_POLL_ENV, str(TRAIN_POLL_S))
-    from polyray.cluster import on_this_node
 
-    # read by this process each second: on its node, so losing a worker node does not lose it
-    tracker = ray.remote(num_cpus=0)(ProgressTracker).options(scheduling_strategy=on_this_node()).remote()
-    logs = StepLogs.on_driver_node(output_dir)  # likewise
+    # rank 0's rows, which this process also polls for progress: on its node, so losing a worker node
+    # does not lose them. One actor for the whole run when the caller holds it (a process a phase less).
+    own_logs = logs is None
+    logs = StepLogs.on_driver_node(output_dir) if own_logs else logs
     storage_path = shared.location("checkpoints") if shared else str((output_dir / "checkpoints").resolve())
     recovered = recover_run_dir(storage_path, phase.name)  # Ray Train's record of the checkpoints, if unreadable
     trainer = TorchTrainer(
@@ -448,7 +437,6 @@ def run_phase(
             "output_dir": str(output_dir) if shared is None else None,  # (None: the final adapter goes to storage)
             "logs": logs,
             "pool": pool,
-            "tracker": tracker,
             "start_version": start_version,
             "init_adapter": init_adapter,
             "dynamics": dynamics,
@@ -476,16 +464,20 @@ def run_phase(
         except BaseException as exc:  # surfaced in the caller's thread
             box["error"] = exc
 
+    def progress() -> dict[str, Any]:
+        row = logs.latest(phase.name) or {}
+        return {"step": row.get("step", 0), "total": phase.steps, "metrics": row}
+
     thread = threading.Thread(target=fit, daemon=True)
     thread.start()
     while thread.is_alive():
         thread.join(timeout=1.0)
         if on_progress is not None:
-            on_progress(ray.get(tracker.get.remote()))
+            on_progress(progress())
     if on_progress is not None:
-        on_progress(ray.get(tracker.get.remote()))
-    ray.kill(tracker)
-    logs.close()
+        on_progress(progress())
+    if own_logs:
+        logs.close()
     if "error" in box:
         raise box["error"]
     adapter_dir = output_dir / "adapters" / phase.name

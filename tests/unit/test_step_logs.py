@@ -21,6 +21,17 @@ def test_the_files_take_step_logs_only_and_read_back_current_rows(tmp_path):
         StepLogs()
 
 
+def test_latest_is_each_phases_last_metrics_row_the_driver_follows(tmp_path):
+    logs = StepLogs(LogFiles(tmp_path))
+    assert logs.latest("sft") is None
+    logs.append("metrics.jsonl", {"phase": "sft", "step": 1, "loss": 2.0}, {"phase": "sft", "step": 2, "loss": 1.5})
+    logs.append("metrics.jsonl", {"phase": "grpo", "step": 1, "reward_mean": 0.2})
+    logs.append("rollouts.jsonl", {"phase": "sft", "step": 3})  # another log: not a step's metrics
+    assert logs.latest("sft") == {"phase": "sft", "step": 2, "loss": 1.5}
+    assert logs.latest("grpo") == {"phase": "grpo", "step": 1, "reward_mean": 0.2}
+    assert logs.latest("dpo") is None
+
+
 @pytest.mark.ray
 def test_a_remote_rank_writes_through_the_actor_on_the_drivers_node(ray_cluster, tmp_path):
     """A task elsewhere appends through the handle it was given; the rows are in the driver's run
@@ -38,6 +49,7 @@ def test_a_remote_rank_writes_through_the_actor_on_the_drivers_node(ray_cluster,
 
     try:
         assert ray.get(rank0.remote(logs, 3)) == [{"phase": "sft", "step": s} for s in (1, 2, 3)]
+        assert logs.latest("sft") == {"phase": "sft", "step": 3}  # what the driver's progress bar polls
         assert [r["i"] for r in read_log_jsonl(tmp_path / "rollouts.jsonl")] == [0, 1, 2]
         with pytest.raises(ValueError, match="not a step log"):
             logs.append("checkpoints.jsonl", {"x": 1})
