@@ -55,8 +55,8 @@ def needed_cpus(run: RunConfig) -> float:
 
 
 def on_this_node():
-    """A scheduling strategy that keeps a small actor on the caller's node (the driver's): a progress
-    tracker the driver reads then lives as long as the driver, whichever worker node is lost. Hard:
+    """A scheduling strategy that keeps a small actor on the caller's node (the driver's): the step-log
+    actor the driver reads then lives as long as the driver, whichever worker node is lost. Hard:
     Ray's soft node affinity was seen to place such an actor on a worker node (with or without
     spilling). Like ``"DEFAULT"``, it keeps the actor out of a Tune trial's placement group."""
     import ray
