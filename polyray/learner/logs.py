@@ -70,8 +70,9 @@ class StepLogs:
 
         from polyray.cluster import on_this_node
 
-        # restarted if it dies (it keeps nothing the files do not hold): an append in flight then fails, and
-        # Ray Train restarts the ranks from their checkpoint, whose rows reach the new actor
+        # restarted if it dies (the rows are in the files; only the progress bar's latest row starts empty
+        # again): an append in flight then fails, and Ray Train restarts the ranks from their checkpoint,
+        # whose rows reach the new actor
         actor = (ray.remote(num_cpus=0, max_restarts=-1)(LogFiles).options(scheduling_strategy=on_this_node())
                  .remote(str(output_dir)))  # fmt: skip
         return cls(actor=actor)
