@@ -191,6 +191,7 @@ def bench_grpo(steps: int, config: str, warmup: int = 2, rounds: int = 2) -> dic
     in the learner (no reward replica competing for the cores). Medians over the pooled steps."""
     from polyray.cluster import init_ray, needed_cpus
     from polyray.config import load_config
+    from polyray.learner.logs import StepLogs
     from polyray.learner.loop import run_phase
     from polyray.models.source import prepare_model_dir
     from polyray.rollout.pool import RolloutPool
@@ -214,16 +215,18 @@ def bench_grpo(steps: int, config: str, warmup: int = 2, rounds: int = 2) -> dic
     with tempfile.TemporaryDirectory(prefix="polyray-bench-grpo-") as tmp:
         out = Path(tmp)
         pool = RolloutPool.launch(str(model_dir), sync.rollout, sync.model.dtype, store=open_store(out / "adapter_store"))
+        logs = StepLogs.on_driver_node(out)  # one step-log actor for every fit, as `polyray run` holds one
         try:
             version = 0
             for i in range(rounds):
                 for name, extra in variants.items():
                     run = load_config(config, [*common, *extra, f"phases.{index}.name=grpo_{name}_{i}"])
                     with console.status(f"GRPO {name}, {steps} steps (round {i + 1} of {rounds})"):
-                        version = run_phase(run, index, str(model_dir), out, pool, version, None)["version"]
+                        version = run_phase(run, index, str(model_dir), out, pool, version, None, logs=logs)["version"]
             for name in variants:
                 results[name] = _step_stats(out / "metrics.jsonl", [f"grpo_{name}_{i}" for i in range(rounds)], warmup)
         finally:
+            logs.close()
             pool.shutdown()
     results["ratio"] = results["async"]["step_s"] / results["sync"]["step_s"]
     results["publish_behind_vs_waits"] = results["async"]["step_s"] / results["async_waits"]["step_s"]
@@ -283,12 +286,12 @@ def bench_polychromic(
     needs a core for the sampler)."""
     from polyray.cluster import init_ray, needed_cpus
     from polyray.config import load_config
+    from polyray.diversity import EMBEDDING_DIVERSITY_FUNCTIONS
+    from polyray.learner.logs import StepLogs
     from polyray.learner.loop import run_phase
     from polyray.models.source import prepare_model_dir
     from polyray.rollout.pool import RolloutPool
     from polyray.rollout.store import open_store
-
-    from polyray.diversity import EMBEDDING_DIVERSITY_FUNCTIONS
 
     phases = [f"phases.0.steps={steps}", "phases.0.checkpoint_every=1000", "learner.num_workers=1", "rollout.num_workers=1"]
     sft = load_config(config, phases)
@@ -298,9 +301,10 @@ def bench_polychromic(
     with tempfile.TemporaryDirectory(prefix="polyray-bench-") as tmp:
         out = Path(tmp)
         pool = RolloutPool.launch(str(model_dir), sft.rollout, sft.model.dtype, store=open_store(out / "adapter_store"))
+        logs = StepLogs.on_driver_node(out)  # one step-log actor for every fit
         try:
             with console.status(f"standard SFT, {steps} steps"):
-                version = run_phase(sft, 0, str(model_dir), out, pool, 0, None)["version"]
+                version = run_phase(sft, 0, str(model_dir), out, pool, 0, None, logs=logs)["version"]
             results["sft"] = _step_stats(out / "metrics.jsonl", "sft", warmup)
             # the floor: an SFT step through as many sequences as a polychromic step trains on (references +
             # samples), its sampling hidden behind the update (rollouts one step ahead)
@@ -308,7 +312,7 @@ def bench_polychromic(
             same = poly0.batch_size + poly0.prompts_per_step * poly0.n_samples
             with console.status(f"standard SFT on {same} sequences (references + samples), {steps} steps"):
                 big = load_config(config, [*phases, f"phases.0.batch_size={same}", "phases.0.name=sft_same"])
-                version = run_phase(big, 0, str(model_dir), out, pool, version, None)["version"]
+                version = run_phase(big, 0, str(model_dir), out, pool, version, None, logs=logs)["version"]
             results[floor_label(same)] = _step_stats(out / "metrics.jsonl", "sft_same", warmup)
             variants = [(name, []) for name in diversity]
             if with_async:
@@ -326,9 +330,10 @@ def bench_polychromic(
                 poly = load_config(config, [*phases, "phases.0.type=polychromic_sft", f"phases.0.name=poly{i}",
                                             f"phases.0.diversity={name}", *extra])
                 with console.status(f"{label}, {steps} steps"):
-                    version = run_phase(poly, 0, str(model_dir), out, pool, version, None)["version"]
+                    version = run_phase(poly, 0, str(model_dir), out, pool, version, None, logs=logs)["version"]
                 results[label] = _step_stats(out / "metrics.jsonl", f"poly{i}", warmup)
         finally:
+            logs.close()
             pool.shutdown()
     return results
 
