@@ -188,12 +188,27 @@ def learner(
     packing_sizes: List[int] = typer.Option(
         [], "--packing-sizes",
         help="Sizes also run with samples of varied lengths on shared prompts, packed and one a row (repeatable;"
-        " default: the smallest --sizes).",
+        " default: the smallest --sizes; none with --gradient-checkpointing).",
     ),  # fmt: skip
+    device: str = typer.Option("cpu", "--device", help="cpu, or cuda: the learner on the GPU, its memory the GPU's."),
+    dtype: str = typer.Option("float32", "--dtype", help="The base weights' dtype (model.dtype): float32 or bfloat16."),
+    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="learner.gradient_checkpointing."),
+    measured_steps: int = typer.Option(1, "--measured-steps", min=1, help="Steps timed after the warm-up one (their mean)."),
     json_path: Optional[Path] = _json,
 ):
     """Peak memory and tokens/s of one GRPO learner step per size, micro-batched vs whole batch, beside the memory
-    plan; varied-length samples packed vs one a row."""
+    plan; varied-length samples packed vs one a row. On the CPU, or on a CUDA GPU with --device cuda."""
+    from polyray.cli.common import fail
+
+    if device not in ("cpu", "cuda"):
+        fail(f"--device: {device!r} is not cpu or cuda")
+    if dtype not in ("float32", "bfloat16"):
+        fail(f"--dtype: {dtype!r} is not float32 or bfloat16")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            fail("--device cuda: this machine has no CUDA GPU that PyTorch can use")
     from polyray.drivers.bench.learner import BenchShape, bench_learner, print_learner
     from polyray.drivers.bench.suite import console
 
@@ -202,7 +217,8 @@ def learner(
         results = bench_learner(
             sizes, whole_batch_sizes, length, micro_batch_tokens, logits_chunk_mib, shape, threads,
             on_case=lambda c: status.update(f"{c.path}, {c.sequences} sequences x {c.length} tokens"),
-            packing_sizes=packing_sizes or None,
+            packing_sizes=packing_sizes or None, device=device, dtype=dtype,
+            gradient_checkpointing=gradient_checkpointing, measured_steps=measured_steps,
         )  # fmt: skip
     print_learner(results, console)
     _write(results, json_path)

@@ -5,6 +5,8 @@
 - One measured step on each path, in this process: the micro-batched step and the whole-batch step
   train on the same samples, so their losses agree, and so do varied-length samples packed and one a
   row; the peak covers what was loaded.
+- Gradient checkpointing recomputes the same forward: the same loss; timed steps are averaged; the plan's
+  estimate follows the case's device, dtype and checkpointing.
 - The ratios the benchmark reports are the quotients of its rows.
 - (slow) The whole part through ``polyray bench learner``: every case in its own process.
 """
@@ -68,6 +70,24 @@ def test_one_step_on_each_path_trains_on_the_same_samples(toy_model):
     assert packed["tokens"] == one_a_row["tokens"] < 8 * 96
     plan = estimate(toy_model, StepCase(4, 32, 64, 256, group_size=2))
     assert plan["total"] == pytest.approx(sum(v for k, v in plan.items() if k != "total"))
+
+
+def test_checkpointing_keeps_the_loss_and_the_estimate_follows_the_case(toy_model):
+    plain = measure_step(toy_model, StepCase(4, 32, 64, 256, group_size=2, threads=1))
+    recomputed = measure_step(toy_model, StepCase(4, 32, 64, 256, group_size=2, threads=1, gradient_checkpointing=True,
+                                                  measured_steps=2))  # fmt: skip
+    assert recomputed["loss"] != plain["loss"]  # its second timed step comes after an update
+    again = measure_step(toy_model, StepCase(4, 32, 64, 256, group_size=2, threads=1, gradient_checkpointing=True))
+    assert again["loss"] == pytest.approx(plain["loss"], rel=1e-5, abs=1e-7)
+    assert recomputed["tokens_per_s"] == pytest.approx(recomputed["tokens"] / recomputed["step_s"])
+    with pytest.raises(ValueError, match="gradient checkpointing"):
+        measure_step(toy_model, StepCase(4, 32, 64, 256, group_size=2, packing="packed", gradient_checkpointing=True))
+    cpu = estimate(toy_model, StepCase(4, 32, 64, 256, group_size=2))
+    gpu = estimate(toy_model, StepCase(4, 32, 64, 256, group_size=2, device="cuda", dtype="bfloat16"))
+    checkpointed = estimate(toy_model, StepCase(4, 32, 64, 256, group_size=2, gradient_checkpointing=True))
+    assert gpu["runtime"] < cpu["runtime"] and gpu["weights"] == cpu["weights"] / 2  # bfloat16 weights
+    # one layer: checkpointing keeps its input on top of the layer it recomputes (2 sequences x 32 tokens a micro-batch)
+    assert checkpointed["activations"] - cpu["activations"] == 64 * TOY.hidden * 4
 
 
 def test_ratios_are_quotients_of_the_rows():

@@ -22,6 +22,13 @@ high-water resident memory over the measured step alone: the kernel's mark is re
 (``/proc/self/clear_refs``) after the warm-up; where the reset is refused the peak is the process's
 whole life (``resource.getrusage``), and the figures say so. Beside each measurement is the memory
 plan's estimate (:func:`polyray.learner.memory.learner_memory`) and their ratio.
+
+On a CUDA GPU (``--device cuda``, usually with ``--dtype bfloat16``: a bfloat16 base, float32 LoRA, as a
+run with ``model.dtype: bfloat16`` trains) the same cases run on the GPU, and memory is the GPU's: the
+CUDA context (what the device holds once the context exists, before the model loads) plus the caching
+allocator's high-water reserve over the measured steps (``torch.cuda.max_memory_reserved``, its mark
+reset after the warm-up), which is what a second process on the card would find taken; the allocated
+high-water mark is reported beside it. Step times are taken between ``torch.cuda.synchronize`` calls.
 """
 
 from __future__ import annotations
@@ -175,6 +182,10 @@ class StepCase:
     # None: whole sequences of ``length`` tokens; "packed" / "one a row": samples of varied lengths on shared
     # prompts (learner.share_prompts), learner.pack_samples on / off
     packing: str | None = None
+    device: str = "cpu"  # or "cuda"
+    dtype: str = "float32"  # the base weights' (model.dtype); LoRA stays float32
+    gradient_checkpointing: bool = False  # learner.gradient_checkpointing
+    measured_steps: int = 1  # steps timed after the warm-up (times and tokens/s: their mean)
 
     @property
     def path(self) -> str:
@@ -184,10 +195,10 @@ class StepCase:
 
 
 def measure_step(model_dir: str, case: StepCase) -> dict[str, Any]:
-    """One GRPO learner step of ``case`` in this process: resident memory before the model loads, after it
-    loads, and the step's peak; the step's seconds and tokens (prompt + completion, each sequence's own)
-    per second, by the clock and per second of the process's CPU time (what other work on a shared machine
-    disturbs less)."""
+    """The GRPO learner steps of ``case`` in this process: memory before the model loads, after it loads,
+    and the measured steps' peak (resident memory on the CPU, the GPU's on ``cuda``: module doc); the
+    step's seconds and tokens (prompt + completion, each sequence's own) per second, by the clock and per
+    second of the process's CPU time (what other work on a shared machine disturbs less)."""
     import gc
 
     import peft  # noqa: F401 (imported before the baseline is read: the runtime, not the model)
@@ -202,14 +213,20 @@ def measure_step(model_dir: str, case: StepCase) -> dict[str, Any]:
     from polyray.learner.phases import GRPOPhase, StepContext
     from polyray.tasks import build_task
 
-    before_load = rss_bytes()
+    if case.packing is not None and case.gradient_checkpointing:
+        raise ValueError("packing cases share prompts, which gradient checkpointing turns off (learner.share_prompts)")
+    memory = _GpuMemory() if case.device == "cuda" else _CpuMemory()
+    before_load = memory.now()
     torch.manual_seed(0)  # the same LoRA init on every path, as every learner rank seeds it
-    model, tokenizer = build_peft_model(model_dir, LoraConfig(r=case.lora_r, alpha=2 * case.lora_r))
+    model, tokenizer = build_peft_model(model_dir, LoraConfig(r=case.lora_r, alpha=2 * case.lora_r), case.dtype,
+                                        gradient_checkpointing=case.gradient_checkpointing)  # fmt: skip
+    model.to(case.device).train()
     group = min(case.group_size, case.sequences)
     if case.sequences % group:
         raise ValueError(f"sequences ({case.sequences}) must be a multiple of the group size ({group})")
     prompts = case.sequences // group
-    cfg = GRPOPhaseConfig(steps=case.warmup_steps + 1, prompts_per_step=prompts, group_size=group, kl_beta=case.kl_beta,
+    steps = case.warmup_steps + case.measured_steps
+    cfg = GRPOPhaseConfig(steps=steps, prompts_per_step=prompts, group_size=group, kl_beta=case.kl_beta,
                           kl_reference="base", sampling={"max_tokens": case.length})  # fmt: skip
     task_cfg = CountdownTaskConfig(n_train=max(prompts, 8), n_test=8)
     ctx = StepContext(model, tokenizer, 0, 1, seed=0, reward_fn=graded_reward, micro_batch_tokens=case.micro_batch_tokens,
@@ -220,33 +237,86 @@ def measure_step(model_dir: str, case: StepCase) -> dict[str, Any]:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, 1e-5, 0.0)
     gc.collect()
-    loaded = rss_bytes()
+    loaded = memory.now()
     for step in range(case.warmup_steps):
         _train_step(model, phase, optimizer, params, 1.0, step, 1)
     gc.collect()
-    step_only = reset_peak_rss()
+    step_only = memory.reset_peak()
     t0, cpu0 = time.perf_counter(), time.process_time()
-    metrics, _ = _train_step(model, phase, optimizer, params, 1.0, case.warmup_steps, 1)
-    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
-    peak = peak_rss_bytes()
+    for step in range(case.warmup_steps, steps):
+        metrics, _ = _train_step(model, phase, optimizer, params, 1.0, step, 1)
+    memory.sync()
+    seconds = (time.perf_counter() - t0) / case.measured_steps
+    cpu_seconds = (time.process_time() - cpu0) / case.measured_steps
     tokens = pool.tokens
     return {**asdict(case), "path": case.path, "before_load_bytes": before_load, "loaded_bytes": loaded,
-            "peak_bytes": peak, "peak_of": "step" if step_only else "process", "step_s": seconds,
-            "cpu_s": cpu_seconds, "tokens": tokens, "tokens_per_s": tokens / seconds,
+            "peak_bytes": memory.peak(), "peak_of": "step" if step_only else "process", **memory.extra(),
+            "step_s": seconds, "cpu_s": cpu_seconds, "tokens": tokens, "tokens_per_s": tokens / seconds,
             "tokens_per_cpu_s": tokens / cpu_seconds, "loss": metrics["loss"]}  # fmt: skip
+
+
+class _CpuMemory:
+    """The process's resident memory (module doc)."""
+
+    def now(self) -> int:
+        return rss_bytes()
+
+    def reset_peak(self) -> bool:
+        return reset_peak_rss()
+
+    def sync(self) -> None:
+        pass
+
+    def peak(self) -> int:
+        return peak_rss_bytes()
+
+    def extra(self) -> dict[str, Any]:
+        return {}
+
+
+class _GpuMemory:
+    """The GPU's memory as this process takes it: the CUDA context plus the caching allocator's reserve."""
+
+    def __init__(self):
+        import torch
+
+        torch.zeros(1, device="cuda")  # the context exists from here on
+        self.torch = torch
+        free, total = torch.cuda.mem_get_info()
+        self.context = total - free - torch.cuda.memory_reserved()
+
+    def now(self) -> int:
+        return self.context + self.torch.cuda.memory_reserved()
+
+    def reset_peak(self) -> bool:
+        self.torch.cuda.synchronize()
+        self.torch.cuda.reset_peak_memory_stats()
+        return True
+
+    def sync(self) -> None:
+        self.torch.cuda.synchronize()
+
+    def peak(self) -> int:
+        return self.context + self.torch.cuda.max_memory_reserved()
+
+    def extra(self) -> dict[str, Any]:
+        cuda = self.torch.cuda
+        return {"context_bytes": self.context, "peak_allocated_bytes": cuda.max_memory_allocated(),
+                "gpu": cuda.get_device_name()}  # fmt: skip
 
 
 def estimate(model_dir: str, case: StepCase) -> dict[str, float]:
     """The memory plan's estimate of the step of ``case`` (bytes per term and the total): its largest
-    micro-batch, equal-length sequences (no padding), the KL reference forward, CPU runtime."""
+    micro-batch, equal-length sequences (no padding), the KL reference forward, the case's device, dtype and checkpointing."""
     from polyray.config import LoraConfig
     from polyray.learner.memory import MicroBatch, ModelShape, largest_micro_batch, learner_memory
 
     shape = ModelShape.from_config(json.loads((Path(model_dir) / "config.json").read_text()))
     biggest = largest_micro_batch(case.sequences, case.length, case.micro_batch_tokens)
     plan = learner_memory(
-        shape, LoraConfig(r=case.lora_r, alpha=2 * case.lora_r), "float32", MicroBatch(biggest.sequences, case.length, False),
-        case.logits_chunk_mib, kl_reference=case.kl_beta > 0, device="cpu",
+        shape, LoraConfig(r=case.lora_r, alpha=2 * case.lora_r), case.dtype, MicroBatch(biggest.sequences, case.length, False),
+        case.logits_chunk_mib, kl_reference=case.kl_beta > 0, gradient_checkpointing=case.gradient_checkpointing,
+        device="gpu" if case.device == "cuda" else "cpu",
     )  # fmt: skip
     return {**plan.terms, "total": plan.total}
 
@@ -267,25 +337,29 @@ def run_case(model_dir: str, case: StepCase, timeout: float = 1800) -> dict[str,
 def bench_learner(
     sizes: list[int], whole_batch_sizes: list[int], length: int = 256, micro_batch_tokens: int = 2048,
     logits_chunk_mib: float = 256, shape: BenchShape | None = None, threads: int = 2, on_case=None,
-    packing_sizes: list[int] | None = None,
+    packing_sizes: list[int] | None = None, device: str = "cpu", dtype: str = "float32",
+    gradient_checkpointing: bool = False, measured_steps: int = 1,
 ) -> dict[str, Any]:  # fmt: skip
     """Every size micro-batched, the ``whole_batch_sizes`` also on the whole-batch path, side by side (size
     by size, each in its own process), with the plan's estimate beside each; then, at ``packing_sizes``
-    (default: the smallest size), samples of varied lengths on shared prompts, packed and one a row
-    (micro-batched); then the ratios."""
+    (default: the smallest size; none with ``gradient_checkpointing``, which turns prompt sharing off),
+    samples of varied lengths on shared prompts, packed and one a row (micro-batched); then the ratios."""
     shape = shape or BenchShape()
-    packing_sizes = [min(sizes)] if packing_sizes is None else packing_sizes
+    if packing_sizes is None:
+        packing_sizes = [] if gradient_checkpointing else [min(sizes)]
+    common = {"threads": threads, "device": device, "dtype": dtype, "gradient_checkpointing": gradient_checkpointing,
+              "measured_steps": measured_steps}  # fmt: skip
     cases = []
     for n in sorted(set(sizes) | set(whole_batch_sizes) | set(packing_sizes)):
         if n in sizes:
-            cases.append(StepCase(n, length, micro_batch_tokens, logits_chunk_mib, threads=threads))
+            cases.append(StepCase(n, length, micro_batch_tokens, logits_chunk_mib, **common))
         if n in whole_batch_sizes:
-            cases.append(StepCase(n, length, None, 0, threads=threads))
+            cases.append(StepCase(n, length, None, 0, **common))
         if n in packing_sizes:
-            cases += [StepCase(n, length, micro_batch_tokens, logits_chunk_mib, threads=threads, packing=p)
+            cases += [StepCase(n, length, micro_batch_tokens, logits_chunk_mib, packing=p, **common)
                       for p in ("packed", "one a row")]  # fmt: skip
     results: dict[str, Any] = {"shape": asdict(shape), "length": length, "micro_batch_tokens": micro_batch_tokens,
-                               "logits_chunk_mib": logits_chunk_mib, "threads": threads, "cases": []}  # fmt: skip
+                               "logits_chunk_mib": logits_chunk_mib, **common, "cases": []}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="polyray-bench-learner-") as tmp:
         model_dir = str(build_bench_model(Path(tmp) / "model", shape))
         for case in cases:
@@ -329,13 +403,18 @@ def learner_ratios(cases: list[dict[str, Any]]) -> dict[str, float]:
 def print_learner(results: dict[str, Any], console) -> None:
     from rich.table import Table
 
-    s = results["shape"]
+    s, device = results["shape"], results.get("device", "cpu")
+    gpu = next((c["gpu"] for c in results["cases"] if "gpu" in c), None)
+    where = f"on {gpu}, {results.get('dtype', 'float32')} base" if device == "cuda" else f"{results['threads']} threads"
+    checkpointing = ", gradient checkpointing" if results.get("gradient_checkpointing") else ""
     table = Table(title=f"one GRPO learner step, {s['layers']}-layer Qwen3 (hidden {s['hidden']}, vocabulary"
-                        f" {s['vocab']}), LoRA r 16, sequences of {results['length']} tokens, {results['threads']}"
-                        " threads; each in a fresh process")  # fmt: skip
+                        f" {s['vocab']}), LoRA r 16, sequences of {results['length']} tokens, {where}{checkpointing};"
+                        " each in a fresh process")  # fmt: skip
+    peak = ("GPU high-water memory (CUDA context + the allocator's reserve) over the measured steps after a warm-up"
+            " one" if device == "cuda" else "high-water resident memory over a step after a warm-up one")  # fmt: skip
     table.caption = (f"micro-batched: learner.micro_batch_tokens {results['micro_batch_tokens']}, logits_chunk_mib"
                      f" {results['logits_chunk_mib']:g}; whole batch: micro_batch_tokens null, logits_chunk_mib 0."
-                     " peak: high-water resident memory over a step after a warm-up one; estimate: the memory plan")  # fmt: skip
+                     f" peak: {peak}; estimate: the memory plan")  # fmt: skip
     for col in ("sequences", "path", "peak GiB", "estimate GiB", "est. / peak", "loaded GiB", "step s", "tokens/s",
                 "tokens/CPU s"):
         table.add_column(col, justify="left" if col == "path" else "right")
@@ -347,8 +426,9 @@ def print_learner(results: dict[str, Any], console) -> None:
         peak = c["peak_bytes"] / GIB
         mark = "" if c["peak_of"] == "step" else " (process)"
         ratio = f"{c['estimate_ratio']:.2f}" if "estimate_ratio" in c else "-"
+        step = f"{c['step_s']:.3f}" if c["step_s"] < 1 else f"{c['step_s']:.1f}"
         table.add_row(str(c["sequences"]), c["path"], f"{peak:.2f}{mark}", f"{est:.2f}", ratio,
-                      f"{c['loaded_bytes'] / GIB:.2f}", f"{c['step_s']:.1f}", f"{c['tokens_per_s']:.0f}",
+                      f"{c['loaded_bytes'] / GIB:.2f}", step, f"{c['tokens_per_s']:.0f}",
                       f"{c['tokens_per_cpu_s']:.0f}")  # fmt: skip
     console.print(table)
     for name, value in results["ratios"].items():
