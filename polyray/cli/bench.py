@@ -209,9 +209,11 @@ def learner(
 
         if not torch.cuda.is_available():
             fail("--device cuda: this machine has no CUDA GPU that PyTorch can use")
-    from polyray.drivers.bench.learner import BenchShape, bench_learner, print_learner
-    from polyray.drivers.bench.suite import console
+    from rich.console import Console
 
+    from polyray.drivers.bench.learner import BenchShape, bench_learner, print_learner
+
+    console = Console(width=140)  # (not the suite's: its module needs the services' packages, a bare GPU box has none)
     shape = BenchShape(layers, hidden, intermediate, heads, kv_heads, head_dim, vocab)
     with console.status("building the benchmark model") as status:
         results = bench_learner(

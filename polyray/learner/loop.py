@@ -312,6 +312,10 @@ def run_worker(loop_config: dict[str, Any], session: TrainSession) -> None:
     logs = loop_config.get("logs") or StepLogs(LogFiles(loop_config["output_dir"]))
     rank, world = session.rank, session.world
     torch.set_num_threads(run.learner.threads)
+    if run.learner.use_gpu:  # before the model loads: the plan's GPU runtime term assumes it (learner.memory)
+        from polyray.learner.memory import expandable_cuda_segments
+
+        expandable_cuda_segments()
 
     with session.latest_checkpoint() as resume_dir:  # read whole by the set-up
         start = _resume_state(loop_config, resume_dir)

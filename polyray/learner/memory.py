@@ -4,7 +4,8 @@ A config whose learner rank or rollout worker cannot fit the GPU memory it decla
 (``learner.gpu_memory_gib``, ``rollout.gpu_memory_gib``) fails after minutes of start-up with an
 out-of-memory error deep in a Ray worker; the plan refuses it at load instead, with one line naming
 the field to change, and the run header prints it either way (docs/algorithms.md §2 "Memory plan").
-Everything here is arithmetic on the model's ``config.json`` and the run's config: no torch, no model.
+Everything here but :func:`expandable_cuda_segments` is arithmetic on the model's ``config.json`` and
+the run's config: no torch, no model.
 
 A learner rank's peak, for its largest micro-batch (:func:`learner_memory`), is the sum of
 
@@ -23,7 +24,7 @@ A learner rank's peak, for its largest micro-batch (:func:`learner_memory`), is 
 - **runtime**: what the process holds besides (CPU: the interpreter with torch, transformers, peft and
   Ray, 0.6 GiB before the model loads, and the freed blocks the C allocator keeps: glibc serves
   tensors under 32 MiB from its heap once a large one was freed, and keeps what it frees there;
-  GPU: the CUDA context and library workspaces).
+  GPU: the CUDA context and what PyTorch's caching allocator reserves beyond what is allocated).
 
 Which numbers are measured and which are fitted: the activation coefficients are counts of the
 bytes autograd saves (``torch.autograd.graph.saved_tensors_hooks``, storages counted once) in a
@@ -37,9 +38,12 @@ the mean over calibration runs of the benchmark model (micro-batches of 2048 tok
 first one, chunks of 256 MiB) of measured peak minus every other term, 1.0-1.6 GiB, so one run's
 peak scatters by about +-0.3 GiB around the estimate; with glibc's mmap threshold fixed
 (``MALLOC_MMAP_THRESHOLD_``, every block over 4 MiB returned when freed) the same steps peak 0.5-1.0
-GiB lower, whatever their size. The GPU runtime is a typical CUDA context, not measured (no GPU
-here). The totals are checked against the peak resident memory of real learner steps by
-``polyray bench learner`` (docs/benchmarks.md "Learner memory").
+GiB lower, whatever their size. The GPU runtime, 1 GiB, is the CUDA context (0.60 GiB measured on an
+H100 with PyTorch 2.11) plus the caching allocator's reserve beyond what is allocated; a learner on a
+GPU grows its allocator's segments (:func:`expandable_cuda_segments`), without which that reserve
+reached 0.9 GiB on the smallest benchmark model and the plan fell short (0.87 of the measured peak).
+The totals are checked against the peak memory of real learner steps by ``polyray bench learner``
+(docs/benchmarks.md "Learner memory", "GPU learner benchmark").
 
 A rollout worker's vLLM engine (:func:`rollout_memory`) holds the weights (sharded over its tensor
 parallel GPUs), LoRA slots for ``max_loras`` adapters of ``max_lora_rank``, the activations of one
@@ -51,6 +55,7 @@ share of the GPU (``VLLM_GPU_MEMORY_UTILIZATION``), which must hold at least one
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -65,7 +70,7 @@ LORA_BYTES_PER_PARAM = 16  # float32 parameter, gradient, AdamW exp_avg and exp_
 # log-softmax; the whole tensor: one more, the contiguous copy log-softmax makes of the sliced logits
 LOGITS_COPIES = {"chunks": 3, "whole": 4}
 # cpu: 0.6 GiB of interpreter and libraries (measured) + 0.6 GiB the allocator keeps (fitted, module doc);
-# gpu: a typical CUDA context and library workspaces (not measured)
+# gpu: the CUDA context (0.60 GiB measured on an H100) + the caching allocator's reserve over what is allocated
 RUNTIME_BYTES = {"cpu": int(1.2 * GIB), "gpu": 1 * GIB}
 VLLM_RUNTIME_BYTES = {"cpu": 1 * GIB, "gpu": 1 * GIB}  # vLLM's own process and CUDA context (not measured)
 VLLM_GPU_MEMORY_UTILIZATION = 0.9  # vLLM's default share of the GPU, which polyray's engines keep
@@ -224,6 +229,28 @@ class MemoryPlan:
         """``~2.6 GiB (weights 0.70, LoRA 0.01, ...)``."""
         parts = ", ".join(f"{name} {value / GIB:.2f}" for name, value in self.terms.items())
         return f"~{self.total / GIB:.1f} GiB ({parts})"
+
+
+EXPANDABLE_SEGMENTS = "expandable_segments:True"
+
+
+def expandable_cuda_segments() -> bool:
+    """Have this process's CUDA caching allocator grow its segments in place (``expandable_segments``)
+    instead of reserving a new block for each size it has no free block of; False where the user has set
+    the allocator's options (``PYTORCH_CUDA_ALLOC_CONF`` / ``PYTORCH_ALLOC_CONF``), which are left as they
+    are. The learner's micro-batches and logits chunks come in many sizes: with fixed segments the
+    reserve grew up to 1.6x what was allocated on an H100, past the plan's runtime term (module doc).
+    Before CUDA starts the variable is enough; after (a Ray Train worker's device is set before the
+    train function runs) the allocator is told as well, and the segments made from then on grow."""
+    if "PYTORCH_CUDA_ALLOC_CONF" in os.environ or "PYTORCH_ALLOC_CONF" in os.environ:
+        return False
+    os.environ["PYTORCH_CUDA_ALLOC_CONF"] = EXPANDABLE_SEGMENTS
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None)
+        (setter or torch.cuda.memory._set_allocator_settings)(EXPANDABLE_SEGMENTS)
+    return True
 
 
 def learner_memory(

@@ -30,3 +30,27 @@ def test_worker_function_on_cuda_in_bfloat16(tmp_path):
     check_two_phase_run(result)
     peak = torch.cuda.max_memory_allocated() / 2**20
     print(f"\nworker function on {torch.cuda.get_device_name()}: {time.perf_counter() - started:.1f} s, peak {peak:.0f} MiB")
+
+
+@pytest.mark.parametrize("cuda_first", [False, True])
+def test_learner_allocator_grows_its_segments(cuda_first):
+    """Whether CUDA started before the learner's set-up (a Ray Train worker's device is set first) or not,
+    the segments made after it are expandable."""
+    import os
+    import subprocess
+    import sys
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    script = (
+        "import torch\n"
+        "from polyray.learner.memory import expandable_cuda_segments\n"
+        f"if {cuda_first}: torch.zeros(1, device='cuda')\n"
+        "assert expandable_cuda_segments()\n"
+        "x = torch.empty(256 * 2**20, dtype=torch.uint8, device='cuda')\n"
+        "segments = [s for s in torch.cuda.memory_snapshot() if s['total_size'] >= 256 * 2**20]\n"
+        "assert segments and all(s.get('is_expandable') for s in segments), segments\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -269,3 +270,17 @@ def test_plan_describes_its_terms_in_gib():
     plan = learner_memory(ModelShape.from_config(_config()), LoraConfig(), "float32", MicroBatch(2, 8))
     text = plan.describe()
     assert text.startswith(f"~{plan.total / GIB:.1f} GiB (weights ") and "runtime" in text
+
+
+def test_expandable_segments_are_set_unless_the_user_set_the_allocator(monkeypatch):
+    from polyray.learner.memory import EXPANDABLE_SEGMENTS, expandable_cuda_segments
+
+    for name in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"):
+        monkeypatch.delenv(name, raising=False)
+    assert expandable_cuda_segments() and os.environ["PYTORCH_CUDA_ALLOC_CONF"] == EXPANDABLE_SEGMENTS
+    for name in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"):
+        monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+        monkeypatch.setenv(name, "max_split_size_mb:128")
+        assert not expandable_cuda_segments() and os.environ[name] == "max_split_size_mb:128"
+        assert name == "PYTORCH_CUDA_ALLOC_CONF" or "PYTORCH_CUDA_ALLOC_CONF" not in os.environ
+        monkeypatch.delenv(name)

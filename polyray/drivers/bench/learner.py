@@ -28,7 +28,8 @@ run with ``model.dtype: bfloat16`` trains) the same cases run on the GPU, and me
 CUDA context (what the device holds once the context exists, before the model loads) plus the caching
 allocator's high-water reserve over the measured steps (``torch.cuda.max_memory_reserved``, its mark
 reset after the warm-up), which is what a second process on the card would find taken; the allocated
-high-water mark is reported beside it. Step times are taken between ``torch.cuda.synchronize`` calls.
+high-water mark is reported beside it. The allocator grows its segments, as the learner's does
+(:func:`polyray.learner.memory.expandable_cuda_segments`), unless ``PYTORCH_CUDA_ALLOC_CONF`` says otherwise. Step times are taken between ``torch.cuda.synchronize`` calls.
 """
 
 from __future__ import annotations
@@ -215,6 +216,10 @@ def measure_step(model_dir: str, case: StepCase) -> dict[str, Any]:
 
     if case.packing is not None and case.gradient_checkpointing:
         raise ValueError("packing cases share prompts, which gradient checkpointing turns off (learner.share_prompts)")
+    if case.device == "cuda":
+        from polyray.learner.memory import expandable_cuda_segments
+
+        expandable_cuda_segments()  # as the learner does on a GPU
     memory = _GpuMemory() if case.device == "cuda" else _CpuMemory()
     before_load = memory.now()
     torch.manual_seed(0)  # the same LoRA init on every path, as every learner rank seeds it
