@@ -18,10 +18,10 @@ The commands are ``polyray bench <part>`` (``python -m jobs.benchmark <part>`` a
 ``polyray bench reward``
     the reward service: requests/s and p50/p99 latency on loopback for 1 and 32 clients,
     and the batched / unbatched throughput of the engagement model.
-``polyray bench learner [--sizes 8 --sizes 16 ...]``
-    peak resident memory and tokens/s of one GRPO learner step at each size, micro-batched with chunked
-    logits against the whole-batch, whole-logits path, each in a fresh process, beside the memory
-    plan's estimate (:mod:`.learner`).
+``polyray bench learner [--sizes 8 --sizes 16 ...] [--device cuda --dtype bfloat16]``
+    peak memory (resident, or the GPU's) and tokens/s of one GRPO learner step at each size, micro-batched
+    with chunked logits against the whole-batch, whole-logits path, each in a fresh process, beside the
+    memory plan's estimate (:mod:`.learner`).
 ``polyray bench peer [--seeds 3] [--set phases.1.steps=20 ...]``
     polyray against TRL (``SFTTrainer``, ``GRPOTrainer``) on one config's model, task, reward and settings:
     step times, tokens/s, end to end, test pass@k with polyray's evaluator, paired over seeds; then
