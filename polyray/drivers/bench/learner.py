@@ -216,10 +216,6 @@ def measure_step(model_dir: str, case: StepCase) -> dict[str, Any]:
 
     if case.packing is not None and case.gradient_checkpointing:
         raise ValueError("packing cases share prompts, which gradient checkpointing turns off (learner.share_prompts)")
-    if case.device == "cuda":
-        from polyray.learner.memory import expandable_cuda_segments
-
-        expandable_cuda_segments()  # as the learner does on a GPU
     memory = _GpuMemory() if case.device == "cuda" else _CpuMemory()
     before_load = memory.now()
     torch.manual_seed(0)  # the same LoRA init on every path, as every learner rank seeds it
@@ -285,6 +281,9 @@ class _GpuMemory:
     def __init__(self):
         import torch
 
+        from polyray.learner.memory import expandable_cuda_segments
+
+        expandable_cuda_segments()  # as the learner does on a GPU, before the allocator's first segment
         torch.zeros(1, device="cuda")  # the context exists from here on
         self.torch = torch
         free, total = torch.cuda.mem_get_info()
