@@ -295,16 +295,18 @@ class LocalSession:
     ``torch.distributed`` group (gloo on CPU, NCCL on CUDA), without Ray: checkpoints are copied to
     ``storage`` as reported, and the latest is where the next attempt resumes. ``fail_at``: at the
     checkpoint of that step, raise before it is stored (a worker dying after the step's logs, before
-    its checkpoint: the next attempt redoes the steps since the previous one)."""
+    its checkpoint: the next attempt redoes the steps since the previous one). ``die_after``: at the
+    checkpoint of that step, raise once it is stored (a worker dying right after it: at the last step,
+    before the phase's final adapter is saved)."""
 
     rank, world = 0, 1
 
-    def __init__(self, storage: Path, device: str = "cpu", fail_at: int | None = None):
+    def __init__(self, storage: Path, device: str = "cpu", fail_at: int | None = None, die_after: int | None = None):
         import socket
 
         import torch.distributed as dist
 
-        self.storage, self.device, self.fail_at = Path(storage), device, fail_at
+        self.storage, self.device, self.fail_at, self.die_after = Path(storage), device, fail_at, die_after
         self.storage.mkdir(parents=True, exist_ok=True)
         if not dist.is_initialized():
             with socket.socket() as s:
@@ -332,6 +334,8 @@ class LocalSession:
             raise RuntimeError(f"learner worker killed at its step-{self.fail_at} checkpoint")
         if checkpoint_dir is not None:
             shutil.copytree(checkpoint_dir, self.storage / f"step-{metrics['step']}")
+        if metrics["step"] == self.die_after:
+            raise RuntimeError(f"learner worker killed after its step-{self.die_after} checkpoint")
 
     def telemetry(self, run: str, phase: str):
         return None

@@ -324,7 +324,8 @@ def run_worker(loop_config: dict[str, Any], session: TrainSession) -> None:
     canary = _sync_canary(run, phase_cfg, pool, task, tokenizer, rank)
     publisher = AdapterPublisher(pool, phase_cfg.name, phase.ctx, canary)
     holds_published = start.checkpoint_dir is None and start.adapter_dir is not None
-    publisher.start(start.version, start.step, holds_published, phase.publishes_every_step)
+    finished = start.checkpoint_dir is not None and start.step >= phase_cfg.steps
+    publisher.start(start.version, start.step, holds_published, phase.publishes_every_step, finished)
 
     if rank == 0:  # a restarted attempt: the rows a lost one wrote past this start are superseded
         _mark_superseded(logs, phase_cfg.name, start.step)

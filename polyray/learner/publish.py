@@ -32,8 +32,14 @@ class AdapterPublisher:
         self.canary_metrics: dict[str, float] = {}
         self.pending = None  # rank 0: the last publish, while its loads may still be running (publish(wait=False))
 
-    def start(self, version: int, step: int, holds_published: bool, publishes_every_step: bool) -> None:
+    def start(self, version: int, step: int, holds_published: bool, publishes_every_step: bool,
+              finished: bool = False) -> None:  # fmt: skip
         """Begin an attempt at the phase at ``step`` holding adapter ``version``.
+
+        ``finished``: the attempt resumes from the phase's last checkpoint (a worker or driver died
+        between it and the final adapter's save). Its weights are the phase's last publish, which
+        completed before that checkpoint was written, so it publishes nothing and holds ``version``:
+        the phase hands over the version its checkpoint names.
 
         ``holds_published``: the weights are the incoming adapter, in the store as ``version``
         (a fresh start from a previous phase's adapter). Otherwise (a resume from a checkpoint,
@@ -43,6 +49,9 @@ class AdapterPublisher:
         because the workers already serve the weights the learner starts from, the canary checks
         that version instead: the rollouts (and the step-0 dynamics measurement) sample it before
         the attempt's first publish."""
+        if finished:
+            self.version = version
+            return
         # A lost attempt may have published past this attempt's checkpoint; until this attempt
         # publishes, it holds the newest version as far as lag and labels go.
         newest = broadcast_from_rank0(self.pool.newest_version() if self.pool is not None else None, self.ctx) or 0
