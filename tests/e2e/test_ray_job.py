@@ -199,7 +199,7 @@ def _dashboard_pages(url: str, token: str) -> dict[str, str]:
     from playwright.sync_api import sync_playwright
 
     exe = chromium()
-    assert exe, "chromium not found (make browser installs it): this test needs a real browser"
+    assert exe, "chromium not found (make test-tools installs it): this test needs a real browser"
     ARTIFACTS.mkdir(exist_ok=True)
     texts = {}
     with sync_playwright() as pw:
