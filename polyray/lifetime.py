@@ -16,6 +16,9 @@ must be cleaned up by someone else. Two mechanisms, both Linux:
   process is gone, so the next process to start (a restarted replica) removes what a killed one left.
   A directory of another PID namespace (another container sharing the base) is never touched: its
   owner cannot be looked up from here.
+
+:func:`kill_descendants` ends a whole process tree at once (a command's forced stop on Ctrl-C:
+``polyray.cli.common.bounded_interrupt``).
 """
 
 from __future__ import annotations
@@ -165,3 +168,32 @@ def process_dir(name: str, base: str | None = None) -> str:
             os.makedirs(path, 0o700, exist_ok=True)
             _dirs[key] = path
         return path
+
+
+def kill_descendants(root: int | None = None, also: dict[int, int | None] | None = None) -> list[int]:
+    """SIGKILL every process below ``root`` (default: this one), and those of ``also`` ({pid: start
+    time}, e.g. the tree as it was before a shutdown orphaned part of it) that still run; returns their
+    PIDs. The tree is frozen first (SIGSTOP, until a scan finds no new process), so a child forked
+    meanwhile is not missed and none is orphaned out of the tree before it is found."""
+    root = os.getpid() if root is None else root
+    frozen = {pid for pid, started in (also or {}).items() if pid != os.getpid() and alive(pid, started)}
+    for pid in frozen:
+        _signal(pid, signal.SIGSTOP)
+    while True:
+        found = set().union(*(descendants(p) for p in {root, *frozen})) - frozen
+        if not found:
+            break
+        for pid in found:
+            _signal(pid, signal.SIGSTOP)
+        frozen |= found
+    for pid in frozen:
+        _signal(pid, signal.SIGKILL)
+    return sorted(frozen)
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+

@@ -9,7 +9,7 @@ import typer
 
 from polyray.cli.bench import bench_app
 from polyray.cli.check import check_command
-from polyray.cli.common import user_errors
+from polyray.cli.common import bounded_interrupt, user_errors
 from polyray.cli.evaluate import eval_command
 from polyray.cli.export import export_command
 from polyray.cli.serve import serve_app
@@ -68,7 +68,7 @@ def run(
     run_config = _load(config, set_)
     from polyray.drivers.run import run_pipeline
 
-    with user_errors():
+    with bounded_interrupt(), user_errors():
         run_pipeline(run_config, output_dir, resume, serve_generation=serve_generation)
 
 
@@ -83,7 +83,7 @@ def experiment(
     """Run every run x seed of an experiment on Ray; write experiment.json and print mean ± CI and tests."""
     from polyray.drivers.experiment import run_experiment
 
-    with user_errors():
+    with bounded_interrupt(), user_errors():
         run_experiment(config, seeds, output_dir, set_, first_seed=first_seed)
 
 
@@ -99,7 +99,7 @@ def sweep(
     """Run every trial of a search space (Ray Tune, one training run per trial); write sweep.json/csv and a report."""
     from polyray.drivers.sweep import run_sweep
 
-    with user_errors():
+    with bounded_interrupt(), user_errors():
         run_sweep(config, output_dir, resume, set_)
 
 
@@ -135,7 +135,7 @@ def interpolate(
     if len(runs) > 1 and output_dir is not None:
         fail("--output-dir: one RUN only (several write to each RUN/interpolate/)")
     options = {"from_": from_, "to": to, "val_prompts": val_prompts, "test_prompts": test_prompts, "n_samples": n_samples}
-    with user_errors():
+    with bounded_interrupt(), user_errors():
         if len(runs) == 1:
             run_interpolation(runs[0], values, output_dir=output_dir, tolerance=tolerance, **options)
         else:

@@ -1,4 +1,5 @@
-"""How every command ends on a user's mistake: one ``error: ...`` line on stderr and exit status 2.
+"""How every command ends: on a user's mistake one ``error: ...`` line on stderr and exit status 2;
+on Ctrl-C, within a bounded time (:func:`bounded_interrupt`).
 
 A bad config, bad data (or a custom reward function that misbehaves) or a model that cannot be
 found is the user's to fix, so it is never a traceback, also when it was raised in a Ray task,
@@ -8,6 +9,11 @@ keeps its traceback.
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NoReturn
@@ -53,3 +59,61 @@ def user_errors() -> Iterator[None]:
         if mistake is None:
             raise
         fail(str(mistake))
+
+
+STOP_GRACE_S = 25.0  # Ctrl-C to a forced stop: the terminal is back within half a minute
+
+
+@contextmanager
+def bounded_interrupt(grace_s: float = STOP_GRACE_S) -> Iterator[None]:
+    """Ctrl-C that gives the terminal back, around a command that starts processes (a local Ray
+    cluster, vLLM engines, Serve). The first SIGINT raises ``KeyboardInterrupt`` in the main thread, as
+    Python's own handler does, so the command cleans up (its services, rollout pool and Ray stop);
+    once the block is left, Ray is shut down here, and whatever of the process tree as it stood at the
+    Ctrl-C still runs (a worker a shutdown orphaned) is killed. When that is not done within
+    ``grace_s``, or at a second SIGINT, every process this one started is SIGKILLed
+    (:func:`polyray.lifetime.kill_descendants`) and it exits with status 130 at once. A cluster the
+    command only joined is not below it and is left alone. Outside the main thread: a no-op.
+
+    Ray Tune's own SIGINT handler (a graceful stop of the experiment, unbounded) gives way to this one:
+    a sweep's state is saved as its trials go, so ``polyray sweep --resume`` continues it."""
+    from polyray import lifetime
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    tree: dict[int, int | None] = {}  # at the first Ctrl-C: {pid: start time}
+    interrupted = threading.Event()
+
+    def force(reason: str) -> None:
+        killed = lifetime.kill_descendants(also=tree)
+        sys.stderr.write(f"\n{reason}: killed the {len(killed)} process(es) this command started\n")
+        sys.stderr.flush()
+        os._exit(130)
+
+    def deadline() -> None:
+        time.sleep(grace_s)
+        force(f"still stopping {grace_s:g} s after Ctrl-C")
+
+    def on_sigint(signum, frame) -> None:
+        if interrupted.is_set():
+            force("stopped at once (Ctrl-C again)")
+        interrupted.set()
+        tree.update({pid: lifetime.start_time(pid) for pid in lifetime.descendants(os.getpid())})
+        threading.Thread(target=deadline, name="polyray-stop-deadline", daemon=True).start()
+        sys.stderr.write(f"\ninterrupted: stopping (at most {grace_s:g} s; Ctrl-C again to stop at once)\n")
+        sys.stderr.flush()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    try:
+        yield
+    finally:
+        if interrupted.is_set():  # the handler stays for the rest of the exit: a second Ctrl-C still forces
+            ray = sys.modules.get("ray")
+            if ray is not None and ray.is_initialized():
+                ray.shutdown()
+            lifetime.kill_descendants(also=tree)  # what the shutdown left running: nothing, or its orphans
+        else:
+            signal.signal(signal.SIGINT, previous)

@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from polyray.cli.common import user_errors
+from polyray.cli.common import bounded_interrupt, user_errors
 
 
 def eval_command(
@@ -22,5 +22,5 @@ def eval_command(
     """Sample n candidates per prompt for every model; write pass@k, USQ, diversity, statistics and a report."""
     from polyray.drivers.evaluate import load_eval_config, run_eval
 
-    with user_errors():
+    with bounded_interrupt(), user_errors():
         run_eval(load_eval_config(config, set_), output_dir)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import typer
 
-from polyray.cli.common import fail
+from polyray.cli.common import bounded_interrupt, fail
 
 serve_app = typer.Typer(no_args_is_help=True, help="Ray Serve services (reward and generation endpoints).")
 
@@ -84,16 +84,17 @@ def _serve_until_interrupted(address: str | None, start) -> None:
     import ray
     from ray import serve
 
-    ray.init(address=address, include_dashboard=False)
-    try:  # Ctrl-C during startup must clean up too
-        typer.secho(start(), fg=typer.colors.GREEN)
-        while True:
-            time.sleep(1)
-    except KeyboardInterrupt:
-        typer.echo("shutting down")
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    with bounded_interrupt():  # Serve's and Ray's shutdown may stall under load: Ctrl-C ends within a bound
+        ray.init(address=address, include_dashboard=False)
+        try:  # Ctrl-C during startup must clean up too
+            typer.secho(start(), fg=typer.colors.GREEN)
+            while True:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            typer.echo("shutting down")
+        finally:
+            serve.shutdown()
+            ray.shutdown()
 
 
 def _finished_run(run_dir: Path):

@@ -1,6 +1,7 @@
 """`polyray serve reward` as a user runs it, from a directory that is not the checkout: the user's
 Serve config and reward file are found relative to that directory, and Ctrl-C stops the service
-and its local Ray."""
+and its local Ray within a bounded time, also when Serve's shutdown stalls (as it did under load),
+leaving none of the processes it started."""
 
 from __future__ import annotations
 
@@ -14,8 +15,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 
+from polyray import lifetime
+from polyray.cli.common import STOP_GRACE_S
 from polyray.http import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.ray]
@@ -73,11 +77,53 @@ def test_serve_reward_from_another_directory(tmp_path):
         assert _post(f"{url}/v1/rewards", {"reward": "countdown", "items": [item]})["scores"] == [1.0]
         # Ctrl-C to the command alone: it stops Serve and the local Ray it started (Ray's own
         # processes, in its process group here, are not sent the signal: they are shut down by it)
-        proc.send_signal(signal.SIGINT)
-        # Serve's and Ray's shutdown took over 120 s once beside `bench all --smoke` on the other test worker
-        out, _ = proc.communicate(timeout=300)
-        assert proc.returncode == 0 and "shutting down" in out, out[-4000:]
+        code, out = _interrupt(proc)
+        # a clean stop, or under load one that ran out of time and killed what it started
+        assert code in (0, 130) and "shutting down" in out, out[-4000:]
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+STALLED = """
+import sys, time
+import ray.serve
+ray.serve.shutdown = lambda: time.sleep(3600)  # Serve's shutdown never returns (it took minutes under load)
+from polyray.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_ctrl_c_returns_the_terminal_when_serves_shutdown_stalls(tmp_path):
+    port = free_port()
+    env = {**os.environ, "RAY_ADDRESS": "local", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", STALLED, "serve", "reward", "--port", str(port)], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        assert _wait_healthy(f"http://127.0.0.1:{port}", proc)["status"] == "ok"
+        code, out = _interrupt(proc)
+        assert code == 130 and f"still stopping {STOP_GRACE_S:g} s after Ctrl-C" in out, out[-4000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _interrupt(proc: subprocess.Popen) -> tuple[int, str]:
+    """SIGINT to the command; (exit code, output) once it exits, which must be within its stop deadline
+    (plus the time to kill what it started), with nothing it started left running: Ray's GCS, raylet and
+    workers, Serve's controller, proxy and replicas."""
+    tree = {pid: lifetime.start_time(pid) for pid in lifetime.descendants(proc.pid)}
+    assert len(tree) > 3, tree  # the local cluster's processes at least
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, _ = proc.communicate(timeout=STOP_GRACE_S + 15)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"still running {STOP_GRACE_S + 15:g} s after Ctrl-C") from None
+    deadline = time.monotonic() + 10  # a killed process is reaped by its parent or init
+    while (left := [p for p, started in tree.items() if lifetime.alive(p, started)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, [(p, " ".join(psutil.Process(p).cmdline())) for p in left]
+    return proc.returncode, out
