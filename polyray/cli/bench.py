@@ -84,13 +84,18 @@ def rollout(
 def grpo(
     steps: int = typer.Option(12, "--steps", help="Steps per phase (each mode runs --rounds times)."),
     rounds: int = typer.Option(2, "--rounds", help="Times each mode runs, alternating."),
+    modes: List[str] = typer.Option(
+        [], "--modes",
+        help="Modes to run, a fit each (repeatable): sync, async, async_waits, async_unpacked, async_rollout_reference."
+        " Default: all (async_rollout_reference only when the phase has a KL term); the ratios of those that ran.",
+    ),  # fmt: skip
     config: str = _config,
     json_path: Optional[Path] = _json,
 ):
-    """GRPO step time, rollouts one step ahead / synchronous."""
+    """GRPO step time, rollouts one step ahead / synchronous, and one ahead against its variants (a fit per mode)."""
     from polyray.drivers.bench.suite import bench_grpo, print_grpo
 
-    results = bench_grpo(steps, config, rounds=rounds)
+    results = bench_grpo(steps, config, rounds=rounds, modes=list(modes) or None)
     print_grpo(results)
     _write(results, json_path)
 

@@ -1,8 +1,10 @@
 """``polyray bench chaos`` at a tiny size: both services under load, each replica SIGKILLed mid-load.
 
-Structure only, no thresholds on the figures; but what the killed replicas had running below them
-(vLLM's engine core, sandboxes) and the directories they owned are checked from outside, after the
-benchmark's process and its Ray cluster are gone: nothing of them may be left.
+No thresholds on the figures (rates, latencies, the recovery time); but what the services promise is
+checked: the steady load all answered, a kill failing no request outside its window, the learner's
+retrying reward calls losing none; and what the killed replicas had running below them (vLLM's engine
+core, sandboxes) and the directories they owned are checked from outside, after the benchmark's process
+and its Ray cluster are gone: nothing of them may be left.
 """
 
 from __future__ import annotations
@@ -33,13 +35,13 @@ def test_bench_chaos_smoke(tmp_path):
     results = json.loads(out.read_text())
     for service in ("reward", "generation"):
         steady, kill = results[service]["steady"], results[service]["kill"]
-        for run in (steady, kill):
-            assert run["requests"] == sum(run["statuses"].values()) and run["ok"] == run["statuses"].get("200", 0)
-            assert run["requests"] == run["ok"] + run["back_pressure"] + run["errors"]
-        assert steady["ok"] > 0 and "recovery_s" not in steady
+        # 2 clients against a queue of hundreds: every request of the steady load answered, none shed nor failed
+        assert steady["requests"] > 0 and steady["ok"] == steady["requests"], steady["statuses"]
         assert kill["recovery_s"] is not None  # the service answered again after its replica died
+        # the kill fails only what was in flight or sent while the replica was down: before it and after the
+        # service answered again, no request failed
+        assert kill["errors_before_kill"] == 0 and kill["errors_after_recovery"] == 0, kill["statuses"]
         killed = kill["killed"]
-        assert killed["pid"] > 0
         # nothing the replica had running outlived it, nor a directory it owned
         assert kill["orphans"] == [] and kill["leaked_dirs"] == []
         assert not [p for p, started, _ in killed["processes"] if lifetime.alive(p, started)]
@@ -47,6 +49,8 @@ def test_bench_chaos_smoke(tmp_path):
     generation = results["generation"]["kill"]["killed"]["processes"]
     assert any("EngineCore" in title for _, _, title in generation), generation  # the check could fail
     for run in ("steady", "kill"):
+        # the learner's own calls (retrying through the handle) went on beside the load, and lost none, even
+        # while the replica was down
         retrying = results["reward"][run]["retrying"]
-        assert retrying["calls"] == sum(retrying["outcomes"].values())
+        assert retrying["calls"] > 0 and retrying["lost"] == 0, (run, retrying["outcomes"])
     assert "services on loopback" in proc.stdout  # the table printed

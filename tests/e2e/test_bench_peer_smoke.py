@@ -33,9 +33,9 @@ def test_peer_smoke_compares_both_trainers_and_the_larger_model(tmp_path):
             assert steps["steps"] == 2 and steps["step_s"] > 0 and steps["tokens_per_s"] > 0, (engine, phase)
             assert set(seed[engine]["eval"][phase]) == {"pass@1", "pass@5", "pass@10"}, (engine, phase)
         assert seed[engine]["end_to_end_s"] > 0
-    # polyray's fixed costs, each measured by its run
-    assert {"ray_start", "serve_start", "vllm_engine_start"} <= set(r["polyray_startup_s"])
-    assert all(v >= 0 for k, v in r["polyray_startup_s"].items() if not k.endswith("overhead"))
+    # polyray's fixed costs, each measured by its run (one the run did not time would read 0.0)
+    startup = r["polyray_startup_s"]
+    assert all(startup[k] > 0 for k in ("ray_start", "serve_start", "vllm_engine_start")), startup
     # one seed: means, no paired test
     c = r["compared"]["grpo_step_s"]
     assert c["paired_t"]["pvalue"] is None and c["polyray"] == [seed["polyray"]["steps"]["grpo"]["step_s"]]

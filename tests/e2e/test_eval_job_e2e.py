@@ -90,8 +90,6 @@ def eval_run(tmp_path_factory, model_dir, run_config):
 def test_results_cover_every_model_and_task(eval_run):
     out, proc = eval_run
     results = json.loads((out / "results.json").read_text())  # strict JSON: NaN would fail here
-    assert {"models", "tasks", "skipped", "stats", "pareto_frontier", "dynamics", "lora", "lora_differences",
-            "timings_s", "ks", "usq_k", "usq_selector"} <= set(results)  # fmt: skip
     expected = {f"{m} [countdown]" for m in ("base", "fs", "run/sft", "run/grpo")}
     expected |= {f"{m} [replies]" for m in ("base", "run/sft", "run/grpo")}
     assert set(results["models"]) == expected
@@ -115,7 +113,10 @@ def test_results_cover_every_model_and_task(eval_run):
     quality = {key.split("/", 1)[1] for key in replies if key.startswith("reference_quality/")}
     assert quality == {"rouge1", "rouge2", "rougeL", "embedding", "engagement"}
     assert len(results["stats"]) == 2 * 2 * 3  # 2 pairs x 2 tasks x (pass@1, pass@4, usq)
-    assert all("pvalue_holm" in s for s in results["stats"].values())
+    # Holm-adjusted across every comparison of the run, one family of 12: never below a raw p, the smallest times 12
+    stats = list(results["stats"].values())
+    assert all(s["primary_pvalue"] <= s["pvalue_holm"] <= 1 for s in stats)
+    assert min(s["pvalue_holm"] for s in stats) == pytest.approx(min(1.0, 12 * min(s["primary_pvalue"] for s in stats)))
     assert set(results["lora"]) == {"run/sft", "run/grpo"} and results["lora"]["run/sft"][0]["frobenius_norm"] > 0
     assert {r["run"] for r in results["dynamics"]} == {"run"} and len(results["dynamics"]) == 4
     storage = out.parent / "storage"  # what the workers read: the base model and both adapters, put once

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from polyray.drivers.bench.suite import GRPO_RATIOS
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.ray]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,28 +33,30 @@ def test_benchmark_all_smoke_prints_every_ratio(tmp_path):
     rollout = results["rollout"]
     for engine in ("raw_llm", "raw_llm_vllm_lora_ops", "transformers", "pool_1", "pool_2"):
         assert rollout[engine]["tokens"] > 0 and rollout[engine]["tokens_per_s"] > 0, engine
-    # the same prompts, seeds and adapter: the pool and the bare engine sample the same tokens
-    assert rollout["pool_1"]["tokens"] == rollout["raw_llm"]["tokens"] == rollout["pool_2"]["tokens"]
-    # the grouped LoRA matmuls compute the same products as vLLM's own ops: the same samples
-    assert rollout["raw_llm_vllm_lora_ops"]["tokens"] == rollout["raw_llm"]["tokens"]
-    # with vLLM's detokenizer or without, the same samples
+    # the samples themselves (a digest of their token ids), compared only where they must be identical:
+    # the same prompts, seeds and adapter on one engine of the same settings running the whole batch. The
+    # pool with 1 worker and the bare engine sample the same tokens
+    sampled = rollout["raw_llm"]["token_ids_sha256"]
+    assert rollout["pool_1"]["token_ids_sha256"] == sampled
+    # with vLLM's detokenizer or without (the same engine, the same sampling parameters but the detokenizer),
+    # the same samples
     ways = rollout["detokenizer"]
-    assert ways["ids_then_decode"]["tokens"] == ways["vllm_detokenizer"]["tokens"] == rollout["raw_llm"]["tokens"]
+    assert ways["ids_then_decode"]["token_ids_sha256"] == ways["vllm_detokenizer"]["token_ids_sha256"] == sampled
+    # not compared: 2 workers give each engine half the batch (other matmul shapes: on the CPU a row's product
+    # may differ in its last bits with the rows beside it), and vLLM's own LoRA ops agree with the grouped
+    # matmuls to rounding only (tests/unit/test_cpu_lora.py), so either may sample other tokens
     assert rollout["adapter_sync"]["syncs"] == rollout["full_reload"]["syncs"] == 2
-    assert set(rollout["ratios"]) == {"pool_vs_raw_llm", "cpu_lora_plugin_vs_vllm_ops", "vllm_vs_transformers",
-                                      "ids_then_decode_vs_vllm_detokenizer", "adapter_sync_vs_full_reload",
-                                      "adapter_publish_vs_floor", "two_vs_one_worker"}  # fmt: skip
     floor = rollout["sync_floor"]  # the adapter's bytes copied once and written once, in the same run
-    assert floor["bytes"] > 0 and floor["floor_ms"] == pytest.approx(floor["memcpy_ms"] + floor["write_ms"])
+    assert floor["bytes"] > 0 and floor["memcpy_ms"] > 0 and floor["write_ms"] > 0
 
     grpo = results["grpo"]
-    modes = ("sync", "async", "async_waits", "async_unpacked", "async_rollout_reference")
-    assert grpo["rounds"] == 1 and [grpo[m]["steps"] for m in modes] == [2] * 5  # 4 steps - 2 warm-up
-    assert grpo["packed_vs_unpacked"] == pytest.approx(grpo["async"]["step_s"] / grpo["async_unpacked"]["step_s"])
-    assert grpo["rollout_reference_vs_learner"] == pytest.approx(grpo["async_rollout_reference"]["step_s"] / grpo["async"]["step_s"])
-    assert grpo["publish_behind_vs_waits"] == pytest.approx(grpo["async"]["step_s"] / grpo["async_waits"]["step_s"])
-    assert grpo["ratio"] == pytest.approx(grpo["async"]["step_s"] / grpo["sync"]["step_s"])
-    assert grpo["async_vs_floor"] == pytest.approx(grpo["async"]["step_s"] / grpo["floor"]["floor_s"])
+    # --smoke runs three of the modes, a fit each (the others' ratios are the same division: unit-tested)
+    modes = ["sync", "async", "async_rollout_reference"]
+    assert grpo["modes"] == modes
+    assert grpo["rounds"] == 1 and [grpo[m]["steps"] for m in modes] == [2, 2, 2]  # 4 steps - 2 warm-up
+    # the ratios whose modes ran, and none of a mode that did not
+    ran = {"ratio", "rollout_reference_vs_learner"}
+    assert ran | {"floor", "async_vs_floor"} <= set(grpo) and not (set(GRPO_RATIOS) - ran) & set(grpo)
 
     poly = results["polychromic"]
     canary = "polychromic_sft[countdown_expr, canary every step]"
@@ -65,8 +69,7 @@ def test_benchmark_all_smoke_prints_every_ratio(tmp_path):
     for needle in ("RolloutPool / bare vllm.LLM", "GRPO step, one ahead / synchronous",
                    "polychromic_sft[countdown_expr] step / SFT step", "reward model batched / unbatched",
                    "GRPO step, one ahead / max(rollout + reward, update + publish)", "step / SFT step on references + samples",
-                   "adapter publish / copy + write of its bytes", "one ahead: publish behind the step / waited for",
-                   "KL reference on the rollout worker / on the learner"):
+                   "adapter publish / copy + write of its bytes", "KL reference on the rollout worker / on the learner"):
         assert needle in proc.stdout, needle
 
 

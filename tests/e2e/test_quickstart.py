@@ -42,7 +42,8 @@ def test_outputs_written(quickstart_run):
             assert key in r, (phase, key)
         assert r["pass@1"] <= r["pass@5"] <= r["pass@10"]
         assert r["n_samples"] >= 10
-    assert {"model_build", "train_sft", "train_grpo", "total"} <= set(results["timings_s"])
+    timings = results["timings_s"]
+    assert timings["train_sft"] > 0 and timings["train_grpo"] > 0  # both phases trained, timed by the run
     resolved = yaml.safe_load((out / "config.resolved.yaml").read_text())
     assert resolved["phases"][1]["type"] == "grpo"
     for phase in ("sft", "grpo"):

@@ -62,14 +62,11 @@ def test_one_step_on_each_path_trains_on_the_same_samples(toy_model):
     assert micro["loss"] == pytest.approx(whole["loss"], rel=1e-5, abs=1e-7)
     for row in (micro, whole):
         assert row["peak_bytes"] >= row["loaded_bytes"] > 0 and row["tokens"] == 4 * 32
-        assert row["tokens_per_s"] == pytest.approx(row["tokens"] / row["step_s"])
     packed = measure_step(toy_model, StepCase(8, 96, 512, 256, group_size=4, threads=1, packing="packed"))
     one_a_row = measure_step(toy_model, StepCase(8, 96, 512, 256, group_size=4, threads=1, packing="one a row"))
     assert (packed["path"], one_a_row["path"]) == ("varied lengths, packed", "varied lengths, one a row")
     assert packed["loss"] == pytest.approx(one_a_row["loss"], rel=1e-5, abs=1e-7)
     assert packed["tokens"] == one_a_row["tokens"] < 8 * 96
-    plan = estimate(toy_model, StepCase(4, 32, 64, 256, group_size=2))
-    assert plan["total"] == pytest.approx(sum(v for k, v in plan.items() if k != "total"))
 
 
 def test_checkpointing_keeps_the_loss_and_the_estimate_follows_the_case(toy_model):
@@ -79,7 +76,7 @@ def test_checkpointing_keeps_the_loss_and_the_estimate_follows_the_case(toy_mode
     assert recomputed["loss"] != plain["loss"]  # its second timed step comes after an update
     again = measure_step(toy_model, StepCase(4, 32, 64, 256, group_size=2, threads=1, gradient_checkpointing=True))
     assert again["loss"] == pytest.approx(plain["loss"], rel=1e-5, abs=1e-7)
-    assert recomputed["tokens_per_s"] == pytest.approx(recomputed["tokens"] / recomputed["step_s"])
+    assert recomputed["tokens"] == plain["tokens"] == 4 * 32  # a step's tokens (as its seconds: per step), not 2 steps'
     with pytest.raises(ValueError, match="gradient checkpointing"):
         measure_step(toy_model, StepCase(4, 32, 64, 256, group_size=2, packing="packed", gradient_checkpointing=True))
     cpu = estimate(toy_model, StepCase(4, 32, 64, 256, group_size=2))
@@ -120,4 +117,7 @@ def test_bench_learner_command_at_a_toy_size(tmp_path):
                      (2, "varied lengths, one a row"), (4, "micro-batched")]  # fmt: skip
     assert all("error" not in c for c in results["cases"])
     assert {"peak_4_vs_2", "whole_vs_micro_peak_2", "packed_vs_one_a_row_step_s_2", "estimate_vs_measured_max"} <= set(results["ratios"])
-    assert len(learner_rows(results["ratios"])) == len(results["ratios"])
+    # the summary table's rows of the part's own ratio names, each under its goal (a ratio without one raises)
+    goals = {name: goal for name, _, goal in learner_rows(results["ratios"])}
+    assert goals["learner peak, largest / smallest step (micro-batched) (4 vs 2)"] == "<= 1.15"
+    assert goals["memory plan estimate / measured peak (max)"] == "0.75-1.25"

@@ -6,7 +6,11 @@
 - The floors: GRPO one step ahead against max(rollout + reward, update + publish); the polychromic step against
   SFT on as many sequences; an adapter publish against one copy and one write of its bytes.
 - transformers ``generate`` at a fixed length generates exactly that many tokens, even from a model
-  that would end every completion at once.
+  that would end every completion at once; the digest of the sampled token ids tells samples apart that
+  a count of their tokens does not.
+- ``bench grpo --modes``: the ratios (and the summary's rows, the printed lines) of the modes that ran only.
+- ``bench chaos``: a kill's errors counted apart when they fall outside its window (before it, after the
+  service answered again).
 """
 
 from __future__ import annotations
@@ -218,9 +222,7 @@ def test_sync_floor_times_one_copy_and_one_write_of_the_adapters_bytes(tmp_path)
     adapter = {"config": {"r": 2}, "tensors": {"a": torch.ones(64, 32), "b": torch.zeros(16, dtype=torch.float64)}}
     f = sync_floor(adapter, tmp_path, repeats=2)
     assert f["bytes"] == 64 * 32 * 4 + 16 * 8
-    assert f["memcpy_ms"] > 0 and f["write_ms"] > 0
-    assert f["floor_ms"] == pytest.approx(f["memcpy_ms"] + f["write_ms"])
-    assert f["write_bytes_per_s"] == pytest.approx(f["bytes"] / (f["write_ms"] / 1000))
+    assert f["memcpy_ms"] > 0 and f["write_ms"] > 0  # both timed (the floor is their sum, by its definition)
     assert not list(tmp_path.iterdir())  # its writes are cleaned up
 
 
@@ -278,3 +280,111 @@ def test_a_missing_config_is_one_line_for_every_part(part, tmp_path):
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert lines == [f"error: {missing}: config file not found"], result.output
+
+
+def test_grpo_ratios_are_those_whose_modes_ran():
+    from polyray.drivers.bench.suite import GRPO_MODES, grpo_ratios
+
+    step = dict(zip(GRPO_MODES, (1.0, 0.6, 0.8, 0.75, 0.66)))
+    modes = {name: {"step_s": s, "rollout_s": 0.3} for name, s in step.items()}
+    every = grpo_ratios(modes)
+    assert every["ratio"] == pytest.approx(0.6) and every["publish_behind_vs_waits"] == pytest.approx(0.75)
+    assert every["packed_vs_unpacked"] == pytest.approx(0.8)
+    assert every["rollout_reference_vs_learner"] == pytest.approx(1.1)
+    assert every["floor"]["floor_s"] == pytest.approx(0.7) and every["async_vs_floor"] == pytest.approx(0.6 / 0.7)
+    two = grpo_ratios({m: modes[m] for m in ("sync", "async")})  # what --smoke runs
+    assert set(two) == {"ratio", "floor", "async_vs_floor"} and two["ratio"] == every["ratio"]
+    assert set(grpo_ratios({"sync": modes["sync"]})) == {"floor"}
+    unpacked = grpo_ratios({"async": modes["async"], "async_unpacked": modes["async_unpacked"]})
+    assert unpacked == {"packed_vs_unpacked": pytest.approx(0.8)}
+    assert grpo_ratios({"async_waits": modes["async_waits"]}) == {}
+
+
+def test_the_summary_and_print_grpo_show_only_the_ratios_of_the_modes_that_ran(capsys):
+    from polyray.drivers.bench.suite import grpo_ratios, print_grpo, print_summary
+
+    mode = {"step_s": 0.2, "rollout_s": 0.1, "reward_s": 0.0, "sync_s": 0.01, "steps": 2}
+    modes = {"sync": {**mode, "step_s": 0.3}, "async": mode}
+    two = {"steps": 4, "rounds": 1, "modes": ["sync", "async"], **modes, **grpo_ratios(modes)}
+    rows = {name for name, _, _ in summary_rows({"grpo": two})}
+    assert rows == {"GRPO step, one ahead / synchronous",
+                    "GRPO step, one ahead / max(rollout + reward, update + publish)"}  # fmt: skip
+    print_grpo(two)
+    print_summary({"grpo": two})
+    out = capsys.readouterr().out
+    assert "one step ahead / synchronous: 0.67" in out and "one step ahead / its floor" in out
+    assert "publish behind" not in out and "KL reference" not in out and "one sample a row" not in out
+
+    lone = {"steps": 4, "rounds": 1, "modes": ["async_waits"], "async_waits": mode}  # no ratio at all: no row, no crash
+    assert summary_rows({"grpo": lone}) == []
+    print_grpo(lone)
+    print_summary({"grpo": lone})
+    out = capsys.readouterr().out
+    assert "each publish waits for its loads" in out and "/ synchronous" not in out and "its floor" not in out
+
+
+@pytest.mark.timeout(120)
+def test_an_unknown_grpo_mode_is_one_line_before_anything_starts():
+    from typer.testing import CliRunner
+
+    from polyray.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "grpo", "--modes", "sync", "--modes", "ahead"])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "--modes: unknown mode 'ahead' (choose from sync, async," in lines[0], result.output
+
+
+def test_a_kill_counts_the_errors_outside_its_window():
+    from polyray.drivers.bench.chaos import summarize
+
+    # (start, end, status): the kill at t=10, the first answer to a request sent after it at t=14
+    outcomes = [(0.0, 1.0, 200), (1.0, 2.0, 500), (9.0, 10.5, 500), (10.5, 11.0, -1), (11.0, 12.0, 503),
+                (12.0, 14.0, 200), (13.0, 15.0, 500), (15.0, 16.0, 200), (16.0, 17.0, 500),
+                (17.0, 18.0, 429)]  # fmt: skip
+    r = summarize(outcomes, 18.0, t_kill=10.0)
+    assert r["recovery_s"] == 4.0 and r["errors"] == 5 and r["back_pressure"] == 2
+    # before the kill: the request that ended at 2; after the answer at 14: the one sent at 16 (the one sent
+    # at 13 was on its way while the service was still down); back-pressure is no error, before or after
+    assert r["errors_before_kill"] == 1 and r["errors_after_recovery"] == 1
+    assert "errors_before_kill" not in summarize(outcomes, 18.0)  # no kill: no window
+    never = summarize([(9.0, 10.5, 500), (11.0, 12.0, -1)], 12.0, t_kill=10.0)
+    assert never["recovery_s"] is None and never["errors_before_kill"] == never["errors_after_recovery"] == 0
+
+
+def test_the_token_ids_digest_tells_apart_samples_of_the_same_length():
+    import torch
+
+    from polyray.drivers.bench.rollout import _hf_ids, token_ids_sha256
+
+    samples = [[[1, 2, 3], [4, 5]], [[6]]]  # 2 prompts: 2 samples, 1 sample
+    digest = token_ids_sha256([samples])
+    assert token_ids_sha256([[[[1, 2, 3], [4, 5]], [[6]]]]) == digest  # the same ids: the same digest
+    others = [
+        [[[1, 2, 4], [4, 5]], [[6]]],  # one token other, as many tokens
+        [[[1, 2], [3, 4, 5]], [[6]]],  # the same ids, cut into samples elsewhere
+        [[[4, 5], [1, 2, 3]], [[6]]],  # the samples in another order
+        [[[1, 2, 3]], [[4, 5], [6]]],  # grouped under other prompts
+    ]
+    for other in others:
+        assert token_ids_sha256([other]) != digest, other
+    assert token_ids_sha256([samples, samples]) != digest  # every repeat counts
+    # transformers rows: n consecutive rows a prompt, each up to where it ended
+    new = torch.tensor([[1, 2, 3], [4, 5, 0], [6, 0, 0], [7, 8, 9]])
+    ended = new == 0
+    assert _hf_ids(new, ended, 2) == [[[1, 2, 3], [4, 5]], [[6], [7, 8, 9]]]
+
+
+def test_grpo_modes_run_in_one_order_and_a_reference_mode_needs_a_kl_term():
+    from polyray.drivers.bench.suite import GRPO_MODES, grpo_variants
+
+    assert tuple(grpo_variants(1, kl=True)) == GRPO_MODES
+    assert "async_rollout_reference" not in grpo_variants(1, kl=False)  # all, as far as the phase allows
+    smoke = grpo_variants(1, kl=True, modes=["async", "sync"])
+    assert list(smoke) == ["sync", "async"] and smoke["sync"] == ["phases.1.async_rollouts=false", "phases.1.max_lag=0"]
+    waits = ["phases.0.async_rollouts=true", "phases.0.max_lag=1", "learner.publish_behind_step=false"]
+    assert grpo_variants(0, kl=True, modes=["async_waits"]) == {"async_waits": waits}
+    with pytest.raises(ConfigError, match="phases.1.kl_beta is 0"):
+        grpo_variants(1, kl=False, modes=["sync", "async_rollout_reference"])
+    with pytest.raises(ConfigError, match="unknown mode 'ahead'"):
+        grpo_variants(1, kl=True, modes=["ahead"])

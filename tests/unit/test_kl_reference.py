@@ -53,7 +53,7 @@ def test_phase_start_reference_starts_at_zero_kl(model_dir, tmp_path):
 def test_adapter_save_is_atomic_and_replaces(model_dir, tmp_path):
     from peft import PeftModel
 
-    from polyray.learner.lora import load_base, save_adapter
+    from polyray.learner.lora import extract_adapter, load_base, save_adapter
 
     model, _ = build_policy(model_dir)
     out = save_adapter(model, tmp_path / "adapters" / "sft", extra={"polyray_version.json": {"version": 3}})
@@ -62,7 +62,9 @@ def test_adapter_save_is_atomic_and_replaces(model_dir, tmp_path):
     assert (out / "polyray_version.json").read_text() == '{"version": 4}'
     assert sorted(p.name for p in out.parent.iterdir()) == ["sft"]  # no staging or old directory left behind
     base, _ = load_base(str(model_dir))
-    assert isinstance(PeftModel.from_pretrained(base, str(out)), PeftModel)
+    # peft loads what was left there: the model's adapter, every tensor of it
+    want, got = extract_adapter(model)["tensors"], extract_adapter(PeftModel.from_pretrained(base, str(out)))["tensors"]
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
 
 
 def test_read_adapter_gives_what_extract_adapter_publishes(model_dir, tmp_path):

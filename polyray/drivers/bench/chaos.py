@@ -8,7 +8,9 @@
 - :func:`summarize`: requests/s, p50/p99 latency of the answered (200) requests, counts by status,
   back-pressure (503, 429: the service shedding load, what a client should retry) apart from errors
   (everything else that is not 200), and the recovery time: from the kill to the first 200 of a request
-  started after it.
+  started after it. With a kill, the errors outside its window too: those of requests that ended before
+  the kill, and of requests sent after the service answered again (a killed replica may fail the requests
+  it was serving and those sent while it was down, and nothing else).
 - :func:`kill_replica`: SIGKILLs the Serve replica process of an application in the Ray cluster this
   process started (found among its descendants by the process title Ray gives an actor,
   ``ray::ServeReplica:<app>:<deployment>``; never a process of another cluster), remembering every process
@@ -65,8 +67,9 @@ def kill_replica(app: str, scratch_roots: list[str]) -> dict[str, Any]:
     below = sorted(lifetime.descendants(pid))
     owned = [os.path.join(root, lifetime.owner_tag(pid)) for root in scratch_roots]
     processes = [(p, lifetime.start_time(p), _title(p)) for p in below]
+    t = time.perf_counter()  # read before the signal: whatever ended before it ended before the kill
     os.kill(pid, signal.SIGKILL)
-    return {"t": time.perf_counter(), "pid": pid, "processes": [p for p in processes if p[1] is not None],
+    return {"t": t, "pid": pid, "processes": [p for p in processes if p[1] is not None],
             "dirs": [d for d in owned if os.path.isdir(d)]}  # fmt: skip
 
 
@@ -160,7 +163,11 @@ def summarize(outcomes: list[tuple[float, float, int]], elapsed_s: float, t_kill
     }
     if t_kill is not None:
         answered = [t1 for t0, t1, s in outcomes if s == 200 and t0 >= t_kill]
-        out["recovery_s"] = min(answered) - t_kill if answered else None
+        recovered = min(answered) if answered else None
+        out["recovery_s"] = recovered - t_kill if answered else None
+        failed = [(t0, t1) for t0, t1, s in outcomes if s != 200 and s not in BACK_PRESSURE]
+        out["errors_before_kill"] = sum(1 for _, t1 in failed if t1 < t_kill)
+        out["errors_after_recovery"] = sum(1 for t0, _ in failed if recovered is not None and t0 > recovered)
     return out
 
 

@@ -2,7 +2,9 @@
 
 All of them generate the same :class:`RolloutBatch` (prompts, ``n`` samples each, the run's
 sampling, one seed per prompt) under the same LoRA adapter (rollouts always sample the policy's
-adapter; vLLM's LoRA kernels are part of the cost) and count completion tokens per second of wall time:
+adapter; vLLM's LoRA kernels are part of the cost) and count completion tokens per second of wall time,
+with a digest of the sampled token ids (``token_ids_sha256``, :func:`token_ids_sha256`): two engines
+with the same digest sampled the same tokens, not only as many:
 
 - :func:`pool_throughput`: through :class:`~polyray.rollout.pool.RolloutPool` (Ray actors, samples
   with their log-probs and versions back in the caller): what the learner sees;
@@ -21,10 +23,13 @@ weights to a token generated with them on every worker:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,33 +45,59 @@ class RolloutBatch:
     seeds: list[int]
 
 
-def _rate(tokens: list[int], seconds: list[float]) -> dict[str, Any]:
-    """Tokens/s over the timed repeats (the same batch each time)."""
-    return {"repeats": len(seconds), "tokens": sum(tokens), "seconds": round(sum(seconds), 3),
-            "tokens_per_s": sum(tokens) / sum(seconds)}  # fmt: skip
+Samples = list[list[list[int]]]  # per prompt, its samples' token ids
 
 
-def _timed(run, repeats: int, warmups: int = 2) -> dict[str, Any]:
-    """``run()`` -> completion tokens, ``warmups`` times untimed (an engine's first calls are slower than one
-    warm-up shows: kernels for new shapes), then ``repeats`` times timed."""
+def token_ids_sha256(repeats: Iterable[Samples]) -> str:
+    """sha256 over the sampled token ids of every timed repeat, in order: per repeat, prompt by prompt, each
+    prompt's samples in the order the engine returned them (vLLM: by sample index)."""
+    digest = hashlib.sha256()
+    for groups in repeats:
+        ids = [[[int(t) for t in sample] for sample in group] for group in groups]
+        digest.update(json.dumps(ids, separators=(",", ":")).encode())
+    return digest.hexdigest()
+
+
+def _rate(samples: list[Samples], seconds: list[float]) -> dict[str, Any]:
+    """Tokens/s over the timed repeats (the same batch each time), and the digest of what they sampled."""
+    tokens = sum(len(ids) for groups in samples for group in groups for ids in group)
+    return {"repeats": len(seconds), "tokens": tokens, "seconds": round(sum(seconds), 3),
+            "tokens_per_s": tokens / sum(seconds), "token_ids_sha256": token_ids_sha256(samples)}  # fmt: skip
+
+
+def _timed(run: Callable[[], Any], ids: Callable[[Any], Samples], repeats: int, warmups: int = 2) -> dict[str, Any]:
+    """``run()`` (one generation of the batch), ``warmups`` times untimed (an engine's first calls are slower
+    than one warm-up shows: kernels for new shapes), then ``repeats`` times timed; ``ids(what run returned)``:
+    the sampled token ids, read after the clock stopped."""
     for _ in range(warmups):
         run()
-    tokens, seconds = [], []
+    samples, seconds = [], []
     for _ in range(repeats):
         started = time.perf_counter()
-        tokens.append(run())
+        out = run()
         seconds.append(time.perf_counter() - started)
-    return _rate(tokens, seconds)
+        samples.append(ids(out))
+    return _rate(samples, seconds)
+
+
+def _vllm_ids(outputs) -> Samples:
+    """Token ids of vLLM ``RequestOutput``s: one group per request, its completions in order."""
+    return [[list(c.token_ids) for c in out.outputs] for out in outputs]
+
+
+def _hf_ids(new, ended, n: int) -> Samples:
+    """Token ids of transformers ``generate`` rows (``n`` consecutive rows per prompt), each up to ``ended``."""
+    rows = [ids[~stop].tolist() for ids, stop in zip(new, ended)]
+    return [rows[i : i + n] for i in range(0, len(rows), n)]
 
 
 def pool_throughput(pool, batch: RolloutBatch, version: int, repeats: int = 3) -> dict[str, Any]:
     """The batch under the published adapter ``version``."""
 
-    def run() -> int:
-        groups = pool.submit(batch.prompts, batch.n, batch.sampling, version, seeds=batch.seeds).result()
-        return sum(len(s.token_ids) for g in groups for s in g)
+    def run():
+        return pool.submit(batch.prompts, batch.n, batch.sampling, version, seeds=batch.seeds).result()
 
-    return _timed(run, repeats)
+    return _timed(run, lambda groups: [[s.token_ids for s in g] for g in groups], repeats)
 
 
 def raw_llm_throughput(
@@ -116,8 +147,7 @@ def _raw_llm(model_dir: str, config: RolloutConfig, dtype: str, batch: RolloutBa
     llm = LLM(**engine_kwargs(model_dir, config, dtype))
     params = [sampling_params(batch.n, batch.sampling, seed) for seed in batch.seeds]
     lora = LoRARequest("policy-v1", 1, adapter_dir)
-    result = _timed(lambda: sum(len(c.token_ids) for out in llm.generate(batch.prompts, params, lora_request=lora,
-                                                                         use_tqdm=False) for c in out.outputs), repeats)  # fmt: skip
+    result = _timed(lambda: llm.generate(batch.prompts, params, lora_request=lora, use_tqdm=False), _vllm_ids, repeats)
     if detokenizer:
         result["detokenizer"] = detokenizer_ways(llm, batch, lora, repeats)
     return result
@@ -136,26 +166,26 @@ def detokenizer_ways(llm, batch: RolloutBatch, lora, repeats: int = 3) -> dict[s
     for p in with_text:
         p.detokenize = True
 
-    def run(params, decode: bool) -> int:
+    def run(params, decode: bool) -> Samples:
         outs = llm.generate(batch.prompts, params, lora_request=lora, use_tqdm=False)
-        completions = [[list(c.token_ids) for c in out.outputs] for out in outs]
+        completions = _vllm_ids(outs)
         if decode:
             for out, ids in zip(outs, completions):
                 decode_completions(tokenizer, out.prompt_token_ids, ids)
-        return sum(len(ids) for group in completions for ids in group)
+        return completions
 
     ways = {"ids_then_decode": (ids_only, True), "vllm_detokenizer": (with_text, False)}
     for _ in range(2):  # warm-up (kernels for new shapes)
         for params, decode in ways.values():
             run(params, decode)
-    tokens: dict[str, list[int]] = {key: [] for key in ways}
+    samples: dict[str, list[Samples]] = {key: [] for key in ways}
     seconds: dict[str, list[float]] = {key: [] for key in ways}
     for _ in range(repeats):
         for key, (params, decode) in ways.items():
             started = time.perf_counter()
-            tokens[key].append(run(params, decode))
+            samples[key].append(run(params, decode))
             seconds[key].append(time.perf_counter() - started)
-    return {key: _rate(tokens[key], seconds[key]) for key in ways}
+    return {key: _rate(samples[key], seconds[key]) for key in ways}
 
 
 def hf_throughput(model_dir: str, dtype: str, batch: RolloutBatch, adapter_dir: str, threads: int, repeats: int = 3):
@@ -175,7 +205,7 @@ def hf_throughput(model_dir: str, dtype: str, batch: RolloutBatch, adapter_dir: 
     stop = {"stop_strings": list(s.stop), "tokenizer": tokenizer} if s.stop else {}
     width = enc["input_ids"].shape[1]
 
-    def run() -> int:
+    def run():
         with torch.no_grad():
             out = model.generate(**enc, do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=0,
                                  max_new_tokens=s.max_tokens, num_return_sequences=batch.n, return_dict_in_generate=True,
@@ -186,9 +216,9 @@ def hf_throughput(model_dir: str, dtype: str, batch: RolloutBatch, adapter_dir: 
         # generated tokens end at the first pad after the start (generate pads finished sequences)
         done = (new == tokenizer.pad_token_id).int().cumsum(1) > 0
         assert torch.isfinite(logp[~done]).all()
-        return int((~done).sum())
+        return new, done
 
-    return _timed(run, repeats)
+    return _timed(run, lambda out: _hf_ids(*out, batch.n), repeats)
 
 
 def _first_use(pool, version: int | None) -> None:
@@ -309,8 +339,10 @@ def _fixed_length_vllm(model_dir, config, dtype, batch: FixedLengthBatch, adapte
     params = [SamplingParams(n=batch.n, temperature=batch.temperature, max_tokens=batch.tokens, min_tokens=batch.tokens,
                              ignore_eos=True, detokenize=False, logprobs=0, seed=seed) for seed in batch.seeds]  # fmt: skip
     lora = LoRARequest("policy-v1", 1, adapter_dir)
-    return _timed(lambda: sum(len(c.token_ids) for out in llm.generate(prompts, params, lora_request=lora, use_tqdm=False)
-                              for c in out.outputs), repeats, warmups=1)  # fmt: skip
+    def run():
+        return llm.generate(prompts, params, lora_request=lora, use_tqdm=False)
+
+    return _timed(run, _vllm_ids, repeats, warmups=1)
 
 
 def fixed_length_hf(model_dir: str, dtype: str, batch: FixedLengthBatch, adapter_dir: str, threads: int,
@@ -330,7 +362,7 @@ def fixed_length_hf(model_dir: str, dtype: str, batch: FixedLengthBatch, adapter
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch.prompt_ids])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch.prompt_ids])
 
-    def run() -> int:
+    def run():
         with torch.no_grad():
             out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=batch.temperature,
                                  top_p=1.0, top_k=0, max_new_tokens=batch.tokens, min_new_tokens=batch.tokens,
@@ -342,9 +374,10 @@ def fixed_length_hf(model_dir: str, dtype: str, batch: FixedLengthBatch, adapter
         assert torch.isfinite(logp).all()
         # a sequence's tokens end at its first end token (generate pads after it): what was generated
         ended = (new == eos).int().cumsum(1) - (new == eos).int() > 0
-        return int((~ended).sum())
+        return new, ended
 
-    return _timed(run, repeats, warmups=1)  # a long batch: one warm-up settles the shapes
+    # a long batch: one warm-up settles the shapes
+    return _timed(run, lambda out: _hf_ids(*out, batch.n), repeats, warmups=1)
 
 
 def sync_floor(adapter: dict[str, Any], directory: str | Path, repeats: int = 5) -> dict[str, Any]:

@@ -9,8 +9,11 @@ The commands are ``polyray bench <part>`` (``python -m jobs.benchmark <part>`` a
     RolloutPool / a bare ``vllm.LLM`` and vLLM / transformers ``generate`` tokens/s on the same
     multi-candidate batch; the adapter sync (learner weights -> generating on every worker) against a
     full-weights reload; 1 -> 2 rollout workers.
-``polyray bench grpo [--steps 12]``
-    GRPO step time with rollouts one step ahead / synchronous, 1 rollout worker + 1 learner worker.
+``polyray bench grpo [--steps 12] [--modes sync --modes async ...]``
+    GRPO step time with rollouts one step ahead / synchronous, 1 rollout worker + 1 learner worker; and one
+    step ahead against its variants (each publish waited for, samples one a row, the KL reference scored by
+    the rollout worker). Each mode is a fit of its own; ``--modes`` runs some of them, and only the ratios
+    whose modes ran.
 
 ``polyray bench polychromic [--steps 30]``
     polychromic SFT step time / standard SFT step time on the embedded default (same model,
@@ -184,11 +187,23 @@ def print_rollout(results: dict[str, Any]) -> None:
                   f" publish / floor {a['load_median_ms'] / fl['floor_ms']:.1f}")  # fmt: skip
 
 
-def bench_grpo(steps: int, config: str, warmup: int = 2, rounds: int = 2) -> dict[str, Any]:
-    """The config's first GRPO phase, ``steps`` steps synchronous then ``steps`` with rollouts one step
-    ahead, ``rounds`` times alternating (a slow spell of this shared machine then hits both modes),
+GRPO_MODES = ("sync", "async", "async_waits", "async_unpacked", "async_rollout_reference")
+# ratio -> (numerator mode, denominator mode), of the modes' median step times
+GRPO_RATIOS = {"ratio": ("async", "sync"), "publish_behind_vs_waits": ("async", "async_waits"),
+               "packed_vs_unpacked": ("async", "async_unpacked"),
+               "rollout_reference_vs_learner": ("async_rollout_reference", "async")}  # fmt: skip
+
+
+def bench_grpo(
+    steps: int, config: str, warmup: int = 2, rounds: int = 2, modes: list[str] | None = None
+) -> dict[str, Any]:
+    """The config's first GRPO phase, ``steps`` steps in each of ``modes`` (default: all of
+    :data:`GRPO_MODES`; synchronous, rollouts one step ahead, and one ahead with each publish waited for,
+    samples one a row, the KL reference scored by the rollout worker; the last only when the phase has a
+    KL term), ``rounds`` times alternating (a slow spell of this shared machine then hits every mode),
     continuing one adapter, on 1 rollout worker + 1 learner worker (a core each here); rewards scored
-    in the learner (no reward replica competing for the cores). Medians over the pooled steps."""
+    in the learner (no reward replica competing for the cores). Medians over the pooled steps, then the
+    ratios whose modes ran (:func:`grpo_ratios`)."""
     from polyray.cluster import init_ray, needed_cpus
     from polyray.config import load_config
     from polyray.learner.logs import StepLogs
@@ -201,17 +216,11 @@ def bench_grpo(steps: int, config: str, warmup: int = 2, rounds: int = 2) -> dic
     index = next(i for i, p in enumerate(base.phases) if p.type == "grpo")
     common = ["learner.num_workers=1", "rollout.num_workers=1", "reward.endpoint=false", "dynamics.every=0",
               f"phases.{index}.steps={steps}", f"phases.{index}.checkpoint_every=1000", "learner.sync_check_every=0"]
-    ahead = [f"phases.{index}.async_rollouts=true", f"phases.{index}.max_lag=1"]
-    variants = {"sync": [f"phases.{index}.async_rollouts=false", f"phases.{index}.max_lag=0"], "async": ahead,
-                "async_waits": [*ahead, "learner.publish_behind_step=false"],  # each publish waits for the loads
-                "async_unpacked": [*ahead, "learner.pack_samples=false"],  # one sample a row in the update
-                "async_rollout_reference": [*ahead, f"phases.{index}.kl_reference_logprobs=rollouts"]}
-    if not base.phases[index].kl_beta:  # no KL term: nothing to score under a reference
-        variants.pop("async_rollout_reference")
+    variants = grpo_variants(index, bool(base.phases[index].kl_beta), modes)
     sync = load_config(config, common)
     model_dir = prepare_model_dir(sync.model, sync.task)
     init_ray(sync.cluster, needed_cpus(sync))
-    results: dict[str, Any] = {"steps": steps, "warmup": warmup, "rounds": rounds}
+    results: dict[str, Any] = {"steps": steps, "warmup": warmup, "rounds": rounds, "modes": list(variants)}
     with tempfile.TemporaryDirectory(prefix="polyray-bench-grpo-") as tmp:
         out = Path(tmp)
         pool = RolloutPool.launch(str(model_dir), sync.rollout, sync.model.dtype, store=open_store(out / "adapter_store"))
@@ -228,14 +237,40 @@ def bench_grpo(steps: int, config: str, warmup: int = 2, rounds: int = 2) -> dic
         finally:
             logs.close()
             pool.shutdown()
-    results["ratio"] = results["async"]["step_s"] / results["sync"]["step_s"]
-    results["publish_behind_vs_waits"] = results["async"]["step_s"] / results["async_waits"]["step_s"]
-    results["packed_vs_unpacked"] = results["async"]["step_s"] / results["async_unpacked"]["step_s"]
-    if "async_rollout_reference" in results:
-        results["rollout_reference_vs_learner"] = results["async_rollout_reference"]["step_s"] / results["async"]["step_s"]
-    results["floor"] = grpo_floor(results["sync"])
-    results["async_vs_floor"] = results["async"]["step_s"] / results["floor"]["floor_s"]
-    return results
+    return {**results, **grpo_ratios(results)}
+
+
+def grpo_variants(index: int, kl: bool, modes: list[str] | None = None) -> dict[str, list[str]]:
+    """mode -> the overrides of GRPO phase ``index`` that make it, for each of ``modes`` in the order of
+    :data:`GRPO_MODES` (None: all of them; the KL reference's mode only when the phase has a KL term, ``kl``)."""
+    from polyray.io import ConfigError
+
+    ahead = [f"phases.{index}.async_rollouts=true", f"phases.{index}.max_lag=1"]
+    variants = {"sync": [f"phases.{index}.async_rollouts=false", f"phases.{index}.max_lag=0"], "async": ahead,
+                "async_waits": [*ahead, "learner.publish_behind_step=false"],  # each publish waits for the loads
+                "async_unpacked": [*ahead, "learner.pack_samples=false"],  # one sample a row in the update
+                "async_rollout_reference": [*ahead, f"phases.{index}.kl_reference_logprobs=rollouts"]}
+    unknown = [m for m in modes or [] if m not in variants]
+    if unknown:
+        raise ConfigError(f"--modes: unknown mode {unknown[0]!r} (choose from {', '.join(GRPO_MODES)})")
+    if not kl:  # no KL term: nothing to score under a reference
+        if modes and "async_rollout_reference" in modes:
+            raise ConfigError(f"--modes async_rollout_reference: phases.{index}.kl_beta is 0, no KL reference to score")
+        variants.pop("async_rollout_reference")
+    return {name: extra for name, extra in variants.items() if not modes or name in modes}
+
+
+def grpo_ratios(modes: dict[str, Any]) -> dict[str, Any]:
+    """The ratios of :data:`GRPO_RATIOS` whose two modes are in ``modes`` (mode -> its step statistics), and,
+    when the synchronous mode ran, the floor of one step ahead (:func:`grpo_floor`) and, when that ran too,
+    one step ahead against it."""
+    out: dict[str, Any] = {name: modes[a]["step_s"] / modes[b]["step_s"] for name, (a, b) in GRPO_RATIOS.items()
+                           if a in modes and b in modes}  # fmt: skip
+    if "sync" in modes:
+        out["floor"] = grpo_floor(modes["sync"])
+        if "async" in modes:
+            out["async_vs_floor"] = modes["async"]["step_s"] / out["floor"]["floor_s"]
+    return out
 
 
 def grpo_floor(sync: dict[str, float]) -> dict[str, float]:
@@ -264,7 +299,8 @@ def print_grpo(results: dict[str, Any]) -> None:
         waits = [r["rollout_s"], r.get("reward_s", 0.0), r["sync_s"]]
         table.add_row(label, f"{r['step_s']:.3f}", *(f"{w:.3f}" for w in waits), f"{r['step_s'] - sum(waits):.3f}")
     console.print(table)
-    console.print(f"one step ahead / synchronous: {results['ratio']:.2f}")
+    if "ratio" in results:
+        console.print(f"one step ahead / synchronous: {results['ratio']:.2f}")
     if "publish_behind_vs_waits" in results:
         console.print(f"one step ahead, publish behind the step / each publish waiting: {results['publish_behind_vs_waits']:.2f}")
     if "packed_vs_unpacked" in results:
@@ -272,9 +308,10 @@ def print_grpo(results: dict[str, Any]) -> None:
     if "rollout_reference_vs_learner" in results:
         console.print(f"one step ahead, KL reference scored by the rollout worker / by the learner:"
                       f" {results['rollout_reference_vs_learner']:.2f}")  # fmt: skip
-    f = results["floor"]
-    console.print(f"one step ahead / its floor max(rollout + reward {f['rollout_s']:.3f}, update + publish {f['update_publish_s']:.3f})"
-                  f" = {results['async_vs_floor']:.2f}")  # fmt: skip
+    if "async_vs_floor" in results:
+        f = results["floor"]
+        console.print(f"one step ahead / its floor max(rollout + reward {f['rollout_s']:.3f}, update + publish"
+                      f" {f['update_publish_s']:.3f}) = {results['async_vs_floor']:.2f}")  # fmt: skip
 
 
 def bench_polychromic(
@@ -517,9 +554,12 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, float, str]]:
                  ("adapter sync / full-weights reload (ms)", r["adapter_sync_vs_full_reload"], "< 1"),
                  ("adapter publish / copy + write of its bytes (ms)", r["adapter_publish_vs_floor"], "-"),
                  ("2 / 1 rollout workers tokens/s", r["two_vs_one_worker"], "-")]  # fmt: skip
-    if "grpo" in results:
-        rows.append(("GRPO step, one ahead / synchronous", results["grpo"]["ratio"], "<= 0.65"))
-        rows.append(("GRPO step, one ahead / max(rollout + reward, update + publish)", results["grpo"]["async_vs_floor"], "<= 1.1"))
+    if "grpo" in results:  # the ratios whose modes ran
+        if "ratio" in results["grpo"]:
+            rows.append(("GRPO step, one ahead / synchronous", results["grpo"]["ratio"], "<= 0.65"))
+        if "async_vs_floor" in results["grpo"]:
+            rows.append(("GRPO step, one ahead / max(rollout + reward, update + publish)",
+                         results["grpo"]["async_vs_floor"], "<= 1.1"))  # fmt: skip
         if "publish_behind_vs_waits" in results["grpo"]:
             rows.append(("GRPO step, one ahead: publish behind the step / waited for", results["grpo"]["publish_behind_vs_waits"], "-"))
         if "packed_vs_unpacked" in results["grpo"]:
@@ -573,7 +613,12 @@ def print_summary(results: dict[str, Any]) -> None:
 
 
 PARTS = ("rollout", "grpo", "polychromic", "reward", "generation", "learner", "peer", "chaos")
-SMOKE = {"rollout": ["--prompts", "4", "--repeats", "1", "--syncs", "2"], "grpo": ["--steps", "4", "--rounds", "1"],
+# grpo: the two modes of the table's goals (a fit each), and the KL reference scored by the rollout worker (the one
+# fit with a real pool that takes it). The other two change one setting of "async" each and their ratios are the
+# same division (grpo_ratios): in --smoke they would only run 2 more fits
+SMOKE = {"rollout": ["--prompts", "4", "--repeats", "1", "--syncs", "2"],
+         "grpo": ["--steps", "4", "--rounds", "1", "--modes", "sync", "--modes", "async", "--modes",
+                  "async_rollout_reference"],
          "polychromic": ["--steps", "4", "--diversity", "countdown_expr", "--no-async"],
          "reward": ["--requests", "20", "--max-seconds", "2"],
          "generation": ["--requests", "4", "--n", "2", "--max-tokens", "8", "--publishes", "2"],
@@ -750,3 +795,8 @@ def print_chaos(results: dict[str, Any]) -> None:
             console.print(f"[red]{service}: process {pid} outlived its replica: {escape(title)}[/red]")
         for path in r.get("leaked_dirs", []):
             console.print(f"[red]{service}: {escape(path)} outlived its replica[/red]")
+        outside = {"before the kill": r.get("errors_before_kill", 0),
+                   "after it answered again": r.get("errors_after_recovery", 0)}  # fmt: skip
+        for when, count in outside.items():
+            if count:
+                console.print(f"[red]{service}: {count} request(s) failed {when}[/red]")
