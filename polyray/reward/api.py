@@ -10,6 +10,8 @@
   fail``), 504 past the service's deadline.
 - :func:`non_finite_field`: NaN and Infinity (which JSON bodies may carry, as Python writes them)
   are no value a reward can score; the first such field is named in a 400.
+- :func:`not_utf8_field`: JSON may escape a lone UTF-16 surrogate (``"\\ud800"``), which is text no
+  UTF-8 program, file or sandbox can hold; the first such string is named in a 400.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from polyray.http import BodySizeLimit, error_response
 from polyray.reward.base import RewardError, RewardItem, UnknownRewardError
 
-__all__ = ["ApiError", "BodySizeLimit", "RewardRequest", "RewardResponse", "api_error", "non_finite_field"]
+__all__ = ["ApiError", "BodySizeLimit", "RewardRequest", "RewardResponse", "api_error", "non_finite_field",
+           "not_utf8_field"]
 
 _TYPES = {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError", 413: "BadRequestError",
           503: "ServiceUnavailableError", 504: "TimeoutError"}  # fmt: skip
@@ -63,6 +66,27 @@ def non_finite_field(value: Any, path: str) -> str | None:
         if isinstance(value, float) and not math.isfinite(value):
             return path
         if isinstance(value, dict):
+            stack.extend((v, f"{path}.{k}") for k, v in reversed(list(value.items())))
+        elif isinstance(value, list):
+            stack.extend((v, f"{path}.{i}") for i, v in reversed(list(enumerate(value))))
+    return None
+
+
+def not_utf8_field(value: Any, path: str) -> str | None:
+    """The dotted path of the first string (a value, or a key) in ``value`` that is not valid UTF-8
+    text (a lone surrogate), dicts and lists walked; else None."""
+    stack = [(value, path)]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return path
+        elif isinstance(value, dict):
+            for k in value:
+                if isinstance(k, str) and not_utf8_field(k, "") is not None:
+                    return f"{path}.{k.encode('utf-8', 'backslashreplace').decode()}"
             stack.extend((v, f"{path}.{k}") for k, v in reversed(list(value.items())))
         elif isinstance(value, list):
             stack.extend((v, f"{path}.{i}") for i, v in reversed(list(enumerate(value))))

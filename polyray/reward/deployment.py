@@ -18,7 +18,8 @@ a request without ``Authorization: Bearer <key>`` gets 401 (``/healthz`` stays o
 504; a request that ends early (the client disconnects, Serve's request timeout, a cancelled handle call) or
 times out has every sandbox of its items killed (:mod:`polyray.reward.cancel`). Errors are one shape, OpenAI's
 ``{"error": {"message", "type", "param", "code"}}`` (:mod:`polyray.reward.api`): schema or malformed JSON 400
-naming the field, NaN/Infinity in an item's metadata or the parameters 400 naming it, unknown reward 404 listing
+naming the field, NaN/Infinity in an item's metadata or the parameters 400 naming it, text that is no UTF-8 (a lone
+surrogate) 400 naming the field, unknown reward 404 listing
 the known ones, bad parameters 400. The code of
 custom reward functions (``functions``, ``rewards.custom.function``) travels to the replicas in
 their runtime environment (:func:`polyray.reward.custom.runtime_env`).
@@ -47,7 +48,15 @@ from polyray.io import ConfigError
 from polyray.telemetry import Metrics
 from polyray.config.functions import FunctionRefError
 from polyray.config.services import RewardServiceConfig
-from polyray.reward.api import ApiError, BodySizeLimit, RewardRequest, RewardResponse, api_error, non_finite_field
+from polyray.reward.api import (
+    ApiError,
+    BodySizeLimit,
+    RewardRequest,
+    RewardResponse,
+    api_error,
+    non_finite_field,
+    not_utf8_field,
+)
 from polyray.reward.budget import check_request
 from polyray.reward.base import RewardError, RewardResult, format_validation_error
 from polyray.reward.cancel import await_job
@@ -78,8 +87,8 @@ HISTOGRAMS = {
 COUNTERS = {"polyray_reward_items": "Items scored."}
 
 _ERRORS = {
-    400: {"description": "Malformed JSON, a body or parameters failing validation, NaN/Infinity, or a parameter"
-          " over this service's cap (param names the field)."},
+    400: {"description": "Malformed JSON, a body or parameters failing validation, NaN/Infinity, text that is not"
+          " UTF-8 (a lone surrogate), or a parameter over this service's cap (param names the field)."},
     401: {"description": "Missing or wrong API key."},
     404: {"description": "Unknown reward function (the message lists the known ones)."},
     413: {"description": "Body larger than max_body_bytes, more than max_items items, or more work than the"
@@ -154,6 +163,11 @@ class RewardDeployment:
         bad = next((f for f in fields if f), None) or non_finite_field(body.params, "params")
         if bad is not None:
             raise ApiError(400, f"{bad}: NaN and Infinity are not values a reward can use", bad, "non_finite")
+        text = {"reward": body.reward, "items": [item.model_dump() for item in body.items], "params": body.params}
+        bad = not_utf8_field(text, "")
+        if bad is not None:
+            bad = bad.lstrip(".")
+            raise ApiError(400, f"{bad}: not valid UTF-8 text (a lone surrogate)", bad, "invalid_text")
         try:
             # before any work: a request may not hold the replica (and the learner's batches) for long
             check_request(self.scorer, body.reward, body.params, len(body.items), self.config.limits)
@@ -177,7 +191,7 @@ class RewardDeployment:
     async def _score(self, job: ScoreJob, timeout_s: float | None = None) -> list[RewardResult]:
         # Build/validate the reward function first, so a bad name or parameter fails this
         # request alone and at once instead of inside someone else's batch.
-        await asyncio.to_thread(self.scorer.get, job.reward, job.params, job.from_request)
+        await asyncio.to_thread(self.scorer.check, job.reward, job.params, job.from_request)
         # cancelled (client gone, Serve's timeout, a cancelled handle call) or past timeout_s: its sandboxes die
         result = await await_job(self._score_batched(job), job.cancel, timeout_s)
         if isinstance(result, Exception):

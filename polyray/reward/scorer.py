@@ -129,6 +129,14 @@ class RewardScorer:
                 self._instances.popitem(last=False)
         return fn
 
+    def check(self, reward: str, params: dict[str, Any] | None = None, from_request: bool = False) -> None:
+        """Build ``reward`` with ``params`` as :meth:`score` would, and a combination's components too
+        (weighted_sum): a reward or parameters that cannot be used raise here, before any item is scored."""
+        fn = self.get(reward, params, from_request)
+        if getattr(fn, "score_with", None) is not None:
+            for component in fn.config.components:
+                self.check(component.name, dict(component.params), from_request and bool(params))
+
     def score(
         self,
         reward: str,
@@ -190,9 +198,13 @@ def score_jobs(
     are merged into one ``score_batch`` call and split back in order.
 
     Each result's detail records ``batch_size`` (items in the merged call) and
-    ``batch_requests`` (jobs merged). A group that fails yields its exception for each of
-    its jobs, so one bad request cannot fail the others. ``on_batch(job, batch_size, seconds)`` is
-    called for each job of a scored group (the service's metrics).
+    ``batch_requests`` (jobs merged). One item's error is that item's: a merged call that raises is
+    scored again job by job (no caller fails another's request), and an HTTP caller's job that still
+    raises item by item, so an item that cannot be scored gets no score (``None``, detail status
+    "error" with the reason) and every other item its own (:func:`_score_alone`). An error that is
+    the whole request's (its reward or parameters, one with an HTTP ``status``: the judge endpoint
+    down with ``on_outage: fail``) is handed back to that job alone. ``on_batch(job, batch_size, seconds)`` is called for
+    each job of a scored group (the service's metrics).
     """
     groups: dict[str, list[int]] = {}
     for i, job in enumerate(jobs):
@@ -206,9 +218,9 @@ def score_jobs(
         try:
             with items_cancelled_by((item, jobs[i].cancel) for i in members for item in jobs[i].items):
                 results = scorer.score(first.reward, merged, first.params, first.from_request)
-        except Exception as exc:  # noqa: BLE001 - handed back to each caller of this group
+        except Exception:  # noqa: BLE001 - some item failed the merged call: each job on its own
             for i in members:
-                out[i] = exc
+                out[i] = _score_alone(scorer, jobs[i])
             continue
         stamp = {"batch_size": len(merged), "batch_requests": len(members)}
         if on_batch is not None:
@@ -220,3 +232,40 @@ def score_jobs(
             out[i] = [RewardResult(score=r.score, detail={**r.detail, **stamp}) for r in results[start : start + n]]
             start += n
     return out
+
+
+def _score_alone(scorer: RewardScorer, job: ScoreJob) -> list[RewardResult] | Exception:
+    """``job`` scored without the other jobs of its batch. If it still raises: an error of the request
+    itself (its reward or parameters, or one with an HTTP ``status``) is handed back; else an HTTP
+    caller's items are scored one by one (an item that raises: no score, status "error"), while an
+    in-cluster caller's (a run's learner) error stays its error, so a run's own reward bug stops it."""
+
+    def score(items: list[RewardItem]) -> list[RewardResult]:
+        with items_cancelled_by((item, job.cancel) for item in items):
+            results = scorer.score(job.reward, items, job.params, job.from_request)
+        return [RewardResult(score=r.score, detail={**r.detail, "batch_size": len(items), "batch_requests": 1})
+                for r in results]  # fmt: skip
+
+    try:
+        scorer.check(job.reward, job.params, job.from_request)
+    except Exception as exc:  # noqa: BLE001 - the request's own: its reward or parameters
+        return exc
+    try:
+        return score(job.items)
+    except Exception as exc:  # noqa: BLE001 - the request's own error, or one of its items'
+        if not job.from_request or getattr(exc, "status", None) is not None:
+            return exc
+    results = []
+    for item in job.items:
+        try:
+            results += score([item])
+        except Exception as exc:  # noqa: BLE001 - this item's alone
+            if getattr(exc, "status", None) is not None:
+                return exc
+            results.append(_unscored(exc))
+    return results
+
+
+def _unscored(exc: Exception) -> RewardResult:
+    return RewardResult(score=None, detail={"status": "error", "reason": f"could not score this item: {exc}"[:300],
+                                            "batch_size": 1, "batch_requests": 1})  # fmt: skip

@@ -443,20 +443,33 @@ def _count_user_tasks(uid: int) -> int:
     return total
 
 
-class _UidPool:
-    """Hands out dynamic uids not in use by another sandbox of this process."""
+class SandboxBusyError(RuntimeError):
+    """Every sandbox uid of this process is in use: the run fails at once instead of waiting."""
 
-    def __init__(self) -> None:
+
+class _UidPool:
+    """Hands out dynamic uids not in use by another sandbox of this process; none free is
+    :class:`SandboxBusyError` at once (a caller that leaked or flooded them must not block the rest)."""
+
+    def __init__(self, first: int = _DYNAMIC_UID_RANGE[0], last: int = _DYNAMIC_UID_RANGE[1]) -> None:
         self._lock = threading.Lock()
+        self._range = (first, last)
         self._busy: set[int] = set()
 
     def acquire(self) -> int:
         with self._lock:
-            while True:
-                uid = random.randint(*_DYNAMIC_UID_RANGE)
+            size = self._range[1] - self._range[0] + 1
+            if len(self._busy) >= size:
+                raise SandboxBusyError(f"all {size} sandbox uids are in use; try again later")
+            while True:  # random, so uids are not reused in order; at least one is free
+                uid = random.randint(*self._range)
                 if uid not in self._busy:
                     self._busy.add(uid)
                     return uid
+
+    def in_use(self) -> int:
+        with self._lock:
+            return len(self._busy)
 
     def release(self, uid: int) -> None:
         with self._lock:
@@ -501,14 +514,18 @@ def _make_workdir(source: str, uid: int | None, files: dict[str, str]) -> str:
     # inside this process's own directory: if the service is SIGKILLed mid-run, the next process
     # to start a sandbox here (a restarted replica) sweeps what it left (polyray.lifetime)
     base = tempfile.mkdtemp(prefix="run-", dir=process_dir(WORK_ROOT))
-    work = os.path.join(base, "work")
-    os.mkdir(work, 0o700)
-    os.mkdir(os.path.join(base, "root"), 0o755)
-    for name, text in {**files, "program.py": source}.items():
-        if os.path.basename(name) != name or name.startswith("."):
-            raise ValueError(f"sandbox file name {name!r} must be a plain file name")
-        with open(os.path.join(work, name), "w") as f:
-            f.write(text)
+    try:
+        work = os.path.join(base, "work")
+        os.mkdir(work, 0o700)
+        os.mkdir(os.path.join(base, "root"), 0o755)
+        for name, text in {**files, "program.py": source}.items():
+            if os.path.basename(name) != name or name.startswith("."):
+                raise ValueError(f"sandbox file name {name!r} must be a plain file name")
+            with open(os.path.join(work, name), "w", encoding="utf-8") as f:  # strict: a lone surrogate raises
+                f.write(text)
+    except BaseException:  # a half-made directory (text that is no UTF-8, a full disk) is not left behind
+        _rmtree(base)
+        raise
     return os.path.realpath(base)  # namespace modes copy the files into their own /sandbox
 
 
@@ -755,11 +772,12 @@ def run_python(
         _close_all(channel_fds)
         return SandboxResult(status="killed", passed=False, duration_s=0.0, isolation=mode,
                              reason="stopped early by the caller")  # fmt: skip
-    uid = _UIDS.acquire() if mode == "uid+namespaces" else None
-    workdir = _make_workdir(source, uid, files or {})
-    status_r, status_w = os.pipe()
-    proc = None
-    try:
+    uid, workdir, proc = None, None, None
+    status_r = status_w = -1
+    try:  # everything the run takes is released in the finally, whatever raises on the way
+        uid = _UIDS.acquire() if mode == "uid+namespaces" else None
+        workdir = _make_workdir(source, uid, files or {})
+        status_r, status_w = os.pipe()
         cfg = _launch_config(mode, workdir, uid, limits, status_w, channel_fds)
         proc = subprocess.Popen(
             [cfg["python"], "-I", "-S", "-B", "-c", _LAUNCHER, json.dumps(cfg)],
@@ -786,7 +804,8 @@ def run_python(
             isolation=mode,
             **outcome,
         )
-    except (OSError, ValueError) as exc:  # ValueError: no seccomp filter for this architecture
+    # ValueError: no seccomp filter for this architecture, or text that is no UTF-8 (a lone surrogate)
+    except (OSError, ValueError, SandboxBusyError) as exc:
         return SandboxResult(
             status="error",
             passed=False,
@@ -805,7 +824,8 @@ def run_python(
             for stream in (proc.stdout, proc.stderr):
                 if stream:
                     stream.close()
-        _rmtree(workdir)
+        if workdir is not None:
+            _rmtree(workdir)
         if uid is not None:
             _UIDS.release(uid)
 

@@ -17,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from polyray.http import validation_error
-from polyray.reward.api import ApiError, api_error, non_finite_field
+from polyray.reward.api import ApiError, api_error, non_finite_field, not_utf8_field
 from polyray.reward.base import RewardError, UnknownRewardError
 from polyray.reward.budget import RequestTooCostly
 from processes import processes_with
@@ -78,6 +78,12 @@ COUNTDOWN = b'{"prompt": "nums 3 4 9 target 12\\nexpr:", "completion": " 3+9"'
          "sandbox seconds"),
         (b'{"reward": "length", "items": [' + b", ".join([COUNTDOWN + b"}"] * 9) + b"]}", 413, "items", "limit is 8"),
         (b'{"reward": "engagement", "items": [], "params": {"model_path": "/etc"}}', 400, None, "set by the server"),
+        # a lone surrogate is valid JSON, and no text a program, a file or a sandbox can hold
+        (b'{"reward": "countdown", "items": [' + COUNTDOWN + b'}, {"prompt": "p", "completion": "\\ud800"}]}', 400,
+         "items.1.completion", "not valid UTF-8"),
+        (b'{"reward": "code_exec", "items": [' + COUNTDOWN + b', "metadata": {"test": "x\\udfff", "entry_point": "f"}}]}',
+         400, "items.0.metadata.test", "lone surrogate"),
+        (b'{"reward": "length", "items": [], "params": {"\\ud800": 1}}', 400, "params.\\ud800", "not valid UTF-8"),
     ],
 )  # fmt: skip
 def test_every_refusal_has_one_shape_status_and_field(client, body, status, param, needle):
@@ -132,6 +138,24 @@ def test_error_pieces():
     assert validation_error([{"type": "json_invalid", "loc": ("body", 3), "msg": "x", "ctx": {"error": "bad"}}]).status_code == 400
     assert non_finite_field({"a": [1.0, {"b": float("nan")}]}, "m") == "m.a.1.b"
     assert non_finite_field({"a": [1.0, "inf", 10**400]}, "m") is None
+    assert not_utf8_field({"a": ["ok", {"b": "x\ud800"}]}, "m") == "m.a.1.b"
+    assert not_utf8_field({"a": ["ok", "\U0001f600 é"]}, "m") is None  # a pair of surrogates in JSON is one emoji
+
+
+def test_one_bad_item_is_that_items_alone(client):
+    """An entry_point that is no identifier (it passed the type check and raised inside the sandbox's harness,
+    failing every request merged into its batch) is its item's error: the item beside it is judged."""
+    from polyray.tasks.humaneval import humaneval_problems
+
+    problem = humaneval_problems()["HumanEval/53"]  # add(x, y)
+    good = {"prompt": problem["prompt"], "completion": "    return x + y\n",
+            "metadata": {"test": problem["test"], "entry_point": problem["entry_point"]}}  # fmt: skip
+    bad = {**good, "metadata": {**good["metadata"], "entry_point": "add()"}}
+    r = client().post("/v1/rewards", json={"reward": "code_exec", "items": [bad, good]})
+    assert r.status_code == 200, r.text
+    assert r.json()["scores"] == [0.0, 1.0]
+    detail = r.json()["details"][0]
+    assert detail["status"] == "error" and "not a Python identifier" in detail["reason"], detail
 
 
 def test_healthz_says_which_limits_apply(client):

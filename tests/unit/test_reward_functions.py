@@ -168,6 +168,34 @@ def test_score_jobs_merges_per_reward_and_splits_back_in_order(monkeypatch):
     assert isinstance(out[3], UnknownRewardError)  # one bad job does not fail the others
 
 
+def test_one_bad_item_fails_neither_its_batch_mates_nor_another_callers_request(monkeypatch):
+    """A reward that raises on one item: that item alone gets no score (status "error", the reason); the
+    other items of its request and every other HTTP caller's request merged into the batch are scored;
+    a run's learner (an in-cluster caller) scored beside them keeps its own error, so a run's reward
+    bug still stops it."""
+    from polyray.reward.heuristic import LengthReward
+
+    original = LengthReward.score_batch
+
+    def fragile(self, items):
+        if any(i.completion == "boom" for i in items):
+            raise ValueError("cannot judge boom")
+        return original(self, items)
+
+    monkeypatch.setattr(LengthReward, "score_batch", fragile)
+    scorer = RewardScorer()
+    words = "one two three four five"
+    hostile = ScoreJob("length", [item(words), item("boom")], from_request=True)
+    honest = ScoreJob("length", [item(words), item("six")], from_request=True)
+    learner = ScoreJob("length", [item("boom")], from_request=False)
+    fine = ScoreJob("length", [item(words)], from_request=False)
+    out = score_jobs(scorer, [hostile, honest, learner, fine])
+    assert [r.score for r in out[1]] == [r.score for r in original(scorer.get("length"), honest.items)]
+    assert out[0][0].score == out[1][0].score and out[0][1].score is None
+    assert out[0][1].detail["status"] == "error" and "cannot judge boom" in out[0][1].detail["reason"]
+    assert isinstance(out[2], ValueError) and out[3][0].score == out[1][0].score
+
+
 # ------------------------------------------------------------------------- HTTP contract
 def test_service_config_rejects_unknown_keys_and_serve_config_is_valid():
     import yaml
