@@ -65,6 +65,11 @@ def parent_of(pid: int) -> int | None:
 
 def descendants(root: int) -> set[int]:
     """PIDs below ``root`` (children, theirs, ...), from /proc."""
+    return _below({root})
+
+
+def _below(roots: set[int]) -> set[int]:
+    """PIDs below any of ``roots``, from one scan of /proc."""
     parents: dict[int, int] = {}
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
@@ -72,7 +77,7 @@ def descendants(root: int) -> set[int]:
             if ppid is not None:
                 parents[int(entry.name)] = ppid
     found: set[int] = set()
-    frontier = {root}
+    frontier = set(roots)
     while frontier:
         frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - found
         found |= frontier
@@ -180,7 +185,7 @@ def kill_descendants(root: int | None = None, also: dict[int, int | None] | None
     for pid in frozen:
         _signal(pid, signal.SIGSTOP)
     while True:
-        found = set().union(*(descendants(p) for p in {root, *frozen})) - frozen
+        found = _below({root, *frozen}) - frozen
         if not found:
             break
         for pid in found:

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -58,39 +59,42 @@ def api_error(exc: Exception) -> ApiError:
     raise TypeError(f"not a reward error: {exc!r}")
 
 
-def non_finite_field(value: Any, path: str) -> str | None:
-    """The dotted path of the first NaN or infinite float in ``value`` (dicts and lists walked), else None."""
+def _first_field(value: Any, path: str, bad: Callable[[Any], bool], keys: bool = False) -> str | None:
+    """The dotted path of the first value in ``value`` (dicts and lists walked; with ``keys``, dict keys
+    too) for which ``bad`` holds, else None. A bad key is named with its escapes (it may not print)."""
     stack = [(value, path)]
     while stack:
         value, path = stack.pop()
-        if isinstance(value, float) and not math.isfinite(value):
+        if bad(value):
             return path
         if isinstance(value, dict):
+            if keys and (key := next((k for k in value if bad(k)), None)) is not None:
+                return f"{path}.{key.encode('utf-8', 'backslashreplace').decode()}"
             stack.extend((v, f"{path}.{k}") for k, v in reversed(list(value.items())))
         elif isinstance(value, list):
             stack.extend((v, f"{path}.{i}") for i, v in reversed(list(enumerate(value))))
     return None
+
+
+def non_finite_field(value: Any, path: str) -> str | None:
+    """The dotted path of the first NaN or infinite float in ``value`` (dicts and lists walked), else None."""
+    return _first_field(value, path, lambda v: isinstance(v, float) and not math.isfinite(v))
+
+
+def _not_utf8(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def not_utf8_field(value: Any, path: str) -> str | None:
     """The dotted path of the first string (a value, or a key) in ``value`` that is not valid UTF-8
     text (a lone surrogate), dicts and lists walked; else None."""
-    stack = [(value, path)]
-    while stack:
-        value, path = stack.pop()
-        if isinstance(value, str):
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                return path
-        elif isinstance(value, dict):
-            for k in value:
-                if isinstance(k, str) and not_utf8_field(k, "") is not None:
-                    return f"{path}.{k.encode('utf-8', 'backslashreplace').decode()}"
-            stack.extend((v, f"{path}.{k}") for k, v in reversed(list(value.items())))
-        elif isinstance(value, list):
-            stack.extend((v, f"{path}.{i}") for i, v in reversed(list(enumerate(value))))
-    return None
+    return _first_field(value, path, _not_utf8, keys=True)
 
 
 class RewardRequest(BaseModel):

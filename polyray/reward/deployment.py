@@ -163,10 +163,10 @@ class RewardDeployment:
         bad = next((f for f in fields if f), None) or non_finite_field(body.params, "params")
         if bad is not None:
             raise ApiError(400, f"{bad}: NaN and Infinity are not values a reward can use", bad, "non_finite")
-        text = {"reward": body.reward, "items": [item.model_dump() for item in body.items], "params": body.params}
-        bad = not_utf8_field(text, "")
+        fields = [not_utf8_field(item.model_dump(), f"items.{i}") for i, item in enumerate(body.items)]
+        bad = not_utf8_field(body.reward, "reward") or next((f for f in fields if f), None)
+        bad = bad or not_utf8_field(body.params, "params")
         if bad is not None:
-            bad = bad.lstrip(".")
             raise ApiError(400, f"{bad}: not valid UTF-8 text (a lone surrogate)", bad, "invalid_text")
         try:
             # before any work: a request may not hold the replica (and the learner's batches) for long
