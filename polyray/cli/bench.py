@@ -69,13 +69,17 @@ def rollout(
     ),
     repeats: int = typer.Option(5, "--repeats", help="Timed repeats of the batch per engine."),
     syncs: int = typer.Option(5, "--syncs", help="Weight syncs timed per method."),
+    vllm_lora_ops: bool = typer.Option(
+        True, "--vllm-lora-ops/--no-vllm-lora-ops",
+        help="Also a bare engine with vLLM's own CPU LoRA ops (polyray's plugin off): one more engine start.",
+    ),  # fmt: skip
     config: str = _config,
     json_path: Optional[Path] = _json,
 ):
     """Pool / bare engine / transformers tokens/s; adapter sync vs full reload; 1 -> 2 workers."""
     from polyray.drivers.bench.suite import bench_rollout, print_rollout
 
-    results = bench_rollout(config, prompts, repeats, syncs)
+    results = bench_rollout(config, prompts, repeats, syncs, vllm_lora_ops=vllm_lora_ops)
     print_rollout(results)
     _write(results, json_path)
 
@@ -105,13 +109,14 @@ def polychromic(
     steps: int = typer.Option(30, "--steps"),
     diversity: List[str] = typer.Option(["semantic", "countdown_expr"], "--diversity", help="Diversity functions (repeatable)."),
     no_async: bool = typer.Option(False, "--no-async", help="Leave out the variant with rollouts one step ahead."),
+    canary: bool = typer.Option(True, "--canary/--no-canary", help="Also the variant with the canary on every step."),
     config: str = _config,
     json_path: Optional[Path] = _json,
 ):
     """Polychromic SFT step time / SFT step time."""
     from polyray.drivers.bench.suite import bench_polychromic, print_polychromic
 
-    results = bench_polychromic(steps, config, diversity, with_async=not no_async)
+    results = bench_polychromic(steps, config, diversity, with_async=not no_async, with_canary=canary)
     print_polychromic(results)
     _write(results, json_path)
 

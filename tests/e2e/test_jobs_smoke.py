@@ -31,8 +31,10 @@ def test_benchmark_all_smoke_prints_every_ratio(tmp_path):
     assert set(results) == {"rollout", "grpo", "polychromic", "reward"}
 
     rollout = results["rollout"]
-    for engine in ("raw_llm", "raw_llm_vllm_lora_ops", "transformers", "pool_1", "pool_2"):
+    for engine in ("raw_llm", "transformers", "pool_1", "pool_2"):
         assert rollout[engine]["tokens"] > 0 and rollout[engine]["tokens_per_s"] > 0, engine
+    # vLLM's own LoRA ops: raw_llm's harness with polyray's plugin off, a reference left out of --smoke
+    assert "raw_llm_vllm_lora_ops" not in rollout and "cpu_lora_plugin_vs_vllm_ops" not in rollout["ratios"]
     # the samples themselves (a digest of their token ids), compared only where they must be identical:
     # the same prompts, seeds and adapter on one engine of the same settings running the whole batch. The
     # pool with 1 worker and the bare engine sample the same tokens
@@ -43,32 +45,30 @@ def test_benchmark_all_smoke_prints_every_ratio(tmp_path):
     ways = rollout["detokenizer"]
     assert ways["ids_then_decode"]["token_ids_sha256"] == ways["vllm_detokenizer"]["token_ids_sha256"] == sampled
     # not compared: 2 workers give each engine half the batch (other matmul shapes: on the CPU a row's product
-    # may differ in its last bits with the rows beside it), and vLLM's own LoRA ops agree with the grouped
-    # matmuls to rounding only (tests/unit/test_cpu_lora.py), so either may sample other tokens
+    # may differ in its last bits with the rows beside it), so it may sample other tokens
     assert rollout["adapter_sync"]["syncs"] == rollout["full_reload"]["syncs"] == 2
     floor = rollout["sync_floor"]  # the adapter's bytes copied once and written once, in the same run
     assert floor["bytes"] > 0 and floor["memcpy_ms"] > 0 and floor["write_ms"] > 0
 
     grpo = results["grpo"]
-    # --smoke runs three of the modes, a fit each (the others' ratios are the same division: unit-tested)
-    modes = ["sync", "async", "async_rollout_reference"]
+    # --smoke runs two of the modes, a fit each (the others' ratios are the same division: unit-tested)
+    modes = ["async", "async_rollout_reference"]
     assert grpo["modes"] == modes
-    assert grpo["rounds"] == 1 and [grpo[m]["steps"] for m in modes] == [2, 2, 2]  # 4 steps - 2 warm-up
-    # the ratios whose modes ran, and none of a mode that did not
-    ran = {"ratio", "rollout_reference_vs_learner"}
-    assert ran | {"floor", "async_vs_floor"} <= set(grpo) and not (set(GRPO_RATIOS) - ran) & set(grpo)
+    assert grpo["rounds"] == 1 and [grpo[m]["steps"] for m in modes] == [2, 2]  # 4 steps - 2 warm-up
+    # the ratios whose modes ran, and none of a mode that did not (no sync: no floor either)
+    ran = {"rollout_reference_vs_learner"}
+    assert ran <= set(grpo) and not ((set(GRPO_RATIOS) - ran) | {"floor", "async_vs_floor"}) & set(grpo)
 
     poly = results["polychromic"]
-    canary = "polychromic_sft[countdown_expr, canary every step]"
     same = "sft[56 sequences: references + samples]"  # the floor: the quickstart's 32 references + 8 prompts x 3 samples
-    assert set(poly) == {"sft", same, "polychromic_sft[countdown_expr]", canary}  # (the one-ahead variant: not in --smoke)
+    # (not in --smoke: the one-ahead variant, and the canary on every step, which test_run_recovery runs)
+    assert set(poly) == {"sft", same, "polychromic_sft[countdown_expr]"}
     assert all(r["step_s"] > 0 for r in poly.values())
-    assert poly[canary]["canary_s"] > 0 and "canary_s" not in poly["polychromic_sft[countdown_expr]"]
+    assert "canary_s" not in poly["polychromic_sft[countdown_expr]"]
 
     assert len(results["reward"]["http"]) == 4 and all(r["requests"] > 0 and not r["errors"] for r in results["reward"]["http"])
-    for needle in ("RolloutPool / bare vllm.LLM", "GRPO step, one ahead / synchronous",
-                   "polychromic_sft[countdown_expr] step / SFT step", "reward model batched / unbatched",
-                   "GRPO step, one ahead / max(rollout + reward, update + publish)", "step / SFT step on references + samples",
+    for needle in ("RolloutPool / bare vllm.LLM", "polychromic_sft[countdown_expr] step / SFT step",
+                   "reward model batched / unbatched", "step / SFT step on references + samples",
                    "adapter publish / copy + write of its bytes", "KL reference on the rollout worker / on the learner"):
         assert needle in proc.stdout, needle
 

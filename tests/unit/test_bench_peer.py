@@ -292,7 +292,7 @@ def test_grpo_ratios_are_those_whose_modes_ran():
     assert every["packed_vs_unpacked"] == pytest.approx(0.8)
     assert every["rollout_reference_vs_learner"] == pytest.approx(1.1)
     assert every["floor"]["floor_s"] == pytest.approx(0.7) and every["async_vs_floor"] == pytest.approx(0.6 / 0.7)
-    two = grpo_ratios({m: modes[m] for m in ("sync", "async")})  # what --smoke runs
+    two = grpo_ratios({m: modes[m] for m in ("sync", "async")})  # the two modes of the table's goals
     assert set(two) == {"ratio", "floor", "async_vs_floor"} and two["ratio"] == every["ratio"]
     assert set(grpo_ratios({"sync": modes["sync"]})) == {"floor"}
     unpacked = grpo_ratios({"async": modes["async"], "async_unpacked": modes["async_unpacked"]})

@@ -5,19 +5,20 @@ The commands are ``polyray bench <part>`` (``python -m jobs.benchmark <part>`` a
 ``polyray bench all [--json out.json]``
     every part below at its default size (generation, learner, peer and chaos only when named in ``--parts``), then
     one summary table of ratios against their goals.
-``polyray bench rollout``
+``polyray bench rollout [--no-vllm-lora-ops]``
     RolloutPool / a bare ``vllm.LLM`` and vLLM / transformers ``generate`` tokens/s on the same
-    multi-candidate batch; the adapter sync (learner weights -> generating on every worker) against a
-    full-weights reload; 1 -> 2 rollout workers.
+    multi-candidate batch (and polyray's CPU LoRA ops / vLLM's own, unless left out); the adapter sync
+    (learner weights -> generating on every worker) against a full-weights reload; 1 -> 2 rollout workers.
 ``polyray bench grpo [--steps 12] [--modes sync --modes async ...]``
     GRPO step time with rollouts one step ahead / synchronous, 1 rollout worker + 1 learner worker; and one
     step ahead against its variants (each publish waited for, samples one a row, the KL reference scored by
     the rollout worker). Each mode is a fit of its own; ``--modes`` runs some of them, and only the ratios
     whose modes ran.
 
-``polyray bench polychromic [--steps 30]``
+``polyray bench polychromic [--steps 30] [--no-canary]``
     polychromic SFT step time / standard SFT step time on the embedded default (same model,
-    batch, learner and rollout pool), with where the polychromic step's time goes.
+    batch, learner and rollout pool), with where the polychromic step's time goes (and the sync canary's
+    cost on every step, unless left out).
 ``polyray bench reward``
     the reward service: requests/s and p50/p99 latency on loopback for 1 and 32 clients,
     and the batched / unbatched throughput of the engagement model.
@@ -88,9 +89,19 @@ def _grpo_batch(run, prompts: int | None = None):
                         request_seeds(run.seed, "bench", [str(i) for i in range(len(texts))]))  # fmt: skip
 
 
-def bench_rollout(config: str, prompts: int | None = None, repeats: int = 5, syncs: int = 5) -> dict[str, Any]:
-    """Tokens/s of one GRPO-shaped batch through a bare engine, transformers, the pool (1 and 2 workers);
-    adapter sync vs full-weights reload. One thing runs at a time."""
+# results key -> its row in print_rollout
+ROLLOUT_ENGINES = {"raw_llm": "bare vllm.LLM (own process, no Ray)",
+                   "raw_llm_vllm_lora_ops": "bare vllm.LLM, vLLM's own CPU LoRA ops",
+                   "transformers": "transformers generate", "pool_1": "RolloutPool, 1 worker",
+                   "pool_2": "RolloutPool, 2 workers"}  # fmt: skip
+
+
+def bench_rollout(
+    config: str, prompts: int | None = None, repeats: int = 5, syncs: int = 5, vllm_lora_ops: bool = True
+) -> dict[str, Any]:
+    """Tokens/s of one GRPO-shaped batch through a bare engine (also with vLLM's own CPU LoRA ops when
+    ``vllm_lora_ops``), transformers, the pool (1 and 2 workers); adapter sync vs full-weights reload. One
+    thing runs at a time."""
     import ray
 
     from polyray.config import load_config
@@ -116,10 +127,11 @@ def bench_rollout(config: str, prompts: int | None = None, repeats: int = 5, syn
                 results["raw_llm"] = bench.raw_llm_throughput(model_dir, one, run.model.dtype, batch, adapter_dir, repeats,
                                                               detokenizer=True)  # fmt: skip
                 results["detokenizer"] = results["raw_llm"].pop("detokenizer")
-            with console.status("bare vllm.LLM with vLLM's own CPU LoRA ops"):
-                results["raw_llm_vllm_lora_ops"] = bench.raw_llm_throughput(
-                    model_dir, one, run.model.dtype, batch, adapter_dir, repeats, polyray_plugin=False
-                )
+            if vllm_lora_ops:  # a reference only: the same harness as raw_llm, polyray's plugin off
+                with console.status("bare vllm.LLM with vLLM's own CPU LoRA ops"):
+                    results["raw_llm_vllm_lora_ops"] = bench.raw_llm_throughput(
+                        model_dir, one, run.model.dtype, batch, adapter_dir, repeats, polyray_plugin=False
+                    )
             with console.status("transformers generate"):
                 results["transformers"] = bench.hf_throughput(model_dir, run.model.dtype, batch, adapter_dir, one.threads,
                                                               repeats)  # fmt: skip
@@ -144,10 +156,16 @@ def bench_rollout(config: str, prompts: int | None = None, repeats: int = 5, syn
                     pool.shutdown()
     finally:
         ray.shutdown()
-    tps = {k: results[k]["tokens_per_s"] for k in ("raw_llm", "raw_llm_vllm_lora_ops", "transformers", "pool_1", "pool_2")}
-    results["ratios"] = {
+    results["ratios"] = rollout_ratios(results)
+    return results
+
+
+def rollout_ratios(results: dict[str, Any]) -> dict[str, float]:
+    """The rollout part's ratios of its measured ``results``; polyray's CPU LoRA ops / vLLM's only when vLLM's
+    ran (``--vllm-lora-ops``)."""
+    tps = {k: results[k]["tokens_per_s"] for k in ROLLOUT_ENGINES if k in results}
+    ratios = {
         "pool_vs_raw_llm": tps["pool_1"] / tps["raw_llm"],
-        "cpu_lora_plugin_vs_vllm_ops": tps["raw_llm"] / tps["raw_llm_vllm_lora_ops"],
         "ids_then_decode_vs_vllm_detokenizer": (results["detokenizer"]["ids_then_decode"]["tokens_per_s"]
                                                 / results["detokenizer"]["vllm_detokenizer"]["tokens_per_s"]),
         "vllm_vs_transformers": tps["raw_llm"] / tps["transformers"],
@@ -155,7 +173,9 @@ def bench_rollout(config: str, prompts: int | None = None, repeats: int = 5, syn
         "adapter_publish_vs_floor": results["adapter_sync"]["load_median_ms"] / results["sync_floor"]["floor_ms"],
         "two_vs_one_worker": tps["pool_2"] / tps["pool_1"],
     }
-    return results
+    if "raw_llm_vllm_lora_ops" in tps:
+        ratios["cpu_lora_plugin_vs_vllm_ops"] = tps["raw_llm"] / tps["raw_llm_vllm_lora_ops"]
+    return ratios
 
 
 def print_rollout(results: dict[str, Any]) -> None:
@@ -163,10 +183,9 @@ def print_rollout(results: dict[str, Any]) -> None:
                         " (the GRPO step's batch), completion tokens/s")  # fmt: skip
     for col in ("engine", "tokens", "seconds", "tokens/s"):
         table.add_column(col, justify="left" if col == "engine" else "right")
-    names = {"raw_llm": "bare vllm.LLM (own process, no Ray)",
-             "raw_llm_vllm_lora_ops": "bare vllm.LLM, vLLM's own CPU LoRA ops", "transformers": "transformers generate",
-             "pool_1": "RolloutPool, 1 worker", "pool_2": "RolloutPool, 2 workers"}  # fmt: skip
-    for key, name in names.items():
+    for key, name in ROLLOUT_ENGINES.items():
+        if key not in results:  # (vLLM's own LoRA ops: left out with --no-vllm-lora-ops)
+            continue
         r = results[key]
         table.add_row(name, str(r["tokens"]), f"{r['seconds']:.2f}", f"{r['tokens_per_s']:.0f}")
     console.print(table)
@@ -315,12 +334,12 @@ def print_grpo(results: dict[str, Any]) -> None:
 
 
 def bench_polychromic(
-    steps: int, config: str, diversity: list[str], warmup: int = 3, with_async: bool = True
+    steps: int, config: str, diversity: list[str], warmup: int = 3, with_async: bool = True, with_canary: bool = True
 ) -> dict[str, dict[str, float]]:
-    """Run SFT, then polychromic SFT (per diversity function, and with rollouts one step ahead) for
-    ``steps`` steps each from a fresh adapter, on one pool of 1 rollout worker + 1 learner worker (a
-    core each here, as in :func:`bench_grpo`: the floor hides the sampling behind the update, which
-    needs a core for the sampler)."""
+    """Run SFT, then polychromic SFT (per diversity function, with rollouts one step ahead when ``with_async``,
+    with the sync canary on every step when ``with_canary``) for ``steps`` steps each from a fresh adapter,
+    on one pool of 1 rollout worker + 1 learner worker (a core each here, as in :func:`bench_grpo`: the
+    floor hides the sampling behind the update, which needs a core for the sampler)."""
     from polyray.cluster import init_ray, needed_cpus
     from polyray.config import load_config
     from polyray.diversity import EMBEDDING_DIVERSITY_FUNCTIONS
@@ -358,8 +377,8 @@ def bench_polychromic(
                 variants.append((diversity[0], [*ahead, "learner.publish_behind_step=false"]))
                 if diversity[0] in EMBEDDING_DIVERSITY_FUNCTIONS:
                     variants.append((diversity[0], [*ahead, "phases.0.embedding_dtype=float32"]))
-            # the sync canary on every publish (default: every 50th): its cost per check
-            variants.append((diversity[0], ["learner.sync_check_every=1"]))
+            if with_canary:  # the sync canary on every publish (default: every 50th): its cost per check
+                variants.append((diversity[0], ["learner.sync_check_every=1"]))
             for i, (name, extra) in enumerate(variants):
                 tag = {"phases.0.async_rollouts=true": ", async", "learner.sync_check_every=1": ", canary every step",
                        "learner.publish_behind_step=false": ", publish waits", "phases.0.embedding_dtype=float32": ", float32 encoder"}
@@ -547,9 +566,10 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, float, str]]:
     rows = []
     if "rollout" in results:
         r = results["rollout"]["ratios"]
-        rows += [("RolloutPool / bare vllm.LLM tokens/s", r["pool_vs_raw_llm"], ">= 0.95"),
-                 ("polyray's CPU LoRA ops / vLLM's, tokens/s", r["cpu_lora_plugin_vs_vllm_ops"], "-"),
-                 ("token ids + one decode / vLLM's detokenizer, tokens/s", r["ids_then_decode_vs_vllm_detokenizer"], "-"),
+        rows.append(("RolloutPool / bare vllm.LLM tokens/s", r["pool_vs_raw_llm"], ">= 0.95"))
+        if "cpu_lora_plugin_vs_vllm_ops" in r:  # (left out with --no-vllm-lora-ops)
+            rows.append(("polyray's CPU LoRA ops / vLLM's, tokens/s", r["cpu_lora_plugin_vs_vllm_ops"], "-"))
+        rows += [("token ids + one decode / vLLM's detokenizer, tokens/s", r["ids_then_decode_vs_vllm_detokenizer"], "-"),
                  ("vLLM / transformers generate tokens/s", r["vllm_vs_transformers"], ">= 2"),
                  ("adapter sync / full-weights reload (ms)", r["adapter_sync_vs_full_reload"], "< 1"),
                  ("adapter publish / copy + write of its bytes (ms)", r["adapter_publish_vs_floor"], "-"),
@@ -613,13 +633,15 @@ def print_summary(results: dict[str, Any]) -> None:
 
 
 PARTS = ("rollout", "grpo", "polychromic", "reward", "generation", "learner", "peer", "chaos")
-# grpo: the two modes of the table's goals (a fit each), and the KL reference scored by the rollout worker (the one
-# fit with a real pool that takes it). The other two change one setting of "async" each and their ratios are the
-# same division (grpo_ratios): in --smoke they would only run 2 more fits
-SMOKE = {"rollout": ["--prompts", "4", "--repeats", "1", "--syncs", "2"],
-         "grpo": ["--steps", "4", "--rounds", "1", "--modes", "sync", "--modes", "async", "--modes",
-                  "async_rollout_reference"],
-         "polychromic": ["--steps", "4", "--diversity", "countdown_expr", "--no-async"],
+# --smoke runs each harness function once, leaving out the fits and engines that only repeat one with another setting:
+# rollout: vLLM's own LoRA ops (raw_llm's harness, polyray's plugin off: a reference measurement only)
+# grpo: one step ahead, and the KL reference scored by the rollout worker (the one fit with a real pool that takes
+# it); the other modes change one setting each and their ratios are the same division (grpo_ratios, unit-tested)
+# polychromic: the canary on every step (the run-recovery e2e test runs it); peer: the larger model's learner step
+# (run_case: tests/unit/test_bench_learner.py)
+SMOKE = {"rollout": ["--prompts", "4", "--repeats", "1", "--syncs", "2", "--no-vllm-lora-ops"],
+         "grpo": ["--steps", "4", "--rounds", "1", "--modes", "async", "--modes", "async_rollout_reference"],
+         "polychromic": ["--steps", "4", "--diversity", "countdown_expr", "--no-async", "--no-canary"],
          "reward": ["--requests", "20", "--max-seconds", "2"],
          "generation": ["--requests", "4", "--n", "2", "--max-tokens", "8", "--publishes", "2"],
          "chaos": ["--clients", "2", "--seconds", "3", "--kill-at", "1"],
@@ -629,7 +651,7 @@ SMOKE = {"rollout": ["--prompts", "4", "--repeats", "1", "--syncs", "2"],
          "peer": ["--seeds", "1", "--warmup", "0", "--threads", "1", "--set", "phases.0.steps=2", "--set",
                   "phases.0.batch_size=4", "--set", "phases.1.steps=2", "--set", "phases.1.prompts_per_step=2", "--set",
                   "phases.1.group_size=4", "--set", "task.n_test=8", "--large-shape", "1,64,128,2,1,32,512", "--large-prompts", "2", "--large-n", "2", "--large-tokens", "16",
-                  "--large-repeats", "1", "--large-learner-sequences", "8"]}  # fmt: skip
+                  "--large-repeats", "1", "--large-learner-sequences", "0"]}  # fmt: skip
 DEFAULTS = {"polychromic": ["--steps", "12"]}  # the table's budget: ~15 minutes on 2 cores
 
 
