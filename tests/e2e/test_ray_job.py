@@ -6,7 +6,10 @@ prompts) with the README's command, and checks the job succeeded and wrote resul
 runs, the test scrapes the node's Prometheus endpoint: every polyray metric the Grafana dashboard
 (deploy/grafana-dashboard.json) queries has a sample tagged with the job's run; and it opens the Ray
 dashboard in headless Chromium (signed in with the cluster's token) and finds the job and polyray's
-actors on its pages, saving screenshots to test-artifacts/.
+actors on its pages, saving screenshots to test-artifacts/. And it watches the run's generation service
+(``--serve-generation``) as an OpenAI client: ``/v1/models`` gains versions while the phases train, and the
+endpoint's log-probs of a fixed completion under ``latest`` equal the learner's for the version that
+answered (its adapter, as published to the store, on the base model in peft, float32) within 1e-3.
 `ray stop` afterwards stops every Ray process started by `ray start` on this machine; the
 in-process test cluster (`conftest.ray_cluster`) is started with `ray.init`, which it spares.
 """
@@ -25,7 +28,9 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from dashboard import declared_metrics
+from phase_harness import learner_logprobs
 
 from polyray.http import free_port
 
@@ -39,14 +44,17 @@ AGENT_WAIT_S = 120.0
 
 
 
-def test_train_entrypoint_runs_as_ray_job(tmp_path):
+def test_train_entrypoint_runs_as_ray_job(tmp_path, model_dir, run_config):
+    from polyray.learner.lora import build_peft_model
+    from polyray.tasks import build_task
+
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     # The head and the submitting client share a token (environment variables keep ~/.ray untouched;
     # with a token file in ~/.ray, `ray start` turns token auth on and the client must use it too).
     env["RAY_AUTH_MODE"], env["RAY_AUTH_TOKEN"] = "token", secrets.token_hex(16)
     env["RAY_metrics_report_interval_ms"] = "1000"  # samples reach the endpoint within a second
-    dashboard, metrics_port = free_port(), free_port()
+    dashboard, metrics_port, gen_port = free_port(), free_port(), free_port()
     start = subprocess.run(
         [str(BIN / "ray"), "start", "--head", "--port=0", f"--dashboard-port={dashboard}", "--num-cpus=6",
          "--include-dashboard=true", f"--metrics-export-port={metrics_port}", "--disable-usage-stats"],
@@ -62,13 +70,24 @@ def test_train_entrypoint_runs_as_ray_job(tmp_path):
         "--set", "phases.0.batch_size=8", "--set", "phases.0.prompts_per_step=4", "--set", "phases.0.n_samples=3",
         "--set", "phases.1.steps=4", "--set", "phases.1.prompts_per_step=8", "--set", "phases.1.group_size=4",
         "--set", "task.n_test=8", "--set", "dynamics.every=0", "--set", "eval.n_samples=4", "--set", "eval.ks=[1, 4]",
-        "--serve-generation", "--set", f"generation.http_port={free_port()}", "--output-dir", str(out),
+        "--serve-generation", "--set", f"generation.http_port={gen_port}", "--set", "generation.args.poll_s=0.2",
+        "--set", "rollout.store_keep=64", "--output-dir", str(out),  # (every version the watcher saw, kept)
     ]  # fmt: skip
+    prompt = build_task(run_config.task).prompts("val", 1)[0].text
+    _, tokenizer = build_peft_model(str(model_dir), run_config.learner.lora)
+    prompt_ids, completion_ids = tokenizer(prompt)["input_ids"], tokenizer(" 3 + 4 * 2")["input_ids"]
+    listed: list[set[str]] = []  # /v1/models' policy versions, poll by poll
+    served: dict[str, torch.Tensor] = {}  # version that answered -> its log-probs of the fixed completion
+    errors: list[Exception] = []
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch_generation, daemon=True, args=(
+        f"http://127.0.0.1:{gen_port}/generation/v1", prompt_ids, completion_ids, listed, served, errors, stop))  # fmt: skip
     prometheus = _start_prometheus(tmp_path) if shutil.which("prometheus") else None
     in_prometheus: set[str] = set()
     seen: set[str] = set()  # metric families with a sample tagged run=RUN
     pages: dict[str, str] = {}  # dashboard page -> its text (or "error")
     browser = None
+    watcher.start()
     try:
         # `ray start` returns before the head's dashboard agent accepts jobs; until it does, a
         # submission is refused ("No available agent") without creating a job, so it is retried.
@@ -91,6 +110,8 @@ def test_train_entrypoint_runs_as_ray_job(tmp_path):
             time.sleep(2.0)
         apps = _serve_apps(f"http://127.0.0.1:{dashboard}", env)  # on the cluster, which outlives the job
     finally:
+        stop.set()
+        watcher.join(timeout=120)
         if prometheus is not None:
             prometheus[0].terminate()
         subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
@@ -116,8 +137,44 @@ def test_train_entrypoint_runs_as_ray_job(tmp_path):
     for actor in ("RolloutWorker", "AdapterStore", "RayTrainWorker", "ServeReplica"):
         assert actor in pages["actors"], (actor, pages["actors"][:2000])
 
+    # the live policy: /v1/models gained versions while the run trained (each step publishes one)
+    assert "generation service: http://127.0.0.1" in output and "generation_service_start" in results["timings_s"]
+    sizes = [len(s) for s in listed]
+    assert len(listed) >= 3 and sizes == sorted(sizes) and sizes[-1] >= 3, (listed, errors[-1:])
+    assert len(served) >= 2, (served.keys(), errors[-1:])
+    for name, lps in served.items():
+        version = int(name.removeprefix("policy-v"))
+        model, _ = build_peft_model(str(model_dir), run_config.learner.lora,
+                                    adapter_dir=str(out / "adapter_store" / f"v{version:06d}"))  # fmt: skip
+        model.eval()
+        learner = learner_logprobs(model, prompt_ids, completion_ids, tokenizer.pad_token_id).double()
+        assert torch.allclose(lps, learner, atol=1e-3), (name, lps, learner)
+
 
 RUN = "rayjob"
+
+
+def _watch_generation(url: str, prompt_ids, completion_ids, listed: list, served: dict, errors: list,
+                      stop: threading.Event) -> None:  # fmt: skip
+    """Until ``stop``: the policy versions ``/v1/models`` lists, each new set appended to ``listed``; for up to
+    3 of them, the log-probs of ``completion_ids`` after ``prompt_ids`` under ``latest``, by the version
+    that answered, into ``served``."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=url, api_key="none", max_retries=0, timeout=60)
+    while not stop.is_set():
+        try:
+            versions = {m.id for m in client.models.list().data if m.id.startswith("policy-v")}
+            if not listed or versions != listed[-1]:
+                listed.append(versions)
+                if versions and len(served) < 3:
+                    r = client.completions.create(model="latest", prompt=prompt_ids + completion_ids, max_tokens=1,
+                                                  echo=True, logprobs=0, temperature=1.0)  # fmt: skip
+                    lps = r.choices[0].logprobs.token_logprobs[len(prompt_ids) : len(prompt_ids) + len(completion_ids)]
+                    served[r.model] = torch.tensor(lps, dtype=torch.float64)
+        except Exception as exc:  # noqa: BLE001 - not up yet, or going down with the run
+            errors.append(exc)
+        stop.wait(0.2)
 
 
 def _vllm_processes() -> set:
