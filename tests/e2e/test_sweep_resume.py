@@ -5,8 +5,8 @@ trials keep it short). Once one trial has finished and the next is mid-phase wit
 registered, the driver's node dies (the driver and its local Ray cluster, SIGKILL). ``--resume``
 restores the Tune experiment: a trial that had finished is not run again (its run was never resumed), the interrupted one continues
 its phase from a checkpoint step > 0, and the summary holds both trials. The trials evaluate on
-validation only; the selected setting's trial alone is evaluated on test, after the selection, and
-once: a second ``--resume`` reads that evaluation back instead of running it again. Trials are tracked
+validation only; the selected setting's trial alone is evaluated on test, after the selection (a re-run
+reads that evaluation back: ``tests/unit/test_sweep.py``). Trials are tracked
 in MLflow (SQLite store) through Ray Tune's logger callback: every trial ends with a finished
 MLflow run holding its parameters and reports.
 """
@@ -38,7 +38,7 @@ overrides:
        checkpoint_every: 2}}
   dynamics: {{every: 6, n_prompts: 4, n_samples: 4, ks: [1, 4]}}
   eval: {{n_samples: 4, ks: [1, 4]}}
-  learner: {{sync_check_every: 0}}
+  learner: {{sync_check_every: 0, num_workers: 1}}   # (one rank: the run recovery test trains on two)
   cluster: {{dashboard: false}}   # (the ray job test covers the dashboard; here it only costs time)
   tracking: {{backend: mlflow, uri: "sqlite:///{{db}}", experiment: tiny-sweep}}
 space:
@@ -129,14 +129,7 @@ def test_sweep_driver_killed_mid_trial_resumes(tmp_path):
     assert markers or steps == list(range(1, max(steps) + 1)), steps
     assert (out / "sweep.csv").is_file() and (out / "report.html").is_file()
     _check_tracking(f"sqlite:///{tmp_path / 'mlflow.db'}", summary)
-
-    chosen = Path(tested[0]["run_dir"]) / "results.json"
-    proc = _sweep(path, out, "--resume")  # once more: the test evaluation is read back, not run again
-    output = proc.communicate(timeout=900)[0]
-    assert proc.returncode == 0, output[-4000:]
-    again = json.loads((out / "sweep.json").read_text())["selected"]["test"]
-    assert again["metrics"] == selected["test"]["metrics"]
-    stages = [s["stage"] for s in json.loads(chosen.read_text())["stages"]]
+    stages = [s["stage"] for s in json.loads((Path(tested[0]["run_dir"]) / "results.json").read_text())["stages"]]
     assert stages.count(f"test_{PHASE}") == 1, stages
 
 

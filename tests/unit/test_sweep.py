@@ -275,3 +275,22 @@ def test_a_resumed_selection_evaluates_test_once(tmp_path):
     assert run_metrics(back, tmp_path)["grpo/pass@1"] == 0.4 and run_metrics(back, tmp_path)["grpo/val_eval/pass@1"] == 0.5
     plain = {"name": "r", "phases": {"grpo": rec(0.7)}, "versions": {}}  # a run (or an older one) on test
     assert stages_to_test(plain, ["grpo"]) == [] and record_on_test(plain, "grpo").pass_at_k[1].mean == 0.7
+
+
+def test_a_sweep_rerun_reads_the_selected_trials_test_numbers_back(tmp_path):
+    """The sweep's step after the selection, on trials whose test evaluation is already in their results.json:
+    the numbers are read back. No trial directory holds the config an evaluation needs, so evaluating one again
+    would come back as that trial's error instead."""
+    from polyray.drivers.run import write_results
+    from polyray.drivers.sweep import chosen_trials, evaluate_selected_on_test
+    from polyray.eval.record import Estimate, EvalRecord
+
+    summary = _chosen_sweep()
+    for i, trial in enumerate(chosen_trials(summary)):
+        trial["run_dir"] = str(tmp_path / trial["run_dir"])
+        Path(trial["run_dir"]).mkdir(parents=True)
+        test = {"grpo": EvalRecord(pass_at_k={1: Estimate(0.2 + 0.1 * i)})}
+        write_results(Path(trial["run_dir"]), {"name": "t", "eval_split": "val", "phases": {}, "versions": {}, "test": test})
+    tested = evaluate_selected_on_test(summary)
+    assert [tested[t["run_dir"]]["grpo/pass@1"] for t in chosen_trials(summary)] == pytest.approx([0.2, 0.3, 0.4])
+    assert not any((Path(t["run_dir"]) / "config.resolved.yaml").exists() for t in chosen_trials(summary))
