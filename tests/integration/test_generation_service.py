@@ -206,7 +206,6 @@ def test_malformed_json_and_unknown_route(http):
     assert_healthy(http)
 
 
-@pytest.mark.serial  # compares the replica's latencies under load
 def test_a_large_chat_body_never_blocks_the_replicas_event_loop(service, http):
     """Templating and tokenising run off the replica's event loop: polyray's token count in a worker thread
     (the tokenizer releases the GIL), and vLLM's renderer in its own pool, for prompts that passed that
@@ -242,6 +241,7 @@ def test_a_large_chat_body_never_blocks_the_replicas_event_loop(service, http):
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages", r.text
     assert "tokens" in r.json()["error"]["message"]
     assert took > 1.0, took  # the body cost seconds of work, or this would check nothing
+    # relative, so it holds beside other tests: a blocked loop holds a ping for about the body's whole time
     assert len(lags) >= 5 and max(lags) < took / 2, (max(lags), took)
 
 
