@@ -103,10 +103,12 @@ def owner_tag(pid: int | None = None) -> str:
     return f"{_pid_namespace()}-{pid}-{start_time(pid)}"
 
 
-def _stale(tag: str, namespace: str) -> bool:
+def owner_gone(tag: str) -> bool:
+    """Whether the process an :func:`owner_tag` names is gone (False for a tag of another PID namespace,
+    or a name that is no tag: not ours to judge)."""
     parts = tag.split("-")
-    if len(parts) != 3 or parts[0] != namespace or not parts[1].isdigit():
-        return False  # not ours to judge: another PID namespace, or not one of these directories
+    if len(parts) != 3 or parts[0] != _pid_namespace() or not parts[1].isdigit():
+        return False
     return str(start_time(int(parts[1]))) != parts[2]
 
 
@@ -147,10 +149,9 @@ def shared_root(name: str, base: str | None = None) -> str:
 
 def sweep_stale(root: str) -> list[str]:
     """Remove the directories under ``root`` whose owner process is gone; returns their paths."""
-    namespace = _pid_namespace()
     removed = []
     for entry in os.scandir(root):
-        if entry.is_dir(follow_symlinks=False) and _stale(entry.name, namespace):
+        if entry.is_dir(follow_symlinks=False) and owner_gone(entry.name):
             remove_tree(entry.path)
             removed.append(entry.path)
     return removed

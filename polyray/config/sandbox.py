@@ -33,3 +33,8 @@ class SandboxConfig(StrictModel):
         description="Judge anyway when the host offers less than min_isolation (the mode is still reported in"
         " /healthz, the start log and every result).",
     )
+    require_memory_cap: bool = Field(
+        False,
+        description="Refuse to judge unless each sandbox's memory and processes are capped as a whole (cgroup v1"
+        " where the host mounts it writable); without, rlimits cap each process alone. /healthz says which holds.",
+    )

@@ -54,7 +54,7 @@ class CodeExecReward(ParameterisedReward):
     binary = True
 
     # resources and isolation policy of the serving host
-    server_only_params = ("memory_mb", "max_workers", "min_isolation", "allow_weak_sandbox")
+    server_only_params = ("memory_mb", "max_workers", "min_isolation", "allow_weak_sandbox", "require_memory_cap")
 
     class Params(ParamsModel):
         timeout_s: float = Field(10.0, gt=0, le=120, description="Wall-clock limit per item (seconds).")
@@ -64,12 +64,14 @@ class CodeExecReward(ParameterisedReward):
             "userns", description="Weakest sandbox isolation accepted; below it the reward refuses to start."
         )
         allow_weak_sandbox: bool = Field(False, description="Judge anyway below min_isolation (operator opt-in).")
+        require_memory_cap: bool = Field(
+            False, description="Refuse to start unless each sandbox's memory and processes are capped as a whole."
+        )
 
     def __init__(self, **params: Any):
         super().__init__(**params)
-        self.isolation = require_isolation(
-            self.config.min_isolation, self.config.allow_weak_sandbox, where="code_exec sandbox"
-        )
+        self.isolation = require_isolation(self.config.min_isolation, self.config.allow_weak_sandbox,
+                                           "code_exec sandbox", self.config.require_memory_cap)  # fmt: skip
 
     def score_batch(self, items: list[RewardItem]) -> list[RewardResult]:
         if not items:

@@ -130,10 +130,9 @@ class RewardDeployment:
         # their work directories are removed here, by the replica that replaces it
         swept = sweep_workdirs()
         if swept:
-            logger.info("reward replica: removed %d sandbox work directories of processes that are gone", len(swept))
-        self.sandbox_mode = require_isolation(
-            policy.min_isolation, policy.allow_weak_sandbox, where="reward service sandbox"
-        )
+            logger.info("reward replica: removed %d sandbox directories and groups of processes that are gone", len(swept))
+        self.sandbox_mode = require_isolation(policy.min_isolation, policy.allow_weak_sandbox, "reward service sandbox",
+                                              policy.require_memory_cap)  # fmt: skip
         self.sandbox_limits = limits_report()
         logger.info("reward replica: sandbox isolation %s (min_isolation %s), limits %s", self.sandbox_mode,
                     policy.min_isolation, self.sandbox_limits)  # fmt: skip

@@ -31,7 +31,9 @@ is detected once (:func:`detect_isolation`) and reported in every result:
     this mode contains accidents, not an adversary.
 
 In every mode: rlimits (CPU seconds, address space, file size, open files, processes,
-no core dumps), a wall-clock timeout that kills the whole process group, an empty
+no core dumps), where the host mounts cgroup v1 writable a memory and a pids group of the
+sandbox's own (its memory and tasks capped as a whole: :mod:`polyray.sandbox.cgroups`), a
+file count on each tmpfs, a wall-clock timeout that kills the whole process group, an empty
 environment (a few fixed variables, nothing inherited), stdout/stderr read through
 pipes up to a cap (the program is killed past it, the result keeps the tails), and
 the temporary directory deleted afterwards (by the next process to start a sandbox, if the
@@ -66,6 +68,7 @@ from polyray.lifetime import parent_of as _parent
 from polyray.lifetime import process_dir
 from polyray.lifetime import remove_tree as _rmtree
 from polyray.lifetime import shared_root, sweep_stale
+from polyray.sandbox.cgroups import SandboxCgroup, limits_report, sweep_cgroups, whole_sandbox_caps
 from polyray.sandbox.seccomp import build_filter
 
 Isolation = Literal["uid+namespaces", "userns", "rlimits"]
@@ -163,7 +166,7 @@ def build_root(newroot, strict):
     # A fresh tmpfs root holding only what a Python program needs; pivot_root into it
     # and detach the old root, so no path (and no chroot escape) leads back.
     mount(None, "/", None, MS_REC | MS_PRIVATE)
-    mount("tmpfs", newroot, "tmpfs", MS_NOSUID | MS_NODEV, "size=16m,mode=0755")
+    mount("tmpfs", newroot, "tmpfs", MS_NOSUID | MS_NODEV, "size=16m,nr_inodes=1024,mode=0755")
     for src in cfg["ro_binds"]:
         dst = newroot + src
         os.makedirs(os.path.dirname(dst), exist_ok=True)
@@ -193,12 +196,14 @@ def build_root(newroot, strict):
     except OSError:
         if strict:  # some container runtimes forbid a new proc in a user namespace
             raise
-    mount("tmpfs", newroot + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=%dm,mode=1777" % cfg["tmp_mb"])
+    # nr_inodes: empty files cost no size= but each holds kernel memory
+    tmpfs = "size=%dm,nr_inodes=%d" % (cfg["tmp_mb"], cfg["tmp_inodes"])
+    mount("tmpfs", newroot + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, tmpfs + ",mode=1777")
     # /sandbox is a size-capped tmpfs holding copies of the program's files, not the host
     # directory: what the program writes never reaches the host's disk, and cleanup on the
     # host never meets a file (or symlink) the program made.
     owner = ",uid=%d,gid=%d" % (cfg["uid"], cfg["gid"]) if cfg["uid"] is not None else ""
-    mount("tmpfs", newroot + "/sandbox", "tmpfs", MS_NOSUID | MS_NODEV, "size=%dm,mode=0700%s" % (cfg["tmp_mb"], owner))
+    mount("tmpfs", newroot + "/sandbox", "tmpfs", MS_NOSUID | MS_NODEV, tmpfs + ",mode=0700" + owner)
     for name in os.listdir(cfg["workdir"]):
         with open(os.path.join(cfg["workdir"], name), "rb") as src, open(newroot + "/sandbox/" + name, "wb") as dst:
             dst.write(src.read())
@@ -347,11 +352,18 @@ def init():
         reap_all()
     report(**({"signal": os.WTERMSIG(status)} if os.WIFSIGNALED(status) else {"exit": os.WEXITSTATUS(status)}))
 
+def join_cgroups():
+    # the sandbox's own memory and pids groups (cgroup v1), before anything else starts: every
+    # process of the sandbox is in them, its memory and tasks capped as a whole
+    for path in cfg["cgroup_procs"]:
+        write(path, str(os.getpid()))
+
 def main():
     try:
         die_with_parent()
         if os.getppid() != cfg["parent_pid"]:  # the service died before the line above
             os._exit(125)
+        join_cgroups()
         check(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "subreaper")
         unshare()
         pid = os.fork()
@@ -543,8 +555,14 @@ def _ro_binds() -> list[str]:
     return binds
 
 
+def _tmpfs_inodes(limits: SandboxLimits) -> int:
+    """Files (and directories) each of a sandbox's /tmp and /sandbox may hold: 64 per MiB of its size."""
+    return max(1024, 64 * limits.disk_mb)
+
+
 def _launch_config(
-    mode: str, base: str, uid: int | None, limits: SandboxLimits, status_fd: int, channel_fds: dict[int, int]
+    mode: str, base: str, uid: int | None, limits: SandboxLimits, status_fd: int, channel_fds: dict[int, int],
+    cgroup_procs: list[str] = (),
 ) -> dict:
     python, _ = _interpreter()
     work = os.path.join(base, "work")
@@ -556,6 +574,8 @@ def _launch_config(
         "status_fd": status_fd,
         "channel_fds": {str(target): src for target, src in channel_fds.items()},
         "tmp_mb": limits.disk_mb,
+        "tmp_inodes": _tmpfs_inodes(limits),
+        "cgroup_procs": list(cgroup_procs),
         "workdir": work,
         "newroot": os.path.join(base, "root"),
         "cwd": cwd,
@@ -772,13 +792,16 @@ def run_python(
         _close_all(channel_fds)
         return SandboxResult(status="killed", passed=False, duration_s=0.0, isolation=mode,
                              reason="stopped early by the caller")  # fmt: skip
-    uid, workdir, proc = None, None, None
+    uid, workdir, proc, cgroup = None, None, None, None
     status_r = status_w = -1
     try:  # everything the run takes is released in the finally, whatever raises on the way
         uid = _UIDS.acquire() if mode == "uid+namespaces" else None
         workdir = _make_workdir(source, uid, files or {})
+        # the whole sandbox's memory and tasks (the launcher and its init beside the program's), where
+        # the host has cgroup v1; None elsewhere
+        cgroup = SandboxCgroup.create(os.path.basename(workdir), limits.memory_mb << 20, limits.processes + 2)
         status_r, status_w = os.pipe()
-        cfg = _launch_config(mode, workdir, uid, limits, status_w, channel_fds)
+        cfg = _launch_config(mode, workdir, uid, limits, status_w, channel_fds, cgroup.procs_files() if cgroup else [])
         proc = subprocess.Popen(
             [cfg["python"], "-I", "-S", "-B", "-c", _LAUNCHER, json.dumps(cfg)],
             stdin=subprocess.DEVNULL,
@@ -796,6 +819,9 @@ def run_python(
         status_bytes, limit_hit = _pump(proc, status_r, start + limits.timeout_s, streams, stops)
         _end(proc, mode != "rlimits")  # ends the PID namespace (and anything left in rlimits mode)
         outcome = _interpret(status_bytes, limit_hit, limits)
+        if cgroup is not None and outcome["status"] in ("killed", "error") and cgroup.oom_kills():
+            outcome = {**outcome, "status": "killed",
+                       "reason": f"the sandbox's memory ran out ({limits.memory_mb} MB for all its processes)"}  # fmt: skip
         return SandboxResult(
             passed=outcome["status"] == "passed",
             stdout=_decode(streams.out),
@@ -824,6 +850,8 @@ def run_python(
             for stream in (proc.stdout, proc.stderr):
                 if stream:
                     stream.close()
+        if cgroup is not None:
+            cgroup.destroy()
         if workdir is not None:
             _rmtree(workdir)
         if uid is not None:
@@ -831,9 +859,9 @@ def run_python(
 
 
 def sweep_workdirs() -> list[str]:
-    """Remove the work directories that processes now gone left behind (a service SIGKILLed mid-run
-    runs no cleanup); a reward replica calls it when it starts. Returns the removed paths."""
-    return sweep_stale(shared_root(WORK_ROOT))
+    """Remove the work directories and cgroups that processes now gone left behind (a service SIGKILLed
+    mid-run runs no cleanup); a reward replica calls it when it starts. Returns the removed paths."""
+    return sweep_stale(shared_root(WORK_ROOT)) + sweep_cgroups()
 
 
 # A mode works if a program starts, runs the stdlib, and cannot reach the loopback.
@@ -870,13 +898,16 @@ def isolation_rank(mode: str) -> int:
     return len(ISOLATION_MODES) - 1 - ISOLATION_MODES.index(mode)  # type: ignore[arg-type]
 
 
-def require_isolation(min_isolation: str = "userns", allow_weak_sandbox: bool = False, where: str = "sandbox") -> str:
+def require_isolation(
+    min_isolation: str = "userns", allow_weak_sandbox: bool = False, where: str = "sandbox", require_memory_cap: bool = False
+) -> str:
     """The mode untrusted code will run in here, or :class:`WeakSandboxError` when it is below ``min_isolation``.
 
     ``rlimits`` (what is left without namespaces: a non-root image, a seccomp profile that
     forbids ``unshare``) contains accidents, not an adversary, and RL optimises against its
-    reward; so judging refuses to start there unless an operator opted in. ``where`` prefixes
-    the setting's name in the message (``reward service sandbox``, ``task.sandbox``)."""
+    reward; so judging refuses to start there unless an operator opted in. ``require_memory_cap``: refused
+    too unless each sandbox's memory and processes are capped as a whole (:mod:`polyray.sandbox.cgroups`).
+    ``where`` prefixes the setting's name in the message (``reward service sandbox``, ``task.sandbox``)."""
     if min_isolation not in ISOLATION_MODES:
         raise ValueError(f"{where}.min_isolation must be one of {', '.join(ISOLATION_MODES)}, not {min_isolation!r}")
     mode = detect_isolation()
@@ -885,4 +916,6 @@ def require_isolation(min_isolation: str = "userns", allow_weak_sandbox: bool = 
             f"{where}.min_isolation is {min_isolation!r} but this host offers only {mode!r} (no user or mount"
             f" namespaces); run where namespaces work, or set {where}.allow_weak_sandbox: true to accept it"
         )
+    if require_memory_cap and not whole_sandbox_caps():
+        raise WeakSandboxError(f"{where}.require_memory_cap is true but this host caps each process alone: {limits_report()}")
     return mode

@@ -82,7 +82,7 @@ def sandbox_judgement(
     Fails closed: raises :class:`~polyray.sandbox.WeakSandboxError` when the host's isolation is
     below ``sandbox.min_isolation`` (default :class:`SandboxConfig`) and no opt-in was given."""
     policy = sandbox or SandboxConfig()
-    require_isolation(policy.min_isolation, policy.allow_weak_sandbox, where="task.sandbox")
+    require_isolation(policy.min_isolation, policy.allow_weak_sandbox, "task.sandbox", policy.require_memory_cap)
     result = run_humaneval_check(problem, completion, timeout, memory_mb)
     reason = result.status if result.passed else f"{result.status}: {result.reason}"[:200]
     return Judgement(1.0 if result.passed else 0.0, reason)
@@ -127,7 +127,7 @@ class SandboxJudging:
 
         Refuses at once (:class:`~polyray.sandbox.WeakSandboxError`) on a host below ``sandbox.min_isolation``."""
         policy = self.config.sandbox
-        require_isolation(policy.min_isolation, policy.allow_weak_sandbox, where="task.sandbox")
+        require_isolation(policy.min_isolation, policy.allow_weak_sandbox, "task.sandbox", policy.require_memory_cap)
         return judge_in_threads(self.judge, prompts, groups, self.config.max_workers, on_done)
 
 

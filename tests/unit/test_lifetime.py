@@ -73,8 +73,9 @@ def test_owner_tag_tells_a_recycled_pid_apart():
     tag = lifetime.owner_tag()
     namespace, pid, started = tag.split("-")
     assert int(pid) == os.getpid() and int(started) == lifetime.start_time(os.getpid())
-    assert not lifetime._stale(tag, namespace)
-    assert lifetime._stale(f"{namespace}-{pid}-{int(started) + 1}", namespace)  # same pid, another process
+    assert not lifetime.owner_gone(tag)
+    assert lifetime.owner_gone(f"{namespace}-{pid}-{int(started) + 1}")  # same pid, another process
+    assert not lifetime.owner_gone(f"{int(namespace) + 1}-{pid}-{int(started) + 1}")  # another PID namespace's
 
 
 def test_shared_root_refuses_a_planted_symlink(tmp_path):

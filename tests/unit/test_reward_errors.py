@@ -159,10 +159,12 @@ def test_one_bad_item_is_that_items_alone(client):
 
 
 def test_healthz_says_which_limits_apply(client):
-    from polyray.sandbox.cgroups import cgroup_v2_status
+    from polyray.sandbox.cgroups import cgroup_v1_roots, cgroup_v2_status
 
     health = client().get("/healthz").json()
-    assert health["sandbox_limits"] == f"rlimits (cgroup v2 {cgroup_v2_status()})", health
+    v1 = cgroup_v1_roots()
+    expected = "cgroup v1 (memory, pids) + rlimits" if isinstance(v1, dict) else f"rlimits (cgroup v1: {v1}; cgroup v2 {cgroup_v2_status()})"
+    assert health["sandbox_limits"] == expected, health
 
 
 def test_cgroup_v2_status_reads_the_hosts_delegation(tmp_path):
