@@ -65,13 +65,13 @@ STOP_GRACE_S = 25.0  # Ctrl-C to a forced stop: the terminal is back within half
 
 
 @contextmanager
-def bounded_interrupt(grace_s: float = STOP_GRACE_S) -> Iterator[None]:
+def bounded_interrupt(grace_s: float | None = None) -> Iterator[None]:
     """Ctrl-C that gives the terminal back, around a command that starts processes (a local Ray
     cluster, vLLM engines, Serve). The first SIGINT raises ``KeyboardInterrupt`` in the main thread, as
     Python's own handler does, so the command cleans up (its services, rollout pool and Ray stop);
     once the block is left, Ray is shut down here, and whatever of the process tree as it stood at the
     Ctrl-C still runs (a worker a shutdown orphaned) is killed. When that is not done within
-    ``grace_s``, or at a second SIGINT, every process this one started is SIGKILLed
+    ``grace_s`` (default :data:`STOP_GRACE_S`), or at a second SIGINT, every process this one started is SIGKILLed
     (:func:`polyray.lifetime.kill_descendants`) and it exits with status 130 at once. A cluster the
     command only joined is not below it and is left alone. Outside the main thread: a no-op.
 
@@ -82,6 +82,7 @@ def bounded_interrupt(grace_s: float = STOP_GRACE_S) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    grace_s = STOP_GRACE_S if grace_s is None else grace_s  # read at the call: a test may shorten it
     tree: dict[int, int | None] = {}  # at the first Ctrl-C: {pid: start time}
     interrupted = threading.Event()
 

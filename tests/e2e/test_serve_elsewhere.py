@@ -86,13 +86,16 @@ def test_serve_reward_from_another_directory(tmp_path):
             proc.wait()
 
 
+STALLED_GRACE_S = 8.0
 STALLED = """
 import sys, time
 import ray.serve
+import polyray.cli.common
 ray.serve.shutdown = lambda: time.sleep(3600)  # Serve's shutdown never returns (it took minutes under load)
+polyray.cli.common.STOP_GRACE_S = %r  # the same deadline, shorter: the test waits it out
 from polyray.cli import main
 main(sys.argv[1:])
-"""
+""" % STALLED_GRACE_S
 
 
 def test_ctrl_c_returns_the_terminal_when_serves_shutdown_stalls(tmp_path):
@@ -103,15 +106,15 @@ def test_ctrl_c_returns_the_terminal_when_serves_shutdown_stalls(tmp_path):
                             start_new_session=True)  # fmt: skip
     try:
         assert _wait_healthy(f"http://127.0.0.1:{port}", proc)["status"] == "ok"
-        code, out = _interrupt(proc)
-        assert code == 130 and f"still stopping {STOP_GRACE_S:g} s after Ctrl-C" in out, out[-4000:]
+        code, out = _interrupt(proc, STALLED_GRACE_S)
+        assert code == 130 and f"still stopping {STALLED_GRACE_S:g} s after Ctrl-C" in out, out[-4000:]
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
 
 
-def _interrupt(proc: subprocess.Popen) -> tuple[int, str]:
+def _interrupt(proc: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> tuple[int, str]:
     """SIGINT to the command; (exit code, output) once it exits, which must be within its stop deadline
     (plus the time to kill what it started), with nothing it started left running: Ray's GCS, raylet and
     workers, Serve's controller, proxy and replicas."""
@@ -119,9 +122,9 @@ def _interrupt(proc: subprocess.Popen) -> tuple[int, str]:
     assert len(tree) > 3, tree  # the local cluster's processes at least
     proc.send_signal(signal.SIGINT)
     try:
-        out, _ = proc.communicate(timeout=STOP_GRACE_S + 15)
+        out, _ = proc.communicate(timeout=grace_s + 15)
     except subprocess.TimeoutExpired:
-        raise AssertionError(f"still running {STOP_GRACE_S + 15:g} s after Ctrl-C") from None
+        raise AssertionError(f"still running {grace_s + 15:g} s after Ctrl-C") from None
     deadline = time.monotonic() + 10  # a killed process is reaped by its parent or init
     while (left := [p for p, started in tree.items() if lifetime.alive(p, started)]) and time.monotonic() < deadline:
         time.sleep(0.2)
