@@ -3,7 +3,8 @@
 ``RewardDeployment`` is a thin shell around :class:`polyray.reward.scorer.RewardScorer`:
 
 - ``POST /v1/rewards`` ``{reward, items, params?}`` -> ``{reward, scores, details}`` in item order;
-- ``GET /v1/rewards`` lists reward functions and their parameters; ``GET /healthz``;
+- ``GET /v1/rewards`` lists reward functions and their parameters; ``GET /healthz`` (503 with the reason when
+  the replica cannot score: :meth:`RewardDeployment.cannot_score`, also Serve's health check);
 - the OpenAPI schema at ``/openapi.json`` (docs at ``/docs``).
 
 Concurrent requests are merged by ``@serve.batch`` and scored per (reward, params) in one
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -58,11 +60,11 @@ from polyray.reward.api import (
     not_utf8_field,
 )
 from polyray.reward.budget import check_request
-from polyray.reward.base import RewardError, RewardResult, format_validation_error
+from polyray.reward.base import RewardError, RewardItem, RewardResult, format_validation_error
 from polyray.reward.cancel import await_job
 from polyray.reward.custom import runtime_env
 from polyray.reward.scorer import RewardScorer, ScoreJob, as_items, score_jobs
-from polyray.sandbox import require_isolation, sweep_workdirs
+from polyray.sandbox import SandboxLimits, require_isolation, run_python, sweep_workdirs
 from polyray.sandbox.cgroups import limits_report
 
 logger = logging.getLogger(__name__)
@@ -85,6 +87,11 @@ HISTOGRAMS = {
     "polyray_reward_batch_seconds": ("Seconds one merged scoring call took.", [0.001, 0.01, 0.05, 0.1, 0.5, 1, 5, 30]),
 }
 COUNTERS = {"polyray_reward_items": "Items scored."}
+
+# the health probe: a trivial scoring call must finish within this (worker threads free, the sandbox starting);
+# its verdict holds for PROBE_EVERY_S, so a caller polling /healthz does not start a sandbox each time
+HEALTH_PROBE_S, PROBE_EVERY_S = 10.0, 5.0
+_PROBE_ITEM = RewardItem(prompt="nums 3 4 9 target 12\nexpr:", completion=" 3+9")  # countdown scores it 1.0
 
 _ERRORS = {
     400: {"description": "Malformed JSON, a body or parameters failing validation, NaN/Infinity, text that is not"
@@ -144,10 +151,49 @@ class RewardDeployment:
         self.metrics = Metrics({"reward": "", "run": ""}, histograms=HISTOGRAMS, counters=COUNTERS)
         self._score_batched.set_max_batch_size(self.config.max_batch_size)
         self._score_batched.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
+        self._probe: tuple[float, str | None] | None = None  # (when, verdict) of the last health probe
+        self.health_probe_s, self.probe_every_s = HEALTH_PROBE_S, PROBE_EVERY_S
+        self._probe_lock = asyncio.Lock()
 
     @app.get("/healthz")
-    async def healthz(self) -> dict[str, str]:
-        return {"status": "ok", "sandbox": self.sandbox_mode, "sandbox_limits": self.sandbox_limits}
+    async def healthz(self) -> Any:
+        health = {"status": "ok", "sandbox": self.sandbox_mode, "sandbox_limits": self.sandbox_limits}
+        reason = await self.cannot_score()
+        if reason is not None:
+            return JSONResponse({**health, "status": "unavailable", "reason": reason}, status_code=503)
+        return health
+
+    async def check_health(self) -> None:
+        """Serve's periodic health check: a replica that cannot score is restarted."""
+        reason = await self.cannot_score()
+        if reason is not None:
+            raise RuntimeError(f"reward replica cannot score: {reason}")
+
+    async def cannot_score(self) -> str | None:
+        """Why this replica cannot score now (None: it can). A countdown item is scored and, once code_exec
+        has been used here, a trivial program runs in the sandbox: off the event loop, like every scoring
+        call, and within :data:`HEALTH_PROBE_S` (every worker thread stuck is a failure too). The verdict
+        holds :data:`PROBE_EVERY_S`."""
+        async with self._probe_lock:
+            if self._probe is None or time.monotonic() - self._probe[0] >= self.probe_every_s:
+                try:
+                    verdict = await asyncio.wait_for(asyncio.to_thread(self._probe_once), self.health_probe_s)
+                except asyncio.TimeoutError:
+                    verdict = f"a trivial scoring call did not finish within {self.health_probe_s:g} s"
+                except Exception as exc:  # noqa: BLE001 - any failure to score is the verdict
+                    verdict = f"scoring a trivial item failed: {exc!r}"
+                self._probe = (time.monotonic(), verdict)
+            return self._probe[1]
+
+    def _probe_once(self) -> str | None:
+        [result] = self.scorer.score("countdown", [_PROBE_ITEM])
+        if result.score != 1.0:
+            return f"a known-correct countdown item scored {result.score}"
+        if self.scorer.built("code_exec"):
+            run = run_python("pass", SandboxLimits(timeout_s=5.0))
+            if not run.passed:
+                return f"the sandbox cannot run a program ({run.status}: {run.reason})"
+        return None
 
     @app.get("/v1/rewards")
     async def list_rewards(self) -> dict[str, Any]:

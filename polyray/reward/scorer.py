@@ -129,6 +129,11 @@ class RewardScorer:
                 self._instances.popitem(last=False)
         return fn
 
+    def built(self, reward: str) -> bool:
+        """Whether an instance of ``reward`` has been built here (it has scored, or been checked)."""
+        with self._lock:
+            return any(isinstance(fn, REWARD_FUNCTIONS[reward]) for fn in self._instances.values())
+
     def check(self, reward: str, params: dict[str, Any] | None = None, from_request: bool = False) -> None:
         """Build ``reward`` with ``params`` as :meth:`score` would, and a combination's components too
         (weighted_sum): a reward or parameters that cannot be used raise here, before any item is scored."""

@@ -224,6 +224,67 @@ def test_code_exec_over_http(http):
     assert_healthy(http)
 
 
+def test_a_hostile_flood_leaves_every_other_caller_served(http, service):
+    """48 concurrent requests of hostile code_exec items: completions and tests holding a lone
+    UTF-16 surrogate (valid JSON), an ``entry_point`` that is an expression, a test that raises. Each is
+    refused at the edge (400 naming the field) or fails its own item only; beside the flood, another
+    client's honest requests are all scored right; afterwards countdown and code_exec answer in normal
+    time and the replica is healthy. (Before, each surrogate item leaked two sandbox uids until the pool
+    ran dry and every later request hung, and one bad entry_point failed every request batched with it.)"""
+    import time
+
+    import httpx
+
+    test = {"test": "def check(f):\n    assert f(1) == 2\n", "entry_point": "inc"}
+    honest = {"prompt": "def inc(x):\n", "completion": "    return x + 1\n", "metadata": test}
+    hostile = [
+        {**honest, "completion": "    return '\ud800'\n"},  # a lone surrogate: no UTF-8 text
+        {**honest, "metadata": {**test, "test": "# \udfff\n" + test["test"]}},
+        {**honest, "metadata": {**test, "entry_point": "inc()"}},  # an expression, not a name
+        {**honest, "metadata": {**test, "test": "raise SystemExit(3)\n"}},
+    ]
+    surrogates = [{"reward": "code_exec", "items": [hostile[(i + j) % 4] for j in range(7)] + [honest]} for i in range(4)]
+    mixed = {"reward": "code_exec", "items": [hostile[2], hostile[3], honest, hostile[2]]}  # past the edge
+    bodies = [surrogates[i % 4] if i % 3 else mixed for i in range(48)]
+
+    def flood(body):  # JSON with \uXXXX escapes, as a client sends a lone surrogate (httpx's json= cannot)
+        with httpx.Client(base_url=service, timeout=120) as c:
+            return c.post("/v1/rewards", content=json.dumps(body), headers={"content-type": "application/json"})
+
+    def honest_caller(stop):
+        scores = []
+        with httpx.Client(base_url=service, timeout=120) as c:
+            while not stop.is_set():
+                r = c.post("/v1/rewards", json={"reward": "code_exec", "items": [honest]})
+                scores.append((r.status_code, r.json().get("scores")))
+        return scores
+
+    stop = threading.Event()
+    with ThreadPoolExecutor(9) as pool:
+        other = pool.submit(honest_caller, stop)
+        try:
+            answers = list(pool.map(flood, bodies))
+        finally:
+            stop.set()
+        served = other.result()
+    for body, r in zip(bodies, answers):
+        if body is mixed:  # the expression entry_point and the raising test fail alone; the honest item passes
+            assert r.status_code == 200 and r.json()["scores"] == [0.0, 0.0, 1.0, 0.0], r.text
+            assert r.json()["details"][0]["status"] == "error" and "identifier" in r.json()["details"][0]["reason"]
+        else:  # refused at the edge, naming the field
+            assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_text", r.text
+            assert r.json()["error"]["param"].startswith("items."), r.text
+    assert served and all(s == (200, [1.0]) for s in served), served  # the other caller: every request scored
+
+    started = time.monotonic()
+    r = http.post("/v1/rewards", json={"reward": "countdown", "items": [countdown_item([3, 4, 9], 12, " 3*4")]})
+    assert r.json()["scores"] == [1.0] and time.monotonic() - started < 5.0
+    started = time.monotonic()
+    assert http.post("/v1/rewards", json={"reward": "code_exec", "items": [honest]}).json()["scores"] == [1.0]
+    assert time.monotonic() - started < 15.0
+    assert_healthy(http)
+
+
 def test_score_via_handle(service):
     from polyray.reward.client import get_reward_handle, score_via_handle
 

@@ -167,6 +167,42 @@ def test_healthz_says_which_limits_apply(client):
     assert health["sandbox_limits"] == expected, health
 
 
+def test_healthz_and_serves_health_check_fail_while_the_replica_cannot_score(client, monkeypatch):
+    """A replica whose sandbox cannot start a program, or whose worker threads are all stuck, says so:
+    /healthz is 503 with the reason and Serve's health check raises it (Serve then restarts the replica)."""
+    import asyncio
+
+    from polyray import sandbox
+    from polyray.reward import deployment
+    from polyray.tasks.humaneval import humaneval_problems
+
+    http = client()
+    replica = deployment.serve.get_replica_context().servable_object
+    replica.probe_every_s = 0.0  # a fresh verdict on every call
+    assert http.get("/healthz").status_code == 200 and asyncio.run(replica.check_health()) is None
+    problem = humaneval_problems()["HumanEval/53"]
+    item = {"prompt": problem["prompt"], "completion": "    return x + y\n",
+            "metadata": {"test": problem["test"], "entry_point": problem["entry_point"]}}  # fmt: skip
+    assert http.post("/v1/rewards", json={"reward": "code_exec", "items": [item]}).json()["scores"] == [1.0]
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    with pytest.MonkeyPatch.context() as disk:
+        disk.setattr(sandbox, "_make_workdir", full_disk)  # the sandbox can start no program now
+        r = http.get("/healthz")
+        assert r.status_code == 503 and r.json()["status"] == "unavailable", r.text
+        assert "the sandbox cannot run a program" in r.json()["reason"] and "No space left" in r.json()["reason"]
+        with pytest.raises(RuntimeError, match="reward replica cannot score: the sandbox cannot run a program"):
+            asyncio.run(replica.check_health())
+    assert http.get("/healthz").status_code == 200  # the disk has room again: healthy again
+
+    replica.health_probe_s = 0.5
+    monkeypatch.setattr(replica.scorer, "score", lambda *a, **k: time.sleep(2))  # a scoring call stuck past the probe
+    r = http.get("/healthz")
+    assert r.status_code == 503 and "did not finish within 0.5 s" in r.json()["reason"], r.text
+
+
 def test_cgroup_v2_status_reads_the_hosts_delegation(tmp_path):
     from polyray.sandbox.cgroups import cgroup_v2_status
 
