@@ -134,7 +134,9 @@ def _check_run(out: Path, steps: dict[str, int]) -> dict:
 def test_run_survives_every_process_dying(tmp_path):
     out = tmp_path / "run"
     poly = "{type: polychromic_sft, steps: 6, batch_size: 8, prompts_per_step: 4, n_samples: 3, checkpoint_every: 2}"
-    grpo = GRPO[:-1] % 10 + ", async_rollouts: true, max_lag: 1}"  # the rollout kill hits a prefetch too
+    # 14 steps: the driver's kill (at step 9) lands mid-phase even when the poll lags a loaded machine's steps;
+    # with 10, GRPO once finished training first, and the resume had no phase to continue
+    grpo = GRPO[:-1] % 14 + ", async_rollouts: true, max_lag: 1}"  # the rollout kill hits a prefetch too
     phases = f"[{poly}, {grpo}]"
     kills = [
         ("polychromic_sft", 3, "RayTrainWorker"),  # learner worker mid-polychromic-SFT
@@ -156,7 +158,7 @@ def test_run_survives_every_process_dying(tmp_path):
     code, output, _ = _run(out, phases, [], extra=["--resume", *tracking])
     assert code == 0, output[-4000:]
     assert list(record.parent.glob(f"{record.name}.unreadable-*")), "the cut-off record was not set aside"
-    results = _check_run(out, {"polychromic_sft": 6, "grpo": 10})
+    results = _check_run(out, {"polychromic_sft": 6, "grpo": 14})
     stages = [(s["stage"], s["attempt"]) for s in results["stages"]]
     # nothing finished is redone: base and polychromic SFT trained and evaluated once, by the first attempt
     assert stages == [("eval_base", 0), ("train_polychromic_sft", 0), ("eval_polychromic_sft", 0),
@@ -171,7 +173,7 @@ def test_run_survives_every_process_dying(tmp_path):
     for phase in ("polychromic_sft", "grpo"):
         assert [r["step"] for r in rows if r.get("phase") == phase and "event" not in r].count(1) == 1, phase
 
-    _check_tracking(f"sqlite:///{tmp_path / 'mlflow.db'}", out, results, {"polychromic_sft": 6, "grpo": 10})
+    _check_tracking(f"sqlite:///{tmp_path / 'mlflow.db'}", out, results, {"polychromic_sft": 6, "grpo": 14})
 
 
 def _check_tracking(uri: str, out: Path, results: dict, steps: dict[str, int]) -> None:
