@@ -562,7 +562,7 @@ def _tmpfs_inodes(limits: SandboxLimits) -> int:
 
 def _launch_config(
     mode: str, base: str, uid: int | None, limits: SandboxLimits, status_fd: int, channel_fds: dict[int, int],
-    cgroup_procs: list[str] = (),
+    cgroup_procs: list[str] | None = None,
 ) -> dict:
     python, _ = _interpreter()
     work = os.path.join(base, "work")
@@ -575,7 +575,7 @@ def _launch_config(
         "channel_fds": {str(target): src for target, src in channel_fds.items()},
         "tmp_mb": limits.disk_mb,
         "tmp_inodes": _tmpfs_inodes(limits),
-        "cgroup_procs": list(cgroup_procs),
+        "cgroup_procs": list(cgroup_procs or []),
         "workdir": work,
         "newroot": os.path.join(base, "root"),
         "cwd": cwd,

@@ -72,7 +72,7 @@ def cgroup_v1_roots(mountinfo: str = "/proc/self/mountinfo") -> dict[str, str] |
     missing = [c for c in WANTED if c not in roots]
     if missing:
         return f"no cgroup v1 {' or '.join(missing)} hierarchy mounted"
-    for controller, root in roots.items():
+    for root in roots.values():
         try:
             os.makedirs(os.path.join(root, GROUP), exist_ok=True)
         except OSError as exc:
