@@ -120,317 +120,12 @@ class SandboxResult(BaseModel):
     reason: str = Field("", description="Human-readable explanation of the status.")
 
 
-# --------------------------------------------------------------------------- launcher
-# Runs in a fresh interpreter (``python -I -S -c``) as the service's user. Standard
-# library only; every failure before the program starts is reported as {"error": ...}.
-_LAUNCHER = r"""
-import ctypes, json, os, resource, sys
-
-cfg = json.loads(sys.argv[1])
-MODE = cfg["mode"]
-NEWNS, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET = 0x20000, 0x4000000, 0x8000000, 0x10000000, 0x20000000, 0x40000000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
-MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
-PR_SET_NO_NEW_PRIVS, PR_CAPBSET_DROP, PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_SECCOMP = 38, 24, 1, 36, 22
-SIGKILL, SIGSTOP = 9, 19
-libc = ctypes.CDLL(None, use_errno=True)
-os.umask(0o022)
-
-def report(**kw):
-    os.write(cfg["status_fd"], json.dumps(kw).encode())
-
-def check(rc, what):
-    if rc != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, what + ": " + os.strerror(err))
-
-def mount(src, target, fstype, flags, data=None):
-    enc = lambda s: s.encode() if s is not None else None
-    check(libc.mount(enc(src), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)), "mount " + target)
-
-def write(path, text):
-    with open(path, "w") as f:
-        f.write(text)
-
-def unshare():
-    if MODE == "uid+namespaces":
-        check(libc.unshare(NEWNS | NEWNET | NEWPID | NEWIPC | NEWUTS), "unshare")
-    elif MODE == "userns":
-        uid, gid = os.getuid(), os.getgid()
-        check(libc.unshare(NEWUSER | NEWNS | NEWNET | NEWPID | NEWIPC | NEWUTS), "unshare")
-        write("/proc/self/setgroups", "deny")
-        write("/proc/self/uid_map", "0 %d 1" % uid)
-        write("/proc/self/gid_map", "0 %d 1" % gid)
-
-def build_root(newroot, strict):
-    # A fresh tmpfs root holding only what a Python program needs; pivot_root into it
-    # and detach the old root, so no path (and no chroot escape) leads back.
-    mount(None, "/", None, MS_REC | MS_PRIVATE)
-    mount("tmpfs", newroot, "tmpfs", MS_NOSUID | MS_NODEV, "size=16m,nr_inodes=1024,mode=0755")
-    for src in cfg["ro_binds"]:
-        dst = newroot + src
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        if os.path.islink(src):  # merged-/usr links such as /bin -> usr/bin, /etc/localtime
-            os.symlink(os.readlink(src), dst)
-            continue
-        if os.path.isdir(src):
-            os.makedirs(dst, exist_ok=True)
-        else:  # a single /etc file: bound over an empty one
-            open(dst, "w").close()
-        mount(src, dst, None, MS_BIND | MS_REC)
-        try:
-            mount(None, dst, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
-        except OSError:
-            if strict:  # an unprivileged user namespace may refuse to change locked flags
-                raise
-    os.makedirs(newroot + "/dev")
-    for name in ("null", "zero", "full", "random", "urandom"):
-        open(newroot + "/dev/" + name, "w").close()
-        mount("/dev/" + name, newroot + "/dev/" + name, None, MS_BIND)
-    for name, fd in (("fd", ""), ("stdin", "/0"), ("stdout", "/1"), ("stderr", "/2")):
-        os.symlink("/proc/self/fd" + fd, newroot + "/dev/" + name)
-    for name in ("proc", "tmp", "sandbox"):
-        os.makedirs(newroot + "/" + name)
-    try:  # this process is PID 1 of the new PID namespace, so this /proc shows only the sandbox
-        mount("proc", newroot + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    except OSError:
-        if strict:  # some container runtimes forbid a new proc in a user namespace
-            raise
-    # nr_inodes: empty files cost no size= but each holds kernel memory
-    tmpfs = "size=%dm,nr_inodes=%d" % (cfg["tmp_mb"], cfg["tmp_inodes"])
-    mount("tmpfs", newroot + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, tmpfs + ",mode=1777")
-    # /sandbox is a size-capped tmpfs holding copies of the program's files, not the host
-    # directory: what the program writes never reaches the host's disk, and cleanup on the
-    # host never meets a file (or symlink) the program made.
-    owner = ",uid=%d,gid=%d" % (cfg["uid"], cfg["gid"]) if cfg["uid"] is not None else ""
-    mount("tmpfs", newroot + "/sandbox", "tmpfs", MS_NOSUID | MS_NODEV, tmpfs + ",mode=0700" + owner)
-    for name in os.listdir(cfg["workdir"]):
-        with open(os.path.join(cfg["workdir"], name), "rb") as src, open(newroot + "/sandbox/" + name, "wb") as dst:
-            dst.write(src.read())
-    os.chdir(newroot)
-    check(libc.syscall(cfg["pivot_root_syscall"], b".", b"."), "pivot_root")  # old root now stacked under "."
-    check(libc.umount2(b".", 2), "detach old root")  # MNT_DETACH
-    os.chdir("/")
-    mount(None, "/", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
-
-def drop_all_capabilities():
-    # userns mode: the program is root of its user namespace; without capabilities it
-    # cannot unmount or remount anything in the sandbox's root.
-    for cap in range(64):
-        libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
-    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this thread
-    data = (ctypes.c_uint32 * 6)()
-    check(libc.capset(header, data), "capset")
-
-def drop_privileges():
-    if MODE == "uid+namespaces":
-        os.setgroups([])
-        os.setgid(cfg["gid"])
-        os.setuid(cfg["uid"])
-    elif MODE == "userns":
-        drop_all_capabilities()
-    check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")  # setuid binaries gain nothing
-
-def place_channels():
-    # The program's extra pipes (a call channel) land on fds 3, 4, ...; everything else closes.
-    import fcntl
-    high = {int(target): fcntl.fcntl(src, fcntl.F_DUPFD, 1000) for target, src in cfg["channel_fds"].items()}
-    for target, src in high.items():  # via fds >= 1000, so no target overwrites another's source
-        os.dup2(src, target)
-    os.closerange(3 + len(high), 65536)
-
-def close_channels():
-    # Only the program keeps its channel ends, so the peer sees end-of-file when it exits.
-    for src in cfg["channel_fds"].values():
-        try:
-            os.close(src)
-        except OSError:
-            pass
-
-def die_with_parent():
-    # SIGKILL when the parent dies: a killed service takes its sandboxes along (set after
-    # setuid, which clears it; cleared again in each child the program forks).
-    check(libc.prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0), "pdeathsig")
-
-def install_seccomp():
-    # the deny list of polyray/sandbox/seccomp.py; needs no_new_privs, cannot be undone
-    class Fprog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-    prog = bytes.fromhex(cfg["seccomp"])
-    buf = ctypes.create_string_buffer(prog, len(prog))
-    fprog = Fprog(len(prog) // 8, ctypes.addressof(buf))
-    check(libc.prctl(PR_SET_SECCOMP, 2, ctypes.byref(fprog), 0, 0), "seccomp")  # SECCOMP_MODE_FILTER
-
-def run_program():
-    os.chdir(cfg["cwd"])
-    drop_privileges()
-    die_with_parent()
-    place_channels()  # before RLIMIT_NOFILE, which would refuse the high fds it moves through
-    for name, value in cfg["rlimits"].items():
-        resource.setrlimit(getattr(resource, name), (value, value))
-    install_seccomp()
-    os.execve(cfg["python"], cfg["argv"], cfg["env"])
-
-def descendants():
-    # PIDs below this process (a subreaper, so orphans stay below it), from /proc
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open("/proc/%s/stat" % entry) as f:
-                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                pass
-    found, frontier = set(), {os.getpid()}
-    while frontier:
-        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - found
-        found |= frontier
-    return found
-
-def kill_descendants():
-    # Freeze first (a stopped process cannot fork), until no new one appears; then kill all.
-    stopped = set()
-    for _ in range(1000):
-        new = descendants() - stopped
-        if not new:
-            break
-        for pid in new:
-            try:
-                os.kill(pid, SIGSTOP)
-            except OSError:
-                pass
-        stopped |= new
-    for pid in stopped:
-        try:
-            os.kill(pid, SIGKILL)
-        except OSError:
-            pass
-
-def reap_all():
-    while True:
-        try:
-            os.waitpid(-1, 0)
-        except ChildProcessError:
-            return
-        except InterruptedError:
-            continue
-
-def cap_pids():
-    # userns mode: RLIMIT_NPROC does not bind a root service (the program is uid 0 on the host),
-    # so the PID namespace's own pid_max (Linux >= 6.14) bounds its tasks. Root of this user
-    # namespace has no capability outside it, so on an older kernel, where pid_max is the
-    # host's, the write is refused (EPERM) and changes nothing: best effort there.
-    try:
-        write("/proc/sys/kernel/pid_max", str(cfg["pid_max"]))
-    except OSError:
-        pass
-
-def init():
-    # PID 1 of the sandbox's PID namespace (a plain child in rlimits mode): build the
-    # root, start the program, reap, report the program's fate, exit (killing the rest).
-    die_with_parent()
-    if MODE != "rlimits":
-        build_root(cfg["newroot"], strict=MODE == "uid+namespaces")
-        if MODE == "userns":
-            cap_pids()
-    else:  # no PID namespace: orphans (a double fork, setsid) are re-parented here, not to the host's init
-        check(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "subreaper")
-    pid = os.fork()
-    if pid == 0:
-        try:
-            run_program()
-        except BaseException as exc:
-            report(error="could not start the program: %r" % (exc,))
-        os._exit(127)
-    close_channels()
-    while True:
-        got, status = os.waitpid(-1, 0)
-        if got == pid:
-            break
-    if MODE == "rlimits":  # in a PID namespace, this process exiting kills the rest
-        kill_descendants()
-        reap_all()
-    report(**({"signal": os.WTERMSIG(status)} if os.WIFSIGNALED(status) else {"exit": os.WEXITSTATUS(status)}))
-
-def join_cgroups():
-    # the sandbox's own memory and pids groups (cgroup v1), before anything else starts: every
-    # process of the sandbox is in them, its memory and tasks capped as a whole
-    for path in cfg["cgroup_procs"]:
-        write(path, str(os.getpid()))
-
-def main():
-    try:
-        die_with_parent()
-        if os.getppid() != cfg["parent_pid"]:  # the service died before the line above
-            os._exit(125)
-        join_cgroups()
-        check(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "subreaper")
-        unshare()
-        pid = os.fork()
-    except BaseException as exc:
-        report(error="sandbox setup failed (%s): %r" % (MODE, exc))
-        sys.exit(125)
-    if pid != 0:
-        close_channels()
-    if pid == 0:
-        try:
-            init()
-        except BaseException as exc:
-            report(error="sandbox setup failed (%s): %r" % (MODE, exc))
-        os._exit(0)
-    reap_all()  # init, and whatever was orphaned here when init died
-
-main()
-"""
-
-# Runs the program in rlimits mode: the audit hook is the only thing between the
-# program and the service's files and sockets, so it refuses what a test never needs.
-_GUARD = r"""
-import os, sys
-_WORKDIR = os.path.realpath(os.getcwd())
-_READ_OK = tuple(os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix))
-_READ_OK += ("/dev/null", "/dev/urandom")
-_BLOCKED = ("socket.", "os.kill", "os.killpg", "signal.pthread_kill", "os.fork", "os.forkpty", "os.posix_spawn",
-            "os.exec", "os.system", "os.spawn", "subprocess.", "ctypes.", "os.setuid", "os.setgid", "pty.")
-_WRITE_EVENTS = ("os.remove", "os.rmdir", "os.rename", "os.chmod", "os.chown", "os.mkdir", "os.symlink", "os.link",
-                 "os.truncate", "os.utime", "shutil.rmtree", "shutil.move", "shutil.copyfile", "os.chflags")
-_READ_EVENTS = ("os.listdir", "os.scandir")  # the import system lists the stdlib's directories
-
-def _inside(path, roots):
-    try:
-        path = os.path.realpath(os.fsdecode(path))
-    except (TypeError, ValueError):
-        return False
-    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
-
-def _opens_for_writing(mode, flags):
-    if isinstance(mode, str):
-        return any(c in mode for c in "wax+")
-    return bool(flags & 3)  # O_WRONLY or O_RDWR
-
-def _hook(event, args):
-    if event.startswith(_BLOCKED) or event == "import" and args[0] in ("ctypes", "_ctypes"):
-        raise PermissionError("sandbox: %s is not allowed" % event)
-    if not args or not isinstance(args[0], (str, bytes, os.PathLike)):
-        return
-    if event == "open":
-        roots = (_WORKDIR,) if _opens_for_writing(args[1], args[2]) else (_WORKDIR,) + _READ_OK
-    elif event in _WRITE_EVENTS:
-        roots = (_WORKDIR,)
-    elif event in _READ_EVENTS:
-        roots = (_WORKDIR,) + _READ_OK
-    else:
-        return
-    if not _inside(args[0], roots):
-        raise PermissionError("sandbox: %s(%r) is outside the sandbox" % (event, args[0]))
-
-sys.addaudithook(_hook)
-_path = sys.argv[1]
-del sys.argv[0]
-with open(_path) as _f:
-    _code = compile(_f.read(), _path, "exec")
-exec(_code, {"__name__": "__main__", "__file__": _path, "__builtins__": __builtins__})
-"""
+# --------------------------------------------------------------------------- the two programs
+# Module files, run by a fresh interpreter as ``python -I -S -B <path>`` (standard library only, nothing of
+# polyray imported): the launcher isolates itself and starts the program; the guard is the audit hook a
+# program runs under in rlimits mode.
+_LAUNCHER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "launcher.py")
+_GUARD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "guard.py")
 
 
 # ------------------------------------------------------------------------- service side
@@ -491,9 +186,24 @@ class _UidPool:
 _UIDS = _UidPool()
 
 
-def _rlimits(limits: SandboxLimits, mode: str) -> dict[str, int]:
+# Without a cgroup capping the whole sandbox, each process gets at least this much address space, and
+# as few processes as keep processes x address space within memory_mb.
+_MIN_PROCESS_MB = 256
+
+
+def _process_budget(limits: SandboxLimits, mode: str, whole: bool) -> tuple[int, int]:
+    """(processes, MB of address space each). ``whole``: a cgroup caps the sandbox's memory and tasks, so
+    each process may use all of ``memory_mb``; else processes x address space stays within it (rlimits
+    mode starts no process, so its one process has it all)."""
+    if whole or mode == "rlimits":
+        return limits.processes, limits.memory_mb
+    processes = max(1, min(limits.processes, limits.memory_mb // _MIN_PROCESS_MB))
+    return processes, limits.memory_mb // processes
+
+
+def _rlimits(limits: SandboxLimits, mode: str, whole: bool = True) -> dict[str, int]:
     cpu = limits.cpu_s if limits.cpu_s is not None else int(limits.timeout_s) + 1
-    nproc = limits.processes
+    nproc, memory_mb = _process_budget(limits, mode, whole)
     if mode == "rlimits":
         # Same uid as the service and no user namespace: the kernel counts the service's
         # own tasks against the limit too. (In a user namespace, Linux >= 5.14 counts per
@@ -502,7 +212,7 @@ def _rlimits(limits: SandboxLimits, mode: str) -> dict[str, int]:
     mb = 1 << 20
     return {
         "RLIMIT_CPU": cpu,
-        "RLIMIT_AS": limits.memory_mb * mb,
+        "RLIMIT_AS": memory_mb * mb,
         "RLIMIT_FSIZE": limits.file_size_mb * mb,
         "RLIMIT_NOFILE": limits.open_files,
         "RLIMIT_NPROC": nproc,
@@ -564,11 +274,12 @@ def _launch_config(
     mode: str, base: str, uid: int | None, limits: SandboxLimits, status_fd: int, channel_fds: dict[int, int],
     cgroup_procs: list[str] | None = None,
 ) -> dict:
+    whole = bool(cgroup_procs)  # a cgroup caps the whole sandbox's memory and tasks
     python, _ = _interpreter()
     work = os.path.join(base, "work")
     namespaced = mode != "rlimits"
     cwd = "/sandbox" if namespaced else work
-    argv = [python, "-I", "-S", "-B"] + (["program.py"] if namespaced else ["-c", _GUARD, "program.py"])
+    argv = [python, "-I", "-S", "-B"] + (["program.py"] if namespaced else [_GUARD, "program.py"])
     return {
         "mode": mode,
         "status_fd": status_fd,
@@ -584,13 +295,15 @@ def _launch_config(
         "python": python,
         "argv": argv,
         "env": {**_SANDBOX_ENV, "HOME": cwd, "TMPDIR": "/tmp" if namespaced else work},
-        "rlimits": _rlimits(limits, mode),
+        "rlimits": _rlimits(limits, mode, whole),
         "pid_max": _pid_max(limits),
         "ro_binds": _ro_binds(),
         "pivot_root_syscall": _PIVOT_ROOT_SYSCALL.get(platform.machine(), -1),
         # ValueError on another architecture: no run. Without a PID namespace a program's processes
         # would not die with it, so in rlimits mode it starts none.
-        "seccomp": build_filter(platform.machine(), forks=namespaced).hex(),
+        # Without a cgroup, nothing bounds memory outside the processes' address spaces: no SysV IPC
+        # (rlimits mode shares the host's IPC namespace, where it would outlive the run) and no memfd.
+        "seccomp": build_filter(platform.machine(), forks=namespaced, shared_memory=whole and namespaced).hex(),
         "parent_pid": os.getpid(),
     }
 
@@ -803,8 +516,8 @@ def run_python(
         status_r, status_w = os.pipe()
         cfg = _launch_config(mode, workdir, uid, limits, status_w, channel_fds, cgroup.procs_files() if cgroup else [])
         proc = subprocess.Popen(
-            [cfg["python"], "-I", "-S", "-B", "-c", _LAUNCHER, json.dumps(cfg)],
-            stdin=subprocess.DEVNULL,
+            [cfg["python"], "-I", "-S", "-B", _LAUNCHER],
+            stdin=subprocess.PIPE,  # its settings: on no command line the program could read
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=os.path.join(workdir, "work"),
@@ -815,6 +528,8 @@ def run_python(
         os.close(status_w)
         status_w = -1
         _close_all(channel_fds)
+        with proc.stdin:
+            proc.stdin.write(json.dumps(cfg).encode())
         streams = _Streams(limits.output_bytes, limits.tail_bytes)
         status_bytes, limit_hit = _pump(proc, status_r, start + limits.timeout_s, streams, stops)
         _end(proc, mode != "rlimits")  # ends the PID namespace (and anything left in rlimits mode)
@@ -847,7 +562,7 @@ def run_python(
                 os.close(fd)
         _close_all(channel_fds)
         if proc is not None:
-            for stream in (proc.stdout, proc.stderr):
+            for stream in (proc.stdin, proc.stdout, proc.stderr):
                 if stream:
                     stream.close()
         if cgroup is not None:

@@ -89,7 +89,10 @@ def limits_report() -> str:
     """What caps a sandbox's resources here, for ``/healthz`` and the start log."""
     if isinstance(_v1(), dict):
         return "cgroup v1 (memory, pids) + rlimits"
-    return f"rlimits (cgroup v1: {_v1()}; cgroup v2 {cgroup_v2_status()})"
+    return (
+        f"rlimits: processes x address space within memory_mb, no SysV IPC or memfd (cgroup v1: {_v1()};"
+        f" cgroup v2 {cgroup_v2_status()})"
+    )
 
 
 def whole_sandbox_caps() -> bool:

@@ -17,6 +17,10 @@ is inherited by everything the program starts and cannot be removed. It denies, 
 - with ``forks=False`` (``rlimits`` mode, which has no PID namespace to take a program's
   processes along when the service dies): every new process, i.e. ``fork``, ``vfork`` and
   ``clone`` without ``CLONE_THREAD``. Threads still start.
+- with ``shared_memory=False`` (where no cgroup caps the whole sandbox, and in ``rlimits`` mode, which
+  shares the host's IPC namespace): SysV shared memory, semaphores and message queues, and
+  ``memfd_create``: memory in no process's address space, which no rlimit bounds. (POSIX shared
+  memory needs ``/dev/shm``, which the sandbox's root does not have.)
 
 It fails closed: a system call of another ABI (i386 or x32 on x86_64) kills the process, and
 on an architecture without a table here (not x86_64 or aarch64) the sandbox refuses to run.
@@ -52,7 +56,7 @@ SYSCALLS = {
         "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "keyctl": 250, "add_key": 248,
         "request_key": 249, "init_module": 175, "finit_module": 313, "delete_module": 176, "kexec_load": 246,
         "kexec_file_load": 320, "reboot": 169, "swapon": 167, "swapoff": 168, "acct": 163,
-        "fork": 57, "vfork": 58,
+        "fork": 57, "vfork": 58, "shmget": 29, "shmat": 30, "semget": 64, "msgget": 68, "memfd_create": 319,
     },
     "aarch64": {
         "socket": 198, "clone": 220, "clone3": 435, "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271,
@@ -62,11 +66,14 @@ SYSCALLS = {
         "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "keyctl": 219, "add_key": 217,
         "request_key": 218, "init_module": 105, "finit_module": 273, "delete_module": 106, "kexec_load": 104,
         "kexec_file_load": 294, "reboot": 142, "swapon": 224, "swapoff": 225, "acct": 89,
+        "shmget": 194, "shmat": 196, "semget": 190, "msgget": 186, "memfd_create": 279,
     },
 }  # fmt: skip
 
 # what a new process is made with besides clone (aarch64 has neither: libc forks through clone)
 FORKS = ("fork", "vfork")
+# memory in no process's address space: SysV IPC objects and memfd files (refused where no cgroup caps it)
+SHARED_MEMORY = ("shmget", "shmat", "semget", "msgget", "memfd_create")
 AF_UNIX = 1
 CLONE_THREAD = 0x00010000
 CLONE_NEW_FLAGS = 0x7E020080  # NEWTIME | NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET
@@ -79,10 +86,10 @@ _KILL_PROCESS, _ERRNO, _ALLOW = 0x80000000, 0x00050000, 0x7FFF0000
 _NR, _ARCH, _ARG0 = 0, 4, 16  # offsets in struct seccomp_data (arg0's low 32 bits: little-endian)
 
 
-def build_filter(machine: str, forks: bool = True) -> bytes:
+def build_filter(machine: str, forks: bool = True, shared_memory: bool = True) -> bytes:
     """The filter for ``machine`` (``platform.machine()``) as ``struct sock_filter[]`` bytes;
     ``ValueError`` where there is no table (the sandbox then refuses to run). ``forks=False``
-    also denies every new process (threads excepted)."""
+    also denies every new process (threads excepted); ``shared_memory=False`` SysV IPC and memfd."""
     if machine not in SYSCALLS:
         raise ValueError(f"no seccomp filter for the {machine} architecture (x86_64 and aarch64 only)")
     nr = SYSCALLS[machine]
@@ -94,7 +101,8 @@ def build_filter(machine: str, forks: bool = True) -> bytes:
     ]
     if machine == "x86_64":
         prog += [(_JGE, 0, 1, X32_SYSCALL_BIT), (_RET, 0, 0, _KILL_PROCESS)]
-    for name in DENIED + (() if forks else tuple(f for f in FORKS if f in nr)):
+    denied = DENIED + (() if forks else tuple(f for f in FORKS if f in nr)) + (() if shared_memory else SHARED_MEMORY)
+    for name in denied:
         prog += [(_JEQ, 0, 1, nr[name]), (_RET, 0, 0, _ERRNO | EPERM)]
     prog += [(_JEQ, 0, 1, nr["clone3"]), (_RET, 0, 0, _ERRNO | ENOSYS)]
     prog += [  # socket(family, ...): AF_UNIX only

@@ -213,3 +213,40 @@ def test_a_sandboxs_groups_are_gone_after_it(mode):
     for root in cgroups.cgroup_v1_roots().values():
         own = os.path.join(root, cgroups.owner_tag())
         assert [e.name for e in os.scandir(own) if e.is_dir()] == []  # each removed after the run
+
+
+# ------------------------------------------------------------------- a host without cgroups
+
+ATTEMPTS = """
+    import ctypes, os, resource
+    libc = ctypes.CDLL(None, use_errno=True)
+    space, processes = resource.getrlimit(resource.RLIMIT_AS)[0], resource.getrlimit(resource.RLIMIT_NPROC)[0]
+    print("budget", space >> 20, processes)
+    for call, args in (("shmget", (0, 1 << 20, 0o1600)), ("semget", (0, 1, 0o1600)), ("msgget", (0, 0o1600)),
+                       ("memfd_create", (b"x", 0))):
+        print(call, getattr(libc, call)(*args), ctypes.get_errno())
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.serial  # reads the host's free memory and Shmem
+@pytest.mark.parametrize("mode", NAMESPACED)
+def test_without_cgroups_processes_times_address_space_fit_the_cap(mode, monkeypatch):
+    """Where no cgroup can be used: as few processes as keep processes x address space within ``memory_mb``,
+    and no memory outside the address spaces (SysV IPC, memfd: refused)."""
+    if mode not in working_modes():
+        pytest.skip(f"{mode} does not work on this host")
+    monkeypatch.setattr(cgroups, "_v1", lambda: "switched off by the test")
+    assert not cgroups.whole_sandbox_caps() and "no SysV IPC or memfd" in cgroups.limits_report()
+    result, _ = _run(mode, ATTEMPTS, memory_mb=512)
+    assert result.passed, result
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    space, processes = map(int, lines["budget"].split())
+    assert space * processes <= 512 and processes >= 1, lines
+    for call in ("shmget", "semget", "msgget", "memfd_create"):
+        assert lines[call] == "-1 1", (call, lines[call])  # EPERM
+    result, watch = _run(mode, FORKS, memory_mb=512, processes=16, timeout_s=30)
+    assert not result.passed, result  # 6 children of 300 MB: none has the address space, nor can 6 start
+    assert watch.taken()["available"] < 512 + 128, watch.taken()
+    result, watch = _run(mode, SHM, memory_mb=512, timeout_s=30)
+    assert not result.passed and "shmget: errno 1" in result.stderr and watch.taken()["shmem"] < 16, result

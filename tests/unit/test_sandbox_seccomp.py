@@ -34,7 +34,7 @@ def test_syscall_numbers_match_libseccomp(machine):
     lib.seccomp_syscall_resolve_name_arch.argtypes = [ctypes.c_uint32, ctypes.c_char_p]
     resolve = lambda name: lib.seccomp_syscall_resolve_name_arch(seccomp.AUDIT_ARCH[machine], name.encode())
     table = seccomp.SYSCALLS[machine]
-    assert set(seccomp.DENIED) | {"socket", "clone", "clone3"} | (set(seccomp.FORKS) & set(table)) == set(table)
+    assert set(seccomp.DENIED) | set(seccomp.SHARED_MEMORY) | {"socket", "clone", "clone3"} | (set(seccomp.FORKS) & set(table)) == set(table)
     assert {name: resolve(name) for name in table} == table
 
 
