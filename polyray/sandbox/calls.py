@@ -11,18 +11,25 @@ So the candidate and the tests never share a process:
   test source, then ``check(candidate)`` with a proxy ``candidate`` whose calls travel
   over two pipes to the candidate sandbox.
 
-Only plain values cross: ``None``, ``bool``, ``int``, ``float``, ``str``, ``bytes`` and
-lists, tuples, dicts, sets and frozensets of them, as tagged JSON. The tests side decodes
-them with :data:`CODEC`'s ``decode``, which builds exact builtins only (anything else is
-refused), so every comparison runs builtin ``==`` on the trusted side. An exception the
-candidate raised comes back as a builtin ``Exception`` subclass of the same name (never
-``SystemExit``). The verdict is the tests process's exit status; the candidate cannot
-reach that process (another PID namespace and root, in the namespace modes), and no
-secret sits in its program. The tests module's ``entry_point`` name is the proxy too (some
-HumanEval tests call the function by name, as one program would let them). ``candidate.__code__`` gives ``co_filename`` (a copy of
-``candidate.py`` beside the tests), ``co_firstlineno`` and ``co_name``, for tests that
-read the candidate's source (countdown_code's). A prompt that does not compile on its
-own (it ends inside a statement) is left out of the tests program.
+Only plain values cross (:mod:`.codec`): ``None``, ``bool``, ``int`` of any size, ``float``, ``str``,
+``bytes``, ``bytearray`` and lists, tuples, dicts, sets and frozensets of them, as tagged JSON. The
+tests side decodes them into exact builtins only (anything else is refused), so every comparison runs
+builtin ``==`` on the trusted side. Python's semantics hold across the boundary: an argument the
+candidate mutates is mutated in the test's own object (its new contents are copied back after the call,
+even when the call raised), an argument passed twice is one object to the candidate, and a returned
+argument is the test's same object. A value that cannot cross (a generator, an open file, a lambda
+passed by the test) fails the item at once with the reason, whatever the test would catch. An exception
+the candidate raised comes back as the builtin ``Exception`` subclass of the same name, or the prompt's
+or tests' own class of that name (never ``SystemExit``).
+
+The verdict is the tests process's exit status; the candidate cannot reach that process (another PID
+namespace and root, in the namespace modes), and no secret sits in its program. The tests module's
+``entry_point`` name is the stand-in too (some HumanEval tests call the function by name, as one program
+would let them). The stand-in carries the candidate's ``__name__``, ``__doc__``, signature and
+defaults (a default that cannot cross is a placeholder equal to nothing; annotations are not carried);
+``candidate.__code__`` gives ``co_filename`` (a copy of ``candidate.py`` beside the tests),
+``co_firstlineno`` and ``co_name``, for tests that read the candidate's source (countdown_code's). A
+prompt that does not compile on its own (it ends inside a statement) is left out of the tests program.
 """
 
 from __future__ import annotations
@@ -30,91 +37,39 @@ from __future__ import annotations
 import contextvars
 import os
 import threading
-from typing import Any
+from pathlib import Path
 
-from polyray.sandbox import Isolation, SandboxLimits, SandboxResult, run_python
+from polyray.sandbox import Isolation, SandboxLimits, SandboxResult, codec, run_python
 
-# Shared by both sides (standard library only). ``decode`` is the trust boundary: it
-# accepts json.loads output of the tagged form and builds exact builtins only.
-CODEC = r'''
-import json as _json
+# Shared by both sides: the codec module's own source (standard library only) heads both programs.
+CODEC = Path(codec.__file__).read_text(encoding="utf-8")
 
-_MAX_LINE = 1 << 24
-
-def encode(x, depth=0):
-    if depth > 200:
-        raise ValueError("value nested too deeply")
-    t = type(x)
-    if x is None or t is bool or t is int or t is float or t is str:
-        return x
-    if isinstance(x, bool):
-        return bool(x)
-    if isinstance(x, int):
-        return int.__int__(x)  # an int subclass crosses as its plain value
-    if isinstance(x, float):
-        return float.__float__(x)
-    if isinstance(x, str):
-        return str.__str__(x)
-    if isinstance(x, (bytes, bytearray)):
-        return {"b": bytes(x).hex()}
-    if isinstance(x, list):
-        return {"l": [encode(v, depth + 1) for v in list.__iter__(x)]}
-    if isinstance(x, tuple):
-        return {"t": [encode(v, depth + 1) for v in tuple.__iter__(x)]}
-    if isinstance(x, dict):
-        return {"d": [[encode(k, depth + 1), encode(v, depth + 1)] for k, v in dict.items(x)]}
-    if isinstance(x, frozenset):
-        return {"f": [encode(v, depth + 1) for v in frozenset.__iter__(x)]}
-    if isinstance(x, set):
-        return {"s": [encode(v, depth + 1) for v in set.__iter__(x)]}
-    raise TypeError("%s is not a plain value (None, bool, int, float, str, bytes and containers of them)"
-                    % type(x).__name__)
-
-def decode(x, depth=0):
-    if depth > 200:
-        raise ValueError("value nested too deeply")
-    t = type(x)
-    if x is None or t is bool or t is int or t is float or t is str:
-        return x
-    if t is dict and len(x) == 1:
-        (tag, v), = x.items()
-        if tag == "b" and type(v) is str:
-            return bytes.fromhex(v)
-        if type(v) is list:
-            if tag == "l":
-                return [decode(i, depth + 1) for i in v]
-            if tag == "t":
-                return tuple(decode(i, depth + 1) for i in v)
-            if tag == "s":
-                return set(decode(i, depth + 1) for i in v)
-            if tag == "f":
-                return frozenset(decode(i, depth + 1) for i in v)
-            if tag == "d":
-                out = {}
-                for pair in v:
-                    if type(pair) is not list or len(pair) != 2:
-                        raise ValueError("malformed dict item")
-                    out[decode(pair[0], depth + 1)] = decode(pair[1], depth + 1)
-                return out
-    raise ValueError("not a plain value")
-
-def send(stream, message):
-    stream.write(_json.dumps(message) + "\n")
-    stream.flush()
-
-def receive(stream):
-    line = stream.readline(_MAX_LINE)
-    if not line.endswith("\n"):
-        raise RuntimeError("the candidate's process ended, or sent a message over %d bytes" % _MAX_LINE)
-    return _json.loads(line)
-'''
-
-# The candidate sandbox: load candidate.py, say whether the entry point exists, answer calls.
-# Everything here is the candidate's to tamper with; nothing it sends is trusted.
-_CANDIDATE_SERVER = CODEC + r'''
-import os, sys, traceback
+# The candidate sandbox: load candidate.py, describe the entry point, answer calls. Everything here is the
+# candidate's to tamper with; nothing it sends is trusted.
+_CANDIDATE_SERVER = r"""
+import inspect, os, sys, traceback
 _in = open(3, "r", encoding="utf-8")
 _out = open(4, "w", encoding="utf-8")
+
+def _describe(fn):
+    # what the tests' stand-in carries: the docstring, and the signature with its defaults
+    doc = getattr(fn, "__doc__", None)
+    meta = {"doc": doc if type(doc) is str else None, "params": None}
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return meta
+    meta["params"] = []
+    for p in parameters:
+        param = {"name": p.name, "kind": int(p.kind)}
+        if p.default is not p.empty:
+            try:
+                param["default"] = encode(p.default)
+            except (TypeError, ValueError, RecursionError):
+                param["uncrossable"] = type(p.default).__name__
+        meta["params"].append(param)
+    return meta
+
 try:
     with open("candidate.py") as _f:
         _code = compile(_f.read(), "candidate.py", "exec")
@@ -123,36 +78,60 @@ try:
     _fn = _globals[ENTRY_POINT]
     if not callable(_fn):
         raise TypeError("%s is not a function" % ENTRY_POINT)
+    _meta = _describe(_fn)
 except BaseException as _exc:  # SystemExit too: exiting while loading is not a candidate
     traceback.print_exc()
     send(_out, {"fatal": "%s: %s" % (type(_exc).__name__, _exc)})
     os._exit(1)
-send(_out, {"ready": True})
+send(_out, {"ready": True, "meta": _meta})
 while True:
     _line = _in.readline(_MAX_LINE)
     if not _line:
         os._exit(0)
+    _refs = Refs()
+    _call = _json.loads(_line)
+    _args = [decode(a, _refs) for a in _call["args"]]
+    _kwargs = {k: decode(v, _refs) for k, v in _call["kwargs"].items()}
+    _count = len(_refs.objects)  # the arguments' containers: their contents go back after the call
     try:
-        _call = _json.loads(_line)
-        _args = [decode(a) for a in _call["args"]]
-        _kwargs = {k: decode(v) for k, v in _call["kwargs"].items()}
-        _reply = {"ok": encode(_fn(*_args, **_kwargs))}
+        _returned, _raised = _fn(*_args, **_kwargs), None
     except BaseException as _exc:
+        _returned, _raised = None, _exc
+    try:
+        _reply = {"state": states(_refs, _count)}
+    except (TypeError, ValueError, RecursionError) as _exc:
+        send(_out, {"uncrossable": "after the call, an argument holds a value that cannot cross: %s" % _exc})
+        continue
+    if _raised is None:
         try:
-            _reply = {"raise": [type(_exc).__name__, str(_exc)[:2000]]}
+            _reply["ok"] = encode(_returned, _refs)
+        except (TypeError, ValueError, RecursionError) as _exc:
+            send(_out, {"uncrossable": "the candidate returned a value that cannot cross: %s" % _exc})
+            continue
+    else:
+        try:
+            _reply["raise"] = [type(_raised).__name__, str(_raised)[:2000]]
         except BaseException:
-            _reply = {"raise": ["RuntimeError", "unprintable exception"]}
+            _reply["raise"] = ["RuntimeError", "unprintable exception"]
     send(_out, _reply)
-'''
+"""
 
 # The tests sandbox: trusted code only (the prompt's helpers, the test, this harness).
-_TESTS_HARNESS = CODEC + r'''
-import ast, builtins, os, sys, traceback, types
+_TESTS_HARNESS = r"""
+import ast, builtins, inspect, os, sys, traceback, types
 _in = open(3, "r", encoding="utf-8")
 _out = open(4, "w", encoding="utf-8")
+_globals = {"__name__": "__main__", "__builtins__": builtins}
+
+def _fail(reason):
+    # the item fails whatever the test catches: a call that cannot cross faithfully never passes
+    print("the candidate cannot be judged: %s" % reason, file=sys.stderr)
+    sys.stderr.flush()
+    os._exit(1)
 
 def _exception(name, message):
-    cls = getattr(builtins, name, None) if type(name) is str else None
+    # the builtin of that name, or an exception class the prompt or the tests define
+    cls = _globals.get(name, getattr(builtins, name, None)) if type(name) is str else None
     if not (isinstance(cls, type) and issubclass(cls, Exception)):
         cls = RuntimeError
     try:
@@ -160,20 +139,67 @@ def _exception(name, message):
     except Exception:
         return RuntimeError("%s: %s" % (name, message))
 
+class _Uncrossed:
+    # a default of the candidate's that cannot cross: equal to nothing but itself
+    def __init__(self, kind):
+        self.kind = kind
+    def __repr__(self):
+        return "<a %s default, which cannot cross>" % self.kind
+
 class Candidate:
-    """Stands in for the candidate function: each call runs in the candidate's sandbox."""
+    # stands in for the candidate function: each call runs in the candidate's sandbox
 
     __name__ = __qualname__ = ENTRY_POINT
 
+    def __init__(self, meta):
+        doc = meta.get("doc")
+        if doc is not None and type(doc) is not str:
+            raise ValueError("doc")
+        self.__doc__ = doc
+        if meta.get("params") is None:
+            return
+        parameters = []
+        for p in meta["params"]:
+            name, kind = p["name"], p["kind"]
+            if type(name) is not str or not name.isidentifier() or type(kind) is not int or not 0 <= kind <= 4:
+                raise ValueError("parameter")
+            if "default" in p:
+                default = decode(p["default"])
+            elif "uncrossable" in p:
+                default = _Uncrossed(str(p["uncrossable"])[:100])
+            else:
+                default = inspect.Parameter.empty
+            parameters.append(inspect.Parameter(name, inspect._ParameterKind(kind), default=default))
+        self.__signature__ = inspect.Signature(parameters)
+        defaults = tuple(p.default for p in parameters if p.kind <= 1 and p.default is not p.empty)
+        kwdefaults = {p.name: p.default for p in parameters if p.kind == 3 and p.default is not p.empty}
+        self.__defaults__, self.__kwdefaults__ = defaults or None, kwdefaults or None
+
     def __call__(self, *args, **kwargs):
-        send(_out, {"args": [encode(a) for a in args], "kwargs": {str(k): encode(v) for k, v in kwargs.items()}})
-        reply = receive(_in)
-        if type(reply) is dict and set(reply) == {"ok"}:
-            return decode(reply["ok"])
-        if type(reply) is dict and set(reply) == {"raise"} and type(reply["raise"]) is list and len(reply["raise"]) == 2:
+        refs = Refs()
+        try:
+            call = {"args": [encode(a, refs) for a in args], "kwargs": {str(k): encode(v, refs) for k, v in kwargs.items()}}
+        except (TypeError, ValueError, RecursionError) as exc:
+            _fail("the test passed a value that cannot cross to the candidate: %s" % exc)
+        count = len(refs.objects)
+        try:
+            send(_out, call)
+            reply = receive(_in)
+        except (OSError, RuntimeError, ValueError) as exc:
+            _fail("the candidate's process ended during a call (%s)" % exc)
+        if type(reply) is dict and type(reply.get("uncrossable")) is str:
+            _fail(reply["uncrossable"][:2000])
+        try:  # the arguments' new contents first: the reply numbered its containers after theirs
+            if type(reply) is not dict or len(reply) != 2:
+                raise ValueError("keys")
+            copy_back(refs, count, reply["state"])
+            if "ok" in reply:
+                return decode(reply["ok"], refs)
             name, message = reply["raise"]
-            raise _exception(name, message if type(message) is str else "")
-        raise RuntimeError("malformed reply from the candidate")
+            error = _exception(name, message if type(message) is str else "")
+        except (KeyError, TypeError, ValueError, RecursionError) as exc:
+            _fail("malformed reply from the candidate (%s)" % exc)
+        raise error
 
     @property
     def __code__(self):
@@ -186,10 +212,14 @@ class Candidate:
 
 try:
     _hello = receive(_in)
-    if _hello != {"ready": True}:
+    if type(_hello) is not dict or _hello.get("ready") is not True:
         _why = _hello.get("fatal") if type(_hello) is dict else None
         print("the candidate did not load: %s" % (_why if type(_why) is str else "no answer"), file=sys.stderr)
         os._exit(1)
+    try:
+        _candidate = Candidate(_hello["meta"])
+    except (KeyError, TypeError, ValueError, RecursionError) as _exc:
+        _fail("a malformed description of the candidate (%r)" % _exc)
     with open("prompt.py") as _f:
         _prompt = _f.read()
     with open("tests.py") as _f:
@@ -198,9 +228,8 @@ try:
         _code = compile(_prompt + "\n" + _tests, "tests.py", "exec")
     except SyntaxError:  # the prompt ends inside a statement: its helpers cannot be had
         _code = compile(_tests, "tests.py", "exec")
-    _globals = {"__name__": "__main__", "__builtins__": builtins}
     exec(_code, _globals)
-    _globals[ENTRY_POINT] = _candidate = Candidate()  # as in one program: a test may name the function
+    _globals[ENTRY_POINT] = _candidate  # as in one program: a test may name the function
     _globals["check"](_candidate)
 except BaseException:
     traceback.print_exc()
@@ -208,7 +237,7 @@ except BaseException:
     os._exit(1)
 sys.stdout.flush()
 os._exit(0)
-'''
+"""
 
 
 def run_candidate_tests(
@@ -225,7 +254,7 @@ def run_candidate_tests(
     The candidate's own stderr (a traceback while loading, say) is appended to the result's."""
     if not entry_point.isidentifier():
         raise ValueError(f"entry_point {entry_point!r} is not a Python identifier")
-    header = f"ENTRY_POINT = {entry_point!r}\n"
+    header = CODEC + f"\nENTRY_POINT = {entry_point!r}\n"
     to_candidate_r, to_candidate_w = os.pipe()
     to_tests_r, to_tests_w = os.pipe()
     tests_done = threading.Event()
@@ -262,10 +291,3 @@ def run_candidate_tests(
         stderr = "[candidate]\n" + candidate_result[0].stderr[-2000:] + "\n[tests]\n" + result.stderr
         result = result.model_copy(update={"stderr": stderr})
     return result
-
-
-def plain_values() -> dict[str, Any]:
-    """The codec as functions of this process (``encode``, ``decode``), for tests and tools."""
-    namespace: dict[str, Any] = {}
-    exec(CODEC, namespace)
-    return {"encode": namespace["encode"], "decode": namespace["decode"]}

@@ -19,8 +19,10 @@ from polyray import sandbox as sb
 from polyray.tasks.humaneval import humaneval_problems, run_humaneval_check
 from processes import UNGUARD, listener, processes_with, working_modes
 
-# ~30 s: a few dozen sandboxes per mode; serial: its wall-clock bounds (a timeout enforced in seconds) are for a machine it has to itself
-pytestmark = [pytest.mark.slow, pytest.mark.serial]
+# a few dozen sandboxes per mode; the few that bound a wall-clock time or hold hundreds of processes run in
+# the serial pass
+pytestmark = [pytest.mark.slow]
+serial = pytest.mark.serial
 
 SECRET = "polyray-hostile-secret-7c9e6679"
 
@@ -47,64 +49,22 @@ def indent(body: str) -> str:
 
 
 # ----------------------------------------------------------------------- faked rewards
-# HumanEval/0 is has_close_elements(numbers, threshold) -> bool.
-REWARD_ATTACKS = {
-    "file_token": indent("""
-        import os, re, sys
-        source = open(__file__).read() if "__file__" in globals() else open(sys.argv[-1]).read()
-        for token in re.findall(r"[0-9a-f]{32}", source)[-1:]:
-            sys.stdout.write(token + "\\n"); sys.stdout.flush()
-        os._exit(0)
-    """),
-    "co_consts_walk": indent("""
-        import os, sys
-        frame = sys._getframe()
-        while frame.f_back is not None:
-            frame = frame.f_back
-        tokens = [c for c in frame.f_code.co_consts if isinstance(c, str) and len(c) == 32]
-        sys.stdout.write((tokens[-1] if tokens else "") + "\\n"); sys.stdout.flush()
-        os._exit(0)
-    """),
-    "always_equal": indent("""
-        class AlwaysEqual(bool.__base__):
-            def __eq__(self, other): return True
-            def __ne__(self, other): return False
-            def __bool__(self): return True
-            __hash__ = object.__hash__
-        return AlwaysEqual()
-    """),
-    "sys_exit_0_module_level": "    return True\nimport sys\nsys.exit(0)\n",
-    "os_exit_0_in_call": "    import os\n    os._exit(0)\n",
-    "patched_assert_error": indent("""
-        import builtins, sys
-        builtins.AssertionError = type("Quiet", (Exception,), {})
-        sys.excepthook = lambda *a: None
-        import atexit, os
-        atexit.register(lambda: os._exit(0))
-        return None
-    """),
-    "status_pipe_forgery": indent("""
-        import os, json
-        for pid in {os.getppid(), 1, os.getpid()}:
-            try:
-                for fd in os.listdir("/proc/%d/fd" % pid):
-                    try:
-                        w = os.open("/proc/%d/fd/%s" % (pid, fd), os.O_WRONLY | os.O_NONBLOCK)
-                        os.write(w, json.dumps({"exit": 0}).encode())
-                    except OSError:
-                        pass
-            except OSError:
-                pass
-        os._exit(1)
-    """),
-}
-
-
-@pytest.mark.parametrize("attack", sorted(REWARD_ATTACKS))
-def test_faked_rewards_fail(mode, attack):
-    result = judge("HumanEval/0", REWARD_ATTACKS[attack])
-    assert not result.passed and result.status != "passed", result
-    assert result.isolation == mode
+# (each judged in every mode, with the rest of the hostile suite: test_hostile_suite.py)
+# a program that writes a pass into every pipe it can reach, then fails
+STATUS_PIPE_FORGERY = indent("""
+    import os, json
+    for pid in {os.getppid(), 1, os.getpid()}:
+        try:
+            for fd in os.listdir("/proc/%d/fd" % pid):
+                try:
+                    w = os.open("/proc/%d/fd/%s" % (pid, fd), os.O_WRONLY | os.O_NONBLOCK)
+                    os.write(w, json.dumps({"exit": 0}).encode())
+                except OSError:
+                    pass
+        except OSError:
+            pass
+    os._exit(1)
+""")
 
 
 def test_patched_builtins_cannot_bend_the_tests(mode):
@@ -112,21 +72,6 @@ def test_patched_builtins_cannot_bend_the_tests(mode):
     completion = "    return 123.0\nimport builtins\nbuiltins.abs = lambda x: 0\n"  # before check() runs
     assert not judge("HumanEval/4", completion).passed
     assert judge("HumanEval/4", humaneval_problems()["HumanEval/4"]["canonical_solution"]).passed
-
-
-def test_honest_values_cross_the_boundary_but_nothing_else():
-    codec = __import__("polyray.sandbox.calls", fromlist=["plain_values"]).plain_values()
-    encode, decode = codec["encode"], codec["decode"]
-    import json
-
-    value = [1, 2.5, "x", None, True, (1, (2,)), {"a": [1]}, {1, 2}, frozenset({3}), b"\x00", {(1, 2): "t"}]
-    assert decode(json.loads(json.dumps(encode(value)))) == value
-    assert type(decode(encode((1,)))) is tuple and type(decode(encode(True))) is bool
-    with pytest.raises(TypeError):
-        encode(object())
-    for forged in ({"x": 1}, {"l": 1}, {"d": [[1]]}, {"l": [{"evil": 1}]}):
-        with pytest.raises(ValueError):
-            decode(forged)
 
 
 # ------------------------------------------------------------------------ containment
@@ -164,24 +109,11 @@ def test_rlimits_guard_bypass_is_contained_in_namespace_modes(mode, monkeypatch)
 
 
 def test_status_pipe_forgery_cannot_turn_a_failure_into_a_pass(mode):
-    result = run(mode, "import sys\n" + "def f():\n" + REWARD_ATTACKS["status_pipe_forgery"] + "f()\n")
+    result = run(mode, "import sys\n" + "def f():\n" + STATUS_PIPE_FORGERY + "f()\n")
     assert result.status == "failed" and result.returncode == 1, result
 
 
-def test_setsid_child_does_not_outlive_the_judge(mode):
-    marker = f"polyray-hostile-escapee-{os.getpid()}-{mode}"
-    completion = indent(f"""
-        import os, sys, time
-        if os.fork() == 0:
-            os.setsid()
-            os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(600)", {marker!r}])
-        return True
-    """)
-    judge("HumanEval/0", completion)
-    survivors = processes_with(marker)
-    assert not survivors, f"processes outlived the sandbox: {survivors}"
-
-
+@serial  # a timeout enforced in seconds; hundreds of processes
 def test_fork_bomb_in_a_completion_is_contained(mode):
     completion = "    import os\n    while True:\n        try:\n            os.fork()\n        except OSError:\n            pass\n"
     result = judge("HumanEval/0", completion, timeout=2.0)
@@ -189,6 +121,7 @@ def test_fork_bomb_in_a_completion_is_contained(mode):
     assert run(mode, "print(6 * 7)").stdout.strip() == "42"
 
 
+@serial  # a timeout enforced in seconds; hundreds of processes
 def test_the_processes_a_program_holds_at_once_are_bounded(mode):
     """RLIMIT_NPROC binds per uid (a root service's uid+namespaces mode runs a throw-away uid) or per user
     namespace, but not uid 0: in userns mode under a root service the PID namespace's pid_max bounds it."""
