@@ -110,13 +110,14 @@ def polychromic(
     diversity: List[str] = typer.Option(["semantic", "countdown_expr"], "--diversity", help="Diversity functions (repeatable)."),
     no_async: bool = typer.Option(False, "--no-async", help="Leave out the variant with rollouts one step ahead."),
     canary: bool = typer.Option(True, "--canary/--no-canary", help="Also the variant with the canary on every step."),
+    floor: bool = typer.Option(True, "--floor/--no-floor", help="Also SFT on as many sequences as a polychromic step."),
     config: str = _config,
     json_path: Optional[Path] = _json,
 ):
     """Polychromic SFT step time / SFT step time."""
     from polyray.drivers.bench.suite import bench_polychromic, print_polychromic
 
-    results = bench_polychromic(steps, config, diversity, with_async=not no_async, with_canary=canary)
+    results = bench_polychromic(steps, config, diversity, with_async=not no_async, with_canary=canary, with_floor=floor)
     print_polychromic(results)
     _write(results, json_path)
 

@@ -19,8 +19,9 @@ import pytest
 
 from polyray import lifetime
 
-# serial: its SIGKILLed replicas must come back in time; this test or the peer smoke failed once beside the other (2026-11-26)
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.ray, pytest.mark.vllm, pytest.mark.serial]
+# Not serial: nothing here bounds a time (a replica's recovery is waited for up to 400 s), and alone it left one
+# of the two cores idle most of its run
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.ray, pytest.mark.vllm]
 
 ROOT = Path(__file__).resolve().parents[2]
 

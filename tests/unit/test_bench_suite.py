@@ -53,8 +53,9 @@ def test_the_smoke_arguments_are_options_of_their_part(part, tmp_path):
 
 
 def test_grpo_without_the_synchronous_mode_has_no_floor():
-    modes = {"async": MODE, "async_rollout_reference": {**MODE, "step_s": 0.22}}  # what --smoke runs
+    modes = {"async": MODE, "async_rollout_reference": {**MODE, "step_s": 0.22}}
     assert grpo_ratios(modes) == {"rollout_reference_vs_learner": pytest.approx(1.1)}
+    assert grpo_ratios({"async_rollout_reference": MODE}) == {}  # what --smoke runs: one mode, no ratio
 
 
 def test_results_without_what_the_smoke_leaves_out_print_and_summarise(capsys):
@@ -95,6 +96,15 @@ def test_results_without_what_the_smoke_leaves_out_print_and_summarise(capsys):
     print_summary(results)
     out = capsys.readouterr().out
     assert "polychromic_sft[countdown_expr] / its floor" in out and "canary every step" not in out
+    # what --smoke runs: one GRPO mode, polychromic SFT without its floor
+    smoke = {"grpo": {"steps": 4, "rounds": 1, "modes": ["async_rollout_reference"], "async_rollout_reference": MODE},
+             "polychromic": {k: v for k, v in polychromic.items() if not k.startswith("sft[")}}  # fmt: skip
+    rows = {name: value for name, value, _ in summary_rows(smoke)}
+    assert rows == {"polychromic_sft[countdown_expr] step / SFT step": 3.0}
+    print_grpo(smoke["grpo"])
+    print_polychromic(smoke["polychromic"])
+    out = capsys.readouterr().out
+    assert "KL reference scored by the rollout worker" in out and "its floor" not in out
 
     from polyray.drivers.bench.peer import print_large
 

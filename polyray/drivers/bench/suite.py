@@ -334,10 +334,12 @@ def print_grpo(results: dict[str, Any]) -> None:
 
 
 def bench_polychromic(
-    steps: int, config: str, diversity: list[str], warmup: int = 3, with_async: bool = True, with_canary: bool = True
+    steps: int, config: str, diversity: list[str], warmup: int = 3, with_async: bool = True, with_canary: bool = True,
+    with_floor: bool = True,
 ) -> dict[str, dict[str, float]]:
-    """Run SFT, then polychromic SFT (per diversity function, with rollouts one step ahead when ``with_async``,
-    with the sync canary on every step when ``with_canary``) for ``steps`` steps each from a fresh adapter,
+    """Run SFT (and its floor, SFT on as many sequences as a polychromic step, when ``with_floor``), then
+    polychromic SFT (per diversity function, with rollouts one step ahead when ``with_async``, with the sync
+    canary on every step when ``with_canary``) for ``steps`` steps each from a fresh adapter,
     on one pool of 1 rollout worker + 1 learner worker (a core each here, as in :func:`bench_grpo`: the
     floor hides the sampling behind the update, which needs a core for the sampler)."""
     from polyray.cluster import init_ray, needed_cpus
@@ -366,10 +368,11 @@ def bench_polychromic(
             # samples), its sampling hidden behind the update (rollouts one step ahead)
             poly0 = load_config(config, [*phases, "phases.0.type=polychromic_sft"]).phases[0]
             same = poly0.batch_size + poly0.prompts_per_step * poly0.n_samples
-            with console.status(f"standard SFT on {same} sequences (references + samples), {steps} steps"):
-                big = load_config(config, [*phases, f"phases.0.batch_size={same}", "phases.0.name=sft_same"])
-                version = run_phase(big, 0, str(model_dir), out, pool, version, None, logs=logs)["version"]
-            results[floor_label(same)] = _step_stats(out / "metrics.jsonl", "sft_same", warmup)
+            if with_floor:
+                with console.status(f"standard SFT on {same} sequences (references + samples), {steps} steps"):
+                    big = load_config(config, [*phases, f"phases.0.batch_size={same}", "phases.0.name=sft_same"])
+                    version = run_phase(big, 0, str(model_dir), out, pool, version, None, logs=logs)["version"]
+                results[floor_label(same)] = _step_stats(out / "metrics.jsonl", "sft_same", warmup)
             variants = [(name, []) for name in diversity]
             if with_async:
                 ahead = ["phases.0.async_rollouts=true", "phases.0.max_lag=1"]
@@ -635,13 +638,14 @@ def print_summary(results: dict[str, Any]) -> None:
 PARTS = ("rollout", "grpo", "polychromic", "reward", "generation", "learner", "peer", "chaos")
 # --smoke runs each harness function once, leaving out the fits and engines that only repeat one with another setting:
 # rollout: vLLM's own LoRA ops (raw_llm's harness, polyray's plugin off: a reference measurement only)
-# grpo: one step ahead, and the KL reference scored by the rollout worker (the one fit with a real pool that takes
-# it); the other modes change one setting each and their ratios are the same division (grpo_ratios, unit-tested)
-# polychromic: the canary on every step (the run-recovery e2e test runs it); peer: the larger model's learner step
-# (run_case: tests/unit/test_bench_learner.py)
+# grpo: the KL reference scored by the rollout worker, one step ahead (the one fit with a real pool that takes it);
+# the other modes change one setting each and their ratios are the same division (grpo_ratios, unit-tested)
+# polychromic: standard SFT and polychromic SFT, not the floor (SFT with another batch size) nor the canary on
+# every step (the run-recovery e2e test runs it); peer: the larger model's learner step (run_case:
+# tests/unit/test_bench_learner.py)
 SMOKE = {"rollout": ["--prompts", "4", "--repeats", "1", "--syncs", "2", "--no-vllm-lora-ops"],
-         "grpo": ["--steps", "4", "--rounds", "1", "--modes", "async", "--modes", "async_rollout_reference"],
-         "polychromic": ["--steps", "4", "--diversity", "countdown_expr", "--no-async", "--no-canary"],
+         "grpo": ["--steps", "4", "--rounds", "1", "--modes", "async_rollout_reference"],
+         "polychromic": ["--steps", "4", "--diversity", "countdown_expr", "--no-async", "--no-canary", "--no-floor"],
          "reward": ["--requests", "20", "--max-seconds", "2"],
          "generation": ["--requests", "4", "--n", "2", "--max-tokens", "8", "--publishes", "2"],
          "chaos": ["--clients", "2", "--seconds", "3", "--kill-at", "1"],
