@@ -139,6 +139,9 @@ def _exception(name, message):
     except Exception:
         return RuntimeError("%s: %s" % (name, message))
 
+_KINDS = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.VAR_POSITIONAL,
+          inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.VAR_KEYWORD)  # int(kind) on the candidate's side
+
 class _Uncrossed:
     # a default of the candidate's that cannot cross: equal to nothing but itself
     def __init__(self, kind):
@@ -169,7 +172,7 @@ class Candidate:
                 default = _Uncrossed(str(p["uncrossable"])[:100])
             else:
                 default = inspect.Parameter.empty
-            parameters.append(inspect.Parameter(name, inspect._ParameterKind(kind), default=default))
+            parameters.append(inspect.Parameter(name, _KINDS[kind], default=default))
         self.__signature__ = inspect.Signature(parameters)
         defaults = tuple(p.default for p in parameters if p.kind <= 1 and p.default is not p.empty)
         kwdefaults = {p.name: p.default for p in parameters if p.kind == 3 and p.default is not p.empty}
