@@ -113,6 +113,10 @@ while True:
             _reply["raise"] = [type(_raised).__name__, str(_raised)[:2000]]
         except BaseException:
             _reply["raise"] = ["RuntimeError", "unprintable exception"]
+        try:  # its arguments too, where they are plain values (KeyError('x').args[0] is 'x')
+            _reply["raise"].append(encode(list(_raised.args)))
+        except BaseException:
+            pass
     send(_out, _reply)
 """
 
@@ -129,13 +133,14 @@ def _fail(reason):
     sys.stderr.flush()
     os._exit(1)
 
-def _exception(name, message):
-    # the builtin of that name, or an exception class the prompt or the tests define
+def _exception(name, message, args=None):
+    # the builtin of that name, or an exception class the prompt or the tests define, with the candidate's
+    # arguments where they crossed (else its message)
     cls = _globals.get(name, getattr(builtins, name, None)) if type(name) is str else None
     if not (isinstance(cls, type) and issubclass(cls, Exception)):
         cls = RuntimeError
     try:
-        return cls(message)
+        return cls(*args) if type(args) is list else cls(message)
     except Exception:
         return RuntimeError("%s: %s" % (name, message))
 
@@ -188,8 +193,8 @@ class Candidate:
         try:
             send(_out, call)
             reply = receive(_in)
-        except (OSError, RuntimeError, ValueError) as exc:
-            _fail("the candidate's process ended during a call (%s)" % exc)
+        except Exception as exc:  # its process ended, or a reply this process cannot hold (MemoryError)
+            _fail("the candidate's process ended during a call, or its reply could not be read (%r)" % exc)
         if type(reply) is dict and type(reply.get("uncrossable")) is str:
             _fail(reply["uncrossable"][:2000])
         try:  # the arguments' new contents first: the reply numbered its containers after theirs
@@ -198,10 +203,12 @@ class Candidate:
             copy_back(refs, count, reply["state"])
             if "ok" in reply:
                 return decode(reply["ok"], refs)
-            name, message = reply["raise"]
-            error = _exception(name, message if type(message) is str else "")
-        except (KeyError, TypeError, ValueError, RecursionError) as exc:
-            _fail("malformed reply from the candidate (%s)" % exc)
+            name, message, *args = reply["raise"]
+            if len(args) > 1:
+                raise ValueError("raise")
+            error = _exception(name, message if type(message) is str else "", decode(args[0]) if args else None)
+        except Exception as exc:  # whatever it was (MemoryError too), never one the test could catch
+            _fail("malformed reply from the candidate (%r)" % exc)
         raise error
 
     @property

@@ -5,7 +5,8 @@ Only plain values cross: ``None``, ``bool``, ``int`` (any size), ``float``, ``st
 ``bytearray`` and lists, tuples, dicts, sets and frozensets of them. :func:`decode` is the trust
 boundary: it accepts ``json.loads`` output of the tagged form and builds exact builtins only.
 
-A call's mutable containers (lists, dicts, sets, bytearrays) keep their identity across it: both sides
+A subclass of a plain type crosses as its base (a ``Counter`` as a ``dict``). A call's mutable containers
+(lists, dicts, sets, bytearrays) keep their identity across it: both sides
 number them in the order they meet them (:class:`Refs`), and one met again crosses as ``{"r": n}``. So
 an argument passed twice is one object to the candidate, the argument's new contents after the call are
 copied back into the caller's own object (:func:`copy_back`), and a returned argument is the caller's
@@ -159,14 +160,15 @@ def copy_back(refs, count, sent):
         fill(fresh, state, refs)
         decoded.append(fresh)
     for i, fresh in enumerate(decoded):
-        target = refs.objects[i]
-        if type(target) is not type(fresh):
+        target = refs.objects[i]  # the caller's: a subclass (Counter, defaultdict) takes its base's contents
+        base = type(fresh)
+        if not isinstance(target, base):
             raise ValueError("an argument's state of another type")
-        if isinstance(target, (list, bytearray)):
-            target[:] = fresh
+        if base in (list, bytearray):
+            base.__setitem__(target, slice(None), fresh)
         else:
-            target.clear()
-            target.update(fresh)
+            base.clear(target)
+            base.update(target, fresh)
 
 
 def send(stream, message):
@@ -177,5 +179,5 @@ def send(stream, message):
 def receive(stream):
     line = stream.readline(_MAX_LINE)
     if not line.endswith("\n"):
-        raise RuntimeError(f"the candidate's process ended, or sent a message over {_MAX_LINE} bytes")
+        raise RuntimeError(f"the candidate's process ended, or sent a message over {_MAX_LINE} characters")
     return _json.loads(line)

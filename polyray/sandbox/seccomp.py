@@ -18,8 +18,8 @@ is inherited by everything the program starts and cannot be removed. It denies, 
   processes along when the service dies): every new process, i.e. ``fork``, ``vfork`` and
   ``clone`` without ``CLONE_THREAD``. Threads still start.
 - with ``shared_memory=False`` (where no cgroup caps the whole sandbox, and in ``rlimits`` mode, which
-  shares the host's IPC namespace): SysV shared memory, semaphores and message queues, and
-  ``memfd_create``: memory in no process's address space, which no rlimit bounds. (POSIX shared
+  shares the host's IPC namespace): SysV shared memory, semaphores and message queues, POSIX message
+  queues, and ``memfd_create``: memory in no process's address space, which no rlimit bounds. (POSIX shared
   memory needs ``/dev/shm``, which the sandbox's root does not have.)
 
 It fails closed: a system call of another ABI (i386 or x32 on x86_64) kills the process, and
@@ -56,7 +56,7 @@ SYSCALLS = {
         "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "keyctl": 250, "add_key": 248,
         "request_key": 249, "init_module": 175, "finit_module": 313, "delete_module": 176, "kexec_load": 246,
         "kexec_file_load": 320, "reboot": 169, "swapon": 167, "swapoff": 168, "acct": 163,
-        "fork": 57, "vfork": 58, "shmget": 29, "shmat": 30, "semget": 64, "msgget": 68, "memfd_create": 319,
+        "fork": 57, "vfork": 58, "shmget": 29, "shmat": 30, "semget": 64, "msgget": 68, "memfd_create": 319, "mq_open": 240,
     },
     "aarch64": {
         "socket": 198, "clone": 220, "clone3": 435, "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271,
@@ -66,14 +66,14 @@ SYSCALLS = {
         "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "keyctl": 219, "add_key": 217,
         "request_key": 218, "init_module": 105, "finit_module": 273, "delete_module": 106, "kexec_load": 104,
         "kexec_file_load": 294, "reboot": 142, "swapon": 224, "swapoff": 225, "acct": 89,
-        "shmget": 194, "shmat": 196, "semget": 190, "msgget": 186, "memfd_create": 279,
+        "shmget": 194, "shmat": 196, "semget": 190, "msgget": 186, "memfd_create": 279, "mq_open": 180,
     },
 }  # fmt: skip
 
 # what a new process is made with besides clone (aarch64 has neither: libc forks through clone)
 FORKS = ("fork", "vfork")
 # memory in no process's address space: SysV IPC objects and memfd files (refused where no cgroup caps it)
-SHARED_MEMORY = ("shmget", "shmat", "semget", "msgget", "memfd_create")
+SHARED_MEMORY = ("shmget", "shmat", "semget", "msgget", "memfd_create", "mq_open")
 AF_UNIX = 1
 CLONE_THREAD = 0x00010000
 CLONE_NEW_FLAGS = 0x7E020080  # NEWTIME | NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET

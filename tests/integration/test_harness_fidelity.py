@@ -147,6 +147,18 @@ CASES = {
         "def check(c):\n    try:\n        c(1)\n    except ValueError:\n        pass\n",
         False,
     ),
+    "exception_arguments": (
+        "def f(d):\n    return d['x']\n",
+        "def check(c):\n    try:\n        c({})\n    except KeyError as e:\n"
+        "        assert e.args == ('x',) and str(e) == \"'x'\"\n    else:\n        assert False\n",
+        True,
+    ),
+    "counter_argument_updated": (
+        "def f(counts, word):\n    counts[word] += 1\n",
+        "from collections import Counter\ndef check(c):\n    n = Counter({'a': 1})\n"
+        "    c(n, 'a')\n    assert n == Counter({'a': 2}) and type(n) is Counter\n",
+        True,
+    ),
     # None returns
     "returns_none": ("def f(x):\n    pass\n", "def check(c):\n    assert c(1) is None\n", True),
     "none_is_not_zero": ("def f(x):\n    pass\n", "def check(c):\n    assert c(1) == 0\n", False),
@@ -228,3 +240,18 @@ def test_the_codec_round_trips_graphs_and_refuses_forgeries():
     encode([], lone)
     with pytest.raises(ValueError):  # an argument's state of another type
         copy_back(lone, 1, [{"d": []}])
+
+
+def test_a_reply_the_tests_process_cannot_hold_fails_the_item():
+    """A forged reply under the line cap that decodes past the tests sandbox's memory: the item fails, even
+    where the test catches MemoryError (before, the MemoryError reached the test, which passed)."""
+    solution = (
+        "import os, time\n"
+        "def f():\n"
+        '    line = \'{"state": [], "ok": {"l": [\' + \'{"l": []},\' * 1_300_000 + \'{"l": []}]}}\\n\'\n'
+        "    os.write(4, line.encode())\n"
+        "    time.sleep(60)\n"
+    )
+    test = "def check(c):\n    try:\n        c()\n    except MemoryError:\n        pass\n"
+    result = run_candidate_tests("", solution, test, "f", SandboxLimits(timeout_s=30, memory_mb=256))
+    assert not result.passed and "cannot be judged" in result.stderr, (result.status, result.stderr[-1500:])
