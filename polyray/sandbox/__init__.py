@@ -124,8 +124,8 @@ class SandboxResult(BaseModel):
 # Module files, run by a fresh interpreter as ``python -I -S -B <path>`` (standard library only, nothing of
 # polyray imported): the launcher isolates itself and starts the program; the guard is the audit hook a
 # program runs under in rlimits mode.
-_LAUNCHER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "launcher.py")
-_GUARD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "guard.py")
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_LAUNCHER, _GUARD = os.path.join(_HERE, "launcher.py"), os.path.join(_HERE, "guard.py")
 
 
 # ------------------------------------------------------------------------- service side
