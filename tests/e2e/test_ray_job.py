@@ -10,8 +10,9 @@ actors on its pages, saving screenshots to test-artifacts/. And it watches the r
 (``--serve-generation``) as an OpenAI client: ``/v1/models`` gains versions while the phases train, and the
 endpoint's log-probs of a fixed completion under ``latest`` equal the learner's for the version that
 answered (its adapter, as published to the store, on the base model in peft, float32) within 1e-3.
-`ray stop` afterwards stops every Ray process started by `ray start` on this machine; the
-in-process test cluster (`conftest.ray_cluster`) is started with `ray.init`, which it spares.
+The head keeps its session under a temp dir of its own, so no other cluster's `ray.init()` on this
+machine finds it (Ray's default temp dir names the last `ray start`), and its processes, found by a marker
+in their environment, are killed afterwards: the test runs beside others.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -34,13 +36,13 @@ from phase_harness import learner_logprobs
 
 from polyray.http import free_port
 
-# serial: `ray start` and `ray stop --force` act on every Ray process of the machine, and it counts every vLLM process
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.ray, pytest.mark.vllm, pytest.mark.serial]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.ray, pytest.mark.vllm]
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 NO_AGENT = "No available agent to submit job"
 AGENT_WAIT_S = 120.0
+MARKER = "POLYRAY_TEST_RAY_JOB"  # in the environment of every process the head starts, and theirs
 
 
 
@@ -54,14 +56,19 @@ def test_train_entrypoint_runs_as_ray_job(tmp_path, model_dir, run_config):
     # with a token file in ~/.ray, `ray start` turns token auth on and the client must use it too).
     env["RAY_AUTH_MODE"], env["RAY_AUTH_TOKEN"] = "token", secrets.token_hex(16)
     env["RAY_metrics_report_interval_ms"] = "1000"  # samples reach the endpoint within a second
-    dashboard, metrics_port, gen_port = free_port(), free_port(), free_port()
+    env[MARKER] = secrets.token_hex(8)
+    # short: Ray's socket paths under it must fit a Unix socket's 107 bytes
+    temp_dir = Path(tempfile.mkdtemp(prefix="rj-", dir="/tmp"))
+    dashboard, metrics_port, gen_port, agent = free_port(), free_port(), free_port(), free_port()
     start = subprocess.run(
         [str(BIN / "ray"), "start", "--head", "--port=0", f"--dashboard-port={dashboard}", "--num-cpus=6",
-         "--include-dashboard=true", f"--metrics-export-port={metrics_port}", "--disable-usage-stats"],
+         "--include-dashboard=true", f"--metrics-export-port={metrics_port}", "--disable-usage-stats",
+         f"--temp-dir={temp_dir}", f"--dashboard-agent-listen-port={agent}"],
         env=env, capture_output=True, text=True, timeout=180,
-    )
+    )  # fmt: skip
+    if start.returncode != 0:
+        _stop_cluster(env[MARKER])
     assert start.returncode == 0, start.stderr[-3000:]
-    engines_before = _vllm_processes()
     out = tmp_path / "job-run"
     submit = [
         str(BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", ".",
@@ -82,7 +89,7 @@ def test_train_entrypoint_runs_as_ray_job(tmp_path, model_dir, run_config):
     stop = threading.Event()
     watcher = threading.Thread(target=_watch_generation, daemon=True, args=(
         f"http://127.0.0.1:{gen_port}/generation/v1", prompt_ids, completion_ids, listed, served, errors, stop))  # fmt: skip
-    prometheus = _start_prometheus(tmp_path) if shutil.which("prometheus") else None
+    prometheus = _start_prometheus(tmp_path, temp_dir) if shutil.which("prometheus") else None
     in_prometheus: set[str] = set()
     seen: set[str] = set()  # metric families with a sample tagged run=RUN
     pages: dict[str, str] = {}  # dashboard page -> its text (or "error")
@@ -114,11 +121,8 @@ def test_train_entrypoint_runs_as_ray_job(tmp_path, model_dir, run_config):
         watcher.join(timeout=120)
         if prometheus is not None:
             prometheus[0].terminate()
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
-        # a failed job may leave the generation replica to `ray stop --force`, whose SIGKILL its vLLM engine
-        # processes outlive
-        for p in _vllm_processes() - engines_before:
-            p.kill()
+        _stop_cluster(env[MARKER])  # the vLLM engines of a failed job's replicas with the rest
+        shutil.rmtree(temp_dir, ignore_errors=True)
     assert proc.returncode == 0, output[-4000:]
     assert browser is not None, "the job's actors never showed in the metrics"
     browser.join(timeout=180)
@@ -177,14 +181,24 @@ def _watch_generation(url: str, prompt_ids, completion_ids, listed: list, served
         stop.wait(0.2)
 
 
-def _vllm_processes() -> set:
+def _stop_cluster(marker: str) -> None:
+    """SIGKILL every process whose environment carries ``marker`` (the head's, its workers', theirs) and their
+    children: the raylet's agents rename themselves over their environment."""
     import psutil
 
     found = set()
-    for p in psutil.process_iter(["cmdline"]):
-        if (p.info["cmdline"] or [""])[0].startswith("VLLM::"):
-            found.add(p)
-    return found
+    for p in psutil.process_iter():
+        try:
+            if p.environ().get(MARKER) == marker:
+                found |= {p, *p.children(recursive=True)}
+        except psutil.Error:  # gone, or a kernel thread
+            continue
+    for p in found:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(found, timeout=30)
 
 
 def _serve_apps(address: str, env: dict[str, str]) -> dict:
@@ -211,9 +225,9 @@ def _scrape(port: int) -> set[str]:
 ARTIFACTS = ROOT / "test-artifacts"
 
 
-def _start_prometheus(tmp_path: Path) -> tuple[subprocess.Popen, int]:
+def _start_prometheus(tmp_path: Path, temp_dir: Path) -> tuple[subprocess.Popen, int]:
     """Prometheus (Debian's package) on the scrape config the head's dashboard generated."""
-    config = Path("/tmp/ray/session_latest/metrics/prometheus/prometheus.yml")
+    config = temp_dir / "session_latest" / "metrics" / "prometheus" / "prometheus.yml"
     deadline = time.monotonic() + 60
     while not config.is_file():
         assert time.monotonic() < deadline, f"the head wrote no {config}"
