@@ -12,7 +12,7 @@ or torch (a test holds it to that), so it answers in about a second on a laptop.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, List
+from typing import Any, List, Optional
 
 import typer
 
@@ -23,16 +23,28 @@ def check_command(
     config: Path = typer.Argument(..., help="Run config YAML, e.g. configs/quickstart.yaml."),
     set_: List[str] = typer.Option([], "--set", help="Override a field: --set phases.grpo.lr=1e-4 (repeatable)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print the plan only, not the resolved config."),
-):
+    model_config: Optional[str] = typer.Option(
+        None, "--model-config", metavar="DIR|FILE|MODEL",
+        help="Plan memory on this model's config.json (a directory holding one, the file, or a known model id such"
+             " as Qwen/Qwen3-0.6B) instead of the run's model: a model not downloaded yet.",
+    ),
+    gpu_memory_gib: Optional[float] = typer.Option(
+        None, "--gpu-memory-gib", min=1,
+        help="Plan for GPUs of this memory (GiB): the learner's and rollout workers' gpu_memory_gib where they use GPUs.",
+    ),
+):  # fmt: skip
     """Validate a run config; print it resolved and the plan (phases, actors, resources, model, data); start nothing."""
     from polyray.cli.common import fail
     from polyray.io import dump_config
 
     with user_errors():
         runs, header = _runs(config, set_)
+        shape = _model_config(model_config)
     problems: list[str] = []
     for label, run in runs:
-        lines = plan_lines(run, problems)
+        if gpu_memory_gib is not None:
+            run = on_gpus_of(run, gpu_memory_gib)
+        lines = plan_lines(run, problems, shape)
         if not quiet:
             typer.echo(f"# resolved config{label}")
             typer.echo(dump_config(run))
@@ -71,6 +83,25 @@ def _runs(config: Path, overrides: list[str]) -> tuple[list[tuple[str, Any]], li
     return [("", load_config(config, overrides))], []
 
 
+def _model_config(where: str | None) -> dict | None:
+    if where is None:
+        return None
+    from polyray.io import ConfigError
+    from polyray.models.shapes import read_model_config
+
+    try:
+        return read_model_config(where)
+    except ValueError as exc:
+        raise ConfigError(f"--model-config: {exc}") from None
+
+
+def on_gpus_of(run, gib: float):
+    """``run`` planned for GPUs of ``gib`` GiB: the memory of every GPU it uses (learner ranks, rollout workers)."""
+    learner = run.learner.model_copy(update={"gpu_memory_gib": gib}) if run.learner.use_gpu else run.learner
+    rollout = run.rollout.model_copy(update={"gpu_memory_gib": gib}) if run.rollout.gpus_per_worker else run.rollout
+    return run.model_copy(update={"learner": learner, "rollout": rollout})
+
+
 def _validated(model, data: dict, source: str):
     from pydantic import ValidationError
 
@@ -82,9 +113,10 @@ def _validated(model, data: dict, source: str):
         raise ConfigError(format_validation_error(exc, source, data)) from None
 
 
-def plan_lines(run, problems: list[str] | None = None) -> list[str]:
+def plan_lines(run, problems: list[str] | None = None, model_config: dict | None = None) -> list[str]:
     """The plan of ``run`` as lines of text. A model or data that cannot be used is shown in its line and
-    added to ``problems`` (raised when None), so one check shows every problem and the rest of the plan."""
+    added to ``problems`` (raised when None), so one check shows every problem and the rest of the plan.
+    ``model_config``: the ``config.json`` to plan memory on instead of the run's model's."""
     from polyray.io import ConfigError, DataError
 
     def shown(what: str, fn, arg) -> str:
@@ -121,7 +153,7 @@ def plan_lines(run, problems: list[str] | None = None) -> list[str]:
     lines.append(f"  reserved at most: {cpus:g} CPU on {where}")
     lines.append(f"evaluation: pass@k for k in {list(run.eval.ks)}, {run.eval.n_samples} samples per prompt")
     try:
-        lines += memory_plan_lines(run)
+        lines += memory_plan_lines(run, model_config)
     except ConfigError as exc:  # cannot fit its declared GPU memory: shown like a data problem
         if problems is None:
             raise
@@ -130,17 +162,20 @@ def plan_lines(run, problems: list[str] | None = None) -> list[str]:
     return lines
 
 
-def memory_plan_lines(run) -> list[str]:
-    """The memory plan (:mod:`polyray.learner.memory`) for the model's ``config.json`` when it is at hand
-    without building or downloading anything (the embedded model's settings, a local directory, a hub
-    model already in the cache), sequences bounded by ``rollout.max_model_len`` (no tokenizer is
-    loaded). A config that cannot fit its declared GPU memory raises the run's own one-line error."""
+def memory_plan_lines(run, config: dict | None = None) -> list[str]:
+    """The memory plan (:mod:`polyray.learner.memory`) for ``config`` (a ``config.json`` mapping), else the
+    model's when it is at hand without building or downloading anything (the embedded model's settings, a
+    local directory, a hub model already in the cache, a model of :data:`polyray.models.shapes.KNOWN_CONFIGS`),
+    sequences bounded by ``rollout.max_model_len`` (no tokenizer is loaded). A config that cannot fit its
+    declared GPU memory raises the run's own one-line error."""
     from polyray.learner.memory import bound_lengths, check_run
+    from polyray.models.shapes import KNOWN_CONFIGS
     from polyray.models.source import model_config, offline_model_dir
 
-    config = model_config(run.model, offline_model_dir(run.model, run.task))
     if config is None:
-        return ["memory plan: after the model is downloaded (the run plans it then)"]
+        config = model_config(run.model, offline_model_dir(run.model, run.task)) or KNOWN_CONFIGS.get(run.model.source)
+    if config is None:
+        return ["memory plan: after the model is downloaded (the run plans it then; or --model-config DIR)"]
     return check_run(run, config, bound_lengths(run))
 
 

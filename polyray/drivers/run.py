@@ -240,13 +240,15 @@ def plan_memory(run: RunConfig, model_dir: Path | None) -> list[str]:
     rollout worker cannot fit its declared GPU memory is refused (one ConfigError line naming the field).
 
     For the model in ``model_dir`` (its config.json; its tokenizer bounds the sequence lengths by the
-    training prompts), or, before the model is at hand, the embedded model's settings with lengths
-    bounded by ``rollout.max_model_len``; nothing (an empty list) for a hub model not yet downloaded:
+    training prompts), or, before the model is at hand, the embedded model's settings or a known model's
+    published ones (:data:`polyray.models.shapes.KNOWN_CONFIGS`: refused before its download) with lengths
+    bounded by ``rollout.max_model_len``; nothing (an empty list) for another hub model not yet downloaded:
     :func:`prepare_inputs` plans it once it is."""
     from polyray.learner.memory import bound_lengths, check_run, longest_sequences
+    from polyray.models.shapes import KNOWN_CONFIGS
     from polyray.models.source import model_config
 
-    config = model_config(run.model, model_dir)
+    config = model_config(run.model, model_dir) or (KNOWN_CONFIGS.get(run.model.source) if model_dir is None else None)
     if config is None:
         return []
     lengths = bound_lengths(run, *longest_sequences(run, model_dir)) if model_dir is not None else bound_lengths(run)

@@ -105,3 +105,75 @@ def test_a_config_that_cannot_fit_its_gpu_is_one_error_line():
     last = result.output.strip().splitlines()[-1]
     assert last.startswith("error: model.dtype: a learner rank needs") and "learner.gpu_memory_gib 0.5" in last
     assert "Traceback" not in result.output
+
+
+GPU_PRESETS = sorted((ROOT / "configs" / "gpu").glob("*.yaml"))
+
+
+def _offline(monkeypatch, tmp_path):
+    """No hub and an empty Hugging Face cache: the presets' models are not at hand."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+
+
+def test_a_preset_too_big_for_its_gpus_is_refused_before_its_model_is_downloaded(monkeypatch, tmp_path):
+    _offline(monkeypatch, tmp_path)
+    result = CliRunner().invoke(app, ["check", "-q", str(ROOT / "configs/gpu/qwen3_0.6b.yaml"), "--set",
+                                      "learner.gpu_memory_gib=24"])  # fmt: skip
+    assert result.exit_code == 2, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("error: learner.micro_batch_tokens: a learner rank needs ~45.8 GiB"), last
+    assert "> learner.gpu_memory_gib 24" in last and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("path", GPU_PRESETS, ids=lambda p: p.name)
+def test_every_gpu_preset_fits_a_cluster_of_80_gb_gpus(monkeypatch, tmp_path, path):
+    _offline(monkeypatch, tmp_path)
+    result = CliRunner().invoke(app, ["check", "-q", str(path), "--gpu-memory-gib", "80"])
+    plan = [line for line in result.output.splitlines() if line.startswith("memory plan")]
+    assert len(plan) == 2 and not any("error" in line for line in plan), result.output  # learner, rollout worker
+    assert "of 80 GiB" in plan[0] and " x 80 GiB" in plan[1], plan  # (the rollout: vLLM's share of it)
+    with_gib = CliRunner().invoke(app, ["check", "-q", str(path), "--gpu-memory-gib", "16"])
+    assert "memory plan: error:" in with_gib.output, with_gib.output  # and the option reaches the plan
+
+
+def test_known_models_are_the_published_configs():
+    """polyray's table of the presets' models against the test's own copy of their published config.json."""
+    from test_memory_plan import QWEN3
+
+    from polyray.learner.memory import ModelShape
+    from polyray.models.shapes import KNOWN_CONFIGS
+
+    for model, published in QWEN3.items():
+        assert ModelShape.from_config(KNOWN_CONFIGS[model]) == ModelShape.from_config(published), model
+
+
+def test_model_config_plans_a_model_not_at_hand(monkeypatch, tmp_path):
+    """--model-config: a directory holding config.json, the file, or a known model id; anything else is one error."""
+    import json
+
+    from polyray.models.shapes import KNOWN_CONFIGS
+
+    _offline(monkeypatch, tmp_path)
+    preset = str(ROOT / "configs/gpu/qwen3_0.6b.yaml")
+    shallow = tmp_path / "shallow"
+    shallow.mkdir()
+    (shallow / "config.json").write_text(json.dumps({**KNOWN_CONFIGS["Qwen/Qwen3-0.6B"], "num_hidden_layers": 2}))
+    for where in (shallow, shallow / "config.json"):  # two layers' activations fit 24 GiB where 28 do not
+        result = CliRunner().invoke(app, ["check", "-q", preset, "--set", "learner.gpu_memory_gib=24", "--model-config",
+                                          str(where)])  # fmt: skip
+        assert result.exit_code == 0 and "memory plan: learner rank ~" in result.output, result.output
+    result = CliRunner().invoke(app, ["check", "-q", preset, "--gpu-memory-gib", "80", "--model-config", "Qwen/Qwen3-8B"])
+    assert "weights 15.26" in result.output, result.output  # the 8B's untied bfloat16 weights, not the 0.6B's
+    result = CliRunner().invoke(app, ["check", "-q", preset, "--model-config", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2 and result.output.strip().splitlines()[-1].startswith("error: --model-config: "), result.output
+
+
+def test_the_driver_refuses_a_known_model_too_big_for_its_gpus_before_downloading_it(monkeypatch, tmp_path):
+    from polyray.drivers.run import plan_memory
+
+    _offline(monkeypatch, tmp_path)
+    run = load_config(ROOT / "configs/gpu/qwen3_0.6b.yaml", ["learner.gpu_memory_gib=24"])
+    with pytest.raises(ConfigError, match=r"^learner.micro_batch_tokens: a learner rank needs ~45.8 GiB"):
+        plan_memory(run, None)
+    assert plan_memory(load_config(ROOT / "configs/gpu/qwen3_0.6b.yaml"), None)[0].startswith("memory plan: learner rank")
