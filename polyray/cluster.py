@@ -3,12 +3,33 @@
 from __future__ import annotations
 
 import os
+import time
+from dataclasses import dataclass
 
 from polyray.config import ClusterConfig, RunConfig
+from polyray.io import ConfigError
 
 
-def init_ray(cluster: ClusterConfig, needed_cpus: float, resources: dict[str, float] | None = None) -> None:
-    """Join ``cluster.address`` (or $RAY_ADDRESS), else start a local cluster; no-op inside a Ray task."""
+@dataclass(frozen=True)
+class Demand:
+    """``count`` actors of one kind (``what``), each asking Ray for ``bundle`` on one node."""
+
+    what: str
+    count: int
+    bundle: dict[str, float]
+
+
+class ClusterShortfall(ConfigError):
+    """The cluster cannot hold what a run's actors ask for at once (a user's error: the config or the cluster)."""
+
+
+def init_ray(
+    cluster: ClusterConfig, needed_cpus: float, resources: dict[str, float] | None = None,
+    demands: list[Demand] | None = None,
+) -> None:  # fmt: skip
+    """Join ``cluster.address`` (or $RAY_ADDRESS), else start a local cluster; no-op inside a Ray task.
+    ``demands``: the actors the run starts at once, checked against the cluster before any starts
+    (:func:`check_resources`)."""
     import ray
 
     if ray.is_initialized():
@@ -16,12 +37,15 @@ def init_ray(cluster: ClusterConfig, needed_cpus: float, resources: dict[str, fl
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if cluster.address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=cluster.address, log_to_driver=cluster.worker_logs)
-        have = ray.cluster_resources().get("CPU", 0.0)
-        if have < needed_cpus:  # an autoscaling cluster may grow; a fixed one would wait forever
-            from polyray.io import warn
+        if demands:
+            check_resources(demands, cluster.resource_wait_s)
+        else:
+            have = ray.cluster_resources().get("CPU", 0.0)
+            if have < needed_cpus:  # an autoscaling cluster may grow; a fixed one would wait forever
+                from polyray.io import warn
 
-            warn(f"the cluster has {have:g} CPUs, this run asks for {needed_cpus:g} at once (rollout workers,"
-                 " learner ranks, services): it waits until the cluster grows")  # fmt: skip
+                warn(f"the cluster has {have:g} CPUs, this run asks for {needed_cpus:g} at once (rollout workers,"
+                     " learner ranks, services): it waits until the cluster grows")  # fmt: skip
         return
     # Ray Train starts a preemption watcher with every worker group, to see nodes drained (spot
     # instances): a local cluster is this one node, which nothing drains without the run going with it.
@@ -32,6 +56,12 @@ def init_ray(cluster: ClusterConfig, needed_cpus: float, resources: dict[str, fl
         num_cpus=num_cpus, resources=resources, include_dashboard=cluster.dashboard, log_to_driver=cluster.worker_logs,
         _metrics_export_port=cluster.metrics_export_port,
     )
+    if demands:
+        try:
+            check_resources(demands, 0.0)  # nothing adds nodes to a local cluster
+        except ClusterShortfall:
+            ray.shutdown()
+            raise
     if cluster.dashboard and context.dashboard_url:
         from polyray.io import console
 
@@ -43,6 +73,78 @@ def dashboard_sign_in() -> str:
     if os.environ.get("RAY_AUTH_MODE", "token").lower() != "token":
         return ""
     return "  (sign in with the token `ray get-auth-token` prints)"
+
+
+def run_demands(run: RunConfig, generation: dict | None = None) -> list[Demand]:
+    """The actors ``run`` holds at once (as :func:`needed_cpus` counts them), with the generation service's
+    replicas when ``generation`` (its args) is given; kinds that ask for nothing are left out."""
+    extra = run.cluster.worker_resources
+    r, lr = run.rollout, run.learner
+    demands = [
+        Demand("rollout workers", r.num_workers, {"CPU": r.cpus_per_worker, "GPU": r.gpus_per_worker, **extra}),
+        Demand("learner ranks", run.most_learner_workers, {"CPU": lr.cpus_per_worker, "GPU": float(lr.use_gpu), **extra}),
+    ]  # fmt: skip
+    if run.reward.endpoint:
+        demands.append(Demand("reward replicas", 2 if run.reward.http_port is not None else 1,
+                              {"CPU": run.reward.num_cpus, **extra}))  # fmt: skip
+    if generation is not None:
+        from polyray.config.services import GenerationServiceConfig
+
+        g = GenerationServiceConfig.model_validate(generation)
+        demands.append(Demand("generation replicas", g.num_replicas, {"CPU": g.num_cpus, "GPU": g.gpus, **g.resources}))
+    return [Demand(d.what, d.count, {k: v for k, v in d.bundle.items() if v}) for d in demands if d.count]
+
+
+def shortfalls(demands: list[Demand], nodes: list[dict[str, float]]) -> list[str]:
+    """What the cluster of ``nodes`` (each node's total resources) lacks for ``demands`` held at once: a
+    resource whose total falls short, and an actor whose bundle no single node holds. Empty: it fits."""
+    short = []
+    needed: dict[str, float] = {}
+    for d in demands:
+        for key, amount in d.bundle.items():
+            needed[key] = needed.get(key, 0.0) + d.count * amount
+    for key, amount in needed.items():
+        have = sum(node.get(key, 0.0) for node in nodes)
+        if have + 1e-9 < amount:
+            parts = ", ".join(f"{d.what} {d.count} x {d.bundle[key]:g}" for d in demands if d.bundle.get(key))
+            short.append(f"{key}: the run needs {amount:g} at once ({parts}), the cluster has {have:g}")
+    for d in demands:
+        if not any(all(node.get(k, 0.0) + 1e-9 >= v for k, v in d.bundle.items()) for node in nodes):
+            short.append(f"{d.what}: each asks {_bundle(d.bundle)} on one node, and no node has that"
+                         f" ({len(nodes)} node(s), the largest {_bundle(_largest(nodes, d.bundle))})")  # fmt: skip
+    return short
+
+
+def check_resources(demands: list[Demand], wait_s: float, poll_s: float = 5.0) -> None:
+    """Wait up to ``wait_s`` for the cluster to hold ``demands`` (an autoscaler may add nodes); then raise
+    :class:`ClusterShortfall` naming every missing resource in one line."""
+    import ray
+
+    deadline = time.monotonic() + wait_s
+    warned = False
+    while True:
+        nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+        short = shortfalls(demands, nodes)
+        if not short:
+            return
+        if time.monotonic() >= deadline:
+            raise ClusterShortfall("the cluster cannot hold this run: " + "; ".join(short))
+        if not warned:
+            from polyray.io import warn
+
+            warn(f"waiting up to {wait_s:g} s (cluster.resource_wait_s) for the cluster to grow: {'; '.join(short)}")
+            warned = True
+        time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+
+
+def _bundle(bundle: dict[str, float]) -> str:
+    return "{" + ", ".join(f"{k}: {v:g}" for k, v in bundle.items()) + "}"
+
+
+def _largest(nodes: list[dict[str, float]], bundle: dict[str, float]) -> dict[str, float]:
+    """The node that holds the most of ``bundle``'s resources, as amounts of them (none: zeros)."""
+    best = max(nodes, key=lambda n: [n.get(k, 0.0) for k in bundle], default={})
+    return {k: best.get(k, 0.0) for k in bundle}
 
 
 def needed_cpus(run: RunConfig) -> float:

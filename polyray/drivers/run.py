@@ -28,7 +28,7 @@ from typing import Any
 import ray
 from rich.table import Table
 
-from polyray.cluster import init_ray, needed_cpus
+from polyray.cluster import init_ray, needed_cpus, run_demands
 from polyray.config import RunConfig
 from polyray.eval.policy_eval import build_eval_task
 from polyray.eval.record import EvalRecord
@@ -496,7 +496,8 @@ def _replace_strings(value, replace: dict[str, str]):
 
 def start_ray(state: RunState, generation: dict[str, Any] | None) -> None:
     with state.timer("ray_init"):
-        init_ray(state.run.cluster, needed_cpus(state.run) + (generation_cpus(generation) if generation else 0.0))
+        init_ray(state.run.cluster, needed_cpus(state.run) + (generation_cpus(generation) if generation else 0.0),
+                 demands=run_demands(state.run, generation))  # fmt: skip
 
 
 def start_services(state: RunState, generation: dict[str, Any] | None) -> None:
