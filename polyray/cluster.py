@@ -137,6 +137,49 @@ def check_resources(demands: list[Demand], wait_s: float, poll_s: float = 5.0) -
         time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
 
 
+def local_gpu() -> tuple[str, float]:
+    """This process's first CUDA device: (name, memory in GiB)."""
+    import torch
+
+    props = torch.cuda.get_device_properties(0)
+    return props.name, props.total_memory / 2**30
+
+
+def cluster_gpus(timeout_s: float) -> dict[str, tuple[str, float]]:
+    """Each live GPU node's GPU, read on it by a one-GPU task (Ray's resources count GPUs, not their memory):
+    node id -> (name, GiB). Empty for a cluster without GPUs."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n["Resources"].get("GPU", 0.0) >= 1]
+    read = ray.remote(num_gpus=1, num_cpus=0)(local_gpu)
+    refs = [read.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote() for node in nodes]
+    try:
+        return dict(zip(nodes, ray.get(refs, timeout=timeout_s)))
+    except ray.exceptions.GetTimeoutError:
+        raise ClusterShortfall(f"reading the cluster's GPU memory: no GPU on {len(nodes)} GPU node(s) was free within"
+                               f" {timeout_s:g} s (cluster.resource_wait_s); or set learner.gpu_memory_gib and"
+                               " rollout.gpu_memory_gib") from None  # fmt: skip
+
+
+def with_cluster_gpu_memory(run: RunConfig, gpus: dict[str, tuple[str, float]]) -> tuple[RunConfig, str | None]:
+    """``run`` with the GPU memory its memory plan checks set from the cluster's ``gpus`` (the smallest: an actor
+    may land on any node) where the run uses GPUs and leaves it unset; and a line saying so (None: nothing set)."""
+    learner_unset = run.learner.use_gpu and run.learner.gpu_memory_gib is None
+    rollout_unset = bool(run.rollout.gpus_per_worker) and run.rollout.gpu_memory_gib is None
+    if not gpus or not (learner_unset or rollout_unset):
+        return run, None
+    name, gib = min(gpus.values(), key=lambda g: g[1])
+    update = {}
+    if learner_unset:
+        update["learner"] = run.learner.model_copy(update={"gpu_memory_gib": round(gib, 2)})
+    if rollout_unset:
+        update["rollout"] = run.rollout.model_copy(update={"gpu_memory_gib": round(gib, 2)})
+    kinds = sorted({f"{n} ({g:.1f} GiB)" for n, g in gpus.values()})
+    return run.model_copy(update=update), (f"GPUs: {len(gpus)} node(s) with {', '.join(kinds)}; the memory plan checks"
+                                           f" {gib:.1f} GiB a GPU")  # fmt: skip
+
+
 def _bundle(bundle: dict[str, float]) -> str:
     return "{" + ", ".join(f"{k}: {v:g}" for k, v in bundle.items()) + "}"
 

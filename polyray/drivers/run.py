@@ -495,9 +495,22 @@ def _replace_strings(value, replace: dict[str, str]):
 
 
 def start_ray(state: RunState, generation: dict[str, Any] | None) -> None:
+    """Join or start the cluster, check it holds the run's actors, and plan memory on its GPUs (read from the
+    cluster where the config leaves ``gpu_memory_gib`` unset): a run that cannot fit stops before any actor starts."""
+    from polyray.cluster import cluster_gpus, with_cluster_gpu_memory
+
+    run = state.run
     with state.timer("ray_init"):
-        init_ray(state.run.cluster, needed_cpus(state.run) + (generation_cpus(generation) if generation else 0.0),
-                 demands=run_demands(state.run, generation))  # fmt: skip
+        init_ray(run.cluster, needed_cpus(run) + (generation_cpus(generation) if generation else 0.0),
+                 demands=run_demands(run, generation))  # fmt: skip
+    if (run.learner.use_gpu and run.learner.gpu_memory_gib is None) or (
+        run.rollout.gpus_per_worker and run.rollout.gpu_memory_gib is None
+    ):
+        state.run, line = with_cluster_gpu_memory(run, cluster_gpus(run.cluster.resource_wait_s))
+        if line is not None:
+            console.print(line, highlight=False)
+            for line in plan_memory(state.run, state.model_dir):
+                console.print(line, highlight=False)
 
 
 def start_services(state: RunState, generation: dict[str, Any] | None) -> None:

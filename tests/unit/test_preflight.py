@@ -80,3 +80,32 @@ def test_a_joined_cluster_is_given_time_to_grow(ray_cluster, monkeypatch):
     assert grown["polls"] == 3
     with pytest.raises(ClusterShortfall):
         check_resources([Demand("learner ranks", 1, {"CPU": 4, "GPU": 2})], wait_s=0.2, poll_s=0.05)
+
+
+def test_gpu_memory_comes_from_the_cluster_the_smallest_gpu_checked(monkeypatch, tmp_path):
+    """The plan checks the smallest GPU the cluster reported (an actor may land on any node); a setting wins."""
+    from polyray.cluster import with_cluster_gpu_memory
+    from polyray.drivers.run import plan_memory
+    from polyray.io import ConfigError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    unset = ["learner.gpu_memory_gib=null", "rollout.gpu_memory_gib=null"]
+    run = load_config(ROOT / "configs/gpu/qwen3_0.6b.yaml", unset)
+    gpus = {"a": ("NVIDIA A100-SXM4-80GB", 79.25), "b": ("NVIDIA A10G", 22.07)}
+    planned, line = with_cluster_gpu_memory(run, gpus)
+    assert planned.learner.gpu_memory_gib == planned.rollout.gpu_memory_gib == 22.07
+    assert line == "GPUs: 2 node(s) with NVIDIA A100-SXM4-80GB (79.2 GiB), NVIDIA A10G (22.1 GiB); the memory plan checks 22.1 GiB a GPU"
+    with pytest.raises(ConfigError, match=r"a learner rank needs ~45.8 GiB .* > learner.gpu_memory_gib 22.07"):
+        plan_memory(planned, None)
+    assert plan_memory(with_cluster_gpu_memory(run, {"a": gpus["a"]})[0], None)  # fits an 80 GB GPU
+    chosen = load_config(ROOT / "configs/gpu/qwen3_0.6b.yaml", ["learner.gpu_memory_gib=70", "rollout.gpu_memory_gib=70"])
+    assert with_cluster_gpu_memory(chosen, gpus) == (chosen, None)
+    assert with_cluster_gpu_memory(run, {}) == (run, None)  # no GPU node: nothing to read
+
+
+@pytest.mark.ray
+def test_a_cluster_without_gpus_reports_none(ray_cluster):
+    from polyray.cluster import cluster_gpus
+
+    assert cluster_gpus(timeout_s=5.0) == {}
