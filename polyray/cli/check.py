@@ -117,6 +117,7 @@ def plan_lines(run, problems: list[str] | None = None, model_config: dict | None
     """The plan of ``run`` as lines of text. A model or data that cannot be used is shown in its line and
     added to ``problems`` (raised when None), so one check shows every problem and the rest of the plan.
     ``model_config``: the ``config.json`` to plan memory on instead of the run's model's."""
+    from polyray.cluster import run_demands
     from polyray.io import ConfigError, DataError
 
     def shown(what: str, fn, arg) -> str:
@@ -148,9 +149,13 @@ def plan_lines(run, problems: list[str] | None = None, model_config: dict | None
         + (f" at most (per phase: {', '.join(map(str, per_phase))})" if len(set(per_phase)) > 1 else "")
         + f"; LoRA r={lr.lora.r}, alpha={lr.lora.alpha:g}"
     )  # fmt: skip
-    cpus = r.num_workers * r.cpus_per_worker + ranks * lr.cpus_per_worker
+    if run.reward.endpoint:
+        apps = 2 if run.reward.http_port is not None else 1
+        lines.append(f"  reward replicas: {apps} x {run.reward.num_cpus:g} CPU")
+    demands = run_demands(run)
+    totals = {key: sum(d.count * d.bundle.get(key, 0.0) for d in demands) for key in ("CPU", "GPU")}
     where = run.cluster.address or "a local Ray cluster" + (f" of {run.cluster.num_cpus} CPUs" if run.cluster.num_cpus else "")
-    lines.append(f"  reserved at most: {cpus:g} CPU on {where}")
+    lines.append(f"  reserved at most: {totals['CPU']:g} CPU, {totals['GPU']:g} GPU on {where}")
     lines.append(f"evaluation: pass@k for k in {list(run.eval.ks)}, {run.eval.n_samples} samples per prompt")
     try:
         lines += memory_plan_lines(run, model_config)

@@ -302,6 +302,15 @@ def _finished_results(directory: Path, run: RunConfig) -> dict[str, Any] | None:
     return results if {"base", *(p.name for p in run.phases)} <= set(results.get("phases", {})) else None
 
 
+def sweep_cpus(run: RunConfig, concurrent: int) -> float:
+    """Ray CPUs a sweep of ``run``'s trials holds at once: ``concurrent`` trials, each its run's actors and its
+    own driver (:data:`TRIAL_CPUS`), sharing the reward apps' replicas."""
+    from polyray.cluster import needed_cpus
+
+    reward = run.reward.service_cpus()
+    return (needed_cpus(run) - reward + TRIAL_CPUS) * concurrent + reward
+
+
 def run_trials(
     name: str,
     out: Path,
@@ -321,7 +330,7 @@ def run_trials(
     ``prefix``: of every trial's run name (default ``name``); ``derived``: see :func:`pipeline_trial`."""
     from ray import tune
 
-    from polyray.cluster import init_ray, needed_cpus
+    from polyray.cluster import init_ray
     from polyray.models.source import prepare_model_dir
     from polyray.drivers.run import check_inputs
 
@@ -329,8 +338,7 @@ def run_trials(
         check_inputs(run)  # the user's data, once, before Ray starts (not once per trial)
     first = configs[0]
     prepare_model_dir(first.model, first.task)  # once, before trials race to build it
-    reward = first.reward.service_cpus()  # the reward apps' replicas, shared
-    init_ray(first.cluster, (needed_cpus(first) - reward + TRIAL_CPUS) * max_concurrent + reward)
+    init_ray(first.cluster, sweep_cpus(first, max_concurrent))
     if first.reward.endpoint:  # the reward apps serve every trial, deployed outside their placement groups
         from polyray.config.run import custom_reward_functions
         from polyray.reward.service import ensure_reward_service

@@ -177,3 +177,13 @@ def test_the_driver_refuses_a_known_model_too_big_for_its_gpus_before_downloadin
     with pytest.raises(ConfigError, match=r"^learner.micro_batch_tokens: a learner rank needs ~45.8 GiB"):
         plan_memory(run, None)
     assert plan_memory(load_config(ROOT / "configs/gpu/qwen3_0.6b.yaml"), None)[0].startswith("memory plan: learner rank")
+
+
+def test_check_reserves_what_the_run_checks_against_the_cluster():
+    """The plan's totals are the pre-flight check's (reward replicas included)."""
+    from polyray.cluster import needed_cpus
+
+    result = CliRunner().invoke(app, ["check", "-q", str(ROOT / "configs/gpu/qwen3_0.6b.yaml")])
+    assert "  reward replicas: 1 x 1 CPU" in result.output, result.output
+    cpus = needed_cpus(load_config(ROOT / "configs/gpu/qwen3_0.6b.yaml"))
+    assert f"  reserved at most: {cpus:g} CPU, 6 GPU on auto" in result.output and cpus == 25, result.output
