@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from polyray.config.rollout import MaxLoraRank
+from polyray.config.rollout import VLLM_GPU_MEMORY_UTILIZATION, MaxLoraRank, gpu_share_error
 from polyray.config.sandbox import SandboxConfig
 
 
@@ -120,14 +120,32 @@ class GenerationServiceConfig(ApiKeyConfig):
         default_factory=dict, description="Named saved adapters: model id (e.g. '<run>/<phase>') -> peft directory."
     )
     dtype: str = Field("float32", description="Model dtype (float32 on CPU, bfloat16 on GPU).")
-    max_model_len: int | None = Field(None, ge=16, description="Context length (default: the model's).")
+    max_model_len: int | None = Field(
+        None, ge=16, description="Context length (default: the model's); on GPU the KV cache holds at least one."
+    )
     max_num_seqs: int = Field(32, ge=1, description="Sequences the engine batches at once.")
+    max_num_batched_tokens: int | None = Field(
+        None, ge=16,
+        description="Tokens per engine step. Default on CPU max_num_seqs x the context, whole prompts per step (a"
+        " per-request seed reproduces whatever else is batched); on GPU vLLM's own default, prefills in chunks.",
+    )  # fmt: skip
     max_lora_rank: MaxLoraRank = Field(16, description="Largest LoRA rank served (one of vLLM's sizes).")
     max_loras: int = Field(2, ge=1, description="Adapters in one engine batch.")
     keep_versions: int = Field(4, ge=1, description="Policy versions a replica keeps loaded (named adapters apart).")
     kv_cache_gib: int = Field(1, ge=1, description="vLLM CPU KV cache (GiB).")
     threads: int = Field(1, ge=1, description="Torch/OMP threads of the engine (CPU).")
-    gpus: float = Field(0.0, ge=0, description="GPUs per replica (0: CPU).")
+    gpus: float = Field(
+        0.0, ge=0, description="GPUs per replica (0: CPU); a fraction shares a GPU with other actors, so"
+        " gpu_memory_utilization must keep within it.",
+    )
+    gpu_memory_utilization: float = Field(
+        VLLM_GPU_MEMORY_UTILIZATION, gt=0, le=1,
+        description="Share of each GPU's memory the replica's engine takes (vLLM's default); at most gpus x 0.92"
+        " when a fraction of a GPU. GPU only.",
+    )
+    enforce_eager: bool | None = Field(
+        None, description="Eager mode, without torch.compile or CUDA graphs. None: on CPU, off on GPU (vLLM's default)."
+    )
     resources: dict[str, float] = Field(
         default_factory=dict, description="Custom Ray resources per replica, e.g. {worker: 1} to keep replicas on"
         " the nodes started with them (a run passes its cluster.worker_resources).",
@@ -171,4 +189,22 @@ class GenerationServiceConfig(ApiKeyConfig):
     def _queue(self) -> GenerationServiceConfig:
         if self.max_queued_requests == 0:
             raise ValueError("max_queued_requests must be -1 (unbounded) or >= 1")
+        return self
+
+    @model_validator(mode="after")
+    def _engines_fit_a_shared_gpu(self) -> GenerationServiceConfig:
+        error = gpu_share_error(self.gpus, self.gpu_memory_utilization, "gpus")
+        if error:
+            raise ValueError(error)
+        return self
+
+    @model_validator(mode="after")
+    def _no_split_prefill_on_cpu(self) -> GenerationServiceConfig:
+        step, context = self.max_num_batched_tokens, self.max_model_len
+        if not self.gpus and step is not None and context is not None and step < self.max_num_seqs * context:
+            raise ValueError(
+                f"max_num_batched_tokens ({step}) must be >= max_num_seqs x max_model_len"
+                f" ({self.max_num_seqs * context}) on CPU: vLLM on CPU cannot rewind a per-request sampling seed"
+                " of a split prefill"
+            )
         return self

@@ -53,7 +53,7 @@ from polyray.http import BearerAuth, BodySizeLimit, check_api_key, error_respons
 from polyray.io import ConfigError, format_validation_error
 from polyray.lifetime import process_dir, shared_root, sweep_stale
 from polyray.models.tiny import EMBEDDED_CHAT_TEMPLATE
-from polyray.rollout.worker import vllm_env
+from polyray.rollout.worker import device_engine_args, vllm_env
 from polyray.telemetry import Metrics
 
 logger = logging.getLogger("polyray.generation")
@@ -116,8 +116,9 @@ def engine_env(cfg: GenerationServiceConfig) -> dict[str, str]:
     CPU vLLM would also start a worker process below that one (its multiprocessing executor), a third
     interpreter importing vLLM and torch. ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` keeps the model in the
     engine-core process, as the rollout workers keep it in theirs (docs/benchmarks.md, "Generation
-    service start"). On a GPU vLLM runs one GPU's model in the engine core already: left as it is."""
-    env = vllm_env(cfg.kv_cache_gib, cfg.threads)
+    service start"). On a GPU vLLM runs one GPU's model in the engine core already: left as it is, and
+    vLLM's CPU variables are not set."""
+    env = vllm_env(cfg.kv_cache_gib, cfg.threads, gpu=cfg.gpus > 0)
     if not cfg.gpus:
         env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     return env
@@ -146,19 +147,26 @@ def _model_max_len(model_dir: Path) -> int | None:
 
 
 def engine_args(cfg: GenerationServiceConfig):
-    """vLLM's ``AsyncEngineArgs`` for a replica (and for the benchmark's direct engine: the same settings)."""
+    """vLLM's ``AsyncEngineArgs`` for a replica (and for the benchmark's direct engine: the same settings).
+
+    The step: on CPU one scheduler step takes whole prompts (as the rollout workers do), so a request's
+    tokens do not depend on what else is in the batch and a per-request seed reproduces; on GPU vLLM's own
+    default step with chunked prefill (whole prompts of a long context are a step vLLM's start-up profile
+    pass cannot hold), unless ``max_num_batched_tokens`` is set."""
     from vllm.config import StructuredOutputsConfig
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     max_len = cfg.max_model_len or _model_max_len(Path(cfg.model_dir))
+    step = cfg.max_num_batched_tokens
+    if step is None and not cfg.gpus and max_len:
+        step = cfg.max_num_seqs * max_len
     return AsyncEngineArgs(
         model=cfg.model_dir, dtype=cfg.dtype, max_model_len=max_len, max_num_seqs=cfg.max_num_seqs,
-        # one scheduler step takes whole prompts (as the rollout workers do): a request's tokens
-        # do not depend on what else is in the batch, so a per-request seed reproduces
-        max_num_batched_tokens=cfg.max_num_seqs * max_len if max_len else None,
+        max_num_batched_tokens=step,
         enable_lora=True, max_lora_rank=cfg.max_lora_rank, max_loras=cfg.max_loras,
         max_cpu_loras=max(cfg.max_loras, cfg.keep_versions + len(cfg.adapters) + 1),
-        enforce_eager=True, generation_config="vllm",  # OpenAI's defaults, not the model's
+        **device_engine_args(cfg.gpus, cfg.enforce_eager, cfg.gpu_memory_utilization),
+        generation_config="vllm",  # OpenAI's defaults, not the model's
         structured_outputs_config=StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True)
         if cfg.compact_json else StructuredOutputsConfig(),
     )  # fmt: skip

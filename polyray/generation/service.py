@@ -26,6 +26,8 @@ def run_generation_args(run: RunConfig, run_dir: Path, model_dir: Path, named: b
         "kv_cache_gib": run.rollout.kv_cache_gib,
         "threads": run.rollout.threads,
         "gpus": run.rollout.gpus_per_worker,
+        "gpu_memory_utilization": run.rollout.gpu_memory_utilization,
+        "enforce_eager": run.rollout.enforce_eager,
     }
     if (run_dir / STORE_DIR).is_dir() or not named:
         args["store_root"] = str((run_dir / STORE_DIR).resolve())

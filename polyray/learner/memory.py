@@ -47,9 +47,12 @@ The totals are checked against the peak memory of real learner steps by ``polyra
 
 A rollout worker's vLLM engine (:func:`rollout_memory`) holds the weights (sharded over its tensor
 parallel GPUs), LoRA slots for ``max_loras`` adapters of ``max_lora_rank``, the activations of one
-scheduler step, and a KV cache: on CPU ``rollout.kv_cache_gib``, on GPU whatever is left of vLLM's
-share of the GPU (``VLLM_GPU_MEMORY_UTILIZATION``), which must hold at least one sequence of
-``rollout.max_model_len`` tokens. The rollout terms are first-principles estimates, not measured.
+scheduler step (``rollout.max_num_batched_tokens``; on GPU by default vLLM's own step, at most
+``VLLM_GPU_STEP_TOKENS``), and a KV cache: on CPU ``rollout.kv_cache_gib``, on GPU whatever is left of
+vLLM's share of the GPU (``rollout.gpu_memory_utilization``), which must hold at least one sequence of
+``rollout.max_model_len`` tokens. vLLM counts the CUDA graphs it captures on GPU inside that share, so
+they come out of the KV cache's rest; the plan does not estimate them. The rollout terms are
+first-principles estimates, not measured.
 """
 
 from __future__ import annotations
@@ -73,7 +76,9 @@ LOGITS_COPIES = {"chunks": 3, "whole": 4}
 # gpu: the CUDA context (0.60 GiB measured on an H100) + the caching allocator's reserve over what is allocated
 RUNTIME_BYTES = {"cpu": int(1.2 * GIB), "gpu": 1 * GIB}
 VLLM_RUNTIME_BYTES = {"cpu": 1 * GIB, "gpu": 1 * GIB}  # vLLM's own process and CUDA context (not measured)
-VLLM_GPU_MEMORY_UTILIZATION = 0.9  # vLLM's default share of the GPU, which polyray's engines keep
+# the largest of vLLM's default steps for its LLM class on a GPU (EngineArgs.get_batch_defaults), which
+# polyray's GPU engines keep unless max_num_batched_tokens is set; longer prefills are split into chunks
+VLLM_GPU_STEP_TOKENS = 16384
 
 Device = Literal["cpu", "gpu"]
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -301,6 +306,8 @@ def rollout_memory(shape: ModelShape, rollout: RolloutConfig, dtype: str) -> Mem
     device: Device = "gpu" if rollout.gpus_per_worker > 0 else "cpu"
     tp = rollout.tensor_parallel_size
     step_tokens = rollout.max_num_batched_tokens or rollout.max_num_seqs * rollout.max_model_len
+    if device == "gpu" and rollout.max_num_batched_tokens is None:  # vLLM caps its default at a full batch
+        step_tokens = min(step_tokens, VLLM_GPU_STEP_TOKENS)
     slots = rollout.max_loras * lora_parameters(shape, rollout.max_lora_rank, list(PROJECTIONS)) * b
     # a step's widest intermediates (MLP gate and up, attention q/k/v) and the sampler's float32 logits
     step = step_tokens * (2 * shape.intermediate + shape.q_dim + 2 * shape.kv_dim + 2 * shape.hidden) * b / tp
@@ -435,15 +442,16 @@ def check_rollout(plan: MemoryPlan, run: RunConfig) -> None:
                 f" one sequence of rollout.max_model_len {rollout.max_model_len}: raise kv_cache_gib"
             )
         return
-    limit = rollout.gpu_memory_gib
-    if limit is None or plan.total <= VLLM_GPU_MEMORY_UTILIZATION * limit * GIB:
+    limit, share = rollout.gpu_memory_gib, rollout.gpu_memory_utilization
+    if limit is None or plan.total <= share * limit * GIB:
         return
     weights = plan.terms["weights"] + plan.terms["LoRA slots"]
     lead = "tensor_parallel_size" if weights > plan.terms["activations"] else "max_num_batched_tokens"
     raise ConfigError(
-        f"rollout.{lead}: a rollout worker needs {plan.describe()} > {VLLM_GPU_MEMORY_UTILIZATION:g} x"
-        f" rollout.gpu_memory_gib {limit:g} ({plan.what}): raise tensor_parallel_size (and gpus_per_worker),"
-        " or lower max_num_batched_tokens, max_num_seqs or max_model_len"
+        f"rollout.{lead}: a rollout worker needs {plan.describe()} > {share:g} x"
+        f" rollout.gpu_memory_gib {limit:g} (rollout.gpu_memory_utilization; {plan.what}): raise"
+        " tensor_parallel_size (and gpus_per_worker) or gpu_memory_utilization, or lower max_num_batched_tokens,"
+        " max_num_seqs or max_model_len"
     )
 
 
@@ -452,7 +460,7 @@ def rollout_kv_note(plan: MemoryPlan, run: RunConfig) -> str:
     rollout = run.rollout
     if plan.device == "cpu" or rollout.gpu_memory_gib is None:
         return ""
-    rest = VLLM_GPU_MEMORY_UTILIZATION * rollout.gpu_memory_gib * GIB - plan.total
+    rest = rollout.gpu_memory_utilization * rollout.gpu_memory_gib * GIB - plan.total
     rest += plan.terms["KV cache (one sequence)"]
     tokens = int(rest // plan.extra["kv_bytes_per_token"])
     return (f"; the KV cache gets ~{rest / GIB:.1f} GiB = {tokens} tokens (a full batch of max_num_seqs x"
@@ -468,7 +476,8 @@ def plan_lines(learner: MemoryPlan | None, rollout: MemoryPlan, run: RunConfig, 
         f" sequences bounded by {lengths.source})"
     ]  # fmt: skip
     limit = run.rollout.gpu_memory_gib
-    of = f" of {VLLM_GPU_MEMORY_UTILIZATION:g} x {limit:g} GiB" if limit is not None and rollout.device == "gpu" else ""
+    share = run.rollout.gpu_memory_utilization
+    of = f" of {share:g} x {limit:g} GiB" if limit is not None and rollout.device == "gpu" else ""
     lines.append(f"memory plan: rollout worker ({rollout.device.upper()}) {rollout.describe()}{of} ({rollout.what})"
                  f"{rollout_kv_note(rollout, run)}")  # fmt: skip
     return lines

@@ -67,11 +67,12 @@ class Sample:
         return asdict(self)
 
 
-def vllm_env(kv_cache_gib: int, threads: int) -> dict[str, str]:
-    """Environment a vLLM process needs before vLLM/torch import: capped threads, KV cache size."""
+def vllm_env(kv_cache_gib: int, threads: int, gpu: bool = False) -> dict[str, str]:
+    """Environment a vLLM process needs before vLLM/torch import: capped threads, and on CPU the KV cache
+    size and no thread pinning (cores are shared); vLLM's CPU variables are set on CPU alone."""
+    cpu = {} if gpu else {"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib), "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
     return {
-        "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib),
-        "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+        **cpu,
         "OMP_NUM_THREADS": str(threads),
         "MKL_NUM_THREADS": str(threads),
         "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
@@ -80,12 +81,31 @@ def vllm_env(kv_cache_gib: int, threads: int) -> dict[str, str]:
 
 
 def rollout_env(config: RolloutConfig) -> dict[str, str]:
-    # The engine runs inside the worker's process: no extra engine-core process per worker.
+    """A rollout worker's vLLM environment. On CPU the engine runs inside the worker's process: no extra
+    engine-core process per worker. On GPU vLLM keeps its engine core in a process of its own, which
+    schedules the next step while the GPU runs this one (vLLM's default)."""
+    if config.gpus_per_worker > 0:
+        return vllm_env(config.kv_cache_gib, config.threads, gpu=True)
     return {**vllm_env(config.kv_cache_gib, config.threads), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 
 
+def device_engine_args(gpus: float, enforce_eager: bool | None, gpu_memory_utilization: float) -> dict[str, Any]:
+    """The vLLM engine arguments that depend on the device, for an engine on ``gpus`` GPUs (0: CPU).
+
+    CPU: eager mode unless set (vLLM's compiled CPU path was the slower on rollout-sized batches:
+    docs/benchmarks.md). GPU: vLLM's default unless set, torch.compile and CUDA graphs (eager decoding
+    launches every kernel from Python), and the configured share of each GPU's memory."""
+    if gpus <= 0:
+        return {"enforce_eager": True if enforce_eager is None else enforce_eager}
+    return {"enforce_eager": bool(enforce_eager), "gpu_memory_utilization": gpu_memory_utilization}
+
+
 def engine_kwargs(model_dir: str, config: RolloutConfig, dtype: str) -> dict[str, Any]:
-    """A rollout worker's ``vllm.LLM`` arguments (LoRA on, whole prompts per step on CPU)."""
+    """A rollout worker's ``vllm.LLM`` arguments (LoRA on; on CPU whole prompts per step, on GPU vLLM's own
+    step with chunked prefill unless ``max_num_batched_tokens`` is set)."""
+    step = config.max_num_batched_tokens
+    if step is None and config.gpus_per_worker == 0:
+        step = config.max_num_seqs * config.max_model_len
     return dict(
         model=str(model_dir),
         enable_lora=True,
@@ -94,9 +114,9 @@ def engine_kwargs(model_dir: str, config: RolloutConfig, dtype: str) -> dict[str
         dtype=dtype,
         max_model_len=config.max_model_len,
         max_num_seqs=config.max_num_seqs,
-        max_num_batched_tokens=config.max_num_batched_tokens or config.max_num_seqs * config.max_model_len,
+        max_num_batched_tokens=step,
         seed=config.seed,
-        enforce_eager=True,
+        **device_engine_args(config.gpus_per_worker, config.enforce_eager, config.gpu_memory_utilization),
         logprobs_mode=config.logprobs_mode,
         # one engine over the worker's GPUs; its shard processes are vLLM's own (Ray placed the actor)
         tensor_parallel_size=config.tensor_parallel_size,

@@ -99,6 +99,10 @@ QUICKSTART = ROOT / "configs" / "quickstart.yaml"
         (["phases.1.sampling.temperature=0"], "phases.1: sampling.temperature must be > 0"),
         (["phases.1.sampling.top_p=0.9"], "phases.1: sampling.top_p must be 1 in a training phase"),
         (["phases.1.kl_reference=start"], "phases.1.kl_reference"),
+        (["rollout.gpus_per_worker=0.5"], "rollout: gpu_memory_utilization 0.92 of each GPU for gpus_per_worker 0.5"),
+        (["rollout.gpus_per_worker=0.5", "rollout.gpu_memory_utilization=0.5"], "set gpu_memory_utilization to at"
+         " most 0.46"),
+        (["rollout.gpus_per_worker=1.5"], "rollout: gpus_per_worker 1.5: above 1, a whole number of GPUs"),
     ],
 )
 def test_configs_that_used_to_crash_late_fail_at_load(overrides, needle):

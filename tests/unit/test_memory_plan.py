@@ -217,11 +217,40 @@ def test_rollout_worker_that_cannot_fit_is_refused():
     config = QWEN3["Qwen/Qwen3-8B"]
     run = load_config("configs/gpu/replies_qwen3_8b.yaml", ["rollout.gpu_memory_gib=16", "rollout.tensor_parallel_size=1",
                                                             "rollout.gpus_per_worker=1"])  # fmt: skip
-    with pytest.raises(ConfigError, match=r"^rollout.tensor_parallel_size: a rollout worker needs ~.*> 0.9 x"):
+    with pytest.raises(ConfigError, match=r"^rollout.tensor_parallel_size: a rollout worker needs ~.*> 0.92 x"):
         check_run(run, config, bound_lengths(run))
     cpu = RunConfig.model_validate({"rollout": {"max_model_len": 4096}})
     with pytest.raises(ConfigError, match=r"^rollout.kv_cache_gib: "):
         check_run(cpu, _config(num_hidden_layers=512, num_key_value_heads=6, head_dim=128), bound_lengths(cpu))
+
+
+def test_the_rollout_plan_takes_the_configured_share_of_the_gpu():
+    """vLLM's engine takes rollout.gpu_memory_utilization of each GPU (vLLM's 0.92 by default): the plan's
+    limit, its header line and its refusal use that share."""
+    run = load_config("configs/gpu/qwen3_0.6b.yaml")
+    lines = check_run(run, QWEN3["Qwen/Qwen3-0.6B"], bound_lengths(run))
+    assert "of 0.92 x 80 GiB" in lines[-1]
+    small = load_config("configs/gpu/qwen3_0.6b.yaml", ["rollout.gpu_memory_utilization=0.03"])
+    with pytest.raises(ConfigError, match=r"^rollout.tensor_parallel_size: .*> 0.03 x rollout.gpu_memory_gib 80"):
+        check_run(small, QWEN3["Qwen/Qwen3-0.6B"], bound_lengths(small))
+
+
+def test_a_gpu_engine_steps_by_vllms_default_unless_set():
+    """On GPU max_num_batched_tokens is left to vLLM (chunked prefill: at most its largest default step, and
+    never more than max_num_seqs x max_model_len); one set explicitly is planned as set, and a step the GPU
+    cannot hold is refused naming it."""
+    from polyray.config import RolloutConfig
+    from polyray.learner.memory import rollout_memory
+
+    shape = ModelShape.from_config(QWEN3["Qwen/Qwen3-1.7B"])
+    plan = lambda **kw: rollout_memory(shape, RolloutConfig(gpus_per_worker=1, **kw), "bfloat16")  # noqa: E731
+    default = plan(max_model_len=2048, max_num_seqs=128)
+    assert default.terms == plan(max_model_len=2048, max_num_seqs=128, max_num_batched_tokens=16384).terms
+    assert plan(max_model_len=512, max_num_seqs=4).terms == plan(max_model_len=512, max_num_seqs=4,
+                                                                 max_num_batched_tokens=2048).terms  # fmt: skip
+    huge = load_config("configs/gpu/replies_qwen3_8b.yaml", ["rollout.max_num_batched_tokens=1310720"])
+    with pytest.raises(ConfigError, match=r"^rollout.max_num_batched_tokens: a rollout worker needs"):
+        check_run(huge, QWEN3["Qwen/Qwen3-8B"], bound_lengths(huge))
 
 
 def test_a_config_that_fits_passes_and_prints_its_plan():
