@@ -137,6 +137,44 @@ def check_resources(demands: list[Demand], wait_s: float, poll_s: float = 5.0) -
         time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
 
 
+def wait_for_actors(refs: list, actors: list, demand: Demand, wait_s: float, poll_s: float = 2.0) -> list:
+    """``ray.get(refs)`` (each a call on one of ``actors``, the ``demand`` kind), raising
+    :class:`ClusterShortfall` once ``wait_s`` has passed with an actor Ray has still not placed: other work
+    holds what it asks for. An actor that is placed and starting (a model loading) is waited for."""
+    import ray
+
+    deadline = time.monotonic() + wait_s
+    pending = list(refs)
+    while pending:
+        _, pending = ray.wait(pending, num_returns=len(pending), timeout=poll_s)
+        if pending and time.monotonic() >= deadline:
+            unplaced = [i for i, actor in enumerate(actors) if _actor_state(actor) == "PENDING_CREATION"]
+            if unplaced:
+                raise ClusterShortfall(
+                    f"{demand.what} {unplaced} not placed after {wait_s:g} s (cluster.resource_wait_s): each asks"
+                    f" {_bundle(demand.bundle)} on one node; free now: {_bundle(_free(demand.bundle))}"
+                )  # fmt: skip
+            deadline = float("inf")  # all placed: what is left is their start
+    return ray.get(refs)
+
+
+def _actor_state(actor) -> str | None:
+    """The actor's state as the GCS has it (``PENDING_CREATION`` until Ray places it); None if unknown."""
+    from ray._private import state
+
+    try:
+        return state.actors(actor_id=actor._actor_id.hex()).get("State")
+    except Exception:  # noqa: BLE001 - a diagnosis only: unknown is not an error
+        return None
+
+
+def _free(bundle: dict[str, float]) -> dict[str, float]:
+    import ray
+
+    free = ray.available_resources()
+    return {k: free.get(k, 0.0) for k in bundle}
+
+
 def local_gpu() -> tuple[str, float]:
     """This process's first CUDA device: (name, memory in GiB)."""
     import torch

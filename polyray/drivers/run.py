@@ -563,7 +563,8 @@ def wait_for_pool(state: RunState, launched_s: float) -> None:
     stages still add up to the run's time."""
     start = time.perf_counter()
     with console.status(f"waiting for {state.run.rollout.num_workers} vLLM rollout worker(s) to start"):
-        state.pool.wait_ready()
+        demand = next(d for d in run_demands(state.run) if d.what == "rollout workers")
+        state.pool.wait_ready(demand, state.run.cluster.resource_wait_s)
     state.timer.timings["rollout_pool_start"] = round(launched_s + time.perf_counter() - start, 2)
 
 

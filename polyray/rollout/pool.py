@@ -74,8 +74,17 @@ class RolloutPool:
             pool.wait_ready()
         return pool
 
-    def wait_ready(self) -> None:
-        ray.get([w.versions.remote() for w in self.workers])
+    def wait_ready(self, demand=None, resource_wait_s: float = 0.0) -> None:
+        """Wait for every worker's engine. With ``demand`` (the workers' :class:`polyray.cluster.Demand`), a
+        worker Ray has not placed after ``resource_wait_s`` (other work holds its GPUs) stops the wait, naming
+        what it asks for."""
+        refs = [w.versions.remote() for w in self.workers]
+        if demand is None:
+            ray.get(refs)
+            return
+        from polyray.cluster import wait_for_actors
+
+        wait_for_actors(refs, self.workers, demand, resource_wait_s)
 
     # ---- weight sync ------------------------------------------------------------------------
     def newest_version(self) -> int:

@@ -187,3 +187,20 @@ def test_check_reserves_what_the_run_checks_against_the_cluster():
     assert "  reward replicas: 1 x 1 CPU" in result.output, result.output
     cpus = needed_cpus(load_config(ROOT / "configs/gpu/qwen3_0.6b.yaml"))
     assert f"  reserved at most: {cpus:g} CPU, 6 GPU on auto" in result.output and cpus == 25, result.output
+
+
+def test_the_cluster_launchers_job_fits_its_gpus(monkeypatch, tmp_path):
+    """deploy/cluster-launcher.yaml's documented job, on its workers' GPUs (g5.12xlarge: A10G, 24 GB, of which
+    CUDA reports ~22 GiB): the preset as is cannot fit (sized for 80 GB), the documented command can."""
+    import re
+    import shlex
+
+    _offline(monkeypatch, tmp_path)
+    text = (ROOT / "deploy/cluster-launcher.yaml").read_text()
+    assert "InstanceType: g5.12xlarge  # 4 x A10G" in text
+    job = shlex.split(re.search(r"^#\s+ray job submit .*?-- (python -m jobs\.train .*)$", text, re.M).group(1))
+    config, overrides = job[3], [job[i + 1] for i, arg in enumerate(job) if arg == "--set"]
+    for sets, fits in (([], False), (overrides, True)):
+        args = ["check", "-q", str(ROOT / config), "--gpu-memory-gib", "22", *[a for s in sets for a in ("--set", s)]]
+        result = CliRunner().invoke(app, args)
+        assert (result.exit_code == 0) == fits, (sets, result.output)

@@ -227,10 +227,10 @@ def test_rollout_worker_that_cannot_fit_is_refused():
 def test_the_rollout_plan_takes_the_configured_share_of_the_gpu():
     """vLLM's engine takes rollout.gpu_memory_utilization of each GPU (vLLM's 0.92 by default): the plan's
     limit, its header line and its refusal use that share."""
-    run = load_config("configs/gpu/qwen3_0.6b.yaml")
+    run = load_config("configs/gpu/qwen3_0.6b.yaml", ["rollout.gpu_memory_gib=80"])
     lines = check_run(run, QWEN3["Qwen/Qwen3-0.6B"], bound_lengths(run))
     assert "of 0.92 x 80 GiB" in lines[-1]
-    small = load_config("configs/gpu/qwen3_0.6b.yaml", ["rollout.gpu_memory_utilization=0.03"])
+    small = load_config("configs/gpu/qwen3_0.6b.yaml", ["rollout.gpu_memory_utilization=0.03", "rollout.gpu_memory_gib=80"])
     with pytest.raises(ConfigError, match=r"^rollout.tensor_parallel_size: .*> 0.03 x rollout.gpu_memory_gib 80"):
         check_run(small, QWEN3["Qwen/Qwen3-0.6B"], bound_lengths(small))
 
@@ -248,7 +248,8 @@ def test_a_gpu_engine_steps_by_vllms_default_unless_set():
     assert default.terms == plan(max_model_len=2048, max_num_seqs=128, max_num_batched_tokens=16384).terms
     assert plan(max_model_len=512, max_num_seqs=4).terms == plan(max_model_len=512, max_num_seqs=4,
                                                                  max_num_batched_tokens=2048).terms  # fmt: skip
-    huge = load_config("configs/gpu/replies_qwen3_8b.yaml", ["rollout.max_num_batched_tokens=1310720"])
+    huge = load_config("configs/gpu/replies_qwen3_8b.yaml", ["rollout.max_num_batched_tokens=1310720",
+                                                             "rollout.gpu_memory_gib=40"])  # fmt: skip
     with pytest.raises(ConfigError, match=r"^rollout.max_num_batched_tokens: a rollout worker needs"):
         check_run(huge, QWEN3["Qwen/Qwen3-8B"], bound_lengths(huge))
 
@@ -259,18 +260,27 @@ def test_a_config_that_fits_passes_and_prints_its_plan():
     run = load_config("configs/quickstart.yaml")
     lines = check_run(run, tiny_model_config(run.model.tiny), bound_lengths(run))
     assert len(lines) == 2 and lines[0].startswith("memory plan: learner rank ~") and "rollout worker (CPU)" in lines[1]
-    gpu = _gpu_run(gpu_memory_gib=80)
+    gpu = load_config("configs/gpu/qwen3_0.6b.yaml", ["learner.gpu_memory_gib=80", "rollout.gpu_memory_gib=80"])
     lines = check_run(gpu, QWEN3["Qwen/Qwen3-0.6B"], bound_lengths(gpu))
     assert "of 80 GiB" in lines[0] and "the KV cache gets" in lines[1]
 
 
 @pytest.mark.parametrize("path", ["configs/gpu/qwen3_0.6b.yaml", "configs/gpu/code_qwen3.yaml",
                                   "configs/gpu/replies_qwen3.yaml", "configs/gpu/replies_qwen3_8b.yaml"])  # fmt: skip
-def test_gpu_presets_fit_the_memory_they_declare(path):
-    """At worst-case lengths (every sequence rollout.max_model_len long), so any data fits."""
+def test_gpu_presets_fit_the_gpus_they_were_sized_for(path):
+    """At worst-case lengths (every sequence rollout.max_model_len long), so any data fits; on the GPUs the
+    preset's header names (its ``polyray check ... --gpu-memory-gib N`` line); the memory itself is left to
+    the cluster (read from its GPUs at start), so a smaller GPU is refused rather than trusted."""
+    import re
+
+    from polyray.cli.check import on_gpus_of
+
     run = load_config(path)
-    assert run.learner.gpu_memory_gib and run.rollout.gpu_memory_gib
-    check_run(run, QWEN3[run.model.source], bound_lengths(run))
+    assert run.learner.gpu_memory_gib is None and run.rollout.gpu_memory_gib is None
+    sized_for = float(re.search(r"--gpu-memory-gib (\d+)", open(path).read()).group(1))
+    check_run(on_gpus_of(run, sized_for), QWEN3[run.model.source], bound_lengths(run))
+    with pytest.raises(ConfigError):
+        check_run(on_gpus_of(run, 12), QWEN3[run.model.source], bound_lengths(run))
 
 
 def test_gpu_memory_fields_need_a_gpu():

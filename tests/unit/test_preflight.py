@@ -109,3 +109,33 @@ def test_a_cluster_without_gpus_reports_none(ray_cluster):
     from polyray.cluster import cluster_gpus
 
     assert cluster_gpus(timeout_s=5.0) == {}
+
+
+@pytest.mark.ray
+def test_an_actor_ray_cannot_place_stops_the_wait_naming_what_it_asks(ray_cluster):
+    """Placed actors are waited for however long they start; one Ray has not placed by the deadline (what it
+    asks for is held, or nowhere) is named with the cluster's free resources."""
+    import ray
+
+    from polyray.cluster import wait_for_actors
+
+    @ray.remote(num_cpus=0)
+    class Slow:
+        def ready(self, delay: float) -> str:
+            import time
+
+            time.sleep(delay)
+            return "ok"
+
+    placed = [Slow.remote()]
+    assert wait_for_actors([placed[0].ready.remote(1.0)], placed, Demand("rollout workers", 1, {"CPU": 0}), wait_s=0.1,
+                           poll_s=0.2) == ["ok"]  # fmt: skip
+    stuck = [Slow.options(resources={"nowhere": 1}).remote()]
+    with pytest.raises(ClusterShortfall) as err:
+        wait_for_actors([stuck[0].ready.remote(0.0)], stuck, Demand("rollout workers", 1, {"CPU": 1, "nowhere": 1}),
+                        wait_s=0.5, poll_s=0.2)  # fmt: skip
+    message = str(err.value)
+    assert message.startswith("rollout workers [0] not placed after 0.5 s (cluster.resource_wait_s): each asks"
+                              " {CPU: 1, nowhere: 1} on one node; free now: {CPU: "), message  # fmt: skip
+    assert message.endswith("nowhere: 0}")
+    ray.kill(stuck[0])
