@@ -139,8 +139,8 @@ def check_resources(demands: list[Demand], wait_s: float, poll_s: float = 5.0) -
 
 def wait_for_actors(refs: list, actors: list, demand: Demand, wait_s: float, poll_s: float = 2.0) -> list:
     """``ray.get(refs)`` (each a call on one of ``actors``, the ``demand`` kind), raising
-    :class:`ClusterShortfall` once ``wait_s`` has passed with an actor Ray has still not placed: other work
-    holds what it asks for. An actor that is placed and starting (a model loading) is waited for."""
+    :class:`ClusterShortfall` once ``wait_s`` has passed with an actor Ray has still not given a worker
+    process: other work holds what it asks for. One placed and starting (a model loading) is waited for."""
     import ray
 
     deadline = time.monotonic() + wait_s
@@ -148,7 +148,7 @@ def wait_for_actors(refs: list, actors: list, demand: Demand, wait_s: float, pol
     while pending:
         _, pending = ray.wait(pending, num_returns=len(pending), timeout=poll_s)
         if pending and time.monotonic() >= deadline:
-            unplaced = [i for i, actor in enumerate(actors) if _actor_state(actor) == "PENDING_CREATION"]
+            unplaced = [i for i, actor in enumerate(actors) if _unplaced(actor)]
             if unplaced:
                 raise ClusterShortfall(
                     f"{demand.what} {unplaced} not placed after {wait_s:g} s (cluster.resource_wait_s): each asks"
@@ -158,14 +158,16 @@ def wait_for_actors(refs: list, actors: list, demand: Demand, wait_s: float, pol
     return ray.get(refs)
 
 
-def _actor_state(actor) -> str | None:
-    """The actor's state as the GCS has it (``PENDING_CREATION`` until Ray places it); None if unknown."""
+def _unplaced(actor) -> bool:
+    """Whether Ray has not given the actor a worker process yet: still pending creation with no pid (one
+    placed and starting has its worker's pid). Unknown counts as placed: it is a diagnosis only."""
     from ray._private import state
 
     try:
-        return state.actors(actor_id=actor._actor_id.hex()).get("State")
-    except Exception:  # noqa: BLE001 - a diagnosis only: unknown is not an error
-        return None
+        info = state.actors(actor_id=actor._actor_id.hex())
+    except Exception:  # noqa: BLE001 - unknown is not an error
+        return False
+    return info.get("State") == "PENDING_CREATION" and not info.get("Pid")
 
 
 def _free(bundle: dict[str, float]) -> dict[str, float]:

@@ -113,23 +113,35 @@ def test_a_cluster_without_gpus_reports_none(ray_cluster):
 
 @pytest.mark.ray
 def test_an_actor_ray_cannot_place_stops_the_wait_naming_what_it_asks(ray_cluster):
-    """Placed actors are waited for however long they start; one Ray has not placed by the deadline (what it
-    asks for is held, or nowhere) is named with the cluster's free resources."""
+    """A placed actor is waited for past the deadline (its call outlasts it); one Ray has given no worker by the
+    deadline (what it asks for is held, or nowhere) is named with the cluster's free resources."""
+    import time
+
     import ray
 
     from polyray.cluster import wait_for_actors
 
     @ray.remote(num_cpus=0)
     class Slow:
+        def __init__(self, start_s: float = 0.0):
+            import time
+
+            time.sleep(start_s)  # a model loading: placed, still being created
+
         def ready(self, delay: float) -> str:
             import time
 
             time.sleep(delay)
             return "ok"
 
-    placed = [Slow.remote()]
-    assert wait_for_actors([placed[0].ready.remote(1.0)], placed, Demand("rollout workers", 1, {"CPU": 0}), wait_s=0.1,
-                           poll_s=0.2) == ["ok"]  # fmt: skip
+    from ray._private import state
+
+    starting = [Slow.remote(2.0)]
+    while not state.actors(actor_id=starting[0]._actor_id.hex()).get("Pid"):  # Ray gave it a worker process
+        time.sleep(0.05)
+    assert state.actors(actor_id=starting[0]._actor_id.hex())["State"] == "PENDING_CREATION"  # its __init__ runs
+    assert wait_for_actors([starting[0].ready.remote(0.0)], starting, Demand("rollout workers", 1, {"CPU": 0}),
+                           wait_s=0.1, poll_s=0.2) == ["ok"]  # fmt: skip
     stuck = [Slow.options(resources={"nowhere": 1}).remote()]
     with pytest.raises(ClusterShortfall) as err:
         wait_for_actors([stuck[0].ready.remote(0.0)], stuck, Demand("rollout workers", 1, {"CPU": 1, "nowhere": 1}),
