@@ -205,19 +205,23 @@ def cluster_gpus(timeout_s: float) -> dict[str, tuple[str, float]]:
 def with_cluster_gpu_memory(run: RunConfig, gpus: dict[str, tuple[str, float]]) -> tuple[RunConfig, str | None]:
     """``run`` with the GPU memory its memory plan checks set from the cluster's ``gpus`` (the smallest: an actor
     may land on any node) where the run uses GPUs and leaves it unset; and a line saying so (None: nothing set)."""
-    learner_unset = run.learner.use_gpu and run.learner.gpu_memory_gib is None
-    rollout_unset = bool(run.rollout.gpus_per_worker) and run.rollout.gpu_memory_gib is None
-    if not gpus or not (learner_unset or rollout_unset):
+    planned = with_gpu_memory(run, min(g for _, g in gpus.values()), only_unset=True) if gpus else run
+    if planned is run:
         return run, None
-    name, gib = min(gpus.values(), key=lambda g: g[1])
-    update = {}
-    if learner_unset:
-        update["learner"] = run.learner.model_copy(update={"gpu_memory_gib": round(gib, 2)})
-    if rollout_unset:
-        update["rollout"] = run.rollout.model_copy(update={"gpu_memory_gib": round(gib, 2)})
+    gib = min(g for _, g in gpus.values())
     kinds = sorted({f"{n} ({g:.1f} GiB)" for n, g in gpus.values()})
-    return run.model_copy(update=update), (f"GPUs: {len(gpus)} node(s) with {', '.join(kinds)}; the memory plan checks"
-                                           f" {gib:.1f} GiB a GPU")  # fmt: skip
+    return planned, f"GPUs: {len(gpus)} node(s) with {', '.join(kinds)}; the memory plan checks {gib:.1f} GiB a GPU"
+
+
+def with_gpu_memory(run: RunConfig, gib: float, only_unset: bool = False) -> RunConfig:
+    """``run`` planned for GPUs of ``gib`` GiB: ``gpu_memory_gib`` of the learner and the rollout workers where
+    they use GPUs (``only_unset``: where the config leaves it unset); ``run`` itself when nothing changes."""
+    update = {}
+    if run.learner.use_gpu and not (only_unset and run.learner.gpu_memory_gib is not None):
+        update["learner"] = run.learner.model_copy(update={"gpu_memory_gib": round(gib, 2)})
+    if run.rollout.gpus_per_worker and not (only_unset and run.rollout.gpu_memory_gib is not None):
+        update["rollout"] = run.rollout.model_copy(update={"gpu_memory_gib": round(gib, 2)})
+    return run.model_copy(update=update) if update else run
 
 
 def _bundle(bundle: dict[str, float]) -> str:

@@ -43,7 +43,9 @@ def check_command(
     problems: list[str] = []
     for label, run in runs:
         if gpu_memory_gib is not None:
-            run = on_gpus_of(run, gpu_memory_gib)
+            from polyray.cluster import with_gpu_memory
+
+            run = with_gpu_memory(run, gpu_memory_gib)
         lines = plan_lines(run, problems, shape)
         if not quiet:
             typer.echo(f"# resolved config{label}")
@@ -93,13 +95,6 @@ def _model_config(where: str | None) -> dict | None:
         return read_model_config(where)
     except ValueError as exc:
         raise ConfigError(f"--model-config: {exc}") from None
-
-
-def on_gpus_of(run, gib: float):
-    """``run`` planned for GPUs of ``gib`` GiB: the memory of every GPU it uses (learner ranks, rollout workers)."""
-    learner = run.learner.model_copy(update={"gpu_memory_gib": gib}) if run.learner.use_gpu else run.learner
-    rollout = run.rollout.model_copy(update={"gpu_memory_gib": gib}) if run.rollout.gpus_per_worker else run.rollout
-    return run.model_copy(update={"learner": learner, "rollout": rollout})
 
 
 def _validated(model, data: dict, source: str):

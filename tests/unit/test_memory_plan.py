@@ -273,14 +273,14 @@ def test_gpu_presets_fit_the_gpus_they_were_sized_for(path):
     the cluster (read from its GPUs at start), so a smaller GPU is refused rather than trusted."""
     import re
 
-    from polyray.cli.check import on_gpus_of
+    from polyray.cluster import with_gpu_memory
 
     run = load_config(path)
     assert run.learner.gpu_memory_gib is None and run.rollout.gpu_memory_gib is None
     sized_for = float(re.search(r"--gpu-memory-gib (\d+)", open(path).read()).group(1))
-    check_run(on_gpus_of(run, sized_for), QWEN3[run.model.source], bound_lengths(run))
+    check_run(with_gpu_memory(run, sized_for), QWEN3[run.model.source], bound_lengths(run))
     with pytest.raises(ConfigError):
-        check_run(on_gpus_of(run, 12), QWEN3[run.model.source], bound_lengths(run))
+        check_run(with_gpu_memory(run, 12), QWEN3[run.model.source], bound_lengths(run))
 
 
 def test_gpu_memory_fields_need_a_gpu():
