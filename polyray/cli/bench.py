@@ -178,6 +178,34 @@ def chaos(
 
 
 @_command()
+def canary(
+    layers: int = typer.Option(28, "--layers", help="Decoder layers (Qwen3-0.6B's width and vocabulary; it has 28)."),
+    probes: int = typer.Option(32, "--probes", min=2, help="Probe completions, each scored under every version."),
+    probe_tokens: int = typer.Option(32, "--probe-tokens", min=2, help="Tokens of each probe completion."),
+    short_tokens: int = typer.Option(8, "--short-tokens", min=1, help="Also judged on the first N tokens alone."),
+    logit_scale: float = typer.Option(6.0, "--logit-scale", help="Final norm scale: how peaked the predictions are."),
+    threads: int = typer.Option(2, "--threads"),
+    json_path: Optional[Path] = _json,
+):
+    """The sync canary in bfloat16 on the CPU: the learner - worker log-prob gap with the right adapter, the
+    rule's false alarms beside the old rule's, and how far an adapter must move for a stale worker to be caught."""
+    from polyray.cli.common import fail
+
+    if short_tokens > probe_tokens:
+        fail(f"--short-tokens {short_tokens} is more than --probe-tokens {probe_tokens}")
+    from rich.console import Console
+
+    from polyray.drivers.bench.canary import bench_canary, print_canary
+
+    console = Console(width=140)
+    with console.status("building the model") as status:
+        results = bench_canary(layers, probes, probe_tokens=probe_tokens, short_tokens=short_tokens,
+                               logit_scale=logit_scale, threads=threads, progress=status.update)  # fmt: skip
+    print_canary(results, console)
+    _write(results, json_path)
+
+
+@_command()
 def learner(
     sizes: List[int] = typer.Option([8, 16, 32, 64], "--sizes", help="Sequences per step, micro-batched (repeatable)."),
     whole_batch_sizes: List[int] = typer.Option(

@@ -3,8 +3,9 @@
 A LoRA sync that silently does nothing (a worker keeps serving old weights under a new or
 reused version id) is the failure users of RL fine-tuning frameworks report most. Rank 0 scores
 a fixed probe completion on a rollout worker under a version it published and compares the
-log-probs with its own; past the tolerance of the weights' dtype the run stops with
-:class:`SyncCanaryError`. What is checked, and where:
+log-probs with its own; when they are too far from them for the weights' dtype, or nearer those of
+a policy the worker could be stuck on (the base model, the last version checked) than theirs
+(:func:`stale_reason`), the run stops with :class:`SyncCanaryError`. What is checked, and where:
 
 - every ``learner.sync_check_every`` publishes (the first one and every N-th after it), one
   worker, in turn;
@@ -27,16 +28,23 @@ log-probs with its own; past the tolerance of the weights' dtype the run stops w
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 
 import torch
 
 from polyray.config import SamplingConfig
 from polyray.models.batching import pack_sequences, token_logprobs
 
+# The verdict reads the root mean square of the learner - worker log-prob gap over the probe's tokens.
 # Same weights on both sides differ only in kernels (vLLM's attention and fused LoRA ops vs eager
-# PyTorch): a few 1e-5 in float32 for the embedded model, ~1e-2 in bfloat16. A stale adapter is
-# orders of magnitude further away after a handful of optimizer steps.
-TOLERANCE = {"float32": 1e-3, "bfloat16": 5e-2}
+# PyTorch over fp32 LoRA): tiny in float32, a few hundredths of a nat in bfloat16, where the logits
+# themselves are rounded to 8 bits (polyray bench canary; docs/algorithms.md, "The sync canary").
+# TOLERANCE: past it the worker serves something other than the published weights, whatever it is.
+TOLERANCE = {"float32": 1e-3, "bfloat16": 0.3}
+# NOISE: the kernels' typical gap. A reference policy is told apart from the published one only when
+# they are more than 2 x NOISE apart; then a worker more than twice as near the reference is stale.
+NOISE = {"float32": 1e-4, "bfloat16": 0.1}
+NEARER = 0.5
 # Tokens the worker draws for the check at the sampling temperature: enough positions to compare,
 # few enough decode steps to stay cheap; the seed makes the draw the same on every check.
 DRAW_TOKENS = 16
@@ -58,12 +66,14 @@ class SyncCanary:
         temperature: float = 1.0,
     ):  # fmt: skip
         self.every, self.probe, self.pad_id = every, probe, pad_id
-        self.tolerance = TOLERANCE[dtype]
+        self.tolerance, self.noise = TOLERANCE[dtype], NOISE[dtype]
         self.temperature = temperature
         self.publishes = 0
         self.turn = 0  # the worker the next scheduled check goes to (modulo the workers)
         self.incarnations: list[str] | None = None  # each worker's id at the last look (None: none yet)
         self.pending_restarts: set[int] = set()  # restarted workers an unchecked publish saw: due next
+        self.base: torch.Tensor | None = None  # the learner's probe log-probs with the adapter disabled
+        self.last_passed: tuple[int, torch.Tensor] | None = None  # (version, learner's log-probs) of the last check
 
     def after_start(self, model, pool, version: int) -> dict[str, float]:
         """The attempt starts holding ``version``, which the workers already serve, and publishes nothing:
@@ -117,7 +127,11 @@ class SyncCanary:
 
     def _check_workers(self, model, pool, version: int, workers: list[int]) -> dict[str, float]:
         started = time.perf_counter()
-        gaps = [self.check(model, pool, version, worker) for worker in workers]
+        prompt_ids, completion_ids = self.probe
+        learner = self._learner_logprobs(model, prompt_ids, completion_ids, 1.0)
+        references = self._references(model)
+        gaps = [self.check(model, pool, version, worker, learner, references) for worker in workers]
+        self.last_passed = (version, learner)
         nodes = pool.nodes()
         metrics = {"canary_gap": max(gaps), "canary_workers": float(len(workers)),
                    "canary_nodes": {str(i): nodes[i] for i in workers}}  # fmt: skip
@@ -125,43 +139,88 @@ class SyncCanary:
             metrics["canary_gap_t"] = max(self.check_sampling(model, pool, version, worker) for worker in workers)
         return {**metrics, "canary_s": time.perf_counter() - started}
 
-    def _learner_logprobs(self, model, prompt_ids, completion_ids, temperature: float) -> torch.Tensor:
+    def _references(self, model) -> dict[str, torch.Tensor]:
+        """The policies a stale worker would serve, by name: the base model (the adapter disabled; scored
+        once per attempt) and the last version a check passed."""
+        if self.base is None:
+            self.base = self._learner_logprobs(model, *self.probe, 1.0, adapter=False)
+        references = {"the base model": self.base}
+        if self.last_passed is not None:
+            references[f"policy-v{self.last_passed[0]}"] = self.last_passed[1]
+        return references
+
+    def _learner_logprobs(self, model, prompt_ids, completion_ids, temperature: float, adapter: bool = True) -> torch.Tensor:
         peft = getattr(model, "module", model)
         device = next(peft.parameters()).device
         was_training = peft.training
         peft.eval()  # no dropout in the probe (its mode is restored after)
         try:
-            with torch.no_grad():
+            with torch.no_grad(), (nullcontext() if adapter else peft.disable_adapter()):
                 batch = pack_sequences([prompt_ids], [completion_ids], self.pad_id, device)
                 logp, mask = token_logprobs(peft, batch, temperature)
         finally:
             peft.train(was_training)
         return logp[0][mask[0].bool()].double().cpu()
 
-    def check(self, model, pool, version: int, worker: int = 0) -> float:
-        """Max |learner − worker| log-prob over the probe's tokens (temperature 1); raises past the tolerance."""
+    def check(
+        self, model, pool, version: int, worker: int = 0, learner: torch.Tensor | None = None,
+        references: dict[str, torch.Tensor] | None = None,
+    ) -> float:  # fmt: skip
+        """RMS learner − worker log-prob gap over the probe's tokens (temperature 1); raises when
+        :func:`stale_reason` finds one. ``learner``, ``references``: computed here when not given."""
         prompt_ids, completion_ids = self.probe
-        learner = self._learner_logprobs(model, prompt_ids, completion_ids, 1.0)
+        if learner is None:
+            learner = self._learner_logprobs(model, prompt_ids, completion_ids, 1.0)
+        if references is None:
+            references = self._references(model)
         served = torch.tensor(pool.score(prompt_ids, completion_ids, version, worker), dtype=torch.float64)
-        return self._verdict(float((learner - served).abs().max()), self.tolerance, worker, version, "")
+        reason = stale_reason(learner, served, references, self.tolerance, self.noise)
+        if reason is not None:
+            raise SyncCanaryError(f"adapter sync canary: rollout worker {worker} serves policy-v{version} with log-probs {reason}")
+        return rms(served - learner)
 
     def check_sampling(self, model, pool, version: int, worker: int = 0) -> float:
-        """Max |learner − worker| log-prob at the sampling temperature over a completion the worker draws
-        after the probe's prompt; raises past the tolerance (scaled by 1/T below 1: the logits are)."""
+        """RMS learner − worker log-prob gap at the sampling temperature over a completion the worker draws
+        after the probe's prompt; raises past the tolerance (scaled by 1/T below 1: the logits are). The
+        drawn tokens change with the weights, so no reference policy is compared here."""
         prompt_ids = self.probe[0]
         sampling = SamplingConfig(temperature=self.temperature, top_p=1.0, max_tokens=DRAW_TOKENS)
         sample = pool.draw(prompt_ids, sampling, version, worker, DRAW_SEED)
         learner = self._learner_logprobs(model, prompt_ids, sample.token_ids, self.temperature)
         served = torch.tensor(sample.logprobs, dtype=torch.float64)
         tolerance = self.tolerance * max(1.0, 1.0 / self.temperature)
-        gap = float((learner - served).abs().max())
-        return self._verdict(gap, tolerance, worker, version, f" sampling at temperature {self.temperature:g}")
+        reason = stale_reason(learner, served, {}, tolerance, self.noise)
+        if reason is not None:
+            raise SyncCanaryError(f"adapter sync canary: rollout worker {worker} serves policy-v{version}, sampling at"
+                                  f" temperature {self.temperature:g}, with log-probs {reason}")  # fmt: skip
+        return rms(served - learner)
 
-    @staticmethod
-    def _verdict(gap: float, tolerance: float, worker: int, version: int, how: str) -> float:
-        if gap > tolerance:
-            raise SyncCanaryError(
-                f"adapter sync canary: rollout worker {worker} serves policy-v{version} with log-probs {gap:.3g} away"
-                f" from the learner's weights{how} (tolerance {tolerance:g}): it is not sampling the published adapter"
-            )
-        return gap
+
+def rms(gaps: torch.Tensor) -> float:
+    """Root mean square of a vector of log-prob gaps (0 for none)."""
+    return float(gaps.double().pow(2).mean().sqrt()) if gaps.numel() else 0.0
+
+
+def stale_reason(
+    learner: torch.Tensor, served: torch.Tensor, references: dict[str, torch.Tensor], tolerance: float, noise: float
+) -> str | None:
+    """Why a worker's log-probs of the probe (``served``) are not the published weights' (``learner``), or None.
+
+    Two rules, on the RMS gap over the probe's tokens: further than ``tolerance`` from the learner's; or,
+    for a reference policy (``references``: name -> its log-probs; the base model, the last version
+    checked) more than 2 x ``noise`` from the learner's, more than twice as near the reference as the
+    learner. A worker serving the published weights with kernel noise e fails the second rule only if
+    RMS(e) > 4/3 x ``noise`` (triangle inequality), so it adds no false alarm below that; it catches a
+    stale worker once the weights moved about 3 x its noise, before the tolerance does."""
+    if served.shape != learner.shape:
+        return f"for {served.numel()} tokens where the probe has {learner.numel()}: it is not scoring the probe"
+    gap = rms(served - learner)
+    if not gap <= tolerance:  # (a NaN fails too)
+        return (f"{gap:.3g} (RMS over the probe's tokens) away from the learner's weights (tolerance {tolerance:g}):"
+                " it is not sampling the published adapter")  # fmt: skip
+    for name, reference in references.items():
+        apart, near = rms(learner - reference), rms(served - reference)
+        if apart > 2 * noise and near < NEARER * gap:
+            return (f"{near:.3g} (RMS) from {name}'s and {gap:.3g} from the published weights' ({apart:.3g} apart):"
+                    f" it serves {name}, not the published adapter")  # fmt: skip
+    return None

@@ -229,5 +229,47 @@ def test_a_phase_sampling_at_another_temperature_is_checked_at_it(policy):
     assert "canary_gap_t" not in SyncCanary(every=1, probe=probe, pad_id=tok.pad_token_id).after_publish(model, pool, 1)
 
     pool.sampling_logprobs_at_t1 = True  # scores match, but its rollouts' log-probs are not the sampling distribution's
-    with pytest.raises(SyncCanaryError, match="rollout worker 0 .* sampling at temperature 0.5"):
+    with pytest.raises(SyncCanaryError, match="rollout worker 0 serves policy-v1, sampling at temperature 0.5, with log-probs"):
         SyncCanary(every=1, probe=probe, pad_id=tok.pad_token_id, temperature=0.5).after_publish(model, pool, 1)
+
+
+def test_a_worker_serving_the_base_model_is_caught_short_of_the_tolerance(policy):
+    """The adapter moved the probe's log-probs by less than the tolerance (float32: 1e-3 RMS) but well past
+    the kernels' noise: a worker that serves the base model (it never loaded an adapter) is nearer the
+    base model's log-probs than the published ones', and the canary names it; the last version checked
+    is a reference too."""
+    from polyray.learner.sync import NOISE, TOLERANCE, SyncCanary, SyncCanaryError, rms
+
+    model, tok = policy
+    model = copy.deepcopy(model)
+    probe = ([5, 6, 7, 8], [9, 10, 11, 12, 13, 14, 15, 16])
+    canary = SyncCanary(every=1, probe=probe, pad_id=tok.pad_token_id)
+    base = canary._learner_logprobs(model, *probe, 1.0, adapter=False)
+    for _ in range(3):  # scale the adapter until it moves the probe by about 5e-4 RMS (near linear close to 0)
+        learner = canary._learner_logprobs(model, *probe, 1.0)
+        _scale_adapter(model, 5e-4 / rms(learner - base))
+    learner = canary._learner_logprobs(model, *probe, 1.0)
+    assert 2 * NOISE["float32"] < rms(learner - base) < TOLERANCE["float32"]
+
+    pool = ScoringPool(model, tok)
+    with model.disable_adapter():
+        pool.served[1] = copy.deepcopy(model)  # worker 1 serves the base model under every version
+    pool.ignores_loads.add(1)
+    with pytest.raises(SyncCanaryError, match="rollout worker 1 serves policy-v1 .* it serves the base model, not"):
+        canary.after_publish(model, pool, 1)
+
+    pool.served[1] = pool.served[0]  # fixed: both serve version 1, which passes
+    canary = SyncCanary(every=1, probe=probe, pad_id=tok.pad_token_id)
+    assert canary.after_publish(model, pool, 1)["canary_gap"] < 1e-6
+    assert canary.after_publish(model, pool, 2)["canary_gap"] < 1e-6  # the same weights again: v1 is no reference
+    _scale_adapter(model, 1.5)  # a step that moves the probe by about 2.5e-4 RMS
+    assert 2 * NOISE["float32"] < rms(canary._learner_logprobs(model, *probe, 1.0) - learner) < TOLERANCE["float32"]
+    with pytest.raises(SyncCanaryError, match="rollout worker 1 serves policy-v3 .* it serves policy-v2, not"):
+        canary.after_publish(model, pool, 3)  # the workers kept version 2's weights
+
+
+def _scale_adapter(model, by: float) -> None:
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.mul_(by)
