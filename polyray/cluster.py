@@ -110,8 +110,8 @@ def shortfalls(demands: list[Demand], nodes: list[dict[str, float]]) -> list[str
             short.append(f"{key}: the run needs {amount:g} at once ({parts}), the cluster has {have:g}")
     for d in demands:
         if not any(all(node.get(k, 0.0) + 1e-9 >= v for k, v in d.bundle.items()) for node in nodes):
-            short.append(f"{d.what}: each asks {_bundle(d.bundle)} on one node, and no node has that"
-                         f" ({len(nodes)} node(s), the largest {_bundle(_largest(nodes, d.bundle))})")  # fmt: skip
+            short.append(f"{d.what}: each asks {format_bundle(d.bundle)} on one node, and no node has that"
+                         f" ({len(nodes)} node(s), the largest {format_bundle(_largest(nodes, d.bundle))})")  # fmt: skip
     return short
 
 
@@ -152,10 +152,49 @@ def wait_for_actors(refs: list, actors: list, demand: Demand, wait_s: float, pol
             if unplaced:
                 raise ClusterShortfall(
                     f"{demand.what} {unplaced} not placed after {wait_s:g} s (cluster.resource_wait_s): each asks"
-                    f" {_bundle(demand.bundle)} on one node; free now: {_bundle(_free(demand.bundle))}"
+                    f" {format_bundle(demand.bundle)} on one node; free now: {free_resources(demand.bundle)}"
                 )  # fmt: skip
             deadline = float("inf")  # all placed: what is left is their start
     return ray.get(refs)
+
+
+def run_serve_apps(apps: list[tuple[object, str, str | None]], wait_s: float, poll_s: float = 0.5) -> None:
+    """Deploy each (application, name, route prefix) on the connected cluster's Serve and wait for all to run:
+    :class:`ClusterShortfall` once ``wait_s`` has passed with an app not running (naming what its deployments
+    report: the replicas Ray has not placed and what each asks), ``ConfigError`` for an app that failed."""
+    from ray import serve
+    from ray.serve.api import RunTarget
+
+    serve.run_many([RunTarget(target=app, name=name, route_prefix=prefix) for app, name, prefix in apps],
+                   wait_for_ingress_deployment_creation=False, wait_for_applications_running=False)  # fmt: skip
+    deadline = time.monotonic() + wait_s
+    names = [name for _, name, _ in apps]
+    while True:
+        status = serve.status().applications
+        waiting = [name for name in names if name not in status or status[name].status != "RUNNING"]
+        for name in waiting:
+            if name in status and status[name].status == "DEPLOY_FAILED":
+                raise ConfigError(f"Serve app {name!r} failed to deploy: {_serve_messages(status[name])}")
+        if not waiting:
+            return
+        if time.monotonic() >= deadline:
+            told = [f"{name!r} ({_serve_messages(status[name]) if name in status else 'not created'})" for name in waiting]
+            raise ClusterShortfall(f"Serve app {', '.join(told)} not running after {wait_s:g} s (cluster.resource_wait_s)")
+        time.sleep(poll_s)
+
+
+def _serve_messages(app) -> str:
+    """An app's status message and each of its deployments' that is not healthy (Serve's own words: replicas
+    not scheduled and the resources each asks, a constructor's error)."""
+    parts = [app.message] if app.message else []
+    parts += [f"{name}: {d.message or d.status}" for name, d in app.deployments.items() if d.status != "HEALTHY"]
+    return "; ".join(_one_line(part) for part in parts) or str(app.status)
+
+
+def _one_line(message: str) -> str:
+    """A message's first line, and its last where it goes on (a replica's traceback: the error it ends with)."""
+    lines = [line.strip() for line in str(message).strip().splitlines() if line.strip()]
+    return " ... ".join([lines[0], lines[-1]] if len(lines) > 1 else lines)
 
 
 def _unplaced(actor) -> bool:
@@ -170,11 +209,12 @@ def _unplaced(actor) -> bool:
     return info.get("State") == "PENDING_CREATION" and not info.get("Pid")
 
 
-def _free(bundle: dict[str, float]) -> dict[str, float]:
+def free_resources(bundle: dict[str, float]) -> str:
+    """What the cluster has free now of each resource ``bundle`` names, as :func:`format_bundle` writes it."""
     import ray
 
     free = ray.available_resources()
-    return {k: free.get(k, 0.0) for k in bundle}
+    return format_bundle({k: free.get(k, 0.0) for k in bundle})
 
 
 def local_gpu() -> tuple[str, float]:
@@ -224,7 +264,7 @@ def with_gpu_memory(run: RunConfig, gib: float, only_unset: bool = False) -> Run
     return run.model_copy(update=update) if update else run
 
 
-def _bundle(bundle: dict[str, float]) -> str:
+def format_bundle(bundle: dict[str, float]) -> str:
     return "{" + ", ".join(f"{k}: {v:g}" for k, v in bundle.items()) + "}"
 
 

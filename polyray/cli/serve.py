@@ -24,6 +24,12 @@ DEFAULT_CONFIG = SERVICES / "serve_config.yaml"
 GENERATION_CONFIG = SERVICES / "generation_serve_config.yaml"
 
 
+_resource_wait = typer.Option(
+    600.0, "--resource-wait-s", help="How long the app's replicas may wait for the cluster's resources before the"
+    " command stops, naming them (a run's cluster.resource_wait_s).",
+)  # fmt: skip
+
+
 @serve_app.callback()
 def _group() -> None:
     """Ray Serve services (reward and generation endpoints)."""  # a callback keeps subcommands named
@@ -55,6 +61,7 @@ def reward(
         DEFAULT_CONFIG, "--config", help="Serve config YAML whose 'reward' application args to use."
     ),
     address: str | None = typer.Option(None, "--address", help="Ray cluster address (default: start a local one)."),
+    resource_wait_s: float = _resource_wait,
 ):
     """Start the reward service (POST /v1/rewards, GET /v1/rewards, /healthz, /docs) and block until Ctrl-C."""
     args = _app_args(config, "reward")
@@ -69,8 +76,10 @@ def reward(
         fail(str(exc))
 
     def start() -> str:
+        from polyray.cluster import run_serve_apps
+
         serve.start(http_options={"host": host, "port": port})
-        serve.run(build_app(args), name="reward", route_prefix="/")  # connected: custom reward code is uploaded
+        run_serve_apps([(build_app(args), "reward", "/")], resource_wait_s)  # connected: custom reward code is uploaded
         url = f"http://{host}:{port}"
         return f"reward service ready at {url}  (docs: {url}/docs, Ctrl-C to stop)"
 
@@ -86,15 +95,22 @@ def _serve_until_interrupted(address: str | None, start) -> None:
 
     with bounded_interrupt():  # Serve's and Ray's shutdown may stall under load: Ctrl-C ends within a bound
         ray.init(address=address, include_dashboard=False)
+        from polyray.io import ConfigError
+
+        error = None
         try:  # Ctrl-C during startup must clean up too
             typer.secho(start(), fg=typer.colors.GREEN)
             while True:
                 time.sleep(1)
         except KeyboardInterrupt:
             typer.echo("shutting down")
+        except ConfigError as exc:  # the app failed or the cluster cannot place it: said in one line, after cleanup
+            error = str(exc)
         finally:
             serve.shutdown()
             ray.shutdown()
+    if error is not None:
+        fail(error)
 
 
 def _finished_run(run_dir: Path):
@@ -131,6 +147,7 @@ def generation(
         GENERATION_CONFIG, "--config", help="Serve config YAML whose 'generation' application args to use."
     ),
     address: str | None = typer.Option(None, "--address", help="Ray cluster address (default: start a local one)."),
+    resource_wait_s: float = _resource_wait,
 ):
     """Start the OpenAI-compatible generation service (/v1/models, /v1/completions, /v1/chat/completions)."""
     args = _app_args(config, "generation")
@@ -155,6 +172,6 @@ def generation(
 
             open_store(Path(args["store_root"]), run.rollout.store_keep)  # the replicas pull versions from it
         typer.echo("starting the generation service (each replica loads the engine and the newest version)")
-        return f"generation service ready: base_url={deploy_generation(args, host, port)}  (Ctrl-C to stop)"
+        return f"generation service ready: base_url={deploy_generation(args, host, port, wait_s=resource_wait_s)}  (Ctrl-C to stop)"
 
     _serve_until_interrupted(address, start)

@@ -521,7 +521,8 @@ def start_services(state: RunState, generation: dict[str, Any] | None) -> None:
         from polyray.generation.service import deploy_generation
 
         with timer("generation_service_start"), console.status("starting the generation service (Ray Serve)"):
-            url = deploy_generation(generation, run.generation.host, run.generation.http_port)
+            url = deploy_generation(generation, run.generation.host, run.generation.http_port,
+                                    wait_s=run.cluster.resource_wait_s)  # fmt: skip
         state.serving = True
         console.print(f"generation service: {url}  (models: base, latest, policy-vN as they are published)")
     if run.reward.endpoint and any(scores_rollouts(p) for p in run.phases):
@@ -529,7 +530,8 @@ def start_services(state: RunState, generation: dict[str, Any] | None) -> None:
         from polyray.reward.service import ensure_reward_service
 
         with timer("reward_service_start"), console.status("starting the reward service (Ray Serve)"):
-            ensure_reward_service(run.reward, custom_reward_functions(run), run.cluster.worker_resources)
+            ensure_reward_service(run.reward, custom_reward_functions(run), run.cluster.worker_resources,
+                                  run.cluster.resource_wait_s)  # fmt: skip
 
 
 def stop_services(state: RunState) -> None:

@@ -343,7 +343,7 @@ def run_trials(
         from polyray.config.run import custom_reward_functions
         from polyray.reward.service import ensure_reward_service
 
-        ensure_reward_service(first.reward, custom_reward_functions(*configs))
+        ensure_reward_service(first.reward, custom_reward_functions(*configs), wait_s=first.cluster.resource_wait_s)
     trainable = tune.with_resources(
         tune.with_parameters(pipeline_trial, bases=bases, out=str(out), run_dir=run_dir, prefix=prefix or name,
                              derived=derived),

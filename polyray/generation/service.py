@@ -40,8 +40,11 @@ def run_generation_args(run: RunConfig, run_dir: Path, model_dir: Path, named: b
     return args
 
 
-def deploy_generation(args: dict[str, Any], host: str = "127.0.0.1", port: int = 8000, name: str = "generation") -> str:
-    """Deploy the generation app on the connected cluster (non-blocking); returns its base URL."""
+def deploy_generation(
+    args: dict[str, Any], host: str = "127.0.0.1", port: int = 8000, name: str = "generation", wait_s: float = 600.0
+) -> str:
+    """Deploy the generation app on the connected cluster and wait up to ``wait_s`` for it to run
+    (:func:`polyray.cluster.run_serve_apps`); returns its base URL."""
     from ray import serve
 
     from polyray.config.services import GenerationServiceConfig
@@ -52,7 +55,9 @@ def deploy_generation(args: dict[str, Any], host: str = "127.0.0.1", port: int =
     from polyray.http import REQUEST_TIMEOUT_S
 
     serve.start(http_options={"host": host, "port": port, "request_timeout_s": REQUEST_TIMEOUT_S})
-    serve.run(application, name=name, route_prefix=prefix, blocking=False)
+    from polyray.cluster import run_serve_apps
+
+    run_serve_apps([(application, name, prefix)], wait_s)
     return f"http://{host}:{port}{prefix.rstrip('/')}/v1"
 
 

@@ -380,6 +380,7 @@ def _save_final_adapter(model, output_dir: str | None, phase: str, version: int,
 
 
 TRAIN_POLL_ENV, TRAIN_POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", 0.5
+TRAIN_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # (Ray Train hands it to its controller too)
 
 
 def run_phase(
@@ -413,7 +414,6 @@ def run_phase(
     """
     import threading
 
-    import ray
     from ray.train import FailureConfig, ScalingConfig
     from ray.train import RunConfig as TrainRunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -426,6 +426,9 @@ def run_phase(
     # at a poll: 4.1-4.3 s per phase from the workers' return to fit()'s here, 0.6-1.4 s at 0.25 s
     # (docs/benchmarks.md). Ray Train hands the variable from this process to its controller; a user's stays.
     os.environ.setdefault(TRAIN_POLL_ENV, str(TRAIN_POLL_S))
+    # Ray Train waits this long for the ranks' placement group, then retries its start (a controller
+    # failure, counted apart from the ranks' own): bounded by the run's resource wait and failure budget
+    os.environ[TRAIN_START_TIMEOUT_ENV] = str(run.cluster.resource_wait_s)
 
     # rank 0's rows, which this process also polls for progress: on its node, so losing a worker node
     # does not lose them. One actor for the whole run when the caller holds it (a process a phase less).
@@ -458,7 +461,8 @@ def run_phase(
             name=phase.name,
             storage_path=storage_path,
             # a dead learner worker restarts the group from the latest checkpoint (see resume above)
-            failure_config=FailureConfig(max_failures=run.learner.max_failures),
+            failure_config=FailureConfig(max_failures=run.learner.max_failures,
+                                         controller_failure_limit=run.learner.max_failures),
         ),
     )
     box: dict[str, Any] = {}
@@ -484,9 +488,27 @@ def run_phase(
     if own_logs:
         logs.close()
     if "error" in box:
-        raise box["error"]
+        raise _unplaced_learner(box["error"], run, phase_index) or box["error"]
     adapter_dir = output_dir / "adapters" / phase.name
     if shared is not None:  # rank 0 put it into storage, from whichever node it ran on
         shared.get_dir(adapter_dir, "adapters", phase.name)
     version = json.loads((adapter_dir / "polyray_version.json").read_text())["version"]
     return {"adapter_dir": str(adapter_dir), "version": version, "metrics": box["result"].metrics}
+
+
+def _unplaced_learner(error: BaseException, run: RunConfig, phase_index: int) -> Exception | None:
+    """A :class:`~polyray.cluster.ClusterShortfall` naming the learner's ranks when Ray Train gave up placing
+    them (its start timed out on every try), else None."""
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
+
+    from polyray.cluster import ClusterShortfall, format_bundle, free_resources
+
+    if not isinstance(getattr(error, "controller_failure", None), WorkerGroupStartupTimeoutError):
+        return None
+    bundle = {"CPU": run.learner.cpus_per_worker, **({"GPU": 1.0} if run.learner.use_gpu else {}),
+              **run.cluster.worker_resources}  # fmt: skip
+    return ClusterShortfall(
+        f"learner: {run.phase_workers(phase_index)} rank(s) of phase {run.phases[phase_index].name!r} not placed in"
+        f" {run.learner.max_failures + 1} start(s) of {run.cluster.resource_wait_s:g} s each (learner.max_failures + 1,"
+        f" cluster.resource_wait_s): each asks {format_bundle(bundle)} on one node; free now: {free_resources(bundle)}"
+    )

@@ -91,11 +91,12 @@ def learner_args(public_args: dict[str, Any], run_args: dict[str, Any]) -> dict[
 
 
 def ensure_reward_service(cfg: RewardConfig, functions: Iterable[str] = (),
-                          resources: dict[str, float] | None = None) -> None:  # fmt: skip
+                          resources: dict[str, float] | None = None, wait_s: float = 600.0) -> None:  # fmt: skip
     """Deploy the learner's handle-only reward application (and with ``http_port`` the public one) on the
     connected cluster where it is not running yet (:func:`plan_reward_apps`), their replicas given the
     code of the custom reward ``functions`` (:func:`~polyray.config.run.custom_reward_functions`);
-    ``resources``: custom Ray resources per replica (``cluster.worker_resources``)."""
+    ``resources``: custom Ray resources per replica (``cluster.worker_resources``). ``wait_s``: how long the
+    apps may take to run (``cluster.resource_wait_s``) before :class:`~polyray.cluster.ClusterShortfall`."""
     from ray import serve
 
     from polyray.io import ConfigError, warn
@@ -125,8 +126,9 @@ def ensure_reward_service(cfg: RewardConfig, functions: Iterable[str] = (),
         serve.start(http_options={"host": "127.0.0.1", "port": cfg.http_port, "request_timeout_s": REQUEST_TIMEOUT_S})
     else:
         serve.start(proxy_location="Disabled")
-    for app, application in built:
-        serve.run(application, name=app.name, route_prefix=app.route_prefix, blocking=False)
+    from polyray.cluster import run_serve_apps
+
+    run_serve_apps([(application, app.name, app.route_prefix) for app, application in built], wait_s)
 
 
 def _config_args(app_name: str) -> dict[str, Any] | None:

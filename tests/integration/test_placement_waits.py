@@ -1,0 +1,71 @@
+"""Every wait for something Ray must place is bounded, and says what it waited for: a Serve app whose
+replicas the cluster cannot hold, one that fails, and a learner phase whose ranks Ray Train cannot place
+(each used to wait forever: Serve and Ray Train retry placement without end)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from polyray.cluster import ClusterShortfall
+from polyray.io import ConfigError
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def test_a_serve_app_the_cluster_cannot_hold_stops_the_wait_naming_it(ray_cluster):
+    from ray import serve
+
+    from polyray.cluster import run_serve_apps
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0})
+    class Fine:
+        def __call__(self, request) -> str:
+            return "ok"
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0, "resources": {"nowhere": 1}})
+    class Unplaced:
+        def __call__(self, request) -> str:
+            return "never"
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0})
+    class Broken:
+        def __init__(self):
+            raise RuntimeError("the model file is not there")
+
+    serve.start(proxy_location="Disabled")
+    try:
+        run_serve_apps([(Fine.bind(), "fine", None)], wait_s=60)
+        assert serve.status().applications["fine"].status == "RUNNING"
+
+        started = time.monotonic()
+        with pytest.raises(ClusterShortfall) as err:
+            run_serve_apps([(Unplaced.bind(), "unplaced", None)], wait_s=2, poll_s=0.2)
+        assert time.monotonic() - started < 30
+        assert str(err.value).startswith("Serve app 'unplaced' (Unplaced: ")
+        assert str(err.value).endswith(") not running after 2 s (cluster.resource_wait_s)")
+
+        with pytest.raises(ConfigError, match="Serve app 'broken' failed to deploy: .*the model file is not there"):
+            run_serve_apps([(Broken.bind(), "broken", None)], wait_s=120, poll_s=0.2)
+    finally:
+        serve.shutdown()
+
+
+def test_a_learner_ray_train_cannot_place_stops_the_phase_naming_its_ranks(ray_cluster, run_config, model_dir, tmp_path):
+    """Ranks asking for more CPUs than the cluster has: Ray Train's start times out once per try
+    (learner.max_failures + 1 tries of cluster.resource_wait_s), then the phase stops, naming them."""
+    from polyray.learner.loop import run_phase
+
+    run = run_config.model_copy(deep=True)
+    run.learner.cpus_per_worker = 64.0  # the test cluster has 4
+    run.learner.max_failures = 0
+    run.cluster.resource_wait_s = 2.0
+    started = time.monotonic()
+    with pytest.raises(ClusterShortfall) as err:
+        run_phase(run, 0, model_dir, tmp_path, None, 0, None)
+    assert time.monotonic() - started < 120
+    message = str(err.value)
+    assert message.startswith(f"learner: {run.phase_workers(0)} rank(s) of phase {run.phases[0].name!r} not placed in 1"
+                              " start(s) of 2 s each (learner.max_failures + 1, cluster.resource_wait_s): each asks {CPU: 64}")  # fmt: skip
+    assert "free now: {CPU: " in message
