@@ -71,7 +71,8 @@ class LearnerConfig(StrictModel):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     grad_clip: float = Field(1.0, gt=0, description="Global gradient-norm clip.")
     max_failures: int = Field(
-        2, ge=0, description="Worker-group restarts per phase after a learner failure (resumes from the last checkpoint)."
+        2, ge=0, description="Worker-group restarts per phase after a learner failure (resumes from the last checkpoint);"
+        " also the retries Ray Train gets to place the group, each waiting up to cluster.resource_wait_s."
     )
     log_rollouts: bool = Field(
         False, description="Write every GRPO rollout (the reward's item and the reward the learner used) to rollouts.jsonl."
