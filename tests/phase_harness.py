@@ -218,7 +218,8 @@ def step_grads(
     if wrap_ddp:  # as the learner wraps it (polyray.learner.loop._setup_model)
         from polyray.learner.loop import ddp_options
 
-        model = torch.nn.parallel.DistributedDataParallel(model, **ddp_options())
+        device_ids = [torch.device(device).index or 0] if device.startswith("cuda") else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, **ddp_options())
     phase = make_phase(PHASE_CASES[name], model, tokenizer, rank, world, FixedPool(tokenizer),
                        reward_fn=REWARDS.get(name), **step_options)  # fmt: skip
     metrics = phase.step(0, 1)
@@ -226,15 +227,20 @@ def step_grads(
 
 
 def ddp_worker(rank: int, world: int, port: int, model_dir: str, names: list[str], out: str,
-               options: dict | None = None) -> None:  # fmt: skip
-    """``torch.multiprocessing.spawn`` target: every case's gradients on ``world`` gloo ranks; rank 0 saves them.
-    ``options``: :func:`step_grads` keywords (``dtype``, ``micro_batch_tokens``, ``logits_chunk_mib``)."""
+               options: dict | None = None, device: str = "cpu") -> None:  # fmt: skip
+    """``torch.multiprocessing.spawn`` target: every case's gradients on ``world`` ranks (gloo on the CPU;
+    with ``device`` "cuda", NCCL with a GPU a rank); rank 0 saves them. ``options``: :func:`step_grads`
+    keywords (``dtype``, ``micro_batch_tokens``, ``logits_chunk_mib``)."""
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    if device == "cuda":
+        torch.cuda.set_device(rank)
+        device = f"cuda:{rank}"
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        results = {name: step_grads(Path(model_dir), name, rank, world, wrap_ddp=True, **(options or {}))
+        results = {name: _cpu(step_grads(Path(model_dir), name, rank, world, device, wrap_ddp=True, **(options or {})))
                    for name in names}  # fmt: skip
         if rank == 0:
             torch.save(results, out)
@@ -242,8 +248,10 @@ def ddp_worker(rank: int, world: int, port: int, model_dir: str, names: list[str
         dist.destroy_process_group()
 
 
-def multi_rank_grads(model_dir: Path, world: int, names: list[str], out: Path, options: dict | None = None) -> dict:
-    """Every case's :func:`step_grads` on ``world`` gloo ranks under DDP (spawned processes), as rank 0 saw them."""
+def multi_rank_grads(model_dir: Path, world: int, names: list[str], out: Path, options: dict | None = None,
+                     device: str = "cpu") -> dict:  # fmt: skip
+    """Every case's :func:`step_grads` on ``world`` ranks under DDP (spawned processes; gloo, or NCCL on one
+    GPU each with ``device`` "cuda"), as rank 0 saw them."""
     import socket
 
     import torch.multiprocessing as mp
@@ -251,8 +259,14 @@ def multi_rank_grads(model_dir: Path, world: int, names: list[str], out: Path, o
     with socket.socket() as s:  # a free port for the process group's rendezvous
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(ddp_worker, args=(world, port, str(model_dir), names, str(out), options), nprocs=world)
+    mp.spawn(ddp_worker, args=(world, port, str(model_dir), names, str(out), options, device), nprocs=world)
     return torch.load(out)
+
+
+def _cpu(result):
+    """(gradients, metrics) with the gradients moved to the CPU, to be saved and compared anywhere."""
+    grads, metrics = result
+    return {k: g.cpu() for k, g in grads.items()}, metrics
 
 
 class AdapterPool(GeneratePool):
@@ -291,29 +305,32 @@ class LoadedPublish:
 
 
 class LocalSession:
-    """The learner worker's :class:`~polyray.learner.loop.TrainSession` in a plain one-process
-    ``torch.distributed`` group (gloo on CPU, NCCL on CUDA), without Ray: checkpoints are copied to
+    """The learner worker's :class:`~polyray.learner.loop.TrainSession` in a plain ``torch.distributed`` group
+    (gloo on CPU, NCCL on CUDA; one process, or rank ``rank`` of ``world`` meeting at ``port``), without Ray:
+    checkpoints are copied to
     ``storage`` as reported, and the latest is where the next attempt resumes. ``fail_at``: at the
     checkpoint of that step, raise before it is stored (a worker dying after the step's logs, before
     its checkpoint: the next attempt redoes the steps since the previous one). ``die_after``: at the
     checkpoint of that step, raise once it is stored (a worker dying right after it: at the last step,
     before the phase's final adapter is saved)."""
 
-    rank, world = 0, 1
-
-    def __init__(self, storage: Path, device: str = "cpu", fail_at: int | None = None, die_after: int | None = None):
+    def __init__(self, storage: Path, device: str = "cpu", fail_at: int | None = None, die_after: int | None = None,
+                 rank: int = 0, world: int = 1, port: int | None = None):  # fmt: skip
         import socket
 
         import torch.distributed as dist
 
         self.storage, self.device, self.fail_at, self.die_after = Path(storage), device, fail_at, die_after
+        self.rank, self.world = rank, world
+        self.model = None  # the wrapped model, once prepared (a test reads the rank's weights from it)
         self.storage.mkdir(parents=True, exist_ok=True)
         if not dist.is_initialized():
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
+            if port is None:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", 0))
+                    port = s.getsockname()[1]
             backend = "nccl" if device.startswith("cuda") else "gloo"
-            dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+            dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
 
     @contextmanager
     def latest_checkpoint(self) -> Iterator[str | None]:
@@ -325,7 +342,8 @@ class LocalSession:
         device_ids = [torch.device(self.device).index or 0] if self.device.startswith("cuda") else None
         from polyray.learner.loop import ddp_options
 
-        return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, **ddp_options())
+        self.model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, **ddp_options())
+        return self.model
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
         import shutil
@@ -404,3 +422,66 @@ def check_two_phase_run(result: dict) -> None:
     assert {int(s["step"]) for s in final["state"].values()} == {4}
     tensors = load_file(str(out / "adapters" / "grpo" / "adapter_model.safetensors"))
     assert tensors and all(t.dtype == torch.float32 for t in tensors.values())  # LoRA in fp32, whatever the base
+
+
+def sft_rank(rank: int, world: int, port: int, model_dir: str, out: str, device: str = "cpu", dtype: str = "float32"):
+    """``torch.multiprocessing.spawn`` target: rank ``rank`` of the learner's worker function (polyray.learner.loop.
+    run_worker) for a 3-step SFT phase on ``world`` ranks (gloo, or NCCL with ``device`` "cuda", a GPU a rank);
+    each rank saves the LoRA weights it ends with to ``out/rank-<rank>.pt``."""
+    import torch.distributed as dist
+
+    from polyray.config import RunConfig
+    from polyray.learner.loop import run_worker
+
+    torch.set_num_threads(1)
+    if device == "cuda":
+        torch.cuda.set_device(rank)
+        device = f"cuda:{rank}"
+    run = RunConfig(
+        model={"dtype": dtype}, task=TASK.model_dump(),
+        learner={"num_workers": world, "use_gpu": device.startswith("cuda"), "micro_batch_tokens": 32,
+                 "sync_check_every": 0, "lora": {"r": 4, "alpha": 8}},
+        phases=[{"type": "sft", "name": "sft", "steps": 3, "batch_size": 6, "checkpoint_every": 2}],
+    )  # fmt: skip
+    session = LocalSession(Path(out) / "checkpoints" / "sft", device, rank=rank, world=world, port=port)
+    try:
+        run_worker({"run": run.model_dump(mode="json"), "model_dir": model_dir, "output_dir": out, "dynamics": None,
+                    "phase_index": 0, "pool": None, "start_version": 0, "init_adapter": None}, session)  # fmt: skip
+        weights = {n: p.detach().cpu() for n, p in session.model.module.named_parameters() if p.requires_grad}
+        torch.save(weights, Path(out) / f"rank-{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def run_sft_ranks(model_dir: Path, out: Path, world: int, device: str = "cpu", dtype: str = "float32") -> list[dict]:
+    """:func:`sft_rank` on ``world`` spawned processes; each rank's final LoRA weights, by rank."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(sft_rank, args=(world, port, str(model_dir), str(out), device, dtype), nprocs=world)
+    return [torch.load(out / f"rank-{rank}.pt") for rank in range(world)]
+
+
+def check_ranks_trained_one_model(out: Path, weights: list[dict]) -> None:
+    """Every rank ends with the same LoRA weights, bit for bit (DDP averaged each step's gradients), and they
+    are the adapter rank 0 saved; the phase logged its 3 steps once and stored its checkpoints once."""
+    from safetensors.torch import load_file
+
+    from polyray.io import read_log_jsonl
+
+    first = weights[0]
+    assert first and all(set(w) == set(first) for w in weights)
+    for other in weights[1:]:
+        for name, tensor in first.items():
+            assert torch.equal(other[name], tensor), name
+    saved = load_file(str(out / "adapters" / "sft" / "adapter_model.safetensors"))
+    by_suffix = {k.replace("base_model.model.", "").replace(".weight", ""): v for k, v in saved.items()}
+    for name, tensor in first.items():
+        key = name.replace("base_model.model.", "").replace(".default.weight", "")
+        assert torch.equal(by_suffix[key], tensor.float()), name
+    assert [r["step"] for r in read_log_jsonl(out / "metrics.jsonl")] == [1, 2, 3]
+    assert sorted(p.name for p in (out / "checkpoints" / "sft").iterdir()) == ["step-2", "step-3"]  # and the last

@@ -57,3 +57,12 @@ def test_per_rank_normalisation_would_differ():
     assert float(sum(shards)) == pytest.approx(float(whole)) == pytest.approx(7 / 4)
     own = [aggregate_token_loss(per_token[i : i + 1], mask[i : i + 1], "token_mean") for i in (0, 1)]
     assert float(sum(own)) / 2 != pytest.approx(float(whole))
+
+
+def test_the_worker_function_on_two_ranks_trains_one_model(model_dir, tmp_path):
+    """The learner's worker function (run_worker) on 2 gloo ranks, as Ray Train runs it (the NCCL case is
+    in tests/gpu): both ranks end with the adapter rank 0 saved."""
+    from phase_harness import check_ranks_trained_one_model, run_sft_ranks
+
+    out = tmp_path / "run"
+    check_ranks_trained_one_model(out, run_sft_ranks(model_dir, out, world=2))
