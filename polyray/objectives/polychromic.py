@@ -112,9 +112,9 @@ def compute_diversity_surrogate(
 
 
 def compute_polychromic_sft_loss(
-    nll: torch.Tensor,  # () NLL of the reference completions (carries grad)
-    sample_logp: torch.Tensor,  # (B, n) sequence log π_θ(y_i|x) of the sampled completions (carries grad)
-    advantages: torch.Tensor,  # (B, n) diversity marginals a_{b,i}; treated as constants
+    nll: torch.Tensor | None,  # () NLL of the reference completions (carries grad); None: a part without any
+    sample_logp: torch.Tensor | None,  # (B, n) sequence log π_θ(y_i|x) of the sampled completions (carries grad)
+    advantages: torch.Tensor | None,  # (B, n) diversity marginals a_{b,i}; treated as constants
     lam: float,
     old_logp: torch.Tensor | None = None,  # (B, n) sequence log π_old of the samples, when they are off-policy
     ratio_clip: float = 2.0,
@@ -128,25 +128,60 @@ def compute_polychromic_sft_loss(
     gradient an unbiased estimate of ∇E[D] (module docstring; docs/algorithms.md §1).
     With λ = 0 the returned loss *is* ``nll``, so gradients equal plain SFT's exactly.
 
-    Metrics (floats): ``nll``, ``diversity_surrogate`` (mean_b Σ_i a w log π, the term λ
-    multiplies), ``adv_mean``, ``adv_abs_mean``, ``weight_mean``.
+    One part of a step's batch (the learner's micro-batches, a rank's shard) is any subset of its
+    references and samples: the samples then come flat (any shape, the same for every sample
+    tensor; ``num_groups`` the whole batch's B), and the parts' losses add up to the batch's. A part
+    without references (``nll`` None) gives −λ · surrogate, a zero at λ = 0 that still carries its
+    samples' forward (a rank whose part holds only samples joins the gradient all-reduce); one
+    without samples (``sample_logp`` None) gives ``nll``.
+
+    Metrics (floats): ``nll`` (with references), and with samples ``diversity_surrogate`` (mean_b
+    Σ_i a w log π, the term λ multiplies), ``adv_mean``, ``adv_abs_mean``, ``weight_mean`` and the
+    sums ``adv_sum``, ``weight_sum`` (which add up over parts).
     """
-    if sample_logp.shape != advantages.shape or sample_logp.dim() != 2:
-        raise ValueError(
-            f"sample_logp and advantages must both be (B, n), got {tuple(sample_logp.shape)}"
-            f" and {tuple(advantages.shape)}"
-        )
+    metrics: dict[str, float] = {} if nll is None else {"nll": float(nll.detach())}
+    if sample_logp is None:
+        if nll is None:
+            raise ValueError("a part needs references (nll) or samples (sample_logp)")
+        return nll, metrics
+    if advantages is None or sample_logp.shape != advantages.shape or sample_logp.dim() == 0:
+        shape = None if advantages is None else tuple(advantages.shape)
+        raise ValueError(f"sample_logp and advantages must have one shape, got {tuple(sample_logp.shape)} and {shape}")
+    if sample_logp.dim() != 2 and num_groups is None:
+        raise ValueError(f"flat samples {tuple(sample_logp.shape)} need num_groups (they are (B, n) otherwise)")
     if old_logp is not None and old_logp.shape != sample_logp.shape:
         raise ValueError(f"old_logp must match sample_logp {tuple(sample_logp.shape)}, got {tuple(old_logp.shape)}")
     B = num_groups if num_groups is not None else sample_logp.shape[0]
     surrogate, weights = compute_diversity_surrogate(sample_logp, advantages, B, old_logp, ratio_clip)
-    loss = nll if lam == 0 else nll - lam * surrogate
+    if nll is None:
+        loss = -lam * surrogate
+    else:
+        loss = nll if lam == 0 else nll - lam * surrogate
     adv = advantages.detach()
-    metrics = {
-        "nll": float(nll.detach()),
-        "diversity_surrogate": float(surrogate.detach()),
-        "adv_mean": float(adv.mean()),
-        "adv_abs_mean": float(adv.abs().mean()),
-        "weight_mean": float(weights.mean()),
-    }
+    metrics.update(
+        diversity_surrogate=float(surrogate.detach()), adv_mean=float(adv.mean()), adv_abs_mean=float(adv.abs().mean()),
+        weight_mean=float(weights.mean()), adv_sum=float(adv.sum()), weight_sum=float(weights.sum()),
+    )  # fmt: skip
     return loss, metrics
+
+
+def compute_diversity_advantages(
+    name: str, groups: list[list[str]], estimator: str, k: int, embedding_dtype: str = "float32"
+) -> torch.Tensor:
+    """(B, n) per-sample diversity marginals of each group (docs/algorithms.md §1): leave-one-out or k-subset.
+
+    All the sets of all groups go through one ``compute_diversity_batch`` call, so an
+    embedding-based diversity embeds every text once (its encoder's weights in ``embedding_dtype``).
+    """
+    from polyray.diversity import compute_diversity_batch
+
+    n = len(groups[0])
+    if estimator == "loo":
+        subsets = [tuple(range(n))] + [tuple(j for j in range(n) if j != i) for i in range(n)]
+    else:
+        subsets = enumerate_subsets(n, k)
+    values = compute_diversity_batch(name, [[g[i] for i in s] for g in groups for s in subsets], embedding_dtype=embedding_dtype)
+    table = torch.tensor(values, dtype=torch.float64).view(len(groups), len(subsets))  # (B, S)
+    if estimator == "loo":
+        return compute_loo_advantages(table[:, 0], table[:, 1:])
+    return compute_subset_advantage_scale(n, k) * compute_subset_marginals(table, n, subsets)

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from polyray.config import PolychromicSFTPhaseConfig
-from polyray.learner.phases import compute_diversity_advantages, start_diversity_scorer
+from polyray.objectives.polychromic import compute_diversity_advantages
+from polyray.rollout.diversity_scorer import start_diversity_scorer
 
 # serial: with a second test session's cluster on the machine, this module's first actor creation was
 # seen to hang in Ray's export of the actor class (a GCS key-value put never answered, 2026-11-26)

@@ -133,7 +133,7 @@ def test_batched_equals_unbatched_one_encode_call(name, monkeypatch):
 
 
 def test_loo_marginals_match_direct_values_in_one_encode_call(monkeypatch):
-    from polyray.learner.phases import compute_diversity_advantages
+    from polyray.objectives.polychromic import compute_diversity_advantages
 
     fake = FakeEncoder()
     monkeypatch.setattr(embeddings_mod, "get_encoder", lambda name=None, dtype="float32": fake)
@@ -174,7 +174,7 @@ def test_minilm_semantic_and_vendi(minilm):
 def test_a_bfloat16_encoder_scores_as_float32_does_within_its_tolerance(minilm):
     """The training option ``embedding_dtype: bfloat16``: its own cached encoder, unit-norm float32 rows whose
     cosines are within 0.01 of float32's, and leave-one-out advantages that rank the samples alike."""
-    from polyray.learner.phases import compute_diversity_advantages
+    from polyray.objectives.polychromic import compute_diversity_advantages
 
     texts = ["(3 + 5) * 2", "3 * 5 + 2", "5 * (3 + 2)", "The cat sat on the mat.", "2 * 8", "16 - 0", "(8 * 2) - 0"]
     full, half = embeddings_mod.embed_texts(texts), embeddings_mod.embed_texts(texts, dtype="bfloat16")
@@ -191,7 +191,7 @@ def test_a_bfloat16_encoder_scores_as_float32_does_within_its_tolerance(minilm):
 
 def test_auto_encoder_dtype_is_bfloat16_only_where_the_cpu_has_it(monkeypatch, capsys):
     from polyray.config import PolychromicSFTPhaseConfig
-    from polyray.learner.phases import embedding_dtype_of
+    from polyray.rollout.diversity_scorer import embedding_dtype_of
 
     cfg = PolychromicSFTPhaseConfig(name="poly", type="polychromic_sft")
     assert cfg.embedding_dtype == "auto"

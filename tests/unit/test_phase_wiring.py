@@ -12,7 +12,7 @@ import torch
 
 from polyray.config import GRPOPhaseConfig, load_config
 from polyray.diversity import compute_diversity
-from polyray.learner.phases import compute_diversity_advantages
+from polyray.objectives.polychromic import compute_diversity_advantages
 from polyray.objectives.advantages import AdvantageInputs, compute_advantages
 
 GROUPS = [["1+2", "(1 + 2)", "3*1"], ["4-1", "4-1", "4-1"], ["2*3", "3+3", "9-3"]]
@@ -138,7 +138,7 @@ class _Pending:
 
 
 def test_rollout_prefetch_overlaps_one_step_ahead():
-    from polyray.learner.phases import RolloutPrefetch
+    from polyray.rollout.prefetch import RolloutPrefetch
 
     state = {"version": 0}
     submitted, scored = [], []
@@ -173,7 +173,7 @@ def test_rollout_prefetch_overlaps_one_step_ahead():
 def test_rollout_prefetch_scores_the_next_step_during_the_update():
     """Ahead, step t+1's samples are scored as soon as they arrive, before step t+1 asks: its wait
     is ~0 for both; the wait is split at the moment the samples arrived."""
-    from polyray.learner.phases import RolloutPrefetch
+    from polyray.rollout.prefetch import RolloutPrefetch
 
     arrived = {step: threading.Event() for step in range(3)}
     scored = []
@@ -208,7 +208,7 @@ def test_rollout_prefetch_scores_the_next_step_during_the_update():
 
 
 def test_rollout_prefetch_raises_a_scoring_error_in_the_step():
-    from polyray.learner.phases import RolloutPrefetch
+    from polyray.rollout.prefetch import RolloutPrefetch
 
     def score(prompts, groups):
         raise RuntimeError("reward service unreachable")

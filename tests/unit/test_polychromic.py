@@ -275,7 +275,32 @@ def test_importance_weights_are_clipped_and_stop_gradient():
     torch.testing.assert_close(g, torch.tensor([[-0.5 * 2.0 * w[0], 0.5 * 1.0 * w[1]]], dtype=torch.float64))
     assert m["weight_mean"] == pytest.approx(sum(w) / 2)
     assert m["diversity_surrogate"] == pytest.approx(surrogate)
-    assert set(m) == {"nll", "diversity_surrogate", "adv_mean", "adv_abs_mean", "weight_mean"}
+    assert set(m) == {"nll", "diversity_surrogate", "adv_mean", "adv_abs_mean", "weight_mean", "adv_sum", "weight_sum"}
+    assert m["weight_sum"] == pytest.approx(sum(w)) and m["adv_sum"] == pytest.approx(1.0)
+
+
+def test_parts_of_a_batch_add_up_to_its_loss_and_lambda_zero_keeps_the_samples_forward():
+    """A step's micro-batches are any split of its references and (flat) samples: their losses add up to
+    the batch's; a part with samples alone gives −λ·surrogate, at λ = 0 a zero with a gradient path."""
+    sample_logp = torch.tensor([[-1.0, -2.0, -0.5], [-3.0, -1.5, -2.5]], dtype=torch.float64, requires_grad=True)
+    adv = torch.tensor([[0.4, -0.1, -0.3], [0.2, 0.5, -0.7]], dtype=torch.float64)
+    nll = torch.tensor(1.3, dtype=torch.float64, requires_grad=True)
+    for lam in (0.0, 0.7):
+        whole, _ = compute_polychromic_sft_loss(nll, sample_logp, adv, lam)
+        flat, flat_adv = sample_logp.reshape(-1), adv.reshape(-1)
+        first, _ = compute_polychromic_sft_loss(nll, flat[:2], flat_adv[:2], lam, num_groups=2)
+        rest, m = compute_polychromic_sft_loss(None, flat[2:], flat_adv[2:], lam, num_groups=2)
+        assert float(first + rest) == pytest.approx(float(whole), abs=1e-12) and "nll" not in m
+        grad = lambda loss: torch.autograd.grad(loss, sample_logp, allow_unused=True)[0]  # noqa: E731
+        g_whole, g_parts = grad(whole), grad(first + rest)
+        torch.testing.assert_close(g_parts, torch.zeros_like(g_parts) if g_whole is None else g_whole)  # λ = 0: none
+        assert rest.requires_grad  # a part of samples alone still reaches the parameters, also at λ = 0
+    refs_only, m = compute_polychromic_sft_loss(nll, None, None, 0.7)
+    assert refs_only is nll and set(m) == {"nll"}
+    with pytest.raises(ValueError, match="need num_groups"):
+        compute_polychromic_sft_loss(None, flat, flat_adv, 0.7)
+    with pytest.raises(ValueError, match="references .* or samples"):
+        compute_polychromic_sft_loss(None, None, None, 0.7)
 
 
 def test_subset_advantages_hand_values_and_limits():

@@ -1,0 +1,149 @@
+"""GRPO: the clipped policy-ratio loss with a k3 KL to a reference (``compute_grpo_loss``; docs/algorithms.md §2-3),
+on groups of fresh rollouts scored by the reward."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from polyray.config import GRPOPhaseConfig
+from polyray.learner.batch import TrainBatch
+from polyray.learner.phases.context import StepContext, broadcast_from_rank0
+from polyray.learner.phases.sampling import SamplingPhase, check_lag
+from polyray.objectives.advantages import AdvantageInputs, compute_advantages, dynamic_sampling_mask, mix_magnitude_shares
+from polyray.objectives.grpo import compute_grpo_loss
+from polyray.rollout.prefetch import rollout_rate
+from polyray.tasks.base import Prompt, Task
+
+
+TOKEN_MEANS = ("kl", "clip_frac", "ratio_mean")  # GRPO metrics averaged over completion tokens
+
+
+class GRPOPhase(SamplingPhase):
+    """Group-relative policy optimisation on fresh rollouts from the pool (lag 0 by default)."""
+
+    uses_rewards = True
+
+    @staticmethod
+    def reference_adapter_dir(cfg: GRPOPhaseConfig, init_adapter: str | None) -> str | None:
+        """``phase_start``: the incoming adapter. A phase that starts from a fresh LoRA (B = 0) starts
+        at the base model, so the adapter-disabled base *is* its phase-start policy."""
+        if cfg.kl_beta and cfg.kl_reference == "phase_start" and init_adapter:
+            return init_adapter
+        return None
+
+    def __init__(self, cfg: GRPOPhaseConfig, task: Task, n_train: int, ctx: StepContext, pool=None):
+        self.cfg, self.ctx, self.task = cfg, ctx, task
+        self._init_rollouts(cfg, task, n_train, pool)
+        if cfg.kl_beta and cfg.kl_reference_logprobs == "rollouts" and ctx.rank == 0 and pool is not None:
+            self.rollout_reference = self.reference_on_rollouts(pool)
+
+    def reference_on_rollouts(self, pool) -> str:
+        """Register the KL reference on the rollout workers (the base model needs none); returns what a
+        request names it by. The workers then score each sample under it right after drawing it."""
+        from polyray.rollout.worker import BASE_MODEL
+
+        if self.ctx.reference_adapter is None:
+            return BASE_MODEL
+        name = f"{self.cfg.name}/kl-reference"
+        pool.add_named_adapter(name, self.ctx.reference_source)
+        return name
+
+    @property
+    def samples_per_prompt(self) -> int:
+        return self.cfg.group_size
+
+    def _score(self, prompts: list[Prompt], groups: list) -> torch.Tensor:
+        """(B, G) rewards: through the reward service's handle or the in-process scorer, ahead of the step when prefetched."""
+        return self.ctx.reward_fn(prompts, [[s.text for s in g] for g in groups])
+
+    def _rollout(self, step: int, version: int) -> tuple[TrainBatch, dict[str, float]]:
+        """Rank 0: sample prompts, generate G each under adapter ``version``, score, compute advantages;
+        returns the kept groups' batch and the rollout's metrics."""
+        got = self.rollouts.get(step, version)
+        prompts, groups, rewards = got.prompts, got.groups, got.scored
+        lag = check_lag(groups, version, self.cfg.max_lag)
+        texts = [[s.text for s in g] for g in groups]
+        if self.ctx.rollout_log is not None:
+            self.ctx.rollout_log(step, prompts, groups, rewards)
+        logprobs = [[s.logprobs for s in g] for g in groups]
+        inputs = AdvantageInputs(rewards, texts, logprobs, progress=step / self.cfg.steps, step=step)
+        adv = compute_advantages(self.cfg.advantage, inputs)
+        keep = dynamic_sampling_mask(adv) if self.cfg.dynamic_sampling else torch.ones(len(groups), dtype=torch.bool)
+        if not keep.any():  # no group carries an advantage: nothing to learn from but the KL term; keep them all
+            keep[:] = True
+        batch = TrainBatch.from_groups(groups, adv, keep)
+        shares = {}
+        mix = self.cfg.advantage.as_mix() if self.cfg.advantage.type == "anneal" else self.cfg.advantage
+        if mix.type == "mix":  # each component's weight by magnitude (docs/algorithms.md §3)
+            shares = dict(zip(("mix_early_share", "mix_late_share"), mix_magnitude_shares(mix, inputs)))
+        scored = ~rewards.isnan()  # NaN: the reward had no score for the sample (left out of the advantages)
+        return batch, {
+            "reward_mean": float(rewards[scored].mean()) if scored.any() else math.nan,
+            "unscored": int((~scored).sum()),
+            "adv_abs_mean": float(adv.abs().mean()),  # the step size the estimator asks for
+            **shares,
+            "solved_frac": float((rewards.nan_to_num(-math.inf).max(dim=1).values > 0).double().mean()),
+            "completion_len": batch.num_tokens() / len(batch),
+            "max_lag": lag,
+            "kept_groups": int(keep.sum()),
+            "rollout_s": got.rollout_s,
+            "reward_s": got.score_s,
+            **rollout_rate(got),
+        }
+
+    def step(self, step: int, version: int) -> dict[str, float]:
+        ctx, cfg = self.ctx, self.cfg
+        batch, info = broadcast_from_rank0(self._rollout(step, version) if ctx.rank == 0 else None, ctx)
+        share = ctx.share_prompts  # whole groups per rank, each group's prompt through the model once
+        mine = batch.shard(ctx.rank, ctx.world, whole_groups=share)
+        n_seq, n_tok = ctx.global_sum(len(mine), mine.num_tokens())
+        temperature = cfg.sampling.temperature
+
+        def loss_of(part: TrainBatch):
+            if share:  # log-probs with column j = completion token j
+                packed = part.pack_groups(ctx.tokenizer.pad_token_id, ctx.device)
+                logp, mask = ctx.logprobs(ctx.model, packed, temperature)
+                old_logp = part.completion_logprobs(logp.shape[1], logp.dtype).to(ctx.device)
+            else:  # aligned with the whole sequence's next-token targets
+                packed = part.pack(ctx.tokenizer.pad_token_id, ctx.device)
+                logp, mask = ctx.logprobs(ctx.model, packed, temperature)
+                old_logp = part.target_logprobs(logp.shape[1], logp.dtype).to(ctx.device)
+            ref_logp = None
+            if cfg.kl_beta:  # as the rollout workers scored them, else a forward here
+                ref_logp = part.reference_columns(logp.shape[1], logp.dtype, targets=not share)
+                ref_logp = self.reference_logprobs(packed, temperature) if ref_logp is None else ref_logp.to(ctx.device)
+            loss, metrics = compute_grpo_loss(
+                logp, old_logp, ref_logp, part.advantages.to(dtype=logp.dtype, device=ctx.device), mask,
+                clip_eps_low=cfg.clip_eps_low, clip_eps_high=cfg.clip_eps_high, kl_beta=cfg.kl_beta,
+                aggregation=cfg.aggregation, max_len=cfg.sampling.max_tokens, num_sequences=n_seq, num_tokens=n_tok,
+            )  # fmt: skip
+            tokens = float(mask.sum())  # the metrics are means over the part's tokens: back to sums
+            return loss, {"tokens": tokens, **{k: metrics[k] * tokens for k in TOKEN_MEANS}}
+
+        if share:
+            parts = [mine.select(i, mine.group_size) for i in mine.group_micro_batches(ctx.micro_batch_tokens)]
+        else:
+            parts = [mine.select(i) for i in ctx.micro_batches(mine.lengths())]
+        sums = ctx.accumulate(parts, loss_of)
+        keys = ("loss", "tokens", *TOKEN_MEANS)
+        total = dict(zip(keys, ctx.global_sum(*(sums.get(k, 0.0) for k in keys))))
+        metrics = {"loss": total["loss"]}
+        if total["tokens"]:  # means over the whole batch's completion tokens (every rank's)
+            metrics.update({k: total[k] / total["tokens"] for k in TOKEN_MEANS})
+        metrics.update(info)
+        return metrics
+
+    def reference_logprobs(self, batch, temperature: float) -> torch.Tensor:
+        """log pi_ref of the batch's tokens, no grad: the frozen phase-start adapter, or the adapter-disabled base."""
+        peft = self.ctx.peft_model
+        with torch.no_grad():
+            if self.ctx.reference_adapter is None:
+                with peft.disable_adapter():
+                    return self.ctx.logprobs(peft, batch, temperature)[0]
+            peft.set_adapter(self.ctx.reference_adapter, inference_mode=True)
+            try:
+                return self.ctx.logprobs(peft, batch, temperature)[0]
+            finally:
+                peft.set_adapter("default")  # also makes the policy adapter trainable again
