@@ -365,6 +365,7 @@ def run_sft_then_grpo(model_dir: Path, out: Path, device: str = "cpu", dtype: st
     first attempt dies at its step-4 checkpoint and whose second resumes from step 2's. Returns what the
     checks need: the run config, the output dir, the GRPO checkpoint storage."""
     from polyray.config import RunConfig
+    from polyray.learner.job import LearnerJob
     from polyray.learner.loop import run_worker
 
     run = RunConfig(
@@ -378,13 +379,12 @@ def run_sft_then_grpo(model_dir: Path, out: Path, device: str = "cpu", dtype: st
              "sampling": {"max_tokens": 6}},
         ],
     )  # fmt: skip
-    base = {"run": run.model_dump(mode="json"), "model_dir": str(model_dir), "output_dir": str(out),
-            "dynamics": None}  # fmt: skip
-    run_worker({**base, "phase_index": 0, "pool": None, "start_version": 0, "init_adapter": None},
+    run_worker(LearnerJob(run=run, phase_index=0, model_dir=str(model_dir), output_dir=str(out)),
                LocalSession(out / "checkpoints" / "sft", device))  # fmt: skip
     sft = out / "adapters" / "sft"
     pool = AdapterPool(model_dir, str(sft), version=1, device=device)
-    grpo = {**base, "phase_index": 1, "pool": pool, "start_version": 1, "init_adapter": str(sft)}
+    grpo = LearnerJob(run=run, phase_index=1, model_dir=str(model_dir), output_dir=str(out), pool=pool, start_version=1,
+                      init_adapter=str(sft))  # fmt: skip
     storage = out / "checkpoints" / "grpo"
     try:
         run_worker(grpo, LocalSession(storage, device, fail_at=4))
@@ -431,6 +431,7 @@ def sft_rank(rank: int, world: int, port: int, model_dir: str, out: str, device:
     import torch.distributed as dist
 
     from polyray.config import RunConfig
+    from polyray.learner.job import LearnerJob
     from polyray.learner.loop import run_worker
 
     torch.set_num_threads(1)
@@ -445,8 +446,7 @@ def sft_rank(rank: int, world: int, port: int, model_dir: str, out: str, device:
     )  # fmt: skip
     session = LocalSession(Path(out) / "checkpoints" / "sft", device, rank=rank, world=world, port=port)
     try:
-        run_worker({"run": run.model_dump(mode="json"), "model_dir": model_dir, "output_dir": out, "dynamics": None,
-                    "phase_index": 0, "pool": None, "start_version": 0, "init_adapter": None}, session)  # fmt: skip
+        run_worker(LearnerJob(run=run, phase_index=0, model_dir=model_dir, output_dir=out), session)
         weights = {n: p.detach().cpu() for n, p in session.model.module.named_parameters() if p.requires_grad}
         torch.save(weights, Path(out) / f"rank-{rank}.pt")
     finally:

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 from polyray.config import RunConfig, phase_reward
 from polyray.learner.checkpoints import STATE_FILE, recover_run_dir, seal
+from polyray.learner.job import LearnerJob
 from polyray.learner.logs import STEP_LOGS, LogFiles, StepLogs
 
 
@@ -167,10 +168,11 @@ class _Start:
     checkpoint_dir: str | None = None  # the checkpoint resumed from (None: a fresh start)
 
 
-def _resume_state(loop_config: dict[str, Any], resume_dir: str | None) -> _Start:
-    """Resume from this phase's latest checkpoint ``resume_dir``, else start from the previous phase's adapter."""
+def _resume_state(job: LearnerJob, init_adapter: str | None, resume_dir: str | None) -> _Start:
+    """Resume from this phase's latest checkpoint ``resume_dir``, else start from the previous phase's adapter
+    (``init_adapter``: on this node)."""
     if resume_dir is None:
-        return _Start(loop_config.get("init_adapter"), 0, loop_config["start_version"])
+        return _Start(init_adapter, 0, job.start_version)
     state = json.loads((Path(resume_dir) / STATE_FILE).read_text())
     return _Start(str(Path(resume_dir) / "adapter"), state["step"], state["version"], resume_dir)
 
@@ -185,7 +187,8 @@ def build_optimizer(params: list, lr: float, weight_decay: float):
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 
-def _setup_model(run: RunConfig, phase_cfg, loop_config: dict[str, Any], start: _Start, session: TrainSession):
+def _setup_model(run: RunConfig, phase_cfg, model_dir: str, init_adapter: str | None, start: _Start,
+                 session: TrainSession):  # fmt: skip
     """(DDP model, tokenizer, KL reference adapter name, trainable params, optimizer, LR scheduler),
     restored from ``start``."""
     import torch
@@ -196,11 +199,11 @@ def _setup_model(run: RunConfig, phase_cfg, loop_config: dict[str, Any], start: 
 
     torch.manual_seed(run.seed)  # identical LoRA init on every rank
     model, tokenizer = build_peft_model(
-        loop_config["model_dir"], run.learner.lora, run.model.dtype, start.adapter_dir,
+        model_dir, run.learner.lora, run.model.dtype, start.adapter_dir,
         run.learner.gradient_checkpointing,
     )  # fmt: skip
     # The KL reference is the phase's *incoming* adapter, also when resuming from a checkpoint.
-    reference_dir = PHASES[phase_cfg.type].reference_adapter_dir(phase_cfg, loop_config.get("init_adapter"))
+    reference_dir = PHASES[phase_cfg.type].reference_adapter_dir(phase_cfg, init_adapter)
     reference = add_reference_adapter(model, reference_dir) if reference_dir else None
     model = session.prepare_model(model)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -214,8 +217,7 @@ def _setup_model(run: RunConfig, phase_cfg, loop_config: dict[str, Any], start: 
     return model, tokenizer, reference, params, optimizer, scheduler
 
 
-def _setup_phase(run: RunConfig, phase_cfg, loop_config: dict[str, Any], model, tokenizer, reference, rank, world,
-                 logs: StepLogs):
+def _setup_phase(job: LearnerJob, model_dir: str, model, tokenizer, reference, rank, world, logs: StepLogs):
     """(phase, task): the phase object with its step context; the reward function and rollout log on rank 0."""
     from polyray.learner.phases import PHASES, RolloutLog, StepContext
     from polyray.models.batching import prompt_sharing_blocker
@@ -223,7 +225,8 @@ def _setup_phase(run: RunConfig, phase_cfg, loop_config: dict[str, Any], model, 
     from polyray.reward.service import build_reward_fn
     from polyray.tasks import build_task
 
-    task = format_for_model(build_task(run.task), run.model, loop_config["model_dir"])
+    run, phase_cfg = job.run, job.phase
+    task = format_for_model(build_task(run.task), run.model, model_dir)
     uses_rewards = rank == 0 and PHASES[phase_cfg.type].uses_rewards
     reward_fn = build_reward_fn(phase_reward(run, phase_cfg), task, run=run.name) if uses_rewards else None
     rollout_log = None
@@ -235,11 +238,12 @@ def _setup_phase(run: RunConfig, phase_cfg, loop_config: dict[str, Any], model, 
         share_prompts = False
         if rank == 0:
             print(f"learner.share_prompts: off for this model ({blocker}); sequences run whole")
-    reference_source = PHASES[phase_cfg.type].reference_adapter_dir(phase_cfg, loop_config.get("given_init_adapter"))
+    # the KL reference as a rollout worker loads it: as the driver shared it (the worker takes it from storage itself)
+    reference_source = PHASES[phase_cfg.type].reference_adapter_dir(phase_cfg, job.init_adapter)
     ctx = StepContext(model, tokenizer, rank, world, run.seed, reward_fn, reference, rollout_log,
                       run.learner.micro_batch_tokens, run.learner.logits_chunk_mib, share_prompts,
                       run.learner.pack_samples, reference_source)  # fmt: skip
-    return PHASES[phase_cfg.type](phase_cfg, task, run.task.n_train, ctx, loop_config.get("pool")), task
+    return PHASES[phase_cfg.type](phase_cfg, task, run.task.n_train, ctx, job.pool), task
 
 
 def _sync_canary(run: RunConfig, phase_cfg, pool, task, tokenizer, rank: int):
@@ -289,27 +293,22 @@ def _checkpoint(session: TrainSession, metrics: dict[str, Any], model, optimizer
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """The ``TorchTrainer``'s worker function."""
-    run_worker(loop_config, RayTrainSession(loop_config.get("recovered_checkpoint")))
+def train_loop_per_worker(config: dict[str, LearnerJob]) -> None:
+    """The ``TorchTrainer``'s worker function (Ray Train hands each rank its ``train_loop_config``)."""
+    job = config["job"]
+    run_worker(job, RayTrainSession(job.recovered_checkpoint))
 
 
-def run_worker(loop_config: dict[str, Any], session: TrainSession) -> None:
+def run_worker(job: LearnerJob, session: TrainSession) -> None:
     """One learner rank's attempt at a phase (module docstring), from its latest checkpoint if any."""
     import torch
 
     from polyray.learner.publish import AdapterPublisher
-    from polyray.storage import local_path
 
-    run = RunConfig.model_validate(loop_config["run"])
-    phase_cfg = run.phases[loop_config["phase_index"]]
-    # the model and incoming adapter as the driver shared them: from storage into this node's cache
-    loop_config = {**loop_config, "model_dir": local_path(loop_config["model_dir"]),
-                   "init_adapter": local_path(loop_config.get("init_adapter")),
-                   "given_init_adapter": loop_config.get("init_adapter")}  # (a rollout worker takes it from storage itself)  # fmt: skip
-    pool = loop_config.get("pool")
+    run, phase_cfg, pool = job.run, job.phase, job.pool
+    model_dir, init_adapter = job.local_model_dir(), job.local_init_adapter()  # on this node
     # rank 0's step logs: through the driver's actor, or (a worker run without one) into the run directory
-    logs = loop_config.get("logs") or StepLogs(LogFiles(loop_config["output_dir"]))
+    logs = job.logs or StepLogs(LogFiles(job.output_dir))
     rank, world = session.rank, session.world
     torch.set_num_threads(run.learner.threads)
     if run.learner.use_gpu:  # before the model loads: the plan's GPU runtime term assumes it (learner.memory)
@@ -318,9 +317,11 @@ def run_worker(loop_config: dict[str, Any], session: TrainSession) -> None:
         expandable_cuda_segments()
 
     with session.latest_checkpoint() as resume_dir:  # read whole by the set-up
-        start = _resume_state(loop_config, resume_dir)
-        model, tokenizer, reference, params, optimizer, scheduler = _setup_model(run, phase_cfg, loop_config, start, session)
-    phase, task = _setup_phase(run, phase_cfg, loop_config, model, tokenizer, reference, rank, world, logs)
+        start = _resume_state(job, init_adapter, resume_dir)
+        model, tokenizer, reference, params, optimizer, scheduler = _setup_model(
+            run, phase_cfg, model_dir, init_adapter, start, session
+        )
+    phase, task = _setup_phase(job, model_dir, model, tokenizer, reference, rank, world, logs)
     canary = _sync_canary(run, phase_cfg, pool, task, tokenizer, rank)
     publisher = AdapterPublisher(pool, phase_cfg.name, phase.ctx, canary)
     holds_published = start.checkpoint_dir is None and start.adapter_dir is not None
@@ -332,7 +333,7 @@ def run_worker(loop_config: dict[str, Any], session: TrainSession) -> None:
     telemetry = session.telemetry(run.name, phase_cfg.name) if rank == 0 else None
     # The driver's diversity-dynamics probe (polyray.eval.dynamics): every rank publishes when it is
     # due (versions stay equal across ranks); rank 0 measures.
-    dynamics = loop_config.get("dynamics")
+    dynamics = job.dynamics
     if dynamics is not None and rank == 0 and start.step == 0 and not _logged(logs, "dynamics.jsonl", phase_cfg.name, 0):
         logs.append("dynamics.jsonl", *filter(None, [dynamics(0, publisher.version)]))  # (a restart from step 0 keeps the lost attempt's step-0 row: same weights)
 
@@ -362,7 +363,7 @@ def run_worker(loop_config: dict[str, Any], session: TrainSession) -> None:
         if last or (step + 1) % phase_cfg.checkpoint_every == 0:
             _checkpoint(session, metrics, model, optimizer, scheduler, step + 1, publisher.version)
     if rank == 0:
-        _save_final_adapter(model, loop_config.get("output_dir"), phase_cfg.name, publisher.version, loop_config.get("storage"))
+        _save_final_adapter(model, job.output_dir, phase_cfg.name, publisher.version, job.storage)
 
 
 def _save_final_adapter(model, output_dir: str | None, phase: str, version: int, shared) -> None:
@@ -438,19 +439,12 @@ def run_phase(
     recovered = recover_run_dir(storage_path, phase.name)  # Ray Train's record of the checkpoints, if unreadable
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={
-            "run": run.model_dump(mode="json"),
-            "phase_index": phase_index,
-            "model_dir": model_dir if not isinstance(model_dir, Path) else str(model_dir),
-            "output_dir": str(output_dir) if shared is None else None,  # (None: the final adapter goes to storage)
-            "logs": logs,
-            "pool": pool,
-            "start_version": start_version,
-            "init_adapter": init_adapter,
-            "dynamics": dynamics,
-            "storage": shared,
-            "recovered_checkpoint": recovered.location if recovered else None,
-        },
+        train_loop_config={"job": LearnerJob(
+            run=run, phase_index=phase_index, model_dir=str(model_dir) if isinstance(model_dir, Path) else model_dir,
+            output_dir=str(output_dir) if shared is None else None,  # (None: the final adapter goes to storage)
+            pool=pool, start_version=start_version, init_adapter=init_adapter, logs=logs, dynamics=dynamics,
+            storage=shared, recovered_checkpoint=recovered.location if recovered else None,
+        )},  # fmt: skip
         torch_config=TorchConfig(backend="nccl" if run.learner.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=run.phase_workers(phase_index),

@@ -35,6 +35,7 @@ def test_an_attempt_resumed_at_the_phase_end_hands_over_its_checkpoints_version(
 
     from phase_harness import TASK, AdapterPool, LocalSession
     from polyray.config import RunConfig
+    from polyray.learner.job import LearnerJob
     from polyray.learner.loop import run_worker
 
     torch.set_num_threads(1)
@@ -47,8 +48,7 @@ def test_an_attempt_resumed_at_the_phase_end_hands_over_its_checkpoints_version(
     )  # fmt: skip
     out, storage = tmp_path / "run", tmp_path / "run" / "checkpoints" / "grpo"
     pool = AdapterPool(model_dir, None, version=0)
-    config = {"run": run.model_dump(mode="json"), "model_dir": str(model_dir), "output_dir": str(out),
-              "dynamics": None, "phase_index": 0, "pool": pool, "start_version": 0, "init_adapter": None}  # fmt: skip
+    config = LearnerJob(run=run, phase_index=0, model_dir=str(model_dir), output_dir=str(out), pool=pool)
     try:
         with pytest.raises(RuntimeError, match="killed after its step-2 checkpoint"):
             run_worker(config, LocalSession(storage, die_after=2))

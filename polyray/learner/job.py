@@ -1,0 +1,47 @@
+"""A learner phase's input: what the driver hands every rank, through Ray Train or a plain process group."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from polyray.config import PhaseConfig, RunConfig
+
+if TYPE_CHECKING:
+    from polyray.storage import StoredDir
+
+
+@dataclass(frozen=True)
+class LearnerJob:
+    """One phase of a run for the learner's ranks (:func:`polyray.learner.loop.run_worker`), built by keyword.
+
+    ``model_dir`` and ``init_adapter`` are as the driver shared them: paths, or references into
+    ``cluster.storage`` that each rank copies to its own node (:meth:`local_model_dir`)."""
+
+    run: RunConfig
+    phase_index: int
+    model_dir: str | StoredDir  # the base model
+    output_dir: str | None = None  # the run directory; None with cluster.storage (the adapter goes to storage)
+    pool: Any = None  # the run's RolloutPool (None: no rollout workers)
+    start_version: int = 0  # the adapter version the incoming weights were published as
+    init_adapter: str | StoredDir | None = None  # the incoming adapter (None: a fresh LoRA)
+    logs: Any = None  # the run's StepLogs (None: written into output_dir by this process)
+    dynamics: Any = None  # the driver's diversity-dynamics probe (polyray.eval.dynamics), or None
+    storage: Any = None  # the run's RunStorage (polyray.storage), or None
+    recovered_checkpoint: str | None = None  # what polyray.learner.checkpoints recovered of Ray Train's record
+
+    @property
+    def phase(self) -> PhaseConfig:
+        return self.run.phases[self.phase_index]
+
+    def local_model_dir(self) -> str:
+        """The base model on this rank's node (copied from storage once per node)."""
+        from polyray.storage import local_path
+
+        return local_path(self.model_dir)
+
+    def local_init_adapter(self) -> str | None:
+        """The incoming adapter on this rank's node, or None."""
+        from polyray.storage import local_path
+
+        return local_path(self.init_adapter)
