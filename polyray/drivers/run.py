@@ -23,7 +23,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import ray
 from rich.table import Table
@@ -41,6 +41,12 @@ from polyray.reward.plan import plan as plan_rewards
 from polyray.rollout.store import STORE_DIR
 from polyray.storage import share_model
 from polyray.tracking import VAL_EVAL, check_tracking, open_tracker
+
+if TYPE_CHECKING:
+    from polyray.rollout.pool import RolloutPool
+    from polyray.storage import RunStorage, StoredDir
+    from polyray.tasks.base import Prompt, Task
+    from polyray.tracking import RunTracker
 
 SPLIT_NAMES = {"test": "test", "val": "validation"}
 
@@ -357,19 +363,19 @@ class RunState:
     run: RunConfig
     out: Path
     resume: bool
-    results: dict[str, Any]
-    tracker: Any = None
-    on_stage: Any = None
+    results: dict[str, Any]  # results.json as written so far
+    tracker: RunTracker | None = None
+    on_stage: Callable[[dict[str, Any]], None] | None = None  # called with the results after each evaluation
     timer: Timer = field(default_factory=Timer)
-    pool: Any = None
-    task: Any = None  # the task as evaluations see it (build_eval_task)
-    eval_prompts: list = field(default_factory=list)  # the stage evaluations' (eval.split)
+    pool: RolloutPool | None = None
+    task: Task | None = None  # the task as evaluations see it (build_eval_task)
+    eval_prompts: list[Prompt] = field(default_factory=list)  # the stage evaluations' (eval.split)
     model_dir: Path | None = None  # on the driver's node
-    model_ref: Any = None  # what workers get: model_dir, or its reference in cluster.storage
-    worker_run: Any = None  # the config workers get (worker_config): input paths as storage references
-    shared: Any = None  # the run's place in cluster.storage (polyray.storage.RunStorage), or None
+    model_ref: str | StoredDir | None = None  # what workers get: model_dir, or its reference in cluster.storage
+    worker_run: RunConfig | None = None  # the config workers get (worker_config): input paths as storage references
+    shared: RunStorage | None = None  # the run's place in cluster.storage, or None
     serving: bool = False  # the generation service is deployed (--serve-generation)
-    logs: Any = None  # the learner's step logs, one actor for every phase (polyray.learner.logs.StepLogs)
+    logs: StepLogs | None = None  # the learner's step logs, one actor for every phase
 
     def __post_init__(self) -> None:
         from polyray.storage import RunStorage
