@@ -31,6 +31,7 @@ from polyray.config.rollout import MaxLoraRank
 from polyray.drivers.sweep import SELECTED_ON
 from polyray.io import ConfigError, console, load_yaml_model
 from polyray.models.interpolate import alpha_label, check_alphas, interpolate_adapters, interpolated_rank, select_alpha
+from polyray.tasks import diversities_for
 
 REFERENCE = 1.0  # the 'to' adapter: the pass@1 the selection must keep
 
@@ -98,7 +99,7 @@ def eval_job(cfg: RunConfig, adapters: dict[float, Path], rank: int, split: str,
     return EvalJobConfig(
         name=name, seed=cfg.seed, model=cfg.model, rollout=cfg.rollout.model_copy(update={"max_lora_rank": rank}),
         cluster=cfg.cluster, tasks=[entry], n_samples=n, ks=ks, sampling=cfg.eval.sampling,
-        diversity=[d for d in cfg.eval.diversity if d != "countdown_expr" or cfg.task.type == "countdown"],
+        diversity=diversities_for(cfg.eval.diversity, cfg.task.type),
         models=[{"name": label, "kind": "adapter", "path": str(p)} for label, p in zip(labels, adapters.values())],
         compare=[(label, reference) for label in labels if label != reference] if split == "test" else [],
         lora=[],

@@ -422,16 +422,9 @@ def _unlikeliness(cfg: UnlikelinessAdvantageConfig, inputs: AdvantageInputs) -> 
     return compute_unlikeliness_advantages(inputs.rewards, inputs.mean_logprobs(), cfg.beta, cfg.scale_by_std)
 
 
-def answer_key(text: str, answer: str) -> str:
-    """The answer a completion gives, as ``repeat_penalty`` compares them."""
-    if answer == "countdown_expr":
-        from polyray.tasks.countdown import normalise_expression
-
-        return normalise_expression(text)
-    return " ".join(text.split())
-
-
 def _repeat_penalty(cfg: RepeatPenaltyAdvantageConfig, inputs: AdvantageInputs) -> torch.Tensor:
+    from polyray.tasks import answer_key
+
     answers = [[answer_key(t, cfg.answer) for t in group] for group in inputs.texts]
     return compute_repeat_penalty_advantages(inputs.rewards, answers, cfg.beta, cfg.scale_by_std)
 

@@ -12,11 +12,11 @@ references or by the engagement model). Every task but HumanEval trains.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from polyray.tasks.base import Judgement, Prompt, Task, is_correct
 from polyray.tasks.code import CodeTask, CountdownCodeTask
-from polyray.tasks.countdown import CountdownTask
+from polyray.tasks.countdown import CountdownTask, normalise_expression
 from polyray.tasks.humaneval import HumanEvalTask
 from polyray.tasks.jsonl import JsonlTask
 
@@ -35,8 +35,31 @@ def build_task(config: Any, reward_model=None) -> Task:
     return TASKS[config.type](config, reward_model=reward_model)
 
 
+# The diversity functions that read one task's answers: diversity name -> that task's type
+TASK_DIVERSITIES: dict[str, str] = {"countdown_expr": "countdown"}
+# How a completion's answer is told apart from another's (advantage.answer of repeat_penalty)
+ANSWER_KEYS: dict[str, Callable[[str], str]] = {
+    "text": lambda text: " ".join(text.split()),
+    "countdown_expr": normalise_expression,
+}
+
+
+def diversities_for(names: list[str], task_type: str) -> list[str]:
+    """``names`` less the diversities bound to another task than ``task_type`` (:data:`TASK_DIVERSITIES`)."""
+    return [name for name in names if TASK_DIVERSITIES.get(name, task_type) == task_type]
+
+
+def answer_key(text: str, answer: str) -> str:
+    """The answer ``text`` gives, read as ``answer`` (a key of :data:`ANSWER_KEYS`) reads it."""
+    return ANSWER_KEYS[answer](text)
+
+
 __all__ = [
+    "ANSWER_KEYS",
     "TASKS",
+    "TASK_DIVERSITIES",
+    "answer_key",
+    "diversities_for",
     "Judgement",
     "Prompt",
     "Task",

@@ -85,3 +85,21 @@ def test_a_registry_key_without_a_config_name_fails(monkeypatch):
     monkeypatch.setitem(DIVERSITY_FUNCTIONS, "new_metric", lambda texts: 0.0)
     with pytest.raises(AssertionError):
         test_diversity_names_are_the_diversity_registry()
+
+
+def test_task_bound_pieces_are_registered_with_the_tasks():
+    """A diversity or answer key that reads one task's answers is declared in polyray.tasks, the one place the
+    evaluation, the interpolation and the advantages ask."""
+    import typing
+
+    from polyray.config.advantages import RepeatPenaltyAdvantageConfig
+    from polyray.diversity import DIVERSITY_FUNCTIONS
+    from polyray.tasks import ANSWER_KEYS, TASK_DIVERSITIES, TASKS, answer_key, diversities_for
+
+    assert all(name in DIVERSITY_FUNCTIONS and task in TASKS for name, task in TASK_DIVERSITIES.items())
+    assert diversities_for(["semantic", "countdown_expr"], "countdown") == ["semantic", "countdown_expr"]
+    assert diversities_for(["semantic", "countdown_expr"], "replies") == ["semantic"]
+    allowed = typing.get_args(RepeatPenaltyAdvantageConfig.model_fields["answer"].annotation)
+    assert set(ANSWER_KEYS) == set(allowed)
+    assert answer_key("  3 +\n 9 ", "text") == "3 + 9"
+    assert answer_key("(3+9)", "countdown_expr") == answer_key("3 + 9", "countdown_expr") != answer_key("9+3", "countdown_expr")

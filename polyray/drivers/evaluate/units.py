@@ -20,7 +20,7 @@ from polyray.eval.passk import compute_pass_at_k_matrix
 from polyray.eval.record import Estimate, EvalRecord
 from polyray.eval.stats import mean_ci
 from polyray.rollout.sampling import JudgedGroups, judge_groups, request_seeds, sample_groups
-from polyray.tasks import Task
+from polyray.tasks import Task, diversities_for
 
 _EMPTY_LOGPROB = -1e9  # score of a completion without tokens for the logprob selector (never preferred)
 GEN_CHUNK_PER_WORKER = 16  # prompts per pool.generate call and worker: progress granularity, negligible overhead
@@ -88,7 +88,7 @@ def compute_unit_metrics(
     judged = unit.judged
     texts, rewards, counts = judged.texts, judged.rewards, judged.counts
     quality = reference_metrics(judged)
-    div_names = [d for d in cfg.diversity if d != "countdown_expr" or unit.task_type == "countdown"]
+    div_names = diversities_for(cfg.diversity, unit.task_type)
     diversity = {name: compute_diversity_batch(name, texts) for name in div_names}
     scores = selector_scores(unit, cfg, reward_model, quality)
     rng = np.random.default_rng(cfg.seed)
