@@ -11,11 +11,15 @@ from typing import Any, List, Optional
 import typer
 
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: ratios measured side by side in one run.")
-QUICKSTART = "configs/quickstart.yaml"
+# the embedded default (configs/quickstart.yaml), shipped with the package: the benchmarks run from any directory
+QUICKSTART = str(Path(__file__).resolve().parents[1] / "config" / "quickstart.yaml")
 PARTS = ("rollout", "grpo", "polychromic", "reward", "generation", "learner", "peer", "chaos")
 
 _json = typer.Option(None, "--json", help="Also write the figures here.")
-_config = typer.Option(QUICKSTART, "--config", help="Run config whose model, task and settings to measure.")
+_config = typer.Option(
+    QUICKSTART, "--config", show_default="the embedded default, configs/quickstart.yaml",
+    help="Run config whose model, task and settings to measure.",
+)  # fmt: skip
 
 
 def _command(name: Optional[str] = None):

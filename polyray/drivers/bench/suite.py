@@ -57,7 +57,6 @@ from rich.table import Table
 from polyray.http import free_port
 from polyray.io import read_log_jsonl
 
-ROOT = Path(__file__).resolve().parents[3]  # the repository (configs/, tests/fixtures/)
 console = Console(width=140)
 
 
@@ -444,14 +443,15 @@ def bench_reward(n_requests: int = 300, max_seconds: float = 20.0) -> dict[str, 
     import ray
     from ray import serve
 
+    from polyray.drivers.bench.engagement_data import write_engagement_jsonl
     from polyray.drivers.bench.reward import bench_engagement_batching, bench_reward_http
     from polyray.reward.deployment import build_reward_app as build_app
     from polyray.reward.engagement import train_engagement_model
 
     results: dict[str, Any] = {"http": []}
-    with tempfile.TemporaryDirectory(prefix="polyray-bench-rm-") as tmp:
-        with console.status("training the engagement model on tests/fixtures/engagement.jsonl"):
-            train_engagement_model(ROOT / "tests" / "fixtures" / "engagement.jsonl", tmp, seed=0)
+    with tempfile.TemporaryDirectory(prefix="polyray-bench-rm-") as tmp, tempfile.TemporaryDirectory() as data:
+        with console.status("training the engagement model on 600 synthetic replies"):
+            train_engagement_model(write_engagement_jsonl(Path(data) / "engagement.jsonl"), tmp, seed=0)
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         port = free_port()
         try:
@@ -671,7 +671,7 @@ def run_all(parts: list[str], smoke: bool) -> dict[str, Any]:
             json_path = Path(tmp) / f"{part}.json"
             extra = SMOKE[part] if smoke else DEFAULTS.get(part, [])
             cmd = [sys.executable, "-m", "polyray.cli", "bench", part, *extra, "--json", str(json_path)]
-            subprocess.run(cmd, check=True, cwd=ROOT)
+            subprocess.run(cmd, check=True)
             results[part] = json.loads(json_path.read_text())
     print_summary(results)
     return results
