@@ -188,6 +188,7 @@ def canary(
     probe_tokens: int = typer.Option(32, "--probe-tokens", min=2, help="Tokens of each probe completion."),
     short_tokens: int = typer.Option(8, "--short-tokens", min=1, help="Also judged on the first N tokens alone."),
     logit_scale: float = typer.Option(6.0, "--logit-scale", help="Final norm scale: how peaked the predictions are."),
+    vocab: int = typer.Option(151_936, "--vocab", min=16, help="Vocabulary size (Qwen3's by default)."),
     threads: int = typer.Option(2, "--threads"),
     json_path: Optional[Path] = _json,
 ):
@@ -204,7 +205,7 @@ def canary(
     console = Console(width=140)
     with console.status("building the model") as status:
         results = bench_canary(layers, probes, probe_tokens=probe_tokens, short_tokens=short_tokens,
-                               logit_scale=logit_scale, threads=threads, progress=status.update)  # fmt: skip
+                               logit_scale=logit_scale, threads=threads, vocab=vocab, progress=status.update)  # fmt: skip
     print_canary(results, console)
     _write(results, json_path)
 

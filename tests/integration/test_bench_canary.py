@@ -1,5 +1,5 @@
 """``polyray bench canary`` at a small size: the sync canary's rule on the real bfloat16 path (a vLLM
-rollout worker and the learner's peft model, Qwen3-0.6B's width and vocabulary, 2 layers).
+rollout worker and the learner's peft model, Qwen3-0.6B's width, 2 layers, a 32,768-token vocabulary).
 
 What the rule promises is checked on what the benchmark measured: a worker serving the published
 adapter never stops the run (the old rule, a token gap past 5e-2, stopped nearly every such check);
@@ -24,8 +24,8 @@ def test_bfloat16_canary_passes_the_right_adapter_and_catches_a_stale_one(tmp_pa
     from polyray.learner.sync import NOISE, TOLERANCE
 
     out = tmp_path / "canary.json"
-    args = ["jobs.benchmark", "canary", "--layers", "2", "--probes", "8", "--probe-tokens", "16", "--short-tokens", "4",
-            "--json", str(out)]  # fmt: skip
+    args = ["jobs.benchmark", "canary", "--layers", "2", "--vocab", "32768", "--probes", "8", "--probe-tokens", "16",
+            "--short-tokens", "4", "--json", str(out)]  # fmt: skip
     proc = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads(out.read_text())

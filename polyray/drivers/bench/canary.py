@@ -51,7 +51,7 @@ def _scale_final_norm(model_dir: Path, scale: float) -> None:
 def bench_canary(
     layers: int = 28, probes: int = 32, prompt_tokens: int = 24, probe_tokens: int = 32, short_tokens: int = 8,
     logit_scale: float = 6.0, adapter_scale: float = 2e-3, steps: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 1.5e-3, 2e-3, 3e-3, 5e-3),
-    rank: int = 32, threads: int = 2, seed: int = 0, progress=lambda what: None,
+    rank: int = 32, threads: int = 2, seed: int = 0, vocab: int = 151_936, progress=lambda what: None,
 ) -> dict[str, Any]:  # fmt: skip
     """The measurements (module docstring), as a JSON-ready dict."""
     import torch
@@ -66,7 +66,7 @@ def bench_canary(
     torch.set_num_threads(threads)
     root = Path(tempfile.mkdtemp(prefix="polyray-bench-canary-"))
     progress("building the model")
-    model_dir = build_bench_model(root / "model", BenchShape(layers=layers), seed)
+    model_dir = build_bench_model(root / "model", BenchShape(layers=layers, vocab=vocab), seed)
     _scale_final_norm(model_dir, logit_scale)
     learner, _ = build_peft_model(str(model_dir), LoraConfig(r=rank, alpha=2 * rank), "bfloat16")
     gen = torch.Generator().manual_seed(seed + 1)
@@ -88,7 +88,7 @@ def bench_canary(
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        prompts = [torch.randint(3, 151_000, (prompt_tokens,), generator=gen).tolist() for _ in range(probes)]
+        prompts = [torch.randint(3, vocab, (prompt_tokens,), generator=gen).tolist() for _ in range(probes)]
         params = SamplingParams(max_tokens=probe_tokens, min_tokens=probe_tokens, temperature=1.0, seed=seed,
                                 detokenize=False)  # fmt: skip
         progress("drawing the probes")
@@ -115,7 +115,7 @@ def bench_canary(
     tolerance, noise = TOLERANCE["bfloat16"], NOISE["bfloat16"]
     lengths = {"probe": None, "short": short_tokens}
     out: dict[str, Any] = {
-        "shape": {"layers": layers, "hidden": 1024, "vocab": 151_936, "logit_scale": logit_scale, "rank": rank},
+        "shape": {"layers": layers, "hidden": 1024, "vocab": vocab, "logit_scale": logit_scale, "rank": rank},
         "probes": probes, "probe_tokens": probe_tokens, "short_tokens": short_tokens,
         "rule": {"tolerance": tolerance, "noise": noise},
         "mean_logprob": statistics.fmean(float(s.mean()) for s in served[1]),
