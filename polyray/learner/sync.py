@@ -128,7 +128,7 @@ class SyncCanary:
     def _check_workers(self, model, pool, version: int, workers: list[int]) -> dict[str, float]:
         started = time.perf_counter()
         prompt_ids, completion_ids = self.probe
-        learner = self._learner_logprobs(model, prompt_ids, completion_ids, 1.0)
+        learner = self.learner_logprobs(model, prompt_ids, completion_ids, 1.0)
         references = self._references(model)
         gaps = [self.check(model, pool, version, worker, learner, references) for worker in workers]
         self.last_passed = (version, learner)
@@ -143,13 +143,15 @@ class SyncCanary:
         """The policies a stale worker would serve, by name: the base model (the adapter disabled; scored
         once per attempt) and the last version a check passed."""
         if self.base is None:
-            self.base = self._learner_logprobs(model, *self.probe, 1.0, adapter=False)
+            self.base = self.learner_logprobs(model, *self.probe, 1.0, adapter=False)
         references = {"the base model": self.base}
         if self.last_passed is not None:
             references[f"policy-v{self.last_passed[0]}"] = self.last_passed[1]
         return references
 
-    def _learner_logprobs(self, model, prompt_ids, completion_ids, temperature: float, adapter: bool = True) -> torch.Tensor:
+    def learner_logprobs(self, model, prompt_ids, completion_ids, temperature: float, adapter: bool = True) -> torch.Tensor:
+        """The learner's float64 log-probs of ``completion_ids`` after ``prompt_ids`` at ``temperature`` (no grad, no
+        dropout); ``adapter`` False: with the adapter disabled (the base model)."""
         peft = getattr(model, "module", model)
         device = next(peft.parameters()).device
         was_training = peft.training
@@ -170,7 +172,7 @@ class SyncCanary:
         :func:`stale_reason` finds one. ``learner``, ``references``: computed here when not given."""
         prompt_ids, completion_ids = self.probe
         if learner is None:
-            learner = self._learner_logprobs(model, prompt_ids, completion_ids, 1.0)
+            learner = self.learner_logprobs(model, prompt_ids, completion_ids, 1.0)
         if references is None:
             references = self._references(model)
         served = torch.tensor(pool.score(prompt_ids, completion_ids, version, worker), dtype=torch.float64)
@@ -186,7 +188,7 @@ class SyncCanary:
         prompt_ids = self.probe[0]
         sampling = SamplingConfig(temperature=self.temperature, top_p=1.0, max_tokens=DRAW_TOKENS)
         sample = pool.draw(prompt_ids, sampling, version, worker, DRAW_SEED)
-        learner = self._learner_logprobs(model, prompt_ids, sample.token_ids, self.temperature)
+        learner = self.learner_logprobs(model, prompt_ids, sample.token_ids, self.temperature)
         served = torch.tensor(sample.logprobs, dtype=torch.float64)
         tolerance = self.tolerance * max(1.0, 1.0 / self.temperature)
         reason = stale_reason(learner, served, {}, tolerance, self.noise)

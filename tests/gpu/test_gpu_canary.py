@@ -43,9 +43,9 @@ def canary_gaps(root, device: str, layers: int = 28, probes: int = 16, tokens: i
     for prompt, full in zip(prompts.tolist(), drawn.cpu().tolist()):
         probe = (prompt, full[len(prompt):])
         canary = SyncCanary(1, probe, 0, "bfloat16")
-        exact = canary._learner_logprobs(reference, *probe, 1.0)
-        ours = canary._learner_logprobs(learner, *probe, 1.0)
-        base = canary._learner_logprobs(learner, *probe, 1.0, adapter=False)
+        exact = canary.learner_logprobs(reference, *probe, 1.0)
+        ours = canary.learner_logprobs(learner, *probe, 1.0)
+        base = canary.learner_logprobs(learner, *probe, 1.0, adapter=False)
         gaps.append(rms(ours - exact))
         verdicts.append(stale_reason(exact, ours, {"the base model": base}, TOLERANCE["bfloat16"], NOISE["bfloat16"]))
         base_caught += stale_reason(ours, base, {"the base model": base}, TOLERANCE["bfloat16"], NOISE["bfloat16"]) is not None

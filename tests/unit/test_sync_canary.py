@@ -244,11 +244,11 @@ def test_a_worker_serving_the_base_model_is_caught_short_of_the_tolerance(policy
     model = copy.deepcopy(model)
     probe = ([5, 6, 7, 8], [9, 10, 11, 12, 13, 14, 15, 16])
     canary = SyncCanary(every=1, probe=probe, pad_id=tok.pad_token_id)
-    base = canary._learner_logprobs(model, *probe, 1.0, adapter=False)
+    base = canary.learner_logprobs(model, *probe, 1.0, adapter=False)
     for _ in range(3):  # scale the adapter until it moves the probe by about 5e-4 RMS (near linear close to 0)
-        learner = canary._learner_logprobs(model, *probe, 1.0)
+        learner = canary.learner_logprobs(model, *probe, 1.0)
         _scale_adapter(model, 5e-4 / rms(learner - base))
-    learner = canary._learner_logprobs(model, *probe, 1.0)
+    learner = canary.learner_logprobs(model, *probe, 1.0)
     assert 2 * NOISE["float32"] < rms(learner - base) < TOLERANCE["float32"]
 
     pool = ScoringPool(model, tok)
@@ -263,7 +263,7 @@ def test_a_worker_serving_the_base_model_is_caught_short_of_the_tolerance(policy
     assert canary.after_publish(model, pool, 1)["canary_gap"] < 1e-6
     assert canary.after_publish(model, pool, 2)["canary_gap"] < 1e-6  # the same weights again: v1 is no reference
     _scale_adapter(model, 1.5)  # a step that moves the probe by about 2.5e-4 RMS
-    assert 2 * NOISE["float32"] < rms(canary._learner_logprobs(model, *probe, 1.0) - learner) < TOLERANCE["float32"]
+    assert 2 * NOISE["float32"] < rms(canary.learner_logprobs(model, *probe, 1.0) - learner) < TOLERANCE["float32"]
     with pytest.raises(SyncCanaryError, match="rollout worker 1 serves policy-v3 .* it serves policy-v2, not"):
         canary.after_publish(model, pool, 3)  # the workers kept version 2's weights
 

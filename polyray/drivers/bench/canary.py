@@ -104,8 +104,8 @@ def bench_canary(
         for version, adapter in versions.items():
             progress(f"scoring on the learner: version {version}")
             _load(learner, adapter)
-            scored[version] = [c._learner_logprobs(learner, *c.probe, 1.0) for c in canaries]
-        scored[0] = [c._learner_logprobs(learner, *c.probe, 1.0, adapter=False) for c in canaries]
+            scored[version] = [c.learner_logprobs(learner, *c.probe, 1.0) for c in canaries]
+        scored[0] = [c.learner_logprobs(learner, *c.probe, 1.0, adapter=False) for c in canaries]
     finally:
         worker.close()
 

@@ -32,7 +32,7 @@ class PolychromicSFTPhase(SamplingPhase, SFTPhase):
         self._init_rollouts(cfg, task, n_train, pool)
         self.embedding_dtype = self.scorer = None  # rank 0 alone scores the samples
         if ctx.rank == 0:
-            self.embedding_dtype = embedding_dtype_of(cfg)  # "auto" resolved on this machine
+            self.embedding_dtype = embedding_dtype_of(cfg)  # "auto" resolved where rank 0 runs
             self.scorer = start_diversity_scorer(cfg, torch.get_num_threads(), self.embedding_dtype)
 
     @property
