@@ -15,10 +15,13 @@ models, diversity, rewards, the learner, the drivers) takes its settings from he
 | :mod:`~polyray.config.sampling` | :class:`SamplingConfig` |
 | :mod:`~polyray.config.rollout`, ``learner``, ``cluster``, ``tracking``, ``generation`` | those sections |
 | :mod:`~polyray.config.eval` | ``eval``, ``dynamics``; the evaluation job's task entries |
+| :mod:`~polyray.config.eval_job` | :class:`EvalJobConfig` (``polyray eval``), :func:`load_eval_config` |
+| :mod:`~polyray.config.sweep` | :class:`SweepConfig` (``polyray sweep``); the rule that selection is on validation |
+| :mod:`~polyray.config.experiment` | :class:`ExperimentConfig` (``polyray experiment``), its selections and hypotheses |
 | :mod:`~polyray.config.reward` | ``reward`` and a phase's own reward |
 | :mod:`~polyray.config.judge` | :class:`JudgeConfig` (the LLM judge's settings) |
 | :mod:`~polyray.config.services` | the reward and generation services' settings (their Serve apps' ``args``) |
-| :mod:`~polyray.config.names` | registry names configs accept: diversity functions, rewards |
+| :mod:`~polyray.config.names` | registry names configs accept: diversity functions, rewards, USQ selectors |
 
 Names in a config are Literals declared here; ``tests/unit/test_registries.py`` keeps them
 equal to the registries' keys.

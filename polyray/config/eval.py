@@ -6,7 +6,7 @@
   per task config of the registry (:mod:`polyray.config.tasks`), built from it by
   :func:`eval_task_model`: the task's own fields plus ``name``, ``n_prompts``, ``sampling`` and
   ``split``, so every task a run can name, and HumanEval, can be evaluated. The job itself
-  (``EvalJobConfig``) is :mod:`polyray.drivers.evaluate.config`.
+  (``EvalJobConfig``) is :mod:`polyray.config.eval_job`.
 """
 
 from __future__ import annotations

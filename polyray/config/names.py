@@ -13,6 +13,7 @@ Task, phase and advantage-estimator names are the ``type`` literals of their con
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 DiversityName = Literal["semantic", "vendi", "distinct_1", "distinct_2", "self_bleu", "countdown_expr"]
@@ -20,3 +21,14 @@ DiversityName = Literal["semantic", "vendi", "distinct_1", "distinct_2", "self_b
 
 RewardName = Literal["code_exec", "countdown", "custom", "engagement", "length", "llm_judge", "reference_similarity", "weighted_sum"]
 """Reward functions: the keys of ``polyray.reward.REWARD_FUNCTIONS``."""
+
+SelectorName = Literal["oracle", "random", "logprob", "reward_model", "length"]
+"""USQ selectors a config may name: the keys of ``polyray.eval.metrics.SELECTORS`` but its generic ``scores``."""
+
+_AT_KEY = re.compile(r"^(pass|usq|der)@(\d+)$")
+
+
+def split_at_key(key: str) -> tuple[str, int] | None:
+    """``"pass@5"`` -> ("pass", 5) for pass@k, usq@k and der@k keys; None for any other key."""
+    m = _AT_KEY.match(key)
+    return (m.group(1), int(m.group(2))) if m else None

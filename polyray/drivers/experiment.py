@@ -32,7 +32,7 @@ under the selection's label, with ``selected_on: validation`` and every candidat
 ``selections``. The test set enters the table only for what was chosen, once: a run that reports no
 model as is (every model of it a candidate, or none at all) runs with ``eval.split: val`` (its stage
 evaluations on validation; :func:`candidate_runs`), and after the selection the chosen candidate's
-phase is evaluated on test for each seed (:func:`polyray.drivers.run.evaluate_on_test`, kept in
+phase is evaluated on test for each seed (:func:`polyray.drivers.selection.evaluate_on_test`, kept in
 that run's results.json under ``test``, so a re-run does not evaluate it again). A test-set metric
 is refused when the file is read.
 
@@ -47,166 +47,21 @@ from __future__ import annotations
 import functools
 import json
 import math
-import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import ValidationError
 
 from polyray.config import RunConfig
-from polyray.io import ConfigError, StrictModel, apply_overrides, console, format_validation_error, read_yaml_mapping
-from polyray.drivers.sweep import SELECTED_ON, TRIAL_EVAL, check_selection_metric, merge
-from polyray.eval.stats import EQUIVALENCE_MARGIN
+from polyray.config.experiment import HEADLINE, ExperimentConfig, headline_metrics
+from polyray.config.sweep import SELECTED_ON
+from polyray.drivers.selection import best, error_line, evaluate_chosen, record_on_test
+from polyray.drivers.sweep import TRIAL_EVAL, merge
+from polyray.io import ConfigError, apply_overrides, console, format_validation_error, read_yaml_mapping
 
 if TYPE_CHECKING:
     from polyray.eval.record import EvalRecord
-
-HEADLINE = re.compile(r"^(pass@|usq@)([1-9][0-9]*)$|^reward_mean$|^distinct_samples$")
-"""The metrics an experiment reports and compares (with the diversities): pass@k and USQ@k at the
-runs' own ks, the mean reward, the share of distinct samples."""
-
-
-def headline_metrics(names) -> list[str]:
-    """The headline metrics among ``names``, in table order: pass@k by k, USQ@k by k, reward, distinct."""
-    found = [m for m in set(names) if HEADLINE.match(m)]
-    order = {"pass@": 0, "usq@": 1, "reward_mean": 2, "distinct_samples": 3}
-
-    def key(m: str) -> tuple[int, int]:
-        at = HEADLINE.match(m)
-        return (order[at.group(1)], int(at.group(2))) if at.group(1) else (order[m], 0)
-
-    return sorted(found, key=key)
-
-
-class Selection(StrictModel):
-    """One model chosen among candidates on validation, reported under the selection's label."""
-
-    among: list[str] = Field(..., min_length=2, description="Candidate model labels (from models).")
-    metric: str = Field("val/pass@1", description="Validation metric (val/<m>, the dynamics probe's last"
-                        " measurement of the candidate's phase); mean over seeds.")
-    mode: str = Field("max", pattern="^(max|min)$", description="max or min.")
-
-    @field_validator("metric")
-    @classmethod
-    def _on_validation(cls, metric: str) -> str:
-        return check_selection_metric(metric)
-
-
-class Hypothesis(StrictModel):
-    """A claim declared before the runs: ``treatment`` raises ``raise_metric`` over ``control`` (paired
-    t over seeds) while keeping ``keep_metric`` within ``keep_within`` of the control's mean (paired
-    TOST); :func:`polyray.eval.stats.raised_and_kept` gives the verdict."""
-
-    treatment: str = Field(..., description="Model label (from models or select).")
-    control: str = Field(..., description="Model label (from models or select).")
-    raise_metric: str = Field("pass@10", description="The metric the treatment must raise (paired t, p < 0.05).")
-    keep_metric: str = Field("pass@1", description="The metric the treatment must keep (paired TOST).")
-    keep_within: float = Field(0.10, gt=0, lt=1, description="Keep margin, a share of the control's mean.")
-    min_seeds: int = Field(5, ge=2, description="Fewer paired seeds: the verdict is 'undecided'.")
-
-    @field_validator("raise_metric", "keep_metric")
-    @classmethod
-    def _headline(cls, metric: str) -> str:
-        if not HEADLINE.match(metric):
-            raise ValueError(f"{metric!r} is not a reported metric (pass@k, usq@k, reward_mean, distinct_samples)")
-        return metric
-
-
-class ExperimentConfig(StrictModel):
-    """Runs x seeds and the models reported from them."""
-
-    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="Experiment name (runs/<name>/).")
-    base: str = Field(..., description="Base run config, relative to the experiment file.")
-    task: dict[str, Any] | None = Field(
-        None, description="Task of every run, in place of the base's (e.g. {type: replies, path: my.jsonl})."
-    )
-    runs: dict[str, dict[str, Any]] = Field(
-        ..., description="Run name -> partial run config merged onto the base; with from: 'run/phase' the run starts"
-        " from that run's adapter after that phase, of the same seed."
-    )
-    models: dict[str, str] = Field(..., description="Model label -> 'run/phase' ('base' before any phase).")
-    select: dict[str, Selection] = Field(
-        default_factory=dict, description="Label -> a model chosen among candidate models on validation (never on"
-        " test); the chosen one is reported under the label, the candidates are not reported."
-    )
-    compare: list[tuple[str, str]] = Field(default_factory=list, description="(treatment, control) model labels.")
-    split: Literal["test", "val"] = Field(
-        "test", description="Where every model is evaluated, reported and compared: test, or val for a selection"
-        " stage (the test set is not read; confirm the choice on test with fresh seeds, --first-seed)."
-    )
-    hypotheses: dict[str, Hypothesis] = Field(
-        default_factory=dict, description="Name -> a claim declared in advance, answered with a verdict (Holm"
-        " across the hypotheses on their intersection-union p)."
-    )
-    max_concurrent: int = Field(1, ge=1, description="Runs (Tune trials) executing at once on the cluster.")
-    equivalence_margin: float | dict[str, float] = Field(
-        EQUIVALENCE_MARGIN, description="TOST margin per comparison (absolute difference of means): one number for"
-        " every metric, or metric -> margin (metrics not named: 0.01). Equivalent: the 90% interval of the"
-        " difference inside ±margin, Holm-adjusted."
-    )
-
-    @model_validator(mode="after")
-    def _references_resolve(self) -> "ExperimentConfig":
-        for name, origin in self.origins().items():
-            run, _, phase = origin.partition("/")
-            if run not in self.runs or not phase or run == name:
-                raise ValueError(f"runs.{name}.from: {origin!r} is not 'run/phase' with another run from runs")
-            if "from" in self.runs[run]:
-                raise ValueError(f"runs.{name}.from: {run!r} branches itself; branch from a run that does not")
-        for label, ref in self.models.items():
-            run, _, phase = ref.partition("/")
-            if run not in self.runs or not phase:
-                raise ValueError(f"models.{label}: {ref!r} is not 'run/phase' with a run from runs ({sorted(self.runs)})")
-        seen: dict[str, str] = {}
-        if self.split == "val" and self.select:
-            raise ValueError("select: an experiment on split: val is itself the selection stage; leave select out")
-        for label, sel in self.select.items():
-            if label in self.models:
-                raise ValueError(f"select.{label}: the label is also a model's; name the selection apart")
-            for cand in sel.among:
-                if cand not in self.models:
-                    raise ValueError(f"select.{label}.among: unknown model {cand!r} (models: {sorted(self.models)})")
-                if cand in seen:
-                    raise ValueError(f"select.{label}.among: {cand!r} is already a candidate of select.{seen[cand]}")
-                seen[cand] = label
-        reported = self.reported_labels()
-        for pair in self.compare:
-            for label in pair:
-                if label in seen:
-                    raise ValueError(f"compare: {label!r} is a candidate of select.{seen[label]}, not reported;"
-                                     f" compare {seen[label]!r}")  # fmt: skip
-                if label not in reported:
-                    raise ValueError(f"compare: unknown model {label!r} (models: {sorted(reported)})")
-        for name, hyp in self.hypotheses.items():
-            for label in (hyp.treatment, hyp.control):
-                if label not in reported:
-                    raise ValueError(f"hypotheses.{name}: unknown model {label!r} (reported: {sorted(reported)})")
-        margins = self.equivalence_margin
-        margins = margins if isinstance(margins, dict) else {"*": margins}
-        for metric, margin in margins.items():
-            if metric != "*" and not HEADLINE.match(metric):
-                raise ValueError(f"equivalence_margin: unknown metric {metric!r} (compared: pass@k, usq@k at the runs'"
-                                 " ks, reward_mean, distinct_samples)")
-            if not margin > 0:
-                raise ValueError(f"equivalence_margin: {metric if metric != '*' else ''} must be > 0, got {margin}")
-        return self
-
-    def margin(self, metric: str) -> float:
-        """The TOST margin of ``metric``."""
-        if isinstance(self.equivalence_margin, dict):
-            return float(self.equivalence_margin.get(metric, EQUIVALENCE_MARGIN))
-        return float(self.equivalence_margin)
-
-
-    def reported_labels(self) -> list[str]:
-        """The labels of the table, in order: each model, a selection in place of its first candidate."""
-        owner = {cand: label for label, sel in self.select.items() for cand in sel.among}
-        return list(dict.fromkeys(owner.get(label, label) for label in self.models))
-
-    def origins(self) -> dict[str, str]:
-        """Branch run -> the 'run/phase' it starts from."""
-        return {name: str(patch["from"]) for name, patch in self.runs.items() if "from" in patch}
 
 
 def seed_ids(seeds: int | Sequence[int]) -> list[int]:
@@ -300,24 +155,16 @@ def candidate_runs(exp: ExperimentConfig) -> set[str]:
 def evaluate_chosen_on_test(exp: ExperimentConfig, out: Path, seeds: int | Sequence[int],
                             selections: dict[str, dict[str, Any]]) -> dict[str, str]:
     """Each selection's chosen candidate evaluated on test, per seed that has its run
-    (:func:`polyray.drivers.run.evaluate_dir_on_test`: once; a run that has it is only read). Returns
+    (:func:`polyray.drivers.selection.evaluate_chosen`: once; a run that has it is only read). Returns
     '<run>-s<seed>' -> the error line of one that could not be evaluated."""
-    from polyray.drivers.run import evaluate_dir_on_test
-    from polyray.drivers.sweep import error_line
-
     errors: dict[str, str] = {}
     for sel in selections.values():
         if sel["run"] is None:
             continue
         run_name, _, phase = sel["run"].partition("/")
-        for seed in seed_ids(seeds):
-            directory = out / "runs" / f"{run_name}-s{seed}"
-            if not (directory / "results.json").is_file():
-                continue
-            try:
-                evaluate_dir_on_test(directory, [phase])
-            except Exception as exc:  # one seed's failure is reported; the others are still evaluated
-                errors[f"{run_name}-s{seed}"] = f"test evaluation: {error_line(exc)}"
+        directories = [out / "runs" / f"{run_name}-s{seed}" for seed in seed_ids(seeds)]
+        tested = evaluate_chosen([d for d in directories if (d / "results.json").is_file()], phase)
+        errors.update({Path(d).name: f"test evaluation: {r}" for d, r in tested.items() if isinstance(r, str)})
     return errors
 
 
@@ -353,9 +200,7 @@ def select_models(exp: ExperimentConfig, out: Path, seeds: int | Sequence[int]) 
                     have[seed] = float(value)
             among[cand] = {"run": exp.models[cand], "seeds": sorted(have), "values": [have[s] for s in sorted(have)],
                            "mean": sum(have.values()) / len(have) if have else None}  # fmt: skip
-        scored = [c for c in sel.among if among[c]["mean"] is not None]
-        sign = 1.0 if sel.mode == "max" else -1.0
-        chosen = max(scored, key=lambda c: sign * among[c]["mean"]) if scored else None
+        chosen = best({c: among[c]["mean"] for c in sel.among}, sel.mode)
         selections[label] = {"chosen": chosen, "run": exp.models[chosen] if chosen else None, "metric": sel.metric,
                              "mode": sel.mode, "selected_on": SELECTED_ON, "among": among}  # fmt: skip
     return selections
@@ -383,7 +228,7 @@ def run_experiment(
 
     from ray import tune
 
-    from polyray.drivers.sweep import error_line, run_trials, trial_params
+    from polyray.drivers.sweep import run_trials, trial_params
 
     ids = seed_ids(range(first_seed, first_seed + seeds))
     exp, configs = load_experiment(path, ids, output_dir, overrides)
@@ -484,7 +329,7 @@ def _load_phases(refs: dict[str, str | None], out: Path, seeds: int | Sequence[i
                  split: str = "test") -> dict[str, dict[int, EvalRecord]]:
     """Per reported model label, seed -> its phase's evaluation record on ``split``; a seed whose
     results.json lacks it is absent (every seed, for a selection with nothing chosen)."""
-    from polyray.drivers.run import read_results, record_on_test
+    from polyray.drivers.run import read_results
 
     def record(results: dict[str, Any], phase: str) -> EvalRecord:
         if split == "test":

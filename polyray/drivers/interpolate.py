@@ -9,7 +9,7 @@ same sampling, pass@k and diversity as ``polyray eval``) runs twice with the run
 task and eval settings:
 
 1. on the task's **validation** split (``<out>/val/``): α is chosen there
-   (:func:`~polyray.models.interpolate.select_alpha`: the best val pass@K among the α whose val pass@1
+   (:func:`choose_alpha`, by :func:`polyray.drivers.selection.best_keeping`: the best val pass@K among the α whose val pass@1
    is within ``tolerance`` of α = 1's, the 'to' adapter, which is always evaluated);
 2. on the **test** split once (``<out>/test/``), every α in one job, for the curve's table; each α is
    compared with α = 1 over the test prompts (paired, Holm), nothing is chosen there.
@@ -28,9 +28,9 @@ from typing import Any, get_args
 from polyray.config import RunConfig
 from polyray.config.eval import EVAL_TASK_CONFIGS
 from polyray.config.rollout import MaxLoraRank
-from polyray.drivers.sweep import SELECTED_ON
+from polyray.drivers.selection import SELECTED_ON, best_keeping
 from polyray.io import ConfigError, console, load_yaml_model
-from polyray.models.interpolate import alpha_label, check_alphas, interpolate_adapters, interpolated_rank, select_alpha
+from polyray.models.interpolate import alpha_label, check_alphas, interpolate_adapters, interpolated_rank
 from polyray.tasks import diversities_for
 
 REFERENCE = 1.0  # the 'to' adapter: the pass@1 the selection must keep
@@ -113,6 +113,15 @@ def _metrics(results: dict[str, Any], label: str, ks: Sequence[int]) -> dict[str
     return out
 
 
+def choose_alpha(val_metrics: dict[float, dict[str, float]], ks: Sequence[int], tolerance: float) -> float:
+    """The α to deploy, from validation metrics: the best pass@K (largest k) among the α whose pass@1
+    (else pass@ at the smallest k) is at least α = 1's minus ``tolerance``; ties go to the larger α."""
+    keep = "pass@1" if 1 in ks else f"pass@{min(ks)}"
+    larger_first = sorted(val_metrics, reverse=True)  # best_keeping's ties go to the first
+    return best_keeping({a: val_metrics[a][f"pass@{max(ks)}"] for a in larger_first},
+                        {a: val_metrics[a][keep] for a in larger_first}, REFERENCE, tolerance)  # fmt: skip
+
+
 def run_interpolation(
     run_dir: str | Path, alphas: Sequence[float], from_: str | None = None, to: str | None = None,
     output_dir: str | Path | None = None, tolerance: float = 0.01, val_prompts: int | None = None,
@@ -146,9 +155,7 @@ def run_interpolation(
     val = run_eval(val_job, out / "val")
     ks, top = val_job.ks, max(val_job.ks)
     val_metrics = {a: _metrics(val, alpha_label(a), ks) for a in grid}
-    chosen = select_alpha({a: m["pass@1"] for a, m in val_metrics.items()} if 1 in ks else
-                          {a: m[f"pass@{min(ks)}"] for a, m in val_metrics.items()},
-                          {a: m[f"pass@{top}"] for a, m in val_metrics.items()}, REFERENCE, tolerance)  # fmt: skip
+    chosen = choose_alpha(val_metrics, ks, tolerance)
     test_job = eval_job(cfg, adapters, rank, "test", test_prompts, n_samples, f"{cfg.name}-interpolate-test")
     test = run_eval(test_job, out / "test")  # read once, for the table: nothing is chosen on it
     summary = {

@@ -9,8 +9,8 @@ Results and the resolved config are written as soon as they exist, so a run that
 half-way keeps everything it finished. ``results.json`` holds per stage (``base``, each phase)
 the :class:`~polyray.eval.record.EvalRecord` of its evaluation on ``eval.split`` (``eval_split``: test,
 or val for a candidate of a selection), in the record's JSON form, and under ``test`` the test
-evaluations a selection asked for afterwards (:func:`evaluate_on_test`: the chosen candidate's only,
-once). ``resume=True`` continues such a run in the same
+evaluations a selection asked for afterwards (:func:`polyray.drivers.selection.evaluate_on_test`: the
+chosen candidate's only, once). ``resume=True`` continues such a run in the same
 directory: finished evaluations and phases are not redone, a phase cut off mid-way continues
 from its latest Ray Train checkpoint (same storage path and name), and the adapter store is
 read back from the run directory, so version ids continue after the newest one.
@@ -134,67 +134,6 @@ def read_results(path: Path) -> dict[str, Any]:
     if "test" in results:
         results["test"] = {name: EvalRecord.from_json(r) for name, r in results["test"].items()}
     return results
-
-
-def record_on_test(results: dict[str, Any], stage: str) -> EvalRecord:
-    """``stage``'s test-set evaluation in a run's results: the stage evaluation of a run on ``eval.split:
-    test``, else the one :func:`evaluate_on_test` added after a selection; KeyError when there is none
-    (a candidate that was not chosen: its test set was never read)."""
-    if stage in results.get("test", {}):
-        return results["test"][stage]
-    if results.get("eval_split", "test") != "test":
-        raise KeyError(f"{stage}: evaluated on {results['eval_split']} only")
-    return results["phases"][stage]
-
-
-def stages_to_test(results: dict[str, Any], stages: list[str]) -> list[str]:
-    """Of ``stages``, those whose test-set evaluation the run does not hold yet (each is evaluated once:
-    a selection re-run after an interruption evaluates only what is missing)."""
-    on_test = results.get("eval_split", "test") == "test"
-    have = set(results.get("test", {})) | (set(results["phases"]) if on_test else set())
-    return [s for s in stages if s not in have]
-
-
-def evaluate_dir_on_test(out: Path, stages: list[str]) -> dict[str, EvalRecord]:
-    """:func:`evaluate_on_test` of the run in ``out`` with the config it ran with (its config.resolved.yaml)."""
-    import yaml
-
-    results = read_results(out / "results.json")
-    if not stages_to_test(results, stages):  # nothing to evaluate: no Ray, no config
-        return {stage: record_on_test(results, stage) for stage in stages}
-    run = RunConfig.model_validate(yaml.safe_load((out / "config.resolved.yaml").read_text()))
-    return evaluate_on_test(run, out, stages)
-
-
-def evaluate_on_test(run: RunConfig, out: Path, stages: list[str]) -> dict[str, EvalRecord]:
-    """The test-set evaluations of ``stages`` of the finished run in ``out`` (stage evaluations on
-    validation: a candidate that a selection chose), each its stage's adapter from the run's store,
-    added to results.json under ``test``; a stage that already has one is not evaluated again.
-    Returns every asked stage's test record. Starts (or joins) Ray and a rollout pool of its own."""
-    from polyray.rollout.store import open_store
-
-    results = read_results(out / "results.json")
-    missing = stages_to_test(results, stages)
-    if missing:
-        state = RunState(run, out, True, results)
-        prepare_inputs(state, [])  # the model and engagement models exist: the run built them
-        start_ray(state, None)
-        store = open_store(state.store_root(), run.rollout.store_keep)
-        try:
-            wait_for_pool(state, launch_pool(state, store))
-            prompts = state.task.prompts("test")
-            for stage in missing:
-                version = results["versions"][stage] if stage != "base" else INIT_VERSION if run.init_adapter else None
-                with state.timer(f"test_{stage}"):
-                    record = evaluate_stage(stage, state.pool, state.task, prompts, run, version)
-                results.setdefault("test", {})[stage] = record
-                stage_done(results, f"test_{stage}")
-                write_results(out, results)
-        finally:
-            if state.pool is not None:
-                state.pool.shutdown()
-            ray.kill(store)
-    return {stage: record_on_test(results, stage) for stage in stages}
 
 
 INIT_VERSION = 1  # the adapter version a run started from ``init_adapter`` gives it

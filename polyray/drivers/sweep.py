@@ -35,7 +35,7 @@ mean objective over its seeds, with ``selected_on: validation``.
 The test set is read once, for the chosen setting. Every trial runs with ``eval.split: val``: its
 stage evaluations are on the validation prompts (``<stage>/val_eval/<m>``), and no trial reads the
 test set. After the selection, the driver evaluates the objective's phase of each of the chosen
-setting's trials on test (:func:`polyray.drivers.run.evaluate_on_test`: that phase's adapter from the
+setting's trials on test (:func:`polyray.drivers.selection.evaluate_on_test`: that phase's adapter from the
 trial's store, recorded in the trial's results.json under ``test``; a sweep resumed after an
 interruption evaluates only what is missing), and ``selected.test`` holds those numbers: the only
 test numbers of the sweep.
@@ -58,104 +58,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import ValidationError
 
 from polyray.config import RunConfig
-from polyray.io import ConfigError, StrictModel, apply_overrides, console, format_validation_error, read_yaml_mapping
+from polyray.config.sweep import SELECTED_ON, Axis, Objective, SweepConfig
+from polyray.drivers.selection import best, error_line, evaluate_chosen
+from polyray.io import ConfigError, apply_overrides, console, format_validation_error, read_yaml_mapping
 from polyray.tracking import run_metrics, tune_callbacks
 
 TUNE_DIR = "tune"  # Tune's experiment directory under the sweep's output directory
 TRIALS_DIR = "trials"
 TRIAL_CPUS = 0.01  # a trial's own request: its driver only (Tune refuses an empty one)
 TRIAL_EVAL = {"eval": {"split": "val"}}  # what a candidate run evaluates its stages on (never the test set)
-
-
-class Axis(StrictModel):
-    """One search axis: exactly one of ``grid`` (every value), ``choice`` (one, sampled), ``uniform``
-    or ``loguniform`` ([low, high], sampled)."""
-
-    grid: list[Any] | None = Field(None, description="Every value is tried (Tune grid_search).")
-    choice: list[Any] | None = Field(None, description="One value sampled per trial.")
-    uniform: tuple[float, float] | None = Field(None, description="[low, high], sampled uniformly.")
-    loguniform: tuple[float, float] | None = Field(None, description="[low, high], sampled log-uniformly (low > 0).")
-
-    @model_validator(mode="after")
-    def _one_kind(self) -> Axis:
-        kinds = [k for k in ("grid", "choice", "uniform", "loguniform") if getattr(self, k) is not None]
-        if len(kinds) != 1:
-            raise ValueError(f"an axis is exactly one of grid, choice, uniform, loguniform (got {kinds or 'none'})")
-        values = getattr(self, kinds[0])
-        if kinds[0] in ("grid", "choice") and not values:
-            raise ValueError(f"{kinds[0]} needs at least one value")
-        if kinds[0] in ("uniform", "loguniform") and not values[0] < values[1]:
-            raise ValueError(f"{kinds[0]}: low must be < high, got {list(values)}")
-        if kinds[0] == "loguniform" and values[0] <= 0:
-            raise ValueError("loguniform: low must be > 0")
-        return self
-
-    @property
-    def kind(self) -> str:
-        return next(k for k in ("grid", "choice", "uniform", "loguniform") if getattr(self, k) is not None)
-
-    def tune_domain(self):
-        from ray import tune
-
-        kind = self.kind
-        if kind == "grid":
-            return tune.grid_search(list(self.grid))
-        if kind == "choice":
-            return tune.choice(list(self.choice))
-        low, high = getattr(self, kind)
-        return tune.uniform(low, high) if kind == "uniform" else tune.loguniform(low, high)
-
-
-SELECTED_ON = "validation"  # the only split a sweep or an experiment selects on
-
-
-class Objective(StrictModel):
-    """What "best" means: a metric of one phase on the validation prompts (never the test set)."""
-
-    phase: str | None = Field(None, description="Phase whose evaluation counts (default: the last phase).")
-    metric: str = Field(
-        "val/pass@1",
-        description="val/<m>: the phase's last validation measurement (dynamics probe: pass@k, reward_mean,"
-        " diversity/<name>). Selection is on validation only; the test set reports the chosen setting.",
-    )
-    mode: str = Field("max", pattern="^(max|min)$", description="max or min.")
-
-    @field_validator("metric")
-    @classmethod
-    def _on_validation(cls, metric: str) -> str:
-        return check_selection_metric(metric)
-
-
-def check_selection_metric(metric: str) -> str:
-    """``metric`` when it is measured on validation (``val/<m>``); ValueError (one line) when on the test set."""
-    if not metric.startswith("val/"):
-        raise ValueError(
-            f"{metric!r} is measured on the test set; select on validation (val/{metric}),"
-            " the test set reports what was chosen"
-        )
-    return metric
-
-
-class SweepConfig(StrictModel):
-    """A search over run configs: base + task + overrides, and the axes of the space."""
-
-    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="Sweep name (runs/<name>/).")
-    base: str = Field(..., description="Base run config, relative to the sweep file.")
-    task: dict[str, Any] | None = Field(None, description="Task of every trial, in place of the base's.")
-    overrides: dict[str, Any] = Field(default_factory=dict, description="Partial run config merged onto the base.")
-    space: dict[str, Axis] = Field(..., description="Dotted config path -> axis, e.g. phases.0.lam: {grid: [0, 0.3]}.")
-    num_samples: int = Field(1, ge=1, description="Samples of the sampled axes per grid point.")
-    objective: Objective = Field(default_factory=Objective)
-    max_concurrent_trials: int = Field(1, ge=1, description="Trials running at once.")
-
-    @model_validator(mode="after")
-    def _space_not_empty(self) -> SweepConfig:
-        if not self.space:
-            raise ValueError("space: name at least one axis, e.g. seed: {grid: [0, 1, 2]}")
-        return self
 
 
 def merge(base: dict, patch: dict) -> dict:
@@ -433,14 +347,11 @@ def summarise(sweep: SweepConfig, run: RunConfig, grid) -> dict[str, Any]:
                    if "/" in k and isinstance(v, (int, float)) and _on_validation(k)}  # fmt: skip
         trials.append({"params": trial_params(result), "metrics": metrics, "run_dir": (result.metrics or {}).get("run_dir"),
                        "error": error_line(result.error)})  # fmt: skip
-    scored = [t for t in trials if objective in t["metrics"]]
-    sign = 1.0 if sweep.objective.mode == "max" else -1.0
-    best = max(scored, key=lambda t: sign * t["metrics"][objective]) if scored else None
-    if best is not None:
-        best = {**best, "selected_on": SELECTED_ON}
+    top = best({i: t["metrics"].get(objective) for i, t in enumerate(trials)}, sweep.objective.mode)
+    best_trial = {**trials[top], "selected_on": SELECTED_ON} if top is not None else None
     grouped = settings(trials)
     return {"name": sweep.name, "objective": {"key": objective, "mode": sweep.objective.mode, "selected_on": SELECTED_ON},
-            "axes": list(sweep.space), "trials": trials, "best": best, "settings": grouped,
+            "axes": list(sweep.space), "trials": trials, "best": best_trial, "settings": grouped,
             "selected": select_setting(grouped, objective, sweep.objective.mode), "conditional_on": CONDITIONAL_ON,
             "splits": {"trials": "validation", "selection": SELECTED_ON, "test": TEST_FOR}}  # fmt: skip
 
@@ -457,20 +368,12 @@ def chosen_trials(summary: dict[str, Any]) -> list[dict[str, Any]]:
 
 def evaluate_selected_on_test(summary: dict[str, Any]) -> dict[str, dict[str, float] | str]:
     """Run directory -> the test-set numbers of the objective's phase, for each trial of the selected
-    setting (:func:`polyray.drivers.run.evaluate_on_test`, once per trial: a re-run reads them back),
+    setting (:func:`polyray.drivers.selection.evaluate_chosen`, once per trial: a re-run reads them back),
     or the error line of one that could not be evaluated. Needs Ray and the trials' directories."""
-    from polyray.drivers.run import evaluate_dir_on_test
-
     phase = summary["objective"]["key"].split("/")[0]
-    out: dict[str, dict[str, float] | str] = {}
-    for trial in chosen_trials(summary):
-        try:
-            record = evaluate_dir_on_test(Path(trial["run_dir"]), [phase])[phase]
-        except Exception as exc:  # one seed's failure is reported; the others are still tested
-            out[trial["run_dir"]] = error_line(exc) or type(exc).__name__
-            continue
-        out[trial["run_dir"]] = {f"{phase}/{k}": v for k, v in record.scalars().items()}
-    return out
+    tested = evaluate_chosen([t["run_dir"] for t in chosen_trials(summary)], phase)
+    return {d: r if isinstance(r, str) else {f"{phase}/{k}": v for k, v in r.scalars().items()}
+            for d, r in tested.items()}  # fmt: skip
 
 
 def attach_test(summary: dict[str, Any], tested: dict[str, dict[str, float] | str]) -> dict[str, Any]:
@@ -505,10 +408,10 @@ def select_setting(groups: list[dict[str, Any]], objective: str, mode: str) -> d
     if not objective.split("/", 1)[-1].startswith("val/"):
         raise ValueError(f"a sweep selects on validation metrics only, not {objective!r}")
     scored = [s for s in groups if objective in s["metrics"]]
-    if not scored:
+    top = best({i: s["metrics"][objective]["mean"] for i, s in enumerate(scored)}, mode)
+    if top is None:
         return None
-    sign = 1.0 if mode == "max" else -1.0
-    chosen = max(scored, key=lambda s: sign * s["metrics"][objective]["mean"])
+    chosen = scored[top]
     return {"params": chosen["params"], "seeds": chosen["seeds"], "objective": objective,
             "value": chosen["metrics"][objective], "selected_on": SELECTED_ON,
             "candidates": {_label(s["params"]): s["metrics"][objective]["mean"] for s in scored}}  # fmt: skip
@@ -523,13 +426,6 @@ def trial_params(result) -> dict[str, Any]:
         return json.loads((Path(result.path) / "params.json").read_text())
     except (OSError, ValueError, TypeError):
         return {}
-
-
-def error_line(error: BaseException | None) -> str | None:
-    if error is None:
-        return None
-    lines = str(error).strip().splitlines()
-    return (lines[-1] if lines else type(error).__name__)[:500]
 
 
 def settings(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -41,17 +41,16 @@ no ``@``: :func:`polyray.tracking.mlflow_key` renames there, and only there.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from polyray.config.names import split_at_key
+
 __all__ = ["METRIC_LABELS", "Estimate", "EvalRecord", "PromptRow", "at_key", "metric_label", "records_from_summaries",
            "split_at_key"]
-
-_AT_KEY = re.compile(r"^(pass|usq|der)@(\d+)$")
 
 LEGACY_KEYS = {"distinct_frac": "distinct_samples"}
 """Keys older files wrote -> the key they are read as."""
@@ -73,12 +72,6 @@ def metric_label(key: str) -> str:
 def at_key(name: str, k: int) -> str:
     """The flat key of a per-k metric: ``at_key("pass", 5) == "pass@5"``."""
     return f"{name}@{int(k)}"
-
-
-def split_at_key(key: str) -> tuple[str, int] | None:
-    """``"pass@5"`` -> ("pass", 5) for pass@k, usq@k and der@k keys; None for any other key."""
-    m = _AT_KEY.match(key)
-    return (m.group(1), int(m.group(2))) if m else None
 
 
 def _finite(x: Any) -> float | None:

@@ -112,17 +112,3 @@ def compute_lora_deltas(adapter_dir: str | Path) -> dict[str, torch.Tensor]:
             b = tensors[key.replace(".lora_A.", ".lora_B.")]
             deltas[module] = (lora_alpha / r) * (b.to(torch.float64) @ a.to(torch.float64))
     return deltas
-
-
-def select_alpha(pass1: dict[float, float], passk: dict[float, float], reference: float = 1.0,
-                 tolerance: float = 0.01) -> float:  # fmt: skip
-    """The α to deploy, chosen on validation metrics: the highest pass@k among the α whose pass@1 is
-    at least the ``reference`` α's (the 'to' adapter, α = 1) minus ``tolerance``; ties go to the larger α.
-
-    pass1, passk: α -> validation pass@1 and pass@K. The reference always qualifies, so an α is returned.
-    """
-    if reference not in pass1 or set(pass1) != set(passk):
-        raise ValueError(f"select_alpha needs pass@1 and pass@k of the same α, the reference α={reference} among them")
-    floor = pass1[reference] - tolerance
-    kept = [a for a in pass1 if pass1[a] >= floor]
-    return max(kept, key=lambda a: (passk[a], a))

@@ -175,7 +175,7 @@ def test_the_config_package_imports_only_io():
 @pytest.mark.parametrize("loader", ["run", "eval", "sweep", "experiment"])
 def test_every_config_file_is_read_by_the_one_yaml_reader(tmp_path, loader):
     """Runs, evaluation jobs, sweeps and experiments fail alike on a file that is not YAML or missing."""
-    from polyray.drivers.evaluate.config import load_eval_config
+    from polyray.config.eval_job import load_eval_config
     from polyray.drivers.experiment import load_experiment
     from polyray.drivers.sweep import load_sweep
 

@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from polyray.drivers.evaluate.config import load_eval_config, task_name
+from polyray.config.eval_job import load_eval_config, task_name
 from polyray.drivers.evaluate.models import ResolvedModel
 from polyray.drivers.evaluate.plan import plan_units
 from polyray.drivers.evaluate.units import judge_unit

@@ -73,17 +73,22 @@ def test_alphas_are_checked():
             check_alphas(bad)
 
 
-def test_select_alpha_keeps_pass1_and_maximises_passk():
-    from polyray.models.interpolate import select_alpha
+def test_choose_alpha_keeps_pass1_and_maximises_passk():
+    from polyray.drivers.interpolate import choose_alpha
+    from polyray.drivers.selection import best_keeping
 
     pass1 = {0.0: 0.20, 0.5: 0.295, 0.75: 0.31, 1.0: 0.30}
     passk = {0.0: 0.60, 0.5: 0.55, 0.75: 0.50, 1.0: 0.45}
-    assert select_alpha(pass1, passk, tolerance=0.01) == 0.5  # 0.0 loses pass@1, 0.5 is within 0.01 and best at k
-    assert select_alpha(pass1, passk, tolerance=0.0) == 0.75
-    assert select_alpha(pass1, passk, tolerance=0.2) == 0.0
-    assert select_alpha({0.5: 0.3, 1.0: 0.3}, {0.5: 0.4, 1.0: 0.4}) == 1.0  # a tie goes to the larger α
+    val = {a: {"pass@1": pass1[a], "pass@8": passk[a]} for a in pass1}
+    assert choose_alpha(val, [1, 8], tolerance=0.01) == 0.5  # 0.0 loses pass@1, 0.5 is within 0.01 and best at k
+    assert choose_alpha(val, [1, 8], tolerance=0.0) == 0.75
+    assert choose_alpha(val, [1, 8], tolerance=0.2) == 0.0
+    tie = {0.5: {"pass@1": 0.3, "pass@8": 0.4}, 1.0: {"pass@1": 0.3, "pass@8": 0.4}}
+    assert choose_alpha(tie, [1, 8], tolerance=0.01) == 1.0  # a tie goes to the larger α
+    no_k1 = {a: {"pass@2": pass1[a], "pass@8": passk[a]} for a in pass1}  # no pass@1: the smallest k is kept
+    assert choose_alpha(no_k1, [2, 8], tolerance=0.01) == 0.5
     with pytest.raises(ValueError, match="reference"):
-        select_alpha({0.5: 0.3}, {0.5: 0.4})
+        best_keeping({0.5: 0.4}, {0.5: 0.3}, 1.0, 0.01)
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,7 @@ LAYERS: dict[str, int] = {
     "polyray.drivers": 8,  # run, evaluate, bench
     "polyray.drivers.experiment": 9,
     "polyray.drivers.sweep": 9,
-    "polyray.drivers.interpolate": 9,  # evaluation jobs and the selection rule's split (sweep's SELECTED_ON)
+    "polyray.drivers.interpolate": 9,  # evaluation jobs and the selection protocol
     "polyray.cli": 10,
     "polyray.services": 11,
     "jobs": 11,

@@ -69,6 +69,13 @@ def test_diversity_names_are_the_diversity_registry():
     assert set(get_args(DiversityName)) == set(DIVERSITY_FUNCTIONS)
 
 
+def test_selector_names_are_the_selector_registry_but_its_generic_entry():
+    from polyray.config.names import SelectorName
+    from polyray.eval.metrics import SELECTORS
+
+    assert set(get_args(SelectorName)) == set(SELECTORS) - {"scores"}
+
+
 def test_evaluation_job_takes_every_task_type():
     from polyray.config.eval import EVAL_TASK_CONFIGS, EvalTaskConfig
     from polyray.tasks import TASKS

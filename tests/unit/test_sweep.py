@@ -14,7 +14,8 @@ import pytest
 from scipy import stats
 
 from polyray.io import ConfigError
-from polyray.drivers.sweep import Axis, apply_params, load_sweep, report_results, summarise, trial_slug, write_outputs
+from polyray.config.sweep import Axis
+from polyray.drivers.sweep import apply_params, load_sweep, report_results, summarise, trial_slug, write_outputs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -133,7 +134,8 @@ def test_a_single_seed_has_no_interval_and_stays_valid_json(tmp_path):
 
 
 def test_a_trial_that_never_reported_keeps_its_parameters(tmp_path):
-    from polyray.drivers.sweep import error_line, trial_params
+    from polyray.drivers.selection import error_line
+    from polyray.drivers.sweep import trial_params
 
     (tmp_path / "params.json").write_text(json.dumps({"phases.0.lam": 0.3, "seed": 2}))
     assert trial_params(SimpleNamespace(config=None, path=str(tmp_path))) == {"phases.0.lam": 0.3, "seed": 2}
@@ -258,7 +260,8 @@ def test_nothing_selected_reads_no_test_set():
 def test_a_resumed_selection_evaluates_test_once(tmp_path):
     """A chosen candidate's test record is kept in its results.json: the stages still to evaluate on
     test leave it out, so a sweep re-run after an interruption does not evaluate it again."""
-    from polyray.drivers.run import read_results, record_on_test, stages_to_test, write_results
+    from polyray.drivers.run import read_results, write_results
+    from polyray.drivers.selection import record_on_test, stages_to_test
     from polyray.eval.record import Estimate, EvalRecord
     from polyray.tracking import run_metrics
 

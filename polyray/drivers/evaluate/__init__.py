@@ -24,7 +24,7 @@ context skips every HumanEval prompt (counted and warned), so that task is meant
 real model on a GPU cluster (``configs/eval/humaneval.yaml``).
 """
 
-from polyray.drivers.evaluate.config import EvalJobConfig, load_eval_config
+from polyray.config.eval_job import EvalJobConfig, load_eval_config
 from polyray.drivers.evaluate.driver import run_eval
 
 __all__ = ["EvalJobConfig", "load_eval_config", "run_eval"]

@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from polyray.config.tasks import CountdownTaskConfig
-from polyray.drivers.evaluate.config import EvalJobConfig
+from polyray.config.eval_job import EvalJobConfig
 from polyray.io import ConfigError, warn
 from polyray.models.run_dir import resolve_adapter_dirs
 from polyray.models.source import prepare_model_dir

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from polyray.drivers.evaluate.config import EvalJobConfig
+from polyray.config.eval_job import EvalJobConfig
 from polyray.drivers.evaluate.plan import EvalUnit
 from polyray.eval.record import Estimate, EvalRecord
 from polyray.io import console, warn, write_json_atomic

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from polyray.config import SamplingConfig
-from polyray.drivers.evaluate.config import EvalJobConfig, task_name
+from polyray.config.eval_job import EvalJobConfig, task_name
 from polyray.drivers.evaluate.models import ResolvedModel
 from polyray.eval.policy_eval import few_shot_prefix
 from polyray.io import warn

@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from polyray.drivers.evaluate.config import EvalJobConfig
+from polyray.config.eval_job import EvalJobConfig
 from polyray.drivers.evaluate.plan import EvalUnit
 from polyray.io import append_jsonl, read_log_jsonl
 from polyray.rollout.sampling import JudgedGroups

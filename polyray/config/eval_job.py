@@ -13,14 +13,14 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from polyray.config import ClusterConfig, DiversityName, ModelConfig, RolloutConfig, SamplingConfig
+from polyray.config.cluster import ClusterConfig
 from polyray.config.eval import EVAL_NAME_PATTERN, EVAL_TASK_CONFIGS, EvalTaskConfig
-from polyray.eval.metrics import SELECTORS
+from polyray.config.model import ModelConfig
+from polyray.config.names import DiversityName, SelectorName, split_at_key
+from polyray.config.rollout import RolloutConfig
+from polyray.config.sampling import SamplingConfig
 from polyray.io import StrictModel, load_yaml_model
-from polyray.eval.record import split_at_key
 
-# The USQ selectors a config may name: the metric registry's, less its generic "scores" entry.
-SelectorName = Literal[tuple(name for name in SELECTORS if name != "scores")]
 _NAME = EVAL_NAME_PATTERN
 
 
