@@ -1,9 +1,8 @@
 """``polyray serve reward`` / ``polyray serve generation``: run a service on Ray until Ctrl-C.
 
-A Serve config file supplies the application's ``args``: by default the one installed with polyray
-(``polyray/services/serve_config.yaml`` for the reward service, ``generation_serve_config.yaml`` for
-generation), found from any working directory; ``--config`` names another. ``--host``/``--port``
-override its ``http_options``; ``serve generation --run runs/<name>`` fills in a finished run's
+The application's settings are its config model's defaults (:mod:`polyray.config.services`, the
+values ``services/reward.yaml`` spells out), so the command works from any directory; ``--config``
+takes the ``args`` of a Serve config file instead. ``--host``/``--port`` set the HTTP address; ``serve generation --run runs/<name>`` fills in a finished run's
 model, adapter store and phase adapters. Heavy imports (ray, fastapi, vllm) happen inside the
 commands so ``polyray --help`` stays instant.
 """
@@ -18,11 +17,6 @@ from polyray.cli.common import bounded_interrupt, fail
 
 serve_app = typer.Typer(no_args_is_help=True, help="Ray Serve services (reward and generation endpoints).")
 
-# package data beside the Serve apps (pyproject's package-data): read as files, never imported (the CLI sits below them)
-SERVICES = Path(__file__).resolve().parents[1] / "services"
-DEFAULT_CONFIG = SERVICES / "serve_config.yaml"
-GENERATION_CONFIG = SERVICES / "generation_serve_config.yaml"
-
 
 _resource_wait = typer.Option(
     600.0, "--resource-wait-s", help="How long the app's replicas may wait for the cluster's resources before the"
@@ -35,8 +29,11 @@ def _group() -> None:
     """Ray Serve services (reward and generation endpoints)."""  # a callback keeps subcommands named
 
 
-def _app_args(config: Path, name: str) -> dict:
-    """The ``args`` of the application ``name`` in a Serve config file (validated by Serve's schema)."""
+def _app_args(config: Path | None, name: str) -> dict:
+    """The ``args`` of the application ``name`` in a Serve config file (validated by Serve's schema);
+    none (the settings' defaults) without a file."""
+    if config is None:
+        return {}
     import yaml
     from pydantic import ValidationError
     from ray.serve.schema import ServeDeploySchema
@@ -57,8 +54,9 @@ def _app_args(config: Path, name: str) -> dict:
 def reward(
     port: int = typer.Option(8000, "--port", help="HTTP port."),
     host: str = typer.Option("127.0.0.1", "--host", help="HTTP host (0.0.0.0 to listen on every interface)."),
-    config: Path = typer.Option(
-        DEFAULT_CONFIG, "--config", help="Serve config YAML whose 'reward' application args to use."
+    config: Path | None = typer.Option(
+        None, "--config", help="Serve config YAML whose 'reward' application args to use (default: the settings'"
+        " defaults, as services/reward.yaml spells them).",
     ),
     address: str | None = typer.Option(None, "--address", help="Ray cluster address (default: start a local one)."),
     resource_wait_s: float = _resource_wait,
@@ -143,13 +141,16 @@ def generation(
     ),
     port: int = typer.Option(8000, "--port", help="HTTP port."),
     host: str = typer.Option("127.0.0.1", "--host", help="HTTP host (0.0.0.0 to listen on every interface)."),
-    config: Path = typer.Option(
-        GENERATION_CONFIG, "--config", help="Serve config YAML whose 'generation' application args to use."
+    config: Path | None = typer.Option(
+        None, "--config", help="Serve config YAML whose 'generation' application args to use (e.g."
+        " services/generation.yaml); --run fills in the model and adapters.",
     ),
     address: str | None = typer.Option(None, "--address", help="Ray cluster address (default: start a local one)."),
     resource_wait_s: float = _resource_wait,
 ):
     """Start the OpenAI-compatible generation service (/v1/models, /v1/completions, /v1/chat/completions)."""
+    if run_dir is None and config is None:
+        fail("name the model to serve: --run runs/<name> (a finished run) or --config services/generation.yaml")
     args = _app_args(config, "generation")
     run = None
     if run_dir is not None:

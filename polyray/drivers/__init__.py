@@ -9,5 +9,5 @@
 | ``bench``     | ``polyray bench``: ratios measured side by side in one run                |
 
 The library never imports this package (``tests/unit/test_layering.py``); the command line
-(``polyray/cli/``) and the Ray job and Serve entrypoints (``jobs/``, ``polyray/services/``) sit above it.
+(``polyray/cli/``) and the Ray job and Serve entrypoints (``jobs/``, ``services/``) sit above it.
 """

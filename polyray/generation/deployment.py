@@ -20,7 +20,7 @@ Templating and tokenising for the limits run off the event loop; a held version 
 a request ends, cancellation included (:class:`~polyray.generation.catalog.Hold`). A full
 queue (``max_ongoing_requests`` + ``max_queued_requests``) gets 503 from Serve's proxy.
 
-:func:`build_generation_app` builds the application; ``polyray/services/generation_app.py`` exposes it to
+:func:`build_generation_app` builds the application; ``services/generation_app.py`` exposes it to
 ``serve run`` / ``serve deploy``; ``polyray serve generation`` and ``polyray run --serve-generation``
 call it directly.
 """

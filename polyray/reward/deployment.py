@@ -25,8 +25,8 @@ the known ones, bad parameters 400. The code of
 custom reward functions (``functions``, ``rewards.custom.function``) travels to the replicas in
 their runtime environment (:func:`polyray.reward.custom.runtime_env`).
 
-:func:`build_reward_app` builds the application; ``polyray/services/reward_app.py`` exposes it
-to ``serve run polyray.services.reward_app:build_app`` / ``serve deploy polyray/services/serve_config.yaml``,
+:func:`build_reward_app` builds the application; ``services/reward_app.py`` exposes it
+to ``serve run services.reward_app:build_app`` / ``serve deploy services/reward.yaml``,
 and ``polyray serve reward`` and runs with ``reward.endpoint: true`` call it directly.
 """
 

@@ -28,8 +28,8 @@ from polyray.tasks.base import Prompt, Task
 # prompts, (B, G) texts -> (B, G) rewards (NaN: no score)
 RewardFn = Callable[[list[Prompt], list[list[str]]], torch.Tensor]
 
-# a Serve config's import_path for polyray's reward app (serve_config.yaml's, and the library's builder)
-REWARD_IMPORT_PATHS = ("polyray.services.reward_app:build_app", "polyray.reward.deployment:build_reward_app")
+# a Serve config's import_path for polyray's reward app (services/reward.yaml's, and the library's builder)
+REWARD_IMPORT_PATHS = ("services.reward_app:build_app", "polyray.reward.deployment:build_reward_app")
 # a public app's settings the learner's copy does not take: handle calls never pass the HTTP key check
 # (and the run's driver may not hold the key), and the run reserves CPUs for one learner replica
 NOT_FOR_THE_LEARNER = ("api_key_env", "api_key_file", "num_replicas")

@@ -29,7 +29,7 @@ SERVE_CONFIG = """
 applications:
   - name: reward
     route_prefix: /
-    import_path: polyray.services.reward_app:build_app
+    import_path: services.reward_app:build_app
     args:
       num_cpus: 0.5
       rewards:

@@ -46,7 +46,7 @@ def store_and_policies(ray_cluster, model_dir, run_config, tmp_path_factory):
 def service(store_and_policies, model_dir, tmp_path_factory):
     from ray import serve
 
-    from polyray.services.generation_app import build_app
+    from services.generation_app import build_app
 
     _, root, _, _, named_dir = store_and_policies
     key_file = tmp_path_factory.mktemp("secret") / "key"

@@ -62,7 +62,7 @@ def service(engagement_model, user_rewards):
     import ray
     from ray import serve
 
-    from polyray.services.reward_app import build_app
+    from services.reward_app import build_app
 
     started_ray = not ray.is_initialized()
     if started_ray:
@@ -349,7 +349,7 @@ def test_api_key(service, tmp_path):
     from ray import serve
 
     from polyray.reward.client import RewardClient, RewardServiceError
-    from polyray.services.reward_app import build_app
+    from services.reward_app import build_app
 
     (tmp_path / "key").write_text("sk-reward\n")
     serve.run(build_app({"num_cpus": 0.25, "api_key_file": str(tmp_path / "key")}), name="secured",
@@ -373,7 +373,7 @@ def test_overload_returns_503(service):
     import httpx
     from ray import serve
 
-    from polyray.services.reward_app import build_app
+    from services.reward_app import build_app
 
     args = {
         "num_cpus": 0.25,
@@ -531,7 +531,7 @@ def test_beside_an_operators_deployed_app_the_learner_scores_with_its_config(ser
         "rewards": {"custom": {"function": f"{user_rewards[0]}:score"}},
     }  # fmt: skip
     config = ServeDeploySchema.model_validate({"applications": [
-        {"name": "reward", "route_prefix": "/", "import_path": "polyray.services.reward_app:build_app",
+        {"name": "reward", "route_prefix": "/", "import_path": "services.reward_app:build_app",
          "args": operator_args}]})  # fmt: skip
     client = _get_global_client()
     client.deploy_apps(config, _blocking=True)

@@ -235,10 +235,10 @@ def test_generation_serve_config_is_valid_and_the_cli_reads_it():
 
     from polyray.cli.serve import _app_args, serve_app
 
-    path = Path(__file__).resolve().parents[2] / "polyray" / "services" / "generation_serve_config.yaml"
+    path = Path(__file__).resolve().parents[2] / "services" / "generation.yaml"
     schema = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
     (app,) = [a for a in schema.applications if a.name == "generation"]
-    assert app.import_path == "polyray.services.generation_app:build_app"
+    assert app.import_path == "services.generation_app:build_app"
     GenerationServiceConfig.model_validate(app.args)
     assert _app_args(path, "generation") == app.args
     cli = typer.Typer()

@@ -212,11 +212,11 @@ def test_both_serve_configs_bound_request_time():
 
     from polyray.http import REQUEST_TIMEOUT_S
 
-    root = Path(__file__).resolve().parents[2] / "polyray" / "services"
-    for name in ("serve_config.yaml", "generation_serve_config.yaml"):
+    root = Path(__file__).resolve().parents[2] / "services"
+    for name in ("reward.yaml", "generation.yaml"):
         schema = ServeDeploySchema.model_validate(yaml.safe_load((root / name).read_text()))
         assert schema.http_options.request_timeout_s == REQUEST_TIMEOUT_S, name
-    raw = yaml.safe_load((root / "generation_serve_config.yaml").read_text())
+    raw = yaml.safe_load((root / "generation.yaml").read_text())
     GenerationServiceConfig.model_validate(raw["applications"][0]["args"])
 
 

@@ -25,11 +25,11 @@ from pathlib import Path
 import polyray
 assert Path(polyray.__file__).resolve().is_relative_to(Path(sys.argv[1]).resolve()), polyray.__file__
 from polyray.cli.bench import QUICKSTART
-from polyray.cli.serve import DEFAULT_CONFIG, GENERATION_CONFIG, _app_args
+from polyray.cli.serve import _app_args
 from polyray.config import load_config
 from polyray.drivers.bench.engagement_data import write_engagement_jsonl
 assert load_config(QUICKSTART).name == "quickstart"
-assert _app_args(DEFAULT_CONFIG, "reward") is not None and _app_args(GENERATION_CONFIG, "generation") is not None
+assert _app_args(None, "reward") == {}  # polyray serve reward: the settings' defaults, no file needed
 rows = write_engagement_jsonl(Path("engagement.jsonl")).read_text().splitlines()
 assert len(rows) == 600 and set(json.loads(rows[0])) == {"prompt", "response", "engagement"}
 print("ok", QUICKSTART)
@@ -39,7 +39,7 @@ print("ok", QUICKSTART)
 @pytest.mark.slow
 def test_an_installed_polyray_reads_nothing_of_the_repository(tmp_path):
     """Built as a wheel from a copy of the package alone and run from an empty directory: the benchmarks'
-    default config, their engagement data and the services' Serve configs are all there."""
+    default config and their engagement data are there, and `polyray serve` needs no file."""
     src, site, elsewhere = tmp_path / "src", tmp_path / "site", tmp_path / "elsewhere"
     shutil.copytree(ROOT / "polyray", src / "polyray", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):

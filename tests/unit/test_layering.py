@@ -1,10 +1,10 @@
 """The layers point one way (docs/design.md "Layers"): a module imports only from its own layer or below.
 
-An ``ast`` walk over ``polyray/`` and ``jobs/`` collects every import of the
+An ``ast`` walk over ``polyray/``, ``jobs/`` and ``services/`` collects every import of the
 project's own modules (top-level and inside functions alike) and fails on one that goes up.
 Within a package, modules may import each other; across packages the rank must not rise.
-The folders are the coarse floors: the library (``polyray/`` but ``drivers/``, ``cli/`` and ``services/``)
-never imports ``polyray/drivers/``, ``polyray/cli/``, ``polyray/services/`` or ``jobs/``.
+The folders are the coarse floors: the library (``polyray/`` but ``drivers/`` and ``cli/``)
+never imports ``polyray/drivers/``, ``polyray/cli/``, ``services/`` or ``jobs/``.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ LAYERS: dict[str, int] = {
     "polyray.drivers.sweep": 9,
     "polyray.drivers.interpolate": 9,  # evaluation jobs and the selection protocol
     "polyray.cli": 10,
-    "polyray.services": 11,
+    "services": 11,
     "jobs": 11,
 }
 
@@ -86,7 +86,7 @@ def own_imports(path: Path) -> list[tuple[int, str]]:
                 mod = node.module or ""
             # `from polyray.drivers import run` imports the module polyray.drivers.run
             out += [(node.lineno, f"{mod}.{a.name}" if is_module(f"{mod}.{a.name}") else mod) for a in node.names]
-    return [(line, m) for line, m in out if m.split(".")[0] in ("polyray", "jobs")]
+    return [(line, m) for line, m in out if m.split(".")[0] in ("polyray", "jobs", "services")]
 
 
 def upward_imports(files: list[Path]) -> list[str]:
@@ -103,7 +103,7 @@ def upward_imports(files: list[Path]) -> list[str]:
 
 
 def project_files() -> list[Path]:
-    return sorted(p for d in ("polyray", "jobs") for p in (ROOT / d).rglob("*.py"))
+    return sorted(p for d in ("polyray", "jobs", "services") for p in (ROOT / d).rglob("*.py"))
 
 
 def test_no_module_imports_a_higher_layer():
@@ -119,7 +119,7 @@ def test_the_check_catches_an_upward_import(tmp_path, monkeypatch):
 
 
 # Folders above the library: what assembles it. Nothing in the library imports them.
-DRIVER_FOLDERS = ("polyray.drivers", "polyray.cli", "polyray.services", "jobs")
+DRIVER_FOLDERS = ("polyray.drivers", "polyray.cli", "services", "jobs")
 
 
 def _in(module: str, folders: tuple[str, ...]) -> bool:
@@ -145,7 +145,7 @@ def test_the_folder_check_catches_a_library_module_importing_a_driver(monkeypatc
     assert driver_imports([fake]) == ["polyray/eval/_layering_probe.py:2: imports polyray.drivers.run"]
 
 
-@pytest.mark.parametrize("module", ["polyray.tasks.countdown", "polyray.drivers.evaluate.driver", "polyray.services.reward_app"])
+@pytest.mark.parametrize("module", ["polyray.tasks.countdown", "polyray.drivers.evaluate.driver", "services.reward_app"])
 def test_every_module_has_a_layer(module):
     assert layer_of(module) is not None
 

@@ -256,8 +256,8 @@ def test_rayservice_serve_config(path):
     from polyray.config.services import GenerationServiceConfig
     from polyray.config.services import RewardServiceConfig
 
-    settings = {"polyray.services.reward_app:build_app": RewardServiceConfig,
-                "polyray.services.generation_app:build_app": GenerationServiceConfig}  # fmt: skip
+    settings = {"services.reward_app:build_app": RewardServiceConfig,
+                "services.generation_app:build_app": GenerationServiceConfig}  # fmt: skip
     doc = yaml.safe_load(path.read_text())
     schema = ServeDeploySchema.model_validate(yaml.safe_load(doc["spec"]["serveConfigV2"]))
     cpus = gpus = actor_gpus = cpus_per_gpu = 0.0
@@ -466,6 +466,17 @@ def test_images_ship_no_local_environment_and_pin_the_targeted_vllm():
     # KubeRay's probes of Ray pods run wget in the container
     apt = re.search(r"apt-get install[^&]*", (ROOT / "docker" / "Dockerfile.cpu").read_text()).group(0)
     assert "wget" in apt.split()
+
+
+def test_every_image_puts_the_checkout_on_the_python_path():
+    """A RayService's ``import_path: services.reward_app:build_app`` is imported by the image's Ray processes,
+    whatever their working directory: each image's PYTHONPATH holds its WORKDIR, where services/ and jobs/ are."""
+    imported = {app["import_path"].partition(".")[0] for path, doc in _kuberay() if doc["kind"] == "RayService"
+                for app in yaml.safe_load(doc["spec"]["serveConfigV2"])["applications"]}  # fmt: skip
+    assert imported == {"services"}
+    for tag, name in (("polyray:gpu", "Dockerfile.gpu"), ("polyray:cpu", "Dockerfile.cpu")):
+        env = re.search(r"^ENV .*\bPYTHONPATH=(\S+)", (ROOT / "docker" / name).read_text(), re.M)
+        assert env is not None and _workdirs()[tag] in env.group(1).split(":"), name
 
 
 def test_a_typo_in_a_serve_config_is_caught():

@@ -205,12 +205,29 @@ def test_service_config_rejects_unknown_keys_and_serve_config_is_valid():
 
     with pytest.raises(ValueError, match="max_itemz"):
         RewardServiceConfig.model_validate({"max_itemz": 3})
-    raw = yaml.safe_load((ROOT / "polyray" / "services" / "serve_config.yaml").read_text())
+    raw = yaml.safe_load((ROOT / "services" / "reward.yaml").read_text())
     schema = ServeDeploySchema.model_validate(raw)
     (app,) = [a for a in schema.applications if a.name == "reward"]
-    assert app.import_path == "polyray.services.reward_app:build_app" and app.route_prefix == "/"
+    assert app.import_path == "services.reward_app:build_app" and app.route_prefix == "/"
     config = RewardServiceConfig.model_validate(app.args)
     RewardScorer(config.rewards)  # the defaults in the file are valid parameters
+
+
+def test_the_reward_serve_config_spells_the_defaults_polyray_serve_uses():
+    """``polyray serve reward`` without --config runs on the settings' defaults; services/reward.yaml (what
+    ``serve deploy`` runs) must mean the same service, its per-reward parameters included."""
+    import yaml
+
+    from polyray.config.services import RewardServiceConfig
+    from polyray.reward import REWARD_FUNCTIONS
+
+    (app,) = yaml.safe_load((ROOT / "services" / "reward.yaml").read_text())["applications"]
+    given, default = RewardServiceConfig.model_validate(app["args"]), RewardServiceConfig()
+    assert given.model_dump(exclude={"rewards"}) == default.model_dump(exclude={"rewards"})
+    assert default.rewards == {} and given.rewards  # the file writes the functions' defaults out
+    for name, params in given.rewards.items():
+        cls = REWARD_FUNCTIONS[name].Params
+        assert cls.model_validate(params).model_dump() == cls().model_dump(), name
 
 
 def test_body_size_limit_checks_declared_and_streamed_sizes():
@@ -233,40 +250,22 @@ def test_body_size_limit_checks_declared_and_streamed_sizes():
     assert chunked.status_code == 413
 
 
-def test_cli_reads_the_reward_app_args_from_the_serve_config():
+def test_cli_reads_the_reward_app_args_from_a_serve_config_or_takes_the_defaults():
     import typer
     from typer.testing import CliRunner
 
     from polyray.cli.serve import _app_args, serve_app
 
-    assert _app_args(ROOT / "polyray" / "services" / "serve_config.yaml", "reward")["max_batch_size"] >= 1
+    assert _app_args(ROOT / "services" / "reward.yaml", "reward")["max_batch_size"] >= 1
+    assert _app_args(None, "reward") == {}  # no file: the config model's defaults
     app = typer.Typer()  # registered the way polyray/cli.py does it
     app.add_typer(serve_app, name="serve")
     result = CliRunner().invoke(app, ["serve", "reward", "--help"])
     assert result.exit_code == 0 and "--port" in result.output
     missing = CliRunner().invoke(app, ["serve", "reward", "--config", "/nonexistent.yaml"])
     assert missing.exit_code == 2 and "no Serve config at /nonexistent.yaml" in missing.output
-
-
-def test_serve_finds_its_default_configs_from_any_directory(tmp_path, monkeypatch):
-    """The default Serve configs are package data beside the apps, not paths under the working directory."""
-    import subprocess
-    import sys
-
-    from polyray.cli.serve import DEFAULT_CONFIG, GENERATION_CONFIG, _app_args
-
-    monkeypatch.chdir(tmp_path)
-    assert DEFAULT_CONFIG.is_absolute() and DEFAULT_CONFIG.parent == ROOT / "polyray" / "services"
-    assert _app_args(DEFAULT_CONFIG, "reward")["max_batch_size"] >= 1
-    assert _app_args(GENERATION_CONFIG, "generation")["model_dir"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "400"}  # the command as a user runs it, elsewhere
-    out = subprocess.run([sys.executable, "-m", "polyray.cli", "serve", "reward", "--help"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
-    assert out.returncode == 0 and str(DEFAULT_CONFIG) in " ".join(out.stdout.split()), out.stdout + out.stderr
-    import tomllib
-
-    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
-    assert "*.yaml" in package_data["polyray.services"]  # installed with the package, not only in a checkout
+    unnamed = CliRunner().invoke(app, ["serve", "generation"])  # no model to serve: said before Ray starts
+    assert unnamed.exit_code == 2 and "--run" in unnamed.output and "--config" in unnamed.output
 
 
 # ---------------------------------------------------------------------------- engagement

@@ -1,7 +1,7 @@
 """The reward service as a Serve application, for ``serve run`` / ``serve deploy``.
 
-    serve run polyray.services.reward_app:build_app
-    serve deploy polyray/services/serve_config.yaml      # args: polyray.config.services.RewardServiceConfig
+    serve run services.reward_app:build_app
+    serve deploy services/reward.yaml      # args: polyray.config.services.RewardServiceConfig
 
 The deployment lives in the library (:mod:`polyray.reward.deployment`); this file only assembles.
 """

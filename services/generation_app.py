@@ -1,7 +1,7 @@
 """The generation service as a Serve application, for ``serve run`` / ``serve deploy``.
 
-    serve run polyray.services.generation_app:build_app model_dir=<model directory>
-    serve deploy polyray/services/generation_serve_config.yaml   # args: polyray.config.services.GenerationServiceConfig
+    serve run services.generation_app:build_app model_dir=<model directory>
+    serve deploy services/generation.yaml   # args: polyray.config.services.GenerationServiceConfig
 
 The deployment lives in the library (:mod:`polyray.generation.deployment`); this file only assembles.
 """
