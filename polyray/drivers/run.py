@@ -66,7 +66,7 @@ def train_stage(
     logs=None,
 ):
     from polyray.eval.dynamics import DynamicsProbe
-    from polyray.learner.loop import run_phase
+    from polyray.learner.trainer import run_phase
 
     phase = run.phases[index]
     probe = DynamicsProbe(run, index, pool, model_dir) if run.dynamics.every else None

@@ -1,5 +1,6 @@
-"""The Ray Train learner: one ``TorchTrainer`` fit per phase, peft LoRA under DDP.
+"""The Ray Train learner's worker function: one phase on one rank, peft LoRA under DDP.
 
+The driver's side, one ``TorchTrainer`` fit per phase, is :mod:`polyray.learner.trainer`.
 ``train_loop_per_worker`` runs on every rank, stage by stage: where to start (:func:`_resume_state`:
 the latest Ray Train checkpoint, or the one :mod:`polyray.learner.checkpoints` recovered when Ray
 Train's record of them was cut off, else the incoming adapter), the model and optimizer
@@ -21,7 +22,6 @@ Ray). This module imports Ray only inside the functions that use it.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from polyray.config import RunConfig, phase_reward
-from polyray.learner.checkpoints import STATE_FILE, recover_run_dir, seal
+from polyray.learner.checkpoints import STATE_FILE, seal
 from polyray.learner.job import LearnerJob
 from polyray.learner.logs import STEP_LOGS, LogFiles, StepLogs
 
@@ -106,7 +106,7 @@ class RayTrainSession:
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         import ray.train
 
-        # ray.train.report is a barrier through the Train controller (~2 s on this machine), so it
+        # ray.train.report is a barrier through the Train controller (seconds: docs/benchmarks.md), so it
         # runs with checkpoints only; per-step metrics go to metrics.jsonl, which the driver's progress bar follows.
         ray.train.report(
             metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
@@ -301,8 +301,6 @@ def train_loop_per_worker(config: dict[str, LearnerJob]) -> None:
 
 def run_worker(job: LearnerJob, session: TrainSession) -> None:
     """One learner rank's attempt at a phase (module docstring), from its latest checkpoint if any."""
-    import torch
-
     from polyray.learner.publish import AdapterPublisher
 
     run, phase_cfg, pool = job.run, job.phase, job.pool
@@ -310,12 +308,7 @@ def run_worker(job: LearnerJob, session: TrainSession) -> None:
     # rank 0's step logs: through the driver's actor, or (a worker run without one) into the run directory
     logs = job.logs or StepLogs(LogFiles(job.output_dir))
     rank, world = session.rank, session.world
-    torch.set_num_threads(run.learner.threads)
-    if run.learner.use_gpu:  # before the model loads: the plan's GPU runtime term assumes it (learner.memory)
-        from polyray.learner.memory import expandable_cuda_segments
-
-        expandable_cuda_segments()
-
+    _set_up_device(run)
     with session.latest_checkpoint() as resume_dir:  # read whole by the set-up
         start = _resume_state(job, init_adapter, resume_dir)
         model, tokenizer, reference, params, optimizer, scheduler = _setup_model(
@@ -334,8 +327,8 @@ def run_worker(job: LearnerJob, session: TrainSession) -> None:
     # The driver's diversity-dynamics probe (polyray.eval.dynamics): every rank publishes when it is
     # due (versions stay equal across ranks); rank 0 measures.
     dynamics = job.dynamics
-    if dynamics is not None and rank == 0 and start.step == 0 and not _logged(logs, "dynamics.jsonl", phase_cfg.name, 0):
-        logs.append("dynamics.jsonl", *filter(None, [dynamics(0, publisher.version)]))  # (a restart from step 0 keeps the lost attempt's step-0 row: same weights)
+    if rank == 0 and start.step == 0:
+        _measure_start(dynamics, logs, phase_cfg.name, publisher.version)
 
     for step in range(start.step, phase_cfg.steps):
         t0 = time.perf_counter()
@@ -366,6 +359,24 @@ def run_worker(job: LearnerJob, session: TrainSession) -> None:
         _save_final_adapter(model, job.output_dir, phase_cfg.name, publisher.version, job.storage)
 
 
+def _set_up_device(run: RunConfig) -> None:
+    """The rank's CPU threads, and on a GPU the allocator's expandable segments (before the model loads:
+    the memory plan's GPU runtime term assumes them, :mod:`polyray.learner.memory`)."""
+    import torch
+
+    torch.set_num_threads(run.learner.threads)
+    if run.learner.use_gpu:
+        from polyray.learner.memory import expandable_cuda_segments
+
+        expandable_cuda_segments()
+
+
+def _measure_start(dynamics, logs: StepLogs, phase: str, version: int) -> None:
+    """The dynamics probe's step-0 row, unless an attempt that restarted from step 0 wrote it (same weights)."""
+    if dynamics is not None and not _logged(logs, "dynamics.jsonl", phase, 0):
+        logs.append("dynamics.jsonl", *filter(None, [dynamics(0, version)]))
+
+
 def _save_final_adapter(model, output_dir: str | None, phase: str, version: int, shared) -> None:
     """The phase's adapter in peft format: in ``adapters/<phase>`` of the run directory, or of the run's
     storage (``shared``, a :class:`~polyray.storage.RunStorage`) when the run has one."""
@@ -378,131 +389,3 @@ def _save_final_adapter(model, output_dir: str | None, phase: str, version: int,
     with tempfile.TemporaryDirectory(prefix=f"polyray-{phase}-") as tmp:
         save_adapter(model, Path(tmp) / phase, extra=extra)
         shared.put_dir(Path(tmp) / phase, "adapters", phase)
-
-
-TRAIN_POLL_ENV, TRAIN_POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", 0.5
-TRAIN_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # (Ray Train hands it to its controller too)
-
-
-def run_phase(
-    run: RunConfig,
-    phase_index: int,
-    model_dir,
-    output_dir: Path,
-    pool,
-    start_version: int,
-    init_adapter,
-    on_progress=None,
-    dynamics=None,
-    logs: StepLogs | None = None,
-) -> dict[str, Any]:
-    """Fit one phase with a ``TorchTrainer``; returns {"adapter_dir", "version", "metrics"}.
-
-    ``dynamics``: a picklable ``probe(step, version) -> row`` with ``probe.due(step, last)`` that
-    rank 0 calls after publishing, and appends the row to ``dynamics.jsonl`` (the driver passes
-    :class:`polyray.eval.dynamics.DynamicsProbe`).
-
-    Rank 0's step logs reach ``output_dir`` through an actor on this process's node
-    (:mod:`polyray.learner.logs`), so the run directory need not be on a disk the ranks share:
-    ``logs`` when the caller holds one for the whole run (``StepLogs.on_driver_node(output_dir)``;
-    it stays open), else one made for this phase. ``on_progress({"step", "total", "metrics"})``
-    is called about once a second with the phase's latest step row.
-
-    ``model_dir`` and ``init_adapter``: paths, or with ``cluster.storage`` references into it
-    (:class:`~polyray.storage.StoredDir` or its string form) that each rank copies to its own node.
-    With storage, Ray Train's checkpoints and the final adapter are there too (the adapter is copied
-    into ``output_dir/adapters/<phase>`` afterwards) and no rank is given ``output_dir``.
-    """
-    import threading
-
-    from ray.train import FailureConfig, ScalingConfig
-    from ray.train import RunConfig as TrainRunConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from polyray.storage import RunStorage
-
-    phase = run.phases[phase_index]
-    shared = RunStorage.of(run.cluster.storage, run.name, output_dir)
-    # Ray Train's controller polls its workers this often (its default: 2 s) and sees a finished phase only
-    # at a poll: 4.1-4.3 s per phase from the workers' return to fit()'s here, 0.6-1.4 s at 0.25 s
-    # (docs/benchmarks.md). Ray Train hands the variable from this process to its controller; a user's stays.
-    os.environ.setdefault(TRAIN_POLL_ENV, str(TRAIN_POLL_S))
-    # Ray Train waits this long for the ranks' placement group, then retries its start (a controller
-    # failure, counted apart from the ranks' own): bounded by the run's resource wait and failure budget
-    os.environ[TRAIN_START_TIMEOUT_ENV] = str(run.cluster.resource_wait_s)
-
-    # rank 0's rows, which this process also polls for progress: on its node, so losing a worker node
-    # does not lose them. One actor for the whole run when the caller holds it (a process a phase less).
-    own_logs = logs is None
-    logs = StepLogs.on_driver_node(output_dir) if own_logs else logs
-    storage_path = shared.location("checkpoints") if shared else str((output_dir / "checkpoints").resolve())
-    recovered = recover_run_dir(storage_path, phase.name)  # Ray Train's record of the checkpoints, if unreadable
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"job": LearnerJob(
-            run=run, phase_index=phase_index, model_dir=str(model_dir) if isinstance(model_dir, Path) else model_dir,
-            output_dir=str(output_dir) if shared is None else None,  # (None: the final adapter goes to storage)
-            pool=pool, start_version=start_version, init_adapter=init_adapter, logs=logs, dynamics=dynamics,
-            storage=shared, recovered_checkpoint=recovered.location if recovered else None,
-        )},  # fmt: skip
-        torch_config=TorchConfig(backend="nccl" if run.learner.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(
-            num_workers=run.phase_workers(phase_index),
-            use_gpu=run.learner.use_gpu,
-            resources_per_worker={"CPU": run.learner.cpus_per_worker, **run.cluster.worker_resources},
-        ),
-        run_config=TrainRunConfig(
-            name=phase.name,
-            storage_path=storage_path,
-            # a dead learner worker restarts the group from the latest checkpoint (see resume above)
-            failure_config=FailureConfig(max_failures=run.learner.max_failures,
-                                         controller_failure_limit=run.learner.max_failures),
-        ),
-    )
-    box: dict[str, Any] = {}
-
-    def fit():
-        try:
-            box["result"] = trainer.fit()
-        except BaseException as exc:  # surfaced in the caller's thread
-            box["error"] = exc
-
-    def progress() -> dict[str, Any]:
-        row = logs.latest(phase.name) or {}
-        return {"step": row.get("step", 0), "total": phase.steps, "metrics": row}
-
-    thread = threading.Thread(target=fit, daemon=True)
-    thread.start()
-    while thread.is_alive():
-        thread.join(timeout=1.0)
-        if on_progress is not None:
-            on_progress(progress())
-    if on_progress is not None:
-        on_progress(progress())
-    if own_logs:
-        logs.close()
-    if "error" in box:
-        raise _unplaced_learner(box["error"], run, phase_index) or box["error"]
-    adapter_dir = output_dir / "adapters" / phase.name
-    if shared is not None:  # rank 0 put it into storage, from whichever node it ran on
-        shared.get_dir(adapter_dir, "adapters", phase.name)
-    version = json.loads((adapter_dir / "polyray_version.json").read_text())["version"]
-    return {"adapter_dir": str(adapter_dir), "version": version, "metrics": box["result"].metrics}
-
-
-def _unplaced_learner(error: BaseException, run: RunConfig, phase_index: int) -> Exception | None:
-    """A :class:`~polyray.cluster.ClusterShortfall` naming the learner's ranks when Ray Train gave up placing
-    them (its start timed out on every try), else None."""
-    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
-
-    from polyray.cluster import ClusterShortfall, format_bundle, free_resources
-
-    if not isinstance(getattr(error, "controller_failure", None), WorkerGroupStartupTimeoutError):
-        return None
-    bundle = {"CPU": run.learner.cpus_per_worker, **({"GPU": 1.0} if run.learner.use_gpu else {}),
-              **run.cluster.worker_resources}  # fmt: skip
-    return ClusterShortfall(
-        f"learner: {run.phase_workers(phase_index)} rank(s) of phase {run.phases[phase_index].name!r} not placed in"
-        f" {run.learner.max_failures + 1} start(s) of {run.cluster.resource_wait_s:g} s each (learner.max_failures + 1,"
-        f" cluster.resource_wait_s): each asks {format_bundle(bundle)} on one node; free now: {free_resources(bundle)}"
-    )

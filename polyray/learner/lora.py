@@ -85,7 +85,7 @@ def extract_adapter(model) -> dict[str, Any]:
     config["base_model_name_or_path"] = None
     config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
     # plain JSON values (peft_type is peft's enum): unpickling the adapter then imports nothing, where a
-    # peft enum made the adapter store import peft and transformers in the run's first publish (3.4 s)
+    # peft enum made the adapter store import peft and transformers in the run's first publish
     return {"config": json.loads(json.dumps(config)), "tensors": tensors}
 
 

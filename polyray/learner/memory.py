@@ -72,8 +72,8 @@ LORA_BYTES_PER_PARAM = 16  # float32 parameter, gradient, AdamW exp_avg and exp_
 # float32 logits alive at once, in chunks: the log-softmax output, the gradient of the gather and that of the
 # log-softmax; the whole tensor: one more, the contiguous copy log-softmax makes of the sliced logits
 LOGITS_COPIES = {"chunks": 3, "whole": 4}
-# cpu: 0.6 GiB of interpreter and libraries (measured) + 0.6 GiB the allocator keeps (fitted, module doc);
-# gpu: the CUDA context (0.60 GiB measured on an H100) + the caching allocator's reserve over what is allocated
+# cpu: the interpreter and libraries + what the allocator keeps (fitted, module doc);
+# gpu: the CUDA context + the caching allocator's reserve over what is allocated (docs/benchmarks.md)
 RUNTIME_BYTES = {"cpu": int(1.2 * GIB), "gpu": 1 * GIB}
 VLLM_RUNTIME_BYTES = {"cpu": 1 * GIB, "gpu": 1 * GIB}  # vLLM's own process and CUDA context (not measured)
 # the largest of vLLM's default steps for its LLM class on a GPU (EngineArgs.get_batch_defaults), which

@@ -359,7 +359,7 @@ class RolloutWorker:
         from vllm.inputs import TokensPrompt
 
         lora = self._lora_request(version, None) if reference is None else self._lora_request(None, reference or None)
-        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0, detokenize=False)  # ids only: 15% faster
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0, detokenize=False)  # ids only: no detokenizing
         ids = [list(p) + list(c) for p, c in sequences]
         fits = [i for i, seq in enumerate(ids) if len(seq) < self.config.max_model_len]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=ids[i]) for i in fits], params, lora_request=lora,

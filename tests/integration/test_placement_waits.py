@@ -55,7 +55,7 @@ def test_a_serve_app_the_cluster_cannot_hold_stops_the_wait_naming_it(ray_cluste
 def test_a_learner_ray_train_cannot_place_stops_the_phase_naming_its_ranks(ray_cluster, run_config, model_dir, tmp_path):
     """Ranks asking for more CPUs than the cluster has: Ray Train's start times out once per try
     (learner.max_failures + 1 tries of cluster.resource_wait_s), then the phase stops, naming them."""
-    from polyray.learner.loop import run_phase
+    from polyray.learner.trainer import run_phase
 
     run = run_config.model_copy(deep=True)
     run.learner.cpus_per_worker = 64.0  # the test cluster has 4

@@ -84,7 +84,7 @@ def test_ray_train_resumes_past_a_cut_off_record(ray_cluster, tmp_path, monkeypa
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from polyray.learner.loop import TRAIN_POLL_ENV, TRAIN_POLL_S
+    from polyray.learner.trainer import TRAIN_POLL_ENV, TRAIN_POLL_S
 
     monkeypatch.setenv(TRAIN_POLL_ENV, str(TRAIN_POLL_S))  # as the learner's fits (each sees its end at a poll)
 

@@ -225,7 +225,7 @@ def bench_grpo(
     from polyray.cluster import init_ray, needed_cpus
     from polyray.config import load_config
     from polyray.learner.logs import StepLogs
-    from polyray.learner.loop import run_phase
+    from polyray.learner.trainer import run_phase
     from polyray.models.source import prepare_model_dir
     from polyray.rollout.pool import RolloutPool
     from polyray.rollout.store import open_store
@@ -345,7 +345,7 @@ def bench_polychromic(
     from polyray.config import load_config
     from polyray.diversity import EMBEDDING_DIVERSITY_FUNCTIONS
     from polyray.learner.logs import StepLogs
-    from polyray.learner.loop import run_phase
+    from polyray.learner.trainer import run_phase
     from polyray.models.source import prepare_model_dir
     from polyray.rollout.pool import RolloutPool
     from polyray.rollout.store import open_store
