@@ -329,7 +329,7 @@ def _load_phases(refs: dict[str, str | None], out: Path, seeds: int | Sequence[i
                  split: str = "test") -> dict[str, dict[int, EvalRecord]]:
     """Per reported model label, seed -> its phase's evaluation record on ``split``; a seed whose
     results.json lacks it is absent (every seed, for a selection with nothing chosen)."""
-    from polyray.drivers.run import read_results
+    from polyray.drivers.results import read_results
 
     def record(results: dict[str, Any], phase: str) -> EvalRecord:
         if split == "test":

@@ -19,17 +19,15 @@ import ray
 
 from polyray.config import RunConfig
 from polyray.config.sweep import SELECTED_ON
+from polyray.drivers.results import read_results, stage_done, write_results
 from polyray.drivers.run import (
     INIT_VERSION,
     RunState,
     evaluate_stage,
     launch_pool,
     prepare_inputs,
-    read_results,
-    stage_done,
     start_ray,
     wait_for_pool,
-    write_results,
 )
 from polyray.eval.record import EvalRecord
 

@@ -207,7 +207,7 @@ def pipeline_trial(
 
 def _finished_results(directory: Path, run: RunConfig) -> dict[str, Any] | None:
     """The results of a run in ``directory`` that evaluated every phase, else None."""
-    from polyray.drivers.run import read_results
+    from polyray.drivers.results import read_results
 
     try:
         results = read_results(directory / "results.json")

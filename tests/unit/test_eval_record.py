@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from polyray.drivers.run import read_results, results_table, write_results
+from polyray.drivers.results import read_results, results_table, write_results
 from polyray.eval.record import Estimate, EvalRecord, PromptRow, at_key, records_from_summaries, split_at_key
 
 # a run's results.json phases as the code before the record wrote them

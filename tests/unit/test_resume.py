@@ -11,7 +11,7 @@ import pytest
 from polyray.config import RunConfig, load_config
 from polyray.io import ConfigError, file_sha256
 from polyray.learner.logs import LogFiles, StepLogs
-from polyray.drivers.run import open_run_dir
+from polyray.drivers.results import open_run_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"

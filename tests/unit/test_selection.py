@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from polyray.drivers.run import write_results
+from polyray.drivers.results import write_results
 from polyray.drivers.selection import best, best_keeping, evaluate_chosen
 from polyray.eval.record import Estimate, EvalRecord
 

@@ -260,7 +260,7 @@ def test_nothing_selected_reads_no_test_set():
 def test_a_resumed_selection_evaluates_test_once(tmp_path):
     """A chosen candidate's test record is kept in its results.json: the stages still to evaluate on
     test leave it out, so a sweep re-run after an interruption does not evaluate it again."""
-    from polyray.drivers.run import read_results, write_results
+    from polyray.drivers.results import read_results, write_results
     from polyray.drivers.selection import record_on_test, stages_to_test
     from polyray.eval.record import Estimate, EvalRecord
     from polyray.tracking import run_metrics
@@ -284,7 +284,7 @@ def test_a_sweep_rerun_reads_the_selected_trials_test_numbers_back(tmp_path):
     """The sweep's step after the selection, on trials whose test evaluation is already in their results.json:
     the numbers are read back. No trial directory holds the config an evaluation needs, so evaluating one again
     would come back as that trial's error instead."""
-    from polyray.drivers.run import write_results
+    from polyray.drivers.results import write_results
     from polyray.drivers.sweep import chosen_trials, evaluate_selected_on_test
     from polyray.eval.record import Estimate, EvalRecord
 
