@@ -215,6 +215,50 @@ def compute_effective_rank(singular_values: np.ndarray) -> float:
     return float(np.exp(-(p * np.log(p)).sum()))
 
 
+def _lora_pairs(adapter_dir: Path, tensors: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+    """Module prefix -> its {"A", "B"} LoRA factors (embedding factors included)."""
+    pairs: dict[str, dict[str, np.ndarray]] = {}
+    for key, t in tensors.items():
+        m = _LORA_KEY.match(key)
+        if m:
+            kind = m["kind"].replace("embedding_", "")
+            pairs.setdefault(m["prefix"], {})[kind] = t
+    if not pairs:
+        raise ValueError(f"adapter_dir {adapter_dir}: no lora_A/lora_B tensors in the adapter weights")
+    return pairs
+
+
+def _module_row(
+    adapter_dir: Path, cfg: dict[str, Any], prefix: str, ab: dict[str, np.ndarray], top_k: int
+) -> dict[str, Any]:
+    """One module's row of :func:`lora_parameter_analysis`."""
+    if set(ab) != {"A", "B"}:
+        raise ValueError(f"adapter_dir {adapter_dir}: {prefix} lacks its lora_{({'A', 'B'} - set(ab)).pop()}")
+    A, B = ab["A"], ab["B"]
+    # lora_embedding_A (r, vocab) / lora_embedding_B (dim, r) also multiply as B @ A (= ΔWᵀ, same spectrum)
+    if A.ndim != 2 or B.ndim != 2 or A.shape[0] != B.shape[1]:
+        raise ValueError(f"adapter_dir {adapter_dir}: {prefix} has incompatible shapes A {A.shape}, B {B.shape}")
+    r = int(A.shape[0])
+    lm = _LAYER.search(prefix)
+    module_path = lm["rest"] if lm else prefix.split(".")[-1]
+    alpha = float(_pattern_value(cfg.get("alpha_pattern"), prefix, cfg.get("lora_alpha", r)))
+    scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
+    sv = scale * compute_singular_values_of_product(B, A)
+    return {
+        "key": prefix,
+        "layer": int(lm["idx"]) if lm else None,
+        "module": module_path.split(".")[-1],
+        "module_path": module_path,
+        "shape": [int(B.shape[0]), int(A.shape[1])],
+        "rank": r,
+        "alpha": alpha,
+        "scale": scale,
+        "frobenius_norm": float(np.sqrt(np.sum(sv**2))),
+        "effective_rank": compute_effective_rank(sv),
+        "top_singular_values": [float(v) for v in sv[:top_k]],
+    }
+
+
 def lora_parameter_analysis(adapter_dir: str | Path, top_k: int = 5) -> list[dict[str, Any]]:
     """Per-module statistics of a peft LoRA adapter directory.
 
@@ -237,44 +281,7 @@ def lora_parameter_analysis(adapter_dir: str | Path, top_k: int = 5) -> list[dic
     cfg = json.loads(cfg_path.read_text())
     tensors = _load_adapter_tensors(adapter_dir)
 
-    pairs: dict[str, dict[str, np.ndarray]] = {}
-    for key, t in tensors.items():
-        m = _LORA_KEY.match(key)
-        if m:
-            kind = m["kind"].replace("embedding_", "")
-            pairs.setdefault(m["prefix"], {})[kind] = t
-    if not pairs:
-        raise ValueError(f"adapter_dir {adapter_dir}: no lora_A/lora_B tensors in the adapter weights")
-
-    rows = []
-    for prefix, ab in pairs.items():
-        if set(ab) != {"A", "B"}:
-            raise ValueError(f"adapter_dir {adapter_dir}: {prefix} lacks its lora_{({'A', 'B'} - set(ab)).pop()}")
-        A, B = ab["A"], ab["B"]
-        # lora_embedding_A (r, vocab) / lora_embedding_B (dim, r) also multiply as B @ A (= ΔWᵀ, same spectrum)
-        if A.ndim != 2 or B.ndim != 2 or A.shape[0] != B.shape[1]:
-            raise ValueError(f"adapter_dir {adapter_dir}: {prefix} has incompatible shapes A {A.shape}, B {B.shape}")
-        r = int(A.shape[0])
-        lm = _LAYER.search(prefix)
-        module_path = lm["rest"] if lm else prefix.split(".")[-1]
-        alpha = float(_pattern_value(cfg.get("alpha_pattern"), prefix, cfg.get("lora_alpha", r)))
-        scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
-        sv = scale * compute_singular_values_of_product(B, A)
-        rows.append(
-            {
-                "key": prefix,
-                "layer": int(lm["idx"]) if lm else None,
-                "module": module_path.split(".")[-1],
-                "module_path": module_path,
-                "shape": [int(B.shape[0]), int(A.shape[1])],
-                "rank": r,
-                "alpha": alpha,
-                "scale": scale,
-                "frobenius_norm": float(np.sqrt(np.sum(sv**2))),
-                "effective_rank": compute_effective_rank(sv),
-                "top_singular_values": [float(v) for v in sv[:top_k]],
-            }
-        )
+    rows = [_module_row(adapter_dir, cfg, prefix, ab, top_k) for prefix, ab in _lora_pairs(adapter_dir, tensors).items()]
     rows.sort(key=lambda r: (-1 if r["layer"] is None else r["layer"], r["module_path"]))
     return rows
 

@@ -213,6 +213,34 @@ class USQResult:
     exact: bool = True
 
 
+def _scored_groups(qualities, selector_scores) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
+    """Per prompt the candidates' qualities and the selector's scores (None each without scores)."""
+    q_groups = _as_groups(qualities, "qualities")
+    if selector_scores is None:
+        return q_groups, [None] * len(q_groups)
+    s_groups = list(_as_groups(selector_scores, "selector_scores"))
+    if len(s_groups) != len(q_groups):
+        raise ValueError(f"selector_scores has {len(s_groups)} prompts, qualities has {len(q_groups)}")
+    return q_groups, s_groups
+
+
+def _picked_quality(
+    q: np.ndarray, s: np.ndarray, k: int, draws: tuple[np.random.Generator, int] | None
+) -> tuple[float, float]:
+    """The expected quality of the candidate a selector scoring ``s`` picks among k shown, and the
+    variance of that estimate: exact over every k-subset and tie-break (``draws`` None, variance 0),
+    or the mean of ``draws = (rng, n)`` Monte-Carlo picks."""
+    if draws is None:
+        return float(compute_pick_probabilities(s, k) @ q), 0.0
+    gen, n_draws = draws
+    # The first k entries of a uniform permutation are a uniform k-subset in uniform
+    # order, so argmax's first-occurrence rule breaks ties uniformly.
+    idx = np.argsort(gen.random((n_draws, q.size)), axis=1)[:, :k]
+    pick = idx[np.arange(n_draws), np.argmax(s[idx], axis=1)]
+    vals = q[pick]
+    return float(vals.mean()), (float(vals.var(ddof=1)) / n_draws if n_draws > 1 else math.nan)
+
+
 def compute_usq_at_k(
     qualities: np.ndarray | Sequence[np.ndarray],
     selector_scores: np.ndarray | Sequence[np.ndarray] | None,
@@ -244,13 +272,7 @@ def compute_usq_at_k(
     """
     if selector not in SELECTORS:
         raise ValueError(f"unknown selector {selector!r}; choose from {sorted(SELECTORS)}")
-    q_groups = _as_groups(qualities, "qualities")
-    if selector_scores is None:
-        s_groups: list[np.ndarray | None] = [None] * len(q_groups)
-    else:
-        s_groups = list(_as_groups(selector_scores, "selector_scores"))
-        if len(s_groups) != len(q_groups):
-            raise ValueError(f"selector_scores has {len(s_groups)} prompts, qualities has {len(q_groups)}")
+    q_groups, s_groups = _scored_groups(qualities, selector_scores)
     k = int(k)
     if n_draws < 1:
         raise ValueError(f"n_draws must be >= 1, got {n_draws}")
@@ -265,17 +287,9 @@ def compute_usq_at_k(
         s = np.asarray(SELECTORS[selector](q, s_in), dtype=np.float64)
         rand_b.append(float(q.mean()))
         orac_b.append(float(compute_pick_probabilities(q, k) @ q))
-        if exact:
-            per_prompt.append(float(compute_pick_probabilities(s, k) @ q))
-            var_prompt.append(0.0)
-        else:
-            # The first k entries of a uniform permutation are a uniform k-subset in uniform
-            # order, so argmax's first-occurrence rule breaks ties uniformly.
-            idx = np.argsort(gen.random((n_draws, q.size)), axis=1)[:, :k]
-            pick = idx[np.arange(n_draws), np.argmax(s[idx], axis=1)]
-            vals = q[pick]
-            per_prompt.append(float(vals.mean()))
-            var_prompt.append(float(vals.var(ddof=1)) / n_draws if n_draws > 1 else math.nan)
+        value, variance = _picked_quality(q, s, k, None if exact else (gen, n_draws))
+        per_prompt.append(value)
+        var_prompt.append(variance)
 
     P = len(q_groups)
     usq = float(np.mean(per_prompt))
