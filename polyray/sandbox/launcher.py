@@ -1,7 +1,7 @@
 """The sandbox's launcher: started by :func:`polyray.sandbox.run_python` as ``python -I -S -B <this file>``.
 
 A fresh interpreter (no ``preexec_fn`` runs inside a multi-threaded Ray replica), standard library
-only, as the service's user. It reads its settings (JSON, built by ``_launch_config``) from stdin, so no
+only, as the service's user. It reads its settings (JSON, built by ``prepare._launch_config``) from stdin, so no
 host path or setting is on any command line; joins the sandbox's cgroups; unshares the namespaces of
 its mode; forks the sandbox's init (PID 1 of the new PID namespace), which builds the private root,
 starts the program and reports its fate as JSON on ``status_fd``. Every failure before the program
