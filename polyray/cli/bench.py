@@ -1,4 +1,4 @@
-"""``polyray bench <part>``: the benchmarks of :mod:`polyray.drivers.bench.suite`, figures printed
+"""``polyray bench <part>``: the benchmarks of :mod:`polyray.drivers.bench`, figures printed
 side by side (and written with ``--json``), never asserted."""
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def rollout(
     json_path: Optional[Path] = _json,
 ):
     """Pool / bare engine / transformers tokens/s; adapter sync vs full reload; 1 -> 2 workers."""
-    from polyray.drivers.bench.suite import bench_rollout, print_rollout
+    from polyray.drivers.bench.rollout_part import bench_rollout, print_rollout
 
     results = bench_rollout(config, prompts, repeats, syncs, vllm_lora_ops=vllm_lora_ops)
     print_rollout(results)
@@ -101,7 +101,7 @@ def grpo(
     json_path: Optional[Path] = _json,
 ):
     """GRPO step time, rollouts one step ahead / synchronous, and one ahead against its variants (a fit per mode)."""
-    from polyray.drivers.bench.suite import bench_grpo, print_grpo
+    from polyray.drivers.bench.grpo import bench_grpo, print_grpo
 
     results = bench_grpo(steps, config, rounds=rounds, modes=list(modes) or None)
     print_grpo(results)
@@ -119,7 +119,7 @@ def polychromic(
     json_path: Optional[Path] = _json,
 ):
     """Polychromic SFT step time / SFT step time."""
-    from polyray.drivers.bench.suite import bench_polychromic, print_polychromic
+    from polyray.drivers.bench.polychromic import bench_polychromic, print_polychromic
 
     results = bench_polychromic(steps, config, diversity, with_async=not no_async, with_canary=canary, with_floor=floor)
     print_polychromic(results)
@@ -133,7 +133,7 @@ def reward(
     json_path: Optional[Path] = _json,
 ):
     """Reward service throughput and latency; engagement model batched / unbatched."""
-    from polyray.drivers.bench.suite import bench_reward, print_reward
+    from polyray.drivers.bench.reward import bench_reward, print_reward
 
     results = bench_reward(requests, max_seconds)
     print_reward(results)
@@ -150,7 +150,7 @@ def generation(
     json_path: Optional[Path] = _json,
 ):
     """Generation service tokens/s vs a direct engine; publish -> latest."""
-    from polyray.drivers.bench.suite import bench_generation, print_generation
+    from polyray.drivers.bench.generation import bench_generation, print_generation
 
     results = bench_generation(requests, n, max_tokens, config, publishes)
     print_generation(results)
@@ -174,7 +174,7 @@ def chaos(
     unknown = [s for s in services if s not in ("reward", "generation")]
     if unknown:
         fail(f"--services: unknown service {unknown[0]!r} (choose from reward, generation)")
-    from polyray.drivers.bench.suite import bench_chaos, print_chaos
+    from polyray.drivers.bench.chaos import bench_chaos, print_chaos
 
     results = bench_chaos(list(services), clients, seconds, kill_at, config, max_recovery_s, replicas)
     print_chaos(results)
@@ -253,11 +253,9 @@ def learner(
 
         if not torch.cuda.is_available():
             fail("--device cuda: this machine has no CUDA GPU that PyTorch can use")
-    from rich.console import Console
-
+    from polyray.drivers.bench.common import console
     from polyray.drivers.bench.learner import BenchShape, bench_learner, print_learner
 
-    console = Console(width=140)  # (not the suite's: its module needs the services' packages, a bare GPU box has none)
     shape = BenchShape(layers, hidden, intermediate, heads, kv_heads, head_dim, vocab)
     with console.status("building the benchmark model") as status:
         results = bench_learner(
@@ -299,9 +297,9 @@ def peer(
     except ImportError:
         fail("bench peer: TRL is not installed (pip install -e '.[bench]')")
     from polyray.config import load_config
+    from polyray.drivers.bench.common import console
     from polyray.drivers.bench.learner import BenchShape
     from polyray.drivers.bench.peer import bench_large, bench_peer, peer_settings, print_large, print_peer
-    from polyray.drivers.bench.suite import console
 
     if not margin > 0:
         fail(f"--margin: must be > 0, got {margin}")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from polyray.drivers.bench.suite import GRPO_RATIOS
+from polyray.drivers.bench.grpo import GRPO_RATIOS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.ray]
 

@@ -21,8 +21,10 @@ import numpy as np
 import pytest
 
 from polyray.config import load_config
+from polyray.drivers.bench.grpo import grpo_floor
 from polyray.drivers.bench.peer import compare_engines, paired, peer_settings, print_peer, step_stats
-from polyray.drivers.bench.suite import grpo_floor, polychromic_floor, summary_rows
+from polyray.drivers.bench.polychromic import polychromic_floor
+from polyray.drivers.bench.suite import summary_rows
 from polyray.io import ConfigError
 
 QUICKSTART = "configs/quickstart.yaml"
@@ -101,7 +103,7 @@ def test_bench_step_medians_count_a_step_without_a_canary_as_zero(tmp_path):
     not that one canary's time; a phase checking every step has its own median."""
     import json
 
-    from polyray.drivers.bench.suite import _step_stats
+    from polyray.drivers.bench.common import _step_stats
 
     rows = [{"phase": "sft", "step_s": s, **({"canary_s": 3.8} if i == 4 else {})} for i, s in enumerate([9, 1, 2, 3, 4])]
     rows += [{"phase": "poly", "step_s": 1.0, "canary_s": c, "rollout_s": 0.5} for c in (5.0, 0.1, 0.3, 0.2)]
@@ -201,7 +203,7 @@ def test_summary_rows_hold_the_floors_and_the_peer_ratios():
 
 
 def test_print_grpo_shows_the_rollout_reference_and_unpacked_modes(capsys):
-    from polyray.drivers.bench.suite import print_grpo
+    from polyray.drivers.bench.grpo import print_grpo
 
     mode = {"step_s": 0.2, "rollout_s": 0.0, "reward_s": 0.0, "sync_s": 0.01}
     results = {"steps": 12, "rounds": 3, "sync": {**mode, "step_s": 0.3, "rollout_s": 0.1}, "async": mode,
@@ -231,9 +233,9 @@ def test_fixed_length_generate_makes_every_completion_full_length(tmp_path):
     import torch
     from safetensors.torch import load_file, save_file
 
+    from polyray.drivers.bench.common import _random_adapter
     from polyray.drivers.bench.learner import EOS, BenchShape, build_bench_model
     from polyray.drivers.bench.rollout import FixedLengthBatch, fixed_length_hf
-    from polyray.drivers.bench.suite import _random_adapter
     from polyray.config import LoraConfig
     from polyray.rollout.store import write_adapter_dir
 
@@ -283,7 +285,7 @@ def test_a_missing_config_is_one_line_for_every_part(part, tmp_path):
 
 
 def test_grpo_ratios_are_those_whose_modes_ran():
-    from polyray.drivers.bench.suite import GRPO_MODES, grpo_ratios
+    from polyray.drivers.bench.grpo import GRPO_MODES, grpo_ratios
 
     step = dict(zip(GRPO_MODES, (1.0, 0.6, 0.8, 0.75, 0.66)))
     modes = {name: {"step_s": s, "rollout_s": 0.3} for name, s in step.items()}
@@ -301,7 +303,8 @@ def test_grpo_ratios_are_those_whose_modes_ran():
 
 
 def test_the_summary_and_print_grpo_show_only_the_ratios_of_the_modes_that_ran(capsys):
-    from polyray.drivers.bench.suite import grpo_ratios, print_grpo, print_summary
+    from polyray.drivers.bench.grpo import grpo_ratios, print_grpo
+    from polyray.drivers.bench.suite import print_summary
 
     mode = {"step_s": 0.2, "rollout_s": 0.1, "reward_s": 0.0, "sync_s": 0.01, "steps": 2}
     modes = {"sync": {**mode, "step_s": 0.3}, "async": mode}
@@ -376,7 +379,7 @@ def test_the_token_ids_digest_tells_apart_samples_of_the_same_length():
 
 
 def test_grpo_modes_run_in_one_order_and_a_reference_mode_needs_a_kl_term():
-    from polyray.drivers.bench.suite import GRPO_MODES, grpo_variants
+    from polyray.drivers.bench.grpo import GRPO_MODES, grpo_variants
 
     assert tuple(grpo_variants(1, kl=True)) == GRPO_MODES
     assert "async_rollout_reference" not in grpo_variants(1, kl=False)  # all, as far as the phase allows

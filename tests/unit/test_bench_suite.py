@@ -12,16 +12,10 @@ from __future__ import annotations
 import pytest
 from rich.console import Console
 
-from polyray.drivers.bench.suite import (
-    SMOKE,
-    grpo_ratios,
-    print_grpo,
-    print_polychromic,
-    print_rollout,
-    print_summary,
-    rollout_ratios,
-    summary_rows,
-)
+from polyray.drivers.bench.grpo import grpo_ratios, print_grpo
+from polyray.drivers.bench.polychromic import print_polychromic
+from polyray.drivers.bench.rollout_part import print_rollout, rollout_ratios
+from polyray.drivers.bench.suite import SMOKE, print_summary, summary_rows
 
 MODE = {"step_s": 0.2, "rollout_s": 0.1, "reward_s": 0.0, "sync_s": 0.01, "steps": 2}
 

@@ -58,10 +58,8 @@ def bench_canary(
 
     from polyray.config import LoraConfig, RolloutConfig
     from polyray.drivers.bench.learner import BenchShape, build_bench_model
-    from polyray.learner.lora import build_peft_model, extract_adapter
-    from polyray.learner.sync import NOISE, TOLERANCE, SyncCanary, rms, stale_reason
-    from polyray.rollout.store import to_wire
-    from polyray.rollout.worker import RolloutWorker
+    from polyray.learner.lora import build_peft_model
+    from polyray.learner.sync import NOISE, TOLERANCE
 
     torch.set_num_threads(threads)
     root = Path(tempfile.mkdtemp(prefix="polyray-bench-canary-"))
@@ -69,19 +67,54 @@ def bench_canary(
     model_dir = build_bench_model(root / "model", BenchShape(layers=layers, vocab=vocab), seed)
     _scale_final_norm(model_dir, logit_scale)
     learner, _ = build_peft_model(str(model_dir), LoraConfig(r=rank, alpha=2 * rank), "bfloat16")
-    gen = torch.Generator().manual_seed(seed + 1)
+    gen = torch.Generator().manual_seed(seed + 1)  # the versions' steps, then the probes' prompts
+    versions = _versions(learner, (adapter_scale, *steps), gen)
+
+    progress("starting the rollout worker")
+    config = RolloutConfig(max_model_len=prompt_tokens + probe_tokens + 8, max_lora_rank=rank, max_loras=len(versions),
+                           max_num_seqs=probes, kv_cache_gib=2, threads=threads)  # fmt: skip
+    served, scored = _score_both(str(model_dir), config, learner, versions, probes, prompt_tokens, probe_tokens, vocab,
+                                 seed, gen, progress)  # fmt: skip
+
+    tolerance, noise = TOLERANCE["bfloat16"], NOISE["bfloat16"]
+    out: dict[str, Any] = {
+        "shape": {"layers": layers, "hidden": 1024, "vocab": vocab, "logit_scale": logit_scale, "rank": rank},
+        "probes": probes, "probe_tokens": probe_tokens, "short_tokens": short_tokens,
+        "rule": {"tolerance": tolerance, "noise": noise},
+        "mean_logprob": statistics.fmean(float(s.mean()) for s in served[1]),
+    }  # fmt: skip
+    for label, n in {"probe": None, "short": short_tokens}.items():
+        out[label] = _summarise(scored, served, list(versions), probes, n, probe_tokens, tolerance, noise)
+    return out
+
+
+def _versions(learner, sizes: tuple[float, ...], gen) -> dict[int, dict[str, Any]]:
+    """Version -> its adapter: each version's LoRA B moved from the last by a random step of its size."""
+    import torch
+
+    from polyray.learner.lora import extract_adapter
+
     versions: dict[int, dict[str, Any]] = {}
-    for version, size in enumerate((adapter_scale, *steps), start=1):  # each version one step from the last
+    for version, size in enumerate(sizes, start=1):
         with torch.no_grad():
             for name, p in learner.named_parameters():
                 if "lora_B" in name:
                     p.add_(torch.randn(p.shape, generator=gen) * size)
         versions[version] = extract_adapter(learner)
+    return versions
 
-    progress("starting the rollout worker")
-    config = RolloutConfig(max_model_len=prompt_tokens + probe_tokens + 8, max_lora_rank=rank, max_loras=len(versions),
-                           max_num_seqs=probes, kv_cache_gib=2, threads=threads)  # fmt: skip
-    worker = RolloutWorker(str(model_dir), config, "bfloat16", keep_versions=len(versions))
+
+def _score_both(model_dir: str, config, learner, versions: dict[int, dict[str, Any]], probes: int, prompt_tokens: int,
+                probe_tokens: int, vocab: int, seed: int, gen, progress) -> tuple[dict[int, list], dict[int, list]]:  # fmt: skip
+    """(served, scored): each probe's token log-probs on the worker / on the learner, per version (0: the base
+    model), the probes drawn by the worker itself under version 1."""
+    import torch
+
+    from polyray.learner.sync import SyncCanary
+    from polyray.rollout.store import to_wire
+    from polyray.rollout.worker import RolloutWorker
+
+    worker = RolloutWorker(model_dir, config, "bfloat16", keep_versions=len(versions))
     try:
         for version, adapter in versions.items():
             worker.load_adapter(version, to_wire(adapter))
@@ -108,52 +141,45 @@ def bench_canary(
         scored[0] = [c.learner_logprobs(learner, *c.probe, 1.0, adapter=False) for c in canaries]
     finally:
         worker.close()
+    return served, scored
 
-    def cut(x: torch.Tensor, n: int | None) -> torch.Tensor:
-        return x if n is None else x[:n]
 
-    tolerance, noise = TOLERANCE["bfloat16"], NOISE["bfloat16"]
-    lengths = {"probe": None, "short": short_tokens}
-    out: dict[str, Any] = {
-        "shape": {"layers": layers, "hidden": 1024, "vocab": vocab, "logit_scale": logit_scale, "rank": rank},
-        "probes": probes, "probe_tokens": probe_tokens, "short_tokens": short_tokens,
-        "rule": {"tolerance": tolerance, "noise": noise},
-        "mean_logprob": statistics.fmean(float(s.mean()) for s in served[1]),
+def _cut(x, n: int | None):
+    return x if n is None else x[:n]
+
+
+def _caught(scored, served, v: int, serves: int, i: int, n: int | None, tolerance, noise, references: bool = True) -> bool:
+    """Whether the rule stops probe ``i`` checked at version ``v`` on a worker serving version ``serves``."""
+    from polyray.learner.sync import stale_reason
+
+    refs = _references(scored, v, i, n) if references else {}
+    return stale_reason(_cut(scored[v][i], n), _cut(served[serves][i], n), refs, tolerance, noise) is not None
+
+
+def _summarise(scored, served, versions: list[int], probes: int, n: int | None, probe_tokens: int, tolerance,
+               noise) -> dict[str, Any]:  # fmt: skip
+    """One probe length's figures: the fresh gaps, false alarms (every fresh check as a run makes it, with the
+    base model and the version before as references), and stale or base-model workers caught."""
+    from polyray.learner.sync import rms
+
+    fresh = [(_cut(scored[v][i], n), _cut(served[v][i], n)) for v in versions for i in range(probes)]
+    gaps = [rms(s - ref) for ref, s in fresh]
+    tops = [float((s - ref).abs().max()) for ref, s in fresh]
+    alarms = sum(_caught(scored, served, v, v, i, n, tolerance, noise) for v in versions for i in range(probes))
+    stale = []
+    for v in versions[1:]:
+        caught = sum(_caught(scored, served, v, v - 1, i, n, tolerance, noise) for i in range(probes))
+        alone = sum(_caught(scored, served, v, v - 1, i, n, tolerance, noise, references=False) for i in range(probes))
+        moved = statistics.median(rms(_cut(scored[v][i], n) - _cut(scored[v - 1][i], n)) for i in range(probes))
+        stale.append({"version": v, "serves": v - 1, "moved_rms": moved, "caught": caught, "by_tolerance": alone})
+    base_caught = sum(_caught(scored, served, v, 0, i, n, tolerance, noise) for v in versions for i in range(probes))
+    return {
+        "tokens": n or probe_tokens, "checks": len(fresh),
+        "fresh_rms": {"median": statistics.median(gaps), "max": max(gaps)},
+        "fresh_token_max": {"median": statistics.median(tops), "max": max(tops)},
+        "false_alarms": alarms, "old_rule_false_alarms": sum(t > OLD_MAX_RULE for t in tops),
+        "stale": stale, "base_caught": base_caught,
     }  # fmt: skip
-    for label, n in lengths.items():
-        fresh = [(cut(scored[v][i], n), cut(served[v][i], n)) for v in versions for i in range(probes)]
-        gaps = [rms(s - ref) for ref, s in fresh]
-        tops = [float((s - ref).abs().max()) for ref, s in fresh]
-        # every fresh check as a run makes it: references the base model and the version before
-        alarms = sum(
-            stale_reason(cut(scored[v][i], n), cut(served[v][i], n), _references(scored, v, i, n), tolerance, noise)
-            is not None
-            for v in versions for i in range(probes)
-        )  # fmt: skip
-        stale = []
-        for v in list(versions)[1:]:
-            caught = sum(
-                stale_reason(cut(scored[v][i], n), cut(served[v - 1][i], n), _references(scored, v, i, n), tolerance,
-                             noise) is not None
-                for i in range(probes)
-            )  # fmt: skip
-            alone = sum(stale_reason(cut(scored[v][i], n), cut(served[v - 1][i], n), {}, tolerance, noise) is not None
-                        for i in range(probes))  # fmt: skip
-            moved = statistics.median(rms(cut(scored[v][i], n) - cut(scored[v - 1][i], n)) for i in range(probes))
-            stale.append({"version": v, "serves": v - 1, "moved_rms": moved, "caught": caught, "by_tolerance": alone})
-        base_caught = sum(
-            stale_reason(cut(scored[v][i], n), cut(served[0][i], n), _references(scored, v, i, n), tolerance, noise)
-            is not None
-            for v in versions for i in range(probes)
-        )  # fmt: skip
-        out[label] = {
-            "tokens": n or probe_tokens, "checks": len(fresh),
-            "fresh_rms": {"median": statistics.median(gaps), "max": max(gaps)},
-            "fresh_token_max": {"median": statistics.median(tops), "max": max(tops)},
-            "false_alarms": alarms, "old_rule_false_alarms": sum(t > OLD_MAX_RULE for t in tops),
-            "stale": stale, "base_caught": base_caught,
-        }  # fmt: skip
-    return out
 
 
 def _references(scored, version: int, probe: int, n: int | None) -> dict[str, Any]:

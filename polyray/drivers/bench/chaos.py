@@ -19,6 +19,7 @@
 - :func:`retrying_calls`: the learner's own reward path (:func:`~polyray.reward.client.score_via_handle`
   with its retries) called in a loop beside the load, checking every answer: a request it lost is one
   that raised after its retries or came back wrong.
+- :func:`bench_chaos`: ``polyray bench chaos``, each service under load then killed, on a Ray cluster of its own.
 
 The client shares the machine with the service, so at many clients on few cores the figures include
 the client's own CPU use. Only loopback: the services are started on 127.0.0.1 by the caller.
@@ -35,8 +36,11 @@ from collections import Counter
 from typing import Any, Callable
 
 import numpy as np
+from rich.markup import escape
+from rich.table import Table
 
 from polyray import lifetime
+from polyray.drivers.bench.common import console
 
 BACK_PRESSURE = (503, 429)
 
@@ -197,3 +201,150 @@ def retrying_calls(score: Callable[[], bool], stop: threading.Event, threads: in
                 "outcomes": dict(tally)}  # fmt: skip
 
     return join
+
+
+def bench_chaos(services: list[str], clients: int, seconds: float, kill_at: float, config: str,
+                max_recovery_s: float = 120.0, replicas: int = 1) -> dict[str, Any]:  # fmt: skip
+    """Each service on loopback with ``replicas`` replicas (one CPU each): ``clients`` clients for ``seconds``,
+    then the same load with one replica SIGKILLed ``kill_at`` seconds in (:mod:`.chaos`). The reward service
+    also takes the learner's own retrying calls (code_exec items, so sandboxes run when the replica dies)
+    during the kill."""
+    import ray
+    from ray import serve
+
+    from polyray.http import free_port
+
+    results: dict[str, Any] = {"clients": clients, "seconds": seconds, "kill_at": kill_at, "replicas": replicas}
+    # a cluster of its own (address="local": never one RAY_ADDRESS names): the replicas it kills are its own
+    ray.init(address="local", num_cpus=max(2, replicas), include_dashboard=False, log_to_driver=False)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        if "reward" in services:
+            results["reward"] = _chaos_reward(url, clients, seconds, kill_at, max_recovery_s, replicas)
+        if "generation" in services:
+            results["generation"] = _chaos_generation(url, clients, seconds, kill_at, max_recovery_s, config, replicas)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return results
+
+
+CHAOS_CODE_ITEM = {"prompt": "def answer():\n", "completion": "    return 42\n",
+                   "metadata": {"test": "import time\n\ndef check(candidate):\n    time.sleep(0.5)\n"
+                                        "    assert candidate() == 42\n", "entry_point": "answer"}}  # fmt: skip
+
+
+def _chaos_reward(url: str, clients: int, seconds: float, kill_at: float, max_recovery_s: float,
+                  replicas: int = 1) -> dict[str, Any]:  # fmt: skip
+    import httpx
+    from ray import serve
+
+    from polyray.config.reward import RewardConfig
+    from polyray.reward.client import get_reward_handle, score_via_handle
+    from polyray.reward.deployment import build_reward_app
+    from polyray.sandbox import WORK_ROOT
+
+    serve.run(build_reward_app({"num_replicas": replicas}), name="reward", route_prefix="/reward")
+    body = {"reward": "countdown", "items": [{"prompt": "nums 3 4 9 target 12\nexpr:", "completion": c}
+                                             for c in (" 3+9", " 4*3", " 9+4-1", " 3*4", " 12", " 9+3", " 4+9-1", " 3+4")]}
+    base = f"{url}/reward"
+    httpx.post(f"{base}/v1/rewards", json=body, timeout=120).raise_for_status()  # warm-up
+    learner = RewardConfig()  # the learner's own timeout and retries
+    handle = get_reward_handle("reward")
+
+    def score() -> bool:
+        results = score_via_handle(handle, "code_exec", [CHAOS_CODE_ITEM], None, learner.timeout_s, learner.retries)
+        return [r.score for r in results] == [1.0]
+
+    def load(**kill) -> dict[str, Any]:  # the HTTP clients, and beside them the learner's calls
+        stop = threading.Event()
+        join = retrying_calls(score, stop)
+        try:
+            result = run_load(base, "/v1/rewards", body, clients, seconds, max_recovery_s=max_recovery_s, **kill)
+        finally:
+            stop.set()
+            retrying = join()
+        return {**result, "retrying": retrying}
+
+    roots = [lifetime.shared_root(WORK_ROOT)]
+    out: dict[str, Any] = {}
+    with console.status(f"reward: {clients} clients + the learner's calls, {seconds:g} s"):
+        out["steady"] = load()
+    with console.status(f"reward: {clients} clients + the learner's calls, the replica SIGKILLed at {kill_at:g} s"):
+        out["kill"] = load(kill=lambda: kill_replica("reward", roots), kill_at=kill_at)
+    out["kill"].update(leftovers(out["kill"]["killed"]))
+    serve.delete("reward")
+    return out
+
+
+def _chaos_generation(url: str, clients: int, seconds: float, kill_at: float, max_recovery_s: float,
+                      config: str, replicas: int = 1) -> dict[str, Any]:  # fmt: skip
+    import httpx
+    from ray import serve
+
+    from polyray.config import load_config
+    from polyray.config.services import GenerationServiceConfig
+    from polyray.generation.deployment import SCRATCH, build_generation_app
+    from polyray.models.source import prepare_model_dir
+
+    run = load_config(config)
+    cfg = GenerationServiceConfig(model_dir=str(prepare_model_dir(run.model, run.task)), num_cpus=1, num_replicas=replicas,
+                                  max_model_len=run.rollout.max_model_len, max_lora_rank=run.rollout.max_lora_rank,
+                                  max_num_seqs=max(4, clients))  # fmt: skip
+    with console.status("starting the generation service"):
+        serve.run(build_generation_app(cfg.model_dump()), name="generation", route_prefix="/generation")
+    body = {"model": cfg.base_name, "prompt": "nums 3 4 9 target 12\nexpr:", "max_tokens": 8, "temperature": 1.0}
+    base = f"{url}/generation"
+    httpx.post(f"{base}/v1/completions", json=body, timeout=300).raise_for_status()  # warm-up
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    roots = [lifetime.shared_root(SCRATCH, shm)]
+    out: dict[str, Any] = {}
+    with console.status(f"generation: {clients} clients, {seconds:g} s"):
+        out["steady"] = run_load(base, "/v1/completions", body, clients, seconds)
+    with console.status(f"generation: {clients} clients, the replica SIGKILLed at {kill_at:g} s"):
+        out["kill"] = run_load(base, "/v1/completions", body, clients, seconds,
+                               kill=lambda: kill_replica("generation", roots), kill_at=kill_at,
+                               max_recovery_s=max_recovery_s)  # fmt: skip
+    out["kill"].update(leftovers(out["kill"]["killed"]))
+    serve.delete("generation")
+    return out
+
+
+def print_chaos(results: dict[str, Any]) -> None:
+    replicas = results.get("replicas", 1)
+    table = Table(title=f"services on loopback, {replicas} replica{'s' if replicas > 1 else ''}, {results['clients']} clients,"
+                        f" {results['seconds']:g} s of load; kill: {'one' if replicas > 1 else 'the'} replica SIGKILLed"
+                        f" {results['kill_at']:g} s in")  # fmt: skip
+    table.caption = ("back-pressure = 503/429 (shed load, retry); errors = any other non-200 (-1: no answer);"
+                     " recovery = kill -> first 200 of a request sent after it; retry lost = the learner's retrying"
+                     " reward calls that failed or came back wrong")  # fmt: skip
+    for col in ("service", "run", "requests", "ok", "req/s", "p50 ms", "p99 ms", "back-pressure", "errors",
+                "recovery s", "retry lost", "orphans", "leaked dirs"):  # fmt: skip
+        table.add_column(col, justify="left" if col in ("service", "run") else "right")
+    for service in ("reward", "generation"):
+        for name in ("steady", "kill"):
+            r = results.get(service, {}).get(name)
+            if r is None:
+                continue
+            retry = r.get("retrying")
+            recovery = r.get("recovery_s")
+            table.add_row(service, name, str(r["requests"]), str(r["ok"]), f"{r['rps']:.1f}", f"{r['p50_ms']:.0f}",
+                          f"{r['p99_ms']:.0f}", str(r["back_pressure"]), str(r["errors"]),
+                          "–" if name == "steady" else ("never" if recovery is None else f"{recovery:.2f}"),
+                          f"{retry['lost']} of {retry['calls']}" if retry else "–",
+                          str(len(r["orphans"])) if "orphans" in r else "–",
+                          str(len(r["leaked_dirs"])) if "leaked_dirs" in r else "–")  # fmt: skip
+    console.print(table)
+    for service in ("reward", "generation"):
+        r = results.get(service, {}).get("kill", {})
+        for pid, title in r.get("orphans", []):
+            console.print(f"[red]{service}: process {pid} outlived its replica: {escape(title)}[/red]")
+        for path in r.get("leaked_dirs", []):
+            console.print(f"[red]{service}: {escape(path)} outlived its replica[/red]")
+        outside = {"before the kill": r.get("errors_before_kill", 0),
+                   "after it answered again": r.get("errors_after_recovery", 0)}  # fmt: skip
+        for when, count in outside.items():
+            if count:
+                console.print(f"[red]{service}: {count} request(s) failed {when}[/red]")

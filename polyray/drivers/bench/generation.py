@@ -6,6 +6,7 @@
   clients at a time. Output tokens/s of the two, side by side, is the service's overhead.
 - :func:`publish_to_latest`: seconds from a version's publish to the adapter store until ``latest``
   answers with it.
+- :func:`bench_generation`: ``polyray bench generation``, the three of them on one config's model.
 """
 
 from __future__ import annotations
@@ -13,10 +14,16 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from rich.table import Table
+
+from polyray.drivers.bench.common import _random_adapter, console
 
 
 @dataclass(frozen=True)
@@ -104,3 +111,64 @@ def publish_to_latest(base_url: str, store, adapters: list[tuple[int, dict]], ap
             time.sleep(0.01)
         seconds.append(time.perf_counter() - t0)
     return {"publishes": len(seconds), "median_s": statistics.median(seconds), "max_s": max(seconds)}
+
+
+def bench_generation(requests: int, n: int, max_tokens: int, config: str, publishes: int = 5) -> dict[str, Any]:
+    """The same requests direct into an engine, then through the service (never both at once)."""
+    import ray
+
+    from polyray.config import load_config
+    from polyray.config.services import GenerationServiceConfig
+    from polyray.generation.service import deploy_generation
+    from polyray.http import free_port
+    from polyray.models.source import prepare_model_dir
+    from polyray.rollout.store import open_store, write_adapter_dir
+    from polyray.tasks import build_task
+
+    run = load_config(config)
+    model_dir = prepare_model_dir(run.model, run.task)
+    prompts = [p.text for p in build_task(run.task).prompts("val", requests)]
+    batch = [BenchRequest(prompts[i % len(prompts)], n, max_tokens, seed=i) for i in range(requests)]
+    results: dict[str, Any] = {"requests": requests, "n": n, "max_tokens": max_tokens, "direct": [], "endpoint": []}
+    with tempfile.TemporaryDirectory(prefix="polyray-bench-gen-") as tmp:
+        adapter = _random_adapter(model_dir, run.learner.lora, seed=1)
+        write_adapter_dir(Path(tmp) / "policy-v1", adapter)
+        cfg = GenerationServiceConfig(model_dir=str(model_dir), max_model_len=run.rollout.max_model_len,
+                                      max_lora_rank=run.rollout.max_lora_rank, store_root=str(Path(tmp) / "store"),
+                                      num_cpus=1, max_num_seqs=64)  # fmt: skip
+        with console.status(f"direct engine: {requests} requests, 1 then 16 at a time"):
+            results["direct"] = bench_direct(cfg, batch, [1, 16], str(Path(tmp) / "policy-v1"))
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            store = open_store(Path(tmp) / "store")
+            ray.get(store.put.remote(1, adapter, "bench", 1))
+            with console.status("starting the generation service"):
+                url = deploy_generation(cfg.model_dump(), port=free_port())
+            for concurrency in (1, 16):
+                with console.status(f"endpoint: {requests} requests, {concurrency} clients"):
+                    results["endpoint"].append(bench_endpoint(url, "policy-v1", batch, concurrency))
+            versions = [(v, _random_adapter(model_dir, run.learner.lora, seed=v)) for v in range(2, 2 + publishes)]
+            with console.status(f"publish -> latest, {publishes} versions"):
+                results["publish_to_latest"] = publish_to_latest(url, store, versions)
+        finally:
+            from ray import serve
+
+            serve.shutdown()
+            ray.shutdown()
+    results["ratio"] = {str(e["concurrency"]): e["tokens_per_s"] / d["tokens_per_s"]
+                        for d, e in zip(results["direct"], results["endpoint"])}  # fmt: skip
+    return results
+
+
+def print_generation(results: dict[str, Any]) -> None:
+    table = Table(title=f"generation service vs direct engine ({results['requests']} requests, n={results['n']},"
+                        f" max_tokens={results['max_tokens']}, 2 shared cores)")  # fmt: skip
+    for col in ("clients", "direct tok/s", "endpoint tok/s", "endpoint / direct"):
+        table.add_column(col, justify="right")
+    for d, e in zip(results["direct"], results["endpoint"]):
+        table.add_row(str(d["concurrency"]), f"{d['tokens_per_s']:.0f}", f"{e['tokens_per_s']:.0f}",
+                      f"{e['tokens_per_s'] / d['tokens_per_s']:.2f}")
+    console.print(table)
+    p = results["publish_to_latest"]
+    console.print(f"publish -> latest serving it: median {p['median_s']:.3f} s, max {p['max_s']:.3f} s"
+                  f" over {p['publishes']} publishes")

@@ -7,15 +7,21 @@
   on few cores the numbers include the client's own CPU use.
 - :func:`bench_engagement_batching` times the engagement model on ``n`` distinct pairs
   scored in one batched call versus one call per pair (same model, same texts).
+- :func:`bench_reward`: ``polyray bench reward``, both of them on a reward app served on loopback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.table import Table
+
+from polyray.drivers.bench.common import console
 
 
 def _percentile_ms(latencies_s: list[float], q: float) -> float:
@@ -110,3 +116,54 @@ def bench_engagement_batching(model_path: str, n: int = 256, batch_size: int = 6
         "unbatched_items_per_s": n / t_single,
         "ratio": t_single / t_batched,
     }
+
+
+def bench_reward(n_requests: int = 300, max_seconds: float = 20.0) -> dict[str, Any]:
+    """Serve the reward app on loopback (with an engagement model trained on the test fixture) and measure it."""
+    import httpx
+    import ray
+    from ray import serve
+
+    from polyray.drivers.bench.engagement_data import write_engagement_jsonl
+    from polyray.http import free_port
+    from polyray.reward.deployment import build_reward_app as build_app
+    from polyray.reward.engagement import train_engagement_model
+
+    results: dict[str, Any] = {"http": []}
+    with tempfile.TemporaryDirectory(prefix="polyray-bench-rm-") as tmp, tempfile.TemporaryDirectory() as data:
+        with console.status("training the engagement model on 600 synthetic replies"):
+            train_engagement_model(write_engagement_jsonl(Path(data) / "engagement.jsonl"), tmp, seed=0)
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        port = free_port()
+        try:
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            serve.run(build_app({"rewards": {"engagement": {"model_path": tmp}}}), name="reward", route_prefix="/")
+            url = f"http://127.0.0.1:{port}"
+            countdown = [{"prompt": "nums 3 4 9 target 12\nexpr:", "completion": c} for c in
+                         (" 3+9", " 4*3", " 9+4-1", " 3*4", " 12", " 9+3", " 4+9-1", " 3+4")]
+            engagement = [{"prompt": "I ran my first 10k today!", "completion": f"Congrats! What was your pace, {i}?"}
+                          for i in range(8)]
+            for reward, items in (("countdown", countdown), ("engagement", engagement)):
+                httpx.post(f"{url}/v1/rewards", json={"reward": reward, "items": items}, timeout=120).raise_for_status()
+                for concurrency in (1, 32):  # measured after one warm-up request (encoder load)
+                    with console.status(f"{reward}: {concurrency} concurrent client(s)"):
+                        results["http"].append(bench_reward_http(url, reward, items, concurrency, n_requests, max_seconds))
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+        with console.status("engagement model: batched vs one pair per call"):
+            results["engagement_batching"] = bench_engagement_batching(tmp)
+    return results
+
+
+def print_reward(results: dict[str, Any]) -> None:
+    table = Table(title="reward service on loopback (8 items per request, 2 shared cores)")
+    for col in ("reward", "clients", "requests", "errors", "req/s", "p50 ms", "p99 ms"):
+        table.add_column(col, justify="left" if col == "reward" else "right")
+    for r in results["http"]:
+        table.add_row(r["reward"], str(r["concurrency"]), str(r["requests"]), str(r["errors"]), f"{r['rps']:.1f}",
+                      f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}")
+    console.print(table)
+    b = results["engagement_batching"]
+    console.print(f"engagement model, {b['n']} pairs: batched {b['batched_items_per_s']:.0f} items/s, "
+                  f"unbatched {b['unbatched_items_per_s']:.0f} items/s, ratio {b['ratio']:.2f}x")

@@ -244,7 +244,7 @@ def _latency(seconds: list[float], loaded: list[float]) -> dict[str, Any]:
     timed, load = seconds[1:], loaded[1:]
     return {"syncs": len(timed), "first_ms": 1000 * seconds[0], "median_ms": 1000 * statistics.median(timed),
             "max_ms": 1000 * max(timed), "load_median_ms": 1000 * statistics.median(load),
-            "first_use_median_ms": 1000 * statistics.median(t - l for t, l in zip(timed, load))}  # fmt: skip
+            "first_use_median_ms": 1000 * statistics.median(t - lo for t, lo in zip(timed, load))}  # fmt: skip
 
 
 def adapter_sync_latency(pool, model, extract_adapter, syncs: int) -> dict[str, Any]:
