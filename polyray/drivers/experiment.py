@@ -392,7 +392,7 @@ def aggregate(exp: ExperimentConfig, configs, out: Path, seeds: int | Sequence[i
             if not (HEADLINE.match(m) or m.startswith("diversity/")) or not all(m in r for r in rows):
                 continue
             values = [r[m] for r in rows]
-            entry[m] = ({**mean_ci(values), "values": values, "conditional_on": CONDITIONAL_ON_TEST_PROMPTS}
+            entry[m] = ({**mean_ci(values).to_json(), "values": values, "conditional_on": CONDITIONAL_ON_TEST_PROMPTS}
                         if len(values) > 1 else {"mean": values[0], "values": values})
             joint = interval_over_seeds_and_prompts(
                 [(s, by_seed[s].per_prompt_values(m), _texts(by_seed[s])) for s in have])

@@ -227,7 +227,7 @@ def summarize_seeds(summaries: Sequence[dict[str, Any]], margin: float = 0.01) -
     those three. Pairing: every α of a seed is evaluated in one job, on the same prompts."""
     import numpy as np
 
-    from polyray.eval.stats import compute_holm, equivalence_tost, interval_over_seeds, paired_t
+    from polyray.eval.stats import equivalence_tost, holm, interval_over_seeds, paired_t
 
     if len(summaries) < 2:
         raise ConfigError(f"RUN: a summary over seeds needs 2 or more runs, got {len(summaries)}")
@@ -247,10 +247,10 @@ def summarize_seeds(summaries: Sequence[dict[str, Any]], margin: float = 0.01) -
         return values([alpha] * len(summaries), metric)
 
     def equivalent_to(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
-        return {"difference": float((a - b).mean()), **equivalence_tost(a, b, margin, paired=True)}
+        return {"difference": float((a - b).mean()), **equivalence_tost(a, b, margin, paired=True).to_json()}
 
     def above(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
-        return {"difference": float((a - b).mean()), **paired_t(a, b)}
+        return {"difference": float((a - b).mean()), **paired_t(a, b).to_json()}
 
     curve = []
     for alpha in grid:
@@ -266,9 +266,9 @@ def summarize_seeds(summaries: Sequence[dict[str, Any]], margin: float = 0.01) -
         f"{top}_vs_from": above(values(chosen, top), at(0.0, top)),
         f"{top}_vs_to": above(values(chosen, top), at(REFERENCE, top)),
     }
-    holm = compute_holm([t["pvalue"] if t["pvalue"] is not None else 1.0 for t in chosen_tests.values()])["adjusted"]
-    for t, adjusted in zip(chosen_tests.values(), holm):
-        t["pvalue_holm"] = float(adjusted)
+    holm_p = holm([t["pvalue"] if t["pvalue"] is not None else 1.0 for t in chosen_tests.values()]).adjusted
+    for t, adjusted in zip(chosen_tests.values(), holm_p):
+        t["pvalue_holm"] = adjusted
     return {
         "runs": [s["run"] for s in summaries], "alphas": grid, "ks": ks, "n_seeds": len(summaries),
         "conditional_on": "test prompts", "margin": margin, "curve": curve,

@@ -56,7 +56,7 @@ def _coverage(per_prompt: np.ndarray, true: float) -> dict[str, float]:
     for r, y in enumerate(per_prompt):
         for key, shared in (("joint", True), ("apart", False)):
             ci = hierarchical_bootstrap(y, shared_prompts=shared, n_resamples=RESAMPLES, seed=r)
-            hits[key] += ci["low"] <= true <= ci["high"]
+            hits[key] += ci.low <= true <= ci.high
     return {k: v / len(per_prompt) for k, v in hits.items()}
 
 

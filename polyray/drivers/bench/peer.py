@@ -356,7 +356,7 @@ def paired(per_seed: dict[int, dict[str, Any]], path: tuple[str, ...]) -> dict[s
     a = [at(per_seed[s]["polyray"], path) for s in seeds]
     b = [at(per_seed[s]["trl"], path) for s in seeds]
     return {"polyray": a, "trl": b, "polyray_mean": statistics.mean(a), "trl_mean": statistics.mean(b),
-            "paired_t": paired_t(a, b)}  # fmt: skip
+            "paired_t": paired_t(a, b).to_json()}  # fmt: skip
 
 
 # pass@k "at least TRL's": polyray's mean over seeds no more than this below TRL's, by a one-sided paired test
@@ -378,7 +378,7 @@ def compare_engines(per_seed: dict[int, dict[str, Any]], margin: float = NONINFE
     for key in ("sft", "grpo"):
         for k in first["polyray"]["eval"][key]:  # the config's eval.ks, in order
             c = compared[f"{key}_{k}"] = paired(per_seed, ("eval", key, k))
-            c["noninferiority"] = noninferiority_paired(c["polyray"], c["trl"], margin)
+            c["noninferiority"] = noninferiority_paired(c["polyray"], c["trl"], margin).to_json()
     ratios = {f"{name[:-2]}_polyray_vs_trl": compared[name]["polyray_mean"] / compared[name]["trl_mean"]
               for name in ("grpo_step_s", "sft_step_s", "end_to_end_s")}  # fmt: skip
     return compared, ratios

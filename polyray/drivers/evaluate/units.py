@@ -78,7 +78,7 @@ def selector_scores(
 
 def _ci(values, confidence: float) -> Estimate:
     """Mean and t-interval over prompts (an undefined end, e.g. one prompt, is None)."""
-    return Estimate.of(mean_ci(np.asarray(values, dtype=np.float64), confidence))
+    return Estimate.of(mean_ci(np.asarray(values, dtype=np.float64), confidence).to_json())
 
 
 def compute_unit_metrics(
