@@ -18,7 +18,8 @@ from rich.console import Console
 from scipy import stats as st
 
 from polyray.io import ConfigError
-from polyray.drivers.experiment import aggregate, load_experiment, report_results, summary_table
+from polyray.drivers.experiment import load_experiment, summarise
+from polyray.drivers.experiment_report import report_results, summary_table
 
 ROOT = Path(__file__).resolve().parents[2]
 TWO_PHASE = ROOT / "configs" / "experiments" / "two_phase.yaml"
@@ -121,7 +122,7 @@ def _aggregate(tmp_path, phases_of_seed, seeds=3, models="{x: a/sft, y: a/grpo}"
         d = tmp_path / "out" / "runs" / f"a-s{seed}"
         d.mkdir(parents=True, exist_ok=True)
         (d / "results.json").write_text(json.dumps({"phases": phases_of_seed(seed)}))
-    return aggregate(exp, configs, tmp_path / "out", seeds=seeds)
+    return summarise(exp, tmp_path / "out", seeds=seeds)
 
 
 def _rows(cs, n=10, order=None, **extra):
@@ -271,7 +272,7 @@ def test_equivalence_is_tested_at_the_configured_margin(tmp_path):
                             "compare: [[y, x]]\nequivalence_margin: {pass@1: 0.001}\n")
     exp, configs = load_experiment(path, seeds=5)
     assert exp.margin("pass@1") == 0.001 and exp.margin("pass@10") == 0.01
-    summary = aggregate(exp, configs, tmp_path / "out", seeds=5)  # the same runs (written above under out/)
+    summary = summarise(exp, tmp_path / "out", seeds=5)  # the same runs (written above under out/)
     o = summary["comparisons"]["y vs x"]["metrics"]["pass@1"]["over_seeds"]
     assert o["equivalence_margin"] == 0.001 and o["equivalent"] is False
     for bad, message in (("{pass@3: 0.01}", "unknown metric 'pass@3'"), ("-0.1", "must be > 0")):
@@ -349,7 +350,7 @@ def test_report_marks_the_pass1_pass10_frontier_and_chains_branch_dynamics(tmp_p
     """experiment.json names the pass@1 x pass@10 frontier; report.html holds it, the pass@k curves
     and each recipe's dynamics: its SFT root's records, then its own after them."""
     from polyray.eval.report import write_report
-    from polyray.drivers.experiment import report_results
+    from polyray.drivers.experiment_report import report_results
 
     path = _write(tmp_path, BRANCHED)
     out = tmp_path / "out"
@@ -367,7 +368,7 @@ def test_report_marks_the_pass1_pass10_frontier_and_chains_branch_dynamics(tmp_p
             (d / "dynamics.jsonl").write_text("".join(
                 json.dumps({"phase": phase, "step": s, "global_step": s, "diversity/countdown_expr": 0.5}) + "\n"
                 for s in steps))  # fmt: skip
-    summary = aggregate(exp, configs, out, seeds=2)
+    summary = summarise(exp, out, seeds=2)
     assert summary["pareto_pass1_pass10"] == ["sft", "a"]
     assert summary["models"]["a"]["usq@5"]["mean"] == pytest.approx(0.2)
     assert summary["models"]["b"]["distinct_samples"]["values"] == [0.5, 0.5]  # read from the old key
@@ -407,7 +408,7 @@ def test_selection_is_on_validation_and_reads_the_test_set_of_the_chosen_only(tm
             if run in val:
                 rows.append({"phase": phase, "step": 3, "pass@1": val[run][seed]})  # the phase's last measurement
             (d / "dynamics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    summary = aggregate(exp, configs, out, seeds=2)
+    summary = summarise(exp, out, seeds=2)
     sel = summary["selections"]["grpo"]
     assert sel["chosen"] == "b" and sel["run"] == "grpo_b/grpo" and sel["selected_on"] == "validation"
     assert sel["among"]["a"]["mean"] == pytest.approx(0.20) and sel["among"]["b"]["mean"] == pytest.approx(0.25)
@@ -470,7 +471,7 @@ def test_candidates_evaluate_on_validation_and_the_chosen_one_alone_on_test(tmp_
     selections = select_models(exp, out, seeds=2)
     assert selections["grpo"]["run"] == "grpo_b/grpo"
     assert evaluate_chosen_on_test(exp, out, 2, selections) == {}  # both seeds hold it: nothing evaluated again
-    summary = aggregate(exp, configs, out, seeds=2)
+    summary = summarise(exp, out, seeds=2)
     assert summary["models"]["grpo"]["pass@1"]["mean"] == pytest.approx(0.205)  # b's test, not its validation 0.9
     assert summary["models"]["sft"]["pass@1"]["mean"] == pytest.approx(0.9)  # a run reported as is: its own test
 
@@ -496,7 +497,7 @@ def test_hypothesis_verdict_is_an_intersection_union_of_paired_t_and_relative_to
         d.mkdir(parents=True, exist_ok=True)
         phases = {"sft": {m: v[seed] for m, v in sft.items()}, "grpo": {m: v[seed] for m, v in poly.items()}}
         (d / "results.json").write_text(json.dumps({"phases": phases}))
-    h = aggregate(exp, configs, tmp_path / "out", seeds=5)["hypotheses"]["H1"]
+    h = summarise(exp, tmp_path / "out", seeds=5)["hypotheses"]["H1"]
     # raised: the two-sided paired t p from a float64 loop and the t distribution
     d10 = np.subtract(poly["pass@10"], sft["pass@10"])
     t, df = _t_sf_reference(d10, 0.0)
@@ -512,7 +513,7 @@ def test_hypothesis_verdict_is_an_intersection_union_of_paired_t_and_relative_to
     assert h["pvalue"] == pytest.approx(max(h["raise"]["pvalue"], p_tost))
     assert h["conditional_on"] == "test prompts"
     # the table and the report both show it
-    summary = aggregate(exp, configs, tmp_path / "out", seeds=5)
+    summary = summarise(exp, tmp_path / "out", seeds=5)
     out = io.StringIO()
     Console(file=out, width=400).print(summary_table(summary))
     assert "H1" in out.getvalue() and "supported" in out.getvalue()
@@ -578,7 +579,7 @@ def test_a_validation_stage_reports_on_validation_only_and_fresh_seeds_are_their
     (tmp_path / "out" / "runs" / "a-s0").mkdir()  # a seed outside the experiment's is never read
     (tmp_path / "out" / "runs" / "a-s0" / "results.json").write_text(
         json.dumps({"eval_split": "val", "phases": {"sft": {"pass@1": 0.9}, "grpo": {"pass@1": 0.9}}}))
-    summary = aggregate(exp, configs, tmp_path / "out", seeds=[5, 6, 7])
+    summary = summarise(exp, tmp_path / "out", seeds=[5, 6, 7])
     assert summary["split"] == "val" and summary["seed_ids"] == [5, 6, 7] and summary["seeds"] == 3
     assert summary["models"]["x"]["pass@1"]["values"] == pytest.approx(x)
     cmp = summary["comparisons"]["y vs x"]["metrics"]["pass@1"]["over_seeds"]
@@ -593,7 +594,7 @@ def test_a_validation_stage_reports_on_validation_only_and_fresh_seeds_are_their
     # a run on the test split is not a validation record: that seed is missing, not misread
     (tmp_path / "out" / "runs" / "a-s7" / "results.json").write_text(
         json.dumps({"phases": {"sft": {"pass@1": 0.5}, "grpo": {"pass@1": 0.5}}}))
-    assert aggregate(exp, configs, tmp_path / "out", seeds=[5, 6, 7])["models"]["x"]["missing_seeds"] == [7]
+    assert summarise(exp, tmp_path / "out", seeds=[5, 6, 7])["models"]["x"]["missing_seeds"] == [7]
 
 
 def test_a_validation_stage_takes_no_selection(tmp_path):
