@@ -225,7 +225,8 @@ def run_experiment(
 
     from ray import tune
 
-    from polyray.drivers.sweep import run_trials, trial_params
+    from polyray.drivers.sweep import run_trials
+    from polyray.drivers.sweep_report import trial_params
 
     ids = seed_ids(range(first_seed, first_seed + seeds))
     exp, configs = load_experiment(path, ids, output_dir, overrides)

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from polyray.io import ConfigError
 from polyray.config.sweep import Axis
-from polyray.drivers.sweep import apply_params, load_sweep, report_results, summarise, trial_slug, write_outputs
+from polyray.drivers.sweep import apply_params, load_sweep, trial_slug
+from polyray.drivers.sweep_report import report_results, summarise, write_outputs
+from polyray.io import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -135,7 +136,7 @@ def test_a_single_seed_has_no_interval_and_stays_valid_json(tmp_path):
 
 def test_a_trial_that_never_reported_keeps_its_parameters(tmp_path):
     from polyray.drivers.selection import error_line
-    from polyray.drivers.sweep import trial_params
+    from polyray.drivers.sweep_report import trial_params
 
     (tmp_path / "params.json").write_text(json.dumps({"phases.0.lam": 0.3, "seed": 2}))
     assert trial_params(SimpleNamespace(config=None, path=str(tmp_path))) == {"phases.0.lam": 0.3, "seed": 2}
@@ -174,7 +175,7 @@ def test_the_setting_is_selected_by_its_mean_over_seeds_on_validation_never_on_t
     html = (tmp_path / "report.html").read_text()
     assert 'id="table-selection"' in html and "phases.0.lam=0.1 selected on validation" in html
     assert json.loads((tmp_path / "sweep.json").read_text())["selected"]["selected_on"] == "validation"
-    from polyray.drivers.sweep import select_setting
+    from polyray.drivers.sweep_report import select_setting
 
     with pytest.raises(ValueError, match="validation metrics only"):
         select_setting(summary["settings"], "grpo/pass@1", "max")
@@ -214,7 +215,7 @@ def _chosen_sweep():
 
 
 def test_the_summary_carries_test_numbers_for_the_selected_setting_only(tmp_path):
-    from polyray.drivers.sweep import attach_test, chosen_trials, summary_table
+    from polyray.drivers.sweep_report import attach_test, chosen_trials, summary_table
 
     summary = _chosen_sweep()
     # a test number a trial reported (a run re-reported after a test evaluation) is not a trial metric
@@ -250,7 +251,7 @@ def test_the_summary_carries_test_numbers_for_the_selected_setting_only(tmp_path
 
 
 def test_nothing_selected_reads_no_test_set():
-    from polyray.drivers.sweep import attach_test, chosen_trials
+    from polyray.drivers.sweep_report import attach_test, chosen_trials
 
     summary = _chosen_sweep()
     summary["selected"] = None
@@ -285,7 +286,8 @@ def test_a_sweep_rerun_reads_the_selected_trials_test_numbers_back(tmp_path):
     the numbers are read back. No trial directory holds the config an evaluation needs, so evaluating one again
     would come back as that trial's error instead."""
     from polyray.drivers.results import write_results
-    from polyray.drivers.sweep import chosen_trials, evaluate_selected_on_test
+    from polyray.drivers.sweep import evaluate_selected_on_test
+    from polyray.drivers.sweep_report import chosen_trials
     from polyray.eval.record import Estimate, EvalRecord
 
     summary = _chosen_sweep()

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from polyray.eval.analysis import load_dynamics, lora_difference, lora_parameter_analysis, pareto_frontier
 from polyray.config.eval_job import EvalJobConfig
 from polyray.drivers.evaluate.models import ResolvedModel, dynamics_file
+from polyray.eval.analysis import load_dynamics, lora_difference, lora_parameter_analysis, pareto_frontier
 from polyray.eval.record import EvalRecord
 from polyray.eval.stats import compare_many
 

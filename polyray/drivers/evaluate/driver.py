@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from polyray.cluster import init_ray
-from polyray.drivers.evaluate.analyses import collect_dynamics, collect_lora, compute_pareto, compute_statistics
 from polyray.config.eval_job import EvalJobConfig, task_name
+from polyray.drivers.evaluate.analyses import collect_dynamics, collect_lora, compute_pareto, compute_statistics
 from polyray.drivers.evaluate.models import (
     ResolvedModel,
     load_reward_model,

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from polyray.config.tasks import CountdownTaskConfig
 from polyray.config.eval_job import EvalJobConfig
+from polyray.config.tasks import CountdownTaskConfig
 from polyray.io import ConfigError, warn
 from polyray.models.run_dir import resolve_adapter_dirs
 from polyray.models.source import prepare_model_dir

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from polyray.diversity import compute_diversity_batch
 from polyray.config.eval_job import EvalJobConfig
+from polyray.diversity import compute_diversity_batch
 from polyray.drivers.evaluate.plan import EvalUnit
 from polyray.eval.metrics import PromptResult, compute_collapse_point, compute_der_at_k, compute_usq_at_k
 from polyray.eval.passk import compute_pass_at_k_matrix
