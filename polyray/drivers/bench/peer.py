@@ -13,7 +13,7 @@ Per seed, one after the other, never two at once:
 1. **polyray**: ``polyray run`` of the config (:func:`polyray.drivers.run.run_pipeline`: Ray, the reward
    service on Ray Serve, the vLLM rollout pool, SFT then GRPO on Ray Train, test evaluations), timed end
    to end with each start-up cost measured by the run itself (``results.json``'s ``timings_s``).
-2. **TRL**, in a fresh interpreter (:func:`run_trl`, ``python -m polyray.drivers.bench.peer``):
+2. **TRL**, in a fresh interpreter (:func:`run_trl`, ``python -m polyray.drivers.bench.peer_trl``):
    ``SFTTrainer`` from the base, then ``GRPOTrainer`` with transformers generation starting from
    **polyray's SFT adapter**, which is also its KL reference (TRL copies a pretrained adapter into a
    frozen ``ref`` adapter), as polyray's GRPO starts from and is anchored to the same adapter. Timed per
@@ -204,7 +204,7 @@ def run_trl(config: str, overrides: list[str], sft_adapter: str, out: Path, thre
     spec = {"config": config, "overrides": overrides, "sft_adapter": sft_adapter, "out": str(out), "threads": threads}
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "polyray.drivers.bench.peer", json.dumps(spec)], env=env,
+    proc = subprocess.run([sys.executable, "-m", "polyray.drivers.bench.peer_trl", json.dumps(spec)], env=env,
                           capture_output=True, text=True, timeout=timeout_s)  # fmt: skip
     wall = time.perf_counter() - started
     if proc.returncode != 0:
@@ -213,92 +213,6 @@ def run_trl(config: str, overrides: list[str], sft_adapter: str, out: Path, thre
     steps = {k: step_stats(raw[k]["step_s"], raw[k]["tokens"], warmup) for k in ("sft", "grpo")}
     return {"steps": steps, "end_to_end_s": wall, "startup_s": {"imports_and_model_load": raw["load_s"]},
             "adapters": {k: raw[k]["adapter"] for k in ("sft", "grpo")}, "trl_version": raw["trl_version"]}  # fmt: skip
-
-
-def _trl_child(spec: dict[str, Any]) -> None:
-    """The TRL run (``python -m polyray.drivers.bench.peer SPEC_JSON``): writes ``trl.json`` in ``spec["out"]``."""
-    started = time.perf_counter()
-    import torch
-
-    torch.set_num_threads(spec["threads"])
-    import trl
-    from datasets import Dataset
-    from peft import LoraConfig as PeftLoraConfig
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
-
-    from polyray.config import load_config, phase_reward
-    from polyray.models.source import format_for_model, prepare_model_dir
-    from polyray.reward.service import build_reward_fn
-    from polyray.tasks import build_task
-
-    run = load_config(spec["config"], spec["overrides"])
-    settings, out = peer_settings(run), Path(spec["out"])
-    model_dir = str(prepare_model_dir(run.model, run.task))
-    task = format_for_model(build_task(run.task), run.model, model_dir)
-    train = task.prompts("train", run.task.n_train)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    dtype = getattr(torch, settings["dtype"])
-    load = lambda: AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)  # noqa: E731
-    base = load()
-    load_s = time.perf_counter() - started
-    args = dict(use_cpu=True, logging_steps=1, save_strategy="no", report_to=[], disable_tqdm=True,
-                gradient_accumulation_steps=1, dataloader_num_workers=0)  # fmt: skip
-
-    class StepTimer(TrainerCallback):
-        def __init__(self):
-            self.seconds, self.logs = [], []
-
-        def on_step_begin(self, args, state, control, **kw):
-            self._t0 = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            self.seconds.append(time.perf_counter() - self._t0)
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            if logs and "loss" in logs:
-                self.logs.append(dict(logs))
-
-    result: dict[str, Any] = {"trl_version": trl.__version__, "load_s": load_s}
-    s = settings["sft"]
-    timer = StepTimer()
-    sft = SFTTrainer(
-        model=base, processing_class=tokenizer,
-        train_dataset=Dataset.from_list([{"prompt": p.text, "completion": p.reference} for p in train]),
-        args=SFTConfig(output_dir=str(out / "trl-sft-work"), completion_only_loss=True, packing=False,
-                       **{k: v for k, v in s.items() if k != "name"}, **args),
-        peft_config=PeftLoraConfig(task_type="CAUSAL_LM", bias="none", **settings["lora"]), callbacks=[timer],
-    )  # fmt: skip
-    sft.train()
-    sft.model.save_pretrained(str(out / "trl-sft"), selected_adapters=["default"])
-    ref_tokens = mean_reference_tokens(tokenizer, train)
-    result["sft"] = {"step_s": timer.seconds, "tokens": [ref_tokens * s["per_device_train_batch_size"]] * len(timer.seconds),
-                     "adapter": str(out / "trl-sft")}  # fmt: skip
-    del sft, base
-
-    g = settings["grpo"]
-    by_text = {p.text: p for p in train}
-    scores = build_reward_fn(phase_reward(run, _phase(run, "grpo")[1]).model_copy(update={"endpoint": False}), task)
-
-    def countdown_reward(prompts, completions, **kw):  # polyray's reward function, one completion per row
-        return [float(r) for r in scores([by_text[p] for p in prompts], [[c] for c in completions])[:, 0]]
-
-    policy = PeftModel.from_pretrained(load(), spec["sft_adapter"], is_trainable=True)  # start = KL reference
-    timer = StepTimer()
-    trainer = GRPOTrainer(
-        model=policy, reward_funcs=countdown_reward, processing_class=tokenizer,
-        train_dataset=Dataset.from_list([{"prompt": p.text} for p in train]),
-        args=GRPOConfig(output_dir=str(out / "trl-grpo-work"), log_completions=False,
-                        **{k: v for k, v in g.items() if k != "name"}, **args),
-        callbacks=[timer],
-    )  # fmt: skip
-    trainer.train()
-    trainer.model.save_pretrained(str(out / "trl-grpo"), selected_adapters=["default"])
-    batch = g["per_device_train_batch_size"]
-    result["grpo"] = {"step_s": timer.seconds, "tokens": [r["completions/mean_length"] * batch for r in timer.logs],
-                      "reward_mean": [r.get("reward") for r in timer.logs], "adapter": str(out / "trl-grpo")}  # fmt: skip
-    (out / "trl.json").write_text(json.dumps(result))
 
 
 # --------------------------------------------------------------------------- evaluation of TRL's adapters
@@ -436,7 +350,7 @@ def bench_large(shape, prompts: int, n: int, tokens: int, repeats: int, threads:
     from polyray.config import RolloutConfig
     from polyray.drivers.bench.learner import StepCase, build_bench_model, run_case
     from polyray.drivers.bench.rollout import FixedLengthBatch, fixed_length_hf, fixed_length_vllm
-    from polyray.drivers.bench.suite import _random_adapter
+    from polyray.drivers.bench.common import _random_adapter
     from polyray.rollout.store import write_adapter_dir
 
     say = on_stage or (lambda text: None)
@@ -520,7 +434,3 @@ def print_large(results: dict[str, Any], console) -> None:
         else:
             console.print(f"learner, one GRPO step of {case['sequences']} x {case['length']} tokens:"
                           f" {case['step_s']:.2f} s, {case['tokens_per_s']:.0f} tokens/s")  # fmt: skip
-
-
-if __name__ == "__main__":
-    _trl_child(json.loads(sys.argv[1]))

@@ -55,7 +55,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from polyray.drivers.bench.common import _random_adapter, console  # noqa: F401  (peer.py imports _random_adapter here)
+from polyray.drivers.bench.common import console
 from polyray.drivers.bench.polychromic import polychromic_floors
 
 
