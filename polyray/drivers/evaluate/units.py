@@ -81,19 +81,13 @@ def _ci(values, confidence: float) -> Estimate:
     return Estimate.of(mean_ci(np.asarray(values, dtype=np.float64), confidence).to_json())
 
 
-def compute_unit_metrics(
-    unit: EvalUnit, task: Task, cfg: EvalJobConfig, reward_model
-) -> tuple[EvalRecord, list, dict]:
-    """(the unit's evaluation record, PromptResult rows for samples.jsonl, per-prompt series for statistics)."""
+def _prompt_rows(unit: EvalUnit, cfg: EvalJobConfig, quality: dict, diversity: dict, scores: dict) -> list:
+    """samples.jsonl's rows: per prompt its rewards, diversity, each selector's pick and scores, and what was
+    judged (the ``random`` selector's picks drawn from the job's seed, prompt by prompt)."""
     judged = unit.judged
-    texts, rewards, counts = judged.texts, judged.rewards, judged.counts
-    quality = reference_metrics(judged)
-    div_names = diversities_for(cfg.diversity, unit.task_type)
-    diversity = {name: compute_diversity_batch(name, texts) for name in div_names}
-    scores = selector_scores(unit, cfg, reward_model, quality)
     rng = np.random.default_rng(cfg.seed)
     records = []
-    for i, (pid, p, g, r) in enumerate(zip(unit.prompt_ids, unit.prompts, unit.samples, rewards)):
+    for i, (pid, p, g, r) in enumerate(zip(unit.prompt_ids, unit.prompts, unit.samples, judged.rewards)):
         picks = {"oracle": int(np.argmax(r)), "random": int(rng.integers(len(r)))}
         picks.update({name: int(np.argmax(v[i])) for name, v in scores.items()})
         extra = {
@@ -111,7 +105,7 @@ def compute_unit_metrics(
             PromptResult(
                 prompt_id=pid,
                 n=len(r),
-                c=counts[i][1],
+                c=judged.counts[i][1],
                 rewards=[float(x) for x in r],
                 diversity={name: float(v[i]) for name, v in diversity.items()},
                 selector_picks={k: v for k, v in picks.items() if k in cfg.effective_selectors},
@@ -120,6 +114,38 @@ def compute_unit_metrics(
                 extra=extra,
             )
         )
+    return records
+
+
+def _usq_by_selector(rewards, scores: dict, cfg: EvalJobConfig, series: dict[str, np.ndarray]) -> dict:
+    """selector -> k -> USQ@k with its bounds and t-interval over prompts; the headline selector's per-prompt
+    USQ at the headline k joins ``series`` (for the statistics)."""
+    usq_all: dict[str, dict[int, dict[str, Any]]] = {}
+    for sel in cfg.effective_selectors:
+        usq_all[sel] = {}
+        for k in sorted({*cfg.ks, cfg.headline_k}):
+            res = compute_usq_at_k(rewards, scores.get(sel), k, selector=sel)
+            ci = _ci(res.per_prompt, cfg.confidence)
+            usq_all[sel][k] = {
+                "usq": res.usq, "random": res.random, "oracle": res.oracle,
+                "selection_efficiency": res.selection_efficiency, "low": ci.low, "high": ci.high,
+            }  # fmt: skip
+            if sel == cfg.headline_selector and k == cfg.headline_k:
+                series["usq"] = res.per_prompt
+    return usq_all
+
+
+def compute_unit_metrics(
+    unit: EvalUnit, task: Task, cfg: EvalJobConfig, reward_model
+) -> tuple[EvalRecord, list, dict]:
+    """(the unit's evaluation record, PromptResult rows for samples.jsonl, per-prompt series for statistics)."""
+    judged = unit.judged
+    texts, rewards, counts = judged.texts, judged.rewards, judged.counts
+    quality = reference_metrics(judged)
+    div_names = diversities_for(cfg.diversity, unit.task_type)
+    diversity = {name: compute_diversity_batch(name, texts) for name in div_names}
+    scores = selector_scores(unit, cfg, reward_model, quality)
+    records = _prompt_rows(unit, cfg, quality, diversity, scores)
     conf = cfg.confidence
     passk = compute_pass_at_k_matrix(counts, cfg.ks)  # (P, K)
     series: dict[str, np.ndarray] = {f"pass@{k}": passk[:, j] for j, k in enumerate(cfg.ks)}
@@ -127,18 +153,7 @@ def compute_unit_metrics(
     for name, v in diversity.items():
         series[f"diversity/{name}"] = np.asarray(v, dtype=np.float64)
 
-    usq_all: dict[str, dict[int, dict[str, Any]]] = {}
-    for sel in cfg.effective_selectors:
-        usq_all[sel] = {}
-        for k in sorted({*cfg.ks, cfg.headline_k}):
-            res = compute_usq_at_k(rewards, scores.get(sel), k, selector=sel)
-            ci = _ci(res.per_prompt, conf)
-            usq_all[sel][k] = {
-                "usq": res.usq, "random": res.random, "oracle": res.oracle,
-                "selection_efficiency": res.selection_efficiency, "low": ci.low, "high": ci.high,
-            }  # fmt: skip
-            if sel == cfg.headline_selector and k == cfg.headline_k:
-                series["usq"] = res.per_prompt
+    usq_all = _usq_by_selector(rewards, scores, cfg, series)
     head = cfg.headline_selector
     binary = not task.graded
     pass_ci = {k: _ci(passk[:, j], conf) for j, k in enumerate(cfg.ks)}
