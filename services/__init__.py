@@ -9,5 +9,5 @@ checkout or an image that holds it (the images put it on ``PYTHONPATH``)::
 
 ``polyray serve reward|generation`` needs neither: it builds the same applications from the library
 with the settings' defaults (or a Serve config's ``args``, ``--config``), from any directory. The
-library never imports this folder (``tests/unit/test_layering.py``).
+library never imports this folder (``tests/unit/project/test_layering.py``).
 """

@@ -23,7 +23,7 @@ models, diversity, rewards, the learner, the drivers) takes its settings from he
 | :mod:`~polyray.config.services` | the reward and generation services' settings (their Serve apps' ``args``) |
 | :mod:`~polyray.config.names` | registry names configs accept: diversity functions, rewards, USQ selectors |
 
-Names in a config are Literals declared here; ``tests/unit/test_registries.py`` keeps them
+Names in a config are Literals declared here; ``tests/unit/config/test_registries.py`` keeps them
 equal to the registries' keys.
 """
 

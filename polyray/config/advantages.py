@@ -2,7 +2,7 @@
 
 A GRPO phase's ``advantage`` section is one of these, e.g. ``{type: passk, k: 4}``. The
 estimators themselves (pure tensor functions) and their registry ``ADVANTAGE_ESTIMATORS``
-live in :mod:`polyray.objectives.advantages`; ``tests/unit/test_registries.py`` keeps its
+live in :mod:`polyray.objectives.advantages`; ``tests/unit/config/test_registries.py`` keeps its
 keys equal to the ``type`` literals here. Each model checks its own parameters, and whether
 they fit a group of G samples (:meth:`AdvantageConfigBase.check_group`, which the phase calls
 with its ``group_size``).

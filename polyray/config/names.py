@@ -4,7 +4,7 @@ A diversity function (``phases.N.diversity``, ``eval.diversity``, ...) and a rew
 (``reward.name``, ``phases.N.reward.name``) are named in YAML; pydantic checks the name when
 the file loads, before anything heavy is imported. The registries themselves live with their
 implementations (:mod:`polyray.diversity`, :mod:`polyray.reward`), which import torch,
-embeddings or the sandbox; ``tests/unit/test_registries.py`` keeps each registry's keys equal
+embeddings or the sandbox; ``tests/unit/config/test_registries.py`` keeps each registry's keys equal
 to the names declared here, so adding an entry to one side only fails that test.
 
 Task, phase and advantage-estimator names are the ``type`` literals of their config models

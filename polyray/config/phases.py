@@ -4,7 +4,7 @@
 - ``polychromic_sft``: NLL minus lambda times a score-function diversity term (docs/algorithms.md §1);
 - ``grpo``: GRPO with a configurable advantage estimator (docs/algorithms.md §2-3).
 
-The phases themselves are ``polyray.learner.phases.PHASES`` (``tests/unit/test_registries.py``
+The phases themselves are ``polyray.learner.phases.PHASES`` (``tests/unit/config/test_registries.py``
 keeps its keys equal to the ``type`` literals here). Every phase has its own learning-rate schedule
 (``lr``, ``lr_schedule``, ``warmup_steps``, ``min_lr_ratio``; a fresh AdamW per phase, so a phase's
 warm-up restarts from its own start). Each model checks its own fields, and

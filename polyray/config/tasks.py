@@ -1,7 +1,7 @@
 """Every task's config model, keyed by ``type``: the one task registry's configs, for runs and evaluations.
 
 The tasks themselves (prompts, judges, rewards: :mod:`polyray.tasks`) are built from these
-models by ``polyray.tasks.build_task``; ``tests/unit/test_registries.py`` keeps the ``type``
+models by ``polyray.tasks.build_task``; ``tests/unit/config/test_registries.py`` keeps the ``type``
 literals here equal to that registry's keys. Each model carries its own checks, and what a
 run or an evaluation job needs to know about the task without building it:
 

@@ -1,7 +1,7 @@
 """Diversity of a set of completions: one registry of pure ``list[str] -> float`` functions.
 
 docs/algorithms.md §4. Names (a config's diversity fields accept exactly these:
-:data:`polyray.config.names.DiversityName`, kept equal to this registry by tests/unit/test_registries.py):
+:data:`polyray.config.names.DiversityName`, kept equal to this registry by tests/unit/config/test_registries.py):
 
 | name             | value                                                      | range   |
 |------------------|------------------------------------------------------------|---------|

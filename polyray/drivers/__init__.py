@@ -8,6 +8,6 @@
 | ``experiment``| ``polyray experiment``: runs x seeds as Tune trials, statistics over seeds |
 | ``bench``     | ``polyray bench``: ratios measured side by side in one run                |
 
-The library never imports this package (``tests/unit/test_layering.py``); the command line
+The library never imports this package (``tests/unit/project/test_layering.py``); the command line
 (``polyray/cli/``) and the Ray job and Serve entrypoints (``jobs/``, ``services/``) sit above it.
 """

@@ -15,20 +15,9 @@ from collections.abc import Hashable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-import ray
-
 from polyray.config import RunConfig
 from polyray.config.sweep import SELECTED_ON
 from polyray.drivers.results import read_results, stage_done, write_results
-from polyray.drivers.run import (
-    INIT_VERSION,
-    RunState,
-    evaluate_stage,
-    launch_pool,
-    prepare_inputs,
-    start_ray,
-    wait_for_pool,
-)
 from polyray.eval.record import EvalRecord
 
 __all__ = ["SELECTED_ON", "best", "best_keeping", "error_line", "evaluate_chosen", "evaluate_dir_on_test",
@@ -101,6 +90,10 @@ def evaluate_on_test(run: RunConfig, out: Path, stages: list[str]) -> dict[str, 
     validation: a candidate that a selection chose), each its stage's adapter from the run's store,
     added to results.json under ``test``; a stage that already has one is not evaluated again.
     Returns every asked stage's test record. Starts (or joins) Ray and a rollout pool of its own."""
+    import ray  # here: choosing and reading results back needs no Ray (``polyray check`` loads these modules)
+
+    from polyray.drivers.run import INIT_VERSION, RunState, evaluate_stage, launch_pool, prepare_inputs, start_ray
+    from polyray.drivers.run import wait_for_pool
     from polyray.rollout.store import open_store
 
     results = read_results(out / "results.json")

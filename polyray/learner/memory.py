@@ -29,7 +29,7 @@ A learner rank's peak, for its largest micro-batch (:func:`learner_memory`), is 
 Which numbers are measured and which are fitted: the activation coefficients are counts of the
 bytes autograd saves (``torch.autograd.graph.saved_tensors_hooks``, storages counted once) in a
 transformers Qwen3 decoder layer with peft LoRA, fitted exactly (zero residual) over shapes that
-vary each dimension, in float32 and bfloat16, on CPU (``tests/unit/test_memory_plan.py`` checks the
+vary each dimension, in float32 and bfloat16, on CPU (``tests/unit/learner/test_memory_plan.py`` checks the
 formula against fresh counts on other shapes); their growth with the micro-batch matches the growth of
 measured peaks (+0.26 GiB measured, +0.24 GiB estimated from 1024 to 2048 tokens). ``LOGITS_COPIES``
 follows from the backward pass of log-softmax and agrees with the measured growth of the whole-logits

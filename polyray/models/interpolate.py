@@ -12,7 +12,7 @@ the GRPO model. The weighted sum of two LoRA deltas is itself a LoRA of rank r_f
 peft's ``add_weighted_adapter(combination_type="cat")`` stacks the A's (each multiplied by its weight
 and scaling) and the B's, with lora_alpha = r (scaling 1), so B_cat·A_cat = Σ w_j·s_j·B_j·A_j.
 Interpolating A and B separately would not be: ((1−α)B1 + αB2)((1−α)A1 + αA2) has cross terms.
-``tests/unit/test_interpolate.py`` checks the saved adapter against a float64 merge of the deltas.
+``tests/unit/models/test_interpolate.py`` checks the saved adapter against a float64 merge of the deltas.
 
 Assumes the two adapters share target modules and have no per-module rank or alpha patterns.
 """

@@ -14,7 +14,7 @@ choice, so the surrogate
 
 is what the loss differentiates. Note the sum over i: a (1/n) Σ_i form has expected
 gradient ∇E[D]/n (it would silently divide λ by n); the sum is what makes the estimate
-unbiased for ∇E[D], as ``tests/unit/test_polychromic.py`` checks against the exact
+unbiased for ∇E[D], as ``tests/unit/objectives/test_polychromic.py`` checks against the exact
 gradient of a toy categorical policy.
 
 The k-subset form a_i = mean_{S∋i,|S|=k} D(S) − mean_{|S|=k} D(S) has lower variance.

@@ -43,7 +43,7 @@ def test_peer_smoke_compares_both_trainers_and_the_larger_model(tmp_path):
     assert set(r["ratios"]) == {"grpo_step_polyray_vs_trl", "sft_step_polyray_vs_trl", "end_to_end_polyray_vs_trl"}
     large = r["large"]
     assert large["vllm"]["tokens"] == large["transformers"]["tokens"] == 2 * 2 * 16  # fixed length: equal counts
-    # no learner step in --smoke: run_case is tests/unit/test_bench_learner.py's
+    # no learner step in --smoke: run_case is tests/unit/drivers/test_bench_learner.py's
     assert large["vllm_vs_transformers"] > 0 and "learner" not in large
     for needle in ("polyray vs TRL", "grpo step s", "polyray's fixed costs", "vLLM"):
         assert needle in proc.stdout, needle

@@ -26,7 +26,7 @@ def _eval_command() -> list[str]:
 
 def _fake_run(run: Path, model_dir: Path, run_config) -> None:
     """adapters/{sft,grpo}: random-init LoRA (B perturbed so the adapters differ from the base and each other)."""
-    from phase_harness import random_lora_policy
+    from support.phase_harness import random_lora_policy
 
     from polyray.learner.lora import save_adapter
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from phase_harness import fake_run
+from support.phase_harness import fake_run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.ray, pytest.mark.vllm]
 

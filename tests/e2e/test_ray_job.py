@@ -31,8 +31,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from dashboard import declared_metrics
-from phase_harness import learner_logprobs
+from support.dashboard import declared_metrics
+from support.phase_harness import learner_logprobs
 
 from polyray.http import free_port
 
@@ -266,7 +266,7 @@ def _read_dashboard(url: str, token: str, pages: dict[str, str]) -> None:
 def _dashboard_pages(url: str, token: str) -> dict[str, str]:
     """The text of the dashboard's Jobs and Actors pages, read in headless Chromium signed in with the
     cluster's token (Ray's cookie); screenshots in test-artifacts/."""
-    from browser import chromium
+    from support.browser import chromium
     from playwright.sync_api import sync_playwright
 
     exe = chromium()

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from faults import kill_node
+from support.faults import kill_node
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.ray, pytest.mark.vllm]
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from faults import kill_node, registered_step
+from support.faults import kill_node, registered_step
 
 from polyray.learner.checkpoints import snapshot_name
 

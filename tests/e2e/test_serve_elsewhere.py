@@ -58,7 +58,7 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 240) -> d
 
 def test_serve_reward_from_another_directory(tmp_path):
     """The user's Serve config and reward file, named relative to the directory they start in (the
-    default config's resolution from any directory: tests/unit/test_reward_functions.py)."""
+    default config's resolution from any directory: tests/unit/reward/test_reward_functions.py)."""
     (tmp_path / "my_rewards.py").write_text(REWARDS)
     (tmp_path / "serve.yaml").write_text(SERVE_CONFIG)
     port = free_port()

@@ -6,7 +6,7 @@ registered, the driver's node dies (the driver and its local Ray cluster, SIGKIL
 restores the Tune experiment: a trial that had finished is not run again (its run was never resumed), the interrupted one continues
 its phase from a checkpoint step > 0, and the summary holds both trials. The trials evaluate on
 validation only; the selected setting's trial alone is evaluated on test, after the selection (a re-run
-reads that evaluation back: ``tests/unit/test_sweep.py``). Trials are tracked
+reads that evaluation back: ``tests/unit/drivers/test_sweep.py``). Trials are tracked
 in MLflow (SQLite store) through Ray Tune's logger callback: every trial ends with a finished
 MLflow run holding its parameters and reports.
 """
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
-from faults import kill_node, registered_step
+from support.faults import kill_node, registered_step
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.ray, pytest.mark.vllm]
 

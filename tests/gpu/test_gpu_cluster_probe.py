@@ -1,5 +1,5 @@
 """What a run reads of a GPU node's GPU to plan memory on it (:func:`polyray.cluster.local_gpu`; the Ray task
-that runs it on each node is checked without a GPU in ``tests/unit/test_preflight.py``)."""
+that runs it on each node is checked without a GPU in ``tests/unit/drivers/test_preflight.py``)."""
 
 from __future__ import annotations
 

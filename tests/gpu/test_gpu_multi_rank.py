@@ -1,6 +1,6 @@
 """The learner on two GPUs under NCCL, without Ray (``phase_harness``: spawned processes, a GPU a rank):
 its worker function trains one model on both ranks, and a step's averaged gradients equal one rank's
-full-batch gradients for every phase. The same checks run on gloo ranks in tests/unit/test_ddp_scaling.py.
+full-batch gradients for every phase. The same checks run on gloo ranks in tests/unit/learner/test_ddp_scaling.py.
 Run with ``make test-gpu`` on a machine with 2 or more GPUs (skipped with fewer)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from phase_harness import (
+from support.phase_harness import (
     PHASE_CASES, _cpu, check_ranks_trained_one_model, multi_rank_grads, run_sft_ranks, step_grads, tiny_model_dir,
 )  # fmt: skip
 

@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from phase_harness import GeneratePool, build_policy, make_phase, tiny_model_dir
+from support.phase_harness import GeneratePool, build_policy, make_phase, tiny_model_dir
 
 pytestmark = [pytest.mark.gpu]
 

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from phase_harness import check_two_phase_run, run_sft_then_grpo, tiny_model_dir
+from support.phase_harness import check_two_phase_run, run_sft_then_grpo, tiny_model_dir
 
 pytestmark = [pytest.mark.gpu]
 

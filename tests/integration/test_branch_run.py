@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.slow]
 
 
 def test_run_from_a_saved_adapter_evaluates_it_as_base(pool, model_dir, run_config, tmp_path):
-    from phase_harness import random_lora_policy
+    from support.phase_harness import random_lora_policy
 
     from polyray.config import RunConfig
     from polyray.eval.policy_eval import evaluate_policy

@@ -12,7 +12,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 import torch
-from export_harness import PROMPTS, greedy_and_logprobs, make_run
+from support.export_harness import PROMPTS, greedy_and_logprobs, make_run
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 import torch
-from phase_harness import learner_logprobs, random_lora_policy
+from support.phase_harness import learner_logprobs, random_lora_policy
 
 from polyray.http import free_port
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from browser import chromium as _chromium
+from support.browser import chromium as _chromium
 
 from polyray.eval.report import FIGURE_IDS, render_latex_table, write_report, write_samples_jsonl
 

@@ -6,7 +6,7 @@ import pytest
 import ray
 import torch
 
-from phase_harness import learner_logprobs, random_lora_policy
+from support.phase_harness import learner_logprobs, random_lora_policy
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.slow]
 

@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.slow]
 
 
 def _policy(model_dir, run_config, seed):
-    from phase_harness import random_lora_policy
+    from support.phase_harness import random_lora_policy
 
     return random_lora_policy(model_dir, run_config.learner.lora, seed, std=0.05)[0]
 

@@ -18,7 +18,7 @@ import pytest
 
 from polyray import lifetime
 from polyray import sandbox as sb
-from processes import processes_with
+from support.processes import processes_with
 
 pytestmark = pytest.mark.slow  # ~5 s: a sandbox starts in a fresh interpreter
 

@@ -137,7 +137,7 @@ PARTS = ("rollout", "grpo", "polychromic", "reward", "generation", "learner", "p
 # the other modes change one setting each and their ratios are the same division (grpo_ratios, unit-tested)
 # polychromic: standard SFT and polychromic SFT, not the floor (SFT with another batch size) nor the canary on
 # every step (the run-recovery e2e test runs it); peer: the larger model's learner step (run_case:
-# tests/unit/test_bench_learner.py)
+# tests/unit/drivers/test_bench_learner.py)
 SMOKE = {"rollout": ["--prompts", "4", "--repeats", "1", "--syncs", "2", "--no-vllm-lora-ops"],
          "grpo": ["--steps", "4", "--rounds", "1", "--modes", "async_rollout_reference"],
          "polychromic": ["--steps", "4", "--diversity", "countdown_expr", "--no-async", "--no-canary", "--no-floor"],

@@ -148,7 +148,7 @@ def hierarchical_bootstrap(
     pigeonhole bootstrap of a seeds × prompts array (Owen 2007, Ann. Appl. Stat. 1(2); McCullagh
     2000). Why one draw: a prompt's effect (hard, or helped by the treatment) is the same in every
     seed, so it does not average out over seeds; drawing prompts afresh per seed treats it as if it
-    did, and its interval misses the prompt variance (tests/unit/test_bootstrap_coverage.py
+    did, and its interval misses the prompt variance (tests/unit/eval/test_bootstrap_coverage.py
     simulates both schemes' coverage).
 
     ``shared_prompts=False`` (seeds evaluated on different prompts): each drawn seed gets its own

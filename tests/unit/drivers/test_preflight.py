@@ -1,0 +1,153 @@
+"""The pre-flight check of a run's actors against the cluster: every missing resource named in one line,
+before any actor starts (a run that asks for GPUs a cluster lacks used to wait forever)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from polyray.cluster import ClusterShortfall, Demand, check_resources, run_demands, shortfalls
+from polyray.config import load_config
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_the_gpu_preset_asks_for_what_its_plan_says():
+    run = load_config(ROOT / "configs/gpu/qwen3_0.6b.yaml")
+    demands = {d.what: d for d in run_demands(run)}
+    assert demands["rollout workers"] == Demand("rollout workers", 2, {"CPU": 4, "GPU": 1})
+    assert demands["learner ranks"] == Demand("learner ranks", 4, {"CPU": 4, "GPU": 1})
+    assert demands["reward replicas"] == Demand("reward replicas", 1, {"CPU": 1})
+    generation = {"model_dir": "m", "num_replicas": 1, "num_cpus": 2, "gpus": 2, "resources": {"worker": 1}}
+    assert run_demands(run, generation)[-1] == Demand("generation replicas", 1, {"CPU": 2, "GPU": 2, "worker": 1})
+
+
+def test_a_cluster_that_fits_has_no_shortfall():
+    run = load_config(ROOT / "configs/gpu/qwen3_0.6b.yaml")
+    nodes = [{"CPU": 16, "GPU": 4, "memory": 1e11}] * 2  # 32 CPU, 8 GPU: 25 CPU, 6 GPU needed
+    assert shortfalls(run_demands(run), nodes) == []
+
+
+def test_every_missing_resource_is_named():
+    run = load_config(ROOT / "configs/gpu/qwen3_0.6b.yaml")
+    short = shortfalls(run_demands(run), [{"CPU": 64}])  # CPUs enough, no GPU at all
+    assert short[0] == ("GPU: the run needs 6 at once (rollout workers 2 x 1, learner ranks 4 x 1), the cluster has 0")
+    assert "rollout workers: each asks {CPU: 4, GPU: 1} on one node, and no node has that" in short[1]
+    assert "learner ranks: each asks {CPU: 4, GPU: 1}" in short[2] and len(short) == 3
+
+
+def test_enough_in_total_but_not_on_one_node():
+    demand = [Demand("learner ranks", 2, {"CPU": 4, "GPU": 1})]
+    nodes = [{"CPU": 2, "GPU": 1}] * 4  # 8 CPU, 4 GPU in all, but no node holds a rank
+    (short,) = shortfalls(demand, nodes)
+    assert short == "learner ranks: each asks {CPU: 4, GPU: 1} on one node, and no node has that (4 node(s), the largest {CPU: 2, GPU: 1})"
+    custom = [Demand("rollout workers", 1, {"CPU": 1, "worker": 1})]
+    assert shortfalls(custom, [{"CPU": 8}])[0].startswith("worker: the run needs 1 at once (rollout workers 1 x 1)")
+
+
+@pytest.mark.ray
+def test_a_local_run_asking_for_a_gpu_is_refused_at_once(ray_cluster):
+    """On the test's real cluster (CPUs only): refused in one line, with no wait."""
+    import time
+
+    run = load_config(ROOT / "configs/quickstart.yaml", ["learner.use_gpu=true"])
+    started = time.monotonic()
+    with pytest.raises(ClusterShortfall) as err:
+        check_resources(run_demands(run), wait_s=0.0)
+    assert time.monotonic() - started < 5
+    message = str(err.value)
+    assert message.startswith("the cluster cannot hold this run: GPU: the run needs 2 at once (learner ranks 2 x 1)")
+    assert "\n" not in message
+    check_resources(run_demands(load_config(ROOT / "configs/quickstart.yaml")), wait_s=0.0)  # the CPU run fits
+
+
+@pytest.mark.ray
+def test_a_joined_cluster_is_given_time_to_grow(ray_cluster, monkeypatch):
+    import ray
+
+
+    grown = {"polls": 0}
+    real_nodes = ray.nodes
+
+    def nodes():  # an autoscaler adds a GPU node at the third look
+        grown["polls"] += 1
+        extra = [{"Alive": True, "Resources": {"CPU": 8, "GPU": 1}}] if grown["polls"] >= 3 else []
+        return real_nodes() + extra
+
+    monkeypatch.setattr(ray, "nodes", nodes)
+    check_resources([Demand("learner ranks", 1, {"CPU": 4, "GPU": 1})], wait_s=30.0, poll_s=0.05)
+    assert grown["polls"] == 3
+    with pytest.raises(ClusterShortfall):
+        check_resources([Demand("learner ranks", 1, {"CPU": 4, "GPU": 2})], wait_s=0.2, poll_s=0.05)
+
+
+def test_gpu_memory_comes_from_the_cluster_the_smallest_gpu_checked(monkeypatch, tmp_path):
+    """The plan checks the smallest GPU the cluster reported (an actor may land on any node); a setting wins."""
+    from polyray.cluster import with_cluster_gpu_memory
+    from polyray.drivers.run import plan_memory
+    from polyray.io import ConfigError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    unset = ["learner.gpu_memory_gib=null", "rollout.gpu_memory_gib=null"]
+    run = load_config(ROOT / "configs/gpu/qwen3_0.6b.yaml", unset)
+    gpus = {"a": ("NVIDIA A100-SXM4-80GB", 79.25), "b": ("NVIDIA A10G", 22.07)}
+    planned, line = with_cluster_gpu_memory(run, gpus)
+    assert planned.learner.gpu_memory_gib == planned.rollout.gpu_memory_gib == 22.07
+    assert line == "GPUs: 2 node(s) with NVIDIA A100-SXM4-80GB (79.2 GiB), NVIDIA A10G (22.1 GiB); the memory plan checks 22.1 GiB a GPU"
+    with pytest.raises(ConfigError, match=r"a learner rank needs ~45.8 GiB .* > learner.gpu_memory_gib 22.07"):
+        plan_memory(planned, None)
+    assert plan_memory(with_cluster_gpu_memory(run, {"a": gpus["a"]})[0], None)  # fits an 80 GB GPU
+    chosen = load_config(ROOT / "configs/gpu/qwen3_0.6b.yaml", ["learner.gpu_memory_gib=70", "rollout.gpu_memory_gib=70"])
+    assert with_cluster_gpu_memory(chosen, gpus) == (chosen, None)
+    assert with_cluster_gpu_memory(run, {}) == (run, None)  # no GPU node: nothing to read
+
+
+@pytest.mark.ray
+def test_a_cluster_without_gpus_reports_none(ray_cluster):
+    from polyray.cluster import cluster_gpus
+
+    assert cluster_gpus(timeout_s=5.0) == {}
+
+
+@pytest.mark.ray
+def test_an_actor_ray_cannot_place_stops_the_wait_naming_what_it_asks(ray_cluster):
+    """A placed actor is waited for past the deadline (its call outlasts it); one Ray has given no worker by the
+    deadline (what it asks for is held, or nowhere) is named with the cluster's free resources."""
+    import time
+
+    import ray
+
+    from polyray.cluster import wait_for_actors
+
+    @ray.remote(num_cpus=0)
+    class Slow:
+        def __init__(self, start_s: float = 0.0):
+            import time
+
+            time.sleep(start_s)  # a model loading: placed, still being created
+
+        def ready(self, delay: float) -> str:
+            import time
+
+            time.sleep(delay)
+            return "ok"
+
+    from ray._private import state
+
+    starting = [Slow.remote(2.0)]
+    while not state.actors(actor_id=starting[0]._actor_id.hex()).get("Pid"):  # Ray gave it a worker process
+        time.sleep(0.05)
+    assert state.actors(actor_id=starting[0]._actor_id.hex())["State"] == "PENDING_CREATION"  # its __init__ runs
+    assert wait_for_actors([starting[0].ready.remote(0.0)], starting, Demand("rollout workers", 1, {"CPU": 0}),
+                           wait_s=0.1, poll_s=0.2) == ["ok"]  # fmt: skip
+    stuck = [Slow.options(resources={"nowhere": 1}).remote()]
+    with pytest.raises(ClusterShortfall) as err:
+        wait_for_actors([stuck[0].ready.remote(0.0)], stuck, Demand("rollout workers", 1, {"CPU": 1, "nowhere": 1}),
+                        wait_s=0.5, poll_s=0.2)  # fmt: skip
+    message = str(err.value)
+    assert message.startswith("rollout workers [0] not placed after 0.5 s (cluster.resource_wait_s): each asks"
+                              " {CPU: 1, nowhere: 1} on one node; free now: {CPU: "), message  # fmt: skip
+    assert message.endswith("nowhere: 0}")
+    ray.kill(stuck[0])
