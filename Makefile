@@ -10,7 +10,7 @@ STAMP := $(VENV)/.polyray-installed
 PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 
-.PHONY: setup test-tools quickstart test test-slow test-fast test-gpu clean-venv
+.PHONY: setup test-tools quickstart test test-slow test-fast test-gpu format clean-venv
 
 setup: $(STAMP)
 
@@ -57,6 +57,11 @@ test-slow: setup test-tools
 
 test-fast: setup
 	$(VENV)/bin/python -m pytest -m "not (slow or ray or vllm or e2e or gpu)" $(PYTEST_ARGS)
+
+# The layout tests/unit/project/test_style.py checks: ruff's format, and its lint fixes
+format: setup
+	$(VENV)/bin/python -m ruff format polyray services jobs tests
+	$(VENV)/bin/python -m ruff check --fix polyray services jobs tests
 
 # On a CUDA machine with PyTorch, transformers and peft (no Ray or vLLM needed): the phases and the
 # learner's worker function on the GPU. Uses .venv when there is one, else the machine's python3.

@@ -12,8 +12,10 @@ def run_command(*command: str, argv: list[str] | None = None) -> int:
 
     spec = sys.modules["__main__"].__spec__
     try:
-        main([*command, *(sys.argv[1:] if argv is None else argv)],
-             prog_name=f"python -m {spec.name}" if spec else "polyray")  # fmt: skip
+        main(
+            [*command, *(sys.argv[1:] if argv is None else argv)],
+            prog_name=f"python -m {spec.name}" if spec else "polyray",
+        )
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1
     return 0

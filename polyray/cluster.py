@@ -24,9 +24,11 @@ class ClusterShortfall(ConfigError):
 
 
 def init_ray(
-    cluster: ClusterConfig, needed_cpus: float, resources: dict[str, float] | None = None,
+    cluster: ClusterConfig,
+    needed_cpus: float,
+    resources: dict[str, float] | None = None,
     demands: list[Demand] | None = None,
-) -> None:  # fmt: skip
+) -> None:
     """Join ``cluster.address`` (or $RAY_ADDRESS), else start a local cluster; no-op inside a Ray task.
     ``demands``: the actors the run starts at once, checked against the cluster before any starts
     (:func:`check_resources`)."""
@@ -53,7 +55,10 @@ def init_ray(
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     num_cpus = cluster.num_cpus or max(int(needed_cpus + 0.999), os.cpu_count() or 1)
     context = ray.init(
-        num_cpus=num_cpus, resources=resources, include_dashboard=cluster.dashboard, log_to_driver=cluster.worker_logs,
+        num_cpus=num_cpus,
+        resources=resources,
+        include_dashboard=cluster.dashboard,
+        log_to_driver=cluster.worker_logs,
         _metrics_export_port=cluster.metrics_export_port,
     )
     if demands:
@@ -82,11 +87,16 @@ def run_demands(run: RunConfig, generation: dict | None = None) -> list[Demand]:
     r, lr = run.rollout, run.learner
     demands = [
         Demand("rollout workers", r.num_workers, {"CPU": r.cpus_per_worker, "GPU": r.gpus_per_worker, **extra}),
-        Demand("learner ranks", run.most_learner_workers, {"CPU": lr.cpus_per_worker, "GPU": float(lr.use_gpu), **extra}),
-    ]  # fmt: skip
+        Demand(
+            "learner ranks", run.most_learner_workers, {"CPU": lr.cpus_per_worker, "GPU": float(lr.use_gpu), **extra}
+        ),
+    ]
     if run.reward.endpoint:
-        demands.append(Demand("reward replicas", 2 if run.reward.http_port is not None else 1,
-                              {"CPU": run.reward.num_cpus, **extra}))  # fmt: skip
+        demands.append(
+            Demand(
+                "reward replicas", 2 if run.reward.http_port is not None else 1, {"CPU": run.reward.num_cpus, **extra}
+            )
+        )
     if generation is not None:
         from polyray.config.services import GenerationServiceConfig
 
@@ -110,8 +120,10 @@ def shortfalls(demands: list[Demand], nodes: list[dict[str, float]]) -> list[str
             short.append(f"{key}: the run needs {amount:g} at once ({parts}), the cluster has {have:g}")
     for d in demands:
         if not any(all(node.get(k, 0.0) + 1e-9 >= v for k, v in d.bundle.items()) for node in nodes):
-            short.append(f"{d.what}: each asks {format_bundle(d.bundle)} on one node, and no node has that"
-                         f" ({len(nodes)} node(s), the largest {format_bundle(_largest(nodes, d.bundle))})")  # fmt: skip
+            short.append(
+                f"{d.what}: each asks {format_bundle(d.bundle)} on one node, and no node has that"
+                f" ({len(nodes)} node(s), the largest {format_bundle(_largest(nodes, d.bundle))})"
+            )
     return short
 
 
@@ -153,7 +165,7 @@ def wait_for_actors(refs: list, actors: list, demand: Demand, wait_s: float, pol
                 raise ClusterShortfall(
                     f"{demand.what} {unplaced} not placed after {wait_s:g} s (cluster.resource_wait_s): each asks"
                     f" {format_bundle(demand.bundle)} on one node; free now: {free_resources(demand.bundle)}"
-                )  # fmt: skip
+                )
             deadline = float("inf")  # all placed: what is left is their start
     return ray.get(refs)
 
@@ -165,8 +177,11 @@ def run_serve_apps(apps: list[tuple[object, str, str | None]], wait_s: float, po
     from ray import serve
     from ray.serve.api import RunTarget
 
-    serve.run_many([RunTarget(target=app, name=name, route_prefix=prefix) for app, name, prefix in apps],
-                   wait_for_ingress_deployment_creation=False, wait_for_applications_running=False)  # fmt: skip
+    serve.run_many(
+        [RunTarget(target=app, name=name, route_prefix=prefix) for app, name, prefix in apps],
+        wait_for_ingress_deployment_creation=False,
+        wait_for_applications_running=False,
+    )
     deadline = time.monotonic() + wait_s
     names = [name for _, name, _ in apps]
     while True:
@@ -178,8 +193,12 @@ def run_serve_apps(apps: list[tuple[object, str, str | None]], wait_s: float, po
         if not waiting:
             return
         if time.monotonic() >= deadline:
-            told = [f"{name!r} ({_serve_messages(status[name]) if name in status else 'not created'})" for name in waiting]
-            raise ClusterShortfall(f"Serve app {', '.join(told)} not running after {wait_s:g} s (cluster.resource_wait_s)")
+            told = [
+                f"{name!r} ({_serve_messages(status[name]) if name in status else 'not created'})" for name in waiting
+            ]
+            raise ClusterShortfall(
+                f"Serve app {', '.join(told)} not running after {wait_s:g} s (cluster.resource_wait_s)"
+            )
         time.sleep(poll_s)
 
 
@@ -233,13 +252,17 @@ def cluster_gpus(timeout_s: float) -> dict[str, tuple[str, float]]:
 
     nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n["Resources"].get("GPU", 0.0) >= 1]
     read = ray.remote(num_gpus=1, num_cpus=0)(local_gpu)
-    refs = [read.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote() for node in nodes]
+    refs = [
+        read.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote() for node in nodes
+    ]
     try:
         return dict(zip(nodes, ray.get(refs, timeout=timeout_s)))
     except ray.exceptions.GetTimeoutError:
-        raise ClusterShortfall(f"reading the cluster's GPU memory: no GPU on {len(nodes)} GPU node(s) was free within"
-                               f" {timeout_s:g} s (cluster.resource_wait_s); or set learner.gpu_memory_gib and"
-                               " rollout.gpu_memory_gib") from None  # fmt: skip
+        raise ClusterShortfall(
+            f"reading the cluster's GPU memory: no GPU on {len(nodes)} GPU node(s) was free within"
+            f" {timeout_s:g} s (cluster.resource_wait_s); or set learner.gpu_memory_gib and"
+            " rollout.gpu_memory_gib"
+        ) from None
 
 
 def with_cluster_gpu_memory(run: RunConfig, gpus: dict[str, tuple[str, float]]) -> tuple[RunConfig, str | None]:
@@ -278,7 +301,8 @@ def needed_cpus(run: RunConfig) -> float:
     """Ray CPUs a run's actors reserve at once: rollout workers, learner ranks, reward replicas."""
     reward = run.reward.service_cpus()
     return (
-        run.rollout.num_workers * run.rollout.cpus_per_worker + run.most_learner_workers * run.learner.cpus_per_worker
+        run.rollout.num_workers * run.rollout.cpus_per_worker
+        + run.most_learner_workers * run.learner.cpus_per_worker
         + reward
     )
 

@@ -120,7 +120,7 @@ def validation_error(errors: list[dict[str, Any]]) -> JSONResponse:
 def route_path(scope) -> str:
     """The request's path below the app's mount point (Serve's ``route_prefix`` is the root path)."""
     path, root = scope.get("path", ""), scope.get("root_path", "")
-    return (path[len(root):] or "/") if root and path.startswith(root) else path
+    return (path[len(root) :] or "/") if root and path.startswith(root) else path
 
 
 async def send_json(send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] = ()) -> None:
@@ -148,8 +148,12 @@ class BearerAuth:
         if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), key.encode()):
             return await self.app(scope, receive, send)
         message = "missing API key: send Authorization: Bearer <key>" if not header else "invalid API key"
-        await send_json(send, 401, openai_error(401, message, "invalid_request_error", code="invalid_api_key"),
-                        [(b"www-authenticate", b"Bearer")])  # fmt: skip
+        await send_json(
+            send,
+            401,
+            openai_error(401, message, "invalid_request_error", code="invalid_api_key"),
+            [(b"www-authenticate", b"Bearer")],
+        )
 
 
 def _bad_request(status: int, message: str) -> dict[str, Any]:

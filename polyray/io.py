@@ -212,7 +212,7 @@ def _iter_jsonl(path: str | Path, error: type[Exception], max_line_bytes: int):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                yield where, error(f"{where}: not UTF-8 (byte {exc.start + 1}: {raw[exc.start:exc.start + 1]!r})")
+                yield where, error(f"{where}: not UTF-8 (byte {exc.start + 1}: {raw[exc.start : exc.start + 1]!r})")
                 continue
             if not line.strip():
                 continue
@@ -410,8 +410,13 @@ def make_progress():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("{task.fields[info]}"), console=console, transient=False,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        transient=False,
     )
 
 

@@ -157,7 +157,7 @@ def _winner_of(value: Any) -> Literal["A", "B", "tie"] | None:
 
 
 def parse_winner(text: str, strict: bool = False) -> Literal["A", "B", "tie"] | None:
-    """"A", "B" or "tie", else None: ``strict`` as :func:`parse_ratings`; otherwise the last JSON object
+    """ "A", "B" or "tie", else None: ``strict`` as :func:`parse_ratings`; otherwise the last JSON object
     naming a winner, unless a prose ``winner: A`` comes after it."""
     if strict:
         obj = _strict_object(text.strip())
@@ -193,23 +193,36 @@ class LLMJudge:
         if config.api_key_env and not key:
             raise ValueError(f"api_key_env: the environment variable {config.api_key_env} is not set")
         # max_retries=0: the judge's own bounded back-off (outage_retries, backoff_s) does the retrying
-        self.client = OpenAI(base_url=config.base_url, api_key=key or "none", timeout=config.timeout_s, max_retries=0,
-                             http_client=http_client)  # fmt: skip
+        self.client = OpenAI(
+            base_url=config.base_url,
+            api_key=key or "none",
+            timeout=config.timeout_s,
+            max_retries=0,
+            http_client=http_client,
+        )
 
-    def pointwise(self, prompts: list[str], responses: list[str],
-                  on_outage: Literal["raise", "verdict"] = "raise") -> list[Verdict]:  # fmt: skip
+    def pointwise(
+        self, prompts: list[str], responses: list[str], on_outage: Literal["raise", "verdict"] = "raise"
+    ) -> list[Verdict]:
         """One verdict per response. ``on_outage``: raise :class:`JudgeUnavailable` when the endpoint is
         unavailable for an item, or give that item a verdict with ``outage`` set."""
         cfg = self.config
         example = json.dumps({c: cfg.scale // 2 + 1 for c in cfg.criteria})
-        schema = {"type": "object", "required": cfg.criteria, "additionalProperties": False,
-                  "properties": {c: {"type": "integer", "minimum": 1, "maximum": cfg.scale} for c in cfg.criteria}}
+        schema = {
+            "type": "object",
+            "required": cfg.criteria,
+            "additionalProperties": False,
+            "properties": {c: {"type": "integer", "minimum": 1, "maximum": cfg.scale} for c in cfg.criteria},
+        }
 
         def one(pair: tuple[str, str]) -> Verdict:
             question = cfg.pointwise_prompt.format(
-                scale=cfg.scale, criteria=", ".join(cfg.criteria), prompt=delimit("prompt", pair[0]),
-                response=delimit("candidate", pair[1]), example=example,
-            )  # fmt: skip
+                scale=cfg.scale,
+                criteria=", ".join(cfg.criteria),
+                prompt=delimit("prompt", pair[0]),
+                response=delimit("candidate", pair[1]),
+                example=example,
+            )
             parse = lambda text: parse_ratings(text, cfg.criteria, cfg.scale, cfg.structured)  # noqa: E731
             ratings, replies = self._ask(question, schema, parse)
             if ratings is None:
@@ -218,21 +231,34 @@ class LLMJudge:
 
         return self._map(one, list(zip(prompts, responses)), on_outage)
 
-    def pairwise(self, prompts: list[str], candidates: list[str], others: list[str],
-                 on_outage: Literal["raise", "verdict"] = "raise") -> list[Verdict]:  # fmt: skip
+    def pairwise(
+        self,
+        prompts: list[str],
+        candidates: list[str],
+        others: list[str],
+        on_outage: Literal["raise", "verdict"] = "raise",
+    ) -> list[Verdict]:
         """One verdict per candidate against the other response, both orders asked (``on_outage`` as
         :meth:`pointwise`)."""
         cfg = self.config
-        schema = {"type": "object", "required": ["winner"], "additionalProperties": False,
-                  "properties": {"winner": {"type": "string", "enum": ["A", "B", "tie"]}}}  # fmt: skip
+        schema = {
+            "type": "object",
+            "required": ["winner"],
+            "additionalProperties": False,
+            "properties": {"winner": {"type": "string", "enum": ["A", "B", "tie"]}},
+        }
         criteria = ", ".join(cfg.criteria)
 
         def one(triple: tuple[str, str, str]) -> Verdict:
             prompt, candidate, other = triple
             winners, attempts = [], []
             for a, b in ((candidate, other), (other, candidate)):  # both orders
-                question = cfg.pairwise_prompt.format(criteria=criteria, prompt=delimit("prompt", prompt),
-                                                      a=delimit("response_a", a), b=delimit("response_b", b))
+                question = cfg.pairwise_prompt.format(
+                    criteria=criteria,
+                    prompt=delimit("prompt", prompt),
+                    a=delimit("response_a", a),
+                    b=delimit("response_b", b),
+                )
                 winner, replies = self._ask(question, schema, lambda text: parse_winner(text, cfg.structured))
                 attempts.append(len(replies))
                 if winner is None:
@@ -253,10 +279,13 @@ class LLMJudge:
         messages = [{"role": "system", "content": cfg.system_prompt}, {"role": "user", "content": question}]
         for attempt in range(cfg.retries + 1):
             response = self._create(
-                model=cfg.model, messages=messages, max_tokens=cfg.max_tokens, seed=cfg.seed + attempt,
+                model=cfg.model,
+                messages=messages,
+                max_tokens=cfg.max_tokens,
+                seed=cfg.seed + attempt,
                 temperature=cfg.temperature if attempt == 0 else cfg.retry_temperature,
                 **(extra if cfg.structured else {}),
-            )  # fmt: skip
+            )
             text = response.choices[0].message.content or ""
             replies.append(text)
             parsed = parse(text)

@@ -194,8 +194,10 @@ class Storage:
         manifest = self.read_bytes(f"{ref.key}/{MANIFEST}")
         if _sha256_bytes(manifest) != ref.sha256:
             got = _sha256_bytes(manifest)[:12]
-            raise StorageError(f"{self.location(ref.key)}: manifest hash {got} != {ref.sha256[:12]}"
-                               " (the directory was replaced after the reference was made)")  # fmt: skip
+            raise StorageError(
+                f"{self.location(ref.key)}: manifest hash {got} != {ref.sha256[:12]}"
+                " (the directory was replaced after the reference was made)"
+            )
         dest = Path(dest)
         for rel, entry in json.loads(manifest)["files"].items():
             target = dest / rel
@@ -203,8 +205,9 @@ class Storage:
             with target.open("wb") as dst:
                 digest = self.file_sha256(f"{ref.key}/{rel}", dst.write)
             if digest != entry["sha256"]:
-                raise StorageError(f"{self.location(ref.key)}/{rel}: content hash {digest[:12]} != "
-                                   f"manifest {entry['sha256'][:12]}")  # fmt: skip
+                raise StorageError(
+                    f"{self.location(ref.key)}/{rel}: content hash {digest[:12]} != manifest {entry['sha256'][:12]}"
+                )
         (dest / MANIFEST).write_bytes(manifest)
 
     def file_sha256(self, key: str, write: Callable[[bytes], Any] | None = None) -> str:

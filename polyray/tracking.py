@@ -50,8 +50,11 @@ class Record(Protocol):
 
 def numbers(record: dict[str, Any]) -> dict[str, float]:
     """The finite numeric entries of ``record`` (booleans excluded)."""
-    return {k: float(v) for k, v in record.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}  # fmt: skip
+    return {
+        k: float(v)
+        for k, v in record.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
 
 
 VAL_EVAL = "val_eval"  # a stage evaluation on the validation split (eval.split: val), beside the probe's val/
@@ -178,9 +181,16 @@ class _WandbRun:
         import wandb
 
         self.run = wandb.init(
-            project=cfg.experiment, name=name, id=run_id, resume="allow", config=params, dir=str(out),
-            tags=[f"{k}:{v}" for k, v in tags.items()], mode=cfg.mode, reinit="finish_previous",
-        )  # fmt: skip
+            project=cfg.experiment,
+            name=name,
+            id=run_id,
+            resume="allow",
+            config=params,
+            dir=str(out),
+            tags=[f"{k}:{v}" for k, v in tags.items()],
+            mode=cfg.mode,
+            reinit="finish_previous",
+        )
         self.run_id = self.run.id
         self._axes: set[str] = set()
 
@@ -236,9 +246,14 @@ class RunTracker:
 
     def _save(self) -> None:
         write_json_atomic(
-            self.state_path, {"backend": "mlflow" if isinstance(self.backend, _MLflowRun) else "wandb",
-                              "run_id": self.backend.run_id, "sent": self.sent, "markers": self.markers},
-        )  # fmt: skip
+            self.state_path,
+            {
+                "backend": "mlflow" if isinstance(self.backend, _MLflowRun) else "wandb",
+                "run_id": self.backend.run_id,
+                "sent": self.sent,
+                "markers": self.markers,
+            },
+        )
 
     def log_progress(self) -> None:
         """Send the learner-step and dynamics rows logged since the last call.

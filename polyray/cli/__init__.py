@@ -17,7 +17,11 @@ from polyray.cli.serve import serve_app
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train LLMs for k-candidate deployment on Ray.")
 model_app = typer.Typer(no_args_is_help=True, help="Base models.")
 app.add_typer(model_app, name="model")
-app.add_typer(serve_app, name="serve", help="Ray Serve endpoints: the reward service and the OpenAI-compatible generation service.")
+app.add_typer(
+    serve_app,
+    name="serve",
+    help="Ray Serve endpoints: the reward service and the OpenAI-compatible generation service.",
+)
 app.add_typer(bench_app, name="bench")
 app.command("eval")(eval_command)
 app.command("check")(check_command)
@@ -57,10 +61,13 @@ def run(
     set_: List[str] = typer.Option([], "--set", help="Override a field: --set learner.lora.r=16 (repeatable)."),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Where outputs go (default runs/<name>/)."),
     resume: bool = typer.Option(
-        False, "--resume", help="Continue the run in the output directory (same config): finished phases and evaluations are kept."
+        False,
+        "--resume",
+        help="Continue the run in the output directory (same config): finished phases and evaluations are kept.",
     ),
     serve_generation: bool = typer.Option(
-        False, "--serve-generation",
+        False,
+        "--serve-generation",
         help="Serve the live policy over an OpenAI-compatible endpoint while the run lasts (settings: generation.*).",
     ),
 ):
@@ -76,9 +83,13 @@ def run(
 def experiment(
     config: Path = typer.Argument(..., help="Experiment YAML, e.g. configs/experiments/two_phase.yaml."),
     seeds: int = typer.Option(3, "--seeds", min=1, help="Seeds per run (first-seed..first-seed+seeds-1)."),
-    first_seed: int = typer.Option(0, "--first-seed", min=0, help="The first seed id (fresh seeds for a confirmation)."),
+    first_seed: int = typer.Option(
+        0, "--first-seed", min=0, help="The first seed id (fresh seeds for a confirmation)."
+    ),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Where outputs go (default runs/<name>/)."),
-    set_: List[str] = typer.Option([], "--set", help="Override a field of the base run: --set learner.threads=2 (repeatable)."),
+    set_: List[str] = typer.Option(
+        [], "--set", help="Override a field of the base run: --set learner.threads=2 (repeatable)."
+    ),
 ):
     """Run every run x seed of an experiment on Ray; write experiment.json and print mean ± CI and tests."""
     from polyray.drivers.experiment import run_experiment
@@ -94,7 +105,9 @@ def sweep(
     resume: bool = typer.Option(
         False, "--resume", help="Restore the interrupted sweep in the output directory: finished trials are kept."
     ),
-    set_: List[str] = typer.Option([], "--set", help="Override a field of the base run: --set learner.threads=2 (repeatable)."),
+    set_: List[str] = typer.Option(
+        [], "--set", help="Override a field of the base run: --set learner.threads=2 (repeatable)."
+    ),
 ):
     """Run every trial of a search space (Ray Tune, one training run per trial); write sweep.json/csv and a report."""
     from polyray.drivers.sweep import run_sweep
@@ -105,20 +118,36 @@ def sweep(
 
 @app.command()
 def interpolate(
-    runs: List[Path] = typer.Argument(..., help="Run directory whose adapter is α = 1, e.g. runs/k_candidate/runs/grpo_group-s0;"
-                                      " several (one per seed): each, then the curve over seeds."),
-    alphas: str = typer.Option("0,0.25,0.5,0.75,1", "--alphas", help="Comma-separated α in [0, 1] (1 is always added)."),
+    runs: List[Path] = typer.Argument(
+        ...,
+        help="Run directory whose adapter is α = 1, e.g. runs/k_candidate/runs/grpo_group-s0;"
+        " several (one per seed): each, then the curve over seeds.",
+    ),
+    alphas: str = typer.Option(
+        "0,0.25,0.5,0.75,1", "--alphas", help="Comma-separated α in [0, 1] (1 is always added)."
+    ),
     from_: Optional[str] = typer.Option(
         None, "--from", help="α = 0: a phase of RUN or an adapter directory (default: the adapter RUN started from)."
     ),
     to: Optional[str] = typer.Option(None, "--to", help="α = 1: a phase of RUN (default: its last)."),
     tolerance: float = typer.Option(0.01, "--tolerance", help="Chosen α keeps val pass@1 within this of α = 1's."),
-    val_prompts: Optional[int] = typer.Option(None, "--val-prompts", min=1, help="Validation prompts (default: the task's n_val)."),
-    test_prompts: Optional[int] = typer.Option(None, "--test-prompts", min=1, help="Test prompts (default: the task's n_test)."),
-    n_samples: Optional[int] = typer.Option(None, "--n-samples", min=1, help="Samples per prompt (default: the run's eval)."),
-    output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Where outputs go (default RUN/interpolate/; one RUN)."),
-    summary: Optional[Path] = typer.Option(None, "--summary", help="Several RUNs: the curve over seeds goes here (default"
-                                           " interpolation_seeds.json beside the runs)."),
+    val_prompts: Optional[int] = typer.Option(
+        None, "--val-prompts", min=1, help="Validation prompts (default: the task's n_val)."
+    ),
+    test_prompts: Optional[int] = typer.Option(
+        None, "--test-prompts", min=1, help="Test prompts (default: the task's n_test)."
+    ),
+    n_samples: Optional[int] = typer.Option(
+        None, "--n-samples", min=1, help="Samples per prompt (default: the run's eval)."
+    ),
+    output_dir: Optional[Path] = typer.Option(
+        None, "--output-dir", help="Where outputs go (default RUN/interpolate/; one RUN)."
+    ),
+    summary: Optional[Path] = typer.Option(
+        None,
+        "--summary",
+        help="Several RUNs: the curve over seeds goes here (default interpolation_seeds.json beside the runs).",
+    ),
 ):
     """Interpolate two LoRA adapters (W0 + (1-α)ΔW_from + αΔW_to, no training); choose α on validation, report test.
 
@@ -134,7 +163,13 @@ def interpolate(
         fail(f"--alphas: {alphas!r} is not a comma-separated list of numbers")
     if len(runs) > 1 and output_dir is not None:
         fail("--output-dir: one RUN only (several write to each RUN/interpolate/)")
-    options = {"from_": from_, "to": to, "val_prompts": val_prompts, "test_prompts": test_prompts, "n_samples": n_samples}
+    options = {
+        "from_": from_,
+        "to": to,
+        "val_prompts": val_prompts,
+        "test_prompts": test_prompts,
+        "n_samples": n_samples,
+    }
     with bounded_interrupt(), user_errors():
         if len(runs) == 1:
             run_interpolation(runs[0], values, output_dir=output_dir, tolerance=tolerance, **options)
@@ -157,7 +192,10 @@ def build_tiny(
     with Progress() as bar:
         task_id = bar.add_task("pretraining", total=run_config.model.tiny.pretrain_steps)
         path = build_tiny_model(
-            run_config.model.tiny, run_config.task, output_dir, progress=lambda s, n, loss: bar.update(task_id, completed=s)
+            run_config.model.tiny,
+            run_config.task,
+            output_dir,
+            progress=lambda s, n, loss: bar.update(task_id, completed=s),
         )
     typer.echo(str(path))
 

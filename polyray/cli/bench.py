@@ -17,9 +17,11 @@ PARTS = ("rollout", "grpo", "polychromic", "reward", "generation", "learner", "p
 
 _json = typer.Option(None, "--json", help="Also write the figures here.")
 _config = typer.Option(
-    QUICKSTART, "--config", show_default="the embedded default, configs/quickstart.yaml",
+    QUICKSTART,
+    "--config",
+    show_default="the embedded default, configs/quickstart.yaml",
     help="Run config whose model, task and settings to measure.",
-)  # fmt: skip
+)
 
 
 def _command(name: Optional[str] = None):
@@ -51,7 +53,9 @@ def _write(results: dict[str, Any], path: Optional[Path]) -> None:
 
 @_command("all")
 def all_parts(
-    parts: List[str] = typer.Option(["rollout", "grpo", "polychromic", "reward"], "--parts", help="Parts to run (repeatable)."),
+    parts: List[str] = typer.Option(
+        ["rollout", "grpo", "polychromic", "reward"], "--parts", help="Parts to run (repeatable)."
+    ),
     smoke: bool = typer.Option(False, "--smoke", help="Each part at a tiny size (CI)."),
     json_path: Optional[Path] = _json,
 ):
@@ -74,9 +78,10 @@ def rollout(
     repeats: int = typer.Option(5, "--repeats", help="Timed repeats of the batch per engine."),
     syncs: int = typer.Option(5, "--syncs", help="Weight syncs timed per method."),
     vllm_lora_ops: bool = typer.Option(
-        True, "--vllm-lora-ops/--no-vllm-lora-ops",
+        True,
+        "--vllm-lora-ops/--no-vllm-lora-ops",
         help="Also a bare engine with vLLM's own CPU LoRA ops (polyray's plugin off): one more engine start.",
-    ),  # fmt: skip
+    ),
     config: str = _config,
     json_path: Optional[Path] = _json,
 ):
@@ -93,10 +98,11 @@ def grpo(
     steps: int = typer.Option(12, "--steps", help="Steps per phase (each mode runs --rounds times)."),
     rounds: int = typer.Option(2, "--rounds", help="Times each mode runs, alternating."),
     modes: List[str] = typer.Option(
-        [], "--modes",
+        [],
+        "--modes",
         help="Modes to run, a fit each (repeatable): sync, async, async_waits, async_unpacked, async_rollout_reference."
         " Default: all (async_rollout_reference only when the phase has a KL term); the ratios of those that ran.",
-    ),  # fmt: skip
+    ),
     config: str = _config,
     json_path: Optional[Path] = _json,
 ):
@@ -111,7 +117,9 @@ def grpo(
 @_command()
 def polychromic(
     steps: int = typer.Option(30, "--steps"),
-    diversity: List[str] = typer.Option(["semantic", "countdown_expr"], "--diversity", help="Diversity functions (repeatable)."),
+    diversity: List[str] = typer.Option(
+        ["semantic", "countdown_expr"], "--diversity", help="Diversity functions (repeatable)."
+    ),
     no_async: bool = typer.Option(False, "--no-async", help="Leave out the variant with rollouts one step ahead."),
     canary: bool = typer.Option(True, "--canary/--no-canary", help="Also the variant with the canary on every step."),
     floor: bool = typer.Option(True, "--floor/--no-floor", help="Also SFT on as many sequences as a polychromic step."),
@@ -159,9 +167,13 @@ def generation(
 
 @_command()
 def chaos(
-    services: List[str] = typer.Option(["reward", "generation"], "--services", help="Services to load and kill (repeatable)."),
+    services: List[str] = typer.Option(
+        ["reward", "generation"], "--services", help="Services to load and kill (repeatable)."
+    ),
     clients: int = typer.Option(16, "--clients", help="Concurrent clients."),
-    seconds: float = typer.Option(30.0, "--seconds", help="Seconds of load per run (the kill run goes on until recovered)."),
+    seconds: float = typer.Option(
+        30.0, "--seconds", help="Seconds of load per run (the kill run goes on until recovered)."
+    ),
     kill_at: float = typer.Option(10.0, "--kill-at", help="Seconds into the kill run when the replica is SIGKILLed."),
     max_recovery_s: float = typer.Option(120.0, "--max-recovery-s", help="Give up waiting for the service after this."),
     replicas: int = typer.Option(1, "--replicas", min=1, help="Replicas per service (one of them is killed)."),
@@ -204,8 +216,16 @@ def canary(
 
     console = Console(width=140)
     with console.status("building the model") as status:
-        results = bench_canary(layers, probes, probe_tokens=probe_tokens, short_tokens=short_tokens,
-                               logit_scale=logit_scale, threads=threads, vocab=vocab, progress=status.update)  # fmt: skip
+        results = bench_canary(
+            layers,
+            probes,
+            probe_tokens=probe_tokens,
+            short_tokens=short_tokens,
+            logit_scale=logit_scale,
+            threads=threads,
+            vocab=vocab,
+            progress=status.update,
+        )
     print_canary(results, console)
     _write(results, json_path)
 
@@ -214,13 +234,20 @@ def canary(
 def learner(
     sizes: List[int] = typer.Option([8, 16, 32, 64], "--sizes", help="Sequences per step, micro-batched (repeatable)."),
     whole_batch_sizes: List[int] = typer.Option(
-        [8, 16], "--whole-batch-sizes",
+        [8, 16],
+        "--whole-batch-sizes",
         help="Sizes also run on the whole-batch path (repeatable): its logits grow with the batch, 64 x 256 tokens"
         " need ~20 GB for two copies alone.",
-    ),  # fmt: skip
-    length: int = typer.Option(256, "--length", help="Tokens per sequence (a prompt of 32-64, the completion the rest)."),
-    micro_batch_tokens: int = typer.Option(2048, "--micro-batch-tokens", help="The micro-batched path's learner.micro_batch_tokens."),
-    logits_chunk_mib: float = typer.Option(256, "--logits-chunk-mib", help="The micro-batched path's learner.logits_chunk_mib."),
+    ),
+    length: int = typer.Option(
+        256, "--length", help="Tokens per sequence (a prompt of 32-64, the completion the rest)."
+    ),
+    micro_batch_tokens: int = typer.Option(
+        2048, "--micro-batch-tokens", help="The micro-batched path's learner.micro_batch_tokens."
+    ),
+    logits_chunk_mib: float = typer.Option(
+        256, "--logits-chunk-mib", help="The micro-batched path's learner.logits_chunk_mib."
+    ),
     layers: int = typer.Option(2, "--layers", help="Decoder layers of the benchmark model."),
     hidden: int = typer.Option(1024, "--hidden"),
     intermediate: int = typer.Option(3072, "--intermediate"),
@@ -230,14 +257,19 @@ def learner(
     vocab: int = typer.Option(151_936, "--vocab"),
     threads: int = typer.Option(2, "--threads", help="Torch threads of each measured process."),
     packing_sizes: List[int] = typer.Option(
-        [], "--packing-sizes",
+        [],
+        "--packing-sizes",
         help="Sizes also run with samples of varied lengths on shared prompts, packed and one a row (repeatable;"
         " default: the smallest --sizes; none with --gradient-checkpointing).",
-    ),  # fmt: skip
+    ),
     device: str = typer.Option("cpu", "--device", help="cpu, or cuda: the learner on the GPU, its memory the GPU's."),
     dtype: str = typer.Option("float32", "--dtype", help="The base weights' dtype (model.dtype): float32 or bfloat16."),
-    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="learner.gradient_checkpointing."),
-    measured_steps: int = typer.Option(1, "--measured-steps", min=1, help="Steps timed after the warm-up one (their mean)."),
+    gradient_checkpointing: bool = typer.Option(
+        False, "--gradient-checkpointing", help="learner.gradient_checkpointing."
+    ),
+    measured_steps: int = typer.Option(
+        1, "--measured-steps", min=1, help="Steps timed after the warm-up one (their mean)."
+    ),
     json_path: Optional[Path] = _json,
 ):
     """Peak memory and tokens/s of one GRPO learner step per size, micro-batched vs whole batch, beside the memory
@@ -259,33 +291,55 @@ def learner(
     shape = BenchShape(layers, hidden, intermediate, heads, kv_heads, head_dim, vocab)
     with console.status("building the benchmark model") as status:
         results = bench_learner(
-            sizes, whole_batch_sizes, length, micro_batch_tokens, logits_chunk_mib, shape, threads,
+            sizes,
+            whole_batch_sizes,
+            length,
+            micro_batch_tokens,
+            logits_chunk_mib,
+            shape,
+            threads,
             on_case=lambda c: status.update(f"{c.path}, {c.sequences} sequences x {c.length} tokens"),
-            packing_sizes=packing_sizes or None, device=device, dtype=dtype,
-            gradient_checkpointing=gradient_checkpointing, measured_steps=measured_steps,
-        )  # fmt: skip
+            packing_sizes=packing_sizes or None,
+            device=device,
+            dtype=dtype,
+            gradient_checkpointing=gradient_checkpointing,
+            measured_steps=measured_steps,
+        )
     print_learner(results, console)
     _write(results, json_path)
 
 
 @_command()
 def peer(
-    seeds: int = typer.Option(3, "--seeds", min=1, help="Seeds 0..N-1; polyray and TRL run each, then a paired comparison."),
-    overrides: List[str] = typer.Option([], "--set", help="Dotted override of the config for both trainers (repeatable)."),
+    seeds: int = typer.Option(
+        3, "--seeds", min=1, help="Seeds 0..N-1; polyray and TRL run each, then a paired comparison."
+    ),
+    overrides: List[str] = typer.Option(
+        [], "--set", help="Dotted override of the config for both trainers (repeatable)."
+    ),
     warmup: int = typer.Option(2, "--warmup", min=0, help="Steps left out of each phase's step statistics."),
-    threads: int = typer.Option(2, "--threads", min=1, help="Torch threads of the TRL process (the cores polyray's workers share)."),
-    margin: float = typer.Option(0.02, "--margin", help="Non-inferiority margin (> 0) of test pass@k: polyray at least TRL's minus this."),
+    threads: int = typer.Option(
+        2, "--threads", min=1, help="Torch threads of the TRL process (the cores polyray's workers share)."
+    ),
+    margin: float = typer.Option(
+        0.02, "--margin", help="Non-inferiority margin (> 0) of test pass@k: polyray at least TRL's minus this."
+    ),
     large: bool = typer.Option(True, "--large/--no-large", help="Also the larger-model generation and learner ratios."),
     large_shape: str = typer.Option(
-        "2,1024,3072,16,8,128,151936", "--large-shape",
+        "2,1024,3072,16,8,128,151936",
+        "--large-shape",
         help="The larger model: layers,hidden,intermediate,heads,kv_heads,head_dim,vocab (Qwen3-0.6B's width and"
         " vocabulary, 2 layers).",
-    ),  # fmt: skip
+    ),
     large_prompts: int = typer.Option(4, "--large-prompts", min=1),
     large_n: int = typer.Option(4, "--large-n", min=1, help="Samples per prompt on the larger model."),
-    large_tokens: int = typer.Option(128, "--large-tokens", min=1, help="Tokens of every completion (end token ignored)."),
+    large_tokens: int = typer.Option(
+        128, "--large-tokens", min=1, help="Tokens of every completion (end token ignored)."
+    ),
     large_repeats: int = typer.Option(2, "--large-repeats", min=1),
-    large_learner_sequences: int = typer.Option(8, "--large-learner-sequences", min=0, help="Sequences of the learner step (0: none)."),
+    large_learner_sequences: int = typer.Option(
+        8, "--large-learner-sequences", min=0, help="Sequences of the learner step (0: none)."
+    ),
     config: str = _config,
     json_path: Optional[Path] = _json,
 ):
@@ -313,12 +367,23 @@ def peer(
     if len(dims) == 7 and min(dims) > 0:
         shape = BenchShape(*dims)
     else:
-        fail(f"--large-shape: {large_shape!r} is not 7 positive integers layers,hidden,intermediate,heads,kv_heads,head_dim,vocab")
+        fail(
+            f"--large-shape: {large_shape!r} is not 7 positive integers layers,hidden,intermediate,heads,kv_heads,head_dim,vocab"
+        )
     stage = console.rule  # no status spinner: the polyray run shows its own progress bars
     results = bench_peer(config, list(overrides), list(range(seeds)), warmup, threads, on_stage=stage, margin=margin)
     if large:
-        results["large"] = bench_large(shape, large_prompts, large_n, large_tokens, large_repeats, threads,
-                                       run.learner.lora, large_learner_sequences, on_stage=stage)  # fmt: skip
+        results["large"] = bench_large(
+            shape,
+            large_prompts,
+            large_n,
+            large_tokens,
+            large_repeats,
+            threads,
+            run.learner.lora,
+            large_learner_sequences,
+            on_stage=stage,
+        )
     print_peer(results, console)
     if large:
         print_large(results["large"], console)

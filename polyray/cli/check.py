@@ -24,15 +24,19 @@ def check_command(
     set_: List[str] = typer.Option([], "--set", help="Override a field: --set phases.grpo.lr=1e-4 (repeatable)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print the plan only, not the resolved config."),
     model_config: Optional[str] = typer.Option(
-        None, "--model-config", metavar="DIR|FILE|MODEL",
+        None,
+        "--model-config",
+        metavar="DIR|FILE|MODEL",
         help="Plan memory on this model's config.json (a directory holding one, the file, or a known model id such"
-             " as Qwen/Qwen3-0.6B) instead of the run's model: a model not downloaded yet.",
+        " as Qwen/Qwen3-0.6B) instead of the run's model: a model not downloaded yet.",
     ),
     gpu_memory_gib: Optional[float] = typer.Option(
-        None, "--gpu-memory-gib", min=1,
+        None,
+        "--gpu-memory-gib",
+        min=1,
         help="Plan for GPUs of this memory (GiB): the learner's and rollout workers' gpu_memory_gib where they use GPUs.",
     ),
-):  # fmt: skip
+):
     """Validate a run config; print it resolved and the plan (phases, actors, resources, model, data); start nothing."""
     from polyray.cli.common import fail
     from polyray.io import dump_config
@@ -69,8 +73,12 @@ def _runs(config: Path, overrides: list[str]) -> tuple[list[tuple[str, Any]], li
 
         sweep, base = load_sweep(config)
         run = _validated(RunConfig, apply_overrides(base, list(overrides)), f"{config}: base + overrides")
-        axes = ", ".join(f"{name} ({len(a.grid)} values)" if a.grid else f"{name} ({a.kind})" for name, a in sweep.space.items())
-        return [("", run)], [f"sweep over {axes}, num_samples {sweep.num_samples}; each trial is this base run with its point:"]
+        axes = ", ".join(
+            f"{name} ({len(a.grid)} values)" if a.grid else f"{name} ({a.kind})" for name, a in sweep.space.items()
+        )
+        return [("", run)], [
+            f"sweep over {axes}, num_samples {sweep.num_samples}; each trial is this base run with its point:"
+        ]
     if "runs" in top and "base" in top:
         from polyray.drivers.experiment import load_experiment
 
@@ -143,13 +151,15 @@ def plan_lines(run, problems: list[str] | None = None, model_config: dict | None
         f" = {ranks * lr.cpus_per_worker:g} CPU, {ranks if lr.use_gpu else 0} GPU"
         + (f" at most (per phase: {', '.join(map(str, per_phase))})" if len(set(per_phase)) > 1 else "")
         + f"; LoRA r={lr.lora.r}, alpha={lr.lora.alpha:g}"
-    )  # fmt: skip
+    )
     if run.reward.endpoint:
         apps = 2 if run.reward.http_port is not None else 1
         lines.append(f"  reward replicas: {apps} x {run.reward.num_cpus:g} CPU")
     demands = run_demands(run)
     totals = {key: sum(d.count * d.bundle.get(key, 0.0) for d in demands) for key in ("CPU", "GPU")}
-    where = run.cluster.address or "a local Ray cluster" + (f" of {run.cluster.num_cpus} CPUs" if run.cluster.num_cpus else "")
+    where = run.cluster.address or "a local Ray cluster" + (
+        f" of {run.cluster.num_cpus} CPUs" if run.cluster.num_cpus else ""
+    )
     lines.append(f"  reserved at most: {totals['CPU']:g} CPU, {totals['GPU']:g} GPU on {where}")
     lines.append(f"evaluation: pass@k for k in {list(run.eval.ks)}, {run.eval.n_samples} samples per prompt")
     try:
@@ -183,8 +193,10 @@ def _model(model) -> str:
     source = model.source
     if source == "embedded":
         t = model.tiny
-        return (f"embedded tiny Qwen3 (built and cached on first use: {t.num_layers} layers, width {t.hidden_size},"
-                f" {t.pretrain_steps} pretraining steps), {model.dtype}")  # fmt: skip
+        return (
+            f"embedded tiny Qwen3 (built and cached on first use: {t.num_layers} layers, width {t.hidden_size},"
+            f" {t.pretrain_steps} pretraining steps), {model.dtype}"
+        )
     path = Path(source).expanduser()
     if path.is_dir():
         return f"local directory {path.resolve()}, {model.dtype}, prompt format {model.prompt_format}"
@@ -192,7 +204,9 @@ def _model(model) -> str:
         from polyray.io import ConfigError
 
         raise ConfigError(f"model.source: {source} is not a directory")
-    return f"hub id {source} (downloaded on first use unless cached), {model.dtype}, prompt format {model.prompt_format}"
+    return (
+        f"hub id {source} (downloaded on first use unless cached), {model.dtype}, prompt format {model.prompt_format}"
+    )
 
 
 def _data(task) -> str:
@@ -209,8 +223,10 @@ def _data(task) -> str:
         prompts = len({r.key for r in rows})
         refs = sum(r.response is not None for r in rows)
         systems = sum(r.system is not None for r in rows)
-        shown = (f"{path}: {len(rows)} rows, {prompts} distinct prompts, {refs} with a reference,"
-                 f" {systems} with a system prompt")  # fmt: skip
+        shown = (
+            f"{path}: {len(rows)} rows, {prompts} distinct prompts, {refs} with a reference,"
+            f" {systems} with a system prompt"
+        )
         if report.skipped:
             shown += f", {len(report.skipped)} bad rows skipped (first: {report.skipped[0]})"
         if prompts < 10:
@@ -229,10 +245,15 @@ def _phase(phase, ranks: int) -> str:
     if phase.learner_workers is not None:
         parts.append(f"{ranks} learner rank{'s' if ranks > 1 else ''}")
     if phase.type == "grpo":
-        parts.insert(1, f"{phase.prompts_per_step} prompts x {phase.group_size} samples per step"
-                        f" = {phase.prompts_per_step * phase.group_size} sequences")  # fmt: skip
+        parts.insert(
+            1,
+            f"{phase.prompts_per_step} prompts x {phase.group_size} samples per step"
+            f" = {phase.prompts_per_step * phase.group_size} sequences",
+        )
     else:
         parts.insert(1, f"batch {phase.batch_size} ({-(-phase.batch_size // ranks)} per learner rank)")
         if phase.type == "polychromic_sft":
-            parts.insert(2, f"diversity term: {phase.prompts_per_step} prompts x {phase.n_samples} samples, lambda {phase.lam:g}")
+            parts.insert(
+                2, f"diversity term: {phase.prompts_per_step} prompts x {phase.n_samples} samples, lambda {phase.lam:g}"
+            )
     return ", ".join(parts)

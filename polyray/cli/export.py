@@ -18,7 +18,9 @@ def export_command(
     run: Path = typer.Argument(..., help="A run's output directory, e.g. runs/quickstart."),
     phase: Optional[str] = typer.Option(None, "--phase", help="Which phase's adapter (default: the run's last phase)."),
     merge: bool = typer.Option(
-        False, "--merge", help="Merge the adapter into the base: a full model in standard Hugging Face format (vLLM loads it)."
+        False,
+        "--merge",
+        help="Merge the adapter into the base: a full model in standard Hugging Face format (vLLM loads it).",
     ),
     out: Optional[Path] = typer.Option(
         None, "--out", help="Where to write (default RUN/export/<phase>, or RUN/export/<phase>-merged)."

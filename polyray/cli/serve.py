@@ -19,9 +19,11 @@ serve_app = typer.Typer(no_args_is_help=True, help="Ray Serve services (reward a
 
 
 _resource_wait = typer.Option(
-    600.0, "--resource-wait-s", help="How long the app's replicas may wait for the cluster's resources before the"
+    600.0,
+    "--resource-wait-s",
+    help="How long the app's replicas may wait for the cluster's resources before the"
     " command stops, naming them (a run's cluster.resource_wait_s).",
-)  # fmt: skip
+)
 
 
 @serve_app.callback()
@@ -55,7 +57,9 @@ def reward(
     port: int = typer.Option(8000, "--port", help="HTTP port."),
     host: str = typer.Option("127.0.0.1", "--host", help="HTTP host (0.0.0.0 to listen on every interface)."),
     config: Path | None = typer.Option(
-        None, "--config", help="Serve config YAML whose 'reward' application args to use (default: the settings'"
+        None,
+        "--config",
+        help="Serve config YAML whose 'reward' application args to use (default: the settings'"
         " defaults, as services/reward.yaml spells them).",
     ),
     address: str | None = typer.Option(None, "--address", help="Ray cluster address (default: start a local one)."),
@@ -137,12 +141,16 @@ def _finished_run(run_dir: Path):
 @serve_app.command("generation")
 def generation(
     run_dir: Path | None = typer.Option(
-        None, "--run", help="A run directory: serve its base model, every version in its adapter store and its phases' adapters."
+        None,
+        "--run",
+        help="A run directory: serve its base model, every version in its adapter store and its phases' adapters.",
     ),
     port: int = typer.Option(8000, "--port", help="HTTP port."),
     host: str = typer.Option("127.0.0.1", "--host", help="HTTP host (0.0.0.0 to listen on every interface)."),
     config: Path | None = typer.Option(
-        None, "--config", help="Serve config YAML whose 'generation' application args to use (e.g."
+        None,
+        "--config",
+        help="Serve config YAML whose 'generation' application args to use (e.g."
         " services/generation.yaml); --run fills in the model and adapters.",
     ),
     address: str | None = typer.Option(None, "--address", help="Ray cluster address (default: start a local one)."),

@@ -34,8 +34,9 @@ class AdvantageConfigBase(StrictModel):
     setting every estimator has, ``match_group_scale``."""
 
     match_group_scale: bool = Field(
-        False, description="Rescale the advantages, per step, to the mean |A| that group (r − mean)/(std + eps)"
-        " gives the same rewards: the same step size as group, only the direction differs."
+        False,
+        description="Rescale the advantages, per step, to the mean |A| that group (r − mean)/(std + eps)"
+        " gives the same rewards: the same step size as group, only the direction differs.",
     )
 
     def check_group(self, group_size: int) -> None:
@@ -120,8 +121,10 @@ class PolychromicCorrectAdvantageConfig(PolychromicAdvantageConfig):
     type: Literal["polychromic_correct"] = "polychromic_correct"
     threshold: float = Field(1.0, description="A sample is correct when its reward is >= this (1.0: binary rewards).")
     single: float = Field(
-        1.0, ge=0.0, description="d of a set with one correct sample (1.0: a lone correct answer is one distinct"
-        " answer, as countdown_expr's distinct/n counts it); no correct sample: 0."
+        1.0,
+        ge=0.0,
+        description="d of a set with one correct sample (1.0: a lone correct answer is one distinct"
+        " answer, as countdown_expr's distinct/n counts it); no correct sample: 0.",
     )
 
 
@@ -136,10 +139,15 @@ class WReinforceAdvantageConfig(AdvantageConfigBase):
 
 
 BASE_ADVANTAGE_CONFIGS: tuple[type[AdvantageConfigBase], ...] = (
-    GroupAdvantageConfig, RlooAdvantageConfig, PassKAdvantageConfig, PolychromicAdvantageConfig,
-    UnlikelinessAdvantageConfig, RepeatPenaltyAdvantageConfig, PolychromicCorrectAdvantageConfig,
+    GroupAdvantageConfig,
+    RlooAdvantageConfig,
+    PassKAdvantageConfig,
+    PolychromicAdvantageConfig,
+    UnlikelinessAdvantageConfig,
+    RepeatPenaltyAdvantageConfig,
+    PolychromicCorrectAdvantageConfig,
     WReinforceAdvantageConfig,
-)  # fmt: skip
+)
 
 BaseAdvantageConfig = Annotated[Union[BASE_ADVANTAGE_CONFIGS], Field(discriminator="type")]
 """An estimator that is not a blend (what ``mix`` blends)."""
@@ -176,8 +184,9 @@ class AnnealAdvantageConfig(_SubsetSize):
     start: float = Field(0.5, ge=0.0, le=1.0, description="Fraction of the phase's steps where the switch starts.")
     end: float = Field(0.5, ge=0.0, le=1.0, description="Fraction where it is done (start = end: a switch).")
     match_group_scale: bool = Field(
-        True, description="Also rescale the blend to group's mean |A| (while both are blended, their sum is"
-        " shorter than either when they disagree); each component is always matched."
+        True,
+        description="Also rescale the blend to group's mean |A| (while both are blended, their sum is"
+        " shorter than either when they disagree); each component is always matched.",
     )
 
     @model_validator(mode="after")
@@ -199,8 +208,10 @@ class AnnealAdvantageConfig(_SubsetSize):
 
 
 ADVANTAGE_CONFIGS: tuple[type[AdvantageConfigBase], ...] = (
-    *BASE_ADVANTAGE_CONFIGS, MixAdvantageConfig, AnnealAdvantageConfig,
-)  # fmt: skip
+    *BASE_ADVANTAGE_CONFIGS,
+    MixAdvantageConfig,
+    AnnealAdvantageConfig,
+)
 
 AdvantageConfig = Annotated[Union[ADVANTAGE_CONFIGS], Field(discriminator="type")]
 """Any estimator: a GRPO phase's ``advantage``."""

@@ -16,10 +16,11 @@ class ClusterConfig(StrictModel):
     )
     dashboard: bool = Field(True, description="Start the Ray dashboard with a local cluster (its URL is printed).")
     resource_wait_s: float = Field(
-        600.0, ge=0,
+        600.0,
+        ge=0,
         description="Seconds a run waits for a joined cluster to hold what its actors ask for (an autoscaler adding"
         " nodes) before it stops, naming what is missing; a local cluster is checked at once.",
-    )  # fmt: skip
+    )
     metrics_export_port: int | None = Field(
         None, ge=1, le=65535, description="Prometheus endpoint of a local cluster's node (default: Ray picks one)."
     )

@@ -67,7 +67,9 @@ class EvalJobConfig(StrictModel):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     models: list[EvalModelSpec] = Field(..., min_length=1, description="Models to evaluate, in table order.")
     tasks: list[EvalTaskConfig] = Field(
-        default_factory=lambda: [EVAL_TASK_CONFIGS["countdown"]()], min_length=1, description="Tasks (domains) to evaluate on."
+        default_factory=lambda: [EVAL_TASK_CONFIGS["countdown"]()],
+        min_length=1,
+        description="Tasks (domains) to evaluate on.",
     )
     n_samples: int = Field(10, ge=1, description="Samples per prompt (n >= max k).")
     ks: list[int] = Field(default_factory=lambda: [1, 5, 10], description="k values of pass@k, USQ@k, DER@k.")
@@ -191,5 +193,3 @@ def _valid_compare_metric(metric: str, cfg: EvalJobConfig) -> bool:
 def load_eval_config(path: str | Path | None, overrides: Sequence[str] = ()) -> EvalJobConfig:
     """Read YAML, apply ``--set`` overrides, validate; errors name the field (:class:`ConfigError`)."""
     return load_yaml_model(path, list(overrides), EvalJobConfig)
-
-

@@ -39,8 +39,11 @@ class Selection(StrictModel):
     """One model chosen among candidates on validation, reported under the selection's label."""
 
     among: list[str] = Field(..., min_length=2, description="Candidate model labels (from models).")
-    metric: str = Field("val/pass@1", description="Validation metric (val/<m>, the dynamics probe's last"
-                        " measurement of the candidate's phase); mean over seeds.")
+    metric: str = Field(
+        "val/pass@1",
+        description="Validation metric (val/<m>, the dynamics probe's last"
+        " measurement of the candidate's phase); mean over seeds.",
+    )
     mode: str = Field("max", pattern="^(max|min)$", description="max or min.")
 
     @field_validator("metric")
@@ -78,28 +81,33 @@ class ExperimentConfig(StrictModel):
         None, description="Task of every run, in place of the base's (e.g. {type: replies, path: my.jsonl})."
     )
     runs: dict[str, dict[str, Any]] = Field(
-        ..., description="Run name -> partial run config merged onto the base; with from: 'run/phase' the run starts"
-        " from that run's adapter after that phase, of the same seed."
+        ...,
+        description="Run name -> partial run config merged onto the base; with from: 'run/phase' the run starts"
+        " from that run's adapter after that phase, of the same seed.",
     )
     models: dict[str, str] = Field(..., description="Model label -> 'run/phase' ('base' before any phase).")
     select: dict[str, Selection] = Field(
-        default_factory=dict, description="Label -> a model chosen among candidate models on validation (never on"
-        " test); the chosen one is reported under the label, the candidates are not reported."
+        default_factory=dict,
+        description="Label -> a model chosen among candidate models on validation (never on"
+        " test); the chosen one is reported under the label, the candidates are not reported.",
     )
     compare: list[tuple[str, str]] = Field(default_factory=list, description="(treatment, control) model labels.")
     split: Literal["test", "val"] = Field(
-        "test", description="Where every model is evaluated, reported and compared: test, or val for a selection"
-        " stage (the test set is not read; confirm the choice on test with fresh seeds, --first-seed)."
+        "test",
+        description="Where every model is evaluated, reported and compared: test, or val for a selection"
+        " stage (the test set is not read; confirm the choice on test with fresh seeds, --first-seed).",
     )
     hypotheses: dict[str, Hypothesis] = Field(
-        default_factory=dict, description="Name -> a claim declared in advance, answered with a verdict (Holm"
-        " across the hypotheses on their intersection-union p)."
+        default_factory=dict,
+        description="Name -> a claim declared in advance, answered with a verdict (Holm"
+        " across the hypotheses on their intersection-union p).",
     )
     max_concurrent: int = Field(1, ge=1, description="Runs (Tune trials) executing at once on the cluster.")
     equivalence_margin: float | dict[str, float] = Field(
-        EQUIVALENCE_MARGIN, description="TOST margin per comparison (absolute difference of means): one number for"
+        EQUIVALENCE_MARGIN,
+        description="TOST margin per comparison (absolute difference of means): one number for"
         " every metric, or metric -> margin (metrics not named: 0.01). Equivalent: the 90% interval of the"
-        " difference inside ±margin, Holm-adjusted."
+        " difference inside ±margin, Holm-adjusted.",
     )
 
     @model_validator(mode="after")
@@ -113,7 +121,9 @@ class ExperimentConfig(StrictModel):
         for label, ref in self.models.items():
             run, _, phase = ref.partition("/")
             if run not in self.runs or not phase:
-                raise ValueError(f"models.{label}: {ref!r} is not 'run/phase' with a run from runs ({sorted(self.runs)})")
+                raise ValueError(
+                    f"models.{label}: {ref!r} is not 'run/phase' with a run from runs ({sorted(self.runs)})"
+                )
         seen: dict[str, str] = {}
         if self.split == "val" and self.select:
             raise ValueError("select: an experiment on split: val is itself the selection stage; leave select out")
@@ -130,8 +140,10 @@ class ExperimentConfig(StrictModel):
         for pair in self.compare:
             for label in pair:
                 if label in seen:
-                    raise ValueError(f"compare: {label!r} is a candidate of select.{seen[label]}, not reported;"
-                                     f" compare {seen[label]!r}")  # fmt: skip
+                    raise ValueError(
+                        f"compare: {label!r} is a candidate of select.{seen[label]}, not reported;"
+                        f" compare {seen[label]!r}"
+                    )
                 if label not in reported:
                     raise ValueError(f"compare: unknown model {label!r} (models: {sorted(reported)})")
         for name, hyp in self.hypotheses.items():
@@ -142,8 +154,10 @@ class ExperimentConfig(StrictModel):
         margins = margins if isinstance(margins, dict) else {"*": margins}
         for metric, margin in margins.items():
             if metric != "*" and not HEADLINE.match(metric):
-                raise ValueError(f"equivalence_margin: unknown metric {metric!r} (compared: pass@k, usq@k at the runs'"
-                                 " ks, reward_mean, distinct_samples)")
+                raise ValueError(
+                    f"equivalence_margin: unknown metric {metric!r} (compared: pass@k, usq@k at the runs'"
+                    " ks, reward_mean, distinct_samples)"
+                )
             if not margin > 0:
                 raise ValueError(f"equivalence_margin: {metric if metric != '*' else ''} must be > 0, got {margin}")
         return self
@@ -153,7 +167,6 @@ class ExperimentConfig(StrictModel):
         if isinstance(self.equivalence_margin, dict):
             return float(self.equivalence_margin.get(metric, EQUIVALENCE_MARGIN))
         return float(self.equivalence_margin)
-
 
     def reported_labels(self) -> list[str]:
         """The labels of the table, in order: each model, a selection in place of its first candidate."""

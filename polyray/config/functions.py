@@ -62,7 +62,9 @@ def resolve_ref(ref: str) -> str:
 
 
 def _import_file(path: Path) -> ModuleType:
-    name = f"_polyray_user_{re.sub(r'[^A-Za-z0-9_]', '_', path.stem)}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+    name = (
+        f"_polyray_user_{re.sub(r'[^A-Za-z0-9_]', '_', path.stem)}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+    )
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise FunctionRefError(f"{path}: cannot be imported as a Python module")
@@ -138,9 +140,10 @@ def check_keywords(ref: str, fn: Callable, keywords: tuple[str, ...]) -> None:
         names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     missing = [k for k in keywords if k not in names]
     required = [
-        p.name for p in params
+        p.name
+        for p in params
         if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in keywords
-    ]  # fmt: skip
+    ]
     if missing or required:
         shown = f"takes no {', '.join(missing)}" if missing else f"requires {', '.join(required)}"
         raise FunctionRefError(

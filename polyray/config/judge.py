@@ -25,7 +25,7 @@ SYSTEM = (
 POINTWISE = (
     "You are judging a response to a prompt. Rate the response on each criterion from 1 (worst) to {scale} (best).\n"
     "Criteria: {criteria}.\n\nPrompt:\n{prompt}\n\nResponse:\n{response}\n\n"
-    'Answer with one JSON object and nothing else, e.g. {example}.'
+    "Answer with one JSON object and nothing else, e.g. {example}."
 )
 PAIRWISE = (
     "You are comparing two responses to the same prompt on: {criteria}.\n\nPrompt:\n{prompt}\n\n"
@@ -46,7 +46,9 @@ class JudgePrompts(BaseModel):
     )
     pairwise_prompt: str = Field(PAIRWISE, description="Pairwise question: {prompt}, {a}, {b}; optional {criteria}.")
     system_prompt: str = Field(
-        SYSTEM, min_length=1, description="The system message every question is asked under: it must declare the"
+        SYSTEM,
+        min_length=1,
+        description="The system message every question is asked under: it must declare the"
         " tagged pieces data to grade (the default does; shorten it only for a judge with a small context).",
     )
 
@@ -72,25 +74,34 @@ class JudgeConfig(JudgePrompts):
     api_key_env: str | None = Field(None, description="Environment variable holding the endpoint's API key.")
     mode: Literal["pointwise", "pairwise"] = Field("pointwise", description="Rate alone, or against the reference.")
     criteria: list[str] = Field(
-        default_factory=lambda: ["helpfulness", "specificity", "engagement"], min_length=1,
+        default_factory=lambda: ["helpfulness", "specificity", "engagement"],
+        min_length=1,
         description="What the judge rates (pointwise: one rating each; pairwise: named in the question).",
-    )  # fmt: skip
+    )
     scale: int = Field(10, ge=2, le=100, description="Pointwise ratings run from 1 to scale.")
     temperature: float = Field(0.0, ge=0, le=2, description="Judge sampling temperature of the first ask.")
     retry_temperature: float = Field(
-        0.7, gt=0, le=2, description="Temperature of each re-ask after an unparseable reply (> 0: a re-ask is a new"
+        0.7,
+        gt=0,
+        le=2,
+        description="Temperature of each re-ask after an unparseable reply (> 0: a re-ask is a new"
         " draw, with a new seed, not the same reply again).",
-    )  # fmt: skip
+    )
     max_tokens: int = Field(128, ge=1, le=4096, description="Longest judge reply.")
     retries: int = Field(2, ge=0, le=10, description="Re-asks after an unparseable reply (transport retries apart).")
     timeout_s: float = Field(60.0, gt=0, le=600, description="Per-request timeout (seconds).")
     max_concurrency: int = Field(8, ge=1, le=256, description="Judge requests in flight at once.")
-    structured: bool = Field(False, description="Send a JSON schema as response_format (servers with structured outputs).")
+    structured: bool = Field(
+        False, description="Send a JSON schema as response_format (servers with structured outputs)."
+    )
     seed: int = Field(0, description="Seed of the first ask; re-asks use the next ones.")
     outage_retries: int = Field(
-        3, ge=0, le=8, description="Asks again after a connection error, timeout, 429 or 5xx, waiting backoff_s,"
+        3,
+        ge=0,
+        le=8,
+        description="Asks again after a connection error, timeout, 429 or 5xx, waiting backoff_s,"
         " then twice as long each time (at most max_backoff_s); then the judge is unavailable for that item.",
-    )  # fmt: skip
+    )
     backoff_s: float = Field(1.0, ge=0, le=60, description="First wait before asking again after an outage (seconds).")
     max_backoff_s: float = Field(30.0, ge=0, le=300, description="Longest wait between asks in an outage (seconds).")
 

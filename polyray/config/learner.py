@@ -35,13 +35,15 @@ class LearnerConfig(StrictModel):
     use_gpu: bool = Field(False, description="Train on GPUs (NCCL).")
     threads: int = Field(1, ge=1, description="Torch threads per learner worker.")
     gradient_checkpointing: bool = Field(
-        False, description="Recompute activations in the backward pass (less memory for long sequences or large models).",
+        False,
+        description="Recompute activations in the backward pass (less memory for long sequences or large models).",
     )
     micro_batch_tokens: int | None = Field(
-        None, ge=1,
+        None,
+        ge=1,
         description="Padded tokens (sequences x longest) per forward/backward pass; a rank's share of a step is"
         " split into micro-batches and their gradients accumulated (equal to the whole batch's). None: one pass.",
-    )  # fmt: skip
+    )
     share_prompts: bool = Field(
         True,
         description="GRPO: run each prompt through the model once per group and its samples on its keys and values"
@@ -58,24 +60,29 @@ class LearnerConfig(StrictModel):
         " implementations run one sample a row.",
     )
     logits_chunk_mib: float = Field(
-        DEFAULT_CHUNK_MIB, ge=0,
+        DEFAULT_CHUNK_MIB,
+        ge=0,
         description="Float32 logits computed at once for token log-probs (MiB): bounds the logits' memory whatever"
         " the batch. 0: the whole (sequences x tokens x vocabulary) logits tensor.",
-    )  # fmt: skip
+    )
     gpu_memory_gib: float | None = Field(
-        None, gt=0,
+        None,
+        gt=0,
         description="GPU memory of one learner rank's GPU (GiB): a config whose memory plan needs more is refused"
         " at load, naming the field to change. None: unchecked.",
-    )  # fmt: skip
+    )
     lora: LoraConfig = Field(default_factory=LoraConfig)
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     grad_clip: float = Field(1.0, gt=0, description="Global gradient-norm clip.")
     max_failures: int = Field(
-        2, ge=0, description="Worker-group restarts per phase after a learner failure (resumes from the last checkpoint);"
-        " also the retries Ray Train gets to place the group, each waiting up to cluster.resource_wait_s."
+        2,
+        ge=0,
+        description="Worker-group restarts per phase after a learner failure (resumes from the last checkpoint);"
+        " also the retries Ray Train gets to place the group, each waiting up to cluster.resource_wait_s.",
     )
     log_rollouts: bool = Field(
-        False, description="Write every GRPO rollout (the reward's item and the reward the learner used) to rollouts.jsonl."
+        False,
+        description="Write every GRPO rollout (the reward's item and the reward the learner used) to rollouts.jsonl.",
     )
     publish_behind_step: bool = Field(
         True,
@@ -83,9 +90,10 @@ class LearnerConfig(StrictModel):
         " rollout workers' loads and the store's write finish behind the next step, and the next publish waits"
         " for them (a phase's last publish, and one the sync canary checks, wait at once). False: every publish"
         " waits for them, as with synchronous rollouts.",
-    )  # fmt: skip
+    )
     sync_check_every: int = Field(
-        50, ge=0,
+        50,
+        ge=0,
         description="Sync canary: check every N-th adapter publish on a rollout worker, in turn; also an attempt's"
         " first publish (or starting version) on every worker, a restarted worker at the next publish, and"
         " a phase's sampling temperature when it is not 1 (0 = off).",

@@ -46,7 +46,9 @@ class ModelConfig(StrictModel):
         "embedded",
         description="'embedded' (build/cached tiny model), a local HF model directory, or a Hugging Face id.",
     )
-    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="Build settings when source is 'embedded'.")
+    tiny: TinyModelConfig = Field(
+        default_factory=TinyModelConfig, description="Build settings when source is 'embedded'."
+    )
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="Weights dtype for learner and rollouts.")
     prompt_format: Literal["auto", "plain"] = Field(
         "auto",
@@ -54,5 +56,6 @@ class ModelConfig(StrictModel):
         " plain: the task's own template.",
     )
     chat_template_kwargs: dict[str, Any] = Field(
-        default_factory=dict, description="Extra variables for the chat template, e.g. {enable_thinking: false} (Qwen3)."
+        default_factory=dict,
+        description="Extra variables for the chat template, e.g. {enable_thinking: false} (Qwen3).",
     )

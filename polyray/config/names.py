@@ -19,7 +19,9 @@ from typing import Literal
 DiversityName = Literal["semantic", "vendi", "distinct_1", "distinct_2", "self_bleu", "countdown_expr"]
 """Set-diversity functions: the keys of ``polyray.diversity.DIVERSITY_FUNCTIONS``."""
 
-RewardName = Literal["code_exec", "countdown", "custom", "engagement", "length", "llm_judge", "reference_similarity", "weighted_sum"]
+RewardName = Literal[
+    "code_exec", "countdown", "custom", "engagement", "length", "llm_judge", "reference_similarity", "weighted_sum"
+]
 """Reward functions: the keys of ``polyray.reward.REWARD_FUNCTIONS``."""
 
 SelectorName = Literal["oracle", "random", "logprob", "reward_model", "length"]

@@ -136,7 +136,7 @@ class PolychromicSFTPhaseConfig(SFTPhaseConfig):
         " its cosines within 0.01 of float32's, and trained models shown equivalent on validation pass@k"
         " (configs/experiments/bf16_encoder.yaml). auto: bfloat16 where the CPU has it natively, else float32"
         " (the phase logs which). Evaluation always embeds in float32.",
-    )  # fmt: skip
+    )
     estimator: Literal["loo", "subset"] = Field(
         "loo", description="Advantage of each sample: leave-one-out marginal, or k-subset marginal."
     )
@@ -205,7 +205,8 @@ class GRPOPhaseConfig(StrictModel):
     dynamic_sampling: bool = Field(False, description="DAPO: drop groups whose advantages are all zero.")
     max_lag: int = Field(0, ge=0, description="Allowed adapter-version lag of samples behind the learner.")
     async_rollouts: bool = Field(
-        False, description="Generate step t+1's rollouts during step t's update (one version stale; needs max_lag >= 1)."
+        False,
+        description="Generate step t+1's rollouts during step t's update (one version stale; needs max_lag >= 1).",
     )
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     checkpoint_every: int = Field(20, ge=1, description="Steps between checkpoints.")
@@ -232,6 +233,4 @@ class GRPOPhaseConfig(StrictModel):
         _check_lag(self, store_keep)
 
 
-PhaseConfig = Annotated[
-    Union[SFTPhaseConfig, PolychromicSFTPhaseConfig, GRPOPhaseConfig], Field(discriminator="type")
-]
+PhaseConfig = Annotated[Union[SFTPhaseConfig, PolychromicSFTPhaseConfig, GRPOPhaseConfig], Field(discriminator="type")]

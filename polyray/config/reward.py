@@ -55,7 +55,9 @@ class RewardConfig(StrictModel):
     num_cpus: float = Field(0.5, ge=0, description="Ray CPUs per reward replica (one per app the run deploys).")
     timeout_s: float = Field(120.0, gt=0, description="Seconds the learner waits for one scoring call.")
     retries: int = Field(
-        5, ge=0, description="Times a scoring call is retried when its replica died or timed out (Serve restarts replicas)."
+        5,
+        ge=0,
+        description="Times a scoring call is retried when its replica died or timed out (Serve restarts replicas).",
     )
 
     @field_validator("params")
@@ -92,9 +94,10 @@ def custom_function_params(name: Any, params: dict[str, Any], where: str = "") -
         return []
     return [
         found
-        for i, c in enumerate(params["components"]) if isinstance(c, dict) and isinstance(c.get("params"), dict)
+        for i, c in enumerate(params["components"])
+        if isinstance(c, dict) and isinstance(c.get("params"), dict)
         for found in custom_function_params(c.get("name"), c["params"], f"{where}components.{i}.params.")
-    ]  # fmt: skip
+    ]
 
 
 def check_custom_functions(name: Any, params: dict[str, Any]) -> dict[str, Any]:

@@ -46,11 +46,15 @@ class RolloutConfig(StrictModel):
     num_workers: int = Field(1, ge=1, description="RolloutWorker actors in the pool.")
     cpus_per_worker: float = Field(1, gt=0, description="Ray CPUs reserved per rollout worker.")
     gpus_per_worker: float = Field(
-        0, ge=0, description="Ray GPUs per rollout worker (0: vLLM on CPU); a fraction shares a GPU with other"
+        0,
+        ge=0,
+        description="Ray GPUs per rollout worker (0: vLLM on CPU); a fraction shares a GPU with other"
         " actors, so gpu_memory_utilization must keep within it.",
     )
     tensor_parallel_size: int = Field(
-        1, ge=1, description="GPUs one worker's vLLM engine shards the model over (a model too large for one GPU);"
+        1,
+        ge=1,
+        description="GPUs one worker's vLLM engine shards the model over (a model too large for one GPU);"
         " gpus_per_worker must equal it, so Ray places the worker on a node with that many free GPUs.",
     )
     max_lora_rank: MaxLoraRank = Field(16, description="Largest LoRA rank vLLM reserves for (one of vLLM's sizes).")
@@ -66,12 +70,15 @@ class RolloutConfig(StrictModel):
     )
     kv_cache_gib: int = Field(1, ge=1, description="KV cache GiB on CPU (VLLM_CPU_KVCACHE_SPACE).")
     gpu_memory_gib: float | None = Field(
-        None, gt=0,
+        None,
+        gt=0,
         description="GPU memory of each of a worker's GPUs (GiB): a config whose engine cannot fit vLLM's share"
         " of it (weights, LoRA slots, a step, one sequence's KV cache) is refused at load. None: unchecked.",
-    )  # fmt: skip
+    )
     gpu_memory_utilization: float = Field(
-        VLLM_GPU_MEMORY_UTILIZATION, gt=0, le=1,
+        VLLM_GPU_MEMORY_UTILIZATION,
+        gt=0,
+        le=1,
         description="Share of each GPU's memory a worker's vLLM engine takes for weights, activations and KV cache"
         " (vLLM's default); at most gpus_per_worker x 0.92 when a fraction of a GPU. GPU only.",
     )
@@ -82,7 +89,9 @@ class RolloutConfig(StrictModel):
     )
     threads: int = Field(1, ge=1, description="Torch/OpenMP threads per worker (cap: cores are shared).")
     store_keep: int = Field(
-        8, ge=2, description="Newest published adapter versions the run's adapter store keeps on disk (phase adapters are kept regardless)."
+        8,
+        ge=2,
+        description="Newest published adapter versions the run's adapter store keeps on disk (phase adapters are kept regardless).",
     )
     seed: int = Field(0, description="Mixed with the run seed and the worker index into each vLLM engine's seed.")
     logprobs_mode: Literal["processed_logprobs", "raw_logprobs"] = Field(
@@ -116,7 +125,11 @@ class RolloutConfig(StrictModel):
     @model_validator(mode="after")
     def _no_split_prefill_on_cpu(self) -> "RolloutConfig":
         budget = self.max_num_seqs * self.max_model_len
-        if self.gpus_per_worker == 0 and self.max_num_batched_tokens is not None and self.max_num_batched_tokens < budget:
+        if (
+            self.gpus_per_worker == 0
+            and self.max_num_batched_tokens is not None
+            and self.max_num_batched_tokens < budget
+        ):
             raise ValueError(
                 f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= max_num_seqs x max_model_len"
                 f" ({budget}) on CPU: vLLM on CPU cannot rewind a per-request sampling seed of a split prefill"

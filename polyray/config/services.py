@@ -17,8 +17,12 @@ from polyray.config.sandbox import SandboxConfig
 class ApiKeyConfig(BaseModel):
     """Where a service's API key comes from; neither set: no key, every request is served."""
 
-    api_key_env: str | None = Field(None, description="Environment variable holding the API key (e.g. POLYRAY_API_KEY).")
-    api_key_file: str | None = Field(None, description="File holding the API key (a mounted secret); wins over the variable.")
+    api_key_env: str | None = Field(
+        None, description="Environment variable holding the API key (e.g. POLYRAY_API_KEY)."
+    )
+    api_key_file: str | None = Field(
+        None, description="File holding the API key (a mounted secret); wins over the variable."
+    )
 
 
 class RewardRequestLimits(BaseModel):
@@ -125,21 +129,26 @@ class GenerationServiceConfig(ApiKeyConfig):
     )
     max_num_seqs: int = Field(32, ge=1, description="Sequences the engine batches at once.")
     max_num_batched_tokens: int | None = Field(
-        None, ge=16,
+        None,
+        ge=16,
         description="Tokens per engine step. Default on CPU max_num_seqs x the context, whole prompts per step (a"
         " per-request seed reproduces whatever else is batched); on GPU vLLM's own default, prefills in chunks.",
-    )  # fmt: skip
+    )
     max_lora_rank: MaxLoraRank = Field(16, description="Largest LoRA rank served (one of vLLM's sizes).")
     max_loras: int = Field(2, ge=1, description="Adapters in one engine batch.")
     keep_versions: int = Field(4, ge=1, description="Policy versions a replica keeps loaded (named adapters apart).")
     kv_cache_gib: int = Field(1, ge=1, description="vLLM CPU KV cache (GiB).")
     threads: int = Field(1, ge=1, description="Torch/OMP threads of the engine (CPU).")
     gpus: float = Field(
-        0.0, ge=0, description="GPUs per replica (0: CPU); a fraction shares a GPU with other actors, so"
+        0.0,
+        ge=0,
+        description="GPUs per replica (0: CPU); a fraction shares a GPU with other actors, so"
         " gpu_memory_utilization must keep within it.",
     )
     gpu_memory_utilization: float = Field(
-        VLLM_GPU_MEMORY_UTILIZATION, gt=0, le=1,
+        VLLM_GPU_MEMORY_UTILIZATION,
+        gt=0,
+        le=1,
         description="Share of each GPU's memory the replica's engine takes (vLLM's default); at most gpus x 0.92"
         " when a fraction of a GPU. GPU only.",
     )
@@ -147,7 +156,8 @@ class GenerationServiceConfig(ApiKeyConfig):
         None, description="Eager mode, without torch.compile or CUDA graphs. None: on CPU, off on GPU (vLLM's default)."
     )
     resources: dict[str, float] = Field(
-        default_factory=dict, description="Custom Ray resources per replica, e.g. {worker: 1} to keep replicas on"
+        default_factory=dict,
+        description="Custom Ray resources per replica, e.g. {worker: 1} to keep replicas on"
         " the nodes started with them (a run passes its cluster.worker_resources).",
     )
     chat_template: str | None = Field(
@@ -173,7 +183,9 @@ class GenerationServiceConfig(ApiKeyConfig):
     )
     max_stop: int = Field(4, ge=0, le=64, description="Stop strings in one request (OpenAI's limit); more gets 400.")
     max_stop_chars: int = Field(
-        256, ge=1, description="Longest stop string in characters (each is matched on every new token); longer gets 400."
+        256,
+        ge=1,
+        description="Longest stop string in characters (each is matched on every new token); longer gets 400.",
     )
     max_body_bytes: int = Field(4 << 20, ge=1024, description="Request body size limit in bytes; larger gets 413.")
     poll_s: float = Field(0.25, gt=0, le=60, description="How often a replica looks for newly published versions.")

@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 
 from polyray.io import StrictModel
 
+
 class Axis(StrictModel):
     """One search axis: exactly one of ``grid`` (every value), ``choice`` (one, sampled), ``uniform``
     or ``loguniform`` ([low, high], sampled)."""

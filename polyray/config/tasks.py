@@ -144,7 +144,8 @@ class JsonlTaskConfig(TaskConfigBase):
     fields: dict[str, str] = Field(
         default_factory=dict,
         description="The file's column names for polyray's, e.g. {prompt: question, response: answer}; keys: "
-        + ", ".join(DATA_FIELDS) + ".",
+        + ", ".join(DATA_FIELDS)
+        + ".",
     )
     system_prompt: str | None = Field(
         None, description="System prompt of every row that has none of its own (None: only the rows' own)."
@@ -205,8 +206,10 @@ class JsonlTaskConfig(TaskConfigBase):
     def _known_fields(cls, v: dict[str, str]) -> dict[str, str]:
         unknown = sorted(set(v) - set(DATA_FIELDS))
         if unknown:
-            raise ValueError(f"unknown field {unknown[0]!r}: the keys are polyray's names ({', '.join(DATA_FIELDS)}),"
-                             " the values the file's column names")
+            raise ValueError(
+                f"unknown field {unknown[0]!r}: the keys are polyray's names ({', '.join(DATA_FIELDS)}),"
+                " the values the file's column names"
+            )
         return v
 
     @model_validator(mode="after")
@@ -223,7 +226,9 @@ class JsonlTaskConfig(TaskConfigBase):
         try:
             v.format(prompt="", system="")
         except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(f"template is not a valid format string with only {{prompt}} and {{system}}: {exc}") from None
+            raise ValueError(
+                f"template is not a valid format string with only {{prompt}} and {{system}}: {exc}"
+            ) from None
         return v
 
     def needs_engagement_model(self) -> bool:
@@ -231,8 +236,12 @@ class JsonlTaskConfig(TaskConfigBase):
 
 
 TASK_CONFIG_MODELS: tuple[type[TaskConfigBase], ...] = (
-    CountdownTaskConfig, CountdownCodeTaskConfig, CodeTaskConfig, HumanEvalTaskConfig, JsonlTaskConfig,
-)  # fmt: skip
+    CountdownTaskConfig,
+    CountdownCodeTaskConfig,
+    CodeTaskConfig,
+    HumanEvalTaskConfig,
+    JsonlTaskConfig,
+)
 
 
 def task_types(model: type[TaskConfigBase]) -> tuple[str, ...]:

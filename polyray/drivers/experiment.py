@@ -111,7 +111,9 @@ def load_experiment(
         patch = {k: v for k, v in patch.items() if k != "from"}
         for seed in ids:
             data = merge(base, {**patch, "name": f"{exp.name}-{run_name}-s{seed}", "seed": seed})
-            if run_name in candidates or exp.split == "val":  # nothing of it is reported as is: its test set is read only if chosen
+            if (
+                run_name in candidates or exp.split == "val"
+            ):  # nothing of it is reported as is: its test set is read only if chosen
                 data = merge(data, TRIAL_EVAL)
             if run_name in origins:
                 data["init_adapter"] = str(branch_adapter(out, origins[run_name], seed))
@@ -136,8 +138,9 @@ def load_experiment(
         for metric in exp.equivalence_margin:
             at = HEADLINE.match(metric)
             if metric != "*" and at.group(1) and int(at.group(2)) not in ks:
-                raise ConfigError(f"{path}: equivalence_margin: unknown metric {metric!r} (the runs' eval.ks are"
-                                  f" {sorted(ks)})")
+                raise ConfigError(
+                    f"{path}: equivalence_margin: unknown metric {metric!r} (the runs' eval.ks are {sorted(ks)})"
+                )
     return exp, configs
 
 
@@ -149,8 +152,9 @@ def candidate_runs(exp: ExperimentConfig) -> set[str]:
     return set(exp.runs) - direct
 
 
-def evaluate_chosen_on_test(exp: ExperimentConfig, out: Path, seeds: int | Sequence[int],
-                            selections: dict[str, dict[str, Any]]) -> dict[str, str]:
+def evaluate_chosen_on_test(
+    exp: ExperimentConfig, out: Path, seeds: int | Sequence[int], selections: dict[str, dict[str, Any]]
+) -> dict[str, str]:
     """Each selection's chosen candidate evaluated on test, per seed that has its run
     (:func:`polyray.drivers.selection.evaluate_chosen`: once; a run that has it is only read). Returns
     '<run>-s<seed>' -> the error line of one that could not be evaluated."""
@@ -171,8 +175,10 @@ def _check_selection(configs: dict[tuple[str, int], RunConfig], ref: str, metric
     run_name, _, phase = ref.partition("/")
     run = next(cfg for (name, _), cfg in configs.items() if name == run_name)
     if phase == "base" or not run.dynamics.every:
-        raise ConfigError(f"{where}: {ref} has no validation measurement (set dynamics.every in runs.{run_name}"
-                          " and select a trained phase)")  # fmt: skip
+        raise ConfigError(
+            f"{where}: {ref} has no validation measurement (set dynamics.every in runs.{run_name}"
+            " and select a trained phase)"
+        )
     name = metric.removeprefix("val/")
     known = [f"pass@{k}" for k in run.dynamics.ks] + ["reward_mean"] + [f"diversity/{m}" for m in run.dynamics.metrics]
     if name not in known:
@@ -195,8 +201,12 @@ def select_models(exp: ExperimentConfig, out: Path, seeds: int | Sequence[int]) 
                 value = run_metrics({}, out / "runs" / f"{run_name}-s{seed}").get(f"{phase}/{sel.metric}")
                 if value is not None:
                     have[seed] = float(value)
-            among[cand] = {"run": exp.models[cand], "seeds": sorted(have), "values": [have[s] for s in sorted(have)],
-                           "mean": sum(have.values()) / len(have) if have else None}  # fmt: skip
+            among[cand] = {
+                "run": exp.models[cand],
+                "seeds": sorted(have),
+                "values": [have[s] for s in sorted(have)],
+                "mean": sum(have.values()) / len(have) if have else None,
+            }
         chosen = best({c: among[c]["mean"] for c in sel.among}, sel.mode)
         selections[label] = {"chosen": chosen, "run": exp.models[chosen] if chosen else None, "metric": sel.metric,
                              "mode": sel.mode, "selected_on": SELECTED_ON, "among": among}  # fmt: skip
@@ -206,8 +216,9 @@ def select_models(exp: ExperimentConfig, out: Path, seeds: int | Sequence[int]) 
 def reported_models(exp: ExperimentConfig, selections: dict[str, dict[str, Any]]) -> dict[str, str | None]:
     """Label -> 'run/phase' of every model of the table: a selection's chosen candidate under its label
     (None when no candidate was measured), the candidates themselves left out."""
-    return {label: selections[label]["run"] if label in exp.select else exp.models[label]
-            for label in exp.reported_labels()}  # fmt: skip
+    return {
+        label: selections[label]["run"] if label in exp.select else exp.models[label] for label in exp.reported_labels()
+    }
 
 
 def _experiment_run_dir(params: dict[str, Any], trial_id: str) -> str:
@@ -215,7 +226,11 @@ def _experiment_run_dir(params: dict[str, Any], trial_id: str) -> str:
 
 
 def run_experiment(
-    path: str | Path, seeds: int, output_dir: Path | None = None, overrides: Sequence[str] = (), first_seed: int = 0,
+    path: str | Path,
+    seeds: int,
+    output_dir: Path | None = None,
+    overrides: Sequence[str] = (),
+    first_seed: int = 0,
 ) -> dict[str, Any]:
     """Every run x seed as a Ray Tune trial (:func:`polyray.drivers.sweep.run_trials`). Each invocation is a
     new Tune experiment over the current runs and seeds (so added seeds or runs are scheduled);
@@ -249,8 +264,17 @@ def run_experiment(
         if not names or not ready:
             continue
         space = {"run": tune.grid_search(names), "seed": tune.grid_search(ready)}
-        grid = run_trials(f"{wave}-{stamp}", out, space, bases, _experiment_run_dir, [configs[r, ready[0]] for r in names],
-                          max_concurrent=exp.max_concurrent, prefix=exp.name, derived=derived)  # fmt: skip
+        grid = run_trials(
+            f"{wave}-{stamp}",
+            out,
+            space,
+            bases,
+            _experiment_run_dir,
+            [configs[r, ready[0]] for r in names],
+            max_concurrent=exp.max_concurrent,
+            prefix=exp.name,
+            derived=derived,
+        )
         for result in grid:
             if result.error is not None:
                 params = trial_params(result)

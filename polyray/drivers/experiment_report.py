@@ -22,6 +22,7 @@ from polyray.drivers.selection import record_on_test
 if TYPE_CHECKING:
     from polyray.eval.record import EvalRecord
 
+
 def _brief(stats: dict[str, Any]) -> dict[str, Any]:
     """The headline numbers of a :func:`polyray.eval.stats.compare_over_seeds` result, flat and JSON-safe.
 
@@ -39,21 +40,41 @@ def _brief(stats: dict[str, Any]) -> dict[str, Any]:
     keep.update(conditional_on=stats["conditional_on"], ci95=[_num(t.get("low")), _num(t.get("high"))])
     if paired:
         w = stats["wilcoxon"]
-        keep.update({"paired_t": _num(t.get("statistic")), "paired_t_df": _num(t.get("df")),
-                     "paired_t_p": _num(t.get("pvalue")), "wilcoxon_w": w["statistic"], "wilcoxon_p": w["pvalue"],
-                     "wilcoxon_method": w["method"], "wilcoxon_min_p": w["min_pvalue"],
-                     "cohens_dz": _num(stats.get("cohens_dz"))})
+        keep.update(
+            {
+                "paired_t": _num(t.get("statistic")),
+                "paired_t_df": _num(t.get("df")),
+                "paired_t_p": _num(t.get("pvalue")),
+                "wilcoxon_w": w["statistic"],
+                "wilcoxon_p": w["pvalue"],
+                "wilcoxon_method": w["method"],
+                "wilcoxon_min_p": w["min_pvalue"],
+                "cohens_dz": _num(stats.get("cohens_dz")),
+            }
+        )
         rank = w
     else:
         rank = stats["mann_whitney"]
-        keep.update({"welch_t": _num(t.get("statistic")), "welch_df": _num(t.get("df")),
-                     "welch_p": _num(t.get("pvalue")),
-                     "mann_whitney_u": rank["statistic"], "mann_whitney_p": rank["pvalue"],
-                     "mann_whitney_method": rank["method"], "cohens_d": _num(stats.get("cohens_d"))})
+        keep.update(
+            {
+                "welch_t": _num(t.get("statistic")),
+                "welch_df": _num(t.get("df")),
+                "welch_p": _num(t.get("pvalue")),
+                "mann_whitney_u": rank["statistic"],
+                "mann_whitney_p": rank["pvalue"],
+                "mann_whitney_method": rank["method"],
+                "cohens_d": _num(stats.get("cohens_d")),
+            }
+        )
     eq = stats.get("equivalence") or {}
     if eq:
-        keep.update({"equivalence_margin": eq["margin"], "tost_p": _num(eq.get("pvalue")),
-                     "tost_ci90": [_num(eq.get("low")), _num(eq.get("high"))]})
+        keep.update(
+            {
+                "equivalence_margin": eq["margin"],
+                "tost_p": _num(eq.get("pvalue")),
+                "tost_ci90": [_num(eq.get("low")), _num(eq.get("high"))],
+            }
+        )
     notes = [n for n in (stats.get("note"), t.get("note"), rank.get("note"), eq.get("note")) if n]
     if notes:
         keep["note"] = "; ".join(dict.fromkeys(notes))
@@ -66,19 +87,30 @@ def _prompt_level(
     """Prompt-level view, valid only within a seed (:func:`polyray.eval.stats.compare_within_seeds`)."""
     from polyray.eval.stats import compare_within_seeds
 
-    return compare_within_seeds([
-        (s, a_phases[s].per_prompt_values(metric), b_phases[s].per_prompt_values(metric),
-         _texts(a_phases[s]), _texts(b_phases[s])) for s in seeds])  # fmt: skip
+    return compare_within_seeds(
+        [
+            (
+                s,
+                a_phases[s].per_prompt_values(metric),
+                b_phases[s].per_prompt_values(metric),
+                _texts(a_phases[s]),
+                _texts(b_phases[s]),
+            )
+            for s in seeds
+        ]
+    )
 
 
 def _texts(phase: EvalRecord) -> list[str | None]:
     return [r.prompt for r in phase.per_prompt or []]
 
 
-def _load_phases(refs: dict[str, str | None], out: Path, ids: list[int],
-                 split: str = "test") -> dict[str, dict[int, EvalRecord]]:
+def _load_phases(
+    refs: dict[str, str | None], out: Path, ids: list[int], split: str = "test"
+) -> dict[str, dict[int, EvalRecord]]:
     """Per reported model label, seed -> its phase's evaluation record on ``split``; a seed whose
     results.json lacks it is absent (every seed, for a selection with nothing chosen)."""
+
     def record(results: dict[str, Any], phase: str) -> EvalRecord:
         if split == "test":
             return record_on_test(results, phase)
@@ -104,15 +136,20 @@ def _load_phases(refs: dict[str, str | None], out: Path, ids: list[int],
 HOLM_KEYS = ("paired_t_p", "wilcoxon_p", "tost_p", "welch_p", "mann_whitney_p")  # one Holm family per test
 
 
-def _model_entry(by_seed: dict[int, EvalRecord], ref: str | None, ids: list[int],
-                 selection: dict[str, Any] | None) -> dict[str, Any]:
+def _model_entry(
+    by_seed: dict[int, EvalRecord], ref: str | None, ids: list[int], selection: dict[str, Any] | None
+) -> dict[str, Any]:
     """One model's experiment.json entry: per headline metric and diversity the mean and t-interval over
     its seeds (conditional on the test prompts) and the bootstrap over seeds and prompts."""
     from polyray.eval.stats import CONDITIONAL_ON_TEST_PROMPTS, interval_over_seeds_and_prompts, mean_ci
 
     have = sorted(by_seed)
-    entry: dict[str, Any] = {"run": ref, "n_seeds": len(have), "seeds": have,
-                             "missing_seeds": [s for s in ids if s not in by_seed]}  # fmt: skip
+    entry: dict[str, Any] = {
+        "run": ref,
+        "n_seeds": len(have),
+        "seeds": have,
+        "missing_seeds": [s for s in ids if s not in by_seed],
+    }
     if selection is not None:
         entry.update(selected_on=SELECTED_ON, selected=selection["chosen"], among=list(selection["among"]))
     if not have:
@@ -122,16 +159,27 @@ def _model_entry(by_seed: dict[int, EvalRecord], ref: str | None, ids: list[int]
         if not (HEADLINE.match(m) or m.startswith("diversity/")) or not all(m in r for r in rows):
             continue
         values = [r[m] for r in rows]
-        entry[m] = ({**mean_ci(values).to_json(), "values": values, "conditional_on": CONDITIONAL_ON_TEST_PROMPTS}
-                    if len(values) > 1 else {"mean": values[0], "values": values})  # fmt: skip
-        joint = interval_over_seeds_and_prompts([(s, by_seed[s].per_prompt_values(m), _texts(by_seed[s])) for s in have])
+        entry[m] = (
+            {**mean_ci(values).to_json(), "values": values, "conditional_on": CONDITIONAL_ON_TEST_PROMPTS}
+            if len(values) > 1
+            else {"mean": values[0], "values": values}
+        )
+        joint = interval_over_seeds_and_prompts(
+            [(s, by_seed[s].per_prompt_values(m), _texts(by_seed[s])) for s in have]
+        )
         if joint:
             entry[m]["over_seeds_and_prompts"] = joint
     return entry
 
 
-def _comparison(exp: ExperimentConfig, phases: dict[str, dict[int, EvalRecord]],
-                means: dict[str, dict[int, dict[str, float]]], treat: str, ctrl: str, ids: list[int]) -> dict[str, Any]:
+def _comparison(
+    exp: ExperimentConfig,
+    phases: dict[str, dict[int, EvalRecord]],
+    means: dict[str, dict[int, dict[str, float]]],
+    treat: str,
+    ctrl: str,
+    ids: list[int],
+) -> dict[str, Any]:
     """One comparison's entry: per headline metric the tests over the seeds both models have, paired by
     seed id (Holm comes after, across the experiment), and the within-seed prompt-level view."""
     from polyray.eval.stats import compare_over_seeds
@@ -139,9 +187,13 @@ def _comparison(exp: ExperimentConfig, phases: dict[str, dict[int, EvalRecord]],
     a_phases, b_phases = phases[treat], phases[ctrl]
     a_means, b_means = means[treat], means[ctrl]
     common = sorted(set(a_phases) & set(b_phases))
-    entry: dict[str, Any] = {"treatment": treat, "control": ctrl, "seeds": common,
-                             "missing_seeds": {lab: [s for s in ids if s not in phases[lab]] for lab in (treat, ctrl)},
-                             "metrics": {}}  # fmt: skip
+    entry: dict[str, Any] = {
+        "treatment": treat,
+        "control": ctrl,
+        "seeds": common,
+        "missing_seeds": {lab: [s for s in ids if s not in phases[lab]] for lab in (treat, ctrl)},
+        "metrics": {},
+    }
     if not common:
         entry["note"] = "no seed has results for both models"
         return entry
@@ -156,8 +208,9 @@ def _comparison(exp: ExperimentConfig, phases: dict[str, dict[int, EvalRecord]],
     return entry
 
 
-def aggregate(exp: ExperimentConfig, out: Path, ids: list[int], selections: dict[str, dict[str, Any]],
-              refs: dict[str, str | None]) -> dict[str, Any]:
+def aggregate(
+    exp: ExperimentConfig, out: Path, ids: list[int], selections: dict[str, dict[str, Any]], refs: dict[str, str | None]
+) -> dict[str, Any]:
     """experiment.json: per model the mean and t-interval over seeds (conditional on the test prompts)
     and a bootstrap interval over seeds and prompts; per comparison tests paired by seed id over
     the seeds both models have, a TOST equivalence test, Holm-adjusted across the experiment,
@@ -165,21 +218,33 @@ def aggregate(exp: ExperimentConfig, out: Path, ids: list[int], selections: dict
     from polyray.eval.stats import ALPHA, CONDITIONAL_ON_NOTHING, CONDITIONAL_ON_TEST_PROMPTS, CONFIDENCE, holm_families
 
     phases = _load_phases(refs, out, ids, exp.split)
-    models = {label: _model_entry(by_seed, refs[label], ids, selections.get(label)) for label, by_seed in phases.items()}
+    models = {
+        label: _model_entry(by_seed, refs[label], ids, selections.get(label)) for label, by_seed in phases.items()
+    }
     means = {label: {s: r.means() for s, r in by_seed.items()} for label, by_seed in phases.items()}
-    comparisons = {f"{treat} vs {ctrl}": _comparison(exp, phases, means, treat, ctrl, ids) for treat, ctrl in exp.compare}
+    comparisons = {
+        f"{treat} vs {ctrl}": _comparison(exp, phases, means, treat, ctrl, ids) for treat, ctrl in exp.compare
+    }
     # Holm across the experiment: every comparison x metric's over-seeds p, one family per test
     entries = [m["over_seeds"] for c in comparisons.values() for m in c["metrics"].values()]
     holm = holm_families(entries, [k for k in HOLM_KEYS if any(k in e for e in entries)])
     for e in entries:
         if "tost_p" in e:  # a claim of equivalence over the experiment's family, as a difference is
             e["equivalent"] = None if e["tost_p_holm"] is None else bool(e["tost_p_holm"] < ALPHA)
-    summary = {"name": exp.name, "seeds": len(ids), "seed_ids": ids, "split": exp.split,
-               "confidence": CONFIDENCE, "alpha": ALPHA,
-               "hypotheses": hypothesis_verdicts(exp, means),
-               "conditional_on": {"over_seeds": CONDITIONAL_ON_TEST_PROMPTS,
-                                  "over_seeds_and_prompts": CONDITIONAL_ON_NOTHING},
-               "holm_family_sizes": holm, "models": models, "comparisons": comparisons, "selections": selections}
+    summary = {
+        "name": exp.name,
+        "seeds": len(ids),
+        "seed_ids": ids,
+        "split": exp.split,
+        "confidence": CONFIDENCE,
+        "alpha": ALPHA,
+        "hypotheses": hypothesis_verdicts(exp, means),
+        "conditional_on": {"over_seeds": CONDITIONAL_ON_TEST_PROMPTS, "over_seeds_and_prompts": CONDITIONAL_ON_NOTHING},
+        "holm_family_sizes": holm,
+        "models": models,
+        "comparisons": comparisons,
+        "selections": selections,
+    }
     summary["pareto_pass1_pass10"] = pareto_frontier_labels(summary)
     return on_split(summary, exp.split)
 
@@ -216,11 +281,14 @@ def hypothesis_verdicts(exp: ExperimentConfig, means: dict[str, dict[int, dict[s
     verdicts: dict[str, Any] = {}
     for name, hyp in exp.hypotheses.items():
         a, b = means.get(hyp.treatment, {}), means.get(hyp.control, {})
-        raise_a, raise_b, keep_a, keep_b = ({s: row[m] for s, row in by_seed.items() if m in row} for by_seed, m in
-                                            ((a, hyp.raise_metric), (b, hyp.raise_metric), (a, hyp.keep_metric),
-                                             (b, hyp.keep_metric)))  # fmt: skip
-        verdicts[name] = {**hyp.model_dump(), **raised_and_kept(
-            raise_a, raise_b, keep_a, keep_b, keep_within=hyp.keep_within, min_seeds=hyp.min_seeds)}
+        raise_a, raise_b, keep_a, keep_b = (
+            {s: row[m] for s, row in by_seed.items() if m in row}
+            for by_seed, m in ((a, hyp.raise_metric), (b, hyp.raise_metric), (a, hyp.keep_metric), (b, hyp.keep_metric))
+        )
+        verdicts[name] = {
+            **hyp.model_dump(),
+            **raised_and_kept(raise_a, raise_b, keep_a, keep_b, keep_within=hyp.keep_within, min_seeds=hyp.min_seeds),
+        }
     if len(verdicts) > 1:
         holm_families(list(verdicts.values()), ["pvalue"])
         for v in verdicts.values():
@@ -238,8 +306,9 @@ def pareto_frontier_labels(summary: dict[str, Any], x: str = "pass@1", y: str = 
     return [p[0] for p, on in zip(points, pareto_frontier(points)) if on]
 
 
-def _dynamics_records(exp: ExperimentConfig, out: Path, seed: int = 0,
-                      refs: dict[str, str | None] | None = None) -> list[dict[str, Any]]:
+def _dynamics_records(
+    exp: ExperimentConfig, out: Path, seed: int = 0, refs: dict[str, str | None] | None = None
+) -> list[dict[str, Any]]:
     """Seed ``seed``'s diversity dynamics per model, labelled by model; a branch run's records follow
     those of the run it branches from (its steps after that run's), so a recipe reads SFT then GRPO."""
     from polyray.eval.analysis import load_dynamics
@@ -278,20 +347,26 @@ def report_results(exp: ExperimentConfig, summary: dict[str, Any], out: Path) ->
     note = "; ".join(f"{label} = {s['chosen']} selected on {s['selected_on']}" for label, s in selections.items())
     return {
         "title": f"polyray experiment: {summary['name']} ({split_words(summary)[0]}: mean and 95% t-interval over"
-                 f" {summary['seeds']} seeds, conditional on the {split_words(summary)[1]}"
-                 + (f"; {note}" if note else "") + ")",
+        f" {summary['seeds']} seeds, conditional on the {split_words(summary)[1]}"
+        + (f"; {note}" if note else "")
+        + ")",
         "models": models,
         "table": {"diversity": sorted(real)},
         "pareto": {"diversity": "pass@10", "quality_label": "pass@1"},
         "dynamics": _dynamics_records(exp, out, refs=refs),
         "seed_comparisons": summary.get("comparisons") or {},
         "hypotheses": summary.get("hypotheses") or {},
-        "selection": [{"what": label, "chosen": s["chosen"] or "none measured", "metric": s["metric"],
-                       "selected_on": s["selected_on"], "among": {c: a["mean"] for c, a in s["among"].items()}}
-                      for label, s in selections.items()],
+        "selection": [
+            {
+                "what": label,
+                "chosen": s["chosen"] or "none measured",
+                "metric": s["metric"],
+                "selected_on": s["selected_on"],
+                "among": {c: a["mean"] for c, a in s["among"].items()},
+            }
+            for label, s in selections.items()
+        ],
     }
-
-
 
 
 def _p(entry: dict[str, Any], key: str) -> str:
@@ -332,8 +407,10 @@ def _models_table(summary: dict[str, Any]):
     div = sorted({m for v in models.values() for m in v if m.startswith("diversity/")})
     headline = headline_metrics({m for v in models.values() for m in v})
     split, prompts = split_words(summary)
-    table = Table(title=f"experiment {summary['name']}, {split}: mean ±95% t-interval over {summary['seeds']} seeds "
-                        f"(conditional on the {prompts})")
+    table = Table(
+        title=f"experiment {summary['name']}, {split}: mean ±95% t-interval over {summary['seeds']} seeds "
+        f"(conditional on the {prompts})"
+    )
     table.add_column("model", no_wrap=True)
     table.add_column("seeds", justify="right", no_wrap=True)
     for m in [*headline, *div]:
@@ -371,11 +448,22 @@ def _tests_table(summary: dict[str, Any]):
     from polyray.eval.record import metric_label
 
     comparisons = summary["comparisons"]
-    tests = Table(title="treatment − control over seeds, paired by seed id: p (Holm p); 95% t-interval given the "
-                        f"{split_words(summary)[1]}; TOST equivalence within ±margin; bootstrap 95% CI over seeds and"
-                        " prompts")  # fmt: skip
-    for col in ("comparison", "metric", "seeds", "difference [95% CI]", "t p", "rank p", "effect",
-                "equivalent (TOST p)", "bootstrap 95% CI"):
+    tests = Table(
+        title="treatment − control over seeds, paired by seed id: p (Holm p); 95% t-interval given the "
+        f"{split_words(summary)[1]}; TOST equivalence within ±margin; bootstrap 95% CI over seeds and"
+        " prompts"
+    )
+    for col in (
+        "comparison",
+        "metric",
+        "seeds",
+        "difference [95% CI]",
+        "t p",
+        "rank p",
+        "effect",
+        "equivalent (TOST p)",
+        "bootstrap 95% CI",
+    ):
         tests.add_column(col, justify="left" if col in ("comparison", "metric") else "right", no_wrap=True)
     for name, c in comparisons.items():
         if not c["metrics"]:
@@ -385,8 +473,10 @@ def _tests_table(summary: dict[str, Any]):
     floors = {o["over_seeds"].get("wilcoxon_min_p") for c in comparisons.values() for o in c["metrics"].values()}
     floors = sorted(f for f in floors if f is not None and f > summary.get("alpha", 0.05))
     if floors:
-        tests.caption = (f"with these seeds the exact Wilcoxon p cannot go below {floors[0]:.3g}: "
-                         "it cannot reject at 0.05, whatever the effect")
+        tests.caption = (
+            f"with these seeds the exact Wilcoxon p cannot go below {floors[0]:.3g}: "
+            "it cannot reject at 0.05, whatever the effect"
+        )
     return tests
 
 
@@ -394,17 +484,22 @@ def _test_cells(e: dict[str, Any]) -> list[str]:
     """One comparison x metric's cells: difference and interval, t and rank p, effect size, TOST, bootstrap."""
     o = e["over_seeds"]
     paired = o.get("design") == "paired"
-    t_key, rank_key, d_key = ("paired_t_p", "wilcoxon_p", "cohens_dz") if paired else \
-        ("welch_p", "mann_whitney_p", "cohens_d")
+    t_key, rank_key, d_key = (
+        ("paired_t_p", "wilcoxon_p", "cohens_dz") if paired else ("welch_p", "mann_whitney_p", "cohens_d")
+    )
     d = o.get(d_key)
     eq = o.get("equivalent")
-    tost = "-" if o.get("tost_p") is None else \
-        f"{'yes' if eq else 'not shown'} ±{o['equivalence_margin']:g}, p {_p(o, 'tost_p')}"
+    tost = (
+        "-"
+        if o.get("tost_p") is None
+        else f"{'yes' if eq else 'not shown'} ±{o['equivalence_margin']:g}, p {_p(o, 'tost_p')}"
+    )
     boot = e["within_seed"].get("hierarchical_bootstrap")
     return [
         f"{e['difference']:+.3f} {_interval(*o['ci95'])}",
         ("paired " if paired else "Welch ") + _p(o, t_key),
         ("Wilcoxon " if paired else "M-W ") + _p(o, rank_key),
-        "-" if d is None else f"{'d_z' if paired else 'd'} {d:+.2f}", tost,
+        "-" if d is None else f"{'d_z' if paired else 'd'} {d:+.2f}",
+        tost,
         _interval(boot["low"], boot["high"]) if boot else "-",
     ]

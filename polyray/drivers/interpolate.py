@@ -77,12 +77,21 @@ def lora_rank_slot(rank: int) -> int:
     """The smallest LoRA rank vLLM reserves for that holds ``rank``."""
     fits = [r for r in get_args(MaxLoraRank) if r >= rank]
     if not fits:
-        raise ConfigError(f"the interpolated adapters' rank {rank} exceeds vLLM's largest ({max(get_args(MaxLoraRank))})")
+        raise ConfigError(
+            f"the interpolated adapters' rank {rank} exceeds vLLM's largest ({max(get_args(MaxLoraRank))})"
+        )
     return min(fits)
 
 
-def eval_job(cfg: RunConfig, adapters: dict[float, Path], rank: int, split: str, n_prompts: int | None,
-             n_samples: int | None, name: str):  # fmt: skip
+def eval_job(
+    cfg: RunConfig,
+    adapters: dict[float, Path],
+    rank: int,
+    split: str,
+    n_prompts: int | None,
+    n_samples: int | None,
+    name: str,
+):
     """The evaluation job of every α's adapter (of LoRA rank ``rank``) on ``split``, with the run's model, rollout,
     task and eval settings; vLLM's max_lora_rank raised to hold ``rank``."""
     from polyray.drivers.evaluate import EvalJobConfig
@@ -91,8 +100,9 @@ def eval_job(cfg: RunConfig, adapters: dict[float, Path], rank: int, split: str,
     ks = sorted({k for k in cfg.eval.ks if k <= n} | {min(n, max(cfg.eval.ks))})  # fewer samples: pass@n the largest
     task = cfg.task.model_dump()
     default_prompts = task.get(f"n_{split}")
-    entry = EVAL_TASK_CONFIGS[cfg.task.type](**task, split=split, **({"n_prompts": n_prompts or default_prompts}
-                                             if (n_prompts or default_prompts) else {}))  # fmt: skip
+    entry = EVAL_TASK_CONFIGS[cfg.task.type](
+        **task, split=split, **({"n_prompts": n_prompts or default_prompts} if (n_prompts or default_prompts) else {})
+    )
     rank = max(cfg.rollout.max_lora_rank, lora_rank_slot(rank))
     reference = alpha_label(REFERENCE)
     labels = [alpha_label(a) for a in adapters]
@@ -109,7 +119,9 @@ def eval_job(cfg: RunConfig, adapters: dict[float, Path], rank: int, split: str,
 def _metrics(results: dict[str, Any], label: str, ks: Sequence[int]) -> dict[str, float]:
     record = results["models"][label]
     out = {f"pass@{k}": record[f"pass@{k}"]["mean"] for k in ks}
-    out.update({key: (v["mean"] if isinstance(v, dict) else v) for key, v in record.items() if key.startswith("diversity/")})
+    out.update(
+        {key: (v["mean"] if isinstance(v, dict) else v) for key, v in record.items() if key.startswith("diversity/")}
+    )
     return out
 
 
@@ -123,10 +135,16 @@ def choose_alpha(val_metrics: dict[float, dict[str, float]], ks: Sequence[int], 
 
 
 def run_interpolation(
-    run_dir: str | Path, alphas: Sequence[float], from_: str | None = None, to: str | None = None,
-    output_dir: str | Path | None = None, tolerance: float = 0.01, val_prompts: int | None = None,
-    test_prompts: int | None = None, n_samples: int | None = None,
-) -> dict[str, Any]:  # fmt: skip
+    run_dir: str | Path,
+    alphas: Sequence[float],
+    from_: str | None = None,
+    to: str | None = None,
+    output_dir: str | Path | None = None,
+    tolerance: float = 0.01,
+    val_prompts: int | None = None,
+    test_prompts: int | None = None,
+    n_samples: int | None = None,
+) -> dict[str, Any]:
     """Write every α's adapter, evaluate them on validation, choose α there, evaluate on test once; see the module doc."""
     from polyray.drivers.evaluate import run_eval
     from polyray.models.source import prepare_model_dir
@@ -149,8 +167,9 @@ def run_interpolation(
     rank = interpolated_rank(start, end)
     console.print(f"interpolating {start} (α = 0) -> {end} (α = 1) at α = {grid}; rank {rank}")
     with console.status("writing the interpolated adapters"):
-        adapters = interpolate_adapters(prepare_model_dir(cfg.model, cfg.task), start, end, grid, out / "adapters",
-                                        cfg.model.dtype)  # fmt: skip
+        adapters = interpolate_adapters(
+            prepare_model_dir(cfg.model, cfg.task), start, end, grid, out / "adapters", cfg.model.dtype
+        )
     val_job = eval_job(cfg, adapters, rank, "val", val_prompts, n_samples, f"{cfg.name}-interpolate-val")
     val = run_eval(val_job, out / "val")
     ks, top = val_job.ks, max(val_job.ks)
@@ -159,17 +178,28 @@ def run_interpolation(
     test_job = eval_job(cfg, adapters, rank, "test", test_prompts, n_samples, f"{cfg.name}-interpolate-test")
     test = run_eval(test_job, out / "test")  # read once, for the table: nothing is chosen on it
     summary = {
-        "run": str(run_dir), "from": str(start), "to": str(end), "alphas": grid,
+        "run": str(run_dir),
+        "from": str(start),
+        "to": str(end),
+        "alphas": grid,
         "model": "W0 + (1 - alpha) dW_from + alpha dW_to (peft cat combination, exact)",
         "selection": {
             "rule": f"max val pass@{top} among alpha with val pass@{1 if 1 in ks else min(ks)} >= that of alpha = 1"
-                    f" minus {tolerance}", "chosen": chosen, "selected_on": SELECTED_ON, "tolerance": tolerance,
+            f" minus {tolerance}",
+            "chosen": chosen,
+            "selected_on": SELECTED_ON,
+            "tolerance": tolerance,
             "among": {alpha_label(a): m for a, m in val_metrics.items()},
         },
-        "curve": [{"alpha": a, "adapter": str(adapters[a]), "val": val_metrics[a], "test": _metrics(test, alpha_label(a), ks)}
-                  for a in grid],  # fmt: skip
+        "curve": [
+            {"alpha": a, "adapter": str(adapters[a]), "val": val_metrics[a], "test": _metrics(test, alpha_label(a), ks)}
+            for a in grid
+        ],
         "test_stats": test.get("stats", {}),
-        "splits": {"val": {"n_prompts": val_job.tasks[0].n_prompts}, "test": {"n_prompts": test_job.tasks[0].n_prompts}},
+        "splits": {
+            "val": {"n_prompts": val_job.tasks[0].n_prompts},
+            "test": {"n_prompts": test_job.tasks[0].n_prompts},
+        },
     }
     (out / "interpolation.json").write_text(json.dumps(summary, indent=2))
     show_curve(summary, ks, out)
@@ -193,8 +223,13 @@ def show_curve(summary: dict[str, Any], ks: Sequence[int], out: Path) -> None:
     console.print(f"written to {out} (interpolation.json, adapters/, val/, test/)")
 
 
-def interpolate_seeds(runs: Sequence[str | Path], alphas: Sequence[float], summary_path: str | Path | None = None,
-                      tolerance: float = 0.01, **options: Any) -> dict[str, Any]:  # fmt: skip
+def interpolate_seeds(
+    runs: Sequence[str | Path],
+    alphas: Sequence[float],
+    summary_path: str | Path | None = None,
+    tolerance: float = 0.01,
+    **options: Any,
+) -> dict[str, Any]:
     """:func:`run_interpolation` on each run (one per seed; a run whose ``interpolation.json`` has this α grid
     and tolerance is read back, not run again), then :func:`summarize_seeds`, written to ``summary_path``
     (default ``interpolation_seeds.json`` in the runs' common directory) and printed."""
@@ -241,7 +276,9 @@ def summarize_seeds(summaries: Sequence[dict[str, Any]], margin: float = 0.01) -
     top = f"pass@{max(ks)}"
 
     def values(alpha_of: Sequence[float], metric: str) -> np.ndarray:
-        return np.array([next(r for r in s["curve"] if r["alpha"] == a)["test"][metric] for s, a in zip(summaries, alpha_of)])
+        return np.array(
+            [next(r for r in s["curve"] if r["alpha"] == a)["test"][metric] for s, a in zip(summaries, alpha_of)]
+        )
 
     def at(alpha: float, metric: str) -> np.ndarray:
         return values([alpha] * len(summaries), metric)
@@ -270,30 +307,54 @@ def summarize_seeds(summaries: Sequence[dict[str, Any]], margin: float = 0.01) -
     for t, adjusted in zip(chosen_tests.values(), holm_p):
         t["pvalue_holm"] = adjusted
     return {
-        "runs": [s["run"] for s in summaries], "alphas": grid, "ks": ks, "n_seeds": len(summaries),
-        "conditional_on": "test prompts", "margin": margin, "curve": curve,
-        "chosen": {"alphas": chosen, "selected_on": SELECTED_ON, "rule": summaries[0]["selection"]["rule"],
-                   **{f"pass@{k}": interval_over_seeds(values(chosen, f"pass@{k}")) for k in ks}, "tests": chosen_tests},
-    }  # fmt: skip
+        "runs": [s["run"] for s in summaries],
+        "alphas": grid,
+        "ks": ks,
+        "n_seeds": len(summaries),
+        "conditional_on": "test prompts",
+        "margin": margin,
+        "curve": curve,
+        "chosen": {
+            "alphas": chosen,
+            "selected_on": SELECTED_ON,
+            "rule": summaries[0]["selection"]["rule"],
+            **{f"pass@{k}": interval_over_seeds(values(chosen, f"pass@{k}")) for k in ks},
+            "tests": chosen_tests,
+        },
+    }
 
 
 def show_seeds(summary: dict[str, Any], out: Path) -> None:
     from rich.table import Table
 
     top = f"pass@{max(summary['ks'])}"
-    iv = lambda v: f"{v['mean']:.3f} [{v['low']:.3f}, {v['high']:.3f}]"
-    diff = lambda t: (f"{t['difference']:+.3f} [{t['low']:+.3f}, {t['high']:+.3f}] p {t['pvalue']:.3g}"
-                      if t.get("pvalue") is not None else "–")  # fmt: skip
-    table = Table(title=f"adapter interpolation over {summary['n_seeds']} seeds (test; 95% t-interval, conditional on"
-                        " the test prompts)")  # fmt: skip
+
+    def iv(v):
+        return f"{v['mean']:.3f} [{v['low']:.3f}, {v['high']:.3f}]"
+
+    def diff(t):
+        return (
+            f"{t['difference']:+.3f} [{t['low']:+.3f}, {t['high']:+.3f}] p {t['pvalue']:.3g}"
+            if t.get("pvalue") is not None
+            else "–"
+        )
+
+    table = Table(
+        title=f"adapter interpolation over {summary['n_seeds']} seeds (test; 95% t-interval, conditional on"
+        " the test prompts)"
+    )
     for column in ("α", "pass@1", top, "pass@1 − α=1 (90%, TOST)", f"{top} − α=0 (95%, paired t)"):
         table.add_column(column, justify="right")
     rows = [(f"{r['alpha']:g}", r) for r in summary["curve"]]
     rows.append((f"chosen {summary['chosen']['alphas']}", {**summary["chosen"], **summary["chosen"]["tests"]}))
     for label, r in rows:
-        table.add_row(label, iv(r["pass@1"]), iv(r[top]), diff(r.get("pass@1_vs_to", {})), diff(r.get(f"{top}_vs_from", {})))
+        table.add_row(
+            label, iv(r["pass@1"]), iv(r[top]), diff(r.get("pass@1_vs_to", {})), diff(r.get(f"{top}_vs_from", {}))
+        )
     console.print(table)
     t = summary["chosen"]["tests"]
     holm = ", ".join(f"{name} {v['pvalue_holm']:.3g}" for name, v in t.items())
-    console.print(f"chosen on validation, read on test: {top} − α=1 {diff(t[top + '_vs_to'])}; Holm across its 3 tests: {holm}")
+    console.print(
+        f"chosen on validation, read on test: {top} − α=1 {diff(t[top + '_vs_to'])}; Holm across its 3 tests: {holm}"
+    )
     console.print(f"written to {out}")

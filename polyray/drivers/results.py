@@ -30,9 +30,14 @@ def results_table(results: dict[str, Any], ks: list[int]) -> Table:
     from polyray.eval.record import metric_label
 
     split = SPLIT_NAMES[results.get("eval_split", "test")]
-    table = Table(title=f"polyray run: {split}-set evaluation"
-                  + (" (a candidate of a selection: the test set is evaluated for the chosen one only)"
-                     if split != "test" else ""))  # fmt: skip
+    table = Table(
+        title=f"polyray run: {split}-set evaluation"
+        + (
+            " (a candidate of a selection: the test set is evaluated for the chosen one only)"
+            if split != "test"
+            else ""
+        )
+    )
     table.add_column("model")
     for k in ks:
         table.add_column(f"pass@{k}", justify="right")
@@ -47,12 +52,17 @@ def results_table(results: dict[str, Any], ks: list[int]) -> Table:
     nan = float("nan")
     for name, r in results["phases"].items():
         distinct = r.distinct_samples.mean if r.distinct_samples is not None else nan
-        expr = [f"{r.diversity['countdown_expr'].mean if 'countdown_expr' in r.diversity else nan:.2f}"] if exprs else []
+        expr = (
+            [f"{r.diversity['countdown_expr'].mean if 'countdown_expr' in r.diversity else nan:.2f}"] if exprs else []
+        )
         table.add_row(
-            name, *[f"{r.pass_at_k[k].mean:.3f}" for k in ks],
+            name,
+            *[f"{r.pass_at_k[k].mean:.3f}" for k in ks],
             *[f"{r.usq_at_k[k].mean if k in r.usq_at_k else nan:.3f}" for k in usq],
-            f"{r.reward_mean.mean:.3f}", f"{distinct:.2f}", *expr,
-        )  # fmt: skip
+            f"{r.reward_mean.mean:.3f}",
+            f"{distinct:.2f}",
+            *expr,
+        )
     return table
 
 
@@ -61,8 +71,11 @@ RECORD_KEYS = ("phases", "test")  # results.json's stage -> record mappings: on 
 
 def write_results(out: Path, results: dict[str, Any]) -> None:
     """``results.json``: the run's results with each stage's record in its JSON form."""
-    records = {key: {name: EvalRecord.from_json(r).to_json() for name, r in results[key].items()}
-               for key in RECORD_KEYS if key in results}  # fmt: skip
+    records = {
+        key: {name: EvalRecord.from_json(r).to_json() for name, r in results[key].items()}
+        for key in RECORD_KEYS
+        if key in results
+    }
     write_json_atomic(out / "results.json", {**results, **records})
 
 

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from polyray.tasks.base import Prompt, Task
     from polyray.tracking import RunTracker
 
+
 def evaluate_stage(
     name: str, pool, task, prompts, run: RunConfig, version: int | None, split: str = "test"
 ) -> EvalRecord:
@@ -59,7 +60,14 @@ def evaluate_stage(
 
 
 def train_stage(
-    run: RunConfig, index: int, model_dir, out: Path, pool, version: int, adapter: str | None, tracker=None,
+    run: RunConfig,
+    index: int,
+    model_dir,
+    out: Path,
+    pool,
+    version: int,
+    adapter: str | None,
+    tracker=None,
     logs=None,
 ):
     from polyray.eval.dynamics import DynamicsProbe
@@ -78,7 +86,9 @@ def train_stage(
             if tracker is not None:
                 tracker.log_progress()
 
-        return run_phase(run, index, model_dir, out, pool, version, adapter, on_progress=show, dynamics=probe, logs=logs)
+        return run_phase(
+            run, index, model_dir, out, pool, version, adapter, on_progress=show, dynamics=probe, logs=logs
+        )
 
 
 INIT_VERSION = 1  # the adapter version a run started from ``init_adapter`` gives it
@@ -151,8 +161,11 @@ def generation_args(run: RunConfig, out: Path, model_dir, store_root: str | None
     cluster.storage), under ``run.generation.args``."""
     from polyray.generation.service import run_generation_args
 
-    args = {**run_generation_args(run, out, model_dir, named=False), "resources": run.cluster.worker_resources,
-            **run.generation.args}
+    args = {
+        **run_generation_args(run, out, model_dir, named=False),
+        "resources": run.cluster.worker_resources,
+        **run.generation.args,
+    }
     if store_root is not None:
         args["store_root"] = store_root
     return {**args, "route_prefix": run.generation.route_prefix}
@@ -284,15 +297,20 @@ def prepare_inputs(state: RunState, engagement: list) -> None:
     for line in plan_memory(run, state.model_dir):  # before anything starts on Ray
         console.print(line, highlight=False)
     for t in engagement:
-        with state.timer("reward_model_build"), console.status(f"training the engagement model into {t.path}"
-                                                               f" ({POSTS_LABEL[t.posts]})"):  # fmt: skip
+        with (
+            state.timer("reward_model_build"),
+            console.status(f"training the engagement model into {t.path} ({POSTS_LABEL[t.posts]})"),
+        ):
             ensure_engagement_model(run.task.path, t.path, run.task.seed, lines=t.lines, posts=t.posts)
     state.task = build_eval_task(run, state.model_dir)
     judge = quality_judge(state.task, run)
     if judge is not None:
         state.results["quality_judge"] = judge
-        console.print(f"quality 'engagement' judged by {judge['model']} (trained on {judge['trained_on']}); GRPO's"
-                      f" reward model: {judge['reward_model']}", highlight=False)  # fmt: skip
+        console.print(
+            f"quality 'engagement' judged by {judge['model']} (trained on {judge['trained_on']}); GRPO's"
+            f" reward model: {judge['reward_model']}",
+            highlight=False,
+        )
     state.eval_prompts = state.task.prompts(run.eval.split)
     with state.timer("inputs_to_storage") if run.cluster.storage else contextlib.nullcontext():
         state.worker_run = worker_config(run)
@@ -307,9 +325,13 @@ def quality_judge(task, run: RunConfig) -> dict[str, Any] | None:
         return None
     trained = model.meta.get("trained_on") or {}
     judge, reward = task.eval_engagement_model_dir(), task.engagement_model_dir()
-    return {"model": str(judge), "trained_on": POSTS_LABEL.get(trained.get("posts"), "unknown rows"),
-            "rows": trained.get("rows"), "reward_model": str(reward),
-            "circular": judge == reward}  # fmt: skip
+    return {
+        "model": str(judge),
+        "trained_on": POSTS_LABEL.get(trained.get("posts"), "unknown rows"),
+        "rows": trained.get("rows"),
+        "reward_model": str(reward),
+        "circular": judge == reward,
+    }
 
 
 def worker_config(run: RunConfig) -> RunConfig:
@@ -329,8 +351,10 @@ def worker_config(run: RunConfig) -> RunConfig:
     for model in plan_rewards(run, task).engagement_models:
         shared[str(model)] = str(share_model(run.cluster.storage, model, "engagement"))
     data = _replace_strings(run.model_dump(mode="json"), shared)
-    for key, default in (("engagement_model", "engagement_model_dir"),
-                         ("eval_engagement_model", "eval_engagement_model_dir")):
+    for key, default in (
+        ("engagement_model", "engagement_model_dir"),
+        ("eval_engagement_model", "eval_engagement_model_dir"),
+    ):
         local = str(getattr(task, default)()) if hasattr(task, default) else None
         if data["task"].get(key, "") is None and local in shared:  # the cache entry (per file, seed and rows)
             data["task"][key] = shared[local]
@@ -353,8 +377,11 @@ def start_ray(state: RunState, generation: dict[str, Any] | None) -> None:
 
     run = state.run
     with state.timer("ray_init"):
-        init_ray(run.cluster, needed_cpus(run) + (generation_cpus(generation) if generation else 0.0),
-                 demands=run_demands(run, generation))  # fmt: skip
+        init_ray(
+            run.cluster,
+            needed_cpus(run) + (generation_cpus(generation) if generation else 0.0),
+            demands=run_demands(run, generation),
+        )
     if (run.learner.use_gpu and run.learner.gpu_memory_gib is None) or (
         run.rollout.gpus_per_worker and run.rollout.gpu_memory_gib is None
     ):
@@ -373,8 +400,9 @@ def start_services(state: RunState, generation: dict[str, Any] | None) -> None:
         from polyray.generation.service import deploy_generation
 
         with timer("generation_service_start"), console.status("starting the generation service (Ray Serve)"):
-            url = deploy_generation(generation, run.generation.host, run.generation.http_port,
-                                    wait_s=run.cluster.resource_wait_s)  # fmt: skip
+            url = deploy_generation(
+                generation, run.generation.host, run.generation.http_port, wait_s=run.cluster.resource_wait_s
+            )
         state.serving = True
         console.print(f"generation service: {url}  (models: base, latest, policy-vN as they are published)")
     if run.reward.endpoint and any(scores_rollouts(p) for p in run.phases):
@@ -406,8 +434,16 @@ def launch_pool(state: RunState, store) -> float:
 
     run, start = state.run, time.perf_counter()
     with console.status(f"starting {run.rollout.num_workers} vLLM rollout worker(s)"):
-        state.pool = RolloutPool.launch(state.model_ref, run.rollout, run.model.dtype, run.seed, store, run=run.name,
-                                        resources=run.cluster.worker_resources, wait=False)  # fmt: skip
+        state.pool = RolloutPool.launch(
+            state.model_ref,
+            run.rollout,
+            run.model.dtype,
+            run.seed,
+            store,
+            run=run.name,
+            resources=run.cluster.worker_resources,
+            wait=False,
+        )
     return time.perf_counter() - start
 
 
@@ -435,8 +471,17 @@ def fit(state: RunState, index: int, version: int, adapter: str | None) -> tuple
         adapter = share_adapter(state.shared, adapter_dir, phase.name)
     else:
         with state.timer(f"train_{phase.name}"):
-            trained = train_stage(state.worker_run, index, state.model_ref, state.out, state.pool, version, adapter,
-                                  state.tracker, state.logs)  # fmt: skip
+            trained = train_stage(
+                state.worker_run,
+                index,
+                state.model_ref,
+                state.out,
+                state.pool,
+                version,
+                adapter,
+                state.tracker,
+                state.logs,
+            )
         version, adapter = trained["version"], share_adapter(state.shared, Path(trained["adapter_dir"]), phase.name)
         stage_done(results, f"train_{phase.name}")
         write_results(state.out, results)
@@ -451,8 +496,9 @@ def evaluate(state: RunState, stage: str, version: int | None) -> None:
     if stage in results["phases"]:
         return
     with state.timer(f"eval_{stage}"):
-        results["phases"][stage] = evaluate_stage(stage, state.pool, state.task, state.eval_prompts, state.run, version,
-                                                  split)  # fmt: skip
+        results["phases"][stage] = evaluate_stage(
+            stage, state.pool, state.task, state.eval_prompts, state.run, version, split
+        )
     stage_done(results, f"eval_{stage}")
     write_results(state.out, results)
     if state.tracker is not None:

@@ -20,8 +20,17 @@ from polyray.config.sweep import SELECTED_ON
 from polyray.drivers.results import read_results, stage_done, write_results
 from polyray.eval.record import EvalRecord
 
-__all__ = ["SELECTED_ON", "best", "best_keeping", "error_line", "evaluate_chosen", "evaluate_dir_on_test",
-           "evaluate_on_test", "record_on_test", "stages_to_test"]
+__all__ = [
+    "SELECTED_ON",
+    "best",
+    "best_keeping",
+    "error_line",
+    "evaluate_chosen",
+    "evaluate_dir_on_test",
+    "evaluate_on_test",
+    "record_on_test",
+    "stages_to_test",
+]
 
 K = TypeVar("K", bound=Hashable)
 

@@ -123,8 +123,10 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> tuple[SweepCo
         except ConfigError as exc:
             raise ConfigError(f"{path}: space: {exc}") from None
     if sweep.num_samples > 1 and not sampled_axes(sweep):
-        raise ConfigError(f"{path}: num_samples: {sweep.num_samples} repeats of a grid-only space would repeat its"
-                          " trials; add a seed axis instead")  # fmt: skip
+        raise ConfigError(
+            f"{path}: num_samples: {sweep.num_samples} repeats of a grid-only space would repeat its"
+            " trials; add a seed axis instead"
+        )
     _check_objective(sweep.objective, run, path)
     return sweep, base
 
@@ -170,7 +172,12 @@ def run_name(prefix: str, directory: Path) -> str:
 
 
 def pipeline_trial(
-    params: dict[str, Any], *, bases: dict[str, dict], out: str, run_dir: Callable[[dict, str], str], prefix: str,
+    params: dict[str, Any],
+    *,
+    bases: dict[str, dict],
+    out: str,
+    run_dir: Callable[[dict, str], str],
+    prefix: str,
     derived: Callable[[dict], dict] | None = None,
 ) -> None:
     """Tune function trainable: one training run at ``params`` (``run`` picks a base, the rest are
@@ -192,8 +199,13 @@ def pipeline_trial(
     fields = {k: v for k, v in params.items() if k != "run"}
     fields.update(derived(params) if derived is not None else {})
     directory = Path(out) / run_dir(params, tune.get_context().get_trial_id())
-    run = RunConfig.model_validate({**apply_params(bases[params.get("run", "")], fields),
-                                    "name": run_name(prefix, directory), "tracking": {"backend": "none"}})  # fmt: skip
+    run = RunConfig.model_validate(
+        {
+            **apply_params(bases[params.get("run", "")], fields),
+            "name": run_name(prefix, directory),
+            "tracking": {"backend": "none"},
+        }
+    )
 
     def report(results: dict[str, Any]) -> None:
         tune.report({**run_metrics(results, directory), "run_dir": str(directory)})
@@ -259,8 +271,9 @@ def run_trials(
 
         ensure_reward_service(first.reward, custom_reward_functions(*configs), wait_s=first.cluster.resource_wait_s)
     trainable = tune.with_resources(
-        tune.with_parameters(pipeline_trial, bases=bases, out=str(out), run_dir=run_dir, prefix=prefix or name,
-                             derived=derived),
+        tune.with_parameters(
+            pipeline_trial, bases=bases, out=str(out), run_dir=run_dir, prefix=prefix or name, derived=derived
+        ),
         {"cpu": TRIAL_CPUS},
     )
     tune_dir = out / TUNE_DIR
@@ -272,7 +285,10 @@ def run_trials(
             param_space=param_space,
             tune_config=tune.TuneConfig(num_samples=num_samples, max_concurrent_trials=max_concurrent),
             run_config=tune.RunConfig(
-                name=name, storage_path=str(tune_dir), failure_config=tune.FailureConfig(max_failures=1), verbose=1,
+                name=name,
+                storage_path=str(tune_dir),
+                failure_config=tune.FailureConfig(max_failures=1),
+                verbose=1,
                 callbacks=tune_callbacks(first.tracking, name),
             ),
         )
@@ -301,15 +317,26 @@ def run_sweep(
     out = Path(output_dir or Path("runs") / sweep.name).resolve()
     restorable = tune.Tuner.can_restore(str(out / TUNE_DIR / sweep.name))
     if resume and not restorable:
-        raise ConfigError(f"--resume: {out / TUNE_DIR / sweep.name} holds no Tune experiment to restore; run without --resume")
+        raise ConfigError(
+            f"--resume: {out / TUNE_DIR / sweep.name} holds no Tune experiment to restore; run without --resume"
+        )
     if not resume and restorable:
         raise ConfigError(f"{out} already holds this sweep: continue it with --resume, or choose another --output-dir")
     out.mkdir(parents=True, exist_ok=True)
     first = RunConfig.model_validate(apply_params(base, _points(sweep)[0]))
     space = {k: axis.tune_domain() for k, axis in sweep.space.items()}
     run_dir = sampled_run_dir if sampled_axes(sweep) else grid_run_dir
-    grid = run_trials(sweep.name, out, space, {"": base}, run_dir, [first],
-                      num_samples=sweep.num_samples, max_concurrent=sweep.max_concurrent_trials, resume=resume)  # fmt: skip
+    grid = run_trials(
+        sweep.name,
+        out,
+        space,
+        {"": base},
+        run_dir,
+        [first],
+        num_samples=sweep.num_samples,
+        max_concurrent=sweep.max_concurrent_trials,
+        resume=resume,
+    )
     summary = summarise(sweep, first, grid)
     summary = attach_test(summary, evaluate_selected_on_test(summary))
     write_outputs(out, summary)
@@ -324,5 +351,6 @@ def evaluate_selected_on_test(summary: dict[str, Any]) -> dict[str, dict[str, fl
     or the error line of one that could not be evaluated. Needs Ray and the trials' directories."""
     phase = summary["objective"]["key"].split("/")[0]
     tested = evaluate_chosen([t["run_dir"] for t in chosen_trials(summary)], phase)
-    return {d: r if isinstance(r, str) else {f"{phase}/{k}": v for k, v in r.scalars().items()}
-            for d, r in tested.items()}  # fmt: skip
+    return {
+        d: r if isinstance(r, str) else {f"{phase}/{k}": v for k, v in r.scalars().items()} for d, r in tested.items()
+    }

@@ -40,8 +40,11 @@ def summarise(sweep: SweepConfig, run: RunConfig, grid) -> dict[str, Any]:
     objective = _objective_key(sweep, run)
     trials = []
     for result in grid:  # validation numbers only: the test set is evaluated for the selected setting afterwards
-        metrics = {k: v for k, v in (result.metrics or {}).items()
-                   if "/" in k and isinstance(v, (int, float)) and _on_validation(k)}  # fmt: skip
+        metrics = {
+            k: v
+            for k, v in (result.metrics or {}).items()
+            if "/" in k and isinstance(v, (int, float)) and _on_validation(k)
+        }
         trials.append({"params": trial_params(result), "metrics": metrics, "run_dir": (result.metrics or {}).get("run_dir"),
                        "error": error_line(result.error)})  # fmt: skip
     top = best({i: t["metrics"].get(objective) for i, t in enumerate(trials)}, sweep.objective.mode)
@@ -59,8 +62,13 @@ def chosen_trials(summary: dict[str, Any]) -> list[dict[str, Any]]:
     selected = summary.get("selected")
     if not selected:
         return []
-    return [t for t in summary["trials"] if t["run_dir"] and not t["error"]
-            and {k: v for k, v in t["params"].items() if k != "seed"} == selected["params"]]  # fmt: skip
+    return [
+        t
+        for t in summary["trials"]
+        if t["run_dir"]
+        and not t["error"]
+        and {k: v for k, v in t["params"].items() if k != "seed"} == selected["params"]
+    ]
 
 
 def attach_test(summary: dict[str, Any], tested: dict[str, dict[str, float] | str]) -> dict[str, Any]:
@@ -81,11 +89,12 @@ def attach_test(summary: dict[str, Any], tested: dict[str, dict[str, float] | st
         chosen[directory]["test"] = values
     names = sorted({m for v in numbers.values() for m in v})
     selected["test"] = {
-        "split": "test", "phase": summary["objective"]["key"].split("/")[0],
+        "split": "test",
+        "phase": summary["objective"]["key"].split("/")[0],
         "seeds": sorted(chosen[d]["params"].get("seed", 0) for d in numbers),
         "metrics": {m: interval_over_seeds([v[m] for v in numbers.values() if m in v]) for m in names},
         "errors": {d: e for d, e in tested.items() if isinstance(e, str)},
-    }  # fmt: skip
+    }
     return summary
 
 
@@ -99,9 +108,14 @@ def select_setting(groups: list[dict[str, Any]], objective: str, mode: str) -> d
     if top is None:
         return None
     chosen = scored[top]
-    return {"params": chosen["params"], "seeds": chosen["seeds"], "objective": objective,
-            "value": chosen["metrics"][objective], "selected_on": SELECTED_ON,
-            "candidates": {_label(s["params"]): s["metrics"][objective]["mean"] for s in scored}}  # fmt: skip
+    return {
+        "params": chosen["params"],
+        "seeds": chosen["seeds"],
+        "objective": objective,
+        "value": chosen["metrics"][objective],
+        "selected_on": SELECTED_ON,
+        "candidates": {_label(s["params"]): s["metrics"][objective]["mean"] for s in scored},
+    }
 
 
 def trial_params(result) -> dict[str, Any]:
@@ -127,9 +141,12 @@ def settings(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for key, members in groups.items():
         names = sorted({m for t in members for m in t["metrics"]})
-        stats = {name: interval_over_seeds([t["metrics"][name] for t in members if name in t["metrics"]])
-                 for name in names}
-        out.append({"params": json.loads(key), "seeds": sorted(t["params"].get("seed", 0) for t in members), "metrics": stats})
+        stats = {
+            name: interval_over_seeds([t["metrics"][name] for t in members if name in t["metrics"]]) for name in names
+        }
+        out.append(
+            {"params": json.loads(key), "seeds": sorted(t["params"].get("seed", 0) for t in members), "metrics": stats}
+        )
     return out
 
 
@@ -147,8 +164,15 @@ def write_outputs(out: Path, summary: dict[str, Any]) -> None:
         writer = csv.writer(f)
         writer.writerow([*params, *metrics, *(f"test:{k}" for k in tests), "run_dir", "error"])
         for t in summary["trials"]:
-            writer.writerow([*(t["params"].get(k, "") for k in params), *(t["metrics"].get(k, "") for k in metrics),
-                             *(t.get("test", {}).get(k, "") for k in tests), t["run_dir"] or "", t["error"] or ""])  # fmt: skip
+            writer.writerow(
+                [
+                    *(t["params"].get(k, "") for k in params),
+                    *(t["metrics"].get(k, "") for k in metrics),
+                    *(t.get("test", {}).get(k, "") for k in tests),
+                    t["run_dir"] or "",
+                    t["error"] or "",
+                ]
+            )
     write_report(out, report_results(summary))
 
 
@@ -173,20 +197,37 @@ def report_results(summary: dict[str, Any]) -> dict[str, Any]:
     tested = (selected or {}).get("test") or {}
     if tested.get("metrics"):
         models.update(records_from_summaries({f"{chosen} (test)": tested["metrics"]}, prefix=f"{phase}/"))
-    results: dict[str, Any] = {"title": f"polyray sweep: {summary['name']} ({phase}: every setting on validation,"
-                                        " the test set for the selected one only; mean and 95% t-interval over"
-                                        " seeds, conditional on the evaluation prompts; "
-                                        + (f"{chosen} selected on validation)" if chosen else "nothing selected)"),
-                               "models": models}  # fmt: skip
+    results: dict[str, Any] = {
+        "title": f"polyray sweep: {summary['name']} ({phase}: every setting on validation,"
+        " the test set for the selected one only; mean and 95% t-interval over"
+        " seeds, conditional on the evaluation prompts; "
+        + (f"{chosen} selected on validation)" if chosen else "nothing selected)"),
+        "models": models,
+    }
     if selected:
-        results["selection"] = [{"what": "setting", "chosen": chosen, "metric": selected["objective"],
-                                 "selected_on": selected["selected_on"], "among": selected["candidates"]}]
+        results["selection"] = [
+            {
+                "what": "setting",
+                "chosen": chosen,
+                "metric": selected["objective"],
+                "selected_on": selected["selected_on"],
+                "among": selected["candidates"],
+            }
+        ]
     if len(axes) == 1:
-        results["axis"] = {"name": axes[0], "points": [
-            {"x": s["params"][axes[0]],
-             **{at_key("pass", k): v.to_json()
-                for k, v in models[f"{_label(s['params'])} (validation)"].pass_at_k.items()}}
-            for s in summary["settings"]]}  # fmt: skip
+        results["axis"] = {
+            "name": axes[0],
+            "points": [
+                {
+                    "x": s["params"][axes[0]],
+                    **{
+                        at_key("pass", k): v.to_json()
+                        for k, v in models[f"{_label(s['params'])} (validation)"].pass_at_k.items()
+                    },
+                }
+                for s in summary["settings"]
+            ],
+        }
     return results
 
 
@@ -201,10 +242,15 @@ def summary_table(summary: dict[str, Any]):
     objective = summary["objective"]["key"]
     selected = summary.get("selected")
     chosen = _label(selected["params"]) if selected else None
-    table = Table(title=f"polyray sweep {summary['name']}: {phase}, mean [95% t-interval] over seeds (conditional on"
-                        " the evaluation prompts); every setting on validation, the test set for the selected one only",
-                  caption=(f"* selected on validation by mean {objective} over seeds; the test set chose nothing"
-                           if chosen else "nothing selected: no test set was read"))  # fmt: skip
+    table = Table(
+        title=f"polyray sweep {summary['name']}: {phase}, mean [95% t-interval] over seeds (conditional on"
+        " the evaluation prompts); every setting on validation, the test set for the selected one only",
+        caption=(
+            f"* selected on validation by mean {objective} over seeds; the test set chose nothing"
+            if chosen
+            else "nothing selected: no test set was read"
+        ),
+    )
     table.add_column("setting")
     table.add_column("split")
     table.add_column("seeds", justify="right")
@@ -212,8 +258,10 @@ def summary_table(summary: dict[str, Any]):
     heads = ("pass@", "usq@", "diversity/")
     val_prefix = f"{phase}/{VAL_EVAL}/"
     tested = (selected or {}).get("test") or {}
-    names = sorted({k[len(val_prefix):] for s in summary["settings"] for k in s["metrics"] if k.startswith(val_prefix)}
-                   | {k.split("/", 1)[1] for k in tested.get("metrics", {})})  # fmt: skip
+    names = sorted(
+        {k[len(val_prefix) :] for s in summary["settings"] for k in s["metrics"] if k.startswith(val_prefix)}
+        | {k.split("/", 1)[1] for k in tested.get("metrics", {})}
+    )
     names = [n for n in names if n.startswith(heads)]
     for name in names:
         table.add_column(name, justify="right")
@@ -225,9 +273,19 @@ def summary_table(summary: dict[str, Any]):
 
     for s in summary["settings"]:
         label = _label(s["params"]) + (" *" if _label(s["params"]) == chosen else "")
-        table.add_row(label, "validation", str(len(s["seeds"])), cell(s["metrics"].get(objective)),
-                      *[cell(s["metrics"].get(val_prefix + n)) for n in names])  # fmt: skip
+        table.add_row(
+            label,
+            "validation",
+            str(len(s["seeds"])),
+            cell(s["metrics"].get(objective)),
+            *[cell(s["metrics"].get(val_prefix + n)) for n in names],
+        )
     if tested:
-        table.add_row(f"{chosen} *", "test", str(len(tested["seeds"])), "-",
-                      *[cell(tested["metrics"].get(f"{phase}/{n}")) for n in names])  # fmt: skip
+        table.add_row(
+            f"{chosen} *",
+            "test",
+            str(len(tested["seeds"])),
+            "-",
+            *[cell(tested["metrics"].get(f"{phase}/{n}")) for n in names],
+        )
     return table

@@ -281,7 +281,9 @@ def lora_parameter_analysis(adapter_dir: str | Path, top_k: int = 5) -> list[dic
     cfg = json.loads(cfg_path.read_text())
     tensors = _load_adapter_tensors(adapter_dir)
 
-    rows = [_module_row(adapter_dir, cfg, prefix, ab, top_k) for prefix, ab in _lora_pairs(adapter_dir, tensors).items()]
+    rows = [
+        _module_row(adapter_dir, cfg, prefix, ab, top_k) for prefix, ab in _lora_pairs(adapter_dir, tensors).items()
+    ]
     rows.sort(key=lambda r: (-1 if r["layer"] is None else r["layer"], r["module_path"]))
     return rows
 

@@ -25,7 +25,12 @@ from polyray.tasks import Prompt, Task
 
 
 def measure_dynamics(
-    pool, task: Task, prompts: list[Prompt], cfg: DynamicsConfig, version: int | None, run_seed: int = 0,
+    pool,
+    task: Task,
+    prompts: list[Prompt],
+    cfg: DynamicsConfig,
+    version: int | None,
+    run_seed: int = 0,
     sampling: SamplingConfig | None = None,
 ) -> EvalRecord:
     """pass@k, mean reward and each diversity of ``n_samples`` samples per prompt under ``version``.
@@ -34,7 +39,12 @@ def measure_dynamics(
     from polyray.diversity import compute_diversity_batch
 
     judged = sample_and_judge(
-        pool, task, prompts, cfg.n_samples, task_sampling(sampling or SamplingConfig(), task), version=version,
+        pool,
+        task,
+        prompts,
+        cfg.n_samples,
+        task_sampling(sampling or SamplingConfig(), task),
+        version=version,
         seed=(run_seed, "dynamics"),
     )
     return EvalRecord(
@@ -68,6 +78,13 @@ class DynamicsProbe:
             self._task = build_eval_task(self.run, local_path(self.model_dir))  # on a learner rank's node
             self._prompts = self._task.prompts("val", self.cfg.n_prompts)
         # sampled as the phase evaluations sample (eval.sampling: length, temperature)
-        record = measure_dynamics(self.pool, self._task, self._prompts, self.cfg, version, self.run.seed, self.run.eval.sampling)
-        return {"phase": self.phase, "step": step, "global_step": self.offset + step, "version": version,
-                **record.to_json()}
+        record = measure_dynamics(
+            self.pool, self._task, self._prompts, self.cfg, version, self.run.seed, self.run.eval.sampling
+        )
+        return {
+            "phase": self.phase,
+            "step": step,
+            "global_step": self.offset + step,
+            "version": version,
+            **record.to_json(),
+        }

@@ -20,8 +20,17 @@ __all__ = ["FIGURES", "FIGURE_IDS", "ONLY_WITH_INPUT", "report_ks", "report_mode
 
 FIGURE_IDS = ("fig-axis", "fig-passk", "fig-usq", "fig-pareto", "fig-dynamics", "fig-lora")
 _PALETTE = (
-    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
-)  # fmt: skip
+    "#1f77b4",
+    "#d62728",
+    "#2ca02c",
+    "#ff7f0e",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
 
 
 # --------------------------------------------------------------------------- values
@@ -88,9 +97,13 @@ def _fig_passk(results: dict[str, Any]):
             )
         fig.add_trace(
             go.Scatter(
-                x=x, y=[p[1] for p in pts], mode="lines+markers", name=name, legendgroup=name,
+                x=x,
+                y=[p[1] for p in pts],
+                mode="lines+markers",
+                name=name,
+                legendgroup=name,
                 line={"color": _color(i)},
-            )  # fmt: skip
+            )
         )
     if not fig.data:
         return None, "no model has a pass@k curve"
@@ -114,9 +127,13 @@ def _fig_usq(results: dict[str, Any]):
         if pk:
             fig.add_trace(
                 go.Scatter(
-                    x=pk, y=[value(curve[k])[0] for k in pk], mode="lines+markers", name=f"{name} pass@k (oracle)",
-                    legendgroup=name, line={"color": _color(i)},
-                )  # fmt: skip
+                    x=pk,
+                    y=[value(curve[k])[0] for k in pk],
+                    mode="lines+markers",
+                    name=f"{name} pass@k (oracle)",
+                    legendgroup=name,
+                    line={"color": _color(i)},
+                )
             )
         vals = [value(usq[k]) for k in kk]
         err = None
@@ -130,10 +147,15 @@ def _fig_usq(results: dict[str, Any]):
         sel = m.usq_selector
         fig.add_trace(
             go.Scatter(
-                x=kk, y=[v[0] for v in vals], mode="lines+markers", error_y=err, legendgroup=name,
+                x=kk,
+                y=[v[0] for v in vals],
+                mode="lines+markers",
+                error_y=err,
+                legendgroup=name,
                 name=f"{name} USQ@k" + (f" ({sel})" if sel else ""),
-                line={"color": _color(i), "dash": "dash"}, marker={"symbol": "diamond"},
-            )  # fmt: skip
+                line={"color": _color(i), "dash": "dash"},
+                marker={"symbol": "diamond"},
+            )
         )
     if not fig.data:
         return None, "no model has USQ@k values (results['models'][*]['usq@k'])"
@@ -162,7 +184,11 @@ def _pareto_points(results: dict[str, Any]) -> tuple[list[tuple[str, float, floa
     points = [p for p in points if math.isfinite(p[1]) and math.isfinite(p[2])]
     from polyray.eval.record import metric_label
 
-    return points, cfg.get("quality_label", f"pass@{min(ks)}" if ks else "quality"), metric_label(div) if div else "diversity"
+    return (
+        points,
+        cfg.get("quality_label", f"pass@{min(ks)}" if ks else "quality"),
+        metric_label(div) if div else "diversity",
+    )
 
 
 def _fig_pareto(results: dict[str, Any]):
@@ -176,9 +202,12 @@ def _fig_pareto(results: dict[str, Any]):
     front = sorted((p for p, on in zip(points, mask) if on), key=lambda p: p[1])
     fig.add_trace(
         go.Scatter(
-            x=[p[1] for p in front], y=[p[2] for p in front], mode="lines", name="Pareto frontier",
+            x=[p[1] for p in front],
+            y=[p[2] for p in front],
+            mode="lines",
+            name="Pareto frontier",
             line={"color": "#444", "dash": "dot", "shape": "hv"},
-        )  # fmt: skip
+        )
     )
     styles = ((True, "non-dominated", "star", "#d62728"), (False, "dominated", "circle", "#888"))
     for on, label, symbol, color in styles:
@@ -186,10 +215,14 @@ def _fig_pareto(results: dict[str, Any]):
         if sel:
             fig.add_trace(
                 go.Scatter(
-                    x=[p[1] for p in sel], y=[p[2] for p in sel], mode="markers+text", name=label,
-                    text=[p[0] for p in sel], textposition="top center",
+                    x=[p[1] for p in sel],
+                    y=[p[2] for p in sel],
+                    mode="markers+text",
+                    name=label,
+                    text=[p[0] for p in sel],
+                    textposition="top center",
                     marker={"symbol": symbol, "size": 14 if on else 10, "color": color},
-                )  # fmt: skip
+                )
             )
     fig.update_layout(title="Quality vs diversity (both maximised)", xaxis_title=qlabel, yaxis_title=dlabel)
     return fig, None
@@ -214,13 +247,19 @@ def _fig_dynamics(results: dict[str, Any]):
         row = metrics.index(t["metric"]) + 1
         fig.add_trace(
             go.Scatter(
-                x=t["x"], y=t["value"], mode="lines+markers", name=t["run"], legendgroup=t["run"],
-                showlegend=row == 1, line={"color": _color(i)},
+                x=t["x"],
+                y=t["value"],
+                mode="lines+markers",
+                name=t["run"],
+                legendgroup=t["run"],
+                showlegend=row == 1,
+                line={"color": _color(i)},
                 customdata=list(zip(t["phase"], t["step"])),
                 hovertemplate="%{customdata[0]} step %{customdata[1]}: %{y:.4f}<extra>" + t["run"] + "</extra>",
             ),
-            row=row, col=1,
-        )  # fmt: skip
+            row=row,
+            col=1,
+        )
     # phase boundaries on the shared axis: where a run's phase changes
     bounds = set()
     for t in traj:
@@ -265,12 +304,15 @@ def _fig_lora(results: dict[str, Any]):
         z = [[None if not np.isfinite(v) else float(v) for v in row] for row in mat]
         fig.add_trace(
             go.Heatmap(
-                z=z, x=modules, y=[str(layer) for layer in layers],
+                z=z,
+                x=modules,
+                y=[str(layer) for layer in layers],
                 coloraxis="coloraxis2" if is_diff else "coloraxis",
                 hovertemplate="layer %{y}, %{x}: %{z:.4g}<extra>" + title + "</extra>",
             ),
-            row=1, col=j,
-        )  # fmt: skip
+            row=1,
+            col=j,
+        )
         fig.update_yaxes(title_text="layer" if j == 1 else None, type="category", row=1, col=j)
     # one shared colour scale for the two adapters, a diverging one centred at 0 for the difference
     bar_x = 0.64 if len(panels) == 3 else 1.02
@@ -283,7 +325,6 @@ def _fig_lora(results: dict[str, Any]):
         diff_bar = {"x": 1.02, "title": {"text": "Δ"}}
         fig.update_layout(coloraxis2={"colorscale": "RdBu", "reversescale": True, "cmid": 0, "colorbar": diff_bar})
     return fig, None
-
 
 
 def _fig_axis(results: dict[str, Any]):
@@ -303,8 +344,16 @@ def _fig_axis(results: dict[str, Any]):
         means = [m for m, _, _ in vals]
         plus = [(hi - m) if hi is not None else 0.0 for m, _, hi in vals]
         minus = [(m - lo) if lo is not None else 0.0 for m, lo, _ in vals]
-        fig.add_trace(go.Scatter(x=xs, y=means, mode="lines+markers", name=name, line={"color": _color(i)},
-                                 error_y={"type": "data", "array": plus, "arrayminus": minus, "visible": True}))  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=means,
+                mode="lines+markers",
+                name=name,
+                line={"color": _color(i)},
+                error_y={"type": "data", "array": plus, "arrayminus": minus, "visible": True},
+            )
+        )
     fig.update_layout(xaxis_title=str(axis.get("name", "value")), yaxis_title="pass@k (mean, 95% CI over seeds)")
     return fig, ""
 

@@ -12,8 +12,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["as_counts", "as_ks", "compute_pass_at_k", "compute_pass_at_k_curve", "compute_pass_at_k_matrix",
-           "mean_pass_at_k"]  # fmt: skip
+__all__ = [
+    "as_counts",
+    "as_ks",
+    "compute_pass_at_k",
+    "compute_pass_at_k_curve",
+    "compute_pass_at_k_matrix",
+    "mean_pass_at_k",
+]
 
 
 def compute_pass_at_k(n: int, c: int, k: int) -> float:

@@ -37,7 +37,14 @@ def evaluate_policy(
     if cfg.few_shot and "\n" not in sampling.stop:
         sampling = sampling.model_copy(update={"stop": [*sampling.stop, "\n"]})
     judged = sample_and_judge(
-        pool, task, prompts, cfg.n_samples, sampling, prefix=few_shot_prefix(task, cfg.few_shot), version=version, seed=(seed, "eval")
+        pool,
+        task,
+        prompts,
+        cfg.n_samples,
+        sampling,
+        prefix=few_shot_prefix(task, cfg.few_shot),
+        version=version,
+        seed=(seed, "eval"),
     )
     texts, rewards, counts = judged.texts, judged.rewards, judged.counts
     # USQ@k: the quality of the candidate a likelihood-ranking selector picks out of k (docs/algorithms.md §5)
@@ -73,4 +80,3 @@ def build_eval_task(run, model_dir) -> Task:
 
         task.engagement_model = EngagementModel.load(judge_model)
     return format_for_model(task, run.model, model_dir)
-

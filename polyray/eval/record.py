@@ -49,8 +49,16 @@ import numpy as np
 
 from polyray.config.names import split_at_key
 
-__all__ = ["METRIC_LABELS", "Estimate", "EvalRecord", "PromptRow", "at_key", "metric_label", "records_from_summaries",
-           "split_at_key"]
+__all__ = [
+    "METRIC_LABELS",
+    "Estimate",
+    "EvalRecord",
+    "PromptRow",
+    "at_key",
+    "metric_label",
+    "records_from_summaries",
+    "split_at_key",
+]
 
 LEGACY_KEYS = {"distinct_frac": "distinct_samples"}
 """Keys older files wrote -> the key they are read as."""
@@ -228,17 +236,28 @@ class EvalRecord:
         yield from self.extra.items()
         yield from ((at_key("pass", k), v) for k, v in self.pass_at_k.items())
         yield from ((at_key("usq", k), v) for k, v in self.usq_at_k.items())
-        fields = (("reward_mean", self.reward_mean), ("n_prompts", self.n_prompts), ("n_samples", self.n_samples),
-                  ("few_shot", self.few_shot), ("distinct_samples", self.distinct_samples))  # fmt: skip
+        fields = (
+            ("reward_mean", self.reward_mean),
+            ("n_prompts", self.n_prompts),
+            ("n_samples", self.n_samples),
+            ("few_shot", self.few_shot),
+            ("distinct_samples", self.distinct_samples),
+        )
         yield from ((k, v) for k, v in fields if v is not None)
         yield from ((f"diversity/{k}", v) for k, v in self.diversity.items())
         if self.usq_selector is not None:
             yield "usq_selector", self.usq_selector
         if self.usq_by_selector:
-            yield "usq_by_selector", {s: {at_key("usq", k): dict(v) for k, v in by_k.items()}
-                                      for s, by_k in self.usq_by_selector.items()}  # fmt: skip
+            yield (
+                "usq_by_selector",
+                {s: {at_key("usq", k): dict(v) for k, v in by_k.items()} for s, by_k in self.usq_by_selector.items()},
+            )
         yield from ((at_key("der", k), dict(v)) for k, v in self.der.items())
-        job = (("collapse_point", self.collapse_point), ("quality", self.quality), ("quality_label", self.quality_label))
+        job = (
+            ("collapse_point", self.collapse_point),
+            ("quality", self.quality),
+            ("quality_label", self.quality_label),
+        )
         yield from ((k, v) for k, v in job if v is not None)
         yield from ((f"reference_quality/{k}", v) for k, v in self.reference_quality.items())
         if self.per_prompt is not None:
@@ -266,7 +285,7 @@ class EvalRecord:
             if prefix:
                 if not key.startswith(prefix):
                     continue
-                key = key[len(prefix):]
+                key = key[len(prefix) :]
             key = LEGACY_KEYS.get(key, key)
             split = split_at_key(key)
             if split is not None:
@@ -288,7 +307,9 @@ class EvalRecord:
             elif key.startswith("reference_quality/"):
                 rec.reference_quality[key.split("/", 1)[1]] = Estimate.of(v)
             elif key == "usq_by_selector":
-                rec.usq_by_selector = {s: {split_at_key(k)[1]: dict(e) for k, e in by_k.items()} for s, by_k in v.items()}
+                rec.usq_by_selector = {
+                    s: {split_at_key(k)[1]: dict(e) for k, e in by_k.items()} for s, by_k in v.items()
+                }
             elif key == "per_prompt" and isinstance(v, list):
                 rec.per_prompt = [PromptRow.from_json(r) for r in v]
             else:

@@ -100,13 +100,21 @@ def _table_rows(results: dict[str, Any]) -> tuple[list[str], list[tuple[str, lis
     ks, usq_k, divs = _table_columns(results)
     models = report_models(results)
     distinct = any(m.distinct_samples is not None for m in models.values())
-    header = ([f"pass@{k}" for k in ks] + ([f"USQ@{usq_k}"] if usq_k else [])
-              + ([metric_label("distinct_samples")] if distinct else []) + [metric_label(d) for d in divs])  # fmt: skip
+    header = (
+        [f"pass@{k}" for k in ks]
+        + ([f"USQ@{usq_k}"] if usq_k else [])
+        + ([metric_label("distinct_samples")] if distinct else [])
+        + [metric_label(d) for d in divs]
+    )
     rows = []
     for name, m in models.items():
         curve, usq, dv = m.pass_at_k, m.usq_at_k, m.diversity
-        cells = ([curve.get(k) for k in ks] + ([usq.get(usq_k)] if usq_k else [])
-                 + ([m.distinct_samples] if distinct else []) + [dv.get(d) for d in divs])  # fmt: skip
+        cells = (
+            [curve.get(k) for k in ks]
+            + ([usq.get(usq_k)] if usq_k else [])
+            + ([m.distinct_samples] if distinct else [])
+            + [dv.get(d) for d in divs]
+        )
         rows.append((name, cells))
     return header, rows
 
@@ -133,7 +141,7 @@ def _html_main_table(results: dict[str, Any]) -> str | None:
         out.append(f"<tr><th>{html.escape(name)}</th>")
         for j, c in enumerate(cells):
             is_best = math.isfinite(best[j]) and value(c)[0] == best[j]
-            out.append(f'<td{" class=best" if is_best else ""}>{html.escape(_fmt(c))}</td>')
+            out.append(f"<td{' class=best' if is_best else ''}>{html.escape(_fmt(c))}</td>")
         out.append("</tr>")
     out.append("</tbody></table>")
     return "".join(out)
@@ -148,10 +156,15 @@ def _html_selection_table(results: dict[str, Any]) -> str | None:
     out += [f"<th>{h}</th>" for h in ("selection", "chosen", "selected on", "metric", "candidates (mean over seeds)")]
     out.append("</tr></thead><tbody>")
     for r in rows:
-        among = ", ".join(f"{k}: {v:.4g}" if isinstance(v, (int, float)) else f"{k}: –" for k, v in r.get("among", {}).items())
+        among = ", ".join(
+            f"{k}: {v:.4g}" if isinstance(v, (int, float)) else f"{k}: –" for k, v in r.get("among", {}).items()
+        )
         cells = [str(r.get("chosen", "–")), str(r.get("selected_on", "–")), str(r.get("metric", "–")), among]
-        out.append(f"<tr><th>{html.escape(str(r.get('what', '')))}</th>"
-                   + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")  # fmt: skip
+        out.append(
+            f"<tr><th>{html.escape(str(r.get('what', '')))}</th>"
+            + "".join(f"<td>{html.escape(c)}</td>" for c in cells)
+            + "</tr>"
+        )
     out.append("</tbody></table>")
     return "".join(out)
 
@@ -165,20 +178,40 @@ def hypothesis_rows(hypotheses: dict[str, Any]) -> list[tuple[str, list[str]]]:
 
     rows = []
     for name, h in hypotheses.items():
-        claim = (f"{h['treatment']} raises {h['raise_metric']} over {h['control']}, keeps {h['keep_metric']}"
-                 f" within {h['keep_within']:.0%}")
+        claim = (
+            f"{h['treatment']} raises {h['raise_metric']} over {h['control']}, keeps {h['keep_metric']}"
+            f" within {h['keep_within']:.0%}"
+        )
         r, k = h.get("raise") or {}, h.get("keep") or {}
-        raised = (f"{num(r.get('difference'), '+.3f')} [{num(r.get('low'), '+.3f')}, {num(r.get('high'), '+.3f')}],"
-                  f" p {num(r.get('pvalue'), '.3g')}") if r else "–"
-        kept = (f"{num(k.get('difference'), '+.3f')} [{num(k.get('low'), '+.3f')}, {num(k.get('high'), '+.3f')}]"
-                f" vs ±{num(k.get('margin'), '.3f')}, TOST p {num(k.get('pvalue'), '.3g')}") if k else "–"
+        raised = (
+            (
+                f"{num(r.get('difference'), '+.3f')} [{num(r.get('low'), '+.3f')}, {num(r.get('high'), '+.3f')}],"
+                f" p {num(r.get('pvalue'), '.3g')}"
+            )
+            if r
+            else "–"
+        )
+        kept = (
+            (
+                f"{num(k.get('difference'), '+.3f')} [{num(k.get('low'), '+.3f')}, {num(k.get('high'), '+.3f')}]"
+                f" vs ±{num(k.get('margin'), '.3f')}, TOST p {num(k.get('pvalue'), '.3g')}"
+            )
+            if k
+            else "–"
+        )
         verdict = h["verdict"] + (f" ({'; '.join(h['reasons'])})" if h.get("reasons") else "")
         rows.append((name, [claim, str(h.get("n_seeds", 0)), raised, kept, verdict]))
     return rows
 
 
-HYPOTHESIS_COLUMNS = ("hypothesis", "claim", "seeds", "raised: difference [95% CI], paired t p",
-                      "kept: difference [90% CI] vs margin, TOST p", "verdict")
+HYPOTHESIS_COLUMNS = (
+    "hypothesis",
+    "claim",
+    "seeds",
+    "raised: difference [95% CI], paired t p",
+    "kept: difference [90% CI] vs margin, TOST p",
+    "verdict",
+)
 
 
 def _html_hypotheses_table(results: dict[str, Any]) -> str | None:
@@ -203,9 +236,18 @@ def _html_stats_table(results: dict[str, Any]) -> str | None:
         v = (d.get(key) or {}).get("pvalue")
         return "–" if v is None else f"{v:.3g}"
 
-    head = ["comparison", "mean diff", "95% bootstrap CI over prompts, given the models", "Mann–Whitney p",
-            "Wilcoxon p", "paired t p",
-            "Holm p", "Cohen's d", "d_z", "Cliff's δ"]  # fmt: skip
+    head = [
+        "comparison",
+        "mean diff",
+        "95% bootstrap CI over prompts, given the models",
+        "Mann–Whitney p",
+        "Wilcoxon p",
+        "paired t p",
+        "Holm p",
+        "Cohen's d",
+        "d_z",
+        "Cliff's δ",
+    ]
     out = ['<table id="table-stats" class="results"><thead><tr>']
     out += [f"<th>{h}</th>" for h in head]
     out.append("</tr></thead><tbody>")
@@ -243,9 +285,18 @@ def _html_seed_table(results: dict[str, Any]) -> str | None:
         v, adj = o.get(key), o.get(f"{key}_holm")
         return "–" if v is None else f"{v:.3g}" + (f" ({adj:.3g})" if adj is not None else "")
 
-    head = ["comparison", "metric", "seeds", "design", "difference", "95% CI over seeds (given the test prompts)",
-            "t-test p (Holm)", "rank test p (Holm)", "TOST: equivalent within ±margin (Holm p)",
-            "95% bootstrap CI over seeds and prompts"]  # fmt: skip
+    head = [
+        "comparison",
+        "metric",
+        "seeds",
+        "design",
+        "difference",
+        "95% CI over seeds (given the test prompts)",
+        "t-test p (Holm)",
+        "rank test p (Holm)",
+        "TOST: equivalent within ±margin (Holm p)",
+        "95% bootstrap CI over seeds and prompts",
+    ]
     out = ['<table id="table-seeds" class="results"><thead><tr>']
     out += [f"<th>{html.escape(h)}</th>" for h in head]
     out.append("</tr></thead><tbody>")
@@ -257,26 +308,47 @@ def _html_seed_table(results: dict[str, Any]) -> str | None:
             boot = (e.get("within_seed") or {}).get("hierarchical_bootstrap") or {}
             if o.get("wilcoxon_min_p") is not None and o["wilcoxon_min_p"] > 0.05:
                 floors.add(o["wilcoxon_min_p"])
-            tost = "–" if o.get("tost_p") is None else (
-                f"{'yes' if o.get('equivalent') else 'not shown'} ±{o['equivalence_margin']:g}, p {p(o, 'tost_p')}")
+            tost = (
+                "–"
+                if o.get("tost_p") is None
+                else (
+                    f"{'yes' if o.get('equivalent') else 'not shown'} ±{o['equivalence_margin']:g}, p {p(o, 'tost_p')}"
+                )
+            )
             cells = [
-                metric, ",".join(map(str, c.get("seeds", []))), o.get("design", "–"),
-                f"{e.get('difference', math.nan):+.4f}", iv(*(o.get("ci95") or [None, None])),
+                metric,
+                ",".join(map(str, c.get("seeds", []))),
+                o.get("design", "–"),
+                f"{e.get('difference', math.nan):+.4f}",
+                iv(*(o.get("ci95") or [None, None])),
                 ("paired t " if paired else "Welch ") + p(o, "paired_t_p" if paired else "welch_p"),
                 ("Wilcoxon " if paired else "Mann–Whitney ") + p(o, "wilcoxon_p" if paired else "mann_whitney_p"),
-                tost, iv(boot.get("low"), boot.get("high")),
+                tost,
+                iv(boot.get("low"), boot.get("high")),
             ]
             row = "".join(f"<td>{html.escape(x)}</td>" for x in cells)
             out.append(f"<tr><th>{html.escape(name)}</th>{row}</tr>")
     out.append("</tbody></table>")
     if floors:
-        out.append(f"<p>With these seeds the exact Wilcoxon signed-rank p cannot go below {min(floors):.3g}: "
-                   "the rank test cannot reject at 0.05 whatever the effect.</p>")
+        out.append(
+            f"<p>With these seeds the exact Wilcoxon signed-rank p cannot go below {min(floors):.3g}: "
+            "the rank test cannot reject at 0.05 whatever the effect.</p>"
+        )
     return "".join(out)
 
 
-_TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}  # fmt: skip
+_TEX_ESCAPES = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
 
 
 def _tex(s: str) -> str:
@@ -331,6 +403,8 @@ table.results th:first-child { text-align: left; }
 td.best { font-weight: bold; }
 .skipped { color: #777; font-style: italic; padding: 1rem; border: 1px dashed #ccc; }
 """
+
+
 def render_html(results: dict[str, Any]) -> str:
     """The report as one self-contained HTML string (plotly.js inlined, no network)."""
     import plotly.io as pio
@@ -379,9 +453,9 @@ def render_html(results: dict[str, Any]) -> str:
             )
         body.append("</section>")
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        f"<title>{title}</title>\n<link rel=\"icon\" href=\"data:,\">\n<style>{_CSS}</style>\n"
-        f"<script type=\"text/javascript\">{get_plotlyjs()}</script>\n</head>\n<body>\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f'<title>{title}</title>\n<link rel="icon" href="data:,">\n<style>{_CSS}</style>\n'
+        f'<script type="text/javascript">{get_plotlyjs()}</script>\n</head>\n<body>\n'
         + "\n".join(body)
         + "\n</body>\n</html>\n"
     )

@@ -115,6 +115,8 @@ def limit_error(body: CompletionBody | ChatBody, cfg: GenerationServiceConfig) -
     if total > cfg.max_request_tokens:
         named = body.max_tokens is None and getattr(body, "max_completion_tokens", None) is not None
         field = "max_completion_tokens" if named else "max_tokens"
-        return (f"{prompts} prompts x n = {body.n} x {field} = {per_completion} asks for {total} tokens; this"
-                f" service's limit is {cfg.max_request_tokens} per request"), field  # fmt: skip
+        return (
+            f"{prompts} prompts x n = {body.n} x {field} = {per_completion} asks for {total} tokens; this"
+            f" service's limit is {cfg.max_request_tokens} per request"
+        ), field
     return None

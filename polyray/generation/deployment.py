@@ -65,8 +65,10 @@ GAUGES = {
     "polyray_generation_versions_loaded": "Policy versions this replica holds loaded.",
 }
 HISTOGRAMS = {
-    "polyray_generation_adapter_load_seconds": ("Seconds from pulling a version to serving it.",
-                                                [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5]),
+    "polyray_generation_adapter_load_seconds": (
+        "Seconds from pulling a version to serving it.",
+        [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5],
+    ),
 }
 
 app = FastAPI(
@@ -82,8 +84,10 @@ app.state.api_key = None
 app.add_middleware(BearerAuth, key=lambda: app.state.api_key)
 
 _ERRORS = {
-    400: {"description": "The body fails the schema, a limit is exceeded (prompts, n, max_tokens, stop strings,"
-          " prompt tokens, tokens per request) or vLLM refuses a parameter; param names the field."},
+    400: {
+        "description": "The body fails the schema, a limit is exceeded (prompts, n, max_tokens, stop strings,"
+        " prompt tokens, tokens per request) or vLLM refuses a parameter; param names the field."
+    },
     401: {"description": "Missing or wrong API key."},
     404: {"description": "Unknown model id."},
     413: {"description": "Body larger than max_body_bytes."},
@@ -233,14 +237,27 @@ class GenerationDeployment:
         self.models = OpenAIServingModels(self.engine, [BaseModelPath(name=cfg.base_name, model_path=cfg.model_dir)])
         await self.models.init_static_loras()
         template = chat_template(cfg)
-        renderer = OnlineRenderer(self.engine.model_config, self.engine.renderer, request_logger=None,
-                                  chat_template=template, chat_template_content_format="auto")  # fmt: skip
+        renderer = OnlineRenderer(
+            self.engine.model_config,
+            self.engine.renderer,
+            request_logger=None,
+            chat_template=template,
+            chat_template_content_format="auto",
+        )
         self.tokenizer = self.engine.renderer.tokenizer
         self.template = template
-        self.completion = OpenAIServingCompletion(self.engine, self.models, online_renderer=renderer, request_logger=None)
-        self.chat = OpenAIServingChat(self.engine, self.models, "assistant", online_renderer=renderer,
-                                      request_logger=None, chat_template=template,
-                                      chat_template_content_format="auto")  # fmt: skip
+        self.completion = OpenAIServingCompletion(
+            self.engine, self.models, online_renderer=renderer, request_logger=None
+        )
+        self.chat = OpenAIServingChat(
+            self.engine,
+            self.models,
+            "assistant",
+            online_renderer=renderer,
+            request_logger=None,
+            chat_template=template,
+            chat_template_content_format="auto",
+        )
         store = None
         if cfg.store_root:
             import ray
@@ -252,8 +269,9 @@ class GenerationDeployment:
             except ValueError:  # none (serve deploy, a RayService): open the directory, for every replica
                 store = open_store(cfg.store_root, keep=1 << 30, detached=True)
         metrics = Metrics({"run": cfg.run}, GAUGES, HISTOGRAMS)
-        self.catalog = AdapterCatalog(self.engine, self.models, cfg.base_name, cfg.adapters, store,
-                                      self.adapter_root, cfg.keep_versions, metrics)  # fmt: skip
+        self.catalog = AdapterCatalog(
+            self.engine, self.models, cfg.base_name, cfg.adapters, store, self.adapter_root, cfg.keep_versions, metrics
+        )
         await self.catalog.start()  # a (re)started replica has the newest version before it serves
         self.created = int(time.time())
         self._poller = asyncio.create_task(self._poll()) if store is not None else None
@@ -310,8 +328,14 @@ class GenerationDeployment:
 
     # ---- serving ---------------------------------------------------------------------------
     def _card(self, model: str) -> dict[str, Any]:
-        return {"id": model, "object": "model", "created": self.created, "owned_by": "polyray",
-                "root": model, "parent": None if model == self.cfg.base_name else self.cfg.base_name}  # fmt: skip
+        return {
+            "id": model,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "polyray",
+            "root": model,
+            "parent": None if model == self.cfg.base_name else self.cfg.base_name,
+        }
 
     async def _limit_error(self, body: CompletionBody | ChatBody) -> JSONResponse | None:
         refused = limit_error(body, self.cfg)
@@ -320,21 +344,31 @@ class GenerationDeployment:
         limit = self.cfg.max_prompt_tokens or self.max_len
         if isinstance(body, ChatBody):
             if self.template is None and not getattr(self.tokenizer, "chat_template", None):
-                return _error(400, f"the model {self.cfg.base_name!r} has no chat template: use /v1/completions, or"
-                              " start the service with chat_template set", "BadRequestError", "messages")  # fmt: skip
+                return _error(
+                    400,
+                    f"the model {self.cfg.base_name!r} has no chat template: use /v1/completions, or"
+                    " start the service with chat_template set",
+                    "BadRequestError",
+                    "messages",
+                )
         # templating and tokenising take time proportional to the body: off the event loop, which
         # must keep answering health checks (a blocked loop gets the replica killed)
         lengths = await asyncio.to_thread(self._prompt_lengths, body)
         if max(lengths, default=0) > limit:
-            return _error(400, f"the prompt has {max(lengths)} tokens; this service's limit is {limit}",
-                          "BadRequestError", "messages" if isinstance(body, ChatBody) else "prompt")  # fmt: skip
+            return _error(
+                400,
+                f"the prompt has {max(lengths)} tokens; this service's limit is {limit}",
+                "BadRequestError",
+                "messages" if isinstance(body, ChatBody) else "prompt",
+            )
         return None
 
     def _prompt_lengths(self, body: CompletionBody | ChatBody) -> list[int]:
         if isinstance(body, ChatBody):
             messages = [m.model_dump() for m in body.messages]
-            rendered = self.tokenizer.apply_chat_template(messages, chat_template=self.template, tokenize=False,
-                                                          add_generation_prompt=True)  # fmt: skip
+            rendered = self.tokenizer.apply_chat_template(
+                messages, chat_template=self.template, tokenize=False, add_generation_prompt=True
+            )
             return [len(self.tokenizer.encode(rendered, add_special_tokens=False))]
         return _prompt_lengths(body.prompt, self.tokenizer)
 
@@ -391,6 +425,10 @@ def build_generation_app(args: dict[str, Any] | None = None) -> Application:
         num_replicas=config.num_replicas,
         max_ongoing_requests=config.max_ongoing_requests,
         max_queued_requests=config.max_queued_requests,
-        ray_actor_options={"num_cpus": config.num_cpus, "num_gpus": config.gpus, "resources": config.resources,
-                           "runtime_env": {"env_vars": engine_env(config)}},
+        ray_actor_options={
+            "num_cpus": config.num_cpus,
+            "num_gpus": config.gpus,
+            "resources": config.resources,
+            "runtime_env": {"env_vars": engine_env(config)},
+        },
     ).bind(config.model_dump())

@@ -101,7 +101,9 @@ class TrainBatch(Sequences):
             sample_logprobs=[s.logprobs for s in samples],
             advantages=advantages[rows].reshape(-1).to(torch.float64),
             group_size=len(groups[0]) if groups else 0,
-            reference_logprobs=[s.ref_logprobs for s in samples] if any(s.ref_logprobs is not None for s in samples) else None,
+            reference_logprobs=[s.ref_logprobs for s in samples]
+            if any(s.ref_logprobs is not None for s in samples)
+            else None,
         )
 
     @property

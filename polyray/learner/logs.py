@@ -73,8 +73,11 @@ class StepLogs:
         # restarted if it dies (the rows are in the files; only the progress bar's latest row starts empty
         # again): an append in flight then fails, and Ray Train restarts the ranks from their checkpoint,
         # whose rows reach the new actor
-        actor = (ray.remote(num_cpus=0, max_restarts=-1)(LogFiles).options(scheduling_strategy=on_this_node())
-                 .remote(str(output_dir)))  # fmt: skip
+        actor = (
+            ray.remote(num_cpus=0, max_restarts=-1)(LogFiles)
+            .options(scheduling_strategy=on_this_node())
+            .remote(str(output_dir))
+        )
         return cls(actor=actor)
 
     def append(self, name: str, *records: dict[str, Any]) -> None:

@@ -187,8 +187,9 @@ def build_optimizer(params: list, lr: float, weight_decay: float):
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 
-def _setup_model(run: RunConfig, phase_cfg, model_dir: str, init_adapter: str | None, start: _Start,
-                 session: TrainSession):  # fmt: skip
+def _setup_model(
+    run: RunConfig, phase_cfg, model_dir: str, init_adapter: str | None, start: _Start, session: TrainSession
+):
     """(DDP model, tokenizer, KL reference adapter name, trainable params, optimizer, LR scheduler),
     restored from ``start``."""
     import torch
@@ -199,9 +200,12 @@ def _setup_model(run: RunConfig, phase_cfg, model_dir: str, init_adapter: str | 
 
     torch.manual_seed(run.seed)  # identical LoRA init on every rank
     model, tokenizer = build_peft_model(
-        model_dir, run.learner.lora, run.model.dtype, start.adapter_dir,
+        model_dir,
+        run.learner.lora,
+        run.model.dtype,
+        start.adapter_dir,
         run.learner.gradient_checkpointing,
-    )  # fmt: skip
+    )
     # The KL reference is the phase's *incoming* adapter, also when resuming from a checkpoint.
     reference_dir = PHASES[phase_cfg.type].reference_adapter_dir(phase_cfg, init_adapter)
     reference = add_reference_adapter(model, reference_dir) if reference_dir else None
@@ -240,9 +244,21 @@ def _setup_phase(job: LearnerJob, model_dir: str, model, tokenizer, reference, r
             print(f"learner.share_prompts: off for this model ({blocker}); sequences run whole")
     # the KL reference as a rollout worker loads it: as the driver shared it (the worker takes it from storage itself)
     reference_source = PHASES[phase_cfg.type].reference_adapter_dir(phase_cfg, job.init_adapter)
-    ctx = StepContext(model, tokenizer, rank, world, run.seed, reward_fn, reference, rollout_log,
-                      run.learner.micro_batch_tokens, run.learner.logits_chunk_mib, share_prompts,
-                      run.learner.pack_samples, reference_source)  # fmt: skip
+    ctx = StepContext(
+        model,
+        tokenizer,
+        rank,
+        world,
+        run.seed,
+        reward_fn,
+        reference,
+        rollout_log,
+        run.learner.micro_batch_tokens,
+        run.learner.logits_chunk_mib,
+        share_prompts,
+        run.learner.pack_samples,
+        reference_source,
+    )
     return PHASES[phase_cfg.type](phase_cfg, task, run.task.n_train, ctx, job.pool), task
 
 
@@ -256,8 +272,13 @@ def _sync_canary(run: RunConfig, phase_cfg, pool, task, tokenizer, rank: int):
         return None
     probe = task.prompts("val", 1)[0]
     sampling = getattr(phase_cfg, "sampling", None)
-    return SyncCanary(run.learner.sync_check_every, encode_references([probe], tokenizer)[0],
-                      tokenizer.pad_token_id, run.model.dtype, sampling.temperature if sampling else 1.0)
+    return SyncCanary(
+        run.learner.sync_check_every,
+        encode_references([probe], tokenizer)[0],
+        tokenizer.pad_token_id,
+        run.model.dtype,
+        sampling.temperature if sampling else 1.0,
+    )
 
 
 def _train_step(model, phase, optimizer, params, grad_clip: float, step: int, version: int) -> tuple[dict, Any]:

@@ -26,9 +26,12 @@ def load_base(model_dir: str, dtype: str = "float32"):
 
 
 def build_peft_model(
-    model_dir: str, lora: LoraConfig, dtype: str = "float32", adapter_dir: str | None = None,
+    model_dir: str,
+    lora: LoraConfig,
+    dtype: str = "float32",
+    adapter_dir: str | None = None,
     gradient_checkpointing: bool = False,
-):  # fmt: skip
+):
     """Base model + a fresh LoRA adapter, or the trainable adapter saved in ``adapter_dir``.
 
     ``gradient_checkpointing``: the decoder layers recompute their activations in the backward pass
@@ -43,7 +46,11 @@ def build_peft_model(
         model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=True)
     else:
         cfg = PeftLoraConfig(
-            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules), bias="none"
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=list(lora.target_modules),
+            bias="none",
         )
         model = get_peft_model(base, cfg)
     return model, tokenizer
@@ -59,7 +66,9 @@ def add_reference_adapter(model, adapter_dir: str) -> str:
     return REFERENCE_ADAPTER
 
 
-_ADAPTER_PARAMETERS: "weakref.WeakKeyDictionary[Any, list[tuple[str, torch.nn.Parameter]]]" = weakref.WeakKeyDictionary()
+_ADAPTER_PARAMETERS: "weakref.WeakKeyDictionary[Any, list[tuple[str, torch.nn.Parameter]]]" = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def adapter_parameters(model) -> list[tuple[str, torch.nn.Parameter]]:

@@ -105,8 +105,11 @@ class ModelShape:
     def from_config(cls, config: dict[str, Any]) -> ModelShape:
         """From a transformers ``config.json`` mapping (a multimodal config's ``text_config`` if it has one)."""
         config = config.get("text_config") or config
-        missing = [k for k in ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads",
-                               "vocab_size") if k not in config]  # fmt: skip
+        missing = [
+            k
+            for k in ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "vocab_size")
+            if k not in config
+        ]
         if missing:
             raise ValueError(f"the model's config has no {missing[0]} (not a decoder-only transformer config)")
         heads = config["num_attention_heads"]
@@ -131,9 +134,16 @@ class ModelShape:
 
     def projections(self) -> dict[str, tuple[int, int]]:
         """Each decoder layer's linear projections: name -> (in features, out features)."""
-        H, I, q, kv = self.hidden, self.intermediate, self.q_dim, self.kv_dim
-        return {"q_proj": (H, q), "k_proj": (H, kv), "v_proj": (H, kv), "o_proj": (q, H),
-                "gate_proj": (H, I), "up_proj": (H, I), "down_proj": (I, H)}  # fmt: skip
+        H, I, q, kv = self.hidden, self.intermediate, self.q_dim, self.kv_dim  # noqa: E741 (the memory model's names)
+        return {
+            "q_proj": (H, q),
+            "k_proj": (H, kv),
+            "v_proj": (H, kv),
+            "o_proj": (q, H),
+            "gate_proj": (H, I),
+            "up_proj": (H, I),
+            "down_proj": (I, H),
+        }
 
     def parameters(self) -> int:
         """Base parameters: embeddings (and an untied head), the decoder layers, the final norm."""
@@ -177,7 +187,7 @@ def saved_bytes_per_token(
     already kept); under bfloat16 each projection keeps its own float32 cast. A padded batch also keeps
     keys and values repeated to the query heads and a row of the attention mask (``length`` tokens).
     """
-    H, I, q, kv = shape.hidden, shape.intermediate, shape.q_dim, shape.kv_dim
+    H, I, q, kv = shape.hidden, shape.intermediate, shape.q_dim, shape.kv_dim  # noqa: E741 (the memory model's names)
     if dtype_bytes >= 4:
         base = 8 * H + 12 * I + 12 * q + 12 * kv
     else:
@@ -259,10 +269,17 @@ def expandable_cuda_segments() -> bool:
 
 
 def learner_memory(
-    shape: ModelShape, lora: LoraConfig, dtype: str, micro: MicroBatch, logits_chunk_mib: float = 256,
-    kl_reference: bool = False, reference_adapter: bool = False, gradient_checkpointing: bool = False,
-    temperature_scaled: bool = False, device: Device = "cpu",
-) -> MemoryPlan:  # fmt: skip
+    shape: ModelShape,
+    lora: LoraConfig,
+    dtype: str,
+    micro: MicroBatch,
+    logits_chunk_mib: float = 256,
+    kl_reference: bool = False,
+    reference_adapter: bool = False,
+    gradient_checkpointing: bool = False,
+    temperature_scaled: bool = False,
+    device: Device = "cpu",
+) -> MemoryPlan:
     """One learner rank's peak memory for one micro-batch (module doc): forward and backward of ``micro``;
     ``kl_reference``: a no-grad reference forward between them (GRPO with ``kl_beta`` > 0; named in
     ``what``: on top of the kept activations it holds two logits chunks and one layer's temporaries,
@@ -313,8 +330,12 @@ def rollout_memory(shape: ModelShape, rollout: RolloutConfig, dtype: str) -> Mem
     step = step_tokens * (2 * shape.intermediate + shape.q_dim + 2 * shape.kv_dim + 2 * shape.hidden) * b / tp
     step += rollout.max_num_seqs * shape.vocab * 4 * 2
     kv_token = shape.kv_bytes_per_token(b) / tp
-    terms = {"weights": shape.parameters() * b / tp, "LoRA slots": slots / tp, "activations": step,
-             "runtime": VLLM_RUNTIME_BYTES[device]}  # fmt: skip
+    terms = {
+        "weights": shape.parameters() * b / tp,
+        "LoRA slots": slots / tp,
+        "activations": step,
+        "runtime": VLLM_RUNTIME_BYTES[device],
+    }
     if device == "cpu":
         terms["KV cache"] = rollout.kv_cache_gib * GIB
         tokens = int(rollout.kv_cache_gib * GIB // kv_token)
@@ -397,10 +418,17 @@ def run_learner_memory(run: RunConfig, shape: ModelShape, lengths: SequenceLengt
         reference = kl and phase.kl_reference == "phase_start" and (i > 0 or run.init_adapter is not None)
         sampling = getattr(phase, "sampling", None)
         plan = learner_memory(
-            shape, run.learner.lora, run.model.dtype, phase_micro_batch(run, i, lengths), run.learner.logits_chunk_mib,
-            kl_reference=kl, reference_adapter=reference, gradient_checkpointing=run.learner.gradient_checkpointing,
-            temperature_scaled=sampling is not None and sampling.temperature != 1, device=device,
-        )  # fmt: skip
+            shape,
+            run.learner.lora,
+            run.model.dtype,
+            phase_micro_batch(run, i, lengths),
+            run.learner.logits_chunk_mib,
+            kl_reference=kl,
+            reference_adapter=reference,
+            gradient_checkpointing=run.learner.gradient_checkpointing,
+            temperature_scaled=sampling is not None and sampling.temperature != 1,
+            device=device,
+        )
         plan.what = f"phase {phase.name}: {plan.what}"
         plans.append(plan)
     return max(plans, key=lambda p: p.total)
@@ -424,8 +452,7 @@ def check_learner(plan: MemoryPlan, run: RunConfig) -> None:
         if not learner.gradient_checkpointing:
             hint += ", or enable learner.gradient_checkpointing"
     raise ConfigError(
-        f"{field_name}: a learner rank needs {plan.describe()} > learner.gpu_memory_gib {limit:g}"
-        f" ({plan.what}): {hint}"
+        f"{field_name}: a learner rank needs {plan.describe()} > learner.gpu_memory_gib {limit:g} ({plan.what}): {hint}"
     )
 
 
@@ -463,23 +490,31 @@ def rollout_kv_note(plan: MemoryPlan, run: RunConfig) -> str:
     rest = rollout.gpu_memory_utilization * rollout.gpu_memory_gib * GIB - plan.total
     rest += plan.terms["KV cache (one sequence)"]
     tokens = int(rest // plan.extra["kv_bytes_per_token"])
-    return (f"; the KV cache gets ~{rest / GIB:.1f} GiB = {tokens} tokens (a full batch of max_num_seqs x"
-            f" max_model_len is {rollout.max_num_seqs * rollout.max_model_len})")  # fmt: skip
+    return (
+        f"; the KV cache gets ~{rest / GIB:.1f} GiB = {tokens} tokens (a full batch of max_num_seqs x"
+        f" max_model_len is {rollout.max_num_seqs * rollout.max_model_len})"
+    )
 
 
 def plan_lines(learner: MemoryPlan | None, rollout: MemoryPlan, run: RunConfig, lengths: SequenceLengths) -> list[str]:
     """The run header's memory plan: one line per role (no learner line for a run that trains nothing)."""
     limit = run.learner.gpu_memory_gib
     of = f" of {limit:g} GiB" if limit is not None else ""
-    lines = [] if learner is None else [
-        f"memory plan: learner rank {learner.describe()}{of} at its largest micro-batch ({learner.what};"
-        f" sequences bounded by {lengths.source})"
-    ]  # fmt: skip
+    lines = (
+        []
+        if learner is None
+        else [
+            f"memory plan: learner rank {learner.describe()}{of} at its largest micro-batch ({learner.what};"
+            f" sequences bounded by {lengths.source})"
+        ]
+    )
     limit = run.rollout.gpu_memory_gib
     share = run.rollout.gpu_memory_utilization
     of = f" of {share:g} x {limit:g} GiB" if limit is not None and rollout.device == "gpu" else ""
-    lines.append(f"memory plan: rollout worker ({rollout.device.upper()}) {rollout.describe()}{of} ({rollout.what})"
-                 f"{rollout_kv_note(rollout, run)}")  # fmt: skip
+    lines.append(
+        f"memory plan: rollout worker ({rollout.device.upper()}) {rollout.describe()}{of} ({rollout.what})"
+        f"{rollout_kv_note(rollout, run)}"
+    )
     return lines
 
 

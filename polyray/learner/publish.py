@@ -32,8 +32,9 @@ class AdapterPublisher:
         self.canary_metrics: dict[str, float] = {}
         self.pending = None  # rank 0: the last publish, while its loads may still be running (publish(wait=False))
 
-    def start(self, version: int, step: int, holds_published: bool, publishes_every_step: bool,
-              finished: bool = False) -> None:  # fmt: skip
+    def start(
+        self, version: int, step: int, holds_published: bool, publishes_every_step: bool, finished: bool = False
+    ) -> None:
         """Begin an attempt at the phase at ``step`` holding adapter ``version``.
 
         ``finished``: the attempt resumes from the phase's last checkpoint (a worker or driver died
@@ -88,7 +89,9 @@ class AdapterPublisher:
         if wait or (self.canary is not None and self.canary.checks_next()):
             incarnations = pending.result()
             if self.canary is not None:
-                self.canary_metrics.update(self.canary.after_publish(self.ctx.model, self.pool, pending.version, incarnations))
+                self.canary_metrics.update(
+                    self.canary.after_publish(self.ctx.model, self.pool, pending.version, incarnations)
+                )
         else:
             self.pending = pending
         return pending.version, time.perf_counter() - started

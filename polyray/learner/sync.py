@@ -62,9 +62,13 @@ class SyncCanary:
     sampling temperature (1 for a phase that does not sample)."""
 
     def __init__(
-        self, every: int, probe: tuple[list[int], list[int]], pad_id: int, dtype: str = "float32",
+        self,
+        every: int,
+        probe: tuple[list[int], list[int]],
+        pad_id: int,
+        dtype: str = "float32",
         temperature: float = 1.0,
-    ):  # fmt: skip
+    ):
         self.every, self.probe, self.pad_id = every, probe, pad_id
         self.tolerance, self.noise = TOLERANCE[dtype], NOISE[dtype]
         self.temperature = temperature
@@ -133,8 +137,11 @@ class SyncCanary:
         gaps = [self.check(model, pool, version, worker, learner, references) for worker in workers]
         self.last_passed = (version, learner)
         nodes = pool.nodes()
-        metrics = {"canary_gap": max(gaps), "canary_workers": float(len(workers)),
-                   "canary_nodes": {str(i): nodes[i] for i in workers}}  # fmt: skip
+        metrics = {
+            "canary_gap": max(gaps),
+            "canary_workers": float(len(workers)),
+            "canary_nodes": {str(i): nodes[i] for i in workers},
+        }
         if self.temperature != 1.0:
             metrics["canary_gap_t"] = max(self.check_sampling(model, pool, version, worker) for worker in workers)
         return {**metrics, "canary_s": time.perf_counter() - started}
@@ -149,7 +156,9 @@ class SyncCanary:
             references[f"policy-v{self.last_passed[0]}"] = self.last_passed[1]
         return references
 
-    def learner_logprobs(self, model, prompt_ids, completion_ids, temperature: float, adapter: bool = True) -> torch.Tensor:
+    def learner_logprobs(
+        self, model, prompt_ids, completion_ids, temperature: float, adapter: bool = True
+    ) -> torch.Tensor:
         """The learner's float64 log-probs of ``completion_ids`` after ``prompt_ids`` at ``temperature`` (no grad, no
         dropout); ``adapter`` False: with the adapter disabled (the base model)."""
         peft = getattr(model, "module", model)
@@ -157,7 +166,7 @@ class SyncCanary:
         was_training = peft.training
         peft.eval()  # no dropout in the probe (its mode is restored after)
         try:
-            with torch.no_grad(), (nullcontext() if adapter else peft.disable_adapter()):
+            with torch.no_grad(), nullcontext() if adapter else peft.disable_adapter():
                 batch = pack_sequences([prompt_ids], [completion_ids], self.pad_id, device)
                 logp, mask = token_logprobs(peft, batch, temperature)
         finally:
@@ -165,9 +174,14 @@ class SyncCanary:
         return logp[0][mask[0].bool()].double().cpu()
 
     def check(
-        self, model, pool, version: int, worker: int = 0, learner: torch.Tensor | None = None,
+        self,
+        model,
+        pool,
+        version: int,
+        worker: int = 0,
+        learner: torch.Tensor | None = None,
         references: dict[str, torch.Tensor] | None = None,
-    ) -> float:  # fmt: skip
+    ) -> float:
         """RMS learner − worker log-prob gap over the probe's tokens (temperature 1); raises when
         :func:`stale_reason` finds one. ``learner``, ``references``: computed here when not given."""
         prompt_ids, completion_ids = self.probe
@@ -178,7 +192,9 @@ class SyncCanary:
         served = torch.tensor(pool.score(prompt_ids, completion_ids, version, worker), dtype=torch.float64)
         reason = stale_reason(learner, served, references, self.tolerance, self.noise)
         if reason is not None:
-            raise SyncCanaryError(f"adapter sync canary: rollout worker {worker} serves policy-v{version} with log-probs {reason}")
+            raise SyncCanaryError(
+                f"adapter sync canary: rollout worker {worker} serves policy-v{version} with log-probs {reason}"
+            )
         return rms(served - learner)
 
     def check_sampling(self, model, pool, version: int, worker: int = 0) -> float:
@@ -193,8 +209,10 @@ class SyncCanary:
         tolerance = self.tolerance * max(1.0, 1.0 / self.temperature)
         reason = stale_reason(learner, served, {}, tolerance, self.noise)
         if reason is not None:
-            raise SyncCanaryError(f"adapter sync canary: rollout worker {worker} serves policy-v{version}, sampling at"
-                                  f" temperature {self.temperature:g}, with log-probs {reason}")  # fmt: skip
+            raise SyncCanaryError(
+                f"adapter sync canary: rollout worker {worker} serves policy-v{version}, sampling at"
+                f" temperature {self.temperature:g}, with log-probs {reason}"
+            )
         return rms(served - learner)
 
 
@@ -223,6 +241,8 @@ def stale_reason(
     for name, reference in references.items():
         apart, near = rms(learner - reference), rms(served - reference)
         if apart > 2 * noise and near < NEARER * gap:
-            return (f"{near:.3g} (RMS) from {name}'s and {gap:.3g} from the published weights' ({apart:.3g} apart):"
-                    f" it serves {name}, not the published adapter")  # fmt: skip
+            return (
+                f"{near:.3g} (RMS) from {name}'s and {gap:.3g} from the published weights' ({apart:.3g} apart):"
+                f" it serves {name}, not the published adapter"
+            )
     return None

@@ -24,7 +24,11 @@ GAUGES = {
 }
 HISTOGRAMS = {
     "polyray_step_seconds": ("step_s", "Wall time of one optimizer step on rank 0.", [0.05, 0.1, 0.25, 0.5, 1, 2, 5]),
-    "polyray_sync_seconds": ("sync_s", "The step's time on the adapter publish (synchronous: until every rollout worker loaded it; one step ahead: until the store handed out its id).", [0.005, 0.01, 0.025, 0.05, 0.1, 0.5]),
+    "polyray_sync_seconds": (
+        "sync_s",
+        "The step's time on the adapter publish (synchronous: until every rollout worker loaded it; one step ahead: until the store handed out its id).",
+        [0.005, 0.01, 0.025, 0.05, 0.1, 0.5],
+    ),
 }
 
 

@@ -72,8 +72,9 @@ def run_phase(
         storage=shared, recovered_checkpoint=recovered.location if recovered else None,
     )  # fmt: skip
     try:
-        result = _fit_with_progress(_trainer(job, storage_path), lambda: logs.latest(phase.name) or {}, phase.steps,
-                                    on_progress)  # fmt: skip
+        result = _fit_with_progress(
+            _trainer(job, storage_path), lambda: logs.latest(phase.name) or {}, phase.steps, on_progress
+        )
     except BaseException as exc:
         raise _unplaced_learner(exc, run, phase_index) or exc
     finally:
@@ -116,10 +117,11 @@ def _trainer(job: LearnerJob, storage_path: str):
         run_config=TrainRunConfig(
             name=job.phase.name,
             storage_path=storage_path,
-            failure_config=FailureConfig(max_failures=run.learner.max_failures,
-                                         controller_failure_limit=run.learner.max_failures),
+            failure_config=FailureConfig(
+                max_failures=run.learner.max_failures, controller_failure_limit=run.learner.max_failures
+            ),
         ),
-    )  # fmt: skip
+    )
 
 
 def _fit_with_progress(trainer, latest_row: Callable[[], dict[str, Any]], total: int, on_progress=None):
@@ -161,8 +163,11 @@ def _unplaced_learner(error: BaseException, run: RunConfig, phase_index: int) ->
 
     if not isinstance(getattr(error, "controller_failure", None), WorkerGroupStartupTimeoutError):
         return None
-    bundle = {"CPU": run.learner.cpus_per_worker, **({"GPU": 1.0} if run.learner.use_gpu else {}),
-              **run.cluster.worker_resources}  # fmt: skip
+    bundle = {
+        "CPU": run.learner.cpus_per_worker,
+        **({"GPU": 1.0} if run.learner.use_gpu else {}),
+        **run.cluster.worker_resources,
+    }
     return ClusterShortfall(
         f"learner: {run.phase_workers(phase_index)} rank(s) of phase {run.phases[phase_index].name!r} not placed in"
         f" {run.learner.max_failures + 1} start(s) of {run.cluster.resource_wait_s:g} s each (learner.max_failures + 1,"

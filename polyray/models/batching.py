@@ -61,7 +61,9 @@ def pack_sequences(
         attention_mask[i, :n] = 1
         completion_mask[i, len(p) : n] = 1.0
     if device is not None:
-        input_ids, attention_mask, completion_mask = (t.to(device) for t in (input_ids, attention_mask, completion_mask))
+        input_ids, attention_mask, completion_mask = (
+            t.to(device) for t in (input_ids, attention_mask, completion_mask)
+        )
     return PackedBatch(input_ids, attention_mask, completion_mask)
 
 
@@ -210,9 +212,12 @@ class PromptGroups:
 
 
 def pack_prompt_groups(
-    prompts: list[list[int]], completions: list[list[int]], group: list[int], pad_id: int,
+    prompts: list[list[int]],
+    completions: list[list[int]],
+    group: list[int],
+    pad_id: int,
     device: torch.device | str | None = None,
-) -> PromptGroups:  # fmt: skip
+) -> PromptGroups:
     """B distinct prompts and N completions, completion i following prompt ``group[i]``, as right-padded tensors."""
     if len(completions) != len(group):
         raise ValueError(f"{len(completions)} completions but {len(group)} group indices")
@@ -231,8 +236,14 @@ def pack_prompt_groups(
 
     prompt_ids, prompt_mask = padded(prompts)
     completion_ids, completion_mask = padded(completions)
-    tensors = (prompt_ids, prompt_mask, prompt_mask.sum(-1), completion_ids, completion_mask.float(),
-               torch.tensor(group, dtype=torch.long))  # fmt: skip
+    tensors = (
+        prompt_ids,
+        prompt_mask,
+        prompt_mask.sum(-1),
+        completion_ids,
+        completion_mask.float(),
+        torch.tensor(group, dtype=torch.long),
+    )
     return PromptGroups(*(t.to(device) if device is not None else t for t in tensors))
 
 
@@ -254,8 +265,11 @@ def prompt_sharing_blocker(model) -> str | None:
     if getattr(text, "attention_chunk_size", None):
         return f"chunked attention ({text.attention_chunk_size} tokens)"
     rope = getattr(text, "rope_parameters", None) or getattr(text, "rope_scaling", None) or {}
-    kinds = {rope.get("rope_type", rope.get("type"))} if "rope_type" in rope or "type" in rope else {
-        r.get("rope_type") for r in rope.values() if isinstance(r, dict)}  # fmt: skip
+    kinds = (
+        {rope.get("rope_type", rope.get("type"))}
+        if "rope_type" in rope or "type" in rope
+        else {r.get("rope_type") for r in rope.values() if isinstance(r, dict)}
+    )
     if kinds & {"dynamic", "longrope"}:
         return f"rotary scaling {', '.join(sorted(k for k in kinds if k in ('dynamic', 'longrope')))}"
     return None
@@ -337,9 +351,12 @@ def _completion_rows(batch: PromptGroups, pack: bool) -> _CompletionRows:
 
 
 def shared_prompt_logprobs(
-    model, batch: PromptGroups, temperature: Temperature = 1.0, chunk_mib: float = DEFAULT_CHUNK_MIB,
+    model,
+    batch: PromptGroups,
+    temperature: Temperature = 1.0,
+    chunk_mib: float = DEFAULT_CHUNK_MIB,
     pack: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-prob of each completion token, each shared prompt run through the model once: (logp (N, C),
     mask (N, C)) where column j is completion token j.
 
@@ -368,17 +385,24 @@ def shared_prompt_logprobs(
         out = inner(input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask, use_cache=True)
         cache = out.past_key_values
         if cache is None or cache.get_seq_length() != batch.prompt_ids.shape[1]:
-            raise ValueError("shared-prompt log-probs need the model's key-value cache (off under gradient checkpointing)")
+            raise ValueError(
+                "shared-prompt log-probs need the model's key-value cache (off under gradient checkpointing)"
+            )
         from transformers.cache_utils import DynamicLayer
 
         if any(type(layer) is not DynamicLayer for layer in getattr(cache, "layers", [None])):
-            raise ValueError("shared-prompt log-probs need a plain key-value cache in every layer (full attention);"
-                             " set learner.share_prompts false for this model")  # fmt: skip
+            raise ValueError(
+                "shared-prompt log-probs need a plain key-value cache in every layer (full attention);"
+                " set learner.share_prompts false for this model"
+            )
         last = out.logits[torch.arange(len(batch.prompt_ids), device=rows.ids.device), batch.prompt_lengths - 1]
         if rows.prompt is not None:  # each row's own (differentiable) copy of its prompt's keys and values
             cache.batch_select_indices(rows.prompt)
         hidden = model(
-            input_ids=rows.ids, attention_mask=rows.mask, position_ids=rows.positions, past_key_values=cache,
+            input_ids=rows.ids,
+            attention_mask=rows.mask,
+            position_ids=rows.positions,
+            past_key_values=cache,
             use_cache=True,
         ).logits  # (R, W, H): a completion's column j predicts its token j + 1
     if rows.row is not None:

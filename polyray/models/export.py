@@ -100,8 +100,14 @@ def export_run(
             _write_merged(base_dir, adapter, staging, on_step or (lambda step: None))
         else:
             _write_adapter(base_dir, adapter, staging, _hub_id(run_dir))
-        info = {"run": str(run_dir.resolve()), "phase": phase, "merged": merge, "base_model": str(base_dir),
-                "adapter": str(adapter), "policy_version": _policy_version(adapter)}  # fmt: skip
+        info = {
+            "run": str(run_dir.resolve()),
+            "phase": phase,
+            "merged": merge,
+            "base_model": str(base_dir),
+            "adapter": str(adapter),
+            "policy_version": _policy_version(adapter),
+        }
         (staging / EXPORT_INFO).write_text(json.dumps(info, indent=2))
         staging.chmod(0o755)
         for f in staging.iterdir():  # readable by whoever serves it (some writers leave 0600)
@@ -160,8 +166,9 @@ def push_to_hub(folder: str | Path, repo_id: str, private: bool = True) -> str:
 
         api = HfApi()
         api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-        commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
-                                   commit_message="polyray export")  # fmt: skip
+        commit = api.upload_folder(
+            folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message="polyray export"
+        )
     except Exception as exc:  # offline, no token, no access, bad repo id: each one line, never a traceback
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         reason = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__

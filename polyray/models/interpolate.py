@@ -63,9 +63,13 @@ def interpolated_rank(from_dir: str | Path, to_dir: str | Path) -> int:
 
 
 def interpolate_adapters(
-    model_dir: str | Path, from_dir: str | Path, to_dir: str | Path, alphas: Sequence[float], out_dir: str | Path,
+    model_dir: str | Path,
+    from_dir: str | Path,
+    to_dir: str | Path,
+    alphas: Sequence[float],
+    out_dir: str | Path,
     dtype: str = "float32",
-) -> dict[float, Path]:  # fmt: skip
+) -> dict[float, Path]:
     """Write the adapter of W0 + (1 − α)ΔW_from + αΔW_to for each α under ``out_dir/a<α>/``.
 
     One load of the base (``model_dir``) and both adapters; each α is peft's exact ``cat``

@@ -12,18 +12,48 @@ import json
 from pathlib import Path
 from typing import Any
 
-_QWEN3 = {"model_type": "qwen3", "head_dim": 128, "num_key_value_heads": 8, "vocab_size": 151_936,
-          "max_position_embeddings": 40_960, "attention_bias": False}  # fmt: skip
+_QWEN3 = {
+    "model_type": "qwen3",
+    "head_dim": 128,
+    "num_key_value_heads": 8,
+    "vocab_size": 151_936,
+    "max_position_embeddings": 40_960,
+    "attention_bias": False,
+}
 KNOWN_CONFIGS: dict[str, dict[str, Any]] = {
-    "Qwen/Qwen3-0.6B": {**_QWEN3, "num_hidden_layers": 28, "hidden_size": 1024, "intermediate_size": 3072,
-                        "num_attention_heads": 16, "tie_word_embeddings": True},
-    "Qwen/Qwen3-1.7B": {**_QWEN3, "num_hidden_layers": 28, "hidden_size": 2048, "intermediate_size": 6144,
-                        "num_attention_heads": 16, "tie_word_embeddings": True},
-    "Qwen/Qwen3-4B": {**_QWEN3, "num_hidden_layers": 36, "hidden_size": 2560, "intermediate_size": 9728,
-                      "num_attention_heads": 32, "tie_word_embeddings": True},
-    "Qwen/Qwen3-8B": {**_QWEN3, "num_hidden_layers": 36, "hidden_size": 4096, "intermediate_size": 12288,
-                      "num_attention_heads": 32, "tie_word_embeddings": False},
-}  # fmt: skip
+    "Qwen/Qwen3-0.6B": {
+        **_QWEN3,
+        "num_hidden_layers": 28,
+        "hidden_size": 1024,
+        "intermediate_size": 3072,
+        "num_attention_heads": 16,
+        "tie_word_embeddings": True,
+    },
+    "Qwen/Qwen3-1.7B": {
+        **_QWEN3,
+        "num_hidden_layers": 28,
+        "hidden_size": 2048,
+        "intermediate_size": 6144,
+        "num_attention_heads": 16,
+        "tie_word_embeddings": True,
+    },
+    "Qwen/Qwen3-4B": {
+        **_QWEN3,
+        "num_hidden_layers": 36,
+        "hidden_size": 2560,
+        "intermediate_size": 9728,
+        "num_attention_heads": 32,
+        "tie_word_embeddings": True,
+    },
+    "Qwen/Qwen3-8B": {
+        **_QWEN3,
+        "num_hidden_layers": 36,
+        "hidden_size": 4096,
+        "intermediate_size": 12288,
+        "num_attention_heads": 32,
+        "tie_word_embeddings": False,
+    },
+}
 
 
 def read_model_config(where: str) -> dict[str, Any]:
@@ -35,7 +65,9 @@ def read_model_config(where: str) -> dict[str, Any]:
     file = path / "config.json" if path.is_dir() else path
     if not file.is_file():
         known = ", ".join(KNOWN_CONFIGS)
-        raise ValueError(f"{where}: neither a directory holding config.json, a config.json file, nor a known model ({known})")
+        raise ValueError(
+            f"{where}: neither a directory holding config.json, a config.json file, nor a known model ({known})"
+        )
     try:
         config = json.loads(file.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

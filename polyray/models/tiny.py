@@ -47,7 +47,11 @@ EMBEDDED_CHAT_TEMPLATE = (
 
 def build_key(tiny: TinyModelConfig, task_config) -> str:
     """Content hash of everything that determines the model: the recipe, its settings, the task's corpus."""
-    spec = {"version": BUILD_VERSION, "model": tiny.model_dump(mode="json"), "task": build_task(task_config).corpus_key()}
+    spec = {
+        "version": BUILD_VERSION,
+        "model": tiny.model_dump(mode="json"),
+        "task": build_task(task_config).corpus_key(),
+    }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -97,11 +101,16 @@ def tiny_model_config(tiny: TinyModelConfig) -> dict:
     """The ``config.json`` fields of the model :func:`build_tiny_model` builds from ``tiny``, known before it
     is built (what the memory plan reads; the vocabulary is at most ``vocab_size``: BPE may stop short)."""
     return {
-        "model_type": "qwen3", "vocab_size": tiny.vocab_size, "hidden_size": tiny.hidden_size,
-        "intermediate_size": tiny.intermediate_size, "num_hidden_layers": tiny.num_layers,
-        "num_attention_heads": tiny.num_heads, "num_key_value_heads": tiny.num_kv_heads, "head_dim": tiny.head_dim,
+        "model_type": "qwen3",
+        "vocab_size": tiny.vocab_size,
+        "hidden_size": tiny.hidden_size,
+        "intermediate_size": tiny.intermediate_size,
+        "num_hidden_layers": tiny.num_layers,
+        "num_attention_heads": tiny.num_heads,
+        "num_key_value_heads": tiny.num_kv_heads,
+        "head_dim": tiny.head_dim,
         "tie_word_embeddings": True,
-    }  # fmt: skip
+    }
 
 
 def _pretrain(model, tokenizer, pairs, tiny: TinyModelConfig, progress: Callable[[int, int, float], None] | None):
@@ -110,7 +119,10 @@ def _pretrain(model, tokenizer, pairs, tiny: TinyModelConfig, progress: Callable
     from polyray.models.batching import pack_sequences
 
     encoded = [
-        (tokenizer(p, add_special_tokens=False)["input_ids"], tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
+        (
+            tokenizer(p, add_special_tokens=False)["input_ids"],
+            tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id],
+        )
         for p, c in pairs
     ]
     gen = torch.Generator().manual_seed(tiny.seed)
@@ -131,7 +143,9 @@ def _pretrain(model, tokenizer, pairs, tiny: TinyModelConfig, progress: Callable
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
         targets = batch.input_ids[:, 1:]
         mask = batch.completion_mask[:, 1:]
-        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
+        nll = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none"
+        )
         loss = (nll * mask.reshape(-1)).sum() / mask.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()

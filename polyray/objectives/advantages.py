@@ -92,8 +92,13 @@ class AdvantageInputs:
         """The inputs of groups ``rows`` (each cut to samples ``cols`` when given)."""
         cols_ = list(range(self.rewards.shape[1])) if cols is None else cols
         logprobs = None if self.logprobs is None else [[self.logprobs[b][g] for g in cols_] for b in rows]
-        return AdvantageInputs(self.rewards[rows][:, cols_], [[self.texts[b][g] for g in cols_] for b in rows],
-                               logprobs, self.progress, self.step)  # fmt: skip
+        return AdvantageInputs(
+            self.rewards[rows][:, cols_],
+            [[self.texts[b][g] for g in cols_] for b in rows],
+            logprobs,
+            self.progress,
+            self.step,
+        )
 
     def mean_logprobs(self) -> torch.Tensor:
         """(B, G) float64: each sample's mean token log-prob under the sampling policy (0 for an empty one)."""
@@ -147,8 +152,7 @@ def compute_shaped_group_advantages(
     if not scale_by_std:
         return centered
     uniform = rewards.to(torch.float64).std(dim=-1, keepdim=True) < UNIFORM_EPS  # (B, 1)
-    scale = torch.where(uniform, torch.ones_like(uniform, dtype=torch.float64),
-                        shaped.std(dim=-1, keepdim=True) + eps)  # fmt: skip
+    scale = torch.where(uniform, torch.ones_like(uniform, dtype=torch.float64), shaped.std(dim=-1, keepdim=True) + eps)
     return centered / scale
 
 
@@ -161,7 +165,9 @@ def compute_scale_matched_advantages(advantages: torch.Tensor, reference: torch.
     advantages, reference (B, G) -> (B, G), advantages' dtype.
     """
     if advantages.shape != reference.shape:
-        raise ValueError(f"scale matching needs equal shapes, got {tuple(advantages.shape)} and {tuple(reference.shape)}")
+        raise ValueError(
+            f"scale matching needs equal shapes, got {tuple(advantages.shape)} and {tuple(reference.shape)}"
+        )
     size = advantages.to(torch.float64).abs().mean()
     if size == 0:
         return advantages
@@ -287,8 +293,9 @@ def sample_k_subsets(n: int, k: int, count: int, seed: int) -> list[tuple[int, .
     return [tuple(sorted(rng.sample(range(n), k))) for _ in range(count)]
 
 
-def compute_unlikeliness_advantages(rewards: torch.Tensor, logprobs: torch.Tensor, beta: float,
-                                    scale_by_std: bool = True) -> torch.Tensor:  # fmt: skip
+def compute_unlikeliness_advantages(
+    rewards: torch.Tensor, logprobs: torch.Tensor, beta: float, scale_by_std: bool = True
+) -> torch.Tensor:
     """Unlikeliness reward (He et al. 2025, arXiv 2506.02355), then group advantages.
 
     Per group, rank_i = the position of sample i when the G samples are sorted by sampling
@@ -313,8 +320,9 @@ def compute_unlikeliness_advantages(rewards: torch.Tensor, logprobs: torch.Tenso
     return compute_shaped_group_advantages(rewards, shaped, scale_by_std).to(rewards.dtype)
 
 
-def compute_repeat_penalty_advantages(rewards: torch.Tensor, answers: list[list[str]], beta: float,
-                                      scale_by_std: bool = True) -> torch.Tensor:  # fmt: skip
+def compute_repeat_penalty_advantages(
+    rewards: torch.Tensor, answers: list[list[str]], beta: float, scale_by_std: bool = True
+) -> torch.Tensor:
     """Batch repeated-answer penalty (batch exploration, Song et al. 2025, arXiv 2509.06941), then group advantages.
 
     Per group, m_i = the number of *other* samples whose answer equals sample i's, and
@@ -337,8 +345,9 @@ def compute_repeat_penalty_advantages(rewards: torch.Tensor, answers: list[list[
     return compute_shaped_group_advantages(rewards, shaped, scale_by_std).to(rewards.dtype)
 
 
-def compute_correct_diversity(texts: list[str], correct: list[bool], diversity: Callable[[list[str]], float],
-                              single: float = 1.0) -> float:  # fmt: skip
+def compute_correct_diversity(
+    texts: list[str], correct: list[bool], diversity: Callable[[list[str]], float], single: float = 1.0
+) -> float:
     """d_c(S): ``diversity`` of the correct texts only; ``single`` for one correct text, 0 for none.
 
     With ``countdown_expr`` (distinct normalised expressions / n) and ``single`` = 1, it is
@@ -413,9 +422,13 @@ def _polychromic(cfg: PolychromicAdvantageConfig, inputs: AdvantageInputs) -> to
 
     texts = inputs.texts
     return compute_polychromic_advantages(
-        inputs.rewards, cfg.k, diversity=lambda b, S: compute_diversity(cfg.diversity, [texts[b][i] for i in S]),
-        max_subsets=cfg.max_subsets, sample_subsets=cfg.sample_subsets, seed=inputs.step,
-    )  # fmt: skip
+        inputs.rewards,
+        cfg.k,
+        diversity=lambda b, S: compute_diversity(cfg.diversity, [texts[b][i] for i in S]),
+        max_subsets=cfg.max_subsets,
+        sample_subsets=cfg.sample_subsets,
+        seed=inputs.step,
+    )
 
 
 def _unlikeliness(cfg: UnlikelinessAdvantageConfig, inputs: AdvantageInputs) -> torch.Tensor:
@@ -498,8 +511,9 @@ def compute_advantages(cfg, inputs: AdvantageInputs) -> torch.Tensor:
     return adv
 
 
-def compute_scored_advantages(estimate: Callable[[AdvantageInputs], torch.Tensor], inputs: AdvantageInputs,
-                              scored: torch.Tensor) -> torch.Tensor:  # fmt: skip
+def compute_scored_advantages(
+    estimate: Callable[[AdvantageInputs], torch.Tensor], inputs: AdvantageInputs, scored: torch.Tensor
+) -> torch.Tensor:
     """Advantages (B, G) with the unscored samples left out: ``estimate`` (inputs -> advantages) runs
     once on the fully scored groups together and once on each other group cut to its scored samples;
     unscored samples, and a cut group the estimator refuses (too few samples: ValueError), get 0.
@@ -525,4 +539,3 @@ def mix_magnitude_shares(cfg: MixAdvantageConfig, inputs: AdvantageInputs) -> tu
     (:func:`compute_mix_magnitude_shares`), each component computed as the mix computes it."""
     w = mix_weight(inputs.progress, cfg.start, cfg.end)
     return compute_mix_magnitude_shares(compute_advantages(cfg.early, inputs), compute_advantages(cfg.late, inputs), w)
-

@@ -159,9 +159,13 @@ def compute_polychromic_sft_loss(
         loss = nll if lam == 0 else nll - lam * surrogate
     adv = advantages.detach()
     metrics.update(
-        diversity_surrogate=float(surrogate.detach()), adv_mean=float(adv.mean()), adv_abs_mean=float(adv.abs().mean()),
-        weight_mean=float(weights.mean()), adv_sum=float(adv.sum()), weight_sum=float(weights.sum()),
-    )  # fmt: skip
+        diversity_surrogate=float(surrogate.detach()),
+        adv_mean=float(adv.mean()),
+        adv_abs_mean=float(adv.abs().mean()),
+        weight_mean=float(weights.mean()),
+        adv_sum=float(adv.sum()),
+        weight_sum=float(weights.sum()),
+    )
     return loss, metrics
 
 
@@ -180,7 +184,9 @@ def compute_diversity_advantages(
         subsets = [tuple(range(n))] + [tuple(j for j in range(n) if j != i) for i in range(n)]
     else:
         subsets = enumerate_subsets(n, k)
-    values = compute_diversity_batch(name, [[g[i] for i in s] for g in groups for s in subsets], embedding_dtype=embedding_dtype)
+    values = compute_diversity_batch(
+        name, [[g[i] for i in s] for g in groups for s in subsets], embedding_dtype=embedding_dtype
+    )
     table = torch.tensor(values, dtype=torch.float64).view(len(groups), len(subsets))  # (B, S)
     if estimator == "loo":
         return compute_loo_advantages(table[:, 0], table[:, 1:])

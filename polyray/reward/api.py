@@ -25,11 +25,24 @@ from pydantic import BaseModel, ConfigDict, Field
 from polyray.http import BodySizeLimit, error_response
 from polyray.reward.base import RewardError, RewardItem, UnknownRewardError
 
-__all__ = ["ApiError", "BodySizeLimit", "RewardRequest", "RewardResponse", "api_error", "non_finite_field",
-           "not_utf8_field"]
+__all__ = [
+    "ApiError",
+    "BodySizeLimit",
+    "RewardRequest",
+    "RewardResponse",
+    "api_error",
+    "non_finite_field",
+    "not_utf8_field",
+]
 
-_TYPES = {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError", 413: "BadRequestError",
-          503: "ServiceUnavailableError", 504: "TimeoutError"}  # fmt: skip
+_TYPES = {
+    400: "BadRequestError",
+    401: "AuthenticationError",
+    404: "NotFoundError",
+    413: "BadRequestError",
+    503: "ServiceUnavailableError",
+    504: "TimeoutError",
+}
 
 
 class ApiError(Exception):
@@ -41,8 +54,9 @@ class ApiError(Exception):
         self.status, self.message, self.param, self.code = status, message, param, code
 
     def response(self):
-        return error_response(self.status, self.message, _TYPES.get(self.status, "BadRequestError"), self.param,
-                              self.code)  # fmt: skip
+        return error_response(
+            self.status, self.message, _TYPES.get(self.status, "BadRequestError"), self.param, self.code
+        )
 
 
 def api_error(exc: Exception) -> ApiError:

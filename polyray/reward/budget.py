@@ -52,9 +52,11 @@ def check_request(scorer, reward: str, params: dict[str, Any], n_items: int, lim
     sandbox_s, judge_calls = _cost(scorer, reward, params or {}, n_items, limits, "params", untrusted=True)
     if sandbox_s > limits.max_sandbox_s:
         raise RequestTooCostly(
-            413, "items", f"{n_items} items need up to {sandbox_s:g} sandbox seconds (items x timeout_s / max_workers);"
+            413,
+            "items",
+            f"{n_items} items need up to {sandbox_s:g} sandbox seconds (items x timeout_s / max_workers);"
             f" this service's limit is {limits.max_sandbox_s:g} (send fewer items or a shorter timeout_s)",
-        )  # fmt: skip
+        )
     if judge_calls > limits.max_judge_calls:
         raise RequestTooCostly(
             413, "items", f"{n_items} items need up to {judge_calls} judge calls (items x (retries + 1), x2 pairwise);"
@@ -62,8 +64,9 @@ def check_request(scorer, reward: str, params: dict[str, Any], n_items: int, lim
         )  # fmt: skip
 
 
-def _cost(scorer, reward: str, params: dict[str, Any], n: int, limits: RewardRequestLimits, where: str,
-          untrusted: bool) -> tuple[float, int]:  # fmt: skip
+def _cost(
+    scorer, reward: str, params: dict[str, Any], n: int, limits: RewardRequestLimits, where: str, untrusted: bool
+) -> tuple[float, int]:
     """(worst-case sandbox seconds, worst-case judge calls) of scoring ``n`` items with ``reward``."""
     if reward not in REWARD_FUNCTIONS:
         return 0.0, 0
@@ -72,7 +75,9 @@ def _cost(scorer, reward: str, params: dict[str, Any], n: int, limits: RewardReq
         timeout = _number(resolved.get("timeout_s", _default(reward, "timeout_s")), f"{where}.timeout_s")
         if untrusted and "timeout_s" in params and timeout is not None and timeout > limits.max_code_timeout_s:
             raise RequestTooCostly(
-                400, f"{where}.timeout_s", f"{timeout:g} s exceeds this service's limit of {limits.max_code_timeout_s:g} s"
+                400,
+                f"{where}.timeout_s",
+                f"{timeout:g} s exceeds this service's limit of {limits.max_code_timeout_s:g} s",
             )
         workers = resolved.get("max_workers", _default(reward, "max_workers"))
         if timeout is None or not isinstance(workers, int) or workers < 1:
@@ -89,7 +94,9 @@ def _cost(scorer, reward: str, params: dict[str, Any], n: int, limits: RewardReq
             return 0.0, 0
         if untrusted and "components" in params and len(components) > limits.max_components:
             raise RequestTooCostly(
-                400, f"{where}.components", f"{len(components)} components; this service's limit is {limits.max_components}"
+                400,
+                f"{where}.components",
+                f"{len(components)} components; this service's limit is {limits.max_components}",
             )
         # components a request chose are untrusted, as the scorer treats them (see RewardScorer.score)
         nested_untrusted = untrusted and bool(params)
@@ -98,9 +105,15 @@ def _cost(scorer, reward: str, params: dict[str, Any], n: int, limits: RewardReq
             if not isinstance(component, dict) or not isinstance(component.get("params", {}), dict):
                 continue
             name = component.get("name")
-            s, j = _cost(scorer, name, component.get("params") or {}, n, limits,
-                         f"{where}.components.{i}.params", nested_untrusted)  # fmt: skip
+            s, j = _cost(
+                scorer,
+                name,
+                component.get("params") or {},
+                n,
+                limits,
+                f"{where}.components.{i}.params",
+                nested_untrusted,
+            )
             sandbox_s, judge_calls = sandbox_s + s, judge_calls + j
         return sandbox_s, judge_calls
     return 0.0, 0
-

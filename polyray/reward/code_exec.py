@@ -70,8 +70,12 @@ class CodeExecReward(ParameterisedReward):
 
     def __init__(self, **params: Any):
         super().__init__(**params)
-        self.isolation = require_isolation(self.config.min_isolation, self.config.allow_weak_sandbox,
-                                           "code_exec sandbox", self.config.require_memory_cap)  # fmt: skip
+        self.isolation = require_isolation(
+            self.config.min_isolation,
+            self.config.allow_weak_sandbox,
+            "code_exec sandbox",
+            self.config.require_memory_cap,
+        )
 
     def score_batch(self, items: list[RewardItem]) -> list[RewardResult]:
         if not items:

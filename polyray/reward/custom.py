@@ -59,7 +59,9 @@ def check_scores(ref: str, out: Any, n: int) -> list[float]:
     """``out`` as ``n`` floats, or a :class:`CustomRewardError` saying what is wrong with it."""
     name = f"custom reward {shown_ref(ref)}"
     if isinstance(out, (str, bytes, dict)) or not isinstance(out, Iterable) or not hasattr(out, "__len__"):
-        raise CustomRewardError(f"{name} returned a {type(out).__name__}; it must return a list of {n} floats, one per item")
+        raise CustomRewardError(
+            f"{name} returned a {type(out).__name__}; it must return a list of {n} floats, one per item"
+        )
     if len(out) != n:
         raise CustomRewardError(f"{name} returned {len(out)} scores for {n} items; it must return one per item")
     scores = []
@@ -82,7 +84,8 @@ class CustomReward(ParameterisedReward):
 
     class Params(ParamsModel):
         function: str = Field(
-            ..., description="module:function or path/to/file.py:function (a relative path: from the working directory)."
+            ...,
+            description="module:function or path/to/file.py:function (a relative path: from the working directory).",
         )
 
         @field_validator("function")
@@ -155,5 +158,7 @@ def runtime_env(refs: Iterable[str], staging: Path | None = None, upload: bool |
         # what ray.init does with a job's py_modules (Ray pins it: ray==2.60.0); Serve itself does not
         from ray._private.runtime_env.py_modules import upload_py_modules_if_needed
 
-        env = upload_py_modules_if_needed(env, include_gitignore=False, scratch_dir=str(staging or tempfile.gettempdir()))
+        env = upload_py_modules_if_needed(
+            env, include_gitignore=False, scratch_dir=str(staging or tempfile.gettempdir())
+        )
     return env

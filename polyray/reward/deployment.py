@@ -94,14 +94,20 @@ HEALTH_PROBE_S, PROBE_EVERY_S = 10.0, 5.0
 _PROBE_ITEM = RewardItem(prompt="nums 3 4 9 target 12\nexpr:", completion=" 3+9")  # countdown scores it 1.0
 
 _ERRORS = {
-    400: {"description": "Malformed JSON, a body or parameters failing validation, NaN/Infinity, text that is not"
-          " UTF-8 (a lone surrogate), or a parameter over this service's cap (param names the field)."},
+    400: {
+        "description": "Malformed JSON, a body or parameters failing validation, NaN/Infinity, text that is not"
+        " UTF-8 (a lone surrogate), or a parameter over this service's cap (param names the field)."
+    },
     401: {"description": "Missing or wrong API key."},
     404: {"description": "Unknown reward function (the message lists the known ones)."},
-    413: {"description": "Body larger than max_body_bytes, more than max_items items, or more work than the"
-          " service's limits allow (sandbox seconds, judge calls; the message says which)."},
-    503: {"description": "Overloaded: the request queue is full, or the llm_judge endpoint is unavailable"
-          " (on_outage: fail); retry later."},
+    413: {
+        "description": "Body larger than max_body_bytes, more than max_items items, or more work than the"
+        " service's limits allow (sandbox seconds, judge calls; the message says which)."
+    },
+    503: {
+        "description": "Overloaded: the request queue is full, or the llm_judge endpoint is unavailable"
+        " (on_outage: fail); retry later."
+    },
     504: {"description": "The request ran past limits.max_request_s; its sandboxes were stopped."},
 }
 
@@ -113,7 +119,9 @@ async def _validation_error(_request: Request, exc: RequestValidationError) -> J
 
 @app.exception_handler(StarletteHTTPException)
 async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return error_response(exc.status_code, str(exc.detail), "NotFoundError" if exc.status_code == 404 else "BadRequestError")
+    return error_response(
+        exc.status_code, str(exc.detail), "NotFoundError" if exc.status_code == 404 else "BadRequestError"
+    )
 
 
 @app.exception_handler(ApiError)
@@ -137,12 +145,19 @@ class RewardDeployment:
         # their work directories are removed here, by the replica that replaces it
         swept = sweep_workdirs()
         if swept:
-            logger.info("reward replica: removed %d sandbox directories and groups of processes that are gone", len(swept))
-        self.sandbox_mode = require_isolation(policy.min_isolation, policy.allow_weak_sandbox, "reward service sandbox",
-                                              policy.require_memory_cap)  # fmt: skip
+            logger.info(
+                "reward replica: removed %d sandbox directories and groups of processes that are gone", len(swept)
+            )
+        self.sandbox_mode = require_isolation(
+            policy.min_isolation, policy.allow_weak_sandbox, "reward service sandbox", policy.require_memory_cap
+        )
         self.sandbox_limits = limits_report()
-        logger.info("reward replica: sandbox isolation %s (min_isolation %s), limits %s", self.sandbox_mode,
-                    policy.min_isolation, self.sandbox_limits)  # fmt: skip
+        logger.info(
+            "reward replica: sandbox isolation %s (min_isolation %s), limits %s",
+            self.sandbox_mode,
+            policy.min_isolation,
+            self.sandbox_limits,
+        )
         rewards = {**self.config.rewards}
         rewards["code_exec"] = {**policy.model_dump(), **rewards.get("code_exec", {})}
         self.scorer = RewardScorer(rewards)
@@ -268,8 +283,11 @@ def build_reward_app(args: dict[str, Any] | None = None) -> Application:
     except (RewardError, FunctionRefError) as exc:
         raise ConfigError(f"reward service args: {exc}") from None
     check_api_key(config, "reward service args")
-    options = {"num_cpus": config.num_cpus, **({"resources": config.resources} if config.resources else {}),
-               **({"runtime_env": env} if env else {})}  # fmt: skip
+    options = {
+        "num_cpus": config.num_cpus,
+        **({"resources": config.resources} if config.resources else {}),
+        **({"runtime_env": env} if env else {}),
+    }
     return RewardDeployment.options(
         num_replicas=config.num_replicas,
         max_ongoing_requests=config.max_ongoing_requests,

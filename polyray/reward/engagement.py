@@ -267,8 +267,12 @@ def train_engagement_model(
         metrics[f"{split}_constant_baseline"] = regression_metrics(np.full(len(idx), constant), targets[idx])
     model.encoder = encoder
     trained_on = {"posts": posts, "rows": len(rows), "lines_sha256": rows_digest([r.line for r in rows])}
-    model.meta = {"metrics": metrics, "data": str(jsonl_path), "features": "[u, v, u*v, |u-v|]",
-                  "trained_on": trained_on}
+    model.meta = {
+        "metrics": metrics,
+        "data": str(jsonl_path),
+        "features": "[u, v, u*v, |u-v|]",
+        "trained_on": trained_on,
+    }
     model.save(out_dir)
     return metrics
 

@@ -43,27 +43,43 @@ class LLMJudgeReward(ParameterisedReward):
     """A judge LLM's rating of each completion (pointwise) or preference over the reference (pairwise)."""
 
     server_only_params = (
-        "base_url", "api_key_env", "model", "retries", "timeout_s", "max_concurrency", "pointwise_prompt",
-        "pairwise_prompt", "system_prompt", "templates", "outage_retries", "backoff_s", "max_backoff_s", "on_outage", "neutral_score",
+        "base_url",
+        "api_key_env",
+        "model",
+        "retries",
+        "timeout_s",
+        "max_concurrency",
+        "pointwise_prompt",
+        "pairwise_prompt",
+        "system_prompt",
+        "templates",
+        "outage_retries",
+        "backoff_s",
+        "max_backoff_s",
+        "on_outage",
+        "neutral_score",
         "debug",
-    )  # fmt: skip
+    )
 
     class Params(JudgeConfig):
         template: str = Field(
-            "default", description="Which of the server's question templates to ask: 'default' (pointwise_prompt,"
+            "default",
+            description="Which of the server's question templates to ask: 'default' (pointwise_prompt,"
             " pairwise_prompt) or a name in templates.",
-        )  # fmt: skip
+        )
         templates: dict[str, JudgePrompts] = Field(
             default_factory=dict, description="Named question templates the server offers (a request picks by name)."
         )
         unparseable_score: float | None = Field(
-            None, description="Score of an item the judge never answered parseably; None: no score (the learner"
+            None,
+            description="Score of an item the judge never answered parseably; None: no score (the learner"
             " leaves it out of the advantages).",
-        )  # fmt: skip
+        )
         on_outage: Literal["fail", "skip", "neutral"] = Field(
-            "fail", description="When the endpoint stays out after the back-off: fail the request (503), skip the"
+            "fail",
+            description="When the endpoint stays out after the back-off: fail the request (503), skip the"
             " item (no score) or score it neutral_score.",
-        )  # fmt: skip
+        )
         neutral_score: float = Field(
             0.5, ge=0, le=1, description="Score of an item the judge could not be asked (on_outage: neutral)."
         )

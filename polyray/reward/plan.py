@@ -84,15 +84,23 @@ def plan(run: RunConfig, task: Task) -> RewardPlan:
     quality = quality_model(run, task)
     reward_models = []
     for reward in rewards:
-        components = reward.params["components"] if reward.name == "weighted_sum" else [{"name": reward.name, "params": reward.params}]
-        reward_models += [Path(c["params"]["model_path"]) for c in components
-                          if c["name"] == "engagement" and "model_path" in c.get("params", {})]  # fmt: skip
+        components = (
+            reward.params["components"]
+            if reward.name == "weighted_sum"
+            else [{"name": reward.name, "params": reward.params}]
+        )
+        reward_models += [
+            Path(c["params"]["model_path"])
+            for c in components
+            if c["name"] == "engagement" and "model_path" in c.get("params", {})
+        ]
     models = list(dict.fromkeys(([quality] if quality is not None else []) + reward_models))
     # a reward model learns from the train posts only; the judge from the others (unless it is a reward's too)
     roles = {path: "train" if path in reward_models or path == _reward_dir(task) else "held_out" for path in models}
     lines = getattr(task, "engagement_lines", None)
-    training = {path: EngagementTraining(path, role, tuple(lines(role)) if lines else None)
-                for path, role in roles.items()}  # fmt: skip
+    training = {
+        path: EngagementTraining(path, role, tuple(lines(role)) if lines else None) for path, role in roles.items()
+    }
     return RewardPlan(rewards, quality, models, training)
 
 
@@ -113,7 +121,9 @@ def models_to_train(reward_plan: RewardPlan, run: RunConfig) -> list[EngagementT
         raise ConfigError(f"reward: no engagement model in {missing[0]} (train one: polyray model train-reward)")
     occupied = [p for p in missing if p.is_dir() and any(p.iterdir())]
     if occupied:
-        raise ConfigError(f"engagement model: {occupied[0]} holds files but no model; empty it or choose another directory")
+        raise ConfigError(
+            f"engagement model: {occupied[0]} holds files but no model; empty it or choose another directory"
+        )
     if not missing:
         return []
     rows = read_engagement_jsonl(run.task.path)  # every line must hold {prompt, response, engagement} to train it
@@ -127,8 +137,12 @@ def models_to_train(reward_plan: RewardPlan, run: RunConfig) -> list[EngagementT
             raise ConfigError(
                 f"{field}: the {POSTS_LABEL[t.posts]} of {run.task.path} hold {len(chosen)} rows, too few to train"
                 f" the engagement model into {t.path} (about 20 needed); add rows"
-                + (", or judge with the reward model (task.eval_quality_model: reward, circular)"
-                   if t.posts == "held_out" else "")) from None  # fmt: skip
+                + (
+                    ", or judge with the reward model (task.eval_quality_model: reward, circular)"
+                    if t.posts == "held_out"
+                    else ""
+                )
+            ) from None
     return plans
 
 

@@ -248,8 +248,10 @@ def _score_alone(scorer: RewardScorer, job: ScoreJob) -> list[RewardResult] | Ex
     def score(items: list[RewardItem]) -> list[RewardResult]:
         with items_cancelled_by((item, job.cancel) for item in items):
             results = scorer.score(job.reward, items, job.params, job.from_request)
-        return [RewardResult(score=r.score, detail={**r.detail, "batch_size": len(items), "batch_requests": 1})
-                for r in results]  # fmt: skip
+        return [
+            RewardResult(score=r.score, detail={**r.detail, "batch_size": len(items), "batch_requests": 1})
+            for r in results
+        ]
 
     try:
         scorer.check(job.reward, job.params, job.from_request)
@@ -272,5 +274,12 @@ def _score_alone(scorer: RewardScorer, job: ScoreJob) -> list[RewardResult] | Ex
 
 
 def _unscored(exc: Exception) -> RewardResult:
-    return RewardResult(score=None, detail={"status": "error", "reason": f"could not score this item: {exc}"[:300],
-                                            "batch_size": 1, "batch_requests": 1})  # fmt: skip
+    return RewardResult(
+        score=None,
+        detail={
+            "status": "error",
+            "reason": f"could not score this item: {exc}"[:300],
+            "batch_size": 1,
+            "batch_requests": 1,
+        },
+    )

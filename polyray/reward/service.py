@@ -69,9 +69,11 @@ def plan_reward_apps(
     if learner not in running:
         args = run_args
         if cfg.app_name in running and public_args is None:
-            warning = (f"reward.app_name: the running app {cfg.app_name!r} has no polyray Serve config to copy, so the"
-                       f" learner's own app {learner!r} is deployed with this run's reward settings (deploy"
-                       f" {learner!r} with route_prefix null yourself to choose its args)")  # fmt: skip
+            warning = (
+                f"reward.app_name: the running app {cfg.app_name!r} has no polyray Serve config to copy, so the"
+                f" learner's own app {learner!r} is deployed with this run's reward settings (deploy"
+                f" {learner!r} with route_prefix null yourself to choose its args)"
+            )
         elif cfg.app_name in running:
             args = learner_args(public_args, run_args)
         apps.append(RewardApp(learner, None, args))
@@ -90,8 +92,9 @@ def learner_args(public_args: dict[str, Any], run_args: dict[str, Any]) -> dict[
     return args
 
 
-def ensure_reward_service(cfg: RewardConfig, functions: Iterable[str] = (),
-                          resources: dict[str, float] | None = None, wait_s: float = 600.0) -> None:  # fmt: skip
+def ensure_reward_service(
+    cfg: RewardConfig, functions: Iterable[str] = (), resources: dict[str, float] | None = None, wait_s: float = 600.0
+) -> None:
     """Deploy the learner's handle-only reward application (and with ``http_port`` the public one) on the
     connected cluster where it is not running yet (:func:`plan_reward_apps`), their replicas given the
     code of the custom reward ``functions`` (:func:`~polyray.config.run.custom_reward_functions`);
@@ -115,8 +118,10 @@ def ensure_reward_service(cfg: RewardConfig, functions: Iterable[str] = (),
         except ConfigError as exc:  # a copied config that does not build here (paths of its own working_dir)
             if app.args is run_args:
                 raise
-            warning = (f"reward.app_name: the learner's own app {app.name!r} cannot copy the args of"
-                       f" {cfg.app_name!r} ({exc}); it is deployed with this run's reward settings")  # fmt: skip
+            warning = (
+                f"reward.app_name: the learner's own app {app.name!r} cannot copy the args of"
+                f" {cfg.app_name!r} ({exc}); it is deployed with this run's reward settings"
+            )
             built.append((app, build_app(run_args)))
     if warning:
         warn(warning)
@@ -153,7 +158,9 @@ def resolve_reward(cfg: RewardConfig, task: Task) -> tuple[str, dict[str, Any]]:
     params = {**defaults.get(name, {}), **cfg.params}
     if name == "weighted_sum" and isinstance(params.get("components"), list):
         params["components"] = [
-            {**c, "params": {**defaults.get(c.get("name"), {}), **(c.get("params") or {})}} if isinstance(c, dict) else c
+            {**c, "params": {**defaults.get(c.get("name"), {}), **(c.get("params") or {})}}
+            if isinstance(c, dict)
+            else c
             for c in params["components"]
         ]
     return name, params

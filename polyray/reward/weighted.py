@@ -114,8 +114,10 @@ class WeightedSumReward(ParameterisedReward):
         weights = {key: c.weight for key, c in zip(keys, components)}
         out = []
         for i in range(len(items)):
-            scores = {key: None if results[i].score is None else float(results[i].score)
-                      for key, results in zip(keys, per_component)}  # fmt: skip
+            scores = {
+                key: None if results[i].score is None else float(results[i].score)
+                for key, results in zip(keys, per_component)
+            }
             total: float | None = 0.0
             for key in keys:  # a component with no score leaves the sum without one (no score is not 0)
                 total = None if total is None or scores[key] is None else total + weights[key] * scores[key]

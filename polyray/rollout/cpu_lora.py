@@ -17,7 +17,9 @@ from __future__ import annotations
 import torch
 
 
-def grouped_lora_matmul(inputs: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def grouped_lora_matmul(
+    inputs: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
     """``out[b] = weights[indices[b]] @ inputs[b]`` for weights (slots, [1,] out, in) and inputs (tokens, in)."""
     if weights.dim() == 4:
         weights = weights.squeeze(1)
@@ -47,8 +49,15 @@ def bgmv_expand(inputs, lora_b_weights, output_tensor, lora_indices_tensor, add_
         output_tensor[:, :common] = outputs[:limit, :common]
 
 
-def bgmv_expand_slice(inputs, lora_b_weights, output_tensor, lora_indices_tensor, slice_offset: int, slice_size: int,
-                      add_inputs: bool = True):  # fmt: skip
+def bgmv_expand_slice(
+    inputs,
+    lora_b_weights,
+    output_tensor,
+    lora_indices_tensor,
+    slice_offset: int,
+    slice_size: int,
+    add_inputs: bool = True,
+):
     outputs = grouped_lora_matmul(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
     if add_inputs:
         output_tensor[:, slice_offset : slice_offset + slice_size] += outputs
@@ -62,7 +71,11 @@ def install() -> None:
     from vllm.lora.ops.torch_ops import lora_ops
     from vllm.lora.punica_wrapper import punica_cpu
 
-    for name, fn in (("bgmv_shrink", bgmv_shrink), ("bgmv_expand", bgmv_expand), ("bgmv_expand_slice", bgmv_expand_slice)):
+    for name, fn in (
+        ("bgmv_shrink", bgmv_shrink),
+        ("bgmv_expand", bgmv_expand),
+        ("bgmv_expand_slice", bgmv_expand_slice),
+    ):
         for module in (lora_ops, torch_ops, punica_cpu):
             if hasattr(module, name):
                 setattr(module, name, fn)

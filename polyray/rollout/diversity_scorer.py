@@ -21,7 +21,9 @@ class DiversityScorer:
         torch.set_num_threads(threads)
         get_encoder(BUNDLED_ENCODER, embedding_dtype)  # loaded while the phase starts, not at its first step
 
-    def advantages(self, name: str, groups: list[list[str]], estimator: str, k: int, embedding_dtype: str = "float32") -> torch.Tensor:
+    def advantages(
+        self, name: str, groups: list[list[str]], estimator: str, k: int, embedding_dtype: str = "float32"
+    ) -> torch.Tensor:
         return compute_diversity_advantages(name, groups, estimator, k, embedding_dtype)
 
 

@@ -42,8 +42,15 @@ class RolloutPool:
 
     @classmethod
     def launch(
-        cls, model_dir, config: RolloutConfig, dtype: str = "float32", run_seed: int = 0, store=None,
-        run: str = "", resources: dict[str, float] | None = None, wait: bool = True,
+        cls,
+        model_dir,
+        config: RolloutConfig,
+        dtype: str = "float32",
+        run_seed: int = 0,
+        store=None,
+        run: str = "",
+        resources: dict[str, float] | None = None,
+        wait: bool = True,
     ) -> "RolloutPool":
         """Start ``config.num_workers`` workers; worker i's engine seed mixes (rollout.seed, run seed, i).
         ``wait``: return once every engine is ready; False returns at once (the engines start meanwhile,
@@ -64,7 +71,11 @@ class RolloutPool:
         )
         workers = [
             actor_cls.remote(
-                model_dir, config.model_copy(update={"seed": engine_seed(config.seed, run_seed, i)}), dtype, None, store,
+                model_dir,
+                config.model_copy(update={"seed": engine_seed(config.seed, run_seed, i)}),
+                dtype,
+                None,
+                store,
                 {"run": run, "worker": str(i)},
             )
             for i in range(config.num_workers)
@@ -161,12 +172,15 @@ class RolloutPool:
         for n, path in self.named.items():
             ray.get(worker.add_named_adapter.remote(n, path))
 
-    def score(self, prompt_ids: list[int], completion_ids: list[int], version: int | None, worker: int = 0) -> list[float]:
+    def score(
+        self, prompt_ids: list[int], completion_ids: list[int], version: int | None, worker: int = 0
+    ) -> list[float]:
         """Log-probs of a fixed completion's tokens on worker ``worker`` under adapter ``version``."""
         return self._on_worker(self.workers[worker], lambda w: w.score.remote(prompt_ids, completion_ids, version))
 
-    def draw(self, prompt_ids: list[int], sampling: SamplingConfig, version: int | None, worker: int = 0,
-             seed: int = 0) -> Sample:  # fmt: skip
+    def draw(
+        self, prompt_ids: list[int], sampling: SamplingConfig, version: int | None, worker: int = 0, seed: int = 0
+    ) -> Sample:
         """One sample after ``prompt_ids`` on worker ``worker`` under adapter ``version``, drawn as rollouts
         are, with its sampling-time log-probs (:meth:`RolloutWorker.draw`)."""
         return self._on_worker(self.workers[worker], lambda w: w.draw.remote(prompt_ids, sampling, version, seed))
@@ -273,7 +287,9 @@ class PendingPublish:
         if self._incarnations is None:
             for worker, ref in zip(self.pool.workers, self.loads):
                 self.pool._on_worker(worker, self.load, ref)
-            self._incarnations = [self.pool._on_worker(w, _incarnation, ref) for w, ref in zip(self.pool.workers, self.asked)]
+            self._incarnations = [
+                self.pool._on_worker(w, _incarnation, ref) for w, ref in zip(self.pool.workers, self.asked)
+            ]
             ray.get(self.stored)
         return self._incarnations
 
@@ -282,8 +298,13 @@ class PendingGeneration:
     """Chunks in flight on the workers. ``result()`` gathers them in prompt order, retrying a
     chunk whose worker died once Ray has restarted it and the pool has re-synced its adapter."""
 
-    def __init__(self, pool: RolloutPool, chunks: list[tuple[int, tuple[list[str], list[int] | None], Any, Any]], args: tuple,
-                 reference: str | None = None):  # fmt: skip
+    def __init__(
+        self,
+        pool: RolloutPool,
+        chunks: list[tuple[int, tuple[list[str], list[int] | None], Any, Any]],
+        args: tuple,
+        reference: str | None = None,
+    ):
         self.pool, self.chunks, self.args, self.reference = pool, chunks, args, reference
 
     def result(self, retries: int = 1) -> list[list[Sample]]:

@@ -93,8 +93,14 @@ def judge_groups(
 
 
 def sample_and_judge(
-    pool, task: Task, prompts: Sequence[Prompt], n: int, sampling: SamplingConfig, prefix: str = "",
-    seed: tuple[int, str] | None = None, **kwargs,
+    pool,
+    task: Task,
+    prompts: Sequence[Prompt],
+    n: int,
+    sampling: SamplingConfig,
+    prefix: str = "",
+    seed: tuple[int, str] | None = None,
+    **kwargs,
 ) -> JudgedGroups:
     """Sample ``n`` completions of ``prefix + prompt.text`` per prompt and judge them (kwargs: :func:`sample_groups`).
 

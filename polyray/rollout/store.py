@@ -90,8 +90,10 @@ def from_wire(adapter: dict[str, Any]) -> dict[str, Any]:
     tensors = adapter["tensors"]
     if not any(isinstance(v, np.ndarray) for v in tensors.values()):
         return adapter
-    return {"config": adapter["config"],
-            "tensors": {k: torch.from_numpy(v.copy()) if isinstance(v, np.ndarray) else v for k, v in tensors.items()}}
+    return {
+        "config": adapter["config"],
+        "tensors": {k: torch.from_numpy(v.copy()) if isinstance(v, np.ndarray) else v for k, v in tensors.items()},
+    }
 
 
 def check_adapter(adapter: dict[str, Any], version: int, sha256: str | None) -> str:
@@ -108,7 +110,10 @@ def write_adapter_dir(path: Path, adapter: dict[str, Any]) -> None:
 
     path.mkdir(parents=True, exist_ok=True)
     (path / "adapter_config.json").write_text(json.dumps(adapter["config"]))
-    save_file({k: v.detach().cpu().contiguous() for k, v in adapter["tensors"].items()}, str(path / "adapter_model.safetensors"))
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in adapter["tensors"].items()},
+        str(path / "adapter_model.safetensors"),
+    )
 
 
 def adapter_bytes(adapter: dict[str, Any]) -> bytes:
@@ -158,7 +163,9 @@ class AdapterStore:
             saved = {}
         self.reserved = max(saved.get("reserved", 0), max(self.records, default=0))
         # the weights the newest id was reserved for (:meth:`reserve_next`): its put must bring them
-        self.reserved_sha256: str | None = saved.get("reserved_sha256") if self.reserved == saved.get("reserved") else None
+        self.reserved_sha256: str | None = (
+            saved.get("reserved_sha256") if self.reserved == saved.get("reserved") else None
+        )
         self.pins: dict[str, int] = saved.get("pins", {})
         self._cache: dict[int, dict[str, Any]] = {}  # the newest few adapters, kept in memory
 
@@ -188,8 +195,9 @@ class AdapterStore:
         self._save_state()
         return self.reserved
 
-    def put(self, version: int, adapter: dict[str, Any], phase: str = "", step: int = 0,
-            sha256: str | None = None) -> AdapterRecord:
+    def put(
+        self, version: int, adapter: dict[str, Any], phase: str = "", step: int = 0, sha256: str | None = None
+    ) -> AdapterRecord:
         """Persist ``adapter`` (torch or :func:`to_wire` form) as ``version`` (> every id handed out
         before, or the one just reserved); returns its record. ``sha256``: the hash the publisher
         computed, checked here as the workers check it (AdapterHashError on a mismatch).
@@ -205,7 +213,9 @@ class AdapterStore:
                 f"adapter version {version} was already handed out (newest {self.reserved}): version ids never repeat"
             )
         if version == self.reserved and self.reserved_sha256 not in (None, sha):
-            raise VersionReusedError(f"adapter version {version} is reserved for other weights: version ids never repeat")
+            raise VersionReusedError(
+                f"adapter version {version} is reserved for other weights: version ids never repeat"
+            )
         self.reserved, self.reserved_sha256 = version, sha
         self._save_state()  # reserve the id before writing: a torn write never frees it
         d = self._dir(version)
@@ -266,8 +276,10 @@ class AdapterStore:
             from safetensors.torch import load
 
             d = self._dir(version)
-            adapter = {"config": json.loads(self.storage.read_bytes(f"{d}/adapter_config.json")),
-                       "tensors": load(self.storage.read_bytes(f"{d}/adapter_model.safetensors"))}  # fmt: skip
+            adapter = {
+                "config": json.loads(self.storage.read_bytes(f"{d}/adapter_config.json")),
+                "tensors": load(self.storage.read_bytes(f"{d}/adapter_model.safetensors")),
+            }
         return adapter, record
 
 
@@ -293,8 +305,15 @@ def open_store(root: str | Path, keep: int = 8, detached: bool = False):
 
     return (
         ray.remote(AdapterStore)
-        .options(name=store_actor_name(root), namespace=STORE_NAMESPACE, get_if_exists=True, num_cpus=0,
-                 max_restarts=-1, max_task_retries=-1, lifetime="detached" if detached else None,
-                 scheduling_strategy="DEFAULT")  # outside a Tune trial's placement group, like the workers
+        .options(
+            name=store_actor_name(root),
+            namespace=STORE_NAMESPACE,
+            get_if_exists=True,
+            num_cpus=0,
+            max_restarts=-1,
+            max_task_retries=-1,
+            lifetime="detached" if detached else None,
+            scheduling_strategy="DEFAULT",
+        )  # outside a Tune trial's placement group, like the workers
         .remote(store_root(root), keep, preload=True)
     )

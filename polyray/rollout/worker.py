@@ -157,8 +157,10 @@ def decode_completions(tokenizer, prompt_ids: list[int], completions: list[list[
     options = {"skip_special_tokens": True, "clean_up_tokenization_spaces": False}
     prefix = tokenizer.decode(context, **options)
     texts = tokenizer.batch_decode([context + list(ids) for ids in completions], **options)
-    return [text[len(prefix):] if text.startswith(prefix) else tokenizer.decode(list(ids), **options)
-            for text, ids in zip(texts, completions)]  # fmt: skip
+    return [
+        text[len(prefix) :] if text.startswith(prefix) else tokenizer.decode(list(ids), **options)
+        for text, ids in zip(texts, completions)
+    ]
 
 
 # metric name -> description (polyray.telemetry.Metrics; tags: run, worker)
@@ -168,17 +170,24 @@ GAUGES = {
     "polyray_rollout_adapter_versions": "Adapter versions the worker holds.",
 }
 HISTOGRAMS = {
-    "polyray_rollout_adapter_load_seconds": ("Seconds to load one adapter version (hash check + write).",
-                                             [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5]),
+    "polyray_rollout_adapter_load_seconds": (
+        "Seconds to load one adapter version (hash check + write).",
+        [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5],
+    ),
 }
 COUNTERS = {"polyray_rollout_completion_tokens": "Completion tokens the worker generated."}
 
 
 class RolloutWorker:
     def __init__(
-        self, model_dir, config: RolloutConfig, dtype: str = "float32", keep_versions: int | None = None,
-        store=None, tags: dict[str, str] | None = None,
-    ):  # fmt: skip
+        self,
+        model_dir,
+        config: RolloutConfig,
+        dtype: str = "float32",
+        keep_versions: int | None = None,
+        store=None,
+        tags: dict[str, str] | None = None,
+    ):
         for key, value in rollout_env(config).items():
             os.environ.setdefault(key, value)
         from vllm import LLM
@@ -309,7 +318,9 @@ class RolloutWorker:
         an adapter added with :meth:`add_named_adapter`. None: not scored."""
         if seeds is not None and len(seeds) != len(prompts):
             raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
-        params = sampling_params(n, sampling, None) if seeds is None else [sampling_params(n, sampling, s) for s in seeds]
+        params = (
+            sampling_params(n, sampling, None) if seeds is None else [sampling_params(n, sampling, s) for s in seeds]
+        )
         lora = self._lora_request(version, adapter_name)
         self.metrics.set("polyray_rollout_requests_in_flight", 1)
         started = time.perf_counter()
@@ -324,13 +335,18 @@ class RolloutWorker:
         groups = []
         for index, out in enumerate(outputs):
             completions = [list(comp.token_ids) for comp in out.outputs]
-            texts = ([comp.text for comp in out.outputs] if sampling.stop else
-                     decode_completions(self.tokenizer, out.prompt_token_ids, completions))  # fmt: skip
+            texts = (
+                [comp.text for comp in out.outputs]
+                if sampling.stop
+                else decode_completions(self.tokenizer, out.prompt_token_ids, completions)
+            )
             group = []
             for comp, token_ids, text in zip(out.outputs, completions, texts):
                 logprobs = [step[tok].logprob for step, tok in zip(comp.logprobs, token_ids)]
                 group.append(
-                    Sample(index, text, list(out.prompt_token_ids), token_ids, logprobs, used, comp.finish_reason == "stop")
+                    Sample(
+                        index, text, list(out.prompt_token_ids), token_ids, logprobs, used, comp.finish_reason == "stop"
+                    )
                 )
             groups.append(group)
         if reference is not None:
@@ -344,8 +360,10 @@ class RolloutWorker:
         """Log-probs of a fixed completion's tokens under adapter ``version`` (vLLM prompt log-probs)."""
         logprobs = self.score_sequences([(prompt_ids, completion_ids)], version)[0]
         if logprobs is None:
-            raise ValueError(f"{len(prompt_ids) + len(completion_ids)} tokens: no room for the token vLLM needs past"
-                             f" them within rollout.max_model_len {self.config.max_model_len}")  # fmt: skip
+            raise ValueError(
+                f"{len(prompt_ids) + len(completion_ids)} tokens: no room for the token vLLM needs past"
+                f" them within rollout.max_model_len {self.config.max_model_len}"
+            )
         return logprobs
 
     def score_sequences(
@@ -359,11 +377,18 @@ class RolloutWorker:
         from vllm.inputs import TokensPrompt
 
         lora = self._lora_request(version, None) if reference is None else self._lora_request(None, reference or None)
-        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0, detokenize=False)  # ids only: no detokenizing
+        params = SamplingParams(
+            max_tokens=1, prompt_logprobs=0, temperature=1.0, detokenize=False
+        )  # ids only: no detokenizing
         ids = [list(p) + list(c) for p, c in sequences]
         fits = [i for i, seq in enumerate(ids) if len(seq) < self.config.max_model_len]
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=ids[i]) for i in fits], params, lora_request=lora,
-                                 use_tqdm=False) if fits else []  # fmt: skip
+        outs = (
+            self.llm.generate(
+                [TokensPrompt(prompt_token_ids=ids[i]) for i in fits], params, lora_request=lora, use_tqdm=False
+            )
+            if fits
+            else []
+        )
         result: list[list[float] | None] = [None] * len(ids)
         for i, out in zip(fits, outs):
             start = len(sequences[i][0])

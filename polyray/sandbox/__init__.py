@@ -172,8 +172,11 @@ def _classify(status_bytes: bytes, limit_hit: str | None, limits: SandboxLimits,
     """The run's status and reason; a killed or silent sandbox whose cgroup saw an OOM kill ran out of memory."""
     outcome = _interpret(status_bytes, limit_hit, limits)
     if cgroup is not None and outcome["status"] in ("killed", "error") and cgroup.oom_kills():
-        outcome = {**outcome, "status": "killed",
-                   "reason": f"the sandbox's memory ran out ({limits.memory_mb} MB for all its processes)"}  # fmt: skip
+        outcome = {
+            **outcome,
+            "status": "killed",
+            "reason": f"the sandbox's memory ran out ({limits.memory_mb} MB for all its processes)",
+        }
     return outcome
 
 
@@ -296,7 +299,10 @@ def isolation_rank(mode: str) -> int:
 
 
 def require_isolation(
-    min_isolation: str = "userns", allow_weak_sandbox: bool = False, where: str = "sandbox", require_memory_cap: bool = False
+    min_isolation: str = "userns",
+    allow_weak_sandbox: bool = False,
+    where: str = "sandbox",
+    require_memory_cap: bool = False,
 ) -> str:
     """The mode untrusted code will run in here, or :class:`WeakSandboxError` when it is below ``min_isolation``.
 
@@ -314,5 +320,7 @@ def require_isolation(
             f" namespaces); run where namespaces work, or set {where}.allow_weak_sandbox: true to accept it"
         )
     if require_memory_cap and not whole_sandbox_caps():
-        raise WeakSandboxError(f"{where}.require_memory_cap is true but this host caps each process alone: {limits_report()}")
+        raise WeakSandboxError(
+            f"{where}.require_memory_cap is true but this host caps each process alone: {limits_report()}"
+        )
     return mode

@@ -283,8 +283,9 @@ def run_candidate_tests(
         )
 
     # in this context: an enclosing cancelled_by stops the candidate's sandbox too
-    thread = threading.Thread(target=contextvars.copy_context().run, args=(candidate,), name="sandbox-candidate",
-                              daemon=True)  # fmt: skip
+    thread = threading.Thread(
+        target=contextvars.copy_context().run, args=(candidate,), name="sandbox-candidate", daemon=True
+    )
     thread.start()
     try:
         result = run_python(

@@ -13,10 +13,39 @@ import sys
 _WORKDIR = os.path.realpath(os.getcwd())  # the program's directory: its cwd
 _READ_OK = tuple(os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix))
 _READ_OK += ("/dev/null", "/dev/urandom")
-_BLOCKED = ("socket.", "os.kill", "os.killpg", "signal.pthread_kill", "os.fork", "os.forkpty", "os.posix_spawn",
-            "os.exec", "os.system", "os.spawn", "subprocess.", "ctypes.", "os.setuid", "os.setgid", "pty.")  # fmt: skip
-_WRITE_EVENTS = ("os.remove", "os.rmdir", "os.rename", "os.chmod", "os.chown", "os.mkdir", "os.symlink", "os.link",
-                 "os.truncate", "os.utime", "shutil.rmtree", "shutil.move", "shutil.copyfile", "os.chflags")  # fmt: skip
+_BLOCKED = (
+    "socket.",
+    "os.kill",
+    "os.killpg",
+    "signal.pthread_kill",
+    "os.fork",
+    "os.forkpty",
+    "os.posix_spawn",
+    "os.exec",
+    "os.system",
+    "os.spawn",
+    "subprocess.",
+    "ctypes.",
+    "os.setuid",
+    "os.setgid",
+    "pty.",
+)
+_WRITE_EVENTS = (
+    "os.remove",
+    "os.rmdir",
+    "os.rename",
+    "os.chmod",
+    "os.chown",
+    "os.mkdir",
+    "os.symlink",
+    "os.link",
+    "os.truncate",
+    "os.utime",
+    "shutil.rmtree",
+    "shutil.move",
+    "shutil.copyfile",
+    "os.chflags",
+)
 _READ_EVENTS = ("os.listdir", "os.scandir")  # the import system lists the stdlib's directories
 
 

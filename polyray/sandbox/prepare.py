@@ -46,7 +46,12 @@ def _ro_binds() -> list[str]:
 
 
 def _launch_config(
-    mode: str, base: str, uid: int | None, limits: SandboxLimits, status_fd: int, channel_fds: dict[int, int],
+    mode: str,
+    base: str,
+    uid: int | None,
+    limits: SandboxLimits,
+    status_fd: int,
+    channel_fds: dict[int, int],
     cgroup_procs: list[str] | None = None,
 ) -> dict:
     whole = bool(cgroup_procs)  # a cgroup caps the whole sandbox's memory and tasks

@@ -66,7 +66,9 @@ def _end(proc: subprocess.Popen, namespaced: bool) -> None:
 
 
 # Events that stop the runs started in this context (see :func:`cancelled_by`).
-_CANCEL: contextvars.ContextVar[tuple[threading.Event, ...]] = contextvars.ContextVar("polyray_sandbox_cancel", default=())
+_CANCEL: contextvars.ContextVar[tuple[threading.Event, ...]] = contextvars.ContextVar(
+    "polyray_sandbox_cancel", default=()
+)
 
 
 @contextmanager

@@ -131,7 +131,9 @@ def sample_wrong_expression(rng: random.Random, numbers: tuple[int, ...], target
 
 def generator_key(config: CountdownTaskConfig) -> dict:
     """What determines the generated problems of ``config`` (and its type): an embedded model's corpus key."""
-    return config.model_dump(mode="json", include={"type", "num_numbers", "max_number", "min_operands", "max_target", "seed"})
+    return config.model_dump(
+        mode="json", include={"type", "num_numbers", "max_number", "min_operands", "max_target", "seed"}
+    )
 
 
 def pretrain_solutions(
@@ -260,10 +262,14 @@ class CountdownTask(Task):
         )
 
     def prompts(self, split: str, count: int | None = None) -> list[Prompt]:
-        return generate_prompts(split, self.split_size(split) or 0 if count is None else count, self.config.seed, self.spec)
+        return generate_prompts(
+            split, self.split_size(split) or 0 if count is None else count, self.config.seed, self.spec
+        )
 
     def pretrain_corpus(self, n_prompts: int, noise: float, seed: int) -> list[tuple[str, str]]:
-        return [(p.text, " " + sol) for p, sol in pretrain_solutions(self.spec, self.config.seed, n_prompts, noise, seed)]
+        return [
+            (p.text, " " + sol) for p, sol in pretrain_solutions(self.spec, self.config.seed, n_prompts, noise, seed)
+        ]
 
     def corpus_key(self) -> dict:
         return generator_key(self.config)

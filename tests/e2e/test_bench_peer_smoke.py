@@ -19,10 +19,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_peer_smoke_compares_both_trainers_and_the_larger_model(tmp_path):
-    pytest.importorskip("trl", reason="TRL is not installed: the peer benchmark needs the bench extra (pip install -e '.[bench]')")
+    pytest.importorskip(
+        "trl", reason="TRL is not installed: the peer benchmark needs the bench extra (pip install -e '.[bench]')"
+    )
     out = tmp_path / "peer.json"
-    proc = subprocess.run([sys.executable, "-m", "jobs.benchmark", "peer", *SMOKE["peer"], "--json", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.benchmark", "peer", *SMOKE["peer"], "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     r = json.loads(out.read_text())
     assert r["seeds"] == [0] and set(r["per_seed"]) == {"0"}

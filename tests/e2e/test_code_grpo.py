@@ -24,12 +24,25 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.ray, pytest.mark.vl
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "code.yaml"
 # configs/code.yaml's two GRPO phases (no SFT), 2 steps of 4 prompts x 4 samples each
-PHASES = [{**p, "steps": 2, "prompts_per_step": 4, "group_size": 4} for p in yaml.safe_load(CONFIG.read_text())["phases"][1:]]
+PHASES = [
+    {**p, "steps": 2, "prompts_per_step": 4, "group_size": 4} for p in yaml.safe_load(CONFIG.read_text())["phases"][1:]
+]
 SHORT = [
-    "--set", "model.tiny.pretrain_steps=300", "--set", "task.n_train=64", "--set", "task.n_test=8",
-    "--set", f"phases={json.dumps(PHASES)}",
-    "--set", "eval.n_samples=4", "--set", "eval.ks=[1, 4]", "--set", "learner.log_rollouts=true",
-]  # fmt: skip
+    "--set",
+    "model.tiny.pretrain_steps=300",
+    "--set",
+    "task.n_train=64",
+    "--set",
+    "task.n_test=8",
+    "--set",
+    f"phases={json.dumps(PHASES)}",
+    "--set",
+    "eval.n_samples=4",
+    "--set",
+    "eval.ks=[1, 4]",
+    "--set",
+    "learner.log_rollouts=true",
+]
 
 
 def test_code_grpo_rewards_from_the_sandbox_equal_the_services(tmp_path):
@@ -63,9 +76,12 @@ def test_code_grpo_rewards_from_the_sandbox_equal_the_services(tmp_path):
             weighted = (name, params)
     # the sandbox path is live: the references pass, the target written as a literal fails
     prompts = [p for p in task.prompts("test", 16) if p.meta["target"] not in p.meta["numbers"]][:8]
-    refs = scorer.score("code_exec", [task.reward_item(p, p.reference) for p in prompts], {"timeout_s": 5.0},
-                        from_request=True)
-    cheats = scorer.score("code_exec", [task.reward_item(p, f" {p.meta['target']}") for p in prompts], from_request=True)
+    refs = scorer.score(
+        "code_exec", [task.reward_item(p, p.reference) for p in prompts], {"timeout_s": 5.0}, from_request=True
+    )
+    cheats = scorer.score(
+        "code_exec", [task.reward_item(p, f" {p.meta['target']}") for p in prompts], from_request=True
+    )
     assert [r.score for r in refs] == [1.0] * 8 and [r.score for r in cheats] == [0.0] * 8
     # the weighted sum adds its components: a passing program scores >= 1 - 0.2 above a failing one
     items = [task.reward_item(p, c) for p in prompts[:2] for c in (p.reference, f" {p.meta['target']}")]

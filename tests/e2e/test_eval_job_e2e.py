@@ -50,9 +50,21 @@ def eval_run(tmp_path_factory, model_dir, run_config):
     _fake_run(tmp / "run", model_dir, run_config)
     train_engagement_model(FIXTURE, tmp / "engagement")
     problems = tmp / "problems.jsonl"
-    problems.write_text("".join(json.dumps({
-        "task_id": f"toy/{i}", "prompt": f"def f{i}():\n", "test": f"def check(c):\n    assert c() == {i}\n",
-        "entry_point": f"f{i}", "canonical_solution": f"    return {i}\n"}) + "\n" for i in range(4)))  # fmt: skip
+    problems.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "task_id": f"toy/{i}",
+                    "prompt": f"def f{i}():\n",
+                    "test": f"def check(c):\n    assert c() == {i}\n",
+                    "entry_point": f"f{i}",
+                    "canonical_solution": f"    return {i}\n",
+                }
+            )
+            + "\n"
+            for i in range(4)
+        )
+    )
     config = {
         "name": "e2e_eval",
         "models": [
@@ -84,10 +96,22 @@ def eval_run(tmp_path_factory, model_dir, run_config):
     out = tmp / "out"
     proc = subprocess.run(
         # cluster.storage: the rollout workers get the model and the adapters as references into it
-        [*_eval_command(), str(tmp / "eval.yaml"), "--output-dir", str(out), "--set", "seed=1",
-         "--set", f"cluster.storage={tmp / 'storage'}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            *_eval_command(),
+            str(tmp / "eval.yaml"),
+            "--output-dir",
+            str(out),
+            "--set",
+            "seed=1",
+            "--set",
+            f"cluster.storage={tmp / 'storage'}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out, proc
 
@@ -101,7 +125,10 @@ def test_results_cover_every_model_and_task(eval_run):
     assert set(results["models"]) == expected
     # the tiny model's 128 tokens cannot hold 2 English few-shot examples: skipped and counted, not a crash
     assert results["tasks"]["replies"]["skipped_too_long"]["fs"] == 3
-    assert {(s["task"], s["model"]) for s in results["skipped"]} == {("replies", "fs"), ("code", "fs")}  # code: no train split
+    assert {(s["task"], s["model"]) for s in results["skipped"]} == {
+        ("replies", "fs"),
+        ("code", "fs"),
+    }  # code: no train split
     assert "fs on replies: skipped" in proc.stderr
     assert results["usq_selector"] == "reward_model"
     for label, m in results["models"].items():  # each an evaluation record's JSON (polyray.eval.record)
@@ -158,8 +185,12 @@ def test_rerun_resumes_from_the_saved_units(eval_run):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     again = subprocess.run(
         [*_eval_command(), str(out.parent / "eval.yaml"), "--output-dir", str(out), "--set", "seed=1"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert again.returncode == 0, again.stderr[-4000:]
     assert "resuming: 10 of 10 units found" in again.stderr
     second = json.loads((out / "results.json").read_text())
@@ -167,4 +198,3 @@ def test_rerun_resumes_from_the_saved_units(eval_run):
     for label, m in first["models"].items():
         passk = [f"pass@{k}" for k in KS]
         assert [second["models"][label][key] for key in passk] == [m[key] for key in passk], label
-

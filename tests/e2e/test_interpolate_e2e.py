@@ -20,8 +20,23 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_interpolate_command_chooses_on_validation_and_reports_test(tmp_path, model_dir, run_config):
     run = fake_run(tmp_path / "run", model_dir, run_config)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    command = [sys.executable, "-m", "polyray.cli", "interpolate", str(run), "--alphas", "0.5,1", "--val-prompts", "2",
-               "--test-prompts", "2", "--n-samples", "2", "--output-dir", str(tmp_path / "out")]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "polyray.cli",
+        "interpolate",
+        str(run),
+        "--alphas",
+        "0.5,1",
+        "--val-prompts",
+        "2",
+        "--test-prompts",
+        "2",
+        "--n-samples",
+        "2",
+        "--output-dir",
+        str(tmp_path / "out"),
+    ]
     proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads((tmp_path / "out" / "interpolation.json").read_text())

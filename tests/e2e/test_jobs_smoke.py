@@ -65,16 +65,29 @@ def test_benchmark_all_smoke_prints_every_ratio(tmp_path):
     assert all(r["step_s"] > 0 for r in poly.values())
     assert "canary_s" not in poly["polychromic_sft[countdown_expr]"]
 
-    assert len(results["reward"]["http"]) == 4 and all(r["requests"] > 0 and not r["errors"] for r in results["reward"]["http"])
-    for needle in ("RolloutPool / bare vllm.LLM", "polychromic_sft[countdown_expr] step / SFT step",
-                   "reward model batched / unbatched", "adapter publish / copy + write of its bytes"):
+    assert len(results["reward"]["http"]) == 4 and all(
+        r["requests"] > 0 and not r["errors"] for r in results["reward"]["http"]
+    )
+    for needle in (
+        "RolloutPool / bare vllm.LLM",
+        "polychromic_sft[countdown_expr] step / SFT step",
+        "reward model batched / unbatched",
+        "adapter publish / copy + write of its bytes",
+    ):
         assert needle in proc.stdout, needle
 
 
 def test_reward_model_training(tmp_path):
     model_dir = tmp_path / "rm"
-    _run(["jobs.train_reward_model", "--data", str(ROOT / "tests" / "fixtures" / "engagement.jsonl"),
-          "--out", str(model_dir)])
+    _run(
+        [
+            "jobs.train_reward_model",
+            "--data",
+            str(ROOT / "tests" / "fixtures" / "engagement.jsonl"),
+            "--out",
+            str(model_dir),
+        ]
+    )
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert metrics["test"]["spearman"] > 0.3, metrics
 
@@ -82,8 +95,22 @@ def test_reward_model_training(tmp_path):
 @pytest.mark.vllm
 def test_generation_benchmark(tmp_path):
     out = tmp_path / "bench.json"
-    proc = _run(["jobs.benchmark", "generation", "--requests", "4", "--n", "2", "--max-tokens", "8", "--publishes", "2",
-                 "--json", str(out)])  # fmt: skip
+    proc = _run(
+        [
+            "jobs.benchmark",
+            "generation",
+            "--requests",
+            "4",
+            "--n",
+            "2",
+            "--max-tokens",
+            "8",
+            "--publishes",
+            "2",
+            "--json",
+            str(out),
+        ]
+    )
     results = json.loads(out.read_text())
     for side in ("direct", "endpoint"):
         assert [r["concurrency"] for r in results[side]] == [1, 16]

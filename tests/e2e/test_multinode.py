@@ -37,10 +37,19 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.ray, pytest.mark.vl
 
 ROOT = Path(__file__).resolve().parents[2]
 SHORT = [
-    "phases.0.steps=3", "phases.0.batch_size=8", "phases.0.checkpoint_every=2",
-    "phases.1.steps=6", "phases.1.prompts_per_step=4", "phases.1.group_size=4", "phases.1.checkpoint_every=2",
-    "task.n_test=8", "eval.n_samples=4", "eval.ks=[1, 4]", "dynamics.every=3", "cluster.dashboard=false",
-]  # fmt: skip
+    "phases.0.steps=3",
+    "phases.0.batch_size=8",
+    "phases.0.checkpoint_every=2",
+    "phases.1.steps=6",
+    "phases.1.prompts_per_step=4",
+    "phases.1.group_size=4",
+    "phases.1.checkpoint_every=2",
+    "task.n_test=8",
+    "eval.n_samples=4",
+    "eval.ks=[1, 4]",
+    "dynamics.every=3",
+    "cluster.dashboard=false",
+]
 # The driver: the CLI, with its cache deleted once prepare_inputs returns (the model is in storage then).
 DRIVER = """
 import shutil, sys
@@ -170,9 +179,24 @@ def test_short_quickstart_on_nodes_that_share_only_storage_survives_a_lost_node(
     keeps the auth mode it read for the life of a process, which would break every later test's cluster."""
     if os.environ.get(INNER) != "1":
         node_id = f"{__file__}::test_short_quickstart_on_nodes_that_share_only_storage_survives_a_lost_node"
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", node_id,
-                               "--basetemp", str(tmp_path / "inner")],
-                              cwd=ROOT, env={**os.environ, INNER: "1"}, capture_output=True, text=True)  # fmt: skip
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-s",
+                "-p",
+                "no:cacheprovider",
+                node_id,
+                "--basetemp",
+                str(tmp_path / "inner"),
+            ],
+            cwd=ROOT,
+            env={**os.environ, INNER: "1"},
+            capture_output=True,
+            text=True,
+        )
         print(proc.stdout[-3000:])
         assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-2000:]
         return
@@ -198,9 +222,11 @@ def _survives_a_lost_node(tmp_path, monkeypatch):
     def add_worker_node(name: str):
         # room for every worker at once (rollout worker 1 CPU, learner ranks 2, reward replica 0.5)
         return cluster.add_node(
-            num_cpus=4, resources={"worker": 4}, object_store_memory=200 * 1024**2,
+            num_cpus=4,
+            resources={"worker": 4},
+            object_store_memory=200 * 1024**2,
             env_vars={"POLYRAY_CACHE_DIR": str(nodes[name] / "cache"), "HF_HOME": str(nodes[name] / "hf")},
-        )  # fmt: skip
+        )
 
     cluster = Cluster()
     started = time.monotonic()
@@ -212,19 +238,41 @@ def _survives_a_lost_node(tmp_path, monkeypatch):
         )  # fmt: skip
         node_a = add_worker_node("node-a")
         cluster.wait_for_nodes()
-        env = {**os.environ, "RAY_ADDRESS": cluster.address, "POLYRAY_CACHE_DIR": str(driver_cache),
-               "HF_HOME": str(tmp_path / "driver" / "hf")}  # fmt: skip
+        env = {
+            **os.environ,
+            "RAY_ADDRESS": cluster.address,
+            "POLYRAY_CACHE_DIR": str(driver_cache),
+            "HF_HOME": str(tmp_path / "driver" / "hf"),
+        }
         held, release = tmp_path / "held", tmp_path / "release"
         gate = tmp_path / "gate.py"
         gate.write_text(GATE.format(paths=[str(p) for p in (storage, out / "metrics.jsonl", held, release)]))
-        sets = [*SHORT, f"cluster.storage={storage}", "cluster.worker_resources={worker: 1}", "reward.name=custom",
-                f"reward.params={{function: '{gate}:score'}}"]  # fmt: skip
+        sets = [
+            *SHORT,
+            f"cluster.storage={storage}",
+            "cluster.worker_resources={worker: 1}",
+            "reward.name=custom",
+            f"reward.params={{function: '{gate}:score'}}",
+        ]
         with open(tmp_path / "driver.log", "w") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-c", DRIVER, str(driver_cache), "run", str(ROOT / "configs" / "quickstart.yaml"),
-                 "--output-dir", str(out), *(arg for s in sets for arg in ("--set", s))],
-                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-c",
+                    DRIVER,
+                    str(driver_cache),
+                    "run",
+                    str(ROOT / "configs" / "quickstart.yaml"),
+                    "--output-dir",
+                    str(out),
+                    *(arg for s in sets for arg in ("--set", s)),
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
             try:
                 _wait_for("GRPO held after its first checkpoint", held.exists, proc, timeout_s=420)
                 node_b = add_worker_node("node-b")

@@ -26,8 +26,20 @@ def quickstart_run(tmp_path_factory):
     env = {**os.environ, "RAY_ADDRESS": ""}
     env.pop("RAY_ADDRESS")
     proc = subprocess.run(
-        [sys.executable, "-m", "polyray.cli", "run", str(ROOT / "configs" / "quickstart.yaml"), "--output-dir", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "polyray.cli",
+            "run",
+            str(ROOT / "configs" / "quickstart.yaml"),
+            "--output-dir",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out, proc

@@ -45,7 +45,6 @@ AGENT_WAIT_S = 120.0
 MARKER = "POLYRAY_TEST_RAY_JOB"  # in the environment of every process the head starts, and theirs
 
 
-
 def test_train_entrypoint_runs_as_ray_job(tmp_path, model_dir, run_config):
     from polyray.learner.lora import build_peft_model
     from polyray.tasks import build_task
@@ -61,11 +60,24 @@ def test_train_entrypoint_runs_as_ray_job(tmp_path, model_dir, run_config):
     temp_dir = Path(tempfile.mkdtemp(prefix="rj-", dir="/tmp"))
     dashboard, metrics_port, gen_port, agent = free_port(), free_port(), free_port(), free_port()
     start = subprocess.run(
-        [str(BIN / "ray"), "start", "--head", "--port=0", f"--dashboard-port={dashboard}", "--num-cpus=6",
-         "--include-dashboard=true", f"--metrics-export-port={metrics_port}", "--disable-usage-stats",
-         f"--temp-dir={temp_dir}", f"--dashboard-agent-listen-port={agent}"],
-        env=env, capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--port=0",
+            f"--dashboard-port={dashboard}",
+            "--num-cpus=6",
+            "--include-dashboard=true",
+            f"--metrics-export-port={metrics_port}",
+            "--disable-usage-stats",
+            f"--temp-dir={temp_dir}",
+            f"--dashboard-agent-listen-port={agent}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     if start.returncode != 0:
         _stop_cluster(env[MARKER])
     assert start.returncode == 0, start.stderr[-3000:]
@@ -87,8 +99,11 @@ def test_train_entrypoint_runs_as_ray_job(tmp_path, model_dir, run_config):
     served: dict[str, torch.Tensor] = {}  # version that answered -> its log-probs of the fixed completion
     errors: list[Exception] = []
     stop = threading.Event()
-    watcher = threading.Thread(target=_watch_generation, daemon=True, args=(
-        f"http://127.0.0.1:{gen_port}/generation/v1", prompt_ids, completion_ids, listed, served, errors, stop))  # fmt: skip
+    watcher = threading.Thread(
+        target=_watch_generation,
+        daemon=True,
+        args=(f"http://127.0.0.1:{gen_port}/generation/v1", prompt_ids, completion_ids, listed, served, errors, stop),
+    )
     prometheus = _start_prometheus(tmp_path, temp_dir) if shutil.which("prometheus") else None
     in_prometheus: set[str] = set()
     seen: set[str] = set()  # metric families with a sample tagged run=RUN
@@ -100,13 +115,17 @@ def test_train_entrypoint_runs_as_ray_job(tmp_path, model_dir, run_config):
         # submission is refused ("No available agent") without creating a job, so it is retried.
         deadline = time.monotonic() + AGENT_WAIT_S
         while True:
-            proc = subprocess.Popen(submit, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    text=True)  # fmt: skip
+            proc = subprocess.Popen(
+                submit, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
             while proc.poll() is None:  # scrape while the job runs
                 seen |= _scrape(metrics_port)
                 if browser is None and "ray_polyray_rollout_adapter_versions" in seen:  # its actors are up
-                    browser = threading.Thread(target=_read_dashboard, daemon=True,
-                                               args=(f"http://127.0.0.1:{dashboard}", env["RAY_AUTH_TOKEN"], pages))
+                    browser = threading.Thread(
+                        target=_read_dashboard,
+                        daemon=True,
+                        args=(f"http://127.0.0.1:{dashboard}", env["RAY_AUTH_TOKEN"], pages),
+                    )
                     browser.start()  # beside the scraping: a phase's metrics live only as long as its processes
                 if prometheus is not None:
                     in_prometheus |= _prometheus_series(prometheus[1])
@@ -148,8 +167,9 @@ def test_train_entrypoint_runs_as_ray_job(tmp_path, model_dir, run_config):
     assert len(served) >= 2, (served.keys(), errors[-1:])
     for name, lps in served.items():
         version = int(name.removeprefix("policy-v"))
-        model, _ = build_peft_model(str(model_dir), run_config.learner.lora,
-                                    adapter_dir=str(out / "adapter_store" / f"v{version:06d}"))  # fmt: skip
+        model, _ = build_peft_model(
+            str(model_dir), run_config.learner.lora, adapter_dir=str(out / "adapter_store" / f"v{version:06d}")
+        )
         model.eval()
         learner = learner_logprobs(model, prompt_ids, completion_ids, tokenizer.pad_token_id).double()
         assert torch.allclose(lps, learner, atol=1e-3), (name, lps, learner)
@@ -158,8 +178,9 @@ def test_train_entrypoint_runs_as_ray_job(tmp_path, model_dir, run_config):
 RUN = "rayjob"
 
 
-def _watch_generation(url: str, prompt_ids, completion_ids, listed: list, served: dict, errors: list,
-                      stop: threading.Event) -> None:  # fmt: skip
+def _watch_generation(
+    url: str, prompt_ids, completion_ids, listed: list, served: dict, errors: list, stop: threading.Event
+) -> None:
     """Until ``stop``: the policy versions ``/v1/models`` lists, each new set appended to ``listed``; for up to
     3 of them, the log-probs of ``completion_ids`` after ``prompt_ids`` under ``latest``, by the version
     that answered, into ``served``."""
@@ -172,8 +193,14 @@ def _watch_generation(url: str, prompt_ids, completion_ids, listed: list, served
             if not listed or versions != listed[-1]:
                 listed.append(versions)
                 if versions and len(served) < 3:
-                    r = client.completions.create(model="latest", prompt=prompt_ids + completion_ids, max_tokens=1,
-                                                  echo=True, logprobs=0, temperature=1.0)  # fmt: skip
+                    r = client.completions.create(
+                        model="latest",
+                        prompt=prompt_ids + completion_ids,
+                        max_tokens=1,
+                        echo=True,
+                        logprobs=0,
+                        temperature=1.0,
+                    )
                     lps = r.choices[0].logprobs.token_logprobs[len(prompt_ids) : len(prompt_ids) + len(completion_ids)]
                     served[r.model] = torch.tensor(lps, dtype=torch.float64)
         except Exception as exc:  # noqa: BLE001 - not up yet, or going down with the run
@@ -205,8 +232,9 @@ def _serve_apps(address: str, env: dict[str, str]) -> dict:
     """The Serve applications on the cluster at ``address`` (``serve status``), by name."""
     import yaml
 
-    status = subprocess.run([str(BIN / "serve"), "status", "--address", address], env=env, capture_output=True,
-                            text=True, timeout=60)  # fmt: skip
+    status = subprocess.run(
+        [str(BIN / "serve"), "status", "--address", address], env=env, capture_output=True, text=True, timeout=60
+    )
     assert status.returncode == 0, status.stderr[-2000:]
     return yaml.safe_load(status.stdout).get("applications") or {}
 
@@ -237,10 +265,15 @@ def _start_prometheus(tmp_path: Path, temp_dir: Path) -> tuple[subprocess.Popen,
     (tmp_path / "prometheus.yml").write_text(text)
     port = free_port()
     proc = subprocess.Popen(
-        ["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            "prometheus",
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return proc, port
 
 
@@ -249,8 +282,11 @@ def _prometheus_series(port: int) -> set[str]:
     import httpx
 
     try:
-        r = httpx.get(f"http://127.0.0.1:{port}/api/v1/series",
-                      params={"match[]": f'{{__name__=~"ray_polyray_.+", run="{RUN}"}}'}, timeout=10)  # fmt: skip
+        r = httpx.get(
+            f"http://127.0.0.1:{port}/api/v1/series",
+            params={"match[]": f'{{__name__=~"ray_polyray_.+", run="{RUN}"}}'},
+            timeout=10,
+        )
         return {s["__name__"] for s in r.json().get("data", [])}
     except (httpx.HTTPError, ValueError):
         return set()

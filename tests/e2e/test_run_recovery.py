@@ -76,11 +76,23 @@ def _run(out: Path, phases: str, kills: list[tuple[str, int, str]], extra=(), ti
     """``polyray run`` with ``kills``: (phase, step, process marker) -> SIGKILL one such process once the
     phase's metrics reach that step (and, for a kill the phase resumes from, a checkpoint of it is
     registered). Returns (exit code, output, kills done as (phase, step, marker))."""
-    cmd = [sys.executable, "-m", "polyray.cli", "run", str(ROOT / "configs" / "quickstart.yaml"), "--output-dir", str(out),
-           "--set", f"phases={phases}", *COMMON, *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "polyray.cli",
+        "run",
+        str(ROOT / "configs" / "quickstart.yaml"),
+        "--output-dir",
+        str(out),
+        "--set",
+        f"phases={phases}",
+        *COMMON,
+        *extra,
+    ]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     done, pending = [], list(kills)
     deadline = time.time() + timeout_s
     while proc.poll() is None and time.time() < deadline and pending:
@@ -161,8 +173,13 @@ def test_run_survives_every_process_dying(tmp_path):
     results = _check_run(out, {"polychromic_sft": 6, "grpo": 14})
     stages = [(s["stage"], s["attempt"]) for s in results["stages"]]
     # nothing finished is redone: base and polychromic SFT trained and evaluated once, by the first attempt
-    assert stages == [("eval_base", 0), ("train_polychromic_sft", 0), ("eval_polychromic_sft", 0),
-                      ("train_grpo", 1), ("eval_grpo", 1)], stages
+    assert stages == [
+        ("eval_base", 0),
+        ("train_polychromic_sft", 0),
+        ("eval_polychromic_sft", 0),
+        ("train_grpo", 1),
+        ("eval_grpo", 1),
+    ], stages
     assert results["phases"]["polychromic_sft"] == before["phases"]["polychromic_sft"]
     from polyray.io import RESUME_EVENT
 

@@ -65,13 +65,22 @@ def test_serve_reward_from_another_directory(tmp_path):
     # a Ray of its own: with no address, ray.init joins a cluster another test left running on this machine
     env = {**os.environ, "RAY_ADDRESS": "local", "PYTHONUNBUFFERED": "1"}  # (its output as it goes, for a failure)
     cmd = [sys.executable, "-m", "polyray.cli", "serve", "reward", "--port", str(port)]
-    proc = subprocess.Popen([*cmd, "--config", "serve.yaml"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [*cmd, "--config", "serve.yaml"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         assert _wait_healthy(url, proc)["status"] == "ok"
-        scores = _post(f"{url}/v1/rewards", {"reward": "custom", "items": [
-            {"prompt": "p", "completion": "abc"}, {"prompt": "p", "completion": "a"}]})["scores"]  # fmt: skip
+        scores = _post(
+            f"{url}/v1/rewards",
+            {"reward": "custom", "items": [{"prompt": "p", "completion": "abc"}, {"prompt": "p", "completion": "a"}]},
+        )["scores"]
         assert scores == [3.0, 1.0]
         item = {"prompt": "nums 3 4 9 target 12\nexpr:", "completion": " 3+9"}  # a built-in reward beside it
         assert _post(f"{url}/v1/rewards", {"reward": "countdown", "items": [item]})["scores"] == [1.0]
@@ -87,7 +96,8 @@ def test_serve_reward_from_another_directory(tmp_path):
 
 
 STALLED_GRACE_S = 8.0
-STALLED = """
+STALLED = (
+    """
 import sys, time
 import ray.serve
 import polyray.cli.common
@@ -95,15 +105,23 @@ ray.serve.shutdown = lambda: time.sleep(3600)  # Serve's shutdown never returns 
 polyray.cli.common.STOP_GRACE_S = %r  # the same deadline, shorter: the test waits it out
 from polyray.cli import main
 main(sys.argv[1:])
-""" % STALLED_GRACE_S
+"""
+    % STALLED_GRACE_S
+)
 
 
 def test_ctrl_c_returns_the_terminal_when_serves_shutdown_stalls(tmp_path):
     port = free_port()
     env = {**os.environ, "RAY_ADDRESS": "local", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", STALLED, "serve", "reward", "--port", str(port)], cwd=tmp_path,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STALLED, "serve", "reward", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         assert _wait_healthy(f"http://127.0.0.1:{port}", proc)["status"] == "ok"
         code, out = _interrupt(proc, STALLED_GRACE_S)

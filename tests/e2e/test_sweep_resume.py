@@ -67,8 +67,9 @@ def _finished(run_dir: Path) -> bool:
 def _sweep(path: Path, out: Path, *extra: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     cmd = [sys.executable, "-m", "polyray.cli", "sweep", str(path), "--output-dir", str(out), *extra]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # fmt: skip
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
 
 
 def test_sweep_driver_killed_mid_trial_resumes(tmp_path):
@@ -98,8 +99,12 @@ def test_sweep_driver_killed_mid_trial_resumes(tmp_path):
     summary = json.loads((out / "sweep.json").read_text())
     assert len(summary["trials"]) == 2 and not [t for t in summary["trials"] if t["error"]], summary["trials"]
     # every trial measured on validation (its stage evaluation and the probe), none on test
-    assert all(f"{PHASE}/val_eval/pass@1" in t["metrics"] and f"{PHASE}/val/pass@1" in t["metrics"]
-               and f"{PHASE}/pass@1" not in t["metrics"] for t in summary["trials"])  # fmt: skip
+    assert all(
+        f"{PHASE}/val_eval/pass@1" in t["metrics"]
+        and f"{PHASE}/val/pass@1" in t["metrics"]
+        and f"{PHASE}/pass@1" not in t["metrics"]
+        for t in summary["trials"]
+    )
     assert summary["best"] is not None and len(summary["settings"]) == 2 and summary["axes"] == ["phases.0.lam", "seed"]
     # the test set: the selected setting's trial only, after the selection
     selected = summary["selected"]

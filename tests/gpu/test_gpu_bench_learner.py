@@ -32,9 +32,12 @@ def test_learner_step_on_cuda_measures_the_gpu(toy_model):
         assert row["gpu"] == torch.cuda.get_device_name() and row["peak_of"] == "step"
         assert row["peak_bytes"] >= row["loaded_bytes"] > row["context_bytes"] > 0
         assert row["peak_bytes"] - row["context_bytes"] >= row["peak_allocated_bytes"] > 0
-    bf16 = measure_step(toy_model, StepCase(4, 32, 64, 256, group_size=2, device="cuda", dtype="bfloat16",
-                                            gradient_checkpointing=True))  # fmt: skip
+    bf16 = measure_step(
+        toy_model, StepCase(4, 32, 64, 256, group_size=2, device="cuda", dtype="bfloat16", gradient_checkpointing=True)
+    )
     assert torch.isfinite(torch.tensor(bf16["loss"]))
     plan = estimate(toy_model, StepCase(4, 32, 64, 256, group_size=2, device="cuda", dtype="bfloat16"))
-    print(f"\ntoy step on {micro['gpu']}: peak {micro['peak_bytes'] / 2**20:.0f} MiB (context"
-          f" {micro['context_bytes'] / 2**20:.0f}), plan {plan['total'] / 2**20:.0f} MiB")
+    print(
+        f"\ntoy step on {micro['gpu']}: peak {micro['peak_bytes'] / 2**20:.0f} MiB (context"
+        f" {micro['context_bytes'] / 2**20:.0f}), plan {plan['total'] / 2**20:.0f} MiB"
+    )

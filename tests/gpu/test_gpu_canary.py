@@ -41,14 +41,16 @@ def canary_gaps(root, device: str, layers: int = 28, probes: int = 16, tokens: i
                                  max_new_tokens=tokens, min_new_tokens=tokens, pad_token_id=0)  # fmt: skip
     gaps, verdicts, base_caught = [], [], 0
     for prompt, full in zip(prompts.tolist(), drawn.cpu().tolist()):
-        probe = (prompt, full[len(prompt):])
+        probe = (prompt, full[len(prompt) :])
         canary = SyncCanary(1, probe, 0, "bfloat16")
         exact = canary.learner_logprobs(reference, *probe, 1.0)
         ours = canary.learner_logprobs(learner, *probe, 1.0)
         base = canary.learner_logprobs(learner, *probe, 1.0, adapter=False)
         gaps.append(rms(ours - exact))
         verdicts.append(stale_reason(exact, ours, {"the base model": base}, TOLERANCE["bfloat16"], NOISE["bfloat16"]))
-        base_caught += stale_reason(ours, base, {"the base model": base}, TOLERANCE["bfloat16"], NOISE["bfloat16"]) is not None
+        base_caught += (
+            stale_reason(ours, base, {"the base model": base}, TOLERANCE["bfloat16"], NOISE["bfloat16"]) is not None
+        )
     return {"gaps": gaps, "verdicts": verdicts, "base_caught": base_caught, "probes": probes}
 
 
@@ -59,8 +61,10 @@ def test_bfloat16_learner_log_probs_on_cuda_are_within_the_canarys_rule(tmp_path
         pytest.skip("needs a CUDA GPU")
     result = canary_gaps(tmp_path, "cuda")
     gaps = result["gaps"]
-    print(f"\nbfloat16 on {torch.cuda.get_device_name()} vs float64: RMS median {statistics.median(gaps):.4f},"
-          f" max {max(gaps):.4f} over {len(gaps)} probes; base model caught {result['base_caught']}/{result['probes']}")
+    print(
+        f"\nbfloat16 on {torch.cuda.get_device_name()} vs float64: RMS median {statistics.median(gaps):.4f},"
+        f" max {max(gaps):.4f} over {len(gaps)} probes; base model caught {result['base_caught']}/{result['probes']}"
+    )
     assert all(v is None for v in result["verdicts"]), [v for v in result["verdicts"] if v]
     assert statistics.median(gaps) < NOISE["bfloat16"]
     assert result["base_caught"] >= result["probes"] // 2  # the adapter moves the probe past the noise

@@ -9,8 +9,14 @@ import pytest
 import torch
 
 from support.phase_harness import (
-    PHASE_CASES, _cpu, check_ranks_trained_one_model, multi_rank_grads, run_sft_ranks, step_grads, tiny_model_dir,
-)  # fmt: skip
+    PHASE_CASES,
+    _cpu,
+    check_ranks_trained_one_model,
+    multi_rank_grads,
+    run_sft_ranks,
+    step_grads,
+    tiny_model_dir,
+)
 
 pytestmark = [pytest.mark.gpu]
 

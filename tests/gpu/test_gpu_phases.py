@@ -31,12 +31,22 @@ def _cases():
     return {
         "sft": SFTPhaseConfig(steps=3, batch_size=8),
         "polychromic_sft": PolychromicSFTPhaseConfig(
-            steps=3, batch_size=8, prompts_per_step=4, n_samples=3, diversity="countdown_expr",
+            steps=3,
+            batch_size=8,
+            prompts_per_step=4,
+            n_samples=3,
+            diversity="countdown_expr",
             sampling={"temperature": 0.8, "max_tokens": 8},
         ),
-        "grpo": GRPOPhaseConfig(steps=3, prompts_per_step=4, group_size=4, kl_beta=0.05, kl_reference="base",
-                                sampling={"temperature": 1.2, "max_tokens": 8}),
-    }  # fmt: skip
+        "grpo": GRPOPhaseConfig(
+            steps=3,
+            prompts_per_step=4,
+            group_size=4,
+            kl_beta=0.05,
+            kl_reference="base",
+            sampling={"temperature": 1.2, "max_tokens": 8},
+        ),
+    }
 
 
 @pytest.mark.parametrize("name", ["sft", "polychromic_sft", "grpo"])

@@ -29,7 +29,9 @@ def test_worker_function_on_cuda_in_bfloat16(tmp_path):
             dist.destroy_process_group()
     check_two_phase_run(result)
     peak = torch.cuda.max_memory_allocated() / 2**20
-    print(f"\nworker function on {torch.cuda.get_device_name()}: {time.perf_counter() - started:.1f} s, peak {peak:.0f} MiB")
+    print(
+        f"\nworker function on {torch.cuda.get_device_name()}: {time.perf_counter() - started:.1f} s, peak {peak:.0f} MiB"
+    )
 
 
 @pytest.mark.parametrize("cuda_first", [False, True])

@@ -24,8 +24,22 @@ def test_bfloat16_canary_passes_the_right_adapter_and_catches_a_stale_one(tmp_pa
     from polyray.learner.sync import NOISE, TOLERANCE
 
     out = tmp_path / "canary.json"
-    args = ["jobs.benchmark", "canary", "--layers", "2", "--vocab", "32768", "--probes", "8", "--probe-tokens", "16",
-            "--short-tokens", "4", "--json", str(out)]  # fmt: skip
+    args = [
+        "jobs.benchmark",
+        "canary",
+        "--layers",
+        "2",
+        "--vocab",
+        "32768",
+        "--probes",
+        "8",
+        "--probe-tokens",
+        "16",
+        "--short-tokens",
+        "4",
+        "--json",
+        str(out),
+    ]
     proc = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads(out.read_text())

@@ -24,8 +24,14 @@ def test_run_from_a_saved_adapter_evaluates_it_as_base(pool, model_dir, run_conf
 
     model = random_lora_policy(model_dir, run_config.learner.lora, seed=21, std=0.05)[0]
     saved = save_adapter(model, tmp_path / "root" / "adapters" / "sft")
-    patch = {"name": "branch", "phases": [], "init_adapter": str(saved), "task": {"n_test": 8},
-             "eval": {"n_samples": 4, "ks": [1, 4]}, "dynamics": {"every": 0}}  # fmt: skip
+    patch = {
+        "name": "branch",
+        "phases": [],
+        "init_adapter": str(saved),
+        "task": {"n_test": 8},
+        "eval": {"n_samples": 4, "ks": [1, 4]},
+        "dynamics": {"every": 0},
+    }
     run = RunConfig.model_validate(merge(run_config.model_dump(mode="json"), patch))
     out = tmp_path / "branch"
     base = run_pipeline(run, out)["phases"]["base"]

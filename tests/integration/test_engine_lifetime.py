@@ -65,7 +65,9 @@ def test_engine_core_dies_with_a_sigkilled_host(model_dir):
     config = {"model_dir": str(model_dir), "max_num_seqs": 4}
     root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
-    host = subprocess.Popen([sys.executable, "-c", HOST, json.dumps(config)], stdout=subprocess.PIPE, text=True, env=env)
+    host = subprocess.Popen(
+        [sys.executable, "-c", HOST, json.dumps(config)], stdout=subprocess.PIPE, text=True, env=env
+    )
     below = []
     try:
         line = ""

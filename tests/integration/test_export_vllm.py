@@ -42,7 +42,10 @@ def test_merged_export_in_vllm_matches_the_adapter_on_the_base(tmp_path, run_con
     merged = export_run(run, tmp_path / "merged", merge=True)
 
     kwargs = engine_kwargs(str(merged), run_config.rollout, "float32")
-    engine = {k: kwargs[k] for k in ("dtype", "max_model_len", "max_num_seqs", "max_num_batched_tokens", "seed", "enforce_eager")}
+    engine = {
+        k: kwargs[k]
+        for k in ("dtype", "max_model_len", "max_num_seqs", "max_num_batched_tokens", "seed", "enforce_eager")
+    }
     saved = dict(os.environ)
     os.environ.update(rollout_env(run_config.rollout))  # the child inherits the environment it is spawned with
     try:

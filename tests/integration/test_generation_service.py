@@ -25,7 +25,6 @@ TOL = 1e-3  # as the rollout sync test: float32 kernels differ only in summation
 FUZZ_EXAMPLES = 25
 
 
-
 @pytest.fixture(scope="module")
 def store_and_policies(ray_cluster, model_dir, run_config, tmp_path_factory):
     from polyray.learner.lora import extract_adapter, save_adapter
@@ -53,9 +52,19 @@ def service(store_and_policies, model_dir, tmp_path_factory):
     key_file.write_text(KEY + "\n")
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    args = {"model_dir": str(model_dir), "store_root": str(root), "adapters": {"run/sft": str(named_dir)},
-            "api_key_file": str(key_file), "max_n": MAX_N, "max_tokens": MAX_TOKENS, "max_prompt_tokens": MAX_PROMPT,
-            "num_cpus": 0.5, "poll_s": 0.2, "keep_versions": 2, "max_num_seqs": 16}  # fmt: skip
+    args = {
+        "model_dir": str(model_dir),
+        "store_root": str(root),
+        "adapters": {"run/sft": str(named_dir)},
+        "api_key_file": str(key_file),
+        "max_n": MAX_N,
+        "max_tokens": MAX_TOKENS,
+        "max_prompt_tokens": MAX_PROMPT,
+        "num_cpus": 0.5,
+        "poll_s": 0.2,
+        "keep_versions": 2,
+        "max_num_seqs": 16,
+    }
     serve.run(build_app(args), name="generation", route_prefix="/")
     yield f"http://127.0.0.1:{port}"
     serve.delete("generation")
@@ -96,8 +105,9 @@ def test_models_lists_base_latest_versions_and_named(client):
 
 
 def test_completions_n_logprobs_usage(client, run_config):
-    r = client.completions.create(model="base", prompt=_prompt(run_config), n=3, max_tokens=8, logprobs=1, seed=7,
-                                  temperature=1.0)  # fmt: skip
+    r = client.completions.create(
+        model="base", prompt=_prompt(run_config), n=3, max_tokens=8, logprobs=1, seed=7, temperature=1.0
+    )
     assert len(r.choices) == 3 and r.model == "base"
     tokens = [len(c.logprobs.tokens) for c in r.choices]
     assert r.usage.completion_tokens == sum(tokens) and all(1 <= t <= 8 for t in tokens)
@@ -109,8 +119,9 @@ def test_completions_n_logprobs_usage(client, run_config):
 
 def test_seed_reproduces_and_varies(client, run_config):
     def texts(seed):
-        r = client.completions.create(model="policy-v1", prompt=_prompt(run_config), n=4, max_tokens=12, seed=seed,
-                                      temperature=1.0)  # fmt: skip
+        r = client.completions.create(
+            model="policy-v1", prompt=_prompt(run_config), n=4, max_tokens=12, seed=seed, temperature=1.0
+        )
         return [c.text for c in r.choices]
 
     first = texts(5)
@@ -145,8 +156,9 @@ def test_endpoint_logprobs_equal_the_learners(client, store_and_policies, run_co
     prompt_ids = tokenizer(_prompt(run_config))["input_ids"]
     completion_ids = tokenizer(" 3 + 4 * 2")["input_ids"]
     name = f"policy-v{model}" if isinstance(model, int) else model
-    r = client.completions.create(model=name, prompt=prompt_ids + completion_ids, max_tokens=1, echo=True,
-                                  logprobs=0, temperature=1.0)  # fmt: skip
+    r = client.completions.create(
+        model=name, prompt=prompt_ids + completion_ids, max_tokens=1, echo=True, logprobs=0, temperature=1.0
+    )
     served = torch.tensor(r.choices[0].logprobs.token_logprobs[len(prompt_ids) : len(prompt_ids) + len(completion_ids)])
     learner = learner_logprobs(policies[model], prompt_ids, completion_ids, tokenizer.pad_token_id)
     assert torch.allclose(served.double(), learner.double(), atol=TOL), (served, learner)
@@ -185,8 +197,12 @@ def test_publish_moves_latest(client, store_and_policies, model_dir, run_config)
         ({}, {"model": "base", "prompt": "x", "n": MAX_N + 1}, 400, "n"),
         ({}, {"model": "base", "prompt": "x", "max_tokens": MAX_TOKENS + 1}, 400, "max_tokens"),
         ({}, {"model": "base", "prompt": "3 " * (MAX_PROMPT + 5)}, 400, "prompt"),
-        ({}, {"model": "base", "messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 99}, 400,
-         "max_completion_tokens"),
+        (
+            {},
+            {"model": "base", "messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 99},
+            400,
+            "max_completion_tokens",
+        ),
     ],
 )
 def test_bad_requests_get_openai_errors(http, headers, body, status, param):
@@ -265,8 +281,9 @@ def test_fuzz_never_5xx(service, http):
             key = f"{operation.label} ({mode.value})"
             tried[key] = tried.get(key, 0) + 1
             if response.status_code >= 500:
-                server_errors.append(f"{operation.label} {json.dumps(case.body)[:300]} -> {response.status_code}:"
-                                     f" {response.text[:300]}")  # fmt: skip
+                server_errors.append(
+                    f"{operation.label} {json.dumps(case.body)[:300]} -> {response.status_code}: {response.text[:300]}"
+                )
 
         check()
     print(f"\nfuzzed {sum(tried.values())} requests {tried}; 5xx: {len(server_errors)}")
@@ -280,13 +297,24 @@ def test_fuzz_never_5xx(service, http):
 # Its context is 128 tokens: short questions, one criterion.
 # The tiny judge's context is 128 tokens: a pointwise question with its two tagged pieces fits (~92), a
 # pairwise one with four does not, so pairwise is checked against a local endpoint (tests/unit/test_judge.py).
-SHORT = {"pointwise_prompt": "{prompt}{response}{example}", "criteria": ["quality"], "scale": 5,
-         "system_prompt": "Data."}  # fmt: skip
+SHORT = {
+    "pointwise_prompt": "{prompt}{response}{example}",
+    "criteria": ["quality"],
+    "scale": 5,
+    "system_prompt": "Data.",
+}
 
 
 def _judge_config(service, **extra) -> dict:
-    return {"base_url": f"{service}/v1", "model": "base", "api_key_env": "POLYRAY_TEST_JUDGE_KEY",
-            "max_tokens": 24, "retries": 1, **SHORT, **extra}  # fmt: skip
+    return {
+        "base_url": f"{service}/v1",
+        "model": "base",
+        "api_key_env": "POLYRAY_TEST_JUDGE_KEY",
+        "max_tokens": 24,
+        "retries": 1,
+        **SHORT,
+        **extra,
+    }
 
 
 def test_llm_judge_reward_through_the_service(service, monkeypatch):
@@ -297,7 +325,9 @@ def test_llm_judge_reward_through_the_service(service, monkeypatch):
     free = build_reward("llm_judge", **_judge_config(service), unparseable_score=-1.0, debug=True).score_batch(items)
     for result in free:  # a tiny model rarely writes valid ratings: re-asked, then unparseable_score
         if result.score == -1.0:
-            assert result.detail["error"] == "no parseable ratings" and len(result.detail["replies"]) == 2, result.detail
+            assert result.detail["error"] == "no parseable ratings" and len(result.detail["replies"]) == 2, (
+                result.detail
+            )
         else:
             assert 0.0 <= result.score <= 1.0 and set(result.detail["ratings"]) == {"quality"}
     # with the schema sent as response_format, vLLM's structured outputs make every reply parse
@@ -305,7 +335,9 @@ def test_llm_judge_reward_through_the_service(service, monkeypatch):
     for result in schema_bound:
         assert result.detail.get("attempts") == 1 and 0.0 <= result.score <= 1.0, result.detail
     # a question longer than the judge's context is that item's refusal (no score), not an outage of the run
-    (long,) = build_reward("llm_judge", **_judge_config(service)).score_batch([RewardItem(prompt="hi " * 40, completion="yes")])
+    (long,) = build_reward("llm_judge", **_judge_config(service)).score_batch(
+        [RewardItem(prompt="hi " * 40, completion="yes")]
+    )
     assert long.score is None and "refused the question (HTTP 400)" in long.detail["error"], long.detail
 
 
@@ -315,10 +347,18 @@ def test_llm_judge_as_a_task_quality(service, monkeypatch, tmp_path):
 
     monkeypatch.setenv("POLYRAY_TEST_JUDGE_KEY", KEY)
     data = tmp_path / "short.jsonl"  # short posts: the judge's question must fit the tiny model's context
-    data.write_text("".join(json.dumps({"prompt": f"d{i}", "response": "nice", "engagement": i % 5}) + "\n"
-                            for i in range(40)))  # fmt: skip
-    task = build_task(JsonlTaskConfig(type="replies", path=str(data), quality="llm_judge",
-                                      judge=_judge_config(service, structured=True), success_threshold=0.5))  # fmt: skip
+    data.write_text(
+        "".join(json.dumps({"prompt": f"d{i}", "response": "nice", "engagement": i % 5}) + "\n" for i in range(40))
+    )
+    task = build_task(
+        JsonlTaskConfig(
+            type="replies",
+            path=str(data),
+            quality="llm_judge",
+            judge=_judge_config(service, structured=True),
+            success_threshold=0.5,
+        )
+    )
     prompts = task.prompts("test", 2)
     judged = task.judge_groups(prompts, [["ok", "no"], ["yes"]])
     assert [len(g) for g in judged] == [2, 1]

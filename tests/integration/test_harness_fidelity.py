@@ -185,19 +185,32 @@ def test_each_pair_scores_as_one_program_does(name, tmp_path):
 
 
 UNCROSSABLE = {
-    "a_generator": ("def f(n):\n    return (i for i in range(n))\n",
-                    "def check(c):\n    assert list(c(3)) == [0, 1, 2]\n", "generator is not a plain value"),
-    "an_open_file": ("def f():\n    return open('candidate.py')\n",
-                     "def check(c):\n    assert c().read()\n", "TextIOWrapper is not a plain value"),
-    "a_lambda_from_the_test": ("def f(xs, key):\n    return sorted(xs, key=key)\n",
-                               "def check(c):\n    assert c([1, 3], key=lambda x: -x) == [3, 1]\n",
-                               "function is not a plain value"),
-    "caught_by_the_test": ("def f():\n    return iter([])\n",
-                           "def check(c):\n    try:\n        c()\n    except Exception:\n        pass\n",
-                           "list_iterator is not a plain value"),
-    "put_into_an_argument": ("def f(a):\n    a.append(object())\n",
-                             "def check(c):\n    a = []\n    c(a)\n    assert len(a) == 1\n", "object is not a plain value"),
-}  # fmt: skip
+    "a_generator": (
+        "def f(n):\n    return (i for i in range(n))\n",
+        "def check(c):\n    assert list(c(3)) == [0, 1, 2]\n",
+        "generator is not a plain value",
+    ),
+    "an_open_file": (
+        "def f():\n    return open('candidate.py')\n",
+        "def check(c):\n    assert c().read()\n",
+        "TextIOWrapper is not a plain value",
+    ),
+    "a_lambda_from_the_test": (
+        "def f(xs, key):\n    return sorted(xs, key=key)\n",
+        "def check(c):\n    assert c([1, 3], key=lambda x: -x) == [3, 1]\n",
+        "function is not a plain value",
+    ),
+    "caught_by_the_test": (
+        "def f():\n    return iter([])\n",
+        "def check(c):\n    try:\n        c()\n    except Exception:\n        pass\n",
+        "list_iterator is not a plain value",
+    ),
+    "put_into_an_argument": (
+        "def f(a):\n    a.append(object())\n",
+        "def check(c):\n    a = []\n    c(a)\n    assert len(a) == 1\n",
+        "object is not a plain value",
+    ),
+}
 
 
 @pytest.mark.parametrize("name", sorted(UNCROSSABLE))
@@ -215,8 +228,22 @@ def test_the_codec_round_trips_graphs_and_refuses_forgeries():
     from polyray.sandbox.codec import Refs, Uncrossable, copy_back, decode, encode, states
 
     shared = [1]
-    value = [1, 2.5, "x", None, True, (1, (2,)), {"a": shared}, {1, 2}, frozenset({3}), b"\x00", bytearray(b"y"),
-             {(1, 2): "t"}, shared, -(10**5000)]  # fmt: skip
+    value = [
+        1,
+        2.5,
+        "x",
+        None,
+        True,
+        (1, (2,)),
+        {"a": shared},
+        {1, 2},
+        frozenset({3}),
+        b"\x00",
+        bytearray(b"y"),
+        {(1, 2): "t"},
+        shared,
+        -(10**5000),
+    ]
     out = decode(json.loads(json.dumps(encode(value))))
     assert out == value and out[6]["a"] is out[12] and type(out[10]) is bytearray
     assert type(decode(encode((1,)))) is tuple and type(decode(encode(True))) is bool

@@ -52,7 +52,9 @@ def test_a_serve_app_the_cluster_cannot_hold_stops_the_wait_naming_it(ray_cluste
         serve.shutdown()
 
 
-def test_a_learner_ray_train_cannot_place_stops_the_phase_naming_its_ranks(ray_cluster, run_config, model_dir, tmp_path):
+def test_a_learner_ray_train_cannot_place_stops_the_phase_naming_its_ranks(
+    ray_cluster, run_config, model_dir, tmp_path
+):
     """Ranks asking for more CPUs than the cluster has: Ray Train's start times out once per try
     (learner.max_failures + 1 tries of cluster.resource_wait_s), then the phase stops, naming them."""
     from polyray.learner.trainer import run_phase
@@ -66,6 +68,8 @@ def test_a_learner_ray_train_cannot_place_stops_the_phase_naming_its_ranks(ray_c
         run_phase(run, 0, model_dir, tmp_path, None, 0, None)
     assert time.monotonic() - started < 120
     message = str(err.value)
-    assert message.startswith(f"learner: {run.phase_workers(0)} rank(s) of phase {run.phases[0].name!r} not placed in 1"
-                              " start(s) of 2 s each (learner.max_failures + 1, cluster.resource_wait_s): each asks {CPU: 64}")  # fmt: skip
+    assert message.startswith(
+        f"learner: {run.phase_workers(0)} rank(s) of phase {run.phases[0].name!r} not placed in 1"
+        " start(s) of 2 s each (learner.max_failures + 1, cluster.resource_wait_s): each asks {CPU: 64}"
+    )
     assert "free now: {CPU: " in message

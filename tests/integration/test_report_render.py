@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +18,7 @@ from polyray.eval.report import FIGURE_IDS, render_latex_table, write_report, wr
 
 pytestmark = pytest.mark.slow
 
+
 def _ci(m: float, h: float) -> dict:
     return {"mean": m, "low": m - h, "high": m + h}
 
@@ -26,10 +26,16 @@ def _ci(m: float, h: float) -> dict:
 def _lora_rows(scale: float, seed: int) -> list[dict]:
     rng = np.random.default_rng(seed)
     return [
-        {"layer": layer, "module": mod, "module_path": f"self_attn.{mod}",
-         "frobenius_norm": float(scale * rng.random()), "effective_rank": float(1 + 3 * rng.random())}
-        for layer in range(4) for mod in ("q_proj", "k_proj", "v_proj", "o_proj")
-    ]  # fmt: skip
+        {
+            "layer": layer,
+            "module": mod,
+            "module_path": f"self_attn.{mod}",
+            "frobenius_norm": float(scale * rng.random()),
+            "effective_rank": float(1 + 3 * rng.random()),
+        }
+        for layer in range(4)
+        for mod in ("q_proj", "k_proj", "v_proj", "o_proj")
+    ]
 
 
 def synthetic_results() -> dict:
@@ -41,15 +47,22 @@ def synthetic_results() -> dict:
             **{f"pass@{k}": _ci(1 - (1 - p1) ** (k ** (0.6 + 0.1 * i)), 0.02) for k in ks},
             **{f"usq@{k}": _ci(p1 + 0.4 * (1 - (1 - p1) ** k - p1), 0.015) for k in ks},
             "usq_selector": "reward_model",
-            "diversity/semantic": _ci(0.3 + 0.1 * i - 0.05 * (i == 1), 0.01), "diversity/distinct_2": 0.5 + 0.05 * i,
+            "diversity/semantic": _ci(0.3 + 0.1 * i - 0.05 * (i == 1), 0.01),
+            "diversity/distinct_2": 0.5 + 0.05 * i,
         }
     dynamics = []
     for run, sign in (("lora", -1), ("polychromic", 1)):
         for phase, steps in (("sft", range(0, 50, 10)), ("grpo", range(0, 40, 10))):
             for s in steps:
-                dynamics.append({"run": run, "phase": phase, "step": s,
-                                 "diversity/semantic": 0.4 + sign * 0.002 * s - (0.1 if phase == "grpo" else 0),
-                                 "diversity/distinct_2": 0.6 + sign * 0.001 * s})  # fmt: skip
+                dynamics.append(
+                    {
+                        "run": run,
+                        "phase": phase,
+                        "step": s,
+                        "diversity/semantic": 0.4 + sign * 0.002 * s - (0.1 if phase == "grpo" else 0),
+                        "diversity/distinct_2": 0.6 + sign * 0.001 * s,
+                    }
+                )
     return {
         "title": "synthetic report",
         "ks": ks,

@@ -25,7 +25,6 @@ MAX_ITEMS = 50
 MAX_BODY = 64 * 1024
 
 
-
 @pytest.fixture(scope="module")
 def engagement_model(tmp_path_factory):
     from polyray.reward.engagement import train_engagement_model
@@ -168,8 +167,11 @@ def test_concurrent_requests_are_batched(http):
         (b'{"reward": "countdown", "items": [], "bogus": 1}', 400, "bogus"),
         (b'{"reward": "nope", "items": []}', 404, "known: code_exec, countdown"),
         (b'{"reward": "length", "items": [], "params": {"min_length": -1}}', 400, "min_length"),
-        (b'{"reward": "countdown", "items": [{"prompt": "p", "completion": "c", "metadata": {"t": NaN}}]}', 400,
-         "items.0.metadata.t"),
+        (
+            b'{"reward": "countdown", "items": [{"prompt": "p", "completion": "c", "metadata": {"t": NaN}}]}',
+            400,
+            "items.0.metadata.t",
+        ),
     ],
 )
 def test_bad_requests_get_4xx_with_a_message(http, content, status, needle):
@@ -243,7 +245,9 @@ def test_a_hostile_flood_leaves_every_other_caller_served(http, service):
         {**honest, "metadata": {**test, "entry_point": "inc()"}},  # an expression, not a name
         {**honest, "metadata": {**test, "test": "raise SystemExit(3)\n"}},
     ]
-    surrogates = [{"reward": "code_exec", "items": [hostile[(i + j) % 4] for j in range(7)] + [honest]} for i in range(4)]
+    surrogates = [
+        {"reward": "code_exec", "items": [hostile[(i + j) % 4] for j in range(7)] + [honest]} for i in range(4)
+    ]
     mixed = {"reward": "code_exec", "items": [hostile[2], hostile[3], honest, hostile[2]]}  # past the edge
     bodies = [surrogates[i % 4] if i % 3 else mixed for i in range(48)]
 
@@ -327,8 +331,9 @@ def test_a_users_reward_reaches_the_replica_through_the_runtime_env(service, use
     from polyray.reward.client import get_reward_handle, score_via_handle
 
     assert not user_rewards[1].exists()  # deleted after deploying: only the shipped copy is left
-    results = score_via_handle(get_reward_handle(), "custom", CUSTOM_ITEMS, {"function": f"{user_rewards[1]}:where"},
-                               timeout_s=60)  # fmt: skip
+    results = score_via_handle(
+        get_reward_handle(), "custom", CUSTOM_ITEMS, {"function": f"{user_rewards[1]}:where"}, timeout_s=60
+    )
     assert [r.score for r in results] == [1.0, 1.0, 1.0]
 
 
@@ -352,8 +357,9 @@ def test_api_key(service, tmp_path):
     from services.reward_app import build_app
 
     (tmp_path / "key").write_text("sk-reward\n")
-    serve.run(build_app({"num_cpus": 0.25, "api_key_file": str(tmp_path / "key")}), name="secured",
-              route_prefix="/secured")  # fmt: skip
+    serve.run(
+        build_app({"num_cpus": 0.25, "api_key_file": str(tmp_path / "key")}), name="secured", route_prefix="/secured"
+    )
     try:
         item = [countdown_item([5, 6], 11, " 5+6")]
         r = httpx.post(f"{service}/secured/v1/rewards", json={"reward": "countdown", "items": item}, timeout=60)
@@ -442,15 +448,23 @@ def test_fuzz_never_5xx(reward_schema, service):
 def test_service_healthy_after_fuzzing(http):
     health = {"status": "ok", "sandbox": detect_isolation(), "sandbox_limits": limits_report()}  # the mode code runs in
     assert http.get("/healthz").json() == health
-    r = http.post("/v1/rewards", json={"reward": "countdown", "items": [{"prompt": "nums 3 4 9 target 12\nexpr:", "completion": " 3+9"}]})
+    r = http.post(
+        "/v1/rewards",
+        json={"reward": "countdown", "items": [{"prompt": "nums 3 4 9 target 12\nexpr:", "completion": " 3+9"}]},
+    )
     assert r.status_code == 200 and r.json()["scores"] == [1.0]
 
 
 # ---------------------------------------------------------------------------- the learner's own app
 # Last in the module: it replaces the module's app with the ones a run deploys, on the same Serve and port.
-SLOW_CODE_ITEM = {"prompt": "def answer():\n", "completion": "    return 42\n",
-                  "metadata": {"test": "import time\n\ndef check(candidate):\n    time.sleep(3)\n"
-                                       "    assert candidate() == 42\n", "entry_point": "answer"}}  # fmt: skip
+SLOW_CODE_ITEM = {
+    "prompt": "def answer():\n",
+    "completion": "    return 42\n",
+    "metadata": {
+        "test": "import time\n\ndef check(candidate):\n    time.sleep(3)\n    assert candidate() == 42\n",
+        "entry_point": "answer",
+    },
+}
 
 
 @pytest.mark.serial  # compares wall times under load
@@ -527,12 +541,24 @@ def test_beside_an_operators_deployed_app_the_learner_scores_with_its_config(ser
     key_file = tmp_path / "key"
     key_file.write_text("operator-secret\n")
     operator_args = {
-        "num_replicas": 2, "num_cpus": 0.25, "api_key_file": str(key_file), "max_items": MAX_ITEMS,
+        "num_replicas": 2,
+        "num_cpus": 0.25,
+        "api_key_file": str(key_file),
+        "max_items": MAX_ITEMS,
         "rewards": {"custom": {"function": f"{user_rewards[0]}:score"}},
-    }  # fmt: skip
-    config = ServeDeploySchema.model_validate({"applications": [
-        {"name": "reward", "route_prefix": "/", "import_path": "services.reward_app:build_app",
-         "args": operator_args}]})  # fmt: skip
+    }
+    config = ServeDeploySchema.model_validate(
+        {
+            "applications": [
+                {
+                    "name": "reward",
+                    "route_prefix": "/",
+                    "import_path": "services.reward_app:build_app",
+                    "args": operator_args,
+                }
+            ]
+        }
+    )
     client = _get_global_client()
     client.deploy_apps(config, _blocking=True)
     capsys.readouterr()
@@ -541,10 +567,15 @@ def test_beside_an_operators_deployed_app_the_learner_scores_with_its_config(ser
 
     apps = client.get_serve_details()["applications"]
     assert apps["reward-learner"].get("route_prefix") is None
-    replicas = lambda app: [d["target_num_replicas"] for d in apps[app]["deployments"].values()]
+
+    def replicas(app):
+        return [d["target_num_replicas"] for d in apps[app]["deployments"].values()]
+
     assert replicas("reward") == [2] and replicas("reward-learner") == [1]  # not the operator's replica count
-    items = [{"prompt": "p", "completion": "one two three", "metadata": {"bonus": 1}},
-             {"prompt": "p", "completion": "a", "reference": "b"}]  # fmt: skip
+    items = [
+        {"prompt": "p", "completion": "one two three", "metadata": {"bonus": 1}},
+        {"prompt": "p", "completion": "a", "reference": "b"},
+    ]
     results = score_via_handle(get_reward_handle("reward-learner"), "custom", items, {}, timeout_s=60, retries=0)
     import math
 

@@ -73,7 +73,9 @@ def test_sampling_logprobs_are_the_sampling_distribution(pool, model_dir, run_co
     version = pool.newest_version() + 1
     pool.publish(version, extract_adapter(model))
     prompts = build_task(run_config.task).prompts("val", 4)
-    groups = pool.generate([p.text for p in prompts], 4, SamplingConfig(temperature=temperature, max_tokens=12), version)
+    groups = pool.generate(
+        [p.text for p in prompts], 4, SamplingConfig(temperature=temperature, max_tokens=12), version
+    )
     samples = [s for g in groups for s in g]
     batch = pack_sequences([s.prompt_token_ids for s in samples], [s.token_ids for s in samples], tok.pad_token_id)
     with torch.no_grad():
@@ -157,7 +159,6 @@ def test_sync_canary_catches_a_worker_that_kept_old_weights(pool, model_dir, run
         canary.after_publish(model, pool, version + 1)
 
 
-
 @pytest.mark.parametrize("temperature", [0.7, 1.3])
 def test_sync_canary_checks_the_sampling_path_at_the_phase_temperature(pool, model_dir, run_config, temperature):
     """Prompt log-probs are at T = 1 whatever a request asks, so at another sampling temperature the
@@ -182,6 +183,7 @@ def test_sync_canary_checks_the_sampling_path_at_the_phase_temperature(pool, mod
     assert len(sample.logprobs) == len(sample.token_ids) >= 1
     raw = learner_logprobs(model, probe[0], sample.token_ids, tok.pad_token_id).double()
     assert (raw - torch.tensor(sample.logprobs, dtype=torch.float64)).abs().max() > 10 * TOL  # not T = 1 log-probs
+
 
 def test_version_ids_never_repeat_and_mean_one_set_of_weights(pool, model_dir, run_config):
     """A learner restarted from a checkpoint at version c, after the lost attempt published c+1..c+2:
@@ -214,8 +216,9 @@ def test_version_ids_never_repeat_and_mean_one_set_of_weights(pool, model_dir, r
     fresh = pool.newest_version() + 1
     assert fresh == c + 3
     pool.publish(fresh, checkpoint)
-    canary = SyncCanary(every=1, probe=encode_references(build_task(run_config.task).prompts("val", 1), tok)[0],
-                        pad_id=tok.pad_token_id)
+    canary = SyncCanary(
+        every=1, probe=encode_references(build_task(run_config.task).prompts("val", 1), tok)[0], pad_id=tok.pad_token_id
+    )
     assert canary.check(model, pool, fresh) < canary.tolerance
     from polyray.rollout.store import adapter_hash
 
@@ -242,8 +245,9 @@ def test_publish_next_reserves_then_stores_while_the_workers_load(pool, model_di
     record = ray.get(pool.store.record.remote(version))
     assert (record.sha256, record.phase, record.step) == (adapter_hash(adapter), "grpo", 7)
     assert all(version in ray.get(w.versions.remote()) for w in pool.workers)
-    canary = SyncCanary(every=1, probe=encode_references(build_task(run_config.task).prompts("val", 1), tok)[0],
-                        pad_id=tok.pad_token_id)
+    canary = SyncCanary(
+        every=1, probe=encode_references(build_task(run_config.task).prompts("val", 1), tok)[0], pad_id=tok.pad_token_id
+    )
     assert canary.check(model, pool, version) < canary.tolerance  # the workers serve the learner's weights
     other, _ = random_policy(model_dir, run_config, seed=6)
     with pytest.raises(VersionReusedError):
@@ -308,6 +312,9 @@ def test_samples_carry_their_kl_reference_log_probs(pool, model_dir, run_config,
     assert all(s.ref_logprobs is None for g in pool.generate(prompts[:1], 2, sampling, version) for s in g)
 
     P = groups[0][0].prompt_token_ids
-    full = [P + [5] * (run_config.rollout.max_model_len - len(P)), P + [5] * (run_config.rollout.max_model_len - len(P) - 1)]
-    scored = ray.get(pool.workers[0].score_sequences.remote([(P, c[len(P):]) for c in full], reference=BASE_MODEL))
+    full = [
+        P + [5] * (run_config.rollout.max_model_len - len(P)),
+        P + [5] * (run_config.rollout.max_model_len - len(P) - 1),
+    ]
+    scored = ray.get(pool.workers[0].score_sequences.remote([(P, c[len(P) :]) for c in full], reference=BASE_MODEL))
     assert scored[0] is None and len(scored[1]) == run_config.rollout.max_model_len - len(P) - 1

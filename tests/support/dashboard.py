@@ -27,7 +27,6 @@ def declared_metrics() -> dict[str, str]:
 def dashboard_metrics() -> set[str]:
     """polyray's metric names the Grafana dashboard queries (Ray's ``ray_`` prefix and the
     Prometheus suffixes of histograms and counters taken off)."""
-    import json
 
     dashboard = json.loads((DEPLOY / "grafana-dashboard.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]

@@ -38,9 +38,10 @@ def greedy_and_logprobs(model, tokenizer, prompts, max_new_tokens=12):
     for text in prompts:
         ids = tokenizer(text, return_tensors="pt")["input_ids"]
         with torch.no_grad():
-            out = model.generate(input_ids=ids, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+            out = model.generate(
+                input_ids=ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )
             logits = model(input_ids=ids).logits[0, :-1].log_softmax(-1)
-        tokens.append(out[0, ids.shape[1]:].tolist())
+        tokens.append(out[0, ids.shape[1] :].tolist())
         logprobs.append(logits.gather(-1, ids[0, 1:, None]).squeeze(-1))
     return tokens, logprobs

@@ -41,7 +41,9 @@ def build_policy(model_dir: Path, device: str = "cpu", seed: int = 0, gradient_c
     from polyray.learner.lora import build_peft_model
 
     torch.manual_seed(seed)
-    model, tokenizer = build_peft_model(str(model_dir), LoraConfig(r=4, alpha=8), gradient_checkpointing=gradient_checkpointing)
+    model, tokenizer = build_peft_model(
+        str(model_dir), LoraConfig(r=4, alpha=8), gradient_checkpointing=gradient_checkpointing
+    )
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -103,9 +105,13 @@ class FixedPool:
     def submit(self, prompts: list[str], n: int, sampling, version=None, adapter_name=None, seeds=None, reference=None):
         return _Done(self.generate(prompts, n, sampling, version, reference=reference))
 
-    def generate(self, prompts: list[str], n: int, sampling, version=None, adapter_name=None, seeds=None, reference=None):
+    def generate(
+        self, prompts: list[str], n: int, sampling, version=None, adapter_name=None, seeds=None, reference=None
+    ):
         if reference is not None:
-            raise NotImplementedError("FixedPool scores no KL reference (tests/unit/learner/test_kl_reference.py has one that does)")
+            raise NotImplementedError(
+                "FixedPool scores no KL reference (tests/unit/learner/test_kl_reference.py has one that does)"
+            )
         vocab = len(self.tokenizer)
         groups = []
         for i, text in enumerate(prompts):
@@ -131,7 +137,9 @@ class GeneratePool:
         return _Done(self.generate(prompts, n, sampling, version, reference=reference))
 
     @torch.no_grad()
-    def generate(self, prompts: list[str], n: int, sampling, version=None, adapter_name=None, seeds=None, reference=None):
+    def generate(
+        self, prompts: list[str], n: int, sampling, version=None, adapter_name=None, seeds=None, reference=None
+    ):
         if reference is not None:
             raise NotImplementedError("GeneratePool scores no KL reference")
         model = getattr(self.model, "module", self.model)
@@ -142,10 +150,16 @@ class GeneratePool:
             out = model.generate(
                 input_ids=torch.tensor([prompt_ids] * n, device=device),
                 attention_mask=torch.ones(n, len(prompt_ids), dtype=torch.long, device=device),
-                do_sample=True, temperature=sampling.temperature, top_p=1.0, top_k=0,
-                max_new_tokens=sampling.max_tokens, return_dict_in_generate=True, output_scores=True,
-                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
-            )  # fmt: skip
+                do_sample=True,
+                temperature=sampling.temperature,
+                top_p=1.0,
+                top_k=0,
+                max_new_tokens=sampling.max_tokens,
+                return_dict_in_generate=True,
+                output_scores=True,
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.tokenizer.eos_token_id,
+            )
             steps = torch.stack(out.scores, dim=1).float().log_softmax(-1)  # (n, L, V) processed log-probs
             group = []
             for j in range(n):
@@ -165,8 +179,9 @@ def text_reward(prompts, texts) -> torch.Tensor:
 
 def first_group_reward(prompts, texts) -> torch.Tensor:
     """Only the first group's rewards differ: dynamic sampling keeps one group, fewer sequences than 3 ranks."""
-    return torch.tensor([[float(j % 2) if b == 0 else 1.0 for j in range(len(g))] for b, g in enumerate(texts)],
-                        dtype=torch.float64)
+    return torch.tensor(
+        [[float(j % 2) if b == 0 else 1.0 for j in range(len(g))] for b, g in enumerate(texts)], dtype=torch.float64
+    )
 
 
 REWARDS = {"grpo_dynamic_sampling": first_group_reward}
@@ -179,7 +194,12 @@ PHASE_CASES: dict[str, Any] = {
     ),
     **{
         f"grpo_{mode}": GRPOPhaseConfig(
-            steps=1, prompts_per_step=3, group_size=3, aggregation=mode, kl_beta=0.1, kl_reference="base",
+            steps=1,
+            prompts_per_step=3,
+            group_size=3,
+            aggregation=mode,
+            kl_beta=0.1,
+            kl_reference="base",
             sampling={"max_tokens": 5},
         )
         for mode in ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm")
@@ -190,14 +210,35 @@ PHASE_CASES: dict[str, Any] = {
 }
 
 
-def make_phase(cfg, model, tokenizer, rank: int, world: int, pool, reference_adapter: str | None = None, reward_fn=None,
-               micro_batch_tokens: int | None = None, logits_chunk_mib: float = 256, share_prompts: bool = False,
-               pack_samples: bool = True):  # fmt: skip
+def make_phase(
+    cfg,
+    model,
+    tokenizer,
+    rank: int,
+    world: int,
+    pool,
+    reference_adapter: str | None = None,
+    reward_fn=None,
+    micro_batch_tokens: int | None = None,
+    logits_chunk_mib: float = 256,
+    share_prompts: bool = False,
+    pack_samples: bool = True,
+):
     from polyray.learner.phases import PHASES, StepContext
 
-    ctx = StepContext(model, tokenizer, rank, world, seed=0, reward_fn=reward_fn or text_reward,
-                      reference_adapter=reference_adapter, micro_batch_tokens=micro_batch_tokens,
-                      logits_chunk_mib=logits_chunk_mib, share_prompts=share_prompts, pack_samples=pack_samples)  # fmt: skip
+    ctx = StepContext(
+        model,
+        tokenizer,
+        rank,
+        world,
+        seed=0,
+        reward_fn=reward_fn or text_reward,
+        reference_adapter=reference_adapter,
+        micro_batch_tokens=micro_batch_tokens,
+        logits_chunk_mib=logits_chunk_mib,
+        share_prompts=share_prompts,
+        pack_samples=pack_samples,
+    )
     return PHASES[cfg.type](cfg, build_task(TASK), TASK.n_train, ctx, pool if rank == 0 else None)
 
 
@@ -207,9 +248,15 @@ def lora_grads(model) -> dict[str, torch.Tensor]:
 
 
 def step_grads(
-    model_dir: Path, name: str, rank: int = 0, world: int = 1, device: str = "cpu", wrap_ddp: bool = False,
-    dtype: torch.dtype = torch.float32, **step_options,
-):  # fmt: skip
+    model_dir: Path,
+    name: str,
+    rank: int = 0,
+    world: int = 1,
+    device: str = "cpu",
+    wrap_ddp: bool = False,
+    dtype: torch.dtype = torch.float32,
+    **step_options,
+):
     """(gradients of the LoRA parameters, metrics) after one ``phase.step`` of case ``name`` (the step runs
     its own backward passes). ``step_options``: ``micro_batch_tokens``, ``logits_chunk_mib``, ``share_prompts``,
     ``pack_samples``."""
@@ -220,14 +267,30 @@ def step_grads(
 
         device_ids = [torch.device(device).index or 0] if device.startswith("cuda") else None
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, **ddp_options())
-    phase = make_phase(PHASE_CASES[name], model, tokenizer, rank, world, FixedPool(tokenizer),
-                       reward_fn=REWARDS.get(name), **step_options)  # fmt: skip
+    phase = make_phase(
+        PHASE_CASES[name],
+        model,
+        tokenizer,
+        rank,
+        world,
+        FixedPool(tokenizer),
+        reward_fn=REWARDS.get(name),
+        **step_options,
+    )
     metrics = phase.step(0, 1)
     return lora_grads(model), metrics
 
 
-def ddp_worker(rank: int, world: int, port: int, model_dir: str, names: list[str], out: str,
-               options: dict | None = None, device: str = "cpu") -> None:  # fmt: skip
+def ddp_worker(
+    rank: int,
+    world: int,
+    port: int,
+    model_dir: str,
+    names: list[str],
+    out: str,
+    options: dict | None = None,
+    device: str = "cpu",
+) -> None:
     """``torch.multiprocessing.spawn`` target: every case's gradients on ``world`` ranks (gloo on the CPU;
     with ``device`` "cuda", NCCL with a GPU a rank); rank 0 saves them. ``options``: :func:`step_grads`
     keywords (``dtype``, ``micro_batch_tokens``, ``logits_chunk_mib``)."""
@@ -240,16 +303,19 @@ def ddp_worker(rank: int, world: int, port: int, model_dir: str, names: list[str
     backend = "nccl" if device.startswith("cuda") else "gloo"
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        results = {name: _cpu(step_grads(Path(model_dir), name, rank, world, device, wrap_ddp=True, **(options or {})))
-                   for name in names}  # fmt: skip
+        results = {
+            name: _cpu(step_grads(Path(model_dir), name, rank, world, device, wrap_ddp=True, **(options or {})))
+            for name in names
+        }
         if rank == 0:
             torch.save(results, out)
     finally:
         dist.destroy_process_group()
 
 
-def multi_rank_grads(model_dir: Path, world: int, names: list[str], out: Path, options: dict | None = None,
-                     device: str = "cpu") -> dict:  # fmt: skip
+def multi_rank_grads(
+    model_dir: Path, world: int, names: list[str], out: Path, options: dict | None = None, device: str = "cpu"
+) -> dict:
     """Every case's :func:`step_grads` on ``world`` ranks under DDP (spawned processes; gloo, or NCCL on one
     GPU each with ``device`` "cuda"), as rank 0 saw them."""
     import socket
@@ -314,8 +380,16 @@ class LocalSession:
     checkpoint of that step, raise once it is stored (a worker dying right after it: at the last step,
     before the phase's final adapter is saved)."""
 
-    def __init__(self, storage: Path, device: str = "cpu", fail_at: int | None = None, die_after: int | None = None,
-                 rank: int = 0, world: int = 1, port: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        storage: Path,
+        device: str = "cpu",
+        fail_at: int | None = None,
+        die_after: int | None = None,
+        rank: int = 0,
+        world: int = 1,
+        port: int | None = None,
+    ):
         import socket
 
         import torch.distributed as dist
@@ -369,22 +443,47 @@ def run_sft_then_grpo(model_dir: Path, out: Path, device: str = "cpu", dtype: st
     from polyray.learner.loop import run_worker
 
     run = RunConfig(
-        model={"dtype": dtype}, task=TASK.model_dump(),
-        learner={"num_workers": 1, "use_gpu": device.startswith("cuda"), "micro_batch_tokens": 32,
-                 "sync_check_every": 0, "lora": {"r": 4, "alpha": 8}},
+        model={"dtype": dtype},
+        task=TASK.model_dump(),
+        learner={
+            "num_workers": 1,
+            "use_gpu": device.startswith("cuda"),
+            "micro_batch_tokens": 32,
+            "sync_check_every": 0,
+            "lora": {"r": 4, "alpha": 8},
+        },
         phases=[
             {"type": "sft", "name": "sft", "steps": 3, "batch_size": 4, "checkpoint_every": 2},
-            {"type": "grpo", "name": "grpo", "steps": 4, "prompts_per_step": 2, "group_size": 3, "kl_beta": 0.05,
-             "kl_reference": "phase_start", "checkpoint_every": 2, "lr_schedule": "cosine", "warmup_steps": 1,
-             "sampling": {"max_tokens": 6}},
+            {
+                "type": "grpo",
+                "name": "grpo",
+                "steps": 4,
+                "prompts_per_step": 2,
+                "group_size": 3,
+                "kl_beta": 0.05,
+                "kl_reference": "phase_start",
+                "checkpoint_every": 2,
+                "lr_schedule": "cosine",
+                "warmup_steps": 1,
+                "sampling": {"max_tokens": 6},
+            },
         ],
-    )  # fmt: skip
-    run_worker(LearnerJob(run=run, phase_index=0, model_dir=str(model_dir), output_dir=str(out)),
-               LocalSession(out / "checkpoints" / "sft", device))  # fmt: skip
+    )
+    run_worker(
+        LearnerJob(run=run, phase_index=0, model_dir=str(model_dir), output_dir=str(out)),
+        LocalSession(out / "checkpoints" / "sft", device),
+    )
     sft = out / "adapters" / "sft"
     pool = AdapterPool(model_dir, str(sft), version=1, device=device)
-    grpo = LearnerJob(run=run, phase_index=1, model_dir=str(model_dir), output_dir=str(out), pool=pool, start_version=1,
-                      init_adapter=str(sft))  # fmt: skip
+    grpo = LearnerJob(
+        run=run,
+        phase_index=1,
+        model_dir=str(model_dir),
+        output_dir=str(out),
+        pool=pool,
+        start_version=1,
+        init_adapter=str(sft),
+    )
     storage = out / "checkpoints" / "grpo"
     try:
         run_worker(grpo, LocalSession(storage, device, fail_at=4))
@@ -439,11 +538,17 @@ def sft_rank(rank: int, world: int, port: int, model_dir: str, out: str, device:
         torch.cuda.set_device(rank)
         device = f"cuda:{rank}"
     run = RunConfig(
-        model={"dtype": dtype}, task=TASK.model_dump(),
-        learner={"num_workers": world, "use_gpu": device.startswith("cuda"), "micro_batch_tokens": 32,
-                 "sync_check_every": 0, "lora": {"r": 4, "alpha": 8}},
+        model={"dtype": dtype},
+        task=TASK.model_dump(),
+        learner={
+            "num_workers": world,
+            "use_gpu": device.startswith("cuda"),
+            "micro_batch_tokens": 32,
+            "sync_check_every": 0,
+            "lora": {"r": 4, "alpha": 8},
+        },
         phases=[{"type": "sft", "name": "sft", "steps": 3, "batch_size": 6, "checkpoint_every": 2}],
-    )  # fmt: skip
+    )
     session = LocalSession(Path(out) / "checkpoints" / "sft", device, rank=rank, world=world, port=port)
     try:
         run_worker(LearnerJob(run=run, phase_index=0, model_dir=model_dir, output_dir=out), session)

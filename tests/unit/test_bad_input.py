@@ -17,7 +17,10 @@ BAD_LINES = {
     "empty response": (json.dumps({**GOOD, "response": "  "}).encode(), "'response' is empty"),
     "wrong type": (json.dumps({**GOOD, "response": 7}).encode(), "'response' must be a string"),
     "not UTF-8": (b'{"prompt": "caf\xe9", "response": "x", "engagement": 1}', "not UTF-8 (byte 16: b'\\xe9')"),
-    "huge line": (json.dumps({**GOOD, "response": "x" * MAX_JSONL_LINE_BYTES}).encode(), "exceeds the 1048576-byte limit"),
+    "huge line": (
+        json.dumps({**GOOD, "response": "x" * MAX_JSONL_LINE_BYTES}).encode(),
+        "exceeds the 1048576-byte limit",
+    ),
     "not JSON": (b"{oops", "not valid JSON"),
 }
 
@@ -30,7 +33,9 @@ def _file(tmp_path, bad: bytes):
 
 
 @pytest.mark.parametrize("case", sorted(BAD_LINES))
-@pytest.mark.parametrize("reader, error", [(read_task_rows, JsonlDataError), (read_engagement_jsonl, EngagementDataError)])
+@pytest.mark.parametrize(
+    "reader, error", [(read_task_rows, JsonlDataError), (read_engagement_jsonl, EngagementDataError)]
+)
 def test_bad_line_is_one_message_naming_file_line_and_field(tmp_path, case, reader, error):
     bad, needle = BAD_LINES[case]
     path = _file(tmp_path, bad)
@@ -92,8 +97,12 @@ def test_reward_model_job_skips_bad_lines_on_request(tmp_path, capsys):
     path = tmp_path / "e.jsonl"
     path.write_bytes(b"\n".join(lines[:10] + [b"\xff broken", b'{"prompt": "p", "response": ""}'] + lines[10:]) + b"\n")
     assert main(["--data", str(path), "--out", str(tmp_path / "out"), "--skip-bad-lines"]) == 0
-    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]  # not the encoder's logs
-    assert err == [f"warning: {path}: {len(lines)} rows, 2 bad lines skipped (first: {path}:11: not UTF-8 (byte 1: b'\\xff'))"]
+    err = [
+        line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")
+    ]  # not the encoder's logs
+    assert err == [
+        f"warning: {path}: {len(lines)} rows, 2 bad lines skipped (first: {path}:11: not UTF-8 (byte 1: b'\\xff'))"
+    ]
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["rows"] == len(lines) and len(metrics["skipped_lines"]) == 2
 
@@ -119,7 +128,9 @@ def test_rows_superseded_by_a_resume_are_dropped(tmp_path):
     from polyray.io import RESUME_EVENT, read_log_jsonl
 
     rows = [{"phase": "sft", "step": s} for s in range(1, 8)]
-    rows += [{"event": RESUME_EVENT, "phase": "sft", "step": 5}]  # killed after step 7, resumed from the step-5 checkpoint
+    rows += [
+        {"event": RESUME_EVENT, "phase": "sft", "step": 5}
+    ]  # killed after step 7, resumed from the step-5 checkpoint
     rows += [{"phase": "sft", "step": s, "again": True} for s in range(6, 9)]
     rows += [{"phase": "grpo", "step": 1}]
     path = tmp_path / "metrics.jsonl"

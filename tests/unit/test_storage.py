@@ -142,7 +142,9 @@ def test_a_run_has_one_key_per_output_directory_and_none_without_storage(tmp_pat
     a = RunStorage.of(str(tmp_path / "shared"), "quickstart", tmp_path / "out")
     assert a == RunStorage.of(str(tmp_path / "shared"), "quickstart", tmp_path / "x" / ".." / "out")  # a resume
     assert a != RunStorage.of(str(tmp_path / "shared"), "quickstart", tmp_path / "out2")
-    assert a.location("checkpoints") == f"{tmp_path}/shared/{a.key}/checkpoints" and a.key.startswith("runs/quickstart-")
+    assert a.location("checkpoints") == f"{tmp_path}/shared/{a.key}/checkpoints" and a.key.startswith(
+        "runs/quickstart-"
+    )
     assert RunStorage.of(None, "quickstart", tmp_path / "out") is None
     assert share_model(None, tmp_path / "model") == str(tmp_path / "model")  # one node: the path, as before
 
@@ -177,7 +179,9 @@ def test_a_worker_reads_the_data_and_the_engagement_model_from_storage_not_the_d
     data.parent.mkdir()
     shutil.copy(root / "tests" / "fixtures" / "engagement.jsonl", data)
     monkeypatch.setenv("POLYRAY_CACHE_DIR", str(driver / "cache"))
-    run = load_config(root / "configs" / "replies.yaml", [f"task.path={data}", f"cluster.storage={tmp_path / 'shared'}"])
+    run = load_config(
+        root / "configs" / "replies.yaml", [f"task.path={data}", f"cluster.storage={tmp_path / 'shared'}"]
+    )
     from polyray.reward.plan import plan
 
     for t in plan(run, build_task(run.task)).training.values():  # the driver trains both (reward, judge) into its cache

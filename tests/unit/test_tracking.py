@@ -18,7 +18,9 @@ from polyray.tracking import RunTracker, check_tracking, flatten, mlflow_key, op
 def _run(tmp_path: Path, backend: str = "mlflow", **tracking) -> RunConfig:
     if backend == "mlflow":
         tracking.setdefault("uri", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    return RunConfig.model_validate({"name": "tracked", "tracking": {"backend": backend, "experiment": "unit", **tracking}})
+    return RunConfig.model_validate(
+        {"name": "tracked", "tracking": {"backend": backend, "experiment": "unit", **tracking}}
+    )
 
 
 def _steps(out: Path, phase: str, steps, loss=lambda s: 1.0 / s) -> None:
@@ -49,8 +51,12 @@ def test_run_metrics_test_evaluations_and_last_validation(tmp_path):
     for step, p1 in ((0, 0.05), (4, 0.3), (2, 0.2)):  # the last measurement is the highest step, not the last row
         append_jsonl(tmp_path / "dynamics.jsonl", {"phase": "sft", "step": step, "global_step": step, "version": 1,
                                                    "pass@1": p1})  # fmt: skip
-    assert run_metrics(results, tmp_path) == {"base/pass@1": 0.1, "base/n_prompts": 8.0, "sft/pass@1": 0.2,
-                                              "sft/val/pass@1": 0.3}
+    assert run_metrics(results, tmp_path) == {
+        "base/pass@1": 0.1,
+        "base/n_prompts": 8.0,
+        "sft/pass@1": 0.2,
+        "sft/val/pass@1": 0.3,
+    }
 
 
 def test_missing_client_is_a_config_error(tmp_path, monkeypatch):
@@ -143,6 +149,7 @@ def test_mlflow_gets_the_steps_a_restarted_learner_ran_again(tmp_path):
 
     RunTracker(run, out).log_progress()  # --resume: the markers were applied once, nothing is sent again
     assert len(client.get_metric_history(run_id, "grpo/train/loss")) == 6
+
 
 @pytest.mark.slow
 def test_wandb_offline_run(tmp_path, monkeypatch):

@@ -49,10 +49,20 @@ def _scale_final_norm(model_dir: Path, scale: float) -> None:
 
 
 def bench_canary(
-    layers: int = 28, probes: int = 32, prompt_tokens: int = 24, probe_tokens: int = 32, short_tokens: int = 8,
-    logit_scale: float = 6.0, adapter_scale: float = 2e-3, steps: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 1.5e-3, 2e-3, 3e-3, 5e-3),
-    rank: int = 32, threads: int = 2, seed: int = 0, vocab: int = 151_936, progress=lambda what: None,
-) -> dict[str, Any]:  # fmt: skip
+    layers: int = 28,
+    probes: int = 32,
+    prompt_tokens: int = 24,
+    probe_tokens: int = 32,
+    short_tokens: int = 8,
+    logit_scale: float = 6.0,
+    adapter_scale: float = 2e-3,
+    steps: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 1.5e-3, 2e-3, 3e-3, 5e-3),
+    rank: int = 32,
+    threads: int = 2,
+    seed: int = 0,
+    vocab: int = 151_936,
+    progress=lambda what: None,
+) -> dict[str, Any]:
     """The measurements (module docstring), as a JSON-ready dict."""
     import torch
 
@@ -71,18 +81,27 @@ def bench_canary(
     versions = _versions(learner, (adapter_scale, *steps), gen)
 
     progress("starting the rollout worker")
-    config = RolloutConfig(max_model_len=prompt_tokens + probe_tokens + 8, max_lora_rank=rank, max_loras=len(versions),
-                           max_num_seqs=probes, kv_cache_gib=2, threads=threads)  # fmt: skip
-    served, scored = _score_both(str(model_dir), config, learner, versions, probes, prompt_tokens, probe_tokens, vocab,
-                                 seed, gen, progress)  # fmt: skip
+    config = RolloutConfig(
+        max_model_len=prompt_tokens + probe_tokens + 8,
+        max_lora_rank=rank,
+        max_loras=len(versions),
+        max_num_seqs=probes,
+        kv_cache_gib=2,
+        threads=threads,
+    )
+    served, scored = _score_both(
+        str(model_dir), config, learner, versions, probes, prompt_tokens, probe_tokens, vocab, seed, gen, progress
+    )
 
     tolerance, noise = TOLERANCE["bfloat16"], NOISE["bfloat16"]
     out: dict[str, Any] = {
         "shape": {"layers": layers, "hidden": 1024, "vocab": vocab, "logit_scale": logit_scale, "rank": rank},
-        "probes": probes, "probe_tokens": probe_tokens, "short_tokens": short_tokens,
+        "probes": probes,
+        "probe_tokens": probe_tokens,
+        "short_tokens": short_tokens,
         "rule": {"tolerance": tolerance, "noise": noise},
         "mean_logprob": statistics.fmean(float(s.mean()) for s in served[1]),
-    }  # fmt: skip
+    }
     for label, n in {"probe": None, "short": short_tokens}.items():
         out[label] = _summarise(scored, served, list(versions), probes, n, probe_tokens, tolerance, noise)
     return out
@@ -104,8 +123,19 @@ def _versions(learner, sizes: tuple[float, ...], gen) -> dict[int, dict[str, Any
     return versions
 
 
-def _score_both(model_dir: str, config, learner, versions: dict[int, dict[str, Any]], probes: int, prompt_tokens: int,
-                probe_tokens: int, vocab: int, seed: int, gen, progress) -> tuple[dict[int, list], dict[int, list]]:  # fmt: skip
+def _score_both(
+    model_dir: str,
+    config,
+    learner,
+    versions: dict[int, dict[str, Any]],
+    probes: int,
+    prompt_tokens: int,
+    probe_tokens: int,
+    vocab: int,
+    seed: int,
+    gen,
+    progress,
+) -> tuple[dict[int, list], dict[int, list]]:
     """(served, scored): each probe's token log-probs on the worker / on the learner, per version (0: the base
     model), the probes drawn by the worker itself under version 1."""
     import torch
@@ -122,16 +152,23 @@ def _score_both(model_dir: str, config, learner, versions: dict[int, dict[str, A
         from vllm.inputs import TokensPrompt
 
         prompts = [torch.randint(3, vocab, (prompt_tokens,), generator=gen).tolist() for _ in range(probes)]
-        params = SamplingParams(max_tokens=probe_tokens, min_tokens=probe_tokens, temperature=1.0, seed=seed,
-                                detokenize=False)  # fmt: skip
+        params = SamplingParams(
+            max_tokens=probe_tokens, min_tokens=probe_tokens, temperature=1.0, seed=seed, detokenize=False
+        )
         progress("drawing the probes")
-        outs = worker.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params,
-                                   lora_request=worker._lora_request(1, None), use_tqdm=False)  # fmt: skip
+        outs = worker.llm.generate(
+            [TokensPrompt(prompt_token_ids=p) for p in prompts],
+            params,
+            lora_request=worker._lora_request(1, None),
+            use_tqdm=False,
+        )
         pairs = [(p, list(o.outputs[0].token_ids)) for p, o in zip(prompts, outs)]
 
         progress("scoring on the worker")
-        served = {v: [torch.tensor(s, dtype=torch.float64) for s in worker.score_sequences(pairs, v or None)]
-                  for v in [0, *versions]}  # fmt: skip
+        served = {
+            v: [torch.tensor(s, dtype=torch.float64) for s in worker.score_sequences(pairs, v or None)]
+            for v in [0, *versions]
+        }
         scored: dict[int, list[torch.Tensor]] = {}
         canaries = [SyncCanary(1, pair, 0, "bfloat16") for pair in pairs]
         for version, adapter in versions.items():
@@ -148,7 +185,9 @@ def _cut(x, n: int | None):
     return x if n is None else x[:n]
 
 
-def _caught(scored, served, v: int, serves: int, i: int, n: int | None, tolerance, noise, references: bool = True) -> bool:
+def _caught(
+    scored, served, v: int, serves: int, i: int, n: int | None, tolerance, noise, references: bool = True
+) -> bool:
     """Whether the rule stops probe ``i`` checked at version ``v`` on a worker serving version ``serves``."""
     from polyray.learner.sync import stale_reason
 
@@ -156,8 +195,9 @@ def _caught(scored, served, v: int, serves: int, i: int, n: int | None, toleranc
     return stale_reason(_cut(scored[v][i], n), _cut(served[serves][i], n), refs, tolerance, noise) is not None
 
 
-def _summarise(scored, served, versions: list[int], probes: int, n: int | None, probe_tokens: int, tolerance,
-               noise) -> dict[str, Any]:  # fmt: skip
+def _summarise(
+    scored, served, versions: list[int], probes: int, n: int | None, probe_tokens: int, tolerance, noise
+) -> dict[str, Any]:
     """One probe length's figures: the fresh gaps, false alarms (every fresh check as a run makes it, with the
     base model and the version before as references), and stale or base-model workers caught."""
     from polyray.learner.sync import rms
@@ -210,19 +250,39 @@ def print_canary(results: dict[str, Any], console) -> None:
         f" {results['shape']['vocab']}, LoRA rank {results['shape']['rank']}; {results['probes']} probes, mean"
         f" log-prob {results['mean_logprob']:.2f}; rule: tolerance {rule['tolerance']} RMS, noise {rule['noise']}"
     )
-    table = Table("probe tokens", "checks", "fresh RMS median / max", "fresh token max median / max",
-                  "false alarms (rule)", f"false alarms (max > {OLD_MAX_RULE})", "base model caught")  # fmt: skip
+    table = Table(
+        "probe tokens",
+        "checks",
+        "fresh RMS median / max",
+        "fresh token max median / max",
+        "false alarms (rule)",
+        f"false alarms (max > {OLD_MAX_RULE})",
+        "base model caught",
+    )
     for label in ("probe", "short"):
         r = results[label]
-        table.add_row(str(r["tokens"]), str(r["checks"]), f"{r['fresh_rms']['median']:.3f} / {r['fresh_rms']['max']:.3f}",
-                      f"{r['fresh_token_max']['median']:.3f} / {r['fresh_token_max']['max']:.3f}",
-                      str(r["false_alarms"]), str(r["old_rule_false_alarms"]), f"{r['base_caught']} / {r['checks']}")  # fmt: skip
+        table.add_row(
+            str(r["tokens"]),
+            str(r["checks"]),
+            f"{r['fresh_rms']['median']:.3f} / {r['fresh_rms']['max']:.3f}",
+            f"{r['fresh_token_max']['median']:.3f} / {r['fresh_token_max']['max']:.3f}",
+            str(r["false_alarms"]),
+            str(r["old_rule_false_alarms"]),
+            f"{r['base_caught']} / {r['checks']}",
+        )
     console.print(table)
-    stale = Table("probe tokens", "published", "worker serves", "moved (RMS, median)", "caught",
-                  "caught by the tolerance alone")  # fmt: skip
+    stale = Table(
+        "probe tokens", "published", "worker serves", "moved (RMS, median)", "caught", "caught by the tolerance alone"
+    )
     for label in ("probe", "short"):
         r = results[label]
         for s in r["stale"]:
-            stale.add_row(str(r["tokens"]), f"v{s['version']}", f"v{s['serves']}", f"{s['moved_rms']:.3f}",
-                          f"{s['caught']} / {results['probes']}", f"{s['by_tolerance']} / {results['probes']}")  # fmt: skip
+            stale.add_row(
+                str(r["tokens"]),
+                f"v{s['version']}",
+                f"v{s['serves']}",
+                f"{s['moved_rms']:.3f}",
+                f"{s['caught']} / {results['probes']}",
+                f"{s['by_tolerance']} / {results['probes']}",
+            )
     console.print(stale)

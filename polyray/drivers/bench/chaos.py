@@ -65,8 +65,10 @@ def kill_replica(app: str, scratch_roots: list[str]) -> dict[str, Any]:
     """SIGKILL one replica of ``app``; what it had running below it and the directories it owned under ``scratch_roots``."""
     pids = replica_pids(app)
     if not pids:
-        raise RuntimeError(f"no live replica of the Serve application {app!r} below this process (chaos kills"
-                           " replicas of a Ray cluster it started itself only)")
+        raise RuntimeError(
+            f"no live replica of the Serve application {app!r} below this process (chaos kills"
+            " replicas of a Ray cluster it started itself only)"
+        )
     pid = pids[0]
     below = sorted(lifetime.descendants(pid))
     owned = [os.path.join(root, lifetime.owner_tag(pid)) for root in scratch_roots]
@@ -97,9 +99,17 @@ def leftovers(killed: dict[str, Any], grace_s: float = 10.0) -> dict[str, list]:
 
 
 async def _load(
-    base_url: str, path: str, body: dict[str, Any], clients: int, seconds: float, headers: dict[str, str],
-    kill: Callable[[], dict[str, Any]] | None, kill_at: float, max_recovery_s: float, timeout_s: float,
-) -> dict[str, Any]:  # fmt: skip
+    base_url: str,
+    path: str,
+    body: dict[str, Any],
+    clients: int,
+    seconds: float,
+    headers: dict[str, str],
+    kill: Callable[[], dict[str, Any]] | None,
+    kill_at: float,
+    max_recovery_s: float,
+    timeout_s: float,
+) -> dict[str, Any]:
     import httpx
 
     outcomes: list[tuple[float, float, int]] = []  # (start, end, status), perf_counter seconds
@@ -133,24 +143,36 @@ async def _load(
             await asyncio.sleep(0.05)
         stop.set()
 
-    async with httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout_s, limits=limits, headers=headers) as http:
+    async with httpx.AsyncClient(
+        base_url=base_url.rstrip("/"), timeout=timeout_s, limits=limits, headers=headers
+    ) as http:
         await asyncio.gather(clock(), *(client(http) for _ in range(clients)))
     return {"outcomes": outcomes, "start": start, "end": time.perf_counter(), "killed": killed}
 
 
 def run_load(
-    base_url: str, path: str, body: dict[str, Any], clients: int, seconds: float, headers: dict[str, str] | None = None,
-    kill: Callable[[], dict[str, Any]] | None = None, kill_at: float = 0.0, max_recovery_s: float = 120.0,
+    base_url: str,
+    path: str,
+    body: dict[str, Any],
+    clients: int,
+    seconds: float,
+    headers: dict[str, str] | None = None,
+    kill: Callable[[], dict[str, Any]] | None = None,
+    kill_at: float = 0.0,
+    max_recovery_s: float = 120.0,
     timeout_s: float = 60.0,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """``clients`` clients posting ``body`` to ``path`` for ``seconds`` (and through a ``kill`` at ``kill_at``)."""
-    run = asyncio.run(_load(base_url, path, body, clients, seconds, headers or {}, kill, kill_at, max_recovery_s,
-                            timeout_s))  # fmt: skip
+    run = asyncio.run(
+        _load(base_url, path, body, clients, seconds, headers or {}, kill, kill_at, max_recovery_s, timeout_s)
+    )
     return {**summarize(run["outcomes"], run["end"] - run["start"], run["killed"].get("t")), "clients": clients,
             "killed": run["killed"]}  # fmt: skip
 
 
-def summarize(outcomes: list[tuple[float, float, int]], elapsed_s: float, t_kill: float | None = None) -> dict[str, Any]:
+def summarize(
+    outcomes: list[tuple[float, float, int]], elapsed_s: float, t_kill: float | None = None
+) -> dict[str, Any]:
     """Throughput, latency of the answered requests, counts by status; recovery from ``t_kill`` when given."""
     statuses = Counter(s for _, _, s in outcomes)
     latencies = np.array([t1 - t0 for t0, t1, s in outcomes if s == 200]) * 1000.0
@@ -197,14 +219,24 @@ def retrying_calls(score: Callable[[], bool], stop: threading.Event, threads: in
     def join() -> dict[str, Any]:
         for w in workers:
             w.join()
-        return {"calls": sum(tally.values()), "lost": sum(v for k, v in tally.items() if k != "ok"),
-                "outcomes": dict(tally)}  # fmt: skip
+        return {
+            "calls": sum(tally.values()),
+            "lost": sum(v for k, v in tally.items() if k != "ok"),
+            "outcomes": dict(tally),
+        }
 
     return join
 
 
-def bench_chaos(services: list[str], clients: int, seconds: float, kill_at: float, config: str,
-                max_recovery_s: float = 120.0, replicas: int = 1) -> dict[str, Any]:  # fmt: skip
+def bench_chaos(
+    services: list[str],
+    clients: int,
+    seconds: float,
+    kill_at: float,
+    config: str,
+    max_recovery_s: float = 120.0,
+    replicas: int = 1,
+) -> dict[str, Any]:
     """Each service on loopback with ``replicas`` replicas (one CPU each): ``clients`` clients for ``seconds``,
     then the same load with one replica SIGKILLed ``kill_at`` seconds in (:mod:`.chaos`). The reward service
     also takes the learner's own retrying calls (code_exec items, so sandboxes run when the replica dies)
@@ -231,13 +263,19 @@ def bench_chaos(services: list[str], clients: int, seconds: float, kill_at: floa
     return results
 
 
-CHAOS_CODE_ITEM = {"prompt": "def answer():\n", "completion": "    return 42\n",
-                   "metadata": {"test": "import time\n\ndef check(candidate):\n    time.sleep(0.5)\n"
-                                        "    assert candidate() == 42\n", "entry_point": "answer"}}  # fmt: skip
+CHAOS_CODE_ITEM = {
+    "prompt": "def answer():\n",
+    "completion": "    return 42\n",
+    "metadata": {
+        "test": "import time\n\ndef check(candidate):\n    time.sleep(0.5)\n    assert candidate() == 42\n",
+        "entry_point": "answer",
+    },
+}
 
 
-def _chaos_reward(url: str, clients: int, seconds: float, kill_at: float, max_recovery_s: float,
-                  replicas: int = 1) -> dict[str, Any]:  # fmt: skip
+def _chaos_reward(
+    url: str, clients: int, seconds: float, kill_at: float, max_recovery_s: float, replicas: int = 1
+) -> dict[str, Any]:
     import httpx
     from ray import serve
 
@@ -247,8 +285,13 @@ def _chaos_reward(url: str, clients: int, seconds: float, kill_at: float, max_re
     from polyray.sandbox import WORK_ROOT
 
     serve.run(build_reward_app({"num_replicas": replicas}), name="reward", route_prefix="/reward")
-    body = {"reward": "countdown", "items": [{"prompt": "nums 3 4 9 target 12\nexpr:", "completion": c}
-                                             for c in (" 3+9", " 4*3", " 9+4-1", " 3*4", " 12", " 9+3", " 4+9-1", " 3+4")]}
+    body = {
+        "reward": "countdown",
+        "items": [
+            {"prompt": "nums 3 4 9 target 12\nexpr:", "completion": c}
+            for c in (" 3+9", " 4*3", " 9+4-1", " 3*4", " 12", " 9+3", " 4+9-1", " 3+4")
+        ],
+    }
     base = f"{url}/reward"
     httpx.post(f"{base}/v1/rewards", json=body, timeout=120).raise_for_status()  # warm-up
     learner = RewardConfig()  # the learner's own timeout and retries
@@ -279,8 +322,9 @@ def _chaos_reward(url: str, clients: int, seconds: float, kill_at: float, max_re
     return out
 
 
-def _chaos_generation(url: str, clients: int, seconds: float, kill_at: float, max_recovery_s: float,
-                      config: str, replicas: int = 1) -> dict[str, Any]:  # fmt: skip
+def _chaos_generation(
+    url: str, clients: int, seconds: float, kill_at: float, max_recovery_s: float, config: str, replicas: int = 1
+) -> dict[str, Any]:
     import httpx
     from ray import serve
 
@@ -290,9 +334,14 @@ def _chaos_generation(url: str, clients: int, seconds: float, kill_at: float, ma
     from polyray.models.source import prepare_model_dir
 
     run = load_config(config)
-    cfg = GenerationServiceConfig(model_dir=str(prepare_model_dir(run.model, run.task)), num_cpus=1, num_replicas=replicas,
-                                  max_model_len=run.rollout.max_model_len, max_lora_rank=run.rollout.max_lora_rank,
-                                  max_num_seqs=max(4, clients))  # fmt: skip
+    cfg = GenerationServiceConfig(
+        model_dir=str(prepare_model_dir(run.model, run.task)),
+        num_cpus=1,
+        num_replicas=replicas,
+        max_model_len=run.rollout.max_model_len,
+        max_lora_rank=run.rollout.max_lora_rank,
+        max_num_seqs=max(4, clients),
+    )
     with console.status("starting the generation service"):
         serve.run(build_generation_app(cfg.model_dump()), name="generation", route_prefix="/generation")
     body = {"model": cfg.base_name, "prompt": "nums 3 4 9 target 12\nexpr:", "max_tokens": 8, "temperature": 1.0}
@@ -304,9 +353,16 @@ def _chaos_generation(url: str, clients: int, seconds: float, kill_at: float, ma
     with console.status(f"generation: {clients} clients, {seconds:g} s"):
         out["steady"] = run_load(base, "/v1/completions", body, clients, seconds)
     with console.status(f"generation: {clients} clients, the replica SIGKILLed at {kill_at:g} s"):
-        out["kill"] = run_load(base, "/v1/completions", body, clients, seconds,
-                               kill=lambda: kill_replica("generation", roots), kill_at=kill_at,
-                               max_recovery_s=max_recovery_s)  # fmt: skip
+        out["kill"] = run_load(
+            base,
+            "/v1/completions",
+            body,
+            clients,
+            seconds,
+            kill=lambda: kill_replica("generation", roots),
+            kill_at=kill_at,
+            max_recovery_s=max_recovery_s,
+        )
     out["kill"].update(leftovers(out["kill"]["killed"]))
     serve.delete("generation")
     return out
@@ -314,14 +370,31 @@ def _chaos_generation(url: str, clients: int, seconds: float, kill_at: float, ma
 
 def print_chaos(results: dict[str, Any]) -> None:
     replicas = results.get("replicas", 1)
-    table = Table(title=f"services on loopback, {replicas} replica{'s' if replicas > 1 else ''}, {results['clients']} clients,"
-                        f" {results['seconds']:g} s of load; kill: {'one' if replicas > 1 else 'the'} replica SIGKILLed"
-                        f" {results['kill_at']:g} s in")  # fmt: skip
-    table.caption = ("back-pressure = 503/429 (shed load, retry); errors = any other non-200 (-1: no answer);"
-                     " recovery = kill -> first 200 of a request sent after it; retry lost = the learner's retrying"
-                     " reward calls that failed or came back wrong")  # fmt: skip
-    for col in ("service", "run", "requests", "ok", "req/s", "p50 ms", "p99 ms", "back-pressure", "errors",
-                "recovery s", "retry lost", "orphans", "leaked dirs"):  # fmt: skip
+    table = Table(
+        title=f"services on loopback, {replicas} replica{'s' if replicas > 1 else ''}, {results['clients']} clients,"
+        f" {results['seconds']:g} s of load; kill: {'one' if replicas > 1 else 'the'} replica SIGKILLed"
+        f" {results['kill_at']:g} s in"
+    )
+    table.caption = (
+        "back-pressure = 503/429 (shed load, retry); errors = any other non-200 (-1: no answer);"
+        " recovery = kill -> first 200 of a request sent after it; retry lost = the learner's retrying"
+        " reward calls that failed or came back wrong"
+    )
+    for col in (
+        "service",
+        "run",
+        "requests",
+        "ok",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "back-pressure",
+        "errors",
+        "recovery s",
+        "retry lost",
+        "orphans",
+        "leaked dirs",
+    ):
         table.add_column(col, justify="left" if col in ("service", "run") else "right")
     for service in ("reward", "generation"):
         for name in ("steady", "kill"):
@@ -330,12 +403,21 @@ def print_chaos(results: dict[str, Any]) -> None:
                 continue
             retry = r.get("retrying")
             recovery = r.get("recovery_s")
-            table.add_row(service, name, str(r["requests"]), str(r["ok"]), f"{r['rps']:.1f}", f"{r['p50_ms']:.0f}",
-                          f"{r['p99_ms']:.0f}", str(r["back_pressure"]), str(r["errors"]),
-                          "–" if name == "steady" else ("never" if recovery is None else f"{recovery:.2f}"),
-                          f"{retry['lost']} of {retry['calls']}" if retry else "–",
-                          str(len(r["orphans"])) if "orphans" in r else "–",
-                          str(len(r["leaked_dirs"])) if "leaked_dirs" in r else "–")  # fmt: skip
+            table.add_row(
+                service,
+                name,
+                str(r["requests"]),
+                str(r["ok"]),
+                f"{r['rps']:.1f}",
+                f"{r['p50_ms']:.0f}",
+                f"{r['p99_ms']:.0f}",
+                str(r["back_pressure"]),
+                str(r["errors"]),
+                "–" if name == "steady" else ("never" if recovery is None else f"{recovery:.2f}"),
+                f"{retry['lost']} of {retry['calls']}" if retry else "–",
+                str(len(r["orphans"])) if "orphans" in r else "–",
+                str(len(r["leaked_dirs"])) if "leaked_dirs" in r else "–",
+            )
     console.print(table)
     for service in ("reward", "generation"):
         r = results.get(service, {}).get("kill", {})
@@ -343,8 +425,10 @@ def print_chaos(results: dict[str, Any]) -> None:
             console.print(f"[red]{service}: process {pid} outlived its replica: {escape(title)}[/red]")
         for path in r.get("leaked_dirs", []):
             console.print(f"[red]{service}: {escape(path)} outlived its replica[/red]")
-        outside = {"before the kill": r.get("errors_before_kill", 0),
-                   "after it answered again": r.get("errors_after_recovery", 0)}  # fmt: skip
+        outside = {
+            "before the kill": r.get("errors_before_kill", 0),
+            "after it answered again": r.get("errors_after_recovery", 0),
+        }
         for when, count in outside.items():
             if count:
                 console.print(f"[red]{service}: {count} request(s) failed {when}[/red]")

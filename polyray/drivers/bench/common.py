@@ -38,8 +38,12 @@ def _grpo_batch(run, prompts: int | None = None):
     task = build_task(run.task)
     grpo = next(p for p in run.phases if p.type == "grpo")
     texts = [p.text for p in task.prompts("train", prompts or grpo.prompts_per_step)]
-    return RolloutBatch(texts, grpo.group_size, task_sampling(grpo.sampling, task),
-                        request_seeds(run.seed, "bench", [str(i) for i in range(len(texts))]))  # fmt: skip
+    return RolloutBatch(
+        texts,
+        grpo.group_size,
+        task_sampling(grpo.sampling, task),
+        request_seeds(run.seed, "bench", [str(i) for i in range(len(texts))]),
+    )
 
 
 def _random_adapter(model_dir: Path, lora, seed: int) -> dict[str, Any]:

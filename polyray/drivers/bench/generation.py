@@ -35,8 +35,13 @@ class BenchRequest:
 
 
 def _rate(tokens: int, seconds: float, requests: int, concurrency: int) -> dict[str, Any]:
-    return {"concurrency": concurrency, "requests": requests, "output_tokens": tokens, "seconds": round(seconds, 3),
-            "tokens_per_s": tokens / seconds if seconds > 0 else 0.0}  # fmt: skip
+    return {
+        "concurrency": concurrency,
+        "requests": requests,
+        "output_tokens": tokens,
+        "seconds": round(seconds, 3),
+        "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
+    }
 
 
 def bench_direct(cfg, requests: list[BenchRequest], concurrencies: list[int], lora_dir: str | None) -> list[dict]:
@@ -61,7 +66,9 @@ def bench_direct(cfg, requests: list[BenchRequest], concurrencies: list[int], lo
                 params = SamplingParams(n=r.n, max_tokens=r.max_tokens, seed=r.seed, temperature=1.0, top_p=1.0)
                 async with gate:
                     final = None
-                    async for out in engine.generate(r.prompt, params, f"bench-{i}-{time.time_ns()}", lora_request=lora):
+                    async for out in engine.generate(
+                        r.prompt, params, f"bench-{i}-{time.time_ns()}", lora_request=lora
+                    ):
                         final = out
                 return sum(len(c.token_ids) for c in final.outputs)
 
@@ -86,8 +93,9 @@ def bench_endpoint(base_url: str, model: str, requests: list[BenchRequest], conc
     client = OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=600)
 
     def one(r: BenchRequest) -> int:
-        out = client.completions.create(model=model, prompt=r.prompt, n=r.n, max_tokens=r.max_tokens, seed=r.seed,
-                                        temperature=1.0, top_p=1.0)  # fmt: skip
+        out = client.completions.create(
+            model=model, prompt=r.prompt, n=r.n, max_tokens=r.max_tokens, seed=r.seed, temperature=1.0, top_p=1.0
+        )
         return out.usage.completion_tokens
 
     one(requests[0])
@@ -133,9 +141,14 @@ def bench_generation(requests: int, n: int, max_tokens: int, config: str, publis
     with tempfile.TemporaryDirectory(prefix="polyray-bench-gen-") as tmp:
         adapter = _random_adapter(model_dir, run.learner.lora, seed=1)
         write_adapter_dir(Path(tmp) / "policy-v1", adapter)
-        cfg = GenerationServiceConfig(model_dir=str(model_dir), max_model_len=run.rollout.max_model_len,
-                                      max_lora_rank=run.rollout.max_lora_rank, store_root=str(Path(tmp) / "store"),
-                                      num_cpus=1, max_num_seqs=64)  # fmt: skip
+        cfg = GenerationServiceConfig(
+            model_dir=str(model_dir),
+            max_model_len=run.rollout.max_model_len,
+            max_lora_rank=run.rollout.max_lora_rank,
+            store_root=str(Path(tmp) / "store"),
+            num_cpus=1,
+            max_num_seqs=64,
+        )
         with console.status(f"direct engine: {requests} requests, 1 then 16 at a time"):
             results["direct"] = bench_direct(cfg, batch, [1, 16], str(Path(tmp) / "policy-v1"))
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -155,20 +168,30 @@ def bench_generation(requests: int, n: int, max_tokens: int, config: str, publis
 
             serve.shutdown()
             ray.shutdown()
-    results["ratio"] = {str(e["concurrency"]): e["tokens_per_s"] / d["tokens_per_s"]
-                        for d, e in zip(results["direct"], results["endpoint"])}  # fmt: skip
+    results["ratio"] = {
+        str(e["concurrency"]): e["tokens_per_s"] / d["tokens_per_s"]
+        for d, e in zip(results["direct"], results["endpoint"])
+    }
     return results
 
 
 def print_generation(results: dict[str, Any]) -> None:
-    table = Table(title=f"generation service vs direct engine ({results['requests']} requests, n={results['n']},"
-                        f" max_tokens={results['max_tokens']}, 2 shared cores)")  # fmt: skip
+    table = Table(
+        title=f"generation service vs direct engine ({results['requests']} requests, n={results['n']},"
+        f" max_tokens={results['max_tokens']}, 2 shared cores)"
+    )
     for col in ("clients", "direct tok/s", "endpoint tok/s", "endpoint / direct"):
         table.add_column(col, justify="right")
     for d, e in zip(results["direct"], results["endpoint"]):
-        table.add_row(str(d["concurrency"]), f"{d['tokens_per_s']:.0f}", f"{e['tokens_per_s']:.0f}",
-                      f"{e['tokens_per_s'] / d['tokens_per_s']:.2f}")
+        table.add_row(
+            str(d["concurrency"]),
+            f"{d['tokens_per_s']:.0f}",
+            f"{e['tokens_per_s']:.0f}",
+            f"{e['tokens_per_s'] / d['tokens_per_s']:.2f}",
+        )
     console.print(table)
     p = results["publish_to_latest"]
-    console.print(f"publish -> latest serving it: median {p['median_s']:.3f} s, max {p['max_s']:.3f} s"
-                  f" over {p['publishes']} publishes")
+    console.print(
+        f"publish -> latest serving it: median {p['median_s']:.3f} s, max {p['max_s']:.3f} s"
+        f" over {p['publishes']} publishes"
+    )

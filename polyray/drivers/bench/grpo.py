@@ -13,9 +13,12 @@ from polyray.drivers.bench.common import _step_stats, console
 
 GRPO_MODES = ("sync", "async", "async_waits", "async_unpacked", "async_rollout_reference")
 # ratio -> (numerator mode, denominator mode), of the modes' median step times
-GRPO_RATIOS = {"ratio": ("async", "sync"), "publish_behind_vs_waits": ("async", "async_waits"),
-               "packed_vs_unpacked": ("async", "async_unpacked"),
-               "rollout_reference_vs_learner": ("async_rollout_reference", "async")}  # fmt: skip
+GRPO_RATIOS = {
+    "ratio": ("async", "sync"),
+    "publish_behind_vs_waits": ("async", "async_waits"),
+    "packed_vs_unpacked": ("async", "async_unpacked"),
+    "rollout_reference_vs_learner": ("async_rollout_reference", "async"),
+}
 
 
 def bench_grpo(
@@ -38,8 +41,15 @@ def bench_grpo(
 
     base = load_config(config)
     index = next(i for i, p in enumerate(base.phases) if p.type == "grpo")
-    common = ["learner.num_workers=1", "rollout.num_workers=1", "reward.endpoint=false", "dynamics.every=0",
-              f"phases.{index}.steps={steps}", f"phases.{index}.checkpoint_every=1000", "learner.sync_check_every=0"]
+    common = [
+        "learner.num_workers=1",
+        "rollout.num_workers=1",
+        "reward.endpoint=false",
+        "dynamics.every=0",
+        f"phases.{index}.steps={steps}",
+        f"phases.{index}.checkpoint_every=1000",
+        "learner.sync_check_every=0",
+    ]
     variants = grpo_variants(index, bool(base.phases[index].kl_beta), modes)
     sync = load_config(config, common)
     model_dir = prepare_model_dir(sync.model, sync.task)
@@ -47,7 +57,9 @@ def bench_grpo(
     results: dict[str, Any] = {"steps": steps, "warmup": warmup, "rounds": rounds, "modes": list(variants)}
     with tempfile.TemporaryDirectory(prefix="polyray-bench-grpo-") as tmp:
         out = Path(tmp)
-        pool = RolloutPool.launch(str(model_dir), sync.rollout, sync.model.dtype, store=open_store(out / "adapter_store"))
+        pool = RolloutPool.launch(
+            str(model_dir), sync.rollout, sync.model.dtype, store=open_store(out / "adapter_store")
+        )
         logs = StepLogs.on_driver_node(out)  # one step-log actor for every fit, as `polyray run` holds one
         try:
             version = 0
@@ -70,10 +82,13 @@ def grpo_variants(index: int, kl: bool, modes: list[str] | None = None) -> dict[
     from polyray.io import ConfigError
 
     ahead = [f"phases.{index}.async_rollouts=true", f"phases.{index}.max_lag=1"]
-    variants = {"sync": [f"phases.{index}.async_rollouts=false", f"phases.{index}.max_lag=0"], "async": ahead,
-                "async_waits": [*ahead, "learner.publish_behind_step=false"],  # each publish waits for the loads
-                "async_unpacked": [*ahead, "learner.pack_samples=false"],  # one sample a row in the update
-                "async_rollout_reference": [*ahead, f"phases.{index}.kl_reference_logprobs=rollouts"]}
+    variants = {
+        "sync": [f"phases.{index}.async_rollouts=false", f"phases.{index}.max_lag=0"],
+        "async": ahead,
+        "async_waits": [*ahead, "learner.publish_behind_step=false"],  # each publish waits for the loads
+        "async_unpacked": [*ahead, "learner.pack_samples=false"],  # one sample a row in the update
+        "async_rollout_reference": [*ahead, f"phases.{index}.kl_reference_logprobs=rollouts"],
+    }
     unknown = [m for m in modes or [] if m not in variants]
     if unknown:
         raise ConfigError(f"--modes: unknown mode {unknown[0]!r} (choose from {', '.join(GRPO_MODES)})")
@@ -88,8 +103,11 @@ def grpo_ratios(modes: dict[str, Any]) -> dict[str, Any]:
     """The ratios of :data:`GRPO_RATIOS` whose two modes are in ``modes`` (mode -> its step statistics), and,
     when the synchronous mode ran, the floor of one step ahead (:func:`grpo_floor`) and, when that ran too,
     one step ahead against it."""
-    out: dict[str, Any] = {name: modes[a]["step_s"] / modes[b]["step_s"] for name, (a, b) in GRPO_RATIOS.items()
-                           if a in modes and b in modes}  # fmt: skip
+    out: dict[str, Any] = {
+        name: modes[a]["step_s"] / modes[b]["step_s"]
+        for name, (a, b) in GRPO_RATIOS.items()
+        if a in modes and b in modes
+    }
     if "sync" in modes:
         out["floor"] = grpo_floor(modes["sync"])
         if "async" in modes:
@@ -107,15 +125,23 @@ def grpo_floor(sync: dict[str, float]) -> dict[str, float]:
 
 
 def print_grpo(results: dict[str, Any]) -> None:
-    table = Table(title=f"GRPO step, 1 rollout worker + 1 learner worker: median step time after warm-up"
-                        f" ({results['rounds']} rounds of {results['steps']} steps per mode, alternating)")
-    table.caption = ("rollout s / reward s = the generation / its scoring the step waits for (ahead: what is left of them);"
-                     " sync s = publish + load")
+    table = Table(
+        title=f"GRPO step, 1 rollout worker + 1 learner worker: median step time after warm-up"
+        f" ({results['rounds']} rounds of {results['steps']} steps per mode, alternating)"
+    )
+    table.caption = (
+        "rollout s / reward s = the generation / its scoring the step waits for (ahead: what is left of them);"
+        " sync s = publish + load"
+    )
     for col in ("mode", "step s", "rollout s", "reward s", "sync s", "rest s"):
         table.add_column(col, justify="left" if col == "mode" else "right")
-    labels = {"sync": "sync", "async": "one step ahead", "async_waits": "one ahead, each publish waits for its loads",
-              "async_unpacked": "one ahead, one sample a row in the update (learner.pack_samples false)",
-              "async_rollout_reference": "one ahead, KL reference scored by the rollout worker"}
+    labels = {
+        "sync": "sync",
+        "async": "one step ahead",
+        "async_waits": "one ahead, each publish waits for its loads",
+        "async_unpacked": "one ahead, one sample a row in the update (learner.pack_samples false)",
+        "async_rollout_reference": "one ahead, KL reference scored by the rollout worker",
+    }
     for name, label in labels.items():
         if name not in results:  # (a run before the third mode)
             continue
@@ -126,12 +152,18 @@ def print_grpo(results: dict[str, Any]) -> None:
     if "ratio" in results:
         console.print(f"one step ahead / synchronous: {results['ratio']:.2f}")
     if "publish_behind_vs_waits" in results:
-        console.print(f"one step ahead, publish behind the step / each publish waiting: {results['publish_behind_vs_waits']:.2f}")
+        console.print(
+            f"one step ahead, publish behind the step / each publish waiting: {results['publish_behind_vs_waits']:.2f}"
+        )
     if "packed_vs_unpacked" in results:
-        console.print(f"one step ahead, samples packed into shared rows / one sample a row: {results['packed_vs_unpacked']:.2f}")
+        console.print(
+            f"one step ahead, samples packed into shared rows / one sample a row: {results['packed_vs_unpacked']:.2f}"
+        )
     if "rollout_reference_vs_learner" in results:
-        console.print(f"one step ahead, KL reference scored by the rollout worker / by the learner:"
-                      f" {results['rollout_reference_vs_learner']:.2f}")  # fmt: skip
+        console.print(
+            f"one step ahead, KL reference scored by the rollout worker / by the learner:"
+            f" {results['rollout_reference_vs_learner']:.2f}"
+        )
     if "async_vs_floor" in results:
         f = results["floor"]
         console.print(f"one step ahead / its floor max(rollout + reward {f['rollout_s']:.3f}, update + publish"

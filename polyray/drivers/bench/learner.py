@@ -74,18 +74,31 @@ def build_bench_model(out: Path, shape: BenchShape, seed: int = 0) -> Path:
     from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
     config = Qwen3Config(
-        vocab_size=shape.vocab, hidden_size=shape.hidden, intermediate_size=shape.intermediate,
-        num_hidden_layers=shape.layers, num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
-        head_dim=shape.head_dim, max_position_embeddings=4096, tie_word_embeddings=True, pad_token_id=PAD,
-        eos_token_id=EOS, bos_token_id=EOS, torch_dtype="float32",
-    )  # fmt: skip
+        vocab_size=shape.vocab,
+        hidden_size=shape.hidden,
+        intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.kv_heads,
+        head_dim=shape.head_dim,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        pad_token_id=PAD,
+        eos_token_id=EOS,
+        bos_token_id=EOS,
+        torch_dtype="float32",
+    )
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(config)
     model.save_pretrained(out, safe_serialization=True)
     del model
     vocab = {"<pad>": PAD, "<eos>": EOS, "<unk>": UNK}
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<unk>")),
-                                        pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")  # fmt: skip
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<unk>")),
+        pad_token="<pad>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+    )
     tokenizer.save_pretrained(out)
     return out
 
@@ -104,8 +117,9 @@ class StandInPool:
     length drawn uniformly from 1 to that), and every completion token has the log-prob of a uniform
     draw from the vocabulary. ``tokens``: the prompt and completion tokens of the last rollout's sequences."""
 
-    def __init__(self, vocab: int, length: int, prompt_tokens: tuple[int, int] = (32, 64), seed: int = 0,
-                 varied: bool = False):  # fmt: skip
+    def __init__(
+        self, vocab: int, length: int, prompt_tokens: tuple[int, int] = (32, 64), seed: int = 0, varied: bool = False
+    ):
         self.vocab, self.length, self.prompt_tokens, self.seed, self.varied = vocab, length, prompt_tokens, seed, varied
         self.tokens = 0
 
@@ -113,7 +127,9 @@ class StandInPool:
         from polyray.rollout.worker import Sample
 
         if reference is not None:
-            raise ValueError("the stand-in pool scores no KL reference: bench learner keeps kl_reference_logprobs 'learner'")
+            raise ValueError(
+                "the stand-in pool scores no KL reference: bench learner keeps kl_reference_logprobs 'learner'"
+            )
         groups = []
         for b in range(len(prompts)):
             rng = random.Random(f"{self.seed}:{b}")
@@ -123,7 +139,9 @@ class StandInPool:
             for j in range(n):
                 fill = self.length - len(prompt)
                 ids = [rng.randrange(3, self.vocab) for _ in range(rng.randint(1, fill) if self.varied else fill)]
-                group.append(Sample(b, f"{b}:{j}", prompt, ids, [-math.log(self.vocab)] * len(ids), version or 0, False))
+                group.append(
+                    Sample(b, f"{b}:{j}", prompt, ids, [-math.log(self.vocab)] * len(ids), version or 0, False)
+                )
             groups.append(group)
         self.tokens = sum(len(s.prompt_token_ids) + len(s.token_ids) for g in groups for s in g)
         return _Done(groups)
@@ -219,20 +237,39 @@ def measure_step(model_dir: str, case: StepCase) -> dict[str, Any]:
     memory = _GpuMemory() if case.device == "cuda" else _CpuMemory()
     before_load = memory.now()
     torch.manual_seed(0)  # the same LoRA init on every path, as every learner rank seeds it
-    model, tokenizer = build_peft_model(model_dir, LoraConfig(r=case.lora_r, alpha=2 * case.lora_r), case.dtype,
-                                        gradient_checkpointing=case.gradient_checkpointing)  # fmt: skip
+    model, tokenizer = build_peft_model(
+        model_dir,
+        LoraConfig(r=case.lora_r, alpha=2 * case.lora_r),
+        case.dtype,
+        gradient_checkpointing=case.gradient_checkpointing,
+    )
     model.to(case.device).train()
     group = min(case.group_size, case.sequences)
     if case.sequences % group:
         raise ValueError(f"sequences ({case.sequences}) must be a multiple of the group size ({group})")
     prompts = case.sequences // group
     steps = case.warmup_steps + case.measured_steps
-    cfg = GRPOPhaseConfig(steps=steps, prompts_per_step=prompts, group_size=group, kl_beta=case.kl_beta,
-                          kl_reference="base", sampling={"max_tokens": case.length})  # fmt: skip
+    cfg = GRPOPhaseConfig(
+        steps=steps,
+        prompts_per_step=prompts,
+        group_size=group,
+        kl_beta=case.kl_beta,
+        kl_reference="base",
+        sampling={"max_tokens": case.length},
+    )
     task_cfg = CountdownTaskConfig(n_train=max(prompts, 8), n_test=8)
-    ctx = StepContext(model, tokenizer, 0, 1, seed=0, reward_fn=graded_reward, micro_batch_tokens=case.micro_batch_tokens,
-                      logits_chunk_mib=case.logits_chunk_mib, share_prompts=case.packing is not None,
-                      pack_samples=case.packing == "packed")  # fmt: skip
+    ctx = StepContext(
+        model,
+        tokenizer,
+        0,
+        1,
+        seed=0,
+        reward_fn=graded_reward,
+        micro_batch_tokens=case.micro_batch_tokens,
+        logits_chunk_mib=case.logits_chunk_mib,
+        share_prompts=case.packing is not None,
+        pack_samples=case.packing == "packed",
+    )
     pool = StandInPool(model.config.vocab_size, case.length, varied=case.packing is not None)
     phase = GRPOPhase(cfg, build_task(task_cfg), task_cfg.n_train, ctx, pool)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -318,17 +355,26 @@ def estimate(model_dir: str, case: StepCase) -> dict[str, float]:
     shape = ModelShape.from_config(json.loads((Path(model_dir) / "config.json").read_text()))
     biggest = largest_micro_batch(case.sequences, case.length, case.micro_batch_tokens)
     plan = learner_memory(
-        shape, LoraConfig(r=case.lora_r, alpha=2 * case.lora_r), case.dtype, MicroBatch(biggest.sequences, case.length, False),
-        case.logits_chunk_mib, kl_reference=case.kl_beta > 0, gradient_checkpointing=case.gradient_checkpointing,
+        shape,
+        LoraConfig(r=case.lora_r, alpha=2 * case.lora_r),
+        case.dtype,
+        MicroBatch(biggest.sequences, case.length, False),
+        case.logits_chunk_mib,
+        kl_reference=case.kl_beta > 0,
+        gradient_checkpointing=case.gradient_checkpointing,
         device="gpu" if case.device == "cuda" else "cpu",
-    )  # fmt: skip
+    )
     return {**plan.terms, "total": plan.total}
 
 
 def run_case(model_dir: str, case: StepCase, timeout: float = 1800) -> dict[str, Any]:
     """:func:`measure_step` in a fresh interpreter; a case that dies (out of memory, say) is reported, not raised."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(case.threads), "MKL_NUM_THREADS": str(case.threads),
-           "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(case.threads),
+        "MKL_NUM_THREADS": str(case.threads),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     cmd = [sys.executable, "-m", "polyray.drivers.bench.learner", model_dir, json.dumps(asdict(case))]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
@@ -339,11 +385,20 @@ def run_case(model_dir: str, case: StepCase, timeout: float = 1800) -> dict[str,
 
 
 def bench_learner(
-    sizes: list[int], whole_batch_sizes: list[int], length: int = 256, micro_batch_tokens: int = 2048,
-    logits_chunk_mib: float = 256, shape: BenchShape | None = None, threads: int = 2, on_case=None,
-    packing_sizes: list[int] | None = None, device: str = "cpu", dtype: str = "float32",
-    gradient_checkpointing: bool = False, measured_steps: int = 1,
-) -> dict[str, Any]:  # fmt: skip
+    sizes: list[int],
+    whole_batch_sizes: list[int],
+    length: int = 256,
+    micro_batch_tokens: int = 2048,
+    logits_chunk_mib: float = 256,
+    shape: BenchShape | None = None,
+    threads: int = 2,
+    on_case=None,
+    packing_sizes: list[int] | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    gradient_checkpointing: bool = False,
+    measured_steps: int = 1,
+) -> dict[str, Any]:
     """Every size micro-batched, the ``whole_batch_sizes`` also on the whole-batch path, side by side (size
     by size, each in its own process), with the plan's estimate beside each; then, at ``packing_sizes``
     (default: the smallest size; none with ``gradient_checkpointing``, which turns prompt sharing off),
@@ -351,8 +406,13 @@ def bench_learner(
     shape = shape or BenchShape()
     if packing_sizes is None:
         packing_sizes = [] if gradient_checkpointing else [min(sizes)]
-    common = {"threads": threads, "device": device, "dtype": dtype, "gradient_checkpointing": gradient_checkpointing,
-              "measured_steps": measured_steps}  # fmt: skip
+    common = {
+        "threads": threads,
+        "device": device,
+        "dtype": dtype,
+        "gradient_checkpointing": gradient_checkpointing,
+        "measured_steps": measured_steps,
+    }
     cases = []
     for n in sorted(set(sizes) | set(whole_batch_sizes) | set(packing_sizes)):
         if n in sizes:
@@ -360,10 +420,18 @@ def bench_learner(
         if n in whole_batch_sizes:
             cases.append(StepCase(n, length, None, 0, **common))
         if n in packing_sizes:
-            cases += [StepCase(n, length, micro_batch_tokens, logits_chunk_mib, packing=p, **common)
-                      for p in ("packed", "one a row")]  # fmt: skip
-    results: dict[str, Any] = {"shape": asdict(shape), "length": length, "micro_batch_tokens": micro_batch_tokens,
-                               "logits_chunk_mib": logits_chunk_mib, **common, "cases": []}  # fmt: skip
+            cases += [
+                StepCase(n, length, micro_batch_tokens, logits_chunk_mib, packing=p, **common)
+                for p in ("packed", "one a row")
+            ]
+    results: dict[str, Any] = {
+        "shape": asdict(shape),
+        "length": length,
+        "micro_batch_tokens": micro_batch_tokens,
+        "logits_chunk_mib": logits_chunk_mib,
+        **common,
+        "cases": [],
+    }
     with tempfile.TemporaryDirectory(prefix="polyray-bench-learner-") as tmp:
         model_dir = str(build_bench_model(Path(tmp) / "model", shape))
         for case in cases:
@@ -411,16 +479,32 @@ def print_learner(results: dict[str, Any], console) -> None:
     gpu = next((c["gpu"] for c in results["cases"] if "gpu" in c), None)
     where = f"on {gpu}, {results.get('dtype', 'float32')} base" if device == "cuda" else f"{results['threads']} threads"
     checkpointing = ", gradient checkpointing" if results.get("gradient_checkpointing") else ""
-    table = Table(title=f"one GRPO learner step, {s['layers']}-layer Qwen3 (hidden {s['hidden']}, vocabulary"
-                        f" {s['vocab']}), LoRA r 16, sequences of {results['length']} tokens, {where}{checkpointing};"
-                        " each in a fresh process")  # fmt: skip
-    peak = ("GPU high-water memory (CUDA context + the allocator's reserve) over the measured steps after a warm-up"
-            " one" if device == "cuda" else "high-water resident memory over a step after a warm-up one")  # fmt: skip
-    table.caption = (f"micro-batched: learner.micro_batch_tokens {results['micro_batch_tokens']}, logits_chunk_mib"
-                     f" {results['logits_chunk_mib']:g}; whole batch: micro_batch_tokens null, logits_chunk_mib 0."
-                     f" peak: {peak}; estimate: the memory plan")  # fmt: skip
-    for col in ("sequences", "path", "peak GiB", "estimate GiB", "est. / peak", "loaded GiB", "step s", "tokens/s",
-                "tokens/CPU s"):
+    table = Table(
+        title=f"one GRPO learner step, {s['layers']}-layer Qwen3 (hidden {s['hidden']}, vocabulary"
+        f" {s['vocab']}), LoRA r 16, sequences of {results['length']} tokens, {where}{checkpointing};"
+        " each in a fresh process"
+    )
+    peak = (
+        "GPU high-water memory (CUDA context + the allocator's reserve) over the measured steps after a warm-up one"
+        if device == "cuda"
+        else "high-water resident memory over a step after a warm-up one"
+    )
+    table.caption = (
+        f"micro-batched: learner.micro_batch_tokens {results['micro_batch_tokens']}, logits_chunk_mib"
+        f" {results['logits_chunk_mib']:g}; whole batch: micro_batch_tokens null, logits_chunk_mib 0."
+        f" peak: {peak}; estimate: the memory plan"
+    )
+    for col in (
+        "sequences",
+        "path",
+        "peak GiB",
+        "estimate GiB",
+        "est. / peak",
+        "loaded GiB",
+        "step s",
+        "tokens/s",
+        "tokens/CPU s",
+    ):
         table.add_column(col, justify="left" if col == "path" else "right")
     for c in results["cases"]:
         est = c["estimate"]["total"] / GIB
@@ -431,9 +515,17 @@ def print_learner(results: dict[str, Any], console) -> None:
         mark = "" if c["peak_of"] == "step" else " (process)"
         ratio = f"{c['estimate_ratio']:.2f}" if "estimate_ratio" in c else "-"
         step = f"{c['step_s']:.3f}" if c["step_s"] < 1 else f"{c['step_s']:.1f}"
-        table.add_row(str(c["sequences"]), c["path"], f"{peak:.2f}{mark}", f"{est:.2f}", ratio,
-                      f"{c['loaded_bytes'] / GIB:.2f}", step, f"{c['tokens_per_s']:.0f}",
-                      f"{c['tokens_per_cpu_s']:.0f}")  # fmt: skip
+        table.add_row(
+            str(c["sequences"]),
+            c["path"],
+            f"{peak:.2f}{mark}",
+            f"{est:.2f}",
+            ratio,
+            f"{c['loaded_bytes'] / GIB:.2f}",
+            step,
+            f"{c['tokens_per_s']:.0f}",
+            f"{c['tokens_per_cpu_s']:.0f}",
+        )
     console.print(table)
     for name, value in results["ratios"].items():
         console.print(f"{name}: {value:.2f}")

@@ -92,13 +92,21 @@ def peer_settings(run: RunConfig) -> dict[str, Any]:
     if grpo.kl_beta and grpo.kl_reference != "phase_start":
         raise ConfigError(f"{where}.kl_reference: the peer benchmark anchors both to the SFT adapter (phase_start)")
     if grpo.sampling.stop:
-        raise ConfigError(f"{where}.sampling.stop: TRL's transformers generation has no stop strings here; leave it empty")
+        raise ConfigError(
+            f"{where}.sampling.stop: TRL's transformers generation has no stop strings here; leave it empty"
+        )
     lora = run.learner.lora
     # TRL's configs default to bfloat16 autocast and gradient checkpointing; polyray's learner computes in the
     # model's dtype and checkpoints only when asked: TRL does the same here (both load the model in run.model.dtype)
-    common = {"weight_decay": run.learner.weight_decay, "max_grad_norm": run.learner.grad_clip, "seed": run.seed,
-              "data_seed": run.seed, "bf16": False, "fp16": False,
-              "gradient_checkpointing": run.learner.gradient_checkpointing}  # fmt: skip
+    common = {
+        "weight_decay": run.learner.weight_decay,
+        "max_grad_norm": run.learner.grad_clip,
+        "seed": run.seed,
+        "data_seed": run.seed,
+        "bf16": False,
+        "fp16": False,
+        "gradient_checkpointing": run.learner.gradient_checkpointing,
+    }
     return {
         "seed": run.seed, "dtype": run.model.dtype, "n_train": run.task.n_train,
         "lora": {"r": lora.r, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout,
@@ -124,8 +132,15 @@ def step_stats(seconds: list[float], tokens: list[float], warmup: int) -> dict[s
     warmup = min(warmup, len(seconds) - 1)
     s, t = np.asarray(seconds[warmup:], dtype=float), np.asarray(tokens[warmup:], dtype=float)
     q1, median, q3 = np.percentile(s, [25, 50, 75])
-    return {"steps": int(s.size), "warmup": warmup, "step_s": float(median), "q1_s": float(q1), "q3_s": float(q3),
-            "iqr_s": float(q3 - q1), "tokens_per_s": float(t.sum() / s.sum())}  # fmt: skip
+    return {
+        "steps": int(s.size),
+        "warmup": warmup,
+        "step_s": float(median),
+        "q1_s": float(q1),
+        "q3_s": float(q3),
+        "iqr_s": float(q3 - q1),
+        "tokens_per_s": float(t.sum() / s.sum()),
+    }
 
 
 def reference_tokens(run: RunConfig, model_dir: str) -> float:
@@ -178,11 +193,17 @@ def run_polyray(run: RunConfig, out: Path, warmup: int) -> dict[str, Any]:
     _, sft = _phase(run, "sft")
     _, grpo = _phase(run, "grpo")
     ref = reference_tokens(run, results["model_dir"])
-    steps = {"sft": polyray_steps(out / "metrics.jsonl", sft, warmup, ref),
-             "grpo": polyray_steps(out / "metrics.jsonl", grpo, warmup, ref)}  # fmt: skip
+    steps = {
+        "sft": polyray_steps(out / "metrics.jsonl", sft, warmup, ref),
+        "grpo": polyray_steps(out / "metrics.jsonl", grpo, warmup, ref),
+    }
     evals = sum(v for k, v in t.items() if k.startswith("eval_"))
-    startup = {"model_build": t.get("model_build", 0.0), "ray_start": t.get("ray_init", 0.0),
-               "serve_start": t.get("reward_service_start", 0.0), "vllm_engine_start": t.get("rollout_pool_start", 0.0)}
+    startup = {
+        "model_build": t.get("model_build", 0.0),
+        "ray_start": t.get("ray_init", 0.0),
+        "serve_start": t.get("reward_service_start", 0.0),
+        "vllm_engine_start": t.get("rollout_pool_start", 0.0),
+    }
     for key, phase in (("sft", sft), ("grpo", grpo)):  # Ray Train's workers, model load, checkpoints, final save
         startup[f"{key}_phase_overhead"] = t[f"train_{phase.name}"] - steps[key]["total_step_s"]
     return {"steps": steps, "end_to_end_s": wall - evals, "evaluations_s": evals, "startup_s": startup,
@@ -197,18 +218,26 @@ def _pass_at_k(record) -> dict[str, float]:
 # --------------------------------------------------------------------------- TRL, in its own interpreter
 
 
-def run_trl(config: str, overrides: list[str], sft_adapter: str, out: Path, threads: int, warmup: int,
-            timeout_s: float = 3600) -> dict[str, Any]:  # fmt: skip
+def run_trl(
+    config: str, overrides: list[str], sft_adapter: str, out: Path, threads: int, warmup: int, timeout_s: float = 3600
+) -> dict[str, Any]:
     """TRL's SFT and GRPO in a fresh interpreter with ``threads`` torch threads; its step statistics,
     end-to-end seconds and adapter paths."""
     spec = {"config": config, "overrides": overrides, "sft_adapter": sft_adapter, "out": str(out), "threads": threads}
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "polyray.drivers.bench.peer_trl", json.dumps(spec)], env=env,
-                          capture_output=True, text=True, timeout=timeout_s)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "polyray.drivers.bench.peer_trl", json.dumps(spec)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
     wall = time.perf_counter() - started
     if proc.returncode != 0:
-        raise RuntimeError(f"TRL run failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}\n{proc.stderr[-3000:]}")
+        raise RuntimeError(
+            f"TRL run failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}\n{proc.stderr[-3000:]}"
+        )
     raw = json.loads((out / "trl.json").read_text())
     steps = {k: step_stats(raw[k]["step_s"], raw[k]["tokens"], warmup) for k in ("sft", "grpo")}
     return {"steps": steps, "end_to_end_s": wall, "startup_s": {"imports_and_model_load": raw["load_s"]},
@@ -237,7 +266,9 @@ def evaluate_adapters(run: RunConfig, adapters: dict[int, dict[str, str]]) -> di
     init_ray(run.cluster, needed_cpus(run))
     try:
         with tempfile.TemporaryDirectory(prefix="polyray-peer-eval-") as tmp:
-            pool = RolloutPool.launch(str(model_dir), run.rollout, run.model.dtype, run.seed, open_store(Path(tmp) / "store"))
+            pool = RolloutPool.launch(
+                str(model_dir), run.rollout, run.model.dtype, run.seed, open_store(Path(tmp) / "store")
+            )
             try:
                 version = 0
                 for seed, dirs in adapters.items():
@@ -269,8 +300,13 @@ def paired(per_seed: dict[int, dict[str, Any]], path: tuple[str, ...]) -> dict[s
     seeds = sorted(per_seed)
     a = [at(per_seed[s]["polyray"], path) for s in seeds]
     b = [at(per_seed[s]["trl"], path) for s in seeds]
-    return {"polyray": a, "trl": b, "polyray_mean": statistics.mean(a), "trl_mean": statistics.mean(b),
-            "paired_t": paired_t(a, b).to_json()}  # fmt: skip
+    return {
+        "polyray": a,
+        "trl": b,
+        "polyray_mean": statistics.mean(a),
+        "trl_mean": statistics.mean(b),
+        "paired_t": paired_t(a, b).to_json(),
+    }
 
 
 # pass@k "at least TRL's": polyray's mean over seeds no more than this below TRL's, by a one-sided paired test
@@ -293,13 +329,22 @@ def compare_engines(per_seed: dict[int, dict[str, Any]], margin: float = NONINFE
         for k in first["polyray"]["eval"][key]:  # the config's eval.ks, in order
             c = compared[f"{key}_{k}"] = paired(per_seed, ("eval", key, k))
             c["noninferiority"] = noninferiority_paired(c["polyray"], c["trl"], margin).to_json()
-    ratios = {f"{name[:-2]}_polyray_vs_trl": compared[name]["polyray_mean"] / compared[name]["trl_mean"]
-              for name in ("grpo_step_s", "sft_step_s", "end_to_end_s")}  # fmt: skip
+    ratios = {
+        f"{name[:-2]}_polyray_vs_trl": compared[name]["polyray_mean"] / compared[name]["trl_mean"]
+        for name in ("grpo_step_s", "sft_step_s", "end_to_end_s")
+    }
     return compared, ratios
 
 
-def bench_peer(config: str, overrides: list[str], seeds: list[int], warmup: int, threads: int, on_stage=None,
-               margin: float = NONINFERIORITY_MARGIN) -> dict[str, Any]:  # fmt: skip
+def bench_peer(
+    config: str,
+    overrides: list[str],
+    seeds: list[int],
+    warmup: int,
+    threads: int,
+    on_stage=None,
+    margin: float = NONINFERIORITY_MARGIN,
+) -> dict[str, Any]:
     """polyray then TRL per seed (never at once), then TRL's adapters evaluated on one pool; the paired comparison,
     and for each test pass@k the paired non-inferiority test of polyray against TRL at ``margin``."""
     from polyray.config import load_config
@@ -328,8 +373,10 @@ def bench_peer(config: str, overrides: list[str], seeds: list[int], warmup: int,
         for r in per_seed[seed].values():
             r.pop("adapters")  # temporary directories, gone
     compared, ratios = compare_engines(per_seed, margin)
-    startup = {k: statistics.median(per_seed[s]["polyray"]["startup_s"][k] for s in seeds)
-               for k in per_seed[seeds[0]]["polyray"]["startup_s"]}  # fmt: skip
+    startup = {
+        k: statistics.median(per_seed[s]["polyray"]["startup_s"][k] for s in seeds)
+        for k in per_seed[seeds[0]]["polyray"]["startup_s"]
+    }
     return {"config": config, "overrides": overrides, "seeds": seeds, "warmup": warmup, "trl_threads": threads,
             "trl_version": per_seed[seeds[0]]["trl"]["trl_version"],
             "settings": settings, "per_seed": {str(s): r for s, r in per_seed.items()}, "compared": compared,
@@ -339,8 +386,9 @@ def bench_peer(config: str, overrides: list[str], seeds: list[int], warmup: int,
 # --------------------------------------------------------------------------- the larger model
 
 
-def bench_large(shape, prompts: int, n: int, tokens: int, repeats: int, threads: int, lora, learner_sequences: int,
-                on_stage=None) -> dict[str, Any]:  # fmt: skip
+def bench_large(
+    shape, prompts: int, n: int, tokens: int, repeats: int, threads: int, lora, learner_sequences: int, on_stage=None
+) -> dict[str, Any]:
     """On a random-weights model of ``shape`` (built here, nothing downloaded): vLLM / transformers ``generate``
     tokens/s at completions of exactly ``tokens`` (``prompts`` x ``n``, under the same random LoRA), and one
     GRPO learner step's tokens/s (:func:`polyray.drivers.bench.learner.run_case`, micro-batched)."""
@@ -358,8 +406,9 @@ def bench_large(shape, prompts: int, n: int, tokens: int, repeats: int, threads:
     prompt_ids = [[rng.randrange(3, shape.vocab) for _ in range(rng.randint(32, 64))] for _ in range(prompts)]
     batch = FixedLengthBatch(prompt_ids, n, tokens, seeds=list(range(prompts)))
     length = 64 + tokens
-    config = RolloutConfig(threads=threads, max_model_len=length, max_num_seqs=max(prompts * n, 1),
-                           max_lora_rank=max(16, lora.r))  # fmt: skip
+    config = RolloutConfig(
+        threads=threads, max_model_len=length, max_num_seqs=max(prompts * n, 1), max_lora_rank=max(16, lora.r)
+    )
     results: dict[str, Any] = {"shape": asdict(shape), "prompts": prompts, "n": n, "tokens": tokens, "threads": threads}
     with tempfile.TemporaryDirectory(prefix="polyray-bench-large-") as tmp:
         say(f"building a {shape.layers}-layer model of hidden {shape.hidden}, vocabulary {shape.vocab}")
@@ -372,8 +421,9 @@ def bench_large(shape, prompts: int, n: int, tokens: int, repeats: int, threads:
         results["transformers"] = fixed_length_hf(model_dir, "float32", batch, str(adapter_dir), threads, repeats)
         if learner_sequences:
             say(f"learner: one GRPO step of {learner_sequences} sequences x {length} tokens")
-            case = StepCase(learner_sequences, length, micro_batch_tokens=2048, logits_chunk_mib=256, lora_r=lora.r,
-                            threads=threads)
+            case = StepCase(
+                learner_sequences, length, micro_batch_tokens=2048, logits_chunk_mib=256, lora_r=lora.r, threads=threads
+            )
             results["learner"] = run_case(model_dir, case)
     results["vllm_vs_transformers"] = results["vllm"]["tokens_per_s"] / results["transformers"]["tokens_per_s"]
     return results
@@ -392,15 +442,19 @@ def print_peer(results: dict[str, Any], console) -> None:
 
     s = results["settings"]
     g = s["grpo"]
-    table = Table(title=f"polyray vs TRL {results['trl_version']}: {len(results['seeds'])} seed(s), SFT"
-                        f" {s['sft']['max_steps']} steps x {s['sft']['per_device_train_batch_size']}, GRPO {g['max_steps']}"
-                        f" steps x {g['per_device_train_batch_size'] // g['num_generations']} prompts x {g['num_generations']},"
-                        f" {g['max_completion_length']} tokens, T {g['temperature']:g}, LoRA r {s['lora']['r']}, both in {s['dtype']}"
-                        f"{', gradient checkpointing' if g.get('gradient_checkpointing') else ''}")  # fmt: skip
-    table.caption = ("step s: median over the steps after warm-up (per seed, then the mean over seeds); tokens/s:"
-                     " completion tokens per second of step; end to end: start to trained GRPO adapter, evaluations"
-                     " excluded; p: paired t-test over seeds of polyray − TRL; ≥ TRL − m: one-sided paired"
-                     " non-inferiority test of pass@k at margin m (p, and the one-sided 95% lower bound)")  # fmt: skip
+    table = Table(
+        title=f"polyray vs TRL {results['trl_version']}: {len(results['seeds'])} seed(s), SFT"
+        f" {s['sft']['max_steps']} steps x {s['sft']['per_device_train_batch_size']}, GRPO {g['max_steps']}"
+        f" steps x {g['per_device_train_batch_size'] // g['num_generations']} prompts x {g['num_generations']},"
+        f" {g['max_completion_length']} tokens, T {g['temperature']:g}, LoRA r {s['lora']['r']}, both in {s['dtype']}"
+        f"{', gradient checkpointing' if g.get('gradient_checkpointing') else ''}"
+    )
+    table.caption = (
+        "step s: median over the steps after warm-up (per seed, then the mean over seeds); tokens/s:"
+        " completion tokens per second of step; end to end: start to trained GRPO adapter, evaluations"
+        " excluded; p: paired t-test over seeds of polyray − TRL; ≥ TRL − m: one-sided paired"
+        " non-inferiority test of pass@k at margin m (p, and the one-sided 95% lower bound)"
+    )
     for col in ("measure", "polyray", "TRL", "polyray / TRL", "polyray − TRL (95% CI)", "p", "≥ TRL − m"):
         table.add_column(col, justify="left" if col == "measure" else "right")
     for name, c in results["compared"].items():
@@ -408,13 +462,25 @@ def print_peer(results: dict[str, Any], console) -> None:
         ci = f"[{t['low']:+.3f}, {t['high']:+.3f}]" if t.get("low") is not None else "-"
         ratio = c["polyray_mean"] / c["trl_mean"] if c["trl_mean"] else float("nan")
         ni = c.get("noninferiority")
-        shown = "-" if not ni or ni["pvalue"] is None else f"m {ni['margin']:g}: p {ni['pvalue']:.3f}, > {ni['low']:+.3f}"
-        table.add_row(name.replace("_", " "), f"{c['polyray_mean']:.3f}", f"{c['trl_mean']:.3f}", f"{ratio:.2f}", ci,
-                      _cell(t, "pvalue", "{:.3f}"), shown)  # fmt: skip
+        shown = (
+            "-" if not ni or ni["pvalue"] is None else f"m {ni['margin']:g}: p {ni['pvalue']:.3f}, > {ni['low']:+.3f}"
+        )
+        table.add_row(
+            name.replace("_", " "),
+            f"{c['polyray_mean']:.3f}",
+            f"{c['trl_mean']:.3f}",
+            f"{ratio:.2f}",
+            ci,
+            _cell(t, "pvalue", "{:.3f}"),
+            shown,
+        )
     console.print(table)
     per = results["per_seed"]
-    iqr = "; ".join(f"seed {seed}: GRPO IQR polyray {r['polyray']['steps']['grpo']['iqr_s']:.3f} s,"
-                    f" TRL {r['trl']['steps']['grpo']['iqr_s']:.3f} s" for seed, r in per.items())  # fmt: skip
+    iqr = "; ".join(
+        f"seed {seed}: GRPO IQR polyray {r['polyray']['steps']['grpo']['iqr_s']:.3f} s,"
+        f" TRL {r['trl']['steps']['grpo']['iqr_s']:.3f} s"
+        for seed, r in per.items()
+    )
     console.print(iqr)
     startup = ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in results["polyray_startup_s"].items())
     console.print(f"polyray's fixed costs (medians over seeds, measured by the run): {startup}")
@@ -423,10 +489,12 @@ def print_peer(results: dict[str, Any], console) -> None:
 def print_large(results: dict[str, Any], console) -> None:
     s = results["shape"]
     v, t = results["vllm"], results["transformers"]
-    console.print(f"{s['layers']}-layer Qwen3 (hidden {s['hidden']}, vocabulary {s['vocab']}), {results['prompts']} prompts"
-                  f" x {results['n']}, {results['tokens']} tokens each, {results['threads']} thread(s): vLLM"
-                  f" {v['tokens_per_s']:.0f} tokens/s, transformers generate {t['tokens_per_s']:.0f} tokens/s,"
-                  f" ratio {results['vllm_vs_transformers']:.2f}")  # fmt: skip
+    console.print(
+        f"{s['layers']}-layer Qwen3 (hidden {s['hidden']}, vocabulary {s['vocab']}), {results['prompts']} prompts"
+        f" x {results['n']}, {results['tokens']} tokens each, {results['threads']} thread(s): vLLM"
+        f" {v['tokens_per_s']:.0f} tokens/s, transformers generate {t['tokens_per_s']:.0f} tokens/s,"
+        f" ratio {results['vllm_vs_transformers']:.2f}"
+    )
     if "learner" in results:
         case = results["learner"]
         if "error" in case:

@@ -17,8 +17,15 @@ from typing import Any
 from polyray.drivers.bench.peer import _phase, mean_reference_tokens, peer_settings
 
 # every trainer's arguments: CPU, no checkpoints or reports, a log row per step
-TRAINER_ARGS = dict(use_cpu=True, logging_steps=1, save_strategy="no", report_to=[], disable_tqdm=True,
-                    gradient_accumulation_steps=1, dataloader_num_workers=0)  # fmt: skip
+TRAINER_ARGS = dict(
+    use_cpu=True,
+    logging_steps=1,
+    save_strategy="no",
+    report_to=[],
+    disable_tqdm=True,
+    gradient_accumulation_steps=1,
+    dataloader_num_workers=0,
+)
 
 
 def _step_timer():
@@ -50,12 +57,19 @@ def _sft(base, tokenizer, train, settings: dict[str, Any], out: Path) -> dict[st
 
     s, timer = settings["sft"], _step_timer()
     sft = SFTTrainer(
-        model=base, processing_class=tokenizer,
+        model=base,
+        processing_class=tokenizer,
         train_dataset=Dataset.from_list([{"prompt": p.text, "completion": p.reference} for p in train]),
-        args=SFTConfig(output_dir=str(out / "trl-sft-work"), completion_only_loss=True, packing=False,
-                       **{k: v for k, v in s.items() if k != "name"}, **TRAINER_ARGS),
-        peft_config=PeftLoraConfig(task_type="CAUSAL_LM", bias="none", **settings["lora"]), callbacks=[timer],
-    )  # fmt: skip
+        args=SFTConfig(
+            output_dir=str(out / "trl-sft-work"),
+            completion_only_loss=True,
+            packing=False,
+            **{k: v for k, v in s.items() if k != "name"},
+            **TRAINER_ARGS,
+        ),
+        peft_config=PeftLoraConfig(task_type="CAUSAL_LM", bias="none", **settings["lora"]),
+        callbacks=[timer],
+    )
     sft.train()
     sft.model.save_pretrained(str(out / "trl-sft"), selected_adapters=["default"])
     ref_tokens = mean_reference_tokens(tokenizer, train)
@@ -80,12 +94,18 @@ def _grpo(run, task, policy, tokenizer, train, settings: dict[str, Any], out: Pa
 
     timer = _step_timer()
     trainer = GRPOTrainer(
-        model=policy, reward_funcs=countdown_reward, processing_class=tokenizer,
+        model=policy,
+        reward_funcs=countdown_reward,
+        processing_class=tokenizer,
         train_dataset=Dataset.from_list([{"prompt": p.text} for p in train]),
-        args=GRPOConfig(output_dir=str(out / "trl-grpo-work"), log_completions=False,
-                        **{k: v for k, v in g.items() if k != "name"}, **TRAINER_ARGS),
+        args=GRPOConfig(
+            output_dir=str(out / "trl-grpo-work"),
+            log_completions=False,
+            **{k: v for k, v in g.items() if k != "name"},
+            **TRAINER_ARGS,
+        ),
         callbacks=[timer],
-    )  # fmt: skip
+    )
     trainer.train()
     trainer.model.save_pretrained(str(out / "trl-grpo"), selected_adapters=["default"])
     batch = g["per_device_train_batch_size"]
@@ -118,8 +138,9 @@ def main(spec: dict[str, Any]) -> None:
     result: dict[str, Any] = {"trl_version": trl.__version__, "load_s": time.perf_counter() - started}
     result["sft"] = _sft(base, tokenizer, train, settings, out)
     del base
-    policy = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype),
-                                       spec["sft_adapter"], is_trainable=True)  # start = KL reference
+    policy = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype), spec["sft_adapter"], is_trainable=True
+    )  # start = KL reference
     result["grpo"] = _grpo(run, task, policy, tokenizer, train, settings, out)
     (out / "trl.json").write_text(json.dumps(result))
 

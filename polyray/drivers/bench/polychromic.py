@@ -12,12 +12,21 @@ from rich.table import Table
 from polyray.drivers.bench.common import _step_stats, console
 
 # an override -> what it adds to a polychromic variant's label
-VARIANT_TAGS = {"phases.0.async_rollouts=true": ", async", "learner.sync_check_every=1": ", canary every step",
-                "learner.publish_behind_step=false": ", publish waits", "phases.0.embedding_dtype=float32": ", float32 encoder"}  # fmt: skip
+VARIANT_TAGS = {
+    "phases.0.async_rollouts=true": ", async",
+    "learner.sync_check_every=1": ", canary every step",
+    "learner.publish_behind_step=false": ", publish waits",
+    "phases.0.embedding_dtype=float32": ", float32 encoder",
+}
 
 
 def bench_polychromic(
-    steps: int, config: str, diversity: list[str], warmup: int = 3, with_async: bool = True, with_canary: bool = True,
+    steps: int,
+    config: str,
+    diversity: list[str],
+    warmup: int = 3,
+    with_async: bool = True,
+    with_canary: bool = True,
     with_floor: bool = True,
 ) -> dict[str, dict[str, float]]:
     """Run SFT (and its floor, SFT on as many sequences as a polychromic step, when ``with_floor``), then
@@ -33,7 +42,12 @@ def bench_polychromic(
     from polyray.rollout.pool import RolloutPool
     from polyray.rollout.store import open_store
 
-    phases = [f"phases.0.steps={steps}", "phases.0.checkpoint_every=1000", "learner.num_workers=1", "rollout.num_workers=1"]
+    phases = [
+        f"phases.0.steps={steps}",
+        "phases.0.checkpoint_every=1000",
+        "learner.num_workers=1",
+        "rollout.num_workers=1",
+    ]
     sft = load_config(config, phases)
     model_dir = prepare_model_dir(sft.model, sft.task)
     init_ray(sft.cluster, needed_cpus(sft))
@@ -54,8 +68,16 @@ def bench_polychromic(
         try:
             version = _fit_sft(config, phases, with_floor, fit)
             for i, (name, extra) in enumerate(polychromic_variants(diversity, with_async, with_canary)):
-                poly = load_config(config, [*phases, "phases.0.type=polychromic_sft", f"phases.0.name=poly{i}",
-                                            f"phases.0.diversity={name}", *extra])
+                poly = load_config(
+                    config,
+                    [
+                        *phases,
+                        "phases.0.type=polychromic_sft",
+                        f"phases.0.name=poly{i}",
+                        f"phases.0.diversity={name}",
+                        *extra,
+                    ],
+                )
                 version = fit(poly, f"poly{i}", variant_label(name, extra), version)
         finally:
             logs.close()
@@ -74,7 +96,9 @@ def _fit_sft(config: str, phases: list[str], with_floor: bool, fit) -> int:
     same = poly0.batch_size + poly0.prompts_per_step * poly0.n_samples
     if with_floor:
         big = load_config(config, [*phases, f"phases.0.batch_size={same}", "phases.0.name=sft_same"])
-        version = fit(big, "sft_same", floor_label(same), version, f"standard SFT on {same} sequences (references + samples)")
+        version = fit(
+            big, "sft_same", floor_label(same), version, f"standard SFT on {same} sequences (references + samples)"
+        )
     return version
 
 
@@ -126,17 +150,26 @@ def polychromic_floors(results: dict[str, dict[str, float]]) -> list[tuple[str, 
 
 def print_polychromic(results: dict[str, dict[str, float]]) -> None:
     base = results["sft"]["step_s"]
-    table = Table(title="polychromic SFT vs standard SFT, 1 rollout worker + 1 learner worker: median step time after warm-up")
-    table.caption = ("rollout s = generation the step waits for; canary s = the sync check after publishing;"
-                     " update s = the rest (forward/backward, optimizer, broadcast)")
+    table = Table(
+        title="polychromic SFT vs standard SFT, 1 rollout worker + 1 learner worker: median step time after warm-up"
+    )
+    table.caption = (
+        "rollout s = generation the step waits for; canary s = the sync check after publishing;"
+        " update s = the rest (forward/backward, optimizer, broadcast)"
+    )
     for col in ("phase", "step s", "÷ SFT", "rollout s", "diversity s", "sync s", "canary s", "update s"):
         table.add_column(col, justify="right" if col != "phase" else "left")
     for name, r in results.items():
         parts = [r.get(k, 0.0) for k in ("rollout_s", "diversity_s", "sync_s")]
         canary = r.get("canary_s", 0.0)
-        table.add_row(escape(name), f"{r['step_s']:.3f}", f"{r['step_s'] / base:.2f}x", *(f"{v:.3f}" for v in parts),
-                      f"{canary:.3f}" if "canary_s" in r else "–", f"{r['step_s'] - sum(parts) - canary:.3f}")
+        table.add_row(
+            escape(name),
+            f"{r['step_s']:.3f}",
+            f"{r['step_s'] / base:.2f}x",
+            *(f"{v:.3f}" for v in parts),
+            f"{canary:.3f}" if "canary_s" in r else "–",
+            f"{r['step_s'] - sum(parts) - canary:.3f}",
+        )
     console.print(table)
     for name, ratio in polychromic_floors(results):
         console.print(f"{escape(name)} / its floor (SFT on as many sequences, sampling hidden): {ratio:.2f}")
-

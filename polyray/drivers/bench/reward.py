@@ -139,15 +139,21 @@ def bench_reward(n_requests: int = 300, max_seconds: float = 20.0) -> dict[str, 
             serve.start(http_options={"host": "127.0.0.1", "port": port})
             serve.run(build_app({"rewards": {"engagement": {"model_path": tmp}}}), name="reward", route_prefix="/")
             url = f"http://127.0.0.1:{port}"
-            countdown = [{"prompt": "nums 3 4 9 target 12\nexpr:", "completion": c} for c in
-                         (" 3+9", " 4*3", " 9+4-1", " 3*4", " 12", " 9+3", " 4+9-1", " 3+4")]
-            engagement = [{"prompt": "I ran my first 10k today!", "completion": f"Congrats! What was your pace, {i}?"}
-                          for i in range(8)]
+            countdown = [
+                {"prompt": "nums 3 4 9 target 12\nexpr:", "completion": c}
+                for c in (" 3+9", " 4*3", " 9+4-1", " 3*4", " 12", " 9+3", " 4+9-1", " 3+4")
+            ]
+            engagement = [
+                {"prompt": "I ran my first 10k today!", "completion": f"Congrats! What was your pace, {i}?"}
+                for i in range(8)
+            ]
             for reward, items in (("countdown", countdown), ("engagement", engagement)):
                 httpx.post(f"{url}/v1/rewards", json={"reward": reward, "items": items}, timeout=120).raise_for_status()
                 for concurrency in (1, 32):  # measured after one warm-up request (encoder load)
                     with console.status(f"{reward}: {concurrency} concurrent client(s)"):
-                        results["http"].append(bench_reward_http(url, reward, items, concurrency, n_requests, max_seconds))
+                        results["http"].append(
+                            bench_reward_http(url, reward, items, concurrency, n_requests, max_seconds)
+                        )
         finally:
             serve.shutdown()
             ray.shutdown()
@@ -161,9 +167,18 @@ def print_reward(results: dict[str, Any]) -> None:
     for col in ("reward", "clients", "requests", "errors", "req/s", "p50 ms", "p99 ms"):
         table.add_column(col, justify="left" if col == "reward" else "right")
     for r in results["http"]:
-        table.add_row(r["reward"], str(r["concurrency"]), str(r["requests"]), str(r["errors"]), f"{r['rps']:.1f}",
-                      f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}")
+        table.add_row(
+            r["reward"],
+            str(r["concurrency"]),
+            str(r["requests"]),
+            str(r["errors"]),
+            f"{r['rps']:.1f}",
+            f"{r['p50_ms']:.1f}",
+            f"{r['p99_ms']:.1f}",
+        )
     console.print(table)
     b = results["engagement_batching"]
-    console.print(f"engagement model, {b['n']} pairs: batched {b['batched_items_per_s']:.0f} items/s, "
-                  f"unbatched {b['unbatched_items_per_s']:.0f} items/s, ratio {b['ratio']:.2f}x")
+    console.print(
+        f"engagement model, {b['n']} pairs: batched {b['batched_items_per_s']:.0f} items/s, "
+        f"unbatched {b['unbatched_items_per_s']:.0f} items/s, ratio {b['ratio']:.2f}x"
+    )

@@ -61,8 +61,13 @@ def token_ids_sha256(repeats: Iterable[Samples]) -> str:
 def _rate(samples: list[Samples], seconds: list[float]) -> dict[str, Any]:
     """Tokens/s over the timed repeats (the same batch each time), and the digest of what they sampled."""
     tokens = sum(len(ids) for groups in samples for group in groups for ids in group)
-    return {"repeats": len(seconds), "tokens": tokens, "seconds": round(sum(seconds), 3),
-            "tokens_per_s": tokens / sum(seconds), "token_ids_sha256": token_ids_sha256(samples)}  # fmt: skip
+    return {
+        "repeats": len(seconds),
+        "tokens": tokens,
+        "seconds": round(sum(seconds), 3),
+        "tokens_per_s": tokens / sum(seconds),
+        "token_ids_sha256": token_ids_sha256(samples),
+    }
 
 
 def _timed(run: Callable[[], Any], ids: Callable[[Any], Samples], repeats: int, warmups: int = 2) -> dict[str, Any]:
@@ -101,8 +106,14 @@ def pool_throughput(pool, batch: RolloutBatch, version: int, repeats: int = 3) -
 
 
 def raw_llm_throughput(
-    model_dir: str, config: RolloutConfig, dtype: str, batch: RolloutBatch, adapter_dir: str, repeats: int = 3,
-    polyray_plugin: bool = True, detokenizer: bool = False,
+    model_dir: str,
+    config: RolloutConfig,
+    dtype: str,
+    batch: RolloutBatch,
+    adapter_dir: str,
+    repeats: int = 3,
+    polyray_plugin: bool = True,
+    detokenizer: bool = False,
 ) -> dict[str, Any]:
     """The batch through a bare ``vllm.LLM`` in a fresh process with the rollout worker's environment
     (set before torch loads: thread caps), engine arguments and sampling parameters, under the peft
@@ -137,8 +148,15 @@ def _in_rollout_process(config: RolloutConfig, env: dict[str, str], fn, *args):
         os.environ.update(saved)
 
 
-def _raw_llm(model_dir: str, config: RolloutConfig, dtype: str, batch: RolloutBatch, adapter_dir: str, repeats: int,
-             detokenizer: bool = False):  # fmt: skip
+def _raw_llm(
+    model_dir: str,
+    config: RolloutConfig,
+    dtype: str,
+    batch: RolloutBatch,
+    adapter_dir: str,
+    repeats: int,
+    detokenizer: bool = False,
+):
     from vllm import LLM
     from vllm.lora.request import LoRARequest
 
@@ -207,9 +225,19 @@ def hf_throughput(model_dir: str, dtype: str, batch: RolloutBatch, adapter_dir: 
 
     def run():
         with torch.no_grad():
-            out = model.generate(**enc, do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=0,
-                                 max_new_tokens=s.max_tokens, num_return_sequences=batch.n, return_dict_in_generate=True,
-                                 output_logits=True, pad_token_id=tokenizer.pad_token_id, **stop)  # fmt: skip
+            out = model.generate(
+                **enc,
+                do_sample=True,
+                temperature=s.temperature,
+                top_p=s.top_p,
+                top_k=0,
+                max_new_tokens=s.max_tokens,
+                num_return_sequences=batch.n,
+                return_dict_in_generate=True,
+                output_logits=True,
+                pad_token_id=tokenizer.pad_token_id,
+                **stop,
+            )
             new = out.sequences[:, width:]
             logits = torch.stack(out.logits, dim=1).float() / s.temperature
             logp = torch.log_softmax(logits, -1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
@@ -242,9 +270,14 @@ def _latency(seconds: list[float], loaded: list[float]) -> dict[str, Any]:
     """``seconds``: per sync, the whole; ``loaded``: the part until every worker held the weights (the rest
     is the first generate with them). The first sync warms the engines up: not counted."""
     timed, load = seconds[1:], loaded[1:]
-    return {"syncs": len(timed), "first_ms": 1000 * seconds[0], "median_ms": 1000 * statistics.median(timed),
-            "max_ms": 1000 * max(timed), "load_median_ms": 1000 * statistics.median(load),
-            "first_use_median_ms": 1000 * statistics.median(t - lo for t, lo in zip(timed, load))}  # fmt: skip
+    return {
+        "syncs": len(timed),
+        "first_ms": 1000 * seconds[0],
+        "median_ms": 1000 * statistics.median(timed),
+        "max_ms": 1000 * max(timed),
+        "load_median_ms": 1000 * statistics.median(load),
+        "first_use_median_ms": 1000 * statistics.median(t - lo for t, lo in zip(timed, load)),
+    }
 
 
 def adapter_sync_latency(pool, model, extract_adapter, syncs: int) -> dict[str, Any]:
@@ -319,8 +352,9 @@ class FixedLengthBatch:
         return len(self.prompt_ids) * self.n * self.tokens
 
 
-def fixed_length_vllm(model_dir: str, config: RolloutConfig, dtype: str, batch: FixedLengthBatch, adapter_dir: str,
-                      repeats: int = 2) -> dict[str, Any]:  # fmt: skip
+def fixed_length_vllm(
+    model_dir: str, config: RolloutConfig, dtype: str, batch: FixedLengthBatch, adapter_dir: str, repeats: int = 2
+) -> dict[str, Any]:
     """The batch through a bare ``vllm.LLM`` (the rollout worker's engine arguments and environment, in a
     fresh process) under the peft adapter in ``adapter_dir``; no detokenization (the model's tokenizer
     may know only its special tokens)."""
@@ -336,17 +370,30 @@ def _fixed_length_vllm(model_dir, config, dtype, batch: FixedLengthBatch, adapte
 
     llm = LLM(**engine_kwargs(model_dir, config, dtype), skip_tokenizer_init=True)
     prompts = [TokensPrompt(prompt_token_ids=ids) for ids in batch.prompt_ids]
-    params = [SamplingParams(n=batch.n, temperature=batch.temperature, max_tokens=batch.tokens, min_tokens=batch.tokens,
-                             ignore_eos=True, detokenize=False, logprobs=0, seed=seed) for seed in batch.seeds]  # fmt: skip
+    params = [
+        SamplingParams(
+            n=batch.n,
+            temperature=batch.temperature,
+            max_tokens=batch.tokens,
+            min_tokens=batch.tokens,
+            ignore_eos=True,
+            detokenize=False,
+            logprobs=0,
+            seed=seed,
+        )
+        for seed in batch.seeds
+    ]
     lora = LoRARequest("policy-v1", 1, adapter_dir)
+
     def run():
         return llm.generate(prompts, params, lora_request=lora, use_tqdm=False)
 
     return _timed(run, _vllm_ids, repeats, warmups=1)
 
 
-def fixed_length_hf(model_dir: str, dtype: str, batch: FixedLengthBatch, adapter_dir: str, threads: int,
-                    repeats: int = 2) -> dict[str, Any]:  # fmt: skip
+def fixed_length_hf(
+    model_dir: str, dtype: str, batch: FixedLengthBatch, adapter_dir: str, threads: int, repeats: int = 2
+) -> dict[str, Any]:
     """The batch through transformers ``generate`` (left-padded, ``num_return_sequences = n``, KV cache,
     ``min_new_tokens = max_new_tokens``, the sampled tokens' log-probs) on the base with the peft adapter."""
     import torch
@@ -364,10 +411,20 @@ def fixed_length_hf(model_dir: str, dtype: str, batch: FixedLengthBatch, adapter
 
     def run():
         with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=batch.temperature,
-                                 top_p=1.0, top_k=0, max_new_tokens=batch.tokens, min_new_tokens=batch.tokens,
-                                 num_return_sequences=batch.n, return_dict_in_generate=True, output_logits=True,
-                                 pad_token_id=pad)  # fmt: skip
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                do_sample=True,
+                temperature=batch.temperature,
+                top_p=1.0,
+                top_k=0,
+                max_new_tokens=batch.tokens,
+                min_new_tokens=batch.tokens,
+                num_return_sequences=batch.n,
+                return_dict_in_generate=True,
+                output_logits=True,
+                pad_token_id=pad,
+            )
             new = out.sequences[:, width:]
             logp = torch.log_softmax(torch.stack(out.logits, dim=1).float() / batch.temperature, -1)
             logp = logp.gather(-1, new.unsqueeze(-1)).squeeze(-1)
@@ -400,5 +457,11 @@ def sync_floor(adapter: dict[str, Any], directory: str | Path, repeats: int = 5)
             write_adapter_dir(Path(tmp) / f"v{i}", {"config": adapter["config"], "tensors": copies})
             write_s.append(time.perf_counter() - started)
     copy, write = statistics.median(copy_s[1:]), statistics.median(write_s[1:])
-    return {"bytes": nbytes, "memcpy_ms": 1000 * copy, "write_ms": 1000 * write, "floor_ms": 1000 * (copy + write),
-            "memcpy_bytes_per_s": nbytes / copy, "write_bytes_per_s": nbytes / write}  # fmt: skip
+    return {
+        "bytes": nbytes,
+        "memcpy_ms": 1000 * copy,
+        "write_ms": 1000 * write,
+        "floor_ms": 1000 * (copy + write),
+        "memcpy_bytes_per_s": nbytes / copy,
+        "write_bytes_per_s": nbytes / write,
+    }

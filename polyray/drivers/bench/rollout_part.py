@@ -12,10 +12,13 @@ from rich.table import Table
 from polyray.drivers.bench.common import _grpo_batch, _random_adapter, console
 
 # results key -> its row in print_rollout
-ROLLOUT_ENGINES = {"raw_llm": "bare vllm.LLM (own process, no Ray)",
-                   "raw_llm_vllm_lora_ops": "bare vllm.LLM, vLLM's own CPU LoRA ops",
-                   "transformers": "transformers generate", "pool_1": "RolloutPool, 1 worker",
-                   "pool_2": "RolloutPool, 2 workers"}  # fmt: skip
+ROLLOUT_ENGINES = {
+    "raw_llm": "bare vllm.LLM (own process, no Ray)",
+    "raw_llm_vllm_lora_ops": "bare vllm.LLM, vLLM's own CPU LoRA ops",
+    "transformers": "transformers generate",
+    "pool_1": "RolloutPool, 1 worker",
+    "pool_2": "RolloutPool, 2 workers",
+}
 
 
 def bench_rollout(
@@ -49,16 +52,20 @@ def bench_rollout(
     return results
 
 
-def _bare_engines(run, model_dir: str, batch, adapter_dir: str, repeats: int, vllm_lora_ops: bool,
-                  results: dict[str, Any]) -> None:  # fmt: skip
+def _bare_engines(
+    run, model_dir: str, batch, adapter_dir: str, repeats: int, vllm_lora_ops: bool, results: dict[str, Any]
+) -> None:
     """Into ``results``: the bare engine (and its detokenizer ways), vLLM's own LoRA ops, transformers."""
     from polyray.drivers.bench import rollout as bench
 
     one = run.rollout.model_copy(update={"num_workers": 1})
-    with console.status(f"bare vllm.LLM: {len(batch.prompts)} prompts x {batch.n}; then token ids and one"
-                        " decode against vLLM's detokenizer, on the same engine"):
-        results["raw_llm"] = bench.raw_llm_throughput(model_dir, one, run.model.dtype, batch, adapter_dir, repeats,
-                                                      detokenizer=True)  # fmt: skip
+    with console.status(
+        f"bare vllm.LLM: {len(batch.prompts)} prompts x {batch.n}; then token ids and one"
+        " decode against vLLM's detokenizer, on the same engine"
+    ):
+        results["raw_llm"] = bench.raw_llm_throughput(
+            model_dir, one, run.model.dtype, batch, adapter_dir, repeats, detokenizer=True
+        )
         results["detokenizer"] = results["raw_llm"].pop("detokenizer")
     if vllm_lora_ops:  # a reference only: the same harness as raw_llm, polyray's plugin off
         with console.status("bare vllm.LLM with vLLM's own CPU LoRA ops"):
@@ -70,8 +77,17 @@ def _bare_engines(run, model_dir: str, batch, adapter_dir: str, repeats: int, vl
                                                       repeats)  # fmt: skip
 
 
-def _pool(run, model_dir: str, batch, adapter: dict[str, Any], tmp: str, workers: int, repeats: int, syncs: int,
-          results: dict[str, Any]) -> None:  # fmt: skip
+def _pool(
+    run,
+    model_dir: str,
+    batch,
+    adapter: dict[str, Any],
+    tmp: str,
+    workers: int,
+    repeats: int,
+    syncs: int,
+    results: dict[str, Any],
+) -> None:
     """Into ``results``: a pool of ``workers`` workers' tokens/s; with one worker, also the weight syncs."""
     from polyray.drivers.bench import rollout as bench
     from polyray.rollout.pool import RolloutPool
@@ -79,8 +95,9 @@ def _pool(run, model_dir: str, batch, adapter: dict[str, Any], tmp: str, workers
 
     cfg = run.rollout.model_copy(update={"num_workers": workers})
     with console.status(f"RolloutPool, {workers} worker(s): starting"):
-        pool = RolloutPool.launch(model_dir, cfg, run.model.dtype, run.seed,
-                                  store=open_store(Path(tmp) / f"store{workers}"))  # fmt: skip
+        pool = RolloutPool.launch(
+            model_dir, cfg, run.model.dtype, run.seed, store=open_store(Path(tmp) / f"store{workers}")
+        )
     try:
         pool.publish(1, adapter)
         with console.status(f"RolloutPool, {workers} worker(s): generating"):
@@ -111,8 +128,10 @@ def rollout_ratios(results: dict[str, Any]) -> dict[str, float]:
     tps = {k: results[k]["tokens_per_s"] for k in ROLLOUT_ENGINES if k in results}
     ratios = {
         "pool_vs_raw_llm": tps["pool_1"] / tps["raw_llm"],
-        "ids_then_decode_vs_vllm_detokenizer": (results["detokenizer"]["ids_then_decode"]["tokens_per_s"]
-                                                / results["detokenizer"]["vllm_detokenizer"]["tokens_per_s"]),
+        "ids_then_decode_vs_vllm_detokenizer": (
+            results["detokenizer"]["ids_then_decode"]["tokens_per_s"]
+            / results["detokenizer"]["vllm_detokenizer"]["tokens_per_s"]
+        ),
         "vllm_vs_transformers": tps["raw_llm"] / tps["transformers"],
         "adapter_sync_vs_full_reload": results["adapter_sync"]["median_ms"] / results["full_reload"]["median_ms"],
         "adapter_publish_vs_floor": results["adapter_sync"]["load_median_ms"] / results["sync_floor"]["floor_ms"],
@@ -124,8 +143,10 @@ def rollout_ratios(results: dict[str, Any]) -> dict[str, float]:
 
 
 def print_rollout(results: dict[str, Any]) -> None:
-    table = Table(title=f"rollouts: {results['prompts']} prompts x n={results['n']}, max_tokens={results['max_tokens']}"
-                        " (the GRPO step's batch), completion tokens/s")  # fmt: skip
+    table = Table(
+        title=f"rollouts: {results['prompts']} prompts x n={results['n']}, max_tokens={results['max_tokens']}"
+        " (the GRPO step's batch), completion tokens/s"
+    )
     for col in ("engine", "tokens", "seconds", "tokens/s"):
         table.add_column(col, justify="left" if col == "engine" else "right")
     for key, name in ROLLOUT_ENGINES.items():
@@ -135,14 +156,18 @@ def print_rollout(results: dict[str, Any]) -> None:
         table.add_row(name, str(r["tokens"]), f"{r['seconds']:.2f}", f"{r['tokens_per_s']:.0f}")
     console.print(table)
     d = results["detokenizer"]
-    console.print(f"bare vllm.LLM, token ids then one decode (the rollout workers): {d['ids_then_decode']['tokens_per_s']:.0f}"
-                  f" tokens/s; with vLLM's detokenizer: {d['vllm_detokenizer']['tokens_per_s']:.0f} tokens/s"
-                  f" ({results['ratios']['ids_then_decode_vs_vllm_detokenizer']:.2f}x)")
+    console.print(
+        f"bare vllm.LLM, token ids then one decode (the rollout workers): {d['ids_then_decode']['tokens_per_s']:.0f}"
+        f" tokens/s; with vLLM's detokenizer: {d['vllm_detokenizer']['tokens_per_s']:.0f} tokens/s"
+        f" ({results['ratios']['ids_then_decode_vs_vllm_detokenizer']:.2f}x)"
+    )
     a, f = results["adapter_sync"], results["full_reload"]
-    console.print(f"weights -> generating on every worker (medians of {a['syncs']}): adapter {a['median_ms']:.0f} ms"
-                  f" (publish {a['load_median_ms']:.0f} + first use {a['first_use_median_ms']:.0f}), full-weights reload"
-                  f" {f['median_ms']:.0f} ms (merge, write, reload {f['load_median_ms']:.0f} + first use"
-                  f" {f['first_use_median_ms']:.0f})")
+    console.print(
+        f"weights -> generating on every worker (medians of {a['syncs']}): adapter {a['median_ms']:.0f} ms"
+        f" (publish {a['load_median_ms']:.0f} + first use {a['first_use_median_ms']:.0f}), full-weights reload"
+        f" {f['median_ms']:.0f} ms (merge, write, reload {f['load_median_ms']:.0f} + first use"
+        f" {f['first_use_median_ms']:.0f})"
+    )
     fl = results["sync_floor"]
     mib = fl["bytes"] / 2**20
     console.print(f"adapter publish against the bytes moved ({mib:.2f} MiB): {mib / (a['load_median_ms'] / 1000):.0f} MiB/s;"

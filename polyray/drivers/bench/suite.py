@@ -76,30 +76,53 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, float, str]]:
         if "ratio" in results["grpo"]:
             rows.append(("GRPO step, one ahead / synchronous", results["grpo"]["ratio"], "<= 0.65"))
         if "async_vs_floor" in results["grpo"]:
-            rows.append(("GRPO step, one ahead / max(rollout + reward, update + publish)",
-                         results["grpo"]["async_vs_floor"], "<= 1.1"))  # fmt: skip
+            rows.append(
+                (
+                    "GRPO step, one ahead / max(rollout + reward, update + publish)",
+                    results["grpo"]["async_vs_floor"],
+                    "<= 1.1",
+                )
+            )
         if "publish_behind_vs_waits" in results["grpo"]:
-            rows.append(("GRPO step, one ahead: publish behind the step / waited for", results["grpo"]["publish_behind_vs_waits"], "-"))
+            rows.append(
+                (
+                    "GRPO step, one ahead: publish behind the step / waited for",
+                    results["grpo"]["publish_behind_vs_waits"],
+                    "-",
+                )
+            )
         if "packed_vs_unpacked" in results["grpo"]:
-            rows.append(("GRPO step, one ahead: samples packed / one a row", results["grpo"]["packed_vs_unpacked"], "-"))
+            rows.append(
+                ("GRPO step, one ahead: samples packed / one a row", results["grpo"]["packed_vs_unpacked"], "-")
+            )
         if "rollout_reference_vs_learner" in results["grpo"]:
             rows.append(("GRPO step, one ahead: KL reference on the rollout worker / on the learner",
                          results["grpo"]["rollout_reference_vs_learner"], "-"))  # fmt: skip
     if "polychromic" in results:
         p = results["polychromic"]
-        rows += [(f"{name} step / SFT step", r["step_s"] / p["sft"]["step_s"], "-") for name, r in p.items()
-                 if not name.startswith("sft")]  # fmt: skip
-        rows += [(f"{name} step / SFT step on references + samples", ratio, "<= 1.2") for name, ratio in polychromic_floors(p)]
+        rows += [
+            (f"{name} step / SFT step", r["step_s"] / p["sft"]["step_s"], "-")
+            for name, r in p.items()
+            if not name.startswith("sft")
+        ]
+        rows += [
+            (f"{name} step / SFT step on references + samples", ratio, "<= 1.2")
+            for name, ratio in polychromic_floors(p)
+        ]
     if "peer" in results:
         r, large = results["peer"]["ratios"], results["peer"].get("large")
-        rows += [("GRPO step, polyray / TRL", r["grpo_step_polyray_vs_trl"], "<= 0.5"),
-                 ("SFT step, polyray / TRL", r["sft_step_polyray_vs_trl"], "<= 1.0"),
-                 ("end to end (short run), polyray / TRL", r["end_to_end_polyray_vs_trl"], "-")]  # fmt: skip
+        rows += [
+            ("GRPO step, polyray / TRL", r["grpo_step_polyray_vs_trl"], "<= 0.5"),
+            ("SFT step, polyray / TRL", r["sft_step_polyray_vs_trl"], "<= 1.0"),
+            ("end to end (short run), polyray / TRL", r["end_to_end_polyray_vs_trl"], "-"),
+        ]
         if large:
             rows.append((f"vLLM / transformers generate tokens/s, larger model, {large['tokens']} tokens",
                          large["vllm_vs_transformers"], ">= 2"))  # fmt: skip
     if "reward" in results:
-        rows.append(("reward model batched / unbatched items/s", results["reward"]["engagement_batching"]["ratio"], "-"))
+        rows.append(
+            ("reward model batched / unbatched items/s", results["reward"]["engagement_batching"]["ratio"], "-")
+        )
     if "learner" in results:
         rows += learner_rows(results["learner"]["ratios"])
     return rows
@@ -107,17 +130,19 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, float, str]]:
 
 def learner_rows(ratios: dict[str, float]) -> list[tuple[str, float, str]]:
     """The learner part's ratios as summary rows, with their goals."""
-    goals = {"peak_": ("learner peak, largest / smallest step (micro-batched)", "<= 1.15"),
-             "whole_vs_micro_peak_": ("learner peak, whole batch / micro-batched", ">= 3"),
-             "micro_vs_whole_tokens_per_s_": ("learner tokens/s, micro-batched / whole batch", ">= 1"),
-             "micro_vs_whole_tokens_per_cpu_s_": ("learner tokens per CPU s, micro-batched / whole batch", ">= 1"),
-             "packed_vs_one_a_row_step_s_": ("learner step, varied-length samples packed / one a row", "-"),
-             "estimate_vs_measured_": ("memory plan estimate / measured peak", "0.75-1.25")}  # fmt: skip
+    goals = {
+        "peak_": ("learner peak, largest / smallest step (micro-batched)", "<= 1.15"),
+        "whole_vs_micro_peak_": ("learner peak, whole batch / micro-batched", ">= 3"),
+        "micro_vs_whole_tokens_per_s_": ("learner tokens/s, micro-batched / whole batch", ">= 1"),
+        "micro_vs_whole_tokens_per_cpu_s_": ("learner tokens per CPU s, micro-batched / whole batch", ">= 1"),
+        "packed_vs_one_a_row_step_s_": ("learner step, varied-length samples packed / one a row", "-"),
+        "estimate_vs_measured_": ("memory plan estimate / measured peak", "0.75-1.25"),
+    }
     rows = []
     for key, value in ratios.items():
         prefix = max((p for p in goals if key.startswith(p)), key=len)
         name, goal = goals[prefix]
-        rows.append((f"{name} ({key[len(prefix):].replace('_vs_', ' vs ')})", value, goal))
+        rows.append((f"{name} ({key[len(prefix) :].replace('_vs_', ' vs ')})", value, goal))
     return rows
 
 
@@ -138,20 +163,77 @@ PARTS = ("rollout", "grpo", "polychromic", "reward", "generation", "learner", "p
 # polychromic: standard SFT and polychromic SFT, not the floor (SFT with another batch size) nor the canary on
 # every step (the run-recovery e2e test runs it); peer: the larger model's learner step (run_case:
 # tests/unit/drivers/test_bench_learner.py)
-SMOKE = {"rollout": ["--prompts", "4", "--repeats", "1", "--syncs", "2", "--no-vllm-lora-ops"],
-         "grpo": ["--steps", "4", "--rounds", "1", "--modes", "async_rollout_reference"],
-         "polychromic": ["--steps", "4", "--diversity", "countdown_expr", "--no-async", "--no-canary", "--no-floor"],
-         "reward": ["--requests", "20", "--max-seconds", "2"],
-         "generation": ["--requests", "4", "--n", "2", "--max-tokens", "8", "--publishes", "2"],
-         "chaos": ["--clients", "2", "--seconds", "3", "--kill-at", "1"],
-         "learner": ["--sizes", "2", "--sizes", "4", "--whole-batch-sizes", "2", "--length", "32", "--micro-batch-tokens",
-                     "64", "--layers", "1", "--hidden", "64", "--intermediate", "128", "--heads", "2", "--kv-heads", "1",
-                     "--head-dim", "32", "--vocab", "512", "--threads", "1"],
-         "peer": ["--seeds", "1", "--warmup", "0", "--threads", "1", "--set", "phases.0.steps=2", "--set",
-                  "phases.0.batch_size=4", "--set", "phases.1.steps=2", "--set", "phases.1.prompts_per_step=2", "--set",
-                  "phases.1.group_size=4", "--set", "task.n_test=8", "--large-shape", "1,64,128,2,1,32,512", "--large-prompts", "2", "--large-n", "2", "--large-tokens", "16",
-                  "--large-repeats", "1", "--large-learner-sequences", "0"]}  # fmt: skip
-DEFAULTS = {"polychromic": ["--steps", "12"]}  # `all` runs every part back to back: fewer steps keep the whole table's run short
+SMOKE = {
+    "rollout": ["--prompts", "4", "--repeats", "1", "--syncs", "2", "--no-vllm-lora-ops"],
+    "grpo": ["--steps", "4", "--rounds", "1", "--modes", "async_rollout_reference"],
+    "polychromic": ["--steps", "4", "--diversity", "countdown_expr", "--no-async", "--no-canary", "--no-floor"],
+    "reward": ["--requests", "20", "--max-seconds", "2"],
+    "generation": ["--requests", "4", "--n", "2", "--max-tokens", "8", "--publishes", "2"],
+    "chaos": ["--clients", "2", "--seconds", "3", "--kill-at", "1"],
+    "learner": [
+        "--sizes",
+        "2",
+        "--sizes",
+        "4",
+        "--whole-batch-sizes",
+        "2",
+        "--length",
+        "32",
+        "--micro-batch-tokens",
+        "64",
+        "--layers",
+        "1",
+        "--hidden",
+        "64",
+        "--intermediate",
+        "128",
+        "--heads",
+        "2",
+        "--kv-heads",
+        "1",
+        "--head-dim",
+        "32",
+        "--vocab",
+        "512",
+        "--threads",
+        "1",
+    ],
+    "peer": [
+        "--seeds",
+        "1",
+        "--warmup",
+        "0",
+        "--threads",
+        "1",
+        "--set",
+        "phases.0.steps=2",
+        "--set",
+        "phases.0.batch_size=4",
+        "--set",
+        "phases.1.steps=2",
+        "--set",
+        "phases.1.prompts_per_step=2",
+        "--set",
+        "phases.1.group_size=4",
+        "--set",
+        "task.n_test=8",
+        "--large-shape",
+        "1,64,128,2,1,32,512",
+        "--large-prompts",
+        "2",
+        "--large-n",
+        "2",
+        "--large-tokens",
+        "16",
+        "--large-repeats",
+        "1",
+        "--large-learner-sequences",
+        "0",
+    ],
+}
+DEFAULTS = {
+    "polychromic": ["--steps", "12"]
+}  # `all` runs every part back to back: fewer steps keep the whole table's run short
 
 
 def run_all(parts: list[str], smoke: bool) -> dict[str, Any]:

@@ -44,9 +44,13 @@ def compute_statistics(
                     np.array([sb[metric][p] for p in common], dtype=np.float64),
                 )
     stats = compare_many(
-        entries, paired=True, alpha=cfg.alpha, confidence=cfg.confidence,
-        n_resamples=cfg.bootstrap_resamples, seed=cfg.seed,
-    )  # fmt: skip
+        entries,
+        paired=True,
+        alpha=cfg.alpha,
+        confidence=cfg.confidence,
+        n_resamples=cfg.bootstrap_resamples,
+        seed=cfg.seed,
+    )
     return stats, skipped
 
 
@@ -63,9 +67,7 @@ def compute_pareto(cfg: EvalJobConfig, model_metrics: dict[str, EvalRecord]) -> 
     if axis is None:
         return out, None
     for tname, items in by_task.items():
-        pts = [
-            (label, m.quality.mean, m.diversity[axis].mean) for label, m in items if axis in m.diversity
-        ]
+        pts = [(label, m.quality.mean, m.diversity[axis].mean) for label, m in items if axis in m.diversity]
         pts = [p for p in pts if math.isfinite(p[1]) and math.isfinite(p[2])]
         mask = pareto_frontier(pts)
         out[tname] = [
@@ -76,6 +78,7 @@ def compute_pareto(cfg: EvalJobConfig, model_metrics: dict[str, EvalRecord]) -> 
 
 def collect_dynamics(cfg: EvalJobConfig, models: list[ResolvedModel]) -> list[dict[str, Any]]:
     """Records of the configured dynamics files (and of adapter run directories), labelled by run."""
+
     def label_of(path: Path) -> str:
         return path.parent.name if path.name == "dynamics.jsonl" else path.stem
 

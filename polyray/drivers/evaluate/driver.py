@@ -92,8 +92,14 @@ def generate_all(
         init_ray(cfg.cluster, cfg.rollout.num_workers * cfg.rollout.cpus_per_worker)
     with timer("rollout_pool_start"), console.status(f"starting {cfg.rollout.num_workers} vLLM rollout worker(s)"):
         # the logprob selector ranks by the model's own likelihood, whatever the sampling temperature
-        pool = RolloutPool.launch(share_model(storage, model_dir), cfg.rollout.model_copy(update={"logprobs_mode": "raw_logprobs"}),
-                                  cfg.model.dtype, cfg.seed, run=cfg.name, resources=cfg.cluster.worker_resources)  # fmt: skip
+        pool = RolloutPool.launch(
+            share_model(storage, model_dir),
+            cfg.rollout.model_copy(update={"logprobs_mode": "raw_logprobs"}),
+            cfg.model.dtype,
+            cfg.seed,
+            run=cfg.name,
+            resources=cfg.cluster.worker_resources,
+        )
     try:
         used = {u.model.name for u in units}
         for m in models:
@@ -149,5 +155,12 @@ def analyse(cfg: EvalJobConfig, models, series, labels, model_metrics) -> dict[s
     stats, stats_skipped = compute_statistics(cfg, models, series, labels)
     frontier, pareto_axis = compute_pareto(cfg, model_metrics)
     lora_rows, lora_diffs = collect_lora(cfg, models)
-    return {"stats": stats, "stats_skipped": stats_skipped, "frontier": frontier, "pareto_axis": pareto_axis,
-            "dynamics": collect_dynamics(cfg, models), "lora_rows": lora_rows, "lora_diffs": lora_diffs}
+    return {
+        "stats": stats,
+        "stats_skipped": stats_skipped,
+        "frontier": frontier,
+        "pareto_axis": pareto_axis,
+        "dynamics": collect_dynamics(cfg, models),
+        "lora_rows": lora_rows,
+        "lora_diffs": lora_diffs,
+    }

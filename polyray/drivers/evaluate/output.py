@@ -39,8 +39,13 @@ def json_safe(o: Any) -> Any:
 
 
 def assemble_results(
-    cfg: EvalJobConfig, model_dir: Path, units: list[EvalUnit], tasks: dict, model_metrics: dict[str, EvalRecord],
-    analyses: dict[str, Any], timings: dict[str, float],
+    cfg: EvalJobConfig,
+    model_dir: Path,
+    units: list[EvalUnit],
+    tasks: dict,
+    model_metrics: dict[str, EvalRecord],
+    analyses: dict[str, Any],
+    timings: dict[str, float],
 ) -> dict[str, Any]:
     """The ``results.json`` document (JSON-safe: NaN -> null, numpy -> Python)."""
     binary = not any(task.graded for _, task in tasks.values())
@@ -73,7 +78,10 @@ def assemble_results(
         "table": {"usq_k": cfg.headline_k},
         "stats": analyses["stats"],
         "stats_skipped": analyses["stats_skipped"],
-        "pareto": {"diversity": analyses["pareto_axis"], "quality_label": f"pass@{min(cfg.ks)}" if binary else "quality"},
+        "pareto": {
+            "diversity": analyses["pareto_axis"],
+            "quality_label": f"pass@{min(cfg.ks)}" if binary else "quality",
+        },
         "pareto_frontier": analyses["frontier"],
         "dynamics": analyses["dynamics"],
         "lora": analyses["lora_rows"],

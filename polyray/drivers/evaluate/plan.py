@@ -106,9 +106,12 @@ def plan_units(
                     unit.skip_reason = f"few-shot examples unavailable: {exc}"
                     continue
             fitted = fit_prompts(
-                [prefix + p.text for p in prompts], tokenizer, cfg.rollout.max_model_len,
-                unit.sampling.max_tokens, cfg.max_prompt_tokens,
-            )  # fmt: skip
+                [prefix + p.text for p in prompts],
+                tokenizer,
+                cfg.rollout.max_model_len,
+                unit.sampling.max_tokens,
+                cfg.max_prompt_tokens,
+            )
             for p, pid, fit in zip(prompts, ids, fitted):
                 if fit is None:
                     unit.skipped_ids.append(pid)

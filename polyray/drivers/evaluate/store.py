@@ -67,9 +67,25 @@ class UnitStore:
         return "judged"
 
     def save_generated(self, unit: EvalUnit, key: str) -> None:
-        append_jsonl(self.path, {"key": key, "stage": "generated", "task": unit.task_name, "model": unit.model.name,
-                                 "samples": [[s.to_dict() for s in g] for g in unit.samples]})
+        append_jsonl(
+            self.path,
+            {
+                "key": key,
+                "stage": "generated",
+                "task": unit.task_name,
+                "model": unit.model.name,
+                "samples": [[s.to_dict() for s in g] for g in unit.samples],
+            },
+        )
 
     def save_judged(self, unit: EvalUnit, key: str) -> None:
-        append_jsonl(self.path, {"key": key, "stage": "judged", "task": unit.task_name, "model": unit.model.name,
-                                 "judgements": [[asdict(j) for j in g] for g in unit.judged.judgements]})
+        append_jsonl(
+            self.path,
+            {
+                "key": key,
+                "stage": "judged",
+                "task": unit.task_name,
+                "model": unit.model.name,
+                "judgements": [[asdict(j) for j in g] for g in unit.judged.judgements],
+            },
+        )

@@ -32,12 +32,17 @@ def generate_unit(unit: EvalUnit, pool, cfg: EvalJobConfig, on_progress) -> None
     # prefill ("CPU Generator does not use offset"), which long (few-shot) prompts trigger. On CPU
     # the engine seed (rollout.seed) makes a run reproducible for the same models in the same order.
     unit.samples = sample_groups(
-        pool, unit.inputs, cfg.n_samples, unit.sampling,
+        pool,
+        unit.inputs,
+        cfg.n_samples,
+        unit.sampling,
         adapter_name=unit.model.name if unit.model.adapter is not None else None,
         seeds=request_seeds(cfg.seed, "eval", [f"{i}:{t}" for i, t in enumerate(unit.inputs)])
-        if cfg.rollout.gpus_per_worker > 0 else None,
-        chunk_size=GEN_CHUNK_PER_WORKER * len(pool.workers), on_progress=on_progress,
-    )  # fmt: skip
+        if cfg.rollout.gpus_per_worker > 0
+        else None,
+        chunk_size=GEN_CHUNK_PER_WORKER * len(pool.workers),
+        on_progress=on_progress,
+    )
 
 
 def judge_unit(unit: EvalUnit, task: Task, on_progress) -> None:
@@ -127,17 +132,19 @@ def _usq_by_selector(rewards, scores: dict, cfg: EvalJobConfig, series: dict[str
             res = compute_usq_at_k(rewards, scores.get(sel), k, selector=sel)
             ci = _ci(res.per_prompt, cfg.confidence)
             usq_all[sel][k] = {
-                "usq": res.usq, "random": res.random, "oracle": res.oracle,
-                "selection_efficiency": res.selection_efficiency, "low": ci.low, "high": ci.high,
-            }  # fmt: skip
+                "usq": res.usq,
+                "random": res.random,
+                "oracle": res.oracle,
+                "selection_efficiency": res.selection_efficiency,
+                "low": ci.low,
+                "high": ci.high,
+            }
             if sel == cfg.headline_selector and k == cfg.headline_k:
                 series["usq"] = res.per_prompt
     return usq_all
 
 
-def compute_unit_metrics(
-    unit: EvalUnit, task: Task, cfg: EvalJobConfig, reward_model
-) -> tuple[EvalRecord, list, dict]:
+def compute_unit_metrics(unit: EvalUnit, task: Task, cfg: EvalJobConfig, reward_model) -> tuple[EvalRecord, list, dict]:
     """(the unit's evaluation record, PromptResult rows for samples.jsonl, per-prompt series for statistics)."""
     judged = unit.judged
     texts, rewards, counts = judged.texts, judged.rewards, judged.counts
@@ -168,8 +175,10 @@ def compute_unit_metrics(
         usq_selector=head,
         usq_by_selector=usq_all,
         der={k: compute_der_at_k(counts, k) for k in cfg.ks if k > 1},
-        collapse_point={"k": compute_collapse_point(counts, threshold=cfg.collapse_threshold),
-                        "threshold": cfg.collapse_threshold},
+        collapse_point={
+            "k": compute_collapse_point(counts, threshold=cfg.collapse_threshold),
+            "threshold": cfg.collapse_threshold,
+        },
         quality=pass_ci[min(cfg.ks)] if binary else _ci(series["reward"], conf),
         quality_label=f"pass@{min(cfg.ks)}" if binary else f"mean {task.quality_name}",
         reference_quality={name: _ci([float(np.mean(x)) for x in v], conf) for name, v in quality.items()},
@@ -189,5 +198,3 @@ def compute_unit_metrics(
     )
     by_id = {name: dict(zip(unit.prompt_ids, vals)) for name, vals in series.items()}
     return record, records, by_id
-
-

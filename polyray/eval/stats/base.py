@@ -8,7 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from polyray.config.experiment import EQUIVALENCE_MARGIN as EQUIVALENCE_MARGIN  # re-exported: the margin experiments default to
+from polyray.config.experiment import (
+    EQUIVALENCE_MARGIN as EQUIVALENCE_MARGIN,
+)  # re-exported: the margin experiments default to
 
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 2000  # the hierarchical bootstrap's default

@@ -72,13 +72,22 @@ def bootstrap_ci(
     diff = float(a.mean() - b.mean())
     data, statistic, degenerate = _bootstrap_data(a, b, paired)
     if degenerate:
-        return BootstrapInterval(diff, diff, diff, confidence, n_resamples, seed, "degenerate",
-                                 note="no spread in the data")
+        return BootstrapInterval(
+            diff, diff, diff, confidence, n_resamples, seed, "degenerate", note="no spread in the data"
+        )
     for m in (method, "percentile"):
         with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # BCa's degenerate-data warning: we fall back below
-            res = st.bootstrap(data, statistic, n_resamples=n_resamples, vectorized=True, paired=False,
-                               confidence_level=confidence, method=m, rng=np.random.default_rng(seed))
+            res = st.bootstrap(
+                data,
+                statistic,
+                n_resamples=n_resamples,
+                vectorized=True,
+                paired=False,
+                confidence_level=confidence,
+                method=m,
+                rng=np.random.default_rng(seed),
+            )
         lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
         if np.isfinite(lo) and np.isfinite(hi):
             return BootstrapInterval(diff, lo, hi, confidence, n_resamples, seed, m)
@@ -180,7 +189,16 @@ def hierarchical_bootstrap(
     low, high = np.quantile(means, [tail, 1 - tail])
     note = "one seed: prompt variation only, no run-to-run variation" if len(rows) == 1 else None
     return HierarchicalInterval(
-        mean=float(np.mean([r.mean() for r in rows])), low=float(low), high=float(high), se=float(means.std(ddof=1)),
-        confidence=confidence, n_resamples=n_resamples, seed=seed, n_seeds=len(rows), n_prompts=n_prompts,
-        shared_prompts=shared_prompts, conditional_on=conditional_on, note=note,
+        mean=float(np.mean([r.mean() for r in rows])),
+        low=float(low),
+        high=float(high),
+        se=float(means.std(ddof=1)),
+        confidence=confidence,
+        n_resamples=n_resamples,
+        seed=seed,
+        n_seeds=len(rows),
+        n_prompts=n_prompts,
+        shared_prompts=shared_prompts,
+        conditional_on=conditional_on,
+        note=note,
     )

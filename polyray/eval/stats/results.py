@@ -34,8 +34,11 @@ class _Result:
 
     def to_json(self) -> dict[str, Any]:
         """The JSON-safe dict of the result (NaN and ±inf as None)."""
-        return {f.name: json_value(getattr(self, f.name)) for f in fields(self)
-                if not (getattr(self, f.name) is None and f.name in self.optional)}
+        return {
+            f.name: json_value(getattr(self, f.name))
+            for f in fields(self)
+            if not (getattr(self, f.name) is None and f.name in self.optional)
+        }
 
 
 @dataclass(frozen=True)

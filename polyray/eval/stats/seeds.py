@@ -41,8 +41,12 @@ def interval_over_seeds(values, confidence: float = CONFIDENCE) -> dict[str, Any
     (None for an undefined end, e.g. one seed). ``polyray sweep`` reports every setting so."""
     x = np.asarray(values, dtype=np.float64)
     ci = mean_ci(x, confidence)
-    return {"mean": finite_or_none(ci.mean), "low": finite_or_none(ci.low), "high": finite_or_none(ci.high),
-            "n": len(x)}
+    return {
+        "mean": finite_or_none(ci.mean),
+        "low": finite_or_none(ci.low),
+        "high": finite_or_none(ci.high),
+        "n": len(x),
+    }
 
 
 def _by_seed(x, seeds: Sequence[int] | None, name: str) -> tuple[np.ndarray, list[int] | None]:
@@ -86,8 +90,12 @@ def compare_over_seeds(
     a, seeds_a = _by_seed(a, seeds_a, "a")
     b, seeds_b = _by_seed(b, seeds_b, "b")
     paired = seeds_a is not None and seeds_b is not None and sorted(seeds_a) == sorted(seeds_b)
-    out: dict[str, Any] = {"design": "paired" if paired else "unpaired", "conditional_on": CONDITIONAL_ON_TEST_PROMPTS,
-                           "n": [int(a.size), int(b.size)], "difference": float(a.mean() - b.mean())}
+    out: dict[str, Any] = {
+        "design": "paired" if paired else "unpaired",
+        "conditional_on": CONDITIONAL_ON_TEST_PROMPTS,
+        "n": [int(a.size), int(b.size)],
+        "difference": float(a.mean() - b.mean()),
+    }
     if paired:
         order = sorted(seeds_a)
         a = a[[seeds_a.index(s) for s in order]]
@@ -114,10 +122,22 @@ def _raise_and_keep(ra, rb, ka, kb, keep_within: float, alpha: float) -> tuple[d
     """The "raise" and "keep" entries of ``raised_and_kept`` and the notes of tests that were undefined."""
     t = paired_t(ra, rb)
     margin = keep_within * abs(float(kb.mean()))
-    raise_ = {"difference": float(ra.mean() - rb.mean()), "mean_control": float(rb.mean()),
-              "pvalue": finite_or_none(t.pvalue), "low": finite_or_none(t.low), "high": finite_or_none(t.high)}
-    keep = {"difference": float(ka.mean() - kb.mean()), "mean_control": float(kb.mean()),
-            "keep_within": keep_within, "margin": margin, "pvalue": None, "low": None, "high": None}
+    raise_ = {
+        "difference": float(ra.mean() - rb.mean()),
+        "mean_control": float(rb.mean()),
+        "pvalue": finite_or_none(t.pvalue),
+        "low": finite_or_none(t.low),
+        "high": finite_or_none(t.high),
+    }
+    keep = {
+        "difference": float(ka.mean() - kb.mean()),
+        "mean_control": float(kb.mean()),
+        "keep_within": keep_within,
+        "margin": margin,
+        "pvalue": None,
+        "low": None,
+        "high": None,
+    }
     notes = [t.note] if t.note else []
     if margin > 0:
         eq = equivalence_tost(ka, kb, margin, paired=True, alpha=alpha)
@@ -157,8 +177,15 @@ def raised_and_kept(
         raise ValueError(f"keep_within must be in (0, 1) (a share of the control's mean), got {keep_within}")
     seeds = sorted(set(raise_a) & set(raise_b) & set(keep_a) & set(keep_b))
     ra, rb, ka, kb = (np.array([x[s] for s in seeds], dtype=np.float64) for x in (raise_a, raise_b, keep_a, keep_b))
-    out: dict[str, Any] = {"seeds": seeds, "n_seeds": len(seeds), "min_seeds": min_seeds, "alpha": alpha,
-                           "conditional_on": CONDITIONAL_ON_TEST_PROMPTS, "pvalue": None, "reasons": []}
+    out: dict[str, Any] = {
+        "seeds": seeds,
+        "n_seeds": len(seeds),
+        "min_seeds": min_seeds,
+        "alpha": alpha,
+        "conditional_on": CONDITIONAL_ON_TEST_PROMPTS,
+        "pvalue": None,
+        "reasons": [],
+    }
     if len(seeds) < max(min_seeds, 2):
         out.update(verdict="undecided", reasons=[f"{len(seeds)} paired seeds, at least {max(min_seeds, 2)} needed"])
         return out
@@ -171,8 +198,10 @@ def raised_and_kept(
     if not raised:
         out["reasons"].append(f"not raised: difference {diff:+.4f}, paired t p = {p_raise:.3g}")
     if not kept:
-        out["reasons"].append(f"not shown kept within ±{out['keep']['margin']:.4f} ({keep_within:.0%} of the"
-                              f" control's {kb.mean():.4f}): TOST p = {p_keep:.3g}")
+        out["reasons"].append(
+            f"not shown kept within ±{out['keep']['margin']:.4f} ({keep_within:.0%} of the"
+            f" control's {kb.mean():.4f}): TOST p = {p_keep:.3g}"
+        )
     out["pvalue"] = max(p_raise, p_keep) if diff > 0 else 1.0
     out["verdict"] = "supported" if raised and kept else "not supported"
     return out
@@ -271,8 +300,15 @@ def compare_within_seeds(
             return {"note": f"seed {s}: the two models' prompts cannot be paired"}
         ia, ib, by = pairing
         x, y = np.round(np.asarray(a, dtype=np.float64), 12)[ia], np.round(np.asarray(b, dtype=np.float64), 12)[ib]
-        rows.append({"seed": s, "n_prompts": len(ia), "paired_by": by, "mean_diff": float((x - y).mean()),
-                     "wilcoxon_p": wilcoxon(x, y).pvalue})
+        rows.append(
+            {
+                "seed": s,
+                "n_prompts": len(ia),
+                "paired_by": by,
+                "mean_diff": float((x - y).mean()),
+                "wilcoxon_p": wilcoxon(x, y).pvalue,
+            }
+        )
         texts = [list(a_texts)[i] for i in ia] if by == "prompt" else [None] * len(ia)
         diffs.append((s, x - y, texts))
     if not diffs:

@@ -52,8 +52,9 @@ def paired_t(a, b, confidence: float = CONFIDENCE) -> TTestResult:
     if np.ptp(d) == 0:
         if d[0] == 0:
             return TTestResult(0.0, 1.0, df=d.size - 1, low=0.0, high=0.0, note="all paired differences are zero")
-        return TTestResult(None, None, df=d.size - 1,
-                           note="the paired differences are constant: the t-test is undefined")
+        return TTestResult(
+            None, None, df=d.size - 1, note="the paired differences are constant: the t-test is undefined"
+        )
     res = st.ttest_rel(a, b)
     ci = res.confidence_interval(confidence_level=confidence)
     return TTestResult(float(res.statistic), float(res.pvalue), df=int(res.df), low=float(ci.low), high=float(ci.high))
@@ -77,8 +78,9 @@ def welch_t(a, b, confidence: float = CONFIDENCE) -> TTestResult:
         return TTestResult(None, None, note="no spread within either model: the t-test is undefined")
     res = st.ttest_ind(a, b, equal_var=False)
     ci = res.confidence_interval(confidence_level=confidence)
-    return TTestResult(float(res.statistic), float(res.pvalue), df=float(res.df),
-                       low=float(ci.low), high=float(ci.high))
+    return TTestResult(
+        float(res.statistic), float(res.pvalue), df=float(res.df), low=float(ci.low), high=float(ci.high)
+    )
 
 
 def wilcoxon(a, b) -> TestResult:
@@ -116,8 +118,10 @@ def wilcoxon(a, b) -> TestResult:
         method, statistic, pvalue = "asymptotic", res.statistic, res.pvalue
     note = None
     if min_p > ALPHA:
-        note = (f"{n} non-zero differences: the exact two-sided p cannot go below {min_p:.3g}, "
-                f"so the signed-rank test cannot reject at {ALPHA}")
+        note = (
+            f"{n} non-zero differences: the exact two-sided p cannot go below {min_p:.3g}, "
+            f"so the signed-rank test cannot reject at {ALPHA}"
+        )
     return TestResult(float(statistic), float(pvalue), method=method, min_pvalue=min_p, note=note)
 
 
@@ -135,19 +139,20 @@ def mann_whitney(a, b) -> TestResult:
         return TestResult(a.size * b.size / 2, 1.0, method="exact", note="all values are equal")
     if np.unique(pooled).size == pooled.size:
         res = st.mannwhitneyu(a, b, alternative="two-sided")
-        return TestResult(float(res.statistic), float(res.pvalue),
-                          method="exact" if min(a.size, b.size) <= 8 else "asymptotic")
+        return TestResult(
+            float(res.statistic), float(res.pvalue), method="exact" if min(a.size, b.size) <= 8 else "asymptotic"
+        )
     if math.comb(a.size + b.size, a.size) <= EXACT_SPLITS:
-        method, res = "exact permutation", st.mannwhitneyu(a, b, alternative="two-sided",
-                                                           method=_exact_permutation(pooled.size))
+        method, res = (
+            "exact permutation",
+            st.mannwhitneyu(a, b, alternative="two-sided", method=_exact_permutation(pooled.size)),
+        )
     else:
         method, res = "asymptotic", st.mannwhitneyu(a, b, alternative="two-sided", method="asymptotic")
     return TestResult(float(res.statistic), float(res.pvalue), method=method)
 
 
-def equivalence_tost(
-    a, b, margin: float = EQUIVALENCE_MARGIN, *, paired: bool, alpha: float = ALPHA
-) -> Equivalence:
+def equivalence_tost(a, b, margin: float = EQUIVALENCE_MARGIN, *, paired: bool, alpha: float = ALPHA) -> Equivalence:
     """Equivalence of the means within ±``margin``: two one-sided t-tests (TOST, Schuirmann 1987).
 
     H0: |mean(a) − mean(b)| ≥ margin against H1: |…| < margin, by statsmodels' ``ttost_paired``
@@ -169,8 +174,17 @@ def equivalence_tost(
     else:
         degenerate = min(x.size, y.size) < 2 or (np.ptp(x) == 0 and np.ptp(y) == 0)
     if degenerate:
-        return Equivalence(float(margin), alpha, 1 - 2 * alpha, method, None, None, None, None,
-                           note="no spread (or one value): the equivalence test is undefined")
+        return Equivalence(
+            float(margin),
+            alpha,
+            1 - 2 * alpha,
+            method,
+            None,
+            None,
+            None,
+            None,
+            note="no spread (or one value): the equivalence test is undefined",
+        )
     from statsmodels.stats.weightstats import ttost_ind, ttost_paired
 
     if paired:
@@ -197,9 +211,18 @@ def noninferiority_paired(a, b, margin: float, alpha: float = ALPHA) -> NonInfer
     d = differences(a, b)
     method = "one-sided paired t"
     if d.size < 2 or np.ptp(d) == 0:
-        return NonInferiority(float(margin), alpha, method, float(d.mean()), None, None, None,
-                              note="no spread (or one value): the non-inferiority test is undefined")
+        return NonInferiority(
+            float(margin),
+            alpha,
+            method,
+            float(d.mean()),
+            None,
+            None,
+            None,
+            note="no spread (or one value): the non-inferiority test is undefined",
+        )
     res = st.ttest_1samp(d, -margin, alternative="greater")
     p = float(res.pvalue)  # the interval of the same one-sided test: (mean − t_{1−α} · sd/√n, ∞)
-    return NonInferiority(float(margin), alpha, method, float(d.mean()), p, bool(p < alpha),
-                          float(res.confidence_interval(1 - alpha).low))
+    return NonInferiority(
+        float(margin), alpha, method, float(d.mean()), p, bool(p < alpha), float(res.confidence_interval(1 - alpha).low)
+    )

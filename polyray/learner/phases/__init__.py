@@ -34,5 +34,15 @@ from polyray.learner.phases.sft import SFTPhase, encode_references
 
 PHASES = {"sft": SFTPhase, "polychromic_sft": PolychromicSFTPhase, "grpo": GRPOPhase}
 
-__all__ = ["PHASES", "GRPOPhase", "PolychromicSFTPhase", "RolloutLog", "SFTPhase", "SamplingPhase", "StepContext",
-           "broadcast_from_rank0", "check_lag", "encode_references"]
+__all__ = [
+    "PHASES",
+    "GRPOPhase",
+    "PolychromicSFTPhase",
+    "RolloutLog",
+    "SFTPhase",
+    "SamplingPhase",
+    "StepContext",
+    "broadcast_from_rank0",
+    "check_lag",
+    "encode_references",
+]

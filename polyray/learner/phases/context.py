@@ -107,9 +107,17 @@ class RolloutLog:
     def __call__(self, step: int, prompts: list[Prompt], groups: list[list[Sample]], rewards) -> None:
         """Rank 0, step ``step`` (0-based): each sample with the adapter version it was drawn under
         (with rollouts ahead, one older than the version the learner holds at the step)."""
-        rows = [{"phase": self.phase, "step": step + 1, "version": sample.version,
-                 "item": self.task.reward_item(prompt, sample.text), "reward": _reward(rewards[b, g])}
-                for b, (prompt, group) in enumerate(zip(prompts, groups)) for g, sample in enumerate(group)]  # fmt: skip
+        rows = [
+            {
+                "phase": self.phase,
+                "step": step + 1,
+                "version": sample.version,
+                "item": self.task.reward_item(prompt, sample.text),
+                "reward": _reward(rewards[b, g]),
+            }
+            for b, (prompt, group) in enumerate(zip(prompts, groups))
+            for g, sample in enumerate(group)
+        ]
         self.logs.append("rollouts.jsonl", *rows)
 
 

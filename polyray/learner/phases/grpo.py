@@ -11,7 +11,12 @@ from polyray.config import GRPOPhaseConfig
 from polyray.learner.batch import TrainBatch
 from polyray.learner.phases.context import StepContext, broadcast_from_rank0
 from polyray.learner.phases.sampling import SamplingPhase, check_lag
-from polyray.objectives.advantages import AdvantageInputs, compute_advantages, dynamic_sampling_mask, mix_magnitude_shares
+from polyray.objectives.advantages import (
+    AdvantageInputs,
+    compute_advantages,
+    dynamic_sampling_mask,
+    mix_magnitude_shares,
+)
 from polyray.objectives.grpo import compute_grpo_loss
 from polyray.rollout.prefetch import rollout_rate
 from polyray.tasks.base import Prompt, Task
@@ -115,10 +120,19 @@ class GRPOPhase(SamplingPhase):
                 ref_logp = part.reference_columns(logp.shape[1], logp.dtype, targets=not share)
                 ref_logp = self.reference_logprobs(packed, temperature) if ref_logp is None else ref_logp.to(ctx.device)
             loss, metrics = compute_grpo_loss(
-                logp, old_logp, ref_logp, part.advantages.to(dtype=logp.dtype, device=ctx.device), mask,
-                clip_eps_low=cfg.clip_eps_low, clip_eps_high=cfg.clip_eps_high, kl_beta=cfg.kl_beta,
-                aggregation=cfg.aggregation, max_len=cfg.sampling.max_tokens, num_sequences=n_seq, num_tokens=n_tok,
-            )  # fmt: skip
+                logp,
+                old_logp,
+                ref_logp,
+                part.advantages.to(dtype=logp.dtype, device=ctx.device),
+                mask,
+                clip_eps_low=cfg.clip_eps_low,
+                clip_eps_high=cfg.clip_eps_high,
+                kl_beta=cfg.kl_beta,
+                aggregation=cfg.aggregation,
+                max_len=cfg.sampling.max_tokens,
+                num_sequences=n_seq,
+                num_tokens=n_tok,
+            )
             tokens = float(mask.sum())  # the metrics are means over the part's tokens: back to sums
             return loss, {"tokens": tokens, **{k: metrics[k] * tokens for k in TOKEN_MEANS}}
 

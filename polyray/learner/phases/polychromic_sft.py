@@ -49,7 +49,9 @@ class PolychromicSFTPhase(SamplingPhase, SFTPhase):
         if self.scorer is not None:
             import ray
 
-            return ray.get(self.scorer.advantages.remote(cfg.diversity, texts, cfg.estimator, cfg.subset_k, self.embedding_dtype))
+            return ray.get(
+                self.scorer.advantages.remote(cfg.diversity, texts, cfg.estimator, cfg.subset_k, self.embedding_dtype)
+            )
         return compute_diversity_advantages(cfg.diversity, texts, cfg.estimator, cfg.subset_k, self.embedding_dtype)
 
     def _rollout(self, step: int, version: int) -> tuple[TrainBatch, dict[str, float]]:
@@ -72,15 +74,21 @@ class PolychromicSFTPhase(SamplingPhase, SFTPhase):
         mine = batch.shard(ctx.rank, ctx.world, whole_groups=True)
         num_tokens = self.reference_tokens(refs)
         parts = [
-            (refs.select([i for i in part if i < len(refs)]), mine.select([i - len(refs) for i in part if i >= len(refs)]))
+            (
+                refs.select([i for i in part if i < len(refs)]),
+                mine.select([i - len(refs) for i in part if i >= len(refs)]),
+            )
             for part in ctx.micro_batches(refs.lengths() + mine.lengths())
         ]
 
         def loss_of(part: tuple[Sequences, TrainBatch]):
             part_refs, samples = part
-            packed = pack_sequences(part_refs.prompt_ids + samples.prompt_ids,
-                                    part_refs.completion_ids + samples.completion_ids,
-                                    ctx.tokenizer.pad_token_id, ctx.device)  # fmt: skip
+            packed = pack_sequences(
+                part_refs.prompt_ids + samples.prompt_ids,
+                part_refs.completion_ids + samples.completion_ids,
+                ctx.tokenizer.pad_token_id,
+                ctx.device,
+            )
             n_refs = len(part_refs)
             temperature = torch.tensor([1.0] * n_refs + [cfg.sampling.temperature] * len(samples))
             logp, mask = ctx.logprobs(ctx.model, packed, temperature if len(samples) else 1.0)
@@ -90,8 +98,9 @@ class PolychromicSFTPhase(SamplingPhase, SFTPhase):
                 sample_logp = torch.where(mask[n_refs:] > 0, logp[n_refs:], torch.zeros_like(logp[n_refs:])).sum(-1)
                 old_logp = torch.tensor(samples.sequence_logprobs(), dtype=logp.dtype, device=ctx.device)
                 advantages = samples.advantages.to(ctx.device)
-            loss, metrics = compute_polychromic_sft_loss(nll, sample_logp, advantages, cfg.lam, old_logp, cfg.ratio_clip,
-                                                         batch.num_groups)  # fmt: skip
+            loss, metrics = compute_polychromic_sft_loss(
+                nll, sample_logp, advantages, cfg.lam, old_logp, cfg.ratio_clip, batch.num_groups
+            )
             sums = {k: metrics[k] for k in ("nll", "diversity_surrogate", "weight_sum", "adv_sum") if k in metrics}
             if len(samples):
                 sums["samples"] = len(samples)
@@ -102,6 +111,8 @@ class PolychromicSFTPhase(SamplingPhase, SFTPhase):
         total = dict(zip(keys, ctx.global_sum(*(sums.get(k, 0.0) for k in keys))))
         metrics = {k: total[k] for k in ("loss", "nll", "diversity_surrogate")}
         if total["samples"]:  # means over the whole batch's samples (every rank's)
-            metrics.update(adv_mean=total["adv_sum"] / total["samples"], weight_mean=total["weight_sum"] / total["samples"])
+            metrics.update(
+                adv_mean=total["adv_sum"] / total["samples"], weight_mean=total["weight_sum"] / total["samples"]
+            )
         metrics.update(info)
         return metrics

@@ -35,6 +35,7 @@ class SamplingPhase:
         """Rollouts one step ahead: the next step's samples are drawn under the version a step publishes
         only once that step is over, so its publish need not wait for the workers' loads."""
         return self.cfg.async_rollouts
+
     reference_adapter_dir = staticmethod(SFTPhase.reference_adapter_dir)
 
     def _init_rollouts(self, cfg, task: Task, n_train: int, pool) -> None:
@@ -63,6 +64,12 @@ class SamplingPhase:
         rng = random.Random(f"{self.rollout_draw}:{self.ctx.seed}:{step}")
         prompts = rng.sample(self.prompts, min(self.cfg.prompts_per_step, len(self.prompts)))
         seeds = request_seeds(self.ctx.seed, f"{self.rollout_draw}:{step}", [str(i) for i in range(len(prompts))])
-        pending = self.pool.submit([p.text for p in prompts], self.samples_per_prompt, self.sampling, version, seeds=seeds,
-                                   reference=self.rollout_reference)  # fmt: skip
+        pending = self.pool.submit(
+            [p.text for p in prompts],
+            self.samples_per_prompt,
+            self.sampling,
+            version,
+            seeds=seeds,
+            reference=self.rollout_reference,
+        )
         return prompts, pending

@@ -14,7 +14,9 @@ from polyray.config import load_config
 from polyray.io import ConfigError
 
 ROOT = Path(__file__).resolve().parents[3]
-CONFIGS = sorted(p for d in ("configs", "configs/gpu", "configs/sweeps", "configs/experiments") for p in (ROOT / d).glob("*.yaml"))
+CONFIGS = sorted(
+    p for d in ("configs", "configs/gpu", "configs/sweeps", "configs/experiments") for p in (ROOT / d).glob("*.yaml")
+)
 USER_DATA = {"data/replies.jsonl", "data/problems.jsonl"}  # the GPU configs' data is the user's to supply
 
 
@@ -41,8 +43,18 @@ print("ok", len({[str(p) for p in CONFIGS]!r}))
 
 
 def test_check_reads_the_data_and_takes_set_by_phase_name():
-    result = CliRunner().invoke(app, ["check", "-q", str(ROOT / "configs/replies.yaml"), "--set", "phases.grpo.lr=1e-4",
-                                      "--set", f"task.path={ROOT}/tests/fixtures/userdata/chat.jsonl"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "check",
+            "-q",
+            str(ROOT / "configs/replies.yaml"),
+            "--set",
+            "phases.grpo.lr=1e-4",
+            "--set",
+            f"task.path={ROOT}/tests/fixtures/userdata/chat.jsonl",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "12 rows, 12 distinct prompts, 12 with a reference, 12 with a system prompt" in result.output
     assert "lr 0.0001" in result.output and "# resolved config" not in result.output
@@ -52,7 +64,10 @@ def test_check_reports_a_bad_config_as_one_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("phases:\n  - {type: grpo, steps: 0}\n")
     result = CliRunner().invoke(app, ["check", str(bad)])
-    assert result.exit_code == 2 and f"error: {bad}: phases.0.steps: Input should be greater than or equal to 1" in result.output
+    assert (
+        result.exit_code == 2
+        and f"error: {bad}: phases.0.steps: Input should be greater than or equal to 1" in result.output
+    )
 
 
 def test_memory_plan_hook_is_silent_without_the_module():
@@ -77,12 +92,16 @@ def test_error_paths_drop_the_union_tag(tmp_path):
 def test_set_by_phase_name_and_its_errors(tmp_path):
     run = load_config(ROOT / "configs/quickstart.yaml", ["phases.grpo.lr=1e-4", "phases.0.steps=7"])
     assert run.phases[1].lr == 1e-4 and run.phases[0].steps == 7
-    with pytest.raises(ConfigError, match=r"phases.nope is neither an index nor the name of one item \(names: sft, grpo\)"):
+    with pytest.raises(
+        ConfigError, match=r"phases.nope is neither an index nor the name of one item \(names: sft, grpo\)"
+    ):
         load_config(ROOT / "configs/quickstart.yaml", ["phases.nope.lr=1"])
 
 
 def test_check_shows_a_phase_with_its_own_learner_ranks():
-    result = CliRunner().invoke(app, ["check", "-q", str(ROOT / "configs/quickstart.yaml"), "--set", "phases.grpo.learner_workers=1"])
+    result = CliRunner().invoke(
+        app, ["check", "-q", str(ROOT / "configs/quickstart.yaml"), "--set", "phases.grpo.learner_workers=1"]
+    )
     assert result.exit_code == 0, result.output
     assert "= 128 sequences, lr 0.003, 1 learner rank\n" in result.output
     assert "learner ranks: 2 x (1 CPU) = 2 CPU, 0 GPU at most (per phase: 2, 1)" in result.output
@@ -99,8 +118,18 @@ def test_serve_help_names_both_services():
 
 
 def test_a_config_that_cannot_fit_its_gpu_is_one_error_line():
-    result = CliRunner().invoke(app, ["check", "-q", str(ROOT / "configs/quickstart.yaml"), "--set", "learner.use_gpu=true",
-                                      "--set", "learner.gpu_memory_gib=0.5"])  # fmt: skip
+    result = CliRunner().invoke(
+        app,
+        [
+            "check",
+            "-q",
+            str(ROOT / "configs/quickstart.yaml"),
+            "--set",
+            "learner.use_gpu=true",
+            "--set",
+            "learner.gpu_memory_gib=0.5",
+        ],
+    )
     assert result.exit_code == 2, result.output
     last = result.output.strip().splitlines()[-1]
     assert last.startswith("error: model.dtype: a learner rank needs") and "learner.gpu_memory_gib 0.5" in last
@@ -118,8 +147,9 @@ def _offline(monkeypatch, tmp_path):
 
 def test_a_preset_too_big_for_its_gpus_is_refused_before_its_model_is_downloaded(monkeypatch, tmp_path):
     _offline(monkeypatch, tmp_path)
-    result = CliRunner().invoke(app, ["check", "-q", str(ROOT / "configs/gpu/qwen3_0.6b.yaml"), "--set",
-                                      "learner.gpu_memory_gib=24"])  # fmt: skip
+    result = CliRunner().invoke(
+        app, ["check", "-q", str(ROOT / "configs/gpu/qwen3_0.6b.yaml"), "--set", "learner.gpu_memory_gib=24"]
+    )
     assert result.exit_code == 2, result.output
     last = result.output.strip().splitlines()[-1]
     assert last.startswith("error: learner.micro_batch_tokens: a learner rank needs ~45.8 GiB"), last
@@ -160,13 +190,18 @@ def test_model_config_plans_a_model_not_at_hand(monkeypatch, tmp_path):
     shallow.mkdir()
     (shallow / "config.json").write_text(json.dumps({**KNOWN_CONFIGS["Qwen/Qwen3-0.6B"], "num_hidden_layers": 2}))
     for where in (shallow, shallow / "config.json"):  # two layers' activations fit 24 GiB where 28 do not
-        result = CliRunner().invoke(app, ["check", "-q", preset, "--set", "learner.gpu_memory_gib=24", "--model-config",
-                                          str(where)])  # fmt: skip
+        result = CliRunner().invoke(
+            app, ["check", "-q", preset, "--set", "learner.gpu_memory_gib=24", "--model-config", str(where)]
+        )
         assert result.exit_code == 0 and "memory plan: learner rank ~" in result.output, result.output
-    result = CliRunner().invoke(app, ["check", "-q", preset, "--gpu-memory-gib", "80", "--model-config", "Qwen/Qwen3-8B"])
+    result = CliRunner().invoke(
+        app, ["check", "-q", preset, "--gpu-memory-gib", "80", "--model-config", "Qwen/Qwen3-8B"]
+    )
     assert "weights 15.26" in result.output, result.output  # the 8B's untied bfloat16 weights, not the 0.6B's
     result = CliRunner().invoke(app, ["check", "-q", preset, "--model-config", str(tmp_path / "nowhere")])
-    assert result.exit_code == 2 and result.output.strip().splitlines()[-1].startswith("error: --model-config: "), result.output
+    assert result.exit_code == 2 and result.output.strip().splitlines()[-1].startswith("error: --model-config: "), (
+        result.output
+    )
 
 
 def test_the_driver_refuses_a_known_model_too_big_for_its_gpus_before_downloading_it(monkeypatch, tmp_path):
@@ -176,7 +211,9 @@ def test_the_driver_refuses_a_known_model_too_big_for_its_gpus_before_downloadin
     run = load_config(ROOT / "configs/gpu/qwen3_0.6b.yaml", ["learner.gpu_memory_gib=24"])
     with pytest.raises(ConfigError, match=r"^learner.micro_batch_tokens: a learner rank needs ~45.8 GiB"):
         plan_memory(run, None)
-    assert plan_memory(load_config(ROOT / "configs/gpu/qwen3_0.6b.yaml"), None)[0].startswith("memory plan: learner rank")
+    assert plan_memory(load_config(ROOT / "configs/gpu/qwen3_0.6b.yaml"), None)[0].startswith(
+        "memory plan: learner rank"
+    )
 
 
 def test_check_reserves_what_the_run_checks_against_the_cluster():

@@ -46,8 +46,13 @@ with bounded_interrupt(grace_s=float(sys.argv[1])):
 
 
 def _start(grace_s: float, cleanup: str):
-    proc = subprocess.Popen([sys.executable, "-c", COMMAND, str(grace_s), cleanup], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", COMMAND, str(grace_s), cleanup],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     line = proc.stdout.readline().split()
     assert line and line[0] == "ready", proc.communicate()
     tree = {pid: lifetime.start_time(pid) for pid in lifetime.descendants(proc.pid)}

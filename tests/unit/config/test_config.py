@@ -32,10 +32,14 @@ def test_overrides_apply_with_types():
         (["task.type=poetry"], "task: Input tag 'poetry'"),
         (["eval.ks=[1,50]"], "n_samples (10) must be >= max(ks) (50)"),
         (["learner.lora.r=64"], "exceeds rollout.max_lora_rank"),
-        (["rollout.logprobs_mode=raw_logprobs", "phases.1.sampling.temperature=0.7"],
-         "phases.1.sampling.temperature is 0.7: its learner needs the sampling distribution's"),
-        (["learner.lora.dropout=0.1"], "learner.lora.dropout (0.1) must be 0 with a phase that trains on its own"
-         " samples (phases.1 is grpo)"),
+        (
+            ["rollout.logprobs_mode=raw_logprobs", "phases.1.sampling.temperature=0.7"],
+            "phases.1.sampling.temperature is 0.7: its learner needs the sampling distribution's",
+        ),
+        (
+            ["learner.lora.dropout=0.1"],
+            "learner.lora.dropout (0.1) must be 0 with a phase that trains on its own samples (phases.1 is grpo)",
+        ),
         (["rollout.max_lora_rank=12"], "rollout.max_lora_rank: Input should be 1, 8, 16, 32, 64, 128, 256, 320 or 512"),
         (["learnerlr"], "expected KEY=VALUE"),
         (["phases.7.steps=1"], "not a valid list index"),
@@ -62,7 +66,9 @@ def test_defaults_are_valid():
 
 
 def _cli(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "polyray.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "polyray.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
 
 
 @pytest.mark.parametrize(
@@ -88,11 +94,24 @@ QUICKSTART = ROOT / "configs" / "quickstart.yaml"
     "overrides, needle",
     [
         (["phases.1.advantage={type: polychromic, k: 1}"], "phases.1.advantage.k"),
-        (["phases.1.group_size=16", "phases.1.advantage={type: polychromic, k: 8}"], "12870 subsets exceeds max_subsets (5000)"),
-        (["phases.0.type=polychromic_sft", "phases.0.n_samples=16", "phases.0.estimator=subset", "phases.0.subset_k=8"],
-         "12870 subsets exceeds 5000"),
+        (
+            ["phases.1.group_size=16", "phases.1.advantage={type: polychromic, k: 8}"],
+            "12870 subsets exceeds max_subsets (5000)",
+        ),
+        (
+            [
+                "phases.0.type=polychromic_sft",
+                "phases.0.n_samples=16",
+                "phases.0.estimator=subset",
+                "phases.0.subset_k=8",
+            ],
+            "12870 subsets exceeds 5000",
+        ),
         (["phases.0.batch_size=1"], "phases.0.batch_size (1) must be >= learner.num_workers (2)"),
-        (["phases.0.learner_workers=4", "phases.0.batch_size=3"], "phases.0.batch_size (3) must be >= learner_workers (4)"),
+        (
+            ["phases.0.learner_workers=4", "phases.0.batch_size=3"],
+            "phases.0.batch_size (3) must be >= learner_workers (4)",
+        ),
         (["phases.1.learner_workers=0"], "phases.1.learner_workers"),
         (["dynamics.ks=[0, 2]"], "dynamics: ks must be positive integers"),
         (["dynamics.ks=[-1]"], "dynamics: ks must be positive integers"),
@@ -100,8 +119,10 @@ QUICKSTART = ROOT / "configs" / "quickstart.yaml"
         (["phases.1.sampling.top_p=0.9"], "phases.1: sampling.top_p must be 1 in a training phase"),
         (["phases.1.kl_reference=start"], "phases.1.kl_reference"),
         (["rollout.gpus_per_worker=0.5"], "rollout: gpu_memory_utilization 0.92 of each GPU for gpus_per_worker 0.5"),
-        (["rollout.gpus_per_worker=0.5", "rollout.gpu_memory_utilization=0.5"], "set gpu_memory_utilization to at"
-         " most 0.46"),
+        (
+            ["rollout.gpus_per_worker=0.5", "rollout.gpu_memory_utilization=0.5"],
+            "set gpu_memory_utilization to at most 0.46",
+        ),
         (["rollout.gpus_per_worker=1.5"], "rollout: gpus_per_worker 1.5: above 1, a whole number of GPUs"),
     ],
 )
@@ -112,9 +133,15 @@ def test_configs_that_used_to_crash_late_fail_at_load(overrides, needle):
     assert str(info.value).startswith(str(QUICKSTART))
 
 
-@pytest.mark.parametrize("content, needle", [("", "the file is empty"), ("# only a comment\n", "the file is empty"),
-                                             ("0\n", "top level must be a mapping of fields, got int 0"),
-                                             ("false\n", "top level must be a mapping of fields, got bool False")])
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        ("", "the file is empty"),
+        ("# only a comment\n", "the file is empty"),
+        ("0\n", "top level must be a mapping of fields, got int 0"),
+        ("false\n", "top level must be a mapping of fields, got bool False"),
+    ],
+)
 def test_empty_or_scalar_yaml_names_the_file(tmp_path, content, needle):
     path = tmp_path / "run.yaml"
     path.write_text(content)
@@ -179,8 +206,12 @@ def test_every_config_file_is_read_by_the_one_yaml_reader(tmp_path, loader):
     from polyray.drivers.experiment import load_experiment
     from polyray.drivers.sweep import load_sweep
 
-    load = {"run": load_config, "eval": load_eval_config, "sweep": load_sweep,
-            "experiment": lambda p: load_experiment(p, seeds=1)}[loader]  # fmt: skip
+    load = {
+        "run": load_config,
+        "eval": load_eval_config,
+        "sweep": load_sweep,
+        "experiment": lambda p: load_experiment(p, seeds=1),
+    }[loader]
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: [unclosed\n")
     with pytest.raises(ConfigError, match=f"^{bad}: invalid YAML"):

@@ -109,4 +109,8 @@ def test_task_bound_pieces_are_registered_with_the_tasks():
     allowed = typing.get_args(RepeatPenaltyAdvantageConfig.model_fields["answer"].annotation)
     assert set(ANSWER_KEYS) == set(allowed)
     assert answer_key("  3 +\n 9 ", "text") == "3 + 9"
-    assert answer_key("(3+9)", "countdown_expr") == answer_key("3 + 9", "countdown_expr") != answer_key("9+3", "countdown_expr")
+    assert (
+        answer_key("(3+9)", "countdown_expr")
+        == answer_key("3 + 9", "countdown_expr")
+        != answer_key("9+3", "countdown_expr")
+    )

@@ -43,9 +43,20 @@ def test_run_config_rewards_check_out_on_its_task(path, tmp_path):
     from polyray.tasks import build_task
 
     problems = tmp_path / "problems.jsonl"
-    problems.write_text("".join(json.dumps({
-        "prompt": f"def f{i}():\n", "test": f"def check(c):\n    assert c() == {i}\n", "entry_point": f"f{i}",
-        "canonical_solution": f"    return {i}\n"}) + "\n" for i in range(12)))  # fmt: skip
+    problems.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "prompt": f"def f{i}():\n",
+                    "test": f"def check(c):\n    assert c() == {i}\n",
+                    "entry_point": f"f{i}",
+                    "canonical_solution": f"    return {i}\n",
+                }
+            )
+            + "\n"
+            for i in range(12)
+        )
+    )
     stand_in = {"code": problems, "replies": CONFIGS.parent / "tests" / "fixtures" / "engagement.jsonl"}
     run = load_config(path)
     if run.task.type in stand_in and not Path(run.task.path).is_file():  # (a preset's data the user brings)

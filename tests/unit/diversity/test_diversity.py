@@ -198,7 +198,10 @@ def test_auto_encoder_dtype_is_bfloat16_only_where_the_cpu_has_it(monkeypatch, c
     for native, want in ((True, "bfloat16"), (False, "float32")):
         monkeypatch.setattr(embeddings_mod, "native_bfloat16", lambda native=native: native)
         assert embeddings_mod.resolve_dtype("auto") == want
-        assert embeddings_mod.resolve_dtype("float32") == "float32" and embeddings_mod.resolve_dtype("bfloat16") == "bfloat16"
+        assert (
+            embeddings_mod.resolve_dtype("float32") == "float32"
+            and embeddings_mod.resolve_dtype("bfloat16") == "bfloat16"
+        )
         assert embedding_dtype_of(cfg) == want
         assert f"sentence encoder runs in {want} (embedding_dtype: auto)" in capsys.readouterr().out
     assert embedding_dtype_of(cfg.model_copy(update={"diversity": "countdown_expr"})) == "float32"

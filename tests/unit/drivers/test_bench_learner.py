@@ -50,8 +50,9 @@ def test_stand_in_pool_varies_the_lengths_and_counts_the_tokens():
     pool = StandInPool(vocab=512, length=40, prompt_tokens=(8, 16), varied=True)
     groups = pool.submit(["a", "b", "c"], 4, None).result()
     lengths = [len(s.token_ids) for g in groups for s in g]
-    assert len(set(lengths)) > 3 and all(1 <= n and len(s.prompt_token_ids) + n <= 40
-                                         for g in groups for s, n in zip(g, (len(s.token_ids) for s in g)))  # fmt: skip
+    assert len(set(lengths)) > 3 and all(
+        1 <= n and len(s.prompt_token_ids) + n <= 40 for g in groups for s, n in zip(g, (len(s.token_ids) for s in g))
+    )
     assert pool.tokens == sum(len(s.prompt_token_ids) + len(s.token_ids) for g in groups for s in g)
 
 
@@ -71,8 +72,9 @@ def test_one_step_on_each_path_trains_on_the_same_samples(toy_model):
 
 def test_checkpointing_keeps_the_loss_and_the_estimate_follows_the_case(toy_model):
     plain = measure_step(toy_model, StepCase(4, 32, 64, 256, group_size=2, threads=1))
-    recomputed = measure_step(toy_model, StepCase(4, 32, 64, 256, group_size=2, threads=1, gradient_checkpointing=True,
-                                                  measured_steps=2))  # fmt: skip
+    recomputed = measure_step(
+        toy_model, StepCase(4, 32, 64, 256, group_size=2, threads=1, gradient_checkpointing=True, measured_steps=2)
+    )
     assert recomputed["loss"] != plain["loss"]  # its second timed step comes after an update
     again = measure_step(toy_model, StepCase(4, 32, 64, 256, group_size=2, threads=1, gradient_checkpointing=True))
     assert again["loss"] == pytest.approx(plain["loss"], rel=1e-5, abs=1e-7)
@@ -89,13 +91,23 @@ def test_checkpointing_keeps_the_loss_and_the_estimate_follows_the_case(toy_mode
 
 def test_ratios_are_quotients_of_the_rows():
     def row(n, path, peak, tps, est):
-        return {"sequences": n, "path": path, "peak_bytes": peak, "tokens_per_s": tps, "tokens_per_cpu_s": tps / 2,
-                "estimate_ratio": est}  # fmt: skip
+        return {
+            "sequences": n,
+            "path": path,
+            "peak_bytes": peak,
+            "tokens_per_s": tps,
+            "tokens_per_cpu_s": tps / 2,
+            "estimate_ratio": est,
+        }
 
-    rows = [row(8, "micro-batched", 3.0, 100, 0.9), row(8, "whole batch", 6.0, 80, 1.1),
-            row(64, "micro-batched", 3.3, 120, 1.0), {"sequences": 64, "path": "whole batch", "error": "killed"},
-            {"sequences": 8, "path": "varied lengths, packed", "peak_bytes": 2.0, "step_s": 0.6},
-            {"sequences": 8, "path": "varied lengths, one a row", "peak_bytes": 2.5, "step_s": 1.0}]  # fmt: skip
+    rows = [
+        row(8, "micro-batched", 3.0, 100, 0.9),
+        row(8, "whole batch", 6.0, 80, 1.1),
+        row(64, "micro-batched", 3.3, 120, 1.0),
+        {"sequences": 64, "path": "whole batch", "error": "killed"},
+        {"sequences": 8, "path": "varied lengths, packed", "peak_bytes": 2.0, "step_s": 0.6},
+        {"sequences": 8, "path": "varied lengths, one a row", "peak_bytes": 2.5, "step_s": 1.0},
+    ]
     ratios = learner_ratios(rows)
     assert ratios == pytest.approx({"peak_64_vs_8": 1.1, "whole_vs_micro_peak_8": 2.0, "micro_vs_whole_tokens_per_s_8": 1.25,
                                     "micro_vs_whole_tokens_per_cpu_s_8": 1.25, "packed_vs_one_a_row_step_s_8": 0.6,
@@ -113,10 +125,17 @@ def test_bench_learner_command_at_a_toy_size(tmp_path):
     assert done.value.code == 0
     results = json.loads(out.read_text())
     paths = [(c["sequences"], c["path"]) for c in results["cases"]]
-    assert paths == [(2, "micro-batched"), (2, "whole batch"), (2, "varied lengths, packed"),
-                     (2, "varied lengths, one a row"), (4, "micro-batched")]  # fmt: skip
+    assert paths == [
+        (2, "micro-batched"),
+        (2, "whole batch"),
+        (2, "varied lengths, packed"),
+        (2, "varied lengths, one a row"),
+        (4, "micro-batched"),
+    ]
     assert all("error" not in c for c in results["cases"])
-    assert {"peak_4_vs_2", "whole_vs_micro_peak_2", "packed_vs_one_a_row_step_s_2", "estimate_vs_measured_max"} <= set(results["ratios"])
+    assert {"peak_4_vs_2", "whole_vs_micro_peak_2", "packed_vs_one_a_row_step_s_2", "estimate_vs_measured_max"} <= set(
+        results["ratios"]
+    )
     # the summary table's rows of the part's own ratio names, each under its goal (a ratio without one raises)
     goals = {name: goal for name, _, goal in learner_rows(results["ratios"])}
     assert goals["learner peak, largest / smallest step (micro-batched) (4 vs 2)"] == "<= 1.15"

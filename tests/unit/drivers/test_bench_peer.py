@@ -35,23 +35,40 @@ def test_settings_come_from_the_config():
     s = peer_settings(run)
     sft, grpo = run.phases[0], run.phases[1]
     assert s["seed"] == s["sft"]["seed"] == s["grpo"]["seed"] == s["grpo"]["data_seed"] == 7
-    assert s["lora"] == {"r": 4, "lora_alpha": run.learner.lora.alpha, "lora_dropout": run.learner.lora.dropout,
-                         "target_modules": run.learner.lora.target_modules}  # fmt: skip
+    assert s["lora"] == {
+        "r": 4,
+        "lora_alpha": run.learner.lora.alpha,
+        "lora_dropout": run.learner.lora.dropout,
+        "target_modules": run.learner.lora.target_modules,
+    }
     assert (s["sft"]["max_steps"], s["sft"]["per_device_train_batch_size"], s["sft"]["learning_rate"]) == (
-        sft.steps, sft.batch_size, sft.lr)
+        sft.steps,
+        sft.batch_size,
+        sft.lr,
+    )
     g = s["grpo"]
     assert g["per_device_train_batch_size"] == grpo.prompts_per_step * grpo.group_size
     assert (g["num_generations"], g["learning_rate"], g["max_completion_length"], g["beta"]) == (
-        grpo.group_size, 1e-3, 20, grpo.kl_beta)
+        grpo.group_size,
+        1e-3,
+        20,
+        grpo.kl_beta,
+    )
     assert (g["temperature"], g["top_p"], g["epsilon"], g["epsilon_high"]) == (
-        grpo.sampling.temperature, grpo.sampling.top_p, grpo.clip_eps_low, grpo.clip_eps_high)
+        grpo.sampling.temperature,
+        grpo.sampling.top_p,
+        grpo.clip_eps_low,
+        grpo.clip_eps_high,
+    )
     # polyray's default GRPO: per-sequence token means, group std scaling, a constant LR
     assert (g["loss_type"], g["scale_rewards"], g["lr_scheduler_type"]) == ("grpo", "group", "constant_with_warmup")
     assert g["max_grad_norm"] == run.learner.grad_clip and g["weight_decay"] == run.learner.weight_decay
     # the same arithmetic: no autocast, activations kept unless the learner checkpoints (TRL defaults to both)
     for phase in (s["sft"], g):
         assert (phase["bf16"], phase["fp16"], phase["gradient_checkpointing"]) == (False, False, False)
-    assert peer_settings(load_config(QUICKSTART, ["learner.gradient_checkpointing=true"]))["grpo"]["gradient_checkpointing"]
+    assert peer_settings(load_config(QUICKSTART, ["learner.gradient_checkpointing=true"]))["grpo"][
+        "gradient_checkpointing"
+    ]
 
 
 def test_trl_accepts_the_settings(tmp_path):
@@ -105,7 +122,9 @@ def test_bench_step_medians_count_a_step_without_a_canary_as_zero(tmp_path):
 
     from polyray.drivers.bench.common import _step_stats
 
-    rows = [{"phase": "sft", "step_s": s, **({"canary_s": 3.8} if i == 4 else {})} for i, s in enumerate([9, 1, 2, 3, 4])]
+    rows = [
+        {"phase": "sft", "step_s": s, **({"canary_s": 3.8} if i == 4 else {})} for i, s in enumerate([9, 1, 2, 3, 4])
+    ]
     rows += [{"phase": "poly", "step_s": 1.0, "canary_s": c, "rollout_s": 0.5} for c in (5.0, 0.1, 0.3, 0.2)]
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -116,8 +135,10 @@ def test_bench_step_medians_count_a_step_without_a_canary_as_zero(tmp_path):
 
 
 def test_paired_comparison_is_polyray_minus_trl_per_seed():
-    per_seed = {s: {"polyray": {"steps": {"grpo": {"step_s": a}}}, "trl": {"steps": {"grpo": {"step_s": b}}}}
-                for s, (a, b) in enumerate([(1.0, 0.5), (1.2, 0.5), (0.9, 0.6)])}  # fmt: skip
+    per_seed = {
+        s: {"polyray": {"steps": {"grpo": {"step_s": a}}}, "trl": {"steps": {"grpo": {"step_s": b}}}}
+        for s, (a, b) in enumerate([(1.0, 0.5), (1.2, 0.5), (0.9, 0.6)])
+    }
     c = paired(per_seed, ("steps", "grpo", "step_s"))
     assert c["polyray"] == [1.0, 1.2, 0.9] and c["trl"] == [0.5, 0.5, 0.6]
     d = np.array([0.5, 0.7, 0.3])
@@ -126,7 +147,11 @@ def test_paired_comparison_is_polyray_minus_trl_per_seed():
 
 def _engine(step: float, pass1: float) -> dict:
     steps = {p: {"step_s": step, "tokens_per_s": 10 / step} for p in ("sft", "grpo")}
-    return {"steps": steps, "end_to_end_s": 60 * step, "eval": {p: {"pass@1": pass1, "pass@10": 2 * pass1} for p in ("sft", "grpo")}}
+    return {
+        "steps": steps,
+        "end_to_end_s": 60 * step,
+        "eval": {p: {"pass@1": pass1, "pass@10": 2 * pass1} for p in ("sft", "grpo")},
+    }
 
 
 def test_compare_engines_tests_pass_at_k_non_inferiority_at_the_margin():
@@ -141,7 +166,9 @@ def test_compare_engines_tests_pass_at_k_non_inferiority_at_the_margin():
     d = np.array(poly) - np.array(trl)
     assert ni["pvalue"] == pytest.approx(DescrStatsW(d).ttest_mean(-0.02, alternative="larger")[1])
     assert ni["noninferior"] is (ni["pvalue"] < 0.05) and "noninferiority" not in compared["grpo_step_s"]
-    assert ratios["grpo_step_polyray_vs_trl"] == pytest.approx(0.8) and ratios["end_to_end_polyray_vs_trl"] == pytest.approx(0.8)
+    assert ratios["grpo_step_polyray_vs_trl"] == pytest.approx(0.8) and ratios[
+        "end_to_end_polyray_vs_trl"
+    ] == pytest.approx(0.8)
     # a margin far inside the spread: not shown
     assert compare_engines(per_seed, margin=0.001)[0]["grpo_pass@1"]["noninferiority"]["noninferior"] is False
 
@@ -149,14 +176,31 @@ def test_compare_engines_tests_pass_at_k_non_inferiority_at_the_margin():
 def test_print_peer_shows_the_non_inferiority_test():
     from rich.console import Console
 
-    per_seed = {s: {"polyray": _engine(0.2, 0.19 + 0.01 * s), "trl": _engine(0.25, 0.185 + 0.005 * s)} for s in range(3)}
+    per_seed = {
+        s: {"polyray": _engine(0.2, 0.19 + 0.01 * s), "trl": _engine(0.25, 0.185 + 0.005 * s)} for s in range(3)
+    }
     compared, ratios = compare_engines(per_seed, margin=0.02)
-    settings = {"sft": {"max_steps": 4, "per_device_train_batch_size": 8},
-                "grpo": {"max_steps": 4, "per_device_train_batch_size": 16, "num_generations": 8,
-                         "max_completion_length": 24, "temperature": 1.0}, "lora": {"r": 8}, "dtype": "float32"}  # fmt: skip
-    results = {"settings": settings, "trl_version": "1.x", "seeds": [0, 1, 2], "compared": compared, "ratios": ratios,
-               "per_seed": {str(s): {e: {"steps": {"grpo": {"iqr_s": 0.01}}} for e in ("polyray", "trl")} for s in range(3)},
-               "polyray_startup_s": {"ray_start": 5.0}}  # fmt: skip
+    settings = {
+        "sft": {"max_steps": 4, "per_device_train_batch_size": 8},
+        "grpo": {
+            "max_steps": 4,
+            "per_device_train_batch_size": 16,
+            "num_generations": 8,
+            "max_completion_length": 24,
+            "temperature": 1.0,
+        },
+        "lora": {"r": 8},
+        "dtype": "float32",
+    }
+    results = {
+        "settings": settings,
+        "trl_version": "1.x",
+        "seeds": [0, 1, 2],
+        "compared": compared,
+        "ratios": ratios,
+        "per_seed": {str(s): {e: {"steps": {"grpo": {"iqr_s": 0.01}}} for e in ("polyray", "trl")} for s in range(3)},
+        "polyray_startup_s": {"ray_start": 5.0},
+    }
     console = Console(record=True, width=250)
     print_peer(results, console)
     text = console.export_text()
@@ -176,9 +220,12 @@ def test_grpo_floor_is_the_longer_of_rollout_and_the_rest():
 
 
 def test_polychromic_floor_prefers_the_one_ahead_variant():
-    results = {"sft": {"step_s": 1.0}, "sft[56 sequences: references + samples]": {"step_s": 2.0},
-               "polychromic_sft[countdown_expr]": {"step_s": 4.0},
-               "polychromic_sft[countdown_expr, async]": {"step_s": 3.0}}  # fmt: skip
+    results = {
+        "sft": {"step_s": 1.0},
+        "sft[56 sequences: references + samples]": {"step_s": 2.0},
+        "polychromic_sft[countdown_expr]": {"step_s": 4.0},
+        "polychromic_sft[countdown_expr, async]": {"step_s": 3.0},
+    }
     assert polychromic_floor(results) == ("polychromic_sft[countdown_expr, async]", 1.5)
     assert polychromic_floor({"sft": {"step_s": 1.0}, "polychromic_sft[x]": {"step_s": 2.0}}) is None
 
@@ -186,11 +233,20 @@ def test_polychromic_floor_prefers_the_one_ahead_variant():
 def test_summary_rows_hold_the_floors_and_the_peer_ratios():
     results = {
         "grpo": {"ratio": 0.6, "async_vs_floor": 1.3, "rollout_reference_vs_learner": 1.1, "packed_vs_unpacked": 0.8},
-        "polychromic": {"sft": {"step_s": 1.0}, "sft[8 sequences: references + samples]": {"step_s": 2.0},
-                        "polychromic_sft[x]": {"step_s": 3.0}},
-        "peer": {"ratios": {"grpo_step_polyray_vs_trl": 1.5, "sft_step_polyray_vs_trl": 0.9, "end_to_end_polyray_vs_trl": 5.0},
-                 "large": {"tokens": 128, "vllm_vs_transformers": 2.5}},
-    }  # fmt: skip
+        "polychromic": {
+            "sft": {"step_s": 1.0},
+            "sft[8 sequences: references + samples]": {"step_s": 2.0},
+            "polychromic_sft[x]": {"step_s": 3.0},
+        },
+        "peer": {
+            "ratios": {
+                "grpo_step_polyray_vs_trl": 1.5,
+                "sft_step_polyray_vs_trl": 0.9,
+                "end_to_end_polyray_vs_trl": 5.0,
+            },
+            "large": {"tokens": 128, "vllm_vs_transformers": 2.5},
+        },
+    }
     rows = {name: (value, goal) for name, value, goal in summary_rows(results)}
     assert rows["GRPO step, one ahead / max(rollout + reward, update + publish)"] == (1.3, "<= 1.1")
     assert rows["GRPO step, one ahead: KL reference on the rollout worker / on the learner"] == (1.1, "-")
@@ -206,10 +262,19 @@ def test_print_grpo_shows_the_rollout_reference_and_unpacked_modes(capsys):
     from polyray.drivers.bench.grpo import print_grpo
 
     mode = {"step_s": 0.2, "rollout_s": 0.0, "reward_s": 0.0, "sync_s": 0.01}
-    results = {"steps": 12, "rounds": 3, "sync": {**mode, "step_s": 0.3, "rollout_s": 0.1}, "async": mode,
-               "async_rollout_reference": {**mode, "step_s": 0.22, "rollout_s": 0.05}, "ratio": 0.67,
-               "async_unpacked": {**mode, "step_s": 0.25}, "packed_vs_unpacked": 0.8, "rollout_reference_vs_learner": 1.1, "floor": {"rollout_s": 0.1, "update_publish_s": 0.19, "floor_s": 0.19},
-               "async_vs_floor": 1.05}  # fmt: skip
+    results = {
+        "steps": 12,
+        "rounds": 3,
+        "sync": {**mode, "step_s": 0.3, "rollout_s": 0.1},
+        "async": mode,
+        "async_rollout_reference": {**mode, "step_s": 0.22, "rollout_s": 0.05},
+        "ratio": 0.67,
+        "async_unpacked": {**mode, "step_s": 0.25},
+        "packed_vs_unpacked": 0.8,
+        "rollout_reference_vs_learner": 1.1,
+        "floor": {"rollout_s": 0.1, "update_publish_s": 0.19, "floor_s": 0.19},
+        "async_vs_floor": 1.05,
+    }
     print_grpo(results)
     out = capsys.readouterr().out
     assert "KL reference scored by the rollout worker" in out and "/ by the learner: 1.10" in out
@@ -230,7 +295,6 @@ def test_sync_floor_times_one_copy_and_one_write_of_the_adapters_bytes(tmp_path)
 
 def test_fixed_length_generate_makes_every_completion_full_length(tmp_path):
     """A model that puts nearly all mass on its end token still generates ``tokens`` per completion."""
-    import torch
     from safetensors.torch import load_file, save_file
 
     from polyray.drivers.bench.common import _random_adapter
@@ -310,8 +374,10 @@ def test_the_summary_and_print_grpo_show_only_the_ratios_of_the_modes_that_ran(c
     modes = {"sync": {**mode, "step_s": 0.3}, "async": mode}
     two = {"steps": 4, "rounds": 1, "modes": ["sync", "async"], **modes, **grpo_ratios(modes)}
     rows = {name for name, _, _ in summary_rows({"grpo": two})}
-    assert rows == {"GRPO step, one ahead / synchronous",
-                    "GRPO step, one ahead / max(rollout + reward, update + publish)"}  # fmt: skip
+    assert rows == {
+        "GRPO step, one ahead / synchronous",
+        "GRPO step, one ahead / max(rollout + reward, update + publish)",
+    }
     print_grpo(two)
     print_summary({"grpo": two})
     out = capsys.readouterr().out
@@ -342,9 +408,18 @@ def test_a_kill_counts_the_errors_outside_its_window():
     from polyray.drivers.bench.chaos import summarize
 
     # (start, end, status): the kill at t=10, the first answer to a request sent after it at t=14
-    outcomes = [(0.0, 1.0, 200), (1.0, 2.0, 500), (9.0, 10.5, 500), (10.5, 11.0, -1), (11.0, 12.0, 503),
-                (12.0, 14.0, 200), (13.0, 15.0, 500), (15.0, 16.0, 200), (16.0, 17.0, 500),
-                (17.0, 18.0, 429)]  # fmt: skip
+    outcomes = [
+        (0.0, 1.0, 200),
+        (1.0, 2.0, 500),
+        (9.0, 10.5, 500),
+        (10.5, 11.0, -1),
+        (11.0, 12.0, 503),
+        (12.0, 14.0, 200),
+        (13.0, 15.0, 500),
+        (15.0, 16.0, 200),
+        (16.0, 17.0, 500),
+        (17.0, 18.0, 429),
+    ]
     r = summarize(outcomes, 18.0, t_kill=10.0)
     assert r["recovery_s"] == 4.0 and r["errors"] == 5 and r["back_pressure"] == 2
     # before the kill: the request that ended at 2; after the answer at 14: the one sent at 16 (the one sent

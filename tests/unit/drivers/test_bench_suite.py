@@ -22,13 +22,23 @@ MODE = {"step_s": 0.2, "rollout_s": 0.1, "reward_s": 0.0, "sync_s": 0.01, "steps
 
 def _rollout(**engines):
     """Rollout results as ``bench_rollout`` returns them, with the engines' tokens/s."""
-    results = {"prompts": 4, "n": 8, "max_tokens": 16,
-               **{k: {"tokens": 100, "seconds": 100 / tps, "tokens_per_s": tps} for k, tps in engines.items()},
-               "detokenizer": {"ids_then_decode": {"tokens_per_s": 60.0}, "vllm_detokenizer": {"tokens_per_s": 50.0}},
-               "adapter_sync": {"syncs": 2, "median_ms": 20.0, "load_median_ms": 8.0, "first_use_median_ms": 12.0},
-               "full_reload": {"syncs": 2, "median_ms": 400.0, "load_median_ms": 300.0, "first_use_median_ms": 100.0},
-               "sync_floor": {"bytes": 2**20, "memcpy_ms": 0.5, "memcpy_bytes_per_s": 2**31, "write_ms": 1.5,
-                              "write_bytes_per_s": 2**30, "floor_ms": 2.0}}  # fmt: skip
+    results = {
+        "prompts": 4,
+        "n": 8,
+        "max_tokens": 16,
+        **{k: {"tokens": 100, "seconds": 100 / tps, "tokens_per_s": tps} for k, tps in engines.items()},
+        "detokenizer": {"ids_then_decode": {"tokens_per_s": 60.0}, "vllm_detokenizer": {"tokens_per_s": 50.0}},
+        "adapter_sync": {"syncs": 2, "median_ms": 20.0, "load_median_ms": 8.0, "first_use_median_ms": 12.0},
+        "full_reload": {"syncs": 2, "median_ms": 400.0, "load_median_ms": 300.0, "first_use_median_ms": 100.0},
+        "sync_floor": {
+            "bytes": 2**20,
+            "memcpy_ms": 0.5,
+            "memcpy_bytes_per_s": 2**31,
+            "write_ms": 1.5,
+            "write_bytes_per_s": 2**30,
+            "floor_ms": 2.0,
+        },
+    }
     return {**results, "ratios": rollout_ratios(results)}
 
 
@@ -60,12 +70,22 @@ def test_results_without_what_the_smoke_leaves_out_print_and_summarise(capsys):
 
     modes = {"async": MODE, "async_rollout_reference": {**MODE, "step_s": 0.22}}
     grpo = {"steps": 4, "rounds": 1, "modes": list(modes), **modes, **grpo_ratios(modes)}
-    polychromic = {"sft": {"step_s": 1.0}, "sft[56 sequences: references + samples]": {"step_s": 2.0},
-                   "polychromic_sft[countdown_expr]": {"step_s": 3.0, "rollout_s": 0.5}}  # fmt: skip
+    polychromic = {
+        "sft": {"step_s": 1.0},
+        "sft[56 sequences: references + samples]": {"step_s": 2.0},
+        "polychromic_sft[countdown_expr]": {"step_s": 3.0, "rollout_s": 0.5},
+    }
     # no "learner": --large-learner-sequences 0
-    large = {"shape": {"layers": 1, "hidden": 64, "vocab": 512}, "prompts": 2, "n": 2, "tokens": 16, "threads": 1,
-             "vllm": {"tokens_per_s": 300.0}, "transformers": {"tokens_per_s": 100.0},
-             "vllm_vs_transformers": 3.0}  # fmt: skip
+    large = {
+        "shape": {"layers": 1, "hidden": 64, "vocab": 512},
+        "prompts": 2,
+        "n": 2,
+        "tokens": 16,
+        "threads": 1,
+        "vllm": {"tokens_per_s": 300.0},
+        "transformers": {"tokens_per_s": 100.0},
+        "vllm_vs_transformers": 3.0,
+    }
     ratios = {"grpo_step_polyray_vs_trl": 0.4, "sft_step_polyray_vs_trl": 0.9, "end_to_end_polyray_vs_trl": 2.0}
     peer = {"ratios": ratios, "large": large}
     results = {"rollout": rollout, "grpo": grpo, "polychromic": polychromic, "peer": peer}
@@ -91,8 +111,10 @@ def test_results_without_what_the_smoke_leaves_out_print_and_summarise(capsys):
     out = capsys.readouterr().out
     assert "polychromic_sft[countdown_expr] / its floor" in out and "canary every step" not in out
     # what --smoke runs: one GRPO mode, polychromic SFT without its floor
-    smoke = {"grpo": {"steps": 4, "rounds": 1, "modes": ["async_rollout_reference"], "async_rollout_reference": MODE},
-             "polychromic": {k: v for k, v in polychromic.items() if not k.startswith("sft[")}}  # fmt: skip
+    smoke = {
+        "grpo": {"steps": 4, "rounds": 1, "modes": ["async_rollout_reference"], "async_rollout_reference": MODE},
+        "polychromic": {k: v for k, v in polychromic.items() if not k.startswith("sft[")},
+    }
     rows = {name: value for name, value, _ in summary_rows(smoke)}
     assert rows == {"polychromic_sft[countdown_expr] step / SFT step": 3.0}
     print_grpo(smoke["grpo"])

@@ -34,11 +34,15 @@ PROBLEMS = [  # name, signature, docstring, right body, test
 @pytest.fixture
 def eval_config(tmp_path):
     rows = [
-        {"task_id": f"toy/{name}", "prompt": f'def {name}({sig}):\n    """{doc}"""\n',
-         "canonical_solution": f"    return {body}\n", "test": f"def check(candidate):\n    assert {check}\n",
-         "entry_point": name}
+        {
+            "task_id": f"toy/{name}",
+            "prompt": f'def {name}({sig}):\n    """{doc}"""\n',
+            "canonical_solution": f"    return {body}\n",
+            "test": f"def check(candidate):\n    assert {check}\n",
+            "entry_point": name,
+        }
         for name, sig, doc, body, check in PROBLEMS
-    ]  # fmt: skip
+    ]
     data = tmp_path / "problems.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = tmp_path / "eval.yaml"
@@ -68,10 +72,12 @@ def test_a_code_task_is_planned_and_judged_as_the_job_does(eval_config):
     # per problem: its right body, then a wrong one (a wrong value, or an error)
     wrong = ["    return None\n", "    raise ValueError('no')\n"]
     unit.samples = [
-        [Sample(i, f"    return {body}\n", [], [1, 2], [-0.1, -0.2], 0, True),
-         Sample(i, wrong[i % 2], [], [1, 2], [-0.3, -0.4], 0, True)]
+        [
+            Sample(i, f"    return {body}\n", [], [1, 2], [-0.1, -0.2], 0, True),
+            Sample(i, wrong[i % 2], [], [1, 2], [-0.3, -0.4], 0, True),
+        ]
         for i, (_, _, _, body, _) in enumerate(PROBLEMS)
-    ]  # fmt: skip
+    ]
     done = []
     judge_unit(unit, tasks[unit.task_name][1], done.append)
     assert sum(done) == 2 * len(PROBLEMS)

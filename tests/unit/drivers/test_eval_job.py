@@ -135,16 +135,22 @@ def test_bad_adapter_paths(tmp_path, make, needle):
 def test_resolve_models_names_and_references(tmp_path):
     run = _run_dir(tmp_path)
     data = {
-        "models": [{"name": "base", "kind": "base"}, {"name": "fs", "kind": "few_shot"},
-                   {"name": "q", "kind": "adapter", "path": str(run)}],
+        "models": [
+            {"name": "base", "kind": "base"},
+            {"name": "fs", "kind": "few_shot"},
+            {"name": "q", "kind": "adapter", "path": str(run)},
+        ],
         "compare": [["q/grpo", "q/sft"]],
         "lora": [["q/sft", "q/grpo"]],
-    }  # fmt: skip
+    }
     cfg = EvalJobConfig.model_validate(data)
     models = resolve_models(cfg)
     assert [(m.name, m.kind, m.few_shot) for m in models] == [
-        ("base", "base", 0), ("fs", "few_shot", 4), ("q/sft", "adapter", 0), ("q/grpo", "adapter", 0),
-    ]  # fmt: skip
+        ("base", "base", 0),
+        ("fs", "few_shot", 4),
+        ("q/sft", "adapter", 0),
+        ("q/grpo", "adapter", 0),
+    ]
     assert models[2].run_dir == run.resolve()
     with pytest.raises(ConfigError, match=r"compare.0: unknown model 'q'"):
         resolve_models(EvalJobConfig.model_validate({**data, "compare": [["q", "base"]]}))
@@ -214,8 +220,14 @@ def test_unit_metrics_match_definitions():
     assert "pass_at_k" not in json.dumps(doc) and set(doc["usq_by_selector"]["oracle"]) == {"usq@1", "usq@2", "usq@4"}
     strict = json.loads(json.dumps(json_safe(doc), allow_nan=False))
     assert json_safe(EvalRecord.from_json(strict).to_json()) == strict
-    table = {"name": "t", "ks": [1, 2, 4], "usq_k": 4, "usq_selector": "logprob", "diversity_metrics": ["distinct_1"],
-             "models": {"m": strict}}
+    table = {
+        "name": "t",
+        "ks": [1, 2, 4],
+        "usq_k": 4,
+        "usq_selector": "logprob",
+        "diversity_metrics": ["distinct_1"],
+        "models": {"m": strict},
+    }
     out = io.StringIO()
     Console(file=out, width=200).print(results_table(table))
     assert f"{record.pass_at_k[4].mean:.3f} ±" in out.getvalue() and "0.750/0.438" in out.getvalue()
@@ -352,8 +364,11 @@ def test_cli_config_error_is_one_line_and_exit_2(tmp_path):
     path = _write(tmp_path, BASE)
     proc = subprocess.run(
         [sys.executable, "-m", "polyray.cli", "eval", str(path), "--set", "n_samples=2"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"error: {path}: <root>: n_samples (2) must be >= max(ks) (10)"]
 

@@ -23,7 +23,9 @@ def _unit() -> EvalUnit:
 def test_units_round_trip_and_resume_stage(tmp_path):
     task = build_task(CFG.tasks[0])
     unit, key = _unit(), unit_key(_unit(), CFG.tasks[0], CFG)
-    unit.samples = [[Sample(0, " 1+2", [1, 2], [3, 4], [-0.1, -0.2], 0, True), Sample(1, " 2", [1, 2], [5], [-1.0], 0, False)]]
+    unit.samples = [
+        [Sample(0, " 1+2", [1, 2], [3, 4], [-0.1, -0.2], 0, True), Sample(1, " 2", [1, 2], [5], [-1.0], 0, False)]
+    ]
     store = UnitStore(tmp_path)
     assert store.restore(_unit(), key, task) is None
     store.save_generated(unit, key)

@@ -60,10 +60,15 @@ def test_bad_run_field_names_the_run(tmp_path):
 
 def test_a_task_block_puts_every_run_on_that_task(tmp_path):
     fixture = ROOT / "tests" / "fixtures" / "engagement.jsonl"
-    path = _write(tmp_path, f"name: e\nbase: base.yaml\ntask: {{type: replies, path: {fixture}, quality: engagement}}\n"
-                            "runs: {a: {}, b: {phases: []}}\nmodels: {m: a/sft}\n")
+    path = _write(
+        tmp_path,
+        f"name: e\nbase: base.yaml\ntask: {{type: replies, path: {fixture}, quality: engagement}}\n"
+        "runs: {a: {}, b: {phases: []}}\nmodels: {m: a/sft}\n",
+    )
     _, configs = load_experiment(path, seeds=2)
-    assert {(c.task.type, c.task.path, c.task.quality) for c in configs.values()} == {("replies", str(fixture), "engagement")}
+    assert {(c.task.type, c.task.path, c.task.quality) for c in configs.values()} == {
+        ("replies", str(fixture), "engagement")
+    }
     path = _write(tmp_path, "name: e\nbase: base.yaml\ntask: {type: humaneval}\nruns: {a: {}}\nmodels: {m: a/sft}\n")
     with pytest.raises(ConfigError, match="runs.a: .*'humaneval' is an evaluation set"):
         load_experiment(path, seeds=1)
@@ -86,20 +91,26 @@ def test_a_branch_run_starts_from_its_seeds_adapter(tmp_path):
     assert configs["sft", 1].init_adapter is None
     for run in ("grpo_a", "grpo_b"):
         for seed in (0, 1):
-            assert configs[run, seed].init_adapter == str(tmp_path / "out" / "runs" / f"sft-s{seed}" / "adapters" / "sft")
+            assert configs[run, seed].init_adapter == str(
+                tmp_path / "out" / "runs" / f"sft-s{seed}" / "adapters" / "sft"
+            )
     assert [p.type for p in configs["grpo_a", 0].phases] == ["grpo"]
     # a trial's seed picks its adapter (the Tune base config is seed 0's)
     origins = {"grpo_a": "sft/sft"}
     assert _branch_fields({"run": "grpo_a", "seed": 1}, out="/o", origins=origins) == {
-        "init_adapter": "/o/runs/sft-s1/adapters/sft"}
+        "init_adapter": "/o/runs/sft-s1/adapters/sft"
+    }
     assert _branch_fields({"run": "sft", "seed": 1}, out="/o", origins=origins) == {}
 
 
-@pytest.mark.parametrize("runs, message", [
-    ("{a: {}, b: {from: a/nope}}", r"runs\.b\.from: run 'a' has no phase 'nope'"),
-    ("{a: {}, b: {from: c/sft}}", r"runs\.b\.from: 'c/sft' is not 'run/phase'"),
-    ("{a: {}, b: {from: a/sft}, c: {from: b/grpo}}", r"runs\.c\.from: 'b' branches itself"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "runs, message",
+    [
+        ("{a: {}, b: {from: a/nope}}", r"runs\.b\.from: run 'a' has no phase 'nope'"),
+        ("{a: {}, b: {from: c/sft}}", r"runs\.b\.from: 'c/sft' is not 'run/phase'"),
+        ("{a: {}, b: {from: a/sft}, c: {from: b/grpo}}", r"runs\.c\.from: 'b' branches itself"),
+    ],
+)
 def test_bad_branch_names_the_field(tmp_path, runs, message):
     path = _write(tmp_path, f"name: e\nbase: base.yaml\nruns: {runs}\nmodels: {{m: a/sft}}\n")
     with pytest.raises(ConfigError, match=message):
@@ -161,8 +172,10 @@ def test_over_seeds_p_values_cannot_beat_three_runs_per_side(tmp_path):
     def phases(seed):
         x_rows = _rows([2 + i % 3 for i in range(8)], rewards=[0.2] * 10)
         y_rows = _rows([6 + i % 3 for i in range(8)], rewards=[0.5] * 10)
-        return {"sft": {**{m: v[seed] for m, v in x_seed.items()}, "per_prompt": x_rows},
-                "grpo": {**{m: v[seed] for m, v in y_seed.items()}, "per_prompt": y_rows}}
+        return {
+            "sft": {**{m: v[seed] for m, v in x_seed.items()}, "per_prompt": x_rows},
+            "grpo": {**{m: v[seed] for m, v in y_seed.items()}, "per_prompt": y_rows},
+        }
 
     summary = _aggregate(tmp_path, phases)
     x = summary["models"]["x"]["pass@1"]
@@ -268,16 +281,20 @@ def test_equivalence_is_tested_at_the_configured_margin(tmp_path):
     assert 'id="table-seeds"' in html and "yes ±0.01, p " in html and "not shown ±0.01" in html
     assert "given the test prompts" in html and "over seeds and prompts" in html
 
-    path = _write(tmp_path, "name: e\nbase: base.yaml\nruns: {a: {}}\nmodels: {x: a/sft, y: a/grpo}\n"
-                            "compare: [[y, x]]\nequivalence_margin: {pass@1: 0.001}\n")
+    path = _write(
+        tmp_path,
+        "name: e\nbase: base.yaml\nruns: {a: {}}\nmodels: {x: a/sft, y: a/grpo}\n"
+        "compare: [[y, x]]\nequivalence_margin: {pass@1: 0.001}\n",
+    )
     exp, configs = load_experiment(path, seeds=5)
     assert exp.margin("pass@1") == 0.001 and exp.margin("pass@10") == 0.01
     summary = summarise(exp, tmp_path / "out", seeds=5)  # the same runs (written above under out/)
     o = summary["comparisons"]["y vs x"]["metrics"]["pass@1"]["over_seeds"]
     assert o["equivalence_margin"] == 0.001 and o["equivalent"] is False
     for bad, message in (("{pass@3: 0.01}", "unknown metric 'pass@3'"), ("-0.1", "must be > 0")):
-        path = _write(tmp_path, f"name: e\nbase: base.yaml\nruns: {{a: {{}}}}\nmodels: {{x: a/sft}}\n"
-                                f"equivalence_margin: {bad}\n")
+        path = _write(
+            tmp_path, f"name: e\nbase: base.yaml\nruns: {{a: {{}}}}\nmodels: {{x: a/sft}}\nequivalence_margin: {bad}\n"
+        )
         with pytest.raises(ConfigError, match=message):
             load_experiment(path, seeds=1)
 
@@ -325,8 +342,11 @@ def test_within_seed_bootstrap_reproducible_contains_the_mean_and_widens_with_se
         def phases(seed):
             xc = [i % 5 for i in range(20)]
             yc = [c + i % 3 + shifts[seed] for i, c in enumerate(xc)]
-            return {"sft": {"pass@1": 0.0, "per_prompt": _rows(xc, n=20)},
-                    "grpo": {"pass@1": 0.0, "per_prompt": _rows(yc, n=20)}}
+            return {
+                "sft": {"pass@1": 0.0, "per_prompt": _rows(xc, n=20)},
+                "grpo": {"pass@1": 0.0, "per_prompt": _rows(yc, n=20)},
+            }
+
         return phases
 
     def boot(d, shifts):
@@ -345,7 +365,6 @@ def test_within_seed_bootstrap_reproducible_contains_the_mean_and_widens_with_se
     assert spread["high"] - spread["low"] > 2 * (flat["high"] - flat["low"]) > 0
 
 
-
 def test_report_marks_the_pass1_pass10_frontier_and_chains_branch_dynamics(tmp_path):
     """experiment.json names the pass@1 x pass@10 frontier; report.html holds it, the pass@k curves
     and each recipe's dynamics: its SFT root's records, then its own after them."""
@@ -361,13 +380,23 @@ def test_report_marks_the_pass1_pass10_frontier_and_chains_branch_dynamics(tmp_p
         for seed in (0, 1):
             d = out / "runs" / f"{run}-s{seed}"
             d.mkdir(parents=True)
-            m = {"pass@1": p1 + 0.01 * seed, "pass@5": (p1 + p10) / 2, "pass@10": p10 + 0.01 * seed, "usq@5": p1,
-                 "reward_mean": p1, "distinct_frac": 0.5, "diversity/countdown_expr": 0.4}
+            m = {
+                "pass@1": p1 + 0.01 * seed,
+                "pass@5": (p1 + p10) / 2,
+                "pass@10": p10 + 0.01 * seed,
+                "usq@5": p1,
+                "reward_mean": p1,
+                "distinct_frac": 0.5,
+                "diversity/countdown_expr": 0.4,
+            }
             (d / "results.json").write_text(json.dumps({"phases": {phase: m}}))
             steps = (0, 20, 40) if run == "sft" else (0, 50)
-            (d / "dynamics.jsonl").write_text("".join(
-                json.dumps({"phase": phase, "step": s, "global_step": s, "diversity/countdown_expr": 0.5}) + "\n"
-                for s in steps))  # fmt: skip
+            (d / "dynamics.jsonl").write_text(
+                "".join(
+                    json.dumps({"phase": phase, "step": s, "global_step": s, "diversity/countdown_expr": 0.5}) + "\n"
+                    for s in steps
+                )
+            )
     summary = summarise(exp, out, seeds=2)
     assert summary["pareto_pass1_pass10"] == ["sft", "a"]
     assert summary["models"]["a"]["usq@5"]["mean"] == pytest.approx(0.2)
@@ -382,10 +411,13 @@ def test_report_marks_the_pass1_pass10_frontier_and_chains_branch_dynamics(tmp_p
         assert f'id="{fid}"' in html and f'id="{fid}" class="skipped"' not in html, fid
 
 
-SELECTED = BRANCHED + """select:
+SELECTED = (
+    BRANCHED
+    + """select:
   grpo: {among: [a, b], metric: val/pass@1}
 compare: [[grpo, sft]]
 """
+)
 
 
 def test_selection_is_on_validation_and_reads_the_test_set_of_the_chosen_only(tmp_path):
@@ -417,8 +449,15 @@ def test_selection_is_on_validation_and_reads_the_test_set_of_the_chosen_only(tm
     assert list(summary["comparisons"]) == ["grpo vs sft"]
     results = report_results(exp, summary, out)
     assert "grpo = b selected on validation" in results["title"]
-    assert results["selection"] == [{"what": "grpo", "chosen": "b", "metric": "val/pass@1", "selected_on": "validation",
-                                     "among": {"a": pytest.approx(0.20), "b": pytest.approx(0.25)}}]  # fmt: skip
+    assert results["selection"] == [
+        {
+            "what": "grpo",
+            "chosen": "b",
+            "metric": "val/pass@1",
+            "selected_on": "validation",
+            "among": {"a": pytest.approx(0.20), "b": pytest.approx(0.25)},
+        }
+    ]
     from polyray.eval.report import render_html
 
     assert 'id="table-selection"' in render_html(results)
@@ -430,7 +469,10 @@ def test_selection_is_on_validation_and_reads_the_test_set_of_the_chosen_only(tm
 @pytest.mark.parametrize(
     "extra, message",
     [
-        ("select: {grpo: {among: [a, b], metric: pass@1}}\n", "select.grpo.metric: 'pass@1' is measured on the test set"),
+        (
+            "select: {grpo: {among: [a, b], metric: pass@1}}\n",
+            "select.grpo.metric: 'pass@1' is measured on the test set",
+        ),
         ("select: {a: {among: [a, b]}}\n", "select.a: the label is also a model's"),
         ("select: {grpo: {among: [a, c]}}\n", "select.grpo.among: unknown model 'c'"),
         ("select: {grpo: {among: [a, b]}}\ncompare: [[a, sft]]\n", "compare: 'a' is a candidate of select.grpo"),
@@ -489,8 +531,9 @@ def test_hypothesis_verdict_is_an_intersection_union_of_paired_t_and_relative_to
     sft = {"pass@1": [0.300, 0.310, 0.290, 0.305, 0.295], "pass@10": [0.60, 0.62, 0.59, 0.61, 0.60]}
     poly = {"pass@1": [0.302, 0.306, 0.292, 0.300, 0.297], "pass@10": [0.645, 0.655, 0.632, 0.652, 0.641]}
     hyp = "{H1: {treatment: y, control: x}}"
-    path = _write(tmp_path, "name: e\nbase: base.yaml\nruns: {a: {}}\nmodels: {x: a/sft, y: a/grpo}\n"
-                            f"hypotheses: {hyp}\n")  # fmt: skip
+    path = _write(
+        tmp_path, f"name: e\nbase: base.yaml\nruns: {{a: {{}}}}\nmodels: {{x: a/sft, y: a/grpo}}\nhypotheses: {hyp}\n"
+    )
     exp, configs = load_experiment(path, seeds=5)
     for seed in range(5):
         d = tmp_path / "out" / "runs" / f"a-s{seed}"
@@ -554,19 +597,26 @@ def test_hypothesis_verdicts_say_why_not():
 
 
 def test_a_hypothesis_names_reported_models(tmp_path):
-    path = _write(tmp_path, "name: e\nbase: base.yaml\nruns: {a: {}}\nmodels: {x: a/sft}\n"
-                            "hypotheses: {H1: {treatment: nope, control: x}}\n")  # fmt: skip
+    path = _write(
+        tmp_path,
+        "name: e\nbase: base.yaml\nruns: {a: {}}\nmodels: {x: a/sft}\n"
+        "hypotheses: {H1: {treatment: nope, control: x}}\n",
+    )
     with pytest.raises(ConfigError, match="hypotheses.H1: unknown model 'nope'"):
         load_experiment(path, seeds=1)
-    path.write_text("name: e\nbase: base.yaml\nruns: {a: {}}\nmodels: {x: a/sft, y: a/grpo}\n"
-                    "hypotheses: {H1: {treatment: y, control: x, raise_metric: pass@x}}\n")
+    path.write_text(
+        "name: e\nbase: base.yaml\nruns: {a: {}}\nmodels: {x: a/sft, y: a/grpo}\n"
+        "hypotheses: {H1: {treatment: y, control: x, raise_metric: pass@x}}\n"
+    )
     with pytest.raises(ConfigError, match="raise_metric"):
         load_experiment(path, seeds=1)
 
 
 def test_a_validation_stage_reports_on_validation_only_and_fresh_seeds_are_their_own(tmp_path):
-    path = _write(tmp_path, "name: e\nbase: base.yaml\nsplit: val\nruns: {a: {}}\nmodels: {x: a/sft, y: a/grpo}\n"
-                            "compare: [[y, x]]\n")  # fmt: skip
+    path = _write(
+        tmp_path,
+        "name: e\nbase: base.yaml\nsplit: val\nruns: {a: {}}\nmodels: {x: a/sft, y: a/grpo}\ncompare: [[y, x]]\n",
+    )
     exp, configs = load_experiment(path, seeds=[5, 6, 7])
     assert sorted(configs) == [("a", 5), ("a", 6), ("a", 7)]
     assert all(c.eval.split == "val" and c.seed == s for (_, s), c in configs.items())
@@ -578,14 +628,15 @@ def test_a_validation_stage_reports_on_validation_only_and_fresh_seeds_are_their
         (d / "results.json").write_text(json.dumps({"eval_split": "val", "phases": phases}))
     (tmp_path / "out" / "runs" / "a-s0").mkdir()  # a seed outside the experiment's is never read
     (tmp_path / "out" / "runs" / "a-s0" / "results.json").write_text(
-        json.dumps({"eval_split": "val", "phases": {"sft": {"pass@1": 0.9}, "grpo": {"pass@1": 0.9}}}))
+        json.dumps({"eval_split": "val", "phases": {"sft": {"pass@1": 0.9}, "grpo": {"pass@1": 0.9}}})
+    )
     summary = summarise(exp, tmp_path / "out", seeds=[5, 6, 7])
     assert summary["split"] == "val" and summary["seed_ids"] == [5, 6, 7] and summary["seeds"] == 3
     assert summary["models"]["x"]["pass@1"]["values"] == pytest.approx(x)
     cmp = summary["comparisons"]["y vs x"]["metrics"]["pass@1"]["over_seeds"]
     assert cmp["paired_t_p"] == pytest.approx(st.ttest_rel(y, x).pvalue)
     text = json.dumps(summary)
-    assert "test prompts" not in text, text[max(0, text.find("test prompts") - 300):text.find("test prompts") + 50]
+    assert "test prompts" not in text, text[max(0, text.find("test prompts") - 300) : text.find("test prompts") + 50]
     assert cmp["conditional_on"] == "validation prompts"
     out = io.StringIO()
     Console(file=out, width=300).print(summary_table(summary))
@@ -593,12 +644,16 @@ def test_a_validation_stage_reports_on_validation_only_and_fresh_seeds_are_their
     assert report_results(exp, summary, tmp_path / "out")["title"].startswith("polyray experiment: e (validation set")
     # a run on the test split is not a validation record: that seed is missing, not misread
     (tmp_path / "out" / "runs" / "a-s7" / "results.json").write_text(
-        json.dumps({"phases": {"sft": {"pass@1": 0.5}, "grpo": {"pass@1": 0.5}}}))
+        json.dumps({"phases": {"sft": {"pass@1": 0.5}, "grpo": {"pass@1": 0.5}}})
+    )
     assert summarise(exp, tmp_path / "out", seeds=[5, 6, 7])["models"]["x"]["missing_seeds"] == [7]
 
 
 def test_a_validation_stage_takes_no_selection(tmp_path):
-    path = _write(tmp_path, "name: e\nbase: base.yaml\nsplit: val\nruns: {a: {}}\nmodels: {x: a/sft, y: a/grpo}\n"
-                            "select: {best: {among: [x, y]}}\n")  # fmt: skip
+    path = _write(
+        tmp_path,
+        "name: e\nbase: base.yaml\nsplit: val\nruns: {a: {}}\nmodels: {x: a/sft, y: a/grpo}\n"
+        "select: {best: {among: [x, y]}}\n",
+    )
     with pytest.raises(ConfigError, match="split: val is itself the selection stage"):
         load_experiment(path, seeds=1)

@@ -18,7 +18,13 @@ pytestmark = [pytest.mark.ray]
 
 
 def _adapter() -> dict:
-    config = {"peft_type": "LORA", "r": 1, "lora_alpha": 2, "target_modules": ["q_proj"], "base_model_name_or_path": None}
+    config = {
+        "peft_type": "LORA",
+        "r": 1,
+        "lora_alpha": 2,
+        "target_modules": ["q_proj"],
+        "base_model_name_or_path": None,
+    }
     return {"config": config, "tensors": {"base_model.model.q_proj.lora_A.weight": torch.ones(1, 4)}}
 
 

@@ -41,7 +41,10 @@ def test_enough_in_total_but_not_on_one_node():
     demand = [Demand("learner ranks", 2, {"CPU": 4, "GPU": 1})]
     nodes = [{"CPU": 2, "GPU": 1}] * 4  # 8 CPU, 4 GPU in all, but no node holds a rank
     (short,) = shortfalls(demand, nodes)
-    assert short == "learner ranks: each asks {CPU: 4, GPU: 1} on one node, and no node has that (4 node(s), the largest {CPU: 2, GPU: 1})"
+    assert (
+        short
+        == "learner ranks: each asks {CPU: 4, GPU: 1} on one node, and no node has that (4 node(s), the largest {CPU: 2, GPU: 1})"
+    )
     custom = [Demand("rollout workers", 1, {"CPU": 1, "worker": 1})]
     assert shortfalls(custom, [{"CPU": 8}])[0].startswith("worker: the run needs 1 at once (rollout workers 1 x 1)")
 
@@ -65,7 +68,6 @@ def test_a_local_run_asking_for_a_gpu_is_refused_at_once(ray_cluster):
 @pytest.mark.ray
 def test_a_joined_cluster_is_given_time_to_grow(ray_cluster, monkeypatch):
     import ray
-
 
     grown = {"polls": 0}
     real_nodes = ray.nodes
@@ -95,11 +97,16 @@ def test_gpu_memory_comes_from_the_cluster_the_smallest_gpu_checked(monkeypatch,
     gpus = {"a": ("NVIDIA A100-SXM4-80GB", 79.25), "b": ("NVIDIA A10G", 22.07)}
     planned, line = with_cluster_gpu_memory(run, gpus)
     assert planned.learner.gpu_memory_gib == planned.rollout.gpu_memory_gib == 22.07
-    assert line == "GPUs: 2 node(s) with NVIDIA A100-SXM4-80GB (79.2 GiB), NVIDIA A10G (22.1 GiB); the memory plan checks 22.1 GiB a GPU"
+    assert (
+        line
+        == "GPUs: 2 node(s) with NVIDIA A100-SXM4-80GB (79.2 GiB), NVIDIA A10G (22.1 GiB); the memory plan checks 22.1 GiB a GPU"
+    )
     with pytest.raises(ConfigError, match=r"a learner rank needs ~45.8 GiB .* > learner.gpu_memory_gib 22.07"):
         plan_memory(planned, None)
     assert plan_memory(with_cluster_gpu_memory(run, {"a": gpus["a"]})[0], None)  # fits an 80 GB GPU
-    chosen = load_config(ROOT / "configs/gpu/qwen3_0.6b.yaml", ["learner.gpu_memory_gib=70", "rollout.gpu_memory_gib=70"])
+    chosen = load_config(
+        ROOT / "configs/gpu/qwen3_0.6b.yaml", ["learner.gpu_memory_gib=70", "rollout.gpu_memory_gib=70"]
+    )
     assert with_cluster_gpu_memory(chosen, gpus) == (chosen, None)
     assert with_cluster_gpu_memory(run, {}) == (run, None)  # no GPU node: nothing to read
 
@@ -140,14 +147,22 @@ def test_an_actor_ray_cannot_place_stops_the_wait_naming_what_it_asks(ray_cluste
     while not state.actors(actor_id=starting[0]._actor_id.hex()).get("Pid"):  # Ray gave it a worker process
         time.sleep(0.05)
     assert state.actors(actor_id=starting[0]._actor_id.hex())["State"] == "PENDING_CREATION"  # its __init__ runs
-    assert wait_for_actors([starting[0].ready.remote(0.0)], starting, Demand("rollout workers", 1, {"CPU": 0}),
-                           wait_s=0.1, poll_s=0.2) == ["ok"]  # fmt: skip
+    assert wait_for_actors(
+        [starting[0].ready.remote(0.0)], starting, Demand("rollout workers", 1, {"CPU": 0}), wait_s=0.1, poll_s=0.2
+    ) == ["ok"]
     stuck = [Slow.options(resources={"nowhere": 1}).remote()]
     with pytest.raises(ClusterShortfall) as err:
-        wait_for_actors([stuck[0].ready.remote(0.0)], stuck, Demand("rollout workers", 1, {"CPU": 1, "nowhere": 1}),
-                        wait_s=0.5, poll_s=0.2)  # fmt: skip
+        wait_for_actors(
+            [stuck[0].ready.remote(0.0)],
+            stuck,
+            Demand("rollout workers", 1, {"CPU": 1, "nowhere": 1}),
+            wait_s=0.5,
+            poll_s=0.2,
+        )
     message = str(err.value)
-    assert message.startswith("rollout workers [0] not placed after 0.5 s (cluster.resource_wait_s): each asks"
-                              " {CPU: 1, nowhere: 1} on one node; free now: {CPU: "), message  # fmt: skip
+    assert message.startswith(
+        "rollout workers [0] not placed after 0.5 s (cluster.resource_wait_s): each asks"
+        " {CPU: 1, nowhere: 1} on one node; free now: {CPU: "
+    ), message
     assert message.endswith("nowhere: 0}")
     ray.kill(stuck[0])

@@ -20,7 +20,12 @@ USERDATA = ROOT / "tests" / "fixtures" / "userdata" / "prompt_completion.jsonl"
 
 def test_a_new_run_refuses_a_directory_that_holds_one(tmp_path):
     run = load_config(QUICKSTART)
-    assert open_run_dir(run, tmp_path / "r", resume=False) == {"name": "quickstart", "eval_split": "test", "phases": {}, "versions": {}}
+    assert open_run_dir(run, tmp_path / "r", resume=False) == {
+        "name": "quickstart",
+        "eval_split": "test",
+        "phases": {},
+        "versions": {},
+    }
     assert (tmp_path / "r" / "config.resolved.yaml").is_file()
     with pytest.raises(ConfigError, match="already holds a run: continue it with --resume"):
         open_run_dir(run, tmp_path / "r", resume=False)
@@ -38,7 +43,12 @@ def test_resume_continues_the_same_config_only(tmp_path):
     other = load_config(QUICKSTART, ["seed=3", "phases.1.steps=7"])
     with pytest.raises(ConfigError, match="config differs from the run's .* in: phases.1.steps, seed$"):
         open_run_dir(other, out, resume=True)
-    assert open_run_dir(run, out, resume=True) == {"name": "quickstart", "eval_split": "test", "phases": {}, "versions": {}}
+    assert open_run_dir(run, out, resume=True) == {
+        "name": "quickstart",
+        "eval_split": "test",
+        "phases": {},
+        "versions": {},
+    }
     (out / "results.json").write_text(json.dumps({"name": "quickstart", "phases": {"base": {"pass@1": 0.1}}}))
     results = open_run_dir(run, out, resume=True)
     assert results["phases"]["base"].pass_at_k[1].mean == 0.1 and results["resumed"] == 1 and results["versions"] == {}
@@ -92,7 +102,9 @@ def test_resume_refuses_changed_data_or_settings_naming_the_field(tmp_path, monk
     (adapter / "adapter_config.json").write_text('{"r": 8}')
     open_run_dir(_replies_run("rows.jsonl", init_adapter=str(adapter)), out, resume=True)  # back as it was
     with pytest.raises(ConfigError, match=r"in: task.n_test, task.seed$"):  # a changed setting, not a path
-        changed = RunConfig(task={"type": "replies", "path": "rows.jsonl", "seed": 1, "n_test": 2}, init_adapter=str(adapter))
+        changed = RunConfig(
+            task={"type": "replies", "path": "rows.jsonl", "seed": 1, "n_test": 2}, init_adapter=str(adapter)
+        )
         open_run_dir(changed, out, resume=True)
     (tmp_path / "B").mkdir()
     (tmp_path / "B" / "rows.jsonl").write_text(USERDATA.read_text().replace("topic", "subject"))
@@ -192,6 +204,7 @@ def test_a_restart_marks_each_log_that_ran_ahead_of_the_metrics(tmp_path):
         assert max(Counter((r["phase"], r["step"]) for r in rows).values()) == 1, (name, rows)
         assert rows[-1]["step"] == 3 and rows[-1]["pass@1"] == 0.9, name  # the resumed attempt's row
     assert '"event"' not in logs["metrics.jsonl"].read_text()  # nothing of it past step 2: no marker
+
 
 def test_a_step_logged_once_is_known(tmp_path):
     """A phase restarted from step 0 does not measure its step-0 dynamics again (the lost attempt's row,

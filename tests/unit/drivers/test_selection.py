@@ -33,8 +33,16 @@ def test_evaluate_chosen_reads_a_kept_test_record_and_reports_a_failure_as_that_
     own error line, and the other run's record still comes back."""
     good = tmp_path / "good"
     good.mkdir()
-    write_results(good, {"name": "t", "eval_split": "val", "phases": {"grpo": EvalRecord(pass_at_k={1: Estimate(0.9)})},
-                         "versions": {"grpo": 2}, "test": {"grpo": EvalRecord(pass_at_k={1: Estimate(0.4)})}})  # fmt: skip
+    write_results(
+        good,
+        {
+            "name": "t",
+            "eval_split": "val",
+            "phases": {"grpo": EvalRecord(pass_at_k={1: Estimate(0.9)})},
+            "versions": {"grpo": 2},
+            "test": {"grpo": EvalRecord(pass_at_k={1: Estimate(0.4)})},
+        },
+    )
     bad = tmp_path / "bad"
     bad.mkdir()
     out = evaluate_chosen([bad, good], "grpo")

@@ -45,12 +45,21 @@ def test_default_sweep_is_lambda_by_seed():
         ("space: {phases.7.lam: {grid: [0.1]}}\n", "phases.7"),
         ("space: {seed: {grid: [0]}}\nobjective: {phase: nope}\n", "objective.phase: no phase 'nope'"),
         ("space: {seed: {grid: [0]}}\nobjective: {metric: val/pass@1}\n", "dynamics probe"),
-        ("space: {seed: {grid: [0]}}\nobjective: {metric: pass@1}\n", "objective.metric: 'pass@1' is measured on the test set"),
-        ("space: {seed: {grid: [0]}}\nobjective: {metric: diversity/semantic}\n", "objective.metric: 'diversity/semantic' is measured on the test set; select on validation .val/diversity/semantic."),
+        (
+            "space: {seed: {grid: [0]}}\nobjective: {metric: pass@1}\n",
+            "objective.metric: 'pass@1' is measured on the test set",
+        ),
+        (
+            "space: {seed: {grid: [0]}}\nobjective: {metric: diversity/semantic}\n",
+            "objective.metric: 'diversity/semantic' is measured on the test set; select on validation .val/diversity/semantic.",
+        ),
         ("space: {seed: {grid: [0]}}\nnum_samples: 3\n", "num_samples: 3 repeats"),
         ("space: {phases.0.lr: {choice: [0.1, -1]}}\n", "space point {'phases.0.lr': -1}"),
-        ("space: {phases.0.lr: {loguniform: [1e-5, 1e-3]}}\nobjective: {metric: val/pass@7}\n"
-         "overrides: {dynamics: {every: 5}}\n", "measures ['pass@1', 'pass@4'"),
+        (
+            "space: {phases.0.lr: {loguniform: [1e-5, 1e-3]}}\nobjective: {metric: val/pass@7}\n"
+            "overrides: {dynamics: {every: 5}}\n",
+            "measures ['pass@1', 'pass@4'",
+        ),
     ],
 )
 def test_bad_sweep_files_fail_before_anything_starts(tmp_path, body, message):
@@ -62,7 +71,10 @@ def test_bad_sweep_files_fail_before_anything_starts(tmp_path, body, message):
 def test_params_apply_by_dotted_path_and_name_a_stable_directory():
     data = {"seed": 0, "phases": [{"type": "sft", "lr": 0.1}, {"type": "grpo", "lr": 0.2}]}
     out = apply_params(data, {"phases.1.lr": 1e-05, "seed": 2})
-    assert out == {"seed": 2, "phases": [{"type": "sft", "lr": 0.1}, {"type": "grpo", "lr": 1e-05}]}  # a float, as drawn
+    assert out == {
+        "seed": 2,
+        "phases": [{"type": "sft", "lr": 0.1}, {"type": "grpo", "lr": 1e-05}],
+    }  # a float, as drawn
     assert data["seed"] == 0  # not mutated
     assert trial_slug({"seed": 1, "phases.0.lam": 0.3}) == trial_slug({"phases.0.lam": 0.3, "seed": 1})
     assert trial_slug({"phases.0.lam": 0.3, "seed": 1}) == "phases.0.lam=0.3,seed=1"
@@ -81,12 +93,19 @@ def _grid(values: dict[tuple[float, int], float]):
     """A stand-in for Tune's ResultGrid: one result per (lam, seed) with grpo/val_eval/pass@1 = value (its
     stage evaluation on validation) and the probe's grpo/val/pass@1 = value / 2."""
     return [
-        SimpleNamespace(config={"phases.0.lam": lam, "seed": seed}, error=None,
-                        metrics={"grpo/val_eval/pass@1": v, "grpo/val/pass@1": v / 2,
-                                 "grpo/val_eval/pass@10": min(1.0, 2 * v),
-                                 "grpo/val_eval/diversity/semantic": 0.5 - v / 4, "run_dir": f"trials/{lam}-{seed}"})
+        SimpleNamespace(
+            config={"phases.0.lam": lam, "seed": seed},
+            error=None,
+            metrics={
+                "grpo/val_eval/pass@1": v,
+                "grpo/val/pass@1": v / 2,
+                "grpo/val_eval/pass@10": min(1.0, 2 * v),
+                "grpo/val_eval/diversity/semantic": 0.5 - v / 4,
+                "run_dir": f"trials/{lam}-{seed}",
+            },
+        )
         for (lam, seed), v in values.items()
-    ]  # fmt: skip
+    ]
 
 
 def test_summary_groups_seeds_with_t_intervals_and_picks_the_best_on_validation(tmp_path):
@@ -162,9 +181,14 @@ def test_the_setting_is_selected_by_its_mean_over_seeds_on_validation_never_on_t
 
     sweep, base = load_sweep(ROOT / "configs" / "sweeps" / "lambda_seed.yaml")
     val = {(0.1, 0): 0.30, (0.1, 1): 0.30, (0.1, 2): 0.30, (0.3, 0): 0.50, (0.3, 1): 0.10, (0.3, 2): 0.10}
-    grid = [SimpleNamespace(config={"phases.0.lam": lam, "seed": seed}, error=None,
-                            metrics={"grpo/val/pass@1": v, "grpo/pass@1": 0.9 if lam == 0.3 else 0.1, "run_dir": "d"})
-            for (lam, seed), v in val.items()]  # fmt: skip
+    grid = [
+        SimpleNamespace(
+            config={"phases.0.lam": lam, "seed": seed},
+            error=None,
+            metrics={"grpo/val/pass@1": v, "grpo/pass@1": 0.9 if lam == 0.3 else 0.1, "run_dir": "d"},
+        )
+        for (lam, seed), v in val.items()
+    ]
     summary = summarise(sweep, RunConfig.model_validate(apply_params(base, {})), grid)
     assert summary["best"]["params"]["phases.0.lam"] == 0.3 and summary["best"]["selected_on"] == "validation"
     sel = summary["selected"]
@@ -207,10 +231,19 @@ def _chosen_sweep():
 
     sweep, base = load_sweep(ROOT / "configs" / "sweeps" / "lambda_seed.yaml")
     val = {(0.1, 0): 0.30, (0.1, 1): 0.30, (0.1, 2): 0.30, (0.3, 0): 0.50, (0.3, 1): 0.10, (0.3, 2): 0.10}
-    grid = [SimpleNamespace(config={"phases.0.lam": lam, "seed": seed}, error=None,
-                            metrics={"grpo/val/pass@1": v, "grpo/val_eval/pass@1": v, "grpo/pass@1": 0.9 if lam == 0.3 else 0.1,
-                                     "run_dir": f"trials/{lam}-{seed}"})
-            for (lam, seed), v in val.items()]  # fmt: skip
+    grid = [
+        SimpleNamespace(
+            config={"phases.0.lam": lam, "seed": seed},
+            error=None,
+            metrics={
+                "grpo/val/pass@1": v,
+                "grpo/val_eval/pass@1": v,
+                "grpo/pass@1": 0.9 if lam == 0.3 else 0.1,
+                "run_dir": f"trials/{lam}-{seed}",
+            },
+        )
+        for (lam, seed), v in val.items()
+    ]
     return summarise(sweep, RunConfig.model_validate(apply_params(base, {})), grid)
 
 
@@ -236,7 +269,9 @@ def test_the_summary_carries_test_numbers_for_the_selected_setting_only(tmp_path
     write_outputs(tmp_path, summary)
     rows = list(csv.DictReader((tmp_path / "sweep.csv").open()))
     assert {r["run_dir"]: r["test:grpo/pass@1"] for r in rows if r["test:grpo/pass@1"]} == {
-        "trials/0.1-0": "0.2", "trials/0.1-1": "0.4"}
+        "trials/0.1-0": "0.2",
+        "trials/0.1-1": "0.4",
+    }
     models = report_results(summary)["models"]
     assert set(models) == {"phases.0.lam=0.1 (validation)", "phases.0.lam=0.3 (validation)", "phases.0.lam=0.1 (test)"}
     assert models["phases.0.lam=0.1 (test)"].pass_at_k[1].mean == pytest.approx(0.3)
@@ -246,8 +281,11 @@ def test_the_summary_carries_test_numbers_for_the_selected_setting_only(tmp_path
     console.print(summary_table(summary))
     lines = console.export_text().splitlines()
     rows = [[c.strip() for c in line.split("│")[1:4]] for line in lines if line.startswith("│")]
-    assert rows == [["phases.0.lam=0.1 *", "validation", "3"], ["phases.0.lam=0.3", "validation", "3"],
-                    ["phases.0.lam=0.1 *", "test", "2"]]  # one test row: the selected setting's
+    assert rows == [
+        ["phases.0.lam=0.1 *", "validation", "3"],
+        ["phases.0.lam=0.3", "validation", "3"],
+        ["phases.0.lam=0.1 *", "test", "2"],
+    ]  # one test row: the selected setting's
 
 
 def test_nothing_selected_reads_no_test_set():
@@ -267,7 +305,12 @@ def test_a_resumed_selection_evaluates_test_once(tmp_path):
     from polyray.tracking import run_metrics
 
     rec = lambda p: EvalRecord(pass_at_k={1: Estimate(p)})  # noqa: E731
-    candidate = {"name": "t", "eval_split": "val", "phases": {"base": rec(0.1), "grpo": rec(0.5)}, "versions": {"grpo": 3}}
+    candidate = {
+        "name": "t",
+        "eval_split": "val",
+        "phases": {"base": rec(0.1), "grpo": rec(0.5)},
+        "versions": {"grpo": 3},
+    }
     assert stages_to_test(candidate, ["grpo"]) == ["grpo"]
     with pytest.raises(KeyError):
         record_on_test(candidate, "grpo")  # its stage evaluation is on validation: never a test number
@@ -276,7 +319,9 @@ def test_a_resumed_selection_evaluates_test_once(tmp_path):
     write_results(tmp_path, candidate)
     back = read_results(tmp_path / "results.json")
     assert stages_to_test(back, ["grpo"]) == [] and record_on_test(back, "grpo").pass_at_k[1].mean == 0.4
-    assert run_metrics(back, tmp_path)["grpo/pass@1"] == 0.4 and run_metrics(back, tmp_path)["grpo/val_eval/pass@1"] == 0.5
+    assert (
+        run_metrics(back, tmp_path)["grpo/pass@1"] == 0.4 and run_metrics(back, tmp_path)["grpo/val_eval/pass@1"] == 0.5
+    )
     plain = {"name": "r", "phases": {"grpo": rec(0.7)}, "versions": {}}  # a run (or an older one) on test
     assert stages_to_test(plain, ["grpo"]) == [] and record_on_test(plain, "grpo").pass_at_k[1].mean == 0.7
 
@@ -295,7 +340,9 @@ def test_a_sweep_rerun_reads_the_selected_trials_test_numbers_back(tmp_path):
         trial["run_dir"] = str(tmp_path / trial["run_dir"])
         Path(trial["run_dir"]).mkdir(parents=True)
         test = {"grpo": EvalRecord(pass_at_k={1: Estimate(0.2 + 0.1 * i)})}
-        write_results(Path(trial["run_dir"]), {"name": "t", "eval_split": "val", "phases": {}, "versions": {}, "test": test})
+        write_results(
+            Path(trial["run_dir"]), {"name": "t", "eval_split": "val", "phases": {}, "versions": {}, "test": test}
+        )
     tested = evaluate_selected_on_test(summary)
     assert [tested[t["run_dir"]]["grpo/pass@1"] for t in chosen_trials(summary)] == pytest.approx([0.2, 0.3, 0.4])
     assert not any((Path(t["run_dir"]) / "config.resolved.yaml").exists() for t in chosen_trials(summary))

@@ -75,8 +75,12 @@ def test_joint_bootstrap_covers_one_models_pass1_and_the_old_scheme_does_not():
 def test_joint_bootstrap_covers_a_paired_difference_and_the_old_scheme_does_not():
     delta, seed_sd, prompt_sd, resid_sd = 0.02, 0.005, 0.15, 0.05
     rng = np.random.default_rng(7)
-    diffs = (delta + rng.normal(0, seed_sd, (REPS, SEEDS, 1)) + rng.normal(0, prompt_sd, (REPS, 1, PROMPTS))
-             + rng.normal(0, resid_sd, (REPS, SEEDS, PROMPTS)))  # fmt: skip
+    diffs = (
+        delta
+        + rng.normal(0, seed_sd, (REPS, SEEDS, 1))
+        + rng.normal(0, prompt_sd, (REPS, 1, PROMPTS))
+        + rng.normal(0, resid_sd, (REPS, SEEDS, PROMPTS))
+    )
     cover = _coverage(diffs, delta)
     assert 0.93 <= cover["joint"] <= 0.97, cover
     assert cover["apart"] < 0.8, cover

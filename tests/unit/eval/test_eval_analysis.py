@@ -64,7 +64,10 @@ def test_trajectories_use_global_step_when_present():
     assert t["metric"] == "diversity/semantic" and t["x"] == [5.0, 20.0] and t["step"] == [5, 0]
 
 
-@pytest.mark.parametrize("bad, match", [("{not json", r"d\.jsonl:2: not valid JSON"), ("[1, 2]", r"d\.jsonl:2: expected a JSON object, got list")])
+@pytest.mark.parametrize(
+    "bad, match",
+    [("{not json", r"d\.jsonl:2: not valid JSON"), ("[1, 2]", r"d\.jsonl:2: expected a JSON object, got list")],
+)
 def test_load_dynamics_bad_line(tmp_path, bad, match):
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps({"phase": "sft", "step": 0}) + "\n" + bad + "\n")
@@ -87,9 +90,15 @@ def tiny_adapter(tmp_path_factory):
 
     torch.manual_seed(0)
     cfg = Qwen3Config(
-        vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, head_dim=32, max_position_embeddings=64,
-    )  # fmt: skip
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        max_position_embeddings=64,
+    )
     model = get_peft_model(
         Qwen3ForCausalLM(cfg), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
     )

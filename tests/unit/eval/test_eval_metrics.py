@@ -179,8 +179,14 @@ def test_embedding_similarity_precomputed_and_encoder():
 
 
 def test_prompt_result_checks():
-    row = PromptResult("p1", n=4, c=0, rewards=[0, 0, 0, 0], diversity={"semantic": 0.2},
-                       selector_scores={"reward_model": [0.5, 0.5, 0.5, 0.5]}).to_dict()
+    row = PromptResult(
+        "p1",
+        n=4,
+        c=0,
+        rewards=[0, 0, 0, 0],
+        diversity={"semantic": 0.2},
+        selector_scores={"reward_model": [0.5, 0.5, 0.5, 0.5]},
+    ).to_dict()
     assert row["selector_scores"] == {"reward_model": [0.5, 0.5, 0.5, 0.5]} and row["prompt_id"] == "p1"
     with pytest.raises(ValueError, match="rewards"):
         PromptResult("bad", n=3, c=1, rewards=[1.0])

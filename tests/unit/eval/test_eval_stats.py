@@ -192,8 +192,10 @@ def test_holm_families_skip_undefined_tests():
 
 def test_interval_over_seeds_is_json_safe():
     x = [0.41, 0.45, 0.39]
-    assert interval_over_seeds(x) == {**{k: pytest.approx(getattr(mean_ci(x), k)) for k in ("mean", "low", "high")},
-                                      "n": 3}
+    assert interval_over_seeds(x) == {
+        **{k: pytest.approx(getattr(mean_ci(x), k)) for k in ("mean", "low", "high")},
+        "n": 3,
+    }
     assert interval_over_seeds([0.4]) == {"mean": 0.4, "low": None, "high": None, "n": 1}
 
 
@@ -253,7 +255,9 @@ def test_shared_prompts_widen_the_interval_the_old_scheme_made_too_narrow():
 
 def test_align_prompts_across_seeds():
     assert align_prompts([["p", "q", "r"], ["r", "p", "q"], ["q", "p", "s", "r"]]) == (
-        [[0, 1, 2], [1, 2, 0], [1, 0, 3]], "prompt")
+        [[0, 1, 2], [1, 2, 0], [1, 0, 3]],
+        "prompt",
+    )
     assert align_prompts([["p"], ["q"]]) is None
     assert align_prompts([[None, None], [None, None]]) == ([[0, 1], [0, 1]], "position")
     assert align_prompts([[None, None], [None]]) is None
@@ -273,8 +277,12 @@ def test_within_seed_view_draws_one_prompt_set_for_every_seed():
     assert boot["shared_prompts"] and boot["prompts_matched_by"] == "prompt" and boot["n_prompts"] == 30
     # by hand: every seed's differences in seed 0's prompt order
     first = per_seed[0][3]
-    aligned = np.stack([np.round(t, 12)[[tx.index(x) for x in first]] - np.round(c, 12)[[tx.index(x) for x in first]]
-                        for _, t, c, tx, _ in per_seed])  # fmt: skip
+    aligned = np.stack(
+        [
+            np.round(t, 12)[[tx.index(x) for x in first]] - np.round(c, 12)[[tx.index(x) for x in first]]
+            for _, t, c, tx, _ in per_seed
+        ]
+    )
     ref = hierarchical_bootstrap(aligned).to_json()
     assert boot == {"mean_diff": pytest.approx(ref.pop("mean")), **ref, "prompts_matched_by": "prompt"}
     # one model over seeds and prompts: the same bootstrap on its values
@@ -282,8 +290,12 @@ def test_within_seed_view_draws_one_prompt_set_for_every_seed():
     assert one["conditional_on"] == CONDITIONAL_ON_NOTHING and one["low"] < one["mean"] < one["high"]
     assert interval_over_seeds_and_prompts([(0, None, [])]) == {}
     # seeds on different prompts: drawn apart per seed, and said so
-    apart = compare_within_seeds([(0, [0.5, 0.2], [0.1, 0.1], ["a", "b"], ["a", "b"]),
-                                  (1, [0.5, 0.2, 0.3], [0.1, 0.1, 0.0], ["c", "d", "e"], ["c", "d", "e"])])
+    apart = compare_within_seeds(
+        [
+            (0, [0.5, 0.2], [0.1, 0.1], ["a", "b"], ["a", "b"]),
+            (1, [0.5, 0.2, 0.3], [0.1, 0.1, 0.0], ["c", "d", "e"], ["c", "d", "e"]),
+        ]
+    )
     assert not apart["hierarchical_bootstrap"]["shared_prompts"] and "apart" in apart["hierarchical_bootstrap"]["note"]
 
 
@@ -554,14 +566,17 @@ def test_every_result_type_gives_json_with_none_for_nan_and_inf():
         out = r.to_json()
         json.dumps(out, allow_nan=False)  # strict JSON: raises on a NaN or inf left in
         floats = [v for v in out.values() if isinstance(v, float)] + [
-            x for v in out.values() if isinstance(v, list) for x in v if isinstance(x, float)]
+            x for v in out.values() if isinstance(v, list) for x in v if isinstance(x, float)
+        ]
         assert all(math.isfinite(x) for x in floats), (type(r).__name__, out)
         with pytest.raises(ValueError):  # the raw fields would not have been strict JSON
             json.dumps({k: getattr(r, k) for k in out}, allow_nan=False)
     assert results[1].to_json() == {"statistic": None, "pvalue": 0.5, "df": 3, "low": None, "high": None}
     assert results[2].to_json() == {"mean": 0.4, "low": None, "high": None, "half_width": None, "n": 1}
-    assert results[4].to_json()["n_prompts"] == [3, 4] and results[7].to_json() == {"adjusted": [None, 0.5],
-                                                                                      "reject": [False, True]}
+    assert results[4].to_json()["n_prompts"] == [3, 4] and results[7].to_json() == {
+        "adjusted": [None, 0.5],
+        "reject": [False, True],
+    }
 
 
 def test_result_json_keeps_the_keys_of_the_reports():
@@ -572,14 +587,46 @@ def test_result_json_keeps_the_keys_of_the_reports():
     assert set(mann_whitney(SEED_A, SEED_B).to_json()) == {"statistic", "pvalue", "method"}
     assert set(mean_ci(SEED_A).to_json()) == {"mean", "low", "high", "half_width", "n"}
     assert set(equivalence_tost(SEED_A, SEED_B, paired=True).to_json()) == {
-        "margin", "alpha", "confidence", "method", "pvalue", "equivalent", "low", "high"}
+        "margin",
+        "alpha",
+        "confidence",
+        "method",
+        "pvalue",
+        "equivalent",
+        "low",
+        "high",
+    }
     assert set(noninferiority_paired(SEED_A, SEED_B, 0.02).to_json()) == {
-        "margin", "alpha", "method", "mean", "pvalue", "noninferior", "low"}
+        "margin",
+        "alpha",
+        "method",
+        "mean",
+        "pvalue",
+        "noninferior",
+        "low",
+    }
     assert set(bootstrap_ci(A, B, paired=True, n_resamples=200).to_json()) == {
-        "mean_diff", "low", "high", "confidence", "n_resamples", "seed", "method"}
+        "mean_diff",
+        "low",
+        "high",
+        "confidence",
+        "n_resamples",
+        "seed",
+        "method",
+    }
     assert set(hierarchical_bootstrap(np.stack([A, B]), n_resamples=200).to_json()) == {
-        "mean", "low", "high", "se", "confidence", "n_resamples", "seed", "n_seeds", "n_prompts",
-        "shared_prompts", "conditional_on"}
+        "mean",
+        "low",
+        "high",
+        "se",
+        "confidence",
+        "n_resamples",
+        "seed",
+        "n_seeds",
+        "n_prompts",
+        "shared_prompts",
+        "conditional_on",
+    }
     assert "note" in paired_t([0.3], [0.2]).to_json() and "note" in wilcoxon(A, A).to_json()
     # compare_models is JSON already: an undefined effect size is None, not inf
     out = compare_models([0.5, 0.5, 0.5], [0.2, 0.2, 0.2], paired=True, n_resamples=200)

@@ -215,8 +215,11 @@ def test_bearer_auth():
 
     client = TestClient(app)
     assert client.get("/healthz").status_code == 200  # probes need no key
-    for headers, message in [({}, "missing API key"), ({"Authorization": "Bearer nope"}, "invalid API key"),
-                             ({"Authorization": "Basic secret"}, "invalid API key")]:  # fmt: skip
+    for headers, message in [
+        ({}, "missing API key"),
+        ({"Authorization": "Bearer nope"}, "invalid API key"),
+        ({"Authorization": "Basic secret"}, "invalid API key"),
+    ]:
         r = client.get("/v1/models", headers=headers)
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
         assert r.json()["error"]["message"].startswith(message) and r.json()["error"]["code"] == "invalid_api_key"
@@ -279,8 +282,9 @@ def test_replicas_ask_for_the_runs_worker_resources(tmp_path):
     from polyray.generation.deployment import build_generation_app
 
     (tmp_path / "config.json").write_text("{}")
-    run = load_config(Path(__file__).resolve().parents[3] / "configs" / "quickstart.yaml",
-                      ["cluster.worker_resources={worker: 1}"])  # fmt: skip
+    run = load_config(
+        Path(__file__).resolve().parents[3] / "configs" / "quickstart.yaml", ["cluster.worker_resources={worker: 1}"]
+    )
     args = generation_args(run, tmp_path, tmp_path)
     assert args["resources"] == {"worker": 1}
     app = build_generation_app(args)

@@ -171,8 +171,9 @@ def test_the_app_limits_bodies_and_answers_bad_bodies_400_with_the_param():
 
     from polyray.generation.deployment import _validation_error, app
 
-    big = TestClient(app).post("/v1/completions", content=b"x" * (CFG.max_body_bytes + 1),
-                               headers={"content-type": "application/json"})  # fmt: skip
+    big = TestClient(app).post(
+        "/v1/completions", content=b"x" * (CFG.max_body_bytes + 1), headers={"content-type": "application/json"}
+    )
     assert big.status_code == 413 and "bytes" in big.json()["error"]["message"]
     with pytest.raises(ValidationError) as info:  # as FastAPI validates the body: loc starts at "body"
         CompletionBody.model_validate({"model": "base", "prompt": "x", "n": "many"})

@@ -42,7 +42,9 @@ def test_multi_rank_gradients_equal_single_rank(model_dir, single_rank, world, t
             torch.testing.assert_close(grads_w[param], g, rtol=1e-4, atol=1e-7, msg=f"{name} {param} world={world}")
         for key in WHOLE_BATCH_METRICS:  # the whole batch's, not rank 0's shard
             if key in metrics_1:
-                assert metrics_w[key] == pytest.approx(metrics_1[key], rel=1e-5, abs=1e-7), f"{name} {key} world={world}"
+                assert metrics_w[key] == pytest.approx(metrics_1[key], rel=1e-5, abs=1e-7), (
+                    f"{name} {key} world={world}"
+                )
     assert multi["grpo_dynamic_sampling"][1]["kept_groups"] == 1  # 2 sequences: with 3 ranks one shard is empty
 
 

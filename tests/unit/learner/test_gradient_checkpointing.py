@@ -15,8 +15,9 @@ def _loss_and_grads(model, tokenizer, calls: list[int]):
     mlp = model.base_model.model.model.layers[0].mlp
     forward = mlp.forward
     mlp.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)  # (module hooks are off in a recompute)
-    batch = tokenizer(["nums 3 4 9 target 12\nexpr: 3+9", "nums 1 2 5 target 7\nexpr: 2+5"], return_tensors="pt",
-                      padding=True)  # fmt: skip
+    batch = tokenizer(
+        ["nums 3 4 9 target 12\nexpr: 3+9", "nums 1 2 5 target 7\nexpr: 2+5"], return_tensors="pt", padding=True
+    )
     model.train()
     out = model(**batch, labels=batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100))
     out.loss.backward()

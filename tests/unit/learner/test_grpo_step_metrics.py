@@ -18,8 +18,13 @@ def model_dir(tmp_path_factory):
 
 def _binary_reward(seen: list):
     def reward(prompts, texts):  # one correct sample in most groups, a uniform last group
-        r = torch.tensor([[float(j == b % len(g)) if b < len(texts) - 1 else 1.0 for j in range(len(g))]
-                          for b, g in enumerate(texts)], dtype=torch.float64)  # fmt: skip
+        r = torch.tensor(
+            [
+                [float(j == b % len(g)) if b < len(texts) - 1 else 1.0 for j in range(len(g))]
+                for b, g in enumerate(texts)
+            ],
+            dtype=torch.float64,
+        )
         seen.append(r)
         return r
 
@@ -43,8 +48,10 @@ def test_scale_matched_estimator_steps_like_group(model_dir):
 
 
 def test_mix_logs_each_components_share_by_magnitude(model_dir):
-    metrics, _ = _step(model_dir, {"type": "mix", "early": {"type": "passk", "k": 2}, "late": {"type": "group"},
-                                   "start": 0.0, "end": 1.0})  # fmt: skip
+    metrics, _ = _step(
+        model_dir,
+        {"type": "mix", "early": {"type": "passk", "k": 2}, "late": {"type": "group"}, "start": 0.0, "end": 1.0},
+    )
     early, late = metrics["mix_early_share"], metrics["mix_late_share"]
     assert early + late == pytest.approx(1.0)
     assert late > 0.5  # w = 0.5 at step 2 of 4, and group's advantages are the larger

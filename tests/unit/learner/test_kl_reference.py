@@ -18,8 +18,9 @@ def model_dir(tmp_path_factory):
 def _grpo(reference: str):
     from polyray.config import GRPOPhaseConfig
 
-    return GRPOPhaseConfig(steps=1, prompts_per_step=2, group_size=3, kl_beta=0.5, kl_reference=reference,
-                           sampling={"max_tokens": 5})
+    return GRPOPhaseConfig(
+        steps=1, prompts_per_step=2, group_size=3, kl_beta=0.5, kl_reference=reference, sampling={"max_tokens": 5}
+    )
 
 
 def test_phase_start_reference_starts_at_zero_kl(model_dir, tmp_path):
@@ -57,7 +58,9 @@ def test_adapter_save_is_atomic_and_replaces(model_dir, tmp_path):
 
     model, _ = build_policy(model_dir)
     out = save_adapter(model, tmp_path / "adapters" / "sft", extra={"polyray_version.json": {"version": 3}})
-    assert (out / "adapter_model.safetensors").is_file() and (out / "polyray_version.json").read_text() == '{"version": 3}'
+    assert (out / "adapter_model.safetensors").is_file() and (
+        out / "polyray_version.json"
+    ).read_text() == '{"version": 3}'
     save_adapter(model, out, extra={"polyray_version.json": {"version": 4}})  # replaces in one rename
     assert (out / "polyray_version.json").read_text() == '{"version": 4}'
     assert sorted(p.name for p in out.parent.iterdir()) == ["sft"]  # no staging or old directory left behind
@@ -168,8 +171,16 @@ def test_reference_log_probs_from_the_rollouts_give_the_learners_step(model_dir,
     def step(mode: str, **pool_options):
         model, tok, reference, incoming, frozen = _moved_policy(model_dir, tmp_path / mode / str(len(pool_options)))
         pool = ScoringPool(tok, lambda p, c: learner_logprobs(frozen, p, c, tok.pad_token_id).tolist(), **pool_options)
-        phase = make_phase(cfg.model_copy(update={"kl_reference_logprobs": mode}), model, tok, 0, 1, pool,
-                           reference_adapter=reference, share_prompts=share_prompts)  # fmt: skip
+        phase = make_phase(
+            cfg.model_copy(update={"kl_reference_logprobs": mode}),
+            model,
+            tok,
+            0,
+            1,
+            pool,
+            reference_adapter=reference,
+            share_prompts=share_prompts,
+        )
         phase.ctx.reference_source = str(incoming)
         if mode == "rollouts":  # as the phase's constructor does on rank 0 with a real pool
             phase.rollout_reference = phase.reference_on_rollouts(pool)

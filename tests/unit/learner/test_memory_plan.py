@@ -38,9 +38,18 @@ ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_pro
 
 def _config(**overrides) -> dict:
     """A small Qwen3 ``config.json`` mapping (shapes unlike the ones the activation formula was fitted on)."""
-    return {"model_type": "qwen3", "num_hidden_layers": 2, "hidden_size": 96, "intermediate_size": 160,
-            "num_attention_heads": 6, "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 300,
-            "tie_word_embeddings": True, **overrides}  # fmt: skip
+    return {
+        "model_type": "qwen3",
+        "num_hidden_layers": 2,
+        "hidden_size": 96,
+        "intermediate_size": 160,
+        "num_attention_heads": 6,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "vocab_size": 300,
+        "tie_word_embeddings": True,
+        **overrides,
+    }
 
 
 def _qwen3(config: dict, dtype=torch.float32):
@@ -102,10 +111,15 @@ def _saved_per_token_layer(config: dict, targets, dtype, batch: int, length: int
 
 @pytest.mark.parametrize(
     "dtype,targets,padded",
-    [(torch.float32, ALL, False), (torch.float32, ALL, True), (torch.bfloat16, ALL, False),
-     (torch.bfloat16, ALL, True), (torch.float32, ["q_proj", "v_proj", "down_proj"], False),
-     (torch.bfloat16, ["k_proj", "o_proj", "up_proj"], True)],
-)  # fmt: skip
+    [
+        (torch.float32, ALL, False),
+        (torch.float32, ALL, True),
+        (torch.bfloat16, ALL, False),
+        (torch.bfloat16, ALL, True),
+        (torch.float32, ["q_proj", "v_proj", "down_proj"], False),
+        (torch.bfloat16, ["k_proj", "o_proj", "up_proj"], True),
+    ],
+)
 def test_saved_activations_match_autograd(dtype, targets, padded):
     torch.set_num_threads(1)
     config = _config()
@@ -125,7 +139,9 @@ def test_checkpointing_keeps_each_layers_input():
     plain = learner_memory(shape, lora, "float32", micro).terms["activations"]
     ckpt = learner_memory(shape, lora, "float32", micro, gradient_checkpointing=True).terms["activations"]
     per_layer = saved_bytes_per_token(shape, 4, lora, True, 16)
-    assert plain - ckpt == micro.tokens * (shape.layers - 1) * per_layer - micro.tokens * shape.layers * 4 * shape.hidden
+    assert (
+        plain - ckpt == micro.tokens * (shape.layers - 1) * per_layer - micro.tokens * shape.layers * 4 * shape.hidden
+    )
 
 
 def test_logits_term_counts_chunks_or_the_whole_tensor():
@@ -147,12 +163,16 @@ def test_largest_micro_batch():
 
 
 def test_phase_micro_batches_split_the_step_over_ranks():
-    run = RunConfig.model_validate({
-        "learner": {"num_workers": 3},
-        "phases": [{"type": "sft", "batch_size": 32},
-                   {"type": "polychromic_sft", "name": "poly", "batch_size": 10, "prompts_per_step": 4, "n_samples": 3},
-                   {"type": "grpo", "prompts_per_step": 16, "group_size": 8, "sampling": {"max_tokens": 40}}],
-    })  # fmt: skip
+    run = RunConfig.model_validate(
+        {
+            "learner": {"num_workers": 3},
+            "phases": [
+                {"type": "sft", "batch_size": 32},
+                {"type": "polychromic_sft", "name": "poly", "batch_size": 10, "prompts_per_step": 4, "n_samples": 3},
+                {"type": "grpo", "prompts_per_step": 16, "group_size": 8, "sampling": {"max_tokens": 40}},
+            ],
+        }
+    )
     lengths = bound_lengths(run, longest_prompt=30, longest_reference=50)
     assert phase_micro_batch(run, 0, lengths) == MicroBatch(math.ceil(32 / 3), 50)
     assert phase_micro_batch(run, 1, lengths) == MicroBatch(4 + 2 * 3, 30 + 24)  # references + whole groups
@@ -162,11 +182,15 @@ def test_phase_micro_batches_split_the_step_over_ranks():
 
 
 def test_a_phase_with_its_own_ranks_splits_its_step_over_them():
-    run = RunConfig.model_validate({
-        "learner": {"num_workers": 2},
-        "phases": [{"type": "sft", "batch_size": 32},
-                   {"type": "grpo", "prompts_per_step": 16, "group_size": 8, "learner_workers": 1}],
-    })  # fmt: skip
+    run = RunConfig.model_validate(
+        {
+            "learner": {"num_workers": 2},
+            "phases": [
+                {"type": "sft", "batch_size": 32},
+                {"type": "grpo", "prompts_per_step": 16, "group_size": 8, "learner_workers": 1},
+            ],
+        }
+    )
     lengths = bound_lengths(run, longest_prompt=30, longest_reference=50)
     assert [run.phase_workers(i) for i in range(2)] == [2, 1] and run.most_learner_workers == 2
     assert phase_micro_batch(run, 0, lengths).sequences == 16  # 32 over 2 ranks
@@ -193,7 +217,10 @@ def test_a_config_that_cannot_fit_is_refused_in_one_line_naming_the_field():
     with pytest.raises(ConfigError) as err:
         check_run(run, config, bound_lengths(run))
     message = str(err.value)
-    assert message.startswith("learner.micro_batch_tokens: a learner rank needs ~") and "> learner.gpu_memory_gib 80" in message
+    assert (
+        message.startswith("learner.micro_batch_tokens: a learner rank needs ~")
+        and "> learner.gpu_memory_gib 80" in message
+    )
     assert "\n" not in message and "gradient_checkpointing" in message
     shallow = {**config, "num_hidden_layers": 2}  # few layers: the logits outweigh the activations
     whole = _gpu_run(micro_batch_tokens=16384, logits_chunk_mib=0, gpu_memory_gib=20)
@@ -207,16 +234,20 @@ def test_weights_that_cannot_fit_name_the_dtype_or_the_model():
     run = _gpu_run(micro_batch_tokens=256, gpu_memory_gib=16)  # 15.3 GiB of untied bfloat16 weights
     with pytest.raises(ConfigError, match=r"^model.source: a learner rank needs ~"):
         check_run(run, config, bound_lengths(run))
-    fp32 = load_config("configs/gpu/qwen3_0.6b.yaml", ["model.dtype=float32", "learner.micro_batch_tokens=256",
-                                                       "learner.gpu_memory_gib=32"])  # fmt: skip
+    fp32 = load_config(
+        "configs/gpu/qwen3_0.6b.yaml",
+        ["model.dtype=float32", "learner.micro_batch_tokens=256", "learner.gpu_memory_gib=32"],
+    )
     with pytest.raises(ConfigError, match=r"^model.dtype: "):
         check_run(fp32, config, bound_lengths(fp32))  # untied 8B in float32: 61 GiB of weights
 
 
 def test_rollout_worker_that_cannot_fit_is_refused():
     config = QWEN3["Qwen/Qwen3-8B"]
-    run = load_config("configs/gpu/replies_qwen3_8b.yaml", ["rollout.gpu_memory_gib=16", "rollout.tensor_parallel_size=1",
-                                                            "rollout.gpus_per_worker=1"])  # fmt: skip
+    run = load_config(
+        "configs/gpu/replies_qwen3_8b.yaml",
+        ["rollout.gpu_memory_gib=16", "rollout.tensor_parallel_size=1", "rollout.gpus_per_worker=1"],
+    )
     with pytest.raises(ConfigError, match=r"^rollout.tensor_parallel_size: a rollout worker needs ~.*> 0.92 x"):
         check_run(run, config, bound_lengths(run))
     cpu = RunConfig.model_validate({"rollout": {"max_model_len": 4096}})
@@ -230,7 +261,9 @@ def test_the_rollout_plan_takes_the_configured_share_of_the_gpu():
     run = load_config("configs/gpu/qwen3_0.6b.yaml", ["rollout.gpu_memory_gib=80"])
     lines = check_run(run, QWEN3["Qwen/Qwen3-0.6B"], bound_lengths(run))
     assert "of 0.92 x 80 GiB" in lines[-1]
-    small = load_config("configs/gpu/qwen3_0.6b.yaml", ["rollout.gpu_memory_utilization=0.03", "rollout.gpu_memory_gib=80"])
+    small = load_config(
+        "configs/gpu/qwen3_0.6b.yaml", ["rollout.gpu_memory_utilization=0.03", "rollout.gpu_memory_gib=80"]
+    )
     with pytest.raises(ConfigError, match=r"^rollout.tensor_parallel_size: .*> 0.03 x rollout.gpu_memory_gib 80"):
         check_run(small, QWEN3["Qwen/Qwen3-0.6B"], bound_lengths(small))
 
@@ -246,10 +279,13 @@ def test_a_gpu_engine_steps_by_vllms_default_unless_set():
     plan = lambda **kw: rollout_memory(shape, RolloutConfig(gpus_per_worker=1, **kw), "bfloat16")  # noqa: E731
     default = plan(max_model_len=2048, max_num_seqs=128)
     assert default.terms == plan(max_model_len=2048, max_num_seqs=128, max_num_batched_tokens=16384).terms
-    assert plan(max_model_len=512, max_num_seqs=4).terms == plan(max_model_len=512, max_num_seqs=4,
-                                                                 max_num_batched_tokens=2048).terms  # fmt: skip
-    huge = load_config("configs/gpu/replies_qwen3_8b.yaml", ["rollout.max_num_batched_tokens=1310720",
-                                                             "rollout.gpu_memory_gib=40"])  # fmt: skip
+    assert (
+        plan(max_model_len=512, max_num_seqs=4).terms
+        == plan(max_model_len=512, max_num_seqs=4, max_num_batched_tokens=2048).terms
+    )
+    huge = load_config(
+        "configs/gpu/replies_qwen3_8b.yaml", ["rollout.max_num_batched_tokens=1310720", "rollout.gpu_memory_gib=40"]
+    )
     with pytest.raises(ConfigError, match=r"^rollout.max_num_batched_tokens: a rollout worker needs"):
         check_run(huge, QWEN3["Qwen/Qwen3-8B"], bound_lengths(huge))
 
@@ -265,8 +301,15 @@ def test_a_config_that_fits_passes_and_prints_its_plan():
     assert "of 80 GiB" in lines[0] and "the KV cache gets" in lines[1]
 
 
-@pytest.mark.parametrize("path", ["configs/gpu/qwen3_0.6b.yaml", "configs/gpu/code_qwen3.yaml",
-                                  "configs/gpu/replies_qwen3.yaml", "configs/gpu/replies_qwen3_8b.yaml"])  # fmt: skip
+@pytest.mark.parametrize(
+    "path",
+    [
+        "configs/gpu/qwen3_0.6b.yaml",
+        "configs/gpu/code_qwen3.yaml",
+        "configs/gpu/replies_qwen3.yaml",
+        "configs/gpu/replies_qwen3_8b.yaml",
+    ],
+)
 def test_gpu_presets_fit_the_gpus_they_were_sized_for(path):
     """At worst-case lengths (every sequence rollout.max_model_len long), so any data fits; on the GPUs the
     preset's header names (its ``polyray check ... --gpu-memory-gib N`` line); the memory itself is left to

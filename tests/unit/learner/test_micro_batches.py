@@ -85,7 +85,10 @@ def test_micro_batches_on_two_gloo_ranks_equal_the_one_rank_whole_batch(model_di
 def _batch(tokenizer, n: int = 7, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     vocab = len(tokenizer)
-    draw = lambda lo, hi: torch.randint(2, vocab, (int(torch.randint(lo, hi, (1,), generator=g)),), generator=g).tolist()  # noqa: E731
+
+    def draw(lo, hi):
+        return torch.randint(2, vocab, (int(torch.randint(lo, hi, (1,), generator=g)),), generator=g).tolist()
+
     return pack_sequences([draw(2, 9) for _ in range(n)], [draw(1, 12) for _ in range(n)], tokenizer.pad_token_id)
 
 
@@ -126,7 +129,9 @@ def test_a_right_padded_batch_runs_without_its_padding_mask_and_keeps_every_real
     model = model.double().eval()
     right = pack_sequences([[5, 6, 7], [8], [9, 10]], [[11, 12], [13, 14, 15, 16], [17]], pad_id=0)
     seen = []
-    hook = model.get_base_model().model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw.get("attention_mask")), with_kwargs=True)
+    hook = model.get_base_model().model.register_forward_pre_hook(
+        lambda m, a, kw: seen.append(kw.get("attention_mask")), with_kwargs=True
+    )
     with torch.no_grad():
         masked = model(input_ids=right.input_ids, attention_mask=right.attention_mask).logits
         unmasked = causal_forward(model, right).logits

@@ -48,9 +48,16 @@ def test_two_grpo_phases_draw_different_prompts_and_seeds(policy):
 def test_polychromic_sft_does_not_replay_sfts_reference_batches(policy):
     model, tokenizer = policy
     sft = make_phase(SFTPhaseConfig(name="sft", batch_size=8), model, tokenizer, 0, 1, None)
-    poly = make_phase(PolychromicSFTPhaseConfig(name="polychromic_sft", batch_size=8, prompts_per_step=2), model,
-                      tokenizer, 0, 1, RecordingPool(tokenizer))  # fmt: skip
+    poly = make_phase(
+        PolychromicSFTPhaseConfig(name="polychromic_sft", batch_size=8, prompts_per_step=2),
+        model,
+        tokenizer,
+        0,
+        1,
+        RecordingPool(tokenizer),
+    )
     assert sft.reference_batch(0).completion_ids != poly.reference_batch(0).completion_ids
     # its diversity samples come from a draw of their own, not the one its references use
-    assert _draws(policy, PolychromicSFTPhaseConfig(name="p", prompts_per_step=2)) != \
-        _draws(policy, GRPOPhaseConfig(name="p", prompts_per_step=2, group_size=2))
+    assert _draws(policy, PolychromicSFTPhaseConfig(name="p", prompts_per_step=2)) != _draws(
+        policy, GRPOPhaseConfig(name="p", prompts_per_step=2, group_size=2)
+    )

@@ -52,8 +52,9 @@ def _whole_batch_objective(name: str, cfg, phase, batch, model, pad_id: int) -> 
         sample_logp = torch.where(mask > 0, logp, torch.zeros_like(logp)).sum(-1)
         shape = (batch.num_groups, batch.group_size)
         old = torch.tensor(batch.sequence_logprobs(), dtype=logp.dtype)
-        return compute_polychromic_sft_loss(nll, sample_logp.view(shape), batch.advantages.view(shape), cfg.lam,
-                                            old.view(shape), cfg.ratio_clip)[0]  # fmt: skip
+        return compute_polychromic_sft_loss(
+            nll, sample_logp.view(shape), batch.advantages.view(shape), cfg.lam, old.view(shape), cfg.ratio_clip
+        )[0]
     temperature = cfg.sampling.temperature
     packed = batch.pack(pad_id)
     logp, mask = token_logprobs(model, packed, temperature, chunk_mib=0)
@@ -73,7 +74,9 @@ def test_the_loss_a_phase_trains_on_is_its_objective_on_the_batch(model_dir, nam
     model, tokenizer = build_policy(model_dir)
     pool = FixedPool(tokenizer, logprob=-6.0)  # about the policy's own: importance ratios on both sides of 1
     # micro-batches of ~2 sequences: the step's loss is a sum of parts
-    phase = make_phase(cfg, model, tokenizer, 0, 1, pool, reward_fn=REWARDS.get(name, text_reward), micro_batch_tokens=24)
+    phase = make_phase(
+        cfg, model, tokenizer, 0, 1, pool, reward_fn=REWARDS.get(name, text_reward), micro_batch_tokens=24
+    )
     seen = {}
     if hasattr(phase, "_rollout"):
         rollout = phase._rollout

@@ -126,7 +126,10 @@ def test_polychromic_phase_needs_a_group_per_rank():
     from polyray.io import ConfigError
 
     with pytest.raises(ConfigError, match="prompts_per_step"):
-        load_config(Path(__file__).resolve().parents[3] / "configs" / "quickstart.yaml", ["phases.0.type=polychromic_sft", "phases.0.prompts_per_step=1"])
+        load_config(
+            Path(__file__).resolve().parents[3] / "configs" / "quickstart.yaml",
+            ["phases.0.type=polychromic_sft", "phases.0.prompts_per_step=1"],
+        )
 
 
 class _Pending:
@@ -201,7 +204,9 @@ def test_rollout_prefetch_scores_the_next_step_during_the_update():
         time.sleep(0.01)
     assert scored == ["s0", "s1"]  # scored before step 1 asked
     second = prefetch.get(1, 1)
-    assert second.scored == 2 and second.rollout_s + second.score_s < 0.25  # nothing left to wait for (margin: a busy machine)
+    assert (
+        second.scored == 2 and second.rollout_s + second.score_s < 0.25
+    )  # nothing left to wait for (margin: a busy machine)
     assert prefetch.pending[2] and "s2" not in scored  # step 2's collection waits for its samples in a daemon thread
     assert all(t.daemon for t in threading.enumerate() if t.name.startswith("polyray-rollout-score"))
     arrived[2].set()

@@ -189,17 +189,19 @@ def test_the_learners_checkpoint_holds_the_schedule(tmp_path, monkeypatch):
     [
         (["phases.0.warmup_steps=60"], "phases.0.warmup_steps: must be < steps (60)"),
         (["phases.0.warmup_steps=-1"], "phases.0.warmup_steps: Input should be greater than or equal to 0"),
-        (["phases.0.type=polychromic_sft", "phases.0.warmup_steps=61"],
-         "phases.0.warmup_steps: must be < steps (60)"),
-        (["phases.1.warmup_steps=100", "phases.1.lr_schedule=cosine"],
-         "phases.1.warmup_steps: must be < steps (100)"),
-        (["phases.1.lr_schedule=exponential"],
-         "phases.1.lr_schedule: Input should be 'constant', 'linear' or 'cosine'"),
+        (["phases.0.type=polychromic_sft", "phases.0.warmup_steps=61"], "phases.0.warmup_steps: must be < steps (60)"),
+        (["phases.1.warmup_steps=100", "phases.1.lr_schedule=cosine"], "phases.1.warmup_steps: must be < steps (100)"),
+        (
+            ["phases.1.lr_schedule=exponential"],
+            "phases.1.lr_schedule: Input should be 'constant', 'linear' or 'cosine'",
+        ),
         (["phases.1.min_lr_ratio=0.1"], "phases.1.min_lr_ratio: must be 0 with lr_schedule constant"),
-        (["phases.1.lr_schedule=linear", "phases.1.min_lr_ratio=1.5"],
-         "phases.1.min_lr_ratio: Input should be less than or equal to 1"),
+        (
+            ["phases.1.lr_schedule=linear", "phases.1.min_lr_ratio=1.5"],
+            "phases.1.min_lr_ratio: Input should be less than or equal to 1",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_schedule_settings_name_the_field(overrides, needle):
     with pytest.raises(ConfigError) as info:
         load_config(QUICKSTART, overrides)

@@ -43,7 +43,10 @@ def _groups(tokenizer, sizes=(3, 1, 4), seed: int = 0):
     """Prompts of 2-9 tokens and, per group, completions of 1-11 tokens."""
     g = torch.Generator().manual_seed(seed)
     vocab = len(tokenizer)
-    draw = lambda lo, hi: torch.randint(2, vocab, (int(torch.randint(lo, hi, (1,), generator=g)),), generator=g).tolist()  # noqa: E731
+
+    def draw(lo, hi):
+        return torch.randint(2, vocab, (int(torch.randint(lo, hi, (1,), generator=g)),), generator=g).tolist()
+
     prompts = [draw(2, 10) for _ in sizes]
     group = [b for b, size in enumerate(sizes) for _ in range(size)]
     return prompts, [draw(1, 12) for _ in group], group
@@ -66,8 +69,12 @@ def test_shared_prompt_logprobs_equal_the_whole_sequences(model_dir, temperature
     if temperature == "per-sequence":
         temperature = torch.tensor([1.0, 0.5, 1.3, 1.0, 0.9, 2.0, 0.7, 1.1])
     params = [p for p in model.parameters() if p.requires_grad]
-    whole, mask = token_logprobs(model, pack_sequences([prompts[b] for b in group], completions, tokenizer.pad_token_id),
-                                 temperature, chunk_mib=0)  # fmt: skip
+    whole, mask = token_logprobs(
+        model,
+        pack_sequences([prompts[b] for b in group], completions, tokenizer.pad_token_id),
+        temperature,
+        chunk_mib=0,
+    )
     groups = pack_prompt_groups(prompts, completions, group, tokenizer.pad_token_id)
     rows = len(_completion_rows(groups, pack != "one a row").ids)
     assert rows == {"one row a prompt": len(prompts), "one a row": len(completions)}.get(pack, rows)
@@ -136,8 +143,13 @@ def test_shared_prompts_refuse_a_model_without_its_cache(model_dir):
 
 def _train_batch(prompts, completions, group_size: int) -> TrainBatch:
     n = len(completions)
-    return TrainBatch([prompts[i // group_size] for i in range(n)], completions, [[0.0] * len(c) for c in completions],
-                      torch.zeros(n, dtype=torch.float64), group_size)  # fmt: skip
+    return TrainBatch(
+        [prompts[i // group_size] for i in range(n)],
+        completions,
+        [[0.0] * len(c) for c in completions],
+        torch.zeros(n, dtype=torch.float64),
+        group_size,
+    )
 
 
 def test_group_micro_batches_hold_whole_groups_within_the_budget():
@@ -187,8 +199,9 @@ def _assert_same_step(reference, other, label: str) -> None:
 @pytest.mark.parametrize("budget", [None, 12])
 @pytest.mark.parametrize("pack", [True, False])
 def test_a_grpo_step_with_shared_prompts_equals_the_whole_sequence_step(model_dir, whole_step, name, budget, pack):
-    shared = step_grads(model_dir, name, dtype=torch.float64, share_prompts=True, micro_batch_tokens=budget,
-                        pack_samples=pack)  # fmt: skip
+    shared = step_grads(
+        model_dir, name, dtype=torch.float64, share_prompts=True, micro_batch_tokens=budget, pack_samples=pack
+    )
     _assert_same_step(whole_step[name], shared, f"{name} budget={budget} pack={pack}")
 
 
@@ -216,9 +229,19 @@ def test_a_windowed_cache_is_refused_not_used(model_dir):
     """A model the blocker would let through by mistake still fails loudly: its cache is not a plain one."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    config = Qwen3Config(vocab_size=64, hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                         num_key_value_heads=1, head_dim=32, use_sliding_window=True, sliding_window=4,
-                         max_window_layers=0, pad_token_id=0)  # fmt: skip
+    config = Qwen3Config(
+        vocab_size=64,
+        hidden_size=64,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        use_sliding_window=True,
+        sliding_window=4,
+        max_window_layers=0,
+        pad_token_id=0,
+    )
     model = Qwen3ForCausalLM(config)
     with pytest.raises(ValueError, match="plain key-value cache"):
         shared_prompt_logprobs(model, pack_prompt_groups([[1, 2, 3, 4, 5]], [[6, 7], [8]], [0, 0], pad_id=0))

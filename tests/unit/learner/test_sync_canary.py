@@ -229,7 +229,9 @@ def test_a_phase_sampling_at_another_temperature_is_checked_at_it(policy):
     assert "canary_gap_t" not in SyncCanary(every=1, probe=probe, pad_id=tok.pad_token_id).after_publish(model, pool, 1)
 
     pool.sampling_logprobs_at_t1 = True  # scores match, but its rollouts' log-probs are not the sampling distribution's
-    with pytest.raises(SyncCanaryError, match="rollout worker 0 serves policy-v1, sampling at temperature 0.5, with log-probs"):
+    with pytest.raises(
+        SyncCanaryError, match="rollout worker 0 serves policy-v1, sampling at temperature 0.5, with log-probs"
+    ):
         SyncCanary(every=1, probe=probe, pad_id=tok.pad_token_id, temperature=0.5).after_publish(model, pool, 1)
 
 

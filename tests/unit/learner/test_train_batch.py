@@ -126,9 +126,16 @@ def _grpo_shard_loss(shard: TrainBatch, aggregation: str, n_seq: int, n_tok: int
     mask = shard.pack(pad_id=0).completion_mask[:, 1:].double()
     logp = _policy_logprobs(shard, mask.shape[1])
     loss, _ = compute_grpo_loss(
-        logp, shard.target_logprobs(mask.shape[1], torch.float64), None, shard.advantages, mask,
-        aggregation=aggregation, max_len=5, num_sequences=n_seq, num_tokens=n_tok,
-    )  # fmt: skip
+        logp,
+        shard.target_logprobs(mask.shape[1], torch.float64),
+        None,
+        shard.advantages,
+        mask,
+        aggregation=aggregation,
+        max_len=5,
+        num_sequences=n_seq,
+        num_tokens=n_tok,
+    )
     return float(loss)
 
 
@@ -170,8 +177,9 @@ def test_polychromic_surrogate_summed_over_group_shards_is_the_whole_batch_one(w
         old = torch.tensor(shard.sequence_logprobs(), dtype=torch.float64).view(shape)
         logp = old + torch.tensor([0.1 * len(c) for c in shard.completion_ids], dtype=torch.float64).view(shape)
         nll = torch.zeros((), dtype=torch.float64)
-        _, metrics = compute_polychromic_sft_loss(nll, logp, shard.advantages.view(shape), 0.5, old, 2.0,
-                                                  num_groups=batch.num_groups)
+        _, metrics = compute_polychromic_sft_loss(
+            nll, logp, shard.advantages.view(shape), 0.5, old, 2.0, num_groups=batch.num_groups
+        )
         return metrics["diversity_surrogate"]
 
     total = sum(surrogate(batch.shard(rank, world, whole_groups=True)) for rank in range(world))

@@ -103,14 +103,17 @@ def test_ray_train_resumes_past_a_cut_off_record(ray_cluster, tmp_path, monkeypa
             d = tempfile.mkdtemp()
             (Path(d) / "weights.bin").write_bytes(b"w" * step)
             seal(d, step, step)
-            ray.train.report({"start": start, "step": step, "in_place": in_place},
-                             checkpoint=ray.train.Checkpoint.from_directory(d))
+            ray.train.report(
+                {"start": start, "step": step, "in_place": in_place}, checkpoint=ray.train.Checkpoint.from_directory(d)
+            )
 
     def fit(recovered=None):
         return TorchTrainer(
-            loop, train_loop_config={"recovered": recovered, "storage": str(tmp_path)}, scaling_config=ScalingConfig(num_workers=1),
+            loop,
+            train_loop_config={"recovered": recovered, "storage": str(tmp_path)},
+            scaling_config=ScalingConfig(num_workers=1),
             run_config=RunConfig(name="sft", storage_path=str(tmp_path)),
-        ).fit()  # fmt: skip
+        ).fit()
 
     assert fit().metrics == {"start": 0, "step": 2, "in_place": True}
     record = tmp_path / "sft" / snapshot_name()

@@ -43,9 +43,18 @@ def test_an_attempt_resumed_at_the_phase_end_hands_over_its_checkpoints_version(
     run = RunConfig(
         task=TASK.model_dump(),
         learner={"num_workers": 1, "micro_batch_tokens": 32, "sync_check_every": 0, "lora": {"r": 4, "alpha": 8}},
-        phases=[{"type": "grpo", "name": "grpo", "steps": 2, "prompts_per_step": 2, "group_size": 3,
-                 "checkpoint_every": 2, "sampling": {"max_tokens": 4}}],
-    )  # fmt: skip
+        phases=[
+            {
+                "type": "grpo",
+                "name": "grpo",
+                "steps": 2,
+                "prompts_per_step": 2,
+                "group_size": 3,
+                "checkpoint_every": 2,
+                "sampling": {"max_tokens": 4},
+            }
+        ],
+    )
     out, storage = tmp_path / "run", tmp_path / "run" / "checkpoints" / "grpo"
     pool = AdapterPool(model_dir, None, version=0)
     config = LearnerJob(run=run, phase_index=0, model_dir=str(model_dir), output_dir=str(out), pool=pool)

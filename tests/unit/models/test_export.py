@@ -49,12 +49,16 @@ def test_merged_export_is_the_adapter_on_the_base(run_dir, model_dir, tmp_path):
     for got, want in zip(got_lp, want_lp):
         assert torch.allclose(got, want, atol=1e-3), (got - want).abs().max()
     # the adapter changed the model: a merge that dropped it would not pass the checks above
-    plain_tokens, plain_lp = greedy_and_logprobs(AutoModelForCausalLM.from_pretrained(model_dir).eval(), tokenizer, PROMPTS)
+    plain_tokens, plain_lp = greedy_and_logprobs(
+        AutoModelForCausalLM.from_pretrained(model_dir).eval(), tokenizer, PROMPTS
+    )
     assert max((a - b).abs().max().item() for a, b in zip(plain_lp, want_lp)) > 0.05
     info = json.loads((out / "polyray_export.json").read_text())
     assert info["phase"] == "grpo" and info["policy_version"] == 2 and info["merged"]
     # the embedded model's chat template travels with it
-    chat = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    chat = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
     assert chat == "user: hi\nassistant: "
 
 
@@ -103,7 +107,10 @@ def test_default_out_and_an_existing_out_is_refused(run_dir):
     [
         (["{missing}"], r"error: {missing}: no such run directory"),
         (["{run}", "--phase", "dpo"], r"error: {run}: the run has no phase 'dpo' \(its phases: sft, grpo\)"),
-        (["{half}"], r"error: {half}/adapters/grpo: phase 'grpo' has no saved adapter \(adapter_config.json; trained: sft\)"),
+        (
+            ["{half}"],
+            r"error: {half}/adapters/grpo: phase 'grpo' has no saved adapter \(adapter_config.json; trained: sft\)",
+        ),
         (["{empty}"], r"error: {empty} is not a polyray run directory"),
     ],
 )
@@ -123,11 +130,28 @@ def test_bad_run_phase_or_adapter_is_one_line_naming_the_path(tmp_path, run_dir,
 
 def test_push_to_hub_without_a_reachable_hub_is_one_line(run_dir, tmp_path):
     """The CLI in a fresh process (the hub endpoint is read at import) against a closed local port."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": "hf_test",
-           "HF_HUB_ETAG_TIMEOUT": "2", "HF_HUB_DOWNLOAD_TIMEOUT": "2"}  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "HF_ENDPOINT": "http://127.0.0.1:9",
+        "HF_TOKEN": "hf_test",
+        "HF_HUB_ETAG_TIMEOUT": "2",
+        "HF_HUB_DOWNLOAD_TIMEOUT": "2",
+    }
     out = tmp_path / "pushed"
-    cmd = [sys.executable, "-m", "polyray.cli", "export", str(run_dir), "--phase", "sft", "--out", str(out),
-           "--push-to-hub", "someone/polyray-test"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "polyray.cli",
+        "export",
+        str(run_dir),
+        "--phase",
+        "sft",
+        "--out",
+        str(out),
+        "--push-to-hub",
+        "someone/polyray-test",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     errors = proc.stderr.strip().splitlines()

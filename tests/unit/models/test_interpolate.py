@@ -105,10 +105,12 @@ def test_endpoints_default_to_the_previous_phase_or_the_starting_adapter(run_dir
     started = run_config.model_copy(update={"init_adapter": str(adapters / "from")})
     assert resolve_endpoints(run_dir, started, None, None) == ((adapters / "from").resolve(), grpo)
     assert resolve_endpoints(run_dir, run_config, str(adapters / "to"), "sft") == ((adapters / "to").resolve(), sft)
-    for args, match in (((None, "rl"), "--to: the run has no adapter for phase 'rl'"),
-                        (("nowhere", None), "--from: 'nowhere' is not a phase"),
-                        ((None, "sft"), "--from: the run started from no adapter"),
-                        (("grpo", None), "the same adapter")):  # fmt: skip
+    for args, match in (
+        ((None, "rl"), "--to: the run has no adapter for phase 'rl'"),
+        (("nowhere", None), "--from: 'nowhere' is not a phase"),
+        ((None, "sft"), "--from: the run started from no adapter"),
+        (("grpo", None), "the same adapter"),
+    ):
         with pytest.raises(ConfigError, match=match):
             resolve_endpoints(run_dir, run_config, *args)
 
@@ -148,26 +150,38 @@ def test_the_curve_over_seeds_is_scipys_paired_statistics():
     rng = np.random.default_rng(0)
     summaries = [_seed_summary(rng, c) for c in (0.5, 0.5, 1.0, 0.5, 0.0)]
     out = summarize_seeds(summaries, margin=0.01)
-    test = lambda a, m: np.array([next(r for r in s["curve"] if r["alpha"] == a)["test"][m] for s in summaries])
+
+    def test(a, m):
+        return np.array([next(r for r in s["curve"] if r["alpha"] == a)["test"][m] for s in summaries])
+
     half = out["curve"][1]
     mean, sd = test(0.5, "pass@1").mean(), test(0.5, "pass@1").std(ddof=1)
     assert half["pass@1"]["high"] == pytest.approx(mean + stats.t.ppf(0.975, 4) * sd / np.sqrt(5))
     d = test(0.5, "pass@1") - test(1.0, "pass@1")
     se = d.std(ddof=1) / np.sqrt(5)
     tost = max(stats.t.sf((d.mean() + 0.01) / se, 4), stats.t.cdf((d.mean() - 0.01) / se, 4))
-    assert half["pass@1_vs_to"]["pvalue"] == pytest.approx(tost) and half["pass@1_vs_to"]["difference"] == pytest.approx(d.mean())
-    assert half["pass@10_vs_from"]["pvalue"] == pytest.approx(stats.ttest_rel(test(0.5, "pass@10"), test(0.0, "pass@10")).pvalue)
+    assert half["pass@1_vs_to"]["pvalue"] == pytest.approx(tost) and half["pass@1_vs_to"][
+        "difference"
+    ] == pytest.approx(d.mean())
+    assert half["pass@10_vs_from"]["pvalue"] == pytest.approx(
+        stats.ttest_rel(test(0.5, "pass@10"), test(0.0, "pass@10")).pvalue
+    )
     assert "pass@1_vs_to" not in out["curve"][2] and "pass@10_vs_from" not in out["curve"][0]  # no self-comparison
     # each seed's own choice, read as one model
-    picked = np.array([next(r for r in s["curve"] if r["alpha"] == s["selection"]["chosen"])["test"]["pass@10"] for s in summaries])
+    picked = np.array(
+        [next(r for r in s["curve"] if r["alpha"] == s["selection"]["chosen"])["test"]["pass@10"] for s in summaries]
+    )
     chosen = out["chosen"]
     assert chosen["alphas"] == [0.5, 0.5, 1.0, 0.5, 0.0] and chosen["pass@10"]["mean"] == pytest.approx(picked.mean())
     p = [chosen["tests"][k]["pvalue"] for k in ("pass@1_vs_to", "pass@10_vs_from", "pass@10_vs_to")]
-    assert chosen["tests"]["pass@10_vs_to"]["pvalue"] == pytest.approx(stats.ttest_rel(picked, test(1.0, "pass@10")).pvalue)
+    assert chosen["tests"]["pass@10_vs_to"]["pvalue"] == pytest.approx(
+        stats.ttest_rel(picked, test(1.0, "pass@10")).pvalue
+    )
     order = np.argsort(p)
     holm = np.maximum.accumulate([min(1.0, (3 - i) * p[j]) for i, j in enumerate(order)])
-    assert [chosen["tests"][k]["pvalue_holm"] for k in ("pass@1_vs_to", "pass@10_vs_from", "pass@10_vs_to")] == \
-        pytest.approx([holm[list(order).index(i)] for i in range(3)])
+    assert [
+        chosen["tests"][k]["pvalue_holm"] for k in ("pass@1_vs_to", "pass@10_vs_from", "pass@10_vs_to")
+    ] == pytest.approx([holm[list(order).index(i)] for i in range(3)])
     with pytest.raises(ConfigError, match="2 or more"):
         summarize_seeds(summaries[:1])
     with pytest.raises(ConfigError, match="grids"):

@@ -12,8 +12,17 @@ from polyray.config.tasks import CountdownTaskConfig
 pytestmark = pytest.mark.slow
 
 # Small enough to build twice in a few seconds; same code path as the default build.
-SMALL = dict(hidden_size=64, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64,
-             pretrain_steps=6, pretrain_batch_size=8, pretrain_prompts=200, vocab_size=320)
+SMALL = dict(
+    hidden_size=64,
+    num_layers=1,
+    num_heads=2,
+    num_kv_heads=1,
+    intermediate_size=64,
+    pretrain_steps=6,
+    pretrain_batch_size=8,
+    pretrain_prompts=200,
+    vocab_size=320,
+)
 
 
 def _digest(path):
@@ -70,8 +79,12 @@ def test_concurrent_builds_of_one_model_build_it_once(tmp_path):
     import sys
 
     script, env = BUILD_AND_SAY.format(small=SMALL), {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "m")], stdout=subprocess.PIPE, text=True, env=env)
-             for _ in range(2)]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(tmp_path / "m")], stdout=subprocess.PIPE, text=True, env=env
+        )
+        for _ in range(2)
+    ]
     said = sorted(p.communicate(timeout=300)[0].strip().splitlines()[-1] for p in procs)
     assert [p.returncode for p in procs] == [0, 0]
     assert said == ["built", "reused"], said

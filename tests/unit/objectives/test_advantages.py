@@ -22,8 +22,18 @@ from polyray.objectives.grpo import aggregate_token_loss, compute_grpo_loss
 
 
 def test_registry_names_and_config_types():
-    assert set(ADVANTAGE_ESTIMATORS) == {"group", "rloo", "passk", "polychromic", "unlikeliness", "repeat_penalty", "mix",
-                                         "polychromic_correct", "w_reinforce", "anneal"}  # fmt: skip
+    assert set(ADVANTAGE_ESTIMATORS) == {
+        "group",
+        "rloo",
+        "passk",
+        "polychromic",
+        "unlikeliness",
+        "repeat_penalty",
+        "mix",
+        "polychromic_correct",
+        "w_reinforce",
+        "anneal",
+    }
     for name, (config_model, _) in ADVANTAGE_ESTIMATORS.items():
         fields = {"early": {"type": "group"}, "late": {"type": "group"}} if name == "mix" else {}
         assert config_model(**fields).type == name  # each estimator's config model carries its registry key
@@ -178,7 +188,9 @@ def test_all_correct_group_keeps_its_polychromic_advantages():
     texts = [["1+2", "1+2", "2+1", "3*1"]]
     from polyray.config.advantages import PolychromicAdvantageConfig
 
-    adv = compute_advantages(PolychromicAdvantageConfig(k=2, diversity="countdown_expr"), AdvantageInputs(rewards, texts))
+    adv = compute_advantages(
+        PolychromicAdvantageConfig(k=2, diversity="countdown_expr"), AdvantageInputs(rewards, texts)
+    )
     assert adv.abs().max() > 0.05
     assert dynamic_sampling_mask(adv).tolist() == [True]
     assert dynamic_sampling_mask(compute_group_advantages(rewards)).tolist() == [False]
@@ -309,8 +321,10 @@ def test_polychromic_monte_carlo_subsets_approach_the_exact_marginals():
     mc = compute_polychromic_advantages(rewards, 3, distances=dist, max_subsets=10, sample_subsets=20_000, seed=1)
     torch.testing.assert_close(mc, exact, atol=0.01, rtol=0)
     few = dict(distances=dist, max_subsets=10, sample_subsets=50)
-    torch.testing.assert_close(compute_polychromic_advantages(rewards, 3, seed=7, **few),
-                               compute_polychromic_advantages(rewards, 3, seed=7, **few))  # fmt: skip
+    torch.testing.assert_close(
+        compute_polychromic_advantages(rewards, 3, seed=7, **few),
+        compute_polychromic_advantages(rewards, 3, seed=7, **few),
+    )
     with pytest.raises(ValueError, match="exceeds"):
         compute_polychromic_advantages(rewards, 3, distances=dist, max_subsets=10)
 
@@ -322,7 +336,9 @@ def test_grpo_config_checks_every_estimator_k():
         GRPOPhaseConfig(group_size=16, advantage={"type": "polychromic", "k": 8})
     GRPOPhaseConfig(group_size=16, advantage={"type": "polychromic", "k": 8, "sample_subsets": 500})
     with pytest.raises(ValueError, match="group_size"):
-        GRPOPhaseConfig(group_size=4, advantage={"type": "mix", "early": {"type": "passk", "k": 8}, "late": {"type": "group"}})
+        GRPOPhaseConfig(
+            group_size=4, advantage={"type": "mix", "early": {"type": "passk", "k": 8}, "late": {"type": "group"}}
+        )
 
 
 # ----------------------------------------------------------------------------- step size: uniform groups, scale matching
@@ -356,8 +372,9 @@ def test_unlikeliness_beta_acts_in_an_all_correct_group(beta):
     # a mixed group is unchanged: group advantages of the shaped rewards
     mixed = torch.tensor([[1.0, 0.0, 1.0, 1.0, 0.0, 1.0]], dtype=torch.float64)
     shaped = [m * (1.0 - beta * r / G) for m, r in zip(mixed[0].tolist(), ranks)]
-    torch.testing.assert_close(compute_unlikeliness_advantages(mixed, logp, beta),
-                               torch.tensor([_group_loop(shaped)], dtype=torch.float64))
+    torch.testing.assert_close(
+        compute_unlikeliness_advantages(mixed, logp, beta), torch.tensor([_group_loop(shaped)], dtype=torch.float64)
+    )
 
 
 def test_repeat_penalty_beta_acts_in_a_uniform_group():
@@ -404,16 +421,21 @@ def test_scale_matching_equals_group_mean_abs_by_loop():
         UnlikelinessAdvantageConfig,
     )
 
-    rewards = torch.tensor([[1.0, 0.0, 0.0, 0.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
-                            [0.0, 1.0, 1.0, 0.0, 1.0, 1.0], [0.0] * 6], dtype=torch.float64)  # fmt: skip
+    rewards = torch.tensor(
+        [[1.0, 0.0, 0.0, 0.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0, 1.0, 1.0], [0.0, 1.0, 1.0, 0.0, 1.0, 1.0], [0.0] * 6],
+        dtype=torch.float64,
+    )
     texts = [["1+2", "3", "1+2", "4", "5", "1+2"]] * 4
     logprobs = [[[-0.1 * (i + 1 + b)] for i in range(6)] for b in range(4)]
     inputs = AdvantageInputs(rewards, texts, logprobs, progress=0.4)
     group_rows = [_group_loop(r) if statistics.stdev(r) > 0 else [0.0] * 6 for r in rewards.tolist()]
     target = _mean_abs(group_rows)
-    for cfg in (PassKAdvantageConfig(k=4), UnlikelinessAdvantageConfig(beta=0.5),
-                RepeatPenaltyAdvantageConfig(beta=0.5, answer="countdown_expr"),
-                MixAdvantageConfig(early={"type": "passk", "k": 4}, late={"type": "group"})):  # fmt: skip
+    for cfg in (
+        PassKAdvantageConfig(k=4),
+        UnlikelinessAdvantageConfig(beta=0.5),
+        RepeatPenaltyAdvantageConfig(beta=0.5, answer="countdown_expr"),
+        MixAdvantageConfig(early={"type": "passk", "k": 4}, late={"type": "group"}),
+    ):
         raw = compute_advantages(cfg, inputs)
         matched = compute_advantages(cfg.model_copy(update={"match_group_scale": True}), inputs)
         scale = target / _mean_abs(raw.tolist())
@@ -438,8 +460,9 @@ def test_mix_magnitude_shares_by_loop():
     from polyray.config.advantages import MixAdvantageConfig
     from polyray.objectives.advantages import compute_mix_magnitude_shares, mix_magnitude_shares
 
-    rewards = torch.tensor([[1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]],
-                           dtype=torch.float64)  # fmt: skip
+    rewards = torch.tensor(
+        [[1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]], dtype=torch.float64
+    )
     inputs = AdvantageInputs(rewards, [["a"] * 8] * 2, progress=0.4)
     early, late = compute_passk_advantages(rewards, 4), compute_group_advantages(rewards)
     e, l_ = 0.6 * _mean_abs(early.tolist()), 0.4 * _mean_abs(late.tolist())
@@ -464,11 +487,14 @@ def test_unlikeliness_ties_share_their_mean_rank():
     ranks = rankdata(logp[0].numpy(), method="average") - 1  # 3, 0.5, 3, 5, 0.5, 3
     mixed = torch.tensor([[1.0, 1.0, 0.0, 1.0, 1.0, 1.0]], dtype=torch.float64)
     shaped = [m * (1.0 - beta * r / G) for m, r in zip(mixed[0].tolist(), ranks)]
-    torch.testing.assert_close(compute_unlikeliness_advantages(mixed, logp, beta),
-                               torch.tensor([_group_loop(shaped)], dtype=torch.float64))
+    torch.testing.assert_close(
+        compute_unlikeliness_advantages(mixed, logp, beta), torch.tensor([_group_loop(shaped)], dtype=torch.float64)
+    )
     adv = compute_unlikeliness_advantages(mixed, logp, beta)
     assert adv[0, 1] == adv[0, 4]  # the two identical correct samples are treated alike
-    tied = compute_unlikeliness_advantages(torch.ones(1, G, dtype=torch.float64), torch.full((1, G), -0.5, dtype=torch.float64), beta)
+    tied = compute_unlikeliness_advantages(
+        torch.ones(1, G, dtype=torch.float64), torch.full((1, G), -0.5, dtype=torch.float64), beta
+    )
     assert torch.all(tied == 0)
 
 
@@ -492,7 +518,12 @@ def test_anneal_matches_float64_loop(progress):
     from polyray.config.advantages import AnnealAdvantageConfig
     from polyray.objectives.advantages import mix_weight
 
-    rewards = [[1.0, 0.0, 0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0, 0.0, 1.0], [1.0] * 6, [0.0, 1.0, 1.0, 1.0, 0.0, 0.0]]
+    rewards = [
+        [1.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+        [1.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+        [1.0] * 6,
+        [0.0, 1.0, 1.0, 1.0, 0.0, 0.0],
+    ]
     group = [_group_loop(r) if statistics.stdev(r) > 0 else [0.0] * 6 for r in rewards]
     passk = _scaled([_passk_loop(r, 3) for r in rewards], _mean_abs(group))
     w = {0.0: 0.0, 0.25: 0.0, 0.5: 0.5, 0.75: 1.0, 0.95: 1.0}[progress]
@@ -557,8 +588,10 @@ def test_polychromic_correct_ignores_the_wrong_answers_diversity():
     correct_cfg, plain_cfg = PolychromicCorrectAdvantageConfig(k=3), PolychromicAdvantageConfig(k=3)
     a = compute_advantages(correct_cfg, AdvantageInputs(r, same_wrong))
     torch.testing.assert_close(a, compute_advantages(correct_cfg, AdvantageInputs(r, diverse_wrong)), rtol=0, atol=0)
-    assert not torch.allclose(compute_advantages(plain_cfg, AdvantageInputs(r, same_wrong)),
-                              compute_advantages(plain_cfg, AdvantageInputs(r, diverse_wrong)))  # fmt: skip
+    assert not torch.allclose(
+        compute_advantages(plain_cfg, AdvantageInputs(r, same_wrong)),
+        compute_advantages(plain_cfg, AdvantageInputs(r, diverse_wrong)),
+    )
     assert a[0, 2] > a[0, 0] > 0 > a[0, 3]  # the lone correct answer > a repeated one > any wrong one
     assert torch.all(a[0, 3:] == a[0, 3])
 

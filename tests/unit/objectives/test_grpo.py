@@ -107,14 +107,21 @@ def test_extreme_logits_at_padded_positions_stay_finite(aggregation):
     logp = torch.tensor([[-1e4, -0.5, -1.2, -1e4], [-3e4, -5e3, -0.7, -1e5]], requires_grad=True)
     old = torch.tensor([[0.0, -0.6, -1.0, 0.0], [0.0, 0.0, -0.9, 0.0]])
     ref = torch.tensor([[0.0, -0.4, -1.1, 50.0], [0.0, 0.0, -0.8, 0.0]])
-    loss, metrics = compute_grpo_loss(logp, old, ref, torch.tensor([1.0, -0.5]), mask, kl_beta=0.1, aggregation=aggregation)
+    loss, metrics = compute_grpo_loss(
+        logp, old, ref, torch.tensor([1.0, -0.5]), mask, kl_beta=0.1, aggregation=aggregation
+    )
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(logp.grad).all()
     assert all(math.isfinite(v) for v in metrics.values())
     assert logp.grad[mask == 0].abs().max() == 0  # masked positions get no gradient at all
     # and equal to the loss of the completion tokens alone
     same, _ = compute_grpo_loss(
-        torch.where(mask > 0, logp.detach(), torch.zeros_like(logp)), old, torch.where(mask > 0, ref, 0.0),
-        torch.tensor([1.0, -0.5]), mask, kl_beta=0.1, aggregation=aggregation,
+        torch.where(mask > 0, logp.detach(), torch.zeros_like(logp)),
+        old,
+        torch.where(mask > 0, ref, 0.0),
+        torch.tensor([1.0, -0.5]),
+        mask,
+        kl_beta=0.1,
+        aggregation=aggregation,
     )
     assert float(loss.detach()) == pytest.approx(float(same))

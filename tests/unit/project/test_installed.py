@@ -16,7 +16,9 @@ ROOT = Path(__file__).resolve().parents[3]
 
 def test_the_packaged_embedded_default_is_configs_quickstart():
     """`polyray bench` measures the copy in the package; users run configs/quickstart.yaml: one file, twice."""
-    assert (ROOT / "polyray" / "config" / "quickstart.yaml").read_bytes() == (ROOT / "configs" / "quickstart.yaml").read_bytes()
+    assert (ROOT / "polyray" / "config" / "quickstart.yaml").read_bytes() == (
+        ROOT / "configs" / "quickstart.yaml"
+    ).read_bytes()
 
 
 CHECK = """
@@ -45,11 +47,28 @@ def test_an_installed_polyray_reads_nothing_of_the_repository(tmp_path):
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
     elsewhere.mkdir()
-    build = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
-                            "--target", str(site), str(src)], capture_output=True, text=True, timeout=300)  # fmt: skip
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(site),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert build.returncode == 0, build.stderr[-3000:]
     env = {**os.environ, "PYTHONPATH": str(site)}
-    done = subprocess.run([sys.executable, "-c", CHECK, str(site)], cwd=elsewhere, env=env, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", CHECK, str(site)], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.startswith("ok ") and str(site) in done.stdout

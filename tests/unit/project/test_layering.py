@@ -98,7 +98,9 @@ def upward_imports(files: list[Path]) -> list[str]:
             them = layer_of(target)
             assert them is not None, f"{path}:{line}: import of {target}, which has no layer"
             if them[0] != me[0] and them[1] > me[1]:
-                bad.append(f"{path.relative_to(ROOT)}:{line}: {me[0]} (layer {me[1]}) imports {target} (layer {them[1]})")
+                bad.append(
+                    f"{path.relative_to(ROOT)}:{line}: {me[0]} (layer {me[1]}) imports {target} (layer {them[1]})"
+                )
     return bad
 
 
@@ -113,7 +115,9 @@ def test_no_module_imports_a_higher_layer():
 def test_the_check_catches_an_upward_import(tmp_path, monkeypatch):
     """A tasks module importing the learner is reported with its file and line."""
     fake = ROOT / "polyray" / "tasks" / "_layering_probe.py"
-    monkeypatch.setattr(Path, "read_text", _read_with_probe(fake, "import os\nfrom polyray.learner.loop import run_phase\n"))
+    monkeypatch.setattr(
+        Path, "read_text", _read_with_probe(fake, "import os\nfrom polyray.learner.loop import run_phase\n")
+    )
     bad = upward_imports([fake])
     assert bad == ["polyray/tasks/_layering_probe.py:2: polyray.tasks (layer 2) imports polyray.learner.loop (layer 7)"]
 
@@ -130,9 +134,11 @@ def driver_imports(files: list[Path]) -> list[str]:
     """file:line of every import of a driver folder from a library module."""
     return [
         f"{p.relative_to(ROOT)}:{line}: imports {m}"
-        for p in files if not _in(module_name(p), DRIVER_FOLDERS)
-        for line, m in own_imports(p) if _in(m, DRIVER_FOLDERS)
-    ]  # fmt: skip
+        for p in files
+        if not _in(module_name(p), DRIVER_FOLDERS)
+        for line, m in own_imports(p)
+        if _in(m, DRIVER_FOLDERS)
+    ]
 
 
 def test_the_library_never_imports_a_driver_folder():
@@ -141,11 +147,15 @@ def test_the_library_never_imports_a_driver_folder():
 
 def test_the_folder_check_catches_a_library_module_importing_a_driver(monkeypatch):
     fake = ROOT / "polyray" / "eval" / "_layering_probe.py"
-    monkeypatch.setattr(Path, "read_text", _read_with_probe(fake, "def f():\n    from polyray.drivers.run import run_pipeline\n"))
+    monkeypatch.setattr(
+        Path, "read_text", _read_with_probe(fake, "def f():\n    from polyray.drivers.run import run_pipeline\n")
+    )
     assert driver_imports([fake]) == ["polyray/eval/_layering_probe.py:2: imports polyray.drivers.run"]
 
 
-@pytest.mark.parametrize("module", ["polyray.tasks.countdown", "polyray.drivers.evaluate.driver", "services.reward_app"])
+@pytest.mark.parametrize(
+    "module", ["polyray.tasks.countdown", "polyray.drivers.evaluate.driver", "services.reward_app"]
+)
 def test_every_module_has_a_layer(module):
     assert layer_of(module) is not None
 

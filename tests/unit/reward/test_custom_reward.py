@@ -138,7 +138,9 @@ def test_every_custom_function_of_a_run_is_listed_for_the_replicas(rewards_file)
 def test_scores_are_the_functions_in_item_order(rewards_file):
     results = RewardScorer().score("custom", ITEMS, {"function": "my_rewards.py:score"})
     assert [r.score for r in results] == [3.0, 7.0]
-    arrays = RewardScorer().score("custom", ITEMS * 2, {"function": "my_rewards.py:arrays"})  # numpy scalars are numbers
+    arrays = RewardScorer().score(
+        "custom", ITEMS * 2, {"function": "my_rewards.py:arrays"}
+    )  # numpy scalars are numbers
     assert [r.score for r in arrays] == [0.0, 1.0, 2.0, 3.0]
 
 
@@ -170,7 +172,9 @@ def test_a_request_may_not_name_the_function(rewards_file):
 
 
 def test_a_file_is_staged_as_a_package_of_its_own(rewards_file, tmp_path):
-    env = runtime_env([f"{rewards_file}:score", "my_rewards.py:loose"], staging=tmp_path / "stage", upload=False)  # one file, once
+    env = runtime_env(
+        [f"{rewards_file}:score", "my_rewards.py:loose"], staging=tmp_path / "stage", upload=False
+    )  # one file, once
     (package,) = env["py_modules"]
     assert Path(package).name == shipped_package(rewards_file)
     assert (Path(package) / "my_rewards.py").read_text() == REWARDS and (Path(package) / "__init__.py").is_file()
@@ -180,7 +184,9 @@ def test_a_file_is_staged_as_a_package_of_its_own(rewards_file, tmp_path):
 def test_a_local_module_ships_its_package_and_an_installed_one_does_not(tmp_path, monkeypatch):
     (tmp_path / "myteam").mkdir()
     (tmp_path / "myteam" / "__init__.py").write_text("")
-    (tmp_path / "myteam" / "scoring.py").write_text("def score(prompts, completions, **kw):\n    return [1.0] * len(completions)\n")
+    (tmp_path / "myteam" / "scoring.py").write_text(
+        "def score(prompts, completions, **kw):\n    return [1.0] * len(completions)\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     env = runtime_env(["myteam.scoring:score"], upload=False)  # local, whether or not an earlier test left Ray up
     assert [m.__name__ for m in env["py_modules"]] == ["myteam"]

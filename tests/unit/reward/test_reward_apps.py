@@ -48,21 +48,28 @@ def test_running_apps_are_reused():
 
 def test_beside_an_operators_public_app_the_learner_copies_its_config():
     public = {
-        "num_replicas": 4, "num_cpus": 2, "api_key_env": "REWARD_KEY", "max_ongoing_requests": 8,
+        "num_replicas": 4,
+        "num_cpus": 2,
+        "api_key_env": "REWARD_KEY",
+        "max_ongoing_requests": 8,
         "functions": ["/srv/theirs.py:f", "/home/u/my_rewards.py:score"],
-        "rewards": {"code_exec": {"timeout_s": 3}}, "sandbox": {"allow_weak_sandbox": True},
+        "rewards": {"code_exec": {"timeout_s": 3}},
+        "sandbox": {"allow_weak_sandbox": True},
         "resources": {"reward_node": 1.0},
-    }  # fmt: skip
+    }
     for http_port in (None, 8000):  # the running public app is reused either way
         apps, warning = _plan(running=["reward"], public_args=public, http_port=http_port)
         assert list(apps) == ["reward-learner"] and warning is None
         args = apps["reward-learner"].args
         assert apps["reward-learner"].route_prefix is None
         assert args == {
-            "num_cpus": 0.5, "max_ongoing_requests": 8, "rewards": {"code_exec": {"timeout_s": 3}},
-            "sandbox": {"allow_weak_sandbox": True}, "resources": {"reward_node": 1.0},
+            "num_cpus": 0.5,
+            "max_ongoing_requests": 8,
+            "rewards": {"code_exec": {"timeout_s": 3}},
+            "sandbox": {"allow_weak_sandbox": True},
+            "resources": {"reward_node": 1.0},
             "functions": ["/srv/theirs.py:f", "/home/u/my_rewards.py:score"],
-        }  # fmt: skip
+        }
         config = RewardServiceConfig.model_validate(args)
         assert config.num_replicas == 1 and config.api_key_env is None and config.sandbox.allow_weak_sandbox
     run_args = {**RUN_ARGS, "resources": {"gpu_node": 1.0}}

@@ -64,9 +64,12 @@ def test_judge_calls_are_budgeted_and_their_knobs_are_server_only():
 
 
 def test_nan_and_infinity_are_refused_in_reward_parameters():
-    for reward, params in [("llm_judge", {**JUDGE, "unparseable_score": math.nan}),
-                           ("llm_judge", {**JUDGE, "timeout_s": math.inf}),
-                           ("length", {"max_length": math.inf}), ("code_exec", {"timeout_s": math.nan})]:  # fmt: skip
+    for reward, params in [
+        ("llm_judge", {**JUDGE, "unparseable_score": math.nan}),
+        ("llm_judge", {**JUDGE, "timeout_s": math.inf}),
+        ("length", {"max_length": math.inf}),
+        ("code_exec", {"timeout_s": math.nan}),
+    ]:
         with pytest.raises(RewardError, match="finite"):
             RewardScorer().get(reward, params)
     with pytest.raises(ValueError, match="max_sandbox_s"):
@@ -76,8 +79,16 @@ def test_nan_and_infinity_are_refused_in_reward_parameters():
 def test_rewards_listing_hides_server_only_defaults():
     """GET /v1/rewards: no internal judge URL, key variable, judge model, question template, model path."""
     secret = {"pointwise_prompt": "SERVER-ONLY {prompt} {response}", "pairwise_prompt": "SERVER-ONLY {prompt} {a} {b}"}
-    judge = {**JUDGE, "criteria": ["clarity"], "api_key_env": "PATH", "model": "judge-internal-7b", **secret,
-             "templates": {"strict": secret}, "debug": True, "template": "strict"}  # fmt: skip
+    judge = {
+        **JUDGE,
+        "criteria": ["clarity"],
+        "api_key_env": "PATH",
+        "model": "judge-internal-7b",
+        **secret,
+        "templates": {"strict": secret},
+        "debug": True,
+        "template": "strict",
+    }
     scorer = RewardScorer({"llm_judge": judge, "engagement": {"model_path": "/srv/m"}})
     listing = {r["name"]: r for r in scorer.describe()}
     assert listing["llm_judge"]["defaults"] == {"criteria": ["clarity"], "template": "strict"}

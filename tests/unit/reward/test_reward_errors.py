@@ -68,24 +68,50 @@ COUNTDOWN = b'{"prompt": "nums 3 4 9 target 12\\nexpr:", "completion": " 3+9"'
         (b'{"reward": "countdown", "items": [], "bogus": 1}', 400, "bogus", "bogus"),
         (b'{"reward": "nope", "items": []}', 404, "reward", "known: code_exec"),
         (b'{"reward": "length", "items": [], "params": {"min_length": -1}}', 400, None, "min_length"),
-        (b'{"reward": "countdown", "items": [' + COUNTDOWN + b', "metadata": {"a": [1, NaN]}}]}', 400,
-         "items.0.metadata.a.1", "NaN"),
-        (b'{"reward": "countdown", "items": [' + COUNTDOWN + b'}, ' + COUNTDOWN + b', "metadata": {"t": Infinity}}]}',
-         400, "items.1.metadata.t", "Infinity"),
+        (
+            b'{"reward": "countdown", "items": [' + COUNTDOWN + b', "metadata": {"a": [1, NaN]}}]}',
+            400,
+            "items.0.metadata.a.1",
+            "NaN",
+        ),
+        (
+            b'{"reward": "countdown", "items": ['
+            + COUNTDOWN
+            + b"}, "
+            + COUNTDOWN
+            + b', "metadata": {"t": Infinity}}]}',
+            400,
+            "items.1.metadata.t",
+            "Infinity",
+        ),
         (b'{"reward": "length", "items": [], "params": {"min_length": -Infinity}}', 400, "params.min_length", "NaN"),
         (b'{"reward": "code_exec", "items": [], "params": {"timeout_s": 100}}', 400, "params.timeout_s", "limit"),
-        (b'{"reward": "code_exec", "items": [' + b", ".join([COUNTDOWN + b"}"] * 5) + b"]}", 413, "items",
-         "sandbox seconds"),
+        (
+            b'{"reward": "code_exec", "items": [' + b", ".join([COUNTDOWN + b"}"] * 5) + b"]}",
+            413,
+            "items",
+            "sandbox seconds",
+        ),
         (b'{"reward": "length", "items": [' + b", ".join([COUNTDOWN + b"}"] * 9) + b"]}", 413, "items", "limit is 8"),
         (b'{"reward": "engagement", "items": [], "params": {"model_path": "/etc"}}', 400, None, "set by the server"),
         # a lone surrogate is valid JSON, and no text a program, a file or a sandbox can hold
-        (b'{"reward": "countdown", "items": [' + COUNTDOWN + b'}, {"prompt": "p", "completion": "\\ud800"}]}', 400,
-         "items.1.completion", "not valid UTF-8"),
-        (b'{"reward": "code_exec", "items": [' + COUNTDOWN + b', "metadata": {"test": "x\\udfff", "entry_point": "f"}}]}',
-         400, "items.0.metadata.test", "lone surrogate"),
+        (
+            b'{"reward": "countdown", "items": [' + COUNTDOWN + b'}, {"prompt": "p", "completion": "\\ud800"}]}',
+            400,
+            "items.1.completion",
+            "not valid UTF-8",
+        ),
+        (
+            b'{"reward": "code_exec", "items": ['
+            + COUNTDOWN
+            + b', "metadata": {"test": "x\\udfff", "entry_point": "f"}}]}',
+            400,
+            "items.0.metadata.test",
+            "lone surrogate",
+        ),
         (b'{"reward": "length", "items": [], "params": {"\\ud800": 1}}', 400, "params.\\ud800", "not valid UTF-8"),
     ],
-)  # fmt: skip
+)
 def test_every_refusal_has_one_shape_status_and_field(client, body, status, param, needle):
     http = client(max_items=8, limits={"max_sandbox_s": 10})
     err = error(post(http, body), status)
@@ -111,12 +137,15 @@ def test_a_request_past_max_request_s_gets_504_and_its_sandbox_is_killed(client)
 
     marker = f"polyray-504-{os.getpid()}"
     problem = humaneval_problems()["HumanEval/0"]
-    body = textwrap.indent(textwrap.dedent(f"""
+    body = textwrap.indent(
+        textwrap.dedent(f"""
         import os, sys, time
         if os.fork() == 0:
             os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(600)", {marker!r}])
         time.sleep(600)
-    """), "    ")  # fmt: skip
+    """),
+        "    ",
+    )
     http = client(limits={"max_request_s": 1.5}, rewards={"code_exec": {"timeout_s": 60}})
     item = {"prompt": problem["prompt"], "completion": body, "metadata": {"task_id": "HumanEval/0"}}
     response = http.post("/v1/rewards", json={"reward": "code_exec", "items": [item]})
@@ -135,7 +164,12 @@ def test_error_pieces():
     assert (capped.status, capped.param, capped.code) == (400, "params.timeout_s", "over_limit")
     assert api_error(RequestTooCostly(413, "items", "too much")).code == "over_budget"
     assert ApiError(504, "late").response().status_code == 504
-    assert validation_error([{"type": "json_invalid", "loc": ("body", 3), "msg": "x", "ctx": {"error": "bad"}}]).status_code == 400
+    assert (
+        validation_error(
+            [{"type": "json_invalid", "loc": ("body", 3), "msg": "x", "ctx": {"error": "bad"}}]
+        ).status_code
+        == 400
+    )
     assert non_finite_field({"a": [1.0, {"b": float("nan")}]}, "m") == "m.a.1.b"
     assert non_finite_field({"a": [1.0, "inf", 10**400]}, "m") is None
     assert not_utf8_field({"a": ["ok", {"b": "x\ud800"}]}, "m") == "m.a.1.b"
@@ -148,8 +182,11 @@ def test_one_bad_item_is_that_items_alone(client):
     from polyray.tasks.humaneval import humaneval_problems
 
     problem = humaneval_problems()["HumanEval/53"]  # add(x, y)
-    good = {"prompt": problem["prompt"], "completion": "    return x + y\n",
-            "metadata": {"test": problem["test"], "entry_point": problem["entry_point"]}}  # fmt: skip
+    good = {
+        "prompt": problem["prompt"],
+        "completion": "    return x + y\n",
+        "metadata": {"test": problem["test"], "entry_point": problem["entry_point"]},
+    }
     bad = {**good, "metadata": {**good["metadata"], "entry_point": "add()"}}
     r = client().post("/v1/rewards", json={"reward": "code_exec", "items": [bad, good]})
     assert r.status_code == 200, r.text
@@ -163,7 +200,11 @@ def test_healthz_says_which_limits_apply(client):
 
     health = client().get("/healthz").json()
     v1 = cgroup_v1_roots()
-    expected = "cgroup v1 (memory, pids) + rlimits" if isinstance(v1, dict) else f"rlimits (cgroup v1: {v1}; cgroup v2 {cgroup_v2_status()})"
+    expected = (
+        "cgroup v1 (memory, pids) + rlimits"
+        if isinstance(v1, dict)
+        else f"rlimits (cgroup v1: {v1}; cgroup v2 {cgroup_v2_status()})"
+    )
     assert health["sandbox_limits"] == expected, health
 
 
@@ -181,8 +222,11 @@ def test_healthz_and_serves_health_check_fail_while_the_replica_cannot_score(cli
     replica.probe_every_s = 0.0  # a fresh verdict on every call
     assert http.get("/healthz").status_code == 200 and asyncio.run(replica.check_health()) is None
     problem = humaneval_problems()["HumanEval/53"]
-    item = {"prompt": problem["prompt"], "completion": "    return x + y\n",
-            "metadata": {"test": problem["test"], "entry_point": problem["entry_point"]}}  # fmt: skip
+    item = {
+        "prompt": problem["prompt"],
+        "completion": "    return x + y\n",
+        "metadata": {"test": problem["test"], "entry_point": problem["entry_point"]},
+    }
     assert http.post("/v1/rewards", json={"reward": "code_exec", "items": [item]}).json()["scores"] == [1.0]
 
     def full_disk(*args, **kwargs):

@@ -7,7 +7,6 @@ through the job entrypoint, so they are marked slow (~10-20 s on CPU).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -380,4 +379,8 @@ def test_an_engagement_model_trained_on_some_rows_says_which(tmp_path):
     lines = range(1, 61)
     metrics = train_engagement_model(FIXTURE, tmp_path / "m", seed=0, lines=lines, posts="held_out")
     assert metrics["rows"] == 60
-    assert load(tmp_path / "m").meta["trained_on"] == {"posts": "held_out", "rows": 60, "lines_sha256": rows_digest(lines)}
+    assert load(tmp_path / "m").meta["trained_on"] == {
+        "posts": "held_out",
+        "rows": 60,
+        "lines_sha256": rows_digest(lines),
+    }

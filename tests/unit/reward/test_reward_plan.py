@@ -41,9 +41,16 @@ def test_a_phase_reward_is_checked_and_named_by_its_field():
 
 def test_weighted_sum_components_bring_their_engagement_models(tmp_path):
     model = tmp_path / "em"
-    run = load_config(REPLIES, [f"task.path={FIXTURE}", "task.quality=rougeL", "reward.name=weighted_sum",
-                                "reward.params={components: [{name: length, weight: 0.5}, "
-                                f"{{name: engagement, weight: 1, params: {{model_path: {model}}}}}]}}"])  # fmt: skip
+    run = load_config(
+        REPLIES,
+        [
+            f"task.path={FIXTURE}",
+            "task.quality=rougeL",
+            "reward.name=weighted_sum",
+            "reward.params={components: [{name: length, weight: 0.5}, "
+            f"{{name: engagement, weight: 1, params: {{model_path: {model}}}}}]}}",
+        ],
+    )
     p = plan(run, build_task(run.task))
     assert model in p.engagement_models
     training = models_to_train(p, run)  # missing: trained from the task's file, whose rows are checked
@@ -64,12 +71,16 @@ def test_a_directory_with_other_files_is_refused(tmp_path):
         models_to_train(plan(run, build_task(run.task)), run)
 
 
-@pytest.mark.parametrize("advantage", ["{type: passk, k: 4}", "{type: mix, early: {type: passk, k: 4}, late: {type: group}}"])
+@pytest.mark.parametrize(
+    "advantage", ["{type: passk, k: 4}", "{type: mix, early: {type: passk, k: 4}, late: {type: group}}"]
+)
 def test_passk_with_a_graded_reward_is_refused_before_the_run_starts(advantage):
     """pass@k advantages count correct samples: with a graded reward they would fail at GRPO step 0,
     after the earlier phases ran; the plan refuses them first, naming the field."""
     run = load_config(QUICKSTART, [f"phases.1.advantage={advantage}", "phases.1.reward={name: length}"])
-    with pytest.raises(ConfigError, match=r"^phases\.1\.advantage: (passk|mix) needs a binary reward .* 'length' is graded"):
+    with pytest.raises(
+        ConfigError, match=r"^phases\.1\.advantage: (passk|mix) needs a binary reward .* 'length' is graded"
+    ):
         plan(run, build_task(run.task))
     run = load_config(QUICKSTART, [f"phases.1.advantage={advantage}"])  # countdown's reward is binary
     assert plan(run, build_task(run.task)).rewards[0].name == "countdown"
@@ -138,8 +149,12 @@ def test_too_few_held_out_rows_are_refused_naming_the_field(tmp_path):
     import json
 
     data = tmp_path / "small.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"post {i}", "response": f"reply {i}", "engagement": float(i)}) + "\n"
-                            for i in range(20)))  # fmt: skip
+    data.write_text(
+        "".join(
+            json.dumps({"prompt": f"post {i}", "response": f"reply {i}", "engagement": float(i)}) + "\n"
+            for i in range(20)
+        )
+    )
     run = load_config(REPLIES, [f"task.path={data}", f"task.engagement_model={tmp_path / 'rm'}"])
     with pytest.raises(ConfigError, match=r"^task\.eval_quality_model: the val and test posts of .* hold 6 rows"):
         models_to_train(plan(run, build_task(run.task)), run)

@@ -24,8 +24,9 @@ LABELED = ROOT / "tests" / "fixtures" / "engagement.jsonl"
 
 def _run(path: Path, *extra: str):
     # quality engagement is replies.yaml's choice for labeled data; unlabeled data is scored by its reference
-    return load_config(ROOT / "configs" / "replies.yaml", [f"task.path={path}", "task.quality=rougeL", "reward.name=null",
-                                                           *extra])  # fmt: skip
+    return load_config(
+        ROOT / "configs" / "replies.yaml", [f"task.path={path}", "task.quality=rougeL", "reward.name=null", *extra]
+    )
 
 
 def test_a_chat_file_trains_grpo_on_reference_similarity_and_needs_no_engagement_model():
@@ -51,8 +52,12 @@ def test_scores_are_rouge_scores_f_measure(metric):
     from rouge_score import rouge_scorer
 
     reward = build_reward("reference_similarity", metric=metric)
-    pairs = [("the cat sat on the mat", "the cat sat on the mat"), ("a dog ran", "the cat sat on the mat"),
-             ("the cats sat on a rug", "the cat sat on the mat"), ("", "the cat")]  # fmt: skip
+    pairs = [
+        ("the cat sat on the mat", "the cat sat on the mat"),
+        ("a dog ran", "the cat sat on the mat"),
+        ("the cats sat on a rug", "the cat sat on the mat"),
+        ("", "the cat"),
+    ]
     results = reward.score_batch([RewardItem(prompt="p", completion=c, reference=r) for c, r in pairs])
     scorer = rouge_scorer.RougeScorer([metric], use_stemmer=True)
     assert [r.score for r in results] == pytest.approx([scorer.score(r, c)[metric].fmeasure for c, r in pairs])
@@ -62,4 +67,6 @@ def test_scores_are_rouge_scores_f_measure(metric):
 def test_an_item_without_a_reference_is_refused():
     reward = build_reward("reference_similarity")
     with pytest.raises(RewardError, match="item 1 has no reference"):
-        reward.score_batch([RewardItem(prompt="p", completion="x", reference="y"), RewardItem(prompt="p", completion="x")])
+        reward.score_batch(
+            [RewardItem(prompt="p", completion="x", reference="y"), RewardItem(prompt="p", completion="x")]
+        )

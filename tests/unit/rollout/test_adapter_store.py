@@ -39,7 +39,10 @@ def test_hash_is_sha256_of_config_and_tensor_bytes_in_name_order():
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
         h.update(t.numpy().tobytes())
     assert adapter_hash(a) == h.hexdigest()
-    reordered = {"config": dict(reversed(list(a["config"].items()))), "tensors": dict(reversed(list(a["tensors"].items())))}
+    reordered = {
+        "config": dict(reversed(list(a["config"].items()))),
+        "tensors": dict(reversed(list(a["tensors"].items()))),
+    }
     assert adapter_hash(reordered) == adapter_hash(a)
     assert adapter_hash(_adapter(1)) != adapter_hash(a)
     bf16 = _adapter(0, torch.bfloat16)  # no numpy dtype for bfloat16: hashed as raw bytes
@@ -102,8 +105,10 @@ def test_a_reopened_store_has_what_was_written_and_drops_a_torn_write(tmp_path):
     for v in (1, 2, 3):  # bytes read back from disk, hash-checked
         adapter, record = again.get(v)
         check_adapter(adapter, v, record.sha256)
-        assert torch.equal(adapter["tensors"]["base_model.model.layers.0.q_proj.lora_B.weight"],
-                           _adapter(v)["tensors"]["base_model.model.layers.0.q_proj.lora_B.weight"])
+        assert torch.equal(
+            adapter["tensors"]["base_model.model.layers.0.q_proj.lora_B.weight"],
+            _adapter(v)["tensors"]["base_model.model.layers.0.q_proj.lora_B.weight"],
+        )
     assert read_adapter_dir(tmp_path / "v000002")["config"] == _adapter(2)["config"]
 
 

@@ -14,7 +14,9 @@ def _reference(x, w, idx):
     return torch.stack([w[int(i)].double() @ x[b].double() for b, i in enumerate(idx)])
 
 
-@pytest.mark.parametrize("indices", [[0] * 7, [1, 0, 1, 1, 0, 2, 2], [-1, 0, -1, 1, 0, 0, 1]], ids=["one", "mixed", "negative"])
+@pytest.mark.parametrize(
+    "indices", [[0] * 7, [1, 0, 1, 1, 0, 2, 2], [-1, 0, -1, 1, 0, 0, 1]], ids=["one", "mixed", "negative"]
+)
 def test_shrink_and_expand_match_a_loop(indices):
     gen = torch.Generator().manual_seed(0)
     idx = torch.tensor(indices)

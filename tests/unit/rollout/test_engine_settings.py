@@ -27,11 +27,23 @@ GPU = {"gpus_per_worker": 1, "max_model_len": 4096}
 
 def _model(tmp_path, max_positions: int = 40960) -> str:
     """A Qwen3 ``config.json`` alone (no weights): what vLLM's argument validation reads."""
-    config = {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": 128,
-              "intermediate_size": 384, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-              "head_dim": 32, "vocab_size": 384, "max_position_embeddings": max_positions,
-              "tie_word_embeddings": True, "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "hidden_act": "silu",
-              "torch_dtype": "bfloat16"}  # fmt: skip
+    config = {
+        "architectures": ["Qwen3ForCausalLM"],
+        "model_type": "qwen3",
+        "hidden_size": 128,
+        "intermediate_size": 384,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 32,
+        "vocab_size": 384,
+        "max_position_embeddings": max_positions,
+        "tie_word_embeddings": True,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0,
+        "hidden_act": "silu",
+        "torch_dtype": "bfloat16",
+    }
     (tmp_path / "config.json").write_text(json.dumps(config))
     return str(tmp_path)
 
@@ -41,8 +53,11 @@ def test_cpu_only_environment_stays_on_cpu():
     from polyray.rollout.worker import rollout_env
 
     cpu = rollout_env(RolloutConfig(kv_cache_gib=2, threads=3))
-    assert {k: cpu[k] for k in CPU_ONLY} == {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
-                                             "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}  # fmt: skip
+    assert {k: cpu[k] for k in CPU_ONLY} == {
+        "VLLM_CPU_KVCACHE_SPACE": "2",
+        "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    }
     assert cpu["OMP_NUM_THREADS"] == "3"
     gpu = rollout_env(RolloutConfig(kv_cache_gib=2, threads=3, **GPU))
     assert not set(CPU_ONLY) & set(gpu) and gpu["OMP_NUM_THREADS"] == "3"

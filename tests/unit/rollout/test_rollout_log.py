@@ -24,11 +24,19 @@ def test_rollouts_are_logged_under_the_version_that_sampled_them(tmp_path, ahead
     from polyray.tasks import build_task
 
     model, tokenizer = build_policy(tiny_model_dir(tmp_path))
-    cfg = GRPOPhaseConfig(steps=3, prompts_per_step=2, group_size=2, async_rollouts=ahead, max_lag=1 if ahead else 0,
-                          sampling={"max_tokens": 4})  # fmt: skip
+    cfg = GRPOPhaseConfig(
+        steps=3,
+        prompts_per_step=2,
+        group_size=2,
+        async_rollouts=ahead,
+        max_lag=1 if ahead else 0,
+        sampling={"max_tokens": 4},
+    )
     phase = make_phase(cfg, model, tokenizer, 0, 1, FixedPool(tokenizer))  # FixedPool stamps the requested version
     log = tmp_path / "rollouts.jsonl"
-    phase.ctx.rollout_log = RolloutLog(StepLogs(LogFiles(tmp_path)), cfg.name, build_task(CountdownTaskConfig(n_train=64)))
+    phase.ctx.rollout_log = RolloutLog(
+        StepLogs(LogFiles(tmp_path)), cfg.name, build_task(CountdownTaskConfig(n_train=64))
+    )
     held = {0: 5, 1: 6, 2: 7}  # the version the learner holds at each step (one publish per step)
     for step, version in held.items():
         model.zero_grad()

@@ -236,8 +236,11 @@ EXHAUSTION = {
         return True
     """),
 }
-CASES = {**{f"fake:{k}": v for k, v in FAKES.items()}, **{f"escape:{k}": v for k, v in ESCAPES.items()},
-         **{f"exhaustion:{k}": v for k, v in EXHAUSTION.items()}}  # fmt: skip
+CASES = {
+    **{f"fake:{k}": v for k, v in FAKES.items()},
+    **{f"escape:{k}": v for k, v in ESCAPES.items()},
+    **{f"exhaustion:{k}": v for k, v in EXHAUSTION.items()},
+}
 MODES = list(working_modes())
 
 
@@ -267,8 +270,14 @@ def test_every_hostile_completion_scores_0_and_changes_nothing_outside(mode, cas
     sentinel.write_text("keep")
     marker = f"polyray-suite-{os.getpid()}-{mode}-{case}"
     with listener() as (server, port):
-        completion = CASES[case].format(sentinel=str(sentinel), outside=str(outside), port=port, marker=marker,
-                                        pid=os.getpid(), secret_file=str(secret_file))  # fmt: skip
+        completion = CASES[case].format(
+            sentinel=str(sentinel),
+            outside=str(outside),
+            port=port,
+            marker=marker,
+            pid=os.getpid(),
+            secret_file=str(secret_file),
+        )
         problem = humaneval_problems()[PROBLEM]
         compile(problem["prompt"] + completion, case, "exec")  # the attack is a completion (it can run at all)
         # exhaustion runs to its deadline (or a limit); the others end in well under theirs

@@ -55,8 +55,11 @@ class _Watch:
 
     def taken(self) -> dict[str, int]:
         """MiB the run took at its peak: of available memory, Shmem and slab."""
-        return {"available": self.before["MemAvailable"] - self.low_available,
-                "shmem": self.high_shmem - self.before["Shmem"], "slab": self.high_slab - self.before["Slab"]}  # fmt: skip
+        return {
+            "available": self.before["MemAvailable"] - self.low_available,
+            "shmem": self.high_shmem - self.before["Shmem"],
+            "slab": self.high_slab - self.before["Slab"],
+        }
 
 
 def _caps_here(mode: str) -> None:
@@ -83,8 +86,10 @@ def test_cgroup_v1_roots_reads_the_hosts_mounts(tmp_path):
     mountinfo.write_text(line.format(memory, "memory") + "1 2 0:1 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n")
     assert cgroups.cgroup_v1_roots(str(mountinfo)) == "no cgroup v1 pids hierarchy mounted"
     mountinfo.write_text(line.format(memory, "memory") + line.format(pids, "pids"))
-    assert cgroups.cgroup_v1_roots(str(mountinfo)) == {"memory": str(memory / cgroups.GROUP),
-                                                        "pids": str(pids / cgroups.GROUP)}  # fmt: skip
+    assert cgroups.cgroup_v1_roots(str(mountinfo)) == {
+        "memory": str(memory / cgroups.GROUP),
+        "pids": str(pids / cgroups.GROUP),
+    }
     assert (memory / cgroups.GROUP).is_dir() and (pids / cgroups.GROUP).is_dir()
     pids.chmod(0o500)
     try:

@@ -125,7 +125,9 @@ def test_fork_bomb_in_a_completion_is_contained(mode):
 def test_the_processes_a_program_holds_at_once_are_bounded(mode):
     """RLIMIT_NPROC binds per uid (a root service's uid+namespaces mode runs a throw-away uid) or per user
     namespace, but not uid 0: in userns mode under a root service the PID namespace's pid_max bounds it."""
-    result = run(mode, """
+    result = run(
+        mode,
+        """
         import os, time
         held = 0
         for _ in range(3000):
@@ -137,7 +139,9 @@ def test_the_processes_a_program_holds_at_once_are_bounded(mode):
                 break
             held += 1
         print("held", held)
-    """, timeout_s=60)
+    """,
+        timeout_s=60,
+    )
     held = int(result.stdout.split("held")[-1])
     assert held < sb._pid_max(sb.SandboxLimits()), result
 
@@ -256,9 +260,16 @@ def test_an_opted_in_rlimits_sandbox_leaves_no_process_when_the_service_is_kille
             print("spawn refused", exc.errno)
         time.sleep(600)
     """)
-    service = subprocess.Popen([sys.executable, "-c", "import sys; from polyray import sandbox as sb;"
-                                " sb.run_python(sys.stdin.read(), sb.SandboxLimits(timeout_s=120), isolation='rlimits')"],
-                               stdin=subprocess.PIPE, text=True)  # fmt: skip
+    service = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from polyray import sandbox as sb;"
+            " sb.run_python(sys.stdin.read(), sb.SandboxLimits(timeout_s=120), isolation='rlimits')",
+        ],
+        stdin=subprocess.PIPE,
+        text=True,
+    )
     try:
         service.stdin.write(program)
         service.stdin.close()

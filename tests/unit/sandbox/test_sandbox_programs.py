@@ -41,8 +41,9 @@ def test_importing_either_program_runs_nothing(tmp_path):
         "import polyray.sandbox.launcher as launcher, polyray.sandbox.guard\n"
         f"print(oct(os.umask(0)), launcher.cfg, open({str(outside)!r}).read())"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path / "cwd", input="{}", capture_output=True,
-                          text=True, timeout=60)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path / "cwd", input="{}", capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["0o77", "{}", "readable"]
 
@@ -52,10 +53,18 @@ def test_the_hook_refuses_what_a_test_never_needs(tmp_path, monkeypatch):
     inside, outside = str(tmp_path / "x.txt"), "/etc/hostname"
     guard._hook("open", (inside, "w", 0))  # its own directory: read and write
     guard._hook("open", (os.path.join(sys.base_prefix, "lib"), "r", 0))  # the interpreter's prefix: read
-    for event, args in [("open", (outside, "r", 0)), ("open", (os.path.join(sys.base_prefix, "x"), "w", 0)),
-                        ("open", (outside, None, os.O_RDWR)), ("os.remove", (outside,)), ("os.listdir", ("/",)),
-                        ("socket.connect", (None, ("127.0.0.1", 9))), ("os.kill", (1, 9)), ("subprocess.Popen", ("sh",)),
-                        ("os.system", (b"true",)), ("import", ("ctypes", None, None, None, None))]:  # fmt: skip
+    for event, args in [
+        ("open", (outside, "r", 0)),
+        ("open", (os.path.join(sys.base_prefix, "x"), "w", 0)),
+        ("open", (outside, None, os.O_RDWR)),
+        ("os.remove", (outside,)),
+        ("os.listdir", ("/",)),
+        ("socket.connect", (None, ("127.0.0.1", 9))),
+        ("os.kill", (1, 9)),
+        ("subprocess.Popen", ("sh",)),
+        ("os.system", (b"true",)),
+        ("import", ("ctypes", None, None, None, None)),
+    ]:
         with pytest.raises(PermissionError, match="sandbox: "):
             guard._hook(event, args)
     guard._hook("open", (3, "r", 0))  # an fd it already holds

@@ -126,8 +126,9 @@ def _sleeping_item(marker: str) -> RewardItem:
 
 def _honest_item() -> RewardItem:
     problem = humaneval_problems()["HumanEval/0"]
-    return RewardItem(prompt=problem["prompt"], completion=problem["canonical_solution"],
-                      metadata={"task_id": "HumanEval/0"})  # fmt: skip
+    return RewardItem(
+        prompt=problem["prompt"], completion=problem["canonical_solution"], metadata={"task_id": "HumanEval/0"}
+    )
 
 
 def test_a_cancelled_reward_request_kills_its_sandboxes_and_spares_the_other_callers(subreaper, monkeypatch):
@@ -219,8 +220,9 @@ def test_no_process_or_zombie_is_left_after_many_hostile_runs(mode, subreaper):
     results: list[sb.SandboxResult] = []
 
     def one(name: str) -> None:
-        results.append(sb.run_python(header + HOSTILE[name], sb.SandboxLimits(timeout_s=1.5, processes=256),
-                                     isolation=mode))  # fmt: skip
+        results.append(
+            sb.run_python(header + HOSTILE[name], sb.SandboxLimits(timeout_s=1.5, processes=256), isolation=mode)
+        )
 
     threads = [threading.Thread(target=one, args=(name,)) for name in runs]
     for thread in threads:

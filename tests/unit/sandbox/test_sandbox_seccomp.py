@@ -32,9 +32,14 @@ def test_syscall_numbers_match_libseccomp(machine):
         pytest.skip("libseccomp is not installed here (the table is checked where it is)")
     lib = ctypes.CDLL(path)
     lib.seccomp_syscall_resolve_name_arch.argtypes = [ctypes.c_uint32, ctypes.c_char_p]
-    resolve = lambda name: lib.seccomp_syscall_resolve_name_arch(seccomp.AUDIT_ARCH[machine], name.encode())
+
+    def resolve(name):
+        return lib.seccomp_syscall_resolve_name_arch(seccomp.AUDIT_ARCH[machine], name.encode())
+
     table = seccomp.SYSCALLS[machine]
-    assert set(seccomp.DENIED) | set(seccomp.SHARED_MEMORY) | {"socket", "clone", "clone3"} | (set(seccomp.FORKS) & set(table)) == set(table)
+    assert set(seccomp.DENIED) | set(seccomp.SHARED_MEMORY) | {"socket", "clone", "clone3"} | (
+        set(seccomp.FORKS) & set(table)
+    ) == set(table)
     assert {name: resolve(name) for name in table} == table
 
 
@@ -90,8 +95,23 @@ def test_denied_calls_fail_with_eperm_and_the_rest_works(mode):
     result = sb.run_python(PROBE.replace("NUMBERS", repr(numbers)), sb.SandboxLimits(timeout_s=20), isolation=mode)
     assert result.passed, result
     out = json.loads(result.stdout.strip().splitlines()[-1])
-    denied = ["ptrace", "unshare_user", "unshare_net", "mount", "setns", "bpf", "perf_event_open", "keyctl",
-              "userfaultfd", "io_uring_setup", "clone_newuser", "AF_INET", "AF_INET6", "AF_NETLINK", "AF_PACKET"]  # fmt: skip
+    denied = [
+        "ptrace",
+        "unshare_user",
+        "unshare_net",
+        "mount",
+        "setns",
+        "bpf",
+        "perf_event_open",
+        "keyctl",
+        "userfaultfd",
+        "io_uring_setup",
+        "clone_newuser",
+        "AF_INET",
+        "AF_INET6",
+        "AF_NETLINK",
+        "AF_PACKET",
+    ]
     assert {name: out[name] for name in denied} == dict.fromkeys(denied, 1), out  # EPERM, every one
     assert out["clone3"] == 38  # ENOSYS: libc falls back to clone, whose flags the filter can read
     # rlimits mode has no PID namespace to take a program's processes along: it starts none
@@ -103,7 +123,7 @@ FORBIDDEN = {
     "inet_socket": "    import socket\n    socket.socket(socket.AF_INET, socket.SOCK_STREAM).close()\n",
     # PTRACE_PEEKDATA on itself, untraced: ESRCH where ptrace is allowed, EPERM under the filter
     "ptrace": "    import ctypes, os\n    libc = ctypes.CDLL(None, use_errno=True)\n    libc.ptrace(2, os.getpid(), 0, 0)\n"
-              "    assert ctypes.get_errno() == 3, 'ptrace refused'\n",
+    "    assert ctypes.get_errno() == 3, 'ptrace refused'\n",
 }
 
 

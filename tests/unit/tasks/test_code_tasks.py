@@ -266,12 +266,32 @@ def test_agrees_with_the_countdown_verifier_on_odd_completions(cc_task):
     long_ok = " " + "(" * 30 + "6" + ")" * 30 + "/ 3"  # 64 characters: allowed
     long_bad = " " + "(" * 30 + "6" + ")" * 30 + "/  3"  # 65 characters: too long
     cases = [
-        (p, " 6/3"), (p, " 4/6*3"), (p, "(6/3)"), (p, "  6 / 3   "), (p, " 6/3  # comment"),
-        (p, " 6/3\nimport sys\nsys.exit(0)"), (p, " 6-4"), (p, long_ok), (p, long_bad),
-        (p, " 6/3;"), (p, " -4+6"), (p, " 6 // 3"), (p, " 2.0"), (p, " True+1"), (p, " 6/3 if 1 else 0"),
-        (p, " (lambda: 2)()"), (p, " 6/3 \\"), (p, ""), (p, "   "), (p, " 6 /"), (p, " 3**2-4-3"),
-        (z, " 6/(3-3)"), (z, " 6/3"), (z, " (3+3)/3"), (z, " 6/3/3*3"),
-    ]  # fmt: skip
+        (p, " 6/3"),
+        (p, " 4/6*3"),
+        (p, "(6/3)"),
+        (p, "  6 / 3   "),
+        (p, " 6/3  # comment"),
+        (p, " 6/3\nimport sys\nsys.exit(0)"),
+        (p, " 6-4"),
+        (p, long_ok),
+        (p, long_bad),
+        (p, " 6/3;"),
+        (p, " -4+6"),
+        (p, " 6 // 3"),
+        (p, " 2.0"),
+        (p, " True+1"),
+        (p, " 6/3 if 1 else 0"),
+        (p, " (lambda: 2)()"),
+        (p, " 6/3 \\"),
+        (p, ""),
+        (p, "   "),
+        (p, " 6 /"),
+        (p, " 3**2-4-3"),
+        (z, " 6/(3-3)"),
+        (z, " 6/3"),
+        (z, " (3+3)/3"),
+        (z, " 6/3/3*3"),
+    ]
     rewards = judge_all(cc_task, cases)
     expected = [cd.judge(c, q.meta["numbers"], q.meta["target"]).reward for q, c in cases]
     assert rewards == expected
@@ -303,7 +323,10 @@ def test_pretrain_corpus_never_holds_test_val_or_train_problems(cc_task):
     assert all(prompt.startswith("def solve():\n") and prompt.endswith("    return") for prompt, _ in pairs)
     held_out = {p.text for s in ("train", "val", "test") for p in cc_task.prompts(s)}
     assert not held_out & {prompt for prompt, _ in pairs}
-    problem = lambda numbers, target: (tuple(sorted(numbers)), target)
+
+    def problem(numbers, target):
+        return (tuple(sorted(numbers)), target)
+
     test_problems = {problem(p.meta["numbers"], p.meta["target"]) for p in cc_task.prompts("test")}
     assert len(test_problems) == 64
     assert not test_problems & {problem(*_numbers_target(prompt)) for prompt, _ in pairs}
@@ -322,8 +345,14 @@ def _numbers_target(prompt: str) -> tuple[list[int], int]:
 def test_corpus_key_is_stable_and_follows_the_generator():
     a = CountdownCodeTask(CountdownCodeTaskConfig()).corpus_key()
     assert a == CountdownCodeTask(CountdownCodeTaskConfig(n_train=8, timeout_s=2)).corpus_key()
-    assert a == {"type": "countdown_code", "num_numbers": 3, "max_number": 16, "min_operands": 2,
-                 "max_target": 99, "seed": 0}  # fmt: skip
+    assert a == {
+        "type": "countdown_code",
+        "num_numbers": 3,
+        "max_number": 16,
+        "min_operands": 2,
+        "max_target": 99,
+        "seed": 0,
+    }
     assert CountdownCodeTask(CountdownCodeTaskConfig(seed=1)).corpus_key() != a
     assert CountdownCodeTask(CountdownCodeTaskConfig(max_number=20)).corpus_key() != a
 
@@ -332,7 +361,11 @@ def test_corpus_key_is_stable_and_follows_the_generator():
 def test_exiting_zero_before_the_tests_finish_is_not_a_pass(exit_call):
     from polyray.tasks.humaneval import run_humaneval_check
 
-    problem = {"prompt": "def f():\n", "test": "def check(candidate):\n    assert candidate() == 1\n", "entry_point": "f"}
+    problem = {
+        "prompt": "def f():\n",
+        "test": "def check(candidate):\n    assert candidate() == 1\n",
+        "entry_point": "f",
+    }
     assert run_humaneval_check(problem, "    return 1\n").passed
     result = run_humaneval_check(problem, f"    {exit_call}\n")
     assert not result.passed and result.status == "failed", result

@@ -81,7 +81,9 @@ def test_too_many_prompts_for_the_number_range_is_one_line_naming_the_field():
     from polyray.tasks.countdown import CountdownSpec, generate_prompts
 
     # numbers 1-2: a few dozen distinct (numbers, target) problems in all, so 64 train prompts cannot be drawn
-    with pytest.raises(ConfigError, match=r"^task\.n_train: could not generate 64 distinct train prompts .*task\.max_number"):
+    with pytest.raises(
+        ConfigError, match=r"^task\.n_train: could not generate 64 distinct train prompts .*task\.max_number"
+    ):
         generate_prompts("train", 64, 0, CountdownSpec(max_number=2))
 
 

@@ -78,9 +78,20 @@ def _code_task(tmp_path: Path):
     from polyray.config.tasks import CodeTaskConfig
 
     path = tmp_path / "problems.jsonl"
-    path.write_text("".join(json.dumps({
-        "prompt": f"def f{i}():\n    \"\"\"Return {i}.\"\"\"\n", "test": f"def check(c):\n    assert c() == {i}\n",
-        "entry_point": f"f{i}", "canonical_solution": f"    return {i}\n"}) + "\n" for i in range(12)))  # fmt: skip
+    path.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "prompt": f'def f{i}():\n    """Return {i}."""\n',
+                    "test": f"def check(c):\n    assert c() == {i}\n",
+                    "entry_point": f"f{i}",
+                    "canonical_solution": f"    return {i}\n",
+                }
+            )
+            + "\n"
+            for i in range(12)
+        )
+    )
     return CodeTaskConfig(path=str(path))
 
 
@@ -142,8 +153,9 @@ def test_a_system_prompt_is_its_own_turn_of_the_chat_template(tmp_path):
     p = format_for_model(own, ModelConfig(), chat_dir).prompts("all", 1)[0]
     assert p.text == f"<|system|>{system}<|end|><|user|>Write a reply about topic 0.\n<|end|><|assistant|>"
     assert p.meta["raw_prompt"] == "Write a reply about topic 0."
-    configured = build_task(JsonlTaskConfig(type="replies", path=str(data / "prompt_completion.jsonl"),
-                                            system_prompt="Be brief."))  # fmt: skip
+    configured = build_task(
+        JsonlTaskConfig(type="replies", path=str(data / "prompt_completion.jsonl"), system_prompt="Be brief.")
+    )
     p = format_for_model(configured, ModelConfig(), chat_dir).prompts("all", 1)[0]
     assert p.text == "<|system|>Be brief.<|end|><|user|>Write a reply about topic 0.\n<|end|><|assistant|>"
     # a template that refuses system turns (as some do): the system prompt goes before the user's text
@@ -163,11 +175,18 @@ def test_reward_defaults_come_from_the_task_and_the_config_overrides_them(tmp_pa
     task = build_task(_replies(engagement_model=str(tmp_path / "rm")))
     assert resolve_reward(RewardConfig(), task) == ("engagement", {"model_path": str(tmp_path / "rm")})
     assert resolve_reward(RewardConfig(params={"batch_size": 8}), task)[1] == {
-        "model_path": str(tmp_path / "rm"), "batch_size": 8,
-    }  # fmt: skip
-    weighted = RewardConfig(name="weighted_sum", params={"components": [
-        {"name": "engagement", "weight": 1.0}, {"name": "length", "weight": 0.5, "params": {"max_length": 30}},
-    ]})  # fmt: skip
+        "model_path": str(tmp_path / "rm"),
+        "batch_size": 8,
+    }
+    weighted = RewardConfig(
+        name="weighted_sum",
+        params={
+            "components": [
+                {"name": "engagement", "weight": 1.0},
+                {"name": "length", "weight": 0.5, "params": {"max_length": 30}},
+            ]
+        },
+    )
     _, params = resolve_reward(weighted, task)
     assert params["components"][0]["params"] == {"model_path": str(tmp_path / "rm")}
     assert params["components"][1]["params"] == {"max_length": 30}
@@ -179,10 +198,13 @@ def test_reward_defaults_come_from_the_task_and_the_config_overrides_them(tmp_pa
     [
         ("nope", {}, "reward.name: unknown reward 'nope'"),
         ("length", {"max_length": 0}, "reward.params: max_length"),
-        ("weighted_sum", {"components": [{"name": "length", "weight": 1.0, "params": {"unit": "lines"}}]},
-         "reward.params.components.0.params: unit"),
+        (
+            "weighted_sum",
+            {"components": [{"name": "length", "weight": 1.0, "params": {"unit": "lines"}}]},
+            "reward.params.components.0.params: unit",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_reward_is_named_before_the_run_starts(name, params, message):
     from polyray.reward.base import RewardError
     from polyray.reward.scorer import check_reward
@@ -212,8 +234,21 @@ def test_bad_user_jsonl_stops_the_run_with_one_line_before_ray_starts(tmp_path, 
     data = tmp_path / "mine.jsonl"
     data.write_text(text)
     # an unreachable cluster address: had the run got as far as starting Ray, the error would be Ray's
-    cmd = [sys.executable, "-m", "polyray.cli", "run", str(ROOT / "configs" / "replies.yaml"), "--set", f"task.path={data}",
-           "--set", "cluster.address=ray://127.0.0.1:9", "--set", "model.source=/nonexistent", "--output-dir", str(tmp_path / "run")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "polyray.cli",
+        "run",
+        str(ROOT / "configs" / "replies.yaml"),
+        "--set",
+        f"task.path={data}",
+        "--set",
+        "cluster.address=ray://127.0.0.1:9",
+        "--set",
+        "model.source=/nonexistent",
+        "--output-dir",
+        str(tmp_path / "run"),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 2, done.stderr[-2000:]
     lines = done.stderr.strip().splitlines()

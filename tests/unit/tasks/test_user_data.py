@@ -70,7 +70,8 @@ def test_system_prompt_is_kept_before_the_template():
     assert p.text == f"{SYSTEM}\n\nWrite a reply about topic 0.\n"
     assert p.meta["system"] == SYSTEM and p.meta["raw_prompt"] == "Write a reply about topic 0."
     assert p.meta["messages"] == [
-        {"role": "system", "content": SYSTEM}, {"role": "user", "content": "Write a reply about topic 0.\n"}
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": "Write a reply about topic 0.\n"},
     ]
     at_field = _task(DATA / "chat.jsonl", template="<<{system}>> {prompt}").prompts("all", 1)[0]
     assert at_field.text == f"<<{SYSTEM}>> Write a reply about topic 0."
@@ -78,7 +79,9 @@ def test_system_prompt_is_kept_before_the_template():
 
 def test_config_system_prompt_applies_to_rows_without_one_and_plain_text_is_unchanged():
     plain = _task(DATA / "prompt_completion.jsonl").prompts("all", 1)[0]
-    assert plain.text == "Write a reply about topic 0.\n" and "messages" not in plain.meta and "system" not in plain.meta
+    assert (
+        plain.text == "Write a reply about topic 0.\n" and "messages" not in plain.meta and "system" not in plain.meta
+    )
     with_system = _task(DATA / "prompt_completion.jsonl", system_prompt="Be brief.").prompts("all", 1)[0]
     assert with_system.text == "Be brief.\n\nWrite a reply about topic 0.\n"
     own = _task(DATA / "chat.jsonl", system_prompt="Be brief.").prompts("all", 1)[0]
@@ -95,12 +98,21 @@ def test_chat_renderer_that_takes_messages_gets_the_conversation():
 
 
 def test_trl_conversational_prompt_completion_and_multi_turn(tmp_path):
-    path = _write(tmp_path, [
-        {"prompt": [{"role": "user", "content": "hi"}], "completion": [{"role": "assistant", "content": "hello"}]},
-        {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
-                      {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]},
-        {"messages": [{"role": "user", "content": "no reference"}]},
-    ])  # fmt: skip
+    path = _write(
+        tmp_path,
+        [
+            {"prompt": [{"role": "user", "content": "hi"}], "completion": [{"role": "assistant", "content": "hello"}]},
+            {
+                "messages": [
+                    {"role": "user", "content": "a"},
+                    {"role": "assistant", "content": "b"},
+                    {"role": "user", "content": "c"},
+                    {"role": "assistant", "content": "d"},
+                ]
+            },
+            {"messages": [{"role": "user", "content": "no reference"}]},
+        ],
+    )
     rows = read_task_rows(path)
     assert [(r.prompt, r.response) for r in rows] == [("hi", "hello"), ("a\nb\nc", "d"), ("no reference", None)]
     assert rows[1].turns == (("user", "a"), ("assistant", "b"), ("user", "c"))
@@ -112,7 +124,10 @@ def test_trl_conversational_prompt_completion_and_multi_turn(tmp_path):
         ({"question": "q", "answer": "a"}, "'prompt' must be a non-empty string (a row is {messages: [{role, content}"),
         ({"messages": "hi"}, "'messages' must be a non-empty list of {role, content} turns"),
         ({"messages": [{"role": "bot", "content": "x"}]}, "messages[0] must be {role: system|user|assistant"),
-        ({"messages": [{"role": "user", "content": "x"}, {"role": "system", "content": "s"}]}, "system turn must come before"),
+        (
+            {"messages": [{"role": "user", "content": "x"}, {"role": "system", "content": "s"}]},
+            "system turn must come before",
+        ),
         ({"messages": [{"role": "assistant", "content": "x"}]}, "must end with a non-empty user turn"),
         ({"prompt": "p", "completion": 3}, "'completion' must be a string"),
     ],
@@ -127,7 +142,9 @@ def test_bad_row_names_file_line_and_the_accepted_shapes(tmp_path, row, needle):
 
 def test_unmapped_keys_hint_names_the_rows_keys(tmp_path):
     path = _write(tmp_path, [{"question": "q", "answer": "a"}])
-    with pytest.raises(JsonlDataError, match=r"task\.fields maps other column names; this row's keys: question, answer"):
+    with pytest.raises(
+        JsonlDataError, match=r"task\.fields maps other column names; this row's keys: question, answer"
+    ):
         read_task_rows(path)
 
 
@@ -165,7 +182,9 @@ def test_fields_keys_are_checked_as_typed(tmp_path):
 
 def test_too_few_prompts_names_a_real_field(tmp_path):
     path = _write(tmp_path, [{"prompt": f"p{i}", "response": "r"} for i in range(3)])
-    with pytest.raises(JsonlDataError, match="too few for train/val/test splits .* polyray eval, whose task entries take split: all"):
+    with pytest.raises(
+        JsonlDataError, match="too few for train/val/test splits .* polyray eval, whose task entries take split: all"
+    ):
         _task(path).prompts("train")
 
 
