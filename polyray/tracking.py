@@ -30,6 +30,7 @@ import os
 import re
 import time
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from polyray.config import RunConfig, TrackingConfig
@@ -60,16 +61,20 @@ def numbers(record: dict[str, Any]) -> dict[str, float]:
 VAL_EVAL = "val_eval"  # a stage evaluation on the validation split (eval.split: val), beside the probe's val/
 
 
-def run_metrics(results: dict[str, Any], run_dir: Path) -> dict[str, float]:
-    """A run's results (``phases``: stage -> :class:`Record`) as flat metrics: ``<stage>/<metric>`` of
-    every test evaluation (the stage evaluations of a run on ``eval.split: test``, and those added under
-    ``test`` after a selection), ``<stage>/val_eval/<metric>`` of a stage evaluation on validation
-    (``eval.split: val``), and ``<phase>/val/<metric>`` of each phase's last validation measurement
-    (the dynamics probe's pass@k and diversity on the fixed validation prompts: what a sweep should
-    select on)."""
-    tag = "" if results.get("eval_split", "test") == "test" else f"{VAL_EVAL}/"
-    out = {f"{stage}/{tag}{k}": v for stage, r in results.get("phases", {}).items() for k, v in r.scalars().items()}
-    out.update({f"{stage}/{k}": v for stage, r in results.get("test", {}).items() for k, v in r.scalars().items()})
+def run_metrics(
+    run_dir: Path,
+    evaluations: Mapping[str, Any] | None = None,
+    test: Mapping[str, Any] | None = None,
+    eval_split: str = "test",
+) -> dict[str, float]:
+    """A run's results as flat metrics: ``<stage>/<metric>`` of every test evaluation (``evaluations``,
+    stage -> evaluation record, of a run on ``eval_split: test``, and ``test``, those added after a
+    selection), ``<stage>/val_eval/<metric>`` of a stage evaluation on validation (``eval_split: val``),
+    and ``<phase>/val/<metric>`` of each phase's last validation measurement in ``run_dir`` (the dynamics
+    probe's pass@k and diversity on the fixed validation prompts: what a sweep should select on)."""
+    tag = "" if eval_split == "test" else f"{VAL_EVAL}/"
+    out = {f"{stage}/{tag}{k}": v for stage, r in (evaluations or {}).items() for k, v in r.scalars().items()}
+    out.update({f"{stage}/{k}": v for stage, r in (test or {}).items() for k, v in r.scalars().items()})
     last: dict[str, dict] = {}
     for row in read_log_jsonl(run_dir / "dynamics.jsonl"):
         if row.get("step", -1) >= last.get(row.get("phase"), {}).get("step", -1):

@@ -198,7 +198,7 @@ def select_models(exp: ExperimentConfig, out: Path, seeds: int | Sequence[int]) 
             run_name, _, phase = exp.models[cand].partition("/")
             have = {}
             for seed in seed_ids(seeds):
-                value = run_metrics({}, out / "runs" / f"{run_name}-s{seed}").get(f"{phase}/{sel.metric}")
+                value = run_metrics(out / "runs" / f"{run_name}-s{seed}").get(f"{phase}/{sel.metric}")
                 if value is not None:
                     have[seed] = float(value)
             among[cand] = {

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from polyray.config.experiment import HEADLINE, ExperimentConfig, headline_metrics
 from polyray.config.sweep import SELECTED_ON
-from polyray.drivers.results import read_results
+from polyray.drivers.results import RunResults, read_results
 from polyray.drivers.selection import record_on_test
 
 if TYPE_CHECKING:
@@ -111,12 +111,12 @@ def _load_phases(
     """Per reported model label, seed -> its phase's evaluation record on ``split``; a seed whose
     results.json lacks it is absent (every seed, for a selection with nothing chosen)."""
 
-    def record(results: dict[str, Any], phase: str) -> EvalRecord:
+    def record(results: RunResults, phase: str) -> EvalRecord:
         if split == "test":
             return record_on_test(results, phase)
-        if results.get("eval_split") != split:
+        if results.eval_split != split:
             raise KeyError(f"{phase}: not evaluated on {split}")
-        return results["phases"][phase]
+        return results.evaluations[phase]
 
     per_seed: dict[str, dict[int, EvalRecord]] = {}
     for label, ref in refs.items():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +24,72 @@ from polyray.rollout.store import STORE_DIR
 SPLIT_NAMES = {"test": "test", "val": "validation"}
 
 
-def results_table(results: dict[str, Any], ks: list[int]) -> Table:
+@dataclass
+class RunResults:
+    """A run's results: what ``results.json`` holds, evaluations and training phases named apart.
+
+    ``evaluations``: stage (``base``, then each training phase by name) -> its evaluation on ``eval_split``
+    (test, or val for a candidate of a selection), written as ``phases`` in the file; ``test``: stage -> the
+    test-set evaluation a selection asked for afterwards; ``versions``: training phase -> the adapter
+    version it ended at; ``stages``: every finished stage with the attempt that ran it (0, then 1 per
+    resume). Keys of the file this record does not know are kept in ``extra`` and written back.
+    """
+
+    name: str = ""
+    eval_split: str = "test"
+    evaluations: dict[str, EvalRecord] = field(default_factory=dict)
+    versions: dict[str, int] = field(default_factory=dict)
+    test: dict[str, EvalRecord] = field(default_factory=dict)
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    resumed: int = 0
+    timings_s: dict[str, float] = field(default_factory=dict)
+    model_dir: str | None = None
+    quality_judge: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunResults:
+        """The record of a ``results.json`` (its stage records as dicts or :class:`EvalRecord`)."""
+        data = dict(data)
+        records = {
+            key: {k: EvalRecord.from_json(r) for k, r in (data.pop(key, None) or {}).items()}
+            for key in ("phases", "test")
+        }
+        known = {"name", "eval_split", "versions", "stages", "resumed", "timings_s", "model_dir", "quality_judge"}
+        fields_ = {k: data.pop(k) for k in known & set(data)}
+        return cls(evaluations=records["phases"], test=records["test"], **fields_, extra=data)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name,
+            "eval_split": self.eval_split,
+            "phases": {k: r.to_json() for k, r in self.evaluations.items()},
+            "versions": dict(self.versions),
+        }
+        if self.test:
+            out["test"] = {k: r.to_json() for k, r in self.test.items()}
+        optional = {
+            "stages": self.stages,
+            "resumed": self.resumed,
+            "timings_s": self.timings_s,
+            "model_dir": self.model_dir,
+            "quality_judge": self.quality_judge,
+        }
+        out.update({k: v for k, v in optional.items() if v})
+        return {**self.extra, **out}
+
+    def stage_done(self, stage: str) -> None:
+        """Log a finished stage with the attempt that ran it."""
+        self.stages.append({"stage": stage, "attempt": self.resumed, "time": time.time()})
+
+
+def results_table(results: RunResults, ks: list[int]) -> Table:
     """The stage evaluations' table (test set, or validation for a selection's candidate): per stage
     pass@k, USQ at the largest k, mean reward, distinct samples and, where measured, distinct
     expressions (two measures, two names: :data:`polyray.eval.record.METRIC_LABELS`)."""
     from polyray.eval.record import metric_label
 
-    split = SPLIT_NAMES[results.get("eval_split", "test")]
+    split = SPLIT_NAMES[results.eval_split]
     table = Table(
         title=f"polyray run: {split}-set evaluation"
         + (
@@ -46,11 +106,11 @@ def results_table(results: dict[str, Any], ks: list[int]) -> Table:
         table.add_column(f"usq@{k}", justify="right")
     table.add_column("reward", justify="right")
     table.add_column(metric_label("distinct_samples"), justify="right")
-    exprs = any("countdown_expr" in r.diversity for r in results["phases"].values())
+    exprs = any("countdown_expr" in r.diversity for r in results.evaluations.values())
     if exprs:
         table.add_column(metric_label("diversity/countdown_expr"), justify="right")
     nan = float("nan")
-    for name, r in results["phases"].items():
+    for name, r in results.evaluations.items():
         distinct = r.distinct_samples.mean if r.distinct_samples is not None else nan
         expr = (
             [f"{r.diversity['countdown_expr'].mean if 'countdown_expr' in r.diversity else nan:.2f}"] if exprs else []
@@ -66,29 +126,17 @@ def results_table(results: dict[str, Any], ks: list[int]) -> Table:
     return table
 
 
-RECORD_KEYS = ("phases", "test")  # results.json's stage -> record mappings: on eval.split, and on test afterwards
+def write_results(out: Path, results: RunResults) -> None:
+    """``results.json``: the run's results in their JSON form, written whole or not at all."""
+    write_json_atomic(out / "results.json", results.to_json())
 
 
-def write_results(out: Path, results: dict[str, Any]) -> None:
-    """``results.json``: the run's results with each stage's record in its JSON form."""
-    records = {
-        key: {name: EvalRecord.from_json(r).to_json() for name, r in results[key].items()}
-        for key in RECORD_KEYS
-        if key in results
-    }
-    write_json_atomic(out / "results.json", {**results, **records})
+def read_results(path: Path) -> RunResults:
+    """A run's ``results.json`` read back (:meth:`RunResults.from_json`)."""
+    return RunResults.from_json(json.loads(Path(path).read_text()))
 
 
-def read_results(path: Path) -> dict[str, Any]:
-    """A run's ``results.json`` with each stage's record read back (:meth:`EvalRecord.from_json`)."""
-    results = json.loads(Path(path).read_text())
-    results["phases"] = {name: EvalRecord.from_json(r) for name, r in results.get("phases", {}).items()}
-    if "test" in results:
-        results["test"] = {name: EvalRecord.from_json(r) for name, r in results["test"].items()}
-    return results
-
-
-def open_run_dir(run: RunConfig, out: Path, resume: bool) -> dict[str, Any]:
+def open_run_dir(run: RunConfig, out: Path, resume: bool) -> RunResults:
     """Create ``out`` for a new run, or check it holds this run for ``resume``; returns the results so far.
 
     A resume may come from another working directory and Ray session: paths compare relative to the
@@ -100,7 +148,7 @@ def open_run_dir(run: RunConfig, out: Path, resume: bool) -> dict[str, Any]:
     resolved = dump_config(run)
     config_file, results_file = out / "config.resolved.yaml", out / "results.json"
     started = config_file.is_file() or (out / "checkpoints").exists() or (out / STORE_DIR).exists()
-    fresh = {"name": run.name, "eval_split": run.eval.split, "phases": {}, "versions": {}}
+    fresh = RunResults(name=run.name, eval_split=run.eval.split)
     if not resume:
         if started:
             raise ConfigError(f"{out} already holds a run: continue it with --resume, or choose another --output-dir")
@@ -116,11 +164,5 @@ def open_run_dir(run: RunConfig, out: Path, resume: bool) -> dict[str, Any]:
     if not results_file.is_file():
         return fresh
     results = read_results(results_file)
-    results.setdefault("versions", {})
-    results["resumed"] = results.get("resumed", 0) + 1
+    results.resumed += 1
     return results
-
-
-def stage_done(results: dict[str, Any], stage: str) -> None:
-    """Log a finished stage in ``results["stages"]`` with the attempt that ran it (0, then 1 per resume)."""
-    results.setdefault("stages", []).append({"stage": stage, "attempt": results.get("resumed", 0), "time": time.time()})

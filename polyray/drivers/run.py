@@ -29,7 +29,7 @@ import ray
 
 from polyray.cluster import init_ray, needed_cpus, run_demands
 from polyray.config import RunConfig
-from polyray.drivers.results import SPLIT_NAMES, open_run_dir, results_table, stage_done, write_results
+from polyray.drivers.results import SPLIT_NAMES, RunResults, open_run_dir, results_table, write_results
 from polyray.eval.policy_eval import build_eval_task
 from polyray.eval.record import EvalRecord
 from polyray.io import ConfigError, Timer, console, make_progress, warn
@@ -193,9 +193,9 @@ def check_generation(run: RunConfig) -> None:
 
 def run_pipeline(
     run: RunConfig, output_dir: Path | None = None, resume: bool = False, on_stage=None, serve_generation: bool = False
-) -> dict[str, Any]:
+) -> RunResults:
     """Run (or with ``resume`` continue) ``run`` in ``output_dir`` (default ``runs/<name>``); returns
-    its results. ``on_stage(results)`` is called after each evaluation is written;
+    its results (:class:`~polyray.drivers.results.RunResults`). ``on_stage(results)`` is called after each evaluation is written;
     ``serve_generation`` serves the live policy over HTTP while the run lasts (``run.generation``)."""
     out = Path(output_dir or Path("runs") / run.name).resolve()
     engagement = check_inputs(run)
@@ -222,9 +222,9 @@ class RunState:
     run: RunConfig
     out: Path
     resume: bool
-    results: dict[str, Any]  # results.json as written so far
+    results: RunResults  # results.json as written so far
     tracker: RunTracker | None = None
-    on_stage: Callable[[dict[str, Any]], None] | None = None  # called with the results after each evaluation
+    on_stage: Callable[[RunResults], None] | None = None  # called with the results after each evaluation
     timer: Timer = field(default_factory=Timer)
     pool: RolloutPool | None = None
     task: Task | None = None  # the task as evaluations see it (build_eval_task)
@@ -239,8 +239,8 @@ class RunState:
     def __post_init__(self) -> None:
         from polyray.storage import RunStorage
 
-        self.timer.timings.update(self.results.get("timings_s", {}))
-        self.results["timings_s"] = self.timer.timings
+        self.timer.timings.update(self.results.timings_s)
+        self.results.timings_s = self.timer.timings
         self.shared = RunStorage.of(self.run.cluster.storage, self.run.name, self.out)
 
     def store_root(self) -> str:
@@ -291,7 +291,7 @@ def prepare_inputs(state: RunState, engagement: list) -> None:
     run = state.run
     with state.timer("model_build"):
         state.model_dir = prepare_model_dir(run.model, run.task)
-    state.results["model_dir"] = str(state.model_dir)
+    state.results.model_dir = str(state.model_dir)
     with state.timer("model_to_storage") if run.cluster.storage else contextlib.nullcontext():
         state.model_ref = share_model(run.cluster.storage, state.model_dir)  # what crosses to the workers
     for line in plan_memory(run, state.model_dir):  # before anything starts on Ray
@@ -305,7 +305,7 @@ def prepare_inputs(state: RunState, engagement: list) -> None:
     state.task = build_eval_task(run, state.model_dir)
     judge = quality_judge(state.task, run)
     if judge is not None:
-        state.results["quality_judge"] = judge
+        state.results.quality_judge = judge
         console.print(
             f"quality 'engagement' judged by {judge['model']} (trained on {judge['trained_on']}); GRPO's"
             f" reward model: {judge['reward_model']}",
@@ -464,8 +464,8 @@ def fit(state: RunState, index: int, version: int, adapter: str | None) -> tuple
     run, results = state.run, state.results
     phase = run.phases[index]
     adapter_dir = state.out / "adapters" / phase.name
-    if phase.name in results["phases"]:  # trained and evaluated before a resume
-        return results["versions"][phase.name], share_adapter(state.shared, adapter_dir, phase.name)
+    if phase.name in results.evaluations:  # trained and evaluated before a resume
+        return results.versions[phase.name], share_adapter(state.shared, adapter_dir, phase.name)
     if state.resume and (adapter_dir / "polyray_version.json").is_file():  # trained, not yet evaluated
         version = json.loads((adapter_dir / "polyray_version.json").read_text())["version"]
         adapter = share_adapter(state.shared, adapter_dir, phase.name)
@@ -483,26 +483,26 @@ def fit(state: RunState, index: int, version: int, adapter: str | None) -> tuple
                 state.logs,
             )
         version, adapter = trained["version"], share_adapter(state.shared, Path(trained["adapter_dir"]), phase.name)
-        stage_done(results, f"train_{phase.name}")
+        results.stage_done(f"train_{phase.name}")
         write_results(state.out, results)
     state.pool.pin(phase.name, version)  # evaluated next, and by anyone later: kept for good
-    results["versions"][phase.name] = version
+    results.versions[phase.name] = version
     return version, adapter
 
 
 def evaluate(state: RunState, stage: str, version: int | None) -> None:
     """The evaluation of ``stage`` on ``eval.split`` (unless a resumed run holds it), written and reported."""
     results, split = state.results, state.run.eval.split
-    if stage in results["phases"]:
+    if stage in results.evaluations:
         return
     with state.timer(f"eval_{stage}"):
-        results["phases"][stage] = evaluate_stage(
+        results.evaluations[stage] = evaluate_stage(
             stage, state.pool, state.task, state.eval_prompts, state.run, version, split
         )
-    stage_done(results, f"eval_{stage}")
+    results.stage_done(f"eval_{stage}")
     write_results(state.out, results)
     if state.tracker is not None:
         state.tracker.log_progress()
-        state.tracker.log_stage(stage if split == "test" else f"{stage}/{VAL_EVAL}", results["phases"][stage])
+        state.tracker.log_stage(stage if split == "test" else f"{stage}/{VAL_EVAL}", results.evaluations[stage])
     if state.on_stage is not None:
         state.on_stage(results)

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from polyray.config import RunConfig
 from polyray.config.sweep import SELECTED_ON
-from polyray.drivers.results import read_results, stage_done, write_results
+from polyray.drivers.results import RunResults, read_results, write_results
 from polyray.eval.record import EvalRecord
 
 __all__ = [
@@ -64,22 +64,21 @@ def error_line(error: BaseException | None) -> str | None:
     return (lines[-1] if lines else type(error).__name__)[:500]
 
 
-def record_on_test(results: dict[str, Any], stage: str) -> EvalRecord:
+def record_on_test(results: RunResults, stage: str) -> EvalRecord:
     """``stage``'s test-set evaluation in a run's results: the stage evaluation of a run on ``eval.split:
     test``, else the one :func:`evaluate_on_test` added after a selection; KeyError when there is none
     (a candidate that was not chosen: its test set was never read)."""
-    if stage in results.get("test", {}):
-        return results["test"][stage]
-    if results.get("eval_split", "test") != "test":
-        raise KeyError(f"{stage}: evaluated on {results['eval_split']} only")
-    return results["phases"][stage]
+    if stage in results.test:
+        return results.test[stage]
+    if results.eval_split != "test":
+        raise KeyError(f"{stage}: evaluated on {results.eval_split} only")
+    return results.evaluations[stage]
 
 
-def stages_to_test(results: dict[str, Any], stages: list[str]) -> list[str]:
+def stages_to_test(results: RunResults, stages: list[str]) -> list[str]:
     """Of ``stages``, those whose test-set evaluation the run does not hold yet (each is evaluated once:
     a selection re-run after an interruption evaluates only what is missing)."""
-    on_test = results.get("eval_split", "test") == "test"
-    have = set(results.get("test", {})) | (set(results["phases"]) if on_test else set())
+    have = set(results.test) | (set(results.evaluations) if results.eval_split == "test" else set())
     return [s for s in stages if s not in have]
 
 
@@ -116,11 +115,11 @@ def evaluate_on_test(run: RunConfig, out: Path, stages: list[str]) -> dict[str, 
             wait_for_pool(state, launch_pool(state, store))
             prompts = state.task.prompts("test")
             for stage in missing:
-                version = results["versions"][stage] if stage != "base" else INIT_VERSION if run.init_adapter else None
+                version = results.versions[stage] if stage != "base" else INIT_VERSION if run.init_adapter else None
                 with state.timer(f"test_{stage}"):
                     record = evaluate_stage(stage, state.pool, state.task, prompts, run, version)
-                results.setdefault("test", {})[stage] = record
-                stage_done(results, f"test_{stage}")
+                results.test[stage] = record
+                results.stage_done(f"test_{stage}")
                 write_results(out, results)
         finally:
             if state.pool is not None:

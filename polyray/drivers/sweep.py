@@ -61,6 +61,7 @@ from pydantic import ValidationError
 
 from polyray.config import RunConfig
 from polyray.config.sweep import Axis, Objective, SweepConfig
+from polyray.drivers.results import RunResults
 from polyray.drivers.selection import evaluate_chosen
 from polyray.drivers.sweep_report import attach_test, chosen_trials, summarise, summary_table, write_outputs
 from polyray.io import ConfigError, apply_overrides, console, format_validation_error, read_yaml_mapping
@@ -207,8 +208,9 @@ def pipeline_trial(
         }
     )
 
-    def report(results: dict[str, Any]) -> None:
-        tune.report({**run_metrics(results, directory), "run_dir": str(directory)})
+    def report(results: RunResults) -> None:
+        metrics = run_metrics(directory, results.evaluations, results.test, results.eval_split)
+        tune.report({**metrics, "run_dir": str(directory)})
 
     results = _finished_results(directory, run)
     if results is None:
@@ -217,7 +219,7 @@ def pipeline_trial(
         report(results)
 
 
-def _finished_results(directory: Path, run: RunConfig) -> dict[str, Any] | None:
+def _finished_results(directory: Path, run: RunConfig) -> RunResults | None:
     """The results of a run in ``directory`` that evaluated every phase, else None."""
     from polyray.drivers.results import read_results
 
@@ -225,7 +227,7 @@ def _finished_results(directory: Path, run: RunConfig) -> dict[str, Any] | None:
         results = read_results(directory / "results.json")
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return results if {"base", *(p.name for p in run.phases)} <= set(results.get("phases", {})) else None
+    return results if {"base", *(p.name for p in run.phases)} <= set(results.evaluations) else None
 
 
 def sweep_cpus(run: RunConfig, concurrent: int) -> float:

@@ -34,7 +34,7 @@ def test_run_from_a_saved_adapter_evaluates_it_as_base(pool, model_dir, run_conf
     }
     run = RunConfig.model_validate(merge(run_config.model_dump(mode="json"), patch))
     out = tmp_path / "branch"
-    base = run_pipeline(run, out)["phases"]["base"]
+    base = run_pipeline(run, out).evaluations["base"]
 
     version = pool.newest_version() + 1  # the session's pool: another store, another version id
     pool.publish(version, extract_adapter(model))

@@ -51,7 +51,7 @@ def test_run_metrics_test_evaluations_and_last_validation(tmp_path):
     for step, p1 in ((0, 0.05), (4, 0.3), (2, 0.2)):  # the last measurement is the highest step, not the last row
         append_jsonl(tmp_path / "dynamics.jsonl", {"phase": "sft", "step": step, "global_step": step, "version": 1,
                                                    "pass@1": p1})  # fmt: skip
-    assert run_metrics(results, tmp_path) == {
+    assert run_metrics(tmp_path, results["phases"]) == {
         "base/pass@1": 0.1,
         "base/n_prompts": 8.0,
         "sft/pass@1": 0.2,

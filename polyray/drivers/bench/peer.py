@@ -189,10 +189,10 @@ def run_polyray(run: RunConfig, out: Path, warmup: int) -> dict[str, Any]:
         serve.shutdown()
     finally:
         ray.shutdown()
-    t = results["timings_s"]
+    t = results.timings_s
     _, sft = _phase(run, "sft")
     _, grpo = _phase(run, "grpo")
-    ref = reference_tokens(run, results["model_dir"])
+    ref = reference_tokens(run, results.model_dir)
     steps = {
         "sft": polyray_steps(out / "metrics.jsonl", sft, warmup, ref),
         "grpo": polyray_steps(out / "metrics.jsonl", grpo, warmup, ref),
@@ -207,7 +207,7 @@ def run_polyray(run: RunConfig, out: Path, warmup: int) -> dict[str, Any]:
     for key, phase in (("sft", sft), ("grpo", grpo)):  # Ray Train's workers, model load, checkpoints, final save
         startup[f"{key}_phase_overhead"] = t[f"train_{phase.name}"] - steps[key]["total_step_s"]
     return {"steps": steps, "end_to_end_s": wall - evals, "evaluations_s": evals, "startup_s": startup,
-            "timings_s": t, "eval": {key: _pass_at_k(results["phases"][p.name]) for key, p in (("sft", sft), ("grpo", grpo))},
+            "timings_s": t, "eval": {key: _pass_at_k(results.evaluations[p.name]) for key, p in (("sft", sft), ("grpo", grpo))},
             "adapters": {"sft": str(out / "adapters" / sft.name), "grpo": str(out / "adapters" / grpo.name)}}  # fmt: skip
 
 

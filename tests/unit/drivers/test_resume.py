@@ -11,7 +11,7 @@ import pytest
 from polyray.config import RunConfig, load_config
 from polyray.io import ConfigError, file_sha256
 from polyray.learner.logs import LogFiles, StepLogs
-from polyray.drivers.results import open_run_dir
+from polyray.drivers.results import RunResults, open_run_dir
 
 ROOT = Path(__file__).resolve().parents[3]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
@@ -20,12 +20,7 @@ USERDATA = ROOT / "tests" / "fixtures" / "userdata" / "prompt_completion.jsonl"
 
 def test_a_new_run_refuses_a_directory_that_holds_one(tmp_path):
     run = load_config(QUICKSTART)
-    assert open_run_dir(run, tmp_path / "r", resume=False) == {
-        "name": "quickstart",
-        "eval_split": "test",
-        "phases": {},
-        "versions": {},
-    }
+    assert open_run_dir(run, tmp_path / "r", resume=False) == RunResults(name="quickstart", eval_split="test")
     assert (tmp_path / "r" / "config.resolved.yaml").is_file()
     with pytest.raises(ConfigError, match="already holds a run: continue it with --resume"):
         open_run_dir(run, tmp_path / "r", resume=False)
@@ -43,16 +38,11 @@ def test_resume_continues_the_same_config_only(tmp_path):
     other = load_config(QUICKSTART, ["seed=3", "phases.1.steps=7"])
     with pytest.raises(ConfigError, match="config differs from the run's .* in: phases.1.steps, seed$"):
         open_run_dir(other, out, resume=True)
-    assert open_run_dir(run, out, resume=True) == {
-        "name": "quickstart",
-        "eval_split": "test",
-        "phases": {},
-        "versions": {},
-    }
+    assert open_run_dir(run, out, resume=True) == RunResults(name="quickstart", eval_split="test")
     (out / "results.json").write_text(json.dumps({"name": "quickstart", "phases": {"base": {"pass@1": 0.1}}}))
     results = open_run_dir(run, out, resume=True)
-    assert results["phases"]["base"].pass_at_k[1].mean == 0.1 and results["resumed"] == 1 and results["versions"] == {}
-    assert results["phases"]["base"].to_json() == {"pass@1": 0.1}  # read back through the record, unchanged
+    assert results.evaluations["base"].pass_at_k[1].mean == 0.1 and results.resumed == 1 and results.versions == {}
+    assert results.evaluations["base"].to_json() == {"pass@1": 0.1}  # read back through the record, unchanged
 
 
 def _replies_run(path: str, **extra) -> RunConfig:
@@ -75,7 +65,7 @@ def test_resume_from_another_working_directory_with_the_same_data(tmp_path, monk
 
     shutil.copytree(tmp_path / "A", tmp_path / "B")
     monkeypatch.chdir(tmp_path / "B")
-    assert open_run_dir(_replies_run("data/rows.jsonl"), out, resume=True)["phases"] == {}
+    assert open_run_dir(_replies_run("data/rows.jsonl"), out, resume=True).evaluations == {}
     shared = tmp_path / "mnt" / "rows.jsonl"  # the same bytes at another absolute path
     shared.parent.mkdir()
     shutil.copy(data, shared)

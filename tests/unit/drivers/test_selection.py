@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from polyray.drivers.results import write_results
+from polyray.drivers.results import RunResults, write_results
 from polyray.drivers.selection import best, best_keeping, evaluate_chosen
 from polyray.eval.record import Estimate, EvalRecord
 
@@ -35,13 +35,13 @@ def test_evaluate_chosen_reads_a_kept_test_record_and_reports_a_failure_as_that_
     good.mkdir()
     write_results(
         good,
-        {
-            "name": "t",
-            "eval_split": "val",
-            "phases": {"grpo": EvalRecord(pass_at_k={1: Estimate(0.9)})},
-            "versions": {"grpo": 2},
-            "test": {"grpo": EvalRecord(pass_at_k={1: Estimate(0.4)})},
-        },
+        RunResults(
+            name="t",
+            eval_split="val",
+            evaluations={"grpo": EvalRecord(pass_at_k={1: Estimate(0.9)})},
+            versions={"grpo": 2},
+            test={"grpo": EvalRecord(pass_at_k={1: Estimate(0.4)})},
+        ),
     )
     bad = tmp_path / "bad"
     bad.mkdir()

@@ -299,30 +299,27 @@ def test_nothing_selected_reads_no_test_set():
 def test_a_resumed_selection_evaluates_test_once(tmp_path):
     """A chosen candidate's test record is kept in its results.json: the stages still to evaluate on
     test leave it out, so a sweep re-run after an interruption does not evaluate it again."""
-    from polyray.drivers.results import read_results, write_results
+    from polyray.drivers.results import RunResults, read_results, write_results
     from polyray.drivers.selection import record_on_test, stages_to_test
     from polyray.eval.record import Estimate, EvalRecord
     from polyray.tracking import run_metrics
 
     rec = lambda p: EvalRecord(pass_at_k={1: Estimate(p)})  # noqa: E731
-    candidate = {
-        "name": "t",
-        "eval_split": "val",
-        "phases": {"base": rec(0.1), "grpo": rec(0.5)},
-        "versions": {"grpo": 3},
-    }
+    candidate = RunResults(
+        name="t", eval_split="val", evaluations={"base": rec(0.1), "grpo": rec(0.5)}, versions={"grpo": 3}
+    )
     assert stages_to_test(candidate, ["grpo"]) == ["grpo"]
     with pytest.raises(KeyError):
         record_on_test(candidate, "grpo")  # its stage evaluation is on validation: never a test number
-    assert run_metrics(candidate, tmp_path) == {"base/val_eval/pass@1": 0.1, "grpo/val_eval/pass@1": 0.5}
-    candidate["test"] = {"grpo": rec(0.4)}
+    metrics = run_metrics(tmp_path, candidate.evaluations, candidate.test, candidate.eval_split)
+    assert metrics == {"base/val_eval/pass@1": 0.1, "grpo/val_eval/pass@1": 0.5}
+    candidate.test = {"grpo": rec(0.4)}
     write_results(tmp_path, candidate)
     back = read_results(tmp_path / "results.json")
     assert stages_to_test(back, ["grpo"]) == [] and record_on_test(back, "grpo").pass_at_k[1].mean == 0.4
-    assert (
-        run_metrics(back, tmp_path)["grpo/pass@1"] == 0.4 and run_metrics(back, tmp_path)["grpo/val_eval/pass@1"] == 0.5
-    )
-    plain = {"name": "r", "phases": {"grpo": rec(0.7)}, "versions": {}}  # a run (or an older one) on test
+    metrics = run_metrics(tmp_path, back.evaluations, back.test, back.eval_split)
+    assert metrics["grpo/pass@1"] == 0.4 and metrics["grpo/val_eval/pass@1"] == 0.5
+    plain = RunResults.from_json({"name": "r", "phases": {"grpo": rec(0.7)}})  # a run (or an older one) on test
     assert stages_to_test(plain, ["grpo"]) == [] and record_on_test(plain, "grpo").pass_at_k[1].mean == 0.7
 
 
@@ -330,7 +327,7 @@ def test_a_sweep_rerun_reads_the_selected_trials_test_numbers_back(tmp_path):
     """The sweep's step after the selection, on trials whose test evaluation is already in their results.json:
     the numbers are read back. No trial directory holds the config an evaluation needs, so evaluating one again
     would come back as that trial's error instead."""
-    from polyray.drivers.results import write_results
+    from polyray.drivers.results import RunResults, write_results
     from polyray.drivers.sweep import evaluate_selected_on_test
     from polyray.drivers.sweep_report import chosen_trials
     from polyray.eval.record import Estimate, EvalRecord
@@ -340,9 +337,7 @@ def test_a_sweep_rerun_reads_the_selected_trials_test_numbers_back(tmp_path):
         trial["run_dir"] = str(tmp_path / trial["run_dir"])
         Path(trial["run_dir"]).mkdir(parents=True)
         test = {"grpo": EvalRecord(pass_at_k={1: Estimate(0.2 + 0.1 * i)})}
-        write_results(
-            Path(trial["run_dir"]), {"name": "t", "eval_split": "val", "phases": {}, "versions": {}, "test": test}
-        )
+        write_results(Path(trial["run_dir"]), RunResults(name="t", eval_split="val", test=test))
     tested = evaluate_selected_on_test(summary)
     assert [tested[t["run_dir"]]["grpo/pass@1"] for t in chosen_trials(summary)] == pytest.approx([0.2, 0.3, 0.4])
     assert not any((Path(t["run_dir"]) / "config.resolved.yaml").exists() for t in chosen_trials(summary))

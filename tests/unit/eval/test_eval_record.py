@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from polyray.drivers.results import read_results, results_table, write_results
+from polyray.drivers.results import RunResults, read_results, results_table, write_results
 from polyray.eval.record import Estimate, EvalRecord, PromptRow, at_key, records_from_summaries, split_at_key
 
 # a run's results.json phases as the code before the record wrote them
@@ -46,17 +46,19 @@ def test_run_results_read_and_write_back_unchanged_and_print_the_same_table(tmp_
         PromptRow(n=10, c=1, rewards=[1.0] + [0.0] * 9, prompt="p", diversity={"countdown_expr": 0.5})
     ]
     out = io.StringIO()
-    Console(file=out, width=160, force_terminal=False).print(results_table({"phases": records}, [1, 5, 10]))
+    Console(file=out, width=160, force_terminal=False).print(results_table(RunResults(evaluations=records), [1, 5, 10]))
     assert out.getvalue() == TABLE
-    results = {"name": "r", "phases": records, "versions": {"sft": 3}}
+    results = RunResults(name="r", evaluations=records, versions={"sft": 3}, extra={"written_by": "an older polyray"})
     write_results(tmp_path, results)
     assert json.loads((tmp_path / "results.json").read_text()) == {
         "name": "r",
+        "eval_split": "test",
         "phases": WRITTEN,
         "versions": {"sft": 3},
+        "written_by": "an older polyray",  # a key the record does not know is kept, not lost
     }
     again = read_results(tmp_path / "results.json")
-    assert again["phases"] == records and again["versions"] == {"sft": 3}
+    assert again == results and again.evaluations == records and again.versions == {"sft": 3}
 
 
 def test_one_spelling_of_per_k_keys():
