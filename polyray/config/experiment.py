@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from polyray.config.sweep import check_selection_metric
+from polyray.config.sweep import ChosenOnValidation
 from polyray.io import StrictModel
 
 # TOST margin: an absolute difference of means below which two models count as equivalent. 0.01 of
@@ -35,21 +35,11 @@ def headline_metrics(names) -> list[str]:
     return sorted(found, key=key)
 
 
-class Selection(StrictModel):
-    """One model chosen among candidates on validation, reported under the selection's label."""
+class Selection(ChosenOnValidation):
+    """One model chosen among candidates on validation (the metric's mean over seeds), reported under
+    the selection's label."""
 
     among: list[str] = Field(..., min_length=2, description="Candidate model labels (from models).")
-    metric: str = Field(
-        "val/pass@1",
-        description="Validation metric (val/<m>, the dynamics probe's last"
-        " measurement of the candidate's phase); mean over seeds.",
-    )
-    mode: str = Field("max", pattern="^(max|min)$", description="max or min.")
-
-    @field_validator("metric")
-    @classmethod
-    def _on_validation(cls, metric: str) -> str:
-        return check_selection_metric(metric)
 
 
 class Hypothesis(StrictModel):

@@ -56,14 +56,13 @@ class Axis(StrictModel):
 SELECTED_ON = "validation"  # the only split a sweep or an experiment selects on
 
 
-class Objective(StrictModel):
-    """What "best" means: a metric of one phase on the validation prompts (never the test set)."""
+class ChosenOnValidation(StrictModel):
+    """A metric measured on validation to choose by, and its direction (never the test set)."""
 
-    phase: str | None = Field(None, description="Phase whose evaluation counts (default: the last phase).")
     metric: str = Field(
         "val/pass@1",
         description="val/<m>: the phase's last validation measurement (dynamics probe: pass@k, reward_mean,"
-        " diversity/<name>). Selection is on validation only; the test set reports the chosen setting.",
+        " diversity/<name>). Selection is on validation only; the test set reports what was chosen.",
     )
     mode: str = Field("max", pattern="^(max|min)$", description="max or min.")
 
@@ -71,6 +70,12 @@ class Objective(StrictModel):
     @classmethod
     def _on_validation(cls, metric: str) -> str:
         return check_selection_metric(metric)
+
+
+class Objective(ChosenOnValidation):
+    """What "best" means: a metric of one phase on the validation prompts (never the test set)."""
+
+    phase: str | None = Field(None, description="Phase whose evaluation counts (default: the last phase).")
 
 
 def check_selection_metric(metric: str) -> str:

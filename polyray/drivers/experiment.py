@@ -254,13 +254,7 @@ def run_experiment(
     errors: dict[str, str] = {}
     roots, branches = [r for r in exp.runs if r not in origins], [r for r in exp.runs if r in origins]
     for wave, names in ((exp.name, roots), (f"{exp.name}-branches", branches)):
-        ready = list(ids)
-        for seed in ids:  # a branch needs its seed's starting adapter: the root run may have failed
-            missing = [r for r in names if r in origins and not branch_adapter(out, origins[r], seed).is_dir()]
-            for r in missing:
-                errors[f"{r}-s{seed}"] = f"not started: {origins[r]} of seed {seed} has no adapter (that run failed)"
-            if missing:
-                ready.remove(seed)
+        ready = _ready_seeds(out, names, origins, ids, errors)
         if not names or not ready:
             continue
         space = {"run": tune.grid_search(names), "seed": tune.grid_search(ready)}
@@ -281,6 +275,24 @@ def run_experiment(
                 errors[f"{params.get('run', '?')}-s{params.get('seed', '?')}"] = error_line(result.error)
 
     errors.update(evaluate_chosen_on_test(exp, out, ids, select_models(exp, out, ids)))  # on validation
+    return _write_outputs(exp, out, ids, errors)
+
+
+def _ready_seeds(out: Path, names: list[str], origins: dict[str, str], ids: list[int], errors: dict[str, str]):
+    """The seeds whose runs in ``names`` can start: a branch needs its seed's starting adapter, and the
+    root run may have failed (recorded in ``errors``)."""
+    ready = list(ids)
+    for seed in ids:
+        missing = [r for r in names if r in origins and not branch_adapter(out, origins[r], seed).is_dir()]
+        for r in missing:
+            errors[f"{r}-s{seed}"] = f"not started: {origins[r]} of seed {seed} has no adapter (that run failed)"
+        if missing:
+            ready.remove(seed)
+    return ready
+
+
+def _write_outputs(exp: ExperimentConfig, out: Path, ids: list[int], errors: dict[str, str]) -> dict[str, Any]:
+    """``experiment.json``, the report and the console summary of the experiment's runs so far."""
     summary = summarise(exp, out, ids)
     summary["errors"] = errors
     (out / "experiment.json").write_text(json.dumps(summary, indent=2))

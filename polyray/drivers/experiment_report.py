@@ -432,7 +432,7 @@ def _models_table(summary: dict[str, Any]):
 def _hypotheses_table(summary: dict[str, Any]):
     from rich.table import Table
 
-    from polyray.eval.report import HYPOTHESIS_COLUMNS, hypothesis_rows
+    from polyray.eval.report_tables import HYPOTHESIS_COLUMNS, hypothesis_rows
 
     hyp = Table(title=f"hypotheses declared in advance (paired over seeds, given the {split_words(summary)[1]})")
     for col in HYPOTHESIS_COLUMNS:

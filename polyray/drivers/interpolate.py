@@ -134,6 +134,23 @@ def choose_alpha(val_metrics: dict[float, dict[str, float]], ks: Sequence[int], 
                         {a: val_metrics[a][keep] for a in larger_first}, REFERENCE, tolerance)  # fmt: skip
 
 
+def _check_request(run_dir: Path, alphas: Sequence[float], tolerance: float) -> tuple[RunConfig, list[float]]:
+    """The run's resolved config and the α grid (with α = 1 added), or a ConfigError naming the bad input."""
+    resolved = run_dir / "config.resolved.yaml"
+    if not resolved.is_file():
+        raise ConfigError(f"RUN: {run_dir} has no config.resolved.yaml (not a polyray run directory)")
+    cfg = load_yaml_model(resolved, [], RunConfig)
+    try:
+        grid = check_alphas(alphas)
+    except ValueError as exc:
+        raise ConfigError(f"--{exc}") from None
+    if tolerance < 0:
+        raise ConfigError(f"--tolerance: must be >= 0, got {tolerance}")
+    if REFERENCE not in grid:
+        grid.append(REFERENCE)  # the 'to' adapter's pass@1 is what the choice keeps
+    return cfg, grid
+
+
 def run_interpolation(
     run_dir: str | Path,
     alphas: Sequence[float],
@@ -150,18 +167,7 @@ def run_interpolation(
     from polyray.models.source import prepare_model_dir
 
     run_dir = Path(run_dir).resolve()
-    resolved = run_dir / "config.resolved.yaml"
-    if not resolved.is_file():
-        raise ConfigError(f"RUN: {run_dir} has no config.resolved.yaml (not a polyray run directory)")
-    cfg = load_yaml_model(resolved, [], RunConfig)
-    try:
-        grid = check_alphas(alphas)
-    except ValueError as exc:
-        raise ConfigError(f"--{exc}") from None
-    if tolerance < 0:
-        raise ConfigError(f"--tolerance: must be >= 0, got {tolerance}")
-    if REFERENCE not in grid:
-        grid.append(REFERENCE)  # the 'to' adapter's pass@1 is what the choice keeps
+    cfg, grid = _check_request(run_dir, alphas, tolerance)
     start, end = resolve_endpoints(run_dir, cfg, from_, to)
     out = Path(output_dir or run_dir / "interpolate").resolve()
     rank = interpolated_rank(start, end)
@@ -177,6 +183,7 @@ def run_interpolation(
     chosen = choose_alpha(val_metrics, ks, tolerance)
     test_job = eval_job(cfg, adapters, rank, "test", test_prompts, n_samples, f"{cfg.name}-interpolate-test")
     test = run_eval(test_job, out / "test")  # read once, for the table: nothing is chosen on it
+    test_metrics = {a: _metrics(test, alpha_label(a), ks) for a in grid}
     summary = {
         "run": str(run_dir),
         "from": str(start),
@@ -192,8 +199,7 @@ def run_interpolation(
             "among": {alpha_label(a): m for a, m in val_metrics.items()},
         },
         "curve": [
-            {"alpha": a, "adapter": str(adapters[a]), "val": val_metrics[a], "test": _metrics(test, alpha_label(a), ks)}
-            for a in grid
+            {"alpha": a, "adapter": str(adapters[a]), "val": val_metrics[a], "test": test_metrics[a]} for a in grid
         ],
         "test_stats": test.get("stats", {}),
         "splits": {
@@ -252,6 +258,19 @@ def interpolate_seeds(
     return result
 
 
+def _common_grid(summaries: Sequence[dict[str, Any]]) -> tuple[list[float], list[int]]:
+    """The α grid and the ks every seed's summary shares, or a ConfigError saying why they cannot be pooled."""
+    if len(summaries) < 2:
+        raise ConfigError(f"RUN: a summary over seeds needs 2 or more runs, got {len(summaries)}")
+    grids = {tuple(s["alphas"]) for s in summaries}
+    if len(grids) != 1:
+        raise ConfigError(f"RUN: the runs were interpolated at different α grids {sorted(grids)}: use one --alphas")
+    grid = list(next(iter(grids)))
+    if 0.0 not in grid:
+        raise ConfigError("--alphas: a summary over seeds compares with α = 0 ('from'): include 0")
+    return grid, sorted(int(k.split("@")[1]) for k in summaries[0]["curve"][0]["test"] if k.startswith("pass@"))
+
+
 def summarize_seeds(summaries: Sequence[dict[str, Any]], margin: float = 0.01) -> dict[str, Any]:
     """The curve over seeds: one :func:`run_interpolation` summary per seed (the same grid), on test.
 
@@ -264,15 +283,7 @@ def summarize_seeds(summaries: Sequence[dict[str, Any]], margin: float = 0.01) -
 
     from polyray.eval.stats import equivalence_tost, holm, interval_over_seeds, paired_t
 
-    if len(summaries) < 2:
-        raise ConfigError(f"RUN: a summary over seeds needs 2 or more runs, got {len(summaries)}")
-    grids = {tuple(s["alphas"]) for s in summaries}
-    if len(grids) != 1:
-        raise ConfigError(f"RUN: the runs were interpolated at different α grids {sorted(grids)}: use one --alphas")
-    grid = list(next(iter(grids)))
-    if 0.0 not in grid:
-        raise ConfigError("--alphas: a summary over seeds compares with α = 0 ('from'): include 0")
-    ks = sorted(int(k.split("@")[1]) for k in summaries[0]["curve"][0]["test"] if k.startswith("pass@"))
+    grid, ks = _common_grid(summaries)
     top = f"pass@{max(ks)}"
 
     def values(alpha_of: Sequence[float], metric: str) -> np.ndarray:

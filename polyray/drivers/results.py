@@ -20,6 +20,7 @@ from polyray.config import RunConfig
 from polyray.eval.record import EvalRecord
 from polyray.io import ConfigError, dump_config, write_json_atomic
 from polyray.rollout.store import STORE_DIR
+from polyray.tasks import TASK_DIVERSITIES
 
 SPLIT_NAMES = {"test": "test", "val": "validation"}
 
@@ -106,15 +107,14 @@ def results_table(results: RunResults, ks: list[int]) -> Table:
         table.add_column(f"usq@{k}", justify="right")
     table.add_column("reward", justify="right")
     table.add_column(metric_label("distinct_samples"), justify="right")
-    exprs = any("countdown_expr" in r.diversity for r in results.evaluations.values())
-    if exprs:
-        table.add_column(metric_label("diversity/countdown_expr"), justify="right")
+    # a task's own diversity (its answers told apart as the task reads them) where the run logged one
+    own = [d for d in TASK_DIVERSITIES if any(d in r.diversity for r in results.evaluations.values())]
+    for d in own:
+        table.add_column(metric_label(f"diversity/{d}"), justify="right")
     nan = float("nan")
     for name, r in results.evaluations.items():
         distinct = r.distinct_samples.mean if r.distinct_samples is not None else nan
-        expr = (
-            [f"{r.diversity['countdown_expr'].mean if 'countdown_expr' in r.diversity else nan:.2f}"] if exprs else []
-        )
+        expr = [f"{r.diversity[d].mean if d in r.diversity else nan:.2f}" for d in own]
         table.add_row(
             name,
             *[f"{r.pass_at_k[k].mean:.3f}" for k in ks],

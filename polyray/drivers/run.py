@@ -29,18 +29,18 @@ import ray
 
 from polyray.cluster import init_ray, needed_cpus, run_demands
 from polyray.config import RunConfig
+from polyray.drivers.preflight import check_inputs, plan_memory, worker_config
 from polyray.drivers.results import SPLIT_NAMES, RunResults, open_run_dir, results_table, write_results
 from polyray.eval.policy_eval import build_eval_task
 from polyray.eval.record import EvalRecord
-from polyray.io import ConfigError, Timer, console, make_progress, warn
+from polyray.io import Timer, console, make_progress, warn
 from polyray.learner.logs import StepLogs
-from polyray.models.source import offline_model_dir, prepare_model_dir
+from polyray.models.source import prepare_model_dir
 from polyray.reward.engagement import ensure_engagement_model
-from polyray.reward.plan import POSTS_LABEL, models_to_train, scores_rollouts
-from polyray.reward.plan import plan as plan_rewards
+from polyray.reward.plan import POSTS_LABEL, scores_rollouts
 from polyray.rollout.store import STORE_DIR
 from polyray.storage import share_model
-from polyray.tracking import VAL_EVAL, check_tracking, open_tracker
+from polyray.tracking import VAL_EVAL, open_tracker
 
 if TYPE_CHECKING:
     from polyray.rollout.pool import RolloutPool
@@ -113,48 +113,6 @@ def share_adapter(shared, path: Path, name: str) -> str:
     return str(path) if shared is None else str(shared.put_dir(path, "adapters", name))
 
 
-def check_inputs(run: RunConfig) -> list:
-    """Everything about ``run`` that can be checked before anything starts: the user's data is read
-    (a bad line, an empty file, a train prompt SFT has no reference for: one error naming
-    file:line), the splits are drawn, the evaluation settings fit the task, and every phase's
-    reward is checked. Returns the engagement models to train first
-    (:class:`~polyray.reward.plan.EngagementTraining`)."""
-    from polyray.tasks import build_task
-
-    check_tracking(run.tracking)
-    check_generation(run)
-    task = build_task(run.task)
-    task.prompts("test", 1)  # draws the splits: too few prompts for them is an error now, not later
-    if any(p.type in ("sft", "polychromic_sft") for p in run.phases):
-        task.check_references()
-    if run.init_adapter and not (Path(run.init_adapter) / "adapter_config.json").is_file():
-        raise ConfigError(f"init_adapter: {run.init_adapter} is not a saved LoRA adapter (no adapter_config.json)")
-    if run.eval.few_shot and not task.supports_few_shot:
-        raise ConfigError(f"eval.few_shot: task {task.name!r} has no few-shot format (set eval.few_shot: 0)")
-    plan_memory(run, offline_model_dir(run.model, run.task))
-    return models_to_train(plan_rewards(run, task), run)
-
-
-def plan_memory(run: RunConfig, model_dir: Path | None) -> list[str]:
-    """The memory plan's header lines (:mod:`polyray.learner.memory`); a config whose learner rank or
-    rollout worker cannot fit its declared GPU memory is refused (one ConfigError line naming the field).
-
-    For the model in ``model_dir`` (its config.json; its tokenizer bounds the sequence lengths by the
-    training prompts), or, before the model is at hand, the embedded model's settings or a known model's
-    published ones (:data:`polyray.models.shapes.KNOWN_CONFIGS`: refused before its download) with lengths
-    bounded by ``rollout.max_model_len``; nothing (an empty list) for another hub model not yet downloaded:
-    :func:`prepare_inputs` plans it once it is."""
-    from polyray.learner.memory import bound_lengths, check_run, longest_sequences
-    from polyray.models.shapes import KNOWN_CONFIGS
-    from polyray.models.source import model_config
-
-    config = model_config(run.model, model_dir) or (KNOWN_CONFIGS.get(run.model.source) if model_dir is None else None)
-    if config is None:
-        return []
-    lengths = bound_lengths(run, *longest_sequences(run, model_dir)) if model_dir is not None else bound_lengths(run)
-    return check_run(run, config, lengths)
-
-
 def generation_args(run: RunConfig, out: Path, model_dir, store_root: str | None = None) -> dict[str, Any]:
     """The generation service's args for the live policy of ``run``: the run's model (a path, or its
     reference in cluster.storage), engine settings and adapter store (``store_root``: the run's in
@@ -176,19 +134,6 @@ def generation_cpus(args: dict[str, Any]) -> float:
 
     cfg = GenerationServiceConfig.model_validate(args)
     return cfg.num_cpus * cfg.num_replicas
-
-
-def check_generation(run: RunConfig) -> None:
-    """``generation.args`` validate as the service's settings (the run fills in the model)."""
-    from pydantic import ValidationError
-
-    from polyray.config.services import GenerationServiceConfig
-    from polyray.io import format_validation_error
-
-    try:
-        GenerationServiceConfig.model_validate({"model_dir": ".", **run.generation.args})
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, "generation.args")) from None
 
 
 def run_pipeline(
@@ -332,42 +277,6 @@ def quality_judge(task, run: RunConfig) -> dict[str, Any] | None:
         "reward_model": str(reward),
         "circular": judge == reward,
     }
-
-
-def worker_config(run: RunConfig) -> RunConfig:
-    """The config learner ranks (and through them reward replicas) get: ``run`` itself, or with
-    ``cluster.storage`` its data file and every engagement model it reads put into storage and named by
-    their references there (each worker copies them to its own node), in place of the driver's paths."""
-    if run.cluster.storage is None:
-        return run
-    from polyray.tasks import build_task
-    from polyray.tasks.data import is_hub
-
-    shared: dict[str, str] = {}
-    path = getattr(run.task, "path", None)
-    if path and not is_hub(path):
-        shared[path] = str(share_model(run.cluster.storage, path, "data"))
-    task = build_task(run.task)
-    for model in plan_rewards(run, task).engagement_models:
-        shared[str(model)] = str(share_model(run.cluster.storage, model, "engagement"))
-    data = _replace_strings(run.model_dump(mode="json"), shared)
-    for key, default in (
-        ("engagement_model", "engagement_model_dir"),
-        ("eval_engagement_model", "eval_engagement_model_dir"),
-    ):
-        local = str(getattr(task, default)()) if hasattr(task, default) else None
-        if data["task"].get(key, "") is None and local in shared:  # the cache entry (per file, seed and rows)
-            data["task"][key] = shared[local]
-    return RunConfig.model_validate(data)
-
-
-def _replace_strings(value, replace: dict[str, str]):
-    """``value`` (JSON data) with every string that is a key of ``replace`` replaced by its value."""
-    if isinstance(value, dict):
-        return {k: _replace_strings(v, replace) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_replace_strings(v, replace) for v in value]
-    return replace.get(value, value) if isinstance(value, str) else value
 
 
 def start_ray(state: RunState, generation: dict[str, Any] | None) -> None:

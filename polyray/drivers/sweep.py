@@ -259,7 +259,7 @@ def run_trials(
     from ray import tune
 
     from polyray.cluster import init_ray
-    from polyray.drivers.run import check_inputs
+    from polyray.drivers.preflight import check_inputs
     from polyray.models.source import prepare_model_dir
 
     for run in configs:

@@ -241,6 +241,17 @@ def _picked_quality(
     return float(vals.mean()), (float(vals.var(ddof=1)) / n_draws if n_draws > 1 else math.nan)
 
 
+def _prompt_usq(i: int, q: np.ndarray, s_in: np.ndarray | None, k: int, selector: str, mc):
+    """One prompt's (picked quality, its Monte-Carlo variance, random bound, oracle bound)."""
+    if s_in is not None and s_in.shape != q.shape:
+        raise ValueError(f"selector_scores[{i}] has shape {s_in.shape}, qualities[{i}] has {q.shape}")
+    if not 1 <= k <= q.size:
+        raise ValueError(f"k={k} out of range for prompt {i} with n={q.size} candidates")
+    s = np.asarray(SELECTORS[selector](q, s_in), dtype=np.float64)
+    value, variance = _picked_quality(q, s, k, mc)
+    return value, variance, float(q.mean()), float(compute_pick_probabilities(q, k) @ q)
+
+
 def compute_usq_at_k(
     qualities: np.ndarray | Sequence[np.ndarray],
     selector_scores: np.ndarray | Sequence[np.ndarray] | None,
@@ -278,18 +289,9 @@ def compute_usq_at_k(
         raise ValueError(f"n_draws must be >= 1, got {n_draws}")
     gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
 
-    per_prompt, var_prompt, rand_b, orac_b = [], [], [], []
-    for i, (q, s_in) in enumerate(zip(q_groups, s_groups)):
-        if s_in is not None and s_in.shape != q.shape:
-            raise ValueError(f"selector_scores[{i}] has shape {s_in.shape}, qualities[{i}] has {q.shape}")
-        if not 1 <= k <= q.size:
-            raise ValueError(f"k={k} out of range for prompt {i} with n={q.size} candidates")
-        s = np.asarray(SELECTORS[selector](q, s_in), dtype=np.float64)
-        rand_b.append(float(q.mean()))
-        orac_b.append(float(compute_pick_probabilities(q, k) @ q))
-        value, variance = _picked_quality(q, s, k, None if exact else (gen, n_draws))
-        per_prompt.append(value)
-        var_prompt.append(variance)
+    mc = None if exact else (gen, n_draws)
+    rows = [_prompt_usq(i, q, s_in, k, selector, mc) for i, (q, s_in) in enumerate(zip(q_groups, s_groups))]
+    per_prompt, var_prompt, rand_b, orac_b = (list(col) for col in zip(*rows))
 
     P = len(q_groups)
     usq = float(np.mean(per_prompt))

@@ -61,280 +61,21 @@ from typing import Any
 
 import numpy as np
 
-from polyray.eval.figures import FIGURE_IDS, FIGURES, ONLY_WITH_INPUT, report_ks, report_models, value
+from polyray.eval.figures import FIGURE_IDS, FIGURES, ONLY_WITH_INPUT, report_models, value
+from polyray.eval.report_tables import (
+    best_per_column,
+    html_hypotheses_table,
+    html_main_table,
+    html_seed_table,
+    html_selection_table,
+    html_stats_table,
+    main_table_rows,
+)
 
 __all__ = ["FIGURE_IDS", "render_html", "render_latex_table", "write_report", "write_samples_jsonl"]
 
 
-# --------------------------------------------------------------------------- values
-
-
-def _fmt(v: Any, digits: int = 3) -> str:
-    m, lo, hi = value(v)
-    if not math.isfinite(m):
-        return "–"
-    if lo is not None and hi is not None:
-        return f"{m:.{digits}f} ± {(hi - lo) / 2:.{digits}f}"
-    return f"{m:.{digits}f}"
-
-
-# --------------------------------------------------------------------------- tables
-
-
-def _table_columns(results: dict[str, Any]) -> tuple[list[int], int | None, list[str]]:
-    models, ks = report_models(results), report_ks(results)
-    cfg = results.get("table") or {}
-    usq_ks = sorted({k for m in models.values() for k in m.usq_at_k})
-    usq_k = int(cfg["usq_k"]) if cfg.get("usq_k") is not None else (max(usq_ks) if usq_ks else None)
-    divs = cfg.get("diversity")
-    if divs is None:
-        divs = list(dict.fromkeys(d for m in models.values() for d in m.diversity))
-    return ks, usq_k, list(divs)
-
-
-def _table_rows(results: dict[str, Any]) -> tuple[list[str], list[tuple[str, list[Any]]]]:
-    """Columns pass@k, USQ@k, distinct samples (where measured), each diversity; one name per measure
-    (:func:`polyray.eval.record.metric_label`: "distinct samples" is not "distinct expressions")."""
-    from polyray.eval.record import metric_label
-
-    ks, usq_k, divs = _table_columns(results)
-    models = report_models(results)
-    distinct = any(m.distinct_samples is not None for m in models.values())
-    header = (
-        [f"pass@{k}" for k in ks]
-        + ([f"USQ@{usq_k}"] if usq_k else [])
-        + ([metric_label("distinct_samples")] if distinct else [])
-        + [metric_label(d) for d in divs]
-    )
-    rows = []
-    for name, m in models.items():
-        curve, usq, dv = m.pass_at_k, m.usq_at_k, m.diversity
-        cells = (
-            [curve.get(k) for k in ks]
-            + ([usq.get(usq_k)] if usq_k else [])
-            + ([m.distinct_samples] if distinct else [])
-            + [dv.get(d) for d in divs]
-        )
-        rows.append((name, cells))
-    return header, rows
-
-
-def _best_per_column(rows: list[tuple[str, list[Any]]]) -> list[float]:
-    ncol = len(rows[0][1]) if rows else 0
-    best = []
-    for j in range(ncol):
-        vals = [value(r[1][j])[0] for r in rows]
-        vals = [v for v in vals if math.isfinite(v)]
-        best.append(max(vals) if len(vals) > 1 else math.nan)
-    return best
-
-
-def _html_main_table(results: dict[str, Any]) -> str | None:
-    header, rows = _table_rows(results)
-    if not rows or not header:
-        return None
-    best = _best_per_column(rows)
-    out = ['<table id="table-main" class="results"><thead><tr><th>model</th>']
-    out += [f"<th>{html.escape(h)}</th>" for h in header]
-    out.append("</tr></thead><tbody>")
-    for name, cells in rows:
-        out.append(f"<tr><th>{html.escape(name)}</th>")
-        for j, c in enumerate(cells):
-            is_best = math.isfinite(best[j]) and value(c)[0] == best[j]
-            out.append(f"<td{' class=best' if is_best else ''}>{html.escape(_fmt(c))}</td>")
-        out.append("</tr>")
-    out.append("</tbody></table>")
-    return "".join(out)
-
-
-def _html_selection_table(results: dict[str, Any]) -> str | None:
-    """What was chosen, on which split and by which metric, with every candidate's value."""
-    rows = results.get("selection") or []
-    if not rows:
-        return None
-    out = ['<table id="table-selection" class="results"><thead><tr>']
-    out += [f"<th>{h}</th>" for h in ("selection", "chosen", "selected on", "metric", "candidates (mean over seeds)")]
-    out.append("</tr></thead><tbody>")
-    for r in rows:
-        among = ", ".join(
-            f"{k}: {v:.4g}" if isinstance(v, (int, float)) else f"{k}: –" for k, v in r.get("among", {}).items()
-        )
-        cells = [str(r.get("chosen", "–")), str(r.get("selected_on", "–")), str(r.get("metric", "–")), among]
-        out.append(
-            f"<tr><th>{html.escape(str(r.get('what', '')))}</th>"
-            + "".join(f"<td>{html.escape(c)}</td>" for c in cells)
-            + "</tr>"
-        )
-    out.append("</tbody></table>")
-    return "".join(out)
-
-
-def hypothesis_rows(hypotheses: dict[str, Any]) -> list[tuple[str, list[str]]]:
-    """Per declared hypothesis (experiment.json's ``hypotheses``) the cells of its table row: claim,
-    seeds, raised (difference, 95% interval, p), kept (difference, 90% interval, margin, TOST p), verdict."""
-
-    def num(x: float | None, fmt: str) -> str:
-        return "–" if x is None else format(x, fmt)
-
-    rows = []
-    for name, h in hypotheses.items():
-        claim = (
-            f"{h['treatment']} raises {h['raise_metric']} over {h['control']}, keeps {h['keep_metric']}"
-            f" within {h['keep_within']:.0%}"
-        )
-        r, k = h.get("raise") or {}, h.get("keep") or {}
-        raised = (
-            (
-                f"{num(r.get('difference'), '+.3f')} [{num(r.get('low'), '+.3f')}, {num(r.get('high'), '+.3f')}],"
-                f" p {num(r.get('pvalue'), '.3g')}"
-            )
-            if r
-            else "–"
-        )
-        kept = (
-            (
-                f"{num(k.get('difference'), '+.3f')} [{num(k.get('low'), '+.3f')}, {num(k.get('high'), '+.3f')}]"
-                f" vs ±{num(k.get('margin'), '.3f')}, TOST p {num(k.get('pvalue'), '.3g')}"
-            )
-            if k
-            else "–"
-        )
-        verdict = h["verdict"] + (f" ({'; '.join(h['reasons'])})" if h.get("reasons") else "")
-        rows.append((name, [claim, str(h.get("n_seeds", 0)), raised, kept, verdict]))
-    return rows
-
-
-HYPOTHESIS_COLUMNS = (
-    "hypothesis",
-    "claim",
-    "seeds",
-    "raised: difference [95% CI], paired t p",
-    "kept: difference [90% CI] vs margin, TOST p",
-    "verdict",
-)
-
-
-def _html_hypotheses_table(results: dict[str, Any]) -> str | None:
-    rows = hypothesis_rows(results.get("hypotheses") or {})
-    if not rows:
-        return None
-    out = ['<table id="table-hypotheses" class="results"><thead><tr>']
-    out += [f"<th>{h}</th>" for h in HYPOTHESIS_COLUMNS]
-    out.append("</tr></thead><tbody>")
-    for name, cells in rows:
-        out.append(f"<tr><th>{html.escape(name)}</th>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-    out.append("</tbody></table>")
-    return "".join(out)
-
-
-def _html_stats_table(results: dict[str, Any]) -> str | None:
-    stats = results.get("stats") or {}
-    if not stats:
-        return None
-
-    def p(d: dict, key: str) -> str:
-        v = (d.get(key) or {}).get("pvalue")
-        return "–" if v is None else f"{v:.3g}"
-
-    head = [
-        "comparison",
-        "mean diff",
-        "95% bootstrap CI over prompts, given the models",
-        "Mann–Whitney p",
-        "Wilcoxon p",
-        "paired t p",
-        "Holm p",
-        "Cohen's d",
-        "d_z",
-        "Cliff's δ",
-    ]
-    out = ['<table id="table-stats" class="results"><thead><tr>']
-    out += [f"<th>{h}</th>" for h in head]
-    out.append("</tr></thead><tbody>")
-    for name, d in stats.items():
-        ci = d.get("bootstrap_ci") or {}
-        cells = [
-            f"{d.get('mean_diff', math.nan):+.4f}",
-            f"[{ci.get('low', math.nan):+.4f}, {ci.get('high', math.nan):+.4f}]" if ci else "–",
-            p(d, "mann_whitney"),
-            p(d, "wilcoxon"),
-            p(d, "paired_t"),
-            f"{d['pvalue_holm']:.3g}" if "pvalue_holm" in d else "–",
-            f"{d.get('cohens_d', math.nan):.3f}",
-            f"{d['cohens_dz']:.3f}" if "cohens_dz" in d else "–",
-            f"{d.get('cliffs_delta', math.nan):.3f}",
-        ]
-        out.append(f"<tr><th>{html.escape(name)}</th>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-    out.append("</tbody></table>")
-    return "".join(out)
-
-
-def _html_seed_table(results: dict[str, Any]) -> str | None:
-    """An experiment's comparisons (``polyray experiment``'s experiment.json ``comparisons``): per
-    comparison and metric the difference with its t-interval over seeds (conditional on the test
-    prompts), the t and rank tests with Holm p, TOST equivalence at its margin, and the bootstrap
-    interval over seeds and prompts (conditional on nothing)."""
-    comparisons = results.get("seed_comparisons") or {}
-    if not any(c.get("metrics") for c in comparisons.values()):
-        return None
-
-    def iv(lo: Any, hi: Any) -> str:
-        return "–" if lo is None or hi is None else f"[{lo:+.3f}, {hi:+.3f}]"
-
-    def p(o: dict, key: str) -> str:
-        v, adj = o.get(key), o.get(f"{key}_holm")
-        return "–" if v is None else f"{v:.3g}" + (f" ({adj:.3g})" if adj is not None else "")
-
-    head = [
-        "comparison",
-        "metric",
-        "seeds",
-        "design",
-        "difference",
-        "95% CI over seeds (given the test prompts)",
-        "t-test p (Holm)",
-        "rank test p (Holm)",
-        "TOST: equivalent within ±margin (Holm p)",
-        "95% bootstrap CI over seeds and prompts",
-    ]
-    out = ['<table id="table-seeds" class="results"><thead><tr>']
-    out += [f"<th>{html.escape(h)}</th>" for h in head]
-    out.append("</tr></thead><tbody>")
-    floors = set()
-    for name, c in comparisons.items():
-        for metric, e in (c.get("metrics") or {}).items():
-            o = e.get("over_seeds") or {}
-            paired = o.get("design") == "paired"
-            boot = (e.get("within_seed") or {}).get("hierarchical_bootstrap") or {}
-            if o.get("wilcoxon_min_p") is not None and o["wilcoxon_min_p"] > 0.05:
-                floors.add(o["wilcoxon_min_p"])
-            tost = (
-                "–"
-                if o.get("tost_p") is None
-                else (
-                    f"{'yes' if o.get('equivalent') else 'not shown'} ±{o['equivalence_margin']:g}, p {p(o, 'tost_p')}"
-                )
-            )
-            cells = [
-                metric,
-                ",".join(map(str, c.get("seeds", []))),
-                o.get("design", "–"),
-                f"{e.get('difference', math.nan):+.4f}",
-                iv(*(o.get("ci95") or [None, None])),
-                ("paired t " if paired else "Welch ") + p(o, "paired_t_p" if paired else "welch_p"),
-                ("Wilcoxon " if paired else "Mann–Whitney ") + p(o, "wilcoxon_p" if paired else "mann_whitney_p"),
-                tost,
-                iv(boot.get("low"), boot.get("high")),
-            ]
-            row = "".join(f"<td>{html.escape(x)}</td>" for x in cells)
-            out.append(f"<tr><th>{html.escape(name)}</th>{row}</tr>")
-    out.append("</tbody></table>")
-    if floors:
-        out.append(
-            f"<p>With these seeds the exact Wilcoxon signed-rank p cannot go below {min(floors):.3g}: "
-            "the rank test cannot reject at 0.05 whatever the effect.</p>"
-        )
-    return "".join(out)
+# --------------------------------------------------------------------------- LaTeX
 
 
 _TEX_ESCAPES = {
@@ -360,10 +101,10 @@ _DEFAULT_CAPTION = r"Pass@k, USQ@k and diversity per model (mean $\pm$ 95\% CI h
 
 def render_latex_table(results: dict[str, Any], caption: str | None = None, label: str = "tab:main") -> str:
     """The main table as a booktabs LaTeX ``table`` (needs ``\\usepackage{booktabs}``)."""
-    header, rows = _table_rows(results)
+    header, rows = main_table_rows(results)
     if not rows:
         raise ValueError("results['models'] is empty: nothing to tabulate")
-    best = _best_per_column(rows)
+    best = best_per_column(rows)
     lines = [
         r"\begin{table}[t]",
         r"\centering",
@@ -414,20 +155,20 @@ def render_html(results: dict[str, Any]) -> str:
         raise ValueError(f"results must be a dict, got {type(results).__name__}")
     title = html.escape(str(results.get("title", "polyray evaluation")))
     body = [f"<h1>{title}</h1>"]
-    table = _html_main_table(results)
+    table = html_main_table(results)
     body.append('<section id="section-table"><h2>Main table</h2>')
     body.append(table or '<div id="table-main" class="skipped">Skipped: no models in results[\'models\'].</div>')
     body.append("</section>")
-    selection = _html_selection_table(results)
+    selection = html_selection_table(results)
     if selection:
         body.append(f'<section id="section-selection"><h2>Selection (validation only)</h2>{selection}</section>')
-    hypotheses = _html_hypotheses_table(results)
+    hypotheses = html_hypotheses_table(results)
     if hypotheses:
         body.append(f'<section id="section-hypotheses"><h2>Hypotheses (declared in advance)</h2>{hypotheses}</section>')
-    stats = _html_stats_table(results)
+    stats = html_stats_table(results)
     if stats:
         body.append(f'<section id="section-stats"><h2>Statistics</h2>{stats}</section>')
-    seeds = _html_seed_table(results)
+    seeds = html_seed_table(results)
     if seeds:
         body.append(f'<section id="section-seeds"><h2>Comparisons over seeds</h2>{seeds}</section>')
     for div_id, heading, build in FIGURES:

@@ -225,6 +225,18 @@ class GenerationDeployment:
             os.environ.setdefault(key, value)
         app.state.api_key = read_api_key(cfg)
         app.state.max_body_bytes = cfg.max_body_bytes
+        await self._start_engine(cfg)
+        store = self._adapter_store(cfg)
+        metrics = Metrics({"run": cfg.run}, GAUGES, HISTOGRAMS)
+        self.catalog = AdapterCatalog(
+            self.engine, self.models, cfg.base_name, cfg.adapters, store, self.adapter_root, cfg.keep_versions, metrics
+        )
+        await self.catalog.start()  # a (re)started replica has the newest version before it serves
+        self.created = int(time.time())
+        self._poller = asyncio.create_task(self._poll()) if store is not None else None
+
+    async def _start_engine(self, cfg: GenerationServiceConfig) -> None:
+        """The vLLM engine and its OpenAI completion and chat servers, with the run's static adapters."""
         from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
         from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
         from vllm.entrypoints.openai.models.protocol import BaseModelPath
@@ -258,23 +270,20 @@ class GenerationDeployment:
             chat_template=template,
             chat_template_content_format="auto",
         )
-        store = None
-        if cfg.store_root:
-            import ray
 
-            from polyray.rollout.store import STORE_NAMESPACE, open_store, store_actor_name
+    @staticmethod
+    def _adapter_store(cfg: GenerationServiceConfig):
+        """The run's adapter store to follow, or None when the service serves fixed adapters."""
+        if not cfg.store_root:
+            return None
+        import ray
 
-            try:  # the live run's store, or the one `polyray serve generation` opened
-                store = ray.get_actor(store_actor_name(cfg.store_root), namespace=STORE_NAMESPACE)
-            except ValueError:  # none (serve deploy, a RayService): open the directory, for every replica
-                store = open_store(cfg.store_root, keep=1 << 30, detached=True)
-        metrics = Metrics({"run": cfg.run}, GAUGES, HISTOGRAMS)
-        self.catalog = AdapterCatalog(
-            self.engine, self.models, cfg.base_name, cfg.adapters, store, self.adapter_root, cfg.keep_versions, metrics
-        )
-        await self.catalog.start()  # a (re)started replica has the newest version before it serves
-        self.created = int(time.time())
-        self._poller = asyncio.create_task(self._poll()) if store is not None else None
+        from polyray.rollout.store import STORE_NAMESPACE, open_store, store_actor_name
+
+        try:  # the live run's store, or the one `polyray serve generation` opened
+            return ray.get_actor(store_actor_name(cfg.store_root), namespace=STORE_NAMESPACE)
+        except ValueError:  # none (serve deploy, a RayService): open the directory, for every replica
+            return open_store(cfg.store_root, keep=1 << 30, detached=True)
 
     async def _poll(self) -> None:
         while True:

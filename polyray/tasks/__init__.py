@@ -49,6 +49,17 @@ def diversities_for(names: list[str], task_type: str) -> list[str]:
     return [name for name in names if TASK_DIVERSITIES.get(name, task_type) == task_type]
 
 
+def embedded_model_task(configs: list[Any]) -> Any:
+    """The task the embedded model is pretrained on for a job over ``configs``: the generator settings of
+    the first countdown-family task (the embedded default's corpus), else countdown's defaults."""
+    from polyray.config.tasks import CountdownTaskConfig
+
+    countdown = next((t for t in configs if t.type == "countdown"), None)
+    if countdown is None:
+        return CountdownTaskConfig()
+    return CountdownTaskConfig(**countdown.model_dump(include=set(CountdownTaskConfig.model_fields)))
+
+
 def answer_key(text: str, answer: str) -> str:
     """The answer ``text`` gives, read as ``answer`` (a key of :data:`ANSWER_KEYS`) reads it."""
     return ANSWER_KEYS[answer](text)
@@ -60,6 +71,7 @@ __all__ = [
     "TASK_DIVERSITIES",
     "answer_key",
     "diversities_for",
+    "embedded_model_task",
     "Judgement",
     "Prompt",
     "Task",

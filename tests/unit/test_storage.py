@@ -167,7 +167,7 @@ def test_a_worker_reads_the_data_and_the_engagement_model_from_storage_not_the_d
     import shutil
 
     from polyray.config import load_config
-    from polyray.drivers.run import worker_config
+    from polyray.drivers.preflight import worker_config
     from polyray.reward.engagement import ensure_engagement_model
     from polyray.reward.scorer import RewardScorer
     from polyray.reward.service import resolve_reward

@@ -16,10 +16,10 @@ from pathlib import Path
 import yaml
 
 from polyray.config.eval_job import EvalJobConfig
-from polyray.config.tasks import CountdownTaskConfig
 from polyray.io import ConfigError, warn
 from polyray.models.run_dir import resolve_adapter_dirs
 from polyray.models.source import prepare_model_dir
+from polyray.tasks import embedded_model_task
 
 
 @dataclass(frozen=True)
@@ -86,11 +86,8 @@ def dynamics_file(p: Path) -> Path | None:
 
 
 def prepare_base_model(cfg: EvalJobConfig) -> Path:
-    """The base model directory; the embedded model is keyed by a countdown task spec."""
-    countdown = next((t for t in cfg.tasks if t.type == "countdown"), None)
-    fields = set(CountdownTaskConfig.model_fields)
-    spec = CountdownTaskConfig(**countdown.model_dump(include=fields)) if countdown else CountdownTaskConfig()
-    return prepare_model_dir(cfg.model, spec)
+    """The base model directory (the embedded model is built for the job's tasks)."""
+    return prepare_model_dir(cfg.model, embedded_model_task(cfg.tasks))
 
 
 def warn_other_base(cfg: EvalJobConfig, models: list[ResolvedModel]) -> None:

@@ -17,6 +17,7 @@ from polyray.config.eval_job import EvalJobConfig
 from polyray.drivers.evaluate.plan import EvalUnit
 from polyray.eval.record import Estimate, EvalRecord
 from polyray.io import console, warn, write_json_atomic
+from polyray.tasks import TASK_DIVERSITIES
 
 
 def json_safe(o: Any) -> Any:
@@ -116,7 +117,7 @@ def results_table(results: dict[str, Any]):
     from polyray.eval.record import metric_label
 
     ks = results["ks"]
-    divs = [d for d in ("semantic", "distinct_2", "countdown_expr") if d in results["diversity_metrics"]][:2]
+    divs = [d for d in ("semantic", "distinct_2", *TASK_DIVERSITIES) if d in results["diversity_metrics"]][:2]
     table = Table(title=f"polyray eval: {results['name']}")
     table.add_column("model")
     for k in ks:

@@ -205,7 +205,7 @@ def test_model_config_plans_a_model_not_at_hand(monkeypatch, tmp_path):
 
 
 def test_the_driver_refuses_a_known_model_too_big_for_its_gpus_before_downloading_it(monkeypatch, tmp_path):
-    from polyray.drivers.run import plan_memory
+    from polyray.drivers.preflight import plan_memory
 
     _offline(monkeypatch, tmp_path)
     run = load_config(ROOT / "configs/gpu/qwen3_0.6b.yaml", ["learner.gpu_memory_gib=24"])

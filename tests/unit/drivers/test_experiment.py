@@ -119,7 +119,7 @@ def test_bad_branch_names_the_field(tmp_path, runs, message):
 
 def test_init_adapter_must_be_a_saved_adapter(tmp_path):
     from polyray.config import RunConfig
-    from polyray.drivers.run import check_inputs
+    from polyray.drivers.preflight import check_inputs
 
     with pytest.raises(ConfigError, match=f"init_adapter: {tmp_path} is not a saved LoRA adapter"):
         check_inputs(RunConfig(init_adapter=str(tmp_path)))

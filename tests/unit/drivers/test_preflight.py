@@ -87,7 +87,7 @@ def test_a_joined_cluster_is_given_time_to_grow(ray_cluster, monkeypatch):
 def test_gpu_memory_comes_from_the_cluster_the_smallest_gpu_checked(monkeypatch, tmp_path):
     """The plan checks the smallest GPU the cluster reported (an actor may land on any node); a setting wins."""
     from polyray.cluster import with_cluster_gpu_memory
-    from polyray.drivers.run import plan_memory
+    from polyray.drivers.preflight import plan_memory
     from polyray.io import ConfigError
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

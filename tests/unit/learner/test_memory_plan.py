@@ -337,7 +337,7 @@ def test_the_driver_plans_the_embedded_model_before_and_after_it_is_built(tmp_pa
     """Before the build: the embedded model's settings, lengths bounded by max_model_len; with a model
     directory: its config.json, lengths bounded by its tokenizer's count of the training prompts."""
     from support.phase_harness import tiny_model_dir
-    from polyray.drivers.run import plan_memory
+    from polyray.drivers.preflight import plan_memory
 
     run = load_config("configs/quickstart.yaml")
     before = plan_memory(run, None)
