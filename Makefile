@@ -39,7 +39,7 @@ quickstart: setup
 
 # Two tests at a time (pytest-xdist, a file per worker, in collection order: e2e first, the longest, so
 # the last files handed out are short): an e2e test spends most of its time starting processes that
-# wait on their imports, so two share the 2 cores well (README, "Tests"); then the `serial` tests, alone.
+# wait on their imports, so two share the 2 cores well (docs/development.md, "Tests"); then the `serial` tests, alone.
 # Both passes always run; make fails at the end if either failed. Exit status 5 (nothing selected,
 # e.g. PYTEST_ARGS naming one file) is not a failure.
 PYTEST := $(VENV)/bin/python -m pytest
@@ -51,7 +51,7 @@ test: setup test-tools
 		rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ] || failed="$$failed serial"; \
 	test -z "$$failed" || { echo "make test: failed in the$$failed pass"; exit 1; }
 
-# What `make test` leaves out as redundant with it (marker `redundant`; README, "Tests", says which and why).
+# What `make test` leaves out as redundant with it (marker `redundant`; docs/development.md, "Tests", says which and why).
 test-slow: setup test-tools
 	$(PYTEST) -m "redundant and not gpu" --durations=10 $(PYTEST_ARGS) || test $$? -eq 5
 
