@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Annotated, Any, List, Optional
 
 import typer
 
@@ -230,24 +230,47 @@ def canary(
     _write(results, json_path)
 
 
-@_command()
-def learner(
-    sizes: List[int] = typer.Option([8, 16, 32, 64], "--sizes", help="Sequences per step, micro-batched (repeatable)."),
-    whole_batch_sizes: List[int] = typer.Option(
-        [8, 16],
+# bench learner's options whose help runs past a line
+_WholeBatchSizes = Annotated[
+    List[int],
+    typer.Option(
         "--whole-batch-sizes",
         help="Sizes also run on the whole-batch path (repeatable): its logits grow with the batch, 64 x 256 tokens"
         " need ~20 GB for two copies alone.",
     ),
-    length: int = typer.Option(
-        256, "--length", help="Tokens per sequence (a prompt of 32-64, the completion the rest)."
+]
+_Length = Annotated[
+    int, typer.Option("--length", help="Tokens per sequence (a prompt of 32-64, the completion the rest).")
+]
+_MicroBatchTokens = Annotated[
+    int, typer.Option("--micro-batch-tokens", help="The micro-batched path's learner.micro_batch_tokens.")
+]
+_LogitsChunkMib = Annotated[
+    float, typer.Option("--logits-chunk-mib", help="The micro-batched path's learner.logits_chunk_mib.")
+]
+_PackingSizes = Annotated[
+    List[int],
+    typer.Option(
+        "--packing-sizes",
+        help="Sizes also run with samples of varied lengths on shared prompts, packed and one a row (repeatable;"
+        " default: the smallest --sizes; none with --gradient-checkpointing).",
     ),
-    micro_batch_tokens: int = typer.Option(
-        2048, "--micro-batch-tokens", help="The micro-batched path's learner.micro_batch_tokens."
-    ),
-    logits_chunk_mib: float = typer.Option(
-        256, "--logits-chunk-mib", help="The micro-batched path's learner.logits_chunk_mib."
-    ),
+]
+_GradientCheckpointing = Annotated[
+    bool, typer.Option("--gradient-checkpointing", help="learner.gradient_checkpointing.")
+]
+_MeasuredSteps = Annotated[
+    int, typer.Option("--measured-steps", min=1, help="Steps timed after the warm-up one (their mean).")
+]
+
+
+@_command()
+def learner(
+    sizes: List[int] = typer.Option([8, 16, 32, 64], "--sizes", help="Sequences per step, micro-batched (repeatable)."),
+    whole_batch_sizes: _WholeBatchSizes = [8, 16],
+    length: _Length = 256,
+    micro_batch_tokens: _MicroBatchTokens = 2048,
+    logits_chunk_mib: _LogitsChunkMib = 256,
     layers: int = typer.Option(2, "--layers", help="Decoder layers of the benchmark model."),
     hidden: int = typer.Option(1024, "--hidden"),
     intermediate: int = typer.Option(3072, "--intermediate"),
@@ -256,35 +279,16 @@ def learner(
     head_dim: int = typer.Option(128, "--head-dim"),
     vocab: int = typer.Option(151_936, "--vocab"),
     threads: int = typer.Option(2, "--threads", help="Torch threads of each measured process."),
-    packing_sizes: List[int] = typer.Option(
-        [],
-        "--packing-sizes",
-        help="Sizes also run with samples of varied lengths on shared prompts, packed and one a row (repeatable;"
-        " default: the smallest --sizes; none with --gradient-checkpointing).",
-    ),
+    packing_sizes: _PackingSizes = [],
     device: str = typer.Option("cpu", "--device", help="cpu, or cuda: the learner on the GPU, its memory the GPU's."),
     dtype: str = typer.Option("float32", "--dtype", help="The base weights' dtype (model.dtype): float32 or bfloat16."),
-    gradient_checkpointing: bool = typer.Option(
-        False, "--gradient-checkpointing", help="learner.gradient_checkpointing."
-    ),
-    measured_steps: int = typer.Option(
-        1, "--measured-steps", min=1, help="Steps timed after the warm-up one (their mean)."
-    ),
+    gradient_checkpointing: _GradientCheckpointing = False,
+    measured_steps: _MeasuredSteps = 1,
     json_path: Optional[Path] = _json,
 ):
     """Peak memory and tokens/s of one GRPO learner step per size, micro-batched vs whole batch, beside the memory
     plan; varied-length samples packed vs one a row. On the CPU, or on a CUDA GPU with --device cuda."""
-    from polyray.cli.common import fail
-
-    if device not in ("cpu", "cuda"):
-        fail(f"--device: {device!r} is not cpu or cuda")
-    if dtype not in ("float32", "bfloat16"):
-        fail(f"--dtype: {dtype!r} is not float32 or bfloat16")
-    if device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            fail("--device cuda: this machine has no CUDA GPU that PyTorch can use")
+    _check_learner_device(device, dtype)
     from polyray.drivers.bench.common import console
     from polyray.drivers.bench.learner import BenchShape, bench_learner, print_learner
 
@@ -309,67 +313,75 @@ def learner(
     _write(results, json_path)
 
 
-@_command()
-def peer(
-    seeds: int = typer.Option(
-        3, "--seeds", min=1, help="Seeds 0..N-1; polyray and TRL run each, then a paired comparison."
-    ),
-    overrides: List[str] = typer.Option(
-        [], "--set", help="Dotted override of the config for both trainers (repeatable)."
-    ),
-    warmup: int = typer.Option(2, "--warmup", min=0, help="Steps left out of each phase's step statistics."),
-    threads: int = typer.Option(
-        2, "--threads", min=1, help="Torch threads of the TRL process (the cores polyray's workers share)."
-    ),
-    margin: float = typer.Option(
-        0.02, "--margin", help="Non-inferiority margin (> 0) of test pass@k: polyray at least TRL's minus this."
-    ),
-    large: bool = typer.Option(True, "--large/--no-large", help="Also the larger-model generation and learner ratios."),
-    large_shape: str = typer.Option(
-        "2,1024,3072,16,8,128,151936",
+def _check_learner_device(device: str, dtype: str) -> None:
+    """``--device`` and ``--dtype`` name ones the learner runs on, and ``cuda`` a GPU that PyTorch can use."""
+    from polyray.cli.common import fail
+
+    if device not in ("cpu", "cuda"):
+        fail(f"--device: {device!r} is not cpu or cuda")
+    if dtype not in ("float32", "bfloat16"):
+        fail(f"--dtype: {dtype!r} is not float32 or bfloat16")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            fail("--device cuda: this machine has no CUDA GPU that PyTorch can use")
+
+
+# bench peer's options whose help runs past a line
+_Seeds = Annotated[
+    int, typer.Option("--seeds", min=1, help="Seeds 0..N-1; polyray and TRL run each, then a paired comparison.")
+]
+_Overrides = Annotated[
+    List[str], typer.Option("--set", help="Dotted override of the config for both trainers (repeatable).")
+]
+_TrlThreads = Annotated[
+    int, typer.Option("--threads", min=1, help="Torch threads of the TRL process (the cores polyray's workers share).")
+]
+_Margin = Annotated[
+    float,
+    typer.Option("--margin", help="Non-inferiority margin (> 0) of test pass@k: polyray at least TRL's minus this."),
+]
+_LargeShape = Annotated[
+    str,
+    typer.Option(
         "--large-shape",
         help="The larger model: layers,hidden,intermediate,heads,kv_heads,head_dim,vocab (Qwen3-0.6B's width and"
         " vocabulary, 2 layers).",
     ),
+]
+_LargeTokens = Annotated[
+    int, typer.Option("--large-tokens", min=1, help="Tokens of every completion (end token ignored).")
+]
+_LargeLearnerSequences = Annotated[
+    int, typer.Option("--large-learner-sequences", min=0, help="Sequences of the learner step (0: none).")
+]
+
+
+@_command()
+def peer(
+    seeds: _Seeds = 3,
+    overrides: _Overrides = [],
+    warmup: int = typer.Option(2, "--warmup", min=0, help="Steps left out of each phase's step statistics."),
+    threads: _TrlThreads = 2,
+    margin: _Margin = 0.02,
+    large: bool = typer.Option(True, "--large/--no-large", help="Also the larger-model generation and learner ratios."),
+    large_shape: _LargeShape = "2,1024,3072,16,8,128,151936",
     large_prompts: int = typer.Option(4, "--large-prompts", min=1),
     large_n: int = typer.Option(4, "--large-n", min=1, help="Samples per prompt on the larger model."),
-    large_tokens: int = typer.Option(
-        128, "--large-tokens", min=1, help="Tokens of every completion (end token ignored)."
-    ),
+    large_tokens: _LargeTokens = 128,
     large_repeats: int = typer.Option(2, "--large-repeats", min=1),
-    large_learner_sequences: int = typer.Option(
-        8, "--large-learner-sequences", min=0, help="Sequences of the learner step (0: none)."
-    ),
+    large_learner_sequences: _LargeLearnerSequences = 8,
     config: str = _config,
     json_path: Optional[Path] = _json,
 ):
     """polyray vs TRL (SFTTrainer, GRPOTrainer) on one config's model, task, reward and settings; the larger-model ratios."""
-    from polyray.cli.common import fail, user_errors
-
-    try:
-        import trl  # noqa: F401
-    except ImportError:
-        fail("bench peer: TRL is not installed (pip install -e '.[bench]')")
-    from polyray.config import load_config
+    run = _peer_config(config, overrides, margin)
+    shape = _large_shape(large_shape)
     from polyray.drivers.bench.common import console
-    from polyray.drivers.bench.learner import BenchShape
-    from polyray.drivers.bench.peer import bench_large, bench_peer, peer_settings, print_large, print_peer
+    from polyray.drivers.bench.peer import bench_peer, print_peer
+    from polyray.drivers.bench.peer_large import bench_large, print_large
 
-    if not margin > 0:
-        fail(f"--margin: must be > 0, got {margin}")
-    with user_errors():
-        run = load_config(config, list(overrides))
-        peer_settings(run)  # a setting TRL cannot express: one line, before anything starts
-    try:
-        dims = [int(v) for v in large_shape.split(",")]
-    except ValueError:
-        dims = []
-    if len(dims) == 7 and min(dims) > 0:
-        shape = BenchShape(*dims)
-    else:
-        fail(
-            f"--large-shape: {large_shape!r} is not 7 positive integers layers,hidden,intermediate,heads,kv_heads,head_dim,vocab"
-        )
     stage = console.rule  # no status spinner: the polyray run shows its own progress bars
     results = bench_peer(config, list(overrides), list(range(seeds)), warmup, threads, on_stage=stage, margin=margin)
     if large:
@@ -388,3 +400,37 @@ def peer(
     if large:
         print_large(results["large"], console)
     _write(results, json_path)
+
+
+def _peer_config(config: str, overrides: List[str], margin: float):
+    """The run config both trainers read, refused in one line before anything starts: TRL not installed, a
+    margin not > 0, a setting TRL cannot express."""
+    from polyray.cli.common import fail, user_errors
+
+    try:
+        import trl  # noqa: F401
+    except ImportError:
+        fail("bench peer: TRL is not installed (pip install -e '.[bench]')")
+    from polyray.config import load_config
+    from polyray.drivers.bench.peer import peer_settings
+
+    if not margin > 0:
+        fail(f"--margin: must be > 0, got {margin}")
+    with user_errors():
+        run = load_config(config, list(overrides))
+        peer_settings(run)  # a setting TRL cannot express: one line, before anything starts
+    return run
+
+
+def _large_shape(text: str):
+    """``--large-shape``'s seven positive integers as the larger model's :class:`BenchShape`."""
+    from polyray.cli.common import fail
+    from polyray.drivers.bench.learner import BenchShape
+
+    try:
+        dims = [int(v) for v in text.split(",")]
+    except ValueError:
+        dims = []
+    if len(dims) == 7 and min(dims) > 0:
+        return BenchShape(*dims)
+    fail(f"--large-shape: {text!r} is not 7 positive integers layers,hidden,intermediate,heads,kv_heads,head_dim,vocab")

@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from polyray.drivers.bench.learner import BenchShape, StepCase, build_bench_model, estimate, measure_step
+from polyray.drivers.bench.learner import BenchShape, StepCase, build_bench_model, estimate
+from polyray.drivers.bench.learner_step import measure_step
 
 pytestmark = [pytest.mark.gpu]
 

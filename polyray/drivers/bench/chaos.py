@@ -419,6 +419,12 @@ def print_chaos(results: dict[str, Any]) -> None:
                 str(len(r["leaked_dirs"])) if "leaked_dirs" in r else "–",
             )
     console.print(table)
+    _print_kill_aftermath(results)
+
+
+def _print_kill_aftermath(results: dict[str, Any]) -> None:
+    """Each kill run's processes and directories that outlived the replica, and its requests that failed
+    outside the outage."""
     for service in ("reward", "generation"):
         r = results.get(service, {}).get("kill", {})
         for pid, title in r.get("orphans", []):

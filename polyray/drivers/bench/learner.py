@@ -3,9 +3,9 @@
 The model has Qwen3-0.6B's width and vocabulary (hidden 1024, MLP 3072, 16 query and 8 key/value heads
 of 128, 151,936 tokens, tied embeddings) and only a few layers, built locally with random weights and
 saved once; the vocabulary is what makes the logits large, the layers only add activations. A stand-in
-pool (:class:`StandInPool`) gives every step the same samples: fixed random token ids, a prompt of 32-64
-tokens and a completion that fills the sequence to ``length``, with a fixed sampling log-prob (that of
-a uniform draw, so importance ratios are near 1). Each measured step is the real thing: a
+pool (:class:`~.learner_step.StandInPool`) gives every step the same samples: fixed random token ids, a
+prompt of 32-64 tokens and a completion that fills the sequence to ``length``, with a fixed sampling
+log-prob (that of a uniform draw, so importance ratios are near 1). Each measured step is the real thing: a
 :class:`~polyray.learner.phases.GRPOPhase` with its :class:`~polyray.learner.phases.StepContext`
 (KL to the adapter-disabled base, so the reference forward runs), peft LoRA on every projection and the
 learner loop's update (:func:`polyray.learner.loop._train_step`: forwards and backwards, clip, AdamW).
@@ -14,11 +14,11 @@ Two paths side by side: **micro-batched** (``learner.micro_batch_tokens`` fixed,
 ``learner.logits_chunk_mib``) at every size, and **whole batch** (no micro-batches, the whole logits
 tensor: ``micro_batch_tokens: null, logits_chunk_mib: 0``, the learner before both existed) at the
 small sizes only: its logits grow with the batch (at 64 sequences x 256 tokens two float32 copies alone
-are 20 GB). Every (path, size) runs in its own interpreter (``python -m polyray.drivers.bench.learner``),
-so one measurement's peak never carries into the next. A process runs one warm-up step, then the
-measured one, as a run's steps after its first (the optimizer's state exists, and the C allocator has
-settled: in a fresh process it returns large freed blocks at first, then keeps them). The peak is the
-high-water resident memory over the measured step alone: the kernel's mark is reset
+are 20 GB). Every (path, size) runs in its own interpreter (:mod:`.learner_step`, ``python -m
+polyray.drivers.bench.learner_step``), so one measurement's peak never carries into the next. A process
+runs one warm-up step, then the measured one, as a run's steps after its first (the optimizer's state
+exists, and the C allocator has settled: in a fresh process it returns large freed blocks at first, then
+keeps them). The peak is the high-water resident memory over the measured step alone: the kernel's mark is reset
 (``/proc/self/clear_refs``) after the warm-up; where the reset is refused the peak is the process's
 whole life (``resource.getrusage``), and the figures say so. Beside each measurement is the memory
 plan's estimate (:func:`polyray.learner.memory.learner_memory`) and their ratio.
@@ -35,17 +35,15 @@ high-water mark is reported beside it. The allocator grows its segments, as the 
 from __future__ import annotations
 
 import json
-import math
 import os
-import random
-import re
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from polyray.drivers.bench.learner_step import StepCase
 
 GIB = 2**30
 
@@ -103,249 +101,6 @@ def build_bench_model(out: Path, shape: BenchShape, seed: int = 0) -> Path:
     return out
 
 
-class _Done:
-    def __init__(self, value):
-        self.value = value
-
-    def result(self, retries: int = 1):
-        return self.value
-
-
-class StandInPool:
-    """Rollouts without an engine: prompt ``b``'s group is the same every time. Each prompt has 32-64 random
-    token ids (``prompt_tokens``), each completion fills its sequence to ``length`` tokens (``varied``: a
-    length drawn uniformly from 1 to that), and every completion token has the log-prob of a uniform
-    draw from the vocabulary. ``tokens``: the prompt and completion tokens of the last rollout's sequences."""
-
-    def __init__(
-        self, vocab: int, length: int, prompt_tokens: tuple[int, int] = (32, 64), seed: int = 0, varied: bool = False
-    ):
-        self.vocab, self.length, self.prompt_tokens, self.seed, self.varied = vocab, length, prompt_tokens, seed, varied
-        self.tokens = 0
-
-    def submit(self, prompts: list[str], n: int, sampling, version=None, adapter_name=None, seeds=None, reference=None):
-        from polyray.rollout.worker import Sample
-
-        if reference is not None:
-            raise ValueError(
-                "the stand-in pool scores no KL reference: bench learner keeps kl_reference_logprobs 'learner'"
-            )
-        groups = []
-        for b in range(len(prompts)):
-            rng = random.Random(f"{self.seed}:{b}")
-            low, high = self.prompt_tokens
-            prompt = [rng.randrange(3, self.vocab) for _ in range(min(rng.randint(low, high), self.length - 1))]
-            group = []
-            for j in range(n):
-                fill = self.length - len(prompt)
-                ids = [rng.randrange(3, self.vocab) for _ in range(rng.randint(1, fill) if self.varied else fill)]
-                group.append(
-                    Sample(b, f"{b}:{j}", prompt, ids, [-math.log(self.vocab)] * len(ids), version or 0, False)
-                )
-            groups.append(group)
-        self.tokens = sum(len(s.prompt_token_ids) + len(s.token_ids) for g in groups for s in g)
-        return _Done(groups)
-
-
-def graded_reward(prompts, texts):
-    """(B, G) rewards that differ within every group, so every sample has an advantage."""
-    import torch
-
-    return torch.tensor([[float((b + j) % 3) for j in range(len(g))] for b, g in enumerate(texts)], dtype=torch.float64)
-
-
-def _status_bytes(key: str) -> int | None:
-    try:
-        match = re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
-    except OSError:
-        return None
-    return int(match.group(1)) * 1024 if match else None
-
-
-def rss_bytes() -> int:
-    """The process's resident memory now (0 where /proc is not readable)."""
-    return _status_bytes("VmRSS") or 0
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's high-water mark of this process's resident memory to what it holds now (Linux
-    >= 4.0); False where that is refused (the peak then covers the whole process)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-def peak_rss_bytes() -> int:
-    """The high-water resident memory since :func:`reset_peak_rss` (or since the process started)."""
-    import resource
-
-    peak = _status_bytes("VmHWM")
-    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-@dataclass(frozen=True)
-class StepCase:
-    """One measured step: ``sequences`` of ``length`` tokens through one path of the learner."""
-
-    sequences: int
-    length: int
-    micro_batch_tokens: int | None
-    logits_chunk_mib: float
-    group_size: int = 8
-    lora_r: int = 16
-    kl_beta: float = 0.04
-    threads: int = 2
-    warmup_steps: int = 1  # steps before the measured one (the allocator and optimizer as in a run's later steps)
-    # None: whole sequences of ``length`` tokens; "packed" / "one a row": samples of varied lengths on shared
-    # prompts (learner.share_prompts), learner.pack_samples on / off
-    packing: str | None = None
-    device: str = "cpu"  # or "cuda"
-    dtype: str = "float32"  # the base weights' (model.dtype); LoRA stays float32
-    gradient_checkpointing: bool = False  # learner.gradient_checkpointing
-    measured_steps: int = 1  # steps timed after the warm-up (times and tokens/s: their mean)
-
-    @property
-    def path(self) -> str:
-        if self.packing is not None:
-            return f"varied lengths, {self.packing}"
-        return "whole batch" if self.micro_batch_tokens is None and not self.logits_chunk_mib else "micro-batched"
-
-
-def measure_step(model_dir: str, case: StepCase) -> dict[str, Any]:
-    """The GRPO learner steps of ``case`` in this process: memory before the model loads, after it loads,
-    and the measured steps' peak (resident memory on the CPU, the GPU's on ``cuda``: module doc); the
-    step's seconds and tokens (prompt + completion, each sequence's own) per second, by the clock and per
-    second of the process's CPU time (what other work on a shared machine disturbs less)."""
-    import gc
-
-    import peft  # noqa: F401 (imported before the baseline is read: the runtime, not the model)
-    import torch
-    import transformers.models.qwen3.modeling_qwen3  # noqa: F401
-
-    torch.set_num_threads(case.threads)
-    from polyray.config import GRPOPhaseConfig, LoraConfig
-    from polyray.config.tasks import CountdownTaskConfig
-    from polyray.learner.loop import _train_step, build_optimizer
-    from polyray.learner.lora import build_peft_model
-    from polyray.learner.phases import GRPOPhase, StepContext
-    from polyray.tasks import build_task
-
-    if case.packing is not None and case.gradient_checkpointing:
-        raise ValueError("packing cases share prompts, which gradient checkpointing turns off (learner.share_prompts)")
-    memory = _GpuMemory() if case.device == "cuda" else _CpuMemory()
-    before_load = memory.now()
-    torch.manual_seed(0)  # the same LoRA init on every path, as every learner rank seeds it
-    model, tokenizer = build_peft_model(
-        model_dir,
-        LoraConfig(r=case.lora_r, alpha=2 * case.lora_r),
-        case.dtype,
-        gradient_checkpointing=case.gradient_checkpointing,
-    )
-    model.to(case.device).train()
-    group = min(case.group_size, case.sequences)
-    if case.sequences % group:
-        raise ValueError(f"sequences ({case.sequences}) must be a multiple of the group size ({group})")
-    prompts = case.sequences // group
-    steps = case.warmup_steps + case.measured_steps
-    cfg = GRPOPhaseConfig(
-        steps=steps,
-        prompts_per_step=prompts,
-        group_size=group,
-        kl_beta=case.kl_beta,
-        kl_reference="base",
-        sampling={"max_tokens": case.length},
-    )
-    task_cfg = CountdownTaskConfig(n_train=max(prompts, 8), n_test=8)
-    ctx = StepContext(
-        model,
-        tokenizer,
-        0,
-        1,
-        seed=0,
-        reward_fn=graded_reward,
-        micro_batch_tokens=case.micro_batch_tokens,
-        logits_chunk_mib=case.logits_chunk_mib,
-        share_prompts=case.packing is not None,
-        pack_samples=case.packing == "packed",
-    )
-    pool = StandInPool(model.config.vocab_size, case.length, varied=case.packing is not None)
-    phase = GRPOPhase(cfg, build_task(task_cfg), task_cfg.n_train, ctx, pool)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(params, 1e-5, 0.0)
-    gc.collect()
-    loaded = memory.now()
-    for step in range(case.warmup_steps):
-        _train_step(model, phase, optimizer, params, 1.0, step, 1)
-    gc.collect()
-    step_only = memory.reset_peak()
-    t0, cpu0 = time.perf_counter(), time.process_time()
-    for step in range(case.warmup_steps, steps):
-        metrics, _ = _train_step(model, phase, optimizer, params, 1.0, step, 1)
-    memory.sync()
-    seconds = (time.perf_counter() - t0) / case.measured_steps
-    cpu_seconds = (time.process_time() - cpu0) / case.measured_steps
-    tokens = pool.tokens
-    return {**asdict(case), "path": case.path, "before_load_bytes": before_load, "loaded_bytes": loaded,
-            "peak_bytes": memory.peak(), "peak_of": "step" if step_only else "process", **memory.extra(),
-            "step_s": seconds, "cpu_s": cpu_seconds, "tokens": tokens, "tokens_per_s": tokens / seconds,
-            "tokens_per_cpu_s": tokens / cpu_seconds, "loss": metrics["loss"]}  # fmt: skip
-
-
-class _CpuMemory:
-    """The process's resident memory (module doc)."""
-
-    def now(self) -> int:
-        return rss_bytes()
-
-    def reset_peak(self) -> bool:
-        return reset_peak_rss()
-
-    def sync(self) -> None:
-        pass
-
-    def peak(self) -> int:
-        return peak_rss_bytes()
-
-    def extra(self) -> dict[str, Any]:
-        return {}
-
-
-class _GpuMemory:
-    """The GPU's memory as this process takes it: the CUDA context plus the caching allocator's reserve."""
-
-    def __init__(self):
-        import torch
-
-        from polyray.learner.memory import expandable_cuda_segments
-
-        expandable_cuda_segments()  # as the learner does on a GPU, before the allocator's first segment
-        torch.zeros(1, device="cuda")  # the context exists from here on
-        self.torch = torch
-        free, total = torch.cuda.mem_get_info()
-        self.context = total - free - torch.cuda.memory_reserved()
-
-    def now(self) -> int:
-        return self.context + self.torch.cuda.memory_reserved()
-
-    def reset_peak(self) -> bool:
-        self.torch.cuda.synchronize()
-        self.torch.cuda.reset_peak_memory_stats()
-        return True
-
-    def sync(self) -> None:
-        self.torch.cuda.synchronize()
-
-    def peak(self) -> int:
-        return self.context + self.torch.cuda.max_memory_reserved()
-
-    def extra(self) -> dict[str, Any]:
-        cuda = self.torch.cuda
-        return {"context_bytes": self.context, "peak_allocated_bytes": cuda.max_memory_allocated(),
-                "gpu": cuda.get_device_name()}  # fmt: skip
-
-
 def estimate(model_dir: str, case: StepCase) -> dict[str, float]:
     """The memory plan's estimate of the step of ``case`` (bytes per term and the total): its largest
     micro-batch, equal-length sequences (no padding), the KL reference forward, the case's device, dtype and checkpointing."""
@@ -375,7 +130,7 @@ def run_case(model_dir: str, case: StepCase, timeout: float = 1800) -> dict[str,
         "MKL_NUM_THREADS": str(case.threads),
         "TOKENIZERS_PARALLELISM": "false",
     }
-    cmd = [sys.executable, "-m", "polyray.drivers.bench.learner", model_dir, json.dumps(asdict(case))]
+    cmd = [sys.executable, "-m", "polyray.drivers.bench.learner_step", model_dir, json.dumps(asdict(case))]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode or not lines:
@@ -529,13 +284,3 @@ def print_learner(results: dict[str, Any], console) -> None:
     console.print(table)
     for name, value in results["ratios"].items():
         console.print(f"{name}: {value:.2f}")
-
-
-def main(argv: list[str]) -> None:
-    """The child process: ``python -m polyray.drivers.bench.learner MODEL_DIR CASE_JSON`` prints one JSON line."""
-    model_dir, case = argv[0], StepCase(**json.loads(argv[1]))
-    print(json.dumps(measure_step(model_dir, case)), flush=True)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

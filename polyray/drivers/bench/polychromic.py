@@ -67,18 +67,7 @@ def bench_polychromic(
 
         try:
             version = _fit_sft(config, phases, with_floor, fit)
-            for i, (name, extra) in enumerate(polychromic_variants(diversity, with_async, with_canary)):
-                poly = load_config(
-                    config,
-                    [
-                        *phases,
-                        "phases.0.type=polychromic_sft",
-                        f"phases.0.name=poly{i}",
-                        f"phases.0.diversity={name}",
-                        *extra,
-                    ],
-                )
-                version = fit(poly, f"poly{i}", variant_label(name, extra), version)
+            _fit_polychromic(config, phases, polychromic_variants(diversity, with_async, with_canary), fit, version)
         finally:
             logs.close()
             pool.shutdown()
@@ -99,6 +88,26 @@ def _fit_sft(config: str, phases: list[str], with_floor: bool, fit) -> int:
         version = fit(
             big, "sft_same", floor_label(same), version, f"standard SFT on {same} sequences (references + samples)"
         )
+    return version
+
+
+def _fit_polychromic(config: str, phases: list[str], variants: list[tuple[str, list[str]]], fit, version: int) -> int:
+    """Polychromic SFT, one fit per variant (diversity function, overrides) from adapter ``version``; the version
+    after them."""
+    from polyray.config import load_config
+
+    for i, (name, extra) in enumerate(variants):
+        poly = load_config(
+            config,
+            [
+                *phases,
+                "phases.0.type=polychromic_sft",
+                f"phases.0.name=poly{i}",
+                f"phases.0.diversity={name}",
+                *extra,
+            ],
+        )
+        version = fit(poly, f"poly{i}", variant_label(name, extra), version)
     return version
 
 

@@ -59,6 +59,16 @@ from polyray.drivers.bench.common import console
 from polyray.drivers.bench.polychromic import polychromic_floors
 
 
+# the GRPO part's ratio -> (measure, goal), in the summary's order
+GRPO_GOALS = {
+    "ratio": ("GRPO step, one ahead / synchronous", "<= 0.65"),
+    "async_vs_floor": ("GRPO step, one ahead / max(rollout + reward, update + publish)", "<= 1.1"),
+    "publish_behind_vs_waits": ("GRPO step, one ahead: publish behind the step / waited for", "-"),
+    "packed_vs_unpacked": ("GRPO step, one ahead: samples packed / one a row", "-"),
+    "rollout_reference_vs_learner": ("GRPO step, one ahead: KL reference on the rollout worker / on the learner", "-"),
+}
+
+
 def summary_rows(results: dict[str, Any]) -> list[tuple[str, float, str]]:
     """(measure, ratio, goal) for each ratio ``results`` holds (parts that ran)."""
     rows = []
@@ -73,31 +83,8 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, float, str]]:
                  ("adapter publish / copy + write of its bytes (ms)", r["adapter_publish_vs_floor"], "-"),
                  ("2 / 1 rollout workers tokens/s", r["two_vs_one_worker"], "-")]  # fmt: skip
     if "grpo" in results:  # the ratios whose modes ran
-        if "ratio" in results["grpo"]:
-            rows.append(("GRPO step, one ahead / synchronous", results["grpo"]["ratio"], "<= 0.65"))
-        if "async_vs_floor" in results["grpo"]:
-            rows.append(
-                (
-                    "GRPO step, one ahead / max(rollout + reward, update + publish)",
-                    results["grpo"]["async_vs_floor"],
-                    "<= 1.1",
-                )
-            )
-        if "publish_behind_vs_waits" in results["grpo"]:
-            rows.append(
-                (
-                    "GRPO step, one ahead: publish behind the step / waited for",
-                    results["grpo"]["publish_behind_vs_waits"],
-                    "-",
-                )
-            )
-        if "packed_vs_unpacked" in results["grpo"]:
-            rows.append(
-                ("GRPO step, one ahead: samples packed / one a row", results["grpo"]["packed_vs_unpacked"], "-")
-            )
-        if "rollout_reference_vs_learner" in results["grpo"]:
-            rows.append(("GRPO step, one ahead: KL reference on the rollout worker / on the learner",
-                         results["grpo"]["rollout_reference_vs_learner"], "-"))  # fmt: skip
+        grpo = results["grpo"]
+        rows += [(name, grpo[key], goal) for key, (name, goal) in GRPO_GOALS.items() if key in grpo]
     if "polychromic" in results:
         p = results["polychromic"]
         rows += [

@@ -17,15 +17,8 @@ import json
 
 import pytest
 
-from polyray.drivers.bench.learner import (
-    BenchShape,
-    StandInPool,
-    StepCase,
-    build_bench_model,
-    estimate,
-    learner_ratios,
-    measure_step,
-)
+from polyray.drivers.bench.learner import BenchShape, StepCase, build_bench_model, estimate, learner_ratios
+from polyray.drivers.bench.learner_step import StandInPool, measure_step
 
 TOY = BenchShape(layers=1, hidden=64, intermediate=128, heads=2, kv_heads=1, head_dim=32, vocab=512)
 

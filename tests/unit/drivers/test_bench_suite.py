@@ -122,7 +122,7 @@ def test_results_without_what_the_smoke_leaves_out_print_and_summarise(capsys):
     out = capsys.readouterr().out
     assert "KL reference scored by the rollout worker" in out and "its floor" not in out
 
-    from polyray.drivers.bench.peer import print_large
+    from polyray.drivers.bench.peer_large import print_large
 
     console = Console(record=True, width=140)
     print_large(large, console)
