@@ -10,7 +10,7 @@ STAMP := $(VENV)/.polyray-installed
 PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 
-.PHONY: setup test-tools quickstart test test-slow test-fast test-gpu format clean-venv
+.PHONY: setup test-tools quickstart test test-slow test-fast test-gpu format docs clean-venv
 
 setup: $(STAMP)
 
@@ -62,6 +62,11 @@ test-fast: setup
 format: setup
 	$(VENV)/bin/python -m ruff format polyray services jobs tests
 	$(VENV)/bin/python -m ruff check --fix polyray services jobs tests
+
+# The reference pages generated from the code: docs/cli.md (the typer app) and docs/configuration.md (the
+# config models); tests/unit/cli/test_reference.py fails when either is stale.
+docs: setup
+	$(VENV)/bin/python -m polyray.cli.reference
 
 # On a CUDA machine with PyTorch, transformers and peft (no Ray or vLLM needed): the phases and the
 # learner's worker function on the GPU. Uses .venv when there is one, else the machine's python3.
