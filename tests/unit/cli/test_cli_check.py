@@ -169,7 +169,7 @@ def test_every_gpu_preset_fits_a_cluster_of_80_gb_gpus(monkeypatch, tmp_path, pa
 
 def test_known_models_are_the_published_configs():
     """polyray's table of the presets' models against the test's own copy of their published config.json."""
-    from test_memory_plan import QWEN3
+    from support.model_shapes import QWEN3
 
     from polyray.learner.memory import ModelShape
     from polyray.models.shapes import KNOWN_CONFIGS

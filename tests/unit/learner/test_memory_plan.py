@@ -16,6 +16,7 @@ import math
 import os
 
 import pytest
+from support.model_shapes import QWEN3
 import torch
 
 from polyray.config import LoraConfig, RunConfig, load_config
@@ -195,16 +196,6 @@ def test_a_phase_with_its_own_ranks_splits_its_step_over_them():
     assert [run.phase_workers(i) for i in range(2)] == [2, 1] and run.most_learner_workers == 2
     assert phase_micro_batch(run, 0, lengths).sequences == 16  # 32 over 2 ranks
     assert phase_micro_batch(run, 1, lengths).sequences == 128  # the whole step on its one rank
-
-
-QWEN3 = {  # the published config.json values of the presets' models
-    "Qwen/Qwen3-0.6B": _config(num_hidden_layers=28, hidden_size=1024, intermediate_size=3072, num_attention_heads=16,
-                               num_key_value_heads=8, head_dim=128, vocab_size=151_936),
-    "Qwen/Qwen3-1.7B": _config(num_hidden_layers=28, hidden_size=2048, intermediate_size=6144, num_attention_heads=16,
-                               num_key_value_heads=8, head_dim=128, vocab_size=151_936),
-    "Qwen/Qwen3-8B": _config(num_hidden_layers=36, hidden_size=4096, intermediate_size=12288, num_attention_heads=32,
-                             num_key_value_heads=8, head_dim=128, vocab_size=151_936, tie_word_embeddings=False),
-}  # fmt: skip
 
 
 def _gpu_run(**learner) -> RunConfig:

@@ -323,7 +323,7 @@ NCCL_SHM = 1 << 30  # besides the adapters: NCCL's intra-node buffers, torch's s
 
 def _adapter_bytes(source: str, r: int, targets: list[str]) -> int:
     """Bytes of one adapter version as a rollout worker writes it (float32 tensors)."""
-    from test_memory_plan import QWEN3  # the published config.json values of the presets' models
+    from support.model_shapes import QWEN3
 
     from polyray.learner.memory import ModelShape, lora_parameters
 
