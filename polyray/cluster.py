@@ -51,7 +51,7 @@ def init_ray(
         return
     # Ray Train starts a preemption watcher with every worker group, to see nodes drained (spot
     # instances): a local cluster is this one node, which nothing drains without the run going with it.
-    # One process a phase less (docs/benchmarks.md, "Where a run's fixed time goes"); a user's setting stays.
+    # One process a phase less (docs/benchmarks-notes.md, "Fixed time: processes a fit starts"); a user's setting stays.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     num_cpus = cluster.num_cpus or max(int(needed_cpus + 0.999), os.cpu_count() or 1)
     context = ray.init(

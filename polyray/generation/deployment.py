@@ -119,7 +119,7 @@ def engine_env(cfg: GenerationServiceConfig) -> dict[str, str]:
     """The replica's vLLM environment. ``AsyncLLM`` always runs its engine core in a child process; on
     CPU vLLM would also start a worker process below that one (its multiprocessing executor), a third
     interpreter importing vLLM and torch. ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` keeps the model in the
-    engine-core process, as the rollout workers keep it in theirs (docs/benchmarks.md, "Generation
+    engine-core process, as the rollout workers keep it in theirs (docs/benchmarks-notes.md, "Generation:
     service start"). On a GPU vLLM runs one GPU's model in the engine core already: left as it is, and
     vLLM's CPU variables are not set."""
     env = vllm_env(cfg.kv_cache_gib, cfg.threads, gpu=cfg.gpus > 0)

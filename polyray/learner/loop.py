@@ -106,7 +106,7 @@ class RayTrainSession:
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         import ray.train
 
-        # ray.train.report is a barrier through the Train controller (seconds: docs/benchmarks.md), so it
+        # ray.train.report is a barrier through the Train controller (docs/benchmarks-notes.md, "Fixed time"), so it
         # runs with checkpoints only; per-step metrics go to metrics.jsonl, which the driver's progress bar follows.
         ray.train.report(
             metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
@@ -179,8 +179,8 @@ def _resume_state(job: LearnerJob, init_adapter: str | None, resume_dir: str | N
 
 def build_optimizer(params: list, lr: float, weight_decay: float):
     """AdamW over the trainable (LoRA) parameters, with PyTorch's fused kernel where it has one (CPU and CUDA):
-    one kernel over all tensors instead of a dozen ops per tensor. On the embedded model's 56 LoRA tensors the
-    update takes ~1 ms against ~7.5 ms for the per-tensor loop (docs/benchmarks.md, "Peer")."""
+    one kernel over all tensors instead of a dozen ops per tensor (docs/benchmarks-notes.md, "Peer: where the SFT
+    step's time goes")."""
     import torch
 
     fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)

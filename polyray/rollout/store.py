@@ -70,7 +70,7 @@ def adapter_hash(adapter: dict[str, Any]) -> str:
 def to_wire(adapter: dict[str, Any]) -> dict[str, Any]:
     """An adapter as it travels between processes: its tensors as numpy arrays wherever numpy has
     their dtype (Ray moves arrays as buffers; a torch tensor is pickled one by one, at several times
-    the cost for an adapter's dozens of small tensors: docs/benchmarks.md, "Weight sync"), others
+    the cost for an adapter's dozens of small tensors: docs/benchmarks-notes.md, "Weight sync: the publish's floor"), others
     (bfloat16) as they are. :func:`from_wire` turns it back."""
     import torch
 
