@@ -34,6 +34,12 @@ class LearnerConfig(StrictModel):
     cpus_per_worker: float = Field(1, gt=0, description="Ray CPUs per learner worker.")
     use_gpu: bool = Field(False, description="Train on GPUs (NCCL).")
     threads: int = Field(1, ge=1, description="Torch threads per learner worker.")
+    keep_ranks: bool = Field(
+        True,
+        description="Keep the learner's rank processes (Ray actors, their imports done) across the run's phases;"
+        " a phase forms its process group among them and checkpoints into the run's storage. False: one Ray"
+        " Train TorchTrainer fit per phase, with fresh ranks.",
+    )
     gradient_checkpointing: bool = Field(
         False,
         description="Recompute activations in the backward pass (less memory for long sequences or large models).",

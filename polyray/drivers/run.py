@@ -43,6 +43,7 @@ from polyray.storage import share_model
 from polyray.tracking import VAL_EVAL, open_tracker
 
 if TYPE_CHECKING:
+    from polyray.learner.group import LearnerGroup
     from polyray.rollout.pool import RolloutPool
     from polyray.storage import RunStorage, StoredDir
     from polyray.tasks.base import Prompt, Task
@@ -69,6 +70,7 @@ def train_stage(
     adapter: str | None,
     tracker=None,
     logs=None,
+    group=None,
 ):
     from polyray.eval.dynamics import DynamicsProbe
     from polyray.learner.trainer import run_phase
@@ -87,7 +89,7 @@ def train_stage(
                 tracker.log_progress()
 
         return run_phase(
-            run, index, model_dir, out, pool, version, adapter, on_progress=show, dynamics=probe, logs=logs
+            run, index, model_dir, out, pool, version, adapter, on_progress=show, dynamics=probe, logs=logs, group=group
         )
 
 
@@ -180,6 +182,7 @@ class RunState:
     shared: RunStorage | None = None  # the run's place in cluster.storage, or None
     serving: bool = False  # the generation service is deployed (--serve-generation)
     logs: StepLogs | None = None  # the learner's step logs, one actor for every phase
+    learner: LearnerGroup | None = None  # the learner's kept ranks (learner.keep_ranks), started by the first fit
 
     def __post_init__(self) -> None:
         from polyray.storage import RunStorage
@@ -221,6 +224,8 @@ def _run_stages(state: RunState, engagement: list, serve_generation: bool) -> No
     finally:
         if state.serving:  # the service lasts as long as the run, also on a cluster that outlives it
             stop_services(state)
+        if state.learner is not None:
+            state.learner.close()
         if state.pool is not None:
             state.pool.shutdown()
         state.logs.close()  # the rows are on disk
@@ -379,6 +384,10 @@ def fit(state: RunState, index: int, version: int, adapter: str | None) -> tuple
         version = json.loads((adapter_dir / "polyray_version.json").read_text())["version"]
         adapter = share_adapter(state.shared, adapter_dir, phase.name)
     else:
+        if state.learner is None and run.learner.keep_ranks:
+            from polyray.learner.group import LearnerGroup
+
+            state.learner = LearnerGroup(state.worker_run)
         with state.timer(f"train_{phase.name}"):
             trained = train_stage(
                 state.worker_run,
@@ -390,6 +399,7 @@ def fit(state: RunState, index: int, version: int, adapter: str | None) -> tuple
                 adapter,
                 state.tracker,
                 state.logs,
+                state.learner,
             )
         version, adapter = trained["version"], share_adapter(state.shared, Path(trained["adapter_dir"]), phase.name)
         results.stage_done(f"train_{phase.name}")

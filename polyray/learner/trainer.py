@@ -36,8 +36,11 @@ def run_phase(
     on_progress=None,
     dynamics=None,
     logs: StepLogs | None = None,
+    group=None,
 ) -> dict[str, Any]:
-    """Fit one phase with a ``TorchTrainer``; returns {"adapter_dir", "version", "metrics"}.
+    """Fit one phase; returns {"adapter_dir", "version", "metrics"}. With ``group`` (a
+    :class:`~polyray.learner.group.LearnerGroup`, ``learner.keep_ranks``) on its kept ranks, else with a
+    ``TorchTrainer``.
 
     ``dynamics``: a picklable ``probe(step, version) -> row`` with ``probe.due(step, last)`` that
     rank 0 calls after publishing, and appends the row to ``dynamics.jsonl`` (the driver passes
@@ -64,7 +67,8 @@ def run_phase(
     own_logs = logs is None
     logs = StepLogs.on_driver_node(output_dir) if own_logs else logs
     storage_path = shared.location("checkpoints") if shared else str((output_dir / "checkpoints").resolve())
-    recovered = recover_run_dir(storage_path, phase.name)  # Ray Train's record of the checkpoints, if unreadable
+    # Ray Train's record of the checkpoints, if unreadable (kept ranks find their newest whole one themselves)
+    recovered = recover_run_dir(storage_path, phase.name) if group is None else None
     job = LearnerJob(
         run=run, phase_index=phase_index, model_dir=str(model_dir) if isinstance(model_dir, Path) else model_dir,
         output_dir=str(output_dir) if shared is None else None,  # (None: the final adapter goes to storage)
@@ -72,9 +76,8 @@ def run_phase(
         storage=shared, recovered_checkpoint=recovered.location if recovered else None,
     )  # fmt: skip
     try:
-        result = _fit_with_progress(
-            _trainer(job, storage_path), lambda: logs.latest(phase.name) or {}, phase.steps, on_progress
-        )
+        fit = _trainer(job, storage_path).fit if group is None else lambda: group.fit(job, storage_path)
+        result = _fit_with_progress(fit, lambda: logs.latest(phase.name) or {}, phase.steps, on_progress)
     except BaseException as exc:
         raise _unplaced_learner(exc, run, phase_index) or exc
     finally:
@@ -124,16 +127,16 @@ def _trainer(job: LearnerJob, storage_path: str):
     )
 
 
-def _fit_with_progress(trainer, latest_row: Callable[[], dict[str, Any]], total: int, on_progress=None):
-    """``trainer.fit()`` in a thread, calling ``on_progress({"step", "total", "metrics"})`` about once a
+def _fit_with_progress(fit: Callable[[], Any], latest_row: Callable[[], dict[str, Any]], total: int, on_progress=None):
+    """``fit()`` in a thread, calling ``on_progress({"step", "total", "metrics"})`` about once a
     second with ``latest_row()`` until it returns; its error is raised here, in the caller's thread."""
     import threading
 
     box: dict[str, Any] = {}
 
-    def fit():
+    def target():
         try:
-            box["result"] = trainer.fit()
+            box["result"] = fit()
         except BaseException as exc:  # surfaced in the caller's thread
             box["error"] = exc
 
@@ -141,7 +144,7 @@ def _fit_with_progress(trainer, latest_row: Callable[[], dict[str, Any]], total:
         row = latest_row()
         return {"step": row.get("step", 0), "total": total, "metrics": row}
 
-    thread = threading.Thread(target=fit, daemon=True)
+    thread = threading.Thread(target=target, daemon=True)
     thread.start()
     while thread.is_alive():
         thread.join(timeout=1.0)

@@ -1,0 +1,257 @@
+"""The learner's ranks kept warm across a run's phases: one Ray actor per rank (``learner.keep_ranks``).
+
+A Ray Train fit starts a controller, helper actors and fresh rank processes for every phase, and each
+rank imports torch, transformers and peft again before its first step. A :class:`LearnerGroup` starts
+its ranks once, as plain Ray actors that import those on start; each phase then forms a
+``torch.distributed`` group among the first ``world`` ranks (gloo on CPU, NCCL on GPU), runs the same
+worker function as under Ray Train (:func:`polyray.learner.loop.run_worker`) through a
+:class:`KeptSession`, and tears the group down. A phase that needs fewer ranks than the group holds
+releases the others (their resources go back to the cluster); one that needs more starts them.
+
+Checkpoints are polyray's own: rank 0 puts each one into the phase's directory of the run's checkpoint
+storage as ``checkpoint_<time>`` (Ray Train's layout, so either learner resumes the other's), sealed by
+its manifest (:mod:`polyray.learner.checkpoints`); an attempt starts from the newest whole one. A rank
+that fails or dies ends the attempt: every rank of the group is stopped (a peer may be stuck in a
+collective), fresh ones are started, and the phase resumes from its newest whole checkpoint, up to
+``learner.max_failures`` times, as Ray Train's ``FailureConfig`` does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from polyray.config import RunConfig
+from polyray.learner.job import LearnerJob
+
+CHECKPOINT_TIME = "%Y-%m-%d_%H-%M-%S"  # Ray Train's checkpoint directory names, so both sort by time alike
+
+
+class KeptSession:
+    """:class:`~polyray.learner.loop.TrainSession` of a rank of a :class:`LearnerGroup`: rank and world from
+    the group, checkpoints into ``storage_path/<phase>`` (a path or a ``pyarrow.fs`` URI), the latest one
+    found by the driver before the attempt (``resume``: its location, or None for a fresh start)."""
+
+    def __init__(self, rank: int, world: int, storage_path: str, phase: str, resume: str | None, use_gpu: bool):
+        self.rank, self.world = rank, world
+        self.storage_path, self.phase, self.resume, self.use_gpu = storage_path, phase, resume, use_gpu
+        self.last_metrics: dict[str, Any] = {}
+
+    @contextmanager
+    def latest_checkpoint(self) -> Iterator[str | None]:
+        from polyray.storage import Storage
+
+        if self.resume is None:
+            yield None
+            return
+        storage = Storage(self.resume)
+        if storage.local:  # read in place
+            yield storage.base
+            return
+        with tempfile.TemporaryDirectory(prefix="polyray-resume-") as tmp:  # removed once the set-up read it
+            whole = Storage(self.resume.rsplit("/", 1)[0])
+            whole.get_dir(whole.ref(self.resume.rsplit("/", 1)[1]), tmp)
+            yield tmp
+
+    def prepare_model(self, model):
+        """As Ray Train's ``prepare_model``: on the rank's device, wrapped in DDP only when there are peers."""
+        import torch
+
+        from polyray.learner.loop import ddp_options
+
+        device = torch.device("cuda", 0) if self.use_gpu else torch.device("cpu")  # Ray shows the actor its GPU
+        if self.use_gpu:
+            torch.cuda.set_device(device)
+        model = model.to(device)
+        if self.world == 1:
+            return model
+        ids = {"device_ids": [device], "output_device": device} if self.use_gpu else {}
+        return torch.nn.parallel.DistributedDataParallel(model, **ids, **ddp_options())
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        from polyray.storage import Storage
+
+        self.last_metrics = dict(metrics)
+        if checkpoint_dir is None:
+            return
+        stamp = time.strftime(CHECKPOINT_TIME, time.gmtime()) + f".{time.time_ns() // 1000 % 1_000_000:06d}"
+        Storage(self.storage_path).put_dir(checkpoint_dir, f"{self.phase}/checkpoint_{stamp}")
+
+    def telemetry(self, run: str, phase: str):
+        from polyray.learner.telemetry import LearnerTelemetry
+
+        return LearnerTelemetry(run, phase)
+
+
+class LearnerRank:
+    """One kept learner process (a Ray actor): the learner's imports once, then any number of phase attempts."""
+
+    def __init__(self, threads: int):
+        import torch
+
+        torch.set_num_threads(threads)
+        import peft  # noqa: F401 - imported once here, not at every phase's start
+        from transformers import AutoModelForCausalLM  # noqa: F401
+
+        import polyray.learner.loop  # noqa: F401
+
+    def rendezvous(self) -> str:
+        """``tcp://<this node>:<free port>``, where the phase's process group meets (called on rank 0)."""
+        import socket
+
+        import ray
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return f"tcp://{ray.util.get_node_ip_address()}:{port}"
+
+    def run(self, job: LearnerJob, rank: int, world: int, address: str, storage_path: str) -> dict[str, Any]:
+        """Rank ``rank`` of ``world`` through one attempt at ``job``'s phase; rank 0's last reported metrics."""
+        import torch.distributed as dist
+
+        from polyray.learner.loop import run_worker
+
+        backend = "nccl" if job.run.learner.use_gpu else "gloo"
+        dist.init_process_group(backend, init_method=address, rank=rank, world_size=world)
+        session = KeptSession(
+            rank, world, storage_path, job.phase.name, job.recovered_checkpoint, job.run.learner.use_gpu
+        )
+        try:
+            run_worker(job, session)
+        finally:
+            dist.destroy_process_group()
+        return session.last_metrics
+
+
+class PhaseResult:
+    """What :meth:`LearnerGroup.fit` returns: rank 0's last reported metrics (as a Ray Train result's)."""
+
+    def __init__(self, metrics: dict[str, Any]):
+        self.metrics = metrics
+
+
+class LearnerGroup:
+    """A run's learner ranks as Ray actors kept across its phases (module docstring). Not thread-safe:
+    one phase at a time, from the driver."""
+
+    def __init__(self, run: RunConfig):
+        self.run = run
+        self.ranks: list[Any] = []
+
+    def resize(self, world: int) -> None:
+        """Exactly ``world`` ranks, all started: released from the end, or new ones started and waited for
+        (a :class:`~polyray.cluster.ClusterShortfall` after ``cluster.resource_wait_s`` when not placed)."""
+        import ray
+
+        for actor in self.ranks[world:]:
+            ray.kill(actor)
+        del self.ranks[world:]
+        new = [self._start_rank() for _ in range(world - len(self.ranks))]
+        if not new:
+            return
+        self.ranks += new
+        wait_s = self.run.cluster.resource_wait_s
+        ready, _ = ray.wait([a.__ray_ready__.remote() for a in new], num_returns=len(new), timeout=wait_s)
+        if len(ready) < len(new):
+            self.close()
+            raise self._shortfall(world, len(new) - len(ready))
+        ray.get(ready)  # a rank whose start failed (an import error) raises here
+
+    def _start_rank(self):
+        import ray
+
+        learner, cluster = self.run.learner, self.run.cluster
+        return (
+            ray.remote(LearnerRank)
+            .options(
+                num_cpus=learner.cpus_per_worker,
+                num_gpus=1 if learner.use_gpu else 0,
+                resources=dict(cluster.worker_resources),
+                scheduling_strategy="DEFAULT",  # outside a Tune trial's placement group, as the rollout actors
+            )
+            .remote(learner.threads)
+        )
+
+    def _shortfall(self, world: int, unplaced: int):
+        from polyray.cluster import ClusterShortfall, format_bundle, free_resources
+
+        learner = self.run.learner
+        bundle = {"CPU": learner.cpus_per_worker, **({"GPU": 1.0} if learner.use_gpu else {})}
+        bundle.update(self.run.cluster.worker_resources)
+        return ClusterShortfall(
+            f"learner: {unplaced} of {world} rank(s) not placed in {self.run.cluster.resource_wait_s:g} s"
+            f" (cluster.resource_wait_s): each asks {format_bundle(bundle)} on one node; free now:"
+            f" {free_resources(bundle)}"
+        )
+
+    def fit(self, job: LearnerJob, storage_path: str) -> PhaseResult:
+        """``job``'s phase on ``run.phase_workers`` ranks, restarted from its newest whole checkpoint after a
+        failure, up to ``learner.max_failures`` times; the last failure is raised."""
+        import ray
+
+        from polyray.learner.checkpoints import newest_whole_checkpoint
+        from polyray.storage import Storage
+
+        world = job.run.phase_workers(job.phase_index)
+        failures = 0
+        while True:
+            found = newest_whole_checkpoint(Storage(storage_path), job.phase.name)
+            attempt = _with_resume(job, found.location if found else None)
+            self.resize(world)
+            address = ray.get(self.ranks[0].rendezvous.remote())
+            refs = [a.run.remote(attempt, i, world, address, storage_path) for i, a in enumerate(self.ranks)]
+            try:
+                return PhaseResult(_first_error_or_all(refs)[0])
+            except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as exc:
+                self.close()  # a peer may wait in a collective for the rank that failed
+                if failures >= job.run.learner.max_failures:
+                    raise _cause(exc) from None
+                failures += 1
+                _say_restart(job, failures, exc)
+
+    def close(self) -> None:
+        """Stop every rank (its resources go back to the cluster)."""
+        import ray
+
+        for actor in self.ranks:
+            with contextlib.suppress(Exception):  # already gone
+                ray.kill(actor)
+        self.ranks = []
+
+
+def _with_resume(job: LearnerJob, location: str | None) -> LearnerJob:
+    from dataclasses import replace
+
+    return replace(job, recovered_checkpoint=location)
+
+
+def _first_error_or_all(refs: list) -> list[Any]:
+    """Every result of ``refs``, or the first error among them as soon as it comes (not after the others)."""
+    import ray
+
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        ray.get(done)  # raises the rank's error now
+    return ray.get(refs)
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """A rank's own exception where Ray can rebuild it (a ConfigError stays one), else Ray's error."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
+def _say_restart(job: LearnerJob, failures: int, exc: BaseException) -> None:
+    from polyray.io import warn
+
+    line = str(_cause(exc)).strip().splitlines()
+    warn(
+        f"learner: phase {job.phase.name!r} failed ({line[-1] if line else type(exc).__name__}); restart"
+        f" {failures} of {job.run.learner.max_failures} (learner.max_failures) from its newest checkpoint"
+    )
