@@ -421,7 +421,10 @@ def make_progress():
 
 
 def warn(message: str) -> None:
-    console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+    from rich.markup import escape
+
+    # a message quotes errors and paths, whose brackets are not markup
+    console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False)
 
 
 class Timer:

@@ -4,7 +4,7 @@ wherever the inputs now lie.
 A run directory holds the resolved config it started with (``config.resolved.yaml``) and, beside
 it, ``inputs.json``: the working directory it started in and a digest of each input the config
 names by path (the data file, ``init_adapter``, a local ``model.source``). A resume compares the
-configs field by field, with two allowances, so it works from a new Ray session and working
+configs field by field (but :data:`EXECUTION_FIELDS`), with two allowances, so it works from a new Ray session and working
 directory (``ray job submit --working-dir`` unpacks a fresh copy each time, and relative data paths
 resolve into it):
 
@@ -32,6 +32,9 @@ PATH_FIELDS = ("model.source", "task.path", "task.engagement_model", "task.eval_
 """Fields that may name a local path (dotted, in the resolved config)."""
 CONTENT_FIELDS = ("model.source", "task.path", "init_adapter")
 """Path fields compared by content. Not the engagement models: a run trains those directories itself."""
+EXECUTION_FIELDS = ("learner.keep_ranks",)
+"""Fields that choose how a run executes, not what it computes: a resume may change them (or find them
+missing from a run started before they existed)."""
 HASHED_BYTES = 256 << 20  # files in a directory up to this size are hashed; larger ones by size
 
 
@@ -127,4 +130,5 @@ def resume_differences(old: dict[str, Any], new: dict[str, Any], inputs: dict[st
     current = {f: d for f, d in input_digests(new).items() if f in recorded}
     old_n = _normalise(old, inputs.get("cwd"), {f: recorded[f] for f in current})
     new_n = _normalise(new, str(Path.cwd()) if "cwd" in inputs else None, current)
-    return [f"{d} (content)" if d in current else d for d in differences(old_n, new_n)]
+    changed = [d for d in differences(old_n, new_n) if d not in EXECUTION_FIELDS]
+    return [f"{d} (content)" if d in current else d for d in changed]

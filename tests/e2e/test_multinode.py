@@ -92,7 +92,7 @@ def _wait(ready):
 
 def score(prompts, completions, **kwargs):
     if not RELEASE.exists() and _logged(3):
-        _wait(lambda: any(STORAGE.rglob("grpo/checkpoint_manager_snapshot.json")))
+        _wait(lambda: any(STORAGE.rglob("grpo/checkpoint_*/polyray_manifest.json")))  # a whole checkpoint
         HELD.touch()
         _wait(RELEASE.exists)
     return [len(c) % 7 / 7 for c in completions]
@@ -302,7 +302,7 @@ def _survives_a_lost_node(tmp_path, monkeypatch):
     for copy in copies:
         assert (copy / "model.safetensors").read_bytes() == (model / "model.safetensors").read_bytes()
     assert not any((root / "cache" / "models").exists() for root in nodes.values())
-    # Ray Train's checkpoints and the adapter store are in storage, not on the driver's disk
+    # the learner's checkpoints and the adapter store are in storage, not on the driver's disk
     assert any(storage.rglob("checkpoint_*")) and not (out / "checkpoints").exists()
     assert any(storage.rglob("adapter_store/v000001/record.json")) and not (out / "adapter_store").exists()
 

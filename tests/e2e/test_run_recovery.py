@@ -3,8 +3,9 @@
 One run (polychromic SFT with synchronous rollouts, then GRPO through the reward service with rollouts one
 step ahead) takes every kill, one after another, to keep CI time down: a learner worker mid-polychromic-SFT,
 the rollout worker, the reward replica, the adapter store, a learner worker mid-GRPO, and finally the driver,
-after which ``polyray run --resume`` continues it, after the GRPO phase's Ray Train checkpoint record is cut
-in half (as a driver killed while Ray Train rewrites it leaves it). It checks: the run finishes; nothing
+after which ``polyray run --resume`` continues it under Ray Train (``learner.keep_ranks`` false) from the kept
+ranks' checkpoint (Ray Train past a cut-off record of its own: tests/unit/learner/test_train_checkpoints.py).
+It checks: the run finishes; nothing
 finished is redone; every phase's adapter comes from exactly ``steps`` optimizer steps; version ids strictly
 increase and each maps to one hash; the run's MLflow tracking run (SQLite store) holds every step, its latest
 value metrics.jsonl's, across both drivers; and the sync canary (every publish: the rollout worker's log-probs
@@ -69,7 +70,7 @@ def _processes(root: int, marker: str) -> list[psutil.Process]:
     return found
 
 
-RESUMES = ("RayTrainWorker", "driver")  # kills that resume the phase from a checkpoint
+RESUMES = ("LearnerRank", "driver")  # kills that resume the phase from a checkpoint
 
 
 def _run(out: Path, phases: str, kills: list[tuple[str, int, str]], extra=(), timeout_s=900) -> tuple[int, str, list]:
@@ -151,11 +152,11 @@ def test_run_survives_every_process_dying(tmp_path):
     grpo = GRPO[:-1] % 14 + ", async_rollouts: true, max_lag: 1}"  # the rollout kill hits a prefetch too
     phases = f"[{poly}, {grpo}]"
     kills = [
-        ("polychromic_sft", 3, "RayTrainWorker"),  # learner worker mid-polychromic-SFT
+        ("polychromic_sft", 3, "LearnerRank"),  # learner rank mid-polychromic-SFT
         ("grpo", 2, "RolloutWorker"),  # rollout worker (vLLM engine) mid-GRPO
         ("grpo", 4, "ServeReplica:reward"),  # the reward replica
         ("grpo", 5, "AdapterStore"),  # the run's adapter store
-        ("grpo", 7, "RayTrainWorker"),  # learner worker mid-GRPO
+        ("grpo", 7, "LearnerRank"),  # learner rank mid-GRPO
         ("grpo", 9, "driver"),  # the driver, and the local cluster with it
     ]
     tracking = ["--set", "tracking.backend=mlflow", "--set", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"]
@@ -163,13 +164,13 @@ def test_run_survives_every_process_dying(tmp_path):
     assert code == -signal.SIGKILL and len(done) == len(kills), output[-3000:]
     before = json.loads((out / "results.json").read_text())
     assert set(before["phases"]) == {"base", "polychromic_sft"}
-    # the driver died as Ray Train rewrote its record of GRPO's checkpoints (in place): left cut off
-    record = out / "checkpoints" / "grpo" / snapshot_name()
-    record.write_bytes(record.read_bytes()[: len(record.read_bytes()) // 2])
+    assert not (out / "checkpoints" / "grpo" / snapshot_name()).exists()  # the kept ranks' checkpoints only
 
-    code, output, _ = _run(out, phases, [], extra=["--resume", *tracking])
+    # resumed by a Ray Train fit: it continues GRPO from the kept ranks' newest whole checkpoint
+    resume = ["--resume", "--set", "learner.keep_ranks=false", *tracking]
+    code, output, _ = _run(out, phases, [], extra=resume)
     assert code == 0, output[-4000:]
-    assert list(record.parent.glob(f"{record.name}.unreadable-*")), "the cut-off record was not set aside"
+    assert (out / "checkpoints" / "grpo" / snapshot_name()).is_file(), "the resume did not run under Ray Train"
     results = _check_run(out, {"polychromic_sft": 6, "grpo": 14})
     stages = [(s["stage"], s["attempt"]) for s in results["stages"]]
     # nothing finished is redone: base and polychromic SFT trained and evaluated once, by the first attempt

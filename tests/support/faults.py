@@ -21,10 +21,15 @@ def kill_node(pid: int) -> None:
 
 
 def registered_step(run_dir: Path, phase: str) -> int:
-    """The newest checkpoint step Ray Train has registered for ``phase`` of the run in ``run_dir``
-    (what a restart resumes from; registration trails the step that wrote the checkpoint)."""
+    """The newest checkpoint step a restart of ``phase`` of the run in ``run_dir`` resumes from: the newest
+    one Ray Train has registered (its record trails the step that wrote the checkpoint), or with kept ranks
+    the newest one whole in storage."""
+    from polyray.learner.checkpoints import newest_whole_checkpoint
+    from polyray.storage import Storage
+
     try:
         snapshot = json.loads((run_dir / "checkpoints" / phase / "checkpoint_manager_snapshot.json").read_text())
     except (OSError, ValueError):
-        return 0
+        found = newest_whole_checkpoint(Storage(run_dir / "checkpoints"), phase)
+        return found.step if found else 0
     return max((c["metrics"]["step"] for c in snapshot["checkpoint_results"]), default=0)

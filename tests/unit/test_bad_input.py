@@ -152,3 +152,12 @@ def test_appending_after_a_torn_line_keeps_the_log_readable(tmp_path):
     torn_only.write_text('{"half')
     append_jsonl(torn_only, {"a": 1})
     assert torn_only.read_text() == '{"a": 1}\n'
+
+
+def test_a_warning_prints_brackets_as_written(capsys):
+    """A warning quotes errors and paths: their brackets are text, not console markup (a closing tag such as
+    ``[/src/pair.cc:537]`` once raised a MarkupError in the middle of a recovery)."""
+    from polyray.io import warn
+
+    warn("failed ([/src/pair.cc:537] closed [10.0.0.1]:42)")
+    assert "failed ([/src/pair.cc:537] closed [10.0.0.1]:42)" in capsys.readouterr().err
