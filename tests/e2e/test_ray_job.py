@@ -157,7 +157,7 @@ def test_train_entrypoint_runs_as_ray_job(tmp_path, model_dir, run_config):
     if prometheus is not None:  # a real Prometheus, on the scrape config Ray generated, holds them too
         assert expected <= in_prometheus, f"not in Prometheus: {sorted(expected - in_prometheus)}"
     assert "jobs.train" in pages["jobs"] and "RUNNING" in pages["jobs"].upper(), pages.get("jobs", "")[:2000]
-    for actor in ("RolloutWorker", "AdapterStore", "RayTrainWorker", "ServeReplica"):
+    for actor in ("RolloutWorker", "AdapterStore", "LearnerRank", "ServeReplica"):
         assert actor in pages["actors"], (actor, pages["actors"][:2000])
 
     # the live policy: /v1/models gained versions while the run trained (each step publishes one)

@@ -63,6 +63,7 @@ def test_a_learner_ray_train_cannot_place_stops_the_phase_naming_its_ranks(
     run.learner.cpus_per_worker = 64.0  # the test cluster has 4
     run.learner.max_failures = 0
     run.cluster.resource_wait_s = 2.0
+    run.learner.keep_ranks = False
     started = time.monotonic()
     with pytest.raises(ClusterShortfall) as err:
         run_phase(run, 0, model_dir, tmp_path, None, 0, None)
@@ -73,3 +74,34 @@ def test_a_learner_ray_train_cannot_place_stops_the_phase_naming_its_ranks(
         " start(s) of 2 s each (learner.max_failures + 1, cluster.resource_wait_s): each asks {CPU: 64}"
     )
     assert "free now: {CPU: " in message
+
+
+def test_kept_ranks_the_cluster_cannot_place_stop_the_phase_naming_them(ray_cluster, run_config, model_dir, tmp_path):
+    """The same with kept ranks (learner.keep_ranks): one wait of cluster.resource_wait_s, then the phase stops
+    naming the ranks, and the ones that were started are released."""
+    import ray
+
+    from polyray.learner.group import LearnerGroup
+    from polyray.learner.trainer import run_phase
+
+    run = run_config.model_copy(deep=True)
+    run.learner.cpus_per_worker = 64.0
+    run.cluster.resource_wait_s = 2.0
+    group = LearnerGroup(run)
+    started = time.monotonic()
+    with pytest.raises(ClusterShortfall) as err:
+        run_phase(run, 0, model_dir, tmp_path, None, 0, None, group=group)
+    assert time.monotonic() - started < 60
+    world = run.phase_workers(0)
+    assert str(err.value).startswith(
+        f"learner: {world} of {world} rank(s) not placed in 2 s (cluster.resource_wait_s): each asks {{CPU: 64}}"
+    )
+    assert "free now: {CPU: " in str(err.value)
+    assert group.ranks == []
+    deadline = time.monotonic() + 30  # ray.kill is asynchronous
+    while time.monotonic() < deadline:
+        ranks = [a for a in ray._private.state.actors().values() if a["ActorClassName"] == "LearnerRank"]
+        if ranks and all(a["State"] == "DEAD" for a in ranks):
+            break
+        time.sleep(0.2)
+    assert ranks and all(a["State"] == "DEAD" for a in ranks), ranks  # none left waiting for its CPUs
