@@ -149,6 +149,23 @@ def reward(
 
 
 @_command()
+def experiment(
+    seeds: int = typer.Option(3, "--seeds", min=1, help="Runs of the experiment in each round (one per seed)."),
+    repeats: int = typer.Option(1, "--repeats", min=1, help="Rounds; each runs cold, then warm."),
+    sft_steps: int = typer.Option(20, "--sft-steps", min=1),
+    grpo_steps: int = typer.Option(20, "--grpo-steps", min=1),
+    config: str = _config,
+    json_path: Optional[Path] = _json,
+):
+    """Runs per hour of a small experiment with fresh learner ranks per phase (cold) and kept ones (warm)."""
+    from polyray.drivers.bench.experiment import bench_experiment, print_experiment
+
+    results = bench_experiment(config, seeds, repeats, sft_steps, grpo_steps)
+    print_experiment(results)
+    _write(results, json_path)
+
+
+@_command()
 def generation(
     requests: int = typer.Option(64, "--requests", help="Requests per cell."),
     n: int = typer.Option(4, "--n", help="Completions per request."),

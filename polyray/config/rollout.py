@@ -93,6 +93,12 @@ class RolloutConfig(StrictModel):
         ge=2,
         description="Newest published adapter versions the run's adapter store keeps on disk (phase adapters are kept regardless).",
     )
+    share_across_trials: bool = Field(
+        True,
+        description="In a sweep or experiment whose trials run one at a time, the trials share one pool of rollout"
+        " workers when their rollout settings match (engines started once; each trial's adapters and cache"
+        " dropped before the next). False: every trial starts its own.",
+    )
     seed: int = Field(0, description="Mixed with the run seed and the worker index into each vLLM engine's seed.")
     logprobs_mode: Literal["processed_logprobs", "raw_logprobs"] = Field(
         "processed_logprobs",

@@ -43,6 +43,7 @@ from polyray.storage import share_model
 from polyray.tracking import VAL_EVAL, open_tracker
 
 if TYPE_CHECKING:
+    from polyray.drivers.warm import WarmComponents
     from polyray.learner.group import LearnerGroup
     from polyray.rollout.pool import RolloutPool
     from polyray.storage import RunStorage, StoredDir
@@ -139,15 +140,21 @@ def generation_cpus(args: dict[str, Any]) -> float:
 
 
 def run_pipeline(
-    run: RunConfig, output_dir: Path | None = None, resume: bool = False, on_stage=None, serve_generation: bool = False
+    run: RunConfig,
+    output_dir: Path | None = None,
+    resume: bool = False,
+    on_stage=None,
+    serve_generation: bool = False,
+    warm: WarmComponents | None = None,
 ) -> RunResults:
     """Run (or with ``resume`` continue) ``run`` in ``output_dir`` (default ``runs/<name>``); returns
     its results (:class:`~polyray.drivers.results.RunResults`). ``on_stage(results)`` is called after each evaluation is written;
-    ``serve_generation`` serves the live policy over HTTP while the run lasts (``run.generation``)."""
+    ``serve_generation`` serves the live policy over HTTP while the run lasts (``run.generation``);
+    ``warm``: the rollout workers and learner ranks a sweep's trials share (:mod:`polyray.drivers.warm`)."""
     out = Path(output_dir or Path("runs") / run.name).resolve()
     engagement = check_inputs(run)
     results = open_run_dir(run, out, resume)
-    state = RunState(run, out, resume, results, open_tracker(run, out), on_stage)
+    state = RunState(run, out, resume, results, open_tracker(run, out), on_stage, warm=warm)
     try:
         _run_stages(state, engagement, serve_generation)
     except BaseException:
@@ -183,6 +190,12 @@ class RunState:
     serving: bool = False  # the generation service is deployed (--serve-generation)
     logs: StepLogs | None = None  # the learner's step logs, one actor for every phase
     learner: LearnerGroup | None = None  # the learner's kept ranks (learner.keep_ranks), started by the first fit
+    warm: WarmComponents | None = None  # what a sweep's trials share (polyray.drivers.warm)
+    shared_pool: bool = False  # the rollout workers are the sweep's (warm), not this run's
+
+    def keeper(self):
+        """The sweep's rank keeper (the ranks outlive this run), or None."""
+        return self.warm.keeper if self.warm is not None else None
 
     def __post_init__(self) -> None:
         from polyray.storage import RunStorage
@@ -207,7 +220,10 @@ def _run_stages(state: RunState, engagement: list, serve_generation: bool) -> No
     if serve_generation:
         generation = generation_args(state.run, state.out, state.model_ref, state.store_root())
     start_ray(state, generation)
-    store = open_store(state.store_root(), state.run.rollout.store_keep)
+    state.shared_pool = state.warm is not None and state.warm.serves(state.run, state.model_ref)
+    name = state.warm.store_name if state.shared_pool else None  # the shared workers find each run's store by it
+    store = open_store(state.store_root(), state.run.rollout.store_keep, name=name)
+    finished = False
     state.logs = StepLogs.on_driver_node(state.out)  # starts beside the engines and services
     try:
         # the rollout engines start while the services do (each waits mostly on its own imports)
@@ -221,12 +237,15 @@ def _run_stages(state: RunState, engagement: list, serve_generation: bool) -> No
         for index, phase in enumerate(state.run.phases):
             version, adapter = fit(state, index, version, adapter)
             evaluate(state, phase.name, version)
+        finished = True
     finally:
         if state.serving:  # the service lasts as long as the run, also on a cluster that outlives it
             stop_services(state)
-        if state.learner is not None:
+        if state.learner is not None and finished:  # kept for the sweep's next run (or stopped)
+            state.learner.hand_back()
+        elif state.learner is not None:  # a rank may be mid-phase: none is handed on
             state.learner.close()
-        if state.pool is not None:
+        if state.pool is not None and not state.shared_pool:
             state.pool.shutdown()
         state.logs.close()  # the rows are on disk
         ray.kill(store)  # its state is on disk; a resume opens it again
@@ -347,6 +366,10 @@ def launch_pool(state: RunState, store) -> float:
     from polyray.rollout.pool import RolloutPool
 
     run, start = state.run, time.perf_counter()
+    if state.shared_pool:  # the sweep's engines, already running: this run's store and no adapters
+        state.pool = RolloutPool(state.warm.workers)
+        state.pool.start_run(store, run.name)
+        return time.perf_counter() - start
     with console.status(f"starting {run.rollout.num_workers} vLLM rollout worker(s)"):
         state.pool = RolloutPool.launch(
             state.model_ref,
@@ -387,7 +410,7 @@ def fit(state: RunState, index: int, version: int, adapter: str | None) -> tuple
         if state.learner is None and run.learner.keep_ranks:
             from polyray.learner.group import LearnerGroup
 
-            state.learner = LearnerGroup(state.worker_run)
+            state.learner = LearnerGroup(state.worker_run, keeper=state.keeper())
         with state.timer(f"train_{phase.name}"):
             trained = train_stage(
                 state.worker_run,

@@ -180,13 +180,15 @@ def pipeline_trial(
     run_dir: Callable[[dict, str], str],
     prefix: str,
     derived: Callable[[dict], dict] | None = None,
+    warm=None,
 ) -> None:
     """Tune function trainable: one training run at ``params`` (``run`` picks a base, the rest are
     dotted fields) in ``out / run_dir(params, trial_id)``: started, continued if the directory holds an
     unfinished run, or only reported if it holds a finished one. Reports after each evaluation
     (:func:`polyray.tracking.run_metrics`); Tune's logger callbacks track trials, so the run's
     own tracker is off. ``derived(params)``: more config fields that follow from the parameters
-    (an experiment's branch run gets its seed's starting adapter)."""
+    (an experiment's branch run gets its seed's starting adapter). ``warm``: what the trials share
+    (:mod:`polyray.drivers.warm`), or None."""
     import os
 
     from ray import tune
@@ -214,7 +216,8 @@ def pipeline_trial(
 
     results = _finished_results(directory, run)
     if results is None:
-        run_pipeline(run, directory, resume=(directory / "config.resolved.yaml").is_file(), on_stage=report)
+        resume = (directory / "config.resolved.yaml").is_file()
+        run_pipeline(run, directory, resume=resume, on_stage=report, warm=warm)
     else:
         report(results)
 
@@ -272,10 +275,19 @@ def run_trials(
         from polyray.reward.service import ensure_reward_service
 
         ensure_reward_service(first.reward, custom_reward_functions(*configs), wait_s=first.cluster.resource_wait_s)
+    from polyray.drivers.warm import start_warm
+
+    warm = start_warm(configs, max_concurrent)  # engines and learner ranks the trials share, one after another
     trainable = tune.with_resources(
         tune.with_parameters(
-            pipeline_trial, bases=bases, out=str(out), run_dir=run_dir, prefix=prefix or name, derived=derived
-        ),
+            pipeline_trial,
+            bases=bases,
+            out=str(out),
+            run_dir=run_dir,
+            prefix=prefix or name,
+            derived=derived,
+            warm=warm,
+        ),  # fmt: skip
         {"cpu": TRIAL_CPUS},
     )
     tune_dir = out / TUNE_DIR
@@ -294,7 +306,11 @@ def run_trials(
                 callbacks=tune_callbacks(first.tracking, name),
             ),
         )
-    return tuner.fit()
+    try:
+        return tuner.fit()
+    finally:
+        if warm is not None:
+            warm.close()
 
 
 def grid_run_dir(params: dict[str, Any], trial_id: str) -> str:

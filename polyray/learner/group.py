@@ -6,7 +6,8 @@ its ranks once, as plain Ray actors that import those on start; each phase then 
 ``torch.distributed`` group among the first ``world`` ranks (gloo on CPU, NCCL on GPU), runs the same
 worker function as under Ray Train (:func:`polyray.learner.loop.run_worker`) through a
 :class:`KeptSession`, and tears the group down. A phase that needs fewer ranks than the group holds
-releases the others (their resources go back to the cluster); one that needs more starts them.
+leaves the others idle (the run's plan holds CPUs for its largest phase); one that needs more starts them.
+Between the trials of a sweep a :class:`RankKeeper` holds them.
 
 Checkpoints are polyray's own: rank 0 puts each one into the phase's directory of the run's checkpoint
 storage as ``checkpoint_<time>`` (Ray Train's layout, so either learner resumes the other's), sealed by
@@ -135,23 +136,71 @@ class PhaseResult:
         self.metrics = metrics
 
 
-class LearnerGroup:
-    """A run's learner ranks as Ray actors kept across its phases (module docstring). Not thread-safe:
-    one phase at a time, from the driver."""
+def rank_options(run: RunConfig) -> dict[str, Any]:
+    """A rank actor's Ray options: what a kept rank must match to serve another run."""
+    learner = run.learner
+    return {
+        "num_cpus": learner.cpus_per_worker,
+        "num_gpus": 1 if learner.use_gpu else 0,
+        "resources": dict(run.cluster.worker_resources),
+        "scheduling_strategy": "DEFAULT",  # outside a Tune trial's placement group, as the rollout actors
+    }
 
-    def __init__(self, run: RunConfig):
-        self.run = run
+
+class RankKeeper:
+    """Kept ranks between the runs of a sweep (its trials, one at a time): a Ray actor of the sweep's driver
+    that starts them, so they outlive the trial that used them; a run takes them and gives them back."""
+
+    def __init__(self):
         self.ranks: list[Any] = []
+        self.options: dict[str, Any] | None = None
 
-    def resize(self, world: int) -> None:
-        """Exactly ``world`` ranks, all started: released from the end, or new ones started and waited for
-        (a :class:`~polyray.cluster.ClusterShortfall` after ``cluster.resource_wait_s`` when not placed)."""
+    def take(self, options: dict[str, Any]) -> list[Any]:
+        """The kept ranks if they were started with ``options`` (else they are stopped), and none kept after."""
         import ray
 
-        for actor in self.ranks[world:]:
+        ranks, self.ranks = self.ranks, []
+        if options != self.options:
+            for actor in ranks:
+                ray.kill(actor)
+            return []
+        return ranks
+
+    def give(self, ranks: list[Any], options: dict[str, Any]) -> None:
+        self.ranks, self.options = list(ranks), options
+
+    def start(self, n: int, options: dict[str, Any], threads: int) -> list[Any]:
+        """``n`` new ranks, this actor their owner (not yet ready: the caller waits)."""
+        import ray
+
+        return [ray.remote(LearnerRank).options(**options).remote(threads) for _ in range(n)]
+
+    def release(self) -> None:
+        import ray
+
+        for actor in self.ranks:
             ray.kill(actor)
-        del self.ranks[world:]
-        new = [self._start_rank() for _ in range(world - len(self.ranks))]
+        self.ranks = []
+
+
+class LearnerGroup:
+    """A run's learner ranks as Ray actors kept across its phases (module docstring). Not thread-safe:
+    one phase at a time, from the driver. ``keeper``: a :class:`RankKeeper` actor whose ranks the run
+    takes at its start and gives back at its end (:meth:`hand_back`), for the next run of a sweep."""
+
+    def __init__(self, run: RunConfig, keeper=None):
+        import ray
+
+        self.run, self.keeper = run, keeper
+        self.options = rank_options(run)
+        self.ranks: list[Any] = _alive(ray.get(keeper.take.remote(self.options))) if keeper is not None else []
+
+    def grow(self, world: int) -> None:
+        """At least ``world`` ranks, all started: new ones started and waited for (a
+        :class:`~polyray.cluster.ClusterShortfall` after ``cluster.resource_wait_s`` when not placed)."""
+        import ray
+
+        new = self._start_ranks(world - len(self.ranks)) if world > len(self.ranks) else []
         if not new:
             return
         self.ranks += new
@@ -162,20 +211,12 @@ class LearnerGroup:
             raise self._shortfall(world, len(new) - len(ready))
         ray.get(ready)  # a rank whose start failed (an import error) raises here
 
-    def _start_rank(self):
+    def _start_ranks(self, n: int) -> list[Any]:
         import ray
 
-        learner, cluster = self.run.learner, self.run.cluster
-        return (
-            ray.remote(LearnerRank)
-            .options(
-                num_cpus=learner.cpus_per_worker,
-                num_gpus=1 if learner.use_gpu else 0,
-                resources=dict(cluster.worker_resources),
-                scheduling_strategy="DEFAULT",  # outside a Tune trial's placement group, as the rollout actors
-            )
-            .remote(learner.threads)
-        )
+        if self.keeper is not None:  # its own: they outlive this run
+            return ray.get(self.keeper.start.remote(n, self.options, self.run.learner.threads))
+        return [ray.remote(LearnerRank).options(**self.options).remote(self.run.learner.threads) for _ in range(n)]
 
     def _shortfall(self, world: int, unplaced: int):
         from polyray.cluster import ClusterShortfall, format_bundle, free_resources
@@ -202,9 +243,10 @@ class LearnerGroup:
         while True:
             found = newest_whole_checkpoint(Storage(storage_path), job.phase.name)
             attempt = _with_resume(job, found.location if found else None)
-            self.resize(world)
+            self.grow(world)
             address = ray.get(self.ranks[0].rendezvous.remote())
-            refs = [a.run.remote(attempt, i, world, address, storage_path) for i, a in enumerate(self.ranks)]
+            ranks = self.ranks[:world]  # (the others wait for a phase with more ranks: their CPUs are planned)
+            refs = [a.run.remote(attempt, i, world, address, storage_path) for i, a in enumerate(ranks)]
             try:
                 return PhaseResult(_first_error_or_all(refs)[0])
             except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as exc:
@@ -214,6 +256,16 @@ class LearnerGroup:
                 failures += 1
                 _say_restart(job, failures, exc)
 
+    def hand_back(self) -> None:
+        """The ranks to the keeper for the next run (stopped instead when there is none)."""
+        import ray
+
+        if self.keeper is None:
+            self.close()
+            return
+        ray.get(self.keeper.give.remote(self.ranks, self.options))
+        self.ranks = []
+
     def close(self) -> None:
         """Stop every rank (its resources go back to the cluster)."""
         import ray
@@ -222,6 +274,21 @@ class LearnerGroup:
             with contextlib.suppress(Exception):  # already gone
                 ray.kill(actor)
         self.ranks = []
+
+
+def _alive(ranks: list[Any], timeout_s: float = 30.0) -> list[Any]:
+    """The ranks that answer (one killed while kept is stopped for good and left out)."""
+    import ray
+
+    alive = []
+    for actor in ranks:
+        try:
+            ray.get(actor.__ray_ready__.remote(), timeout=timeout_s)
+            alive.append(actor)
+        except Exception:  # noqa: BLE001 - dead, or not answering: a fresh one replaces it
+            with contextlib.suppress(Exception):
+                ray.kill(actor)
+    return alive
 
 
 def _with_resume(job: LearnerJob, location: str | None) -> LearnerJob:

@@ -57,7 +57,8 @@ class RolloutPool:
         :meth:`wait_ready` waits for them).
         ``model_dir``: a path, or a reference into ``cluster.storage`` each worker copies to its node.
         ``run``: the tag of the workers' metrics. ``resources``: custom Ray resources per worker
-        (``cluster.worker_resources``)."""
+        (``cluster.worker_resources``). ``store``: the run's AdapterStore actor, or the name of the one each
+        run takes in turn (:meth:`start_run`)."""
         actor_cls = ray.remote(RolloutWorker).options(
             num_cpus=config.cpus_per_worker,
             num_gpus=config.gpus_per_worker,
@@ -80,10 +81,17 @@ class RolloutPool:
             )
             for i in range(config.num_workers)
         ]
-        pool = cls(workers, store)
+        pool = cls(workers, None if isinstance(store, str) else store)  # (a name: each run's, start_run)
         if wait:
             pool.wait_ready()
         return pool
+
+    def start_run(self, store, run: str) -> None:
+        """Serve a new run on these workers (a pool a sweep's trials share, launched with ``store`` set to the
+        name each trial's store takes): ``store`` is that run's store, ``run`` its metrics tag; every worker
+        forgets the last run's adapters (:meth:`RolloutWorker.start_run`)."""
+        self.store, self.named = store, {}
+        ray.get([w.start_run.remote({"run": run, "worker": str(i)}) for i, w in enumerate(self.workers)])
 
     def wait_ready(self, demand=None, resource_wait_s: float = 0.0) -> None:
         """Wait for every worker's engine. With ``demand`` (the workers' :class:`polyray.cluster.Demand`), a

@@ -297,23 +297,37 @@ def store_actor_name(root: str | Path) -> str:
     return "polyray-adapter-store-" + hashlib.blake2b(store_root(root).encode(), digest_size=6).hexdigest()
 
 
-def open_store(root: str | Path, keep: int = 8, detached: bool = False):
+def open_store(root: str | Path, keep: int = 8, detached: bool = False, name: str | None = None):
     """The run's store actor (created, or the live one for this run directory). Ray restarts it
     if its process dies; the new one reads the directory back, and calls in flight are retried.
-    ``detached``: it outlives its creator (a service that opened a finished run's store)."""
+    ``detached``: it outlives its creator (a service that opened a finished run's store). ``name``: the
+    actor's name instead of the directory's (a rollout pool a sweep's trials share finds each trial's store
+    by it); the last run's store of that name must be gone, which this waits for."""
+    import time
+
     import ray
 
-    return (
-        ray.remote(AdapterStore)
-        .options(
-            name=store_actor_name(root),
-            namespace=STORE_NAMESPACE,
-            get_if_exists=True,
-            num_cpus=0,
-            max_restarts=-1,
-            max_task_retries=-1,
-            lifetime="detached" if detached else None,
-            scheduling_strategy="DEFAULT",
-        )  # outside a Tune trial's placement group, like the workers
-        .remote(store_root(root), keep, preload=True)
+    options = dict(
+        namespace=STORE_NAMESPACE,
+        num_cpus=0,
+        max_restarts=-1,
+        max_task_retries=-1,
+        lifetime="detached" if detached else None,
+        scheduling_strategy="DEFAULT",  # outside a Tune trial's placement group, like the workers
     )
+    actor = ray.remote(AdapterStore)
+    if name is None:
+        return actor.options(name=store_actor_name(root), get_if_exists=True, **options).remote(
+            store_root(root), keep, preload=True
+        )
+    deadline = time.monotonic() + STORE_NAME_WAIT_S
+    while True:
+        try:
+            return actor.options(name=name, **options).remote(store_root(root), keep, preload=True)
+        except ValueError:  # the name is still held by the last run's store, being stopped
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"adapter store name {name!r} still held after {STORE_NAME_WAIT_S:g} s") from None
+            time.sleep(0.1)
+
+
+STORE_NAME_WAIT_S = 60.0  # for a stopped store to release its name

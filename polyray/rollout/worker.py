@@ -178,6 +178,20 @@ HISTOGRAMS = {
 COUNTERS = {"polyray_rollout_completion_tokens": "Completion tokens the worker generated."}
 
 
+def _resolve_store(store):
+    """An AdapterStore handle as given, or the live actor of that name (None when there is none)."""
+    if not isinstance(store, str):
+        return store
+    import ray
+
+    from polyray.rollout.store import STORE_NAMESPACE
+
+    try:
+        return ray.get_actor(store, namespace=STORE_NAMESPACE)
+    except ValueError:  # no run holds the name now
+        return None
+
+
 class RolloutWorker:
     def __init__(
         self,
@@ -210,13 +224,36 @@ class RolloutWorker:
         self.adapter_root = Path(tempfile.mkdtemp(prefix="adapters-", dir=process_dir("polyray-adapters", shm)))
         self.adapters: dict[int, tuple[Path, str]] = {}  # version -> (directory, content hash)
         self.named: dict[str, tuple[int, Path]] = {}  # name -> (lora id, path) for saved adapters
-        self.store = store  # the run's AdapterStore actor, or None (the evaluation job: named adapters only)
-        if store is not None:  # (re)started: serve the newest published weights from the first call
+        # the run's AdapterStore actor, or None (the evaluation job: named adapters only); or its actor name,
+        # which a pool shared by a sweep's trials gives (each trial's store takes it: a restart finds the current one)
+        self.store_name = store if isinstance(store, str) else None
+        self.store = _resolve_store(store)
+        self._pull_newest()
+
+    def _pull_newest(self) -> None:
+        """Serve the newest published weights from the first call ((re)started, or a new run's store)."""
+        if self.store is not None:
             import ray
 
-            newest = ray.get(store.newest_stored.remote())
+            newest = ray.get(self.store.newest_stored.remote())
             if newest:
                 self._pull(newest)
+
+    def start_run(self, tags: dict[str, str]) -> None:
+        """Serve a new run of a sweep (a pool its trials share): every adapter of the last one dropped, the
+        prefix cache emptied (version ids start again, under other weights), and the run's store found by
+        the name the worker was given; the engine is the same. ``tags``: the new run's metric tags."""
+        from polyray.telemetry import Metrics
+
+        for version in list(self.adapters):
+            self._drop(version)
+        for lora_id, _ in self.named.values():
+            self._remove_lora(lora_id)
+        self.named.clear()
+        self.llm.reset_prefix_cache()
+        self.metrics = Metrics({"run": "", "worker": "0", **tags}, GAUGES, HISTOGRAMS, COUNTERS)
+        self.store = _resolve_store(self.store_name)
+        self._pull_newest()
 
     # ---- adapters ---------------------------------------------------------------------------
     def load_adapter(self, version: int, adapter: dict[str, Any], sha256: str | None = None) -> int:
@@ -264,11 +301,17 @@ class RolloutWorker:
         older version pulled for a request is used right after)."""
         others = sorted(v for v in self.adapters if v != keep)
         for version in others[: max(0, len(others) - (self.keep_versions - 1))]:
-            try:
-                self.llm.llm_engine.remove_lora(version)
-            except Exception:  # never loaded into vLLM (no request used it): nothing to remove
-                pass
-            shutil.rmtree(self.adapters.pop(version)[0], ignore_errors=True)
+            self._drop(version)
+
+    def _drop(self, version: int) -> None:
+        self._remove_lora(version)
+        shutil.rmtree(self.adapters.pop(version)[0], ignore_errors=True)
+
+    def _remove_lora(self, lora_id: int) -> None:
+        try:
+            self.llm.llm_engine.remove_lora(lora_id)
+        except Exception:  # never loaded into vLLM (no request used it): nothing to remove
+            pass
 
     def versions(self) -> list[int]:
         return sorted(self.adapters)

@@ -1,0 +1,93 @@
+"""What the trials of a sweep or an experiment share when they run one at a time: the rollout engines and
+the learner's kept ranks, started once by the sweep's driver and handed to every trial.
+
+A trial's run (:func:`polyray.drivers.run.run_pipeline` with ``warm``) then starts no engine: it opens its
+adapter store under the name the workers were given, and the workers drop the last run's adapters and
+prefix cache (:meth:`polyray.rollout.pool.RolloutPool.start_run`); its learner takes the kept ranks
+(:class:`polyray.learner.group.RankKeeper`) and gives them back at its end. A trial whose rollout settings
+differ from the pool's (another model, other engine settings) starts its own engines as before; so does
+every trial of a sweep whose trials run concurrently.
+
+What a trial computes does not depend on it: every request samples with its own seed, the engine's cache
+of the last run is emptied, and a phase builds its model, optimizer and process group afresh on the
+kept ranks. A worker that dies in a trial is restarted by Ray and finds that trial's store by name.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from polyray.config import RunConfig
+
+
+def pool_key(run: RunConfig, model_ref) -> str:
+    """What a shared pool must match to serve ``run``: the model, its dtype, the rollout settings but the
+    seed (each request brings its own), the workers' resources."""
+    rollout = run.rollout.model_dump(mode="json", exclude={"seed", "share_across_trials"})
+    return json.dumps(
+        [str(model_ref), run.model.dtype, rollout, run.cluster.worker_resources], sort_keys=True, default=str
+    )
+
+
+@dataclass
+class WarmComponents:
+    """A sweep's shared rollout workers (for runs whose :func:`pool_key` is ``key``) and learner rank keeper."""
+
+    key: str
+    workers: list[Any]
+    store_name: str  # the name each trial's adapter store takes in turn
+    keeper: Any = None  # a RankKeeper actor, or None (runs start their own ranks)
+
+    def serves(self, run: RunConfig, model_ref) -> bool:
+        return bool(self.workers) and pool_key(run, model_ref) == self.key
+
+    def close(self) -> None:
+        import contextlib
+
+        import ray
+
+        if self.keeper is not None:
+            with contextlib.suppress(Exception):
+                ray.get(self.keeper.release.remote(), timeout=60)
+            ray.kill(self.keeper)
+        for worker in self.workers:
+            with contextlib.suppress(Exception):
+                ray.get(worker.close.remote(), timeout=30)
+            ray.kill(worker)
+
+
+def start_warm(configs: list[RunConfig], concurrent: int) -> WarmComponents | None:
+    """The components the trials of ``configs`` (one config per base run) may share, started and ready; None
+    when trials run concurrently; without the pool when their rollout settings differ or one sets
+    ``rollout.share_across_trials`` false, and without the keeper when one sets ``learner.keep_ranks`` false."""
+    import ray
+
+    from polyray.learner.group import RankKeeper
+    from polyray.models.source import prepare_model_dir
+    from polyray.rollout.pool import RolloutPool
+    from polyray.storage import share_model
+
+    if concurrent != 1 or not configs:
+        return None
+    first = configs[0]
+    model_ref = share_model(first.cluster.storage, prepare_model_dir(first.model, first.task))
+    keys = {pool_key(run, share_model(run.cluster.storage, prepare_model_dir(run.model, run.task))) for run in configs}
+    store_name = f"polyray-adapter-store-trials-{uuid.uuid4().hex[:8]}"
+    workers: list[Any] = []
+    if len(keys) == 1 and all(run.rollout.share_across_trials for run in configs):
+        from polyray.cluster import run_demands
+
+        pool = RolloutPool.launch(
+            model_ref, first.rollout, first.model.dtype, first.seed, store_name,
+            run=first.name, resources=first.cluster.worker_resources, wait=False,
+        )  # fmt: skip
+        demand = next(d for d in run_demands(first) if d.what == "rollout workers")
+        pool.wait_ready(demand, first.cluster.resource_wait_s)
+        workers = pool.workers
+    keeper = None
+    if all(run.learner.keep_ranks for run in configs):
+        keeper = ray.remote(RankKeeper).options(num_cpus=0, scheduling_strategy="DEFAULT").remote()
+    return WarmComponents(keys.pop() if len(keys) == 1 else "", workers, store_name, keeper)
