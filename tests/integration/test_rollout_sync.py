@@ -8,6 +8,8 @@ import torch
 
 from support.phase_harness import learner_logprobs, random_lora_policy
 
+from polyray.config import SamplingConfig
+
 pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.slow]
 
 # Both sides run the same float32 weights; they differ only in kernels (vLLM's CPU attention and
@@ -318,3 +320,46 @@ def test_samples_carry_their_kl_reference_log_probs(pool, model_dir, run_config,
     ]
     scored = ray.get(pool.workers[0].score_sequences.remote([(P, c[len(P) :]) for c in full], reference=BASE_MODEL))
     assert scored[0] is None and len(scored[1]) == run_config.rollout.max_model_len - len(P) - 1
+
+
+def test_a_pool_the_runs_of_a_sweep_share_serves_each_run_its_own_weights(ray_cluster, model_dir, run_config, tmp_path):
+    """Trials run one at a time share one pool (polyray.drivers.warm): each run's store is found by the name the
+    workers were given, and the next run's version 1 (the same id, other weights) is served as that run's adapter,
+    never the last run's, nor from a prefix cached under it; the last run's named adapters (a KL reference) are
+    gone."""
+    from polyray.learner.lora import extract_adapter, save_adapter
+    from polyray.rollout.pool import RolloutPool
+    from polyray.rollout.store import open_store
+    from polyray.rollout.worker import MissingAdapterError
+    from polyray.tasks import build_task
+
+    name = "polyray-adapter-store-test-shared"
+    pool = RolloutPool.launch(str(model_dir), run_config.rollout, run_config.model.dtype, 0, name, run="first")
+    prompt = build_task(run_config.task).prompts("val", 1)[0]
+    served = []
+    try:
+        for run, seed in (("first", 0), ("second", 1)):
+            store = open_store(tmp_path / run, name=name)
+            pool.start_run(store, run)
+            assert ray.get(pool.workers[0].versions.remote()) == []  # nothing of the last run
+            model, tok = random_policy(model_dir, run_config, seed)
+            pool.publish(1, extract_adapter(model))
+            sample = pool.generate([prompt.text], 1, SamplingConfig(max_tokens=12), version=1, seeds=[7])[0][0]
+            P, C = sample.prompt_token_ids, sample.token_ids
+            learner = learner_logprobs(model, P, C, tok.pad_token_id)
+            served.append(torch.tensor(ray.get(pool.workers[0].score.remote(P, C, 1))))
+            assert torch.allclose(served[-1], learner, atol=TOL), (run, served[-1], learner)
+            assert torch.allclose(torch.tensor(sample.logprobs), learner, atol=TOL), run
+            if run == "first":
+                save_adapter(model, tmp_path / "reference")
+                pool.add_named_adapter("reference", str(tmp_path / "reference"))
+                first = (P, C)
+                ray.get(pool.workers[0].score_sequences.remote([first], reference="reference"))
+            ray.kill(store)  # as a run ends
+        with pytest.raises(MissingAdapterError):
+            ray.get(pool.workers[0].score_sequences.remote([first], reference="reference"))
+        again = torch.tensor(ray.get(pool.workers[0].score.remote(*first, 1)))  # the first run's tokens, v1 now
+        gap = (again - served[0]).abs().max().item()
+        assert gap > 30 * TOL, f"the second run's version 1 scored as the first run's (max gap {gap})"
+    finally:
+        pool.shutdown()
