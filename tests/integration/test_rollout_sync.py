@@ -325,8 +325,7 @@ def test_samples_carry_their_kl_reference_log_probs(pool, model_dir, run_config,
 def test_a_pool_the_runs_of_a_sweep_share_serves_each_run_its_own_weights(ray_cluster, model_dir, run_config, tmp_path):
     """Trials run one at a time share one pool (polyray.drivers.warm): each run's store is found by the name the
     workers were given, and the next run's version 1 (the same id, other weights) is served as that run's adapter,
-    never the last run's, nor from a prefix cached under it; the last run's named adapters (a KL reference) are
-    gone."""
+    never the last run's; the last run's named adapters (a KL reference) are gone."""
     from polyray.learner.lora import extract_adapter, save_adapter
     from polyray.rollout.pool import RolloutPool
     from polyray.rollout.store import open_store
