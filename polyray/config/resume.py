@@ -32,7 +32,7 @@ PATH_FIELDS = ("model.source", "task.path", "task.engagement_model", "task.eval_
 """Fields that may name a local path (dotted, in the resolved config)."""
 CONTENT_FIELDS = ("model.source", "task.path", "init_adapter")
 """Path fields compared by content. Not the engagement models: a run trains those directories itself."""
-EXECUTION_FIELDS = ("learner.keep_ranks",)
+EXECUTION_FIELDS = ("learner.keep_ranks", "rollout.share_across_trials")
 """Fields that choose how a run executes, not what it computes: a resume may change them (or find them
 missing from a run started before they existed)."""
 HASHED_BYTES = 256 << 20  # files in a directory up to this size are hashed; larger ones by size

@@ -239,19 +239,32 @@ def _run_stages(state: RunState, engagement: list, serve_generation: bool) -> No
             evaluate(state, phase.name, version)
         finished = True
     finally:
-        if state.serving:  # the service lasts as long as the run, also on a cluster that outlives it
-            stop_services(state)
-        if state.learner is not None and finished:  # kept for the sweep's next run (or stopped)
-            state.learner.hand_back()
-        elif state.learner is not None:  # a rank may be mid-phase: none is handed on
-            state.learner.close()
-        if state.pool is not None and not state.shared_pool:
-            state.pool.shutdown()
-        state.logs.close()  # the rows are on disk
-        ray.kill(store)  # its state is on disk; a resume opens it again
+        release(state, store, finished)
     timings = state.timer.timings
     timings["total"] = round(sum(v for k, v in timings.items() if k != "total"), 2)
     write_results(state.out, state.results)
+
+
+def release(state: RunState, store, finished: bool) -> None:
+    """Everything the run started, each step on its own (one that fails skips none of the others and is a
+    warning: the run's own outcome, or error, is what it reports)."""
+    learner = state.learner
+    steps = [
+        (state.serving, lambda: stop_services(state)),  # the service lasts as long as the run
+        # ranks are handed to the sweep's next run only after a clean end: one may be mid-phase otherwise
+        (learner is not None and finished, lambda: learner.hand_back()),
+        (learner is not None and not finished, lambda: learner.cancel()),
+        (state.pool is not None and not state.shared_pool, lambda: state.pool.shutdown()),
+        (True, lambda: state.logs.close()),  # the rows are on disk
+        (True, lambda: ray.kill(store)),  # its state is on disk; a resume opens it again
+    ]
+    for due, step in steps:
+        if not due:
+            continue
+        try:
+            step()
+        except Exception as exc:  # noqa: BLE001 - the others still run
+            warn(f"stopping the run's components: {exc!r}")
 
 
 def prepare_inputs(state: RunState, engagement: list) -> None:
@@ -366,6 +379,11 @@ def launch_pool(state: RunState, store) -> float:
     from polyray.rollout.pool import RolloutPool
 
     run, start = state.run, time.perf_counter()
+    if state.shared_pool and not _workers_alive(state.warm.workers):
+        warn("a rollout worker the sweep's trials share is gone (past its restarts): this run starts its own")
+        for worker in state.warm.workers:
+            ray.kill(worker)
+        state.shared_pool = False
     if state.shared_pool:  # the sweep's engines, already running: this run's store and no adapters
         state.pool = RolloutPool(state.warm.workers)
         state.pool.start_run(store, run.name)
@@ -382,6 +400,15 @@ def launch_pool(state: RunState, store) -> float:
             wait=False,
         )
     return time.perf_counter() - start
+
+
+def _workers_alive(workers: list, timeout_s: float = 60.0) -> bool:
+    """Whether every worker answers (Ray restarts one that died, until its restarts are spent)."""
+    try:
+        ray.get([w.versions.remote() for w in workers], timeout=timeout_s)
+        return True
+    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+        return False
 
 
 def wait_for_pool(state: RunState, launched_s: float) -> None:

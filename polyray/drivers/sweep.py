@@ -255,10 +255,13 @@ def run_trials(
     resume: bool = False,
     prefix: str | None = None,
     derived: Callable[[dict], dict] | None = None,
+    variants: list[RunConfig] | None = None,
 ):
     """Run (or, with ``resume``, restore) the Tune experiment ``name`` of pipeline trials; returns
     Tune's ResultGrid. ``configs``: one run config per base, checked here before anything starts;
-    ``prefix``: of every trial's run name (default ``name``); ``derived``: see :func:`pipeline_trial`."""
+    ``prefix``: of every trial's run name (default ``name``); ``derived``: see :func:`pipeline_trial`;
+    ``variants``: configs spanning what the trials may differ in (default ``configs``), which decide what
+    they can share (:func:`polyray.drivers.warm.start_warm`)."""
     from ray import tune
 
     from polyray.cluster import init_ray
@@ -277,7 +280,9 @@ def run_trials(
         ensure_reward_service(first.reward, custom_reward_functions(*configs), wait_s=first.cluster.resource_wait_s)
     from polyray.drivers.warm import start_warm
 
-    warm = start_warm(configs, max_concurrent)  # engines and learner ranks the trials share, one after another
+    warm = start_warm(
+        variants or configs, max_concurrent
+    )  # engines and learner ranks the trials share, one after another
     trainable = tune.with_resources(
         tune.with_parameters(
             pipeline_trial,
@@ -354,6 +359,7 @@ def run_sweep(
         num_samples=sweep.num_samples,
         max_concurrent=sweep.max_concurrent_trials,
         resume=resume,
+        variants=[RunConfig.model_validate(apply_params(base, point)) for point in _points(sweep)],
     )
     summary = summarise(sweep, first, grid)
     summary = attach_test(summary, evaluate_selected_on_test(summary))

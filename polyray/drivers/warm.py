@@ -23,10 +23,15 @@ from typing import Any
 from polyray.config import RunConfig
 
 
+# rollout fields a shared pool need not match: each request's seed, the store's own setting, the switch itself, and
+# a memory figure a run checks (and fills in from the cluster, which a key made before the cluster would not see)
+NOT_KEYED = {"seed", "share_across_trials", "store_keep", "gpu_memory_gib"}
+
+
 def pool_key(run: RunConfig, model_ref) -> str:
     """What a shared pool must match to serve ``run``: the model, its dtype, the rollout settings but the
     seed (each request brings its own), the workers' resources."""
-    rollout = run.rollout.model_dump(mode="json", exclude={"seed", "share_across_trials"})
+    rollout = run.rollout.model_dump(mode="json", exclude=NOT_KEYED)
     return json.dumps(
         [str(model_ref), run.model.dtype, rollout, run.cluster.worker_resources], sort_keys=True, default=str
     )

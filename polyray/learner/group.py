@@ -20,8 +20,9 @@ collective), fresh ones are started, and the phase resumes from its newest whole
 from __future__ import annotations
 
 import contextlib
+import datetime
+import gc
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -29,7 +30,7 @@ from typing import Any
 from polyray.config import RunConfig
 from polyray.learner.job import LearnerJob
 
-CHECKPOINT_TIME = "%Y-%m-%d_%H-%M-%S"  # Ray Train's checkpoint directory names, so both sort by time alike
+CHECKPOINT_TIME = "%Y-%m-%d_%H-%M-%S.%f"  # Ray Train's checkpoint directory names, so both sort by time alike
 
 
 class KeptSession:
@@ -79,7 +80,7 @@ class KeptSession:
         self.last_metrics = dict(metrics)
         if checkpoint_dir is None:
             return
-        stamp = time.strftime(CHECKPOINT_TIME, time.gmtime()) + f".{time.time_ns() // 1000 % 1_000_000:06d}"
+        stamp = datetime.datetime.now().strftime(CHECKPOINT_TIME)  # one clock read, local time as Ray Train's
         Storage(self.storage_path).put_dir(checkpoint_dir, f"{self.phase}/checkpoint_{stamp}")
 
     def telemetry(self, run: str, phase: str):
@@ -118,7 +119,8 @@ class LearnerRank:
         from polyray.learner.loop import run_worker
 
         backend = "nccl" if job.run.learner.use_gpu else "gloo"
-        dist.init_process_group(backend, init_method=address, rank=rank, world_size=world)
+        timeout = datetime.timedelta(seconds=PROCESS_GROUP_TIMEOUT_S)
+        dist.init_process_group(backend, init_method=address, rank=rank, world_size=world, timeout=timeout)
         session = KeptSession(
             rank, world, storage_path, job.phase.name, job.recovered_checkpoint, job.run.learner.use_gpu
         )
@@ -126,7 +128,20 @@ class LearnerRank:
             run_worker(job, session)
         finally:
             dist.destroy_process_group()
+            _release_memory(job.run.learner.use_gpu)  # the next phase plans on a clean process
         return session.last_metrics
+
+
+PROCESS_GROUP_TIMEOUT_S = 1800  # a collective's wait, as Ray Train's TorchConfig sets it
+
+
+def _release_memory(use_gpu: bool) -> None:
+    """What a finished phase held (its model, optimizer, batches): collected, and the CUDA cache emptied."""
+    gc.collect()
+    if use_gpu:
+        import torch
+
+        torch.cuda.empty_cache()
 
 
 class PhaseResult:
@@ -152,35 +167,43 @@ class RankKeeper:
     that starts them, so they outlive the trial that used them; a run takes them and gives them back."""
 
     def __init__(self):
-        self.ranks: list[Any] = []
+        self.ranks: list[Any] = []  # given back, idle
+        self.lent: list[Any] = []  # taken or started by the run now going
         self.options: dict[str, Any] | None = None
 
     def take(self, options: dict[str, Any]) -> list[Any]:
-        """The kept ranks if they were started with ``options`` (else they are stopped), and none kept after."""
-        import ray
-
+        """The kept ranks if they were started with ``options`` (else they are stopped), and none kept after.
+        Ranks the last run took and never gave back (it died before its end) are stopped: runs go one at a time."""
         ranks, self.ranks = self.ranks, []
+        self._kill(self.lent)
         if options != self.options:
-            for actor in ranks:
-                ray.kill(actor)
-            return []
+            self._kill(ranks)
+            ranks = []
+        self.lent = list(ranks)
         return ranks
 
     def give(self, ranks: list[Any], options: dict[str, Any]) -> None:
-        self.ranks, self.options = list(ranks), options
+        self.ranks, self.options, self.lent = list(ranks), options, []
 
     def start(self, n: int, options: dict[str, Any], threads: int) -> list[Any]:
         """``n`` new ranks, this actor their owner (not yet ready: the caller waits)."""
         import ray
 
-        return [ray.remote(LearnerRank).options(**options).remote(threads) for _ in range(n)]
+        new = [ray.remote(LearnerRank).options(**options).remote(threads) for _ in range(n)]
+        self.lent += new
+        return new
 
     def release(self) -> None:
+        self._kill(self.ranks + self.lent)
+        self.ranks, self.lent = [], []
+
+    @staticmethod
+    def _kill(actors: list[Any]) -> None:
         import ray
 
-        for actor in self.ranks:
-            ray.kill(actor)
-        self.ranks = []
+        for actor in actors:
+            with contextlib.suppress(Exception):  # already gone
+                ray.kill(actor)
 
 
 class LearnerGroup:
@@ -194,6 +217,7 @@ class LearnerGroup:
         self.run, self.keeper = run, keeper
         self.options = rank_options(run)
         self.ranks: list[Any] = _alive(ray.get(keeper.take.remote(self.options))) if keeper is not None else []
+        self.cancelled = False  # cancel(): the run is ending
 
     def grow(self, world: int) -> None:
         """At least ``world`` ranks, all started: new ones started and waited for (a
@@ -243,15 +267,18 @@ class LearnerGroup:
         while True:
             found = newest_whole_checkpoint(Storage(storage_path), job.phase.name)
             attempt = _with_resume(job, found.location if found else None)
-            self.grow(world)
-            address = ray.get(self.ranks[0].rendezvous.remote())
-            ranks = self.ranks[:world]  # (the others wait for a phase with more ranks: their CPUs are planned)
-            refs = [a.run.remote(attempt, i, world, address, storage_path) for i, a in enumerate(ranks)]
             try:
+                self.ranks = _alive(self.ranks)  # one lost while idle (its node, an OOM kill) is replaced
+                self.grow(world)
+                if self.cancelled:
+                    raise PhaseCancelled(job.phase.name)
+                address = ray.get(self.ranks[0].rendezvous.remote())
+                ranks = self.ranks[:world]  # (the others wait for a phase with more ranks: their CPUs are planned)
+                refs = [a.run.remote(attempt, i, world, address, storage_path) for i, a in enumerate(ranks)]
                 return PhaseResult(_first_error_or_all(refs)[0])
             except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as exc:
                 self.close()  # a peer may wait in a collective for the rank that failed
-                if failures >= job.run.learner.max_failures:
+                if self.cancelled or failures >= job.run.learner.max_failures:
                     raise _cause(exc) from None
                 failures += 1
                 _say_restart(job, failures, exc)
@@ -266,6 +293,12 @@ class LearnerGroup:
         ray.get(self.keeper.give.remote(self.ranks, self.options))
         self.ranks = []
 
+    def cancel(self) -> None:
+        """Stop every rank and start none again: the run is ending (an error or Ctrl-C in the driver), and a
+        phase still fitting in another thread sees its ranks die and stops instead of restarting them."""
+        self.cancelled = True
+        self.close()
+
     def close(self) -> None:
         """Stop every rank (its resources go back to the cluster)."""
         import ray
@@ -274,6 +307,10 @@ class LearnerGroup:
             with contextlib.suppress(Exception):  # already gone
                 ray.kill(actor)
         self.ranks = []
+
+
+class PhaseCancelled(RuntimeError):
+    """A phase's fit that found its group cancelled (the run is ending) before it started its ranks."""
 
 
 def _alive(ranks: list[Any], timeout_s: float = 30.0) -> list[Any]:

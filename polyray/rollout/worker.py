@@ -250,7 +250,10 @@ class RolloutWorker:
         for lora_id, _ in self.named.values():
             self._remove_lora(lora_id)
         self.named.clear()
-        self.llm.reset_prefix_cache()
+        # ids start again under other weights: an adapter or a cached prefix left would be served as the new run's
+        left = self.llm.llm_engine.list_loras()
+        if left or not self.llm.reset_prefix_cache():
+            raise RuntimeError(f"rollout worker: the last run's adapters {sorted(left)} or cached prefixes remain")
         self.metrics = Metrics({"run": "", "worker": "0", **tags}, GAUGES, HISTOGRAMS, COUNTERS)
         self.store = _resolve_store(self.store_name)
         self._pull_newest()

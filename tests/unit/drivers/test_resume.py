@@ -39,7 +39,8 @@ def test_resume_continues_the_same_config_only(tmp_path):
     with pytest.raises(ConfigError, match="config differs from the run's .* in: phases.1.steps, seed$"):
         open_run_dir(other, out, resume=True)
     # how the learner's ranks run is not what the run computes: a resume may change it
-    assert open_run_dir(load_config(QUICKSTART, ["learner.keep_ranks=false"]), out, resume=True).name == "quickstart"
+    execution = ["learner.keep_ranks=false", "rollout.share_across_trials=false"]
+    assert open_run_dir(load_config(QUICKSTART, execution), out, resume=True).name == "quickstart"
     assert open_run_dir(run, out, resume=True) == RunResults(name="quickstart", eval_split="test")
     (out / "results.json").write_text(json.dumps({"name": "quickstart", "phases": {"base": {"pass@1": 0.1}}}))
     results = open_run_dir(run, out, resume=True)

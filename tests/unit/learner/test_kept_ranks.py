@@ -1,0 +1,56 @@
+"""The kept learner ranks' bookkeeping without a cluster: what a sweep's keeper hands on, what it stops, and
+the checkpoint names kept ranks write beside Ray Train's."""
+
+from __future__ import annotations
+
+from polyray.learner.group import CHECKPOINT_TIME, RankKeeper
+
+OPTIONS = {"num_cpus": 1, "num_gpus": 0, "resources": {}, "scheduling_strategy": "DEFAULT"}
+
+
+def _keeper(monkeypatch) -> tuple[RankKeeper, list]:
+    killed: list = []
+    monkeypatch.setattr(RankKeeper, "_kill", staticmethod(lambda actors: killed.extend(actors)))
+    return RankKeeper(), killed
+
+
+def test_a_keeper_hands_the_next_run_what_the_last_gave_back(monkeypatch):
+    keeper, killed = _keeper(monkeypatch)
+    assert keeper.take(OPTIONS) == []  # nothing kept yet: the run starts its own
+    keeper.give(["rank0", "rank1"], OPTIONS)
+    assert keeper.take(OPTIONS) == ["rank0", "rank1"] and killed == []
+    keeper.give(["rank0", "rank1"], OPTIONS)
+    keeper.release()
+    assert killed == ["rank0", "rank1"] and keeper.take(OPTIONS) == []
+
+
+def test_a_keeper_stops_ranks_a_run_never_gave_back_and_ranks_of_other_options(monkeypatch):
+    keeper, killed = _keeper(monkeypatch)
+    keeper.give(["rank0"], OPTIONS)
+    assert keeper.take(OPTIONS) == ["rank0"]
+    # that run died before its end: its ranks may be mid-phase, so the next run gets none of them
+    assert keeper.take(OPTIONS) == [] and killed == ["rank0"]
+    keeper.give(["rank1"], OPTIONS)
+    assert keeper.take({**OPTIONS, "num_cpus": 2}) == [] and killed == ["rank0", "rank1"]  # not what it asks
+
+
+def test_kept_ranks_name_checkpoints_as_ray_train_does(monkeypatch):
+    """Either learner resumes the other's checkpoints, the newest by directory name: the same format, the same
+    clock (Ray Train's own name for a frozen moment)."""
+    import datetime
+
+    from ray.train.v2._internal import util
+
+    moment = datetime.datetime(2026, 11, 28, 9, 5, 7, 123)
+
+    class Frozen(datetime.datetime):
+        @classmethod
+        def today(cls):
+            return moment
+
+        @classmethod
+        def now(cls, tz=None):
+            return moment
+
+    monkeypatch.setattr(util, "datetime", Frozen)
+    assert moment.strftime(CHECKPOINT_TIME) == util.date_str(include_ms=True)
