@@ -253,26 +253,33 @@ def run_experiment(
     stamp = time.strftime("%Y%m%d-%H%M%S")
     errors: dict[str, str] = {}
     roots, branches = [r for r in exp.runs if r not in origins], [r for r in exp.runs if r in origins]
-    for wave, names in ((exp.name, roots), (f"{exp.name}-branches", branches)):
-        ready = _ready_seeds(out, names, origins, ids, errors)
-        if not names or not ready:
-            continue
-        space = {"run": tune.grid_search(names), "seed": tune.grid_search(ready)}
-        grid = run_trials(
-            f"{wave}-{stamp}",
-            out,
-            space,
-            bases,
-            _experiment_run_dir,
-            [configs[r, ready[0]] for r in names],
-            max_concurrent=exp.max_concurrent,
-            prefix=exp.name,
-            derived=derived,
-        )
-        for result in grid:
-            if result.error is not None:
-                params = trial_params(result)
-                errors[f"{params.get('run', '?')}-s{params.get('seed', '?')}"] = error_line(result.error)
+    shared: dict[str, Any] = {}  # one engine and one rank keeper for both waves
+    try:
+        for wave, names in ((exp.name, roots), (f"{exp.name}-branches", branches)):
+            ready = _ready_seeds(out, names, origins, ids, errors)
+            if not names or not ready:
+                continue
+            space = {"run": tune.grid_search(names), "seed": tune.grid_search(ready)}
+            grid = run_trials(
+                f"{wave}-{stamp}",
+                out,
+                space,
+                bases,
+                _experiment_run_dir,
+                [configs[r, ready[0]] for r in names],
+                max_concurrent=exp.max_concurrent,
+                prefix=exp.name,
+                derived=derived,
+                variants=[configs[r, ids[0]] for r in exp.runs],
+                shared=shared,
+            )
+            for result in grid:
+                if result.error is not None:
+                    params = trial_params(result)
+                    errors[f"{params.get('run', '?')}-s{params.get('seed', '?')}"] = error_line(result.error)
+    finally:
+        if shared.get("warm") is not None:
+            shared["warm"].close()
 
     errors.update(evaluate_chosen_on_test(exp, out, ids, select_models(exp, out, ids)))  # on validation
     return _write_outputs(exp, out, ids, errors)

@@ -256,12 +256,14 @@ def run_trials(
     prefix: str | None = None,
     derived: Callable[[dict], dict] | None = None,
     variants: list[RunConfig] | None = None,
+    shared: dict[str, Any] | None = None,
 ):
     """Run (or, with ``resume``, restore) the Tune experiment ``name`` of pipeline trials; returns
     Tune's ResultGrid. ``configs``: one run config per base, checked here before anything starts;
     ``prefix``: of every trial's run name (default ``name``); ``derived``: see :func:`pipeline_trial`;
     ``variants``: configs spanning what the trials may differ in (default ``configs``), which decide what
-    they can share (:func:`polyray.drivers.warm.start_warm`)."""
+    they can share (:func:`polyray.drivers.warm.start_warm`); ``shared``: a holder whose ``"warm"`` is used,
+    or set, for the caller's next call (the caller closes it), so two waves share one engine."""
     from ray import tune
 
     from polyray.cluster import init_ray
@@ -280,9 +282,11 @@ def run_trials(
         ensure_reward_service(first.reward, custom_reward_functions(*configs), wait_s=first.cluster.resource_wait_s)
     from polyray.drivers.warm import start_warm
 
-    warm = start_warm(
-        variants or configs, max_concurrent
-    )  # engines and learner ranks the trials share, one after another
+    warm = (shared or {}).get("warm")
+    if warm is None:  # engines and learner ranks the trials share, one after another
+        warm = start_warm(variants or configs, max_concurrent)
+        if shared is not None:
+            shared["warm"] = warm
     trainable = tune.with_resources(
         tune.with_parameters(
             pipeline_trial,
@@ -314,7 +318,7 @@ def run_trials(
     try:
         return tuner.fit()
     finally:
-        if warm is not None:
+        if warm is not None and shared is None:
             warm.close()
 
 
