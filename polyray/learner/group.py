@@ -20,6 +20,7 @@ collective), fresh ones are started, and the phase resumes from its newest whole
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import gc
 import tempfile
@@ -266,7 +267,7 @@ class LearnerGroup:
         failures = 0
         while True:
             found = newest_whole_checkpoint(Storage(storage_path), job.phase.name)
-            attempt = _with_resume(job, found.location if found else None)
+            attempt = dataclasses.replace(job, recovered_checkpoint=found.location if found else None)
             try:
                 self.ranks = _alive(self.ranks)  # one lost while idle (its node, an OOM kill) is replaced
                 self.grow(world)
@@ -326,12 +327,6 @@ def _alive(ranks: list[Any], timeout_s: float = 30.0) -> list[Any]:
             with contextlib.suppress(Exception):
                 ray.kill(actor)
     return alive
-
-
-def _with_resume(job: LearnerJob, location: str | None) -> LearnerJob:
-    from dataclasses import replace
-
-    return replace(job, recovered_checkpoint=location)
 
 
 def _first_error_or_all(refs: list) -> list[Any]:

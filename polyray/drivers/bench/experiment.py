@@ -14,6 +14,7 @@ time a phase spends starting, setting up and ending rather than training.
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from polyray.drivers.bench.common import console
-from polyray.io import read_log_jsonl
+from polyray.io import ConfigError, read_log_jsonl
 
 MODES = {"cold": ["learner.keep_ranks=false", "rollout.share_across_trials=false"], "warm": []}
 
@@ -80,8 +81,9 @@ def run_mode(path: Path, out: Path, seeds: int, sets: list[str]) -> dict[str, An
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - started
-    if proc.returncode != 0:
-        raise RuntimeError(f"polyray experiment failed ({' '.join(sets) or 'warm'}):\n{proc.stdout[-3000:]}")
+    if proc.returncode != 0:  # its own output says why: its last line, and the run directory
+        last = (proc.stdout.strip().splitlines() or proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ConfigError(f"bench experiment: the {' '.join(sets) or 'warm'} run failed in {out}: {last}")
     runs = sorted((out / "runs").iterdir())
     fixed = {phase: [phase_fixed_cost(run, phase) for run in runs] for phase in ("sft", "grpo")}
     return {"wall_s": round(wall, 2), "runs": len(runs), "runs_per_hour": round(3600 * len(runs) / wall, 1),
@@ -117,17 +119,19 @@ def bench_experiment(
     config: str, seeds: int = 3, repeats: int = 1, sft_steps: int = 20, grpo_steps: int = 20, n_test: int = 32
 ) -> dict[str, Any]:
     """Cold and warm, alternating for ``repeats`` rounds; per mode its rounds and medians, and warm ÷ cold."""
+    from polyray.config import load_config
+
+    load_config(config)  # a config that is not there or not valid: one line, before anything runs
     rounds: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
-    with tempfile.TemporaryDirectory(prefix="polyray-bench-experiment-") as tmp:
-        path = experiment_file(Path(tmp), config, sft_steps, grpo_steps, n_test)
-        differ: list[str] = []
-        for r in range(repeats):
-            for mode, sets in MODES.items():
-                console.print(f"round {r + 1}/{repeats}: {mode} ({seeds} runs)")
-                rounds[mode].append(run_mode(path, Path(tmp) / f"{mode}-{r}", seeds, sets))
-            differ += [
-                f"round {r + 1}: {name}" for name in same_numbers(Path(tmp) / f"cold-{r}", Path(tmp) / f"warm-{r}")
-            ]
+    tmp = Path(tempfile.mkdtemp(prefix="polyray-bench-experiment-"))  # kept when a run fails: its outputs say why
+    path = experiment_file(tmp, config, sft_steps, grpo_steps, n_test)
+    differ: list[str] = []
+    for r in range(repeats):
+        for mode, sets in MODES.items():
+            console.print(f"round {r + 1}/{repeats}: {mode} ({seeds} runs)")
+            rounds[mode].append(run_mode(path, tmp / f"{mode}-{r}", seeds, sets))
+        differ += [f"round {r + 1}: {name}" for name in same_numbers(tmp / f"cold-{r}", tmp / f"warm-{r}")]
+    shutil.rmtree(tmp, ignore_errors=True)
     summary = {mode: _medians(rs) for mode, rs in rounds.items()}
     ratio = summary["warm"]["runs_per_hour"] / summary["cold"]["runs_per_hour"]
     return {"seeds": seeds, "repeats": repeats, "steps": {"sft": sft_steps, "grpo": grpo_steps}, "rounds": rounds,
