@@ -252,6 +252,8 @@ def _phase(phase, ranks: int) -> str:
         )
     else:
         parts.insert(1, f"batch {phase.batch_size} ({-(-phase.batch_size // ranks)} per learner rank)")
+        if phase.type == "expert_iteration":
+            parts.insert(2, f"buffer: {phase.buffer.samples_per_prompt} samples per training prompt, the correct kept")
         if phase.type == "polychromic_sft":
             parts.insert(
                 2, f"diversity term: {phase.prompts_per_step} prompts x {phase.n_samples} samples, lambda {phase.lam:g}"

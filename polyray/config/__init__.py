@@ -10,7 +10,7 @@ models, diversity, rewards, the learner, the drivers) takes its settings from he
 | :mod:`~polyray.config.run` | :class:`RunConfig` (``polyray run``), :func:`load_config`, :func:`phase_reward` |
 | :mod:`~polyray.config.model` | ``model``: :class:`ModelConfig`, :class:`TinyModelConfig` |
 | :mod:`~polyray.config.tasks` | every task's config model; :data:`TaskConfig` (all), :data:`TrainTaskConfig` |
-| :mod:`~polyray.config.phases` | ``phases``: SFT, polychromic SFT, GRPO; :data:`PhaseConfig` |
+| :mod:`~polyray.config.phases` | ``phases``: SFT, polychromic SFT, GRPO, expert iteration; :data:`PhaseConfig` |
 | :mod:`~polyray.config.advantages` | every advantage estimator's config; :data:`AdvantageConfig`, ``Aggregation`` |
 | :mod:`~polyray.config.sampling` | :class:`SamplingConfig` |
 | :mod:`~polyray.config.rollout`, ``learner``, ``cluster``, ``tracking``, ``generation`` | those sections |
@@ -35,7 +35,13 @@ from polyray.config.judge import JudgeConfig
 from polyray.config.learner import LearnerConfig, LoraConfig
 from polyray.config.model import ModelConfig, TinyModelConfig
 from polyray.config.names import DiversityName, RewardName
-from polyray.config.phases import GRPOPhaseConfig, PhaseConfig, PolychromicSFTPhaseConfig, SFTPhaseConfig
+from polyray.config.phases import (
+    ExpertIterationPhaseConfig,
+    GRPOPhaseConfig,
+    PhaseConfig,
+    PolychromicSFTPhaseConfig,
+    SFTPhaseConfig,
+)
 from polyray.config.reward import PhaseRewardConfig, RewardConfig
 from polyray.config.rollout import RolloutConfig
 from polyray.config.run import RunConfig, load_config, phase_reward
@@ -49,6 +55,7 @@ __all__ = [
     "DiversityName",
     "DynamicsConfig",
     "EvalConfig",
+    "ExpertIterationPhaseConfig",
     "GRPOPhaseConfig",
     "GenerationConfig",
     "JudgeConfig",

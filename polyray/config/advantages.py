@@ -138,6 +138,18 @@ class WReinforceAdvantageConfig(AdvantageConfigBase):
         return True  # the paper's ±1 rewards are polyray's 1/0
 
 
+class RiskSeekingAdvantageConfig(AdvantageConfigBase):
+    """Risk-seeking (RS-GRPO): A_i = (exp(β(r_i − S)) − 1)/β, S = (1/β)·log mean_j exp(β r_j) of the group."""
+
+    type: Literal["risk_seeking"] = "risk_seeking"
+    beta: float = Field(
+        2.0,
+        gt=0.0,
+        allow_inf_nan=False,
+        description="β > 0: how risk-seeking; β → 0 is r − mean r, a larger β weights a group's rare high rewards more.",
+    )
+
+
 BASE_ADVANTAGE_CONFIGS: tuple[type[AdvantageConfigBase], ...] = (
     GroupAdvantageConfig,
     RlooAdvantageConfig,
@@ -147,6 +159,7 @@ BASE_ADVANTAGE_CONFIGS: tuple[type[AdvantageConfigBase], ...] = (
     RepeatPenaltyAdvantageConfig,
     PolychromicCorrectAdvantageConfig,
     WReinforceAdvantageConfig,
+    RiskSeekingAdvantageConfig,
 )
 
 BaseAdvantageConfig = Annotated[Union[BASE_ADVANTAGE_CONFIGS], Field(discriminator="type")]

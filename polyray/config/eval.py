@@ -33,6 +33,11 @@ class EvalConfig(StrictModel):
         " for a run that is a candidate of a selection (a sweep's trials, an experiment's select candidates set"
         " it): the chosen one alone is evaluated on test, once, after the selection.",
     )
+    base: bool = Field(
+        True,
+        description="Evaluate the model before the first phase (the base model, or init_adapter). An experiment's"
+        " branch may turn it off: the run it branches from has evaluated that adapter already.",
+    )
     n_samples: int = Field(10, ge=1, description="Samples per prompt (n >= max k).")
     ks: list[int] = Field(default_factory=lambda: [1, 5, 10], description="k values for pass@k.")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)

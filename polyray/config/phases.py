@@ -2,7 +2,9 @@
 
 - ``sft``: NLL of the references;
 - ``polychromic_sft``: NLL minus lambda times a score-function diversity term (docs/algorithms.md §1);
-- ``grpo``: GRPO with a configurable advantage estimator (docs/algorithms.md §2-3).
+- ``grpo``: GRPO with a configurable advantage estimator (docs/algorithms.md §2-3), optionally with
+  rehearsal of the phase-start policy's correct samples (``rehearsal``, docs/algorithms.md §3);
+- ``expert_iteration``: SFT on the phase-start policy's own correct samples (docs/algorithms.md §3).
 
 The phases themselves are ``polyray.learner.phases.PHASES`` (``tests/unit/config/test_registries.py``
 keeps its keys equal to the ``type`` literals here). Every phase has its own learning-rate schedule
@@ -169,6 +171,24 @@ class PolychromicSFTPhaseConfig(SFTPhaseConfig):
         _check_lag(self, store_keep)
 
 
+class SelfSamplesConfig(StrictModel):
+    """A buffer of the phase-start policy's own correct samples, drawn once when the phase starts:
+    ``samples_per_prompt`` per training prompt, scored by the phase's reward (docs/algorithms.md §3)."""
+
+    samples_per_prompt: int = Field(32, ge=1, description="Samples drawn per training prompt for the buffer.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the buffer's draws.")
+    threshold: float = Field(1.0, description="A sample enters the buffer when its reward is >= this (1.0: binary).")
+
+
+class RehearsalConfig(SelfSamplesConfig):
+    """GRPO plus gamma x the NLL of a batch of buffered correct samples (the step's prompts first)."""
+
+    gamma: float = Field(..., gt=0, description="Weight of the rehearsal NLL added to the GRPO loss.")
+    batch_size: int | None = Field(
+        None, ge=1, description="Buffered samples per step (None: prompts_per_step), the step's prompts first."
+    )
+
+
 class GRPOPhaseConfig(StrictModel):
     """GRPO on rollouts from the pool (docs/algorithms.md §2-3)."""
 
@@ -214,9 +234,21 @@ class GRPOPhaseConfig(StrictModel):
     reward: PhaseRewardConfig | None = Field(
         None, description="This phase's reward, instead of the run's reward.name and reward.params."
     )
+    rehearsal: RehearsalConfig | None = Field(
+        None,
+        description="Rehearse the phase-start policy's correct samples: e.g. {gamma: 0.3} adds 0.3 x their NLL"
+        " to every step's loss (docs/algorithms.md §3). None: plain GRPO.",
+    )
 
     _warmup_fits = field_validator("warmup_steps")(_warmup_ends_inside_the_phase)
     _floor_decays = field_validator("min_lr_ratio")(_floor_of_a_decay)
+
+    @property
+    def rehearsal_batch(self) -> int:
+        """Buffered samples per step (0: no rehearsal)."""
+        if self.rehearsal is None:
+            return 0
+        return self.rehearsal.batch_size or self.prompts_per_step
 
     @model_validator(mode="after")
     def _k_fits_group(self) -> "GRPOPhaseConfig":
@@ -233,4 +265,25 @@ class GRPOPhaseConfig(StrictModel):
         _check_lag(self, store_keep)
 
 
-PhaseConfig = Annotated[Union[SFTPhaseConfig, PolychromicSFTPhaseConfig, GRPOPhaseConfig], Field(discriminator="type")]
+class ExpertIterationPhaseConfig(SFTPhaseConfig):
+    """SFT on the phase-start policy's own correct samples (expert iteration; docs/algorithms.md §3).
+
+    When the phase starts, the rollout workers draw ``buffer.samples_per_prompt`` samples per training
+    prompt from the incoming adapter; the correct ones are the buffer, and each step's batch is drawn
+    from it uniformly over prompts, then over a prompt's samples."""
+
+    type: Literal["expert_iteration"] = "expert_iteration"  # steps, batch_size, lr, ... as in SFTPhaseConfig
+    name: str = Field("expert_iteration", description="Phase name (output folder, results key).")
+    buffer: SelfSamplesConfig = Field(default_factory=SelfSamplesConfig)
+    sampling: SamplingConfig = Field(
+        default_factory=SamplingConfig, description="The buffer's draws (their temperature is buffer.temperature)."
+    )
+    reward: PhaseRewardConfig | None = Field(
+        None, description="This phase's reward, instead of the run's reward.name and reward.params."
+    )
+
+
+PhaseConfig = Annotated[
+    Union[SFTPhaseConfig, PolychromicSFTPhaseConfig, GRPOPhaseConfig, ExpertIterationPhaseConfig],
+    Field(discriminator="type"),
+]

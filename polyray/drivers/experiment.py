@@ -121,7 +121,8 @@ def load_experiment(
                 configs[run_name, seed] = RunConfig.model_validate(data)
             except ValidationError as exc:
                 raise ConfigError(format_validation_error(exc, f"{path}: runs.{run_name}")) from None
-        phases = {"base"} | {p.name for p in configs[run_name, first].phases}
+        phases = {"base"} if configs[run_name, first].eval.base else set()
+        phases |= {p.name for p in configs[run_name, first].phases}
         for label, ref in exp.models.items():
             run, _, phase = ref.partition("/")
             if run == run_name and phase not in phases:

@@ -233,7 +233,8 @@ def _run_stages(state: RunState, engagement: list, serve_generation: bool) -> No
         version, adapter = (0, None)
         if state.run.init_adapter:
             version, adapter = publish_init_adapter(state.run, state.pool, state.shared)
-        evaluate(state, "base", version or None)
+        if state.run.eval.base:
+            evaluate(state, "base", version or None)
         for index, phase in enumerate(state.run.phases):
             version, adapter = fit(state, index, version, adapter)
             evaluate(state, phase.name, version)

@@ -258,6 +258,7 @@ def _setup_phase(job: LearnerJob, model_dir: str, model, tokenizer, reference, r
         share_prompts,
         run.learner.pack_samples,
         reference_source,
+        job.init_adapter,
     )
     return PHASES[phase_cfg.type](phase_cfg, task, run.task.n_train, ctx, job.pool), task
 

@@ -399,8 +399,11 @@ def phase_micro_batch(run: RunConfig, index: int, lengths: SequenceLengths) -> M
     the phase's learner ranks (GRPO by sequence, polychromic SFT by whole groups), ``micro_batch_tokens`` each."""
     phase, world = run.phases[index], run.phase_workers(index)
     share = lambda n: math.ceil(n / world)  # noqa: E731 (the largest rank's share)
-    if phase.type == "grpo":
-        shard, length = share(phase.prompts_per_step * phase.group_size), lengths.sampled[phase.name]
+    if phase.type == "grpo":  # rehearsal samples go in micro-batches of their own
+        shard = share(max(phase.prompts_per_step * phase.group_size, phase.rehearsal_batch))
+        length = lengths.sampled[phase.name]
+    elif phase.type == "expert_iteration":
+        shard, length = share(phase.batch_size), lengths.sampled[phase.name]
     elif phase.type == "polychromic_sft":
         shard = share(phase.batch_size) + share(phase.prompts_per_step) * phase.n_samples
         length = max(lengths.references, lengths.sampled[phase.name])

@@ -27,6 +27,10 @@ the group size), and :data:`ADVANTAGE_ESTIMATORS` maps the type to its config mo
   Hamid et al. 2025, arXiv 2509.25424, with the diversity restricted to successes).
 - ``w_reinforce``: W-REINFORCE, A = λ for a correct sample and −1 for a wrong one, no baseline
   (Zhu et al. 2025, "The Surprising Effectiveness of Negative Reinforcement", arXiv 2506.01347).
+- ``risk_seeking``: RS-GRPO's A_i = (exp(β(r_i − S)) − 1)/β with S = (1/β)·log mean_j exp(β r_j),
+  the advantage of a risk-seeking objective between mean and max reward, weighting a group's rare
+  successes up; β → 0 is r − mean r ("Risk-Sensitive RL for Alleviating Exploration Dilemmas in
+  Large Language Models", arXiv 2509.24261).
 - ``mix``: a blend of two estimators whose weight moves from the first to the second over the
   phase (e.g. passk early, group late); :func:`mix_magnitude_shares` says how much of the blend
   each carries by magnitude, which differs from its weight when their scales differ.
@@ -69,6 +73,7 @@ from polyray.config.advantages import (
     PolychromicAdvantageConfig,
     PolychromicCorrectAdvantageConfig,
     RepeatPenaltyAdvantageConfig,
+    RiskSeekingAdvantageConfig,
     RlooAdvantageConfig,
     UnlikelinessAdvantageConfig,
     WReinforceAdvantageConfig,
@@ -380,6 +385,30 @@ def compute_w_reinforce_advantages(rewards: torch.Tensor, lam: float = 0.1) -> t
     return torch.where(rewards == 1, torch.full_like(rewards, lam), torch.full_like(rewards, -1.0))
 
 
+def compute_risk_seeking_advantages(rewards: torch.Tensor, beta: float = 2.0) -> torch.Tensor:
+    """Risk-seeking advantages (RS-GRPO, arXiv 2509.24261): the advantage in the group estimate of ∇(1/β)·log E[exp(β r)].
+
+    Per group of G rewards, with β > 0:
+
+        S   = (1/β)·log mean_j exp(β r_j)        the group's risk-seeking value, between mean r and max r
+        A_i = (exp(β(r_i − S)) − 1)/β
+
+    mean_i exp(β(r_i − S)) = 1, so each group's advantages sum to zero; a group of equal rewards gets
+    exactly 0; as β → 0, A_i → r_i − mean r (Dr. GRPO's un-normalised baseline). A_i lies in
+    [−1/β, (G − 1)/β]: a high reward that is rare in its group is weighted up, a low one among high
+    ones is pushed down by at most 1/β. S is the max-shifted logsumexp, (logsumexp(β r) − log G)/β
+    = M + log1p(mean_j expm1(β(r_j − M)))/β with M = max r, written with expm1/log1p so that no β
+    overflows, a small β loses no precision and equal rewards give 0 exactly.
+    rewards (..., G) -> (..., G), same dtype (computed in float64).
+    """
+    if not beta > 0:
+        raise ValueError(f"risk_seeking needs beta > 0, got {beta}")
+    r = rewards.to(torch.float64)
+    shifted = beta * (r - r.amax(dim=-1, keepdim=True))  # β(r − M) <= 0
+    log_mean = torch.log1p(torch.expm1(shifted).mean(dim=-1, keepdim=True))  # β(S − M), in [−log G, 0]
+    return (torch.expm1(shifted - log_mean) / beta).to(rewards.dtype)
+
+
 def mix_weight(progress: float, start: float, end: float) -> float:
     """Weight of the late estimator: 0 before ``start``, 1 from ``end``, linear between (a step at start = end)."""
     if progress < start:
@@ -463,6 +492,10 @@ def _w_reinforce(cfg: WReinforceAdvantageConfig, inputs: AdvantageInputs) -> tor
     return compute_w_reinforce_advantages(inputs.rewards, cfg.lam)
 
 
+def _risk_seeking(cfg: RiskSeekingAdvantageConfig, inputs: AdvantageInputs) -> torch.Tensor:
+    return compute_risk_seeking_advantages(inputs.rewards, cfg.beta)
+
+
 def _anneal(cfg: AnnealAdvantageConfig, inputs: AdvantageInputs) -> torch.Tensor:
     # the blend itself; compute_advantages applies cfg.match_group_scale to it
     return _mix(cfg.as_mix(), inputs)
@@ -486,6 +519,7 @@ ADVANTAGE_ESTIMATORS: dict[str, tuple[type[AdvantageConfigBase], Callable[..., t
     "repeat_penalty": (RepeatPenaltyAdvantageConfig, _repeat_penalty),
     "polychromic_correct": (PolychromicCorrectAdvantageConfig, _polychromic_correct),
     "w_reinforce": (WReinforceAdvantageConfig, _w_reinforce),
+    "risk_seeking": (RiskSeekingAdvantageConfig, _risk_seeking),
     "mix": (MixAdvantageConfig, _mix),
     "anneal": (AnnealAdvantageConfig, _anneal),
 }

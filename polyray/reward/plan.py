@@ -75,7 +75,11 @@ def plan(run: RunConfig, task: Task) -> RewardPlan:
             check_reward(name, params, where)
         except RewardError as exc:
             raise ConfigError(str(exc)) from None
-        if phase.advantage.needs_binary_rewards() and not REWARD_FUNCTIONS[name].binary:
+        if (
+            getattr(phase, "advantage", None) is not None
+            and phase.advantage.needs_binary_rewards()
+            and not REWARD_FUNCTIONS[name].binary
+        ):
             raise ConfigError(
                 f"phases.{i}.advantage: {phase.advantage.type} needs a binary reward (each sample 0 or 1), but"
                 f" {where}.name {name!r} is graded: use another estimator (group, rloo, ...) or a binary reward"

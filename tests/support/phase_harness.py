@@ -20,7 +20,14 @@ from typing import Any
 
 import torch
 
-from polyray.config import GRPOPhaseConfig, LoraConfig, PolychromicSFTPhaseConfig, SFTPhaseConfig, TinyModelConfig
+from polyray.config import (
+    ExpertIterationPhaseConfig,
+    GRPOPhaseConfig,
+    LoraConfig,
+    PolychromicSFTPhaseConfig,
+    SFTPhaseConfig,
+    TinyModelConfig,
+)
 from polyray.config.tasks import CountdownTaskConfig
 from polyray.rollout.worker import Sample
 from polyray.tasks import build_task
@@ -207,6 +214,18 @@ PHASE_CASES: dict[str, Any] = {
     "grpo_dynamic_sampling": GRPOPhaseConfig(
         steps=1, prompts_per_step=3, group_size=2, dynamic_sampling=True, sampling={"max_tokens": 5}
     ),
+    # the buffer: text_reward's correct samples (reward 1) of 4 draws on each training prompt
+    "grpo_rehearsal": GRPOPhaseConfig(
+        steps=1,
+        prompts_per_step=3,
+        group_size=3,
+        kl_beta=0.0,
+        sampling={"max_tokens": 5},
+        rehearsal={"gamma": 0.5, "samples_per_prompt": 4, "batch_size": 5},
+    ),
+    "expert_iteration": ExpertIterationPhaseConfig(
+        steps=1, batch_size=5, buffer={"samples_per_prompt": 4}, sampling={"max_tokens": 5}
+    ),
 }
 
 
@@ -223,6 +242,7 @@ def make_phase(
     logits_chunk_mib: float = 256,
     share_prompts: bool = False,
     pack_samples: bool = True,
+    init_source: str | None = None,
 ):
     from polyray.learner.phases import PHASES, StepContext
 
@@ -238,6 +258,7 @@ def make_phase(
         logits_chunk_mib=logits_chunk_mib,
         share_prompts=share_prompts,
         pack_samples=pack_samples,
+        init_source=init_source,
     )
     return PHASES[cfg.type](cfg, build_task(TASK), TASK.n_train, ctx, pool if rank == 0 else None)
 

@@ -1,6 +1,6 @@
 """Training phases as stage functions: each step is generate -> score -> advantages -> update.
 
-One file per phase (:mod:`.sft`, :mod:`.polychromic_sft`, :mod:`.grpo`), each step calling the one
+One file per phase (:mod:`.sft`, :mod:`.polychromic_sft`, :mod:`.grpo`, :mod:`.rehearsal`), each step calling the one
 objective of :mod:`polyray.objectives` that its unit tests check; :mod:`.context` holds what they share
 and :mod:`.sampling` the base of those that sample.
 
@@ -29,13 +29,20 @@ from __future__ import annotations
 from polyray.learner.phases.context import RolloutLog, StepContext, broadcast_from_rank0
 from polyray.learner.phases.grpo import GRPOPhase
 from polyray.learner.phases.polychromic_sft import PolychromicSFTPhase
+from polyray.learner.phases.rehearsal import ExpertIterationPhase
 from polyray.learner.phases.sampling import SamplingPhase, check_lag
 from polyray.learner.phases.sft import SFTPhase, encode_references
 
-PHASES = {"sft": SFTPhase, "polychromic_sft": PolychromicSFTPhase, "grpo": GRPOPhase}
+PHASES = {
+    "sft": SFTPhase,
+    "polychromic_sft": PolychromicSFTPhase,
+    "grpo": GRPOPhase,
+    "expert_iteration": ExpertIterationPhase,
+}
 
 __all__ = [
     "PHASES",
+    "ExpertIterationPhase",
     "GRPOPhase",
     "PolychromicSFTPhase",
     "RolloutLog",

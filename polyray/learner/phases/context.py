@@ -37,6 +37,8 @@ class StepContext:
     pack_samples: bool = True  # with share_prompts: a prompt's samples share rows (learner.pack_samples)
     # the KL reference adapter as a rollout worker loads it (a path, or a cluster.storage reference; None: the base)
     reference_source: str | None = None
+    # the phase's incoming adapter as a rollout worker loads it (None: the phase starts from the base model)
+    init_source: str | None = None
 
     @property
     def peft_model(self):

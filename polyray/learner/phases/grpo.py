@@ -1,15 +1,18 @@
 """GRPO: the clipped policy-ratio loss with a k3 KL to a reference (``compute_grpo_loss``; docs/algorithms.md §2-3),
-on groups of fresh rollouts scored by the reward."""
+on groups of fresh rollouts scored by the reward; with ``rehearsal``, plus γ × the NLL of the incoming
+policy's buffered correct samples (:mod:`.rehearsal`)."""
 
 from __future__ import annotations
 
 import math
+import random
 
 import torch
 
 from polyray.config import GRPOPhaseConfig
-from polyray.learner.batch import TrainBatch
+from polyray.learner.batch import Sequences, TrainBatch
 from polyray.learner.phases.context import StepContext, broadcast_from_rank0
+from polyray.learner.phases.rehearsal import SampleBuffer, nll_parts, phase_buffer
 from polyray.learner.phases.sampling import SamplingPhase, check_lag
 from polyray.objectives.advantages import (
     AdvantageInputs,
@@ -43,6 +46,9 @@ class GRPOPhase(SamplingPhase):
         self._init_rollouts(cfg, task, n_train, pool)
         if cfg.kl_beta and cfg.kl_reference_logprobs == "rollouts" and ctx.rank == 0 and pool is not None:
             self.rollout_reference = self.reference_on_rollouts(pool)
+        self.buffer: SampleBuffer | None = None  # rank 0's: only it draws each step's rehearsal batch
+        if cfg.rehearsal is not None and ctx.rank == 0:
+            self.buffer = phase_buffer(self, cfg.rehearsal, task, n_train, ctx, pool)
 
     def reference_on_rollouts(self, pool) -> str:
         """Register the KL reference on the rollout workers (the base model needs none); returns what a
@@ -63,9 +69,16 @@ class GRPOPhase(SamplingPhase):
         """(B, G) rewards: through the reward service's handle or the in-process scorer, ahead of the step when prefetched."""
         return self.ctx.reward_fn(prompts, [[s.text for s in g] for g in groups])
 
-    def _rollout(self, step: int, version: int) -> tuple[TrainBatch, dict[str, float]]:
+    def _rehearsal_batch(self, step: int, prompts: list[Prompt]) -> Sequences | None:
+        """Rank 0: the step's buffered samples, one for each of its prompts the buffer holds first."""
+        if self.buffer is None:
+            return None
+        rng = random.Random(f"{self.cfg.name}/rehearsal:{self.ctx.seed}:{step}")
+        return self.buffer.draw([p.text for p in prompts], self.cfg.rehearsal_batch, rng)
+
+    def _rollout(self, step: int, version: int) -> tuple[TrainBatch, dict[str, float], Sequences | None]:
         """Rank 0: sample prompts, generate G each under adapter ``version``, score, compute advantages;
-        returns the kept groups' batch and the rollout's metrics."""
+        returns the kept groups' batch, the rollout's metrics and the step's rehearsal batch."""
         got = self.rollouts.get(step, version)
         prompts, groups, rewards = got.prompts, got.groups, got.scored
         lag = check_lag(groups, version, self.cfg.max_lag)
@@ -84,7 +97,7 @@ class GRPOPhase(SamplingPhase):
         if mix.type == "mix":  # each component's weight by magnitude (docs/algorithms.md §3)
             shares = dict(zip(("mix_early_share", "mix_late_share"), mix_magnitude_shares(mix, inputs)))
         scored = ~rewards.isnan()  # NaN: the reward had no score for the sample (left out of the advantages)
-        return batch, {
+        metrics = {
             "reward_mean": float(rewards[scored].mean()) if scored.any() else math.nan,
             "unscored": int((~scored).sum()),
             "adv_abs_mean": float(adv.abs().mean()),  # the step size the estimator asks for
@@ -96,11 +109,13 @@ class GRPOPhase(SamplingPhase):
             "rollout_s": got.rollout_s,
             "reward_s": got.score_s,
             **rollout_rate(got),
+            **(self.buffer.stats() if self.buffer is not None else {}),
         }
+        return batch, metrics, self._rehearsal_batch(step, prompts)
 
     def step(self, step: int, version: int) -> dict[str, float]:
         ctx, cfg = self.ctx, self.cfg
-        batch, info = broadcast_from_rank0(self._rollout(step, version) if ctx.rank == 0 else None, ctx)
+        batch, info, rehearsal = broadcast_from_rank0(self._rollout(step, version) if ctx.rank == 0 else None, ctx)
         share = ctx.share_prompts  # whole groups per rank, each group's prompt through the model once
         mine = batch.shard(ctx.rank, ctx.world, whole_groups=share)
         n_seq, n_tok = ctx.global_sum(len(mine), mine.num_tokens())
@@ -140,10 +155,16 @@ class GRPOPhase(SamplingPhase):
             parts = [mine.select(i, mine.group_size) for i in mine.group_micro_batches(ctx.micro_batch_tokens)]
         else:
             parts = [mine.select(i) for i in ctx.micro_batches(mine.lengths())]
-        sums = ctx.accumulate(parts, loss_of)
-        keys = ("loss", "tokens", *TOKEN_MEANS)
+        parts = [(loss_of, p) for p in parts]
+        if rehearsal is not None and len(rehearsal):  # one accumulation: DDP all-reduces once, on the last part
+            rehearsal_parts, rehearsal_loss = nll_parts(ctx, rehearsal, cfg.rehearsal.gamma)
+            parts += [(rehearsal_loss, p) for p in rehearsal_parts]
+        sums = ctx.accumulate(parts, lambda part: part[0](part[1]))
+        keys = ("loss", "tokens", "nll", *TOKEN_MEANS)
         total = dict(zip(keys, ctx.global_sum(*(sums.get(k, 0.0) for k in keys))))
         metrics = {"loss": total["loss"]}
+        if rehearsal is not None:
+            metrics["rehearsal_nll"] = total["nll"] if len(rehearsal) else math.nan
         if total["tokens"]:  # means over the whole batch's completion tokens (every rank's)
             metrics.update({k: total[k] / total["tokens"] for k in TOKEN_MEANS})
         metrics.update(info)

@@ -43,6 +43,14 @@ def _write(tmp_path, text):
     return path
 
 
+def test_a_run_without_a_base_evaluation_has_no_base_model(tmp_path):
+    path = _write(tmp_path, "name: e\nbase: base.yaml\nruns: {a: {eval: {base: false}}}\nmodels: {m: a/base}\n")
+    with pytest.raises(ConfigError, match=r"models\.m: run 'a' has no phase 'base' \(\['grpo', 'sft'\]\)"):
+        load_experiment(path, 1)
+    path = _write(tmp_path, "name: e\nbase: base.yaml\nruns: {a: {}}\nmodels: {m: a/base}\n")
+    assert load_experiment(path, 1)[1]["a", 0].eval.base
+
+
 def test_bad_model_reference_names_the_field(tmp_path):
     path = _write(tmp_path, "name: e\nbase: base.yaml\nruns: {a: {}}\nmodels: {m: a/nope}\n")
     with pytest.raises(ConfigError, match=r"models\.m: run 'a' has no phase 'nope'"):

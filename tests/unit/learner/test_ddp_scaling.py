@@ -1,7 +1,7 @@
 """A learner step does not depend on the number of learner workers.
 
 Each phase (SFT, polychromic SFT, GRPO in every aggregation mode, GRPO with dynamic
-sampling) takes one step on the same data with 1 rank and with 2 and 3 gloo ranks under
+sampling, GRPO with rehearsal, expert iteration) takes one step on the same data with 1 rank and with 2 and 3 gloo ranks under
 DDP; the averaged gradients must equal the one-rank full-batch gradients, and the logged
 metrics (loss, KL, clip fraction, ratio and weight means) the one-rank batch's. The batches have
 odd sizes (5 references, 9 or 6 sequences), so the shards are unequal, and with 3 ranks
@@ -17,7 +17,17 @@ from support.phase_harness import PHASE_CASES, multi_rank_grads, step_grads, tin
 
 pytestmark = [pytest.mark.slow]
 
-WHOLE_BATCH_METRICS = ("loss", "nll", "kl", "clip_frac", "ratio_mean", "diversity_surrogate", "adv_mean", "weight_mean")
+WHOLE_BATCH_METRICS = (
+    "loss",
+    "nll",
+    "rehearsal_nll",
+    "kl",
+    "clip_frac",
+    "ratio_mean",
+    "diversity_surrogate",
+    "adv_mean",
+    "weight_mean",
+)
 
 
 @pytest.fixture(scope="module")

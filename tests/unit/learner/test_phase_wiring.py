@@ -54,6 +54,7 @@ ESTIMATOR_CONFIGS = {
     "anneal": {"type": "anneal", "k": 2, "start": 0.2, "end": 0.8},
     "polychromic_correct": {"type": "polychromic_correct", "k": 2, "diversity": "countdown_expr"},
     "w_reinforce": {"type": "w_reinforce", "lam": 0.1},
+    "risk_seeking": {"type": "risk_seeking", "beta": 4.0},
 }
 NO_BASELINE = {"w_reinforce"}  # a group of equal rewards still carries signal: all of its samples pushed down
 
@@ -103,6 +104,7 @@ def test_an_unknown_phase_key_fails_naming_it():
         ({"type": "passk", "k": 9}, "advantage.k (9) must be <= group_size (8)"),
         ({"type": "polychromic", "k": 1}, "greater than or equal to 2"),
         ({"type": "polychromic", "k": 8}, None),  # C(8, 8) = 1 is fine
+        ({"type": "risk_seeking", "beta": 0}, "advantage.risk_seeking.beta\n  Input should be greater than 0"),
     ],
 )
 def test_advantage_parameters_checked_at_load(advantage, message):

@@ -32,6 +32,7 @@ def test_registry_names_and_config_types():
         "mix",
         "polychromic_correct",
         "w_reinforce",
+        "risk_seeking",
         "anneal",
     }
     for name, (config_model, _) in ADVANTAGE_ESTIMATORS.items():
@@ -670,3 +671,119 @@ def test_unscored_samples_with_other_estimators_and_scale_matching():
     group = torch.tensor(_scored_group_loop(rewards.tolist()), dtype=torch.float64)
     assert matched.abs().mean().item() == pytest.approx(group.abs().mean().item(), rel=1e-12)
     assert matched[0, 2] == 0 and matched[2, :2].abs().sum() == 0
+
+
+def _risk_seeking_loop(rewards: list[list[float]], beta: float) -> list[list[float]]:
+    """float64 reference, straight from the formula: per group of the scored (non-NaN) rewards,
+    S = (1/β)·log((1/G)·Σ_j exp(β r_j)) and A_i = (exp(β(r_i − S)) − 1)/β; an unscored sample,
+    and every sample of a group with fewer than 2 scored, gets 0."""
+    out = []
+    for row in rewards:
+        kept = [r for r in row if not math.isnan(r)]
+        if len(kept) < 2:
+            out.append([0.0] * len(row))
+            continue
+        total = 0.0
+        for r in kept:
+            total += math.exp(beta * r)
+        s = math.log(total / len(kept)) / beta
+        out.append([0.0 if math.isnan(r) else (math.exp(beta * (r - s)) - 1.0) / beta for r in row])
+    return out
+
+
+@pytest.mark.parametrize("beta", [0.5, 1.0, 2.0, 4.0, 8.0])
+def test_risk_seeking_matches_float64_loop(beta):
+    """RS-GRPO (arXiv 2509.24261): A_i = (exp(β(r_i − S)) − 1)/β, S = (1/β)·log mean_j exp(β r_j), on rewards in
+    [0, 1] and binary ones; Σ_i exp(β(r_i − S)) = G, so each group's advantages sum to zero."""
+    from polyray.config.advantages import RiskSeekingAdvantageConfig
+    from polyray.objectives.advantages import compute_risk_seeking_advantages
+
+    gen = torch.Generator().manual_seed(7)
+    uniform = torch.rand(6, 8, generator=gen, dtype=torch.float64)
+    binary = (torch.rand(6, 8, generator=gen, dtype=torch.float64) < 0.3).to(torch.float64)
+    binary[0], binary[1, 0] = 0.0, 1.0  # an all-wrong group and a lone success
+    for r in (uniform, binary):
+        adv = compute_advantages(RiskSeekingAdvantageConfig(beta=beta), AdvantageInputs(r, [["a"] * 8] * 6))
+        expected = _risk_seeking_loop(r.tolist(), beta)
+        for b in range(6):
+            for i in range(8):
+                assert adv[b, i].item() == pytest.approx(expected[b][i], abs=1e-12)
+            assert math.fsum(adv[b].tolist()) == pytest.approx(0.0, abs=1e-12)
+        torch.testing.assert_close(compute_risk_seeking_advantages(r, beta), adv, rtol=0, atol=0)
+        assert compute_risk_seeking_advantages(r.to(torch.float32), beta).dtype == torch.float32
+    with pytest.raises(ValueError, match="beta > 0"):
+        compute_risk_seeking_advantages(uniform, 0.0)
+
+
+@pytest.mark.parametrize("beta", [1e-3, 1e-6, 1e-9])
+def test_risk_seeking_small_beta_is_the_group_baseline(beta):
+    """As β → 0, A_i → r_i − mean r (Dr. GRPO's un-normalised baseline), with an O(β) difference."""
+    from polyray.objectives.advantages import compute_risk_seeking_advantages
+
+    r = torch.rand(5, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    adv = compute_risk_seeking_advantages(r, beta)
+    for b, row in enumerate(r.tolist()):
+        mean = math.fsum(row) / len(row)
+        for i, ri in enumerate(row):
+            assert adv[b, i].item() == pytest.approx(ri - mean, abs=max(beta, 1e-9))
+
+
+def test_risk_seeking_equal_rewards_give_zero():
+    """A group whose rewards are all equal carries no advantage, exactly, at any β."""
+    from polyray.objectives.advantages import compute_risk_seeking_advantages
+
+    r = torch.tensor([[0.0] * 5, [1.0] * 5, [0.3] * 5, [0.7123] * 5, [-2.5] * 5], dtype=torch.float64)
+    for beta in (1e-9, 0.5, 2.0, 4.0, 50.0, 1e3):
+        assert torch.equal(compute_risk_seeking_advantages(r, beta), torch.zeros_like(r))
+
+
+@pytest.mark.parametrize("beta", [2.0, 4.0])
+def test_risk_seeking_weights_rare_successes(beta):
+    """Binary rewards, G = 8, c correct: a correct sample's advantage grows as c shrinks, and from c = 4 to
+    c = 1 by more than group's (r − mean)/(std + eps) does; a wrong one's is never below −1/β."""
+    from polyray.objectives.advantages import compute_risk_seeking_advantages
+
+    G = 8
+    r = torch.tensor([[1.0] * c + [0.0] * (G - c) for c in range(1, G)], dtype=torch.float64)  # row c − 1: c correct
+    adv, group = compute_risk_seeking_advantages(r, beta), compute_group_advantages(r)
+    correct = adv[:, 0].tolist()
+    assert all(a > b > 0 for a, b in zip(correct, correct[1:]))
+    assert correct[0] / correct[3] > group[0, 0].item() / group[3, 0].item()
+    assert bool((adv[:, -1] < 0).all()) and bool((adv >= -1.0 / beta).all())
+
+
+def test_risk_seeking_unscored_samples_are_left_out_of_their_group():
+    """NaN rewards (no score): S and the advantages over the group's scored samples only, 0 for the unscored;
+    a group with one scored sample carries none; ``match_group_scale`` matches group's mean |A| on the same."""
+    from polyray.config.advantages import RiskSeekingAdvantageConfig
+
+    rewards = torch.rand(6, 5, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    rewards[0, 1] = rewards[2, 0] = rewards[2, 4] = NAN
+    rewards[3, :4] = NAN
+    rewards[4, :] = NAN
+    texts = [["a"] * 5] * 6
+    adv = compute_advantages(RiskSeekingAdvantageConfig(beta=4.0), AdvantageInputs(rewards, texts))
+    expected = torch.tensor(_risk_seeking_loop(rewards.tolist(), 4.0), dtype=torch.float64)
+    torch.testing.assert_close(adv, expected, rtol=0, atol=1e-12)
+    assert not adv.isnan().any() and adv[0, 1] == 0 and adv[3:5].abs().sum() == 0
+    matched = compute_advantages(
+        RiskSeekingAdvantageConfig(beta=4.0, match_group_scale=True), AdvantageInputs(rewards, texts)
+    )
+    group = torch.tensor(_scored_group_loop(rewards.tolist()), dtype=torch.float64)
+    assert matched.abs().mean().item() == pytest.approx(group.abs().mean().item(), rel=1e-12)
+    torch.testing.assert_close(matched, adv * (group.abs().mean() / adv.abs().mean()), rtol=1e-12, atol=0)
+
+
+def test_risk_seeking_config_parses_and_checks_beta():
+    """``{type: risk_seeking, beta: 4}`` is the risk-seeking estimator; β must be a finite number > 0."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from polyray.config.advantages import AdvantageConfig, RiskSeekingAdvantageConfig
+
+    adapter = TypeAdapter(AdvantageConfig)
+    cfg = adapter.validate_python({"type": "risk_seeking", "beta": 4})
+    assert isinstance(cfg, RiskSeekingAdvantageConfig) and cfg.beta == 4.0 and not cfg.match_group_scale
+    assert RiskSeekingAdvantageConfig().beta == 2.0 and not cfg.needs_binary_rewards()
+    for beta in (0, -1.0, math.inf):
+        with pytest.raises(ValidationError, match=r"risk_seeking\.beta"):
+            adapter.validate_python({"type": "risk_seeking", "beta": beta})
