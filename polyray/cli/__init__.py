@@ -124,12 +124,23 @@ def interpolate(
         " several (one per seed): each, then the curve over seeds.",
     ),
     alphas: str = typer.Option(
-        "0,0.25,0.5,0.75,1", "--alphas", help="Comma-separated α in [0, 1] (1 is always added)."
+        "0,0.25,0.5,0.75,1",
+        "--alphas",
+        help="Comma-separated α in [-1, 2] (1 is always added; outside [0, 1] extrapolates), e.g. --alphas=-0.5,0.5.",
     ),
     from_: Optional[str] = typer.Option(
         None, "--from", help="α = 0: a phase of RUN or an adapter directory (default: the adapter RUN started from)."
     ),
     to: Optional[str] = typer.Option(None, "--to", help="α = 1: a phase of RUN (default: its last)."),
+    other: Optional[str] = typer.Option(
+        None,
+        "--other",
+        help="A third adapter (a phase of RUN or an adapter directory): mix W0 + αΔW_to + bΔW_other instead,"
+        " at every (α, b) of --alphas x --other-coefs (no --from).",
+    ),
+    other_coefs: Optional[str] = typer.Option(
+        None, "--other-coefs", help="With --other: comma-separated b in [-1, 1.5] (default 0,0.5,1)."
+    ),
     tolerance: float = typer.Option(0.01, "--tolerance", help="Chosen α keeps val pass@1 within this of α = 1's."),
     val_prompts: Optional[int] = typer.Option(
         None, "--val-prompts", min=1, help="Validation prompts (default: the task's n_val)."
@@ -148,19 +159,30 @@ def interpolate(
         "--summary",
         help="Several RUNs: the curve over seeds goes here (default interpolation_seeds.json beside the runs).",
     ),
+    validation_only: bool = typer.Option(
+        False,
+        "--validation-only",
+        help="Evaluate on validation only (the test set is not read): for a first stage that must not see test.",
+    ),
 ):
     """Interpolate two LoRA adapters (W0 + (1-α)ΔW_from + αΔW_to, no training); choose α on validation, report test.
 
-    With several RUNs (one per seed) each is interpolated (a RUN whose interpolation.json has the same α grid is
-    read back, not run again), then the curve over seeds: mean and t-interval per α, paired tests against α = 1
-    and α = 0, and the α each seed chose on validation read on test."""
+    With --other, mixes W0 + αΔW_to + bΔW_other over a grid of (α, b) instead, chosen the same way (each ΔW
+    is its adapter's whole delta from the base). With several RUNs (one per seed) each is interpolated (a RUN
+    whose interpolation.json has the same grid is read back, not run again), then the curve over seeds: mean
+    and t-interval per point, paired tests against α = 1 and α = 0 (with --other, b = 1 alone), and the point
+    each seed chose on validation read on test. With --validation-only no test job runs and the curve over seeds
+    is on validation."""
     from polyray.cli.common import fail
     from polyray.drivers.interpolate import interpolate_seeds, run_interpolation
 
-    try:
-        values = [float(a) for a in (x.strip() for x in alphas.split(",")) if a]
-    except ValueError:
-        fail(f"--alphas: {alphas!r} is not a comma-separated list of numbers")
+    def numbers(text: str, option: str) -> list[float]:
+        try:
+            return [float(a) for a in (x.strip() for x in text.split(",")) if a]
+        except ValueError:
+            fail(f"{option}: {text!r} is not a comma-separated list of numbers")
+
+    values = numbers(alphas, "--alphas")
     if len(runs) > 1 and output_dir is not None:
         fail("--output-dir: one RUN only (several write to each RUN/interpolate/)")
     options = {
@@ -169,6 +191,9 @@ def interpolate(
         "val_prompts": val_prompts,
         "test_prompts": test_prompts,
         "n_samples": n_samples,
+        "other": other,
+        "other_coefs": None if other_coefs is None else numbers(other_coefs, "--other-coefs"),
+        "validation_only": validation_only,
     }
     with bounded_interrupt(), user_errors():
         if len(runs) == 1:

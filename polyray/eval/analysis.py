@@ -4,6 +4,9 @@
 - ``load_dynamics`` / ``dynamics_trajectories``: the diversity-dynamics log
   (``dynamics.jsonl``: one JSON dict per evaluation every K steps, through SFT and GRPO)
   and its per-(run, metric) trajectories on one step axis.
+- ``prompt_success``: where two models' pass@k differs, prompt by prompt: each model's histogram of
+  per-prompt success c/n, the prompts one solves (c >= 1) and the other never does (c = 0), and the
+  share of the pass@k difference those prompts carry.
 - ``lora_parameter_analysis`` / ``lora_difference`` / ``lora_heatmap_matrix``: per layer
   and module of a peft LoRA adapter, ΔW = scale · B @ A with scale = alpha / r
   (alpha / sqrt(r) with rsLoRA), its Frobenius norm, effective rank
@@ -35,7 +38,10 @@ __all__ = [
     "lora_heatmap_matrix",
     "lora_parameter_analysis",
     "pareto_frontier",
+    "prompt_success",
 ]
+
+SUCCESS_BINS = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0)  # c/n histogram edges; c = 0 is a bin of its own
 
 
 # --------------------------------------------------------------------------- Pareto
@@ -330,3 +336,43 @@ def lora_heatmap_matrix(
         if r.get("layer") is not None and r.get(value) is not None:
             mat[li[r["layer"]], mi[r["module"]]] = float(r[value])
     return layers, modules, mat
+
+
+def _success_histogram(counts: Sequence[tuple[int, int]]) -> dict[str, int]:
+    """Prompts per bin of c/n: "0" (never correct), then (lo, hi] for the edges of :data:`SUCCESS_BINS`."""
+    out = {"0": sum(1 for _, c in counts if c == 0)}
+    for lo, hi in zip(SUCCESS_BINS, SUCCESS_BINS[1:]):
+        out[f"({lo:g}, {hi:g}]"] = sum(1 for n, c in counts if c > 0 and lo < c / n <= hi)
+    return out
+
+
+def prompt_success(a: Sequence[Any], b: Sequence[Any], k: int) -> dict[str, Any]:
+    """Where model A's pass@k exceeds model B's, prompt by prompt (e.g. A = SFT, B = GRPO).
+
+    ``a``, ``b``: per-prompt rows with ``prompt``, ``n``, ``c`` (:class:`~polyray.eval.record.PromptRow`),
+    paired by prompt text. Returns each model's histogram of c/n, the prompts A solves (c >= 1) that B
+    never does (c = 0) and the reverse, and the share of the summed per-prompt pass@k difference
+    Σ_p (pass@k_A(p) − pass@k_B(p)) that the first set carries."""
+    from polyray.eval.passk import compute_pass_at_k
+
+    b_of = {row.prompt: row for row in b}
+    if len(b_of) != len(b) or None in b_of:
+        raise ValueError("prompt_success: B's rows need distinct prompt texts")
+    pairs = [(row, b_of[row.prompt]) for row in a if row.prompt in b_of]
+    if len(pairs) != len(a) or len(a) != len(b):
+        raise ValueError(f"prompt_success: the models were evaluated on different prompts ({len(a)} vs {len(b)})")
+    gap = [compute_pass_at_k(x.n, x.c, k) - compute_pass_at_k(y.n, y.c, k) for x, y in pairs]
+    lost = [i for i, (x, y) in enumerate(pairs) if x.c >= 1 and y.c == 0]
+    gained = [i for i, (x, y) in enumerate(pairs) if y.c >= 1 and x.c == 0]
+    total = math.fsum(gap)
+    return {
+        "k": k,
+        "prompts": len(pairs),
+        "histogram_a": _success_histogram([(x.n, x.c) for x, _ in pairs]),
+        "histogram_b": _success_histogram([(y.n, y.c) for _, y in pairs]),
+        "solved_by_a_never_by_b": len(lost),
+        "solved_by_b_never_by_a": len(gained),
+        f"pass@{k}_difference": total / len(pairs),  # mean over prompts: the models' pass@k difference
+        f"pass@{k}_difference_on_those": math.fsum(gap[i] for i in lost) / len(pairs),
+        "share_of_difference": math.fsum(gap[i] for i in lost) / total if total else None,
+    }

@@ -155,3 +155,25 @@ def test_lora_difference_and_heatmap(tiny_adapter):
 def test_lora_analysis_rejects_bad_dir(tmp_path):
     with pytest.raises(ValueError, match="adapter_config.json"):
         lora_parameter_analysis(tmp_path)
+
+
+def test_prompt_success_counts_the_prompts_b_never_solves_and_their_share():
+    from polyray.eval.analysis import prompt_success
+    from polyray.eval.record import PromptRow
+
+    # (prompt, n, c) for A and B over 5 prompts; B's rows in another order
+    a = [PromptRow(10, c, prompt=p) for p, c in [("p1", 1), ("p2", 5), ("p3", 0), ("p4", 10), ("p5", 2)]]
+    b = [PromptRow(10, c, prompt=p) for p, c in [("p5", 0), ("p4", 10), ("p3", 3), ("p2", 9), ("p1", 0)]]
+    out = prompt_success(a, b, k=2)
+    # pass@2 = 1 - C(n - c, 2) / C(n, 2) with n = 10, C(10, 2) = 45, by hand
+    p2 = {0: 0.0, 1: 1 - 36 / 45, 2: 1 - 28 / 45, 3: 1 - 21 / 45, 5: 1 - 10 / 45, 9: 1.0, 10: 1.0}
+    gaps = {"p1": p2[1], "p2": p2[5] - p2[9], "p3": -p2[3], "p4": 0.0, "p5": p2[2]}
+    assert out["solved_by_a_never_by_b"] == 2 and out["solved_by_b_never_by_a"] == 1  # p1, p5; p3
+    assert out["pass@2_difference"] == pytest.approx(sum(gaps.values()) / 5, abs=1e-12)
+    assert out["pass@2_difference_on_those"] == pytest.approx((gaps["p1"] + gaps["p5"]) / 5, abs=1e-12)
+    assert out["share_of_difference"] == pytest.approx((gaps["p1"] + gaps["p5"]) / sum(gaps.values()), abs=1e-12)
+    assert out["histogram_a"] == {"0": 1, "(0, 0.05]": 0, "(0.05, 0.1]": 1, "(0.1, 0.25]": 1, "(0.25, 0.5]": 1,
+                                  "(0.5, 1]": 1}  # fmt: skip
+    assert out["histogram_b"]["0"] == 2 and sum(out["histogram_b"].values()) == 5
+    with pytest.raises(ValueError, match="different prompts"):
+        prompt_success(a, b[:4], k=2)
