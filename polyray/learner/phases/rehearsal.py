@@ -73,7 +73,8 @@ def build_buffer(
     seed: int,
 ) -> SampleBuffer:
     """Draw ``cfg.samples_per_prompt`` samples per prompt from adapter ``source`` (None: the base model),
-    score them, keep those whose reward is >= ``cfg.threshold``. Seeds come from (``seed``, ``key``, the
+    score them, keep those whose reward is >= ``cfg.threshold`` and that ended on their own (one cut off
+    at max_tokens would teach the policy not to stop). Seeds come from (``seed``, ``key``, the
     prompt's position), so the same phase and seed rebuild the same buffer."""
     name = None
     if source is not None:
@@ -94,7 +95,7 @@ def build_buffer(
             kept = [
                 (s.prompt_token_ids, s.token_ids)
                 for s, r in zip(group, row)
-                if not math.isnan(r) and r >= cfg.threshold and s.token_ids
+                if not math.isnan(r) and r >= cfg.threshold and s.finished and s.token_ids
             ]
             if kept:
                 buffer.samples[prompt.text] = kept
@@ -148,14 +149,17 @@ class ExpertIterationPhase:
         self.cfg, self.ctx = cfg, ctx
         buffer = phase_buffer(self, cfg.buffer, task, n_train, ctx, pool) if ctx.rank == 0 else None
         self.buffer: SampleBuffer = broadcast_from_rank0(buffer, ctx)
+        if not self.buffer.samples:  # every rank: nothing to train on
+            raise RuntimeError(
+                f"{cfg.name}: the incoming policy solved none of {self.buffer.prompts} training prompts in"
+                f" {self.buffer.drawn} draws, so the buffer is empty: raise buffer.samples_per_prompt or lower"
+                " buffer.threshold"
+            )
 
     def step(self, step: int, version: int) -> dict[str, float]:
         ctx = self.ctx
         rng = random.Random(f"{self.cfg.name}:{ctx.seed}:{step}")
         batch = self.buffer.draw([], self.cfg.batch_size, rng)
-        if not len(batch):
-            (ctx.zero_loss() * ctx.world).backward()
-            return {"loss": 0.0, "nll": math.nan, **self.buffer.stats()}
         parts, loss_of = nll_parts(ctx, batch, 1.0)
         sums = ctx.accumulate(parts, loss_of)
         loss = ctx.global_sum(sums["loss"])[0]

@@ -163,3 +163,38 @@ def test_rehearsal_config_checks_its_fields():
         _grpo({"gamma": 0})
     assert _grpo({"gamma": 1.0}).rehearsal_batch == 3  # default: prompts_per_step
     assert _grpo(None).rehearsal_batch == 0
+
+
+class TruncatingPool(RecordingPool):
+    """Every second sample of a prompt ends at max_tokens rather than on its own."""
+
+    def generate(self, prompts, n, sampling, version=None, adapter_name=None, seeds=None, reference=None):
+        groups = super().generate(prompts, n, sampling, version, adapter_name, seeds, reference)
+        for group in groups:
+            for j, sample in enumerate(group):
+                sample.finished = j % 2 == 0
+        return groups
+
+
+def test_a_sample_cut_off_at_max_tokens_stays_out_of_the_buffer(model_dir):
+    model, tokenizer = build_policy(model_dir)
+    cfg = _grpo({"gamma": 1.0, "samples_per_prompt": 4})
+    full = make_phase(cfg, model, tokenizer, 0, 1, RecordingPool(tokenizer), init_source=SOURCE).buffer
+    cut = make_phase(cfg, model, tokenizer, 0, 1, TruncatingPool(tokenizer), init_source=SOURCE).buffer
+    assert 0 < len(cut) < len(full)
+    pool = TruncatingPool(tokenizer)
+    prompts = build_task(TASK).prompts("train", TASK.n_train)
+    finished = {
+        (tuple(s.prompt_token_ids), tuple(s.token_ids))
+        for g in pool.generate([p.text for p in prompts], 4, cfg.sampling)
+        for s in g
+        if s.finished
+    }
+    assert all((tuple(p), tuple(c)) in finished for v in cut.samples.values() for p, c in v)
+
+
+def test_expert_iteration_with_an_empty_buffer_stops_with_a_clear_error(model_dir):
+    model, tokenizer = build_policy(model_dir)
+    cfg = ExpertIterationPhaseConfig(steps=1, batch_size=4, buffer={"samples_per_prompt": 2, "threshold": 2.0})
+    with pytest.raises(RuntimeError, match=r"solved none of 64 training prompts in 128 draws.*buffer\.threshold"):
+        make_phase(cfg, model, tokenizer, 0, 1, RecordingPool(tokenizer), init_source=SOURCE)
