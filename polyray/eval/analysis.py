@@ -4,6 +4,8 @@
 - ``load_dynamics`` / ``dynamics_trajectories``: the diversity-dynamics log
   (``dynamics.jsonl``: one JSON dict per evaluation every K steps, through SFT and GRPO)
   and its per-(run, metric) trajectories on one step axis.
+- ``distance_above_curve``: how far a model's (pass@1, pass@K) lies above a trade-off curve (e.g. the
+  SFT ↔ GRPO interpolation), in pass@K at the model's pass@1.
 - ``prompt_success``: where two models' pass@k differs, prompt by prompt: each model's histogram of
   per-prompt success c/n, the prompts one solves (c >= 1) and the other never does (c = 0), and the
   share of the pass@k difference those prompts carry.
@@ -32,6 +34,7 @@ __all__ = [
     "DYNAMICS_RESERVED_KEYS",
     "compute_effective_rank",
     "compute_singular_values_of_product",
+    "distance_above_curve",
     "dynamics_trajectories",
     "load_dynamics",
     "lora_difference",
@@ -376,3 +379,17 @@ def prompt_success(a: Sequence[Any], b: Sequence[Any], k: int) -> dict[str, Any]
         f"pass@{k}_difference_on_those": math.fsum(gap[i] for i in lost) / len(pairs),
         "share_of_difference": math.fsum(gap[i] for i in lost) / total if total else None,
     }
+
+
+def distance_above_curve(curve: Sequence[tuple[float, float]], x: float, y: float) -> float:
+    """y − C(x): C is the piecewise-linear line through the ``curve``'s (x, y) points sorted by x, and
+    outside their x range the nearest end point's y (no extrapolation of a slope)."""
+    points = sorted(curve)
+    if not points:
+        raise ValueError("distance_above_curve: the curve has no points")
+    xs = [p[0] for p in points]
+    if x <= xs[0]:
+        return y - points[0][1]
+    if x >= xs[-1]:
+        return y - points[-1][1]
+    return y - float(np.interp(x, xs, [p[1] for p in points]))

@@ -177,3 +177,16 @@ def test_prompt_success_counts_the_prompts_b_never_solves_and_their_share():
     assert out["histogram_b"]["0"] == 2 and sum(out["histogram_b"].values()) == 5
     with pytest.raises(ValueError, match="different prompts"):
         prompt_success(a, b[:4], k=2)
+
+
+def test_distance_above_a_curve_is_linear_between_its_points_and_flat_beyond():
+    from polyray.eval.analysis import distance_above_curve
+
+    curve = [(0.18, 0.48), (0.13, 0.60), (0.16, 0.58)]  # unsorted on purpose
+    # between (0.16, 0.58) and (0.18, 0.48): at 0.17 the line is at 0.53
+    assert distance_above_curve(curve, 0.17, 0.56) == pytest.approx(0.03, abs=1e-12)
+    assert distance_above_curve(curve, 0.145, 0.55) == pytest.approx(0.55 - 0.59, abs=1e-12)
+    assert distance_above_curve(curve, 0.20, 0.50) == pytest.approx(0.02, abs=1e-12)  # beyond: the end's y
+    assert distance_above_curve(curve, 0.10, 0.50) == pytest.approx(-0.10, abs=1e-12)
+    with pytest.raises(ValueError):
+        distance_above_curve([], 0.1, 0.1)
