@@ -3,7 +3,8 @@
 Each phase's ``step`` (micro-batched: several forwards, each backpropagated) logs the loss it
 backpropagated; here the same batch goes through the model once, whole, and into the objective
 function its unit tests check (``polyray.objectives``: ``compute_sft_loss``,
-``compute_polychromic_sft_loss``, ``compute_grpo_loss``). The two must agree, and so must the
+``compute_polychromic_sft_loss``, ``compute_grpo_loss``; rehearsal adds γ × ``compute_sft_loss`` of the
+step's buffer batch, expert iteration is that NLL alone). The two must agree, and so must the
 gradients. A phase that composed its own loss (a sign, a normaliser, the lambda = 0 rule) fails here.
 """
 
@@ -35,13 +36,19 @@ def _grads(model) -> dict[str, torch.Tensor]:
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
 
 
-def _whole_batch_objective(name: str, cfg, phase, batch, model, pad_id: int) -> torch.Tensor:
-    """The objective on the step's whole batch in one forward (no micro-batches, no logits chunks)."""
+def _whole_batch_objective(name: str, cfg, phase, batch, model, pad_id: int, rehearsal=None) -> torch.Tensor:
+    """The objective on the step's whole batch in one forward (no micro-batches, no logits chunks);
+    ``rehearsal``: the step's buffer batch a rehearsing GRPO step drew."""
     from polyray.models.batching import token_logprobs
     from polyray.objectives.grpo import compute_grpo_loss
     from polyray.objectives.polychromic import compute_polychromic_sft_loss
     from polyray.objectives.sft import compute_sft_loss
 
+    if cfg.type == "expert_iteration":  # the step's draw from the buffer, as the phase keys it
+        import random
+
+        drawn = phase.buffer.draw([], cfg.batch_size, random.Random(f"{cfg.name}:{phase.ctx.seed}:0"))
+        return compute_sft_loss(*token_logprobs(model, drawn.pack(pad_id), 1.0, chunk_mib=0))[0]
     if cfg.type in ("sft", "polychromic_sft"):
         refs = phase.reference_batch(0)
         logp, mask = token_logprobs(model, refs.pack(pad_id), 1.0, chunk_mib=0)
@@ -63,9 +70,17 @@ def _whole_batch_objective(name: str, cfg, phase, batch, model, pad_id: int) -> 
         with torch.no_grad(), model.disable_adapter():
             ref_logp = token_logprobs(model, packed, temperature, chunk_mib=0)[0]
     old = batch.target_logprobs(logp.shape[1], logp.dtype)
-    return compute_grpo_loss(logp, old, ref_logp, batch.advantages.to(logp.dtype), mask, clip_eps_low=cfg.clip_eps_low,
+    loss = compute_grpo_loss(logp, old, ref_logp, batch.advantages.to(logp.dtype), mask, clip_eps_low=cfg.clip_eps_low,
                              clip_eps_high=cfg.clip_eps_high, kl_beta=cfg.kl_beta, aggregation=cfg.aggregation,
                              max_len=cfg.sampling.max_tokens)[0]  # fmt: skip
+    if cfg.rehearsal is not None:
+        assert len(rehearsal), "the case needs a non-empty rehearsal batch"
+        loss = (
+            loss
+            + cfg.rehearsal.gamma
+            * compute_sft_loss(*token_logprobs(model, rehearsal.pack(pad_id), 1.0, chunk_mib=0))[0]
+        )
+    return loss
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -89,7 +104,8 @@ def test_the_loss_a_phase_trains_on_is_its_objective_on_the_batch(model_dir, nam
 
     model.zero_grad(set_to_none=True)
     batch = seen["batch"][0] if "batch" in seen else None
-    objective = _whole_batch_objective(name, cfg, phase, batch, model, tokenizer.pad_token_id)
+    rehearsal = seen["batch"][2] if "batch" in seen and len(seen["batch"]) > 2 else None
+    objective = _whole_batch_objective(name, cfg, phase, batch, model, tokenizer.pad_token_id, rehearsal)
     objective.backward()
     assert trained == pytest.approx(float(objective.detach()), rel=1e-5, abs=1e-7)
     expected = _grads(model)
