@@ -25,7 +25,7 @@ def check_inputs(run: RunConfig) -> list:
     check_tracking(run.tracking)
     check_generation(run)
     task = build_task(run.task)
-    task.prompts("test", 1)  # draws the splits: too few prompts for them is an error now, not later
+    _draw_splits(task, run.task.model_dump_json())
     if any(p.type in ("sft", "polychromic_sft") for p in run.phases):
         task.check_references()
     if run.init_adapter and not (Path(run.init_adapter) / "adapter_config.json").is_file():
@@ -34,6 +34,21 @@ def check_inputs(run: RunConfig) -> list:
         raise ConfigError(f"eval.few_shot: task {task.name!r} has no few-shot format (set eval.few_shot: 0)")
     plan_memory(run, offline_model_dir(run.model, run.task))
     return models_to_train(plan_rewards(run, task), run)
+
+
+_DRAWN: set[str] = set()  # task configs whose splits were drawn: an experiment's runs share one
+
+
+def _draw_splits(task, key: str) -> None:
+    """Every split at its configured size, once per task config (``key``): too few prompts for them (a
+    data file too small, a generator's range too narrow for ``n_test``) is an error now, not in a trial."""
+    if key in _DRAWN:
+        return
+    task.prompts("test", 1)  # a data task's splits, which need no size
+    for split in ("train", "val", "test"):
+        if task.split_size(split):
+            task.prompts(split)
+    _DRAWN.add(key)
 
 
 def plan_memory(run: RunConfig, model_dir: Path | None) -> list[str]:

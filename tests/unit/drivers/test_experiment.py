@@ -133,6 +133,16 @@ def test_init_adapter_must_be_a_saved_adapter(tmp_path):
         check_inputs(RunConfig(init_adapter=str(tmp_path)))
 
 
+def test_a_split_too_large_for_the_task_is_refused_before_anything_starts():
+    from polyray.config import RunConfig
+    from polyray.drivers.preflight import check_inputs
+
+    narrow = {"type": "countdown", "max_number": 4, "max_target": 10, "n_train": 4, "n_val": 2}
+    check_inputs(RunConfig(task={**narrow, "n_test": 4}))
+    with pytest.raises(ConfigError, match="task.n_test: could not generate 200 distinct test prompts"):
+        check_inputs(RunConfig(task={**narrow, "n_test": 200}))
+
+
 def _aggregate(tmp_path, phases_of_seed, seeds=3, models="{x: a/sft, y: a/grpo}", compare="[[y, x]]"):
     """Aggregate fake runs: ``phases_of_seed(seed)`` is that seed's results.json ``phases``."""
     path = _write(tmp_path, f"name: e\nbase: base.yaml\nruns: {{a: {{}}}}\nmodels: {models}\ncompare: {compare}\n")
