@@ -97,10 +97,10 @@ class LearnerRank:
         import torch
 
         torch.set_num_threads(threads)
-        import peft  # noqa: F401 - imported once here, not at every phase's start
-        from transformers import AutoModelForCausalLM  # noqa: F401
-
         import polyray.learner.loop  # noqa: F401
+        from polyray.learner.lora import import_model_libraries
+
+        import_model_libraries()  # once here, not at every phase's start
 
     def rendezvous(self) -> str:
         """``tcp://<this node>:<free port>``, where the phase's process group meets (called on rank 0)."""

@@ -8,6 +8,7 @@ the adapter disabled: no second copy of the base weights either way.
 from __future__ import annotations
 
 import json
+import sys
 import weakref
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,23 @@ import torch
 from polyray.config import LoraConfig
 
 
+def import_model_libraries() -> None:
+    """transformers' model classes and peft, imported without scikit-learn: transformers imports it (with
+    scipy.stats and pandas, most of a learner rank's import time) only for assisted generation's
+    confidence threshold, which polyray never uses. scikit-learn stays importable afterwards."""
+    if "peft" in sys.modules or "sklearn" in sys.modules:
+        return  # imported already: nothing left to spare
+    sys.modules["sklearn"] = None  # type: ignore[assignment] - find_spec reports it absent, so it is skipped
+    try:
+        import peft  # noqa: F401 - peft.auto imports transformers' model classes and generation
+        from transformers import AutoModelForCausalLM  # noqa: F401
+    finally:
+        if sys.modules.get("sklearn", 0) is None:
+            del sys.modules["sklearn"]
+
+
 def load_base(model_dir: str, dtype: str = "float32"):
+    import_model_libraries()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -36,6 +53,7 @@ def build_peft_model(
 
     ``gradient_checkpointing``: the decoder layers recompute their activations in the backward pass
     (non-reentrant, so the frozen embeddings need no grad; in train mode only)."""
+    import_model_libraries()
     from peft import LoraConfig as PeftLoraConfig
     from peft import PeftModel, get_peft_model
 

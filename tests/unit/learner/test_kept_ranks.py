@@ -3,6 +3,10 @@ the checkpoint names kept ranks write beside Ray Train's."""
 
 from __future__ import annotations
 
+import os
+
+import pytest
+
 from polyray.learner.group import CHECKPOINT_TIME, RankKeeper
 
 OPTIONS = {"num_cpus": 1, "num_gpus": 0, "resources": {}, "scheduling_strategy": "DEFAULT"}
@@ -54,3 +58,39 @@ def test_kept_ranks_name_checkpoints_as_ray_train_does(monkeypatch):
 
     monkeypatch.setattr(util, "datetime", Frozen)
     assert moment.strftime(CHECKPOINT_TIME) == util.date_str(include_ms=True)
+
+
+@pytest.mark.slow
+def test_a_learner_rank_trains_without_importing_scikit_learn(tmp_path):
+    """transformers imports scikit-learn (with scipy.stats and pandas) for a generation feature polyray never
+    uses; a rank skips it, through both phases of the worker function, and it stays importable after."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from support.phase_harness import tiny_model_dir
+
+    model = tiny_model_dir(tmp_path)
+    script = f"""
+import sys
+import torch
+torch.set_num_threads(1)
+from polyray.learner.group import LearnerRank
+LearnerRank(1)
+from pathlib import Path
+from support.phase_harness import check_two_phase_run, run_sft_then_grpo
+check_two_phase_run(run_sft_then_grpo(Path({str(model)!r}), Path({str(tmp_path / "run")!r})))
+assert "sklearn" not in sys.modules, "a rank imported scikit-learn"
+import sklearn.metrics
+print("ok")
+"""
+    tests = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tests.parent,
+        env={**os.environ, "PYTHONPATH": str(tests)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
