@@ -3,6 +3,7 @@ live generation service's settings), its memory plan, and the config its workers
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from polyray.config import RunConfig
@@ -25,7 +26,7 @@ def check_inputs(run: RunConfig) -> list:
     check_tracking(run.tracking)
     check_generation(run)
     task = build_task(run.task)
-    _draw_splits(task, run.task.model_dump_json())
+    _draw_splits(task, run)
     if any(p.type in ("sft", "polychromic_sft") for p in run.phases):
         task.check_references()
     if run.init_adapter and not (Path(run.init_adapter) / "adapter_config.json").is_file():
@@ -36,18 +37,29 @@ def check_inputs(run: RunConfig) -> list:
     return models_to_train(plan_rewards(run, task), run)
 
 
-_DRAWN: set[str] = set()  # task configs whose splits were drawn: an experiment's runs share one
+_DRAWN: set[str] = set()  # what was drawn: an experiment's runs share their task, and are drawn once
 
 
-def _draw_splits(task, key: str) -> None:
-    """Every split at its configured size, once per task config (``key``): too few prompts for them (a
-    data file too small, a generator's range too narrow for ``n_test``) is an error now, not in a trial."""
+def _draw_splits(task, run: RunConfig) -> None:
+    """Every split at its configured size, and the other draws a run makes (dynamics' validation
+    prompts, few-shot examples), once per task and sizes: a generator's range too narrow for them is
+    an error now, not in a trial (a data task's split is what its file holds: it reads the file here)."""
+    extra = {"dynamics.n_prompts": ("val", run.dynamics.n_prompts if run.dynamics.every else 0)}
+    extra["eval.few_shot"] = ("train", run.eval.few_shot if task.supports_few_shot else 0)
+    # the task's content is in the key: a data file edited between an experiment's runs is drawn again
+    key = json.dumps([run.task.model_dump(mode="json"), task.corpus_key(), extra], sort_keys=True, default=str)
     if key in _DRAWN:
         return
     task.prompts("test", 1)  # a data task's splits, which need no size
     for split in ("train", "val", "test"):
         if task.split_size(split):
             task.prompts(split)
+    for field, (split, count) in extra.items():
+        if count > (task.split_size(split) or 0):
+            try:
+                task.prompts(split, count)
+            except ConfigError as exc:  # it names the split's size, not the field asking for more
+                raise ConfigError(f"{field}: cannot draw {count} {split} prompts: {exc}") from None
     _DRAWN.add(key)
 
 

@@ -17,7 +17,7 @@ import pytest
 from rich.console import Console
 from scipy import stats as st
 
-from polyray.io import ConfigError
+from polyray.io import ConfigError, DataError
 from polyray.drivers.experiment import load_experiment, summarise
 from polyray.drivers.experiment_report import report_results, summary_table
 
@@ -141,6 +141,29 @@ def test_a_split_too_large_for_the_task_is_refused_before_anything_starts():
     check_inputs(RunConfig(task={**narrow, "n_test": 4}))
     with pytest.raises(ConfigError, match="task.n_test: could not generate 200 distinct test prompts"):
         check_inputs(RunConfig(task={**narrow, "n_test": 200}))
+    # a run's other draws name their own field, not the split's size
+    with pytest.raises(ConfigError, match="dynamics.n_prompts: cannot draw 200 val prompts"):
+        check_inputs(RunConfig(task={**narrow, "n_test": 4}, dynamics={"every": 5, "n_prompts": 200}))
+    check_inputs(RunConfig(task={**narrow, "n_test": 4}, dynamics={"every": 0, "n_prompts": 200}))  # dynamics off
+    narrower = {"type": "countdown", "max_number": 3, "max_target": 10, "n_train": 2, "n_val": 2, "n_test": 2}
+    check_inputs(RunConfig(task=narrower, eval={"few_shot": 2}))
+    with pytest.raises(ConfigError, match="eval.few_shot: cannot draw 8 train prompts"):
+        check_inputs(RunConfig(task=narrower, eval={"few_shot": 8}))
+
+
+def test_a_data_file_edited_between_runs_is_checked_again(tmp_path):
+    """A data file shrunk between an experiment's runs (one driver process, whose checks keep what
+    they drew) is refused at the next run's check, not passed on the first run's word."""
+    from polyray.config import RunConfig
+    from polyray.drivers.preflight import check_inputs
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"p{i}", "response": f"r{i}"}) + "\n" for i in range(12)))
+    run = RunConfig(task={"type": "replies", "path": str(data)}, phases=[{"name": "grpo", "type": "grpo", "steps": 1}])
+    check_inputs(run)
+    data.write_text("".join(json.dumps({"prompt": f"p{i}", "response": f"r{i}"}) + "\n" for i in range(5)))
+    with pytest.raises(DataError, match="5 distinct prompts are too few for train/val/test splits"):
+        check_inputs(run)
 
 
 def _aggregate(tmp_path, phases_of_seed, seeds=3, models="{x: a/sft, y: a/grpo}", compare="[[y, x]]"):
