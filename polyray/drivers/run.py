@@ -189,7 +189,9 @@ class RunState:
     shared: RunStorage | None = None  # the run's place in cluster.storage, or None
     serving: bool = False  # the generation service is deployed (--serve-generation)
     logs: StepLogs | None = None  # the learner's step logs, one actor for every phase
-    learner: LearnerGroup | None = None  # the learner's kept ranks (learner.keep_ranks), started by the first fit
+    learner: LearnerGroup | None = (
+        None  # the learner's kept ranks (learner.keep_ranks), started before the base evaluation
+    )
     warm: WarmComponents | None = None  # what a sweep's trials share (polyray.drivers.warm)
     shared_pool: bool = False  # the rollout workers are the sweep's (warm), not this run's
 
@@ -229,6 +231,7 @@ def _run_stages(state: RunState, engagement: list, serve_generation: bool) -> No
         # the rollout engines start while the services do (each waits mostly on its own imports)
         launched_s = launch_pool(state, store)
         start_services(state, generation)
+        start_learner(state)  # its ranks import while the engines finish starting and the base is evaluated
         wait_for_pool(state, launched_s)
         version, adapter = (0, None)
         if state.run.init_adapter:
@@ -425,6 +428,25 @@ def wait_for_pool(state: RunState, launched_s: float) -> None:
     state.timer.timings[key] = round(launched_s + time.perf_counter() - start, 2)
 
 
+def start_learner(state: RunState) -> None:
+    """The learner's kept ranks (``learner.keep_ranks``) for the first phase still to train, started and
+    not waited for; the sweep's, when it keeps some."""
+    from polyray.learner.group import LearnerGroup
+
+    run = state.run
+    todo = [i for i, p in enumerate(run.phases) if not _trained(state, p.name)]
+    if not run.learner.keep_ranks or not todo:
+        return
+    state.learner = LearnerGroup(state.worker_run, keeper=state.keeper())
+    state.learner.start(run.phase_workers(todo[0]))
+
+
+def _trained(state: RunState, phase: str) -> bool:
+    """Whether a resumed run holds ``phase``'s adapter (evaluated, or written and not yet evaluated)."""
+    done = phase in state.results.evaluations
+    return done or (state.resume and (state.out / "adapters" / phase / "polyray_version.json").is_file())
+
+
 def fit(state: RunState, index: int, version: int, adapter: str | None) -> tuple[int, str]:
     """Phase ``index`` trained from (``version``, ``adapter``), unless a resumed run already holds it;
     its final (version, adapter directory), pinned in the store for good."""
@@ -437,10 +459,6 @@ def fit(state: RunState, index: int, version: int, adapter: str | None) -> tuple
         version = json.loads((adapter_dir / "polyray_version.json").read_text())["version"]
         adapter = share_adapter(state.shared, adapter_dir, phase.name)
     else:
-        if state.learner is None and run.learner.keep_ranks:
-            from polyray.learner.group import LearnerGroup
-
-            state.learner = LearnerGroup(state.worker_run, keeper=state.keeper())
         with state.timer(f"train_{phase.name}"):
             trained = train_stage(
                 state.worker_run,

@@ -70,7 +70,7 @@ def start_warm(configs: list[RunConfig], concurrent: int) -> WarmComponents | No
     ``rollout.share_across_trials`` false, and without the keeper when one sets ``learner.keep_ranks`` false."""
     import ray
 
-    from polyray.learner.group import RankKeeper
+    from polyray.learner.group import RankKeeper, rank_options
     from polyray.models.source import prepare_model_dir
     from polyray.rollout.pool import RolloutPool
     from polyray.storage import share_model
@@ -82,17 +82,26 @@ def start_warm(configs: list[RunConfig], concurrent: int) -> WarmComponents | No
     keys = {pool_key(run, share_model(run.cluster.storage, prepare_model_dir(run.model, run.task))) for run in configs}
     store_name = f"polyray-adapter-store-trials-{uuid.uuid4().hex[:8]}"
     workers: list[Any] = []
+    pool = None
     if len(keys) == 1 and all(run.rollout.share_across_trials for run in configs):
-        from polyray.cluster import run_demands
-
         pool = RolloutPool.launch(
             model_ref, first.rollout, first.model.dtype, first.seed, store_name,
             run=first.name, resources=first.cluster.worker_resources, wait=False,
         )  # fmt: skip
-        demand = next(d for d in run_demands(first) if d.what == "rollout workers")
-        pool.wait_ready(demand, first.cluster.resource_wait_s)
-        workers = pool.workers
     keeper = None
     if all(run.learner.keep_ranks for run in configs):
         keeper = ray.remote(RankKeeper).options(num_cpus=0, scheduling_strategy="DEFAULT").remote()
+        # the first run's ranks import while the engines start (the keeper's: they die with it)
+        keeper.prestart.remote(first.phase_workers(0), rank_options(first), first.learner.threads)
+    if pool is not None:
+        from polyray.cluster import run_demands
+
+        demand = next(d for d in run_demands(first) if d.what == "rollout workers")
+        try:
+            pool.wait_ready(demand, first.cluster.resource_wait_s)
+        except BaseException:
+            if keeper is not None:
+                ray.kill(keeper)
+            raise
+        workers = pool.workers
     return WarmComponents(keys.pop() if len(keys) == 1 else "", workers, store_name, keeper)

@@ -169,19 +169,30 @@ class RankKeeper:
 
     def __init__(self):
         self.ranks: list[Any] = []  # given back, idle
+        self.starting: list[Any] = []  # started for the first run by prestart(), perhaps still importing
         self.lent: list[Any] = []  # taken or started by the run now going
         self.options: dict[str, Any] | None = None
 
-    def take(self, options: dict[str, Any]) -> list[Any]:
-        """The kept ranks if they were started with ``options`` (else they are stopped), and none kept after.
+    def prestart(self, n: int, options: dict[str, Any], threads: int) -> None:
+        """``n`` ranks for the sweep's first run, started while its shared engines start (not waited for)."""
+        import ray
+
+        self._kill(self.starting)
+        self.options = options
+        self.starting = [ray.remote(LearnerRank).options(**options).remote(threads) for _ in range(n)]
+
+    def take(self, options: dict[str, Any]) -> tuple[list[Any], list[Any]]:
+        """The kept ranks if they were started with ``options`` (else they are stopped), and none kept after:
+        (those a run gave back, ready; those :meth:`prestart` started, which the run waits for).
         Ranks the last run took and never gave back (it died before its end) are stopped: runs go one at a time."""
-        ranks, self.ranks = self.ranks, []
+        ranks, starting = self.ranks, self.starting
+        self.ranks, self.starting = [], []
         self._kill(self.lent)
         if options != self.options:
-            self._kill(ranks)
-            ranks = []
-        self.lent = list(ranks)
-        return ranks
+            self._kill(ranks + starting)
+            ranks, starting = [], []
+        self.lent = ranks + starting
+        return ranks, starting
 
     def give(self, ranks: list[Any], options: dict[str, Any]) -> None:
         self.ranks, self.options, self.lent = list(ranks), options, []
@@ -195,8 +206,8 @@ class RankKeeper:
         return new
 
     def release(self) -> None:
-        self._kill(self.ranks + self.lent)
-        self.ranks, self.lent = [], []
+        self._kill(self.ranks + self.starting + self.lent)
+        self.ranks, self.starting, self.lent = [], [], []
 
     @staticmethod
     def _kill(actors: list[Any]) -> None:
@@ -217,15 +228,25 @@ class LearnerGroup:
 
         self.run, self.keeper = run, keeper
         self.options = rank_options(run)
-        self.ranks: list[Any] = _alive(ray.get(keeper.take.remote(self.options))) if keeper is not None else []
+        kept, starting = ray.get(keeper.take.remote(self.options)) if keeper is not None else ([], [])
+        self.ranks: list[Any] = _alive(kept)
+        self.starting: list[Any] = starting  # started (by start(), or the keeper's prestart), not yet waited for
         self.cancelled = False  # cancel(): the run is ending
+
+    def start(self, world: int) -> None:
+        """Ranks up to ``world`` started and not waited for: their imports run while the run starts its
+        other components (:meth:`grow` waits for them)."""
+        short = world - len(self.ranks) - len(self.starting)
+        if short > 0:
+            self.starting += self._start_ranks(short)
 
     def grow(self, world: int) -> None:
         """At least ``world`` ranks, all started: new ones started and waited for (a
         :class:`~polyray.cluster.ClusterShortfall` after ``cluster.resource_wait_s`` when not placed)."""
         import ray
 
-        new = self._start_ranks(world - len(self.ranks)) if world > len(self.ranks) else []
+        self.start(world)
+        new, self.starting = self.starting, []
         if not new:
             return
         self.ranks += new
@@ -291,8 +312,8 @@ class LearnerGroup:
         if self.keeper is None:
             self.close()
             return
-        ray.get(self.keeper.give.remote(self.ranks, self.options))
-        self.ranks = []
+        ray.get(self.keeper.give.remote(self.ranks + self.starting, self.options))
+        self.ranks, self.starting = [], []
 
     def cancel(self) -> None:
         """Stop every rank and start none again: the run is ending (an error or Ctrl-C in the driver), and a
@@ -304,10 +325,10 @@ class LearnerGroup:
         """Stop every rank (its resources go back to the cluster)."""
         import ray
 
-        for actor in self.ranks:
+        for actor in self.ranks + self.starting:
             with contextlib.suppress(Exception):  # already gone
                 ray.kill(actor)
-        self.ranks = []
+        self.ranks, self.starting = [], []
 
 
 class PhaseCancelled(RuntimeError):

@@ -76,9 +76,13 @@ def test_a_learner_ray_train_cannot_place_stops_the_phase_naming_its_ranks(
     assert "free now: {CPU: " in message
 
 
-def test_kept_ranks_the_cluster_cannot_place_stop_the_phase_naming_them(ray_cluster, run_config, model_dir, tmp_path):
+@pytest.mark.parametrize("started_early", [False, True], ids=["by-the-fit", "before-the-fit"])
+def test_kept_ranks_the_cluster_cannot_place_stop_the_phase_naming_them(
+    ray_cluster, run_config, model_dir, tmp_path, started_early
+):
     """The same with kept ranks (learner.keep_ranks): one wait of cluster.resource_wait_s, then the phase stops
-    naming the ranks, and the ones that were started are released."""
+    naming the ranks, and the ones that were started are released. Ranks a run started before the fit
+    (``start``, as the driver does while the engines start) are the ones the fit waits for, not more."""
     import ray
 
     from polyray.learner.group import LearnerGroup
@@ -87,7 +91,19 @@ def test_kept_ranks_the_cluster_cannot_place_stop_the_phase_naming_them(ray_clus
     run = run_config.model_copy(deep=True)
     run.learner.cpus_per_worker = 64.0
     run.cluster.resource_wait_s = 2.0
+
+    def rank_actors() -> list[dict]:  # this test's: the session's cluster holds other tests' too
+        return [
+            a
+            for i, a in ray._private.state.actors().items()
+            if a["ActorClassName"] == "LearnerRank" and i not in before
+        ]
+
+    before = set(ray._private.state.actors())
     group = LearnerGroup(run)
+    if started_early:
+        group.start(run.phase_workers(0))
+        assert len(group.starting) == run.phase_workers(0) and group.ranks == []
     started = time.monotonic()
     with pytest.raises(ClusterShortfall) as err:
         run_phase(run, 0, model_dir, tmp_path, None, 0, None, group=group)
@@ -97,11 +113,12 @@ def test_kept_ranks_the_cluster_cannot_place_stop_the_phase_naming_them(ray_clus
         f"learner: {world} of {world} rank(s) not placed in 2 s (cluster.resource_wait_s): each asks {{CPU: 64}}"
     )
     assert "free now: {CPU: " in str(err.value)
-    assert group.ranks == []
+    assert group.ranks == [] and group.starting == []
     deadline = time.monotonic() + 30  # ray.kill is asynchronous
     while time.monotonic() < deadline:
-        ranks = [a for a in ray._private.state.actors().values() if a["ActorClassName"] == "LearnerRank"]
+        ranks = rank_actors()
         if ranks and all(a["State"] == "DEAD" for a in ranks):
             break
         time.sleep(0.2)
     assert ranks and all(a["State"] == "DEAD" for a in ranks), ranks  # none left waiting for its CPUs
+    assert len(ranks) == world  # the fit started no more than the early start had

@@ -213,3 +213,49 @@ def test_a_step_logged_once_is_known(tmp_path):
     assert not _logged(logs, "dynamics.jsonl", "sft", 0) and not _logged(logs, "metrics.jsonl", "grpo", 0)
     append_jsonl(log, {"event": RESUME_EVENT, "phase": "grpo", "step": 0})
     assert _logged(logs, "dynamics.jsonl", "grpo", 0) and not _logged(logs, "dynamics.jsonl", "grpo", 20)
+
+
+@pytest.mark.parametrize(
+    ("trained", "adapter_written", "world"),
+    [((), (), 2), (("base", "sft"), (), 1), (("base",), ("sft",), 1), (("base", "sft", "grpo"), (), None)],
+    ids=["fresh", "sft-evaluated", "sft-written", "all-trained"],
+)
+def test_the_learners_ranks_start_early_for_the_first_phase_still_to_train(
+    tmp_path, monkeypatch, trained, adapter_written, world
+):
+    """A run starts its kept ranks while its engines start, as many as the first phase it will still train
+    needs (a resumed run skips what it holds), and none when it trains nothing."""
+    import polyray.learner.group as group_module
+    from polyray.drivers.run import RunState, start_learner
+
+    started = []
+
+    class Group:
+        def __init__(self, run, keeper=None):
+            self.keeper = keeper
+
+        def start(self, n: int) -> None:
+            started.append(n)
+
+    monkeypatch.setattr(group_module, "LearnerGroup", Group)
+    run = load_config(QUICKSTART)
+    assert [run.phase_workers(i) for i in range(len(run.phases))] == [2, 1]  # SFT on two ranks, GRPO on one
+    results = RunResults(name="quickstart", eval_split="test")
+    for stage in trained:
+        results.evaluations[stage] = _record(0.1)
+    for phase in adapter_written:
+        (tmp_path / "adapters" / phase).mkdir(parents=True)
+        (tmp_path / "adapters" / phase / "polyray_version.json").write_text('{"version": 3}')
+    state = RunState(run, tmp_path, bool(trained or adapter_written), results, worker_run=run)
+    start_learner(state)
+    assert started == ([] if world is None else [world])
+    assert (state.learner is None) == (world is None)
+    start_learner(RunState(run.model_copy(update={"learner": run.learner.model_copy(update={"keep_ranks": False})}),
+                           tmp_path / "other", False, RunResults(name="q", eval_split="test")))  # fmt: skip
+    assert started == ([] if world is None else [world])  # a Ray Train fit per phase: nothing kept
+
+
+def _record(pass1: float):
+    from polyray.eval.record import EvalRecord
+
+    return EvalRecord.from_json({"pass@1": pass1})

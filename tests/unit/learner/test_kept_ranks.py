@@ -20,22 +20,56 @@ def _keeper(monkeypatch) -> tuple[RankKeeper, list]:
 
 def test_a_keeper_hands_the_next_run_what_the_last_gave_back(monkeypatch):
     keeper, killed = _keeper(monkeypatch)
-    assert keeper.take(OPTIONS) == []  # nothing kept yet: the run starts its own
+    assert keeper.take(OPTIONS) == ([], [])  # nothing kept yet: the run starts its own
     keeper.give(["rank0", "rank1"], OPTIONS)
-    assert keeper.take(OPTIONS) == ["rank0", "rank1"] and killed == []
+    assert keeper.take(OPTIONS) == (["rank0", "rank1"], []) and killed == []
     keeper.give(["rank0", "rank1"], OPTIONS)
     keeper.release()
-    assert killed == ["rank0", "rank1"] and keeper.take(OPTIONS) == []
+    assert killed == ["rank0", "rank1"] and keeper.take(OPTIONS) == ([], [])
 
 
 def test_a_keeper_stops_ranks_a_run_never_gave_back_and_ranks_of_other_options(monkeypatch):
     keeper, killed = _keeper(monkeypatch)
     keeper.give(["rank0"], OPTIONS)
-    assert keeper.take(OPTIONS) == ["rank0"]
+    assert keeper.take(OPTIONS) == (["rank0"], [])
     # that run died before its end: its ranks may be mid-phase, so the next run gets none of them
-    assert keeper.take(OPTIONS) == [] and killed == ["rank0"]
+    assert keeper.take(OPTIONS) == ([], []) and killed == ["rank0"]
     keeper.give(["rank1"], OPTIONS)
-    assert keeper.take({**OPTIONS, "num_cpus": 2}) == [] and killed == ["rank0", "rank1"]  # not what it asks
+    assert keeper.take({**OPTIONS, "num_cpus": 2}) == ([], []) and killed == ["rank0", "rank1"]  # not what it asks
+
+
+def test_ranks_a_keeper_started_early_go_to_the_first_run_that_matches_them(monkeypatch):
+    """prestart's ranks (started while the sweep's engines start) are handed over as still starting, once;
+    a first run asking for other options gets none of them, and they are stopped."""
+    import ray
+
+    keeper, killed = _keeper(monkeypatch)
+    monkeypatch.setattr(ray, "remote", _Remote)
+    monkeypatch.setattr(_Remote, "started", 0)
+    keeper.prestart(2, OPTIONS, threads=1)
+    assert keeper.take(OPTIONS) == ([], ["rank1", "rank2"]) and killed == []
+    assert keeper.take(OPTIONS) == ([], []) and killed == ["rank1", "rank2"]  # never given back: stopped
+    keeper.prestart(1, OPTIONS, threads=1)
+    assert keeper.take({**OPTIONS, "num_cpus": 2}) == ([], []) and killed[-1] == "rank3"  # not what it asks
+    keeper.prestart(1, OPTIONS, threads=1)
+    keeper.release()
+    assert killed[-1] == "rank4"
+
+
+class _Remote:
+    """``ray.remote(LearnerRank)`` without a cluster: each start a new name."""
+
+    started = 0
+
+    def __init__(self, cls):
+        pass
+
+    def options(self, **options):
+        return self
+
+    def remote(self, threads: int) -> str:
+        _Remote.started += 1
+        return f"rank{_Remote.started}"
 
 
 def test_kept_ranks_name_checkpoints_as_ray_train_does(monkeypatch):
