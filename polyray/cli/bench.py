@@ -154,13 +154,16 @@ def experiment(
     repeats: int = typer.Option(1, "--repeats", min=1, help="Rounds; each runs cold, then warm."),
     sft_steps: int = typer.Option(20, "--sft-steps", min=1),
     grpo_steps: int = typer.Option(20, "--grpo-steps", min=1),
+    concurrent: int = typer.Option(
+        1, "--concurrent", min=1, help="Also run the trials this many at once (a third mode, beside warm)."
+    ),
     config: str = _config,
     json_path: Optional[Path] = _json,
 ):
     """Runs per hour of a small experiment with fresh learner ranks per phase (cold) and kept ones (warm)."""
     from polyray.drivers.bench.experiment import bench_experiment, print_experiment
 
-    results = bench_experiment(config, seeds, repeats, sft_steps, grpo_steps)
+    results = bench_experiment(config, seeds, repeats, sft_steps, grpo_steps, concurrent=concurrent)
     print_experiment(results)
     _write(results, json_path)
 

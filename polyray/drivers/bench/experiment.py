@@ -8,7 +8,9 @@ trials, the engines shared by the trials (:mod:`polyray.drivers.warm`). Each mod
 alternating for ``repeats`` rounds, so both see the same machine. Per mode: runs per hour (the trials
 over the process's wall time, Ray's start and the model's preparation included) and each phase's fixed
 cost: its stage time (``results.json``) less its optimizer steps' (``metrics.jsonl`` ``step_s``), the
-time a phase spends starting, setting up and ending rather than training.
+time a phase spends starting, setting up and ending rather than training; and how busy the machine's
+cores were (every process's CPU time over the wall time: what trials run at once could fill at most).
+``concurrent`` adds a mode whose trials run that many at once.
 """
 
 from __future__ import annotations
@@ -29,12 +31,16 @@ from polyray.io import ConfigError, read_log_jsonl
 MODES = {"cold": ["learner.keep_ranks=false", "rollout.share_across_trials=false"], "warm": []}
 
 
-def experiment_file(directory: Path, base: str, sft_steps: int, grpo_steps: int, n_test: int) -> Path:
-    """The bench's experiment config, written into ``directory``."""
+def experiment_file(
+    directory: Path, base: str, sft_steps: int, grpo_steps: int, n_test: int, concurrent: int = 1
+) -> Path:
+    """The bench's experiment config, written into ``directory`` (``experiment.yaml``; with ``concurrent`` > 1,
+    ``experiment-concurrent.yaml``, whose trials run ``concurrent`` at once)."""
     import yaml
 
     spec = {
         "name": "bench_experiment",
+        "max_concurrent": concurrent,
         "base": str(Path(base).resolve()),
         "task": {"type": "countdown", "n_train": 512, "n_test": n_test},
         "runs": {
@@ -59,7 +65,7 @@ def experiment_file(directory: Path, base: str, sft_steps: int, grpo_steps: int,
         },
         "models": {"sft": "sft_grpo/sft", "grpo": "sft_grpo/grpo"},
     }
-    path = directory / "experiment.yaml"
+    path = directory / ("experiment.yaml" if concurrent == 1 else "experiment-concurrent.yaml")
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
 
@@ -78,16 +84,25 @@ def run_mode(path: Path, out: Path, seeds: int, sets: list[str]) -> dict[str, An
         str(out),
     ]
     cmd += [arg for s in sets for arg in ("--set", s)]
-    started = time.perf_counter()
+    cpu_before, started = _machine_busy_s(), time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - started
+    busy = _machine_busy_s() - cpu_before
     if proc.returncode != 0:  # its own output says why: its last line, and the run directory
         last = (proc.stdout.strip().splitlines() or proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise ConfigError(f"bench experiment: the {' '.join(sets) or 'warm'} run failed in {out}: {last}")
     runs = sorted((out / "runs").iterdir())
     fixed = {phase: [phase_fixed_cost(run, phase) for run in runs] for phase in ("sft", "grpo")}
     return {"wall_s": round(wall, 2), "runs": len(runs), "runs_per_hour": round(3600 * len(runs) / wall, 1),
-            "fixed_s": fixed}  # fmt: skip
+            "fixed_s": fixed, "busy_cores": round(busy / wall, 2), "cpu_s_per_run": round(busy / len(runs), 1)}  # fmt: skip
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds the whole machine has spent busy (every process: Ray's, the engines', the ranks')."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
 
 
 TIMING_KEYS = {"time", "canary_nodes"}  # and every *_s: when and where, not what was computed
@@ -116,27 +131,51 @@ def phase_fixed_cost(run_dir: Path, phase: str) -> float:
 
 
 def bench_experiment(
-    config: str, seeds: int = 3, repeats: int = 1, sft_steps: int = 20, grpo_steps: int = 20, n_test: int = 32
+    config: str,
+    seeds: int = 3,
+    repeats: int = 1,
+    sft_steps: int = 20,
+    grpo_steps: int = 20,
+    n_test: int = 32,
+    concurrent: int = 1,
 ) -> dict[str, Any]:
-    """Cold and warm, alternating for ``repeats`` rounds; per mode its rounds and medians, and warm ÷ cold."""
+    """Cold and warm, alternating for ``repeats`` rounds; per mode its rounds and medians, and warm ÷ cold.
+    With ``concurrent`` > 1 a third mode runs that many trials at once (each its own engines and ranks, as
+    concurrent trials run), and its runs per hour are set beside warm's."""
+    import psutil
+
     from polyray.config import load_config
 
     load_config(config)  # a config that is not there or not valid: one line, before anything runs
-    rounds: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
+    modes = dict(MODES, **({"concurrent": []} if concurrent > 1 else {}))
+    rounds: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
     tmp = Path(tempfile.mkdtemp(prefix="polyray-bench-experiment-"))  # kept when a run fails: its outputs say why
     path = experiment_file(tmp, config, sft_steps, grpo_steps, n_test)
+    paths = {mode: path for mode in MODES}
+    if concurrent > 1:
+        paths["concurrent"] = experiment_file(tmp, config, sft_steps, grpo_steps, n_test, concurrent)
     differ: list[str] = []
     for r in range(repeats):
-        for mode, sets in MODES.items():
+        for mode, sets in modes.items():
             console.print(f"round {r + 1}/{repeats}: {mode} ({seeds} runs)")
-            rounds[mode].append(run_mode(path, tmp / f"{mode}-{r}", seeds, sets))
-        differ += [f"round {r + 1}: {name}" for name in same_numbers(tmp / f"cold-{r}", tmp / f"warm-{r}")]
+            rounds[mode].append(run_mode(paths[mode], tmp / f"{mode}-{r}", seeds, sets))
+        for other in [m for m in modes if m != "cold"]:
+            differ += [
+                f"round {r + 1}: {other} {name}" for name in same_numbers(tmp / f"cold-{r}", tmp / f"{other}-{r}")
+            ]
     shutil.rmtree(tmp, ignore_errors=True)
     summary = {mode: _medians(rs) for mode, rs in rounds.items()}
     ratio = summary["warm"]["runs_per_hour"] / summary["cold"]["runs_per_hour"]
-    return {"seeds": seeds, "repeats": repeats, "steps": {"sft": sft_steps, "grpo": grpo_steps}, "rounds": rounds,
-            "summary": summary, "warm_over_cold_runs_per_hour": round(ratio, 2),
-            "runs_compared": seeds * repeats, "runs_differing": differ}  # fmt: skip
+    out = {"seeds": seeds, "repeats": repeats, "steps": {"sft": sft_steps, "grpo": grpo_steps}, "rounds": rounds,
+           "summary": summary, "warm_over_cold_runs_per_hour": round(ratio, 2),
+           "runs_compared": seeds * repeats * (len(modes) - 1), "runs_differing": differ,
+           "cores": psutil.cpu_count() or 1}  # fmt: skip
+    if concurrent > 1:
+        out["concurrent"] = concurrent
+        out["concurrent_over_warm_runs_per_hour"] = round(
+            summary["concurrent"]["runs_per_hour"] / summary["warm"]["runs_per_hour"], 2
+        )
+    return out
 
 
 def _medians(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -144,6 +183,8 @@ def _medians(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         "runs_per_hour": statistics.median(r["runs_per_hour"] for r in rounds),
         "wall_s": statistics.median(r["wall_s"] for r in rounds),
         "fixed_s": {p: statistics.median(v for r in rounds for v in r["fixed_s"][p]) for p in ("sft", "grpo")},
+        "busy_cores": statistics.median(r["busy_cores"] for r in rounds),
+        "cpu_s_per_run": statistics.median(r["cpu_s_per_run"] for r in rounds),
     }
 
 
@@ -151,19 +192,30 @@ def print_experiment(results: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(title=f"experiment: {results['seeds']} runs a round, {results['repeats']} round(s), median")
-    for column in ("mode", "runs/hour", "wall s", "SFT fixed s", "GRPO fixed s"):
+    for column in ("mode", "runs/hour", "wall s", "SFT fixed s", "GRPO fixed s", "busy cores", "CPU-s/run"):
         table.add_column(column, justify="right")
     for mode, m in results["summary"].items():
         table.add_row(mode, f"{m['runs_per_hour']:.1f}", f"{m['wall_s']:.1f}", f"{m['fixed_s']['sft']:.2f}",
-                      f"{m['fixed_s']['grpo']:.2f}")  # fmt: skip
+                      f"{m['fixed_s']['grpo']:.2f}", f"{m['busy_cores']:.2f}", f"{m['cpu_s_per_run']:.1f}")  # fmt: skip
     console.print(table)
     console.print(f"warm ÷ cold runs per hour: {results['warm_over_cold_runs_per_hour']:.2f}")
-    differ = results["runs_differing"]
+    if "concurrent" in results:
+        console.print(
+            f"concurrent ({results['concurrent']} trials at once) ÷ warm runs per hour:"
+            f" {results['concurrent_over_warm_runs_per_hour']:.2f}"
+        )
+    warm, cores = results["summary"]["warm"], results["cores"]
     console.print(
-        f"runs whose evaluations and step rows (timings aside) differ, warm against cold: {len(differ)} of"
+        f"the machine's {cores} cores busy {warm['busy_cores']:.2f} in the warm run: trials at once, at warm's CPU per"
+        f" run ({warm['cpu_s_per_run']:.1f} CPU-s), could reach at most {cores / warm['busy_cores']:.2f}x warm"
+    )
+    differ = results["runs_differing"]
+    against = "warm and concurrent" if "concurrent" in results else "warm"
+    console.print(
+        f"runs whose evaluations and step rows (timings aside) differ, {against} against cold: {len(differ)} of"
         f" {results['runs_compared']}" + (f" ({', '.join(differ)})" if differ else "")
     )
-    for mode in MODES:
+    for mode in results["rounds"]:
         fixed = [r["fixed_s"] for r in results["rounds"][mode]]
         console.print(
             f"{mode}: phase fixed cost by run, s: " + "; ".join(f"SFT {f['sft']}, GRPO {f['grpo']}" for f in fixed)

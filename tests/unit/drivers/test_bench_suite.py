@@ -9,6 +9,8 @@ another setting), and the printing and summary of results without them.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from rich.console import Console
 
@@ -128,3 +130,19 @@ def test_results_without_what_the_smoke_leaves_out_print_and_summarise(capsys):
     print_large(large, console)
     text = console.export_text()
     assert "ratio 3.00" in text and "learner" not in text
+
+
+def test_the_experiment_bench_writes_experiments_polyray_accepts(tmp_path):
+    """The experiment bench's configs, one trial at a time and two at once, load as ``polyray experiment`` reads
+    them."""
+    from polyray.drivers.bench.experiment import experiment_file
+    from polyray.drivers.experiment import load_experiment
+
+    base = str(Path(__file__).resolve().parents[3] / "configs" / "quickstart.yaml")
+    serial, concurrent = (experiment_file(tmp_path, base, 3, 4, 16, c) for c in (1, 2))
+    assert serial != concurrent
+    for path, want in ((serial, 1), (concurrent, 2)):
+        exp, configs = load_experiment(path, seeds=2)
+        assert exp.max_concurrent == want and sorted(configs) == [("sft_grpo", 0), ("sft_grpo", 1)]
+        run = configs["sft_grpo", 0]
+        assert [p.steps for p in run.phases] == [3, 4] and run.task.n_test == 16
