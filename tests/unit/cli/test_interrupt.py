@@ -30,8 +30,10 @@ with bounded_interrupt(grace_s=float(sys.argv[1])):
     # a grandchild under a shell: the shell exits on SIGTERM in the clean-up, orphaning it
     shell = subprocess.Popen(["sh", "-c", "sleep 600 & wait"])
     time.sleep(0.5)
-    print("ready", child.pid, shell.pid, flush=True)
     try:
+        # ready only inside the block whose clean-up is tested: a Ctrl-C right after the line is written
+        # (the interpreter preempted before its next bytecode) must land in it
+        print("ready", child.pid, shell.pid, flush=True)
         while True:
             time.sleep(0.1)
     finally:
