@@ -189,9 +189,7 @@ class RunState:
     shared: RunStorage | None = None  # the run's place in cluster.storage, or None
     serving: bool = False  # the generation service is deployed (--serve-generation)
     logs: StepLogs | None = None  # the learner's step logs, one actor for every phase
-    learner: LearnerGroup | None = (
-        None  # the learner's kept ranks (learner.keep_ranks), started before the base evaluation
-    )
+    learner: LearnerGroup | None = None  # the kept ranks (learner.keep_ranks), started by start_learner
     warm: WarmComponents | None = None  # what a sweep's trials share (polyray.drivers.warm)
     shared_pool: bool = False  # the rollout workers are the sweep's (warm), not this run's
 
