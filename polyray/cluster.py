@@ -6,7 +6,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from polyray.config import ClusterConfig, RunConfig
+from polyray.config import ClusterConfig, RolloutConfig, RunConfig
 from polyray.io import ConfigError
 
 
@@ -40,7 +40,12 @@ def init_ray(
     if cluster.address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=cluster.address, log_to_driver=cluster.worker_logs)
         if demands:
-            check_resources(demands, cluster.resource_wait_s)
+            request_cluster(demands)
+            try:
+                check_resources(demands, cluster.resource_wait_s)
+            except ClusterShortfall:
+                release_cluster()
+                raise
         else:
             have = ray.cluster_resources().get("CPU", 0.0)
             if have < needed_cpus:  # an autoscaling cluster may grow; a fixed one would wait forever
@@ -73,6 +78,47 @@ def init_ray(
         console.print(f"Ray dashboard: http://{context.dashboard_url}{dashboard_sign_in()}")
 
 
+_requested = False  # this process asked the autoscaler for its demands (request_cluster)
+
+
+def request_cluster(demands: list[Demand]) -> None:
+    """Ask the cluster's autoscaler for every bundle of ``demands`` at once. Ray adds nodes only for queued
+    work or such a request, and a run checks the cluster before it starts any actor, so without it an
+    autoscaling cluster never grows. The request holds until :func:`release_cluster` (at the latest when
+    this process exits); a cluster without an autoscaler ignores it."""
+    import atexit
+
+    from ray.autoscaler.sdk import request_resources
+
+    global _requested
+    request_resources(bundles=[dict(d.bundle) for d in demands for _ in range(d.count)])
+    if not _requested:
+        # before Ray's own exit hook (registered when ray was imported, so run after this one)
+        atexit.register(release_cluster)
+    _requested = True
+
+
+def release_cluster() -> None:
+    """Withdraw this process's :func:`request_cluster`, so the autoscaler may take idle nodes back; a no-op
+    when it made none or Ray is gone."""
+    global _requested
+    if not _requested:
+        return
+    _requested = False
+    import ray
+
+    if not ray.is_initialized():
+        return
+    from ray.autoscaler.sdk import request_resources
+
+    try:
+        request_resources(bundles=[])
+    except Exception as exc:  # noqa: BLE001 - a lost head: its autoscaler went with it
+        from polyray.io import warn
+
+        warn(f"withdrawing the run's request to the autoscaler: {exc!r}")
+
+
 def dashboard_sign_in() -> str:
     """How to sign in to the dashboard of a local cluster with Ray's token auth on (else "")."""
     if os.environ.get("RAY_AUTH_MODE", "token").lower() != "token":
@@ -84,9 +130,9 @@ def run_demands(run: RunConfig, generation: dict | None = None) -> list[Demand]:
     """The actors ``run`` holds at once (as :func:`needed_cpus` counts them), with the generation service's
     replicas when ``generation`` (its args) is given; kinds that ask for nothing are left out."""
     extra = run.cluster.worker_resources
-    r, lr = run.rollout, run.learner
+    lr = run.learner
     demands = [
-        Demand("rollout workers", r.num_workers, {"CPU": r.cpus_per_worker, "GPU": r.gpus_per_worker, **extra}),
+        rollout_demand(run.rollout, extra),
         Demand(
             "learner ranks", run.most_learner_workers, {"CPU": lr.cpus_per_worker, "GPU": float(lr.use_gpu), **extra}
         ),
@@ -103,6 +149,12 @@ def run_demands(run: RunConfig, generation: dict | None = None) -> list[Demand]:
         g = GenerationServiceConfig.model_validate(generation)
         demands.append(Demand("generation replicas", g.num_replicas, {"CPU": g.num_cpus, "GPU": g.gpus, **g.resources}))
     return [Demand(d.what, d.count, {k: v for k, v in d.bundle.items() if v}) for d in demands if d.count]
+
+
+def rollout_demand(rollout: RolloutConfig, extra: dict[str, float]) -> Demand:
+    """The rollout workers of ``rollout`` as a :class:`Demand`, with the custom resources ``extra`` each asks."""
+    bundle = {"CPU": rollout.cpus_per_worker, "GPU": rollout.gpus_per_worker, **extra}
+    return Demand("rollout workers", rollout.num_workers, {k: v for k, v in bundle.items() if v})
 
 
 def shortfalls(demands: list[Demand], nodes: list[dict[str, float]]) -> list[str]:
@@ -263,6 +315,14 @@ def cluster_gpus(timeout_s: float) -> dict[str, tuple[str, float]]:
             f" {timeout_s:g} s (cluster.resource_wait_s); or set learner.gpu_memory_gib and"
             " rollout.gpu_memory_gib"
         ) from None
+
+
+def reads_gpu_memory(run: RunConfig) -> bool:
+    """Whether ``run`` plans memory on GPUs its config does not size: the cluster's must be read."""
+    return bool(
+        (run.learner.use_gpu and run.learner.gpu_memory_gib is None)
+        or (run.rollout.gpus_per_worker and run.rollout.gpu_memory_gib is None)
+    )
 
 
 def with_cluster_gpu_memory(run: RunConfig, gpus: dict[str, tuple[str, float]]) -> tuple[RunConfig, str | None]:

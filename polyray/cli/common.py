@@ -114,6 +114,10 @@ def bounded_interrupt(grace_s: float | None = None) -> Iterator[None]:
         if interrupted.is_set():  # the handler stays for the rest of the exit: a second Ctrl-C still forces
             ray = sys.modules.get("ray")
             if ray is not None and ray.is_initialized():
+                from polyray.cluster import release_cluster
+
+                # before the shutdown: withdrawing the request needs the connection
+                release_cluster()
                 ray.shutdown()
             lifetime.kill_descendants(also=tree)  # what the shutdown left running: nothing, or its orphans
         else:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import ray
 
-from polyray.cluster import init_ray, needed_cpus, run_demands
+from polyray.cluster import init_ray, needed_cpus, rollout_demand, run_demands
 from polyray.config import RunConfig
 from polyray.drivers.preflight import check_inputs, plan_memory, worker_config
 from polyray.drivers.results import SPLIT_NAMES, RunResults, open_run_dir, results_table, write_results
@@ -146,15 +146,17 @@ def run_pipeline(
     on_stage=None,
     serve_generation: bool = False,
     warm: WarmComponents | None = None,
+    gpus: dict[str, tuple[str, float]] | None = None,
 ) -> RunResults:
     """Run (or with ``resume`` continue) ``run`` in ``output_dir`` (default ``runs/<name>``); returns
     its results (:class:`~polyray.drivers.results.RunResults`). ``on_stage(results)`` is called after each evaluation is written;
     ``serve_generation`` serves the live policy over HTTP while the run lasts (``run.generation``);
-    ``warm``: the rollout workers and learner ranks a sweep's trials share (:mod:`polyray.drivers.warm`)."""
+    ``warm``: the rollout workers and learner ranks a sweep's trials share (:mod:`polyray.drivers.warm`);
+    ``gpus``: the cluster's GPUs as a sweep read them (:func:`polyray.cluster.cluster_gpus`), else read here."""
     out = Path(output_dir or Path("runs") / run.name).resolve()
     engagement = check_inputs(run)
     results = open_run_dir(run, out, resume)
-    state = RunState(run, out, resume, results, open_tracker(run, out), on_stage, warm=warm)
+    state = RunState(run, out, resume, results, open_tracker(run, out), on_stage, warm=warm, gpus=gpus)
     try:
         _run_stages(state, engagement, serve_generation)
     except BaseException:
@@ -192,6 +194,7 @@ class RunState:
     learner: LearnerGroup | None = None  # the kept ranks (learner.keep_ranks), started by start_learner
     warm: WarmComponents | None = None  # what a sweep's trials share (polyray.drivers.warm)
     shared_pool: bool = False  # the rollout workers are the sweep's (warm), not this run's
+    gpus: dict[str, tuple[str, float]] | None = None  # the cluster's GPUs as a sweep read them (cluster_gpus)
 
     def keeper(self):
         """The sweep's rank keeper (the ranks outlive this run), or None."""
@@ -321,7 +324,7 @@ def quality_judge(task, run: RunConfig) -> dict[str, Any] | None:
 def start_ray(state: RunState, generation: dict[str, Any] | None) -> None:
     """Join or start the cluster, check it holds the run's actors, and plan memory on its GPUs (read from the
     cluster where the config leaves ``gpu_memory_gib`` unset): a run that cannot fit stops before any actor starts."""
-    from polyray.cluster import cluster_gpus, with_cluster_gpu_memory
+    from polyray.cluster import cluster_gpus, reads_gpu_memory, with_cluster_gpu_memory
 
     run = state.run
     with state.timer("ray_init"):
@@ -330,10 +333,9 @@ def start_ray(state: RunState, generation: dict[str, Any] | None) -> None:
             needed_cpus(run) + (generation_cpus(generation) if generation else 0.0),
             demands=run_demands(run, generation),
         )
-    if (run.learner.use_gpu and run.learner.gpu_memory_gib is None) or (
-        run.rollout.gpus_per_worker and run.rollout.gpu_memory_gib is None
-    ):
-        state.run, line = with_cluster_gpu_memory(run, cluster_gpus(run.cluster.resource_wait_s))
+    if reads_gpu_memory(run):
+        gpus = state.gpus if state.gpus is not None else cluster_gpus(run.cluster.resource_wait_s)
+        state.run, line = with_cluster_gpu_memory(run, gpus)
         if line is not None:
             console.print(line, highlight=False)
             for line in plan_memory(state.run, state.model_dir):
@@ -419,7 +421,7 @@ def wait_for_pool(state: RunState, launched_s: float) -> None:
     stages still add up to the run's time."""
     start = time.perf_counter()
     with console.status(f"waiting for {state.run.rollout.num_workers} vLLM rollout worker(s) to start"):
-        demand = next(d for d in run_demands(state.run) if d.what == "rollout workers")
+        demand = rollout_demand(state.run.rollout, state.run.cluster.worker_resources)
         state.pool.wait_ready(demand, state.run.cluster.resource_wait_s)
     # a run on the sweep's engines only attached to them: its timing says so
     key = "rollout_pool_attach" if state.shared_pool else "rollout_pool_start"

@@ -181,6 +181,7 @@ def pipeline_trial(
     prefix: str,
     derived: Callable[[dict], dict] | None = None,
     warm=None,
+    gpus: dict[str, tuple[str, float]] | None = None,
 ) -> None:
     """Tune function trainable: one training run at ``params`` (``run`` picks a base, the rest are
     dotted fields) in ``out / run_dir(params, trial_id)``: started, continued if the directory holds an
@@ -188,7 +189,8 @@ def pipeline_trial(
     (:func:`polyray.tracking.run_metrics`); Tune's logger callbacks track trials, so the run's
     own tracker is off. ``derived(params)``: more config fields that follow from the parameters
     (an experiment's branch run gets its seed's starting adapter). ``warm``: what the trials share
-    (:mod:`polyray.drivers.warm`), or None."""
+    (:mod:`polyray.drivers.warm`), or None. ``gpus``: the cluster's GPUs as the sweep read them once
+    (:func:`polyray.cluster.cluster_gpus`), so a trial never probes nodes its siblings' actors fill."""
     import os
 
     from ray import tune
@@ -217,7 +219,7 @@ def pipeline_trial(
     results = _finished_results(directory, run)
     if results is None:
         resume = (directory / "config.resolved.yaml").is_file()
-        run_pipeline(run, directory, resume=resume, on_stage=report, warm=warm)
+        run_pipeline(run, directory, resume=resume, on_stage=report, warm=warm, gpus=gpus)
     else:
         report(results)
 
@@ -240,6 +242,17 @@ def sweep_cpus(run: RunConfig, concurrent: int) -> float:
 
     reward = run.reward.service_cpus()
     return (needed_cpus(run) - reward + TRIAL_CPUS) * concurrent + reward
+
+
+def sweep_demands(run: RunConfig, concurrent: int):
+    """The actors a sweep of ``run``'s trials holds at once (as :func:`sweep_cpus` counts them): ``concurrent``
+    trials' rollout workers, learner ranks and drivers, and the reward replicas they share."""
+    from polyray.cluster import Demand, run_demands
+
+    demands = [
+        d if d.what == "reward replicas" else Demand(d.what, d.count * concurrent, d.bundle) for d in run_demands(run)
+    ]
+    return demands + [Demand("trial drivers", concurrent, {"CPU": TRIAL_CPUS})]
 
 
 def run_trials(
@@ -266,7 +279,7 @@ def run_trials(
     or set, for the caller's next call (the caller closes it), so two waves share one engine."""
     from ray import tune
 
-    from polyray.cluster import init_ray
+    from polyray.cluster import cluster_gpus, init_ray, reads_gpu_memory
     from polyray.drivers.preflight import check_inputs
     from polyray.models.source import prepare_model_dir
 
@@ -274,7 +287,9 @@ def run_trials(
         check_inputs(run)  # the user's data, once, before Ray starts (not once per trial)
     first = configs[0]
     prepare_model_dir(first.model, first.task)  # once, before trials race to build it
-    init_ray(first.cluster, sweep_cpus(first, max_concurrent))
+    init_ray(first.cluster, sweep_cpus(first, max_concurrent), demands=sweep_demands(first, max_concurrent))
+    # read once, before the trials' actors fill the GPUs a probe would wait for
+    gpus = cluster_gpus(first.cluster.resource_wait_s) if any(map(reads_gpu_memory, configs)) else None
     if first.reward.endpoint:  # the reward apps serve every trial, deployed outside their placement groups
         from polyray.config.run import custom_reward_functions
         from polyray.reward.service import ensure_reward_service
@@ -296,6 +311,7 @@ def run_trials(
             prefix=prefix or name,
             derived=derived,
             warm=warm,
+            gpus=gpus,
         ),  # fmt: skip
         {"cpu": TRIAL_CPUS},
     )

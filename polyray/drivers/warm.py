@@ -94,9 +94,9 @@ def start_warm(configs: list[RunConfig], concurrent: int) -> WarmComponents | No
         # the first run's ranks import while the engines start (the keeper's: they die with it)
         keeper.prestart.remote(first.phase_workers(0), rank_options(first), first.learner.threads)
     if pool is not None:
-        from polyray.cluster import run_demands
+        from polyray.cluster import rollout_demand
 
-        demand = next(d for d in run_demands(first) if d.what == "rollout workers")
+        demand = rollout_demand(first.rollout, first.cluster.worker_resources)
         try:
             pool.wait_ready(demand, first.cluster.resource_wait_s)
         except BaseException:

@@ -33,6 +33,7 @@ import pytest
 import torch
 from support.dashboard import declared_metrics
 from support.phase_harness import learner_logprobs
+from support.processes import kill_by_env
 
 from polyray.http import free_port
 
@@ -79,7 +80,7 @@ def test_train_entrypoint_runs_as_ray_job(tmp_path, model_dir, run_config):
         timeout=180,
     )
     if start.returncode != 0:
-        _stop_cluster(env[MARKER])
+        kill_by_env(MARKER, env[MARKER])
     assert start.returncode == 0, start.stderr[-3000:]
     out = tmp_path / "job-run"
     submit = [
@@ -140,7 +141,7 @@ def test_train_entrypoint_runs_as_ray_job(tmp_path, model_dir, run_config):
         watcher.join(timeout=120)
         if prometheus is not None:
             prometheus[0].terminate()
-        _stop_cluster(env[MARKER])  # the vLLM engines of a failed job's replicas with the rest
+        kill_by_env(MARKER, env[MARKER])  # the vLLM engines of a failed job's replicas with the rest
         shutil.rmtree(temp_dir, ignore_errors=True)
     assert proc.returncode == 0, output[-4000:]
     assert browser is not None, "the job's actors never showed in the metrics"
@@ -206,26 +207,6 @@ def _watch_generation(
         except Exception as exc:  # noqa: BLE001 - not up yet, or going down with the run
             errors.append(exc)
         stop.wait(0.2)
-
-
-def _stop_cluster(marker: str) -> None:
-    """SIGKILL every process whose environment carries ``marker`` (the head's, its workers', theirs) and their
-    children: the raylet's agents rename themselves over their environment."""
-    import psutil
-
-    found = set()
-    for p in psutil.process_iter():
-        try:
-            if p.environ().get(MARKER) == marker:
-                found |= {p, *p.children(recursive=True)}
-        except psutil.Error:  # gone, or a kernel thread
-            continue
-    for p in found:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(found, timeout=30)
 
 
 def _serve_apps(address: str, env: dict[str, str]) -> dict:

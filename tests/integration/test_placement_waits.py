@@ -5,6 +5,7 @@ replicas the cluster cannot hold, one that fails, and a learner phase whose rank
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,7 @@ from polyray.cluster import ClusterShortfall
 from polyray.io import ConfigError
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_serve_app_the_cluster_cannot_hold_stops_the_wait_naming_it(ray_cluster):
@@ -122,3 +124,32 @@ def test_kept_ranks_the_cluster_cannot_place_stop_the_phase_naming_them(
         time.sleep(0.2)
     assert ranks and all(a["State"] == "DEAD" for a in ranks), ranks  # none left waiting for its CPUs
     assert len(ranks) == world  # the fit started no more than the early start had
+
+
+def test_an_eval_job_whose_workers_need_a_gpu_stops_naming_them(ray_cluster, model_dir, tmp_path):
+    """The evaluation job on a cluster without the GPU its rollout worker asks for: one bounded wait of
+    cluster.resource_wait_s, then it stops naming the workers (it used to wait without bound), and the
+    worker it asked for is not left queued."""
+    import ray
+
+    from polyray.config.eval_job import load_eval_config
+    from polyray.drivers.evaluate.driver import run_eval
+
+    overrides = ["models=[{name: base, kind: base}]", "compare=[]", "lora=[]", "tasks.0.n_prompts=2"]
+    overrides += ["rollout.gpus_per_worker=1", "cluster.resource_wait_s=3"]
+    cfg = load_eval_config(ROOT / "configs/eval/quickstart.yaml", overrides)
+    before = set(ray._private.state.actors())
+    started = time.monotonic()
+    with pytest.raises(ClusterShortfall) as err:
+        run_eval(cfg, tmp_path / "eval")
+    assert time.monotonic() - started < 60
+    assert str(err.value).startswith(
+        "rollout workers [0] not placed after 3 s (cluster.resource_wait_s): each asks {CPU: 1, GPU: 1} on one node"
+    ), str(err.value)
+    deadline = time.monotonic() + 30  # ray.kill is asynchronous
+    while time.monotonic() < deadline:
+        workers = [a for i, a in ray._private.state.actors().items() if i not in before]
+        if workers and all(a["State"] == "DEAD" for a in workers):
+            break
+        time.sleep(0.2)
+    assert workers and all(a["State"] == "DEAD" for a in workers), workers

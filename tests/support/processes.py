@@ -57,3 +57,23 @@ def listener(timeout_s: float = 0.5):
         yield server, server.getsockname()[1]
     finally:
         server.close()
+
+
+def kill_by_env(name: str, value: str) -> None:
+    """SIGKILL every process whose environment has ``name=value`` (a cluster's head, its workers, theirs) and
+    their children: the raylet's agents rename themselves over their environment."""
+    import psutil
+
+    found = set()
+    for p in psutil.process_iter():
+        try:
+            if p.environ().get(name) == value:
+                found |= {p, *p.children(recursive=True)}
+        except psutil.Error:  # gone, or a kernel thread
+            continue
+    for p in found:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(found, timeout=30)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from polyray.cluster import init_ray
+from polyray.cluster import init_ray, rollout_demand
 from polyray.config.eval_job import EvalJobConfig, task_name
 from polyray.drivers.evaluate.analyses import collect_dynamics, collect_lora, compute_pareto, compute_statistics
 from polyray.drivers.evaluate.models import (
@@ -84,12 +84,15 @@ def generate_all(
     """Start Ray and the rollout pool (with the units' adapters), sample every unit (``on_unit`` after each), stop."""
     if not units:
         return
+    import ray
+
     from polyray.rollout.pool import RolloutPool
     from polyray.storage import share_model
 
     storage = cfg.cluster.storage  # set: workers get references into it, never this node's paths
+    demand = rollout_demand(cfg.rollout, cfg.cluster.worker_resources)
     with timer("ray_init"):
-        init_ray(cfg.cluster, cfg.rollout.num_workers * cfg.rollout.cpus_per_worker)
+        init_ray(cfg.cluster, cfg.rollout.num_workers * cfg.rollout.cpus_per_worker, demands=[demand])
     with timer("rollout_pool_start"), console.status(f"starting {cfg.rollout.num_workers} vLLM rollout worker(s)"):
         # the logprob selector ranks by the model's own likelihood, whatever the sampling temperature
         pool = RolloutPool.launch(
@@ -99,7 +102,16 @@ def generate_all(
             cfg.seed,
             run=cfg.name,
             resources=cfg.cluster.worker_resources,
+            wait=False,
         )
+        try:
+            # bounded: GPUs another job holds stop the wait, naming what a worker asks for
+            pool.wait_ready(demand, cfg.cluster.resource_wait_s)
+        except BaseException:
+            # not close(): a worker Ray never placed would not answer it
+            for worker in pool.workers:
+                ray.kill(worker)
+            raise
     try:
         used = {u.model.name for u in units}
         for m in models:

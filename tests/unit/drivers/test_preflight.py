@@ -166,3 +166,73 @@ def test_an_actor_ray_cannot_place_stops_the_wait_naming_what_it_asks(ray_cluste
     ), message
     assert message.endswith("nowhere: 0}")
     ray.kill(stuck[0])
+
+
+READING = {"node-a": ("NVIDIA H100 80GB HBM3", 79.2), "node-b": ("NVIDIA H100 80GB HBM3", 79.2)}
+
+
+def test_a_sweep_reads_the_clusters_gpus_once_and_hands_the_reading_to_its_trials(monkeypatch, tmp_path):
+    """Each trial used to probe every GPU node itself, while its siblings' actors filled those GPUs: the
+    sweep reads them once, before any trial, and asks the cluster (and its autoscaler) for what its
+    concurrent trials hold at once."""
+    from ray import tune
+
+    import polyray.cluster as cluster
+    import polyray.drivers.preflight as preflight
+    import polyray.drivers.warm as warm
+    import polyray.models.source as source
+    import polyray.reward.service as reward_service
+    from polyray.drivers import sweep
+
+    run = load_config(ROOT / "configs/quickstart.yaml", ["rollout.gpus_per_worker=1"])
+    calls = {"init": [], "probes": 0}
+
+    def probe(timeout_s: float):
+        calls["probes"] += 1
+        return READING
+
+    class Stop(Exception):
+        pass
+
+    def with_parameters(trainable, **kwargs):  # the trials' arguments; nothing is run
+        calls["trial"] = kwargs
+        raise Stop
+
+    monkeypatch.setattr(cluster, "init_ray", lambda c, cpus, demands=None: calls["init"].append(demands))
+    monkeypatch.setattr(cluster, "cluster_gpus", probe)
+    monkeypatch.setattr(preflight, "check_inputs", lambda run: [])
+    monkeypatch.setattr(source, "prepare_model_dir", lambda model, task: tmp_path)
+    monkeypatch.setattr(reward_service, "ensure_reward_service", lambda *a, **k: None)
+    monkeypatch.setattr(warm, "start_warm", lambda configs, concurrent: None)
+    monkeypatch.setattr(tune, "with_parameters", with_parameters)
+    with pytest.raises(Stop):
+        sweep.run_trials("s", tmp_path, {}, {"": {}}, sweep.grid_run_dir, [run, run], max_concurrent=2)
+    assert calls["probes"] == 1 and calls["trial"]["gpus"] is READING
+    demands = {d.what: d for d in calls["init"][0]}
+    assert demands["rollout workers"] == Demand("rollout workers", 2, {"CPU": 1, "GPU": 1})
+    assert demands["learner ranks"].count == 2 * run.most_learner_workers
+    assert demands["reward replicas"] == run_demands(run)[-1]  # shared by the trials
+    assert demands["trial drivers"] == Demand("trial drivers", 2, {"CPU": sweep.TRIAL_CPUS})
+
+
+def test_a_trial_given_the_sweeps_reading_probes_no_gpu(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    import polyray.cluster as cluster
+    import polyray.drivers.run as run_driver
+    from polyray.io import Timer
+
+    def probe(timeout_s: float):
+        raise AssertionError("a trial probed the GPUs the sweep had read")
+
+    monkeypatch.setattr(run_driver, "init_ray", lambda *a, **k: None)
+    monkeypatch.setattr(cluster, "cluster_gpus", probe)
+    run = load_config(ROOT / "configs/quickstart.yaml", ["rollout.gpus_per_worker=1"])
+    state = SimpleNamespace(run=run, gpus=READING, timer=Timer(), model_dir=None)
+    run_driver.start_ray(state, None)
+    assert state.run.rollout.gpu_memory_gib == 79.2
+    # without a reading the run reads the cluster itself
+    monkeypatch.setattr(cluster, "cluster_gpus", lambda timeout_s: {"n": ("NVIDIA L4", 22.0)})
+    state = SimpleNamespace(run=run, gpus=None, timer=Timer(), model_dir=None)
+    run_driver.start_ray(state, None)
+    assert state.run.rollout.gpu_memory_gib == 22.0
