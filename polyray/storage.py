@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from polyray.io import cache_root
+from polyray.io import ConfigError, cache_root
 
 MANIFEST = "polyray_manifest.json"
 REF_PREFIX = "storage:"  # StoredDir's string form: storage:<sha256>:<key>@<uri>
@@ -37,6 +37,11 @@ REF_PREFIX = "storage:"  # StoredDir's string form: storage:<sha256>:<key>@<uri>
 
 class StorageError(RuntimeError):
     """A stored directory is missing, torn, or its bytes do not match its manifest."""
+
+
+class NotOnThisNode(ConfigError):
+    """A path the driver handed out is not on the node of the process given it: the nodes share no disk
+    and the run has no ``cluster.storage`` (a user's setting to fix, named in one line)."""
 
 
 @dataclass(frozen=True)
@@ -264,6 +269,21 @@ def local_path(value: StoredDir | str | Path | None) -> str | None:
         return None
     ref = StoredDir.parse(value) if isinstance(value, str) and is_stored(value) else value
     return str(local_dir(ref) / ref.file) if isinstance(ref, StoredDir) and ref.file else str(local_dir(ref))
+
+
+def node_path(value: StoredDir | str | Path) -> str:
+    """:func:`local_path` for what must already be on this node (a model, an adapter): a plain path that is
+    not here is a path on the driver's node only, refused in one line naming ``cluster.storage``."""
+    local = local_path(value)
+    if not is_stored(value) and not Path(local).exists():
+        import socket
+
+        raise NotOnThisNode(
+            f"{local}: not on node {socket.gethostname()}, which shares no disk with the driver's: set"
+            " cluster.storage to a location every node reaches (a shared volume or s3://, gs://), or HF_HOME"
+            " to a volume every node mounts"
+        )
+    return local
 
 
 @dataclass(frozen=True)

@@ -45,8 +45,36 @@ def user_error_in(exc: BaseException | None) -> BaseException | None:
             todo += inner
         elif isinstance(e, (ConfigError, DataError, ModelSourceError)):
             return e
+        else:
+            todo.append(_init_error(e))
         todo.append(e.__cause__)
     return None
+
+
+def _init_error(exc: BaseException) -> BaseException | None:
+    """The user's mistake an actor's constructor raised, rebuilt from ``exc``: Ray's error for an actor whose
+    creation failed keeps only the text of the constructor's traceback, whose last line is
+    ``module.Class: message``; None when that class is not one of polyray's."""
+    import importlib
+    import re
+
+    if not getattr(exc, "actor_init_failed", False):
+        return None
+    lines = str(exc).strip().splitlines()
+    found = re.match(r"(polyray(?:\.\w+)+)\.(\w+): (.+)$", lines[-1].strip()) if lines else None
+    if found is None:
+        return None
+    module, name, message = found.groups()
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return None
+    if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+        return None
+    try:
+        return cls(message)
+    except TypeError:  # a constructor that takes more than the message
+        return None
 
 
 @contextmanager

@@ -165,6 +165,11 @@ def generation(
         from polyray.generation.service import run_generation_args
 
         run, model_dir = _finished_run(run_dir)
+        if run.cluster.storage:
+            from polyray.storage import share_model
+
+            # the run's model is on the driver's node only: replicas elsewhere copy it from storage
+            model_dir = share_model(run.cluster.storage, model_dir)
         args = {**args, **run_generation_args(run, run_dir, model_dir, named=True)}
     from polyray.generation.deployment import build_generation_app
     from polyray.generation.service import deploy_generation

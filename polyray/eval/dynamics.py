@@ -73,9 +73,9 @@ class DynamicsProbe:
         if self._task is None:
             from polyray.eval.policy_eval import build_eval_task
 
-            from polyray.storage import local_path
+            from polyray.storage import node_path
 
-            self._task = build_eval_task(self.run, local_path(self.model_dir))  # on a learner rank's node
+            self._task = build_eval_task(self.run, node_path(self.model_dir))  # on a learner rank's node
             self._prompts = self._task.prompts("val", self.cfg.n_prompts)
         # sampled as the phase evaluations sample (eval.sampling: length, temperature)
         record = measure_dynamics(

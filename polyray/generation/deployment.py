@@ -211,7 +211,7 @@ class HeldStream(StreamingResponse):
 @serve.ingress(app)
 class GenerationDeployment:
     async def __init__(self, config: dict[str, Any]):
-        from polyray.storage import local_path
+        from polyray.storage import node_path
 
         cfg = GenerationServiceConfig.model_validate(config)
         # this process's own scratch directory, made first: making it sweeps what a SIGKILLed replica left,
@@ -220,7 +220,7 @@ class GenerationDeployment:
         self.scratch_root = shared_root(SCRATCH, base)
         self.adapter_root = Path(tempfile.mkdtemp(prefix="adapters-", dir=process_dir(SCRATCH, base)))
         # a run's model in cluster.storage: copied to this replica's node first (once per node)
-        self.cfg = cfg = cfg.model_copy(update={"model_dir": local_path(cfg.model_dir)})
+        self.cfg = cfg = cfg.model_copy(update={"model_dir": node_path(cfg.model_dir)})
         for key, value in engine_env(cfg).items():
             os.environ.setdefault(key, value)
         app.state.api_key = read_api_key(cfg)

@@ -15,8 +15,9 @@ from polyray.config import RunConfig
 from polyray.rollout.store import STORE_DIR
 
 
-def run_generation_args(run: RunConfig, run_dir: Path, model_dir: Path, named: bool) -> dict[str, Any]:
-    """Generation service args serving ``run`` (in ``run_dir``) on its base model ``model_dir``."""
+def run_generation_args(run: RunConfig, run_dir: Path, model_dir, named: bool) -> dict[str, Any]:
+    """Generation service args serving ``run`` (in ``run_dir``) on its base model ``model_dir`` (a path, or
+    its reference in ``cluster.storage``)."""
     args: dict[str, Any] = {
         "model_dir": str(model_dir),
         "run": run.name,

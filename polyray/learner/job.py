@@ -36,12 +36,12 @@ class LearnerJob:
 
     def local_model_dir(self) -> str:
         """The base model on this rank's node (copied from storage once per node)."""
-        from polyray.storage import local_path
+        from polyray.storage import node_path
 
-        return local_path(self.model_dir)
+        return node_path(self.model_dir)
 
     def local_init_adapter(self) -> str | None:
         """The incoming adapter on this rank's node, or None."""
-        from polyray.storage import local_path
+        from polyray.storage import node_path
 
-        return local_path(self.init_adapter)
+        return node_path(self.init_adapter) if self.init_adapter is not None else None

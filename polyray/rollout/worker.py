@@ -214,10 +214,10 @@ class RolloutWorker:
         self._incarnation = uuid.uuid4().hex
         self.config = config
         self.keep_versions = keep_versions or config.max_loras
-        from polyray.storage import local_path
+        from polyray.storage import node_path
 
         # a reference into cluster.storage: copied to this node's cache first (once per node)
-        self.llm = LLM(**engine_kwargs(local_path(model_dir), config, dtype))
+        self.llm = LLM(**engine_kwargs(node_path(model_dir), config, dtype))
         self.tokenizer = self.llm.get_tokenizer()  # the completions' texts (decode_completions)
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
         # in this process's own directory: a SIGKILLed worker's is swept by the next to start (polyray.lifetime)
@@ -294,10 +294,10 @@ class RolloutWorker:
     def add_named_adapter(self, name: str, path: str) -> None:
         """Register a saved peft adapter directory (or its reference in ``cluster.storage``, copied to this
         node) under ``name`` (ids above any policy version)."""
-        from polyray.storage import local_path
+        from polyray.storage import node_path
 
         if name not in self.named:
-            self.named[name] = (1_000_000 + len(self.named), Path(local_path(path)))
+            self.named[name] = (1_000_000 + len(self.named), Path(node_path(path)))
 
     def _evict_old(self, keep: int) -> None:
         """Drop the oldest versions past ``keep_versions``, never ``keep`` (the one just loaded: an

@@ -650,3 +650,48 @@ def test_the_network_policy_admits_only_the_clusters_own_pods():
                 assert "ports" in rule, source
                 open_ports |= {p["port"] for p in rule["ports"]}
     assert open_ports == {8000, 8265}
+
+
+RUNS_ON_CLUSTER = re.compile(r"python -m jobs\.(train|evaluate|sweep)\b|polyray (run|eval|sweep|experiment)\b")
+
+
+def _documented_cluster_commands() -> list[tuple[str, str, dict]]:
+    """(where, command, its environment) of every command docs/cluster.md and deploy/ give for a cluster:
+    each ``ray job submit`` and ``ray exec`` (a continued line joined), each RayJob's entrypoint with its
+    runtime env's variables."""
+    texts = [("docs/cluster.md", (ROOT / "docs" / "cluster.md").read_text())]
+    for path in MANIFESTS:  # the commands in a manifest's comments
+        comments = [line.split("#", 1)[1] for line in path.read_text().splitlines() if line.lstrip().startswith("#")]
+        texts.append((f"deploy/{path.name}", "\n".join(comments)))
+    found = []
+    for where, text in texts:
+        for line in re.sub(r"\\\n", " ", text).splitlines():
+            line = line.strip()
+            if line.startswith(("ray job submit", "ray exec")):
+                found.append((where, line, {}))
+    for path, doc in _kuberay():
+        if doc["kind"] == "RayJob":
+            env = yaml.safe_load(doc["spec"].get("runtimeEnvYAML") or "{}").get("env_vars", {})
+            found.append((f"deploy/{path.name}", doc["spec"]["entrypoint"], env))
+    return found
+
+
+def test_every_documented_cluster_run_gets_its_model_to_every_node():
+    """The driver builds or downloads the model into its own cache, on its node only: a command that runs a
+    job on a cluster sets ``cluster.storage`` (the nodes copy the model from it) or an ``HF_HOME`` on the
+    runs volume every pod mounts; serving a run's directory needs that run to have set storage."""
+    commands = _documented_cluster_commands()
+    runs = [c for c in commands if RUNS_ON_CLUSTER.search(c[1])]
+    assert len(runs) >= 8, runs  # the guide's and the manifests' jobs were all found
+    stored = set()
+    for where, command, env in runs:
+        shares = "cluster.storage=" in command or env.get("HF_HOME", "").startswith("/mnt/runs/")
+        assert shares, f"{where}: {command}"
+        out = re.search(r"--output-dir (\S+)", command)
+        if "cluster.storage=" in command and out:
+            stored.add(out.group(1))
+    served = [c for c in commands if "polyray serve generation --run" in c[1]]
+    assert served
+    for where, command, _ in served:
+        run_dir = re.search(r"--run (\S+)", command).group(1)
+        assert run_dir in stored, f"{where}: {command} serves a run that did not set cluster.storage"
