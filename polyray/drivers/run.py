@@ -402,6 +402,7 @@ def launch_pool(state: RunState, store) -> float:
             run=run.name,
             resources=run.cluster.worker_resources,
             wait=False,
+            resource_wait_s=run.cluster.resource_wait_s,
         )
     return time.perf_counter() - start
 

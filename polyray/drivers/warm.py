@@ -87,6 +87,7 @@ def start_warm(configs: list[RunConfig], concurrent: int) -> WarmComponents | No
         pool = RolloutPool.launch(
             model_ref, first.rollout, first.model.dtype, first.seed, store_name,
             run=first.name, resources=first.cluster.worker_resources, wait=False,
+            resource_wait_s=first.cluster.resource_wait_s,
         )  # fmt: skip
     keeper = None
     if all(run.learner.keep_ranks for run in configs):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -32,6 +33,23 @@ def engine_seed(rollout_seed: int, run_seed: int, worker_index: int) -> int:
     """A vLLM engine seed per (rollout seed, run seed, worker): workers and runs draw different streams."""
     digest = hashlib.blake2b(f"engine:{rollout_seed}:{run_seed}:{worker_index}".encode(), digest_size=4).digest()
     return int.from_bytes(digest, "big") & 0x7FFFFFFF
+
+
+def start_in_turn(start: Callable[[int], Any], n: int, ready: Callable[[Any], None], one_at_a_time: bool) -> list:
+    """``[start(i) for i in range(n)]``; ``one_at_a_time``: each started once ``ready`` returned for the one
+    before (the last is left starting, as all are otherwise)."""
+    started: list = []
+    for i in range(n):
+        if one_at_a_time and started:
+            ready(started[-1])
+        started.append(start(i))
+    return started
+
+
+def _demand(config: RolloutConfig, resources: dict[str, float] | None):
+    from polyray.cluster import rollout_demand
+
+    return rollout_demand(config, resources or {})
 
 
 class RolloutPool:
@@ -51,6 +69,7 @@ class RolloutPool:
         run: str = "",
         resources: dict[str, float] | None = None,
         wait: bool = True,
+        resource_wait_s: float = 0.0,
     ) -> "RolloutPool":
         """Start ``config.num_workers`` workers; worker i's engine seed mixes (rollout.seed, run seed, i).
         ``wait``: return once every engine is ready; False returns at once (the engines start meanwhile,
@@ -58,7 +77,8 @@ class RolloutPool:
         ``model_dir``: a path, or a reference into ``cluster.storage`` each worker copies to its node.
         ``run``: the tag of the workers' metrics. ``resources``: custom Ray resources per worker
         (``cluster.worker_resources``). ``store``: the run's AdapterStore actor, or the name of the one each
-        run takes in turn (:meth:`start_run`)."""
+        run takes in turn (:meth:`start_run`). Workers that share a GPU (``gpus_per_worker`` below 1) start one
+        after another, each once the one before is ready, within ``resource_wait_s`` (0: unbounded) to be placed."""
         actor_cls = ray.remote(RolloutWorker).options(
             num_cpus=config.cpus_per_worker,
             num_gpus=config.gpus_per_worker,
@@ -70,17 +90,18 @@ class RolloutPool:
             # holds only the trial's driver and would otherwise capture it)
             scheduling_strategy="DEFAULT",
         )
-        workers = [
-            actor_cls.remote(
-                model_dir,
-                config.model_copy(update={"seed": engine_seed(config.seed, run_seed, i)}),
-                dtype,
-                None,
-                store,
-                {"run": run, "worker": str(i)},
-            )
-            for i in range(config.num_workers)
-        ]
+
+        def start(i: int):
+            seeded = config.model_copy(update={"seed": engine_seed(config.seed, run_seed, i)})
+            return actor_cls.remote(model_dir, seeded, dtype, None, store, {"run": run, "worker": str(i)})
+
+        def ready(worker) -> None:
+            demand = _demand(config, resources) if resource_wait_s else None
+            cls([worker]).wait_ready(demand, resource_wait_s)
+
+        # vLLM's start profiles the GPU's free memory and asserts it did not grow meanwhile: an engine on
+        # the same GPU finishing its own start in between breaks that
+        workers = start_in_turn(start, config.num_workers, ready, one_at_a_time=0 < config.gpus_per_worker < 1)
         pool = cls(workers, None if isinstance(store, str) else store)  # (a name: each run's, start_run)
         if wait:
             pool.wait_ready()

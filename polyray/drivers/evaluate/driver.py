@@ -103,6 +103,7 @@ def generate_all(
             run=cfg.name,
             resources=cfg.cluster.worker_resources,
             wait=False,
+            resource_wait_s=cfg.cluster.resource_wait_s,
         )
         try:
             # bounded: GPUs another job holds stop the wait, naming what a worker asks for

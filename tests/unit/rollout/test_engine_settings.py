@@ -149,3 +149,44 @@ def test_the_services_step_is_whole_prompts_on_cpu_alone():
     with pytest.raises(ValidationError, match=r"max_num_batched_tokens \(1024\) must be >= .* \(4096\) on CPU"):
         GenerationServiceConfig(model_dir="m", max_model_len=128, max_num_batched_tokens=1024)
     assert GenerationServiceConfig(model_dir="m", gpus=1, max_model_len=128, max_num_batched_tokens=1024).gpus == 1
+
+
+def test_engines_sharing_a_gpu_start_one_after_another():
+    """vLLM's start asserts that the GPU's free memory did not grow while it profiled: a second engine on
+    the same GPU must start only once the first is ready. Engines with a GPU each (or on CPU) start at once."""
+    from polyray.rollout.pool import start_in_turn
+
+    def record(one_at_a_time: bool) -> list[str]:
+        events: list[str] = []
+
+        def start(i: int) -> str:
+            events.append(f"start {i}")
+            return f"worker {i}"
+
+        def ready(worker: str) -> None:
+            events.append(f"ready {worker}")
+
+        workers = start_in_turn(start, 3, ready, one_at_a_time)
+        assert workers == ["worker 0", "worker 1", "worker 2"]
+        return events
+
+    assert record(True) == ["start 0", "ready worker 0", "start 1", "ready worker 1", "start 2"]
+    assert record(False) == ["start 0", "start 1", "start 2"]
+
+
+@pytest.mark.parametrize(("gpus", "in_turn"), [(0.0, False), (0.5, True), (1.0, False), (2.0, False)])
+def test_a_pool_starts_its_workers_in_turn_only_where_they_share_a_gpu(monkeypatch, gpus, in_turn):
+    import polyray.rollout.pool as pool_module
+    from polyray.config import RolloutConfig
+
+    seen = {}
+
+    def recording(start, n, ready, one_at_a_time):
+        seen.update(n=n, one_at_a_time=one_at_a_time)
+        return []
+
+    monkeypatch.setattr(pool_module, "start_in_turn", recording)
+    share = {"gpu_memory_utilization": 0.45} if gpus == 0.5 else {}
+    config = RolloutConfig(num_workers=2, gpus_per_worker=gpus, tensor_parallel_size=max(1, int(gpus)), **share)
+    pool_module.RolloutPool.launch("model", config, wait=False)
+    assert seen == {"n": 2, "one_at_a_time": in_turn}
