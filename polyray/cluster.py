@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from polyray.config import ClusterConfig, RolloutConfig, RunConfig
 from polyray.io import ConfigError
@@ -288,17 +289,51 @@ def free_resources(bundle: dict[str, float]) -> str:
     return format_bundle({k: free.get(k, 0.0) for k in bundle})
 
 
-def local_gpu() -> tuple[str, float]:
-    """This process's first CUDA device: (name, memory in GiB)."""
+class GpuInfo(NamedTuple):
+    """What a node's probe reads of its first GPU (:func:`local_gpu`)."""
+
+    name: str
+    gib: float  # total memory
+    capability: tuple[int, int] | None = None  # CUDA compute capability (8, 0): Ampere
+    driver_cuda: int | None = None  # the newest CUDA the node's driver runs, as CUDA writes it (12040: 12.4)
+    built_cuda: str | None = None  # the CUDA this install's PyTorch was built for ("13.0")
+
+
+def cuda_number(version: str) -> int:
+    """``"13.0"`` as CUDA's own version numbers write it (13000)."""
+    major, minor = (version.split(".") + ["0"])[:2]
+    return int(major) * 1000 + int(minor) * 10
+
+
+def driver_cuda_version() -> int | None:
+    """The newest CUDA version this node's NVIDIA driver runs (``cuDriverGetVersion``), None without a driver.
+    Read through the driver library itself: an old driver fails PyTorch's first CUDA call with a traceback."""
+    import ctypes
+
+    try:
+        libcuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return None
+    version = ctypes.c_int(0)
+    return version.value if libcuda.cuDriverGetVersion(ctypes.byref(version)) == 0 else None
+
+
+def local_gpu() -> GpuInfo:
+    """This process's first CUDA device, and whether the node's driver runs this install's CUDA build (when it
+    does not, the device is not touched: name and memory are left unknown)."""
     import torch
 
+    built, driver = torch.version.cuda, driver_cuda_version()
+    if built and driver is not None and driver < cuda_number(built):
+        return GpuInfo("unknown", 0.0, None, driver, built)
     props = torch.cuda.get_device_properties(0)
-    return props.name, props.total_memory / 2**30
+    return GpuInfo(props.name, props.total_memory / 2**30, (props.major, props.minor), driver, built)
 
 
-def cluster_gpus(timeout_s: float) -> dict[str, tuple[str, float]]:
-    """Each live GPU node's GPU, read on it by a one-GPU task (Ray's resources count GPUs, not their memory):
-    node id -> (name, GiB). Empty for a cluster without GPUs."""
+def cluster_gpus(timeout_s: float, required: bool = True) -> dict[str, GpuInfo]:
+    """Each live GPU node's GPU, read on it by a one-GPU task (Ray's resources count GPUs, not their memory nor
+    their kind): node id -> :class:`GpuInfo`. Empty for a cluster without GPUs. No GPU free within
+    ``timeout_s``: :class:`ClusterShortfall` where ``required``, else a warning and nothing read."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -310,11 +345,44 @@ def cluster_gpus(timeout_s: float) -> dict[str, tuple[str, float]]:
     try:
         return dict(zip(nodes, ray.get(refs, timeout=timeout_s)))
     except ray.exceptions.GetTimeoutError:
+        for ref in refs:
+            ray.cancel(ref)
+        if not required:
+            from polyray.io import warn
+
+            warn(f"the cluster's GPUs were all busy for {timeout_s:g} s: their kind and driver are not checked")
+            return {}
         raise ClusterShortfall(
             f"reading the cluster's GPU memory: no GPU on {len(nodes)} GPU node(s) was free within"
             f" {timeout_s:g} s (cluster.resource_wait_s); or set learner.gpu_memory_gib and"
             " rollout.gpu_memory_gib"
         ) from None
+
+
+def check_gpus(run: RunConfig, gpus: dict[str, GpuInfo]) -> None:
+    """Refuse, in one line, GPUs the run cannot use: a node whose driver is older than the CUDA this install
+    was built for, and bfloat16 (``model.dtype``) on a GPU below compute capability 8.0 (T4, V100)."""
+    for node, gpu in sorted(gpus.items()):
+        if gpu.built_cuda and gpu.driver_cuda is not None and gpu.driver_cuda < cuda_number(gpu.built_cuda):
+            have = f"{gpu.driver_cuda // 1000}.{gpu.driver_cuda % 1000 // 10}"
+            raise ConfigError(
+                f"GPU node {node[:12]}: its NVIDIA driver runs CUDA {have} at most, and this install's PyTorch and"
+                f" vLLM are built for CUDA {gpu.built_cuda}: update the node's driver (CUDA 13.0 needs 580 or"
+                " later), or install wheels built for the CUDA its driver runs (docs/cluster.md)"
+            )
+    if run.model.dtype != "bfloat16":
+        return
+    for node, gpu in sorted(gpus.items()):
+        if gpu.capability is not None and gpu.capability < (8, 0):
+            raise ConfigError(
+                f"model.dtype: bfloat16 needs a GPU of compute capability 8.0 or later (Ampere); node {node[:12]}'s"
+                f" {gpu.name} is {gpu.capability[0]}.{gpu.capability[1]}: set model.dtype to float32, or run on"
+                " newer GPUs"
+            )
+
+
+def uses_gpus(run: RunConfig) -> bool:
+    return bool(run.learner.use_gpu or run.rollout.gpus_per_worker)
 
 
 def reads_gpu_memory(run: RunConfig) -> bool:
@@ -325,14 +393,14 @@ def reads_gpu_memory(run: RunConfig) -> bool:
     )
 
 
-def with_cluster_gpu_memory(run: RunConfig, gpus: dict[str, tuple[str, float]]) -> tuple[RunConfig, str | None]:
+def with_cluster_gpu_memory(run: RunConfig, gpus: dict[str, GpuInfo]) -> tuple[RunConfig, str | None]:
     """``run`` with the GPU memory its memory plan checks set from the cluster's ``gpus`` (the smallest: an actor
     may land on any node) where the run uses GPUs and leaves it unset; and a line saying so (None: nothing set)."""
-    planned = with_gpu_memory(run, min(g for _, g in gpus.values()), only_unset=True) if gpus else run
+    planned = with_gpu_memory(run, min(g.gib for g in gpus.values()), only_unset=True) if gpus else run
     if planned is run:
         return run, None
-    gib = min(g for _, g in gpus.values())
-    kinds = sorted({f"{n} ({g:.1f} GiB)" for n, g in gpus.values()})
+    gib = min(g.gib for g in gpus.values())
+    kinds = sorted({f"{g.name} ({g.gib:.1f} GiB)" for g in gpus.values()})
     return planned, f"GPUs: {len(gpus)} node(s) with {', '.join(kinds)}; the memory plan checks {gib:.1f} GiB a GPU"
 
 

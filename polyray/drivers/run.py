@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import ray
 
-from polyray.cluster import init_ray, needed_cpus, rollout_demand, run_demands
+from polyray.cluster import GpuInfo, init_ray, needed_cpus, rollout_demand, run_demands
 from polyray.config import RunConfig
 from polyray.drivers.preflight import check_inputs, plan_memory, worker_config
 from polyray.drivers.results import SPLIT_NAMES, RunResults, open_run_dir, results_table, write_results
@@ -146,7 +146,7 @@ def run_pipeline(
     on_stage=None,
     serve_generation: bool = False,
     warm: WarmComponents | None = None,
-    gpus: dict[str, tuple[str, float]] | None = None,
+    gpus: dict[str, GpuInfo] | None = None,
 ) -> RunResults:
     """Run (or with ``resume`` continue) ``run`` in ``output_dir`` (default ``runs/<name>``); returns
     its results (:class:`~polyray.drivers.results.RunResults`). ``on_stage(results)`` is called after each evaluation is written;
@@ -194,7 +194,7 @@ class RunState:
     learner: LearnerGroup | None = None  # the kept ranks (learner.keep_ranks), started by start_learner
     warm: WarmComponents | None = None  # what a sweep's trials share (polyray.drivers.warm)
     shared_pool: bool = False  # the rollout workers are the sweep's (warm), not this run's
-    gpus: dict[str, tuple[str, float]] | None = None  # the cluster's GPUs as a sweep read them (cluster_gpus)
+    gpus: dict[str, GpuInfo] | None = None  # the cluster's GPUs as a sweep read them (cluster_gpus)
 
     def keeper(self):
         """The sweep's rank keeper (the ranks outlive this run), or None."""
@@ -324,7 +324,7 @@ def quality_judge(task, run: RunConfig) -> dict[str, Any] | None:
 def start_ray(state: RunState, generation: dict[str, Any] | None) -> None:
     """Join or start the cluster, check it holds the run's actors, and plan memory on its GPUs (read from the
     cluster where the config leaves ``gpu_memory_gib`` unset): a run that cannot fit stops before any actor starts."""
-    from polyray.cluster import cluster_gpus, reads_gpu_memory, with_cluster_gpu_memory
+    from polyray.cluster import check_gpus, cluster_gpus, reads_gpu_memory, uses_gpus, with_cluster_gpu_memory
 
     run = state.run
     with state.timer("ray_init"):
@@ -333,8 +333,12 @@ def start_ray(state: RunState, generation: dict[str, Any] | None) -> None:
             needed_cpus(run) + (generation_cpus(generation) if generation else 0.0),
             demands=run_demands(run, generation),
         )
-    if reads_gpu_memory(run):
-        gpus = state.gpus if state.gpus is not None else cluster_gpus(run.cluster.resource_wait_s)
+    if uses_gpus(run):
+        # read even where the config sizes memory: the GPUs' kind and driver are checked too
+        gpus = state.gpus
+        if gpus is None:
+            gpus = cluster_gpus(run.cluster.resource_wait_s, required=reads_gpu_memory(run))
+        check_gpus(run, gpus)
         state.run, line = with_cluster_gpu_memory(run, gpus)
         if line is not None:
             console.print(line, highlight=False)

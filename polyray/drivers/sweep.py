@@ -181,7 +181,7 @@ def pipeline_trial(
     prefix: str,
     derived: Callable[[dict], dict] | None = None,
     warm=None,
-    gpus: dict[str, tuple[str, float]] | None = None,
+    gpus: dict | None = None,
 ) -> None:
     """Tune function trainable: one training run at ``params`` (``run`` picks a base, the rest are
     dotted fields) in ``out / run_dir(params, trial_id)``: started, continued if the directory holds an
@@ -279,7 +279,7 @@ def run_trials(
     or set, for the caller's next call (the caller closes it), so two waves share one engine."""
     from ray import tune
 
-    from polyray.cluster import cluster_gpus, init_ray, reads_gpu_memory
+    from polyray.cluster import check_gpus, cluster_gpus, init_ray, reads_gpu_memory, uses_gpus
     from polyray.drivers.preflight import check_inputs
     from polyray.models.source import prepare_model_dir
 
@@ -289,7 +289,11 @@ def run_trials(
     prepare_model_dir(first.model, first.task)  # once, before trials race to build it
     init_ray(first.cluster, sweep_cpus(first, max_concurrent), demands=sweep_demands(first, max_concurrent))
     # read once, before the trials' actors fill the GPUs a probe would wait for
-    gpus = cluster_gpus(first.cluster.resource_wait_s) if any(map(reads_gpu_memory, configs)) else None
+    gpus = None
+    if any(map(uses_gpus, configs)):
+        gpus = cluster_gpus(first.cluster.resource_wait_s, required=any(map(reads_gpu_memory, configs)))
+        for run in configs:
+            check_gpus(run, gpus)
     if first.reward.endpoint:  # the reward apps serve every trial, deployed outside their placement groups
         from polyray.config.run import custom_reward_functions
         from polyray.reward.service import ensure_reward_service

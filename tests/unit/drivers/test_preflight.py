@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from polyray.cluster import ClusterShortfall, Demand, check_resources, run_demands, shortfalls
+from polyray.cluster import ClusterShortfall, Demand, GpuInfo, check_resources, run_demands, shortfalls
 from polyray.config import load_config
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -94,7 +94,7 @@ def test_gpu_memory_comes_from_the_cluster_the_smallest_gpu_checked(monkeypatch,
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     unset = ["learner.gpu_memory_gib=null", "rollout.gpu_memory_gib=null"]
     run = load_config(ROOT / "configs/gpu/qwen3_0.6b.yaml", unset)
-    gpus = {"a": ("NVIDIA A100-SXM4-80GB", 79.25), "b": ("NVIDIA A10G", 22.07)}
+    gpus = {"a": GpuInfo("NVIDIA A100-SXM4-80GB", 79.25), "b": GpuInfo("NVIDIA A10G", 22.07)}
     planned, line = with_cluster_gpu_memory(run, gpus)
     assert planned.learner.gpu_memory_gib == planned.rollout.gpu_memory_gib == 22.07
     assert (
@@ -168,7 +168,8 @@ def test_an_actor_ray_cannot_place_stops_the_wait_naming_what_it_asks(ray_cluste
     ray.kill(stuck[0])
 
 
-READING = {"node-a": ("NVIDIA H100 80GB HBM3", 79.2), "node-b": ("NVIDIA H100 80GB HBM3", 79.2)}
+H100 = GpuInfo("NVIDIA H100 80GB HBM3", 79.2, (9, 0), 13000, "13.0")
+READING = {"node-a": H100, "node-b": H100}
 
 
 def test_a_sweep_reads_the_clusters_gpus_once_and_hands_the_reading_to_its_trials(monkeypatch, tmp_path):
@@ -187,7 +188,7 @@ def test_a_sweep_reads_the_clusters_gpus_once_and_hands_the_reading_to_its_trial
     run = load_config(ROOT / "configs/quickstart.yaml", ["rollout.gpus_per_worker=1"])
     calls = {"init": [], "probes": 0}
 
-    def probe(timeout_s: float):
+    def probe(timeout_s: float, required: bool):
         calls["probes"] += 1
         return READING
 
@@ -222,7 +223,7 @@ def test_a_trial_given_the_sweeps_reading_probes_no_gpu(monkeypatch, tmp_path):
     import polyray.drivers.run as run_driver
     from polyray.io import Timer
 
-    def probe(timeout_s: float):
+    def probe(timeout_s: float, required: bool):
         raise AssertionError("a trial probed the GPUs the sweep had read")
 
     monkeypatch.setattr(run_driver, "init_ray", lambda *a, **k: None)
@@ -232,7 +233,71 @@ def test_a_trial_given_the_sweeps_reading_probes_no_gpu(monkeypatch, tmp_path):
     run_driver.start_ray(state, None)
     assert state.run.rollout.gpu_memory_gib == 79.2
     # without a reading the run reads the cluster itself
-    monkeypatch.setattr(cluster, "cluster_gpus", lambda timeout_s: {"n": ("NVIDIA L4", 22.0)})
+    monkeypatch.setattr(cluster, "cluster_gpus", lambda timeout_s, required: {"n": GpuInfo("NVIDIA L4", 22.0)})
     state = SimpleNamespace(run=run, gpus=None, timer=Timer(), model_dir=None)
     run_driver.start_ray(state, None)
     assert state.run.rollout.gpu_memory_gib == 22.0
+
+
+def test_gpus_the_run_cannot_use_are_refused_in_one_line():
+    """A node whose driver is older than the CUDA the wheels are built for (it used to surface as the probe's
+    Ray task traceback), and bfloat16 below compute capability 8.0 (T4, V100: vLLM fails at engine start)."""
+    from polyray.cluster import check_gpus, cuda_number
+    from polyray.io import ConfigError
+
+    assert cuda_number("13.0") == 13000 and cuda_number("12.9") == 12090 and cuda_number("12") == 12000
+    bf16 = load_config(ROOT / "configs/gpu/qwen3_0.6b.yaml")
+    assert bf16.model.dtype == "bfloat16"
+    check_gpus(bf16, READING)  # an H100 on a current driver
+    old = {**READING, "node-c0123456789abc": GpuInfo("unknown", 0.0, None, 12040, "13.0")}
+    with pytest.raises(ConfigError) as err:
+        check_gpus(bf16, old)
+    assert str(err.value) == (
+        "GPU node node-c012345: its NVIDIA driver runs CUDA 12.4 at most, and this install's PyTorch and vLLM"
+        " are built for CUDA 13.0: update the node's driver (CUDA 13.0 needs 580 or later), or install wheels"
+        " built for the CUDA its driver runs (docs/cluster.md)"
+    )
+    t4 = {**READING, "node-t4": GpuInfo("Tesla T4", 14.6, (7, 5), 13000, "13.0")}
+    with pytest.raises(ConfigError, match=r"^model.dtype: bfloat16 needs a GPU of compute capability 8.0") as err:
+        check_gpus(bf16, t4)
+    assert "node-t4's Tesla T4 is 7.5: set model.dtype to float32" in str(err.value)
+    check_gpus(bf16.model_copy(update={"model": bf16.model.model_copy(update={"dtype": "float32"})}), t4)
+    check_gpus(bf16, {"node-a100": GpuInfo("NVIDIA A100", 79.2, (8, 0), 13000, "13.0")})
+
+
+def test_the_probe_reads_the_driver_before_it_touches_the_gpu(monkeypatch):
+    """An old driver fails PyTorch's first CUDA call: the probe reports it instead (this machine has no GPU,
+    so touching the device would raise here)."""
+    import torch
+
+    import polyray.cluster as cluster
+
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(cluster, "driver_cuda_version", lambda: 12040)
+    assert cluster.local_gpu() == GpuInfo("unknown", 0.0, None, 12040, "13.0")
+    monkeypatch.setattr(cluster, "driver_cuda_version", lambda: 13000)
+    with pytest.raises((RuntimeError, AssertionError)):  # a current driver: the device is read (none here)
+        cluster.local_gpu()
+
+
+def test_a_run_on_gpus_it_cannot_use_stops_before_any_actor(monkeypatch):
+    from types import SimpleNamespace
+
+    import polyray.cluster as cluster
+    import polyray.drivers.run as run_driver
+    from polyray.io import ConfigError, Timer
+
+    monkeypatch.setattr(run_driver, "init_ray", lambda *a, **k: None)
+    # memory set in the config: the GPUs are still read, for their kind and driver
+    run = load_config(ROOT / "configs/gpu/qwen3_0.6b.yaml", ["learner.gpu_memory_gib=80", "rollout.gpu_memory_gib=80"])
+    seen = {}
+
+    def probe(timeout_s: float, required: bool):
+        seen["required"] = required
+        return {"node-v100": GpuInfo("Tesla V100-SXM2-32GB", 31.7, (7, 0), 13000, "13.0")}
+
+    monkeypatch.setattr(cluster, "cluster_gpus", probe)
+    state = SimpleNamespace(run=run, gpus=None, timer=Timer(), model_dir=None)
+    with pytest.raises(ConfigError, match="^model.dtype: bfloat16 needs"):
+        run_driver.start_ray(state, None)
+    assert seen == {"required": False}  # busy GPUs would be a warning: the config sizes memory itself
