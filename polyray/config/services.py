@@ -165,6 +165,12 @@ class GenerationServiceConfig(ApiKeyConfig):
         description="A Jinja chat template file for models without one (the embedded model gets polyray's minimal"
         " template); a model with neither answers chat requests with 400.",
     )
+    chat_template_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keyword arguments every chat request's template gets unless the request sets its own, e.g."
+        " {enable_thinking: false} for a Qwen3 policy trained without thinking; `--run` and a run's"
+        " --serve-generation pass its model.chat_template_kwargs.",
+    )
     compact_json: bool = Field(
         True,
         description="Structured outputs (response_format json_schema) without free whitespace (xgrammar): a weak"

@@ -143,6 +143,21 @@ def chat_template(cfg: GenerationServiceConfig) -> str | None:
     return EMBEDDED_CHAT_TEMPLATE if (model / "build_info.json").is_file() else None
 
 
+# apply_chat_template's own parameters: a request's template arguments never replace them
+_RENDER_PARAMETERS = frozenset({"conversation", "tools", "documents", "chat_template", "add_generation_prompt"})
+_RENDER_PARAMETERS |= {"continue_final_message", "tokenize", "padding", "truncation", "max_length"}
+_RENDER_PARAMETERS |= {"return_tensors", "return_dict", "return_assistant_tokens_mask", "tokenizer_kwargs"}
+
+
+def template_kwargs(service: dict[str, Any], request: Any) -> dict[str, Any]:
+    """The chat template's arguments a request is rendered with: the service's, a request's own over them (as
+    vLLM merges them). What a request sends is anyone's: only a mapping of names the renderer does not take
+    itself counts; vLLM validates the rest."""
+    own = request if isinstance(request, dict) else {}
+    own = {k: v for k, v in own.items() if isinstance(k, str) and k.isidentifier() and k not in _RENDER_PARAMETERS}
+    return {**service, **own}
+
+
 def _model_max_len(model_dir: Path) -> int | None:
     try:
         return int(json.loads((model_dir / "config.json").read_text())["max_position_embeddings"])
@@ -255,6 +270,7 @@ class GenerationDeployment:
             request_logger=None,
             chat_template=template,
             chat_template_content_format="auto",
+            default_chat_template_kwargs=cfg.chat_template_kwargs,
         )
         self.tokenizer = self.engine.renderer.tokenizer
         self.template = template
@@ -269,6 +285,7 @@ class GenerationDeployment:
             request_logger=None,
             chat_template=template,
             chat_template_content_format="auto",
+            default_chat_template_kwargs=cfg.chat_template_kwargs,
         )
 
     @staticmethod
@@ -376,7 +393,11 @@ class GenerationDeployment:
         if isinstance(body, ChatBody):
             messages = [m.model_dump() for m in body.messages]
             rendered = self.tokenizer.apply_chat_template(
-                messages, chat_template=self.template, tokenize=False, add_generation_prompt=True
+                messages,
+                chat_template=self.template,
+                tokenize=False,
+                add_generation_prompt=True,
+                **template_kwargs(self.cfg.chat_template_kwargs, getattr(body, "chat_template_kwargs", None)),
             )
             return [len(self.tokenizer.encode(rendered, add_special_tokens=False))]
         return _prompt_lengths(body.prompt, self.tokenizer)

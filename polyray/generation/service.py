@@ -29,6 +29,8 @@ def run_generation_args(run: RunConfig, run_dir: Path, model_dir, named: bool) -
         "gpus": run.rollout.gpus_per_worker,
         "gpu_memory_utilization": run.rollout.gpu_memory_utilization,
         "enforce_eager": run.rollout.enforce_eager,
+        # a chat request is rendered as the run's prompts were (Qwen3: thinking off)
+        "chat_template_kwargs": dict(run.model.chat_template_kwargs),
     }
     if (run_dir / STORE_DIR).is_dir() or not named:
         args["store_root"] = str((run_dir / STORE_DIR).resolve())

@@ -364,3 +364,61 @@ def test_llm_judge_as_a_task_quality(service, monkeypatch, tmp_path):
     assert [len(g) for g in judged] == [2, 1]
     for j in (j for g in judged for j in g):
         assert 0.0 <= j.reward <= 1.0 and j.metrics["llm_judge"] == j.reward and "rougeL" in j.metrics
+
+
+# Qwen3's convention, on the embedded model's minimal template: thinking off writes an empty think block
+THINKING_TEMPLATE = (
+    "{%- for message in messages -%}{{ message['role'] }}: {{ message['content'] }}\n{% endfor -%}"
+    "{%- if add_generation_prompt -%}assistant: "
+    "{%- if enable_thinking is defined and enable_thinking is false %} <think></think>{% endif %} {% endif -%}"
+)
+
+
+def test_chat_requests_get_the_services_template_arguments(service, model_dir, run_config, tmp_path):
+    """A Qwen3 policy trained with thinking off answers chat with thinking off: the service renders every
+    chat request with its ``chat_template_kwargs`` (a run passes its ``model.chat_template_kwargs``), a
+    request's own winning; what a request sends there cannot break the service."""
+    import httpx
+    from openai import OpenAI
+    from ray import serve
+
+    from polyray.generation.service import run_generation_args
+    from services.generation_app import build_app
+
+    qwen = run_generation_args(
+        run_config.model_copy(
+            update={"model": run_config.model.model_copy(update={"chat_template_kwargs": {"enable_thinking": False}})}
+        ),
+        tmp_path,
+        model_dir,
+        named=False,
+    )
+    assert qwen["chat_template_kwargs"] == {"enable_thinking": False}
+    template = tmp_path / "thinking.jinja"
+    template.write_text(THINKING_TEMPLATE)
+    args = {"model_dir": str(model_dir), "chat_template": str(template), "num_cpus": 0.5, "max_num_seqs": 4}
+    args["chat_template_kwargs"] = qwen["chat_template_kwargs"]
+    serve.run(build_app(args), name="thinking", route_prefix="/thinking")
+    try:
+        client = OpenAI(base_url=f"{service}/thinking/v1", api_key="unused", max_retries=0, timeout=120)
+        messages = [{"role": "user", "content": "nums 2 5 9 target 16"}]
+
+        def prompt_tokens(**extra) -> int:
+            r = client.chat.completions.create(model="base", messages=messages, max_tokens=2, extra_body=extra)
+            return r.usage.prompt_tokens
+
+        default, off, on = (
+            prompt_tokens(),
+            prompt_tokens(chat_template_kwargs={"enable_thinking": False}),
+            prompt_tokens(chat_template_kwargs={"enable_thinking": True}),
+        )
+        assert default == off > on, (default, off, on)  # the service's default is thinking off
+        for hostile in ("not a mapping", {"tokenize": True, "add_generation_prompt": False}, {"": 1}):
+            r = httpx.post(
+                f"{service}/thinking/v1/chat/completions",
+                json={"model": "base", "messages": messages, "max_tokens": 2, "chat_template_kwargs": hostile},
+                timeout=120,
+            )
+            assert r.status_code in (200, 400), (hostile, r.status_code, r.text)
+    finally:
+        serve.delete("thinking")
