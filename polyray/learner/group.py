@@ -39,9 +39,12 @@ class KeptSession:
     the group, checkpoints into ``storage_path/<phase>`` (a path or a ``pyarrow.fs`` URI), the latest one
     found by the driver before the attempt (``resume``: its location, or None for a fresh start)."""
 
-    def __init__(self, rank: int, world: int, storage_path: str, phase: str, resume: str | None, use_gpu: bool):
+    def __init__(
+        self, rank: int, world: int, storage_path: str, phase: str, resume: str | None, device_index: int | None
+    ):
         self.rank, self.world = rank, world
-        self.storage_path, self.phase, self.resume, self.use_gpu = storage_path, phase, resume, use_gpu
+        self.storage_path, self.phase, self.resume = storage_path, phase, resume
+        self.device_index = device_index  # the rank's CUDA device (rank_device), None on CPU
         self.last_metrics: dict[str, Any] = {}
 
     @contextmanager
@@ -66,13 +69,14 @@ class KeptSession:
 
         from polyray.learner.loop import ddp_options
 
-        device = torch.device("cuda", 0) if self.use_gpu else torch.device("cpu")  # Ray shows the actor its GPU
-        if self.use_gpu:
+        gpu = self.device_index is not None
+        device = torch.device("cuda", self.device_index) if gpu else torch.device("cpu")
+        if gpu:
             torch.cuda.set_device(device)
         model = model.to(device)
         if self.world == 1:
             return model
-        ids = {"device_ids": [device], "output_device": device} if self.use_gpu else {}
+        ids = {"device_ids": [device], "output_device": device} if gpu else {}
         return torch.nn.parallel.DistributedDataParallel(model, **ids, **ddp_options())
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
@@ -119,12 +123,20 @@ class LearnerRank:
 
         from polyray.learner.loop import run_worker
 
+        device_index = None
+        if job.run.learner.use_gpu:
+            import os
+
+            import ray
+            import torch
+
+            device_index = rank_device(ray.get_gpu_ids(), os.environ.get("CUDA_VISIBLE_DEVICES"))
+            # before the group forms: NCCL binds each rank to its current device
+            torch.cuda.set_device(device_index)
         backend = "nccl" if job.run.learner.use_gpu else "gloo"
         timeout = datetime.timedelta(seconds=PROCESS_GROUP_TIMEOUT_S)
         dist.init_process_group(backend, init_method=address, rank=rank, world_size=world, timeout=timeout)
-        session = KeptSession(
-            rank, world, storage_path, job.phase.name, job.recovered_checkpoint, job.run.learner.use_gpu
-        )
+        session = KeptSession(rank, world, storage_path, job.phase.name, job.recovered_checkpoint, device_index)
         try:
             run_worker(job, session)
         finally:
@@ -152,15 +164,40 @@ class PhaseResult:
         self.metrics = metrics
 
 
+# Ray shows an actor only the GPUs it was given; NCCL then cannot open its peers' memory on the same
+# node and moves every all-reduce through host memory instead of NVLink or PCIe peer-to-peer. The
+# kept ranks see all of their node's GPUs, as Ray Train's ranks share one CUDA_VISIBLE_DEVICES per node,
+# and each selects the one Ray assigned it (rank_device).
+SHARED_GPU_VISIBILITY = {"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"}
+
+
 def rank_options(run: RunConfig) -> dict[str, Any]:
     """A rank actor's Ray options: what a kept rank must match to serve another run."""
     learner = run.learner
-    return {
+    options = {
         "num_cpus": learner.cpus_per_worker,
         "num_gpus": 1 if learner.use_gpu else 0,
         "resources": dict(run.cluster.worker_resources),
         "scheduling_strategy": "DEFAULT",  # outside a Tune trial's placement group, as the rollout actors
     }
+    if learner.use_gpu:
+        options["runtime_env"] = {"env_vars": dict(SHARED_GPU_VISIBILITY)}
+    return options
+
+
+def rank_device(assigned: list, visible: str | None) -> int:
+    """The CUDA device index of the GPU Ray assigned a rank (``ray.get_gpu_ids()``) in a process that sees
+    its node's GPUs: its place in the node's ``CUDA_VISIBLE_DEVICES`` (``visible``; unset: every GPU, by
+    index). One GPU a rank: anything else is refused."""
+    if len(assigned) != 1:
+        raise RuntimeError(f"a learner rank holds one GPU; Ray assigned it {list(assigned)}")
+    gpu = str(assigned[0])
+    if not visible:
+        return int(gpu)
+    order = [d.strip() for d in visible.split(",") if d.strip()]
+    if gpu not in order:
+        raise RuntimeError(f"the GPU Ray assigned this rank ({gpu}) is not in CUDA_VISIBLE_DEVICES={visible}")
+    return order.index(gpu)
 
 
 class RankKeeper:

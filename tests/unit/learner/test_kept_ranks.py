@@ -4,11 +4,13 @@ the checkpoint names kept ranks write beside Ray Train's."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
 from polyray.learner.group import CHECKPOINT_TIME, RankKeeper
 
+ROOT = Path(__file__).resolve().parents[3]
 OPTIONS = {"num_cpus": 1, "num_gpus": 0, "resources": {}, "scheduling_strategy": "DEFAULT"}
 
 
@@ -128,3 +130,25 @@ print("ok")
         timeout=600,
     )
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+
+
+def test_kept_gpu_ranks_see_their_nodes_gpus_and_use_the_one_ray_assigned():
+    """The decision: as Ray Train's ranks (one CUDA_VISIBLE_DEVICES per node), kept ranks see every GPU of
+    their node, for NCCL's peer-to-peer path between them (a peer's device must be visible to open its
+    memory; isolated, NCCL moves every all-reduce through host memory), and each uses its own."""
+    from polyray.config import load_config
+    from polyray.learner.group import SHARED_GPU_VISIBILITY, rank_device, rank_options
+
+    gpu = load_config(ROOT / "configs/gpu/qwen3_0.6b.yaml")
+    options = rank_options(gpu)
+    assert options["num_gpus"] == 1 and options["runtime_env"] == {"env_vars": SHARED_GPU_VISIBILITY}
+    assert SHARED_GPU_VISIBILITY == {"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"}
+    assert "runtime_env" not in rank_options(load_config(ROOT / "configs/quickstart.yaml"))  # CPU ranks
+    # ray.get_gpu_ids() in the rank, and the node's CUDA_VISIBLE_DEVICES it then inherits
+    assert rank_device([3], None) == 3  # a node without CUDA_VISIBLE_DEVICES: GPUs by index
+    assert rank_device(["6"], "4,5,6,7") == 2  # a node restricted to some GPUs: the place in its list
+    assert rank_device(["GPU-b2"], "GPU-a1,GPU-b2") == 1  # listed by UUID
+    with pytest.raises(RuntimeError, match="holds one GPU"):
+        rank_device(["0", "1"], None)
+    with pytest.raises(RuntimeError, match="not in CUDA_VISIBLE_DEVICES"):
+        rank_device(["1"], "2,3")
