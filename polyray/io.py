@@ -142,10 +142,40 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def read_yaml_mapping(path: str | Path, what: str = "config file", allow_empty: bool = False) -> dict:
+def read_yaml_mapping(
+    path: str | Path, what: str = "config file", allow_empty: bool = False, _seen: tuple[Path, ...] = ()
+) -> dict:
     """The mapping at the top of the YAML file ``path``: the one reader of config files (runs, evaluation
     jobs, sweeps, experiments). :class:`ConfigError` naming the file when it is missing (``what``
-    not found), not YAML, empty (``{}`` with ``allow_empty``) or not a mapping of fields."""
+    not found), not YAML, empty (``{}`` with ``allow_empty``) or not a mapping of fields.
+
+    ``extends: other.yaml`` (relative to the file) starts from that file's mapping: this file's mappings
+    merge into its, field by field; a list or a value replaces the other's."""
+    data = _read_yaml_file(path, what, allow_empty)
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    here = Path(path).resolve()
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: extends: give the path of the config file this one starts from")
+    parent = (here.parent / base).resolve()
+    if parent in (*_seen, here):
+        raise ConfigError(f"{path}: extends: {base} extends this file again (a cycle)")
+    return merge_mappings(read_yaml_mapping(parent, f"extends: {base}", True, (*_seen, here)), data)
+
+
+def merge_mappings(base: dict, update: dict) -> dict:
+    """``base`` with ``update`` merged in: nested mappings field by field, anything else replaced."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_mappings(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml_file(path: str | Path, what: str, allow_empty: bool) -> dict:
     source = str(path)
     path = Path(path)
     if not path.is_file():

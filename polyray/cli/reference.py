@@ -428,6 +428,8 @@ def configuration_reference() -> str:
         "ending in `[]` is an item of a list, `<key>` any key of a mapping; a model that is one of several",
         "(phases, tasks, advantage estimators) is chosen by its `type`. Unknown keys are errors;",
         "`--set a.b=c` overrides a field from the command line. Default `{}`: the model's own defaults.",
+        "A file may start from another with `extends: other.yaml` (relative to it): its mappings merge into",
+        "the other's field by field, a list or a value replaces the other's (`configs/gpu/qwen3_0.6b_24gb.yaml`).",
     ]
     return page.text("Configuration reference", intro, (2, 3))
 

@@ -163,7 +163,7 @@ def test_every_gpu_preset_fits_a_cluster_of_80_gb_gpus(monkeypatch, tmp_path, pa
     plan = [line for line in result.output.splitlines() if line.startswith("memory plan")]
     assert len(plan) == 2 and not any("error" in line for line in plan), result.output  # learner, rollout worker
     assert "of 80 GiB" in plan[0] and " x 80 GiB" in plan[1], plan  # (the rollout: vLLM's share of it)
-    with_gib = CliRunner().invoke(app, ["check", "-q", str(path), "--gpu-memory-gib", "16"])
+    with_gib = CliRunner().invoke(app, ["check", "-q", str(path), "--gpu-memory-gib", "4"])
     assert "memory plan: error:" in with_gib.output, with_gib.output  # and the option reaches the plan
 
 

@@ -241,3 +241,34 @@ def test_raw_logprobs_are_fine_at_temperature_one():
 def test_lora_dropout_is_fine_for_sft_alone():
     run = load_config(ROOT / "configs" / "quickstart.yaml", ["learner.lora.dropout=0.1", "phases=[{type: sft}]"])
     assert run.learner.lora.dropout == 0.1
+
+
+def test_a_config_extends_another_field_by_field(tmp_path):
+    """``extends:`` starts from another file (relative to this one): mappings merge, values and lists
+    replace; a missing file or a cycle is one error naming the file."""
+    from polyray.config import load_config
+    from polyray.io import ConfigError
+
+    (tmp_path / "base.yaml").write_text(
+        "name: base\nlearner: {threads: 3, lora: {r: 8, alpha: 16}}\neval: {ks: [1, 4]}\n"
+    )
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "child.yaml").write_text(
+        "extends: ../base.yaml\nname: child\nlearner: {lora: {r: 4}}\neval: {ks: [1]}\n"
+    )
+    run = load_config(tmp_path / "sub" / "child.yaml", ["learner.threads=2"])
+    assert run.name == "child" and run.learner.threads == 2  # an override over both
+    assert load_config(tmp_path / "sub" / "child.yaml").learner.threads == 3  # the base's
+    assert (run.learner.lora.r, run.learner.lora.alpha) == (4, 16) and run.eval.ks == [1]
+    shipped = load_config(ROOT / "configs/gpu/qwen3_0.6b_24gb.yaml")
+    base = load_config(ROOT / "configs/gpu/qwen3_0.6b.yaml")
+    assert shipped.learner.gradient_checkpointing and not base.learner.gradient_checkpointing
+    assert shipped.model_copy(update={"name": base.name, "learner": base.learner}) == base
+
+    (tmp_path / "gone.yaml").write_text("extends: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match=r"nowhere.yaml: extends: nowhere.yaml not found"):
+        load_config(tmp_path / "gone.yaml")
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"b.yaml: extends: a.yaml extends this file again \(a cycle\)"):
+        load_config(tmp_path / "a.yaml")

@@ -695,3 +695,26 @@ def test_every_documented_cluster_run_gets_its_model_to_every_node():
     for where, command, _ in served:
         run_dir = re.search(r"--run (\S+)", command).group(1)
         assert run_dir in stored, f"{where}: {command} serves a run that did not set cluster.storage"
+
+
+def test_the_train_job_states_the_gpus_its_preset_needs_and_names_the_24gb_preset():
+    """deploy/rayjob-train.yaml says how large a GPU its preset needs: the memory plan fits GPUs of that
+    size and refuses the next smaller; the 24 GB preset it names fits 24 GB."""
+    from polyray.cluster import with_gpu_memory
+    from polyray.config import load_config
+    from polyray.drivers.preflight import plan_memory
+    from polyray.io import ConfigError
+
+    text = (DEPLOY / "rayjob-train.yaml").read_text()
+    doc = yaml.safe_load(text)
+    preset = ROOT / shlex.split(doc["spec"]["entrypoint"])[3]
+    stated = int(re.search(r"GPUs: at least (\d+) GiB each", text).group(1))
+    run = load_config(preset)
+    assert plan_memory(with_gpu_memory(run, stated), None)
+    with pytest.raises(ConfigError, match="learner.micro_batch_tokens: a learner rank needs"):
+        plan_memory(with_gpu_memory(run, stated - 1), None)
+    assert "nodeSelector: {nvidia.com/gpu.product:" in text
+    small = re.search(r"(configs/gpu/\S+_24gb\.yaml) instead", text).group(1)
+    plan_memory(with_gpu_memory(load_config(ROOT / small), 24), None)
+    with pytest.raises(ConfigError):
+        plan_memory(with_gpu_memory(run, 24), None)
