@@ -10,7 +10,7 @@ STAMP := $(VENV)/.polyray-installed
 PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 
-.PHONY: setup test-tools quickstart test test-slow test-fast test-gpu format docs clean-venv
+.PHONY: setup test-tools quickstart test test-slow test-fast test-gpu gpu-smoke format docs clean-venv
 
 setup: $(STAMP)
 
@@ -72,6 +72,13 @@ docs: setup
 # learner's worker function on the GPU. Uses .venv when there is one, else the machine's python3.
 test-gpu:
 	$(or $(wildcard $(VENV)/bin/python),python3) -m pytest -m gpu tests/gpu -s -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# The GPU smoke check on a machine with a GPU (docs/cluster.md, "Before the first GPU run"): a CUDA vLLM rollout
+# worker serving a published LoRA the sync canary checks, one GRPO phase through `polyray run`, and the learner's
+# worker function; without vLLM or Ray it runs the learner part and names what it skipped (-rs).
+gpu-smoke:
+	$(or $(wildcard $(VENV)/bin/python),python3) -m pytest -m gpu tests/gpu/test_gpu_smoke.py tests/gpu/test_gpu_worker.py \
+		-s -q -rs -p no:cacheprovider $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

