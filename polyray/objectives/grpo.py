@@ -71,10 +71,12 @@ def compute_grpo_loss(
     max_len: int | None = None,
     num_sequences: float | None = None,
     num_tokens: float | None = None,
+    is_weights: torch.Tensor | None = None,  # (N, T) no grad: the engine-mismatch correction (off_policy)
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped-ratio policy loss plus beta * k3 KL, aggregated per ``aggregation``.
 
-    l_{i,t} = -min(rho A_i, clip(rho, 1 - eps_low, 1 + eps_high) A_i) + beta KL_{i,t}.
+    l_{i,t} = -w_{i,t} min(rho A_i, clip(rho, 1 - eps_low, 1 + eps_high) A_i) + beta KL_{i,t}, with
+    w = ``is_weights`` (:func:`polyray.objectives.off_policy.compute_is_weights`; 1 when None).
     ``num_sequences`` / ``num_tokens``: whole-batch counts when this is one shard (see
     :func:`aggregate_token_loss`). Exponents are masked before ``exp`` (finite outside the
     completion whatever the logits). Returns (loss, metrics) where metrics are floats for logging.
@@ -85,6 +87,8 @@ def compute_grpo_loss(
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1 - clip_eps_low, 1 + clip_eps_high) * adv
     per_token = -torch.minimum(unclipped, clipped)
+    if is_weights is not None:
+        per_token = per_token * is_weights.detach()
     kl = compute_k3_kl(logp, ref_logp, mask) if ref_logp is not None else torch.zeros_like(logp)
     if kl_beta:
         per_token = per_token + kl_beta * kl
