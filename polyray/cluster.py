@@ -44,9 +44,11 @@ def init_ray(
             request_cluster(demands)
             try:
                 check_resources(demands, cluster.resource_wait_s)
-            except ClusterShortfall:
+            finally:
+                # the nodes are there once the check passes, and the run's actors keep them busy from
+                # here on: a request left in force (a driver SIGKILLed, or stopped by `ray job stop`)
+                # would hold them after the run
                 release_cluster()
-                raise
         else:
             have = ray.cluster_resources().get("CPU", 0.0)
             if have < needed_cpus:  # an autoscaling cluster may grow; a fixed one would wait forever
@@ -79,14 +81,15 @@ def init_ray(
         console.print(f"Ray dashboard: http://{context.dashboard_url}{dashboard_sign_in()}")
 
 
-_requested = False  # this process asked the autoscaler for its demands (request_cluster)
+_requested = False  # a request of this process is in force (request_cluster)
 
 
 def request_cluster(demands: list[Demand]) -> None:
     """Ask the cluster's autoscaler for every bundle of ``demands`` at once. Ray adds nodes only for queued
     work or such a request, and a run checks the cluster before it starts any actor, so without it an
-    autoscaling cluster never grows. The request holds until :func:`release_cluster` (at the latest when
-    this process exits); a cluster without an autoscaler ignores it."""
+    autoscaling cluster never grows. The request is the cluster's one (a later one replaces it), in force
+    until :func:`release_cluster` (at the latest when this process exits); a cluster without an autoscaler
+    ignores it."""
     import atexit
 
     from ray.autoscaler.sdk import request_resources
@@ -100,8 +103,8 @@ def request_cluster(demands: list[Demand]) -> None:
 
 
 def release_cluster() -> None:
-    """Withdraw this process's :func:`request_cluster`, so the autoscaler may take idle nodes back; a no-op
-    when it made none or Ray is gone."""
+    """Withdraw :func:`request_cluster`'s request, so the autoscaler may take idle nodes back; a no-op when
+    this process has none in force or Ray is gone."""
     global _requested
     if not _requested:
         return
@@ -305,6 +308,12 @@ def cuda_number(version: str) -> int:
     return int(major) * 1000 + int(minor) * 10
 
 
+def driver_runs(driver: int, built: str) -> bool:
+    """Whether a driver that runs CUDA ``driver`` (12040) runs wheels built for CUDA ``built`` ("12.8"): a
+    driver runs every runtime of its CUDA major version (CUDA's minor version compatibility)."""
+    return driver // 1000 >= cuda_number(built) // 1000
+
+
 def driver_cuda_version() -> int | None:
     """The newest CUDA version this node's NVIDIA driver runs (``cuDriverGetVersion``), None without a driver.
     Read through the driver library itself: an old driver fails PyTorch's first CUDA call with a traceback."""
@@ -324,7 +333,7 @@ def local_gpu() -> GpuInfo:
     import torch
 
     built, driver = torch.version.cuda, driver_cuda_version()
-    if built and driver is not None and driver < cuda_number(built):
+    if built and driver is not None and not driver_runs(driver, built):
         return GpuInfo("unknown", 0.0, None, driver, built)
     props = torch.cuda.get_device_properties(0)
     return GpuInfo(props.name, props.total_memory / 2**30, (props.major, props.minor), driver, built)
@@ -363,11 +372,11 @@ def check_gpus(run: RunConfig, gpus: dict[str, GpuInfo]) -> None:
     """Refuse, in one line, GPUs the run cannot use: a node whose driver is older than the CUDA this install
     was built for, and bfloat16 (``model.dtype``) on a GPU below compute capability 8.0 (T4, V100)."""
     for node, gpu in sorted(gpus.items()):
-        if gpu.built_cuda and gpu.driver_cuda is not None and gpu.driver_cuda < cuda_number(gpu.built_cuda):
+        if gpu.built_cuda and gpu.driver_cuda is not None and not driver_runs(gpu.driver_cuda, gpu.built_cuda):
             have = f"{gpu.driver_cuda // 1000}.{gpu.driver_cuda % 1000 // 10}"
             raise ConfigError(
                 f"GPU node {node[:12]}: its NVIDIA driver runs CUDA {have} at most, and this install's PyTorch and"
-                f" vLLM are built for CUDA {gpu.built_cuda}: update the node's driver (CUDA 13.0 needs 580 or"
+                f" vLLM are built for CUDA {gpu.built_cuda}: update the node's driver (CUDA 13 needs 580 or"
                 " later), or install wheels built for the CUDA its driver runs (docs/cluster.md)"
             )
     if run.model.dtype != "bfloat16":

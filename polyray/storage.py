@@ -280,8 +280,8 @@ def node_path(value: StoredDir | str | Path) -> str:
 
         raise NotOnThisNode(
             f"{local}: not on node {socket.gethostname()}, which shares no disk with the driver's: set"
-            " cluster.storage to a location every node reaches (a shared volume or s3://, gs://), or HF_HOME"
-            " to a volume every node mounts"
+            " cluster.storage to a location every node reaches (a shared volume or s3://, gs://), or keep"
+            " the model on a volume every node mounts at that path (HF_HOME there)"
         )
     return local
 

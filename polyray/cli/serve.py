@@ -166,10 +166,13 @@ def generation(
 
         run, model_dir = _finished_run(run_dir)
         if run.cluster.storage:
-            from polyray.storage import share_model
+            from polyray.storage import StorageError, share_model
 
             # the run's model is on the driver's node only: replicas elsewhere copy it from storage
-            model_dir = share_model(run.cluster.storage, model_dir)
+            try:
+                model_dir = share_model(run.cluster.storage, model_dir)
+            except StorageError as exc:
+                fail(f"cluster.storage of the run in {run_dir}: {exc}")
         args = {**args, **run_generation_args(run, run_dir, model_dir, named=True)}
     from polyray.generation.deployment import build_generation_app
     from polyray.generation.service import deploy_generation

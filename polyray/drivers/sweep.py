@@ -244,15 +244,24 @@ def sweep_cpus(run: RunConfig, concurrent: int) -> float:
     return (needed_cpus(run) - reward + TRIAL_CPUS) * concurrent + reward
 
 
-def sweep_demands(run: RunConfig, concurrent: int):
-    """The actors a sweep of ``run``'s trials holds at once (as :func:`sweep_cpus` counts them): ``concurrent``
-    trials' rollout workers, learner ranks and drivers, and the reward replicas they share."""
+def sweep_demands(runs: list[RunConfig]):
+    """What the cluster must hold for a sweep of ``runs``' trials to start: one trial's rollout workers,
+    learner ranks and driver, each kind at its largest over ``runs``, and the reward replicas the trials
+    share. More trials at once are Tune's to place as the cluster has room (their pending placement
+    groups are what an autoscaler grows for)."""
     from polyray.cluster import Demand, run_demands
 
-    demands = [
-        d if d.what == "reward replicas" else Demand(d.what, d.count * concurrent, d.bundle) for d in run_demands(run)
-    ]
-    return demands + [Demand("trial drivers", concurrent, {"CPU": TRIAL_CPUS})]
+    largest: dict[str, Demand] = {}
+    for run in runs:
+        for d in run_demands(run):
+            held = largest.get(d.what)
+            if held is None or _demand_size(d) > _demand_size(held):
+                largest[d.what] = d
+    return [*largest.values(), Demand("trial drivers", 1, {"CPU": TRIAL_CPUS})]
+
+
+def _demand_size(d) -> tuple[float, float]:
+    return d.count * d.bundle.get("GPU", 0.0), d.count * d.bundle.get("CPU", 0.0)
 
 
 def run_trials(
@@ -287,13 +296,16 @@ def run_trials(
         check_inputs(run)  # the user's data, once, before Ray starts (not once per trial)
     first = configs[0]
     prepare_model_dir(first.model, first.task)  # once, before trials race to build it
-    init_ray(first.cluster, sweep_cpus(first, max_concurrent), demands=sweep_demands(first, max_concurrent))
-    # read once, before the trials' actors fill the GPUs a probe would wait for
-    gpus = None
-    if any(map(uses_gpus, configs)):
+    init_ray(first.cluster, sweep_cpus(first, max_concurrent), demands=sweep_demands(variants or configs))
+    # read once, before the trials' actors fill the GPUs a probe would wait for (an experiment's later
+    # waves find them filled by the engines the waves share: the first wave's reading is kept)
+    gpus = (shared or {}).get("gpus")
+    if gpus is None and any(map(uses_gpus, configs)):
         gpus = cluster_gpus(first.cluster.resource_wait_s, required=any(map(reads_gpu_memory, configs)))
-        for run in configs:
-            check_gpus(run, gpus)
+        if shared is not None:
+            shared["gpus"] = gpus
+    for run in configs:
+        check_gpus(run, gpus or {})
     if first.reward.endpoint:  # the reward apps serve every trial, deployed outside their placement groups
         from polyray.config.run import custom_reward_functions
         from polyray.reward.service import ensure_reward_service

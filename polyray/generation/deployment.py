@@ -144,9 +144,15 @@ def chat_template(cfg: GenerationServiceConfig) -> str | None:
 
 
 # apply_chat_template's own parameters: a request's template arguments never replace them
-_RENDER_PARAMETERS = frozenset({"conversation", "tools", "documents", "chat_template", "add_generation_prompt"})
+_RENDER_PARAMETERS = frozenset({"conversation", "messages", "conversations", "tools", "documents", "chat_template"})
+_RENDER_PARAMETERS |= {"add_generation_prompt"}
 _RENDER_PARAMETERS |= {"continue_final_message", "tokenize", "padding", "truncation", "max_length"}
 _RENDER_PARAMETERS |= {"return_tensors", "return_dict", "return_assistant_tokens_mask", "tokenizer_kwargs"}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
 
 
 def template_kwargs(service: dict[str, Any], request: Any) -> dict[str, Any]:
@@ -379,7 +385,17 @@ class GenerationDeployment:
                 )
         # templating and tokenising take time proportional to the body: off the event loop, which
         # must keep answering health checks (a blocked loop gets the replica killed)
-        lengths = await asyncio.to_thread(self._prompt_lengths, body)
+        try:
+            lengths = await asyncio.to_thread(self._prompt_lengths, body)
+        except Exception as exc:  # noqa: BLE001 - a request's template arguments the template cannot take
+            if not isinstance(body, ChatBody):
+                raise
+            return _error(
+                400,
+                f"the chat template cannot render these messages with these chat_template_kwargs: {_first_line(exc)}",
+                "BadRequestError",
+                "chat_template_kwargs",
+            )
         if max(lengths, default=0) > limit:
             return _error(
                 400,

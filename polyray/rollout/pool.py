@@ -101,8 +101,20 @@ class RolloutPool:
 
         # vLLM's start profiles the GPU's free memory and asserts it did not grow meanwhile: an engine on
         # the same GPU finishing its own start in between breaks that
-        workers = start_in_turn(start, config.num_workers, ready, one_at_a_time=0 < config.gpus_per_worker < 1)
-        pool = cls(workers, None if isinstance(store, str) else store)  # (a name: each run's, start_run)
+        started: list = []
+
+        def start_kept(i: int):
+            started.append(start(i))
+            return started[-1]
+
+        try:
+            start_in_turn(start_kept, config.num_workers, ready, one_at_a_time=0 < config.gpus_per_worker < 1)
+        except BaseException:
+            # a worker not placed, or one whose engine failed: none of those started is left waiting
+            for worker in started:
+                ray.kill(worker)
+            raise
+        pool = cls(started, None if isinstance(store, str) else store)  # (a name: each run's, start_run)
         if wait:
             pool.wait_ready()
         return pool

@@ -413,7 +413,9 @@ def test_chat_requests_get_the_services_template_arguments(service, model_dir, r
             prompt_tokens(chat_template_kwargs={"enable_thinking": True}),
         )
         assert default == off > on, (default, off, on)  # the service's default is thinking off
-        for hostile in ("not a mapping", {"tokenize": True, "add_generation_prompt": False}, {"": 1}):
+        hostile_kwargs = ["not a mapping", {"tokenize": True, "add_generation_prompt": False}, {"": 1}]
+        hostile_kwargs += [{"messages": []}, {"raise_exception": 1}, {"range": None}]
+        for hostile in hostile_kwargs:
             r = httpx.post(
                 f"{service}/thinking/v1/chat/completions",
                 json={"model": "base", "messages": messages, "max_tokens": 2, "chat_template_kwargs": hostile},

@@ -209,11 +209,49 @@ def test_a_sweep_reads_the_clusters_gpus_once_and_hands_the_reading_to_its_trial
     with pytest.raises(Stop):
         sweep.run_trials("s", tmp_path, {}, {"": {}}, sweep.grid_run_dir, [run, run], max_concurrent=2)
     assert calls["probes"] == 1 and calls["trial"]["gpus"] is READING
+    # one trial's actors must fit (more at once are Tune's to place), each kind at its largest over the runs
     demands = {d.what: d for d in calls["init"][0]}
-    assert demands["rollout workers"] == Demand("rollout workers", 2, {"CPU": 1, "GPU": 1})
-    assert demands["learner ranks"].count == 2 * run.most_learner_workers
+    assert demands["rollout workers"] == Demand("rollout workers", 1, {"CPU": 1, "GPU": 1})
+    assert demands["learner ranks"].count == run.most_learner_workers
     assert demands["reward replicas"] == run_demands(run)[-1]  # shared by the trials
-    assert demands["trial drivers"] == Demand("trial drivers", 2, {"CPU": sweep.TRIAL_CPUS})
+    assert demands["trial drivers"] == Demand("trial drivers", 1, {"CPU": sweep.TRIAL_CPUS})
+    wider = run.model_copy(update={"rollout": run.rollout.model_copy(update={"num_workers": 3})})
+    assert {d.what: d for d in sweep.sweep_demands([run, wider])}["rollout workers"].count == 3
+
+
+def test_an_experiments_later_wave_reuses_the_first_waves_gpu_reading(monkeypatch, tmp_path):
+    """The waves of an experiment share engines that hold GPUs: a second probe would wait for them."""
+    from ray import tune
+
+    import polyray.cluster as cluster
+    import polyray.drivers.preflight as preflight
+    import polyray.models.source as source
+    import polyray.reward.service as reward_service
+    from polyray.drivers import sweep
+
+    run = load_config(ROOT / "configs/quickstart.yaml", ["rollout.gpus_per_worker=1"])
+    shared = {"warm": object(), "gpus": READING}
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def with_parameters(trainable, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    def probe(timeout_s: float, required: bool):
+        raise AssertionError("the second wave probed the GPUs again")
+
+    monkeypatch.setattr(cluster, "init_ray", lambda c, cpus, demands=None: None)
+    monkeypatch.setattr(cluster, "cluster_gpus", probe)
+    monkeypatch.setattr(preflight, "check_inputs", lambda run: [])
+    monkeypatch.setattr(source, "prepare_model_dir", lambda model, task: tmp_path)
+    monkeypatch.setattr(reward_service, "ensure_reward_service", lambda *a, **k: None)
+    monkeypatch.setattr(tune, "with_parameters", with_parameters)
+    with pytest.raises(Stop):
+        sweep.run_trials("s", tmp_path, {}, {"": {}}, sweep.grid_run_dir, [run], shared=shared)
+    assert seen["gpus"] is READING
 
 
 def test_a_trial_given_the_sweeps_reading_probes_no_gpu(monkeypatch, tmp_path):
@@ -254,9 +292,11 @@ def test_gpus_the_run_cannot_use_are_refused_in_one_line():
         check_gpus(bf16, old)
     assert str(err.value) == (
         "GPU node node-c012345: its NVIDIA driver runs CUDA 12.4 at most, and this install's PyTorch and vLLM"
-        " are built for CUDA 13.0: update the node's driver (CUDA 13.0 needs 580 or later), or install wheels"
+        " are built for CUDA 13.0: update the node's driver (CUDA 13 needs 580 or later), or install wheels"
         " built for the CUDA its driver runs (docs/cluster.md)"
     )
+    # a driver runs every runtime of its CUDA major version
+    check_gpus(bf16, {"node-d": GpuInfo("NVIDIA H100", 79.2, (9, 0), 13000, "13.2")})
     t4 = {**READING, "node-t4": GpuInfo("Tesla T4", 14.6, (7, 5), 13000, "13.0")}
     with pytest.raises(ConfigError, match=r"^model.dtype: bfloat16 needs a GPU of compute capability 8.0") as err:
         check_gpus(bf16, t4)
