@@ -334,9 +334,10 @@ def local_gpu() -> GpuInfo:
 
     built, driver = torch.version.cuda, driver_cuda_version()
     if built and driver is not None and not driver_runs(driver, built):
-        return GpuInfo("unknown", 0.0, None, driver, built)
+        return GpuInfo("unknown", 0.0, driver_cuda=driver, built_cuda=built)
     props = torch.cuda.get_device_properties(0)
-    return GpuInfo(props.name, props.total_memory / 2**30, (props.major, props.minor), driver, built)
+    gib = props.total_memory / 2**30
+    return GpuInfo(props.name, gib, capability=(props.major, props.minor), driver_cuda=driver, built_cuda=built)
 
 
 def cluster_gpus(timeout_s: float, required: bool = True) -> dict[str, GpuInfo]:

@@ -111,8 +111,7 @@ class RolloutPool:
             start_in_turn(start_kept, config.num_workers, ready, one_at_a_time=0 < config.gpus_per_worker < 1)
         except BaseException:
             # a worker not placed, or one whose engine failed: none of those started is left waiting
-            for worker in started:
-                ray.kill(worker)
+            cls(started).kill()
             raise
         pool = cls(started, None if isinstance(store, str) else store)  # (a name: each run's, start_run)
         if wait:
@@ -278,6 +277,12 @@ class RolloutPool:
     ) -> list[list[Sample]]:
         """``n`` samples per prompt, spread over the workers; result order follows ``prompts``."""
         return self.submit(prompts, n, sampling, version, adapter_name, seeds, reference).result(retries)
+
+    def kill(self) -> None:
+        """End every worker at once, without :meth:`shutdown`'s close (a worker Ray never placed would not
+        answer it)."""
+        for worker in self.workers:
+            ray.kill(worker)
 
     def shutdown(self) -> None:
         for w in self.workers:

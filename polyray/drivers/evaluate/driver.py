@@ -84,8 +84,6 @@ def generate_all(
     """Start Ray and the rollout pool (with the units' adapters), sample every unit (``on_unit`` after each), stop."""
     if not units:
         return
-    import ray
-
     from polyray.rollout.pool import RolloutPool
     from polyray.storage import share_model
 
@@ -109,9 +107,7 @@ def generate_all(
             # bounded: GPUs another job holds stop the wait, naming what a worker asks for
             pool.wait_ready(demand, cfg.cluster.resource_wait_s)
         except BaseException:
-            # not close(): a worker Ray never placed would not answer it
-            for worker in pool.workers:
-                ray.kill(worker)
+            pool.kill()
             raise
     try:
         used = {u.model.name for u in units}
