@@ -189,6 +189,40 @@ class RehearsalConfig(SelfSamplesConfig):
     )
 
 
+class OffPolicyConfig(StrictModel):
+    """Where GRPO's old policy comes from, and the importance correction for the rollout engine's
+    disagreement with the learner on the sampled tokens (docs/training.md, "Engine mismatch")."""
+
+    old_logprobs: Literal["engine", "learner"] = Field(
+        "engine",
+        description="pi_old of the clipped ratio: the log-probs the rollout engine returned with the samples, or the"
+        " learner's own at the sampling version (free when the samples are fresh; with async_rollouts one no-grad"
+        " forward per step under the adapter they were drawn with).",
+    )
+    correction: Literal["none", "tis", "mis", "seq_tis"] = Field(
+        "none",
+        description="Weight on the policy-gradient term for r = pi_learner,old / pi_engine: tis min(r, cap) per token;"
+        " mis r, or 0 outside [1/cap, cap]; seq_tis min(geometric mean of the sequence's r, cap). Needs"
+        " old_logprobs learner.",
+    )
+    cap: float = Field(2.0, gt=1, description="C: the truncation of tis and seq_tis, the band [1/C, C] of mis.")
+    measure: bool = Field(
+        True,
+        description="Log the engine's disagreement with the learner every step (mismatch_* in metrics.jsonl and the"
+        " dashboard). Free on fresh samples; on samples drawn ahead with old_logprobs engine it takes the forward"
+        " under the sampling version's weights that old_logprobs learner takes anyway. False: fresh samples only.",
+    )
+
+    @model_validator(mode="after")
+    def _correction_on_the_learner_ratio(self) -> "OffPolicyConfig":
+        if self.correction != "none" and self.old_logprobs != "learner":
+            raise ValueError(
+                f"correction {self.correction!r} weighs pi_learner,old / pi_engine: set old_logprobs 'learner'"
+                " (with 'engine' the clipped ratio already holds the engine's log-probs)"
+            )
+        return self
+
+
 class GRPOPhaseConfig(StrictModel):
     """GRPO on rollouts from the pool (docs/algorithms.md §2-3)."""
 
@@ -229,6 +263,10 @@ class GRPOPhaseConfig(StrictModel):
         description="Generate step t+1's rollouts during step t's update (one version stale; needs max_lag >= 1).",
     )
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    off_policy: OffPolicyConfig = Field(
+        default_factory=OffPolicyConfig,
+        description="pi_old and the engine-mismatch correction, e.g. {old_logprobs: learner, correction: tis}.",
+    )
     checkpoint_every: int = Field(20, ge=1, description="Steps between checkpoints.")
     learner_workers: LearnerWorkers = None
     reward: PhaseRewardConfig | None = Field(

@@ -80,13 +80,15 @@ class TrainBatch(Sequences):
     - ``group_size``: G, samples per prompt: sequences [b*G, (b+1)*G) are group b, so N = B*G.
       None on a shard taken by sequence, which need not hold whole groups.
     - ``reference_logprobs``: None, or N entries: sequence i's completion log-probs under the KL
-      reference as the rollout workers scored them (``Sample.ref_logprobs``), None where they could not.
+      reference as the rollout workers scored them (``Sample.ref_logprobs``), None where they could not;
+    - ``versions``: None, or N ints: the adapter version each sequence was sampled under.
     """
 
     sample_logprobs: list[list[float]]
     advantages: torch.Tensor
     group_size: int | None
     reference_logprobs: list[list[float] | None] | None = None
+    versions: list[int] | None = None
 
     @classmethod
     def from_groups(
@@ -104,6 +106,7 @@ class TrainBatch(Sequences):
             reference_logprobs=[s.ref_logprobs for s in samples]
             if any(s.ref_logprobs is not None for s in samples)
             else None,
+            versions=[s.version for s in samples],
         )
 
     @property
@@ -129,6 +132,7 @@ class TrainBatch(Sequences):
             advantages=self.advantages[torch.tensor(index, dtype=torch.long)],
             group_size=group_size,
             reference_logprobs=None if self.reference_logprobs is None else [self.reference_logprobs[i] for i in index],
+            versions=None if self.versions is None else [self.versions[i] for i in index],
         )
 
     def groups(self) -> list[range]:

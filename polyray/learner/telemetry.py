@@ -18,6 +18,16 @@ GAUGES = {
     "polyray_reward_mean": ("reward_mean", "Mean reward of the last rollout batch."),
     "polyray_kl": ("kl", "Mean k3 KL to the adapter-disabled base."),
     "polyray_diversity_advantage": ("adv_abs_mean", "Mean |diversity marginal| of polychromic samples."),
+    "polyray_engine_mismatch_kl": (
+        "mismatch_k3",
+        "k3 KL of the rollout engine's log-probs from the learner's (same version) on the sampled tokens.",
+    ),
+    "polyray_engine_mismatch_abs": ("mismatch_abs", "Mean |log-prob gap| of rollout engine and learner per token."),
+    "polyray_engine_mismatch_out_frac": (
+        "mismatch_out_frac",
+        "Share of sampled tokens whose engine/learner ratio is outside [1/cap, cap] (what mis drops).",
+    ),
+    "polyray_is_weight_mean": ("is_weight_mean", "Mean importance weight of the engine-mismatch correction."),
     "polyray_policy_version": ("version", "Adapter version the learner holds."),
     "polyray_policy_lag": ("max_lag", "Largest adapter-version lag of the step's samples."),
     "polyray_rollout_tokens_per_s": ("rollout_tokens_per_s", "Completion tokens per second the step waited for."),

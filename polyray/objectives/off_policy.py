@@ -69,15 +69,29 @@ def compute_mismatch(
     - ``mismatch_abs``: mean |log π_learner - log π_vllm|;
     - ``mismatch_seq_max``: the largest sequence's mean k3;
     - ``mismatch_out_frac``: share of tokens whose ratio r falls outside [1/C, C] (what ``mis`` drops)."""
+    sums, seq_max = mismatch_sums(learner_logp, engine_logp, mask, cap)
+    n_tok = max(float(mask.sum()), 1.0)
+    return {
+        "mismatch_k3": sums["mismatch_k3"] / n_tok,
+        "mismatch_abs": sums["mismatch_abs"] / n_tok,
+        "mismatch_seq_max": seq_max,
+        "mismatch_out_frac": sums["mismatch_out_frac"] / n_tok,
+    }
+
+
+def mismatch_sums(
+    learner_logp: torch.Tensor, engine_logp: torch.Tensor, mask: torch.Tensor, cap: float = 2.0
+) -> tuple[dict[str, float], float]:
+    """:func:`compute_mismatch`'s measures as sums over ``mask``'s tokens (what one micro-batch adds to the
+    batch's), and the largest sequence's mean k3 (0 with no sequence)."""
     with torch.no_grad():
         inside = mask > 0
         d = torch.where(inside, learner_logp - engine_logp, torch.zeros_like(learner_logp)).double()
         k3 = compute_k3_kl(engine_logp.double(), learner_logp.double(), mask)
         per_seq = k3.sum(-1) / mask.sum(-1).clamp(min=1)
-        n_tok = mask.sum().clamp(min=1)
-        return {
-            "mismatch_k3": float(k3.sum() / n_tok),
-            "mismatch_abs": float(d.abs().sum() / n_tok),
-            "mismatch_seq_max": float(per_seq.max()) if per_seq.numel() else 0.0,
-            "mismatch_out_frac": float(((d.abs() > math.log(cap)) & inside).sum() / n_tok),
+        sums = {
+            "mismatch_k3": float(k3.sum()),
+            "mismatch_abs": float(d.abs().sum()),
+            "mismatch_out_frac": float(((d.abs() > math.log(cap)) & inside).sum()),
         }
+        return sums, float(per_seq.max()) if per_seq.numel() else 0.0

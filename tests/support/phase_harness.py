@@ -192,6 +192,11 @@ def first_group_reward(prompts, texts) -> torch.Tensor:
 
 
 REWARDS = {"grpo_dynamic_sampling": first_group_reward}
+OFF_POLICY_CASES = ("grpo_learner_old", "grpo_tis", "grpo_mis", "grpo_seq_tis")
+# the stand-in engine's log-prob of every token: near the tiny policy's own on random tokens, so the
+# off-policy cases' ratios fall on both sides of 1 and some outside [1/cap, cap]
+POOL_LOGPROBS = dict.fromkeys(OFF_POLICY_CASES, -6.0)
+MISMATCH_METRICS = ("mismatch_k3", "mismatch_abs", "mismatch_seq_max", "mismatch_out_frac", "is_weight_mean")
 
 
 PHASE_CASES: dict[str, Any] = {
@@ -223,6 +228,20 @@ PHASE_CASES: dict[str, Any] = {
         sampling={"max_tokens": 5},
         rehearsal={"gamma": 0.5, "samples_per_prompt": 4, "batch_size": 5},
     ),
+    # pi_old from the learner, and each engine-mismatch correction (the pool's log-probs are the "engine")
+    **{
+        ("grpo_learner_old" if correction == "none" else f"grpo_{correction}"): GRPOPhaseConfig(
+            steps=1,
+            prompts_per_step=3,
+            group_size=3,
+            kl_beta=0.1,
+            kl_reference="base",
+            sampling={"max_tokens": 5},
+            off_policy={"old_logprobs": "learner", "correction": correction, "cap": cap},
+        )
+        # caps that the stand-in engine's ratios (per token; per sequence for seq_tis) cross
+        for correction, cap in (("none", 2.0), ("tis", 1.5), ("mis", 1.5), ("seq_tis", 1.1))
+    },
     "expert_iteration": ExpertIterationPhaseConfig(
         steps=1, batch_size=5, buffer={"samples_per_prompt": 4}, sampling={"max_tokens": 5}
     ),
@@ -294,7 +313,7 @@ def step_grads(
         tokenizer,
         rank,
         world,
-        FixedPool(tokenizer),
+        FixedPool(tokenizer, logprob=POOL_LOGPROBS.get(name, -1.5)),
         reward_fn=REWARDS.get(name),
         **step_options,
     )

@@ -56,6 +56,14 @@ class StepContext:
         dist.all_reduce(t)
         return t.tolist()
 
+    def global_max(self, value: float) -> float:
+        """The largest of ``value`` over the learner ranks."""
+        if self.world == 1:
+            return float(value)
+        t = torch.tensor([value], dtype=torch.float64, device=self.device if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return float(t)
+
     def logprobs(self, model, batch, temperature=1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """:func:`~polyray.models.batching.token_logprobs` (a :class:`PromptGroups` batch:
         :func:`~polyray.models.batching.shared_prompt_logprobs`) with this learner's logits chunk."""

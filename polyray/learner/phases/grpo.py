@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import random
+from contextlib import contextmanager
 
 import torch
 
@@ -21,11 +22,14 @@ from polyray.objectives.advantages import (
     mix_magnitude_shares,
 )
 from polyray.objectives.grpo import compute_grpo_loss
+from polyray.objectives.off_policy import compute_is_weights, mismatch_sums
 from polyray.rollout.prefetch import rollout_rate
 from polyray.tasks.base import Prompt, Task
 
 
 TOKEN_MEANS = ("kl", "clip_frac", "ratio_mean")  # GRPO metrics averaged over completion tokens
+# the engine's disagreement with the learner, averaged over the tokens the learner's own old log-probs cover
+MISMATCH_MEANS = ("mismatch_k3", "mismatch_abs", "mismatch_out_frac", "is_weight_mean")
 
 
 class GRPOPhase(SamplingPhase):
@@ -49,6 +53,8 @@ class GRPOPhase(SamplingPhase):
         self.buffer: SampleBuffer | None = None  # rank 0's: only it draws each step's rehearsal batch
         if cfg.rehearsal is not None and ctx.rank == 0:
             self.buffer = phase_buffer(self, cfg.rehearsal, task, n_train, ctx, pool)
+        # version -> the LoRA weights it was: the learner's pi_old of samples drawn before the last update
+        self._weights_at: dict[int, dict[str, torch.Tensor]] = {}
 
     def reference_on_rollouts(self, pool) -> str:
         """Register the KL reference on the rollout workers (the base model needs none); returns what a
@@ -120,16 +126,26 @@ class GRPOPhase(SamplingPhase):
         mine = batch.shard(ctx.rank, ctx.world, whole_groups=share)
         n_seq, n_tok = ctx.global_sum(len(mine), mine.num_tokens())
         temperature = cfg.sampling.temperature
+        off = cfg.off_policy
+        self._keep_weights(version)
+        seq_max = [0.0]
 
         def loss_of(part: TrainBatch):
             if share:  # log-probs with column j = completion token j
                 packed = part.pack_groups(ctx.tokenizer.pad_token_id, ctx.device)
+                older = self._older_logprobs(part, packed, version)  # before the gradient forward: weights swap
                 logp, mask = ctx.logprobs(ctx.model, packed, temperature)
-                old_logp = part.completion_logprobs(logp.shape[1], logp.dtype).to(ctx.device)
+                engine_logp = part.completion_logprobs(logp.shape[1], logp.dtype).to(ctx.device)
             else:  # aligned with the whole sequence's next-token targets
                 packed = part.pack(ctx.tokenizer.pad_token_id, ctx.device)
+                older = self._older_logprobs(part, packed, version)
                 logp, mask = ctx.logprobs(ctx.model, packed, temperature)
-                old_logp = part.target_logprobs(logp.shape[1], logp.dtype).to(ctx.device)
+                engine_logp = part.target_logprobs(logp.shape[1], logp.dtype).to(ctx.device)
+            learner_old = self._learner_old(part, logp, older, version)
+            old_logp = learner_old if off.old_logprobs == "learner" else engine_logp
+            is_weights = None
+            if off.correction != "none":
+                is_weights = compute_is_weights(learner_old, engine_logp, mask, off.correction, off.cap)
             ref_logp = None
             if cfg.kl_beta:  # as the rollout workers scored them, else a forward here
                 ref_logp = part.reference_columns(logp.shape[1], logp.dtype, targets=not share)
@@ -147,9 +163,16 @@ class GRPOPhase(SamplingPhase):
                 max_len=cfg.sampling.max_tokens,
                 num_sequences=n_seq,
                 num_tokens=n_tok,
+                is_weights=is_weights,
             )
             tokens = float(mask.sum())  # the metrics are means over the part's tokens: back to sums
-            return loss, {"tokens": tokens, **{k: metrics[k] * tokens for k in TOKEN_MEANS}}
+            sums = {"tokens": tokens, **{k: metrics[k] * tokens for k in TOKEN_MEANS}}
+            if learner_old is not None:  # what the engine's log-probs are off by, when the learner's are here
+                mismatch, part_max = mismatch_sums(learner_old, engine_logp, mask, off.cap)
+                seq_max[0] = max(seq_max[0], part_max)
+                weight_sum = float(is_weights.sum()) if is_weights is not None else tokens
+                sums.update(mismatch, mismatch_tokens=tokens, is_weight_mean=weight_sum)
+            return loss, sums
 
         if share:
             parts = [mine.select(i, mine.group_size) for i in mine.group_micro_batches(ctx.micro_batch_tokens)]
@@ -160,15 +183,65 @@ class GRPOPhase(SamplingPhase):
             rehearsal_parts, rehearsal_loss = nll_parts(ctx, rehearsal, cfg.rehearsal.gamma)
             parts += [(rehearsal_loss, p) for p in rehearsal_parts]
         sums = ctx.accumulate(parts, lambda part: part[0](part[1]))
-        keys = ("loss", "tokens", "nll", *TOKEN_MEANS)
+        keys = ("loss", "tokens", "nll", *TOKEN_MEANS, "mismatch_tokens", *MISMATCH_MEANS)
         total = dict(zip(keys, ctx.global_sum(*(sums.get(k, 0.0) for k in keys))))
         metrics = {"loss": total["loss"]}
         if rehearsal is not None:
             metrics["rehearsal_nll"] = total["nll"] if len(rehearsal) else math.nan
         if total["tokens"]:  # means over the whole batch's completion tokens (every rank's)
             metrics.update({k: total[k] / total["tokens"] for k in TOKEN_MEANS})
+        if total["mismatch_tokens"]:
+            metrics.update({k: total[k] / total["mismatch_tokens"] for k in MISMATCH_MEANS})
+            metrics["mismatch_seq_max"] = ctx.global_max(seq_max[0])
         metrics.update(info)
         return metrics
+
+    @property
+    def _needs_learner_old(self) -> bool:
+        """Whether a step needs pi_learner,old of samples drawn before the last update."""
+        off = self.cfg.off_policy
+        return off.old_logprobs == "learner" or off.measure
+
+    def _keep_weights(self, version: int) -> None:
+        """With rollouts drawn ahead and the learner's pi_old: keep the LoRA weights of ``version`` (the
+        learner's at this step's start) while a later step's samples may still have been drawn with them."""
+        if not (self.cfg.async_rollouts and self._needs_learner_old):
+            return
+        peft = self.ctx.peft_model
+        self._weights_at[version] = {n: p.detach().clone() for n, p in peft.named_parameters() if p.requires_grad}
+        for old in [v for v in self._weights_at if v < version - self.cfg.max_lag]:
+            del self._weights_at[old]
+
+    def _older_logprobs(self, part: TrainBatch, packed, version: int) -> dict[int, torch.Tensor]:
+        """Each older version's log-probs of the part's tokens (no grad), for the samples drawn before the
+        learner's last update; empty when all are fresh, or when pi_old is the engine's."""
+        if not self._needs_learner_old or part.versions is None:
+            return {}
+        out = {}
+        for v in sorted(set(part.versions) - {version}):
+            if v not in self._weights_at:
+                raise RuntimeError(
+                    f"{self.cfg.name}: samples of adapter version {v} reached the learner at version {version},"
+                    " whose weights it no longer holds for their learner log-probs (off_policy)"
+                )
+            with torch.no_grad(), _swapped(self.ctx.peft_model, self._weights_at[v]):
+                out[v] = self.ctx.logprobs(self.ctx.peft_model, packed, self.cfg.sampling.temperature)[0]
+        return out
+
+    def _learner_old(self, part: TrainBatch, logp: torch.Tensor, older: dict[int, torch.Tensor], version: int):
+        """(N, T) log pi_learner,old of the part's tokens at the version each was sampled with: the step's own
+        forward (detached) for fresh samples, ``older``'s for the rest; None when that takes a forward the
+        configuration does not ask for (drawn ahead, pi_old from the engine)."""
+        fresh = part.versions is None or all(v == version for v in part.versions)
+        if fresh:
+            return logp.detach()
+        if not older:
+            return None
+        out = logp.detach()
+        for v, logp_v in older.items():
+            rows = torch.tensor([x == v for x in part.versions], device=logp.device)
+            out = torch.where(rows.unsqueeze(-1), logp_v.to(logp.dtype), out)
+        return out
 
     def reference_logprobs(self, batch, temperature: float) -> torch.Tensor:
         """log pi_ref of the batch's tokens, no grad: the frozen phase-start adapter, or the adapter-disabled base."""
@@ -182,3 +255,19 @@ class GRPOPhase(SamplingPhase):
                 return self.ctx.logprobs(peft, batch, temperature)[0]
             finally:
                 peft.set_adapter("default")  # also makes the policy adapter trainable again
+
+
+@contextmanager
+def _swapped(peft, weights: dict[str, torch.Tensor]):
+    """The trainable (LoRA) parameters set to ``weights`` inside the block, their own values after it."""
+    params = {n: p for n, p in peft.named_parameters() if p.requires_grad}
+    own = {n: p.detach().clone() for n, p in params.items()}
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(weights[n])
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(own[n])

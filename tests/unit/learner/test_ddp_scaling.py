@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from support.phase_harness import PHASE_CASES, multi_rank_grads, step_grads, tiny_model_dir
+from support.phase_harness import MISMATCH_METRICS, PHASE_CASES, multi_rank_grads, step_grads, tiny_model_dir
 
 pytestmark = [pytest.mark.slow]
 
@@ -27,6 +27,7 @@ WHOLE_BATCH_METRICS = (
     "diversity_surrogate",
     "adv_mean",
     "weight_mean",
+    *MISMATCH_METRICS,
 )
 
 

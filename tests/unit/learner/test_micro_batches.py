@@ -15,7 +15,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from support.phase_harness import PHASE_CASES, build_policy, multi_rank_grads, step_grads, tiny_model_dir
+from support.phase_harness import (
+    MISMATCH_METRICS,
+    PHASE_CASES,
+    build_policy,
+    multi_rank_grads,
+    step_grads,
+    tiny_model_dir,
+)
 from polyray.learner.batch import micro_batches
 from polyray.models.batching import chunk_positions, pack_sequences, token_logprobs
 
@@ -45,7 +52,8 @@ def _assert_same_step(reference, other, label: str, atol: float = 1e-10) -> None
     assert any(g.abs().max() > 0 for g in grads_ref.values()), f"{label}: the test needs non-zero gradients"
     for name, g in grads_ref.items():
         torch.testing.assert_close(grads[name], g, rtol=0, atol=atol, msg=f"{label} {name}")
-    for key in ("loss", "nll", "kl", "clip_frac", "ratio_mean", "diversity_surrogate", "adv_mean", "weight_mean"):
+    for key in ("loss", "nll", "kl", "clip_frac", "ratio_mean", "diversity_surrogate", "adv_mean", "weight_mean",
+                *MISMATCH_METRICS):  # fmt: skip
         if key in metrics_ref:
             assert metrics[key] == pytest.approx(metrics_ref[key], rel=1e-9, abs=1e-12), f"{label} {key}"
 

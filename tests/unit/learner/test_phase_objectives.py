@@ -36,11 +36,15 @@ def _grads(model) -> dict[str, torch.Tensor]:
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
 
 
-def _whole_batch_objective(name: str, cfg, phase, batch, model, pad_id: int, rehearsal=None) -> torch.Tensor:
+def _whole_batch_objective(
+    name: str, cfg, phase, batch, model, pad_id: int, rehearsal=None, cap_scale: float = 1.0
+) -> torch.Tensor:
     """The objective on the step's whole batch in one forward (no micro-batches, no logits chunks);
-    ``rehearsal``: the step's buffer batch a rehearsing GRPO step drew."""
+    ``rehearsal``: the step's buffer batch a rehearsing GRPO step drew; ``cap_scale``: the off-policy
+    cap C taken times this (a deliberate error the check must catch)."""
     from polyray.models.batching import token_logprobs
     from polyray.objectives.grpo import compute_grpo_loss
+    from polyray.objectives.off_policy import compute_is_weights
     from polyray.objectives.polychromic import compute_polychromic_sft_loss
     from polyray.objectives.sft import compute_sft_loss
 
@@ -69,10 +73,15 @@ def _whole_batch_objective(name: str, cfg, phase, batch, model, pad_id: int, reh
     if cfg.kl_beta:  # the case's reference: the adapter-disabled base
         with torch.no_grad(), model.disable_adapter():
             ref_logp = token_logprobs(model, packed, temperature, chunk_mib=0)[0]
-    old = batch.target_logprobs(logp.shape[1], logp.dtype)
+    engine = batch.target_logprobs(logp.shape[1], logp.dtype)
+    off = cfg.off_policy  # fresh samples: the learner's pi_old is this very forward's, detached
+    old = logp.detach() if off.old_logprobs == "learner" else engine
+    weights = None
+    if off.correction != "none":
+        weights = compute_is_weights(logp.detach(), engine, mask, off.correction, off.cap * cap_scale)
     loss = compute_grpo_loss(logp, old, ref_logp, batch.advantages.to(logp.dtype), mask, clip_eps_low=cfg.clip_eps_low,
                              clip_eps_high=cfg.clip_eps_high, kl_beta=cfg.kl_beta, aggregation=cfg.aggregation,
-                             max_len=cfg.sampling.max_tokens)[0]  # fmt: skip
+                             max_len=cfg.sampling.max_tokens, is_weights=weights)[0]  # fmt: skip
     if cfg.rehearsal is not None:
         assert len(rehearsal), "the case needs a non-empty rehearsal batch"
         loss = (
@@ -112,3 +121,7 @@ def test_the_loss_a_phase_trains_on_is_its_objective_on_the_batch(model_dir, nam
     assert set(stepped) == set(expected) and any(g.abs().max() > 0 for g in expected.values())
     for param, g in expected.items():
         torch.testing.assert_close(stepped[param], g, rtol=1e-4, atol=1e-7, msg=param)
+    if cfg.type == "grpo" and cfg.off_policy.correction != "none":  # the check tells the cap apart
+        model.zero_grad(set_to_none=True)
+        wrong = _whole_batch_objective(name, cfg, phase, batch, model, tokenizer.pad_token_id, cap_scale=1.1)
+        assert trained != pytest.approx(float(wrong.detach()), rel=1e-5, abs=1e-7)
