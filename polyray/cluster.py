@@ -371,7 +371,8 @@ def cluster_gpus(timeout_s: float, required: bool = True) -> dict[str, GpuInfo]:
 
 def check_gpus(run: RunConfig, gpus: dict[str, GpuInfo]) -> None:
     """Refuse, in one line, GPUs the run cannot use: a node whose driver is older than the CUDA this install
-    was built for, and bfloat16 (``model.dtype``) on a GPU below compute capability 8.0 (T4, V100)."""
+    was built for, and bfloat16 (``model.dtype`` on GPU learners, the engines' ``rollout.dtype`` on GPU rollout
+    workers) on a GPU below compute capability 8.0 (T4, V100)."""
     for node, gpu in sorted(gpus.items()):
         if gpu.built_cuda and gpu.driver_cuda is not None and not driver_runs(gpu.driver_cuda, gpu.built_cuda):
             have = f"{gpu.driver_cuda // 1000}.{gpu.driver_cuda % 1000 // 10}"
@@ -380,13 +381,17 @@ def check_gpus(run: RunConfig, gpus: dict[str, GpuInfo]) -> None:
                 f" vLLM are built for CUDA {gpu.built_cuda}: update the node's driver (CUDA 13 needs 580 or"
                 " later), or install wheels built for the CUDA its driver runs (docs/cluster.md)"
             )
-    if run.model.dtype != "bfloat16":
+    if run.learner.use_gpu and run.model.dtype == "bfloat16":
+        field = "model.dtype"
+    elif run.rollout.gpus_per_worker and run.engine_dtype == "bfloat16":
+        field = "rollout.dtype" if run.rollout.dtype == "bfloat16" else "model.dtype"
+    else:
         return
     for node, gpu in sorted(gpus.items()):
         if gpu.capability is not None and gpu.capability < (8, 0):
             raise ConfigError(
-                f"model.dtype: bfloat16 needs a GPU of compute capability 8.0 or later (Ampere); node {node[:12]}'s"
-                f" {gpu.name} is {gpu.capability[0]}.{gpu.capability[1]}: set model.dtype to float32, or run on"
+                f"{field}: bfloat16 needs a GPU of compute capability 8.0 or later (Ampere); node {node[:12]}'s"
+                f" {gpu.name} is {gpu.capability[0]}.{gpu.capability[1]}: set {field} to float32, or run on"
                 " newer GPUs"
             )
 

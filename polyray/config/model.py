@@ -49,7 +49,9 @@ class ModelConfig(StrictModel):
     tiny: TinyModelConfig = Field(
         default_factory=TinyModelConfig, description="Build settings when source is 'embedded'."
     )
-    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Weights dtype for learner and rollouts.")
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="Weights dtype of the learner, and of the engines unless rollout.dtype says otherwise."
+    )
     prompt_format: Literal["auto", "plain"] = Field(
         "auto",
         description="auto: prompts go through the tokenizer's chat template when it has one (instruct models);"

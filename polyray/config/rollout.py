@@ -57,7 +57,17 @@ class RolloutConfig(StrictModel):
         description="GPUs one worker's vLLM engine shards the model over (a model too large for one GPU);"
         " gpus_per_worker must equal it, so Ray places the worker on a node with that many free GPUs.",
     )
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="The engines' weights dtype (auto: model.dtype). E.g. bfloat16 engines beside a float32 learner:"
+        " faster sampling, and log-probs that differ from the learner's (GRPO's phases[].off_policy).",
+    )
     max_lora_rank: MaxLoraRank = Field(16, description="Largest LoRA rank vLLM reserves for (one of vLLM's sizes).")
+
+    def engine_dtype(self, model_dtype: str) -> str:
+        """The engines' weights dtype beside a model of ``model_dtype``: ``dtype``, or ``model_dtype`` for auto."""
+        return model_dtype if self.dtype == "auto" else self.dtype
+
     max_loras: int = Field(2, ge=1, description="Adapters resident at once in vLLM.")
     max_model_len: int = Field(128, ge=16, description="Prompt + completion token budget.")
     max_num_seqs: int = Field(128, ge=1, description="Sequences vLLM schedules at once.")

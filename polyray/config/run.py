@@ -58,6 +58,11 @@ class RunConfig(StrictModel):
         return self.learner.num_workers if workers is None else workers
 
     @property
+    def engine_dtype(self) -> str:
+        """The rollout and evaluation engines' weights dtype: ``rollout.dtype``, or ``model.dtype`` for auto."""
+        return self.rollout.engine_dtype(self.model.dtype)
+
+    @property
     def most_learner_workers(self) -> int:
         """The most learner ranks any phase runs at once (phases run one after another); no phase: the default."""
         return max([self.phase_workers(i) for i in range(len(self.phases))], default=self.learner.num_workers)

@@ -400,9 +400,9 @@ def launch_pool(state: RunState, store) -> float:
         state.pool = RolloutPool.launch(
             state.model_ref,
             run.rollout,
-            run.model.dtype,
-            run.seed,
-            store,
+            dtype=run.engine_dtype,
+            run_seed=run.seed,
+            store=store,
             run=run.name,
             resources=run.cluster.worker_resources,
             wait=False,

@@ -24,8 +24,9 @@ from polyray.config import RunConfig
 
 
 # rollout fields a shared pool need not match: each request's seed, the store's own setting, the switch itself, and
-# a memory figure a run checks (and fills in from the cluster, which a key made before the cluster would not see)
-NOT_KEYED = {"seed", "share_across_trials", "store_keep", "gpu_memory_gib"}
+# a memory figure a run checks (and fills in from the cluster, which a key made before the cluster would not see),
+# and dtype, keyed as the dtype the engines resolve it to (auto: model.dtype)
+NOT_KEYED = {"seed", "share_across_trials", "store_keep", "gpu_memory_gib", "dtype"}
 
 
 def pool_key(run: RunConfig, model_ref) -> str:
@@ -33,7 +34,7 @@ def pool_key(run: RunConfig, model_ref) -> str:
     seed (each request brings its own), the workers' resources."""
     rollout = run.rollout.model_dump(mode="json", exclude=NOT_KEYED)
     return json.dumps(
-        [str(model_ref), run.model.dtype, rollout, run.cluster.worker_resources], sort_keys=True, default=str
+        [str(model_ref), run.engine_dtype, rollout, run.cluster.worker_resources], sort_keys=True, default=str
     )
 
 
@@ -85,7 +86,7 @@ def start_warm(configs: list[RunConfig], concurrent: int) -> WarmComponents | No
     pool = None
     if len(keys) == 1 and all(run.rollout.share_across_trials for run in configs):
         pool = RolloutPool.launch(
-            model_ref, first.rollout, first.model.dtype, first.seed, store_name,
+            model_ref, first.rollout, dtype=first.engine_dtype, run_seed=first.seed, store=store_name,
             run=first.name, resources=first.cluster.worker_resources, wait=False,
             resource_wait_s=first.cluster.resource_wait_s,
         )  # fmt: skip

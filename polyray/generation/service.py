@@ -21,7 +21,7 @@ def run_generation_args(run: RunConfig, run_dir: Path, model_dir, named: bool) -
     args: dict[str, Any] = {
         "model_dir": str(model_dir),
         "run": run.name,
-        "dtype": run.model.dtype,
+        "dtype": run.engine_dtype,  # served as the run's engines sampled and were evaluated
         "max_model_len": run.rollout.max_model_len,
         "max_lora_rank": run.rollout.max_lora_rank,
         "kv_cache_gib": run.rollout.kv_cache_gib,

@@ -277,7 +277,8 @@ def _sync_canary(run: RunConfig, phase_cfg, pool, task, tokenizer, rank: int):
         run.learner.sync_check_every,
         encode_references([probe], tokenizer)[0],
         tokenizer.pad_token_id,
-        run.model.dtype,
+        # the gap the kernels leave is the coarser side's: a bfloat16 engine beside a float32 learner too
+        "bfloat16" if "bfloat16" in (run.model.dtype, run.engine_dtype) else "float32",
         sampling.temperature if sampling else 1.0,
     )
 

@@ -530,7 +530,7 @@ def check_run(run: RunConfig, model_config: dict[str, Any], lengths: SequenceLen
     except ValueError as exc:
         raise ConfigError(f"model.source: {exc}") from None
     learner = run_learner_memory(run, shape, lengths) if run.phases else None  # none: evaluation only
-    rollout = rollout_memory(shape, run.rollout, run.model.dtype)
+    rollout = rollout_memory(shape, run.rollout, run.engine_dtype)
     if learner is not None:
         check_learner(learner, run)
     check_rollout(rollout, run)

@@ -54,7 +54,9 @@ def bench_polychromic(
     results = {}
     with tempfile.TemporaryDirectory(prefix="polyray-bench-") as tmp:
         out = Path(tmp)
-        pool = RolloutPool.launch(str(model_dir), sft.rollout, sft.model.dtype, store=open_store(out / "adapter_store"))
+        pool = RolloutPool.launch(
+            str(model_dir), sft.rollout, sft.engine_dtype, store=open_store(out / "adapter_store")
+        )
         logs = StepLogs.on_driver_node(out)  # one step-log actor for every fit
 
         def fit(run, name: str, label: str, version: int, what: str | None = None) -> int:

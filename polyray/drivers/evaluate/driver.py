@@ -96,7 +96,7 @@ def generate_all(
         pool = RolloutPool.launch(
             share_model(storage, model_dir),
             cfg.rollout.model_copy(update={"logprobs_mode": "raw_logprobs"}),
-            cfg.model.dtype,
+            cfg.rollout.engine_dtype(cfg.model.dtype),
             cfg.seed,
             run=cfg.name,
             resources=cfg.cluster.worker_resources,

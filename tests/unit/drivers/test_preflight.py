@@ -301,7 +301,12 @@ def test_gpus_the_run_cannot_use_are_refused_in_one_line():
     with pytest.raises(ConfigError, match=r"^model.dtype: bfloat16 needs a GPU of compute capability 8.0") as err:
         check_gpus(bf16, t4)
     assert "node-t4's Tesla T4 is 7.5: set model.dtype to float32" in str(err.value)
-    check_gpus(bf16.model_copy(update={"model": bf16.model.model_copy(update={"dtype": "float32"})}), t4)
+    fp32 = bf16.model_copy(update={"model": bf16.model.model_copy(update={"dtype": "float32"})})
+    check_gpus(fp32, t4)
+    # float32 learners beside bfloat16 engines on GPUs: the engines' setting is named
+    bf16_engines = fp32.model_copy(update={"rollout": fp32.rollout.model_copy(update={"dtype": "bfloat16"})})
+    with pytest.raises(ConfigError, match=r"^rollout.dtype: bfloat16 needs .* set rollout.dtype to float32"):
+        check_gpus(bf16_engines, t4)
     check_gpus(bf16, {"node-a100": GpuInfo("NVIDIA A100", 79.2, (8, 0), 13000, "13.0")})
 
 
