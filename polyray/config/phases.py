@@ -191,7 +191,7 @@ class RehearsalConfig(SelfSamplesConfig):
 
 class OffPolicyConfig(StrictModel):
     """Where GRPO's old policy comes from, and the importance correction for the rollout engine's
-    disagreement with the learner on the sampled tokens (docs/training.md, "Engine mismatch")."""
+    disagreement with the learner on the sampled tokens (docs/training.md, "GRPO's engine mismatch")."""
 
     old_logprobs: Literal["engine", "learner"] = Field(
         "engine",
@@ -206,11 +206,13 @@ class OffPolicyConfig(StrictModel):
         " old_logprobs learner.",
     )
     cap: float = Field(2.0, gt=1, description="C: the truncation of tis and seq_tis, the band [1/C, C] of mis.")
-    measure: bool = Field(
-        True,
-        description="Log the engine's disagreement with the learner every step (mismatch_* in metrics.jsonl and the"
-        " dashboard). Free on fresh samples; on samples drawn ahead with old_logprobs engine it takes the forward"
-        " under the sampling version's weights that old_logprobs learner takes anyway. False: fresh samples only.",
+    measure_every: int = Field(
+        10,
+        ge=0,
+        description="Log the engine's disagreement with the learner (mismatch_* in metrics.jsonl and the dashboard):"
+        " on every step whose samples are fresh (free: the step's own forward), and on samples drawn ahead every"
+        " N-th step, which takes one no-grad forward under the weights they were drawn with (every step with"
+        " old_logprobs learner, which takes it anyway). 0: fresh samples only.",
     )
 
     @model_validator(mode="after")

@@ -23,6 +23,7 @@ GAUGES = {
         "k3 KL of the rollout engine's log-probs from the learner's (same version) on the sampled tokens.",
     ),
     "polyray_engine_mismatch_abs": ("mismatch_abs", "Mean |log-prob gap| of rollout engine and learner per token."),
+    "polyray_engine_mismatch_seq_max": ("mismatch_seq_max", "The step's largest per-sequence k3 engine mismatch."),
     "polyray_engine_mismatch_out_frac": (
         "mismatch_out_frac",
         "Share of sampled tokens whose engine/learner ratio is outside [1/cap, cap] (what mis drops).",

@@ -11,13 +11,24 @@ from rich.table import Table
 
 from polyray.drivers.bench.common import _step_stats, console
 
-GRPO_MODES = ("sync", "async", "async_waits", "async_unpacked", "async_rollout_reference")
+GRPO_MODES = (
+    "sync",
+    "async",
+    "async_waits",
+    "async_unpacked",
+    "async_rollout_reference",
+    "async_unmeasured",
+    "async_learner_tis",
+)
 # ratio -> (numerator mode, denominator mode), of the modes' median step times
 GRPO_RATIOS = {
     "ratio": ("async", "sync"),
     "publish_behind_vs_waits": ("async", "async_waits"),
     "packed_vs_unpacked": ("async", "async_unpacked"),
     "rollout_reference_vs_learner": ("async_rollout_reference", "async"),
+    # the forward under the sampling version's weights, for the mismatch measures / pi_old and tis
+    "measured_vs_unmeasured": ("async", "async_unmeasured"),
+    "learner_tis_vs_unmeasured": ("async_learner_tis", "async_unmeasured"),
 }
 
 
@@ -58,7 +69,7 @@ def bench_grpo(
     with tempfile.TemporaryDirectory(prefix="polyray-bench-grpo-") as tmp:
         out = Path(tmp)
         pool = RolloutPool.launch(
-            str(model_dir), sync.rollout, sync.model.dtype, store=open_store(out / "adapter_store")
+            str(model_dir), sync.rollout, sync.engine_dtype, store=open_store(out / "adapter_store")
         )
         logs = StepLogs.on_driver_node(out)  # one step-log actor for every fit, as `polyray run` holds one
         try:
@@ -88,6 +99,12 @@ def grpo_variants(index: int, kl: bool, modes: list[str] | None = None) -> dict[
         "async_waits": [*ahead, "learner.publish_behind_step=false"],  # each publish waits for the loads
         "async_unpacked": [*ahead, "learner.pack_samples=false"],  # one sample a row in the update
         "async_rollout_reference": [*ahead, f"phases.{index}.kl_reference_logprobs=rollouts"],
+        "async_unmeasured": [*ahead, f"phases.{index}.off_policy.measure_every=0"],  # no engine-mismatch forward
+        "async_learner_tis": [
+            *ahead,
+            f"phases.{index}.off_policy.old_logprobs=learner",
+            f"phases.{index}.off_policy.correction=tis",
+        ],
     }
     unknown = [m for m in modes or [] if m not in variants]
     if unknown:
@@ -141,6 +158,8 @@ def print_grpo(results: dict[str, Any]) -> None:
         "async_waits": "one ahead, each publish waits for its loads",
         "async_unpacked": "one ahead, one sample a row in the update (learner.pack_samples false)",
         "async_rollout_reference": "one ahead, KL reference scored by the rollout worker",
+        "async_unmeasured": "one ahead, engine mismatch not measured (off_policy.measure_every 0)",
+        "async_learner_tis": "one ahead, learner pi_old and tis (off_policy)",
     }
     for name, label in labels.items():
         if name not in results:  # (a run before the third mode)
@@ -163,6 +182,16 @@ def print_grpo(results: dict[str, Any]) -> None:
         console.print(
             f"one step ahead, KL reference scored by the rollout worker / by the learner:"
             f" {results['rollout_reference_vs_learner']:.2f}"
+        )
+    if "measured_vs_unmeasured" in results:
+        console.print(
+            f"one step ahead, engine mismatch measured every off_policy.measure_every steps / not:"
+            f" {results['measured_vs_unmeasured']:.2f}"
+        )
+    if "learner_tis_vs_unmeasured" in results:
+        console.print(
+            f"one step ahead, learner pi_old and tis / engine pi_old, not measured:"
+            f" {results['learner_tis_vs_unmeasured']:.2f}"
         )
     if "async_vs_floor" in results:
         f = results["floor"]

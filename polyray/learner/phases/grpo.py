@@ -128,24 +128,26 @@ class GRPOPhase(SamplingPhase):
         temperature = cfg.sampling.temperature
         off = cfg.off_policy
         self._keep_weights(version)
+        # pi_learner,old of samples drawn before the last update: for pi_old, or on the steps that measure
+        score_older = off.old_logprobs == "learner" or bool(off.measure_every and step % off.measure_every == 0)
         seq_max = [0.0]
 
         def loss_of(part: TrainBatch):
             if share:  # log-probs with column j = completion token j
                 packed = part.pack_groups(ctx.tokenizer.pad_token_id, ctx.device)
-                older = self._older_logprobs(part, packed, version)  # before the gradient forward: weights swap
+                older = self._older_logprobs(part, packed, version) if score_older else {}  # weights swap: first
                 logp, mask = ctx.logprobs(ctx.model, packed, temperature)
                 engine_logp = part.completion_logprobs(logp.shape[1], logp.dtype).to(ctx.device)
             else:  # aligned with the whole sequence's next-token targets
                 packed = part.pack(ctx.tokenizer.pad_token_id, ctx.device)
-                older = self._older_logprobs(part, packed, version)
+                older = self._older_logprobs(part, packed, version) if score_older else {}
                 logp, mask = ctx.logprobs(ctx.model, packed, temperature)
                 engine_logp = part.target_logprobs(logp.shape[1], logp.dtype).to(ctx.device)
             learner_old = self._learner_old(part, logp, older, version)
             old_logp = learner_old if off.old_logprobs == "learner" else engine_logp
             is_weights = None
             if off.correction != "none":
-                is_weights = compute_is_weights(learner_old, engine_logp, mask, off.correction, off.cap)
+                is_weights = compute_is_weights(learner_old, engine_logp, mask, correction=off.correction, cap=off.cap)
             ref_logp = None
             if cfg.kl_beta:  # as the rollout workers scored them, else a forward here
                 ref_logp = part.reference_columns(logp.shape[1], logp.dtype, targets=not share)
@@ -196,16 +198,11 @@ class GRPOPhase(SamplingPhase):
         metrics.update(info)
         return metrics
 
-    @property
-    def _needs_learner_old(self) -> bool:
-        """Whether a step needs pi_learner,old of samples drawn before the last update."""
-        off = self.cfg.off_policy
-        return off.old_logprobs == "learner" or off.measure
-
     def _keep_weights(self, version: int) -> None:
         """With rollouts drawn ahead and the learner's pi_old: keep the LoRA weights of ``version`` (the
         learner's at this step's start) while a later step's samples may still have been drawn with them."""
-        if not (self.cfg.async_rollouts and self._needs_learner_old):
+        off = self.cfg.off_policy
+        if not (self.cfg.async_rollouts and (off.old_logprobs == "learner" or off.measure_every)):
             return
         peft = self.ctx.peft_model
         self._weights_at[version] = {n: p.detach().clone() for n, p in peft.named_parameters() if p.requires_grad}
@@ -214,8 +211,8 @@ class GRPOPhase(SamplingPhase):
 
     def _older_logprobs(self, part: TrainBatch, packed, version: int) -> dict[int, torch.Tensor]:
         """Each older version's log-probs of the part's tokens (no grad), for the samples drawn before the
-        learner's last update; empty when all are fresh, or when pi_old is the engine's."""
-        if not self._needs_learner_old or part.versions is None:
+        learner's last update; empty when all are fresh."""
+        if part.versions is None:
             return {}
         out = {}
         for v in sorted(set(part.versions) - {version}):

@@ -351,12 +351,14 @@ def test_a_missing_config_is_one_line_for_every_part(part, tmp_path):
 def test_grpo_ratios_are_those_whose_modes_ran():
     from polyray.drivers.bench.grpo import GRPO_MODES, grpo_ratios
 
-    step = dict(zip(GRPO_MODES, (1.0, 0.6, 0.8, 0.75, 0.66)))
+    step = dict(zip(GRPO_MODES, (1.0, 0.6, 0.8, 0.75, 0.66, 0.5, 0.55), strict=True))
     modes = {name: {"step_s": s, "rollout_s": 0.3} for name, s in step.items()}
     every = grpo_ratios(modes)
     assert every["ratio"] == pytest.approx(0.6) and every["publish_behind_vs_waits"] == pytest.approx(0.75)
     assert every["packed_vs_unpacked"] == pytest.approx(0.8)
     assert every["rollout_reference_vs_learner"] == pytest.approx(1.1)
+    assert every["measured_vs_unmeasured"] == pytest.approx(1.2)
+    assert every["learner_tis_vs_unmeasured"] == pytest.approx(1.1)
     assert every["floor"]["floor_s"] == pytest.approx(0.7) and every["async_vs_floor"] == pytest.approx(0.6 / 0.7)
     two = grpo_ratios({m: modes[m] for m in ("sync", "async")})  # the two modes of the table's goals
     assert set(two) == {"ratio", "floor", "async_vs_floor"} and two["ratio"] == every["ratio"]

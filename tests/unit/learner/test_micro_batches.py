@@ -52,6 +52,8 @@ def _assert_same_step(reference, other, label: str, atol: float = 1e-10) -> None
     assert any(g.abs().max() > 0 for g in grads_ref.values()), f"{label}: the test needs non-zero gradients"
     for name, g in grads_ref.items():
         torch.testing.assert_close(grads[name], g, rtol=0, atol=atol, msg=f"{label} {name}")
+    if "kl" in metrics_ref:  # a GRPO step: its mismatch measures are compared, not skipped
+        assert set(MISMATCH_METRICS) <= set(metrics_ref), label
     for key in ("loss", "nll", "kl", "clip_frac", "ratio_mean", "diversity_surrogate", "adv_mean", "weight_mean",
                 *MISMATCH_METRICS):  # fmt: skip
         if key in metrics_ref:

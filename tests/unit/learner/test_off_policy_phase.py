@@ -49,11 +49,17 @@ def _update(model, scale: float = 0.05) -> None:
                 p.add_(torch.randn(p.shape, generator=gen) * scale)
 
 
-def test_samples_drawn_ahead_get_pi_old_from_the_weights_they_were_drawn_with(model_dir):
+@pytest.mark.parametrize(
+    "layout",
+    [{}, {"micro_batch_tokens": 24}, {"share_prompts": True}, {"share_prompts": True, "micro_batch_tokens": 24}],
+    ids=["whole", "micro_batches", "shared_prompts", "shared_prompts_micro_batches"],
+)
+def test_samples_drawn_ahead_get_pi_old_from_the_weights_they_were_drawn_with(model_dir, layout):
     model, tokenizer = build_policy(model_dir)
     pad = tokenizer.pad_token_id
-    phase = make_phase(_ahead({"old_logprobs": "learner", "correction": "tis"}), model, tokenizer, 0, 1,
-                       FixedPool(tokenizer, logprob=ENGINE_LOGPROB))  # fmt: skip
+    cfg = _ahead({"old_logprobs": "learner", "correction": "tis"})
+    pool = FixedPool(tokenizer, logprob=ENGINE_LOGPROB)
+    phase = make_phase(cfg, model, tokenizer, rank=0, world=1, pool=pool, **layout)
     seen = _capture(phase)
     first = phase.step(0, 1)  # its samples: version 1, the learner's own
     assert first["ratio_mean"] == pytest.approx(1.0, abs=1e-12)
@@ -82,11 +88,10 @@ def test_samples_drawn_ahead_get_pi_old_from_the_weights_they_were_drawn_with(mo
 
 def test_pi_old_from_the_engine_still_measures_samples_drawn_ahead(model_dir):
     model, tokenizer = build_policy(model_dir)
-    phase = make_phase(_ahead({"old_logprobs": "engine"}), model, tokenizer, 0, 1,
-                       FixedPool(tokenizer, logprob=ENGINE_LOGPROB))  # fmt: skip
+    cfg = _ahead({"old_logprobs": "engine", "measure_every": 1})
+    phase = make_phase(cfg, model, tokenizer, rank=0, world=1, pool=FixedPool(tokenizer, logprob=ENGINE_LOGPROB))
     seen = _capture(phase)
-    fresh = phase.step(0, 1)
-    assert fresh["mismatch_k3"] > 0 and fresh["is_weight_mean"] == 1.0
+    assert phase.step(0, 1)["mismatch_k3"] > 0
     drawn_with = copy.deepcopy(model)
     _update(model)
     metrics = phase.step(1, 2)
@@ -101,23 +106,43 @@ def test_pi_old_from_the_engine_still_measures_samples_drawn_ahead(model_dir):
     assert metrics["ratio_mean"] == pytest.approx(float(ratio), rel=1e-6)
 
 
-def test_measuring_off_takes_no_forward_under_old_weights(model_dir):
+@pytest.mark.parametrize("every", [0, 2])
+def test_drawn_ahead_samples_are_measured_every_nth_step(model_dir, every):
     model, tokenizer = build_policy(model_dir)
-    cfg = _ahead({"old_logprobs": "engine", "measure": False})
-    phase = make_phase(cfg, model, tokenizer, 0, 1, FixedPool(tokenizer, logprob=ENGINE_LOGPROB))
-    phase.step(0, 1)
-    _update(model)
-    assert "mismatch_k3" not in phase.step(1, 2)
-    assert phase._weights_at == {}
+    cfg = _ahead({"old_logprobs": "engine", "measure_every": every}).model_copy(update={"steps": 4})
+    phase = make_phase(cfg, model, tokenizer, rank=0, world=1, pool=FixedPool(tokenizer, logprob=ENGINE_LOGPROB))
+    measured = []
+    for step in range(4):
+        measured.append("mismatch_k3" in phase.step(step, step + 1))
+        _update(model)
+    assert measured == ([True, False, False, False] if every == 0 else [True, False, True, False])
+    assert (phase._weights_at == {}) == (every == 0)  # no weights kept when no step scores under them
 
 
 def test_weights_no_longer_held_are_a_clear_error(model_dir):
     model, tokenizer = build_policy(model_dir)
-    phase = make_phase(_ahead({"old_logprobs": "learner"}), model, tokenizer, 0, 1, FixedPool(tokenizer))
+    cfg = _ahead({"old_logprobs": "learner"})
+    phase = make_phase(cfg, model, tokenizer, rank=0, world=1, pool=FixedPool(tokenizer))
     phase.step(0, 1)
-    phase._weights_at.clear()  # as after a resume: the learner starts holding weights from its own version
+    phase._weights_at.clear()  # a broken bookkeeping: the samples' weights are gone
     with pytest.raises(RuntimeError, match="adapter version 1 reached the learner at version 2"):
         phase.step(1, 2)
+
+
+def test_rows_of_each_version_take_that_versions_log_probs(model_dir):
+    """A part mixing fresh samples and samples of two older versions: each row from its own version."""
+    from polyray.learner.batch import TrainBatch
+
+    model, tokenizer = build_policy(model_dir)
+    cfg = _ahead({"old_logprobs": "learner"}).model_copy(update={"max_lag": 2})
+    phase = make_phase(cfg, model, tokenizer, rank=0, world=1, pool=FixedPool(tokenizer))
+    part = TrainBatch([[1], [2], [3]], [[4, 5], [6], [7, 8]], [[0.0, 0.0], [0.0], [0.0, 0.0]], torch.zeros(3), None,
+                      versions=[5, 3, 4])  # fmt: skip
+    logp = torch.full((3, 2), -1.0)
+    older = {3: torch.full((3, 2), -3.0), 4: torch.full((3, 2), -4.0)}
+    got = phase._learner_old(part, logp, older, version=5)
+    assert got[:, 0].tolist() == [-1.0, -3.0, -4.0]
+    assert phase._learner_old(part, logp, {}, version=5) is None  # older rows and nothing to score them with
 
 
 def test_a_correction_needs_the_learners_old_log_probs():

@@ -37,7 +37,7 @@ def _grads(model) -> dict[str, torch.Tensor]:
 
 
 def _whole_batch_objective(
-    name: str, cfg, phase, batch, model, pad_id: int, rehearsal=None, cap_scale: float = 1.0
+    cfg, phase, batch, *, model, pad_id: int, rehearsal=None, cap_scale: float = 1.0
 ) -> torch.Tensor:
     """The objective on the step's whole batch in one forward (no micro-batches, no logits chunks);
     ``rehearsal``: the step's buffer batch a rehearsing GRPO step drew; ``cap_scale``: the off-policy
@@ -78,7 +78,7 @@ def _whole_batch_objective(
     old = logp.detach() if off.old_logprobs == "learner" else engine
     weights = None
     if off.correction != "none":
-        weights = compute_is_weights(logp.detach(), engine, mask, off.correction, off.cap * cap_scale)
+        weights = compute_is_weights(logp.detach(), engine, mask, correction=off.correction, cap=off.cap * cap_scale)
     loss = compute_grpo_loss(logp, old, ref_logp, batch.advantages.to(logp.dtype), mask, clip_eps_low=cfg.clip_eps_low,
                              clip_eps_high=cfg.clip_eps_high, kl_beta=cfg.kl_beta, aggregation=cfg.aggregation,
                              max_len=cfg.sampling.max_tokens, is_weights=weights)[0]  # fmt: skip
@@ -114,7 +114,9 @@ def test_the_loss_a_phase_trains_on_is_its_objective_on_the_batch(model_dir, nam
     model.zero_grad(set_to_none=True)
     batch = seen["batch"][0] if "batch" in seen else None
     rehearsal = seen["batch"][2] if "batch" in seen and len(seen["batch"]) > 2 else None
-    objective = _whole_batch_objective(name, cfg, phase, batch, model, tokenizer.pad_token_id, rehearsal)
+    objective = _whole_batch_objective(
+        cfg, phase, batch, model=model, pad_id=tokenizer.pad_token_id, rehearsal=rehearsal
+    )
     objective.backward()
     assert trained == pytest.approx(float(objective.detach()), rel=1e-5, abs=1e-7)
     expected = _grads(model)
@@ -123,5 +125,5 @@ def test_the_loss_a_phase_trains_on_is_its_objective_on_the_batch(model_dir, nam
         torch.testing.assert_close(stepped[param], g, rtol=1e-4, atol=1e-7, msg=param)
     if cfg.type == "grpo" and cfg.off_policy.correction != "none":  # the check tells the cap apart
         model.zero_grad(set_to_none=True)
-        wrong = _whole_batch_objective(name, cfg, phase, batch, model, tokenizer.pad_token_id, cap_scale=1.1)
+        wrong = _whole_batch_objective(cfg, phase, batch, model=model, pad_id=tokenizer.pad_token_id, cap_scale=1.1)
         assert trained != pytest.approx(float(wrong.detach()), rel=1e-5, abs=1e-7)
