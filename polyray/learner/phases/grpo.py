@@ -199,8 +199,8 @@ class GRPOPhase(SamplingPhase):
         return metrics
 
     def _keep_weights(self, version: int) -> None:
-        """With rollouts drawn ahead and the learner's pi_old: keep the LoRA weights of ``version`` (the
-        learner's at this step's start) while a later step's samples may still have been drawn with them."""
+        """With rollouts drawn ahead, for the learner's pi_old or the mismatch measures: keep the LoRA weights of
+        ``version`` (the learner's at this step's start) while a later step's samples may have been drawn with them."""
         off = self.cfg.off_policy
         if not (self.cfg.async_rollouts and (off.old_logprobs == "learner" or off.measure_every)):
             return
@@ -227,8 +227,8 @@ class GRPOPhase(SamplingPhase):
 
     def _learner_old(self, part: TrainBatch, logp: torch.Tensor, older: dict[int, torch.Tensor], version: int):
         """(N, T) log pi_learner,old of the part's tokens at the version each was sampled with: the step's own
-        forward (detached) for fresh samples, ``older``'s for the rest; None when that takes a forward the
-        configuration does not ask for (drawn ahead, pi_old from the engine)."""
+        forward (detached) for fresh samples, ``older``'s for the rest; None when that takes a forward this step
+        does not take (drawn ahead, pi_old from the engine, a step that does not measure)."""
         fresh = part.versions is None or all(v == version for v in part.versions)
         if fresh:
             return logp.detach()
