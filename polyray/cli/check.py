@@ -135,7 +135,7 @@ def plan_lines(run, problems: list[str] | None = None, model_config: dict | None
     lines = [f"run {run.name} (seed {run.seed})", shown("model", _model, run.model), shown("data", _data, run.task)]
     lines.append(f"phases ({len(run.phases)}):")
     for i, phase in enumerate(run.phases):
-        lines.append(f"  {i} {phase.name} [{phase.type}]: {_phase(phase, run.phase_workers(i))}")
+        lines.append(f"  {i} {phase.name} [{phase.type}]: {phase.describe(run.phase_workers(i))}")
     if not run.phases:
         lines.append("  none: the base model is evaluated only")
     r, lr = run.rollout, run.learner
@@ -238,24 +238,3 @@ def _data(task) -> str:
     if not task.skip_bad_lines:
         return f"{path}: {sum(1 for _ in iter_jsonl_objects(path, JsonlDataError))} problems"
     return f"{path}: {sum(1 for _ in Path(path).open('rb') if _.strip())} lines"
-
-
-def _phase(phase, ranks: int) -> str:
-    parts: list[Any] = [f"{phase.steps} steps", f"lr {phase.lr:g}"]
-    if phase.learner_workers is not None:
-        parts.append(f"{ranks} learner rank{'s' if ranks > 1 else ''}")
-    if phase.type == "grpo":
-        parts.insert(
-            1,
-            f"{phase.prompts_per_step} prompts x {phase.group_size} samples per step"
-            f" = {phase.prompts_per_step * phase.group_size} sequences",
-        )
-    else:
-        parts.insert(1, f"batch {phase.batch_size} ({-(-phase.batch_size // ranks)} per learner rank)")
-        if phase.type == "expert_iteration":
-            parts.insert(2, f"buffer: {phase.buffer.samples_per_prompt} samples per training prompt, the correct kept")
-        if phase.type == "polychromic_sft":
-            parts.insert(
-                2, f"diversity term: {phase.prompts_per_step} prompts x {phase.n_samples} samples, lambda {phase.lam:g}"
-            )
-    return ", ".join(parts)

@@ -6,18 +6,20 @@
   rehearsal of the phase-start policy's correct samples (``rehearsal``, docs/algorithms.md §3);
 - ``expert_iteration``: SFT on the phase-start policy's own correct samples (docs/algorithms.md §3).
 
-The phases themselves are ``polyray.learner.phases.PHASES`` (``tests/unit/config/test_registries.py``
-keeps its keys equal to the ``type`` literals here). Every phase has its own learning-rate schedule
-(``lr``, ``lr_schedule``, ``warmup_steps``, ``min_lr_ratio``; a fresh AdamW per phase, so a phase's
-warm-up restarts from its own start). Each model checks its own fields, and
-:meth:`SFTPhaseConfig.check_run` / :meth:`GRPOPhaseConfig.check_run` whether it fits the run's
-learner and adapter store (``RunConfig`` calls them).
+A phase type is two classes: its config here, a :class:`PhaseSpec`, which answers what the run's checks,
+memory plan and ``polyray check`` ask of it (:meth:`~PhaseSpec.check_run`, :attr:`~PhaseSpec.trains_on_references`,
+:meth:`~PhaseSpec.rank_sequences`, :meth:`~PhaseSpec.kl_reference_kind`, :meth:`~PhaseSpec.summary`), so that
+no code outside the two branches on a phase's type; and its learner class
+(:class:`polyray.learner.phases.base.Phase`), registered under the same ``type``
+(``tests/unit/config/test_registries.py`` keeps the two sides equal). Every phase has its own
+learning-rate schedule (``lr``, ``lr_schedule``, ``warmup_steps``, ``min_lr_ratio``; a fresh AdamW per
+phase, so a phase's warm-up restarts from its own start).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal, Union
+from typing import Annotated, ClassVar, Literal, Union
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -89,7 +91,49 @@ def _check_lag(phase, store_keep: int) -> None:
         )
 
 
-class SFTPhaseConfig(StrictModel):
+KLReference = Literal["none", "base", "phase_start"]
+
+
+class PhaseSpec(StrictModel):
+    """What every phase type declares about itself for the code around the learner (preflight, the memory
+    plan, ``polyray check``); each phase config overrides what differs from these defaults."""
+
+    # whether the phase trains on the task's reference completions (preflight checks every train prompt has one)
+    trains_on_references: ClassVar[bool] = False
+
+    def check_run(self, learner_workers: int, store_keep: int) -> None:
+        """Raise ValueError (naming this phase's field, without ``phases.N.``) when the phase does not fit
+        its learner ranks (``learner_workers``, else the run's ``learner.num_workers``) or ``rollout.store_keep``."""
+
+    def rank_sequences(self, ranks: int, *, references: int, sampled: int) -> tuple[int, int]:
+        """(the most sequences one of ``ranks`` learner ranks trains on in a step, their longest length in
+        tokens) for the memory plan, given the longest prompt + reference (``references``) and the longest
+        prompt + sampled completion of this phase (``sampled``)."""
+        raise NotImplementedError(f"{type(self).__name__}.rank_sequences")
+
+    def kl_reference_kind(self) -> KLReference:
+        """The frozen policy a KL term holds the phase to: none, the adapter-disabled base, or the phase-start
+        adapter (a second LoRA adapter on the learner when the phase starts from one)."""
+        return "none"
+
+    def summary(self, ranks: int) -> list[str]:
+        """The phase's clauses in ``polyray check``'s plan, after its steps (``ranks``: its learner ranks)."""
+        raise NotImplementedError(f"{type(self).__name__}.summary")
+
+    def describe(self, ranks: int) -> str:
+        """``polyray check``'s line for the phase: steps, the type's own clauses, LR, its learner ranks."""
+        parts = [f"{self.steps} steps", *self.summary(ranks), f"lr {self.lr:g}"]
+        if self.learner_workers is not None:
+            parts.append(f"{ranks} learner rank{'s' if ranks > 1 else ''}")
+        return ", ".join(parts)
+
+
+def _shard(n: int, ranks: int) -> int:
+    """The largest rank's share of ``n`` sequences."""
+    return -(-n // ranks)
+
+
+class SFTPhaseConfig(PhaseSpec):
     """Supervised fine-tuning: NLL of the canonical references."""
 
     type: Literal["sft"] = "sft"
@@ -103,12 +147,18 @@ class SFTPhaseConfig(StrictModel):
     checkpoint_every: int = Field(20, ge=1, description="Steps between checkpoints.")
     learner_workers: LearnerWorkers = None
 
+    trains_on_references: ClassVar[bool] = True
+
     _warmup_fits = field_validator("warmup_steps")(_warmup_ends_inside_the_phase)
     _floor_decays = field_validator("min_lr_ratio")(_floor_of_a_decay)
 
+    def rank_sequences(self, ranks: int, *, references: int, sampled: int) -> tuple[int, int]:
+        return _shard(self.batch_size, ranks), references
+
+    def summary(self, ranks: int) -> list[str]:
+        return [f"batch {self.batch_size} ({_shard(self.batch_size, ranks)} per learner rank)"]
+
     def check_run(self, learner_workers: int, store_keep: int) -> None:
-        """Raise ValueError (naming this phase's field, without ``phases.N.``) when the phase does not fit
-        its learner ranks (``learner_workers``, else the run's ``learner.num_workers``) or ``rollout.store_keep``."""
         if self.batch_size < learner_workers:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be >= {_ranks_named(self)} ({learner_workers}): every rank"
@@ -160,6 +210,15 @@ class PolychromicSFTPhaseConfig(SFTPhaseConfig):
             )
         _check_sampling_phase(self)
         return self
+
+    def rank_sequences(self, ranks: int, *, references: int, sampled: int) -> tuple[int, int]:
+        # whole sample groups per rank, beside its share of the references
+        shard = _shard(self.batch_size, ranks) + _shard(self.prompts_per_step, ranks) * self.n_samples
+        return shard, max(references, sampled)
+
+    def summary(self, ranks: int) -> list[str]:
+        diversity = f"diversity term: {self.prompts_per_step} prompts x {self.n_samples} samples, lambda {self.lam:g}"
+        return [*super().summary(ranks), diversity]
 
     def check_run(self, learner_workers: int, store_keep: int) -> None:
         super().check_run(learner_workers, store_keep)
@@ -225,7 +284,7 @@ class OffPolicyConfig(StrictModel):
         return self
 
 
-class GRPOPhaseConfig(StrictModel):
+class GRPOPhaseConfig(PhaseSpec):
     """GRPO on rollouts from the pool (docs/algorithms.md §2-3)."""
 
     type: Literal["grpo"] = "grpo"
@@ -301,6 +360,17 @@ class GRPOPhaseConfig(StrictModel):
             )
         return self
 
+    def rank_sequences(self, ranks: int, *, references: int, sampled: int) -> tuple[int, int]:
+        # rehearsal samples go in micro-batches of their own
+        return _shard(max(self.prompts_per_step * self.group_size, self.rehearsal_batch), ranks), sampled
+
+    def kl_reference_kind(self) -> KLReference:
+        return self.kl_reference if self.kl_beta > 0 else "none"
+
+    def summary(self, ranks: int) -> list[str]:
+        sequences = self.prompts_per_step * self.group_size
+        return [f"{self.prompts_per_step} prompts x {self.group_size} samples per step = {sequences} sequences"]
+
     def check_run(self, learner_workers: int, store_keep: int) -> None:
         _check_lag(self, store_keep)
 
@@ -321,6 +391,15 @@ class ExpertIterationPhaseConfig(SFTPhaseConfig):
     reward: PhaseRewardConfig | None = Field(
         None, description="This phase's reward, instead of the run's reward.name and reward.params."
     )
+
+    trains_on_references: ClassVar[bool] = False
+
+    def rank_sequences(self, ranks: int, *, references: int, sampled: int) -> tuple[int, int]:
+        return _shard(self.batch_size, ranks), sampled
+
+    def summary(self, ranks: int) -> list[str]:
+        buffer = f"buffer: {self.buffer.samples_per_prompt} samples per training prompt, the correct kept"
+        return [*super().summary(ranks), buffer]
 
 
 PhaseConfig = Annotated[

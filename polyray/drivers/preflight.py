@@ -27,7 +27,7 @@ def check_inputs(run: RunConfig) -> list:
     check_generation(run)
     task = build_task(run.task)
     _draw_splits(task, run)
-    if any(p.type in ("sft", "polychromic_sft") for p in run.phases):
+    if any(p.trains_on_references for p in run.phases):
         task.check_references()
     if run.init_adapter and not (Path(run.init_adapter) / "adapter_config.json").is_file():
         raise ConfigError(f"init_adapter: {run.init_adapter} is not a saved LoRA adapter (no adapter_config.json)")

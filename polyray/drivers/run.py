@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -66,6 +66,7 @@ def train_stage(
     index: int,
     model_dir,
     out: Path,
+    *,
     pool,
     version: int,
     adapter: str | None,
@@ -90,7 +91,17 @@ def train_stage(
                 tracker.log_progress()
 
         return run_phase(
-            run, index, model_dir, out, pool, version, adapter, on_progress=show, dynamics=probe, logs=logs, group=group
+            run,
+            index,
+            model_dir,
+            out,
+            pool=pool,
+            start_version=version,
+            init_adapter=adapter,
+            on_progress=show,
+            dynamics=probe,
+            logs=logs,
+            group=group,
         )
 
 
@@ -156,7 +167,7 @@ def run_pipeline(
     out = Path(output_dir or Path("runs") / run.name).resolve()
     engagement = check_inputs(run)
     results = open_run_dir(run, out, resume)
-    state = RunState(run, out, resume, results, open_tracker(run, out), on_stage, warm=warm, gpus=gpus)
+    state = RunState(run, out, resume, results, tracker=open_tracker(run, out), on_stage=on_stage, warm=warm, gpus=gpus)
     try:
         _run_stages(state, engagement, serve_generation)
     except BaseException:
@@ -179,6 +190,7 @@ class RunState:
     out: Path
     resume: bool
     results: RunResults  # results.json as written so far
+    _: KW_ONLY  # the rest by keyword
     tracker: RunTracker | None = None
     on_stage: Callable[[RunResults], None] | None = None  # called with the results after each evaluation
     timer: Timer = field(default_factory=Timer)
@@ -470,12 +482,12 @@ def fit(state: RunState, index: int, version: int, adapter: str | None) -> tuple
                 index,
                 state.model_ref,
                 state.out,
-                state.pool,
-                version,
-                adapter,
-                state.tracker,
-                state.logs,
-                state.learner,
+                pool=state.pool,
+                version=version,
+                adapter=adapter,
+                tracker=state.tracker,
+                logs=state.logs,
+                group=state.learner,
             )
         version, adapter = trained["version"], share_adapter(state.shared, Path(trained["adapter_dir"]), phase.name)
         results.stage_done(f"train_{phase.name}")
@@ -492,7 +504,7 @@ def evaluate(state: RunState, stage: str, version: int | None) -> None:
         return
     with state.timer(f"eval_{stage}"):
         results.evaluations[stage] = evaluate_stage(
-            stage, state.pool, state.task, state.eval_prompts, state.run, version, split
+            stage, state.pool, state.task, state.eval_prompts, run=state.run, version=version, split=split
         )
     results.stage_done(f"eval_{stage}")
     write_results(state.out, results)

@@ -170,7 +170,7 @@ class TrainBatch(Sequences):
                 raise ValueError(f"group {b}: its samples have different prompt tokens, so they cannot share one")
             prompts.append(prompt)
         group_of = [b for b, group in enumerate(groups) for _ in group]
-        return pack_prompt_groups(prompts, self.completion_ids, group_of, pad_id, device)
+        return pack_prompt_groups(prompts, self.completion_ids, group_of, pad_id, device=device)
 
     def completion_logprobs(self, width: int, dtype: torch.dtype) -> torch.Tensor:
         """(N, width) CPU tensor of ``sample_logprobs`` with column j = completion token j (the layout of

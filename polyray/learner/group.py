@@ -40,7 +40,7 @@ class KeptSession:
     found by the driver before the attempt (``resume``: its location, or None for a fresh start)."""
 
     def __init__(
-        self, rank: int, world: int, storage_path: str, phase: str, resume: str | None, device_index: int | None
+        self, rank: int, world: int, storage_path: str, phase: str, *, resume: str | None, device_index: int | None
     ):
         self.rank, self.world = rank, world
         self.storage_path, self.phase, self.resume = storage_path, phase, resume
@@ -117,7 +117,7 @@ class LearnerRank:
             port = s.getsockname()[1]
         return f"tcp://{ray.util.get_node_ip_address()}:{port}"
 
-    def run(self, job: LearnerJob, rank: int, world: int, address: str, storage_path: str) -> dict[str, Any]:
+    def run(self, job: LearnerJob, rank: int, world: int, *, address: str, storage_path: str) -> dict[str, Any]:
         """Rank ``rank`` of ``world`` through one attempt at ``job``'s phase; rank 0's last reported metrics."""
         import torch.distributed as dist
 
@@ -136,7 +136,9 @@ class LearnerRank:
         backend = "nccl" if job.run.learner.use_gpu else "gloo"
         timeout = datetime.timedelta(seconds=PROCESS_GROUP_TIMEOUT_S)
         dist.init_process_group(backend, init_method=address, rank=rank, world_size=world, timeout=timeout)
-        session = KeptSession(rank, world, storage_path, job.phase.name, job.recovered_checkpoint, device_index)
+        session = KeptSession(
+            rank, world, storage_path, job.phase.name, resume=job.recovered_checkpoint, device_index=device_index
+        )
         try:
             run_worker(job, session)
         finally:
@@ -333,7 +335,10 @@ class LearnerGroup:
                     raise PhaseCancelled(job.phase.name)
                 address = ray.get(self.ranks[0].rendezvous.remote())
                 ranks = self.ranks[:world]  # (the others wait for a phase with more ranks: their CPUs are planned)
-                refs = [a.run.remote(attempt, i, world, address, storage_path) for i, a in enumerate(ranks)]
+                refs = [
+                    a.run.remote(attempt, i, world, address=address, storage_path=storage_path)
+                    for i, a in enumerate(ranks)
+                ]
                 return PhaseResult(_first_error_or_all(refs)[0])
             except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as exc:
                 self.close()  # a peer may wait in a collective for the rank that failed

@@ -121,7 +121,7 @@ class RayTrainSession:
 OPTIMIZER_FILE = "optimizer.pt"
 
 
-def _save_checkpoint_dir(model, optimizer, scheduler, step: int, version: int) -> str:
+def _save_checkpoint_dir(model, optimizer, scheduler, *, step: int, version: int) -> str:
     import torch
 
     from polyray.learner.lora import save_adapter
@@ -187,27 +187,26 @@ def build_optimizer(params: list, lr: float, weight_decay: float):
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 
-def _setup_model(
-    run: RunConfig, phase_cfg, model_dir: str, init_adapter: str | None, start: _Start, session: TrainSession
-):
+def _setup_model(job: LearnerJob, *, model_dir: str, init_adapter: str | None, start: _Start, session: TrainSession):
     """(DDP model, tokenizer, KL reference adapter name, trainable params, optimizer, LR scheduler),
     restored from ``start``."""
     import torch
 
     from polyray.learner.lora import add_reference_adapter, build_peft_model
-    from polyray.learner.phases import PHASES
+    from polyray.learner.phases import phase_class
     from polyray.learner.schedule import build_scheduler, restore_scheduler
 
+    run, phase_cfg = job.run, job.phase
     torch.manual_seed(run.seed)  # identical LoRA init on every rank
     model, tokenizer = build_peft_model(
         model_dir,
         run.learner.lora,
-        run.model.dtype,
-        start.adapter_dir,
-        run.learner.gradient_checkpointing,
+        dtype=run.model.dtype,
+        adapter_dir=start.adapter_dir,
+        gradient_checkpointing=run.learner.gradient_checkpointing,
     )
     # The KL reference is the phase's *incoming* adapter, also when resuming from a checkpoint.
-    reference_dir = PHASES[phase_cfg.type].reference_adapter_dir(phase_cfg, init_adapter)
+    reference_dir = phase_class(phase_cfg).reference_adapter_dir(phase_cfg, init_adapter)
     reference = add_reference_adapter(model, reference_dir) if reference_dir else None
     model = session.prepare_model(model)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -221,17 +220,20 @@ def _setup_model(
     return model, tokenizer, reference, params, optimizer, scheduler
 
 
-def _setup_phase(job: LearnerJob, model_dir: str, model, tokenizer, reference, rank, world, logs: StepLogs):
+def _setup_phase(
+    job: LearnerJob, *, model_dir: str, model, tokenizer, reference, session: TrainSession, logs: StepLogs
+):
     """(phase, task): the phase object with its step context; the reward function and rollout log on rank 0."""
-    from polyray.learner.phases import PHASES, RolloutLog, StepContext
+    from polyray.learner.phases import RolloutLog, StepContext, phase_class
     from polyray.models.batching import prompt_sharing_blocker
     from polyray.models.source import format_for_model
     from polyray.reward.service import build_reward_fn
     from polyray.tasks import build_task
 
-    run, phase_cfg = job.run, job.phase
+    run, phase_cfg, rank = job.run, job.phase, session.rank
+    phase_type = phase_class(phase_cfg)
     task = format_for_model(build_task(run.task), run.model, model_dir)
-    uses_rewards = rank == 0 and PHASES[phase_cfg.type].uses_rewards
+    uses_rewards = rank == 0 and phase_type.uses_rewards
     reward_fn = build_reward_fn(phase_reward(run, phase_cfg), task, run=run.name) if uses_rewards else None
     rollout_log = None
     if rank == 0 and run.learner.log_rollouts:
@@ -243,32 +245,32 @@ def _setup_phase(job: LearnerJob, model_dir: str, model, tokenizer, reference, r
         if rank == 0:
             print(f"learner.share_prompts: off for this model ({blocker}); sequences run whole")
     # the KL reference as a rollout worker loads it: as the driver shared it (the worker takes it from storage itself)
-    reference_source = PHASES[phase_cfg.type].reference_adapter_dir(phase_cfg, job.init_adapter)
     ctx = StepContext(
-        model,
-        tokenizer,
-        rank,
-        world,
-        run.seed,
-        reward_fn,
-        reference,
-        rollout_log,
-        run.learner.micro_batch_tokens,
-        run.learner.logits_chunk_mib,
-        share_prompts,
-        run.learner.pack_samples,
-        reference_source,
-        job.init_adapter,
+        model=model,
+        tokenizer=tokenizer,
+        rank=rank,
+        world=session.world,
+        seed=run.seed,
+        reward_fn=reward_fn,
+        reference_adapter=reference,
+        rollout_log=rollout_log,
+        micro_batch_tokens=run.learner.micro_batch_tokens,
+        logits_chunk_mib=run.learner.logits_chunk_mib,
+        share_prompts=share_prompts,
+        pack_samples=run.learner.pack_samples,
+        reference_source=phase_type.reference_adapter_dir(phase_cfg, job.init_adapter),
+        init_source=job.init_adapter,
     )
-    return PHASES[phase_cfg.type](phase_cfg, task, run.task.n_train, ctx, job.pool), task
+    return phase_type(phase_cfg, task=task, n_train=run.task.n_train, ctx=ctx, pool=job.pool), task
 
 
-def _sync_canary(run: RunConfig, phase_cfg, pool, task, tokenizer, rank: int):
+def _sync_canary(job: LearnerJob, *, task, tokenizer, rank: int):
     """Rank 0's sync canary when the run asks for one and there is a pool to check (else None); a phase
     that samples has it check at its sampling temperature too."""
     from polyray.learner.phases import encode_references
     from polyray.learner.sync import SyncCanary
 
+    run, phase_cfg, pool = job.run, job.phase, job.pool
     if pool is None or rank != 0 or not run.learner.sync_check_every:
         return None
     probe = task.prompts("val", 1)[0]
@@ -278,12 +280,12 @@ def _sync_canary(run: RunConfig, phase_cfg, pool, task, tokenizer, rank: int):
         encode_references([probe], tokenizer)[0],
         tokenizer.pad_token_id,
         # the gap the kernels leave is the coarser side's: a bfloat16 engine beside a float32 learner too
-        "bfloat16" if "bfloat16" in (run.model.dtype, run.engine_dtype) else "float32",
-        sampling.temperature if sampling else 1.0,
+        dtype="bfloat16" if "bfloat16" in (run.model.dtype, run.engine_dtype) else "float32",
+        temperature=sampling.temperature if sampling else 1.0,
     )
 
 
-def _train_step(model, phase, optimizer, params, grad_clip: float, step: int, version: int) -> tuple[dict, Any]:
+def _train_step(model, phase, optimizer, *, params, grad_clip: float, step: int, version: int) -> tuple[dict, Any]:
     """One update: the phase's forwards and backwards (micro-batch by micro-batch), gradient clipping,
     optimizer step; (metrics, grad norm before clipping)."""
     import torch
@@ -303,12 +305,16 @@ def _log_step(logs: StepLogs, phase_cfg, metrics: dict[str, Any], telemetry) -> 
         telemetry.record(metrics)
 
 
-def _checkpoint(session: TrainSession, metrics: dict[str, Any], model, optimizer, scheduler, step: int, version: int):
+def _checkpoint(
+    session: TrainSession, metrics: dict[str, Any], *, model, optimizer, scheduler, step: int, version: int
+):
     """Every rank reports; rank 0 attaches the checkpoint (adapter + optimizer + LR scheduler + step + version).
     The report persists it (Ray Train uploads it to the run's storage before returning), so rank 0's
     local copy is removed then, and also when the report fails: a run of 100 steps would otherwise
     leave a directory per checkpoint in the node's temp folder."""
-    checkpoint_dir = _save_checkpoint_dir(model, optimizer, scheduler, step, version) if session.rank == 0 else None
+    checkpoint_dir = (
+        _save_checkpoint_dir(model, optimizer, scheduler, step=step, version=version) if session.rank == 0 else None
+    )
     try:
         session.report(metrics, checkpoint_dir)
     finally:
@@ -330,19 +336,25 @@ def run_worker(job: LearnerJob, session: TrainSession) -> None:
     model_dir, init_adapter = job.local_model_dir(), job.local_init_adapter()  # on this node
     # rank 0's step logs: through the driver's actor, or (a worker run without one) into the run directory
     logs = job.logs or StepLogs(LogFiles(job.output_dir))
-    rank, world = session.rank, session.world
+    rank = session.rank
     _set_up_device(run)
     with session.latest_checkpoint() as resume_dir:  # read whole by the set-up
         start = _resume_state(job, init_adapter, resume_dir)
         model, tokenizer, reference, params, optimizer, scheduler = _setup_model(
-            run, phase_cfg, model_dir, init_adapter, start, session
+            job, model_dir=model_dir, init_adapter=init_adapter, start=start, session=session
         )
-    phase, task = _setup_phase(job, model_dir, model, tokenizer, reference, rank, world, logs)
-    canary = _sync_canary(run, phase_cfg, pool, task, tokenizer, rank)
+    phase, task = _setup_phase(
+        job, model_dir=model_dir, model=model, tokenizer=tokenizer, reference=reference, session=session, logs=logs
+    )
+    canary = _sync_canary(job, task=task, tokenizer=tokenizer, rank=rank)
     publisher = AdapterPublisher(pool, phase_cfg.name, phase.ctx, canary)
-    holds_published = start.checkpoint_dir is None and start.adapter_dir is not None
-    finished = start.checkpoint_dir is not None and start.step >= phase_cfg.steps
-    publisher.start(start.version, start.step, holds_published, phase.publishes_every_step, finished)
+    publisher.start(
+        start.version,
+        start.step,
+        holds_published=start.checkpoint_dir is None and start.adapter_dir is not None,
+        publishes_every_step=phase.publishes_every_step,
+        finished=start.checkpoint_dir is not None and start.step >= phase_cfg.steps,
+    )
 
     if rank == 0:  # a restarted attempt: the rows a lost one wrote past this start are superseded
         _mark_superseded(logs, phase_cfg.name, start.step)
@@ -357,7 +369,9 @@ def run_worker(job: LearnerJob, session: TrainSession) -> None:
         t0 = time.perf_counter()
         version = publisher.version  # the adapter the step's fresh samples are drawn under
         lr = scheduler.get_last_lr()[0]  # the LR this step trains at
-        metrics, grad_norm = _train_step(model, phase, optimizer, params, run.learner.grad_clip, step, version)
+        metrics, grad_norm = _train_step(
+            model, phase, optimizer, params=params, grad_clip=run.learner.grad_clip, step=step, version=version
+        )
         scheduler.step()  # once per optimizer step: the next step's LR
         last = step + 1 == phase_cfg.steps
         measure = dynamics is not None and dynamics.due(step + 1, last)
@@ -377,9 +391,17 @@ def run_worker(job: LearnerJob, session: TrainSession) -> None:
         if rank == 0:
             _log_step(logs, phase_cfg, metrics, telemetry)
         if last or (step + 1) % phase_cfg.checkpoint_every == 0:
-            _checkpoint(session, metrics, model, optimizer, scheduler, step + 1, publisher.version)
+            _checkpoint(
+                session,
+                metrics,
+                model=model,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                step=step + 1,
+                version=publisher.version,
+            )
     if rank == 0:
-        _save_final_adapter(model, job.output_dir, phase_cfg.name, publisher.version, job.storage)
+        _save_final_adapter(model, job.output_dir, phase=phase_cfg.name, version=publisher.version, shared=job.storage)
 
 
 def _set_up_device(run: RunConfig) -> None:
@@ -400,7 +422,7 @@ def _measure_start(dynamics, logs: StepLogs, phase: str, version: int) -> None:
         logs.append("dynamics.jsonl", *filter(None, [dynamics(0, version)]))
 
 
-def _save_final_adapter(model, output_dir: str | None, phase: str, version: int, shared) -> None:
+def _save_final_adapter(model, output_dir: str | None, *, phase: str, version: int, shared) -> None:
     """The phase's adapter in peft format: in ``adapters/<phase>`` of the run directory, or of the run's
     storage (``shared``, a :class:`~polyray.storage.RunStorage`) when the run has one."""
     from polyray.learner.lora import save_adapter

@@ -57,7 +57,6 @@ first-principles estimates, not measured.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -287,7 +286,7 @@ def learner_memory(
     ``temperature_scaled``: the logits divided by a sampling temperature other than 1 (one more copy)."""
     b = DTYPE_BYTES[dtype]
     H, N = shape.hidden, micro.tokens
-    per_layer = saved_bytes_per_token(shape, b, lora, micro.padded, micro.length)
+    per_layer = saved_bytes_per_token(shape, b, lora, padded=micro.padded, length=micro.length)
     if gradient_checkpointing:  # each layer's input, and one layer recomputed in the backward pass
         activations = N * (shape.layers * H * b + per_layer)
     else:
@@ -343,7 +342,7 @@ def rollout_memory(shape: ModelShape, rollout: RolloutConfig, dtype: str) -> Mem
     else:
         terms["KV cache (one sequence)"] = rollout.max_model_len * kv_token
         what = f"{tp} GPU(s), max_model_len {rollout.max_model_len}"
-    return MemoryPlan("rollout worker", device, terms, what, {"kv_bytes_per_token": kv_token})
+    return MemoryPlan("rollout worker", device, terms, what=what, extra={"kv_bytes_per_token": kv_token})
 
 
 # ---- a run's plan -------------------------------------------------------------------------------
@@ -388,7 +387,7 @@ def longest_sequences(run: RunConfig, model_dir) -> tuple[int, int]:
     tokenizer = _tokenizer(str(model_dir))
     count = lambda texts: [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]  # noqa: E731
     prompt = count([p.text for p in prompts])
-    if not any(p.type in ("sft", "polychromic_sft") for p in run.phases):
+    if not any(p.trains_on_references for p in run.phases):
         return max(prompt), 0
     reference = count([p.reference or "" for p in prompts])
     return max(prompt), max(a + b for a, b in zip(prompt, reference)) + 1
@@ -397,18 +396,10 @@ def longest_sequences(run: RunConfig, model_dir) -> tuple[int, int]:
 def phase_micro_batch(run: RunConfig, index: int, lengths: SequenceLengths) -> MicroBatch:
     """The largest micro-batch of phase ``index`` on one learner rank: its step's sequences split over
     the phase's learner ranks (GRPO by sequence, polychromic SFT by whole groups), ``micro_batch_tokens`` each."""
-    phase, world = run.phases[index], run.phase_workers(index)
-    share = lambda n: math.ceil(n / world)  # noqa: E731 (the largest rank's share)
-    if phase.type == "grpo":  # rehearsal samples go in micro-batches of their own
-        shard = share(max(phase.prompts_per_step * phase.group_size, phase.rehearsal_batch))
-        length = lengths.sampled[phase.name]
-    elif phase.type == "expert_iteration":
-        shard, length = share(phase.batch_size), lengths.sampled[phase.name]
-    elif phase.type == "polychromic_sft":
-        shard = share(phase.batch_size) + share(phase.prompts_per_step) * phase.n_samples
-        length = max(lengths.references, lengths.sampled[phase.name])
-    else:
-        shard, length = share(phase.batch_size), lengths.references
+    phase = run.phases[index]
+    shard, length = phase.rank_sequences(
+        run.phase_workers(index), references=lengths.references, sampled=lengths.sampled.get(phase.name, 0)
+    )
     return largest_micro_batch(shard, length, run.learner.micro_batch_tokens)
 
 
@@ -417,16 +408,16 @@ def run_learner_memory(run: RunConfig, shape: ModelShape, lengths: SequenceLengt
     device: Device = "gpu" if run.learner.use_gpu else "cpu"
     plans = []
     for i, phase in enumerate(run.phases):
-        kl = phase.type == "grpo" and phase.kl_beta > 0
-        reference = kl and phase.kl_reference == "phase_start" and (i > 0 or run.init_adapter is not None)
+        kl = phase.kl_reference_kind()
+        reference = kl == "phase_start" and (i > 0 or run.init_adapter is not None)
         sampling = getattr(phase, "sampling", None)
         plan = learner_memory(
             shape,
             run.learner.lora,
             run.model.dtype,
             phase_micro_batch(run, i, lengths),
-            run.learner.logits_chunk_mib,
-            kl_reference=kl,
+            logits_chunk_mib=run.learner.logits_chunk_mib,
+            kl_reference=kl != "none",
             reference_adapter=reference,
             gradient_checkpointing=run.learner.gradient_checkpointing,
             temperature_scaled=sampling is not None and sampling.temperature != 1,

@@ -33,7 +33,7 @@ class AdapterPublisher:
         self.pending = None  # rank 0: the last publish, while its loads may still be running (publish(wait=False))
 
     def start(
-        self, version: int, step: int, holds_published: bool, publishes_every_step: bool, finished: bool = False
+        self, version: int, step: int, *, holds_published: bool, publishes_every_step: bool, finished: bool = False
     ) -> None:
         """Begin an attempt at the phase at ``step`` holding adapter ``version``.
 

@@ -134,7 +134,7 @@ class SyncCanary:
         prompt_ids, completion_ids = self.probe
         learner = self.learner_logprobs(model, prompt_ids, completion_ids, 1.0)
         references = self._references(model)
-        gaps = [self.check(model, pool, version, worker, learner, references) for worker in workers]
+        gaps = [self.check(model, pool, version, worker, learner=learner, references=references) for worker in workers]
         self.last_passed = (version, learner)
         nodes = pool.nodes()
         metrics = {
@@ -179,6 +179,7 @@ class SyncCanary:
         pool,
         version: int,
         worker: int = 0,
+        *,
         learner: torch.Tensor | None = None,
         references: dict[str, torch.Tensor] | None = None,
     ) -> float:
@@ -190,7 +191,7 @@ class SyncCanary:
         if references is None:
             references = self._references(model)
         served = torch.tensor(pool.score(prompt_ids, completion_ids, version, worker), dtype=torch.float64)
-        reason = stale_reason(learner, served, references, self.tolerance, self.noise)
+        reason = stale_reason(learner, served, references, tolerance=self.tolerance, noise=self.noise)
         if reason is not None:
             raise SyncCanaryError(
                 f"adapter sync canary: rollout worker {worker} serves policy-v{version} with log-probs {reason}"
@@ -203,11 +204,11 @@ class SyncCanary:
         drawn tokens change with the weights, so no reference policy is compared here."""
         prompt_ids = self.probe[0]
         sampling = SamplingConfig(temperature=self.temperature, top_p=1.0, max_tokens=DRAW_TOKENS)
-        sample = pool.draw(prompt_ids, sampling, version, worker, DRAW_SEED)
+        sample = pool.draw(prompt_ids, sampling, version, worker=worker, seed=DRAW_SEED)
         learner = self.learner_logprobs(model, prompt_ids, sample.token_ids, self.temperature)
         served = torch.tensor(sample.logprobs, dtype=torch.float64)
         tolerance = self.tolerance * max(1.0, 1.0 / self.temperature)
-        reason = stale_reason(learner, served, {}, tolerance, self.noise)
+        reason = stale_reason(learner, served, {}, tolerance=tolerance, noise=self.noise)
         if reason is not None:
             raise SyncCanaryError(
                 f"adapter sync canary: rollout worker {worker} serves policy-v{version}, sampling at"

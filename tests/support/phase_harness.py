@@ -263,13 +263,13 @@ def make_phase(
     pack_samples: bool = True,
     init_source: str | None = None,
 ):
-    from polyray.learner.phases import PHASES, StepContext
+    from polyray.learner.phases import StepContext, phase_class
 
     ctx = StepContext(
-        model,
-        tokenizer,
-        rank,
-        world,
+        model=model,
+        tokenizer=tokenizer,
+        rank=rank,
+        world=world,
         seed=0,
         reward_fn=reward_fn or text_reward,
         reference_adapter=reference_adapter,
@@ -279,7 +279,7 @@ def make_phase(
         pack_samples=pack_samples,
         init_source=init_source,
     )
-    return PHASES[cfg.type](cfg, build_task(TASK), TASK.n_train, ctx, pool if rank == 0 else None)
+    return phase_class(cfg)(cfg, task=build_task(TASK), n_train=TASK.n_train, ctx=ctx, pool=pool if rank == 0 else None)
 
 
 def lora_grads(model) -> dict[str, torch.Tensor]:

@@ -164,12 +164,12 @@ def measure_step(model_dir: str, case: StepCase) -> dict[str, Any]:
     gc.collect()
     loaded = memory.now()
     for step in range(case.warmup_steps):
-        _train_step(model, phase, optimizer, params, 1.0, step, 1)
+        _train_step(model, phase, optimizer, params=params, grad_clip=1.0, step=step, version=1)
     gc.collect()
     step_only = memory.reset_peak()
     t0, cpu0 = time.perf_counter(), time.process_time()
     for step in range(case.warmup_steps, case.warmup_steps + case.measured_steps):
-        metrics, _ = _train_step(model, phase, optimizer, params, 1.0, step, 1)
+        metrics, _ = _train_step(model, phase, optimizer, params=params, grad_clip=1.0, step=step, version=1)
     memory.sync()
     seconds = (time.perf_counter() - t0) / case.measured_steps
     cpu_seconds = (time.process_time() - cpu0) / case.measured_steps
@@ -202,10 +202,10 @@ def _stand_in_phase(model, tokenizer, case: StepCase) -> tuple[Any, StandInPool]
     )
     task_cfg = CountdownTaskConfig(n_train=max(prompts, 8), n_test=8)
     ctx = StepContext(
-        model,
-        tokenizer,
-        0,
-        1,
+        model=model,
+        tokenizer=tokenizer,
+        rank=0,
+        world=1,
         seed=0,
         reward_fn=graded_reward,
         micro_batch_tokens=case.micro_batch_tokens,
@@ -214,7 +214,7 @@ def _stand_in_phase(model, tokenizer, case: StepCase) -> tuple[Any, StandInPool]
         pack_samples=case.packing == "packed",
     )
     pool = StandInPool(model.config.vocab_size, case.length, varied=case.packing is not None)
-    return GRPOPhase(cfg, build_task(task_cfg), task_cfg.n_train, ctx, pool), pool
+    return GRPOPhase(cfg, task=build_task(task_cfg), n_train=task_cfg.n_train, ctx=ctx, pool=pool), pool
 
 
 class _CpuMemory:

@@ -1,8 +1,9 @@
 """Training phases as stage functions: each step is generate -> score -> advantages -> update.
 
 One file per phase (:mod:`.sft`, :mod:`.polychromic_sft`, :mod:`.grpo`, :mod:`.rehearsal`), each step calling the one
-objective of :mod:`polyray.objectives` that its unit tests check; :mod:`.context` holds what they share
-and :mod:`.sampling` the base of those that sample.
+objective of :mod:`polyray.objectives` that its unit tests check; :mod:`.base` declares the
+:class:`~.base.Phase` interface and the registry :data:`PHASES` (config ``type`` -> class, filled as each
+module is imported), :mod:`.context` holds what they share and :mod:`.sampling` the base of those that sample.
 
 A phase object owns what a step needs (data; for sampling phases, its rollouts on rank 0)
 and exposes ``step(step_index, version) -> metrics``, which leaves the step's gradient in the
@@ -26,6 +27,10 @@ tensor a phase builds is created on the model's device.
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
+from polyray.learner.phases.base import PHASES, Phase, phase_class
 from polyray.learner.phases.context import RolloutLog, StepContext, broadcast_from_rank0
 from polyray.learner.phases.grpo import GRPOPhase
 from polyray.learner.phases.polychromic_sft import PolychromicSFTPhase
@@ -33,17 +38,15 @@ from polyray.learner.phases.rehearsal import ExpertIterationPhase
 from polyray.learner.phases.sampling import SamplingPhase, check_lag
 from polyray.learner.phases.sft import SFTPhase, encode_references
 
-PHASES = {
-    "sft": SFTPhase,
-    "polychromic_sft": PolychromicSFTPhase,
-    "grpo": GRPOPhase,
-    "expert_iteration": ExpertIterationPhase,
-}
+# every module of the package, so a new phase's module registers its class without an edit here
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
     "PHASES",
     "ExpertIterationPhase",
     "GRPOPhase",
+    "Phase",
     "PolychromicSFTPhase",
     "RolloutLog",
     "SFTPhase",
@@ -52,4 +55,5 @@ __all__ = [
     "broadcast_from_rank0",
     "check_lag",
     "encode_references",
+    "phase_class",
 ]

@@ -21,8 +21,10 @@ if TYPE_CHECKING:
     from polyray.rollout.worker import Sample
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StepContext:
+    """What a phase's step works with on its rank, built by keyword (neighbours share types)."""
+
     model: Any  # DDP-wrapped peft model
     tokenizer: Any
     rank: int
@@ -68,7 +70,9 @@ class StepContext:
         """:func:`~polyray.models.batching.token_logprobs` (a :class:`PromptGroups` batch:
         :func:`~polyray.models.batching.shared_prompt_logprobs`) with this learner's logits chunk."""
         if isinstance(batch, PromptGroups):
-            return shared_prompt_logprobs(model, batch, temperature, self.logits_chunk_mib, self.pack_samples)
+            return shared_prompt_logprobs(
+                model, batch, temperature, chunk_mib=self.logits_chunk_mib, pack=self.pack_samples
+            )
         return token_logprobs(model, batch, temperature, self.logits_chunk_mib)
 
     def micro_batches(self, lengths: list[int]) -> list[list[int]]:

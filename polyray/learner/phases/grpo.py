@@ -35,24 +35,17 @@ MISMATCH_MEANS = ("mismatch_k3", "mismatch_abs", "mismatch_out_frac", "is_weight
 class GRPOPhase(SamplingPhase):
     """Group-relative policy optimisation on fresh rollouts from the pool (lag 0 by default)."""
 
+    config_type = GRPOPhaseConfig
     uses_rewards = True
 
-    @staticmethod
-    def reference_adapter_dir(cfg: GRPOPhaseConfig, init_adapter: str | None) -> str | None:
-        """``phase_start``: the incoming adapter. A phase that starts from a fresh LoRA (B = 0) starts
-        at the base model, so the adapter-disabled base *is* its phase-start policy."""
-        if cfg.kl_beta and cfg.kl_reference == "phase_start" and init_adapter:
-            return init_adapter
-        return None
-
-    def __init__(self, cfg: GRPOPhaseConfig, task: Task, n_train: int, ctx: StepContext, pool=None):
+    def __init__(self, cfg: GRPOPhaseConfig, *, task: Task, n_train: int, ctx: StepContext, pool=None):
         self.cfg, self.ctx, self.task = cfg, ctx, task
         self._init_rollouts(cfg, task, n_train, pool)
         if cfg.kl_beta and cfg.kl_reference_logprobs == "rollouts" and ctx.rank == 0 and pool is not None:
             self.rollout_reference = self.reference_on_rollouts(pool)
         self.buffer: SampleBuffer | None = None  # rank 0's: only it draws each step's rehearsal batch
         if cfg.rehearsal is not None and ctx.rank == 0:
-            self.buffer = phase_buffer(self, cfg.rehearsal, task, n_train, ctx, pool)
+            self.buffer = phase_buffer(self, cfg.rehearsal, task=task, n_train=n_train, pool=pool)
         # version -> the LoRA weights it was: the learner's pi_old of samples drawn before the last update
         self._weights_at: dict[int, dict[str, torch.Tensor]] = {}
 
@@ -156,8 +149,8 @@ class GRPOPhase(SamplingPhase):
                 logp,
                 old_logp,
                 ref_logp,
-                part.advantages.to(dtype=logp.dtype, device=ctx.device),
-                mask,
+                advantages=part.advantages.to(dtype=logp.dtype, device=ctx.device),
+                mask=mask,
                 clip_eps_low=cfg.clip_eps_low,
                 clip_eps_high=cfg.clip_eps_high,
                 kl_beta=cfg.kl_beta,

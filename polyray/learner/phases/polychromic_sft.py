@@ -27,8 +27,10 @@ class PolychromicSFTPhase(SamplingPhase, SFTPhase):
     forward pass. The samples' vLLM logprobs are pi_old for the (clipped) importance weight.
     """
 
-    def __init__(self, cfg: PolychromicSFTPhaseConfig, task: Task, n_train: int, ctx: StepContext, pool=None):
-        SFTPhase.__init__(self, cfg, task, n_train, ctx, pool)
+    config_type = PolychromicSFTPhaseConfig
+
+    def __init__(self, cfg: PolychromicSFTPhaseConfig, *, task: Task, n_train: int, ctx: StepContext, pool=None):
+        SFTPhase.__init__(self, cfg, task=task, n_train=n_train, ctx=ctx)
         self._init_rollouts(cfg, task, n_train, pool)
         self.embedding_dtype = self.scorer = None  # rank 0 alone scores the samples
         if ctx.rank == 0:
@@ -50,9 +52,13 @@ class PolychromicSFTPhase(SamplingPhase, SFTPhase):
             import ray
 
             return ray.get(
-                self.scorer.advantages.remote(cfg.diversity, texts, cfg.estimator, cfg.subset_k, self.embedding_dtype)
+                self.scorer.advantages.remote(
+                    cfg.diversity, texts, cfg.estimator, k=cfg.subset_k, embedding_dtype=self.embedding_dtype
+                )
             )
-        return compute_diversity_advantages(cfg.diversity, texts, cfg.estimator, cfg.subset_k, self.embedding_dtype)
+        return compute_diversity_advantages(
+            cfg.diversity, texts, cfg.estimator, k=cfg.subset_k, embedding_dtype=self.embedding_dtype
+        )
 
     def _rollout(self, step: int, version: int) -> tuple[TrainBatch, dict[str, float]]:
         """Rank 0: the step's (B, n) samples with their diversity marginals, and the rollout's metrics."""
@@ -99,7 +105,13 @@ class PolychromicSFTPhase(SamplingPhase, SFTPhase):
                 old_logp = torch.tensor(samples.sequence_logprobs(), dtype=logp.dtype, device=ctx.device)
                 advantages = samples.advantages.to(ctx.device)
             loss, metrics = compute_polychromic_sft_loss(
-                nll, sample_logp, advantages, cfg.lam, old_logp, cfg.ratio_clip, batch.num_groups
+                nll,
+                sample_logp,
+                advantages,
+                lam=cfg.lam,
+                old_logp=old_logp,
+                ratio_clip=cfg.ratio_clip,
+                num_groups=batch.num_groups,
             )
             sums = {k: metrics[k] for k in ("nll", "diversity_surrogate", "weight_sum", "adv_sum") if k in metrics}
             if len(samples):

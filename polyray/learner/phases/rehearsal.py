@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from polyray.config import ExpertIterationPhaseConfig, SamplingConfig
 from polyray.config.phases import SelfSamplesConfig
 from polyray.learner.batch import Sequences
+from polyray.learner.phases.base import Phase
 from polyray.learner.phases.context import StepContext, broadcast_from_rank0
 from polyray.objectives.sft import compute_sft_loss
 from polyray.rollout.sampling import request_seeds, task_sampling
@@ -65,6 +66,7 @@ class SampleBuffer:
 def build_buffer(
     pool,
     prompts: list[Prompt],
+    *,
     cfg: SelfSamplesConfig,
     sampling: SamplingConfig,
     reward_fn,
@@ -86,8 +88,9 @@ def build_buffer(
     for start in range(0, len(prompts), CHUNK_PROMPTS):
         chunk = prompts[start : start + CHUNK_PROMPTS]
         version = 0 if name is None else None  # the base model, or the named incoming adapter
+        texts, chunk_seeds = [p.text for p in chunk], seeds[start : start + len(chunk)]
         groups = pool.generate(
-            [p.text for p in chunk], cfg.samples_per_prompt, draws, version, name, seeds[start : start + len(chunk)]
+            texts, cfg.samples_per_prompt, draws, version=version, adapter_name=name, seeds=chunk_seeds
         )
         rewards = reward_fn(chunk, [[s.text for s in g] for g in groups])
         for prompt, group, row in zip(chunk, groups, rewards.tolist()):
@@ -102,14 +105,24 @@ def build_buffer(
     return buffer
 
 
-def phase_buffer(phase, cfg: SelfSamplesConfig, task: Task, n_train: int, ctx: StepContext, pool) -> SampleBuffer:
+def phase_buffer(phase: Phase, cfg: SelfSamplesConfig, *, task: Task, n_train: int, pool) -> SampleBuffer:
     """Rank 0: the phase's buffer from its incoming adapter, with one line saying what it holds."""
+    ctx = phase.ctx
     if pool is None:
         raise RuntimeError(f"{phase.cfg.name}: the buffer of the incoming policy's samples needs the rollout pool")
     started = time.perf_counter()
     prompts = task.prompts("train", n_train)
     sampling = task_sampling(phase.cfg.sampling, task)
-    buffer = build_buffer(pool, prompts, cfg, sampling, ctx.reward_fn, ctx.init_source, phase.cfg.name, ctx.seed)
+    buffer = build_buffer(
+        pool,
+        prompts,
+        cfg=cfg,
+        sampling=sampling,
+        reward_fn=ctx.reward_fn,
+        source=ctx.init_source,
+        key=phase.cfg.name,
+        seed=ctx.seed,
+    )
     print(
         f"{phase.cfg.name}: buffer of {len(buffer)} correct samples of {buffer.drawn} drawn, on"
         f" {len(buffer.samples)} of {len(prompts)} training prompts ({time.perf_counter() - started:.1f} s)"
@@ -134,20 +147,15 @@ def nll_parts(ctx: StepContext, seqs: Sequences, weight: float):
     return [mine.select(i) for i in ctx.micro_batches(mine.lengths())], loss_of
 
 
-class ExpertIterationPhase:
+class ExpertIterationPhase(Phase):
     """SFT on the buffer of the incoming policy's correct samples; publishes its adapter at the end."""
 
-    publishes_every_step = False
-    samples_ahead = False
+    config_type = ExpertIterationPhaseConfig
     uses_rewards = True  # rank 0 scores the buffer's draws
 
-    @staticmethod
-    def reference_adapter_dir(cfg, init_adapter: str | None) -> str | None:
-        return None
-
-    def __init__(self, cfg: ExpertIterationPhaseConfig, task: Task, n_train: int, ctx: StepContext, pool=None):
+    def __init__(self, cfg: ExpertIterationPhaseConfig, *, task: Task, n_train: int, ctx: StepContext, pool=None):
         self.cfg, self.ctx = cfg, ctx
-        buffer = phase_buffer(self, cfg.buffer, task, n_train, ctx, pool) if ctx.rank == 0 else None
+        buffer = phase_buffer(self, cfg.buffer, task=task, n_train=n_train, pool=pool) if ctx.rank == 0 else None
         self.buffer: SampleBuffer = broadcast_from_rank0(buffer, ctx)
         if not self.buffer.samples:  # every rank: nothing to train on
             raise RuntimeError(

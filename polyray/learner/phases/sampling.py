@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from polyray.learner.phases.sft import SFTPhase
+from polyray.learner.phases.base import Phase
 from polyray.rollout.prefetch import RolloutPrefetch
 from polyray.rollout.sampling import request_seeds, task_sampling
 from polyray.tasks.base import Prompt, Task
@@ -20,7 +20,7 @@ def check_lag(groups, version: int, max_lag: int) -> int:
     return lag
 
 
-class SamplingPhase:
+class SamplingPhase(Phase):
     """Base of the phases that sample from the pool: owns the training prompts and rank 0's rollouts.
 
     Subclasses set ``samples_per_prompt``. Prompt draws and request seeds are keyed by the phase's
@@ -28,15 +28,12 @@ class SamplingPhase:
     """
 
     publishes_every_step = True
-    uses_rewards = False
 
     @property
     def samples_ahead(self) -> bool:
         """Rollouts one step ahead: the next step's samples are drawn under the version a step publishes
         only once that step is over, so its publish need not wait for the workers' loads."""
         return self.cfg.async_rollouts
-
-    reference_adapter_dir = staticmethod(SFTPhase.reference_adapter_dir)
 
     def _init_rollouts(self, cfg, task: Task, n_train: int, pool) -> None:
         self.pool, self.prompts = pool, task.prompts("train", n_train)

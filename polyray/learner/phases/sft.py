@@ -6,6 +6,7 @@ import random
 
 from polyray.config import SFTPhaseConfig
 from polyray.learner.batch import Sequences
+from polyray.learner.phases.base import Phase
 from polyray.learner.phases.context import StepContext
 from polyray.objectives.sft import compute_sft_loss
 from polyray.tasks.base import Prompt, Task
@@ -16,19 +17,12 @@ def encode_references(prompts: list[Prompt], tokenizer) -> list[tuple[list[int],
     return [(enc(p.text), enc(p.reference) + [tokenizer.eos_token_id]) for p in prompts]
 
 
-class SFTPhase:
+class SFTPhase(Phase):
     """NLL of the canonical references; publishes its adapter only at the end (nothing samples mid-phase)."""
 
-    publishes_every_step = False
-    samples_ahead = False  # no rollouts: nothing samples a publish behind the next step
-    uses_rewards = False  # whether rank 0 needs ctx.reward_fn
+    config_type = SFTPhaseConfig
 
-    @staticmethod
-    def reference_adapter_dir(cfg, init_adapter: str | None) -> str | None:
-        """The adapter to load as the frozen KL reference (None: this phase has no KL term)."""
-        return None
-
-    def __init__(self, cfg: SFTPhaseConfig, task: Task, n_train: int, ctx: StepContext, pool=None):
+    def __init__(self, cfg: SFTPhaseConfig, *, task: Task, n_train: int, ctx: StepContext, pool=None):
         self.cfg, self.ctx = cfg, ctx
         self.data = encode_references(task.prompts("train", n_train), ctx.tokenizer)
 

@@ -27,7 +27,7 @@ def test_every_module_trains_in_a_step(tmp_path):
             return {}
 
     phase = Phase()
-    _train_step(model, phase, optimizer, params, 1.0, 0, 0)
+    _train_step(model, phase, optimizer, params=params, grad_clip=1.0, step=0, version=0)
     model.base_model.model.model.eval()  # a probe that left part of the model in eval mode
-    _train_step(model, phase, optimizer, params, 1.0, 1, 0)
+    _train_step(model, phase, optimizer, params=params, grad_clip=1.0, step=1, version=0)
     assert phase.seen == [True, True]

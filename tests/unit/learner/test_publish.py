@@ -57,7 +57,7 @@ def _adapters(monkeypatch):
 
 
 def _publisher(pool, rank: int = 0, world: int = 1) -> AdapterPublisher:
-    return AdapterPublisher(pool, "grpo", StepContext(None, None, rank, world, seed=0))
+    return AdapterPublisher(pool, "grpo", StepContext(model=None, tokenizer=None, rank=rank, world=world, seed=0))
 
 
 def test_a_phase_continuing_the_incoming_adapter_publishes_after_it(tmp_path):
@@ -122,7 +122,7 @@ class DueCanary:
 def test_a_publish_the_canary_checks_waits_even_one_step_ahead(tmp_path):
     pool = StorePool(AdapterStore(str(tmp_path)))
     canary = DueCanary(due={2})
-    publisher = AdapterPublisher(pool, "grpo", StepContext(None, None, 0, 1, seed=0), canary)
+    publisher = AdapterPublisher(pool, "grpo", StepContext(model=None, tokenizer=None, rank=0, world=1, seed=0), canary)
     publisher.publish(1, wait=False)
     publisher.publish(2, wait=False)  # due: its loads are waited for and the check follows at once
     assert pool.waited == [1, 2] and publisher.pending is None

@@ -179,7 +179,7 @@ def test_the_learners_checkpoint_holds_the_schedule(tmp_path, monkeypatch):
     whole = _train(*_setup(phase), range(STEPS))
     param, optimizer, scheduler = _setup(phase)
     _train(param, optimizer, scheduler, range(5))
-    checkpoint = Path(_save_checkpoint_dir(None, optimizer, scheduler, 5, 3))
+    checkpoint = Path(_save_checkpoint_dir(None, optimizer, scheduler, step=5, version=3))
     assert (checkpoint / SCHEDULER_FILE).exists()
     assert _train(*_resumed(phase, checkpoint, 5), range(5, STEPS)) == whole[5:]
 
@@ -237,9 +237,9 @@ def test_a_reported_checkpoint_leaves_no_local_copy(tmp_path, monkeypatch, fails
 
     if fails:
         with pytest.raises(RuntimeError, match="storage unreachable"):
-            _checkpoint(Session(), {"step": 3}, None, optimizer, scheduler, 3, 2)
+            _checkpoint(Session(), {"step": 3}, model=None, optimizer=optimizer, scheduler=scheduler, step=3, version=2)
     else:
-        _checkpoint(Session(), {"step": 3}, None, optimizer, scheduler, 3, 2)
+        _checkpoint(Session(), {"step": 3}, model=None, optimizer=optimizer, scheduler=scheduler, step=3, version=2)
     assert {"adapter", OPTIMIZER_FILE, SCHEDULER_FILE, "state.json"} <= set(seen["files"])
     assert seen["dir"].parent == tmp_path and not seen["dir"].exists() and list(tmp_path.iterdir()) == []
 

@@ -136,7 +136,7 @@ def test_an_attempt_starting_from_the_served_version_checks_it(policy):
     from polyray.learner.sync import SyncCanary, SyncCanaryError
 
     model, tok = policy
-    ctx = StepContext(model, tok, 0, 1, seed=0)
+    ctx = StepContext(model=model, tokenizer=tok, rank=0, world=1, seed=0)
     probe = ([5, 6, 7], [8, 9, 10])
 
     pool = ScoringPool(model, tok, newest=1)  # the workers serve version 1: the learner's weights
