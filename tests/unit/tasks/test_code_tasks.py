@@ -288,6 +288,8 @@ def test_agrees_with_the_countdown_verifier_on_odd_completions(cc_task):
         (p, " 6 /"),
         (p, " 3**2-4-3"),
         (z, " 6/(3-3)"),
+        (z, " (3-3)/6"),
+        (z, " 3/(6/3-6/3)"),
         (z, " 6/3"),
         (z, " (3+3)/3"),
         (z, " 6/3/3*3"),
@@ -296,6 +298,9 @@ def test_agrees_with_the_countdown_verifier_on_odd_completions(cc_task):
     expected = [cd.judge(c, q.meta["numbers"], q.meta["target"]).reward for q, c in cases]
     assert rewards == expected
     assert sum(expected) == 9  # both kinds are exercised
+    assert [cd.judge(c, z.meta["numbers"], 2).reason for c in (" 6/(3-3)", " 3/(6/3-6/3)")] == [
+        "not an expression (division by zero)"
+    ] * 2
 
 
 def test_only_the_prompts_function_counts(cc_task):
