@@ -75,6 +75,20 @@ class StepContext:
             )
         return token_logprobs(model, batch, temperature, self.logits_chunk_mib)
 
+    def reference_logprobs(self, batch, temperature=1.0) -> torch.Tensor:
+        """log pi_ref of the batch's tokens (laid out as :meth:`logprobs`), no grad: the frozen reference
+        adapter, or the adapter-disabled base when there is none."""
+        peft = self.peft_model
+        with torch.no_grad():
+            if self.reference_adapter is None:
+                with peft.disable_adapter():
+                    return self.logprobs(peft, batch, temperature)[0]
+            peft.set_adapter(self.reference_adapter, inference_mode=True)
+            try:
+                return self.logprobs(peft, batch, temperature)[0]
+            finally:
+                peft.set_adapter("default")  # also makes the policy adapter trainable again
+
     def micro_batches(self, lengths: list[int]) -> list[list[int]]:
         """Indices of this rank's sequences (of these lengths), one list per micro-batch."""
         return micro_batches(lengths, self.micro_batch_tokens)

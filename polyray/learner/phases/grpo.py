@@ -144,7 +144,7 @@ class GRPOPhase(SamplingPhase):
             ref_logp = None
             if cfg.kl_beta:  # as the rollout workers scored them, else a forward here
                 ref_logp = part.reference_columns(logp.shape[1], logp.dtype, targets=not share)
-                ref_logp = self.reference_logprobs(packed, temperature) if ref_logp is None else ref_logp.to(ctx.device)
+                ref_logp = ctx.reference_logprobs(packed, temperature) if ref_logp is None else ref_logp.to(ctx.device)
             loss, metrics = compute_grpo_loss(
                 logp,
                 old_logp,
@@ -232,19 +232,6 @@ class GRPOPhase(SamplingPhase):
             rows = torch.tensor([x == v for x in part.versions], device=logp.device)
             out = torch.where(rows.unsqueeze(-1), logp_v.to(logp.dtype), out)
         return out
-
-    def reference_logprobs(self, batch, temperature: float) -> torch.Tensor:
-        """log pi_ref of the batch's tokens, no grad: the frozen phase-start adapter, or the adapter-disabled base."""
-        peft = self.ctx.peft_model
-        with torch.no_grad():
-            if self.ctx.reference_adapter is None:
-                with peft.disable_adapter():
-                    return self.ctx.logprobs(peft, batch, temperature)[0]
-            peft.set_adapter(self.ctx.reference_adapter, inference_mode=True)
-            try:
-                return self.ctx.logprobs(peft, batch, temperature)[0]
-            finally:
-                peft.set_adapter("default")  # also makes the policy adapter trainable again
 
 
 @contextmanager
