@@ -5,6 +5,7 @@
 - ``grpo``: GRPO with a configurable advantage estimator (docs/algorithms.md §2-3), optionally with
   rehearsal of the phase-start policy's correct samples (``rehearsal``, docs/algorithms.md §3);
 - ``expert_iteration``: SFT on the phase-start policy's own correct samples (docs/algorithms.md §3).
+- ``dpo``: DPO on pairs of the policy's own samples ranked by the reward (docs/algorithms.md §10).
 
 A phase type is two classes: its config here, a :class:`PhaseSpec`, which answers what the run's checks,
 memory plan and ``polyray check`` ask of it (:meth:`~PhaseSpec.check_run`, :attr:`~PhaseSpec.trains_on_references`,
@@ -402,7 +403,65 @@ class ExpertIterationPhaseConfig(SFTPhaseConfig):
         return [*super().summary(ranks), buffer]
 
 
+class DPOPhaseConfig(PhaseSpec):
+    """DPO on the policy's own samples (online DPO; docs/algorithms.md §10): each step samples ``group_size``
+    completions for ``prompts_per_step`` training prompts, pairs each prompt's best-rewarded completion with
+    its worst, and trains on the sigmoid preference loss against a frozen reference. A prompt whose samples
+    all score the same gives no pair."""
+
+    type: Literal["dpo"] = "dpo"
+    name: str = Field("dpo", description="Phase name (output folder, results key).")
+    steps: int = Field(40, ge=1, description="Optimizer steps (one rollout batch each).")
+    prompts_per_step: int = Field(16, ge=1, description="Prompts per rollout batch (at most one pair each).")
+    group_size: int = Field(4, ge=2, description="Samples per prompt, of which the best and the worst make its pair.")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate (the peak, after warm-up).")
+    lr_schedule: LRSchedule = "constant"
+    warmup_steps: WarmupSteps = 0
+    min_lr_ratio: MinLRRatio = 0.0
+    beta: float = Field(
+        0.1, gt=0, description="DPO's beta: how far the policy's log-ratios may move from the reference's."
+    )
+    reference: Literal["phase_start", "base"] = Field(
+        "phase_start",
+        description="The frozen reference: the policy at the start of this phase (a copy of the incoming adapter),"
+        " or the adapter-disabled base model.",
+    )
+    max_lag: int = Field(0, ge=0, description="Allowed adapter-version lag of samples behind the learner.")
+    async_rollouts: bool = Field(
+        False,
+        description="Generate step t+1's samples during step t's update (one version stale; needs max_lag >= 1).",
+    )
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    checkpoint_every: int = Field(20, ge=1, description="Steps between checkpoints.")
+    learner_workers: LearnerWorkers = None
+    reward: PhaseRewardConfig | None = Field(
+        None, description="This phase's reward, instead of the run's reward.name and reward.params."
+    )
+
+    _warmup_fits = field_validator("warmup_steps")(_warmup_ends_inside_the_phase)
+    _floor_decays = field_validator("min_lr_ratio")(_floor_of_a_decay)
+
+    @model_validator(mode="after")
+    def _lag_for_async(self) -> "DPOPhaseConfig":
+        if self.async_rollouts and self.max_lag < 1:
+            raise ValueError("async_rollouts samples one adapter version behind the learner: set max_lag >= 1")
+        return self
+
+    def rank_sequences(self, ranks: int, *, references: int, sampled: int) -> tuple[int, int]:
+        return 2 * _shard(self.prompts_per_step, ranks), sampled  # whole pairs per rank
+
+    def kl_reference_kind(self) -> KLReference:
+        return self.reference
+
+    def summary(self, ranks: int) -> list[str]:
+        draws = f"{self.prompts_per_step} prompts x {self.group_size} samples per step"
+        return [f"{draws}, the best and the worst of each paired, beta {self.beta:g}"]
+
+    def check_run(self, learner_workers: int, store_keep: int) -> None:
+        _check_lag(self, store_keep)
+
+
 PhaseConfig = Annotated[
-    Union[SFTPhaseConfig, PolychromicSFTPhaseConfig, GRPOPhaseConfig, ExpertIterationPhaseConfig],
+    Union[SFTPhaseConfig, PolychromicSFTPhaseConfig, GRPOPhaseConfig, ExpertIterationPhaseConfig, DPOPhaseConfig],
     Field(discriminator="type"),
 ]

@@ -28,6 +28,7 @@ from polyray.config import (
     SFTPhaseConfig,
     TinyModelConfig,
 )
+from polyray.config.phases import DPOPhaseConfig
 from polyray.config.tasks import CountdownTaskConfig
 from polyray.rollout.worker import Sample
 from polyray.tasks import build_task
@@ -244,6 +245,10 @@ PHASE_CASES: dict[str, Any] = {
     },
     "expert_iteration": ExpertIterationPhaseConfig(
         steps=1, batch_size=5, buffer={"samples_per_prompt": 4}, sampling={"max_tokens": 5}
+    ),
+    # against the adapter-disabled base, which the non-zero test adapter is away from: margins are not 0
+    "dpo": DPOPhaseConfig(
+        steps=1, prompts_per_step=3, group_size=3, beta=0.5, reference="base", sampling={"max_tokens": 5}
     ),
 }
 

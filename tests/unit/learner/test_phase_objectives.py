@@ -3,7 +3,7 @@
 Each phase's ``step`` (micro-batched: several forwards, each backpropagated) logs the loss it
 backpropagated; here the same batch goes through the model once, whole, and into the objective
 function its unit tests check (``polyray.objectives``: ``compute_sft_loss``,
-``compute_polychromic_sft_loss``, ``compute_grpo_loss``; rehearsal adds γ × ``compute_sft_loss`` of the
+``compute_polychromic_sft_loss``, ``compute_grpo_loss``, ``compute_dpo_loss``; rehearsal adds γ × ``compute_sft_loss`` of the
 step's buffer batch, expert iteration is that NLL alone). The two must agree, and so must the
 gradients. A phase that composed its own loss (a sign, a normaliser, the lambda = 0 rule) fails here.
 """
@@ -53,6 +53,15 @@ def _whole_batch_objective(
 
         drawn = phase.buffer.draw([], cfg.batch_size, random.Random(f"{cfg.name}:{phase.ctx.seed}:0"))
         return compute_sft_loss(*token_logprobs(model, drawn.pack(pad_id), 1.0, chunk_mib=0))[0]
+    if cfg.type == "dpo":  # both sides of every pair in one forward, against the adapter-disabled base
+        from polyray.objectives.dpo import compute_dpo_loss
+
+        assert batch.num_groups >= 2, "the case needs pairs"
+        logp, mask = token_logprobs(model, batch.pack(pad_id), 1.0, chunk_mib=0)
+        with torch.no_grad(), model.disable_adapter():
+            ref = token_logprobs(model, batch.pack(pad_id), 1.0, chunk_mib=0)[0]
+        seq, ref = (torch.where(mask > 0, x, torch.zeros_like(x)).sum(-1) for x in (logp, ref))
+        return compute_dpo_loss(seq[0::2], seq[1::2], ref[0::2], ref[1::2], beta=cfg.beta)[0]
     if cfg.type in ("sft", "polychromic_sft"):
         refs = phase.reference_batch(0)
         logp, mask = token_logprobs(model, refs.pack(pad_id), 1.0, chunk_mib=0)
