@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from polyray.config import PhaseConfig, RunConfig
 
 if TYPE_CHECKING:
-    from polyray.storage import StoredDir
+    from polyray.learner.logs import StepLogs
+    from polyray.rollout.pool import RolloutPool
+    from polyray.storage import RunStorage, StoredDir
+
+
+class Probe(Protocol):
+    """What the learner asks of the driver's diversity-dynamics probe (:class:`polyray.eval.dynamics.DynamicsProbe`)."""
+
+    def due(self, step: int, last: bool) -> bool:
+        """Whether the probe measures after step ``step`` (1-based; ``last``: the phase's last step)."""
+
+    def __call__(self, step: int, version: int) -> dict[str, Any] | None:
+        """The probe's row for adapter ``version`` after ``step`` (None: nothing to sample with)."""
 
 
 @dataclass(frozen=True)
@@ -22,12 +34,12 @@ class LearnerJob:
     phase_index: int
     model_dir: str | StoredDir  # the base model
     output_dir: str | None = None  # the run directory; None with cluster.storage (the adapter goes to storage)
-    pool: Any = None  # the run's RolloutPool (None: no rollout workers)
+    pool: RolloutPool | None = None  # None: no rollout workers
     start_version: int = 0  # the adapter version the incoming weights were published as
     init_adapter: str | StoredDir | None = None  # the incoming adapter (None: a fresh LoRA)
-    logs: Any = None  # the run's StepLogs (None: written into output_dir by this process)
-    dynamics: Any = None  # the driver's diversity-dynamics probe (polyray.eval.dynamics), or None
-    storage: Any = None  # the run's RunStorage (polyray.storage), or None
+    logs: StepLogs | None = None  # None: written into output_dir by this process
+    dynamics: Probe | None = None  # the driver's diversity-dynamics probe
+    storage: RunStorage | None = None
     recovered_checkpoint: str | None = None  # what polyray.learner.checkpoints recovered of Ray Train's record
 
     @property
