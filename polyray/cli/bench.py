@@ -13,7 +13,6 @@ import typer
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: ratios measured side by side in one run.")
 # the embedded default (configs/quickstart.yaml), shipped with the package: the benchmarks run from any directory
 QUICKSTART = str(Path(__file__).resolve().parents[1] / "config" / "quickstart.yaml")
-PARTS = ("rollout", "grpo", "polychromic", "reward", "generation", "learner", "peer", "chaos")
 
 _json = typer.Option(None, "--json", help="Also write the figures here.")
 _config = typer.Option(
@@ -61,6 +60,7 @@ def all_parts(
 ):
     """Each part in its own process, then one summary table of ratios against their goals."""
     from polyray.cli.common import fail
+    from polyray.drivers.bench import PARTS
 
     unknown = [p for p in parts if p not in PARTS]
     if unknown:

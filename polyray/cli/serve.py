@@ -18,12 +18,21 @@ from polyray.cli.common import bounded_interrupt, fail
 serve_app = typer.Typer(no_args_is_help=True, help="Ray Serve services (reward and generation endpoints).")
 
 
+# the options every service's command takes (an option's default and help, once)
+_port = typer.Option(8000, "--port", help="HTTP port.")
+_host = typer.Option("127.0.0.1", "--host", help="HTTP host (0.0.0.0 to listen on every interface).")
+_address = typer.Option(None, "--address", help="Ray cluster address (default: start a local one).")
 _resource_wait = typer.Option(
     600.0,
     "--resource-wait-s",
     help="How long the app's replicas may wait for the cluster's resources before the"
     " command stops, naming them (a run's cluster.resource_wait_s).",
 )
+
+
+def _config(name: str, more: str):
+    """``--config``: the Serve config file whose application ``name``'s args to use; ``more`` ends the help."""
+    return typer.Option(None, "--config", help=f"Serve config YAML whose {name!r} application args to use{more}")
 
 
 @serve_app.callback()
@@ -54,15 +63,10 @@ def _app_args(config: Path | None, name: str) -> dict:
 
 @serve_app.command("reward")
 def reward(
-    port: int = typer.Option(8000, "--port", help="HTTP port."),
-    host: str = typer.Option("127.0.0.1", "--host", help="HTTP host (0.0.0.0 to listen on every interface)."),
-    config: Path | None = typer.Option(
-        None,
-        "--config",
-        help="Serve config YAML whose 'reward' application args to use (default: the settings'"
-        " defaults, as services/reward.yaml spells them).",
-    ),
-    address: str | None = typer.Option(None, "--address", help="Ray cluster address (default: start a local one)."),
+    port: int = _port,
+    host: str = _host,
+    config: Path | None = _config("reward", " (default: the settings' defaults, as services/reward.yaml spells them)."),
+    address: str | None = _address,
     resource_wait_s: float = _resource_wait,
 ):
     """Start the reward service (POST /v1/rewards, GET /v1/rewards, /healthz, /docs) and block until Ctrl-C."""
@@ -145,15 +149,12 @@ def generation(
         "--run",
         help="A run directory: serve its base model, every version in its adapter store and its phases' adapters.",
     ),
-    port: int = typer.Option(8000, "--port", help="HTTP port."),
-    host: str = typer.Option("127.0.0.1", "--host", help="HTTP host (0.0.0.0 to listen on every interface)."),
-    config: Path | None = typer.Option(
-        None,
-        "--config",
-        help="Serve config YAML whose 'generation' application args to use (e.g."
-        " services/generation.yaml); --run fills in the model and adapters.",
+    port: int = _port,
+    host: str = _host,
+    config: Path | None = _config(
+        "generation", " (e.g. services/generation.yaml); --run fills in the model and adapters."
     ),
-    address: str | None = typer.Option(None, "--address", help="Ray cluster address (default: start a local one)."),
+    address: str | None = _address,
     resource_wait_s: float = _resource_wait,
 ):
     """Start the OpenAI-compatible generation service (/v1/models, /v1/completions, /v1/chat/completions)."""

@@ -76,24 +76,54 @@ def _train_tokenizer(texts: list[str], vocab_size: int):
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD, model_max_length=10_000)
 
 
-def _qwen3_config(tiny: TinyModelConfig, tokenizer):
+def qwen3_config(
+    *,
+    vocab: int,
+    hidden: int,
+    intermediate: int,
+    layers: int,
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    max_positions: int,
+    eos_token_id: int,
+    pad_token_id: int,
+):
+    """The ``Qwen3Config`` of a Qwen3 polyray builds with random weights (the embedded model here, the
+    benchmarks' models in :mod:`polyray.drivers.bench.learner`): tied embeddings, as Qwen3-0.6B's; the end
+    token also the start token; float32."""
     from transformers import Qwen3Config
 
     return Qwen3Config(
-        vocab_size=len(tokenizer),
-        hidden_size=tiny.hidden_size,
-        intermediate_size=tiny.intermediate_size,
-        num_hidden_layers=tiny.num_layers,
-        num_attention_heads=tiny.num_heads,
-        num_key_value_heads=tiny.num_kv_heads,
-        head_dim=tiny.head_dim,
-        max_position_embeddings=tiny.max_positions,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
+        max_position_embeddings=max_positions,
         tie_word_embeddings=True,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=eos_token_id,
+        bos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
         rope_theta=10000.0,
         torch_dtype="float32",
+    )
+
+
+def _qwen3_config(tiny: TinyModelConfig, tokenizer):
+    return qwen3_config(
+        vocab=len(tokenizer),
+        hidden=tiny.hidden_size,
+        intermediate=tiny.intermediate_size,
+        layers=tiny.num_layers,
+        heads=tiny.num_heads,
+        kv_heads=tiny.num_kv_heads,
+        head_dim=tiny.head_dim,
+        max_positions=tiny.max_positions,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
 
 

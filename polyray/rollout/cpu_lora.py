@@ -79,10 +79,3 @@ def install() -> None:
         for module in (lora_ops, torch_ops, punica_cpu):
             if hasattr(module, name):
                 setattr(module, name, fn)
-
-
-def register() -> None:
-    """The whole plugin, for installs whose entry point still names this module (before ``pip install -e .``)."""
-    from polyray.rollout.vllm_plugin import register as plugin
-
-    plugin()

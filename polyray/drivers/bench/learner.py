@@ -69,23 +69,11 @@ def build_bench_model(out: Path, shape: BenchShape, seed: int = 0) -> Path:
     knows the pad and end ids, saved to ``out`` as a Hugging Face model directory."""
     import torch
     from tokenizers import Tokenizer, models
-    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+    from transformers import PreTrainedTokenizerFast, Qwen3ForCausalLM
 
-    config = Qwen3Config(
-        vocab_size=shape.vocab,
-        hidden_size=shape.hidden,
-        intermediate_size=shape.intermediate,
-        num_hidden_layers=shape.layers,
-        num_attention_heads=shape.heads,
-        num_key_value_heads=shape.kv_heads,
-        head_dim=shape.head_dim,
-        max_position_embeddings=4096,
-        tie_word_embeddings=True,
-        pad_token_id=PAD,
-        eos_token_id=EOS,
-        bos_token_id=EOS,
-        torch_dtype="float32",
-    )
+    from polyray.models.tiny import qwen3_config
+
+    config = qwen3_config(**asdict(shape), max_positions=4096, eos_token_id=EOS, pad_token_id=PAD)
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(config)
     model.save_pretrained(out, safe_serialization=True)

@@ -142,7 +142,6 @@ def print_summary(results: dict[str, Any]) -> None:
     console.print(table)
 
 
-PARTS = ("rollout", "grpo", "polychromic", "reward", "generation", "learner", "peer", "chaos")
 # --smoke runs each harness function once, leaving out the fits and engines that only repeat one with another setting:
 # rollout: vLLM's own LoRA ops (raw_llm's harness, polyray's plugin off: a reference measurement only)
 # grpo: the KL reference scored by the rollout worker, one step ahead (the one fit with a real pool that takes it);

@@ -1,7 +1,8 @@
 """``polyray bench all --smoke``: what it leaves out (fits and engines that repeat a harness function with
 another setting), and the printing and summary of results without them.
 
-- The smoke's arguments are options of their part (parsed before anything starts).
+- The smoke's arguments are options of their part (parsed before anything starts); every part ``all`` takes has
+  them, and a part it does not take is refused in one line.
 - GRPO without the synchronous mode: only the ratios of the modes that ran, no floor.
 - Results without vLLM's own LoRA ops, the synchronous GRPO mode, the polychromic canary variant, or the larger
   model's learner step: printed and summarised, the missing rows skipped.
@@ -56,6 +57,19 @@ def test_the_smoke_arguments_are_options_of_their_part(part, tmp_path):
     missing = tmp_path / "missing.yaml"  # past the parsing, the part's first step refuses it: nothing starts
     result = CliRunner().invoke(app, ["bench", part, *SMOKE[part], "--config", str(missing)])
     assert result.output.strip().splitlines() == [f"error: {missing}: config file not found"], result.output
+
+
+def test_every_part_bench_all_takes_has_its_smoke_arguments_and_another_is_refused():
+    from typer.testing import CliRunner
+
+    from polyray.cli import app
+    from polyray.drivers.bench import PARTS
+
+    assert set(SMOKE) == set(PARTS)  # `bench all --smoke --parts <any of them>` finds its arguments
+    result = CliRunner().invoke(app, ["bench", "all", "--parts", "rollout", "--parts", "nope"])
+    assert result.output.strip().splitlines() == [
+        f"error: --parts: unknown part 'nope' (choose from {', '.join(PARTS)})"
+    ], result.output
 
 
 def test_grpo_without_the_synchronous_mode_has_no_floor():

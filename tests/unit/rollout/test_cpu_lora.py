@@ -1,12 +1,18 @@
 """polyray's grouped LoRA matmuls for vLLM on CPU (polyray.rollout.cpu_lora) against a float64 loop of
-out[b] = W[idx[b]] @ x[b], and installed where vLLM's CPU punica wrapper calls them."""
+out[b] = W[idx[b]] @ x[b], installed where vLLM's CPU punica wrapper calls them, by the plugin that
+pyproject.toml's vLLM entry point names."""
 
 from __future__ import annotations
+
+import pkgutil
+from pathlib import Path
 
 import pytest
 import torch
 
-from polyray.rollout import cpu_lora
+from polyray.rollout import cpu_lora, vllm_plugin
+
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _reference(x, w, idx):
@@ -54,3 +60,12 @@ def test_registered_in_vllms_cpu_lora_path():
     out = torch.zeros(5, 4)
     punica_cpu.sgmv_shrink(x, a, out, torch.tensor([0, 2]), lengths, seq_idx, 2, 3, 5, 1.0)
     torch.testing.assert_close(out.double(), _reference(x, a, torch.tensor([1, 1, 0, 0, 0])), rtol=1e-5, atol=1e-5)
+
+
+def test_the_vllm_entry_point_names_the_plugin():
+    """vLLM loads ``vllm.general_plugins`` by name: ``polyray_cpu_lora`` (the name the rollout benchmark turns
+    off) must resolve to the plugin's ``register``, which installs these ops."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+; the project also runs on 3.10
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    plugins = project["entry-points"]["vllm.general_plugins"]
+    assert pkgutil.resolve_name(plugins["polyray_cpu_lora"]) is vllm_plugin.register
