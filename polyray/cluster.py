@@ -51,11 +51,14 @@ def init_ray(
                 release_cluster()
         else:
             have = ray.cluster_resources().get("CPU", 0.0)
-            if have < needed_cpus:  # an autoscaling cluster may grow; a fixed one would wait forever
+            # an autoscaling cluster may grow; a fixed one would wait forever
+            if have < needed_cpus:
                 from polyray.io import warn
 
-                warn(f"the cluster has {have:g} CPUs, this run asks for {needed_cpus:g} at once (rollout workers,"
-                     " learner ranks, services): it waits until the cluster grows")  # fmt: skip
+                warn(
+                    f"the cluster has {have:g} CPUs, this run asks for {needed_cpus:g} at once (rollout workers,"
+                    " learner ranks, services): it waits until the cluster grows"
+                )
         return
     # Ray Train starts a preemption watcher with every worker group, to see nodes drained (spot
     # instances): a local cluster is this one node, which nothing drains without the run going with it.
@@ -71,7 +74,8 @@ def init_ray(
     )
     if demands:
         try:
-            check_resources(demands, 0.0)  # nothing adds nodes to a local cluster
+            # nothing adds nodes to a local cluster
+            check_resources(demands, 0.0)
         except ClusterShortfall:
             ray.shutdown()
             raise
@@ -81,7 +85,8 @@ def init_ray(
         console.print(f"Ray dashboard: http://{context.dashboard_url}{dashboard_sign_in()}")
 
 
-_requested = False  # a request of this process is in force (request_cluster)
+# a request of this process is in force (request_cluster)
+_requested = False
 
 
 def request_cluster(demands: list[Demand]) -> None:
@@ -222,7 +227,8 @@ def wait_for_actors(refs: list, actors: list, demand: Demand, wait_s: float, pol
                     f"{demand.what} {unplaced} not placed after {wait_s:g} s (cluster.resource_wait_s): each asks"
                     f" {format_bundle(demand.bundle)} on one node; free now: {free_resources(demand.bundle)}"
                 )
-            deadline = float("inf")  # all placed: what is left is their start
+            # all placed: what is left is their start
+            deadline = float("inf")
     return ray.get(refs)
 
 
@@ -296,10 +302,14 @@ class GpuInfo(NamedTuple):
     """What a node's probe reads of its first GPU (:func:`local_gpu`)."""
 
     name: str
-    gib: float  # total memory
-    capability: tuple[int, int] | None = None  # CUDA compute capability (8, 0): Ampere
-    driver_cuda: int | None = None  # the newest CUDA the node's driver runs, as CUDA writes it (12040: 12.4)
-    built_cuda: str | None = None  # the CUDA this install's PyTorch was built for ("13.0")
+    # total memory
+    gib: float
+    # CUDA compute capability (8, 0): Ampere
+    capability: tuple[int, int] | None = None
+    # the newest CUDA the node's driver runs, as CUDA writes it (12040: 12.4)
+    driver_cuda: int | None = None
+    # the CUDA this install's PyTorch was built for ("13.0")
+    built_cuda: str | None = None
 
 
 def cuda_number(version: str) -> int:

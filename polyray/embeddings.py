@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 BUNDLED_ENCODER = "bundled:all-MiniLM-L6-v2"
-EMBEDDING_DIM = 384  # all-MiniLM-L6-v2
+# all-MiniLM-L6-v2
+EMBEDDING_DIM = 384
 DEFAULT_BATCH_SIZE = 64
 
 
@@ -34,7 +35,8 @@ def native_bfloat16() -> bool:
 
     try:
         return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except (AttributeError, RuntimeError):  # a PyTorch without the probes: assume not
+    # a PyTorch without the probes: assume not
+    except (AttributeError, RuntimeError):
         return False
 
 
@@ -50,7 +52,8 @@ def get_encoder(name: str = BUNDLED_ENCODER, dtype: str = "float32"):
     """A frozen SentenceTransformer on CPU: the bundled MiniLM, or a local model directory, its weights
     in ``dtype`` ("float32", or "bfloat16": about 2.6x faster for MiniLM on a CPU with AVX512-BF16,
     cosines within 0.01 of float32's; docs/benchmarks.md, "Polychromic SFT")."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub
+    # never reach for the hub
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -70,7 +73,8 @@ def embed_texts(
     unique = list(dict.fromkeys(texts))
     if not unique:
         return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
-    full = dtype == "float32"  # otherwise normalised here, in float32 (the encoder's own would round to its dtype)
+    # not float32: normalised here, in float32 (the encoder's own would round to its dtype)
+    full = dtype == "float32"
     vectors = get_encoder(encoder, dtype).encode(
         unique, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=full, show_progress_bar=False
     )

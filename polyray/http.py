@@ -29,10 +29,12 @@ from polyray.config.services import ApiKeyConfig
 # for hours. Cluster-wide (Serve's http_options), so both services' launchers and serve configs set it.
 REQUEST_TIMEOUT_S = 600.0
 
-OPEN_PATHS = ("/healthz",)  # exactly these routes (below the app's root path) answer without a key
+# exactly these routes (below the app's root path) answer without a key
+OPEN_PATHS = ("/healthz",)
 
 
-RAY_WORKER_PORTS = (10002, 19999)  # Ray's default min/max_worker_port
+# Ray's default min/max_worker_port
+RAY_WORKER_PORTS = (10002, 19999)
 
 
 def _ephemeral_ports() -> tuple[int, int]:

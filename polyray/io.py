@@ -58,7 +58,8 @@ def typed_loc(loc: tuple, data: Any) -> list:
     out, node = [], data
     for part in loc:
         if isinstance(node, dict) and part not in node and node.get("type") == part:
-            continue  # the union's tag
+            # the union's tag
+            continue
         out.append(part)
         if isinstance(node, dict):
             node = node.get(part)
@@ -211,7 +212,8 @@ def dump_config(config: BaseModel) -> str:
 # ----------------------------------------------------------------------------- JSONL / JSON
 
 
-MAX_JSONL_LINE_BYTES = 1 << 20  # 1 MiB: longer lines are reported, not parsed
+# 1 MiB: longer lines are reported, not parsed
+MAX_JSONL_LINE_BYTES = 1 << 20
 
 
 def iter_jsonl_objects(
@@ -326,9 +328,11 @@ def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
             if not tail.endswith(b"\n"):
                 cut = tail.rfind(b"\n")
                 if cut >= 0 or start == 0:
-                    f.truncate(start + cut + 1)  # cut == -1 and start == 0: the whole file was one torn line
+                    # cut == -1 and start == 0: the whole file was one torn line
+                    f.truncate(start + cut + 1)
                 else:
-                    f.write(b"\n")  # a torn line longer than the tail we read: close it instead
+                    # a torn line longer than the tail we read: close it instead
+                    f.write(b"\n")
         f.write((json.dumps(record) + "\n").encode())
 
 
@@ -357,7 +361,8 @@ def read_log_and_markers(path: str | Path) -> tuple[list[dict[str, Any]], list[d
         return [], []
     raw = path.read_bytes()
     lines = raw.split(b"\n")
-    torn = lines[-1] if lines[-1].strip() else None  # bytes after the last newline
+    # bytes after the last newline
+    torn = lines[-1] if lines[-1].strip() else None
     rows: list[dict[str, Any]] = []
     for lineno, line in enumerate(lines[:-1], start=1):
         if not line.strip():
@@ -373,9 +378,11 @@ def read_log_and_markers(path: str | Path) -> tuple[list[dict[str, Any]], list[d
         try:
             obj = json.loads(torn.decode("utf-8"))
             if isinstance(obj, dict):
-                rows.append(obj)  # complete record, only the newline is missing
+                # complete record, only the newline is missing
+                rows.append(obj)
         except (UnicodeDecodeError, json.JSONDecodeError):
-            pass  # torn write: the row was never completed
+            # torn write: the row was never completed
+            pass
     current: list[dict[str, Any]] = []
     markers: list[dict[str, Any]] = []
     for row in rows:

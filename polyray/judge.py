@@ -70,9 +70,11 @@ class JudgeRefusedItem(RuntimeError):
 
 @dataclass
 class Verdict:
-    score: float | None  # in [0, 1]; None: no parseable answer after every re-ask, or no answer at all
+    # in [0, 1]; None: no parseable answer after every re-ask, or no answer at all
+    score: float | None
     detail: dict[str, Any] = field(default_factory=dict)
-    outage: bool = False  # no answer: the endpoint was unavailable (detail["error"] says how)
+    # no answer: the endpoint was unavailable (detail["error"] says how)
+    outage: bool = False
 
 
 # ------------------------------------------------------------------------------ delimiting
@@ -140,7 +142,8 @@ def parse_ratings(text: str, criteria: list[str], scale: int, strict: bool = Fal
     json_end, ratings = found[-1] if found else (-1, None)
     prose: dict[str, Any] = {}
     prose_start = len(text)
-    for name in criteria:  # "helpfulness: 7" / "Helpfulness = 7/10": the last one written
+    # "helpfulness: 7" / "Helpfulness = 7/10": the last one written
+    for name in criteria:
         matches = list(re.finditer(rf"{re.escape(name)}\W{{0,3}}[:=]\s*([0-9]+(?:\.[0-9]+)?)", text, re.IGNORECASE))
         if not matches:
             return ratings
@@ -252,7 +255,8 @@ class LLMJudge:
         def one(triple: tuple[str, str, str]) -> Verdict:
             prompt, candidate, other = triple
             winners, attempts = [], []
-            for a, b in ((candidate, other), (other, candidate)):  # both orders
+            # both orders
+            for a, b in ((candidate, other), (other, candidate)):
                 question = cfg.pairwise_prompt.format(
                     criteria=criteria,
                     prompt=delimit("prompt", prompt),
@@ -306,9 +310,11 @@ class LLMJudge:
                 if attempt == cfg.outage_retries:
                     raise JudgeUnavailable(f"no answer after {attempt + 1} tries: {type(exc).__name__}") from exc
                 self.sleep(min(cfg.max_backoff_s, cfg.backoff_s * 2**attempt))
-            except openai.BadRequestError as exc:  # this question: asking it again would not help
+            # this question: asking it again would not help
+            except openai.BadRequestError as exc:
                 raise JudgeRefusedItem(_server_message(exc)) from exc
-            except openai.APIStatusError as exc:  # 401, 403, 404: no question will be answered
+            # 401, 403, 404: no question will be answered
+            except openai.APIStatusError as exc:
                 raise JudgeUnavailable(f"refused: HTTP {exc.status_code}: {_server_message(exc)}") from exc
         raise AssertionError("unreachable")
 

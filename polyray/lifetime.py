@@ -39,7 +39,8 @@ def die_with_parent(parent_pid: int) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
-    if os.getppid() != parent_pid:  # reparented before the prctl: the parent died in between
+    # reparented before the prctl: the parent died in between
+    if os.getppid() != parent_pid:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -119,7 +120,8 @@ def remove_tree(path: str) -> None:
     planted ``link -> /etc`` must not get the service to open up the link's target."""
 
     def make_writable(p: str) -> None:
-        if stat.S_ISDIR(os.lstat(p).st_mode):  # lstat: a symlink is never followed
+        # lstat: a symlink is never followed
+        if stat.S_ISDIR(os.lstat(p).st_mode):
             os.chmod(p, stat.S_IRWXU, follow_symlinks=False)
 
     def fix(func, p, _exc):
@@ -164,7 +166,8 @@ _lock = threading.Lock()
 def process_dir(name: str, base: str | None = None) -> str:
     """This process's own directory under :func:`shared_root` (created on first use, when the
     directories of processes that are gone are swept). Create scratch directories inside it."""
-    key = (name, base or "", os.getpid())  # a forked child gets its own
+    # a forked child gets its own
+    key = (name, base or "", os.getpid())
     with _lock:
         path = _dirs.get(key)
         if path is None or not os.path.isdir(path):

@@ -32,7 +32,8 @@ from typing import Any
 from polyray.io import ConfigError, cache_root
 
 MANIFEST = "polyray_manifest.json"
-REF_PREFIX = "storage:"  # StoredDir's string form: storage:<sha256>:<key>@<uri>
+# StoredDir's string form: storage:<sha256>:<key>@<uri>
+REF_PREFIX = "storage:"
 
 
 class StorageError(RuntimeError):
@@ -110,7 +111,8 @@ class Storage:
         if "://" in uri:
             try:
                 self.fs, self.base = fs.FileSystem.from_uri(uri)
-            except Exception as exc:  # unknown scheme, no credentials: one line
+            # unknown scheme, no credentials: one line
+            except Exception as exc:
                 raise StorageError(f"cluster.storage: cannot open {uri!r} ({str(exc).splitlines()[0]})") from None
             self.uri = uri.rstrip("/")
         else:
@@ -249,7 +251,8 @@ def local_dir(value: StoredDir | str | Path) -> Path:
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(dest) + ".lock"):
-        if _complete(dest, ref):  # another process of this node copied it while this one waited
+        # another process of this node copied it while this one waited
+        if _complete(dest, ref):
             return dest
         shutil.rmtree(dest, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(prefix=dest.name + ".", dir=dest.parent))

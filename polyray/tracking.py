@@ -40,7 +40,8 @@ STATE_FILE = "tracking.json"
 # the run's logs -> the section their rows are logged under
 LOGS = {"metrics.jsonl": "train", "dynamics.jsonl": "val"}
 _NOT_METRICS = {"step", "global_step", "time"}
-MLFLOW_PARAM_CHARS = 6000  # MLflow's limit on a parameter value
+# MLflow's limit on a parameter value
+MLFLOW_PARAM_CHARS = 6000
 
 
 class Record(Protocol):
@@ -58,7 +59,8 @@ def numbers(record: dict[str, Any]) -> dict[str, float]:
     }
 
 
-VAL_EVAL = "val_eval"  # a stage evaluation on the validation split (eval.split: val), beside the probe's val/
+# a stage evaluation on the validation split (eval.split: val), beside the probe's val/
+VAL_EVAL = "val_eval"
 
 
 def run_metrics(
@@ -154,7 +156,8 @@ class _MLflowRun:
         if run_id is None:
             run_id = self.client.create_run(mlflow_experiment(cfg), run_name=name, tags=tags).info.run_id
             items = [Param(mlflow_key(k), str(v)[:MLFLOW_PARAM_CHARS]) for k, v in params.items()]
-            for i in range(0, len(items), 100):  # MLflow's batch limit on parameters
+            # MLflow's batch limit on parameters
+            for i in range(0, len(items), 100):
                 self.client.log_batch(run_id, params=items[i : i + 100])
         else:
             self.client.update_run(run_id, status="RUNNING")
@@ -170,7 +173,8 @@ class _MLflowRun:
 
         now = self._last_ms = max(int(time.time() * 1000), self._last_ms + 1)
         items = [Metric(mlflow_key(k), v, now, step or 0) for k, v in metrics.items()]
-        for i in range(0, len(items), 1000):  # MLflow's batch limit on metrics
+        # MLflow's batch limit on metrics
+        for i in range(0, len(items), 1000):
             self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
 
     def artifact(self, path: Path) -> None:
@@ -206,7 +210,8 @@ class _WandbRun:
         again (a restarted learner re-ran it) is a later row at the same x, so the run's summary
         and the latest point at that x are the re-run's (W&B keeps the lost attempt's point too:
         rewriting history, "rewind", is not generally available)."""
-        if step is None:  # an evaluation: no training step
+        # an evaluation: no training step
+        if step is None:
             self.run.log(metrics)
             return
         # each phase counts its own steps: its training metrics are plotted against "<phase>/step"
@@ -247,7 +252,8 @@ class RunTracker:
             state = json.loads(self.state_path.read_text())
         except (OSError, ValueError):
             return {}
-        return state if state.get("backend") == cfg.backend else {}  # another backend: a new tracking run
+        # another backend: a new tracking run
+        return state if state.get("backend") == cfg.backend else {}
 
     def _save(self) -> None:
         write_json_atomic(
@@ -270,7 +276,8 @@ class RunTracker:
         new = False
         for name, section in LOGS.items():
             sent = self.sent.setdefault(name, {})
-            rows, markers = read_log_and_markers(self.out / name)  # one read: the two agree
+            # one read: the two agree
+            rows, markers = read_log_and_markers(self.out / name)
             for marker in markers[self.markers.get(name, 0) :]:
                 phase, step = marker.get("phase"), marker.get("step", 0)
                 if isinstance(phase, str) and isinstance(step, int) and sent.get(phase, -1) > step:
@@ -313,21 +320,27 @@ def tune_callbacks(cfg: TrackingConfig, group: str) -> list:
     if cfg.backend == "mlflow":
         from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-        mlflow_experiment(cfg)  # created here, with its artifact location
+        # created here, with its artifact location
+        mlflow_experiment(cfg)
 
         class PolyrayMLflowLoggerCallback(MLflowLoggerCallback):
             def log_trial_result(self, iteration, trial, result):
                 super().log_trial_result(iteration, trial, {mlflow_key(k): v for k, v in result.items()})
 
-        return [PolyrayMLflowLoggerCallback(tracking_uri=mlflow_uri(cfg), experiment_name=cfg.experiment,
-                                            tags={"polyray.sweep": group, **cfg.tags})]  # fmt: skip
+        return [
+            PolyrayMLflowLoggerCallback(
+                tracking_uri=mlflow_uri(cfg), experiment_name=cfg.experiment, tags={"polyray.sweep": group, **cfg.tags}
+            )
+        ]
     if cfg.backend == "wandb":
         from ray.air.integrations.wandb import WandbLoggerCallback
 
         extra = {}
         if cfg.mode:
-            os.environ["WANDB_MODE"] = cfg.mode  # Ray's API-key check reads it here
-            extra["mode"] = cfg.mode  # and the logging actors' wandb.init gets it from here
+            # Ray's API-key check reads it here
+            os.environ["WANDB_MODE"] = cfg.mode
+            # and the logging actors' wandb.init gets it from here
+            extra["mode"] = cfg.mode
         tags = [f"{k}:{v}" for k, v in cfg.tags.items()]
         return [WandbLoggerCallback(project=cfg.experiment, group=group, tags=tags, **extra)]
     return []

@@ -34,7 +34,8 @@ def _version(value: bool) -> None:
 
         try:
             typer.echo(f"polyray {version('polyray')}")
-        except PackageNotFoundError:  # run from a checkout that was never installed
+        # run from a checkout that was never installed
+        except PackageNotFoundError:
             typer.echo("polyray (not installed)")
         raise typer.Exit()
 

@@ -40,9 +40,10 @@ def _command(name: Optional[str] = None):
     return register
 
 
+# a callback keeps subcommands named
 @bench_app.callback()
 def _group() -> None:
-    """Benchmarks: ratios measured side by side in one run."""  # a callback keeps subcommands named
+    """Benchmarks: ratios measured side by side in one run."""
 
 
 def _write(results: dict[str, Any], path: Optional[Path]) -> None:
@@ -402,7 +403,8 @@ def peer(
     from polyray.drivers.bench.peer import bench_peer, print_peer
     from polyray.drivers.bench.peer_large import bench_large, print_large
 
-    stage = console.rule  # no status spinner: the polyray run shows its own progress bars
+    # no status spinner: the polyray run shows its own progress bars
+    stage = console.rule
     results = bench_peer(config, list(overrides), list(range(seeds)), warmup, threads, on_stage=stage, margin=margin)
     if large:
         results["large"] = bench_large(
@@ -438,7 +440,8 @@ def _peer_config(config: str, overrides: List[str], margin: float):
         fail(f"--margin: must be > 0, got {margin}")
     with user_errors():
         run = load_config(config, list(overrides))
-        peer_settings(run)  # a setting TRL cannot express: one line, before anything starts
+        # a setting TRL cannot express: one line, before anything starts
+        peer_settings(run)
     return run
 
 

@@ -164,7 +164,8 @@ def plan_lines(run, problems: list[str] | None = None, model_config: dict | None
     lines.append(f"evaluation: pass@k for k in {list(run.eval.ks)}, {run.eval.n_samples} samples per prompt")
     try:
         lines += memory_plan_lines(run, model_config)
-    except ConfigError as exc:  # cannot fit its declared GPU memory: shown like a data problem
+    # cannot fit its declared GPU memory: shown like a data problem
+    except ConfigError as exc:
         if problems is None:
             raise
         problems.append(str(exc))

@@ -41,7 +41,8 @@ def user_error_in(exc: BaseException | None) -> BaseException | None:
         seen.add(id(e))
         inner = [getattr(e, "cause", None), getattr(e, "_base_exc", None), getattr(e, "controller_failure", None)]
         inner += list(getattr(e, "worker_failures", {}).values())
-        if any(isinstance(i, BaseException) for i in inner):  # a Ray wrapper: its str() is a traceback
+        # a Ray wrapper: its str() is a traceback
+        if any(isinstance(i, BaseException) for i in inner):
             todo += inner
         elif isinstance(e, (ConfigError, DataError, ModelSourceError)):
             return e
@@ -73,7 +74,8 @@ def _init_error(exc: BaseException) -> BaseException | None:
         return None
     try:
         return cls(message)
-    except TypeError:  # a constructor that takes more than the message
+    # a constructor that takes more than the message
+    except TypeError:
         return None
 
 
@@ -89,7 +91,8 @@ def user_errors() -> Iterator[None]:
         fail(str(mistake))
 
 
-STOP_GRACE_S = 25.0  # Ctrl-C to a forced stop: the terminal is back within half a minute
+# Ctrl-C to a forced stop: the terminal is back within half a minute
+STOP_GRACE_S = 25.0
 
 
 @contextmanager
@@ -110,8 +113,10 @@ def bounded_interrupt(grace_s: float | None = None) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    grace_s = STOP_GRACE_S if grace_s is None else grace_s  # read at the call: a test may shorten it
-    tree: dict[int, int | None] = {}  # at the first Ctrl-C: {pid: start time}
+    # read at the call: a test may shorten it
+    grace_s = STOP_GRACE_S if grace_s is None else grace_s
+    # at the first Ctrl-C: {pid: start time}
+    tree: dict[int, int | None] = {}
     interrupted = threading.Event()
 
     def force(reason: str) -> None:
@@ -139,7 +144,8 @@ def bounded_interrupt(grace_s: float | None = None) -> Iterator[None]:
     try:
         yield
     finally:
-        if interrupted.is_set():  # the handler stays for the rest of the exit: a second Ctrl-C still forces
+        # the handler stays for the rest of the exit: a second Ctrl-C still forces
+        if interrupted.is_set():
             ray = sys.modules.get("ray")
             if ray is not None and ray.is_initialized():
                 from polyray.cluster import release_cluster
@@ -147,6 +153,7 @@ def bounded_interrupt(grace_s: float | None = None) -> Iterator[None]:
                 # before the shutdown: withdrawing the request needs the connection
                 release_cluster()
                 ray.shutdown()
-            lifetime.kill_descendants(also=tree)  # what the shutdown left running: nothing, or its orphans
+            # what the shutdown left running: nothing, or its orphans
+            lifetime.kill_descendants(also=tree)
         else:
             signal.signal(signal.SIGINT, previous)

@@ -36,7 +36,8 @@ PACKAGE = Path(__file__).resolve().parents[1]
 def slug(heading: str) -> str:
     """GitHub's anchor of a heading: its rendered text lowercased, punctuation but ``-`` and ``_`` dropped,
     spaces turned into ``-``."""
-    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", heading).strip().lower()  # a link renders as its text
+    # a link renders as its text
+    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", heading).strip().lower()
     return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
 
 
@@ -72,10 +73,13 @@ def _escape(text: str) -> str:
     parts = re.split(r"(`[^`]*`)", " ".join(text.split()))
     out = []
     for i, part in enumerate(parts):
-        if i % 2 == 0:  # outside a code span
+        # outside a code span
+        if i % 2 == 0:
             part = part.replace("\\", "\\\\").replace("*", "\\*").replace("<", "&lt;")
-            part = re.sub(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])", r"\\_", part)  # only a word-edge _ emphasises
-        out.append(part.replace("|", "\\|"))  # GFM splits cells on | even inside code spans
+            # only a word-edge _ emphasises
+            part = re.sub(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])", r"\\_", part)
+        # GFM splits cells on | even inside code spans
+        out.append(part.replace("|", "\\|"))
     return "".join(out)
 
 
@@ -93,7 +97,8 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
 
 def _rst_to_markdown(text: str) -> str:
     """A docstring's reST inline markup as markdown: ``x`` and :role:`~a.b` become code spans."""
-    text = re.sub(r":[a-z]+:`~(?:[\w.]+\.)?([^`]+)`", r"``\1``", text)  # ~: the last part alone, as Sphinx shows it
+    # ~: the last part alone, as Sphinx shows it
+    text = re.sub(r":[a-z]+:`~(?:[\w.]+\.)?([^`]+)`", r"``\1``", text)
     text = re.sub(r":[a-z]+:`([^`]+)`", r"``\1``", text)
     return re.sub(r"``(.+?)``", r"`\1`", text)
 
@@ -121,7 +126,8 @@ class _Page:
     def text(self, title: str, intro: list[str], toc_levels: tuple[int, ...]) -> str:
         top = min(toc_levels)
         toc = [
-            f"{'  ' * (level - top)}- [{text}](#{anchor})"  # a path's [] pair is balanced: no escape
+            # a path's [] pair is balanced: no escape
+            f"{'  ' * (level - top)}- [{text}](#{anchor})"
             for level, text, anchor in self.toc
             if level in toc_levels
         ]
@@ -136,7 +142,8 @@ def _symbolic(text: str) -> str:
     """``text`` with this machine's folders named: the package's as ``<polyray>``, the home as ``~``,
     the working directory as ``.``."""
     for folder, name in ((PACKAGE, "<polyray>"), (Path.cwd(), "."), (Path.home(), "~")):
-        if len(folder.parts) > 1:  # never the root folder, a prefix of every path
+        # never the root folder, a prefix of every path
+        if len(folder.parts) > 1:
             text = re.sub(re.escape(str(folder)) + r"(?=/|$)", name, text)
     return text
 
@@ -237,7 +244,8 @@ def _help(command) -> str:
 
 
 def _param_type(param, aliases) -> str:
-    descriptor = getattr(param, "type_descriptor", None)  # typer's own parameters; plain click has param.type
+    # typer's own parameters; plain click has param.type
+    descriptor = getattr(param, "type_descriptor", None)
     if descriptor is None:
         return _code(param.type.name)
     if descriptor.is_choice:
@@ -245,7 +253,8 @@ def _param_type(param, aliases) -> str:
     annotation = descriptor.annotation
     members = [a for a in typing.get_args(annotation) if a is not type(None)]
     if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(members) == 1:
-        annotation = members[0]  # Optional[X]: None is the absent option's default, not a value to give
+        # Optional[X]: None is the absent option's default, not a value to give
+        annotation = members[0]
     bounds = [
         f"{op} {getattr(param, key)!r}"
         for key, op in (("min", ">="), ("max", "<="))
@@ -258,7 +267,8 @@ def _param_default(param) -> str:
     if param.required:
         return "required"
     show = getattr(param, "show_default", None)
-    if isinstance(show, str):  # the command's own wording of a default it computes
+    # the command's own wording of a default it computes
+    if isinstance(show, str):
         return _escape(show)
     if show is False or param.default is None or param.default in ([], ()):
         return ""

@@ -35,9 +35,10 @@ def _config(name: str, more: str):
     return typer.Option(None, "--config", help=f"Serve config YAML whose {name!r} application args to use{more}")
 
 
+# a callback keeps subcommands named
 @serve_app.callback()
 def _group() -> None:
-    """Ray Serve services (reward and generation endpoints)."""  # a callback keeps subcommands named
+    """Ray Serve services (reward and generation endpoints)."""
 
 
 def _app_args(config: Path | None, name: str) -> dict:
@@ -77,7 +78,8 @@ def reward(
     from polyray.reward.deployment import build_reward_app as build_app
 
     try:
-        build_app(args)  # a bad setting fails before Ray starts
+        # a bad setting fails before Ray starts
+        build_app(args)
     except (ConfigError, ValueError) as exc:
         fail(str(exc))
 
@@ -85,7 +87,8 @@ def reward(
         from polyray.cluster import run_serve_apps
 
         serve.start(http_options={"host": host, "port": port})
-        run_serve_apps([(build_app(args), "reward", "/")], resource_wait_s)  # connected: custom reward code is uploaded
+        # connected: custom reward code is uploaded
+        run_serve_apps([(build_app(args), "reward", "/")], resource_wait_s)
         url = f"http://{host}:{port}"
         return f"reward service ready at {url}  (docs: {url}/docs, Ctrl-C to stop)"
 
@@ -99,18 +102,21 @@ def _serve_until_interrupted(address: str | None, start) -> None:
     import ray
     from ray import serve
 
-    with bounded_interrupt():  # Serve's and Ray's shutdown may stall under load: Ctrl-C ends within a bound
+    # Serve's and Ray's shutdown may stall under load: Ctrl-C ends within a bound
+    with bounded_interrupt():
         ray.init(address=address, include_dashboard=False)
         from polyray.io import ConfigError
 
         error = None
-        try:  # Ctrl-C during startup must clean up too
+        # Ctrl-C during startup must clean up too
+        try:
             typer.secho(start(), fg=typer.colors.GREEN)
             while True:
                 time.sleep(1)
         except KeyboardInterrupt:
             typer.echo("shutting down")
-        except ConfigError as exc:  # the app failed or the cluster cannot place it: said in one line, after cleanup
+        # the app failed or the cluster cannot place it: said in one line, after cleanup
+        except ConfigError as exc:
             error = str(exc)
         finally:
             serve.shutdown()
@@ -180,7 +186,8 @@ def generation(
     from polyray.io import ConfigError
 
     try:
-        build_generation_app(args)  # a bad setting fails before Ray starts
+        # a bad setting fails before Ray starts
+        build_generation_app(args)
     except ConfigError as exc:
         fail(str(exc))
 
@@ -188,7 +195,8 @@ def generation(
         if run is not None and args.get("store_root"):
             from polyray.rollout.store import open_store
 
-            open_store(Path(args["store_root"]), run.rollout.store_keep)  # the replicas pull versions from it
+            # the replicas pull versions from it
+            open_store(Path(args["store_root"]), run.rollout.store_keep)
         typer.echo("starting the generation service (each replica loads the engine and the newest version)")
         return f"generation service ready: base_url={deploy_generation(args, host, port, wait_s=resource_wait_s)}  (Ctrl-C to stop)"
 

@@ -72,7 +72,8 @@ class PassKAdvantageConfig(_SubsetSize):
     k: int = Field(4, ge=1, description="k of pass@k (<= group_size).")
 
     def needs_binary_rewards(self) -> bool:
-        return True  # pass@k counts correct samples
+        # pass@k counts correct samples
+        return True
 
 
 class PolychromicAdvantageConfig(_SubsetSize):
@@ -135,7 +136,8 @@ class WReinforceAdvantageConfig(AdvantageConfigBase):
     lam: float = Field(0.1, ge=0.0, description="λ: weight of the correct samples' (positive) reinforcement.")
 
     def needs_binary_rewards(self) -> bool:
-        return True  # the paper's ±1 rewards are polyray's 1/0
+        # the paper's ±1 rewards are polyray's 1/0
+        return True
 
 
 class RiskSeekingAdvantageConfig(AdvantageConfigBase):
@@ -209,15 +211,18 @@ class AnnealAdvantageConfig(_SubsetSize):
         return self
 
     def needs_binary_rewards(self) -> bool:
-        return True  # its early phase is pass@k
+        # its early phase is pass@k
+        return True
 
     def as_mix(self) -> MixAdvantageConfig:
         """The ``mix`` this anneal is: passk (matched) early, group (matched) late."""
         return MixAdvantageConfig(
             early=PassKAdvantageConfig(k=self.k, match_group_scale=True),
-            late=GroupAdvantageConfig(match_group_scale=True), start=self.start, end=self.end,
+            late=GroupAdvantageConfig(match_group_scale=True),
+            start=self.start,
+            end=self.end,
             match_group_scale=self.match_group_scale,
-        )  # fmt: skip
+        )
 
 
 ADVANTAGE_CONFIGS: tuple[type[AdvantageConfigBase], ...] = (

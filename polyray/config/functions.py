@@ -29,7 +29,8 @@ REWARD_KEYWORDS = ("prompts", "completions", "references", "metadata")
 """The keywords a custom reward function is called with (one list each, one entry per item)."""
 
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-_LOADED: dict[str, ModuleType] = {}  # absolute file path or module name -> module
+# absolute file path or module name -> module
+_LOADED: dict[str, ModuleType] = {}
 _LOCK = threading.Lock()
 
 
@@ -69,7 +70,8 @@ def _import_file(path: Path) -> ModuleType:
     if spec is None or spec.loader is None:
         raise FunctionRefError(f"{path}: cannot be imported as a Python module")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses and pickling look their module up here
+    # dataclasses and pickling look their module up here
+    sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
     except BaseException:
@@ -131,7 +133,8 @@ def load_function(ref: str, keywords: tuple[str, ...] = REWARD_KEYWORDS) -> Call
 def check_keywords(ref: str, fn: Callable, keywords: tuple[str, ...]) -> None:
     try:
         sig = inspect.signature(fn)
-    except (TypeError, ValueError):  # a builtin without a signature: the first call will tell
+    # a builtin without a signature: the first call will tell
+    except (TypeError, ValueError):
         return
     params = sig.parameters.values()
     if any(p.kind is p.VAR_KEYWORD for p in params):
@@ -157,7 +160,8 @@ def describe_exception(exc: BaseException) -> str:
     where = ""
     while tb is not None:
         filename = tb.tb_frame.f_code.co_filename
-        if not filename.startswith("<") and "importlib" not in Path(filename).parts:  # not the import machinery
+        # not the import machinery
+        if not filename.startswith("<") and "importlib" not in Path(filename).parts:
             where = f" at {Path(filename).name}:{tb.tb_lineno}"
         tb = tb.tb_next
     text = " ".join(str(exc).split())

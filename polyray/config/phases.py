@@ -55,7 +55,8 @@ LearnerWorkers = Annotated[
 
 
 def _warmup_ends_inside_the_phase(value: int, info: ValidationInfo) -> int:
-    steps = info.data.get("steps")  # absent when steps itself failed: that error is reported instead
+    # absent when steps itself failed: that error is reported instead
+    steps = info.data.get("steps")
     if steps is not None and value >= steps:
         raise ValueError(f"must be < steps ({steps}): the warm-up must end inside the phase")
     return value
@@ -176,7 +177,8 @@ class PolychromicSFTPhaseConfig(SFTPhaseConfig):
     the current adapter; their set diversity drives the leave-one-out (or k-subset) advantages.
     """
 
-    type: Literal["polychromic_sft"] = "polychromic_sft"  # steps, batch_size, lr, lr_schedule, ... as in SFTPhaseConfig
+    # steps, batch_size, lr, lr_schedule, ... as in SFTPhaseConfig
+    type: Literal["polychromic_sft"] = "polychromic_sft"
     name: str = Field("polychromic_sft", description="Phase name (output folder, results key).")
     lam: float = Field(0.3, ge=0, description="Weight lambda of the diversity term (0 = plain SFT).")
     n_samples: int = Field(3, ge=2, description="Samples per prompt whose set diversity is scored (n).")
@@ -383,7 +385,8 @@ class ExpertIterationPhaseConfig(SFTPhaseConfig):
     prompt from the incoming adapter; the correct ones are the buffer, and each step's batch is drawn
     from it uniformly over prompts, then over a prompt's samples."""
 
-    type: Literal["expert_iteration"] = "expert_iteration"  # steps, batch_size, lr, ... as in SFTPhaseConfig
+    # steps, batch_size, lr, ... as in SFTPhaseConfig
+    type: Literal["expert_iteration"] = "expert_iteration"
     name: str = Field("expert_iteration", description="Phase name (output folder, results key).")
     buffer: SelfSamplesConfig = Field(default_factory=SelfSamplesConfig)
     sampling: SamplingConfig = Field(
@@ -448,7 +451,8 @@ class DPOPhaseConfig(PhaseSpec):
         return self
 
     def rank_sequences(self, ranks: int, *, references: int, sampled: int) -> tuple[int, int]:
-        return 2 * _shard(self.prompts_per_step, ranks), sampled  # whole pairs per rank
+        # whole pairs per rank
+        return 2 * _shard(self.prompts_per_step, ranks), sampled
 
     def kl_reference_kind(self) -> KLReference:
         return self.reference

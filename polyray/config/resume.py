@@ -35,7 +35,8 @@ CONTENT_FIELDS = ("model.source", "task.path", "init_adapter")
 EXECUTION_FIELDS = ("learner.keep_ranks", "rollout.share_across_trials")
 """Fields that choose how a run executes, not what it computes: a resume may change them (or find them
 missing from a run started before they existed)."""
-HASHED_BYTES = 256 << 20  # files in a directory up to this size are hashed; larger ones by size
+# files in a directory up to this size are hashed; larger ones by size
+HASHED_BYTES = 256 << 20
 
 
 def _get(config: dict[str, Any], dotted: str) -> Any:
@@ -103,7 +104,8 @@ def _relative(value: Any, cwd: str | None) -> Any:
 
 
 def _normalise(config: dict[str, Any], cwd: str | None, digests: dict[str, str]) -> dict[str, Any]:
-    config = json.loads(json.dumps(config))  # a copy
+    # a copy
+    config = json.loads(json.dumps(config))
     for field in PATH_FIELDS:
         _set(config, field, _relative(_get(config, field), cwd))
     for field, digest in digests.items():

@@ -35,7 +35,8 @@ class RewardConfig(StrictModel):
     )
     params: dict[str, Any] = Field(
         default_factory=dict,
-        validate_default=True,  # name: custom without params still needs its function
+        # name: custom without params still needs its function
+        validate_default=True,
         description="Parameters of the reward, over those the task supplies (checked at run start); 'custom':"
         " {function: my_rewards.py:score}, a function of yours (docs/design.md, 'Custom rewards').",
     )
@@ -104,7 +105,8 @@ def check_custom_functions(name: Any, params: dict[str, Any]) -> dict[str, Any]:
     """``params`` with each custom reward's ``function`` made absolute and loaded; a ValueError naming
     the field (``function``, ``components.0.params.function``) when one cannot be used."""
     params = {**params}
-    if isinstance(params.get("components"), list):  # the walk writes resolved references into copies
+    # the walk writes resolved references into copies
+    if isinstance(params.get("components"), list):
         params["components"] = [
             {**c, "params": {**c["params"]}} if isinstance(c, dict) and isinstance(c.get("params"), dict) else c
             for c in params["components"]

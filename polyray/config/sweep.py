@@ -53,7 +53,8 @@ class Axis(StrictModel):
         return tune.uniform(low, high) if kind == "uniform" else tune.loguniform(low, high)
 
 
-SELECTED_ON = "validation"  # the only split a sweep or an experiment selects on
+# the only split a sweep or an experiment selects on
+SELECTED_ON = "validation"
 
 
 class ChosenOnValidation(StrictModel):

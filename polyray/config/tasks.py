@@ -31,14 +31,16 @@ class TaskConfigBase(StrictModel):
 
     eval_only: ClassVar[str | None] = None
     eval_splits: ClassVar[tuple[str, ...]] = ("train", "val", "test")
-    eval_prompts: ClassVar[tuple[int, int | None]] = (64, None)  # (default, most) prompts an evaluation takes
+    # (default, most) prompts an evaluation takes
+    eval_prompts: ClassVar[tuple[int, int | None]] = (64, None)
 
     def needs_engagement_model(self) -> bool:
         """Whether judging a completion needs the learned engagement model."""
         return False
 
 
-STORED = "storage:"  # polyray.storage.REF_PREFIX: a reference into cluster.storage (config imports only io)
+# polyray.storage.REF_PREFIX: a reference into cluster.storage (config imports only io)
+STORED = "storage:"
 _SANDBOX_TIMEOUT = "Sandbox wall-clock limit per completion (seconds)."
 _SANDBOX_MEMORY = "Sandbox address-space limit per completion (MiB)."
 _SANDBOX_WORKERS = "Sandboxes run at the same time when judging a batch."
@@ -94,7 +96,8 @@ class CodeTaskConfig(TaskConfigBase):
     @field_validator("path")
     @classmethod
     def _absolute(cls, v: str) -> str:
-        if v.startswith(STORED):  # a run's data file in cluster.storage, as its workers get it
+        # a run's data file in cluster.storage, as its workers get it
+        if v.startswith(STORED):
             return v
         return str(Path(v).expanduser().resolve())
 

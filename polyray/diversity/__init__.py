@@ -45,7 +45,8 @@ from polyray.embeddings import DEFAULT_BATCH_SIZE, embed_texts
 from polyray.tasks.countdown import compute_countdown_expr_diversity
 
 DiversityFn = Callable[[list[str]], float]
-EmbeddingDiversityFn = Callable[..., float]  # (n, d) embedding matrix -> float
+# (n, d) embedding matrix -> float
+EmbeddingDiversityFn = Callable[..., float]
 
 DIVERSITY_FUNCTIONS: dict[str, DiversityFn] = {
     "semantic": compute_semantic_diversity,
@@ -90,10 +91,12 @@ def compute_diversity_batch(
         return [fn(list(g)) for g in groups]
     unique = list(dict.fromkeys(t for g in groups for t in g))
     row = {t: i for i, t in enumerate(unique)}
-    E = embed_texts(unique, batch_size=batch_size, dtype=embedding_dtype)  # (U, d), computed once
+    # (U, d), computed once
+    E = embed_texts(unique, batch_size=batch_size, dtype=embedding_dtype)
     out = []
     for g in groups:
-        if len(g) < 2:  # same small-set convention as the text form
+        # same small-set convention as the text form
+        if len(g) < 2:
             out.append(fn(list(g)))
         else:
             out.append(from_embeddings(E[[row[t] for t in g]]))

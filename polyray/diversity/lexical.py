@@ -63,7 +63,8 @@ def compute_sentence_bleu(hypothesis: str, references: list[str]) -> float:
     if not hypothesis.strip():
         return 1.0 if any(not ref.strip() for ref in references) else 0.0
     score = _bleu().sentence_score(hypothesis, references).score / 100.0
-    return min(max(score, 0.0), 1.0)  # sacrebleu can return 100.00000000000004
+    # sacrebleu can return 100.00000000000004
+    return min(max(score, 0.0), 1.0)
 
 
 def compute_self_bleu_diversity(texts: list[str]) -> float:

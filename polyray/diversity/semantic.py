@@ -23,7 +23,8 @@ from polyray.embeddings import DEFAULT_BATCH_SIZE, embed_texts
 
 def _as_matrix(embeddings) -> np.ndarray:
     """(n, d) float64 numpy copy of a numpy array, torch tensor or nested list."""
-    if hasattr(embeddings, "detach"):  # torch.Tensor, without importing torch here
+    # torch.Tensor, without importing torch here
+    if hasattr(embeddings, "detach"):
         embeddings = embeddings.detach().cpu().numpy()
     E = np.asarray(embeddings, dtype=np.float64)
     if E.ndim != 2:
@@ -63,8 +64,10 @@ def vendi_from_embeddings(embeddings) -> float:
     n = E.shape[0]
     if n == 0:
         return 0.0
-    eig = np.linalg.eigvalsh(compute_cosine_similarity(E) / n)  # K/n is PSD with trace 1
-    eig = eig[eig > 1e-12]  # drop round-off negatives and zeros: 0 log 0 = 0
+    # K/n is PSD with trace 1
+    eig = np.linalg.eigvalsh(compute_cosine_similarity(E) / n)
+    # drop round-off negatives and zeros: 0 log 0 = 0
+    eig = eig[eig > 1e-12]
     entropy = float(-(eig * np.log(eig)).sum())
     return float(min(max(np.exp(entropy), 1.0), n))
 

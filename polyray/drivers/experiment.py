@@ -111,9 +111,8 @@ def load_experiment(
         patch = {k: v for k, v in patch.items() if k != "from"}
         for seed in ids:
             data = merge(base, {**patch, "name": f"{exp.name}-{run_name}-s{seed}", "seed": seed})
-            if (
-                run_name in candidates or exp.split == "val"
-            ):  # nothing of it is reported as is: its test set is read only if chosen
+            # nothing of it is reported as is: its test set is read only if chosen
+            if run_name in candidates or exp.split == "val":
                 data = merge(data, TRIAL_EVAL)
             if run_name in origins:
                 data["init_adapter"] = str(branch_adapter(out, origins[run_name], seed))
@@ -134,7 +133,8 @@ def load_experiment(
     for label, sel in exp.select.items():
         for cand in sel.among:
             _check_selection(configs, exp.models[cand], sel.metric, f"{path}: select.{label}: {cand}")
-    if isinstance(exp.equivalence_margin, dict):  # a margin for a k no run evaluates would compare nothing
+    # a margin for a k no run evaluates would compare nothing
+    if isinstance(exp.equivalence_margin, dict):
         ks = {k for run in configs.values() for k in run.eval.ks}
         for metric in exp.equivalence_margin:
             at = HEADLINE.match(metric)
@@ -209,8 +209,14 @@ def select_models(exp: ExperimentConfig, out: Path, seeds: int | Sequence[int]) 
                 "mean": sum(have.values()) / len(have) if have else None,
             }
         chosen = best({c: among[c]["mean"] for c in sel.among}, sel.mode)
-        selections[label] = {"chosen": chosen, "run": exp.models[chosen] if chosen else None, "metric": sel.metric,
-                             "mode": sel.mode, "selected_on": SELECTED_ON, "among": among}  # fmt: skip
+        selections[label] = {
+            "chosen": chosen,
+            "run": exp.models[chosen] if chosen else None,
+            "metric": sel.metric,
+            "mode": sel.mode,
+            "selected_on": SELECTED_ON,
+            "among": among,
+        }
     return selections
 
 
@@ -254,7 +260,8 @@ def run_experiment(
     stamp = time.strftime("%Y%m%d-%H%M%S")
     errors: dict[str, str] = {}
     roots, branches = [r for r in exp.runs if r not in origins], [r for r in exp.runs if r in origins]
-    shared: dict[str, Any] = {}  # one engine and one rank keeper for both waves
+    # one engine and one rank keeper for both waves
+    shared: dict[str, Any] = {}
     try:
         for wave, names in ((exp.name, roots), (f"{exp.name}-branches", branches)):
             ready = _ready_seeds(out, names, origins, ids, errors)
@@ -282,7 +289,8 @@ def run_experiment(
         if shared.get("warm") is not None:
             shared["warm"].close()
 
-    errors.update(evaluate_chosen_on_test(exp, out, ids, select_models(exp, out, ids)))  # on validation
+    # select_models chooses on validation; only the chosen are evaluated on test
+    errors.update(evaluate_chosen_on_test(exp, out, ids, select_models(exp, out, ids)))
     return _write_outputs(exp, out, ids, errors)
 
 

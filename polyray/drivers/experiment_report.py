@@ -133,7 +133,8 @@ def _load_phases(
     return per_seed
 
 
-HOLM_KEYS = ("paired_t_p", "wilcoxon_p", "tost_p", "welch_p", "mann_whitney_p")  # one Holm family per test
+# one Holm family per test
+HOLM_KEYS = ("paired_t_p", "wilcoxon_p", "tost_p", "welch_p", "mann_whitney_p")
 
 
 def _model_entry(
@@ -200,11 +201,15 @@ def _comparison(
     for m in headline_metrics(a_means[common[0]]):
         if not all(m in a_means[s] and m in b_means[s] for s in common):
             continue
-        a, b = {s: a_means[s][m] for s in common}, {s: b_means[s][m] for s in common}  # paired by seed id
-        entry["metrics"][m] = {"mean_treatment": sum(a.values()) / len(a), "mean_control": sum(b.values()) / len(b),
-                               "difference": sum(a.values()) / len(a) - sum(b.values()) / len(b),
-                               "over_seeds": _brief(compare_over_seeds(a, b, margin=exp.margin(m))),
-                               "within_seed": _prompt_level(a_phases, b_phases, common, m)}  # fmt: skip
+        # paired by seed id
+        a, b = {s: a_means[s][m] for s in common}, {s: b_means[s][m] for s in common}
+        entry["metrics"][m] = {
+            "mean_treatment": sum(a.values()) / len(a),
+            "mean_control": sum(b.values()) / len(b),
+            "difference": sum(a.values()) / len(a) - sum(b.values()) / len(b),
+            "over_seeds": _brief(compare_over_seeds(a, b, margin=exp.margin(m))),
+            "within_seed": _prompt_level(a_phases, b_phases, common, m),
+        }
     return entry
 
 
@@ -229,7 +234,8 @@ def aggregate(
     entries = [m["over_seeds"] for c in comparisons.values() for m in c["metrics"].values()]
     holm = holm_families(entries, [k for k in HOLM_KEYS if any(k in e for e in entries)])
     for e in entries:
-        if "tost_p" in e:  # a claim of equivalence over the experiment's family, as a difference is
+        # a claim of equivalence over the experiment's family, as a difference is
+        if "tost_p" in e:
             e["equivalent"] = None if e["tost_p_holm"] is None else bool(e["tost_p_holm"] < ALPHA)
     summary = {
         "name": exp.name,
@@ -313,7 +319,8 @@ def _dynamics_records(
     those of the run it branches from (its steps after that run's), so a recipe reads SFT then GRPO."""
     from polyray.eval.analysis import load_dynamics
 
-    @functools.cache  # a root's records are read once, however many runs branch from it
+    # a root's records are read once, however many runs branch from it
+    @functools.cache
     def load(run: str) -> list[dict[str, Any]]:
         path = out / "runs" / f"{run}-s{seed}" / "dynamics.jsonl"
         return load_dynamics(path) if path.is_file() else []
@@ -387,10 +394,17 @@ def summary_table(summary: dict[str, Any]):
 
     parts: list[Any] = [_models_table(summary)]
     selections = summary.get("selections") or {}
-    if selections:  # what the table holds that was chosen, and on which split (a line of its own: no wrap)
-        parts.append(Text("; ".join(
-            f"{label} = {s['chosen'] or 'none measured'}, selected on {s['selected_on']} by mean {s['metric']} over"
-            f" seeds among {', '.join(s['among'])}" for label, s in selections.items())))  # fmt: skip
+    # what the table holds that was chosen, and on which split (a line of its own: no wrap)
+    if selections:
+        parts.append(
+            Text(
+                "; ".join(
+                    f"{label} = {s['chosen'] or 'none measured'}, selected on {s['selected_on']} by mean {s['metric']} over"
+                    f" seeds among {', '.join(s['among'])}"
+                    for label, s in selections.items()
+                )
+            )
+        )
     if summary.get("hypotheses"):
         parts.append(_hypotheses_table(summary))
     if summary.get("comparisons"):

@@ -49,10 +49,14 @@ from polyray.models.interpolate import (
 )
 from polyray.tasks import diversities_for
 
-REFERENCE = 1.0  # the 'to' adapter: the pass@1 the selection must keep
-MIX_REFERENCE = (1.0, 0.0)  # the same adapter among the mixes (α, b) with --other
-OTHER_COEFS = (0.0, 0.5, 1.0)  # b's grid when --other comes without --other-coefs
-Point = float | tuple[float, float]  # α, or (α, b) with --other
+# the 'to' adapter: the pass@1 the selection must keep
+REFERENCE = 1.0
+# the same adapter among the mixes (α, b) with --other
+MIX_REFERENCE = (1.0, 0.0)
+# b's grid when --other comes without --other-coefs
+OTHER_COEFS = (0.0, 0.5, 1.0)
+# α, or (α, b) with --other
+Point = float | tuple[float, float]
 
 
 def point_label(point: Point) -> str:
@@ -92,7 +96,8 @@ def check_grid(alphas: Sequence[float], other_coefs: Sequence[float] | None = No
         raise ConfigError(f"--{exc}") from None
     points: list[Point] = list(grid) if coefs is None else [(a, b) for a in grid for b in coefs]
     if reference_of(points) not in points:
-        points.append(reference_of(points))  # the 'to' adapter's pass@1 is what the choice keeps
+        # the 'to' adapter's pass@1 is what the choice keeps
+        points.append(reference_of(points))
     return points
 
 
@@ -194,7 +199,8 @@ def eval_job(
     from polyray.drivers.evaluate import EvalJobConfig
 
     n = n_samples or cfg.eval.n_samples
-    ks = sorted({k for k in cfg.eval.ks if k <= n} | {min(n, max(cfg.eval.ks))})  # fewer samples: pass@n the largest
+    # fewer samples: pass@n the largest
+    ks = sorted({k for k in cfg.eval.ks if k <= n} | {min(n, max(cfg.eval.ks))})
     task = cfg.task.model_dump()
     default_prompts = task.get(f"n_{split}")
     entry = EVAL_TASK_CONFIGS[cfg.task.type](
@@ -204,13 +210,20 @@ def eval_job(
     reference = point_label(reference_of(adapters))
     labels = [point_label(p) for p in adapters]
     return EvalJobConfig(
-        name=name, seed=cfg.seed, model=cfg.model, rollout=cfg.rollout.model_copy(update={"max_lora_rank": rank}),
-        cluster=cfg.cluster, tasks=[entry], n_samples=n, ks=ks, sampling=cfg.eval.sampling,
+        name=name,
+        seed=cfg.seed,
+        model=cfg.model,
+        rollout=cfg.rollout.model_copy(update={"max_lora_rank": rank}),
+        cluster=cfg.cluster,
+        tasks=[entry],
+        n_samples=n,
+        ks=ks,
+        sampling=cfg.eval.sampling,
         diversity=diversities_for(cfg.eval.diversity, cfg.task.type),
         models=[{"name": label, "kind": "adapter", "path": str(p)} for label, p in zip(labels, adapters.values())],
         compare=[(label, reference) for label in labels if label != reference] if split == "test" else [],
         lora=[],
-    )  # fmt: skip
+    )
 
 
 def _metrics(results: dict[str, Any], label: str, ks: Sequence[int]) -> dict[str, float]:
@@ -236,9 +249,14 @@ def choose_alpha(
     (else pass@ at the smallest k) is at least ``reference``'s (the 'to' adapter) minus ``tolerance``; ties go
     to the point nearest the reference, then to the smaller coefficients."""
     keep = "pass@1" if 1 in ks else f"pass@{min(ks)}"
-    nearest_first = sorted(val_metrics, key=lambda p: _distance(p, reference))  # best_keeping's ties go to the first
-    return best_keeping({p: val_metrics[p][f"pass@{max(ks)}"] for p in nearest_first},
-                        {p: val_metrics[p][keep] for p in nearest_first}, reference, tolerance)  # fmt: skip
+    # best_keeping's ties go to the first
+    nearest_first = sorted(val_metrics, key=lambda p: _distance(p, reference))
+    return best_keeping(
+        {p: val_metrics[p][f"pass@{max(ks)}"] for p in nearest_first},
+        {p: val_metrics[p][keep] for p in nearest_first},
+        reference,
+        tolerance,
+    )
 
 
 def _check_request(
@@ -310,9 +328,11 @@ def run_interpolation(
     val_metrics = {p: _metrics(val, point_label(p), ks) for p in points}
     chosen = choose_alpha(val_metrics, ks, tolerance, reference)
     test_job, test, test_metrics = None, {}, {}
-    if not validation_only:  # a first stage that must not see test builds no test job at all
+    # a first stage that must not see test builds no test job at all
+    if not validation_only:
         test_job = eval_job(cfg, adapters, rank, "test", test_prompts, n_samples, f"{cfg.name}-interpolate-test")
-        test = run_eval(test_job, out / "test")  # read once, for the table: nothing is chosen on it
+        # read once, for the table: nothing is chosen on it
+        test = run_eval(test_job, out / "test")
         test_metrics = {p: _metrics(test, point_label(p), ks) for p in points}
     where = "alpha = 1" if mate is None else "(alpha, b) = (1, 0)"
     summary = {
@@ -320,7 +340,8 @@ def run_interpolation(
         "from": None if start is None else str(start),
         "to": str(end),
         "other": None if mate is None else str(mate),
-        "alphas": list(points) if mate is None else check_alphas(alphas),  # the curve's grid: 1 added
+        # the curve's grid: 1 added
+        "alphas": list(points) if mate is None else check_alphas(alphas),
         "other_coefs": None if coefs is None else [float(b) for b in coefs],
         "points": [_json_point(p) for p in points],
         "model": f"{formula} (peft cat combination, exact)",
@@ -342,7 +363,8 @@ def run_interpolation(
                 "coefficients": coefficients(p),
                 "adapter": str(adapters[p]),
                 "val": val_metrics[p],
-                "test": test_metrics.get(p),  # None with validation_only
+                # None with validation_only
+                "test": test_metrics.get(p),
             }
             for p in points
         ],
@@ -517,7 +539,8 @@ def summarize_seeds(summaries: Sequence[dict[str, Any]], margin: float = 0.01, s
         t["pvalue_holm"] = adjusted
     return {
         "runs": [s["run"] for s in summaries],
-        "alphas": [_json_point(p) for p in grid],  # each α, or [α, b] with --other
+        # each α, or [α, b] with --other
+        "alphas": [_json_point(p) for p in grid],
         "ks": ks,
         "n_seeds": len(summaries),
         "split": split,
@@ -562,8 +585,12 @@ def show_seeds(summary: dict[str, Any], out: Path) -> None:
     for column in ("point", "pass@1", top, f"pass@1 − {to} (90%, TOST)", f"{top} − {base['label']} (95%, paired t)"):
         table.add_column(column, justify="right")
     rows = [(r.get("label") or point_label(_row_point(r)), r) for r in summary["curve"]]
-    rows.append((f"chosen {summary['chosen'].get('labels', summary['chosen']['alphas'])}",
-                 {**summary["chosen"], **summary["chosen"]["tests"]}))  # fmt: skip
+    rows.append(
+        (
+            f"chosen {summary['chosen'].get('labels', summary['chosen']['alphas'])}",
+            {**summary["chosen"], **summary["chosen"]["tests"]},
+        )
+    )
     vs_base = f"{top}_vs_{base['name']}"
     for label, r in rows:
         table.add_row(label, iv(r["pass@1"]), iv(r[top]), diff(r.get("pass@1_vs_to", {})), diff(r.get(vs_base, {})))

@@ -37,7 +37,8 @@ def check_inputs(run: RunConfig) -> list:
     return models_to_train(plan_rewards(run, task), run)
 
 
-_DRAWN: set[str] = set()  # what was drawn: an experiment's runs share their task, and are drawn once
+# what was drawn: an experiment's runs share their task, and are drawn once
+_DRAWN: set[str] = set()
 
 
 def _draw_splits(task, run: RunConfig) -> None:
@@ -50,7 +51,8 @@ def _draw_splits(task, run: RunConfig) -> None:
     key = json.dumps([run.task.model_dump(mode="json"), task.corpus_key(), extra], sort_keys=True, default=str)
     if key in _DRAWN:
         return
-    task.prompts("test", 1)  # a data task's splits, which need no size
+    # a data task's splits, which need no size
+    task.prompts("test", 1)
     for split in ("train", "val", "test"):
         if task.split_size(split):
             task.prompts(split)
@@ -58,7 +60,8 @@ def _draw_splits(task, run: RunConfig) -> None:
         if count > (task.split_size(split) or 0):
             try:
                 task.prompts(split, count)
-            except ConfigError as exc:  # it names the split's size, not the field asking for more
+            # it names the split's size, not the field asking for more
+            except ConfigError as exc:
                 raise ConfigError(f"{field}: cannot draw {count} {split} prompts: {exc}") from None
     _DRAWN.add(key)
 
@@ -118,7 +121,8 @@ def worker_config(run: RunConfig) -> RunConfig:
         ("eval_engagement_model", "eval_engagement_model_dir"),
     ):
         local = str(getattr(task, default)()) if hasattr(task, default) else None
-        if data["task"].get(key, "") is None and local in shared:  # the cache entry (per file, seed and rows)
+        # the cache entry (per file, seed and rows)
+        if data["task"].get(key, "") is None and local in shared:
             data["task"][key] = shared[local]
     return RunConfig.model_validate(data)
 

@@ -102,7 +102,8 @@ def results_table(results: RunResults, ks: list[int]) -> Table:
     table.add_column("model")
     for k in ks:
         table.add_column(f"pass@{k}", justify="right")
-    usq = [k for k in ks if k > 1][-1:]  # USQ at the largest k (a selector ranking by likelihood)
+    # USQ at the largest k (a selector ranking by likelihood)
+    usq = [k for k in ks if k > 1][-1:]
     for k in usq:
         table.add_column(f"usq@{k}", justify="right")
     table.add_column("reward", justify="right")

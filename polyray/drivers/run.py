@@ -105,7 +105,8 @@ def train_stage(
         )
 
 
-INIT_VERSION = 1  # the adapter version a run started from ``init_adapter`` gives it
+# the adapter version a run started from ``init_adapter`` gives it
+INIT_VERSION = 1
 
 
 def publish_init_adapter(run: RunConfig, pool, shared=None) -> tuple[int, str]:
@@ -115,7 +116,8 @@ def publish_init_adapter(run: RunConfig, pool, shared=None) -> tuple[int, str]:
     from polyray.learner.lora import read_adapter
 
     path = Path(run.init_adapter).resolve()
-    if not pool.holds(INIT_VERSION):  # a first start, or one killed inside this very put (id reserved, no weights)
+    # a first start, or one killed inside this very put (id reserved, no weights)
+    if not pool.holds(INIT_VERSION):
         pool.publish(INIT_VERSION, read_adapter(path), phase="init")
     pool.pin("init", INIT_VERSION)
     return INIT_VERSION, share_adapter(shared, path, "init")
@@ -189,24 +191,39 @@ class RunState:
     run: RunConfig
     out: Path
     resume: bool
-    results: RunResults  # results.json as written so far
-    _: KW_ONLY  # the rest by keyword
+    # results.json as written so far
+    results: RunResults
+    # the rest by keyword
+    _: KW_ONLY
     tracker: RunTracker | None = None
-    on_stage: Callable[[RunResults], None] | None = None  # called with the results after each evaluation
+    # called with the results after each evaluation
+    on_stage: Callable[[RunResults], None] | None = None
     timer: Timer = field(default_factory=Timer)
     pool: RolloutPool | None = None
-    task: Task | None = None  # the task as evaluations see it (build_eval_task)
-    eval_prompts: list[Prompt] = field(default_factory=list)  # the stage evaluations' (eval.split)
-    model_dir: Path | None = None  # on the driver's node
-    model_ref: str | StoredDir | None = None  # what workers get: model_dir, or its reference in cluster.storage
-    worker_run: RunConfig | None = None  # the config workers get (worker_config): input paths as storage references
-    shared: RunStorage | None = None  # the run's place in cluster.storage, or None
-    serving: bool = False  # the generation service is deployed (--serve-generation)
-    logs: StepLogs | None = None  # the learner's step logs, one actor for every phase
-    learner: LearnerGroup | None = None  # the kept ranks (learner.keep_ranks), started by start_learner
-    warm: WarmComponents | None = None  # what a sweep's trials share (polyray.drivers.warm)
-    shared_pool: bool = False  # the rollout workers are the sweep's (warm), not this run's
-    gpus: dict[str, GpuInfo] | None = None  # the cluster's GPUs as a sweep read them (cluster_gpus)
+    # the task as evaluations see it (build_eval_task)
+    task: Task | None = None
+    # the stage evaluations' (eval.split)
+    eval_prompts: list[Prompt] = field(default_factory=list)
+    # on the driver's node
+    model_dir: Path | None = None
+    # what workers get: model_dir, or its reference in cluster.storage
+    model_ref: str | StoredDir | None = None
+    # the config workers get (worker_config): input paths as storage references
+    worker_run: RunConfig | None = None
+    # the run's place in cluster.storage, or None
+    shared: RunStorage | None = None
+    # the generation service is deployed (--serve-generation)
+    serving: bool = False
+    # the learner's step logs, one actor for every phase
+    logs: StepLogs | None = None
+    # the kept ranks (learner.keep_ranks), started by start_learner
+    learner: LearnerGroup | None = None
+    # what a sweep's trials share (polyray.drivers.warm)
+    warm: WarmComponents | None = None
+    # the rollout workers are the sweep's (warm), not this run's
+    shared_pool: bool = False
+    # the cluster's GPUs as a sweep read them (cluster_gpus)
+    gpus: dict[str, GpuInfo] | None = None
 
     def keeper(self):
         """The sweep's rank keeper (the ranks outlive this run), or None."""
@@ -236,15 +253,18 @@ def _run_stages(state: RunState, engagement: list, serve_generation: bool) -> No
         generation = generation_args(state.run, state.out, state.model_ref, state.store_root())
     start_ray(state, generation)
     state.shared_pool = state.warm is not None and state.warm.serves(state.run, state.model_ref)
-    name = state.warm.store_name if state.shared_pool else None  # the shared workers find each run's store by it
+    # the shared workers find each run's store by it
+    name = state.warm.store_name if state.shared_pool else None
     store = open_store(state.store_root(), state.run.rollout.store_keep, name=name)
     finished = False
-    state.logs = StepLogs.on_driver_node(state.out)  # starts beside the engines and services
+    # starts beside the engines and services
+    state.logs = StepLogs.on_driver_node(state.out)
     try:
         # the rollout engines start while the services do (each waits mostly on its own imports)
         launched_s = launch_pool(state, store)
         start_services(state, generation)
-        start_learner(state)  # its ranks import while the engines finish starting and the base is evaluated
+        # its ranks import while the engines finish starting and the base is evaluated
+        start_learner(state)
         wait_for_pool(state, launched_s)
         version, adapter = (0, None)
         if state.run.init_adapter:
@@ -267,13 +287,16 @@ def release(state: RunState, store, finished: bool) -> None:
     warning: the run's own outcome, or error, is what it reports)."""
     learner = state.learner
     steps = [
-        (state.serving, lambda: stop_services(state)),  # the service lasts as long as the run
+        # the service lasts as long as the run
+        (state.serving, lambda: stop_services(state)),
         # ranks are handed to the sweep's next run only after a clean end: one may be mid-phase otherwise
         (learner is not None and finished, lambda: learner.hand_back()),
         (learner is not None and not finished, lambda: learner.cancel()),
         (state.pool is not None and not state.shared_pool, lambda: state.pool.shutdown()),
-        (True, lambda: state.logs.close()),  # the rows are on disk
-        (True, lambda: ray.kill(store)),  # its state is on disk; a resume opens it again
+        # the rows are on disk
+        (True, lambda: state.logs.close()),
+        # its state is on disk; a resume opens it again
+        (True, lambda: ray.kill(store)),
     ]
     for due, step in steps:
         if not due:
@@ -292,8 +315,10 @@ def prepare_inputs(state: RunState, engagement: list) -> None:
         state.model_dir = prepare_model_dir(run.model, run.task)
     state.results.model_dir = str(state.model_dir)
     with state.timer("model_to_storage") if run.cluster.storage else contextlib.nullcontext():
-        state.model_ref = share_model(run.cluster.storage, state.model_dir)  # what crosses to the workers
-    for line in plan_memory(run, state.model_dir):  # before anything starts on Ray
+        # what crosses to the workers
+        state.model_ref = share_model(run.cluster.storage, state.model_dir)
+    # before anything starts on Ray
+    for line in plan_memory(run, state.model_dir):
         console.print(line, highlight=False)
     for t in engagement:
         with (
@@ -376,8 +401,9 @@ def start_services(state: RunState, generation: dict[str, Any] | None) -> None:
         from polyray.reward.service import ensure_reward_service
 
         with timer("reward_service_start"), console.status("starting the reward service (Ray Serve)"):
-            ensure_reward_service(run.reward, custom_reward_functions(run), run.cluster.worker_resources,
-                                  run.cluster.resource_wait_s)  # fmt: skip
+            ensure_reward_service(
+                run.reward, custom_reward_functions(run), run.cluster.worker_resources, run.cluster.resource_wait_s
+            )
 
 
 def stop_services(state: RunState) -> None:
@@ -404,7 +430,8 @@ def launch_pool(state: RunState, store) -> float:
         for worker in state.warm.workers:
             ray.kill(worker)
         state.shared_pool = False
-    if state.shared_pool:  # the sweep's engines, already running: this run's store and no adapters
+    # the sweep's engines, already running: this run's store and no adapters
+    if state.shared_pool:
         state.pool = RolloutPool(state.warm.workers)
         state.pool.start_run(store, run.name)
         return time.perf_counter() - start
@@ -470,9 +497,11 @@ def fit(state: RunState, index: int, version: int, adapter: str | None) -> tuple
     run, results = state.run, state.results
     phase = run.phases[index]
     adapter_dir = state.out / "adapters" / phase.name
-    if phase.name in results.evaluations:  # trained and evaluated before a resume
+    # trained and evaluated before a resume
+    if phase.name in results.evaluations:
         return results.versions[phase.name], share_adapter(state.shared, adapter_dir, phase.name)
-    if state.resume and (adapter_dir / "polyray_version.json").is_file():  # trained, not yet evaluated
+    # trained, not yet evaluated
+    if state.resume and (adapter_dir / "polyray_version.json").is_file():
         version = json.loads((adapter_dir / "polyray_version.json").read_text())["version"]
         adapter = share_adapter(state.shared, adapter_dir, phase.name)
     else:
@@ -492,7 +521,8 @@ def fit(state: RunState, index: int, version: int, adapter: str | None) -> tuple
         version, adapter = trained["version"], share_adapter(state.shared, Path(trained["adapter_dir"]), phase.name)
         results.stage_done(f"train_{phase.name}")
         write_results(state.out, results)
-    state.pool.pin(phase.name, version)  # evaluated next, and by anyone later: kept for good
+    # evaluated next, and by anyone later: kept for good
+    state.pool.pin(phase.name, version)
     results.versions[phase.name] = version
     return version, adapter
 

@@ -52,7 +52,8 @@ def best_keeping(score: Mapping[K, float], keep: Mapping[K, float], reference: K
         raise ValueError(f"best_keeping needs both metrics for the same keys, the reference {reference!r} among them")
     floor = keep[reference] - tolerance
     chosen = best({k: v for k, v in score.items() if keep[k] >= floor})
-    assert chosen is not None  # the reference qualifies
+    # the reference qualifies
+    assert chosen is not None
     return chosen
 
 
@@ -87,7 +88,8 @@ def evaluate_dir_on_test(out: Path, stages: list[str]) -> dict[str, EvalRecord]:
     import yaml
 
     results = read_results(out / "results.json")
-    if not stages_to_test(results, stages):  # nothing to evaluate: no Ray, no config
+    # nothing to evaluate: no Ray, no config
+    if not stages_to_test(results, stages):
         return {stage: record_on_test(results, stage) for stage in stages}
     run = RunConfig.model_validate(yaml.safe_load((out / "config.resolved.yaml").read_text()))
     return evaluate_on_test(run, out, stages)
@@ -98,7 +100,8 @@ def evaluate_on_test(run: RunConfig, out: Path, stages: list[str]) -> dict[str, 
     validation: a candidate that a selection chose), each its stage's adapter from the run's store,
     added to results.json under ``test``; a stage that already has one is not evaluated again.
     Returns every asked stage's test record. Starts (or joins) Ray and a rollout pool of its own."""
-    import ray  # here: choosing and reading results back needs no Ray (``polyray check`` loads these modules)
+    # imported here: choosing and reading results back needs no Ray (``polyray check`` loads these modules)
+    import ray
 
     from polyray.drivers.run import INIT_VERSION, RunState, evaluate_stage, launch_pool, prepare_inputs, start_ray
     from polyray.drivers.run import wait_for_pool
@@ -108,7 +111,8 @@ def evaluate_on_test(run: RunConfig, out: Path, stages: list[str]) -> dict[str, 
     missing = stages_to_test(results, stages)
     if missing:
         state = RunState(run, out, True, results)
-        prepare_inputs(state, [])  # the model and engagement models exist: the run built them
+        # the model and engagement models exist: the run built them
+        prepare_inputs(state, [])
         start_ray(state, None)
         store = open_store(state.store_root(), run.rollout.store_keep)
         try:

@@ -67,10 +67,13 @@ from polyray.drivers.sweep_report import attach_test, chosen_trials, summarise, 
 from polyray.io import ConfigError, apply_overrides, console, format_validation_error, read_yaml_mapping
 from polyray.tracking import run_metrics, tune_callbacks
 
-TUNE_DIR = "tune"  # Tune's experiment directory under the sweep's output directory
+# Tune's experiment directory under the sweep's output directory
+TUNE_DIR = "tune"
 TRIALS_DIR = "trials"
-TRIAL_CPUS = 0.01  # a trial's own request: its driver only (Tune refuses an empty one)
-TRIAL_EVAL = {"eval": {"split": "val"}}  # what a candidate run evaluates its stages on (never the test set)
+# a trial's own request: its driver only (Tune refuses an empty one)
+TRIAL_CPUS = 0.01
+# what a candidate run evaluates its stages on (never the test set)
+TRIAL_EVAL = {"eval": {"split": "val"}}
 
 
 def merge(base: dict, patch: dict) -> dict:
@@ -115,7 +118,8 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> tuple[SweepCo
     if sweep.task is not None:
         base["task"] = sweep.task
     base = apply_overrides(merge(base, sweep.overrides), list(overrides))
-    base = merge(base, TRIAL_EVAL)  # trials are candidates: the test set is read for the chosen setting only
+    # trials are candidates: the test set is read for the chosen setting only
+    base = merge(base, TRIAL_EVAL)
     for params in _points(sweep):
         try:
             run = RunConfig.model_validate(apply_params(base, params))
@@ -293,9 +297,11 @@ def run_trials(
     from polyray.models.source import prepare_model_dir
 
     for run in configs:
-        check_inputs(run)  # the user's data, once, before Ray starts (not once per trial)
+        # the user's data, once, before Ray starts (not once per trial)
+        check_inputs(run)
     first = configs[0]
-    prepare_model_dir(first.model, first.task)  # once, before trials race to build it
+    # once, before trials race to build it
+    prepare_model_dir(first.model, first.task)
     init_ray(first.cluster, sweep_cpus(first, max_concurrent), demands=sweep_demands(variants or configs))
     # read once, before the trials' actors fill the GPUs a probe would wait for (an experiment's later
     # waves find them filled by the engines the waves share: the first wave's reading is kept)
@@ -306,7 +312,8 @@ def run_trials(
             shared["gpus"] = gpus
     for run in configs:
         check_gpus(run, gpus or {})
-    if first.reward.endpoint:  # the reward apps serve every trial, deployed outside their placement groups
+    # the reward apps serve every trial, deployed outside their placement groups
+    if first.reward.endpoint:
         from polyray.config.run import custom_reward_functions
         from polyray.reward.service import ensure_reward_service
 
@@ -314,7 +321,8 @@ def run_trials(
     from polyray.drivers.warm import start_warm
 
     warm = (shared or {}).get("warm")
-    if warm is None:  # engines and learner ranks the trials share, one after another
+    # engines and learner ranks the trials share, one after another
+    if warm is None:
         warm = start_warm(variants or configs, max_concurrent)
         if shared is not None:
             shared["warm"] = warm
@@ -328,7 +336,7 @@ def run_trials(
             derived=derived,
             warm=warm,
             gpus=gpus,
-        ),  # fmt: skip
+        ),
         {"cpu": TRIAL_CPUS},
     )
     tune_dir = out / TUNE_DIR

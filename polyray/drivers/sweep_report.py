@@ -19,7 +19,8 @@ from polyray.drivers.selection import best, error_line
 # what a setting's t-interval over seeds holds fixed: each metric's prompts (test or validation set,
 # drawn from the task's seed, so the same for every run seed)
 CONDITIONAL_ON = "evaluation prompts (the same test or validation prompts for every seed)"
-TEST_FOR = "the selected setting only"  # which trials' test sets are read: sweep.json's splits.test
+# which trials' test sets are read: sweep.json's splits.test
+TEST_FOR = "the selected setting only"
 
 
 def _on_validation(key: str) -> bool:
@@ -39,21 +40,35 @@ def summarise(sweep: SweepConfig, run: RunConfig, grid) -> dict[str, Any]:
     the mean and 95% t-interval over seeds, and the setting selected on validation."""
     objective = _objective_key(sweep, run)
     trials = []
-    for result in grid:  # validation numbers only: the test set is evaluated for the selected setting afterwards
+    # validation numbers only: the test set is evaluated for the selected setting afterwards
+    for result in grid:
         metrics = {
             k: v
             for k, v in (result.metrics or {}).items()
             if "/" in k and isinstance(v, (int, float)) and _on_validation(k)
         }
-        trials.append({"params": trial_params(result), "metrics": metrics, "run_dir": (result.metrics or {}).get("run_dir"),
-                       "error": error_line(result.error)})  # fmt: skip
+        trials.append(
+            {
+                "params": trial_params(result),
+                "metrics": metrics,
+                "run_dir": (result.metrics or {}).get("run_dir"),
+                "error": error_line(result.error),
+            }
+        )
     top = best({i: t["metrics"].get(objective) for i, t in enumerate(trials)}, sweep.objective.mode)
     best_trial = {**trials[top], "selected_on": SELECTED_ON} if top is not None else None
     grouped = settings(trials)
-    return {"name": sweep.name, "objective": {"key": objective, "mode": sweep.objective.mode, "selected_on": SELECTED_ON},
-            "axes": list(sweep.space), "trials": trials, "best": best_trial, "settings": grouped,
-            "selected": select_setting(grouped, objective, sweep.objective.mode), "conditional_on": CONDITIONAL_ON,
-            "splits": {"trials": "validation", "selection": SELECTED_ON, "test": TEST_FOR}}  # fmt: skip
+    return {
+        "name": sweep.name,
+        "objective": {"key": objective, "mode": sweep.objective.mode, "selected_on": SELECTED_ON},
+        "axes": list(sweep.space),
+        "trials": trials,
+        "best": best_trial,
+        "settings": grouped,
+        "selected": select_setting(grouped, objective, sweep.objective.mode),
+        "conditional_on": CONDITIONAL_ON,
+        "splits": {"trials": "validation", "selection": SELECTED_ON, "test": TEST_FOR},
+    }
 
 
 def chosen_trials(summary: dict[str, Any]) -> list[dict[str, Any]]:

@@ -44,8 +44,10 @@ class WarmComponents:
 
     key: str
     workers: list[Any]
-    store_name: str  # the name each trial's adapter store takes in turn
-    keeper: Any = None  # a RankKeeper actor, or None (runs start their own ranks)
+    # the name each trial's adapter store takes in turn
+    store_name: str
+    # a RankKeeper actor, or None (runs start their own ranks)
+    keeper: Any = None
 
     def serves(self, run: RunConfig, model_ref) -> bool:
         return bool(self.workers) and pool_key(run, model_ref) == self.key
@@ -86,10 +88,16 @@ def start_warm(configs: list[RunConfig], concurrent: int) -> WarmComponents | No
     pool = None
     if len(keys) == 1 and all(run.rollout.share_across_trials for run in configs):
         pool = RolloutPool.launch(
-            model_ref, first.rollout, dtype=first.engine_dtype, run_seed=first.seed, store=store_name,
-            run=first.name, resources=first.cluster.worker_resources, wait=False,
+            model_ref,
+            first.rollout,
+            dtype=first.engine_dtype,
+            run_seed=first.seed,
+            store=store_name,
+            run=first.name,
+            resources=first.cluster.worker_resources,
+            wait=False,
             resource_wait_s=first.cluster.resource_wait_s,
-        )  # fmt: skip
+        )
     keeper = None
     if all(run.learner.keep_ranks for run in configs):
         keeper = ray.remote(RankKeeper).options(num_cpus=0, scheduling_strategy="DEFAULT").remote()

@@ -44,7 +44,8 @@ __all__ = [
     "prompt_success",
 ]
 
-SUCCESS_BINS = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0)  # c/n histogram edges; c = 0 is a bin of its own
+# c/n histogram edges; c = 0 is a bin of its own
+SUCCESS_BINS = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
 # --------------------------------------------------------------------------- Pareto
@@ -71,7 +72,8 @@ def pareto_frontier(points: Sequence[tuple[str, float, float]]) -> np.ndarray:
     bad = np.flatnonzero(~np.all(np.isfinite(xy), axis=1))
     if bad.size:
         raise ValueError(f"points[{int(bad[0])}] = {points[int(bad[0])]!r} has a non-finite value")
-    ge = np.all(xy[:, None, :] >= xy[None, :, :], axis=2)  # ge[j, i]: j weakly better than i
+    # ge[j, i]: j weakly better than i
+    ge = np.all(xy[:, None, :] >= xy[None, :, :], axis=2)
     gt = np.any(xy[:, None, :] > xy[None, :, :], axis=2)
     dominated = np.any(ge & gt, axis=0)
     return ~dominated
@@ -100,7 +102,8 @@ def load_dynamics(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     records: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
-    for rec in read_log_jsonl(path):  # a torn last line and rows superseded by a resume are left out
+    # a torn last line and rows superseded by a resume are left out
+    for rec in read_log_jsonl(path):
         phase = str(rec.get("phase", "unknown"))
         rec["phase"] = phase
         if rec.get("step") is None:
@@ -375,7 +378,8 @@ def prompt_success(a: Sequence[Any], b: Sequence[Any], k: int) -> dict[str, Any]
         "histogram_b": _success_histogram([(y.n, y.c) for _, y in pairs]),
         "solved_by_a_never_by_b": len(lost),
         "solved_by_b_never_by_a": len(gained),
-        f"pass@{k}_difference": total / len(pairs),  # mean over prompts: the models' pass@k difference
+        # mean over prompts: the models' pass@k difference
+        f"pass@{k}_difference": total / len(pairs),
         f"pass@{k}_difference_on_those": math.fsum(gap[i] for i in lost) / len(pairs),
         "share_of_difference": math.fsum(gap[i] for i in lost) / total if total else None,
     }

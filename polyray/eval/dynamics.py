@@ -61,7 +61,8 @@ class DynamicsProbe:
     def __init__(self, run: RunConfig, phase_index: int, pool, model_dir: str | Path):
         self.run, self.cfg, self.pool, self.model_dir = run, run.dynamics, pool, str(model_dir)
         self.phase = run.phases[phase_index].name
-        self.offset = sum(p.steps for p in run.phases[:phase_index])  # global step of this phase's step 0
+        # global step of this phase's step 0
+        self.offset = sum(p.steps for p in run.phases[:phase_index])
         self._task: Task | None = None
 
     def due(self, step: int, last: bool) -> bool:
@@ -75,7 +76,8 @@ class DynamicsProbe:
 
             from polyray.storage import node_path
 
-            self._task = build_eval_task(self.run, node_path(self.model_dir))  # on a learner rank's node
+            # on a learner rank's node
+            self._task = build_eval_task(self.run, node_path(self.model_dir))
             self._prompts = self._task.prompts("val", self.cfg.n_prompts)
         # sampled as the phase evaluations sample (eval.sampling: length, temperature)
         record = measure_dynamics(

@@ -170,7 +170,8 @@ def _pareto_points(results: dict[str, Any]) -> tuple[list[tuple[str, float, floa
     models, ks = report_models(results), report_ks(results)
     cfg = results.get("pareto") or {}
     div_names = [d for m in models.values() for d in m.diversity]
-    div = cfg.get("diversity") or (div_names[0] if div_names else None)  # a diversity, or any record key (pass@10)
+    # a diversity, or any record key (pass@10)
+    div = cfg.get("diversity") or (div_names[0] if div_names else None)
     points = []
     for name, m in models.items():
         q = m.quality
@@ -358,7 +359,8 @@ def _fig_axis(results: dict[str, Any]):
     return fig, ""
 
 
-ONLY_WITH_INPUT = {"fig-axis"}  # a sweep's figure: absent, not "skipped", in other reports
+# a sweep's figure: absent, not "skipped", in other reports
+ONLY_WITH_INPUT = {"fig-axis"}
 FIGURES = (
     ("fig-axis", "Pass@k against the swept value", _fig_axis),
     ("fig-passk", "Pass@k curves", _fig_passk),

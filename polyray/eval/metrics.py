@@ -130,12 +130,18 @@ def _select_given(name: str) -> Callable[[np.ndarray, np.ndarray | None], np.nda
 
 
 SELECTORS: dict[str, Callable[[np.ndarray, np.ndarray | None], np.ndarray]] = {
-    "oracle": _select_oracle,  # score = ground-truth quality (upper bound)
-    "random": _select_random,  # uniform pick (lower bound = mean quality)
-    "logprob": _select_given("logprob"),  # scores = mean token log-prob of each candidate
-    "reward_model": _select_given("reward_model"),  # scores = reward-service scores
-    "length": _select_given("length"),  # scores = e.g. (negative) length, a heuristic
-    "scores": _select_given("scores"),  # any other precomputed score
+    # score = ground-truth quality (upper bound)
+    "oracle": _select_oracle,
+    # uniform pick (lower bound = mean quality)
+    "random": _select_random,
+    # scores = mean token log-prob of each candidate
+    "logprob": _select_given("logprob"),
+    # scores = reward-service scores
+    "reward_model": _select_given("reward_model"),
+    # scores = e.g. (negative) length, a heuristic
+    "length": _select_given("length"),
+    # any other precomputed score
+    "scores": _select_given("scores"),
 }
 """Selector registry: name -> f(quality (n,), scores (n,) | None) -> scores (n,) to arg-max."""
 
@@ -184,7 +190,8 @@ def compute_pick_probabilities(scores: np.ndarray, k: int) -> np.ndarray:
     n = s.size
     if not 1 <= k <= n:
         raise ValueError(f"k={k} out of range for n={n} candidates")
-    values, inverse, sizes = np.unique(-s, return_inverse=True, return_counts=True)  # best group first
+    # best group first
+    values, inverse, sizes = np.unique(-s, return_inverse=True, return_counts=True)
     above = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     group_prob = np.array([_comb_ratio(n - a, n, k) - _comb_ratio(n - a - m, n, k) for a, m in zip(above, sizes)])
     return (group_prob / sizes)[inverse.ravel()]

@@ -167,8 +167,10 @@ class EvalRecord:
     usq_selector: str | None = None
     usq_by_selector: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
     der: dict[int, dict[str, Any]] = field(default_factory=dict)
-    collapse_point: dict[str, Any] | None = None  # {"k": smallest k that flattens or None, "threshold"}
-    quality: Estimate | None = None  # the Pareto quality (default in readers: pass@min k)
+    # {"k": smallest k that flattens or None, "threshold"}
+    collapse_point: dict[str, Any] | None = None
+    # the Pareto quality (default in readers: pass@min k)
+    quality: Estimate | None = None
     quality_label: str | None = None
     reference_quality: dict[str, Estimate] = field(default_factory=dict)
     per_prompt: list[PromptRow] | None = None
@@ -225,7 +227,8 @@ class EvalRecord:
                 values = [float(np.mean(r.rewards)) for r in self.per_prompt]
             else:
                 return None
-        except (ValueError, TypeError):  # k > n; no rewards recorded
+        # k > n; no rewards recorded
+        except (ValueError, TypeError):
             return None
         arr = np.asarray(values, dtype=np.float64)
         return arr if np.all(np.isfinite(arr)) else None

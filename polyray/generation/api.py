@@ -20,8 +20,10 @@ if TYPE_CHECKING:
 
 
 INT64 = 2**63 - 1
-MAX_LOGPROBS = 20  # vLLM's default max_logprobs
-COMPLETION_MAX_TOKENS = 16  # a completion request's max_tokens when it sends none (OpenAI's and vLLM's)
+# vLLM's default max_logprobs
+MAX_LOGPROBS = 20
+# a completion request's max_tokens when it sends none (OpenAI's and vLLM's)
+COMPLETION_MAX_TOKENS = 16
 
 
 # ------------------------------------------------------------------------------ request bodies
@@ -33,7 +35,8 @@ Stop = Annotated[str | list[str] | None, Field(None, description="Strings that e
 
 
 class _Sampling(BaseModel):
-    model_config = ConfigDict(extra="allow")  # vLLM's extensions, validated by vLLM
+    # vLLM's extensions, validated by vLLM
+    model_config = ConfigDict(extra="allow")
 
     model: str = Field(..., description="base, policy-vN, latest, or a named adapter ('<run>/<phase>').")
     n: int = Field(1, ge=1, description="Completions per prompt.")

@@ -50,10 +50,13 @@ class AdapterCatalog:
         self.metrics = metrics
         self.base, self.named = base, dict(named)
         self.store, self.root, self.keep = store, root, keep
-        self.stored: list[int] = []  # versions the store holds, as of the last refresh
-        self.loaded: dict[int, Path] = {}  # version -> its directory here
+        # versions the store holds, as of the last refresh
+        self.stored: list[int] = []
+        # version -> its directory here
+        self.loaded: dict[int, Path] = {}
         self.holds: Counter[str] = Counter()
-        self._lock = asyncio.Lock()  # loads and unloads one at a time: each sees the others' effects
+        # loads and unloads one at a time: each sees the others' effects
+        self._lock = asyncio.Lock()
 
     async def start(self) -> None:
         """Register the named adapters and pull the newest version: done before the replica serves."""
@@ -102,7 +105,8 @@ class AdapterCatalog:
             self.holds[name] += 1
             try:
                 await self._evict()
-            except BaseException:  # cancelled or failed: the caller never gets the name to release
+            # cancelled or failed: the caller never gets the name to release
+            except BaseException:
                 self._drop(name)
                 raise
         return name
@@ -160,18 +164,24 @@ class AdapterCatalog:
         while len(self.loaded) > self.keep:
             idle = [v for v in sorted(self.loaded) if v != self.newest and not self.holds[policy_name(v)]]
             if not idle:
-                return  # every older version is in use: they go when released
+                # every older version is in use: they go when released
+                return
             version = idle[0]
             name = policy_name(version)
             lora_id = self.models.lora_requests[name].lora_int_id
             await self.models.unload_lora_adapter(UnloadLoRAAdapterRequest(lora_name=name))
-            await self.engine.remove_lora(lora_id)  # frees its slot in the engine's adapter cache
+            # frees its slot in the engine's adapter cache
+            await self.engine.remove_lora(lora_id)
             shutil.rmtree(self.loaded.pop(version), ignore_errors=True)
             self._record()
 
     def describe(self) -> dict[str, Any]:
-        return {"newest": self.newest, "stored": list(self.stored), "loaded": sorted(self.loaded),
-                "held": dict(self.holds)}  # fmt: skip
+        return {
+            "newest": self.newest,
+            "stored": list(self.stored),
+            "loaded": sorted(self.loaded),
+            "held": dict(self.holds),
+        }
 
 
 class Hold:
@@ -196,5 +206,6 @@ class Hold:
 
 
 def _write_checked(path: Path, adapter: dict[str, Any], version: int, sha256: str) -> None:
-    check_adapter(adapter, version, sha256)  # an id means one set of weights
+    # an id means one set of weights
+    check_adapter(adapter, version, sha256)
     write_adapter_dir(path, adapter)

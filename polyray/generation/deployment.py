@@ -57,7 +57,8 @@ from polyray.rollout.worker import device_engine_args, vllm_env
 from polyray.telemetry import Metrics
 
 logger = logging.getLogger("polyray.generation")
-SCRATCH = "polyray-generation"  # per-process scratch directories under /dev/shm (or the temp directory)
+# per-process scratch directories under /dev/shm (or the temp directory)
+SCRATCH = "polyray-generation"
 
 # the service's own metrics (tag: run); Serve's request metrics (counts, latency, errors) come beside
 GAUGES = {
@@ -101,7 +102,8 @@ def _error(status: int, message: str, type_: str, param: str | None = None) -> J
 
 @app.exception_handler(RequestValidationError)
 async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-    return validation_error(exc.errors())  # OpenAI answers a bad body 400, naming the param
+    # OpenAI answers a bad body 400, naming the param
+    return validation_error(exc.errors())
 
 
 @app.exception_handler(StarletteHTTPException)
@@ -186,15 +188,22 @@ def engine_args(cfg: GenerationServiceConfig):
     if step is None and not cfg.gpus and max_len:
         step = cfg.max_num_seqs * max_len
     return AsyncEngineArgs(
-        model=cfg.model_dir, dtype=cfg.dtype, max_model_len=max_len, max_num_seqs=cfg.max_num_seqs,
+        model=cfg.model_dir,
+        dtype=cfg.dtype,
+        max_model_len=max_len,
+        max_num_seqs=cfg.max_num_seqs,
         max_num_batched_tokens=step,
-        enable_lora=True, max_lora_rank=cfg.max_lora_rank, max_loras=cfg.max_loras,
+        enable_lora=True,
+        max_lora_rank=cfg.max_lora_rank,
+        max_loras=cfg.max_loras,
         max_cpu_loras=max(cfg.max_loras, cfg.keep_versions + len(cfg.adapters) + 1),
         **device_engine_args(cfg.gpus, cfg.enforce_eager, cfg.gpu_memory_utilization),
-        generation_config="vllm",  # OpenAI's defaults, not the model's
+        # OpenAI's defaults, not the model's
+        generation_config="vllm",
         structured_outputs_config=StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True)
-        if cfg.compact_json else StructuredOutputsConfig(),
-    )  # fmt: skip
+        if cfg.compact_json
+        else StructuredOutputsConfig(),
+    )
 
 
 def _prompt_lengths(prompt: Any, tokenizer) -> list[int]:
@@ -223,7 +232,8 @@ class HeldStream(StreamingResponse):
         finally:
             await self.hold.release()
             close = getattr(self.body_iterator, "aclose", None)
-            if close is not None:  # a client gone mid-stream: vLLM aborts the request on close
+            # a client gone mid-stream: vLLM aborts the request on close
+            if close is not None:
                 with contextlib.suppress(Exception):
                     await close()
 
@@ -252,7 +262,8 @@ class GenerationDeployment:
         self.catalog = AdapterCatalog(
             self.engine, self.models, cfg.base_name, cfg.adapters, store, self.adapter_root, cfg.keep_versions, metrics
         )
-        await self.catalog.start()  # a (re)started replica has the newest version before it serves
+        # a (re)started replica has the newest version before it serves
+        await self.catalog.start()
         self.created = int(time.time())
         self._poller = asyncio.create_task(self._poll()) if store is not None else None
 
@@ -303,9 +314,11 @@ class GenerationDeployment:
 
         from polyray.rollout.store import STORE_NAMESPACE, open_store, store_actor_name
 
-        try:  # the live run's store, or the one `polyray serve generation` opened
+        # the live run's store, or the one `polyray serve generation` opened
+        try:
             return ray.get_actor(store_actor_name(cfg.store_root), namespace=STORE_NAMESPACE)
-        except ValueError:  # none (serve deploy, a RayService): open the directory, for every replica
+        # none (serve deploy, a RayService): open the directory, for every replica
+        except ValueError:
             return open_store(cfg.store_root, keep=1 << 30, detached=True)
 
     async def _poll(self) -> None:
@@ -313,7 +326,8 @@ class GenerationDeployment:
             await asyncio.sleep(self.cfg.poll_s)
             try:
                 await self.catalog.refresh()
-            except Exception as exc:  # the store restarting: try again at the next poll
+            # the store restarting: try again at the next poll
+            except Exception as exc:
                 logger.warning("adapter store refresh failed: %s", exc)
 
     async def check_health(self) -> None:
@@ -426,19 +440,22 @@ class GenerationDeployment:
         if refused is not None:
             return refused
         if isinstance(body, ChatBody) and body.max_tokens is None and body.max_completion_tokens is None:
-            body.max_tokens = self.cfg.max_tokens  # a chat without a length stops at the service's cap
+            # a chat without a length stops at the service's cap
+            body.max_tokens = self.cfg.max_tokens
         try:
             hold = await self.catalog.hold(body.model)
         except UnknownModelError as exc:
             return _error(404, str(exc), "NotFoundError", "model")
         streaming = False
-        try:  # every way out but a started stream releases the version, cancellation included
+        # every way out but a started stream releases the version, cancellation included
+        try:
             try:
                 request = request_cls.model_validate({**body.model_dump(exclude_unset=True), "model": hold.name})
                 out = await create(request, raw)
             except ValidationError as exc:
                 return _error(400, format_validation_error(exc, "request"), "BadRequestError")
-            except Exception as exc:  # vLLM raises some refusals (a bad template, a dead engine)
+            # vLLM raises some refusals (a bad template, a dead engine)
+            except Exception as exc:
                 return _vllm_error(create_error_response(exc))
             if isinstance(out, ErrorResponse):
                 return _vllm_error(out)

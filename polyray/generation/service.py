@@ -21,7 +21,8 @@ def run_generation_args(run: RunConfig, run_dir: Path, model_dir, named: bool) -
     args: dict[str, Any] = {
         "model_dir": str(model_dir),
         "run": run.name,
-        "dtype": run.engine_dtype,  # served as the run's engines sampled and were evaluated
+        # served as the run's engines sampled and were evaluated
+        "dtype": run.engine_dtype,
         "max_model_len": run.rollout.max_model_len,
         "max_lora_rank": run.rollout.max_lora_rank,
         "kv_cache_gib": run.rollout.kv_cache_gib,
@@ -53,7 +54,8 @@ def deploy_generation(
     from polyray.config.services import GenerationServiceConfig
     from polyray.generation.deployment import build_generation_app
 
-    application = build_generation_app(args)  # a bad setting fails here, naming the field
+    # a bad setting fails here, naming the field
+    application = build_generation_app(args)
     prefix = GenerationServiceConfig.model_validate(args).route_prefix
     from polyray.http import REQUEST_TIMEOUT_S
 

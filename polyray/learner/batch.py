@@ -149,7 +149,8 @@ class TrainBatch(Sequences):
         if budget is None:
             return [list(range(len(self)))] if len(self) else []
         longest = [max(len(self.completion_ids[i]) for i in g) for g in groups]
-        parts: list[list[int]] = []  # group indices
+        # group indices
+        parts: list[list[int]] = []
         for b in sorted(range(len(groups)), key=lambda b: -longest[b]):
             if parts:
                 with_b = parts[-1] + [b]

@@ -36,8 +36,10 @@ from pathlib import Path
 from polyray.io import warn
 from polyray.storage import MANIFEST, Storage, StorageError, write_manifest
 
-STATE_FILE = "state.json"  # {"step", "version"}: where an attempt resumed from the checkpoint starts
-CHECKPOINT_PREFIX = "checkpoint_"  # Ray Train's checkpoint directory names: checkpoint_<timestamp>
+# {"step", "version"}: where an attempt resumed from the checkpoint starts
+STATE_FILE = "state.json"
+# Ray Train's checkpoint directory names: checkpoint_<timestamp>
+CHECKPOINT_PREFIX = "checkpoint_"
 
 
 def snapshot_name() -> str:
@@ -59,7 +61,8 @@ def seal(directory: str | Path, step: int, version: int) -> None:
 class FoundCheckpoint:
     """A whole checkpoint of a phase found on storage."""
 
-    location: str  # a path or URI (what ``ray.train.Checkpoint(path)`` takes)
+    # a path or URI (what ``ray.train.Checkpoint(path)`` takes)
+    location: str
     step: int
     version: int
 
@@ -71,7 +74,8 @@ def _listed_files(storage: Storage, key: str) -> dict[str, dict] | None:
     try:
         files = json.loads(storage.read_bytes(f"{key}/{MANIFEST}"))["files"]
         infos = storage.fs.get_file_info([storage.path(f"{key}/{rel}") for rel in files])
-    except (StorageError, OSError, ValueError, KeyError, TypeError):  # no manifest, or not one
+    # no manifest, or not one
+    except (StorageError, OSError, ValueError, KeyError, TypeError):
         return None
     whole = all(i.type == fs.FileType.File and i.size == files[rel]["size"] for rel, i in zip(files, infos))
     return files if whole and STATE_FILE in files else None
@@ -104,7 +108,8 @@ def recover_run_dir(storage_path: str, phase: str) -> FoundCheckpoint | None:
         try:
             json.loads(storage.read_bytes(key))
             return None
-        except ValueError:  # (JSONDecodeError, UnicodeDecodeError): written in part
+        # (JSONDecodeError, UnicodeDecodeError): written in part
+        except ValueError:
             aside = f"{key}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
             storage.fs.move(storage.path(key), storage.path(aside))
             warn(f"{storage.location(key)}: cut off while written, set aside as {storage.location(aside)}")

@@ -31,7 +31,8 @@ from typing import Any
 from polyray.config import RunConfig
 from polyray.learner.job import LearnerJob
 
-CHECKPOINT_TIME = "%Y-%m-%d_%H-%M-%S.%f"  # Ray Train's checkpoint directory names, so both sort by time alike
+# Ray Train's checkpoint directory names, so both sort by time alike
+CHECKPOINT_TIME = "%Y-%m-%d_%H-%M-%S.%f"
 
 
 class KeptSession:
@@ -44,7 +45,8 @@ class KeptSession:
     ):
         self.rank, self.world = rank, world
         self.storage_path, self.phase, self.resume = storage_path, phase, resume
-        self.device_index = device_index  # the rank's CUDA device (rank_device), None on CPU
+        # the rank's CUDA device (rank_device), None on CPU
+        self.device_index = device_index
         self.last_metrics: dict[str, Any] = {}
 
     @contextmanager
@@ -55,10 +57,12 @@ class KeptSession:
             yield None
             return
         storage = Storage(self.resume)
-        if storage.local:  # read in place
+        # read in place
+        if storage.local:
             yield storage.base
             return
-        with tempfile.TemporaryDirectory(prefix="polyray-resume-") as tmp:  # removed once the set-up read it
+        # removed once the set-up read it
+        with tempfile.TemporaryDirectory(prefix="polyray-resume-") as tmp:
             whole = Storage(self.resume.rsplit("/", 1)[0])
             whole.get_dir(whole.ref(self.resume.rsplit("/", 1)[1]), tmp)
             yield tmp
@@ -85,7 +89,8 @@ class KeptSession:
         self.last_metrics = dict(metrics)
         if checkpoint_dir is None:
             return
-        stamp = datetime.datetime.now().strftime(CHECKPOINT_TIME)  # one clock read, local time as Ray Train's
+        # one clock read, local time as Ray Train's
+        stamp = datetime.datetime.now().strftime(CHECKPOINT_TIME)
         Storage(self.storage_path).put_dir(checkpoint_dir, f"{self.phase}/checkpoint_{stamp}")
 
     def telemetry(self, run: str, phase: str):
@@ -104,7 +109,8 @@ class LearnerRank:
         import polyray.learner.loop  # noqa: F401
         from polyray.learner.lora import import_model_libraries
 
-        import_model_libraries()  # once here, not at every phase's start
+        # once here, not at every phase's start
+        import_model_libraries()
 
     def rendezvous(self) -> str:
         """``tcp://<this node>:<free port>``, where the phase's process group meets (called on rank 0)."""
@@ -143,11 +149,13 @@ class LearnerRank:
             run_worker(job, session)
         finally:
             dist.destroy_process_group()
-            _release_memory(job.run.learner.use_gpu)  # the next phase plans on a clean process
+            # the next phase plans on a clean process
+            _release_memory(job.run.learner.use_gpu)
         return session.last_metrics
 
 
-PROCESS_GROUP_TIMEOUT_S = 1800  # a collective's wait, as Ray Train's TorchConfig sets it
+# a collective's wait, as Ray Train's TorchConfig sets it
+PROCESS_GROUP_TIMEOUT_S = 1800
 
 
 def _release_memory(use_gpu: bool) -> None:
@@ -180,7 +188,8 @@ def rank_options(run: RunConfig) -> dict[str, Any]:
         "num_cpus": learner.cpus_per_worker,
         "num_gpus": 1 if learner.use_gpu else 0,
         "resources": dict(run.cluster.worker_resources),
-        "scheduling_strategy": "DEFAULT",  # outside a Tune trial's placement group, as the rollout actors
+        # outside a Tune trial's placement group, as the rollout actors
+        "scheduling_strategy": "DEFAULT",
     }
     if learner.use_gpu:
         options["runtime_env"] = {"env_vars": dict(SHARED_GPU_VISIBILITY)}
@@ -207,9 +216,12 @@ class RankKeeper:
     that starts them, so they outlive the trial that used them; a run takes them and gives them back."""
 
     def __init__(self):
-        self.ranks: list[Any] = []  # given back, idle
-        self.starting: list[Any] = []  # started for the first run by prestart(), perhaps still importing
-        self.lent: list[Any] = []  # taken or started by the run now going
+        # given back, idle
+        self.ranks: list[Any] = []
+        # started for the first run by prestart(), perhaps still importing
+        self.starting: list[Any] = []
+        # taken or started by the run now going
+        self.lent: list[Any] = []
         self.options: dict[str, Any] | None = None
 
     def prestart(self, n: int, options: dict[str, Any], threads: int) -> None:
@@ -253,7 +265,8 @@ class RankKeeper:
         import ray
 
         for actor in actors:
-            with contextlib.suppress(Exception):  # already gone
+            # already gone
+            with contextlib.suppress(Exception):
                 ray.kill(actor)
 
 
@@ -269,8 +282,10 @@ class LearnerGroup:
         self.options = rank_options(run)
         kept, starting = ray.get(keeper.take.remote(self.options)) if keeper is not None else ([], [])
         self.ranks: list[Any] = _alive(kept)
-        self.starting: list[Any] = starting  # started (by start(), or the keeper's prestart), not yet waited for
-        self.cancelled = False  # cancel(): the run is ending
+        # started (by start(), or the keeper's prestart), not yet waited for
+        self.starting: list[Any] = starting
+        # cancel(): the run is ending
+        self.cancelled = False
 
     def start(self, world: int) -> None:
         """Ranks up to ``world`` started and not waited for: their imports run while the run starts its
@@ -294,12 +309,14 @@ class LearnerGroup:
         if len(ready) < len(new):
             self.close()
             raise self._shortfall(world, len(new) - len(ready))
-        ray.get(ready)  # a rank whose start failed (an import error) raises here
+        # a rank whose start failed (an import error) raises here
+        ray.get(ready)
 
     def _start_ranks(self, n: int) -> list[Any]:
         import ray
 
-        if self.keeper is not None:  # its own: they outlive this run
+        # its own: they outlive this run
+        if self.keeper is not None:
             return ray.get(self.keeper.start.remote(n, self.options, self.run.learner.threads))
         return [ray.remote(LearnerRank).options(**self.options).remote(self.run.learner.threads) for _ in range(n)]
 
@@ -329,19 +346,22 @@ class LearnerGroup:
             found = newest_whole_checkpoint(Storage(storage_path), job.phase.name)
             attempt = dataclasses.replace(job, recovered_checkpoint=found.location if found else None)
             try:
-                self.ranks = _alive(self.ranks)  # one lost while idle (its node, an OOM kill) is replaced
+                # one lost while idle (its node, an OOM kill) is replaced
+                self.ranks = _alive(self.ranks)
                 self.grow(world)
                 if self.cancelled:
                     raise PhaseCancelled(job.phase.name)
                 address = ray.get(self.ranks[0].rendezvous.remote())
-                ranks = self.ranks[:world]  # (the others wait for a phase with more ranks: their CPUs are planned)
+                # (the others wait for a phase with more ranks: their CPUs are planned)
+                ranks = self.ranks[:world]
                 refs = [
                     a.run.remote(attempt, i, world, address=address, storage_path=storage_path)
                     for i, a in enumerate(ranks)
                 ]
                 return PhaseResult(_first_error_or_all(refs)[0])
             except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as exc:
-                self.close()  # a peer may wait in a collective for the rank that failed
+                # a peer may wait in a collective for the rank that failed
+                self.close()
                 if self.cancelled or failures >= job.run.learner.max_failures:
                     raise _cause(exc) from None
                 failures += 1
@@ -368,7 +388,8 @@ class LearnerGroup:
         import ray
 
         for actor in self.ranks + self.starting:
-            with contextlib.suppress(Exception):  # already gone
+            # already gone
+            with contextlib.suppress(Exception):
                 ray.kill(actor)
         self.ranks, self.starting = [], []
 
@@ -399,7 +420,8 @@ def _first_error_or_all(refs: list) -> list[Any]:
     pending = list(refs)
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
-        ray.get(done)  # raises the rank's error now
+        # raises the rank's error now
+        ray.get(done)
     return ray.get(refs)
 
 

@@ -32,15 +32,23 @@ class LearnerJob:
 
     run: RunConfig
     phase_index: int
-    model_dir: str | StoredDir  # the base model
-    output_dir: str | None = None  # the run directory; None with cluster.storage (the adapter goes to storage)
-    pool: RolloutPool | None = None  # None: no rollout workers
-    start_version: int = 0  # the adapter version the incoming weights were published as
-    init_adapter: str | StoredDir | None = None  # the incoming adapter (None: a fresh LoRA)
-    logs: StepLogs | None = None  # None: written into output_dir by this process
-    dynamics: Probe | None = None  # the driver's diversity-dynamics probe
+    # the base model
+    model_dir: str | StoredDir
+    # the run directory; None with cluster.storage (the adapter goes to storage)
+    output_dir: str | None = None
+    # None: no rollout workers
+    pool: RolloutPool | None = None
+    # the adapter version the incoming weights were published as
+    start_version: int = 0
+    # the incoming adapter (None: a fresh LoRA)
+    init_adapter: str | StoredDir | None = None
+    # None: written into output_dir by this process
+    logs: StepLogs | None = None
+    # the driver's diversity-dynamics probe
+    dynamics: Probe | None = None
     storage: RunStorage | None = None
-    recovered_checkpoint: str | None = None  # what polyray.learner.checkpoints recovered of Ray Train's record
+    # what polyray.learner.checkpoints recovered of Ray Train's record
+    recovered_checkpoint: str | None = None
 
     @property
     def phase(self) -> PhaseConfig:

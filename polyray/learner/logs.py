@@ -27,7 +27,8 @@ class LogFiles:
 
     def __init__(self, output_dir: str | Path):
         self.dir = Path(output_dir)
-        self._latest: dict[str, dict[str, Any]] = {}  # phase -> its last metrics.jsonl row appended here
+        # phase -> its last metrics.jsonl row appended here
+        self._latest: dict[str, dict[str, Any]] = {}
 
     def _path(self, name: str) -> Path:
         if name not in STEP_LOGS:

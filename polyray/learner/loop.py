@@ -87,7 +87,8 @@ class RayTrainSession:
     def latest_checkpoint(self) -> Iterator[str | None]:
         import ray.train
 
-        checkpoint = ray.train.get_checkpoint()  # one reported in this fit() is newer than the recovered one
+        # one reported in this fit() is newer than the recovered one
+        checkpoint = ray.train.get_checkpoint()
         if checkpoint is None and self.recovered is not None:
             checkpoint = ray.train.Checkpoint(self.recovered)
         if checkpoint is None:
@@ -131,7 +132,8 @@ def _save_checkpoint_dir(model, optimizer, scheduler, *, step: int, version: int
     save_adapter(model, Path(d) / "adapter")
     torch.save(optimizer.state_dict(), Path(d) / OPTIMIZER_FILE)
     save_scheduler(scheduler, d)
-    seal(d, step, version)  # its state, then its manifest: a checkpoint cut off in upload is told apart
+    # its state, then its manifest: a checkpoint cut off in upload is told apart
+    seal(d, step, version)
     return d
 
 
@@ -162,10 +164,13 @@ def _logged(logs: StepLogs, name: str, phase: str, step: int) -> bool:
 class _Start:
     """Where an attempt at the phase starts: its latest checkpoint, else the incoming adapter at step 0."""
 
-    adapter_dir: str | None  # the weights to load (None: a fresh LoRA)
+    # the weights to load (None: a fresh LoRA)
+    adapter_dir: str | None
     step: int
-    version: int  # the adapter version those weights were published as
-    checkpoint_dir: str | None = None  # the checkpoint resumed from (None: a fresh start)
+    # the adapter version those weights were published as
+    version: int
+    # the checkpoint resumed from (None: a fresh start)
+    checkpoint_dir: str | None = None
 
 
 def _resume_state(job: LearnerJob, init_adapter: str | None, resume_dir: str | None) -> _Start:
@@ -197,7 +202,8 @@ def _setup_model(job: LearnerJob, *, model_dir: str, init_adapter: str | None, s
     from polyray.learner.schedule import build_scheduler, restore_scheduler
 
     run, phase_cfg = job.run, job.phase
-    torch.manual_seed(run.seed)  # identical LoRA init on every rank
+    # identical LoRA init on every rank
+    torch.manual_seed(run.seed)
     model, tokenizer = build_peft_model(
         model_dir,
         run.learner.lora,
@@ -211,7 +217,8 @@ def _setup_model(job: LearnerJob, *, model_dir: str, init_adapter: str | None, s
     model = session.prepare_model(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, phase_cfg.lr, run.learner.weight_decay)
-    scheduler = build_scheduler(optimizer, phase_cfg)  # sets the optimizer's lr to step 0's
+    # sets the optimizer's lr to step 0's
+    scheduler = build_scheduler(optimizer, phase_cfg)
     if start.checkpoint_dir is not None:
         # on the CPU first: load_state_dict moves each state to its parameter's device, wherever it was saved
         optimizer.load_state_dict(torch.load(Path(start.checkpoint_dir) / OPTIMIZER_FILE, map_location="cpu"))
@@ -238,9 +245,11 @@ def _setup_phase(
     rollout_log = None
     if rank == 0 and run.learner.log_rollouts:
         rollout_log = RolloutLog(logs, phase_cfg.name, task)
-    share_prompts = run.learner.share_prompts and not run.learner.gradient_checkpointing  # (its layers drop the cache)
+    # (its layers drop the cache)
+    share_prompts = run.learner.share_prompts and not run.learner.gradient_checkpointing
     blocker = prompt_sharing_blocker(model) if share_prompts else None
-    if blocker is not None:  # whole sequences: the same step, more tokens
+    # whole sequences: the same step, more tokens
+    if blocker is not None:
         share_prompts = False
         if rank == 0:
             print(f"learner.share_prompts: off for this model ({blocker}); sequences run whole")
@@ -290,7 +299,8 @@ def _train_step(model, phase, optimizer, *, params, grad_clip: float, step: int,
     optimizer step; (metrics, grad norm before clipping)."""
     import torch
 
-    model.train()  # every module: from_pretrained leaves the base's in eval mode under a training root
+    # every module: from_pretrained leaves the base's in eval mode under a training root
+    model.train()
     optimizer.zero_grad(set_to_none=True)
     metrics = phase.step(step, version)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
@@ -333,12 +343,14 @@ def run_worker(job: LearnerJob, session: TrainSession) -> None:
     from polyray.learner.publish import AdapterPublisher
 
     run, phase_cfg, pool = job.run, job.phase, job.pool
-    model_dir, init_adapter = job.local_model_dir(), job.local_init_adapter()  # on this node
+    # on this node
+    model_dir, init_adapter = job.local_model_dir(), job.local_init_adapter()
     # rank 0's step logs: through the driver's actor, or (a worker run without one) into the run directory
     logs = job.logs or StepLogs(LogFiles(job.output_dir))
     rank = session.rank
     _set_up_device(run)
-    with session.latest_checkpoint() as resume_dir:  # read whole by the set-up
+    # read whole by the set-up
+    with session.latest_checkpoint() as resume_dir:
         start = _resume_state(job, init_adapter, resume_dir)
         model, tokenizer, reference, params, optimizer, scheduler = _setup_model(
             job, model_dir=model_dir, init_adapter=init_adapter, start=start, session=session
@@ -356,7 +368,8 @@ def run_worker(job: LearnerJob, session: TrainSession) -> None:
         finished=start.checkpoint_dir is not None and start.step >= phase_cfg.steps,
     )
 
-    if rank == 0:  # a restarted attempt: the rows a lost one wrote past this start are superseded
+    # a restarted attempt: the rows a lost one wrote past this start are superseded
+    if rank == 0:
         _mark_superseded(logs, phase_cfg.name, start.step)
     telemetry = session.telemetry(run.name, phase_cfg.name) if rank == 0 else None
     # The driver's diversity-dynamics probe (polyray.eval.dynamics): every rank publishes when it is
@@ -367,26 +380,39 @@ def run_worker(job: LearnerJob, session: TrainSession) -> None:
 
     for step in range(start.step, phase_cfg.steps):
         t0 = time.perf_counter()
-        version = publisher.version  # the adapter the step's fresh samples are drawn under
-        lr = scheduler.get_last_lr()[0]  # the LR this step trains at
+        # the adapter the step's fresh samples are drawn under
+        version = publisher.version
+        # the LR this step trains at
+        lr = scheduler.get_last_lr()[0]
         metrics, grad_norm = _train_step(
             model, phase, optimizer, params=params, grad_clip=run.learner.grad_clip, step=step, version=version
         )
-        scheduler.step()  # once per optimizer step: the next step's LR
+        # once per optimizer step: the next step's LR
+        scheduler.step()
         last = step + 1 == phase_cfg.steps
         measure = dynamics is not None and dynamics.due(step + 1, last)
         # one step ahead, the workers' loads finish behind the next step; the phase's last publish and one
         # the dynamics probe samples next are complete before the step ends
         wait = not (phase.samples_ahead and run.learner.publish_behind_step) or last or measure
         sync_s = publisher.publish(step + 1, wait) if phase.publishes_every_step or last or measure else 0.0
-        step_s = time.perf_counter() - t0  # rollout + update + the publish's time on the step's path; dynamics excluded
+        # rollout + update + the publish's time on the step's path; dynamics excluded
+        step_s = time.perf_counter() - t0
         if measure and rank == 0:
-            logs.append("dynamics.jsonl", *filter(None, [dynamics(step + 1, publisher.version)]))  # (None: no pool)
-        metrics.update(  # the phase's "loss" is the whole batch's, summed over ranks
-            grad_norm=float(grad_norm), lr=lr, step=step + 1, version=publisher.version, step_s=step_s, sync_s=sync_s,
-            time=time.time(), **publisher.take_canary_metrics(),
-        )  # fmt: skip
-        if step == start.step and start.checkpoint_dir is not None:  # an attempt restarted from a checkpoint
+            # (None: no pool)
+            logs.append("dynamics.jsonl", *filter(None, [dynamics(step + 1, publisher.version)]))
+        # the phase's "loss" is the whole batch's, summed over ranks
+        metrics.update(
+            grad_norm=float(grad_norm),
+            lr=lr,
+            step=step + 1,
+            version=publisher.version,
+            step_s=step_s,
+            sync_s=sync_s,
+            time=time.time(),
+            **publisher.take_canary_metrics(),
+        )
+        # an attempt restarted from a checkpoint
+        if step == start.step and start.checkpoint_dir is not None:
             metrics["resumed_from"] = start.step
         if rank == 0:
             _log_step(logs, phase_cfg, metrics, telemetry)

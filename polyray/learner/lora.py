@@ -23,7 +23,8 @@ def import_model_libraries() -> None:
     scipy.stats and pandas, most of a learner rank's import time) only for assisted generation's
     confidence threshold, which polyray never uses. scikit-learn stays importable afterwards."""
     if "peft" in sys.modules or "sklearn" in sys.modules:
-        return  # imported already: nothing left to spare
+        # imported already: nothing left to spare
+        return
     sys.modules["sklearn"] = None  # type: ignore[assignment] - find_spec reports it absent, so it is skipped
     try:
         import peft  # noqa: F401 - peft.auto imports transformers' model classes and generation
@@ -106,7 +107,8 @@ def adapter_parameters(model) -> list[tuple[str, torch.nn.Parameter]]:
 
 def extract_adapter(model) -> dict[str, Any]:
     """{"config": adapter_config.json dict, "tensors": A/B tensors keyed as in adapter_model.safetensors}."""
-    model = getattr(model, "module", model)  # unwrap DDP
+    # unwrap DDP
+    model = getattr(model, "module", model)
     tensors = {k: p.detach().to("cpu", copy=True).contiguous() for k, p in adapter_parameters(model)}
     config = model.peft_config["default"].to_dict()
     config["base_model_name_or_path"] = None
@@ -140,7 +142,8 @@ def save_adapter(model, path: str | Path, extra: dict[str, Any] | None = None) -
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for leftover in path.parent.glob(f".{path.name}.*"):  # a save killed half-way before this one
+    # a save killed half-way before this one
+    for leftover in path.parent.glob(f".{path.name}.*"):
         shutil.rmtree(leftover, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     staging.chmod(0o755)

@@ -67,14 +67,16 @@ from polyray.io import ConfigError
 
 GIB = 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-LORA_BYTES_PER_PARAM = 16  # float32 parameter, gradient, AdamW exp_avg and exp_avg_sq
+# float32 parameter, gradient, AdamW exp_avg and exp_avg_sq
+LORA_BYTES_PER_PARAM = 16
 # float32 logits alive at once, in chunks: the log-softmax output, the gradient of the gather and that of the
 # log-softmax; the whole tensor: one more, the contiguous copy log-softmax makes of the sliced logits
 LOGITS_COPIES = {"chunks": 3, "whole": 4}
 # cpu: the interpreter and libraries + what the allocator keeps (fitted, module doc);
 # gpu: the CUDA context + the caching allocator's reserve over what is allocated (docs/benchmarks.md)
 RUNTIME_BYTES = {"cpu": int(1.2 * GIB), "gpu": 1 * GIB}
-VLLM_RUNTIME_BYTES = {"cpu": 1 * GIB, "gpu": 1 * GIB}  # vLLM's own process and CUDA context (not measured)
+# vLLM's own process and CUDA context (not measured)
+VLLM_RUNTIME_BYTES = {"cpu": 1 * GIB, "gpu": 1 * GIB}
 # the largest of vLLM's default steps for its LLM class on a GPU (EngineArgs.get_batch_defaults), which
 # polyray's GPU engines keep unless max_num_batched_tokens is set; longer prefills are split into chunks
 VLLM_GPU_STEP_TOKENS = 16384
@@ -94,8 +96,10 @@ class ModelShape:
     kv_heads: int
     head_dim: int
     vocab: int
-    tied: bool = True  # the output head shares the input embeddings
-    qk_norm: bool = False  # per-head RMSNorm of queries and keys (Qwen3)
+    # the output head shares the input embeddings
+    tied: bool = True
+    # per-head RMSNorm of queries and keys (Qwen3)
+    qk_norm: bool = False
     qkv_bias: bool = False
     o_bias: bool = False
     mlp_bias: bool = False
@@ -115,13 +119,19 @@ class ModelShape:
         kind = str(config.get("model_type", ""))
         attention_bias = bool(config.get("attention_bias", False))
         return cls(
-            layers=config["num_hidden_layers"], hidden=config["hidden_size"], intermediate=config["intermediate_size"],
-            heads=heads, kv_heads=config.get("num_key_value_heads") or heads,
-            head_dim=config.get("head_dim") or config["hidden_size"] // heads, vocab=config["vocab_size"],
-            tied=bool(config.get("tie_word_embeddings", False)), qk_norm=kind.startswith("qwen3"),
-            qkv_bias=attention_bias or kind == "qwen2", o_bias=attention_bias,
+            layers=config["num_hidden_layers"],
+            hidden=config["hidden_size"],
+            intermediate=config["intermediate_size"],
+            heads=heads,
+            kv_heads=config.get("num_key_value_heads") or heads,
+            head_dim=config.get("head_dim") or config["hidden_size"] // heads,
+            vocab=config["vocab_size"],
+            tied=bool(config.get("tie_word_embeddings", False)),
+            qk_norm=kind.startswith("qwen3"),
+            qkv_bias=attention_bias or kind == "qwen2",
+            o_bias=attention_bias,
             mlp_bias=bool(config.get("mlp_bias", False)),
-        )  # fmt: skip
+        )
 
     @property
     def q_dim(self) -> int:
@@ -147,7 +157,8 @@ class ModelShape:
     def parameters(self) -> int:
         """Base parameters: embeddings (and an untied head), the decoder layers, the final norm."""
         dims = self.projections()
-        layer = sum(i * o for i, o in dims.values()) + 2 * self.hidden  # projections, two RMSNorms
+        # projections, two RMSNorms
+        layer = sum(i * o for i, o in dims.values()) + 2 * self.hidden
         layer += 2 * self.head_dim if self.qk_norm else 0
         layer += (self.q_dim + 2 * self.kv_dim) if self.qkv_bias else 0
         layer += self.hidden if self.o_bias else 0
@@ -210,7 +221,8 @@ class MicroBatch:
 
     sequences: int
     length: int
-    padded: bool = True  # sequences of unequal length (the mask and repeated keys are kept; see saved_bytes_per_token)
+    # sequences of unequal length (the mask and repeated keys are kept; see saved_bytes_per_token)
+    padded: bool = True
 
     @property
     def tokens(self) -> int:
@@ -229,10 +241,12 @@ def largest_micro_batch(shard: int, length: int, budget: int | None) -> MicroBat
 class MemoryPlan:
     """A peak-memory estimate as named terms (bytes), with what it was estimated for."""
 
-    role: str  # "learner rank" / "rollout worker"
+    # "learner rank" / "rollout worker"
+    role: str
     device: Device
     terms: dict[str, float]
-    what: str = ""  # the case it is the peak of, e.g. "phase grpo: 8 sequences x 256 tokens"
+    # the case it is the peak of, e.g. "phase grpo: 8 sequences x 256 tokens"
+    what: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -287,16 +301,20 @@ def learner_memory(
     b = DTYPE_BYTES[dtype]
     H, N = shape.hidden, micro.tokens
     per_layer = saved_bytes_per_token(shape, b, lora, padded=micro.padded, length=micro.length)
-    if gradient_checkpointing:  # each layer's input, and one layer recomputed in the backward pass
+    # each layer's input, and one layer recomputed in the backward pass
+    if gradient_checkpointing:
         activations = N * (shape.layers * H * b + per_layer)
     else:
         activations = N * shape.layers * per_layer
-    activations += N * H * b  # the final hidden states of the completion positions (the head's input)
+    # the final hidden states of the completion positions (the head's input)
+    activations += N * H * b
     if logits_chunk_mib:
         rows, copies = min(chunk_positions(shape.vocab, logits_chunk_mib), N), LOGITS_COPIES["chunks"]
     else:
-        rows, copies = N, LOGITS_COPIES["whole"]  # the (sequences x tokens x vocabulary) logits
-    copies += (1 if temperature_scaled else 0) + (0.5 if b < 4 else 0)  # bf16: the head's own output
+        # the (sequences x tokens x vocabulary) logits
+        rows, copies = N, LOGITS_COPIES["whole"]
+    # bf16: the head's own output
+    copies += (1 if temperature_scaled else 0) + (0.5 if b < 4 else 0)
     logits = rows * shape.vocab * 4 * copies
     # one layer's intermediates that are not kept: the MLP's gate, up and product, the norms' in and out
     temporaries = N * (3 * shape.intermediate + 2 * H) * b
@@ -322,7 +340,8 @@ def rollout_memory(shape: ModelShape, rollout: RolloutConfig, dtype: str) -> Mem
     device: Device = "gpu" if rollout.gpus_per_worker > 0 else "cpu"
     tp = rollout.tensor_parallel_size
     step_tokens = rollout.max_num_batched_tokens or rollout.max_num_seqs * rollout.max_model_len
-    if device == "gpu" and rollout.max_num_batched_tokens is None:  # vLLM caps its default at a full batch
+    # vLLM caps its default at a full batch
+    if device == "gpu" and rollout.max_num_batched_tokens is None:
         step_tokens = min(step_tokens, VLLM_GPU_STEP_TOKENS)
     slots = rollout.max_loras * lora_parameters(shape, rollout.max_lora_rank, list(PROJECTIONS)) * b
     # a step's widest intermediates (MLP gate and up, attention q/k/v) and the sampler's float32 logits
@@ -353,8 +372,10 @@ class SequenceLengths:
     """Longest sequence (prompt + completion tokens) each kind of step trains on; ``source`` says how it
     was bounded (tokenized prompts, or rollout.max_model_len when no tokenizer was at hand)."""
 
-    sampled: dict[str, int]  # phase name -> longest prompt + sampling.max_tokens (capped at max_model_len)
-    references: int  # longest prompt + reference (SFT)
+    # phase name -> longest prompt + sampling.max_tokens (capped at max_model_len)
+    sampled: dict[str, int]
+    # longest prompt + reference (SFT)
+    references: int
     source: str
 
 
@@ -520,7 +541,8 @@ def check_run(run: RunConfig, model_config: dict[str, Any], lengths: SequenceLen
         shape = ModelShape.from_config(model_config)
     except ValueError as exc:
         raise ConfigError(f"model.source: {exc}") from None
-    learner = run_learner_memory(run, shape, lengths) if run.phases else None  # none: evaluation only
+    # none: evaluation only
+    learner = run_learner_memory(run, shape, lengths) if run.phases else None
     rollout = rollout_memory(shape, run.rollout, run.engine_dtype)
     if learner is not None:
         check_learner(learner, run)

@@ -30,7 +30,8 @@ class AdapterPublisher:
         self.phase, self.ctx, self.canary = phase, ctx, canary
         self.version = 0
         self.canary_metrics: dict[str, float] = {}
-        self.pending = None  # rank 0: the last publish, while its loads may still be running (publish(wait=False))
+        # rank 0: the last publish, while its loads may still be running (publish(wait=False))
+        self.pending = None
 
     def start(
         self, version: int, step: int, *, holds_published: bool, publishes_every_step: bool, finished: bool = False
@@ -57,10 +58,12 @@ class AdapterPublisher:
         # publishes, it holds the newest version as far as lag and labels go.
         newest = broadcast_from_rank0(self.pool.newest_version() if self.pool is not None else None, self.ctx) or 0
         self.version = max(version, newest)
-        serves_start = holds_published and newest == version  # the store's newest is the learner's weights
+        # the store's newest is the learner's weights
+        serves_start = holds_published and newest == version
         if publishes_every_step and not serves_start:
             self.publish(step)
-        elif serves_start and self.pool is not None and self.canary is not None:  # rank 0, no collective
+        # rank 0, no collective
+        elif serves_start and self.pool is not None and self.canary is not None:
             self.canary_metrics.update(self.canary.after_start(self.ctx.model, self.pool, version))
 
     def publish(self, step: int, wait: bool = True) -> float:

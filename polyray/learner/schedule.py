@@ -67,7 +67,8 @@ def restore_scheduler(scheduler, checkpoint_dir: str | Path, step: int) -> None:
     if path.exists():
         scheduler.load_state_dict(torch.load(path))
     else:
-        with warnings.catch_warnings():  # stepping ahead of the optimizer is the point here
+        # stepping ahead of the optimizer is the point here
+        with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
             for _ in range(step - scheduler.last_epoch):
                 scheduler.step()

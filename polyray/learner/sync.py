@@ -73,11 +73,16 @@ class SyncCanary:
         self.tolerance, self.noise = TOLERANCE[dtype], NOISE[dtype]
         self.temperature = temperature
         self.publishes = 0
-        self.turn = 0  # the worker the next scheduled check goes to (modulo the workers)
-        self.incarnations: list[str] | None = None  # each worker's id at the last look (None: none yet)
-        self.pending_restarts: set[int] = set()  # restarted workers an unchecked publish saw: due next
-        self.base: torch.Tensor | None = None  # the learner's probe log-probs with the adapter disabled
-        self.last_passed: tuple[int, torch.Tensor] | None = None  # (version, learner's log-probs) of the last check
+        # the worker the next scheduled check goes to (modulo the workers)
+        self.turn = 0
+        # each worker's id at the last look (None: none yet)
+        self.incarnations: list[str] | None = None
+        # restarted workers an unchecked publish saw: due next
+        self.pending_restarts: set[int] = set()
+        # the learner's probe log-probs with the adapter disabled
+        self.base: torch.Tensor | None = None
+        # (version, learner's log-probs) of the last check
+        self.last_passed: tuple[int, torch.Tensor] | None = None
 
     def after_start(self, model, pool, version: int) -> dict[str, float]:
         """The attempt starts holding ``version``, which the workers already serve, and publishes nothing:
@@ -97,9 +102,11 @@ class SyncCanary:
         if not self.every:
             return {}
         due = self._restarted(incarnations or pool.incarnations())
-        if due is None:  # the attempt's first check
+        # the attempt's first check
+        if due is None:
             due = set(range(len(pool.workers)))
-        elif (self.publishes - 1) % self.every == 0:  # and the scheduled one in turn
+        # and the scheduled one in turn
+        elif (self.publishes - 1) % self.every == 0:
             due.add(self.turn % len(pool.workers))
             self.turn += 1
         return self._check_workers(model, pool, version, sorted(due)) if due else {}
@@ -164,7 +171,8 @@ class SyncCanary:
         peft = getattr(model, "module", model)
         device = next(peft.parameters()).device
         was_training = peft.training
-        peft.eval()  # no dropout in the probe (its mode is restored after)
+        # no dropout in the probe (its mode is restored after)
+        peft.eval()
         try:
             with torch.no_grad(), nullcontext() if adapter else peft.disable_adapter():
                 batch = pack_sequences([prompt_ids], [completion_ids], self.pad_id, device)
@@ -236,9 +244,12 @@ def stale_reason(
     if served.shape != learner.shape:
         return f"for {served.numel()} tokens where the probe has {learner.numel()}: it is not scoring the probe"
     gap = rms(served - learner)
-    if not gap <= tolerance:  # (a NaN fails too)
-        return (f"{gap:.3g} (RMS over the probe's tokens) away from the learner's weights (tolerance {tolerance:g}):"
-                " it is not sampling the published adapter")  # fmt: skip
+    # (a NaN fails too)
+    if not gap <= tolerance:
+        return (
+            f"{gap:.3g} (RMS over the probe's tokens) away from the learner's weights (tolerance {tolerance:g}):"
+            " it is not sampling the published adapter"
+        )
     for name, reference in references.items():
         apart, near = rms(learner - reference), rms(served - reference)
         if apart > 2 * noise and near < NEARER * gap:

@@ -22,7 +22,8 @@ from polyray.learner.logs import StepLogs
 from polyray.learner.loop import train_loop_per_worker
 
 TRAIN_POLL_ENV, TRAIN_POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", 0.5
-TRAIN_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # (Ray Train hands it to its controller too)
+# (Ray Train hands it to its controller too)
+TRAIN_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 
 
 def run_phase(
@@ -70,11 +71,19 @@ def run_phase(
     # Ray Train's record of the checkpoints, if unreadable (kept ranks find their newest whole one themselves)
     recovered = recover_run_dir(storage_path, phase.name) if group is None else None
     job = LearnerJob(
-        run=run, phase_index=phase_index, model_dir=str(model_dir) if isinstance(model_dir, Path) else model_dir,
-        output_dir=str(output_dir) if shared is None else None,  # (None: the final adapter goes to storage)
-        pool=pool, start_version=start_version, init_adapter=init_adapter, logs=logs, dynamics=dynamics,
-        storage=shared, recovered_checkpoint=recovered.location if recovered else None,
-    )  # fmt: skip
+        run=run,
+        phase_index=phase_index,
+        model_dir=str(model_dir) if isinstance(model_dir, Path) else model_dir,
+        # (None: the final adapter goes to storage)
+        output_dir=str(output_dir) if shared is None else None,
+        pool=pool,
+        start_version=start_version,
+        init_adapter=init_adapter,
+        logs=logs,
+        dynamics=dynamics,
+        storage=shared,
+        recovered_checkpoint=recovered.location if recovered else None,
+    )
     try:
         fit = _trainer(job, storage_path).fit if group is None else lambda: group.fit(job, storage_path)
         result = _fit_with_progress(fit, lambda: logs.latest(phase.name) or {}, phase.steps, on_progress)
@@ -84,7 +93,8 @@ def run_phase(
         if own_logs:
             logs.close()
     adapter_dir = output_dir / "adapters" / phase.name
-    if shared is not None:  # rank 0 put it into storage, from whichever node it ran on
+    # rank 0 put it into storage, from whichever node it ran on
+    if shared is not None:
         shared.get_dir(adapter_dir, "adapters", phase.name)
     version = json.loads((adapter_dir / "polyray_version.json").read_text())["version"]
     return {"adapter_dir": str(adapter_dir), "version": version, "metrics": result.metrics}
@@ -137,7 +147,8 @@ def _fit_with_progress(fit: Callable[[], Any], latest_row: Callable[[], dict[str
     def target():
         try:
             box["result"] = fit()
-        except BaseException as exc:  # surfaced in the caller's thread
+        # surfaced in the caller's thread
+        except BaseException as exc:
             box["error"] = exc
 
     def progress() -> dict[str, Any]:

@@ -27,9 +27,12 @@ from polyray.config.learner import DEFAULT_CHUNK_MIB, chunk_positions
 
 @dataclass
 class PackedBatch:
-    input_ids: torch.Tensor  # (B, T) long
-    attention_mask: torch.Tensor  # (B, T) long, 1 on real tokens
-    completion_mask: torch.Tensor  # (B, T) float, 1 on completion tokens
+    # (B, T) long
+    input_ids: torch.Tensor
+    # (B, T) long, 1 on real tokens
+    attention_mask: torch.Tensor
+    # (B, T) float, 1 on completion tokens
+    completion_mask: torch.Tensor
 
     def rows(self, start: int, end: int) -> PackedBatch:
         """Sequences [start, end) of the batch (views of the same tensors)."""
@@ -91,7 +94,8 @@ def next_token_logits(model, batch: PackedBatch) -> torch.Tensor:
     return logits.to(_logprob_dtype(logits.dtype))
 
 
-Temperature = float | torch.Tensor  # one for the batch, or (B,): each sequence's own
+# one for the batch, or (B,): each sequence's own
+Temperature = float | torch.Tensor
 
 
 def gather_logprobs(logits: torch.Tensor, batch: PackedBatch, temperature: Temperature = 1.0) -> torch.Tensor:
@@ -173,8 +177,10 @@ def _completion_logprobs(head, hidden, targets, mask, temperature: Temperature, 
     predicts it (``hidden`` (N, T, H), ``targets`` and ``mask`` (N, T)), through the output head a chunk of
     positions at a time (module docstring); 0 elsewhere."""
     selected = mask > 0
-    hidden, targets = hidden[selected], targets[selected]  # (n, H), (n,)
-    if torch.is_tensor(temperature):  # per sequence -> per selected position
+    # (n, H), (n,)
+    hidden, targets = hidden[selected], targets[selected]
+    # per sequence -> per selected position
+    if torch.is_tensor(temperature):
         temperature = temperature.to(hidden.device)[:, None].expand(mask.shape)[selected]
     grad = torch.is_grad_enabled() and hidden.requires_grad
     size = chunk_positions(lm.config.vocab_size, chunk_mib) if chunk_mib else max(len(targets), 1)
@@ -275,7 +281,8 @@ def prompt_sharing_blocker(model) -> str | None:
     return None
 
 
-ROW_TOKENS = 128  # a packed row's length when every sample is shorter (shared_prompt_logprobs)
+# a packed row's length when every sample is shorter (shared_prompt_logprobs)
+ROW_TOKENS = 128
 
 
 def pack_rows(lengths: list[int], group: list[int], capacity: int) -> tuple[list[int], list[int], list[int]]:
@@ -328,25 +335,31 @@ def _completion_rows(batch: PromptGroups, pack: bool) -> _CompletionRows:
         lengths = batch.completion_mask.sum(-1).long()
         row_of, start, row_prompt = pack_rows(sizes := lengths.tolist(), batch.group.tolist(), max(width, ROW_TOKENS))
         r, w = len(row_prompt), max(s + k for s, k in zip(start, sizes))
-    if not pack or r * w >= n * width:  # one completion a row
+    # one completion a row
+    if not pack or r * w >= n * width:
         mask = torch.cat([batch.prompt_mask[batch.group], batch.completion_mask.long()], dim=1)
-        return _CompletionRows(batch.completion_ids, batch.prompt_lengths[batch.group, None] + columns, batch.group,
-                               None, None, mask)  # fmt: skip
+        return _CompletionRows(
+            batch.completion_ids, batch.prompt_lengths[batch.group, None] + columns, batch.group, None, None, mask
+        )
     row_of, start = torch.tensor(row_of, device=device), torch.tensor(start, device=device)
     prompt = torch.tensor(row_prompt, device=device)
-    real = columns[None] < lengths[:, None]  # (N, C)
+    # (N, C)
+    real = columns[None] < lengths[:, None]
     rows, cols = row_of[:, None].expand(n, width), (start[:, None] + columns).clamp(max=w - 1)
     ids = torch.zeros((r, w), dtype=torch.long, device=device)
     ids[rows[real], cols[real]] = batch.completion_ids[real]
-    sequence = torch.full((r, w), -1, dtype=torch.long, device=device)  # -1: padding
+    # -1: padding
+    sequence = torch.full((r, w), -1, dtype=torch.long, device=device)
     sequence[rows[real], cols[real]] = torch.arange(n, device=device)[:, None].expand(n, width)[real]
     positions = batch.prompt_lengths[prompt, None].expand(r, w).clone()
     positions[rows[real], cols[real]] = (batch.prompt_lengths[batch.group, None] + columns)[real]
     q = torch.arange(w, device=device)
     sees_own = (sequence[:, :, None] == sequence[:, None, :]) & (sequence[:, None, :] >= 0) & (q[:, None] >= q[None, :])
-    sees_prompt = (batch.prompt_mask[prompt] > 0)[:, None, :].expand(r, w, -1)  # padding too: its rows stay finite
+    # padding too: its rows stay finite
+    sees_prompt = (batch.prompt_mask[prompt] > 0)[:, None, :].expand(r, w, -1)
     mask = torch.cat([sees_prompt, sees_own], dim=-1)[:, None]
-    same = r == len(batch.prompt_ids) and row_prompt == list(range(r))  # row b is prompt b's: no copy of its keys
+    # row b is prompt b's: no copy of its keys
+    same = r == len(batch.prompt_ids) and row_prompt == list(range(r))
     return _CompletionRows(ids, positions, None if same else prompt, rows, cols, mask)
 
 
@@ -396,17 +409,22 @@ def shared_prompt_logprobs(
                 " set learner.share_prompts false for this model"
             )
         last = out.logits[torch.arange(len(batch.prompt_ids), device=rows.ids.device), batch.prompt_lengths - 1]
-        if rows.prompt is not None:  # each row's own (differentiable) copy of its prompt's keys and values
+        # each row's own (differentiable) copy of its prompt's keys and values
+        if rows.prompt is not None:
             cache.batch_select_indices(rows.prompt)
+        # (R, W, H): a completion's column j predicts its token j + 1
         hidden = model(
             input_ids=rows.ids,
             attention_mask=rows.mask,
             position_ids=rows.positions,
             past_key_values=cache,
             use_cache=True,
-        ).logits  # (R, W, H): a completion's column j predicts its token j + 1
+        ).logits
     if rows.row is not None:
-        hidden = hidden[rows.row, rows.column]  # (N, C, H)
-    hidden = torch.cat([last[batch.group, None], hidden[:, :-1]], dim=1)  # the state predicting each completion token
-    return _completion_logprobs(head, hidden, batch.completion_ids, batch.completion_mask, temperature,
-                                _causal_lm(model), chunk_mib)  # fmt: skip
+        # (N, C, H)
+        hidden = hidden[rows.row, rows.column]
+    # the state predicting each completion token
+    hidden = torch.cat([last[batch.group, None], hidden[:, :-1]], dim=1)
+    return _completion_logprobs(
+        head, hidden, batch.completion_ids, batch.completion_mask, temperature, _causal_lm(model), chunk_mib
+    )

@@ -110,10 +110,12 @@ def export_run(
         }
         (staging / EXPORT_INFO).write_text(json.dumps(info, indent=2))
         staging.chmod(0o755)
-        for f in staging.iterdir():  # readable by whoever serves it (some writers leave 0600)
+        # readable by whoever serves it (some writers leave 0600)
+        for f in staging.iterdir():
             f.chmod(0o644)
         if out.exists():
-            out.rmdir()  # empty (checked above)
+            # empty (checked above)
+            out.rmdir()
         os.replace(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -151,7 +153,8 @@ def _write_merged(base_dir: Path, adapter: Path, out: Path, on_step: Callable[[s
     on_step(MERGE_STEPS[2])
     merged = model.merge_and_unload()
     on_step(MERGE_STEPS[3])
-    merged.config.name_or_path = ""  # not the base's path: this is another model
+    # not the base's path: this is another model
+    merged.config.name_or_path = ""
     merged.save_pretrained(str(out), safe_serialization=True)
     _tokenizer(base_dir).save_pretrained(str(out))
 
@@ -169,7 +172,8 @@ def push_to_hub(folder: str | Path, repo_id: str, private: bool = True) -> str:
         commit = api.upload_folder(
             folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message="polyray export"
         )
-    except Exception as exc:  # offline, no token, no access, bad repo id: each one line, never a traceback
+    # offline, no token, no access, bad repo id: each one line, never a traceback
+    except Exception as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         reason = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
         raise ExportError(f"--push-to-hub: cannot upload {folder} to {repo_id!r} ({reason[:300]})") from None

@@ -37,14 +37,17 @@ from pathlib import Path
 import torch
 
 _COMBINED = "interpolated"
-ALPHA_RANGE = (-1.0, 2.0)  # α beyond [0, 1] extrapolates; the bound catches typos (25 for 0.25)
-OTHER_RANGE = (-1.0, 1.5)  # b, the coefficient of the third adapter's delta
+# α beyond [0, 1] extrapolates; the bound catches typos (25 for 0.25)
+ALPHA_RANGE = (-1.0, 2.0)
+# b, the coefficient of the third adapter's delta
+OTHER_RANGE = (-1.0, 1.5)
 _LABEL = re.compile(r"a(?P<a>[^_]+)(?:_b(?P<b>.+))?")
 
 
 def _check_grid(values: Sequence[float], name: str, bounds: tuple[float, float], meaning: str) -> list[float]:
     low, high = bounds
-    grid = [float(v) + 0.0 for v in values]  # + 0.0: -0.0 is 0.0, one label
+    # + 0.0: -0.0 is 0.0, one label
+    grid = [float(v) + 0.0 for v in values]
     if not grid:
         raise ValueError(f"{name}: give at least one value in [{low:g}, {high:g}]")
     for v in grid:
@@ -67,9 +70,11 @@ def check_other_coefs(coefs: Sequence[float]) -> list[float]:
 
 
 def _number(x: float) -> str:
-    x = float(x) + 0.0  # -0.0 is 0.0
+    # -0.0 is 0.0
+    x = float(x) + 0.0
     short = f"{x:g}"
-    return short if float(short) == x else repr(x)  # repr round-trips where 6 digits would merge two values
+    # repr round-trips where 6 digits would merge two values
+    return short if float(short) == x else repr(x)
 
 
 def alpha_label(alpha: float, other: float | None = None) -> str:
@@ -90,7 +95,8 @@ def _lora_settings(adapter_dir: Path) -> tuple[int, float, list[str]]:
     cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
     if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
         raise ValueError(f"{adapter_dir}: adapters with rank_pattern/alpha_pattern are not supported")
-    if cfg.get("use_rslora"):  # the cat adapter inherits it: scaling r/sqrt(r), not 1
+    # the cat adapter inherits it: scaling r/sqrt(r), not 1
+    if cfg.get("use_rslora"):
         raise ValueError(f"{adapter_dir}: rsLoRA adapters are not supported")
     return int(cfg["r"]), float(cfg["lora_alpha"]), sorted(cfg["target_modules"])
 
@@ -134,7 +140,8 @@ def combine_adapters(
         model.add_weighted_adapter(names, [float(x) for x in w], _COMBINED, combination_type="cat")
         target = out_dir / label
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=out_dir))
-        model.save_pretrained(str(staging), selected_adapters=[_COMBINED])  # peft writes staging/<name>/
+        # peft writes staging/<name>/
+        model.save_pretrained(str(staging), selected_adapters=[_COMBINED])
         if target.exists():
             shutil.rmtree(target)
         (staging / _COMBINED).rename(target)

@@ -20,7 +20,8 @@ class ModelSourceError(ValueError):
 
 def resolve_model_dir(model: ModelConfig, task, progress: Callable[[int, int, float], None] | None = None) -> Path:
     if model.source == "embedded":
-        from polyray.models.tiny import build_tiny_model  # heavy: torch, tokenizers
+        # heavy: torch, tokenizers
+        from polyray.models.tiny import build_tiny_model
 
         return build_tiny_model(model.tiny, task, progress=progress)
     path = Path(model.source).expanduser()
@@ -35,7 +36,8 @@ def resolve_model_dir(model: ModelConfig, task, progress: Callable[[int, int, fl
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(model.source))
-    except Exception as exc:  # offline, unknown id, no access: one line, not a traceback
+    # offline, unknown id, no access: one line, not a traceback
+    except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelSourceError(f"model.source: cannot fetch {model.source!r} from the hub ({reason})") from None
 
@@ -55,7 +57,8 @@ def offline_model_dir(model: ModelConfig, task) -> Path | None:
         from huggingface_hub import snapshot_download
 
         cached = Path(snapshot_download(model.source, local_files_only=True))
-    except Exception:  # not in the cache (or not a hub id): known once resolve_model_dir fetches it
+    # not in the cache (or not a hub id): known once resolve_model_dir fetches it
+    except Exception:
         return None
     return cached if (cached / "config.json").is_file() else None
 
@@ -119,7 +122,8 @@ def format_for_model(task: Task, model: ModelConfig, model_dir: str | Path) -> T
 
             try:
                 return apply(messages)
-            except TemplateError:  # e.g. "System role not supported": the system prompt goes in the text
+            # e.g. "System role not supported": the system prompt goes in the text
+            except TemplateError:
                 pass
         return apply([{"role": "user", "content": text}])
 

@@ -35,7 +35,8 @@ from polyray.tasks import build_task
 
 log = logging.getLogger(__name__)
 
-BUILD_VERSION = 1  # bump when the recipe changes so old caches are not reused
+# bump when the recipe changes so old caches are not reused
+BUILD_VERSION = 1
 EOS, PAD = "<|endoftext|>", "<|pad|>"
 # The embedded model's tokenizer has no chat template of its own: this minimal one makes chat work end to
 # end (the generation service serves it, ``polyray export`` writes it beside the model).
@@ -204,7 +205,8 @@ def build_tiny_model(
         return out_dir
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(out_dir) + ".lock"):
-        if (out_dir / "build_info.json").is_file():  # built while this process waited
+        # built while this process waited
+        if (out_dir / "build_info.json").is_file():
             return out_dir
         return _build(tiny, task_config, out_dir, progress)
 
@@ -236,7 +238,8 @@ def _build(tiny: TinyModelConfig, task_config, out_dir: Path, progress) -> Path:
             "build_seconds": round(time.perf_counter() - started, 1),
         }
         (staging / "build_info.json").write_text(json.dumps(info, indent=2))
-        if out_dir.exists():  # a concurrent build won the race: keep theirs
+        # a concurrent build won the race: keep theirs
+        if out_dir.exists():
             shutil.rmtree(staging)
         else:
             os.replace(staging, out_dir)

@@ -80,18 +80,24 @@ from polyray.config.advantages import (
 )
 from polyray.objectives.polychromic import compute_subset_marginals, enumerate_subsets
 
-SubsetDiversity = Callable[[int, tuple[int, ...]], float]  # (prompt index b, sorted sample indices) -> d(S)
+# (prompt index b, sorted sample indices) -> d(S)
+SubsetDiversity = Callable[[int, tuple[int, ...]], float]
 
 
 @dataclass(frozen=True)
 class AdvantageInputs:
     """What a GRPO step passes every estimator about its B groups of G samples."""
 
-    rewards: torch.Tensor  # (B, G)
-    texts: list[list[str]]  # (B, G) completion texts
-    logprobs: list[list[list[float]]] | None = None  # (B, G, tokens): log π_old of each sampled token
-    progress: float = 0.0  # fraction of the phase's steps done before this one, in [0, 1]
-    step: int = 0  # the phase's step (seeds any sampling an estimator does)
+    # (B, G)
+    rewards: torch.Tensor
+    # (B, G) completion texts
+    texts: list[list[str]]
+    # (B, G, tokens): log π_old of each sampled token
+    logprobs: list[list[list[float]]] | None = None
+    # fraction of the phase's steps done before this one, in [0, 1]
+    progress: float = 0.0
+    # the phase's step (seeds any sampling an estimator does)
+    step: int = 0
 
     def select(self, rows: list[int], cols: list[int] | None = None) -> AdvantageInputs:
         """The inputs of groups ``rows`` (each cut to samples ``cols`` when given)."""
@@ -112,8 +118,9 @@ class AdvantageInputs:
         B, G = self.rewards.shape
         if len(self.logprobs) != B or any(len(g) != G for g in self.logprobs):
             raise ValueError(f"logprobs must be (B, G) = {(B, G)} lists of per-token log-probs")
-        return torch.tensor([[math.fsum(lp) / len(lp) if lp else 0.0 for lp in g] for g in self.logprobs],
-                            dtype=torch.float64)  # fmt: skip
+        return torch.tensor(
+            [[math.fsum(lp) / len(lp) if lp else 0.0 for lp in g] for g in self.logprobs], dtype=torch.float64
+        )
 
 
 def _check_2d(rewards: torch.Tensor, name: str) -> tuple[int, int]:
@@ -156,7 +163,8 @@ def compute_shaped_group_advantages(
     centered = shaped - shaped.mean(dim=-1, keepdim=True)
     if not scale_by_std:
         return centered
-    uniform = rewards.to(torch.float64).std(dim=-1, keepdim=True) < UNIFORM_EPS  # (B, 1)
+    # (B, 1)
+    uniform = rewards.to(torch.float64).std(dim=-1, keepdim=True) < UNIFORM_EPS
     scale = torch.where(uniform, torch.ones_like(uniform, dtype=torch.float64), shaped.std(dim=-1, keepdim=True) + eps)
     return centered / scale
 
@@ -218,7 +226,8 @@ def compute_passk_advantages(rewards: torch.Tensor, k: int, eps: float = 1e-6) -
         raise ValueError(f"passk needs 1 <= k <= G, got k={k}, G={n}")
     if not bool(((rewards == 0) | (rewards == 1)).all()):
         raise ValueError("passk advantages need binary rewards (every value 0 or 1)")
-    table = torch.zeros(n + 1, 2, dtype=torch.float64)  # [c] -> (A_neg, A_pos)
+    # [c] -> (A_neg, A_pos)
+    table = torch.zeros(n + 1, 2, dtype=torch.float64)
     total, total_minus = math.comb(n, k), math.comb(n - 1, k - 1)
     for c in range(n + 1):
         rho = 1.0 - math.comb(n - c, k) / total
@@ -227,8 +236,10 @@ def compute_passk_advantages(rewards: torch.Tensor, k: int, eps: float = 1e-6) -
         all_wrong = math.comb(n - c - 1, k - 1) if c < n else 0
         table[c, 1] = (1.0 - rho) / sigma
         table[c, 0] = (1.0 - rho - all_wrong / total_minus) / sigma
-    correct = rewards.to(torch.long)  # (B, G)
-    c = correct.sum(dim=-1, keepdim=True).expand_as(correct)  # (B, G)
+    # (B, G)
+    correct = rewards.to(torch.long)
+    # (B, G)
+    c = correct.sum(dim=-1, keepdim=True).expand_as(correct)
     return table.to(rewards.device)[c, correct].to(rewards.dtype)
 
 
@@ -262,13 +273,16 @@ def compute_polychromic_advantages(
         subsets = sample_k_subsets(G, k, sample_subsets, seed)
     else:
         subsets = enumerate_subsets(G, k, max_subsets)
-    idx = torch.tensor(subsets, dtype=torch.long, device=rewards.device)  # (S, k)
+    # (S, k)
+    idx = torch.tensor(subsets, dtype=torch.long, device=rewards.device)
     r = rewards.to(torch.float64)
-    in_set = r[:, idx]  # (B, S, k)
+    # (B, S, k)
+    in_set = r[:, idx]
     if set_fn == "max":
         if diversity is not None or distances is not None:
             raise ValueError("set_fn='max' takes no diversity or distances")
-        f = in_set.max(dim=-1).values  # (B, S)
+        # (B, S)
+        f = in_set.max(dim=-1).values
     elif set_fn == "mean_diversity":
         if (diversity is None) == (distances is None):
             raise ValueError("set_fn='mean_diversity' needs exactly one of diversity= or distances=")
@@ -277,14 +291,17 @@ def compute_polychromic_advantages(
         if distances is not None:
             if distances.shape != (B, G, G):
                 raise ValueError(f"distances must be (B, G, G) = {(B, G, G)}, got {tuple(distances.shape)}")
-            p, q = torch.triu_indices(k, k, offset=1, device=rewards.device)  # pairs within a subset
+            # pairs within a subset
+            p, q = torch.triu_indices(k, k, offset=1, device=rewards.device)
             dist = distances.to(torch.float64)
             b = torch.arange(B, device=rewards.device)[:, None, None]
-            d = dist[b, idx[None, :, p], idx[None, :, q]].mean(dim=-1)  # (B, S)
+            # (B, S)
+            d = dist[b, idx[None, :, p], idx[None, :, q]].mean(dim=-1)
         else:
             d = torch.tensor([[float(diversity(bi, s)) for s in subsets] for bi in range(B)], dtype=torch.float64)
             d = d.to(rewards.device)
-        f = in_set.mean(dim=-1) * d  # (B, S)
+        # (B, S)
+        f = in_set.mean(dim=-1) * d
     else:
         raise ValueError(f"unknown set_fn {set_fn!r}; expected 'mean_diversity' or 'max'")
     return compute_subset_marginals(f, G, subsets).to(rewards.dtype)
@@ -318,9 +335,12 @@ def compute_unlikeliness_advantages(
     if logprobs.shape != (B, G):
         raise ValueError(f"unlikeliness needs logprobs of shape {(B, G)}, got {tuple(logprobs.shape)}")
     lp = logprobs.to(torch.float64)
-    below = (lp.unsqueeze(1) < lp.unsqueeze(2)).sum(-1)  # (B, G): samples less likely than sample i
-    tied = (lp.unsqueeze(1) == lp.unsqueeze(2)).sum(-1)  # (B, G): samples as likely, i included
-    ranks = below + (tied - 1) / 2.0  # (B, G) mid-rank of each sample
+    # (B, G): samples less likely than sample i
+    below = (lp.unsqueeze(1) < lp.unsqueeze(2)).sum(-1)
+    # (B, G): samples as likely, i included
+    tied = (lp.unsqueeze(1) == lp.unsqueeze(2)).sum(-1)
+    # (B, G) mid-rank of each sample
+    ranks = below + (tied - 1) / 2.0
     shaped = rewards.to(torch.float64) * (1.0 - beta * ranks / G)
     return compute_shaped_group_advantages(rewards, shaped, scale_by_std).to(rewards.dtype)
 
@@ -404,8 +424,10 @@ def compute_risk_seeking_advantages(rewards: torch.Tensor, beta: float = 2.0) ->
     if not beta > 0:
         raise ValueError(f"risk_seeking needs beta > 0, got {beta}")
     r = rewards.to(torch.float64)
-    shifted = beta * (r - r.amax(dim=-1, keepdim=True))  # β(r − M) <= 0
-    log_mean = torch.log1p(torch.expm1(shifted).mean(dim=-1, keepdim=True))  # β(S − M), in [−log G, 0]
+    # β(r − M) <= 0
+    shifted = beta * (r - r.amax(dim=-1, keepdim=True))
+    # β(S − M), in [−log G, 0]
+    log_mean = torch.log1p(torch.expm1(shifted).mean(dim=-1, keepdim=True))
     return (torch.expm1(shifted - log_mean) / beta).to(rewards.dtype)
 
 
@@ -475,8 +497,10 @@ def _polychromic_correct(cfg: PolychromicCorrectAdvantageConfig, inputs: Advanta
     from polyray.diversity import get_diversity_fn
 
     fn, texts = get_diversity_fn(cfg.diversity), inputs.texts
-    correct = (inputs.rewards >= cfg.threshold).tolist()  # (B, G)
-    cache: dict[tuple[int, tuple[int, ...]], float] = {}  # many subsets share their correct members
+    # (B, G)
+    correct = (inputs.rewards >= cfg.threshold).tolist()
+    # many subsets share their correct members
+    cache: dict[tuple[int, tuple[int, ...]], float] = {}
 
     def diversity(b: int, S: tuple[int, ...]) -> float:
         key = (b, tuple(i for i in S if correct[b][i]))
@@ -484,8 +508,14 @@ def _polychromic_correct(cfg: PolychromicCorrectAdvantageConfig, inputs: Advanta
             cache[key] = compute_correct_diversity([texts[b][i] for i in S], [correct[b][i] for i in S], fn, cfg.single)
         return cache[key]
 
-    return compute_polychromic_advantages(inputs.rewards, cfg.k, diversity=diversity, max_subsets=cfg.max_subsets,
-                                          sample_subsets=cfg.sample_subsets, seed=inputs.step)  # fmt: skip
+    return compute_polychromic_advantages(
+        inputs.rewards,
+        cfg.k,
+        diversity=diversity,
+        max_subsets=cfg.max_subsets,
+        sample_subsets=cfg.sample_subsets,
+        seed=inputs.step,
+    )
 
 
 def _w_reinforce(cfg: WReinforceAdvantageConfig, inputs: AdvantageInputs) -> torch.Tensor:
@@ -559,11 +589,13 @@ def compute_scored_advantages(
         out[full] = estimate(inputs.select(full)).to(out.dtype)
     for b in range(B):
         cols = scored[b].nonzero().flatten().tolist()
-        if len(cols) == scored.shape[1] or len(cols) < 2:  # one scored sample has no baseline to be compared with
+        # one scored sample has no baseline to be compared with
+        if len(cols) == scored.shape[1] or len(cols) < 2:
             continue
         try:
             out[b, cols] = estimate(inputs.select([b], cols))[0].to(out.dtype)
-        except ValueError:  # e.g. passk's k larger than the scored samples
+        # e.g. passk's k larger than the scored samples
+        except ValueError:
             continue
     return out
 

@@ -8,10 +8,14 @@ import torch.nn.functional as F
 
 
 def compute_dpo_loss(
-    chosen_logp: torch.Tensor,  # (P,) sequence log pi_theta of each pair's preferred completion (carries grad)
-    rejected_logp: torch.Tensor,  # (P,) the same of its dispreferred completion (carries grad)
-    ref_chosen_logp: torch.Tensor,  # (P,) sequence log pi_ref of the preferred completion, no grad
-    ref_rejected_logp: torch.Tensor,  # (P,) the same of the dispreferred one, no grad
+    # (P,) sequence log pi_theta of each pair's preferred completion (carries grad)
+    chosen_logp: torch.Tensor,
+    # (P,) the same of its dispreferred completion (carries grad)
+    rejected_logp: torch.Tensor,
+    # (P,) sequence log pi_ref of the preferred completion, no grad
+    ref_chosen_logp: torch.Tensor,
+    # (P,) the same of the dispreferred one, no grad
+    ref_rejected_logp: torch.Tensor,
     *,
     beta: float,
     num_pairs: float | None = None,

@@ -59,11 +59,16 @@ def aggregate_token_loss(
 
 
 def compute_grpo_loss(
-    logp: torch.Tensor,  # (N, T) log pi_theta of the sampled tokens (carries grad)
-    old_logp: torch.Tensor,  # (N, T) log pi_old (the sampling policy), no grad
-    ref_logp: torch.Tensor | None,  # (N, T) log pi_ref (phase-start adapter or base), no grad; None when beta == 0
-    advantages: torch.Tensor,  # (N,) one advantage per sequence
-    mask: torch.Tensor,  # (N, T) 1 on completion tokens
+    # (N, T) log pi_theta of the sampled tokens (carries grad)
+    logp: torch.Tensor,
+    # (N, T) log pi_old (the sampling policy), no grad
+    old_logp: torch.Tensor,
+    # (N, T) log pi_ref (phase-start adapter or base), no grad; None when beta == 0
+    ref_logp: torch.Tensor | None,
+    # (N,) one advantage per sequence
+    advantages: torch.Tensor,
+    # (N, T) 1 on completion tokens
+    mask: torch.Tensor,
     clip_eps_low: float = 0.2,
     clip_eps_high: float = 0.2,
     kl_beta: float = 0.0,
@@ -71,7 +76,8 @@ def compute_grpo_loss(
     max_len: int | None = None,
     num_sequences: float | None = None,
     num_tokens: float | None = None,
-    is_weights: torch.Tensor | None = None,  # (N, T) no grad: the engine-mismatch correction (off_policy)
+    # (N, T) no grad: the engine-mismatch correction (off_policy)
+    is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped-ratio policy loss plus beta * k3 KL, aggregated per ``aggregation``.
 

@@ -32,9 +32,12 @@ Correction = Literal["none", "tis", "mis", "seq_tis"]
 
 
 def compute_is_weights(
-    learner_logp: torch.Tensor,  # (N, T) log π_learner,old of the sampled tokens
-    engine_logp: torch.Tensor,  # (N, T) log π_vllm, as the engine sampled them
-    mask: torch.Tensor,  # (N, T)
+    # (N, T) log π_learner,old of the sampled tokens
+    learner_logp: torch.Tensor,
+    # (N, T) log π_vllm, as the engine sampled them
+    engine_logp: torch.Tensor,
+    # (N, T)
+    mask: torch.Tensor,
     correction: Correction,
     cap: float = 2.0,
 ) -> torch.Tensor:

@@ -71,13 +71,16 @@ def compute_subset_marginals(scores: torch.Tensor, n: int, subsets: list[tuple[i
     gets 0. Shared by the polychromic SFT k-subset estimator and the polychromic GRPO advantage.
     All zeros when k = n.
     """
-    member = torch.zeros(len(subsets), n, dtype=torch.float64, device=scores.device)  # (S, n) incidence
+    # (S, n) incidence
+    member = torch.zeros(len(subsets), n, dtype=torch.float64, device=scores.device)
     for row, s in enumerate(subsets):
         member[row, list(s)] = 1.0
     f = scores.to(torch.float64)
     mean_all = f.mean(dim=-1, keepdim=True)
-    count = member.sum(dim=0)  # (n,) subsets containing i: C(n − 1, k − 1) for all subsets
-    per_sample = torch.where(count > 0, f @ member / count.clamp(min=1.0), mean_all)  # (B, n) mean over S∋i
+    # (n,) subsets containing i: C(n − 1, k − 1) for all subsets
+    count = member.sum(dim=0)
+    # (B, n) mean over S∋i
+    per_sample = torch.where(count > 0, f @ member / count.clamp(min=1.0), mean_all)
     return per_sample - mean_all
 
 
@@ -89,10 +92,14 @@ def compute_subset_advantage_scale(n: int, k: int) -> float:
 
 
 def compute_diversity_surrogate(
-    sample_logp: torch.Tensor,  # any shape: sequence log π_θ(y|x) of sampled completions (carries grad)
-    advantages: torch.Tensor,  # same shape: their diversity marginals; treated as constants
-    num_groups: int,  # B, the whole batch's prompts the surrogate is averaged over
-    old_logp: torch.Tensor | None = None,  # same shape: sequence log π_old, when the samples are off-policy
+    # any shape: sequence log π_θ(y|x) of sampled completions (carries grad)
+    sample_logp: torch.Tensor,
+    # same shape: their diversity marginals; treated as constants
+    advantages: torch.Tensor,
+    # B, the whole batch's prompts the surrogate is averaged over
+    num_groups: int,
+    # same shape: sequence log π_old, when the samples are off-policy
+    old_logp: torch.Tensor | None = None,
     ratio_clip: float = 2.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(D̂_θ's share from these samples, their weights w): (1/B) Σ sg(a) · w · log π_θ(y|x).
@@ -112,13 +119,18 @@ def compute_diversity_surrogate(
 
 
 def compute_polychromic_sft_loss(
-    nll: torch.Tensor | None,  # () NLL of the reference completions (carries grad); None: a part without any
-    sample_logp: torch.Tensor | None,  # (B, n) sequence log π_θ(y_i|x) of the sampled completions (carries grad)
-    advantages: torch.Tensor | None,  # (B, n) diversity marginals a_{b,i}; treated as constants
+    # () NLL of the reference completions (carries grad); None: a part without any
+    nll: torch.Tensor | None,
+    # (B, n) sequence log π_θ(y_i|x) of the sampled completions (carries grad)
+    sample_logp: torch.Tensor | None,
+    # (B, n) diversity marginals a_{b,i}; treated as constants
+    advantages: torch.Tensor | None,
     lam: float,
-    old_logp: torch.Tensor | None = None,  # (B, n) sequence log π_old of the samples, when they are off-policy
+    # (B, n) sequence log π_old of the samples, when they are off-policy
+    old_logp: torch.Tensor | None = None,
     ratio_clip: float = 2.0,
-    num_groups: int | None = None,  # the whole batch's B when these are one shard's groups (default B)
+    # the whole batch's B when these are one shard's groups (default B)
+    num_groups: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """loss = nll − λ · (1/B) Σ_b Σ_i sg(a_{b,i}) · w_{b,i} · log π_θ(y_{b,i}|x_b).
 
@@ -187,7 +199,8 @@ def compute_diversity_advantages(
     values = compute_diversity_batch(
         name, [[g[i] for i in s] for g in groups for s in subsets], embedding_dtype=embedding_dtype
     )
-    table = torch.tensor(values, dtype=torch.float64).view(len(groups), len(subsets))  # (B, S)
+    # (B, S)
+    table = torch.tensor(values, dtype=torch.float64).view(len(groups), len(subsets))
     if estimator == "loo":
         return compute_loo_advantages(table[:, 0], table[:, 1:])
     return compute_subset_advantage_scale(n, k) * compute_subset_marginals(table, n, subsets)

@@ -65,7 +65,8 @@ def api_error(exc: Exception) -> ApiError:
     if isinstance(exc, UnknownRewardError):
         return ApiError(404, str(exc), "reward", "unknown_reward")
     status, field = getattr(exc, "status", None), getattr(exc, "field", None)
-    if status is not None:  # RequestTooCostly, or the judge endpoint down (JudgeOutage: 503)
+    # RequestTooCostly, or the judge endpoint down (JudgeOutage: 503)
+    if status is not None:
         code = getattr(exc, "code", None) or ("over_budget" if status == 413 else "over_limit")
         return ApiError(status, str(exc), field, code)
     if isinstance(exc, RewardError):

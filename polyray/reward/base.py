@@ -52,7 +52,8 @@ class RewardError(ValueError):
 class UnknownRewardError(KeyError, RewardError):
     """The requested reward name is not registered; the message lists the known names."""
 
-    def __str__(self) -> str:  # KeyError would repr() the message and add quotes
+    # KeyError would repr() the message and add quotes
+    def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
 
 
@@ -103,7 +104,8 @@ def build_reward(name: str, **params: Any) -> RewardFunction:
         raise UnknownRewardError(f"unknown reward function {name!r}; known: {', '.join(known_rewards()) or '(none)'}")
     try:
         return cls(**params)
-    except TypeError as exc:  # unexpected keyword argument, missing required one
+    # unexpected keyword argument, missing required one
+    except TypeError as exc:
         raise RewardError(f"bad parameters for reward {name!r}: {exc}") from None
 
 
@@ -128,7 +130,8 @@ class ParameterisedReward:
 
     name: str = "?"
     Params: type[ParamsModel] = ParamsModel
-    binary: ClassVar[bool] = False  # every score is 0 or 1 (what pass@k advantages need); else graded
+    # every score is 0 or 1 (what pass@k advantages need); else graded
+    binary: ClassVar[bool] = False
 
     def __init__(self, **params: Any):
         try:

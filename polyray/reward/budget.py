@@ -59,9 +59,11 @@ def check_request(scorer, reward: str, params: dict[str, Any], n_items: int, lim
         )
     if judge_calls > limits.max_judge_calls:
         raise RequestTooCostly(
-            413, "items", f"{n_items} items need up to {judge_calls} judge calls (items x (retries + 1), x2 pairwise);"
+            413,
+            "items",
+            f"{n_items} items need up to {judge_calls} judge calls (items x (retries + 1), x2 pairwise);"
             f" this service's limit is {limits.max_judge_calls} (send fewer items)",
-        )  # fmt: skip
+        )
 
 
 def _cost(

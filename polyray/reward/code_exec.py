@@ -88,7 +88,8 @@ class CodeExecReward(ParameterisedReward):
         if isinstance(problem, str):
             return RewardResult(score=0.0, detail={"status": "error", "reason": problem})
         try:
-            with cancelled_by(cancel_event(item)):  # its caller gone: its sandboxes are killed, or never start
+            # its caller gone: its sandboxes are killed, or never start
+            with cancelled_by(cancel_event(item)):
                 result = run_humaneval_check(problem, item.completion, self.config.timeout_s, self.config.memory_mb)
         except Exception as exc:  # noqa: BLE001 - this item's alone: never its batch-mates' or other callers'
             return RewardResult(score=0.0, detail={"status": "error", "reason": f"could not judge it: {exc}"[:300]})

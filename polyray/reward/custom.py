@@ -66,7 +66,8 @@ def check_scores(ref: str, out: Any, n: int) -> list[float]:
         raise CustomRewardError(f"{name} returned {len(out)} scores for {n} items; it must return one per item")
     scores = []
     for i, x in enumerate(out):
-        if hasattr(x, "item") and getattr(x, "ndim", None) == 0:  # numpy / torch scalars
+        # numpy / torch scalars
+        if hasattr(x, "item") and getattr(x, "ndim", None) == 0:
             x = x.item()
         if not isinstance(x, numbers.Real):
             raise CustomRewardError(f"{name}: item {i} scored {x!r} ({type(x).__name__}); each score must be a number")
@@ -80,7 +81,8 @@ def check_scores(ref: str, out: Any, n: int) -> list[float]:
 class CustomReward(ParameterisedReward):
     """Your own function: score(prompts, completions, references, metadata) -> one float per item."""
 
-    server_only_params = ("function",)  # a request may not make the server import code
+    # a request may not make the server import code
+    server_only_params = ("function",)
 
     class Params(ParamsModel):
         function: str = Field(
@@ -135,9 +137,11 @@ def runtime_env(refs: Iterable[str], staging: Path | None = None, upload: bool |
     cluster now (a Serve deployment's options take only uploaded packages, not local paths);
     otherwise they stay local paths, for ``ray.init(runtime_env=...)``. ``upload`` overrides
     that choice (``None``: upload when connected)."""
-    py_modules: dict[str, Any] = {}  # one entry per folder or module
+    # one entry per folder or module
+    py_modules: dict[str, Any] = {}
     for ref in dict.fromkeys(resolve_ref(r) for r in refs):
-        load_function(ref)  # fails here, on the driver, naming the reference
+        # fails here, on the driver, naming the reference
+        load_function(ref)
         where, _ = split_ref(ref)
         if is_file_ref(where):
             staging = staging or Path(tempfile.mkdtemp(prefix="polyray-functions-"))

@@ -78,7 +78,8 @@ app = FastAPI(
 # The body limit lives on app.state so each replica's __init__ can set it from its config.
 app.state.max_body_bytes = RewardServiceConfig().max_body_bytes
 app.add_middleware(BodySizeLimit, limit=lambda: app.state.max_body_bytes)
-app.state.api_key = None  # optional: Authorization: Bearer <key> on every route but /healthz
+# optional: Authorization: Bearer <key> on every route but /healthz
+app.state.api_key = None
 app.add_middleware(BearerAuth, key=lambda: app.state.api_key)
 
 # per reward function and calling run ("" over HTTP); Serve's own request metrics come beside
@@ -91,7 +92,8 @@ COUNTERS = {"polyray_reward_items": "Items scored."}
 # the health probe: a trivial scoring call must finish within this (worker threads free, the sandbox starting);
 # its verdict holds for PROBE_EVERY_S, so a caller polling /healthz does not start a sandbox each time
 HEALTH_PROBE_S, PROBE_EVERY_S = 10.0, 5.0
-_PROBE_ITEM = RewardItem(prompt="nums 3 4 9 target 12\nexpr:", completion=" 3+9")  # countdown scores it 1.0
+# countdown scores it 1.0
+_PROBE_ITEM = RewardItem(prompt="nums 3 4 9 target 12\nexpr:", completion=" 3+9")
 
 _ERRORS = {
     400: {
@@ -166,7 +168,8 @@ class RewardDeployment:
         self.metrics = Metrics({"reward": "", "run": ""}, histograms=HISTOGRAMS, counters=COUNTERS)
         self._score_batched.set_max_batch_size(self.config.max_batch_size)
         self._score_batched.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
-        self._probe: tuple[float, str | None] | None = None  # (when, verdict) of the last health probe
+        # (when, verdict) of the last health probe
+        self._probe: tuple[float, str | None] | None = None
         self.health_probe_s, self.probe_every_s = HEALTH_PROBE_S, PROBE_EVERY_S
         self._probe_lock = asyncio.Lock()
 
@@ -234,11 +237,13 @@ class RewardDeployment:
             job = ScoreJob(body.reward, body.items, body.params, from_request=True)
             results = await self._score(job, self.config.limits.max_request_s)
         except RewardError as exc:
-            raise api_error(exc) from None  # an unknown reward's message lists the known ones
+            # an unknown reward's message lists the known ones
+            raise api_error(exc) from None
         except asyncio.TimeoutError:
             limit = self.config.limits.max_request_s
-            raise ApiError(504, f"the request ran past this service's limit of {limit:g} s; its work was stopped",
-                           None, "timeout") from None  # fmt: skip
+            raise ApiError(
+                504, f"the request ran past this service's limit of {limit:g} s; its work was stopped", None, "timeout"
+            ) from None
         return _response(body.reward, results)
 
     async def score(
@@ -278,7 +283,8 @@ def build_reward_app(args: dict[str, Any] | None = None) -> Application:
     except ValidationError as exc:
         raise ConfigError(f"reward service args: {format_validation_error(exc)}") from None
     try:
-        RewardScorer(config.rewards)  # unknown reward names and custom functions fail here, not in a replica
+        # unknown reward names and custom functions fail here, not in a replica
+        RewardScorer(config.rewards)
         env = runtime_env(shipped_functions(config))
     except (RewardError, FunctionRefError) as exc:
         raise ConfigError(f"reward service args: {exc}") from None

@@ -56,7 +56,8 @@ class EngagementRow:
     prompt: str
     response: str
     engagement: float
-    line: int = 0  # 1-based line in the file
+    # 1-based line in the file
+    line: int = 0
 
 
 def select_rows(rows: list[EngagementRow], lines: Collection[int] | None) -> list[EngagementRow]:
@@ -106,7 +107,8 @@ def fit_ridge(x, y, penalty: float):
     import torch
 
     n, f = x.shape
-    if f > n:  # dual form: (X Xᵀ + λI)⁻¹ y is n×n instead of f×f
+    # dual form: (X Xᵀ + λI)⁻¹ y is n×n instead of f×f
+    if f > n:
         alpha = torch.linalg.solve(x @ x.T + penalty * torch.eye(n, dtype=x.dtype), y)
         return x.T @ alpha
     return torch.linalg.solve(x.T @ x + penalty * torch.eye(f, dtype=x.dtype), x.T @ y)
@@ -306,7 +308,8 @@ def ensure_engagement_model(
                 model_dir.rmdir()
             try:
                 os.replace(staging, model_dir)
-            except OSError:  # another run renamed its model into place first: keep theirs
+            # another run renamed its model into place first: keep theirs
+            except OSError:
                 shutil.rmtree(staging)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -319,7 +322,8 @@ def ensure_engagement_model(
 class EngagementReward(ParameterisedReward):
     """Predicted engagement of (prompt, completion) from a model trained by polyray model train-reward."""
 
-    server_only_params = ("model_path",)  # an HTTP caller must not make the server load arbitrary paths
+    # an HTTP caller must not make the server load arbitrary paths
+    server_only_params = ("model_path",)
 
     class Params(ParamsModel):
         model_path: str = Field(
@@ -331,7 +335,8 @@ class EngagementReward(ParameterisedReward):
         super().__init__(**params)
         from polyray.storage import local_dir
 
-        path = local_dir(self.config.model_path)  # a reference into cluster.storage: this node's copy
+        # a reference into cluster.storage: this node's copy
+        path = local_dir(self.config.model_path)
         marker = path / _HEAD_FILE
         self.model = _load_cached(str(path.resolve()), marker.stat().st_mtime if marker.exists() else 0.0)
 

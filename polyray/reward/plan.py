@@ -26,7 +26,8 @@ class PhaseReward:
     phase: str
     name: str
     params: dict[str, Any]
-    field: str  # where it is set: "reward" (the run's) or "phases.<i>.reward"
+    # where it is set: "reward" (the run's) or "phases.<i>.reward"
+    field: str
 
 
 @dataclass(frozen=True)
@@ -36,15 +37,20 @@ class EngagementTraining:
 
     path: Path
     posts: str
-    lines: tuple[int, ...] | None  # None: every row (a task without posts to split)
+    # None: every row (a task without posts to split)
+    lines: tuple[int, ...] | None
 
 
 @dataclass(frozen=True)
 class RewardPlan:
-    rewards: list[PhaseReward] = field(default_factory=list)  # one per phase that scores rollouts
-    quality_model: Path | None = None  # the engagement model that judges the task's quality, if it does
-    engagement_models: list[Path] = field(default_factory=list)  # every engagement model the run reads
-    training: dict[Path, EngagementTraining] = field(default_factory=dict)  # per model: the rows that train it
+    # one per phase that scores rollouts
+    rewards: list[PhaseReward] = field(default_factory=list)
+    # the engagement model that judges the task's quality, if it does
+    quality_model: Path | None = None
+    # every engagement model the run reads
+    engagement_models: list[Path] = field(default_factory=list)
+    # per model: the rows that train it
+    training: dict[Path, EngagementTraining] = field(default_factory=dict)
 
 
 def scores_rollouts(phase) -> bool:
@@ -130,7 +136,8 @@ def models_to_train(reward_plan: RewardPlan, run: RunConfig) -> list[EngagementT
         )
     if not missing:
         return []
-    rows = read_engagement_jsonl(run.task.path)  # every line must hold {prompt, response, engagement} to train it
+    # every line must hold {prompt, response, engagement} to train it
+    rows = read_engagement_jsonl(run.task.path)
     plans = [reward_plan.training.get(p, EngagementTraining(p, "all", None)) for p in missing]
     for t in plans:
         chosen = select_rows(rows, t.lines)

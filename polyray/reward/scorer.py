@@ -91,7 +91,8 @@ class RewardScorer:
             raise UnknownRewardError(
                 f"unknown reward function(s) {unknown} in defaults; known: {', '.join(known_rewards())}"
             )
-        for name, params in self.defaults.items():  # cheap check now; models load on first use
+        # cheap check now; models load on first use
+        for name, params in self.defaults.items():
             try:
                 REWARD_FUNCTIONS[name].Params.model_validate(params)
             except ValidationError as exc:
@@ -122,7 +123,8 @@ class RewardScorer:
             if key in self._instances:
                 self._instances.move_to_end(key)
                 return self._instances[key]
-        fn = build_reward(reward, **resolved)  # outside the lock: loading a model can take seconds
+        # outside the lock: loading a model can take seconds
+        fn = build_reward(reward, **resolved)
         with self._lock:
             self._instances[key] = fn
             while len(self._instances) > _MAX_CACHED_INSTANCES:
@@ -155,8 +157,10 @@ class RewardScorer:
         if not batch:
             return []
         score_with = getattr(fn, "score_with", None)
-        if score_with is not None:  # a combination (weighted_sum): its components are scored through this scorer
-            nested_from_request = from_request and bool(params)  # components the request chose are untrusted too
+        # a combination (weighted_sum): its components are scored through this scorer
+        if score_with is not None:
+            # components the request chose are untrusted too
+            nested_from_request = from_request and bool(params)
             results = score_with(lambda name, its, ps: self.score(name, its, ps, nested_from_request), batch)
         else:
             results = fn.score_batch(batch)
@@ -192,8 +196,10 @@ class ScoreJob:
     items: list[RewardItem]
     params: dict[str, Any] = field(default_factory=dict)
     from_request: bool = False
-    run: str = ""  # the caller's run (metrics tag); "" for HTTP callers
-    cancel: threading.Event = field(default_factory=threading.Event)  # set: the caller is gone, stop its sandboxes
+    # the caller's run (metrics tag); "" for HTTP callers
+    run: str = ""
+    # set: the caller is gone, stop its sandboxes
+    cancel: threading.Event = field(default_factory=threading.Event)
 
 
 def score_jobs(

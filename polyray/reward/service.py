@@ -115,7 +115,8 @@ def ensure_reward_service(
     for app in apps:
         try:
             built.append((app, build_app(app.args)))
-        except ConfigError as exc:  # a copied config that does not build here (paths of its own working_dir)
+        # a copied config that does not build here (paths of its own working_dir)
+        except ConfigError as exc:
             if app.args is run_args:
                 raise
             warning = (
@@ -176,7 +177,8 @@ def build_reward_fn(cfg: RewardConfig, task: Task, run: str = "") -> RewardFn:
     if cfg.endpoint:
         from polyray.reward.client import get_reward_handle, score_via_handle
 
-        handle = get_reward_handle(learner_app_name(cfg.app_name))  # never the HTTP app's replicas
+        # never the HTTP app's replicas
+        handle = get_reward_handle(learner_app_name(cfg.app_name))
 
         def score(items):
             return score_via_handle(handle, name, items, params, timeout_s=cfg.timeout_s, retries=cfg.retries, run=run)
@@ -190,7 +192,8 @@ def build_reward_fn(cfg: RewardConfig, task: Task, run: str = "") -> RewardFn:
 
     def rewards(prompts: list[Prompt], texts: list[list[str]]) -> torch.Tensor:
         items = [task.reward_item(p, t) for p, g in zip(prompts, texts) for t in g]
-        scores = [math.nan if r.score is None else r.score for r in score(items)]  # NaN: no score
+        # NaN: no score
+        scores = [math.nan if r.score is None else r.score for r in score(items)]
         width = len(texts[0]) if texts else 0
         return torch.tensor(scores, dtype=torch.float64).view(len(texts), width)
 

@@ -119,7 +119,8 @@ class WeightedSumReward(ParameterisedReward):
                 for key, results in zip(keys, per_component)
             }
             total: float | None = 0.0
-            for key in keys:  # a component with no score leaves the sum without one (no score is not 0)
+            # a component with no score leaves the sum without one (no score is not 0)
+            for key in keys:
                 total = None if total is None or scores[key] is None else total + weights[key] * scores[key]
             out.append(RewardResult(score=total, detail={"components": scores, "weights": dict(weights)}))
         return out

@@ -42,7 +42,8 @@ def bgmv_shrink(inputs, lora_b_weights, output_tensor, lora_indices_tensor, scal
 def bgmv_expand(inputs, lora_b_weights, output_tensor, lora_indices_tensor, add_inputs: bool = True):
     outputs = grouped_lora_matmul(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
     limit = 1 if outputs.shape[0] == 1 and output_tensor.shape[0] != 1 else output_tensor.shape[0]
-    common = min(outputs.shape[1], output_tensor.shape[1])  # adapter and model may pad differently
+    # adapter and model may pad differently
+    common = min(outputs.shape[1], output_tensor.shape[1])
     if add_inputs:
         output_tensor[:, :common] += outputs[:limit, :common]
     else:

@@ -19,7 +19,8 @@ class DiversityScorer:
         from polyray.embeddings import BUNDLED_ENCODER, get_encoder
 
         torch.set_num_threads(threads)
-        get_encoder(BUNDLED_ENCODER, embedding_dtype)  # loaded while the phase starts, not at its first step
+        # loaded while the phase starts, not at its first step
+        get_encoder(BUNDLED_ENCODER, embedding_dtype)
 
     def advantages(
         self, name: str, groups: list[list[str]], estimator: str, k: int, embedding_dtype: str = "float32"

@@ -55,8 +55,10 @@ def _demand(config: RolloutConfig, resources: dict[str, float] | None):
 class RolloutPool:
     def __init__(self, workers: list, store=None):
         self.workers = workers
-        self.store = store  # the run's AdapterStore actor (None: no publishing, named adapters only)
-        self.named: dict[str, str] = {}  # name -> saved peft directory
+        # the run's AdapterStore actor (None: no publishing, named adapters only)
+        self.store = store
+        # name -> saved peft directory
+        self.named: dict[str, str] = {}
 
     @classmethod
     def launch(
@@ -113,7 +115,8 @@ class RolloutPool:
             # a worker not placed, or one whose engine failed: none of those started is left waiting
             cls(started).kill()
             raise
-        pool = cls(started, None if isinstance(store, str) else store)  # (a name: each run's, start_run)
+        # (a name: each run's, start_run)
+        pool = cls(started, None if isinstance(store, str) else store)
         if wait:
             pool.wait_ready()
         return pool
@@ -158,7 +161,8 @@ class RolloutPool:
         started = time.perf_counter()
         sha, ref = self._put_object(adapter)
         version = ray.get(self.store.reserve_next.remote(sha))
-        stored = self.store.put.remote(version, ref, phase, step, sha)  # the store writes while the workers load
+        # the store writes while the workers load
+        stored = self.store.put.remote(version, ref, phase, step, sha)
         return PendingPublish(self, version, started, stored, partial(_load, version, ref, sha))
 
     def publish(self, version: int, adapter: dict[str, Any], phase: str = "", step: int = 0) -> float:
@@ -324,7 +328,8 @@ class PendingPublish:
     def __init__(self, pool: RolloutPool, version: int, started: float, stored, load):
         self.pool, self.version, self.started, self.stored, self.load = pool, version, started, stored, load
         self.loads = [load(w) for w in pool.workers]
-        self.asked = [_incarnation(w) for w in pool.workers]  # queued after each worker's load
+        # queued after each worker's load
+        self.asked = [_incarnation(w) for w in pool.workers]
         self._incarnations: list[str] | None = None
 
     def result(self) -> list[str]:
@@ -367,7 +372,8 @@ class PendingGeneration:
                     if isinstance(exc, ray.exceptions.RayActorError):
                         wait_restarted(worker)
                     elif exc.name is None:
-                        raise  # a policy version the store does not hold: retrying cannot help
+                        # a policy version the store does not hold: retrying cannot help
+                        raise
                     self.pool._catch_up(worker)
                     future = worker.generate.remote(chunk[0], *self.args, chunk[1], self.reference)
             for group in groups:

@@ -20,7 +20,8 @@ class Rollout:
 
     prompts: list[Prompt]
     groups: list
-    scored: Any  # what the phase's ``score(prompts, groups)`` returned
+    # what the phase's ``score(prompts, groups)`` returned
+    scored: Any
     rollout_s: float
     score_s: float
 
@@ -41,8 +42,10 @@ class RolloutPrefetch:
 
     def __init__(self, submit, ahead: bool, steps: int, score):
         self.submit, self.ahead, self.steps, self.score = submit, ahead, steps, score
-        self.pending: dict[int, Callable[[], tuple]] = {}  # step -> its collection's result
-        self._last: Future | None = None  # the collection started last (ahead): the next one waits for it
+        # step -> its collection's result
+        self.pending: dict[int, Callable[[], tuple]] = {}
+        # the collection started last (ahead): the next one waits for it
+        self._last: Future | None = None
 
     def get(self, step: int, version: int) -> Rollout:
         job = self.pending.pop(step, None) or self._start(step, version)
@@ -51,7 +54,8 @@ class RolloutPrefetch:
         asked = time.perf_counter()
         prompts, groups, scored, sampled = job()
         done = time.perf_counter()
-        sampled = min(max(sampled, asked), done)  # samples that arrived before the step asked: no wait for them
+        # samples that arrived before the step asked: no wait for them
+        sampled = min(max(sampled, asked), done)
         return Rollout(prompts, groups, scored, rollout_s=sampled - asked, score_s=done - sampled)
 
     def _start(self, step: int, version: int) -> Callable[[], tuple]:
@@ -69,7 +73,8 @@ class RolloutPrefetch:
                 wait([before])
             try:
                 job.set_result(self._collect(prompts, pending))
-            except BaseException as e:  # raised in the step that asks for it
+            # raised in the step that asks for it
+            except BaseException as e:
                 job.set_exception(e)
 
         threading.Thread(target=collect, name=f"polyray-rollout-score-{step}", daemon=True).start()

@@ -63,7 +63,8 @@ def adapter_hash(adapter: dict[str, Any]) -> str:
     for name in sorted(adapter["tensors"]):
         t = adapter["tensors"][name].detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.view(-1).view(torch.uint8).numpy().tobytes())  # raw bytes, any dtype (bfloat16 too)
+        # raw bytes, any dtype (bfloat16 too)
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -143,9 +144,11 @@ class AdapterStore:
     def __init__(self, root: str, keep: int = 8, preload: bool = False):
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
-        if preload:  # the actor: the first put's imports while the run starts, not in the learner's first publish
+        # the actor: the first put's imports while the run starts, not in the learner's first publish
+        if preload:
             threading.Thread(target=_import_tensor_libraries, name="polyray-store-preload", daemon=True).start()
-        self.storage, self.keep = Storage(root), keep  # a run directory's path, or a key in cluster.storage
+        # a run directory's path, or a key in cluster.storage
+        self.storage, self.keep = Storage(root), keep
         self.root = self.storage.uri
         self.records: dict[int, AdapterRecord] = {}
         for name in self.storage.list_dirs(""):
@@ -153,7 +156,8 @@ class AdapterStore:
                 continue
             try:
                 r = AdapterRecord(**json.loads(self.storage.read_bytes(f"{name}/record.json")))
-            except StorageError:  # killed mid-write: the version never became visible
+            # killed mid-write: the version never became visible
+            except StorageError:
                 self.storage.delete_dir(name)
                 continue
             self.records[r.version] = r
@@ -167,7 +171,8 @@ class AdapterStore:
             saved.get("reserved_sha256") if self.reserved == saved.get("reserved") else None
         )
         self.pins: dict[str, int] = saved.get("pins", {})
-        self._cache: dict[int, dict[str, Any]] = {}  # the newest few adapters, kept in memory
+        # the newest few adapters, kept in memory
+        self._cache: dict[int, dict[str, Any]] = {}
 
     def _dir(self, version: int) -> str:
         return f"v{version:06d}"
@@ -217,7 +222,8 @@ class AdapterStore:
                 f"adapter version {version} is reserved for other weights: version ids never repeat"
             )
         self.reserved, self.reserved_sha256 = version, sha
-        self._save_state()  # reserve the id before writing: a torn write never frees it
+        # reserve the id before writing: a torn write never frees it
+        self._save_state()
         d = self._dir(version)
         self.storage.delete_dir(d)
         self.storage.write_bytes(f"{d}/adapter_config.json", json.dumps(adapter["config"]).encode())
@@ -283,8 +289,10 @@ class AdapterStore:
         return adapter, record
 
 
-STORE_DIR = "adapter_store"  # a run's store, in its run directory
-STORE_NAMESPACE = "polyray"  # named actors are per namespace: one known to every process of a run and its services
+# a run's store, in its run directory
+STORE_DIR = "adapter_store"
+# named actors are per namespace: one known to every process of a run and its services
+STORE_NAMESPACE = "polyray"
 
 
 def store_root(root: str | Path) -> str:
@@ -313,7 +321,8 @@ def open_store(root: str | Path, keep: int = 8, detached: bool = False, name: st
         max_restarts=-1,
         max_task_retries=-1,
         lifetime="detached" if detached else None,
-        scheduling_strategy="DEFAULT",  # outside a Tune trial's placement group, like the workers
+        # outside a Tune trial's placement group, like the workers
+        scheduling_strategy="DEFAULT",
     )
     actor = ray.remote(AdapterStore)
     if name is None:
@@ -324,10 +333,12 @@ def open_store(root: str | Path, keep: int = 8, detached: bool = False, name: st
     while True:
         try:
             return actor.options(name=name, **options).remote(store_root(root), keep, preload=True)
-        except ValueError:  # the name is still held by the last run's store, being stopped
+        # the name is still held by the last run's store, being stopped
+        except ValueError:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"adapter store name {name!r} still held after {STORE_NAME_WAIT_S:g} s") from None
             time.sleep(0.1)
 
 
-STORE_NAME_WAIT_S = 60.0  # for a stopped store to release its name
+# for a stopped store to release its name
+STORE_NAME_WAIT_S = 60.0

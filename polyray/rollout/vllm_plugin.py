@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import multiprocessing
 
-ENGINE_PROCESSES = ("EngineCore", "VllmWorker")  # vLLM's names for its children: EngineCore[_DPn], VllmWorker-n
+# vLLM's names for its children: EngineCore[_DPn], VllmWorker-n
+ENGINE_PROCESSES = ("EngineCore", "VllmWorker")
 
 
 def is_engine_child() -> bool:

@@ -38,7 +38,8 @@ from polyray.lifetime import process_dir
 from polyray.rollout.store import AdapterHashError, check_adapter, from_wire, write_adapter_dir
 
 
-BASE_MODEL = ""  # a KL reference that is the adapter-less base model (RolloutWorker.generate's ``reference``)
+# a KL reference that is the adapter-less base model (RolloutWorker.generate's ``reference``)
+BASE_MODEL = ""
 
 
 class MissingAdapterError(KeyError):
@@ -52,13 +53,17 @@ class MissingAdapterError(KeyError):
 
 @dataclass
 class Sample:
-    prompt_index: int  # index into the prompts passed to generate
+    # index into the prompts passed to generate
+    prompt_index: int
     text: str
     prompt_token_ids: list[int]
     token_ids: list[int]
-    logprobs: list[float]  # log pi_old of each sampled token
-    version: int  # adapter version that produced it (0 = base model)
-    finished: bool  # ended on EOS/stop rather than max_tokens
+    # log pi_old of each sampled token
+    logprobs: list[float]
+    # adapter version that produced it (0 = base model)
+    version: int
+    # ended on EOS/stop rather than max_tokens
+    finished: bool
     # log pi_ref of each sampled token when the request named a KL reference (RolloutWorker.generate);
     # None: not asked, or the sequence fills the model length (vLLM cannot score it as a prompt)
     ref_logprobs: list[float] | None = None
@@ -145,7 +150,8 @@ def sampling_params(n: int, sampling: SamplingConfig, seed: int | None):
     )
 
 
-DECODE_CONTEXT_TOKENS = 4  # prompt tokens a completion is decoded after
+# prompt tokens a completion is decoded after
+DECODE_CONTEXT_TOKENS = 4
 
 
 def decode_completions(tokenizer, prompt_ids: list[int], completions: list[list[int]]) -> list[str]:
@@ -188,7 +194,8 @@ def _resolve_store(store):
 
     try:
         return ray.get_actor(store, namespace=STORE_NAMESPACE)
-    except ValueError:  # no run holds the name now
+    # no run holds the name now
+    except ValueError:
         return None
 
 
@@ -218,12 +225,15 @@ class RolloutWorker:
 
         # a reference into cluster.storage: copied to this node's cache first (once per node)
         self.llm = LLM(**engine_kwargs(node_path(model_dir), config, dtype))
-        self.tokenizer = self.llm.get_tokenizer()  # the completions' texts (decode_completions)
+        # the completions' texts (decode_completions)
+        self.tokenizer = self.llm.get_tokenizer()
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
         # in this process's own directory: a SIGKILLed worker's is swept by the next to start (polyray.lifetime)
         self.adapter_root = Path(tempfile.mkdtemp(prefix="adapters-", dir=process_dir("polyray-adapters", shm)))
-        self.adapters: dict[int, tuple[Path, str]] = {}  # version -> (directory, content hash)
-        self.named: dict[str, tuple[int, Path]] = {}  # name -> (lora id, path) for saved adapters
+        # version -> (directory, content hash)
+        self.adapters: dict[int, tuple[Path, str]] = {}
+        # name -> (lora id, path) for saved adapters
+        self.named: dict[str, tuple[int, Path]] = {}
         # the run's AdapterStore actor, or None (the evaluation job: named adapters only); or its actor name,
         # which a pool shared by a sweep's trials gives (each trial's store takes it: a restart finds the current one)
         self.store_name = store if isinstance(store, str) else None
@@ -267,8 +277,10 @@ class RolloutWorker:
         if version < 1:
             raise ValueError(f"adapter versions start at 1, got {version}")
         started = time.perf_counter()
-        adapter = from_wire(adapter)  # as the pool sends it (polyray.rollout.store.to_wire)
-        sha = check_adapter(adapter, version, sha256)  # hashed once per load
+        # as the pool sends it (polyray.rollout.store.to_wire)
+        adapter = from_wire(adapter)
+        # hashed once per load
+        sha = check_adapter(adapter, version, sha256)
         if version in self.adapters:
             if self.adapters[version][1] != sha:
                 raise AdapterHashError(f"adapter version {version} is already loaded with other weights")
@@ -313,7 +325,8 @@ class RolloutWorker:
     def _remove_lora(self, lora_id: int) -> None:
         try:
             self.llm.llm_engine.remove_lora(lora_id)
-        except Exception:  # never loaded into vLLM (no request used it): nothing to remove
+        # never loaded into vLLM (no request used it): nothing to remove
+        except Exception:
             pass
 
     def versions(self) -> list[int]:
@@ -423,9 +436,8 @@ class RolloutWorker:
         from vllm.inputs import TokensPrompt
 
         lora = self._lora_request(version, None) if reference is None else self._lora_request(None, reference or None)
-        params = SamplingParams(
-            max_tokens=1, prompt_logprobs=0, temperature=1.0, detokenize=False
-        )  # ids only: no detokenizing
+        # ids only: no detokenizing
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0, detokenize=False)
         ids = [list(p) + list(c) for p, c in sequences]
         fits = [i for i, seq in enumerate(ids) if len(seq) < self.config.max_model_len]
         outs = (

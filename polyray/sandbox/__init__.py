@@ -44,9 +44,10 @@ site-packages, no bytecode files. Linux only (x86_64 and aarch64 for the namespa
 
 from __future__ import annotations
 
+# an ``x as x`` import below marks a name the tests reach through the package (they patch sb.platform.machine)
 import json
 import os
-import platform as platform  # the tests patch sb.platform.machine
+import platform as platform
 import subprocess
 import tempfile
 import threading
@@ -60,13 +61,13 @@ from polyray.lifetime import shared_root, sweep_stale
 from polyray.sandbox.cgroups import SandboxCgroup, limits_report, sweep_cgroups, whole_sandbox_caps
 from polyray.sandbox.collect import _decode, _pump, _Streams
 from polyray.sandbox.limits import SandboxLimits
-from polyray.sandbox.limits import _pid_max as _pid_max  # the tests reach it through the package
-from polyray.sandbox.limits import _tmpfs_inodes as _tmpfs_inodes  # the tests reach it through the package
-from polyray.sandbox.prepare import _GUARD as _GUARD  # the tests reach it through the package
+from polyray.sandbox.limits import _pid_max as _pid_max
+from polyray.sandbox.limits import _tmpfs_inodes as _tmpfs_inodes
+from polyray.sandbox.prepare import _GUARD as _GUARD
 from polyray.sandbox.prepare import _LAUNCHER, _launch_config
 from polyray.sandbox.results import SandboxResult, Status, _interpret
 from polyray.sandbox.stop import _CANCEL, _end, cancelled_by
-from polyray.sandbox.stop import _descendants as _descendants  # the tests reach it through the package
+from polyray.sandbox.stop import _descendants as _descendants
 from polyray.sandbox.uids import SandboxBusyError, _UidPool
 
 __all__ = [
@@ -88,7 +89,8 @@ __all__ = [
 
 Isolation = Literal["uid+namespaces", "userns", "rlimits"]
 ISOLATION_MODES: tuple[Isolation, ...] = ("uid+namespaces", "userns", "rlimits")
-WORK_ROOT = "polyray-sandbox"  # work directories: <tmp>/polyray-sandbox-<uid>/<owner process>/run-*
+# work directories: <tmp>/polyray-sandbox-<uid>/<owner process>/run-*
+WORK_ROOT = "polyray-sandbox"
 
 # The runner and the isolation policy live here, not in a submodule: callers and tests patch what they look
 # up (_UIDS, _make_workdir, _detected, whole_sandbox_caps) on the package.
@@ -107,12 +109,15 @@ def _make_workdir(source: str, uid: int | None, files: dict[str, str]) -> str:
         for name, text in {**files, "program.py": source}.items():
             if os.path.basename(name) != name or name.startswith("."):
                 raise ValueError(f"sandbox file name {name!r} must be a plain file name")
-            with open(os.path.join(work, name), "w", encoding="utf-8") as f:  # strict: a lone surrogate raises
+            # strict: a lone surrogate raises
+            with open(os.path.join(work, name), "w", encoding="utf-8") as f:
                 f.write(text)
-    except BaseException:  # a half-made directory (text that is no UTF-8, a full disk) is not left behind
+    # a half-made directory (text that is no UTF-8, a full disk) is not left behind
+    except BaseException:
         _rmtree(base)
         raise
-    return os.path.realpath(base)  # namespace modes copy the files into their own /sandbox
+    # namespace modes copy the files into their own /sandbox
+    return os.path.realpath(base)
 
 
 def _close_all(fds: dict[int, int]) -> None:
@@ -153,13 +158,15 @@ def _launch(run: _Run, limits: SandboxLimits, channel_fds: dict[int, int]) -> No
     cfg = _launch_config(run.mode, run.workdir, run.uid, limits, run.status_w, channel_fds, cgroup_procs)
     run.proc = subprocess.Popen(
         [cfg["python"], "-I", "-S", "-B", _LAUNCHER],
-        stdin=subprocess.PIPE,  # its settings: on no command line the program could read
+        # its settings: on no command line the program could read
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd=os.path.join(run.workdir, "work"),
         env={},
         pass_fds=(run.status_w, *channel_fds.values()),
-        start_new_session=True,  # its own process group, so one killpg ends all of it
+        # its own process group, so one killpg ends all of it
+        start_new_session=True,
     )
     os.close(run.status_w)
     run.status_w = -1
@@ -184,7 +191,8 @@ def _watch(run: _Run, limits: SandboxLimits, start: float, stops: tuple[threadin
     """Read the program's output until it ends or hits a limit, end every process of the run, and report."""
     streams = _Streams(limits.output_bytes, limits.tail_bytes)
     status_bytes, limit_hit = _pump(run.proc, run.status_r, start + limits.timeout_s, streams, stops)
-    _end(run.proc, run.mode != "rlimits")  # ends the PID namespace (and anything left in rlimits mode)
+    # ends the PID namespace (and anything left in rlimits mode)
+    _end(run.proc, run.mode != "rlimits")
     outcome = _classify(status_bytes, limit_hit, limits, run.cgroup)
     return SandboxResult(
         passed=outcome["status"] == "passed",
@@ -236,12 +244,15 @@ def run_python(
     channel_fds = dict(channel_fds or {})
     start = time.monotonic()
     stops = (*_CANCEL.get(), *([cancel] if cancel is not None else []))
-    if any(event.is_set() for event in stops):  # cancelled before it started: start nothing
+    # cancelled before it started: start nothing
+    if any(event.is_set() for event in stops):
         _close_all(channel_fds)
-        return SandboxResult(status="killed", passed=False, duration_s=0.0, isolation=mode,
-                             reason="stopped early by the caller")  # fmt: skip
+        return SandboxResult(
+            status="killed", passed=False, duration_s=0.0, isolation=mode, reason="stopped early by the caller"
+        )
     run = _Run(mode)
-    try:  # everything the run takes is released in the finally, whatever raises on the way
+    # everything the run takes is released in the finally, whatever raises on the way
+    try:
         _prepare(run, source, limits, files or {})
         _launch(run, limits, channel_fds)
         return _watch(run, limits, start, stops)

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from polyray.lifetime import owner_gone, owner_tag
 
 WANTED = ("memory", "pids")
-GROUP = "polyray-sandbox"  # <controller root>/polyray-sandbox/<owner process>/<run>
+# <controller root>/polyray-sandbox/<owner process>/<run>
+GROUP = "polyray-sandbox"
 
 
 def cgroup_v2_status(mountinfo: str = "/proc/self/mountinfo", membership: str = "/proc/self/cgroup") -> str:
@@ -65,7 +66,8 @@ def cgroup_v1_roots(mountinfo: str = "/proc/self/mountinfo") -> dict[str, str] |
     except OSError as exc:
         return f"cannot read {exc.filename}"
     roots: dict[str, str] = {}
-    for m in mounts:  # ... mount_point ... - cgroup source super_options (rw,memory)
+    # ... mount_point ... - cgroup source super_options (rw,memory)
+    for m in mounts:
         if "-" in m and m[m.index("-") + 1] == "cgroup":
             options = m[m.index("-") + 3].split(",")
             roots.update({c: m[4] for c in WANTED if c in options and c not in roots})
@@ -127,7 +129,8 @@ def _remove(directory: str, deadline_s: float = 10.0) -> None:
             return
         except FileNotFoundError:
             return
-        except OSError:  # EBUSY: a killed task not yet gone
+        # EBUSY: a killed task not yet gone
+        except OSError:
             if time.monotonic() > end:
                 raise
             time.sleep(0.01)
@@ -154,7 +157,8 @@ class SandboxCgroup:
                 os.mkdir(group.dirs[controller])
             memory = group.dirs["memory"]
             _write(memory, "memory.limit_in_bytes", memory_bytes)
-            if os.path.exists(os.path.join(memory, "memory.memsw.limit_in_bytes")):  # swap accounting: no way out
+            # swap accounting: no way out
+            if os.path.exists(os.path.join(memory, "memory.memsw.limit_in_bytes")):
                 _write(memory, "memory.memsw.limit_in_bytes", memory_bytes)
             _write(group.dirs["pids"], "pids.max", tasks)
         except BaseException:
@@ -179,7 +183,8 @@ class SandboxCgroup:
         for directory in self.dirs.values():
             try:
                 _remove(directory)
-            except OSError:  # a task that outlived SIGKILL for seconds (stuck in the kernel): its group stays
+            # a task that outlived SIGKILL for seconds (stuck in the kernel): its group stays
+            except OSError:
                 pass
 
 

@@ -17,7 +17,8 @@ import json as _json
 
 _MAX_LINE = 1 << 24
 _MAX_DEPTH = 200
-_BIG = 1 << 4096  # ints past this cross as hex: JSON's decimal digits are capped (int_max_str_digits)
+# ints past this cross as hex: JSON's decimal digits are capped (int_max_str_digits)
+_BIG = 1 << 4096
 _MUTABLE = (list, dict, set, bytearray)
 PLAIN = "None, bool, int, float, str, bytes, bytearray, and lists, tuples, dicts, sets and frozensets of them"
 
@@ -35,7 +36,8 @@ class Refs:
 
     def add(self, obj):
         self._index[id(obj)] = len(self.objects)
-        self.objects.append(obj)  # held: an id is never reused while the call lasts
+        # held: an id is never reused while the call lasts
+        self.objects.append(obj)
 
     def find(self, obj):
         return self._index.get(id(obj)) if isinstance(obj, _MUTABLE) else None
@@ -55,7 +57,8 @@ def encode(x, refs=None, depth=0):
     if isinstance(x, bool):
         return bool(x)
     if isinstance(x, int):
-        return encode(int.__int__(x), refs, depth)  # an int subclass crosses as its plain value
+        # an int subclass crosses as its plain value
+        return encode(int.__int__(x), refs, depth)
     if isinstance(x, float):
         return float.__float__(x)
     if isinstance(x, str):
@@ -70,7 +73,8 @@ def encode(x, refs=None, depth=0):
     if isinstance(x, frozenset):
         return {"f": [encode(v, refs, depth + 1) for v in frozenset.__iter__(x)]}
     if isinstance(x, _MUTABLE):
-        refs.add(x)  # before its items: an item that is the container itself refers back
+        # before its items: an item that is the container itself refers back
+        refs.add(x)
         return contents(x, refs, depth)
     raise Uncrossable(f"{type(x).__name__} is not a plain value ({PLAIN})")
 
@@ -112,7 +116,8 @@ def decode(x, refs=None, depth=0):
             return frozenset(decode(i, refs, depth + 1) for i in v)
         if tag in _EMPTY:
             out = _EMPTY[tag]()
-            refs.add(out)  # before its items, as the sender numbered it
+            # before its items, as the sender numbered it
+            refs.add(out)
             fill(out, x, refs, depth)
             return out
     raise ValueError("not a plain value")
@@ -152,7 +157,8 @@ def copy_back(refs, count, sent):
     if type(sent) is not list or len(sent) != count:
         raise ValueError("malformed argument states")
     decoded = []
-    for state in sent:  # every state decoded first: one may refer to a container met in another
+    # every state decoded first: one may refer to a container met in another
+    for state in sent:
         tag = next(iter(state)) if type(state) is dict and len(state) == 1 else None
         if tag not in _EMPTY:
             raise ValueError("malformed argument state")
@@ -160,7 +166,8 @@ def copy_back(refs, count, sent):
         fill(fresh, state, refs)
         decoded.append(fresh)
     for i, fresh in enumerate(decoded):
-        target = refs.objects[i]  # the caller's: a subclass (Counter, defaultdict) takes its base's contents
+        # the caller's: a subclass (Counter, defaultdict) takes its base's contents
+        target = refs.objects[i]
         base = type(fresh)
         if not isinstance(target, base):
             raise ValueError("an argument's state of another type")

@@ -10,7 +10,8 @@ Standard library only; importing it installs nothing (the tests read its rules).
 import os
 import sys
 
-_WORKDIR = os.path.realpath(os.getcwd())  # the program's directory: its cwd
+# the program's directory: its cwd
+_WORKDIR = os.path.realpath(os.getcwd())
 _READ_OK = tuple(os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix))
 _READ_OK += ("/dev/null", "/dev/urandom")
 _BLOCKED = (
@@ -46,7 +47,8 @@ _WRITE_EVENTS = (
     "shutil.copyfile",
     "os.chflags",
 )
-_READ_EVENTS = ("os.listdir", "os.scandir")  # the import system lists the stdlib's directories
+# the import system lists the stdlib's directories
+_READ_EVENTS = ("os.listdir", "os.scandir")
 
 
 def _inside(path, roots):
@@ -60,7 +62,8 @@ def _inside(path, roots):
 def _opens_for_writing(mode, flags):
     if isinstance(mode, str):
         return any(c in mode for c in "wax+")
-    return bool(flags & 3)  # O_WRONLY or O_RDWR
+    # O_WRONLY or O_RDWR
+    return bool(flags & 3)
 
 
 def _hook(event, args):
@@ -83,7 +86,8 @@ def _hook(event, args):
 def main():
     sys.addaudithook(_hook)
     path = sys.argv[1]
-    del sys.argv[0]  # the program sees itself as argv[0]
+    # the program sees itself as argv[0]
+    del sys.argv[0]
     with open(path) as f:
         code = compile(f.read(), path, "exec")
     exec(code, {"__name__": "__main__", "__file__": path, "__builtins__": __builtins__})  # noqa: S102 - the program

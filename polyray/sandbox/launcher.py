@@ -19,7 +19,8 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
 MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
 PR_SET_NO_NEW_PRIVS, PR_CAPBSET_DROP, PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_SECCOMP = 38, 24, 1, 36, 22
 SIGKILL, SIGSTOP = 9, 19
-cfg: dict = {}  # read_config
+# read_config
+cfg: dict = {}
 MODE = ""
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -65,18 +66,21 @@ def build_root(newroot, strict):
     for src in cfg["ro_binds"]:
         dst = newroot + src
         os.makedirs(os.path.dirname(dst), exist_ok=True)
-        if os.path.islink(src):  # merged-/usr links such as /bin -> usr/bin, /etc/localtime
+        # merged-/usr links such as /bin -> usr/bin, /etc/localtime
+        if os.path.islink(src):
             os.symlink(os.readlink(src), dst)
             continue
         if os.path.isdir(src):
             os.makedirs(dst, exist_ok=True)
-        else:  # a single /etc file: bound over an empty one
+        # a single /etc file: bound over an empty one
+        else:
             open(dst, "w").close()
         mount(src, dst, None, MS_BIND | MS_REC)
         try:
             mount(None, dst, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
         except OSError:
-            if strict:  # an unprivileged user namespace may refuse to change locked flags
+            # an unprivileged user namespace may refuse to change locked flags
+            if strict:
                 raise
     os.makedirs(newroot + "/dev")
     for name in ("null", "zero", "full", "random", "urandom"):
@@ -86,10 +90,12 @@ def build_root(newroot, strict):
         os.symlink("/proc/self/fd" + fd, newroot + "/dev/" + name)
     for name in ("proc", "tmp", "sandbox"):
         os.makedirs(newroot + "/" + name)
-    try:  # this process is PID 1 of the new PID namespace, so this /proc shows only the sandbox
+    # this process is PID 1 of the new PID namespace, so this /proc shows only the sandbox
+    try:
         mount("proc", newroot + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     except OSError:
-        if strict:  # some container runtimes forbid a new proc in a user namespace
+        # some container runtimes forbid a new proc in a user namespace
+        if strict:
             raise
     # nr_inodes: empty files cost no size= but each holds kernel memory
     tmpfs = f"size={cfg['tmp_mb']}m,nr_inodes={cfg['tmp_inodes']}"
@@ -103,8 +109,10 @@ def build_root(newroot, strict):
         with open(os.path.join(cfg["workdir"], name), "rb") as src, open(newroot + "/sandbox/" + name, "wb") as dst:
             dst.write(src.read())
     os.chdir(newroot)
-    check(libc.syscall(cfg["pivot_root_syscall"], b".", b"."), "pivot_root")  # old root now stacked under "."
-    check(libc.umount2(b".", 2), "detach old root")  # MNT_DETACH
+    # old root now stacked under "."
+    check(libc.syscall(cfg["pivot_root_syscall"], b".", b"."), "pivot_root")
+    # MNT_DETACH
+    check(libc.umount2(b".", 2), "detach old root")
     os.chdir("/")
     mount(None, "/", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
@@ -114,7 +122,8 @@ def drop_all_capabilities():
     # cannot unmount or remount anything in the sandbox's root.
     for cap in range(64):
         libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
-    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this thread
+    # _LINUX_CAPABILITY_VERSION_3, this thread
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)
     data = (ctypes.c_uint32 * 6)()
     check(libc.capset(header, data), "capset")
 
@@ -126,7 +135,8 @@ def drop_privileges():
         os.setuid(cfg["uid"])
     elif MODE == "userns":
         drop_all_capabilities()
-    check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")  # setuid binaries gain nothing
+    # setuid binaries gain nothing
+    check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
 
 
 def place_channels():
@@ -134,7 +144,8 @@ def place_channels():
     import fcntl
 
     high = {int(target): fcntl.fcntl(src, fcntl.F_DUPFD, 1000) for target, src in cfg["channel_fds"].items()}
-    for target, src in high.items():  # via fds >= 1000, so no target overwrites another's source
+    # via fds >= 1000, so no target overwrites another's source
+    for target, src in high.items():
         os.dup2(src, target)
     os.closerange(3 + len(high), 65536)
 
@@ -162,14 +173,16 @@ def install_seccomp():
     prog = bytes.fromhex(cfg["seccomp"])
     buf = ctypes.create_string_buffer(prog, len(prog))
     fprog = Fprog(len(prog) // 8, ctypes.addressof(buf))
-    check(libc.prctl(PR_SET_SECCOMP, 2, ctypes.byref(fprog), 0, 0), "seccomp")  # SECCOMP_MODE_FILTER
+    # SECCOMP_MODE_FILTER
+    check(libc.prctl(PR_SET_SECCOMP, 2, ctypes.byref(fprog), 0, 0), "seccomp")
 
 
 def run_program():
     os.chdir(cfg["cwd"])
     drop_privileges()
     die_with_parent()
-    place_channels()  # before RLIMIT_NOFILE, which would refuse the high fds it moves through
+    # before RLIMIT_NOFILE, which would refuse the high fds it moves through
+    place_channels()
     for name, value in cfg["rlimits"].items():
         resource.setrlimit(getattr(resource, name), (value, value))
     install_seccomp()
@@ -239,7 +252,8 @@ def hide_command_line():
     # path), read from its own memory: blanked in place (sys.argv is a copy)
     with open("/proc/self/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end: fields 48 and 49
+    # arg_start, arg_end: fields 48 and 49
+    start, end = int(fields[45]), int(fields[46])
     if 0 < start < end:
         ctypes.memset(start, 0, end - start)
         name = b"sandbox-init"[: end - start - 1]
@@ -255,7 +269,8 @@ def init():
         build_root(cfg["newroot"], strict=MODE == "uid+namespaces")
         if MODE == "userns":
             cap_pids()
-    else:  # no PID namespace: orphans (a double fork, setsid) are re-parented here, not to the host's init
+    # no PID namespace: orphans (a double fork, setsid) are re-parented here, not to the host's init
+    else:
         check(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "subreaper")
     pid = os.fork()
     if pid == 0:
@@ -269,7 +284,8 @@ def init():
         got, status = os.waitpid(-1, 0)
         if got == pid:
             break
-    if MODE == "rlimits":  # in a PID namespace, this process exiting kills the rest
+    # in a PID namespace, this process exiting kills the rest
+    if MODE == "rlimits":
         kill_descendants()
         reap_all()
     report(**({"signal": os.WTERMSIG(status)} if os.WIFSIGNALED(status) else {"exit": os.WEXITSTATUS(status)}))
@@ -297,7 +313,8 @@ def main():
     try:
         read_config()
         die_with_parent()
-        if os.getppid() != cfg["parent_pid"]:  # the service died before the line above
+        # the service died before die_with_parent() took hold
+        if os.getppid() != cfg["parent_pid"]:
             os._exit(125)
         join_cgroups()
         check(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "subreaper")
@@ -314,7 +331,8 @@ def main():
         except BaseException as exc:  # noqa: BLE001 - reported, whatever it was
             report(error=f"sandbox setup failed ({MODE}): {exc!r}")
         os._exit(0)
-    reap_all()  # init, and whatever was orphaned here when init died
+    # init, and whatever was orphaned here when init died
+    reap_all()
 
 
 if __name__ == "__main__":

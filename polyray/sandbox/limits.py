@@ -11,15 +11,24 @@ from dataclasses import dataclass
 class SandboxLimits:
     """Resource limits for one run (defaults suit unit tests of small functions)."""
 
-    timeout_s: float = 10.0  # wall clock, whole run
-    cpu_s: int | None = None  # RLIMIT_CPU; default ceil(timeout) + 1
-    memory_mb: int = 1024  # RLIMIT_AS (virtual memory, so leave headroom above real use)
-    file_size_mb: int = 16  # RLIMIT_FSIZE: largest file the program may write
-    open_files: int = 64  # RLIMIT_NOFILE
-    processes: int = 16  # RLIMIT_NPROC: processes + threads of the sandbox user
-    output_bytes: int = 1 << 20  # per stream; the program is killed past this
-    tail_bytes: int = 4096  # how much of each stream the result keeps (the end)
-    disk_mb: int = 64  # namespace modes: size of each of /sandbox and /tmp (memory-backed tmpfs)
+    # wall clock, whole run
+    timeout_s: float = 10.0
+    # RLIMIT_CPU; default ceil(timeout) + 1
+    cpu_s: int | None = None
+    # RLIMIT_AS (virtual memory, so leave headroom above real use)
+    memory_mb: int = 1024
+    # RLIMIT_FSIZE: largest file the program may write
+    file_size_mb: int = 16
+    # RLIMIT_NOFILE
+    open_files: int = 64
+    # RLIMIT_NPROC: processes + threads of the sandbox user
+    processes: int = 16
+    # per stream; the program is killed past this
+    output_bytes: int = 1 << 20
+    # how much of each stream the result keeps (the end)
+    tail_bytes: int = 4096
+    # namespace modes: size of each of /sandbox and /tmp (memory-backed tmpfs)
+    disk_mb: int = 64
 
 
 def _count_user_tasks(uid: int) -> int:

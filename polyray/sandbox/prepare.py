@@ -16,7 +16,8 @@ _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 # Of /etc only what the loader and the standard library read: never shadow, ssh keys or the
 # service's own configuration (a sandbox under a root service could read all of /etc).
 _ETC_FILES = ("ld.so.cache", "ld.so.conf", "localtime", "nsswitch.conf", "passwd", "group", "hosts", "mime.types")
-_PIVOT_ROOT_SYSCALL = {"x86_64": 155, "aarch64": 41}  # no pivot_root wrapper in glibc
+# no pivot_root wrapper in glibc
+_PIVOT_ROOT_SYSCALL = {"x86_64": 155, "aarch64": 41}
 
 
 # Module files, run by a fresh interpreter as ``python -I -S -B <path>`` (standard library only, nothing of
@@ -54,7 +55,8 @@ def _launch_config(
     channel_fds: dict[int, int],
     cgroup_procs: list[str] | None = None,
 ) -> dict:
-    whole = bool(cgroup_procs)  # a cgroup caps the whole sandbox's memory and tasks
+    # a cgroup caps the whole sandbox's memory and tasks
+    whole = bool(cgroup_procs)
     python, _ = _interpreter()
     work = os.path.join(base, "work")
     namespaced = mode != "rlimits"

@@ -180,14 +180,16 @@ FORKS = ("fork", "vfork")
 SHARED_MEMORY = ("shmget", "shmat", "semget", "msgget", "memfd_create", "mq_open")
 AF_UNIX = 1
 CLONE_THREAD = 0x00010000
-CLONE_NEW_FLAGS = 0x7E020080  # NEWTIME | NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET
+# NEWTIME | NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET
+CLONE_NEW_FLAGS = 0x7E020080
 X32_SYSCALL_BIT = 0x40000000
 EPERM, ENOSYS = 1, 38
 
 # linux/filter.h and linux/seccomp.h
 _LD_W_ABS, _JEQ, _JGE, _JSET, _RET = 0x20, 0x15, 0x35, 0x45, 0x06
 _KILL_PROCESS, _ERRNO, _ALLOW = 0x80000000, 0x00050000, 0x7FFF0000
-_NR, _ARCH, _ARG0 = 0, 4, 16  # offsets in struct seccomp_data (arg0's low 32 bits: little-endian)
+# offsets in struct seccomp_data (arg0's low 32 bits: little-endian)
+_NR, _ARCH, _ARG0 = 0, 4, 16
 
 
 def build_filter(machine: str, forks: bool = True, shared_memory: bool = True) -> bytes:
@@ -197,10 +199,12 @@ def build_filter(machine: str, forks: bool = True, shared_memory: bool = True) -
     if machine not in SYSCALLS:
         raise ValueError(f"no seccomp filter for the {machine} architecture (x86_64 and aarch64 only)")
     nr = SYSCALLS[machine]
-    prog: list[tuple[int, int, int, int]] = [  # (code, jump if true, jump if false, k)
+    # (code, jump if true, jump if false, k)
+    prog: list[tuple[int, int, int, int]] = [
         (_LD_W_ABS, 0, 0, _ARCH),
         (_JEQ, 1, 0, AUDIT_ARCH[machine]),
-        (_RET, 0, 0, _KILL_PROCESS),  # another ABI: its numbers mean other calls
+        # another ABI: its numbers mean other calls
+        (_RET, 0, 0, _KILL_PROCESS),
         (_LD_W_ABS, 0, 0, _NR),
     ]
     if machine == "x86_64":
@@ -209,7 +213,8 @@ def build_filter(machine: str, forks: bool = True, shared_memory: bool = True) -
     for name in denied:
         prog += [(_JEQ, 0, 1, nr[name]), (_RET, 0, 0, _ERRNO | EPERM)]
     prog += [(_JEQ, 0, 1, nr["clone3"]), (_RET, 0, 0, _ERRNO | ENOSYS)]
-    prog += [  # socket(family, ...): AF_UNIX only
+    # socket(family, ...): AF_UNIX only
+    prog += [
         (_JEQ, 0, 4, nr["socket"]),
         (_LD_W_ABS, 0, 0, _ARG0),
         (_JEQ, 1, 0, AF_UNIX),
@@ -217,7 +222,8 @@ def build_filter(machine: str, forks: bool = True, shared_memory: bool = True) -
         (_RET, 0, 0, _ALLOW),
     ]
     if forks:
-        prog += [  # clone(flags, ...): threads and forks, never new namespaces
+        # clone(flags, ...): threads and forks, never new namespaces
+        prog += [
             (_JEQ, 0, 4, nr["clone"]),
             (_LD_W_ABS, 0, 0, _ARG0),
             (_JSET, 0, 1, CLONE_NEW_FLAGS),
@@ -225,7 +231,8 @@ def build_filter(machine: str, forks: bool = True, shared_memory: bool = True) -
             (_RET, 0, 0, _ALLOW),
         ]
     else:
-        prog += [  # clone(flags, ...): threads only
+        # clone(flags, ...): threads only
+        prog += [
             (_JEQ, 0, 5, nr["clone"]),
             (_LD_W_ABS, 0, 0, _ARG0),
             (_JSET, 1, 0, CLONE_NEW_FLAGS),

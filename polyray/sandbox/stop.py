@@ -33,7 +33,8 @@ def _children(pid: int) -> set[int]:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
             return {int(child) for child in f.read().split()}
-    except OSError:  # a kernel without CONFIG_PROC_CHILDREN
+    # a kernel without CONFIG_PROC_CHILDREN
+    except OSError:
         return {child for child in _descendants(pid) if _parent(child) == pid}
 
 

@@ -28,7 +28,8 @@ class _UidPool:
             size = self._range[1] - self._range[0] + 1
             if len(self._busy) >= size:
                 raise SandboxBusyError(f"all {size} sandbox uids are in use; try again later")
-            while True:  # random, so uids are not reused in order; at least one is free
+            # random, so uids are not reused in order; at least one is free
+            while True:
                 uid = random.randint(*self._range)
                 if uid not in self._busy:
                     self._busy.add(uid)

@@ -20,15 +20,19 @@ from polyray.io import DataError
 @dataclass(frozen=True)
 class Prompt:
     text: str
-    reference: str  # one canonical completion (what SFT imitates)
-    meta: dict[str, Any] = field(default_factory=dict)  # what the judge needs
+    # one canonical completion (what SFT imitates)
+    reference: str
+    # what the judge needs
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Judgement:
-    reward: float  # 1.0 means the completion passes (verifiable tasks); graded tasks: their quality
+    # 1.0 means the completion passes (verifiable tasks); graded tasks: their quality
+    reward: float
     reason: str
-    metrics: dict[str, float] = field(default_factory=dict)  # graded tasks: every reference metric
+    # graded tasks: every reference metric
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 def is_correct(reward: float, threshold: float = 1.0) -> bool:
@@ -55,13 +59,20 @@ class Task(ABC):
 
     name: str = "task"
     success_threshold: float = 1.0
-    graded: bool = False  # reward is a quality score (pass@k counts rewards >= threshold), not pass/fail
-    quality_name: str = "reward"  # what the reward measures, for tables
-    data_warning: str | None = None  # e.g. bad lines of the user's file that were skipped
-    supports_few_shot: bool = True  # has a train split to draw in-context examples from
-    stop_sequences: tuple[str, ...] = ()  # sampling stops where the answer ends (the judge cuts there too)
-    chat_format: bool = False  # prompts go through a chat template (with_prompt_format): answers are whole replies
-    chat_format_ok: bool = True  # False for tasks whose answer continues the prompt's text (always plain)
+    # reward is a quality score (pass@k counts rewards >= threshold), not pass/fail
+    graded: bool = False
+    # what the reward measures, for tables
+    quality_name: str = "reward"
+    # e.g. bad lines of the user's file that were skipped
+    data_warning: str | None = None
+    # has a train split to draw in-context examples from
+    supports_few_shot: bool = True
+    # sampling stops where the answer ends (the judge cuts there too)
+    stop_sequences: tuple[str, ...] = ()
+    # prompts go through a chat template (with_prompt_format): answers are whole replies
+    chat_format: bool = False
+    # False for tasks whose answer continues the prompt's text (always plain)
+    chat_format_ok: bool = True
 
     @abstractmethod
     def prompts(self, split: str, count: int | None = None) -> list[Prompt]:
@@ -92,7 +103,8 @@ class Task(ABC):
         return getattr(getattr(self, "config", None), f"n_{split}", None)
 
     # ---- training ---------------------------------------------------------------------------
-    reward_name: str = "countdown"  # registry reward (polyray.reward) that scores GRPO rollouts by default
+    # registry reward (polyray.reward) that scores GRPO rollouts by default
+    reward_name: str = "countdown"
 
     def reward_defaults(self) -> dict[str, dict[str, Any]]:
         """Parameters this task supplies to registry rewards, by reward name (e.g. the engagement model's path)."""
@@ -155,5 +167,6 @@ def with_prompt_format(task: Task, render: Callable[[str], str]) -> Task:
 
     formatted.prompts = prompts  # type: ignore[method-assign]
     formatted.supports_few_shot = False
-    formatted.chat_format, formatted.stop_sequences = True, ()  # a chat answer ends at the model's end of turn
+    # a chat answer ends at the model's end of turn
+    formatted.chat_format, formatted.stop_sequences = True, ()
     return formatted

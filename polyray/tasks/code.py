@@ -64,7 +64,8 @@ from polyray.tasks.data import local_data
 from polyray.tasks.humaneval import HUMANEVAL_STOPS, SandboxJudging, sandbox_judgement, truncate_at_stops
 from polyray.tasks.splits import shuffled_split
 
-_MIN_PROBLEMS = 10  # fewer cannot fill train, val and test
+# fewer cannot fill train, val and test
+_MIN_PROBLEMS = 10
 
 
 class CodeDataError(DataError):
@@ -321,7 +322,8 @@ class CountdownCodeTask(_SandboxTask):
 
     name = "countdown_code"
     stop_sequences = ("\n",)
-    chat_format_ok = False  # the answer continues a `return` line: a chat reply cannot
+    # the answer continues a `return` line: a chat reply cannot
+    chat_format_ok = False
 
     def __init__(self, config: CountdownCodeTaskConfig | None = None, reward_model=None):
         self.config = config or CountdownCodeTaskConfig()

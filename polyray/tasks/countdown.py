@@ -256,7 +256,8 @@ class CountdownTask(Task):
     """The countdown task bound to its config: prompt splits and the exact verifier."""
 
     name = "countdown"
-    chat_format_ok = False  # the answer continues the prompt's "expr:" line: a chat reply cannot
+    # the answer continues the prompt's "expr:" line: a chat reply cannot
+    chat_format_ok = False
 
     def __init__(self, config: CountdownTaskConfig, reward_model=None):
         self.config = config

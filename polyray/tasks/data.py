@@ -40,12 +40,15 @@ class JsonlDataError(DataError):
 
 @dataclass(frozen=True)
 class JsonlRow:
-    prompt: str  # the text the task's template formats (earlier turns joined before the last user turn)
+    # the text the task's template formats (earlier turns joined before the last user turn)
+    prompt: str
     response: str | None
     engagement: float | None
-    line: int  # 1-based line of a JSONL file, row of a columnar one
+    # 1-based line of a JSONL file, row of a columnar one
+    line: int
     system: str | None = None
-    turns: tuple[tuple[str, str], ...] = ()  # (role, content) of the prompt's conversation, system excluded
+    # (role, content) of the prompt's conversation, system excluded
+    turns: tuple[tuple[str, str], ...] = ()
 
     @property
     def key(self) -> tuple:
@@ -95,7 +98,8 @@ def _columnar_records(path: str, kind: str):
             data = datasets.load_dataset(kind, data_files=path, split="train")
     except JsonlDataError:
         raise
-    except Exception as exc:  # datasets raises many kinds (pyarrow, fsspec, hub errors): each is the user's file
+    # datasets raises many kinds (pyarrow, fsspec, hub errors): each is the user's file
+    except Exception as exc:
         raise JsonlDataError(
             f"{path}: cannot be read as {kind}: {type(exc).__name__}: {exc}".replace("\n", " ")
         ) from None
@@ -133,7 +137,8 @@ def _line(where: str) -> int:
 
 def _present(obj: dict, name: str) -> bool:
     value = obj.get(name)
-    return value is not None and not (isinstance(value, float) and math.isnan(value))  # CSV/parquet nulls
+    # CSV/parquet nulls
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
 def parse_row(obj: dict[str, Any], where: str, fmt: str = "auto", fields: dict[str, str] | None = None) -> JsonlRow:
@@ -222,7 +227,8 @@ def _from_prompt(
     obj: dict, prompt_key: str, answer_key: str, where: str, engagement: float | None, required: bool
 ) -> JsonlRow:
     prompt = obj.get(prompt_key)
-    if isinstance(prompt, list):  # TRL's conversational prompt/completion
+    # TRL's conversational prompt/completion
+    if isinstance(prompt, list):
         turns = _turns(prompt, prompt_key, where)
         answer = obj.get(answer_key)
         if isinstance(answer, list):

@@ -113,7 +113,8 @@ ENGAGEMENT_POSTS: dict[str, tuple[str, ...]] = {"train": ("train",), "held_out":
 """An engagement model's role -> the splits whose posts' rows train it: the reward's (``train``) and the
 evaluations' judge (``held_out``), disjoint, so GRPO is never judged by the model it was rewarded by."""
 
-SIMILARITY_METRICS = ("rouge1", "rouge2", "rougeL", "embedding")  # qualities the reference_similarity reward scores
+# qualities the reference_similarity reward scores
+SIMILARITY_METRICS = ("rouge1", "rouge2", "rougeL", "embedding")
 
 
 class JsonlTask(Task):
@@ -212,7 +213,8 @@ class JsonlTask(Task):
         """Where the reward's engagement model is (or is trained to, from the train posts' rows): the
         config's ``engagement_model``, else a cache entry per file, seed and rows."""
         if self.config.engagement_model:
-            return Path(local_path(self.config.engagement_model))  # a reference: this node's copy
+            # a reference: this node's copy
+            return Path(local_path(self.config.engagement_model))
         return self._engagement_cache("train")
 
     def eval_engagement_model_dir(self) -> Path:

@@ -30,7 +30,8 @@ def compute_rouge(
     scorer = rouge_scorer.RougeScorer(list(names), use_stemmer=True)
     per = {m: np.empty(len(preds)) for m in names}
     for i, (p, r) in enumerate(zip(preds, refs)):
-        sc = scorer.score(r, p)  # score(target, prediction)
+        # score(target, prediction)
+        sc = scorer.score(r, p)
         for m in names:
             per[m][i] = sc[m].fmeasure
     if aggregate:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable
 
-SPLIT_SHARES = (0.70, 0.15, 0.15)  # train, val, test
+# train, val, test
+SPLIT_SHARES = (0.70, 0.15, 0.15)
 
 
 class SplitError(ValueError):

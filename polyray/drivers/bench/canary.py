@@ -32,7 +32,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-OLD_MAX_RULE = 5e-2  # the first canary's rule in bfloat16: the largest token gap past it failed the check
+# the first canary's rule in bfloat16: the largest token gap past it failed the check
+OLD_MAX_RULE = 5e-2
 
 
 def _scale_final_norm(model_dir: Path, scale: float) -> None:
@@ -77,7 +78,8 @@ def bench_canary(
     model_dir = build_bench_model(root / "model", BenchShape(layers=layers, vocab=vocab), seed)
     _scale_final_norm(model_dir, logit_scale)
     learner, _ = build_peft_model(str(model_dir), LoraConfig(r=rank, alpha=2 * rank), "bfloat16")
-    gen = torch.Generator().manual_seed(seed + 1)  # the versions' steps, then the probes' prompts
+    # the versions' steps, then the probes' prompts
+    gen = torch.Generator().manual_seed(seed + 1)
     versions = _versions(learner, (adapter_scale, *steps), gen)
 
     progress("starting the rollout worker")
@@ -214,12 +216,15 @@ def _summarise(
         stale.append({"version": v, "serves": v - 1, "moved_rms": moved, "caught": caught, "by_tolerance": alone})
     base_caught = sum(_caught(scored, served, v, 0, i, n, tolerance, noise) for v in versions for i in range(probes))
     return {
-        "tokens": n or probe_tokens, "checks": len(fresh),
+        "tokens": n or probe_tokens,
+        "checks": len(fresh),
         "fresh_rms": {"median": statistics.median(gaps), "max": max(gaps)},
         "fresh_token_max": {"median": statistics.median(tops), "max": max(tops)},
-        "false_alarms": alarms, "old_rule_false_alarms": sum(t > OLD_MAX_RULE for t in tops),
-        "stale": stale, "base_caught": base_caught,
-    }  # fmt: skip
+        "false_alarms": alarms,
+        "old_rule_false_alarms": sum(t > OLD_MAX_RULE for t in tops),
+        "stale": stale,
+        "base_caught": base_caught,
+    }
 
 
 def _references(scored, version: int, probe: int, n: int | None) -> dict[str, Any]:

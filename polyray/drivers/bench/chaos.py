@@ -73,10 +73,15 @@ def kill_replica(app: str, scratch_roots: list[str]) -> dict[str, Any]:
     below = sorted(lifetime.descendants(pid))
     owned = [os.path.join(root, lifetime.owner_tag(pid)) for root in scratch_roots]
     processes = [(p, lifetime.start_time(p), _title(p)) for p in below]
-    t = time.perf_counter()  # read before the signal: whatever ended before it ended before the kill
+    # read before the signal: whatever ended before it ended before the kill
+    t = time.perf_counter()
     os.kill(pid, signal.SIGKILL)
-    return {"t": t, "pid": pid, "processes": [p for p in processes if p[1] is not None],
-            "dirs": [d for d in owned if os.path.isdir(d)]}  # fmt: skip
+    return {
+        "t": t,
+        "pid": pid,
+        "processes": [p for p in processes if p[1] is not None],
+        "dirs": [d for d in owned if os.path.isdir(d)],
+    }
 
 
 def _title(pid: int) -> str:
@@ -112,7 +117,8 @@ async def _load(
 ) -> dict[str, Any]:
     import httpx
 
-    outcomes: list[tuple[float, float, int]] = []  # (start, end, status), perf_counter seconds
+    # (start, end, status), perf_counter seconds
+    outcomes: list[tuple[float, float, int]] = []
     killed: dict[str, Any] = {}
     stop = asyncio.Event()
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
@@ -130,7 +136,8 @@ async def _load(
                 status = -1
             outcomes.append((t0, time.perf_counter(), status))
             if status != 200:
-                await asyncio.sleep(0.05)  # a refused request costs nothing: do not spin on it
+                # a refused request costs nothing: do not spin on it
+                await asyncio.sleep(0.05)
 
     async def clock() -> None:
         if kill is not None:
@@ -166,8 +173,11 @@ def run_load(
     run = asyncio.run(
         _load(base_url, path, body, clients, seconds, headers or {}, kill, kill_at, max_recovery_s, timeout_s)
     )
-    return {**summarize(run["outcomes"], run["end"] - run["start"], run["killed"].get("t")), "clients": clients,
-            "killed": run["killed"]}  # fmt: skip
+    return {
+        **summarize(run["outcomes"], run["end"] - run["start"], run["killed"].get("t")),
+        "clients": clients,
+        "killed": run["killed"],
+    }
 
 
 def summarize(
@@ -293,15 +303,18 @@ def _chaos_reward(
         ],
     }
     base = f"{url}/reward"
-    httpx.post(f"{base}/v1/rewards", json=body, timeout=120).raise_for_status()  # warm-up
-    learner = RewardConfig()  # the learner's own timeout and retries
+    # warm-up
+    httpx.post(f"{base}/v1/rewards", json=body, timeout=120).raise_for_status()
+    # the learner's own timeout and retries
+    learner = RewardConfig()
     handle = get_reward_handle("reward")
 
     def score() -> bool:
         results = score_via_handle(handle, "code_exec", [CHAOS_CODE_ITEM], None, learner.timeout_s, learner.retries)
         return [r.score for r in results] == [1.0]
 
-    def load(**kill) -> dict[str, Any]:  # the HTTP clients, and beside them the learner's calls
+    # the HTTP clients, and beside them the learner's calls
+    def load(**kill) -> dict[str, Any]:
         stop = threading.Event()
         join = retrying_calls(score, stop)
         try:
@@ -346,7 +359,8 @@ def _chaos_generation(
         serve.run(build_generation_app(cfg.model_dump()), name="generation", route_prefix="/generation")
     body = {"model": cfg.base_name, "prompt": "nums 3 4 9 target 12\nexpr:", "max_tokens": 8, "temperature": 1.0}
     base = f"{url}/generation"
-    httpx.post(f"{base}/v1/completions", json=body, timeout=300).raise_for_status()  # warm-up
+    # warm-up
+    httpx.post(f"{base}/v1/completions", json=body, timeout=300).raise_for_status()
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
     roots = [lifetime.shared_root(SCRATCH, shm)]
     out: dict[str, Any] = {}

@@ -23,7 +23,8 @@ def _step_stats(metrics_path: Path, phase: str | list[str], warmup: int) -> dict
     for key in ("rollout_s", "reward_s", "diversity_s", "sync_s"):
         if key in rows[0]:
             out[key] = statistics.median(r[key] for r in rows)
-    if any("canary_s" in r for r in rows):  # per step: 0 in a step that ran no canary (e.g. SFT's one, at its end)
+    # per step: 0 in a step that ran no canary (e.g. SFT's one, at its end)
+    if any("canary_s" in r for r in rows):
         out["canary_s"] = statistics.median(r.get("canary_s", 0.0) for r in rows)
     return out
 

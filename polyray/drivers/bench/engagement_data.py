@@ -18,7 +18,8 @@ import json
 import random
 from pathlib import Path
 
-TOPICS = {  # topic: (posts, detail, thing, aspect); a post is one of five phrasings of the topic
+# topic: (posts, detail, thing, aspect); a post is one of five phrasings of the topic
+TOPICS = {
     "running": (
         (
             "I finally ran my first 10k this morning!",
@@ -210,7 +211,8 @@ def make_row(rng: random.Random, topics: list[str]) -> dict:
         parts.append(rng.choice(OFF_TOPIC))
         if question:
             parts.append(rng.choice(QUESTIONS).format(d=other[1], t=other[2]))
-    if rng.random() < 0.2:  # word order should not be the only cue
+    # word order should not be the only cue
+    if rng.random() < 0.2:
         rng.shuffle(parts)
     score = (
         2.0

@@ -59,7 +59,7 @@ def experiment_file(
                         "max_lag": 1,
                         "learner_workers": 1,
                     },
-                ],  # fmt: skip
+                ],
                 "dynamics": {"every": 0},
             }
         },
@@ -88,13 +88,20 @@ def run_mode(path: Path, out: Path, seeds: int, sets: list[str]) -> dict[str, An
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - started
     busy = _machine_busy_s() - cpu_before
-    if proc.returncode != 0:  # its own output says why: its last line, and the run directory
+    # its own output says why: its last line, and the run directory
+    if proc.returncode != 0:
         last = (proc.stdout.strip().splitlines() or proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise ConfigError(f"bench experiment: the {' '.join(sets) or 'warm'} run failed in {out}: {last}")
     runs = sorted((out / "runs").iterdir())
     fixed = {phase: [phase_fixed_cost(run, phase) for run in runs] for phase in ("sft", "grpo")}
-    return {"wall_s": round(wall, 2), "runs": len(runs), "runs_per_hour": round(3600 * len(runs) / wall, 1),
-            "fixed_s": fixed, "busy_cores": round(busy / wall, 2), "cpu_s_per_run": round(busy / len(runs), 1)}  # fmt: skip
+    return {
+        "wall_s": round(wall, 2),
+        "runs": len(runs),
+        "runs_per_hour": round(3600 * len(runs) / wall, 1),
+        "fixed_s": fixed,
+        "busy_cores": round(busy / wall, 2),
+        "cpu_s_per_run": round(busy / len(runs), 1),
+    }
 
 
 def _machine_busy_s() -> float:
@@ -105,7 +112,8 @@ def _machine_busy_s() -> float:
     return sum(t) - t.idle - getattr(t, "iowait", 0.0)
 
 
-TIMING_KEYS = {"time", "canary_nodes"}  # and every *_s: when and where, not what was computed
+# these and every *_s key: when and where, not what was computed
+TIMING_KEYS = {"time", "canary_nodes"}
 
 
 def run_numbers(run_dir: Path) -> dict[str, Any]:
@@ -146,10 +154,12 @@ def bench_experiment(
 
     from polyray.config import load_config
 
-    load_config(config)  # a config that is not there or not valid: one line, before anything runs
+    # a config that is not there or not valid: one line, before anything runs
+    load_config(config)
     modes = dict(MODES, **({"concurrent": []} if concurrent > 1 else {}))
     rounds: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
-    tmp = Path(tempfile.mkdtemp(prefix="polyray-bench-experiment-"))  # kept when a run fails: its outputs say why
+    # kept when a run fails: its outputs say why
+    tmp = Path(tempfile.mkdtemp(prefix="polyray-bench-experiment-"))
     path = experiment_file(tmp, config, sft_steps, grpo_steps, n_test)
     paths = {mode: path for mode in MODES}
     if concurrent > 1:
@@ -166,10 +176,17 @@ def bench_experiment(
     shutil.rmtree(tmp, ignore_errors=True)
     summary = {mode: _medians(rs) for mode, rs in rounds.items()}
     ratio = summary["warm"]["runs_per_hour"] / summary["cold"]["runs_per_hour"]
-    out = {"seeds": seeds, "repeats": repeats, "steps": {"sft": sft_steps, "grpo": grpo_steps}, "rounds": rounds,
-           "summary": summary, "warm_over_cold_runs_per_hour": round(ratio, 2),
-           "runs_compared": seeds * repeats * (len(modes) - 1), "runs_differing": differ,
-           "cores": psutil.cpu_count() or 1}  # fmt: skip
+    out = {
+        "seeds": seeds,
+        "repeats": repeats,
+        "steps": {"sft": sft_steps, "grpo": grpo_steps},
+        "rounds": rounds,
+        "summary": summary,
+        "warm_over_cold_runs_per_hour": round(ratio, 2),
+        "runs_compared": seeds * repeats * (len(modes) - 1),
+        "runs_differing": differ,
+        "cores": psutil.cpu_count() or 1,
+    }
     if concurrent > 1:
         out["concurrent"] = concurrent
         out["concurrent_over_warm_runs_per_hour"] = round(
@@ -195,8 +212,15 @@ def print_experiment(results: dict[str, Any]) -> None:
     for column in ("mode", "runs/hour", "wall s", "SFT fixed s", "GRPO fixed s", "busy cores", "CPU-s/run"):
         table.add_column(column, justify="right")
     for mode, m in results["summary"].items():
-        table.add_row(mode, f"{m['runs_per_hour']:.1f}", f"{m['wall_s']:.1f}", f"{m['fixed_s']['sft']:.2f}",
-                      f"{m['fixed_s']['grpo']:.2f}", f"{m['busy_cores']:.2f}", f"{m['cpu_s_per_run']:.1f}")  # fmt: skip
+        table.add_row(
+            mode,
+            f"{m['runs_per_hour']:.1f}",
+            f"{m['wall_s']:.1f}",
+            f"{m['fixed_s']['sft']:.2f}",
+            f"{m['fixed_s']['grpo']:.2f}",
+            f"{m['busy_cores']:.2f}",
+            f"{m['cpu_s_per_run']:.1f}",
+        )
     console.print(table)
     console.print(f"warm ÷ cold runs per hour: {results['warm_over_cold_runs_per_hour']:.2f}")
     if "concurrent" in results:

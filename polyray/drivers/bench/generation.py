@@ -53,7 +53,8 @@ def bench_direct(cfg, requests: list[BenchRequest], concurrencies: list[int], lo
 
     from polyray.generation.deployment import engine_args, engine_env
 
-    for key, value in engine_env(cfg).items():  # as a replica sets them
+    # as a replica sets them
+    for key, value in engine_env(cfg).items():
         os.environ.setdefault(key, value)
     lora = LoRARequest("policy-v1", 1, lora_dir) if lora_dir else None
 
@@ -72,7 +73,8 @@ def bench_direct(cfg, requests: list[BenchRequest], concurrencies: list[int], lo
                         final = out
                 return sum(len(c.token_ids) for c in final.outputs)
 
-            await one(-1, requests[0])  # warm-up: the adapter loads, kernels settle
+            # warm-up: the adapter loads, kernels settle
+            await one(-1, requests[0])
             rates = []
             for concurrency in concurrencies:
                 gate = asyncio.Semaphore(concurrency)

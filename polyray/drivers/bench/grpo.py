@@ -71,7 +71,8 @@ def bench_grpo(
         pool = RolloutPool.launch(
             str(model_dir), sync.rollout, sync.engine_dtype, store=open_store(out / "adapter_store")
         )
-        logs = StepLogs.on_driver_node(out)  # one step-log actor for every fit, as `polyray run` holds one
+        # one step-log actor for every fit, as `polyray run` holds one
+        logs = StepLogs.on_driver_node(out)
         try:
             version = 0
             for i in range(rounds):
@@ -96,10 +97,13 @@ def grpo_variants(index: int, kl: bool, modes: list[str] | None = None) -> dict[
     variants = {
         "sync": [f"phases.{index}.async_rollouts=false", f"phases.{index}.max_lag=0"],
         "async": ahead,
-        "async_waits": [*ahead, "learner.publish_behind_step=false"],  # each publish waits for the loads
-        "async_unpacked": [*ahead, "learner.pack_samples=false"],  # one sample a row in the update
+        # each publish waits for the loads
+        "async_waits": [*ahead, "learner.publish_behind_step=false"],
+        # one sample a row in the update
+        "async_unpacked": [*ahead, "learner.pack_samples=false"],
         "async_rollout_reference": [*ahead, f"phases.{index}.kl_reference_logprobs=rollouts"],
-        "async_unmeasured": [*ahead, f"phases.{index}.off_policy.measure_every=0"],  # no engine-mismatch forward
+        # no engine-mismatch forward
+        "async_unmeasured": [*ahead, f"phases.{index}.off_policy.measure_every=0"],
         "async_learner_tis": [
             *ahead,
             f"phases.{index}.off_policy.old_logprobs=learner",
@@ -109,7 +113,8 @@ def grpo_variants(index: int, kl: bool, modes: list[str] | None = None) -> dict[
     unknown = [m for m in modes or [] if m not in variants]
     if unknown:
         raise ConfigError(f"--modes: unknown mode {unknown[0]!r} (choose from {', '.join(GRPO_MODES)})")
-    if not kl:  # no KL term: nothing to score under a reference
+    # no KL term: nothing to score under a reference
+    if not kl:
         if modes and "async_rollout_reference" in modes:
             raise ConfigError(f"--modes async_rollout_reference: phases.{index}.kl_beta is 0, no KL reference to score")
         variants.pop("async_rollout_reference")
@@ -162,7 +167,8 @@ def print_grpo(results: dict[str, Any]) -> None:
         "async_learner_tis": "one ahead, learner pi_old and tis (off_policy)",
     }
     for name, label in labels.items():
-        if name not in results:  # (a run before the third mode)
+        # (a run before the third mode)
+        if name not in results:
             continue
         r = results[name]
         waits = [r["rollout_s"], r.get("reward_s", 0.0), r["sync_s"]]
@@ -195,5 +201,7 @@ def print_grpo(results: dict[str, Any]) -> None:
         )
     if "async_vs_floor" in results:
         f = results["floor"]
-        console.print(f"one step ahead / its floor max(rollout + reward {f['rollout_s']:.3f}, update + publish"
-                      f" {f['update_publish_s']:.3f}) = {results['async_vs_floor']:.2f}")  # fmt: skip
+        console.print(
+            f"one step ahead / its floor max(rollout + reward {f['rollout_s']:.3f}, update + publish"
+            f" {f['update_publish_s']:.3f}) = {results['async_vs_floor']:.2f}"
+        )

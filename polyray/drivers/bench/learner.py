@@ -61,7 +61,8 @@ class BenchShape:
     vocab: int = 151_936
 
 
-PAD, EOS, UNK = 0, 1, 2  # the stand-in tokenizer's only tokens (the model's other ids are never decoded)
+# the stand-in tokenizer's only tokens (the model's other ids are never decoded)
+PAD, EOS, UNK = 0, 1, 2
 
 
 def build_bench_model(out: Path, shape: BenchShape, seed: int = 0) -> Path:
@@ -182,7 +183,8 @@ def bench_learner(
                 on_case(case)
             row = run_case(model_dir, case)
             row["estimate"] = estimate(model_dir, case)
-            if "peak_bytes" in row and case.packing is None:  # (the plan's sequences are all ``length`` long)
+            # (the plan's sequences are all ``length`` long)
+            if "peak_bytes" in row and case.packing is None:
                 row["estimate_ratio"] = row["estimate"]["total"] / row["peak_bytes"]
             results["cases"].append(row)
     results["ratios"] = learner_ratios(results["cases"])

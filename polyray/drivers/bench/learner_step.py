@@ -112,14 +112,19 @@ class StepCase:
     lora_r: int = 16
     kl_beta: float = 0.04
     threads: int = 2
-    warmup_steps: int = 1  # steps before the measured one (the allocator and optimizer as in a run's later steps)
+    # steps before the measured one (the allocator and optimizer as in a run's later steps)
+    warmup_steps: int = 1
     # None: whole sequences of ``length`` tokens; "packed" / "one a row": samples of varied lengths on shared
     # prompts (learner.share_prompts), learner.pack_samples on / off
     packing: str | None = None
-    device: str = "cpu"  # or "cuda"
-    dtype: str = "float32"  # the base weights' (model.dtype); LoRA stays float32
-    gradient_checkpointing: bool = False  # learner.gradient_checkpointing
-    measured_steps: int = 1  # steps timed after the warm-up (times and tokens/s: their mean)
+    # "cpu" or "cuda"
+    device: str = "cpu"
+    # the base weights' (model.dtype); LoRA stays float32
+    dtype: str = "float32"
+    # learner.gradient_checkpointing
+    gradient_checkpointing: bool = False
+    # steps timed after the warm-up (times and tokens/s: their mean)
+    measured_steps: int = 1
 
     @property
     def path(self) -> str:
@@ -150,7 +155,8 @@ def measure_step(model_dir: str, case: StepCase) -> dict[str, Any]:
         raise ValueError("packing cases share prompts, which gradient checkpointing turns off (learner.share_prompts)")
     memory = _GpuMemory() if case.device == "cuda" else _CpuMemory()
     before_load = memory.now()
-    torch.manual_seed(0)  # the same LoRA init on every path, as every learner rank seeds it
+    # the same LoRA init on every path, as every learner rank seeds it
+    torch.manual_seed(0)
     model, tokenizer = build_peft_model(
         model_dir,
         LoraConfig(r=case.lora_r, alpha=2 * case.lora_r),
@@ -174,10 +180,21 @@ def measure_step(model_dir: str, case: StepCase) -> dict[str, Any]:
     seconds = (time.perf_counter() - t0) / case.measured_steps
     cpu_seconds = (time.process_time() - cpu0) / case.measured_steps
     tokens = pool.tokens
-    return {**asdict(case), "path": case.path, "before_load_bytes": before_load, "loaded_bytes": loaded,
-            "peak_bytes": memory.peak(), "peak_of": "step" if step_only else "process", **memory.extra(),
-            "step_s": seconds, "cpu_s": cpu_seconds, "tokens": tokens, "tokens_per_s": tokens / seconds,
-            "tokens_per_cpu_s": tokens / cpu_seconds, "loss": metrics["loss"]}  # fmt: skip
+    return {
+        **asdict(case),
+        "path": case.path,
+        "before_load_bytes": before_load,
+        "loaded_bytes": loaded,
+        "peak_bytes": memory.peak(),
+        "peak_of": "step" if step_only else "process",
+        **memory.extra(),
+        "step_s": seconds,
+        "cpu_s": cpu_seconds,
+        "tokens": tokens,
+        "tokens_per_s": tokens / seconds,
+        "tokens_per_cpu_s": tokens / cpu_seconds,
+        "loss": metrics["loss"],
+    }
 
 
 def _stand_in_phase(model, tokenizer, case: StepCase) -> tuple[Any, StandInPool]:
@@ -244,8 +261,10 @@ class _GpuMemory:
 
         from polyray.learner.memory import expandable_cuda_segments
 
-        expandable_cuda_segments()  # as the learner does on a GPU, before the allocator's first segment
-        torch.zeros(1, device="cuda")  # the context exists from here on
+        # as the learner does on a GPU, before the allocator's first segment
+        expandable_cuda_segments()
+        # the context exists from here on
+        torch.zeros(1, device="cuda")
         self.torch = torch
         free, total = torch.cuda.mem_get_info()
         self.context = total - free - torch.cuda.memory_reserved()
@@ -266,8 +285,11 @@ class _GpuMemory:
 
     def extra(self) -> dict[str, Any]:
         cuda = self.torch.cuda
-        return {"context_bytes": self.context, "peak_allocated_bytes": cuda.max_memory_allocated(),
-                "gpu": cuda.get_device_name()}  # fmt: skip
+        return {
+            "context_bytes": self.context,
+            "peak_allocated_bytes": cuda.max_memory_allocated(),
+            "gpu": cuda.get_device_name(),
+        }
 
 
 def main(argv: list[str]) -> None:

@@ -105,18 +105,41 @@ def peer_settings(run: RunConfig) -> dict[str, Any]:
         "gradient_checkpointing": run.learner.gradient_checkpointing,
     }
     return {
-        "seed": run.seed, "dtype": run.model.dtype, "n_train": run.task.n_train,
-        "lora": {"r": lora.r, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout,
-                 "target_modules": list(lora.target_modules)},
-        "sft": {"name": sft.name, "max_steps": sft.steps, "per_device_train_batch_size": sft.batch_size,
-                **_schedule(sft, f"phases.{s_index}"), **common},
-        "grpo": {"name": grpo.name, "max_steps": grpo.steps, "per_device_train_batch_size": grpo.prompts_per_step * grpo.group_size,
-                 "num_generations": grpo.group_size, "max_completion_length": grpo.sampling.max_tokens,
-                 "temperature": grpo.sampling.temperature, "top_p": grpo.sampling.top_p, "top_k": 0,
-                 "beta": grpo.kl_beta, "epsilon": grpo.clip_eps_low, "epsilon_high": grpo.clip_eps_high,
-                 "loss_type": losses[grpo.aggregation], "scale_rewards": "group" if grpo.advantage.scale_by_std else "none",
-                 "num_iterations": 1, **_schedule(grpo, where), **common},
-    }  # fmt: skip
+        "seed": run.seed,
+        "dtype": run.model.dtype,
+        "n_train": run.task.n_train,
+        "lora": {
+            "r": lora.r,
+            "lora_alpha": lora.alpha,
+            "lora_dropout": lora.dropout,
+            "target_modules": list(lora.target_modules),
+        },
+        "sft": {
+            "name": sft.name,
+            "max_steps": sft.steps,
+            "per_device_train_batch_size": sft.batch_size,
+            **_schedule(sft, f"phases.{s_index}"),
+            **common,
+        },
+        "grpo": {
+            "name": grpo.name,
+            "max_steps": grpo.steps,
+            "per_device_train_batch_size": grpo.prompts_per_step * grpo.group_size,
+            "num_generations": grpo.group_size,
+            "max_completion_length": grpo.sampling.max_tokens,
+            "temperature": grpo.sampling.temperature,
+            "top_p": grpo.sampling.top_p,
+            "top_k": 0,
+            "beta": grpo.kl_beta,
+            "epsilon": grpo.clip_eps_low,
+            "epsilon_high": grpo.clip_eps_high,
+            "loss_type": losses[grpo.aggregation],
+            "scale_rewards": "group" if grpo.advantage.scale_by_std else "none",
+            "num_iterations": 1,
+            **_schedule(grpo, where),
+            **common,
+        },
+    }
 
 
 # --------------------------------------------------------------------------- step statistics
@@ -201,11 +224,18 @@ def run_polyray(run: RunConfig, out: Path, warmup: int) -> dict[str, Any]:
         "serve_start": t.get("reward_service_start", 0.0),
         "vllm_engine_start": t.get("rollout_pool_start", 0.0),
     }
-    for key, phase in (("sft", sft), ("grpo", grpo)):  # Ray Train's workers, model load, checkpoints, final save
+    # Ray Train's workers, model load, checkpoints, final save
+    for key, phase in (("sft", sft), ("grpo", grpo)):
         startup[f"{key}_phase_overhead"] = t[f"train_{phase.name}"] - steps[key]["total_step_s"]
-    return {"steps": steps, "end_to_end_s": wall - evals, "evaluations_s": evals, "startup_s": startup,
-            "timings_s": t, "eval": {key: _pass_at_k(results.evaluations[p.name]) for key, p in (("sft", sft), ("grpo", grpo))},
-            "adapters": {"sft": str(out / "adapters" / sft.name), "grpo": str(out / "adapters" / grpo.name)}}  # fmt: skip
+    return {
+        "steps": steps,
+        "end_to_end_s": wall - evals,
+        "evaluations_s": evals,
+        "startup_s": startup,
+        "timings_s": t,
+        "eval": {key: _pass_at_k(results.evaluations[p.name]) for key, p in (("sft", sft), ("grpo", grpo))},
+        "adapters": {"sft": str(out / "adapters" / sft.name), "grpo": str(out / "adapters" / grpo.name)},
+    }
 
 
 def _pass_at_k(record) -> dict[str, float]:
@@ -237,8 +267,13 @@ def run_trl(
         )
     raw = json.loads((out / "trl.json").read_text())
     steps = {k: step_stats(raw[k]["step_s"], raw[k]["tokens"], warmup) for k in ("sft", "grpo")}
-    return {"steps": steps, "end_to_end_s": wall, "startup_s": {"imports_and_model_load": raw["load_s"]},
-            "adapters": {k: raw[k]["adapter"] for k in ("sft", "grpo")}, "trl_version": raw["trl_version"]}  # fmt: skip
+    return {
+        "steps": steps,
+        "end_to_end_s": wall,
+        "startup_s": {"imports_and_model_load": raw["load_s"]},
+        "adapters": {k: raw[k]["adapter"] for k in ("sft", "grpo")},
+        "trl_version": raw["trl_version"],
+    }
 
 
 # --------------------------------------------------------------------------- evaluation of TRL's adapters
@@ -308,11 +343,14 @@ def paired(per_seed: dict[int, dict[str, Any]], path: tuple[str, ...]) -> dict[s
 
 # pass@k "at least TRL's": polyray's mean over seeds no more than this below TRL's, by a one-sided paired test
 NONINFERIORITY_MARGIN = 0.02
-COMPARED = {  # name -> path under each engine's per-seed results
-    "sft_step_s": ("steps", "sft", "step_s"), "grpo_step_s": ("steps", "grpo", "step_s"),
-    "sft_tokens_per_s": ("steps", "sft", "tokens_per_s"), "grpo_tokens_per_s": ("steps", "grpo", "tokens_per_s"),
+# name -> path under each engine's per-seed results
+COMPARED = {
+    "sft_step_s": ("steps", "sft", "step_s"),
+    "grpo_step_s": ("steps", "grpo", "step_s"),
+    "sft_tokens_per_s": ("steps", "sft", "tokens_per_s"),
+    "grpo_tokens_per_s": ("steps", "grpo", "tokens_per_s"),
     "end_to_end_s": ("end_to_end_s",),
-}  # fmt: skip
+}
 
 
 def compare_engines(per_seed: dict[int, dict[str, Any]], margin: float = NONINFERIORITY_MARGIN) -> tuple[dict, dict]:
@@ -323,7 +361,8 @@ def compare_engines(per_seed: dict[int, dict[str, Any]], margin: float = NONINFE
     first = per_seed[min(per_seed)]
     compared = {name: paired(per_seed, path) for name, path in COMPARED.items()}
     for key in ("sft", "grpo"):
-        for k in first["polyray"]["eval"][key]:  # the config's eval.ks, in order
+        # the config's eval.ks, in order
+        for k in first["polyray"]["eval"][key]:
             c = compared[f"{key}_{k}"] = paired(per_seed, ("eval", key, k))
             c["noninferiority"] = noninferiority_paired(c["polyray"], c["trl"], margin).to_json()
     ratios = {
@@ -347,7 +386,8 @@ def bench_peer(
     from polyray.config import load_config
 
     say = on_stage or (lambda text: None)
-    overrides = ["dynamics.every=0", *overrides]  # TRL has no such probe: it would only lengthen polyray's run
+    # TRL has no such probe: it would only lengthen polyray's run
+    overrides = ["dynamics.every=0", *overrides]
     settings = None
     per_seed: dict[int, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="polyray-bench-peer-") as tmp:
@@ -368,16 +408,26 @@ def bench_peer(
     for seed in seeds:
         per_seed[seed]["trl"]["eval"] = evals[seed]
         for r in per_seed[seed].values():
-            r.pop("adapters")  # temporary directories, gone
+            # temporary directories, gone
+            r.pop("adapters")
     compared, ratios = compare_engines(per_seed, margin)
     startup = {
         k: statistics.median(per_seed[s]["polyray"]["startup_s"][k] for s in seeds)
         for k in per_seed[seeds[0]]["polyray"]["startup_s"]
     }
-    return {"config": config, "overrides": overrides, "seeds": seeds, "warmup": warmup, "trl_threads": threads,
-            "trl_version": per_seed[seeds[0]]["trl"]["trl_version"],
-            "settings": settings, "per_seed": {str(s): r for s, r in per_seed.items()}, "compared": compared,
-            "ratios": ratios, "polyray_startup_s": startup}  # fmt: skip
+    return {
+        "config": config,
+        "overrides": overrides,
+        "seeds": seeds,
+        "warmup": warmup,
+        "trl_threads": threads,
+        "trl_version": per_seed[seeds[0]]["trl"]["trl_version"],
+        "settings": settings,
+        "per_seed": {str(s): r for s, r in per_seed.items()},
+        "compared": compared,
+        "ratios": ratios,
+        "polyray_startup_s": startup,
+    }
 
 
 # --------------------------------------------------------------------------- printing

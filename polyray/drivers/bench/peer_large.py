@@ -67,5 +67,7 @@ def print_large(results: dict[str, Any], console) -> None:
         if "error" in case:
             console.print(f"learner step: failed ({case['error'][:80]})")
         else:
-            console.print(f"learner, one GRPO step of {case['sequences']} x {case['length']} tokens:"
-                          f" {case['step_s']:.2f} s, {case['tokens_per_s']:.0f} tokens/s")  # fmt: skip
+            console.print(
+                f"learner, one GRPO step of {case['sequences']} x {case['length']} tokens:"
+                f" {case['step_s']:.2f} s, {case['tokens_per_s']:.0f} tokens/s"
+            )

@@ -73,8 +73,11 @@ def _sft(base, tokenizer, train, settings: dict[str, Any], out: Path) -> dict[st
     sft.train()
     sft.model.save_pretrained(str(out / "trl-sft"), selected_adapters=["default"])
     ref_tokens = mean_reference_tokens(tokenizer, train)
-    return {"step_s": timer.seconds, "tokens": [ref_tokens * s["per_device_train_batch_size"]] * len(timer.seconds),
-            "adapter": str(out / "trl-sft")}  # fmt: skip
+    return {
+        "step_s": timer.seconds,
+        "tokens": [ref_tokens * s["per_device_train_batch_size"]] * len(timer.seconds),
+        "adapter": str(out / "trl-sft"),
+    }
 
 
 def _grpo(run, task, policy, tokenizer, train, settings: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -89,7 +92,8 @@ def _grpo(run, task, policy, tokenizer, train, settings: dict[str, Any], out: Pa
     by_text = {p.text: p for p in train}
     scores = build_reward_fn(phase_reward(run, _phase(run, "grpo")[1]).model_copy(update={"endpoint": False}), task)
 
-    def countdown_reward(prompts, completions, **kw):  # polyray's reward function, one completion per row
+    # polyray's reward function, one completion per row
+    def countdown_reward(prompts, completions, **kw):
         return [float(r) for r in scores([by_text[p] for p in prompts], [[c] for c in completions])[:, 0]]
 
     timer = _step_timer()
@@ -109,8 +113,12 @@ def _grpo(run, task, policy, tokenizer, train, settings: dict[str, Any], out: Pa
     trainer.train()
     trainer.model.save_pretrained(str(out / "trl-grpo"), selected_adapters=["default"])
     batch = g["per_device_train_batch_size"]
-    return {"step_s": timer.seconds, "tokens": [r["completions/mean_length"] * batch for r in timer.logs],
-            "reward_mean": [r.get("reward") for r in timer.logs], "adapter": str(out / "trl-grpo")}  # fmt: skip
+    return {
+        "step_s": timer.seconds,
+        "tokens": [r["completions/mean_length"] * batch for r in timer.logs],
+        "reward_mean": [r.get("reward") for r in timer.logs],
+        "adapter": str(out / "trl-grpo"),
+    }
 
 
 def main(spec: dict[str, Any]) -> None:
@@ -138,9 +146,10 @@ def main(spec: dict[str, Any]) -> None:
     result: dict[str, Any] = {"trl_version": trl.__version__, "load_s": time.perf_counter() - started}
     result["sft"] = _sft(base, tokenizer, train, settings, out)
     del base
+    # start = KL reference
     policy = PeftModel.from_pretrained(
         AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype), spec["sft_adapter"], is_trainable=True
-    )  # start = KL reference
+    )
     result["grpo"] = _grpo(run, task, policy, tokenizer, train, settings, out)
     (out / "trl.json").write_text(json.dumps(result))
 

@@ -57,7 +57,8 @@ def bench_polychromic(
         pool = RolloutPool.launch(
             str(model_dir), sft.rollout, sft.engine_dtype, store=open_store(out / "adapter_store")
         )
-        logs = StepLogs.on_driver_node(out)  # one step-log actor for every fit
+        # one step-log actor for every fit
+        logs = StepLogs.on_driver_node(out)
 
         def fit(run, name: str, label: str, version: int, what: str | None = None) -> int:
             """Run phase ``name`` (shown as ``what``, default ``label``) for ``steps`` steps from adapter ``version``,
@@ -126,7 +127,8 @@ def polychromic_variants(diversity: list[str], with_async: bool, with_canary: bo
         variants.append((diversity[0], [*ahead, "learner.publish_behind_step=false"]))
         if diversity[0] in EMBEDDING_DIVERSITY_FUNCTIONS:
             variants.append((diversity[0], [*ahead, "phases.0.embedding_dtype=float32"]))
-    if with_canary:  # the sync canary on every publish (default: every 50th): its cost per check
+    # the sync canary on every publish (default: every 50th): its cost per check
+    if with_canary:
         variants.append((diversity[0], ["learner.sync_check_every=1"]))
     return variants
 

@@ -101,14 +101,16 @@ def bench_engagement_batching(model_path: str, n: int = 256, batch_size: int = 6
 
     model = load(model_path)
     prompts, responses = synthetic_pairs(n)
-    model.predict(prompts[:8], responses[:8])  # load the encoder and warm up before timing
+    # load the encoder and warm up before timing
+    model.predict(prompts[:8], responses[:8])
     t0 = time.perf_counter()
     batched = model.predict(prompts, responses, batch_size=batch_size)
     t_batched = time.perf_counter() - t0
     t0 = time.perf_counter()
     single = np.concatenate([model.predict([p], [r]) for p, r in zip(prompts, responses)])
     t_single = time.perf_counter() - t0
-    if not np.allclose(batched, single, atol=1e-3):  # padding must not change the prediction
+    # padding must not change the prediction
+    if not np.allclose(batched, single, atol=1e-3):
         raise AssertionError(f"batched and single predictions differ (max {np.abs(batched - single).max():.2e})")
     return {
         "n": n,
@@ -149,7 +151,8 @@ def bench_reward(n_requests: int = 300, max_seconds: float = 20.0) -> dict[str, 
             ]
             for reward, items in (("countdown", countdown), ("engagement", engagement)):
                 httpx.post(f"{url}/v1/rewards", json={"reward": reward, "items": items}, timeout=120).raise_for_status()
-                for concurrency in (1, 32):  # measured after one warm-up request (encoder load)
+                # measured after one warm-up request (encoder load)
+                for concurrency in (1, 32):
                     with console.status(f"{reward}: {concurrency} concurrent client(s)"):
                         results["http"].append(
                             bench_reward_http(url, reward, items, concurrency, n_requests, max_seconds)

@@ -45,7 +45,8 @@ class RolloutBatch:
     seeds: list[int]
 
 
-Samples = list[list[list[int]]]  # per prompt, its samples' token ids
+# per prompt, its samples' token ids
+Samples = list[list[list[int]]]
 
 
 def token_ids_sha256(repeats: Iterable[Samples]) -> str:
@@ -139,7 +140,8 @@ def _in_rollout_process(config: RolloutConfig, env: dict[str, str], fn, *args):
     from polyray.rollout.worker import rollout_env
 
     saved = dict(os.environ)
-    os.environ.update({**rollout_env(config), **env})  # the child inherits the environment it is spawned with
+    # the child inherits the environment it is spawned with
+    os.environ.update({**rollout_env(config), **env})
     try:
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
             return child.submit(fn, *args).result()
@@ -193,7 +195,8 @@ def detokenizer_ways(llm, batch: RolloutBatch, lora, repeats: int = 3) -> dict[s
         return completions
 
     ways = {"ids_then_decode": (ids_only, True), "vllm_detokenizer": (with_text, False)}
-    for _ in range(2):  # warm-up (kernels for new shapes)
+    # warm-up (kernels for new shapes)
+    for _ in range(2):
         for params, decode in ways.values():
             run(params, decode)
     samples: dict[str, list[Samples]] = {key: [] for key in ways}

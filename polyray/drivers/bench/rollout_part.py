@@ -40,7 +40,8 @@ def bench_rollout(
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
         with tempfile.TemporaryDirectory(prefix="polyray-bench-rollout-") as tmp:
-            adapter = _random_adapter(model_dir, run.learner.lora, seed=1)  # the policy every engine samples
+            # the policy every engine samples
+            adapter = _random_adapter(model_dir, run.learner.lora, seed=1)
             adapter_dir = str(Path(tmp) / "policy-v1")
             write_adapter_dir(Path(adapter_dir), adapter)
             _bare_engines(run, model_dir, batch, adapter_dir, repeats, vllm_lora_ops, results)
@@ -67,14 +68,16 @@ def _bare_engines(
             model_dir, one, run.model.dtype, batch, adapter_dir, repeats, detokenizer=True
         )
         results["detokenizer"] = results["raw_llm"].pop("detokenizer")
-    if vllm_lora_ops:  # a reference only: the same harness as raw_llm, polyray's plugin off
+    # a reference only: the same harness as raw_llm, polyray's plugin off
+    if vllm_lora_ops:
         with console.status("bare vllm.LLM with vLLM's own CPU LoRA ops"):
             results["raw_llm_vllm_lora_ops"] = bench.raw_llm_throughput(
                 model_dir, one, run.model.dtype, batch, adapter_dir, repeats, polyray_plugin=False
             )
     with console.status("transformers generate"):
-        results["transformers"] = bench.hf_throughput(model_dir, run.model.dtype, batch, adapter_dir, one.threads,
-                                                      repeats)  # fmt: skip
+        results["transformers"] = bench.hf_throughput(
+            model_dir, run.model.dtype, batch, adapter_dir, one.threads, repeats
+        )
 
 
 def _pool(
@@ -150,7 +153,8 @@ def print_rollout(results: dict[str, Any]) -> None:
     for col in ("engine", "tokens", "seconds", "tokens/s"):
         table.add_column(col, justify="left" if col == "engine" else "right")
     for key, name in ROLLOUT_ENGINES.items():
-        if key not in results:  # (vLLM's own LoRA ops: left out with --no-vllm-lora-ops)
+        # (vLLM's own LoRA ops: left out with --no-vllm-lora-ops)
+        if key not in results:
             continue
         r = results[key]
         table.add_row(name, str(r["tokens"]), f"{r['seconds']:.2f}", f"{r['tokens_per_s']:.0f}")
@@ -170,7 +174,9 @@ def print_rollout(results: dict[str, Any]) -> None:
     )
     fl = results["sync_floor"]
     mib = fl["bytes"] / 2**20
-    console.print(f"adapter publish against the bytes moved ({mib:.2f} MiB): {mib / (a['load_median_ms'] / 1000):.0f} MiB/s;"
-                  f" floor in this run: copy {fl['memcpy_ms']:.2f} ms ({fl['memcpy_bytes_per_s'] / 2**20:.0f} MiB/s) + write"
-                  f" {fl['write_ms']:.2f} ms ({fl['write_bytes_per_s'] / 2**20:.0f} MiB/s) = {fl['floor_ms']:.2f} ms;"
-                  f" publish / floor {a['load_median_ms'] / fl['floor_ms']:.1f}")  # fmt: skip
+    console.print(
+        f"adapter publish against the bytes moved ({mib:.2f} MiB): {mib / (a['load_median_ms'] / 1000):.0f} MiB/s;"
+        f" floor in this run: copy {fl['memcpy_ms']:.2f} ms ({fl['memcpy_bytes_per_s'] / 2**20:.0f} MiB/s) + write"
+        f" {fl['write_ms']:.2f} ms ({fl['write_bytes_per_s'] / 2**20:.0f} MiB/s) = {fl['floor_ms']:.2f} ms;"
+        f" publish / floor {a['load_median_ms'] / fl['floor_ms']:.1f}"
+    )

@@ -75,14 +75,18 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, float, str]]:
     if "rollout" in results:
         r = results["rollout"]["ratios"]
         rows.append(("RolloutPool / bare vllm.LLM tokens/s", r["pool_vs_raw_llm"], ">= 0.95"))
-        if "cpu_lora_plugin_vs_vllm_ops" in r:  # (left out with --no-vllm-lora-ops)
+        # (left out with --no-vllm-lora-ops)
+        if "cpu_lora_plugin_vs_vllm_ops" in r:
             rows.append(("polyray's CPU LoRA ops / vLLM's, tokens/s", r["cpu_lora_plugin_vs_vllm_ops"], "-"))
-        rows += [("token ids + one decode / vLLM's detokenizer, tokens/s", r["ids_then_decode_vs_vllm_detokenizer"], "-"),
-                 ("vLLM / transformers generate tokens/s", r["vllm_vs_transformers"], ">= 2"),
-                 ("adapter sync / full-weights reload (ms)", r["adapter_sync_vs_full_reload"], "< 1"),
-                 ("adapter publish / copy + write of its bytes (ms)", r["adapter_publish_vs_floor"], "-"),
-                 ("2 / 1 rollout workers tokens/s", r["two_vs_one_worker"], "-")]  # fmt: skip
-    if "grpo" in results:  # the ratios whose modes ran
+        rows += [
+            ("token ids + one decode / vLLM's detokenizer, tokens/s", r["ids_then_decode_vs_vllm_detokenizer"], "-"),
+            ("vLLM / transformers generate tokens/s", r["vllm_vs_transformers"], ">= 2"),
+            ("adapter sync / full-weights reload (ms)", r["adapter_sync_vs_full_reload"], "< 1"),
+            ("adapter publish / copy + write of its bytes (ms)", r["adapter_publish_vs_floor"], "-"),
+            ("2 / 1 rollout workers tokens/s", r["two_vs_one_worker"], "-"),
+        ]
+    # the ratios whose modes ran
+    if "grpo" in results:
         grpo = results["grpo"]
         rows += [(name, grpo[key], goal) for key, (name, goal) in GRPO_GOALS.items() if key in grpo]
     if "polychromic" in results:
@@ -104,8 +108,13 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, float, str]]:
             ("end to end (short run), polyray / TRL", r["end_to_end_polyray_vs_trl"], "-"),
         ]
         if large:
-            rows.append((f"vLLM / transformers generate tokens/s, larger model, {large['tokens']} tokens",
-                         large["vllm_vs_transformers"], ">= 2"))  # fmt: skip
+            rows.append(
+                (
+                    f"vLLM / transformers generate tokens/s, larger model, {large['tokens']} tokens",
+                    large["vllm_vs_transformers"],
+                    ">= 2",
+                )
+            )
     if "reward" in results:
         rows.append(
             ("reward model batched / unbatched items/s", results["reward"]["engagement_batching"]["ratio"], "-")
@@ -217,9 +226,8 @@ SMOKE = {
         "0",
     ],
 }
-DEFAULTS = {
-    "polychromic": ["--steps", "12"]
-}  # `all` runs every part back to back: fewer steps keep the whole table's run short
+# `all` runs every part back to back: fewer steps keep the whole table's run short
+DEFAULTS = {"polychromic": ["--steps", "12"]}
 
 
 def run_all(parts: list[str], smoke: bool) -> dict[str, Any]:

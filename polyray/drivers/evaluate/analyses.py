@@ -94,7 +94,8 @@ def collect_dynamics(cfg: EvalJobConfig, models: list[ResolvedModel]) -> list[di
             continue
         seen.add(path.resolve())
         for rec in load_dynamics(path):
-            if rec.get("run") == path.stem:  # the file carries no run label: load_dynamics used the stem
+            # the file carries no run label: load_dynamics used the stem
+            if rec.get("run") == path.stem:
                 rec["run"] = label
             records.append(rec)
     return records

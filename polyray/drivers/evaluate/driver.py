@@ -87,7 +87,8 @@ def generate_all(
     from polyray.rollout.pool import RolloutPool
     from polyray.storage import share_model
 
-    storage = cfg.cluster.storage  # set: workers get references into it, never this node's paths
+    # set: workers get references into it, never this node's paths
+    storage = cfg.cluster.storage
     demand = rollout_demand(cfg.rollout, cfg.cluster.worker_resources)
     with timer("ray_init"):
         init_ray(cfg.cluster, cfg.rollout.num_workers * cfg.rollout.cpus_per_worker, demands=[demand])

@@ -142,5 +142,6 @@ def results_table(results: dict[str, Any]):
         cells = [f(rec.pass_at_k.get(k)) for k in ks] + [f(head) if head else "–", bounds]
         cells += [f(rec.diversity[d]) if d in rec.diversity else "–" for d in divs]
         cells.append(f"{rec.n_prompts}/{rec.extra.get('n_prompts_requested', rec.n_prompts)}")
-        table.add_row(escape(label), *cells)  # "name [task]" is not rich markup
+        # "name [task]" is not rich markup
+        table.add_row(escape(label), *cells)
     return table

@@ -39,7 +39,8 @@ class EvalUnit:
     n_requested: int = 0
     sampling: SamplingConfig | None = None
     skip_reason: str | None = None
-    samples: list = field(default_factory=list)  # list[list[Sample]]
+    # list[list[Sample]]
+    samples: list = field(default_factory=list)
     judged: JudgedGroups | None = None
     timings: dict[str, float] = field(default_factory=dict)
 

@@ -22,8 +22,10 @@ from polyray.eval.stats import mean_ci
 from polyray.rollout.sampling import JudgedGroups, judge_groups, request_seeds, sample_groups
 from polyray.tasks import Task, diversities_for
 
-_EMPTY_LOGPROB = -1e9  # score of a completion without tokens for the logprob selector (never preferred)
-GEN_CHUNK_PER_WORKER = 16  # prompts per pool.generate call and worker: progress granularity, negligible overhead
+# score of a completion without tokens for the logprob selector (never preferred)
+_EMPTY_LOGPROB = -1e9
+# prompts per pool.generate call and worker: progress granularity, negligible overhead
+GEN_CHUNK_PER_WORKER = 16
 
 
 def generate_unit(unit: EvalUnit, pool, cfg: EvalJobConfig, on_progress) -> None:
@@ -67,7 +69,8 @@ def selector_scores(
     sel = cfg.effective_selectors
     if "logprob" in sel:
         out["logprob"] = [np.array([_mean_logprob(s) for s in g]) for g in unit.samples]
-    if "length" in sel:  # prefer shorter completions
+    # prefer shorter completions
+    if "length" in sel:
         out["length"] = [np.array([-float(len(s.token_ids)) for s in g]) for g in unit.samples]
     if "reward_model" in sel:
         if "engagement" in quality:
@@ -154,7 +157,8 @@ def compute_unit_metrics(unit: EvalUnit, task: Task, cfg: EvalJobConfig, reward_
     scores = selector_scores(unit, cfg, reward_model, quality)
     records = _prompt_rows(unit, cfg, quality, diversity, scores)
     conf = cfg.confidence
-    passk = compute_pass_at_k_matrix(counts, cfg.ks)  # (P, K)
+    # (P, K)
+    passk = compute_pass_at_k_matrix(counts, cfg.ks)
     series: dict[str, np.ndarray] = {f"pass@{k}": passk[:, j] for j, k in enumerate(cfg.ks)}
     series["reward"] = np.array([float(np.mean(r)) for r in rewards])
     for name, v in diversity.items():

@@ -8,14 +8,18 @@ from typing import Any
 
 import numpy as np
 
+# re-exported: the margin experiments default to
 from polyray.config.experiment import (
     EQUIVALENCE_MARGIN as EQUIVALENCE_MARGIN,
-)  # re-exported: the margin experiments default to
+)
 
 CONFIDENCE = 0.95
-BOOTSTRAP_RESAMPLES = 2000  # the hierarchical bootstrap's default
-EXACT_SPLITS = 20_000  # rank tests with ties: exact permutation up to this many splits / sign flips
-ALPHA = 0.05  # the level of every verdict (TOST's "equivalent", Holm's rejections)
+# the hierarchical bootstrap's default
+BOOTSTRAP_RESAMPLES = 2000
+# rank tests with ties: exact permutation up to this many splits / sign flips
+EXACT_SPLITS = 20_000
+# the level of every verdict (TOST's "equivalent", Holm's rejections)
+ALPHA = 0.05
 # What an interval holds fixed (``conditional_on`` in every result over seeds): the t-interval and
 # the tests over seeds see each seed's mean on the one test set all seeds share, so they generalise
 # to new training runs on these prompts; the joint bootstrap resamples the prompts too.

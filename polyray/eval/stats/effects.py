@@ -52,6 +52,8 @@ def cliffs_delta(a, b) -> float:
     """
     a, b = as_pair(a, b, paired=False)
     sb = np.sort(b)
-    less = np.searchsorted(sb, a, side="left")  # b_j < a_i
-    greater = b.size - np.searchsorted(sb, a, side="right")  # b_j > a_i
+    # b_j < a_i
+    less = np.searchsorted(sb, a, side="left")
+    # b_j > a_i
+    greater = b.size - np.searchsorted(sb, a, side="right")
     return float((less.sum() - greater.sum()) / (a.size * b.size))

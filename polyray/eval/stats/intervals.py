@@ -77,7 +77,8 @@ def bootstrap_ci(
         )
     for m in (method, "percentile"):
         with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # BCa's degenerate-data warning: we fall back below
+            # BCa's degenerate-data warning: we fall back below
+            warnings.simplefilter("ignore")
             res = st.bootstrap(
                 data,
                 statistic,
@@ -105,22 +106,28 @@ def _joint_means(rows: list[np.ndarray], rng: np.random.Generator, n_resamples: 
     """Resampled means drawing seeds and *one* prompt set for every drawn seed (the pigeonhole bootstrap)."""
     if len({r.size for r in rows}) != 1:
         raise ValueError("shared_prompts needs every seed's values over the same prompts (align_prompts)")
-    y = np.stack(rows)  # (S, P)
+    # (S, P)
+    y = np.stack(rows)
     n_seeds, n_prompts = y.shape
     # a resample as counts: w_s = draws of seed s, v_i = draws of prompt i; its mean is w Y vᵀ / (S P)
-    w = _draw_counts(rng, n_resamples, n_seeds)  # (R, S)
-    v = _draw_counts(rng, n_resamples, n_prompts)  # (R, P)
+    # (R, S)
+    w = _draw_counts(rng, n_resamples, n_seeds)
+    # (R, P)
+    v = _draw_counts(rng, n_resamples, n_prompts)
     return ((w @ y) * v).sum(axis=1) / (n_seeds * n_prompts)
 
 
 def _apart_means(rows: list[np.ndarray], rng: np.random.Generator, n_resamples: int) -> np.ndarray:
     """Resampled means drawing seeds, then each drawn seed's own prompts (the two-stage cluster bootstrap)."""
     n_seeds = len(rows)
-    drawn = rng.integers(0, n_seeds, size=(n_resamples, n_seeds))  # seeds, with replacement
+    # seeds, with replacement
+    drawn = rng.integers(0, n_seeds, size=(n_resamples, n_seeds))
     totals = np.zeros(n_resamples)
     for s, d in enumerate(rows):
-        hit = np.nonzero(drawn == s)[0]  # the resample of each draw of seed s
-        prompts = rng.integers(0, d.size, size=(hit.size, d.size))  # its own prompts, with replacement
+        # the resample of each draw of seed s
+        hit = np.nonzero(drawn == s)[0]
+        # its own prompts, with replacement
+        prompts = rng.integers(0, d.size, size=(hit.size, d.size))
         np.add.at(totals, hit, d[prompts].mean(axis=1))
     return totals / n_seeds
 

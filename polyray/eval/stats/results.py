@@ -30,7 +30,8 @@ def json_value(v: Any) -> Any:
 
 @dataclass(frozen=True)
 class _Result:
-    optional: ClassVar[tuple[str, ...]] = ("note",)  # left out of to_json() when None
+    # left out of to_json() when None
+    optional: ClassVar[tuple[str, ...]] = ("note",)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON-safe dict of the result (NaN and ±inf as None)."""
@@ -48,7 +49,8 @@ class TestResult(_Result):
     ``method``: how p was computed (rank tests: "exact", "exact permutation", "asymptotic");
     ``min_pvalue``: the smallest p the test can give on this many values (signed-rank)."""
 
-    __test__ = False  # not a pytest test class, whatever its name
+    # not a pytest test class, whatever its name
+    __test__ = False
 
     statistic: float | None
     pvalue: float | None

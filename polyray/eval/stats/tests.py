@@ -108,9 +108,11 @@ def wilcoxon(a, b) -> TestResult:
         method = "exact" if n <= 50 else "asymptotic"
         res = st.wilcoxon(d, method=method)
         statistic, pvalue = res.statistic, res.pvalue
-    elif n == 1:  # one sign flip each way: two-sided p = 1 (scipy's permutation test needs two values)
+    # one sign flip each way: two-sided p = 1 (scipy's permutation test needs two values)
+    elif n == 1:
         method, statistic, pvalue = "exact", 0.0, 1.0
-    elif 2**n <= EXACT_SPLITS:  # zeros dropped first: their signs change nothing, and 2^n flips enumerate
+    # zeros dropped first: their signs change nothing, and 2^n flips enumerate
+    elif 2**n <= EXACT_SPLITS:
         res = st.wilcoxon(nonzero, method=_exact_permutation(n))
         method, statistic, pvalue = "exact permutation", res.statistic, res.pvalue
     else:
@@ -222,7 +224,8 @@ def noninferiority_paired(a, b, margin: float, alpha: float = ALPHA) -> NonInfer
             note="no spread (or one value): the non-inferiority test is undefined",
         )
     res = st.ttest_1samp(d, -margin, alternative="greater")
-    p = float(res.pvalue)  # the interval of the same one-sided test: (mean − t_{1−α} · sd/√n, ∞)
+    p = float(res.pvalue)
+    # the bound is the interval of the same one-sided test: (mean − t_{1−α} · sd/√n, ∞)
     return NonInferiority(
         float(margin), alpha, method, float(d.mean()), p, bool(p < alpha), float(res.confidence_interval(1 - alpha).low)
     )

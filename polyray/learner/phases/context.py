@@ -25,18 +25,26 @@ if TYPE_CHECKING:
 class StepContext:
     """What a phase's step works with on its rank, built by keyword (neighbours share types)."""
 
-    model: Any  # DDP-wrapped peft model
+    # DDP-wrapped peft model
+    model: Any
     tokenizer: Any
     rank: int
     world: int
     seed: int
-    reward_fn: Any = None  # (prompts, (B, G) texts) -> (B, G) rewards; rank 0 only (it scores rollouts)
-    reference_adapter: str | None = None  # peft adapter name of the frozen KL reference (None: adapter disabled)
-    rollout_log: Any = None  # RolloutLog: rank 0 writes every scored rollout (learner.log_rollouts)
-    micro_batch_tokens: int | None = None  # padded tokens per forward/backward (None: the shard in one pass)
-    logits_chunk_mib: float = DEFAULT_CHUNK_MIB  # logits computed at once for token log-probs (0: all)
-    share_prompts: bool = False  # GRPO: each group's prompt through the model once (learner.share_prompts)
-    pack_samples: bool = True  # with share_prompts: a prompt's samples share rows (learner.pack_samples)
+    # (prompts, (B, G) texts) -> (B, G) rewards; rank 0 only (it scores rollouts)
+    reward_fn: Any = None
+    # peft adapter name of the frozen KL reference (None: adapter disabled)
+    reference_adapter: str | None = None
+    # RolloutLog: rank 0 writes every scored rollout (learner.log_rollouts)
+    rollout_log: Any = None
+    # padded tokens per forward/backward (None: the shard in one pass)
+    micro_batch_tokens: int | None = None
+    # logits computed at once for token log-probs (0: all)
+    logits_chunk_mib: float = DEFAULT_CHUNK_MIB
+    # GRPO: each group's prompt through the model once (learner.share_prompts)
+    share_prompts: bool = False
+    # with share_prompts: a prompt's samples share rows (learner.pack_samples)
+    pack_samples: bool = True
     # the KL reference adapter as a rollout worker loads it (a path, or a cluster.storage reference; None: the base)
     reference_source: str | None = None
     # the phase's incoming adapter as a rollout worker loads it (None: the phase starts from the base model)
@@ -87,7 +95,8 @@ class StepContext:
             try:
                 return self.logprobs(peft, batch, temperature)[0]
             finally:
-                peft.set_adapter("default")  # also makes the policy adapter trainable again
+                # also makes the policy adapter trainable again
+                peft.set_adapter("default")
 
     def micro_batches(self, lengths: list[int]) -> list[list[int]]:
         """Indices of this rank's sequences (of these lengths), one list per micro-batch."""

@@ -77,7 +77,8 @@ class DPOPhase(SamplingPhase):
 
     def _parts(self, mine: TrainBatch) -> list[TrainBatch]:
         """This rank's pairs in micro-batches, both sides of a pair in one."""
-        if self.ctx.share_prompts:  # the pair's prompt through the model once
+        # the pair's prompt through the model once
+        if self.ctx.share_prompts:
             return [mine.select(i, 2) for i in mine.group_micro_batches(self.ctx.micro_batch_tokens)]
         lengths = mine.lengths()
         pair_rows = [2 * max(lengths[2 * p], lengths[2 * p + 1]) for p in range(mine.num_groups)]
@@ -104,7 +105,8 @@ class DPOPhase(SamplingPhase):
         keys = ("loss", *PAIR_SUMS)
         total = dict(zip(keys, ctx.global_sum(*(sums.get(k, 0.0) for k in keys))))
         metrics = {"loss": total["loss"]}
-        if num_pairs:  # means over the whole batch's pairs (every rank's)
+        # means over the whole batch's pairs (every rank's)
+        if num_pairs:
             metrics.update({k: total[k] / num_pairs for k in PAIR_SUMS})
         metrics.update(info)
         return metrics

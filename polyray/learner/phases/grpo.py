@@ -27,7 +27,8 @@ from polyray.rollout.prefetch import rollout_rate
 from polyray.tasks.base import Prompt, Task
 
 
-TOKEN_MEANS = ("kl", "clip_frac", "ratio_mean")  # GRPO metrics averaged over completion tokens
+# GRPO metrics averaged over completion tokens
+TOKEN_MEANS = ("kl", "clip_frac", "ratio_mean")
 # the engine's disagreement with the learner, averaged over the tokens the learner's own old log-probs cover
 MISMATCH_MEANS = ("mismatch_k3", "mismatch_abs", "mismatch_out_frac", "is_weight_mean")
 
@@ -43,7 +44,8 @@ class GRPOPhase(SamplingPhase):
         self._init_rollouts(cfg, task, n_train, pool)
         if cfg.kl_beta and cfg.kl_reference_logprobs == "rollouts" and ctx.rank == 0 and pool is not None:
             self.rollout_reference = self.reference_on_rollouts(pool)
-        self.buffer: SampleBuffer | None = None  # rank 0's: only it draws each step's rehearsal batch
+        # rank 0's: only it draws each step's rehearsal batch
+        self.buffer: SampleBuffer | None = None
         if cfg.rehearsal is not None and ctx.rank == 0:
             self.buffer = phase_buffer(self, cfg.rehearsal, task=task, n_train=n_train, pool=pool)
         # version -> the LoRA weights it was: the learner's pi_old of samples drawn before the last update
@@ -88,18 +90,22 @@ class GRPOPhase(SamplingPhase):
         inputs = AdvantageInputs(rewards, texts, logprobs, progress=step / self.cfg.steps, step=step)
         adv = compute_advantages(self.cfg.advantage, inputs)
         keep = dynamic_sampling_mask(adv) if self.cfg.dynamic_sampling else torch.ones(len(groups), dtype=torch.bool)
-        if not keep.any():  # no group carries an advantage: nothing to learn from but the KL term; keep them all
+        # no group carries an advantage: nothing to learn from but the KL term; keep them all
+        if not keep.any():
             keep[:] = True
         batch = TrainBatch.from_groups(groups, adv, keep)
         shares = {}
         mix = self.cfg.advantage.as_mix() if self.cfg.advantage.type == "anneal" else self.cfg.advantage
-        if mix.type == "mix":  # each component's weight by magnitude (docs/algorithms.md §3)
+        # each component's weight by magnitude (docs/algorithms.md §3)
+        if mix.type == "mix":
             shares = dict(zip(("mix_early_share", "mix_late_share"), mix_magnitude_shares(mix, inputs)))
-        scored = ~rewards.isnan()  # NaN: the reward had no score for the sample (left out of the advantages)
+        # NaN: the reward had no score for the sample (left out of the advantages)
+        scored = ~rewards.isnan()
         metrics = {
             "reward_mean": float(rewards[scored].mean()) if scored.any() else math.nan,
             "unscored": int((~scored).sum()),
-            "adv_abs_mean": float(adv.abs().mean()),  # the step size the estimator asks for
+            # the step size the estimator asks for
+            "adv_abs_mean": float(adv.abs().mean()),
             **shares,
             "solved_frac": float((rewards.nan_to_num(-math.inf).max(dim=1).values > 0).double().mean()),
             "completion_len": batch.num_tokens() / len(batch),
@@ -115,7 +121,8 @@ class GRPOPhase(SamplingPhase):
     def step(self, step: int, version: int) -> dict[str, float]:
         ctx, cfg = self.ctx, self.cfg
         batch, info, rehearsal = broadcast_from_rank0(self._rollout(step, version) if ctx.rank == 0 else None, ctx)
-        share = ctx.share_prompts  # whole groups per rank, each group's prompt through the model once
+        # whole groups per rank, each group's prompt through the model once
+        share = ctx.share_prompts
         mine = batch.shard(ctx.rank, ctx.world, whole_groups=share)
         n_seq, n_tok = ctx.global_sum(len(mine), mine.num_tokens())
         temperature = cfg.sampling.temperature
@@ -126,12 +133,15 @@ class GRPOPhase(SamplingPhase):
         seq_max = [0.0]
 
         def loss_of(part: TrainBatch):
-            if share:  # log-probs with column j = completion token j
+            # log-probs with column j = completion token j
+            if share:
                 packed = part.pack_groups(ctx.tokenizer.pad_token_id, ctx.device)
-                older = self._older_logprobs(part, packed, version) if score_older else {}  # weights swap: first
+                # weights swap: first
+                older = self._older_logprobs(part, packed, version) if score_older else {}
                 logp, mask = ctx.logprobs(ctx.model, packed, temperature)
                 engine_logp = part.completion_logprobs(logp.shape[1], logp.dtype).to(ctx.device)
-            else:  # aligned with the whole sequence's next-token targets
+            # aligned with the whole sequence's next-token targets
+            else:
                 packed = part.pack(ctx.tokenizer.pad_token_id, ctx.device)
                 older = self._older_logprobs(part, packed, version) if score_older else {}
                 logp, mask = ctx.logprobs(ctx.model, packed, temperature)
@@ -142,7 +152,8 @@ class GRPOPhase(SamplingPhase):
             if off.correction != "none":
                 is_weights = compute_is_weights(learner_old, engine_logp, mask, correction=off.correction, cap=off.cap)
             ref_logp = None
-            if cfg.kl_beta:  # as the rollout workers scored them, else a forward here
+            # as the rollout workers scored them, else a forward here
+            if cfg.kl_beta:
                 ref_logp = part.reference_columns(logp.shape[1], logp.dtype, targets=not share)
                 ref_logp = ctx.reference_logprobs(packed, temperature) if ref_logp is None else ref_logp.to(ctx.device)
             loss, metrics = compute_grpo_loss(
@@ -160,9 +171,11 @@ class GRPOPhase(SamplingPhase):
                 num_tokens=n_tok,
                 is_weights=is_weights,
             )
-            tokens = float(mask.sum())  # the metrics are means over the part's tokens: back to sums
+            # the metrics are means over the part's tokens: back to sums
+            tokens = float(mask.sum())
             sums = {"tokens": tokens, **{k: metrics[k] * tokens for k in TOKEN_MEANS}}
-            if learner_old is not None:  # what the engine's log-probs are off by, when the learner's are here
+            # what the engine's log-probs are off by, when the learner's are here
+            if learner_old is not None:
                 mismatch, part_max = mismatch_sums(learner_old, engine_logp, mask, off.cap)
                 seq_max[0] = max(seq_max[0], part_max)
                 weight_sum = float(is_weights.sum()) if is_weights is not None else tokens
@@ -174,7 +187,8 @@ class GRPOPhase(SamplingPhase):
         else:
             parts = [mine.select(i) for i in ctx.micro_batches(mine.lengths())]
         parts = [(loss_of, p) for p in parts]
-        if rehearsal is not None and len(rehearsal):  # one accumulation: DDP all-reduces once, on the last part
+        # one accumulation: DDP all-reduces once, on the last part
+        if rehearsal is not None and len(rehearsal):
             rehearsal_parts, rehearsal_loss = nll_parts(ctx, rehearsal, cfg.rehearsal.gamma)
             parts += [(rehearsal_loss, p) for p in rehearsal_parts]
         sums = ctx.accumulate(parts, lambda part: part[0](part[1]))
@@ -183,7 +197,8 @@ class GRPOPhase(SamplingPhase):
         metrics = {"loss": total["loss"]}
         if rehearsal is not None:
             metrics["rehearsal_nll"] = total["nll"] if len(rehearsal) else math.nan
-        if total["tokens"]:  # means over the whole batch's completion tokens (every rank's)
+        # means over the whole batch's completion tokens (every rank's)
+        if total["tokens"]:
             metrics.update({k: total[k] / total["tokens"] for k in TOKEN_MEANS})
         if total["mismatch_tokens"]:
             metrics.update({k: total[k] / total["mismatch_tokens"] for k in MISMATCH_MEANS})

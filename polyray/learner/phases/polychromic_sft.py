@@ -32,14 +32,17 @@ class PolychromicSFTPhase(SamplingPhase, SFTPhase):
     def __init__(self, cfg: PolychromicSFTPhaseConfig, *, task: Task, n_train: int, ctx: StepContext, pool=None):
         SFTPhase.__init__(self, cfg, task=task, n_train=n_train, ctx=ctx)
         self._init_rollouts(cfg, task, n_train, pool)
-        self.embedding_dtype = self.scorer = None  # rank 0 alone scores the samples
+        # rank 0 alone scores the samples
+        self.embedding_dtype = self.scorer = None
         if ctx.rank == 0:
-            self.embedding_dtype = embedding_dtype_of(cfg)  # "auto" resolved where rank 0 runs
+            # "auto" resolved where rank 0 runs
+            self.embedding_dtype = embedding_dtype_of(cfg)
             self.scorer = start_diversity_scorer(cfg, torch.get_num_threads(), self.embedding_dtype)
 
     @property
     def rollout_draw(self) -> str:
-        return f"{self.cfg.name}/samples"  # its reference batches are drawn under the bare name
+        # its reference batches are drawn under the bare name
+        return f"{self.cfg.name}/samples"
 
     @property
     def samples_per_prompt(self) -> int:
@@ -62,13 +65,17 @@ class PolychromicSFTPhase(SamplingPhase, SFTPhase):
 
     def _rollout(self, step: int, version: int) -> tuple[TrainBatch, dict[str, float]]:
         """Rank 0: the step's (B, n) samples with their diversity marginals, and the rollout's metrics."""
-        got = self.rollouts.get(step, version)  # rollout_s / diversity_s: what the step waited for
+        # rollout_s / diversity_s: what the step waited for
+        got = self.rollouts.get(step, version)
         lag = check_lag(got.groups, version, self.cfg.max_lag)
         adv = got.scored
         return TrainBatch.from_groups(got.groups, adv), {
-            "adv_abs_mean": float(adv.abs().mean()), "max_lag": lag,
-            "rollout_s": got.rollout_s, "diversity_s": got.score_s, **rollout_rate(got),
-        }  # fmt: skip
+            "adv_abs_mean": float(adv.abs().mean()),
+            "max_lag": lag,
+            "rollout_s": got.rollout_s,
+            "diversity_s": got.score_s,
+            **rollout_rate(got),
+        }
 
     def step(self, step: int, version: int) -> dict[str, float]:
         """References and samples share micro-batches (one forward each: references at T = 1, samples
@@ -122,7 +129,8 @@ class PolychromicSFTPhase(SamplingPhase, SFTPhase):
         keys = ("loss", "nll", "diversity_surrogate", "weight_sum", "adv_sum", "samples")
         total = dict(zip(keys, ctx.global_sum(*(sums.get(k, 0.0) for k in keys))))
         metrics = {k: total[k] for k in ("loss", "nll", "diversity_surrogate")}
-        if total["samples"]:  # means over the whole batch's samples (every rank's)
+        # means over the whole batch's samples (every rank's)
+        if total["samples"]:
             metrics.update(
                 adv_mean=total["adv_sum"] / total["samples"], weight_mean=total["weight_sum"] / total["samples"]
             )

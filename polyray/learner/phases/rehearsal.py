@@ -29,7 +29,8 @@ from polyray.objectives.sft import compute_sft_loss
 from polyray.rollout.sampling import request_seeds, task_sampling
 from polyray.tasks.base import Prompt, Task
 
-CHUNK_PROMPTS = 64  # prompts per generate-and-score round: the reward service's batches stay small
+# prompts per generate-and-score round: the reward service's batches stay small
+CHUNK_PROMPTS = 64
 
 
 @dataclass
@@ -37,8 +38,10 @@ class SampleBuffer:
     """Correct samples per prompt text: (prompt token ids, completion token ids) as the policy drew them."""
 
     samples: dict[str, list[tuple[list[int], list[int]]]] = field(default_factory=dict)
-    drawn: int = 0  # samples drawn to fill it (correct or not)
-    prompts: int = 0  # prompts sampled
+    # samples drawn to fill it (correct or not)
+    drawn: int = 0
+    # prompts sampled
+    prompts: int = 0
 
     def __len__(self) -> int:
         return sum(len(v) for v in self.samples.values())
@@ -87,7 +90,8 @@ def build_buffer(
     buffer = SampleBuffer(prompts=len(prompts))
     for start in range(0, len(prompts), CHUNK_PROMPTS):
         chunk = prompts[start : start + CHUNK_PROMPTS]
-        version = 0 if name is None else None  # the base model, or the named incoming adapter
+        # the base model, or the named incoming adapter
+        version = 0 if name is None else None
         texts, chunk_seeds = [p.text for p in chunk], seeds[start : start + len(chunk)]
         groups = pool.generate(
             texts, cfg.samples_per_prompt, draws, version=version, adapter_name=name, seeds=chunk_seeds
@@ -137,7 +141,8 @@ def nll_parts(ctx: StepContext, seqs: Sequences, weight: float):
     this rank's shard (``rank::world``) over the whole batch's tokens; its metric ``nll`` sums to the
     batch's token-mean NLL over the ranks."""
     mine = seqs.select(list(range(ctx.rank, len(seqs), ctx.world)))
-    num_tokens = seqs.num_tokens()  # every rank holds the whole batch
+    # every rank holds the whole batch
+    num_tokens = seqs.num_tokens()
 
     def loss_of(part: Sequences):
         logp, mask = ctx.logprobs(ctx.model, part.pack(ctx.tokenizer.pad_token_id, ctx.device))
@@ -151,13 +156,15 @@ class ExpertIterationPhase(Phase):
     """SFT on the buffer of the incoming policy's correct samples; publishes its adapter at the end."""
 
     config_type = ExpertIterationPhaseConfig
-    uses_rewards = True  # rank 0 scores the buffer's draws
+    # rank 0 scores the buffer's draws
+    uses_rewards = True
 
     def __init__(self, cfg: ExpertIterationPhaseConfig, *, task: Task, n_train: int, ctx: StepContext, pool=None):
         self.cfg, self.ctx = cfg, ctx
         buffer = phase_buffer(self, cfg.buffer, task=task, n_train=n_train, pool=pool) if ctx.rank == 0 else None
         self.buffer: SampleBuffer = broadcast_from_rank0(buffer, ctx)
-        if not self.buffer.samples:  # every rank: nothing to train on
+        # every rank: nothing to train on
+        if not self.buffer.samples:
             raise RuntimeError(
                 f"{cfg.name}: the incoming policy solved none of {self.buffer.prompts} training prompts in"
                 f" {self.buffer.drawn} draws, so the buffer is empty: raise buffer.samples_per_prompt or lower"

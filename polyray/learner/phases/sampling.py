@@ -40,8 +40,10 @@ class SamplingPhase(Phase):
         self.sampling = task_sampling(cfg.sampling, task)
         self.rollouts = RolloutPrefetch(self._submit, cfg.async_rollouts, cfg.steps, self._score)
 
-    samples_per_prompt: int  # each subclass provides it: completions drawn per prompt
-    rollout_reference: str | None = None  # what the rollout workers score the samples' KL reference log-probs under
+    # each subclass provides it: completions drawn per prompt
+    samples_per_prompt: int
+    # what the rollout workers score the samples' KL reference log-probs under
+    rollout_reference: str | None = None
 
     def _score(self, prompts: list[Prompt], groups: list) -> Any:
         """Rank 0: score a step's samples (possibly in the prefetch's thread, ahead of the step)."""
