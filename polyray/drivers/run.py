@@ -23,6 +23,7 @@ import json
 import time
 from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Callable
 
 import ray
@@ -242,9 +243,30 @@ class RunState:
 
 
 def _run_stages(state: RunState, engagement: list, serve_generation: bool) -> None:
-    """The stages in order: model -> engagement models -> Ray -> adapter store -> rollout pool launched ->
-    services -> rollout pool ready -> evaluate base -> per phase: fit, evaluate. Every finished stage is in
-    results.json."""
+    """The stages in order (:func:`run_components`, then): evaluate base -> per phase: fit, evaluate. Every
+    finished stage is in results.json."""
+    with run_components(state, engagement=engagement, serve_generation=serve_generation):
+        version, adapter = (0, None)
+        if state.run.init_adapter:
+            version, adapter = publish_init_adapter(state.run, state.pool, state.shared)
+        if state.run.eval.base:
+            evaluate(state, "base", version or None)
+        for index, phase in enumerate(state.run.phases):
+            version, adapter = fit(state, index, version, adapter)
+            evaluate(state, phase.name, version)
+    timings = state.timer.timings
+    timings["total"] = round(sum(v for k, v in timings.items() if k != "total"), 2)
+    write_results(state.out, state.results)
+
+
+@contextlib.contextmanager
+def run_components(
+    state: RunState, *, engagement: list, serve_generation: bool = False, training: bool = True
+) -> Iterator[None]:
+    """What a run's stages work with, started in order and released however the block ends: model ->
+    engagement models -> Ray -> adapter store -> rollout pool launched -> services -> learner ranks ->
+    rollout pool ready. ``training`` False (a finished run's test evaluations): no step logs, services or
+    learner ranks. The one lifecycle of every job that runs a run's stages (:func:`release` ends it)."""
     from polyray.rollout.store import open_store
 
     prepare_inputs(state, engagement)
@@ -257,29 +279,21 @@ def _run_stages(state: RunState, engagement: list, serve_generation: bool) -> No
     name = state.warm.store_name if state.shared_pool else None
     store = open_store(state.store_root(), state.run.rollout.store_keep, name=name)
     finished = False
-    # starts beside the engines and services
-    state.logs = StepLogs.on_driver_node(state.out)
+    if training:
+        # starts beside the engines and services
+        state.logs = StepLogs.on_driver_node(state.out)
     try:
         # the rollout engines start while the services do (each waits mostly on its own imports)
         launched_s = launch_pool(state, store)
-        start_services(state, generation)
-        # its ranks import while the engines finish starting and the base is evaluated
-        start_learner(state)
+        if training:
+            start_services(state, generation)
+            # its ranks import while the engines finish starting and the base is evaluated
+            start_learner(state)
         wait_for_pool(state, launched_s)
-        version, adapter = (0, None)
-        if state.run.init_adapter:
-            version, adapter = publish_init_adapter(state.run, state.pool, state.shared)
-        if state.run.eval.base:
-            evaluate(state, "base", version or None)
-        for index, phase in enumerate(state.run.phases):
-            version, adapter = fit(state, index, version, adapter)
-            evaluate(state, phase.name, version)
+        yield
         finished = True
     finally:
         release(state, store, finished)
-    timings = state.timer.timings
-    timings["total"] = round(sum(v for k, v in timings.items() if k != "total"), 2)
-    write_results(state.out, state.results)
 
 
 def release(state: RunState, store, finished: bool) -> None:
@@ -294,7 +308,7 @@ def release(state: RunState, store, finished: bool) -> None:
         (learner is not None and not finished, lambda: learner.cancel()),
         (state.pool is not None and not state.shared_pool, lambda: state.pool.shutdown()),
         # the rows are on disk
-        (True, lambda: state.logs.close()),
+        (state.logs is not None, lambda: state.logs.close()),
         # its state is on disk; a resume opens it again
         (True, lambda: ray.kill(store)),
     ]

@@ -101,22 +101,14 @@ def evaluate_on_test(run: RunConfig, out: Path, stages: list[str]) -> dict[str, 
     added to results.json under ``test``; a stage that already has one is not evaluated again.
     Returns every asked stage's test record. Starts (or joins) Ray and a rollout pool of its own."""
     # imported here: choosing and reading results back needs no Ray (``polyray check`` loads these modules)
-    import ray
-
-    from polyray.drivers.run import INIT_VERSION, RunState, evaluate_stage, launch_pool, prepare_inputs, start_ray
-    from polyray.drivers.run import wait_for_pool
-    from polyray.rollout.store import open_store
+    from polyray.drivers.run import INIT_VERSION, RunState, evaluate_stage, run_components
 
     results = read_results(out / "results.json")
     missing = stages_to_test(results, stages)
     if missing:
         state = RunState(run, out, True, results)
         # the model and engagement models exist: the run built them
-        prepare_inputs(state, [])
-        start_ray(state, None)
-        store = open_store(state.store_root(), run.rollout.store_keep)
-        try:
-            wait_for_pool(state, launch_pool(state, store))
+        with run_components(state, engagement=[], training=False):
             prompts = state.task.prompts("test")
             for stage in missing:
                 version = results.versions[stage] if stage != "base" else INIT_VERSION if run.init_adapter else None
@@ -125,10 +117,6 @@ def evaluate_on_test(run: RunConfig, out: Path, stages: list[str]) -> dict[str, 
                 results.test[stage] = record
                 results.stage_done(f"test_{stage}")
                 write_results(out, results)
-        finally:
-            if state.pool is not None:
-                state.pool.shutdown()
-            ray.kill(store)
     return {stage: record_on_test(results, stage) for stage in stages}
 
 
