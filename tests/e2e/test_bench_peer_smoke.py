@@ -23,8 +23,9 @@ def test_peer_smoke_compares_both_trainers_and_the_larger_model(tmp_path):
         "trl", reason="TRL is not installed: the peer benchmark needs the bench extra (pip install -e '.[bench]')"
     )
     out = tmp_path / "peer.json"
+    # faulthandler: a crash in native code (a SIGSEGV seen once here) prints every thread's Python stack
     proc = subprocess.run(
-        [sys.executable, "-m", "jobs.benchmark", "peer", *SMOKE["peer"], "--json", str(out)],
+        [sys.executable, "-X", "faulthandler", "-m", "jobs.benchmark", "peer", *SMOKE["peer"], "--json", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
