@@ -164,7 +164,9 @@ def experiment(
     """Runs per hour of a small experiment with fresh learner ranks per phase (cold) and kept ones (warm)."""
     from polyray.drivers.bench.experiment import bench_experiment, print_experiment
 
-    results = bench_experiment(config, seeds, repeats, sft_steps, grpo_steps, concurrent=concurrent)
+    results = bench_experiment(
+        config, seeds=seeds, repeats=repeats, sft_steps=sft_steps, grpo_steps=grpo_steps, concurrent=concurrent
+    )
     print_experiment(results)
     _write(results, json_path)
 
@@ -181,7 +183,7 @@ def generation(
     """Generation service tokens/s vs a direct engine; publish -> latest."""
     from polyray.drivers.bench.generation import bench_generation, print_generation
 
-    results = bench_generation(requests, n, max_tokens, config, publishes)
+    results = bench_generation(requests, n, max_tokens, config, publishes=publishes)
     print_generation(results)
     _write(results, json_path)
 
@@ -209,7 +211,9 @@ def chaos(
         fail(f"--services: unknown service {unknown[0]!r} (choose from reward, generation)")
     from polyray.drivers.bench.chaos import bench_chaos, print_chaos
 
-    results = bench_chaos(list(services), clients, seconds, kill_at, config, max_recovery_s, replicas)
+    results = bench_chaos(
+        list(services), clients, seconds, kill_at, config=config, max_recovery_s=max_recovery_s, replicas=replicas
+    )
     print_chaos(results)
     _write(results, json_path)
 
@@ -313,16 +317,24 @@ def learner(
     from polyray.drivers.bench.common import console
     from polyray.drivers.bench.learner import BenchShape, bench_learner, print_learner
 
-    shape = BenchShape(layers, hidden, intermediate, heads, kv_heads, head_dim, vocab)
+    shape = BenchShape(
+        layers=layers,
+        hidden=hidden,
+        intermediate=intermediate,
+        heads=heads,
+        kv_heads=kv_heads,
+        head_dim=head_dim,
+        vocab=vocab,
+    )
     with console.status("building the benchmark model") as status:
         results = bench_learner(
             sizes,
             whole_batch_sizes,
-            length,
-            micro_batch_tokens,
-            logits_chunk_mib,
-            shape,
-            threads,
+            length=length,
+            micro_batch_tokens=micro_batch_tokens,
+            logits_chunk_mib=logits_chunk_mib,
+            shape=shape,
+            threads=threads,
             on_case=lambda c: status.update(f"{c.path}, {c.sequences} sequences x {c.length} tokens"),
             packing_sizes=packing_sizes or None,
             device=device,
@@ -405,17 +417,19 @@ def peer(
 
     # no status spinner: the polyray run shows its own progress bars
     stage = console.rule
-    results = bench_peer(config, list(overrides), list(range(seeds)), warmup, threads, on_stage=stage, margin=margin)
+    results = bench_peer(
+        config, list(overrides), list(range(seeds)), warmup=warmup, threads=threads, on_stage=stage, margin=margin
+    )
     if large:
         results["large"] = bench_large(
             shape,
-            large_prompts,
-            large_n,
-            large_tokens,
-            large_repeats,
-            threads,
-            run.learner.lora,
-            large_learner_sequences,
+            prompts=large_prompts,
+            n=large_n,
+            tokens=large_tokens,
+            repeats=large_repeats,
+            threads=threads,
+            lora=run.learner.lora,
+            learner_sequences=large_learner_sequences,
             on_stage=stage,
         )
     print_peer(results, console)

@@ -220,7 +220,7 @@ def _data(task) -> str:
         from polyray.tasks.data import read_rows
 
         report = JsonlReport()
-        rows = read_rows(path, task.format, task.fields, task.skip_bad_lines, report)
+        rows = read_rows(path, task.format, task.fields, skip_bad_lines=task.skip_bad_lines, report=report)
         prompts = len({r.key for r in rows})
         refs = sum(r.response is not None for r in rows)
         systems = sum(r.system is not None for r in rows)

@@ -20,6 +20,7 @@ phase, so a phase's warm-up restarts from its own start).
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from typing import Annotated, ClassVar, Literal, Union
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -107,20 +108,20 @@ class PhaseSpec(StrictModel):
         """Raise ValueError (naming this phase's field, without ``phases.N.``) when the phase does not fit
         its learner ranks (``learner_workers``, else the run's ``learner.num_workers``) or ``rollout.store_keep``."""
 
+    @abstractmethod
     def rank_sequences(self, ranks: int, *, references: int, sampled: int) -> tuple[int, int]:
         """(the most sequences one of ``ranks`` learner ranks trains on in a step, their longest length in
         tokens) for the memory plan, given the longest prompt + reference (``references``) and the longest
         prompt + sampled completion of this phase (``sampled``)."""
-        raise NotImplementedError(f"{type(self).__name__}.rank_sequences")
 
     def kl_reference_kind(self) -> KLReference:
         """The frozen policy a KL term holds the phase to: none, the adapter-disabled base, or the phase-start
         adapter (a second LoRA adapter on the learner when the phase starts from one)."""
         return "none"
 
+    @abstractmethod
     def summary(self, ranks: int) -> list[str]:
         """The phase's clauses in ``polyray check``'s plan, after its steps (``ranks``: its learner ranks)."""
-        raise NotImplementedError(f"{type(self).__name__}.summary")
 
     def describe(self, ranks: int) -> str:
         """``polyray check``'s line for the phase: steps, the type's own clauses, LR, its learner ranks."""

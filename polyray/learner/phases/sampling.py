@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import random
+from abc import abstractmethod
 from typing import Any
 
 from polyray.learner.phases.base import Phase
@@ -45,9 +46,9 @@ class SamplingPhase(Phase):
     # what the rollout workers score the samples' KL reference log-probs under
     rollout_reference: str | None = None
 
+    @abstractmethod
     def _score(self, prompts: list[Prompt], groups: list) -> Any:
         """Rank 0: score a step's samples (possibly in the prefetch's thread, ahead of the step)."""
-        raise NotImplementedError
 
     @property
     def rollout_draw(self) -> str:

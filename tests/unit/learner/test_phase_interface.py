@@ -56,6 +56,12 @@ def test_every_phase_config_has_a_learner_class_implementing_the_interface(confi
     assert isinstance(cls.uses_rewards, bool) and isinstance(cls.publishes_every_step, bool)
 
 
+def test_the_interface_halves_are_abstract():
+    from polyray.learner.phases import Phase, SamplingPhase
+
+    assert inspect.isabstract(PhaseSpec) and inspect.isabstract(Phase) and inspect.isabstract(SamplingPhase)
+
+
 def test_a_second_class_for_one_phase_type_is_refused():
     from polyray.config import SFTPhaseConfig
     from polyray.learner.phases import Phase
