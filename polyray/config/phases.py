@@ -288,11 +288,12 @@ class OffPolicyConfig(StrictModel):
         return self
 
 
-class GRPOPhaseConfig(PhaseSpec):
-    """GRPO on rollouts from the pool (docs/algorithms.md §2-3)."""
+class RolloutPhaseSpec(PhaseSpec):
+    """A phase that samples its batch from the rollout pool at every step (GRPO, DPO): the fields of its
+    rollouts and its schedule; each type sets its own defaults and adds its loss's fields after these."""
 
-    type: Literal["grpo"] = "grpo"
-    name: str = Field("grpo", description="Phase name (output folder, results key).")
+    type: str
+    name: str
     steps: int = Field(40, ge=1, description="Optimizer steps (one rollout batch each).")
     prompts_per_step: int = Field(16, ge=1, description="Prompts per rollout batch.")
     group_size: int = Field(8, ge=2, description="Samples per prompt (G).")
@@ -300,6 +301,36 @@ class GRPOPhaseConfig(PhaseSpec):
     lr_schedule: LRSchedule = "constant"
     warmup_steps: WarmupSteps = 0
     min_lr_ratio: MinLRRatio = 0.0
+    max_lag: int = Field(0, ge=0, description="Allowed adapter-version lag of samples behind the learner.")
+    async_rollouts: bool = Field(
+        False,
+        description="Generate step t+1's rollouts during step t's update (one version stale; needs max_lag >= 1).",
+    )
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    checkpoint_every: int = Field(20, ge=1, description="Steps between checkpoints.")
+    learner_workers: LearnerWorkers = None
+    reward: PhaseRewardConfig | None = Field(
+        None, description="This phase's reward, instead of the run's reward.name and reward.params."
+    )
+
+    _warmup_fits = field_validator("warmup_steps")(_warmup_ends_inside_the_phase)
+    _floor_decays = field_validator("min_lr_ratio")(_floor_of_a_decay)
+
+    @model_validator(mode="after")
+    def _lag_for_async(self) -> "RolloutPhaseSpec":
+        if self.async_rollouts and self.max_lag < 1:
+            raise ValueError("async_rollouts samples one adapter version behind the learner: set max_lag >= 1")
+        return self
+
+    def check_run(self, learner_workers: int, store_keep: int) -> None:
+        _check_lag(self, store_keep)
+
+
+class GRPOPhaseConfig(RolloutPhaseSpec):
+    """GRPO on rollouts from the pool (docs/algorithms.md §2-3)."""
+
+    type: Literal["grpo"] = "grpo"
+    name: str = Field("grpo", description="Phase name (output folder, results key).")
     clip_eps_low: float = Field(0.2, ge=0, description="Lower ratio clip epsilon.")
     clip_eps_high: float = Field(0.2, ge=0, description="Upper ratio clip epsilon (DAPO clip-higher: 0.28).")
     kl_beta: float = Field(0.04, ge=0, description="Weight of the k3 KL to the reference policy.")
@@ -322,29 +353,15 @@ class GRPOPhaseConfig(PhaseSpec):
         "seq_mean_token_mean", description="Token-loss aggregation: GRPO, DAPO token mean, Dr. GRPO."
     )
     dynamic_sampling: bool = Field(False, description="DAPO: drop groups whose advantages are all zero.")
-    max_lag: int = Field(0, ge=0, description="Allowed adapter-version lag of samples behind the learner.")
-    async_rollouts: bool = Field(
-        False,
-        description="Generate step t+1's rollouts during step t's update (one version stale; needs max_lag >= 1).",
-    )
-    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     off_policy: OffPolicyConfig = Field(
         default_factory=OffPolicyConfig,
         description="pi_old and the engine-mismatch correction, e.g. {old_logprobs: learner, correction: tis}.",
-    )
-    checkpoint_every: int = Field(20, ge=1, description="Steps between checkpoints.")
-    learner_workers: LearnerWorkers = None
-    reward: PhaseRewardConfig | None = Field(
-        None, description="This phase's reward, instead of the run's reward.name and reward.params."
     )
     rehearsal: RehearsalConfig | None = Field(
         None,
         description="Rehearse the phase-start policy's correct samples: e.g. {gamma: 0.3} adds 0.3 x their NLL"
         " to every step's loss (docs/algorithms.md §3). None: plain GRPO.",
     )
-
-    _warmup_fits = field_validator("warmup_steps")(_warmup_ends_inside_the_phase)
-    _floor_decays = field_validator("min_lr_ratio")(_floor_of_a_decay)
 
     @property
     def rehearsal_batch(self) -> int:
@@ -375,9 +392,6 @@ class GRPOPhaseConfig(PhaseSpec):
         sequences = self.prompts_per_step * self.group_size
         return [f"{self.prompts_per_step} prompts x {self.group_size} samples per step = {sequences} sequences"]
 
-    def check_run(self, learner_workers: int, store_keep: int) -> None:
-        _check_lag(self, store_keep)
-
 
 class ExpertIterationPhaseConfig(SFTPhaseConfig):
     """SFT on the phase-start policy's own correct samples (expert iteration; docs/algorithms.md §3).
@@ -407,7 +421,7 @@ class ExpertIterationPhaseConfig(SFTPhaseConfig):
         return [*super().summary(ranks), buffer]
 
 
-class DPOPhaseConfig(PhaseSpec):
+class DPOPhaseConfig(RolloutPhaseSpec):
     """DPO on the policy's own samples (online DPO; docs/algorithms.md §10): each step samples ``group_size``
     completions for ``prompts_per_step`` training prompts, pairs each prompt's best-rewarded completion with
     its worst, and trains on the sigmoid preference loss against a frozen reference. A prompt whose samples
@@ -415,13 +429,9 @@ class DPOPhaseConfig(PhaseSpec):
 
     type: Literal["dpo"] = "dpo"
     name: str = Field("dpo", description="Phase name (output folder, results key).")
-    steps: int = Field(40, ge=1, description="Optimizer steps (one rollout batch each).")
     prompts_per_step: int = Field(16, ge=1, description="Prompts per rollout batch (at most one pair each).")
     group_size: int = Field(4, ge=2, description="Samples per prompt, of which the best and the worst make its pair.")
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate (the peak, after warm-up).")
-    lr_schedule: LRSchedule = "constant"
-    warmup_steps: WarmupSteps = 0
-    min_lr_ratio: MinLRRatio = 0.0
     beta: float = Field(
         0.1, gt=0, description="DPO's beta: how far the policy's log-ratios may move from the reference's."
     )
@@ -430,26 +440,6 @@ class DPOPhaseConfig(PhaseSpec):
         description="The frozen reference: the policy at the start of this phase (a copy of the incoming adapter),"
         " or the adapter-disabled base model.",
     )
-    max_lag: int = Field(0, ge=0, description="Allowed adapter-version lag of samples behind the learner.")
-    async_rollouts: bool = Field(
-        False,
-        description="Generate step t+1's samples during step t's update (one version stale; needs max_lag >= 1).",
-    )
-    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
-    checkpoint_every: int = Field(20, ge=1, description="Steps between checkpoints.")
-    learner_workers: LearnerWorkers = None
-    reward: PhaseRewardConfig | None = Field(
-        None, description="This phase's reward, instead of the run's reward.name and reward.params."
-    )
-
-    _warmup_fits = field_validator("warmup_steps")(_warmup_ends_inside_the_phase)
-    _floor_decays = field_validator("min_lr_ratio")(_floor_of_a_decay)
-
-    @model_validator(mode="after")
-    def _lag_for_async(self) -> "DPOPhaseConfig":
-        if self.async_rollouts and self.max_lag < 1:
-            raise ValueError("async_rollouts samples one adapter version behind the learner: set max_lag >= 1")
-        return self
 
     def rank_sequences(self, ranks: int, *, references: int, sampled: int) -> tuple[int, int]:
         # whole pairs per rank
@@ -461,9 +451,6 @@ class DPOPhaseConfig(PhaseSpec):
     def summary(self, ranks: int) -> list[str]:
         draws = f"{self.prompts_per_step} prompts x {self.group_size} samples per step"
         return [f"{draws}, the best and the worst of each paired, beta {self.beta:g}"]
-
-    def check_run(self, learner_workers: int, store_keep: int) -> None:
-        _check_lag(self, store_keep)
 
 
 PhaseConfig = Annotated[

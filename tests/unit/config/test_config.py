@@ -272,3 +272,18 @@ def test_a_config_extends_another_field_by_field(tmp_path):
     (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
     with pytest.raises(ConfigError, match=r"b.yaml: extends: a.yaml extends this file again \(a cycle\)"):
         load_config(tmp_path / "a.yaml")
+
+
+@pytest.mark.parametrize("kind", ["grpo", "dpo"])
+def test_every_rollout_phase_holds_the_shared_rollout_rules(kind):
+    # the rules written once in RolloutPhaseSpec, held by each type that samples per step
+    def load(**phase):
+        return RunConfig(phases=[{"type": kind, **phase}], rollout={"store_keep": 2})
+
+    assert load(async_rollouts=True, max_lag=1).phases[0].max_lag == 1
+    with pytest.raises(ValueError, match="async_rollouts samples one adapter version behind"):
+        load(async_rollouts=True)
+    with pytest.raises(ValueError, match=r"max_lag \(2\) must be < rollout.store_keep \(2\)"):
+        load(async_rollouts=True, max_lag=2)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        load(steps=10, lr_schedule="cosine", warmup_steps=11)
