@@ -26,6 +26,7 @@ from typing import Any
 import ray
 
 from polyray.config import RolloutConfig, SamplingConfig
+from polyray.rollout.request import GenerationRequest
 from polyray.rollout.worker import MissingAdapterError, RolloutWorker, Sample, rollout_env
 
 
@@ -243,44 +244,18 @@ class RolloutPool:
         self._on_every_worker(lambda w: w.add_named_adapter.remote(name, path))
 
     # ---- generation -------------------------------------------------------------------------
-    def submit(
-        self,
-        prompts: list[str],
-        n: int,
-        sampling: SamplingConfig,
-        version: int | None = None,
-        adapter_name: str | None = None,
-        seeds: list[int] | None = None,
-        reference: str | None = None,
-    ) -> "PendingGeneration":
-        """Start generating ``n`` samples per prompt on the workers; ``.result()`` collects them.
+    def submit(self, request: GenerationRequest) -> "PendingGeneration":
+        """Start generating ``request`` on the workers, its prompts split into one contiguous chunk per worker
+        (:meth:`GenerationRequest.split`); ``.result()`` collects the samples."""
+        chunks = [
+            (start, part, worker, worker.generate.remote(part))
+            for (start, part), worker in zip(request.split(len(self.workers)), self.workers)
+        ]
+        return PendingGeneration(self, chunks)
 
-        ``seeds``: one sampling seed per prompt (see :func:`polyray.rollout.sampling.request_seeds`);
-        ``reference``: the KL reference each worker scores its samples under (:meth:`RolloutWorker.generate`)."""
-        k = len(self.workers)
-        size = max(1, -(-len(prompts) // k))
-        args = (n, sampling, version, adapter_name)
-        chunks = []
-        for j, start in enumerate(range(0, len(prompts), size)):
-            chunk_seeds = None if seeds is None else list(seeds[start : start + size])
-            chunk = (prompts[start : start + size], chunk_seeds)
-            future = self.workers[j].generate.remote(chunk[0], *args, chunk_seeds, reference)
-            chunks.append((start, chunk, self.workers[j], future))
-        return PendingGeneration(self, chunks, args, reference)
-
-    def generate(
-        self,
-        prompts: list[str],
-        n: int,
-        sampling: SamplingConfig,
-        version: int | None = None,
-        adapter_name: str | None = None,
-        seeds: list[int] | None = None,
-        retries: int = 1,
-        reference: str | None = None,
-    ) -> list[list[Sample]]:
-        """``n`` samples per prompt, spread over the workers; result order follows ``prompts``."""
-        return self.submit(prompts, n, sampling, version, adapter_name, seeds, reference).result(retries)
+    def generate(self, request: GenerationRequest, retries: int = 1) -> list[list[Sample]]:
+        """``request.n`` samples per prompt, spread over the workers; result order follows ``request.prompts``."""
+        return self.submit(request).result(retries)
 
     def kill(self) -> None:
         """End every worker at once, without :meth:`shutdown`'s close (a worker Ray never placed would not
@@ -349,18 +324,13 @@ class PendingGeneration:
     """Chunks in flight on the workers. ``result()`` gathers them in prompt order, retrying a
     chunk whose worker died once Ray has restarted it and the pool has re-synced its adapter."""
 
-    def __init__(
-        self,
-        pool: RolloutPool,
-        chunks: list[tuple[int, tuple[list[str], list[int] | None], Any, Any]],
-        args: tuple,
-        reference: str | None = None,
-    ):
-        self.pool, self.chunks, self.args, self.reference = pool, chunks, args, reference
+    def __init__(self, pool: RolloutPool, chunks: list[tuple[int, GenerationRequest, Any, Any]]):
+        # (index of the chunk's first prompt, its request, the worker, its future)
+        self.pool, self.chunks = pool, chunks
 
     def result(self, retries: int = 1) -> list[list[Sample]]:
         results: list[list[Sample]] = []
-        for start, chunk, worker, future in self.chunks:
+        for start, request, worker, future in self.chunks:
             for attempt in range(retries + 1):
                 try:
                     groups = ray.get(future)
@@ -375,7 +345,7 @@ class PendingGeneration:
                         # a policy version the store does not hold: retrying cannot help
                         raise
                     self.pool._catch_up(worker)
-                    future = worker.generate.remote(chunk[0], *self.args, chunk[1], self.reference)
+                    future = worker.generate.remote(request)
             for group in groups:
                 for sample in group:
                     sample.prompt_index += start

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from polyray.config import SamplingConfig
+from polyray.rollout.request import GenerationRequest
 from polyray.rollout.worker import Sample
 from polyray.tasks.base import Judgement, Prompt, Task
 
@@ -77,11 +78,17 @@ def sample_groups(
     size = chunk_size or max(len(inputs), 1)
     samples: list[list[Sample]] = []
     for start in range(0, len(inputs), size):
-        chunk = list(inputs[start : start + size])
-        chunk_seeds = None if seeds is None else list(seeds[start : start + size])
-        samples.extend(pool.generate(chunk, n, sampling, version=version, adapter_name=adapter_name, seeds=chunk_seeds))
+        request = GenerationRequest(
+            prompts=list(inputs[start : start + size]),
+            n=n,
+            sampling=sampling,
+            version=version,
+            adapter_name=adapter_name,
+            seeds=None if seeds is None else list(seeds[start : start + size]),
+        )
+        samples.extend(pool.generate(request))
         if on_progress:
-            on_progress(len(chunk))
+            on_progress(len(request.prompts))
     return samples
 
 

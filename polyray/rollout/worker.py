@@ -18,7 +18,7 @@ the same quantity the learner computes at the sampling temperature (training pha
 require top_p = 1, so no truncation enters). The evaluation job asks for raw (T = 1)
 log-probs instead: its ``logprob`` selector ranks candidates by the model's likelihood.
 
-Seeds: each request may carry its own sampling seed (``seeds``, one per prompt), so
+Seeds: each request may carry its own sampling seed (``GenerationRequest.seeds``, one per prompt), so
 samples are independent across prompts and reproducible; the engine seed covers the rest.
 """
 
@@ -35,10 +35,11 @@ from typing import Any
 
 from polyray.config import RolloutConfig, SamplingConfig
 from polyray.lifetime import process_dir
+from polyray.rollout.request import GenerationRequest
 from polyray.rollout.store import AdapterHashError, check_adapter, from_wire, write_adapter_dir
 
 
-# a KL reference that is the adapter-less base model (RolloutWorker.generate's ``reference``)
+# a KL reference that is the adapter-less base model (GenerationRequest.reference)
 BASE_MODEL = ""
 
 
@@ -360,23 +361,15 @@ class RolloutWorker:
         return LoRARequest(f"policy-v{version}", version, str(self.adapters[version][0]))
 
     # ---- generation -------------------------------------------------------------------------
-    def generate(
-        self,
-        prompts: list[str],
-        n: int,
-        sampling: SamplingConfig,
-        version: int | None = None,
-        adapter_name: str | None = None,
-        seeds: list[int] | None = None,
-        reference: str | None = None,
-    ) -> list[list[Sample]]:
-        """``n`` samples for each prompt under adapter ``version`` (None/0 = base model); ``seeds``: one per prompt.
+    def generate(self, request: GenerationRequest) -> list[list[Sample]]:
+        """``request.n`` samples for each of its prompts under its adapter (``version``, None/0 = the base model,
+        or the named ``adapter_name``), each prompt with its own seed when ``request.seeds`` is given.
 
-        ``reference``: also score every sample under the KL reference, right after sampling, into its
+        ``request.reference``: also score every sample under the KL reference, right after sampling, into its
         ``ref_logprobs`` (:meth:`score_sequences`): ``BASE_MODEL`` for the adapter-less base, else the name of
         an adapter added with :meth:`add_named_adapter`. None: not scored."""
-        if seeds is not None and len(seeds) != len(prompts):
-            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+        prompts, n, sampling, seeds = request.prompts, request.n, request.sampling, request.seeds
+        version, adapter_name, reference = request.version, request.adapter_name, request.reference
         params = (
             sampling_params(n, sampling, None) if seeds is None else [sampling_params(n, sampling, s) for s in seeds]
         )
@@ -461,7 +454,9 @@ class RolloutWorker:
         from vllm.inputs import TokensPrompt
 
         prompt = TokensPrompt(prompt_token_ids=list(prompt_ids))
-        return self.generate([prompt], 1, sampling, version, None, [seed])[0][0]
+        return self.generate(
+            GenerationRequest(prompts=[prompt], n=1, sampling=sampling, version=version, seeds=[seed])
+        )[0][0]
 
     def close(self) -> None:
         shutil.rmtree(self.adapter_root, ignore_errors=True)

@@ -45,6 +45,7 @@ def test_a_rollout_worker_with_vllms_engine_process_serves_loras_and_leaves_none
     from polyray.config import SamplingConfig
     from polyray.learner.lora import extract_adapter
     from polyray.rollout.pool import RolloutPool
+    from polyray.rollout.request import GenerationRequest
     from polyray.rollout.store import open_store
     from polyray.rollout.worker import RolloutWorker, rollout_env
     from polyray.tasks import build_task
@@ -66,12 +67,14 @@ def test_a_rollout_worker_with_vllms_engine_process_serves_loras_and_leaves_none
         assert any("EngineCore" in n for n in names), names  # the engine core runs apart
 
         prompt = build_task(run_config.task).prompts("val", 1)[0]
-        base = pool.generate([prompt.text], 2, SamplingConfig(max_tokens=8), version=None)[0]
+        base = pool.generate(GenerationRequest(prompts=[prompt.text], n=2, sampling=SamplingConfig(max_tokens=8)))[0]
         assert len(base) == 2 and all(s.version == 0 and s.token_ids for s in base)
 
         model, tok = random_lora_policy(model_dir, run_config.learner.lora, 3)
         version, _ = pool.publish_next(extract_adapter(model))
-        sample = pool.generate([prompt.text], 1, SamplingConfig(max_tokens=12), version=version)[0][0]
+        sample = pool.generate(
+            GenerationRequest(prompts=[prompt.text], n=1, sampling=SamplingConfig(max_tokens=12), version=version)
+        )[0][0]
         assert sample.version == version
         expected = learner_logprobs(model, sample.prompt_token_ids, sample.token_ids, tok.pad_token_id)
         served = torch.tensor(ray.get(actor.score.remote(sample.prompt_token_ids, sample.token_ids, version)))

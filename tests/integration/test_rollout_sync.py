@@ -9,6 +9,7 @@ import torch
 from support.phase_harness import learner_logprobs, random_lora_policy
 
 from polyray.config import SamplingConfig
+from polyray.rollout.request import GenerationRequest
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.slow]
 
@@ -35,7 +36,9 @@ def test_rollout_logprobs_track_published_adapter(pool, model_dir, run_config):
     pool.publish(v1, extract_adapter(model))
 
     prompt = build_task(run_config.task).prompts("val", 1)[0]
-    sample = pool.generate([prompt.text], 1, SamplingConfig(max_tokens=12), version=v1)[0][0]
+    sample = pool.generate(
+        GenerationRequest(prompts=[prompt.text], n=1, sampling=SamplingConfig(max_tokens=12), version=v1)
+    )[0][0]
     assert sample.version == v1 and len(sample.token_ids) >= 2
     P, C = sample.prompt_token_ids, sample.token_ids
 
@@ -75,8 +78,9 @@ def test_sampling_logprobs_are_the_sampling_distribution(pool, model_dir, run_co
     version = pool.newest_version() + 1
     pool.publish(version, extract_adapter(model))
     prompts = build_task(run_config.task).prompts("val", 4)
+    sampling = SamplingConfig(temperature=temperature, max_tokens=12)
     groups = pool.generate(
-        [p.text for p in prompts], 4, SamplingConfig(temperature=temperature, max_tokens=12), version
+        GenerationRequest(prompts=[p.text for p in prompts], n=4, sampling=sampling, version=version)
     )
     samples = [s for g in groups for s in g]
     batch = pack_sequences([s.prompt_token_ids for s in samples], [s.token_ids for s in samples], tok.pad_token_id)
@@ -105,7 +109,10 @@ def test_request_seeds_make_samples_independent_and_reproducible(pool, run_confi
 
     def draw(run_seed: int) -> list[list[str]]:
         seeds = request_seeds(run_seed, "grpo:0", ["0", "1"])
-        return [[s.text for s in g] for g in pool.generate([text, text], 6, sampling, seeds=seeds)]
+        return [
+            [s.text for s in g]
+            for g in pool.generate(GenerationRequest(prompts=[text, text], n=6, sampling=sampling, seeds=seeds))
+        ]
 
     first = draw(0)
     assert first[0] != first[1], first  # identical prompts, independent samples
@@ -125,7 +132,9 @@ def test_completion_texts_are_vllms_own(pool, run_config):
     seeds = request_seeds(0, "texts", [str(i) for i in range(len(texts))])
 
     def draw(stop: list[str]):
-        groups = pool.generate(texts, 8, SamplingConfig(max_tokens=5, stop=stop), seeds=seeds)
+        groups = pool.generate(
+            GenerationRequest(prompts=texts, n=8, sampling=SamplingConfig(max_tokens=5, stop=stop), seeds=seeds)
+        )
         return [[(s.token_ids, s.text, s.finished) for s in g] for g in groups]
 
     ours, vllms = draw([]), draw(["<never in a completion>"])
@@ -269,9 +278,16 @@ def test_a_publish_not_waited_for_is_what_the_next_request_samples(pool, model_d
     prompts = build_task(run_config.task).prompts("val", 8)
     model, tok = random_policy(model_dir, run_config, seed=7)
     adapter = extract_adapter(model)
-    busy = pool.submit([p.text for p in prompts], 8, SamplingConfig(max_tokens=24), None)  # the step before's
+    # the step before's generation, still running while the publish starts
+    busy = pool.submit(
+        GenerationRequest(prompts=[p.text for p in prompts], n=8, sampling=SamplingConfig(max_tokens=24))
+    )
     pending = pool.start_publish(adapter, "grpo", 3)
-    sample = pool.generate([prompts[0].text], 1, SamplingConfig(max_tokens=12), version=pending.version)[0][0]
+    sample = pool.generate(
+        GenerationRequest(
+            prompts=[prompts[0].text], n=1, sampling=SamplingConfig(max_tokens=12), version=pending.version
+        )
+    )[0][0]
     assert len(busy.result()) == len(prompts)
     assert sample.version == pending.version and len(sample.token_ids) >= 2
     learner = learner_logprobs(model, sample.prompt_token_ids, sample.token_ids, tok.pad_token_id)
@@ -284,6 +300,8 @@ def test_samples_carry_their_kl_reference_log_probs(pool, model_dir, run_config,
     """A request that names a KL reference gets each sample scored under it right after it is drawn (vLLM
     prompt log-probs, kl_reference_logprobs 'rollouts'): under a named adapter (the phase-start reference)
     or the base model, as the learner computes them. A sequence that fills the model length is left unscored."""
+    from dataclasses import replace
+
     from polyray.config import SamplingConfig
     from polyray.learner.lora import extract_adapter, save_adapter
     from polyray.rollout.worker import BASE_MODEL
@@ -295,9 +313,9 @@ def test_samples_carry_their_kl_reference_log_probs(pool, model_dir, run_config,
     reference, _ = random_policy(model_dir, run_config, seed=6)
     pool.add_named_adapter("test/kl-reference", str(save_adapter(reference, tmp_path / "reference")))
     prompts = [p.text for p in build_task(run_config.task).prompts("val", 3)]
-    sampling = SamplingConfig(max_tokens=12)
+    request = GenerationRequest(prompts=prompts, n=2, sampling=SamplingConfig(max_tokens=12), version=version)
 
-    groups = pool.generate(prompts, 2, sampling, version, reference="test/kl-reference")
+    groups = pool.generate(replace(request, reference="test/kl-reference"))
     gap = 0.0
     for sample in (s for g in groups for s in g):
         P, C = sample.prompt_token_ids, sample.token_ids
@@ -307,11 +325,11 @@ def test_samples_carry_their_kl_reference_log_probs(pool, model_dir, run_config,
         gap = max(gap, (torch.tensor(sample.ref_logprobs) - torch.tensor(sample.logprobs)).abs().max().item())
     assert gap > 30 * TOL  # the reference is not the policy: the check could tell them apart
 
-    for sample in (s for g in pool.generate(prompts, 2, sampling, version, reference=BASE_MODEL) for s in g):
+    for sample in (s for g in pool.generate(replace(request, reference=BASE_MODEL)) for s in g):
         with policy.disable_adapter():
             expected = learner_logprobs(policy, sample.prompt_token_ids, sample.token_ids, tok.pad_token_id)
         assert torch.allclose(torch.tensor(sample.ref_logprobs), expected, atol=TOL)
-    assert all(s.ref_logprobs is None for g in pool.generate(prompts[:1], 2, sampling, version) for s in g)
+    assert all(s.ref_logprobs is None for g in pool.generate(replace(request, prompts=prompts[:1])) for s in g)
 
     P = groups[0][0].prompt_token_ids
     full = [
@@ -343,7 +361,11 @@ def test_a_pool_the_runs_of_a_sweep_share_serves_each_run_its_own_weights(ray_cl
             assert ray.get(pool.workers[0].versions.remote()) == []  # nothing of the last run
             model, tok = random_policy(model_dir, run_config, seed)
             pool.publish(1, extract_adapter(model))
-            sample = pool.generate([prompt.text], 1, SamplingConfig(max_tokens=12), version=1, seeds=[7])[0][0]
+            sample = pool.generate(
+                GenerationRequest(
+                    prompts=[prompt.text], n=1, sampling=SamplingConfig(max_tokens=12), version=1, seeds=[7]
+                )
+            )[0][0]
             P, C = sample.prompt_token_ids, sample.token_ids
             learner = learner_logprobs(model, P, C, tok.pad_token_id)
             served.append(torch.tensor(ray.get(pool.workers[0].score.remote(P, C, 1))))

@@ -45,6 +45,7 @@ def test_idle_kill_then_newest_version_and_named_adapter(pool, model_dir, run_co
     and serves it and the evaluation job's named adapter exactly as before."""
     from polyray.config import SamplingConfig
     from polyray.learner.lora import extract_adapter, save_adapter
+    from polyray.rollout.request import GenerationRequest
     from polyray.rollout.sampling import request_seeds
     from polyray.tasks import build_task
 
@@ -58,7 +59,10 @@ def test_idle_kill_then_newest_version_and_named_adapter(pool, model_dir, run_co
     sampling = SamplingConfig(max_tokens=12)
 
     def draw(**kw):
-        return [[s.text for s in g] for g in pool.generate(texts, 3, sampling, seeds=seeds, **kw)]
+        return [
+            [s.text for s in g]
+            for g in pool.generate(GenerationRequest(prompts=texts, n=3, sampling=sampling, seeds=seeds, **kw))
+        ]
 
     before_version, before_named = draw(version=version), draw(adapter_name="run/sft")
     incarnations = pool.incarnations()
@@ -74,6 +78,7 @@ def test_kill_in_flight_retries_under_the_same_version(pool, model_dir, run_conf
     from polyray.config import SamplingConfig
     from polyray.learner.lora import extract_adapter
     from polyray.rollout.pool import wait_restarted
+    from polyray.rollout.request import GenerationRequest
     from polyray.rollout.sampling import request_seeds
     from polyray.tasks import build_task
 
@@ -84,9 +89,10 @@ def test_kill_in_flight_retries_under_the_same_version(pool, model_dir, run_conf
     texts = [p.text for p in build_task(run_config.task).prompts("val", 64)]
     seeds = request_seeds(0, "in-flight", [str(i) for i in range(len(texts))])
     sampling = SamplingConfig(max_tokens=48)
-    expected = [[s.text for s in g] for g in pool.generate(texts, 8, sampling, older, seeds=seeds)]
+    request = GenerationRequest(prompts=texts, n=8, sampling=sampling, version=older, seeds=seeds)
+    expected = [[s.text for s in g] for g in pool.generate(request)]
 
-    pending = pool.submit(texts, 8, sampling, older, seeds=seeds)
+    pending = pool.submit(request)
     time.sleep(0.1)
     ready, _ = ray.wait([future for *_, future in pending.chunks], timeout=0)
     assert not ready, "the generation finished before the kill: give it more work"

@@ -110,27 +110,25 @@ class FixedPool:
     def __init__(self, tokenizer, max_tokens: int = 5, logprob: float = -1.5, version: int = 1):
         self.tokenizer, self.max_tokens, self.logprob, self.version = tokenizer, max_tokens, logprob, version
 
-    def submit(self, prompts: list[str], n: int, sampling, version=None, adapter_name=None, seeds=None, reference=None):
-        return _Done(self.generate(prompts, n, sampling, version, reference=reference))
+    def submit(self, request):
+        return _Done(self.generate(request))
 
-    def generate(
-        self, prompts: list[str], n: int, sampling, version=None, adapter_name=None, seeds=None, reference=None
-    ):
-        if reference is not None:
+    def generate(self, request):
+        if request.reference is not None:
             raise NotImplementedError(
                 "FixedPool scores no KL reference (tests/unit/learner/test_kl_reference.py has one that does)"
             )
         vocab = len(self.tokenizer)
         groups = []
-        for i, text in enumerate(prompts):
+        for i, text in enumerate(request.prompts):
             prompt_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             group = []
-            for j in range(n):
+            for j in range(request.n):
                 rng = random.Random(f"{text}:{j}")
                 length = rng.randint(1, self.max_tokens)  # unequal lengths exercise padding and the aggregations
                 ids = [rng.randrange(vocab) for _ in range(length)]
                 text_out = self.tokenizer.decode(ids)
-                group.append(Sample(i, text_out, prompt_ids, ids, [self.logprob] * length, version or 0, True))
+                group.append(Sample(i, text_out, prompt_ids, ids, [self.logprob] * length, request.version or 0, True))
             groups.append(group)
         return groups
 
@@ -141,19 +139,18 @@ class GeneratePool:
     def __init__(self, model, tokenizer, version: int = 1):
         self.model, self.tokenizer, self.version = model, tokenizer, version
 
-    def submit(self, prompts: list[str], n: int, sampling, version=None, adapter_name=None, seeds=None, reference=None):
-        return _Done(self.generate(prompts, n, sampling, version, reference=reference))
+    def submit(self, request):
+        return _Done(self.generate(request))
 
     @torch.no_grad()
-    def generate(
-        self, prompts: list[str], n: int, sampling, version=None, adapter_name=None, seeds=None, reference=None
-    ):
-        if reference is not None:
+    def generate(self, request):
+        if request.reference is not None:
             raise NotImplementedError("GeneratePool scores no KL reference")
+        n, sampling = request.n, request.sampling
         model = getattr(self.model, "module", self.model)
         device = next(model.parameters()).device
         groups = []
-        for i, text in enumerate(prompts):
+        for i, text in enumerate(request.prompts):
             prompt_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             out = model.generate(
                 input_ids=torch.tensor([prompt_ids] * n, device=device),
@@ -175,7 +172,9 @@ class GeneratePool:
                 if self.tokenizer.eos_token_id in ids:
                     ids = ids[: ids.index(self.tokenizer.eos_token_id) + 1]
                 logprobs = [float(steps[j, t, tok]) for t, tok in enumerate(ids)]
-                group.append(Sample(i, self.tokenizer.decode(ids), prompt_ids, ids, logprobs, version or 0, True))
+                group.append(
+                    Sample(i, self.tokenizer.decode(ids), prompt_ids, ids, logprobs, request.version or 0, True)
+                )
             groups.append(group)
         return groups
 

@@ -15,7 +15,10 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from polyray.rollout.request import GenerationRequest
 
 
 class _Done:
@@ -38,24 +41,24 @@ class StandInPool:
         self.vocab, self.length, self.prompt_tokens, self.seed, self.varied = vocab, length, prompt_tokens, seed, varied
         self.tokens = 0
 
-    def submit(self, prompts: list[str], n: int, sampling, version=None, adapter_name=None, seeds=None, reference=None):
+    def submit(self, request: GenerationRequest):
         from polyray.rollout.worker import Sample
 
-        if reference is not None:
+        if request.reference is not None:
             raise ValueError(
                 "the stand-in pool scores no KL reference: bench learner keeps kl_reference_logprobs 'learner'"
             )
         groups = []
-        for b in range(len(prompts)):
+        for b in range(len(request.prompts)):
             rng = random.Random(f"{self.seed}:{b}")
             low, high = self.prompt_tokens
             prompt = [rng.randrange(3, self.vocab) for _ in range(min(rng.randint(low, high), self.length - 1))]
             group = []
-            for j in range(n):
+            for j in range(request.n):
                 fill = self.length - len(prompt)
                 ids = [rng.randrange(3, self.vocab) for _ in range(rng.randint(1, fill) if self.varied else fill)]
                 group.append(
-                    Sample(b, f"{b}:{j}", prompt, ids, [-math.log(self.vocab)] * len(ids), version or 0, False)
+                    Sample(b, f"{b}:{j}", prompt, ids, [-math.log(self.vocab)] * len(ids), request.version or 0, False)
                 )
             groups.append(group)
         self.tokens = sum(len(s.prompt_token_ids) + len(s.token_ids) for g in groups for s in g)

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from polyray.config import RolloutConfig, SamplingConfig
+from polyray.rollout.request import GenerationRequest
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,10 @@ def pool_throughput(pool, batch: RolloutBatch, version: int, repeats: int = 3) -
     """The batch under the published adapter ``version``."""
 
     def run():
-        return pool.submit(batch.prompts, batch.n, batch.sampling, version, seeds=batch.seeds).result()
+        request = GenerationRequest(
+            prompts=batch.prompts, n=batch.n, sampling=batch.sampling, version=version, seeds=batch.seeds
+        )
+        return pool.submit(request).result()
 
     return _timed(run, lambda groups: [[s.token_ids for s in g] for g in groups], repeats)
 
@@ -255,7 +259,7 @@ def hf_throughput(model_dir: str, dtype: str, batch: RolloutBatch, adapter_dir: 
 def _first_use(pool, version: int | None) -> None:
     """One token with ``version`` on every worker (its first request under a new adapter loads it into the engine)."""
     probe = SamplingConfig(max_tokens=1)
-    pool.submit(["x"] * len(pool.workers), 1, probe, version=version).result()
+    pool.submit(GenerationRequest(prompts=["x"] * len(pool.workers), n=1, sampling=probe, version=version)).result()
 
 
 def _perturb(model, seed: int) -> None:

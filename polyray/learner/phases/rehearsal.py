@@ -26,6 +26,7 @@ from polyray.learner.batch import Sequences
 from polyray.learner.phases.base import Phase
 from polyray.learner.phases.context import StepContext, broadcast_from_rank0
 from polyray.objectives.sft import compute_sft_loss
+from polyray.rollout.request import GenerationRequest
 from polyray.rollout.sampling import request_seeds, task_sampling
 from polyray.tasks.base import Prompt, Task
 
@@ -92,10 +93,15 @@ def build_buffer(
         chunk = prompts[start : start + CHUNK_PROMPTS]
         # the base model, or the named incoming adapter
         version = 0 if name is None else None
-        texts, chunk_seeds = [p.text for p in chunk], seeds[start : start + len(chunk)]
-        groups = pool.generate(
-            texts, cfg.samples_per_prompt, draws, version=version, adapter_name=name, seeds=chunk_seeds
+        request = GenerationRequest(
+            prompts=[p.text for p in chunk],
+            n=cfg.samples_per_prompt,
+            sampling=draws,
+            version=version,
+            adapter_name=name,
+            seeds=seeds[start : start + len(chunk)],
         )
+        groups = pool.generate(request)
         rewards = reward_fn(chunk, [[s.text for s in g] for g in groups])
         for prompt, group, row in zip(chunk, groups, rewards.tolist()):
             buffer.drawn += len(group)

@@ -9,6 +9,7 @@ from typing import Any
 
 from polyray.learner.phases.base import Phase
 from polyray.rollout.prefetch import RolloutPrefetch
+from polyray.rollout.request import GenerationRequest
 from polyray.rollout.sampling import request_seeds, task_sampling
 from polyray.tasks.base import Prompt, Task
 
@@ -64,12 +65,13 @@ class SamplingPhase(Phase):
         rng = random.Random(f"{self.rollout_draw}:{self.ctx.seed}:{step}")
         prompts = rng.sample(self.prompts, min(self.cfg.prompts_per_step, len(self.prompts)))
         seeds = request_seeds(self.ctx.seed, f"{self.rollout_draw}:{step}", [str(i) for i in range(len(prompts))])
-        pending = self.pool.submit(
-            [p.text for p in prompts],
-            self.samples_per_prompt,
-            self.sampling,
-            version,
+        request = GenerationRequest(
+            prompts=[p.text for p in prompts],
+            n=self.samples_per_prompt,
+            sampling=self.sampling,
+            version=version,
             seeds=seeds,
             reference=self.rollout_reference,
         )
+        pending = self.pool.submit(request)
         return prompts, pending

@@ -17,10 +17,16 @@ import json
 
 import pytest
 
+from polyray.config import SamplingConfig
 from polyray.drivers.bench.learner import BenchShape, StepCase, build_bench_model, estimate, learner_ratios
 from polyray.drivers.bench.learner_step import StandInPool, measure_step
+from polyray.rollout.request import GenerationRequest
 
 TOY = BenchShape(layers=1, hidden=64, intermediate=128, heads=2, kv_heads=1, head_dim=32, vocab=512)
+
+
+def _request(prompts: list[str], n: int) -> GenerationRequest:
+    return GenerationRequest(prompts=prompts, n=n, sampling=SamplingConfig())
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +35,8 @@ def toy_model(tmp_path_factory):
 
 
 def test_stand_in_pool_fills_each_sequence_to_its_length():
-    groups = StandInPool(vocab=512, length=40, prompt_tokens=(8, 16)).submit(["a", "b"], 3, None).result()
-    again = StandInPool(vocab=512, length=40, prompt_tokens=(8, 16)).submit(["x", "y"], 3, None).result()
+    groups = StandInPool(vocab=512, length=40, prompt_tokens=(8, 16)).submit(_request(["a", "b"], 3)).result()
+    again = StandInPool(vocab=512, length=40, prompt_tokens=(8, 16)).submit(_request(["x", "y"], 3)).result()
     assert [[s.token_ids for s in g] for g in groups] == [[s.token_ids for s in g] for g in again]
     for group in groups:
         assert len({tuple(s.prompt_token_ids) for s in group}) == 1  # a group shares its prompt
@@ -41,7 +47,7 @@ def test_stand_in_pool_fills_each_sequence_to_its_length():
 
 def test_stand_in_pool_varies_the_lengths_and_counts_the_tokens():
     pool = StandInPool(vocab=512, length=40, prompt_tokens=(8, 16), varied=True)
-    groups = pool.submit(["a", "b", "c"], 4, None).result()
+    groups = pool.submit(_request(["a", "b", "c"], 4)).result()
     lengths = [len(s.token_ids) for g in groups for s in g]
     assert len(set(lengths)) > 3 and all(
         1 <= n and len(s.prompt_token_ids) + n <= 40 for g in groups for s, n in zip(g, (len(s.token_ids) for s in g))

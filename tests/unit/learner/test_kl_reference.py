@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -127,11 +129,11 @@ class ScoringPool(FixedPool):
     def add_named_adapter(self, name, path):
         self.named[name] = str(path)
 
-    def submit(self, prompts, n, sampling, version=None, adapter_name=None, seeds=None, reference=None):
+    def submit(self, request):
         from support.phase_harness import _Done
 
-        self.references.append(reference)
-        groups = self.generate(prompts, n, sampling, version)
+        self.references.append(request.reference)
+        groups = self.generate(replace(request, reference=None))
         for i, sample in enumerate(s for g in groups for s in g):
             if i not in self.missing:
                 sample.ref_logprobs = [x + self.shift for x in self.scorer(sample.prompt_token_ids, sample.token_ids)]

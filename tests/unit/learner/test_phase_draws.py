@@ -18,9 +18,9 @@ class RecordingPool(FixedPool):
         super().__init__(tokenizer)
         self.calls = []
 
-    def submit(self, prompts, n, sampling, version=None, adapter_name=None, seeds=None, reference=None):
-        self.calls.append((list(prompts), list(seeds)))
-        return super().submit(prompts, n, sampling, version, adapter_name, seeds, reference)
+    def submit(self, request):
+        self.calls.append((list(request.prompts), list(request.seeds)))
+        return super().submit(request)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import torch
 from support.phase_harness import TASK, FixedPool, build_policy, lora_grads, make_phase, text_reward, tiny_model_dir
 from polyray.config import ExpertIterationPhaseConfig, GRPOPhaseConfig
 from polyray.learner.phases.rehearsal import SampleBuffer
+from polyray.rollout.request import GenerationRequest
 from polyray.tasks import build_task
 
 SOURCE = "/adapters/sft"  # the incoming adapter as the workers would load it
@@ -33,9 +34,16 @@ class RecordingPool(FixedPool):
     def add_named_adapter(self, name: str, path: str) -> None:
         self.named[name] = path
 
-    def generate(self, prompts, n, sampling, version=None, adapter_name=None, seeds=None, reference=None):
-        self.calls.append({"n": n, "temperature": sampling.temperature, "adapter": adapter_name, "seeds": seeds})
-        return super().generate(prompts, n, sampling, version, adapter_name, seeds, reference)
+    def generate(self, request):
+        self.calls.append(
+            {
+                "n": request.n,
+                "temperature": request.sampling.temperature,
+                "adapter": request.adapter_name,
+                "seeds": request.seeds,
+            }
+        )
+        return super().generate(request)
 
 
 def _grpo(rehearsal: dict | None) -> GRPOPhaseConfig:
@@ -67,7 +75,8 @@ def test_the_buffer_holds_exactly_the_correct_samples_of_the_incoming_adapters_d
     # every draw again, independently: the correct ones (text_reward 1) are the buffer, nothing else
     prompts = build_task(TASK).prompts("train", TASK.n_train)
     expected: dict[str, list] = {}
-    for prompt, group in zip(prompts, FixedPool(tokenizer).generate([p.text for p in prompts], 4, cfg.sampling)):
+    request = GenerationRequest(prompts=[p.text for p in prompts], n=4, sampling=cfg.sampling)
+    for prompt, group in zip(prompts, FixedPool(tokenizer).generate(request)):
         rewards = text_reward([prompt], [[s.text for s in group]])[0]
         kept = [(s.prompt_token_ids, s.token_ids) for s, r in zip(group, rewards) if r >= 1.0]
         if kept:
@@ -168,8 +177,8 @@ def test_rehearsal_config_checks_its_fields():
 class TruncatingPool(RecordingPool):
     """Every second sample of a prompt ends at max_tokens rather than on its own."""
 
-    def generate(self, prompts, n, sampling, version=None, adapter_name=None, seeds=None, reference=None):
-        groups = super().generate(prompts, n, sampling, version, adapter_name, seeds, reference)
+    def generate(self, request):
+        groups = super().generate(request)
         for group in groups:
             for j, sample in enumerate(group):
                 sample.finished = j % 2 == 0
@@ -184,11 +193,9 @@ def test_a_sample_cut_off_at_max_tokens_stays_out_of_the_buffer(model_dir):
     assert 0 < len(cut) < len(full)
     pool = TruncatingPool(tokenizer)
     prompts = build_task(TASK).prompts("train", TASK.n_train)
+    request = GenerationRequest(prompts=[p.text for p in prompts], n=4, sampling=cfg.sampling)
     finished = {
-        (tuple(s.prompt_token_ids), tuple(s.token_ids))
-        for g in pool.generate([p.text for p in prompts], 4, cfg.sampling)
-        for s in g
-        if s.finished
+        (tuple(s.prompt_token_ids), tuple(s.token_ids)) for g in pool.generate(request) for s in g if s.finished
     }
     assert all((tuple(p), tuple(c)) in finished for v in cut.samples.values() for p, c in v)
 
