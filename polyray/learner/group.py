@@ -127,10 +127,10 @@ class LearnerRank:
         """Rank ``rank`` of ``world`` through one attempt at ``job``'s phase; rank 0's last reported metrics."""
         import torch.distributed as dist
 
-        from polyray.learner.loop import run_worker
+        from polyray.learner.loop import run_rank
 
         device_index = None
-        if job.run.learner.use_gpu:
+        if job.learner.use_gpu:
             import os
 
             import ray
@@ -139,18 +139,18 @@ class LearnerRank:
             device_index = rank_device(ray.get_gpu_ids(), os.environ.get("CUDA_VISIBLE_DEVICES"))
             # before the group forms: NCCL binds each rank to its current device
             torch.cuda.set_device(device_index)
-        backend = "nccl" if job.run.learner.use_gpu else "gloo"
+        backend = "nccl" if job.learner.use_gpu else "gloo"
         timeout = datetime.timedelta(seconds=PROCESS_GROUP_TIMEOUT_S)
         dist.init_process_group(backend, init_method=address, rank=rank, world_size=world, timeout=timeout)
         session = KeptSession(
             rank, world, storage_path, job.phase.name, resume=job.recovered_checkpoint, device_index=device_index
         )
         try:
-            run_worker(job, session)
+            run_rank(job, session)
         finally:
             dist.destroy_process_group()
             # the next phase plans on a clean process
-            _release_memory(job.run.learner.use_gpu)
+            _release_memory(job.learner.use_gpu)
         return session.last_metrics
 
 
@@ -340,7 +340,7 @@ class LearnerGroup:
         from polyray.learner.checkpoints import newest_whole_checkpoint
         from polyray.storage import Storage
 
-        world = job.run.phase_workers(job.phase_index)
+        world = job.workers
         failures = 0
         while True:
             found = newest_whole_checkpoint(Storage(storage_path), job.phase.name)
@@ -362,7 +362,7 @@ class LearnerGroup:
             except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as exc:
                 # a peer may wait in a collective for the rank that failed
                 self.close()
-                if self.cancelled or failures >= job.run.learner.max_failures:
+                if self.cancelled or failures >= job.learner.max_failures:
                     raise _cause(exc) from None
                 failures += 1
                 _say_restart(job, failures, exc)
@@ -437,5 +437,5 @@ def _say_restart(job: LearnerJob, failures: int, exc: BaseException) -> None:
     line = str(_cause(exc)).strip().splitlines()
     warn(
         f"learner: phase {job.phase.name!r} failed ({line[-1] if line else type(exc).__name__}); restart"
-        f" {failures} of {job.run.learner.max_failures} (learner.max_failures) from its newest checkpoint"
+        f" {failures} of {job.learner.max_failures} (learner.max_failures) from its newest checkpoint"
     )

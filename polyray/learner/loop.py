@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from polyray.config import RunConfig, phase_reward
+from polyray.config import LearnerConfig
 from polyray.learner.checkpoints import STATE_FILE, seal
-from polyray.learner.job import LearnerJob
+from polyray.learner.job import LearnerJob, NodeInputs
 from polyray.learner.logs import STEP_LOGS, LogFiles, StepLogs
 
 
@@ -201,52 +201,46 @@ def _setup_model(job: LearnerJob, *, model_dir: str, init_adapter: str | None, s
     from polyray.learner.phases import phase_class
     from polyray.learner.schedule import build_scheduler, restore_scheduler
 
-    run, phase_cfg = job.run, job.phase
+    phase_cfg, learner = job.phase, job.learner
     # identical LoRA init on every rank
-    torch.manual_seed(run.seed)
+    torch.manual_seed(job.seed)
     model, tokenizer = build_peft_model(
         model_dir,
-        run.learner.lora,
-        dtype=run.model.dtype,
+        learner.lora,
+        dtype=job.model.dtype,
         adapter_dir=start.adapter_dir,
-        gradient_checkpointing=run.learner.gradient_checkpointing,
+        gradient_checkpointing=learner.gradient_checkpointing,
     )
     # The KL reference is the phase's *incoming* adapter, also when resuming from a checkpoint.
     reference_dir = phase_class(phase_cfg).reference_adapter_dir(phase_cfg, init_adapter)
     reference = add_reference_adapter(model, reference_dir) if reference_dir else None
     model = session.prepare_model(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(params, phase_cfg.lr, run.learner.weight_decay)
+    optimizer = build_optimizer(params, phase_cfg.lr, learner.weight_decay)
     # sets the optimizer's lr to step 0's
     scheduler = build_scheduler(optimizer, phase_cfg)
     if start.checkpoint_dir is not None:
         # on the CPU first: load_state_dict moves each state to its parameter's device, wherever it was saved
         optimizer.load_state_dict(torch.load(Path(start.checkpoint_dir) / OPTIMIZER_FILE, map_location="cpu"))
         restore_scheduler(scheduler, start.checkpoint_dir, start.step)
-    torch.manual_seed(run.seed + 1000 * session.rank + start.step)
+    torch.manual_seed(job.seed + 1000 * session.rank + start.step)
     return model, tokenizer, reference, params, optimizer, scheduler
 
 
 def _setup_phase(
-    job: LearnerJob, *, model_dir: str, model, tokenizer, reference, session: TrainSession, logs: StepLogs
+    job: LearnerJob, *, node: NodeInputs, model, tokenizer, reference, session: TrainSession, logs: StepLogs
 ):
-    """(phase, task): the phase object with its step context; the reward function and rollout log on rank 0."""
+    """The phase object with its step context (the reward function and rollout log on rank 0)."""
     from polyray.learner.phases import RolloutLog, StepContext, phase_class
     from polyray.models.batching import prompt_sharing_blocker
-    from polyray.models.source import format_for_model
-    from polyray.reward.service import build_reward_fn
-    from polyray.tasks import build_task
 
-    run, phase_cfg, rank = job.run, job.phase, session.rank
+    phase_cfg, learner, rank = job.phase, job.learner, session.rank
     phase_type = phase_class(phase_cfg)
-    task = format_for_model(build_task(run.task), run.model, model_dir)
-    uses_rewards = rank == 0 and phase_type.uses_rewards
-    reward_fn = build_reward_fn(phase_reward(run, phase_cfg), task, run=run.name) if uses_rewards else None
     rollout_log = None
-    if rank == 0 and run.learner.log_rollouts:
-        rollout_log = RolloutLog(logs, phase_cfg.name, task)
+    if rank == 0 and learner.log_rollouts:
+        rollout_log = RolloutLog(logs, phase_cfg.name, node.task)
     # (its layers drop the cache)
-    share_prompts = run.learner.share_prompts and not run.learner.gradient_checkpointing
+    share_prompts = learner.share_prompts and not learner.gradient_checkpointing
     blocker = prompt_sharing_blocker(model) if share_prompts else None
     # whole sequences: the same step, more tokens
     if blocker is not None:
@@ -259,18 +253,18 @@ def _setup_phase(
         tokenizer=tokenizer,
         rank=rank,
         world=session.world,
-        seed=run.seed,
-        reward_fn=reward_fn,
+        seed=job.seed,
+        reward_fn=node.reward_fn,
         reference_adapter=reference,
         rollout_log=rollout_log,
-        micro_batch_tokens=run.learner.micro_batch_tokens,
-        logits_chunk_mib=run.learner.logits_chunk_mib,
+        micro_batch_tokens=learner.micro_batch_tokens,
+        logits_chunk_mib=learner.logits_chunk_mib,
         share_prompts=share_prompts,
-        pack_samples=run.learner.pack_samples,
+        pack_samples=learner.pack_samples,
         reference_source=phase_type.reference_adapter_dir(phase_cfg, job.init_adapter),
         init_source=job.init_adapter,
     )
-    return phase_type(phase_cfg, task=task, n_train=run.task.n_train, ctx=ctx, pool=job.pool), task
+    return phase_type(phase_cfg, task=node.task, n_train=job.task.n_train, ctx=ctx, pool=job.pool)
 
 
 def _sync_canary(job: LearnerJob, *, task, tokenizer, rank: int):
@@ -279,17 +273,17 @@ def _sync_canary(job: LearnerJob, *, task, tokenizer, rank: int):
     from polyray.learner.phases import encode_references
     from polyray.learner.sync import SyncCanary
 
-    run, phase_cfg, pool = job.run, job.phase, job.pool
-    if pool is None or rank != 0 or not run.learner.sync_check_every:
+    phase_cfg, every = job.phase, job.learner.sync_check_every
+    if job.pool is None or rank != 0 or not every:
         return None
     probe = task.prompts("val", 1)[0]
     sampling = getattr(phase_cfg, "sampling", None)
     return SyncCanary(
-        run.learner.sync_check_every,
+        every,
         encode_references([probe], tokenizer)[0],
         tokenizer.pad_token_id,
         # the gap the kernels leave is the coarser side's: a bfloat16 engine beside a float32 learner too
-        dtype="bfloat16" if "bfloat16" in (run.model.dtype, run.engine_dtype) else "float32",
+        dtype="bfloat16" if "bfloat16" in (job.model.dtype, job.engine_dtype) else "float32",
         temperature=sampling.temperature if sampling else 1.0,
     )
 
@@ -335,30 +329,34 @@ def _checkpoint(
 def train_loop_per_worker(config: dict[str, LearnerJob]) -> None:
     """The ``TorchTrainer``'s worker function (Ray Train hands each rank its ``train_loop_config``)."""
     job = config["job"]
-    run_worker(job, RayTrainSession(job.recovered_checkpoint))
+    run_rank(job, RayTrainSession(job.recovered_checkpoint))
 
 
-def run_worker(job: LearnerJob, session: TrainSession) -> None:
-    """One learner rank's attempt at a phase (module docstring), from its latest checkpoint if any."""
+def run_rank(job: LearnerJob, session: TrainSession) -> None:
+    """:func:`run_worker` on ``job`` as this rank's node sees it."""
+    run_worker(job, job.on_node(session.rank), session)
+
+
+def run_worker(job: LearnerJob, node: NodeInputs, session: TrainSession) -> None:
+    """One learner rank's attempt at a phase (module docstring), from its latest checkpoint if any; ``node``:
+    what this rank made of ``job`` on its node (:meth:`LearnerJob.on_node`)."""
     from polyray.learner.publish import AdapterPublisher
 
-    run, phase_cfg, pool = job.run, job.phase, job.pool
-    # on this node
-    model_dir, init_adapter = job.local_model_dir(), job.local_init_adapter()
+    phase_cfg, learner, pool = job.phase, job.learner, job.pool
     # rank 0's step logs: through the driver's actor, or (a worker run without one) into the run directory
     logs = job.logs or StepLogs(LogFiles(job.output_dir))
     rank = session.rank
-    _set_up_device(run)
+    _set_up_device(learner)
     # read whole by the set-up
     with session.latest_checkpoint() as resume_dir:
-        start = _resume_state(job, init_adapter, resume_dir)
+        start = _resume_state(job, node.init_adapter, resume_dir)
         model, tokenizer, reference, params, optimizer, scheduler = _setup_model(
-            job, model_dir=model_dir, init_adapter=init_adapter, start=start, session=session
+            job, model_dir=node.model_dir, init_adapter=node.init_adapter, start=start, session=session
         )
-    phase, task = _setup_phase(
-        job, model_dir=model_dir, model=model, tokenizer=tokenizer, reference=reference, session=session, logs=logs
+    phase = _setup_phase(
+        job, node=node, model=model, tokenizer=tokenizer, reference=reference, session=session, logs=logs
     )
-    canary = _sync_canary(job, task=task, tokenizer=tokenizer, rank=rank)
+    canary = _sync_canary(job, task=node.task, tokenizer=tokenizer, rank=rank)
     publisher = AdapterPublisher(pool, phase_cfg.name, phase.ctx, canary)
     publisher.start(
         start.version,
@@ -371,7 +369,7 @@ def run_worker(job: LearnerJob, session: TrainSession) -> None:
     # a restarted attempt: the rows a lost one wrote past this start are superseded
     if rank == 0:
         _mark_superseded(logs, phase_cfg.name, start.step)
-    telemetry = session.telemetry(run.name, phase_cfg.name) if rank == 0 else None
+    telemetry = session.telemetry(job.run_name, phase_cfg.name) if rank == 0 else None
     # The driver's diversity-dynamics probe (polyray.eval.dynamics): every rank publishes when it is
     # due (versions stay equal across ranks); rank 0 measures.
     dynamics = job.dynamics
@@ -385,7 +383,7 @@ def run_worker(job: LearnerJob, session: TrainSession) -> None:
         # the LR this step trains at
         lr = scheduler.get_last_lr()[0]
         metrics, grad_norm = _train_step(
-            model, phase, optimizer, params=params, grad_clip=run.learner.grad_clip, step=step, version=version
+            model, phase, optimizer, params=params, grad_clip=learner.grad_clip, step=step, version=version
         )
         # once per optimizer step: the next step's LR
         scheduler.step()
@@ -393,7 +391,7 @@ def run_worker(job: LearnerJob, session: TrainSession) -> None:
         measure = dynamics is not None and dynamics.due(step + 1, last)
         # one step ahead, the workers' loads finish behind the next step; the phase's last publish and one
         # the dynamics probe samples next are complete before the step ends
-        wait = not (phase.samples_ahead and run.learner.publish_behind_step) or last or measure
+        wait = not (phase.samples_ahead and learner.publish_behind_step) or last or measure
         sync_s = publisher.publish(step + 1, wait) if phase.publishes_every_step or last or measure else 0.0
         # rollout + update + the publish's time on the step's path; dynamics excluded
         step_s = time.perf_counter() - t0
@@ -430,13 +428,13 @@ def run_worker(job: LearnerJob, session: TrainSession) -> None:
         _save_final_adapter(model, job.output_dir, phase=phase_cfg.name, version=publisher.version, shared=job.storage)
 
 
-def _set_up_device(run: RunConfig) -> None:
+def _set_up_device(learner: LearnerConfig) -> None:
     """The rank's CPU threads, and on a GPU the allocator's expandable segments (before the model loads:
     the memory plan's GPU runtime term assumes them, :mod:`polyray.learner.memory`)."""
     import torch
 
-    torch.set_num_threads(run.learner.threads)
-    if run.learner.use_gpu:
+    torch.set_num_threads(learner.threads)
+    if learner.use_gpu:
         from polyray.learner.memory import expandable_cuda_segments
 
         expandable_cuda_segments()

@@ -70,9 +70,9 @@ def run_phase(
     storage_path = shared.location("checkpoints") if shared else str((output_dir / "checkpoints").resolve())
     # Ray Train's record of the checkpoints, if unreadable (kept ranks find their newest whole one themselves)
     recovered = recover_run_dir(storage_path, phase.name) if group is None else None
-    job = LearnerJob(
-        run=run,
-        phase_index=phase_index,
+    job = LearnerJob.for_phase(
+        run,
+        phase_index,
         model_dir=str(model_dir) if isinstance(model_dir, Path) else model_dir,
         # (None: the final adapter goes to storage)
         output_dir=str(output_dir) if shared is None else None,
@@ -85,7 +85,7 @@ def run_phase(
         recovered_checkpoint=recovered.location if recovered else None,
     )
     try:
-        fit = _trainer(job, storage_path).fit if group is None else lambda: group.fit(job, storage_path)
+        fit = _trainer(run, job, storage_path).fit if group is None else lambda: group.fit(job, storage_path)
         result = _fit_with_progress(fit, lambda: logs.latest(phase.name) or {}, phase.steps, on_progress)
     except BaseException as exc:
         raise _unplaced_learner(exc, run, phase_index) or exc
@@ -110,20 +110,19 @@ def _set_train_env(run: RunConfig) -> None:
     os.environ[TRAIN_START_TIMEOUT_ENV] = str(run.cluster.resource_wait_s)
 
 
-def _trainer(job: LearnerJob, storage_path: str):
+def _trainer(run: RunConfig, job: LearnerJob, storage_path: str):
     """The phase's ``TorchTrainer``: one rank per learner worker, restarted from the latest checkpoint
     after a failure, up to ``learner.max_failures`` times."""
     from ray.train import FailureConfig, ScalingConfig
     from ray.train import RunConfig as TrainRunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    run = job.run
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job},
         torch_config=TorchConfig(backend="nccl" if run.learner.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
-            num_workers=run.phase_workers(job.phase_index),
+            num_workers=job.workers,
             use_gpu=run.learner.use_gpu,
             resources_per_worker={"CPU": run.learner.cpus_per_worker, **run.cluster.worker_resources},
         ),

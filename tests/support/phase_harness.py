@@ -484,7 +484,7 @@ def run_sft_then_grpo(model_dir: Path, out: Path, device: str = "cpu", dtype: st
     checks need: the run config, the output dir, the GRPO checkpoint storage."""
     from polyray.config import RunConfig
     from polyray.learner.job import LearnerJob
-    from polyray.learner.loop import run_worker
+    from polyray.learner.loop import run_rank
 
     run = RunConfig(
         model={"dtype": dtype},
@@ -513,15 +513,15 @@ def run_sft_then_grpo(model_dir: Path, out: Path, device: str = "cpu", dtype: st
             },
         ],
     )
-    run_worker(
-        LearnerJob(run=run, phase_index=0, model_dir=str(model_dir), output_dir=str(out)),
+    run_rank(
+        LearnerJob.for_phase(run, 0, model_dir=str(model_dir), output_dir=str(out)),
         LocalSession(out / "checkpoints" / "sft", device),
     )
     sft = out / "adapters" / "sft"
     pool = AdapterPool(model_dir, str(sft), version=1, device=device)
-    grpo = LearnerJob(
-        run=run,
-        phase_index=1,
+    grpo = LearnerJob.for_phase(
+        run,
+        1,
         model_dir=str(model_dir),
         output_dir=str(out),
         pool=pool,
@@ -530,12 +530,12 @@ def run_sft_then_grpo(model_dir: Path, out: Path, device: str = "cpu", dtype: st
     )
     storage = out / "checkpoints" / "grpo"
     try:
-        run_worker(grpo, LocalSession(storage, device, fail_at=4))
+        run_rank(grpo, LocalSession(storage, device, fail_at=4))
     except RuntimeError as exc:
         assert "killed at its step-4 checkpoint" in str(exc)
     else:
         raise AssertionError("the first GRPO attempt should have died")
-    run_worker(grpo, LocalSession(storage, device))
+    run_rank(grpo, LocalSession(storage, device))
     return {"run": run, "out": out, "storage": storage, "pool": pool}
 
 
@@ -575,7 +575,7 @@ def sft_rank(rank: int, world: int, port: int, model_dir: str, out: str, device:
 
     from polyray.config import RunConfig
     from polyray.learner.job import LearnerJob
-    from polyray.learner.loop import run_worker
+    from polyray.learner.loop import run_rank
 
     torch.set_num_threads(1)
     if device == "cuda":
@@ -595,7 +595,7 @@ def sft_rank(rank: int, world: int, port: int, model_dir: str, out: str, device:
     )
     session = LocalSession(Path(out) / "checkpoints" / "sft", device, rank=rank, world=world, port=port)
     try:
-        run_worker(LearnerJob(run=run, phase_index=0, model_dir=model_dir, output_dir=out), session)
+        run_rank(LearnerJob.for_phase(run, 0, model_dir=model_dir, output_dir=out), session)
         weights = {n: p.detach().cpu() for n, p in session.model.module.named_parameters() if p.requires_grad}
         torch.save(weights, Path(out) / f"rank-{rank}.pt")
     finally:

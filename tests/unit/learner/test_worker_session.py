@@ -36,7 +36,7 @@ def test_an_attempt_resumed_at_the_phase_end_hands_over_its_checkpoints_version(
     from support.phase_harness import TASK, AdapterPool, LocalSession
     from polyray.config import RunConfig
     from polyray.learner.job import LearnerJob
-    from polyray.learner.loop import run_worker
+    from polyray.learner.loop import run_rank
 
     torch.set_num_threads(1)
     model_dir = tiny_model_dir(tmp_path)
@@ -57,15 +57,15 @@ def test_an_attempt_resumed_at_the_phase_end_hands_over_its_checkpoints_version(
     )
     out, storage = tmp_path / "run", tmp_path / "run" / "checkpoints" / "grpo"
     pool = AdapterPool(model_dir, None, version=0)
-    config = LearnerJob(run=run, phase_index=0, model_dir=str(model_dir), output_dir=str(out), pool=pool)
+    config = LearnerJob.for_phase(run, 0, model_dir=str(model_dir), output_dir=str(out), pool=pool)
     try:
         with pytest.raises(RuntimeError, match="killed after its step-2 checkpoint"):
-            run_worker(config, LocalSession(storage, die_after=2))
+            run_rank(config, LocalSession(storage, die_after=2))
         assert not (out / "adapters" / "grpo").exists()
         checkpoint = json.loads((storage / "step-2" / "state.json").read_text())
         published = pool.version
         assert checkpoint["step"] == 2 and checkpoint["version"] == published  # the last step's publish
-        run_worker(config, LocalSession(storage))
+        run_rank(config, LocalSession(storage))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
