@@ -65,7 +65,7 @@ class Sample:
     version: int
     # ended on EOS/stop rather than max_tokens
     finished: bool
-    # log pi_ref of each sampled token when the request named a KL reference (RolloutWorker.generate);
+    # log pi_ref of each sampled token when the request named a KL reference (GenerationRequest.reference);
     # None: not asked, or the sequence fills the model length (vLLM cannot score it as a prompt)
     ref_logprobs: list[float] | None = None
 
@@ -397,7 +397,13 @@ class RolloutWorker:
                 logprobs = [step[tok].logprob for step, tok in zip(comp.logprobs, token_ids)]
                 group.append(
                     Sample(
-                        index, text, list(out.prompt_token_ids), token_ids, logprobs, used, comp.finish_reason == "stop"
+                        prompt_index=index,
+                        text=text,
+                        prompt_token_ids=list(out.prompt_token_ids),
+                        token_ids=token_ids,
+                        logprobs=logprobs,
+                        version=used,
+                        finished=comp.finish_reason == "stop",
                     )
                 )
             groups.append(group)

@@ -57,8 +57,17 @@ class StandInPool:
             for j in range(request.n):
                 fill = self.length - len(prompt)
                 ids = [rng.randrange(3, self.vocab) for _ in range(rng.randint(1, fill) if self.varied else fill)]
+                uniform = [-math.log(self.vocab)] * len(ids)
                 group.append(
-                    Sample(b, f"{b}:{j}", prompt, ids, [-math.log(self.vocab)] * len(ids), request.version or 0, False)
+                    Sample(
+                        prompt_index=b,
+                        text=f"{b}:{j}",
+                        prompt_token_ids=prompt,
+                        token_ids=ids,
+                        logprobs=uniform,
+                        version=request.version or 0,
+                        finished=False,
+                    )
                 )
             groups.append(group)
         self.tokens = sum(len(s.prompt_token_ids) + len(s.token_ids) for g in groups for s in g)
