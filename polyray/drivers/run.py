@@ -436,6 +436,7 @@ def stop_services(state: RunState) -> None:
 def launch_pool(state: RunState, store) -> float:
     """The rollout pool in ``state.pool``, its engines starting (ready once :func:`wait_for_pool` returns);
     returns the seconds spent here."""
+    from polyray.drivers.warm import launch_run_pool
     from polyray.rollout.pool import RolloutPool
 
     run, start = state.run, time.perf_counter()
@@ -450,17 +451,7 @@ def launch_pool(state: RunState, store) -> float:
         state.pool.start_run(store, run.name)
         return time.perf_counter() - start
     with console.status(f"starting {run.rollout.num_workers} vLLM rollout worker(s)"):
-        state.pool = RolloutPool.launch(
-            state.model_ref,
-            run.rollout,
-            dtype=run.engine_dtype,
-            run_seed=run.seed,
-            store=store,
-            run=run.name,
-            resources=run.cluster.worker_resources,
-            wait=False,
-            resource_wait_s=run.cluster.resource_wait_s,
-        )
+        state.pool = launch_run_pool(run, state.model_ref, store)
     return time.perf_counter() - start
 
 

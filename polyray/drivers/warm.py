@@ -67,6 +67,24 @@ class WarmComponents:
             ray.kill(worker)
 
 
+def launch_run_pool(run: RunConfig, model_ref, store: str):
+    """``run``'s rollout pool on the model ``model_ref`` (a path, or its reference in ``cluster.storage``) with
+    adapter store ``store``, its engines starting (not waited for)."""
+    from polyray.rollout.pool import RolloutPool
+
+    return RolloutPool.launch(
+        model_ref,
+        run.rollout,
+        dtype=run.engine_dtype,
+        run_seed=run.seed,
+        store=store,
+        run=run.name,
+        resources=run.cluster.worker_resources,
+        wait=False,
+        resource_wait_s=run.cluster.resource_wait_s,
+    )
+
+
 def start_warm(configs: list[RunConfig], concurrent: int) -> WarmComponents | None:
     """The components the trials of ``configs`` (one config per base run) may share, started and ready; None
     when trials run concurrently; without the pool when their rollout settings differ or one sets
@@ -75,7 +93,6 @@ def start_warm(configs: list[RunConfig], concurrent: int) -> WarmComponents | No
 
     from polyray.learner.group import RankKeeper, rank_options
     from polyray.models.source import prepare_model_dir
-    from polyray.rollout.pool import RolloutPool
     from polyray.storage import share_model
 
     if concurrent != 1 or not configs:
@@ -87,17 +104,7 @@ def start_warm(configs: list[RunConfig], concurrent: int) -> WarmComponents | No
     workers: list[Any] = []
     pool = None
     if len(keys) == 1 and all(run.rollout.share_across_trials for run in configs):
-        pool = RolloutPool.launch(
-            model_ref,
-            first.rollout,
-            dtype=first.engine_dtype,
-            run_seed=first.seed,
-            store=store_name,
-            run=first.name,
-            resources=first.cluster.worker_resources,
-            wait=False,
-            resource_wait_s=first.cluster.resource_wait_s,
-        )
+        pool = launch_run_pool(first, model_ref, store_name)
     keeper = None
     if all(run.learner.keep_ranks for run in configs):
         keeper = ray.remote(RankKeeper).options(num_cpus=0, scheduling_strategy="DEFAULT").remote()

@@ -45,14 +45,8 @@ def test_dpo_trains_end_to_end_from_its_reference(tmp_path, model_dir):
     assert all(math.isfinite(r["loss"]) and 0 <= r["accuracy"] <= 1 for r in dpo if r["pairs"])
     assert (out / "adapters" / "dpo" / "adapter_config.json").is_file()
 
-    check = subprocess.run(
-        [sys.executable, "-m", "polyray.cli", "check", "configs/quickstart.yaml", *sets],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    check_cmd = [sys.executable, "-m", "polyray.cli", "check", "configs/quickstart.yaml", *sets]
+    check = subprocess.run(check_cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert check.returncode == 0, check.stderr[-3000:]
     shown = " ".join((check.stdout + check.stderr).split())
     assert "1 dpo [dpo]: 4 steps, 8 prompts x 4 samples per step, the best and the worst of each paired" in shown
