@@ -46,6 +46,8 @@ class RunResults:
     timings_s: dict[str, float] = field(default_factory=dict)
     model_dir: str | None = None
     quality_judge: dict[str, Any] | None = None
+    # what the numbers depend on beyond the config (polyray.fingerprint)
+    fingerprint: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -56,7 +58,17 @@ class RunResults:
             key: {k: EvalRecord.from_json(r) for k, r in (data.pop(key, None) or {}).items()}
             for key in ("phases", "test")
         }
-        known = {"name", "eval_split", "versions", "stages", "resumed", "timings_s", "model_dir", "quality_judge"}
+        known = {
+            "name",
+            "eval_split",
+            "versions",
+            "stages",
+            "resumed",
+            "timings_s",
+            "model_dir",
+            "quality_judge",
+            "fingerprint",
+        }
         fields_ = {k: data.pop(k) for k in known & set(data)}
         return cls(evaluations=records["phases"], test=records["test"], **fields_, extra=data)
 
@@ -75,6 +87,7 @@ class RunResults:
             "timings_s": self.timings_s,
             "model_dir": self.model_dir,
             "quality_judge": self.quality_judge,
+            "fingerprint": self.fingerprint,
         }
         out.update({k: v for k, v in optional.items() if v})
         return {**self.extra, **out}

@@ -34,6 +34,8 @@ from polyray.drivers.preflight import check_inputs, plan_memory, worker_config
 from polyray.drivers.results import SPLIT_NAMES, RunResults, open_run_dir, results_table, write_results
 from polyray.eval.policy_eval import build_eval_task
 from polyray.eval.record import EvalRecord
+from polyray.fingerprint import describe as describe_fingerprint
+from polyray.fingerprint import run_fingerprint, same_numbers
 from polyray.io import Timer, console, make_progress, warn
 from polyray.learner.logs import StepLogs
 from polyray.models.source import prepare_model_dir
@@ -350,8 +352,20 @@ def prepare_inputs(state: RunState, engagement: list) -> None:
             highlight=False,
         )
     state.eval_prompts = state.task.prompts(run.eval.split)
+    record_fingerprint(state)
     with state.timer("inputs_to_storage") if run.cluster.storage else contextlib.nullcontext():
         state.worker_run = worker_config(run)
+
+
+def record_fingerprint(state: RunState) -> None:
+    """Print the run's fingerprint (:mod:`polyray.fingerprint`) and keep it in results.json; a resumed run on
+    other weights, prompts, CPU kernels or libraries says so, since its later stages may not match its earlier."""
+    fingerprint = run_fingerprint(state.model_dir, state.eval_prompts)
+    console.print(describe_fingerprint(fingerprint), highlight=False)
+    before = state.results.fingerprint
+    if before is not None and not same_numbers(before, fingerprint):
+        warn(f"this run's earlier stages ran with another fingerprint ({describe_fingerprint(before)})")
+    state.results.fingerprint = fingerprint
 
 
 def quality_judge(task, run: RunConfig) -> dict[str, Any] | None:

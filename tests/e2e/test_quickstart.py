@@ -73,6 +73,19 @@ def test_outputs_written(quickstart_run):
     check_dynamics(out / "dynamics.jsonl")
 
 
+def test_the_run_prints_and_keeps_its_fingerprint(quickstart_run):
+    from polyray.fingerprint import weights_digest
+
+    out, proc = quickstart_run
+    fingerprint = json.loads((out / "results.json").read_text())["fingerprint"]
+    # the published test prompts (tests/unit/tasks/test_split_independence.py pins them) and the weights evaluated
+    assert fingerprint["eval_prompts"] == "3ee3c59fa5799ed9"
+    model_dir = json.loads((out / "results.json").read_text())["model_dir"]
+    assert fingerprint["model_weights"] == weights_digest(model_dir)
+    shown = f"fingerprint: model weights {fingerprint['model_weights']}, eval prompts {fingerprint['eval_prompts']};"
+    assert shown in proc.stdout + proc.stderr
+
+
 def check_dynamics(path):
     """Diversity dynamics through both phases: step 0 and every 20 steps, on one global step axis."""
     records = [json.loads(line) for line in path.read_text().splitlines()]

@@ -24,6 +24,7 @@ LAYERS: dict[str, int] = {
     "polyray.storage": 1,
     "polyray.sandbox": 1,
     "polyray.lifetime": 1,
+    "polyray.fingerprint": 1,
     "polyray.tasks": 2,
     "polyray.diversity": 3,
     "polyray.models": 3,
