@@ -208,6 +208,12 @@ def build_tiny(
     config: Optional[Path] = typer.Option(None, "--config", help="Run config whose model.tiny and task to build for."),
     set_: List[str] = typer.Option([], "--set", help="Override a field (repeatable)."),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Write here instead of the cache."),
+    shipped: bool = typer.Option(
+        True,
+        "--shipped/--no-shipped",
+        help="Copy the build polyray ships for this model where it ships one; --no-shipped pretrains anyway (to"
+        " check or refresh the shipped bytes in polyray/models/embedded/).",
+    ),
 ):
     """Train the tokenizer, build and pretrain the embedded tiny Qwen3 model (cached by content hash)."""
     run_config = _load(config, set_)
@@ -222,6 +228,7 @@ def build_tiny(
             run_config.task,
             output_dir,
             progress=lambda s, n, loss: bar.update(task_id, completed=s),
+            use_shipped=shipped,
         )
     typer.echo(str(path))
 

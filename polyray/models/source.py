@@ -79,9 +79,13 @@ def model_config(model: ModelConfig, model_dir: Path | None) -> dict | None:
 
 def prepare_model_dir(model: ModelConfig, task) -> Path:
     """:func:`resolve_model_dir` with a progress bar while the embedded model is built (first use only)."""
-    from polyray.models.tiny import cached_model_dir
+    from polyray.models.tiny import cached_model_dir, shipped_model_dir
 
-    if model.source == "embedded" and not (cached_model_dir(model.tiny, task) / "build_info.json").exists():
+    if (
+        model.source == "embedded"
+        and not (cached_model_dir(model.tiny, task) / "build_info.json").exists()
+        and shipped_model_dir(model.tiny, task) is None
+    ):
         with make_progress() as bar:
             task_id = bar.add_task("build tiny model", total=model.tiny.pretrain_steps, info="")
             return resolve_model_dir(

