@@ -94,9 +94,14 @@ class RolloutPool:
             scheduling_strategy="DEFAULT",
         )
 
+        # the store by its name: a handle among an actor's constructor arguments is an object Ray must keep
+        # for the actor's restarts, and its reference counting loses it (ray-project/ray#53727)
+        worker_store = store if store is None or isinstance(store, str) else ray.get(store.actor_name.remote())
+
         def start(i: int):
             seeded = config.model_copy(update={"seed": engine_seed(config.seed, run_seed, i)})
-            return actor_cls.remote(model_dir, seeded, dtype, None, store, {"run": run, "worker": str(i)})
+            tags = {"run": run, "worker": str(i)}
+            return actor_cls.remote(model_dir, seeded, dtype=dtype, store=worker_store, tags=tags)
 
         def ready(worker) -> None:
             demand = _demand(config, resources) if resource_wait_s else None

@@ -251,6 +251,12 @@ class AdapterStore:
             del self._cache[version]
 
     # ---- reads --------------------------------------------------------------------------------
+    def actor_name(self) -> str | None:
+        """The name this store runs under as an actor (:func:`open_store` names every one), else None."""
+        import ray
+
+        return ray.get_runtime_context().get_actor_name() if ray.is_initialized() else None
+
     def newest(self) -> int:
         """The newest id ever handed out (0: none); a new publish must use a higher one."""
         return self.reserved

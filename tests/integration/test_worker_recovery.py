@@ -102,3 +102,27 @@ def test_kill_in_flight_retries_under_the_same_version(pool, model_dir, run_conf
     assert all(s.version == older for g in got for s in g)
     # the restarted worker pulled the newest version while starting and the asked-for one on demand
     assert sorted(ray.get(pool.workers[0].versions.remote())) == [older, older + 1]
+
+
+def test_a_restart_needs_nothing_the_driver_held_for_the_start(ray_cluster, model_dir, run_config, tmp_path, capfd):
+    """A worker's constructor arguments are plain values (the store by its actor name): Ray keeps no object
+    for its restarts, so none can be lost (ray-project/ray#53727) and Ray prints no warning about one; a
+    restart after the driver dropped everything of the launch but the pool comes back caught up."""
+    import gc
+
+    from polyray.learner.lora import extract_adapter
+    from polyray.rollout.pool import RolloutPool
+    from polyray.rollout.store import open_store
+
+    store = open_store(tmp_path / "adapter_store")
+    pool = RolloutPool.launch(str(model_dir), run_config.rollout, run_config.model.dtype, store=store)
+    try:
+        pool.publish(1, extract_adapter(_policy(model_dir, run_config, seed=14)))
+        assert "constructor arguments in the object store" not in capfd.readouterr().err
+        worker = pool.workers[0]
+        # the driver's own references to what it launched with: only the pool's are left
+        del store
+        gc.collect()
+        assert _kill_and_wait(worker) == [1]
+    finally:
+        pool.shutdown()
