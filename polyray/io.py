@@ -457,6 +457,48 @@ def make_progress():
     )
 
 
+# the libraries whose log lines a run writes to its log file instead of the terminal (unless --verbose)
+LIBRARY_LOGGERS = ("ray", "vllm", "transformers", "torch", "filelock")
+LIBRARY_LOG = "library.log"
+# the file handler the libraries' loggers write to now (one run's at a time)
+_library_handler: list[Any] = []
+
+
+def route_library_logs(path: str | Path) -> Path:
+    """Send the log lines of :data:`LIBRARY_LOGGERS` (Ray's and Serve's INFO and WARNING lines at a run's
+    start, vLLM's, transformers') to the file ``path`` instead of the terminal, and turn their progress bars
+    off in this process and in the processes a local Ray cluster it starts forks (they inherit the
+    environment). Serve sets up its logger at import, so it is imported first. Returns ``path``."""
+    import logging
+    import sys
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
+    import ray.serve  # noqa: F401 - configures Serve's logger, which this then reroutes
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    earlier = list(_library_handler)
+    _library_handler[:] = [handler]
+    names = [n for n in logging.root.manager.loggerDict if n.split(".")[0] in LIBRARY_LOGGERS]
+    for name in sorted({*LIBRARY_LOGGERS, *names}):
+        logger = logging.getLogger(name)
+        for h in list(logger.handlers):
+            # the terminal's handlers, and an earlier run's file
+            if h in earlier or (isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)):
+                logger.removeHandler(h)
+        # a logger that does not pass its lines up (Serve's) writes the file itself
+        if name in LIBRARY_LOGGERS or not logger.propagate:
+            logger.addHandler(handler)
+            logger.propagate = False
+    for old in earlier:
+        old.close()
+    return path
+
+
 def warn(message: str) -> None:
     from rich.markup import escape
 

@@ -71,13 +71,18 @@ def run(
         "--serve-generation",
         help="Serve the live policy over an OpenAI-compatible endpoint while the run lasts (settings: generation.*).",
     ),
+    verbose: bool = typer.Option(
+        False,
+        "--verbose",
+        help="Print Ray's, Serve's, vLLM's and transformers' log lines here instead of the run's library.log.",
+    ),
 ):
     """Build/resolve the base model, train every phase on Ray, evaluate pass@k after each."""
     run_config = _load(config, set_)
     from polyray.drivers.run import run_pipeline
 
     with bounded_interrupt(), user_errors():
-        run_pipeline(run_config, output_dir, resume, serve_generation=serve_generation)
+        run_pipeline(run_config, output_dir, resume, serve_generation=serve_generation, verbose=verbose)
 
 
 @app.command()

@@ -36,7 +36,7 @@ from polyray.eval.policy_eval import build_eval_task
 from polyray.eval.record import EvalRecord
 from polyray.fingerprint import describe as describe_fingerprint
 from polyray.fingerprint import run_fingerprint, same_numbers
-from polyray.io import Timer, console, make_progress, warn
+from polyray.io import LIBRARY_LOG, Timer, console, make_progress, route_library_logs, warn
 from polyray.learner.logs import StepLogs
 from polyray.models.source import prepare_model_dir
 from polyray.reward.engagement import ensure_engagement_model
@@ -163,15 +163,20 @@ def run_pipeline(
     serve_generation: bool = False,
     warm: WarmComponents | None = None,
     gpus: dict[str, GpuInfo] | None = None,
+    verbose: bool = False,
 ) -> RunResults:
     """Run (or with ``resume`` continue) ``run`` in ``output_dir`` (default ``runs/<name>``); returns
     its results (:class:`~polyray.drivers.results.RunResults`). ``on_stage(results)`` is called after each evaluation is written;
     ``serve_generation`` serves the live policy over HTTP while the run lasts (``run.generation``);
     ``warm``: the rollout workers and learner ranks a sweep's trials share (:mod:`polyray.drivers.warm`);
-    ``gpus``: the cluster's GPUs as a sweep read them (:func:`polyray.cluster.cluster_gpus`), else read here."""
+    ``gpus``: the cluster's GPUs as a sweep read them (:func:`polyray.cluster.cluster_gpus`), else read here;
+    ``verbose``: Ray's, Serve's, vLLM's and transformers' log lines in the terminal, not the run's library log."""
     out = Path(output_dir or Path("runs") / run.name).resolve()
     engagement = check_inputs(run)
     results = open_run_dir(run, out, resume)
+    if not verbose:
+        log = route_library_logs(out / LIBRARY_LOG)
+        console.print(f"library logs (Ray, Serve, vLLM): {log}  (--verbose shows them here)", highlight=False)
     state = RunState(run, out, resume, results, tracker=open_tracker(run, out), on_stage=on_stage, warm=warm, gpus=gpus)
     try:
         _run_stages(state, engagement, serve_generation)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,23 @@ def test_outputs_written(quickstart_run):
     check_dynamics(out / "dynamics.jsonl")
 
 
+# lines of Ray's core worker and Python loggers, Serve's, vLLM's and transformers' progress bars
+LIBRARY_LINE = re.compile(
+    r"core_worker\.cc|raylet|\b(INFO|WARNING|ERROR)\b.* -- |\bserve \d+ -- |Loading weights|it/s\]"
+    # vLLM's own format, and a Ray worker's output forwarded with its pid
+    r"|^(DEBUG|INFO|WARNING|ERROR) \d\d-\d\d \d\d:\d\d:\d\d|\(\w+ pid=\d+\)"
+)
+
+
+def test_the_terminal_shows_polyrays_lines_and_the_library_log_the_rest(quickstart_run):
+    out, proc = quickstart_run
+    terminal = (proc.stdout + proc.stderr).splitlines()
+    assert not [line for line in terminal if LIBRARY_LINE.search(line)]
+    assert any(line.startswith(f"library logs (Ray, Serve, vLLM): {out / 'library.log'}") for line in terminal)
+    logged = (out / "library.log").read_text()
+    assert "Started a local Ray instance" in logged and "Started Serve" in logged
+
+
 def test_the_run_prints_and_keeps_its_fingerprint(quickstart_run):
     from polyray.fingerprint import weights_digest
 
@@ -89,8 +107,6 @@ def test_the_run_prints_and_keeps_its_fingerprint(quickstart_run):
 def test_the_table_is_readmes_on_readmes_fingerprint(quickstart_run):
     """README's table, to the digit, wherever the run's fingerprint is README's: the same weights, test
     prompts, kernel flags and the libraries README names."""
-    import re
-
     from polyray.fingerprint import library_versions
 
     out, _ = quickstart_run
