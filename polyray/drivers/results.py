@@ -97,6 +97,26 @@ class RunResults:
         self.stages.append({"stage": stage, "attempt": self.resumed, "time": time.time()})
 
 
+def write_run_report(out: Path, results: RunResults) -> Path:
+    """The run's ``report.html`` (and ``tables.tex``): its training curves (``metrics.jsonl``), its evaluations
+    (pass@k, USQ, diversity) and the dynamics probe (``dynamics.jsonl``); a panel the run has no data for is
+    left out. Returns the report's path."""
+    from polyray.eval.report import write_report
+    from polyray.io import read_log_jsonl
+
+    def rows(name: str) -> list[dict[str, Any]]:
+        path = out / name
+        return [{"run": results.name, **r} for r in read_log_jsonl(path)] if path.is_file() else []
+
+    report = {
+        "title": f"polyray run: {results.name}",
+        "models": dict(results.evaluations),
+        "training": rows("metrics.jsonl"),
+        "dynamics": rows("dynamics.jsonl"),
+    }
+    return write_report(out, report, omit_missing=True)["html"]
+
+
 def results_table(results: RunResults, ks: list[int]) -> Table:
     """The stage evaluations' table (test set, or validation for a selection's candidate): per stage
     pass@k, USQ at the largest k, mean reward, distinct samples and, where measured, distinct

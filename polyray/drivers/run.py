@@ -31,7 +31,14 @@ import ray
 from polyray.cluster import GpuInfo, init_ray, needed_cpus, rollout_demand, run_demands
 from polyray.config import RunConfig
 from polyray.drivers.preflight import check_inputs, plan_memory, worker_config
-from polyray.drivers.results import SPLIT_NAMES, RunResults, open_run_dir, results_table, write_results
+from polyray.drivers.results import (
+    SPLIT_NAMES,
+    RunResults,
+    open_run_dir,
+    results_table,
+    write_results,
+    write_run_report,
+)
 from polyray.eval.policy_eval import build_eval_task
 from polyray.eval.record import EvalRecord
 from polyray.fingerprint import describe as describe_fingerprint
@@ -187,7 +194,8 @@ def run_pipeline(
     if state.tracker is not None:
         state.tracker.finish(failed=False)
     console.print(results_table(results, run.eval.ks))
-    console.print(f"outputs in {out}")
+    report = write_run_report(out, results)
+    console.print(f"outputs in {out}  (report: {report})", highlight=False)
     return results
 
 

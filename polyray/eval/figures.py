@@ -18,7 +18,7 @@ from polyray.eval.record import Estimate, EvalRecord, split_at_key
 
 __all__ = ["FIGURES", "FIGURE_IDS", "ONLY_WITH_INPUT", "report_ks", "report_models", "value"]
 
-FIGURE_IDS = ("fig-axis", "fig-passk", "fig-usq", "fig-pareto", "fig-dynamics", "fig-lora")
+FIGURE_IDS = ("fig-axis", "fig-training", "fig-passk", "fig-usq", "fig-pareto", "fig-dynamics", "fig-lora")
 _PALETTE = (
     "#1f77b4",
     "#d62728",
@@ -229,18 +229,16 @@ def _fig_pareto(results: dict[str, Any]):
     return fig, None
 
 
-def _fig_dynamics(results: dict[str, Any]):
+def _trajectory_figure(traj: list[dict[str, Any]], title: str):
+    """One subplot per metric of ``traj`` (:func:`polyray.eval.analysis.dynamics_trajectories`) on the shared
+    step axis, a line per run, dashed lines where a run's phase changes."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    records = results.get("dynamics") or []
-    traj = dynamics_trajectories(records) if records else []
-    if not traj:
-        return None, "no diversity-dynamics records (results['dynamics'])"
-    metrics = list(dict.fromkeys(t["metric"] for t in traj))
-    runs = list(dict.fromkeys(t["run"] for t in traj))
     from polyray.eval.record import metric_label
 
+    metrics = list(dict.fromkeys(t["metric"] for t in traj))
+    runs = list(dict.fromkeys(t["run"] for t in traj))
     titles = [metric_label(m) for m in metrics]
     fig = make_subplots(rows=len(metrics), cols=1, shared_xaxes=True, subplot_titles=titles, vertical_spacing=0.06)
     for t in traj:
@@ -269,9 +267,31 @@ def _fig_dynamics(results: dict[str, Any]):
                 bounds.add(((t["x"][j - 1] + t["x"][j]) / 2, t["phase"][j]))
     for x, phase in sorted(bounds):
         fig.add_vline(x=x, line={"dash": "dash", "color": "#999"}, annotation_text=f"→ {phase}")
-    fig.update_layout(title="Diversity dynamics (SFT then GRPO)", height=max(350, 260 * len(metrics)))
+    fig.update_layout(title=title, height=max(350, 260 * len(metrics)))
     fig.update_xaxes(title_text="step", row=len(metrics), col=1)
-    return fig, None
+    return fig
+
+
+def _fig_dynamics(results: dict[str, Any]):
+    records = results.get("dynamics") or []
+    traj = dynamics_trajectories(records) if records else []
+    if not traj:
+        return None, "no diversity-dynamics records (results['dynamics'])"
+    return _trajectory_figure(traj, "Diversity dynamics (SFT then GRPO)"), None
+
+
+# a run's step rows as its training curves show them: the loss, GRPO's reward, KL and clipped fraction,
+# and the rollout engine's disagreement with the learner (the mismatch measure, the sync canary's gap)
+TRAINING_METRICS = ("loss", "reward_mean", "kl", "clip_frac", "mismatch_abs", "canary_gap")
+
+
+def _fig_training(results: dict[str, Any]):
+    rows = [r for r in results.get("training") or [] if "event" not in r]
+    present = [m for m in TRAINING_METRICS if any(m in r for r in rows)]
+    traj = dynamics_trajectories(rows, present) if present else []
+    if not traj:
+        return None, "no training step rows (results['training'])"
+    return _trajectory_figure(traj, "Training curves"), None
 
 
 def _fig_lora(results: dict[str, Any]):
@@ -359,10 +379,11 @@ def _fig_axis(results: dict[str, Any]):
     return fig, ""
 
 
-# a sweep's figure: absent, not "skipped", in other reports
-ONLY_WITH_INPUT = {"fig-axis"}
+# a sweep's figure and a run's: absent, not "skipped", in other reports
+ONLY_WITH_INPUT = {"fig-axis", "fig-training"}
 FIGURES = (
     ("fig-axis", "Pass@k against the swept value", _fig_axis),
+    ("fig-training", "Training curves", _fig_training),
     ("fig-passk", "Pass@k curves", _fig_passk),
     ("fig-usq", "USQ@k vs Pass@k", _fig_usq),
     ("fig-pareto", "Pareto frontier: quality vs diversity", _fig_pareto),

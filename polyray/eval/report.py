@@ -7,7 +7,8 @@ One report for every producer: the evaluation job, ``polyray sweep`` (a model pe
 - ``report.html``: one file that opens offline — plotly.js is inlined once in the head
   (what ``include_plotlyjs=True`` does, without repeating 4 MB per figure), no CDN, no
   fonts or favicon fetched. Figures (:mod:`polyray.eval.figures`), each in a div with a stable id:
-  ``fig-axis`` (a sweep's pass@k against its swept value), ``fig-passk`` (pass@k curves with CI
+  ``fig-axis`` (a sweep's pass@k against its swept value), ``fig-training`` (a run's loss, reward, KL,
+  clipped fraction and engine-vs-learner gap per step), ``fig-passk`` (pass@k curves with CI
   bands), ``fig-usq`` (USQ@k beside pass@k per k), ``fig-pareto`` (quality vs diversity, frontier
   marked), ``fig-dynamics`` (diversity dynamics through SFT and GRPO), ``fig-lora`` (‖ΔW‖_F
   heatmaps layer × module, the two first adapters and their difference); tables ``table-main``,
@@ -40,6 +41,7 @@ for the table/curves)::
                  "points": [{"name": "λ=0.1", "quality": q, "diversity": d}, ...]},  # extra points
       "axis": {"name": "phases.0.lam", "points": [{"x": 0.3, "pass@1": V, ...}, ...]},  # a sweep's one axis
       "dynamics": [{"run": "poly", "phase": "sft", "step": 0, "diversity/semantic": 0.4, ...}, ...],
+      "training": [{"run": "poly", "phase": "grpo", "step": 1, "loss": 0.1, "reward_mean": 0.4, ...}, ...],
       "lora": {"baseline": rows, "polychromic": rows},       # analysis.lora_parameter_analysis rows
       "stats": {"<comparison>": stats.compare_models(...) dict, ...},
       "seed_comparisons": {"<treatment> vs <control>": experiment.json's comparison, ...},
@@ -146,8 +148,9 @@ td.best { font-weight: bold; }
 """
 
 
-def render_html(results: dict[str, Any]) -> str:
-    """The report as one self-contained HTML string (plotly.js inlined, no network)."""
+def render_html(results: dict[str, Any], omit_missing: bool = False) -> str:
+    """The report as one self-contained HTML string (plotly.js inlined, no network); ``omit_missing``: a figure
+    whose input is missing is left out, not shown as a note (a run's report shows what the run measured)."""
     import plotly.io as pio
     from plotly.offline import get_plotlyjs
 
@@ -173,7 +176,7 @@ def render_html(results: dict[str, Any]) -> str:
         body.append(f'<section id="section-seeds"><h2>Comparisons over seeds</h2>{seeds}</section>')
     for div_id, heading, build in FIGURES:
         fig, reason = build(results)
-        if fig is None and div_id in ONLY_WITH_INPUT:
+        if fig is None and (div_id in ONLY_WITH_INPUT or omit_missing):
             continue
         body.append(f'<section id="section-{div_id[4:]}"><h2>{html.escape(heading)}</h2>')
         if fig is None:
@@ -202,8 +205,9 @@ def render_html(results: dict[str, Any]) -> str:
     )
 
 
-def write_report(out_dir: str | Path, results: dict[str, Any]) -> dict[str, Path]:
-    """Write ``report.html`` and ``tables.tex`` (when there are models) into ``out_dir``.
+def write_report(out_dir: str | Path, results: dict[str, Any], omit_missing: bool = False) -> dict[str, Path]:
+    """Write ``report.html`` and ``tables.tex`` (when there are models) into ``out_dir`` (``omit_missing``:
+    :func:`render_html`'s).
 
     Returns:
         {"html": path, "tex": path} (``tex`` absent when ``results['models']`` is empty).
@@ -211,7 +215,7 @@ def write_report(out_dir: str | Path, results: dict[str, Any]) -> dict[str, Path
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"html": out / "report.html"}
-    paths["html"].write_text(render_html(results), encoding="utf-8")
+    paths["html"].write_text(render_html(results, omit_missing), encoding="utf-8")
     if report_models(results):
         paths["tex"] = out / "tables.tex"
         paths["tex"].write_text(render_latex_table(results), encoding="utf-8")

@@ -148,6 +148,24 @@ def check_dynamics(path):
         assert {"pass@1", "diversity/countdown_expr", "diversity/self_bleu"} <= set(r)
 
 
+def test_the_report_draws_every_panel_with_data(quickstart_run, tmp_path):
+    from support.browser import draw_report
+
+    out, proc = quickstart_run
+    report = out / "report.html"
+    assert f"(report: {report})" in proc.stdout + proc.stderr
+    panels = ("fig-training", "fig-passk", "fig-usq", "fig-pareto", "fig-dynamics")
+    html = report.read_text()
+    # every panel the run has data for, and nothing skipped
+    assert [p for p in panels if f'id="{p}"' not in html] == [] and 'class="skipped"' not in html
+    seen = draw_report(report, panels, screenshot=tmp_path / "report.png")
+    assert all(n > 0 for n in seen["drawn"].values()), seen["drawn"]
+    assert all(v > 0.003 for v in seen["ink"].values()), f"blank panels: {seen['ink']}"
+    # the training curves: one trace per curve the run logged (loss, reward, KL, clipped fraction, gaps)
+    assert seen["drawn"]["fig-training"] >= 6, seen["drawn"]
+    assert seen["requests"] == [seen["url"]], seen["requests"]
+
+
 def test_grpo_improves_on_sft(quickstart_run):
     out, _ = quickstart_run
     phases = json.loads((out / "results.json").read_text())["phases"]

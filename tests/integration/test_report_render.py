@@ -6,13 +6,12 @@ package (driving the system browser; playwright's own browser download is not us
 
 from __future__ import annotations
 
-import io
 import json
 import re
 
 import numpy as np
 import pytest
-from support.browser import chromium as _chromium
+from support.browser import draw_report
 
 from polyray.eval.report import FIGURE_IDS, render_latex_table, write_report, write_samples_jsonl
 
@@ -63,8 +62,14 @@ def synthetic_results() -> dict:
                         "diversity/distinct_2": 0.6 + sign * 0.001 * s,
                     }
                 )
+    training = [
+        {"run": "polychromic", "phase": phase, "step": s, "loss": 1.0 / s, "reward_mean": 0.02 * s, "kl": 0.001 * s}
+        for phase in ("sft", "grpo")
+        for s in range(1, 11)
+    ]
     return {
         "title": "synthetic report",
+        "training": training,
         "ks": ks,
         "models": models,
         "pareto": {"diversity": "semantic", "points": [{"name": "λ=0.5", "quality": 0.35, "diversity": 0.6}]},
@@ -102,7 +107,7 @@ def test_report_files_without_browser(tmp_path):
     html = write_report(tmp_path / "min", minimal)["html"].read_text()
     for fid in ("fig-usq", "fig-pareto", "fig-dynamics", "fig-lora"):
         assert f'<div id="{fid}" class="skipped">' in html
-    assert 'id="fig-axis"' not in html  # a sweep's figure only
+    assert 'id="fig-axis"' not in html and 'id="fig-training"' not in html  # a sweep's and a run's only
     assert r"a\_b" in render_latex_table(minimal)
     rows = [{"prompt_id": "p0", "rewards": np.array([1.0, 0.0]), "c": np.int64(1)}]
     p = write_samples_jsonl(tmp_path / "samples.jsonl", rows)
@@ -110,45 +115,10 @@ def test_report_files_without_browser(tmp_path):
 
 
 def test_report_renders_in_headless_chromium(tmp_path):
-    exe = _chromium()
-    if exe is None:
-        pytest.skip("chromium not found (install with: apt-get install -y chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (uses the system chromium)")
-    from PIL import Image
-
     paths = write_report(tmp_path, synthetic_results())
-    url = paths["html"].resolve().as_uri()
-    requests: list[str] = []
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=exe, headless=True, args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.on("request", lambda r: requests.append(r.url))
-            page.on("pageerror", lambda e: requests.append(f"pageerror: {e}"))
-            page.goto(url, wait_until="load")
-            for fid in FIGURE_IDS:
-                page.wait_for_function(
-                    "id => { const d = document.getElementById(id);"
-                    " return d && d._fullLayout && d.querySelector('.main-svg'); }",
-                    arg=fid,
-                    timeout=30_000,
-                )
-            drawn = page.evaluate(
-                "ids => ids.map(id => document.getElementById(id)"
-                ".querySelectorAll('.scatterlayer .trace, .heatmaplayer .hm').length)",
-                list(FIGURE_IDS),
-            )
-            page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
-            variances = {}
-            for fid in FIGURE_IDS:
-                el = page.locator(f"#{fid}")
-                el.scroll_into_view_if_needed()
-                img = np.asarray(Image.open(io.BytesIO(el.screenshot())).convert("L"), dtype=np.float64)
-                variances[fid] = float(img.var())
-                # a drawn plot has ink (axes, lines, markers, heatmap cells), not a blank canvas
-                assert (img < 200).mean() > 0.003, f"{fid} looks blank"
-        finally:
-            browser.close()
-    assert all(n > 0 for n in drawn), dict(zip(FIGURE_IDS, drawn))
-    assert all(v > 50.0 for v in variances.values()), variances
-    assert requests == [url], f"unexpected requests or page errors: {[r for r in requests if r != url]}"
+    seen = draw_report(paths["html"], FIGURE_IDS, screenshot=tmp_path / "report.png")
+    assert all(n > 0 for n in seen["drawn"].values()), seen["drawn"]
+    assert all(v > 0.003 for v in seen["ink"].values()), f"blank figures: {seen['ink']}"
+    assert all(v > 50.0 for v in seen["variance"].values()), seen["variance"]
+    url = seen["url"]
+    assert seen["requests"] == [url], f"unexpected requests or page errors: {[r for r in seen['requests'] if r != url]}"
