@@ -181,10 +181,10 @@ def run_pipeline(
     out = Path(output_dir or Path("runs") / run.name).resolve()
     engagement = check_inputs(run)
     results = open_run_dir(run, out, resume)
-    if not verbose:
-        log = route_library_logs(out / LIBRARY_LOG)
-        console.print(f"library logs (Ray, Serve, vLLM): {log}  (--verbose shows them here)", highlight=False)
-    state = RunState(run, out, resume, results, tracker=open_tracker(run, out), on_stage=on_stage, warm=warm, gpus=gpus)
+    tracker = open_tracker(run, out)
+    state = RunState(
+        run, out, resume, results, tracker=tracker, on_stage=on_stage, warm=warm, gpus=gpus, verbose=verbose
+    )
     try:
         _run_stages(state, engagement, serve_generation)
     except BaseException:
@@ -240,6 +240,8 @@ class RunState:
     shared_pool: bool = False
     # the cluster's GPUs as a sweep read them (cluster_gpus)
     gpus: dict[str, GpuInfo] | None = None
+    # the libraries' log lines in the terminal, not the run's library.log
+    verbose: bool = False
 
     def keeper(self):
         """The sweep's rank keeper (the ranks outlive this run), or None."""
@@ -405,6 +407,10 @@ def start_ray(state: RunState, generation: dict[str, Any] | None) -> None:
     from polyray.cluster import check_gpus, cluster_gpus, reads_gpu_memory, uses_gpus, with_cluster_gpu_memory
 
     run = state.run
+    # before Ray starts: its first lines come from ray.init
+    if not state.verbose:
+        log = route_library_logs(state.out / LIBRARY_LOG)
+        console.print(f"library logs (Ray, Serve, vLLM): {log}  (--verbose shows them here)", highlight=False)
     with state.timer("ray_init"):
         init_ray(
             run.cluster,

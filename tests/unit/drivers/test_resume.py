@@ -138,7 +138,7 @@ def test_both_entrypoints_pass_resume_on(monkeypatch, tmp_path):
     from polyray.cli import app
 
     calls = []
-    fake = lambda run, out, resume=False, serve_generation=False: calls.append(  # noqa: E731
+    fake = lambda run, out, resume=False, serve_generation=False, verbose=False: calls.append(  # noqa: E731
         (run.name, str(out), resume, serve_generation)
     )
     monkeypatch.setattr(polyray.drivers.run, "run_pipeline", fake)
