@@ -159,7 +159,7 @@ def tiny_model_config(tiny: TinyModelConfig) -> dict:
     }
 
 
-def _pretrain(model, tokenizer, pairs, tiny: TinyModelConfig, progress: Callable[[int, int, float], None] | None):
+def _pretrain(model, tokenizer, pairs, tiny: TinyModelConfig, *, progress: Callable[[int, int, float], None] | None):
     import torch
 
     from polyray.models.batching import pack_sequences
@@ -261,7 +261,7 @@ def _build(tiny: TinyModelConfig, task_config, out_dir: Path, progress) -> Path:
     pairs = build_task(task_config).pretrain_corpus(tiny.pretrain_prompts, tiny.pretrain_noise, tiny.seed)
     tokenizer = _train_tokenizer([p + c for p, c in pairs], tiny.vocab_size)
     model = Qwen3ForCausalLM(_qwen3_config(tiny, tokenizer))
-    final_loss = _pretrain(model, tokenizer, pairs, tiny, progress)
+    final_loss = _pretrain(model, tokenizer, pairs, tiny, progress=progress)
 
     staging = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
     try:
