@@ -7,6 +7,12 @@ from pathlib import Path
 
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/lib/chromium/chromium", "chromium", "chromium-browser")
 
+_RECORD_ERRORS = """
+window.__pageErrors = [];
+window.addEventListener('error', e => window.__pageErrors.push(String(e.message || e.target.src || e.target.href)), true);
+window.addEventListener('unhandledrejection', e => window.__pageErrors.push(String(e.reason)));
+"""
+
 
 def chromium() -> str | None:
     for c in CHROMIUM_CANDIDATES:
@@ -38,22 +44,30 @@ def draw_report(html_path: Path, figure_ids, screenshot: Path | None = None) -> 
         browser = pw.chromium.launch(executable_path=exe, headless=True, args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
+            # Every wait ends on an outcome, not a clock: a request elsewhere is aborted (and reported below),
+            # a script error ends the figure waits, so the suite's other tests on the same cores only slow it.
+            page.set_default_timeout(0)
+            page.route("**/*", lambda route: route.continue_() if route.request.url == url else route.abort())
+            page.add_init_script(_RECORD_ERRORS)
             page.on("request", lambda r: requests.append(r.url))
             page.on("pageerror", lambda e: requests.append(f"pageerror: {e}"))
             page.goto(url, wait_until="load")
             for fid in figure_ids:
                 page.wait_for_function(
-                    "id => { const d = document.getElementById(id);"
-                    " return d && d._fullLayout && d.querySelector('.main-svg'); }",
+                    # after "load" the document is whole: a missing figure stays missing
+                    "id => { const d = document.getElementById(id); return !d || window.__pageErrors.length"
+                    " || (d._fullLayout && d.querySelector('.main-svg')); }",
                     arg=fid,
-                    timeout=30_000,
                 )
             drawn = page.evaluate(
-                "ids => ids.map(id => document.getElementById(id)"
-                ".querySelectorAll('.scatterlayer .trace, .heatmaplayer .hm').length)",
+                "ids => ids.map(id => { const d = document.getElementById(id);"
+                " return d ? d.querySelectorAll('.scatterlayer .trace, .heatmaplayer .hm').length : -1; })",
                 list(figure_ids),
             )
             out["drawn"] = dict(zip(figure_ids, drawn))
+            requests.extend(f"pageerror: {e}" for e in page.evaluate("window.__pageErrors"))
+            if min(drawn, default=0) <= 0:
+                return out
             if screenshot is not None:
                 page.screenshot(path=str(screenshot), full_page=True)
             for fid in figure_ids:
