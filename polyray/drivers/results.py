@@ -101,6 +101,7 @@ def write_run_report(out: Path, results: RunResults) -> Path:
     """The run's ``report.html`` (and ``tables.tex``): its training curves (``metrics.jsonl``), its evaluations
     (pass@k, USQ, diversity) and the dynamics probe (``dynamics.jsonl``); a panel the run has no data for is
     left out. Returns the report's path."""
+    from polyray.drivers.startup import STARTUP_FILE
     from polyray.eval.report import write_report
     from polyray.io import read_log_jsonl
 
@@ -108,9 +109,11 @@ def write_run_report(out: Path, results: RunResults) -> Path:
         path = out / name
         return [{"run": results.name, **r} for r in read_log_jsonl(path)] if path.is_file() else []
 
+    startup = out / STARTUP_FILE
     report = {
         "title": f"polyray run: {results.name}",
         "models": dict(results.evaluations),
+        "startup": json.loads(startup.read_text()) if startup.is_file() else None,
         "training": rows("metrics.jsonl"),
         "dynamics": rows("dynamics.jsonl"),
     }

@@ -43,6 +43,7 @@ from polyray.eval.policy_eval import build_eval_task
 from polyray.eval.record import EvalRecord
 from polyray.fingerprint import describe as describe_fingerprint
 from polyray.fingerprint import run_fingerprint, same_numbers
+from polyray.drivers.startup import StartupTrace
 from polyray.io import LIBRARY_LOG, Timer, console, make_progress, route_library_logs, warn
 from polyray.learner.logs import StepLogs
 from polyray.models.source import prepare_model_dir
@@ -215,6 +216,8 @@ class RunState:
     # called with the results after each evaluation
     on_stage: Callable[[RunResults], None] | None = None
     timer: Timer = field(default_factory=Timer)
+    # when each component was asked for and was ready (startup.json)
+    trace: StartupTrace = field(default_factory=StartupTrace)
     pool: RolloutPool | None = None
     # the task as evaluations see it (build_eval_task)
     task: Task | None = None
@@ -242,6 +245,8 @@ class RunState:
     gpus: dict[str, GpuInfo] | None = None
     # the libraries' log lines in the terminal, not the run's library.log
     verbose: bool = False
+    # when start_learner asked for the kept ranks (wall clock)
+    learner_asked: float = 0.0
 
     def keeper(self):
         """The sweep's rank keeper (the ranks outlive this run), or None."""
@@ -253,6 +258,12 @@ class RunState:
         self.timer.timings.update(self.results.timings_s)
         self.results.timings_s = self.timer.timings
         self.shared = RunStorage.of(self.run.cluster.storage, self.run.name, self.out)
+        if self.warm is None:
+            import psutil
+
+            # the command's own start (its imports) before the run's; a sweep's trials share one process
+            origin = self.trace.origin
+            self.trace.mark("driver", process=psutil.Process().create_time(), init=origin, ready=origin)
 
     def store_root(self) -> str:
         """The adapter store's root: the run directory's, or the run's in cluster.storage."""
@@ -267,7 +278,9 @@ def _run_stages(state: RunState, engagement: list, serve_generation: bool) -> No
         if state.run.init_adapter:
             version, adapter = publish_init_adapter(state.run, state.pool, state.shared)
         if state.run.eval.base:
-            evaluate(state, "base", version or None)
+            with state.trace.span("base evaluation"):
+                evaluate(state, "base", version or None)
+            state.trace.write(state.out)
         for index, phase in enumerate(state.run.phases):
             version, adapter = fit(state, index, version, adapter)
             evaluate(state, phase.name, version)
@@ -411,7 +424,7 @@ def start_ray(state: RunState, generation: dict[str, Any] | None) -> None:
     if not state.verbose:
         log = route_library_logs(state.out / LIBRARY_LOG)
         console.print(f"library logs (Ray, Serve, vLLM): {log}  (--verbose shows them here)", highlight=False)
-    with state.timer("ray_init"):
+    with state.timer("ray_init"), state.trace.span("ray"):
         init_ray(
             run.cluster,
             needed_cpus(run) + (generation_cpus(generation) if generation else 0.0),
@@ -437,7 +450,11 @@ def start_services(state: RunState, generation: dict[str, Any] | None) -> None:
     if generation is not None:
         from polyray.generation.service import deploy_generation
 
-        with timer("generation_service_start"), console.status("starting the generation service (Ray Serve)"):
+        with (
+            timer("generation_service_start"),
+            state.trace.span("generation service"),
+            console.status("starting the generation service (Ray Serve)"),
+        ):
             url = deploy_generation(
                 generation, run.generation.host, run.generation.http_port, wait_s=run.cluster.resource_wait_s
             )
@@ -447,7 +464,11 @@ def start_services(state: RunState, generation: dict[str, Any] | None) -> None:
         from polyray.config.run import custom_reward_functions
         from polyray.reward.service import ensure_reward_service
 
-        with timer("reward_service_start"), console.status("starting the reward service (Ray Serve)"):
+        with (
+            timer("reward_service_start"),
+            state.trace.span("reward service"),
+            console.status("starting the reward service (Ray Serve)"),
+        ):
             ensure_reward_service(
                 run.reward, custom_reward_functions(run), run.cluster.worker_resources, run.cluster.resource_wait_s
             )
@@ -473,6 +494,7 @@ def launch_pool(state: RunState, store) -> float:
     from polyray.rollout.pool import RolloutPool
 
     run, start = state.run, time.perf_counter()
+    state.trace.mark("rollout engines", asked=time.time())
     if state.shared_pool and not _workers_alive(state.warm.workers):
         warn("a rollout worker the sweep's trials share is gone (past its restarts): this run starts its own")
         for worker in state.warm.workers:
@@ -508,6 +530,20 @@ def wait_for_pool(state: RunState, launched_s: float) -> None:
     # a run on the sweep's engines only attached to them: its timing says so
     key = "rollout_pool_attach" if state.shared_pool else "rollout_pool_start"
     state.timer.timings[key] = round(launched_s + time.perf_counter() - start, 2)
+    engines = state.trace.components.pop("rollout engines")
+    if not state.shared_pool:
+        marks = ray.get([w.startup.remote() for w in state.pool.workers])
+        state.trace.add_reported("rollout worker", state.trace.origin + engines["asked"], marks)
+    state.trace.write(state.out)
+
+
+def record_learner_startup(state: RunState) -> None:
+    """The kept ranks' start-up marks in the trace, once the first phase has waited for them."""
+    group = state.learner
+    if group is None or not group.startup or any(name.startswith("learner rank") for name in state.trace.components):
+        return
+    state.trace.add_reported("learner rank", state.learner_asked, group.startup)
+    state.trace.write(state.out)
 
 
 def start_learner(state: RunState) -> None:
@@ -520,6 +556,7 @@ def start_learner(state: RunState) -> None:
     if not run.learner.keep_ranks or not todo:
         return
     state.learner = LearnerGroup(state.worker_run, keeper=state.keeper())
+    state.learner_asked = time.time()
     state.learner.start(run.phase_workers(todo[0]))
 
 
@@ -557,6 +594,7 @@ def fit(state: RunState, index: int, version: int, adapter: str | None) -> tuple
                 group=state.learner,
             )
         version, adapter = trained["version"], share_adapter(state.shared, Path(trained["adapter_dir"]), phase.name)
+        record_learner_startup(state)
         results.stage_done(f"train_{phase.name}")
         write_results(state.out, results)
     # evaluated next, and by anyone later: kept for good

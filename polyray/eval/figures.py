@@ -18,7 +18,16 @@ from polyray.eval.record import Estimate, EvalRecord, split_at_key
 
 __all__ = ["FIGURES", "FIGURE_IDS", "ONLY_WITH_INPUT", "report_ks", "report_models", "value"]
 
-FIGURE_IDS = ("fig-axis", "fig-training", "fig-passk", "fig-usq", "fig-pareto", "fig-dynamics", "fig-lora")
+FIGURE_IDS = (
+    "fig-axis",
+    "fig-startup",
+    "fig-training",
+    "fig-passk",
+    "fig-usq",
+    "fig-pareto",
+    "fig-dynamics",
+    "fig-lora",
+)
 _PALETTE = (
     "#1f77b4",
     "#d62728",
@@ -294,6 +303,62 @@ def _fig_training(results: dict[str, Any]):
     return _trajectory_figure(traj, "Training curves"), None
 
 
+# a start-up trace's segments: (label, from mark, to mark), each one bar trace
+STARTUP_SEGMENTS = (
+    ("asked, no process yet", "asked", "process"),
+    ("process starting (imports)", "process", "init"),
+    ("constructor to ready", "init", "ready"),
+    ("asked to ready", "asked", "ready"),
+)
+
+
+def startup_segments(components: dict[str, dict[str, float]]) -> dict[str, list[tuple[str, float, float]]]:
+    """Per segment label, the (component, start, end) bars of a start-up trace: a component that reported its
+    process's and constructor's start gets those segments, one the driver timed alone gets asked to ready."""
+    out: dict[str, list[tuple[str, float, float]]] = {label: [] for label, _, _ in STARTUP_SEGMENTS}
+    for name, marks in components.items():
+        detailed = "init" in marks
+        for label, a, b in STARTUP_SEGMENTS:
+            if (label == "asked to ready") == detailed or a not in marks or b not in marks:
+                continue
+            # a process Ray had started before the component was asked for: no waiting segment
+            if marks[b] > marks[a]:
+                out[label].append((name, marks[a], marks[b]))
+    return out
+
+
+def _fig_startup(results: dict[str, Any]):
+    import plotly.graph_objects as go
+
+    components = (results.get("startup") or {}).get("components") or {}
+    bars = startup_segments(components)
+    if not any(bars.values()):
+        return None, "no start-up trace (results['startup'])"
+    order = list(components)
+    fig = go.Figure()
+    for i, (label, rows) in enumerate(bars.items()):
+        if rows:
+            fig.add_trace(
+                go.Bar(
+                    name=label,
+                    orientation="h",
+                    y=[r[0] for r in rows],
+                    base=[r[1] for r in rows],
+                    x=[r[2] - r[1] for r in rows],
+                    marker_color=_color(i),
+                    hovertemplate="%{y}: %{base:.1f} s to %{x:.1f} s later<extra>" + label + "</extra>",
+                )
+            )
+    fig.update_layout(
+        barmode="overlay",
+        title="Start-up: each component from when it was asked for to when it was ready",
+        xaxis_title="seconds since the run started",
+        yaxis={"categoryorder": "array", "categoryarray": order[::-1]},
+        height=max(300, 40 * len(order) + 160),
+    )
+    return fig, None
+
+
 def _fig_lora(results: dict[str, Any]):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -380,9 +445,10 @@ def _fig_axis(results: dict[str, Any]):
 
 
 # a sweep's figure and a run's: absent, not "skipped", in other reports
-ONLY_WITH_INPUT = {"fig-axis", "fig-training"}
+ONLY_WITH_INPUT = {"fig-axis", "fig-startup", "fig-training"}
 FIGURES = (
     ("fig-axis", "Pass@k against the swept value", _fig_axis),
+    ("fig-startup", "Start-up", _fig_startup),
     ("fig-training", "Training curves", _fig_training),
     ("fig-passk", "Pass@k curves", _fig_passk),
     ("fig-usq", "USQ@k vs Pass@k", _fig_usq),

@@ -7,7 +7,8 @@ One report for every producer: the evaluation job, ``polyray sweep`` (a model pe
 - ``report.html``: one file that opens offline — plotly.js is inlined once in the head
   (what ``include_plotlyjs=True`` does, without repeating 4 MB per figure), no CDN, no
   fonts or favicon fetched. Figures (:mod:`polyray.eval.figures`), each in a div with a stable id:
-  ``fig-axis`` (a sweep's pass@k against its swept value), ``fig-training`` (a run's loss, reward, KL,
+  ``fig-axis`` (a sweep's pass@k against its swept value), ``fig-startup`` (a run's start-up timeline:
+  each component from asked for to ready), ``fig-training`` (a run's loss, reward, KL,
   clipped fraction and engine-vs-learner gap per step), ``fig-passk`` (pass@k curves with CI
   bands), ``fig-usq`` (USQ@k beside pass@k per k), ``fig-pareto`` (quality vs diversity, frontier
   marked), ``fig-dynamics`` (diversity dynamics through SFT and GRPO), ``fig-lora`` (‖ΔW‖_F
@@ -17,7 +18,7 @@ One report for every producer: the evaluation job, ``polyray sweep`` (a model pe
   with what it holds fixed) and ``table-selection`` (what a sweep or an experiment chose, on which
   split, by which metric, among what) and ``table-hypotheses`` (an experiment's declared claims, each
   with its tests and verdict). A figure whose input is missing is replaced by a short note in a div with
-  the same id and class ``skipped`` (``fig-axis``, a sweep's own, is left out instead).
+  the same id and class ``skipped`` (``fig-axis``, ``fig-startup`` and ``fig-training`` are left out instead).
 - ``tables.tex``: the main table (booktabs): model × pass@k, USQ@k, diversity, mean ±
   CI half-width where given, best mean per column in bold.
 
@@ -42,6 +43,9 @@ for the table/curves)::
       "axis": {"name": "phases.0.lam", "points": [{"x": 0.3, "pass@1": V, ...}, ...]},  # a sweep's one axis
       "dynamics": [{"run": "poly", "phase": "sft", "step": 0, "diversity/semantic": 0.4, ...}, ...],
       "training": [{"run": "poly", "phase": "grpo", "step": 1, "loss": 0.1, "reward_mean": 0.4, ...}, ...],
+      "startup": {"components": {"ray": {"asked": 0.1, "ready": 6.2},      # a run's startup.json: seconds
+                                 "rollout worker 0": {"asked": 6.3, "process": 6.5, "init": 8.0,
+                                                      "ready": 25.1}, ...}},  # since the run's start
       "lora": {"baseline": rows, "polychromic": rows},       # analysis.lora_parameter_analysis rows
       "stats": {"<comparison>": stats.compare_models(...) dict, ...},
       "seed_comparisons": {"<treatment> vs <control>": experiment.json's comparison, ...},

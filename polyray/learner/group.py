@@ -24,6 +24,7 @@ import dataclasses
 import datetime
 import gc
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -103,14 +104,21 @@ class LearnerRank:
     """One kept learner process (a Ray actor): the learner's imports once, then any number of phase attempts."""
 
     def __init__(self, threads: int):
+        init_started = time.time()
         import torch
 
         torch.set_num_threads(threads)
         import polyray.learner.loop  # noqa: F401
         from polyray.learner.lora import import_model_libraries
+        from polyray.telemetry import startup_marks
 
         # once here, not at every phase's start
         import_model_libraries()
+        self._startup = startup_marks(init_started)
+
+    def startup(self) -> dict[str, float]:
+        """When this rank's process and constructor started, and when it was ready (the run's start-up trace)."""
+        return self._startup
 
     def rendezvous(self) -> str:
         """``tcp://<this node>:<free port>``, where the phase's process group meets (called on rank 0)."""
@@ -286,6 +294,8 @@ class LearnerGroup:
         self.starting: list[Any] = starting
         # cancel(): the run is ending
         self.cancelled = False
+        # the start-up marks of the ranks this group waited for (LearnerRank.startup), in start order
+        self.startup: list[dict[str, float]] = []
 
     def start(self, world: int) -> None:
         """Ranks up to ``world`` started and not waited for: their imports run while the run starts its
@@ -311,6 +321,7 @@ class LearnerGroup:
             raise self._shortfall(world, len(new) - len(ready))
         # a rank whose start failed (an import error) raises here
         ray.get(ready)
+        self.startup += ray.get([a.startup.remote() for a in new])
 
     def _start_ranks(self, n: int) -> list[Any]:
         import ray

@@ -210,6 +210,7 @@ class RolloutWorker:
         store=None,
         tags: dict[str, str] | None = None,
     ):
+        init_started = time.time()
         for key, value in rollout_env(config).items():
             os.environ.setdefault(key, value)
         from vllm import LLM
@@ -240,6 +241,13 @@ class RolloutWorker:
         self.store_name = store if isinstance(store, str) else None
         self.store = _resolve_store(store)
         self._pull_newest()
+        from polyray.telemetry import startup_marks
+
+        self._startup = startup_marks(init_started)
+
+    def startup(self) -> dict[str, float]:
+        """When this worker's process and engine started, and when it was ready (the run's start-up trace)."""
+        return self._startup
 
     def _pull_newest(self) -> None:
         """Serve the newest published weights from the first call ((re)started, or a new run's store)."""

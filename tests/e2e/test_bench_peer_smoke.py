@@ -53,5 +53,8 @@ def test_peer_smoke_compares_both_trainers_and_the_larger_model(tmp_path):
     assert large["vllm"]["tokens"] == large["transformers"]["tokens"] == 2 * 2 * 16  # fixed length: equal counts
     # no learner step in --smoke: run_case is tests/unit/drivers/test_bench_learner.py's
     assert large["vllm_vs_transformers"] > 0 and "learner" not in large
-    for needle in ("polyray vs TRL", "grpo step s", "polyray's fixed costs", "vLLM"):
+    # the run's start-up trace, printed: every component the run started, from asked for to ready
+    trace = seed["polyray"]["startup_trace"]["components"]
+    assert {"ray", "reward service", "rollout worker 0", "learner rank 0"} <= set(trace), trace
+    for needle in ("polyray vs TRL", "grpo step s", "polyray's fixed costs", "vLLM", "polyray's start-up, seed 0"):
         assert needle in proc.stdout, needle

@@ -155,7 +155,7 @@ def test_the_report_draws_every_panel_with_data(quickstart_run, tmp_path):
     out, proc = quickstart_run
     report = out / "report.html"
     assert f"(report: {report})" in proc.stdout + proc.stderr
-    panels = ("fig-training", "fig-passk", "fig-usq", "fig-pareto", "fig-dynamics")
+    panels = ("fig-startup", "fig-training", "fig-passk", "fig-usq", "fig-pareto", "fig-dynamics")
     html = report.read_text()
     # every panel the run has data for, and nothing skipped
     assert [p for p in panels if f'id="{p}"' not in html] == [] and 'class="skipped"' not in html
@@ -165,6 +165,28 @@ def test_the_report_draws_every_panel_with_data(quickstart_run, tmp_path):
     # the training curves: one trace per curve the run logged (loss, reward, KL, clipped fraction, gaps)
     assert seen["drawn"]["fig-training"] >= 6, seen["drawn"]
     assert seen["requests"] == [seen["url"]], seen["requests"]
+
+
+def test_the_startup_trace_times_every_component_the_run_started(quickstart_run):
+    out, _ = quickstart_run
+    components = json.loads((out / "startup.json").read_text())["components"]
+    names = {
+        "driver",
+        "ray",
+        "reward service",
+        "rollout worker 0",
+        "base evaluation",
+        "learner rank 0",
+        "learner rank 1",
+    }
+    assert set(components) == names, components
+    for name, marks in components.items():
+        assert marks["ready"] >= marks.get("init", marks.get("asked", marks["ready"])), (name, marks)
+    # a process's own marks are in order, and the engine was ready before the evaluation that needed it began
+    for name in ("rollout worker 0", "learner rank 0", "learner rank 1"):
+        assert components[name]["process"] <= components[name]["init"] <= components[name]["ready"], name
+    assert components["rollout worker 0"]["ready"] <= components["base evaluation"]["asked"]
+    assert components["driver"]["process"] < components["driver"]["init"] == components["driver"]["ready"] == 0
 
 
 def test_grpo_improves_on_sft(quickstart_run):

@@ -67,8 +67,18 @@ def synthetic_results() -> dict:
         for phase in ("sft", "grpo")
         for s in range(1, 11)
     ]
+    startup = {
+        "components": {
+            "driver": {"process": -4.0, "init": 0.0, "ready": 0.0},
+            "ray": {"asked": 0.1, "ready": 6.2},
+            "rollout worker 0": {"asked": 6.3, "process": 6.9, "init": 8.1, "ready": 25.0},
+            "learner rank 0": {"asked": 6.4, "process": 5.0, "init": 7.0, "ready": 19.5},
+            "base evaluation": {"asked": 25.1, "ready": 31.0},
+        }
+    }
     return {
         "title": "synthetic report",
+        "startup": startup,
         "training": training,
         "ks": ks,
         "models": models,
@@ -107,7 +117,8 @@ def test_report_files_without_browser(tmp_path):
     html = write_report(tmp_path / "min", minimal)["html"].read_text()
     for fid in ("fig-usq", "fig-pareto", "fig-dynamics", "fig-lora"):
         assert f'<div id="{fid}" class="skipped">' in html
-    assert 'id="fig-axis"' not in html and 'id="fig-training"' not in html  # a sweep's and a run's only
+    # a sweep's and a run's only
+    assert not [f for f in ("fig-axis", "fig-startup", "fig-training") if f'id="{f}"' in html]
     assert r"a\_b" in render_latex_table(minimal)
     rows = [{"prompt_id": "p0", "rewards": np.array([1.0, 0.0]), "c": np.int64(1)}]
     p = write_samples_jsonl(tmp_path / "samples.jsonl", rows)

@@ -61,7 +61,7 @@ def draw_report(html_path: Path, figure_ids, screenshot: Path | None = None) -> 
                 )
             drawn = page.evaluate(
                 "ids => ids.map(id => { const d = document.getElementById(id);"
-                " return d ? d.querySelectorAll('.scatterlayer .trace, .heatmaplayer .hm').length : -1; })",
+                " return d ? d.querySelectorAll('.scatterlayer .trace, .barlayer .trace, .heatmaplayer .hm').length : -1; })",
                 list(figure_ids),
             )
             out["drawn"] = dict(zip(figure_ids, drawn))

@@ -199,6 +199,7 @@ def run_polyray(run: RunConfig, out: Path, warmup: int) -> dict[str, Any]:
     import ray
 
     from polyray.drivers.run import run_pipeline
+    from polyray.drivers.startup import STARTUP_FILE
 
     started = time.perf_counter()
     results = run_pipeline(run, out)
@@ -233,6 +234,8 @@ def run_polyray(run: RunConfig, out: Path, warmup: int) -> dict[str, Any]:
         "evaluations_s": evals,
         "startup_s": startup,
         "timings_s": t,
+        # the run's start-up trace (startup.json): each component from asked for to ready
+        "startup_trace": json.loads((out / STARTUP_FILE).read_text()),
         "eval": {key: _pass_at_k(results.evaluations[p.name]) for key, p in (("sft", sft), ("grpo", grpo))},
         "adapters": {"sft": str(out / "adapters" / sft.name), "grpo": str(out / "adapters" / grpo.name)},
     }
@@ -485,3 +488,9 @@ def print_peer(results: dict[str, Any], console) -> None:
     console.print(iqr)
     startup = ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in results["polyray_startup_s"].items())
     console.print(f"polyray's fixed costs (medians over seeds, measured by the run): {startup}")
+    from polyray.drivers.startup import startup_table
+
+    first = results["seeds"][0]
+    trace = per[str(first)]["polyray"].get("startup_trace")
+    if trace:
+        console.print(startup_table(trace, title=f"polyray's start-up, seed {first} (s from the run's start)"))

@@ -201,9 +201,13 @@ def test_print_peer_shows_the_non_inferiority_test():
         "per_seed": {str(s): {e: {"steps": {"grpo": {"iqr_s": 0.01}}} for e in ("polyray", "trl")} for s in range(3)},
         "polyray_startup_s": {"ray_start": 5.0},
     }
+    trace = {"components": {"ray": {"asked": 0.2, "ready": 7.5}, "rollout worker 0": {"asked": 7.6, "ready": 30.25}}}
+    results["per_seed"]["0"]["polyray"]["startup_trace"] = trace
     console = Console(record=True, width=250)
     print_peer(results, console)
     text = console.export_text()
+    # seed 0's start-up trace: the engine asked for at 7.6 s, ready 22.6 s later
+    assert "polyray's start-up, seed 0" in text and "rollout worker 0" in text and "22.6" in text
     ni = compared["grpo_pass@1"]["noninferiority"]
     assert f"m 0.02: p {ni['pvalue']:.3f}, > {ni['low']:+.3f}" in text
     flat = " ".join(text.split())  # (the title wraps)

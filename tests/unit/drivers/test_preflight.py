@@ -259,6 +259,7 @@ def test_a_trial_given_the_sweeps_reading_probes_no_gpu(monkeypatch, tmp_path):
 
     import polyray.cluster as cluster
     import polyray.drivers.run as run_driver
+    from polyray.drivers.startup import StartupTrace
     from polyray.io import Timer
 
     def probe(timeout_s: float, required: bool):
@@ -267,12 +268,12 @@ def test_a_trial_given_the_sweeps_reading_probes_no_gpu(monkeypatch, tmp_path):
     monkeypatch.setattr(run_driver, "init_ray", lambda *a, **k: None)
     monkeypatch.setattr(cluster, "cluster_gpus", probe)
     run = load_config(ROOT / "configs/quickstart.yaml", ["rollout.gpus_per_worker=1"])
-    state = SimpleNamespace(run=run, gpus=READING, timer=Timer(), model_dir=None, verbose=True)
+    state = SimpleNamespace(run=run, gpus=READING, timer=Timer(), trace=StartupTrace(), model_dir=None, verbose=True)
     run_driver.start_ray(state, None)
     assert state.run.rollout.gpu_memory_gib == 79.2
     # without a reading the run reads the cluster itself
     monkeypatch.setattr(cluster, "cluster_gpus", lambda timeout_s, required: {"n": GpuInfo("NVIDIA L4", 22.0)})
-    state = SimpleNamespace(run=run, gpus=None, timer=Timer(), model_dir=None, verbose=True)
+    state = SimpleNamespace(run=run, gpus=None, timer=Timer(), trace=StartupTrace(), model_dir=None, verbose=True)
     run_driver.start_ray(state, None)
     assert state.run.rollout.gpu_memory_gib == 22.0
 
@@ -330,6 +331,7 @@ def test_a_run_on_gpus_it_cannot_use_stops_before_any_actor(monkeypatch):
 
     import polyray.cluster as cluster
     import polyray.drivers.run as run_driver
+    from polyray.drivers.startup import StartupTrace
     from polyray.io import ConfigError, Timer
 
     monkeypatch.setattr(run_driver, "init_ray", lambda *a, **k: None)
@@ -342,7 +344,7 @@ def test_a_run_on_gpus_it_cannot_use_stops_before_any_actor(monkeypatch):
         return {"node-v100": GpuInfo("Tesla V100-SXM2-32GB", 31.7, (7, 0), 13000, "13.0")}
 
     monkeypatch.setattr(cluster, "cluster_gpus", probe)
-    state = SimpleNamespace(run=run, gpus=None, timer=Timer(), model_dir=None, verbose=True)
+    state = SimpleNamespace(run=run, gpus=None, timer=Timer(), trace=StartupTrace(), model_dir=None, verbose=True)
     with pytest.raises(ConfigError, match="^model.dtype: bfloat16 needs"):
         run_driver.start_ray(state, None)
     assert seen == {"required": False}  # busy GPUs would be a warning: the config sizes memory itself
