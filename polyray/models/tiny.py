@@ -17,8 +17,9 @@ half-way leaves no half-written cache entry). Its settings are
 
 The quickstart's model ships with polyray (``polyray/models/embedded/``, a few MB): a first run
 copies it into the cache instead of pretraining for minutes, and every install evaluates the same
-weights. A test rebuilds it and compares the bytes on a machine whose kernels and libraries match
-those it was built with.
+weights. A build records its weights' digest after its first steps (``trajectory`` in build_info.json):
+on a machine whose kernels and libraries match those the shipped model was built with, a test reruns those
+steps and compares, and a slower one rebuilds it whole and compares the bytes.
 """
 
 from __future__ import annotations
@@ -159,7 +160,34 @@ def tiny_model_config(tiny: TinyModelConfig) -> dict:
     }
 
 
-def _pretrain(model, tokenizer, pairs, tiny: TinyModelConfig, *, progress: Callable[[int, int, float], None] | None):
+# The steps whose weights' digest a build records (build_info's "trajectory"): a rebuild of that prefix,
+# under the full schedule, shows the builder still takes the path that made a shipped model.
+TRAJECTORY_STEPS = (150,)
+
+
+def parameters_digest(model) -> str:
+    """SHA-256 (first 16 hex digits) over the names, dtypes, shapes and bytes of a model's parameters."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, param in sorted(model.state_dict().items()):
+        tensor = param.detach().contiguous().cpu()
+        digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _pretrain(
+    model,
+    tokenizer,
+    pairs,
+    tiny: TinyModelConfig,
+    *,
+    progress: Callable[[int, int, float], None] | None,
+    stop_after: int | None = None,
+) -> tuple[float, dict[str, str]]:
+    """Pretrain ``model`` in place (``stop_after``: only that many steps, under the full run's schedule);
+    returns the last step's loss and the parameters' digest at each of :data:`TRAJECTORY_STEPS` passed."""
     import torch
 
     from polyray.models.batching import pack_sequences
@@ -182,8 +210,8 @@ def _pretrain(model, tokenizer, pairs, tiny: TinyModelConfig, *, progress: Calla
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     model.train()
-    loss_value = float("nan")
-    for step in range(tiny.pretrain_steps):
+    loss_value, trajectory = float("nan"), {}
+    for step in range(tiny.pretrain_steps if stop_after is None else min(stop_after, tiny.pretrain_steps)):
         idx = torch.randint(len(encoded), (tiny.pretrain_batch_size,), generator=gen).tolist()
         batch = pack_sequences([encoded[i][0] for i in idx], [encoded[i][1] for i in idx], tokenizer.pad_token_id)
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
@@ -199,10 +227,12 @@ def _pretrain(model, tokenizer, pairs, tiny: TinyModelConfig, *, progress: Calla
         opt.step()
         sched.step()
         loss_value = loss.item()
+        if step + 1 in TRAJECTORY_STEPS:
+            trajectory[str(step + 1)] = parameters_digest(model)
         if progress:
             progress(step + 1, tiny.pretrain_steps, loss_value)
     model.eval()
-    return loss_value
+    return loss_value, trajectory
 
 
 def build_tiny_model(
@@ -252,16 +282,31 @@ def _install(shipped: Path, out_dir: Path) -> Path:
     return out_dir
 
 
-def _build(tiny: TinyModelConfig, task_config, out_dir: Path, progress) -> Path:
+def _initial_model(tiny: TinyModelConfig, task_config):
+    """The model before pretraining, its tokenizer (trained here) and the pretraining corpus."""
     import torch
-    from transformers import GenerationConfig, Qwen3ForCausalLM
+    from transformers import Qwen3ForCausalLM
 
-    started = time.perf_counter()
     torch.manual_seed(tiny.seed)
     pairs = build_task(task_config).pretrain_corpus(tiny.pretrain_prompts, tiny.pretrain_noise, tiny.seed)
     tokenizer = _train_tokenizer([p + c for p, c in pairs], tiny.vocab_size)
-    model = Qwen3ForCausalLM(_qwen3_config(tiny, tokenizer))
-    final_loss = _pretrain(model, tokenizer, pairs, tiny, progress=progress)
+    return Qwen3ForCausalLM(_qwen3_config(tiny, tokenizer)), tokenizer, pairs
+
+
+def pretrain_prefix(tiny: TinyModelConfig, task_config, steps: int) -> tuple[str, object]:
+    """The first ``steps`` pretraining steps of a build, unsaved: the parameters' digest after them
+    (:func:`parameters_digest`) and the tokenizer the build trains."""
+    model, tokenizer, pairs = _initial_model(tiny, task_config)
+    _pretrain(model, tokenizer, pairs, tiny, progress=None, stop_after=steps)
+    return parameters_digest(model), tokenizer
+
+
+def _build(tiny: TinyModelConfig, task_config, out_dir: Path, progress) -> Path:
+    from transformers import GenerationConfig
+
+    started = time.perf_counter()
+    model, tokenizer, pairs = _initial_model(tiny, task_config)
+    final_loss, trajectory = _pretrain(model, tokenizer, pairs, tiny, progress=progress)
 
     staging = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
     try:
@@ -276,6 +321,7 @@ def _build(tiny: TinyModelConfig, task_config, out_dir: Path, progress) -> Path:
             "task": task_config.model_dump(mode="json"),
             "parameters": sum(p.numel() for p in model.parameters()),
             "final_pretrain_loss": final_loss,
+            "trajectory": trajectory,
             "build_seconds": round(time.perf_counter() - started, 1),
             # what the bytes depend on beyond the recipe (polyray.fingerprint)
             "built_with": built_with(),

@@ -1,14 +1,18 @@
 """Test helpers for sandbox containment: the processes whose command line holds a marker (what a sandbox must
 not leave behind), a loopback listener (what it must not reach), the isolation modes that work here, and
-the lines that switch off ``rlimits`` mode's audit hook (as an adversary would)."""
+the lines that switch off ``rlimits`` mode's audit hook (as an adversary would); and a job entrypoint run as
+a user runs it."""
 
 from __future__ import annotations
 
 import functools
 import os
 import socket
+import subprocess
+import sys
 import textwrap
 from contextlib import contextmanager
+from pathlib import Path
 
 # rlimits mode's audit hook off (the issue's bypass, completed): what follows runs unguarded there
 UNGUARD = textwrap.dedent("""
@@ -77,3 +81,11 @@ def kill_by_env(name: str, value: str) -> None:
         except psutil.Error:
             pass
     psutil.wait_procs(found, timeout=30)
+
+
+def run_module(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python -m <args>`` from the checkout's root (as a user runs a job entrypoint); asserts it succeeded."""
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-m", *args], cwd=root, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc

@@ -48,18 +48,41 @@ def test_a_first_run_copies_the_shipped_model_without_building(tmp_path, monkeyp
     assert sorted(p.name for p in model_dir.parent.iterdir() if p.is_dir()) == [model_dir.name]
 
 
+def _shipped_build_info():
+    model, task = _quickstart()
+    shipped = tiny.shipped_model_dir(model, task)
+    info = json.loads((shipped / "build_info.json").read_text())
+    if tiny.built_with() != info["built_with"]:
+        pytest.skip(f"this machine builds with {tiny.built_with()}, the shipped model with {info['built_with']}")
+    return model, task, shipped, info
+
+
 @pytest.mark.slow
+def test_a_rebuild_takes_the_shipped_builds_path(tmp_path):
+    """The builder's first steps, under the full schedule, reach the weights the shipped build recorded there,
+    from the same tokenizer (the whole rebuild is the next test's, in ``make test-slow``)."""
+    import torch
+
+    model, task, shipped, info = _shipped_build_info()
+    torch.set_num_threads(1)
+    [(steps, recorded)] = info["trajectory"].items()
+    digest, tokenizer = tiny.pretrain_prefix(model, task, int(steps))
+    assert digest == recorded, f"after {steps} steps the builder's weights are {digest}, the shipped build's {recorded}"
+    tokenizer.save_pretrained(tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        assert (tmp_path / name).read_bytes() == (shipped / name).read_bytes(), name
+
+
+@pytest.mark.slow
+@pytest.mark.redundant
 def test_the_shipped_bytes_are_what_the_builder_makes(tmp_path):
     import torch
 
-    model, task = _quickstart()
-    shipped = tiny.shipped_model_dir(model, task)
-    built_with = json.loads((shipped / "build_info.json").read_text())["built_with"]
-    if tiny.built_with() != built_with:
-        pytest.skip(f"this machine builds with {tiny.built_with()}, the shipped model was built with {built_with}")
+    model, task, shipped, info = _shipped_build_info()
     torch.set_num_threads(1)
     rebuilt = tiny.build_tiny_model(model, task, out_dir=tmp_path / "m", use_shipped=False)
     assert _digests(rebuilt) == _digests(shipped)
+    assert json.loads((rebuilt / "build_info.json").read_text())["trajectory"] == info["trajectory"]
 
 
 def test_readme_names_the_shipped_weights_and_the_test_prompts(tmp_path, monkeypatch):

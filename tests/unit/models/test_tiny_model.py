@@ -89,3 +89,25 @@ def test_concurrent_builds_of_one_model_build_it_once(tmp_path):
     assert [p.returncode for p in procs] == [0, 0]
     assert said == ["built", "reused"], said
     assert (tmp_path / "m" / "build_info.json").is_file()
+
+
+def test_a_prefix_of_a_build_reaches_the_weights_the_build_recorded_there(tmp_path):
+    import json
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from polyray.models.tiny import TRAJECTORY_STEPS, build_tiny_model, parameters_digest, pretrain_prefix
+
+    torch.set_num_threads(1)
+    task = CountdownTaskConfig()
+    tiny = TinyModelConfig(**{**SMALL, "pretrain_steps": TRAJECTORY_STEPS[-1] + 10, "pretrain_batch_size": 2})
+    built = build_tiny_model(tiny, task, out_dir=tmp_path / "m")
+    recorded = json.loads((built / "build_info.json").read_text())["trajectory"]
+    assert sorted(recorded) == sorted(str(s) for s in TRAJECTORY_STEPS)
+    for steps, digest in recorded.items():
+        assert pretrain_prefix(tiny, task, int(steps))[0] == digest
+        assert pretrain_prefix(tiny, task, int(steps) - 1)[0] != digest
+    # the digest is of what a build saves: the whole prefix gives the saved weights'
+    saved = AutoModelForCausalLM.from_pretrained(built, dtype=torch.float32)
+    assert parameters_digest(saved) == pretrain_prefix(tiny, task, tiny.pretrain_steps)[0]
