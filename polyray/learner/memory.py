@@ -398,15 +398,14 @@ def bound_lengths(
 def longest_sequences(run: RunConfig, model_dir) -> tuple[int, int]:
     """(longest training prompt, longest prompt + reference + end of sequence) in tokens of the model in
     ``model_dir``, the prompts formatted as the phases see them (the chat template when it applies)."""
-    from polyray.models.source import _tokenizer, format_for_model
+    from polyray.models.source import format_for_model, token_counter
     from polyray.tasks import build_task
 
     task = format_for_model(build_task(run.task), run.model, model_dir)
     prompts = task.prompts("train", run.task.n_train)
     if not prompts:
         return 0, 0
-    tokenizer = _tokenizer(str(model_dir))
-    count = lambda texts: [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]  # noqa: E731
+    count = token_counter(model_dir)
     prompt = count([p.text for p in prompts])
     if not any(p.trains_on_references for p in run.phases):
         return max(prompt), 0

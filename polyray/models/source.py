@@ -101,6 +101,23 @@ def _tokenizer(model_dir: str):
     return AutoTokenizer.from_pretrained(model_dir)
 
 
+def token_counter(model_dir: str | Path) -> Callable[[list[str]], list[int]]:
+    """``count(texts)``: each text's length in the model's tokens, special tokens not added. From the model's
+    ``tokenizer.json`` through ``tokenizers`` (the fast tokenizer's own backend: the same ids) where it has one,
+    which spares a driver the import of transformers; else through transformers' tokenizer."""
+    path = Path(model_dir) / "tokenizer.json"
+    if path.is_file():
+        from tokenizers import Tokenizer
+
+        backend = Tokenizer.from_file(str(path))
+        # as transformers' tokenizer calls it: no padding or truncation a tokenizer.json may configure
+        backend.no_padding()
+        backend.no_truncation()
+        return lambda texts: [len(e.ids) for e in backend.encode_batch(texts, add_special_tokens=False)]
+    tokenizer = _tokenizer(str(model_dir))
+    return lambda texts: [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
 def format_for_model(task: Task, model: ModelConfig, model_dir: str | Path) -> Task:
     """``task`` with prompts as ``model`` expects them: through its tokenizer's chat template when
     it has one, ``prompt_format`` is auto (instruct models) and the task's answers can be chat
