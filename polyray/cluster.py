@@ -232,10 +232,11 @@ def wait_for_actors(refs: list, actors: list, demand: Demand, wait_s: float, pol
     return ray.get(refs)
 
 
-def run_serve_apps(apps: list[tuple[object, str, str | None]], wait_s: float, poll_s: float = 0.5) -> None:
-    """Deploy each (application, name, route prefix) on the connected cluster's Serve and wait for all to run:
-    :class:`ClusterShortfall` once ``wait_s`` has passed with an app not running (naming what its deployments
-    report: the replicas Ray has not placed and what each asks), ``ConfigError`` for an app that failed."""
+def run_serve_apps(
+    apps: list[tuple[object, str, str | None]], wait_s: float, poll_s: float = 0.5, wait: bool = True
+) -> list[str]:
+    """Deploy each (application, name, route prefix) on the connected cluster's Serve and (``wait``) wait for
+    all to run (:func:`wait_serve_apps`); returns their names (``wait`` False: to wait on later)."""
     from ray import serve
     from ray.serve.api import RunTarget
 
@@ -244,8 +245,19 @@ def run_serve_apps(apps: list[tuple[object, str, str | None]], wait_s: float, po
         wait_for_ingress_deployment_creation=False,
         wait_for_applications_running=False,
     )
-    deadline = time.monotonic() + wait_s
     names = [name for _, name, _ in apps]
+    if wait:
+        wait_serve_apps(names, wait_s, poll_s)
+    return names
+
+
+def wait_serve_apps(names: list[str], wait_s: float, poll_s: float = 0.5) -> None:
+    """Wait for the Serve apps ``names`` to run: :class:`ClusterShortfall` once ``wait_s`` has passed with an app
+    not running (naming what its deployments report: the replicas Ray has not placed and what each asks),
+    ``ConfigError`` for an app that failed."""
+    from ray import serve
+
+    deadline = time.monotonic() + wait_s
     while True:
         status = serve.status().applications
         waiting = [name for name in names if name not in status or status[name].status != "RUNNING"]

@@ -247,6 +247,8 @@ class RunState:
     verbose: bool = False
     # when start_learner asked for the kept ranks (wall clock)
     learner_asked: float = 0.0
+    # the reward service, deployed and not yet waited for (wait_for_services)
+    pending_services: PendingServices | None = None
 
     def keeper(self):
         """The sweep's rank keeper (the ranks outlive this run), or None."""
@@ -294,8 +296,8 @@ def run_components(
     state: RunState, *, engagement: list, serve_generation: bool = False, training: bool = True
 ) -> Iterator[None]:
     """What a run's stages work with, started in order and released however the block ends: model ->
-    engagement models -> Ray -> adapter store -> rollout pool launched -> services -> learner ranks ->
-    rollout pool ready. ``training`` False (a finished run's test evaluations): no step logs, services or
+    engagement models -> Ray -> adapter store -> rollout pool launched -> learner ranks -> services (the
+    reward service deployed: the first phase that trains waits for it) -> rollout pool ready. ``training`` False (a finished run's test evaluations): no step logs, services or
     learner ranks. The one lifecycle of every job that runs a run's stages (:func:`release` ends it)."""
     from polyray.rollout.store import open_store
 
@@ -316,9 +318,9 @@ def run_components(
         # the rollout engines start while the services do (each waits mostly on its own imports)
         launched_s = launch_pool(state, store)
         if training:
-            start_services(state, generation)
-            # its ranks import while the engines finish starting and the base is evaluated
+            # its ranks import while the engines and services start and the base is evaluated
             start_learner(state)
+            start_services(state, generation)
         wait_for_pool(state, launched_s)
         yield
         finished = True
@@ -444,8 +446,9 @@ def start_ray(state: RunState, generation: dict[str, Any] | None) -> None:
 
 
 def start_services(state: RunState, generation: dict[str, Any] | None) -> None:
-    """The generation service (``--serve-generation``) first: it starts Serve's HTTP proxy, which the
-    reward app then shares; the reward service when GRPO scores through its endpoint."""
+    """The generation service (``--serve-generation``) first, waited for: it starts Serve's HTTP proxy, which
+    the reward app then shares; the reward service when GRPO scores through its endpoint, deployed and
+    waited for by the first phase that trains (:func:`wait_for_services`)."""
     run, timer = state.run, state.timer
     if generation is not None:
         from polyray.generation.service import deploy_generation
@@ -464,14 +467,43 @@ def start_services(state: RunState, generation: dict[str, Any] | None) -> None:
         from polyray.config.run import custom_reward_functions
         from polyray.reward.service import ensure_reward_service
 
-        with (
-            timer("reward_service_start"),
-            state.trace.span("reward service"),
-            console.status("starting the reward service (Ray Serve)"),
-        ):
-            ensure_reward_service(
-                run.reward, custom_reward_functions(run), run.cluster.worker_resources, run.cluster.resource_wait_s
-            )
+        asked, start = time.time(), time.perf_counter()
+        # deployed, not waited for: no stage before the first phase's training scores through it
+        names = ensure_reward_service(
+            run.reward,
+            custom_reward_functions(run),
+            run.cluster.worker_resources,
+            run.cluster.resource_wait_s,
+            wait=False,
+        )
+        state.pending_services = PendingServices(names, asked, time.perf_counter() - start)
+
+
+@dataclass
+class PendingServices:
+    """Serve apps deployed and not yet seen running: their names, when they were asked for (wall clock), and
+    the seconds their deployment took."""
+
+    names: list[str]
+    asked: float
+    deploy_s: float
+
+
+def wait_for_services(state: RunState) -> None:
+    """Wait for the services :func:`start_services` deployed without waiting (once: a no-op afterwards)."""
+    pending, state.pending_services = state.pending_services, None
+    if pending is None:
+        return
+    from polyray.cluster import wait_serve_apps
+
+    start = time.perf_counter()
+    if pending.names:
+        with console.status("waiting for the reward service (Ray Serve) to start"):
+            wait_serve_apps(pending.names, state.run.cluster.resource_wait_s)
+    # the run's own time on it: its deployment, then the wait after the stages it ran beside
+    state.timer.timings["reward_service_start"] = round(pending.deploy_s + time.perf_counter() - start, 2)
+    state.trace.mark("reward service", asked=pending.asked, ready=time.time())
+    state.trace.write(state.out)
 
 
 def stop_services(state: RunState) -> None:
@@ -580,6 +612,7 @@ def fit(state: RunState, index: int, version: int, adapter: str | None) -> tuple
         version = json.loads((adapter_dir / "polyray_version.json").read_text())["version"]
         adapter = share_adapter(state.shared, adapter_dir, phase.name)
     else:
+        wait_for_services(state)
         with state.timer(f"train_{phase.name}"):
             trained = train_stage(
                 state.worker_run,

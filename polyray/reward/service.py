@@ -93,13 +93,19 @@ def learner_args(public_args: dict[str, Any], run_args: dict[str, Any]) -> dict[
 
 
 def ensure_reward_service(
-    cfg: RewardConfig, functions: Iterable[str] = (), resources: dict[str, float] | None = None, wait_s: float = 600.0
-) -> None:
+    cfg: RewardConfig,
+    functions: Iterable[str] = (),
+    resources: dict[str, float] | None = None,
+    wait_s: float = 600.0,
+    wait: bool = True,
+) -> list[str]:
     """Deploy the learner's handle-only reward application (and with ``http_port`` the public one) on the
     connected cluster where it is not running yet (:func:`plan_reward_apps`), their replicas given the
     code of the custom reward ``functions`` (:func:`~polyray.config.run.custom_reward_functions`);
     ``resources``: custom Ray resources per replica (``cluster.worker_resources``). ``wait_s``: how long the
-    apps may take to run (``cluster.resource_wait_s``) before :class:`~polyray.cluster.ClusterShortfall`."""
+    apps may take to run (``cluster.resource_wait_s``) before :class:`~polyray.cluster.ClusterShortfall`;
+    ``wait`` False returns once they are deployed, with the names to wait on
+    (:func:`polyray.cluster.wait_serve_apps`)."""
     from ray import serve
 
     from polyray.io import ConfigError, warn
@@ -110,7 +116,7 @@ def ensure_reward_service(
     public_args = _config_args(cfg.app_name) if cfg.app_name in running else None
     apps, warning = plan_reward_apps(cfg, run_args, running, public_args)
     if not apps:
-        return
+        return []
     built = []
     for app in apps:
         try:
@@ -134,7 +140,7 @@ def ensure_reward_service(
         serve.start(proxy_location="Disabled")
     from polyray.cluster import run_serve_apps
 
-    run_serve_apps([(application, app.name, app.route_prefix) for app, application in built], wait_s)
+    return run_serve_apps([(application, app.name, app.route_prefix) for app, application in built], wait_s, wait=wait)
 
 
 def _config_args(app_name: str) -> dict[str, Any] | None:

@@ -40,12 +40,51 @@ def test_a_training_run_starts_everything_in_order_and_releases_finished(calls):
         "open_store",
         "logs",
         "launch_pool",
-        "start_services",
         "start_learner",
+        "start_services",
         "wait_for_pool",
         "block",
         ("release", "store", True),
     ]
+
+
+def test_the_reward_service_is_waited_for_once_by_the_first_phase_that_trains(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    import polyray.cluster as cluster
+    from polyray.drivers.startup import StartupTrace
+    from polyray.io import Timer
+
+    waited: list = []
+    monkeypatch.setattr(cluster, "wait_serve_apps", lambda names, wait_s: waited.append((names, wait_s)))
+    trace = StartupTrace(origin=100.0)
+    pending = driver.PendingServices(["polyray-reward-t"], asked=101.0, deploy_s=1.5)
+    run = SimpleNamespace(cluster=SimpleNamespace(resource_wait_s=30.0))
+    state = SimpleNamespace(run=run, pending_services=pending, timer=Timer(), trace=trace, out=tmp_path)
+    driver.wait_for_services(state)
+    driver.wait_for_services(state)
+    assert waited == [(["polyray-reward-t"], 30.0)] and state.pending_services is None
+    assert state.timer.timings["reward_service_start"] >= 1.5
+    assert trace.components["reward service"]["asked"] == 1.0 and (tmp_path / "startup.json").is_file()
+
+
+def test_a_service_that_does_not_start_fails_the_wait_and_is_not_marked_ready(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    import polyray.cluster as cluster
+    from polyray.drivers.startup import StartupTrace
+    from polyray.io import Timer
+
+    def short(names, wait_s):
+        raise cluster.ClusterShortfall(f"Serve app {names[0]!r} not running after {wait_s:g} s")
+
+    monkeypatch.setattr(cluster, "wait_serve_apps", short)
+    pending = driver.PendingServices(["polyray-reward-t"], asked=1.0, deploy_s=0.5)
+    run = SimpleNamespace(cluster=SimpleNamespace(resource_wait_s=5.0))
+    state = SimpleNamespace(run=run, pending_services=pending, timer=Timer(), trace=StartupTrace(), out=tmp_path)
+    with pytest.raises(cluster.ClusterShortfall, match="polyray-reward-t"):
+        driver.wait_for_services(state)
+    assert "reward service" not in state.trace.components
 
 
 def test_test_evaluations_start_no_services_logs_or_ranks(calls):
