@@ -564,8 +564,12 @@ def wait_for_pool(state: RunState, launched_s: float) -> None:
     state.timer.timings[key] = round(launched_s + time.perf_counter() - start, 2)
     engines = state.trace.components.pop("rollout engines")
     if not state.shared_pool:
-        marks = ray.get([w.startup.remote() for w in state.pool.workers])
-        state.trace.add_reported("rollout worker", state.trace.origin + engines["asked"], marks)
+        try:
+            marks = ray.get([w.startup.remote() for w in state.pool.workers])
+            state.trace.add_reported("rollout worker", state.trace.origin + engines["asked"], marks)
+        # a worker lost right after its start: the trace goes without it, the run's own checks handle it
+        except ray.exceptions.RayError as exc:
+            warn(f"start-up trace: the rollout workers' marks could not be read ({type(exc).__name__})")
     state.trace.write(state.out)
 
 

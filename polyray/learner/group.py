@@ -321,7 +321,11 @@ class LearnerGroup:
             raise self._shortfall(world, len(new) - len(ready))
         # a rank whose start failed (an import error) raises here
         ray.get(ready)
-        self.startup += ray.get([a.startup.remote() for a in new])
+        try:
+            self.startup += ray.get([a.startup.remote() for a in new])
+        # a rank lost right after its start: the phase's own start finds it; the trace goes without it
+        except ray.exceptions.RayError:
+            self.startup = []
 
     def _start_ranks(self, n: int) -> list[Any]:
         import ray
