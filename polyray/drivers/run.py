@@ -245,7 +245,8 @@ class RunState:
     gpus: dict[str, GpuInfo] | None = None
     # the libraries' log lines in the terminal, not the run's library.log
     verbose: bool = False
-    # when start_learner asked for the kept ranks (wall clock)
+    # when launch_pool and start_learner asked for the engines and the kept ranks (wall clock)
+    pool_asked: float = 0.0
     learner_asked: float = 0.0
     # the reward service, deployed and not yet waited for (wait_for_services)
     pending_services: PendingServices | None = None
@@ -526,7 +527,7 @@ def launch_pool(state: RunState, store) -> float:
     from polyray.rollout.pool import RolloutPool
 
     run, start = state.run, time.perf_counter()
-    state.trace.mark("rollout engines", asked=time.time())
+    state.pool_asked = time.time()
     if state.shared_pool and not _workers_alive(state.warm.workers):
         warn("a rollout worker the sweep's trials share is gone (past its restarts): this run starts its own")
         for worker in state.warm.workers:
@@ -562,11 +563,10 @@ def wait_for_pool(state: RunState, launched_s: float) -> None:
     # a run on the sweep's engines only attached to them: its timing says so
     key = "rollout_pool_attach" if state.shared_pool else "rollout_pool_start"
     state.timer.timings[key] = round(launched_s + time.perf_counter() - start, 2)
-    engines = state.trace.components.pop("rollout engines")
     if not state.shared_pool:
         try:
             marks = ray.get([w.startup.remote() for w in state.pool.workers])
-            state.trace.add_reported("rollout worker", state.trace.origin + engines["asked"], marks)
+            state.trace.add_reported("rollout worker", state.pool_asked, marks)
         # a worker lost right after its start: the trace goes without it, the run's own checks handle it
         except ray.exceptions.RayError as exc:
             warn(f"start-up trace: the rollout workers' marks could not be read ({type(exc).__name__})")
