@@ -54,11 +54,14 @@ def get_encoder(name: str = BUNDLED_ENCODER, dtype: str = "float32"):
     cosines within 0.01 of float32's; docs/benchmarks.md, "Polychromic SFT")."""
     # never reach for the hub
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-    from sentence_transformers import SentenceTransformer
+    from polyray.imports import paused_gc
 
-    path = str(bundled_minilm_dir()) if name == BUNDLED_ENCODER else name
-    model = SentenceTransformer(path, device="cpu")
+    with paused_gc():
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        path = str(bundled_minilm_dir()) if name == BUNDLED_ENCODER else name
+        model = SentenceTransformer(path, device="cpu")
     if dtype != "float32":
         model.to(getattr(torch, dtype))
     model.eval()

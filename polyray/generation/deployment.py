@@ -269,14 +269,17 @@ class GenerationDeployment:
 
     async def _start_engine(self, cfg: GenerationServiceConfig) -> None:
         """The vLLM engine and its OpenAI completion and chat servers, with the run's static adapters."""
-        from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
-        from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
-        from vllm.entrypoints.openai.models.protocol import BaseModelPath
-        from vllm.entrypoints.openai.models.serving import OpenAIServingModels
-        from vllm.renderers.online_renderer import OnlineRenderer
-        from vllm.v1.engine.async_llm import AsyncLLM
+        from polyray.imports import paused_gc
 
-        self.engine = AsyncLLM.from_engine_args(engine_args(cfg))
+        with paused_gc():
+            from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
+            from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
+            from vllm.entrypoints.openai.models.protocol import BaseModelPath
+            from vllm.entrypoints.openai.models.serving import OpenAIServingModels
+            from vllm.renderers.online_renderer import OnlineRenderer
+            from vllm.v1.engine.async_llm import AsyncLLM
+
+            self.engine = AsyncLLM.from_engine_args(engine_args(cfg))
         self.max_len = self.engine.model_config.max_model_len
         self.models = OpenAIServingModels(self.engine, [BaseModelPath(name=cfg.base_name, model_path=cfg.model_dir)])
         await self.models.init_static_loras()

@@ -105,15 +105,18 @@ class LearnerRank:
 
     def __init__(self, threads: int):
         init_started = time.time()
-        import torch
+        from polyray.imports import paused_gc
 
-        torch.set_num_threads(threads)
-        import polyray.learner.loop  # noqa: F401
-        from polyray.learner.lora import import_model_libraries
-        from polyray.telemetry import startup_marks
+        with paused_gc():
+            import torch
 
-        # once here, not at every phase's start
-        import_model_libraries()
+            torch.set_num_threads(threads)
+            import polyray.learner.loop  # noqa: F401
+            from polyray.learner.lora import import_model_libraries
+            from polyray.telemetry import startup_marks
+
+            # once here, not at every phase's start
+            import_model_libraries()
         self._startup = startup_marks(init_started)
 
     def startup(self) -> dict[str, float]:

@@ -106,6 +106,17 @@ def device_engine_args(gpus: float, enforce_eager: bool | None, gpu_memory_utili
     return {"enforce_eager": bool(enforce_eager), "gpu_memory_utilization": gpu_memory_utilization}
 
 
+def start_engine(model_dir: str, config: RolloutConfig, dtype: str):
+    """vLLM imported and a rollout engine built on ``model_dir``, with no collector passes over the growing
+    heap (polyray.imports)."""
+    from polyray.imports import paused_gc
+
+    with paused_gc():
+        from vllm import LLM
+
+        return LLM(**engine_kwargs(model_dir, config, dtype))
+
+
 def engine_kwargs(model_dir: str, config: RolloutConfig, dtype: str) -> dict[str, Any]:
     """A rollout worker's ``vllm.LLM`` arguments (LoRA on; on CPU whole prompts per step, on GPU vLLM's own
     step with chunked prefill unless ``max_num_batched_tokens`` is set)."""
@@ -213,8 +224,6 @@ class RolloutWorker:
         init_started = time.time()
         for key, value in rollout_env(config).items():
             os.environ.setdefault(key, value)
-        from vllm import LLM
-
         from polyray.telemetry import Metrics
 
         self.metrics = Metrics({"run": "", "worker": "0", **(tags or {})}, GAUGES, HISTOGRAMS, COUNTERS)
@@ -226,7 +235,7 @@ class RolloutWorker:
         from polyray.storage import node_path
 
         # a reference into cluster.storage: copied to this node's cache first (once per node)
-        self.llm = LLM(**engine_kwargs(node_path(model_dir), config, dtype))
+        self.llm = start_engine(node_path(model_dir), config, dtype)
         # the completions' texts (decode_completions)
         self.tokenizer = self.llm.get_tokenizer()
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
