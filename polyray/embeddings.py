@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -47,11 +48,36 @@ def resolve_dtype(dtype: str) -> str:
     return dtype
 
 
-@functools.lru_cache(maxsize=4)
+# one load per (encoder, dtype), whichever thread asks first: the others wait for it
+_ENCODER_LOCK = threading.Lock()
+
+
 def get_encoder(name: str = BUNDLED_ENCODER, dtype: str = "float32"):
     """A frozen SentenceTransformer on CPU: the bundled MiniLM, or a local model directory, its weights
     in ``dtype`` ("float32", or "bfloat16": about 2.6x faster for MiniLM on a CPU with AVX512-BF16,
-    cosines within 0.01 of float32's; docs/benchmarks.md, "Polychromic SFT")."""
+    cosines within 0.01 of float32's; docs/benchmarks.md, "Polychromic SFT"). Loaded once per process."""
+    with _ENCODER_LOCK:
+        return _load_encoder(name, dtype)
+
+
+def preload_encoder(name: str = BUNDLED_ENCODER, dtype: str = "float32") -> threading.Thread:
+    """Load :func:`get_encoder`'s model in a daemon thread, for a process that would otherwise wait idle (a
+    run's driver while its engines start) and then load it at its first evaluation. A failure here is left
+    for that first use to raise, where it names the evaluation."""
+
+    def load() -> None:
+        try:
+            get_encoder(name, dtype)
+        except Exception:  # noqa: BLE001, S110 - the first real use loads again and raises
+            pass
+
+    thread = threading.Thread(target=load, name="polyray-encoder-preload", daemon=True)
+    thread.start()
+    return thread
+
+
+@functools.lru_cache(maxsize=4)
+def _load_encoder(name: str, dtype: str):
     # never reach for the hub
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from polyray.imports import paused_gc

@@ -41,7 +41,7 @@ from polyray.diversity.semantic import (
     semantic_from_embeddings,
     vendi_from_embeddings,
 )
-from polyray.embeddings import DEFAULT_BATCH_SIZE, embed_texts
+from polyray.embeddings import DEFAULT_BATCH_SIZE, embed_texts, preload_encoder
 from polyray.tasks.countdown import compute_countdown_expr_diversity
 
 DiversityFn = Callable[[list[str]], float]
@@ -103,10 +103,21 @@ def compute_diversity_batch(
     return out
 
 
+def preload_encoders(names: list[str]) -> bool:
+    """Start loading the sentence encoder in the background when any of the diversities ``names`` embeds
+    (:func:`polyray.embeddings.preload_encoder`, the weights :func:`compute_diversity_batch` uses by
+    default); whether one started."""
+    if not any(name in EMBEDDING_DIVERSITY_FUNCTIONS for name in names):
+        return False
+    preload_encoder()
+    return True
+
+
 __all__ = [
     "DEFAULT_BATCH_SIZE",
     "DIVERSITY_FUNCTIONS",
     "EMBEDDING_DIVERSITY_FUNCTIONS",
+    "preload_encoders",
     "DiversityFn",
     "compute_cosine_similarity",
     "compute_countdown_expr_diversity",

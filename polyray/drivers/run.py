@@ -300,6 +300,7 @@ def run_components(
     engagement models -> Ray -> adapter store -> rollout pool launched -> learner ranks -> services (the
     reward service deployed: the first phase that trains waits for it) -> rollout pool ready. ``training`` False (a finished run's test evaluations): no step logs, services or
     learner ranks. The one lifecycle of every job that runs a run's stages (:func:`release` ends it)."""
+    from polyray.diversity import preload_encoders
     from polyray.rollout.store import open_store
 
     prepare_inputs(state, engagement)
@@ -322,6 +323,8 @@ def run_components(
             # its ranks import while the engines and services start and the base is evaluated
             start_learner(state)
             start_services(state, generation)
+        # the driver only waits from here: its evaluations' sentence encoder loads meanwhile
+        preload_encoders(state.run.eval.diversity)
         wait_for_pool(state, launched_s)
         yield
         finished = True

@@ -206,3 +206,41 @@ def test_auto_encoder_dtype_is_bfloat16_only_where_the_cpu_has_it(monkeypatch, c
         assert f"sentence encoder runs in {want} (embedding_dtype: auto)" in capsys.readouterr().out
     assert embedding_dtype_of(cfg.model_copy(update={"diversity": "countdown_expr"})) == "float32"
     assert capsys.readouterr().out == ""  # no encoder: nothing to say
+
+
+def test_a_preloaded_encoder_is_loaded_once_and_its_failure_is_raised_at_first_use(monkeypatch):
+    """The driver's background load and an evaluation asking meanwhile share one load; a load that fails in
+    the background raises where the evaluation asks, not in the thread."""
+    import functools
+    import threading
+
+    from polyray.diversity import preload_encoders
+
+    started, release, loads = threading.Event(), threading.Event(), []
+
+    def slow_load(name, dtype):
+        loads.append((name, dtype))
+        started.set()
+        release.wait(5)
+        return object()
+
+    # cached like the real loader: what the lock guards is the first load
+    monkeypatch.setattr(embeddings_mod, "_load_encoder", functools.lru_cache(slow_load))
+    assert not preload_encoders(["distinct_2"])  # nothing embeds: nothing loads
+    assert preload_encoders(["distinct_2", "semantic"]) and started.wait(5)
+    got = []
+    asker = threading.Thread(target=lambda: got.append(embeddings_mod.get_encoder()))
+    asker.start()
+    asker.join(0.2)
+    assert asker.is_alive()  # waits for the background load instead of starting its own
+    release.set()
+    asker.join(5)
+    assert len(loads) == 1 and got
+
+    def failing_load(name, dtype):
+        raise OSError("no such model directory")
+
+    monkeypatch.setattr(embeddings_mod, "_load_encoder", failing_load)
+    embeddings_mod.preload_encoder("elsewhere").join(5)
+    with pytest.raises(OSError, match="no such model"):
+        embeddings_mod.get_encoder("elsewhere")
