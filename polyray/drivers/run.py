@@ -248,8 +248,8 @@ class RunState:
     # when launch_pool and start_learner asked for the engines and the kept ranks (wall clock)
     pool_asked: float = 0.0
     learner_asked: float = 0.0
-    # the reward service, deployed and not yet waited for (wait_for_services)
-    pending_services: PendingServices | None = None
+    # the services deployed and not yet waited for (wait_for_services)
+    pending_services: list[PendingService] = field(default_factory=list)
 
     def keeper(self):
         """The sweep's rank keeper (the ranks outlive this run), or None."""
@@ -287,6 +287,8 @@ def _run_stages(state: RunState, engagement: list, serve_generation: bool) -> No
         for index, phase in enumerate(state.run.phases):
             version, adapter = fit(state, index, version, adapter)
             evaluate(state, phase.name, version)
+        # a resumed run with nothing left to train still serves (and names) its generation service
+        wait_for_services(state)
     timings = state.timer.timings
     timings["total"] = round(sum(v for k, v in timings.items() if k != "total"), 2)
     write_results(state.out, state.results)
@@ -450,29 +452,34 @@ def start_ray(state: RunState, generation: dict[str, Any] | None) -> None:
 
 
 def start_services(state: RunState, generation: dict[str, Any] | None) -> None:
-    """The generation service (``--serve-generation``) first, waited for: it starts Serve's HTTP proxy, which
-    the reward app then shares; the reward service when GRPO scores through its endpoint, deployed and
-    waited for by the first phase that trains (:func:`wait_for_services`)."""
-    run, timer = state.run, state.timer
+    """The generation service (``--serve-generation``) first: it starts Serve's HTTP proxy, which the reward
+    app then shares; the reward service when GRPO scores through its endpoint. Each is deployed, not waited
+    for: no stage before the first phase's training calls either, and that phase waits for them
+    (:func:`wait_for_services`), which prints the generation service's URL once it answers."""
+    run = state.run
     if generation is not None:
-        from polyray.generation.service import deploy_generation
+        from polyray.generation.service import GENERATION_APP, deploy_generation
 
-        with (
-            timer("generation_service_start"),
-            state.trace.span("generation service"),
-            console.status("starting the generation service (Ray Serve)"),
-        ):
-            url = deploy_generation(
-                generation, run.generation.host, run.generation.http_port, wait_s=run.cluster.resource_wait_s
-            )
+        asked, start = time.time(), time.perf_counter()
+        url = deploy_generation(
+            generation,
+            run.generation.host,
+            run.generation.http_port,
+            wait_s=run.cluster.resource_wait_s,
+            wait=False,
+        )
+        # stopped with the run from here on, however it ends
         state.serving = True
-        console.print(f"generation service: {url}  (models: base, latest, policy-vN as they are published)")
+        announce = f"generation service: {url}  (models: base, latest, policy-vN as they are published)"
+        deployed = PendingService(
+            "generation service", [GENERATION_APP], asked=asked, deploy_s=time.perf_counter() - start, announce=announce
+        )
+        state.pending_services.append(deployed)
     if run.reward.endpoint and any(scores_rollouts(p) for p in run.phases):
         from polyray.config.run import custom_reward_functions
         from polyray.reward.service import ensure_reward_service
 
         asked, start = time.time(), time.perf_counter()
-        # deployed, not waited for: no stage before the first phase's training scores through it
         names = ensure_reward_service(
             run.reward,
             custom_reward_functions(run),
@@ -480,34 +487,42 @@ def start_services(state: RunState, generation: dict[str, Any] | None) -> None:
             run.cluster.resource_wait_s,
             wait=False,
         )
-        state.pending_services = PendingServices(names, asked, time.perf_counter() - start)
+        deployed = PendingService("reward service", names, asked=asked, deploy_s=time.perf_counter() - start)
+        state.pending_services.append(deployed)
 
 
 @dataclass
-class PendingServices:
-    """Serve apps deployed and not yet seen running: their names, when they were asked for (wall clock), and
-    the seconds their deployment took."""
+class PendingService:
+    """A service's Serve apps, deployed and not yet seen running."""
 
+    # in the start-up trace ("reward service"); its timing is "<label>_start" with underscores
+    label: str
     names: list[str]
+    # when it was asked for (wall clock), and the seconds its deployment took
     asked: float
     deploy_s: float
+    # printed once it runs
+    announce: str | None = None
 
 
 def wait_for_services(state: RunState) -> None:
     """Wait for the services :func:`start_services` deployed without waiting (once: a no-op afterwards)."""
-    pending, state.pending_services = state.pending_services, None
-    if pending is None:
-        return
+    pending, state.pending_services = state.pending_services, []
     from polyray.cluster import wait_serve_apps
 
-    start = time.perf_counter()
-    if pending.names:
-        with console.status("waiting for the reward service (Ray Serve) to start"):
-            wait_serve_apps(pending.names, state.run.cluster.resource_wait_s)
-    # the run's own time on it: its deployment, then the wait after the stages it ran beside
-    state.timer.timings["reward_service_start"] = round(pending.deploy_s + time.perf_counter() - start, 2)
-    state.trace.mark("reward service", asked=pending.asked, ready=time.time())
-    state.trace.write(state.out)
+    for service in pending:
+        start = time.perf_counter()
+        if service.names:
+            with console.status(f"waiting for the {service.label} (Ray Serve) to start"):
+                wait_serve_apps(service.names, state.run.cluster.resource_wait_s)
+        # the run's own time on it: its deployment, then the wait after the stages it ran beside
+        key = f"{service.label.replace(' ', '_')}_start"
+        state.timer.timings[key] = round(service.deploy_s + time.perf_counter() - start, 2)
+        state.trace.mark(service.label, asked=service.asked, ready=time.time())
+        if service.announce:
+            console.print(service.announce, highlight=False)
+    if pending:
+        state.trace.write(state.out)
 
 
 def stop_services(state: RunState) -> None:

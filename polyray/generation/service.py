@@ -44,11 +44,20 @@ def run_generation_args(run: RunConfig, run_dir: Path, model_dir, named: bool) -
     return args
 
 
+# the generation service's Serve app
+GENERATION_APP = "generation"
+
+
 def deploy_generation(
-    args: dict[str, Any], host: str = "127.0.0.1", port: int = 8000, name: str = "generation", wait_s: float = 600.0
+    args: dict[str, Any],
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    name: str = GENERATION_APP,
+    wait_s: float = 600.0,
+    wait: bool = True,
 ) -> str:
-    """Deploy the generation app on the connected cluster and wait up to ``wait_s`` for it to run
-    (:func:`polyray.cluster.run_serve_apps`); returns its base URL."""
+    """Deploy the generation app (Serve app ``name``) on the connected cluster and (``wait``) wait up to
+    ``wait_s`` for it to run (:func:`polyray.cluster.run_serve_apps`); returns its base URL."""
     from ray import serve
 
     from polyray.config.services import GenerationServiceConfig
@@ -62,11 +71,11 @@ def deploy_generation(
     serve.start(http_options={"host": host, "port": port, "request_timeout_s": REQUEST_TIMEOUT_S})
     from polyray.cluster import run_serve_apps
 
-    run_serve_apps([(application, name, prefix)], wait_s)
+    run_serve_apps([(application, name, prefix)], wait_s, wait=wait)
     return f"http://{host}:{port}{prefix.rstrip('/')}/v1"
 
 
-def stop_generation(name: str = "generation") -> None:
+def stop_generation(name: str = GENERATION_APP) -> None:
     """Delete the app ``name`` and wait until it is gone: Serve stops routing to its replicas, and each
     answers the requests it holds before it stops (the deployment's graceful shutdown)."""
     from ray import serve

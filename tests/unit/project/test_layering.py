@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[3]
 # Longest matching prefix wins. Bottom to top.
 LAYERS: dict[str, int] = {
     "polyray.io": 0,
+    "polyray.imports": 0,  # stdlib only: any process's heavy imports
     "polyray.config": 1,  # imports only polyray.io: every piece takes its settings from here
     "polyray.embeddings": 1,
     "polyray.storage": 1,
