@@ -117,7 +117,6 @@ __all__ = [
     "DEFAULT_BATCH_SIZE",
     "DIVERSITY_FUNCTIONS",
     "EMBEDDING_DIVERSITY_FUNCTIONS",
-    "preload_encoders",
     "DiversityFn",
     "compute_cosine_similarity",
     "compute_countdown_expr_diversity",
@@ -132,6 +131,7 @@ __all__ = [
     "compute_sentence_bleu",
     "compute_vendi_diversity",
     "get_diversity_fn",
+    "preload_encoders",
     "semantic_from_embeddings",
     "vendi_from_embeddings",
 ]

@@ -300,7 +300,8 @@ def run_components(
 ) -> Iterator[None]:
     """What a run's stages work with, started in order and released however the block ends: model ->
     engagement models -> Ray -> adapter store -> rollout pool launched -> learner ranks -> services (the
-    reward service deployed: the first phase that trains waits for it) -> rollout pool ready. ``training`` False (a finished run's test evaluations): no step logs, services or
+    generation and reward services deployed: the first phase that trains waits for them) -> the evaluations'
+    encoder loading -> rollout pool ready. ``training`` False (a finished run's test evaluations): no step logs, services or
     learner ranks. The one lifecycle of every job that runs a run's stages (:func:`release` ends it)."""
     from polyray.diversity import preload_encoders
     from polyray.rollout.store import open_store
