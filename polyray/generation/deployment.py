@@ -260,7 +260,14 @@ class GenerationDeployment:
         store = self._adapter_store(cfg)
         metrics = Metrics({"run": cfg.run}, GAUGES, HISTOGRAMS)
         self.catalog = AdapterCatalog(
-            self.engine, self.models, cfg.base_name, cfg.adapters, store, self.adapter_root, cfg.keep_versions, metrics
+            self.engine,
+            self.models,
+            base=cfg.base_name,
+            named=cfg.adapters,
+            store=store,
+            root=self.adapter_root,
+            keep=cfg.keep_versions,
+            metrics=metrics,
         )
         # a (re)started replica has the newest version before it serves
         await self.catalog.start()
