@@ -114,3 +114,11 @@ def test_task_bound_pieces_are_registered_with_the_tasks():
         == answer_key("3 + 9", "countdown_expr")
         != answer_key("9+3", "countdown_expr")
     )
+
+
+def test_env_types_are_the_environment_registry():
+    from polyray.config.envs import ENV_CONFIG_MODELS
+    from polyray.envs import ENVS
+
+    types = [name for model in ENV_CONFIG_MODELS for name in get_args(model.model_fields["type"].annotation)]
+    assert sorted(types) == sorted(ENVS) and len(set(types)) == len(types)

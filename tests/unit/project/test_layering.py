@@ -27,6 +27,7 @@ LAYERS: dict[str, int] = {
     "polyray.lifetime": 1,
     "polyray.fingerprint": 1,
     "polyray.tasks": 2,
+    "polyray.envs": 3,  # environments: text in, text out, over a task
     "polyray.diversity": 3,
     "polyray.models": 3,
     "polyray.objectives": 4,

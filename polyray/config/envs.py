@@ -1,0 +1,47 @@
+"""Multi-turn environments' config models, keyed by ``type`` (the registry: :data:`polyray.envs.ENVS`).
+
+Every environment shares the episode limits of :class:`EnvConfigBase`; the episode runner
+(:mod:`polyray.rollout.episodes`) enforces them, whatever the environment does.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from polyray.io import StrictModel
+
+
+class EnvConfigBase(StrictModel):
+    """The limits of one episode: turns, tokens and time; an observation's size."""
+
+    max_turns: int = Field(3, ge=1, le=32, description="Most model turns per episode.")
+    max_tokens: int = Field(24, ge=1, description="Most tokens the model writes in one turn.")
+    max_total_tokens: int = Field(
+        256,
+        ge=2,
+        description="Most tokens of an episode's whole history (prompt, model turns, observations): a turn that"
+        " could pass it is not started, and the episode ends with the reward it has.",
+    )
+    max_seconds: float = Field(
+        120.0, gt=0, description="Wall-clock budget of an episode, generation and environment steps alike."
+    )
+    max_observation_chars: int = Field(
+        4096, ge=1, description="Longest observation an environment may return: a longer one fails its episode."
+    )
+
+
+class CountdownRetryEnvConfig(EnvConfigBase):
+    """Countdown with retries: a wrong answer is told what it evaluates to (or why it is invalid)."""
+
+    type: Literal["countdown_retry"] = "countdown_retry"
+
+
+ENV_CONFIG_MODELS: tuple[type[EnvConfigBase], ...] = (CountdownRetryEnvConfig,)
+"""Every environment's config model (``tests/unit/config/test_registries.py`` keeps their types equal to
+the environment registry's keys)."""
+
+# one environment so far: a discriminated union needs two members
+EnvConfig = CountdownRetryEnvConfig
+"""Any environment of the registry."""
