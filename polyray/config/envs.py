@@ -6,7 +6,7 @@ Every environment shares the episode limits of :class:`EnvConfigBase`; the episo
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -15,6 +15,9 @@ from polyray.io import StrictModel
 
 class EnvConfigBase(StrictModel):
     """The limits of one episode: turns, tokens and time; an observation's size."""
+
+    # the task types the environment runs on (its config's ``tasks``)
+    tasks: ClassVar[tuple[str, ...]] = ()
 
     max_turns: int = Field(3, ge=1, le=32, description="Most model turns per episode.")
     max_tokens: int = Field(24, ge=1, description="Most tokens the model writes in one turn.")
@@ -36,6 +39,8 @@ class CountdownRetryEnvConfig(EnvConfigBase):
     """Countdown with retries: a wrong answer is told what it evaluates to (or why it is invalid)."""
 
     type: Literal["countdown_retry"] = "countdown_retry"
+    # the task types it runs on
+    tasks: ClassVar[tuple[str, ...]] = ("countdown",)
 
 
 ENV_CONFIG_MODELS: tuple[type[EnvConfigBase], ...] = (CountdownRetryEnvConfig,)

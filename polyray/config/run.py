@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from polyray.config.cluster import ClusterConfig
+from polyray.config.envs import EnvConfig
 from polyray.config.eval import DynamicsConfig, EvalConfig
 from polyray.config.generation import GenerationConfig
 from polyray.config.learner import LearnerConfig
@@ -26,6 +27,9 @@ from polyray.config.rollout import RolloutConfig
 from polyray.config.tasks import TASK_CONFIGS, CountdownTaskConfig, TrainTaskConfig
 from polyray.config.tracking import TrackingConfig
 from polyray.io import StrictModel, load_yaml_model
+
+# the phases that train on multi-turn episodes (their losses read a sample's loss mask)
+EPISODE_PHASES = ("grpo", "polychromic_sft")
 
 
 class RunConfig(StrictModel):
@@ -51,6 +55,11 @@ class RunConfig(StrictModel):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    env: EnvConfig | None = Field(
+        None,
+        description="A multi-turn environment (polyray.envs): GRPO and polychromic SFT then sample episodes,"
+        " the model trying again after the environment's feedback, and evaluations report pass@k by turn.",
+    )
 
     def phase_workers(self, index: int) -> int:
         """Learner ranks of phase ``index``: its ``learner_workers``, else ``learner.num_workers``."""
@@ -117,6 +126,29 @@ class RunConfig(StrictModel):
                     f"rollout.logprobs_mode 'raw_logprobs' gives log-probs at temperature 1, but phases.{i}"
                     f".sampling.temperature is {sampling.temperature:g}: its learner needs the sampling"
                     " distribution's (set rollout.logprobs_mode: processed_logprobs)"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _env_fits_the_run(self) -> "RunConfig":
+        env = self.env
+        if env is None:
+            return self
+        if self.task.type not in env.tasks:
+            raise ValueError(
+                f"env.type {env.type!r} runs on a task of type {' or '.join(map(repr, env.tasks))}, not"
+                f" task.type {self.task.type!r}"
+            )
+        if env.max_total_tokens >= self.rollout.max_model_len:
+            raise ValueError(
+                f"env.max_total_tokens ({env.max_total_tokens}) must be below rollout.max_model_len"
+                f" ({self.rollout.max_model_len}): an episode's whole history is one engine prompt"
+            )
+        for i, phase in enumerate(self.phases):
+            if hasattr(phase, "sampling") and phase.type not in EPISODE_PHASES:
+                raise ValueError(
+                    f"phases.{i}: a {phase.type} phase does not train on multi-turn episodes (env is set);"
+                    f" those that do: {', '.join(EPISODE_PHASES)}"
                 )
         return self
 

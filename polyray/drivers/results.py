@@ -148,6 +148,11 @@ def results_table(results: RunResults, ks: list[int]) -> Table:
     own = [d for d in TASK_DIVERSITIES if any(d in r.diversity for r in results.evaluations.values())]
     for d in own:
         table.add_column(metric_label(f"diversity/{d}"), justify="right")
+    # a multi-turn run's: pass@(smallest k) after the first turn and after the last
+    turns = sorted({t for r in results.evaluations.values() for t in episode_turns(r)})
+    by_turn = [f"turn{t}/pass@{ks[0]}" for t in (turns[:1] + turns[-1:] if len(turns) > 1 else turns)]
+    for key in by_turn:
+        table.add_column(key.replace("/", " "), justify="right")
     nan = float("nan")
     for name, r in results.evaluations.items():
         distinct = r.distinct_samples.mean if r.distinct_samples is not None else nan
@@ -159,8 +164,14 @@ def results_table(results: RunResults, ks: list[int]) -> Table:
             f"{r.reward_mean.mean:.3f}",
             f"{distinct:.2f}",
             *expr,
+            *[f"{r.extra.get(key, nan):.3f}" for key in by_turn],
         )
     return table
+
+
+def episode_turns(record) -> list[int]:
+    """The turns a multi-turn evaluation measured pass@k after (its ``turn<t>/pass@<k>`` extras)."""
+    return sorted({int(key[4:].split("/", 1)[0]) for key in record.extra if key.startswith("turn") and "/pass@" in key})
 
 
 def write_results(out: Path, results: RunResults) -> None:

@@ -63,13 +63,22 @@ if TYPE_CHECKING:
 
 
 def evaluate_stage(
-    name: str, pool, task, prompts, run: RunConfig, version: int | None, split: str = "test"
+    name: str, pool, task, prompts, run: RunConfig, version: int | None, split: str = "test", model_dir=None
 ) -> EvalRecord:
+    """``name``'s evaluation; a run with a multi-turn environment evaluates episodes, which needs the model's
+    tokenizer (from ``model_dir``)."""
     from polyray.eval.policy_eval import evaluate_policy
 
-    what = f"{len(prompts)} {SPLIT_NAMES[split]} prompts x {run.eval.n_samples} samples"
+    tokenizer = None
+    if run.env is not None:
+        from polyray.models.source import model_tokenizer
+
+        tokenizer = model_tokenizer(model_dir)
+    what = f"{len(prompts)} {SPLIT_NAMES[split]} prompts x {run.eval.n_samples} {'episodes' if run.env else 'samples'}"
     with console.status(f"evaluating {name} on {what}"):
-        return evaluate_policy(pool, task, prompts, run.eval, version=version, seed=run.seed)
+        return evaluate_policy(
+            pool, task, prompts, run.eval, version=version, seed=run.seed, env=run.env, tokenizer=tokenizer
+        )
 
 
 def train_stage(
@@ -666,7 +675,14 @@ def evaluate(state: RunState, stage: str, version: int | None) -> None:
         return
     with state.timer(f"eval_{stage}"):
         results.evaluations[stage] = evaluate_stage(
-            stage, state.pool, state.task, state.eval_prompts, run=state.run, version=version, split=split
+            stage,
+            state.pool,
+            state.task,
+            state.eval_prompts,
+            run=state.run,
+            version=version,
+            split=split,
+            model_dir=state.model_dir,
         )
     results.stage_done(f"eval_{stage}")
     write_results(state.out, results)

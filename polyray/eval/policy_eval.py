@@ -14,7 +14,7 @@ from polyray.config import EvalConfig
 from polyray.eval.metrics import compute_usq_at_k
 from polyray.eval.passk import mean_pass_at_k
 from polyray.eval.record import Estimate, EvalRecord, PromptRow
-from polyray.rollout.sampling import sample_and_judge, task_sampling
+from polyray.rollout.sampling import request_seeds, sample_and_judge, task_sampling
 from polyray.tasks.base import Prompt, Task
 
 
@@ -24,31 +24,48 @@ def few_shot_prefix(task: Task, k: int) -> str:
 
 
 def evaluate_policy(
-    pool, task: Task, prompts: list[Prompt], cfg: EvalConfig, version: int | None = None, seed: int = 0
+    pool,
+    task: Task,
+    prompts: list[Prompt],
+    cfg: EvalConfig,
+    version: int | None = None,
+    seed: int = 0,
+    *,
+    env=None,
+    tokenizer=None,
 ) -> EvalRecord:
     """pass@k, USQ@k (k > 1), mean reward, counts, distinct samples, diversity and per-prompt rows
     of one adapter version.
 
     Each prompt's samples come from its own request seed, derived from (``seed``, "eval", prompt): the
-    same for every model evaluated in a run (paired comparisons), independent across prompts."""
+    same for every model evaluated in a run (paired comparisons), independent across prompts.
+
+    ``env`` (a multi-turn environment's config; ``tokenizer``: the model's): each sample is an episode,
+    judged by its environment's final reward, its text the final answer; the record's ``extra`` adds
+    pass@k after each turn (``turn<t>/pass@<k>``), the turns used and the model's tokens per episode."""
     from polyray.diversity import compute_diversity_batch
 
     sampling = task_sampling(cfg.sampling, task)
-    if cfg.few_shot and "\n" not in sampling.stop:
-        sampling = sampling.model_copy(update={"stop": [*sampling.stop, "\n"]})
-    judged = sample_and_judge(
-        pool,
-        task,
-        prompts,
-        cfg.n_samples,
-        sampling,
-        prefix=few_shot_prefix(task, cfg.few_shot),
-        version=version,
-        seed=(seed, "eval"),
-    )
-    texts, rewards, counts = judged.texts, judged.rewards, judged.counts
+    if env is not None:
+        texts, rewards, counts, logprob, extra = _episodes(
+            pool, task, prompts, cfg, sampling, version, seed, env, tokenizer
+        )
+    else:
+        if cfg.few_shot and "\n" not in sampling.stop:
+            sampling = sampling.model_copy(update={"stop": [*sampling.stop, "\n"]})
+        judged = sample_and_judge(
+            pool,
+            task,
+            prompts,
+            cfg.n_samples,
+            sampling,
+            prefix=few_shot_prefix(task, cfg.few_shot),
+            version=version,
+            seed=(seed, "eval"),
+        )
+        texts, rewards, counts, extra = judged.texts, judged.rewards, judged.counts, {}
+        logprob = [np.array([np.mean(s.logprobs) if s.logprobs else -1e9 for s in g]) for g in judged.samples]
     # USQ@k: the quality of the candidate a likelihood-ranking selector picks out of k (docs/algorithms.md §5)
-    logprob = [np.array([np.mean(s.logprobs) if s.logprobs else -1e9 for s in g]) for g in judged.samples]
     diversity = {name: compute_diversity_batch(name, texts) for name in cfg.diversity}
     return EvalRecord(
         pass_at_k={k: Estimate(mean_pass_at_k(counts, k)) for k in cfg.ks},
@@ -63,7 +80,49 @@ def evaluate_policy(
             PromptRow(n=n, c=c, rewards=r.tolist(), prompt=p.text, diversity={k: v[i] for k, v in diversity.items()})
             for i, (p, (n, c), r) in enumerate(zip(prompts, counts, rewards))
         ],
+        extra=extra,
     )
+
+
+def _episodes(pool, task: Task, prompts: list[Prompt], cfg: EvalConfig, sampling, version, seed: int, env, tokenizer):
+    """(final answers, rewards, counts, mean log-prob of the model's tokens, the multi-turn measures) of
+    ``n_samples`` episodes per prompt; a failed episode scores 0."""
+    from polyray.rollout.episodes import submit_episodes
+
+    seeds = request_seeds(seed, "eval", [f"{i}:{p.text}" for i, p in enumerate(prompts)])
+    groups = submit_episodes(
+        pool,
+        task,
+        prompts,
+        cfg.n_samples,
+        env=env,
+        sampling=sampling,
+        version=version,
+        seeds=seeds,
+        tokenizer=tokenizer,
+    ).result()
+    texts = [[s.text for s in g] for g in groups]
+    rewards = [np.array([0.0 if s.reward is None else s.reward for s in g], dtype=np.float64) for g in groups]
+    counts = [(len(r), sum(map(task.is_correct, r))) for r in rewards]
+
+    def mean_logprob(s) -> float:
+        own = [lp for lp, m in zip(s.logprobs, s.loss_mask) if m]
+        return float(np.mean(own)) if own else -1e9
+
+    logprob = [np.array([mean_logprob(s) for s in g]) for g in groups]
+    episodes = [s for g in groups for s in g]
+    extra: dict[str, float] = {}
+    for turn in range(env.max_turns):
+        by_turn = [
+            (len(g), sum(task.is_correct(s.rewards_by_turn[turn]) for s in g if s.error is None)) for g in groups
+        ]
+        extra.update({f"turn{turn + 1}/pass@{k}": mean_pass_at_k(by_turn, k) for k in cfg.ks})
+    extra.update(
+        turns_mean=float(np.mean([s.turns for s in episodes])),
+        model_tokens_per_episode=float(np.mean([sum(s.loss_mask) for s in episodes])),
+        episode_errors=sum(s.error is not None for s in episodes),
+    )
+    return texts, rewards, counts, logprob, extra
 
 
 def build_eval_task(run, model_dir) -> Task:

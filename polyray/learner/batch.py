@@ -81,7 +81,10 @@ class TrainBatch(Sequences):
       None on a shard taken by sequence, which need not hold whole groups.
     - ``reference_logprobs``: None, or N entries: sequence i's completion log-probs under the KL
       reference as the rollout workers scored them (``Sample.ref_logprobs``), None where they could not;
-    - ``versions``: None, or N ints: the adapter version each sequence was sampled under.
+    - ``versions``: None, or N ints: the adapter version each sequence was sampled under;
+    - ``loss_masks``: None (every completion token carries loss), or N int lists, sequence i's of length
+      L_i: 1 on the tokens that carry loss (a multi-turn episode's model turns, not the observations
+      between them).
     """
 
     sample_logprobs: list[list[float]]
@@ -89,6 +92,7 @@ class TrainBatch(Sequences):
     group_size: int | None
     reference_logprobs: list[list[float] | None] | None = None
     versions: list[int] | None = None
+    loss_masks: list[list[int]] | None = None
 
     @classmethod
     def from_groups(
@@ -107,6 +111,9 @@ class TrainBatch(Sequences):
             if any(s.ref_logprobs is not None for s in samples)
             else None,
             versions=[s.version for s in samples],
+            loss_masks=[s.loss_mask or [1] * len(s.token_ids) for s in samples]
+            if any(s.loss_mask is not None for s in samples)
+            else None,
         )
 
     @property
@@ -133,7 +140,22 @@ class TrainBatch(Sequences):
             group_size=group_size,
             reference_logprobs=None if self.reference_logprobs is None else [self.reference_logprobs[i] for i in index],
             versions=None if self.versions is None else [self.versions[i] for i in index],
+            loss_masks=None if self.loss_masks is None else [self.loss_masks[i] for i in index],
         )
+
+    def num_tokens(self) -> int:
+        """Completion tokens that carry loss, over all sequences (the token count a token mean divides by)."""
+        if self.loss_masks is None:
+            return super().num_tokens()
+        return sum(sum(m) for m in self.loss_masks)
+
+    def masked(self, mask: torch.Tensor, targets: bool) -> torch.Tensor:
+        """``mask`` (N, width), as :meth:`target_logprobs` (``targets``) or :meth:`completion_logprobs` lay
+        out completion tokens, with the tokens that carry no loss (``loss_masks``) set to 0."""
+        if self.loss_masks is None:
+            return mask
+        starts = [len(p) - 1 for p in self.prompt_ids] if targets else [0] * len(self)
+        return mask * self._columns(self.loss_masks, mask.shape[1], mask.dtype, starts).to(mask.device)
 
     def groups(self) -> list[range]:
         """The sequence indices of each group (the batch holds whole groups of ``group_size``)."""
@@ -195,8 +217,11 @@ class TrainBatch(Sequences):
         return out
 
     def sequence_logprobs(self) -> list[float]:
-        """(N,) each sequence's sampling log-prob: the sum of its tokens' ``sample_logprobs``."""
-        return [sum(lp) for lp in self.sample_logprobs]
+        """(N,) each sequence's sampling log-prob: the sum of its tokens' ``sample_logprobs`` (those that
+        carry loss: a multi-turn episode's model tokens)."""
+        if self.loss_masks is None:
+            return [sum(lp) for lp in self.sample_logprobs]
+        return [sum(x for x, m in zip(lp, mask) if m) for lp, mask in zip(self.sample_logprobs, self.loss_masks)]
 
     def target_logprobs(self, width: int, dtype: torch.dtype) -> torch.Tensor:
         """(N, width) CPU tensor of ``sample_logprobs`` aligned with :meth:`pack`'s targets, 0 elsewhere.

@@ -78,6 +78,8 @@ class LearnerJob:
     storage: RunStorage | None = None
     # what polyray.learner.checkpoints recovered of Ray Train's record
     recovered_checkpoint: str | None = None
+    # the run's multi-turn environment (polyray.config.envs): its sampling phases draw episodes
+    env: Any = None
 
     @classmethod
     def for_phase(cls, run: RunConfig, phase_index: int, *, model_dir: str | StoredDir, **rest: Any) -> LearnerJob:
@@ -96,6 +98,7 @@ class LearnerJob:
             task=run.task,
             reward=phase_reward(run, phase),
             model_dir=model_dir,
+            env=run.env,
             **rest,
         )
 

@@ -263,6 +263,7 @@ def _setup_phase(
         pack_samples=learner.pack_samples,
         reference_source=phase_type.reference_adapter_dir(phase_cfg, job.init_adapter),
         init_source=job.init_adapter,
+        env=job.env,
     )
     return phase_type(phase_cfg, task=node.task, n_train=job.task.n_train, ctx=ctx, pool=job.pool)
 

@@ -101,6 +101,11 @@ def _tokenizer(model_dir: str):
     return AutoTokenizer.from_pretrained(model_dir)
 
 
+def model_tokenizer(model_dir: str | Path):
+    """The model's own (transformers) tokenizer, loaded once per directory."""
+    return _tokenizer(str(model_dir))
+
+
 def token_counter(model_dir: str | Path) -> Callable[[list[str]], list[int]]:
     """``count(texts)``: each text's length in the model's tokens, special tokens not added. From the model's
     ``tokenizer.json`` through ``tokenizers`` (the fast tokenizer's own backend: the same ids) where it has one,

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from polyray.envs.base import Environment, Step
+from polyray.rollout.worker import Sample
 from polyray.tasks.base import Prompt
 
 # how an episode ended
@@ -346,3 +347,100 @@ def pool_turn_generator(pool, sampling, version: int | None = None) -> TurnGener
         ]  # fmt: skip
 
     return generate
+
+
+@dataclass
+class EpisodeSample(Sample):
+    """An episode as a rollout sample, for the phases that train on samples: the prompt, then everything
+    after it as the "completion" with its ``loss_mask`` on the model turns; ``text`` is the final answer.
+    ``reward`` is the environment's (None when the episode failed: its ``error``)."""
+
+    reward: float | None = None
+    error: str | None = None
+    end: str = ""
+    turns: int = 0
+    # the reward after each turn up to the environment's max_turns, held past the episode's end
+    rewards_by_turn: list[float] = field(default_factory=list)
+
+
+def as_samples(groups: list[list[Episode]], max_turns: int, pad_id: int) -> list[list[EpisodeSample]]:
+    """Each episode as an :class:`EpisodeSample`. One with no model turn (its environment failed at reset)
+    keeps one masked ``pad_id`` token, so a batch of whole groups still packs; it trains on nothing."""
+    out = []
+    for group in groups:
+        row = []
+        for e in group:
+            prompt_ids, completion, mask = e.completion()
+            logprobs = e.logprobs[e.prompt_len :]
+            if not completion:
+                completion, mask, logprobs = [pad_id], [0], [0.0]
+            row.append(
+                EpisodeSample(
+                    prompt_index=e.prompt_index,
+                    text=e.final_text,
+                    prompt_token_ids=prompt_ids,
+                    token_ids=completion,
+                    logprobs=logprobs,
+                    version=e.turns[0].sample.version if e.turns else 0,
+                    finished=e.end == DONE,
+                    loss_mask=mask,
+                    reward=None if e.error else e.reward,
+                    error=e.error,
+                    end=e.end,
+                    turns=len(e.turns),
+                    rewards_by_turn=e.rewards_by_turn(max_turns),
+                )
+            )
+        out.append(row)
+    return out
+
+
+class PendingEpisodes:
+    """A batch of episodes running on a daemon thread (each turn a call to the pool); :meth:`result` waits
+    for them as :class:`EpisodeSample` groups, or raises what stopped the batch."""
+
+    def __init__(self, run: Callable[[], list[list[EpisodeSample]]]):
+        self._done = threading.Event()
+        self._box: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                self._box["result"] = run()
+            except BaseException as exc:  # noqa: BLE001 - raised where the result is asked for
+                self._box["error"] = exc
+            finally:
+                self._done.set()
+
+        threading.Thread(target=target, name="polyray-episodes", daemon=True).start()
+
+    def result(self, retries: int = 1) -> list[list[EpisodeSample]]:
+        self._done.wait()
+        if "error" in self._box:
+            raise self._box["error"]
+        return self._box["result"]
+
+
+def submit_episodes(
+    pool, task, prompts: Sequence[Prompt], k: int, *, env, sampling, version: int | None, seeds, tokenizer
+) -> PendingEpisodes:
+    """Start ``k`` episodes of ``env`` (an environment config) on each of ``task``'s ``prompts`` on ``pool``,
+    sampled under ``sampling`` by adapter ``version``; observations go through the chat template when the
+    task's prompts do (``task.chat_format``)."""
+    from polyray.envs import env_factory
+
+    encode = chat_observations(tokenizer) if task.chat_format else plain_observations(tokenizer)
+
+    def run() -> list[list[EpisodeSample]]:
+        groups = run_episodes(
+            prompts,
+            k,
+            make_env=env_factory(env, task),
+            limits=env,
+            generate=pool_turn_generator(pool, sampling, version),
+            encode_prompt=lambda text: tokenizer(text)["input_ids"],
+            encode_observation=encode,
+            seeds=list(seeds),
+        )
+        return as_samples(groups, env.max_turns, tokenizer.pad_token_id)
+
+    return PendingEpisodes(run)

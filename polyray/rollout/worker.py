@@ -68,6 +68,9 @@ class Sample:
     # log pi_ref of each sampled token when the request named a KL reference (GenerationRequest.reference);
     # None: not asked, or the sequence fills the model length (vLLM cannot score it as a prompt)
     ref_logprobs: list[float] | None = None
+    # 1 on the tokens the learner trains on: None, all of them; a multi-turn episode's marks its model turns
+    # only (polyray.rollout.episodes)
+    loss_mask: list[int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -266,6 +266,7 @@ def make_phase(
     share_prompts: bool = False,
     pack_samples: bool = True,
     init_source: str | None = None,
+    env=None,
 ):
     from polyray.learner.phases import StepContext, phase_class
 
@@ -282,6 +283,7 @@ def make_phase(
         share_prompts=share_prompts,
         pack_samples=pack_samples,
         init_source=init_source,
+        env=env,
     )
     return phase_class(cfg)(cfg, task=build_task(TASK), n_train=TASK.n_train, ctx=ctx, pool=pool if rank == 0 else None)
 

@@ -49,6 +49,8 @@ class StepContext:
     reference_source: str | None = None
     # the phase's incoming adapter as a rollout worker loads it (None: the phase starts from the base model)
     init_source: str | None = None
+    # the run's multi-turn environment config (None: one completion per sample)
+    env: Any = None
 
     @property
     def peft_model(self):

@@ -67,8 +67,18 @@ class GRPOPhase(SamplingPhase):
         return self.cfg.group_size
 
     def _score(self, prompts: list[Prompt], groups: list) -> torch.Tensor:
-        """(B, G) rewards: through the reward service's handle or the in-process scorer, ahead of the step when prefetched."""
+        """(B, G) rewards: through the reward service's handle or the in-process scorer, ahead of the step when
+        prefetched; a multi-turn episode's are its environment's (NaN where the episode failed)."""
+        if self.ctx.env is not None:
+            return torch.tensor([[math.nan if s.reward is None else s.reward for s in g] for g in groups])
         return self.ctx.reward_fn(prompts, [[s.text for s in g] for g in groups])
+
+    @property
+    def _max_len(self) -> int:
+        """The most tokens a sample's loss can cover (a constant normaliser's length): a multi-turn episode's
+        model turns together."""
+        env = self.ctx.env
+        return self.cfg.sampling.max_tokens if env is None else env.max_turns * env.max_tokens
 
     def _rehearsal_batch(self, step: int, prompts: list[Prompt]) -> Sequences | None:
         """Rank 0: the step's buffered samples, one for each of its prompts the buffer holds first."""
@@ -111,6 +121,7 @@ class GRPOPhase(SamplingPhase):
             "completion_len": batch.num_tokens() / len(batch),
             "max_lag": lag,
             "kept_groups": int(keep.sum()),
+            **(episode_metrics(groups, self.task.is_correct) if self.ctx.env is not None else {}),
             "rollout_s": got.rollout_s,
             "reward_s": got.score_s,
             **rollout_rate(got),
@@ -139,12 +150,14 @@ class GRPOPhase(SamplingPhase):
                 # weights swap: first
                 older = self._older_logprobs(part, packed, version) if score_older else {}
                 logp, mask = ctx.logprobs(ctx.model, packed, temperature)
+                mask = part.masked(mask, targets=False)
                 engine_logp = part.completion_logprobs(logp.shape[1], logp.dtype).to(ctx.device)
             # aligned with the whole sequence's next-token targets
             else:
                 packed = part.pack(ctx.tokenizer.pad_token_id, ctx.device)
                 older = self._older_logprobs(part, packed, version) if score_older else {}
                 logp, mask = ctx.logprobs(ctx.model, packed, temperature)
+                mask = part.masked(mask, targets=True)
                 engine_logp = part.target_logprobs(logp.shape[1], logp.dtype).to(ctx.device)
             learner_old = self._learner_old(part, logp, older, version)
             old_logp = learner_old if off.old_logprobs == "learner" else engine_logp
@@ -166,7 +179,7 @@ class GRPOPhase(SamplingPhase):
                 clip_eps_high=cfg.clip_eps_high,
                 kl_beta=cfg.kl_beta,
                 aggregation=cfg.aggregation,
-                max_len=cfg.sampling.max_tokens,
+                max_len=self._max_len,
                 num_sequences=n_seq,
                 num_tokens=n_tok,
                 is_weights=is_weights,
@@ -247,6 +260,20 @@ class GRPOPhase(SamplingPhase):
             rows = torch.tensor([x == v for x in part.versions], device=logp.device)
             out = torch.where(rows.unsqueeze(-1), logp_v.to(logp.dtype), out)
         return out
+
+
+def episode_metrics(groups: list, is_correct) -> dict[str, float]:
+    """A step's multi-turn episodes: turns used, how many failed, and the share right after each turn."""
+    episodes = [s for g in groups for s in g]
+    by_turn = list(zip(*(s.rewards_by_turn for s in episodes)))
+    return {
+        "turns_mean": sum(s.turns for s in episodes) / len(episodes),
+        "episode_errors": sum(s.error is not None for s in episodes),
+        **{
+            f"solved_turn{t + 1}_frac": sum(map(is_correct, rewards)) / len(episodes)
+            for t, rewards in enumerate(by_turn)
+        },
+    }
 
 
 @contextmanager

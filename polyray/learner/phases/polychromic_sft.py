@@ -108,7 +108,9 @@ class PolychromicSFTPhase(SamplingPhase, SFTPhase):
             nll = compute_sft_loss(logp[:n_refs], mask[:n_refs], num_tokens=num_tokens)[0] if n_refs else None
             sample_logp = old_logp = advantages = None
             if len(samples):
-                sample_logp = torch.where(mask[n_refs:] > 0, logp[n_refs:], torch.zeros_like(logp[n_refs:])).sum(-1)
+                # a multi-turn episode's log-prob: its model turns' tokens only
+                sample_mask = samples.masked(mask[n_refs:], targets=True)
+                sample_logp = torch.where(sample_mask > 0, logp[n_refs:], torch.zeros_like(logp[n_refs:])).sum(-1)
                 old_logp = torch.tensor(samples.sequence_logprobs(), dtype=logp.dtype, device=ctx.device)
                 advantages = samples.advantages.to(ctx.device)
             loss, metrics = compute_polychromic_sft_loss(

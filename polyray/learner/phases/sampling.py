@@ -38,7 +38,7 @@ class SamplingPhase(Phase):
         return self.cfg.async_rollouts
 
     def _init_rollouts(self, cfg, task: Task, n_train: int, pool) -> None:
-        self.pool, self.prompts = pool, task.prompts("train", n_train)
+        self.pool, self.task, self.prompts = pool, task, task.prompts("train", n_train)
         self.sampling = task_sampling(cfg.sampling, task)
         self.rollouts = RolloutPrefetch(self._submit, cfg.async_rollouts, cfg.steps, self._score)
 
@@ -65,6 +65,8 @@ class SamplingPhase(Phase):
         rng = random.Random(f"{self.rollout_draw}:{self.ctx.seed}:{step}")
         prompts = rng.sample(self.prompts, min(self.cfg.prompts_per_step, len(self.prompts)))
         seeds = request_seeds(self.ctx.seed, f"{self.rollout_draw}:{step}", [str(i) for i in range(len(prompts))])
+        if self.ctx.env is not None:
+            return prompts, self._submit_episodes(prompts, seeds, version)
         request = GenerationRequest(
             prompts=[p.text for p in prompts],
             n=self.samples_per_prompt,
@@ -75,3 +77,20 @@ class SamplingPhase(Phase):
         )
         pending = self.pool.submit(request)
         return prompts, pending
+
+    def _submit_episodes(self, prompts: list[Prompt], seeds: list[int], version: int):
+        """``samples_per_prompt`` episodes of the run's environment on each prompt, started under adapter
+        ``version`` (every turn sampled by it): their groups, as samples, when the result is asked for."""
+        from polyray.rollout.episodes import submit_episodes
+
+        return submit_episodes(
+            self.pool,
+            self.task,
+            prompts,
+            self.samples_per_prompt,
+            env=self.ctx.env,
+            sampling=self.sampling,
+            version=version,
+            seeds=seeds,
+            tokenizer=self.ctx.tokenizer,
+        )
