@@ -6,17 +6,18 @@ Every environment shares the episode limits of :class:`EnvConfigBase`; the episo
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal, Union
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from polyray.config.functions import resolve_ref, split_ref
 from polyray.io import StrictModel
 
 
 class EnvConfigBase(StrictModel):
     """The limits of one episode: turns, tokens and time; an observation's size."""
 
-    # the task types the environment runs on (its config's ``tasks``)
+    # the task types the environment runs on (empty: any)
     tasks: ClassVar[tuple[str, ...]] = ()
 
     max_turns: int = Field(3, ge=1, le=32, description="Most model turns per episode.")
@@ -43,10 +44,25 @@ class CountdownRetryEnvConfig(EnvConfigBase):
     tasks: ClassVar[tuple[str, ...]] = ("countdown",)
 
 
-ENV_CONFIG_MODELS: tuple[type[EnvConfigBase], ...] = (CountdownRetryEnvConfig,)
+class CustomEnvConfig(EnvConfigBase):
+    """The user's own :class:`polyray.envs.Environment` subclass, on any task."""
+
+    type: Literal["custom"] = "custom"
+    environment: str = Field(
+        description="The class: 'path/to/file.py:ClassName' (made absolute when the config loads) or"
+        " 'module:ClassName'. Built once per episode with (this config, the run's task)."
+    )
+
+    @field_validator("environment")
+    @classmethod
+    def _reference(cls, v: str) -> str:
+        split_ref(v)
+        return resolve_ref(v)
+
+
+ENV_CONFIG_MODELS: tuple[type[EnvConfigBase], ...] = (CountdownRetryEnvConfig, CustomEnvConfig)
 """Every environment's config model (``tests/unit/config/test_registries.py`` keeps their types equal to
 the environment registry's keys)."""
 
-# one environment so far: a discriminated union needs two members
-EnvConfig = CountdownRetryEnvConfig
+EnvConfig = Annotated[Union[ENV_CONFIG_MODELS], Field(discriminator="type")]
 """Any environment of the registry."""

@@ -42,9 +42,7 @@ def split_ref(ref: str) -> tuple[str, str]:
     """``(module or file path, attribute)`` of ``module:function`` / ``file.py:function``."""
     where, sep, attr = str(ref).rpartition(":")
     if not sep or not where or not _MODULE.match(attr) or "." in attr:
-        raise FunctionRefError(
-            f"{ref!r} is not 'module:function' or 'path/to/file.py:function' (e.g. my_rewards.py:score)"
-        )
+        raise FunctionRefError(f"{ref!r} is not 'module:name' or 'path/to/file.py:name' (e.g. my_rewards.py:score)")
     if not is_file_ref(where) and not _MODULE.match(where):
         raise FunctionRefError(f"{ref!r}: {where!r} is neither a .py file nor a dotted module name")
     return where, attr

@@ -30,6 +30,13 @@ class TinyModelConfig(StrictModel):
     pretrain_lr: float = Field(3e-3, gt=0, description="Peak AdamW learning rate for pretraining.")
     pretrain_noise: float = Field(0.5, ge=0, lt=1, description="Share of pretraining completions that miss the target.")
     pretrain_prompts: int = Field(5000, ge=100, description="Distinct prompts in the pretraining corpus.")
+    pretrain_retries: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of pretraining answers given as retry dialogues: one or two wrong answers, each followed"
+        " by the feedback of the task's multi-turn environment (env), then the answer (countdown only).",
+    )
     seed: int = Field(0, description="Seed for tokenizer corpus, init and pretraining order.")
 
     @model_validator(mode="after")

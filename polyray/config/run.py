@@ -134,7 +134,7 @@ class RunConfig(StrictModel):
         env = self.env
         if env is None:
             return self
-        if self.task.type not in env.tasks:
+        if env.tasks and self.task.type not in env.tasks:
             raise ValueError(
                 f"env.type {env.type!r} runs on a task of type {' or '.join(map(repr, env.tasks))}, not"
                 f" task.type {self.task.type!r}"

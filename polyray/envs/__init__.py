@@ -20,13 +20,29 @@ from polyray.envs.base import Environment, Step
 from polyray.envs.countdown_retry import CountdownRetryEnv
 from polyray.tasks.base import Task
 
-ENVS: dict[str, type[Environment]] = {"countdown_retry": CountdownRetryEnv}
+# type -> its class; "custom" names the user's own (its config's ``environment``)
+ENVS: dict[str, type[Environment] | None] = {"countdown_retry": CountdownRetryEnv, "custom": None}
+
+
+class EnvError(ValueError):
+    """An environment that cannot be built; the message names the config field."""
+
+
+def load_environment(ref: str) -> type[Environment]:
+    """The :class:`Environment` subclass ``ref`` ('file.py:ClassName' or 'module:ClassName') names."""
+    from polyray.config.functions import import_module_of, split_ref
+
+    where, name = split_ref(ref)
+    cls = getattr(import_module_of(ref), name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Environment)):
+        raise EnvError(f"env.environment {ref!r}: {name!r} in {where} is not a subclass of polyray.envs.Environment")
+    return cls
 
 
 def env_factory(config: Any, task: Task) -> Callable[[], Environment]:
     """A maker of fresh environments of ``config`` (its ``type`` is a key of :data:`ENVS`) on ``task``."""
-    cls = ENVS[config.type]
+    cls = ENVS[config.type] or load_environment(config.environment)
     return lambda: cls(config, task)
 
 
-__all__ = ["ENVS", "CountdownRetryEnv", "Environment", "Step", "env_factory"]
+__all__ = ["ENVS", "CountdownRetryEnv", "EnvError", "Environment", "Step", "env_factory", "load_environment"]

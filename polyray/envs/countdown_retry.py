@@ -9,21 +9,15 @@ without a chat template::
     evaluates to 38, target 22
     expr: 3*5+7<eos>
 
-The reward is the judge's on the latest answer (1.0 once it is right, which ends the episode).
+The reward is the judge's on the latest answer (1.0 once it is right, which ends the episode). The
+embedded model learns the format from such dialogues in its pretraining (``model.tiny.pretrain_retries``).
 """
 
 from __future__ import annotations
 
 from polyray.envs.base import Environment, Step
 from polyray.tasks.base import Prompt
-
-# what follows a wrong answer: the judge's reason, then the prompt's own answer cue
-FEEDBACK = "\n{reason}\nexpr:"
-
-
-def feedback(reason: str) -> str:
-    """The observation after a wrong answer the judge gave ``reason`` for."""
-    return FEEDBACK.format(reason=reason)
+from polyray.tasks.countdown import retry_feedback as feedback
 
 
 class CountdownRetryEnv(Environment):

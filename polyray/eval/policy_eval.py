@@ -103,7 +103,7 @@ def _episodes(pool, task: Task, prompts: list[Prompt], cfg: EvalConfig, sampling
     ).result()
     texts = [[s.text for s in g] for g in groups]
     rewards = [np.array([0.0 if s.reward is None else s.reward for s in g], dtype=np.float64) for g in groups]
-    counts = [(len(r), sum(map(task.is_correct, r))) for r in rewards]
+    counts = [(len(r), int(sum(map(task.is_correct, r)))) for r in rewards]
 
     def mean_logprob(s) -> float:
         own = [lp for lp, m in zip(s.logprobs, s.loss_mask) if m]
@@ -114,7 +114,7 @@ def _episodes(pool, task: Task, prompts: list[Prompt], cfg: EvalConfig, sampling
     extra: dict[str, float] = {}
     for turn in range(env.max_turns):
         by_turn = [
-            (len(g), sum(task.is_correct(s.rewards_by_turn[turn]) for s in g if s.error is None)) for g in groups
+            (len(g), int(sum(task.is_correct(s.rewards_by_turn[turn]) for s in g if s.error is None))) for g in groups
         ]
         extra.update({f"turn{turn + 1}/pass@{k}": mean_pass_at_k(by_turn, k) for k in cfg.ks})
     extra.update(

@@ -388,8 +388,13 @@ def bound_lengths(
     sampled = {}
     for phase in run.phases:
         sampling = getattr(phase, "sampling", None)
-        if sampling is not None:
+        # a multi-turn episode's whole history is bounded by its environment
+        if run.env is not None and sampling is not None:
+            sampled[phase.name] = run.env.max_total_tokens
+        elif sampling is not None:
             sampled[phase.name] = min(cap, longest_prompt + sampling.max_tokens) if longest_prompt else cap
+    if run.env is not None:
+        return SequenceLengths(sampled, longest_reference or cap, "env.max_total_tokens for episodes")
     if longest_prompt:
         return SequenceLengths(sampled, longest_reference or cap, "longest training prompt + max_tokens")
     return SequenceLengths(sampled, longest_reference or cap, "rollout.max_model_len")

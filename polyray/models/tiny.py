@@ -52,11 +52,17 @@ EMBEDDED_CHAT_TEMPLATE = (
 )
 
 
+def recipe(tiny: TinyModelConfig) -> dict:
+    """The model settings a build depends on; a setting at its no-op default is left out, so adding one kept
+    the keys of the models built before it."""
+    return tiny.model_dump(mode="json", exclude=None if tiny.pretrain_retries else {"pretrain_retries"})
+
+
 def build_key(tiny: TinyModelConfig, task_config) -> str:
     """Content hash of everything that determines the model: the recipe, its settings, the task's corpus."""
     spec = {
         "version": BUILD_VERSION,
-        "model": tiny.model_dump(mode="json"),
+        "model": recipe(tiny),
         "task": build_task(task_config).corpus_key(),
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
@@ -288,8 +294,12 @@ def _initial_model(tiny: TinyModelConfig, task_config):
     from transformers import Qwen3ForCausalLM
 
     torch.manual_seed(tiny.seed)
-    pairs = build_task(task_config).pretrain_corpus(tiny.pretrain_prompts, tiny.pretrain_noise, tiny.seed)
-    tokenizer = _train_tokenizer([p + c for p, c in pairs], tiny.vocab_size)
+    task = build_task(task_config)
+    pairs = task.pretrain_corpus(tiny.pretrain_prompts, tiny.pretrain_noise, tiny.seed)
+    if tiny.pretrain_retries:
+        pairs = task.with_retries(pairs, tiny.pretrain_retries, tiny.seed, EOS)
+    # the end-of-text marker inside a retry dialogue is the special token, not text to learn merges from
+    tokenizer = _train_tokenizer([(p + c).replace(EOS, "\n") for p, c in pairs], tiny.vocab_size)
     return Qwen3ForCausalLM(_qwen3_config(tiny, tokenizer)), tokenizer, pairs
 
 
@@ -317,7 +327,7 @@ def _build(tiny: TinyModelConfig, task_config, out_dir: Path, progress) -> Path:
         tokenizer.save_pretrained(staging)
         info = {
             "build_key": build_key(tiny, task_config),
-            "tiny": tiny.model_dump(mode="json"),
+            "tiny": recipe(tiny),
             "task": task_config.model_dump(mode="json"),
             "parameters": sum(p.numel() for p in model.parameters()),
             "final_pretrain_loss": final_loss,

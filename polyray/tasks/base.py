@@ -132,6 +132,14 @@ class Task(ABC):
             " corpus); set model.source to a model directory or hub id"
         )
 
+    def with_retries(self, pairs: list[tuple[str, str]], share: float, seed: int, eos: str) -> list[tuple[str, str]]:
+        """``pairs`` of :meth:`pretrain_corpus` with a ``share`` of their right answers as retry dialogues:
+        wrong answers, each ended by ``eos`` and followed by the task's multi-turn feedback, then the answer."""
+        raise TaskError(
+            f"model.tiny.pretrain_retries: task {self.name!r} has no multi-turn environment to write retry"
+            " dialogues for; set it to 0"
+        )
+
     def check_references(self) -> None:
         """Raise :class:`TaskError` naming where when a train prompt has no reference (SFT imitates them)."""
 

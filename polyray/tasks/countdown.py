@@ -129,6 +129,25 @@ def sample_wrong_expression(rng: random.Random, numbers: tuple[int, ...], target
             return expr
 
 
+# what countdown_retry answers a wrong answer with: the judge's reason, then the prompt's own answer cue
+RETRY_FEEDBACK = "\n{reason}\nexpr:"
+
+
+def retry_feedback(reason: str) -> str:
+    """The observation after a wrong answer the judge gave ``reason`` for (polyray.envs.countdown_retry)."""
+    return RETRY_FEEDBACK.format(reason=reason)
+
+
+def retry_dialogue(rng: random.Random, numbers: tuple[int, ...], target: int, answer: str, eos: str) -> str:
+    """A pretraining completion: one or two wrong answers, each ended by ``eos`` and answered with
+    :func:`retry_feedback`, then ``answer`` (with its leading space)."""
+    text = ""
+    for _ in range(rng.randint(1, 2)):
+        wrong = sample_wrong_expression(rng, numbers, target)
+        text += f" {wrong}{eos}{retry_feedback(judge(wrong, numbers, target).reason)}"
+    return text + answer
+
+
 def generator_key(config: CountdownTaskConfig) -> dict:
     """What determines the generated problems of ``config`` (and its type): an embedded model's corpus key."""
     return config.model_dump(
@@ -280,6 +299,17 @@ class CountdownTask(Task):
 
     def corpus_key(self) -> dict:
         return generator_key(self.config)
+
+    def with_retries(self, pairs: list[tuple[str, str]], share: float, seed: int, eos: str) -> list[tuple[str, str]]:
+        rng = random.Random(f"retries:{seed}")
+        out = []
+        for prompt, completion in pairs:
+            numbers, target = parse_prompt(prompt)
+            right = judge(completion, numbers, target).reward == 1.0
+            if right and rng.random() < share:
+                completion = retry_dialogue(rng, tuple(numbers), target, completion, eos)
+            out.append((prompt, completion))
+        return out
 
     def judge(self, prompt: Prompt, completion: str) -> Judgement:
         return judge(completion, prompt.meta["numbers"], prompt.meta["target"])

@@ -5,13 +5,11 @@ nothing to chance. The fingerprint (polyray.fingerprint) names what else the num
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from support.processes import run_config
 from support.run_compare import evaluations, log_rows
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.ray, pytest.mark.vllm]
@@ -32,11 +30,7 @@ SMALL = [
 
 
 def _run(out: Path) -> Path:
-    sets = [arg for s in SMALL for arg in ("--set", s)]
-    cmd = [sys.executable, "-m", "polyray.cli", "run", "configs/quickstart.yaml", "--output-dir", str(out), *sets]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
+    run_config("configs/quickstart.yaml", out, SMALL)
     return out
 
 

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.processes import run_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.ray, pytest.mark.vllm]
 
@@ -28,11 +29,9 @@ SHORT = [f"phases={json.dumps(PHASES)}", "task.n_test=16", "eval.n_samples=4", "
 
 def test_dpo_trains_end_to_end_from_its_reference(tmp_path, model_dir):
     out = tmp_path / "dpo"
+    run_config("configs/quickstart.yaml", out, SHORT)
     sets = [arg for s in SHORT for arg in ("--set", s)]
-    cmd = [sys.executable, "-m", "polyray.cli", "run", "configs/quickstart.yaml", "--output-dir", str(out), *sets]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
 
     results = json.loads((out / "results.json").read_text())
     assert set(results["phases"]) == {"base", "sft", "dpo"}

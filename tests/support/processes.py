@@ -83,6 +83,18 @@ def kill_by_env(name: str, value: str) -> None:
     psutil.wait_procs(found, timeout=30)
 
 
+def run_config(config: str, out: Path, sets: list[str], timeout: float = 900) -> subprocess.CompletedProcess:
+    """``polyray run <config> --output-dir <out>`` with each of ``sets`` as a ``--set``, from the checkout's root
+    on a Ray cluster of its own (a session's ``RAY_ADDRESS`` dropped); asserts it succeeded."""
+    root = Path(__file__).resolve().parents[2]
+    args = [arg for s in sets for arg in ("--set", s)]
+    cmd = [sys.executable, "-m", "polyray.cli", "run", config, "--output-dir", str(out), *args]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
+    return done
+
+
 def run_module(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
     """``python -m <args>`` from the checkout's root (as a user runs a job entrypoint); asserts it succeeded."""
     root = Path(__file__).resolve().parents[2]

@@ -182,6 +182,14 @@ def test_phase_micro_batches_split_the_step_over_ranks():
     assert phase_micro_batch(run, 2, capped).length == run.rollout.max_model_len
 
 
+def test_a_multi_turn_run_bounds_its_sampled_sequences_by_the_episode_budget():
+    run = load_config("configs/multiturn.yaml")
+    lengths = bound_lengths(run, longest_prompt=30, longest_reference=50)
+    # a whole episode, not the prompt and one turn
+    assert lengths.sampled == {"grpo": run.env.max_total_tokens} and lengths.references == 50
+    assert "env.max_total_tokens" in lengths.source
+
+
 def test_a_phase_with_its_own_ranks_splits_its_step_over_them():
     run = RunConfig.model_validate(
         {

@@ -102,7 +102,7 @@ def test_a_relative_file_is_made_absolute_when_the_config_loads(rewards_file):
         ("my_rewards.py:NOT_A_FUNCTION", "is not callable"),
         ("my_rewards.py:two", "takes no references, metadata"),
         ("my_rewards.py:extra", "requires scale"),
-        ("my_rewards", "is not 'module:function'"),
+        ("my_rewards", "is not 'module:name'"),
         ("no_such_module_anywhere:score", "No module named 'no_such_module_anywhere'"),
     ],
 )

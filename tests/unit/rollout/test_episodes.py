@@ -247,3 +247,52 @@ def test_a_chat_model_reads_observations_as_a_user_turn_of_its_template(tokenize
     encode = chat_observations(tokenizer)
     assert tokenizer.decode(encode("3 tests failed")) == "user: 3 tests failed\nassistant: "
     assert tokenizer.decode(chat_observations(tokenizer, role="tool")("ok")) == "tool: ok\nassistant: "
+
+
+def test_the_documented_custom_environment_runs_as_written(task, tokenizer, tmp_path, monkeypatch):
+    """docs/training.md's example environment, from a file named by ``env.type: custom`` as its command line
+    names it, in episodes: its hints reach the model and a right third answer ends the episode."""
+    import re
+    import shlex
+
+    from polyray.config import load_config
+
+    root = Path(__file__).resolve().parents[3]
+    docs = (root / "docs" / "training.md").read_text()
+    example = re.search(r"<!-- env-example -->\n```python\n(.*?)```\n<!-- /env-example -->", docs, re.S)
+    assert example, "docs/training.md has no <!-- env-example --> python block"
+    command = re.search(r"^polyray run configs/multiturn.yaml .*$", docs[example.end() :], re.M)[0]
+    filename = re.match(r"# (\S+\.py):", example[1])[1]
+    (tmp_path / filename).write_text(example[1])
+    monkeypatch.chdir(tmp_path)
+    words = shlex.split(command)
+    overrides = [words[i + 1] for i, w in enumerate(words) if w == "--set"]
+    config = load_config(root / "configs" / "multiturn.yaml", overrides)
+    assert config.env.type == "custom" and config.env.environment == f"{tmp_path / filename}:HigherLower"
+
+    prompt = task.prompts("train", 1)[0]  # "nums 8 16 5 target 13": " 8+5" is right
+    eos = [tokenizer.eos_token_id]
+    turns = [ids(tokenizer, " 16+16") + eos, ids(tokenizer, " 5-8") + eos, ids(tokenizer, " 8+5") + eos]
+    scripts = {(0, 0, t): turn for t, turn in enumerate(turns)}
+    (episodes,), model = run(task, tokenizer, [prompt], scripts, config=config.env)
+    (episode,) = episodes
+    assert (episode.end, episode.reward, episode.rewards_by_turn(3)) == (DONE, 1.0, [0.0, 0.0, 1.0])
+    heard = [tokenizer.decode(h[len(model.seen[0]) :]) for h in model.seen[1:]]
+    assert heard[0].endswith("\ntoo high\nexpr:") and heard[1].endswith("\ntoo low\nexpr:")
+
+
+def test_a_custom_environment_that_is_not_one_is_refused_naming_the_field(tmp_path):
+    from polyray.config import load_config
+    from polyray.envs import EnvError, load_environment
+    from polyray.io import ConfigError
+
+    (tmp_path / "not_env.py").write_text("class Thing:\n    pass\n")
+    with pytest.raises(EnvError, match=r"env.environment .*'Thing' in .*not_env.py is not a subclass"):
+        load_environment(f"{tmp_path}/not_env.py:Thing")
+    root = Path(__file__).resolve().parents[3]
+    with pytest.raises(ConfigError, match=r"env.environment: .no_colon. is not .module:name."):
+        load_config(root / "configs" / "multiturn.yaml", ["env.type=custom", "env.environment=no_colon"])
+    with pytest.raises(ConfigError, match=r"env.max_total_tokens \(300\) must be below rollout.max_model_len"):
+        load_config(root / "configs" / "multiturn.yaml", ["env.max_total_tokens=300"])
+    with pytest.raises(ConfigError, match=r"a dpo phase does not train on multi-turn episodes"):
+        load_config(root / "configs" / "multiturn.yaml", ['phases=[{"type": "dpo", "steps": 1}]'])

@@ -99,3 +99,29 @@ def test_every_shipped_countdown_config_draws_its_splits():
         if run.task.type == "countdown":
             task = build_task(run.task)
             assert len(task.prompts("train")) == run.task.n_train and task.prompts("test"), path
+
+
+def test_retry_dialogues_are_wrong_answers_with_the_environments_feedback_then_the_answer():
+    """model.tiny.pretrain_retries: what the embedded model reads before a multi-turn run is what
+    countdown_retry says (a step of the environment itself), and every dialogue ends right."""
+    from polyray.config.envs import CountdownRetryEnvConfig
+    from polyray.config.tasks import CountdownTaskConfig
+    from polyray.envs import env_factory
+    from polyray.models.tiny import EOS
+    from polyray.tasks import build_task
+
+    task = build_task(CountdownTaskConfig())
+    prompts = {p.text: p for p in cd.generate_prompts("pretrain", 200, 0)}
+    pairs = task.pretrain_corpus(200, 0.5, 0)
+    dialogues = [(p, c) for p, c in task.with_retries(pairs, 0.5, 0, EOS) if EOS in c]
+    right = sum(task.judge(prompts[p], c).reward == 1.0 for p, c in pairs)
+    assert 0.3 * right < len(dialogues) < 0.7 * right
+    for prompt, completion in dialogues:
+        env = env_factory(CountdownRetryEnvConfig(), task)()
+        env.reset(prompts[prompt])
+        segments = completion.split(EOS)
+        assert 2 <= len(segments) <= 3, completion
+        for turn, following in zip(segments, segments[1:]):
+            step = env.step(turn.rsplit("expr:", 1)[-1])
+            assert not step.done and following.startswith(step.observation), (completion, step)
+        assert env.step(segments[-1].rsplit("expr:", 1)[-1]).done, completion
