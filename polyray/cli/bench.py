@@ -95,6 +95,24 @@ def rollout(
 
 
 @_command()
+def multiturn(
+    prompts: int = typer.Option(16, "--prompts", help="Prompts in the batch."),
+    episodes: int = typer.Option(8, "--episodes", help="Episodes per prompt."),
+    turns: int = typer.Option(4, "--turns", help="Turns per episode (the single-turn side: one of them all)."),
+    turn_tokens: int = typer.Option(16, "--turn-tokens", help="Tokens per turn (EOS ignored)."),
+    repeats: int = typer.Option(3, "--repeats", help="Timed repeats of each workload, alternating."),
+    config: str = _config,
+    json_path: Optional[Path] = _json,
+):
+    """Multi-turn episodes against single turns of the same tokens, with the engine's prefix cache and without."""
+    from polyray.drivers.bench.episodes import bench_multiturn, print_multiturn
+
+    results = bench_multiturn(config, prompts, episodes, turns, turn_tokens, repeats)
+    print_multiturn(results)
+    _write(results, json_path)
+
+
+@_command()
 def grpo(
     steps: int = typer.Option(12, "--steps", help="Steps per phase (each mode runs --rounds times)."),
     rounds: int = typer.Option(2, "--rounds", help="Times each mode runs, alternating."),

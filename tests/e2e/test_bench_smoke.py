@@ -59,3 +59,18 @@ def test_generation_benchmark(tmp_path):
         assert all(r["output_tokens"] > 0 and r["tokens_per_s"] > 0 for r in results[side])
     assert set(results["ratio"]) == {"1", "16"} and results["publish_to_latest"]["publishes"] == 2
     assert "endpoint / direct" in proc.stdout
+
+
+@pytest.mark.vllm
+def test_multiturn_benchmark(tmp_path):
+    """``bench multiturn`` at a tiny size: both engines (prefix cache on and off), and on each the episodes and
+    the single turns sampled the same number of model tokens (every turn to its limit)."""
+    out = tmp_path / "bench.json"
+    args = ["--prompts", "2", "--episodes", "2", "--turns", "2", "--turn-tokens", "4", "--repeats", "1"]
+    proc = _run(["polyray.cli", "bench", "multiturn", *args, "--json", str(out)])
+    results = json.loads(out.read_text())
+    for engine in ("prefix_caching", "no_prefix_caching"):
+        r = results[engine]
+        assert r["multi_turn_tokens"] == r["single_turn_tokens"] == 2 * 2 * 2 * 4, r
+        assert r["multi_turn_tokens_per_s"] > 0 and r["single_turn_tokens_per_s"] > 0
+    assert "multi / single" in proc.stdout

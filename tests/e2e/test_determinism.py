@@ -14,7 +14,6 @@ from support.run_compare import evaluations, log_rows
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.ray, pytest.mark.vllm]
 
-ROOT = Path(__file__).resolve().parents[2]
 PHASES = [
     {"type": "sft", "steps": 8, "batch_size": 16},
     {"type": "grpo", "steps": 4, "prompts_per_step": 4, "group_size": 4, "async_rollouts": True, "max_lag": 1},
