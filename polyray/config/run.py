@@ -139,6 +139,11 @@ class RunConfig(StrictModel):
                 f"env.type {env.type!r} runs on a task of type {' or '.join(map(repr, env.tasks))}, not"
                 f" task.type {self.task.type!r}"
             )
+        if env.max_tokens >= env.max_total_tokens:
+            raise ValueError(
+                f"env.max_tokens ({env.max_tokens}) must be below env.max_total_tokens ({env.max_total_tokens}):"
+                " a turn and the prompt before it must fit an episode's history"
+            )
         if env.max_total_tokens >= self.rollout.max_model_len:
             raise ValueError(
                 f"env.max_total_tokens ({env.max_total_tokens}) must be below rollout.max_model_len"

@@ -33,6 +33,17 @@ def check_inputs(run: RunConfig) -> list:
         raise ConfigError(f"init_adapter: {run.init_adapter} is not a saved LoRA adapter (no adapter_config.json)")
     if run.eval.few_shot and not task.supports_few_shot:
         raise ConfigError(f"eval.few_shot: task {task.name!r} has no few-shot format (set eval.few_shot: 0)")
+    if run.eval.few_shot and run.env is not None:
+        raise ConfigError("eval.few_shot: a multi-turn run's evaluations are episodes, without examples (set it to 0)")
+    if run.env is not None and run.env.type == "custom":
+        from polyray.envs import EnvError, load_environment
+        from polyray.config.functions import FunctionRefError
+
+        # now, not at the first episode after the phases before it
+        try:
+            load_environment(run.env.environment)
+        except (EnvError, FunctionRefError) as exc:
+            raise ConfigError(str(exc)) from None
     plan_memory(run, offline_model_dir(run.model, run.task))
     return models_to_train(plan_rewards(run, task), run)
 

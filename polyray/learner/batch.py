@@ -162,6 +162,10 @@ class TrainBatch(Sequences):
         size = self.group_size
         return [range(b * size, (b + 1) * size) for b in range(self.num_groups)]
 
+    def groups_share_prompts(self) -> bool:
+        """Whether every group's samples have one prompt (:meth:`pack_groups` needs it)."""
+        return all(len({tuple(self.prompt_ids[i]) for i in g}) == 1 for g in self.groups())
+
     def group_micro_batches(self, budget: int | None) -> list[list[int]]:
         """Sequence indices of whole groups, split into micro-batches whose padded size with each prompt
         stored once (:meth:`pack_groups`: groups x longest prompt + sequences x longest completion) fits

@@ -39,6 +39,8 @@ from polyray.tasks.base import Prompt
 DONE, MAX_TURNS, TOKEN_BUDGET, TIME_BUDGET, ERROR = "done", "max_turns", "token_budget", "time_budget", "error"
 # an environment's error message kept in the episode
 _ERROR_CHARS = 500
+# what an environment call gets even when generation used up the budget: a quick one is not failed for it
+STEP_GRACE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -135,17 +137,22 @@ def plain_observations(tokenizer) -> Callable[[str], list[int]]:
 
 def chat_observations(tokenizer, role: str = "user") -> Callable[[str], list[int]]:
     """Observations appended as a ``role`` turn of the tokenizer's chat template, then the assistant's
-    generation prompt: the template's text after an earlier turn, so its own markers open the turn."""
-    anchor = [{"role": "user", "content": "."}]
+    generation prompt: the template's text after an assistant turn, so its own markers open the turn.
+    What the template writes between an assistant's reply and its end of turn (a newline after ChatML's
+    ``<|im_end|>``) comes first: the model's turn ended at its end-of-turn token and never sampled it."""
+    head = [{"role": "user", "content": "."}, {"role": "assistant", "content": "X"}]
+    before = tokenizer.apply_chat_template(head, tokenize=False)
+    end = tokenizer.eos_token or ""
+    rest = before[before.rfind("X") + 1 :]
+    between = rest[len(end) :] if end and rest.startswith(end) else rest
 
     def encode(text: str) -> list[int]:
-        before = tokenizer.apply_chat_template(anchor, tokenize=False)
         after = tokenizer.apply_chat_template(
-            [*anchor, {"role": role, "content": text}], tokenize=False, add_generation_prompt=True
+            [*head, {"role": role, "content": text}], tokenize=False, add_generation_prompt=True
         )
         if not after.startswith(before):
             raise ValueError(f"the chat template does not render a {role} turn after an earlier turn unchanged")
-        return tokenizer(after[len(before) :], add_special_tokens=False)["input_ids"]
+        return tokenizer(between + after[len(before) :], add_special_tokens=False)["input_ids"]
 
     return encode
 
@@ -216,17 +223,15 @@ def run_episodes(
     def remaining() -> float:
         return limits.max_seconds - (clock() - started)
 
-    for slot, episode in enumerate(episodes):
-        env, first = _start(make_env, prompts[episode.prompt_index], remaining())
-        if isinstance(first, str) and env is not None:
-            error = observation_error(first, limits.max_observation_chars)
-            if error is None:
-                envs[slot] = env
-                episode._append(encode_prompt(first))
-                episode.prompt_len = len(episode.token_ids)
-                continue
-            first = error
-        episode._fail(f"reset: {first}")
+    for slot, (episode, (env, first)) in enumerate(zip(episodes, _start_all(make_env, prompts, episodes, remaining()))):
+        error = observation_error(first, limits.max_observation_chars) if env is not None else first
+        # a failed episode keeps its prompt as the task wrote it: its group still shares one prompt
+        episode._append(encode_prompt(first if error is None else prompts[episode.prompt_index].text))
+        episode.prompt_len = len(episode.token_ids)
+        if error is None:
+            envs[slot] = env
+        else:
+            episode._fail(f"reset: {error}")
 
     for turn in range(limits.max_turns):
         live = [slot for slot in envs if _admit(episodes[slot], limits, remaining())]
@@ -246,7 +251,8 @@ def run_episodes(
             episode = episodes[slot]
             episode.turns.append(Turn(start=len(episode.token_ids), sample=sample, reward=0.0))
             episode._append(sample.token_ids, sample=sample)
-            error = outcome if isinstance(outcome, str) else _step_error(outcome, limits.max_observation_chars)
+            last = turn + 1 == limits.max_turns
+            error = outcome if isinstance(outcome, str) else _step_error(outcome, limits.max_observation_chars, last)
             if error is not None:
                 episode._fail(error)
                 del envs[slot]
@@ -254,7 +260,7 @@ def run_episodes(
             episode.reward = episode.turns[-1].reward = float(outcome.reward)
             if outcome.done or outcome.observation is None:
                 episode.end = DONE
-            elif turn + 1 == limits.max_turns:
+            elif last:
                 episode.end = MAX_TURNS
             else:
                 ids = encode_observation(outcome.observation)
@@ -267,19 +273,35 @@ def run_episodes(
     return groups
 
 
-def _start(make_env: Callable[[], Environment], prompt: Prompt, timeout: float) -> tuple[Environment | None, Any]:
-    """A fresh environment and its first observation, or (None, why not)."""
-    try:
-        env = make_env()
-    except Exception as exc:  # noqa: BLE001 - the episode's failure
-        return None, _describe(exc)
-    thread, box = _in_thread(lambda: env.reset(prompt))
-    thread.join(max(timeout, 0.0))
-    if thread.is_alive():
-        return None, "the environment's reset outlasted the episode's env.max_seconds"
-    if "error" in box:
-        return None, _describe(box["error"])
-    return env, box.get("result")
+def _start_all(
+    make_env: Callable[[], Environment], prompts: Sequence[Prompt], episodes: list[Episode], timeout: float
+) -> list[tuple[Environment | None, Any]]:
+    """Each episode's fresh environment and first observation, or (None, why not); the resets run at once,
+    all waited for within ``timeout`` s."""
+    started: list[tuple[Environment | None, Any]] = []
+    for episode in episodes:
+        try:
+            env = make_env()
+        except Exception as exc:  # noqa: BLE001 - the episode's failure
+            started.append((None, _describe(exc)))
+            continue
+        prompt = prompts[episode.prompt_index]
+        started.append((env, _in_thread(lambda env=env, prompt=prompt: env.reset(prompt))))
+    deadline = time.monotonic() + max(timeout, STEP_GRACE_S)
+    out: list[tuple[Environment | None, Any]] = []
+    for env, running in started:
+        if env is None:
+            out.append((None, running))
+            continue
+        thread, box = running
+        thread.join(max(deadline - time.monotonic(), 0.0))
+        if thread.is_alive():
+            out.append((None, "the environment's reset outlasted the episode's env.max_seconds"))
+        elif "error" in box:
+            out.append((None, _describe(box["error"])))
+        else:
+            out.append((env, box.get("result")))
+    return out
 
 
 def _admit(episode: Episode, limits: Any, remaining: float) -> bool:
@@ -300,7 +322,7 @@ def _step_all(envs: list[Environment], texts: list[str], timeout: float) -> list
     :class:`Step`, or why it has none."""
     outcomes: list[Step | str] = ["the environment's step outlasted the episode's env.max_seconds"] * len(envs)
     started = [_in_thread(lambda env=env, text=text: env.step(text)) for env, text in zip(envs, texts)]
-    deadline = time.monotonic() + max(timeout, 0.0)
+    deadline = time.monotonic() + max(timeout, STEP_GRACE_S)
     for i, (thread, box) in enumerate(started):
         thread.join(max(deadline - time.monotonic(), 0.0))
         if not thread.is_alive():
@@ -308,8 +330,8 @@ def _step_all(envs: list[Environment], texts: list[str], timeout: float) -> list
     return outcomes
 
 
-def _step_error(step: Any, limit: int) -> str | None:
-    """Why an environment's answer cannot be used, or None."""
+def _step_error(step: Any, limit: int, last: bool) -> str | None:
+    """Why an environment's answer cannot be used, or None; after the ``last`` turn its observation is not."""
     if not isinstance(step, Step):
         return f"the environment's step returned a {type(step).__name__}, not a Step"
     try:
@@ -318,7 +340,7 @@ def _step_error(step: Any, limit: int) -> str | None:
         return f"the environment's reward {step.reward!r} is not a number"
     if not math.isfinite(reward):
         return f"the environment's reward {reward} is not finite"
-    if not step.done and step.observation is not None:
+    if not (step.done or last or step.observation is None):
         return observation_error(step.observation, limit)
     return None
 
@@ -363,9 +385,10 @@ class EpisodeSample(Sample):
     rewards_by_turn: list[float] = field(default_factory=list)
 
 
-def as_samples(groups: list[list[Episode]], max_turns: int, pad_id: int) -> list[list[EpisodeSample]]:
-    """Each episode as an :class:`EpisodeSample`. One with no model turn (its environment failed at reset)
-    keeps one masked ``pad_id`` token, so a batch of whole groups still packs; it trains on nothing."""
+def as_samples(groups: list[list[Episode]], max_turns: int, pad_id: int, version: int) -> list[list[EpisodeSample]]:
+    """Each episode as an :class:`EpisodeSample` of adapter ``version`` (what its turns were sampled with). One
+    with no model turn (its environment failed at reset, or no turn fitted its budget) keeps one masked
+    ``pad_id`` token, so a batch of whole groups still packs; it trains on nothing and is unscored."""
     out = []
     for group in groups:
         row = []
@@ -381,10 +404,10 @@ def as_samples(groups: list[list[Episode]], max_turns: int, pad_id: int) -> list
                     prompt_token_ids=prompt_ids,
                     token_ids=completion,
                     logprobs=logprobs,
-                    version=e.turns[0].sample.version if e.turns else 0,
+                    version=e.turns[0].sample.version if e.turns else version,
                     finished=e.end == DONE,
                     loss_mask=mask,
-                    reward=None if e.error else e.reward,
+                    reward=None if e.error or not e.turns else e.reward,
                     error=e.error,
                     end=e.end,
                     turns=len(e.turns),
@@ -441,6 +464,6 @@ def submit_episodes(
             encode_observation=encode,
             seeds=list(seeds),
         )
-        return as_samples(groups, env.max_turns, tokenizer.pad_token_id)
+        return as_samples(groups, env.max_turns, tokenizer.pad_token_id, version or 0)
 
     return PendingEpisodes(run)

@@ -61,6 +61,7 @@ def _measure(model_dir: str, run, prompts: int, episodes: int, turns: int, turn_
     from vllm import LLM
     from vllm.inputs import TokensPrompt
 
+    from polyray.config import SamplingConfig
     from polyray.config.envs import CountdownRetryEnvConfig
     from polyray.rollout.episodes import TurnSample, plain_observations, run_episodes
     from polyray.rollout.worker import engine_kwargs, sampling_params
@@ -76,7 +77,7 @@ def _measure(model_dir: str, run, prompts: int, episodes: int, turns: int, turn_
     )
 
     def params(seed: int, max_tokens: int):
-        p = sampling_params(1, run.phases[-1].sampling.model_copy(update={"max_tokens": max_tokens, "stop": []}), seed)
+        p = sampling_params(1, SamplingConfig(max_tokens=max_tokens), seed)
         p.ignore_eos = True
         return p
 
@@ -87,9 +88,12 @@ def _measure(model_dir: str, run, prompts: int, episodes: int, turns: int, turn_
             use_tqdm=False,
         )
         return [
-            TurnSample(list(o.outputs[0].token_ids), [], 0, True, tokenizer.decode(o.outputs[0].token_ids))
-            for o in outs
-        ]
+            TurnSample(
+                list(c.token_ids), [c.logprobs[t][tok].logprob for t, tok in enumerate(c.token_ids)], 0, True,
+                tokenizer.decode(c.token_ids),
+            )
+            for c in (o.outputs[0] for o in outs)
+        ]  # fmt: skip
 
     def multi_turn() -> int:
         groups = run_episodes(

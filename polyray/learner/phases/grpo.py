@@ -96,7 +96,8 @@ class GRPOPhase(SamplingPhase):
         texts = [[s.text for s in g] for g in groups]
         if self.ctx.rollout_log is not None:
             self.ctx.rollout_log(step, prompts, groups, rewards)
-        logprobs = [[s.logprobs for s in g] for g in groups]
+        # a multi-turn episode's: its model tokens' (the observations carry no log-prob of the policy)
+        logprobs = [[model_logprobs(s) for s in g] for g in groups]
         inputs = AdvantageInputs(rewards, texts, logprobs, progress=step / self.cfg.steps, step=step)
         adv = compute_advantages(self.cfg.advantage, inputs)
         keep = dynamic_sampling_mask(adv) if self.cfg.dynamic_sampling else torch.ones(len(groups), dtype=torch.bool)
@@ -133,7 +134,8 @@ class GRPOPhase(SamplingPhase):
         ctx, cfg = self.ctx, self.cfg
         batch, info, rehearsal = broadcast_from_rank0(self._rollout(step, version) if ctx.rank == 0 else None, ctx)
         # whole groups per rank, each group's prompt through the model once
-        share = ctx.share_prompts
+        # (a custom environment may open a prompt's episodes differently: then sequences run whole)
+        share = ctx.share_prompts and batch.groups_share_prompts()
         mine = batch.shard(ctx.rank, ctx.world, whole_groups=share)
         n_seq, n_tok = ctx.global_sum(len(mine), mine.num_tokens())
         temperature = cfg.sampling.temperature
@@ -260,6 +262,14 @@ class GRPOPhase(SamplingPhase):
             rows = torch.tensor([x == v for x in part.versions], device=logp.device)
             out = torch.where(rows.unsqueeze(-1), logp_v.to(logp.dtype), out)
         return out
+
+
+def model_logprobs(sample) -> list[float]:
+    """The sample's tokens' sampling log-probs where it carries loss (a multi-turn episode's model turns);
+    an episode without a turn: one 0.0, as the masked token it keeps."""
+    if sample.loss_mask is None:
+        return sample.logprobs
+    return [lp for lp, m in zip(sample.logprobs, sample.loss_mask) if m] or [0.0]
 
 
 def episode_metrics(groups: list, is_correct) -> dict[str, float]:

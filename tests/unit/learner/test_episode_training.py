@@ -72,8 +72,8 @@ def _step(model_dir, monkeypatch, case: str, placeholder: float):
     monkeypatch.setitem(polyray.envs.ENVS, "countdown_retry", Graded)
     as_samples = episodes_module.as_samples
 
-    def with_placeholder(groups, max_turns, pad_id):
-        out = as_samples(groups, max_turns, pad_id)
+    def with_placeholder(groups, max_turns, pad_id, version):
+        out = as_samples(groups, max_turns, pad_id, version)
         for s in (s for g in out for s in g):
             s.logprobs = [lp if m else placeholder for lp, m in zip(s.logprobs, s.loss_mask)]
         return out
@@ -168,3 +168,34 @@ def test_at_lag_zero_every_episodes_ratio_is_one(model_dir, monkeypatch, case, r
     metrics = phase.step(0, 1)
     assert any(len(h) > min(map(len, pool.histories)) for h in pool.histories)  # second turns were sampled
     assert metrics[ratio] == pytest.approx(1.0, abs=1e-4), metrics
+
+
+def test_estimators_read_the_model_tokens_log_probs_and_a_group_may_not_share_a_prompt():
+    from polyray.learner.batch import TrainBatch
+    from polyray.learner.phases.grpo import model_logprobs
+
+    episode = Sample(0, "", [1], [5, 6, 7], [-1.0, 0.0, -3.0], 1, True, loss_mask=[1, 0, 1])
+    assert model_logprobs(episode) == [-1.0, -3.0]  # the observation's placeholder left out
+    assert model_logprobs(Sample(0, "", [1], [2], [0.0], 1, True, loss_mask=[0])) == [0.0]
+    assert model_logprobs(Sample(0, "", [1], [5, 6], [-1.0, -2.0], 1, True)) == [-1.0, -2.0]
+    batch = TrainBatch(
+        prompt_ids=[[1, 2], [1, 2], [1, 3], [1, 3]],
+        completion_ids=[[5], [6], [7], [8]],
+        sample_logprobs=[[-1.0]] * 4,
+        advantages=torch.zeros(4, dtype=torch.float64),
+        group_size=2,
+    )
+    assert batch.groups_share_prompts()
+    batch.prompt_ids[3] = [1, 4]  # a custom environment that opened one episode differently
+    assert not batch.groups_share_prompts()
+
+
+def test_a_custom_environment_that_cannot_load_stops_the_run_before_it_starts(tmp_path):
+    from polyray.config import load_config
+    from polyray.drivers.preflight import check_inputs
+    from polyray.io import ConfigError
+
+    (tmp_path / "broken.py").write_text("raise ImportError('no sandbox here')\n")
+    run = load_config("configs/multiturn.yaml", ["env.type=custom", f"env.environment={tmp_path}/broken.py:Env"])
+    with pytest.raises(ConfigError, match=r"broken.py:Env.*importing it raised ImportError: no sandbox here"):
+        check_inputs(run)

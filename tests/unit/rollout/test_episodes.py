@@ -22,6 +22,7 @@ from polyray.rollout.episodes import (
     TIME_BUDGET,
     TOKEN_BUDGET,
     TurnSample,
+    as_samples,
     chat_observations,
     plain_observations,
     run_episodes,
@@ -231,6 +232,28 @@ def test_a_hostile_environment_fails_its_own_episode_and_the_rest_of_the_batch_g
         assert (episode[0].end, episode[0].reward, episode[0].error) == (DONE, 1.0, None)
     # the failed step's turn is kept (what was sampled), the 10 MB observation is not
     assert len(by_mode["huge"].token_ids) == len(tokenizer(prompts[0].text)["input_ids"]) + len(answer)
+    # a failed reset keeps the prompt as the task wrote it (its group shares one prompt), and as a sample it
+    # is unscored, of the batch's version, one masked token
+    reset = by_mode["reset"]
+    assert reset.token_ids == tokenizer(prompts[modes.index("reset")].text)["input_ids"] and not reset.turns
+    (sample,) = as_samples([[reset]], 2, tokenizer.pad_token_id, version=5)[0]
+    assert (sample.reward, sample.version, sample.token_ids, sample.loss_mask) == (
+        None,
+        5,
+        [tokenizer.pad_token_id],
+        [0],
+    )
+
+
+def test_an_observation_after_the_last_turn_is_not_read(task, tokenizer):
+    """The environment's reply to the last allowed turn is thrown away, so nothing in it fails the episode."""
+    prompt = task.prompts("train", 1)[0]
+    answer = ids(tokenizer, " 1+1") + [tokenizer.eos_token_id]
+    config = CountdownRetryEnvConfig(max_turns=1)
+    (episodes,), _ = run(
+        task, tokenizer, [prompt], {(0, 0, 0): answer}, config=config, make_env=lambda: Hostile("huge")
+    )
+    assert (episodes[0].end, episodes[0].error) == (MAX_TURNS, None)
 
 
 def test_turn_seeds_differ_by_episode_and_turn_and_repeat_for_one_prompt_seed():
@@ -245,8 +268,9 @@ def test_a_chat_model_reads_observations_as_a_user_turn_of_its_template(tokenize
     tokenizer = tokenizer.__class__.from_pretrained(EMBEDDED)
     tokenizer.chat_template = EMBEDDED_CHAT_TEMPLATE
     encode = chat_observations(tokenizer)
-    assert tokenizer.decode(encode("3 tests failed")) == "user: 3 tests failed\nassistant: "
-    assert tokenizer.decode(chat_observations(tokenizer, role="tool")("ok")) == "tool: ok\nassistant: "
+    # the newline the template ends an assistant's reply with comes first: the model's turn ended at EOS
+    assert tokenizer.decode(encode("3 tests failed")) == "\nuser: 3 tests failed\nassistant: "
+    assert tokenizer.decode(chat_observations(tokenizer, role="tool")("ok")) == "\ntool: ok\nassistant: "
 
 
 def test_the_documented_custom_environment_runs_as_written(task, tokenizer, tmp_path, monkeypatch):
@@ -294,5 +318,7 @@ def test_a_custom_environment_that_is_not_one_is_refused_naming_the_field(tmp_pa
         load_config(root / "configs" / "multiturn.yaml", ["env.type=custom", "env.environment=no_colon"])
     with pytest.raises(ConfigError, match=r"env.max_total_tokens \(300\) must be below rollout.max_model_len"):
         load_config(root / "configs" / "multiturn.yaml", ["env.max_total_tokens=300"])
+    with pytest.raises(ConfigError, match=r"env.max_tokens \(200\) must be below env.max_total_tokens \(160\)"):
+        load_config(root / "configs" / "multiturn.yaml", ["env.max_tokens=200"])
     with pytest.raises(ConfigError, match=r"a dpo phase does not train on multi-turn episodes"):
         load_config(root / "configs" / "multiturn.yaml", ['phases=[{"type": "dpo", "steps": 1}]'])
