@@ -161,7 +161,10 @@ def plan_lines(run, problems: list[str] | None = None, model_config: dict | None
         f" of {run.cluster.num_cpus} CPUs" if run.cluster.num_cpus else ""
     )
     lines.append(f"  reserved at most: {totals['CPU']:g} CPU, {totals['GPU']:g} GPU on {where}")
-    lines.append(f"evaluation: pass@k for k in {list(run.eval.ks)}, {run.eval.n_samples} samples per prompt")
+    if run.env is not None:
+        lines.append(shown("environment", _env, run.env))
+    unit = "episodes" if run.env is not None else "samples"
+    lines.append(f"evaluation: pass@k for k in {list(run.eval.ks)}, {run.eval.n_samples} {unit} per prompt")
     try:
         lines += memory_plan_lines(run, model_config)
     # cannot fit its declared GPU memory: shown like a data problem
@@ -188,6 +191,24 @@ def memory_plan_lines(run, config: dict | None = None) -> list[str]:
     if config is None:
         return ["memory plan: after the model is downloaded (the run plans it then; or --model-config DIR)"]
     return check_run(run, config, bound_lengths(run))
+
+
+def _env(env) -> str:
+    """The multi-turn environment and its limits; a custom one's file must exist (it is imported at the run's
+    start: check imports nothing of the user's)."""
+    from polyray.config.functions import is_file_ref, split_ref
+    from polyray.io import ConfigError
+
+    what = env.type
+    if env.type == "custom":
+        where, name = split_ref(env.environment)
+        if is_file_ref(where) and not Path(where).is_file():
+            raise ConfigError(f"env.environment: no file {where}")
+        what = f"custom {name} from {where}"
+    return (
+        f"{what}, up to {env.max_turns} turns of {env.max_tokens} tokens, {env.max_total_tokens} tokens of history,"
+        f" {env.max_seconds:g} s an episode"
+    )
 
 
 def _model(model) -> str:

@@ -107,6 +107,18 @@ def test_check_shows_a_phase_with_its_own_learner_ranks():
     assert "learner ranks: 2 x (1 CPU) = 2 CPU, 0 GPU at most (per phase: 2, 1)" in result.output
 
 
+def test_check_shows_a_runs_environment_and_a_missing_custom_one():
+    multiturn = str(ROOT / "configs/multiturn.yaml")
+    result = CliRunner().invoke(app, ["check", "-q", multiturn])
+    assert result.exit_code == 0, result.output
+    shown = " ".join(result.output.split())
+    assert "environment: countdown_retry, up to 3 turns of 16 tokens, 160 tokens of history, 120 s an episode" in shown
+    assert "8 episodes per prompt" in shown
+    custom = ["--set", "env.type=custom", "--set", "env.environment=/nowhere/env.py:Env"]
+    result = CliRunner().invoke(app, ["check", "-q", multiturn, *custom])
+    assert result.exit_code == 2 and "env.environment: no file /nowhere/env.py" in result.output, result.output
+
+
 def test_version():
     result = CliRunner().invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.startswith("polyray ")
