@@ -107,7 +107,9 @@ def multiturn(
     """Multi-turn episodes against single turns of the same tokens, with the engine's prefix cache and without."""
     from polyray.drivers.bench.episodes import bench_multiturn, print_multiturn
 
-    results = bench_multiturn(config, prompts, episodes, turns, turn_tokens, repeats)
+    results = bench_multiturn(
+        config, prompts=prompts, episodes=episodes, turns=turns, turn_tokens=turn_tokens, repeats=repeats
+    )
     print_multiturn(results)
     _write(results, json_path)
 

@@ -114,7 +114,7 @@ def evaluate_on_test(run: RunConfig, out: Path, stages: list[str]) -> dict[str, 
                 version = results.versions[stage] if stage != "base" else INIT_VERSION if run.init_adapter else None
                 with state.timer(f"test_{stage}"):
                     record = evaluate_stage(
-                        stage, state.pool, state.task, prompts, run, version, model_dir=state.model_dir
+                        stage, state.pool, state.task, prompts, run=run, version=version, model_dir=state.model_dir
                     )
                 results.test[stage] = record
                 results.stage_done(f"test_{stage}")

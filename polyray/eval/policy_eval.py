@@ -48,7 +48,7 @@ def evaluate_policy(
     sampling = task_sampling(cfg.sampling, task)
     if env is not None:
         texts, rewards, counts, logprob, extra = _episodes(
-            pool, task, prompts, cfg, sampling, version, seed, env, tokenizer
+            pool, task, prompts, cfg, sampling=sampling, version=version, seed=seed, env=env, tokenizer=tokenizer
         )
     else:
         if cfg.few_shot and "\n" not in sampling.stop:
@@ -84,7 +84,9 @@ def evaluate_policy(
     )
 
 
-def _episodes(pool, task: Task, prompts: list[Prompt], cfg: EvalConfig, sampling, version, seed: int, env, tokenizer):
+def _episodes(
+    pool, task: Task, prompts: list[Prompt], cfg: EvalConfig, *, sampling, version, seed: int, env, tokenizer
+):
     """(final answers, rewards, counts, mean log-prob of the model's tokens, the multi-turn measures) of
     ``n_samples`` episodes per prompt; a failed episode scores 0."""
     from polyray.rollout.episodes import submit_episodes

@@ -138,7 +138,7 @@ def retry_feedback(reason: str) -> str:
     return RETRY_FEEDBACK.format(reason=reason)
 
 
-def retry_dialogue(rng: random.Random, numbers: tuple[int, ...], target: int, answer: str, eos: str) -> str:
+def retry_dialogue(rng: random.Random, numbers: tuple[int, ...], target: int, *, answer: str, eos: str) -> str:
     """A pretraining completion: one or two wrong answers, each ended by ``eos`` and answered with
     :func:`retry_feedback`, then ``answer`` (with its leading space)."""
     text = ""
@@ -307,7 +307,7 @@ class CountdownTask(Task):
             numbers, target = parse_prompt(prompt)
             right = judge(completion, numbers, target).reward == 1.0
             if right and rng.random() < share:
-                completion = retry_dialogue(rng, tuple(numbers), target, completion, eos)
+                completion = retry_dialogue(rng, tuple(numbers), target, answer=completion, eos=eos)
             out.append((prompt, completion))
         return out
 

@@ -35,7 +35,7 @@ class Again(Environment):
 
 
 def bench_multiturn(
-    config: str, prompts: int, episodes: int, turns: int, turn_tokens: int, repeats: int
+    config: str, *, prompts: int, episodes: int, turns: int, turn_tokens: int, repeats: int
 ) -> dict[str, Any]:
     """The comparison of the module docstring on the model and rollout settings of ``config``, each engine
     in a fresh process (:func:`polyray.drivers.bench.rollout._in_rollout_process`)."""
@@ -89,8 +89,11 @@ def _measure(model_dir: str, run, prompts: int, episodes: int, turns: int, turn_
         )
         return [
             TurnSample(
-                list(c.token_ids), [c.logprobs[t][tok].logprob for t, tok in enumerate(c.token_ids)], 0, True,
-                tokenizer.decode(c.token_ids),
+                token_ids=list(c.token_ids),
+                logprobs=[c.logprobs[t][tok].logprob for t, tok in enumerate(c.token_ids)],
+                version=0,
+                finished=True,
+                text=tokenizer.decode(c.token_ids),
             )
             for c in (o.outputs[0] for o in outs)
         ]  # fmt: skip
