@@ -44,6 +44,19 @@ class CountdownRetryEnvConfig(EnvConfigBase):
     tasks: ClassVar[tuple[str, ...]] = ("countdown",)
 
 
+class CodeFeedbackEnvConfig(EnvConfigBase):
+    """Code with feedback: each answer runs the problem's public tests in the sandbox; a failure is shown
+    (trimmed) and the model revises. The reward is the hidden tests' (the task's judge) on the answer."""
+
+    type: Literal["code_feedback"] = "code_feedback"
+    # the task types it runs on
+    tasks: ClassVar[tuple[str, ...]] = ("code", "countdown_code")
+
+    max_feedback_chars: int = Field(
+        600, ge=40, description="Longest failure report shown to the model: longer ones keep their head and tail."
+    )
+
+
 class CustomEnvConfig(EnvConfigBase):
     """The user's own :class:`polyray.envs.Environment` subclass, on any task."""
 
@@ -60,7 +73,7 @@ class CustomEnvConfig(EnvConfigBase):
         return resolve_ref(v)
 
 
-ENV_CONFIG_MODELS: tuple[type[EnvConfigBase], ...] = (CountdownRetryEnvConfig, CustomEnvConfig)
+ENV_CONFIG_MODELS: tuple[type[EnvConfigBase], ...] = (CountdownRetryEnvConfig, CodeFeedbackEnvConfig, CustomEnvConfig)
 """Every environment's config model (``tests/unit/config/test_registries.py`` keeps their types equal to
 the environment registry's keys)."""
 

@@ -79,7 +79,8 @@ class CodeTaskConfig(TaskConfigBase):
 
     type: Literal["code"] = "code"
     path: str = Field(
-        ..., description="JSONL file, one {prompt, test, entry_point, canonical_solution?, task_id?} per line."
+        ...,
+        description="JSONL file, one {prompt, test, entry_point, canonical_solution?, task_id?, public_test?} per line.",
     )
     seed: int = Field(0, description="Seed of the per-problem train/val/test split.")
     n_train: int | None = Field(None, ge=1, description="Training problems used (first of the split); None: all.")

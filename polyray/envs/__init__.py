@@ -17,11 +17,16 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from polyray.envs.base import Environment, Step
+from polyray.envs.code_feedback import CodeFeedbackEnv
 from polyray.envs.countdown_retry import CountdownRetryEnv
 from polyray.tasks.base import Task
 
 # type -> its class; "custom" names the user's own (its config's ``environment``)
-ENVS: dict[str, type[Environment] | None] = {"countdown_retry": CountdownRetryEnv, "custom": None}
+ENVS: dict[str, type[Environment] | None] = {
+    "countdown_retry": CountdownRetryEnv,
+    "code_feedback": CodeFeedbackEnv,
+    "custom": None,
+}
 
 
 class EnvError(ValueError):
@@ -45,4 +50,13 @@ def env_factory(config: Any, task: Task) -> Callable[[], Environment]:
     return lambda: cls(config, task)
 
 
-__all__ = ["ENVS", "CountdownRetryEnv", "EnvError", "Environment", "Step", "env_factory", "load_environment"]
+__all__ = [
+    "ENVS",
+    "CodeFeedbackEnv",
+    "CountdownRetryEnv",
+    "EnvError",
+    "Environment",
+    "Step",
+    "env_factory",
+    "load_environment",
+]

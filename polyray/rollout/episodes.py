@@ -258,10 +258,12 @@ def run_episodes(
                 del envs[slot]
                 continue
             episode.reward = episode.turns[-1].reward = float(outcome.reward)
-            if outcome.done or outcome.observation is None:
+            if outcome.done:
                 episode.end = DONE
             elif last:
                 episode.end = MAX_TURNS
+            elif outcome.observation is None:
+                episode.end = DONE
             else:
                 ids = encode_observation(outcome.observation)
                 if len(episode.token_ids) + len(ids) + limits.max_tokens > limits.max_total_tokens:

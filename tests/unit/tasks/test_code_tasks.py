@@ -154,6 +154,10 @@ def test_code_exec_reward_agrees_with_the_judge(task):
             "'canonical_solution' must be a string",
         ),
         ('{"prompt": "def f():\\n", "test": "def check(c): pass", "entry_point": "f", "task_id": 7}', "'task_id'"),
+        (
+            '{"prompt": "def f():\\n", "test": "def check(c): pass", "entry_point": "f", "public_test": "assert 1"}',
+            "'public_test' must be a string defining check(candidate)",
+        ),
         (json.dumps(problem_row(*_FUNCS[0])), "'prompt' repeats line 1's"),
     ],
 )
