@@ -23,6 +23,8 @@ FIGURE_IDS = (
     "fig-startup",
     "fig-training",
     "fig-passk",
+    "fig-turns",
+    "fig-episodes",
     "fig-usq",
     "fig-pareto",
     "fig-dynamics",
@@ -294,13 +296,95 @@ def _fig_dynamics(results: dict[str, Any]):
 TRAINING_METRICS = ("loss", "reward_mean", "kl", "clip_frac", "mismatch_abs", "canary_gap")
 
 
+# a multi-turn run's GRPO steps: turns used, failed episodes, and the share solved by each turn
+EPISODE_METRICS = ("turns_mean", "episode_errors")
+
+
+def _solved_by_turn(rows: list[dict[str, Any]]) -> list[str]:
+    keys = {k for r in rows for k in r if k.startswith("solved_turn") and k.endswith("_frac")}
+    return sorted(keys, key=lambda k: int(k[len("solved_turn") : -len("_frac")]))
+
+
 def _fig_training(results: dict[str, Any]):
     rows = [r for r in results.get("training") or [] if "event" not in r]
-    present = [m for m in TRAINING_METRICS if any(m in r for r in rows)]
+    wanted = (*TRAINING_METRICS, *EPISODE_METRICS, *_solved_by_turn(rows))
+    present = [m for m in wanted if any(m in r for r in rows)]
     traj = dynamics_trajectories(rows, present) if present else []
     if not traj:
         return None, "no training step rows (results['training'])"
     return _trajectory_figure(traj, "Training curves"), None
+
+
+def turn_pass_at_k(record: EvalRecord) -> dict[int, dict[int, Any]]:
+    """k -> {turn t: pass@k after turn t}: a multi-turn evaluation's ``turn<t>/pass@<k>`` extras."""
+    out: dict[int, dict[int, Any]] = {}
+    for key, v in record.extra.items():
+        turn, _, k = key[len("turn") :].partition("/pass@")
+        if key.startswith("turn") and turn.isdigit() and k.isdigit():
+            out.setdefault(int(k), {})[int(turn)] = v
+    return out
+
+
+def _fig_turns(results: dict[str, Any]):
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    curves = {name: c for name, m in report_models(results).items() if (c := turn_pass_at_k(m))}
+    if not curves:
+        return None, "no multi-turn evaluation (turn<t>/pass@<k>)"
+    ks = sorted({k for c in curves.values() for k in c})
+    fig = make_subplots(rows=1, cols=len(ks), shared_yaxes=True, subplot_titles=[f"pass@{k}" for k in ks])
+    for i, (name, by_k) in enumerate(curves.items()):
+        for col, k in enumerate(ks, 1):
+            turns = sorted(by_k.get(k, {}))
+            fig.add_trace(
+                go.Scatter(
+                    x=turns,
+                    y=[value(by_k[k][t])[0] for t in turns],
+                    mode="lines+markers",
+                    name=name,
+                    legendgroup=name,
+                    showlegend=col == 1,
+                    line={"color": _color(i)},
+                ),
+                row=1,
+                col=col,
+            )
+    turns = sorted({t for c in curves.values() for by_t in c.values() for t in by_t})
+    fig.update_xaxes(title_text="after turn", tickvals=turns)
+    fig.update_layout(title="Pass@k after each turn (an episode solved earlier stays solved)", height=420)
+    return fig, None
+
+
+# a multi-turn evaluation's episode measures, one bar chart each
+EPISODE_MEASURES = (
+    ("turns_mean", "turns used (mean)"),
+    ("model_tokens_per_episode", "model tokens per episode"),
+    ("episode_errors", "failed episodes"),
+)
+
+
+def _fig_episodes(results: dict[str, Any]):
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    models = {name: m for name, m in report_models(results).items() if "turns_mean" in m.extra}
+    if not models:
+        return None, "no multi-turn evaluation (turns_mean)"
+    fig = make_subplots(rows=1, cols=len(EPISODE_MEASURES), subplot_titles=[t for _, t in EPISODE_MEASURES])
+    for col, (key, _) in enumerate(EPISODE_MEASURES, 1):
+        fig.add_trace(
+            go.Bar(
+                x=list(models),
+                y=[value(m.extra.get(key))[0] for m in models.values()],
+                marker={"color": [_color(i) for i in range(len(models))]},
+                showlegend=False,
+            ),
+            row=1,
+            col=col,
+        )
+    fig.update_layout(title="Episodes at each evaluation", height=380)
+    return fig, None
 
 
 # a start-up trace's segments: (label, from mark, to mark), each one bar trace
@@ -445,12 +529,14 @@ def _fig_axis(results: dict[str, Any]):
 
 
 # a sweep's figure and a run's: absent, not "skipped", in other reports
-ONLY_WITH_INPUT = {"fig-axis", "fig-startup", "fig-training"}
+ONLY_WITH_INPUT = {"fig-axis", "fig-startup", "fig-training", "fig-turns", "fig-episodes"}
 FIGURES = (
     ("fig-axis", "Pass@k against the swept value", _fig_axis),
     ("fig-startup", "Start-up", _fig_startup),
     ("fig-training", "Training curves", _fig_training),
     ("fig-passk", "Pass@k curves", _fig_passk),
+    ("fig-turns", "Pass@k by turn", _fig_turns),
+    ("fig-episodes", "Multi-turn episodes", _fig_episodes),
     ("fig-usq", "USQ@k vs Pass@k", _fig_usq),
     ("fig-pareto", "Pareto frontier: quality vs diversity", _fig_pareto),
     ("fig-dynamics", "Diversity dynamics", _fig_dynamics),

@@ -9,8 +9,10 @@ One report for every producer: the evaluation job, ``polyray sweep`` (a model pe
   fonts or favicon fetched. Figures (:mod:`polyray.eval.figures`), each in a div with a stable id:
   ``fig-axis`` (a sweep's pass@k against its swept value), ``fig-startup`` (a run's start-up timeline:
   each component from asked for to ready), ``fig-training`` (a run's loss, reward, KL,
-  clipped fraction and engine-vs-learner gap per step), ``fig-passk`` (pass@k curves with CI
-  bands), ``fig-usq`` (USQ@k beside pass@k per k), ``fig-pareto`` (quality vs diversity, frontier
+  clipped fraction and engine-vs-learner gap per step; a multi-turn run's turns used, failed
+  episodes and share solved by each turn), ``fig-passk`` (pass@k curves with CI bands), ``fig-turns``
+  (a multi-turn evaluation's pass@k after each turn), ``fig-episodes`` (its turns used, model tokens per
+  episode and failed episodes), ``fig-usq`` (USQ@k beside pass@k per k), ``fig-pareto`` (quality vs diversity, frontier
   marked), ``fig-dynamics`` (diversity dynamics through SFT and GRPO), ``fig-lora`` (‖ΔW‖_F
   heatmaps layer × module, the two first adapters and their difference); tables ``table-main``,
   ``table-stats`` (the evaluation job's tests over prompts, given the two models) and
@@ -18,7 +20,8 @@ One report for every producer: the evaluation job, ``polyray sweep`` (a model pe
   with what it holds fixed) and ``table-selection`` (what a sweep or an experiment chose, on which
   split, by which metric, among what) and ``table-hypotheses`` (an experiment's declared claims, each
   with its tests and verdict). A figure whose input is missing is replaced by a short note in a div with
-  the same id and class ``skipped`` (``fig-axis``, ``fig-startup`` and ``fig-training`` are left out instead).
+  the same id and class ``skipped`` (``fig-axis``, ``fig-startup``, ``fig-training``, ``fig-turns`` and
+  ``fig-episodes`` are left out instead).
 - ``tables.tex``: the main table (booktabs): model × pass@k, USQ@k, diversity, mean ±
   CI half-width where given, best mean per column in bold.
 

@@ -50,3 +50,12 @@ def test_multiturn_trains_on_episodes_and_reports_pass_at_k_by_turn(tmp_path):
         assert 0 <= row["solved_turn1_frac"] <= row["solved_turn3_frac"] <= 1, row
     # no reward service: the environment scored the episodes
     assert "reward_service_start" not in results["timings_s"], results["timings_s"]
+
+    # the report's multi-turn panels: pass@k by turn, the episodes' measures, the episode curves
+    from support.browser import draw_report
+
+    panels = ("fig-training", "fig-turns", "fig-episodes")
+    seen = draw_report(out / "report.html", panels, screenshot=tmp_path / "report.png")
+    assert all(n > 0 for n in seen["drawn"].values()) and all(v > 0.003 for v in seen["ink"].values()), seen
+    # per stage a line for each of pass@1 and pass@4, and three bar charts
+    assert seen["drawn"]["fig-turns"] == 2 * 3 and seen["drawn"]["fig-episodes"] == 3, seen["drawn"]

@@ -48,6 +48,11 @@ def synthetic_results() -> dict:
             "usq_selector": "reward_model",
             "diversity/semantic": _ci(0.3 + 0.1 * i - 0.05 * (i == 1), 0.01),
             "diversity/distinct_2": 0.5 + 0.05 * i,
+            # a multi-turn evaluation's
+            **{f"turn{t}/pass@{k}": min(1.0, p1 * (1 + 0.3 * (t - 1)) * k**0.5) for t in (1, 2, 3) for k in ks},
+            "turns_mean": 1.4 + 0.2 * i,
+            "model_tokens_per_episode": 20.0 + 3 * i,
+            "episode_errors": i,
         }
     dynamics = []
     for run, sign in (("lora", -1), ("polychromic", 1)):
@@ -64,9 +69,11 @@ def synthetic_results() -> dict:
                 )
     training = [
         {"run": "polychromic", "phase": phase, "step": s, "loss": 1.0 / s, "reward_mean": 0.02 * s, "kl": 0.001 * s}
+        | ({"turns_mean": 2 - 0.05 * s, "solved_turn1_frac": 0.02 * s, "solved_turn2_frac": 0.03 * s}
+           if phase == "grpo" else {})
         for phase in ("sft", "grpo")
         for s in range(1, 11)
-    ]
+    ]  # fmt: skip
     startup = {
         "components": {
             "driver": {"process": -4.0, "init": 0.0, "ready": 0.0},
@@ -118,7 +125,9 @@ def test_report_files_without_browser(tmp_path):
     for fid in ("fig-usq", "fig-pareto", "fig-dynamics", "fig-lora"):
         assert f'<div id="{fid}" class="skipped">' in html
     # a sweep's and a run's only
-    assert not [f for f in ("fig-axis", "fig-startup", "fig-training") if f'id="{f}"' in html]
+    assert not [
+        f for f in ("fig-axis", "fig-startup", "fig-training", "fig-turns", "fig-episodes") if f'id="{f}"' in html
+    ]
     assert r"a\_b" in render_latex_table(minimal)
     rows = [{"prompt_id": "p0", "rewards": np.array([1.0, 0.0]), "c": np.int64(1)}]
     p = write_samples_jsonl(tmp_path / "samples.jsonl", rows)
