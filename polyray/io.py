@@ -496,7 +496,40 @@ def route_library_logs(path: str | Path) -> Path:
             logger.propagate = False
     for old in earlier:
         old.close()
+    route_teardown_output(path)
     return path
+
+
+# where this process's standard error goes once it starts to exit ([] until a run names its log)
+_teardown_log: list[Path] = []
+
+
+def route_teardown_output(path: str | Path) -> None:
+    """From the end of this process's exit handlers, send its standard error to the file ``path``: what the
+    interpreter's teardown prints (a native binding's report of objects it still holds, ``Exception ignored
+    in`` a finaliser) is the libraries', not the run's. Called again, the latest path holds."""
+    import atexit
+
+    if not _teardown_log:
+        # registered first, so run last: after the run's own exit handlers and Ray's shutdown
+        atexit.register(_stderr_to_teardown_log)
+    _teardown_log[:] = [Path(path)]
+
+
+def _stderr_to_teardown_log() -> None:
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    try:
+        fd = os.open(_teardown_log[0], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError:
+        return  # the log's folder is gone: the terminal keeps it
+    os.dup2(fd, 2)
+    os.close(fd)
 
 
 def warn(message: str) -> None:

@@ -323,8 +323,7 @@ def _build(tiny: TinyModelConfig, task_config, out_dir: Path, progress) -> Path:
         model.generation_config = GenerationConfig(
             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=True
         )
-        model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
+        _save_quietly(model, tokenizer, staging)
         info = {
             "build_key": build_key(tiny, task_config),
             "tiny": recipe(tiny),
@@ -347,3 +346,17 @@ def _build(tiny: TinyModelConfig, task_config, out_dir: Path, progress) -> Path:
         raise
     log.info("built tiny model in %.1fs -> %s", time.perf_counter() - started, out_dir)
     return out_dir
+
+
+def _save_quietly(model, tokenizer, out: Path) -> None:
+    """``save_pretrained`` without transformers' shard-writing bar: the build's own bar is the progress shown."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()

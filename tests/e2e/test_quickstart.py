@@ -79,6 +79,8 @@ LIBRARY_LINE = re.compile(
     r"core_worker\.cc|raylet|\b(INFO|WARNING|ERROR)\b.* -- |\bserve \d+ -- |Loading weights|it/s\]"
     # vLLM's own format, and a Ray worker's output forwarded with its pid
     r"|^(DEBUG|INFO|WARNING|ERROR) \d\d-\d\d \d\d:\d\d:\d\d|\(\w+ pid=\d+\)"
+    # a native binding's report, at exit, of objects never finalised
+    r"|^nanobind: "
 )
 
 
