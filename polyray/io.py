@@ -505,13 +505,14 @@ _teardown_log: list[Path] = []
 
 
 def route_teardown_output(path: str | Path) -> None:
-    """From the end of this process's exit handlers, send its standard error to the file ``path``: what the
-    interpreter's teardown prints (a native binding's report of objects it still holds, ``Exception ignored
+    """From this process's exit on (once the handlers registered after this call have run), send its
+    standard error to the file ``path``: what the interpreter's teardown prints (a native binding's report of objects it still holds, ``Exception ignored
     in`` a finaliser) is the libraries', not the run's. Called again, the latest path holds."""
     import atexit
 
     if not _teardown_log:
-        # registered first, so run last: after the run's own exit handlers and Ray's shutdown
+        # handlers registered before this one (Ray's shutdown, registered at its import; logging's) run
+        # after it: their output at exit is the libraries' too
         atexit.register(_stderr_to_teardown_log)
     _teardown_log[:] = [Path(path)]
 

@@ -44,6 +44,17 @@ def check_inputs(run: RunConfig) -> list:
             load_environment(run.env.environment)
         except (EnvError, FunctionRefError) as exc:
             raise ConfigError(str(exc)) from None
+    if run.env is not None and run.env.type == "code_feedback":
+        from polyray.sandbox import WeakSandboxError, require_isolation
+
+        policy = run.task.sandbox
+        # now, not as every episode's error
+        try:
+            require_isolation(
+                policy.min_isolation, policy.allow_weak_sandbox, "task.sandbox", policy.require_memory_cap
+            )
+        except WeakSandboxError as exc:
+            raise ConfigError(str(exc)) from None
     plan_memory(run, offline_model_dir(run.model, run.task))
     return models_to_train(plan_rewards(run, task), run)
 

@@ -4,10 +4,11 @@ sandbox and shows what failed, the model revises, up to the config's ``max_turns
 Two sets of tests, as a code assistant meets them. The *public* tests are what the model may see
 (:meth:`polyray.tasks.code.CodeTask.public_test`: the problem's ``public_test``, else its docstring's
 ``>>>`` examples); a failure of theirs is the next observation, trimmed to ``max_feedback_chars``. The
-*hidden* tests are the task's own judge (the problem's ``test``): the reward after every turn is theirs
-on that turn's answer, so pass@k by turn and the final reward never depend on what the model was shown.
-An answer that passes the public tests ends the episode; so does a problem with no public tests, after
-one turn (there is nothing to say). On the last turn the public tests are not run.
+*hidden* tests are the task's own judge (the problem's ``test``): the reward after every turn is their
+verdict on that turn's answer, whatever the public tests said (countdown_code's test is public whole, so
+there one run tells both). An answer that passes the public tests ends the episode; so does a problem
+with no public tests, after one turn (there is nothing to say). On the last turn the public tests are
+not run. A report longer than ``max_observation_chars`` allows beside the prompt is trimmed further.
 
 Both run in polyray's sandbox, at most the task's ``max_workers`` at once across all of a batch's
 episodes. A plain-format model reads the feedback as comments, then the prompt again to complete::
@@ -16,6 +17,7 @@ episodes. A plain-format model reads the feedback as comments, then the prompt a
         \"\"\"Use each of 3, 4, 9 at most once with + - * to make 12.\"\"\"
         return 3 * 9<eos>
     # The tests failed:
+    # assert exact == target, "evaluates to %s, target %s" % (exact, target)
     # AssertionError: evaluates to 27, target 12
     def solve():
         \"\"\"Use each of 3, 4, 9 at most once with + - * to make 12.\"\"\"
@@ -63,7 +65,8 @@ def failure_report(result: SandboxResult, source: str, limit: int) -> str:
         error = next((line for line in reversed(lines) if not line.startswith(" ")), result.reason)
         frames = [_FRAME.match(line.strip()) for line in lines]
         numbers = [int(m.group(1)) for m in frames if m]
-        code = source.splitlines()
+        # the compiler's lines: "\n" ends one (str.splitlines would split at \f and \u2028 too)
+        code = source.replace("\r\n", "\n").replace("\r", "\n").split("\n")
         failing = code[numbers[-1] - 1].strip() if numbers and 0 < numbers[-1] <= len(code) else ""
         text = f"{failing}\n{error}" if failing else error
     if len(text) <= limit:
@@ -79,7 +82,10 @@ class CodeFeedbackEnv(Environment):
         sandbox = self.task.config.sandbox
         require_isolation(sandbox.min_isolation, sandbox.allow_weak_sandbox, "task.sandbox", sandbox.require_memory_cap)
         self.prompt, self.turn = prompt, 0
-        self.public = self.task.public_test(prompt)
+        with sandbox_slots(self.task):
+            self.public = self.task.public_test(prompt)
+        # countdown_code's public test is its hidden one: one run tells both
+        self.public_is_hidden = self.public == prompt.meta["test"]
         return prompt.text
 
     def step(self, model_text: str) -> Step:
@@ -90,12 +96,22 @@ class CodeFeedbackEnv(Environment):
             reward = self._hidden(model_text)
             return Step(None, reward, done=self.task.is_correct(reward))
         public = self._run(self.public, self.task.answer(model_text))
-        reward = self._hidden(model_text)
+        reward = float(public.passed) if self.public_is_hidden else self._hidden(model_text)
         if public.passed:
             return Step(None, reward, done=True)
         source = checker_source(self._raw_prompt(), self.public)
-        feedback = failure_report(public, source, self.config.max_feedback_chars)
-        return Step(self._observation(feedback), reward, done=False, info={"feedback": feedback})
+        report = failure_report(public, source, self.config.max_feedback_chars)
+        observation = self._observation(report)
+        # the prompt again leaves less room for the report: trim it to what fits
+        while (excess := len(observation) - self.config.max_observation_chars) > 0:
+            if len(report) - excess < 40:
+                raise ValueError(
+                    f"the feedback and the prompt again need more than env.max_observation_chars"
+                    f" ({self.config.max_observation_chars}): raise it"
+                )
+            report = failure_report(public, source, len(report) - excess)
+            observation = self._observation(report)
+        return Step(observation, reward, done=False)
 
     def _hidden(self, model_text: str) -> float:
         with sandbox_slots(self.task):

