@@ -123,13 +123,13 @@ def set_path(data: dict, path: list[str], value: Any, item: str | None = None) -
     node: Any = data
     for i, part in enumerate(path[:-1]):
         if isinstance(node, list):
-            node = node[_index(node, part, item, path, i + 1)]
+            node = node[_index(node, part, item=item, path=path, depth=i + 1)]
         else:
             node = node.setdefault(part, {})
             if not isinstance(node, (dict, list)):
                 raise ConfigError(f"--set {item}: {'.'.join(path[: i + 1])} is not a section")
     if isinstance(node, list):
-        node[_index(node, path[-1], item, path, len(path))] = value
+        node[_index(node, path[-1], item=item, path=path, depth=len(path))] = value
     else:
         node[path[-1]] = value
     return data
@@ -284,7 +284,14 @@ def read_jsonl_rows(
     The first bad line raises, unless ``skip_bad_lines``: then bad lines are left out and
     counted in ``report``. A file with no usable row raises either way.
     """
-    return collect_rows(_iter_jsonl(path, error, MAX_JSONL_LINE_BYTES), parse_row, error, skip_bad_lines, report, path)
+    return collect_rows(
+        _iter_jsonl(path, error, MAX_JSONL_LINE_BYTES),
+        parse_row,
+        error=error,
+        skip_bad_lines=skip_bad_lines,
+        report=report,
+        path=path,
+    )
 
 
 def collect_rows(

@@ -156,7 +156,9 @@ class _SandboxTask(SandboxJudging, Task):
         raw = prompt.meta.get("raw_prompt", prompt.text)
         problem = {"prompt": raw, "test": prompt.meta["test"], "entry_point": prompt.meta["entry_point"]}
         c = self.config
-        return sandbox_judgement(problem, self.answer(completion), c.timeout_s, c.memory_mb, c.sandbox)
+        return sandbox_judgement(
+            problem, self.answer(completion), timeout=c.timeout_s, memory_mb=c.memory_mb, sandbox=c.sandbox
+        )
 
     def reward_item(self, prompt: Prompt, completion: str) -> dict[str, Any]:
         """The base item with the completion cut as :meth:`judge` cuts it (public tests left out: the
@@ -231,7 +233,15 @@ def parse_problem(obj: dict, where: str) -> CodeProblem:
         raise CodeDataError(
             f"{where}: 'public_test' must be a string defining check(candidate), like 'test', got {public!r:.60}"
         )
-    return CodeProblem(prompt, test, entry_point, solution or None, task_id, lineno, public_test=public or None)
+    return CodeProblem(
+        prompt=prompt,
+        test=test,
+        entry_point=entry_point,
+        canonical_solution=solution or None,
+        task_id=task_id,
+        line=lineno,
+        public_test=public or None,
+    )
 
 
 def read_problems(
@@ -251,7 +261,7 @@ def read_problems(
         first_line[problem.prompt] = problem.line
         return problem
 
-    return read_jsonl_rows(path, parse, CodeDataError, skip_bad_lines, report)
+    return read_jsonl_rows(path, parse, error=CodeDataError, skip_bad_lines=skip_bad_lines, report=report)
 
 
 class CodeTask(_SandboxTask):
