@@ -124,7 +124,8 @@ def engine_env(cfg: GenerationServiceConfig) -> dict[str, str]:
     engine-core process, as the rollout workers keep it in theirs (docs/benchmarks-notes.md, "Generation:
     service start"). On a GPU vLLM runs one GPU's model in the engine core already: left as it is, and
     vLLM's CPU variables are not set."""
-    env = vllm_env(cfg.kv_cache_gib, cfg.threads, gpu=cfg.gpus > 0)
+    eager = device_engine_args(cfg.gpus, cfg.enforce_eager, cfg.gpu_memory_utilization)["enforce_eager"]
+    env = vllm_env(cfg.kv_cache_gib, cfg.threads, gpu=cfg.gpus > 0, eager=eager)
     if not cfg.gpus:
         env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     return env

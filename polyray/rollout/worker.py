@@ -76,10 +76,16 @@ class Sample:
         return asdict(self)
 
 
-def vllm_env(kv_cache_gib: int, threads: int, gpu: bool = False) -> dict[str, str]:
+def vllm_env(kv_cache_gib: int, threads: int, gpu: bool = False, eager: bool = True) -> dict[str, str]:
     """Environment a vLLM process needs before vLLM/torch import: capped threads, and on CPU the KV cache
-    size and no thread pinning (cores are shared); vLLM's CPU variables are set on CPU alone."""
+    size and no thread pinning (cores are shared); vLLM's CPU variables are set on CPU alone.
+
+    An eager engine on CPU also runs with TorchDynamo off: vLLM still ``torch.compile``s its sampler's
+    token-rank count (``batched_count_greater_than``, an integer count the same either way), and each
+    engine process would pay that compile at its first log-probs (docs/benchmarks-notes.md)."""
     cpu = {} if gpu else {"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib), "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+    if not gpu and eager:
+        cpu["TORCHDYNAMO_DISABLE"] = "1"
     return {
         **cpu,
         "OMP_NUM_THREADS": str(threads),
@@ -95,7 +101,8 @@ def rollout_env(config: RolloutConfig) -> dict[str, str]:
     schedules the next step while the GPU runs this one (vLLM's default)."""
     if config.gpus_per_worker > 0:
         return vllm_env(config.kv_cache_gib, config.threads, gpu=True)
-    return {**vllm_env(config.kv_cache_gib, config.threads), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    eager = device_engine_args(0, config.enforce_eager, config.gpu_memory_utilization)["enforce_eager"]
+    return {**vllm_env(config.kv_cache_gib, config.threads, eager=eager), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 
 
 def device_engine_args(gpus: float, enforce_eager: bool | None, gpu_memory_utilization: float) -> dict[str, Any]:

@@ -61,10 +61,39 @@ def test_cpu_only_environment_stays_on_cpu():
     assert cpu["OMP_NUM_THREADS"] == "3"
     gpu = rollout_env(RolloutConfig(kv_cache_gib=2, threads=3, **GPU))
     assert not set(CPU_ONLY) & set(gpu) and gpu["OMP_NUM_THREADS"] == "3"
-    assert set(cpu) - set(gpu) == set(CPU_ONLY)
+    assert set(cpu) - set(gpu) == {*CPU_ONLY, "TORCHDYNAMO_DISABLE"}
     service = engine_env(GenerationServiceConfig(model_dir="m"))
     assert {k: service[k] for k in CPU_ONLY} == {k: cpu[k] for k in CPU_ONLY} | {"VLLM_CPU_KVCACHE_SPACE": "1"}
     assert not set(CPU_ONLY) & set(engine_env(GenerationServiceConfig(model_dir="m", gpus=1)))
+
+
+def test_an_eager_cpu_engine_runs_without_dynamo_and_a_compiled_one_keeps_it():
+    from polyray.generation.deployment import engine_env
+    from polyray.rollout.worker import rollout_env
+
+    assert rollout_env(RolloutConfig())["TORCHDYNAMO_DISABLE"] == "1"
+    assert "TORCHDYNAMO_DISABLE" not in rollout_env(RolloutConfig(enforce_eager=False))
+    assert "TORCHDYNAMO_DISABLE" not in rollout_env(RolloutConfig(enforce_eager=True, **GPU))
+    assert engine_env(GenerationServiceConfig(model_dir="m"))["TORCHDYNAMO_DISABLE"] == "1"
+    assert "TORCHDYNAMO_DISABLE" not in engine_env(GenerationServiceConfig(model_dir="m", enforce_eager=False))
+    assert "TORCHDYNAMO_DISABLE" not in engine_env(GenerationServiceConfig(model_dir="m", gpus=1))
+
+
+@pytest.mark.vllm
+def test_the_sampler_op_dynamo_would_compile_counts_alike_in_eager():
+    """With TorchDynamo off, vLLM's one compiled sampler op on an eager CPU engine runs its Python body: the
+    token ranks it counts equal the compiled kernel's, ties and -inf included."""
+    import torch
+    from vllm.v1.sample.ops.logprobs import batched_count_greater_than as compiled
+
+    eager = compiled._torchdynamo_orig_callable
+    gen = torch.Generator().manual_seed(0)
+    for rows, vocab in [(1, 7), (5, 300), (64, 151)]:
+        logprobs = torch.randn(rows, vocab, generator=gen).log_softmax(-1)
+        logprobs[:, ::5] = logprobs[:, :1]  # ties with the first token
+        logprobs[:, 1::7] = float("-inf")
+        picked = logprobs.gather(1, torch.randint(0, vocab, (rows, 1), generator=gen))
+        assert torch.equal(compiled(logprobs, picked), eager(logprobs, picked))
 
 
 def test_eager_mode_by_default_on_cpu_alone(tmp_path):
