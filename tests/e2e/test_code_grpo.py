@@ -42,6 +42,8 @@ SHORT = [
     "eval.ks=[1, 4]",
     "--set",
     "learner.log_rollouts=true",
+    "--set",
+    "cluster.dashboard=false",  # (the Ray job test covers the dashboard)
 ]
 
 

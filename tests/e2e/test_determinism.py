@@ -25,6 +25,7 @@ SMALL = [
     "eval.ks=[1, 4]",
     "dynamics.every=2",
     "learner.num_workers=1",
+    "cluster.dashboard=false",  # (it changes no number; the Ray job test covers it)
 ]
 
 

@@ -25,6 +25,7 @@ PHASES = [
     {"type": "dpo", "steps": 4, "prompts_per_step": 8, "group_size": 4, "beta": 0.1, "learner_workers": 1},
 ]
 SHORT = [f"phases={json.dumps(PHASES)}", "task.n_test=16", "eval.n_samples=4", "eval.ks=[1, 4]", "dynamics.every=0"]
+SHORT += ["cluster.dashboard=false"]  # (the Ray job test covers the dashboard)
 
 
 def test_dpo_trains_end_to_end_from_its_reference(tmp_path, model_dir):
