@@ -54,17 +54,35 @@ class AdapterRecord:
     time: float
 
 
-def adapter_hash(adapter: dict[str, Any]) -> str:
-    """SHA-256 of an adapter ({"config": dict, "tensors": {name: tensor}}): its config (sorted JSON)
-    and every tensor's name, dtype, shape and bytes, in name order."""
-    import torch
+# the numpy dtypes of an adapter's tensors in to_wire form, by the name torch gives them in the hash
+_NUMPY_AS_TORCH = {"float32": "torch.float32", "float16": "torch.float16", "float64": "torch.float64"}
 
+
+def _is_numpy(t) -> bool:
+    return type(t).__module__ == "numpy" and getattr(t.dtype, "name", None) in _NUMPY_AS_TORCH
+
+
+def adapter_hash(adapter: dict[str, Any]) -> str:
+    """SHA-256 of an adapter ({"config": dict, "tensors": {name: tensor}}, torch or :func:`to_wire` form):
+    its config (sorted JSON) and every tensor's name, dtype (as torch names it), shape and bytes, in name
+    order. Numpy arrays are hashed without importing torch (the adapter store's process never needs it)."""
     h = hashlib.sha256(json.dumps(adapter["config"], sort_keys=True).encode())
     for name in sorted(adapter["tensors"]):
-        t = adapter["tensors"][name].detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        # raw bytes, any dtype (bfloat16 too)
-        h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+        t = adapter["tensors"][name]
+        if _is_numpy(t):
+            import numpy as np
+
+            a = np.ascontiguousarray(t)
+            dtype, shape, data = _NUMPY_AS_TORCH[a.dtype.name], tuple(a.shape), a.tobytes()
+        else:
+            import numpy as np
+            import torch
+
+            t = (torch.from_numpy(np.array(t)) if isinstance(t, np.ndarray) else t).detach().cpu().contiguous()
+            # raw bytes, any dtype (bfloat16 too)
+            dtype, shape, data = str(t.dtype), tuple(t.shape), t.view(-1).view(torch.uint8).numpy().tobytes()
+        h.update(f"{name}|{dtype}|{shape}".encode())
+        h.update(data)
     return h.hexdigest()
 
 
@@ -106,22 +124,39 @@ def check_adapter(adapter: dict[str, Any], version: int, sha256: str | None) -> 
 
 
 def write_adapter_dir(path: Path, adapter: dict[str, Any]) -> None:
-    """Write an adapter as a peft directory (adapter_config.json + adapter_model.safetensors)."""
-    from safetensors.torch import save_file
-
+    """Write an adapter (torch or :func:`to_wire` form) as a peft directory (adapter_config.json +
+    adapter_model.safetensors)."""
     path.mkdir(parents=True, exist_ok=True)
     (path / "adapter_config.json").write_text(json.dumps(adapter["config"]))
-    save_file(
-        {k: v.detach().cpu().contiguous() for k, v in adapter["tensors"].items()},
-        str(path / "adapter_model.safetensors"),
-    )
+    (path / "adapter_model.safetensors").write_bytes(adapter_bytes(adapter))
 
 
 def adapter_bytes(adapter: dict[str, Any]) -> bytes:
-    """The adapter's tensors as a safetensors file's bytes."""
+    """The adapter's tensors as a safetensors file's bytes (the same bytes from either form); one all in
+    numpy form is written without importing torch."""
+    tensors = adapter["tensors"]
+    if all(_is_numpy(t) for t in tensors.values()):
+        import numpy as np
+        from safetensors.numpy import save
+
+        return save({k: np.ascontiguousarray(v) for k, v in tensors.items()})
     from safetensors.torch import save
 
-    return save({k: v.detach().cpu().contiguous() for k, v in adapter["tensors"].items()})
+    return save({k: v.detach().cpu().contiguous() for k, v in from_wire(adapter)["tensors"].items()})
+
+
+def load_adapter_bytes(data: bytes) -> dict[str, Any]:
+    """A safetensors file's tensors: numpy arrays (the :func:`to_wire` form) where numpy has their dtype,
+    else (bfloat16) torch tensors."""
+    from safetensors.numpy import load
+
+    try:
+        return load(data)
+    # a dtype numpy lacks (bfloat16)
+    except KeyError:
+        from safetensors.torch import load as load_torch
+
+        return load_torch(data)
 
 
 def read_adapter_dir(path: Path) -> dict[str, Any]:
@@ -132,10 +167,10 @@ def read_adapter_dir(path: Path) -> dict[str, Any]:
 
 
 def _import_tensor_libraries() -> None:
-    """Import what a put hashes and writes with (torch, safetensors): their first import takes seconds
-    on a busy machine, which the run's first publish would otherwise wait for."""
-    import safetensors.torch  # noqa: F401
-    import torch  # noqa: F401
+    """Import what a put hashes and writes with (numpy, safetensors; torch only for a bfloat16 adapter):
+    on a busy machine the run's first publish would otherwise wait for them."""
+    import numpy  # noqa: F401
+    import safetensors.numpy  # noqa: F401
 
 
 class AdapterStore:
@@ -208,7 +243,6 @@ class AdapterStore:
         computed, checked here as the workers check it (AdapterHashError on a mismatch).
 
         Retrying the same put (same id, same weights) returns the existing record."""
-        adapter = from_wire(adapter)
         sha = check_adapter(adapter, version, sha256)
         existing = self.records.get(version)
         if existing is not None and existing.sha256 == sha:
@@ -279,18 +313,17 @@ class AdapterStore:
         return dict(self.pins)
 
     def get(self, version: int) -> tuple[dict[str, Any], AdapterRecord] | None:
-        """(adapter, record) of ``version``, or None if the store does not hold it."""
+        """(adapter, record) of ``version``, or None if the store does not hold it. The adapter as it was put
+        or in :func:`to_wire` form (its tensors as numpy arrays where numpy has their dtype)."""
         record = self.records.get(version)
         if record is None:
             return None
         adapter = self._cache.get(version)
         if adapter is None:
-            from safetensors.torch import load
-
             d = self._dir(version)
             adapter = {
                 "config": json.loads(self.storage.read_bytes(f"{d}/adapter_config.json")),
-                "tensors": load(self.storage.read_bytes(f"{d}/adapter_model.safetensors")),
+                "tensors": load_adapter_bytes(self.storage.read_bytes(f"{d}/adapter_model.safetensors")),
             }
         return adapter, record
 

@@ -14,6 +14,7 @@ from polyray.rollout.store import (
     AdapterHashError,
     AdapterStore,
     VersionReusedError,
+    adapter_bytes,
     adapter_hash,
     check_adapter,
     from_wire,
@@ -106,7 +107,7 @@ def test_a_reopened_store_has_what_was_written_and_drops_a_torn_write(tmp_path):
         adapter, record = again.get(v)
         check_adapter(adapter, v, record.sha256)
         assert torch.equal(
-            adapter["tensors"]["base_model.model.layers.0.q_proj.lora_B.weight"],
+            from_wire(adapter)["tensors"]["base_model.model.layers.0.q_proj.lora_B.weight"],
             _adapter(v)["tensors"]["base_model.model.layers.0.q_proj.lora_B.weight"],
         )
     assert read_adapter_dir(tmp_path / "v000002")["config"] == _adapter(2)["config"]
@@ -207,3 +208,57 @@ def test_a_published_adapter_unpickles_without_importing_peft(tmp_path):
     done = subprocess.run([sys.executable, "-c", script, str(blob)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["[]"], done.stdout  # numpy arrays and JSON values only
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_both_forms_hash_and_write_alike(dtype):
+    adapter = _adapter(5, dtype)
+    wire = to_wire(adapter)
+    assert adapter_hash(wire) == adapter_hash(adapter)
+    assert adapter_bytes(wire) == adapter_bytes(adapter)
+    if dtype != torch.bfloat16:  # the numpy path: every tensor an array
+        assert all(type(t).__module__ == "numpy" for t in wire["tensors"].values())
+
+
+def test_the_bfloat16_adapter_reads_back_in_torch_form_and_the_rest_in_numpy(tmp_path):
+    store = AdapterStore(str(tmp_path))
+    store.put(1, to_wire(_adapter(1)))
+    store.put(2, to_wire(_adapter(2, torch.bfloat16)))
+    again = AdapterStore(str(tmp_path))  # from disk, not the put's cache
+    for version, dtype in ((1, torch.float32), (2, torch.bfloat16)):
+        adapter, record = again.get(version)
+        check_adapter(adapter, version, record.sha256)
+        back = from_wire(adapter)["tensors"]
+        assert {t.dtype for t in back.values()} == {dtype}
+        assert all(torch.equal(back[k], _adapter(version, dtype)["tensors"][k]) for k in back)
+
+
+def test_the_store_process_hashes_writes_and_reads_without_torch(tmp_path):
+    """The store's actor imports no torch for a float adapter: its put and get hash and write numpy arrays."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    wire = to_wire(_adapter(3))
+    np.savez(tmp_path / "wire.npz", **wire["tensors"])
+    (tmp_path / "config.json").write_text(json.dumps(wire["config"]))
+    script = f"""
+import json, sys
+import numpy as np
+from polyray.rollout.store import AdapterStore, check_adapter
+tensors = dict(np.load({str(tmp_path / "wire.npz")!r}))
+adapter = {{"config": json.load(open({str(tmp_path / "config.json")!r})), "tensors": tensors}}
+store = AdapterStore({str(tmp_path / "store")!r}, preload=True)
+record = store.put(1, adapter, sha256={adapter_hash(wire)!r})
+again = AdapterStore({str(tmp_path / "store")!r})
+check_adapter(again.get(1)[0], 1, record.sha256)
+import threading
+for t in threading.enumerate():
+    if t.name == "polyray-store-preload":
+        t.join()
+print("torch" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False"
