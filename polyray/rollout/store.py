@@ -262,7 +262,7 @@ class AdapterStore:
         self.storage.delete_dir(d)
         self.storage.write_bytes(f"{d}/adapter_config.json", json.dumps(adapter["config"]).encode())
         self.storage.write_bytes(f"{d}/adapter_model.safetensors", adapter_bytes(adapter))
-        record = AdapterRecord(version, sha, phase, step, time.time())
+        record = AdapterRecord(version=version, sha256=sha, phase=phase, step=step, time=time.time())
         self.storage.write_bytes(f"{d}/record.json", json.dumps(asdict(record)).encode())
         self.records[version] = record
         self._cache[version] = adapter

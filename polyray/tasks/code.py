@@ -444,7 +444,9 @@ class CountdownCodeTask(_SandboxTask):
     def pretrain_corpus(self, n_prompts: int, noise: float, seed: int) -> list[tuple[str, str]]:
         """Countdown's pretraining solutions (:func:`polyray.tasks.countdown.pretrain_solutions`) in this
         form: `` expr`` after the function's ``return`` (no newline: the model builder appends EOS)."""
-        solutions = countdown.pretrain_solutions(self.spec, self.config.seed, n_prompts, noise, seed)
+        solutions = countdown.pretrain_solutions(
+            self.spec, prompt_seed=self.config.seed, n_prompts=n_prompts, noise=noise, seed=seed
+        )
         return [(countdown_code_prompt(p.meta["numbers"], p.meta["target"]), " " + sol) for p, sol in solutions]
 
     def corpus_key(self) -> dict[str, Any]:
