@@ -3,7 +3,9 @@ a random adapter to sample under."""
 
 from __future__ import annotations
 
+import contextlib
 import statistics
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,21 @@ def _step_stats(metrics_path: Path, phase: str | list[str], warmup: int) -> dict
     if any("canary_s" in r for r in rows):
         out["canary_s"] = statistics.median(r.get("canary_s", 0.0) for r in rows)
     return out
+
+
+@contextlib.contextmanager
+def kept_ranks(run) -> Iterator[Any]:
+    """``run``'s learner ranks, started once for every fit of a benchmark part and stopped after it: the
+    default learner (``learner.keep_ranks``), so a fit's step times are a run's and no fit pays a rank's
+    start or a Ray Train controller of its own."""
+    from polyray.learner.group import LearnerGroup
+
+    group = LearnerGroup(run)
+    group.start(run.learner.num_workers)
+    try:
+        yield group
+    finally:
+        group.close()
 
 
 def _grpo_batch(run, prompts: int | None = None):

@@ -9,7 +9,7 @@ from typing import Any
 
 from rich.table import Table
 
-from polyray.drivers.bench.common import _step_stats, console
+from polyray.drivers.bench.common import _step_stats, console, kept_ranks
 
 GRPO_MODES = (
     "sync",
@@ -71,15 +71,19 @@ def bench_grpo(
         pool = RolloutPool.launch(
             str(model_dir), sync.rollout, sync.engine_dtype, store=open_store(out / "adapter_store")
         )
-        # one step-log actor for every fit, as `polyray run` holds one
+        # one step-log actor and one set of kept ranks for every fit, as `polyray run` holds them
         logs = StepLogs.on_driver_node(out)
         try:
             version = 0
-            for i in range(rounds):
-                for name, extra in variants.items():
-                    run = load_config(config, [*common, *extra, f"phases.{index}.name=grpo_{name}_{i}"])
-                    with console.status(f"GRPO {name}, {steps} steps (round {i + 1} of {rounds})"):
-                        version = run_phase(run, index, str(model_dir), out, pool, version, None, logs=logs)["version"]
+            with kept_ranks(sync) as group:
+                for i in range(rounds):
+                    for name, extra in variants.items():
+                        run = load_config(config, [*common, *extra, f"phases.{index}.name=grpo_{name}_{i}"])
+                        with console.status(f"GRPO {name}, {steps} steps (round {i + 1} of {rounds})"):
+                            trained = run_phase(
+                                run, index, str(model_dir), out, pool, version, None, logs=logs, group=group
+                            )
+                        version = trained["version"]
             for name in variants:
                 results[name] = _step_stats(out / "metrics.jsonl", [f"grpo_{name}_{i}" for i in range(rounds)], warmup)
         finally:

@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from polyray.drivers.bench.common import _step_stats, console
+from polyray.drivers.bench.common import _step_stats, console, kept_ranks
 
 # an override -> what it adds to a polychromic variant's label
 VARIANT_TAGS = {
@@ -57,20 +57,21 @@ def bench_polychromic(
         pool = RolloutPool.launch(
             str(model_dir), sft.rollout, sft.engine_dtype, store=open_store(out / "adapter_store")
         )
-        # one step-log actor for every fit
+        # one step-log actor and one set of kept ranks for every fit
         logs = StepLogs.on_driver_node(out)
 
         def fit(run, name: str, label: str, version: int, what: str | None = None) -> int:
             """Run phase ``name`` (shown as ``what``, default ``label``) for ``steps`` steps from adapter ``version``,
             its step statistics into ``results[label]``; the version after it."""
             with console.status(f"{what or label}, {steps} steps"):
-                version = run_phase(run, 0, str(model_dir), out, pool, version, None, logs=logs)["version"]
+                version = run_phase(run, 0, str(model_dir), out, pool, version, None, logs=logs, group=group)["version"]
             results[label] = _step_stats(out / "metrics.jsonl", name, warmup)
             return version
 
         try:
-            version = _fit_sft(config, phases, with_floor, fit)
-            _fit_polychromic(config, phases, polychromic_variants(diversity, with_async, with_canary), fit, version)
+            with kept_ranks(sft) as group:
+                version = _fit_sft(config, phases, with_floor, fit)
+                _fit_polychromic(config, phases, polychromic_variants(diversity, with_async, with_canary), fit, version)
         finally:
             logs.close()
             pool.shutdown()
