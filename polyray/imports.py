@@ -5,11 +5,15 @@ the whole growing heap again and again while they load: about a fifth of such an
 of it reclaiming anything. :func:`paused_gc` pauses automatic collection for the imports (and an engine's
 construction), then freezes what survived (``gc.freeze``: later collections skip those objects, as vLLM
 does after its own start), so a process's later work pays for its own objects alone.
+
+:func:`without_sklearn` keeps scikit-learn (with scipy.stats and pandas) out of those imports: transformers
+imports it only for assisted generation's confidence threshold, which polyray never uses.
 """
 
 from __future__ import annotations
 
 import gc
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -27,3 +31,19 @@ def paused_gc() -> Iterator[None]:
     finally:
         gc.freeze()
         gc.enable()
+
+
+@contextmanager
+def without_sklearn() -> Iterator[None]:
+    """scikit-learn reported absent to the imports inside (transformers then skips it: it checks before
+    importing), and importable again afterwards; a no-op where it is imported already."""
+    if "sklearn" in sys.modules:
+        yield
+        return
+    # find_spec reports a None entry as absent
+    sys.modules["sklearn"] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        if sys.modules.get("sklearn", 0) is None:
+            del sys.modules["sklearn"]

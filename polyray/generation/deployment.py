@@ -277,9 +277,9 @@ class GenerationDeployment:
 
     async def _start_engine(self, cfg: GenerationServiceConfig) -> None:
         """The vLLM engine and its OpenAI completion and chat servers, with the run's static adapters."""
-        from polyray.imports import paused_gc
+        from polyray.imports import paused_gc, without_sklearn
 
-        with paused_gc():
+        with paused_gc(), without_sklearn():
             from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
             from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
             from vllm.entrypoints.openai.models.protocol import BaseModelPath

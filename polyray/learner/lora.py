@@ -8,7 +8,6 @@ the adapter disabled: no second copy of the base weights either way.
 from __future__ import annotations
 
 import json
-import sys
 import weakref
 from pathlib import Path
 from typing import Any
@@ -19,19 +18,13 @@ from polyray.config import LoraConfig
 
 
 def import_model_libraries() -> None:
-    """transformers' model classes and peft, imported without scikit-learn: transformers imports it (with
-    scipy.stats and pandas, most of a learner rank's import time) only for assisted generation's
-    confidence threshold, which polyray never uses. scikit-learn stays importable afterwards."""
-    if "peft" in sys.modules or "sklearn" in sys.modules:
-        # imported already: nothing left to spare
-        return
-    sys.modules["sklearn"] = None  # type: ignore[assignment] - find_spec reports it absent, so it is skipped
-    try:
+    """transformers' model classes and peft, imported without scikit-learn (:func:`polyray.imports.without_sklearn`:
+    with scipy.stats and pandas, most of a learner rank's import time)."""
+    from polyray.imports import without_sklearn
+
+    with without_sklearn():
         import peft  # noqa: F401 - peft.auto imports transformers' model classes and generation
         from transformers import AutoModelForCausalLM  # noqa: F401
-    finally:
-        if sys.modules.get("sklearn", 0) is None:
-            del sys.modules["sklearn"]
 
 
 def load_base(model_dir: str, dtype: str = "float32"):

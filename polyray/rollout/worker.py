@@ -118,10 +118,10 @@ def device_engine_args(gpus: float, enforce_eager: bool | None, gpu_memory_utili
 
 def start_engine(model_dir: str, config: RolloutConfig, dtype: str):
     """vLLM imported and a rollout engine built on ``model_dir``, with no collector passes over the growing
-    heap (polyray.imports)."""
-    from polyray.imports import paused_gc
+    heap and without scikit-learn (polyray.imports)."""
+    from polyray.imports import paused_gc, without_sklearn
 
-    with paused_gc():
+    with paused_gc(), without_sklearn():
         from vllm import LLM
 
         return LLM(**engine_kwargs(model_dir, config, dtype))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
+
 import pytest
 import ray
 import torch
@@ -10,6 +13,7 @@ from support.phase_harness import learner_logprobs, random_lora_policy
 
 from polyray.config import SamplingConfig
 from polyray.rollout.request import GenerationRequest
+from polyray.tasks import build_task
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.slow]
 
@@ -384,3 +388,13 @@ def test_a_pool_the_runs_of_a_sweep_share_serves_each_run_its_own_weights(ray_cl
         assert gap > 30 * TOL, f"the second run's version 1 scored as the first run's (max gap {gap})"
     finally:
         pool.shutdown()
+
+
+def test_a_rollout_worker_samples_without_importing_scikit_learn(pool, run_config):
+    """transformers imports scikit-learn (with scipy.stats and pandas) for a generation feature vLLM never
+    uses; a rollout worker skips it through its engine's start and sampling, and it stays importable."""
+    texts = [p.text for p in build_task(run_config.task).prompts("val", 2)]
+    assert pool.generate(GenerationRequest(prompts=texts, n=2, sampling=SamplingConfig(max_tokens=4)))
+    worker = pool.workers[0]
+    assert not ray.get(worker.__ray_call__.remote(lambda self: "sklearn" in sys.modules))
+    assert ray.get(worker.__ray_call__.remote(lambda self: bool(importlib.import_module("sklearn.metrics"))))
