@@ -159,12 +159,13 @@ def polychromic(
 def reward(
     requests: int = typer.Option(300, "--requests", help="Requests per (reward, concurrency) cell."),
     max_seconds: float = typer.Option(20.0, "--max-seconds", help="Time cap per cell."),
+    pairs: int = typer.Option(256, "--pairs", min=2, help="Pairs the engagement model scores batched and one by one."),
     json_path: Optional[Path] = _json,
 ):
     """Reward service throughput and latency; engagement model batched / unbatched."""
     from polyray.drivers.bench.reward import bench_reward, print_reward
 
-    results = bench_reward(requests, max_seconds)
+    results = bench_reward(requests, max_seconds, pairs)
     print_reward(results)
     _write(results, json_path)
 

@@ -30,6 +30,8 @@ def test_benchmark_all_smoke_polychromic_and_reward(tmp_path):
     assert len(results["reward"]["http"]) == 4 and all(
         r["requests"] > 0 and not r["errors"] for r in results["reward"]["http"]
     )
+    batching = results["reward"]["engagement_batching"]  # (its predictions agree, or the part fails)
+    assert batching["n"] == 32 and batching["batched_items_per_s"] > 0 and batching["unbatched_items_per_s"] > 0
     for needle in ("polychromic_sft[countdown_expr] step / SFT step", "reward model batched / unbatched"):
         assert needle in proc.stdout, needle
 

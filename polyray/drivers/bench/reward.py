@@ -120,8 +120,9 @@ def bench_engagement_batching(model_path: str, n: int = 256, batch_size: int = 6
     }
 
 
-def bench_reward(n_requests: int = 300, max_seconds: float = 20.0) -> dict[str, Any]:
-    """Serve the reward app on loopback (with an engagement model trained on the test fixture) and measure it."""
+def bench_reward(n_requests: int = 300, max_seconds: float = 20.0, pairs: int = 256) -> dict[str, Any]:
+    """Serve the reward app on loopback (with an engagement model trained on the test fixture) and measure it;
+    then the engagement model on ``pairs`` pairs, batched and one by one."""
     import httpx
     import ray
     from ray import serve
@@ -160,8 +161,8 @@ def bench_reward(n_requests: int = 300, max_seconds: float = 20.0) -> dict[str, 
         finally:
             serve.shutdown()
             ray.shutdown()
-        with console.status("engagement model: batched vs one pair per call"):
-            results["engagement_batching"] = bench_engagement_batching(tmp)
+        with console.status(f"engagement model, {pairs} pairs: batched vs one pair per call"):
+            results["engagement_batching"] = bench_engagement_batching(tmp, pairs)
     return results
 
 

@@ -162,7 +162,7 @@ SMOKE = {
     "rollout": ["--prompts", "4", "--repeats", "1", "--syncs", "2", "--no-vllm-lora-ops"],
     "grpo": ["--steps", "4", "--rounds", "1", "--modes", "async_rollout_reference"],
     "polychromic": ["--steps", "4", "--diversity", "countdown_expr", "--no-async", "--no-canary", "--no-floor"],
-    "reward": ["--requests", "20", "--max-seconds", "2"],
+    "reward": ["--requests", "20", "--max-seconds", "2", "--pairs", "32"],
     "generation": ["--requests", "4", "--n", "2", "--max-tokens", "8", "--publishes", "2"],
     "chaos": ["--clients", "2", "--seconds", "3", "--kill-at", "1"],
     "learner": [
