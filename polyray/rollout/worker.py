@@ -116,15 +116,15 @@ def device_engine_args(gpus: float, enforce_eager: bool | None, gpu_memory_utili
     return {"enforce_eager": bool(enforce_eager), "gpu_memory_utilization": gpu_memory_utilization}
 
 
-def start_engine(model_dir: str, config: RolloutConfig, dtype: str):
-    """vLLM imported and a rollout engine built on ``model_dir``, with no collector passes over the growing
-    heap and without scikit-learn (polyray.imports)."""
+def start_engine(model_dir: str, config: RolloutConfig, dtype: str, **overrides: Any):
+    """vLLM imported and a rollout engine built on ``model_dir`` (``overrides``: more ``vllm.LLM`` arguments),
+    with no collector passes over the growing heap and without scikit-learn (polyray.imports)."""
     from polyray.imports import paused_gc, without_sklearn
 
     with paused_gc(), without_sklearn():
         from vllm import LLM
 
-        return LLM(**engine_kwargs(model_dir, config, dtype))
+        return LLM(**engine_kwargs(model_dir, config, dtype), **overrides)
 
 
 def engine_kwargs(model_dir: str, config: RolloutConfig, dtype: str) -> dict[str, Any]:

@@ -58,16 +58,16 @@ def bench_multiturn(
 
 def _measure(model_dir: str, run, prompts: int, episodes: int, turns: int, turn_tokens: int, repeats: int, caching):
     """In the engine's own process: model tokens per second of the two workloads, alternating."""
-    from vllm import LLM
-    from vllm.inputs import TokensPrompt
-
     from polyray.config import SamplingConfig
     from polyray.config.envs import CountdownRetryEnvConfig
     from polyray.rollout.episodes import TurnSample, plain_observations, run_episodes
-    from polyray.rollout.worker import engine_kwargs, sampling_params
+    from polyray.rollout.worker import sampling_params, start_engine
     from polyray.tasks import build_task
 
-    llm = LLM(**engine_kwargs(model_dir, run.rollout, run.engine_dtype), enable_prefix_caching=caching)
+    llm = start_engine(model_dir, run.rollout, run.engine_dtype, enable_prefix_caching=caching)
+    # (imported by the engine's start, as a rollout worker imports it)
+    from vllm.inputs import TokensPrompt
+
     tokenizer = llm.get_tokenizer()
     task = build_task(run.task)
     batch = task.prompts("train", prompts)

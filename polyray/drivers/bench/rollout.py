@@ -163,12 +163,12 @@ def _raw_llm(
     repeats: int,
     detokenizer: bool = False,
 ):
-    from vllm import LLM
+    from polyray.rollout.worker import sampling_params, start_engine
+
+    llm = start_engine(model_dir, config, dtype)
+    # (imported by the engine's start, as a rollout worker imports it)
     from vllm.lora.request import LoRARequest
 
-    from polyray.rollout.worker import engine_kwargs, sampling_params
-
-    llm = LLM(**engine_kwargs(model_dir, config, dtype))
     params = [sampling_params(batch.n, batch.sampling, seed) for seed in batch.seeds]
     lora = LoRARequest("policy-v1", 1, adapter_dir)
     result = _timed(lambda: llm.generate(batch.prompts, params, lora_request=lora, use_tqdm=False), _vllm_ids, repeats)
@@ -369,13 +369,14 @@ def fixed_length_vllm(
 
 
 def _fixed_length_vllm(model_dir, config, dtype, batch: FixedLengthBatch, adapter_dir: str, repeats: int):
-    from vllm import LLM, SamplingParams
+    from polyray.rollout.worker import start_engine
+
+    llm = start_engine(model_dir, config, dtype, skip_tokenizer_init=True)
+    # (imported by the engine's start, as a rollout worker imports it)
+    from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
     from vllm.lora.request import LoRARequest
 
-    from polyray.rollout.worker import engine_kwargs
-
-    llm = LLM(**engine_kwargs(model_dir, config, dtype), skip_tokenizer_init=True)
     prompts = [TokensPrompt(prompt_token_ids=ids) for ids in batch.prompt_ids]
     params = [
         SamplingParams(
