@@ -359,19 +359,30 @@ def ddp_worker(
         dist.destroy_process_group()
 
 
+# what every rank imports, once, in the server the ranks are forked from
+RANK_PRELOAD = ["torch", "transformers", "peft", "support.phase_harness", "polyray.learner.loop"]
+
+
+def spawn_ranks(fn, args: tuple, nprocs: int) -> None:
+    """``fn(rank, *args)`` on ``nprocs`` processes, as ``torch.multiprocessing.spawn`` runs it, but each forked
+    from multiprocessing's forkserver, which imports :data:`RANK_PRELOAD` once for the whole test session
+    instead of once a rank. The forkserver starts with this process's environment at the first call."""
+    import multiprocessing
+
+    import torch.multiprocessing as mp
+
+    multiprocessing.set_forkserver_preload(RANK_PRELOAD)
+    mp.start_processes(fn, args=args, nprocs=nprocs, start_method="forkserver")
+
+
 def multi_rank_grads(
     model_dir: Path, world: int, names: list[str], out: Path, options: dict | None = None, device: str = "cpu"
 ) -> dict:
     """Every case's :func:`step_grads` on ``world`` ranks under DDP (spawned processes; gloo, or NCCL on one
     GPU each with ``device`` "cuda"), as rank 0 saw them."""
-    import socket
+    from polyray.http import free_port
 
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:  # a free port for the process group's rendezvous
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(ddp_worker, args=(world, port, str(model_dir), names, str(out), options, device), nprocs=world)
+    spawn_ranks(ddp_worker, (world, free_port(), str(model_dir), names, str(out), options, device), world)
     return torch.load(out)
 
 
@@ -606,14 +617,9 @@ def sft_rank(rank: int, world: int, port: int, model_dir: str, out: str, device:
 
 def run_sft_ranks(model_dir: Path, out: Path, world: int, device: str = "cpu", dtype: str = "float32") -> list[dict]:
     """:func:`sft_rank` on ``world`` spawned processes; each rank's final LoRA weights, by rank."""
-    import socket
+    from polyray.http import free_port
 
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(sft_rank, args=(world, port, str(model_dir), str(out), device, dtype), nprocs=world)
+    spawn_ranks(sft_rank, (world, free_port(), str(model_dir), str(out), device, dtype), world)
     return [torch.load(out / f"rank-{rank}.pt") for rank in range(world)]
 
 

@@ -191,8 +191,8 @@ def _two_ranks(rank: int, world: int, port: int, root: str, out: str) -> None:
 
 @pytest.mark.slow  # two gloo processes
 def test_every_rank_holds_the_id_rank_0_got_from_the_store(tmp_path):
-    import torch.multiprocessing as mp
+    from support.phase_harness import spawn_ranks
 
     out = str(tmp_path / "versions")
-    mp.spawn(_two_ranks, args=(2, free_port(), str(tmp_path / "store"), out), nprocs=2)
+    spawn_ranks(_two_ranks, (2, free_port(), str(tmp_path / "store"), out), 2)
     assert torch.load(f"{out}.0") == torch.load(f"{out}.1") == [1, 2, 4]
