@@ -51,8 +51,10 @@ def processes_with(marker: str) -> list[str]:
 
 
 @contextmanager
-def listener(timeout_s: float = 0.5):
-    """A TCP socket listening on a free loopback port: (socket, port); a sandboxed program must not reach it."""
+def listener(timeout_s: float = 0.05):
+    """A TCP socket listening on a free loopback port: (socket, port); a sandboxed program must not reach it.
+    Its ``accept`` is checked after the program ended: a loopback connect completes inside the program's
+    ``connect`` call, so a connection it made is queued by then and the wait only needs to be short."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(1)
