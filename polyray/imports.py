@@ -36,7 +36,8 @@ def paused_gc() -> Iterator[None]:
 @contextmanager
 def without_sklearn() -> Iterator[None]:
     """scikit-learn reported absent to the imports inside (transformers then skips it: it checks before
-    importing), and importable again afterwards; a no-op where it is imported already."""
+    importing), and importable again afterwards; a no-op where it is imported already. Not thread-safe, and a
+    process forked inside keeps the absence."""
     if "sklearn" in sys.modules:
         yield
         return

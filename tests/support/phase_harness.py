@@ -360,13 +360,13 @@ def ddp_worker(
 
 
 # what every rank imports, once, in the server the ranks are forked from
-RANK_PRELOAD = ["torch", "transformers", "peft", "support.phase_harness", "polyray.learner.loop"]
+RANK_PRELOAD = ["support.rank_preload", "support.phase_harness", "polyray.learner.loop"]
 
 
 def spawn_ranks(fn, args: tuple, nprocs: int) -> None:
     """``fn(rank, *args)`` on ``nprocs`` processes, as ``torch.multiprocessing.spawn`` runs it, but each forked
-    from multiprocessing's forkserver, which imports :data:`RANK_PRELOAD` once for the whole test session
-    instead of once a rank. The forkserver starts with this process's environment at the first call."""
+    from multiprocessing's forkserver, which imports :data:`RANK_PRELOAD` once for this test process instead of
+    once a rank. The forkserver starts with this process's environment at the first call."""
     import multiprocessing
 
     import torch.multiprocessing as mp

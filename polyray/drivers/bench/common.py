@@ -33,16 +33,22 @@ def _step_stats(metrics_path: Path, phase: str | list[str], warmup: int) -> dict
 
 @contextlib.contextmanager
 def kept_ranks(run) -> Iterator[Any]:
-    """``run``'s learner ranks, started once for every fit of a benchmark part and stopped after it: the
-    default learner (``learner.keep_ranks``), so a fit's step times are a run's and no fit pays a rank's
-    start or a Ray Train controller of its own."""
+    """``run``'s learner ranks, started once for every fit of a benchmark part and stopped after it, as a run's
+    phases share them (``learner.keep_ranks``; None when it is off: each fit is then a Ray Train fit of its own)."""
+    if not run.learner.keep_ranks:
+        yield None
+        return
     from polyray.learner.group import LearnerGroup
 
     group = LearnerGroup(run)
-    group.start(run.learner.num_workers)
     try:
+        group.start(run.learner.num_workers)
         yield group
-    finally:
+    except BaseException:
+        # a fit still running in its thread must see its ranks gone for good, not restart them
+        group.cancel()
+        raise
+    else:
         group.close()
 
 

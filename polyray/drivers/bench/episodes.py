@@ -65,7 +65,7 @@ def _measure(model_dir: str, run, prompts: int, episodes: int, turns: int, turn_
     from polyray.tasks import build_task
 
     llm = start_engine(model_dir, run.rollout, run.engine_dtype, enable_prefix_caching=caching)
-    # (imported by the engine's start, as a rollout worker imports it)
+    # after start_engine, which imports vLLM as a rollout worker does (without scikit-learn)
     from vllm.inputs import TokensPrompt
 
     tokenizer = llm.get_tokenizer()

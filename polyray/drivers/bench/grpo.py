@@ -73,6 +73,7 @@ def bench_grpo(
         )
         # one step-log actor and one set of kept ranks for every fit, as `polyray run` holds them
         logs = StepLogs.on_driver_node(out)
+        where = {"model_dir": str(model_dir), "output_dir": out, "pool": pool, "init_adapter": None, "logs": logs}
         try:
             version = 0
             with kept_ranks(sync) as group:
@@ -80,9 +81,7 @@ def bench_grpo(
                     for name, extra in variants.items():
                         run = load_config(config, [*common, *extra, f"phases.{index}.name=grpo_{name}_{i}"])
                         with console.status(f"GRPO {name}, {steps} steps (round {i + 1} of {rounds})"):
-                            trained = run_phase(
-                                run, index, str(model_dir), out, pool, version, None, logs=logs, group=group
-                            )
+                            trained = run_phase(run, index, start_version=version, group=group, **where)
                         version = trained["version"]
             for name in variants:
                 results[name] = _step_stats(out / "metrics.jsonl", [f"grpo_{name}_{i}" for i in range(rounds)], warmup)

@@ -59,12 +59,14 @@ def bench_polychromic(
         )
         # one step-log actor and one set of kept ranks for every fit
         logs = StepLogs.on_driver_node(out)
+        where = {"model_dir": str(model_dir), "output_dir": out, "pool": pool, "init_adapter": None, "logs": logs}
 
         def fit(run, name: str, label: str, version: int, what: str | None = None) -> int:
             """Run phase ``name`` (shown as ``what``, default ``label``) for ``steps`` steps from adapter ``version``,
             its step statistics into ``results[label]``; the version after it."""
             with console.status(f"{what or label}, {steps} steps"):
-                version = run_phase(run, 0, str(model_dir), out, pool, version, None, logs=logs, group=group)["version"]
+                trained = run_phase(run, 0, start_version=version, group=group, **where)
+            version = trained["version"]
             results[label] = _step_stats(out / "metrics.jsonl", name, warmup)
             return version
 

@@ -166,7 +166,7 @@ def _raw_llm(
     from polyray.rollout.worker import sampling_params, start_engine
 
     llm = start_engine(model_dir, config, dtype)
-    # (imported by the engine's start, as a rollout worker imports it)
+    # after start_engine, which imports vLLM as a rollout worker does (without scikit-learn)
     from vllm.lora.request import LoRARequest
 
     params = [sampling_params(batch.n, batch.sampling, seed) for seed in batch.seeds]
@@ -372,7 +372,7 @@ def _fixed_length_vllm(model_dir, config, dtype, batch: FixedLengthBatch, adapte
     from polyray.rollout.worker import start_engine
 
     llm = start_engine(model_dir, config, dtype, skip_tokenizer_init=True)
-    # (imported by the engine's start, as a rollout worker imports it)
+    # after start_engine, which imports vLLM as a rollout worker does (without scikit-learn)
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
     from vllm.lora.request import LoRARequest

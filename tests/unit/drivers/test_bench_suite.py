@@ -160,3 +160,14 @@ def test_the_experiment_bench_writes_experiments_polyray_accepts(tmp_path):
         assert exp.max_concurrent == want and sorted(configs) == [("sft_grpo", 0), ("sft_grpo", 1)]
         run = configs["sft_grpo", 0]
         assert [p.steps for p in run.phases] == [3, 4] and run.task.n_test == 16
+
+
+def test_a_config_without_kept_ranks_fits_each_phase_on_ray_train():
+    """``learner.keep_ranks: false``: the benchmark parts pass no group, so each fit is a Ray Train fit of its
+    own (starting no rank here, and needing no Ray)."""
+    from polyray.config import load_config
+    from polyray.drivers.bench.common import kept_ranks
+
+    run = load_config(Path(__file__).resolve().parents[3] / "configs" / "quickstart.yaml", ["learner.keep_ranks=false"])
+    with kept_ranks(run) as group:
+        assert group is None
