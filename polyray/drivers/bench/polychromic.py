@@ -73,7 +73,8 @@ def bench_polychromic(
         try:
             with kept_ranks(sft) as group:
                 version = _fit_sft(config, phases, with_floor, fit)
-                _fit_polychromic(config, phases, polychromic_variants(diversity, with_async, with_canary), fit, version)
+                variants = polychromic_variants(diversity, with_async, with_canary)
+                _fit_polychromic(config, phases, variants, fit=fit, version=version)
         finally:
             logs.close()
             pool.shutdown()
@@ -84,16 +85,15 @@ def _fit_sft(config: str, phases: list[str], with_floor: bool, fit) -> int:
     """Standard SFT, then (``with_floor``) its floor; the adapter version after them."""
     from polyray.config import load_config
 
-    version = fit(load_config(config, phases), "sft", "sft", 0, "standard SFT")
+    version = fit(load_config(config, phases), "sft", "sft", version=0, what="standard SFT")
     # the floor: an SFT step through as many sequences as a polychromic step trains on (references +
     # samples), its sampling hidden behind the update (rollouts one step ahead)
     poly0 = load_config(config, [*phases, "phases.0.type=polychromic_sft"]).phases[0]
     same = poly0.batch_size + poly0.prompts_per_step * poly0.n_samples
     if with_floor:
         big = load_config(config, [*phases, f"phases.0.batch_size={same}", "phases.0.name=sft_same"])
-        version = fit(
-            big, "sft_same", floor_label(same), version, f"standard SFT on {same} sequences (references + samples)"
-        )
+        what = f"standard SFT on {same} sequences (references + samples)"
+        version = fit(big, "sft_same", floor_label(same), version=version, what=what)
     return version
 
 

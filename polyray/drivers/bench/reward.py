@@ -72,7 +72,7 @@ def bench_reward_http(
 ) -> dict[str, Any]:
     """Throughput and latency of ``POST /v1/rewards`` at ``concurrency`` requests in flight."""
     body = {"reward": reward, "items": items, "params": params or {}}
-    run = asyncio.run(_fire(url, body, concurrency, n_requests, max_seconds))
+    run = asyncio.run(_fire(url, body, concurrency=concurrency, n_requests=n_requests, max_seconds=max_seconds))
     ok = len(run["latencies"])
     return {
         "reward": reward,
@@ -156,7 +156,14 @@ def bench_reward(n_requests: int = 300, max_seconds: float = 20.0, pairs: int = 
                 for concurrency in (1, 32):
                     with console.status(f"{reward}: {concurrency} concurrent client(s)"):
                         results["http"].append(
-                            bench_reward_http(url, reward, items, concurrency, n_requests, max_seconds)
+                            bench_reward_http(
+                                url,
+                                reward,
+                                items,
+                                concurrency=concurrency,
+                                n_requests=n_requests,
+                                max_seconds=max_seconds,
+                            )
                         )
         finally:
             serve.shutdown()
