@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import sys
 
+from polyray.lifetime import exit_process, exit_status
+
+__all__ = ["exit_process", "run_command"]
+
 
 def run_command(*command: str, argv: list[str] | None = None) -> int:
     """``polyray <command> <argv>`` (argv defaults to this process's arguments); its exit status."""
@@ -17,5 +21,5 @@ def run_command(*command: str, argv: list[str] | None = None) -> int:
             prog_name=f"python -m {spec.name}" if spec else "polyray",
         )
     except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 1
+        return exit_status(exc)
     return 0

@@ -1,8 +1,6 @@
 """Ray job entrypoint for ``polyray eval``: ``ray job submit --working-dir . -- python -m jobs.evaluate configs/eval/quickstart.yaml``."""
 
-import sys
-
-from jobs import run_command
+from jobs import exit_process, run_command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -10,4 +8,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

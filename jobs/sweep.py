@@ -1,8 +1,6 @@
 """Ray job entrypoint for ``polyray sweep``: ``ray job submit --working-dir . -- python -m jobs.sweep configs/sweeps/lambda_seed.yaml [--resume]``."""
 
-import sys
-
-from jobs import run_command
+from jobs import exit_process, run_command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -10,4 +8,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

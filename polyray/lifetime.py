@@ -19,6 +19,10 @@ must be cleaned up by someone else. Two mechanisms, both Linux:
 
 :func:`kill_descendants` ends a whole process tree at once (a command's forced stop on Ctrl-C:
 ``polyray.cli.common.bounded_interrupt``).
+
+:func:`exit_process` ends a command's process after Python's own clean-up but without the native one: torch,
+triton, gRPC (Ray) and vLLM share a driver's process, and a native exit handler or static destructor of one
+that reaches state another already freed crashes a command that finished (SIGSEGV after its complete output).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import signal
 import stat
 import tempfile
 import threading
+from typing import NoReturn
 
 PR_SET_PDEATHSIG = 1
 
@@ -205,3 +210,33 @@ def _signal(pid: int, signum: int) -> None:
         os.kill(pid, signum)
     except ProcessLookupError:
         pass
+
+
+def exit_status(exc: SystemExit) -> int:
+    """The status a process ending with ``exc`` exits with, as the interpreter maps it: ``None`` is 0, an
+    integer itself, anything else (a message, printed to standard error) 1."""
+    import sys
+
+    if exc.code is None or isinstance(exc.code, int):
+        return exc.code or 0
+    print(exc.code, file=sys.stderr)
+    return 1
+
+
+def exit_process(code: int) -> NoReturn:
+    """End this process with status ``code``: the non-daemon threads joined and the ``atexit`` handlers run
+    (Ray's shutdown, logging's flush, multiprocessing's children) as at a normal exit, standard output and
+    error flushed, then ``os._exit``, which skips the interpreter's teardown and the native libraries' exit
+    handlers (the module docstring says why). For a process's entry point only: a test in the same process
+    would end with it."""
+    import atexit
+    import sys
+
+    threading._shutdown()  # what the interpreter's exit runs first (private): executors stop, threads join
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)

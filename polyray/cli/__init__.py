@@ -280,3 +280,15 @@ def _engagement_table(metrics: dict):
 
 def main(args: Optional[List[str]] = None, prog_name: Optional[str] = None) -> None:
     app(args=args, prog_name=prog_name)
+
+
+def entry() -> None:
+    """The ``polyray`` command's process (``[project.scripts]``, ``python -m polyray.cli``): :func:`main`, then
+    an exit without the native libraries' teardown (:func:`polyray.lifetime.exit_process`)."""
+    from polyray.lifetime import exit_process, exit_status
+
+    try:
+        main()
+    except SystemExit as exc:
+        exit_process(exit_status(exc))
+    exit_process(0)

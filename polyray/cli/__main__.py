@@ -1,5 +1,5 @@
 """``python -m polyray.cli`` runs the ``polyray`` command."""
 
-from polyray.cli import main
+from polyray.cli import entry
 
-main()
+entry()
