@@ -228,15 +228,23 @@ def exit_process(code: int) -> NoReturn:
     (Ray's shutdown, logging's flush, multiprocessing's children) as at a normal exit, standard output and
     error flushed, then ``os._exit``, which skips the interpreter's teardown and the native libraries' exit
     handlers (the module docstring says why). For a process's entry point only: a test in the same process
-    would end with it."""
+    would end with it. Nothing raised on the way (a Ctrl-C while a thread is joined) changes the status or
+    lets the teardown run: it is reported, as the interpreter reports it at exit."""
     import atexit
     import sys
+    import traceback
 
-    threading._shutdown()  # what the interpreter's exit runs first (private): executors stop, threads join
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
+    try:
         try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(code)
+            threading._shutdown()  # what the interpreter's exit runs first (private): executors stop, threads join
+        except BaseException:
+            traceback.print_exc()
+        atexit._run_exitfuncs()
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:  # a stream whose descriptor was closed at start
+                try:
+                    stream.flush()
+                except Exception:
+                    pass
+    finally:
+        os._exit(code)

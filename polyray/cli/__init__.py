@@ -287,8 +287,10 @@ def entry() -> None:
     an exit without the native libraries' teardown (:func:`polyray.lifetime.exit_process`)."""
     from polyray.lifetime import exit_process, exit_status
 
+    code = 0
     try:
         main()
     except SystemExit as exc:
-        exit_process(exit_status(exc))
-    exit_process(0)
+        code = exit_status(exc)
+    # outside the handler: the exception and the frames it holds are gone before the clean-up, as at sys.exit
+    exit_process(code)

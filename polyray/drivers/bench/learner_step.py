@@ -311,4 +311,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    from polyray.lifetime import exit_process
+
     main(sys.argv[1:])
+    exit_process(0)  # torch loaded: no native teardown (polyray.lifetime)

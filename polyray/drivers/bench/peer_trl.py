@@ -155,4 +155,7 @@ def main(spec: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
+    from polyray.lifetime import exit_process
+
     main(json.loads(sys.argv[1]))
+    exit_process(0)  # torch, TRL and triton loaded: no native teardown (polyray.lifetime)
