@@ -144,13 +144,13 @@ def main(spec: dict[str, Any]) -> None:
     dtype = getattr(torch, settings["dtype"])
     base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
     result: dict[str, Any] = {"trl_version": trl.__version__, "load_s": time.perf_counter() - started}
-    result["sft"] = _sft(base, tokenizer, train, settings, out)
+    result["sft"] = _sft(base, tokenizer, train=train, settings=settings, out=out)
     del base
     # start = KL reference
     policy = PeftModel.from_pretrained(
         AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype), spec["sft_adapter"], is_trainable=True
     )
-    result["grpo"] = _grpo(run, task, policy, tokenizer, train, settings, out)
+    result["grpo"] = _grpo(run, task, policy, tokenizer, train=train, settings=settings, out=out)
     (out / "trl.json").write_text(json.dumps(result))
 
 
